@@ -1,0 +1,297 @@
+"""MovieLens ml-100k: fetching, loading and the movie catalogue.
+
+Two on-disk layouts are understood:
+
+* GroupLens (``u.data``, ``u.item``, ``u.user``; tab / pipe separated, latin-1), the
+  canonical distribution;
+* the registry-package layout shipped inside the ``recbole==1.2.1`` wheel
+  (``ml-100k.inter``, ``ml-100k.item``, ``ml-100k.user``; tab separated with typed headers
+  such as ``user_id:token``), which is how the data reaches machines that only see PyPI.
+
+Whatever the layout, :func:`load_movielens` returns the same three frames. The catalogue
+merges the 18 "twin" movies ml-100k lists twice under one title and year, so a title
+identifies exactly one movie everywhere (API contract, feedback, evaluation).
+
+The data is never committed (its licence forbids redistribution): ``fetch`` caches it under
+the data root, which is git-ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import shutil
+import subprocess  # nosec B404 - argument lists only, never a shell
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+RECBOLE_REQUIREMENT = "recbole==1.2.1"
+RECBOLE_MEMBER_PREFIX = "recbole/dataset_example/ml-100k/"
+CACHE_SUBDIR = "ml-100k"
+
+GENRES: tuple[str, ...] = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+
+RATING_COLUMNS = ["user_id", "movie_id", "rating", "timestamp"]
+USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip_code"]
+ITEM_COLUMNS = ["movie_id", "title", "year", "genres"]
+
+
+class DataUnavailableError(RuntimeError):
+    """No source could provide ml-100k; the message lists every attempt and why it failed."""
+
+
+@dataclass(frozen=True)
+class MovieLens:
+    """The three tables every model and feature step consumes.
+
+    ``ratings``: user_id, movie_id, rating (float), timestamp (int) — twins merged.
+    ``users``: user_id, age, gender, occupation, zip_code.
+    ``items``: movie_id, title (unique display title ``Title (year)``), year (Int64),
+    genres (``|``-joined genre names) — one row per catalogue movie, sorted by id.
+    """
+
+    ratings: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+
+    def fingerprint(self) -> str:
+        """A stable hash of the content, recorded in bundles and used to skip unchanged runs."""
+        digest = hashlib.sha256()
+        for frame in (self.ratings, self.users, self.items):
+            digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def detect_layout(directory: Path) -> str | None:
+    """Return ``"grouplens"``, ``"recbole"`` or ``None`` for a directory."""
+    if all((directory / name).is_file() for name in ("u.data", "u.item", "u.user")):
+        return "grouplens"
+    if all((directory / f"ml-100k.{ext}").is_file() for ext in ("inter", "item", "user")):
+        return "recbole"
+    return None
+
+
+def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    ratings = pd.read_csv(directory / "u.data", sep="\t", names=RATING_COLUMNS, header=None)
+    users = pd.read_csv(directory / "u.user", sep="|", names=USER_COLUMNS, header=None)
+    raw_items = pd.read_csv(
+        directory / "u.item",
+        sep="|",
+        header=None,
+        encoding="latin-1",
+        names=["movie_id", "title", "release_date", "video_release_date", "url", *GENRES],
+    )
+    flags = raw_items[list(GENRES)].to_numpy(dtype=bool)
+    genres = ["|".join(g for g, on in zip(GENRES, row, strict=True) if on) for row in flags]
+    dates = pd.to_datetime(raw_items["release_date"], format="%d-%b-%Y", errors="coerce")
+    items = pd.DataFrame(
+        {
+            "movie_id": raw_items["movie_id"],
+            # GroupLens titles already carry "(year)"; keep them as the display title.
+            "title": raw_items["title"].fillna("unknown").str.strip(),
+            "year": dates.dt.year.astype("Int64"),
+            "genres": genres,
+        }
+    )
+    return ratings, users, items
+
+
+def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    def read(name: str) -> pd.DataFrame:
+        frame = pd.read_csv(directory / f"ml-100k.{name}", sep="\t", dtype=str, keep_default_na=False)
+        frame.columns = [column.split(":", 1)[0] for column in frame.columns]
+        return frame
+
+    inter = read("inter")
+    ratings = pd.DataFrame(
+        {
+            "user_id": inter["user_id"].astype(int),
+            "movie_id": inter["item_id"].astype(int),
+            "rating": inter["rating"].astype(float),
+            "timestamp": inter["timestamp"].astype(float).astype(np.int64),
+        }
+    )
+    user = read("user")
+    users = pd.DataFrame(
+        {
+            "user_id": user["user_id"].astype(int),
+            "age": user["age"].astype(int),
+            "gender": user["gender"],
+            "occupation": user["occupation"],
+            "zip_code": user["zip_code"],
+        }
+    )
+    item = read("item")
+    year = pd.to_numeric(item["release_year"], errors="coerce").astype("Int64")
+    base_title = item["movie_title"].str.strip()
+    title = [
+        f"{name} ({int(y)})" if not pd.isna(y) else (name or "unknown")
+        for name, y in zip(base_title, year, strict=True)
+    ]
+    # recbole spells the unknown movie "unkonwn"; GroupLens calls it "unknown".
+    title = ["unknown" if t.startswith("unkonwn") else t for t in title]
+    genres = [
+        "|".join(g for g in str(cls).split(" ") if g) if cls else "unknown" for cls in item["class"]
+    ]
+    items = pd.DataFrame(
+        {"movie_id": item["item_id"].astype(int), "title": title, "year": year, "genres": genres}
+    )
+    return ratings, users, items
+
+
+def _merge_twins(
+    ratings: pd.DataFrame, items: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Map every duplicate (title, year) to its lowest movie id and combine the ratings.
+
+    A user who rated both twins keeps one rating: the mean, at the later timestamp, in the
+    file position of the first one (so positional splits stay deterministic).
+    """
+    items = items.sort_values("movie_id").reset_index(drop=True)
+    canonical = items.groupby("title", sort=False)["movie_id"].transform("min")
+    mapping = dict(zip(items["movie_id"], canonical, strict=True))
+    merged_items = items[items["movie_id"] == canonical].reset_index(drop=True)
+
+    ratings = ratings.assign(movie_id=ratings["movie_id"].map(mapping).astype(np.int64))
+    ratings = ratings.reset_index(drop=True)
+    ratings["_order"] = np.arange(len(ratings))
+    grouped = ratings.groupby(["user_id", "movie_id"], sort=False)
+    combined = grouped.agg(
+        rating=("rating", "mean"), timestamp=("timestamp", "max"), _order=("_order", "min")
+    ).reset_index()
+    combined = combined.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    return combined[RATING_COLUMNS], merged_items
+
+
+def load_directory(directory: Path | str) -> MovieLens:
+    """Load ml-100k from a directory in either supported layout."""
+    directory = Path(directory)
+    layout = detect_layout(directory)
+    if layout is None:
+        raise DataUnavailableError(
+            f"{directory} holds neither the GroupLens files (u.data, u.item, u.user) nor the "
+            "registry-package files (ml-100k.inter, ml-100k.item, ml-100k.user)"
+        )
+    reader = _read_grouplens if layout == "grouplens" else _read_recbole
+    ratings, users, items = reader(directory)
+    ratings = ratings.astype({"user_id": np.int64, "movie_id": np.int64, "rating": float})
+    ratings["timestamp"] = ratings["timestamp"].astype(np.int64)
+    ratings, items = _merge_twins(ratings, items)
+    users = users.astype({"user_id": np.int64, "age": np.int64}).sort_values("user_id")
+    return MovieLens(ratings=ratings, users=users.reset_index(drop=True), items=items[ITEM_COLUMNS])
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _copy_layout_files(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    names = (
+        ("u.data", "u.item", "u.user")
+        if detect_layout(source) == "grouplens"
+        else ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
+    )
+    for name in names:
+        shutil.copyfile(source / name, target / name)
+
+
+def _from_pypi(target: Path) -> None:
+    """``pip download --no-deps recbole==1.2.1`` and extract the three data files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+            "--quiet", "--dest", tmp, RECBOLE_REQUIREMENT,
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)  # nosec B603
+        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        if result.returncode != 0 or not wheels:
+            detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no wheel"]
+            raise DataUnavailableError(f"pip download {RECBOLE_REQUIREMENT} failed: {detail[0]}")
+        target.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for ext in ("inter", "item", "user"):
+                member = f"{RECBOLE_MEMBER_PREFIX}ml-100k.{ext}"
+                (target / f"ml-100k.{ext}").write_bytes(wheel.read(member))
+
+
+def _from_grouplens(target: Path, timeout: float = 30.0) -> None:
+    with urllib.request.urlopen(GROUPLENS_URL, timeout=timeout) as response:  # nosec B310 - fixed https URL
+        payload = response.read()
+    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("u.data", "u.item", "u.user"):
+            (target / name).write_bytes(archive.read(f"ml-100k/{name}"))
+
+
+def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) -> Path:
+    """Make ml-100k available under ``data_dir/ml-100k`` and return that directory.
+
+    ``sources`` are tried in order; each is ``"pypi"``, ``"grouplens"`` or a local path (a
+    directory in either layout, or the GroupLens zip). An existing cache is used as is.
+    Raises :class:`DataUnavailableError` naming every source tried and why it failed.
+    """
+    target = Path(data_dir) / CACHE_SUBDIR
+    if detect_layout(target):
+        return target
+    failures: list[str] = []
+    for source in sources:
+        staging = Path(tempfile.mkdtemp(prefix="ml100k-"))
+        try:
+            if source == "pypi":
+                _from_pypi(staging)
+            elif source == "grouplens":
+                _from_grouplens(staging)
+            else:
+                path = Path(source)
+                if path.is_file() and zipfile.is_zipfile(path):
+                    with zipfile.ZipFile(path) as archive:
+                        for name in ("u.data", "u.item", "u.user"):
+                            (staging / name).write_bytes(archive.read(f"ml-100k/{name}"))
+                elif path.is_dir() and detect_layout(path):
+                    _copy_layout_files(path, staging)
+                else:
+                    raise DataUnavailableError(f"{path} is not an ml-100k directory or zip")
+            if not detect_layout(staging):
+                raise DataUnavailableError("the source did not provide the expected files")
+            load_directory(staging)  # validate before publishing into the cache
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(staging), str(target))
+            log.info("ml-100k cached", extra={"source": source, "path": str(target)})
+            return target
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next source is tried
+            failures.append(f"{source}: {exc}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    raise DataUnavailableError(
+        "could not obtain MovieLens ml-100k; tried " + "; ".join(failures)
+        + ". Put the GroupLens files (u.data, u.item, u.user) or the registry-package files "
+        "in a directory and pass it with --source PATH."
+    )
+
+
+def load_movielens(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) -> MovieLens:
+    """Load ml-100k from ``data_dir`` itself, its cache, or fetch it first."""
+    data_dir = Path(data_dir)
+    if detect_layout(data_dir):
+        return load_directory(data_dir)
+    return load_directory(fetch(data_dir, sources))
