@@ -1,0 +1,68 @@
+"""movierec: an authenticated movie-recommendation service and its ML life cycle.
+
+``create_app(settings)`` builds everything; nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from app.config import Settings
+    from app.services.models import ModelHolder
+    from app.services.recommendations import RecommendationService
+    from app.storage.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything the blueprints reach through ``current_app.extensions["movierec"]``."""
+
+    settings: Settings
+    db: Database
+    models: ModelHolder
+    recommendations: RecommendationService
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask application: settings checked, schema migrated, model loaded."""
+    from flask import Flask
+
+    from app.api import register_api
+    from app.config import load_settings
+    from app.recommender.bundle import BundleError
+    from app.services.models import ModelHolder
+    from app.services.recommendations import RecommendationService
+    from app.storage.db import Database
+
+    settings = settings or load_settings()
+    settings.check_secrets()
+    jwt_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
+    if not jwt_secret:
+        # Only when testing or with --debug: tokens then die with the process.
+        jwt_secret = secrets.token_urlsafe(48)
+        if not settings.testing:
+            log.warning("MOVIEREC_JWT_SECRET is not set: signing tokens with a per-process random secret (debug only)")
+
+    app = Flask(__name__, template_folder="api/templates")
+    app.config["TESTING"] = settings.testing
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
+
+    db = Database(settings.sqlalchemy_url)
+    db.upgrade()
+    models = ModelHolder(settings.model_path, data_dir=settings.data_dir)
+    try:
+        models.load()
+    except BundleError as exc:
+        log.error("no model could be loaded; the service is not ready", extra={"reason": str(exc)[:300]})
+
+    app.extensions["movierec"] = Services(settings, db, models, RecommendationService(models, db))
+    register_api(app, settings, jwt_secret)
+    return app

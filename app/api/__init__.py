@@ -1,0 +1,92 @@
+"""HTTP layer: blueprints, the JWT manager, and request hygiene shared by every endpoint."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, Response, request
+from flask_jwt_extended import JWTManager
+
+from app.api import auth, docs, health, recommend
+from app.api.errors import envelope, register_error_handlers
+from app.api.spec import spec
+from app.config import Settings
+from app.errors import InvalidRequest
+
+jwt = JWTManager()
+
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def _unauthorized(message: str) -> Response:
+    return envelope(401, message, "unauthorized")
+
+
+@jwt.unauthorized_loader
+def _missing_token(reason: str) -> Response:
+    return _unauthorized("missing access token: send Authorization: Bearer <token> from /api/login")
+
+
+@jwt.invalid_token_loader
+def _invalid_token(reason: str) -> Response:
+    return _unauthorized("invalid access token")
+
+
+@jwt.expired_token_loader
+def _expired_token(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+    return _unauthorized("access token has expired: log in again")
+
+
+@jwt.revoked_token_loader
+def _revoked_token(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+    return _unauthorized("access token has been revoked: log in again")
+
+
+@jwt.needs_fresh_token_loader
+def _needs_fresh(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+    return _unauthorized("a fresh login is required")
+
+
+@jwt.token_verification_failed_loader
+def _verification_failed(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+    return _unauthorized("access token was rejected")
+
+
+@jwt.user_lookup_error_loader
+def _user_lookup_error(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+    return _unauthorized("access token was rejected")
+
+
+def _require_json_object() -> None:
+    """API bodies must be a JSON object with a JSON content type: 415 / 400 otherwise."""
+    if request.method not in _BODY_METHODS or not request.path.startswith("/api/"):
+        return
+    if request.path == "/api/logout" and not request.content_length:
+        return
+    if not request.is_json:
+        raise InvalidRequest(
+            "request body must be JSON (Content-Type: application/json)", status=415, code="invalid_request"
+        )
+    payload = request.get_json(silent=True)
+    if payload is None:
+        raise InvalidRequest("request body is not valid JSON", fields={"body": "must be a valid JSON object"})
+    if not isinstance(payload, dict):
+        raise InvalidRequest("request body must be a JSON object", fields={"body": "must be a JSON object"})
+
+
+def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
+    app.config.update(
+        JWT_SECRET_KEY=jwt_secret,
+        JWT_ALGORITHM="HS256",
+        JWT_DECODE_ALGORITHMS=["HS256"],
+        JWT_ACCESS_TOKEN_EXPIRES=timedelta(seconds=settings.token_ttl_seconds),
+        JWT_TOKEN_LOCATION=["headers"],
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+    )
+    jwt.init_app(app)
+    app.before_request(_require_json_object)
+    for blueprint in (auth.bp, recommend.bp, health.bp, docs.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    spec.register(app)

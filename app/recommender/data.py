@@ -289,6 +289,14 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
     )
 
 
+def find_local(data_dir: Path | str) -> MovieLens | None:
+    """ml-100k from ``data_dir`` or its cache if present; never fetches (serving must not)."""
+    for candidate in (Path(data_dir), Path(data_dir) / CACHE_SUBDIR):
+        if detect_layout(candidate):
+            return load_directory(candidate)
+    return None
+
+
 def load_movielens(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) -> MovieLens:
     """Load ml-100k from ``data_dir`` itself, its cache, or fetch it first."""
     data_dir = Path(data_dir)

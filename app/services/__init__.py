@@ -1,0 +1,1 @@
+"""Services: what blueprints call. They use recommender/ (bundles) and storage/ (database)."""

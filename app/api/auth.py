@@ -1,0 +1,67 @@
+"""Authentication: the seed's /, /protected and /api/login, with roles and constant-time checks."""
+
+from __future__ import annotations
+
+import hmac
+from functools import wraps
+from typing import Any, Callable, TypeVar
+
+from flask import Blueprint, current_app, jsonify
+from flask_jwt_extended import create_access_token, get_jwt, jwt_required
+from spectree import Response
+
+from app.api.schemas import ErrorResponse, LoginRequest, LoginResponse, Message
+from app.api.spec import BEARER, spec
+from app.errors import Forbidden, Unauthorized
+
+bp = Blueprint("auth", __name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _matches(candidate: str, secret: str | None) -> bool:
+    """Constant-time comparison; always does the same work whether or not a secret is set."""
+    expected = (secret or "").encode()
+    equal = hmac.compare_digest(candidate.encode(), expected)
+    return bool(secret) and equal
+
+
+@bp.get("/")
+@spec.validate(resp=Response(HTTP_200=Message))
+def index() -> Any:
+    return jsonify(message="Welcome to movierec: POST /api/login, then /api/recommend. Docs at /docs.")
+
+
+@bp.get("/protected")
+@jwt_required()
+@spec.validate(resp=Response(HTTP_200=Message, HTTP_401=ErrorResponse), security=BEARER)
+def protected() -> Any:
+    return jsonify(message="Protected")
+
+
+@bp.post("/api/login")
+@spec.validate(json=LoginRequest, resp=Response(HTTP_200=LoginResponse, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse))
+def login(json: LoginRequest) -> Any:
+    settings = current_app.extensions["movierec"].settings
+    password = json.session_password
+    session = settings.session_password.get_secret_value() if settings.session_password else None
+    admin = settings.admin_password.get_secret_value() if settings.admin_password else None
+    is_client, is_admin = _matches(password, session), _matches(password, admin)
+    if not (is_client or is_admin):
+        raise Unauthorized("invalid session password")
+    role = "admin" if is_admin else "client"
+    token = create_access_token(identity=role, additional_claims={"role": role})
+    return jsonify(access_token=token)
+
+
+def admin_required(view: F) -> F:
+    """Require a valid token carrying the admin role (client tokens get 403)."""
+
+    @wraps(view)
+    @jwt_required()
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if get_jwt().get("role") != "admin":
+            raise Forbidden("this endpoint needs an admin token")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,76 @@
+"""The one error envelope, and the one place errors become HTTP responses.
+
+Every 4xx/5xx body is ``{"error": {"code", "message", "fields"?}}`` — Werkzeug's own errors
+(404, 405, 413 …), request validation, the JWT library's errors and unexpected exceptions
+alike. No stack trace or secret ever reaches a response.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from app.errors import CODES, ApiError
+from app.recommender.bundle import BundleError
+from app.storage.db import DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+
+def envelope(status: int, message: str, code: str | None = None, fields: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {"code": code or CODES.get(status, "internal"), "message": message}
+    if fields:
+        body["fields"] = fields
+    response = jsonify({"error": body})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError) -> Response:
+        response = envelope(error.status, error.message, error.code, error.fields)
+        response.headers.update(error.headers)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        response = envelope(status, _describe(error))
+        # keep Werkzeug's headers (Allow on 405, Retry-After on 429 …), not its HTML content type
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(DatabaseUnavailableError)
+    def _database_down(error: DatabaseUnavailableError) -> Response:
+        log.error("database unavailable", extra={"reason": str(error)[:200]})
+        response = envelope(503, "the database is unavailable; retry later", "unavailable")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(BundleError)
+    def _no_model(error: BundleError) -> Response:
+        return envelope(503, "no model is loaded; the service is not ready", "unavailable")
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error")
+        return envelope(500, "internal error", "internal")
+
+
+def _describe(error: HTTPException) -> str:
+    messages = {
+        404: "no such resource",
+        405: "method not allowed for this resource",
+        413: "request body is too large",
+        415: "request body must be JSON (Content-Type: application/json)",
+        429: "too many requests; slow down",
+    }
+    status = error.code or 500
+    return messages.get(status) or (error.description or error.name or "error").split("\n")[0]

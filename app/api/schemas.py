@@ -1,0 +1,137 @@
+"""Request and response schemas (pydantic v2). The OpenAPI spec is generated from these.
+
+Integers are strict (JSON ``true``, ``"30"`` and ``2.5`` are not ages) but accept integral
+floats such as ``30.0``, which JSON Schema also calls integers; the bounds are declared before
+the converting validator so the spec keeps ``minimum``/``maximum`` (LIBRARY-NOTES.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictInt, model_validator
+
+from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
+
+MAX_RECS = 100
+
+
+def _integral_float_to_int(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def strict_int(ge: int, le: int | None = None) -> Any:
+    return Annotated[StrictInt, Field(ge=ge, le=le), BeforeValidator(_integral_float_to_int)]
+
+
+Age = strict_int(MIN_AGE, MAX_AGE)
+MaxRecs = strict_int(1, MAX_RECS)
+UserId = strict_int(1, 2**31 - 1)
+Gender = Literal["M", "F", "O"]
+Occupation = Literal[OCCUPATIONS]  # type: ignore[valid-type]
+Score = Annotated[float, Field(strict=True, ge=0.5, le=5, allow_inf_nan=False)]
+
+# What each field must be, in the words the error envelope uses.
+FIELD_RULES: dict[str, str] = {
+    "session_password": "must be a non-empty string",
+    "age": f"must be an integer between {MIN_AGE} and {MAX_AGE}",
+    "gender": "must be one of M, F, O",
+    "occupation": "must be one of: " + ", ".join(OCCUPATIONS),
+    "max_recs": f"must be an integer between 1 and {MAX_RECS}",
+    "user_id": "must be a positive integer",
+    "id": "must be a recommendation id issued by this service",
+    "movie": "must be a movie title recommended under that id",
+    "score": "must be a number between 0.5 and 5",
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginRequest(Strict):
+    session_password: str = Field(min_length=1, max_length=1024)
+
+
+class LoginResponse(BaseModel):
+    access_token: str
+
+
+class Message(BaseModel):
+    message: str
+
+
+class RecommendRequest(Strict):
+    """Demographics for a cold-start recommendation, or ``user_id`` for a known user."""
+
+    age: Age | None = None
+    gender: Gender | None = None
+    occupation: Occupation | None = None
+    max_recs: MaxRecs = 10
+    user_id: UserId | None = None
+
+    @model_validator(mode="after")
+    def _demographics_or_user(self) -> RecommendRequest:
+        if self.user_id is None:
+            missing = [name for name in ("age", "gender", "occupation") if getattr(self, name) is None]
+            if missing:
+                raise ValueError("missing:" + ",".join(missing))
+        return self
+
+
+class RecommendedItem(BaseModel):
+    movie_id: int
+    title: str
+    score: float | None
+
+
+class RecommendResponse(BaseModel):
+    recommendations: list[str]
+    id: str
+    items: list[RecommendedItem]
+    model_version: str
+    strategy: str
+
+
+class ScoreRequest(Strict):
+    id: str = Field(min_length=1, max_length=64)
+    movie: str = Field(min_length=1, max_length=255)
+    score: Score
+
+
+class Ok(RootModel[Literal["Ok"]]):
+    """The seed's success body for a stored score: the JSON string "Ok"."""
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    fields: dict[str, str] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def field_errors(errors: list[dict[str, Any]]) -> dict[str, str]:
+    """pydantic errors → {field: rule}, one entry per invalid field, in the envelope's words."""
+    fields: dict[str, str] = {}
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
+        message = str(error.get("msg", ""))
+        if error.get("type") == "extra_forbidden" and loc:
+            fields[loc[0]] = "unknown field"
+        elif error.get("type") == "missing" and loc:
+            fields[loc[0]] = f"is required and {FIELD_RULES.get(loc[0], 'must be given')}"
+        elif "missing:" in message:
+            for name in message.split("missing:", 1)[1].split(","):
+                name = name.strip()
+                fields[name] = f"is required (or give user_id) and {FIELD_RULES[name]}"
+        elif loc:
+            fields.setdefault(loc[0], FIELD_RULES.get(loc[0], message))
+        else:
+            fields.setdefault("body", message)
+    return fields

@@ -1,0 +1,106 @@
+"""Settings: typed, from the environment, validated once at start-up (twelve-factor).
+
+Environment variables use the ``MOVIEREC_`` prefix, plus the seed's own names
+``ML_MODEL_PATH``, ``SESSION_PASSWORD`` and ``ADMIN_PASSWORD``. Any secret may instead be
+given as a file path in ``<NAME>_FILE`` (Docker/Kubernetes secrets). Outside testing the
+service refuses to start without a session password and a strong JWT secret, and the error
+names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_LENGTH = 32
+WEAK_SECRETS = frozenset({"secret", "changeme", "change-me", "jwt-secret", "super-secret", "test", "password"})
+
+
+class ConfigurationError(RuntimeError):
+    """The service cannot start with this configuration; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOVIEREC_", extra="ignore", populate_by_name=True)
+
+    testing: bool = False
+    debug: bool = False
+
+    session_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SESSION_PASSWORD", "MOVIEREC_SESSION_PASSWORD")
+    )
+    admin_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ADMIN_PASSWORD", "MOVIEREC_ADMIN_PASSWORD")
+    )
+    jwt_secret: SecretStr | None = None
+    token_ttl_seconds: int = Field(default=3600, ge=1)
+
+    model_path: Path = Field(default=Path("model"), validation_alias=AliasChoices("ML_MODEL_PATH", "MOVIEREC_MODEL_PATH"))
+    model_dir: Path = Path("model")
+    data_dir: Path = Path("data")
+    database_url: str = "sqlite:///var/movierec.db"
+    redis_url: str | None = None
+
+    max_body_bytes: int = 64 * 1024
+    default_max_recs: int = 10
+    log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, values: Any) -> Any:
+        """``SESSION_PASSWORD_FILE`` etc.: read a secret from a file when its variable is unset."""
+        if not isinstance(values, dict):
+            return values
+        for field, names in {
+            "session_password": ("SESSION_PASSWORD", "MOVIEREC_SESSION_PASSWORD"),
+            "admin_password": ("ADMIN_PASSWORD", "MOVIEREC_ADMIN_PASSWORD"),
+            "jwt_secret": ("MOVIEREC_JWT_SECRET",),
+        }.items():
+            if values.get(field) is not None or any(values.get(n) is not None for n in names):
+                continue
+            for name in names:
+                file_path = os.environ.get(f"{name}_FILE")
+                if file_path:
+                    values[field] = Path(file_path).read_text().strip()
+                    break
+        return values
+
+    def check_secrets(self) -> None:
+        """Refuse to run without secrets (or with weak ones) unless testing."""
+        if self.testing:
+            return
+        if self.session_password is None or not self.session_password.get_secret_value():
+            raise ConfigurationError("SESSION_PASSWORD is not set: the service needs the session password to issue tokens")
+        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+        if not secret and self.debug:
+            return  # development server: create_app signs with a per-process random secret
+        if not secret:
+            raise ConfigurationError("MOVIEREC_JWT_SECRET is not set: tokens must be signed with a secret you provide")
+        if len(secret) < MIN_SECRET_LENGTH or secret.lower() in WEAK_SECRETS:
+            raise ConfigurationError(
+                f"MOVIEREC_JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} random characters "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg 3 driver made explicit for PostgreSQL."""
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment plus overrides; ConfigurationError names a bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigurationError(f"invalid setting {name}: {first['msg']}") from exc

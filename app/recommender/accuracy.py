@@ -1,0 +1,72 @@
+"""The accuracy test behind ``tests/run_accuracy_tests.py`` (the seed's interface).
+
+``test_data.json`` holds ``data``, ``target`` and ``expected_score``. For a bundle, ``data``
+are demographic profiles, ``target`` each profile's liked titles, and the score is NDCG@10 of
+what the bundle serves — computed through the same lookup the API uses. For a seed-style
+scikit-learn model, ``data`` are feature rows, ``target`` ratings and the score is the
+estimator's own ``score`` (R²).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from app.recommender.bundle import BundleError, LoadedBundle, load_bundle, segment_profiles
+from app.recommender.metrics import ndcg_at_k
+
+K = 10
+
+
+def bundle_score(bundle: LoadedBundle, data: list[dict[str, Any]], target: list[list[str]], k: int = K) -> float:
+    """Mean NDCG@k of the bundle's served lists against the liked titles."""
+    if len(data) != len(target) or not data:
+        raise ValueError("test data needs one non-empty target per profile")
+    scores = [
+        ndcg_at_k([r.title for r in bundle.recommend_segment(segment, k)], set(liked), k)
+        for segment, liked in zip(segment_profiles(data), target, strict=True)
+    ]
+    return float(np.mean(scores))
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    score: float
+    expected: float
+    tolerance: float
+    metric: str
+
+    @property
+    def passed(self) -> bool:
+        return self.score >= self.expected - self.tolerance
+
+
+def run_accuracy_test(model_path: Path | str, test_data_path: Path | str, tolerance: float = 1e-5) -> AccuracyResult:
+    """Score the model on the test data and compare with the expected score."""
+    payload = json.loads(Path(test_data_path).read_text())
+    try:
+        data, target, expected = payload["data"], payload["target"], float(payload["expected_score"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{test_data_path} must hold data, target and expected_score") from exc
+    model_path = Path(model_path)
+    try:
+        bundle = load_bundle(model_path)
+    except BundleError:
+        estimator = _plain_estimator(model_path)
+        if estimator is None:
+            raise
+        score = float(estimator.score(np.asarray(data, dtype=np.float64), np.asarray(target, dtype=np.float64)))
+        return AccuracyResult(score, expected, tolerance, "r2")
+    return AccuracyResult(bundle_score(bundle, data, target, int(payload.get("k", K))), expected, tolerance, "ndcg@10")
+
+
+def _plain_estimator(path: Path) -> Any | None:
+    if not (path.is_file() and path.suffix == ".pkl"):
+        return None
+    estimator = joblib.load(path)  # nosec B301 - model files come from our own training
+    return estimator if hasattr(estimator, "score") else None

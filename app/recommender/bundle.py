@@ -1,0 +1,378 @@
+"""Model bundles: the immutable, versioned unit that training writes and serving loads.
+
+A bundle is a directory::
+
+    manifest.json        version, created_at, code_version, data_hash, served model, metrics
+    model.pkl            the fitted served model (joblib), for rating predictions and reuse
+    catalogue.csv        movie_id, title, year, genres (titles unique)
+    segment_top.npy      (441, depth) catalogue positions, best first, -1 padded
+    segment_scores.npy   (441, depth) the model's scores for those movies
+    user_ids.npy         known users (optional: models that score known users)
+    user_top.npy         (n_users, depth) positions, movies the user rated excluded
+    user_scores.npy
+    test_data.json       seed-format accuracy test: data, target, expected_score
+
+Serving only needs the tables, so a request is a lookup. ``load_bundle`` accepts a bundle
+directory, a model store directory (it follows ``latest``), a ``.tar.gz`` of a bundle, or a
+seed-style ``model.pkl`` (then the tables are computed at load time). A bundle is loaded
+and checked completely before anyone can use it, so a bad one never replaces a good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from app.recommender.models.base import Recommender
+from app.recommender.ranking import top_n
+from app.recommender.segments import Segment, all_segments, segment_index
+
+FORMAT_VERSION = 1
+TABLE_DEPTH = 100  # max_recs is at most 100
+LATEST = "latest"
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle is missing, malformed or inconsistent; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    movie_id: int
+    title: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Precomputed answers: positions into the catalogue and their scores."""
+
+    segment_top: np.ndarray
+    segment_scores: np.ndarray
+    user_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    user_top: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.int32))
+    user_scores: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
+
+
+def build_tables(
+    model: Recommender,
+    ratings: pd.DataFrame | None = None,
+    depth: int = TABLE_DEPTH,
+    batch: int = 256,
+) -> Tables:
+    """Batch inference: rank every segment and, when the model can, every known user.
+
+    Known users' lists exclude what they rated in ``ratings`` (the training data).
+    """
+    segments = all_segments()
+    seg_top_parts, seg_score_parts = [], []
+    for start in range(0, len(segments), batch):
+        scores = model.score_segments(segments[start : start + batch])
+        best = top_n(scores, depth)
+        seg_top_parts.append(best.astype(np.int32))
+        seg_score_parts.append(_gather(scores, best))
+    tables = {
+        "segment_top": np.vstack(seg_top_parts),
+        "segment_scores": np.vstack(seg_score_parts),
+    }
+    if model.supports_users:
+        user_ids = np.sort(np.asarray(model.known_users(), dtype=np.int64))
+        rated: dict[int, np.ndarray] = {}
+        if ratings is not None:
+            grouped = ratings.groupby("user_id")["movie_id"]
+            rated = {int(u): model.item_positions(m.to_numpy()) for u, m in grouped}
+        top_parts, score_parts = [], []
+        for start in range(0, len(user_ids), batch):
+            chunk = user_ids[start : start + batch]
+            scores = model.score_users(chunk.tolist())
+            exclude = [_valid(rated.get(int(u), np.empty(0, dtype=np.int64))) for u in chunk]
+            best = top_n(scores, depth, exclude)
+            top_parts.append(best.astype(np.int32))
+            score_parts.append(_gather(scores, best))
+        if len(user_ids):
+            tables.update(user_ids=user_ids, user_top=np.vstack(top_parts), user_scores=np.vstack(score_parts))
+    return Tables(**tables)
+
+
+def _valid(positions: np.ndarray) -> np.ndarray:
+    return positions[positions >= 0]
+
+
+def _gather(scores: np.ndarray, best: np.ndarray) -> np.ndarray:
+    gathered = np.take_along_axis(np.asarray(scores, dtype=np.float64), np.maximum(best, 0), axis=1)
+    return np.where(best >= 0, gathered, np.nan).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- the loaded form
+
+
+@dataclass
+class LoadedBundle:
+    """A bundle in memory: everything a request needs, as NumPy arrays and dicts."""
+
+    version: str
+    manifest: dict[str, Any]
+    catalogue: pd.DataFrame
+    tables: Tables
+    path: Path
+    model: Recommender | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.movie_ids = self.catalogue["movie_id"].to_numpy(dtype=np.int64)
+        self.titles: list[str] = self.catalogue["title"].tolist()
+        self.position_of_title = {title: pos for pos, title in enumerate(self.titles)}
+        self.position_of_movie = {int(m): pos for pos, m in enumerate(self.movie_ids)}
+        self._segment_row = segment_index()
+        self._user_row = {int(u): row for row, u in enumerate(self.tables.user_ids)}
+
+    @property
+    def strategy_for_segments(self) -> str:
+        return "segment"
+
+    def knows_user(self, user_id: int) -> bool:
+        return user_id in self._user_row
+
+    def _rows(self, top: np.ndarray, scores: np.ndarray, n: int) -> list[Recommendation]:
+        out = []
+        for pos, score in zip(top[:n], scores[:n], strict=True):
+            if pos < 0:
+                break
+            out.append(Recommendation(int(self.movie_ids[pos]), self.titles[pos], float(score)))
+        return out
+
+    def recommend_segment(self, segment: Segment, n: int) -> list[Recommendation]:
+        row = self._segment_row[segment.key]
+        return self._rows(self.tables.segment_top[row], self.tables.segment_scores[row], n)
+
+    def recommend_user(self, user_id: int, n: int) -> list[Recommendation]:
+        """Personal recommendations; KeyError when the user is unknown to this bundle."""
+        row = self._user_row[user_id]
+        return self._rows(self.tables.user_top[row], self.tables.user_scores[row], n)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.manifest.get("metrics", {}))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def code_version(root: Path | None = None) -> str:
+    """A content hash of the ML code (app/recommender): a change here is a new model version."""
+    root = root or Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def new_version(now: datetime | None = None, salt: str = "") -> str:
+    now = now or datetime.now(UTC)
+    suffix = hashlib.sha256(f"{now.isoformat()}{salt}{os.getpid()}".encode()).hexdigest()[:6]
+    return f"{now:%Y%m%dT%H%M%S}-{suffix}"
+
+
+def write_bundle(
+    model_dir: Path | str,
+    model: Recommender,
+    catalogue: pd.DataFrame,
+    tables: Tables,
+    manifest: dict[str, Any],
+    test_data: dict[str, Any],
+    *,
+    set_latest: bool = True,
+) -> Path:
+    """Write a new immutable bundle directory atomically and return its path.
+
+    Files go to a hidden temporary directory first and are renamed into place, so a reader
+    never sees half a bundle; ``latest`` is then swapped with an atomic symlink replace.
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = manifest.get("version") or new_version(salt=manifest.get("data_hash", ""))
+    manifest = {
+        "format": FORMAT_VERSION,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "table_depth": int(tables.segment_top.shape[1]),
+        "n_items": len(catalogue),
+        "n_known_users": len(tables.user_ids),
+        **manifest,
+    }
+    manifest["version"] = version
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
+    joblib.dump(model, staging / "model.pkl", compress=3)
+    catalogue[["movie_id", "title", "year", "genres"]].to_csv(staging / "catalogue.csv", index=False)
+    for name in ("segment_top", "segment_scores", "user_ids", "user_top", "user_scores"):
+        np.save(staging / f"{name}.npy", getattr(tables, name), allow_pickle=False)
+    (staging / "test_data.json").write_text(json.dumps(test_data))
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
+    os.chmod(staging, 0o755)  # noqa: S103 - bundles are world-readable artefacts, never secret
+    final = model_dir / version
+    os.replace(staging, final)
+    if set_latest:
+        point_latest(model_dir, version)
+    return final
+
+
+def point_latest(model_dir: Path | str, version: str) -> None:
+    """Atomically make ``model_dir/latest`` a symlink to ``version``."""
+    model_dir = Path(model_dir)
+    if not (model_dir / version / MANIFEST).is_file():
+        raise BundleError(f"no bundle {version} in {model_dir}")
+    tmp = model_dir / f".latest-{os.getpid()}-{time.monotonic_ns()}"
+    os.symlink(version, tmp)
+    os.replace(tmp, model_dir / LATEST)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_bundle_dir(path: Path) -> Path:
+    """A bundle dir as given, or the one ``latest`` names inside a model store."""
+    if (path / MANIFEST).is_file():
+        return path
+    if (path / LATEST / MANIFEST).is_file():
+        return (path / LATEST).resolve()
+    raise BundleError(f"{path} is neither a bundle (no {MANIFEST}) nor a model store with a '{LATEST}' bundle")
+
+
+def load_bundle(path: Path | str, catalogue_fallback: pd.DataFrame | None = None) -> LoadedBundle:
+    """Load and validate a bundle dir, model store, ``.tar.gz`` or seed-style ``model.pkl``."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"model path {path} does not exist")
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        return _load_tarball(path, catalogue_fallback)
+    if path.is_file():
+        return _load_pickle(path, catalogue_fallback)
+    return _load_dir(resolve_bundle_dir(path))
+
+
+def _load_dir(directory: Path) -> LoadedBundle:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        catalogue = pd.read_csv(directory / "catalogue.csv", dtype={"title": str, "genres": str})
+        arrays = {
+            name: np.load(directory / f"{name}.npy", allow_pickle=False)
+            for name in ("segment_top", "segment_scores", "user_ids", "user_top", "user_scores")
+        }
+    except (OSError, ValueError, EOFError) as exc:
+        raise BundleError(f"bundle {directory} is unreadable: {exc}") from exc
+    tables = Tables(**arrays)
+    _validate(manifest, catalogue, tables, directory)
+    return LoadedBundle(
+        version=str(manifest["version"]), manifest=manifest, catalogue=catalogue, tables=tables, path=directory
+    )
+
+
+def _validate(manifest: dict[str, Any], catalogue: pd.DataFrame, tables: Tables, where: Path) -> None:
+    n_items = len(catalogue)
+    problems = []
+    if manifest.get("format") != FORMAT_VERSION:
+        problems.append(f"unsupported format {manifest.get('format')!r}")
+    if "version" not in manifest:
+        problems.append("manifest has no version")
+    if not catalogue["title"].is_unique:
+        problems.append("catalogue titles are not unique")
+    if tables.segment_top.shape != tables.segment_scores.shape or tables.segment_top.shape[0] != len(segment_index()):
+        problems.append(f"segment table shape {tables.segment_top.shape} does not cover every segment")
+    for name, top in (("segment", tables.segment_top), ("user", tables.user_top)):
+        if top.size and (top.max() >= n_items or top.min() < -1):
+            problems.append(f"{name} table points outside the catalogue")
+    if len(tables.user_ids) != tables.user_top.shape[0] or tables.user_top.shape != tables.user_scores.shape:
+        problems.append("user tables are inconsistent")
+    for name, top in (("segment", tables.segment_top), ("user", tables.user_top)):
+        for row in top:
+            valid = row[row >= 0]
+            if len(np.unique(valid)) != len(valid):
+                problems.append(f"{name} table repeats a movie")
+                break
+    if problems:
+        raise BundleError(f"bundle {where} is invalid: " + "; ".join(problems))
+
+
+def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:
+    target = Path(tempfile.mkdtemp(prefix="movierec-bundle-"))
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            archive.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(f"{path} is not a readable .tar.gz: {exc}") from exc
+    manifests = list(target.rglob(MANIFEST))
+    if len(manifests) == 1:
+        return _load_dir(manifests[0].parent)
+    pickles = list(target.rglob("model.pkl"))
+    if len(pickles) == 1:
+        return _load_pickle(pickles[0], catalogue_fallback)
+    raise BundleError(f"{path} must hold exactly one bundle or one model.pkl")
+
+
+def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:
+    """A seed-style single-file model: a pickled movierec ``Recommender``.
+
+    The movie titles come from a ``catalogue.csv`` beside the file or from the data set.
+    """
+    try:
+        model = joblib.load(path)  # nosec B301 - model files come from our own training
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad model file
+        raise BundleError(f"{path} could not be unpickled: {exc}") from exc
+    if not isinstance(model, Recommender):
+        model = _wrap_seed_estimator(model, catalogue_fallback, path)
+    sidecar = path.parent / "catalogue.csv"
+    if sidecar.is_file():
+        catalogue = pd.read_csv(sidecar, dtype={"title": str, "genres": str})
+    elif catalogue_fallback is not None:
+        catalogue = catalogue_fallback
+    else:
+        raise BundleError(f"{path} needs a catalogue.csv beside it (or the data set) for movie titles")
+    catalogue = catalogue.set_index("movie_id").loc[model.item_ids].reset_index()
+    tables = build_tables(model)
+    manifest = {"format": FORMAT_VERSION, "version": f"pkl-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}",
+                "served_model": model.name, "source": "model.pkl"}  # fmt: skip
+    _validate(manifest, catalogue, tables, path)
+    return LoadedBundle(manifest["version"], manifest, catalogue, tables, path, model=model)
+
+
+def _wrap_seed_estimator(estimator: Any, catalogue: pd.DataFrame | None, path: Path) -> Recommender:
+    """The seed's own model.pkl: a scikit-learn regressor over (age, gender, occupation, movie id)."""
+    if getattr(estimator, "n_features_in_", None) != 4 or not hasattr(estimator, "predict"):
+        raise BundleError(
+            f"{path} holds a {type(estimator).__name__}, neither a movierec model nor a seed-style "
+            "regressor over (age, gender, occupation, movie id)"
+        )
+    if catalogue is None:
+        raise BundleError(f"{path} is a seed-style regressor; the movie catalogue (data set) is needed to serve it")
+    from app.recommender.models.forest import SeedRandomForest
+
+    wrapped = SeedRandomForest()
+    wrapped.model_ = estimator
+    wrapped._set_catalogue(catalogue)
+    return wrapped
+
+
+def segment_profiles(records: Sequence[dict[str, Any]]) -> list[Segment]:
+    """Segments of seed-format profile records ({"age", "gender", "occupation"})."""
+    return [Segment.of(int(r["age"]), str(r["gender"]), str(r["occupation"])) for r in records]

@@ -1,0 +1,78 @@
+"""Ranking and rating metrics as pure functions (EVALUATION.md definitions).
+
+NDCG uses binary gains and a log2 discount; the ideal DCG places min(k, #relevant) hits at
+the top. Lists may contain -1 padding (fewer eligible movies than k), which never hits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+
+import numpy as np
+
+_DISCOUNT = 1.0 / np.log2(np.arange(2, 1002))
+
+
+def _hits(ranked: Sequence[int], relevant: Collection[int], k: int) -> np.ndarray:
+    return np.fromiter((item in relevant for item in list(ranked)[:k]), dtype=bool)
+
+
+def ndcg_at_k(ranked: Sequence[int], relevant: Collection[int], k: int = 10) -> float:
+    """Normalised discounted cumulative gain of one ranked list."""
+    if not relevant:
+        return 0.0
+    hits = _hits(ranked, relevant, k)
+    dcg = float(_DISCOUNT[: len(hits)][hits].sum())
+    ideal = float(_DISCOUNT[: min(k, len(relevant))].sum())
+    return dcg / ideal
+
+
+def precision_at_k(ranked: Sequence[int], relevant: Collection[int], k: int = 10) -> float:
+    """Share of the k slots that hold a relevant movie (a short list still divides by k)."""
+    return float(_hits(ranked, relevant, k).sum()) / k
+
+
+def recall_at_k(ranked: Sequence[int], relevant: Collection[int], k: int = 10) -> float:
+    """Share of the relevant movies found in the top k."""
+    if not relevant:
+        return 0.0
+    return float(_hits(ranked, relevant, k).sum()) / len(relevant)
+
+
+def hit_rate_at_k(ranked: Sequence[int], relevant: Collection[int], k: int = 10) -> float:
+    """1.0 when at least one relevant movie is in the top k."""
+    return float(_hits(ranked, relevant, k).any())
+
+
+def coverage(lists: Iterable[Sequence[int]], catalogue_size: int, k: int = 10) -> float:
+    """Share of the catalogue that appears in at least one top-k list."""
+    if catalogue_size <= 0:
+        raise ValueError("catalogue_size must be positive")
+    seen = {item for ranked in lists for item in list(ranked)[:k] if item >= 0}
+    return len(seen) / catalogue_size
+
+
+def rmse(predicted: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray) -> float:
+    """Root mean squared error."""
+    predicted = np.asarray(predicted, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    if predicted.shape != actual.shape or predicted.size == 0:
+        raise ValueError("predicted and actual must be non-empty and of the same shape")
+    return float(np.sqrt(np.mean((predicted - actual) ** 2)))
+
+
+def ranking_metrics(
+    lists: Sequence[Sequence[int]], relevant: Sequence[Collection[int]], catalogue_size: int, k: int = 10
+) -> dict[str, float]:
+    """Mean NDCG / precision / recall / hit rate over users, plus coverage of the lists."""
+    if len(lists) != len(relevant):
+        raise ValueError("one relevant set per ranked list is required")
+    if not lists:
+        raise ValueError("no users to evaluate")
+    return {
+        f"ndcg@{k}": float(np.mean([ndcg_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
+        f"precision@{k}": float(np.mean([precision_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
+        f"recall@{k}": float(np.mean([recall_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
+        f"hit_rate@{k}": float(np.mean([hit_rate_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
+        f"coverage@{k}": coverage(lists, catalogue_size, k),
+    }

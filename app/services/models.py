@@ -1,0 +1,63 @@
+"""The served model: one loaded bundle per process, swapped atomically.
+
+A new bundle is loaded and validated completely before the reference is replaced; requests
+read the reference once, so each request sees exactly one model version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pandas as pd
+
+from app.recommender.bundle import BundleError, LoadedBundle, load_bundle
+from app.recommender.data import find_local
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    def __init__(self, path: Path, data_dir: Path | None = None) -> None:
+        self.path = path
+        self.data_dir = data_dir
+        self._bundle: LoadedBundle | None = None
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def bundle(self) -> LoadedBundle | None:
+        return self._bundle
+
+    def require(self) -> LoadedBundle:
+        bundle = self._bundle
+        if bundle is None:
+            raise BundleError(self.last_error or f"no model loaded from {self.path}")
+        return bundle
+
+    def _catalogue_for_single_files(self, target: Path) -> pd.DataFrame | None:
+        """A bare model.pkl has no titles; take them from local data (never fetched at serve time)."""
+        if target.is_dir() or self.data_dir is None:
+            return None
+        data = find_local(self.data_dir)
+        return data.items if data is not None else None
+
+    def load(self, path: Path | None = None) -> LoadedBundle:
+        """Load ``path`` (default: the configured one) and swap it in; raise and keep the old on failure."""
+        target = path or self.path
+        with self._lock:
+            try:
+                bundle = load_bundle(target, self._catalogue_for_single_files(target))
+            except BundleError as exc:
+                self.last_error = str(exc)
+                log.error("model bundle refused", extra={"path": str(target), "reason": str(exc)[:300]})
+                raise
+            previous = self._bundle
+            self._bundle = bundle
+            self.last_error = None
+        log.info(
+            "model loaded",
+            extra={"model_version": bundle.version, "previous_version": previous.version if previous else None},
+        )
+        return bundle

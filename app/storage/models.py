@@ -1,0 +1,56 @@
+"""SQLAlchemy 2 models: the service's durable state.
+
+``recommendation_requests`` records what was served under each id (inputs, items, model
+version) so feedback can be checked against it and fed back into training; ``feedback``
+holds the users' scores, one row per (request, movie) — a retried post updates the same row
+instead of adding a duplicate.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RecommendationRequest(Base):
+    __tablename__ = "recommendation_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    age: Mapped[int | None] = mapped_column(Integer)
+    gender: Mapped[str | None] = mapped_column(String(1))
+    occupation: Mapped[str | None] = mapped_column(String(32))
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    max_recs: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str] = mapped_column(String(64))
+    strategy: Mapped[str] = mapped_column(String(16))
+    items: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("request_id", "movie_id", name="uq_feedback_request_movie"),
+        Index("ix_feedback_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("recommendation_requests.id"), index=True)
+    movie_id: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(String(255))
+    score: Mapped[float] = mapped_column(Float)
+    predicted_score: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""The seed's entry point: ``ML_MODEL_PATH=… SESSION_PASSWORD=… python main.py --port 5000 --debug``.
+
+Development server only; production runs uwsgi (``uwsgi --ini uwsgi.ini``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app import create_app
+from app.config import ConfigurationError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the movierec API (development server).")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    parser.add_argument("--debug", action="store_true", help="Flask debug mode (development only)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(debug=args.debug)
+        app = create_app(settings)
+    except ConfigurationError as exc:
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 2
+    app.run(host=args.host, port=args.port, debug=args.debug, use_reloader=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
