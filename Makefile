@@ -1,0 +1,93 @@
+# movierec — every target bootstraps what it needs: the virtualenv, the data, a model.
+# Quick start: `make run` (serve on :5000) and `make test`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MOVIEREC := $(VENV)/bin/movierec
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.txt | sha1sum | cut -c1-12)
+DATA_DIR ?= data
+MODEL_DIR ?= model
+SECRETS := var/secrets.env
+HOST ?= 127.0.0.1
+PORT ?= 5000
+PYTEST_ARGS ?=
+# pip prints one warning per package for the machine's optional local indexes; hide only those.
+QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
+
+.PHONY: help venv data model secrets run serve serve-prod train evaluate test test-fast lint bench docker clean
+
+help:
+	@echo "make run    set everything up, train a model if none exists, serve on http://$(HOST):$(PORT)"
+	@echo "make test   run every test tier (unit, api, integration, model, slow, docker, browser)"
+	@echo "other: test-fast lint train evaluate serve serve-prod bench docker clean"
+
+$(STAMP): pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install --quiet -c requirements.txt -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+data: venv
+	$(MOVIEREC) data fetch --data-dir $(DATA_DIR)
+
+# A bundle exists after this; training happens only when the model store has none.
+model: data
+	$(MOVIEREC) train --if-missing --data-dir $(DATA_DIR) --model-dir $(MODEL_DIR)
+
+# Random secrets for local runs, created once, readable only by you (never on a command line).
+secrets: $(SECRETS)
+$(SECRETS):
+	@mkdir -p var && umask 077 && $(PYTHON) -c 'import secrets; print("SESSION_PASSWORD=" + secrets.token_urlsafe(12)); print("ADMIN_PASSWORD=" + secrets.token_urlsafe(16)); print("MOVIEREC_JWT_SECRET=" + secrets.token_urlsafe(48))' > $(SECRETS)
+	@umask 077 && . $(SECRETS) && printf '{"session_password": "%s"}\n' "$$SESSION_PASSWORD" > var/login.json
+	@echo "created $(SECRETS) and var/login.json (mode 600)"
+
+run: model secrets
+	@echo ""
+	@echo "movierec is starting on http://$(HOST):$(PORT)"
+	@echo "  log in:    curl -s -X POST -H 'Content-Type: application/json' -d @var/login.json http://$(HOST):$(PORT)/api/login"
+	@echo "  then:      curl -s -X POST -H 'Content-Type: application/json' -H \"Authorization: Bearer \$$TOKEN\" \\"
+	@echo "               -d '{\"age\": 30, \"gender\": \"M\", \"occupation\": \"programmer\"}' http://$(HOST):$(PORT)/api/recommend"
+	@echo "  password:  in $(SECRETS) (SESSION_PASSWORD); API docs at http://$(HOST):$(PORT)/docs"
+	@echo ""
+	set -a && . $(SECRETS) && set +a && ML_MODEL_PATH=$(MODEL_DIR) exec $(MOVIEREC) serve --host $(HOST) --port $(PORT)
+
+serve: model secrets
+	set -a && . $(SECRETS) && set +a && ML_MODEL_PATH=$(MODEL_DIR) exec $(MOVIEREC) serve --host $(HOST) --port $(PORT)
+
+serve-prod: model secrets
+	set -a && . $(SECRETS) && set +a && ML_MODEL_PATH=$(MODEL_DIR) MOVIEREC_PORT=$(PORT) exec scripts/start-uwsgi.sh
+
+train: data
+	$(MOVIEREC) train --data-dir $(DATA_DIR) --model-dir $(MODEL_DIR)
+
+evaluate: data
+	$(MOVIEREC) evaluate --data-dir $(DATA_DIR) --protocol A --out var/reports/protocol-A.json
+	$(MOVIEREC) evaluate --data-dir $(DATA_DIR) --protocol B --out var/reports/protocol-B.json
+
+# pytest exits 5 when it collected nothing: a broken selection is a failure, not a pass.
+test: data
+	$(PY) -m pytest $(PYTEST_ARGS) || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
+
+test-fast: venv
+	$(PY) -m pytest -m "unit or api" $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check app tests bench main.py deploy-docker.py monitor-docker.py
+	$(VENV)/bin/ruff format --check app tests bench main.py deploy-docker.py monitor-docker.py
+	$(VENV)/bin/mypy
+	$(VENV)/bin/bandit -q -c pyproject.toml -r app
+	$(VENV)/bin/pip-audit --progress-spinner off -r requirements.txt
+
+bench: model
+	$(PY) bench/benchmark.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

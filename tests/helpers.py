@@ -1,0 +1,20 @@
+"""Constants and small helpers shared by test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+PG_ADMIN_URL = os.environ.get("MOVIEREC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+SESSION_PASSWORD = "correct horse battery staple"
+ADMIN_PASSWORD = "admin-password-for-tests"
+JWT_SECRET = "x" * 48
+
+PROFILE = {"age": 30, "gender": "M", "occupation": "programmer"}
+
+
+def login(client: Any, password: str = SESSION_PASSWORD) -> dict[str, str]:
+    """Log in through the API and return the Authorization header for the token."""
+    response = client.post("/api/login", json={"session_password": password})
+    assert response.status_code == 200, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
