@@ -1,0 +1,672 @@
+"""One path for every alert: grouping, deduplication, rate limiting, delivery.
+
+Everything that wants a human's attention (a circuit breaker opening, drift above its
+threshold, error lines in the service's log) calls :meth:`Alerter.raise_alert`. The
+alerter groups alerts per *kind*, the way Alertmanager does:
+
+* the first alert of a kind opens a group and waits ``group_wait`` seconds for companions,
+  so a burst of 500 identical errors becomes **one** notification saying "500 x ...";
+* after a notification, further alerts of that kind are collected and sent at most once
+  per ``window`` seconds, as one digest;
+* inside a group, identical alerts (same fingerprint: the summary with numbers and ids
+  masked) are counted, not repeated; the digest lists at most ``max_entries`` distinct ones.
+
+Sinks deliver notifications: :class:`SmtpSink` (plain, STARTTLS or implicit TLS; the
+password is held in memory only and never logged) and :class:`LoggingSink` (a structured
+log line carrying ``alert_kind``; the journald monitor turns such lines back into alerts,
+so the web service itself needs no SMTP credentials). A failing sink is logged and retried
+a few times; it never takes the caller down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import email.utils
+import enum
+import ipaddress
+import logging
+import os
+import re
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.monitoring.logs import redact, scrub_text
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PASSWORD_ENV = "MONITOR_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
+DEFAULT_PASSWORD_FILE_ENV = "MONITOR_SMTP_PASSWORD_FILE"  # noqa: S105
+
+
+class Severity(enum.IntEnum):
+    """Alert severities, ordered so a group reports its worst member."""
+
+    INFO = 20
+    WARNING = 30
+    ERROR = 40
+    CRITICAL = 50
+
+    @classmethod
+    def parse(cls, value: str | int | Severity) -> Severity:
+        """Accept 'error', 'ERROR', 'warn', 40 or a Severity."""
+        if isinstance(value, Severity):
+            return value
+        if isinstance(value, int):
+            return cls(value)
+        name = value.strip().upper()
+        aliases = {"WARN": "WARNING", "FATAL": "CRITICAL", "CRIT": "CRITICAL", "ERR": "ERROR"}
+        try:
+            return cls[aliases.get(name, name)]
+        except KeyError:
+            raise ValueError(f"unknown severity {value!r}") from None
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """Something a human should know about.
+
+    ``kind`` groups alerts for rate limiting ("breaker.opened", "drift", "log.error");
+    ``summary`` is one line; ``details`` are key/value facts (redacted before delivery);
+    ``fingerprint`` decides which alerts count as identical (default: the summary with
+    digits, hex ids and UUIDs masked).
+    """
+
+    kind: str
+    severity: Severity | str
+    summary: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+    at: dt.datetime = field(default_factory=_utcnow)
+    fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            raise ValueError("alert kind must not be empty")
+        object.__setattr__(self, "severity", Severity.parse(self.severity))
+
+    @property
+    def key(self) -> str:
+        """The dedup key inside the kind."""
+        return self.fingerprint if self.fingerprint is not None else fingerprint_of(self.summary)
+
+
+_VARIABLE_PARTS = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # UUIDs
+    r"|\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b"  # hex ids
+    r"|\d+(?:\.\d+)?",  # numbers
+    re.IGNORECASE,
+)
+
+
+def fingerprint_of(summary: str) -> str:
+    """Mask the parts of a message that vary between otherwise identical events."""
+    return _VARIABLE_PARTS.sub("#", summary.strip())[:500]
+
+
+@dataclass
+class EntrySummary:
+    """One distinct alert inside a notification, with how often it happened."""
+
+    summary: str
+    details: Mapping[str, Any]
+    count: int
+    first_at: dt.datetime
+    last_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Notification:
+    """What a sink delivers: one group of alerts of one kind."""
+
+    kind: str
+    severity: Severity
+    count: int
+    first_at: dt.datetime
+    last_at: dt.datetime
+    entries: tuple[EntrySummary, ...]
+    omitted_distinct: int = 0
+    omitted_count: int = 0
+    source: str = "movierec"
+
+    @property
+    def subject(self) -> str:
+        first = self.entries[0].summary if self.entries else self.kind
+        first = " ".join(first.split())
+        if len(first) > 90:
+            first = first[:87] + "..."
+        times = f"{self.count} x " if self.count > 1 else ""
+        return f"[{self.source}] {self.severity.name}: {times}{self.kind}: {first}"
+
+    @property
+    def body(self) -> str:
+        def ts(value: dt.datetime) -> str:
+            return value.astimezone(dt.UTC).isoformat(timespec="seconds")
+
+        lines = [
+            f"Alert kind:  {self.kind}",
+            f"Severity:    {self.severity.name}",
+            f"Source:      {self.source}",
+            f"Occurrences: {self.count} between {ts(self.first_at)} and {ts(self.last_at)}",
+            f"Distinct:    {len(self.entries) + self.omitted_distinct}",
+            "",
+        ]
+        for entry in self.entries:
+            lines.append(f"[{entry.count} x] {entry.summary}")
+            if entry.count > 1:
+                lines.append(f"    first {ts(entry.first_at)}, last {ts(entry.last_at)}")
+            else:
+                lines.append(f"    at {ts(entry.first_at)}")
+            for key, value in entry.details.items():
+                text = str(value)
+                if "\n" in text:
+                    lines.append(f"    {key}:")
+                    lines.extend(f"        {part}" for part in text.splitlines()[:40])
+                else:
+                    lines.append(f"    {key}: {text[:1000]}")
+            lines.append("")
+        if self.omitted_distinct:
+            lines.append(
+                f"... and {self.omitted_distinct} more distinct entries ({self.omitted_count} occurrences) "
+                "not listed; see the journal."
+            )
+            lines.append("")
+        lines.append("What each alert means and what to do: docs/operations.md (section 'Alerts').")
+        return "\n".join(lines) + "\n"
+
+
+class AlertSink(Protocol):
+    """Delivers notifications. Raise :class:`AlertDeliveryError` (or anything) on failure."""
+
+    name: str
+
+    def send(self, notification: Notification) -> None: ...
+
+
+class AlertDeliveryError(RuntimeError):
+    """A notification could not be delivered. ``retryable`` says whether trying later may help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class SmtpAuthError(AlertDeliveryError):
+    """The SMTP server refused our credentials. Names server and user, never the password."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class SmtpConnectionError(AlertDeliveryError):
+    """The SMTP server could not be reached or dropped the connection."""
+
+
+class PasswordSourceError(RuntimeError):
+    """A configured password source (file, environment) is unusable."""
+
+
+@dataclass
+class _Group:
+    entries: dict[str, EntrySummary] = field(default_factory=dict)
+    count: int = 0
+    omitted_keys: set[str] = field(default_factory=set)
+    omitted_count: int = 0
+    severity: Severity = Severity.INFO
+    first_at: dt.datetime | None = None
+    last_at: dt.datetime | None = None
+
+
+@dataclass
+class _KindState:
+    group: _Group | None = None
+    deadline: float | None = None
+    last_sent: float | None = None
+
+
+@dataclass
+class _Retry:
+    sink: AlertSink
+    notification: Notification
+    attempts: int
+    next_at: float
+
+
+class Alerter:
+    """Groups, deduplicates and rate-limits alerts per kind, then hands them to sinks.
+
+    ``group_wait``: seconds the first alert of a kind waits for companions before sending.
+    ``window``: minimum seconds between two notifications of the same kind.
+    ``max_entries``: distinct entries listed per notification (the rest are counted).
+    Call :meth:`flush_due` regularly (or :meth:`start` a background ticker) and
+    :meth:`close` at shutdown, which sends whatever is still pending.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[AlertSink],
+        *,
+        group_wait: float = 10.0,
+        window: float = 300.0,
+        max_entries: int = 20,
+        source: str = "movierec",
+        max_attempts: int = 3,
+        retry_delay: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if group_wait < 0 or window < 0 or max_entries < 1 or max_attempts < 1:
+            raise ValueError("group_wait/window must be >= 0, max_entries/max_attempts >= 1")
+        self.sinks = list(sinks)
+        self.group_wait = group_wait
+        self.window = window
+        self.max_entries = max_entries
+        self.source = source
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_delay
+        self._clock = clock
+        self._states: dict[str, _KindState] = {}
+        self._retries: list[_Retry] = []
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+        self.failed = 0
+        self.received = 0
+
+    # -- intake ---------------------------------------------------------------------------
+    def raise_alert(self, alert: Alert) -> None:
+        """Record an alert; it is delivered with its group when the group's time comes."""
+        summary = scrub_text(alert.summary.strip() or alert.kind)[:2000]
+        details = redact(dict(alert.details))
+        severity = Severity.parse(alert.severity)
+        now = self._clock()
+        with self._lock:
+            self.received += 1
+            state = self._states.setdefault(alert.kind, _KindState())
+            if state.group is None:
+                state.group = _Group()
+                if state.last_sent is None or now - state.last_sent >= self.window:
+                    state.deadline = now + self.group_wait
+                else:
+                    state.deadline = state.last_sent + self.window
+            group = state.group
+            group.count += 1
+            group.severity = max(group.severity, severity)
+            group.first_at = alert.at if group.first_at is None else min(group.first_at, alert.at)
+            group.last_at = alert.at if group.last_at is None else max(group.last_at, alert.at)
+            key = alert.key
+            entry = group.entries.get(key)
+            if entry is not None:
+                entry.count += 1
+                entry.first_at = min(entry.first_at, alert.at)
+                entry.last_at = max(entry.last_at, alert.at)
+            elif len(group.entries) < self.max_entries:
+                group.entries[key] = EntrySummary(summary, details, 1, alert.at, alert.at)
+            else:
+                group.omitted_keys.add(key)
+                group.omitted_count += 1
+        if self.group_wait == 0:
+            self.flush_due()
+
+    # -- delivery -------------------------------------------------------------------------
+    def pending(self) -> dict[str, int]:
+        """Alerts waiting per kind (for tests and a status page)."""
+        with self._lock:
+            return {k: s.group.count for k, s in self._states.items() if s.group is not None}
+
+    def flush_due(self) -> list[Notification]:
+        """Send every group whose wait or window has elapsed, and due retries."""
+        return self._flush(force=False)
+
+    def flush(self) -> list[Notification]:
+        """Send every pending group now, whatever its deadline (shutdown, tests)."""
+        return self._flush(force=True)
+
+    def _flush(self, *, force: bool) -> list[Notification]:
+        now = self._clock()
+        ready: list[Notification] = []
+        with self._lock:
+            for kind, state in self._states.items():
+                if state.group is None or state.deadline is None:
+                    continue
+                if force or now >= state.deadline:
+                    ready.append(self._build(kind, state.group))
+                    state.group = None
+                    state.deadline = None
+                    state.last_sent = now
+            retries = [r for r in self._retries if force or now >= r.next_at]
+            self._retries = [r for r in self._retries if r not in retries]
+        with self._send_lock:
+            for notification in ready:
+                for sink in self.sinks:
+                    self._deliver(sink, notification, attempt=1)
+            for retry in retries:
+                self._deliver(retry.sink, retry.notification, attempt=retry.attempts + 1)
+        return ready
+
+    def _build(self, kind: str, group: _Group) -> Notification:
+        entries = sorted(group.entries.values(), key=lambda e: (-e.count, e.first_at))
+        assert group.first_at is not None and group.last_at is not None
+        return Notification(
+            kind=kind,
+            severity=group.severity,
+            count=group.count,
+            first_at=group.first_at,
+            last_at=group.last_at,
+            entries=tuple(entries),
+            omitted_distinct=len(group.omitted_keys),
+            omitted_count=group.omitted_count,
+            source=self.source,
+        )
+
+    def _deliver(self, sink: AlertSink, notification: Notification, *, attempt: int) -> None:
+        name = getattr(sink, "name", type(sink).__name__)
+        try:
+            sink.send(notification)
+        except Exception as exc:  # noqa: BLE001 - a broken sink must never break the caller
+            self.failed += 1
+            retryable = getattr(exc, "retryable", True)
+            will_retry = retryable and attempt < self.max_attempts
+            log.error(
+                "alert delivery failed",
+                extra={
+                    "sink": name,
+                    "alert_delivery_failed": notification.kind,
+                    "attempt": attempt,
+                    "will_retry": will_retry,
+                    "error": scrub_text(f"{type(exc).__name__}: {exc}"),
+                },
+            )
+            if will_retry:
+                with self._lock:
+                    self._retries.append(
+                        _Retry(sink, notification, attempt, self._clock() + self.retry_delay * attempt)
+                    )
+        else:
+            self.sent += 1
+
+    # -- background ticker ----------------------------------------------------------------
+    def start(self, interval: float = 1.0) -> None:
+        """Run :meth:`flush_due` every ``interval`` seconds in a daemon thread."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def tick() -> None:
+            while not self._stop.wait(interval):
+                self.flush_due()
+
+        self._thread = threading.Thread(target=tick, name="alerter", daemon=True)
+        self._thread.start()
+
+    def close(self) -> list[Notification]:
+        """Stop the ticker and send everything still pending (one attempt each)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        return self.flush()
+
+    def __enter__(self) -> Alerter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LoggingSink:
+    """Write each notification as one structured log line at its severity.
+
+    The line carries ``alert_kind`` and ``alert_count``; when the service runs under the
+    journald log driver, the monitor picks it up and emails it (grouped again by kind).
+    """
+
+    name = "log"
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("movierec.alerts")
+
+    def send(self, notification: Notification) -> None:
+        level = int(notification.severity)
+        self.logger.log(
+            level,
+            notification.subject,
+            extra={
+                "alert_kind": notification.kind,
+                "alert_count": notification.count,
+                "alert_entries": [
+                    {"summary": e.summary, "count": e.count, **dict(e.details)}
+                    for e in notification.entries[:5]
+                ],
+            },
+        )
+
+
+SMTP_SECURITY = ("none", "starttls", "ssl")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SmtpSink:
+    """Send notifications by email through an SMTP server.
+
+    ``security``: "none" (plain, for a local relay), "starttls" (port 587) or "ssl"
+    (implicit TLS, port 465). With ``username``/``password`` it logs in (after TLS when
+    TLS is used). The password lives in this object only; ``repr`` and errors omit it.
+    One connection per notification: alerts are rare and a kept-open connection would be
+    dropped by the server between them anyway.
+    """
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 25,
+        *,
+        sender: str,
+        recipients: Iterable[str],
+        username: str | None = None,
+        password: str | None = None,
+        security: str = "none",
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if security not in SMTP_SECURITY:
+            raise ValueError(f"security must be one of {SMTP_SECURITY}, not {security!r}")
+        self.host = host
+        self.port = port
+        self.sender = sender
+        self.recipients = list(recipients)
+        if not self.recipients:
+            raise ValueError("at least one recipient is required")
+        self.username = username
+        self._password = password
+        self.security = security
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self._warned_plain = False
+
+    def __repr__(self) -> str:
+        auth = f", user={self.username!r}" if self.username else ""
+        return f"SmtpSink({self.host}:{self.port}, security={self.security}{auth})"
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _context(self) -> ssl.SSLContext:
+        return self.ssl_context or ssl.create_default_context()
+
+    def _connect(self) -> smtplib.SMTP:
+        """Open, secure and authenticate a connection, mapping failures to clear errors."""
+        smtp: smtplib.SMTP | None = None
+        try:
+            if self.security == "ssl":
+                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._context())
+            else:
+                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            smtp.ehlo()
+            if self.security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    raise AlertDeliveryError(
+                        f"SMTP server {self.where} does not offer STARTTLS "
+                        "(use implicit TLS on port 465, or plain for a local relay)",
+                        retryable=False,
+                    )
+                smtp.starttls(context=self._context())
+                smtp.ehlo()
+            if self.username is not None and self._password is not None:
+                if self.security == "none" and not _is_loopback(self.host) and not self._warned_plain:
+                    self._warned_plain = True
+                    log.warning(
+                        "logging in to SMTP without TLS; the password crosses the network in clear",
+                        extra={"smtp_server": self.where},
+                    )
+                smtp.login(self.username, self._password)
+            return smtp
+        except smtplib.SMTPAuthenticationError as exc:
+            self._close_quietly(smtp)
+            raise SmtpAuthError(
+                f"SMTP server {self.where} rejected the login for user {self.username!r}: "
+                f"{exc.smtp_code} {_decode(exc.smtp_error)}"
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            self._close_quietly(smtp)
+            raise AlertDeliveryError(
+                f"SMTP server {self.where}: {exc} (servers often offer AUTH only after STARTTLS: "
+                "try --is-secure)",
+                retryable=False,
+            ) from None
+        except ssl.SSLError as exc:
+            self._close_quietly(smtp)
+            raise AlertDeliveryError(
+                f"TLS with SMTP server {self.where} failed: {exc}", retryable=False
+            ) from None
+        except (smtplib.SMTPConnectError, smtplib.SMTPServerDisconnected) as exc:
+            self._close_quietly(smtp)
+            raise SmtpConnectionError(f"cannot talk to SMTP server {self.where}: {exc}") from None
+        except smtplib.SMTPException as exc:  # before OSError: SMTPException subclasses it
+            self._close_quietly(smtp)
+            raise AlertDeliveryError(f"SMTP server {self.where}: {exc}") from None
+        except OSError as exc:
+            self._close_quietly(smtp)
+            raise SmtpConnectionError(
+                f"cannot reach SMTP server {self.where}: {exc.strerror or exc or type(exc).__name__}"
+            ) from None
+        except AlertDeliveryError:
+            self._close_quietly(smtp)
+            raise
+
+    @staticmethod
+    def _close_quietly(smtp: smtplib.SMTP | None) -> None:
+        if smtp is not None:
+            with contextlib.suppress(Exception):
+                smtp.close()
+
+    def verify(self) -> None:
+        """Connect and log in once, so a wrong password is reported at start, not at 3 a.m."""
+        smtp = self._connect()
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            smtp.quit()
+
+    def build_message(self, notification: Notification) -> EmailMessage:
+        msg = EmailMessage()
+        msg["Subject"] = " ".join(notification.subject.split())
+        msg["From"] = self.sender
+        msg["To"] = ", ".join(self.recipients)
+        msg["Date"] = email.utils.formatdate(localtime=False)
+        msg["Message-ID"] = email.utils.make_msgid(domain=socket.getfqdn() or "localhost")
+        msg["X-Movierec-Alert-Kind"] = notification.kind
+        msg["X-Movierec-Alert-Count"] = str(notification.count)
+        msg.set_content(notification.body)
+        return msg
+
+    def send(self, notification: Notification) -> None:
+        msg = self.build_message(notification)
+        smtp = self._connect()
+        try:
+            smtp.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)
+        except smtplib.SMTPRecipientsRefused as exc:
+            raise AlertDeliveryError(
+                f"SMTP server {self.where} refused recipients {sorted(exc.recipients)}", retryable=False
+            ) from None
+        except smtplib.SMTPSenderRefused as exc:
+            raise AlertDeliveryError(
+                f"SMTP server {self.where} refused sender {self.sender!r}: {exc.smtp_code}", retryable=False
+            ) from None
+        except smtplib.SMTPResponseException as exc:
+            raise AlertDeliveryError(
+                f"SMTP server {self.where}: {exc.smtp_code} {_decode(exc.smtp_error)}",
+                retryable=400 <= exc.smtp_code < 500,
+            ) from None
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise SmtpConnectionError(f"SMTP server {self.where} dropped the connection: {exc}") from None
+        finally:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                smtp.quit()
+            self._close_quietly(smtp)
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def load_smtp_password(
+    *,
+    password: str | None = None,
+    password_file: str | os.PathLike[str] | None = None,
+    env_var: str = DEFAULT_PASSWORD_ENV,
+    file_env_var: str = DEFAULT_PASSWORD_FILE_ENV,
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """Find the SMTP password without it ever touching a command line or a log.
+
+    Order: an explicit value, an explicit file, ``$MONITOR_SMTP_PASSWORD``, the file named
+    by ``$MONITOR_SMTP_PASSWORD_FILE`` (Docker/Kubernetes secrets). Returns None when no
+    source is configured (the caller may prompt). A file keeps its content minus one
+    trailing newline; an unreadable or empty configured source is an error, not a silent
+    fallback to the next one.
+    """
+    env = os.environ if environ is None else environ
+    if password is not None:
+        return password
+    if password_file is None and env.get(env_var):
+        return env[env_var]
+    path = password_file if password_file is not None else env.get(file_env_var) or None
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PasswordSourceError(f"cannot read SMTP password file {path}: {exc.strerror}") from None
+    value = text[:-1] if text.endswith("\n") else text
+    value = value[:-1] if value.endswith("\r") else value
+    if not value:
+        raise PasswordSourceError(f"SMTP password file {path} is empty")
+    try:
+        mode = Path(path).stat().st_mode
+        if mode & 0o004:
+            log.warning("SMTP password file is world-readable; chmod 600 it", extra={"path": str(path)})
+    except OSError:
+        pass
+    return value

@@ -1,0 +1,344 @@
+"""Follow journald and turn its entries into typed log entries.
+
+Runs ``journalctl --output=json --follow`` with field matches as an argument list (no
+shell), parses each JSON object, and understands the two kinds of MESSAGE our containers
+produce: one of our JSON log lines (see ``app.monitoring.logs``) or plain text. The level
+comes from, in order: the JSON line's ``level``; a level word at the start of a plain line
+("ERROR:", "[WARNING]", "2024-01-01 12:00:00 ERROR ..."); journald's PRIORITY (0-7).
+
+Docker's journald driver gives stdout lines PRIORITY 6 and stderr lines PRIORITY 3, which is
+why the JSON ``level`` wins over PRIORITY.
+
+If journalctl exits (journald restarted, journal rotated away, killed), the follower starts
+it again with exponential backoff, resuming after the last cursor it saw so nothing is
+skipped or repeated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import queue
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+# syslog/journald priorities -> Python logging level names
+PRIORITY_LEVELS = {
+    0: "CRITICAL",  # emerg
+    1: "CRITICAL",  # alert
+    2: "CRITICAL",  # crit
+    3: "ERROR",  # err
+    4: "WARNING",  # warning
+    5: "INFO",  # notice
+    6: "INFO",  # info
+    7: "DEBUG",  # debug
+}
+LEVEL_RANK = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+_LEVEL_ALIASES = {
+    "WARN": "WARNING",
+    "FATAL": "CRITICAL",
+    "CRIT": "CRITICAL",
+    "EMERG": "CRITICAL",
+    "ALERT": "CRITICAL",
+    "ERR": "ERROR",
+    "NOTICE": "INFO",
+    "TRACE": "DEBUG",
+}
+# A level word near the start of a plain-text line: "ERROR:app:...", "[WARNING] ...",
+# "2024-05-01 10:00:00,123 ERROR app ...", "E 12:00 ..." is not matched on purpose.
+_PLAIN_LEVEL = re.compile(
+    r"^\W{0,3}(?:[\d\-:T.,+Z ]{8,40}\s*[|\-]?\s*)?\[?"
+    r"(CRITICAL|FATAL|ERROR|ERR|WARNING|WARN|INFO|NOTICE|DEBUG|TRACE)\b",
+    re.IGNORECASE,
+)
+_FIELD_NAME = re.compile(r"^[A-Z0-9_]+$")
+
+
+def normalize_level(value: Any) -> str | None:
+    """Map 'warn', 'Error', 40 ... to one of DEBUG/INFO/WARNING/ERROR/CRITICAL, else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        for name, rank in sorted(LEVEL_RANK.items(), key=lambda kv: -kv[1]):
+            if value >= rank:
+                return name
+        return "DEBUG"
+    if not isinstance(value, str):
+        return None
+    name = value.strip().upper()
+    name = _LEVEL_ALIASES.get(name, name)
+    return name if name in LEVEL_RANK else None
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One journal entry, with our structured log fields when the MESSAGE was a JSON line."""
+
+    message: str
+    level: str
+    priority: int | None
+    timestamp: dt.datetime
+    cursor: str | None
+    container_name: str | None = None
+    identifier: str | None = None
+    logger: str | None = None
+    fields: Mapping[str, Any] | None = None  # the parsed JSON log line, if it was one
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_structured(self) -> bool:
+        return self.fields is not None
+
+    @property
+    def rank(self) -> int:
+        return LEVEL_RANK.get(self.level, 20)
+
+    def at_least(self, level: str) -> bool:
+        return self.rank >= LEVEL_RANK[level]
+
+    def format_line(self) -> str:
+        """A one-line human rendering for ``--print``."""
+        source = self.container_name or self.identifier or "-"
+        who = f" {self.logger}:" if self.logger else ""
+        when = self.timestamp.isoformat(timespec="milliseconds")
+        return f"{when} {source} {self.level}{who} {self.message}"
+
+
+def _field_text(value: Any) -> str | None:
+    """journalctl prints binary/non-UTF-8 values as byte arrays and repeated fields as lists."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        if all(isinstance(v, int) for v in value):
+            return bytes(value).decode("utf-8", "replace")
+        texts = [t for t in (_field_text(v) for v in value) if t is not None]
+        return texts[-1] if texts else None
+    return str(value)
+
+
+def parse_entry(raw: Mapping[str, Any]) -> JournalEntry:
+    """Build a :class:`JournalEntry` from one ``journalctl -o json`` object."""
+    message = _field_text(raw.get("MESSAGE")) or ""
+    message = message.rstrip("\n")
+    priority: int | None
+    try:
+        priority = int(_field_text(raw.get("PRIORITY")) or "")
+    except ValueError:
+        priority = None
+    micros = _field_text(raw.get("__REALTIME_TIMESTAMP"))
+    try:
+        timestamp = dt.datetime.fromtimestamp(int(micros or "") / 1e6, tz=dt.UTC)
+    except ValueError:
+        timestamp = dt.datetime.now(dt.UTC)
+
+    fields: dict[str, Any] | None = None
+    level: str | None = None
+    logger: str | None = None
+    text = message
+    stripped = message.lstrip()
+    if stripped.startswith("{"):
+        try:
+            doc = json.loads(stripped)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and ("level" in doc or "message" in doc or "msg" in doc):
+            fields = doc
+            level = normalize_level(doc.get("level", doc.get("levelname")))
+            logger = doc.get("logger") if isinstance(doc.get("logger"), str) else None
+            body = doc.get("message", doc.get("msg"))
+            text = body if isinstance(body, str) else message
+    if level is None and fields is None:
+        match = _PLAIN_LEVEL.match(message)
+        if match:
+            level = normalize_level(match.group(1))
+    if level is None:
+        level = PRIORITY_LEVELS.get(priority, "INFO") if priority is not None else "INFO"
+    return JournalEntry(
+        message=text,
+        level=level,
+        priority=priority,
+        timestamp=timestamp,
+        cursor=_field_text(raw.get("__CURSOR")),
+        container_name=_field_text(raw.get("CONTAINER_NAME")),
+        identifier=_field_text(raw.get("SYSLOG_IDENTIFIER")),
+        logger=logger,
+        fields=fields,
+        raw=dict(raw),
+    )
+
+
+class JournalFollower:
+    """Follow journald entries matching field filters, restarting journalctl when it exits.
+
+    ``matches``: journal field matches, e.g. ``{"CONTAINER_NAME": "movierec"}`` (ANDed).
+    ``since_cursor``: resume after this cursor; otherwise start at the end of the journal
+    (``--lines=0``), i.e. only entries written from now on.
+    Iterate :meth:`follow`; call :meth:`stop` from another thread (or a signal handler).
+    """
+
+    def __init__(
+        self,
+        matches: Mapping[str, str],
+        *,
+        journalctl: str = "journalctl",
+        since_cursor: str | None = None,
+        extra_args: Sequence[str] = (),
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        stable_after: float = 10.0,
+    ) -> None:
+        for name in matches:
+            if not _FIELD_NAME.match(name):
+                raise ValueError(f"invalid journal field name {name!r}")
+        self.matches = dict(matches)
+        self.journalctl = journalctl
+        self.cursor = since_cursor
+        self.extra_args = list(extra_args)
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.stable_after = stable_after
+        self.restarts = 0
+        self._started_at = time.time()
+        self._stop = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc_lock = threading.Lock()
+
+    # -- process management ---------------------------------------------------------------
+    def command(self) -> list[str]:
+        """The journalctl argument list for the next start (resumes after the last cursor)."""
+        exe = shutil.which(self.journalctl) or self.journalctl
+        args = [exe, "--output=json", "--follow", "--all", "--no-pager"]
+        if self.cursor:
+            args.append(f"--after-cursor={self.cursor}")
+        elif self.restarts:
+            # Restarted before any entry arrived: replay from when we began following.
+            args.append(f"--since=@{int(self._started_at)}")
+        else:
+            args.append("--lines=0")
+        args.extend(self.extra_args)
+        args.extend(f"{k}={v}" for k, v in self.matches.items())
+        return args
+
+    @property
+    def pid(self) -> int | None:
+        """The current journalctl process id (tests kill it to check the restart)."""
+        with self._proc_lock:
+            return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def stop(self) -> None:
+        """Make :meth:`follow` return soon; safe to call from any thread."""
+        self._stop.set()
+        with self._proc_lock:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def _spawn(self, out: queue.Queue[tuple[str, Any]]) -> subprocess.Popen[bytes]:
+        cmd = self.command()
+        log.info("starting journalctl", extra={"argv": cmd, "restarts": self.restarts})
+        proc = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+
+        def read_stdout(stream: IO[bytes]) -> None:
+            for line in stream:
+                out.put(("line", line))
+            out.put(("eof", proc))
+
+        def read_stderr(stream: IO[bytes]) -> None:
+            for line in stream:
+                text = line.decode("utf-8", "replace").strip()
+                if text:
+                    log.warning("journalctl: %s", text)
+
+        threading.Thread(target=read_stdout, args=(proc.stdout,), daemon=True).start()
+        threading.Thread(target=read_stderr, args=(proc.stderr,), daemon=True).start()
+        return proc
+
+    # -- iteration ------------------------------------------------------------------------
+    def follow(self, idle: float = 1.0) -> Iterator[JournalEntry | None]:
+        """Yield entries as they arrive, and ``None`` after ``idle`` seconds without one.
+
+        The ``None`` ticks let the caller do periodic work (flush alerts) without threads.
+        Returns when :meth:`stop` is called.
+        """
+        backoff = self.backoff_initial
+        lines: queue.Queue[tuple[str, Any]] = queue.Queue()
+        try:
+            while not self._stop.is_set():
+                try:
+                    proc = self._spawn(lines)
+                except OSError as exc:
+                    log.error("cannot start journalctl", extra={"error": str(exc), "argv0": self.journalctl})
+                    proc = None
+                with self._proc_lock:
+                    self._proc = proc
+                started = time.monotonic()
+                while proc is not None and not self._stop.is_set():
+                    try:
+                        kind, payload = lines.get(timeout=idle)
+                    except queue.Empty:
+                        yield None
+                        continue
+                    if kind == "eof":
+                        if payload is proc:
+                            break
+                        continue  # EOF of an earlier process
+                    entry = self._parse_line(payload)
+                    if entry is not None:
+                        backoff = self.backoff_initial
+                        yield entry
+                if self._stop.is_set():
+                    break
+                code = proc.wait() if proc is not None else None
+                if time.monotonic() - started > self.stable_after:
+                    backoff = self.backoff_initial
+                log.warning(
+                    "journalctl exited; restarting",
+                    extra={"returncode": code, "backoff_s": backoff, "cursor_known": bool(self.cursor)},
+                )
+                self.restarts += 1
+                deadline = time.monotonic() + backoff
+                while not self._stop.is_set() and time.monotonic() < deadline:
+                    if not self._stop.wait(min(idle, max(0.0, deadline - time.monotonic()))):
+                        yield None
+                backoff = min(backoff * 2, self.backoff_max)
+        finally:
+            with self._proc_lock:
+                proc, self._proc = self._proc, None
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    def _parse_line(self, line: bytes) -> JournalEntry | None:
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            log.warning("unparseable journalctl output", extra={"bytes": len(line)})
+            return None
+        if not isinstance(raw, dict):
+            return None
+        entry = parse_entry(raw)
+        if entry.cursor:
+            self.cursor = entry.cursor
+        return entry

@@ -1,0 +1,200 @@
+"""JSON-lines logging with redaction.
+
+Every log record becomes one JSON object on one line of stdout. Under Docker's journald
+log driver each line becomes one journal entry, and ``monitor-docker.py`` parses the
+``level`` field back out of the entry's MESSAGE, so the line format is a contract between
+the service and its monitor: keep ``ts``, ``level``, ``logger`` and ``message``.
+
+Secrets must never reach a log line, whoever wrote the call: values of secret-looking keys
+are replaced, and bearer tokens, JWTs and ``password=...`` pairs are scrubbed from message
+text and exception traces. Redaction happens in the formatter so it also covers records
+from third-party libraries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import IO, Any
+
+REDACTED = "[REDACTED]"
+
+# Keys whose values are secrets, matched case-insensitively anywhere in the key name
+# ("smtp_password", "X-Auth-Token", "refresh_token", "client_secret", ...).
+_SECRET_KEY = re.compile(
+    r"passw(or)?d|passphrase|^pass$|secret|token|authori[sz]ation|api[_-]?key|cookie|credential"
+    r"|private[_-]?key|jwt",
+    re.IGNORECASE,
+)
+
+_SECRET_WORD = r"[\w-]*(?:passw(?:or)?d|passphrase|secret|token|api[_-]?key)[\w-]*"  # noqa: S105
+
+# Patterns scrubbed from free text. Order matters: the JWT pattern runs after the bearer one.
+_TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
+    # key=value (query strings, DSNs in kwargs, CLI-style pairs)
+    (re.compile(rf"(?i)\b({_SECRET_WORD})=([^\s&;,'\"]+)"), r"\1=" + REDACTED),
+    # "key": "value" (JSON or repr'd dicts inside a message)
+    (re.compile(rf"(?i)([\"']{_SECRET_WORD}[\"']\s*:\s*[\"'])([^\"']*)([\"'])"), r"\1" + REDACTED + r"\3"),
+    # URL credentials: scheme://user:password@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]+):([^\s@/]+)@"), r"\1:" + REDACTED + "@"),
+)
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+    | {"message", "asctime", "taskName"}
+)
+
+# Fields bound to the current request/task (request id, endpoint...), merged into each line.
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "movierec_log_context", default=_EMPTY
+)
+
+_HANDLER_MARK = "_movierec_json_handler"
+
+
+def is_secret_key(key: str) -> bool:
+    """True for keys whose values must never be logged (password, token, authorization...)."""
+    return bool(_SECRET_KEY.search(key))
+
+
+def scrub_text(text: str) -> str:
+    """Remove bearer tokens, JWTs and ``password=...``-style values from free text."""
+    for pattern, replacement in _TEXT_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """Return a copy of ``value`` with secret keys' values replaced and strings scrubbed.
+
+    Works on nested dicts/lists/tuples so a request body or header map passed as ``extra``
+    cannot leak a password one level down.
+    """
+    if _depth > 8:
+        return "[...]"
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, Mapping):
+        return {
+            str(k): (REDACTED if is_secret_key(str(k)) else redact(v, _depth + 1)) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v, _depth + 1) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return scrub_text(str(value))
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Bind fields (request_id, endpoint, model_version...) to every line logged inside the block.
+
+    Uses a context variable, so concurrent requests in threads or tasks do not mix.
+    """
+    token = _context.set({**_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bind_log_context(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
+    """Bind fields until :func:`reset_log_context` is called with the returned token.
+
+    For frameworks with separate before/after hooks (Flask's before_request/teardown_request),
+    where a ``with`` block cannot span the request.
+    """
+    return _context.set({**_context.get(), **fields})
+
+
+def reset_log_context(token: contextvars.Token[Mapping[str, Any]]) -> None:
+    """Undo one :func:`bind_log_context`."""
+    _context.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    """Format records as one JSON object per line: ts, level, logger, message, extras.
+
+    ``ts`` is UTC ISO-8601 with milliseconds. Extras (``logger.info("...", extra={...})``)
+    and bound context fields become top-level keys; keys that would clobber the core fields
+    are prefixed with ``extra_``. Exceptions go into ``exc`` as text. Everything is redacted.
+    """
+
+    core_fields = ("ts", "level", "logger", "message")
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # noqa: BLE001 - a bad %-format in a log call must not kill the request
+            message = f"{record.msg!r} (log formatting failed: {type(exc).__name__})"
+        doc: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": scrub_text(message),
+        }
+        extras: dict[str, Any] = dict(_context.get())
+        extras.update(
+            {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and not k.startswith("_")}
+        )
+        for key, value in redact(extras).items():
+            doc[f"extra_{key}" if key in self.core_fields else key] = value
+        if record.exc_info:
+            doc["exc"] = scrub_text(self.formatException(record.exc_info))
+        elif record.exc_text:
+            doc["exc"] = scrub_text(record.exc_text)
+        if record.stack_info:
+            doc["stack"] = scrub_text(self.formatStack(record.stack_info))
+        return json.dumps(doc, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+class _LateBoundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that looks up sys.stdout/sys.stderr at each write.
+
+    Binding the stream at configuration time would keep writing to a replaced stdout
+    (pytest's capture, a uwsgi worker's re-opened fds) after it changed.
+    """
+
+    def __init__(self, stream_name: str) -> None:
+        super().__init__()
+        self._stream_name = stream_name
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return getattr(sys, self._stream_name)  # type: ignore[no-any-return]
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:  # StreamHandler.__init__ assigns it; ignore.
+        pass
+
+
+def configure_logging(level: int | str = "INFO", *, stream: str = "stdout") -> logging.Handler:
+    """Install the JSON formatter on the root logger, writing to ``sys.stdout`` (or stderr).
+
+    Idempotent: a second call updates the level and reuses the handler instead of doubling
+    every line. Other handlers already on the root logger are left alone.
+    """
+    if stream not in ("stdout", "stderr"):
+        raise ValueError("stream must be 'stdout' or 'stderr'")
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, _HANDLER_MARK, False)), None)
+    if handler is None:
+        handler = _LateBoundStreamHandler(stream)
+        setattr(handler, _HANDLER_MARK, True)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+    else:
+        handler._stream_name = stream  # type: ignore[attr-defined]
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler

@@ -1,0 +1,304 @@
+"""The container log monitor behind ``monitor-docker.py``.
+
+Follows a container's journald entries (``journalctl -o json -f CONTAINER_NAME=...``),
+turns ERROR entries (and WARNING ones with ``--notify-warning``) into alerts and sends them
+through :class:`app.monitoring.alerts.Alerter`, so a burst of identical errors becomes one
+email with a count. Keeps the seed's interface::
+
+    monitor-docker.py CONTAINER_NAME SMTP_SERVER EMAIL [--password P] [--print]
+        [--smtp-port 25] [--is-secure] [--notify-warning]
+
+but the password need never be on the command line: ``MONITOR_SMTP_PASSWORD``,
+``--password-file`` / ``MONITOR_SMTP_PASSWORD_FILE``, or an interactive prompt. The SMTP
+login is checked once at start: a wrong password ends the process with a clear message and
+exit status 2 (configuration error; supervisors should not restart on it) instead of a
+crash loop that fails at the first real alert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+from app.monitoring.alerts import (
+    Alert,
+    AlertDeliveryError,
+    Alerter,
+    PasswordSourceError,
+    Severity,
+    SmtpConnectionError,
+    SmtpSink,
+    load_smtp_password,
+)
+from app.monitoring.journal import JournalEntry, JournalFollower
+from app.monitoring.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+# Fields of our JSON log lines worth repeating in an alert email.
+DETAIL_FIELDS = (
+    "request_id",
+    "endpoint",
+    "method",
+    "status",
+    "latency_ms",
+    "model_version",
+    "user_id",
+    "alert_count",
+    "alert_entries",
+    "exc",
+)
+
+
+class ConfigError(Exception):
+    """Bad settings; reported as one line and exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monitor-docker.py",
+        description="Follow a container's journald logs and email on ERROR (and optionally WARNING) "
+        "entries, grouped and rate-limited.",
+        epilog="The SMTP password is taken from --password, --password-file, $MONITOR_SMTP_PASSWORD, "
+        "the file named by $MONITOR_SMTP_PASSWORD_FILE, or a prompt, in that order. Exit status 2 "
+        "means a configuration problem (bad password, unreachable server): fix it, do not restart blindly.",
+    )
+    parser.add_argument("container_name", metavar="CONTAINER_NAME", help="the Docker container to watch")
+    parser.add_argument("smtp_server", metavar="SMTP_SERVER", help="SMTP server host name or address")
+    parser.add_argument("email", metavar="EMAIL", help="address to send from and to (and the SMTP login)")
+    parser.add_argument(
+        "--password",
+        help="SMTP password (visible to other users in `ps`: prefer $MONITOR_SMTP_PASSWORD or "
+        "--password-file; prompted for when no source is given)",
+    )
+    parser.add_argument("--password-file", metavar="PATH", help="read the SMTP password from this file")
+    parser.add_argument("--smtp-user", metavar="USER", help="SMTP login name (default: EMAIL)")
+    parser.add_argument("--no-auth", action="store_true", help="do not log in (a relay that needs no login)")
+    parser.add_argument("--print", dest="print_entries", action="store_true", help="echo entries to stdout")
+    parser.add_argument("--smtp-port", type=int, default=25, help="SMTP port (default 25)")
+    parser.add_argument(
+        "--is-secure",
+        action="store_true",
+        help="encrypt the SMTP connection: STARTTLS, or implicit TLS when the port is 465",
+    )
+    parser.add_argument("--ssl", action="store_true", help="force implicit TLS (SMTPS) whatever the port")
+    parser.add_argument("--smtp-cafile", metavar="PATH", help="CA bundle to verify the SMTP server with")
+    parser.add_argument("--notify-warning", action="store_true", help="also email WARNING entries")
+    parser.add_argument("--to", action="append", metavar="ADDR", help="recipient (repeatable; default EMAIL)")
+    parser.add_argument(
+        "--group-wait", type=float, default=10.0, help="seconds to collect a burst before emailing (10)"
+    )
+    parser.add_argument(
+        "--window", type=float, default=300.0, help="minimum seconds between two emails of one kind (300)"
+    )
+    parser.add_argument("--smtp-timeout", type=float, default=10.0, help="SMTP socket timeout, seconds (10)")
+    parser.add_argument("--journalctl", default="journalctl", help="journalctl executable (default: on PATH)")
+    parser.add_argument("--log-level", default="INFO", help="the monitor's own log level (stderr, JSON)")
+    return parser
+
+
+def resolve_password(
+    args: argparse.Namespace,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdin: IO[str] | None = None,
+) -> str | None:
+    """Return the SMTP password from the first configured source, prompting only on a terminal."""
+    if args.no_auth:
+        return None
+    if args.password is not None:
+        log.warning("SMTP password given on the command line; other local users can read it with ps")
+    try:
+        password = load_smtp_password(
+            password=args.password, password_file=args.password_file, environ=environ
+        )
+    except PasswordSourceError as exc:
+        raise ConfigError(str(exc)) from None
+    if password is not None:
+        return password
+    stream = stdin if stdin is not None else sys.stdin
+    if stream is None or not stream.isatty():
+        raise ConfigError(
+            "no SMTP password: set MONITOR_SMTP_PASSWORD, pass --password-file PATH, run in a terminal "
+            "to be prompted, or use --no-auth for a relay that needs no login"
+        )
+    user = args.smtp_user or args.email
+    return getpass.getpass(f"SMTP password for {user} at {args.smtp_server}: ")
+
+
+def build_sink(args: argparse.Namespace, password: str | None) -> SmtpSink:
+    if args.ssl or (args.is_secure and args.smtp_port == 465):
+        security = "ssl"
+    elif args.is_secure:
+        security = "starttls"
+    else:
+        security = "none"
+    context = None
+    if args.smtp_cafile:
+        try:
+            context = ssl.create_default_context(cafile=args.smtp_cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load CA file {args.smtp_cafile}: {exc}") from None
+    return SmtpSink(
+        args.smtp_server,
+        args.smtp_port,
+        sender=args.email,
+        recipients=args.to or [args.email],
+        username=None if args.no_auth else (args.smtp_user or args.email),
+        password=password,
+        security=security,
+        timeout=args.smtp_timeout,
+        ssl_context=context,
+    )
+
+
+def verify_sink(sink: SmtpSink, *, attempts: int = 3, delay: float = 2.0) -> None:
+    """Log in once at start. Auth/TLS problems fail at once; an unreachable server gets retries."""
+    for attempt in range(1, attempts + 1):
+        try:
+            sink.verify()
+            return
+        except SmtpConnectionError as exc:
+            if attempt == attempts:
+                raise ConfigError(f"{exc} (after {attempts} attempts)") from None
+            log.warning("SMTP server not reachable; retrying", extra={"error": str(exc), "attempt": attempt})
+            time.sleep(delay * attempt)
+        except AlertDeliveryError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def entry_to_alert(entry: JournalEntry, container: str) -> Alert:
+    """Turn a journal entry into an alert; alerts the service logged keep their own kind."""
+    fields = entry.fields or {}
+    forwarded_kind = fields.get("alert_kind")
+    kind = f"log.{entry.level.lower()}"
+    if isinstance(forwarded_kind, str) and forwarded_kind:
+        kind = forwarded_kind
+    summary = f"{entry.logger}: {entry.message}" if entry.logger else entry.message
+    details: dict[str, Any] = {"container": entry.container_name or container}
+    if entry.priority is not None:
+        details["priority"] = entry.priority
+    if not entry.is_structured and entry.identifier:
+        details["identifier"] = entry.identifier
+    for name in DETAIL_FIELDS:
+        if name in fields:
+            details[name] = fields[name]
+    return Alert(
+        kind=kind,
+        severity=Severity.parse(entry.level) if entry.level != "DEBUG" else Severity.INFO,
+        summary=summary or "(empty message)",
+        details=details,
+        at=entry.timestamp,
+    )
+
+
+class Monitor:
+    """Follow entries and feed the alerter; stoppable from another thread or a signal."""
+
+    def __init__(
+        self,
+        container: str,
+        follower: JournalFollower,
+        alerter: Alerter,
+        *,
+        notify_warning: bool = False,
+        print_entries: bool = False,
+        out: IO[str] | None = None,
+        idle: float = 0.5,
+    ) -> None:
+        self.container = container
+        self.follower = follower
+        self.alerter = alerter
+        self.threshold = "WARNING" if notify_warning else "ERROR"
+        self.print_entries = print_entries
+        self.out = out
+        self.idle = idle
+        self.entries_seen = 0
+        self.alerts_raised = 0
+
+    def handle(self, entry: JournalEntry) -> None:
+        self.entries_seen += 1
+        if self.print_entries:
+            out = self.out or sys.stdout
+            out.write(entry.format_line() + "\n")
+            out.flush()
+        if entry.at_least(self.threshold):
+            self.alerts_raised += 1
+            self.alerter.raise_alert(entry_to_alert(entry, self.container))
+
+    def run(self) -> None:
+        """Process entries until :meth:`stop`; then send whatever alerts are still pending."""
+        try:
+            for entry in self.follower.follow(idle=self.idle):
+                if entry is not None:
+                    self.handle(entry)
+                self.alerter.flush_due()
+        finally:
+            self.alerter.close()
+
+    def stop(self) -> None:
+        self.follower.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``monitor-docker.py``; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, stream="stderr")
+    try:
+        if args.group_wait < 0 or args.window < 0:
+            raise ConfigError("--group-wait and --window must be >= 0")
+        password = resolve_password(args)
+        sink = build_sink(args, password)
+        verify_sink(sink)
+    except ConfigError as exc:
+        print(f"monitor-docker: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (KeyboardInterrupt, EOFError):
+        print("monitor-docker: interrupted", file=sys.stderr)
+        return EXIT_CONFIG
+
+    alerter = Alerter(
+        [sink], group_wait=args.group_wait, window=args.window, source=f"movierec {args.container_name}"
+    )
+    follower = JournalFollower({"CONTAINER_NAME": args.container_name}, journalctl=args.journalctl)
+    monitor = Monitor(
+        args.container_name,
+        follower,
+        alerter,
+        notify_warning=args.notify_warning,
+        print_entries=args.print_entries,
+    )
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: monitor.stop())
+    log.info(
+        "monitoring container",
+        extra={
+            "container": args.container_name,
+            "threshold": monitor.threshold,
+            "smtp_server": sink.where,
+            "smtp_security": sink.security,
+            "recipients": sink.recipients,
+        },
+    )
+    monitor.run()
+    log.info(
+        "monitor stopped",
+        extra={"entries": monitor.entries_seen, "alerts": monitor.alerts_raised, "emails": alerter.sent},
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

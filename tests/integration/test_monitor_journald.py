@@ -1,0 +1,565 @@
+"""The container monitor against a real journald and a real SMTP server (aiosmtpd).
+
+journald: the running one, or one started here as root (tests that need it skip with the
+reason when neither works). Entries carry a CONTAINER_NAME unique to each test, like the
+Docker journald driver writes them. ``monitor-docker.py`` runs as a real subprocess with
+the password in its environment, never on its command line.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from app.monitoring.alerts import (
+    Alert,
+    AlertDeliveryError,
+    Alerter,
+    Notification,
+    SmtpAuthError,
+    SmtpConnectionError,
+    SmtpSink,
+)
+from app.monitoring.journal import JournalFollower
+from tests.integration.journald import Journald, JournaldUnavailable, start_journald, stop_journald
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+USER = "alerts@movierec.test"
+PASSWORD = "correct horse battery staple"
+
+
+# --------------------------------------------------------------------------- SMTP server
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.messages: queue.Queue[EmailMessage] = queue.Queue()
+        self.received: list[EmailMessage] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        msg = email.message_from_bytes(
+            envelope.original_content or envelope.content, policy=email.policy.default
+        )
+        self.received.append(msg)
+        self.messages.put(msg)
+        return "250 OK"
+
+
+class Authenticator:
+    def __init__(self) -> None:
+        self.attempts: list[tuple[str, bool]] = []
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and (
+            auth_data.login.decode() == USER and auth_data.password.decode() == PASSWORD
+        )
+        self.attempts.append((auth_data.login.decode() if isinstance(auth_data, LoginPassword) else "?", ok))
+        return AuthResult(success=ok, handled=False)
+
+
+class SmtpServer:
+    def __init__(self, controller: Controller, handler: RecordingHandler, auth: Authenticator) -> None:
+        self.controller = controller
+        self.handler = handler
+        self.auth = auth
+        self.port: int = controller.port
+
+    def wait_for(self, count: int, timeout: float) -> list[EmailMessage]:
+        deadline = time.monotonic() + timeout
+        while len(self.handler.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(self.handler.received)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_smtp(**kwargs: object) -> SmtpServer:
+    handler, auth = RecordingHandler(), Authenticator()
+    kwargs.setdefault("auth_require_tls", False)
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=free_port(), authenticator=auth, auth_required=True, **kwargs
+    )
+    controller.start()
+    return SmtpServer(controller, handler, auth)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    server = start_smtp()
+    yield server
+    server.controller.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed: cannot make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _note(summary: str = "boom") -> Notification:
+    captured: list[Notification] = []
+
+    class Capture:
+        name = "capture"
+
+        def send(self, n: Notification) -> None:
+            captured.append(n)
+
+    alerter = Alerter([Capture()], group_wait=60)
+    alerter.raise_alert(Alert("log.error", "error", summary, {"request_id": "r-1"}))
+    alerter.flush()
+    return captured[0]
+
+
+# ------------------------------------------------------------------------- SmtpSink tests
+def test_smtp_sink_plain_login_delivers_message(smtp_server: SmtpServer) -> None:
+    sink = SmtpSink(
+        "127.0.0.1",
+        smtp_server.port,
+        sender=USER,
+        recipients=[USER],
+        username=USER,
+        password=PASSWORD,
+        timeout=5,
+    )
+    sink.send(_note("database unreachable"))
+    [msg] = smtp_server.wait_for(1, 5)
+    assert "database unreachable" in msg["Subject"]
+    assert msg["X-Movierec-Alert-Kind"] == "log.error"
+    assert "request_id: r-1" in msg.get_content()
+    assert smtp_server.auth.attempts == [(USER, True)]
+
+
+def test_smtp_sink_bad_password_names_server_and_user_not_password(smtp_server: SmtpServer) -> None:
+    sink = SmtpSink(
+        "127.0.0.1",
+        smtp_server.port,
+        sender=USER,
+        recipients=[USER],
+        username=USER,
+        password="wrong-secret-value",
+        timeout=5,
+    )
+    with pytest.raises(SmtpAuthError) as info:
+        sink.verify()
+    text = str(info.value)
+    assert f"127.0.0.1:{smtp_server.port}" in text and USER in text and "535" in text
+    assert "wrong-secret-value" not in text and "wrong-secret-value" not in repr(sink)
+    assert info.value.retryable is False
+    assert smtp_server.wait_for(1, 0.2) == []
+
+
+def test_smtp_sink_unreachable_server_is_retryable_connection_error() -> None:
+    sink = SmtpSink("127.0.0.1", free_port(), sender=USER, recipients=[USER], timeout=2)
+    with pytest.raises(SmtpConnectionError) as info:
+        sink.verify()
+    assert info.value.retryable is True
+
+
+def test_smtp_sink_starttls_with_verified_certificate(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    server = start_smtp(
+        tls_context=server_tls_context(cert, key), require_starttls=True, auth_require_tls=True
+    )
+    try:
+        sink = SmtpSink(
+            "127.0.0.1",
+            server.port,
+            sender=USER,
+            recipients=[USER],
+            username=USER,
+            password=PASSWORD,
+            security="starttls",
+            timeout=5,
+            ssl_context=ssl.create_default_context(cafile=str(cert)),
+        )
+        sink.send(_note("over starttls"))
+        [msg] = server.wait_for(1, 5)
+        assert "over starttls" in msg["Subject"]
+        # Without STARTTLS this server offers no AUTH: a plain login attempt must fail clearly.
+        plain = SmtpSink(
+            "127.0.0.1",
+            server.port,
+            sender=USER,
+            recipients=[USER],
+            username=USER,
+            password=PASSWORD,
+            timeout=5,
+        )
+        with pytest.raises(AlertDeliveryError, match=r"STARTTLS|AUTH"):
+            plain.verify()
+        # An untrusted certificate is refused, not silently accepted.
+        untrusting = SmtpSink(
+            "127.0.0.1",
+            server.port,
+            sender=USER,
+            recipients=[USER],
+            username=USER,
+            password=PASSWORD,
+            security="starttls",
+            timeout=5,
+        )
+        with pytest.raises(AlertDeliveryError, match="TLS"):
+            untrusting.verify()
+    finally:
+        server.controller.stop()
+
+
+def test_smtp_sink_implicit_tls(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    # aiosmtpd only counts STARTTLS as TLS for auth_require_tls; this connection is TLS from the start.
+    server = start_smtp(ssl_context=server_tls_context(cert, key), auth_require_tls=False)
+    try:
+        sink = SmtpSink(
+            "127.0.0.1",
+            server.port,
+            sender=USER,
+            recipients=[USER],
+            username=USER,
+            password=PASSWORD,
+            security="ssl",
+            timeout=5,
+            ssl_context=ssl.create_default_context(cafile=str(cert)),
+        )
+        sink.send(_note("over smtps"))
+        [msg] = server.wait_for(1, 5)
+        assert "over smtps" in msg["Subject"]
+        assert server.auth.attempts == [(USER, True)]
+    finally:
+        server.controller.stop()
+
+
+# ------------------------------------------------------------------------------ journald
+@pytest.fixture(scope="module")
+def journald() -> Iterator[Journald]:
+    try:
+        handle = start_journald()
+    except JournaldUnavailable as exc:
+        pytest.skip(f"journald unavailable: {exc}")
+    yield handle
+    stop_journald(handle)
+
+
+@pytest.fixture
+def container() -> str:
+    return f"movierec-test-{uuid.uuid4().hex[:12]}"
+
+
+def app_line(level: str, message: str, **fields: object) -> str:
+    """A log line as app.monitoring.logs writes it."""
+    return json.dumps(
+        {
+            "ts": "2026-01-01T00:00:00.000+00:00",
+            "level": level,
+            "logger": "app.api",
+            "message": message,
+            **fields,
+        }
+    )
+
+
+def test_follower_parses_real_entries_and_stops(journald: Journald, container: str) -> None:
+    follower = JournalFollower({"CONTAINER_NAME": container})
+    got: list = []
+
+    def consume() -> None:
+        for entry in follower.follow(idle=0.2):
+            if entry is not None:
+                got.append(entry)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not any(e.message == "ready" for e in got) and time.monotonic() < deadline:
+        journald.send("ready", CONTAINER_NAME=container)
+        time.sleep(0.3)
+    assert any(e.message == "ready" for e in got), "journalctl -f never delivered an entry"
+    journald.send(
+        app_line("ERROR", "scoring failed", request_id="rq-9"), priority=6, CONTAINER_NAME=container
+    )
+    journald.send("disk almost full", priority=4, CONTAINER_NAME=container)
+    journald.send("Traceback (most recent call last):\n  File x", priority=3, CONTAINER_NAME=container)
+    journald.send("not ours", priority=3, CONTAINER_NAME=container + "-other")
+    deadline = time.monotonic() + 10
+    while len(got) < 4 + sum(e.message == "ready" for e in got) - 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    follower.stop()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "follower did not stop"
+    rest = [e for e in got if e.message != "ready"]
+    assert [e.level for e in rest] == ["ERROR", "WARNING", "ERROR"]
+    assert rest[0].fields is not None and rest[0].fields["request_id"] == "rq-9" and rest[0].priority == 6
+    assert rest[0].logger == "app.api" and rest[0].message == "scoring failed"
+    assert rest[1].fields is None and rest[1].priority == 4
+    assert rest[2].message.startswith("Traceback") and "\n" in rest[2].message
+    assert all(e.container_name == container for e in got)
+
+
+class MonitorProcess:
+    """monitor-docker.py as a subprocess, its stdout (--print) collected line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "monitor-docker.py"), *args],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line)
+
+    def wait_ready(self, journald: Journald, container: str, timeout: float = 15.0) -> None:
+        """Write INFO canaries until the monitor echoes one: journalctl is then following."""
+        deadline = time.monotonic() + timeout
+        token = f"canary-{uuid.uuid4().hex[:8]}"
+        sent = 0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"monitor exited {self.proc.returncode}: {''.join(self.stderr)}")
+            sent += 1
+            journald.send(f"{token}-{sent}", priority=6, CONTAINER_NAME=container)
+            time.sleep(0.25)
+            if any(token in line for line in self.lines):
+                return
+        raise AssertionError(f"monitor never echoed a canary; stderr: {''.join(self.stderr)[-2000:]}")
+
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def monitor_factory(smtp_server: SmtpServer, container: str) -> Iterator:
+    started: list[MonitorProcess] = []
+
+    def start(
+        *extra: str,
+        password: str | None = PASSWORD,
+        env_extra: dict[str, str] | None = None,
+        group_wait: float = 1.0,
+    ) -> MonitorProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_SMTP")}
+        if password is not None:
+            env["MONITOR_SMTP_PASSWORD"] = password
+        env.update(env_extra or {})
+        args = [
+            container,
+            "127.0.0.1",
+            USER,
+            "--smtp-port",
+            str(smtp_server.port),
+            "--print",
+            "--group-wait",
+            str(group_wait),
+            "--window",
+            "30",
+            "--smtp-timeout",
+            "5",
+            *extra,
+        ]
+        proc = MonitorProcess(args, env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def test_error_entry_emails_the_entry(journald, container, smtp_server, monitor_factory) -> None:
+    monitor = monitor_factory()
+    monitor.wait_ready(journald, container)
+    journald.send(
+        app_line(
+            "ERROR",
+            "model scoring failed for user 17",
+            request_id="req-abc",
+            endpoint="/api/recommend",
+            model_version="v3",
+        ),
+        CONTAINER_NAME=container,
+    )
+    messages = smtp_server.wait_for(1, 15)
+    assert len(messages) == 1, monitor.stderr
+    msg = messages[0]
+    body = msg.get_content()
+    assert msg["Subject"].startswith(f"[movierec {container}] ERROR")
+    assert "app.api: model scoring failed for user 17" in body
+    assert (
+        "request_id: req-abc" in body and "endpoint: /api/recommend" in body and "model_version: v3" in body
+    )
+    assert f"container: {container}" in body
+    assert msg["To"] == USER and msg["From"] == USER
+    # The password never appears in the monitor's argv, output or logs.
+    assert PASSWORD not in " ".join(monitor.proc.args)
+    assert monitor.stop() == 0
+    assert PASSWORD not in "".join(monitor.lines + monitor.stderr)
+    assert any("model scoring failed" in line for line in monitor.lines)  # --print echoed it
+
+
+def test_warning_emails_only_with_notify_warning(journald, container, smtp_server, monitor_factory) -> None:
+    quiet = monitor_factory("--to", "errors-only@movierec.test")
+    loud = monitor_factory("--to", "with-warnings@movierec.test", "--notify-warning")
+    quiet.wait_ready(journald, container)
+    loud.wait_ready(journald, container)
+    journald.send(app_line("WARNING", "latency above budget"), CONTAINER_NAME=container)
+    journald.send("plain warning from stderr-less tool", priority=4, CONTAINER_NAME=container)
+    messages = smtp_server.wait_for(1, 15)
+    time.sleep(2.5)  # > group-wait: the quiet monitor would have sent by now if it were going to
+    messages = smtp_server.handler.received
+    assert [m["To"] for m in messages] == ["with-warnings@movierec.test"], [m["Subject"] for m in messages]
+    body = messages[0].get_content()
+    assert "WARNING" in messages[0]["Subject"]
+    assert "latency above budget" in body and "plain warning from stderr-less tool" in body
+    assert "Occurrences: 2" in body
+    # An ERROR reaches both.
+    journald.send(app_line("ERROR", "now it is broken"), CONTAINER_NAME=container)
+    messages = smtp_server.wait_for(3, 15)
+    errors = [m for m in messages if "now it is broken" in m.get_content()]
+    assert sorted(m["To"] for m in errors) == ["errors-only@movierec.test", "with-warnings@movierec.test"]
+
+
+def test_burst_of_identical_errors_sends_one_email(
+    journald, container, smtp_server, monitor_factory, tmp_path: Path
+) -> None:
+    secret = tmp_path / "smtp-password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    monitor = monitor_factory("--password-file", str(secret), password=None, group_wait=3.0)
+    monitor.wait_ready(journald, container)
+    n = 300
+    for i in range(n):
+        journald.send(
+            app_line("ERROR", f"upstream timeout after {1000 + i} ms", request_id=f"req-{i}"),
+            CONTAINER_NAME=container,
+        )
+    messages = smtp_server.wait_for(1, 15)
+    time.sleep(2.0)  # nothing else may follow
+    assert monitor.stop() == 0  # shutdown flushes pending groups: there must be none
+    messages = smtp_server.handler.received
+    assert len(messages) == 1, [m["Subject"] for m in messages]
+    msg = messages[0]
+    assert msg["X-Movierec-Alert-Count"] == str(n)
+    assert f"{n} x" in msg["Subject"]
+    body = msg.get_content()
+    assert f"Occurrences: {n}" in body and f"[{n} x] app.api: upstream timeout after 1000 ms" in body
+    assert "Distinct:    1" in body
+    assert smtp_server.auth.attempts == [(USER, True), (USER, True)]  # start-up check + one email
+
+
+def test_bad_password_exits_2_with_clear_error_and_no_retry_loop(
+    container, smtp_server, monitor_factory
+) -> None:
+    monitor = monitor_factory(password="not-the-password")
+    code = monitor.proc.wait(timeout=20)
+    err = "".join(monitor.stderr)
+    assert code == 2
+    assert f"rejected the login for user '{USER}'" in err and f"127.0.0.1:{smtp_server.port}" in err
+    assert "not-the-password" not in err and "Traceback" not in err
+    # One login (smtplib tries PLAIN then LOGIN inside it), then the process is gone: no loop.
+    assert 1 <= len(smtp_server.auth.attempts) <= 2
+    assert all(user == USER and not ok for user, ok in smtp_server.auth.attempts)
+    assert smtp_server.handler.received == []
+
+
+def test_no_password_source_without_tty_is_a_clear_error(container, smtp_server, monitor_factory) -> None:
+    monitor = monitor_factory(password=None)
+    assert monitor.proc.wait(timeout=20) == 2
+    err = "".join(monitor.stderr)
+    assert "no SMTP password" in err and "MONITOR_SMTP_PASSWORD" in err
+    assert smtp_server.auth.attempts == []
+
+
+def test_survives_journalctl_restart_without_losing_entries(
+    journald, container, smtp_server, monitor_factory
+) -> None:
+    monitor = monitor_factory()
+    monitor.wait_ready(journald, container)
+    [child] = [pid for pid in monitor.children() if "journalctl" in Path(f"/proc/{pid}/cmdline").read_text()]
+    os.kill(child, signal.SIGKILL)
+    # Written while no journalctl runs: the restarted one resumes after the last cursor.
+    journald.send(app_line("ERROR", "written during the gap"), CONTAINER_NAME=container)
+    messages = smtp_server.wait_for(1, 20)
+    assert len(messages) == 1 and "written during the gap" in messages[0].get_content()
+    new_children = monitor.children()
+    assert new_children and child not in new_children
+    assert sum("journalctl exited; restarting" in line for line in monitor.stderr) == 1
+    # Resumed after the cursor: nothing replayed twice (a restart from "since start" would).
+    echoed = [line.split(f" {container} ", 1)[1] for line in monitor.lines if f" {container} " in line]
+    assert len(echoed) == len(set(echoed)), echoed
+    assert sum("written during the gap" in line for line in echoed) == 1

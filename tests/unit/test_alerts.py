@@ -1,0 +1,310 @@
+"""The alerting path: grouping, dedup, rate limiting, retries, sinks' contracts, password sources.
+
+Time is a manual clock here so windows are exact; the SMTP sink against a real server is
+tested in tests/integration/test_monitor_journald.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from app.monitoring.alerts import (
+    Alert,
+    AlertDeliveryError,
+    Alerter,
+    LoggingSink,
+    Notification,
+    PasswordSourceError,
+    Severity,
+    SmtpSink,
+    fingerprint_of,
+    load_smtp_password,
+)
+from app.monitoring.logs import JsonFormatter
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Recorder:
+    """A sink that keeps what it is given (the Alerter is what is under test)."""
+
+    name = "recorder"
+
+    def __init__(self, failures: list[Exception] | None = None) -> None:
+        self.sent: list[Notification] = []
+        self.failures = list(failures or [])
+        self.calls = 0
+
+    def send(self, notification: Notification) -> None:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(notification)
+
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def err(
+    summary: str, i: int = 0, kind: str = "log.error", severity: str = "error", **details: object
+) -> Alert:
+    return Alert(kind, severity, summary, details, at=T0 + dt.timedelta(seconds=i))
+
+
+def make(**kwargs: object) -> tuple[Alerter, Recorder, Clock]:
+    clock, sink = Clock(), Recorder()
+    params: dict = {"group_wait": 10.0, "window": 300.0, "clock": clock}
+    params.update(kwargs)
+    return Alerter([sink], **params), sink, clock
+
+
+def test_burst_of_identical_errors_becomes_one_notification_with_count() -> None:
+    alerter, sink, clock = make()
+    for i in range(500):
+        alerter.raise_alert(err(f"upstream timeout after {100 + i} ms", i, request_id=f"r-{i}"))
+    assert alerter.flush_due() == [] and sink.sent == []  # still inside group_wait
+    clock.advance(10)
+    [note] = alerter.flush_due()
+    assert sink.sent == [note]
+    assert note.count == 500 and len(note.entries) == 1
+    entry = note.entries[0]
+    assert entry.count == 500 and entry.summary == "upstream timeout after 100 ms"
+    assert entry.details == {"request_id": "r-0"}
+    assert (entry.first_at, entry.last_at) == (T0, T0 + dt.timedelta(seconds=499))
+    assert "500 x log.error" in note.subject and "[500 x] upstream timeout after 100 ms" in note.body
+    clock.advance(1000)
+    assert alerter.flush_due() == [] and len(sink.sent) == 1  # nothing left behind
+
+
+def test_distinct_messages_are_listed_most_frequent_first_and_capped() -> None:
+    alerter, _sink, clock = make(max_entries=3)
+    for i in range(5):
+        alerter.raise_alert(err("db down", i))
+    alerter.raise_alert(err("cache miss storm"))
+    for name in ("a", "b", "c"):
+        alerter.raise_alert(err(f"unique failure {name}"))
+    clock.advance(10)
+    [note] = alerter.flush_due()
+    assert [e.summary for e in note.entries] == ["db down", "cache miss storm", "unique failure a"]
+    assert note.count == 9 and note.omitted_distinct == 2 and note.omitted_count == 2
+    assert "... and 2 more distinct entries (2 occurrences)" in note.body
+    assert "Distinct:    5" in note.body
+
+
+def test_rate_limit_window_sends_one_digest_per_kind() -> None:
+    alerter, sink, clock = make(group_wait=5, window=60)
+    alerter.raise_alert(err("first"))
+    clock.advance(5)
+    assert len(alerter.flush_due()) == 1
+    clock.advance(1)
+    for i in range(20):
+        alerter.raise_alert(err("again", i))
+        clock.advance(2)  # 40 s of steady errors
+    assert alerter.flush_due() == []  # window since the first email not over yet
+    clock.now = 1000 + 5 + 60  # last_sent + window
+    [digest] = alerter.flush_due()
+    assert digest.count == 20 and digest.entries[0].summary == "again"
+    assert [n.count for n in sink.sent] == [1, 20]
+    # After a quiet window a new alert only waits group_wait again.
+    clock.advance(500)
+    alerter.raise_alert(err("later"))
+    clock.advance(4.9)
+    assert alerter.flush_due() == []
+    clock.advance(0.1)
+    assert [n.entries[0].summary for n in alerter.flush_due()] == ["later"]
+
+
+def test_kinds_are_limited_independently_and_severity_is_the_worst() -> None:
+    alerter, _sink, clock = make()
+    alerter.raise_alert(err("breaker opened for model scoring", kind="breaker.opened", severity="critical"))
+    alerter.raise_alert(err("psi 0.31 above 0.2", kind="drift", severity="warning"))
+    alerter.raise_alert(err("psi 0.35 above 0.2", kind="drift", severity="error"))
+    assert alerter.pending() == {"breaker.opened": 1, "drift": 2}
+    clock.advance(10)
+    notes = {n.kind: n for n in alerter.flush_due()}
+    assert notes["breaker.opened"].severity is Severity.CRITICAL
+    assert (
+        notes["drift"].severity is Severity.ERROR and notes["drift"].entries[0].count == 2
+    )  # same fingerprint
+    assert notes["breaker.opened"].subject.startswith("[movierec] CRITICAL: breaker.opened")
+
+
+def test_group_wait_zero_sends_immediately() -> None:
+    alerter, sink, _ = make(group_wait=0)
+    alerter.raise_alert(err("now"))
+    assert [n.entries[0].summary for n in sink.sent] == ["now"]
+
+
+def test_close_flushes_pending() -> None:
+    alerter, sink, _ = make()
+    alerter.raise_alert(err("at shutdown"))
+    assert sink.sent == []
+    alerter.close()
+    assert [n.count for n in sink.sent] == [1]
+
+
+def test_failed_delivery_is_retried_with_backoff_then_dropped() -> None:
+    clock = Clock()
+    flaky = Recorder([AlertDeliveryError("451 try later"), AlertDeliveryError("451 again")])
+    healthy = Recorder()
+    alerter = Alerter([flaky, healthy], group_wait=0, retry_delay=30, max_attempts=3, clock=clock)
+    alerter.raise_alert(err("x"))
+    assert len(healthy.sent) == 1 and flaky.sent == [] and alerter.failed == 1
+    clock.advance(29)
+    alerter.flush_due()
+    assert flaky.calls == 1
+    clock.advance(1)
+    alerter.flush_due()
+    assert flaky.calls == 2 and alerter.failed == 2  # second failure, next retry after 60 s
+    clock.advance(60)
+    alerter.flush_due()
+    assert flaky.calls == 3 and len(flaky.sent) == 1 and alerter.sent == 2
+
+
+def test_non_retryable_failure_is_not_retried_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    broken = Recorder([AlertDeliveryError("535 auth failed", retryable=False)])
+    alerter = Alerter([broken], group_wait=0, clock=clock)
+    with caplog.at_level(logging.ERROR, logger="app.monitoring.alerts"):
+        alerter.raise_alert(err("x"))
+    clock.advance(10_000)
+    alerter.flush_due()
+    assert broken.calls == 1
+    [record] = [r for r in caplog.records if r.getMessage() == "alert delivery failed"]
+    assert record.will_retry is False and "535 auth failed" in record.error
+
+
+def test_unexpected_sink_exception_is_contained() -> None:
+    clock = Clock()
+    broken = Recorder([RuntimeError("bug in sink")] * 5)
+    alerter = Alerter([broken], group_wait=0, max_attempts=2, retry_delay=1, clock=clock)
+    alerter.raise_alert(err("x"))
+    clock.advance(1)
+    alerter.flush_due()
+    clock.advance(100)
+    alerter.flush_due()
+    assert broken.calls == 2 and alerter.failed == 2
+
+
+def test_alert_contents_are_redacted_before_delivery() -> None:
+    alerter, sink, _clock = make(group_wait=0)
+    alerter.raise_alert(
+        err("auth failed for Bearer abcdefghijklmnop", password="hunter2", headers={"Authorization": "x"})
+    )
+    [note] = sink.sent
+    text = note.body + note.subject
+    assert "abcdefghijklmnop" not in text and "hunter2" not in text
+    assert note.entries[0].details["headers"] == {"Authorization": "[REDACTED]"}
+
+
+def test_background_ticker_delivers_without_calls() -> None:
+    sink = Recorder()
+    alerter = Alerter([sink], group_wait=0.2, window=60)
+    alerter.start(interval=0.05)
+    try:
+        alerter.raise_alert(err("async"))
+        deadline = time.monotonic() + 5
+        while not sink.sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [n.entries[0].summary for n in sink.sent] == ["async"]
+    finally:
+        alerter.close()
+
+
+def test_fingerprint_masks_numbers_ids_and_uuids() -> None:
+    a = fingerprint_of("request 3f2a9c1e7b failed after 120 ms for 0b4f5a8e-1c2d-4e3f-9a8b-7c6d5e4f3a2b")
+    b = fingerprint_of("request 99aa00bb11 failed after 87.5 ms for 11111111-2222-4333-8444-555555555555")
+    assert a == b
+    assert fingerprint_of("database down") != fingerprint_of("cache down")
+
+
+def test_alert_validation() -> None:
+    with pytest.raises(ValueError):
+        Alert("", "error", "x")
+    with pytest.raises(ValueError):
+        Alert("k", "loud", "x")
+    assert Alert("k", "warn", "x").severity is Severity.WARNING
+    with pytest.raises(ValueError):
+        Alerter([], max_entries=0)
+
+
+def test_logging_sink_writes_a_json_line_the_monitor_can_route() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.alerts.sink")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    alerter = Alerter([LoggingSink(logger)], group_wait=0)
+    alerter.raise_alert(
+        Alert("breaker.opened", "error", "breaker opened: 5 failures in 30 s", {"model": "v3"})
+    )
+    doc = json.loads(stream.getvalue())
+    assert doc["level"] == "ERROR" and doc["alert_kind"] == "breaker.opened" and doc["alert_count"] == 1
+    assert doc["alert_entries"][0]["model"] == "v3"
+
+
+def test_smtp_sink_message_and_repr_hide_the_password() -> None:
+    sink = SmtpSink(
+        "smtp.example.test",
+        587,
+        sender="a@x.test",
+        recipients=["b@x.test", "c@x.test"],
+        username="a@x.test",
+        password="pw-123456",
+        security="starttls",
+    )
+    alerter, rec, _ = make(group_wait=0)
+    alerter.raise_alert(err("line one\nline two"))
+    msg = sink.build_message(rec.sent[0])
+    assert "\n" not in msg["Subject"] and msg["To"] == "b@x.test, c@x.test"
+    assert msg["X-Movierec-Alert-Count"] == "1"
+    assert "pw-123456" not in repr(sink) and "pw-123456" not in msg.as_string()
+    with pytest.raises(ValueError):
+        SmtpSink("h", sender="a", recipients=["b"], security="tls")
+    with pytest.raises(ValueError):
+        SmtpSink("h", sender="a", recipients=[])
+
+
+def test_load_password_sources_in_order(tmp_path: Path) -> None:
+    f = tmp_path / "pw"
+    f.write_text("from-file\n")
+    f.chmod(0o600)
+    env = {"MONITOR_SMTP_PASSWORD": "from-env"}
+    assert load_smtp_password(password="explicit", password_file=f, environ=env) == "explicit"
+    assert load_smtp_password(password_file=f, environ=env) == "from-file"
+    assert load_smtp_password(environ=env) == "from-env"
+    assert load_smtp_password(environ={"MONITOR_SMTP_PASSWORD_FILE": str(f)}) == "from-file"
+    assert load_smtp_password(environ={}) is None
+    g = tmp_path / "crlf"
+    g.write_text("p w \r\n")
+    assert load_smtp_password(password_file=g, environ={}) == "p w "
+
+
+def test_load_password_bad_sources_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(PasswordSourceError, match="cannot read"):
+        load_smtp_password(password_file=tmp_path / "missing", environ={})
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(PasswordSourceError, match="empty"):
+        load_smtp_password(password_file=empty, environ={})
+    with pytest.raises(PasswordSourceError):
+        load_smtp_password(environ={"MONITOR_SMTP_PASSWORD_FILE": str(tmp_path / "nope")})

@@ -1,0 +1,234 @@
+"""JSON-lines logging: the line format the monitor parses, and redaction of secrets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.monitoring.logs import (
+    REDACTED,
+    JsonFormatter,
+    bind_log_context,
+    configure_logging,
+    log_context,
+    redact,
+    reset_log_context,
+    scrub_text,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """Restore the root logger's handlers and level after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def capture(logger_name: str = "app.test") -> tuple[logging.Logger, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(logger_name)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    return logger, stream
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_line_has_core_fields_and_extras() -> None:
+    logger, stream = capture()
+    logger.warning(
+        "slow request %s",
+        "/api/recommend",
+        extra={
+            "request_id": "r-1",
+            "endpoint": "/api/recommend",
+            "status": 200,
+            "latency_ms": 812.5,
+            "model_version": "v7",
+        },
+    )
+    [doc] = lines(stream)
+    assert doc["level"] == "WARNING" and doc["logger"] == "app.test"
+    assert doc["message"] == "slow request /api/recommend"
+    assert doc["request_id"] == "r-1" and doc["status"] == 200 and doc["latency_ms"] == 812.5
+    assert doc["model_version"] == "v7" and doc["endpoint"] == "/api/recommend"
+    ts = dt.datetime.fromisoformat(doc["ts"])
+    assert ts.utcoffset() == dt.timedelta(0)
+    assert abs((dt.datetime.now(dt.UTC) - ts).total_seconds()) < 60
+    assert "\n" not in stream.getvalue().rstrip("\n")
+
+
+def test_extras_cannot_clobber_core_fields_and_odd_values_serialise() -> None:
+    logger, stream = capture()
+    logger.info("x", extra={"level": "fake", "ts": "fake", "obj": object(), "when": dt.date(2024, 1, 2)})
+    [doc] = lines(stream)
+    assert doc["level"] == "INFO" and doc["extra_level"] == "fake" and doc["extra_ts"] == "fake"
+    assert doc["obj"].startswith("<object object") and doc["when"] == "2024-01-02"
+
+
+def test_secret_keys_are_redacted_at_any_depth_and_others_kept() -> None:
+    logger, stream = capture()
+    logger.info(
+        "login",
+        extra={
+            "password": "hunter2",
+            "smtp_password": "s3cret!",
+            "headers": {"Authorization": "Bearer abc.def.ghi", "Accept": "application/json"},
+            "body": [{"refresh_token": "tok-1", "username": "alice"}],
+            "api_key": "k-123",
+            "request_id": "r-2",
+        },
+    )
+    text = stream.getvalue()
+    for secret in ("hunter2", "s3cret!", "abc.def.ghi", "tok-1", "k-123"):
+        assert secret not in text
+    [doc] = lines(stream)
+    assert doc["password"] == REDACTED and doc["headers"]["Authorization"] == REDACTED
+    assert doc["headers"]["Accept"] == "application/json"
+    assert doc["body"][0] == {"refresh_token": REDACTED, "username": "alice"}
+    assert doc["request_id"] == "r-2"
+
+
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSJ9.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        (f"Authorization: Bearer {JWT}", JWT),
+        ("Authorization: Bearer opaque-token-1234567890", "opaque-token-1234567890"),
+        (f"token was {JWT} for alice", "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"),
+        ("GET /cb?access_token=abcdef123&x=1", "abcdef123"),
+        ("connect postgresql://movierec:pgsecret@db:5432/movierec", "pgsecret"),
+        ('body {"password": "hunter2", "username": "bob"}', "hunter2"),
+        ("SESSION_PASSWORD=topsecret", "topsecret"),
+    ],
+)
+def test_secrets_in_message_text_are_scrubbed(text: str, leak: str) -> None:
+    logger, stream = capture()
+    logger.error(text)
+    assert leak not in stream.getvalue()
+    assert REDACTED in lines(stream)[0]["message"]
+
+
+def test_plain_text_without_secrets_is_untouched() -> None:
+    text = "user 42 asked for 10 recommendations; token bucket has 3 left; model v3 answered"
+    assert scrub_text(text) == text
+
+
+def test_exception_trace_is_logged_and_scrubbed() -> None:
+    logger, stream = capture()
+    try:
+        raise ValueError(f"bad header Bearer {JWT}")
+    except ValueError:
+        logger.exception("request failed", extra={"request_id": "r-3"})
+    [doc] = lines(stream)
+    assert doc["level"] == "ERROR" and "ValueError" in doc["exc"] and "Traceback" in doc["exc"]
+    assert JWT not in stream.getvalue()
+
+
+def test_bad_format_args_do_not_raise() -> None:
+    logger, stream = capture()
+    logger.info("%d items", "not-a-number")
+    [doc] = lines(stream)
+    assert "log formatting failed" in doc["message"]
+
+
+def test_log_context_binds_fields_per_thread() -> None:
+    logger, stream = capture()
+    barrier = threading.Barrier(2)
+
+    def worker(rid: str) -> None:
+        with log_context(request_id=rid, endpoint="/api/x"):
+            barrier.wait()
+            logger.info("in request")
+        logger.info("after request")
+
+    threads = [threading.Thread(target=worker, args=(f"r-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    docs = lines(stream)
+    inside = sorted(d["request_id"] for d in docs if d["message"] == "in request")
+    assert inside == ["r-0", "r-1"]
+    assert all("request_id" not in d for d in docs if d["message"] == "after request")
+
+
+def test_bind_and_reset_context_and_extra_wins() -> None:
+    logger, stream = capture()
+    token = bind_log_context(request_id="outer", model_version="v1")
+    logger.info("a", extra={"request_id": "explicit"})
+    reset_log_context(token)
+    logger.info("b")
+    a, b = lines(stream)
+    assert a["request_id"] == "explicit" and a["model_version"] == "v1"
+    assert "request_id" not in b and "model_version" not in b
+
+
+def test_configure_logging_is_idempotent_and_writes_to_current_stdout(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = configure_logging("DEBUG")
+    second = configure_logging("WARNING")
+    assert first is second
+    assert sum(isinstance(h.formatter, JsonFormatter) for h in root_logger.handlers) == 1
+    assert root_logger.level == logging.WARNING
+    logging.getLogger("app.some.module").info("hidden")
+    logging.getLogger("app.some.module").warning("shown", extra={"request_id": "r-9"})
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1
+    doc = json.loads(out[0])
+    assert doc["message"] == "shown" and doc["logger"] == "app.some.module" and doc["request_id"] == "r-9"
+
+
+def test_configure_logging_to_stderr(root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", stream="stderr")
+    logging.getLogger("x").info("to stderr")
+    captured = capsys.readouterr()
+    assert captured.out == "" and json.loads(captured.err)["message"] == "to stderr"
+    with pytest.raises(ValueError):
+        configure_logging("INFO", stream="file")
+
+
+def test_redact_leaves_scalars_and_structure() -> None:
+    assert redact({"n": 1, "ok": True, "none": None, "t": (1, 2)}) == {
+        "n": 1,
+        "ok": True,
+        "none": None,
+        "t": [1, 2],
+    }
+
+
+token_text = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.", min_size=12, max_size=60
+).filter(lambda s: s.strip("._-") == s)
+
+
+@settings(max_examples=100, deadline=None)
+@given(secret=token_text)
+def test_property_no_secret_value_reaches_the_line(secret: str) -> None:
+    logger, stream = capture("app.prop")
+    logger.info(
+        f"Authorization: Bearer {secret}",
+        extra={"password": secret, "nested": {"client_secret": secret}, "jwt": secret},
+    )
+    assert secret not in stream.getvalue()

@@ -1,0 +1,204 @@
+"""Journal entry parsing, entry -> alert mapping, and the monitor's argument/password handling."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from app.monitoring.alerts import Severity
+from app.monitoring.journal import JournalFollower, normalize_level, parse_entry
+from app.monitoring.monitor import ConfigError, build_parser, build_sink, entry_to_alert, resolve_password
+
+pytestmark = pytest.mark.unit
+
+
+def raw(message: object, priority: str | None = "6", **extra: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "MESSAGE": message,
+        "__REALTIME_TIMESTAMP": "1767268800000000",  # 2026-01-01T12:00:00Z
+        "__CURSOR": "s=abc;i=1",
+        "CONTAINER_NAME": "movierec",
+        **extra,
+    }
+    if priority is not None:
+        doc["PRIORITY"] = priority
+    return doc
+
+
+def test_our_json_line_level_wins_over_docker_priority() -> None:
+    line = json.dumps(
+        {"ts": "x", "level": "ERROR", "logger": "app.api", "message": "boom", "request_id": "r1"}
+    )
+    entry = parse_entry(raw(line, priority="6"))  # Docker: stdout -> priority 6
+    assert entry.level == "ERROR" and entry.message == "boom" and entry.logger == "app.api"
+    assert entry.fields is not None and entry.fields["request_id"] == "r1"
+    assert entry.cursor == "s=abc;i=1" and entry.container_name == "movierec"
+    assert entry.timestamp.isoformat() == "2026-01-01T12:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("message", "priority", "level"),
+    [
+        ("ERROR:app.api:something broke", "6", "ERROR"),
+        ("[WARNING] disk at 91%", "6", "WARNING"),
+        ("2026-01-01 12:00:00,123 WARN worker slow", "6", "WARNING"),
+        ("CRITICAL out of memory", "6", "CRITICAL"),
+        ("*** Starting uWSGI ***", "3", "ERROR"),  # stderr without a level word: priority decides
+        ("listening on :8000", "6", "INFO"),
+        ("kernel says hi", "4", "WARNING"),
+        ("emergency", "0", "CRITICAL"),
+        ("debugging", "7", "DEBUG"),
+        ("no priority at all", None, "INFO"),
+        ("an error occurred in the middle", "6", "INFO"),  # level words only count at the start
+        ("{not json at all", "3", "ERROR"),
+    ],
+)
+def test_plain_text_levels(message: str, priority: str | None, level: str) -> None:
+    assert parse_entry(raw(message, priority)).level == level
+
+
+def test_binary_and_missing_message_fields() -> None:
+    entry = parse_entry(raw(list("naïve ERROR".encode()), "3"))
+    assert entry.message == "naïve ERROR" and entry.level == "ERROR"
+    assert parse_entry(raw(None, "6")).message == ""
+
+
+def test_json_without_level_falls_back_to_priority_and_non_log_json_is_text() -> None:
+    entry = parse_entry(raw(json.dumps({"message": "no level here"}), "4"))
+    assert entry.level == "WARNING" and entry.message == "no level here"
+    other = parse_entry(raw(json.dumps({"rows": 3}), "6"))
+    assert other.fields is None and other.message == '{"rows": 3}'
+
+
+def test_normalize_level() -> None:
+    assert [normalize_level(v) for v in ("warn", "Error", "fatal", 40, 35, 5, "loud", None)] == [
+        "WARNING",
+        "ERROR",
+        "CRITICAL",
+        "ERROR",
+        "WARNING",
+        "DEBUG",
+        None,
+        None,
+    ]
+
+
+def test_follower_command_is_an_argument_list_and_resumes_after_cursor() -> None:
+    f = JournalFollower({"CONTAINER_NAME": "web; rm -rf /"}, journalctl="journalctl")
+    cmd = f.command()
+    assert cmd[1:] == [
+        "--output=json",
+        "--follow",
+        "--all",
+        "--no-pager",
+        "--lines=0",
+        "CONTAINER_NAME=web; rm -rf /",
+    ]
+    f.cursor = "s=1;i=2"
+    assert "--after-cursor=s=1;i=2" in f.command() and "--lines=0" not in f.command()
+    g = JournalFollower({"CONTAINER_NAME": "x"})
+    g.restarts = 1
+    assert any(a.startswith("--since=@") for a in g.command())
+    with pytest.raises(ValueError):
+        JournalFollower({"container_name --flag": "x"})
+
+
+def test_entry_to_alert_carries_request_context() -> None:
+    line = json.dumps(
+        {
+            "level": "ERROR",
+            "logger": "app.api",
+            "message": "scoring failed",
+            "request_id": "r7",
+            "endpoint": "/api/recommend",
+            "latency_ms": 12.5,
+            "model_version": "v3",
+            "exc": "Traceback...",
+        }
+    )
+    alert = entry_to_alert(parse_entry(raw(line)), "movierec")
+    assert alert.kind == "log.error" and alert.severity is Severity.ERROR
+    assert alert.summary == "app.api: scoring failed"
+    assert alert.details["request_id"] == "r7" and alert.details["model_version"] == "v3"
+    assert alert.details["container"] == "movierec" and alert.details["exc"] == "Traceback..."
+
+
+def test_forwarded_app_alert_keeps_its_kind() -> None:
+    line = json.dumps(
+        {
+            "level": "CRITICAL",
+            "logger": "movierec.alerts",
+            "message": "breaker opened",
+            "alert_kind": "breaker.opened",
+            "alert_count": 3,
+        }
+    )
+    alert = entry_to_alert(parse_entry(raw(line)), "movierec")
+    assert alert.kind == "breaker.opened" and alert.severity is Severity.CRITICAL
+    assert alert.details["alert_count"] == 3
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["web", "smtp.example.test", "ops@example.test", *argv])
+
+
+def test_seed_interface_and_defaults() -> None:
+    args = parse()
+    assert (args.container_name, args.smtp_server, args.email) == (
+        "web",
+        "smtp.example.test",
+        "ops@example.test",
+    )
+    assert args.smtp_port == 25 and not args.is_secure and not args.notify_warning and not args.print_entries
+    args = parse("--password", "pw", "--print", "--smtp-port", "587", "--is-secure", "--notify-warning")
+    assert args.password == "pw" and args.print_entries and args.smtp_port == 587 and args.notify_warning
+
+
+@pytest.mark.parametrize(
+    ("argv", "security"),
+    [
+        ((), "none"),
+        (("--is-secure", "--smtp-port", "587"), "starttls"),
+        (("--is-secure", "--smtp-port", "465"), "ssl"),
+        (("--ssl",), "ssl"),
+    ],
+)
+def test_security_choice(argv: tuple[str, ...], security: str) -> None:
+    sink = build_sink(parse(*argv), "pw")
+    assert (
+        sink.security == security
+        and sink.username == "ops@example.test"
+        and sink.recipients == ["ops@example.test"]
+    )
+
+
+def test_no_auth_and_recipients() -> None:
+    sink = build_sink(parse("--no-auth", "--to", "a@x.test", "--to", "b@x.test"), None)
+    assert sink.username is None and sink.recipients == ["a@x.test", "b@x.test"]
+
+
+class FakeTty(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_password_resolution_without_tty_is_a_config_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="MONITOR_SMTP_PASSWORD"):
+        resolve_password(parse(), environ={}, stdin=FakeTty(False))
+    assert resolve_password(parse(), environ={"MONITOR_SMTP_PASSWORD": "e"}, stdin=FakeTty(False)) == "e"
+    assert resolve_password(parse("--no-auth"), environ={}, stdin=FakeTty(False)) is None
+    with pytest.raises(ConfigError, match="cannot read"):
+        resolve_password(parse("--password-file", str(tmp_path / "none")), environ={}, stdin=FakeTty(False))
+
+
+def test_password_prompt_on_a_tty(monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts: list[str] = []
+    monkeypatch.setattr("getpass.getpass", lambda prompt: prompts.append(prompt) or "typed")
+    assert resolve_password(parse(), environ={}, stdin=FakeTty(True)) == "typed"
+    assert prompts == ["SMTP password for ops@example.test at smtp.example.test: "]
