@@ -405,9 +405,9 @@ class PairEncoder:
         self.user_liked_n_ = np.bincount(upos, weights=liked, minlength=n_users)
         self.user_genre_liked_ = _group_sum(upos, n_users, flags * liked[:, None])
         # Liked-genre profile of each (gender, age bucket) group, for cold people.
-        group_of_user = (
-            user_demo["gender"] * len(_DEMOGRAPHICS["age_bucket"]) + user_demo["age_bucket"]
-        )[demo.index.get_indexer(self._user_pos)]
+        group_of_user = (user_demo["gender"] * len(_DEMOGRAPHICS["age_bucket"]) + user_demo["age_bucket"])[
+            demo.index.get_indexer(self._user_pos)
+        ]
         n_groups = len(GENDERS) * len(_DEMOGRAPHICS["age_bucket"])
         group_liked = _group_sum(group_of_user, n_groups, self.user_genre_liked_)
         group_total = np.bincount(group_of_user, weights=self.user_liked_n_, minlength=n_groups)

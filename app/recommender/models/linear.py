@@ -1,0 +1,478 @@
+"""Seed 003's hand-written linear regression, and the rating model built on it.
+
+:class:`SimpleLinearRegression` fills the seed's gaps (``__loss``, ``__sgd``, ``__predict``):
+mean-squared-error loss, weights and intercept fitted by vectorised (mini-)batch gradient
+descent, ``y = Xw + b``. No scikit-learn inside — scikit-learn is only the yardstick in
+``bench/benchmark.py`` and the tests.
+
+Two choices differ from the seed and are why it converges in tens of epochs instead of
+fifteen thousand iterations: features are standardised inside ``fit`` (the diabetes BMI
+column has a standard deviation of 0.05, which makes plain gradient descent crawl), and the
+default step is derived from the largest eigenvalue of the standardised Gram matrix (a
+power iteration), the classic 1/L step that cannot diverge. Weights are mapped back to
+the raw feature scale, so ``predict`` is one matrix-vector product.
+
+:class:`LinearRatingModel` is the same regressor over :class:`~app.recommender.features.PairEncoder`
+features: it predicts a rating for (person, movie), ranks a segment's catalogue by it, and
+serves ``/api/predict/stream`` and ``/api/predict/batch`` through :meth:`~LinearRatingModel.predict_records`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+
+from app.recommender.features import FeatureError, PairEncoder
+from app.recommender.models.base import Recommender
+from app.recommender.segments import Segment
+
+RATING_MIN = 1.0
+RATING_MAX = 5.0
+
+
+class NotFittedError(RuntimeError):
+    """``predict`` was called before ``fit``."""
+
+
+def _as_matrix(X: Any, name: str = "X") -> np.ndarray:
+    array = np.asarray(X)
+    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name} needs at least one sample and one feature, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    # float32 stays float32 (fast serving matrices); anything else is computed in float64.
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
+
+
+def _as_target(y: Any, n_samples: int) -> np.ndarray:
+    target = np.asarray(y, dtype=np.float64)
+    if target.ndim == 2 and target.shape[1] == 1:  # the seed passes y as a column
+        target = target[:, 0]
+    if target.ndim != 1:
+        raise ValueError(f"y must be 1-D or a single column, got shape {target.shape}")
+    if len(target) != n_samples:
+        raise ValueError(f"X has {n_samples} samples but y has {len(target)}")
+    if not np.isfinite(target).all():
+        raise ValueError("y contains NaN or infinite values")
+    return target
+
+
+class SimpleLinearRegression:
+    """Least-squares line ``y = Xw + b`` fitted by vectorised stochastic gradient descent.
+
+    ``learning_rate``: a float, or ``"auto"`` for 1/L with L the gradient's Lipschitz
+    constant on the standardised data. ``batch_size``: ``None`` for full-batch gradient
+    descent (the seed's algorithm), else mini-batches of that size, reshuffled every epoch
+    with ``random_state``. ``l2``: ridge penalty on the (standardised) weights, not the
+    intercept. ``decay``: the step at epoch e is ``learning_rate / (1 + decay·e)``.
+    Training stops early when the epoch loss improves by less than ``tol`` (relative) for
+    ``patience`` epochs in a row.
+
+    After ``fit``: ``coef_`` (n_features,), ``intercept_``, ``losses_`` (one MSE per epoch,
+    measured on the standardised problem before that epoch's updates), ``n_epochs_``,
+    ``converged_``. ``W`` and ``b`` are the seed's names for the same numbers.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float | str = "auto",
+        epochs: int = 1000,
+        batch_size: int | None = None,
+        l2: float = 0.0,
+        decay: float = 0.0,
+        tol: float = 1e-9,
+        patience: int = 5,
+        standardize: bool = True,
+        random_state: int = 0,
+    ) -> None:
+        if isinstance(learning_rate, str) and learning_rate != "auto":
+            raise ValueError("learning_rate must be a positive float or 'auto'")
+        if not isinstance(learning_rate, str) and not learning_rate > 0:
+            raise ValueError("learning_rate must be positive")
+        if epochs < 1:
+            raise ValueError("epochs must be at least 1")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError("batch_size must be positive or None")
+        if l2 < 0 or decay < 0 or tol < 0 or patience < 1:
+            raise ValueError("l2, decay and tol must be non-negative and patience at least 1")
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.l2 = l2
+        self.decay = decay
+        self.tol = tol
+        self.patience = patience
+        self.standardize = standardize
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ the seed's three gaps
+
+    def __loss(self, y: np.ndarray, y_hat: np.ndarray, w: np.ndarray) -> float:
+        """Mean squared error, plus the ridge term when ``l2`` > 0."""
+        residual = y_hat - y
+        return float(residual @ residual) / len(y) + self.l2 * float(w @ w)
+
+    def __sgd(
+        self, X: np.ndarray, y: np.ndarray, y_hat: np.ndarray, w: np.ndarray, b: float, step: float
+    ) -> tuple[np.ndarray, float]:
+        """One gradient step on a batch: dW = 2/n·Xᵀ(ŷ-y) + 2λw, db = 2/n·Σ(ŷ-y)."""
+        residual = y_hat - y
+        scale = 2.0 / len(y)
+        grad_w = scale * (X.T @ residual) + 2.0 * self.l2 * w
+        grad_b = scale * float(residual.sum())
+        return w - step * grad_w, b - step * grad_b
+
+    @staticmethod
+    def __predict(X: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+        """The line: ŷ = Xw + b."""
+        return X @ w + b
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def W(self) -> np.ndarray:
+        return self._fitted()[0]
+
+    @property
+    def b(self) -> float:
+        return self._fitted()[1]
+
+    def fit(self, X: Any, y: Any) -> Self:
+        X = _as_matrix(X)
+        y = _as_target(y, X.shape[0])
+        dtype = X.dtype
+        n_samples, n_features = X.shape
+        if self.standardize:
+            mean = X.mean(axis=0, dtype=np.float64)
+            std = X.std(axis=0, dtype=np.float64)
+            # 0/1 columns are centred, not scaled: a one-hot seen once in 80,000 rows would
+            # otherwise become a value of ~280 and blow up any mini-batch that draws it.
+            binary = ((X == 0) | (X == 1)).all(axis=0)
+            scale = np.where(binary | (std <= 1e-12), 1.0, std)
+            Xs = ((X - mean.astype(dtype)) / scale.astype(dtype)).astype(dtype, copy=False)
+        else:
+            mean, scale, Xs = np.zeros(n_features), np.ones(n_features), X
+        y_mean = float(y.mean())
+        yc = (y - y_mean).astype(dtype)  # centring y lets the intercept start at its optimum
+        step = self._step(Xs) if self.learning_rate == "auto" else float(self.learning_rate)
+
+        rng = np.random.default_rng(self.random_state)
+        w = np.zeros(n_features, dtype=dtype)
+        b = 0.0
+        batch = n_samples if self.batch_size is None else min(self.batch_size, n_samples)
+        losses: list[float] = []
+        stalled = 0
+        converged = False
+        for epoch in range(self.epochs):
+            lr = step / (1.0 + self.decay * epoch)
+            if batch >= n_samples:
+                y_hat = self.__predict(Xs, w, b)
+                losses.append(self.__loss(yc, y_hat, w))
+                w, b = self.__sgd(Xs, yc, y_hat, w, b, lr)
+            else:
+                order = rng.permutation(n_samples)
+                total = 0.0
+                for start in range(0, n_samples, batch):
+                    idx = order[start : start + batch]
+                    Xb, yb = Xs[idx], yc[idx]
+                    y_hat = self.__predict(Xb, w, b)
+                    total += self.__loss(yb, y_hat, w) * len(idx)
+                    w, b = self.__sgd(Xb, yb, y_hat, w, b, lr)
+                losses.append(total / n_samples)
+            w = w.astype(dtype, copy=False)
+            if not np.isfinite(losses[-1]) or not np.isfinite(w).all() or losses[-1] > 10.0 * min(losses):
+                raise FloatingPointError(
+                    f"gradient descent diverged at epoch {epoch}; lower learning_rate (now {lr:g})"
+                )
+            if len(losses) > 1 and losses[-2] - losses[-1] <= self.tol * max(losses[-2], 1e-300):
+                stalled += 1
+                if stalled >= self.patience:
+                    converged = True
+                    break
+            else:
+                stalled = 0
+
+        coef = w.astype(np.float64) / scale
+        self.coef_ = coef
+        self.intercept_ = float(b + y_mean - coef @ mean)
+        self.losses_ = losses
+        self.n_epochs_ = len(losses)
+        self.converged_ = converged
+        self.step_ = step
+        self.n_features_in_ = n_features
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        coef, intercept = self._fitted()
+        X = _as_matrix(X)
+        if X.shape[1] != len(coef):
+            raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {len(coef)}")
+        # float64 arithmetic: one record and a 10,000-record batch give the same number
+        return self.__predict(X.astype(np.float64, copy=False), coef, intercept)
+
+    def score(self, X: Any, y: Any) -> float:
+        """Coefficient of determination R² = 1 - SS_res / SS_tot (the seed's yardstick)."""
+        predicted = self.predict(X)
+        target = _as_target(y, len(predicted))
+        ss_res = float(((target - predicted) ** 2).sum())
+        ss_tot = float(((target - target.mean()) ** 2).sum())
+        return 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "learning_rate": self.learning_rate,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "l2": self.l2,
+            "decay": self.decay,
+            "tol": self.tol,
+            "patience": self.patience,
+            "standardize": self.standardize,
+            "random_state": self.random_state,
+        }
+
+    # ------------------------------------------------------------------ internals
+
+    def _fitted(self) -> tuple[np.ndarray, float]:
+        if not hasattr(self, "coef_"):
+            raise NotFittedError("SimpleLinearRegression is not fitted yet; call fit(X, y) first")
+        return self.coef_, self.intercept_
+
+    def _step(self, Xs: np.ndarray, iterations: int = 50) -> float:
+        """1/L for the MSE gradient: L = 2·(λ_max(XᵀX/n) + l2), λ_max by power iteration.
+
+        The intercept is fitted on centred data, so its curvature (2) never exceeds the
+        bound. A mini-batch's Gram matrix can be sharper than the full one, so mini-batch
+        runs take half the step.
+        """
+        n = Xs.shape[0]
+        if n > 20_000:  # a random 20,000-row sample estimates the spectrum well enough
+            Xs = Xs[np.random.default_rng(self.random_state).choice(n, 20_000, replace=False)]
+        rows = Xs
+        vector = np.ones(rows.shape[1], dtype=np.float64) / np.sqrt(rows.shape[1])
+        eigen = 0.0
+        for _ in range(iterations):
+            product = rows.T @ (rows @ vector.astype(rows.dtype)) / rows.shape[0]
+            eigen = float(np.linalg.norm(product))
+            if eigen == 0.0:
+                break
+            vector = product / eigen
+        lipschitz = 2.0 * (max(eigen * 1.05, 1.0) + self.l2)  # 5 % margin for the estimate
+        step = 1.0 / lipschitz
+        return step if self.batch_size is None or self.batch_size >= n else step / 2.0
+
+
+class InvalidRecordError(ValueError):
+    """A prediction record is malformed: ``index`` is its position, ``field`` the culprit."""
+
+    def __init__(self, index: int, field: str, message: str) -> None:
+        super().__init__(f"record {index}: {message}")
+        self.index = index
+        self.field = field
+        self.reason = message
+
+
+_RECORD_FIELDS = ("age", "gender", "occupation", "movie_id")
+
+
+class LinearRatingModel(Recommender):
+    """Rating regressor: :class:`SimpleLinearRegression` over :class:`PairEncoder` features.
+
+    Ranks by predicted rating, like the seed's forest, but with features that carry what a
+    linear model can use (movie quality, genre tastes by demographic, group offsets).
+    A random ``cold_fraction`` of the training users is encoded as if unknown, so one
+    model answers both cold-start rows (demographics only) and known users (``user_id``).
+    """
+
+    name: ClassVar[str] = "linear_rating"
+    supports_users: ClassVar[bool] = True
+    predicts_ratings: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        learning_rate: float | str = "auto",
+        epochs: int = 40,
+        batch_size: int | None = 1024,
+        l2: float = 1e-4,
+        decay: float = 0.1,
+        tol: float = 1e-4,
+        patience: int = 3,
+        cold_fraction: float = 0.5,
+        prior_weight: float = 10.0,
+        group_prior_weight: float = 25.0,
+        user_prior_weight: float = 5.0,
+        interactions: Sequence[str] = ("gender", "age_bucket"),
+        clip: bool = True,
+        chunk_rows: int = 65_536,
+        random_state: int = 0,
+    ) -> None:
+        if not 0.0 <= cold_fraction <= 1.0:
+            raise ValueError("cold_fraction must be within [0, 1]")
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.l2 = l2
+        self.decay = decay
+        self.tol = tol
+        self.patience = patience
+        self.cold_fraction = cold_fraction
+        self.prior_weight = prior_weight
+        self.group_prior_weight = group_prior_weight
+        self.user_prior_weight = user_prior_weight
+        self.interactions = tuple(interactions)
+        self.clip = clip
+        self.chunk_rows = chunk_rows
+        self.random_state = random_state
+
+    def fit(self, ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> Self:
+        self._set_catalogue(items)
+        self.encoder_ = PairEncoder(
+            prior_weight=self.prior_weight,
+            group_prior_weight=self.group_prior_weight,
+            user_prior_weight=self.user_prior_weight,
+            interactions=self.interactions,
+        )
+        rng = np.random.default_rng(self.random_state)
+        ids = np.unique(ratings["user_id"].to_numpy(dtype=np.int64))
+        cold = rng.choice(ids, size=round(self.cold_fraction * len(ids)), replace=False)
+        X, y = self.encoder_.fit_transform(ratings, users, items, cold_users=cold)
+        self.regressor_ = SimpleLinearRegression(
+            learning_rate=self.learning_rate,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            l2=self.l2,
+            decay=self.decay,
+            tol=self.tol,
+            patience=self.patience,
+            random_state=self.random_state,
+        ).fit(X, y)
+        known = users[users["user_id"].isin(self.encoder_.known_user_ids())]
+        self.users_ = known.set_index("user_id")[["age", "gender", "occupation"]].sort_index()
+        return self
+
+    # ------------------------------------------------------------------ predictions
+
+    def predict_ratings(self, requests: pd.DataFrame) -> np.ndarray:
+        """Predicted ratings for rows of age, gender, occupation, movie_id (and user_id)."""
+        if len(requests) == 0:
+            return np.empty(0, dtype=np.float64)
+        parts = [
+            self._predict_chunk(requests.iloc[start : start + self.chunk_rows])
+            for start in range(0, len(requests), self.chunk_rows)
+        ]
+        return np.concatenate(parts)
+
+    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Serving entry point: a list of dicts → predicted ratings, in one vectorised call.
+
+        Each record has ``age``, ``gender``, ``occupation``, ``movie_id`` and optionally
+        ``user_id`` (a known user's own statistics are then used; an unknown id is cold).
+        Raises :class:`InvalidRecordError` naming the first bad record and field.
+        """
+        if len(records) == 0:
+            return np.empty(0, dtype=np.float64)
+        try:
+            columns = {field: [record[field] for record in records] for field in _RECORD_FIELDS}
+            columns["user_id"] = [record.get("user_id") for record in records]
+        except (KeyError, TypeError, AttributeError):
+            columns = self._columns_slowly(records)  # finds and names the bad record
+        for field in ("age", "movie_id", "user_id"):
+            values = columns[field]
+            # JSON integers arrive as int; bool is an int subclass and is refused explicitly.
+            if not all(type(v) is int for v in values):
+                for index, value in enumerate(values):
+                    if (value is None and field == "user_id") or (
+                        isinstance(value, int | np.integer) and not isinstance(value, bool)
+                    ):
+                        continue
+                    raise InvalidRecordError(index, field, f"{field} must be an integer")
+        user_ids = columns["user_id"]
+        frame: dict[str, Any] = {
+            "age": np.asarray(columns["age"], dtype=np.float64),
+            "gender": columns["gender"],
+            "occupation": columns["occupation"],
+            "movie_id": np.asarray(columns["movie_id"], dtype=np.float64),
+            "user_id": np.array([np.nan if v is None else v for v in user_ids], dtype=np.float64),
+        }
+        try:
+            return self._predict_chunk(frame)
+        except FeatureError as exc:
+            index = exc.rows[0] if exc.rows else 0
+            raise InvalidRecordError(index, exc.field, str(exc)) from exc
+
+    @staticmethod
+    def _columns_slowly(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        columns: dict[str, list[Any]] = {field: [] for field in (*_RECORD_FIELDS, "user_id")}
+        for index, record in enumerate(records):
+            if not isinstance(record, Mapping):
+                raise InvalidRecordError(index, "record", "must be an object")
+            for field in _RECORD_FIELDS:
+                if field not in record:
+                    raise InvalidRecordError(index, field, f"{field} is required")
+                columns[field].append(record[field])
+            columns["user_id"].append(record.get("user_id"))
+        return columns
+
+    def score_segments(self, segments: Sequence[Segment]) -> np.ndarray:
+        n_items = len(self.item_ids)
+        if not segments:
+            return np.empty((0, n_items))
+        frame = pd.DataFrame(
+            {
+                "age": np.repeat([s.age for s in segments], n_items),  # the bucket's centre
+                "gender": np.repeat(np.asarray([s.gender for s in segments], dtype=object), n_items),
+                "occupation": np.repeat(np.asarray([s.occupation for s in segments], dtype=object), n_items),
+                "movie_id": np.tile(self.item_ids, len(segments)),
+            }
+        )
+        return self.predict_ratings(frame).reshape(len(segments), n_items)
+
+    def score_users(self, user_ids: Sequence[int]) -> np.ndarray:
+        ids = np.asarray(user_ids, dtype=np.int64)
+        missing = ids[~np.isin(ids, self.users_.index.to_numpy())]
+        if len(missing):
+            raise KeyError(f"users not seen in training: {missing[:10].tolist()}")
+        n_items = len(self.item_ids)
+        demo = self.users_.loc[ids]
+        frame = pd.DataFrame(
+            {
+                "user_id": np.repeat(ids, n_items),
+                "age": np.repeat(demo["age"].to_numpy(), n_items),
+                "gender": np.repeat(demo["gender"].to_numpy(dtype=object), n_items),
+                "occupation": np.repeat(demo["occupation"].to_numpy(dtype=object), n_items),
+                "movie_id": np.tile(self.item_ids, len(ids)),
+            }
+        )
+        return self.predict_ratings(frame).reshape(len(ids), n_items)
+
+    def known_users(self) -> np.ndarray:
+        return self.users_.index.to_numpy(dtype=np.int64)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "learning_rate": self.learning_rate,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "l2": self.l2,
+            "decay": self.decay,
+            "tol": self.tol,
+            "patience": self.patience,
+            "cold_fraction": self.cold_fraction,
+            "prior_weight": self.prior_weight,
+            "group_prior_weight": self.group_prior_weight,
+            "user_prior_weight": self.user_prior_weight,
+            "interactions": list(self.interactions),
+            "clip": self.clip,
+            "random_state": self.random_state,
+        }
+
+    def _predict_chunk(self, requests: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        predicted = self.regressor_.predict(self.encoder_.transform(requests))
+        return np.clip(predicted, RATING_MIN, RATING_MAX) if self.clip else predicted

@@ -1,0 +1,339 @@
+"""SimpleLinearRegression (seed 003) and the linear rating model built on it."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_diabetes
+
+from app.recommender.models.linear import (
+    InvalidRecordError,
+    LinearRatingModel,
+    NotFittedError,
+    SimpleLinearRegression,
+)
+from app.recommender.segments import Segment
+
+pytestmark = pytest.mark.unit
+
+
+def seed_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The challenge's ``generate_data``: the BMI column; the last 20 patients are the test set."""
+    X, y = load_diabetes(return_X_y=True)
+    X = X[:, np.newaxis, 2]
+    return X[:-20], y[:-20].reshape(-1, 1), X[-20:], y[-20:].reshape(-1, 1)
+
+
+def closed_form(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with an intercept column: [w..., b]."""
+    design = np.column_stack([X, np.ones(len(X))])
+    return np.linalg.lstsq(design, y, rcond=None)[0]
+
+
+def synthetic_regression(n: int = 2000, seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    rng = np.random.default_rng(seed)
+    # deliberately different scales and a correlated pair
+    X = rng.normal(size=(n, 5)) * np.array([1.0, 10.0, 0.01, 3.0, 1.0])
+    X[:, 4] = 0.8 * X[:, 0] + 0.2 * X[:, 4]
+    w = np.array([1.5, -0.2, 40.0, 0.7, -2.0])
+    b = 3.0
+    y = X @ w + b + rng.normal(scale=0.1, size=n)
+    return X, y, w, b
+
+
+# --------------------------------------------------------------------------- the seed's benchmark
+
+
+def test_diabetes_bmi_reaches_the_seeds_coefficient_of_determination() -> None:
+    X_train, y_train, X_test, y_test = seed_split()
+    assert (len(X_train), len(X_test)) == (422, 20)
+    model = SimpleLinearRegression().fit(X_train, y_train)
+    r2 = model.score(X_test, y_test)
+    assert r2 >= 0.42
+    # it is the least-squares line: the same slope and intercept as the closed form
+    slope, intercept = closed_form(X_train, y_train.ravel())
+    assert model.W[0] == pytest.approx(slope, rel=1e-4)
+    assert model.b == pytest.approx(intercept, rel=1e-4)
+    assert model.converged_ and model.n_epochs_ < model.epochs
+
+
+def test_the_seeds_own_hyper_parameters_also_pass() -> None:
+    X_train, y_train, X_test, y_test = seed_split()
+    model = SimpleLinearRegression(learning_rate=0.1, epochs=15000).fit(X_train, y_train)
+    assert model.score(X_test, y_test) >= 0.42
+
+
+def test_score_is_the_coefficient_of_determination() -> None:
+    X_train, y_train, X_test, y_test = seed_split()
+    model = SimpleLinearRegression().fit(X_train, y_train)
+    predicted = model.predict(X_test)
+    truth = y_test.ravel()
+    expected = 1 - ((truth - predicted) ** 2).sum() / ((truth - truth.mean()) ** 2).sum()
+    assert model.score(X_test, y_test) == pytest.approx(expected)
+    assert predicted.shape == (20,)
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+def test_full_batch_gradient_descent_reaches_the_closed_form() -> None:
+    X, y, _, _ = synthetic_regression()
+    model = SimpleLinearRegression(epochs=20_000, tol=1e-12).fit(X, y)
+    expected = closed_form(X, y)
+    np.testing.assert_allclose(model.coef_, expected[:-1], rtol=1e-4, atol=1e-4)
+    assert model.intercept_ == pytest.approx(expected[-1], abs=1e-4)
+    # full-batch losses never go up with the 1/L step
+    assert np.all(np.diff(model.losses_) <= 1e-12)
+
+
+def test_mini_batch_sgd_gets_close_to_the_closed_form_and_is_seeded() -> None:
+    X, y, _, _ = synthetic_regression()
+    kwargs: dict[str, Any] = {
+        "batch_size": 64,
+        "epochs": 100,
+        "decay": 0.05,
+        "patience": 1000,
+        "random_state": 1,
+    }
+    model = SimpleLinearRegression(**kwargs).fit(X, y)
+    assert model.n_epochs_ == 100
+    expected = closed_form(X, y)
+    # compared per standard deviation of each feature: the 0.01-scale column has a slope of 40
+    scale = X.std(axis=0)
+    np.testing.assert_allclose(model.coef_ * scale, expected[:-1] * scale, rtol=0, atol=0.01)
+    assert model.intercept_ == pytest.approx(expected[-1], abs=0.01)
+    again = SimpleLinearRegression(**kwargs).fit(X, y)
+    np.testing.assert_array_equal(again.coef_, model.coef_)
+    other = SimpleLinearRegression(**{**kwargs, "random_state": 2}).fit(X, y)
+    assert not np.array_equal(other.coef_, model.coef_)
+
+
+def test_l2_matches_closed_form_ridge_on_the_standardised_features() -> None:
+    X, y, _, _ = synthetic_regression(n=500)
+    lam = 0.5
+    model = SimpleLinearRegression(l2=lam, epochs=20_000, tol=1e-14).fit(X, y)
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    Z = (X - mean) / std
+    ridge = np.linalg.solve(Z.T @ Z / len(Z) + lam * np.eye(Z.shape[1]), Z.T @ (y - y.mean()) / len(Z))
+    np.testing.assert_allclose(model.coef_, ridge / std, rtol=1e-4, atol=1e-6)
+    plain = SimpleLinearRegression().fit(X, y)
+    assert np.linalg.norm(model.coef_ * std) < np.linalg.norm(plain.coef_ * std)
+
+
+def test_early_stopping_on_a_plateau() -> None:
+    X, y, _, _ = synthetic_regression(n=300)
+    model = SimpleLinearRegression(epochs=50_000, tol=1e-6, patience=3).fit(X, y)
+    assert model.converged_
+    assert model.n_epochs_ < 50_000
+    capped = SimpleLinearRegression(epochs=2, tol=0.0).fit(X, y)
+    assert not capped.converged_ and capped.n_epochs_ == 2
+
+
+def test_a_too_large_learning_rate_is_reported_not_returned() -> None:
+    X, y, _, _ = synthetic_regression(n=200)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        SimpleLinearRegression(learning_rate=50.0, epochs=200).fit(X, y)
+
+
+def test_float32_inputs_give_the_same_line() -> None:
+    X, y, _, _ = synthetic_regression(n=1000)
+    wide = SimpleLinearRegression(epochs=5000, tol=1e-12).fit(X, y)
+    narrow = SimpleLinearRegression(epochs=5000, tol=1e-12).fit(X.astype(np.float32), y)
+    np.testing.assert_allclose(narrow.predict(X.astype(np.float32)), wide.predict(X), rtol=1e-3, atol=1e-2)
+
+
+def test_constant_and_one_hot_columns_are_handled() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    rare = (rng.random(n) < 0.001).astype(float)  # a one-hot seen a handful of times
+    X = np.column_stack([rng.normal(size=n), np.ones(n), rare])
+    y = 2 * X[:, 0] + 1 + 0.5 * rare + rng.normal(scale=0.01, size=n)
+    model = SimpleLinearRegression(batch_size=128, epochs=30, decay=0.1).fit(X, y)
+    assert np.isfinite(model.coef_).all()
+    assert model.coef_[0] == pytest.approx(2.0, abs=0.02)
+    assert model.coef_[1] == 0.0  # a constant column carries nothing
+
+
+# --------------------------------------------------------------------------- batch == stream
+
+
+def test_one_vectorised_call_equals_record_by_record() -> None:
+    X, y, _, _ = synthetic_regression(n=400)
+    model = SimpleLinearRegression().fit(X, y)
+    batch = model.predict(X[:50])
+    single = np.array([model.predict(X[i : i + 1])[0] for i in range(50)])
+    np.testing.assert_allclose(batch, single, rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "message"),
+    [
+        (np.arange(5.0), np.arange(5.0), "2-D"),
+        (np.ones((5, 1, 1)), np.arange(5.0), "2-D"),
+        (np.ones((0, 1)), np.ones(0), "at least one sample"),
+        (np.ones((5, 0)), np.arange(5.0), "at least one"),
+        (np.ones((5, 1)), np.arange(4.0), "samples"),
+        (np.ones((5, 1)), np.ones((5, 2)), "single column"),
+        (np.array([[1.0], [np.nan]]), np.ones(2), "NaN"),
+        (np.ones((2, 1)), np.array([1.0, np.inf]), "NaN"),
+        (np.array([["a"], ["b"]]), np.ones(2), "numeric"),
+    ],
+)
+def test_bad_shapes_and_values_are_refused(X: Any, y: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SimpleLinearRegression().fit(X, y)
+
+
+def test_predict_checks_fitting_and_width() -> None:
+    with pytest.raises(NotFittedError):
+        SimpleLinearRegression().predict(np.ones((1, 1)))
+    with pytest.raises(NotFittedError):
+        _ = SimpleLinearRegression().W
+    model = SimpleLinearRegression().fit(np.arange(10.0).reshape(5, 2), np.arange(5.0))
+    with pytest.raises(ValueError, match="fitted on 2"):
+        model.predict(np.ones((1, 3)))
+    with pytest.raises(ValueError, match="2-D"):
+        model.predict(np.ones(2))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"learning_rate": 0.0},
+        {"learning_rate": "fast"},
+        {"epochs": 0},
+        {"batch_size": 0},
+        {"l2": -1.0},
+        {"patience": 0},
+    ],
+)
+def test_bad_hyper_parameters_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        SimpleLinearRegression(**kwargs)
+
+
+# --------------------------------------------------------------------------- the rating model
+
+
+@pytest.fixture(scope="module")
+def rating_model(synthetic_data: Any) -> LinearRatingModel:
+    return LinearRatingModel(epochs=30).fit(
+        synthetic_data.ratings, synthetic_data.users, synthetic_data.items
+    )
+
+
+def _records(data: Any, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    users = data.users.sample(n, replace=True, random_state=seed)
+    movies = rng.choice(data.items["movie_id"].to_numpy(), n)
+    records = [
+        {"age": int(a), "gender": str(g), "occupation": str(o), "movie_id": int(m)}
+        for a, g, o, m in zip(users["age"], users["gender"], users["occupation"], movies, strict=True)
+    ]
+    for record, user_id in zip(records[::3], users["user_id"][::3], strict=True):
+        record["user_id"] = int(user_id)  # every third record is a known user
+    return records
+
+
+def test_rating_model_learns_the_planted_genre_taste(
+    rating_model: LinearRatingModel, synthetic_data: Any
+) -> None:
+    # tests/synthetic.py: women like the Romance (odd) movies, men the Action (even) ones
+    scores = rating_model.score_segments([Segment.of(30, "F", "artist"), Segment.of(30, "M", "artist")])
+    assert scores.shape == (2, len(rating_model.item_ids))
+    romance = rating_model.item_ids % 2 == 1
+    twins = np.isin(rating_model.item_ids, [59, 60])
+    women, men = scores[0], scores[1]
+    assert women[romance & ~twins].mean() > women[~romance & ~twins].mean() + 1.0
+    assert men[~romance & ~twins].mean() > men[romance & ~twins].mean() + 1.0
+    assert ((scores >= 1.0) & (scores <= 5.0)).all()
+
+
+def test_rating_model_beats_the_global_mean_on_its_own_data(
+    rating_model: LinearRatingModel, synthetic_data: Any
+) -> None:
+    rows = synthetic_data.ratings.join(
+        synthetic_data.users.set_index("user_id")[["age", "gender", "occupation"]], on="user_id"
+    )
+    truth = rows["rating"].to_numpy()
+    cold = rating_model.predict_ratings(rows.drop(columns="user_id"))
+    baseline = np.sqrt(np.mean((truth - truth.mean()) ** 2))
+    assert np.sqrt(np.mean((truth - cold) ** 2)) < 0.7 * baseline
+
+
+def test_predict_records_is_one_call_equal_to_record_by_record(
+    rating_model: LinearRatingModel, synthetic_data: Any
+) -> None:
+    records = _records(synthetic_data, 200)
+    batch = rating_model.predict_records(records)
+    single = np.array([rating_model.predict_records([r])[0] for r in records])
+    np.testing.assert_allclose(batch, single, rtol=0, atol=1e-9)
+    frame = pd.DataFrame(records)
+    np.testing.assert_allclose(rating_model.predict_ratings(frame), batch, rtol=0, atol=1e-9)
+    assert rating_model.predict_records([]).shape == (0,)
+
+
+def test_known_users_get_their_own_prediction(rating_model: LinearRatingModel, synthetic_data: Any) -> None:
+    user = synthetic_data.users.iloc[0]
+    base = {
+        "age": int(user["age"]),
+        "gender": user["gender"],
+        "occupation": user["occupation"],
+        "movie_id": 1,
+    }
+    cold = rating_model.predict_records([base])[0]
+    unknown = rating_model.predict_records([{**base, "user_id": 999_999}])[0]
+    known = rating_model.predict_records([{**base, "user_id": int(user["user_id"])}])[0]
+    assert unknown == cold
+    assert known != cold
+    user_scores = rating_model.score_users([int(user["user_id"])])
+    position = int(rating_model.item_positions([1])[0])
+    assert user_scores[0, position] == pytest.approx(known)
+    with pytest.raises(KeyError):
+        rating_model.score_users([999_999])
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"age": True}, "age"),
+        ({"age": "30"}, "age"),
+        ({"age": 0}, "age"),
+        ({"gender": "X"}, "gender"),
+        ({"occupation": "pilot"}, "occupation"),
+        ({"movie_id": 10_000}, "movie_id"),
+        ({"movie_id": 1.5}, "movie_id"),
+        ({"user_id": "7"}, "user_id"),
+    ],
+)
+def test_bad_records_name_the_record_and_the_field(
+    rating_model: LinearRatingModel, change: dict[str, Any], field: str
+) -> None:
+    good = {"age": 30, "gender": "F", "occupation": "artist", "movie_id": 1}
+    with pytest.raises(InvalidRecordError) as caught:
+        rating_model.predict_records([good, good, {**good, **change}])
+    assert (caught.value.index, caught.value.field) == (2, field)
+
+
+def test_missing_fields_and_non_objects_are_named(rating_model: LinearRatingModel) -> None:
+    good = {"age": 30, "gender": "F", "occupation": "artist", "movie_id": 1}
+    with pytest.raises(InvalidRecordError) as caught:
+        rating_model.predict_records([good, {"age": 30, "gender": "F", "movie_id": 1}])
+    assert (caught.value.index, caught.value.field) == (1, "occupation")
+    with pytest.raises(InvalidRecordError) as caught:
+        rating_model.predict_records([good, [30, "F"]])  # type: ignore[list-item]
+    assert caught.value.index == 1
+
+
+def test_rating_model_survives_pickling(rating_model: LinearRatingModel, synthetic_data: Any) -> None:
+    records = _records(synthetic_data, 20, seed=5)
+    clone = pickle.loads(pickle.dumps(rating_model))  # bundles are joblib / pickle files
+    np.testing.assert_array_equal(clone.predict_records(records), rating_model.predict_records(records))
+    assert clone.params()["cold_fraction"] == rating_model.cold_fraction
