@@ -42,16 +42,19 @@ def protected() -> Any:
 @bp.post("/api/login")
 @spec.validate(json=LoginRequest, resp=Response(HTTP_200=LoginResponse, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse))
 def login(json: LoginRequest) -> Any:
+    return jsonify(access_token=issue_token(json.session_password))
+
+
+def issue_token(password: str) -> str:
+    """The one way to turn a password into a token (API and web UI): client or admin role."""
     settings = current_app.extensions["movierec"].settings
-    password = json.session_password
     session = settings.session_password.get_secret_value() if settings.session_password else None
     admin = settings.admin_password.get_secret_value() if settings.admin_password else None
     is_client, is_admin = _matches(password, session), _matches(password, admin)
     if not (is_client or is_admin):
         raise Unauthorized("invalid session password")
     role = "admin" if is_admin else "client"
-    token = create_access_token(identity=role, additional_claims={"role": role})
-    return jsonify(access_token=token)
+    return create_access_token(identity=role, additional_claims={"role": role})
 
 
 def admin_required(view: F) -> F:
