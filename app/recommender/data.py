@@ -92,7 +92,7 @@ def detect_layout(directory: Path) -> str | None:
 
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     ratings = pd.read_csv(directory / "u.data", sep="\t", names=RATING_COLUMNS, header=None)
-    users = pd.read_csv(directory / "u.user", sep="|", names=USER_COLUMNS, header=None)
+    users = pd.read_csv(directory / "u.user", sep="|", names=USER_COLUMNS, header=None, dtype={"zip_code": str})
     raw_items = pd.read_csv(
         directory / "u.item",
         sep="|",

@@ -1,0 +1,308 @@
+"""Every row and status code of the seed's API table, through the Flask test client."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.recommender.segments import OCCUPATIONS
+from tests.helpers import PROFILE, SESSION_PASSWORD, login
+
+pytestmark = pytest.mark.api
+
+
+def _recommend(client, headers, **body):
+    return client.post("/api/recommend", json={**PROFILE, **body}, headers=headers)
+
+
+def assert_envelope(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]
+
+
+# ------------------------------------------------------------------ / and /protected
+
+
+def test_index_welcomes(client) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and "movierec" in response.get_json()["message"]
+
+
+def test_protected_with_and_without_token(client, auth_headers) -> None:
+    assert client.get("/protected", headers=auth_headers).get_json() == {"message": "Protected"}
+    assert_envelope(client.get("/protected"), 401, "unauthorized")
+
+
+# ------------------------------------------------------------------ /api/login
+
+
+def test_login_returns_exactly_an_access_token(client) -> None:
+    response = client.post("/api/login", json={"session_password": SESSION_PASSWORD})
+    assert response.status_code == 200
+    assert list(response.get_json()) == ["access_token"]
+
+
+@pytest.mark.parametrize("body", [{}, {"session_password": ""}, {"session_password": None}, {"password": "x"}])
+def test_login_missing_password_is_400(client, body) -> None:
+    error = assert_envelope(client.post("/api/login", json=body), 400, "invalid_request")
+    assert "session_password" in error["fields"] or "password" in error["fields"]
+
+
+def test_login_wrong_password_is_401(client) -> None:
+    assert_envelope(client.post("/api/login", json={"session_password": "wrong"}), 401, "unauthorized")
+
+
+def test_admin_password_gives_an_admin_token(client) -> None:
+    from flask_jwt_extended import decode_token
+
+    from tests.helpers import ADMIN_PASSWORD
+
+    token = client.post("/api/login", json={"session_password": ADMIN_PASSWORD}).get_json()["access_token"]
+    with client.application.app_context():
+        assert decode_token(token)["role"] == "admin"
+
+
+# ------------------------------------------------------------------ /api/recommend
+
+
+def test_recommend_answers_the_seed_contract_plus_additive_fields(client, auth_headers) -> None:
+    response = _recommend(client, auth_headers)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert isinstance(body["id"], str) and body["id"]
+    assert len(body["recommendations"]) == 10  # default max_recs
+    assert len(set(body["recommendations"])) == 10
+    assert [item["title"] for item in body["items"]] == body["recommendations"]
+    assert body["strategy"] == "segment" and body["model_version"]
+
+
+@pytest.mark.parametrize("max_recs", [1, 7, 50])
+def test_max_recs_limits_the_list(client, auth_headers, max_recs) -> None:
+    body = _recommend(client, auth_headers, max_recs=max_recs).get_json()
+    # the synthetic catalogue has 59 movies, so 50 fit
+    assert len(body["recommendations"]) == max_recs
+
+
+def test_integral_float_age_is_an_integer(client, auth_headers) -> None:
+    assert _recommend(client, auth_headers, age=30.0).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("age", True),
+        ("age", "30"),
+        ("age", 2.5),
+        ("age", 0),
+        ("age", 121),
+        ("age", None),
+        ("gender", "X"),
+        ("gender", "m"),
+        ("gender", 1),
+        ("occupation", "pilot"),
+        ("occupation", ""),
+        ("max_recs", 0),
+        ("max_recs", 101),
+        ("max_recs", "10"),
+        ("max_recs", False),
+    ],
+)
+def test_each_invalid_field_is_named(client, auth_headers, field, value) -> None:
+    error = assert_envelope(_recommend(client, auth_headers, **{field: value}), 400, "invalid_request")
+    assert set(error["fields"]) == {field}
+
+
+@pytest.mark.parametrize("missing", ["age", "gender", "occupation"])
+def test_each_missing_field_is_named(client, auth_headers, missing) -> None:
+    body = {k: v for k, v in PROFILE.items() if k != missing}
+    error = assert_envelope(client.post("/api/recommend", json=body, headers=auth_headers), 400, "invalid_request")
+    assert set(error["fields"]) == {missing}
+
+
+def test_unknown_fields_are_rejected(client, auth_headers) -> None:
+    error = assert_envelope(_recommend(client, auth_headers, zodiac="leo"), 400, "invalid_request")
+    assert error["fields"] == {"zodiac": "unknown field"}
+
+
+@pytest.mark.parametrize("occupation", OCCUPATIONS)
+def test_every_occupation_and_gender_is_served(client, auth_headers, occupation) -> None:
+    for gender in ("M", "F", "O"):
+        assert _recommend(client, auth_headers, occupation=occupation, gender=gender).status_code == 200
+
+
+def test_recommend_needs_a_token(client) -> None:
+    assert_envelope(client.post("/api/recommend", json=PROFILE), 401, "unauthorized")
+
+
+def test_missing_token_is_401_before_validation(client) -> None:
+    assert_envelope(client.post("/api/recommend", json={"age": "bad"}), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer not-a-jwt", "Bearer a.b.c", "Token abc", "Bearer", ""],
+)
+def test_invalid_tokens_are_401_never_422(client, header) -> None:
+    response = client.post("/api/recommend", json=PROFILE, headers={"Authorization": header})
+    assert_envelope(response, 401, "unauthorized")
+
+
+def test_expired_token_is_401(make_app) -> None:
+    app = make_app(token_ttl_seconds=1)
+    client = app.test_client()
+    headers = login(client)
+    time.sleep(1.5)
+    error = assert_envelope(client.post("/api/recommend", json=PROFILE, headers=headers), 401, "unauthorized")
+    assert "expired" in error["message"]
+
+
+def test_token_signed_with_another_secret_is_rejected(client, make_app) -> None:
+    other = make_app(jwt_secret="y" * 48).test_client()
+    foreign = login(other)
+    assert_envelope(client.post("/api/recommend", json=PROFILE, headers=foreign), 401, "unauthorized")
+
+
+# ------------------------------------------------------------------ malformed requests
+
+
+def test_malformed_json_is_400(client, auth_headers) -> None:
+    response = client.post(
+        "/api/recommend", data="{not json", headers={**auth_headers, "Content-Type": "application/json"}
+    )
+    assert_envelope(response, 400, "invalid_request")
+
+
+@pytest.mark.parametrize("payload", ["[1, 2]", '"text"', "42", "null"])
+def test_non_object_json_is_400(client, auth_headers, payload) -> None:
+    response = client.post("/api/recommend", data=payload, headers={**auth_headers, "Content-Type": "application/json"})
+    assert_envelope(response, 400, "invalid_request")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_wrong_content_type_is_415(client, auth_headers, content_type) -> None:
+    response = client.post(
+        "/api/recommend", data="age=30", headers={**auth_headers, "Content-Type": content_type}
+    )
+    assert_envelope(response, 415, "invalid_request")
+
+
+def test_wrong_method_is_405_with_allow(client, auth_headers) -> None:
+    response = client.get("/api/recommend", headers=auth_headers)
+    assert_envelope(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_unknown_path_is_404_in_the_envelope(client) -> None:
+    assert_envelope(client.get("/api/nothing-here"), 404, "not_found")
+
+
+def test_oversized_body_is_413(client, auth_headers) -> None:
+    body = '{"age": 30, "pad": "' + "x" * (70 * 1024) + '"}'
+    response = client.post("/api/recommend", data=body, headers={**auth_headers, "Content-Type": "application/json"})
+    assert_envelope(response, 413, "payload_too_large")
+
+
+# ------------------------------------------------------------------ /api/recommend/score
+
+
+def _issue(client, headers):
+    body = _recommend(client, headers, max_recs=3).get_json()
+    return body["id"], body["recommendations"]
+
+
+def test_score_is_stored_and_answers_ok(app, client, auth_headers) -> None:
+    request_id, titles = _issue(client, auth_headers)
+    response = client.post("/api/recommend/score", json={"id": request_id, "movie": titles[1], "score": 4.5}, headers=auth_headers)
+    assert response.status_code == 200 and response.get_json() == "Ok"
+    rows = app.extensions["movierec"].db.feedback_rows()
+    assert [(r.request_id, r.title, r.score) for r in rows] == [(request_id, titles[1], 4.5)]
+
+
+def test_rescoring_the_same_movie_updates_instead_of_duplicating(app, client, auth_headers) -> None:
+    request_id, titles = _issue(client, auth_headers)
+    for score in (2, 5):
+        body = {"id": request_id, "movie": titles[0], "score": score}
+        assert client.post("/api/recommend/score", json=body, headers=auth_headers).status_code == 200
+    rows = app.extensions["movierec"].db.feedback_rows()
+    assert [(r.title, r.score) for r in rows] == [(titles[0], 5.0)]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("score", 0), ("score", 5.5), ("score", "4"), ("score", True), ("score", None), ("id", ""), ("id", 12), ("movie", ""), ("movie", 3)],
+)
+def test_each_invalid_score_field_is_named(client, auth_headers, field, value) -> None:
+    request_id, titles = _issue(client, auth_headers)
+    body = {"id": request_id, "movie": titles[0], "score": 3, field: value}
+    error = assert_envelope(client.post("/api/recommend/score", json=body, headers=auth_headers), 400, "invalid_request")
+    assert set(error["fields"]) == {field}
+
+
+def test_non_finite_scores_are_rejected(client, auth_headers) -> None:
+    request_id, titles = _issue(client, auth_headers)
+    for literal in ("NaN", "Infinity"):
+        payload = f'{{"id": "{request_id}", "movie": "{titles[0]}", "score": {literal}}}'
+        response = client.post(
+            "/api/recommend/score", data=payload, headers={**auth_headers, "Content-Type": "application/json"}
+        )
+        assert response.status_code == 400
+
+
+def test_unissued_id_and_unrecommended_movie_are_400(app, client, auth_headers) -> None:
+    request_id, titles = _issue(client, auth_headers)
+    error = assert_envelope(
+        client.post("/api/recommend/score", json={"id": "0" * 36, "movie": titles[0], "score": 3}, headers=auth_headers),
+        400,
+        "invalid_request",
+    )
+    assert set(error["fields"]) == {"id"}
+    all_titles = app.extensions["movierec"].models.require().titles
+    other = next(t for t in all_titles if t not in titles)
+    error = assert_envelope(
+        client.post("/api/recommend/score", json={"id": request_id, "movie": other, "score": 3}, headers=auth_headers),
+        400,
+        "invalid_request",
+    )
+    assert set(error["fields"]) == {"movie"}
+    assert app.extensions["movierec"].db.feedback_rows() == []
+
+
+def test_score_needs_a_token(client) -> None:
+    assert_envelope(client.post("/api/recommend/score", json={"id": "x", "movie": "y", "score": 3}), 401, "unauthorized")
+
+
+# ------------------------------------------------------------------ spec and health
+
+
+def test_openapi_is_generated_from_the_schemas(client) -> None:
+    spec = client.get("/openapi.json").get_json()
+    paths = spec["paths"]
+    for path in ("/api/login", "/api/recommend", "/api/recommend/score", "/protected"):
+        assert path in paths
+    schema = spec["components"]["schemas"]["RecommendRequest"]
+    assert schema["additionalProperties"] is False
+    age = schema["properties"]["age"]
+    bounds = age.get("anyOf", [age])[0]
+    assert bounds["minimum"] == 1 and bounds["maximum"] == 120
+    assert "bearer" in spec["components"]["securitySchemes"]
+    page = client.get("/docs").get_data(as_text=True)
+    assert "/api/recommend" in page and "http://" not in page.replace("http://www.w3.org", "")
+
+
+def test_readiness_reports_model_and_database(client) -> None:
+    body = client.get("/health/ready").get_json()
+    assert body["status"] == "ok" and body["checks"] == {"model": True, "database": True}
+    assert client.get("/health/live").status_code == 200
+
+
+def test_no_model_means_not_ready_and_503(make_app, tmp_path) -> None:
+    client = make_app(model_path=tmp_path / "empty").test_client()
+    assert client.get("/health/ready").status_code == 503
+    headers = login(client)
+    response = client.post("/api/recommend", json=PROFILE, headers=headers)
+    assert_envelope(response, 503, "unavailable")

@@ -1,0 +1,134 @@
+"""The seed's entry points as real processes: main.py, run_accuracy_tests.py, the movierec command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PROFILE
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOVIEREC_", "SESSION_PASSWORD", "ML_MODEL_PATH", "ADMIN_PASSWORD"))}
+    env.update(extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: dict, token: str | None = None) -> tuple[int, object]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_main_refuses_to_start_without_session_password(tmp_path: Path, model_store: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "main.py", "--port", str(_free_port())],
+        cwd=ROOT, env=_env(ML_MODEL_PATH=str(model_store)), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "SESSION_PASSWORD" in result.stderr
+
+
+def test_main_refuses_without_jwt_secret_unless_debug(tmp_path: Path, model_store: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "main.py", "--port", str(_free_port())],
+        cwd=ROOT, env=_env(ML_MODEL_PATH=str(model_store), SESSION_PASSWORD="test"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "MOVIEREC_JWT_SECRET" in result.stderr
+
+
+def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path) -> None:
+    """ML_MODEL_PATH=… SESSION_PASSWORD=test python main.py --port P --debug, then login/recommend/score."""
+    port = _free_port()
+    env = _env(
+        ML_MODEL_PATH=str(model_store),
+        SESSION_PASSWORD="test",
+        MOVIEREC_DATABASE_URL=f"sqlite:///{tmp_path / 'seed.db'}",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "--port", str(port), "--debug"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health/ready", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail(f"server did not start: {process.stdout.read() if process.stdout else ''}")
+                time.sleep(0.3)
+        status, body = _post(f"{base}/api/login", {"session_password": "test"})
+        assert status == 200
+        token = body["access_token"]
+        status, rec = _post(f"{base}/api/recommend", PROFILE, token)
+        assert status == 200 and len(rec["recommendations"]) == 10
+        status, ok = _post(f"{base}/api/recommend/score", {"id": rec["id"], "movie": rec["recommendations"][0], "score": 5.0}, token)
+        assert (status, ok) == (200, "Ok")
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    assert "test" not in [line.strip() for line in output.splitlines()]
+
+
+def test_accuracy_script_passes_and_fails_with_the_seed_interface(tmp_path: Path, model_store: Path) -> None:
+    bundle = (model_store / "latest").resolve()
+    script = [sys.executable, "tests/run_accuracy_tests.py"]
+    ok = subprocess.run([*script, str(bundle), str(bundle / "test_data.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.splitlines()[0])["passed"] is True
+
+    regressed = json.loads((bundle / "test_data.json").read_text())
+    regressed["expected_score"] = min(1.0, regressed["expected_score"] + 0.05)
+    (tmp_path / "regressed.json").write_text(json.dumps(regressed))
+    bad = subprocess.run([*script, str(bundle), str(tmp_path / "regressed.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "FAILED" in bad.stderr
+    tolerant = subprocess.run(
+        [*script, str(bundle), str(tmp_path / "regressed.json"), "--error-tolerance", "0.1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert tolerant.returncode == 0
+
+
+def test_movierec_train_writes_a_new_bundle_and_moves_latest(tmp_path: Path, synthetic_data_dir: Path) -> None:
+    movierec = shutil.which("movierec", path=str(Path(sys.executable).parent)) or "movierec"
+    store = tmp_path / "store"
+    command = [movierec, "train", "--data-dir", str(synthetic_data_dir), "--model-dir", str(store), "--models", "most_liked,segment_most_liked", "--seeds", "0,1"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    first_path = Path(first.stdout.strip().splitlines()[-1])
+    assert first_path.is_dir() and (store / "latest").resolve() == first_path.resolve()
+    again = subprocess.run([*command, "--if-missing"], capture_output=True, text=True, timeout=300, check=True)
+    assert "existing" in again.stdout
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    second_path = Path(second.stdout.strip().splitlines()[-1])
+    assert second_path != first_path and first_path.is_dir()  # bundles are immutable: the old one stays
+    assert (store / "latest").resolve() == second_path.resolve()

@@ -1,0 +1,77 @@
+"""Feedback is durable on both databases: committed on 200, visible to a fresh connection."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.helpers import PROFILE, login
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'feedback.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def _sqlalchemy_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def test_feedback_round_trip_is_committed(make_app, database_url) -> None:
+    app = make_app(database_url=database_url)
+    client = app.test_client()
+    headers = login(client)
+    body = client.post("/api/recommend", json={**PROFILE, "max_recs": 4}, headers=headers).get_json()
+    for title, score in zip(body["recommendations"][:3], (5, 3.5, 1), strict=True):
+        response = client.post("/api/recommend/score", json={"id": body["id"], "movie": title, "score": score}, headers=headers)
+        assert response.status_code == 200
+
+    # a brand-new connection, not the app's session, sees the committed rows
+    engine = create_engine(_sqlalchemy_url(database_url))
+    with engine.connect() as conn:
+        request_row = conn.execute(
+            text("SELECT age, gender, occupation, max_recs, model_version FROM recommendation_requests WHERE id = :id"),
+            {"id": body["id"]},
+        ).one()
+        scores = conn.execute(
+            text("SELECT title, score FROM feedback WHERE request_id = :id ORDER BY id"), {"id": body["id"]}
+        ).all()
+        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    engine.dispose()
+    assert tuple(request_row) == (30, "M", "programmer", 4, body["model_version"])
+    assert [(t, s) for t, s in scores] == list(zip(body["recommendations"][:3], (5.0, 3.5, 1.0), strict=True))
+    assert version  # schema managed by Alembic
+
+
+def test_migrations_are_idempotent_across_restarts(make_app, database_url) -> None:
+    first = make_app(database_url=database_url)
+    client = first.test_client()
+    headers = login(client)
+    body = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
+    client.post("/api/recommend/score", json={"id": body["id"], "movie": body["recommendations"][0], "score": 4}, headers=headers)
+    second = make_app(database_url=database_url)  # a restart runs the migrations again
+    rows = second.extensions["movierec"].db.feedback_rows()
+    assert [(r.request_id, r.score) for r in rows] == [(body["id"], 4.0)]
+
+
+def test_database_down_refuses_feedback_with_503(make_app, tmp_path) -> None:
+    app = make_app()
+    client = app.test_client()
+    headers = login(client)
+    body = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
+    db = app.extensions["movierec"].db
+    from app.storage.db import make_engine
+
+    db.engine.dispose()
+    db.engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")  # nothing listens on port 1
+    db.sessions.configure(bind=db.engine)
+    response = client.post(
+        "/api/recommend/score", json={"id": body["id"], "movie": body["recommendations"][0], "score": 4}, headers=headers
+    )
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "unavailable"
+    assert client.get("/health/ready").status_code == 503

@@ -1,0 +1,108 @@
+"""Bundles: written atomically, loaded in every accepted form, refused when bad."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from app.recommender.bundle import BundleError, build_tables, load_bundle, point_latest
+from app.recommender.models import make_model
+from app.recommender.ranking import top_n
+from app.recommender.segments import Segment, all_segments
+
+pytestmark = pytest.mark.unit
+
+
+def test_top_n_orders_excludes_and_pads() -> None:
+    scores = np.array([[0.1, 0.9, 0.5, 0.9]])
+    assert top_n(scores, 3).tolist() == [[1, 3, 2]]  # ties keep column order
+    assert top_n(scores, 4, [np.array([1, 2])]).tolist() == [[3, 0, -1, -1]]
+
+
+def test_store_bundle_has_every_part_and_latest(model_store: Path) -> None:
+    bundle_dir = (model_store / "latest").resolve()
+    for name in ("manifest.json", "model.pkl", "catalogue.csv", "segment_top.npy", "test_data.json"):
+        assert (bundle_dir / name).is_file(), name
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["served_model"] in manifest["metrics"]
+    assert {"code_version", "data_hash", "created_at", "version"} <= set(manifest)
+    assert not list(model_store.glob(".*-*")), "no staging directories left behind"
+
+
+def test_every_segment_is_answered_without_repeats(model_store: Path) -> None:
+    bundle = load_bundle(model_store)
+    for segment in all_segments():
+        titles = [r.title for r in bundle.recommend_segment(segment, 100)]
+        assert titles and len(titles) == len(set(titles))
+
+
+def test_known_users_never_get_what_they_rated(synthetic_data, tmp_path: Path) -> None:
+    model = make_model("most_liked").fit(synthetic_data.ratings, synthetic_data.users, synthetic_data.items)
+    tables = build_tables(model, synthetic_data.ratings)
+    rated = synthetic_data.ratings.groupby("user_id")["movie_id"].apply(set)
+    for row, user_id in enumerate(tables.user_ids):
+        served = {int(model.item_ids[p]) for p in tables.user_top[row] if p >= 0}
+        assert not served & rated[user_id]
+
+
+def test_tarball_and_pickle_forms_load(model_store: Path, synthetic_data, tmp_path: Path) -> None:
+    bundle_dir = (model_store / "latest").resolve()
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle_dir, arcname=bundle_dir.name)
+    from_tar = load_bundle(archive)
+    assert from_tar.version == load_bundle(bundle_dir).version
+
+    pickle_path = tmp_path / "model.pkl"
+    shutil.copy(bundle_dir / "model.pkl", pickle_path)
+    with pytest.raises(BundleError, match="catalogue"):
+        load_bundle(pickle_path)
+    from_pickle = load_bundle(pickle_path, catalogue_fallback=synthetic_data.items)
+    segment = Segment.of(25, "F", "artist")
+    assert [r.title for r in from_pickle.recommend_segment(segment, 5)] == [
+        r.title for r in from_tar.recommend_segment(segment, 5)
+    ]
+
+
+def test_seed_style_regressor_pickle_is_served(synthetic_data, tmp_path: Path) -> None:
+    from sklearn.ensemble import RandomForestRegressor
+
+    from app.recommender.models.forest import seed_features
+
+    rows = synthetic_data.ratings.join(synthetic_data.users.set_index("user_id"), on="user_id")
+    features = seed_features(rows["age"], rows["gender"].tolist(), rows["occupation"].tolist(), rows["movie_id"])
+    estimator = RandomForestRegressor(n_estimators=5, random_state=0).fit(features, rows["rating"])
+    path = tmp_path / "model.pkl"
+    joblib.dump(estimator, path)
+    bundle = load_bundle(path, catalogue_fallback=synthetic_data.items)
+    assert len(bundle.recommend_segment(Segment.of(30, "M", "engineer"), 10)) == 10
+
+
+@pytest.mark.parametrize("damage", ["truncate_table", "bad_manifest", "repeat_movie", "missing_file"])
+def test_damaged_bundles_are_refused(model_store: Path, tmp_path: Path, damage: str) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree((model_store / "latest").resolve(), broken)
+    if damage == "truncate_table":
+        data = (broken / "segment_top.npy").read_bytes()
+        (broken / "segment_top.npy").write_bytes(data[: len(data) // 2])
+    elif damage == "bad_manifest":
+        (broken / "manifest.json").write_text("{not json")
+    elif damage == "repeat_movie":
+        top = np.load(broken / "segment_top.npy")
+        top[0, 1] = top[0, 0]
+        np.save(broken / "segment_top.npy", top)
+    else:
+        (broken / "catalogue.csv").unlink()
+    with pytest.raises(BundleError):
+        load_bundle(broken)
+
+
+def test_point_latest_refuses_unknown_versions(model_store: Path) -> None:
+    with pytest.raises(BundleError):
+        point_latest(model_store, "no-such-version")

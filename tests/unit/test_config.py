@@ -1,0 +1,58 @@
+"""Settings refuse to start without secrets outside testing, naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigurationError, Settings, load_settings
+
+pytestmark = pytest.mark.unit
+
+STRONG = "s" * 20 + "0123456789abcdefghij"
+
+
+def test_missing_session_password_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SESSION_PASSWORD", raising=False)
+    with pytest.raises(ConfigurationError, match="SESSION_PASSWORD"):
+        Settings(jwt_secret=STRONG).check_secrets()
+
+
+def test_missing_or_weak_jwt_secret_is_named() -> None:
+    with pytest.raises(ConfigurationError, match="MOVIEREC_JWT_SECRET is not set"):
+        Settings(session_password="pw").check_secrets()
+    for weak in ("secret", "short", "changeme"):
+        with pytest.raises(ConfigurationError, match="too weak"):
+            Settings(session_password="pw", jwt_secret=weak).check_secrets()
+    Settings(session_password="pw", jwt_secret=STRONG).check_secrets()
+
+
+def test_debug_may_run_without_a_jwt_secret_but_not_without_a_password() -> None:
+    Settings(session_password="pw", debug=True).check_secrets()
+    with pytest.raises(ConfigurationError, match="SESSION_PASSWORD"):
+        Settings(debug=True).check_secrets()
+
+
+def test_seed_environment_names_and_secret_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    secret_file = tmp_path / "jwt"
+    secret_file.write_text(STRONG + "\n")
+    monkeypatch.setenv("SESSION_PASSWORD", "from-env")
+    monkeypatch.setenv("ML_MODEL_PATH", "/models/x")
+    monkeypatch.setenv("MOVIEREC_JWT_SECRET_FILE", str(secret_file))
+    settings = load_settings()
+    assert settings.session_password and settings.session_password.get_secret_value() == "from-env"
+    assert settings.jwt_secret and settings.jwt_secret.get_secret_value() == STRONG
+    assert settings.model_path == Path("/models/x")
+    assert "from-env" not in repr(settings)  # secrets never print
+
+
+def test_invalid_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOVIEREC_TOKEN_TTL_SECONDS", "soon")
+    with pytest.raises(ConfigurationError, match="token_ttl_seconds"):
+        load_settings()
+
+
+def test_postgres_urls_get_the_psycopg_driver() -> None:
+    assert Settings(database_url="postgresql://u@h/db").sqlalchemy_url == "postgresql+psycopg://u@h/db"
+    assert Settings(database_url="sqlite:///x.db").sqlalchemy_url == "sqlite:///x.db"

@@ -1,0 +1,70 @@
+"""The ml-100k loader: both layouts give the same tables; twins merge; failures name every source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.recommender.data import DataUnavailableError, detect_layout, fetch, find_local, load_directory
+from tests.synthetic import TWIN_IDS, make_tables, write_grouplens, write_recbole
+
+pytestmark = pytest.mark.unit
+
+
+def test_both_layouts_load_to_identical_tables(tmp_path: Path) -> None:
+    grouplens = load_directory(write_grouplens(tmp_path / "gl"))
+    recbole = load_directory(write_recbole(tmp_path / "rb"))
+    assert detect_layout(tmp_path / "gl") == "grouplens"
+    assert detect_layout(tmp_path / "rb") == "recbole"
+    for name in ("ratings", "users"):
+        left, right = getattr(grouplens, name), getattr(recbole, name)
+        assert left.reset_index(drop=True).equals(right.reset_index(drop=True)), name
+    assert grouplens.items["title"].tolist() == recbole.items["title"].tolist()
+    assert grouplens.items["genres"].tolist() == recbole.items["genres"].tolist()
+    assert grouplens.fingerprint() == recbole.fingerprint()
+
+
+def test_twins_are_merged_into_one_movie_with_combined_ratings(tmp_path: Path) -> None:
+    raw = make_tables()
+    data = load_directory(write_grouplens(tmp_path))
+    keep, drop = TWIN_IDS
+    assert keep in set(data.items["movie_id"]) and drop not in set(data.items["movie_id"])
+    assert data.items["title"].is_unique
+    assert data.items.loc[data.items["movie_id"] == keep, "title"].item() == "Twin Movie (1995)"
+    raw_twin_raters = {u for u, m, _r, _t in raw["ratings"] if m in TWIN_IDS}
+    merged = data.ratings[data.ratings["movie_id"] == keep]
+    assert set(merged["user_id"]) == raw_twin_raters
+    assert not data.ratings.duplicated(["user_id", "movie_id"]).any()
+    assert len(data.items) == len(raw["movies"]) - 1
+
+
+def test_titles_carry_the_year_like_grouplens(tmp_path: Path) -> None:
+    data = load_directory(write_recbole(tmp_path))
+    assert data.items.loc[data.items["movie_id"] == 1, "title"].item() == "Movie 1 (1981)"
+
+
+def test_fetch_uses_a_local_directory_and_caches_it(tmp_path: Path) -> None:
+    source = write_recbole(tmp_path / "source")
+    cached = fetch(tmp_path / "root", sources=[str(source)])
+    assert cached == tmp_path / "root" / "ml-100k" and detect_layout(cached) == "recbole"
+    # a second fetch uses the cache even when no source works
+    assert fetch(tmp_path / "root", sources=[str(tmp_path / "missing")]) == cached
+    assert find_local(tmp_path / "root") is not None
+
+
+def test_fetch_failure_names_every_source_tried(tmp_path: Path) -> None:
+    with pytest.raises(DataUnavailableError) as excinfo:
+        fetch(tmp_path / "root", sources=[str(tmp_path / "nowhere"), str(tmp_path / "elsewhere")])
+    message = str(excinfo.value)
+    assert "nowhere" in message and "elsewhere" in message and "--source PATH" in message
+    assert not (tmp_path / "root" / "ml-100k").exists()
+
+
+def test_find_local_never_fetches(tmp_path: Path) -> None:
+    assert find_local(tmp_path) is None
+
+
+def test_a_directory_without_data_is_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(DataUnavailableError, match="u.data"):
+        load_directory(tmp_path)
