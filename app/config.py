@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     redis_url: str | None = None
 
     max_body_bytes: int = 64 * 1024
+    # abuse and browser hardening (app/api/security.py)
+    login_rate_limit: str = "10 per minute"  # per client address, shared through Redis when configured
+    cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; empty = CORS off
+    hsts_seconds: int = Field(default=0, ge=0)  # Strict-Transport-Security max-age; 0 = header off (no TLS here)
     default_max_recs: int = 10
     log_level: str = "INFO"
 

@@ -1,0 +1,156 @@
+"""Request hardening shared by every endpoint: security headers, CORS, login rate limit, revocation.
+
+``init_security(app, settings)`` is called once by ``register_api``. Everything here is per app
+(the tests build many apps), so nothing is bound at import time.
+
+* Security headers on every response; ``Cache-Control: no-store`` on API answers (tokens and
+  personal recommendations must not sit in shared caches); HSTS only when the deployment
+  terminates TLS and says so (``MOVIEREC_HSTS_SECONDS``).
+* CORS is off unless ``MOVIEREC_CORS_ORIGINS`` lists origins: the API authenticates with a bearer
+  header, not cookies, so an exact-match allow-list without credentials is all a browser client
+  needs, and no origin is trusted by default.
+* ``/api/login`` is rate-limited per client address with Flask-Limiter: Redis storage when
+  ``MOVIEREC_REDIS_URL`` is set (so every replica counts the same attempts), memory otherwise;
+  if Redis stops answering, the limiter falls back to memory instead of failing logins.
+* Logged-out tokens are refused through :class:`RevocationStore` (``token_in_blocklist_loader``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask_jwt_extended import get_jwt, jwt_required
+from flask_limiter import Limiter
+from spectree import Response as Responses
+
+from app.api.schemas import ErrorResponse, Message
+from app.api.spec import BEARER, spec
+from app.config import Settings
+from app.services.revocation import RevocationStore
+
+bp = Blueprint("security", __name__)
+
+EXTENSION = "movierec.security"
+# every view that turns a password into a token shares one per-address budget
+LOGIN_ENDPOINTS = ("auth.login", "ui.login")
+RATE_LIMIT_KEY_PREFIX = "movierec"
+_API_PREFIXES = ("/api/", "/protected", "/health/", "/metrics")
+_CORS_ALLOW_HEADERS = "Authorization, Content-Type"
+_CORS_EXPOSE_HEADERS = "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+
+
+def client_address() -> str:
+    """The rate-limit key: the peer address (put a proxy-aware WSGI middleware in front if proxied)."""
+    return request.remote_addr or "unknown"
+
+
+def allowed_origins(settings: Settings) -> frozenset[str]:
+    return frozenset(
+        origin.strip().rstrip("/") for origin in settings.cors_origins.split(",") if origin.strip()
+    )
+
+
+def init_security(app: Flask, settings: Settings) -> None:
+    """Bind headers, CORS, the login limiter and the revocation store to ``app``."""
+    services = app.extensions["movierec"]
+    revocations = RevocationStore(services.db, settings.redis_url)
+    # registered before the limiter so it runs after the limiter's own header hook (Flask runs
+    # after_request functions in reverse order)
+    origins = allowed_origins(settings)
+    hsts = settings.hsts_seconds
+
+    @app.after_request
+    def _harden(response: Response) -> Response:
+        add_security_headers(response, hsts)
+        if origins:
+            add_cors_headers(response, origins)
+        if response.status_code not in (429, 503):
+            # Flask-Limiter adds Retry-After to every limited response; it only means something here
+            response.headers.pop("Retry-After", None)
+        return response
+
+    limiter = Limiter(
+        key_func=client_address,
+        app=app,
+        storage_uri=settings.redis_url or "memory://",
+        storage_options={"socket_connect_timeout": 0.5, "socket_timeout": 0.5} if settings.redis_url else {},
+        strategy="fixed-window",
+        key_prefix=RATE_LIMIT_KEY_PREFIX,
+        headers_enabled=True,
+        in_memory_fallback_enabled=True,  # Redis down: count in memory rather than refuse every login
+        swallow_errors=True,
+    )
+    login_limit = limiter.shared_limit(
+        settings.login_rate_limit, scope="login", methods=["POST"], error_message="too many login attempts"
+    )
+    for endpoint in LOGIN_ENDPOINTS:
+        if endpoint in app.view_functions:
+            app.view_functions[endpoint] = login_limit(app.view_functions[endpoint])
+    app.extensions[EXTENSION] = {"limiter": limiter, "revocations": revocations}
+
+
+@bp.post("/api/logout")
+@jwt_required()
+@spec.validate(
+    resp=Responses(HTTP_200=Message, HTTP_401=ErrorResponse, HTTP_503=ErrorResponse), security=BEARER
+)
+def logout() -> Any:
+    """Revoke the presented token everywhere: later requests with it get 401 on every instance."""
+    claims = get_jwt()
+    ttl = current_app.extensions["movierec"].settings.token_ttl_seconds
+    exp = claims.get("exp")
+    expires_at = (
+        datetime.fromtimestamp(exp, UTC)
+        if isinstance(exp, int)
+        else datetime.now(UTC) + timedelta(seconds=ttl)
+    )
+    revocations().revoke(str(claims["jti"]), expires_at)
+    return jsonify(message="Logged out")
+
+
+def revocations() -> RevocationStore:
+    store: RevocationStore = current_app.extensions[EXTENSION]["revocations"]
+    return store
+
+
+def limiter_of(app: Flask) -> Limiter:
+    limiter: Limiter = app.extensions[EXTENSION]["limiter"]
+    return limiter
+
+
+def token_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+    """flask-jwt-extended's ``token_in_blocklist_loader``: a token without a jti is treated as revoked."""
+    jti = payload.get("jti")
+    return not isinstance(jti, str) or revocations().is_revoked(jti)
+
+
+def add_security_headers(response: Response, hsts_seconds: int = 0) -> None:
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    if "Content-Security-Policy" not in headers:
+        # HTML pages (docs, UI) may set their own policy; JSON needs no sub-resources at all
+        html = response.mimetype == "text/html"
+        headers["Content-Security-Policy"] = (
+            "frame-ancestors 'none'" if html else "default-src 'none'; frame-ancestors 'none'"
+        )
+    if request.path.startswith(_API_PREFIXES) or response.mimetype == "application/json":
+        headers["Cache-Control"] = "no-store"
+    if hsts_seconds > 0:
+        headers.setdefault("Strict-Transport-Security", f"max-age={hsts_seconds}; includeSubDomains")
+
+
+def add_cors_headers(response: Response, origins: frozenset[str]) -> None:
+    origin = request.headers.get("Origin")
+    response.vary.add("Origin")
+    if not origin or origin.rstrip("/") not in origins:
+        return  # no CORS headers: the browser blocks the cross-origin read
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE_HEADERS
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response.headers["Access-Control-Allow-Methods"] = response.headers.get("Allow", "GET, POST")
+        response.headers["Access-Control-Allow-Headers"] = _CORS_ALLOW_HEADERS
+        response.headers["Access-Control-Max-Age"] = "600"

@@ -1,0 +1,139 @@
+"""Token revocation (``POST /api/logout``): a blocklist shared by every instance.
+
+Where a revoked token's ``jti`` lives, and why:
+
+* the database (``revoked_tokens``) always: it is the durable record every instance shares,
+  with or without Redis;
+* Redis, when ``MOVIEREC_REDIS_URL`` is set: a key with the token's remaining lifetime as TTL,
+  so every check on every instance is one fast lookup and revocation is seen at once;
+* this process's memory: a token revoked here is refused here even if both stores are down.
+
+Checks run on every authenticated request, so they must neither add a database round trip nor
+fail when a store is down (recommendations are served while PostgreSQL is down). Without
+Redis (or while it is unreachable) a check reads an in-process snapshot of the table, refreshed
+at most every ``refresh_seconds``; a token revoked on another instance is therefore refused
+there within that interval. A store that fails is skipped for ``retry_seconds`` so a dead Redis
+or database costs one failed attempt, not one per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+import redis
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from app.errors import Unavailable
+from app.storage.db import Database, DatabaseUnavailableError
+from app.storage.models import RevokedToken
+
+log = logging.getLogger(__name__)
+
+REDIS_KEY_PREFIX = "movierec:revoked:"
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client that fails fast: a dead Redis must cost milliseconds, not a hung request."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=0.5, socket_timeout=0.5, retry_on_timeout=False, health_check_interval=30
+    )
+
+
+class RevocationStore:
+    """The logout blocklist: ``revoke`` at logout, ``is_revoked`` on every authenticated request."""
+
+    def __init__(
+        self,
+        db: Database,
+        redis_url: str | None = None,
+        *,
+        refresh_seconds: float = 1.0,
+        retry_seconds: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.redis = redis_client(redis_url) if redis_url else None
+        self.refresh_seconds = refresh_seconds
+        self.retry_seconds = retry_seconds
+        self._local: dict[str, float] = {}  # jti -> expiry (epoch seconds), revoked by this process
+        self._snapshot: frozenset[str] = frozenset()
+        self._snapshot_at = float("-inf")
+        self._refreshing = threading.Lock()
+        self._redis_down_until = 0.0
+
+    # ------------------------------------------------------------------ revoke
+
+    def revoke(self, jti: str, expires_at: datetime) -> None:
+        """Record the revocation in every store that answers; 503 only when none does."""
+        now = time.time()
+        expiry = expires_at.timestamp()
+        self._local = {j: e for j, e in self._local.items() if e > now}
+        self._local[jti] = expiry
+        stored = []
+        if self.redis is not None:
+            try:
+                self.redis.set(REDIS_KEY_PREFIX + jti, "1", ex=max(1, int(expiry - now) + 1))
+                stored.append("redis")
+            except redis.RedisError as exc:
+                self._redis_failed(exc)
+        try:
+            self._store_in_database(jti, expires_at)
+            stored.append("database")
+        except (DatabaseUnavailableError, SQLAlchemyError) as exc:
+            log.warning("token revocation not written to the database", extra={"reason": str(exc)[:200]})
+        if not stored:
+            raise Unavailable("the logout could not be recorded; retry later", headers={"Retry-After": "5"})
+        log.info("token revoked", extra={"stores": ",".join(stored)})
+
+    def _store_in_database(self, jti: str, expires_at: datetime) -> None:
+        try:
+            with self.db.session() as session:
+                session.add(RevokedToken(jti=jti, expires_at=expires_at))
+        except IntegrityError:
+            return  # already revoked (a retried logout)
+        with self.db.session() as session:  # keep the table as small as the set of live tokens
+            session.execute(delete(RevokedToken).where(RevokedToken.expires_at < datetime.now(UTC)))
+
+    # ------------------------------------------------------------------ check
+
+    def is_revoked(self, jti: str) -> bool:
+        if jti in self._local:
+            return True
+        if self.redis is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                return bool(self.redis.exists(REDIS_KEY_PREFIX + jti))
+            except redis.RedisError as exc:
+                self._redis_failed(exc)
+        return jti in self._database_snapshot()
+
+    def _database_snapshot(self) -> frozenset[str]:
+        """Revoked, unexpired jtis from the table; one thread refreshes, the others use the last copy."""
+        if time.monotonic() - self._snapshot_at < self.refresh_seconds:
+            return self._snapshot
+        if not self._refreshing.acquire(blocking=False):
+            return self._snapshot
+        try:
+            with self.db.session() as session:
+                rows = session.scalars(
+                    select(RevokedToken.jti).where(RevokedToken.expires_at > datetime.now(UTC))
+                )
+                self._snapshot = frozenset(rows)
+            self._snapshot_at = time.monotonic()
+        except (DatabaseUnavailableError, SQLAlchemyError) as exc:
+            # keep serving with the last snapshot; try again after the back-off
+            self._snapshot_at = time.monotonic() - self.refresh_seconds + self.retry_seconds
+            log.warning(
+                "revocation list not refreshed: database unavailable", extra={"reason": str(exc)[:200]}
+            )
+        finally:
+            self._refreshing.release()
+        return self._snapshot
+
+    def _redis_failed(self, exc: Exception) -> None:
+        self._redis_down_until = time.monotonic() + self.retry_seconds
+        log.warning(
+            "Redis unavailable for the revocation list; using the database", extra={"reason": str(exc)[:200]}
+        )
