@@ -429,8 +429,9 @@ class Alerter:
 class LoggingSink:
     """Write each notification as one structured log line at its severity.
 
-    The line carries ``alert_kind`` and ``alert_count``; when the service runs under the
-    journald log driver, the monitor picks it up and emails it (grouped again by kind).
+    The message is the first entry's summary; ``alert_kind``, ``alert_count`` and
+    ``alert_entries`` carry the rest. When the service runs under the journald log driver the
+    monitor picks the line up and emails it under the same kind (grouped again there).
     """
 
     name = "log"
@@ -440,9 +441,10 @@ class LoggingSink:
 
     def send(self, notification: Notification) -> None:
         level = int(notification.severity)
+        first = notification.entries[0].summary if notification.entries else notification.kind
         self.logger.log(
             level,
-            notification.subject,
+            first,
             extra={
                 "alert_kind": notification.kind,
                 "alert_count": notification.count,

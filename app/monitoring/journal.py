@@ -3,8 +3,9 @@
 Runs ``journalctl --output=json --follow`` with field matches as an argument list (no
 shell), parses each JSON object, and understands the two kinds of MESSAGE our containers
 produce: one of our JSON log lines (see ``app.monitoring.logs``) or plain text. The level
-comes from, in order: the JSON line's ``level``; a level word at the start of a plain line
-("ERROR:", "[WARNING]", "2024-01-01 12:00:00 ERROR ..."); journald's PRIORITY (0-7).
+comes from, in order: the JSON line's ``level``; for plain text, a uwsgi request line's HTTP
+status, a known crash marker (traceback, HARAKIRI, dead worker) or a level word at the start
+("ERROR:", "[WARNING]", "2024-01-01 12:00:00 ERROR ..."); finally journald's PRIORITY (0-7).
 
 Docker's journald driver gives stdout lines PRIORITY 6 and stderr lines PRIORITY 3, which is
 why the JSON ``level`` wins over PRIORITY.
@@ -62,6 +63,14 @@ _PLAIN_LEVEL = re.compile(
     re.IGNORECASE,
 )
 _FIELD_NAME = re.compile(r"^[A-Z0-9_]+$")
+# uwsgi's request log line (it logs 4xx/5xx only, to stderr):
+# "[pid: 7|app: 0|req: 3/9] 10.0.0.1 () {...} [...] GET /x => generated ... (HTTP/1.1 503) ..."
+_UWSGI_REQUEST = re.compile(r"^\[pid: \d+\|.*=> generated .*\(HTTP/[\d.]+ (\d{3})\)")
+# Plain-text lines that mean trouble whatever stream they came from.
+_PLAIN_ERROR = re.compile(
+    r"^(?:Traceback \(most recent call last\)|.*\*\*\* HARAKIRI|DAMN ! worker|!!! uWSGI process"
+    r"|.*Segmentation fault|.*MemoryError\b|Fatal Python error)"
+)
 
 
 def normalize_level(value: Any) -> str | None:
@@ -126,6 +135,21 @@ def _field_text(value: Any) -> str | None:
     return str(value)
 
 
+def plain_text_level(message: str) -> str | None:
+    """The level a plain-text line states or implies, or None to let PRIORITY decide.
+
+    uwsgi request lines are graded by HTTP status (5xx is an error, 4xx is a client's
+    problem), because Docker marks every stderr line PRIORITY 3 and uwsgi logs to stderr.
+    """
+    uwsgi = _UWSGI_REQUEST.match(message)
+    if uwsgi:
+        return "ERROR" if uwsgi.group(1).startswith("5") else "INFO"
+    if _PLAIN_ERROR.match(message):
+        return "ERROR"
+    match = _PLAIN_LEVEL.match(message)
+    return normalize_level(match.group(1)) if match else None
+
+
 def parse_entry(raw: Mapping[str, Any]) -> JournalEntry:
     """Build a :class:`JournalEntry` from one ``journalctl -o json`` object."""
     message = _field_text(raw.get("MESSAGE")) or ""
@@ -158,9 +182,7 @@ def parse_entry(raw: Mapping[str, Any]) -> JournalEntry:
             body = doc.get("message", doc.get("msg"))
             text = body if isinstance(body, str) else message
     if level is None and fields is None:
-        match = _PLAIN_LEVEL.match(message)
-        if match:
-            level = normalize_level(match.group(1))
+        level = plain_text_level(message)
     if level is None:
         level = PRIORITY_LEVELS.get(priority, "INFO") if priority is not None else "INFO"
     return JournalEntry(

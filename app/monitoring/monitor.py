@@ -183,9 +183,9 @@ def entry_to_alert(entry: JournalEntry, container: str) -> Alert:
     fields = entry.fields or {}
     forwarded_kind = fields.get("alert_kind")
     kind = f"log.{entry.level.lower()}"
-    if isinstance(forwarded_kind, str) and forwarded_kind:
-        kind = forwarded_kind
     summary = f"{entry.logger}: {entry.message}" if entry.logger else entry.message
+    if isinstance(forwarded_kind, str) and forwarded_kind:
+        kind, summary = forwarded_kind, entry.message
     details: dict[str, Any] = {"container": entry.container_name or container}
     if entry.priority is not None:
         details["priority"] = entry.priority

@@ -563,3 +563,37 @@ def test_survives_journalctl_restart_without_losing_entries(
     echoed = [line.split(f" {container} ", 1)[1] for line in monitor.lines if f" {container} " in line]
     assert len(echoed) == len(set(echoed)), echoed
     assert sum("written during the gap" in line for line in echoed) == 1
+
+
+def test_alert_raised_inside_the_service_reaches_email_under_its_kind(
+    journald, container, smtp_server, monitor_factory
+) -> None:
+    """Service: Alerter + LoggingSink -> JSON line on stdout -> journald -> monitor -> email."""
+    import io
+    import logging
+
+    from app.monitoring.alerts import LoggingSink
+    from app.monitoring.logs import JsonFormatter
+
+    stdout = io.StringIO()
+    handler = logging.StreamHandler(stdout)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"movierec.alerts.{container}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    in_app = Alerter([LoggingSink(logger)], group_wait=60)
+    for failures in (5, 6, 7):
+        in_app.raise_alert(Alert("breaker.opened", "critical", f"breaker opened after {failures} failures"))
+    in_app.close()
+
+    monitor = monitor_factory()
+    monitor.wait_ready(journald, container)
+    for line in stdout.getvalue().splitlines():  # what Docker's driver would write, PRIORITY 6
+        journald.send(line, priority=6, CONTAINER_NAME=container)
+    [msg] = smtp_server.wait_for(1, 15)
+    assert msg["X-Movierec-Alert-Kind"] == "breaker.opened"
+    assert (
+        msg["Subject"].startswith(f"[movierec {container}] CRITICAL")
+        and "breaker opened after 5" in msg["Subject"]
+    )
+    assert "alert_count: 3" in msg.get_content()

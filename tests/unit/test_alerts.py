@@ -259,6 +259,7 @@ def test_logging_sink_writes_a_json_line_the_monitor_can_route() -> None:
     )
     doc = json.loads(stream.getvalue())
     assert doc["level"] == "ERROR" and doc["alert_kind"] == "breaker.opened" and doc["alert_count"] == 1
+    assert doc["message"] == "breaker opened: 5 failures in 30 s"
     assert doc["alert_entries"][0]["model"] == "v3"
 
 

@@ -53,6 +53,21 @@ def test_our_json_line_level_wins_over_docker_priority() -> None:
         ("no priority at all", None, "INFO"),
         ("an error occurred in the middle", "6", "INFO"),  # level words only count at the start
         ("{not json at all", "3", "ERROR"),
+        (
+            "[pid: 7|app: 0|req: 3/9] 10.0.0.1 () {34 vars in 512 bytes} [Thu Jan  1 12:00:00 2026] "
+            "GET /api/recommend => generated 80 bytes in 3 msecs (HTTP/1.1 503) 4 headers in 150 bytes",
+            "3",
+            "ERROR",
+        ),
+        (
+            "[pid: 7|app: 0|req: 4/10] 10.0.0.1 () {34 vars in 512 bytes} [Thu Jan  1 12:00:00 2026] "
+            "POST /api/login => generated 60 bytes in 1 msecs (HTTP/1.1 401) 4 headers in 150 bytes",
+            "3",
+            "INFO",
+        ),
+        ("Traceback (most recent call last):", "6", "ERROR"),
+        ("Thu Jan  1 12:00:00 2026 - *** HARAKIRI ON WORKER 1 (pid: 12, try: 1) ***", "6", "ERROR"),
+        ("DAMN ! worker 2 (pid: 13) died, killed by signal 9 :( trying respawn ...", "6", "ERROR"),
     ],
 )
 def test_plain_text_levels(message: str, priority: str | None, level: str) -> None:
@@ -137,6 +152,7 @@ def test_forwarded_app_alert_keeps_its_kind() -> None:
     )
     alert = entry_to_alert(parse_entry(raw(line)), "movierec")
     assert alert.kind == "breaker.opened" and alert.severity is Severity.CRITICAL
+    assert alert.summary == "breaker opened"
     assert alert.details["alert_count"] == 3
 
 
