@@ -1,0 +1,664 @@
+"""Build, run and health-check the API container: the logic behind ``deploy-docker.py``.
+
+The seed's interface is kept (``IMAGE_NAME IMAGE_VERSION MODEL_FILE TEST_DATA_FILE
+[SESSION_PASSWORD]``, ``--container-name``, ``--port-mapping``, ``--json-log``,
+``--log-tag``) but the deployment is made safe:
+
+* secrets never appear on a command line: they reach ``docker run`` through an env file
+  with 0600 permissions in a private temporary directory, removed as soon as the container
+  is created. The password comes from ``$SESSION_PASSWORD`` or a prompt; the positional
+  argument still works for compatibility, with a warning (argv is visible to every user).
+* the image is built with the accuracy test inside (see the Dockerfile), so a regressed
+  model never becomes a container;
+* the container runs with ``--restart on-failure:5`` and the journald log driver (or
+  json-file with rotation), and the script waits for Docker's health check to pass;
+* on any failure it prints the container's last log lines, removes what it created (the
+  new container, and the image tag if it did not exist before) and brings the previously
+  running version back.
+
+``install-model`` (``python -m app.deploy install-model SRC STORE``) is the build-time half:
+the Dockerfile uses it to turn ``MODEL_FILE`` (bundle dir, ``.tar.gz`` or ``model.pkl``)
+into a validated model store at ``/model``.
+
+Docker is driven through its CLI with argument lists (no shell); every call goes through a
+:class:`Docker` object so the unit tests can check the commands and the failure handling
+without a Docker engine, and the e2e tier runs the same code against a real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import secrets
+import shutil
+import subprocess  # nosec B404 - docker CLI with argument lists, never a shell
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+CONTAINER_PORT = 8000
+DEFAULT_HEALTH_TIMEOUT = 180.0
+RESTART_RETRIES = 5
+LOG_TAIL_LINES = 60
+STAGING_PREFIX = ".deploy-"
+PASSTHROUGH_SECRETS = ("MOVIEREC_ADMIN_PASSWORD", "ADMIN_PASSWORD")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class DeployError(RuntimeError):
+    """The deployment failed; the message says what to do. The previous version is kept."""
+
+
+# --------------------------------------------------------------------------- docker CLI
+
+
+Executor = Callable[[Sequence[str], bool, str | None], subprocess.CompletedProcess[str]]
+
+
+def _execute(argv: Sequence[str], capture: bool, stdin: str | None) -> subprocess.CompletedProcess[str]:
+    """Run a command; ``capture=False`` streams its output to ours (docker build)."""
+    return subprocess.run(  # noqa: S603  # nosec B603 - fixed executable, argument list
+        list(argv),
+        input=stdin,
+        capture_output=capture,
+        text=True,
+        check=False,
+    )
+
+
+@dataclass
+class Docker:
+    """The docker CLI, one method per call this module makes."""
+
+    binary: str = "docker"
+    executor: Executor = _execute
+
+    def __call__(
+        self, *args: str, capture: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.executor([self.binary, *args], capture, stdin)
+
+    def image_exists(self, ref: str) -> bool:
+        return self("image", "inspect", "--format", "{{.Id}}", ref).returncode == 0
+
+    def container_state(self, name: str) -> ContainerState | None:
+        """The container's state, or None when no container has that name."""
+        result = self(
+            "container", "inspect", "--format", "{{json .State}}\t{{.RestartCount}}\t{{.Config.Image}}", name
+        )
+        if result.returncode != 0:
+            return None
+        state_json, restarts, image = result.stdout.strip().split("\t")
+        return ContainerState.parse(json.loads(state_json), int(restarts), image)
+
+    def logs(self, name: str, tail: int = LOG_TAIL_LINES) -> str:
+        result = self("logs", "--tail", str(tail), name)
+        return (result.stdout or "") + (result.stderr or "")
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    status: str  # created, running, restarting, exited, dead, ...
+    running: bool
+    exit_code: int
+    health: str | None  # starting, healthy, unhealthy; None without a HEALTHCHECK
+    restarts: int
+    image: str
+    error: str = ""
+
+    @classmethod
+    def parse(cls, state: Mapping[str, Any], restarts: int, image: str) -> ContainerState:
+        health = state.get("Health") or {}
+        return cls(
+            status=str(state.get("Status", "")),
+            running=bool(state.get("Running")),
+            exit_code=int(state.get("ExitCode") or 0),
+            health=health.get("Status"),
+            restarts=restarts,
+            image=image,
+            error=str(state.get("Error") or ""),
+        )
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    image_name: str
+    image_version: str
+    model_file: Path
+    test_data_file: Path
+    container_name: str
+    port_mapping: str = "80"
+    json_log: bool = False
+    log_tag: str | None = None
+    context: Path = REPO_ROOT
+    dockerfile: Path | None = None
+    base_image: str | None = None
+    error_tolerance: float | None = None
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    build: bool = True
+
+    @property
+    def image_ref(self) -> str:
+        return f"{self.image_name}:{self.image_version}"
+
+    @property
+    def backup_name(self) -> str:
+        return f"{self.container_name}-previous"
+
+
+def default_container_name(image_name: str) -> str:
+    """The seed names the container after the image; Docker forbids '/' and ':' in names."""
+    return image_name.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def publish_spec(port_mapping: str) -> str:
+    """``-p`` value for ``[IP:]HOST_PORT``; the container always listens on CONTAINER_PORT."""
+    host, _, port = port_mapping.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise DeployError(f"--port-mapping {port_mapping!r} must be PORT or IP:PORT")
+    return f"{host}:{port}:{CONTAINER_PORT}" if host else f"{port}:{CONTAINER_PORT}"
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+@dataclass
+class Secrets:
+    """Run-time environment for the container; never logged, never on argv."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    generated_jwt_secret: bool = False
+
+
+def resolve_secrets(
+    positional_password: str | None,
+    environ: Mapping[str, str],
+    extra_names: Sequence[str] = (),
+    prompt: Callable[[str], str] | None = None,
+    warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> Secrets:
+    """Collect SESSION_PASSWORD (argv, env or prompt), the JWT secret and pass-through names."""
+    password = environ.get("SESSION_PASSWORD") or ""
+    if positional_password:
+        warn(
+            "warning: a password on the command line is visible to every user of this machine "
+            "(ps, shell history); prefer SESSION_PASSWORD in the environment or the prompt"
+        )
+        password = positional_password
+    if not password and prompt is not None:
+        password = prompt("Session password for the API: ")
+    if not password:
+        raise DeployError(
+            "no session password: set SESSION_PASSWORD, answer the prompt, or pass it positionally"
+        )
+    result = Secrets({"SESSION_PASSWORD": password})
+    jwt_secret = environ.get("MOVIEREC_JWT_SECRET")
+    if not jwt_secret:
+        jwt_secret = secrets.token_urlsafe(48)
+        result.generated_jwt_secret = True
+    result.values["MOVIEREC_JWT_SECRET"] = jwt_secret
+    for name in (*PASSTHROUGH_SECRETS, *extra_names):
+        if name in environ:
+            result.values[name] = environ[name]
+        elif name in extra_names:
+            raise DeployError(f"--env {name}: {name} is not set in this environment")
+    return result
+
+
+@contextmanager
+def private_env_file(values: Mapping[str, str]) -> Iterator[Path]:
+    """An env file readable by its owner only, in a private directory, deleted on exit."""
+    for name, value in values.items():
+        if not name.replace("_", "").isalnum() or name[0].isdigit():
+            raise DeployError(f"{name!r} is not a valid environment variable name")
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise DeployError(f"the value of {name} contains a line break, which an env file cannot hold")
+    directory = Path(tempfile.mkdtemp(prefix="movierec-deploy-"))  # mode 0700
+    path = directory / "container.env"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(f"{name}={value}\n" for name, value in values.items())
+        yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def build_command(cfg: DeployConfig, model_rel: str, test_rel: str) -> list[str]:
+    args = ["build", "--force-rm", "--tag", cfg.image_ref]
+    if cfg.dockerfile is not None:
+        args += ["--file", str(cfg.dockerfile)]
+    args += ["--build-arg", f"MODEL_FILE={model_rel}", "--build-arg", f"MODEL_TEST_FILE={test_rel}"]
+    if cfg.base_image:
+        args += ["--build-arg", f"BASE_IMAGE={cfg.base_image}"]
+    if cfg.error_tolerance is not None:
+        args += ["--build-arg", f"ACCURACY_TOLERANCE={cfg.error_tolerance}"]
+    return [*args, str(cfg.context)]
+
+
+def run_command(cfg: DeployConfig, env_file: Path) -> list[str]:
+    args = [
+        "run", "--detach",
+        "--name", cfg.container_name,
+        "--restart", f"on-failure:{RESTART_RETRIES}",
+        "--publish", publish_spec(cfg.port_mapping),
+        "--env-file", str(env_file),
+        "--label", f"org.movierec.deployed-by=deploy-docker.py {cfg.image_ref}",
+    ]  # fmt: skip
+    if cfg.json_log:
+        args += ["--log-driver", "json-file", "--log-opt", "max-size=20m", "--log-opt", "max-file=5"]
+    else:
+        args += ["--log-driver", "journald"]
+    args += ["--log-opt", f"tag={cfg.log_tag or cfg.container_name}"]
+    return [*args, cfg.image_ref]
+
+
+def log_hint(cfg: DeployConfig) -> str:
+    if cfg.json_log:
+        return f"docker logs --follow {cfg.container_name}"
+    return f"journalctl CONTAINER_NAME={cfg.container_name}   (follow: -f, structured: -o json)"
+
+
+@contextmanager
+def staged_in_context(paths: Sequence[Path], context: Path) -> Iterator[list[str]]:
+    """Build-context-relative paths for the model files, copying them in when outside.
+
+    ``docker build`` can only COPY from its context. Files already under the context's
+    ``model/`` store are used in place; anything else is copied to a temporary
+    ``model/.deploy-*`` directory (git-ignored with the rest of ``model/``), removed after.
+    """
+    context = context.resolve()
+    store = context / "model"
+    staging: Path | None = None
+    rel: list[str] = []
+    try:
+        for path in paths:
+            resolved = path.resolve()
+            if not resolved.exists():
+                raise DeployError(f"{path} does not exist")
+            if resolved.is_relative_to(store) and not resolved.name.startswith(STAGING_PREFIX):
+                rel.append(resolved.relative_to(context).as_posix())  # model/latest -> model/<version>
+                continue
+            if staging is None:
+                store.mkdir(exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=store))
+                staging.chmod(0o755)
+            target = staging / f"{len(rel)}-{resolved.name}"
+            if resolved.is_dir():
+                shutil.copytree(resolved, target)
+            else:
+                shutil.copy2(resolved, target)
+            rel.append(target.relative_to(context).as_posix())
+        yield rel
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the deployment
+
+
+@dataclass
+class Deployer:
+    cfg: DeployConfig
+    docker: Docker
+    out: TextIO = sys.stdout
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    poll_interval: float = 2.0
+
+    def say(self, message: str) -> None:
+        print(f"[deploy] {message}", file=self.out, flush=True)
+
+    def deploy(self, secrets_: Secrets) -> None:
+        cfg = self.cfg
+        image_existed = self.docker.image_exists(cfg.image_ref)
+        if cfg.build:
+            self.build()
+        elif not image_existed:
+            raise DeployError(f"image {cfg.image_ref} does not exist and --no-build was given")
+        previous = self.set_previous_aside()
+        try:
+            self.start(secrets_)
+            self.wait_healthy()
+        except DeployError as exc:
+            self.say(f"FAILED: {exc}")
+            self.print_logs()
+            self.remove_new(remove_image=cfg.build and not image_existed)
+            self.restore_previous(previous)
+            raise
+        if previous is not None:
+            self.docker("rm", "--force", cfg.backup_name)
+            self.say(f"removed the previous container ({previous.image})")
+        if secrets_.generated_jwt_secret:
+            self.say(
+                "generated a new JWT secret (MOVIEREC_JWT_SECRET was not set): earlier tokens are invalid"
+            )
+        self.say(
+            f"{cfg.container_name} is healthy, serving {cfg.image_ref} on {publish_spec(cfg.port_mapping)}"
+        )
+        self.say(f"read its logs with: {log_hint(cfg)}")
+
+    def build(self) -> None:
+        cfg = self.cfg
+        with staged_in_context([cfg.model_file, cfg.test_data_file], cfg.context) as (model_rel, test_rel):
+            self.say(
+                f"building {cfg.image_ref} (the accuracy test of {cfg.model_file} runs inside the build)"
+            )
+            result = self.docker(*build_command(cfg, model_rel, test_rel), capture=False)
+        if result.returncode != 0:
+            raise DeployError(
+                f"building {cfg.image_ref} failed (exit {result.returncode}); see the output above. "
+                "A failed accuracy test means the model scores below its test data's expected_score. "
+                "Nothing was deployed."
+            )
+
+    def set_previous_aside(self) -> ContainerState | None:
+        """Rename (and stop) the live container so the new one can take its name and port."""
+        cfg = self.cfg
+        current = self.docker.container_state(cfg.container_name)
+        backup = self.docker.container_state(cfg.backup_name)
+        if backup is not None:
+            if current is None:  # an earlier deploy died half-way: its backup is the live version
+                self.say(f"found {cfg.backup_name} from an interrupted deployment; restoring it first")
+                self._checked("rename", cfg.backup_name, cfg.container_name)
+                current = backup
+            else:
+                self.docker("rm", "--force", cfg.backup_name)
+        if current is None:
+            return None
+        self.say(
+            f"setting the running version aside as {cfg.backup_name} ({current.image}, {current.status})"
+        )
+        self._checked("rename", cfg.container_name, cfg.backup_name)
+        if current.running or current.status == "restarting":
+            self._checked("stop", "--time", "20", cfg.backup_name)
+        return current
+
+    def start(self, secrets_: Secrets) -> None:
+        with private_env_file(secrets_.values) as env_file:
+            result = self.docker(*run_command(self.cfg, env_file))
+        if result.returncode != 0:
+            raise DeployError(f"docker run failed: {result.stderr.strip()}")
+        self.say(
+            f"started {self.cfg.container_name} ({result.stdout.strip()[:12]}); waiting for its health check"
+        )
+
+    def wait_healthy(self) -> None:
+        cfg = self.cfg
+        deadline = self.clock() + cfg.health_timeout
+        while True:
+            state = self.docker.container_state(cfg.container_name)
+            if state is None:
+                raise DeployError(f"container {cfg.container_name} disappeared")
+            if state.health is None:
+                raise DeployError(f"{cfg.image_ref} has no HEALTHCHECK; cannot tell when it is ready")
+            if state.health == "healthy":
+                return
+            if state.restarts > 0 or state.status in ("exited", "dead", "restarting"):
+                raise DeployError(
+                    f"the container stopped (status {state.status}, exit code {state.exit_code}, "
+                    f"{state.restarts} restart(s)) {state.error}".rstrip()
+                )
+            if state.health == "unhealthy":
+                raise DeployError("the container's health check failed")
+            if self.clock() >= deadline:
+                raise DeployError(f"not healthy after {cfg.health_timeout:.0f}s (health: {state.health})")
+            self.sleep(self.poll_interval)
+
+    def print_logs(self) -> None:
+        if self.docker.container_state(self.cfg.container_name) is None:
+            return
+        self.say(f"last {LOG_TAIL_LINES} log lines of {self.cfg.container_name}:")
+        print(self.docker.logs(self.cfg.container_name).rstrip(), file=self.out, flush=True)
+
+    def remove_new(self, remove_image: bool) -> None:
+        self.docker("rm", "--force", self.cfg.container_name)
+        if remove_image:
+            self.docker("rmi", self.cfg.image_ref)
+            self.say(f"removed the new container and image {self.cfg.image_ref}")
+        else:
+            self.say("removed the new container")
+
+    def restore_previous(self, previous: ContainerState | None) -> None:
+        cfg = self.cfg
+        if previous is None:
+            return
+        self._checked("rename", cfg.backup_name, cfg.container_name)
+        if previous.running or previous.status == "restarting":
+            self._checked("start", cfg.container_name)
+            self.say(f"the previous version ({previous.image}) is running again as {cfg.container_name}")
+        else:
+            self.say(f"the previous container ({previous.image}) is back as {cfg.container_name}")
+
+    def _checked(self, *args: str) -> None:
+        result = self.docker(*args)
+        if result.returncode != 0:
+            raise DeployError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+# --------------------------------------------------------------------------- smoke test
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    recommendations: list[str]
+    request_id: str
+    ready: dict[str, Any]
+
+
+def _post_json(url: str, body: Mapping[str, Any], token: str | None = None, timeout: float = 10.0) -> Any:
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    # http(s) only: smoke_test checks the scheme before any request
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        return json.loads(response.read().decode())
+
+
+def smoke_test(base_url: str, password: str, timeout: float = 10.0) -> SmokeResult:
+    """The seed's curl sequence: readiness, login, recommend, score. Raises on any deviation."""
+    import urllib.error
+    import urllib.request
+
+    base = base_url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise DeployError(f"smoke test URL must be http(s): {base_url}")
+    try:
+        with urllib.request.urlopen(f"{base}/health/ready", timeout=timeout) as response:  # noqa: S310
+            ready = json.loads(response.read().decode() or "{}")
+        token = _post_json(f"{base}/api/login", {"session_password": password}, timeout=timeout)[
+            "access_token"
+        ]
+        profile = {"age": 30, "gender": "M", "occupation": "programmer"}
+        answer = _post_json(f"{base}/api/recommend", profile, token, timeout)
+        titles, request_id = answer["recommendations"], answer["id"]
+        if not titles or not all(isinstance(t, str) and t for t in titles):
+            raise DeployError(f"/api/recommend returned no titles: {answer}")
+        scored = _post_json(
+            f"{base}/api/recommend/score",
+            {"id": request_id, "movie": titles[0], "score": 5.0},
+            token,
+            timeout,
+        )
+        if scored != "Ok":
+            raise DeployError(f'/api/recommend/score answered {scored!r}, expected "Ok"')
+    except urllib.error.HTTPError as exc:
+        raise DeployError(f"smoke test: {exc.url} answered {exc.code}: {exc.read()[:300]!r}") from exc
+    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+        raise DeployError(f"smoke test against {base} failed: {exc!r}") from exc
+    return SmokeResult(list(titles), str(request_id), ready if isinstance(ready, dict) else {})
+
+
+def smoke_main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.deploy smoke",
+        description="Log in, get recommendations and score one against a running API "
+        "(password from $SESSION_PASSWORD).",
+    )
+    parser.add_argument("url", help="e.g. http://127.0.0.1:8000")
+    parser.add_argument("--timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    environ = os.environ if environ is None else environ
+    password = environ.get("SESSION_PASSWORD", "")
+    if not password:
+        print("smoke: SESSION_PASSWORD is not set", file=sys.stderr)
+        return 2
+    try:
+        result = smoke_test(args.url, password, args.timeout)
+    except DeployError as exc:
+        print(f"smoke: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"smoke: ok: {len(result.recommendations)} recommendations (first: {result.recommendations[0]!r}), "
+          f"id {result.request_id}, feedback accepted")  # fmt: skip
+    return 0
+
+
+# --------------------------------------------------------------------------- install-model
+
+
+def install_model(source: Path | str, store: Path | str, test_data: Path | str | None = None) -> Path:
+    """Validate a model artefact and install it as ``store/<version>`` + ``store/latest``.
+
+    ``source`` is what ``ML_MODEL_PATH`` accepts: a bundle dir, a ``.tar.gz`` of one, or a
+    seed-style ``model.pkl`` (converted to a bundle, with ``test_data`` as its test data).
+    The result is loaded again before returning, so a store that would not serve is an error.
+    """
+    from app.recommender.bundle import BundleError, load_bundle, point_latest, write_bundle
+
+    source, store = Path(source), Path(store)
+    bundle = load_bundle(source)
+    store.mkdir(parents=True, exist_ok=True)
+    if (bundle.path / "manifest.json").is_file() and bundle.path.is_dir():
+        target = store / bundle.version
+        if target.exists():
+            raise BundleError(f"{target} already exists")
+        shutil.copytree(bundle.path, target)
+        point_latest(store, bundle.version)
+    else:
+        if bundle.model is None:
+            raise BundleError(f"{source} holds no model to convert into a bundle")
+        payload = json.loads(Path(test_data).read_text()) if test_data else {}
+        manifest = {k: v for k, v in bundle.manifest.items() if k != "format"}
+        target = write_bundle(store, bundle.model, bundle.catalogue, bundle.tables, manifest, payload)
+    for path in [store, *store.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    installed = load_bundle(store)
+    return installed.path
+
+
+def install_model_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.deploy install-model", description=install_model.__doc__
+    )
+    parser.add_argument("source", type=Path)
+    parser.add_argument("store", type=Path)
+    parser.add_argument("--test-data", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from app.recommender.bundle import BundleError
+
+    try:
+        path = install_model(args.source, args.store, args.test_data)
+    except (BundleError, OSError, ValueError) as exc:
+        print(f"install-model: {exc}", file=sys.stderr)
+        return 1
+    print(f"installed model {path.name} into {args.store} ({args.store / 'latest'} -> {path.name})")
+    return 0
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="deploy-docker.py",
+        description="Build the API image (accuracy test inside), run it and wait until it is healthy.",
+        epilog="The session password is read from $SESSION_PASSWORD or a prompt; MOVIEREC_JWT_SECRET "
+        "and MOVIEREC_ADMIN_PASSWORD are passed on when set. Secrets reach the container through a "
+        "0600 env file, never the command line.",
+    )
+    parser.add_argument("image_name", metavar="IMAGE_NAME")
+    parser.add_argument("image_version", metavar="IMAGE_VERSION")
+    parser.add_argument(
+        "model_file", metavar="MODEL_FILE", type=Path, help="bundle dir, .tar.gz or model.pkl"
+    )
+    parser.add_argument("test_data_file", metavar="TEST_DATA_FILE", type=Path)
+    parser.add_argument(
+        "session_password", metavar="SESSION_PASSWORD", nargs="?", default=None,
+        help="deprecated (visible in ps): use $SESSION_PASSWORD or the prompt",
+    )  # fmt: skip
+    parser.add_argument("--container-name", default=None, help="default: the image name")
+    parser.add_argument("--port-mapping", default="80", help="host [IP:]PORT for the API (default 80)")
+    parser.add_argument("--json-log", action="store_true", help="json-file logs instead of journald")
+    parser.add_argument("--log-tag", default=None, help="log tag (default: the container name)")
+    parser.add_argument("--context", type=Path, default=REPO_ROOT, help="build context (default: the repo)")
+    parser.add_argument("--dockerfile", type=Path, default=None)
+    parser.add_argument("--base-image", default=None, help="BASE_IMAGE build argument")
+    parser.add_argument("--error-tolerance", type=float, default=None, help="accuracy test tolerance")
+    parser.add_argument("--health-timeout", type=float, default=DEFAULT_HEALTH_TIMEOUT)
+    parser.add_argument(
+        "--env", dest="extra_env", action="append", default=[], metavar="NAME",
+        help="also pass this variable from the environment (its value never on argv)",
+    )  # fmt: skip
+    parser.add_argument("--no-build", action="store_true", help="deploy an existing IMAGE_NAME:IMAGE_VERSION")
+    parser.add_argument("--docker", default=os.environ.get("DOCKER", "docker"), help="docker CLI to use")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> DeployConfig:
+    return DeployConfig(
+        image_name=args.image_name,
+        image_version=args.image_version,
+        model_file=args.model_file,
+        test_data_file=args.test_data_file,
+        container_name=args.container_name or default_container_name(args.image_name),
+        port_mapping=args.port_mapping,
+        json_log=args.json_log,
+        log_tag=args.log_tag,
+        context=args.context,
+        dockerfile=args.dockerfile,
+        base_image=args.base_image,
+        error_tolerance=args.error_tolerance,
+        health_timeout=args.health_timeout,
+        build=not args.no_build,
+    )
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = parse_args(argv)
+    environ = os.environ if environ is None else environ
+    try:
+        cfg = config_from_args(args)
+        publish_spec(cfg.port_mapping)
+        prompt = getpass.getpass if sys.stdin.isatty() else None
+        secrets_ = resolve_secrets(args.session_password, environ, args.extra_env, prompt)
+        Deployer(cfg, Docker(args.docker)).deploy(secrets_)
+    except DeployError as exc:
+        print(f"deploy-docker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["install-model"]:
+        sys.exit(install_model_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["smoke"]:
+        sys.exit(smoke_main(sys.argv[2:]))
+    sys.exit(main())

@@ -1,0 +1,658 @@
+"""deploy-docker.py's logic without a Docker engine: commands, secrets and failure handling.
+
+The Docker CLI is replaced by a small in-memory engine that understands exactly the calls
+app.deploy makes (inspect, build, run, rename, stop, start, rm, rmi, logs) and keeps the
+state they imply, so the tests check what the deployer *does* to containers, not only which
+strings it prints. tests/e2e runs the same code against a real engine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app import deploy
+from app.deploy import (
+    CONTAINER_PORT,
+    ContainerState,
+    DeployConfig,
+    Deployer,
+    DeployError,
+    Docker,
+    Secrets,
+    build_command,
+    default_container_name,
+    install_model,
+    private_env_file,
+    publish_spec,
+    resolve_secrets,
+    run_command,
+    staged_in_context,
+)
+
+pytestmark = pytest.mark.unit
+
+PASSWORD = "correct horse battery staple"
+
+
+# --------------------------------------------------------------------------- a fake engine
+
+
+@dataclass
+class FakeContainer:
+    image: str
+    status: str = "running"
+    health: str | None = "starting"
+    restarts: int = 0
+    exit_code: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FakeEngine:
+    """The subset of the docker CLI app.deploy uses, with state."""
+
+    images: set[str] = field(default_factory=set)
+    containers: dict[str, FakeContainer] = field(default_factory=dict)
+    build_rc: int = 0
+    run_rc: int = 0
+    # what a newly run container does on each inspect: a list of (status, health, restarts)
+    script: list[tuple[str, str | None, int]] = field(default_factory=lambda: [("running", "healthy", 0)])
+    calls: list[list[str]] = field(default_factory=list)
+    env_file_modes: list[int] = field(default_factory=list)
+    env_file_paths: list[Path] = field(default_factory=list)
+    new_name: str | None = None
+
+    def __call__(
+        self, argv: Sequence[str], capture: bool, stdin: str | None
+    ) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        assert argv[0] == "docker"
+        self.calls.append(argv[1:])
+        verb, args = argv[1], argv[2:]
+        handler = getattr(self, "do_" + verb.replace("-", "_"))
+        rc, out, err = handler(args)
+        return subprocess.CompletedProcess(argv, rc, out, err)
+
+    def do_image(self, args: list[str]) -> tuple[int, str, str]:
+        assert args[0] == "inspect"
+        return (0, "sha256:abc\n", "") if args[-1] in self.images else (1, "", "No such image")
+
+    def do_build(self, args: list[str]) -> tuple[int, str, str]:
+        if self.build_rc == 0:
+            self.images.add(args[args.index("--tag") + 1])
+        return self.build_rc, "", ""
+
+    def do_container(self, args: list[str]) -> tuple[int, str, str]:
+        assert args[0] == "inspect"
+        name = args[-1]
+        c = self.containers.get(name)
+        if c is None:
+            return 1, "", f"No such container: {name}"
+        if name == self.new_name and self.script:
+            c.status, c.health, c.restarts = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        state = {"Status": c.status, "Running": c.status == "running", "ExitCode": c.exit_code}
+        if c.health is not None:
+            state["Health"] = {"Status": c.health}
+        return 0, f"{json.dumps(state)}\t{c.restarts}\t{c.image}\n", ""
+
+    def do_run(self, args: list[str]) -> tuple[int, str, str]:
+        name = args[args.index("--name") + 1]
+        env_file = Path(args[args.index("--env-file") + 1])
+        self.env_file_paths.append(env_file)
+        self.env_file_modes.append(stat.S_IMODE(env_file.stat().st_mode))
+        if self.run_rc != 0:
+            return self.run_rc, "", "port is already allocated"
+        if name in self.containers:
+            return 125, "", "Conflict. The container name is already in use"
+        env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        self.containers[name] = FakeContainer(image=args[-1], env=env, argv=args)
+        self.new_name = name
+        return 0, "f00dfeedbeef0123\n", ""
+
+    def do_rename(self, args: list[str]) -> tuple[int, str, str]:
+        old, new = args
+        if old not in self.containers or new in self.containers:
+            return 1, "", "rename failed"
+        self.containers[new] = self.containers.pop(old)
+        return 0, "", ""
+
+    def do_stop(self, args: list[str]) -> tuple[int, str, str]:
+        self.containers[args[-1]].status = "exited"
+        return 0, "", ""
+
+    def do_start(self, args: list[str]) -> tuple[int, str, str]:
+        self.containers[args[-1]].status = "running"
+        return 0, "", ""
+
+    def do_rm(self, args: list[str]) -> tuple[int, str, str]:
+        return (0, "", "") if self.containers.pop(args[-1], None) else (1, "", "No such container")
+
+    def do_rmi(self, args: list[str]) -> tuple[int, str, str]:
+        self.images.discard(args[-1])
+        return 0, "", ""
+
+    def do_logs(self, args: list[str]) -> tuple[int, str, str]:
+        return 0, "", "ConfigurationError: MOVIEREC_JWT_SECRET is too weak\n"
+
+    def verbs(self) -> list[str]:
+        return [c[0] if c[0] not in ("image", "container") else f"{c[0]} {c[1]}" for c in self.calls]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_cfg(tmp_path: Path, **overrides: object) -> DeployConfig:
+    context = tmp_path / "repo"
+    (context / "model" / "v1").mkdir(parents=True, exist_ok=True)
+    (context / "model" / "v1" / "manifest.json").write_text("{}")
+    (context / "model" / "v1" / "test_data.json").write_text("{}")
+    values: dict[str, object] = {
+        "image_name": "movierec",
+        "image_version": "2.0",
+        "model_file": context / "model" / "v1",
+        "test_data_file": context / "model" / "v1" / "test_data.json",
+        "container_name": "movierec",
+        "port_mapping": "127.0.0.1:8080",
+        "context": context,
+        "health_timeout": 30.0,
+    }
+    values.update(overrides)
+    return DeployConfig(**values)  # type: ignore[arg-type]
+
+
+def make_deployer(cfg: DeployConfig, engine: FakeEngine) -> tuple[Deployer, io.StringIO]:
+    out = io.StringIO()
+    clock = Clock()
+    return Deployer(
+        cfg, Docker("docker", engine), out=out, clock=clock, sleep=clock.sleep, poll_interval=1.0
+    ), out
+
+
+def secrets_() -> Secrets:
+    return Secrets({"SESSION_PASSWORD": PASSWORD, "MOVIEREC_JWT_SECRET": "j" * 48})
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+@pytest.mark.parametrize(
+    ("mapping", "expected"),
+    [("80", f"80:{CONTAINER_PORT}"), ("127.0.0.1:5000", f"127.0.0.1:5000:{CONTAINER_PORT}")],
+)
+def test_publish_spec_maps_host_port_to_the_container_port(mapping: str, expected: str) -> None:
+    assert publish_spec(mapping) == expected
+
+
+@pytest.mark.parametrize("mapping", ["", "http", "0", "65536", "127.0.0.1:", "5000:80:1x"])
+def test_publish_spec_rejects_bad_ports(mapping: str) -> None:
+    with pytest.raises(DeployError, match="port-mapping"):
+        publish_spec(mapping)
+
+
+@pytest.mark.parametrize(
+    ("image", "name"),
+    [("thirdlove", "thirdlove"), ("registry.example.com:5000/team/movierec", "movierec"), ("a/b:1.0", "b")],
+)
+def test_default_container_name_is_a_valid_docker_name(image: str, name: str) -> None:
+    assert default_container_name(image) == name
+
+
+def test_password_from_environment_and_generated_jwt_secret() -> None:
+    warnings: list[str] = []
+    result = resolve_secrets(None, {"SESSION_PASSWORD": PASSWORD}, warn=warnings.append)
+    assert result.values["SESSION_PASSWORD"] == PASSWORD
+    assert len(result.values["MOVIEREC_JWT_SECRET"]) >= 32
+    assert result.generated_jwt_secret
+    assert warnings == []
+    again = resolve_secrets(None, {"SESSION_PASSWORD": PASSWORD})
+    assert again.values["MOVIEREC_JWT_SECRET"] != result.values["MOVIEREC_JWT_SECRET"]
+
+
+def test_positional_password_still_works_but_warns() -> None:
+    warnings: list[str] = []
+    result = resolve_secrets("from-argv", {"SESSION_PASSWORD": PASSWORD}, warn=warnings.append)
+    assert result.values["SESSION_PASSWORD"] == "from-argv"
+    assert len(warnings) == 1 and "visible" in warnings[0]
+
+
+def test_prompt_is_used_when_nothing_else_gives_a_password() -> None:
+    asked: list[str] = []
+    result = resolve_secrets(None, {}, prompt=lambda text: asked.append(text) or "typed")
+    assert result.values["SESSION_PASSWORD"] == "typed"
+    assert asked
+
+
+def test_no_password_at_all_is_an_error() -> None:
+    with pytest.raises(DeployError, match="SESSION_PASSWORD"):
+        resolve_secrets(None, {}, prompt=None)
+
+
+def test_jwt_secret_and_admin_password_are_passed_on_and_extra_names_required() -> None:
+    env = {
+        "SESSION_PASSWORD": PASSWORD,
+        "MOVIEREC_JWT_SECRET": "k" * 40,
+        "MOVIEREC_ADMIN_PASSWORD": "adm",
+        "X": "1",
+    }
+    result = resolve_secrets(None, env, extra_names=["X"])
+    assert result.values == {
+        "SESSION_PASSWORD": PASSWORD,
+        "MOVIEREC_JWT_SECRET": "k" * 40,
+        "MOVIEREC_ADMIN_PASSWORD": "adm",
+        "X": "1",
+    }
+    assert not result.generated_jwt_secret
+    with pytest.raises(DeployError, match="MISSING"):
+        resolve_secrets(None, env, extra_names=["MISSING"])
+
+
+def test_env_file_is_private_and_removed_afterwards() -> None:
+    with private_env_file({"SESSION_PASSWORD": PASSWORD, "A": "b=c"}) as path:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert path.read_text() == f"SESSION_PASSWORD={PASSWORD}\nA=b=c\n"
+    assert not path.exists() and not path.parent.exists()
+
+
+@pytest.mark.parametrize("values", [{"A": "two\nlines"}, {"BAD-NAME": "x"}, {"1X": "x"}])
+def test_env_file_refuses_what_it_cannot_hold(values: dict[str, str]) -> None:
+    with pytest.raises(DeployError), private_env_file(values):
+        pass
+
+
+def test_build_command_passes_model_paths_and_options_but_no_secret(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, base_image="movierec/base:bookworm", error_tolerance=0.001, dockerfile=Path("D"))
+    argv = build_command(cfg, "model/v1", "model/v1/test_data.json")
+    assert argv[:4] == ["build", "--force-rm", "--tag", "movierec:2.0"]
+    pairs = {argv[i + 1] for i, a in enumerate(argv) if a == "--build-arg"}
+    assert pairs == {
+        "MODEL_FILE=model/v1",
+        "MODEL_TEST_FILE=model/v1/test_data.json",
+        "BASE_IMAGE=movierec/base:bookworm",
+        "ACCURACY_TOLERANCE=0.001",
+    }
+    assert argv[argv.index("--file") + 1] == "D"
+    assert argv[-1] == str(cfg.context)
+    assert not any(PASSWORD in a or "SESSION_PASSWORD" in a for a in argv)
+
+
+def test_run_command_uses_journald_restart_policy_and_env_file(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, log_tag="api")
+    argv = run_command(cfg, Path("/private/container.env"))
+    text = " ".join(argv)
+    assert "--restart on-failure:5" in text
+    assert "--log-driver journald" in text and "--log-opt tag=api" in text
+    assert f"--publish 127.0.0.1:8080:{CONTAINER_PORT}" in text
+    assert "--env-file /private/container.env" in text
+    assert argv[-1] == "movierec:2.0"
+    assert "-e" not in argv and "--env" not in argv
+
+
+def test_run_command_json_log_rotates_and_tags_with_container_name(tmp_path: Path) -> None:
+    argv = run_command(make_cfg(tmp_path, json_log=True), Path("e"))
+    text = " ".join(argv)
+    assert "--log-driver json-file" in text and "max-size=" in text and "max-file=" in text
+    assert "journald" not in text
+    assert "--log-opt tag=movierec" in text
+
+
+def test_container_state_parses_inspect_output() -> None:
+    state = ContainerState.parse({"Status": "exited", "Running": False, "ExitCode": 3}, 2, "img:1")
+    assert (state.status, state.running, state.exit_code, state.health, state.restarts) == (
+        "exited",
+        False,
+        3,
+        None,
+        2,
+    )
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def test_files_in_the_model_store_are_used_in_place(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    (cfg.context / "model" / "latest").symlink_to("v1")
+    with staged_in_context([cfg.context / "model" / "latest", cfg.test_data_file], cfg.context) as rel:
+        assert rel == ["model/v1", "model/v1/test_data.json"]
+    assert sorted(p.name for p in (cfg.context / "model").iterdir()) == ["latest", "v1"]
+
+
+def test_files_outside_the_context_are_staged_and_cleaned_up(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    outside = tmp_path / "elsewhere"
+    (outside / "bundle").mkdir(parents=True)
+    (outside / "bundle" / "manifest.json").write_text('{"v": 1}')
+    (outside / "regressed.json").write_text('{"expected_score": 1}')
+    with staged_in_context([outside / "bundle", outside / "regressed.json"], cfg.context) as rel:
+        assert all(r.startswith("model/.deploy-") for r in rel)
+        assert json.loads((cfg.context / rel[0] / "manifest.json").read_text()) == {"v": 1}
+        assert (cfg.context / rel[1]).read_text() == '{"expected_score": 1}'
+    assert not any(p.name.startswith(".deploy-") for p in (cfg.context / "model").iterdir())
+
+
+def test_missing_model_file_is_reported(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    with (
+        pytest.raises(DeployError, match="does not exist"),
+        staged_in_context([tmp_path / "nope"], cfg.context),
+    ):
+        pass
+
+
+# --------------------------------------------------------------------------- the deployment
+
+
+def test_first_deployment_builds_runs_and_waits_for_health(tmp_path: Path) -> None:
+    engine = FakeEngine(
+        script=[("running", "starting", 0), ("running", "starting", 0), ("running", "healthy", 0)]
+    )
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    deployer.deploy(secrets_())
+    assert engine.containers["movierec"].status == "running"
+    assert engine.containers["movierec"].env["SESSION_PASSWORD"] == PASSWORD
+    assert engine.env_file_modes == [0o600]
+    assert not engine.env_file_paths[0].exists()  # removed once the container exists
+    assert "build" in engine.verbs() and "rm" not in engine.verbs()
+    assert all(PASSWORD not in " ".join(call) for call in engine.calls)
+    assert "journalctl CONTAINER_NAME=movierec" in out.getvalue()
+    assert PASSWORD not in out.getvalue()
+
+
+def test_successful_upgrade_replaces_the_previous_container(tmp_path: Path) -> None:
+    engine = FakeEngine(
+        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
+    )
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    deployer.deploy(secrets_())
+    assert set(engine.containers) == {"movierec"}
+    assert engine.containers["movierec"].image == "movierec:2.0"
+    assert engine.verbs().index("stop") < engine.verbs().index("run")  # the port is free before the run
+    assert "removed the previous container (movierec:1.0)" in out.getvalue()
+
+
+def test_failed_health_check_restores_the_previous_version(tmp_path: Path) -> None:
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "starting", 0), ("restarting", "starting", 1)],
+    )
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="stopped"):
+        deployer.deploy(secrets_())
+    assert set(engine.containers) == {"movierec"}
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"
+    assert engine.images == {"movierec:1.0"}  # the new tag did not exist before: removed
+    assert "MOVIEREC_JWT_SECRET is too weak" in out.getvalue()  # the new container's last logs
+    assert "previous version (movierec:1.0) is running again" in out.getvalue()
+
+
+def test_unhealthy_container_fails_and_keeps_a_preexisting_image_tag(tmp_path: Path) -> None:
+    engine = FakeEngine(images={"movierec:2.0"}, script=[("running", "unhealthy", 0)])
+    deployer, _ = make_deployer(make_cfg(tmp_path, build=False), engine)
+    with pytest.raises(DeployError, match="health check failed"):
+        deployer.deploy(secrets_())
+    assert engine.containers == {}
+    assert engine.images == {"movierec:2.0"}
+    assert "build" not in engine.verbs()
+
+
+def test_health_timeout(tmp_path: Path) -> None:
+    engine = FakeEngine(script=[("running", "starting", 0)])
+    deployer, _ = make_deployer(make_cfg(tmp_path, health_timeout=10.0), engine)
+    with pytest.raises(DeployError, match="not healthy after 10s"):
+        deployer.deploy(secrets_())
+    assert engine.containers == {}
+    assert engine.verbs().count("container inspect") >= 10
+
+
+def test_image_without_healthcheck_is_refused(tmp_path: Path) -> None:
+    engine = FakeEngine(script=[("running", None, 0)])
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="no HEALTHCHECK"):
+        deployer.deploy(secrets_())
+
+
+def test_failed_build_touches_no_container(tmp_path: Path) -> None:
+    engine = FakeEngine(build_rc=1, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="accuracy test"):
+        deployer.deploy(secrets_())
+    assert engine.verbs() == ["image inspect", "build"]
+    assert engine.containers["movierec"].status == "running"
+
+
+def test_failed_docker_run_restores_the_previous_container(tmp_path: Path) -> None:
+    engine = FakeEngine(run_rc=125, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="port is already allocated"):
+        deployer.deploy(secrets_())
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"
+    assert not engine.env_file_paths[0].exists()
+
+
+def test_a_stopped_previous_container_is_kept_stopped(tmp_path: Path) -> None:
+    old = FakeContainer("movierec:1.0", status="exited", health="unhealthy")
+    engine = FakeEngine(containers={"movierec": old}, script=[("exited", "starting", 0)])
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError):
+        deployer.deploy(secrets_())
+    assert engine.containers["movierec"] is old and old.status == "exited"
+    assert "stop" not in engine.verbs() and "start" not in engine.verbs()
+
+
+def test_backup_left_by_an_interrupted_deployment_is_restored_first(tmp_path: Path) -> None:
+    engine = FakeEngine(containers={"movierec-previous": FakeContainer("movierec:1.0", status="exited")})
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    deployer.deploy(secrets_())
+    assert set(engine.containers) == {"movierec"}
+    assert engine.containers["movierec"].image == "movierec:2.0"
+    assert "interrupted deployment" in out.getvalue()
+
+
+def test_main_reads_the_password_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_cfg(tmp_path)
+    engine = FakeEngine()
+    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
+    rc = deploy.main(
+        ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
+         "--port-mapping", "127.0.0.1:8080", "--health-timeout", "5"],
+        environ={"SESSION_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    assert rc == 0
+    assert engine.containers["movierec"].env["SESSION_PASSWORD"] == PASSWORD
+    assert "--restart" in engine.containers["movierec"].argv
+
+
+def test_main_reports_errors_with_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = deploy.main(["img", "1", "m", "t", "--port-mapping", "nope"], environ={})
+    assert rc == 1
+    assert "port-mapping" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- install-model
+
+
+def _bundle(model_dir: Path) -> Path:
+    from app.recommender.bundle import build_tables, write_bundle
+    from app.recommender.models.popularity import GlobalPopularity
+
+    rng = np.random.default_rng(0)
+    items = pd.DataFrame(
+        {"movie_id": np.arange(1, 31), "title": [f"Movie {i} (1990)" for i in range(1, 31)],
+         "year": 1990, "genres": "Drama"}
+    )  # fmt: skip
+    ratings = pd.DataFrame(
+        {"user_id": rng.integers(1, 20, 400), "movie_id": rng.integers(1, 31, 400),
+         "rating": rng.integers(1, 6, 400), "timestamp": np.arange(400)}
+    )  # fmt: skip
+    model = GlobalPopularity().fit(ratings, pd.DataFrame(), items)
+    tables = build_tables(model, ratings)
+    test_data = {
+        "data": [{"age": 30, "gender": "M", "occupation": "programmer"}],
+        "target": [["Movie 1 (1990)"]],
+        "expected_score": 0.0,
+    }
+    return write_bundle(model_dir, model, items, tables, {"served_model": model.name}, test_data)
+
+
+def test_install_model_from_a_bundle_dir_and_a_tarball(tmp_path: Path) -> None:
+    from app.recommender.bundle import load_bundle
+
+    bundle = _bundle(tmp_path / "trained")
+    store = install_model(bundle, tmp_path / "store")
+    assert store.name == bundle.name and store.parent.name == "store"
+    assert os.readlink(tmp_path / "store" / "latest") == bundle.name
+    assert load_bundle(tmp_path / "store").version == bundle.name
+    assert stat.S_IMODE((tmp_path / "store" / bundle.name / "manifest.json").stat().st_mode) == 0o644
+
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname=bundle.name)
+    install_model(archive, tmp_path / "store2")
+    assert load_bundle(tmp_path / "store2").version == bundle.name
+
+
+def test_install_model_refuses_a_broken_bundle(tmp_path: Path) -> None:
+    from app.recommender.bundle import BundleError
+
+    bundle = _bundle(tmp_path / "trained")
+    (bundle / "segment_top.npy").write_bytes(b"not numpy")
+    with pytest.raises(BundleError):
+        install_model(bundle, tmp_path / "store")
+    assert not (tmp_path / "store" / "latest").exists()
+
+
+def test_install_model_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = _bundle(tmp_path / "trained")
+    assert deploy.install_model_main([str(bundle), str(tmp_path / "store")]) == 0
+    assert "installed model" in capsys.readouterr().out
+    assert deploy.install_model_main([str(tmp_path / "missing"), str(tmp_path / "store3")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_container_that_restarted_during_start_up_is_a_failure(tmp_path: Path) -> None:
+    # on-failure:5 brings a crashing app back: running again, but not a good deployment
+    engine = FakeEngine(script=[("running", "starting", 1), ("running", "healthy", 1)])
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="1 restart"):
+        deployer.deploy(secrets_())
+    assert engine.containers == {}
+
+
+# --------------------------------------------------------------------------- smoke test
+
+
+class _SeedApi:
+    """A loopback HTTP server speaking the seed's contract, with switchable faults."""
+
+    def __init__(self, score_answer: object = "Ok", password: str = PASSWORD) -> None:
+        import http.server
+        import threading
+
+        api = self
+        self.score_answer = score_answer
+        self.password = password
+        self.scored: list[dict[str, object]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def reply(self, status: int, body: object) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self.reply(200, {"status": "ok", "model_version": "v1"})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                authorized = self.headers.get("Authorization") == "Bearer t0k3n"
+                if self.path == "/api/login":
+                    ok = body.get("session_password") == api.password
+                    self.reply(
+                        200 if ok else 401, {"access_token": "t0k3n"} if ok else {"error": "unauthorized"}
+                    )
+                elif not authorized:
+                    self.reply(401, {"error": "unauthorized"})
+                elif self.path == "/api/recommend":
+                    self.reply(200, {"recommendations": ["Star Wars (1977)", "Fargo (1996)"], "id": "r-1"})
+                else:
+                    api.scored.append(body)
+                    self.reply(200, api.score_answer)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def seed_api() -> Iterator[_SeedApi]:
+    api = _SeedApi()
+    yield api
+    api.close()
+
+
+def test_smoke_test_runs_the_seed_sequence(seed_api: _SeedApi) -> None:
+    result = deploy.smoke_test(seed_api.url, PASSWORD)
+    assert result.recommendations == ["Star Wars (1977)", "Fargo (1996)"]
+    assert result.request_id == "r-1"
+    assert seed_api.scored == [{"id": "r-1", "movie": "Star Wars (1977)", "score": 5.0}]
+    assert result.ready["model_version"] == "v1"
+
+
+def test_smoke_test_reports_the_failing_status(seed_api: _SeedApi) -> None:
+    with pytest.raises(DeployError, match="401"):
+        deploy.smoke_test(seed_api.url, "wrong")
+
+
+def test_smoke_test_checks_the_score_answer(seed_api: _SeedApi) -> None:
+    seed_api.score_answer = {"unexpected": True}
+    with pytest.raises(DeployError, match='expected "Ok"'):
+        deploy.smoke_test(seed_api.url, PASSWORD)
+
+
+def test_smoke_test_refuses_non_http_urls() -> None:
+    with pytest.raises(DeployError, match="http"):
+        deploy.smoke_test("file:///etc/passwd", PASSWORD)
+
+
+def test_smoke_cli_needs_the_password_in_the_environment(seed_api: _SeedApi) -> None:
+    assert deploy.smoke_main([seed_api.url], environ={}) == 2
+    assert deploy.smoke_main([seed_api.url], environ={"SESSION_PASSWORD": PASSWORD}) == 0
+    assert deploy.smoke_main([seed_api.url], environ={"SESSION_PASSWORD": "nope"}) == 1
