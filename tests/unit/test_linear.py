@@ -166,7 +166,7 @@ def test_one_vectorised_call_equals_record_by_record() -> None:
     model = SimpleLinearRegression().fit(X, y)
     batch = model.predict(X[:50])
     single = np.array([model.predict(X[i : i + 1])[0] for i in range(50)])
-    np.testing.assert_allclose(batch, single, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(batch, single)  # bit-identical, not merely close
 
 
 # --------------------------------------------------------------------------- validation
@@ -274,9 +274,9 @@ def test_predict_records_is_one_call_equal_to_record_by_record(
     records = _records(synthetic_data, 200)
     batch = rating_model.predict_records(records)
     single = np.array([rating_model.predict_records([r])[0] for r in records])
-    np.testing.assert_allclose(batch, single, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(batch, single)
     frame = pd.DataFrame(records)
-    np.testing.assert_allclose(rating_model.predict_ratings(frame), batch, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(rating_model.predict_ratings(frame), batch)
     assert rating_model.predict_records([]).shape == (0,)
 
 

@@ -5,12 +5,14 @@ mean-squared-error loss, weights and intercept fitted by vectorised (mini-)batch
 descent, ``y = Xw + b``. No scikit-learn inside — scikit-learn is only the yardstick in
 ``bench/benchmark.py`` and the tests.
 
-Two choices differ from the seed and are why it converges in tens of epochs instead of
+Three choices differ from the seed and are why it converges in tens of epochs instead of
 fifteen thousand iterations: features are standardised inside ``fit`` (the diabetes BMI
-column has a standard deviation of 0.05, which makes plain gradient descent crawl), and the
+column has a standard deviation of 0.05, which makes plain gradient descent crawl; 0/1
+columns are only centred), ``y`` is centred so the intercept starts at its optimum, and the
 default step is derived from the largest eigenvalue of the standardised Gram matrix (a
-power iteration), the classic 1/L step that cannot diverge. Weights are mapped back to
-the raw feature scale, so ``predict`` is one matrix-vector product.
+power iteration): the classic 1/L step, under which full-batch descent cannot diverge.
+Weights are mapped back to the raw feature scale, so ``predict`` is one matrix-vector
+product.
 
 :class:`LinearRatingModel` is the same regressor over :class:`~app.recommender.features.PairEncoder`
 features: it predicts a rating for (person, movie), ranks a segment's catalogue by it, and
@@ -45,7 +47,9 @@ def _as_matrix(X: Any, name: str = "X") -> np.ndarray:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{name} needs at least one sample and one feature, got shape {array.shape}")
-    if not np.isfinite(array).all():
+    # A float64 sum is NaN / inf iff an element is (or on overflow, which the exact check clears)
+    # and, unlike np.isfinite(X).all(), does not allocate a boolean copy of a serving batch.
+    if not np.isfinite(array.sum(dtype=np.float64)) and not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     # float32 stays float32 (fast serving matrices); anything else is computed in float64.
     return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
@@ -68,10 +72,12 @@ class SimpleLinearRegression:
     """Least-squares line ``y = Xw + b`` fitted by vectorised stochastic gradient descent.
 
     ``learning_rate``: a float, or ``"auto"`` for 1/L with L the gradient's Lipschitz
-    constant on the standardised data. ``batch_size``: ``None`` for full-batch gradient
-    descent (the seed's algorithm), else mini-batches of that size, reshuffled every epoch
-    with ``random_state``. ``l2``: ridge penalty on the (standardised) weights, not the
-    intercept. ``decay``: the step at epoch e is ``learning_rate / (1 + decay·e)``.
+    constant on the standardised data (halved for mini-batches). ``standardize``: scale
+    non-binary columns to unit variance and centre every column while fitting.
+    ``batch_size``: ``None`` for full-batch gradient descent (the seed's algorithm), else
+    mini-batches of that size, reshuffled every epoch with ``random_state``. ``l2``: ridge
+    penalty on the (standardised) weights, not the intercept. ``decay``: the step at epoch
+    e is ``learning_rate / (1 + decay·e)``.
     Training stops early when the epoch loss improves by less than ``tol`` (relative) for
     ``patience`` epochs in a row.
 
@@ -123,7 +129,7 @@ class SimpleLinearRegression:
         self, X: np.ndarray, y: np.ndarray, y_hat: np.ndarray, w: np.ndarray, b: float, step: float
     ) -> tuple[np.ndarray, float]:
         """One gradient step on a batch: dW = 2/n·Xᵀ(ŷ-y) + 2λw, db = 2/n·Σ(ŷ-y)."""
-        residual = y_hat - y
+        residual = (y_hat - y).astype(X.dtype, copy=False)  # no float64 copy of a float32 X
         scale = 2.0 / len(y)
         grad_w = scale * (X.T @ residual) + 2.0 * self.l2 * w
         grad_b = scale * float(residual.sum())
@@ -131,8 +137,13 @@ class SimpleLinearRegression:
 
     @staticmethod
     def __predict(X: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
-        """The line: ŷ = Xw + b."""
-        return X @ w + b
+        """The line: ŷ = Xw + b, computed in X's dtype.
+
+        ``einsum`` sums each row in a fixed order, whatever the number of rows, so one record
+        and the same record inside a 10,000-record batch get bit-identical predictions (a
+        BLAS matrix-vector product does not promise that), with no upcast copy of X.
+        """
+        return np.einsum("ij,j->i", X, w.astype(X.dtype, copy=False)).astype(np.float64) + b
 
     # ------------------------------------------------------------------ public API
 
@@ -154,7 +165,10 @@ class SimpleLinearRegression:
             std = X.std(axis=0, dtype=np.float64)
             # 0/1 columns are centred, not scaled: a one-hot seen once in 80,000 rows would
             # otherwise become a value of ~280 and blow up any mini-batch that draws it.
-            binary = ((X == 0) | (X == 1)).all(axis=0)
+            # Within [0, 1], x - x² is 0 exactly for 0 and 1, so the test needs no boolean copy of X.
+            sums = X.sum(axis=0, dtype=np.float64)  # exact for 0/1 columns, like the squares
+            squares = np.einsum("ij,ij->j", X, X, dtype=np.float64)
+            binary = (X.min(axis=0) >= 0) & (X.max(axis=0) <= 1) & (sums - squares <= 0)
             scale = np.where(binary | (std <= 1e-12), 1.0, std)
             Xs = ((X - mean.astype(dtype)) / scale.astype(dtype)).astype(dtype, copy=False)
         else:
@@ -214,8 +228,7 @@ class SimpleLinearRegression:
         X = _as_matrix(X)
         if X.shape[1] != len(coef):
             raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {len(coef)}")
-        # float64 arithmetic: one record and a 10,000-record batch give the same number
-        return self.__predict(X.astype(np.float64, copy=False), coef, intercept)
+        return self.__predict(X, coef, intercept)
 
     def score(self, X: Any, y: Any) -> float:
         """Coefficient of determination R² = 1 - SS_res / SS_tot (the seed's yardstick)."""
@@ -256,14 +269,14 @@ class SimpleLinearRegression:
         if n > 20_000:  # a random 20,000-row sample estimates the spectrum well enough
             Xs = Xs[np.random.default_rng(self.random_state).choice(n, 20_000, replace=False)]
         rows = Xs
-        vector = np.ones(rows.shape[1], dtype=np.float64) / np.sqrt(rows.shape[1])
+        vector = np.ones(rows.shape[1], dtype=rows.dtype) / np.sqrt(rows.shape[1])
         eigen = 0.0
         for _ in range(iterations):
-            product = rows.T @ (rows @ vector.astype(rows.dtype)) / rows.shape[0]
-            eigen = float(np.linalg.norm(product))
-            if eigen == 0.0:
+            product = rows.T @ (rows @ vector) / rows.shape[0]
+            previous, eigen = eigen, float(np.linalg.norm(product))
+            if eigen == 0.0 or abs(eigen - previous) <= 1e-4 * eigen:
                 break
-            vector = product / eigen
+            vector = (product / eigen).astype(rows.dtype, copy=False)
         lipschitz = 2.0 * (max(eigen * 1.05, 1.0) + self.l2)  # 5 % margin for the estimate
         step = 1.0 / lipschitz
         return step if self.batch_size is None or self.batch_size >= n else step / 2.0
