@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     login_rate_limit: str = "10 per minute"  # per client address, shared through Redis when configured
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; empty = CORS off
     hsts_seconds: int = Field(default=0, ge=0)  # Strict-Transport-Security max-age; 0 = header off (no TLS here)
+    # web UI token cookie Secure flag (app/api/ui.py); None = on except when testing or --debug
+    ui_cookie_secure: bool | None = None
     default_max_recs: int = 10
     log_level: str = "INFO"
 

@@ -98,6 +98,12 @@ def init_security(app: Flask, settings: Settings) -> None:
 )
 def logout() -> Any:
     """Revoke the presented token everywhere: later requests with it get 401 on every instance."""
+    revoke_current_token()
+    return jsonify(message="Logged out")
+
+
+def revoke_current_token() -> None:
+    """Revoke the token verified for this request (API logout and the web UI's log-out button)."""
     claims = get_jwt()
     ttl = current_app.extensions["movierec"].settings.token_ttl_seconds
     exp = claims.get("exp")
@@ -107,7 +113,6 @@ def logout() -> Any:
         else datetime.now(UTC) + timedelta(seconds=ttl)
     )
     revocations().revoke(str(claims["jti"]), expires_at)
-    return jsonify(message="Logged out")
 
 
 def revocations() -> RevocationStore:

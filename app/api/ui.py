@@ -1,0 +1,448 @@
+"""The web pages for people: log in, ask for recommendations, rate them; the admin dashboard.
+
+Server-rendered templates, no front-end build. The pages use the same services and the
+same pydantic schemas as the JSON API (one way to do each thing): a form is turned into
+the JSON-shaped dict the API would receive, validated by the API's schema, and its errors
+are shown inline in the schema's own words (``FIELD_RULES``).
+
+Auth is the API's JWT, kept in an HttpOnly, SameSite=Strict cookie scoped to ``/ui``. The
+token's ``csrf`` claim is echoed into every form as a hidden field (flask-jwt-extended's
+double-submit check, ``JWT_CSRF_CHECK_FORM``). ``JWT_TOKEN_LOCATION`` stays ``["headers"]``
+for the whole app, so /api endpoints never read the cookie; only these views look for the
+token in cookies (``verify_jwt_in_request(locations=["cookies"])``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from functools import wraps
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
+from flask_jwt_extended import get_jwt, set_access_cookies, unset_jwt_cookies, verify_jwt_in_request
+from flask_jwt_extended.exceptions import (
+    CSRFError,
+    JWTExtendedException,
+    NoAuthorizationError,
+    RevokedTokenError,
+)
+from jwt.exceptions import ExpiredSignatureError, PyJWTError
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from app.api.auth import issue_token
+from app.api.schemas import FIELD_RULES, LoginRequest, RecommendRequest, ScoreRequest, field_errors
+from app.api.security import revoke_current_token
+from app.config import Settings
+from app.errors import ApiError, InvalidRequest, NotFound, Unauthorized
+from app.recommender.bundle import BundleError
+from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
+from app.services import dashboard
+from app.storage.db import DatabaseUnavailableError
+
+bp = Blueprint("ui", __name__, url_prefix="/ui", static_folder="static", static_url_path="/static")
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
+
+GENDERS = (("F", "Female"), ("M", "Male"), ("O", "Other"))
+LABELS = {
+    "session_password": "Password",
+    "age": "Age",
+    "gender": "Gender",
+    "occupation": "Occupation",
+    "max_recs": "Number of recommendations",
+    "user_id": "Known user id",
+    "id": "Recommendation list",
+    "movie": "Movie",
+    "score": "Rating",
+    "body": "Form",
+}
+LOGIN_REASONS = {
+    "expired": "Your session has expired. Please log in again.",
+    "invalid": "Your session is no longer valid. Please log in again.",
+    "revoked": "Your session was ended. Please log in again.",
+    "required": "Please log in to continue.",
+    "logged_out": "You have logged out.",
+}
+CSRF_MESSAGE = "This form was not sent from this site or is out of date. Reload the page and try again."
+_INTEGER = re.compile(r"^[+-]?\d{1,12}$")
+_NUMBER = re.compile(r"^[+-]?(\d{1,6}(\.\d{0,6})?|\.\d{1,6})$")
+_SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9_\-/]*)?$")
+
+SECURITY_HEADERS = {
+    # Everything is served from this origin: no CDN, no inline script, no framing.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+def configure(app: Flask, settings: Settings) -> None:
+    """Cookie settings for the UI's token; the API keeps reading tokens from headers only."""
+    secure = settings.ui_cookie_secure
+    if secure is None:
+        secure = not (settings.testing or settings.debug)
+    app.config.update(
+        JWT_ACCESS_COOKIE_PATH="/ui",  # the browser never sends the cookie to /api
+        JWT_COOKIE_SAMESITE="Strict",
+        JWT_COOKIE_SECURE=secure,
+        JWT_COOKIE_CSRF_PROTECT=True,
+        JWT_CSRF_CHECK_FORM=True,  # the csrf claim comes back as the hidden form field csrf_token
+        JWT_CSRF_IN_COOKIES=False,  # forms are rendered on the server: no readable CSRF cookie needed
+        JWT_SESSION_COOKIE=True,  # the token's own expiry decides, so we can say "session expired"
+    )
+    app.register_blueprint(bp)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _services() -> Any:
+    return current_app.extensions["movierec"]
+
+
+def _login_redirect(reason: str, next_path: str | None = None) -> Response:
+    query = {"reason": reason}
+    if next_path and _SAFE_NEXT.match(next_path):
+        query["next"] = next_path
+    response = redirect(url_for("ui.login") + "?" + urlencode(query), code=303)
+    unset_jwt_cookies(response)
+    return response
+
+
+class _CsrfFailure(Exception):
+    pass
+
+
+def _authenticate() -> Response | None:
+    """Verify the cookie token (and CSRF on POST); a redirect to the login page when it fails."""
+    next_path = request.path if request.method == "GET" else None
+    try:
+        verify_jwt_in_request(locations=["cookies"])
+    except CSRFError as exc:  # missing or mismatched double-submit value
+        raise _CsrfFailure from exc
+    except NoAuthorizationError:
+        return _login_redirect("required", next_path)
+    except ExpiredSignatureError:
+        return _login_redirect("expired", next_path)
+    except RevokedTokenError:
+        return _login_redirect("revoked", next_path)
+    except (JWTExtendedException, PyJWTError):
+        return _login_redirect("invalid", next_path)
+    return None
+
+
+def login_required(admin: bool = False) -> Callable[[F], F]:
+    """Require a valid cookie token (admin role when ``admin``); redirect to the login page otherwise."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            failure = _authenticate()
+            if failure is not None:
+                return failure
+            if admin and get_jwt().get("role") != "admin":
+                return _page("ui/error.html", 403, heading="Admins only", message=(
+                    "The dashboard needs an admin login. Log out and log in with the admin password."
+                ))  # fmt: skip
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    response = Response(
+        render_template(template, **_common(), **context), status=status, mimetype="text/html"
+    )
+    return response
+
+
+def _common() -> dict[str, Any]:
+    """What every page needs: who is logged in and the CSRF value for its forms."""
+    claims: Mapping[str, Any] = {}
+    try:
+        claims = get_jwt()
+    except RuntimeError:  # no token was verified for this request (login page, errors)
+        claims = {}
+    return {"role": claims.get("role"), "csrf_token": claims.get("csrf", "")}
+
+
+def _form_to_json(
+    form: Mapping[str, str], integers: tuple[str, ...] = (), numbers: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Form text → the JSON-shaped dict the API's schema validates.
+
+    Only conversion happens here, never validation: blank fields are left out (as if the
+    JSON omitted them), well-formed integers and numbers become ``int``/``float``, and
+    anything else stays a string so the schema rejects it with its own message.
+    """
+    payload: dict[str, Any] = {}
+    for name, raw in form.items():
+        if name == "csrf_token":
+            continue
+        value = raw.strip()
+        if value == "":
+            continue
+        if name in integers and _INTEGER.match(value):
+            payload[name] = int(value)
+        elif name in numbers and _NUMBER.match(value):
+            payload[name] = float(value)
+        else:
+            payload[name] = value
+    return payload
+
+
+def _validate(model: type[BaseModel], payload: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    try:
+        return model.model_validate(payload), {}
+    except ValidationError as exc:
+        return None, field_errors(exc.errors())  # type: ignore[arg-type]
+
+
+def _recommend_form_context(
+    values: Mapping[str, Any] | None = None, errors: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "values": values or {"max_recs": current_app.extensions["movierec"].settings.default_max_recs},
+        "errors": errors or {},
+        "labels": LABELS,
+        "rules": FIELD_RULES,
+        "genders": GENDERS,
+        "occupations": OCCUPATIONS,
+        "min_age": MIN_AGE,
+        "max_age": MAX_AGE,
+    }
+
+
+# --------------------------------------------------------------------------- error pages
+
+
+@bp.errorhandler(_CsrfFailure)
+def _csrf_failed(_error: _CsrfFailure) -> Response:
+    return _page("ui/error.html", 400, heading="Form could not be accepted", message=CSRF_MESSAGE)
+
+
+@bp.errorhandler(DatabaseUnavailableError)
+def _database_down(_error: DatabaseUnavailableError) -> Response:
+    response = _page("ui/error.html", 503, heading="Temporarily unavailable", message=(
+        "The database cannot be reached right now, so nothing was saved. Please try again in a moment."
+    ))  # fmt: skip
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+@bp.errorhandler(BundleError)
+def _no_model(_error: BundleError) -> Response:
+    return _page("ui/error.html", 503, heading="Not ready", message=(
+        "No recommendation model is loaded yet. Please try again later."
+    ))  # fmt: skip
+
+
+@bp.errorhandler(ApiError)
+def _api_error(error: ApiError) -> Response:
+    return _page("ui/error.html", error.status, heading="Something is not right", message=error.message)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    headings = {404: "Not found", 405: "Not allowed", 413: "Too large", 429: "Too many attempts"}
+    messages = {
+        404: "There is nothing at this address.",
+        413: "What was sent is too large.",
+        429: "Too many attempts from your address. Wait a minute and try again.",
+    }
+    response = _page(
+        "ui/error.html",
+        status,
+        heading=headings.get(status, "Request not accepted"),
+        message=messages.get(status, (error.description or error.name or "").split("\n")[0]),
+    )
+    for name, value in error.get_headers():  # keep Retry-After, Allow ...
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+@bp.errorhandler(Exception)
+def _unexpected(_error: Exception) -> Response:
+    log.exception("unhandled error in a web page")
+    return _page("ui/error.html", 500, heading="Something went wrong", message=(
+        "The page could not be shown because of an internal error. It has been logged."
+    ))  # fmt: skip
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if not request.path.startswith("/ui/static/"):
+        response.headers["Cache-Control"] = "no-store"  # pages show per-session data
+    return response
+
+
+# --------------------------------------------------------------------------- login / logout
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response:
+    next_path = request.values.get("next", "")
+    next_path = next_path if _SAFE_NEXT.match(next_path) else ""
+    if request.method == "GET":
+        reason = request.args.get("reason", "")
+        return _page(
+            "ui/login.html", notice=LOGIN_REASONS.get(reason), errors={}, next_path=next_path, labels=LABELS
+        )
+    # No token exists yet, so there is nothing to CSRF-check: the SameSite=Strict cookie set
+    # here is what protects every later post.
+    payload = _form_to_json({k: v for k, v in request.form.items() if k == "session_password"})
+    payload.setdefault("session_password", "")
+    parsed, errors = _validate(LoginRequest, payload)
+    if parsed is not None:
+        try:
+            token = issue_token(parsed.session_password)
+        except Unauthorized as exc:
+            errors = {"session_password": exc.message}
+    if errors:
+        status = 401 if "session_password" in errors and parsed is not None else 400
+        return _page("ui/login.html", status, notice=None, errors=errors, next_path=next_path, labels=LABELS)
+    response = redirect(next_path or url_for("ui.index"), code=303)
+    set_access_cookies(response, token)
+    return response
+
+
+@bp.post("/logout")
+@login_required()
+def logout() -> Response:
+    """Revoke the token (as POST /api/logout does) and drop the cookie."""
+    revoke_current_token()
+    return _login_redirect("logged_out")
+
+
+# --------------------------------------------------------------------------- recommendations
+
+
+@bp.get("")
+@login_required()
+def index() -> Response:
+    return _page("ui/recommend.html", **_recommend_form_context())
+
+
+@bp.post("/recommend")
+@login_required()
+def recommend() -> Response:
+    form = {k: v for k, v in request.form.items() if k in RecommendRequest.model_fields}
+    payload = _form_to_json(form, integers=("age", "max_recs", "user_id"))
+    parsed, errors = _validate(RecommendRequest, payload)
+    if parsed is not None:
+        service = _services().recommendations
+        inputs = {
+            "max_recs": parsed.max_recs, "age": parsed.age, "gender": parsed.gender,
+            "occupation": parsed.occupation, "user_id": parsed.user_id,
+        }  # fmt: skip
+        try:
+            served = service.recommend(**inputs)
+        except NotFound as exc:
+            errors = {"user_id": exc.message}
+        else:
+            # Rendered straight from what was served (the same row the request log stores), so
+            # the page never waits for the write-behind log to reach the database.
+            return _page(
+                "ui/results.html", stored=service.log_row(served, **inputs), ratings={}, labels=LABELS
+            )
+    return _page("ui/recommend.html", 400, **_recommend_form_context(request.form, errors))
+
+
+_LIST_FIELDS = (
+    "id",
+    "age",
+    "gender",
+    "occupation",
+    "user_id",
+    "max_recs",
+    "model_version",
+    "strategy",
+    "items",
+)
+
+
+def _stored_list(request_id: str) -> dict[str, Any] | None:
+    """What was served under ``request_id``: the database row, or the row still buffered here."""
+    services = _services()
+    row = services.db.get_request(request_id)
+    if row is not None:
+        return {name: getattr(row, name) for name in _LIST_FIELDS}
+    request_log = getattr(services.recommendations, "request_log", None)
+    return request_log.get(request_id) if request_log is not None else None
+
+
+def _results_page(request_id: str, status: int = 200, **extra: Any) -> Response:
+    stored = _stored_list(request_id)
+    if stored is None:
+        return _page("ui/error.html", 404, heading="Not found", message=(
+            "There is no recommendation list with this id. Ask for new recommendations."
+        ))  # fmt: skip
+    ratings = dashboard.feedback_for_request(_services().db, request_id)
+    return _page("ui/results.html", status, stored=stored, ratings=ratings, labels=LABELS, **extra)
+
+
+@bp.get("/recommendations/<request_id>")
+@login_required()
+def results(request_id: str) -> Response:
+    saved = request.args.get("saved", "")
+    return _results_page(request_id, saved=int(saved) if saved.isdigit() else None)
+
+
+@bp.post("/feedback")
+@login_required()
+def feedback() -> Response:
+    """Store one star rating through the same service as POST /api/recommend/score, then show the list."""
+    form = {k: v for k, v in request.form.items() if k in ScoreRequest.model_fields}
+    payload = _form_to_json(form, numbers=("score",))
+    parsed, errors = _validate(ScoreRequest, payload)
+    if parsed is not None:
+        try:
+            _services().recommendations.score(parsed.id, parsed.movie, parsed.score)
+        except InvalidRequest as exc:
+            errors = dict(exc.fields or {"body": exc.message})
+        else:
+            stored = _stored_list(parsed.id)
+            titles = [item["title"] for item in stored["items"]] if stored is not None else []
+            position = titles.index(parsed.movie) if parsed.movie in titles else 0
+            target = url_for("ui.results", request_id=parsed.id, saved=position) + f"#item-{position}"
+            return redirect(target, code=303)
+    request_id = str(payload.get("id", ""))
+    if "id" in errors or not request_id:
+        return _page("ui/error.html", 400, heading="Rating not saved", message=(
+            "This rating does not belong to a recommendation list issued here. Ask for new recommendations."
+        ))  # fmt: skip
+    return _results_page(request_id, 400, failed_movie=str(payload.get("movie", "")), feedback_errors=errors)
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+@bp.get("/dashboard")
+@login_required(admin=True)
+def dashboard_page() -> Response:
+    services = _services()
+    bucket = request.args.get("bucket", "day")
+    bucket = bucket if bucket in dashboard.BUCKETS else "day"
+    feedback = dashboard.feedback_panel(services.db, bucket)  # type: ignore[arg-type]
+    panels = {
+        "model": dashboard.serving_model(services.models),
+        "history": dashboard.evaluation_history(services.settings.model_dir),
+        "feedback": feedback,
+        **dashboard.monitoring_panels(services),
+    }
+    return _page("ui/dashboard.html", panels=panels, bucket=bucket, charts=dashboard.chart_data(panels))

@@ -1,0 +1,384 @@
+"""Read-side queries behind the web pages: the serving model, recent versions, feedback over time.
+
+The dashboard shows only numbers that exist. Every panel is a :class:`Panel` that either
+carries data or says why there is none (no bundle loaded, no feedback yet, a monitoring
+component that has not been built or wired in), so a template never invents a value.
+Blueprints call these functions; no SQL lives in a view or a template.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Integer, case, cast, func, select
+
+from app.recommender.bundle import LATEST, MANIFEST
+from app.services.models import ModelHolder
+from app.storage.db import Database
+from app.storage.models import Feedback
+
+log = logging.getLogger(__name__)
+
+Bucket = Literal["hour", "day"]
+BUCKETS: dict[str, tuple[timedelta, int]] = {
+    # bucket -> (width, how many buckets the dashboard shows)
+    "hour": (timedelta(hours=1), 48),
+    "day": (timedelta(days=1), 30),
+}
+LIKE_THRESHOLD = 4.0  # a score >= 4 counts as "liked" (the offline protocols' relevance rule)
+K = 10
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One dashboard panel: data when it exists, otherwise the reason it does not."""
+
+    title: str
+    data: Any = None
+    reason: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.data is not None
+
+    @classmethod
+    def missing(cls, title: str, reason: str) -> Panel:
+        return cls(title=title, data=None, reason=reason)
+
+
+# --------------------------------------------------------------------------- offline metrics
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One candidate's offline figures from a bundle manifest (protocol A unless named B)."""
+
+    model: str
+    served: bool
+    ndcg_mean: float | None
+    ndcg_sd: float | None
+    precision: float | None
+    recall: float | None
+    hit_rate: float | None
+    coverage: float | None
+    rmse: float | None
+    ndcg_b: float | None
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    version: str
+    served_model: str
+    created_at: str | None
+    loaded_at: str
+    code_version: str | None
+    data_hash: str | None
+    path: str
+    metrics: list[MetricRow]
+
+
+def _number(value: Any) -> float | None:
+    """A finite float or None: manifests from other tools may hold nulls, strings or NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def metric_rows(manifest: Mapping[str, Any]) -> list[MetricRow]:
+    """The manifest's per-candidate metrics as table rows, the served model first."""
+    served = str(manifest.get("served_model") or "")
+    metrics = manifest.get("metrics")
+    if not isinstance(metrics, Mapping):
+        return []
+    rows = []
+    for name, entry in metrics.items():
+        if not isinstance(entry, Mapping):
+            continue
+        a = entry.get("A") if isinstance(entry.get("A"), Mapping) else {}
+        b = entry.get("B") if isinstance(entry.get("B"), Mapping) else {}
+        rows.append(
+            MetricRow(
+                model=str(name),
+                served=name == served,
+                ndcg_mean=_number(a.get(f"ndcg@{K}_mean")),
+                ndcg_sd=_number(a.get(f"ndcg@{K}_sd")),
+                precision=_number(a.get(f"precision@{K}_mean")),
+                recall=_number(a.get(f"recall@{K}_mean")),
+                hit_rate=_number(a.get(f"hit_rate@{K}_mean")),
+                coverage=_number(a.get(f"coverage@{K}_mean")),
+                rmse=_number(a.get("rmse_mean")),
+                ndcg_b=_number(b.get(f"ndcg@{K}_mean")),
+            )
+        )
+    rows.sort(key=lambda row: (not row.served, -(row.ndcg_mean or 0.0), row.model))
+    return rows
+
+
+def serving_model(models: ModelHolder) -> Panel:
+    """The loaded bundle's identity and its manifest's offline metrics table."""
+    title = "Serving model"
+    bundle = models.bundle
+    if bundle is None:
+        reason = "No model is loaded, so the service is not ready."
+        if models.last_error:
+            reason += f" Last load error: {models.last_error[:300]}"
+        return Panel.missing(title, reason)
+    manifest = bundle.manifest
+    return Panel(
+        title,
+        ServingModel(
+            version=bundle.version,
+            served_model=str(manifest.get("served_model") or "unknown"),
+            created_at=manifest.get("created_at"),
+            loaded_at=datetime.fromtimestamp(bundle.loaded_at, UTC).isoformat(timespec="seconds"),
+            code_version=manifest.get("code_version"),
+            data_hash=manifest.get("data_hash"),
+            path=str(bundle.path),
+            metrics=metric_rows(manifest),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- recent versions
+
+
+@dataclass(frozen=True)
+class VersionScore:
+    """A bundle in the model store and the protocol-A NDCG@10 of the model it serves."""
+
+    version: str
+    created_at: str
+    served_model: str
+    ndcg_mean: float
+    ndcg_sd: float | None
+    latest: bool
+
+
+def evaluation_history(model_dir: Path, limit: int = 12) -> Panel:
+    """The ``limit`` newest bundles under ``model_dir`` with their served model's protocol-A NDCG@10.
+
+    Bundles are read from their manifests only (no arrays are loaded). Hidden staging
+    directories and bundles without a protocol-A figure for their served model are skipped.
+    """
+    title = "Offline NDCG@10 of recent model versions (protocol A)"
+    if not model_dir.is_dir():
+        return Panel.missing(title, f"The model store {model_dir} does not exist.")
+    latest = _latest_version(model_dir)
+    scores = []
+    for child in model_dir.iterdir():
+        if child.name.startswith(".") or child.name == LATEST or not (child / MANIFEST).is_file():
+            continue
+        try:
+            manifest = json.loads((child / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("unreadable bundle manifest", extra={"path": str(child), "reason": str(exc)[:200]})
+            continue
+        served = str(manifest.get("served_model") or "")
+        row = next((r for r in metric_rows(manifest) if r.model == served), None)
+        if row is None or row.ndcg_mean is None:
+            continue
+        version = str(manifest.get("version") or child.name)
+        scores.append(
+            VersionScore(
+                version=version,
+                created_at=str(manifest.get("created_at") or ""),
+                served_model=served,
+                ndcg_mean=row.ndcg_mean,
+                ndcg_sd=row.ndcg_sd,
+                latest=child.name == latest,
+            )
+        )
+    if not scores:
+        return Panel.missing(title, f"No bundle in {model_dir} has protocol-A metrics for its served model.")
+    scores.sort(key=lambda s: (s.created_at, s.version))
+    return Panel(title, scores[-limit:])
+
+
+def _latest_version(model_dir: Path) -> str | None:
+    link = model_dir / LATEST
+    try:
+        return link.resolve().name if link.exists() else None
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- feedback over time
+
+
+@dataclass(frozen=True)
+class FeedbackBucket:
+    start: datetime
+    count: int
+    liked: int
+    mean_score: float | None
+    like_rate: float | None
+
+
+@dataclass(frozen=True)
+class FeedbackSeries:
+    bucket: str
+    since: datetime
+    buckets: list[FeedbackBucket]
+    total: int
+    mean_score: float | None
+    like_rate: float | None
+    all_time_total: int
+    by_model: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _bucket_label(db: Database, bucket: Bucket) -> Any:
+    """SQL for the UTC start of a row's bucket as 'YYYY-MM-DD HH:00' text, per dialect."""
+    column = Feedback.created_at
+    if db.engine.dialect.name == "postgresql":
+        trunc = func.date_trunc(bucket, func.timezone("UTC", column))
+        return func.to_char(trunc, "YYYY-MM-DD HH24:00")
+    # SQLite keeps naive UTC text; strftime parses it
+    return func.strftime("%Y-%m-%d %H:00" if bucket == "hour" else "%Y-%m-%d 00:00", column)
+
+
+def _floor(moment: datetime, bucket: Bucket) -> datetime:
+    moment = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0) if bucket == "day" else moment
+
+
+def _db_time(db: Database, moment: datetime) -> datetime:
+    """SQLite stores naive UTC text: compare against naive UTC; PostgreSQL takes aware values."""
+    return moment.replace(tzinfo=None) if db.engine.dialect.name == "sqlite" else moment
+
+
+def feedback_series(db: Database, bucket: Bucket = "day", now: datetime | None = None) -> FeedbackSeries:
+    """Feedback volume, mean score and like-rate (score >= 4) per UTC hour or day.
+
+    The window is the last 48 hours or 30 days, every bucket present (empty ones with a
+    count of 0 and no mean, so a chart shows gaps as gaps, not as zeros). Aggregation
+    happens in the database (one GROUP BY), so the cost does not grow with the table.
+    """
+    if bucket not in BUCKETS:
+        raise ValueError(f"bucket must be one of {sorted(BUCKETS)}")
+    width, periods = BUCKETS[bucket]
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    first = _floor(now, bucket) - width * (periods - 1)
+    label = _bucket_label(db, bucket).label("bucket")
+    liked = func.sum(cast(case((Feedback.score >= LIKE_THRESHOLD, 1), else_=0), Integer))
+    query = (
+        select(label, func.count(Feedback.id), func.avg(Feedback.score), liked)
+        .where(Feedback.created_at >= _db_time(db, first))
+        .group_by(label)
+    )
+    by_model_query = (
+        select(Feedback.model_version, func.count(Feedback.id), func.avg(Feedback.score), liked)
+        .where(Feedback.created_at >= _db_time(db, first))
+        .group_by(Feedback.model_version)
+        .order_by(func.count(Feedback.id).desc())
+    )
+    with db.session() as session:
+        rows = session.execute(query).all()
+        model_rows = session.execute(by_model_query).all()
+        all_time = int(session.scalar(select(func.count(Feedback.id))) or 0)
+    found = {str(b): (int(n), float(m), int(k or 0)) for b, n, m, k in rows if b is not None}
+    buckets = []
+    for i in range(periods):
+        start = first + width * i
+        n, mean, liked_n = found.get(start.strftime("%Y-%m-%d %H:00"), (0, None, 0))
+        buckets.append(
+            FeedbackBucket(start, n, liked_n, None if not n else mean, None if not n else liked_n / n)
+        )
+    total = sum(b.count for b in buckets)
+    score_sum = sum(b.count * b.mean_score for b in buckets if b.mean_score is not None)
+    liked_total = sum(b.liked for b in buckets)
+    by_model = [
+        {"model_version": v, "count": int(n), "mean_score": float(m), "like_rate": int(k or 0) / int(n)}
+        for v, n, m, k in model_rows
+    ]
+    return FeedbackSeries(
+        bucket=bucket,
+        since=first,
+        buckets=buckets,
+        total=total,
+        mean_score=score_sum / total if total else None,
+        like_rate=liked_total / total if total else None,
+        all_time_total=all_time,
+        by_model=by_model,
+    )
+
+
+def feedback_panel(db: Database, bucket: Bucket = "day", now: datetime | None = None) -> Panel:
+    title = "Feedback"
+    series = feedback_series(db, bucket, now)
+    if series.all_time_total == 0:
+        return Panel.missing(title, "No feedback has been stored yet.")
+    return Panel(title, series)
+
+
+def feedback_for_request(db: Database, request_id: str) -> dict[str, float]:
+    """The scores already stored for one recommendation list, by movie title."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Feedback.title, Feedback.score).where(Feedback.request_id == request_id)
+        ).all()
+    return {str(title): float(score) for title, score in rows}
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+def monitoring_panels(services: Any) -> dict[str, Panel]:
+    """Drift, circuit breaker and alerts: shown when the monitoring components exist.
+
+    These come from app/monitoring (issue 6). Until a component is built and wired into
+    the app's services, its panel says so instead of showing a number.
+    """
+    return {
+        "drift": _component_panel(services, "drift", "Drift of request demographics (PSI)"),
+        "breaker": _component_panel(services, "breaker", "Circuit breaker"),
+        "alerts": _component_panel(services, "alerts", "Recent alerts"),
+    }
+
+
+def _component_panel(services: Any, name: str, title: str) -> Panel:
+    component = getattr(services, name, None)
+    if component is None:
+        return Panel.missing(
+            title,
+            f"Not available: the {name} monitor is not part of this service yet (app/monitoring, issue 6).",
+        )
+    status = getattr(component, "status", None)
+    if not callable(status):
+        return Panel.missing(title, f"Not available: the {name} monitor does not report a status.")
+    return Panel(title, status())
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def chart_data(panels: Mapping[str, Panel]) -> dict[str, Any]:
+    """The numbers the dashboard's charts draw, for panels that have data (JSON-ready)."""
+    charts: dict[str, Any] = {}
+    history = panels.get("history")
+    if history is not None and history.available:
+        charts["history"] = {
+            "labels": [s.version for s in history.data],
+            "models": [s.served_model for s in history.data],
+            "ndcg": [round(s.ndcg_mean, 4) for s in history.data],
+            "sd": [None if s.ndcg_sd is None else round(s.ndcg_sd, 4) for s in history.data],
+        }
+    feedback = panels.get("feedback")
+    if feedback is not None and feedback.available:
+        series: FeedbackSeries = feedback.data
+        fmt = "%Y-%m-%d %H:00" if series.bucket == "hour" else "%Y-%m-%d"
+        charts["feedback"] = {
+            "bucket": series.bucket,
+            "labels": [b.start.strftime(fmt) for b in series.buckets],
+            "count": [b.count for b in series.buckets],
+            "mean": [None if b.mean_score is None else round(b.mean_score, 3) for b in series.buckets],
+            "like_rate": [None if b.like_rate is None else round(b.like_rate, 4) for b in series.buckets],
+        }
+    return charts
