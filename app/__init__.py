@@ -37,12 +37,15 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from app.api import register_api
     from app.config import load_settings
+    from app.monitoring.http import instrument
+    from app.monitoring.logs import configure_logging
     from app.recommender.bundle import BundleError
     from app.services.models import ModelHolder
     from app.services.recommendations import RecommendationService
     from app.storage.db import Database
 
     settings = settings or load_settings()
+    configure_logging(settings.log_level)
     settings.check_secrets()
     jwt_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
     if not jwt_secret:
@@ -54,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__, template_folder="api/templates")
     app.config["TESTING"] = settings.testing
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
+    instrument(app)
 
     db = Database(settings.sqlalchemy_url)
     db.upgrade()

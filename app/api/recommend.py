@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, g, jsonify
 from flask_jwt_extended import jwt_required
 from spectree import Response
 
@@ -33,6 +33,7 @@ def recommend(json: RecommendRequest) -> Any:
     served = _service().recommend(
         max_recs=json.max_recs, age=json.age, gender=json.gender, occupation=json.occupation, user_id=json.user_id
     )
+    g.model_version = served.model_version  # for the access log line
     return jsonify(served.body())
 
 

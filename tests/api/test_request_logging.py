@@ -1,0 +1,44 @@
+"""Every request logs one JSON access line with its id, endpoint, status, latency and model version."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import PROFILE, SESSION_PASSWORD
+
+pytestmark = pytest.mark.api
+
+
+def _lines(captured: str) -> list[dict]:
+    out = []
+    for line in captured.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def test_access_lines_carry_request_context_and_no_secrets(client, auth_headers, capsys) -> None:
+    capsys.readouterr()
+    response = client.post("/api/recommend", json=PROFILE, headers={**auth_headers, "X-Request-ID": "req-123"})
+    assert response.headers["X-Request-ID"] == "req-123"
+    client.post("/api/login", json={"session_password": SESSION_PASSWORD})
+    output = capsys.readouterr().out
+    access = [line for line in _lines(output) if line.get("logger") == "movierec.access"]
+    recommend = next(line for line in access if line["path"] == "/api/recommend")
+    assert recommend["request_id"] == "req-123"
+    assert recommend["endpoint"] == "recommend.recommend"
+    assert recommend["status"] == 200 and recommend["latency_ms"] >= 0
+    assert recommend["model_version"] == response.get_json()["model_version"]
+    assert recommend["level"] == "INFO" and recommend["ts"]
+    token = auth_headers["Authorization"].split()[1]
+    assert token not in output and SESSION_PASSWORD not in output
+
+
+def test_a_bogus_request_id_is_replaced(client) -> None:
+    response = client.get("/", headers={"X-Request-ID": "bad id with spaces"})
+    assert response.headers["X-Request-ID"] != "bad id with spaces"
+    assert len(response.headers["X-Request-ID"]) == 32
