@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -67,3 +67,31 @@ class RevokedToken(Base):
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     revoked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UserFeatures(Base):
+    """The latest feature-store snapshot of one user (seed 001 features API).
+
+    Written by the training flow (app/pipeline/features_store.py), one row per user, replaced
+    as a whole per snapshot; the genre profiles are JSON maps {genre: share} so the table does
+    not change shape when the feature set grows.
+    """
+
+    __tablename__ = "user_features"
+
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    snapshot_id: Mapped[str] = mapped_column(String(64), index=True)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    age: Mapped[int] = mapped_column(Integer)
+    age_group: Mapped[str] = mapped_column(String(8))
+    gender: Mapped[str] = mapped_column(String(1))
+    occupation: Mapped[str] = mapped_column(String(32))
+    n_ratings: Mapped[int] = mapped_column(Integer)
+    n_liked: Mapped[int] = mapped_column(Integer)
+    liked_share: Mapped[float] = mapped_column(Float)
+    mean_rating: Mapped[float | None] = mapped_column(Float)
+    std_rating: Mapped[float | None] = mapped_column(Float)
+    first_ts: Mapped[int | None] = mapped_column(BigInteger)
+    last_ts: Mapped[int | None] = mapped_column(BigInteger)
+    genre_share: Mapped[dict[str, float]] = mapped_column(JSON)
+    liked_genre_share: Mapped[dict[str, float]] = mapped_column(JSON)

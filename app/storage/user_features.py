@@ -1,0 +1,77 @@
+"""The ``user_features`` table: the latest feature-store snapshot, readable by the service.
+
+The training flow computes features (app/recommender/features.py), keeps every snapshot as
+Parquet (app/pipeline/features_store.py) and loads the newest one here, so the features API
+answers from the service database without Parquet, DuckDB or the pipeline extras.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from app.storage.db import Database
+from app.storage.models import UserFeatures, utcnow
+
+_COLUMNS = (
+    "user_id", "age", "age_group", "gender", "occupation", "n_ratings", "n_liked", "liked_share",
+    "mean_rating", "std_rating", "first_ts", "last_ts", "genre_share", "liked_genre_share",
+)  # fmt: skip
+
+
+def _clean(value: Any) -> Any:
+    """NaN / pandas NA become NULL; NumPy scalars become Python numbers."""
+    if value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, dict | list | str):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    try:
+        if value != value:  # pandas.NA and friends compare unequal to themselves
+            return None
+    except TypeError:  # pandas.NA raises on truth testing
+        return None
+    return value
+
+
+def replace_user_features(
+    db: Database, rows: Iterable[Mapping[str, Any]], snapshot_id: str, computed_at: datetime | None = None
+) -> int:
+    """Replace the whole table with ``rows`` (one per user) in one transaction; return the count.
+
+    Readers see either the previous snapshot or this one, never a mix.
+    """
+    stamp = computed_at or utcnow()
+    values = [
+        {
+            **{name: _clean(row.get(name)) for name in _COLUMNS},
+            "snapshot_id": snapshot_id,
+            "computed_at": stamp,
+        }
+        for row in rows
+    ]
+    with db.session() as session:
+        session.execute(delete(UserFeatures))
+        if values:
+            session.execute(UserFeatures.__table__.insert(), values)
+    return len(values)
+
+
+def get_user_features(db: Database, user_id: int) -> UserFeatures | None:
+    """The stored features of one user, or None when the latest snapshot does not have them."""
+    with db.session() as session:
+        return session.get(UserFeatures, user_id)
+
+
+def user_features_snapshot(db: Database) -> tuple[str | None, int]:
+    """(snapshot id, number of users) currently loaded; (None, 0) when the table is empty."""
+    with db.session() as session:
+        snapshot, count = session.execute(
+            select(func.max(UserFeatures.snapshot_id), func.count(UserFeatures.user_id))
+        ).one()
+    return snapshot, int(count)
