@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
     from app.config import Settings
     from app.services.models import ModelHolder
+    from app.services.predictions import PredictionService
     from app.services.recommendations import RecommendationService
+    from app.services.reload import ModelReloader
+    from app.services.user_features import UserFeatureService
     from app.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,10 @@ class Services:
     db: Database
     models: ModelHolder
     recommendations: RecommendationService
+    # serving extensions (app/services/serving.py): hot reload, predictions, user features
+    reloader: ModelReloader | None = None
+    predictions: PredictionService | None = None
+    user_features: UserFeatureService | None = None
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -42,6 +49,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.recommender.bundle import BundleError
     from app.services.models import ModelHolder
     from app.services.recommendations import RecommendationService
+    from app.services.request_log import RequestLog
+    from app.services.serving import install_serving
     from app.storage.db import Database
 
     settings = settings or load_settings()
@@ -67,6 +76,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     except BundleError as exc:
         log.error("no model could be loaded; the service is not ready", extra={"reason": str(exc)[:300]})
 
-    app.extensions["movierec"] = Services(settings, db, models, RecommendationService(models, db))
+    # Recommendation ids are signed with a key derived from the JWT secret, shared by every worker.
+    request_log = RequestLog(
+        db, flush_interval=settings.request_log_flush_seconds, max_pending=settings.request_log_max_pending
+    )
+    recommendations = RecommendationService(models, db, id_secret=jwt_secret.encode(), request_log=request_log)
+    app.extensions["movierec"] = Services(settings, db, models, recommendations)
+    install_serving(app.extensions["movierec"], settings)
     register_api(app, settings, jwt_secret)
     return app

@@ -41,6 +41,16 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, synthetic_data: Any) -
 
 
 @pytest.fixture(scope="session")
+def personal_model_store(tmp_path_factory: pytest.TempPathFactory, synthetic_data: Any) -> Path:
+    """A model store whose served model knows users (personal top-N tables), plus its rating model."""
+    from app.recommender.training import train
+
+    store = tmp_path_factory.mktemp("personal-model-store")
+    train(synthetic_data, store, ["most_liked"], seeds=(0,))
+    return store
+
+
+@pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
     psycopg = pytest.importorskip("psycopg")
     try:

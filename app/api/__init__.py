@@ -10,6 +10,7 @@ from flask_jwt_extended import JWTManager
 
 from app.api import auth, docs, health, recommend, security, ui
 from app.api.errors import envelope, register_error_handlers
+from app.api.serving import register_serving
 from app.api.spec import spec
 from app.config import Settings
 from app.errors import InvalidRequest
@@ -88,6 +89,7 @@ def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
     app.before_request(_require_json_object)
     for blueprint in (auth.bp, recommend.bp, health.bp, docs.bp, security.bp):
         app.register_blueprint(blueprint)
+    register_serving(app)  # predict, batch, users, model/reload, echo (app/api/serving.py)
     ui.configure(app, settings)  # the web pages: cookie-held token with CSRF, /ui only
     jwt.token_in_blocklist_loader(security.token_revoked)
     security.init_security(app, settings)  # after the blueprints: it wraps the login views

@@ -131,6 +131,9 @@ class LoadedBundle:
     path: Path
     model: Recommender | None = None
     loaded_at: float = field(default_factory=time.time)
+    # The rating regressor behind /api/predict/* (rating_model.pkl, or the served model when it
+    # predicts ratings); attached by the serving layer before the bundle is swapped in.
+    rating_model: Recommender | None = None
 
     def __post_init__(self) -> None:
         self.movie_ids = self.catalogue["movie_id"].to_numpy(dtype=np.int64)
@@ -197,6 +200,7 @@ def write_bundle(
     test_data: dict[str, Any],
     *,
     set_latest: bool = True,
+    extra_models: dict[str, Recommender] | None = None,
 ) -> Path:
     """Write a new immutable bundle directory atomically and return its path.
 
@@ -218,6 +222,8 @@ def write_bundle(
     manifest["version"] = version
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
     joblib.dump(model, staging / "model.pkl", compress=3)
+    for filename, extra in (extra_models or {}).items():  # e.g. rating_model.pkl for /api/predict/*
+        joblib.dump(extra, staging / filename, compress=3)
     catalogue[["movie_id", "title", "year", "genres"]].to_csv(staging / "catalogue.csv", index=False)
     for name in ("segment_top", "segment_scores", "user_ids", "user_top", "user_scores"):
         np.save(staging / f"{name}.npy", getattr(tables, name), allow_pickle=False)

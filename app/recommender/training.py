@@ -22,6 +22,7 @@ from app.recommender.models import DEFAULT_CANDIDATES, Recommender, make_model
 log = logging.getLogger(__name__)
 
 SELECTION_METRIC = f"ndcg@{K}_mean"
+RATING_MODEL_FILE = "rating_model.pkl"
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,14 @@ def train(
     model_names: Sequence[str] = DEFAULT_CANDIDATES,
     seeds: Sequence[int] = STANDARD_SEEDS,
     extra_manifest: dict[str, Any] | None = None,
+    rating_model: bool = True,
 ) -> TrainingResult:
-    """Evaluate every candidate (protocols A and B), fit the best on all data, write a bundle."""
+    """Evaluate every candidate (protocols A and B), fit the best on all data, write a bundle.
+
+    With ``rating_model`` the bundle also carries ``rating_model.pkl``, a
+    :class:`LinearRatingModel` fitted on all ratings, which serves ``/api/predict/*`` whatever
+    ranker won the selection (the served model itself is used when it predicts ratings).
+    """
     report_a = evaluate(data, model_names, "A", seeds)
     report_b = evaluate(data, model_names, "B", seeds)
     best = select_best(report_a)
@@ -96,7 +103,16 @@ def train(
         "k": K,
         "description": f"protocol-A test users of split seed {REFERENCE_SEED}: profiles and liked titles",
     }
-    path = write_bundle(model_dir, model, data.items, tables, manifest, test_data)
+    extra_models: dict[str, Recommender] = {}
+    if rating_model and not model.predicts_ratings:
+        from app.recommender.models.linear import LinearRatingModel
+
+        regressor = LinearRatingModel().fit(data.ratings, data.users, data.items)
+        extra_models[RATING_MODEL_FILE] = regressor
+        manifest["rating_model"] = {"name": regressor.name, "file": RATING_MODEL_FILE, "params": regressor.params()}
+    elif model.predicts_ratings:
+        manifest["rating_model"] = {"name": model.name, "file": "model.pkl", "params": model.params()}
+    path = write_bundle(model_dir, model, data.items, tables, manifest, test_data, extra_models=extra_models)
     return TrainingResult(path=path, served_model=best, report_a=report_a, report_b=report_b)
 
 

@@ -10,10 +10,15 @@ import logging
 import threading
 from pathlib import Path
 
+import joblib
+import numpy as np
 import pandas as pd
 
 from app.recommender.bundle import BundleError, LoadedBundle, load_bundle
 from app.recommender.data import find_local
+from app.recommender.models.base import Recommender
+
+RATING_MODEL_FILE = "rating_model.pkl"
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ class ModelHolder:
         with self._lock:
             try:
                 bundle = load_bundle(target, self._catalogue_for_single_files(target))
+                attach_rating_model(bundle)
             except BundleError as exc:
                 self.last_error = str(exc)
                 log.error("model bundle refused", extra={"path": str(target), "reason": str(exc)[:300]})
@@ -58,6 +64,51 @@ class ModelHolder:
             self.last_error = None
         log.info(
             "model loaded",
-            extra={"model_version": bundle.version, "previous_version": previous.version if previous else None},
+            extra={
+                "model_version": bundle.version,
+                "previous_version": previous.version if previous else None,
+            },
         )
         return bundle
+
+
+def attach_rating_model(bundle: LoadedBundle) -> None:
+    """Load and check the bundle's rating regressor (for /api/predict/*) before the bundle is served.
+
+    ``rating_model.pkl`` when the bundle has one; else the served model itself when it predicts
+    ratings (a seed-style pickle, or a bundle whose manifest names ``model.pkl``). A broken
+    rating model makes the whole bundle invalid: a reload refuses it and the old one stays.
+    Bundles without any rating model still serve recommendations; /api/predict/* then answers 503.
+    """
+    if bundle.model is not None and bundle.model.predicts_ratings:
+        bundle.rating_model = bundle.model
+        return
+    if not bundle.path.is_dir():
+        return
+    candidate = bundle.path / RATING_MODEL_FILE
+    if not candidate.is_file():
+        declared = bundle.manifest.get("rating_model") or {}
+        if declared.get("file") != "model.pkl":
+            return
+        candidate = bundle.path / "model.pkl"
+    try:
+        model = joblib.load(candidate)  # nosec B301 - bundles come from our own training
+    except Exception as exc:
+        raise BundleError(f"{candidate} could not be unpickled: {exc}") from exc
+    if (
+        not isinstance(model, Recommender)
+        or not model.predicts_ratings
+        or not hasattr(model, "predict_records")
+    ):
+        raise BundleError(f"{candidate} does not hold a rating model that can serve predictions")
+    item_ids = np.asarray(getattr(model, "item_ids", []))
+    if len(item_ids) == 0 or not np.isin(item_ids, bundle.movie_ids).all():
+        raise BundleError(f"{candidate} was fitted on movies that are not in the bundle's catalogue")
+    probe = {"age": 30, "gender": "M", "occupation": "other", "movie_id": int(item_ids[0])}
+    try:
+        predicted = model.predict_records([probe])
+    except Exception as exc:
+        raise BundleError(f"{candidate} cannot predict: {exc}") from exc
+    if predicted.shape != (1,) or not np.isfinite(predicted).all():
+        raise BundleError(f"{candidate} predicts {predicted!r} for a valid record")
+    bundle.rating_model = model

@@ -1,16 +1,24 @@
-"""Recommendations and feedback: the service behind /api/recommend and /api/recommend/score."""
+"""Recommendations and feedback: the service behind /api/recommend and /api/recommend/score.
+
+A recommendation is a lookup in the loaded bundle's precomputed tables (no model scoring,
+no pandas); what was served is logged through the write-behind :class:`RequestLog`, so the
+database is off the request path. Scores are committed before the 200 (API.md "Durability").
+"""
 
 from __future__ import annotations
 
 import logging
-import uuid
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import InvalidRequest, NotFound
+from app.errors import InvalidRequest, NotFound, Unavailable
 from app.recommender.bundle import LoadedBundle, Recommendation
 from app.recommender.segments import Segment
 from app.services.models import ModelHolder
+from app.services.request_ids import RequestIds
+from app.services.request_log import RequestLog
 from app.storage.db import Database, FeedbackRecord
 
 log = logging.getLogger(__name__)
@@ -33,10 +41,29 @@ class Served:
         }
 
 
+def _unknown_id() -> InvalidRequest:
+    return InvalidRequest(
+        "id was not issued by this service",
+        fields={"id": "must be a recommendation id issued by this service"},
+    )
+
+
 class RecommendationService:
-    def __init__(self, models: ModelHolder, db: Database) -> None:
+    def __init__(
+        self,
+        models: ModelHolder,
+        db: Database,
+        id_secret: bytes | None = None,
+        request_log: RequestLog | None = None,
+        pending_wait: float = 5.0,
+    ) -> None:
         self.models = models
         self.db = db
+        # Without a shared secret (tests, a single debug process) ids are still signed, with a
+        # per-process key; every uwsgi worker gets the same key from MOVIEREC_JWT_SECRET.
+        self.ids = RequestIds(id_secret or secrets.token_bytes(32))
+        self.request_log = request_log or RequestLog(db)
+        self.pending_wait = pending_wait  # how long a score waits for another worker's pending row
 
     def recommend(
         self,
@@ -49,24 +76,46 @@ class RecommendationService:
     ) -> Served:
         """Look the answer up in the loaded bundle and record what was served under a new id."""
         bundle = self.models.require()
-        items, strategy = self._lookup(bundle, max_recs, age, gender, occupation, user_id)
-        served = Served(str(uuid.uuid4()), items, bundle.version, strategy)
-        self.db.save_requests(
-            [
-                {
-                    "id": served.id,
-                    "age": age,
-                    "gender": gender,
-                    "occupation": occupation,
-                    "user_id": user_id,
-                    "max_recs": max_recs,
-                    "model_version": served.model_version,
-                    "strategy": strategy,
-                    "items": [{"movie_id": i.movie_id, "title": i.title, "score": i.score} for i in items],
-                }
-            ]
+        served = self.lookup(
+            bundle, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
         )
+        self.request_log.append([self.log_row(served, max_recs, age, gender, occupation, user_id)])
         return served
+
+    def lookup(
+        self,
+        bundle: LoadedBundle,
+        *,
+        max_recs: int,
+        age: int | None = None,
+        gender: str | None = None,
+        occupation: str | None = None,
+        user_id: int | None = None,
+    ) -> Served:
+        """The answer under a fresh id, not yet logged (batch callers log many rows at once)."""
+        items, strategy = self._lookup(bundle, max_recs, age, gender, occupation, user_id)
+        return Served(self.ids.issue(), items, bundle.version, strategy)
+
+    @staticmethod
+    def log_row(
+        served: Served,
+        max_recs: int,
+        age: int | None,
+        gender: str | None,
+        occupation: str | None,
+        user_id: int | None,
+    ) -> dict[str, Any]:
+        return {
+            "id": served.id,
+            "age": age,
+            "gender": gender,
+            "occupation": occupation,
+            "user_id": user_id,
+            "max_recs": max_recs,
+            "model_version": served.model_version,
+            "strategy": served.strategy,
+            "items": [{"movie_id": i.movie_id, "title": i.title, "score": i.score} for i in served.items],
+        }
 
     @staticmethod
     def _lookup(
@@ -87,12 +136,8 @@ class RecommendationService:
 
     def score(self, request_id: str, movie: str, score: float) -> None:
         """Store a user's score for a movie recommended under ``request_id``; committed on return."""
-        request = self.db.get_request(request_id)
-        if request is None:
-            raise InvalidRequest(
-                "id was not issued by this service", fields={"id": "must be a recommendation id issued by this service"}
-            )
-        served = {item["title"]: item for item in request.items}
+        items, model_version = self._served(request_id)
+        served = {item["title"]: item for item in items}
         item = served.get(movie)
         if item is None:
             raise InvalidRequest(
@@ -106,6 +151,35 @@ class RecommendationService:
                 title=movie,
                 score=score,
                 predicted_score=None,
-                model_version=request.model_version,
+                model_version=model_version,
             )
+        )
+
+    def _served(self, request_id: str) -> tuple[list[dict[str, Any]], str]:
+        """What was served under ``request_id``, with its row committed (the feedback references it).
+
+        Buffered here → committed now. In the database → done. Signed by us but nowhere yet →
+        another worker has it pending: wait for its flush (bounded), never refuse it. Else 400.
+        """
+        pending = self.request_log.get(request_id)
+        if pending is not None:
+            self.request_log.persist(request_id)
+            return pending["items"], pending["model_version"]
+        stored = self.db.get_request(request_id)
+        if stored is not None:
+            return stored.items, stored.model_version
+        if not self.ids.verify(request_id):
+            raise _unknown_id()
+        deadline = time.monotonic() + self.pending_wait
+        delay = 0.005
+        while time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(0.1, delay * 2)
+            stored = self.db.get_request(request_id)
+            if stored is not None:
+                return stored.items, stored.model_version
+        # Issued by a worker whose log has not reached the database (it may be down or the
+        # worker gone): retryable, not "never issued".
+        raise Unavailable(
+            "the recommendation behind this id is not stored yet; retry shortly", headers={"Retry-After": "1"}
         )

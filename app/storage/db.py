@@ -112,8 +112,29 @@ class Database:
     # ------------------------------------------------------------------ requests and feedback
 
     def save_requests(self, rows: list[dict[str, Any]]) -> None:
+        """Insert request rows in one statement; rows whose id is already stored are skipped.
+
+        Idempotent so the write-behind log (app/services/request_log.py) can retry a batch
+        whose commit may or may not have landed before a connection dropped.
+        """
+        if not rows:
+            return
+        now = utcnow()
+        values = [{"created_at": now, **row} for row in rows]
+        table = RecommendationRequest.__table__
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            statement: Any = pg_insert(table).on_conflict_do_nothing(index_elements=["id"])
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            statement = sqlite_insert(table).on_conflict_do_nothing(index_elements=["id"])
+        else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+            statement = table.insert()
         with self.session() as session:
-            session.add_all(RecommendationRequest(**row) for row in rows)
+            session.execute(statement, values)
 
     def get_request(self, request_id: str) -> RecommendationRequest | None:
         with self.session() as session:

@@ -1,0 +1,77 @@
+"""``GET /api/model`` (what is serving) and ``POST /api/admin/reload`` (swap in the champion bundle)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+from flask_jwt_extended import jwt_required
+from spectree import Response
+
+from app.api.auth import admin_required
+from app.api.schemas import ErrorResponse
+from app.api.serving_schemas import ModelInfo, ReloadRequest, ReloadStatus
+from app.api.spec import BEARER, spec
+
+bp = Blueprint("model", __name__)
+
+RELOAD_WAIT_SECONDS = 120.0
+
+
+def _breaker(services: Any) -> dict[str, Any] | None:
+    """The circuit breaker's state when monitoring has installed one (``services.breaker``)."""
+    breaker = getattr(services, "breaker", None)
+    if breaker is None:
+        return None
+    for name in ("snapshot", "status", "as_dict"):
+        method = getattr(breaker, name, None)
+        if callable(method):
+            return dict(method())
+    return {"state": str(getattr(breaker, "state", "unknown"))}
+
+
+@bp.get("/api/model")
+@jwt_required()
+@spec.validate(
+    resp=Response(HTTP_200=ModelInfo, HTTP_401=ErrorResponse, HTTP_503=ErrorResponse), security=BEARER
+)
+def model_info() -> Any:
+    """The serving model: version, offline metrics from its manifest, load time, reload and breaker state."""
+    services = current_app.extensions["movierec"]
+    bundle = services.models.require()
+    rating = bundle.rating_model
+    return jsonify(
+        model_version=bundle.version,
+        served_model=bundle.manifest.get("served_model"),
+        created_at=bundle.manifest.get("created_at"),
+        loaded_at=datetime.fromtimestamp(bundle.loaded_at, UTC).isoformat(timespec="seconds"),
+        metrics=bundle.metrics,
+        rating_model=rating.name if rating is not None else None,
+        reload=services.reloader.status(),
+        breaker=_breaker(services),
+        request_log=services.recommendations.request_log.stats(),
+    )
+
+
+@bp.post("/api/admin/reload")
+@admin_required
+@spec.validate(
+    json=ReloadRequest,
+    resp=Response(
+        HTTP_200=ReloadStatus, HTTP_202=ReloadStatus, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse,
+        HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_422=ErrorResponse,
+    ),
+    security=BEARER,
+)  # fmt: skip
+def reload(json: ReloadRequest) -> Any:
+    """Load the model store's current bundle (or ``version``) in the background and swap it in everywhere.
+
+    202 while loading; with ``"wait": true`` 200 once loaded, or 422 ``invalid_bundle`` when it is
+    refused — the previous bundle keeps serving either way.
+    """
+    services = current_app.extensions["movierec"]
+    status = services.reloader.request(json.version, wait=RELOAD_WAIT_SECONDS if json.wait else None)
+    bundle = services.models.bundle
+    status["model_version"] = bundle.version if bundle is not None else None
+    return jsonify(status), 200 if status["state"] == "loaded" else 202

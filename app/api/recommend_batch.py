@@ -1,0 +1,72 @@
+"""``POST /api/recommend/batch``: up to 1,000 recommend requests, each answered or rejected on its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+from flask_jwt_extended import jwt_required
+from pydantic import ValidationError
+from spectree import Response
+
+from app.api.schemas import ErrorResponse, RecommendRequest, field_errors
+from app.api.serving_schemas import RecommendBatchRequest, RecommendBatchResponse
+from app.api.spec import BEARER, spec
+from app.errors import ApiError
+
+bp = Blueprint("recommend_batch", __name__)
+
+
+def _error(error: ApiError) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.fields:
+        body["fields"] = error.fields
+    return {"error": body}
+
+
+@bp.post("/api/recommend/batch")
+@jwt_required()
+@spec.validate(
+    json=RecommendBatchRequest,
+    resp=Response(
+        HTTP_200=RecommendBatchResponse, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse,
+        HTTP_413=ErrorResponse, HTTP_503=ErrorResponse,
+    ),
+    security=BEARER,
+)  # fmt: skip
+def recommend_batch(json: RecommendBatchRequest) -> Any:
+    """One answer per request, in order: a /api/recommend body or an error envelope for that item.
+
+    All items are answered by the same model version; the served items are logged in one go.
+    """
+    services = current_app.extensions["movierec"]
+    recommendations = services.recommendations
+    bundle = services.models.require()
+    results: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for item in json.requests:
+        try:
+            request = RecommendRequest.model_validate(item)
+        except ValidationError as exc:
+            fields = field_errors(exc.errors())  # type: ignore[arg-type]
+            results.append(
+                _error(ApiError(f"invalid request: check {', '.join(sorted(fields))}", fields=fields))
+            )
+            continue
+        try:
+            served = recommendations.lookup(
+                bundle, max_recs=request.max_recs, age=request.age, gender=request.gender,
+                occupation=request.occupation, user_id=request.user_id,
+            )  # fmt: skip
+        except ApiError as exc:
+            results.append(_error(exc))
+            continue
+        rows.append(
+            recommendations.log_row(
+                served, request.max_recs, request.age, request.gender, request.occupation, request.user_id
+            )
+        )
+        results.append(served.body())
+    recommendations.request_log.append(rows)
+    failed = len(results) - len(rows)
+    return jsonify(results=results, model_version=bundle.version, succeeded=len(rows), failed=failed)

@@ -1,0 +1,134 @@
+"""Schemas of the serving extensions: predictions, batch recommend, users, model and reload, echo.
+
+Kept apart from :mod:`app.api.schemas` (the seed contract) but built from the same strict
+field types, so the generated OpenAPI spec states the same bounds everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from app.api.schemas import Age, Gender, Occupation, RecommendResponse, Strict, UserId, strict_int
+
+MAX_BATCH_RECOMMEND = 1_000
+MAX_BATCH_PREDICT = 10_000
+# Bulk endpoints take bigger bodies than the 64 KiB default: 10,000 records are about 700 KB.
+BULK_MAX_BODY_BYTES = 2 * 1024 * 1024
+
+MovieId = strict_int(1, 2**31 - 1)
+
+
+class PredictRecord(Strict):
+    """One (person, movie) pair; ``user_id`` of a known user adds their own rating history."""
+
+    age: Age
+    gender: Gender
+    occupation: Occupation
+    movie_id: MovieId
+    user_id: UserId | None = None
+
+
+class PredictResponse(BaseModel):
+    prediction: float
+    model_version: str
+
+
+class PredictBatchRequest(Strict):
+    """Records as for /api/predict/stream; checked record by record, errors name ``instances[i].field``."""
+
+    instances: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_PREDICT)
+
+
+class PredictBatchResponse(BaseModel):
+    predictions: list[float]
+    model_version: str
+
+
+class RecommendBatchRequest(Strict):
+    """Each item is a /api/recommend body; each is answered or rejected on its own."""
+
+    requests: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_RECOMMEND)
+
+
+class RecommendBatchResponse(BaseModel):
+    """``results[i]`` answers ``requests[i]``: a /api/recommend body, or ``{"error": {...}}``."""
+
+    results: list[dict[str, Any]]
+    model_version: str
+    succeeded: int
+    failed: int
+
+
+class MaxRecsQuery(Strict):
+    """Query strings are text: ``?max_recs=7`` is parsed (lax), within the body field's bounds."""
+
+    max_recs: int = Field(default=10, ge=1, le=100)
+
+
+class UserFeaturesResponse(BaseModel):
+    user_id: int
+    features: dict[str, Any]
+    source: str
+    snapshot_id: str | None
+    as_of: str | None
+
+
+class UserRecommendationsResponse(RecommendResponse):
+    user_id: int
+    features_source: str
+
+
+class ReloadRequest(Strict):
+    version: str | None = Field(default=None, min_length=1, max_length=128)
+    wait: StrictBool = False
+
+
+class ReloadStatus(BaseModel):
+    state: str
+    target: str | None = None
+    requested_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    model_version: str | None = None
+
+
+class ModelInfo(BaseModel):
+    model_version: str
+    served_model: str | None
+    created_at: str | None
+    loaded_at: str
+    metrics: dict[str, Any]
+    rating_model: str | None
+    reload: dict[str, Any]
+    breaker: dict[str, Any] | None
+    request_log: dict[str, Any]
+
+
+class Echo(BaseModel):
+    """Any JSON object, returned as sent."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+__all__ = [
+    "BULK_MAX_BODY_BYTES",
+    "MAX_BATCH_PREDICT",
+    "MAX_BATCH_RECOMMEND",
+    "Echo",
+    "Gender",
+    "MaxRecsQuery",
+    "ModelInfo",
+    "Occupation",
+    "PredictBatchRequest",
+    "PredictBatchResponse",
+    "PredictRecord",
+    "PredictResponse",
+    "RecommendBatchRequest",
+    "RecommendBatchResponse",
+    "ReloadRequest",
+    "ReloadStatus",
+    "UserFeaturesResponse",
+    "UserRecommendationsResponse",
+]

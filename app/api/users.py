@@ -1,0 +1,71 @@
+"""Seed 001's features and predictions APIs: ``GET /api/users/<id>/features`` and ``/recommendations``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+from flask_jwt_extended import jwt_required
+from spectree import Response
+
+from app.api.schemas import ErrorResponse
+from app.api.serving_schemas import MaxRecsQuery, UserFeaturesResponse, UserRecommendationsResponse
+from app.api.spec import BEARER, spec
+from app.errors import InvalidRequest
+
+bp = Blueprint("users", __name__)
+
+_MAX_USER_ID = 2**31 - 1
+
+
+def _user_id(raw: str) -> int:
+    """Path ids are checked like body fields: 400 naming ``user_id``, not a bare 404."""
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= _MAX_USER_ID:
+        raise InvalidRequest("invalid user id", fields={"user_id": "must be a positive integer"})
+    return int(raw)
+
+
+@bp.get("/api/users/<user_id>/features")
+@jwt_required()
+@spec.validate(
+    resp=Response(
+        HTTP_200=UserFeaturesResponse, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse,
+        HTTP_503=ErrorResponse,
+    ),
+    security=BEARER,
+)  # fmt: skip
+def features(user_id: str) -> Any:
+    """The latest features of a user: demographics, activity, rating statistics, genre profile."""
+    return jsonify(current_app.extensions["movierec"].user_features.features(_user_id(user_id)))
+
+
+@bp.get("/api/users/<user_id>/recommendations")
+@jwt_required()
+@spec.validate(
+    query=MaxRecsQuery,
+    resp=Response(
+        HTTP_200=UserRecommendationsResponse, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse,
+        HTTP_404=ErrorResponse, HTTP_503=ErrorResponse,
+    ),
+    security=BEARER,
+)  # fmt: skip
+def recommendations(user_id: str, query: MaxRecsQuery) -> Any:
+    """Recommendations for a user, built on their stored features.
+
+    A user the model knows gets personal recommendations (never a movie they rated); any other
+    user with features is answered for their demographic segment. The answer has an ``id`` for
+    /api/recommend/score like any recommendation.
+    """
+    services = current_app.extensions["movierec"]
+    uid = _user_id(user_id)
+    found = services.user_features.features(uid)
+    feats = found["features"]
+    bundle = services.models.require()
+    if bundle.knows_user(uid):
+        served = services.recommendations.recommend(max_recs=query.max_recs, user_id=uid)
+    else:
+        served = services.recommendations.recommend(
+            max_recs=query.max_recs, age=int(feats["age"]), gender=str(feats["gender"]),
+            occupation=str(feats["occupation"]),
+        )  # fmt: skip
+    return jsonify({**served.body(), "user_id": uid, "features_source": found["source"]})

@@ -1,0 +1,263 @@
+"""Hot reload: load the model store's current bundle in the background and swap it in every worker.
+
+Under uwsgi each worker process holds its own :class:`ModelHolder`, and ``POST
+/api/admin/reload`` reaches only one of them. That worker loads and validates the bundle in
+a background thread (serving goes on with the old one), swaps it in, and only then writes a
+small **generation marker** file next to the model store: ``{"generation", "target",
+"version"}``, replaced atomically. Every worker runs a poller thread that stats the marker
+once per ``poll_interval`` (a ``stat`` call: microseconds) and, when it changed and names a
+bundle other than the one it serves, loads that exact directory and swaps it in. A bundle
+that fails to load is refused where it fails: the marker is not written (the first worker)
+or the worker keeps its old bundle and reports the error (the others).
+
+A worker started later (uwsgi recycles workers) serves the marker's bundle when the marker
+is newer than the store's ``latest`` link, so a rollback to an older version survives worker
+restarts; otherwise it serves ``latest`` as configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+import weakref
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from app.errors import ApiError, InvalidRequest, NotFound
+from app.recommender.bundle import LATEST, MANIFEST, BundleError, resolve_bundle_dir
+from app.services.models import ModelHolder
+
+log = logging.getLogger(__name__)
+
+MARKER_NAME = ".serving.json"
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds") if timestamp else None
+
+
+class InvalidBundle(ApiError):
+    """The requested bundle could not be loaded; the old one keeps serving."""
+
+    status = 422
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_bundle")
+
+
+class ModelReloader:
+    """Per-process reload state plus the marker that carries a reload to sibling workers."""
+
+    def __init__(
+        self, holder: ModelHolder, store: Path, marker: Path | None = None, poll_interval: float = 1.0
+    ) -> None:
+        self.holder = holder
+        self.store = store
+        self.marker = marker or store / MARKER_NAME
+        self.poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._loading: threading.Thread | None = None
+        self._done = threading.Event()
+        self._done.set()
+        self._status: dict[str, Any] = {"state": "idle"}
+        self._marker_seen: tuple[int, int, int] | None = None
+        self._poller_pid: int | None = None
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ start-up
+
+    def adopt_marker_at_start(self) -> None:
+        """Serve the marker's bundle when a reload happened after ``latest`` last moved."""
+        marker = self._read_marker()
+        if marker is None:
+            return
+        self._marker_seen = self._marker_stat()
+        target = Path(marker.get("target", ""))
+        if not (target / MANIFEST).is_file():
+            return
+        latest = self.store / LATEST
+        try:
+            latest_mtime = latest.lstat().st_mtime_ns
+        except OSError:
+            latest_mtime = 0
+        marker_stat = self._marker_seen
+        if marker_stat is None or marker_stat[0] < latest_mtime:
+            return  # training moved `latest` after the last reload: serve what is configured
+        current = self.holder.bundle
+        if current is not None and current.path.resolve() == target.resolve():
+            return
+        try:
+            self.holder.load(target)
+        except BundleError:
+            log.error("the reload marker names a bundle that cannot be loaded; serving the configured one")
+
+    # ------------------------------------------------------------------ admin reload
+
+    def resolve_target(self, version: str | None = None) -> Path:
+        """The bundle directory a reload should load: a named version, else the store's ``latest``."""
+        if version is not None:
+            if not _VERSION.match(version):
+                raise InvalidRequest("invalid version", fields={"version": "must be a bundle version name"})
+            candidate = self.store / version
+            if not (candidate / MANIFEST).is_file():
+                raise NotFound(f"no bundle {version} in the model store")
+            return candidate.resolve()
+        try:
+            return resolve_bundle_dir(self.store).resolve()
+        except BundleError:
+            pass
+        try:
+            return resolve_bundle_dir(self.holder.path).resolve()
+        except BundleError as exc:
+            raise InvalidBundle(str(exc)) from exc
+
+    def request(self, version: str | None = None, wait: float | None = None) -> dict[str, Any]:
+        """Start a background reload (one at a time); with ``wait``, block up to that many seconds."""
+        target = self.resolve_target(version)
+        with self._lock:
+            if self._loading is None or not self._loading.is_alive():
+                self._done.clear()
+                self._status = {
+                    "state": "loading",
+                    "target": target.name,
+                    "requested_at": _iso(time.time()),
+                    "finished_at": None,
+                    "error": None,
+                }
+                self._loading = threading.Thread(
+                    target=self._load_and_announce, args=(target,), name="movierec-reload", daemon=True
+                )
+                self._loading.start()
+        if wait:
+            self._done.wait(wait)
+            status = self.status()
+            if status["state"] == "failed":
+                raise InvalidBundle(f"bundle {status['target']} was refused: {status['error']}")
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._status)
+
+    def _load_and_announce(self, target: Path) -> None:
+        try:
+            bundle = self.holder.load(target)
+        except BundleError as exc:
+            self._finish("failed", str(exc)[:500])
+            return
+        except Exception as exc:
+            log.exception("reload failed unexpectedly")
+            self._finish("failed", f"unexpected error: {type(exc).__name__}")
+            return
+        try:
+            self._write_marker(target, bundle.version)
+        except OSError as exc:
+            self._finish("loaded", f"loaded here, but other workers were not told: {exc}")
+            return
+        self._finish("loaded", None)
+
+    def _finish(self, state: str, error: str | None) -> None:
+        with self._lock:
+            self._status.update(state=state, error=error, finished_at=_iso(time.time()))
+            self._done.set()
+        if state == "failed":
+            log.error("reload refused; the previous bundle keeps serving", extra={"reason": error})
+
+    # ------------------------------------------------------------------ the marker
+
+    def _marker_stat(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.marker.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_ino, stat.st_size)
+
+    def _read_marker(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _write_marker(self, target: Path, version: str) -> None:
+        previous = self._read_marker() or {}
+        body = {
+            "generation": int(previous.get("generation", 0)) + 1,
+            "target": str(target),
+            "version": version,
+            "at": _iso(time.time()),
+            "pid": os.getpid(),
+        }
+        tmp = self.marker.with_name(f"{self.marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, self.marker)
+        self._marker_seen = self._marker_stat()
+
+    def check_marker(self) -> bool:
+        """One poll: load the marker's bundle if the marker changed and names another bundle."""
+        stat = self._marker_stat()
+        if stat is None or stat == self._marker_seen:
+            return False
+        self._marker_seen = stat
+        marker = self._read_marker()
+        if marker is None or "target" not in marker:
+            return False
+        target = Path(marker["target"])
+        current = self.holder.bundle
+        if current is not None and current.path.resolve() == target.resolve():
+            return False
+        log.info("reload marker changed; loading", extra={"target": target.name})
+        with self._lock:
+            self._status = {
+                "state": "loading",
+                "target": target.name,
+                "requested_at": marker.get("at"),
+                "finished_at": None,
+                "error": None,
+                "via": "marker",
+            }
+            self._done.clear()
+        try:
+            self.holder.load(target)
+        except BundleError as exc:
+            self._finish("failed", str(exc)[:500])
+            return False
+        self._finish("loaded", None)
+        return True
+
+    # ------------------------------------------------------------------ the poller
+
+    def ensure_polling(self) -> None:
+        """Start this process's poller if it is not running (cheap; called on every request)."""
+        if self._poller_pid == os.getpid():
+            return
+        with self._lock:
+            if self._poller_pid == os.getpid():
+                return
+            self._poller_pid = os.getpid()
+            # The thread holds the reloader weakly: an app that is dropped (tests) ends its poller.
+            threading.Thread(
+                target=_poll, args=(weakref.ref(self), self._stop, self.poll_interval),
+                name="movierec-reload-poller", daemon=True,
+            ).start()  # fmt: skip
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _poll(ref: weakref.ref[ModelReloader], stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        reloader = ref()
+        if reloader is None:
+            return
+        try:
+            reloader.check_marker()
+        except Exception:
+            log.exception("reload poller error")
+        del reloader

@@ -1,0 +1,58 @@
+"""Recommendation ids that prove they were issued by this service.
+
+Request rows are written behind the response (:mod:`app.services.request_log`), and under
+uwsgi a score may reach a worker other than the one that issued the id, before that worker
+has flushed the row. The score path must then tell "issued, row still on its way" (wait for
+it) from "never issued" (400 at once, without tying a thread up for a forged id). So an id
+carries its own proof: 80 random bits plus a 42-bit HMAC of them under a key every worker
+derives from the shared JWT secret, laid out as an RFC 9562 version-8 UUID (36 characters,
+the width of ``recommendation_requests.id``). Ids issued before this scheme (plain UUID4)
+remain valid: the database is always asked first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+
+_RANDOM_BITS = 80
+_MAC_BITS = 42  # 80 + 42 = 122 payload bits: a UUID minus its version and variant bits
+_CONTEXT = b"movierec recommendation ids v1"
+
+
+class RequestIds:
+    """Issue and verify self-authenticating recommendation ids."""
+
+    def __init__(self, secret: bytes) -> None:
+        if not secret:
+            raise ValueError("a non-empty secret is needed to sign recommendation ids")
+        # A key of its own, so the JWT secret itself never signs anything but tokens.
+        self._key = hmac.new(secret, _CONTEXT, hashlib.sha256).digest()
+
+    def _mac(self, random_part: int) -> int:
+        digest = hmac.new(self._key, random_part.to_bytes(_RANDOM_BITS // 8, "big"), hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big") >> (64 - _MAC_BITS)
+
+    def issue(self) -> str:
+        random_part = secrets.randbits(_RANDOM_BITS)
+        payload = (random_part << _MAC_BITS) | self._mac(random_part)
+        high48, mid12, low62 = payload >> 74, (payload >> 62) & 0xFFF, payload & ((1 << 62) - 1)
+        value = (high48 << 80) | (0x8 << 76) | (mid12 << 64) | (0b10 << 62) | low62
+        return str(uuid.UUID(int=value))
+
+    def verify(self, request_id: str) -> bool:
+        """True only for an id this key issued (constant-time MAC comparison)."""
+        try:
+            parsed = uuid.UUID(request_id)
+        except (ValueError, TypeError, AttributeError):
+            return False
+        if str(parsed) != request_id:
+            return False  # only the canonical form we issue
+        value = parsed.int
+        if (value >> 76) & 0xF != 0x8 or (value >> 62) & 0b11 != 0b10:
+            return False
+        payload = ((value >> 80) << 74) | (((value >> 64) & 0xFFF) << 62) | (value & ((1 << 62) - 1))
+        random_part, mac = payload >> _MAC_BITS, payload & ((1 << _MAC_BITS) - 1)
+        return hmac.compare_digest(mac.to_bytes(6, "big"), self._mac(random_part).to_bytes(6, "big"))

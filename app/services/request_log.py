@@ -1,0 +1,275 @@
+"""Write-behind log of served recommendations (``recommendation_requests``).
+
+Why: committing one row per ``/api/recommend`` made the database, not the lookup, the cost
+of a request. Here a request only appends its row to an in-memory buffer; a background
+thread writes the buffer in batches (one multi-row INSERT per batch). The promises of
+API.md "Durability" are kept as follows:
+
+* **Nothing acknowledged is dropped while the process lives.** A row leaves the buffer only
+  after the batch holding it is committed; a failed batch goes back to the front of the
+  buffer and is retried with back-off (the database being down never loses rows). The
+  buffer is flushed synchronously at interpreter exit (``atexit``) and from uwsgi's own
+  ``atexit`` hook, which a worker runs when it is stopped or recycled. Only a hard kill
+  (SIGKILL, harakiri) can lose the rows of the last few milliseconds.
+* **A score is never refused because its row is pending.** :meth:`RequestLog.get` sees
+  pending and in-flight rows, and :meth:`RequestLog.persist` commits a pending row (and,
+  for free, everything queued with it) before the feedback row that references it.
+  Rows pending in *another* worker are handled by the score path with signed ids
+  (:mod:`app.services.request_ids`).
+* **Bounded memory.** With the database unreachable the buffer grows up to ``max_pending``
+  rows; past that, new recommendations are refused (503) rather than acknowledged and lost.
+
+The flusher thread is started lazily by the first append in each process, so the log works
+whether uwsgi forks before (``lazy-apps``) or after loading the app.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.errors import Unavailable
+from app.storage.db import Database, DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
+
+_LIVE_LOGS: weakref.WeakSet[RequestLog] = weakref.WeakSet()
+_HOOKS_INSTALLED = False
+_HOOKS_LOCK = threading.Lock()
+
+
+class RequestLog:
+    """Buffer request rows in memory and write them to the database in batches, off the request path."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        flush_interval: float = 0.02,
+        batch_size: int = 500,
+        max_pending: int = 50_000,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self.max_backoff = max_backoff
+        self._pending: dict[str, dict[str, Any]] = {}  # insertion-ordered: oldest first
+        self._inflight: dict[str, dict[str, Any]] = {}  # taken by a writer, not yet committed
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._write_lock = threading.Lock()  # one batch write at a time, in order
+        self._thread: threading.Thread | None = None
+        self._owner_pid: int | None = None
+        self._closed = False
+        self.written = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._last_error_logged = 0.0
+        _LIVE_LOGS.add(self)
+        install_exit_hooks()
+
+    # ------------------------------------------------------------------ request path
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Queue rows (each with a unique ``id``); returns at once. 503 when the backlog is full."""
+        stamped = datetime.now(UTC)
+        with self._lock:
+            batch = list(rows)
+            if len(self._pending) + len(self._inflight) + len(batch) > self.max_pending:
+                raise Unavailable(
+                    "the request log cannot keep up (database unreachable?); try again shortly",
+                    headers={"Retry-After": "5"},
+                )
+            for row in batch:
+                row.setdefault("created_at", stamped)
+                self._pending[row["id"]] = row
+            self._ensure_thread()
+            self._wake.notify()
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        """The row for ``request_id`` while it is still buffered here (pending or being written)."""
+        with self._lock:
+            return self._pending.get(request_id) or self._inflight.get(request_id)
+
+    def persist(self, request_id: str) -> bool:
+        """Commit ``request_id``'s row now if it is buffered here; False when it is not held here.
+
+        Raises :class:`DatabaseUnavailableError` when the database cannot take it (the row
+        stays buffered and will be retried).
+        """
+        if self.get(request_id) is None:
+            return False
+        with self._write_lock:  # waits for a batch in flight, which may already hold this row
+            while True:
+                with self._lock:
+                    if request_id not in self._pending and request_id not in self._inflight:
+                        return True
+                self._write_batch_locked(limit=None)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending) + len(self._inflight)
+
+    def flush(self) -> int:
+        """Write everything buffered now, in the caller's thread; returns rows written, raises on failure."""
+        total = 0
+        with self._write_lock:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return total
+                total += self._write_batch_locked(limit=None)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the flusher and flush what is left (retrying until ``timeout``)."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._final_flush(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """For /api/model and monitoring."""
+        return {
+            "pending": self.pending(),
+            "written": self.written,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+    # ------------------------------------------------------------------ writing
+
+    def _write_batch_locked(self, limit: int | None) -> int:
+        """Take up to ``limit`` pending rows, commit them, release them. Caller holds ``_write_lock``."""
+        with self._lock:
+            if not self._pending:
+                return 0
+            ids = list(self._pending)[: limit or None]
+            batch = {request_id: self._pending.pop(request_id) for request_id in ids}
+            self._inflight.update(batch)
+        try:
+            self.db.save_requests(list(batch.values()))
+        except (DatabaseUnavailableError, SQLAlchemyError, OSError) as exc:
+            with self._lock:
+                for request_id in ids:
+                    self._inflight.pop(request_id, None)
+                # back to the front, oldest first, ahead of rows queued meanwhile
+                self._pending = {**batch, **self._pending}
+                self.failures += 1
+                self.last_error = str(exc)[:300]
+            raise DatabaseUnavailableError(str(exc)) from exc
+        with self._lock:
+            for request_id in ids:
+                self._inflight.pop(request_id, None)
+            self.written += len(ids)
+            self.last_error = None
+        return len(ids)
+
+    def _ensure_thread(self) -> None:
+        """Start the flusher in this process (called with ``_lock`` held)."""
+        pid = os.getpid()
+        if self._thread is not None and self._owner_pid == pid and self._thread.is_alive():
+            return
+        self._owner_pid = pid
+        self._thread = threading.Thread(target=self._run, name="movierec-request-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                if len(self._pending) < self.batch_size and self.flush_interval > 0:
+                    # gather a batch: the first row waits at most flush_interval
+                    self._wake.wait(self.flush_interval)
+                if self._closed:
+                    return
+            try:
+                with self._write_lock:
+                    self._write_batch_locked(limit=self.batch_size)
+                backoff = 0.0
+            except DatabaseUnavailableError as exc:
+                backoff = min(self.max_backoff, max(0.05, backoff * 2))
+                now = time.monotonic()
+                if now - self._last_error_logged > 30:
+                    self._last_error_logged = now
+                    log.error(
+                        "request log: database write failed; rows kept and retried",
+                        extra={"pending": self.pending(), "reason": str(exc)[:200]},
+                    )
+                with self._lock:
+                    if not self._closed:
+                        self._wake.wait(backoff)
+            except Exception:
+                log.exception("request log: unexpected error while writing; rows kept and retried")
+                time.sleep(0.5)
+
+    def _final_flush(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            try:
+                written = self.flush()
+                if written:
+                    log.info("request log flushed at shutdown", extra={"rows": written})
+                return
+            except DatabaseUnavailableError as exc:
+                if time.monotonic() >= deadline:
+                    log.error(
+                        "request log: rows could not be written before exit",
+                        extra={"pending": self.pending(), "reason": str(exc)[:200]},
+                    )
+                    return
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+
+
+def flush_all_logs(timeout: float = 10.0) -> None:
+    """Flush every live request log of this process (exit hooks)."""
+    for request_log in list(_LIVE_LOGS):
+        try:
+            request_log.close(timeout)
+        except Exception:
+            log.exception("request log: flush at exit failed")
+
+
+def install_exit_hooks() -> None:
+    """Register the exit flush once per process: Python's atexit, and uwsgi's when inside uwsgi.
+
+    uwsgi may end a worker without running Python's atexit handlers, but it always calls
+    ``uwsgi.atexit`` (chained here, never replaced) on a graceful stop or recycle.
+    """
+    global _HOOKS_INSTALLED
+    with _HOOKS_LOCK:
+        if _HOOKS_INSTALLED:
+            return
+        _HOOKS_INSTALLED = True
+    atexit.register(flush_all_logs)
+    try:
+        import uwsgi  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    previous = getattr(uwsgi, "atexit", None)
+
+    def _uwsgi_atexit() -> None:
+        flush_all_logs()
+        if callable(previous):
+            previous()
+
+    uwsgi.atexit = _uwsgi_atexit

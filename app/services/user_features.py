@@ -1,0 +1,123 @@
+"""User features for the features API (seed 001) and the predictions API built on them.
+
+Where the features come from, in order:
+
+1. the ``user_features`` **table** the training pipeline loads with the latest feature-store
+   snapshot (app/storage/user_features.py); a user missing from a loaded snapshot is a 404;
+2. while that table is empty (no pipeline run yet) or the database is down, they are
+   **computed** from the local MovieLens files under the data root with
+   :func:`app.recommender.features.user_features` — the very function the pipeline snapshots —
+   once per process, then served from memory. The response says which (``source``), so a
+   client can tell a stored snapshot from a computed one.
+
+Either way a request is one primary-key read or a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from app.errors import NotFound, Unavailable
+from app.recommender.data import find_local
+from app.storage.db import Database, DatabaseUnavailableError
+from app.storage.user_features import get_user_features, user_features_snapshot
+
+log = logging.getLogger(__name__)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe scalar: NumPy → Python, NaN/NA → None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return value
+
+
+_PLAIN = (
+    "age", "age_group", "gender", "occupation", "n_ratings", "n_liked", "liked_share",
+    "mean_rating", "std_rating", "first_ts", "last_ts",
+)  # fmt: skip
+
+
+class UserFeatureService:
+    def __init__(self, db: Database, data_dir: Path | None) -> None:
+        self.db = db
+        self.data_dir = data_dir
+        self._computed: dict[int, dict[str, Any]] | None = None
+        self._computed_at: str | None = None
+        self._lock = threading.Lock()
+
+    def features(self, user_id: int) -> dict[str, Any]:
+        """``{"user_id", "features", "source", "snapshot_id", "as_of"}``; 404 for a user without features."""
+        try:
+            row = get_user_features(self.db, user_id)
+            stored = row is not None or user_features_snapshot(self.db)[1] > 0
+        except DatabaseUnavailableError:
+            row, stored = None, False  # the database is down: answer from local data if we can
+        if row is not None:
+            features = {name: _plain(getattr(row, name)) for name in _PLAIN}
+            features["genre_share"] = dict(row.genre_share or {})
+            features["liked_genre_share"] = dict(row.liked_genre_share or {})
+            return {
+                "user_id": user_id,
+                "features": features,
+                "source": "feature_store",
+                "snapshot_id": row.snapshot_id,
+                "as_of": row.computed_at.isoformat(timespec="seconds") if row.computed_at else None,
+            }
+        if stored:
+            raise NotFound(f"no features for user {user_id} in the latest feature snapshot")
+        computed = self._computed_table().get(user_id)
+        if computed is None:
+            raise NotFound(f"no features for user {user_id}")
+        return {
+            "user_id": user_id,
+            "features": computed,
+            "source": "computed",
+            "snapshot_id": None,
+            "as_of": self._computed_at,
+        }
+
+    def _computed_table(self) -> dict[int, dict[str, Any]]:
+        table = self._computed
+        if table is not None:
+            return table
+        with self._lock:
+            if self._computed is None:
+                self._computed = self._compute()
+                self._computed_at = datetime.now(UTC).isoformat(timespec="seconds")
+            return self._computed
+
+    def _compute(self) -> dict[int, dict[str, Any]]:
+        """The same features and shape as the stored table, from the local data set."""
+        from app.recommender.features import GENRE_SLUGS, user_features
+
+        data = find_local(self.data_dir) if self.data_dir is not None else None
+        if data is None:
+            raise Unavailable("user features are not available: no feature snapshot and no local data set")
+        frame = user_features(data.ratings, data.users, data.items)
+        table: dict[int, dict[str, Any]] = {}
+        for record in frame.to_dict(orient="records"):
+            features = {name: _plain(record[name]) for name in _PLAIN}
+            features["genre_share"] = {g: round(float(record[f"share_{g}"]), 6) for g in GENRE_SLUGS}
+            features["liked_genre_share"] = {
+                g: round(float(record[f"liked_share_{g}"]), 6) for g in GENRE_SLUGS
+            }
+            table[int(record["user_id"])] = features
+        log.info("user features computed from local data", extra={"users": len(table)})
+        return table

@@ -1,0 +1,155 @@
+"""GET /api/model and POST /api/admin/reload: atomic swaps, bad bundles refused, every worker follows."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.helpers import ADMIN_PASSWORD, PROFILE, login
+from tests.serving_helpers import add_version, copy_store
+
+pytestmark = pytest.mark.api
+
+
+@pytest.fixture
+def store(model_store: Path, tmp_path: Path) -> Path:
+    return copy_store(model_store, tmp_path / "store")
+
+
+@pytest.fixture
+def app(make_app: Any, store: Path) -> Any:
+    return make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05)
+
+
+def _version(client: Any, headers: dict) -> str:
+    return client.get("/api/model", headers=headers).get_json()["model_version"]
+
+
+def test_model_info_reports_version_metrics_and_state(app: Any, client: Any, auth_headers: dict) -> None:
+    response = client.get("/api/model", headers=auth_headers)
+    assert response.status_code == 200
+    body = response.get_json()
+    bundle = app.extensions["movierec"].models.require()
+    assert body["model_version"] == bundle.version
+    assert body["metrics"] == bundle.manifest["metrics"] and body["metrics"]
+    assert body["served_model"] == bundle.manifest["served_model"]
+    assert body["rating_model"] == "linear_rating"
+    assert body["loaded_at"].endswith("+00:00")
+    assert body["reload"] == {"state": "idle"}
+    assert "breaker" in body
+    assert set(body["request_log"]) == {"pending", "written", "failures", "last_error"}
+    assert client.get("/api/model").status_code == 401
+
+
+def test_reload_needs_an_admin_token(client: Any, auth_headers: dict) -> None:
+    assert client.post("/api/admin/reload", json={}).status_code == 401
+    response = client.post("/api/admin/reload", json={}, headers=auth_headers)
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "forbidden"
+
+
+def test_reload_swaps_in_the_new_latest(client: Any, store: Path, auth_headers: dict) -> None:
+    admin = login(client, ADMIN_PASSWORD)
+    old = _version(client, auth_headers)
+    add_version(store, "v-new")
+    response = client.post("/api/admin/reload", json={"wait": True}, headers=admin)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["state"] == "loaded"
+    assert response.get_json()["model_version"] == "v-new" != old
+    assert _version(client, auth_headers) == "v-new"
+    served = client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()
+    assert served["model_version"] == "v-new"
+
+
+def test_reload_in_the_background_answers_202_then_swaps(
+    client: Any, store: Path, auth_headers: dict
+) -> None:
+    admin = login(client, ADMIN_PASSWORD)
+    add_version(store, "v-bg")
+    response = client.post("/api/admin/reload", json={}, headers=admin)
+    assert response.status_code in (200, 202)
+    deadline = time.monotonic() + 10
+    while _version(client, auth_headers) != "v-bg":
+        assert time.monotonic() < deadline, "background reload never swapped"
+        time.sleep(0.02)
+    assert client.get("/api/model", headers=auth_headers).get_json()["reload"]["state"] == "loaded"
+
+
+def _corrupt_table(bundle: Path) -> None:
+    top = np.load(bundle / "segment_top.npy")
+    top[0, :2] = top[0, 0]  # a repeated movie: the validator must refuse it
+    np.save(bundle / "segment_top.npy", top)
+
+
+def _broken_rating_model(bundle: Path) -> None:
+    (bundle / "rating_model.pkl").write_bytes(b"not a pickle")
+
+
+def _truncated(bundle: Path) -> None:
+    data = (bundle / "user_ids.npy").read_bytes()
+    (bundle / "segment_scores.npy").write_bytes(data[:10])
+
+
+@pytest.mark.parametrize("damage", [_corrupt_table, _broken_rating_model, _truncated])
+def test_bad_bundle_is_refused_and_the_old_one_keeps_serving(
+    client: Any, store: Path, auth_headers: dict, damage: Any
+) -> None:
+    admin = login(client, ADMIN_PASSWORD)
+    old = _version(client, auth_headers)
+    add_version(store, "v-bad", mutate=damage)
+    response = client.post("/api/admin/reload", json={"wait": True}, headers=admin)
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_bundle" and "v-bad" in error["message"]
+    assert _version(client, auth_headers) == old
+    assert (
+        client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()["model_version"] == old
+    )
+    status = client.get("/api/model", headers=auth_headers).get_json()["reload"]
+    assert status["state"] == "failed" and status["error"]
+
+
+def test_reload_to_a_named_version_and_invalid_versions(client: Any, store: Path, auth_headers: dict) -> None:
+    admin = login(client, ADMIN_PASSWORD)
+    old = _version(client, auth_headers)
+    add_version(store, "v-2")
+    ok = client.post("/api/admin/reload", json={"version": old, "wait": True}, headers=admin)
+    assert ok.status_code == 200 and ok.get_json()["model_version"] == old
+    assert client.post("/api/admin/reload", json={"version": "nope"}, headers=admin).status_code == 404
+    for bad in ("../etc", ".hidden", "a/b"):
+        response = client.post("/api/admin/reload", json={"version": bad}, headers=admin)
+        assert response.status_code == 400
+        assert "version" in response.get_json()["error"]["fields"]
+    assert client.post("/api/admin/reload", json={"wait": "yes"}, headers=admin).status_code == 400
+
+
+def test_every_worker_follows_a_reload_and_late_workers_adopt_it(
+    make_app: Any, store: Path, auth_headers: dict
+) -> None:
+    """Two apps on one model store stand in for two uwsgi workers; a third starts after the reload."""
+    first = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05).test_client()
+    second = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05).test_client()
+    original = _version(second, auth_headers)  # this request also starts second's poller
+    add_version(store, "v-shared")
+    admin = login(first, ADMIN_PASSWORD)
+    assert first.post("/api/admin/reload", json={"wait": True}, headers=admin).status_code == 200
+    deadline = time.monotonic() + 10
+    while _version(second, auth_headers) != "v-shared":
+        assert time.monotonic() < deadline, "the sibling worker never followed the reload"
+        time.sleep(0.05)
+    # roll back to the original by name: a worker started afterwards serves it, not `latest`
+    assert (
+        first.post("/api/admin/reload", json={"version": original, "wait": True}, headers=admin).status_code
+        == 200
+    )
+    late = make_app(model_path=store, model_dir=store).test_client()
+    assert _version(late, auth_headers) == original
+    # training moving `latest` later wins over the old marker at start-up
+    time.sleep(0.01)
+    add_version(store, "v-trained")
+    fresh = make_app(model_path=store, model_dir=store).test_client()
+    assert _version(fresh, auth_headers) == "v-trained"

@@ -1,0 +1,166 @@
+"""/api/predict/stream and /api/predict/batch: the bundle's LinearRatingModel, one vectorised call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.serving_helpers import copy_store
+
+pytestmark = pytest.mark.api
+
+RECORD = {"age": 30, "gender": "M", "occupation": "programmer", "movie_id": 1}
+
+
+def test_stream_predicts_a_rating_with_the_bundles_rating_model(
+    app: Any, client: Any, auth_headers: dict
+) -> None:
+    bundle = app.extensions["movierec"].models.require()
+    assert bundle.rating_model is not None and bundle.rating_model.name == "linear_rating"
+    response = client.post("/api/predict/stream", json=RECORD, headers=auth_headers)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert 1.0 <= body["prediction"] <= 5.0
+    assert body["model_version"] == bundle.version
+    expected = float(bundle.rating_model.predict_records([RECORD])[0])
+    assert body["prediction"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_known_user_id_changes_the_prediction(
+    app: Any, client: Any, auth_headers: dict, synthetic_data: Any
+) -> None:
+    user = synthetic_data.users.iloc[0]
+    base = {"age": int(user["age"]), "gender": user["gender"], "occupation": user["occupation"]}
+    cold, known = [], []
+    for movie_id in synthetic_data.items["movie_id"].head(15):
+        record = {**base, "movie_id": int(movie_id)}
+        cold.append(
+            client.post("/api/predict/stream", json=record, headers=auth_headers).get_json()["prediction"]
+        )
+        with_user = {**record, "user_id": int(user["user_id"])}
+        known.append(
+            client.post("/api/predict/stream", json=with_user, headers=auth_headers).get_json()["prediction"]
+        )
+    assert not np.allclose(cold, known), "a known user's own ratings must move the prediction"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("age", 0), ("age", 121), ("age", True), ("age", "30"), ("gender", "X"), ("occupation", "pilot"),
+        ("movie_id", 0), ("movie_id", "1"), ("user_id", 0), ("user_id", False), ("extra", 1),
+    ],
+)  # fmt: skip
+def test_stream_rejects_each_invalid_field(client: Any, auth_headers: dict, field: str, value: Any) -> None:
+    response = client.post("/api/predict/stream", json={**RECORD, field: value}, headers=auth_headers)
+    assert response.status_code == 400
+    assert field in response.get_json()["error"]["fields"]
+
+
+@pytest.mark.parametrize("missing", ["age", "gender", "occupation", "movie_id"])
+def test_stream_requires_each_field(client: Any, auth_headers: dict, missing: str) -> None:
+    record = {k: v for k, v in RECORD.items() if k != missing}
+    response = client.post("/api/predict/stream", json=record, headers=auth_headers)
+    assert response.status_code == 400
+    assert missing in response.get_json()["error"]["fields"]
+
+
+def test_stream_movie_outside_the_catalogue_is_400(client: Any, auth_headers: dict) -> None:
+    response = client.post("/api/predict/stream", json={**RECORD, "movie_id": 99_999}, headers=auth_headers)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["fields"] == {
+        "instance.movie_id": "must be the id of a movie in the catalogue"
+    }
+
+
+def test_predict_needs_a_token(client: Any) -> None:
+    for path, body in (("/api/predict/stream", RECORD), ("/api/predict/batch", {"instances": [RECORD]})):
+        response = client.post(path, json=body)
+        assert response.status_code == 401
+        assert response.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_batch_matches_stream_and_keeps_order(client: Any, auth_headers: dict, synthetic_data: Any) -> None:
+    movies = synthetic_data.items["movie_id"].tolist()
+    records = [
+        {
+            "age": 18 + i % 50,
+            "gender": "MF"[i % 2],
+            "occupation": "student",
+            "movie_id": int(movies[i % len(movies)]),
+        }
+        for i in range(1_000)
+    ]
+    response = client.post("/api/predict/batch", json={"instances": records}, headers=auth_headers)
+    assert response.status_code == 200, response.get_json()
+    predictions = response.get_json()["predictions"]
+    assert len(predictions) == 1_000
+    for index in (0, 1, 517, 999):
+        single = client.post("/api/predict/stream", json=records[index], headers=auth_headers).get_json()
+        assert predictions[index] == pytest.approx(single["prediction"], abs=1e-5)
+
+
+def test_batch_of_ten_thousand_is_accepted_beyond_the_64k_body_limit(client: Any, auth_headers: dict) -> None:
+    records = [{**RECORD, "age": 20 + i % 40} for i in range(10_000)]
+    payload = json.dumps({"instances": records})
+    assert len(payload) > 64 * 1024
+    response = client.post(
+        "/api/predict/batch", data=payload, content_type="application/json", headers=auth_headers
+    )
+    assert response.status_code == 200
+    assert len(response.get_json()["predictions"]) == 10_000
+    # …while ordinary endpoints keep the 64 KiB limit
+    big = client.post("/api/echo", data=json.dumps({"x": "y" * 70_000}), content_type="application/json",
+                      headers=auth_headers)  # fmt: skip
+    assert big.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("instances", "field"),
+    [
+        ([], "instances"),
+        ([RECORD] * 10_001, "instances"),
+        ([RECORD, {**RECORD, "age": 0}], "instances[1].age"),
+        ([RECORD, RECORD, {**RECORD, "gender": "x"}], "instances[2].gender"),
+        ([{**RECORD, "occupation": 5}], "instances[0].occupation"),
+        ([RECORD, {**RECORD, "movie_id": 99_999}], "instances[1].movie_id"),
+        ([RECORD, {**RECORD, "movie_id": 1.5}], "instances[1].movie_id"),
+        ([{**RECORD, "user_id": -1}], "instances[0].user_id"),
+        ([RECORD, {"age": 30, "gender": "M", "occupation": "programmer"}], "instances[1].movie_id"),
+        ([RECORD, {**RECORD, "colour": "red"}], "instances[1].colour"),
+        ([RECORD, [1, 2, 3]], "instances"),
+    ],
+)
+def test_batch_names_the_bad_record_and_field(
+    client: Any, auth_headers: dict, instances: list, field: str
+) -> None:
+    response = client.post("/api/predict/batch", json={"instances": instances}, headers=auth_headers)
+    assert response.status_code == 400, response.get_json()
+    assert field in response.get_json()["error"]["fields"]
+
+
+def test_batch_rejects_unknown_top_level_fields(client: Any, auth_headers: dict) -> None:
+    response = client.post("/api/predict/batch", json={"instances": [RECORD], "x": 1}, headers=auth_headers)
+    assert response.status_code == 400
+    assert "x" in response.get_json()["error"]["fields"]
+
+
+def test_bundle_without_rating_model_answers_503_but_still_recommends(
+    make_app: Any, model_store: Path, tmp_path: Path, auth_headers: dict
+) -> None:
+    store = copy_store(model_store, tmp_path / "store")
+    bundle = (store / "latest").resolve()
+    (bundle / "rating_model.pkl").unlink()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.pop("rating_model", None)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    client = make_app(model_path=store, model_dir=store).test_client()
+    response = client.post("/api/predict/stream", json=RECORD, headers=auth_headers)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "unavailable"
+    profile = {"age": 30, "gender": "M", "occupation": "programmer"}
+    assert client.post("/api/recommend", json=profile, headers=auth_headers).status_code == 200

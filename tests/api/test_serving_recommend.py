@@ -1,0 +1,97 @@
+"""/api/recommend as a lookup: known users, unknown users, no scoring or pandas per request, echo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tests.helpers import PROFILE
+
+pytestmark = pytest.mark.api
+
+
+@pytest.fixture
+def app(make_app: Any, personal_model_store: Any) -> Any:
+    """Served by a model that knows users."""
+    return make_app(model_path=personal_model_store, model_dir=personal_model_store)
+
+
+def _known_user(app: Any) -> int:
+    bundle = app.extensions["movierec"].models.require()
+    return int(bundle.tables.user_ids[0])
+
+
+def test_known_user_gets_personal_recommendations_without_rated_movies(
+    app: Any, client: Any, auth_headers: dict[str, str], synthetic_data: Any
+) -> None:
+    user_id = _known_user(app)
+    response = client.post("/api/recommend", json={"user_id": user_id, "max_recs": 20}, headers=auth_headers)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["strategy"] == "personal"
+    assert len(body["recommendations"]) == len(set(body["recommendations"])) > 0
+    rated = set(synthetic_data.ratings.loc[synthetic_data.ratings["user_id"] == user_id, "movie_id"])
+    assert rated, "the chosen user must have ratings for this test to mean anything"
+    assert not rated & {item["movie_id"] for item in body["items"]}
+
+
+def test_known_user_ignores_demographics_and_unknown_user_falls_back_to_them(
+    app: Any, client: Any, auth_headers: dict[str, str]
+) -> None:
+    user_id = _known_user(app)
+    personal = client.post("/api/recommend", json={"user_id": user_id, **PROFILE}, headers=auth_headers)
+    assert personal.get_json()["strategy"] == "personal"
+    segment = client.post("/api/recommend", json={"user_id": 999_999, **PROFILE}, headers=auth_headers)
+    assert segment.status_code == 200
+    assert segment.get_json()["strategy"] == "segment"
+
+
+def test_unknown_user_without_demographics_is_404_in_the_envelope(
+    client: Any, auth_headers: dict[str, str]
+) -> None:
+    response = client.post("/api/recommend", json={"user_id": 999_999}, headers=auth_headers)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+    assert "999999" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("user_id", [0, -3, True, "5", 2.5, 2**31])
+def test_invalid_user_id_is_400_naming_the_field(
+    client: Any, auth_headers: dict[str, str], user_id: Any
+) -> None:
+    response = client.post("/api/recommend", json={"user_id": user_id}, headers=auth_headers)
+    assert response.status_code == 400
+    assert "user_id" in response.get_json()["error"]["fields"]
+
+
+def test_request_path_neither_scores_nor_touches_pandas(
+    app: Any, client: Any, auth_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serving is a lookup: with model scoring and DataFrame construction booby-trapped, it still answers."""
+    bundle = app.extensions["movierec"].models.require()
+    user_id = _known_user(app)
+
+    def trap(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("pandas or model scoring on the request path")
+
+    monkeypatch.setattr(pd.DataFrame, "__init__", trap)
+    monkeypatch.setattr(pd.Series, "__init__", trap)
+    if bundle.model is not None:
+        monkeypatch.setattr(bundle.model, "score_segments", trap)
+        monkeypatch.setattr(bundle.model, "score_users", trap)
+    for body in (PROFILE, {"user_id": user_id}, {**PROFILE, "max_recs": 100}):
+        response = client.post("/api/recommend", json=body, headers=auth_headers)
+        assert response.status_code == 200, response.get_json()
+
+
+def test_echo_returns_the_body_and_needs_a_token(client: Any, auth_headers: dict[str, str]) -> None:
+    body = {"age": 30, "nested": {"a": [1, 2]}, "text": "héllo"}
+    response = client.post("/api/echo", json=body, headers=auth_headers)
+    assert response.status_code == 200
+    assert response.get_json() == body
+    unauthenticated = client.post("/api/echo", json=body)
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.get_json()["error"]["code"] == "unauthorized"
+    assert client.post("/api/echo", json=[1, 2], headers=auth_headers).status_code == 400

@@ -1,0 +1,110 @@
+"""/api/users/<id>/features and /api/users/<id>/recommendations (seed 001)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.recommender.features import user_features
+from app.storage.user_features import replace_user_features
+
+pytestmark = pytest.mark.api
+
+
+@pytest.fixture
+def app(make_app: Any, personal_model_store: Any) -> Any:
+    return make_app(model_path=personal_model_store, model_dir=personal_model_store)
+
+
+def _rows(synthetic_data: Any, keep: int) -> list[dict[str, Any]]:
+    frame = user_features(synthetic_data.ratings, synthetic_data.users, synthetic_data.items).head(keep)
+    rows = []
+    for record in frame.to_dict("records"):
+        row = {k: v for k, v in record.items() if not k.startswith(("share_", "liked_share_"))}
+        row["genre_share"] = {k[6:]: v for k, v in record.items() if k.startswith("share_")}
+        row["liked_genre_share"] = {k[12:]: v for k, v in record.items() if k.startswith("liked_share_")}
+        rows.append(row)
+    return rows
+
+
+def test_features_are_computed_from_local_data_until_a_snapshot_is_loaded(
+    app: Any, client: Any, auth_headers: dict, synthetic_data: Any
+) -> None:
+    user = synthetic_data.users.iloc[3]
+    uid = int(user["user_id"])
+    response = client.get(f"/api/users/{uid}/features", headers=auth_headers)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["source"] == "computed" and body["snapshot_id"] is None
+    n_ratings = int((synthetic_data.ratings["user_id"] == uid).sum())
+    assert body["features"]["n_ratings"] == n_ratings
+    assert (body["features"]["age"], body["features"]["gender"]) == (int(user["age"]), user["gender"])
+    assert set(body["features"]["genre_share"]) >= {"action", "romance"}
+
+
+def test_features_come_from_the_loaded_snapshot(
+    app: Any, client: Any, auth_headers: dict, synthetic_data: Any
+) -> None:
+    db = app.extensions["movierec"].db
+    replace_user_features(db, _rows(synthetic_data, keep=10), snapshot_id="snap-1")
+    uid = int(synthetic_data.users.iloc[0]["user_id"])
+    body = client.get(f"/api/users/{uid}/features", headers=auth_headers).get_json()
+    assert body["source"] == "feature_store" and body["snapshot_id"] == "snap-1"
+    assert body["features"]["n_ratings"] == int((synthetic_data.ratings["user_id"] == uid).sum())
+    # a user the loaded snapshot does not have is unknown, even if local data has them
+    missing = int(synthetic_data.users.iloc[50]["user_id"])
+    response = client.get(f"/api/users/{missing}/features", headers=auth_headers)
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-1", "1.5", "99999999999"])
+def test_invalid_user_ids_are_400(client: Any, auth_headers: dict, raw: str) -> None:
+    for suffix in ("features", "recommendations"):
+        response = client.get(f"/api/users/{raw}/{suffix}", headers=auth_headers)
+        assert response.status_code == 400
+        assert response.get_json()["error"]["fields"] == {"user_id": "must be a positive integer"}
+
+
+def test_unknown_user_is_404(client: Any, auth_headers: dict) -> None:
+    for suffix in ("features", "recommendations"):
+        response = client.get(f"/api/users/99999/{suffix}", headers=auth_headers)
+        assert response.status_code == 404
+        assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_users_endpoints_need_a_token(client: Any) -> None:
+    for suffix in ("features", "recommendations"):
+        assert client.get(f"/api/users/1/{suffix}").status_code == 401
+
+
+def test_recommendations_for_a_known_user_are_personal_and_scoreable(
+    app: Any, client: Any, auth_headers: dict, synthetic_data: Any
+) -> None:
+    uid = int(app.extensions["movierec"].models.require().tables.user_ids[0])
+    response = client.get(f"/api/users/{uid}/recommendations?max_recs=7", headers=auth_headers)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["strategy"] == "personal" and body["user_id"] == uid and len(body["recommendations"]) == 7
+    rated = set(synthetic_data.ratings.loc[synthetic_data.ratings["user_id"] == uid, "movie_id"])
+    assert not rated & {item["movie_id"] for item in body["items"]}
+    score = {"id": body["id"], "movie": body["recommendations"][0], "score": 5}
+    assert client.post("/api/recommend/score", json=score, headers=auth_headers).status_code == 200
+
+
+def test_recommendations_for_a_user_the_model_does_not_know_use_their_features(
+    make_app: Any, model_store: Any, auth_headers: dict, synthetic_data: Any
+) -> None:
+    client = make_app().test_client()  # the session bundle's served model has no user tables
+    user = synthetic_data.users.iloc[5]
+    body = client.get(f"/api/users/{int(user['user_id'])}/recommendations", headers=auth_headers).get_json()
+    assert body["strategy"] == "segment"
+    profile = {"age": int(user["age"]), "gender": user["gender"], "occupation": user["occupation"]}
+    direct = client.post("/api/recommend", json=profile, headers=auth_headers).get_json()
+    assert body["recommendations"] == direct["recommendations"]
+
+
+@pytest.mark.parametrize("query", ["max_recs=0", "max_recs=101", "max_recs=abc", "colour=red"])
+def test_recommendations_query_is_validated(client: Any, auth_headers: dict, query: str) -> None:
+    response = client.get(f"/api/users/1/recommendations?{query}", headers=auth_headers)
+    assert response.status_code == 400

@@ -1,0 +1,184 @@
+"""Write-behind request logging never loses an acknowledged id (API.md "Durability"), on real databases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from app.services.request_ids import RequestIds
+from app.storage.db import make_engine
+from app.storage.models import Feedback, RecommendationRequest
+from tests.helpers import PROFILE
+
+pytestmark = pytest.mark.integration
+
+SLOW_FLUSH = 30.0  # seconds: long enough that nothing is flushed unless something asks for it
+
+
+def _count(app: Any, model: Any) -> int:
+    with app.extensions["movierec"].db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'log.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_a_score_arriving_before_the_flush_is_accepted_and_both_rows_stored(
+    make_app: Any, database_url: str, auth_headers: dict
+) -> None:
+    app = make_app(database_url=database_url, request_log_flush_seconds=SLOW_FLUSH)
+    client = app.test_client()
+    served = client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()
+    log = app.extensions["movierec"].recommendations.request_log
+    assert log.pending() == 1 and _count(app, RecommendationRequest) == 0  # really still pending
+    score = {"id": served["id"], "movie": served["recommendations"][2], "score": 3.5}
+    response = client.post("/api/recommend/score", json=score, headers=auth_headers)
+    assert response.status_code == 200
+    assert _count(app, RecommendationRequest) == 1 and _count(app, Feedback) == 1
+    wrong_movie = {**score, "movie": "Not Recommended (1900)"}
+    assert client.post("/api/recommend/score", json=wrong_movie, headers=auth_headers).status_code == 400
+
+
+def test_many_pending_rows_are_all_written_in_batches(
+    make_app: Any, database_url: str, auth_headers: dict
+) -> None:
+    app = make_app(database_url=database_url, request_log_flush_seconds=0.01)
+    client = app.test_client()
+    ids = [
+        client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()["id"] for _ in range(300)
+    ]
+    log = app.extensions["movierec"].recommendations.request_log
+    deadline = time.monotonic() + 10
+    while log.pending():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert _count(app, RecommendationRequest) == 300 == len(set(ids))
+    assert log.written == 300
+
+
+def test_a_score_reaching_another_worker_waits_for_the_pending_row(
+    make_app: Any, postgres_url: str, auth_headers: dict
+) -> None:
+    """Two apps on one database and one JWT secret stand in for two uwsgi workers."""
+    issuer = make_app(database_url=postgres_url, request_log_flush_seconds=SLOW_FLUSH)
+    other = make_app(database_url=postgres_url).test_client()
+    served = issuer.test_client().post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()
+    score = {"id": served["id"], "movie": served["recommendations"][0], "score": 5}
+    result: dict[str, Any] = {}
+
+    def post() -> None:
+        started = time.monotonic()
+        response = other.post("/api/recommend/score", json=score, headers=auth_headers)
+        result.update(status=response.status_code, waited=time.monotonic() - started)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    time.sleep(0.3)
+    assert thread.is_alive(), "the other worker must wait for the row, not refuse the id"
+    issuer.extensions["movierec"].recommendations.request_log.flush()
+    thread.join(10)
+    assert result["status"] == 200 and result["waited"] >= 0.3
+    assert _count(issuer, Feedback) == 1
+
+
+def test_ids_not_issued_here_are_refused_at_once(
+    make_app: Any, postgres_url: str, auth_headers: dict
+) -> None:
+    client = make_app(database_url=postgres_url).test_client()
+    served = client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()
+    forged = [str(uuid.uuid4()), RequestIds(b"another secret").issue(), served["id"][:-1] + "0", "not-a-uuid"]
+    for request_id in forged:
+        if request_id == served["id"]:
+            continue
+        started = time.monotonic()
+        body = {"id": request_id, "movie": served["recommendations"][0], "score": 4}
+        response = client.post("/api/recommend/score", json=body, headers=auth_headers)
+        assert response.status_code == 400, request_id
+        assert response.get_json()["error"]["fields"] == {
+            "id": "must be a recommendation id issued by this service"
+        }
+        assert time.monotonic() - started < 0.5
+
+
+def test_database_down_recommendations_served_feedback_503_rows_kept_and_retried(
+    make_app: Any, postgres_url: str, auth_headers: dict
+) -> None:
+    app = make_app(database_url=postgres_url, request_log_flush_seconds=0.01)
+    client = app.test_client()
+    db = app.extensions["movierec"].db
+    good_engine, good_sessions = db.engine, db.sessions
+    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
+    try:
+        served = [client.post("/api/recommend", json=PROFILE, headers=auth_headers) for _ in range(20)]
+        assert all(r.status_code == 200 for r in served)
+        body = served[0].get_json()
+        score = {"id": body["id"], "movie": body["recommendations"][0], "score": 4}
+        down = client.post("/api/recommend/score", json=score, headers=auth_headers)
+        assert down.status_code == 503 and down.get_json()["error"]["code"] == "unavailable"
+        log = app.extensions["movierec"].recommendations.request_log
+        time.sleep(0.2)
+        assert log.pending() == 20 and log.failures >= 1
+    finally:
+        db.engine, db.sessions = good_engine, good_sessions
+    deadline = time.monotonic() + 15  # the flusher backs off at most 5 s between attempts
+    while log.pending():
+        assert time.monotonic() < deadline, "buffered rows were not retried after the database came back"
+        time.sleep(0.05)
+    assert _count(app, RecommendationRequest) == 20
+    assert client.post("/api/recommend/score", json=score, headers=auth_headers).status_code == 200
+
+
+def test_a_full_backlog_refuses_new_recommendations_instead_of_losing_them(
+    make_app: Any, postgres_url: str, auth_headers: dict
+) -> None:
+    app = make_app(database_url=postgres_url, request_log_flush_seconds=SLOW_FLUSH, request_log_max_pending=3)
+    client = app.test_client()
+    statuses = [
+        client.post("/api/recommend", json=PROFILE, headers=auth_headers).status_code for _ in range(4)
+    ]
+    assert statuses == [200, 200, 200, 503]
+
+
+def test_rows_still_buffered_at_exit_are_written(tmp_path: Path) -> None:
+    """A process that exits normally flushes its buffer (atexit), however long the flush interval."""
+    url = f"sqlite:///{tmp_path / 'exit.db'}"
+    script = textwrap.dedent(
+        f"""
+        from app.storage.db import Database
+        from app.services.request_log import RequestLog
+        db = Database({url!r})
+        db.upgrade()
+        log = RequestLog(db, flush_interval=3600)
+        log.append([{{"id": f"row-{{i}}", "max_recs": 1, "model_version": "v", "strategy": "segment",
+                      "items": []}} for i in range(250)])
+        print(log.pending())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.stdout.strip().splitlines()[-1] == "250"
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(RecommendationRequest)) == 250
+    engine.dispose()
