@@ -67,6 +67,24 @@ class Message(BaseModel):
 class RecommendRequest(Strict):
     """Demographics for a cold-start recommendation, or ``user_id`` for a known user."""
 
+    # the "user_id or all three demographics" rule below, stated in the spec too (found by fuzzing:
+    # without it `{}` is schema-valid yet answered 400)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["user_id"], "properties": {"user_id": {"type": "integer"}}},
+                {
+                    "required": ["age", "gender", "occupation"],
+                    "properties": {
+                        "age": {"type": "integer"},
+                        "gender": {"type": "string"},
+                        "occupation": {"type": "string"},
+                    },
+                },
+            ]
+        }
+    )
+
     age: Age | None = None
     gender: Gender | None = None
     occupation: Occupation | None = None
