@@ -21,7 +21,7 @@ from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, Response, current_app, render_template, request, url_for
 from flask_jwt_extended import get_jwt, set_access_cookies, unset_jwt_cookies, verify_jwt_in_request
 from flask_jwt_extended.exceptions import (
     CSRFError,
@@ -109,11 +109,18 @@ def _services() -> Any:
     return current_app.extensions["movierec"]
 
 
+def _see_other(location: str) -> Response:
+    """303 to a path on this site (after a post the browser then GETs it)."""
+    response = Response(status=303)
+    response.headers["Location"] = location
+    return response
+
+
 def _login_redirect(reason: str, next_path: str | None = None) -> Response:
     query = {"reason": reason}
     if next_path and _SAFE_NEXT.match(next_path):
         query["next"] = next_path
-    response = redirect(url_for("ui.login") + "?" + urlencode(query), code=303)
+    response = _see_other(url_for("ui.login") + "?" + urlencode(query))
     unset_jwt_cookies(response)
     return response
 
@@ -316,7 +323,7 @@ def login() -> Response:
     if errors:
         status = 401 if "session_password" in errors and parsed is not None else 400
         return _page("ui/login.html", status, notice=None, errors=errors, next_path=next_path, labels=LABELS)
-    response = redirect(next_path or url_for("ui.index"), code=303)
+    response = _see_other(next_path or url_for("ui.index"))
     set_access_cookies(response, token)
     return response
 
@@ -420,7 +427,7 @@ def feedback() -> Response:
             titles = [item["title"] for item in stored["items"]] if stored is not None else []
             position = titles.index(parsed.movie) if parsed.movie in titles else 0
             target = url_for("ui.results", request_id=parsed.id, saved=position) + f"#item-{position}"
-            return redirect(target, code=303)
+            return _see_other(target)
     request_id = str(payload.get("id", ""))
     if "id" in errors or not request_id:
         return _page("ui/error.html", 400, heading="Rating not saved", message=(
@@ -445,4 +452,10 @@ def dashboard_page() -> Response:
         "feedback": feedback,
         **dashboard.monitoring_panels(services),
     }
-    return _page("ui/dashboard.html", panels=panels, bucket=bucket, charts=dashboard.chart_data(panels))
+    return _page(
+        "ui/dashboard.html",
+        panels=panels,
+        bucket=bucket,
+        charts=dashboard.chart_data(panels),
+        breaker_history=dashboard.breaker_history(panels["alerts"]),
+    )

@@ -92,6 +92,19 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def display_time(value: Any) -> str | None:
+    """An ISO timestamp as 'YYYY-MM-DD HH:MM:SS UTC' (sorts the same); None or odd values pass through."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def metric_rows(manifest: Mapping[str, Any]) -> list[MetricRow]:
     """The manifest's per-candidate metrics as table rows, the served model first."""
     served = str(manifest.get("served_model") or "")
@@ -102,8 +115,8 @@ def metric_rows(manifest: Mapping[str, Any]) -> list[MetricRow]:
     for name, entry in metrics.items():
         if not isinstance(entry, Mapping):
             continue
-        a = entry.get("A") if isinstance(entry.get("A"), Mapping) else {}
-        b = entry.get("B") if isinstance(entry.get("B"), Mapping) else {}
+        a: Mapping[str, Any] = entry["A"] if isinstance(entry.get("A"), Mapping) else {}
+        b: Mapping[str, Any] = entry["B"] if isinstance(entry.get("B"), Mapping) else {}
         rows.append(
             MetricRow(
                 model=str(name),
@@ -137,8 +150,8 @@ def serving_model(models: ModelHolder) -> Panel:
         ServingModel(
             version=bundle.version,
             served_model=str(manifest.get("served_model") or "unknown"),
-            created_at=manifest.get("created_at"),
-            loaded_at=datetime.fromtimestamp(bundle.loaded_at, UTC).isoformat(timespec="seconds"),
+            created_at=display_time(manifest.get("created_at")),
+            loaded_at=display_time(datetime.fromtimestamp(bundle.loaded_at, UTC).isoformat()) or "",
             code_version=manifest.get("code_version"),
             data_hash=manifest.get("data_hash"),
             path=str(bundle.path),
@@ -189,7 +202,7 @@ def evaluation_history(model_dir: Path, limit: int = 12) -> Panel:
         scores.append(
             VersionScore(
                 version=version,
-                created_at=str(manifest.get("created_at") or ""),
+                created_at=display_time(manifest.get("created_at")) or "",
                 served_model=served,
                 ndcg_mean=row.ndcg_mean,
                 ndcg_sd=row.ndcg_sd,
@@ -347,13 +360,21 @@ def _component_panel(services: Any, name: str, title: str) -> Panel:
     component = getattr(services, name, None)
     if component is None:
         return Panel.missing(
-            title,
-            f"Not available: the {name} monitor is not part of this service yet (app/monitoring, issue 6).",
+            title, f"The {name} monitor is not part of this service yet (app/monitoring, issue 6)."
         )
     status = getattr(component, "status", None)
     if not callable(status):
-        return Panel.missing(title, f"Not available: the {name} monitor does not report a status.")
+        return Panel.missing(title, f"The {name} monitor does not report a status.")
     return Panel(title, status())
+
+
+def breaker_history(alerts: Panel) -> list[dict[str, Any]]:
+    """The breaker's recent transitions: the ``breaker.*`` alerts it raised, newest first."""
+    if not alerts.available or not isinstance(alerts.data, Mapping):
+        return []
+    recent = alerts.data.get("recent") or []
+    alerts_list = [dict(a) for a in recent if isinstance(a, Mapping)]
+    return [a for a in alerts_list if str(a.get("kind", "")).startswith("breaker.")]
 
 
 # --------------------------------------------------------------------------- charts

@@ -40,7 +40,7 @@
           tooltip: { callbacks: { afterLabel: function (ctx) { return "model: " + h.models[ctx.dataIndex]; } } }
         },
         scales: { y: { beginAtZero: true, suggestedMax: 0.5, title: { display: true, text: "NDCG@10" } },
-                  x: { ticks: { maxRotation: 45, autoSkip: true } } }
+                  x: { offset: true, ticks: { maxRotation: 45, autoSkip: true } } }
       }
     });
   }
@@ -51,15 +51,16 @@
       data: {
         labels: f.labels,
         datasets: [
-          { type: "bar", label: "Ratings", data: f.count, backgroundColor: accent, yAxisID: "y" },
-          { type: "line", label: "Mean score", data: f.mean, borderColor: orange, backgroundColor: orange, yAxisID: "y1", spanGaps: false, pointRadius: 4, borderWidth: 2 }
+          { type: "bar", label: "Ratings", data: f.count, backgroundColor: accent, yAxisID: "y", order: 2 },
+          { type: "line", label: "Mean score", data: f.mean, borderColor: orange, backgroundColor: orange, yAxisID: "y1", spanGaps: false, pointRadius: 5, borderWidth: 2, order: 1,
+            pointBorderColor: "#ffffff", pointBorderWidth: 1.5 }
         ]
       },
       options: {
         scales: {
           y: { beginAtZero: true, title: { display: true, text: "ratings" }, ticks: { precision: 0 } },
           y1: { position: "right", min: 0, max: 5, title: { display: true, text: "mean score" }, grid: { drawOnChartArea: false } },
-          x: { ticks: { maxRotation: 45, autoSkip: true } }
+          x: { offset: true, ticks: { maxRotation: 45, autoSkip: true } }
         }
       }
     });
@@ -73,7 +74,7 @@
         scales: {
           y: { min: 0, max: 1, title: { display: true, text: "share of ratings ≥ 4" },
                ticks: { callback: function (v) { return Math.round(v * 100) + "%"; } } },
-          x: { ticks: { maxRotation: 45, autoSkip: true } }
+          x: { offset: true, ticks: { maxRotation: 45, autoSkip: true } }
         }
       }
     });

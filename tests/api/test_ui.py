@@ -1,0 +1,470 @@
+"""The web pages through Flask's test client: auth cookie and CSRF, forms, inline errors, dashboard.
+
+The browser tier (tests/e2e/test_browser_ui.py) drives the same pages in Chromium; here the
+HTTP-level promises are pinned: the cookie's flags and scope, CSRF on every post, the API
+ignoring the cookie, messages taken from the API's schemas, and no external URL anywhere.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from app.api.schemas import FIELD_RULES
+from app.services import dashboard
+from app.storage.models import Feedback
+from tests.helpers import ADMIN_PASSWORD, PROFILE, SESSION_PASSWORD
+
+pytestmark = pytest.mark.api
+
+COOKIE = "access_token_cookie"
+
+
+def ui_login(client: Any, password: str = SESSION_PASSWORD) -> str:
+    """Log in through the form; return the CSRF value the next page embeds in its forms."""
+    response = client.post("/ui/login", data={"session_password": password})
+    assert response.status_code == 303, response.text
+    return csrf_of(client.get("/ui").text)
+
+
+def csrf_of(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "page has no CSRF field"
+    return match.group(1)
+
+
+def titles_of(page: str) -> list[str]:
+    return [html.unescape(t) for t in re.findall(r'<h2 class="movie-title">(.*?)</h2>', page)]
+
+
+def recommend(client: Any, csrf: str, **fields: Any) -> Any:
+    data = {"csrf_token": csrf, "age": "30", "gender": "M", "occupation": "programmer", "max_recs": "5"}
+    data.update({k: str(v) for k, v in fields.items()})
+    return client.post("/ui/recommend", data=data)
+
+
+def list_id(page: str) -> str:
+    match = re.search(r'name="id" value="([^"]+)"', page)
+    assert match
+    return match.group(1)
+
+
+# --------------------------------------------------------------------------- login and session
+
+
+def test_login_sets_an_httponly_strict_cookie_scoped_to_the_ui(client: Any) -> None:
+    response = client.post("/ui/login", data={"session_password": SESSION_PASSWORD})
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/ui"
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith(f"{COOKIE}=")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
+    assert "Secure" not in cookie  # testing: plain http on loopback
+    assert len(response.headers.getlist("Set-Cookie")) == 1  # no readable CSRF cookie: forms carry it
+
+
+def test_cookie_is_secure_outside_testing_and_configurable(make_app: Callable[..., Any]) -> None:
+    for overrides, secure in (({"testing": False, "debug": True}, False), ({"ui_cookie_secure": True}, True)):
+        client = make_app(**overrides).test_client()
+        cookie = client.post("/ui/login", data={"session_password": SESSION_PASSWORD}).headers["Set-Cookie"]
+        assert ("Secure" in cookie) is secure, overrides
+
+
+def test_wrong_and_empty_passwords_are_explained_inline(client: Any) -> None:
+    wrong = client.post("/ui/login", data={"session_password": "nope"})
+    assert wrong.status_code == 401
+    assert "invalid session password" in wrong.text
+    assert 'aria-invalid="true"' in wrong.text
+    assert "Set-Cookie" not in wrong.headers
+    empty = client.post("/ui/login", data={"session_password": ""})
+    assert empty.status_code == 400
+    assert FIELD_RULES["session_password"] in empty.text
+
+
+def test_pages_need_a_login_and_say_why(client: Any) -> None:
+    response = client.get("/ui")
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/ui/login?reason=required&next=%2Fui"
+    page = client.get(response.headers["Location"]).text
+    assert "Please log in to continue." in page
+    assert 'name="next" value="/ui"' in page
+
+
+def test_an_expired_session_sends_you_to_log_in_again(app: Any) -> None:
+    from flask_jwt_extended import create_access_token, decode_token
+
+    with app.app_context():
+        token = create_access_token(
+            "client", additional_claims={"role": "client"}, expires_delta=timedelta(seconds=-5)
+        )
+        csrf = decode_token(token, allow_expired=True)["csrf"]  # the form on the stale page still carries it
+    client = app.test_client()
+    for method, path in (("GET", "/ui/dashboard"), ("POST", "/ui/recommend")):
+        client.set_cookie(COOKIE, token, path="/ui")
+        form = {"csrf_token": csrf, "age": "30"} if method == "POST" else None
+        response = client.open(path, method=method, data=form)
+        assert response.status_code == 303
+        assert "reason=expired" in response.headers["Location"]
+        assert f"{COOKIE}=;" in response.headers["Set-Cookie"]  # the dead cookie is dropped
+    assert "Your session has expired. Please log in again." in client.get("/ui/login?reason=expired").text
+
+
+def test_a_tampered_token_is_not_accepted(client: Any) -> None:
+    client.post("/ui/login", data={"session_password": SESSION_PASSWORD})
+    token = client.get_cookie(COOKIE, path="/ui").value
+    client.set_cookie(COOKIE, token[:-4] + "AAAA", path="/ui")
+    response = client.get("/ui")
+    assert response.status_code == 303 and "reason=invalid" in response.headers["Location"]
+
+
+def test_next_only_leads_inside_the_ui(client: Any) -> None:
+    for target, expected in (("/ui/dashboard", "/ui/dashboard"), ("//evil.example/ui", "/ui"),
+                             ("https://evil.example/", "/ui"), ("/ui/../api", "/ui")):  # fmt: skip
+        response = client.post("/ui/login", data={"session_password": SESSION_PASSWORD, "next": target})
+        assert response.headers["Location"] == expected, target
+
+
+def test_logout_revokes_the_token(client: Any) -> None:
+    csrf = ui_login(client)
+    token = client.get_cookie(COOKIE, path="/ui").value
+    response = client.post("/ui/logout", data={"csrf_token": csrf})
+    assert response.status_code == 303 and "reason=logged_out" in response.headers["Location"]
+    client.set_cookie(COOKIE, token, path="/ui")  # an attacker replaying the old cookie
+    replay = client.get("/ui")
+    assert replay.status_code == 303 and "reason=revoked" in replay.headers["Location"]
+    # and the same token is refused by the API too
+    assert client.get("/protected", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+# --------------------------------------------------------------------------- CSRF and the API boundary
+
+
+def test_every_post_needs_the_csrf_value_of_this_session(app: Any) -> None:
+    client = app.test_client()
+    csrf = ui_login(client)
+    served = recommend(client, csrf)
+    rid, movie = list_id(served.text), titles_of(served.text)[0]
+    other = app.test_client()
+    other_csrf = ui_login(other)
+    assert other_csrf != csrf
+    for data in ({}, {"csrf_token": other_csrf}, {"csrf_token": "x" + csrf}):
+        for path, form in (("/ui/feedback", {"id": rid, "movie": movie, "score": "5"}),
+                           ("/ui/recommend", {"age": "30", "gender": "M", "occupation": "writer"}),
+                           ("/ui/logout", {})):  # fmt: skip
+            response = client.post(path, data={**form, **data})
+            assert response.status_code == 400, (path, data)
+            assert "not sent from this site" in response.text
+    assert app.extensions["movierec"].db.feedback_rows() == []
+
+
+def test_the_api_never_reads_the_ui_cookie(client: Any) -> None:
+    client.post("/ui/login", data={"session_password": ADMIN_PASSWORD})
+    token = client.get_cookie(COOKIE, path="/ui").value
+    client.set_cookie(COOKIE, token, path="/")  # even if a browser sent it to /api
+    assert client.post("/api/recommend", json=PROFILE).status_code == 401
+    assert client.get("/protected").status_code == 401
+    assert client.post("/api/logout").status_code == 401
+    # the token itself is a valid API token when sent the API's way
+    assert client.get("/protected", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+# --------------------------------------------------------------------------- recommendations and feedback
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"age": "200"}, "age", FIELD_RULES["age"]),
+        ({"age": "thirty"}, "age", FIELD_RULES["age"]),
+        ({"age": "30.5"}, "age", FIELD_RULES["age"]),
+        ({"max_recs": "0"}, "max_recs", FIELD_RULES["max_recs"]),
+        ({"gender": "X"}, "gender", FIELD_RULES["gender"]),
+        ({"occupation": "astronaut"}, "occupation", FIELD_RULES["occupation"]),
+        ({"gender": ""}, "gender", f"is required (or give user_id) and {FIELD_RULES['gender']}"),
+        ({"user_id": "-3"}, "user_id", FIELD_RULES["user_id"]),
+    ],
+)
+def test_invalid_input_is_explained_next_to_its_field(
+    client: Any, fields: dict[str, str], field: str, message: str
+) -> None:
+    csrf = ui_login(client)
+    response = recommend(client, csrf, **fields)
+    assert response.status_code == 400
+    page = response.text
+    error = re.search(rf'<p class="field-error" id="error-{field}">(.*?)</p>', page)
+    assert error and html.unescape(error.group(1)).endswith(message)
+    assert re.search(rf'id="field-{field}"[^>]*aria-invalid="true"', page)
+    assert f'href="#field-{field}"' in page  # the summary links to the field
+    for name, value in fields.items():  # what was typed is kept
+        if name not in ("gender", "occupation"):
+            assert f'value="{value}"' in page
+
+
+def test_an_unknown_user_id_is_an_inline_error(client: Any) -> None:
+    csrf = ui_login(client)
+    response = client.post("/ui/recommend", data={"csrf_token": csrf, "user_id": "999999"})
+    assert response.status_code == 400
+    assert "user 999999 is not known to model" in response.text
+
+
+def test_the_form_serves_what_the_api_serves(client: Any, auth_headers: dict[str, str]) -> None:
+    csrf = ui_login(client)
+    page = recommend(client, csrf, max_recs=7)
+    assert page.status_code == 200
+    api = client.post("/api/recommend", json={**PROFILE, "max_recs": 7}, headers=auth_headers).get_json()
+    assert titles_of(page.text) == api["recommendations"]
+    assert api["model_version"] in page.text
+    assert page.text.count('type="radio"') == 7 * 5
+
+
+def test_rating_stores_feedback_and_shows_it(app: Any) -> None:
+    client = app.test_client()
+    db = app.extensions["movierec"].db
+    csrf = ui_login(client)
+    page = recommend(client, csrf).text
+    rid, titles = list_id(page), titles_of(page)
+    first = client.post(
+        "/ui/feedback", data={"csrf_token": csrf, "id": rid, "movie": titles[2], "score": "5"}
+    )
+    assert first.status_code == 303
+    assert first.headers["Location"] == f"/ui/recommendations/{rid}?saved=2#item-2"
+    client.post("/ui/feedback", data={"csrf_token": csrf, "id": rid, "movie": titles[0], "score": "3"})
+    client.post(
+        "/ui/feedback", data={"csrf_token": csrf, "id": rid, "movie": titles[2], "score": "4"}
+    )  # changed mind
+    rows = sorted((r.title, r.score, r.request_id) for r in db.feedback_rows())
+    assert rows == sorted([(titles[2], 4.0, rid), (titles[0], 3.0, rid)])
+    shown = client.get(f"/ui/recommendations/{rid}?saved=2").text
+    assert f"Saved your rating for {html.escape(titles[2])}." in shown
+    assert shown.count("Your rating:") == 2
+    assert re.search(r'id="rate-\d+-4" checked', shown)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"score": ""}, f"Rating is required and {FIELD_RULES['score']}"),
+        ({"score": "9"}, f"Rating {FIELD_RULES['score']}"),
+        ({"movie": "Not Recommended (1999)"}, f"Movie {FIELD_RULES['movie']}"),
+    ],
+)
+def test_a_bad_rating_is_explained_and_not_stored(app: Any, change: dict[str, str], expected: str) -> None:
+    client = app.test_client()
+    csrf = ui_login(client)
+    page = recommend(client, csrf).text
+    form = {"csrf_token": csrf, "id": list_id(page), "movie": titles_of(page)[0], "score": "4", **change}
+    response = client.post("/ui/feedback", data=form)
+    assert response.status_code == 400
+    assert expected in html.unescape(response.text)
+    assert app.extensions["movierec"].db.feedback_rows() == []
+
+
+def test_a_rating_for_a_list_never_issued_is_refused(client: Any) -> None:
+    csrf = ui_login(client)
+    response = client.post(
+        "/ui/feedback", data={"csrf_token": csrf, "id": "not-an-id", "movie": "X", "score": "4"}
+    )
+    assert response.status_code == 400
+    assert "does not belong to a recommendation list issued here" in response.text
+    assert client.get("/ui/recommendations/not-an-id").status_code == 404
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def test_the_dashboard_is_for_admins(client: Any) -> None:
+    ui_login(client)
+    response = client.get("/ui/dashboard")
+    assert response.status_code == 403
+    assert "needs an admin login" in response.text
+    assert 'href="/ui/dashboard"' not in client.get("/ui").text  # no link offered to clients
+
+
+def test_dashboard_shows_the_serving_model_and_what_is_not_available(app: Any) -> None:
+    client = app.test_client()
+    ui_login(client, ADMIN_PASSWORD)
+    page = client.get("/ui/dashboard").text
+    bundle = app.extensions["movierec"].models.bundle
+    assert f'<code id="serving-version">{bundle.version}</code>' in page
+    served = bundle.manifest["served_model"]
+    ndcg = bundle.manifest["metrics"][served]["A"]["ndcg@10_mean"]
+    row = re.search(rf"<tr class=\"served\"><th scope=\"row\">{served}.*?</tr>", page, re.S)
+    assert row and f"{ndcg:.3f}" in row.group(0)
+    assert "No feedback has been stored yet." in page
+    services = app.extensions["movierec"]
+    for key, marker in (
+        ("drift", 'id="drift-status"'),
+        ("breaker", 'id="breaker-state"'),
+        ("alerts", 'id="alerts-list"'),
+    ):
+        section = re.search(rf'<section[^>]*id="section-{key}">(.*?)</section>', page, re.S)
+        assert section, key
+        # the monitor's own figures when it is wired in, else an explicit note: never a blank or made-up panel
+        if getattr(services, key, None) is None:
+            assert "Not available." in section.group(1) and marker not in section.group(1)
+        else:
+            assert marker in section.group(1) and "Not available." not in section.group(1)
+    if getattr(services, "breaker", None) is not None:
+        state = services.breaker.status()["state"].replace("_", "-")
+        assert re.search(rf'id="breaker-state">{state}<', page)
+    charts = json.loads(
+        re.search(r'<script type="application/json" id="chart-data">(.*?)</script>', page, re.S).group(1)
+    )
+    assert charts["history"]["labels"] == [bundle.version]
+    assert charts["history"]["ndcg"] == [round(ndcg, 4)]
+    assert "feedback" not in charts  # nothing to draw, and nothing is invented
+
+
+def test_dashboard_feedback_figures_follow_the_stored_rows(app: Any) -> None:
+    service = app.extensions["movierec"].recommendations
+    for score in (5.0, 4.0, 1.0, 2.5):
+        served = service.recommend(max_recs=2, age=30, gender="F", occupation="artist")
+        service.score(served.id, served.items[0].title, score)
+    client = app.test_client()
+    ui_login(client, ADMIN_PASSWORD)
+    page = client.get("/ui/dashboard").text
+    assert '<dd id="kpi-count">4</dd>' in page
+    assert '<dd id="kpi-mean">3.12</dd>' in page  # (5 + 4 + 1 + 2.5) / 4 = 3.125
+    assert '<dd id="kpi-like">50.0%</dd>' in page
+    charts = json.loads(re.search(r'id="chart-data">(.*?)</script>', page, re.S).group(1))
+    assert sum(charts["feedback"]["count"]) == 4 and len(charts["feedback"]["labels"]) == 30
+    hourly_page = client.get("/ui/dashboard?bucket=hour").text
+    hourly = json.loads(re.search(r'id="chart-data">(.*?)</script>', hourly_page, re.S).group(1))
+    assert len(hourly["feedback"]["labels"]) == 48 and hourly["feedback"]["count"][-1] == 4
+
+
+# --------------------------------------------------------------------------- page hygiene
+
+
+EXTERNAL = re.compile(
+    r"""(?:src|href|action|srcset|poster|data)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?(?:https?:)?//""",
+    re.I,
+)
+
+
+def test_no_page_or_asset_refers_to_another_host(app: Any) -> None:
+    client = app.test_client()
+    pages = [client.get("/ui/login").text]
+    ui_login(client, ADMIN_PASSWORD)
+    csrf = csrf_of(client.get("/ui").text)
+    pages += [client.get("/ui").text, recommend(client, csrf).text, recommend(client, csrf, age="0").text,
+              client.get("/ui/dashboard").text, client.get("/ui/dashboard?bucket=hour").text]  # fmt: skip
+    assets = re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', "".join(pages))
+    assert {
+        "/ui/static/ui/ui.css",
+        "/ui/static/vendor/chartjs/chart.umd.min.js",
+        "/ui/static/ui/dashboard.js",
+    } <= set(assets)
+    for asset in set(assets):
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        if asset.endswith(".css"):
+            pages.append(response.text)
+    for page in pages:
+        assert not EXTERNAL.search(page), EXTERNAL.search(page)
+        assert "http://" not in page and "https://" not in page
+
+
+def test_pages_send_a_strict_content_security_policy(client: Any) -> None:
+    ui_login(client)
+    response = client.get("/ui")
+    policy = response.headers["Content-Security-Policy"]
+    assert (
+        "default-src 'self'" in policy
+        and "script-src 'self'" in policy
+        and "frame-ancestors 'none'" in policy
+    )
+    assert "unsafe-inline" not in policy
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "<script>" not in response.text  # no inline script anywhere
+    assert "no-store" not in client.get("/ui/static/ui/ui.css").headers.get("Cache-Control", "")
+
+
+def test_every_control_has_a_label(client: Any) -> None:
+    csrf = ui_login(client)
+    for page in (client.get("/ui").text, recommend(client, csrf).text, client.get("/ui/login").text):
+        ids = re.findall(r'<(?:input|select)(?![^>]*type="hidden")[^>]*\bid="([^"]+)"', page)
+        controls = re.findall(r"<(?:input|select)(?![^>]*type=\"hidden\")[^>]*>", page)
+        assert len(ids) == len(controls) > 0
+        for control_id in ids:
+            assert f'for="{control_id}"' in page, control_id
+        assert '<html lang="en">' in page and 'href="#main"' in page
+
+
+# --------------------------------------------------------------------------- the dashboard's queries
+
+
+def _scored(app: Any, scores_and_ages: list[tuple[float, timedelta]], now: datetime) -> None:
+    """Store feedback through the service, then date each row ``age`` before ``now``."""
+    services = app.extensions["movierec"]
+    for score, age in scores_and_ages:
+        served = services.recommendations.recommend(max_recs=1, age=30, gender="M", occupation="writer")
+        services.recommendations.score(served.id, served.items[0].title, score)
+        with services.db.session() as session:
+            session.execute(
+                update(Feedback).where(Feedback.request_id == served.id).values(created_at=now - age)
+            )
+
+
+def _check_series(app: Any) -> None:
+    now = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
+    _scored(app, [(5.0, timedelta(minutes=10)), (2.0, timedelta(minutes=20)), (4.0, timedelta(hours=3)),
+                  (1.0, timedelta(days=2)), (3.0, timedelta(days=40))], now)  # fmt: skip
+    db = app.extensions["movierec"].db
+    daily = dashboard.feedback_series(db, "day", now=now)
+    assert len(daily.buckets) == 30 and daily.buckets[-1].start == datetime(2026, 3, 10, tzinfo=UTC)
+    today, two_days_ago = daily.buckets[-1], daily.buckets[-3]
+    assert (today.count, today.liked, today.mean_score, today.like_rate) == (
+        3,
+        2,
+        pytest.approx(11 / 3),
+        2 / 3,
+    )
+    assert (two_days_ago.count, two_days_ago.mean_score, two_days_ago.like_rate) == (1, 1.0, 0.0)
+    assert daily.buckets[-2].count == 0 and daily.buckets[-2].mean_score is None  # a gap, not a zero
+    assert (daily.total, daily.all_time_total) == (4, 5)  # the 40-day-old row is outside the window
+    assert daily.mean_score == pytest.approx(12 / 4) and daily.like_rate == 0.5
+    hourly = dashboard.feedback_series(db, "hour", now=now)
+    assert len(hourly.buckets) == 48 and hourly.buckets[-1].start == datetime(2026, 3, 10, 12, tzinfo=UTC)
+    assert [b.count for b in hourly.buckets[-4:]] == [1, 0, 0, 2]  # 09:00, 10:00, 11:00, 12:00
+    assert hourly.buckets[-1].mean_score == pytest.approx(3.5)
+    assert hourly.total == 3  # the window starts at 13:00 two days ago: the row at 12:30 then is outside
+    assert [m["count"] for m in hourly.by_model] == [3]
+
+
+def test_feedback_series_on_sqlite(app: Any) -> None:
+    _check_series(app)
+
+
+@pytest.mark.integration
+def test_feedback_series_on_postgresql(make_app: Callable[..., Any], postgres_url: str) -> None:
+    _check_series(make_app(database_url=postgres_url))
+
+
+def test_evaluation_history_reads_manifests_newest_last(tmp_path: Path) -> None:
+    def bundle(name: str, created: str, ndcg: float | None, served: str = "m") -> None:
+        (tmp_path / name).mkdir()
+        metrics = {served: {"A": {"ndcg@10_mean": ndcg, "ndcg@10_sd": 0.01}}} if ndcg is not None else {}
+        manifest = {"version": name, "created_at": created, "served_model": served, "metrics": metrics}
+        (tmp_path / name / "manifest.json").write_text(json.dumps(manifest))
+
+    bundle("v2", "2026-01-02T00:00:00+00:00", 0.41)
+    bundle("v1", "2026-01-01T00:00:00+00:00", 0.40)
+    bundle("v3", "2026-01-03T00:00:00+00:00", None)  # no protocol-A figure: skipped, not plotted as 0
+    bundle(".v4-staging", "2026-01-04T00:00:00+00:00", 0.5)  # half-written: skipped
+    (tmp_path / "latest").symlink_to("v2")
+    panel = dashboard.evaluation_history(tmp_path)
+    assert [(s.version, s.ndcg_mean, s.latest) for s in panel.data] == [
+        ("v1", 0.40, False),
+        ("v2", 0.41, True),
+    ]
+    assert [s.version for s in dashboard.evaluation_history(tmp_path, limit=1).data] == ["v2"]
+    assert not dashboard.evaluation_history(tmp_path / "missing").available

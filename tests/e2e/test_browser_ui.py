@@ -1,0 +1,178 @@
+"""The web pages in a real browser: Debian's headless Chromium against the app on a loopback port.
+
+A person logs in, gets recommendations, sees an invalid age explained inline, rates two
+movies (one with the mouse, one with the keyboard) and the feedback rows are in the
+database; an admin opens the dashboard and its charts are drawn. Nothing the pages load
+may come from outside the test server. Screenshots go to test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.browser import LiveServer, browser_page, screenshot
+from tests.helpers import ADMIN_PASSWORD, SESSION_PASSWORD
+
+pytestmark = pytest.mark.browser
+
+CHARTS = ("chart-history", "chart-feedback", "chart-like")
+
+
+def _log_in(page: Any, password: str, expect_path: str = "/ui") -> None:
+    page.goto("/ui/login")
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"**{expect_path}")
+
+
+def _unlabelled_controls(page: Any) -> list[str]:
+    """Form controls without an accessible label (every visible control must have one)."""
+    return page.evaluate(
+        """() => Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))
+              .filter(el => el.labels.length === 0 && !el.getAttribute('aria-label'))
+              .map(el => el.outerHTML)"""
+    )
+
+
+def test_a_person_gets_recommendations_and_rates_two_movies(make_app: Callable[..., Any]) -> None:
+    app = make_app()
+    db = app.extensions["movierec"].db
+    with LiveServer(app) as server, browser_page(server.url) as (page, requests):
+        page.goto("/ui")
+        page.wait_for_url("**/ui/login?**")  # not logged in: sent to the login page
+        assert "Please log in" in page.locator("#login-notice").inner_text()
+        page.get_by_label("Password").fill(SESSION_PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url("**/ui")
+        assert _unlabelled_controls(page) == []
+
+        # an invalid age is explained next to the field, in the API's own words
+        page.get_by_label("Age").fill("200")
+        page.get_by_label("Gender").select_option("F")
+        page.get_by_label("Occupation").select_option("engineer")
+        page.get_by_label("Number of recommendations").fill("5")
+        page.get_by_role("button", name="Recommend").click()
+        error = page.locator("#error-age")
+        error.wait_for()
+        assert "must be an integer between 1 and 120" in error.inner_text()
+        assert page.get_by_label("Age").get_attribute("aria-invalid") == "true"
+        assert page.locator("#error-summary").get_attribute("role") == "alert"
+        screenshot(page, "ui-invalid-age")
+
+        page.get_by_label("Age").fill("34")
+        page.get_by_role("button", name="Recommend").click()
+        titles = page.locator(".movie-title")
+        titles.first.wait_for()
+        shown = titles.all_inner_texts()
+        assert len(shown) == 5
+        assert _unlabelled_controls(page) == []
+        screenshot(page, "ui-recommendations")
+
+        # first movie: four stars with the mouse
+        first = page.locator("li.result").nth(0)
+        first.locator("label.star").nth(3).click()
+        first.get_by_role("button", name="Save rating").click()
+        page.locator("#saved-notice").wait_for()
+        assert shown[0] in page.locator("#saved-notice").inner_text()
+        assert "Your rating: 4 of 5" in page.locator("li.result").nth(0).inner_text()
+
+        # second movie: two stars with the keyboard only (radio group: arrows move, Tab to the button)
+        second = page.locator("li.result").nth(1)
+        second.locator("input.star-input").first.focus()
+        page.keyboard.press("Space")
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")
+        page.wait_for_url("**saved=1**")
+        assert "Your rating: 2 of 5" in page.locator("li.result").nth(1).inner_text()
+        screenshot(page, "ui-rated")
+
+        rows = {row.title: row.score for row in db.feedback_rows()}
+        assert rows == {shown[0]: 4.0, shown[1]: 2.0}
+
+        # a narrow phone screen: the list still fits without horizontal scrolling
+        page.set_viewport_size({"width": 375, "height": 800})
+        page.reload()
+        page.locator(".movie-title").first.wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot(page, "ui-rated-mobile")
+
+        page.get_by_role("button", name="Log out").click()
+        page.wait_for_url("**/ui/login?**")
+        assert "logged out" in page.locator("#login-notice").inner_text()
+        page.goto("/ui")
+        page.wait_for_url("**/ui/login?**")
+
+    assert requests.blocked == []
+    assert all(url.startswith(server.url + "/") for url in requests.seen)
+
+
+def test_the_dashboard_draws_its_charts_from_real_data(
+    make_app: Callable[..., Any], model_store: Path, synthetic_data: Any, tmp_path: Path
+) -> None:
+    from app.recommender.training import train
+
+    # a store with two versions, so the evaluation plot has a history to draw
+    store = tmp_path / "store"
+    shutil.copytree(model_store, store, symlinks=True)
+    train(synthetic_data, store, ["most_rated", "segment_most_liked"], seeds=(0,))
+    app = make_app(model_path=store, model_dir=store)
+    service = app.extensions["movierec"].recommendations
+    for age, score in ((25, 5.0), (40, 3.0), (61, 4.0)):
+        served = service.recommend(max_recs=3, age=age, gender="M", occupation="writer")
+        service.score(served.id, served.items[0].title, score)
+
+    with LiveServer(app) as server, browser_page(server.url) as (page, requests):
+        _log_in(page, SESSION_PASSWORD)
+        page.goto("/ui/dashboard")
+        assert "Admins only" in page.locator("h1").inner_text()  # a client token is not enough
+
+        page.get_by_role("button", name="Log out").click()
+        page.wait_for_url("**/ui/login?**")
+        _log_in(page, ADMIN_PASSWORD)
+        page.get_by_role("link", name="Dashboard").click()
+        page.wait_for_url("**/ui/dashboard")
+        for chart in CHARTS:
+            page.wait_for_selector(f"#{chart}[data-rendered='true']")
+            painted = page.evaluate(
+                """(id) => { const c = document.getElementById(id); const d = c.getContext('2d')
+                         .getImageData(0, 0, c.width, c.height).data; let n = 0;
+                         for (let i = 3; i < d.length; i += 4) { if (d[i] > 0) n++; } return n; }""",
+                chart,
+            )
+            assert painted > 500, f"{chart} has almost nothing drawn ({painted} pixels)"
+        history_points = page.evaluate("Chart.getChart('chart-history').data.datasets[2].data.length")
+        assert history_points == 2
+        counts = page.evaluate("Chart.getChart('chart-feedback').data.datasets[0].data")
+        assert sum(counts) == 3
+        assert page.locator("#kpi-count").inner_text() == "3"
+        assert page.locator("#kpi-mean").inner_text() == "4.00"
+        assert page.locator("#kpi-like").inner_text() == "66.7%"
+        for key in ("drift", "breaker", "alerts"):  # each monitoring panel shows figures or says why not
+            text = page.locator(f"#section-{key}").inner_text()
+            assert (
+                "Not available." in text
+                or page.locator(f"#section-{key} dl, #section-{key} ul, #section-{key} p.hint").count()
+            )
+        version = app.extensions["movierec"].models.bundle.version
+        assert page.locator("#serving-version").inner_text() == version
+        screenshot(page, "ui-dashboard")
+
+        page.get_by_label("Group by").select_option("hour")
+        page.get_by_role("button", name="Show").click()
+        page.wait_for_url("**bucket=hour")
+        page.wait_for_selector("#chart-feedback[data-rendered='true']")
+        assert len(page.evaluate("Chart.getChart('chart-feedback').data.labels")) == 48
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.reload()
+        page.wait_for_selector("#chart-like[data-rendered='true']")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot(page, "ui-dashboard-mobile")
+
+    assert requests.blocked == []
+    assert any(url.endswith("/ui/static/vendor/chartjs/chart.umd.min.js") for url in requests.seen)
