@@ -409,9 +409,10 @@ class Deployer:
             if state.health == "healthy":
                 return
             if state.restarts > 0 or state.status in ("exited", "dead", "restarting"):
+                what = f"restarted {state.restarts} time(s)" if state.restarts else "stopped"
                 raise DeployError(
-                    f"the container stopped (status {state.status}, exit code {state.exit_code}, "
-                    f"{state.restarts} restart(s)) {state.error}".rstrip()
+                    f"the container {what} while starting (status {state.status}, "
+                    f"last exit code {state.exit_code}) {state.error}".rstrip()
                 )
             if state.health == "unhealthy":
                 raise DeployError("the container's health check failed")
@@ -538,7 +539,9 @@ def install_model(source: Path | str, store: Path | str, test_data: Path | str |
 
     ``source`` is what ``ML_MODEL_PATH`` accepts: a bundle dir, a ``.tar.gz`` of one, or a
     seed-style ``model.pkl`` (converted to a bundle, with ``test_data`` as its test data).
-    The result is loaded again before returning, so a store that would not serve is an error.
+    The installed store is then loaded the way the API loads it at start-up (ModelHolder,
+    rating model included), so a model the server would refuse fails the image build, not
+    the deployment.
     """
     from app.recommender.bundle import BundleError, load_bundle, point_latest, write_bundle
 
@@ -560,8 +563,9 @@ def install_model(source: Path | str, store: Path | str, test_data: Path | str |
     for path in [store, *store.rglob("*")]:
         if not path.is_symlink():
             path.chmod(0o755 if path.is_dir() else 0o644)
-    installed = load_bundle(store)
-    return installed.path
+    from app.services.models import ModelHolder
+
+    return ModelHolder(store).load().path
 
 
 def install_model_main(argv: Sequence[str]) -> int:

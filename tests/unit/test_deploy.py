@@ -399,7 +399,7 @@ def test_failed_health_check_restores_the_previous_version(tmp_path: Path) -> No
         script=[("running", "starting", 0), ("restarting", "starting", 1)],
     )
     deployer, out = make_deployer(make_cfg(tmp_path), engine)
-    with pytest.raises(DeployError, match="stopped"):
+    with pytest.raises(DeployError, match="restarted 1 time"):
         deployer.deploy(secrets_())
     assert set(engine.containers) == {"movierec"}
     assert engine.containers["movierec"].image == "movierec:1.0"
@@ -548,6 +548,17 @@ def test_install_model_refuses_a_broken_bundle(tmp_path: Path) -> None:
     assert not (tmp_path / "store" / "latest").exists()
 
 
+def test_install_model_refuses_what_the_server_would_refuse(tmp_path: Path) -> None:
+    # the API also loads rating_model.pkl; a bundle whose pickle needs a package the image
+    # lacks (pyarrow, say) must fail the build, not the deployment
+    from app.recommender.bundle import BundleError
+
+    bundle = _bundle(tmp_path / "trained")
+    (bundle / "rating_model.pkl").write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(BundleError, match=r"rating_model\.pkl"):
+        install_model(bundle, tmp_path / "store")
+
+
 def test_install_model_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bundle = _bundle(tmp_path / "trained")
     assert deploy.install_model_main([str(bundle), str(tmp_path / "store")]) == 0
@@ -560,7 +571,7 @@ def test_a_container_that_restarted_during_start_up_is_a_failure(tmp_path: Path)
     # on-failure:5 brings a crashing app back: running again, but not a good deployment
     engine = FakeEngine(script=[("running", "starting", 1), ("running", "healthy", 1)])
     deployer, _ = make_deployer(make_cfg(tmp_path), engine)
-    with pytest.raises(DeployError, match="1 restart"):
+    with pytest.raises(DeployError, match="restarted 1 time"):
         deployer.deploy(secrets_())
     assert engine.containers == {}
 
