@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -27,7 +26,11 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
 def cli(log_level: str) -> None:
     """movierec: data, training, evaluation and serving of the recommendation service."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from app.monitoring.logs import configure_logging
+
+    # JSON lines on stderr, so a command's own output (a bundle path, a table) stays clean on stdout;
+    # `movierec serve` switches the same handler to stdout, where a service logs.
+    configure_logging(log_level.upper(), stream="stderr")
 
 
 # ----------------------------------------------------------------------------- data
