@@ -1,0 +1,452 @@
+"""Circuit breaker for the serving champion.
+
+Why: offline metrics cannot promise that a model is received well by real users. When the
+champion's online quality collapses, or it errors or slows down, the service should stop
+showing its output and fall back to something known to be acceptable (the previous
+champion, or global popularity) until the champion proves itself again.
+
+States (shared by every worker through a :class:`~app.storage.breaker.BreakerStore`):
+
+* **closed** — the champion serves every request. The breaker **opens** when, over at least
+  ``min_events`` feedback rows on the champion's own lists, the mean score, the like share
+  or the online RMSE is worse than its threshold; or when, over at least ``min_requests``
+  model calls in this worker, the error rate or the p95 latency exceeds its bound.
+* **open** — ``/api/recommend`` serves the fallback with ``strategy: "fallback"``. After
+  ``cooldown_seconds`` it goes **half-open**.
+* **half_open** — a ``probe_share`` of requests goes to the champion, the rest to the
+  fallback. Feedback and calls since the state began are judged: healthy over
+  ``probe_min_events`` feedback rows → **closed**; unhealthy → **open** again (a new
+  cool-down). Not enough evidence yet → stay half-open.
+
+Every evaluation only counts events since the current state was entered, so feedback that
+opened the breaker cannot re-open it right after it closed. The state belongs to one model
+version: when another version is loaded, a breaker opened for the old one does not apply
+(the next evaluation records it as closed for the new one). An admin can close it at any
+time (``POST /api/admin/breaker/reset``). Transitions are logged (opened at ERROR, the
+others at WARNING), raised as alerts through the alerting path, and counted in metrics.
+
+Nothing here touches the database per request: :meth:`CircuitBreaker.route` reads a cached
+record; the online monitor (app/monitoring/online.py) refreshes it and evaluates on a timer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app.monitoring import metrics
+from app.monitoring.alerts import Alert, Severity
+from app.monitoring.quality import Quality
+from app.storage.breaker import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    BreakerRecord,
+    BreakerStore,
+    BreakerStoreError,
+)
+
+log = logging.getLogger("movierec.breaker")
+
+HEALTHY, UNHEALTHY, INSUFFICIENT = "healthy", "unhealthy", "insufficient"
+MODEL, PROBE, FALLBACK = "model", "probe", "fallback"
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """Thresholds and timings (from Settings ``breaker_*``; docs/operations.md explains each)."""
+
+    min_events: int = 50
+    min_mean_score: float | None = 2.5
+    min_like_share: float | None = 0.2
+    max_rmse: float | None = 1.5
+    min_requests: int = 50
+    max_error_rate: float = 0.05
+    max_latency_ms: float = 250.0
+    cooldown_seconds: float = 300.0
+    probe_share: float = 0.1
+    probe_min_events: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.probe_share <= 1.0:
+            raise ValueError("probe_share must be in (0, 1]")
+        if self.min_events < 1 or self.probe_min_events < 1 or self.min_requests < 1:
+            raise ValueError("minimum event counts must be at least 1")
+
+    def thresholds(self) -> dict[str, Any]:
+        return {
+            "min_events": self.min_events,
+            "min_mean_score": self.min_mean_score,
+            "min_like_share": self.min_like_share,
+            "max_rmse": self.max_rmse,
+            "min_requests": self.min_requests,
+            "max_error_rate": self.max_error_rate,
+            "max_latency_ms": self.max_latency_ms,
+            "cooldown_seconds": self.cooldown_seconds,
+            "probe_share": self.probe_share,
+            "probe_min_events": self.probe_min_events,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # healthy | unhealthy | insufficient
+    reasons: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": list(self.reasons)}
+
+
+def judge_quality(quality: Quality | None, policy: BreakerPolicy, min_events: int) -> Verdict:
+    """Online quality against the thresholds, once there are ``min_events`` feedback rows."""
+    if quality is None or quality.events < min_events:
+        n = 0 if quality is None else quality.events
+        return Verdict(INSUFFICIENT, (f"{n} feedback events; {min_events} needed",))
+    reasons = []
+    mean, liked, error = quality.mean_score, quality.like_share, quality.rmse
+    if policy.min_mean_score is not None and mean is not None and mean < policy.min_mean_score:
+        reasons.append(f"mean score {mean:.2f} < {policy.min_mean_score}")
+    if policy.min_like_share is not None and liked is not None and liked < policy.min_like_share:
+        reasons.append(f"like share {liked:.2f} < {policy.min_like_share}")
+    # RMSE only over enough rows that carry a prediction (bundles without a rating model have none)
+    enough_predictions = quality.rmse_events >= min_events
+    if policy.max_rmse is not None and error is not None and enough_predictions and error > policy.max_rmse:
+        reasons.append(f"online RMSE {error:.2f} > {policy.max_rmse}")
+    return Verdict(UNHEALTHY, tuple(reasons)) if reasons else Verdict(HEALTHY)
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    calls: int
+    errors: int
+    p95_ms: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "errors": self.errors, "p95_ms": self.p95_ms}
+
+
+def judge_calls(summary: CallSummary, policy: BreakerPolicy) -> Verdict:
+    """Model errors and latency in this worker against their bounds, once there are enough calls."""
+    if summary.calls < policy.min_requests:
+        return Verdict(INSUFFICIENT, (f"{summary.calls} model calls; {policy.min_requests} needed",))
+    reasons = []
+    rate = summary.errors / summary.calls
+    if rate > policy.max_error_rate:
+        reasons.append(
+            f"model error rate {rate:.1%} > {policy.max_error_rate:.1%} ({summary.errors}/{summary.calls})"
+        )
+    if summary.p95_ms is not None and summary.p95_ms > policy.max_latency_ms:
+        reasons.append(f"model p95 latency {summary.p95_ms:.0f} ms > {policy.max_latency_ms:.0f} ms")
+    return Verdict(UNHEALTHY, tuple(reasons)) if reasons else Verdict(HEALTHY)
+
+
+class CallStats:
+    """Recent model calls of this worker: (time, ok, latency); bounded, thread-safe."""
+
+    def __init__(self, maxlen: int = 2000) -> None:
+        self._calls: deque[tuple[float, bool, float]] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+
+    def record(self, at: float, ok: bool, latency_s: float) -> None:
+        with self._lock:
+            self._calls.append((at, ok, latency_s))
+
+    def summary(self, since: float) -> CallSummary:
+        with self._lock:
+            recent = [c for c in self._calls if c[0] >= since]
+        if not recent:
+            return CallSummary(0, 0, None)
+        errors = sum(1 for _, ok, _ in recent if not ok)
+        latencies = sorted(latency for _, ok, latency in recent if ok)
+        p95 = None
+        if latencies:
+            index = max(0, math.ceil(0.95 * len(latencies)) - 1)  # nearest-rank percentile
+            p95 = round(1000.0 * latencies[index], 3)
+        return CallSummary(len(recent), errors, p95)
+
+
+@dataclass(frozen=True)
+class Transition:
+    before: str
+    after: str
+    reason: str
+    model_version: str | None
+    by: str
+
+
+_ALERTS = {
+    OPEN: ("breaker.opened", Severity.ERROR),
+    HALF_OPEN: ("breaker.half_open", Severity.WARNING),
+    CLOSED: ("breaker.closed", Severity.WARNING),
+}
+
+
+class CircuitBreaker:
+    """This worker's view of the shared breaker, and the one place that changes it.
+
+    ``route(version)`` is the per-request decision (no I/O). ``sync()`` re-reads the shared
+    record; ``evaluate(...)`` decides transitions from online quality and this worker's
+    call statistics; ``reset()`` is the admin override. Writes are compare-and-set, so two
+    workers deciding at once produce one transition.
+    """
+
+    def __init__(
+        self,
+        store: BreakerStore,
+        policy: BreakerPolicy,
+        *,
+        alert: Callable[[Alert], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        window_seconds: float = 3600.0,
+        calls_window_seconds: float = 300.0,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.alert = alert
+        self.clock = clock
+        self.window_seconds = window_seconds
+        self.calls_window_seconds = calls_window_seconds
+        self.calls = CallStats()
+        self._record = BreakerRecord()
+        self._synced_at = 0.0
+        self.store_error: str | None = None
+        self._probe_lock = threading.Lock()
+        self._routed = 0
+        self._probed = 0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ per request
+
+    @property
+    def record(self) -> BreakerRecord:
+        return self._record
+
+    def effective_state(self, version: str | None) -> str:
+        """The state as it applies to ``version``: a breaker opened for another model is closed here."""
+        record = self._record
+        if record.state != CLOSED and record.model_version is not None and record.model_version != version:
+            return CLOSED
+        return record.state
+
+    def route(self, version: str | None) -> str:
+        """``model``, ``probe`` (half-open, champion serves) or ``fallback``; reads only memory."""
+        state = self.effective_state(version)
+        if state == CLOSED:
+            return MODEL
+        if state == OPEN:
+            return FALLBACK
+        # half-open: exactly probe_share of the requests (deterministic, per worker) go to the champion
+        with self._probe_lock:
+            self._routed += 1
+            due = int(self._routed * self.policy.probe_share) > self._probed
+            if due:
+                self._probed += 1
+        return PROBE if due else FALLBACK
+
+    def record_call(self, ok: bool, latency_s: float) -> None:
+        """One model call's outcome (errors and latency feed the breaker's bounds)."""
+        self.calls.record(self.clock(), ok, latency_s)
+
+    # ------------------------------------------------------------------ shared state
+
+    def sync(self) -> BreakerRecord:
+        """Re-read the shared record; on a store failure keep serving by the last known one."""
+        try:
+            record = self.store.read()
+        except BreakerStoreError as exc:
+            if self.store_error is None:
+                log.warning(
+                    "breaker state store unreachable; keeping the last known state",
+                    extra={"error": str(exc)[:300]},
+                )
+            self.store_error = str(exc)[:300]
+            return self._record
+        if self.store_error is not None:
+            log.info("breaker state store reachable again")
+        self.store_error = None
+        self._adopt(record)
+        return record
+
+    def _adopt(self, record: BreakerRecord) -> None:
+        with self._lock:
+            if record.generation >= self._record.generation or record.generation == 0:
+                if record.state != self._record.state:
+                    with self._probe_lock:
+                        self._routed = self._probed = 0
+                self._record = record
+                self._synced_at = self.clock()
+
+    def _write(self, record: BreakerRecord, expected: int) -> BreakerRecord | None:
+        try:
+            stored = self.store.write(record, expected)
+        except BreakerStoreError as exc:
+            log.warning("breaker state could not be written", extra={"error": str(exc)[:300]})
+            return None
+        if stored is not None:
+            self._adopt(stored)
+        return stored
+
+    def _transition(self, current: BreakerRecord, after: str, reason: str, version: str | None, by: str,
+                    evaluation: dict[str, Any] | None = None) -> BreakerRecord | None:  # fmt: skip
+        now = self.clock()
+        before = current.state
+        updated = current.evolve(
+            state=after,
+            since=now,
+            reason=reason,
+            model_version=version,
+            evaluation=current.evaluation if evaluation is None else evaluation,
+        )
+        stored = self._write(updated, current.generation)
+        if stored is None:
+            return None
+        self.announce(Transition(before, after, reason, version, by))
+        return stored
+
+    def announce(self, transition: Transition) -> None:
+        """Log, count and alert one transition (opened: ERROR; half-open, closed, reset: WARNING)."""
+        kind, severity = _ALERTS[transition.after]
+        if transition.by.startswith("admin"):
+            kind, severity = "breaker.reset", Severity.WARNING
+        summary = {
+            OPEN: f"circuit breaker OPEN for model {transition.model_version}: serving the fallback",
+            HALF_OPEN: f"circuit breaker half-open for model {transition.model_version}: probing "
+            f"{self.policy.probe_share:.0%} of requests",
+            CLOSED: f"circuit breaker closed for model {transition.model_version}: the model serves again",
+        }[transition.after]
+        details = {
+            "from": transition.before,
+            "to": transition.after,
+            "reason": transition.reason,
+            "model_version": transition.model_version,
+            "by": transition.by,
+        }
+        log.log(
+            int(severity), f"{summary} ({transition.reason})", extra={"alert_kind": kind, "breaker": details}
+        )
+        metrics.BREAKER_TRANSITIONS.labels(from_state=transition.before, to_state=transition.after).inc()
+        if self.alert is not None:
+            try:
+                self.alert(Alert(kind, severity, summary, details))
+            except Exception:
+                log.exception("raising the breaker alert failed")
+
+    # ------------------------------------------------------------------ decisions
+
+    def evaluate(
+        self,
+        version: str | None,
+        quality: Callable[[float], Quality | None] | None,
+        *,
+        evaluation: dict[str, Any] | None = None,
+    ) -> BreakerRecord:
+        """Decide the next state for the served ``version``.
+
+        ``quality(since)`` measures the champion's online quality since a time (a database
+        query; None = skip, e.g. when another worker holds the evaluation turn). The result
+        of the evaluation is stored with the record for /api/model and /metrics.
+        """
+        record = self.sync()
+        now = self.clock()
+        policy = self.policy
+        if record.model_version not in (None, version):
+            reason = f"model {version} replaced {record.model_version}"
+            if record.state != CLOSED:
+                return self._transition(record, CLOSED, reason, version, "reload", evaluation) or self._record
+            # closed already: start judging the new model from now, without an alert
+            restarted = record.evolve(since=now, reason=reason, model_version=version)
+            record = self._write(restarted, record.generation) or self._record
+        since = max(now - self.window_seconds, record.since)
+        calls = judge_calls(self.calls.summary(max(now - self.calls_window_seconds, record.since)), policy)
+        measured = quality(since) if quality is not None and record.state != OPEN else None
+        needed = policy.probe_min_events if record.state == HALF_OPEN else policy.min_events
+        judged = judge_quality(measured, policy, needed) if measured is not None else None
+        snapshot = dict(record.evaluation if evaluation is None else evaluation)
+        if measured is not None:
+            snapshot["quality"] = measured.as_dict()
+            snapshot["quality_verdict"] = judged.as_dict() if judged else None
+        snapshot["evaluated_at"] = now
+        unhealthy = [v for v in (calls, judged) if v is not None and v.verdict == UNHEALTHY]
+        reasons = "; ".join(r for v in unhealthy for r in v.reasons)
+        if record.state == CLOSED and unhealthy:
+            return self._transition(record, OPEN, reasons, version, "monitor", snapshot) or self._record
+        if record.state == OPEN:
+            if now - record.since >= policy.cooldown_seconds:
+                reason = f"cool-down of {policy.cooldown_seconds:.0f} s over"
+                return (
+                    self._transition(record, HALF_OPEN, reason, version, "monitor", snapshot) or self._record
+                )
+        elif record.state == HALF_OPEN:
+            if unhealthy:
+                return (
+                    self._transition(record, OPEN, f"probe failed: {reasons}", version, "monitor", snapshot)
+                    or self._record
+                )
+            if judged is not None and judged.verdict == HEALTHY:
+                q = measured
+                assert q is not None
+                reason = f"probe healthy over {q.events} feedback events"
+                return self._transition(record, CLOSED, reason, version, "monitor", snapshot) or self._record
+        if measured is not None or evaluation is not None:
+            owner = record.model_version or version  # the first evaluation adopts the served model
+            updated = record.evolve(evaluated_at=now, evaluation=snapshot, model_version=owner)
+            stored = self._write(updated, record.generation)
+            return stored or self._record
+        return record
+
+    def claim_evaluation(self, interval: float, *, force: bool = False) -> bool:
+        """Take this interval's evaluation turn (one worker per interval does the database work)."""
+        record = self.sync()
+        now = self.clock()
+        if not force and now - record.evaluated_at < interval:
+            return False
+        return self._write(record.evolve(evaluated_at=now), record.generation) is not None
+
+    def reset(self, version: str | None, by: str = "admin") -> BreakerRecord:
+        """Close the breaker now (admin override); a no-op write when it is already closed."""
+        for _ in range(5):
+            record = self.sync()
+            if self.store_error is not None:
+                raise BreakerStoreError(self.store_error)
+            if record.state == CLOSED and record.model_version in (None, version):
+                return record
+            stored = self._transition(record, CLOSED, f"reset by {by}", version, by)
+            if stored is not None:
+                return stored
+        raise BreakerStoreError("the breaker state kept changing while resetting it; try again")
+
+    # ------------------------------------------------------------------ reporting
+
+    def status(self, version: str | None = None) -> dict[str, Any]:
+        """The breaker block of GET /api/model and the dashboard."""
+        record = self._record
+        state = self.effective_state(version) if version is not None else record.state
+        now = self.clock()
+        remaining = None
+        if state == OPEN:
+            remaining = max(0.0, round(record.since + self.policy.cooldown_seconds - now, 1))
+        return {
+            "state": state,
+            "since": _iso(record.since) if record.since else None,
+            "reason": record.reason,
+            "model_version": record.model_version,
+            "cooldown_remaining_seconds": remaining,
+            "probe_share": self.policy.probe_share,
+            "store": self.store.where,
+            "store_error": self.store_error,
+            "thresholds": self.policy.thresholds(),
+            "last_evaluation": {k: v for k, v in record.evaluation.items() if k != "evaluated_at"} or None,
+            "evaluated_at": _iso(record.evaluated_at) if record.evaluated_at else None,
+        }
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

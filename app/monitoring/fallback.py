@@ -1,0 +1,154 @@
+"""What /api/recommend serves while the circuit breaker keeps the champion out.
+
+Preferred: the **previous champion** — the newest bundle in the model store created before
+the one being served (the store receives every champion the pipeline exports and keeps the
+old ones). It was good enough to serve before, and its lists are as personal as its tables
+allow. Loaded once, lazily, the first time the fallback is needed, and kept per serving
+version.
+
+Otherwise (no older bundle, it fails to load, or ``breaker_fallback = "popularity"``):
+**global popularity computed from the served bundle's own tables** — a Borda count of
+every segment's ranked list (a movie high in many segments' lists is broadly liked). For a
+known user the candidates are that user's own list (which excludes what they already
+rated), re-ordered by popularity, so the fallback never shows a rated movie either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from app.errors import NotFound
+from app.recommender.bundle import MANIFEST, BundleError, LoadedBundle, Recommendation, load_bundle
+from app.recommender.segments import Segment
+
+log = logging.getLogger(__name__)
+
+PREVIOUS, POPULARITY = "previous", "popularity"
+
+
+def popularity_order(bundle: LoadedBundle) -> np.ndarray:
+    """Catalogue positions ordered by a Borda count over the segment tables (best first).
+
+    A movie at rank r in a table of depth d earns d - r points in each segment; ties keep
+    catalogue order. Movies that appear in no segment list come last, in catalogue order.
+    """
+    top = bundle.tables.segment_top
+    depth = top.shape[1]
+    points = np.zeros(len(bundle.movie_ids), dtype=np.float64)
+    weights = np.broadcast_to(np.arange(depth, 0, -1, dtype=np.float64), top.shape)
+    valid = top >= 0
+    np.add.at(points, top[valid], weights[valid])
+    return np.argsort(-points, kind="stable")
+
+
+class Fallback:
+    """Fallback recommendations for the bundle being served (see the module docstring)."""
+
+    def __init__(self, store: Path | None, mode: str = PREVIOUS) -> None:
+        if mode not in (PREVIOUS, POPULARITY):
+            raise ValueError(f"fallback must be {PREVIOUS!r} or {POPULARITY!r}, not {mode!r}")
+        self.store = store
+        self.mode = mode
+        self._lock = threading.Lock()
+        self._previous: dict[str, LoadedBundle | None] = {}  # serving version -> previous bundle
+        self._popularity: dict[str, np.ndarray] = {}
+
+    def previous_bundle_dir(self, current: LoadedBundle) -> Path | None:
+        """The newest bundle in the store created before ``current`` (by manifest ``created_at``)."""
+        if self.store is None or not self.store.is_dir():
+            return None
+        created = str(current.manifest.get("created_at") or "")
+        best: tuple[str, Path] | None = None
+        for candidate in self.store.iterdir():
+            if candidate.name.startswith(".") or candidate.is_symlink() or not candidate.is_dir():
+                continue
+            try:
+                manifest = json.loads((candidate / MANIFEST).read_text())
+            except (OSError, ValueError):
+                continue
+            stamp = str(manifest.get("created_at") or "")
+            if str(manifest.get("version")) == current.version or not stamp or (created and stamp >= created):
+                continue
+            if best is None or stamp > best[0]:
+                best = (stamp, candidate)
+        return best[1] if best else None
+
+    def previous(self, current: LoadedBundle) -> LoadedBundle | None:
+        if self.mode != PREVIOUS:
+            return None
+        if current.version in self._previous:
+            return self._previous[current.version]
+        with self._lock:
+            if current.version not in self._previous:
+                bundle = None
+                path = self.previous_bundle_dir(current)
+                if path is not None:
+                    try:
+                        bundle = load_bundle(path)
+                        log.info("fallback bundle loaded", extra={"fallback_version": bundle.version})
+                    except BundleError as exc:
+                        log.warning("previous bundle cannot serve as fallback; using popularity",
+                                    extra={"path": str(path), "reason": str(exc)[:300]})  # fmt: skip
+                self._previous[current.version] = bundle
+        return self._previous[current.version]
+
+    def source(self, current: LoadedBundle | None) -> str:
+        """What the fallback would serve right now (for /api/model)."""
+        if current is None:
+            return "none"
+        previous = self.previous(current)
+        return f"previous champion {previous.version}" if previous else f"popularity from {current.version}"
+
+    def popularity(self, bundle: LoadedBundle) -> np.ndarray:
+        order = self._popularity.get(bundle.version)
+        if order is None:
+            order = popularity_order(bundle)
+            self._popularity[bundle.version] = order
+        return order
+
+    def recommend(
+        self,
+        current: LoadedBundle,
+        *,
+        max_recs: int,
+        age: int | None,
+        gender: str | None,
+        occupation: str | None,
+        user_id: int | None,
+    ) -> tuple[list[Recommendation], str]:
+        """Fallback items and the version of the bundle they come from."""
+        demographics = age is not None and gender is not None and occupation is not None
+        if user_id is not None and not demographics and not current.knows_user(user_id):
+            # the same answer the champion gives: a client error must not depend on the breaker
+            raise NotFound(f"user {user_id} is not known to model {current.version}")
+        previous = self.previous(current)
+        if previous is not None:
+            if user_id is not None and previous.knows_user(user_id):
+                return previous.recommend_user(user_id, max_recs), previous.version
+            if demographics:
+                assert age is not None and gender is not None and occupation is not None
+                return previous.recommend_segment(
+                    Segment.of(age, gender, occupation), max_recs
+                ), previous.version
+        return self._popular(current, max_recs, user_id), current.version
+
+    def _popular(self, bundle: LoadedBundle, max_recs: int, user_id: int | None) -> list[Recommendation]:
+        order = self.popularity(bundle)
+        if user_id is not None and bundle.knows_user(user_id):
+            own = bundle.recommend_user(user_id, bundle.tables.user_top.shape[1])
+            candidates = np.asarray([bundle.position_of_movie[item.movie_id] for item in own], dtype=np.int64)
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            positions = candidates[np.argsort(rank[candidates], kind="stable")]
+        else:
+            positions = order
+        # The score of a popularity list is its Borda rank turned into a decreasing number in (0, 1].
+        return [
+            Recommendation(int(bundle.movie_ids[p]), bundle.titles[p], round(1.0 / (i + 1), 6))
+            for i, p in enumerate(positions[:max_recs])
+        ]

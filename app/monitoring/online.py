@@ -1,0 +1,511 @@
+"""The online monitor: ties metrics, quality, drift, the circuit breaker and in-app alerts to the app.
+
+Per request (no I/O beyond what the request does anyway):
+
+* :meth:`GuardedRecommendations.recommend` asks the breaker where ``/api/recommend`` goes
+  (champion, half-open probe, or fallback), times the champion's answer, records errors
+  (a failing champion call is answered from the fallback, not with a 500) and counts
+  the list in ``movierec_recommendations_total{strategy}``;
+* :meth:`OnlineMonitor.note_feedback` counts a stored score.
+
+Off the request path, one daemon thread per worker process (started lazily, because uwsgi
+forks workers from a master that created the app):
+
+* every ``monitor_sync_seconds`` it re-reads the shared breaker record and lets the breaker
+  act on this worker's own call statistics and the cool-down (no database query beyond one
+  primary-key read);
+* every ``monitor_interval_seconds`` — or sooner, after ``monitor_every_events`` scores in
+  this worker — one worker in the whole deployment wins the evaluation turn (a
+  compare-and-set on the shared record) and runs the window queries: online quality of the
+  champion (app/monitoring/quality.py) and drift of the request demographics
+  (app/monitoring/drift.py). Their results are stored with the breaker record, so
+  ``/metrics`` and ``/api/model`` show the same numbers whichever worker answers.
+
+In-app alerts go through one :class:`~app.monitoring.alerts.Alerter` per process with a
+:class:`~app.monitoring.alerts.LoggingSink`: the service holds no SMTP credentials; the
+host's monitor-docker.py reads the alert lines from the journal and emails them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from app.errors import ApiError
+from app.monitoring import metrics
+from app.monitoring.alerts import Alert, Alerter, LoggingSink, Notification, Severity
+from app.monitoring.breaker import FALLBACK, BreakerPolicy, CircuitBreaker
+from app.monitoring.drift import MANIFEST_KEY, DriftReport, count_profiles, evaluate_drift
+from app.monitoring.fallback import Fallback
+from app.monitoring.quality import Quality, measure, request_profiles
+from app.recommender.bundle import BundleError, LoadedBundle
+from app.storage.breaker import BreakerStore, DatabaseBreakerStore, RedisBreakerStore
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- in-app alerts
+
+
+class RecentAlerts:
+    """A sink that remembers this worker's last notifications (the dashboard's alerts panel)."""
+
+    name = "recent"
+
+    def __init__(self, maxlen: int = 20) -> None:
+        self._items: deque[dict[str, Any]] = deque(maxlen=maxlen)
+
+    def send(self, notification: Notification) -> None:
+        self._items.appendleft(
+            {
+                "kind": notification.kind,
+                "severity": notification.severity.name,
+                "count": notification.count,
+                "at": notification.last_at.isoformat(timespec="seconds"),
+                "summary": notification.entries[0].summary if notification.entries else notification.kind,
+            }
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {"scope": "this worker process", "recent": list(self._items)}
+
+
+_ALERTER: Alerter | None = None
+_RECENT = RecentAlerts()
+_ALERTER_PID: int | None = None
+_ALERTER_LOCK = threading.Lock()
+
+
+def process_alerter() -> Alerter:
+    """The one in-app alerter of this process, its flush ticker running in this process.
+
+    ``group_wait`` is 0 so the first alert of a kind is logged at once; later ones of the
+    same kind within 5 minutes are sent as one digest (the ticker flushes them).
+    """
+    global _ALERTER, _ALERTER_PID
+    with _ALERTER_LOCK:
+        if _ALERTER is None or os.getpid() != _ALERTER_PID:
+            # one per process: an alerter inherited through fork has no running ticker here
+            _ALERTER = Alerter([LoggingSink(), _RECENT], group_wait=0.0, window=300.0)
+            _ALERTER.start(interval=5.0)
+            _ALERTER_PID = os.getpid()
+            atexit.register(_ALERTER.close)  # send pending digests when the worker stops
+        return _ALERTER
+
+
+def raise_alert(alert: Alert) -> None:
+    process_alerter().raise_alert(alert)
+
+
+# --------------------------------------------------------------------------- the monitor
+
+
+class OnlineMonitor:
+    """Schedules evaluations and holds the components the API and dashboard read."""
+
+    def __init__(
+        self,
+        models: Any,
+        db: Any,
+        breaker: CircuitBreaker,
+        fallback: Fallback,
+        *,
+        interval: float = 30.0,
+        every_events: int = 200,
+        sync_seconds: float = 2.0,
+        window_seconds: float = 3600.0,
+        drift_threshold: float = 0.25,
+        drift_min_requests: int = 200,
+        coverage_max_requests: int = 5000,
+        background: bool = True,
+    ) -> None:
+        self.models = models
+        self.db = db
+        self.breaker = breaker
+        self.fallback = fallback
+        self.interval = interval
+        self.every_events = every_events
+        self.sync_seconds = sync_seconds
+        self.window_seconds = window_seconds
+        self.drift_threshold = drift_threshold
+        self.drift_min_requests = drift_min_requests
+        self.coverage_max_requests = coverage_max_requests
+        self.background = background
+        self._events = 0
+        self._events_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread_pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self.evaluations = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ thread
+
+    def ensure_started(self) -> None:
+        """Start this process's evaluation thread (a pid comparison when it runs already)."""
+        if not self.background or self._thread_pid == os.getpid():
+            return
+        with self._events_lock:
+            if self._thread_pid == os.getpid():
+                return
+            self._thread_pid = os.getpid()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="online-monitor", daemon=True)
+            self._thread.start()
+            process_alerter()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread_pid == os.getpid():
+            self._thread.join(timeout=5)
+        self._thread_pid = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            woken = self._wake.wait(self.sync_seconds)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            try:
+                self.tick(force=woken)
+            except Exception as exc:
+                self.last_error = str(exc)[:300]
+                log.exception("online monitor evaluation failed")
+
+    # ------------------------------------------------------------------ events
+
+    def note_feedback(self, score: float) -> None:
+        """A score was stored: count it, and wake the evaluation every ``every_events`` scores."""
+        metrics.FEEDBACK.inc()
+        metrics.FEEDBACK_SCORE.observe(score)
+        if not self.every_events:
+            return
+        with self._events_lock:
+            self._events += 1
+            due = self._events >= self.every_events
+            if due:
+                self._events = 0
+        if due:
+            self.ensure_started()
+            self._wake.set()
+
+    # ------------------------------------------------------------------ evaluation
+
+    def tick(self, *, force: bool = False) -> dict[str, Any]:
+        """One round: the full evaluation when this worker wins the turn (or ``force``), else a light one."""
+        bundle = self.models.bundle
+        version = bundle.version if bundle is not None else None
+        if bundle is None:
+            self.breaker.sync()
+            return self.breaker.record.evaluation
+        if force or self.breaker.claim_evaluation(self.interval):
+            previous_drift = (self.breaker.record.evaluation.get("drift") or {}).get("status")
+            drift = self.measure_drift(bundle)
+            evaluation = {**self.breaker.record.evaluation, "drift": drift.as_dict()}
+            record = self.breaker.evaluate(version, self._quality_of(bundle), evaluation=evaluation)
+            self.evaluations += 1
+            if drift.status == "drift" and previous_drift != "drift":
+                raise_alert(
+                    Alert(
+                        "drift",
+                        Severity.WARNING,
+                        f"request demographics drifted from model {version}'s training data: {drift.reason}",
+                        {
+                            "psi": drift.as_dict()["psi"],
+                            "n_requests": drift.n_requests,
+                            "model_version": version,
+                        },
+                    )
+                )
+            return record.evaluation
+        self.breaker.evaluate(version, None)
+        return self.breaker.record.evaluation
+
+    def _quality_of(self, bundle: LoadedBundle) -> Callable[[float], Quality]:
+        def quality(since: float) -> Quality:
+            return measure(
+                self.db,
+                since,
+                time.time() + 1.0,
+                model_version=bundle.version,
+                catalogue_size=len(bundle.movie_ids),
+                max_requests=self.coverage_max_requests,
+            )
+
+        return quality
+
+    def measure_drift(self, bundle: LoadedBundle) -> DriftReport:
+        since = time.time() - self.window_seconds
+        counts = count_profiles(request_profiles(self.db, since))
+        return evaluate_drift(
+            bundle.manifest.get(MANIFEST_KEY),
+            counts,
+            threshold=self.drift_threshold,
+            min_requests=self.drift_min_requests,
+        )
+
+    # ------------------------------------------------------------------ reporting
+
+    def drift_status(self) -> dict[str, Any]:
+        drift = self.breaker.record.evaluation.get("drift")
+        return dict(drift) if drift else {"status": "not evaluated yet"}
+
+
+class DriftView:
+    """``services.drift``: the last drift evaluation (the dashboard calls ``status()``)."""
+
+    def __init__(self, monitor: OnlineMonitor) -> None:
+        self.monitor = monitor
+
+    def status(self) -> dict[str, Any]:
+        return self.monitor.drift_status()
+
+
+class BreakerView:
+    """``services.breaker``: the breaker's state for the version being served (``status()``)."""
+
+    def __init__(self, breaker: CircuitBreaker, monitor: OnlineMonitor, fallback: Fallback) -> None:
+        self.breaker = breaker
+        self.monitor = monitor
+        self.fallback = fallback
+
+    def status(self) -> dict[str, Any]:
+        bundle = self.monitor.models.bundle
+        status = self.breaker.status(bundle.version if bundle is not None else None)
+        status["fallback"] = self.fallback.source(bundle)
+        return status
+
+    def reset(self, by: str = "admin") -> dict[str, Any]:
+        bundle = self.monitor.models.bundle
+        self.breaker.reset(bundle.version if bundle is not None else None, by=by)
+        return self.status()
+
+
+class AlertsView:
+    """``services.alerts``: the last in-app alerts of this worker."""
+
+    def status(self) -> dict[str, Any]:
+        return _RECENT.status()
+
+
+# --------------------------------------------------------------------------- /api/recommend
+
+
+class GuardedRecommendations:
+    """/api/recommend through the breaker: champion, probe or fallback, with the outcome recorded."""
+
+    def __init__(self, breaker: CircuitBreaker, fallback: Fallback) -> None:
+        self.breaker = breaker
+        self.fallback = fallback
+
+    def recommend(
+        self,
+        service: Any,
+        *,
+        max_recs: int,
+        age: int | None = None,
+        gender: str | None = None,
+        occupation: str | None = None,
+        user_id: int | None = None,
+    ) -> Any:
+        from app.services.recommendations import Served
+
+        bundle = service.models.require()
+        route = self.breaker.route(bundle.version)
+        if route != FALLBACK:
+            started = time.perf_counter()
+            try:
+                served = service.recommend_model(
+                    max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
+                )
+            except (ApiError, BundleError):
+                raise  # the client's error (unknown user) or no model at all: not the model failing
+            except Exception:
+                elapsed = time.perf_counter() - started
+                self.breaker.record_call(False, elapsed)
+                metrics.MODEL_CALLS.labels(outcome="error").inc()
+                log.exception("the champion failed to recommend; answering from the fallback")
+            else:
+                elapsed = time.perf_counter() - started
+                self.breaker.record_call(True, elapsed)
+                metrics.MODEL_CALLS.labels(outcome="ok").inc()
+                metrics.MODEL_LATENCY.observe(elapsed)
+                _count(served.strategy, len(served.items))
+                return served
+        items, version = self.fallback.recommend(
+            bundle, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
+        )
+        served = Served(service.ids.issue(), items, version, FALLBACK)
+        service.request_log.append([service.log_row(served, max_recs, age, gender, occupation, user_id)])
+        _count(FALLBACK, len(items))
+        return served
+
+
+def _count(strategy: str, n_items: int) -> None:
+    metrics.RECOMMENDATIONS.labels(strategy=strategy).inc()
+    metrics.RECOMMENDED_ITEMS.labels(strategy=strategy).inc(n_items)
+
+
+# --------------------------------------------------------------------------- /metrics state series
+
+
+class StateCollector:
+    """Scrape-time gauges: model info, breaker state, online quality and drift from the shared record."""
+
+    def __init__(self, models: Any, breaker: CircuitBreaker | None) -> None:
+        self.models = models
+        self.breaker = breaker
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        bundle = self.models.bundle
+        version = bundle.version if bundle is not None else None
+        if bundle is not None:
+            info = GaugeMetricFamily(
+                "movierec_model_info", "The model bundle this worker serves (value 1)",
+                labels=["version", "served_model", "created_at"],
+            )  # fmt: skip
+            info.add_metric(
+                [
+                    bundle.version,
+                    str(bundle.manifest.get("served_model") or ""),
+                    str(bundle.manifest.get("created_at") or ""),
+                ],
+                1.0,
+            )
+            yield info
+            loaded = metrics.gauge(
+                "movierec_model_loaded_timestamp_seconds",
+                "When this worker loaded its bundle",
+                bundle.loaded_at,
+            )
+            if loaded is not None:
+                yield loaded
+        if self.breaker is None:
+            return
+        state = self.breaker.effective_state(version)
+        family = GaugeMetricFamily(
+            "movierec_breaker_state", "Circuit breaker state (1 for the current one)", labels=["state"]
+        )
+        for name in ("closed", "open", "half_open"):
+            family.add_metric([name], 1.0 if name == state else 0.0)
+        yield family
+        evaluation = self.breaker.record.evaluation
+        quality = evaluation.get("quality") or {}
+        if quality.get("model_version") == version:
+            for key, name, doc in (
+                (
+                    "events",
+                    "movierec_online_feedback_events",
+                    "Feedback rows on the champion's lists in the window",
+                ),
+                (
+                    "mean_score",
+                    "movierec_online_mean_score",
+                    "Mean feedback score of the champion in the window",
+                ),
+                (
+                    "like_share",
+                    "movierec_online_like_share",
+                    "Share of scores >= 4 for the champion in the window",
+                ),
+                ("rmse", "movierec_online_rmse", "Online RMSE of predicted vs given scores in the window"),
+                (
+                    "coverage",
+                    "movierec_online_catalogue_coverage",
+                    "Share of the catalogue served in the window",
+                ),
+            ):
+                family = metrics.gauge(name, doc, quality.get(key))
+                if family is not None:
+                    yield family
+        drift = evaluation.get("drift") or {}
+        if drift:
+            status = GaugeMetricFamily(
+                "movierec_drift_status", "Drift evaluation outcome (1 for the current one)", labels=["status"]
+            )
+            for name in ("ok", "drift", "insufficient", "unknown"):
+                status.add_metric([name], 1.0 if drift.get("status") == name else 0.0)
+            yield status
+            psi = drift.get("psi") or {}
+            if psi:
+                family = GaugeMetricFamily(
+                    "movierec_drift_psi", "Population stability index of request demographics vs training",
+                    labels=["feature"],
+                )  # fmt: skip
+                for feature, value in psi.items():
+                    family.add_metric([feature], float(value))
+                family.add_metric(["max"], float(max(psi.values())))
+                yield family
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def build_store(settings: Any, db: Any) -> BreakerStore:
+    if settings.redis_url:
+        from app.services.revocation import redis_client
+
+        return RedisBreakerStore(redis_client(settings.redis_url), settings.breaker_name)
+    return DatabaseBreakerStore(db, settings.breaker_name)
+
+
+def policy_from(settings: Any) -> BreakerPolicy:
+    return BreakerPolicy(
+        min_events=settings.breaker_min_events,
+        min_mean_score=settings.breaker_min_mean_score,
+        min_like_share=settings.breaker_min_like_share,
+        max_rmse=settings.breaker_max_rmse,
+        min_requests=settings.breaker_min_requests,
+        max_error_rate=settings.breaker_max_error_rate,
+        max_latency_ms=settings.breaker_max_latency_ms,
+        cooldown_seconds=settings.breaker_cooldown_seconds,
+        probe_share=settings.breaker_probe_share,
+        probe_min_events=settings.breaker_probe_min_events,
+    )
+
+
+def install_monitoring(
+    app: Any, services: Any, settings: Any, model_store: Path | None = None
+) -> OnlineMonitor:
+    """Create the breaker, fallback and monitor; expose them on ``services``; start the thread lazily."""
+    breaker = CircuitBreaker(
+        build_store(settings, services.db),
+        policy_from(settings),
+        alert=raise_alert,
+        window_seconds=settings.quality_window_seconds,
+    )
+    fallback = Fallback(model_store, settings.breaker_fallback)
+    monitor = OnlineMonitor(
+        services.models,
+        services.db,
+        breaker,
+        fallback,
+        interval=settings.monitor_interval_seconds,
+        every_events=settings.monitor_every_events,
+        sync_seconds=settings.monitor_sync_seconds,
+        window_seconds=settings.quality_window_seconds,
+        drift_threshold=settings.drift_psi_threshold,
+        drift_min_requests=settings.drift_min_requests,
+        background=settings.monitor_interval_seconds > 0,
+    )
+    breaker.sync()
+    services.monitor = monitor
+    if settings.breaker_enabled:
+        services.recommendations.guard = GuardedRecommendations(breaker, fallback)
+    services.recommendations.on_feedback = monitor.note_feedback
+    services.breaker = BreakerView(breaker, monitor, fallback)
+    services.drift = DriftView(monitor)
+    services.alerts = AlertsView()
+    app.before_request(monitor.ensure_started)
+    return monitor

@@ -1,0 +1,235 @@
+"""Online model quality and business metrics from the feedback and request tables.
+
+Offline metrics say how a model ranked held-out ratings; these say how the served model is
+received now, over a sliding window:
+
+* **mean score** of the feedback users gave to recommended movies;
+* **like share**: the share of those scores at or above 4 (the offline relevance rule);
+* **online RMSE** of the model's predicted score (``feedback.predicted_score``, filled when
+  the serving bundle predicts ratings) against the user's score, over the rows that have one;
+* **catalogue coverage**: the share of the catalogue that appeared in what was served.
+
+The breaker judges the champion only on traffic the champion served: lists served with
+strategy ``fallback`` (and their feedback) are excluded, and only the given model version
+counts. Everything heavy is one aggregate SQL query; coverage reads the item lists of at
+most ``max_requests`` recent requests. Nothing here runs per request: the online monitor
+(app/monitoring/online.py) calls it on a timer or every N events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Float, case, cast, func, select
+
+from app.storage.db import Database
+from app.storage.models import Feedback, RecommendationRequest
+
+LIKE_THRESHOLD = 4.0
+FALLBACK = "fallback"
+
+
+# --------------------------------------------------------------------------- pure metrics
+
+
+def mean_score(scores: Sequence[float]) -> float | None:
+    """Arithmetic mean, None for no scores."""
+    return sum(scores) / len(scores) if scores else None
+
+
+def like_share(scores: Sequence[float], threshold: float = LIKE_THRESHOLD) -> float | None:
+    """Share of scores at or above ``threshold``; None for no scores."""
+    return sum(1 for s in scores if s >= threshold) / len(scores) if scores else None
+
+
+def rmse(pairs: Iterable[tuple[float | None, float]]) -> tuple[float | None, int]:
+    """Root mean squared error of (predicted, actual) pairs that have a prediction, and their count."""
+    errors = [(p - a) ** 2 for p, a in pairs if p is not None]
+    return (math.sqrt(sum(errors) / len(errors)) if errors else None), len(errors)
+
+
+def catalogue_coverage(item_lists: Iterable[Iterable[int]], catalogue_size: int) -> tuple[float | None, int]:
+    """Share of the catalogue served at least once, and the number of distinct movies served."""
+    distinct: set[int] = set()
+    for items in item_lists:
+        distinct.update(int(m) for m in items)
+    if catalogue_size <= 0:
+        return None, len(distinct)
+    return len(distinct) / catalogue_size, len(distinct)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Online metrics of one model version over one window."""
+
+    model_version: str | None
+    since: float  # epoch seconds
+    until: float
+    events: int  # feedback rows counted
+    mean_score: float | None
+    like_share: float | None
+    rmse: float | None
+    rmse_events: int
+    requests: int  # recommendation lists read for coverage
+    coverage: float | None
+    distinct_served: int
+
+    def as_dict(self) -> dict[str, Any]:
+        def r(value: float | None) -> float | None:
+            return None if value is None else round(value, 6)
+
+        return {
+            "model_version": self.model_version,
+            "since": _iso(self.since),
+            "until": _iso(self.until),
+            "events": self.events,
+            "mean_score": r(self.mean_score),
+            "like_share": r(self.like_share),
+            "rmse": r(self.rmse),
+            "rmse_events": self.rmse_events,
+            "requests": self.requests,
+            "coverage": r(self.coverage),
+            "distinct_served": self.distinct_served,
+        }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- database windows
+
+
+def feedback_window(
+    db: Database, since: float, *, model_version: str | None = None, until: float | None = None
+) -> tuple[int, float | None, float | None, float | None, int]:
+    """Aggregate the champion's feedback since ``since``: (events, mean, like share, rmse, rmse events).
+
+    One query; the join keeps only feedback on lists the model served itself (not fallback).
+    """
+    start = datetime.fromtimestamp(since, UTC)
+    error = Feedback.predicted_score - Feedback.score
+    has_prediction = Feedback.predicted_score.is_not(None)
+    query = (
+        select(
+            func.count(Feedback.id),
+            func.avg(Feedback.score),
+            func.sum(case((Feedback.score >= LIKE_THRESHOLD, 1), else_=0)),
+            func.sum(case((has_prediction, cast(error * error, Float)), else_=0.0)),
+            func.sum(case((has_prediction, 1), else_=0)),
+        )
+        .join(RecommendationRequest, RecommendationRequest.id == Feedback.request_id)
+        .where(Feedback.created_at >= start, RecommendationRequest.strategy != FALLBACK)
+    )
+    if until is not None:
+        query = query.where(Feedback.created_at < datetime.fromtimestamp(until, UTC))
+    if model_version is not None:
+        query = query.where(Feedback.model_version == model_version)
+    with db.session() as session:
+        count, mean, liked, squared, predicted = session.execute(query).one()
+    count = int(count or 0)
+    predicted = int(predicted or 0)
+    return (
+        count,
+        float(mean) if count else None,
+        float(liked or 0) / count if count else None,
+        math.sqrt(float(squared) / predicted) if predicted else None,
+        predicted,
+    )
+
+
+def served_item_lists(
+    db: Database, since: float, *, model_version: str | None = None, max_requests: int = 5000
+) -> list[list[int]]:
+    """Movie ids of the most recent ``max_requests`` lists the model served since ``since``."""
+    start = datetime.fromtimestamp(since, UTC)
+    query = (
+        select(RecommendationRequest.items)
+        .where(RecommendationRequest.created_at >= start, RecommendationRequest.strategy != FALLBACK)
+        .order_by(RecommendationRequest.created_at.desc())
+        .limit(max_requests)
+    )
+    if model_version is not None:
+        query = query.where(RecommendationRequest.model_version == model_version)
+    with db.session() as session:
+        rows = session.scalars(query).all()
+    return [[int(item["movie_id"]) for item in items or [] if "movie_id" in item] for items in rows]
+
+
+def measure(
+    db: Database,
+    since: float,
+    until: float,
+    *,
+    model_version: str | None,
+    catalogue_size: int,
+    max_requests: int = 5000,
+) -> Quality:
+    """Every online metric of ``model_version`` over [since, until)."""
+    events, mean, liked, error, rmse_events = feedback_window(
+        db, since, model_version=model_version, until=until
+    )
+    lists = served_item_lists(db, since, model_version=model_version, max_requests=max_requests)
+    coverage, distinct = catalogue_coverage(lists, catalogue_size)
+    return Quality(
+        model_version=model_version,
+        since=since,
+        until=until,
+        events=events,
+        mean_score=mean,
+        like_share=liked,
+        rmse=error,
+        rmse_events=rmse_events,
+        requests=len(lists),
+        coverage=coverage,
+        distinct_served=distinct,
+    )
+
+
+def request_profiles(db: Database, since: float) -> list[tuple[Any, Any, Any, int]]:
+    """(age, gender, occupation, count) of every request with demographics since ``since`` (for drift).
+
+    Grouped in SQL: at most 120 x 3 x 21 rows whatever the traffic.
+    """
+    start = datetime.fromtimestamp(since, UTC)
+    query = (
+        select(
+            RecommendationRequest.age,
+            RecommendationRequest.gender,
+            RecommendationRequest.occupation,
+            func.count(),
+        )
+        .where(RecommendationRequest.created_at >= start, RecommendationRequest.age.is_not(None))
+        .group_by(RecommendationRequest.age, RecommendationRequest.gender, RecommendationRequest.occupation)
+    )
+    with db.session() as session:
+        return [(age, gender, occupation, int(n)) for age, gender, occupation, n in session.execute(query)]
+
+
+# --------------------------------------------------------------------------- predicted scores
+
+
+def predict_score(bundle: Any, request: dict[str, Any], movie_id: int) -> float | None:
+    """The serving bundle's predicted rating for the movie a user scored, or None.
+
+    ``request`` holds the inputs of the recommendation request (age, gender, occupation,
+    user_id). None when the bundle has no rating model or cannot predict this record; a
+    prediction never blocks storing the user's score.
+    """
+    model = getattr(bundle, "rating_model", None)
+    if model is None or not hasattr(model, "predict_records"):
+        return None
+    record: dict[str, Any] = {"movie_id": int(movie_id)}
+    for key in ("age", "gender", "occupation", "user_id"):
+        if request.get(key) is not None:
+            record[key] = request[key]
+    try:
+        predicted = model.predict_records([record])
+    except Exception:  # noqa: BLE001 - an unpredictable record only means "no prediction"
+        return None
+    value = float(predicted[0])
+    return value if math.isfinite(value) else None

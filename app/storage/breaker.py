@@ -1,0 +1,181 @@
+"""Where the circuit breaker's state lives, so every uwsgi worker and instance sees the same one.
+
+Two stores with one contract (:class:`BreakerStore`): a row in the ``circuit_breaker`` table
+(migration 0004) by default, or a Redis key when ``MOVIEREC_REDIS_URL`` is set. Writes are
+compare-and-set on a ``generation`` counter: a worker that decided a transition from a
+stale view loses the race instead of overwriting a newer decision (an admin reset, another
+worker's trip). Reads are one primary-key lookup or one ``GET``; workers cache the record and
+re-read it every few seconds, never per request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+import redis
+from sqlalchemy import JSON, Float, Integer, String, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.storage.db import Database
+from app.storage.models import Base
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+STATES = (CLOSED, OPEN, HALF_OPEN)
+
+
+class BreakerRow(Base):
+    """One breaker per name (the serving champion's is ``champion``)."""
+
+    __tablename__ = "circuit_breaker"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    since: Mapped[float] = mapped_column(Float)  # epoch seconds the state was entered
+    reason: Mapped[str] = mapped_column(String(500))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    generation: Mapped[int] = mapped_column(Integer)
+    evaluated_at: Mapped[float] = mapped_column(Float)
+    evaluation: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+@dataclass(frozen=True)
+class BreakerRecord:
+    """The shared state: what the breaker decided, when, why, for which model, and the last evaluation."""
+
+    state: str = CLOSED
+    since: float = 0.0
+    reason: str = "initial state"
+    model_version: str | None = None
+    generation: int = 0
+    evaluated_at: float = 0.0
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.state not in STATES:
+            raise ValueError(f"unknown breaker state {self.state!r}")
+
+    def evolve(self, **changes: Any) -> BreakerRecord:
+        return replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> BreakerRecord:
+        data = json.loads(text)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+class BreakerStoreError(RuntimeError):
+    """The shared state could not be read or written; workers keep their last known state."""
+
+
+class BreakerStore(Protocol):
+    where: str
+
+    def read(self) -> BreakerRecord: ...
+
+    def write(self, record: BreakerRecord, expected_generation: int) -> BreakerRecord | None:
+        """Store ``record`` if the stored generation is still ``expected_generation``.
+
+        Returns the stored record (generation incremented) or None when another writer won.
+        """
+        ...
+
+
+class DatabaseBreakerStore:
+    """The ``circuit_breaker`` row named ``name`` in the service database."""
+
+    def __init__(self, db: Database, name: str = "champion") -> None:
+        self.db = db
+        self.name = name
+        self.where = "database"
+
+    def read(self) -> BreakerRecord:
+        try:
+            with self.db.session() as session:
+                row = session.get(BreakerRow, self.name)
+                if row is None:
+                    return BreakerRecord()
+                return BreakerRecord(
+                    state=row.state,
+                    since=row.since,
+                    reason=row.reason,
+                    model_version=row.model_version,
+                    generation=row.generation,
+                    evaluated_at=row.evaluated_at,
+                    evaluation=dict(row.evaluation or {}),
+                )
+        except Exception as exc:
+            raise BreakerStoreError(f"cannot read breaker state from the database: {exc}") from exc
+
+    def write(self, record: BreakerRecord, expected_generation: int) -> BreakerRecord | None:
+        stored = record.evolve(generation=expected_generation + 1)
+        values = {
+            "state": stored.state,
+            "since": stored.since,
+            "reason": stored.reason[:500],
+            "model_version": stored.model_version,
+            "generation": stored.generation,
+            "evaluated_at": stored.evaluated_at,
+            "evaluation": stored.evaluation,
+        }
+        try:
+            with self.db.session() as session:
+                if expected_generation == 0:
+                    exists = session.scalar(select(BreakerRow.generation).where(BreakerRow.name == self.name))
+                    if exists is None:
+                        session.add(BreakerRow(name=self.name, **values))
+                        session.flush()
+                        return stored
+                result = session.execute(
+                    update(BreakerRow)
+                    .where(BreakerRow.name == self.name, BreakerRow.generation == expected_generation)
+                    .values(**values)
+                )
+                return stored if result.rowcount == 1 else None  # type: ignore[attr-defined]
+        except IntegrityError:
+            return None  # another worker inserted the first row at the same moment
+        except Exception as exc:
+            raise BreakerStoreError(f"cannot write breaker state to the database: {exc}") from exc
+
+
+REDIS_PREFIX = "movierec:breaker:"
+
+
+class RedisBreakerStore:
+    """One Redis key holding the record as JSON; compare-and-set with WATCH/MULTI."""
+
+    def __init__(self, client: redis.Redis, name: str = "champion") -> None:
+        self.client = client
+        self.key = REDIS_PREFIX + name
+        self.where = "redis"
+
+    def read(self) -> BreakerRecord:
+        try:
+            raw = self.client.get(self.key)
+        except redis.RedisError as exc:
+            raise BreakerStoreError(f"cannot read breaker state from Redis: {exc}") from exc
+        return BreakerRecord.from_json(raw) if raw else BreakerRecord()  # type: ignore[arg-type]
+
+    def write(self, record: BreakerRecord, expected_generation: int) -> BreakerRecord | None:
+        stored = record.evolve(generation=expected_generation + 1)
+        try:
+            with self.client.pipeline() as pipe:
+                pipe.watch(self.key)
+                raw = pipe.get(self.key)
+                current = BreakerRecord.from_json(raw).generation if raw else 0  # type: ignore[arg-type]
+                if current != expected_generation:
+                    pipe.unwatch()
+                    return None
+                pipe.multi()
+                pipe.set(self.key, stored.to_json())
+                pipe.execute()
+                return stored
+        except redis.WatchError:
+            return None
+        except redis.RedisError as exc:
+            raise BreakerStoreError(f"cannot write breaker state to Redis: {exc}") from exc

@@ -1,0 +1,316 @@
+"""The circuit breaker's decisions, its shared stores (SQLite, PostgreSQL, Redis) and the fallback."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.monitoring.alerts import Alert, Severity
+from app.monitoring.breaker import (
+    FALLBACK,
+    HEALTHY,
+    INSUFFICIENT,
+    MODEL,
+    PROBE,
+    UNHEALTHY,
+    BreakerPolicy,
+    CallStats,
+    CallSummary,
+    CircuitBreaker,
+    judge_calls,
+    judge_quality,
+)
+from app.monitoring.fallback import Fallback, popularity_order
+from app.monitoring.quality import Quality
+from app.recommender.bundle import LoadedBundle, Tables
+from app.recommender.segments import Segment, segment_index
+from app.storage.breaker import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    BreakerRecord,
+    DatabaseBreakerStore,
+    RedisBreakerStore,
+)
+from app.storage.db import Database
+
+pytestmark = pytest.mark.unit
+
+POLICY = BreakerPolicy(
+    min_events=10, min_mean_score=2.5, min_like_share=0.2, max_rmse=1.5, min_requests=5,
+    max_error_rate=0.2, max_latency_ms=100.0, cooldown_seconds=60.0, probe_share=0.25, probe_min_events=4,
+)  # fmt: skip
+
+
+def quality(
+    events: int, mean: float, liked: float, error: float | None = None, version: str = "v1"
+) -> Quality:
+    return Quality(
+        version, 0.0, 1.0, events, mean, liked, error, events if error is not None else 0, 1, 0.5, 5
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'b.db'}")
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def make_breaker(store: Any, clock: Clock, alerts: list[Alert] | None = None) -> CircuitBreaker:
+    sink = alerts.append if alerts is not None else None
+    return CircuitBreaker(store, POLICY, alert=sink, clock=clock, window_seconds=3600)
+
+
+def test_judge_quality_needs_enough_events_then_applies_each_threshold() -> None:
+    assert judge_quality(None, POLICY, 10).verdict == INSUFFICIENT
+    assert judge_quality(quality(9, 1.0, 0.0), POLICY, 10).verdict == INSUFFICIENT
+    assert judge_quality(quality(10, 3.0, 0.5, 1.0), POLICY, 10).verdict == HEALTHY
+    low_mean = judge_quality(quality(10, 2.4, 0.5), POLICY, 10)
+    assert low_mean.verdict == UNHEALTHY and "mean score 2.40 < 2.5" in low_mean.reasons[0]
+    assert judge_quality(quality(10, 3.0, 0.1), POLICY, 10).verdict == UNHEALTHY
+    assert judge_quality(quality(10, 3.0, 0.5, 1.6), POLICY, 10).verdict == UNHEALTHY
+    # thresholds switched off are not applied
+    lenient = BreakerPolicy(min_mean_score=None, min_like_share=None, max_rmse=None)
+    assert judge_quality(quality(50, 0.5, 0.0, 4.0), lenient, 50).verdict == HEALTHY
+
+
+def test_call_stats_error_rate_and_nearest_rank_p95() -> None:
+    stats = CallStats()
+    for i in range(1, 21):  # latencies 1..20 ms, all ok
+        stats.record(100.0, True, i / 1000)
+    stats.record(100.0, False, 0.5)
+    summary = stats.summary(since=0.0)
+    assert summary == CallSummary(calls=21, errors=1, p95_ms=19.0)  # ceil(0.95 * 20) = 19th of 20
+    assert stats.summary(since=101.0) == CallSummary(0, 0, None)
+    assert judge_calls(CallSummary(4, 4, None), POLICY).verdict == INSUFFICIENT
+    assert judge_calls(CallSummary(10, 1, 50.0), POLICY).verdict == HEALTHY
+    assert judge_calls(CallSummary(10, 3, 50.0), POLICY).verdict == UNHEALTHY  # 30% > 20%
+    slow = judge_calls(CallSummary(10, 0, 150.0), POLICY)
+    assert slow.verdict == UNHEALTHY and "p95 latency 150 ms > 100 ms" in slow.reasons[0]
+
+
+def test_state_machine_closed_open_half_open_closed(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    clock, alerts = Clock(), []
+    breaker = make_breaker(DatabaseBreakerStore(db), clock, alerts)
+    assert breaker.route("v1") == MODEL
+
+    # healthy or not enough evidence: stays closed
+    assert breaker.evaluate("v1", lambda since: quality(5, 1.0, 0.0)).state == CLOSED
+    assert breaker.evaluate("v1", lambda since: quality(20, 4.0, 0.8)).state == CLOSED
+
+    clock.now += 10
+    with caplog.at_level(logging.WARNING, logger="movierec.breaker"):
+        record = breaker.evaluate("v1", lambda since: quality(20, 1.5, 0.05))
+    assert record.state == OPEN and record.model_version == "v1" and record.since == clock.now
+    assert "mean score 1.50 < 2.5" in record.reason
+    opened = [r for r in caplog.records if r.name == "movierec.breaker"]
+    assert opened[-1].levelno == logging.ERROR and opened[-1].alert_kind == "breaker.opened"
+    assert alerts[-1].kind == "breaker.opened" and alerts[-1].severity == Severity.ERROR
+    assert [breaker.route("v1") for _ in range(3)] == [FALLBACK] * 3
+    assert breaker.route("v2") == MODEL  # opened for v1 only
+
+    # cool-down not over: still open, and quality is not even measured (the champion gets no traffic)
+    clock.now += 59
+    assert breaker.evaluate("v1", lambda since: pytest.fail("measured while open")).state == OPEN
+    clock.now += 1
+    record = breaker.evaluate("v1", None)
+    assert record.state == HALF_OPEN and alerts[-1].kind == "breaker.half_open"
+    routes = [breaker.route("v1") for _ in range(8)]
+    assert routes.count(PROBE) == 2 and routes.count(FALLBACK) == 6  # exactly probe_share = 0.25
+
+    # the probe is judged on events since half-open began, with its own minimum
+    seen: list[float] = []
+    record = breaker.evaluate("v1", lambda since: seen.append(since) or quality(3, 4.0, 1.0))
+    assert seen == [clock.now - 0.0] and record.state == HALF_OPEN  # 3 < probe_min_events
+    clock.now += 5
+    record = breaker.evaluate("v1", lambda since: quality(4, 4.0, 1.0))
+    assert record.state == CLOSED and "probe healthy over 4" in record.reason
+    assert alerts[-1].kind == "breaker.closed" and alerts[-1].severity == Severity.WARNING
+    assert breaker.route("v1") == MODEL
+    assert record.evaluation["quality"]["events"] == 4
+
+
+def test_unhealthy_probe_reopens_and_errors_open_without_feedback(db: Database) -> None:
+    clock = Clock()
+    breaker = make_breaker(DatabaseBreakerStore(db), clock)
+    for _ in range(4):
+        breaker.record_call(True, 0.001)
+    for _ in range(2):
+        breaker.record_call(False, 0.001)
+    record = breaker.evaluate("v1", None)  # 2 errors of 6 calls = 33% > 20%
+    assert record.state == OPEN and "model error rate" in record.reason
+    clock.now += 60
+    assert breaker.evaluate("v1", None).state == HALF_OPEN
+    # the errors happened before half-open: they do not count against the probe
+    assert breaker.evaluate("v1", lambda since: quality(1, 4.0, 1.0)).state == HALF_OPEN
+    record = breaker.evaluate("v1", lambda since: quality(4, 1.0, 0.0))
+    assert record.state == OPEN and record.reason.startswith("probe failed")
+
+
+def test_admin_reset_and_a_new_model_close_it(db: Database) -> None:
+    clock, alerts = Clock(), []
+    breaker = make_breaker(DatabaseBreakerStore(db), clock, alerts)
+    breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0))
+    assert breaker.record.state == OPEN
+    record = breaker.reset("v1", by="admin")
+    assert record.state == CLOSED and record.reason == "reset by admin"
+    assert alerts[-1].kind == "breaker.reset"
+    assert breaker.reset("v1").generation == record.generation  # already closed: nothing written
+
+    breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0))
+    assert breaker.record.state == OPEN
+    record = breaker.evaluate("v2", None)  # another model was loaded
+    assert record.state == CLOSED and record.model_version == "v2" and "replaced v1" in record.reason
+
+
+def test_two_workers_share_the_state_and_only_one_wins_a_race(db: Database) -> None:
+    clock = Clock()
+    first = make_breaker(DatabaseBreakerStore(db), clock)
+    second = make_breaker(DatabaseBreakerStore(db), clock)
+    stale = second.sync()
+    first.evaluate("v1", lambda since: quality(10, 1.0, 0.0))
+    assert second.route("v1") == MODEL  # not synced yet: its cached view
+    assert second.sync().state == OPEN and second.route("v1") == FALLBACK
+    # a write based on the stale generation loses instead of overwriting the newer decision
+    assert second.store.write(stale.evolve(reason="stale"), stale.generation) is None
+    assert second.sync().state == OPEN
+    # the evaluation turn: one claim per interval
+    assert first.claim_evaluation(30.0) is True
+    assert second.claim_evaluation(30.0) is False
+    clock.now += 30
+    assert second.claim_evaluation(30.0) is True
+
+
+def test_store_failure_keeps_the_last_known_state(db: Database) -> None:
+    clock = Clock()
+    breaker = make_breaker(DatabaseBreakerStore(db), clock)
+    breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0))
+    db.engine.dispose()
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE circuit_breaker")
+    assert breaker.sync().state == OPEN  # cached
+    assert breaker.store_error is not None and breaker.route("v1") == FALLBACK
+    assert breaker.status("v1")["store_error"]
+
+
+def test_postgres_store(postgres_url: str) -> None:
+    database = Database(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    database.upgrade()
+    try:
+        store = DatabaseBreakerStore(database, "pg")
+        first = store.write(BreakerRecord(state=OPEN, since=1.0, reason="x", model_version="v1"), 0)
+        assert first is not None and first.generation == 1
+        assert store.write(BreakerRecord(state=CLOSED), 0) is None  # a second "first" insert loses
+        assert store.read().state == OPEN
+        assert store.write(store.read().evolve(state=HALF_OPEN), 1) is not None
+        assert store.read().generation == 2 and store.read().state == HALF_OPEN
+    finally:
+        database.dispose()
+
+
+def test_redis_store_compare_and_set() -> None:
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+    name = f"test-{uuid.uuid4().hex}"
+    store = RedisBreakerStore(client, name)
+    try:
+        assert store.read() == BreakerRecord()
+        stored = store.write(BreakerRecord(state=OPEN, since=5.0, reason="bad", model_version="v1"), 0)
+        assert stored is not None and stored.generation == 1
+        assert store.write(BreakerRecord(state=CLOSED), 0) is None
+        assert store.read() == stored
+        clock = Clock()
+        breaker = make_breaker(store, clock)
+        assert breaker.sync().state == OPEN and breaker.route("v1") == FALLBACK
+        assert breaker.reset("v1").state == CLOSED and store.read().state == CLOSED
+    finally:
+        client.delete(store.key)
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+def tiny_bundle(version: str, created_at: str, path: Path = Path(".")) -> LoadedBundle:
+    """Three movies; every segment ranks [2, 0] except the first, which ranks [1, 2]."""
+    n = len(segment_index())
+    top = np.tile(np.array([2, 0], dtype=np.int32), (n, 1))
+    top[0] = [1, 2]
+    tables = Tables(
+        segment_top=top,
+        segment_scores=np.ones(top.shape, dtype=np.float32),
+        user_ids=np.array([7], dtype=np.int64),
+        user_top=np.array([[0, 1]], dtype=np.int32),  # user 7 rated movie 30
+        user_scores=np.ones((1, 2), dtype=np.float32),
+    )
+    catalogue = pd.DataFrame({"movie_id": [10, 20, 30], "title": ["A (1990)", "B (1991)", "C (1992)"]})
+    manifest = {"version": version, "created_at": created_at}
+    return LoadedBundle(version, manifest, catalogue, tables, path)
+
+
+def test_popularity_is_a_borda_count_over_the_segment_tables() -> None:
+    bundle = tiny_bundle("v1", "2026-01-02")
+    # movie C (position 2): 2 points x 440 segments + 1 (second in segment 0) = 881
+    # movie A (position 0): 1 point x 440 = 440; movie B (position 1): 2 points once = 2
+    assert popularity_order(bundle).tolist() == [2, 0, 1]
+    fallback = Fallback(None, "popularity")
+    items, version = fallback.recommend(
+        bundle, max_recs=2, age=30, gender="M", occupation="student", user_id=None
+    )
+    assert version == "v1" and [i.title for i in items] == ["C (1992)", "A (1990)"]
+    # a known user: only their own (unrated) candidates, in popularity order: A before B; never C
+    items, _ = fallback.recommend(bundle, max_recs=5, age=None, gender=None, occupation=None, user_id=7)
+    assert [i.title for i in items] == ["A (1990)", "B (1991)"]
+    from app.errors import NotFound
+
+    with pytest.raises(NotFound):  # the champion's answer for an unknown user without demographics
+        fallback.recommend(bundle, max_recs=5, age=None, gender=None, occupation=None, user_id=99)
+
+
+def test_previous_champion_is_the_newest_older_bundle_of_the_store(model_store: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    source = (model_store / "latest").resolve()
+    store = tmp_path / "store"
+    store.mkdir()
+    for version, created in (("old", "2026-01-01T00:00:00+00:00"), ("older", "2025-01-01T00:00:00+00:00"),
+                             ("newer", "2027-01-01T00:00:00+00:00")):  # fmt: skip
+        target = store / version
+        shutil.copytree(source, target)
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest.update(version=version, created_at=created)
+        (target / "manifest.json").write_text(json.dumps(manifest))
+    current = tiny_bundle("current", "2026-06-01T00:00:00+00:00")
+    fallback = Fallback(store, "previous")
+    assert fallback.previous_bundle_dir(current) == store / "old"
+    items, version = fallback.recommend(
+        current, max_recs=3, age=30, gender="M", occupation="student", user_id=None
+    )
+    previous = fallback.previous(current)
+    assert version == "old" and previous is not None
+    assert items == previous.recommend_segment(Segment.of(30, "M", "student"), 3)
+    assert fallback.source(current) == "previous champion old"
+    # nothing older: popularity of the served bundle
+    first = tiny_bundle("first", "2000-01-01T00:00:00+00:00")
+    assert fallback.previous(first) is None and fallback.source(first) == "popularity from first"
