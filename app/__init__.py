@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from app.config import Settings
+    from app.monitoring.online import AlertsView, BreakerView, DriftView, OnlineMonitor
     from app.services.models import ModelHolder
     from app.services.predictions import PredictionService
     from app.services.recommendations import RecommendationService
@@ -36,6 +37,11 @@ class Services:
     reloader: ModelReloader | None = None
     predictions: PredictionService | None = None
     user_features: UserFeatureService | None = None
+    # monitoring (app/monitoring/online.py): evaluation thread, breaker, drift and alert views
+    monitor: OnlineMonitor | None = None
+    breaker: BreakerView | None = None
+    drift: DriftView | None = None
+    alerts: AlertsView | None = None
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -46,11 +52,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.config import load_settings
     from app.monitoring.http import instrument
     from app.monitoring.logs import configure_logging
+    from app.monitoring.online import install_monitoring
     from app.recommender.bundle import BundleError
     from app.services.models import ModelHolder
     from app.services.recommendations import RecommendationService
     from app.services.request_log import RequestLog
-    from app.services.serving import install_serving
+    from app.services.serving import install_serving, model_store
     from app.storage.db import Database
 
     settings = settings or load_settings()
@@ -83,5 +90,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     recommendations = RecommendationService(models, db, id_secret=jwt_secret.encode(), request_log=request_log)
     app.extensions["movierec"] = Services(settings, db, models, recommendations)
     install_serving(app.extensions["movierec"], settings)
+    install_monitoring(app, app.extensions["movierec"], settings, model_store(settings))
     register_api(app, settings, jwt_secret)
     return app

@@ -58,6 +58,28 @@ class Settings(BaseSettings):
     request_log_max_pending: int = Field(default=50_000, ge=1)  # buffered rows before /api/recommend says 503
     reload_poll_seconds: float = Field(default=1.0, gt=0)  # how often each worker checks the reload marker
     log_level: str = "INFO"
+    # monitoring: /metrics, online quality, drift, circuit breaker (app/monitoring; docs/operations.md)
+    metrics_allow_cidrs: str = ""  # comma-separated networks allowed to scrape /metrics; empty = any address
+    metrics_token: SecretStr | None = None  # bearer token scrapers must send to /metrics; None = no token
+    monitor_interval_seconds: float = Field(default=30.0, ge=0)  # evaluation timer (one worker per turn); 0 = off
+    monitor_every_events: int = Field(default=200, ge=0)  # also evaluate after this many scores in a worker
+    monitor_sync_seconds: float = Field(default=2.0, gt=0)  # how often a worker re-reads the shared breaker state
+    quality_window_seconds: float = Field(default=3600.0, gt=0)  # sliding window of the online metrics and drift
+    breaker_enabled: bool = True  # route /api/recommend through the circuit breaker
+    breaker_name: str = "champion"  # the row / Redis key holding the shared state
+    breaker_fallback: str = Field(default="previous", pattern="^(previous|popularity)$")
+    breaker_min_events: int = Field(default=50, ge=1)  # feedback rows before online quality can open it
+    breaker_min_mean_score: float | None = 2.5
+    breaker_min_like_share: float | None = Field(default=0.2, ge=0, le=1)
+    breaker_max_rmse: float | None = Field(default=1.5, gt=0)
+    breaker_min_requests: int = Field(default=50, ge=1)  # model calls (per worker) before errors/latency count
+    breaker_max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    breaker_max_latency_ms: float = Field(default=250.0, gt=0)  # p95 of the champion's answer time
+    breaker_cooldown_seconds: float = Field(default=300.0, ge=0)
+    breaker_probe_share: float = Field(default=0.1, gt=0, le=1)  # share of requests probing while half-open
+    breaker_probe_min_events: int = Field(default=20, ge=1)  # probe feedback rows needed to close
+    drift_psi_threshold: float = Field(default=0.25, gt=0)
+    drift_min_requests: int = Field(default=200, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -69,6 +91,7 @@ class Settings(BaseSettings):
             "session_password": ("SESSION_PASSWORD", "MOVIEREC_SESSION_PASSWORD"),
             "admin_password": ("ADMIN_PASSWORD", "MOVIEREC_ADMIN_PASSWORD"),
             "jwt_secret": ("MOVIEREC_JWT_SECRET",),
+            "metrics_token": ("MOVIEREC_METRICS_TOKEN",),
         }.items():
             if values.get(field) is not None or any(values.get(n) is not None for n in names):
                 continue

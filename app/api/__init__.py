@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, request
 from flask_jwt_extended import JWTManager
 
-from app.api import auth, docs, health, recommend, security, ui
+from app.api import auth, docs, health, monitoring, recommend, security, ui
 from app.api.errors import envelope, register_error_handlers
 from app.api.serving import register_serving
 from app.api.spec import spec
@@ -87,7 +87,7 @@ def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
     )
     jwt.init_app(app)
     app.before_request(_require_json_object)
-    for blueprint in (auth.bp, recommend.bp, health.bp, docs.bp, security.bp):
+    for blueprint in (auth.bp, recommend.bp, health.bp, docs.bp, security.bp, monitoring.bp):
         app.register_blueprint(blueprint)
     register_serving(app)  # predict, batch, users, model/reload, echo (app/api/serving.py)
     ui.configure(app, settings)  # the web pages: cookie-held token with CSRF, /ui only

@@ -3,6 +3,8 @@
 Every request gets an id (the caller's ``X-Request-ID`` when it is sane, else a new one),
 echoed back in the response header and bound to every log line written while handling it,
 with the endpoint; the access line adds status, latency and the serving model version.
+The same hook counts the request in the Prometheus series ``movierec_http_requests_total``
+and ``movierec_http_request_duration_seconds`` (labelled by URL rule, method and status).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import uuid
 from flask import Flask, Response, g, request
 
 from app.monitoring.logs import bind_log_context, reset_log_context
+from app.monitoring.metrics import observe_request
 
 log = logging.getLogger("movierec.access")
 
@@ -33,6 +36,12 @@ def _finish(response: Response) -> Response:
     started = g.get("started")
     latency_ms = round(1000.0 * (time.perf_counter() - started), 3) if started else None
     g.latency_ms = latency_ms
+    observe_request(
+        request.url_rule.rule if request.url_rule is not None else None,
+        request.method,
+        response.status_code,
+        None if latency_ms is None else latency_ms / 1000.0,
+    )
     level = logging.WARNING if response.status_code >= 500 else logging.INFO
     log.log(
         level,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
+from app.monitoring.drift import MANIFEST_KEY, demographic_distribution
 from app.recommender.accuracy import bundle_score
 from app.recommender.bundle import LoadedBundle, Tables, build_tables, code_version, write_bundle
 from app.recommender.data import MovieLens
@@ -92,6 +93,8 @@ def train(
         "metrics": metrics,
         "code_version": code_version(),
         "data_hash": data.fingerprint(),
+        # who the model was trained for: drift of live requests is measured against it
+        MANIFEST_KEY: demographic_distribution(data.users),
         "n_ratings": len(data.ratings),
         **(extra_manifest or {}),
     }

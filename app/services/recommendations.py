@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.errors import InvalidRequest, NotFound, Unavailable
+from app.monitoring.quality import predict_score
 from app.recommender.bundle import LoadedBundle, Recommendation
 from app.recommender.segments import Segment
 from app.services.models import ModelHolder
@@ -41,6 +42,14 @@ class Served:
         }
 
 
+def _inputs(row: Any) -> dict[str, Any]:
+    """The request inputs a rating prediction needs, from a pending row (dict) or a stored one."""
+    keys = ("age", "gender", "occupation", "user_id")
+    if isinstance(row, dict):
+        return {key: row.get(key) for key in keys}
+    return {key: getattr(row, key, None) for key in keys}
+
+
 def _unknown_id() -> InvalidRequest:
     return InvalidRequest(
         "id was not issued by this service",
@@ -64,6 +73,10 @@ class RecommendationService:
         self.ids = RequestIds(id_secret or secrets.token_bytes(32))
         self.request_log = request_log or RequestLog(db)
         self.pending_wait = pending_wait  # how long a score waits for another worker's pending row
+        # Set by app/monitoring/online.py: the circuit breaker's router (champion, probe or
+        # fallback) and the feedback counter of the online monitor.
+        self.guard: Any = None
+        self.on_feedback: Any = None
 
     def recommend(
         self,
@@ -75,6 +88,24 @@ class RecommendationService:
         user_id: int | None = None,
     ) -> Served:
         """Look the answer up in the loaded bundle and record what was served under a new id."""
+        if self.guard is not None:
+            return self.guard.recommend(
+                self, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
+            )
+        return self.recommend_model(
+            max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
+        )
+
+    def recommend_model(
+        self,
+        *,
+        max_recs: int,
+        age: int | None = None,
+        gender: str | None = None,
+        occupation: str | None = None,
+        user_id: int | None = None,
+    ) -> Served:
+        """The champion's answer, logged (what ``recommend`` serves when no breaker intervenes)."""
         bundle = self.models.require()
         served = self.lookup(
             bundle, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
@@ -136,7 +167,7 @@ class RecommendationService:
 
     def score(self, request_id: str, movie: str, score: float) -> None:
         """Store a user's score for a movie recommended under ``request_id``; committed on return."""
-        items, model_version = self._served(request_id)
+        items, model_version, inputs = self._served(request_id)
         served = {item["title"]: item for item in items}
         item = served.get(movie)
         if item is None:
@@ -150,12 +181,21 @@ class RecommendationService:
                 movie_id=int(item["movie_id"]),
                 title=movie,
                 score=score,
-                predicted_score=None,
+                predicted_score=self._predicted(model_version, inputs, int(item["movie_id"])),
                 model_version=model_version,
             )
         )
+        if self.on_feedback is not None:
+            self.on_feedback(score)
 
-    def _served(self, request_id: str) -> tuple[list[dict[str, Any]], str]:
+    def _predicted(self, model_version: str, inputs: dict[str, Any], movie_id: int) -> float | None:
+        """The serving bundle's predicted rating (online RMSE), only when that bundle served the list."""
+        bundle = self.models.bundle
+        if bundle is None or bundle.version != model_version:
+            return None
+        return predict_score(bundle, inputs, movie_id)
+
+    def _served(self, request_id: str) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
         """What was served under ``request_id``, with its row committed (the feedback references it).
 
         Buffered here → committed now. In the database → done. Signed by us but nowhere yet →
@@ -164,10 +204,10 @@ class RecommendationService:
         pending = self.request_log.get(request_id)
         if pending is not None:
             self.request_log.persist(request_id)
-            return pending["items"], pending["model_version"]
+            return pending["items"], pending["model_version"], _inputs(pending)
         stored = self.db.get_request(request_id)
         if stored is not None:
-            return stored.items, stored.model_version
+            return stored.items, stored.model_version, _inputs(stored)
         if not self.ids.verify(request_id):
             raise _unknown_id()
         deadline = time.monotonic() + self.pending_wait
@@ -177,7 +217,7 @@ class RecommendationService:
             delay = min(0.1, delay * 2)
             stored = self.db.get_request(request_id)
             if stored is not None:
-                return stored.items, stored.model_version
+                return stored.items, stored.model_version, _inputs(stored)
         # Issued by a worker whose log has not reached the database (it may be down or the
         # worker gone): retryable, not "never issued".
         raise Unavailable(

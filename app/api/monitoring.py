@@ -1,0 +1,110 @@
+"""``GET /metrics`` (Prometheus exposition) and ``POST /api/admin/breaker/reset``.
+
+/metrics needs no JWT (scrapers do not log in) but can be restricted by settings:
+``MOVIEREC_METRICS_ALLOW_CIDRS`` (comma-separated networks the scraper's address must be in)
+and/or ``MOVIEREC_METRICS_TOKEN`` (a bearer token the scraper must send, compared in
+constant time). With neither set it is open, like most exporters; put it behind the
+network boundary or set one of them in production (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field
+from spectree import Response as SpecResponse
+
+from app.api.auth import admin_required
+from app.api.schemas import ErrorResponse
+from app.api.spec import BEARER, spec
+from app.errors import Forbidden, Unauthorized, Unavailable
+from app.monitoring.metrics import render
+from app.monitoring.online import StateCollector
+from app.storage.breaker import BreakerStoreError
+
+bp = Blueprint("monitoring", __name__)
+
+
+class BreakerResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=200, description="why, for the log and the alert")
+
+
+class BreakerStatus(BaseModel):
+    state: str
+    since: str | None = None
+    reason: str
+    model_version: str | None = None
+    fallback: str | None = None
+    thresholds: dict[str, Any]
+
+
+def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``10.0.0.0/8, 127.0.0.1`` → networks; a bad entry is a configuration error naming it."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"MOVIEREC_METRICS_ALLOW_CIDRS: {part!r} is not a network ({exc})") from None
+    return networks
+
+
+def _check_scraper(settings: Any) -> None:
+    networks = parse_networks(settings.metrics_allow_cidrs or "")
+    if networks:
+        try:
+            address = ipaddress.ip_address(request.remote_addr or "")
+        except ValueError:
+            raise Forbidden("metrics are not available to this address") from None
+        if not any(address in network for network in networks):
+            raise Forbidden("metrics are not available to this address")
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
+    if token:
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized(
+                "metrics need the scraper's bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text exposition: every worker's counters and histograms, and the state gauges."""
+    services = current_app.extensions["movierec"]
+    _check_scraper(services.settings)
+    monitor = getattr(services, "monitor", None)
+    collectors = [StateCollector(services.models, monitor.breaker if monitor is not None else None)]
+    body, content_type = render(collectors)
+    return Response(body, status=200, content_type=content_type)
+
+
+@bp.post("/api/admin/breaker/reset")
+@admin_required
+@spec.validate(
+    json=BreakerResetRequest,
+    resp=SpecResponse(
+        HTTP_200=BreakerStatus, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_503=ErrorResponse
+    ),
+    security=BEARER,
+)
+def reset_breaker(json: BreakerResetRequest) -> Any:
+    """Close the circuit breaker now: the champion serves every request again (logged and alerted)."""
+    services = current_app.extensions["movierec"]
+    breaker = getattr(services, "breaker", None)
+    if breaker is None:
+        raise Unavailable("the circuit breaker is not enabled in this service")
+    by = "admin" if not json.reason else f"admin: {json.reason}"
+    try:
+        return jsonify(breaker.reset(by=by))
+    except BreakerStoreError as exc:
+        raise Unavailable(
+            f"the breaker state could not be changed: {exc}", headers={"Retry-After": "1"}
+        ) from exc

@@ -1,0 +1,232 @@
+"""The circuit breaker end to end: real requests, scripted feedback, what /api/recommend serves.
+
+closed (the champion serves) → bad feedback opens it (the previous champion serves, strategy
+"fallback") → after the cool-down, half-open (a share of requests probes the champion) →
+good feedback on the probes closes it (the champion serves everything again) → opened
+again, an admin resets it. Run with the breaker state in SQLite, PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.recommender.bundle import load_bundle
+from app.recommender.segments import Segment
+from tests.helpers import ADMIN_PASSWORD, PROFILE, login
+
+pytestmark = pytest.mark.api
+
+COOLDOWN = 0.4
+
+
+@pytest.fixture(scope="module")
+def two_champions(tmp_path_factory: pytest.TempPathFactory, synthetic_data: Any) -> tuple[Path, str, str]:
+    """A model store holding a previous champion (most rated) and the current one (segment most liked)."""
+    from app.recommender.training import train
+
+    store = tmp_path_factory.mktemp("two-champions")
+    previous = train(synthetic_data, store, ["most_rated"], seeds=(0,)).path.name
+    time.sleep(1.1)  # created_at has one-second resolution: the champion must be strictly newer
+    current = train(synthetic_data, store, ["segment_most_liked"], seeds=(0,)).path.name
+    return store, previous, current
+
+
+def _settings(store: Path, backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "model_path": store,
+        "model_dir": store,
+        "monitor_interval_seconds": 0,  # no timer: the test decides when an evaluation runs
+        "breaker_name": f"flow-{uuid.uuid4().hex[:8]}",
+        "breaker_min_events": 8,
+        "breaker_probe_min_events": 4,
+        "breaker_probe_share": 0.5,
+        "breaker_cooldown_seconds": COOLDOWN,
+        "breaker_min_requests": 1000,  # latency/errors are not what this test is about
+    }
+    if backend == "postgres":
+        values["database_url"] = request.getfixturevalue("postgres_url")
+    if backend == "redis":
+        redis = pytest.importorskip("redis")
+        try:
+            redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1).ping()
+        except redis.RedisError as exc:  # pragma: no cover - depends on the machine
+            pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+        values["redis_url"] = "redis://127.0.0.1:6379/0"
+    return values
+
+
+def _recommend(client: Any, headers: dict[str, str], n: int = 1) -> list[dict[str, Any]]:
+    bodies = []
+    for _ in range(n):
+        response = client.post("/api/recommend", json=PROFILE, headers=headers)
+        assert response.status_code == 200, response.get_json()
+        bodies.append(response.get_json())
+    return bodies
+
+
+def _score(client: Any, headers: dict[str, str], body: dict[str, Any], score: float, movies: int = 1) -> None:
+    for title in body["recommendations"][:movies]:
+        response = client.post(
+            "/api/recommend/score", json={"id": body["id"], "movie": title, "score": score}, headers=headers
+        )
+        assert response.status_code == 200, response.get_json()
+
+
+def _breaker(client: Any, headers: dict[str, str]) -> dict[str, Any]:
+    response = client.get("/api/model", headers=headers)
+    assert response.status_code == 200
+    return response.get_json()["breaker"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "redis"])
+def test_breaker_closed_open_half_open_closed(
+    backend: str,
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, previous, current = two_champions
+    app = make_app(**_settings(store, backend, request))
+    client = app.test_client()
+    headers = login(client)
+    monitor = app.extensions["movierec"].monitor
+    segment = Segment.of(PROFILE["age"], PROFILE["gender"], PROFILE["occupation"])
+    champion_titles = [r.title for r in load_bundle(store / current).recommend_segment(segment, 10)]
+    previous_titles = [r.title for r in load_bundle(store / previous).recommend_segment(segment, 10)]
+    assert champion_titles != previous_titles  # two different models, so the test can tell them apart
+
+    # 1. closed: the champion serves
+    body = _recommend(client, headers)[0]
+    assert (body["strategy"], body["model_version"]) == ("segment", current)
+    assert body["recommendations"] == champion_titles
+    assert _breaker(client, headers)["state"] == "closed"
+
+    # 2. users hate it: 8 lists scored 1 → the next evaluation opens the breaker
+    for served in _recommend(client, headers, 8):
+        _score(client, headers, served, 1.0)
+    assert _breaker(client, headers)["state"] == "closed"  # nothing is evaluated per request
+    with caplog.at_level(logging.WARNING, logger="movierec.breaker"):
+        monitor.tick(force=True)
+    state = _breaker(client, headers)
+    assert state["state"] == "open" and "mean score 1.00 < 2.5" in state["reason"]
+    assert state["fallback"] == f"previous champion {previous}"
+    assert state["last_evaluation"]["quality"]["events"] == 8
+    assert any(
+        r.levelno == logging.ERROR and getattr(r, "alert_kind", "") == "breaker.opened"
+        for r in caplog.records
+    )
+
+    # 3. open: the previous champion serves as "fallback"; feedback on it does not count for the champion
+    for served in _recommend(client, headers, 3):
+        assert (served["strategy"], served["model_version"]) == ("fallback", previous)
+        assert served["recommendations"] == previous_titles
+        _score(client, headers, served, 5.0)
+    monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "open"  # the cool-down is not over
+
+    # 4. cool-down over: half-open, every second request probes the champion
+    time.sleep(COOLDOWN + 0.05)
+    monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "half_open"
+    served = _recommend(client, headers, 4)
+    assert [s["strategy"] for s in served] == ["fallback", "segment", "fallback", "segment"]
+    probes = [s for s in served if s["strategy"] == "segment"]
+    assert all(s["model_version"] == current and s["recommendations"] == champion_titles for s in probes)
+
+    # 5. the probes are liked: 2 lists x 2 movies = 4 probe events → closed
+    _score(client, headers, probes[0], 4.0, movies=2)
+    monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "half_open"  # 2 events < 4
+    _score(client, headers, probes[1], 4.5, movies=2)
+    monitor.tick(force=True)
+    state = _breaker(client, headers)
+    assert state["state"] == "closed" and state["reason"] == "probe healthy over 4 feedback events"
+
+    # 6. closed: the champion serves every request again
+    assert [s["strategy"] for s in _recommend(client, headers, 4)] == ["segment"] * 4
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_admin_reset_closes_an_open_breaker(
+    backend: str,
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+) -> None:
+    store, _previous, current = two_champions
+    app = make_app(**_settings(store, backend, request))
+    client = app.test_client()
+    headers, admin = login(client), login(client, ADMIN_PASSWORD)
+    for served in _recommend(client, headers, 8):
+        _score(client, headers, served, 0.5)
+    app.extensions["movierec"].monitor.tick(force=True)
+    assert _recommend(client, headers)[0]["strategy"] == "fallback"
+
+    assert client.post("/api/admin/breaker/reset", json={}, headers=headers).status_code == 403
+    assert client.post("/api/admin/breaker/reset", json={}).status_code == 401
+    response = client.post("/api/admin/breaker/reset", json={"reason": "false alarm"}, headers=admin)
+    assert response.status_code == 200
+    assert (
+        response.get_json()["state"] == "closed"
+        and response.get_json()["reason"] == "reset by admin: false alarm"
+    )
+    assert (body := _recommend(client, headers)[0])["strategy"] == "segment" and body[
+        "model_version"
+    ] == current
+    # the feedback that opened it is older than the reset: the next evaluation keeps it closed
+    app.extensions["movierec"].monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "closed"
+
+
+def test_background_monitor_opens_it_after_n_scores(
+    two_champions: tuple[Path, str, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    """No explicit tick: every N scores wake the worker's monitor thread, which opens the breaker."""
+    store, _previous, _current = two_champions
+    settings = _settings(store, "sqlite", request)
+    settings.update(monitor_interval_seconds=3600, monitor_every_events=8, monitor_sync_seconds=0.05)
+    app = make_app(**settings)
+    client = app.test_client()
+    headers = login(client)
+    monitor = app.extensions["movierec"].monitor
+    try:
+        for served in _recommend(client, headers, 8):
+            _score(client, headers, served, 1.0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _breaker(client, headers)["state"] != "open":
+            time.sleep(0.05)
+        assert _breaker(client, headers)["state"] == "open"
+        assert _recommend(client, headers)[0]["strategy"] == "fallback"
+    finally:
+        monitor.stop()
+
+
+def test_a_failing_champion_is_answered_from_the_fallback_and_opens_the_breaker(
+    two_champions: tuple[Path, str, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    store, previous, _current = two_champions
+    settings = _settings(store, "sqlite", request)
+    settings.update(breaker_min_requests=3, breaker_max_error_rate=0.5)
+    app = make_app(**settings)
+    client = app.test_client()
+    headers = login(client)
+    services = app.extensions["movierec"]
+    bundle = services.models.bundle
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("corrupt table")
+
+    bundle.recommend_segment = broken  # the loaded champion starts failing
+    for served in _recommend(client, headers, 3):  # answered, not 500
+        assert (served["strategy"], served["model_version"]) == ("fallback", previous)
+    services.monitor.tick()
+    state = _breaker(client, headers)
+    assert state["state"] == "open" and "model error rate 100.0%" in state["reason"]

@@ -1,0 +1,123 @@
+"""/metrics: parses with the Prometheus text parser, has the series operations rely on, can be restricted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import PROFILE, login
+
+pytestmark = pytest.mark.api
+
+
+def scrape(client: Any, **kwargs: Any) -> dict[str, list[Any]]:
+    """Metric samples by sample name."""
+    response = client.get("/metrics", **kwargs)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.content_type.startswith("text/plain")
+    samples: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def value(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
+    matching = [
+        s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    assert len(matching) == 1, (name, labels, samples.get(name))
+    return matching[0]
+
+
+def test_metrics_have_the_series_of_the_issue(make_app: Callable[..., Any]) -> None:
+    app = make_app(monitor_interval_seconds=0, drift_min_requests=3)
+    client = app.test_client()
+    headers = login(client)
+    before = scrape(client)
+    base = {
+        "recs": sum(
+            s.value
+            for s in before.get("movierec_recommendations_total", [])
+            if s.labels["strategy"] == "segment"
+        ),
+        "feedback": before.get("movierec_feedback_total", [type("S", (), {"value": 0.0})()])[0].value,
+    }
+    bodies = [client.post("/api/recommend", json=PROFILE, headers=headers).get_json() for _ in range(3)]
+    for body, score in zip(bodies, (1.0, 4.0, 4.5), strict=True):
+        response = client.post(
+            "/api/recommend/score",
+            json={"id": body["id"], "movie": body["recommendations"][0], "score": score},
+            headers=headers,
+        )
+        assert response.status_code == 200
+    assert client.post("/api/recommend", json={"age": 0}, headers=headers).status_code == 400
+    assert client.get("/no/such/page").status_code == 404
+    app.extensions["movierec"].monitor.tick(force=True)
+    version = app.extensions["movierec"].models.bundle.version
+
+    samples = scrape(client)
+    # request counts and latency per endpoint (URL rule) and status
+    assert (
+        value(samples, "movierec_http_requests_total", endpoint="/api/recommend", method="POST", status="400")
+        >= 1
+    )
+    assert (
+        value(samples, "movierec_http_requests_total", endpoint="<unmatched>", method="GET", status="404")
+        >= 1
+    )
+    assert value(samples, "movierec_http_request_duration_seconds_count",
+                 endpoint="/api/recommend/score", method="POST", status="200") >= 3  # fmt: skip
+    buckets = [s for s in samples["movierec_http_request_duration_seconds_bucket"]
+               if s.labels["endpoint"] == "/api/recommend" and s.labels["status"] == "200"]  # fmt: skip
+    assert buckets and buckets[-1].labels["le"] == "+Inf"
+    # recommendations per strategy, feedback count and score distribution
+    assert value(samples, "movierec_recommendations_total", strategy="segment") - base["recs"] == 3
+    assert value(samples, "movierec_feedback_total") - base["feedback"] == 3
+    assert value(samples, "movierec_feedback_score_bucket", le="0.5") <= value(
+        samples, "movierec_feedback_score_bucket", le="1.0"
+    )
+    assert value(samples, "movierec_feedback_score_count") >= 3
+    # model version info, breaker state, online quality and drift
+    assert value(samples, "movierec_model_info", version=version) == 1.0
+    assert value(samples, "movierec_breaker_state", state="closed") == 1.0
+    assert value(samples, "movierec_breaker_state", state="open") == 0.0
+    assert value(samples, "movierec_online_feedback_events") == 3
+    assert value(samples, "movierec_online_mean_score") == pytest.approx((1.0 + 4.0 + 4.5) / 3, abs=1e-6)
+    assert value(samples, "movierec_online_like_share") == pytest.approx(2 / 3, abs=1e-6)
+    assert value(samples, "movierec_online_rmse") > 0  # the bundle's rating model filled predicted_score
+    assert 0 < value(samples, "movierec_online_catalogue_coverage") <= 1
+    assert value(samples, "movierec_drift_status", status="drift") == 1.0  # 3 identical profiles
+    assert value(samples, "movierec_drift_psi", feature="gender") > 0.25
+    assert value(samples, "movierec_drift_psi", feature="max") >= value(
+        samples, "movierec_drift_psi", feature="gender"
+    )
+
+
+def test_predicted_score_is_stored_with_the_feedback(make_app: Callable[..., Any]) -> None:
+    app = make_app(monitor_interval_seconds=0)
+    client = app.test_client()
+    headers = login(client)
+    body = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
+    scored = {"id": body["id"], "movie": body["recommendations"][0], "score": 3}
+    assert client.post("/api/recommend/score", json=scored, headers=headers).status_code == 200
+    services = app.extensions["movierec"]
+    row = services.db.feedback_rows()[0]
+    record = {**PROFILE, "movie_id": row.movie_id}
+    expected = float(services.models.bundle.rating_model.predict_records([record])[0])
+    assert row.predicted_score == pytest.approx(expected)
+
+
+def test_metrics_can_be_restricted_by_network_and_token(make_app: Callable[..., Any]) -> None:
+    client = make_app(metrics_allow_cidrs="10.0.0.0/8").test_client()
+    assert client.get("/metrics").status_code == 403  # the test client comes from 127.0.0.1
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
+
+    client = make_app(metrics_allow_cidrs="127.0.0.0/8, ::1", metrics_token="scrape-secret-123").test_client()
+    response = client.get("/metrics")
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "unauthorized"
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer scrape-secret-123"}).status_code == 200
