@@ -426,9 +426,9 @@ class StateCollector:
                     "Share of the catalogue served in the window",
                 ),
             ):
-                family = metrics.gauge(name, doc, quality.get(key))
-                if family is not None:
-                    yield family
+                sample = metrics.gauge(name, doc, quality.get(key))
+                if sample is not None:
+                    yield sample
         drift = evaluation.get("drift") or {}
         if drift:
             status = GaugeMetricFamily(
