@@ -24,6 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_jwt_extended import get_jwt, jwt_required
 from flask_limiter import Limiter
 from spectree import Response as Responses
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.api.schemas import ErrorResponse, Message
 from app.api.spec import BEARER, spec
@@ -36,6 +37,7 @@ EXTENSION = "movierec.security"
 # every view that turns a password into a token shares one per-address budget
 LOGIN_ENDPOINTS = ("auth.login", "ui.login")
 RATE_LIMIT_KEY_PREFIX = "movierec"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _API_PREFIXES = ("/api/", "/protected", "/health/", "/metrics")
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type"
 _CORS_EXPOSE_HEADERS = "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
@@ -89,6 +91,8 @@ def init_security(app: Flask, settings: Settings) -> None:
         if endpoint in app.view_functions:
             app.view_functions[endpoint] = login_limit(app.view_functions[endpoint])
     app.extensions[EXTENSION] = {"limiter": limiter, "revocations": revocations}
+    # first of all before_request hooks: nothing may parse a truncated body
+    app.before_request_funcs.setdefault(None, []).insert(0, refuse_oversized_streams)
 
 
 @bp.post("/api/logout")
@@ -113,6 +117,21 @@ def revoke_current_token() -> None:
         else datetime.now(UTC) + timedelta(seconds=ttl)
     )
     revocations().revoke(str(claims["jti"]), expires_at)
+
+
+def refuse_oversized_streams() -> None:
+    """413 for a body without Content-Length (chunked) that runs past MAX_CONTENT_LENGTH.
+
+    Werkzeug enforces the limit on such streams only by *stopping* at it, so a long chunked
+    body would otherwise reach the views silently truncated (400 at best, a wrong accept at
+    worst). Servers that cannot bound chunked input give Werkzeug no stream at all (empty body).
+    """
+    limit = request.max_content_length
+    if request.content_length is not None or limit is None or request.method not in _BODY_METHODS:
+        return
+    data = request.get_data(cache=True)  # at most ``limit`` bytes
+    if len(data) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
 
 
 def revocations() -> RevocationStore:

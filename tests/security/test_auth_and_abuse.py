@@ -1,0 +1,220 @@
+"""Authentication and abuse, through the Flask test client: who gets in, how often, and for how long.
+
+Tokens are forged here with PyJWT directly (alg none, tampered claims, other secrets, expired),
+the way an attacker would, not with the app's own helpers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+
+from app import create_app
+from app.config import ConfigurationError
+from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PROFILE, SESSION_PASSWORD, login
+
+pytestmark = pytest.mark.api
+
+
+def assert_envelope(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
+    return body["error"]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {"sub": "client", "role": "client", "type": "access", "fresh": False, "jti": f"forged-{now}"}
+    base.update(iat=now, nbf=now, exp=now + 600)
+    base.update(overrides)
+    return base
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+# ------------------------------------------------------------------ passwords
+
+
+def test_password_check_is_constant_time_and_checks_both_roles(client: Any, monkeypatch: Any) -> None:
+    """Every login compares against both passwords with hmac.compare_digest, matched or not."""
+    import app.api.auth as auth
+
+    calls: list[tuple[bytes, bytes]] = []
+    original = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return original(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", recording)
+    for password, status in ((SESSION_PASSWORD, 200), (ADMIN_PASSWORD, 200), ("wrong", 401), ("c", 401)):
+        calls.clear()
+        assert client.post("/api/login", json={"session_password": password}).status_code == status
+        assert len(calls) == 2, "both secrets are compared on every attempt (no early exit)"
+        assert {b for _, b in calls} == {SESSION_PASSWORD.encode(), ADMIN_PASSWORD.encode()}
+
+
+def test_weak_or_default_jwt_secrets_refuse_to_start(make_settings: Any) -> None:
+    for weak in ("secret", "changeme", "x" * 31, ""):
+        with pytest.raises(ConfigurationError, match="MOVIEREC_JWT_SECRET"):
+            create_app(make_settings(testing=False, jwt_secret=weak or None))
+    app = create_app(make_settings(testing=False, jwt_secret="k" * 16 + "0123456789abcdefghijkl"))
+    app.extensions["movierec"].db.dispose()
+
+
+# ------------------------------------------------------------------ rate limit
+
+
+def test_login_is_rate_limited_per_client_address(make_app: Any) -> None:
+    client = make_app(login_rate_limit="3 per minute").test_client()
+    here = {"REMOTE_ADDR": "203.0.113.7"}
+    for _ in range(3):
+        assert (
+            client.post("/api/login", json={"session_password": "guess"}, environ_base=here).status_code
+            == 401
+        )
+    limited = client.post("/api/login", json={"session_password": SESSION_PASSWORD}, environ_base=here)
+    assert_envelope(limited, 429, "rate_limited")
+    assert 0 < int(limited.headers["Retry-After"]) <= 60
+    # another address has its own budget; other endpoints are not limited
+    other = client.post(
+        "/api/login", json={"session_password": SESSION_PASSWORD}, environ_base={"REMOTE_ADDR": "2001:db8::1"}
+    )
+    assert other.status_code == 200
+    assert client.get("/", environ_base=here).status_code == 200
+    print(
+        "\nrate limit: 3 attempts allowed, 4th refused with 429, Retry-After", limited.headers["Retry-After"]
+    )
+
+
+def test_retry_after_only_on_refusals(make_app: Any) -> None:
+    client = make_app(login_rate_limit="5 per minute").test_client()
+    ok = client.post("/api/login", json={"session_password": SESSION_PASSWORD})
+    assert ok.status_code == 200 and "Retry-After" not in ok.headers
+    assert ok.headers["X-RateLimit-Limit"] == "5" and ok.headers["X-RateLimit-Remaining"] == "4"
+
+
+# ------------------------------------------------------------------ tokens
+
+
+def test_alg_none_token_is_rejected(client: Any) -> None:
+    unsigned = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims())}."
+    assert_envelope(client.get("/protected", headers=bearer(unsigned)), 401, "unauthorized")
+    for alg in ("None", "NONE"):
+        token = f"{_b64({'alg': alg, 'typ': 'JWT'})}.{_b64(claims())}."
+        assert_envelope(client.get("/protected", headers=bearer(token)), 401, "unauthorized")
+
+
+def test_tampered_and_foreign_tokens_are_rejected(client: Any, auth_headers: dict[str, str]) -> None:
+    token = auth_headers["Authorization"].split()[1]
+    header, payload, signature = token.split(".")
+    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert decoded["role"] == "client"
+    promoted = _b64({**decoded, "role": "admin", "sub": "admin"})
+    assert_envelope(
+        client.post("/api/admin/reload", json={}, headers=bearer(f"{header}.{promoted}.{signature}")),
+        401,
+        "unauthorized",
+    )
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    assert_envelope(
+        client.get("/protected", headers=bearer(f"{header}.{payload}.{flipped}")), 401, "unauthorized"
+    )
+    other_secret = pyjwt.encode(claims(role="admin", sub="admin"), "y" * 48, algorithm="HS256")
+    assert_envelope(client.get("/protected", headers=bearer(other_secret)), 401, "unauthorized")
+    other_alg = pyjwt.encode(claims(), JWT_SECRET, algorithm="HS512")  # right key, algorithm not allowed
+    assert_envelope(client.get("/protected", headers=bearer(other_alg)), 401, "unauthorized")
+    for garbage in ("", "abc", "a.b.c", token + "x", "Bearer"):
+        assert client.get("/protected", headers=bearer(garbage)).status_code == 401
+    # the genuine token still works: the refusals above were about the forgeries
+    assert client.get("/protected", headers=auth_headers).status_code == 200
+
+
+def test_expired_tokens_are_refused(client: Any) -> None:
+    past = int(time.time()) - 3600
+    expired = pyjwt.encode(claims(iat=past - 60, nbf=past - 60, exp=past), JWT_SECRET, algorithm="HS256")
+    error = assert_envelope(client.get("/protected", headers=bearer(expired)), 401, "unauthorized")
+    assert "expired" in error["message"]
+    valid = pyjwt.encode(claims(), JWT_SECRET, algorithm="HS256")  # same forge path, in date: accepted
+    assert client.get("/protected", headers=bearer(valid)).status_code == 200
+
+
+def test_tokens_expire_after_the_configured_lifetime(make_app: Any) -> None:
+    client = make_app(token_ttl_seconds=1).test_client()
+    headers = login(client)
+    assert client.get("/protected", headers=headers).status_code == 200
+    time.sleep(2.1)
+    assert_envelope(client.get("/protected", headers=headers), 401, "unauthorized")
+
+
+def test_admin_endpoints_refuse_client_tokens(client: Any, auth_headers: dict[str, str]) -> None:
+    admin_rules = [r for r in client.application.url_map.iter_rules() if r.rule.startswith("/api/admin/")]
+    assert admin_rules, "no admin endpoint registered"
+    for rule in admin_rules:
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            send = getattr(client, method.lower())
+            body = {"json": {}} if method == "POST" else {}
+            assert_envelope(send(rule.rule, headers=auth_headers, **body), 403, "forbidden")
+            assert_envelope(send(rule.rule, **body), 401, "unauthorized")
+    print(f"\nadmin endpoints refusing client tokens: {[r.rule for r in admin_rules]}")
+
+
+# ------------------------------------------------------------------ logout
+
+
+def test_logout_revokes_only_that_token(client: Any) -> None:
+    first, second = login(client), login(client)
+    assert client.post("/api/recommend", json=PROFILE, headers=first).status_code == 200
+    response = client.post("/api/logout", headers=first)
+    assert response.status_code == 200 and response.get_json() == {"message": "Logged out"}
+    error = assert_envelope(client.post("/api/recommend", json=PROFILE, headers=first), 401, "unauthorized")
+    assert "revoked" in error["message"]
+    assert_envelope(client.post("/api/logout", headers=first), 401, "unauthorized")
+    assert client.get("/protected", headers=second).status_code == 200
+    assert_envelope(client.post("/api/logout"), 401, "unauthorized")
+
+
+def test_logout_is_durable_in_the_database_blocklist(make_app: Any, make_settings: Any) -> None:
+    """A second app on the same database (no shared memory, no Redis) refuses the revoked token."""
+    first = make_app()
+    client = first.test_client()
+    headers = login(client)
+    assert client.post("/api/logout", headers=headers).status_code == 200
+    from sqlalchemy import select
+
+    from app.storage.models import RevokedToken
+
+    with first.extensions["movierec"].db.session() as session:
+        rows = session.scalars(select(RevokedToken)).all()
+    assert len(rows) == 1 and rows[0].expires_at.replace(tzinfo=UTC) > datetime.now(UTC)
+    second = make_app()  # same SQLite file: make_settings is per test
+    other = second.test_client()
+    assert_envelope(other.get("/protected", headers=headers), 401, "unauthorized")
+    assert other.get("/protected", headers=login(other)).status_code == 200
+
+
+def test_revocations_of_expired_tokens_are_purged(app: Any) -> None:
+    from sqlalchemy import func, select
+
+    from app.api.security import EXTENSION
+    from app.storage.models import RevokedToken
+
+    store = app.extensions[EXTENSION]["revocations"]
+    store.revoke("old", datetime.now(UTC) - timedelta(seconds=1))
+    store.revoke("live", datetime.now(UTC) + timedelta(hours=1))
+    with app.extensions["movierec"].db.session() as session:
+        assert session.scalar(select(func.count()).select_from(RevokedToken)) == 1

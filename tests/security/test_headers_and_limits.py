@@ -1,0 +1,127 @@
+"""Browser-facing hardening: security headers, no caching of API answers, body size limit, CORS."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+
+from tests.helpers import PROFILE
+
+pytestmark = pytest.mark.api
+
+JSON = {"Content-Type": "application/json"}
+
+
+def _responses(client: Any, headers: dict[str, str]) -> dict[str, Any]:
+    """One response of each kind: success, validation error, 401, 404, 405, and an HTML page."""
+    return {
+        "recommend 200": client.post("/api/recommend", json=PROFILE, headers=headers),
+        "recommend 400": client.post("/api/recommend", json={"age": True}, headers=headers),
+        "protected 401": client.get("/protected"),
+        "unknown 404": client.get("/api/nothing-here"),
+        "login 405": client.get("/api/login"),
+        "health 200": client.get("/health/live"),
+        "docs html": client.get("/docs"),
+    }
+
+
+def test_security_headers_on_every_response(client: Any, auth_headers: dict[str, str]) -> None:
+    for name, response in _responses(client, auth_headers).items():
+        headers = response.headers
+        assert headers["X-Content-Type-Options"] == "nosniff", name
+        assert headers["X-Frame-Options"] == "DENY", name
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"], name
+        assert headers["Referrer-Policy"] == "no-referrer", name
+        assert "Strict-Transport-Security" not in headers, name  # off unless the deployment has TLS
+        if response.mimetype == "application/json":
+            assert headers["Cache-Control"] == "no-store", name
+            assert "default-src 'none'" in headers["Content-Security-Policy"], name
+
+
+def test_hsts_when_configured(make_app: Any) -> None:
+    response = make_app(hsts_seconds=31536000).test_client().get("/health/live")
+    assert response.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
+
+
+def test_tokens_are_never_cacheable(client: Any) -> None:
+    from tests.helpers import SESSION_PASSWORD
+
+    response = client.post("/api/login", json={"session_password": SESSION_PASSWORD})
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+
+
+def test_oversized_body_is_413_in_the_envelope(app: Any, client: Any, auth_headers: dict[str, str]) -> None:
+    limit = app.extensions["movierec"].settings.max_body_bytes
+    padded = b'{"age": 30, "gender": "M", "occupation": "programmer", "pad": "' + b"x" * limit + b'"}'
+    for path in ("/api/recommend", "/api/login", "/api/recommend/score"):
+        response = client.post(path, data=padded, headers={**JSON, **auth_headers})
+        assert response.status_code == 413, (path, response.status_code)
+        assert response.get_json()["error"]["code"] == "payload_too_large"
+    # just under the limit is read and judged on its content (400 for the unknown field), not its size
+    fits = b'{"age": 30, "gender": "M", "occupation": "programmer", "pad": "' + b"x" * (limit - 100) + b'"}'
+    assert client.post("/api/recommend", data=fits, headers={**JSON, **auth_headers}).status_code == 400
+
+
+def _chunked(app: Any, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    """A request as a server hands over a chunked upload: no CONTENT_LENGTH, input terminated.
+
+    Called on the WSGI app directly: the test client would replace wsgi.input.
+    """
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    environ = EnvironBuilder(path=path, method="POST", headers={**JSON, **headers}).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update(
+        {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True}
+    )
+    app_iter, status, _headers = run_wsgi_app(app, environ)
+    return int(status.split()[0]), json.loads(b"".join(app_iter))
+
+
+def test_chunked_body_without_content_length_is_limited_too(
+    app: Any, client: Any, auth_headers: dict[str, str]
+) -> None:
+    """No Content-Length (Transfer-Encoding: chunked): the stream is cut at the limit while reading."""
+    limit = app.extensions["movierec"].settings.max_body_bytes
+    body = b'{"age": 30, "gender": "M", "occupation": "programmer", "pad": "' + b"x" * (2 * limit) + b'"}'
+    status, body_json = _chunked(app, "/api/recommend", body, auth_headers)
+    assert status == 413 and body_json["error"]["code"] == "payload_too_large"
+    # a limit-sized prefix of valid JSON followed by more bytes is still refused, not parsed
+    sneaky = b'{"age": 30, "gender": "M", "occupation": "programmer"}' + b" " * (2 * limit)
+    assert _chunked(app, "/api/recommend", sneaky, auth_headers)[0] == 413
+    small = b'{"age": 30, "gender": "M", "occupation": "programmer"}'
+    status, body_json = _chunked(app, "/api/recommend", small, auth_headers)
+    assert status == 200 and body_json["recommendations"]
+
+
+def test_cors_is_off_by_default(client: Any, auth_headers: dict[str, str]) -> None:
+    origin = {"Origin": "https://evil.example"}
+    simple = client.post("/api/recommend", json=PROFILE, headers={**auth_headers, **origin})
+    preflight = client.options("/api/recommend", headers={**origin, "Access-Control-Request-Method": "POST"})
+    for response in (simple, preflight):
+        assert not any(h.lower().startswith("access-control-") for h, _ in response.headers.items())
+
+
+def test_cors_allows_only_the_configured_origins(make_app: Any) -> None:
+    client = make_app(cors_origins="https://ui.example, https://admin.example:8443").test_client()
+    preflight = client.options(
+        "/api/recommend",
+        headers={
+            "Origin": "https://ui.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://ui.example"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    assert "Access-Control-Allow-Credentials" not in preflight.headers  # bearer tokens, no cookies
+    assert "Origin" in preflight.headers["Vary"]
+    allowed = client.get("/health/live", headers={"Origin": "https://admin.example:8443"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://admin.example:8443"
+    for stranger in ("https://evil.example", "https://ui.example.evil.example", "null", "http://ui.example"):
+        response = client.get("/health/live", headers={"Origin": stranger})
+        assert "Access-Control-Allow-Origin" not in response.headers, stranger
