@@ -34,12 +34,23 @@ class TrainingResult:
     report_b: dict[str, Any]
 
 
-def select_best(report: dict[str, Any], metric: str = SELECTION_METRIC) -> str:
-    """Name of the model with the highest mean protocol-A metric (ties: first listed)."""
+def select_best(report: dict[str, Any], report_b: dict[str, Any] | None = None, metric: str = SELECTION_METRIC) -> str:
+    """Name of the model with the highest mean protocol-A metric.
+
+    Hybrid models share one cold-start scorer and tie on protocol A; the tie goes to the one
+    that also ranks known users best (protocol B; models without it rank last), then to the
+    first listed.
+    """
     models = report["models"]
     if not models:
         raise ValueError("no candidate was evaluated")
-    return max(models, key=lambda name: models[name]["summary"][metric])
+    known = (report_b or {}).get("models", {})
+
+    def key(name: str) -> tuple[float, float]:
+        b = known.get(name, {}).get("summary", {}).get(metric, float("-inf"))
+        return (models[name]["summary"][metric], b)
+
+    return max(models, key=key)
 
 
 def make_test_data(data: MovieLens, seed: int = REFERENCE_SEED) -> tuple[list[dict[str, Any]], list[list[str]]]:
@@ -73,7 +84,7 @@ def train(
     """
     report_a = evaluate(data, model_names, "A", seeds)
     report_b = evaluate(data, model_names, "B", seeds)
-    best = select_best(report_a)
+    best = select_best(report_a, report_b)
     log.info("selected %s by protocol-A %s", best, SELECTION_METRIC)
 
     model = make_model(best).fit(data.ratings, data.users, data.items)

@@ -52,3 +52,16 @@ def test_segment_model_beats_global_popularity_on_planted_taste(synthetic_data) 
     assert summary["segment_most_liked"] > summary["most_rated"]
     table = format_table(report)
     assert "segment_most_liked" in table and "most_rated" in table
+
+
+def test_selection_breaks_protocol_a_ties_with_protocol_b() -> None:
+    from app.recommender.training import select_best
+
+    def report(values: dict[str, float]) -> dict:
+        return {"models": {n: {"summary": {"ndcg@10_mean": v}} for n, v in values.items()}}
+
+    a = report({"cold_only": 0.43, "hybrid_weak": 0.43, "hybrid_strong": 0.43, "worse": 0.40})
+    b = report({"hybrid_weak": 0.30, "hybrid_strong": 0.38, "worse": 0.50})
+    assert select_best(a, b) == "hybrid_strong"
+    assert select_best(a) == "cold_only"  # no protocol B: first listed among equals
+    assert select_best(report({"x": 0.1, "y": 0.2}), b) == "y"
