@@ -228,6 +228,7 @@ def write_bundle(
     for name in ("segment_top", "segment_scores", "user_ids", "user_top", "user_scores"):
         np.save(staging / f"{name}.npy", getattr(tables, name), allow_pickle=False)
     (staging / "test_data.json").write_text(json.dumps(test_data))
+    manifest["files"] = file_digests(staging)  # load_bundle refuses a bundle whose bytes changed
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
     os.chmod(staging, 0o755)  # noqa: S103 - bundles are world-readable artefacts, never secret
     final = model_dir / version
@@ -235,6 +236,28 @@ def write_bundle(
     if set_latest:
         point_latest(model_dir, version)
     return final
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file of a bundle but the manifest: a corrupt or truncated copy is detectable."""
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.iterdir())
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def verify_digests(directory: Path, manifest: dict[str, Any]) -> None:
+    """Raise BundleError when a file listed in the manifest is missing or its bytes differ."""
+    expected = manifest.get("files")
+    if not isinstance(expected, dict):
+        return  # bundles written before digests existed
+    for name, digest in expected.items():
+        path = directory / name
+        if not path.is_file():
+            raise BundleError(f"bundle {directory} is incomplete: {name} is missing")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise BundleError(f"bundle {directory} is corrupt: {name} does not match its manifest SHA-256")
 
 
 def point_latest(model_dir: Path | str, version: str) -> None:
@@ -280,6 +303,7 @@ def load_bundle(path: Path | str, catalogue_fallback: pd.DataFrame | None = None
 def _load_dir(directory: Path) -> LoadedBundle:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
+        verify_digests(directory, manifest)
         catalogue = pd.read_csv(directory / "catalogue.csv", dtype={"title": str, "genres": str})
         arrays = {
             name: np.load(directory / f"{name}.npy", allow_pickle=False)

@@ -1,0 +1,219 @@
+"""Faults: PostgreSQL stopped under load, a corrupt or truncated bundle on reload, Redis down.
+
+The PostgreSQL test stops the machine's own cluster for a few seconds (other tiers use it),
+so it restarts it in a ``finally`` whatever happens and waits until it answers again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.helpers import ADMIN_PASSWORD, PG_ADMIN_URL, PROFILE, login
+from tests.integration.reliability import (
+    LoadFigures,
+    pg_cluster,
+    pg_is_up,
+    private_redis,
+    score_load,
+    server_environment,
+    start_server,
+    stored_feedback,
+)
+from tests.integration.reliability import login as http_login
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_SECONDS = 6.0
+
+
+@pytest.mark.slow
+def test_postgres_down_under_load(
+    tmp_path: Path, postgres_url: str, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    env = server_environment(tmp_path, model_store, synthetic_data_dir, postgres_url, None)
+    server = start_server(tmp_path / "server", env)
+    figures, stop = LoadFigures(), threading.Event()
+    loader = threading.Thread(
+        target=score_load,
+        args=(server.url,),
+        kwargs={
+            "scores": 10**6,
+            "clients": 6,
+            "figures": figures,
+            "stop": stop,
+            "retries": 0,
+            "deadline": 120,
+        },
+    )
+    probe = requests.Session()
+    headers = http_login(server.url, probe)
+    during: Counter[str] = Counter()
+    outage_ids: list[tuple[str, str]] = []
+    try:
+        loader.start()
+        time.sleep(3)
+        before = figures.acknowledged
+        try:
+            pg_cluster("stop")
+            stopped_at = time.monotonic()
+            while time.monotonic() - stopped_at < OUTAGE_SECONDS:
+                rec = probe.post(f"{server.url}/api/recommend", json=PROFILE, headers=headers, timeout=10)
+                during[f"recommend {rec.status_code}"] += 1
+                if rec.status_code == 200:
+                    body = rec.json()
+                    outage_ids.append((body["id"], body["recommendations"][0]))
+                    score = probe.post(
+                        f"{server.url}/api/recommend/score",
+                        json={"id": body["id"], "movie": body["recommendations"][0], "score": 4},
+                        headers=headers,
+                        timeout=15,
+                    )
+                    during[f"score {score.status_code}"] += 1
+                    if score.status_code == 503:
+                        assert score.json()["error"]["code"] == "unavailable"
+                        assert "Retry-After" in score.headers
+                ready = probe.get(f"{server.url}/health/ready", timeout=10)
+                during[f"ready {ready.status_code}"] += 1
+                time.sleep(0.2)
+        finally:
+            pg_cluster("start")
+        deadline = time.monotonic() + 60
+        while not pg_is_up(PG_ADMIN_URL) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert pg_is_up(PG_ADMIN_URL), "PostgreSQL did not come back"
+        # recovery without a restart: scores for ids served during the outage are accepted again
+        recovered_at = None
+        deadline = time.monotonic() + 30
+        pending = list(outage_ids)
+        while pending and time.monotonic() < deadline:
+            request_id, title = pending[0]
+            response = probe.post(
+                f"{server.url}/api/recommend/score",
+                json={"id": request_id, "movie": title, "score": 4},
+                headers=headers,
+                timeout=15,
+            )
+            if response.status_code == 200:
+                pending.pop(0)
+                recovered_at = recovered_at or time.monotonic()
+            else:
+                time.sleep(0.5)
+        after_recovery = figures.acknowledged
+        time.sleep(3)
+        stop.set()
+        loader.join(timeout=60)
+        assert probe.get(f"{server.url}/health/ready", timeout=10).status_code == 200
+    finally:
+        stop.set()
+        server.stop()
+        if not pg_is_up(PG_ADMIN_URL):  # belt and braces: never leave the shared cluster down
+            pg_cluster("start")
+
+    rows, stored = stored_feedback(postgres_url)
+    missing = set(figures.acked) - set(stored)
+    print(
+        f"\npostgres outage {OUTAGE_SECONDS:.0f}s: during={dict(during)} load: {figures.line()} "
+        f"stored_rows={rows} acknowledged_before_outage={before} acknowledged_after_recovery="
+        f"{figures.acknowledged - after_recovery} outage_ids={len(outage_ids)} "
+        f"unscored_after_recovery={len(pending)}"
+    )
+    assert during["recommend 200"] > 0 and not any(k.startswith("recommend 5") for k in during), during
+    assert during["score 503"] > 0 and during["score 200"] == 0, (
+        "feedback must answer 503 while the DB is down"
+    )
+    assert during["ready 503"] > 0, "readiness must report the outage"
+    assert not pending, f"{len(pending)} ids served during the outage could not be scored after recovery"
+    assert figures.acknowledged > after_recovery, "no score acknowledged after recovery"
+    assert not missing, f"{len(missing)} acknowledged scores lost"
+    assert rows == len(stored)
+    assert not [s for s in figures.statuses if s >= 500 and s != 503], figures.statuses
+
+
+def _bad_bundles(store: Path) -> dict[str, Path]:
+    """Copies of the good bundle, one corrupted, one truncated, one missing a file."""
+    good = (store / "latest").resolve()
+    bad = {}
+    for name, damage in (("corrupt", "corrupt"), ("truncated", "truncate"), ("incomplete", "remove")):
+        target = store / f"{good.name}-{name}"
+        shutil.copytree(good, target)
+        pickle = target / "model.pkl"
+        if damage == "corrupt":
+            data = bytearray(pickle.read_bytes())
+            data[len(data) // 2 : len(data) // 2 + 64] = b"\x00" * 64
+            pickle.write_bytes(bytes(data))
+        elif damage == "truncate":
+            pickle.write_bytes(pickle.read_bytes()[: len(pickle.read_bytes()) // 3])
+        else:
+            (target / "catalogue.csv").unlink()
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest["version"] = target.name
+        (target / "manifest.json").write_text(json.dumps(manifest))
+        bad[name] = target
+    return bad
+
+
+def test_corrupt_or_truncated_bundle_is_refused_on_reload(
+    tmp_path: Path, model_store: Path, make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(model_store, store, symlinks=True)
+    app = make_app(model_path=store, model_dir=store)
+    client = app.test_client()
+    client_headers, admin = login(client), login(client, ADMIN_PASSWORD)
+    version = client.post("/api/recommend", json=PROFILE, headers=client_headers).get_json()["model_version"]
+    outcomes = {}
+    for name, bundle in _bad_bundles(store).items():
+        caplog.clear()
+        response = client.post(
+            "/api/admin/reload", json={"version": bundle.name, "wait": True}, headers=admin
+        )
+        outcomes[name] = response.status_code
+        assert response.status_code == 422, (name, response.get_json())
+        assert response.get_json()["error"]["code"] == "invalid_bundle"
+        served = client.post("/api/recommend", json=PROFILE, headers=client_headers)
+        assert served.status_code == 200 and served.get_json()["model_version"] == version, name
+        # the alert path: an ERROR record (JSON line on stdout → journald → monitor-docker → email)
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert errors, f"no ERROR logged for the refused {name} bundle"
+    print(f"\nbad bundles on reload: {outcomes}; still serving {version}")
+
+
+def test_redis_down_falls_back_without_5xx(tmp_path: Path, make_app: Any) -> None:
+    with private_redis(tmp_path) as (redis_url, redis_process):
+        app = make_app(redis_url=redis_url, login_rate_limit="50 per minute")
+        client = app.test_client()
+        revoked = login(client)
+        assert client.post("/api/logout", headers=revoked).status_code == 200
+        import redis
+
+        keys = redis.Redis.from_url(redis_url).keys("*")
+        assert any(k.startswith(b"movierec:revoked:") for k in keys), keys
+        assert any(b"LIMIT" in k or b"movierec" in k for k in keys)
+        redis_process.kill()
+        redis_process.wait(timeout=10)
+        statuses: Counter[int] = Counter()
+        started = time.monotonic()
+        for _ in range(20):
+            headers = login(client)
+            for response in (
+                client.post("/api/recommend", json=PROFILE, headers=headers),
+                client.get("/protected", headers=headers),
+                client.post("/api/logout", headers=headers),
+                client.get("/protected", headers=headers),
+                client.get("/protected", headers=revoked),
+            ):
+                statuses[response.status_code] += 1
+        elapsed = time.monotonic() - started
+    print(f"\nredis down: statuses={dict(statuses)} in {elapsed:.1f}s")
+    assert not [s for s in statuses if s >= 500], statuses
+    assert statuses[200] == 60 and statuses[401] == 40  # logged-out tokens still refused, from the database
+    assert elapsed < 20, "a dead Redis must not slow every request down"
