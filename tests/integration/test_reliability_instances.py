@@ -1,0 +1,134 @@
+"""Two instances, one state — and no secret in any process argument or log line.
+
+Two uwsgi instances on different ports share one PostgreSQL database and one (private) Redis,
+as replicas behind a load balancer would: a token revoked on one is refused by the other at
+once, the login rate limit is counted across both, and feedback posted to either lands once.
+The same servers are then searched for the session password, the admin password and the JWT
+secret: in every process's /proc/<pid>/cmdline and in everything they wrote to stdout/stderr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PROFILE, SESSION_PASSWORD
+from tests.integration.reliability import (
+    login,
+    private_redis,
+    server_environment,
+    start_server,
+    stored_feedback,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _cmdlines(pids: list[int]) -> dict[int, str]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return out
+
+
+def test_two_instances_share_revocations_limits_and_feedback_and_leak_no_secret(
+    tmp_path: Path, postgres_url: str, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    with private_redis(tmp_path) as (redis_url, _redis):
+        env = server_environment(
+            tmp_path,
+            model_store,
+            synthetic_data_dir,
+            postgres_url,
+            redis_url,
+            MOVIEREC_LOGIN_RATE_LIMIT="6 per minute",
+        )
+        a = start_server(tmp_path / "a", env)
+        b = start_server(tmp_path / "b", env)
+        try:
+            figures = {}
+            # 1. a token revoked on A is refused by B at once (shared Redis blocklist)
+            token = login(a.url)
+            assert requests.get(f"{b.url}/protected", headers=token, timeout=10).status_code == 200
+            assert requests.post(f"{a.url}/api/logout", headers=token, timeout=10).status_code == 200
+            refused = requests.get(f"{b.url}/protected", headers=token, timeout=10)
+            assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
+            figures["revoked_on_a_refused_on_b"] = refused.status_code
+
+            # 2. feedback: recommend on A, score on B, retry on A and B: one row
+            rec = requests.post(
+                f"{a.url}/api/recommend", json=PROFILE, headers=login(b.url), timeout=10
+            ).json()
+            title = rec["recommendations"][0]
+            statuses = [
+                requests.post(
+                    f"{server.url}/api/recommend/score",
+                    json={"id": rec["id"], "movie": title, "score": score},
+                    headers=login(server.url),
+                    timeout=20,
+                ).status_code
+                for server, score in ((b, 4.0), (a, 4.5), (b, 5.0))
+            ]
+            assert statuses == [200, 200, 200]
+            rows, stored = stored_feedback(postgres_url)
+            assert rows == 1 and stored == {(rec["id"], title): 5.0}
+            figures["score_posts"], figures["rows"] = len(statuses), rows
+
+            # 3. the login limit is one budget across both instances (5 of its 6 logins were used above)
+            attempts = []
+            for i in range(8):
+                server = (a, b)[i % 2]
+                attempts.append(
+                    requests.post(
+                        f"{server.url}/api/login", json={"session_password": "wrong"}, timeout=10
+                    ).status_code
+                )
+            assert 429 in attempts, attempts
+            first_limited = attempts.index(429)
+            assert all(s == 429 for s in attempts[first_limited:]), attempts
+            logins_before = 5  # successful logins above, all from 127.0.0.1
+            assert logins_before + first_limited == 6, f"the budget was not shared: {attempts}"
+            figures["login_statuses_alternating_a_b"] = attempts
+        finally:
+            a.stop()
+            b.stop()
+
+        # 4. secrets hygiene on the same two deployments
+        secrets = {
+            "session password": SESSION_PASSWORD,
+            "admin password": ADMIN_PASSWORD,
+            "JWT secret": JWT_SECRET,
+        }
+        logs = a.output() + b.output()
+        assert '"status":401' in logs or "401" in logs, (
+            "the servers logged nothing: the search would prove nothing"
+        )
+        for name, value in secrets.items():
+            assert value not in logs, f"the {name} appears in the service output"
+        assert "Bearer " not in logs and token["Authorization"].split()[1] not in logs, "a token was logged"
+    print(
+        f"\ntwo instances: {figures}; searched {len(logs)} bytes of output for {len(secrets)} secrets: none found"
+    )
+
+
+def test_no_secret_on_any_process_command_line(
+    tmp_path: Path, postgres_url: str, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    env = server_environment(tmp_path, model_store, synthetic_data_dir, postgres_url, None)
+    server = start_server(tmp_path / "s", env)
+    try:
+        login(server.url)
+        pids = [server.process.pid, *server.worker_pids()]
+        lines = _cmdlines(pids)
+        assert len(lines) >= 3, lines  # master and two workers
+        everything = _cmdlines([int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()])
+    finally:
+        server.stop()
+    for value in (SESSION_PASSWORD, ADMIN_PASSWORD, JWT_SECRET):
+        assert not [pid for pid, line in everything.items() if value in line], "a secret is on a command line"
+    print(f"\ncmdline: searched {len(everything)} processes (service: {sorted(lines)}): no secret found")
