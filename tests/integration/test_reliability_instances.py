@@ -112,7 +112,8 @@ def test_two_instances_share_revocations_limits_and_feedback_and_leak_no_secret(
             assert value not in logs, f"the {name} appears in the service output"
         assert "Bearer " not in logs and token["Authorization"].split()[1] not in logs, "a token was logged"
     print(
-        f"\ntwo instances: {figures}; searched {len(logs)} bytes of output for {len(secrets)} secrets: none found"
+        f"\ntwo instances: {figures}; searched {len(logs)} bytes of output "
+        f"for {len(secrets)} secrets: none found"
     )
 
 
