@@ -243,7 +243,14 @@ def score_load(
     def worker(index: int) -> None:
         session = requests.Session()
         base = url_of(index)
-        headers = login(base, session)
+        for attempt in range(5):  # a worker being recycled or killed may drop the first try
+            try:
+                headers = login(base, session)
+                break
+            except requests.RequestException:
+                time.sleep(0.5 * (attempt + 1))
+        else:
+            return
         n = 0
         while time.monotonic() < end and not (stop and stop.is_set()):
             try:
