@@ -37,6 +37,8 @@ EXTENSION = "movierec.security"
 # every view that turns a password into a token shares one per-address budget
 LOGIN_ENDPOINTS = ("auth.login", "ui.login")
 RATE_LIMIT_KEY_PREFIX = "movierec"
+# a dead Redis must cost milliseconds per request, not a hung worker (storage options are typed str|int)
+_REDIS_TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _API_PREFIXES = ("/api/", "/protected", "/health/", "/metrics")
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type"
@@ -77,7 +79,7 @@ def init_security(app: Flask, settings: Settings) -> None:
         key_func=client_address,
         app=app,
         storage_uri=settings.redis_url or "memory://",
-        storage_options={"socket_connect_timeout": 0.5, "socket_timeout": 0.5} if settings.redis_url else {},
+        storage_options=_REDIS_TIMEOUTS if settings.redis_url else {},
         strategy="fixed-window",
         key_prefix=RATE_LIMIT_KEY_PREFIX,
         headers_enabled=True,
@@ -89,7 +91,7 @@ def init_security(app: Flask, settings: Settings) -> None:
     )
     for endpoint in LOGIN_ENDPOINTS:
         if endpoint in app.view_functions:
-            app.view_functions[endpoint] = login_limit(app.view_functions[endpoint])
+            app.view_functions[endpoint] = login_limit(app.view_functions[endpoint])  # type: ignore[assignment]
     app.extensions[EXTENSION] = {"limiter": limiter, "revocations": revocations}
     # first of all before_request hooks: nothing may parse a truncated body
     app.before_request_funcs.setdefault(None, []).insert(0, refuse_oversized_streams)
