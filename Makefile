@@ -19,12 +19,12 @@ PYTEST_ARGS ?=
 # pip prints one warning per package for the machine's optional local indexes; hide only those.
 QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
 
-.PHONY: help venv data model secrets run serve serve-prod train evaluate test test-fast lint bench docker clean
+.PHONY: help venv data model secrets run serve serve-prod train pipeline evaluate test test-fast lint bench docker clean
 
 help:
 	@echo "make run    set everything up, train a model if none exists, serve on http://$(HOST):$(PORT)"
 	@echo "make test   run every test tier (unit, api, integration, model, slow, docker, browser)"
-	@echo "other: test-fast lint train evaluate serve serve-prod bench docker clean"
+	@echo "other: test-fast lint train pipeline evaluate serve serve-prod bench docker clean"
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,13 @@ serve-prod: model secrets
 
 train: data
 	$(MOVIEREC) train --data-dir $(DATA_DIR) --model-dir $(MODEL_DIR)
+
+# The whole life cycle once (docs/pipeline.md): features, every candidate through Metaflow,
+# MLflow registry, promotion gate, champion exported to $(MODEL_DIR), and a service started by
+# `make run` reloaded (admin password from $(SECRETS) when it exists; otherwise a warning).
+pipeline: data
+	set -a && { [ ! -f $(SECRETS) ] || . $(SECRETS); } && set +a && MOVIEREC_SERVICE_URL=http://$(HOST):$(PORT) \
+		$(MOVIEREC) pipeline run --data-dir $(DATA_DIR) --model-dir $(MODEL_DIR)
 
 evaluate: data
 	$(MOVIEREC) evaluate --data-dir $(DATA_DIR) --protocol A --out var/reports/protocol-A.json

@@ -166,6 +166,13 @@ def accuracy(model_path: Path, test_data: Path, error_tolerance: float) -> None:
     click.echo(f"OK: {result.metric} {result.score:.6f} >= expected {result.expected:.6f} - {result.tolerance}")
 
 
+# ----------------------------------------------------------------------------- ML life cycle
+# pipeline run|versions, schedule, promote, sql, features build (app/pipeline/commands.py)
+from app.pipeline.commands import register_commands  # noqa: E402 - after the group they attach to
+
+register_commands(cli)
+
+
 def main() -> None:
     cli(prog_name="movierec")
 

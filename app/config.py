@@ -45,6 +45,19 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/movierec.db"
     redis_url: str | None = None
 
+    # ML life cycle (app/pipeline, app/registry; docs/pipeline.md)
+    var_dir: Path = Path("var")  # MLflow SQLite + artifacts and the Metaflow datastore live under it
+    features_root: str | None = None  # local dir or fsspec URL (s3://…); default <data_dir>/features
+    mlflow_tracking_uri: str | None = None  # a tracking server for teams; default SQLite under var_dir
+    mlflow_experiment: str = "movierec"
+    registered_model: str = "movierec"
+    pipeline_candidates: str | None = None  # comma-separated; default: models.DEFAULT_CANDIDATES
+    pipeline_seeds: str = "0,1,2,3,4"  # protocol A/B split seeds every candidate is evaluated on
+    gate_tolerance: float = Field(default=0.005, ge=0)  # NDCG@10 a challenger may lose to the champion
+    gate_latency_ms: float = Field(default=5.0, gt=0)  # smoke test: p99 of one precomputed lookup
+    schedule_cron: str = "0 3 * * *"  # `movierec schedule`: crontab expression (UTC)
+    service_url: str = "http://127.0.0.1:5000"  # asked to reload after a new champion; "" = don't
+
     max_body_bytes: int = 64 * 1024
     # abuse and browser hardening (app/api/security.py)
     login_rate_limit: str = "10 per minute"  # per client address, shared through Redis when configured

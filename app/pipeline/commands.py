@@ -1,0 +1,263 @@
+"""The ML life-cycle commands of ``movierec``: pipeline, schedule, promote, sql, features.
+
+Registered on the ``movierec`` group by app/cli.py. Heavy imports (Metaflow, MLflow, DuckDB)
+happen inside the commands, so ``movierec --help`` and the serving image stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+log = logging.getLogger(__name__)
+
+_DATA_DIR = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None, help="Default: MOVIEREC_DATA_DIR."
+)
+_MODEL_DIR = click.option(
+    "--model-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Serving model store (default: MOVIEREC_MODEL_DIR).",
+)
+
+
+def _settings(**overrides: Any) -> Any:
+    from app.config import ConfigurationError, load_settings
+
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The run as a table: one row per candidate version with both protocols and the decision."""
+    header = f"{'version':>7}  {'candidate':<24} {'A ndcg@10':>17} {'B ndcg@10':>17}  decision"
+    lines = [header, "-" * len(header)]
+    for entry in summary.get("candidates", []):
+        a, b = entry.get("summary_a") or {}, entry.get("summary_b") or {}
+        a_text = f"{a['ndcg@10_mean']:.4f} ± {a['ndcg@10_sd']:.4f}" if a else "-"
+        b_text = f"{b['ndcg@10_mean']:.4f} ± {b['ndcg@10_sd']:.4f}" if b else "-"
+        decision = entry.get("decision", "?")
+        lines.append(f"{entry['version']:>7}  {entry['candidate']:<24} {a_text:>17} {b_text:>17}  {decision}")
+    ingest = summary.get("ingest", {})
+    lines.append(
+        f"data {summary.get('data_hash')} ({ingest.get('n_ratings')} ratings, "
+        f"{ingest.get('feedback_ratings')} from feedback)  code {summary.get('code_version')}  "
+        f"features snapshot {summary.get('features_snapshot')}"
+    )
+    lines.append(
+        f"champion: v{summary.get('champion')} (before: v{summary.get('champion_before')}, promoted now: "
+        f"{summary.get('promoted') or 'none'})  exported: {summary.get('exported') or 'no change'}  "
+        f"reloaded: {summary.get('reloaded')}"
+    )
+    return "\n".join(lines)
+
+
+def register_commands(cli: click.Group) -> None:
+    """Attach the life-cycle commands to the ``movierec`` group."""
+    cli.add_command(pipeline)
+    cli.add_command(schedule)
+    cli.add_command(promote)
+    cli.add_command(sql)
+    cli.add_command(features)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+@click.group()
+def pipeline() -> None:
+    """The training flow (Metaflow) and the model registry (MLflow)."""
+
+
+@pipeline.command("run")
+@_DATA_DIR
+@_MODEL_DIR
+@click.option("--candidates", default=None, help="Comma-separated candidates (default: DEFAULT_CANDIDATES).")
+@click.option("--seeds", default=None, help="Comma-separated split seeds (default: MOVIEREC_PIPELINE_SEEDS).")
+@click.option(
+    "--if-changed", is_flag=True, help="Skip when neither data nor code changed since the last run."
+)
+@click.option(
+    "--json-out", type=click.Path(path_type=Path), default=None, help="Also write the run summary here."
+)
+def pipeline_run(
+    data_dir: Path | None,
+    model_dir: Path | None,
+    candidates: str | None,
+    seeds: str | None,
+    if_changed: bool,
+    json_out: Path | None,
+) -> None:  # fmt: skip
+    """Run the whole flow once: ingest → features → train → register → gate → export → reload."""
+    from app.pipeline.runner import PipelineError, resolve_candidates, resolve_seeds, run_flow
+    from app.pipeline.schedule import tick
+
+    settings = _settings(data_dir=data_dir, model_dir=model_dir)
+    try:
+        names = resolve_candidates(candidates) if candidates else None
+        seed_list = resolve_seeds(seeds) if seeds else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        if if_changed:
+            result = tick(
+                settings, runner=lambda s, trigger: run_flow(s, names, seed_list, trigger, stream=True)
+            )
+            if result.error:
+                raise click.ClickException(result.error)
+            if not result.ran:
+                click.echo(f"skipped: {result.decision.reason}")
+                return
+            summary = result.summary or {}
+        else:
+            run = run_flow(settings, names, seed_list, "manual", stream=True)
+            summary = run.summary
+    except PipelineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_summary(summary))
+    click.echo(f"flow time: {summary.get('seconds')} s")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=2, default=str))
+
+
+@pipeline.command("versions")
+def pipeline_versions() -> None:
+    """Every registered version: candidate, protocol-A NDCG@10, gate decision, aliases."""
+    from app.registry.mlflow_registry import Registry
+
+    registry = Registry.from_settings(_settings())
+    versions = registry.versions()
+    if not versions:
+        click.echo(f"no versions of {registry.model_name} registered at {registry.tracking_uri}")
+        return
+    for info in versions:
+        ndcg = f"{info.ndcg_a:.4f}" if info.ndcg_a is not None else "-"
+        aliases = ",".join(info.aliases)
+        click.echo(f"v{info.version:<4} {info.candidate:<24} A ndcg@10 {ndcg}  {info.decision or '-':<9} "
+                   f"{aliases:<20} {info.bundle_version}")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- schedule and promote
+
+
+@click.command()
+@click.option("--cron", default=None, help="Crontab expression (UTC); default MOVIEREC_SCHEDULE_CRON.")
+@click.option("--once", is_flag=True, help="Decide and (maybe) run once, then exit.")
+def schedule(cron: str | None, once: bool) -> None:
+    """Run the training flow on a cron schedule; skip when neither data nor code changed."""
+    from app.pipeline.schedule import serve, tick
+
+    settings = _settings(schedule_cron=cron)
+    if once:
+        result = tick(settings)
+        if result.error:
+            raise click.ClickException(result.error)
+        click.echo(format_summary(result.summary) if result.summary else f"skipped: {result.decision.reason}")
+        return
+    serve(settings)
+
+
+@click.command()
+@click.option("--version", "version", required=True, help="Registered model version number to serve.")
+@_MODEL_DIR
+@click.option("--reason", default="manual promotion", show_default=True, help="Stored with the version.")
+@click.option("--no-reload", is_flag=True, help="Do not ask the running service to reload.")
+def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) -> None:
+    """Move the champion alias to VERSION (rollback or forward) and serve its bundle."""
+    from app.registry.export import export_version, request_reload
+    from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError
+
+    settings = _settings(model_dir=model_dir)
+    registry = Registry.from_settings(settings)
+    try:
+        target = registry.get(version)
+        previous = registry.champion()
+        path = export_version(
+            registry, target.version, settings.model_dir
+        )  # validates before moving anything
+        registry.set_alias(CHAMPION, target.version)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    before = previous.version if previous else None
+    note = f"{reason}: champion moved from v{before} to v{target.version}"
+    registry.record_decision(
+        target.version, "promoted", [*target.reasons, note], gate_champion_before=before or ""
+    )
+    click.echo(f"champion: v{target.version} ({target.candidate}, bundle {target.bundle_version}) → {path}")
+    if not no_reload:
+        password = settings.admin_password.get_secret_value() if settings.admin_password else None
+        reloaded = request_reload(settings.service_url, password, target.bundle_version)
+        click.echo(
+            "service reloaded"
+            if reloaded
+            else "service not reloaded (see the warning); it loads latest on start"
+        )
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@click.command()
+@click.argument("query")
+@click.option(
+    "--root", default=None, help="Features store root (default: MOVIEREC_FEATURES_ROOT or <data>/features)."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
+)
+def sql(query: str, root: str | None, fmt: str) -> None:
+    """Run SQL (DuckDB) over the latest features: users, items, ratings, feedback (+ *_history)."""
+    import duckdb
+
+    from app.pipeline.features_store import FeatureStore
+    from app.pipeline.runner import features_root
+
+    store = FeatureStore(root or features_root(_settings()))
+    try:
+        frame = store.sql(query)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except duckdb.Error as exc:
+        raise click.ClickException(f"SQL error: {exc}") from exc
+    if fmt == "csv":
+        click.echo(frame.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        click.echo(frame.to_json(orient="records", date_format="iso"))
+    else:
+        click.echo(frame.to_string(index=False) if len(frame) else "(no rows)")
+
+
+@click.group()
+def features() -> None:
+    """The features store (Parquet snapshots + the service's user_features table)."""
+
+
+@features.command("build")
+@_DATA_DIR
+def features_build(data_dir: Path | None) -> None:
+    """Ingest raw data + feedback, write a features snapshot, load user features into the DB."""
+    from app.pipeline.features_store import FeatureStore, db_rows
+    from app.pipeline.ingest import ingest
+    from app.pipeline.runner import features_root
+    from app.storage.db import Database
+    from app.storage.user_features import replace_user_features
+
+    settings = _settings(data_dir=data_dir)
+    database = Database(settings.sqlalchemy_url)
+    try:
+        ingested = ingest(settings.data_dir, database)
+        store = FeatureStore(features_root(settings))
+        snapshot = store.write_snapshot(ingested)
+        loaded = replace_user_features(database, db_rows(store.read("users", snapshot.id)), snapshot.id)
+    finally:
+        database.dispose()
+    counts = ", ".join(f"{n} {name}" for name, n in snapshot.counts.items())
+    click.echo(f"snapshot {snapshot.id} at {snapshot.url}: {counts}; {loaded} users loaded into the database")

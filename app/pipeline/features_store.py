@@ -1,0 +1,205 @@
+"""The features store (seed 001): Parquet snapshots under a data root, SQL through DuckDB.
+
+Layout under the root (a local directory or any fsspec URL — ``s3://bucket/features``,
+``gs://…``, ``memory://…``)::
+
+    snapshot=<id>/users.parquet      app.recommender.features.user_features + source column
+    snapshot=<id>/items.parquet      app.recommender.features.item_features + title
+    snapshot=<id>/ratings.parquet    the training ratings of the run (feedback included)
+    snapshot=<id>/feedback.parquet   the feedback ratings of the run and how each was mapped
+    snapshot=<id>/_meta.json         data hash, created_at, row counts
+    LATEST                           id of the newest complete snapshot
+
+A snapshot is written completely before ``LATEST`` names it, so readers never see half of
+one. The features are computed by the pure functions of app/recommender/features.py; this
+module only stores and queries them. DuckDB is the embedded SQL warehouse: the latest
+snapshot's tables are views ``users``, ``items``, ``ratings`` and ``feedback``, and every
+snapshot is reachable as ``users_history`` etc. (with a ``snapshot`` column), so
+``movierec sql "select occupation, avg(mean_rating) from users group by 1"`` just works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import fsspec
+import pandas as pd
+
+from app.pipeline.ingest import FEEDBACK_USER_BASE, Ingested
+from app.recommender.features import item_features, user_features
+
+log = logging.getLogger(__name__)
+
+TABLES: Final = ("users", "items", "ratings", "feedback")
+LATEST_FILE: Final = "LATEST"
+META_FILE: Final = "_meta.json"
+_LOCAL_PROTOCOLS: Final = {"file", "local"}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    url: str
+    data_hash: str
+    counts: dict[str, int]
+
+
+def feature_tables(ingested: Ingested) -> dict[str, pd.DataFrame]:
+    """The four snapshot tables of one ingested training set."""
+    data = ingested.data
+    users = user_features(data.ratings, data.users, data.items)
+    users.insert(
+        1, "source", ["feedback" if u >= FEEDBACK_USER_BASE else "movielens" for u in users["user_id"]]
+    )
+    items = item_features(data.ratings, data.items)
+    items.insert(1, "title", data.items["title"].to_numpy())
+    feedback = ingested.feedback.reset_index(drop=True)
+    return {
+        "users": users,
+        "items": items,
+        "ratings": data.ratings.reset_index(drop=True),
+        "feedback": feedback,
+    }
+
+
+def db_rows(users: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows for the service's ``user_features`` table: MovieLens users, genre profiles as maps."""
+    real = users[users["source"] == "movielens"]
+    share_cols = [c for c in real.columns if c.startswith("share_")]
+    liked_cols = [c for c in real.columns if c.startswith("liked_share_")]
+    plain = [
+        "user_id", "age", "age_group", "gender", "occupation", "n_ratings", "n_liked", "liked_share",
+        "mean_rating", "std_rating", "first_ts", "last_ts",
+    ]  # fmt: skip
+    records = real[plain].astype(object).where(real[plain].notna(), None).to_dict("records")
+    shares = real[share_cols].to_numpy()
+    liked = real[liked_cols].to_numpy()
+    for record, share_row, liked_row in zip(records, shares, liked, strict=True):
+        record["genre_share"] = {
+            c[len("share_") :]: round(float(v), 6) for c, v in zip(share_cols, share_row, strict=True)
+        }
+        record["liked_genre_share"] = {
+            c[len("liked_share_") :]: round(float(v), 6) for c, v in zip(liked_cols, liked_row, strict=True)
+        }
+    return records
+
+
+class FeatureStore:
+    """Parquet snapshots under ``root`` (a path or fsspec URL) and DuckDB SQL over them."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = str(root).rstrip("/")
+        self.fs, self.path = fsspec.core.url_to_fs(self.root)
+        protocol = self.fs.protocol
+        self.protocol = protocol[0] if isinstance(protocol, tuple | list) else protocol
+        self.is_local = self.protocol in _LOCAL_PROTOCOLS
+
+    # ------------------------------------------------------------------ paths
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.path.rstrip("/"), *parts])
+
+    def _url(self, path: str) -> str:
+        """A location DuckDB can open: a plain path locally, the fsspec URL otherwise."""
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    # ------------------------------------------------------------------ writing
+
+    def write_snapshot(self, ingested: Ingested, now: datetime | None = None) -> Snapshot:
+        """Compute the feature tables of ``ingested`` and publish them as the latest snapshot."""
+        now = now or datetime.now(UTC)
+        data_hash = ingested.data_hash
+        snapshot_id = f"{now:%Y%m%dT%H%M%S%f}-{data_hash[:8]}"
+        directory = self._path(f"snapshot={snapshot_id}")
+        self.fs.makedirs(directory, exist_ok=True)
+        counts = {}
+        for name, frame in feature_tables(ingested).items():
+            with self.fs.open(f"{directory}/{name}.parquet", "wb") as handle:
+                frame.to_parquet(handle, index=False)
+            counts[name] = len(frame)
+        meta = {
+            "snapshot": snapshot_id,
+            "data_hash": data_hash,
+            "created_at": now.isoformat(),
+            "counts": counts,
+        }
+        self.fs.pipe_file(f"{directory}/{META_FILE}", json.dumps(meta, indent=2).encode())
+        self.fs.pipe_file(self._path(LATEST_FILE), snapshot_id.encode())
+        log.info("features snapshot %s written to %s", snapshot_id, self.root)
+        return Snapshot(snapshot_id, self.fs.unstrip_protocol(directory), data_hash, counts)
+
+    # ------------------------------------------------------------------ reading
+
+    def latest(self) -> str | None:
+        """Id of the newest complete snapshot, or None when the store is empty."""
+        path = self._path(LATEST_FILE)
+        if not self.fs.exists(path):
+            return None
+        return self.fs.cat_file(path).decode().strip() or None
+
+    def snapshots(self) -> list[str]:
+        """Every complete snapshot id, oldest first."""
+        if not self.fs.exists(self.path):
+            return []
+        ids = []
+        for entry in self.fs.ls(self.path, detail=False):
+            name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("snapshot=") and self.fs.exists(f"{entry}/{META_FILE}"):
+                ids.append(name.split("=", 1)[1])
+        return sorted(ids)
+
+    def meta(self, snapshot: str | None = None) -> dict[str, Any]:
+        snapshot = snapshot or self._require_latest()
+        return json.loads(self.fs.cat_file(self._path(f"snapshot={snapshot}", META_FILE)))
+
+    def read(self, table: str, snapshot: str | None = None) -> pd.DataFrame:
+        """One table of a snapshot (default: the latest) as a DataFrame."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
+        snapshot = snapshot or self._require_latest()
+        with self.fs.open(self._path(f"snapshot={snapshot}", f"{table}.parquet"), "rb") as handle:
+            return pd.read_parquet(handle)
+
+    def _require_latest(self) -> str:
+        snapshot = self.latest()
+        if snapshot is None:
+            raise FileNotFoundError(
+                f"the features store {self.root} has no snapshot yet: run `movierec features build`"
+            )
+        return snapshot
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with views over the latest snapshot and the whole history."""
+        snapshot = self._require_latest()
+        connection = duckdb.connect(":memory:")
+        if not self.is_local:
+            connection.register_filesystem(self.fs)
+        for table in TABLES:
+            latest = self._url(self._path(f"snapshot={snapshot}", f"{table}.parquet"))
+            history = self._url(self._path("snapshot=*", f"{table}.parquet"))
+            # Table names are our constants and paths are quoted literals: no user input here.
+            connection.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_literal(latest)})")  # noqa: S608
+            connection.execute(
+                f"CREATE VIEW {table}_history AS SELECT * FROM "  # noqa: S608
+                f"read_parquet({_literal(history)}, hive_partitioning = true, union_by_name = true)"
+            )
+        return connection
+
+    def sql(self, query: str) -> pd.DataFrame:
+        """Run one SQL statement over the features and return the result."""
+        connection = self.connect()
+        try:
+            return connection.execute(query).df()
+        finally:
+            connection.close()
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (paths are ours, but quote them properly anyway)."""
+    return "'" + text.replace("'", "''") + "'"

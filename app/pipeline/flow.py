@@ -1,0 +1,290 @@
+"""The training flow: a Metaflow ``FlowSpec`` whose steps call plain, unit-tested functions.
+
+::
+
+    start ──► features ──► train (foreach candidate) ──► register ──► gate ──► export ──► end
+    ingest      Parquet       evaluate A + B, fit,         MLflow runs   smoke +    champion →
+    raw +       snapshot,     batch inference              + versions    NDCG rule  model store,
+    feedback    DB features                                                         reload
+
+Run it through ``movierec pipeline run`` (app/pipeline/runner.py), which sets the Metaflow
+user and datastore under the var root and passes every setting through the environment
+(secrets never on a command line). Directly: ``python -m app.pipeline.flow --no-pylint run``.
+Here the local runtime runs the candidates in parallel processes; with Metaflow's
+Kubernetes or AWS Batch integration the same ``train`` step fans out to a cluster
+(``run --with kubernetes``), since steps exchange data only through Metaflow artifacts and
+the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from metaflow import FlowSpec, Parameter, current, step
+
+
+def _settings() -> Any:
+    from app.config import load_settings
+
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s", force=True
+    )
+    return settings
+
+
+def _database(settings: Any) -> Any:
+    from app.storage.db import Database
+
+    return Database(settings.sqlalchemy_url)
+
+
+class MovieRecTrainingFlow(FlowSpec):
+    """Ingest → features → train every candidate → register → gate → export → reload."""
+
+    candidates = Parameter(
+        "candidates",
+        default="",
+        help="Comma-separated candidate names (default: settings, then DEFAULT_CANDIDATES).",
+    )
+    seeds = Parameter(
+        "seeds", default="", help="Comma-separated split seeds (default: MOVIEREC_PIPELINE_SEEDS)."
+    )
+    summary_path = Parameter("summary-path", default="", help="Write the run summary JSON here.")
+    trigger = Parameter("trigger", default="manual", help="Why this run started (manual, schedule, …).")
+
+    @step
+    def start(self) -> None:
+        """Ingest the raw files and the feedback; open the MLflow pipeline run."""
+        from app.pipeline.ingest import ingest
+        from app.pipeline.runner import longest_first, resolve_candidates, resolve_seeds
+        from app.recommender.bundle import code_version
+        from app.registry.mlflow_registry import Registry
+
+        settings = _settings()
+        self.started = time.time()
+        names = resolve_candidates(self.candidates or settings.pipeline_candidates)
+        self.configured_names = names
+        registry = Registry.from_settings(settings)
+        # Longest first, so the slowest candidate never starts last on a free worker.
+        self.candidate_names = longest_first(names, registry.candidate_seconds(names))
+        self.seed_list = resolve_seeds(self.seeds or settings.pipeline_seeds)
+        ingested = ingest(settings.data_dir, _database(settings))
+        self.data = ingested.data
+        self.feedback = ingested.feedback
+        self.ingest_stats = ingested.stats()
+        self.data_hash = ingested.data_hash
+        self.code_version = code_version()
+        self.pipeline_run_id = registry.start_pipeline_run(
+            {
+                "data_hash": self.data_hash,
+                "code_version": self.code_version,
+                "metaflow_run_id": current.run_id,
+                "trigger": self.trigger,
+                "candidates": ",".join(self.candidate_names),
+            }
+        )
+        self.next(self.features)
+
+    @step
+    def features(self) -> None:
+        """Publish the features snapshot (Parquet), load user features into the service DB."""
+        from app.pipeline.candidates import fit_rating_model
+        from app.pipeline.features_store import FeatureStore, db_rows
+        from app.pipeline.ingest import Ingested
+        from app.pipeline.runner import features_root
+        from app.storage.user_features import replace_user_features
+
+        settings = _settings()
+        store = FeatureStore(features_root(settings))
+        snapshot = store.write_snapshot(Ingested(self.data, self.feedback))
+        self.snapshot_id = snapshot.id
+        users = store.read("users", snapshot.id)
+        self.db_user_features = replace_user_features(_database(settings), db_rows(users), snapshot.id)
+        # One rating regressor per run, attached to every bundle that cannot predict ratings itself.
+        self.rating_model = fit_rating_model(self.data)
+        self.next(self.train, foreach="candidate_names")
+
+    @step
+    def train(self) -> None:
+        """One candidate: protocols A and B, fit on all data, batch inference."""
+        from app.pipeline.candidates import train_candidate
+
+        _settings()
+        self.result = train_candidate(self.data, self.input, self.seed_list)
+        self.next(self.register)
+
+    @step
+    def register(self, inputs: Any) -> None:
+        """Log every candidate to MLflow and register its bundle as a new model version."""
+        from app.pipeline.candidates import write_candidate_bundle
+        from app.recommender.bundle import new_version
+        from app.recommender.report import write_report
+        from app.registry.mlflow_registry import Registry
+
+        self.merge_artifacts(inputs, exclude=["result"])
+        settings = _settings()
+        registry = Registry.from_settings(settings)
+        self.registered: list[dict[str, Any]] = []
+        scratch = Path(tempfile.mkdtemp(prefix="register-", dir=_scratch_root(settings)))
+        try:
+            for branch in inputs:
+                result = branch.result
+                bundle = write_candidate_bundle(
+                    result, self.data, scratch / "bundles",
+                    {"version": f"{new_version(salt=self.data_hash + result.name)}-{result.name}"[:64],
+                     "code_version": self.code_version, "data_hash": self.data_hash,
+                     "pipeline": {"metaflow_run_id": current.run_id, "mlflow_run_id": self.pipeline_run_id}},
+                    rating_model=self.rating_model,
+                )  # fmt: skip
+                reports = []
+                for protocol, report in (("A", result.report_a), ("B", result.report_b)):
+                    if report["models"]:
+                        reports.extend(
+                            write_report(report, scratch / result.name / f"protocol-{protocol}.json")
+                        )
+                tags = {"code_version": self.code_version, "data_hash": self.data_hash,
+                        "bundle_version": bundle.name, "candidate": result.name,
+                        "ndcg_a": f"{result.ndcg_a:.6f}", "pipeline_run": self.pipeline_run_id}  # fmt: skip
+                run_id = registry.log_candidate(
+                    self.pipeline_run_id, result.name, result.model.params(),
+                    {"A": result.report_a, "B": result.report_b}, bundle, reports, tags, result.timings,
+                )  # fmt: skip
+                info = registry.register(
+                    run_id, tags, description=f"{result.name} trained by pipeline run {current.run_id}"
+                )
+                self.registered.append(
+                    {"version": info.version, "candidate": result.name, "bundle_version": bundle.name,
+                     "ndcg_a": result.ndcg_a, "ndcg_b": (result.summary_b or {}).get("ndcg@10_mean"),
+                     "summary_a": result.summary_a, "summary_b": result.summary_b, "timings": result.timings}
+                )  # fmt: skip
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        self.next(self.gate)
+
+    @step
+    def gate(self) -> None:
+        """Smoke-test every new version from the registry, apply the NDCG rule, move the aliases."""
+        from app.pipeline.gate import choose, judge, smoke_test
+        from app.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
+
+        settings = _settings()
+        registry = Registry.from_settings(settings)
+        champion = registry.champion()
+        self.champion_before = champion.version if champion else None
+        decisions = []
+        scratch = Path(tempfile.mkdtemp(prefix="gate-", dir=_scratch_root(settings)))
+        try:
+            # In the configured order, so ties are settled the same way whatever ran first.
+            registered = sorted(self.registered, key=lambda e: self.configured_names.index(e["candidate"]))
+            for entry in registered:
+                bundle = registry.open_bundle(entry["version"], scratch / entry["version"])
+                smoke = smoke_test(bundle, self.data.ratings, settings.gate_latency_ms)
+                decisions.append(
+                    judge(entry["version"], entry["candidate"], entry["ndcg_a"], smoke,
+                          champion.ndcg_a if champion else None, settings.gate_tolerance,
+                          champion.version if champion else None, entry["ndcg_b"])
+                )  # fmt: skip
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        decisions = choose(decisions)
+        for decision in decisions:
+            registry.record_decision(
+                decision.version,
+                decision.decision,
+                decision.reasons,
+                gate_champion_before=self.champion_before or "",
+            )
+        self.decisions = [d.as_dict() for d in decisions]
+        if decisions:
+            registry.set_alias(CHALLENGER, max(decisions, key=lambda d: d.ndcg_a).version)
+        promoted = [d for d in decisions if d.promoted]
+        self.promoted = promoted[0].version if promoted else None
+        if self.promoted:
+            registry.set_alias(CHAMPION, self.promoted)
+            logging.getLogger(__name__).info("version %s is the new champion", self.promoted)
+        else:
+            logging.getLogger(__name__).warning(
+                "no candidate passed the gate; champion stays %s", self.champion_before
+            )
+        self.next(self.export)
+
+    @step
+    def export(self) -> None:
+        """Put the champion's bundle in the serving model store and ask the service to reload."""
+        from app.registry.export import export_version, request_reload, served_version
+        from app.registry.mlflow_registry import Registry
+
+        settings = _settings()
+        registry = Registry.from_settings(settings)
+        champion = registry.champion()
+        self.champion = champion.version if champion else None
+        self.exported = None
+        self.reloaded = False
+        if champion is None:
+            logging.getLogger(__name__).warning("no champion: nothing to export to %s", settings.model_dir)
+        elif served_version(settings.model_dir) != champion.bundle_version:
+            self.exported = str(export_version(registry, champion.version, settings.model_dir))
+            password = settings.admin_password.get_secret_value() if settings.admin_password else None
+            self.reloaded = request_reload(settings.service_url, password, champion.bundle_version)
+        self.next(self.end)
+
+    @step
+    def end(self) -> None:
+        """Close the MLflow pipeline run and write the summary."""
+        from app.registry.mlflow_registry import Registry
+
+        settings = _settings()
+        self.summary = {
+            "metaflow_run_id": current.run_id,
+            "mlflow_run_id": self.pipeline_run_id,
+            "data_hash": self.data_hash,
+            "code_version": self.code_version,
+            "ingest": self.ingest_stats,
+            "features_snapshot": self.snapshot_id,
+            "db_user_features": self.db_user_features,
+            "candidates": [
+                {**entry, **next((d for d in self.decisions if d["version"] == entry["version"]), {})}
+                for entry in self.registered
+            ],
+            "champion_before": self.champion_before,
+            "promoted": self.promoted,
+            "champion": self.champion,
+            "exported": self.exported,
+            "reloaded": self.reloaded,
+            "seconds": round(time.time() - self.started, 1),
+        }
+        registry = Registry.from_settings(settings)
+        scratch = Path(tempfile.mkdtemp(prefix="summary-", dir=_scratch_root(settings)))
+        try:
+            summary_file = scratch / "summary.json"
+            summary_file.write_text(json.dumps(self.summary, indent=2, default=str))
+            registry.finish_pipeline_run(
+                self.pipeline_run_id,
+                {
+                    "promoted": self.promoted or "",
+                    "champion": self.champion or "",
+                    "seconds": self.summary["seconds"],
+                },
+                [summary_file],
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if self.summary_path:
+            Path(self.summary_path).write_text(json.dumps(self.summary, indent=2, default=str))
+
+
+def _scratch_root(settings: Any) -> Path:
+    root = Path(settings.var_dir) / "pipeline" / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+if __name__ == "__main__":
+    MovieRecTrainingFlow()

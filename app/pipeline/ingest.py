@@ -1,0 +1,194 @@
+"""Ingest: the raw MovieLens files plus the feedback the API collected, as one training set.
+
+Feedback closes the loop. A score posted to ``/api/recommend/score`` is a rating of a movie
+by the person who made the request, so it becomes a training rating:
+
+* for the **known user** the request named (``user_id`` present in the raw users), the score
+  is that user's rating of the movie and replaces an older rating of the same movie;
+* otherwise the person is anonymous and only their demographics are known, so each request
+  becomes one synthetic **feedback user** (id ``FEEDBACK_USER_BASE + n``) with the request's
+  age, gender and occupation. A request is the only identity an anonymous caller has: two
+  requests with the same profile may be two different people, so they are not merged.
+
+Synthetic ids are numbered in the order of each request's first feedback row, which never
+changes as feedback grows, so the data hash of unchanged feedback is stable and the
+scheduler can skip a run when nothing changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from app.recommender.data import RATING_COLUMNS, USER_COLUMNS, MovieLens, load_movielens
+from app.recommender.segments import GENDERS, MAX_AGE, MIN_AGE, OCCUPATIONS
+from app.storage.db import Database
+from app.storage.models import Feedback, RecommendationRequest
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_USER_BASE: Final = 1_000_000
+FEEDBACK_COLUMNS: Final = [
+    "feedback_id", "request_id", "movie_id", "score", "updated_at", "user_id", "age", "gender", "occupation",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """The training set of one run and where its rows came from."""
+
+    data: MovieLens
+    feedback: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=[*RATING_COLUMNS, "mapped_to"])
+    )
+    dropped_feedback: int = 0
+
+    @property
+    def data_hash(self) -> str:
+        """Content hash of ratings (feedback included), users and movies."""
+        return self.data.fingerprint()
+
+    @property
+    def feedback_user_ids(self) -> np.ndarray:
+        ids = self.data.users["user_id"].to_numpy()
+        return ids[ids >= FEEDBACK_USER_BASE]
+
+    def stats(self) -> dict[str, int]:
+        mapped = self.feedback["mapped_to"] if len(self.feedback) else pd.Series(dtype=str)
+        return {
+            "n_ratings": len(self.data.ratings),
+            "n_users": len(self.data.users),
+            "n_movies": len(self.data.items),
+            "feedback_ratings": len(self.feedback),
+            "feedback_to_known_users": int((mapped == "user").sum()),
+            "feedback_users": len(self.feedback_user_ids),
+            "feedback_dropped": self.dropped_feedback,
+        }
+
+
+def read_feedback(db: Database) -> pd.DataFrame:
+    """Every feedback row joined with the request it scores, in feedback-id order."""
+    query = (
+        select(
+            Feedback.id.label("feedback_id"),
+            Feedback.request_id,
+            Feedback.movie_id,
+            Feedback.score,
+            Feedback.updated_at,
+            RecommendationRequest.user_id,
+            RecommendationRequest.age,
+            RecommendationRequest.gender,
+            RecommendationRequest.occupation,
+        )
+        .join(RecommendationRequest, RecommendationRequest.id == Feedback.request_id)
+        .order_by(Feedback.id)
+    )
+    with db.session() as session:
+        rows = session.execute(query).all()
+    return pd.DataFrame([tuple(row) for row in rows], columns=FEEDBACK_COLUMNS)
+
+
+def _epoch_seconds(values: pd.Series) -> np.ndarray:
+    """Whole seconds since the epoch, whatever the datetime resolution (pandas 3 may use µs)."""
+    stamps = pd.to_datetime(values, utc=True)
+    return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+
+
+def feedback_to_ratings(
+    feedback: pd.DataFrame, known_user_ids: np.ndarray, movie_ids: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(ratings, synthetic users, number of rows dropped) for feedback rows.
+
+    Rows are dropped when their movie left the catalogue or when the request has neither a
+    known user nor a complete, valid profile (nothing to attribute the score to).
+    """
+    empty_ratings = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
+        ("user_id", "int64"), ("movie_id", "int64"), ("rating", "float64"), ("timestamp", "int64"),
+        ("mapped_to", "object"),
+    )})  # fmt: skip
+    empty_users = pd.DataFrame(columns=USER_COLUMNS)
+    if feedback.empty:
+        return empty_ratings, empty_users, 0
+    frame = feedback.sort_values("feedback_id").reset_index(drop=True)
+    in_catalogue = frame["movie_id"].isin(movie_ids)
+    user_ids = pd.to_numeric(frame["user_id"], errors="coerce")
+    known = user_ids.isin(known_user_ids)
+    ages = pd.to_numeric(frame["age"], errors="coerce")
+    profiled = (
+        ages.between(MIN_AGE, MAX_AGE) & frame["gender"].isin(GENDERS) & frame["occupation"].isin(OCCUPATIONS)
+    )
+    usable = in_catalogue & (known | profiled)
+    dropped = int((~usable).sum())
+    frame, known, user_ids = frame[usable], known[usable], user_ids[usable]
+    if frame.empty:
+        return empty_ratings, empty_users, dropped
+
+    anonymous = frame[~known]
+    order = anonymous.drop_duplicates("request_id")["request_id"].tolist()  # first-feedback order
+    synthetic_id = {request_id: FEEDBACK_USER_BASE + n for n, request_id in enumerate(order, start=1)}
+    mapped_user = np.where(known, user_ids.fillna(0), frame["request_id"].map(synthetic_id).fillna(0))
+    ratings = pd.DataFrame(
+        {
+            "user_id": mapped_user.astype(np.int64),
+            "movie_id": frame["movie_id"].to_numpy(dtype=np.int64),
+            "rating": frame["score"].to_numpy(dtype=np.float64),
+            "timestamp": _epoch_seconds(frame["updated_at"]),
+            "mapped_to": np.where(known, "user", "profile"),
+        }
+    )
+    first = anonymous.drop_duplicates("request_id")
+    users = pd.DataFrame(
+        {
+            "user_id": first["request_id"].map(synthetic_id).to_numpy(dtype=np.int64),
+            "age": pd.to_numeric(first["age"]).to_numpy(dtype=np.int64),
+            "gender": first["gender"].to_numpy(dtype=object),
+            "occupation": first["occupation"].to_numpy(dtype=object),
+            "zip_code": "",
+        }
+    )
+    return ratings, users, dropped
+
+
+def merge_feedback(data: MovieLens, ratings: pd.DataFrame, users: pd.DataFrame) -> MovieLens:
+    """Raw data plus feedback ratings; a feedback score replaces an older rating of the same pair."""
+    if ratings.empty:
+        return data
+    combined = pd.concat([data.ratings, ratings[RATING_COLUMNS]], ignore_index=True)
+    combined = combined.drop_duplicates(["user_id", "movie_id"], keep="last").reset_index(drop=True)
+    combined = combined.astype(
+        {"user_id": np.int64, "movie_id": np.int64, "rating": np.float64, "timestamp": np.int64}
+    )
+    all_users = pd.concat([data.users, users[USER_COLUMNS]], ignore_index=True)
+    all_users = (
+        all_users.astype({"user_id": np.int64, "age": np.int64}).sort_values("user_id").reset_index(drop=True)
+    )
+    return MovieLens(ratings=combined, users=all_users, items=data.items)
+
+
+def ingest(data_dir: Path | str, db: Database | None) -> Ingested:
+    """Load the raw files (fetching them when missing) and add the service's feedback.
+
+    ``db`` None means "raw data only". A database that cannot be reached raises: training
+    silently without the feedback would publish a model that ignores it.
+    """
+    raw = load_movielens(data_dir)
+    if db is None:
+        return Ingested(raw)
+    db.upgrade()
+    feedback = read_feedback(db)
+    ratings, users, dropped = feedback_to_ratings(
+        feedback, raw.users["user_id"].to_numpy(), raw.items["movie_id"].to_numpy()
+    )
+    if dropped:
+        log.warning("feedback rows dropped (movie not in catalogue or no user/profile): %d", dropped)
+    data = merge_feedback(raw, ratings, users)
+    log.info(
+        "ingested %d ratings (%d from feedback), %d users", len(data.ratings), len(ratings), len(data.users)
+    )
+    return Ingested(data, ratings.reset_index(drop=True), dropped)

@@ -1,0 +1,227 @@
+"""Launch the training flow as a subprocess with the right environment, and read its result.
+
+Metaflow's local runtime needs a user name (CI may have no ``USER``, and it refuses
+``root``) and a datastore; both are set here, under the var root, so a run never depends on
+the caller's shell. Every setting reaches the flow through ``MOVIEREC_*`` environment
+variables — secrets included — never through the command line, which other users of the
+machine can read.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import subprocess  # nosec B404 - argument lists only, never a shell
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, SecretStr
+
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+FLOW_MODULE = "app.pipeline.flow"
+FLOW_NAME = "MovieRecTrainingFlow"
+DEFAULT_METAFLOW_USER = "movierec"
+
+
+class PipelineError(RuntimeError):
+    """The flow failed; the message carries the tail of its output."""
+
+
+@dataclass(frozen=True)
+class FlowRun:
+    summary: dict[str, Any]
+    seconds: float
+    output: str
+
+
+def resolve_candidates(value: str | Sequence[str] | None) -> list[str]:
+    """Candidate names from a comma-separated string, or the models package's defaults.
+
+    Names are checked against ``CANDIDATES`` so a typo fails the run before any training.
+    """
+    from app.recommender.models import CANDIDATES, DEFAULT_CANDIDATES
+
+    if isinstance(value, str):
+        names = [part.strip() for part in value.split(",") if part.strip()]
+    else:
+        names = list(value or ())
+    names = names or list(DEFAULT_CANDIDATES)
+    unknown = [name for name in names if name not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(sorted(CANDIDATES))}")
+    return list(dict.fromkeys(names))
+
+
+def longest_first(names: Sequence[str], seconds: dict[str, float]) -> list[str]:
+    """Candidates by their last known training time, longest first; unknown ones lead.
+
+    With fewer workers than candidates this is the classic longest-processing-time rule:
+    the slowest job never starts last and leaves the other workers idle at the end.
+    """
+    return sorted(names, key=lambda name: -seconds.get(name, float("inf")))
+
+
+def resolve_seeds(value: str | Sequence[int]) -> list[int]:
+    if isinstance(value, str):
+        try:
+            seeds = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError as exc:
+            raise ValueError(f"seeds must be comma-separated integers, got {value!r}") from exc
+    else:
+        seeds = [int(s) for s in value]
+    if not seeds:
+        raise ValueError("at least one split seed is needed")
+    return seeds
+
+
+def features_root(settings: Settings) -> str:
+    """The features store root: the setting, else ``<data_dir>/features``."""
+    return settings.features_root or str(Path(settings.data_dir) / "features")
+
+
+def _env_names(name: str, field: Any) -> list[str]:
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices if isinstance(choice, str)]
+    if isinstance(alias, str):
+        return [alias]
+    return [f"MOVIEREC_{name.upper()}"]
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float | Path):
+        return str(value)
+    return json.dumps(value, default=str)
+
+
+def flow_environment(
+    settings: Settings, base: dict[str, str] | None = None, workers: int | None = None
+) -> dict[str, str]:
+    """The subprocess environment: settings as MOVIEREC_* variables plus Metaflow's own.
+
+    A setting that is None is removed from the environment, so it reaches the flow as its
+    default — settings whose default is not None therefore never use None ("" instead).
+    """
+    env = dict(os.environ if base is None else base)
+    for name, field in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        names = _env_names(name, field)
+        for env_name in names:
+            env.pop(env_name, None)
+        if value is not None:
+            for env_name in names:  # every alias, so none of them can shadow the value
+                env[env_name] = _env_value(value)
+    metaflow_root = (Path(settings.var_dir) / "metaflow").resolve()
+    env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(metaflow_root)
+    env["METAFLOW_HOME"] = str(metaflow_root / "home")
+    env["METAFLOW_DEFAULT_DATASTORE"] = "local"
+    env["METAFLOW_DEFAULT_METADATA"] = "local"
+    env["METAFLOW_USER"] = env.get("METAFLOW_USER") or _metaflow_user()
+    if workers:
+        # Parallel candidates each get their share of the cores instead of all of them
+        # (NumPy/BLAS, LightGBM's OpenMP), unless the caller chose otherwise.
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(name, threads)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _metaflow_user() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no USER/LOGNAME: CI containers
+        user = ""
+    return user if user and user != "root" else DEFAULT_METAFLOW_USER
+
+
+def flow_command(
+    candidates: Sequence[str] | None, seeds: Sequence[int] | None, summary: Path, run_id_file: Path,
+    trigger: str, max_workers: int,
+) -> list[str]:  # fmt: skip
+    command = [
+        sys.executable, "-m", FLOW_MODULE, "--no-pylint", "--quiet", "run",
+        "--max-workers", str(max_workers), "--run-id-file", str(run_id_file),
+        "--summary-path", str(summary), "--trigger", trigger,
+    ]  # fmt: skip
+    if candidates:
+        command += ["--candidates", ",".join(candidates)]
+    if seeds:
+        command += ["--seeds", ",".join(str(s) for s in seeds)]
+    return command
+
+
+def run_flow(
+    settings: Settings,
+    candidates: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    trigger: str = "manual",
+    max_workers: int | None = None,
+    stream: bool = False,
+    timeout: float | None = None,
+) -> FlowRun:
+    """Run the whole flow once and return its summary; PipelineError when it fails.
+
+    ``stream`` passes the flow's output through to this process's stdout (the CLI);
+    otherwise it is captured and returned (tests, the scheduler's log).
+    """
+    if candidates:
+        resolve_candidates(candidates)  # fail fast on a typo, before any subprocess
+    scratch_root = Path(settings.var_dir) / "pipeline"
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    workers = max_workers or max(1, os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root) as scratch:
+        summary_path = Path(scratch) / "summary.json"
+        run_id_file = Path(scratch) / "run-id"
+        command = flow_command(candidates, seeds, summary_path, run_id_file, trigger, workers)
+        env = flow_environment(settings, workers=workers)
+        started = time.perf_counter()
+        log.info("starting the training flow (%s)", trigger)
+        completed = subprocess.run(  # noqa: S603  # nosec B603 - fixed argument list, no shell
+            command, env=env, cwd=os.getcwd(), timeout=timeout, check=False, text=True,
+            stdout=None if stream else subprocess.PIPE, stderr=None if stream else subprocess.STDOUT,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        output = completed.stdout or ""
+        if completed.returncode != 0 or not summary_path.is_file():
+            _mark_failed(settings, run_id_file)
+            tail = "\n".join(output.strip().splitlines()[-40:])
+            raise PipelineError(
+                f"the training flow failed (exit {completed.returncode}) after {seconds:.0f}s\n{tail}"
+            )
+        summary = json.loads(summary_path.read_text())
+    log.info("training flow finished in %.1fs", seconds)
+    return FlowRun(summary, seconds, output)
+
+
+def _mark_failed(settings: Settings, run_id_file: Path) -> None:
+    """Close the MLflow pipeline run of a failed flow so it never counts as a finished one."""
+    if not run_id_file.is_file():
+        return
+    try:
+        from app.registry.mlflow_registry import Registry
+
+        registry = Registry.from_settings(settings)
+        metaflow_run = run_id_file.read_text().strip()
+        runs = registry.client.search_runs(
+            [registry.experiment_id], filter_string=f"tags.metaflow_run_id = '{metaflow_run}'", max_results=5
+        )
+        for run in runs:
+            if run.info.status == "RUNNING":
+                registry.client.set_terminated(run.info.run_id, "FAILED")
+    except Exception:
+        log.exception("could not mark the MLflow pipeline run of a failed flow")

@@ -1,0 +1,170 @@
+"""``movierec schedule``: the training flow on a cron expression (APScheduler).
+
+Each tick first asks whether there is anything new to learn from: the data hash (raw files
+plus the feedback collected since — the same hash the flow records) and the code version
+(:func:`app.recommender.bundle.code_version`, a hash of the ML code). When neither changed
+since the last finished pipeline run, the tick is skipped; a change of either triggers a
+run, which registers new model versions and, if one passes the gate, deploys it. That is
+seed 000's "a data scientist updates the training code → a new model version is deployed".
+When no champion exists yet, the scheduler runs once at start instead of waiting for cron.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import Settings
+from app.pipeline.runner import FlowRun, PipelineError, run_flow
+from app.registry.mlflow_registry import Registry
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "training-flow"
+
+
+@dataclass(frozen=True)
+class RunDecision:
+    run: bool
+    reason: str
+    data_hash: str
+    code_version: str
+
+
+@dataclass(frozen=True)
+class TickResult:
+    decision: RunDecision
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.summary is not None
+
+
+def should_run(registry: Registry, data_hash: str, code_version: str) -> RunDecision:
+    """Run when there is no champion, no finished run, or the data or code changed since it."""
+    if registry.champion() is None:
+        return RunDecision(True, "no champion yet", data_hash, code_version)
+    last = registry.last_pipeline_run()
+    if last is None:
+        return RunDecision(True, "no finished pipeline run yet", data_hash, code_version)
+    changes = []
+    if last.get("data_hash") != data_hash:
+        changes.append(f"data changed ({last.get('data_hash')} → {data_hash})")
+    if last.get("code_version") != code_version:
+        changes.append(f"code changed ({last.get('code_version')} → {code_version})")
+    if changes:
+        return RunDecision(True, "; ".join(changes), data_hash, code_version)
+    return RunDecision(
+        False,
+        f"neither data nor code changed since pipeline run {last.get('run_id')}",
+        data_hash,
+        code_version,
+    )
+
+
+def current_fingerprint(settings: Settings) -> tuple[str, str]:
+    """(data hash incl. feedback, code version) as the next run would record them."""
+    from app.pipeline.ingest import ingest
+    from app.recommender.bundle import code_version
+    from app.storage.db import Database
+
+    database = Database(settings.sqlalchemy_url)
+    try:
+        return ingest(settings.data_dir, database).data_hash, code_version()
+    finally:
+        database.dispose()
+
+
+def tick(
+    settings: Settings,
+    runner: Callable[..., FlowRun] = run_flow,
+    fingerprint: Callable[[Settings], tuple[str, str]] = current_fingerprint,
+) -> TickResult:
+    """One scheduled decision: skip, or run the flow. Failures are logged, never raised."""
+    registry = Registry.from_settings(settings)
+    try:
+        decision = should_run(registry, *fingerprint(settings))
+    except Exception as exc:
+        log.exception("could not decide whether to train")
+        return TickResult(RunDecision(False, "fingerprint failed", "", ""), error=str(exc))
+    if not decision.run:
+        log.info("training skipped: %s", decision.reason)
+        return TickResult(decision)
+    log.info("training: %s", decision.reason)
+    try:
+        run = runner(settings, trigger="schedule")
+    except PipelineError as exc:
+        log.error("scheduled training failed: %s", str(exc).splitlines()[0])
+        return TickResult(decision, error=str(exc))
+    return TickResult(decision, run.summary)
+
+
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def crontab_weekdays(field: str) -> str:
+    """A crontab day-of-week field with numbers spelled as names (0 and 7 = Sunday).
+
+    APScheduler 3 counts weekdays from Monday = 0 (a documented historical mistake fixed in
+    4.x), so ``1`` would silently mean Tuesday; names mean the same in both.
+    """
+    if field == "*" or any(c.isalpha() for c in field):
+        return field
+    days: set[int] = set()
+    for item in field.split(","):
+        span, _, step_text = item.partition("/")
+        step = int(step_text) if step_text else 1
+        if span == "*":
+            low, high = 0, 6
+        elif "-" in span:
+            low, high = (int(x) for x in span.split("-", 1))
+        else:
+            low = int(span)
+            high = 6 if step_text else low  # "5/2" means 5, 7(=0): from 5 to the end
+        if not (0 <= low <= 7 and 0 <= high <= 7 and low <= high and step >= 1):
+            raise ValueError(f"invalid day-of-week field {field!r}")
+        days.update(day % 7 for day in range(low, high + 1, step))
+    return ",".join(_WEEKDAYS[d] for d in sorted(days))
+
+
+def cron_trigger(expression: str) -> Any:
+    """An APScheduler CronTrigger (UTC) for a standard 5-field crontab expression."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"a crontab expression has 5 fields (minute hour day month weekday): {expression!r}")
+    minute, hour, day, month, weekday = fields
+    return CronTrigger(
+        minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_weekdays(weekday), timezone="UTC"
+    )
+
+
+def build_scheduler(settings: Settings, job: Callable[[], Any], blocking: bool = True) -> Any:
+    """An APScheduler scheduler with the training job on ``settings.schedule_cron`` (UTC)."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    trigger = cron_trigger(settings.schedule_cron)
+    scheduler = (BlockingScheduler if blocking else BackgroundScheduler)(timezone="UTC")
+    # One run at a time; a tick missed while a run was going is merged into one, not queued.
+    scheduler.add_job(job, trigger, id=JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=3600)
+    return scheduler
+
+
+def serve(settings: Settings) -> None:
+    """Run forever: once now if there is no champion, then on the cron expression."""
+
+    def job() -> None:
+        tick(settings)
+
+    scheduler = build_scheduler(settings, job)
+    if Registry.from_settings(settings).champion() is None:
+        log.info("no champion yet: training once at start")
+        job()
+    log.info("training scheduled on '%s' (UTC)", settings.schedule_cron)
+    scheduler.start()

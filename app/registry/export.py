@@ -1,0 +1,115 @@
+"""Export a registered version to the serving model store, and ask the service to reload.
+
+The model store is a directory of immutable bundles plus the ``latest`` symlink that the
+service loads (``ML_MODEL_PATH``). Exporting copies the version's bundle out of the
+registry under its own bundle version name (once; bundles never change) and swaps
+``latest`` atomically. Promotion, rollback and the pipeline all end here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from app.recommender.bundle import LATEST, MANIFEST, BundleError, load_bundle, point_latest
+from app.registry.mlflow_registry import Registry, RegistryError
+
+log = logging.getLogger(__name__)
+
+RELOAD_TIMEOUT_SECONDS = 60.0  # the service loads and validates the whole bundle before answering
+
+
+def served_version(model_dir: Path | str) -> str | None:
+    """The bundle version ``model_dir/latest`` points at, or None."""
+    manifest = Path(model_dir) / LATEST / MANIFEST
+    if not manifest.is_file():
+        return None
+    return str(json.loads(manifest.read_text()).get("version"))
+
+
+def export_version(registry: Registry, version: str | int, model_dir: Path | str) -> Path:
+    """Make registry ``version`` the model store's ``latest`` and return its bundle dir.
+
+    The bundle is validated (loaded completely) before ``latest`` moves, so a broken
+    artifact never becomes what the service loads.
+    """
+    info = registry.get(version)
+    if not info.bundle_version:
+        raise RegistryError(f"version {version} has no bundle_version tag; it was not registered by movierec")
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    final = model_dir / info.bundle_version
+    if not (final / MANIFEST).is_file():
+        staging = Path(tempfile.mkdtemp(prefix=f".export-{info.bundle_version}-", dir=model_dir))
+        try:
+            downloaded = registry.download_bundle(version, staging)
+            bundle_dir = downloaded if (downloaded / MANIFEST).is_file() else downloaded / "bundle"
+            load_bundle(bundle_dir)  # BundleError: keep serving what we have
+            os.chmod(bundle_dir, 0o755)  # noqa: S103 - bundles are world-readable artefacts, never secret
+            os.replace(bundle_dir, final)
+        except BundleError as exc:
+            raise RegistryError(f"version {version}: the registered bundle is invalid: {exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    point_latest(model_dir, info.bundle_version)
+    log.info("exported version %s (bundle %s) to %s", version, info.bundle_version, model_dir)
+    return final
+
+
+def request_reload(
+    service_url: str | None,
+    admin_password: str | None,
+    version: str | None = None,
+    timeout: float = RELOAD_TIMEOUT_SECONDS,
+) -> bool:
+    """Log in as admin and POST /api/admin/reload (waiting for the swap); False with a warning when it cannot.
+
+    ``version`` names the bundle to load (default: the model store's ``latest``).
+
+    A training run must not fail because the service is down or not yet deployed: the
+    service loads ``latest`` when it starts anyway.
+    """
+    if not service_url:
+        log.info("no service URL configured: not asking a service to reload")
+        return False
+    if not admin_password:
+        log.warning("ADMIN_PASSWORD is not set: cannot ask %s to reload the model", service_url)
+        return False
+    base = service_url.rstrip("/")
+    try:
+        token = _post_json(f"{base}/api/login", {"session_password": admin_password}, None, timeout)[
+            "access_token"
+        ]
+        body: dict[str, object] = {"wait": True} | ({"version": version} if version else {})
+        answer = _post_json(f"{base}/api/admin/reload", body, token, timeout)
+    except (OSError, KeyError, ValueError) as exc:  # URLError/HTTPError are OSErrors
+        log.warning("service at %s did not reload the model: %s", base, _describe(exc))
+        return False
+    log.info("service at %s reloaded: %s", base, json.dumps(answer)[:300])
+    return True
+
+
+def _post_json(url: str, body: dict[str, object], token: str | None, timeout: float) -> dict[str, object]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")  # noqa: S310
+    # The URL is the operator's MOVIEREC_SERVICE_URL (http/https), never request input.
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
+        payload = response.read()
+    decoded = json.loads(payload) if payload else {}
+    return decoded if isinstance(decoded, dict) else {"response": decoded}
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} from {exc.url}"
+    if isinstance(exc, urllib.error.URLError):
+        return f"unreachable ({exc.reason})"
+    return type(exc).__name__

@@ -1,0 +1,359 @@
+"""Model versions and aliases in MLflow: tracking runs plus the model registry.
+
+Every candidate of every pipeline run is one MLflow run (params, metrics of protocols A and
+B per seed and summarised, the evaluation reports as JSON + PNG, the bundle directory as an
+artifact, code version and data hash as tags) and one version of the registered model
+(default ``movierec``). The registered-model alias ``champion`` names the version the
+service should serve; ``challenger`` the best candidate of the latest run. Gate decisions
+and their reasons are version tags.
+
+By default the backend is SQLite and artifacts are local files under the var root
+(``var/mlflow``); a team points ``MOVIEREC_MLFLOW_TRACKING_URI`` at a tracking server
+instead. Serving never needs MLflow: it loads a bundle exported to the model store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+CHAMPION: Final = "champion"
+CHALLENGER: Final = "challenger"
+BUNDLE_ARTIFACT: Final = "bundle"
+REPORTS_ARTIFACT: Final = "reports"
+TOTAL_SECONDS: Final = "seconds.total"
+_MAX_PARAM = 500
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done (unknown version, no bundle, unreachable server)."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version, as the pipeline and the CLI need it."""
+
+    version: str
+    candidate: str
+    bundle_version: str
+    ndcg_a: float | None
+    run_id: str | None
+    source: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+    @classmethod
+    def of(cls, mv: ModelVersion) -> VersionInfo:
+        tags = dict(mv.tags or {})
+        ndcg = tags.get("ndcg_a")
+        return cls(
+            version=str(mv.version),
+            candidate=tags.get("candidate", ""),
+            bundle_version=tags.get("bundle_version", ""),
+            ndcg_a=float(ndcg) if ndcg not in (None, "") else None,
+            run_id=mv.run_id,
+            source=mv.source,
+            tags=tags,
+            aliases=tuple(mv.aliases or ()),
+        )
+
+    @property
+    def decision(self) -> str | None:
+        return self.tags.get("gate_decision")
+
+    @property
+    def reasons(self) -> list[str]:
+        return list(json.loads(self.tags.get("gate_reasons", "[]")))
+
+
+def default_tracking_uri(var_dir: Path | str) -> str:
+    """SQLite file under the var root: no server to run for one machine."""
+    return f"sqlite:///{(Path(var_dir) / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def default_artifact_root(var_dir: Path | str) -> str:
+    return (Path(var_dir) / "mlflow" / "artifacts").resolve().as_uri()
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names allow no '@': ``A.ndcg@10_mean`` → ``A.ndcg_at_10_mean``."""
+    return name.replace("@", "_at_")
+
+
+def _flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flat_params(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:_MAX_PARAM]
+    return flat
+
+
+class Registry:
+    """The registered model ``model_name`` in the experiment ``experiment`` at ``tracking_uri``."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str = "movierec",
+        model_name: str = "movierec",
+        artifact_root: str | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.model_name = model_name
+        self.artifact_root = artifact_root
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Registry:
+        """The registry the settings name (SQLite under the var root unless a server is set)."""
+        uri = settings.mlflow_tracking_uri or default_tracking_uri(settings.var_dir)
+        root = None if settings.mlflow_tracking_uri else default_artifact_root(settings.var_dir)
+        if not settings.mlflow_tracking_uri:
+            (Path(settings.var_dir) / "mlflow").mkdir(parents=True, exist_ok=True)
+        return cls(uri, settings.mlflow_experiment, settings.registered_model, root)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            # MLflow's SQLite store checks its schema with Alembic on every client: not news.
+            logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger("alembic").level))
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                self._experiment_id = found.experiment_id
+            else:
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=self.artifact_root
+                )
+        return self._experiment_id
+
+    def _ensure_registered_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(
+                    self.model_name, description="movierec recommendation bundles; alias 'champion' is served"
+                )
+            except MlflowException:  # created concurrently
+                self.client.get_registered_model(self.model_name)
+
+    # ------------------------------------------------------------------ runs
+
+    def start_pipeline_run(self, tags: Mapping[str, str]) -> str:
+        """The parent run of one flow execution (its tags drive the scheduler's skip check)."""
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"pipeline-{datetime.now(UTC):%Y%m%dT%H%M%S}",
+            tags={"kind": "pipeline", **{k: str(v) for k, v in tags.items()}},
+        )  # fmt: skip
+        return run.info.run_id
+
+    def finish_pipeline_run(
+        self,
+        run_id: str,
+        tags: Mapping[str, str] | None = None,
+        artifacts: Iterable[Path] = (),
+        failed: bool = False,
+    ) -> None:
+        for key, value in (tags or {}).items():
+            self.client.set_tag(run_id, key, str(value))
+        for path in artifacts:
+            self.client.log_artifact(run_id, str(path), REPORTS_ARTIFACT)
+        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+    def candidate_seconds(self, names: Iterable[str], lookback: int = 200) -> dict[str, float]:
+        """Training time of each candidate's most recent run (those never run are absent)."""
+        wanted = set(names)
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string="tags.kind = 'candidate' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=lookback,
+        )
+        seconds: dict[str, float] = {}
+        for run in runs:
+            name = run.data.tags.get("candidate", "")
+            if name in wanted and name not in seconds and TOTAL_SECONDS in run.data.metrics:
+                seconds[name] = float(run.data.metrics[TOTAL_SECONDS])
+        return seconds
+
+    def last_pipeline_run(self) -> dict[str, str] | None:
+        """Tags of the newest pipeline run that finished, or None."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string="tags.kind = 'pipeline' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return dict(runs[0].data.tags) | {"run_id": runs[0].info.run_id} if runs else None
+
+    def log_candidate(
+        self,
+        parent_run_id: str,
+        name: str,
+        params: Mapping[str, Any],
+        reports: Mapping[str, dict[str, Any]],
+        bundle_dir: Path,
+        report_files: Iterable[Path],
+        tags: Mapping[str, str],
+        timings: Mapping[str, float] | None = None,
+    ) -> str:
+        """One run per candidate: params, per-seed and summary metrics, timings, reports, the bundle."""
+        from mlflow.entities import Metric, Param
+
+        run = self.client.create_run(
+            self.experiment_id, run_name=name,
+            tags={"kind": "candidate", "candidate": name, "mlflow.parentRunId": parent_run_id,
+                  **{k: str(v) for k, v in tags.items()}},
+        )  # fmt: skip
+        run_id = run.info.run_id
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        metrics: list[Metric] = []
+        for protocol, report in reports.items():
+            entry = report.get("models", {}).get(name)
+            if not entry:
+                continue
+            for key, value in entry["summary"].items():
+                if isinstance(value, int | float) and math.isfinite(value):
+                    metrics.append(Metric(metric_key(f"{protocol}.{key}"), float(value), now, 0))
+            for seed, per_seed in entry["per_seed"].items():
+                for key, value in per_seed.items():
+                    if isinstance(value, int | float) and math.isfinite(value):
+                        metrics.append(
+                            Metric(metric_key(f"{protocol}.seed.{key}"), float(value), now, int(seed))
+                        )
+        for key, seconds in (timings or {}).items():
+            metrics.append(Metric(f"seconds.{key}", float(seconds), now, 0))
+        if timings:
+            metrics.append(Metric(TOTAL_SECONDS, float(sum(timings.values())), now, 0))
+        flat = [Param(k, v) for k, v in _flat_params(params).items()]
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limits: 1000 metrics, 100 params
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        for start in range(0, len(flat), 100):
+            self.client.log_batch(run_id, params=flat[start : start + 100])
+        for path in report_files:
+            self.client.log_artifact(run_id, str(path), REPORTS_ARTIFACT)
+        self.client.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT)
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    # ------------------------------------------------------------------ versions and aliases
+
+    def register(self, run_id: str, tags: Mapping[str, str], description: str = "") -> VersionInfo:
+        """A new version of the registered model whose source is the run's bundle artifact."""
+        self._ensure_registered_model()
+        run = self.client.get_run(run_id)
+        mv = self.client.create_model_version(
+            self.model_name, source=f"{run.info.artifact_uri}/{BUNDLE_ARTIFACT}", run_id=run_id,
+            tags={k: str(v) for k, v in tags.items()}, description=description,
+        )  # fmt: skip
+        return VersionInfo.of(mv)
+
+    def get(self, version: str | int) -> VersionInfo:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return VersionInfo.of(self.client.get_model_version(self.model_name, str(version)))
+        except MlflowException as exc:
+            raise RegistryError(f"{self.model_name} has no version {version}") from exc
+
+    def versions(self) -> list[VersionInfo]:
+        """Every version, oldest first."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name = '{self.model_name}'", max_results=10_000)
+            aliases = self.client.get_registered_model(self.model_name).aliases or {}
+        except MlflowException:
+            return []
+        by_version: dict[str, list[str]] = {}
+        for alias, version in aliases.items():  # search results do not carry aliases
+            by_version.setdefault(str(version), []).append(alias)
+        infos = [VersionInfo.of(mv) for mv in found]
+        infos = [replace(info, aliases=tuple(sorted(by_version.get(info.version, [])))) for info in infos]
+        return sorted(infos, key=lambda v: int(v.version))
+
+    def alias(self, alias: str) -> VersionInfo | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return VersionInfo.of(self.client.get_model_version_by_alias(self.model_name, alias))
+        except MlflowException:
+            return None
+
+    def champion(self) -> VersionInfo | None:
+        return self.alias(CHAMPION)
+
+    def set_alias(self, alias: str, version: str | int) -> None:
+        self.get(version)  # RegistryError for an unknown version
+        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+
+    def tag_version(self, version: str | int, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            self.client.set_model_version_tag(self.model_name, str(version), key, text)
+
+    def record_decision(self, version: str | int, decision: str, reasons: list[str], **extra: Any) -> None:
+        """Store the gate's (or an operator's) decision and its reasons with the version."""
+        self.tag_version(
+            version,
+            {"gate_decision": decision, "gate_reasons": json.dumps(reasons)[:4900],
+             "gate_checked_at": datetime.now(UTC).isoformat(timespec="seconds"), **extra},
+        )  # fmt: skip
+
+    def download_bundle(self, version: str | int, destination: Path | str) -> Path:
+        """Copy the version's bundle directory to ``destination`` and return the bundle dir."""
+        import mlflow.artifacts
+
+        info = self.get(version)
+        Path(destination).mkdir(parents=True, exist_ok=True)
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=info.source, dst_path=str(destination), tracking_uri=self.tracking_uri
+            )
+        except Exception as exc:
+            raise RegistryError(
+                f"version {version}: bundle artifact {info.source} could not be downloaded: {exc}"
+            ) from exc
+        return Path(path)
+
+    def open_bundle(self, version: str | int, scratch: Path | str) -> Path:
+        """A readable directory of the version's bundle: the artifact itself when it is a local
+        file (no copy), else a download into ``scratch``. For reading only."""
+        info = self.get(version)
+        parsed = urlparse(info.source)
+        if parsed.scheme == "file":
+            local = Path(url2pathname(parsed.path))
+            if local.is_dir():
+                return local
+        return self.download_bundle(version, scratch)

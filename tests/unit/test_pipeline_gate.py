@@ -1,0 +1,153 @@
+"""The promotion gate: smoke tests on real bundles, the NDCG rule, the choice of the champion."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.pipeline.candidates import CandidateResult, train_candidate, write_candidate_bundle
+from app.pipeline.gate import SmokeReport, choose, judge, smoke_test
+
+pytestmark = pytest.mark.unit
+
+OK = SmokeReport(True, [])
+
+
+@pytest.fixture(scope="module")
+def candidate(synthetic_data: Any) -> CandidateResult:
+    """A user-capable candidate, trained the pipeline's way on the synthetic data."""
+    return train_candidate(synthetic_data, "most_liked", seeds=[0, 1])
+
+
+def _bundle(candidate: CandidateResult, data: Any, store: Path, **table_changes: np.ndarray) -> Path:
+    tables = replace(candidate.tables, **table_changes) if table_changes else candidate.tables
+    return write_candidate_bundle(replace(candidate, tables=tables), data, store, {"code_version": "test"})
+
+
+def test_a_sound_bundle_passes_every_smoke_test(
+    candidate: CandidateResult, synthetic_data: Any, tmp_path: Path
+) -> None:
+    report = smoke_test(_bundle(candidate, synthetic_data, tmp_path), synthetic_data.ratings)
+    assert report.passed, report.reasons
+    assert report.details["accuracy"]["score"] == pytest.approx(report.details["accuracy"]["expected"])
+    assert 0 <= report.details["lookup_p99_ms"] < 5
+
+
+def test_a_bundle_that_does_not_load_fails(
+    candidate: CandidateResult, synthetic_data: Any, tmp_path: Path
+) -> None:
+    path = _bundle(candidate, synthetic_data, tmp_path)
+    (path / "segment_top.npy").unlink()
+    report = smoke_test(path)
+    assert not report.passed
+    assert report.reasons[0].startswith("does not load")
+
+
+def test_short_segment_lists_fail(candidate: CandidateResult, synthetic_data: Any, tmp_path: Path) -> None:
+    top = candidate.tables.segment_top.copy()
+    top[5, 3:] = -1  # one segment answers three movies
+    report = smoke_test(_bundle(candidate, synthetic_data, tmp_path, segment_top=top), synthetic_data.ratings)
+    assert not report.passed
+    assert any("1 segments answer fewer than 10 movies" in r for r in report.reasons), report.reasons
+
+
+def test_recommending_a_known_user_a_movie_they_rated_fails(
+    candidate: CandidateResult, synthetic_data: Any, tmp_path: Path
+) -> None:
+    tables = candidate.tables
+    user = int(tables.user_ids[0])
+    rated_movie = int(
+        synthetic_data.ratings.loc[synthetic_data.ratings["user_id"] == user, "movie_id"].iloc[0]
+    )
+    position = int(candidate.model.item_positions([rated_movie])[0])
+    user_top = tables.user_top.copy()
+    row = [p for p in user_top[0].tolist() if p != position]
+    user_top[0] = np.array([position, *row[: user_top.shape[1] - 1]], dtype=user_top.dtype)
+    report = smoke_test(
+        _bundle(candidate, synthetic_data, tmp_path, user_top=user_top), synthetic_data.ratings
+    )
+    assert not report.passed
+    assert any("already rated" in r for r in report.reasons), report.reasons
+
+
+def test_the_latency_bound_is_enforced(
+    candidate: CandidateResult, synthetic_data: Any, tmp_path: Path
+) -> None:
+    report = smoke_test(_bundle(candidate, synthetic_data, tmp_path), latency_bound_ms=1e-9)
+    assert not report.passed
+    assert any("exceeds the 1e-09 ms bound" in r for r in report.reasons), report.reasons
+
+
+def test_a_bundle_that_does_not_reproduce_its_accuracy_fails(
+    candidate: CandidateResult, synthetic_data: Any, tmp_path: Path
+) -> None:
+    # A bundle whose recorded expectation is not what its tables serve (written consistently,
+    # so it loads; only the accuracy test can tell).
+    test_data = {**candidate.test_data, "expected_score": candidate.test_data["expected_score"] + 0.01}
+    path = write_candidate_bundle(replace(candidate, test_data=test_data), synthetic_data, tmp_path, {})
+    assert json.loads((path / "test_data.json").read_text())["expected_score"] == test_data["expected_score"]
+    report = smoke_test(path)
+    assert not report.passed
+    assert any(r.startswith("accuracy test") for r in report.reasons), report.reasons
+
+
+def test_without_a_champion_a_sound_candidate_passes() -> None:
+    decision = judge("1", "m", 0.30, OK, None)
+    assert decision.passed
+    assert "no champion yet" in decision.reasons[-1]
+
+
+@pytest.mark.parametrize(
+    ("score", "passes"),
+    [(0.50, True), (0.40, True), (0.396, True), (0.395, True), (0.3949, False), (0.20, False)],
+)
+def test_ndcg_may_not_fall_below_the_champion_beyond_the_tolerance(score: float, passes: bool) -> None:
+    decision = judge("7", "m", score, OK, champion_ndcg=0.40, tolerance=0.005, champion_version="3")
+    assert decision.passed is passes
+    assert ("worse than champion v3" in decision.reasons[-1]) is not passes
+
+
+def test_smoke_failure_rejects_even_a_better_model() -> None:
+    decision = judge("2", "m", 0.9, SmokeReport(False, ["lookup p99 9 ms exceeds the 5 ms bound"]), 0.4)
+    assert not decision.passed
+    assert decision.decision == "rejected"
+    assert decision.reasons[0] == "smoke: lookup p99 9 ms exceeds the 5 ms bound"
+
+
+def test_nan_ndcg_is_rejected() -> None:
+    assert not judge("2", "m", float("nan"), OK, None).passed
+
+
+def test_choose_promotes_the_best_passing_candidate_only() -> None:
+    decisions = choose(
+        [
+            judge("1", "weak", 0.418, OK, 0.42, 0.005),
+            judge("2", "best-but-broken", 0.60, SmokeReport(False, ["x"]), 0.42, 0.005),
+            judge("3", "best", 0.45, OK, 0.42, 0.005),
+            judge("4", "worse", 0.30, OK, 0.42, 0.005),
+        ]
+    )
+    assert [d.decision for d in decisions] == ["passed", "rejected", "promoted", "rejected"]
+    assert "v3 (best) scored higher" in decisions[0].reasons[-1]
+
+
+def test_choose_promotes_nothing_when_nothing_passes() -> None:
+    decisions = choose([judge("1", "worse", 0.30, OK, 0.42, 0.005)])
+    assert [d.decision for d in decisions] == ["rejected"]
+
+
+def test_protocol_a_ties_go_to_the_better_known_user_ranker() -> None:
+    decisions = choose(
+        [
+            judge("1", "kernel", 0.431, OK, None),  # cold start only: no protocol B
+            judge("2", "knn", 0.431, OK, None, ndcg_b=0.31),
+            judge("3", "ease", 0.431, OK, None, ndcg_b=0.37),
+            judge("4", "ease-twin", 0.431, OK, None, ndcg_b=0.37),
+        ]
+    )
+    assert [d.decision for d in decisions] == ["passed", "passed", "promoted", "passed"]

@@ -1,0 +1,197 @@
+"""Launching the flow (environment, command line) and the scheduler's decisions."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.config import Settings
+from app.pipeline.runner import flow_command, flow_environment, resolve_candidates, resolve_seeds
+from app.pipeline.schedule import JOB_ID, build_scheduler, should_run
+from app.recommender.models import CANDIDATES, DEFAULT_CANDIDATES
+
+pytestmark = pytest.mark.unit
+
+SECRET = "a-secret-that-must-stay-off-the-command-line"
+
+
+def _settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "testing": True,
+        "admin_password": SECRET,
+        "model_path": tmp_path / "store",
+        "data_dir": tmp_path / "data",
+        "var_dir": tmp_path / "var",
+        "database_url": "postgresql://u:pw@db/movierec",
+        "pipeline_seeds": "0,1",
+    }
+    return Settings(**(values | overrides))
+
+
+def test_candidates_default_to_the_models_package_and_typos_fail_early() -> None:
+    assert resolve_candidates(None) == list(DEFAULT_CANDIDATES)
+    assert resolve_candidates("") == list(DEFAULT_CANDIDATES)
+    some = list(CANDIDATES)[:2]
+    assert resolve_candidates(",".join([*some, some[0]])) == some
+    with pytest.raises(ValueError, match="unknown candidate"):
+        resolve_candidates("most_liked,not_a_model")
+
+
+def test_seeds_parse_and_refuse_garbage() -> None:
+    assert resolve_seeds("0, 1,4") == [0, 1, 4]
+    with pytest.raises(ValueError):
+        resolve_seeds("0,x")
+    with pytest.raises(ValueError):
+        resolve_seeds("")
+
+
+def test_every_setting_reaches_the_flow_through_the_environment(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    env = flow_environment(
+        settings, base={"SESSION_PASSWORD": "stale", "MOVIEREC_REDIS_URL": "redis://stale"}
+    )
+    assert env["ADMIN_PASSWORD"] == SECRET and env["MOVIEREC_ADMIN_PASSWORD"] == SECRET
+    assert "SESSION_PASSWORD" not in env  # unset in the settings: a stale value must not leak through
+    assert "MOVIEREC_REDIS_URL" not in env
+    assert env["ML_MODEL_PATH"] == env["MOVIEREC_MODEL_PATH"] == str(tmp_path / "store")
+    assert env["MOVIEREC_DATABASE_URL"] == "postgresql://u:pw@db/movierec"
+    assert env["MOVIEREC_TESTING"] == "true"
+    metaflow_root = (tmp_path / "var" / "metaflow").resolve()
+    assert env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] == str(metaflow_root)
+    assert env["METAFLOW_DEFAULT_METADATA"] == env["METAFLOW_DEFAULT_DATASTORE"] == "local"
+    assert env["METAFLOW_USER"] and env["METAFLOW_USER"] != "root"
+
+
+def test_the_flow_reads_back_the_same_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(tmp_path, gate_tolerance=0.02, service_url="", mlflow_tracking_uri=None)
+    env = flow_environment(settings, base={})
+    for name in list(os.environ):
+        if name.startswith(("MOVIEREC_", "ML_MODEL_PATH", "SESSION_PASSWORD", "ADMIN_PASSWORD")):
+            monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    again = Settings()
+    assert again.model_dump() == settings.model_dump()
+
+
+def test_metaflow_never_runs_as_root_or_without_a_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import getpass
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "root")
+    assert flow_environment(_settings(tmp_path), base={})["METAFLOW_USER"] == "movierec"
+
+    def no_user() -> str:
+        raise KeyError("no passwd entry")
+
+    monkeypatch.setattr(getpass, "getuser", no_user)
+    assert flow_environment(_settings(tmp_path), base={})["METAFLOW_USER"] == "movierec"
+    assert flow_environment(_settings(tmp_path), base={"METAFLOW_USER": "ci"})["METAFLOW_USER"] == "ci"
+
+
+def test_the_command_line_is_an_argument_list_without_secrets(tmp_path: Path) -> None:
+    command = flow_command(["most_liked"], [0, 1], tmp_path / "s.json", tmp_path / "id", "schedule", 2)
+    assert command[1:3] == ["-m", "app.pipeline.flow"]
+    assert command[command.index("--candidates") + 1] == "most_liked"
+    assert command[command.index("--seeds") + 1] == "0,1"
+    assert command[command.index("--max-workers") + 1] == "2"
+    assert not any(SECRET in part or "pw@" in part for part in command)
+
+
+class _History:
+    """The two registry questions the schedule asks, answered from fixed values."""
+
+    def __init__(self, champion: bool, last: dict[str, str] | None) -> None:
+        self._champion, self._last = champion, last
+
+    def champion(self) -> object | None:
+        return object() if self._champion else None
+
+    def last_pipeline_run(self) -> dict[str, str] | None:
+        return self._last
+
+
+LAST = {"data_hash": "d1", "code_version": "c1", "run_id": "r9"}
+
+
+@pytest.mark.parametrize(
+    ("champion", "last", "data", "code", "runs", "reason"),
+    [
+        (False, LAST, "d1", "c1", True, "no champion yet"),
+        (True, None, "d1", "c1", True, "no finished pipeline run yet"),
+        (True, LAST, "d1", "c1", False, "neither data nor code changed since pipeline run r9"),
+        (True, LAST, "d2", "c1", True, "data changed (d1 → d2)"),
+        (True, LAST, "d1", "c2", True, "code changed (c1 → c2)"),
+        (True, LAST, "d2", "c2", True, "data changed (d1 → d2); code changed (c1 → c2)"),
+    ],
+)
+def test_the_schedule_runs_only_when_something_changed(
+    champion: bool, last: dict[str, str] | None, data: str, code: str, runs: bool, reason: str
+) -> None:
+    decision = should_run(_History(champion, last), data, code)  # type: ignore[arg-type]
+    assert (decision.run, decision.reason) == (runs, reason)
+
+
+def test_the_scheduler_fires_on_the_configured_cron_one_run_at_a_time(tmp_path: Path) -> None:
+    calls: list[int] = []
+    scheduler = build_scheduler(
+        _settings(tmp_path, schedule_cron="30 4 * * 1"), lambda: calls.append(1), blocking=False
+    )
+    job = scheduler.get_job(JOB_ID)
+    assert job.max_instances == 1 and job.coalesce is True
+    after = datetime(2026, 1, 1, tzinfo=UTC)  # a Thursday
+    assert job.trigger.get_next_fire_time(None, after) == datetime(
+        2026, 1, 5, 4, 30, tzinfo=UTC
+    )  # next Monday
+    job.func()
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("field", "names"),
+    [
+        ("*", "*"),
+        ("1", "mon"),
+        ("0", "sun"),
+        ("7", "sun"),
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("0,6", "sun,sat"),
+        ("*/2", "sun,tue,thu,sat"),
+        ("mon-fri", "mon-fri"),
+    ],
+)
+def test_crontab_weekday_numbers_mean_what_cron_means(field: str, names: str) -> None:
+    from app.pipeline.schedule import crontab_weekdays
+
+    assert crontab_weekdays(field) == names
+
+
+def test_bad_cron_expressions_are_refused() -> None:
+    from app.pipeline.schedule import cron_trigger
+
+    with pytest.raises(ValueError, match="5 fields"):
+        cron_trigger("0 3 * *")
+    with pytest.raises(ValueError, match="day-of-week"):
+        cron_trigger("0 3 * * 9")
+
+
+def test_candidates_run_longest_first_and_new_ones_lead() -> None:
+    from app.pipeline.runner import longest_first
+
+    seconds = {"slow": 90.0, "fast": 2.0, "medium": 30.0}
+    assert longest_first(["fast", "new", "slow", "medium"], seconds) == ["new", "slow", "medium", "fast"]
+    assert longest_first(["b", "a"], {}) == ["b", "a"]  # no history: the configured order
+
+
+def test_parallel_candidates_share_the_cores(tmp_path: Path) -> None:
+    env = flow_environment(_settings(tmp_path), base={}, workers=os.cpu_count() or 1)
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1"
+    assert (
+        flow_environment(_settings(tmp_path), base={"OMP_NUM_THREADS": "4"}, workers=2)["OMP_NUM_THREADS"]
+        == "4"
+    )
