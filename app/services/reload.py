@@ -234,7 +234,7 @@ class ModelReloader:
     # ------------------------------------------------------------------ the poller
 
     def ensure_polling(self) -> None:
-        """Start this process's poller if it is not running (cheap; called on every request)."""
+        """Start this process's poller if it is not running (a pid comparison; called on every request)."""
         if self._poller_pid == os.getpid():
             return
         with self._lock:
@@ -246,6 +246,12 @@ class ModelReloader:
                 target=_poll, args=(weakref.ref(self), self._stop, self.poll_interval),
                 name="movierec-reload-poller", daemon=True,
             ).start()  # fmt: skip
+        # A worker forked from the uwsgi master after a reload inherited the master's (older)
+        # bundle: catch up now, before its first answer, instead of at the first poll.
+        try:
+            self.check_marker()
+        except Exception:  # serving goes on with the inherited bundle
+            log.exception("reload marker check failed")
 
     def stop(self) -> None:
         self._stop.set()

@@ -195,9 +195,14 @@ class RequestLog:
                     self._wake.wait()
                 if self._closed:
                     return
-                if len(self._pending) < self.batch_size and self.flush_interval > 0:
-                    # gather a batch: the first row waits at most flush_interval
-                    self._wake.wait(self.flush_interval)
+                # gather a batch: the first row waits at most flush_interval (appends wake this
+                # wait, so it loops to its deadline unless a full batch is ready)
+                deadline = time.monotonic() + self.flush_interval
+                while len(self._pending) < self.batch_size and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wake.wait(remaining)
                 if self._closed:
                     return
             try:

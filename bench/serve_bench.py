@@ -1,0 +1,637 @@
+"""Serving benchmark: the API under uwsgi, measured against its own authenticated floor in one run.
+
+What it does (loopback only, bounded in time):
+
+1. starts the service with the repository's ``uwsgi.ini`` (the only change: it binds
+   127.0.0.1 on a free port) on a trained bundle and a fresh SQLite database (or
+   ``--database-url``), secrets passed through the environment;
+2. measures with ``wrk`` (Debian package) ``POST /api/echo`` — token check, JSON body parsed and
+   validated, echoed: the floor every authenticated call pays — alternately with
+   ``POST /api/recommend`` (same body), and ``POST /api/recommend/score`` over unique
+   (id, movie) pairs issued beforehand, counting acknowledged scores;
+3. times the seed's path in-process: the seed's random forest scoring one profile over the
+   catalogue, against our lookup (in-process and over HTTP at one connection);
+4. times ``/api/predict/batch`` with 1,000 records against scikit-learn's ``predict`` on the
+   same features (the same encoder, scikit-learn's LinearRegression carrying our weights);
+5. reads every worker's memory (RSS and PSS), stops uwsgi gracefully, and counts rows:
+   every acknowledged score and every acknowledged recommendation must be in the database.
+
+Prints a table of figures and ratios against the targets of issue 5 and writes JSON
+(``--out``). Exit status 1 when a durability check fails; ``--strict`` also fails on a
+missed performance target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROFILE = {"age": 30, "gender": "M", "occupation": "programmer"}
+
+_SETUP_LUA = """
+function setup(thread) table.insert(threads, thread) end
+"""
+
+_DONE_LUA = """
+function done(summary, latency, requests)
+  local ok, bad = 0, 0
+  for _, t in ipairs(threads) do ok = ok + (t:get("ok") or 0); bad = bad + (t:get("bad") or 0) end
+  io.write(string.format("WRKJSON {\\"requests\\": %d, \\"duration_us\\": %d, \\"non2xx\\": %d, "
+    .. "\\"socket_errors\\": %d, \\"p50_us\\": %d, \\"p90_us\\": %d, \\"p99_us\\": %d, \\"mean_us\\": %.1f, "
+    .. "\\"ok\\": %d, \\"bad\\": %d}\\n",
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, ok, bad))
+end
+"""
+
+_POST_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
+wrk.body = '%(body)s'
+"""
+
+_SCORE_LUA = """
+local pairs_file = "%(pairs)s"
+local counter = 0
+local thread_id = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+function init(args)
+  ok = 0; bad = 0
+  items = {}
+  local n = 0
+  for line in io.lines(pairs_file) do
+    n = n + 1
+    if (n - 1) %% %(threads)d == tid then table.insert(items, line) end
+  end
+  index = 0
+end
+function request()
+  index = index + 1
+  if index > #items then
+    wrk.thread:stop()
+    index = #items
+  end
+  return wrk.format("POST", "/api/recommend/score",
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer %(token)s"}, items[index])
+end
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1 else bad = bad + 1 end
+end
+"""
+
+
+@dataclass
+class Results:
+    figures: dict[str, Any] = field(default_factory=dict)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    def check(self, name: str, passed: bool, detail: str) -> None:
+        self.checks.append((name, passed, detail))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_ini(source: Path, port: int, target: Path) -> Path:
+    """The repository's uwsgi.ini with only the bind address replaced by loopback."""
+    text = source.read_text()
+    lines = [line for line in text.splitlines() if not line.strip().startswith("http11-socket")]
+    lines.append(f"http11-socket = 127.0.0.1:{port}")
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+class Server:
+    """uwsgi with the app, started and stopped like production (start script, SIGTERM)."""
+
+    def __init__(
+        self, model_path: Path, database_url: str, workdir: Path, data_dir: Path, redis_url: str | None = None
+    ) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.password = secrets.token_urlsafe(16)
+        ini = bench_ini(ROOT / "uwsgi.ini", self.port, workdir / "uwsgi.ini")
+        self.env = {
+            **os.environ,
+            "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
+            "SESSION_PASSWORD": self.password,
+            "ADMIN_PASSWORD": secrets.token_urlsafe(16),
+            "MOVIEREC_JWT_SECRET": secrets.token_urlsafe(48),
+            "ML_MODEL_PATH": str(model_path),
+            "MOVIEREC_MODEL_DIR": str(model_path),
+            "MOVIEREC_DATA_DIR": str(data_dir),
+            "MOVIEREC_DATABASE_URL": database_url,
+            "MOVIEREC_LOG_LEVEL": "WARNING",
+            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus"),
+            "UWSGI_INI": str(ini),
+        }
+        if redis_url:
+            self.env["MOVIEREC_REDIS_URL"] = redis_url
+        self.log = (workdir / "uwsgi.log").open("wb")
+        self.process = subprocess.Popen(
+            [str(ROOT / "scripts" / "start-uwsgi.sh")], cwd=ROOT, env=self.env, stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"uwsgi exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                status, _ = self.request("GET", "/health/ready")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("uwsgi did not become ready in time")
+
+    def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            return send(connection, method, path, body, token)
+        finally:
+            connection.close()
+
+    def login(self) -> str:
+        status, body = self.request("POST", "/api/login", {"session_password": self.password})
+        if status != 200:
+            raise RuntimeError(f"login failed: {status} {body}")
+        return str(body["access_token"])
+
+    def workers(self) -> list[int]:
+        """Pids of uwsgi's worker processes (children of the master, which is the start script's exec)."""
+        master = self.process.pid
+        children = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == master:
+                children.append(int(entry.name))
+        return sorted(children)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (die-on-term): workers finish, run their exit hooks (request-log flush), exit."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+        finally:
+            self.log.close()
+
+
+def send(
+    connection: http.client.HTTPConnection, method: str, path: str, body: Any, token: str | None
+) -> tuple[int, Any]:
+    """One request on a keep-alive connection; reconnects once when a recycled worker closed it."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    payload = json.dumps(body) if body is not None else None
+    for attempt in (1, 2):
+        try:
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            return response.status, json.loads(data) if data else None
+        except (ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError):
+            connection.close()  # nothing was acknowledged on this attempt; http.client reconnects
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def create_pg_database(admin_url: str) -> tuple[str, str]:
+    """A fresh PostgreSQL database for one run (the production store in docker-compose)."""
+    import psycopg
+
+    name = f"movierec_bench_{secrets.token_hex(6)}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return name, f"{admin_url.rsplit('/', 1)[0]}/{name}"
+
+
+def drop_pg_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """RSS and PSS (proportional: shared pages split between the processes sharing them), KiB."""
+    values = {}
+    for name, path in (("rss", f"/proc/{pid}/status"), ("pss", f"/proc/{pid}/smaps_rollup")):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        key = "VmRSS" if name == "rss" else "Pss"
+        match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
+        if match:
+            values[name] = int(match.group(1))
+    return values
+
+
+def wrk(
+    port: int, path: str, script: str, seconds: float, threads: int, connections: int, workdir: Path
+) -> dict[str, Any]:
+    lua = workdir / f"wrk-{time.monotonic_ns()}.lua"
+    setup = "" if "function setup" in script else _SETUP_LUA
+    lua.write_text("threads = {}\n" + setup + script + _DONE_LUA)
+    duration = f"-d{max(1, round(seconds))}s"
+    command = ["wrk", f"-t{threads}", f"-c{connections}", duration, "--timeout", "10s", "-s", str(lua),
+               f"http://127.0.0.1:{port}{path}"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("WRKJSON "))
+    result = json.loads(line[len("WRKJSON ") :])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def post_script(token: str, body: dict[str, Any]) -> str:
+    return _POST_LUA % {"token": token, "body": json.dumps(body)}
+
+
+def median_time(fn: Callable[[], Any], repeat: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------- in-process parts
+
+
+def seed_forest_scoring(data_dir: Path, results: Results, lookup_seconds: float) -> None:
+    """The seed's path: a 100-tree forest scores every movie for one profile, per request."""
+    from app.recommender.data import find_local
+    from app.recommender.models.forest import SeedRandomForest
+    from app.recommender.segments import Segment
+
+    data = find_local(data_dir)
+    if data is None:
+        results.figures["seed_rf_ms"] = None
+        return
+    started = time.perf_counter()
+    forest = SeedRandomForest().fit(data.ratings, data.users, data.items)
+    results.figures["seed_rf_fit_s"] = time.perf_counter() - started
+    segment = Segment.of(PROFILE["age"], PROFILE["gender"], PROFILE["occupation"])
+    per_request = median_time(lambda: forest.score_segments([segment]), repeat=15)
+    results.figures["seed_rf_ms"] = per_request * 1e3
+    results.figures["lookup_in_process_us"] = lookup_seconds * 1e6
+
+
+def lookup_in_process(model_path: Path) -> float:
+    from app.recommender.bundle import load_bundle
+    from app.recommender.segments import Segment
+
+    bundle = load_bundle(model_path)
+    segment = Segment.of(PROFILE["age"], PROFILE["gender"], PROFILE["occupation"])
+    return median_time(lambda: [bundle.recommend_segment(segment, 10) for _ in range(100)], repeat=20) / 100
+
+
+def predict_batch_in_process(model_path: Path, records: list[dict[str, Any]], results: Results) -> Any:
+    """Our predict_records vs the same encoder feeding scikit-learn's LinearRegression.predict."""
+    import copy
+
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    from app.recommender.bundle import load_bundle
+    from app.services.models import attach_rating_model
+
+    bundle = load_bundle(model_path)
+    attach_rating_model(bundle)
+    ours = bundle.rating_model
+    if ours is None:
+        return None
+    regressor = ours.regressor_
+    sk = LinearRegression()
+    sk.coef_ = np.asarray(regressor.coef_, dtype=np.float64)
+    sk.intercept_ = float(regressor.intercept_)
+    sk.n_features_in_ = len(sk.coef_)
+    theirs = copy.copy(ours)
+    theirs.regressor_ = sk
+    ours_s = median_time(lambda: ours.predict_records(records), repeat=30)
+    theirs_s = median_time(lambda: theirs.predict_records(records), repeat=30)
+    assert np.allclose(ours.predict_records(records), theirs.predict_records(records), atol=1e-4)
+    frame = {k: [r[k] for r in records] for k in ("age", "gender", "occupation", "movie_id")}
+    X = ours.encoder_.transform(frame)
+    results.figures.update(
+        predict1000_ours_in_process_ms=ours_s * 1e3,
+        predict1000_sklearn_pipeline_ms=theirs_s * 1e3,
+        predict1000_slr_predict_only_us=median_time(lambda: regressor.predict(X), repeat=50) * 1e6,
+        predict1000_sklearn_predict_only_us=median_time(lambda: sk.predict(X), repeat=50) * 1e6,
+    )
+    return bundle
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(args: argparse.Namespace) -> Results:
+    from sqlalchemy import func, select
+
+    from app.storage.db import make_engine
+    from app.storage.models import Feedback, RecommendationRequest
+
+    results = Results()
+    workdir = Path(tempfile.mkdtemp(prefix="movierec-bench-"))
+    (workdir / "prometheus").mkdir()
+    model_path = Path(args.model_dir).resolve()
+    temp_database = None
+    if args.database == "sqlite":
+        database_url = f"sqlite:///{workdir / 'bench.db'}"
+    else:
+        temp_database, database_url = create_pg_database(args.pg_admin_url)
+    redis_url = args.redis_url if args.redis_url and redis_reachable(args.redis_url) else None
+    results.figures["config"] = {
+        "database": args.database, "redis": bool(redis_url), "seconds": args.seconds, "rounds": args.rounds,
+        "threads": args.threads, "connections": args.connections,
+    }  # fmt: skip
+    server = Server(model_path, database_url, workdir, Path(args.data_dir).resolve(), redis_url)
+    acknowledged_recommends = 0
+    try:
+        server.wait_ready()
+        token = server.login()
+        seconds, threads, connections = args.seconds, args.threads, args.connections
+        echo_script = post_script(token, PROFILE)
+        recommend_script = post_script(token, PROFILE)
+
+        # warm both paths up (imports, pools, caches), then alternate to cancel drift
+        wrk(server.port, "/api/echo", echo_script, 2, threads, connections, workdir)
+        warm = wrk(server.port, "/api/recommend", recommend_script, 2, threads, connections, workdir)
+        acknowledged_recommends += warm["requests"] - warm["non2xx"]
+        echo_runs, recommend_runs = [], []
+        for _ in range(args.rounds):
+            echo_runs.append(
+                wrk(server.port, "/api/echo", echo_script, seconds, threads, connections, workdir)
+            )
+            run_ = wrk(
+                server.port, "/api/recommend", recommend_script, seconds, threads, connections, workdir
+            )
+            recommend_runs.append(run_)
+            acknowledged_recommends += run_["requests"] - run_["non2xx"]
+
+        def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+            return {
+                "rps": statistics.mean(r["rps"] for r in runs),
+                "p50_ms": statistics.mean(r["p50_us"] for r in runs) / 1e3,
+                "p99_ms": statistics.mean(r["p99_us"] for r in runs) / 1e3,
+                "non2xx": sum(r["non2xx"] + r["socket_errors"] for r in runs),
+            }
+
+        echo, recommend = summary(echo_runs), summary(recommend_runs)
+        results.figures["echo"] = echo
+        results.figures["recommend"] = recommend
+
+        # one connection: per-request latency of a full HTTP round trip
+        single = wrk(server.port, "/api/recommend", recommend_script, 3, 1, 1, workdir)
+        acknowledged_recommends += single["requests"] - single["non2xx"]
+        results.figures["recommend_single_connection_mean_ms"] = single["mean_us"] / 1e3
+
+        # scores over unique (id, movie) pairs issued beforehand
+        pairs_file = workdir / "pairs.jsonl"
+        n_pairs = 0
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        with pairs_file.open("w") as out:
+            for i in range(args.score_ids):
+                status, body = send(connection, "POST", "/api/recommend", {**PROFILE, "age": 18 + i % 60,
+                                    "max_recs": 100}, token)  # fmt: skip
+                if status != 200:
+                    raise RuntimeError(f"issuing ids failed: {status} {body}")
+                acknowledged_recommends += 1
+                for title in body["recommendations"]:
+                    score = 0.5 + (n_pairs % 10) * 0.5
+                    out.write(json.dumps({"id": body["id"], "movie": title, "score": score}) + "\n")
+                    n_pairs += 1
+        connection.close()
+        score_script = _SCORE_LUA % {"pairs": str(pairs_file), "threads": threads, "token": token}
+        scores = wrk(
+            server.port, "/api/recommend/score", score_script, seconds, threads, connections, workdir
+        )
+        results.figures["score"] = {
+            "rps": scores["rps"], "p99_ms": scores["p99_us"] / 1e3, "acknowledged": scores["ok"],
+            "refused": scores["bad"], "pairs_available": n_pairs,
+        }  # fmt: skip
+
+        # /api/predict/batch with 1,000 records
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        from app.recommender.bundle import load_bundle
+
+        catalogue_ids = load_bundle(model_path).movie_ids
+        records = [
+            {"age": int(rng.integers(18, 70)), "gender": "MF"[i % 2], "occupation": "student",
+             "movie_id": int(catalogue_ids[int(rng.integers(0, len(catalogue_ids)))])}
+            for i in range(1_000)
+        ]  # fmt: skip
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        http_batch = median_time(
+            lambda: send(connection, "POST", "/api/predict/batch", {"instances": records}, token), repeat=30
+        )
+        connection.close()
+        results.figures["predict1000_http_ms"] = http_batch * 1e3
+        predict_batch_in_process(model_path, records, results)
+
+        # memory per worker with the bundle loaded
+        workers = server.workers()
+        results.figures["workers"] = {str(pid): memory_kib(pid) for pid in workers}
+        results.figures["master"] = memory_kib(server.process.pid)
+    finally:
+        status = server.stop()
+        results.figures["uwsgi_exit_status"] = status
+
+    # durability: count rows after a graceful stop
+    engine = make_engine(
+        database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+        if database_url.startswith("postgresql://") else database_url
+    )  # fmt: skip
+    with engine.connect() as connection_:
+        feedback_rows = int(connection_.scalar(select(func.count()).select_from(Feedback)))
+        request_rows = int(connection_.scalar(select(func.count()).select_from(RecommendationRequest)))
+    engine.dispose()
+    if temp_database is not None:
+        drop_pg_database(args.pg_admin_url, temp_database)
+    results.figures["rows"] = {"feedback": feedback_rows, "recommendation_requests": request_rows,
+                               "acknowledged_recommendations": acknowledged_recommends}  # fmt: skip
+
+    # in-process comparisons (after the server is gone, so they do not compete for the 2 cores)
+    lookup_s = lookup_in_process(model_path)
+    seed_forest_scoring(Path(args.data_dir), results, lookup_s)
+
+    evaluate(results)
+    if args.keep:
+        print(f"work directory kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def evaluate(results: Results) -> None:
+    f = results.figures
+    echo, recommend, score = f["echo"], f["recommend"], f["score"]
+    ratio = recommend["rps"] / echo["rps"]
+    results.check("/api/recommend throughput >= 0.9x echo", ratio >= 0.9, f"{ratio:.2f}x")
+    p99 = recommend["p99_ms"] / echo["p99_ms"]
+    results.check("/api/recommend p99 <= 1.2x echo", p99 <= 1.2, f"{p99:.2f}x")
+    ratio = score["rps"] / echo["rps"]
+    results.check("/api/recommend/score throughput >= 0.6x echo", ratio >= 0.6, f"{ratio:.2f}x")
+    # Each (id, movie) pair is posted once, so rows >= acknowledged means none was lost; rows may
+    # exceed it by the requests in flight when wrk stopped (answered, but no longer counted).
+    stored = f["rows"]["feedback"] >= score["acknowledged"] > 0 and score["refused"] == 0
+    results.check(
+        "every acknowledged score stored",
+        stored,
+        f"{score['acknowledged']} acknowledged, {f['rows']['feedback']} rows, {score['refused']} refused",
+    )
+    kept = f["rows"]["recommendation_requests"] >= f["rows"]["acknowledged_recommendations"]
+    results.check("every acknowledged recommendation logged", kept,
+                  f"{f['rows']['acknowledged_recommendations']} acknowledged, "
+                  f"{f['rows']['recommendation_requests']} rows")  # fmt: skip
+    if f.get("seed_rf_ms"):
+        speedup = f["seed_rf_ms"] / f["recommend_single_connection_mean_ms"]
+        in_process = f["seed_rf_ms"] / (f["lookup_in_process_us"] / 1e3)
+        results.check(
+            ">= 10x faster per request than the seed forest's scoring",
+            speedup >= 10,
+            f"{speedup:.0f}x over HTTP ({in_process:.0f}x in-process)",
+        )
+    if "predict1000_sklearn_pipeline_ms" in f:
+        ratio = f["predict1000_http_ms"] / f["predict1000_sklearn_pipeline_ms"]
+        results.check(
+            "/api/predict/batch (1,000) within 2x of scikit-learn predict",
+            ratio <= 2.0,
+            f"{ratio:.2f}x (HTTP vs in-process encode + sklearn predict)",
+        )
+
+
+def report(results: Results) -> str:
+    f = results.figures
+    e, r, sc, rows = f["echo"], f["recommend"], f["score"], f["rows"]
+    lines = [
+        "| measure | value |",
+        "|---|---|",
+        f"| echo (JWT floor) throughput | {e['rps']:.0f} req/s, p50 {e['p50_ms']:.2f} ms, "
+        f"p99 {e['p99_ms']:.2f} ms |",
+        f"| /api/recommend throughput | {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
+        f"p99 {r['p99_ms']:.2f} ms |",
+        f"| /api/recommend/score throughput | {sc['rps']:.0f} req/s, p99 {sc['p99_ms']:.2f} ms, "
+        f"{sc['acknowledged']} acknowledged |",
+        f"| rows after graceful stop | {rows['feedback']} feedback, {rows['recommendation_requests']} "
+        f"requests ({rows['acknowledged_recommendations']} acknowledged) |",
+        f"| /api/recommend, one connection | {f['recommend_single_connection_mean_ms']:.2f} ms mean |",
+    ]
+    if f.get("seed_rf_ms"):
+        lines.append(f"| seed random forest, one profile x catalogue (in-process) | {f['seed_rf_ms']:.1f} ms "
+                     f"(fit {f['seed_rf_fit_s']:.1f} s) |")  # fmt: skip
+        lines.append(f"| our lookup (in-process) | {f['lookup_in_process_us']:.1f} µs |")
+    if "predict1000_sklearn_pipeline_ms" in f:
+        lines += [
+            f"| /api/predict/batch, 1,000 records (HTTP) | {f['predict1000_http_ms']:.2f} ms |",
+            f"| 1,000 records in-process: ours / encoder + sklearn predict | "
+            f"{f['predict1000_ours_in_process_ms']:.2f} ms / {f['predict1000_sklearn_pipeline_ms']:.2f} ms |",
+            f"| predict only (1,000 records): SimpleLinearRegression / sklearn | "
+            f"{f['predict1000_slr_predict_only_us']:.0f} µs / "
+            f"{f['predict1000_sklearn_predict_only_us']:.0f} µs |",
+        ]
+    for pid, memory in f["workers"].items():
+        lines.append(f"| worker {pid} memory | RSS {memory.get('rss', 0) / 1024:.0f} MiB, "
+                     f"PSS {memory.get('pss', 0) / 1024:.0f} MiB |")  # fmt: skip
+    lines += ["", "| target | met | measured |", "|---|---|---|"]
+    lines += [f"| {name} | {'yes' if ok else 'NO'} | {detail} |" for name, ok, detail in results.checks]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", default=str(ROOT / "model"), help="model store or bundle (trained)")
+    parser.add_argument("--data-dir", default=str(ROOT / "data"), help="ml-100k (seed forest comparison)")
+    parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres",
+                        help="a fresh PostgreSQL database (as in compose) or SQLite")  # fmt: skip
+    parser.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("MOVIEREC_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument("--redis-url", default=os.environ.get("MOVIEREC_BENCH_REDIS", "redis://127.0.0.1:6379/15"),
+                        help="used when reachable (as in compose); '' to run without Redis")  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each measured wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating echo/recommend rounds")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--score-ids", type=int, default=400, help="ids issued for the score run (x100 pairs)"
+    )
+    parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "serve.json"))
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a performance target is missed")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (uwsgi log)")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    results = run(args)
+    table = report(results)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"figures": results.figures, "checks": results.checks}, indent=2))
+    durability = [ok for name, ok, _ in results.checks if "stored" in name or "logged" in name]
+    if not all(durability):
+        return 1
+    if args.strict and not all(ok for _, ok, _ in results.checks):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
