@@ -109,7 +109,10 @@ def make_app(make_settings: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
 
     yield factory
     for app in apps:
-        app.extensions["movierec"].db.dispose()
+        services = app.extensions["movierec"]
+        # write what the test's requests left pending now, while the test's database still exists
+        services.recommendations.request_log.close(timeout=2.0)
+        services.db.dispose()
 
 
 @pytest.fixture
