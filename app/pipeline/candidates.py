@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.recommender.accuracy import bundle_score
 from app.recommender.bundle import LoadedBundle, Tables, build_tables, write_bundle
@@ -23,6 +23,9 @@ from app.recommender.data import MovieLens
 from app.recommender.evaluation import REFERENCE_SEED, K, evaluate
 from app.recommender.models import Recommender, make_model
 from app.recommender.training import RATING_MODEL_FILE, make_test_data
+
+if TYPE_CHECKING:
+    from app.registry.mlflow_registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +158,57 @@ def write_candidate_bundle(
         store, result.model, data.items, result.tables, manifest, result.test_data,
         set_latest=False, extra_models=extra_models,
     )  # fmt: skip
+
+
+def publish_candidate(
+    result: CandidateResult,
+    data: MovieLens,
+    registry: Registry,
+    run_id: str,
+    extra_manifest: dict[str, Any],
+    rating_model: Recommender | None,
+    scratch_root: Path,
+) -> dict[str, Any]:
+    """Write the bundle and the reports, upload them to the candidate's MLflow run; return what
+    the registration step needs (small: no model, no tables).
+
+    Runs inside the training branch, so the slow part of publishing (compressing the model,
+    plotting, copying artifacts) happens in parallel across candidates.
+    """
+    import shutil
+    import tempfile
+
+    from app.recommender.bundle import new_version
+    from app.recommender.report import write_report
+
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"publish-{result.name}-", dir=scratch_root))
+    started = time.perf_counter()
+    try:
+        version = f"{new_version(salt=str(extra_manifest.get('data_hash', '')) + result.name)}-{result.name}"[
+            :64
+        ]
+        bundle = write_candidate_bundle(
+            result, data, scratch / "bundles", {"version": version, **extra_manifest}, rating_model
+        )
+        reports: list[Path] = []
+        for protocol, report in (("A", result.report_a), ("B", result.report_b)):
+            if report["models"]:
+                reports.extend(write_report(report, scratch / "reports" / f"protocol-{protocol}.json"))
+        registry.upload_candidate_artifacts(run_id, bundle, reports)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.timings["publish"] = time.perf_counter() - started
+    return {
+        "candidate": result.name,
+        "run_id": run_id,
+        "bundle_version": bundle.name,
+        "params": result.model.params(),
+        "ndcg_a": result.ndcg_a,
+        "ndcg_b": (result.summary_b or {}).get(SELECTION_METRIC),
+        "summary_a": result.summary_a,
+        "summary_b": result.summary_b,
+        "report_a": result.report_a,
+        "report_b": result.report_b,
+        "timings": dict(result.timings),
+    }

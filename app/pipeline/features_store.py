@@ -25,14 +25,16 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import duckdb
 import fsspec
 import pandas as pd
 
-from app.pipeline.ingest import FEEDBACK_USER_BASE, Ingested
 from app.recommender.features import item_features, user_features
+
+if TYPE_CHECKING:  # the ingest module pulls in the service database layer; SQL needs none of it
+    from app.pipeline.ingest import Ingested
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class Snapshot:
 
 def feature_tables(ingested: Ingested) -> dict[str, pd.DataFrame]:
     """The four snapshot tables of one ingested training set."""
+    from app.pipeline.ingest import FEEDBACK_USER_BASE
+
     data = ingested.data
     users = user_features(data.ratings, data.users, data.items)
     users.insert(

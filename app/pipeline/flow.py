@@ -69,12 +69,12 @@ class MovieRecTrainingFlow(FlowSpec):
 
         settings = _settings()
         self.started = time.time()
-        names = resolve_candidates(self.candidates or settings.pipeline_candidates)
+        names = resolve_candidates(str(self.candidates) or settings.pipeline_candidates)
         self.configured_names = names
         registry = Registry.from_settings(settings)
         # Longest first, so the slowest candidate never starts last on a free worker.
         self.candidate_names = longest_first(names, registry.candidate_seconds(names))
-        self.seed_list = resolve_seeds(self.seeds or settings.pipeline_seeds)
+        self.seed_list = resolve_seeds(str(self.seeds) or settings.pipeline_seeds)
         ingested = ingest(settings.data_dir, _database(settings))
         self.data = ingested.data
         self.feedback = ingested.feedback
@@ -85,11 +85,24 @@ class MovieRecTrainingFlow(FlowSpec):
             {
                 "data_hash": self.data_hash,
                 "code_version": self.code_version,
-                "metaflow_run_id": current.run_id,
-                "trigger": self.trigger,
+                "metaflow_run_id": str(current.run_id),
+                "trigger": str(self.trigger),
                 "candidates": ",".join(self.candidate_names),
             }
         )
+        # One MLflow run per candidate, opened here so each training branch uploads its own artifacts.
+        self.candidate_runs = {
+            name: registry.start_candidate_run(
+                self.pipeline_run_id,
+                name,
+                {
+                    "code_version": self.code_version,
+                    "data_hash": self.data_hash,
+                    "metaflow_run_id": str(current.run_id),
+                },
+            )
+            for name in self.candidate_names
+        }
         self.next(self.features)
 
     @step
@@ -113,59 +126,54 @@ class MovieRecTrainingFlow(FlowSpec):
 
     @step
     def train(self) -> None:
-        """One candidate: protocols A and B, fit on all data, batch inference."""
-        from app.pipeline.candidates import train_candidate
+        """One candidate: protocols A and B, fit on all data, batch inference, bundle → MLflow."""
+        from app.pipeline.candidates import publish_candidate, train_candidate
+        from app.registry.mlflow_registry import Registry
 
-        _settings()
-        self.result = train_candidate(self.data, self.input, self.seed_list)
+        settings = _settings()
+        name = str(self.input)
+        result = train_candidate(self.data, name, self.seed_list)
+        extra_manifest = {
+            "code_version": self.code_version,
+            "data_hash": self.data_hash,
+            "pipeline": {"metaflow_run_id": current.run_id, "mlflow_run_id": self.pipeline_run_id},
+        }
+        self.published = publish_candidate(
+            result, self.data, Registry.from_settings(settings), self.candidate_runs[name], extra_manifest,
+            self.rating_model, _scratch_root(settings),
+        )  # fmt: skip
         self.next(self.register)
 
     @step
     def register(self, inputs: Any) -> None:
-        """Log every candidate to MLflow and register its bundle as a new model version."""
-        from app.pipeline.candidates import write_candidate_bundle
-        from app.recommender.bundle import new_version
-        from app.recommender.report import write_report
+        """Close every candidate's MLflow run and register its bundle as a new model version."""
         from app.registry.mlflow_registry import Registry
 
-        self.merge_artifacts(inputs, exclude=["result"])
+        self.merge_artifacts(inputs, exclude=["published"])
         settings = _settings()
         registry = Registry.from_settings(settings)
         self.registered: list[dict[str, Any]] = []
-        scratch = Path(tempfile.mkdtemp(prefix="register-", dir=_scratch_root(settings)))
-        try:
-            for branch in inputs:
-                result = branch.result
-                bundle = write_candidate_bundle(
-                    result, self.data, scratch / "bundles",
-                    {"version": f"{new_version(salt=self.data_hash + result.name)}-{result.name}"[:64],
-                     "code_version": self.code_version, "data_hash": self.data_hash,
-                     "pipeline": {"metaflow_run_id": current.run_id, "mlflow_run_id": self.pipeline_run_id}},
-                    rating_model=self.rating_model,
-                )  # fmt: skip
-                reports = []
-                for protocol, report in (("A", result.report_a), ("B", result.report_b)):
-                    if report["models"]:
-                        reports.extend(
-                            write_report(report, scratch / result.name / f"protocol-{protocol}.json")
-                        )
-                tags = {"code_version": self.code_version, "data_hash": self.data_hash,
-                        "bundle_version": bundle.name, "candidate": result.name,
-                        "ndcg_a": f"{result.ndcg_a:.6f}", "pipeline_run": self.pipeline_run_id}  # fmt: skip
-                run_id = registry.log_candidate(
-                    self.pipeline_run_id, result.name, result.model.params(),
-                    {"A": result.report_a, "B": result.report_b}, bundle, reports, tags, result.timings,
-                )  # fmt: skip
-                info = registry.register(
-                    run_id, tags, description=f"{result.name} trained by pipeline run {current.run_id}"
-                )
-                self.registered.append(
-                    {"version": info.version, "candidate": result.name, "bundle_version": bundle.name,
-                     "ndcg_a": result.ndcg_a, "ndcg_b": (result.summary_b or {}).get("ndcg@10_mean"),
-                     "summary_a": result.summary_a, "summary_b": result.summary_b, "timings": result.timings}
-                )  # fmt: skip
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        for branch in inputs:
+            entry = branch.published
+            tags = {"code_version": self.code_version, "data_hash": self.data_hash,
+                    "bundle_version": entry["bundle_version"], "candidate": entry["candidate"],
+                    "ndcg_a": f"{entry['ndcg_a']:.6f}", "pipeline_run": self.pipeline_run_id}  # fmt: skip
+            reports = {"A": entry["report_a"], "B": entry["report_b"]}
+            registry.finish_candidate_run(
+                entry["run_id"], entry["candidate"], entry["params"], reports, entry["timings"],
+                {"bundle_version": entry["bundle_version"]},
+            )  # fmt: skip
+            info = registry.register(
+                entry["run_id"],
+                tags,
+                description=f"{entry['candidate']} trained by pipeline run {current.run_id}",
+            )
+            self.registered.append(
+                {
+                    "version": info.version,
+                    **{k: v for k, v in entry.items() if k not in ("report_a", "report_b", "params")},
+                }
+            )
         self.next(self.gate)
 
     @step
@@ -270,14 +278,14 @@ class MovieRecTrainingFlow(FlowSpec):
                 {
                     "promoted": self.promoted or "",
                     "champion": self.champion or "",
-                    "seconds": self.summary["seconds"],
+                    "seconds": str(self.summary["seconds"]),
                 },
                 [summary_file],
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if self.summary_path:
-            Path(self.summary_path).write_text(json.dumps(self.summary, indent=2, default=str))
+            Path(str(self.summary_path)).write_text(json.dumps(self.summary, indent=2, default=str))
 
 
 def _scratch_root(settings: Any) -> Path:

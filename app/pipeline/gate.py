@@ -17,7 +17,7 @@ decision and its reasons are stored with the version in the registry.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from app.recommender.accuracy import run_accuracy_test
-from app.recommender.bundle import BundleError, LoadedBundle, load_bundle
+from app.recommender.bundle import BundleError, LoadedBundle, Recommendation, load_bundle
 from app.recommender.evaluation import K
 from app.recommender.segments import all_segments
 
@@ -126,13 +126,15 @@ def lookup_p99_ms(bundle: LoadedBundle, users: list[int], k: int = K, repeats: i
     busy machine preempting the process, and keeps what the bundle itself costs per request.
     """
     timings = []
-    lookups = [(bundle.recommend_segment, segment) for segment in all_segments()]
+    lookups: list[tuple[Callable[[Any, int], list[Recommendation]], Any]] = [
+        (bundle.recommend_segment, segment) for segment in all_segments()
+    ]
     lookups += [(bundle.recommend_user, user) for user in users]
     for lookup, key in lookups:
         best = float("inf")
         for _ in range(repeats):
             started = time.perf_counter()
-            lookup(key, k)  # type: ignore[operator]
+            lookup(key, k)
             best = min(best, time.perf_counter() - started)
         timings.append(best)
     return float(np.percentile(timings, 99) * 1000.0)

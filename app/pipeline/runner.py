@@ -209,7 +209,8 @@ def run_flow(
 
 
 def _mark_failed(settings: Settings, run_id_file: Path) -> None:
-    """Close the MLflow pipeline run of a failed flow so it never counts as a finished one."""
+    """Close the MLflow runs (pipeline and candidates) of a failed flow as FAILED, so they never
+    count as finished ones (the scheduler's skip check, the longest-first timings)."""
     if not run_id_file.is_file():
         return
     try:
@@ -218,7 +219,9 @@ def _mark_failed(settings: Settings, run_id_file: Path) -> None:
         registry = Registry.from_settings(settings)
         metaflow_run = run_id_file.read_text().strip()
         runs = registry.client.search_runs(
-            [registry.experiment_id], filter_string=f"tags.metaflow_run_id = '{metaflow_run}'", max_results=5
+            [registry.experiment_id],
+            filter_string=f"tags.metaflow_run_id = '{metaflow_run}'",
+            max_results=500,
         )
         for run in runs:
             if run.info.status == "RUNNING":

@@ -156,15 +156,21 @@ def build_scheduler(settings: Settings, job: Callable[[], Any], blocking: bool =
     return scheduler
 
 
-def serve(settings: Settings) -> None:
-    """Run forever: once now if there is no champion, then on the cron expression."""
+def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bool = True) -> Any:
+    """Train once now if there is no champion, then on the cron expression.
 
-    def job() -> None:
+    Blocks forever by default (``movierec schedule``); with ``blocking=False`` the scheduler
+    runs in a background thread and is returned (tests, embedding).
+    """
+
+    def default_job() -> None:
         tick(settings)
 
-    scheduler = build_scheduler(settings, job)
+    job = job or default_job
+    scheduler = build_scheduler(settings, job, blocking)
     if Registry.from_settings(settings).champion() is None:
         log.info("no champion yet: training once at start")
         job()
     log.info("training scheduled on '%s' (UTC)", settings.schedule_cron)
     scheduler.start()
+    return scheduler

@@ -83,9 +83,8 @@ def request_reload(
         return False
     base = service_url.rstrip("/")
     try:
-        token = _post_json(f"{base}/api/login", {"session_password": admin_password}, None, timeout)[
-            "access_token"
-        ]
+        login = _post_json(f"{base}/api/login", {"session_password": admin_password}, None, timeout)
+        token = str(login["access_token"])
         body: dict[str, object] = {"wait": True} | ({"version": version} if version else {})
         answer = _post_json(f"{base}/api/admin/reload", body, token, timeout)
     except (OSError, KeyError, ValueError) as exc:  # URLError/HTTPError are OSErrors

@@ -66,7 +66,7 @@ class VersionInfo:
             bundle_version=tags.get("bundle_version", ""),
             ndcg_a=float(ndcg) if ndcg not in (None, "") else None,
             run_id=mv.run_id,
-            source=mv.source,
+            source=mv.source or "",
             tags=tags,
             aliases=tuple(mv.aliases or ()),
         )
@@ -217,26 +217,34 @@ class Registry:
         )
         return dict(runs[0].data.tags) | {"run_id": runs[0].info.run_id} if runs else None
 
-    def log_candidate(
-        self,
-        parent_run_id: str,
-        name: str,
-        params: Mapping[str, Any],
-        reports: Mapping[str, dict[str, Any]],
-        bundle_dir: Path,
-        report_files: Iterable[Path],
-        tags: Mapping[str, str],
-        timings: Mapping[str, float] | None = None,
-    ) -> str:
-        """One run per candidate: params, per-seed and summary metrics, timings, reports, the bundle."""
-        from mlflow.entities import Metric, Param
-
+    def start_candidate_run(self, parent_run_id: str, name: str, tags: Mapping[str, str]) -> str:
+        """Open the run of one candidate (before training, so its branch can upload artifacts)."""
         run = self.client.create_run(
             self.experiment_id, run_name=name,
             tags={"kind": "candidate", "candidate": name, "mlflow.parentRunId": parent_run_id,
                   **{k: str(v) for k, v in tags.items()}},
         )  # fmt: skip
-        run_id = run.info.run_id
+        return run.info.run_id
+
+    def upload_candidate_artifacts(self, run_id: str, bundle_dir: Path, report_files: Iterable[Path]) -> None:
+        """The bundle directory and the report files: artifact storage only, no tracking writes,
+        so parallel training branches can do it at the same time."""
+        for path in report_files:
+            self.client.log_artifact(run_id, str(path), REPORTS_ARTIFACT)
+        self.client.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT)
+
+    def finish_candidate_run(
+        self,
+        run_id: str,
+        name: str,
+        params: Mapping[str, Any],
+        reports: Mapping[str, dict[str, Any]],
+        timings: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Params, per-seed and summary metrics of both protocols, timings; then close the run."""
+        from mlflow.entities import Metric, Param, RunTag
+
         now = int(datetime.now(UTC).timestamp() * 1000)
         metrics: list[Metric] = []
         for protocol, report in reports.items():
@@ -257,15 +265,14 @@ class Registry:
         if timings:
             metrics.append(Metric(TOTAL_SECONDS, float(sum(timings.values())), now, 0))
         flat = [Param(k, v) for k, v in _flat_params(params).items()]
+        run_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         for start in range(0, len(metrics), 1000):  # MLflow's batch limits: 1000 metrics, 100 params
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        for start in range(0, len(flat), 100):
-            self.client.log_batch(run_id, params=flat[start : start + 100])
-        for path in report_files:
-            self.client.log_artifact(run_id, str(path), REPORTS_ARTIFACT)
-        self.client.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT)
+        for start in range(0, max(len(flat), len(run_tags)), 100):
+            self.client.log_batch(
+                run_id, params=flat[start : start + 100], tags=run_tags[start : start + 100]
+            )
         self.client.set_terminated(run_id, "FINISHED")
-        return run_id
 
     # ------------------------------------------------------------------ versions and aliases
 

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from app.config import Settings
 from app.pipeline.features_store import FeatureStore
 from app.pipeline.ingest import FEEDBACK_USER_BASE
-from app.pipeline.runner import FlowRun, features_root, run_flow
-from app.pipeline.schedule import tick
-from app.recommender.bundle import LATEST, code_version, load_bundle
+from app.pipeline.runner import FlowRun, PipelineError, features_root, run_flow
+from app.pipeline.schedule import JOB_ID, serve, tick
+from app.recommender.bundle import LATEST, load_bundle
 from app.recommender.segments import Segment
 from app.registry.export import served_version
 from app.registry.mlflow_registry import CHALLENGER, Registry
@@ -125,7 +125,7 @@ def test_first_run_registers_every_candidate_and_serves_the_champion(
         info = registry.get(entry["version"])
         assert info.decision == entry["decision"]
         assert any("smoke tests passed" in r for r in info.reasons)
-        assert info.tags["code_version"] == code_version() == first_run["code_version"]
+        assert info.tags["code_version"] == first_run["code_version"]
         assert info.tags["data_hash"] == first_run["data_hash"]
         run = registry.client.get_run(info.run_id)
         assert run.data.metrics["A.ndcg_at_10_mean"] == pytest.approx(entry["ndcg_a"])
@@ -152,6 +152,8 @@ def test_first_run_registers_every_candidate_and_serves_the_champion(
         assert user_features_snapshot(db) == (first_run["features_snapshot"], 120)
     finally:
         db.dispose()
+
+    assert len(first_run["code_version"]) == 12 and first_run["code_version"] != "0ld-code"
 
     # The pipeline run itself is tracked, finished, with what the scheduler compares.
     last = registry.last_pipeline_run()
@@ -288,12 +290,52 @@ def test_a_code_change_triggers_a_new_run_and_a_new_model_version(
     settings = lifecycle.settings.model_copy(update={"pipeline_candidates": "most_liked"})
     result = tick(settings)
     assert result.error is None, result.error
-    assert result.ran and result.decision.reason == f"code changed (0ld-code → {code_version()})"
+    # What the tick computed (the shared working tree may be edited while the tests run).
+    current = result.decision.code_version
+    assert len(current) == 12 and int(current, 16) >= 0
+    assert result.ran and result.decision.reason == f"code changed (0ld-code → {current})"
     new_versions = [v for v in registry.versions() if v.version not in before]
     assert [v.candidate for v in new_versions] == ["most_liked"]
-    assert new_versions[0].tags["code_version"] == code_version()
+    assert new_versions[0].tags["code_version"] == current == (result.summary or {})["code_version"]
     assert json.loads(new_versions[0].tags["gate_reasons"])
     assert not tick(settings, runner=_no_run).ran
+
+
+def test_the_scheduler_trains_at_start_only_when_there_is_no_champion(
+    lifecycle: Lifecycle, first_run: dict[str, Any], tmp_path: Path
+) -> None:
+    calls: list[str] = []
+    empty = lifecycle.settings.model_copy(update={"var_dir": tmp_path / "var"})  # a registry without versions
+    for settings, expected in ((empty, ["job"]), (lifecycle.settings, [])):
+        calls.clear()
+        scheduler = serve(settings, job=lambda: calls.append("job"), blocking=False)
+        try:
+            assert calls == expected
+            assert scheduler.running and scheduler.get_job(JOB_ID).next_run_time is not None
+        finally:
+            scheduler.shutdown(wait=False)
+
+
+def test_a_failed_flow_is_reported_and_its_runs_never_count_as_finished(
+    lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("the features store cannot be created under a file")
+    settings = lifecycle.settings.model_copy(
+        update={
+            "var_dir": tmp_path / "var",
+            "features_root": str(blocker / "features"),
+            "model_dir": tmp_path / "m",
+        }
+    )
+    with pytest.raises(PipelineError, match="the training flow failed"):
+        run_flow(settings, candidates=["most_liked"], timeout=FLOW_TIMEOUT)
+    registry = Registry.from_settings(settings)
+    runs = registry.client.search_runs([registry.experiment_id])
+    assert {r.data.tags["kind"] for r in runs} == {"pipeline", "candidate"}
+    assert {r.info.status for r in runs} == {"FAILED"}
+    assert registry.last_pipeline_run() is None and registry.champion() is None
+    assert not (tmp_path / "m").exists()
 
 
 def _no_run(*_args: Any, **_kwargs: Any) -> FlowRun:
