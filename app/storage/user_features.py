@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 
 from app.storage.db import Database
 from app.storage.models import UserFeatures, utcnow
@@ -58,7 +58,7 @@ def replace_user_features(
     with db.session() as session:
         session.execute(delete(UserFeatures))
         if values:
-            session.execute(UserFeatures.__table__.insert(), values)
+            session.execute(insert(UserFeatures), values)
     return len(values)
 
 
