@@ -68,7 +68,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Only when testing or with --debug: tokens then die with the process.
         jwt_secret = secrets.token_urlsafe(48)
         if not settings.testing:
-            log.warning("MOVIEREC_JWT_SECRET is not set: signing tokens with a per-process random secret (debug only)")
+            log.warning(
+                "MOVIEREC_JWT_SECRET is not set: signing tokens with a per-process random secret (debug only)"
+            )
 
     app = Flask(__name__, template_folder="api/templates")
     app.config["TESTING"] = settings.testing
@@ -87,7 +89,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     request_log = RequestLog(
         db, flush_interval=settings.request_log_flush_seconds, max_pending=settings.request_log_max_pending
     )
-    recommendations = RecommendationService(models, db, id_secret=jwt_secret.encode(), request_log=request_log)
+    recommendations = RecommendationService(
+        models, db, id_secret=jwt_secret.encode(), request_log=request_log
+    )
     app.extensions["movierec"] = Services(settings, db, models, recommendations)
     install_serving(app.extensions["movierec"], settings)
     install_monitoring(app, app.extensions["movierec"], settings, model_store(settings))

@@ -42,7 +42,9 @@ def data() -> None:
 
 
 @data.command("fetch")
-@click.option("--source", "sources", multiple=True, help="pypi, grouplens or a local PATH (repeatable; tried in order).")
+@click.option(
+    "--source", "sources", multiple=True, help="pypi, grouplens or a local PATH (repeatable; tried in order)."
+)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
 def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
     """Cache ml-100k under the data root (default sources: pypi, then grouplens)."""
@@ -53,7 +55,9 @@ def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
     except DataUnavailableError as exc:
         raise click.ClickException(str(exc)) from exc
     loaded = load_directory(path)
-    click.echo(f"{path}: {len(loaded.ratings)} ratings, {len(loaded.users)} users, {len(loaded.items)} movies")
+    click.echo(
+        f"{path}: {len(loaded.ratings)} ratings, {len(loaded.users)} users, {len(loaded.items)} movies"
+    )
 
 
 # ----------------------------------------------------------------------------- models
@@ -62,9 +66,18 @@ def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
 @cli.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
 @click.option("--model-dir", type=click.Path(path_type=Path), default=Path("model"), show_default=True)
-@click.option("--models", "models", default=None, help="Comma-separated candidate names (default: all defaults).")
-@click.option("--seeds", default=",".join(map(str, STANDARD_SEEDS)), show_default=True, help="Protocol-A split seeds for selection.")
-@click.option("--if-missing", is_flag=True, help="Do nothing when the model dir already has a 'latest' bundle.")
+@click.option(
+    "--models", "models", default=None, help="Comma-separated candidate names (default: all defaults)."
+)
+@click.option(
+    "--seeds",
+    default=",".join(map(str, STANDARD_SEEDS)),
+    show_default=True,
+    help="Protocol-A split seeds for selection.",
+)
+@click.option(
+    "--if-missing", is_flag=True, help="Do nothing when the model dir already has a 'latest' bundle."
+)
 def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_missing: bool) -> None:
     """Train candidates, pick the best by protocol-A NDCG@10, write a bundle; print its path."""
     from app.recommender.bundle import LATEST, MANIFEST
@@ -86,8 +99,15 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
 @click.option("--protocol", type=click.Choice(["A", "B"]), default="A", show_default=True)
 @click.option("--seeds", default=",".join(map(str, (*STANDARD_SEEDS, REFERENCE_SEED))), show_default=True)
-@click.option("--models", "models", default=None, help="Comma-separated model names (default: all candidates).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON report path (a PNG is written beside it).")
+@click.option(
+    "--models", "models", default=None, help="Comma-separated model names (default: all candidates)."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON report path (a PNG is written beside it).",
+)
 def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out: Path | None) -> None:
     """Run an offline protocol of EVALUATION.md; print the table, write JSON + PNG."""
     from app.recommender.data import load_movielens
@@ -160,10 +180,14 @@ def accuracy(model_path: Path, test_data: Path, error_tolerance: float) -> None:
     )  # fmt: skip
     if not result.passed:
         click.echo(
-            f"FAILED: {result.metric} {result.score:.6f} < expected {result.expected:.6f} - {result.tolerance}", err=True
+            f"FAILED: {result.metric} {result.score:.6f} < expected "
+            f"{result.expected:.6f} - {result.tolerance}",
+            err=True,
         )
         sys.exit(1)
-    click.echo(f"OK: {result.metric} {result.score:.6f} >= expected {result.expected:.6f} - {result.tolerance}")
+    click.echo(
+        f"OK: {result.metric} {result.score:.6f} >= expected {result.expected:.6f} - {result.tolerance}"
+    )
 
 
 # ----------------------------------------------------------------------------- ML life cycle

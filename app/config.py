@@ -17,7 +17,9 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
-WEAK_SECRETS = frozenset({"secret", "changeme", "change-me", "jwt-secret", "super-secret", "test", "password"})
+WEAK_SECRETS = frozenset(
+    {"secret", "changeme", "change-me", "jwt-secret", "super-secret", "test", "password"}
+)
 
 
 class ConfigurationError(RuntimeError):
@@ -39,7 +41,9 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = None
     token_ttl_seconds: int = Field(default=3600, ge=1)
 
-    model_path: Path = Field(default=Path("model"), validation_alias=AliasChoices("ML_MODEL_PATH", "MOVIEREC_MODEL_PATH"))
+    model_path: Path = Field(
+        default=Path("model"), validation_alias=AliasChoices("ML_MODEL_PATH", "MOVIEREC_MODEL_PATH")
+    )
     model_dir: Path = Path("model")
     data_dir: Path = Path("data")
     database_url: str = "sqlite:///var/movierec.db"
@@ -62,22 +66,32 @@ class Settings(BaseSettings):
     # abuse and browser hardening (app/api/security.py)
     login_rate_limit: str = "10 per minute"  # per client address, shared through Redis when configured
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; empty = CORS off
-    hsts_seconds: int = Field(default=0, ge=0)  # Strict-Transport-Security max-age; 0 = header off (no TLS here)
+    hsts_seconds: int = Field(
+        default=0, ge=0
+    )  # Strict-Transport-Security max-age; 0 = header off (no TLS here)
     # web UI token cookie Secure flag (app/api/ui.py); None = on except when testing or --debug
     ui_cookie_secure: bool | None = None
     default_max_recs: int = 10
     # serving (app/services/request_log.py, reload.py; docs/serving.md)
-    request_log_flush_seconds: float = Field(default=0.02, ge=0, le=60)  # longest a served row waits in memory
+    request_log_flush_seconds: float = Field(
+        default=0.02, ge=0, le=60
+    )  # longest a served row waits in memory
     request_log_max_pending: int = Field(default=50_000, ge=1)  # buffered rows before /api/recommend says 503
     reload_poll_seconds: float = Field(default=1.0, gt=0)  # how often each worker checks the reload marker
     log_level: str = "INFO"
     # monitoring: /metrics, online quality, drift, circuit breaker (app/monitoring; docs/operations.md)
     metrics_allow_cidrs: str = ""  # comma-separated networks allowed to scrape /metrics; empty = any address
     metrics_token: SecretStr | None = None  # bearer token scrapers must send to /metrics; None = no token
-    monitor_interval_seconds: float = Field(default=30.0, ge=0)  # evaluation timer (one worker per turn); 0 = off
+    monitor_interval_seconds: float = Field(
+        default=30.0, ge=0
+    )  # evaluation timer (one worker per turn); 0 = off
     monitor_every_events: int = Field(default=200, ge=0)  # also evaluate after this many scores in a worker
-    monitor_sync_seconds: float = Field(default=2.0, gt=0)  # how often a worker re-reads the shared breaker state
-    quality_window_seconds: float = Field(default=3600.0, gt=0)  # sliding window of the online metrics and drift
+    monitor_sync_seconds: float = Field(
+        default=2.0, gt=0
+    )  # how often a worker re-reads the shared breaker state
+    quality_window_seconds: float = Field(
+        default=3600.0, gt=0
+    )  # sliding window of the online metrics and drift
     breaker_enabled: bool = True  # route /api/recommend through the circuit breaker
     breaker_name: str = "champion"  # the row / Redis key holding the shared state
     breaker_fallback: str = Field(default="previous", pattern="^(previous|popularity)$")
@@ -85,7 +99,9 @@ class Settings(BaseSettings):
     breaker_min_mean_score: float | None = 2.5
     breaker_min_like_share: float | None = Field(default=0.2, ge=0, le=1)
     breaker_max_rmse: float | None = Field(default=1.5, gt=0)
-    breaker_min_requests: int = Field(default=50, ge=1)  # model calls (per worker) before errors/latency count
+    breaker_min_requests: int = Field(
+        default=50, ge=1
+    )  # model calls (per worker) before errors/latency count
     breaker_max_error_rate: float = Field(default=0.05, ge=0, le=1)
     breaker_max_latency_ms: float = Field(default=250.0, gt=0)  # p95 of the champion's answer time
     breaker_cooldown_seconds: float = Field(default=300.0, ge=0)
@@ -120,12 +136,16 @@ class Settings(BaseSettings):
         if self.testing:
             return
         if self.session_password is None or not self.session_password.get_secret_value():
-            raise ConfigurationError("SESSION_PASSWORD is not set: the service needs the session password to issue tokens")
+            raise ConfigurationError(
+                "SESSION_PASSWORD is not set: the service needs the session password to issue tokens"
+            )
         secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
         if not secret and self.debug:
             return  # development server: create_app signs with a per-process random secret
         if not secret:
-            raise ConfigurationError("MOVIEREC_JWT_SECRET is not set: tokens must be signed with a secret you provide")
+            raise ConfigurationError(
+                "MOVIEREC_JWT_SECRET is not set: tokens must be signed with a secret you provide"
+            )
         if len(secret) < MIN_SECRET_LENGTH or secret.lower() in WEAK_SECRETS:
             raise ConfigurationError(
                 f"MOVIEREC_JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} random characters "

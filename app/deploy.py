@@ -64,7 +64,7 @@ Executor = Callable[[Sequence[str], bool, str | None], subprocess.CompletedProce
 
 def _execute(argv: Sequence[str], capture: bool, stdin: str | None) -> subprocess.CompletedProcess[str]:
     """Run a command; ``capture=False`` streams its output to ours (docker build)."""
-    return subprocess.run(  # noqa: S603  # nosec B603 - fixed executable, argument list
+    return subprocess.run(  # nosec B603 - fixed executable, argument list
         list(argv),
         input=stdin,
         capture_output=capture,
@@ -469,7 +469,8 @@ def _post_json(url: str, body: Mapping[str, Any], token: str | None = None, time
         headers["Authorization"] = f"Bearer {token}"
     # http(s) only: smoke_test checks the scheme before any request
     request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")  # noqa: S310
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+    # nosec B310 - http(s) only: smoke_test checks the scheme
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
         return json.loads(response.read().decode())
 
 
@@ -482,7 +483,7 @@ def smoke_test(base_url: str, password: str, timeout: float = 10.0) -> SmokeResu
     if not base.startswith(("http://", "https://")):
         raise DeployError(f"smoke test URL must be http(s): {base_url}")
     try:
-        with urllib.request.urlopen(f"{base}/health/ready", timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(f"{base}/health/ready", timeout=timeout) as response:  # noqa: S310  # nosec B310 - our own health URL
             ready = json.loads(response.read().decode() or "{}")
         token = _post_json(f"{base}/api/login", {"session_password": password}, timeout=timeout)[
             "access_token"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.cli import accuracy  # noqa: E402
+from app.cli import accuracy
 
 if __name__ == "__main__":
     accuracy.main(prog_name="run_accuracy_tests.py")

@@ -61,7 +61,9 @@ def write_grouplens(directory: Path, seed: int = 7) -> Path:
     lines = []
     for movie_id, title, year, genre in tables["movies"]:
         flags = "|".join("1" if g == genre else "0" for g in GENRES)
-        lines.append(f"{movie_id}|{title} ({year})|01-Jan-{year}||http://example.invalid/{movie_id}|{flags}\n")
+        lines.append(
+            f"{movie_id}|{title} ({year})|01-Jan-{year}||http://example.invalid/{movie_id}|{flags}\n"
+        )
     (directory / "u.item").write_text("".join(lines), encoding="latin-1")
     return directory
 

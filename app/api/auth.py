@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from flask import Blueprint, current_app, jsonify
 from flask_jwt_extended import create_access_token, get_jwt, jwt_required
@@ -40,7 +41,9 @@ def protected() -> Any:
 
 
 @bp.post("/api/login")
-@spec.validate(json=LoginRequest, resp=Response(HTTP_200=LoginResponse, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse))
+@spec.validate(
+    json=LoginRequest, resp=Response(HTTP_200=LoginResponse, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse)
+)
 def login(json: LoginRequest) -> Any:
     return jsonify(access_token=issue_token(json.session_password))
 

@@ -26,7 +26,12 @@ def docs() -> Any:
     for path, methods in sorted(document.get("paths", {}).items()):
         for method, operation in methods.items():
             if method in {"get", "post", "put", "patch", "delete"}:
-                body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+                body = (
+                    operation.get("requestBody", {})
+                    .get("content", {})
+                    .get("application/json", {})
+                    .get("schema")
+                )
                 operations.append(
                     {
                         "method": method.upper(),
@@ -35,7 +40,10 @@ def docs() -> Any:
                         "description": operation.get("description") or "",
                         "secured": bool(operation.get("security")),
                         "request": _ref_name(body),
-                        "responses": {code: r.get("description", "") for code, r in operation.get("responses", {}).items()},
+                        "responses": {
+                            code: r.get("description", "")
+                            for code, r in operation.get("responses", {}).items()
+                        },
                     }
                 )
     schemas = document.get("components", {}).get("schemas", {})

@@ -20,8 +20,9 @@ from app.storage.db import DatabaseUnavailableError
 log = logging.getLogger(__name__)
 
 
-
-def envelope(status: int, message: str, code: str | None = None, fields: dict[str, str] | None = None) -> Response:
+def envelope(
+    status: int, message: str, code: str | None = None, fields: dict[str, str] | None = None
+) -> Response:
     body: dict[str, Any] = {"code": code or CODES.get(status, "internal"), "message": message}
     if fields:
         body["fields"] = fields

@@ -10,14 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from app.api.schemas import Age, Gender, Occupation, RecommendResponse, Strict, UserId, strict_int
+from app.api.schemas import Age, Gender, MovieId, Occupation, RecommendResponse, Strict, UserId
 
 MAX_BATCH_RECOMMEND = 1_000
 MAX_BATCH_PREDICT = 10_000
 # Bulk endpoints take bigger bodies than the 64 KiB default: 10,000 records are about 700 KB.
 BULK_MAX_BODY_BYTES = 2 * 1024 * 1024
-
-MovieId = strict_int(1, 2**31 - 1)
 
 
 class PredictRecord(Strict):

@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from spectree import SecurityScheme, SpecTree
-from spectree.models import SecuritySchemeData, SecureType
+from spectree.models import SecureType, SecuritySchemeData
 
 from app.api.schemas import ErrorResponse, field_errors
 from app.errors import InvalidRequest
 
 
-def _raise_validation_error(_req: Any, _resp: Any, error: Exception | None, _instance: Any, adapter: Any) -> None:
+def _raise_validation_error(
+    _req: Any, _resp: Any, error: Exception | None, _instance: Any, adapter: Any
+) -> None:
     if error is not None:
         fields = field_errors(adapter.validation_errors(error))
         names = ", ".join(sorted(fields))

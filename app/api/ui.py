@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 GENDERS = (("F", "Female"), ("M", "Male"), ("O", "Other"))
 LABELS = {
-    "session_password": "Password",
+    "session_password": "Password",  # nosec B105 - a form label
     "age": "Age",
     "gender": "Gender",
     "occupation": "Occupation",

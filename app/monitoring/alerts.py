@@ -43,8 +43,8 @@ from app.monitoring.logs import redact, scrub_text
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PASSWORD_ENV = "MONITOR_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
-DEFAULT_PASSWORD_FILE_ENV = "MONITOR_SMTP_PASSWORD_FILE"  # noqa: S105
+DEFAULT_PASSWORD_ENV = "MONITOR_SMTP_PASSWORD"  # noqa: S105  # nosec B105 - a variable name, not a secret
+DEFAULT_PASSWORD_FILE_ENV = "MONITOR_SMTP_PASSWORD_FILE"  # noqa: S105  # nosec B105 - a variable name
 
 
 class Severity(enum.IntEnum):

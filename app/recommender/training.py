@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from app.monitoring.drift import MANIFEST_KEY, demographic_distribution
 from app.recommender.accuracy import bundle_score
 from app.recommender.bundle import LoadedBundle, Tables, build_tables, code_version, write_bundle
 from app.recommender.data import MovieLens
-from app.recommender.evaluation import K, REFERENCE_SEED, STANDARD_SEEDS, evaluate, split_users
+from app.recommender.evaluation import REFERENCE_SEED, STANDARD_SEEDS, K, evaluate, split_users
 from app.recommender.models import DEFAULT_CANDIDATES, Recommender, make_model
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,9 @@ class TrainingResult:
     report_b: dict[str, Any]
 
 
-def select_best(report: dict[str, Any], report_b: dict[str, Any] | None = None, metric: str = SELECTION_METRIC) -> str:
+def select_best(
+    report: dict[str, Any], report_b: dict[str, Any] | None = None, metric: str = SELECTION_METRIC
+) -> str:
     """Name of the model with the highest mean protocol-A metric.
 
     Hybrid models share one cold-start scorer and tie on protocol A; the tie goes to the one
@@ -53,7 +54,9 @@ def select_best(report: dict[str, Any], report_b: dict[str, Any] | None = None, 
     return max(models, key=key)
 
 
-def make_test_data(data: MovieLens, seed: int = REFERENCE_SEED) -> tuple[list[dict[str, Any]], list[list[str]]]:
+def make_test_data(
+    data: MovieLens, seed: int = REFERENCE_SEED
+) -> tuple[list[dict[str, Any]], list[list[str]]]:
     """Seed-format accuracy test data: the protocol-A test users' profiles and liked titles."""
     _, test_ids = split_users(data.users["user_id"], seed)
     title_of = dict(zip(data.items["movie_id"], data.items["title"], strict=True))
@@ -63,7 +66,9 @@ def make_test_data(data: MovieLens, seed: int = REFERENCE_SEED) -> tuple[list[di
     profiles, targets = [], []
     for user_id, titles in liked_titles.items():
         row = users.loc[user_id]
-        profiles.append({"age": int(row["age"]), "gender": str(row["gender"]), "occupation": str(row["occupation"])})
+        profiles.append(
+            {"age": int(row["age"]), "gender": str(row["gender"]), "occupation": str(row["occupation"])}
+        )
         targets.append(list(titles))
     return profiles, targets
 
@@ -123,7 +128,11 @@ def train(
 
         regressor = LinearRatingModel().fit(data.ratings, data.users, data.items)
         extra_models[RATING_MODEL_FILE] = regressor
-        manifest["rating_model"] = {"name": regressor.name, "file": RATING_MODEL_FILE, "params": regressor.params()}
+        manifest["rating_model"] = {
+            "name": regressor.name,
+            "file": RATING_MODEL_FILE,
+            "params": regressor.params(),
+        }
     elif model.predicts_ratings:
         manifest["rating_model"] = {"name": model.name, "file": "model.pkl", "params": model.params()}
     path = write_bundle(model_dir, model, data.items, tables, manifest, test_data, extra_models=extra_models)
@@ -132,7 +141,9 @@ def train(
 
 def _in_memory(model: Recommender, tables: Tables, data: MovieLens) -> LoadedBundle:
     manifest = {"version": "in-memory", "served_model": model.name}
-    return LoadedBundle("in-memory", manifest, data.items.reset_index(drop=True), tables, Path("."), model=model)
+    return LoadedBundle(
+        "in-memory", manifest, data.items.reset_index(drop=True), tables, Path("."), model=model
+    )
 
 
 def summary_line(result: TrainingResult) -> str:

@@ -23,7 +23,9 @@ def _lines(captured: str) -> list[dict]:
 
 def test_access_lines_carry_request_context_and_no_secrets(client, auth_headers, capsys) -> None:
     capsys.readouterr()
-    response = client.post("/api/recommend", json=PROFILE, headers={**auth_headers, "X-Request-ID": "req-123"})
+    response = client.post(
+        "/api/recommend", json=PROFILE, headers={**auth_headers, "X-Request-ID": "req-123"}
+    )
     assert response.headers["X-Request-ID"] == "req-123"
     client.post("/api/login", json={"session_password": SESSION_PASSWORD})
     output = capsys.readouterr().out

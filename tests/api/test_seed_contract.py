@@ -47,7 +47,9 @@ def test_login_returns_exactly_an_access_token(client) -> None:
     assert list(response.get_json()) == ["access_token"]
 
 
-@pytest.mark.parametrize("body", [{}, {"session_password": ""}, {"session_password": None}, {"password": "x"}])
+@pytest.mark.parametrize(
+    "body", [{}, {"session_password": ""}, {"session_password": None}, {"password": "x"}]
+)
 def test_login_missing_password_is_400(client, body) -> None:
     error = assert_envelope(client.post("/api/login", json=body), 400, "invalid_request")
     assert "session_password" in error["fields"] or "password" in error["fields"]
@@ -120,7 +122,9 @@ def test_each_invalid_field_is_named(client, auth_headers, field, value) -> None
 @pytest.mark.parametrize("missing", ["age", "gender", "occupation"])
 def test_each_missing_field_is_named(client, auth_headers, missing) -> None:
     body = {k: v for k, v in PROFILE.items() if k != missing}
-    error = assert_envelope(client.post("/api/recommend", json=body, headers=auth_headers), 400, "invalid_request")
+    error = assert_envelope(
+        client.post("/api/recommend", json=body, headers=auth_headers), 400, "invalid_request"
+    )
     assert set(error["fields"]) == {missing}
 
 
@@ -179,11 +183,15 @@ def test_malformed_json_is_400(client, auth_headers) -> None:
 
 @pytest.mark.parametrize("payload", ["[1, 2]", '"text"', "42", "null"])
 def test_non_object_json_is_400(client, auth_headers, payload) -> None:
-    response = client.post("/api/recommend", data=payload, headers={**auth_headers, "Content-Type": "application/json"})
+    response = client.post(
+        "/api/recommend", data=payload, headers={**auth_headers, "Content-Type": "application/json"}
+    )
     assert_envelope(response, 400, "invalid_request")
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
 def test_wrong_content_type_is_415(client, auth_headers, content_type) -> None:
     response = client.post(
         "/api/recommend", data="age=30", headers={**auth_headers, "Content-Type": content_type}
@@ -203,7 +211,9 @@ def test_unknown_path_is_404_in_the_envelope(client) -> None:
 
 def test_oversized_body_is_413(client, auth_headers) -> None:
     body = '{"age": 30, "pad": "' + "x" * (70 * 1024) + '"}'
-    response = client.post("/api/recommend", data=body, headers={**auth_headers, "Content-Type": "application/json"})
+    response = client.post(
+        "/api/recommend", data=body, headers={**auth_headers, "Content-Type": "application/json"}
+    )
     assert_envelope(response, 413, "payload_too_large")
 
 
@@ -217,7 +227,11 @@ def _issue(client, headers):
 
 def test_score_is_stored_and_answers_ok(app, client, auth_headers) -> None:
     request_id, titles = _issue(client, auth_headers)
-    response = client.post("/api/recommend/score", json={"id": request_id, "movie": titles[1], "score": 4.5}, headers=auth_headers)
+    response = client.post(
+        "/api/recommend/score",
+        json={"id": request_id, "movie": titles[1], "score": 4.5},
+        headers=auth_headers,
+    )
     assert response.status_code == 200 and response.get_json() == "Ok"
     rows = app.extensions["movierec"].db.feedback_rows()
     assert [(r.request_id, r.title, r.score) for r in rows] == [(request_id, titles[1], 4.5)]
@@ -234,12 +248,24 @@ def test_rescoring_the_same_movie_updates_instead_of_duplicating(app, client, au
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("score", 0), ("score", 5.5), ("score", "4"), ("score", True), ("score", None), ("id", ""), ("id", 12), ("movie", ""), ("movie", 3)],
+    [
+        ("score", 0),
+        ("score", 5.5),
+        ("score", "4"),
+        ("score", True),
+        ("score", None),
+        ("id", ""),
+        ("id", 12),
+        ("movie", ""),
+        ("movie", 3),
+    ],
 )
 def test_each_invalid_score_field_is_named(client, auth_headers, field, value) -> None:
     request_id, titles = _issue(client, auth_headers)
     body = {"id": request_id, "movie": titles[0], "score": 3, field: value}
-    error = assert_envelope(client.post("/api/recommend/score", json=body, headers=auth_headers), 400, "invalid_request")
+    error = assert_envelope(
+        client.post("/api/recommend/score", json=body, headers=auth_headers), 400, "invalid_request"
+    )
     assert set(error["fields"]) == {field}
 
 
@@ -256,7 +282,11 @@ def test_non_finite_scores_are_rejected(client, auth_headers) -> None:
 def test_unissued_id_and_unrecommended_movie_are_400(app, client, auth_headers) -> None:
     request_id, titles = _issue(client, auth_headers)
     error = assert_envelope(
-        client.post("/api/recommend/score", json={"id": "0" * 36, "movie": titles[0], "score": 3}, headers=auth_headers),
+        client.post(
+            "/api/recommend/score",
+            json={"id": "0" * 36, "movie": titles[0], "score": 3},
+            headers=auth_headers,
+        ),
         400,
         "invalid_request",
     )
@@ -264,7 +294,9 @@ def test_unissued_id_and_unrecommended_movie_are_400(app, client, auth_headers) 
     all_titles = app.extensions["movierec"].models.require().titles
     other = next(t for t in all_titles if t not in titles)
     error = assert_envelope(
-        client.post("/api/recommend/score", json={"id": request_id, "movie": other, "score": 3}, headers=auth_headers),
+        client.post(
+            "/api/recommend/score", json={"id": request_id, "movie": other, "score": 3}, headers=auth_headers
+        ),
         400,
         "invalid_request",
     )
@@ -273,7 +305,9 @@ def test_unissued_id_and_unrecommended_movie_are_400(app, client, auth_headers) 
 
 
 def test_score_needs_a_token(client) -> None:
-    assert_envelope(client.post("/api/recommend/score", json={"id": "x", "movie": "y", "score": 3}), 401, "unauthorized")
+    assert_envelope(
+        client.post("/api/recommend/score", json={"id": "x", "movie": "y", "score": 3}), 401, "unauthorized"
+    )
 
 
 # ------------------------------------------------------------------ spec and health

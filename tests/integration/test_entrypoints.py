@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOVIEREC_", "SESSION_PASSWORD", "ML_MODEL_PATH", "ADMIN_PASSWORD"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MOVIEREC_", "SESSION_PASSWORD", "ML_MODEL_PATH", "ADMIN_PASSWORD"))
+    }
     env.update(extra)
     return env
 
@@ -92,7 +96,11 @@ def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path
         token = body["access_token"]
         status, rec = _post(f"{base}/api/recommend", PROFILE, token)
         assert status == 200 and len(rec["recommendations"]) == 10
-        status, ok = _post(f"{base}/api/recommend/score", {"id": rec["id"], "movie": rec["recommendations"][0], "score": 5.0}, token)
+        status, ok = _post(
+            f"{base}/api/recommend/score",
+            {"id": rec["id"], "movie": rec["recommendations"][0], "score": 5.0},
+            token,
+        )
         assert (status, ok) == (200, "Ok")
     finally:
         process.terminate()
@@ -103,14 +111,26 @@ def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path
 def test_accuracy_script_passes_and_fails_with_the_seed_interface(tmp_path: Path, model_store: Path) -> None:
     bundle = (model_store / "latest").resolve()
     script = [sys.executable, "tests/run_accuracy_tests.py"]
-    ok = subprocess.run([*script, str(bundle), str(bundle / "test_data.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [*script, str(bundle), str(bundle / "test_data.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout.splitlines()[0])["passed"] is True
 
     regressed = json.loads((bundle / "test_data.json").read_text())
     regressed["expected_score"] = min(1.0, regressed["expected_score"] + 0.05)
     (tmp_path / "regressed.json").write_text(json.dumps(regressed))
-    bad = subprocess.run([*script, str(bundle), str(tmp_path / "regressed.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*script, str(bundle), str(tmp_path / "regressed.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 1 and "FAILED" in bad.stderr
     tolerant = subprocess.run(
         [*script, str(bundle), str(tmp_path / "regressed.json"), "--error-tolerance", "0.1"],
@@ -119,14 +139,29 @@ def test_accuracy_script_passes_and_fails_with_the_seed_interface(tmp_path: Path
     assert tolerant.returncode == 0
 
 
-def test_movierec_train_writes_a_new_bundle_and_moves_latest(tmp_path: Path, synthetic_data_dir: Path) -> None:
+def test_movierec_train_writes_a_new_bundle_and_moves_latest(
+    tmp_path: Path, synthetic_data_dir: Path
+) -> None:
     movierec = shutil.which("movierec", path=str(Path(sys.executable).parent)) or "movierec"
     store = tmp_path / "store"
-    command = [movierec, "train", "--data-dir", str(synthetic_data_dir), "--model-dir", str(store), "--models", "most_liked,segment_most_liked", "--seeds", "0,1"]
+    command = [
+        movierec,
+        "train",
+        "--data-dir",
+        str(synthetic_data_dir),
+        "--model-dir",
+        str(store),
+        "--models",
+        "most_liked,segment_most_liked",
+        "--seeds",
+        "0,1",
+    ]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     first_path = Path(first.stdout.strip().splitlines()[-1])
     assert first_path.is_dir() and (store / "latest").resolve() == first_path.resolve()
-    again = subprocess.run([*command, "--if-missing"], capture_output=True, text=True, timeout=300, check=True)
+    again = subprocess.run(
+        [*command, "--if-missing"], capture_output=True, text=True, timeout=300, check=True
+    )
     assert "existing" in again.stdout
     second = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     second_path = Path(second.stdout.strip().splitlines()[-1])

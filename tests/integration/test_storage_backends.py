@@ -27,14 +27,19 @@ def test_feedback_round_trip_is_committed(make_app, database_url) -> None:
     headers = login(client)
     body = client.post("/api/recommend", json={**PROFILE, "max_recs": 4}, headers=headers).get_json()
     for title, score in zip(body["recommendations"][:3], (5, 3.5, 1), strict=True):
-        response = client.post("/api/recommend/score", json={"id": body["id"], "movie": title, "score": score}, headers=headers)
+        response = client.post(
+            "/api/recommend/score", json={"id": body["id"], "movie": title, "score": score}, headers=headers
+        )
         assert response.status_code == 200
 
     # a brand-new connection, not the app's session, sees the committed rows
     engine = create_engine(_sqlalchemy_url(database_url))
     with engine.connect() as conn:
         request_row = conn.execute(
-            text("SELECT age, gender, occupation, max_recs, model_version FROM recommendation_requests WHERE id = :id"),
+            text(
+                "SELECT age, gender, occupation, max_recs, model_version "
+                "FROM recommendation_requests WHERE id = :id"
+            ),
             {"id": body["id"]},
         ).one()
         scores = conn.execute(
@@ -52,7 +57,11 @@ def test_migrations_are_idempotent_across_restarts(make_app, database_url) -> No
     client = first.test_client()
     headers = login(client)
     body = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
-    client.post("/api/recommend/score", json={"id": body["id"], "movie": body["recommendations"][0], "score": 4}, headers=headers)
+    client.post(
+        "/api/recommend/score",
+        json={"id": body["id"], "movie": body["recommendations"][0], "score": 4},
+        headers=headers,
+    )
     second = make_app(database_url=database_url)  # a restart runs the migrations again
     rows = second.extensions["movierec"].db.feedback_rows()
     assert [(r.request_id, r.score) for r in rows] == [(body["id"], 4.0)]
@@ -70,7 +79,9 @@ def test_database_down_refuses_feedback_with_503(make_app, tmp_path) -> None:
     db.engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")  # nothing listens on port 1
     db.sessions.configure(bind=db.engine)
     response = client.post(
-        "/api/recommend/score", json={"id": body["id"], "movie": body["recommendations"][0], "score": 4}, headers=headers
+        "/api/recommend/score",
+        json={"id": body["id"], "movie": body["recommendations"][0], "score": 4},
+        headers=headers,
     )
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "unavailable"

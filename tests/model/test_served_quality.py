@@ -17,7 +17,10 @@ def test_served_model_beats_the_seed_forest_and_most_rated_on_seed_42(real_data,
     manifest = json.loads((real_store / "latest" / "manifest.json").read_text())
     served = manifest["served_model"]
     assert served != "seed_random_forest"
-    figures = {name: protocol_a(make_model(name), real_data, seed=42)["ndcg@10"] for name in {served, "seed_random_forest", "most_rated"}}
+    figures = {
+        name: protocol_a(make_model(name), real_data, seed=42)["ndcg@10"]
+        for name in {served, "seed_random_forest", "most_rated"}
+    }
     print("protocol A NDCG@10, split seed 42:", json.dumps(figures, indent=2))
     assert figures[served] > figures["seed_random_forest"]
     assert figures[served] > figures["most_rated"]

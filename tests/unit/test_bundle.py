@@ -76,7 +76,9 @@ def test_seed_style_regressor_pickle_is_served(synthetic_data, tmp_path: Path) -
     from app.recommender.models.forest import seed_features
 
     rows = synthetic_data.ratings.join(synthetic_data.users.set_index("user_id"), on="user_id")
-    features = seed_features(rows["age"], rows["gender"].tolist(), rows["occupation"].tolist(), rows["movie_id"])
+    features = seed_features(
+        rows["age"], rows["gender"].tolist(), rows["occupation"].tolist(), rows["movie_id"]
+    )
     estimator = RandomForestRegressor(n_estimators=5, random_state=0).fit(features, rows["rating"])
     path = tmp_path / "model.pkl"
     joblib.dump(estimator, path)

@@ -66,5 +66,5 @@ def test_find_local_never_fetches(tmp_path: Path) -> None:
 
 
 def test_a_directory_without_data_is_refused_clearly(tmp_path: Path) -> None:
-    with pytest.raises(DataUnavailableError, match="u.data"):
+    with pytest.raises(DataUnavailableError, match=r"u\.data"):
         load_directory(tmp_path)

@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.recommender.evaluation import evaluate, format_table, protocol_a, protocol_b, split_ratings, split_users
+from app.recommender.evaluation import (
+    evaluate,
+    format_table,
+    protocol_a,
+    protocol_b,
+    split_ratings,
+    split_users,
+)
 from app.recommender.models import make_model
 
 pytestmark = pytest.mark.unit
@@ -23,7 +30,11 @@ def test_user_split_follows_the_documented_procedure() -> None:
 
 def test_rating_split_holds_out_20_percent_per_user_in_file_order() -> None:
     ratings = pd.DataFrame(
-        {"user_id": [2, 1, 2, 1, 1, 2, 1, 1], "movie_id": [10, 11, 12, 13, 14, 15, 16, 17], "rating": [4.0] * 8}
+        {
+            "user_id": [2, 1, 2, 1, 1, 2, 1, 1],
+            "movie_id": [10, 11, 12, 13, 14, 15, 16, 17],
+            "rating": [4.0] * 8,
+        }
     )
     train, held = split_ratings(ratings, seed=0)
     rng = np.random.default_rng(0)

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.unit
 def fitted(synthetic_data):
     models = {}
     for name in CANDIDATES:
-        models[name] = make_model(name).fit(synthetic_data.ratings, synthetic_data.users, synthetic_data.items)
+        models[name] = make_model(name).fit(
+            synthetic_data.ratings, synthetic_data.users, synthetic_data.items
+        )
     return models
 
 

@@ -21,7 +21,9 @@ _GENDER_CODE = {g: i for i, g in enumerate(GENDERS)}
 _OCCUPATION_CODE = {o: i for i, o in enumerate(OCCUPATIONS)}
 
 
-def seed_features(age: np.ndarray, gender: Sequence[str], occupation: Sequence[str], movie_id: np.ndarray) -> np.ndarray:
+def seed_features(
+    age: np.ndarray, gender: Sequence[str], occupation: Sequence[str], movie_id: np.ndarray
+) -> np.ndarray:
     """The seed's feature matrix: [age, gender code, occupation code, movie id]."""
     return np.column_stack(
         [
@@ -45,7 +47,9 @@ class SeedRandomForest(Recommender):
     def fit(self, ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> Self:
         self._set_catalogue(items)
         rows = ratings.join(users.set_index("user_id")[["age", "gender", "occupation"]], on="user_id")
-        features = seed_features(rows["age"], rows["gender"].tolist(), rows["occupation"].tolist(), rows["movie_id"])
+        features = seed_features(
+            rows["age"], rows["gender"].tolist(), rows["occupation"].tolist(), rows["movie_id"]
+        )
         self.model_ = RandomForestRegressor(
             n_estimators=self.n_estimators,
             min_samples_leaf=self.min_samples_leaf,
@@ -68,7 +72,10 @@ class SeedRandomForest(Recommender):
 
     def predict_ratings(self, requests: pd.DataFrame) -> np.ndarray:
         features = seed_features(
-            requests["age"], requests["gender"].tolist(), requests["occupation"].tolist(), requests["movie_id"]
+            requests["age"],
+            requests["gender"].tolist(),
+            requests["occupation"].tolist(),
+            requests["movie_id"],
         )
         return self.model_.predict(features)
 

@@ -117,7 +117,8 @@ class GradientBoostedRanker(Recommender):
         self.negative_share = negative_share
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
-        self.kernel = tuple(kernel)
+        age_scale, gender_weight, occupation_weight = kernel
+        self.kernel = (float(age_scale), float(gender_weight), float(occupation_weight))
         self.random_state = random_state
 
     def _movie_features(self, ratings: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
@@ -213,7 +214,7 @@ class GradientBoostedRanker(Recommender):
         # Non-candidates keep the global most-liked order, strictly below every candidate.
         scores = np.tile(self.global_ / (self.global_.max() + 1.0) - 2.0, (len(rows), 1))
         if len(rows):
-            probability = self.model_.predict_proba(self._rows(self.evidence_, rows))[:, 1]
+            probability = np.asarray(self.model_.predict_proba(self._rows(self.evidence_, rows)))[:, 1]
             scores[:, self.candidates_] = probability.reshape(len(rows), -1)
         return scores
 
