@@ -43,6 +43,16 @@ class Services:
     drift: DriftView | None = None
     alerts: AlertsView | None = None
 
+    def close(self) -> None:
+        """Stop background work and release connections: pending request rows are written,
+        the monitor and reload threads end, the pool is disposed (tests, embedding apps)."""
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.reloader is not None:
+            self.reloader.stop()
+        self.recommendations.request_log.close(timeout=2.0)
+        self.db.dispose()
+
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask application: settings checked, schema migrated, model loaded."""

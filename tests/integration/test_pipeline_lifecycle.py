@@ -251,7 +251,7 @@ def test_feedback_changes_the_next_model_and_unchanged_reruns_are_skipped(
         c["version"] for c in first_run["candidates"] if c["candidate"] == "segment_most_liked"
     )
     assert _rank_in_segment(registry, segment_version, movie_id, tmp_path) >= 40
-    app.extensions["movierec"].db.dispose()
+    app.extensions["movierec"].close()
 
     # New feedback is new data: the schedule runs the flow.
     ran = tick(lifecycle.settings)

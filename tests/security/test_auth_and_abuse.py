@@ -73,7 +73,7 @@ def test_weak_or_default_jwt_secrets_refuse_to_start(make_settings: Any) -> None
         with pytest.raises(ConfigurationError, match="MOVIEREC_JWT_SECRET"):
             create_app(make_settings(testing=False, jwt_secret=weak or None))
     app = create_app(make_settings(testing=False, jwt_secret="k" * 16 + "0123456789abcdefghijkl"))
-    app.extensions["movierec"].db.dispose()
+    app.extensions["movierec"].close()
 
 
 # ------------------------------------------------------------------ rate limit
