@@ -188,11 +188,13 @@ class FeatureStore:
             latest = self._url(self._path(f"snapshot={snapshot}", f"{table}.parquet"))
             history = self._url(self._path("snapshot=*", f"{table}.parquet"))
             # Table names are our constants and paths are quoted literals: no user input here.
-            connection.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_literal(latest)})")  # noqa: S608
-            connection.execute(
+            view = f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_literal(latest)})"  # noqa: S608  # nosec B608
+            connection.execute(view)
+            history_view = (
                 f"CREATE VIEW {table}_history AS SELECT * FROM "  # noqa: S608
                 f"read_parquet({_literal(history)}, hive_partitioning = true, union_by_name = true)"
             )
+            connection.execute(history_view)
         return connection
 
     def sql(self, query: str) -> pd.DataFrame:

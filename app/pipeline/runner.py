@@ -13,7 +13,7 @@ import getpass
 import json
 import logging
 import os
-import subprocess  # nosec B404 - argument lists only, never a shell
+import subprocess  # nosec B404
 import sys
 import tempfile
 import time
@@ -191,7 +191,8 @@ def run_flow(
         env = flow_environment(settings, workers=workers)
         started = time.perf_counter()
         log.info("starting the training flow (%s)", trigger)
-        completed = subprocess.run(  # noqa: S603  # nosec B603 - fixed argument list, no shell
+        # A fixed argument list (sys.executable -m app.pipeline.flow …), no shell.
+        completed = subprocess.run(  # nosec B603
             command, env=env, cwd=os.getcwd(), timeout=timeout, check=False, text=True,
             stdout=None if stream else subprocess.PIPE, stderr=None if stream else subprocess.STDOUT,
         )  # fmt: skip

@@ -51,7 +51,8 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
             downloaded = registry.download_bundle(version, staging)
             bundle_dir = downloaded if (downloaded / MANIFEST).is_file() else downloaded / "bundle"
             load_bundle(bundle_dir)  # BundleError: keep serving what we have
-            os.chmod(bundle_dir, 0o755)  # noqa: S103 - bundles are world-readable artefacts, never secret
+            # Bundles are world-readable artefacts (the service may run as another user), never secret.
+            os.chmod(bundle_dir, 0o755)  # noqa: S103  # nosec B103
             os.replace(bundle_dir, final)
         except BundleError as exc:
             raise RegistryError(f"version {version}: the registered bundle is invalid: {exc}") from exc
