@@ -6,6 +6,7 @@ when ``MOVIEREC_DATABASE_URL`` points at one. Schema changes go through Alembic 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,14 +74,33 @@ class Database:
     # ------------------------------------------------------------------ lifecycle
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest Alembic revision (serialised across processes)."""
+        """Bring the schema to the newest Alembic revision, one process at a time.
+
+        Several processes may start together (uwsgi workers with lazy-apps, two instances):
+        PostgreSQL serialises them with an advisory lock; a SQLite file with an exclusive lock
+        on a file beside it, because SQLite answers a second would-be writer "database is
+        locked" at once instead of waiting.
+        """
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
+        with self._sqlite_migration_lock(), self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    @contextmanager
+    def _sqlite_migration_lock(self) -> Iterator[None]:
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def ping(self) -> bool:
         try:

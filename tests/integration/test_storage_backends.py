@@ -86,3 +86,28 @@ def test_database_down_refuses_feedback_with_503(make_app, tmp_path) -> None:
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "unavailable"
     assert client.get("/health/ready").status_code == 503
+
+
+def _upgrade(url: str) -> None:
+    from app.storage.db import Database
+
+    Database(url).upgrade()
+
+
+def test_processes_starting_together_migrate_one_sqlite_file_safely(tmp_path) -> None:
+    """uwsgi's lazy-apps workers each run create_app: their migrations must not collide."""
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    context = multiprocessing.get_context("spawn")
+    for _round in range(2):  # first a fresh file, then an up-to-date one
+        processes = [context.Process(target=_upgrade, args=(url,)) for _ in range(6)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=120)
+        assert [p.exitcode for p in processes] == [0] * 6
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+    engine.dispose()
