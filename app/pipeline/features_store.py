@@ -191,7 +191,7 @@ class FeatureStore:
             view = f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_literal(latest)})"  # noqa: S608  # nosec B608
             connection.execute(view)
             history_view = (
-                f"CREATE VIEW {table}_history AS SELECT * FROM "  # noqa: S608
+                f"CREATE VIEW {table}_history AS SELECT * FROM "  # noqa: S608  # nosec B608
                 f"read_parquet({_literal(history)}, hive_partitioning = true, union_by_name = true)"
             )
             connection.execute(history_view)
