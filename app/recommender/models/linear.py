@@ -356,16 +356,7 @@ class LinearRatingModel(Recommender):
         ids = np.unique(ratings["user_id"].to_numpy(dtype=np.int64))
         cold = rng.choice(ids, size=round(self.cold_fraction * len(ids)), replace=False)
         X, y = self.encoder_.fit_transform(ratings, users, items, cold_users=cold)
-        self.regressor_ = SimpleLinearRegression(
-            learning_rate=self.learning_rate,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            l2=self.l2,
-            decay=self.decay,
-            tol=self.tol,
-            patience=self.patience,
-            random_state=self.random_state,
-        ).fit(X, y)
+        self.regressor_ = SimpleLinearRegression(**self._sgd_params()).fit(X, y)
         known = users[users["user_id"].isin(self.encoder_.known_user_ids())]
         self.users_ = known.set_index("user_id")[["age", "gender", "occupation"]].sort_index()
         return self
@@ -468,7 +459,8 @@ class LinearRatingModel(Recommender):
     def known_users(self) -> np.ndarray:
         return self.users_.index.to_numpy(dtype=np.int64)
 
-    def params(self) -> dict[str, Any]:
+    def _sgd_params(self) -> dict[str, Any]:
+        """The SimpleLinearRegression settings this model fits with (one list for fit and params)."""
         return {
             "learning_rate": self.learning_rate,
             "epochs": self.epochs,
@@ -477,13 +469,18 @@ class LinearRatingModel(Recommender):
             "decay": self.decay,
             "tol": self.tol,
             "patience": self.patience,
+            "random_state": self.random_state,
+        }
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **self._sgd_params(),
             "cold_fraction": self.cold_fraction,
             "prior_weight": self.prior_weight,
             "group_prior_weight": self.group_prior_weight,
             "user_prior_weight": self.user_prior_weight,
             "interactions": list(self.interactions),
             "clip": self.clip,
-            "random_state": self.random_state,
         }
 
     def _predict_chunk(self, requests: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
