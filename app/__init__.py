@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from flask import Flask
 
     from app.api import register_api
+    from app.api.json_provider import OrjsonProvider
+    from app.api.spec import VALIDATE_RESPONSES
     from app.config import load_settings
     from app.monitoring.http import instrument
     from app.monitoring.logs import configure_logging
@@ -84,7 +86,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app = Flask(__name__, template_folder="api/templates")
     app.config["TESTING"] = settings.testing
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
+    validate = settings.validate_responses
+    app.config[VALIDATE_RESPONSES] = settings.testing or settings.debug if validate is None else validate
+    app.json = OrjsonProvider(app)  # keeps the contract's field order
     instrument(app)
 
     db = Database(settings.sqlalchemy_url)

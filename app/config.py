@@ -72,10 +72,11 @@ class Settings(BaseSettings):
     # web UI token cookie Secure flag (app/api/ui.py); None = on except when testing or --debug
     ui_cookie_secure: bool | None = None
     default_max_recs: int = 10
+    # check response bodies against the documented models (app/api/spec.py); None = only when
+    # testing or with --debug (production skips re-parsing its own typed output)
+    validate_responses: bool | None = None
     # serving (app/services/request_log.py, reload.py; docs/serving.md)
-    request_log_flush_seconds: float = Field(
-        default=0.02, ge=0, le=60
-    )  # longest a served row waits in memory
+    request_log_flush_seconds: float = Field(default=0.1, ge=0, le=60)  # longest a served row waits in memory
     request_log_max_pending: int = Field(default=50_000, ge=1)  # buffered rows before /api/recommend says 503
     reload_poll_seconds: float = Field(default=1.0, gt=0)  # how often each worker checks the reload marker
     log_level: str = "INFO"

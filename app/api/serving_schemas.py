@@ -36,7 +36,11 @@ class PredictResponse(BaseModel):
 class PredictBatchRequest(Strict):
     """Records as for /api/predict/stream; checked record by record, errors name ``instances[i].field``."""
 
-    instances: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_PREDICT)
+    # list[Any]: each record is checked once, by the service (app/services/predictions.py), which
+    # names ``instances[i].field``; validating 1,000 dicts here first was a tenth of the request
+    instances: list[Any] = Field(
+        min_length=1, max_length=MAX_BATCH_PREDICT, json_schema_extra={"items": {"type": "object"}}
+    )
 
 
 class PredictBatchResponse(BaseModel):

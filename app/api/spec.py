@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
 from spectree import SecurityScheme, SpecTree
 from spectree.models import SecureType, SecuritySchemeData
+from spectree.plugins.flask_plugin import FlaskPlugin
 
 from app.api.schemas import ErrorResponse, field_errors
 from app.errors import InvalidRequest
@@ -25,8 +27,29 @@ def _raise_validation_error(
         raise InvalidRequest(f"invalid request: check {names}", fields=fields)
 
 
+VALIDATE_RESPONSES = "MOVIEREC_VALIDATE_RESPONSES"
+"""Flask config key: check every response body against its documented model (see below)."""
+
+
+class _FlaskPlugin(FlaskPlugin):
+    """spectree's Flask plugin, checking responses only where the app asks for it.
+
+    Request bodies are always validated. Response validation re-parses and re-validates the
+    body a handler just built from typed data: in the tests and under ``--debug`` it turns a
+    contract drift into a failure, in production it would only add a JSON round trip to
+    every answer (docs/performance.md). ``Settings.validate_responses`` chooses.
+    """
+
+    def validate_response(
+        self, resp: Any, resp_model: Any, skip_validation: bool, force_resp_serialize: bool
+    ) -> Any:
+        skip = skip_validation or not current_app.config.get(VALIDATE_RESPONSES, True)
+        return super().validate_response(resp, resp_model, skip, force_resp_serialize)
+
+
 spec = SpecTree(
     "flask",
+    backend=_FlaskPlugin,
     title="movierec",
     version="1",
     description="Authenticated movie recommendations (seed-004 contract plus extensions).",

@@ -213,23 +213,32 @@ def request_profiles(db: Database, since: float) -> list[tuple[Any, Any, Any, in
 # --------------------------------------------------------------------------- predicted scores
 
 
-def predict_score(bundle: Any, request: dict[str, Any], movie_id: int) -> float | None:
-    """The serving bundle's predicted rating for the movie a user scored, or None.
+def predict_scores(bundle: Any, request: dict[str, Any], movie_ids: list[int]) -> list[float | None]:
+    """The serving bundle's predicted ratings of the movies a user may score, None where unknown.
 
     ``request`` holds the inputs of the recommendation request (age, gender, occupation,
-    user_id). None when the bundle has no rating model or cannot predict this record; a
-    prediction never blocks storing the user's score.
+    user_id). All None when the bundle has no rating model or cannot predict these records; a
+    prediction never blocks storing the user's score. One vectorised call for the whole list.
     """
     model = getattr(bundle, "rating_model", None)
-    if model is None or not hasattr(model, "predict_records"):
-        return None
-    record: dict[str, Any] = {"movie_id": int(movie_id)}
-    for key in ("age", "gender", "occupation", "user_id"):
-        if request.get(key) is not None:
-            record[key] = request[key]
+    if model is None or not hasattr(model, "predict_records") or not movie_ids:
+        return [None] * len(movie_ids)
+    person = {
+        key: request[key]
+        for key in ("age", "gender", "occupation", "user_id")
+        if request.get(key) is not None
+    }
+    records = [{**person, "movie_id": int(movie_id)} for movie_id in movie_ids]
+    predicted: list[float | None]
     try:
-        predicted = model.predict_records([record])
+        predicted = [float(value) for value in model.predict_records(records)]
+    except Exception:  # noqa: BLE001 - one unpredictable record: predict the others one by one
+        predicted = [_predict_one(model, record) for record in records]
+    return [value if value is not None and math.isfinite(value) else None for value in predicted]
+
+
+def _predict_one(model: Any, record: dict[str, Any]) -> float | None:
+    try:
+        return float(model.predict_records([record])[0])
     except Exception:  # noqa: BLE001 - an unpredictable record only means "no prediction"
         return None
-    value = float(predicted[0])
-    return value if math.isfinite(value) else None

@@ -144,6 +144,9 @@ class LoadedBundle:
         self.position_of_movie = {int(m): pos for pos, m in enumerate(self.movie_ids)}
         self._segment_row = segment_index()
         self._user_row = {int(u): row for row, u in enumerate(self.tables.user_ids)}
+        # answers as served (immutable Recommendation lists), materialised on first use
+        self._segment_lists: dict[int, list[Recommendation]] = {}
+        self._user_lists: dict[int, list[Recommendation]] = {}
 
     @property
     def strategy_for_segments(self) -> str:
@@ -152,22 +155,30 @@ class LoadedBundle:
     def knows_user(self, user_id: int) -> bool:
         return user_id in self._user_row
 
-    def _rows(self, top: np.ndarray, scores: np.ndarray, n: int) -> list[Recommendation]:
+    def _rows(self, top: np.ndarray, scores: np.ndarray) -> list[Recommendation]:
         out = []
-        for pos, score in zip(top[:n], scores[:n], strict=True):
+        for pos, score in zip(top.tolist(), scores.tolist(), strict=True):
             if pos < 0:
                 break
-            out.append(Recommendation(int(self.movie_ids[pos]), self.titles[pos], float(score)))
+            out.append(Recommendation(int(self.movie_ids[pos]), self.titles[pos], score))
         return out
 
     def recommend_segment(self, segment: Segment, n: int) -> list[Recommendation]:
         row = self._segment_row[segment.key]
-        return self._rows(self.tables.segment_top[row], self.tables.segment_scores[row], n)
+        rows = self._segment_lists.get(row)
+        if rows is None:  # built once per table row, then every request only slices it
+            rows = self._segment_lists[row] = self._rows(
+                self.tables.segment_top[row], self.tables.segment_scores[row]
+            )
+        return rows[:n]
 
     def recommend_user(self, user_id: int, n: int) -> list[Recommendation]:
         """Personal recommendations; KeyError when the user is unknown to this bundle."""
         row = self._user_row[user_id]
-        return self._rows(self.tables.user_top[row], self.tables.user_scores[row], n)
+        rows = self._user_lists.get(row)
+        if rows is None:
+            rows = self._user_lists[row] = self._rows(self.tables.user_top[row], self.tables.user_scores[row])
+        return rows[:n]
 
     @property
     def metrics(self) -> dict[str, Any]:

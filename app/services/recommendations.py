@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import InvalidRequest, NotFound, Unavailable
-from app.monitoring.quality import predict_score
+from app.monitoring.quality import predict_scores
 from app.recommender.bundle import LoadedBundle, Recommendation
 from app.recommender.segments import Segment
+from app.services.group_commit import GroupCommit
 from app.services.models import ModelHolder
 from app.services.request_ids import RequestIds
 from app.services.request_log import RequestLog
-from app.storage.db import Database, FeedbackRecord
+from app.storage.db import REQUEST_INPUTS, Database, FeedbackRecord, StoredRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,51 @@ class Served:
         }
 
 
-def _inputs(row: Any) -> dict[str, Any]:
-    """The request inputs a rating prediction needs, from a pending row (dict) or a stored one."""
-    keys = ("age", "gender", "occupation", "user_id")
-    if isinstance(row, dict):
-        return {key: row.get(key) for key in keys}
-    return {key: getattr(row, key, None) for key in keys}
+@dataclass(frozen=True)
+class ScoreTarget:
+    """A stored recommendation as a score needs it: its movies by title, version and inputs.
+
+    ``predicted`` holds the serving bundle's predicted rating of every movie of the list,
+    filled by the first score (one vectorised call for the list instead of one per score).
+    """
+
+    movies: dict[str, int]
+    model_version: str
+    inputs: dict[str, Any]
+    predicted: dict[int, float | None] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of(cls, items: list[dict[str, Any]], model_version: str, inputs: dict[str, Any]) -> ScoreTarget:
+        return cls({item["title"]: int(item["movie_id"]) for item in items}, model_version, inputs)
+
+
+class ScoreTargets:
+    """The most recently scored recommendations of this worker, by id (bounded, thread-safe).
+
+    A stored recommendation never changes, so a worker keeps the few thousand it was last
+    asked about: the second and later scores of one list (the usual case: a user rates
+    several of the movies shown) skip the database read.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, ScoreTarget] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, request_id: str) -> ScoreTarget | None:
+        with self._lock:
+            target = self._entries.get(request_id)
+            if target is not None:
+                self._entries.move_to_end(request_id)
+            return target
+
+    def put(self, request_id: str, target: ScoreTarget) -> ScoreTarget:
+        with self._lock:
+            self._entries[request_id] = target
+            self._entries.move_to_end(request_id)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return target
 
 
 def _unknown_id() -> InvalidRequest:
@@ -73,6 +115,10 @@ class RecommendationService:
         self.ids = RequestIds(id_secret or secrets.token_bytes(32))
         self.request_log = request_log or RequestLog(db)
         self.pending_wait = pending_wait  # how long a score waits for another worker's pending row
+        self.targets = ScoreTargets()
+        self.feedback: GroupCommit[FeedbackRecord] = GroupCommit(
+            db.save_feedbacks
+        )  # concurrent scores, one commit
         # Set by app/monitoring/online.py: the circuit breaker's router (champion, probe or
         # fallback) and the feedback counter of the online monitor.
         self.guard: Any = None
@@ -167,47 +213,57 @@ class RecommendationService:
 
     def score(self, request_id: str, movie: str, score: float) -> None:
         """Store a user's score for a movie recommended under ``request_id``; committed on return."""
-        items, model_version, inputs = self._served(request_id)
-        served = {item["title"]: item for item in items}
-        item = served.get(movie)
-        if item is None:
+        target = self._target(request_id)
+        movie_id = target.movies.get(movie)
+        if movie_id is None:
             raise InvalidRequest(
                 "movie was not recommended under this id",
                 fields={"movie": "must be a movie title recommended under that id"},
             )
-        self.db.save_feedback(
+        self.feedback.save(
             FeedbackRecord(
                 request_id=request_id,
-                movie_id=int(item["movie_id"]),
+                movie_id=movie_id,
                 title=movie,
                 score=score,
-                predicted_score=self._predicted(model_version, inputs, int(item["movie_id"])),
-                model_version=model_version,
+                predicted_score=self._predicted(target, movie_id),
+                model_version=target.model_version,
             )
         )
         if self.on_feedback is not None:
             self.on_feedback(score)
 
-    def _predicted(self, model_version: str, inputs: dict[str, Any], movie_id: int) -> float | None:
+    def _predicted(self, target: ScoreTarget, movie_id: int) -> float | None:
         """The serving bundle's predicted rating (online RMSE), only when that bundle served the list."""
         bundle = self.models.bundle
-        if bundle is None or bundle.version != model_version:
+        if bundle is None or bundle.version != target.model_version:
             return None
-        return predict_score(bundle, inputs, movie_id)
+        if movie_id not in target.predicted:  # first score of this list here: predict all of it
+            movie_ids = list(target.movies.values())
+            target.predicted.update(
+                zip(movie_ids, predict_scores(bundle, target.inputs, movie_ids), strict=True)
+            )
+        return target.predicted.get(movie_id)
 
-    def _served(self, request_id: str) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+    def _target(self, request_id: str) -> ScoreTarget:
         """What was served under ``request_id``, with its row committed (the feedback references it).
 
-        Buffered here → committed now. In the database → done. Signed by us but nowhere yet →
-        another worker has it pending: wait for its flush (bounded), never refuse it. Else 400.
+        Scored here lately or in the database → done. Buffered here → committed now. Signed by
+        us but nowhere yet → another worker has it pending: wait for its flush (bounded), never
+        refuse it. Else 400.
         """
+        target = self.targets.get(request_id)  # only ever holds committed rows
+        if target is not None:
+            return target
         pending = self.request_log.get(request_id)
         if pending is not None:
             self.request_log.persist(request_id)
-            return pending["items"], pending["model_version"], _inputs(pending)
-        stored = self.db.get_request(request_id)
+            inputs = {key: pending.get(key) for key in REQUEST_INPUTS}
+            served = StoredRequest(pending["items"], pending["model_version"], inputs)
+            return self._remember(request_id, served)
+        stored = self.db.served_request(request_id)
         if stored is not None:
-            return stored.items, stored.model_version, _inputs(stored)
+            return self._remember(request_id, stored)
         if not self.ids.verify(request_id):
             raise _unknown_id()
         deadline = time.monotonic() + self.pending_wait
@@ -215,11 +271,14 @@ class RecommendationService:
         while time.monotonic() < deadline:
             time.sleep(delay)
             delay = min(0.1, delay * 2)
-            stored = self.db.get_request(request_id)
+            stored = self.db.served_request(request_id)
             if stored is not None:
-                return stored.items, stored.model_version, _inputs(stored)
+                return self._remember(request_id, stored)
         # Issued by a worker whose log has not reached the database (it may be down or the
         # worker gone): retryable, not "never issued".
         raise Unavailable(
             "the recommendation behind this id is not stored yet; retry shortly", headers={"Retry-After": "1"}
         )
+
+    def _remember(self, request_id: str, stored: StoredRequest) -> ScoreTarget:
+        return self.targets.put(request_id, ScoreTarget.of(stored.items, stored.model_version, stored.inputs))

@@ -9,8 +9,10 @@ API.md "Durability" are kept as follows:
   after the batch holding it is committed; a failed batch goes back to the front of the
   buffer and is retried with back-off (the database being down never loses rows). The
   buffer is flushed synchronously at interpreter exit (``atexit``) and from uwsgi's own
-  ``atexit`` hook, which a worker runs when it is stopped or recycled. Only a hard kill
-  (SIGKILL, harakiri) can lose the rows of the last few milliseconds.
+  ``atexit`` hook, which a worker runs when it stops gracefully (SIGTERM under uwsgi.ini, or a
+  recycle; uwsgi skips the hooks of a worker stopped brutally while a request is in flight,
+  hence the graceful SIGTERM there). Only a hard kill (SIGKILL, harakiri, SIGINT) can lose the
+  rows of the last flush interval.
 * **A score is never refused because its row is pending.** :meth:`RequestLog.get` sees
   pending and in-flight rows, and :meth:`RequestLog.persist` commits a pending row (and,
   for free, everything queued with it) before the feedback row that references it.
@@ -54,7 +56,7 @@ class RequestLog:
         self,
         db: Database,
         *,
-        flush_interval: float = 0.02,
+        flush_interval: float = 0.1,
         batch_size: int = 500,
         max_pending: int = 50_000,
         max_backoff: float = 5.0,
@@ -91,11 +93,15 @@ class RequestLog:
                     "the request log cannot keep up (database unreachable?); try again shortly",
                     headers={"Retry-After": "5"},
                 )
+            was_empty = not self._pending
             for row in batch:
                 row.setdefault("created_at", stamped)
                 self._pending[row["id"]] = row
             self._ensure_thread()
-            self._wake.notify()
+            # Wake the flusher only when it has to act: the first row starts its wait, a full
+            # batch ends it. Waking it on every append cost a thread switch per request.
+            if was_empty or len(self._pending) >= self.batch_size:
+                self._wake.notify()
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         """The row for ``request_id`` while it is still buffered here (pending or being written)."""

@@ -6,18 +6,20 @@ when ``MOVIEREC_DATABASE_URL`` points at one. Schema changes go through Alembic 
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Table, create_engine, event, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy import Engine, Table, bindparam, create_engine, event, select, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.storage.models import Feedback, RecommendationRequest, utcnow
@@ -28,11 +30,35 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 727_001  # advisory lock key: one migrator at a time across processes
 
 
+REQUEST_INPUTS = ("age", "gender", "occupation", "user_id")
+"""The request fields a served recommendation keeps for scoring it (predicted rating, feedback)."""
+
+
 class DatabaseUnavailableError(RuntimeError):
     """The database cannot be reached; callers answer 503 rather than pretend."""
 
 
-@dataclass(frozen=True)
+T = TypeVar("T")
+
+
+def _unreachable(exc: SQLAlchemyError) -> bool:
+    """Does this error mean "no database" (503) rather than a bug (500)?"""
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def _unavailable(exc: SQLAlchemyError) -> DatabaseUnavailableError:
+    orig = getattr(exc, "orig", None)
+    return DatabaseUnavailableError(str(orig) if orig else str(exc))
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredRequest:
+    items: list[dict[str, Any]]
+    model_version: str
+    inputs: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class FeedbackRecord:
     request_id: str
     movie_id: int
@@ -56,13 +82,58 @@ def make_engine(url: str) -> Engine:
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 10},
+            json_serializer=_json_text, json_deserializer=orjson.loads,
+        )  # fmt: skip
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=5,
-        connect_args={"connect_timeout": 3},
+    engine = create_engine(
+        url, pool_size=5, max_overflow=10, pool_timeout=5, connect_args={"connect_timeout": 3},
+        json_serializer=_json_text, json_deserializer=orjson.loads,
     )  # fmt: skip
+    event.listen(engine, "checkout", _ping_if_idle)
+    event.listen(engine, "checkin", _note_checkin)
+    return engine
+
+
+IDLE_PING_SECONDS = 2.0
+"""A pooled connection unused for longer is pinged before use (see :func:`_ping_if_idle`)."""
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Ping a connection that sat idle, so a database restarted meanwhile costs no request.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: two round trips per statement on
+    the score path for connections used a millisecond ago. Busy connections are not pinged;
+    if the database goes away under load, the statement fails as a disconnect, SQLAlchemy
+    drops the whole pool, and :meth:`Database.run` retries idempotent statements once on a
+    fresh connection (else the caller answers 503).
+    """
+    last = record.info.get("checked_in_at")
+    if last is None or time.monotonic() - last < IDLE_PING_SECONDS:
+        return
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        dbapi_connection.rollback()
+    except Exception as exc:  # any failure means "use another connection"
+        raise DisconnectionError(f"idle connection is dead: {exc}") from exc
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        record.info["checked_in_at"] = time.monotonic()
+
+
+def _json_text(value: Any) -> str:
+    """JSON columns are written and read with orjson (the monitor reads every list served lately)."""
+    return orjson.dumps(value).decode()
+
+
+def _copy_value(name: str, value: Any) -> Any:
+    """A request row's value as ``COPY`` takes it (``items`` is JSON text, as the JSON column stores it)."""
+    return _json_text(value) if name == "items" and value is not None else value
 
 
 class Database:
@@ -70,6 +141,16 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # The score path's two statements, built once (SQLAlchemy then reuses their compiled form).
+        requests = cast(Table, RecommendationRequest.__table__)
+        self._served_query = select(
+            requests.c["items"], requests.c.model_version, *(requests.c[key] for key in REQUEST_INPUTS)
+        ).where(requests.c.id == bindparam("id"))
+        insert = self._insert(Feedback)
+        self._feedback_upsert = insert.on_conflict_do_update(
+            index_elements=["request_id", "movie_id"],
+            set_={"score": insert.excluded.score, "updated_at": insert.excluded.updated_at},
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -113,6 +194,24 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def run(self, statement: Callable[[Any], T], *, write: bool = False) -> T:
+        """Run an idempotent ``statement(connection)`` (in a committed transaction when ``write``).
+
+        A connection that turns out dead (the database restarted while it sat in the pool) is
+        retried once on a fresh one; a database still unreachable → :class:`DatabaseUnavailableError`.
+        """
+        for attempt in (1, 2):
+            try:
+                with self.engine.begin() if write else self.engine.connect() as connection:
+                    return statement(connection)
+            except SQLAlchemyError as exc:
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated and attempt == 1:
+                    continue
+                if _unreachable(exc):
+                    raise _unavailable(exc) from exc
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success; connectivity errors become DatabaseUnavailableError."""
@@ -120,9 +219,11 @@ class Database:
         try:
             yield session
             session.commit()
-        except OperationalError as exc:
+        except SQLAlchemyError as exc:
             session.rollback()
-            raise DatabaseUnavailableError(str(exc.orig) if exc.orig else str(exc)) from exc
+            if _unreachable(exc):
+                raise _unavailable(exc) from exc
+            raise
         except BaseException:
             session.rollback()
             raise
@@ -132,59 +233,85 @@ class Database:
     # ------------------------------------------------------------------ requests and feedback
 
     def save_requests(self, rows: list[dict[str, Any]]) -> None:
-        """Insert request rows in one statement; rows whose id is already stored are skipped.
+        """Store request rows; rows whose id is already stored are skipped.
 
         Idempotent so the write-behind log (app/services/request_log.py) can retry a batch
-        whose commit may or may not have landed before a connection dropped.
+        whose commit may or may not have landed before a connection dropped. On PostgreSQL the
+        batch is streamed with ``COPY`` (a third of the CPU of a multi-row ``INSERT``); a batch
+        that meets an id already stored (that retry) is inserted with ``ON CONFLICT DO NOTHING``.
         """
         if not rows:
             return
         now = utcnow()
         values = [{"created_at": now, **row} for row in rows]
-        table = cast(Table, RecommendationRequest.__table__)
-        dialect = self.engine.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            statement: Any = pg_insert(table).on_conflict_do_nothing(index_elements=["id"])
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            statement = sqlite_insert(table).on_conflict_do_nothing(index_elements=["id"])
-        else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-            statement = table.insert()
+        if self.engine.dialect.name == "postgresql" and self._copy_requests(values):
+            return
+        statement = self._insert(RecommendationRequest).on_conflict_do_nothing(index_elements=["id"])
         with self.session() as session:
             session.execute(statement, values)
+
+    def _copy_requests(self, values: list[dict[str, Any]]) -> bool:
+        """``COPY`` the rows in one transaction; False when one of them is already stored."""
+        import psycopg
+
+        table = cast(Table, RecommendationRequest.__table__)
+        names = [column.name for column in table.columns]
+        sql = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"  # names come from the model
+        try:
+            with self.engine.begin() as connection:
+                driver = connection.connection.driver_connection
+                assert driver is not None
+                with driver.cursor() as cursor, cursor.copy(sql) as copy:
+                    for row in values:
+                        copy.write_row([_copy_value(name, row.get(name)) for name in names])
+        except psycopg.errors.UniqueViolation:
+            return False
+        except (psycopg.OperationalError, SQLAlchemyError) as exc:
+            raise DatabaseUnavailableError(str(exc)) from exc
+        return True
+
+    def _insert(self, model: Any) -> Any:
+        """``INSERT`` for this dialect, with its ``ON CONFLICT`` clauses (SQLite and PostgreSQL)."""
+        table = cast(Table, model.__table__)
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
 
     def get_request(self, request_id: str) -> RecommendationRequest | None:
         with self.session() as session:
             return session.get(RecommendationRequest, request_id)
 
-    def save_feedback(self, record: FeedbackRecord) -> None:
-        """Insert the score, or update it when this (request, movie) was already scored.
+    def served_request(self, request_id: str) -> StoredRequest | None:
+        """What a score needs of a stored recommendation: one indexed read of five columns."""
+        query, params = self._served_query, {"id": request_id}
+        row = self.run(lambda connection: connection.execute(query, params).first())
+        if row is None:
+            return None
+        return StoredRequest(row[0], row[1], dict(zip(REQUEST_INPUTS, row[2:], strict=True)))
 
-        Retries of the same post therefore land exactly once. Committed on return.
+    def save_feedback(self, record: FeedbackRecord) -> None:
+        """Insert the score, or update it when this (request, movie) was already scored."""
+        self.save_feedbacks([record])
+
+    def save_feedbacks(self, records: Sequence[FeedbackRecord]) -> None:
+        """Store scores in one transaction: ``INSERT … ON CONFLICT DO UPDATE``, committed on return.
+
+        Retries of the same post land exactly once (the score and ``updated_at`` are updated, the
+        first prediction is kept); within one call the last score of a (request, movie) wins.
         """
-        values = {
-            "request_id": record.request_id,
-            "movie_id": record.movie_id,
-            "title": record.title,
-            "score": record.score,
-            "predicted_score": record.predicted_score,
-            "model_version": record.model_version,
-        }
-        try:
-            with self.session() as session:
-                session.add(Feedback(**values))
-        except IntegrityError:
-            with self.session() as session:
-                existing = session.scalars(
-                    select(Feedback).where(
-                        Feedback.request_id == record.request_id, Feedback.movie_id == record.movie_id
-                    )
-                ).one()
-                existing.score = record.score
-                existing.updated_at = utcnow()
+        now = utcnow()
+        latest = {(record.request_id, record.movie_id): record for record in records}
+        values = [
+            {**dataclasses.asdict(record), "created_at": now, "updated_at": now} for record in latest.values()
+        ]
+        if not values:
+            return
+        statement = self._feedback_upsert
+        self.run(lambda connection: connection.execute(statement, values), write=True)
 
     def feedback_rows(self, limit: int | None = None) -> list[Feedback]:
         with self.session() as session:

@@ -230,3 +230,38 @@ def test_a_failing_champion_is_answered_from_the_fallback_and_opens_the_breaker(
     services.monitor.tick()
     state = _breaker(client, headers)
     assert state["state"] == "open" and "model error rate 100.0%" in state["reason"]
+
+
+def test_score_triggered_evaluations_are_spaced_not_dropped(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import app.monitoring.online as online
+
+    monkeypatch.setattr(online, "EVENT_SPACING_SECONDS", 0.6)
+    store, _previous, _current = two_champions
+    settings = _settings(store, "sqlite", request)
+    settings.update(monitor_interval_seconds=3600, monitor_every_events=2, monitor_sync_seconds=0.05)
+    app = make_app(**settings)
+    client = app.test_client()
+    headers = login(client)
+    monitor = app.extensions["movierec"].monitor
+    times: list[float] = []
+    tick = monitor.tick
+    monkeypatch.setattr(
+        monitor,
+        "tick",
+        lambda **kw: (times.append(time.monotonic()) if kw.get("force") else None, tick(**kw))[1],
+    )
+    try:
+        for served in _recommend(client, headers, 4):  # two wake-ups, back to back
+            _score(client, headers, served, 4.0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(times) < 2:
+            time.sleep(0.05)
+        assert len(times) == 2, "the second wake-up must be evaluated, later"
+        assert times[1] - times[0] >= 0.5
+    finally:
+        monitor.stop()

@@ -102,13 +102,16 @@ def test_predicted_score_is_stored_with_the_feedback(make_app: Callable[..., Any
     client = app.test_client()
     headers = login(client)
     body = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
-    scored = {"id": body["id"], "movie": body["recommendations"][0], "score": 3}
-    assert client.post("/api/recommend/score", json=scored, headers=headers).status_code == 200
+    for title in body["recommendations"][:3]:  # the first score predicts the list, the others reuse it
+        scored = {"id": body["id"], "movie": title, "score": 3}
+        assert client.post("/api/recommend/score", json=scored, headers=headers).status_code == 200
     services = app.extensions["movierec"]
-    row = services.db.feedback_rows()[0]
-    record = {**PROFILE, "movie_id": row.movie_id}
-    expected = float(services.models.bundle.rating_model.predict_records([record])[0])
-    assert row.predicted_score == pytest.approx(expected)
+    rows = services.db.feedback_rows()
+    assert len(rows) == 3
+    for row in rows:
+        record = {**PROFILE, "movie_id": row.movie_id}
+        expected = float(services.models.bundle.rating_model.predict_records([record])[0])
+        assert row.predicted_score == pytest.approx(expected)
 
 
 def test_metrics_can_be_restricted_by_network_and_token(make_app: Callable[..., Any]) -> None:

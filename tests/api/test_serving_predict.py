@@ -132,7 +132,7 @@ def test_batch_of_ten_thousand_is_accepted_beyond_the_64k_body_limit(client: Any
         ([{**RECORD, "user_id": -1}], "instances[0].user_id"),
         ([RECORD, {"age": 30, "gender": "M", "occupation": "programmer"}], "instances[1].movie_id"),
         ([RECORD, {**RECORD, "colour": "red"}], "instances[1].colour"),
-        ([RECORD, [1, 2, 3]], "instances"),
+        ([RECORD, [1, 2, 3]], "instances[1].record"),
     ],
 )
 def test_batch_names_the_bad_record_and_field(

@@ -95,3 +95,66 @@ def test_echo_returns_the_body_and_needs_a_token(client: Any, auth_headers: dict
     assert unauthenticated.status_code == 401
     assert unauthenticated.get_json()["error"]["code"] == "unauthorized"
     assert client.post("/api/echo", json=[1, 2], headers=auth_headers).status_code == 400
+
+
+def test_later_scores_of_one_list_read_the_stored_recommendation_once(
+    app: Any, client: Any, auth_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = app.extensions["movierec"]
+    body = client.post("/api/recommend", json={**PROFILE, "max_recs": 3}, headers=auth_headers).get_json()
+    services.recommendations.request_log.flush()  # stored, no longer buffered: the database is asked
+    reads: list[str] = []
+    read = services.db.served_request
+    monkeypatch.setattr(
+        services.db, "served_request", lambda request_id: reads.append(request_id) or read(request_id)
+    )
+    for title in body["recommendations"]:
+        score = {"id": body["id"], "movie": title, "score": 4}
+        assert client.post("/api/recommend/score", json=score, headers=auth_headers).status_code == 200
+    assert reads == [body["id"]]
+    wrong = {"id": body["id"], "movie": "Not Recommended (1999)", "score": 4}
+    response = client.post("/api/recommend/score", json=wrong, headers=auth_headers)
+    assert response.status_code == 400 and "movie" in response.get_json()["error"]["fields"]
+
+
+def test_score_targets_keep_only_the_most_recently_used() -> None:
+    from app.services.recommendations import ScoreTarget, ScoreTargets
+
+    targets = ScoreTargets(size=2)
+    for request_id in ("a", "b"):
+        targets.put(request_id, ScoreTarget({"M": 1}, "v", {}))
+    assert targets.get("a") is not None  # now the most recent
+    targets.put("c", ScoreTarget({"M": 1}, "v", {}))
+    assert targets.get("b") is None
+    assert targets.get("a") is not None and targets.get("c") is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "validated"),
+    [({}, True), ({"validate_responses": False}, False), ({"testing": False, "debug": True}, True)],
+)
+def test_response_bodies_are_checked_against_their_models_only_where_asked(
+    make_app: Any, overrides: dict[str, Any], validated: bool
+) -> None:
+    from flask import jsonify
+    from spectree import Response
+
+    from app.api.schemas import Ok
+    from app.api.spec import VALIDATE_RESPONSES, spec
+
+    app = make_app(**overrides)
+    assert app.config[VALIDATE_RESPONSES] is validated
+
+    @app.post("/test/drifted")
+    @spec.validate(resp=Response(HTTP_200=Ok))
+    def drifted() -> Any:
+        return jsonify({"not": "the documented body"})
+
+    response = app.test_client().post("/test/drifted")
+    assert response.status_code == (500 if validated else 200)
+
+
+def test_production_settings_answer_without_checking_their_own_responses(make_app: Any) -> None:
+    from app.api.spec import VALIDATE_RESPONSES
+
+    assert make_app(testing=False).config[VALIDATE_RESPONSES] is False

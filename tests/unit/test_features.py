@@ -315,3 +315,13 @@ def test_encoder_refuses_bad_configuration_and_data(tiny) -> None:
         PairEncoder().fit(ratings.iloc[:0], users, items)
     with pytest.raises(ValueError, match="movies missing"):
         PairEncoder().fit(pd.concat([ratings, ratings.iloc[:1].assign(movie_id=99)]), users, items)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 32, 33, 500])
+def test_positions_match_pandas_for_few_and_many_ids(n: int) -> None:
+    from app.recommender.features import _positions
+
+    index = pd.Index(np.array([10, 3, 77, 5, 1000], dtype=np.int64))
+    ids = np.random.default_rng(n).choice(np.array([3, 5, 10, 11, 77, 1000, -1], dtype=np.int64), size=n)
+    got = _positions(index, ids)
+    assert got.tolist() == index.get_indexer(ids).tolist()

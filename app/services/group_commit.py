@@ -1,0 +1,109 @@
+"""Group commit of scores: concurrent ``/api/recommend/score`` calls of a worker share one transaction.
+
+A score is acknowledged only after the transaction holding it committed (API.md "Durability"),
+so each score used to pay a transaction of its own: a round trip for the statement, one for
+the commit, and the server's commit work. Under load the threads of a worker post scores at
+the same moment; here they are written together:
+
+* the first caller to find nobody writing becomes the writer (the *leader*) and writes every
+  score queued so far (its own first) in one multi-row statement and one commit;
+* callers arriving meanwhile queue up and wait; when the leader is done it wakes them with
+  their outcome, and hands the writer's turn to the oldest caller still queued, which writes
+  the next batch (no thread of its own, nothing to start or stop across forks);
+* a batch that fails for a reason other than the database being unreachable is written again
+  record by record, so one bad record fails only its own request.
+
+A lone score pays nothing extra: its caller is the leader and writes at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from app.storage.db import DatabaseUnavailableError
+
+R = TypeVar("R")
+
+
+class NotStoredError(RuntimeError):
+    """The batch holding a record ended without its commit (the writer was interrupted)."""
+
+
+class _Ticket(Generic[R]):
+    __slots__ = ("done", "error", "ready", "record")
+
+    def __init__(self, record: R) -> None:
+        self.record = record
+        self.ready = threading.Event()  # set when done, or when this caller becomes the leader
+        self.done = False
+        # stays set unless the record is known to be committed: nothing is acknowledged by default
+        self.error: BaseException | None = NotStoredError("the score was not stored")
+
+
+class GroupCommit(Generic[R]):
+    """Write records through ``write(batch)`` (one transaction per batch), returning once committed."""
+
+    def __init__(self, write: Callable[[Sequence[R]], None], max_batch: int = 64) -> None:
+        self.write = write
+        self.max_batch = max_batch
+        self._queue: list[_Ticket[R]] = []
+        self._writing = False
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.records = 0
+
+    def save(self, record: R) -> None:
+        """Store ``record``; returns when its transaction committed, raises what the write raised."""
+        ticket = _Ticket(record)
+        with self._lock:
+            self._queue.append(ticket)
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            ticket.ready.wait()
+        if not ticket.done:  # leader, first or handed the turn
+            self._lead()
+        if ticket.error is not None:
+            raise ticket.error
+
+    def _lead(self) -> None:
+        with self._lock:
+            batch = self._queue[: self.max_batch]
+            del self._queue[: len(batch)]
+        try:
+            self._write_batch(batch)
+        finally:
+            with self._lock:
+                successor = self._queue[0] if self._queue else None
+                if successor is None:
+                    self._writing = False
+                self.batches += 1
+                self.records += len(batch)
+            for ticket in batch:
+                ticket.done = True
+                ticket.ready.set()
+            if successor is not None:
+                successor.ready.set()  # not done: it leads the next batch
+
+    def _write_batch(self, batch: list[_Ticket[R]]) -> None:
+        try:
+            self.write([ticket.record for ticket in batch])
+        except DatabaseUnavailableError as exc:
+            for ticket in batch:
+                ticket.error = exc
+        except Exception as exc:  # noqa: BLE001 - handed to the callers, who raise it
+            if len(batch) == 1:
+                batch[0].error = exc
+                return
+            for ticket in batch:  # find the culprit: each record alone
+                try:
+                    self.write([ticket.record])
+                except Exception as single:  # noqa: BLE001 - handed to its caller
+                    ticket.error = single
+                else:
+                    ticket.error = None
+        else:
+            for ticket in batch:
+                ticket.error = None

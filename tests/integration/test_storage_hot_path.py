@@ -1,0 +1,138 @@
+"""The score path's storage: one-statement writes, idempotent retries, dead pooled connections.
+
+On real databases: SQLite and the local PostgreSQL (fresh database per test).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import func, select
+
+import app.storage.db as db_module
+from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
+from app.storage.models import Feedback, RecommendationRequest
+
+pytestmark = pytest.mark.integration
+
+ITEMS = [{"movie_id": 7, "title": "Movie 7", "score": 0.9}, {"movie_id": 9, "title": "Movie 9", "score": 0.5}]
+
+
+def _sqlalchemy_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'hot.db'}"
+    else:
+        url = _sqlalchemy_url(str(request.getfixturevalue("postgres_url")))
+    database = Database(url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Any:
+    database = Database(_sqlalchemy_url(postgres_url))
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def _row(request_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": request_id or uuid.uuid4().hex,
+        "age": 30,
+        "gender": "F",
+        "occupation": "artist",
+        "user_id": None,
+        "max_recs": 2,
+        "model_version": "v1",
+        "strategy": "segment",
+        "items": ITEMS,
+    }
+
+
+def _count(database: Database, model: Any) -> int:
+    with database.session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)))
+
+
+def _kill_connections(postgres_url: str) -> int:
+    """Terminate every server process of the test database (as a restart would)."""
+    name = postgres_url.rsplit("/", 1)[1]
+    admin = postgres_url.rsplit("/", 1)[0] + "/test"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        killed = connection.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchone()
+    return int(killed[0]) if killed else 0
+
+
+def test_a_batch_retried_after_part_of_it_landed_stores_every_row_once(db: Database) -> None:
+    rows = [_row() for _ in range(5)]
+    db.save_requests(rows[:2])  # the part whose commit landed before the connection dropped
+    db.save_requests(rows)  # the retry of the whole batch (PostgreSQL: COPY meets a duplicate)
+    assert _count(db, RecommendationRequest) == 5
+    stored = db.served_request(rows[3]["id"])
+    assert stored is not None
+    assert stored.items == ITEMS and stored.model_version == "v1"
+    assert stored.inputs == {"age": 30, "gender": "F", "occupation": "artist", "user_id": None}
+    assert db.served_request("never-issued") is None
+
+
+def test_a_rescore_updates_the_one_row_and_keeps_its_prediction(db: Database) -> None:
+    row = _row()
+    db.save_requests([row])
+    db.save_feedback(FeedbackRecord(row["id"], 7, "Movie 7", 2.0, 3.25, "v1"))
+    db.save_feedback(FeedbackRecord(row["id"], 7, "Movie 7", 4.5, None, "v1"))
+    db.save_feedback(FeedbackRecord(row["id"], 9, "Movie 9", 1.0, None, "v1"))
+    with db.session() as session:
+        rows = session.scalars(select(Feedback).order_by(Feedback.movie_id)).all()
+        got = [(r.movie_id, r.score, r.predicted_score, r.updated_at >= r.created_at) for r in rows]
+    assert got == [(7, 4.5, 3.25, True), (9, 1.0, None, True)]
+
+
+def test_an_idle_connection_killed_by_the_server_costs_no_request(
+    pg: Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = _row()
+    pg.save_requests([row])
+    assert pg.served_request(row["id"]) is not None  # a connection now waits in the pool
+    assert _kill_connections(postgres_url) >= 1
+    monkeypatch.setattr(db_module, "IDLE_PING_SECONDS", 0.0)  # it has been idle "long enough"
+    assert _count(pg, RecommendationRequest) == 1  # through a session: no retry, only the ping saves it
+
+
+def test_a_busy_connection_killed_under_it_is_retried_once_for_idempotent_statements(
+    pg: Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = _row()
+    pg.save_requests([row])
+    assert pg.served_request(row["id"]) is not None
+    monkeypatch.setattr(
+        db_module, "IDLE_PING_SECONDS", 3600.0
+    )  # never pinged: the kill is found by the write
+    assert _kill_connections(postgres_url) >= 1
+    pg.save_feedback(FeedbackRecord(row["id"], 7, "Movie 7", 5.0, None, "v1"))
+    assert _count(pg, Feedback) == 1
+
+
+def test_no_database_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    database = Database("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    with pytest.raises(DatabaseUnavailableError):
+        database.served_request("x")
+    with pytest.raises(DatabaseUnavailableError):
+        database.save_feedback(FeedbackRecord("x", 1, "Movie 1", 3.0, None, "v1"))
+    with pytest.raises(DatabaseUnavailableError):
+        database.save_requests([_row()])
+    database.dispose()
