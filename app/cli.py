@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from app.recommender.evaluation import REFERENCE_SEED, STANDARD_SEEDS
+from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS
 
 
 def _seeds(value: str) -> list[int]:

@@ -168,6 +168,7 @@ def publish_candidate(
     extra_manifest: dict[str, Any],
     rating_model: Recommender | None,
     scratch_root: Path,
+    artifact_uri: str | None = None,
 ) -> dict[str, Any]:
     """Write the bundle and the reports, upload them to the candidate's MLflow run; return what
     the registration step needs (small: no model, no tables).
@@ -195,7 +196,7 @@ def publish_candidate(
         for protocol, report in (("A", result.report_a), ("B", result.report_b)):
             if report["models"]:
                 reports.extend(write_report(report, scratch / "reports" / f"protocol-{protocol}.json"))
-        registry.upload_candidate_artifacts(run_id, bundle, reports)
+        registry.upload_candidate_artifacts(run_id, bundle, reports, artifact_uri)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result.timings["publish"] = time.perf_counter() - started

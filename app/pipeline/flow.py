@@ -2,10 +2,10 @@
 
 ::
 
-    start ──► features ──► train (foreach candidate) ──► register ──► gate ──► export ──► end
-    ingest      Parquet       evaluate A + B, fit,         MLflow runs   smoke +    champion →
-    raw +       snapshot,     batch inference              + versions    NDCG rule  model store,
-    feedback    DB features                                                         reload
+    start ──► features ──► train (foreach candidate) ──► release ──────────────────────► end
+    ingest      Parquet       evaluate A + B, fit,         register versions, gate        summary
+    raw +       snapshot,     batch inference, bundle      (smoke + NDCG rule), export
+    feedback    DB features   → MLflow artifacts           champion → model store, reload
 
 Run it through ``movierec pipeline run`` (app/pipeline/runner.py), which sets the Metaflow
 user and datastore under the var root and passes every setting through the environment
@@ -46,7 +46,7 @@ def _database(settings: Any) -> Any:
 
 
 class MovieRecTrainingFlow(FlowSpec):
-    """Ingest → features → train every candidate → register → gate → export → reload."""
+    """Ingest → features → train every candidate → register, gate, export, reload → summary."""
 
     candidates = Parameter(
         "candidates",
@@ -103,6 +103,10 @@ class MovieRecTrainingFlow(FlowSpec):
             )
             for name in self.candidate_names
         }
+        # Where each run keeps its artifacts, so a branch writing to a local store needs no MLflow.
+        self.candidate_artifacts = {
+            name: registry.artifact_uri(run_id) for name, run_id in self.candidate_runs.items()
+        }
         self.next(self.features)
 
     @step
@@ -140,21 +144,33 @@ class MovieRecTrainingFlow(FlowSpec):
         }
         self.published = publish_candidate(
             result, self.data, Registry.from_settings(settings), self.candidate_runs[name], extra_manifest,
-            self.rating_model, _scratch_root(settings),
+            self.rating_model, _scratch_root(settings), self.candidate_artifacts[name],
         )  # fmt: skip
-        self.next(self.register)
+        self.next(self.release)
 
     @step
-    def register(self, inputs: Any) -> None:
-        """Close every candidate's MLflow run and register its bundle as a new model version."""
+    def release(self, inputs: Any) -> None:
+        """Register every candidate, gate the new versions, export the champion, close the MLflow run.
+
+        One step, not four: each Metaflow step is a new process that imports MLflow and opens
+        its tracking store again (several seconds of CPU each), while this work is a handful of
+        registry calls. The parts stay separate methods calling the unit-tested functions.
+        """
         from app.registry.mlflow_registry import Registry
 
         self.merge_artifacts(inputs, exclude=["published"])
         settings = _settings()
         registry = Registry.from_settings(settings)
+        self._register([branch.published for branch in inputs], registry)
+        self._gate(registry, settings)
+        self._export(registry, settings)
+        self._finish(registry, settings)
+        self.next(self.end)
+
+    def _register(self, published: list[dict[str, Any]], registry: Any) -> None:
+        """Close every candidate's MLflow run and register its bundle as a new model version."""
         self.registered: list[dict[str, Any]] = []
-        for branch in inputs:
-            entry = branch.published
+        for entry in published:
             tags = {"code_version": self.code_version, "data_hash": self.data_hash,
                     "bundle_version": entry["bundle_version"], "candidate": entry["candidate"],
                     "ndcg_a": f"{entry['ndcg_a']:.6f}", "pipeline_run": self.pipeline_run_id}  # fmt: skip
@@ -174,16 +190,12 @@ class MovieRecTrainingFlow(FlowSpec):
                     **{k: v for k, v in entry.items() if k not in ("report_a", "report_b", "params")},
                 }
             )
-        self.next(self.gate)
 
-    @step
-    def gate(self) -> None:
+    def _gate(self, registry: Any, settings: Any) -> None:
         """Smoke-test every new version from the registry, apply the NDCG rule, move the aliases."""
         from app.pipeline.gate import choose, judge, smoke_test
-        from app.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
+        from app.registry.mlflow_registry import CHALLENGER, CHAMPION
 
-        settings = _settings()
-        registry = Registry.from_settings(settings)
         champion = registry.champion()
         self.champion_before = champion.version if champion else None
         decisions = []
@@ -221,16 +233,11 @@ class MovieRecTrainingFlow(FlowSpec):
             logging.getLogger(__name__).warning(
                 "no candidate passed the gate; champion stays %s", self.champion_before
             )
-        self.next(self.export)
 
-    @step
-    def export(self) -> None:
+    def _export(self, registry: Any, settings: Any) -> None:
         """Put the champion's bundle in the serving model store and ask the service to reload."""
         from app.registry.export import export_version, request_reload, served_version
-        from app.registry.mlflow_registry import Registry
 
-        settings = _settings()
-        registry = Registry.from_settings(settings)
         champion = registry.champion()
         self.champion = champion.version if champion else None
         self.exported = None
@@ -241,14 +248,9 @@ class MovieRecTrainingFlow(FlowSpec):
             self.exported = str(export_version(registry, champion.version, settings.model_dir))
             password = settings.admin_password.get_secret_value() if settings.admin_password else None
             self.reloaded = request_reload(settings.service_url, password, champion.bundle_version)
-        self.next(self.end)
 
-    @step
-    def end(self) -> None:
-        """Close the MLflow pipeline run and write the summary."""
-        from app.registry.mlflow_registry import Registry
-
-        settings = _settings()
+    def _finish(self, registry: Any, settings: Any) -> None:
+        """The run's summary; close the MLflow pipeline run with it."""
         self.summary = {
             "metaflow_run_id": current.run_id,
             "mlflow_run_id": self.pipeline_run_id,
@@ -268,7 +270,6 @@ class MovieRecTrainingFlow(FlowSpec):
             "reloaded": self.reloaded,
             "seconds": round(time.time() - self.started, 1),
         }
-        registry = Registry.from_settings(settings)
         scratch = Path(tempfile.mkdtemp(prefix="summary-", dir=_scratch_root(settings)))
         try:
             summary_file = scratch / "summary.json"
@@ -284,6 +285,10 @@ class MovieRecTrainingFlow(FlowSpec):
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    @step
+    def end(self) -> None:
+        """Hand the summary to the caller (the MLflow run was closed by ``release``)."""
         if self.summary_path:
             Path(str(self.summary_path)).write_text(json.dumps(self.summary, indent=2, default=str))
 

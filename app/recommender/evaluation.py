@@ -20,12 +20,11 @@ from app.recommender.data import MovieLens
 from app.recommender.metrics import ranking_metrics, rmse
 from app.recommender.models import Recommender, make_model
 from app.recommender.ranking import top_n
+from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS
 from app.recommender.segments import Segment
 
 K = 10
 LIKE_THRESHOLD = 4.0
-STANDARD_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
-REFERENCE_SEED = 42
 
 
 def split_users(

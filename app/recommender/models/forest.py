@@ -12,7 +12,6 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import RandomForestRegressor
 
 from app.recommender.models.base import Recommender
 from app.recommender.segments import GENDERS, OCCUPATIONS, Segment
@@ -45,6 +44,10 @@ class SeedRandomForest(Recommender):
         self.random_state = random_state
 
     def fit(self, ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> Self:
+        # Imported here, not at module level: every process that imports the models package
+        # (each pipeline step, the CLI) would otherwise pay for scikit-learn and SciPy's stats.
+        from sklearn.ensemble import RandomForestRegressor
+
         self._set_catalogue(items)
         rows = ratings.join(users.set_index("user_id")[["age", "gender", "occupation"]], on="user_id")
         features = seed_features(
