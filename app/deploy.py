@@ -10,8 +10,9 @@ The seed's interface is kept (``IMAGE_NAME IMAGE_VERSION MODEL_FILE TEST_DATA_FI
   argument still works for compatibility, with a warning (argv is visible to every user).
 * the image is built with the accuracy test inside (see the Dockerfile), so a regressed
   model never becomes a container;
-* the container runs with ``--restart on-failure:5`` and the journald log driver (or
-  json-file with rotation), and the script waits for Docker's health check to pass;
+* the container runs with ``--restart on-failure:5``, a 30 s stop timeout (time for uwsgi's
+  graceful stop) and the journald log driver (or json-file with rotation), and the script
+  waits for Docker's health check to pass;
 * on any failure it prints the container's last log lines, removes what it created (the
   new container, and the image tag if it did not exist before) and brings the previously
   running version back.
@@ -46,6 +47,9 @@ from typing import Any, TextIO
 CONTAINER_PORT = 8000
 DEFAULT_HEALTH_TIMEOUT = 180.0
 RESTART_RETRIES = 5
+STOP_TIMEOUT_SECONDS = 30
+"""``docker stop`` grace: uwsgi stops gracefully (uwsgi.ini) and an idle keep-alive connection
+holds a worker for up to ``socket-timeout`` (10 s, Docker's default grace) before it flushes."""
 LOG_TAIL_LINES = 60
 STAGING_PREFIX = ".deploy-"
 PASSTHROUGH_SECRETS = ("MOVIEREC_ADMIN_PASSWORD", "ADMIN_PASSWORD")
@@ -254,6 +258,7 @@ def run_command(cfg: DeployConfig, env_file: Path) -> list[str]:
         "run", "--detach",
         "--name", cfg.container_name,
         "--restart", f"on-failure:{RESTART_RETRIES}",
+        "--stop-timeout", str(STOP_TIMEOUT_SECONDS),
         "--publish", publish_spec(cfg.port_mapping),
         "--env-file", str(env_file),
         "--label", f"org.movierec.deployed-by=deploy-docker.py {cfg.image_ref}",
@@ -385,7 +390,7 @@ class Deployer:
         )
         self._checked("rename", cfg.container_name, cfg.backup_name)
         if current.running or current.status == "restarting":
-            self._checked("stop", "--time", "20", cfg.backup_name)
+            self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), cfg.backup_name)
         return current
 
     def start(self, secrets_: Secrets) -> None:

@@ -65,7 +65,7 @@ class Server:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # --die-on-term: graceful shutdown, logs flushed
+            self.process.send_signal(signal.SIGTERM)  # uwsgi.ini: graceful stop, exit hooks flush
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:

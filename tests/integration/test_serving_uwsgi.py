@@ -9,11 +9,15 @@ import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app.storage.db import make_engine
 from app.storage.models import RecommendationRequest
@@ -22,6 +26,7 @@ from tests.helpers import PROFILE
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
+WORKERS = 2  # uwsgi.ini's default processes
 
 
 def _free_port() -> int:
@@ -37,9 +42,38 @@ def _post(connection: http.client.HTTPConnection, path: str, body: dict, token: 
     return response.status, json.loads(response.read())
 
 
-def test_sigterm_flushes_every_acknowledged_id(
-    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
-) -> None:
+@dataclass
+class Served:
+    port: int
+    token: str
+    database: Path
+    log: Path
+    server: subprocess.Popen
+
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+    def stored_ids(self) -> set[str]:
+        engine = make_engine(f"sqlite:///{self.database}")
+        try:
+            with engine.connect() as db:
+                return set(db.scalars(select(RecommendationRequest.id)))
+        finally:
+            engine.dispose()
+
+    def lost(self, missing: set[str], ids: set[str]) -> str:
+        return f"{len(missing)} of {len(ids)} acknowledged ids lost; log:\n{self.log.read_text()[-3000:]}"
+
+    def stop(self) -> None:
+        """``docker stop``: SIGTERM, then wait for the whole server to exit."""
+        self.server.send_signal(signal.SIGTERM)
+        self.server.wait(60)
+        assert self.server.returncode == 0, self.log.read_text()[-3000:]
+
+
+@contextmanager
+def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path) -> Iterator[Served]:
+    """The production server, with a write-behind interval so long that only a stop flushes."""
     port = _free_port()
     ini = tmp_path / "uwsgi.ini"
     lines = [line for line in (ROOT / "uwsgi.ini").read_text().splitlines() if "http11-socket" not in line]
@@ -54,45 +88,99 @@ def test_sigterm_flushes_every_acknowledged_id(
         "MOVIEREC_JWT_SECRET": secrets.token_urlsafe(48),
         "ML_MODEL_PATH": str(model_store),
         "MOVIEREC_MODEL_DIR": str(model_store),
-        "MOVIEREC_DATA_DIR": str(synthetic_data_dir),
+        "MOVIEREC_DATA_DIR": str(data_dir),
         "MOVIEREC_DATABASE_URL": f"sqlite:///{database}",
         "MOVIEREC_REQUEST_LOG_FLUSH_SECONDS": "60",  # nothing is written unless something forces it
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+        "UWSGI_PROCESSES": str(WORKERS),
     }
+    log = tmp_path / "uwsgi.log"
     server = subprocess.Popen(
         [str(ROOT / "scripts" / "start-uwsgi.sh")], cwd=ROOT, env=env,
-        stdout=(tmp_path / "uwsgi.log").open("wb"), stderr=subprocess.STDOUT,
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
         while True:
-            assert server.poll() is None, (tmp_path / "uwsgi.log").read_text()[-2000:]
+            assert server.poll() is None, log.read_text()[-2000:]
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
                 status, body = _post(connection, "/api/login", {"session_password": password})
+                connection.close()
                 break
             except OSError:
                 assert time.monotonic() < deadline, "uwsgi did not answer"
                 time.sleep(0.3)
         assert status == 200
-        token = body["access_token"]
+        # Every worker must have loaded the app: uwsgi installs a worker's graceful-stop handler
+        # only after its (lazy) app load, and a stop during it waits for Docker's stop timeout.
+        while log.read_text(errors="replace").count("WSGI app 0 (mountpoint='') ready") < WORKERS:
+            assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
+        yield Served(port, body["access_token"], database, log, server)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(30)
+
+
+def test_sigterm_flushes_every_acknowledged_id(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir) as served:
         ids = set()
+        connection = served.connect()
         for index in range(40):  # several connections, so both workers serve some
             if index % 5 == 0:
                 connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            status, body = _post(connection, "/api/recommend", PROFILE, token)
+                connection = served.connect()
+            status, body = _post(connection, "/api/recommend", PROFILE, served.token)
             assert status == 200
             ids.add(body["id"])
         connection.close()
-        engine = make_engine(f"sqlite:///{database}")
-        with engine.connect() as db:
-            before = db.scalar(select(func.count()).select_from(RecommendationRequest))
-        assert before < len(ids), "rows were written before the stop; the test would prove nothing"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
-    with engine.connect() as db:
-        stored = set(db.scalars(select(RecommendationRequest.id)))
-    engine.dispose()
-    assert ids <= stored
+        assert len(served.stored_ids()) < len(ids), "rows written before the stop: proves nothing"
+        served.stop()
+        missing = ids - served.stored_ids()
+    assert not missing, served.lost(missing, ids)
+
+
+def test_sigterm_under_load_keeps_every_acknowledged_id(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """``docker stop`` while clients are posting: requests in flight either complete (and are
+    kept) or fail on the client's side; a worker busy with a request must still flush."""
+    acknowledged: set[str] = set()
+    stopping = threading.Event()
+    lock = threading.Lock()
+
+    def client(served: Served) -> None:
+        connection = served.connect()
+        while True:
+            try:
+                status, body = _post(connection, "/api/recommend", PROFILE, served.token)
+            except (OSError, http.client.HTTPException, ValueError):
+                if stopping.is_set():
+                    return
+                connection.close()
+                connection = served.connect()
+                continue
+            if status == 200:
+                with lock:
+                    acknowledged.add(body["id"])
+
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir) as served:
+        clients = [threading.Thread(target=client, args=(served,), daemon=True) for _ in range(6)]
+        for thread in clients:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 300:
+            assert time.monotonic() < deadline, "the clients were not served"
+            time.sleep(0.05)
+        stopping.set()
+        served.stop()  # while the clients are still posting
+        for thread in clients:
+            thread.join(30)
+        with lock:
+            ids = set(acknowledged)
+        missing = ids - served.stored_ids()
+    assert not missing, served.lost(missing, ids)
