@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 import app.storage.db as db_module
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
@@ -100,6 +101,40 @@ def test_a_rescore_updates_the_one_row_and_keeps_its_prediction(db: Database) ->
         rows = session.scalars(select(Feedback).order_by(Feedback.movie_id)).all()
         got = [(r.movie_id, r.score, r.predicted_score, r.updated_at >= r.created_at) for r in rows]
     assert got == [(7, 4.5, 3.25, True), (9, 1.0, None, True)]
+
+
+def test_a_batch_of_scores_is_one_write_and_the_last_score_of_a_pair_wins(db: Database) -> None:
+    first, second = _row(), _row()
+    db.save_requests([first, second])
+    db.save_feedbacks(
+        [
+            FeedbackRecord(first["id"], 7, "Movie 7", 2, None, "v1"),  # an int score, no prediction
+            FeedbackRecord(second["id"], 9, "Movie 9", 3.5, None, "v2"),
+            FeedbackRecord(first["id"], 7, "Movie 7", 4.5, None, "v1"),  # same pair again: this wins
+        ]
+    )
+    db.save_feedbacks([FeedbackRecord(second["id"], 7, "Movie 7", 1.0, 3.75, "v2")])
+    with db.session() as session:
+        rows = session.scalars(select(Feedback).order_by(Feedback.request_id, Feedback.movie_id)).all()
+        got = {(r.request_id, r.movie_id, r.title, r.score, r.predicted_score, r.model_version) for r in rows}
+    assert got == {
+        (first["id"], 7, "Movie 7", 4.5, None, "v1"),
+        (second["id"], 9, "Movie 9", 3.5, None, "v2"),
+        (second["id"], 7, "Movie 7", 1.0, 3.75, "v2"),
+    }
+
+
+def test_a_batch_naming_an_unknown_request_stores_nothing(db: Database) -> None:
+    row = _row()
+    db.save_requests([row])
+    with pytest.raises(IntegrityError):
+        db.save_feedbacks(
+            [
+                FeedbackRecord(row["id"], 7, "Movie 7", 4.0, None, "v1"),
+                FeedbackRecord("nope", 7, "M", 1.0, None, "v1"),
+            ]
+        )
+    assert _count(db, Feedback) == 0
 
 
 def test_an_idle_connection_killed_by_the_server_costs_no_request(
