@@ -394,9 +394,7 @@ class Registry:
         """A readable directory of the version's bundle: the artifact itself when it is a local
         file (no copy), else a download into ``scratch``. For reading only."""
         info = self.get(version)
-        parsed = urlparse(info.source)
-        if parsed.scheme == "file":
-            local = Path(url2pathname(parsed.path))
-            if local.is_dir():
-                return local
+        local = _local_artifact_dir(info.source)
+        if local is not None and local.is_dir():
+            return local
         return self.download_bundle(version, scratch)
