@@ -62,6 +62,20 @@ def _settings(store: Path, backend: str, request: pytest.FixtureRequest) -> dict
     return values
 
 
+def _background_monitor(
+    store: Path, make_app: Callable[..., Any], request: pytest.FixtureRequest, every_events: int
+) -> tuple[Any, dict[str, str], Any]:
+    """A logged-in client of an app whose monitor thread evaluates every ``every_events`` scores
+    (no timer); the caller stops the monitor."""
+    settings = _settings(store, "sqlite", request)
+    settings.update(
+        monitor_interval_seconds=3600, monitor_every_events=every_events, monitor_sync_seconds=0.05
+    )
+    app = make_app(**settings)
+    client = app.test_client()
+    return client, login(client), app.extensions["movierec"].monitor
+
+
 def _recommend(client: Any, headers: dict[str, str], n: int = 1) -> list[dict[str, Any]]:
     bodies = []
     for _ in range(n):
@@ -190,13 +204,7 @@ def test_background_monitor_opens_it_after_n_scores(
     two_champions: tuple[Path, str, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
 ) -> None:
     """No explicit tick: every N scores wake the worker's monitor thread, which opens the breaker."""
-    store, _previous, _current = two_champions
-    settings = _settings(store, "sqlite", request)
-    settings.update(monitor_interval_seconds=3600, monitor_every_events=8, monitor_sync_seconds=0.05)
-    app = make_app(**settings)
-    client = app.test_client()
-    headers = login(client)
-    monitor = app.extensions["movierec"].monitor
+    client, headers, monitor = _background_monitor(two_champions[0], make_app, request, every_events=8)
     try:
         for served in _recommend(client, headers, 8):
             _score(client, headers, served, 1.0)
@@ -241,13 +249,7 @@ def test_score_triggered_evaluations_are_spaced_not_dropped(
     import app.monitoring.online as online
 
     monkeypatch.setattr(online, "EVENT_SPACING_SECONDS", 0.6)
-    store, _previous, _current = two_champions
-    settings = _settings(store, "sqlite", request)
-    settings.update(monitor_interval_seconds=3600, monitor_every_events=2, monitor_sync_seconds=0.05)
-    app = make_app(**settings)
-    client = app.test_client()
-    headers = login(client)
-    monitor = app.extensions["movierec"].monitor
+    client, headers, monitor = _background_monitor(two_champions[0], make_app, request, every_events=2)
     times: list[float] = []
     tick = monitor.tick
     monkeypatch.setattr(
