@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -19,7 +20,7 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, Table, bindparam, create_engine, event, select, text
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.storage.models import Feedback, RecommendationRequest, utcnow
@@ -28,6 +29,21 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 727_001  # advisory lock key: one migrator at a time across processes
+
+
+_FEEDBACK_UPSERT_PG = (
+    "INSERT INTO feedback"
+    " (request_id, movie_id, title, score, predicted_score, model_version, created_at, updated_at)"
+    " SELECT r, m, t, s, p, v, %(now)s, %(now)s FROM unnest("
+    "%(request_id)s::text[], %(movie_id)s::int[], %(title)s::text[], %(score)s::float8[],"
+    " %(predicted_score)s::float8[], %(model_version)s::text[]) AS u (r, m, t, s, p, v)"
+    " ON CONFLICT (request_id, movie_id) DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at"
+)
+"""The score path's write on PostgreSQL: a whole batch as one prepared statement of six arrays.
+
+One statement whatever the batch size, so it is prepared once per connection and runs as its
+own transaction (autocommit): one round trip, no ``BEGIN``/``COMMIT``, no SQLAlchemy
+compilation. Same effect as ``Database._feedback_upsert`` (the SQLite path)."""
 
 
 REQUEST_INPUTS = ("age", "gender", "occupation", "user_id")
@@ -304,14 +320,61 @@ class Database:
         first prediction is kept); within one call the last score of a (request, movie) wins.
         """
         now = utcnow()
-        latest = {(record.request_id, record.movie_id): record for record in records}
-        values = [
-            {**dataclasses.asdict(record), "created_at": now, "updated_at": now} for record in latest.values()
-        ]
-        if not values:
+        latest = list({(record.request_id, record.movie_id): record for record in records}.values())
+        if not latest:
             return
+        if self.engine.dialect.name == "postgresql":
+            self._upsert_feedback_postgres(latest, now)
+            return
+        values = [{**dataclasses.asdict(record), "created_at": now, "updated_at": now} for record in latest]
         statement = self._feedback_upsert
         self.run(lambda connection: connection.execute(statement, values), write=True)
+
+    def _upsert_feedback_postgres(self, records: list[FeedbackRecord], now: datetime) -> None:
+        """:data:`_FEEDBACK_UPSERT_PG` on a pooled connection in autocommit, committed on return.
+
+        Measured per transaction (1-3 scores): ~250 µs of client CPU and ~210 µs of server CPU,
+        against ~520-850 and ~280-440 through SQLAlchemy's ``executemany`` plus ``COMMIT``
+        (docs/performance.md). Errors keep :meth:`run`'s contract: a connection found dead is
+        retried once on a fresh one (the upsert is idempotent), an unreachable database is
+        :class:`DatabaseUnavailableError`, a constraint violation is SQLAlchemy's ``IntegrityError``.
+        """
+        import psycopg
+
+        params = {
+            "now": now,
+            "request_id": [record.request_id for record in records],
+            "movie_id": [int(record.movie_id) for record in records],
+            "title": [record.title for record in records],
+            "score": [float(record.score) for record in records],
+            "predicted_score": [
+                None if record.predicted_score is None else float(record.predicted_score) for record in records
+            ],
+            "model_version": [record.model_version for record in records],
+        }
+        for attempt in (1, 2):
+            try:
+                with self.engine.connect() as connection:
+                    connection.execution_options(isolation_level="AUTOCOMMIT")
+                    driver = connection.connection.driver_connection
+                    assert driver is not None
+                    try:
+                        driver.execute(_FEEDBACK_UPSERT_PG, params, prepare=True)
+                    except psycopg.OperationalError as exc:
+                        # what SQLAlchemy does on a disconnect: every connection of this one's
+                        # generation (the database restarted: all of them) is replaced on checkout
+                        self.engine.pool._invalidate(connection.connection, exc)
+                        raise
+                return
+            except psycopg.IntegrityError as exc:
+                raise IntegrityError(_FEEDBACK_UPSERT_PG, None, exc) from exc
+            except psycopg.OperationalError as exc:
+                if attempt == 2:
+                    raise DatabaseUnavailableError(str(exc)) from exc
+            except SQLAlchemyError as exc:  # checking a connection out failed
+                if _unreachable(exc):
+                    raise _unavailable(exc) from exc
+                raise
 
     def feedback_rows(self, limit: int | None = None) -> list[Feedback]:
         with self.session() as session:

@@ -162,6 +162,24 @@ def test_a_busy_connection_killed_under_it_is_retried_once_for_idempotent_statem
     assert _count(pg, Feedback) == 1
 
 
+def test_a_restart_that_killed_every_pooled_connection_costs_the_score_no_error(
+    pg: Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry of a score write gets a live connection, not the next dead one from the pool."""
+    row = _row()
+    pg.save_requests([row])
+    held = [pg.engine.connect() for _ in range(3)]  # three connections now wait in the pool
+    for connection in held:
+        connection.exec_driver_sql("SELECT 1")
+    for connection in held:
+        connection.close()
+    monkeypatch.setattr(db_module, "IDLE_PING_SECONDS", 3600.0)  # never pinged
+    assert _kill_connections(postgres_url) >= 3
+    pg.save_feedback(FeedbackRecord(row["id"], 7, "Movie 7", 5.0, None, "v1"))
+    pg.save_feedback(FeedbackRecord(row["id"], 9, "Movie 9", 4.0, None, "v1"))
+    assert _count(pg, Feedback) == 2
+
+
 def test_no_database_is_unavailable_not_a_crash(tmp_path: Path) -> None:
     database = Database("postgresql+psycopg://postgres@127.0.0.1:1/none")
     with pytest.raises(DatabaseUnavailableError):
