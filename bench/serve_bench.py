@@ -6,9 +6,13 @@ What it does (loopback only, bounded in time):
    127.0.0.1 on a free port) on a trained bundle and a fresh SQLite database (or
    ``--database-url``), secrets passed through the environment;
 2. measures with ``wrk`` (Debian package) ``POST /api/echo`` — token check, JSON body parsed and
-   validated, echoed: the floor every authenticated call pays — alternately with
-   ``POST /api/recommend`` (same body), and ``POST /api/recommend/score`` over unique
-   (id, movie) pairs issued beforehand, counting acknowledged scores;
+   validated, echoed: the floor every authenticated call pays — against ``POST /api/recommend``
+   (same body), then against ``POST /api/recommend/score`` over unique (id, movie) pairs issued
+   beforehand, counting acknowledged scores. Each comparison is ``--rounds`` short rounds of
+   echo and the endpoint back to back, in ABBA order; a ratio is taken within each round and
+   the target is judged on their median. On a shared VM the speed of the machine drifts by
+   ±20 % from one 8-second run to the next (docs/performance.md), more than the differences
+   measured; adjacent short runs see the same machine;
 3. times the seed's path in-process: the seed's random forest scoring one profile over the
    catalogue, against our lookup (in-process and over HTTP at one connection);
 4. times ``/api/predict/batch`` with 1,000 records against scikit-learn's ``predict`` on the
@@ -304,6 +308,20 @@ def wrk(
     return result
 
 
+def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        "rps": statistics.mean(r["rps"] for r in runs),
+        "p50_ms": statistics.mean(r["p50_us"] for r in runs) / 1e3,
+        "p99_ms": statistics.mean(r["p99_us"] for r in runs) / 1e3,
+        "non2xx": sum(r["non2xx"] + r["socket_errors"] for r in runs),
+    }
+
+
+def ratios(runs: list[dict[str, Any]], echo_runs: list[dict[str, Any]], key: str) -> list[float]:
+    """``key`` of each run over the echo run of the same round (adjacent in time)."""
+    return [run[key] / echo[key] for run, echo in zip(runs, echo_runs, strict=True)]
+
+
 def post_script(token: str, body: dict[str, Any]) -> str:
     return _POST_LUA % {"token": token, "body": json.dumps(body)}
 
@@ -417,62 +435,67 @@ def run(args: argparse.Namespace) -> Results:
         echo_script = post_script(token, PROFILE)
         recommend_script = post_script(token, PROFILE)
 
-        # warm both paths up (imports, pools, caches), then alternate to cancel drift
+        # warm both paths up (imports, pools, caches)
         wrk(server.port, "/api/echo", echo_script, 2, threads, connections, workdir)
         warm = wrk(server.port, "/api/recommend", recommend_script, 2, threads, connections, workdir)
         acknowledged_recommends += warm["requests"] - warm["non2xx"]
-        echo_runs, recommend_runs = [], []
-        for _ in range(args.rounds):
-            echo_runs.append(
-                wrk(server.port, "/api/echo", echo_script, seconds, threads, connections, workdir)
-            )
-            run_ = wrk(
-                server.port, "/api/recommend", recommend_script, seconds, threads, connections, workdir
-            )
-            recommend_runs.append(run_)
-            acknowledged_recommends += run_["requests"] - run_["non2xx"]
 
-        def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
-            return {
-                "rps": statistics.mean(r["rps"] for r in runs),
-                "p50_ms": statistics.mean(r["p50_us"] for r in runs) / 1e3,
-                "p99_ms": statistics.mean(r["p99_us"] for r in runs) / 1e3,
-                "non2xx": sum(r["non2xx"] + r["socket_errors"] for r in runs),
-            }
+        def measure(path: str, scripts: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            """Rounds of echo and ``path`` back to back, in ABBA order; each ratio is taken within a round."""
+            echo_runs, runs = [], []
+            for i, script in enumerate(scripts):
+                for endpoint in ("echo", path) if i % 2 == 0 else (path, "echo"):
+                    if endpoint == "echo":
+                        echo_runs.append(wrk(server.port, "/api/echo", echo_script, seconds, threads,
+                                             connections, workdir))  # fmt: skip
+                    else:
+                        runs.append(wrk(server.port, path, script, seconds, threads, connections, workdir))
+            return echo_runs, runs
 
-        echo, recommend = summary(echo_runs), summary(recommend_runs)
-        results.figures["echo"] = echo
-        results.figures["recommend"] = recommend
+        echo_runs, recommend_runs = measure("/api/recommend", [recommend_script] * args.rounds)
+        acknowledged_recommends += sum(r["requests"] - r["non2xx"] for r in recommend_runs)
+        results.figures["echo"] = summary(echo_runs)
+        results.figures["recommend"] = {
+            **summary(recommend_runs),
+            "rps_ratios": ratios(recommend_runs, echo_runs, "rps"),
+            "p99_ratios": ratios(recommend_runs, echo_runs, "p99_us"),
+        }
 
         # one connection: per-request latency of a full HTTP round trip
         single = wrk(server.port, "/api/recommend", recommend_script, 3, 1, 1, workdir)
         acknowledged_recommends += single["requests"] - single["non2xx"]
         results.figures["recommend_single_connection_mean_ms"] = single["mean_us"] / 1e3
 
-        # scores over unique (id, movie) pairs issued beforehand
-        pairs_file = workdir / "pairs.jsonl"
+        # scores over unique (id, movie) pairs issued beforehand, a share of them per round
         n_pairs = 0
+        pair_files = [workdir / f"pairs-{i}.jsonl" for i in range(args.rounds)]
+        outs = [path.open("w") for path in pair_files]
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        with pairs_file.open("w") as out:
-            for i in range(args.score_ids):
-                status, body = send(connection, "POST", "/api/recommend", {**PROFILE, "age": 18 + i % 60,
-                                    "max_recs": 100}, token)  # fmt: skip
-                if status != 200:
-                    raise RuntimeError(f"issuing ids failed: {status} {body}")
-                acknowledged_recommends += 1
-                for title in body["recommendations"]:
-                    score = 0.5 + (n_pairs % 10) * 0.5
-                    out.write(json.dumps({"id": body["id"], "movie": title, "score": score}) + "\n")
-                    n_pairs += 1
+        for i in range(args.score_ids):
+            status, body = send(connection, "POST", "/api/recommend", {**PROFILE, "age": 18 + i % 60,
+                                "max_recs": 100}, token)  # fmt: skip
+            if status != 200:
+                raise RuntimeError(f"issuing ids failed: {status} {body}")
+            acknowledged_recommends += 1
+            for title in body["recommendations"]:
+                pair = {"id": body["id"], "movie": title, "score": 0.5 + (n_pairs % 10) * 0.5}
+                outs[i % args.rounds].write(json.dumps(pair) + "\n")
+                n_pairs += 1
         connection.close()
-        score_script = _SCORE_LUA % {"pairs": str(pairs_file), "threads": threads, "token": token}
-        scores = wrk(
-            server.port, "/api/recommend/score", score_script, seconds, threads, connections, workdir
-        )
+        for out in outs:
+            out.close()
+        score_scripts = [
+            _SCORE_LUA % {"pairs": str(path), "threads": threads, "token": token} for path in pair_files
+        ]
+        score_echo_runs, score_runs = measure("/api/recommend/score", score_scripts)
+        results.figures["score_echo"] = summary(score_echo_runs)
         results.figures["score"] = {
-            "rps": scores["rps"], "p99_ms": scores["p99_us"] / 1e3, "acknowledged": scores["ok"],
-            "refused": scores["bad"], "pairs_available": n_pairs,
-        }  # fmt: skip
+            **summary(score_runs),
+            "rps_ratios": ratios(score_runs, score_echo_runs, "rps"),
+            "acknowledged": sum(r["ok"] for r in score_runs),
+            "refused": sum(r["bad"] for r in score_runs),
+            "pairs_available": n_pairs,
+        }
 
         # /api/predict/batch with 1,000 records
         import numpy as np
@@ -536,13 +559,18 @@ def run(args: argparse.Namespace) -> Results:
 
 def evaluate(results: Results) -> None:
     f = results.figures
-    echo, recommend, score = f["echo"], f["recommend"], f["score"]
-    ratio = recommend["rps"] / echo["rps"]
-    results.check("/api/recommend throughput >= 0.9x echo", ratio >= 0.9, f"{ratio:.2f}x")
-    p99 = recommend["p99_ms"] / echo["p99_ms"]
-    results.check("/api/recommend p99 <= 1.2x echo", p99 <= 1.2, f"{p99:.2f}x")
-    ratio = score["rps"] / echo["rps"]
-    results.check("/api/recommend/score throughput >= 0.6x echo", ratio >= 0.6, f"{ratio:.2f}x")
+    recommend, score = f["recommend"], f["score"]
+
+    def spread(values: list[float]) -> str:
+        median, low, high = statistics.median(values), min(values), max(values)
+        return f"{median:.2f}x (median of {len(values)} rounds; {low:.2f}-{high:.2f})"
+
+    ratio = statistics.median(recommend["rps_ratios"])
+    results.check("/api/recommend throughput >= 0.9x echo", ratio >= 0.9, spread(recommend["rps_ratios"]))
+    p99 = statistics.median(recommend["p99_ratios"])
+    results.check("/api/recommend p99 <= 1.2x echo", p99 <= 1.2, spread(recommend["p99_ratios"]))
+    ratio = statistics.median(score["rps_ratios"])
+    results.check("/api/recommend/score throughput >= 0.6x echo", ratio >= 0.6, spread(score["rps_ratios"]))
     # Each (id, movie) pair is posted once, so rows >= acknowledged means none was lost; rows may
     # exceed it by the requests in flight when wrk stopped (answered, but no longer counted).
     stored = f["rows"]["feedback"] >= score["acknowledged"] > 0 and score["refused"] == 0
@@ -574,7 +602,7 @@ def evaluate(results: Results) -> None:
 
 def report(results: Results) -> str:
     f = results.figures
-    e, r, sc, rows = f["echo"], f["recommend"], f["score"], f["rows"]
+    e, r, sc, se, rows = f["echo"], f["recommend"], f["score"], f["score_echo"], f["rows"]
     lines = [
         "| measure | value |",
         "|---|---|",
@@ -583,7 +611,7 @@ def report(results: Results) -> str:
         f"| /api/recommend throughput | {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
         f"p99 {r['p99_ms']:.2f} ms |",
         f"| /api/recommend/score throughput | {sc['rps']:.0f} req/s, p99 {sc['p99_ms']:.2f} ms, "
-        f"{sc['acknowledged']} acknowledged |",
+        f"{sc['acknowledged']} acknowledged (echo in the same rounds: {se['rps']:.0f} req/s) |",
         f"| rows after graceful stop | {rows['feedback']} feedback, {rows['recommendation_requests']} "
         f"requests ({rows['acknowledged_recommendations']} acknowledged) |",
         f"| /api/recommend, one connection | {f['recommend_single_connection_mean_ms']:.2f} ms mean |",
@@ -621,8 +649,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--redis-url", default=os.environ.get("MOVIEREC_BENCH_REDIS", "redis://127.0.0.1:6379/15"),
                         help="used when reachable (as in compose); '' to run without Redis")  # fmt: skip
-    parser.add_argument("--seconds", type=float, default=8.0, help="length of each measured wrk run")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating echo/recommend rounds")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each measured wrk run")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="rounds of echo and the measured endpoint back to back (ABBA)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument(

@@ -37,7 +37,8 @@ _FEEDBACK_UPSERT_PG = (
     " SELECT r, m, t, s, p, v, %(now)s, %(now)s FROM unnest("
     "%(request_id)s::text[], %(movie_id)s::int[], %(title)s::text[], %(score)s::float8[],"
     " %(predicted_score)s::float8[], %(model_version)s::text[]) AS u (r, m, t, s, p, v)"
-    " ON CONFLICT (request_id, movie_id) DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at"
+    " ON CONFLICT (request_id, movie_id)"
+    " DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at"
 )
 """The score path's write on PostgreSQL: a whole batch as one prepared statement of six arrays.
 
@@ -348,7 +349,8 @@ class Database:
             "title": [record.title for record in records],
             "score": [float(record.score) for record in records],
             "predicted_score": [
-                None if record.predicted_score is None else float(record.predicted_score) for record in records
+                None if record.predicted_score is None else float(record.predicted_score)
+                for record in records
             ],
             "model_version": [record.model_version for record in records],
         }
