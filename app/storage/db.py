@@ -334,11 +334,12 @@ class Database:
     def _upsert_feedback_postgres(self, records: list[FeedbackRecord], now: datetime) -> None:
         """:data:`_FEEDBACK_UPSERT_PG` on a pooled connection in autocommit, committed on return.
 
-        Measured per transaction (1-3 scores): ~250 µs of client CPU and ~210 µs of server CPU,
-        against ~520-850 and ~280-440 through SQLAlchemy's ``executemany`` plus ``COMMIT``
-        (docs/performance.md). Errors keep :meth:`run`'s contract: a connection found dead is
-        retried once on a fresh one (the upsert is idempotent), an unreachable database is
-        :class:`DatabaseUnavailableError`, a constraint violation is SQLAlchemy's ``IntegrityError``.
+        Measured per transaction (1-3 scores): ~220-290 µs of client CPU and ~190-300 µs of
+        server CPU, against ~360-890 and ~180-450 through SQLAlchemy's ``executemany`` plus
+        ``COMMIT`` (docs/performance.md). Errors keep :meth:`run`'s contract: a connection
+        found dead is retried once on a fresh one (the upsert is idempotent), an unreachable
+        database is :class:`DatabaseUnavailableError`, a constraint violation is SQLAlchemy's
+        ``IntegrityError``.
         """
         import psycopg
 
