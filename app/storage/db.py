@@ -20,7 +20,7 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, Table, bindparam, create_engine, event, select, text
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.storage.models import Feedback, RecommendationRequest, utcnow
@@ -40,11 +40,29 @@ _FEEDBACK_UPSERT_PG = (
     " ON CONFLICT (request_id, movie_id)"
     " DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at"
 )
-"""The score path's write on PostgreSQL: a whole batch as one prepared statement of six arrays.
+"""The score path's write on PostgreSQL: a whole batch as one statement of six arrays.
 
-One statement whatever the batch size, so it is prepared once per connection and runs as its
-own transaction (autocommit): one round trip, no ``BEGIN``/``COMMIT``, no SQLAlchemy
-compilation. Same effect as ``Database._feedback_upsert`` (the SQLite path)."""
+One statement whatever the batch size (psycopg prepares it after a few runs on a connection),
+run as its own transaction (autocommit): one round trip, no ``BEGIN``/``COMMIT``, no SQLAlchemy
+compilation. Measured per transaction of 1-3 scores: ~220-330 µs of client CPU and ~180-300 µs
+of server CPU, against ~360-890 and ~180-450 through SQLAlchemy's ``executemany`` plus
+``COMMIT`` (docs/performance.md). Same effect as ``Database._feedback_upsert`` (the SQLite path).
+"""
+
+
+def _feedback_arrays(records: Sequence[FeedbackRecord], now: datetime) -> dict[str, Any]:
+    """The parameters of :data:`_FEEDBACK_UPSERT_PG`: one array per column."""
+    return {
+        "now": now,
+        "request_id": [record.request_id for record in records],
+        "movie_id": [int(record.movie_id) for record in records],
+        "title": [record.title for record in records],
+        "score": [float(record.score) for record in records],
+        "predicted_score": [
+            None if record.predicted_score is None else float(record.predicted_score) for record in records
+        ],
+        "model_version": [record.model_version for record in records],
+    }
 
 
 REQUEST_INPUTS = ("age", "gender", "occupation", "user_id")
@@ -325,59 +343,16 @@ class Database:
         if not latest:
             return
         if self.engine.dialect.name == "postgresql":
-            self._upsert_feedback_postgres(latest, now)
+            arrays = _feedback_arrays(latest, now)
+            self.run(
+                lambda connection: connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                    _FEEDBACK_UPSERT_PG, arrays
+                )
+            )
             return
         values = [{**dataclasses.asdict(record), "created_at": now, "updated_at": now} for record in latest]
         statement = self._feedback_upsert
         self.run(lambda connection: connection.execute(statement, values), write=True)
-
-    def _upsert_feedback_postgres(self, records: list[FeedbackRecord], now: datetime) -> None:
-        """:data:`_FEEDBACK_UPSERT_PG` on a pooled connection in autocommit, committed on return.
-
-        Measured per transaction (1-3 scores): ~220-290 µs of client CPU and ~190-300 µs of
-        server CPU, against ~360-890 and ~180-450 through SQLAlchemy's ``executemany`` plus
-        ``COMMIT`` (docs/performance.md). Errors keep :meth:`run`'s contract: a connection
-        found dead is retried once on a fresh one (the upsert is idempotent), an unreachable
-        database is :class:`DatabaseUnavailableError`, a constraint violation is SQLAlchemy's
-        ``IntegrityError``.
-        """
-        import psycopg
-
-        params = {
-            "now": now,
-            "request_id": [record.request_id for record in records],
-            "movie_id": [int(record.movie_id) for record in records],
-            "title": [record.title for record in records],
-            "score": [float(record.score) for record in records],
-            "predicted_score": [
-                None if record.predicted_score is None else float(record.predicted_score)
-                for record in records
-            ],
-            "model_version": [record.model_version for record in records],
-        }
-        for attempt in (1, 2):
-            try:
-                with self.engine.connect() as connection:
-                    connection.execution_options(isolation_level="AUTOCOMMIT")
-                    driver = connection.connection.driver_connection
-                    assert driver is not None
-                    try:
-                        driver.execute(_FEEDBACK_UPSERT_PG, params, prepare=True)
-                    except psycopg.OperationalError as exc:
-                        # what SQLAlchemy does on a disconnect: every connection of this one's
-                        # generation (the database restarted: all of them) is replaced on checkout
-                        self.engine.pool._invalidate(connection.connection, exc)
-                        raise
-                return
-            except psycopg.IntegrityError as exc:
-                raise IntegrityError(_FEEDBACK_UPSERT_PG, None, exc) from exc
-            except psycopg.OperationalError as exc:
-                if attempt == 2:
-                    raise DatabaseUnavailableError(str(exc)) from exc
-            except SQLAlchemyError as exc:  # checking a connection out failed
-                if _unreachable(exc):
-                    raise _unavailable(exc) from exc
-                raise
 
     def feedback_rows(self, limit: int | None = None) -> list[Feedback]:
         with self.session() as session:
