@@ -137,13 +137,25 @@ def test_a_batch_naming_an_unknown_request_stores_nothing(db: Database) -> None:
     assert _count(db, Feedback) == 0
 
 
-def test_an_idle_connection_killed_by_the_server_costs_no_request(
-    pg: Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _stored_row_then_restart(pg: Database, postgres_url: str, *, pooled: int = 1) -> dict[str, Any]:
+    """A stored request row and ``pooled`` connections waiting in the pool, all then killed by the
+    server (as a restart would)."""
     row = _row()
     pg.save_requests([row])
     assert pg.served_request(row["id"]) is not None  # a connection now waits in the pool
-    assert _kill_connections(postgres_url) >= 1
+    held = [pg.engine.connect() for _ in range(pooled)]  # at once: ``pooled`` of them wait there
+    for connection in held:
+        connection.exec_driver_sql("SELECT 1")
+    for connection in held:
+        connection.close()
+    assert _kill_connections(postgres_url) >= pooled
+    return row
+
+
+def test_an_idle_connection_killed_by_the_server_costs_no_request(
+    pg: Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stored_row_then_restart(pg, postgres_url)
     monkeypatch.setattr(db_module, "IDLE_PING_SECONDS", 0.0)  # it has been idle "long enough"
     assert _count(pg, RecommendationRequest) == 1  # through a session: no retry, only the ping saves it
 
@@ -151,13 +163,10 @@ def test_an_idle_connection_killed_by_the_server_costs_no_request(
 def test_a_busy_connection_killed_under_it_is_retried_once_for_idempotent_statements(
     pg: Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    row = _row()
-    pg.save_requests([row])
-    assert pg.served_request(row["id"]) is not None
+    row = _stored_row_then_restart(pg, postgres_url)
     monkeypatch.setattr(
         db_module, "IDLE_PING_SECONDS", 3600.0
     )  # never pinged: the kill is found by the write
-    assert _kill_connections(postgres_url) >= 1
     pg.save_feedback(FeedbackRecord(row["id"], 7, "Movie 7", 5.0, None, "v1"))
     assert _count(pg, Feedback) == 1
 
@@ -166,15 +175,8 @@ def test_a_restart_that_killed_every_pooled_connection_costs_the_score_no_error(
     pg: Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The retry of a score write gets a live connection, not the next dead one from the pool."""
-    row = _row()
-    pg.save_requests([row])
-    held = [pg.engine.connect() for _ in range(3)]  # three connections now wait in the pool
-    for connection in held:
-        connection.exec_driver_sql("SELECT 1")
-    for connection in held:
-        connection.close()
+    row = _stored_row_then_restart(pg, postgres_url, pooled=3)
     monkeypatch.setattr(db_module, "IDLE_PING_SECONDS", 3600.0)  # never pinged
-    assert _kill_connections(postgres_url) >= 3
     pg.save_feedback(FeedbackRecord(row["id"], 7, "Movie 7", 5.0, None, "v1"))
     pg.save_feedback(FeedbackRecord(row["id"], 9, "Movie 9", 4.0, None, "v1"))
     assert _count(pg, Feedback) == 2
