@@ -14,4 +14,8 @@ mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 find "$PROMETHEUS_MULTIPROC_DIR" -mindepth 1 -delete
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-exec uwsgi --ini "${UWSGI_INI:-$here/uwsgi.ini}" "$@"
+# uwsgi also reads each UWSGI_<OPTION> variable as that option: left set, UWSGI_INI loaded the
+# file a second time (every option twice; a second HTTP router then fails to bind the port)
+ini=${UWSGI_INI:-$here/uwsgi.ini}
+unset UWSGI_INI
+exec uwsgi --ini "$ini" "$@"
