@@ -48,8 +48,8 @@ CONTAINER_PORT = 8000
 DEFAULT_HEALTH_TIMEOUT = 180.0
 RESTART_RETRIES = 5
 STOP_TIMEOUT_SECONDS = 30
-"""``docker stop`` grace: uwsgi stops gracefully (uwsgi.ini) and an idle keep-alive connection
-holds a worker for up to ``socket-timeout`` (10 s, Docker's default grace) before it flushes."""
+"""``docker stop`` grace: uwsgi stops gracefully (uwsgi.ini), letting the requests in flight finish
+(up to ``harakiri``, 30 s) before each worker flushes; idle keep-alive clients hold no worker."""
 LOG_TAIL_LINES = 60
 STAGING_PREFIX = ".deploy-"
 PASSTHROUGH_SECRETS = ("MOVIEREC_ADMIN_PASSWORD", "ADMIN_PASSWORD")

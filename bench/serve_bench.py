@@ -124,11 +124,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+LOOPBACK_BIND = {"http": "http = 127.0.0.1:%d", "socket": "socket = @movierec-uwsgi-%d"}
+
+
 def bench_ini(source: Path, port: int, target: Path) -> Path:
-    """The repository's uwsgi.ini with only the bind address replaced by loopback."""
+    """The repository's uwsgi.ini with only the bind address replaced by loopback (and the
+    workers' socket named after that port, as uwsgi.ini names it after MOVIEREC_PORT)."""
     text = source.read_text()
-    lines = [line for line in text.splitlines() if not line.strip().startswith("http11-socket")]
-    lines.append(f"http11-socket = 127.0.0.1:{port}")
+    bind = re.compile(r"^(http|socket) *=.*")
+    lines = [bind.sub(lambda m: LOOPBACK_BIND[m[1]] % port, line) for line in text.splitlines()]
     target.write_text("\n".join(lines) + "\n")
     return target
 
@@ -195,8 +199,9 @@ class Server:
             raise RuntimeError(f"login failed: {status} {body}")
         return str(body["access_token"])
 
-    def workers(self) -> list[int]:
-        """Pids of uwsgi's worker processes (children of the master, which is the start script's exec)."""
+    def workers(self, kind: str = "worker") -> list[int]:
+        """Pids of uwsgi's ``kind`` processes ("worker", or "http" for the HTTP router): children of
+        the master (the start script's exec), told apart by their process names (auto-procname)."""
         master = self.process.pid
         children = []
         for entry in Path("/proc").iterdir():
@@ -204,10 +209,11 @@ class Server:
                 continue
             try:
                 stat = (entry / "stat").read_text()
+                name = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == master:
+            if ppid == master and f"uWSGI {kind} " in name:
                 children.append(int(entry.name))
         return sorted(children)
 
@@ -527,6 +533,7 @@ def run(args: argparse.Namespace) -> Results:
         workers = server.workers()
         results.figures["workers"] = {str(pid): memory_kib(pid) for pid in workers}
         results.figures["master"] = memory_kib(server.process.pid)
+        results.figures["router"] = {str(pid): memory_kib(pid) for pid in server.workers("http")}
     finally:
         status = server.stop()
         results.figures["uwsgi_exit_status"] = status
@@ -631,6 +638,9 @@ def report(results: Results) -> str:
         ]
     for pid, memory in f["workers"].items():
         lines.append(f"| worker {pid} memory | RSS {memory.get('rss', 0) / 1024:.0f} MiB, "
+                     f"PSS {memory.get('pss', 0) / 1024:.0f} MiB |")  # fmt: skip
+    for pid, memory in f.get("router", {}).items():
+        lines.append(f"| HTTP router {pid} memory | RSS {memory.get('rss', 0) / 1024:.0f} MiB, "
                      f"PSS {memory.get('pss', 0) / 1024:.0f} MiB |")  # fmt: skip
     lines += ["", "| target | met | measured |", "|---|---|---|"]
     lines += [f"| {name} | {'yes' if ok else 'NO'} | {detail} |" for name, ok, detail in results.checks]

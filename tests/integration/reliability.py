@@ -109,8 +109,9 @@ def start_server(tmp: Path, env: dict[str, str], *, port: int | None = None, tim
     else:  # the documented fallback: the same options as an argument list
         command = [
             str(VENV_BIN / "uwsgi"),
-            "--http11-socket",
+            "--http",
             f"127.0.0.1:{port}",
+            "--http-keepalive",
             "--module",
             "app.wsgi:application",
         ]

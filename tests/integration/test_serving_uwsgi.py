@@ -75,15 +75,13 @@ class Served:
 def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path) -> Iterator[Served]:
     """The production server, with a write-behind interval so long that only a stop flushes."""
     port = _free_port()
-    ini = tmp_path / "uwsgi.ini"
-    lines = [line for line in (ROOT / "uwsgi.ini").read_text().splitlines() if "http11-socket" not in line]
-    ini.write_text("\n".join([*lines, f"http11-socket = 127.0.0.1:{port}"]) + "\n")
     database = tmp_path / "served.db"
     password = secrets.token_urlsafe(12)
     env = {
         **os.environ,
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
-        "UWSGI_INI": str(ini),
+        "MOVIEREC_PORT": str(port),
+        "UWSGI_INI": str(ROOT / "uwsgi.ini"),  # how a deployment names its own ini
         "SESSION_PASSWORD": password,
         "MOVIEREC_JWT_SECRET": secrets.token_urlsafe(48),
         "ML_MODEL_PATH": str(model_store),
@@ -184,3 +182,42 @@ def test_sigterm_under_load_keeps_every_acknowledged_id(
             ids = set(acknowledged)
         missing = ids - served.stored_ids()
     assert not missing, served.lost(missing, ids)
+
+
+def test_idle_keep_alive_clients_do_not_hold_the_workers(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """More idle keep-alive clients than worker threads (2 x 4): a new client is still answered.
+
+    With the workers speaking HTTP themselves, each idle connection held a thread for
+    socket-timeout (10 s), and this client's request timed out; uwsgi's HTTP router holds them.
+    """
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir) as served:
+        idle = []
+        for _ in range(3 * WORKERS * 4):
+            connection = served.connect()
+            connection.request("GET", "/health/live")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200 and not response.will_close  # kept alive
+            idle.append(connection)
+        newcomer = http.client.HTTPConnection("127.0.0.1", served.port, timeout=5)
+        status, body = _post(newcomer, "/api/recommend", PROFILE, served.token)
+        assert status == 200 and body["recommendations"]
+        # headers up to uwsgi's buffer-size pass the router (its own default is one page)
+        newcomer.request("GET", "/health/live", headers={"X-Padding": "a" * 8000})
+        response = newcomer.getresponse()
+        response.read()
+        assert response.status == 200
+        for connection in idle:  # and the idle ones are still served on their connection
+            connection.request("GET", "/health/live")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+        # nor do they hold up a stop: no worker waits socket-timeout (10 s) on one of them
+        served.server.send_signal(signal.SIGTERM)
+        assert served.server.wait(8) == 0
+        for connection in [*idle, newcomer]:
+            connection.close()
+        # the start script passes the ini once (uwsgi also reads UWSGI_INI from the environment)
+        assert served.log.read_text(errors="replace").count("getting INI configuration") == 1

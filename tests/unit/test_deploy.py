@@ -302,7 +302,7 @@ def test_run_command_uses_journald_restart_policy_and_env_file(tmp_path: Path) -
     argv = run_command(cfg, Path("/private/container.env"))
     text = " ".join(argv)
     assert "--restart on-failure:5" in text
-    assert "--stop-timeout 30" in text  # more than uwsgi's socket-timeout, for the graceful stop
+    assert "--stop-timeout 30" in text  # harakiri: the longest a request in flight may run
     assert "--log-driver journald" in text and "--log-opt tag=api" in text
     assert f"--publish 127.0.0.1:8080:{CONTAINER_PORT}" in text
     assert "--env-file /private/container.env" in text
