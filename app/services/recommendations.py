@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,28 +69,65 @@ class ScoreTargets:
 
     A stored recommendation never changes, so a worker keeps the few thousand it was last
     asked about: the second and later scores of one list (the usual case: a user rates
-    several of the movies shown) skip the database read.
+    several of the movies shown) skip the database read. Scores of a list this worker has not
+    seen yet that arrive together share one load (:meth:`resolve`).
     """
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
         self._entries: OrderedDict[str, ScoreTarget] = OrderedDict()
+        self._loading: dict[str, _Load] = {}
         self._lock = threading.Lock()
 
-    def get(self, request_id: str) -> ScoreTarget | None:
+    def resolve(self, request_id: str, load: Callable[[], ScoreTarget]) -> ScoreTarget:
+        """The remembered target of ``request_id``, else what ``load()`` returns, remembered.
+
+        Concurrent callers for the same id share one call of ``load`` (its result, or its
+        error): the scores of a new list come in together, and each would otherwise read the
+        database and predict the whole list again.
+        """
         with self._lock:
             target = self._entries.get(request_id)
             if target is not None:
                 self._entries.move_to_end(request_id)
-            return target
+                return target
+            pending = self._loading.get(request_id)
+            if pending is None:
+                pending = self._loading[request_id] = _Load()
+                leader = True
+            else:
+                leader = False
+        if not leader:
+            pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            assert pending.target is not None
+            return pending.target
+        try:
+            pending.target = load()
+        except BaseException as exc:
+            pending.error = exc
+            raise
+        finally:
+            with self._lock:
+                if pending.target is not None:
+                    self._entries[request_id] = pending.target
+                    while len(self._entries) > self.size:
+                        self._entries.popitem(last=False)  # the least recently used
+                del self._loading[request_id]
+            pending.done.set()
+        return pending.target
 
-    def put(self, request_id: str, target: ScoreTarget) -> ScoreTarget:
-        with self._lock:
-            self._entries[request_id] = target
-            self._entries.move_to_end(request_id)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-        return target
+
+class _Load:
+    """One load of a score target in progress; the callers waiting on it read its outcome."""
+
+    __slots__ = ("done", "error", "target")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.target: ScoreTarget | None = None
+        self.error: BaseException | None = None
 
 
 def _unknown_id() -> InvalidRequest:
@@ -238,32 +276,28 @@ class RecommendationService:
         bundle = self.models.bundle
         if bundle is None or bundle.version != target.model_version:
             return None
-        if movie_id not in target.predicted:  # first score of this list here: predict all of it
-            movie_ids = list(target.movies.values())
-            target.predicted.update(
-                zip(movie_ids, predict_scores(bundle, target.inputs, movie_ids), strict=True)
-            )
+        if movie_id not in target.predicted:  # the serving bundle changed since the list was loaded
+            self._predict_list(target)
         return target.predicted.get(movie_id)
 
     def _target(self, request_id: str) -> ScoreTarget:
-        """What was served under ``request_id``, with its row committed (the feedback references it).
+        """What was served under ``request_id``, with its row committed (the feedback references it)."""
+        return self.targets.resolve(request_id, lambda: self._load_target(request_id))
 
-        Scored here lately or in the database → done. Buffered here → committed now. Signed by
-        us but nowhere yet → another worker has it pending: wait for its flush (bounded), never
-        refuse it. Else 400.
+    def _load_target(self, request_id: str) -> ScoreTarget:
+        """Find the request of a score not remembered here, and predict its list once.
+
+        In the database → done. Buffered here → committed now. Signed by us but nowhere yet →
+        another worker has it pending: wait for its flush (bounded), never refuse it. Else 400.
         """
-        target = self.targets.get(request_id)  # only ever holds committed rows
-        if target is not None:
-            return target
         pending = self.request_log.get(request_id)
         if pending is not None:
             self.request_log.persist(request_id)
             inputs = {key: pending.get(key) for key in REQUEST_INPUTS}
-            served = StoredRequest(pending["items"], pending["model_version"], inputs)
-            return self._remember(request_id, served)
+            return self._prepared(StoredRequest(pending["items"], pending["model_version"], inputs))
         stored = self.db.served_request(request_id)
         if stored is not None:
-            return self._remember(request_id, stored)
+            return self._prepared(stored)
         if not self.ids.verify(request_id):
             raise _unknown_id()
         deadline = time.monotonic() + self.pending_wait
@@ -273,12 +307,23 @@ class RecommendationService:
             delay = min(0.1, delay * 2)
             stored = self.db.served_request(request_id)
             if stored is not None:
-                return self._remember(request_id, stored)
+                return self._prepared(stored)
         # Issued by a worker whose log has not reached the database (it may be down or the
         # worker gone): retryable, not "never issued".
         raise Unavailable(
             "the recommendation behind this id is not stored yet; retry shortly", headers={"Retry-After": "1"}
         )
 
-    def _remember(self, request_id: str, stored: StoredRequest) -> ScoreTarget:
-        return self.targets.put(request_id, ScoreTarget.of(stored.items, stored.model_version, stored.inputs))
+    def _prepared(self, stored: StoredRequest) -> ScoreTarget:
+        """The score target of a stored request, with the list's predicted ratings filled in."""
+        target = ScoreTarget.of(stored.items, stored.model_version, stored.inputs)
+        self._predict_list(target)
+        return target
+
+    def _predict_list(self, target: ScoreTarget) -> None:
+        """Predict every movie of the list with the serving bundle, when that bundle served it."""
+        bundle = self.models.bundle
+        if bundle is None or bundle.version != target.model_version:
+            return
+        movie_ids = list(target.movies.values())
+        target.predicted.update(zip(movie_ids, predict_scores(bundle, target.inputs, movie_ids), strict=True))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -117,16 +121,80 @@ def test_later_scores_of_one_list_read_the_stored_recommendation_once(
     assert response.status_code == 400 and "movie" in response.get_json()["error"]["fields"]
 
 
-def test_score_targets_keep_only_the_most_recently_used() -> None:
-    from app.services.recommendations import ScoreTarget, ScoreTargets
+def _target() -> Any:
+    from app.services.recommendations import ScoreTarget
 
-    targets = ScoreTargets(size=2)
-    for request_id in ("a", "b"):
-        targets.put(request_id, ScoreTarget({"M": 1}, "v", {}))
-    assert targets.get("a") is not None  # now the most recent
-    targets.put("c", ScoreTarget({"M": 1}, "v", {}))
-    assert targets.get("b") is None
-    assert targets.get("a") is not None and targets.get("c") is not None
+    return ScoreTarget({"M": 1}, "v", {})
+
+
+def test_score_targets_keep_only_the_most_recently_used() -> None:
+    from app.services.recommendations import ScoreTargets
+
+    targets, loads = ScoreTargets(size=2), []
+
+    def resolve(request_id: str) -> Any:
+        return targets.resolve(request_id, lambda: loads.append(request_id) or _target())
+
+    first = resolve("a")
+    resolve("b")
+    assert resolve("a") is first  # remembered, and now the most recent
+    resolve("c")  # "b" goes
+    assert loads == ["a", "b", "c"]
+    resolve("a"), resolve("c"), resolve("b")
+    assert loads == ["a", "b", "c", "b"]
+
+
+def _all_in(pool: ThreadPoolExecutor, n: int, call: Callable[[], Any]) -> list[Future[Any]]:
+    """``n`` concurrent calls, returned once every one of them has started (and had time to block)."""
+    started = threading.Semaphore(0)
+
+    def run() -> Any:
+        started.release()
+        return call()
+
+    futures = [pool.submit(run) for _ in range(n)]
+    for _ in range(n):
+        assert started.acquire(timeout=10)
+    time.sleep(0.2)  # from calling resolve() to waiting in it is microseconds
+    return futures
+
+
+def test_concurrent_scores_of_a_new_list_share_one_load() -> None:
+    from app.services.recommendations import ScoreTargets
+
+    targets, loads, release = ScoreTargets(), [], threading.Event()
+
+    def slow_load() -> Any:
+        loads.append(1)
+        assert release.wait(10)
+        return _target()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = _all_in(pool, 6, lambda: targets.resolve("id", slow_load))
+        release.set()
+        results = [future.result(timeout=10) for future in futures]
+    assert len(loads) == 1
+    assert all(result is results[0] for result in results)
+
+
+def test_a_failed_load_fails_its_waiters_and_is_not_remembered() -> None:
+    from app.services.recommendations import ScoreTargets
+
+    targets, loads, release = ScoreTargets(), [], threading.Event()
+
+    def failing_load() -> Any:
+        loads.append(1)
+        assert release.wait(10)
+        raise RuntimeError("database gone")
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = _all_in(pool, 3, lambda: targets.resolve("id", failing_load))
+        release.set()
+        errors = [future.exception(timeout=10) for future in futures]
+    assert len(loads) == 1
+    assert all(isinstance(error, RuntimeError) for error in errors)
+    targets.resolve("id", lambda: loads.append(2) or _target())  # the next score loads again
+    assert loads == [1, 2]
 
 
 @pytest.mark.parametrize(
