@@ -66,6 +66,13 @@ _FIELD_NAME = re.compile(r"^[A-Z0-9_]+$")
 # uwsgi's request log line (it logs 4xx/5xx only, to stderr):
 # "[pid: 7|app: 0|req: 3/9] 10.0.0.1 () {...} [...] GET /x => generated ... (HTTP/1.1 503) ..."
 _UWSGI_REQUEST = re.compile(r"^\[pid: \d+\|.*=> generated .*\(HTTP/[\d.]+ (\d{3})\)")
+# uwsgi's HTTP router on a client that went away (reset a kept-alive connection, or closed it
+# while its answer was being written): the client's doing, not an error of the service.
+# "[uwsgi-http key: ... client_addr: 10.0.0.1 client_port: 41145] hr_read(): Connection reset by peer [...]"
+_ROUTER_CLIENT_GONE = re.compile(
+    r"^\[uwsgi-http key: .*client_addr: .*\] hr_(?:read|write|instance_write)\(\): "
+    r"(?:Connection reset by peer|Broken pipe)"
+)
 # Plain-text lines that mean trouble whatever stream they came from.
 _PLAIN_ERROR = re.compile(
     r"^(?:Traceback \(most recent call last\)|.*\*\*\* HARAKIRI|DAMN ! worker|!!! uWSGI process"
@@ -139,11 +146,14 @@ def plain_text_level(message: str) -> str | None:
     """The level a plain-text line states or implies, or None to let PRIORITY decide.
 
     uwsgi request lines are graded by HTTP status (5xx is an error, 4xx is a client's
-    problem), because Docker marks every stderr line PRIORITY 3 and uwsgi logs to stderr.
+    problem), because Docker marks every stderr line PRIORITY 3 and uwsgi logs to stderr; the
+    HTTP router's note of a client that went away is INFO.
     """
     uwsgi = _UWSGI_REQUEST.match(message)
     if uwsgi:
         return "ERROR" if uwsgi.group(1).startswith("5") else "INFO"
+    if _ROUTER_CLIENT_GONE.match(message):
+        return "INFO"
     if _PLAIN_ERROR.match(message):
         return "ERROR"
     match = _PLAIN_LEVEL.match(message)

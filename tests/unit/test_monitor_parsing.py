@@ -65,6 +65,13 @@ def test_our_json_line_level_wins_over_docker_priority() -> None:
             "3",
             "INFO",
         ),
+        (  # a client reset its kept-alive connection: not the service's error
+            "[uwsgi-http key:  client_addr: 127.0.0.1 client_port: 60089] hr_read(): "
+            "Connection reset by peer [plugins/http/http.c line 918]",
+            "3",
+            "INFO",
+        ),
+        ("[uwsgi-http key: client_addr: 10.0.0.2 client_port: 1] hr_read(): Bad address", "3", "ERROR"),
         ("Traceback (most recent call last):", "6", "ERROR"),
         ("Thu Jan  1 12:00:00 2026 - *** HARAKIRI ON WORKER 1 (pid: 12, try: 1) ***", "6", "ERROR"),
         ("DAMN ! worker 2 (pid: 13) died, killed by signal 9 :( trying respawn ...", "6", "ERROR"),
