@@ -455,7 +455,8 @@ def test_error_entry_emails_the_entry(journald, container, smtp_server, monitor_
         CONTAINER_NAME=container,
     )
     messages = smtp_server.wait_for(1, 15)
-    assert len(messages) == 1, monitor.stderr
+    # what the monitor printed (each entry it read) tells a lost entry from a lost email
+    assert len(messages) == 1, {"stdout": monitor.lines[-5:], "stderr": monitor.stderr}
     msg = messages[0]
     body = msg.get_content()
     assert msg["Subject"].startswith(f"[movierec {container}] ERROR")
