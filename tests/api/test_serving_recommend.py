@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -144,18 +145,28 @@ def test_score_targets_keep_only_the_most_recently_used() -> None:
     assert loads == ["a", "b", "c", "b"]
 
 
+def _blocked_in_resolve() -> int:
+    """Threads now waiting inside ``ScoreTargets.resolve`` (on a load, or in the load itself)."""
+    from app.services.recommendations import ScoreTargets
+
+    count = 0
+    for frame in sys._current_frames().values():
+        waiting, inside = frame.f_code.co_name == "wait", False
+        current: Any = frame
+        while current is not None:
+            inside = inside or current.f_code is ScoreTargets.resolve.__code__
+            current = current.f_back
+        count += waiting and inside
+    return count
+
+
 def _all_in(pool: ThreadPoolExecutor, n: int, call: Callable[[], Any]) -> list[Future[Any]]:
-    """``n`` concurrent calls, returned once every one of them has started (and had time to block)."""
-    started = threading.Semaphore(0)
-
-    def run() -> Any:
-        started.release()
-        return call()
-
-    futures = [pool.submit(run) for _ in range(n)]
-    for _ in range(n):
-        assert started.acquire(timeout=10)
-    time.sleep(0.2)  # from calling resolve() to waiting in it is microseconds
+    """``n`` concurrent calls, returned once every one of them is blocked inside resolve()."""
+    futures = [pool.submit(call) for _ in range(n)]
+    deadline = time.monotonic() + 10
+    while _blocked_in_resolve() < n:
+        assert time.monotonic() < deadline, f"only {_blocked_in_resolve()} of {n} calls are waiting"
+        time.sleep(0.005)
     return futures
 
 
