@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -49,6 +50,7 @@ class Served:
     database: Path
     log: Path
     server: subprocess.Popen
+    jwt_secret: str
 
     def connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -77,13 +79,14 @@ def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path) -> Iterator[Served
     port = _free_port()
     database = tmp_path / "served.db"
     password = secrets.token_urlsafe(12)
+    jwt_secret = secrets.token_urlsafe(48)
     env = {
         **os.environ,
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
         "MOVIEREC_PORT": str(port),
         "UWSGI_INI": str(ROOT / "uwsgi.ini"),  # how a deployment names its own ini
         "SESSION_PASSWORD": password,
-        "MOVIEREC_JWT_SECRET": secrets.token_urlsafe(48),
+        "MOVIEREC_JWT_SECRET": jwt_secret,
         "ML_MODEL_PATH": str(model_store),
         "MOVIEREC_MODEL_DIR": str(model_store),
         "MOVIEREC_DATA_DIR": str(data_dir),
@@ -115,7 +118,7 @@ def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path) -> Iterator[Served
         while log.read_text(errors="replace").count("WSGI app 0 (mountpoint='') ready") < WORKERS:
             assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-2000:]
             time.sleep(0.1)
-        yield Served(port, body["access_token"], database, log, server)
+        yield Served(port, body["access_token"], database, log, server, jwt_secret)
     finally:
         if server.poll() is None:
             server.kill()
@@ -204,7 +207,7 @@ def test_idle_keep_alive_clients_do_not_hold_the_workers(
         newcomer = http.client.HTTPConnection("127.0.0.1", served.port, timeout=5)
         status, body = _post(newcomer, "/api/recommend", PROFILE, served.token)
         assert status == 200 and body["recommendations"]
-        # headers up to uwsgi's buffer-size pass the router (its own default is one page)
+        # headers up to the workers' buffer-size (16 KiB) pass the router
         newcomer.request("GET", "/health/live", headers={"X-Padding": "a" * 8000})
         response = newcomer.getresponse()
         response.read()
@@ -221,3 +224,31 @@ def test_idle_keep_alive_clients_do_not_hold_the_workers(
             connection.close()
         # the start script passes the ini once (uwsgi also reads UWSGI_INI from the environment)
         assert served.log.read_text(errors="replace").count("getting INI configuration") == 1
+
+
+def test_a_request_in_flight_when_the_stop_comes_is_still_answered(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """SIGTERM while a request runs: its worker finishes it and the HTTP router, which uwsgi stops
+    last, still delivers the answer to the client."""
+    from app.services.request_ids import RequestIds
+
+    # a score for an id signed by this service but stored nowhere waits for another worker's
+    # flush (5 s), then answers 503: a request that is certainly still running at the stop
+    answer: dict[str, Any] = {}
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir) as served:
+        request_id = RequestIds(served.jwt_secret.encode()).issue()
+
+        def post() -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+            score = {"id": request_id, "movie": "Movie 1 (1995)", "score": 4}
+            answer["status"], answer["body"] = _post(connection, "/api/recommend/score", score, served.token)
+
+        client = threading.Thread(target=post)
+        client.start()
+        time.sleep(1.0)  # the request is in a worker, waiting
+        served.server.send_signal(signal.SIGTERM)
+        client.join(30)
+        assert served.server.wait(30) == 0
+    assert answer.get("status") == 503, answer
+    assert answer["body"]["error"]["code"] == "unavailable"
