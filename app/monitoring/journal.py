@@ -67,10 +67,11 @@ _FIELD_NAME = re.compile(r"^[A-Z0-9_]+$")
 # "[pid: 7|app: 0|req: 3/9] 10.0.0.1 () {...} [...] GET /x => generated ... (HTTP/1.1 503) ..."
 _UWSGI_REQUEST = re.compile(r"^\[pid: \d+\|.*=> generated .*\(HTTP/[\d.]+ (\d{3})\)")
 # uwsgi's HTTP router on a client that went away (reset a kept-alive connection, or closed it
-# while its answer was being written): the client's doing, not an error of the service.
+# while its answer was being written): the client's doing, not an error of the service. Not
+# hr_instance_write, the router writing to a worker: a worker gone mid-request is an error.
 # "[uwsgi-http key: ... client_addr: 10.0.0.1 client_port: 41145] hr_read(): Connection reset by peer [...]"
 _ROUTER_CLIENT_GONE = re.compile(
-    r"^\[uwsgi-http key: .*client_addr: .*\] hr_(?:read|write|instance_write)\(\): "
+    r"^\[uwsgi-http key: .*client_addr: .*\] hr_(?:read|write)\(\): "
     r"(?:Connection reset by peer|Broken pipe)"
 )
 # Plain-text lines that mean trouble whatever stream they came from.

@@ -72,6 +72,11 @@ def test_our_json_line_level_wins_over_docker_priority() -> None:
             "INFO",
         ),
         ("[uwsgi-http key: client_addr: 10.0.0.2 client_port: 1] hr_read(): Bad address", "3", "ERROR"),
+        (  # the router writing to a worker that went away: the service's error
+            "[uwsgi-http key: client_addr: 10.0.0.2 client_port: 1] hr_instance_write(): Broken pipe",
+            "3",
+            "ERROR",
+        ),
         ("Traceback (most recent call last):", "6", "ERROR"),
         ("Thu Jan  1 12:00:00 2026 - *** HARAKIRI ON WORKER 1 (pid: 12, try: 1) ***", "6", "ERROR"),
         ("DAMN ! worker 2 (pid: 13) died, killed by signal 9 :( trying respawn ...", "6", "ERROR"),
