@@ -7,6 +7,7 @@ database is off the request path. Scores are committed before the 200 (API.md "D
 
 from __future__ import annotations
 
+import copy
 import logging
 import secrets
 import threading
@@ -99,8 +100,8 @@ class ScoreTargets:
                 leader = False
         if not leader:
             pending.done.wait()
-            if pending.error is not None:
-                raise pending.error
+            if pending.error is not None:  # a copy each: one object raised in several threads
+                raise copy.copy(pending.error) from pending.error  # would mix their tracebacks
             assert pending.target is not None
             return pending.target
         try:
