@@ -253,13 +253,15 @@ class Database:
         costs about half the client CPU (~120 against ~210-300 µs per transaction in-process); under
         load that was a third more scores per second (docs/performance.md). The contract is
         :meth:`run`'s: errors are SQLAlchemy's (wrapped by ``DBAPIError.instance``); a connection
-        found dead is dropped with the rest of the pool (as SQLAlchemy does on a disconnect) and
-        the statement retried once on a fresh one; a database still unreachable →
+        found dead is dropped with the rest of its pool (SQLAlchemy's ``Connection`` marks them all
+        stale on a disconnect; here the pool is replaced, once) and the statement retried once on a
+        fresh connection; a database still unreachable →
         :class:`DatabaseUnavailableError`.
         """
         dialect = self.engine.dialect
         dbapi_error = dialect.loaded_dbapi.Error
         for attempt in (1, 2):
+            pool = self.engine.pool
             try:
                 pooled = self.engine.raw_connection()  # the pool's checkout events run (idle ping)
             except dbapi_error as exc:  # cannot connect: raised unwrapped by raw_connection()
@@ -277,7 +279,8 @@ class Database:
                 disconnected = bool(dialect.is_disconnect(exc, pooled.dbapi_connection, None))
                 if disconnected:
                     pooled.invalidate(exc)
-                    self.engine.dispose()  # its siblings in the pool died with it (a restart)
+                    if self.engine.pool is pool:  # not replaced yet by another thread's dispose()
+                        self.engine.dispose()  # its siblings in the pool died with it (a restart)
                 wrapped = DBAPIError.instance(
                     statement, params, exc, dbapi_error, connection_invalidated=disconnected, dialect=dialect
                 )
