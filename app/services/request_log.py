@@ -168,7 +168,8 @@ class RequestLog:
             self._inflight.update(batch)
         try:
             self.db.save_requests(list(batch.values()))
-        except (DatabaseUnavailableError, SQLAlchemyError, OSError) as exc:
+        except BaseException as exc:
+            # whatever failed, the rows go back: left in flight, no flusher would ever see them
             with self._lock:
                 for request_id in ids:
                     self._inflight.pop(request_id, None)
@@ -176,7 +177,9 @@ class RequestLog:
                 self._pending = {**batch, **self._pending}
                 self.failures += 1
                 self.last_error = str(exc)[:300]
-            raise DatabaseUnavailableError(str(exc)) from exc
+            if isinstance(exc, (DatabaseUnavailableError, SQLAlchemyError, OSError)):
+                raise DatabaseUnavailableError(str(exc)) from exc
+            raise
         with self._lock:
             for request_id in ids:
                 self._inflight.pop(request_id, None)

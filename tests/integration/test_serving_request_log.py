@@ -144,6 +144,37 @@ def test_database_down_recommendations_served_feedback_503_rows_kept_and_retried
     assert client.post("/api/recommend/score", json=score, headers=auth_headers).status_code == 200
 
 
+def test_a_write_failing_in_an_unforeseen_way_keeps_its_rows_and_retries(tmp_path: Path) -> None:
+    """Not only database errors: rows whose write raised anything go back to the queue (left "in
+    flight", no flusher would ever write them) and the flusher writes them once it can."""
+    from app.services.request_log import RequestLog
+    from app.storage.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'log.db'}")
+    db.upgrade()
+    real_save, calls = db.save_requests, []
+
+    def flaky_save(rows: list[dict[str, Any]]) -> None:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise ValueError("a bug in the write path")
+        real_save(rows)
+
+    db.save_requests = flaky_save  # type: ignore[method-assign]
+    log = RequestLog(db, flush_interval=0.01)
+    log.append([{"id": f"row-{i}", "max_recs": 1, "model_version": "v", "strategy": "segment", "items": []}
+                for i in range(5)])  # fmt: skip
+    deadline = time.monotonic() + 30
+    while log.pending():
+        assert time.monotonic() < deadline, f"rows stranded: {log.stats()}"
+        time.sleep(0.05)
+    assert calls[0] == 5 and sum(calls[1:]) == 5
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(RecommendationRequest)) == 5
+    log.close()
+    db.dispose()
+
+
 def test_a_full_backlog_refuses_new_recommendations_instead_of_losing_them(
     make_app: Any, postgres_url: str, auth_headers: dict
 ) -> None:
