@@ -12,7 +12,9 @@ why the JSON ``level`` wins over PRIORITY.
 
 If journalctl exits (journald restarted, journal rotated away, killed), the follower starts
 it again with exponential backoff, resuming after the last cursor it saw so nothing is
-skipped or repeated.
+skipped or repeated. A journalctl that has delivered nothing for ``refresh_after`` seconds is
+replaced the same way (without the backoff): one was seen to stop delivering while journald
+kept storing entries.
 """
 
 from __future__ import annotations
@@ -229,6 +231,7 @@ class JournalFollower:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         stable_after: float = 10.0,
+        refresh_after: float | None = 10.0,
     ) -> None:
         for name in matches:
             if not _FIELD_NAME.match(name):
@@ -240,6 +243,11 @@ class JournalFollower:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.stable_after = stable_after
+        # A journalctl --follow silent this long is replaced by a fresh one resuming after the
+        # cursor: twice in CI runs one stopped delivering (two entries, then none for 15 s)
+        # while journald kept storing them. Idle, that is one journalctl start per interval.
+        self.refresh_after = refresh_after
+        self.refreshes = 0
         self.restarts = 0
         self._started_at = time.time()
         self._stop = threading.Event()
@@ -253,7 +261,7 @@ class JournalFollower:
         args = [exe, "--output=json", "--follow", "--all", "--no-pager"]
         if self.cursor:
             args.append(f"--after-cursor={self.cursor}")
-        elif self.restarts:
+        elif self.restarts or self.refreshes:
             # Restarted before any entry arrived: replay from when we began following.
             args.append(f"--since=@{int(self._started_at)}")
         else:
@@ -320,17 +328,23 @@ class JournalFollower:
                     proc = None
                 with self._proc_lock:
                     self._proc = proc
-                started = time.monotonic()
+                started = last_line = time.monotonic()
+                refreshing = False
                 while proc is not None and not self._stop.is_set():
                     try:
                         kind, payload = lines.get(timeout=idle)
                     except queue.Empty:
+                        silent = time.monotonic() - last_line
+                        if self.refresh_after and not refreshing and silent > self.refresh_after:
+                            refreshing = True  # its lines still queued are read, then its EOF
+                            proc.terminate()
                         yield None
                         continue
                     if kind == "eof":
                         if payload is proc:
                             break
                         continue  # EOF of an earlier process
+                    last_line = time.monotonic()
                     entry = self._parse_line(payload)
                     if entry is not None:
                         backoff = self.backoff_initial
@@ -338,6 +352,10 @@ class JournalFollower:
                 if self._stop.is_set():
                     break
                 code = proc.wait() if proc is not None else None
+                if refreshing:
+                    self.refreshes += 1
+                    log.debug("journalctl refreshed after silence", extra={"refreshes": self.refreshes})
+                    continue
                 if time.monotonic() - started > self.stable_after:
                     backoff = self.backoff_initial
                 log.warning(

@@ -546,6 +546,39 @@ def test_no_password_source_without_tty_is_a_clear_error(container, smtp_server,
     assert smtp_server.auth.attempts == []
 
 
+def test_a_silent_journalctl_is_replaced_and_resumes_after_the_cursor(
+    journald: Journald, container: str
+) -> None:
+    follower = JournalFollower({"CONTAINER_NAME": container}, refresh_after=1.0)
+    got: list = []
+
+    def consume() -> None:
+        for entry in follower.follow(idle=0.2):
+            if entry is not None:
+                got.append(entry.message)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while "ready" not in got and time.monotonic() < deadline:
+        journald.send("ready", CONTAINER_NAME=container)
+        time.sleep(0.3)
+    assert "ready" in got, "journalctl -f never delivered an entry"
+    journald.send("before", CONTAINER_NAME=container)
+    deadline = time.monotonic() + 10
+    while follower.refreshes < 2 and time.monotonic() < deadline:  # silent: replaced, twice
+        time.sleep(0.1)
+    journald.send("after", CONTAINER_NAME=container)
+    deadline = time.monotonic() + 10
+    while "after" not in got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    follower.stop()
+    thread.join(timeout=5)
+    assert follower.refreshes >= 2 and follower.restarts == 0
+    rest = [message for message in got if message != "ready"]
+    assert rest == ["before", "after"], got  # nothing lost, nothing replayed
+
+
 def test_survives_journalctl_restart_without_losing_entries(
     journald, container, smtp_server, monitor_factory
 ) -> None:
