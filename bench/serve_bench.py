@@ -636,12 +636,10 @@ def report(results: Results) -> str:
             f"{f['predict1000_slr_predict_only_us']:.0f} µs / "
             f"{f['predict1000_sklearn_predict_only_us']:.0f} µs |",
         ]
-    for pid, memory in f["workers"].items():
-        lines.append(f"| worker {pid} memory | RSS {memory.get('rss', 0) / 1024:.0f} MiB, "
-                     f"PSS {memory.get('pss', 0) / 1024:.0f} MiB |")  # fmt: skip
-    for pid, memory in f.get("router", {}).items():
-        lines.append(f"| HTTP router {pid} memory | RSS {memory.get('rss', 0) / 1024:.0f} MiB, "
-                     f"PSS {memory.get('pss', 0) / 1024:.0f} MiB |")  # fmt: skip
+    for label, processes in (("worker", f["workers"]), ("HTTP router", f.get("router", {}))):
+        for pid, memory in processes.items():
+            lines.append(f"| {label} {pid} memory | RSS {memory.get('rss', 0) / 1024:.0f} MiB, "
+                         f"PSS {memory.get('pss', 0) / 1024:.0f} MiB |")  # fmt: skip
     lines += ["", "| target | met | measured |", "|---|---|---|"]
     lines += [f"| {name} | {'yes' if ok else 'NO'} | {detail} |" for name, ok, detail in results.checks]
     return "\n".join(lines)
