@@ -313,8 +313,10 @@ def app_line(level: str, message: str, **fields: object) -> str:
     )
 
 
-def test_follower_parses_real_entries_and_stops(journald: Journald, container: str) -> None:
-    follower = JournalFollower({"CONTAINER_NAME": container})
+def _following(
+    follower: JournalFollower, journald: Journald, container: str
+) -> tuple[list, threading.Thread]:
+    """Entries ``follower`` yields, collected by a thread, once a "ready" entry came through."""
     got: list = []
 
     def consume() -> None:
@@ -329,6 +331,12 @@ def test_follower_parses_real_entries_and_stops(journald: Journald, container: s
         journald.send("ready", CONTAINER_NAME=container)
         time.sleep(0.3)
     assert any(e.message == "ready" for e in got), "journalctl -f never delivered an entry"
+    return got, thread
+
+
+def test_follower_parses_real_entries_and_stops(journald: Journald, container: str) -> None:
+    follower = JournalFollower({"CONTAINER_NAME": container})
+    got, thread = _following(follower, journald, container)
     journald.send(
         app_line("ERROR", "scoring failed", request_id="rq-9"), priority=6, CONTAINER_NAME=container
     )
@@ -550,32 +558,19 @@ def test_a_silent_journalctl_is_replaced_and_resumes_after_the_cursor(
     journald: Journald, container: str
 ) -> None:
     follower = JournalFollower({"CONTAINER_NAME": container}, refresh_after=1.0)
-    got: list = []
-
-    def consume() -> None:
-        for entry in follower.follow(idle=0.2):
-            if entry is not None:
-                got.append(entry.message)
-
-    thread = threading.Thread(target=consume, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while "ready" not in got and time.monotonic() < deadline:
-        journald.send("ready", CONTAINER_NAME=container)
-        time.sleep(0.3)
-    assert "ready" in got, "journalctl -f never delivered an entry"
+    got, thread = _following(follower, journald, container)
     journald.send("before", CONTAINER_NAME=container)
     deadline = time.monotonic() + 10
     while follower.refreshes < 2 and time.monotonic() < deadline:  # silent: replaced, twice
         time.sleep(0.1)
     journald.send("after", CONTAINER_NAME=container)
     deadline = time.monotonic() + 10
-    while "after" not in got and time.monotonic() < deadline:
+    while not any(e.message == "after" for e in got) and time.monotonic() < deadline:
         time.sleep(0.05)
     follower.stop()
     thread.join(timeout=5)
     assert follower.refreshes >= 2 and follower.restarts == 0
-    rest = [message for message in got if message != "ready"]
+    rest = [e.message for e in got if e.message != "ready"]
     assert rest == ["before", "after"], got  # nothing lost, nothing replayed
 
 

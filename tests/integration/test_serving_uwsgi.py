@@ -36,6 +36,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _get(connection: http.client.HTTPConnection, path: str, headers: dict | None = None) -> int:
+    connection.request("GET", path, headers=headers or {})
+    response = connection.getresponse()
+    response.read()
+    assert not response.will_close  # kept alive
+    return response.status
+
+
 def _post(connection: http.client.HTTPConnection, path: str, body: dict, token: str | None = None) -> tuple:
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     connection.request("POST", path, body=json.dumps(body), headers=headers)
@@ -199,24 +207,15 @@ def test_idle_keep_alive_clients_do_not_hold_the_workers(
         idle = []
         for _ in range(3 * WORKERS * 4):
             connection = served.connect()
-            connection.request("GET", "/health/live")
-            response = connection.getresponse()
-            response.read()
-            assert response.status == 200 and not response.will_close  # kept alive
+            assert _get(connection, "/health/live") == 200
             idle.append(connection)
         newcomer = http.client.HTTPConnection("127.0.0.1", served.port, timeout=5)
         status, body = _post(newcomer, "/api/recommend", PROFILE, served.token)
         assert status == 200 and body["recommendations"]
         # headers up to the workers' buffer-size (16 KiB) pass the router
-        newcomer.request("GET", "/health/live", headers={"X-Padding": "a" * 8000})
-        response = newcomer.getresponse()
-        response.read()
-        assert response.status == 200
+        assert _get(newcomer, "/health/live", {"X-Padding": "a" * 8000}) == 200
         for connection in idle:  # and the idle ones are still served on their connection
-            connection.request("GET", "/health/live")
-            response = connection.getresponse()
-            response.read()
-            assert response.status == 200
+            assert _get(connection, "/health/live") == 200
         # nor do they hold up a stop: no worker waits socket-timeout (10 s) on one of them
         served.server.send_signal(signal.SIGTERM)
         assert served.server.wait(8) == 0
