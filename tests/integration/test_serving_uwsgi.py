@@ -225,6 +225,32 @@ def test_idle_keep_alive_clients_do_not_hold_the_workers(
         assert served.log.read_text(errors="replace").count("getting INI configuration") == 1
 
 
+def test_answers_over_a_page_are_not_held_back_by_the_router(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """An answer of a few pages arrives without waiting for the client's delayed ACK.
+
+    The router relays answers in chunks of http-buffer-size and does not set TCP_NODELAY on
+    client connections: with its default chunk (one 4 KiB page) the second chunk waited for the
+    client's delayed ACK, and every answer over 4 KiB on a keep-alive connection took 40 ms more
+    (Linux's minimum delayed-ACK time). The bound is that stall, not a performance figure.
+    """
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir) as served:
+        connection = served.connect()
+        body = {"requests": [{**PROFILE, "age": 18 + i} for i in range(6)]}
+        status, answer = _post(connection, "/api/recommend/batch", body, served.token)
+        size = len(json.dumps(answer))
+        assert status == 200 and 3 * 4096 > size > 4096, size  # a few pages, one 32 KiB chunk
+        elapsed = []
+        for _ in range(9):
+            started = time.perf_counter()
+            status, _ = _post(connection, "/api/recommend/batch", body, served.token)
+            elapsed.append(time.perf_counter() - started)
+            assert status == 200
+        connection.close()
+        assert sorted(elapsed)[4] < 0.035, [round(e * 1000, 1) for e in elapsed]
+
+
 def test_a_request_in_flight_when_the_stop_comes_is_still_answered(
     tmp_path: Path, model_store: Path, synthetic_data_dir: Path
 ) -> None:
