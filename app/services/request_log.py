@@ -177,6 +177,10 @@ class RequestLog:
                 self._pending = {**batch, **self._pending}
                 self.failures += 1
                 self.last_error = str(exc)[:300]
+                # and the flusher told: when this writer was a score's persist() or a flush(),
+                # the flusher may have found the queue empty meanwhile (the rows were in flight)
+                # and gone to sleep, and appends wake it only on an empty queue or a full batch
+                self._wake.notify()
             if isinstance(exc, (DatabaseUnavailableError, SQLAlchemyError, OSError)):
                 raise DatabaseUnavailableError(str(exc)) from exc
             raise

@@ -175,6 +175,90 @@ def test_a_write_failing_in_an_unforeseen_way_keeps_its_rows_and_retries(tmp_pat
     db.dispose()
 
 
+def _flusher_waits_at(log: Any) -> str | None:
+    """Where the log's flusher thread is parked: ``"idle"`` (waiting for rows, no timeout),
+    ``"write_lock"`` (waiting for another writer), or None (elsewhere, or running)."""
+    import inspect
+
+    from app.services.request_log import RequestLog
+
+    lines, start = inspect.getsourcelines(RequestLog._run)
+    idle = start + next(i for i, line in enumerate(lines) if line.strip() == "self._wake.wait()")
+    lock = start + next(i for i, line in enumerate(lines) if line.strip() == "with self._write_lock:")
+    thread = log._thread
+    frame = sys._current_frames().get(thread.ident) if thread is not None else None
+    innermost = frame
+    while frame is not None and frame.f_code is not RequestLog._run.__code__:
+        frame = frame.f_back
+    if frame is None or innermost is None:
+        return None
+    if frame.f_lineno == idle and innermost.f_code.co_name == "wait":
+        return "idle"
+    if frame.f_lineno == lock and innermost is frame:
+        return "write_lock"
+    return None
+
+
+def test_rows_a_failed_score_write_put_back_are_written_without_new_traffic(tmp_path: Path) -> None:
+    """A score's persist() holds the rows while the flusher backs off from the outage: the flusher
+    wakes, finds the queue empty (the rows are in flight) and sleeps until woken. When the
+    persist fails, the rows go back and the flusher must be told, or it sleeps on with them
+    (appends wake it only on an empty queue or a full batch): CI saw 20 rows pending 45 s after
+    the database came back."""
+    from app.services.request_log import RequestLog
+    from app.storage.db import Database, DatabaseUnavailableError
+
+    db = Database(f"sqlite:///{tmp_path / 'log.db'}")
+    db.upgrade()
+    real_save = db.save_requests
+    database_down = threading.Event()
+    database_down.set()
+    persist_writing, persist_may_fail = threading.Event(), threading.Event()
+    outcome: dict[str, BaseException] = {}
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        if threading.current_thread().name == "score":  # the score's own write: held, then fails
+            persist_writing.set()
+            persist_may_fail.wait(10)
+            raise DatabaseUnavailableError("connection refused")
+        if database_down.is_set():
+            raise DatabaseUnavailableError("connection refused")
+        real_save(rows)
+
+    def score() -> None:
+        try:
+            log.persist("row-0")
+        except DatabaseUnavailableError as exc:
+            outcome["error"] = exc
+
+    db.save_requests = save  # type: ignore[method-assign]
+    log = RequestLog(db, flush_interval=0.001, max_backoff=1.0)
+    log.append([{"id": f"row-{i}", "max_recs": 1, "model_version": "v", "strategy": "segment", "items": []}
+                for i in range(5)])  # fmt: skip
+    deadline = time.monotonic() + 10
+    while log.failures < 4:  # the flusher met the outage; its back-off is now 0.4 s or more
+        assert time.monotonic() < deadline, log.stats()
+        time.sleep(0.005)
+    scorer = threading.Thread(target=score, name="score", daemon=True)
+    scorer.start()
+    assert persist_writing.wait(10)
+    while (parked := _flusher_waits_at(log)) is None:
+        assert time.monotonic() < deadline + 10, "the flusher neither sleeps nor waits for the writer"
+        time.sleep(0.005)
+    database_down.clear()  # the database is back; the score's write still fails
+    persist_may_fail.set()
+    scorer.join(10)
+    assert isinstance(outcome.get("error"), DatabaseUnavailableError)
+    deadline = time.monotonic() + 10
+    while log.pending():
+        assert time.monotonic() < deadline, f"rows left with a sleeping flusher ({parked}): {log.stats()}"
+        time.sleep(0.01)
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(RecommendationRequest)) == 5
+    log.close()
+    db.dispose()
+
+
 def test_a_full_backlog_refuses_new_recommendations_instead_of_losing_them(
     make_app: Any, postgres_url: str, auth_headers: dict
 ) -> None:
