@@ -18,3 +18,11 @@ def login(client: Any, password: str = SESSION_PASSWORD) -> dict[str, str]:
     response = client.post("/api/login", json={"session_password": password})
     assert response.status_code == 200, response.get_json()
     return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+
+
+def frame_running(frame: Any, code: Any) -> Any:
+    """The frame of ``code`` in the stack ending at ``frame`` (a thread's current frame from
+    ``sys._current_frames()``), or None: where a thread is blocked, for tests that wait until it is."""
+    while frame is not None and frame.f_code is not code:
+        frame = frame.f_back
+    return frame

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.helpers import PROFILE
+from tests.helpers import PROFILE, frame_running
 
 pytestmark = pytest.mark.api
 
@@ -149,15 +149,10 @@ def _blocked_in_resolve() -> int:
     """Threads now waiting inside ``ScoreTargets.resolve`` (on a load, or in the load itself)."""
     from app.services.recommendations import ScoreTargets
 
-    count = 0
-    for frame in sys._current_frames().values():
-        waiting, inside = frame.f_code.co_name == "wait", False
-        current: Any = frame
-        while current is not None:
-            inside = inside or current.f_code is ScoreTargets.resolve.__code__
-            current = current.f_back
-        count += waiting and inside
-    return count
+    return sum(
+        frame.f_code.co_name == "wait" and frame_running(frame, ScoreTargets.resolve.__code__) is not None
+        for frame in sys._current_frames().values()
+    )
 
 
 def _all_in(pool: ThreadPoolExecutor, n: int, call: Callable[[], Any]) -> list[Future[Any]]:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import sessionmaker
 from app.services.request_ids import RequestIds
 from app.storage.db import make_engine
 from app.storage.models import Feedback, RecommendationRequest
-from tests.helpers import PROFILE
+from tests.helpers import PROFILE, frame_running
 
 pytestmark = pytest.mark.integration
 
@@ -186,11 +186,9 @@ def _flusher_waits_at(log: Any) -> str | None:
     idle = start + next(i for i, line in enumerate(lines) if line.strip() == "self._wake.wait()")
     lock = start + next(i for i, line in enumerate(lines) if line.strip() == "with self._write_lock:")
     thread = log._thread
-    frame = sys._current_frames().get(thread.ident) if thread is not None else None
-    innermost = frame
-    while frame is not None and frame.f_code is not RequestLog._run.__code__:
-        frame = frame.f_back
-    if frame is None or innermost is None:
+    innermost = sys._current_frames().get(thread.ident) if thread is not None else None
+    frame = frame_running(innermost, RequestLog._run.__code__)
+    if frame is None:
         return None
     if frame.f_lineno == idle and innermost.f_code.co_name == "wait":
         return "idle"
