@@ -167,7 +167,9 @@ def rating_batch(data_dir: str, repeat: int) -> float:
         f"  {'ours: predict_records (records -> ratings, /api/predict/batch)':<58} {fmt_time(served_best)} "
         f"{fmt_time(served_median)} {fmt_bytes(served_peak)}"
     )
-    print(f"  {'  of which feature encoding (PairEncoder.transform)':<58} {fmt_time(encode_best)}")
+    # predict_records evaluates the regression by lookups (LinearRatingModel.folded): the design
+    # matrix the two predict() rows above start from is not built on the served path
+    print(f"  {'the design matrix alone (PairEncoder.transform)':<58} {fmt_time(encode_best)}")
     print(f"  {'ours: predict_records, one record (/api/predict/stream)':<58} {fmt_time(single_best)}")
     verdict = "PASS" if ratio <= BATCH_RATIO_BAR else "FAIL"
     print(f"  batch predict ratio ours / scikit-learn: {ratio:.2f}x (bar {BATCH_RATIO_BAR:.0f}x): {verdict}")

@@ -294,10 +294,12 @@ def test_bad_requests_name_the_field_and_row(tiny, overrides: dict[str, object],
     ratings, users, items = tiny
     encoder = PairEncoder().fit(ratings, users, items)
     frame = pd.concat([_request(), _request(**overrides)], ignore_index=True)
-    with pytest.raises(FeatureError) as caught:
-        encoder.transform(frame)
-    assert caught.value.field == field
-    assert caught.value.rows == [1]
+    folded = encoder.linear(np.ones(encoder.n_features_), 0.0)
+    for encode in (encoder.transform, folded.predict):
+        with pytest.raises(FeatureError) as caught:
+            encode(frame)
+        assert caught.value.field == field
+        assert caught.value.rows == [1]
 
 
 def test_missing_column_is_reported(tiny) -> None:
@@ -325,3 +327,82 @@ def test_positions_match_pandas_for_few_and_many_ids(n: int) -> None:
     ids = np.random.default_rng(n).choice(np.array([3, 5, 10, 11, 77, 1000, -1], dtype=np.int64), size=n)
     got = _positions(index, ids)
     assert got.tolist() == index.get_indexer(ids).tolist()
+
+
+@pytest.fixture
+def tiny_plus(tiny) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``tiny`` with a known user who liked nothing (4) and a second young man who liked GoldenEye (5)."""
+    ratings, users, items = tiny
+    users = pd.concat(
+        [users, pd.DataFrame({"user_id": [4, 5], "age": [30, 25], "gender": ["M", "M"],
+                              "occupation": ["student", "student"], "zip_code": ["00004", "00005"]})],
+        ignore_index=True,
+    )  # fmt: skip
+    ratings = pd.concat(
+        [ratings, pd.DataFrame({"user_id": [4, 5], "movie_id": [3, 2], "rating": [2.0, 5.0],
+                                "timestamp": [400, 500]})],
+        ignore_index=True,
+    )  # fmt: skip
+    return ratings, users, items
+
+
+def _every_kind_of_row() -> pd.DataFrame:
+    """Cold, known (with and without likes), unknown ids, unseen gender and occupations, every movie."""
+    return pd.DataFrame(
+        {
+            "age": [24, 40, 60, 13, 33, 30, 30, 25, 90, 40, 18, 24],
+            "gender": ["M", "F", "F", "O", "M", "M", "O", "M", "F", "O", "F", "M"],
+            "occupation": ["student", "engineer", "retired", "none", "doctor", "student", "student",
+                           "artist", "student", "engineer", "other", "student"],
+            "movie_id": [1, 2, 3, 1, 3, 1, 2, 2, 3, 3, 1, 2],
+            "user_id": pd.array([1, None, 3, 42, 2, 4, 4, 5, None, 1, 5, None], dtype="Int64"),
+        }
+    )  # fmt: skip
+
+
+def test_the_folded_linear_model_equals_the_design_matrix_times_the_weights(tiny_plus) -> None:
+    ratings, users, items = tiny_plus
+    encoder = PairEncoder().fit(ratings, users, items)
+    rng = np.random.default_rng(7)
+    rows = _every_kind_of_row()
+    design = encoder.transform(rows).astype(np.float64)
+    for _ in range(3):
+        coef, intercept = rng.normal(size=encoder.n_features_), float(rng.normal())
+        folded = encoder.linear(coef, intercept)
+        np.testing.assert_allclose(folded.predict(rows), design @ coef + intercept, rtol=0, atol=1e-5)
+    # each weight reaches the prediction through its own feature: one weight at a time
+    for column in range(encoder.n_features_):
+        coef = np.zeros(encoder.n_features_)
+        coef[column] = 1.0
+        expected = design[:, column]
+        got = encoder.linear(coef, 0.0).predict(rows)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=encoder.feature_names[column])
+
+
+def test_the_folded_linear_model_predicts_a_row_alike_alone_and_in_a_batch(tiny_plus) -> None:
+    ratings, users, items = tiny_plus
+    encoder = PairEncoder().fit(ratings, users, items)
+    folded = encoder.linear(np.random.default_rng(3).normal(size=encoder.n_features_), 0.5)
+    rows = _every_kind_of_row()
+    together = folded.predict(rows)
+    one_by_one = np.concatenate([folded.predict(rows.iloc[[i]]) for i in range(len(rows))])
+    np.testing.assert_array_equal(together, one_by_one)
+    with pytest.raises(ValueError, match="weights"):
+        encoder.linear(np.ones(3), 0.0)
+
+
+def test_a_known_user_with_an_unseen_gender_is_encoded_alike_with_or_without_cold_rows(tiny_plus) -> None:
+    # user 4 liked nothing, so a request of theirs takes the genre profile of the request's group;
+    # for an unseen gender that is the training gender mix, whether or not the batch holds a
+    # cold row (it used to depend on that)
+    ratings, users, items = tiny_plus
+    encoder = PairEncoder().fit(ratings, users, items)
+    known = pd.DataFrame({"age": [25], "gender": ["O"], "occupation": ["student"], "movie_id": [2],
+                          "user_id": pd.array([4], dtype="Int64")})  # fmt: skip
+    cold = known.assign(user_id=pd.array([None], dtype="Int64"))
+    alone = encoder.transform(known)
+    with_cold = encoder.transform(pd.concat([known, cold], ignore_index=True))
+    np.testing.assert_array_equal(alone[0], with_cold[0])
+    # and it is the cold row's profile: the mix of the young men's (Toy Story and GoldenEye) and
+    # the overall one (nobody young and female)
+    assert _raw(encoder, alone, "genre_match")[0] == pytest.approx(_raw(encoder, with_cold, "genre_match")[1])

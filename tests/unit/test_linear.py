@@ -280,6 +280,39 @@ def test_predict_records_is_one_call_equal_to_record_by_record(
     assert rating_model.predict_records([]).shape == (0,)
 
 
+def _with_users(data: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every third record under another user's id (demographics need not match), or an id nobody has."""
+    ids = data.users["user_id"].to_numpy()
+    return [
+        {**r, "user_id": int(ids[i % len(ids)]) if i % 5 else 999_999} if i % 3 == 0 else r
+        for i, r in enumerate(records)
+    ]
+
+
+def test_predictions_are_the_regression_over_the_design_matrix(
+    rating_model: LinearRatingModel, synthetic_data: Any
+) -> None:
+    # served through lookup tables (LinearRatingModel.folded), never by building the design matrix
+    records = _with_users(synthetic_data, _records(synthetic_data, 300, seed=2))
+    frame = pd.DataFrame(records)
+    design = rating_model.encoder_.transform(frame)
+    expected = np.clip(rating_model.regressor_.predict(design), 1.0, 5.0)
+    np.testing.assert_allclose(rating_model.predict_records(records), expected, rtol=0, atol=1e-5)
+
+
+def test_a_refitted_model_predicts_with_its_new_weights(synthetic_data: Any) -> None:
+    data = synthetic_data
+    records = _with_users(data, _records(data, 100, seed=4))
+    model = LinearRatingModel(epochs=5).fit(data.ratings, data.users, data.items)
+    before = model.predict_records(records)
+    model.fit(
+        data.ratings.assign(rating=6.0 - data.ratings["rating"]), data.users, data.items
+    )  # tastes flipped
+    expected = np.clip(model.regressor_.predict(model.encoder_.transform(pd.DataFrame(records))), 1.0, 5.0)
+    np.testing.assert_allclose(model.predict_records(records), expected, rtol=0, atol=1e-5)
+    assert np.abs(before - expected).mean() > 0.5
+
+
 def test_known_users_get_their_own_prediction(rating_model: LinearRatingModel, synthetic_data: Any) -> None:
     user = synthetic_data.users.iloc[0]
     base = {
@@ -334,6 +367,8 @@ def test_missing_fields_and_non_objects_are_named(rating_model: LinearRatingMode
 
 def test_rating_model_survives_pickling(rating_model: LinearRatingModel, synthetic_data: Any) -> None:
     records = _records(synthetic_data, 20, seed=5)
+    rating_model.predict_records(records)  # builds its lookup tables, which are not pickled
     clone = pickle.loads(pickle.dumps(rating_model))  # bundles are joblib / pickle files
+    assert "_folded" in rating_model.__dict__ and "_folded" not in clone.__dict__
     np.testing.assert_array_equal(clone.predict_records(records), rating_model.predict_records(records))
     assert clone.params()["cold_fraction"] == rating_model.cold_fraction

@@ -22,12 +22,13 @@ serves ``/api/predict/stream`` and ``/api/predict/batch`` through :meth:`~Linear
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter, methodcaller
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import pandas as pd
 
-from app.recommender.features import FeatureError, PairEncoder
+from app.recommender.features import FeatureError, FoldedLinear, PairEncoder
 from app.recommender.models.base import Recommender
 from app.recommender.segments import Segment
 
@@ -293,6 +294,8 @@ class InvalidRecordError(ValueError):
 
 
 _RECORD_FIELDS = ("age", "gender", "occupation", "movie_id")
+_INT: frozenset[type] = frozenset({int})
+_INT_OR_NONE: frozenset[type] = frozenset({int, type(None)})
 
 
 class LinearRatingModel(Recommender):
@@ -382,15 +385,30 @@ class LinearRatingModel(Recommender):
         """
         if len(records) == 0:
             return np.empty(0, dtype=np.float64)
+        frame = self.record_columns(records)
         try:
-            columns = {field: [record[field] for record in records] for field in _RECORD_FIELDS}
-            columns["user_id"] = [record.get("user_id") for record in records]
+            return self._predict_chunk(frame)
+        except FeatureError as exc:
+            index = exc.rows[0] if exc.rows else 0
+            raise InvalidRecordError(index, exc.field, str(exc)) from exc
+
+    @classmethod
+    def record_columns(cls, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The records as the encoder's columns, their fields and integer types checked.
+
+        Raises :class:`InvalidRecordError` naming the first bad record and field; the values
+        themselves (ranges, vocabularies, the catalogue) are checked by the encoder.
+        """
+        # Columns and type checks at C speed (map, set); the slow paths only name the culprit.
+        try:
+            columns = {field: list(map(itemgetter(field), records)) for field in _RECORD_FIELDS}
+            columns["user_id"] = list(map(methodcaller("get", "user_id"), records))
         except (KeyError, TypeError, AttributeError):
-            columns = self._columns_slowly(records)  # finds and names the bad record
+            columns = cls._columns_slowly(records)  # finds and names the bad record
         for field in ("age", "movie_id", "user_id"):
             values = columns[field]
             # JSON integers arrive as int; bool is an int subclass and is refused explicitly.
-            if not all(type(v) is int for v in values):
+            if not set(map(type, values)) <= (_INT_OR_NONE if field == "user_id" else _INT):
                 for index, value in enumerate(values):
                     if (value is None and field == "user_id") or (
                         isinstance(value, int | np.integer) and not isinstance(value, bool)
@@ -398,18 +416,13 @@ class LinearRatingModel(Recommender):
                         continue
                     raise InvalidRecordError(index, field, f"{field} must be an integer")
         user_ids = columns["user_id"]
-        frame: dict[str, Any] = {
+        return {
             "age": np.asarray(columns["age"], dtype=np.float64),
             "gender": columns["gender"],
             "occupation": columns["occupation"],
             "movie_id": np.asarray(columns["movie_id"], dtype=np.float64),
             "user_id": np.array([np.nan if v is None else v for v in user_ids], dtype=np.float64),
         }
-        try:
-            return self._predict_chunk(frame)
-        except FeatureError as exc:
-            index = exc.rows[0] if exc.rows else 0
-            raise InvalidRecordError(index, exc.field, str(exc)) from exc
 
     @staticmethod
     def _columns_slowly(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -484,5 +497,24 @@ class LinearRatingModel(Recommender):
         }
 
     def _predict_chunk(self, requests: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
-        predicted = self.regressor_.predict(self.encoder_.transform(requests))
+        predicted = self.folded().predict(requests)
         return np.clip(predicted, RATING_MIN, RATING_MAX) if self.clip else predicted
+
+    def folded(self) -> FoldedLinear:
+        """The fitted regression as lookup tables (built on first use, not pickled).
+
+        Predictions are ``regressor_.predict(encoder_.transform(requests))`` without the design
+        matrix: over HTTP a 1,000-record /api/predict/batch spent most of its time building it
+        (docs/performance.md). Tests hold the two equal.
+        """
+        regressor = self.regressor_
+        cached: tuple[Any, FoldedLinear] | None = self.__dict__.get("_folded")
+        if cached is None or cached[0] is not regressor:  # not built, or the regressor was replaced
+            cached = (regressor, self.encoder_.linear(regressor.coef_, regressor.intercept_))
+            self._folded = cached
+        return cached[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_folded", None)  # derived from the fitted state, rebuilt after loading
+        return state
