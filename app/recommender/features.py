@@ -708,6 +708,11 @@ class FoldedLinear:
         self._user_genres = np.ascontiguousarray(vectors.T)  # (genre, user): one row per genre
         self._flags = np.ascontiguousarray(flags.T)  # (genre, movie)
         self._n_genres = n_genres
+        tables = [self._item, self._group_match, self._user, self._user_genres, *self._field.values()]
+        scalars = np.array([self._age, self._cold])
+        if not (np.isfinite(scalars).all() and all(np.isfinite(t).all() for t in tables)):
+            # what SimpleLinearRegression.predict refuses in a design matrix (NaN or inf features)
+            raise ValueError("the model's weights or the encoder's statistics are not finite")
 
     def predict(self, requests: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
         """Predictions for request rows (the columns of :meth:`PairEncoder.transform`)."""

@@ -333,6 +333,7 @@ def test_positions_match_pandas_for_few_and_many_ids(n: int) -> None:
 def tiny_plus(tiny) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """``tiny`` with a known user who liked nothing (4) and a second young man who liked GoldenEye (5)."""
     ratings, users, items = tiny
+    items = items.assign(year=pd.array([1995, 1982, None], dtype="Int64"))  # movies differ by year too
     users = pd.concat(
         [users, pd.DataFrame({"user_id": [4, 5], "age": [30, 25], "gender": ["M", "M"],
                               "occupation": ["student", "student"], "zip_code": ["00004", "00005"]})],
@@ -360,9 +361,20 @@ def _every_kind_of_row() -> pd.DataFrame:
     )  # fmt: skip
 
 
-def test_the_folded_linear_model_equals_the_design_matrix_times_the_weights(tiny_plus) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"interactions": ("gender", "age_bucket", "occupation"), "prior_weight": 3.0,
+         "group_prior_weight": 7.0, "user_prior_weight": 2.0},
+        {"interactions": ()},
+    ],
+)  # fmt: skip
+def test_the_folded_linear_model_equals_the_design_matrix_times_the_weights(
+    tiny_plus, settings: dict[str, object]
+) -> None:
     ratings, users, items = tiny_plus
-    encoder = PairEncoder().fit(ratings, users, items)
+    encoder = PairEncoder(**settings).fit(ratings, users, items)  # type: ignore[arg-type]
     rng = np.random.default_rng(7)
     rows = _every_kind_of_row()
     design = encoder.transform(rows).astype(np.float64)
@@ -383,12 +395,14 @@ def test_the_folded_linear_model_predicts_a_row_alike_alone_and_in_a_batch(tiny_
     ratings, users, items = tiny_plus
     encoder = PairEncoder().fit(ratings, users, items)
     folded = encoder.linear(np.random.default_rng(3).normal(size=encoder.n_features_), 0.5)
-    rows = _every_kind_of_row()
+    rows = pd.concat([_every_kind_of_row()] * 4, ignore_index=True)  # over 32 rows: pandas' indexer
     together = folded.predict(rows)
     one_by_one = np.concatenate([folded.predict(rows.iloc[[i]]) for i in range(len(rows))])
     np.testing.assert_array_equal(together, one_by_one)
     with pytest.raises(ValueError, match="weights"):
         encoder.linear(np.ones(3), 0.0)
+    with pytest.raises(ValueError, match="not finite"):
+        encoder.linear(np.full(encoder.n_features_, np.nan), 0.0)
 
 
 def test_a_known_user_with_an_unseen_gender_is_encoded_alike_with_or_without_cold_rows(tiny_plus) -> None:

@@ -311,6 +311,12 @@ def test_a_refitted_model_predicts_with_its_new_weights(synthetic_data: Any) -> 
     expected = np.clip(model.regressor_.predict(model.encoder_.transform(pd.DataFrame(records))), 1.0, 5.0)
     np.testing.assert_allclose(model.predict_records(records), expected, rtol=0, atol=1e-5)
     assert np.abs(before - expected).mean() > 0.5
+    # the regressor refitted in place (same object, new weights)
+    design = model.encoder_.transform(pd.DataFrame(records))
+    model.regressor_.fit(design, np.linspace(1.5, 4.5, len(records)))
+    refitted = np.clip(model.regressor_.predict(design), 1.0, 5.0)
+    np.testing.assert_allclose(model.predict_records(records), refitted, rtol=0, atol=1e-5)
+    assert np.abs(refitted - expected).mean() > 0.1
 
 
 def test_known_users_get_their_own_prediction(rating_model: LinearRatingModel, synthetic_data: Any) -> None:

@@ -504,13 +504,14 @@ class LinearRatingModel(Recommender):
         """The fitted regression as lookup tables (built on first use, not pickled).
 
         Predictions are ``regressor_.predict(encoder_.transform(requests))`` without the design
-        matrix: over HTTP a 1,000-record /api/predict/batch spent most of its time building it
+        matrix: over HTTP a 1,000-record /api/predict/batch spent about a third of its time building it
         (docs/performance.md). Tests hold the two equal.
         """
-        regressor = self.regressor_
-        cached: tuple[Any, FoldedLinear] | None = self.__dict__.get("_folded")
-        if cached is None or cached[0] is not regressor:  # not built, or the regressor was replaced
-            cached = (regressor, self.encoder_.linear(regressor.coef_, regressor.intercept_))
+        # what it was built from: a refit (new encoder, new regressor or new weights) rebuilds it
+        source = (self.encoder_, self.regressor_, self.regressor_.coef_, self.regressor_.intercept_)
+        cached: tuple[tuple[Any, ...], FoldedLinear] | None = self.__dict__.get("_folded")
+        if cached is None or any(a is not b for a, b in zip(cached[0], source, strict=True)):
+            cached = (source, self.encoder_.linear(self.regressor_.coef_, self.regressor_.intercept_))
             self._folded = cached
         return cached[1]
 
