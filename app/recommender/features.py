@@ -434,9 +434,7 @@ class PairEncoder:
         self.user_liked_n_ = np.bincount(upos, weights=liked, minlength=n_users)
         self.user_genre_liked_ = _group_sum(upos, n_users, flags * liked[:, None])
         # Liked-genre profile of each (gender, age bucket) group, for cold people.
-        group_of_user = (user_demo["gender"] * len(_DEMOGRAPHICS["age_bucket"]) + user_demo["age_bucket"])[
-            demo.index.get_indexer(self._user_pos)
-        ]
+        group_of_user = self._group_of(user_demo)[demo.index.get_indexer(self._user_pos)]
         n_groups = len(GENDERS) * len(_DEMOGRAPHICS["age_bucket"])
         group_liked = _group_sum(group_of_user, n_groups, self.user_genre_liked_)
         group_total = np.bincount(group_of_user, weights=self.user_liked_n_, minlength=n_groups)
@@ -492,6 +490,21 @@ class PairEncoder:
         if len(bad):
             raise FeatureError("movie_id", "movie_id is not in the catalogue", bad[:20].tolist())
         return codes, item
+
+    @staticmethod
+    def _group_of(codes: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Each row's (gender, age bucket) group: the row of :attr:`group_profile_`."""
+        return codes["gender"] * len(_DEMOGRAPHICS["age_bucket"]) + codes["age_bucket"]
+
+    def _cold_profiles(self) -> np.ndarray:
+        """The liked-genre profile a person without their own takes, per (gender, age bucket) group.
+
+        A gender unseen in training is "anyone" of that age: the group profiles weighted by the
+        training gender mix.
+        """
+        by_gender = self.group_profile_.reshape(len(GENDERS), -1)
+        mix = self.marginal_["gender"] @ by_gender
+        return np.where((self.marginal_["gender"] == 0)[:, None], mix, by_gender).reshape(-1, N_GENRES)
 
     @staticmethod
     def _demographic_codes(frame: pd.DataFrame | Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -566,13 +579,7 @@ class PairEncoder:
         upos = user_pos
         known = upos >= 0
         out[:, self._known_column] = known
-        group = codes["gender"] * len(_DEMOGRAPHICS["age_bucket"]) + codes["age_bucket"]
-        profile = self.group_profile_[group]
-        if (unseen_gender := self.marginal_["gender"][codes["gender"]] == 0).any():
-            # "Anyone" of that age: the group profiles weighted by the training gender mix.
-            by_gender = self.group_profile_.reshape(len(GENDERS), -1)
-            mix = (self.marginal_["gender"] @ by_gender).reshape(-1, N_GENRES)
-            profile[unseen_gender] = mix[codes["age_bucket"][unseen_gender]]
+        profile = self._cold_profiles()[self._group_of(codes)]
         user_offset = np.zeros(n)
         user_log_n = np.full(n, self.user_log_n_mean_)
         user_std = np.full(n, self.user_std_mean_)
@@ -683,13 +690,7 @@ class FoldedLinear:
             table += weight(f"movie_{field}_offset") * total / (count + e.group_prior_weight)
             self._field[field] = table.ravel()
         # the liked-genre profile of a cold row's (gender, age bucket) group, against each movie
-        n_buckets = len(_DEMOGRAPHICS["age_bucket"])
-        profile = e.group_profile_.reshape(len(GENDERS), n_buckets, N_GENRES).copy()
-        mix = np.einsum("g,gbk->bk", e.marginal_["gender"], profile)
-        profile[e.marginal_["gender"] == 0] = mix
-        self._group_match = (
-            weight("genre_match") * (profile.reshape(-1, N_GENRES) @ flags.T) / n_genres
-        ).ravel()
+        self._group_match = (weight("genre_match") * (e._cold_profiles() @ flags.T) / n_genres).ravel()
         self._cold = weight("user_log_n") * e.user_log_n_mean_ + weight("user_std") * e.user_std_mean_
         # known users: a constant and a genre vector each
         cnt, safe = e.user_n_, np.maximum(e.user_n_, 1.0)
@@ -724,7 +725,7 @@ class FoldedLinear:
         for field, table in self._field.items():
             total += table[codes[field] * n_items + item]
         known = user_pos >= 0
-        group = codes["gender"] * len(_DEMOGRAPHICS["age_bucket"]) + codes["age_bucket"]
+        group = e._group_of(codes)
         own_profile = np.zeros(len(item), dtype=bool)
         if known.any():
             k = np.flatnonzero(known)
