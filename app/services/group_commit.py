@@ -32,14 +32,30 @@ class NotStoredError(RuntimeError):
 
 
 class _Ticket(Generic[R]):
-    __slots__ = ("done", "error", "ready", "record")
+    """A caller's record, and the lock it sleeps on until the writer tells it to go on.
+
+    ``_wake`` is held from the start: the caller blocks acquiring it and a writer releases it
+    exactly once, when the record's batch ended or when the caller's turn to write came. A bare
+    lock rather than a ``threading.Event``: the event's ``wait`` and ``set`` run Python code
+    (its condition's bookkeeping) under the GIL for every score; ``acquire`` and ``release`` are
+    one C call each.
+    """
+
+    __slots__ = ("_wake", "done", "error", "record")
 
     def __init__(self, record: R) -> None:
         self.record = record
-        self.ready = threading.Event()  # set when done, or when this caller becomes the leader
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self.done = False
         # stays set unless the record is known to be committed: nothing is acknowledged by default
         self.error: BaseException | None = NotStoredError("the score was not stored")
+
+    def wait(self) -> None:
+        self._wake.acquire()
+
+    def wake(self) -> None:
+        self._wake.release()
 
 
 class GroupCommit(Generic[R]):
@@ -58,34 +74,42 @@ class GroupCommit(Generic[R]):
         """Store ``record``; returns when its transaction committed, raises what the write raised."""
         ticket = _Ticket(record)
         with self._lock:
-            self._queue.append(ticket)
             lead = not self._writing
-            self._writing = True
+            if lead:
+                self._writing = True
+            else:
+                self._queue.append(ticket)
         if not lead:
-            ticket.ready.wait()
-        if not ticket.done:  # leader, first or handed the turn
-            self._lead()
+            ticket.wait()
+        if not ticket.done:  # the writer, first or handed the turn
+            self._lead(ticket)
         if ticket.error is not None:
             raise ticket.error
 
-    def _lead(self) -> None:
+    def _lead(self, own: _Ticket[R]) -> None:
+        """Write ``own`` record with those queued so far; then wake them and pass the turn on.
+
+        Every ticket but the writer's own is woken exactly once: with its batch, or as the next
+        writer (it is taken off the queue then, and leads a batch of its own).
+        """
         with self._lock:
-            batch = self._queue[: self.max_batch]
-            del self._queue[: len(batch)]
+            batch = [own, *self._queue[: self.max_batch - 1]]
+            del self._queue[: len(batch) - 1]
         try:
             self._write_batch(batch)
         finally:
             with self._lock:
-                successor = self._queue[0] if self._queue else None
+                successor = self._queue.pop(0) if self._queue else None
                 if successor is None:
                     self._writing = False
                 self.batches += 1
                 self.records += len(batch)
             for ticket in batch:
                 ticket.done = True
-                ticket.ready.set()
+            for ticket in batch[1:]:
+                ticket.wake()
             if successor is not None:
-                successor.ready.set()  # not done: it leads the next batch
+                successor.wake()  # not done: it writes the next batch
 
     def _write_batch(self, batch: list[_Ticket[R]]) -> None:
         try:
