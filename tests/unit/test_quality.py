@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import update
 
 from app.monitoring.quality import (
-    catalogue_coverage,
     feedback_window,
     like_share,
     mean_score,
     measure,
     request_profiles,
     rmse,
+    served_coverage,
 )
 from app.storage.db import Database, FeedbackRecord
 from app.storage.models import Feedback, RecommendationRequest
@@ -34,9 +34,6 @@ def test_pure_metrics_by_hand() -> None:
     value, n = rmse([(4.0, 3.0), (2.0, 4.0), (None, 5.0)])
     assert n == 2 and value == pytest.approx(math.sqrt(2.5))
     assert rmse([(None, 1.0)]) == (None, 0)
-    coverage, distinct = catalogue_coverage([[1, 2, 3], [3, 4], []], catalogue_size=8)
-    assert (coverage, distinct) == (0.5, 4)
-    assert catalogue_coverage([[1]], 0) == (None, 1)
 
 
 def _request(request_id: str, version: str, strategy: str, items: list[int], **demo: object) -> dict:
@@ -59,9 +56,13 @@ def _feedback(
     db.save_feedback(FeedbackRecord(request_id, movie, f"Movie {movie}", score, predicted, version))
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'q.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """The window queries are dialect-specific in places (coverage unnests JSON): both databases."""
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    else:
+        database = Database(request.getfixturevalue("postgres_url"))
     database.upgrade()
     yield database
     database.dispose()
@@ -108,3 +109,25 @@ def test_window_queries_count_only_the_champions_own_recent_feedback(db: Databas
     profiles = sorted(request_profiles(db, since), key=lambda p: (p[0], p[1]))
     assert (17, "F", "student", 1) in profiles
     assert sum(n for *_, n in profiles) == 4  # r1..r4 in the window, whatever their strategy
+
+
+def test_coverage_counts_the_distinct_movies_of_the_most_recent_lists(db: Database) -> None:
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    lists = [[1, 2], [2, 3], [], [3, 4, 5]]
+    rows = [_request(f"c{i}", "v1", "segment", items) for i, items in enumerate(lists)]
+    rows[2]["items"] = [{"title": "an item without an id"}]
+    rows.append(_request("c4", "v1", "fallback", [9]))  # the fallback's list: not the champion's
+    for i, row in enumerate(rows):
+        row["created_at"] = start + timedelta(seconds=i)
+    db.save_requests(rows)
+
+    since = time.time() - 3600
+    assert served_coverage(db, since, model_version="v1") == (4, 5)
+    assert served_coverage(db, since) == (4, 5)
+    # the newest lists first: [3, 4, 5], the one without ids, then [2, 3]
+    assert served_coverage(db, since, model_version="v1", max_requests=2) == (2, 3)
+    assert served_coverage(db, since, model_version="v1", max_requests=3) == (3, 4)
+    assert served_coverage(db, since, model_version="v0") == (0, 0)
+    assert served_coverage(db, time.time() + 10, model_version="v1") == (0, 0)
+    quality = measure(db, since, time.time() + 1, model_version="v1", catalogue_size=20)
+    assert (quality.requests, quality.distinct_served, quality.coverage) == (4, 5, 0.25)
