@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Float, Integer, case, cast, func, select, true
+from sqlalchemy import Float, case, cast, func, select, true
 
 from app.storage.db import Database
 from app.storage.models import Feedback, RecommendationRequest
@@ -154,7 +154,8 @@ def served_coverage(
     lists = recent.cte("recent")
     if db.engine.dialect.name == "postgresql":
         elements = func.json_array_elements(lists.c["items"]).table_valued("value").lateral("item")
-        movie: Any = cast(elements.c.value.op("->>")("movie_id"), Integer)
+        # counted as text: no cast that one malformed stored item could make fail the evaluation
+        movie: Any = elements.c.value.op("->>")("movie_id")
     else:  # SQLite: its table-valued functions see the tables before them without LATERAL
         elements = func.json_each(lists.c["items"]).table_valued("value").alias("item")
         movie = func.json_extract(elements.c.value, "$.movie_id")
