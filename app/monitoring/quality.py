@@ -176,12 +176,19 @@ def measure(
     model_version: str | None,
     catalogue_size: int,
     max_requests: int = 5000,
+    served: tuple[int, int] | None = None,
 ) -> Quality:
-    """Every online metric of ``model_version`` over [since, until)."""
+    """Every online metric of ``model_version`` over [since, until).
+
+    ``served`` is :func:`served_coverage`'s answer when the caller counted it lately; else it
+    is counted now.
+    """
     events, mean, liked, error, rmse_events = feedback_window(
         db, since, model_version=model_version, until=until
     )
-    requests, distinct = served_coverage(db, since, model_version=model_version, max_requests=max_requests)
+    if served is None:
+        served = served_coverage(db, since, model_version=model_version, max_requests=max_requests)
+    requests, distinct = served
     coverage = distinct / catalogue_size if catalogue_size > 0 else None
     return Quality(
         model_version=model_version,

@@ -124,3 +124,40 @@ def test_metrics_can_be_restricted_by_network_and_token(make_app: Callable[..., 
     assert response.status_code == 401 and response.get_json()["error"]["code"] == "unauthorized"
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer scrape-secret-123"}).status_code == 200
+
+
+def test_coverage_is_recounted_at_most_once_per_monitor_interval(
+    make_app: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.monitoring import online
+
+    # no HTTP request here: the first one would start the monitor's own thread (interval > 0)
+    app = make_app(monitor_interval_seconds=60)
+    services = app.extensions["movierec"]
+    monitor = services.monitor
+    counted: list[str | None] = []
+    real = online.served_coverage
+
+    def counting(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        counted.append(kwargs.get("model_version"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(online, "served_coverage", counting)
+
+    def serve(n: int) -> None:
+        for _ in range(n):
+            services.recommendations.recommend(max_recs=5, **PROFILE)
+        services.recommendations.request_log.flush()
+
+    serve(2)
+    first = monitor.tick(force=True)["quality"]
+    serve(1)
+    second = monitor.tick(force=True)["quality"]
+    version = services.models.bundle.version
+    assert counted == [version]  # the second evaluation reused the count
+    assert first["requests"] == second["requests"] == 2
+    assert second["distinct_served"] == first["distinct_served"] > 0
+
+    monitor.interval = 0  # the interval is over
+    third = monitor.tick(force=True)["quality"]
+    assert counted == [version, version] and third["requests"] == 3
