@@ -139,8 +139,8 @@ def served_coverage(
 
     Counted by the database, which unnests the lists' ``items`` itself. Reading them into the
     worker instead (5,000 lists of 10-100 items, each parsed and walked in Python) held that
-    worker's GIL for 110-200 ms per evaluation, stalling its requests; the database does the
-    same work in ~150 ms of its own process, and the worker waits ~6 ms of CPU.
+    worker's GIL for 90-200 ms per evaluation, stalling its requests; the database does the
+    same work in ~120-150 ms of its own process, and the worker spends 2-7 ms of CPU.
     """
     start = datetime.fromtimestamp(since, UTC)
     recent = (
