@@ -154,7 +154,8 @@ class OnlineMonitor:
         self._thread: threading.Thread | None = None
         self.evaluations = 0
         self.last_error: str | None = None
-        self._served: tuple[str, float, tuple[int, int]] | None = None  # version, when, counts
+        # version, when (monotonic), window start and counts of the last coverage count
+        self._served: tuple[str, float, float, tuple[int, int]] | None = None
 
     # ------------------------------------------------------------------ thread
 
@@ -266,15 +267,19 @@ class OnlineMonitor:
         Coverage is reported, not judged (the breaker decides on scores, RMSE and errors), and
         it moves slowly; a score-triggered evaluation comes every 5 s per worker under load, and
         a count of 5,000 lists of 10-100 items takes the database ~120-150 ms
-        (docs/performance.md).
+        (docs/performance.md). A window that did not just slide (the breaker's state changed,
+        so it starts elsewhere) is counted anew, as is every window when ``interval`` is 0.
         """
         now = time.monotonic()
         cached = self._served
-        if cached is not None and cached[0] == version and now - cached[1] < self.interval:
-            return cached[2]
+        if cached is not None:
+            cached_version, counted_at, counted_since, counts = cached
+            slid = 0 <= since - counted_since <= now - counted_at + 1.0
+            if cached_version == version and now - counted_at < self.interval and slid:
+                return counts
         limit = self.coverage_max_requests
         counts = served_coverage(self.db, since, model_version=version, max_requests=limit)
-        self._served = (version, now, counts)
+        self._served = (version, now, since, counts)
         return counts
 
     def measure_drift(self, bundle: LoadedBundle) -> DriftReport:

@@ -154,7 +154,8 @@ def served_coverage(
     lists = recent.cte("recent")
     if db.engine.dialect.name == "postgresql":
         elements = func.json_array_elements(lists.c["items"]).table_valued("value").lateral("item")
-        # counted as text: no cast that one malformed stored item could make fail the evaluation
+        # compared as text: an id stored as 7 or "7" is one movie, and no cast can fail (the
+        # service always stores ``items`` as a list of objects; other JSON there fails the count)
         movie: Any = elements.c.value.op("->>")("movie_id")
     else:  # SQLite: its table-valued functions see the tables before them without LATERAL
         elements = func.json_each(lists.c["items"]).table_valued("value").alias("item")

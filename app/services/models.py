@@ -6,7 +6,6 @@ read the reference once, so each request sees exactly one model version.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 from pathlib import Path
@@ -65,22 +64,7 @@ class ModelHolder:
             self.last_error = None
         replaced = previous.version if previous else None
         log.info("model loaded", extra={"model_version": bundle.version, "previous_version": replaced})
-        if previous is not None and gc.get_freeze_count():
-            del previous  # not kept alive by this frame while the collector looks for it
-            _refreeze()
         return bundle
-
-
-def _refreeze() -> None:
-    """Free what a replaced bundle left in reference cycles, then freeze the heap again.
-
-    Only in a process that froze its heap after start-up (uwsgi workers, app/wsgi.py): frozen
-    objects are never collected, so the old bundle's cycles would stay for the worker's life.
-    One full collection per reload (~100-140 ms with the GIL held).
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def attach_rating_model(bundle: LoadedBundle) -> None:

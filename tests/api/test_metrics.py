@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -161,3 +162,11 @@ def test_coverage_is_recounted_at_most_once_per_monitor_interval(
     monitor.interval = 0  # the interval is over
     third = monitor.tick(force=True)["quality"]
     assert counted == [version, version] and third["requests"] == 3
+
+    # within the interval, a window that starts elsewhere (the breaker's state changed) is recounted
+    monitor.interval = 60
+    since = time.time() - monitor.window_seconds  # where the last evaluation's window started, about
+    assert monitor._served_counts(version, since) == (3, third["distinct_served"])  # slid: reused
+    assert len(counted) == 2
+    assert monitor._served_counts(version, time.time() + 1) == (0, 0)  # a fresh window: nothing in it yet
+    assert len(counted) == 3

@@ -131,3 +131,5 @@ def test_coverage_counts_the_distinct_movies_of_the_most_recent_lists(db: Databa
     assert served_coverage(db, time.time() + 10, model_version="v1") == (0, 0)
     quality = measure(db, since, time.time() + 1, model_version="v1", catalogue_size=20)
     assert (quality.requests, quality.distinct_served, quality.coverage) == (4, 5, 0.25)
+    unknown_size = measure(db, since, time.time() + 1, model_version="v1", catalogue_size=0)
+    assert (unknown_size.distinct_served, unknown_size.coverage) == (5, None)
