@@ -62,8 +62,13 @@ class ModelHolder:
             previous = self._bundle
             self._bundle = bundle
             self.last_error = None
-        replaced = previous.version if previous else None
-        log.info("model loaded", extra={"model_version": bundle.version, "previous_version": replaced})
+        log.info(
+            "model loaded",
+            extra={
+                "model_version": bundle.version,
+                "previous_version": previous.version if previous else None,
+            },
+        )
         return bundle
 
 
