@@ -384,6 +384,7 @@ def predict_batch_in_process(model_path: Path, records: list[dict[str, Any]], re
     from sklearn.linear_model import LinearRegression
 
     from app.recommender.bundle import load_bundle
+    from app.recommender.models.linear import RATING_MAX, RATING_MIN
     from app.services.models import attach_rating_model
 
     bundle = load_bundle(model_path)
@@ -398,7 +399,9 @@ def predict_batch_in_process(model_path: Path, records: list[dict[str, Any]], re
     sk.n_features_in_ = len(sk.coef_)
 
     def theirs() -> Any:
-        return np.clip(sk.predict(ours.encoder_.transform(ours.record_columns(records))), 1.0, 5.0)
+        return np.clip(
+            sk.predict(ours.encoder_.transform(ours.record_columns(records))), RATING_MIN, RATING_MAX
+        )
 
     ours_s = median_time(lambda: ours.predict_records(records), repeat=30)
     theirs_s = median_time(theirs, repeat=30)
