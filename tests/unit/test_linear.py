@@ -289,14 +289,18 @@ def _with_users(data: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]
     ]
 
 
+def _over_the_design_matrix(model: LinearRatingModel, records: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """The records' design matrix, and what predict_records must equal: the regressor over it, clipped."""
+    design = model.encoder_.transform(pd.DataFrame(records))
+    return design, np.clip(model.regressor_.predict(design), 1.0, 5.0)
+
+
 def test_predictions_are_the_regression_over_the_design_matrix(
     rating_model: LinearRatingModel, synthetic_data: Any
 ) -> None:
     # served through lookup tables (LinearRatingModel.folded), never by building the design matrix
     records = _with_users(synthetic_data, _records(synthetic_data, 300, seed=2))
-    frame = pd.DataFrame(records)
-    design = rating_model.encoder_.transform(frame)
-    expected = np.clip(rating_model.regressor_.predict(design), 1.0, 5.0)
+    _, expected = _over_the_design_matrix(rating_model, records)
     np.testing.assert_allclose(rating_model.predict_records(records), expected, rtol=0, atol=1e-5)
 
 
@@ -308,13 +312,12 @@ def test_a_refitted_model_predicts_with_its_new_weights(synthetic_data: Any) -> 
     model.fit(
         data.ratings.assign(rating=6.0 - data.ratings["rating"]), data.users, data.items
     )  # tastes flipped
-    expected = np.clip(model.regressor_.predict(model.encoder_.transform(pd.DataFrame(records))), 1.0, 5.0)
+    design, expected = _over_the_design_matrix(model, records)
     np.testing.assert_allclose(model.predict_records(records), expected, rtol=0, atol=1e-5)
     assert np.abs(before - expected).mean() > 0.5
     # the regressor refitted in place (same object, new weights)
-    design = model.encoder_.transform(pd.DataFrame(records))
     model.regressor_.fit(design, np.linspace(1.5, 4.5, len(records)))
-    refitted = np.clip(model.regressor_.predict(design), 1.0, 5.0)
+    _, refitted = _over_the_design_matrix(model, records)
     np.testing.assert_allclose(model.predict_records(records), refitted, rtol=0, atol=1e-5)
     assert np.abs(refitted - expected).mean() > 0.1
 
