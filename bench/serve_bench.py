@@ -12,7 +12,9 @@ What it does (loopback only, bounded in time):
    echo and the endpoint back to back, in ABBA order; a ratio is taken within each round and
    the target is judged on their median. On a shared VM the speed of the machine drifts by
    ±20 % from one 8-second run to the next (docs/performance.md), more than the differences
-   measured; adjacent short runs see the same machine;
+   measured; adjacent short runs see the same machine. Each run also records the server's CPU
+   per request (uwsgi workers, HTTP router, the run's PostgreSQL backends), which tells where
+   an endpoint's cost goes and what its throughput ratio would be when the cores are the limit;
 3. times the seed's path in-process: the seed's random forest scoring one profile over the
    catalogue, against our lookup (in-process and over HTTP at one connection);
 4. times ``/api/predict/batch`` with 1,000 records against scikit-learn's ``predict`` on the
@@ -28,6 +30,7 @@ missed performance target.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -298,6 +301,65 @@ def memory_kib(pid: int) -> dict[str, int]:
     return values
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time a process has run so far, all its threads (``/proc/<pid>/task/*/schedstat``), ns.
+
+    Scheduler run time, exact to the nanosecond, unlike the tick-sampled ``utime``/``stime``; 0 for
+    a process that is gone."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
+
+
+class CpuMeter:
+    """Server-side CPU per request of a wrk run: uwsgi workers, HTTP router and the database.
+
+    A throughput ratio moves with everything else the shared machine does; the CPU a request
+    costs the server's processes hardly does, so each measured run also records it, split by
+    process. The database's share is its backends serving this run's database (PostgreSQL;
+    none with SQLite). wrk and Redis are not counted.
+    """
+
+    def __init__(self, server: Server, database_url: str | None) -> None:
+        self.server = server
+        self.database_url = database_url
+
+    def groups(self) -> dict[str, list[int]]:
+        groups = {"workers": self.server.workers(), "router": self.server.workers("http"), "database": []}
+        if self.database_url is not None:
+            import psycopg
+
+            with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as connection:
+                rows = connection.execute(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchall()
+            groups["database"] = [int(row[0]) for row in rows]
+        return groups
+
+    def measure(self, run: Callable[[Path], dict[str, Any]], workdir: Path) -> dict[str, Any]:
+        """``run(workdir)`` (one wrk run), with ``cpu_us``: each group's CPU per completed request, µs."""
+        before_groups = self.groups()
+        before = {pid: cpu_ns(pid) for pids in before_groups.values() for pid in pids}
+        result = run(workdir)
+        after_groups = self.groups()
+        result["cpu_us"] = {}
+        for name in before_groups:
+            # a backend opened during the run counts whole
+            pids = set(before_groups[name]) | set(after_groups[name])
+            used = sum(max(0, cpu_ns(pid) - before.get(pid, 0)) for pid in pids)
+            result["cpu_us"][name] = used / 1e3 / max(1, result["requests"])
+        return result
+
+
 def wrk(
     port: int, path: str, script: str, seconds: float, threads: int, connections: int, workdir: Path
 ) -> dict[str, Any]:
@@ -314,18 +376,27 @@ def wrk(
     return result
 
 
-def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "rps": statistics.mean(r["rps"] for r in runs),
         "p50_ms": statistics.mean(r["p50_us"] for r in runs) / 1e3,
         "p99_ms": statistics.mean(r["p99_us"] for r in runs) / 1e3,
         "non2xx": sum(r["non2xx"] + r["socket_errors"] for r in runs),
+        "cpu_us": {name: statistics.median(r["cpu_us"][name] for r in runs) for name in runs[0]["cpu_us"]},
     }
 
 
 def ratios(runs: list[dict[str, Any]], echo_runs: list[dict[str, Any]], key: str) -> list[float]:
     """``key`` of each run over the echo run of the same round (adjacent in time)."""
     return [run[key] / echo[key] for run, echo in zip(runs, echo_runs, strict=True)]
+
+
+def cpu_ratios(runs: list[dict[str, Any]], echo_runs: list[dict[str, Any]]) -> list[float]:
+    """Echo's server CPU per request over the endpoint's, per round: its throughput ratio if CPU-bound."""
+    return [
+        sum(echo["cpu_us"].values()) / max(1e-9, sum(run["cpu_us"].values()))
+        for run, echo in zip(runs, echo_runs, strict=True)
+    ]
 
 
 def post_script(token: str, body: dict[str, Any]) -> str:
@@ -448,6 +519,7 @@ def run(args: argparse.Namespace) -> Results:
         echo_script = post_script(token, PROFILE)
         recommend_script = post_script(token, PROFILE)
 
+        meter = CpuMeter(server, database_url if args.database == "postgres" else None)
         # warm both paths up (imports, pools, caches)
         wrk(server.port, "/api/echo", echo_script, 2, threads, connections, workdir)
         warm = wrk(server.port, "/api/recommend", recommend_script, 2, threads, connections, workdir)
@@ -458,11 +530,9 @@ def run(args: argparse.Namespace) -> Results:
             echo_runs, runs = [], []
             for i, script in enumerate(scripts):
                 for endpoint in ("echo", path) if i % 2 == 0 else (path, "echo"):
-                    if endpoint == "echo":
-                        echo_runs.append(wrk(server.port, "/api/echo", echo_script, seconds, threads,
-                                             connections, workdir))  # fmt: skip
-                    else:
-                        runs.append(wrk(server.port, path, script, seconds, threads, connections, workdir))
+                    target, body = ("/api/echo", echo_script) if endpoint == "echo" else (path, script)
+                    run = functools.partial(wrk, server.port, target, body, seconds, threads, connections)
+                    (echo_runs if endpoint == "echo" else runs).append(meter.measure(run, workdir))
             return echo_runs, runs
 
         echo_runs, recommend_runs = measure("/api/recommend", [recommend_script] * args.rounds)
@@ -472,6 +542,7 @@ def run(args: argparse.Namespace) -> Results:
             **summary(recommend_runs),
             "rps_ratios": ratios(recommend_runs, echo_runs, "rps"),
             "p99_ratios": ratios(recommend_runs, echo_runs, "p99_us"),
+            "cpu_ratios": cpu_ratios(recommend_runs, echo_runs),
         }
 
         # one connection: per-request latency of a full HTTP round trip
@@ -505,6 +576,7 @@ def run(args: argparse.Namespace) -> Results:
         results.figures["score"] = {
             **summary(score_runs),
             "rps_ratios": ratios(score_runs, score_echo_runs, "rps"),
+            "cpu_ratios": cpu_ratios(score_runs, score_echo_runs),
             "acknowledged": sum(r["ok"] for r in score_runs),
             "refused": sum(r["bad"] for r in score_runs),
             "pairs_available": n_pairs,
@@ -614,6 +686,16 @@ def evaluate(results: Results) -> None:
         )
 
 
+def cpu_line(figures: dict[str, Any]) -> str:
+    """``1,234 µs (workers 1,100, router 80, database 54 ...)``, and echo's over it (median ratio)."""
+    cpu = figures["cpu_us"]
+    parts = ", ".join(f"{name} {value:,.0f}" for name, value in cpu.items())
+    text = f"{sum(cpu.values()):,.0f} µs ({parts}; medians of the rounds)"
+    if "cpu_ratios" in figures:
+        text += f"; echo's in the same round / this: {statistics.median(figures['cpu_ratios']):.2f}x"
+    return text
+
+
 def report(results: Results) -> str:
     f = results.figures
     e, r, sc, se, rows = f["echo"], f["recommend"], f["score"], f["score_echo"], f["rows"]
@@ -630,6 +712,8 @@ def report(results: Results) -> str:
         f"requests ({rows['acknowledged_recommendations']} acknowledged) |",
         f"| /api/recommend, one connection | {f['recommend_single_connection_mean_ms']:.2f} ms mean |",
     ]
+    for label, endpoint in (("echo", e), ("/api/recommend", r), ("/api/recommend/score", sc)):
+        lines.append(f"| server CPU per request, {label} | {cpu_line(endpoint)} |")
     if f.get("seed_rf_ms"):
         lines.append(f"| seed random forest, one profile x catalogue (in-process) | {f['seed_rf_ms']:.1f} ms "
                      f"(fit {f['seed_rf_fit_s']:.1f} s) |")  # fmt: skip
