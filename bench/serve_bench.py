@@ -13,8 +13,8 @@ What it does (loopback only, bounded in time):
    the target is judged on their median. On a shared VM the speed of the machine drifts by
    ±20 % from one 8-second run to the next (docs/performance.md), more than the differences
    measured; adjacent short runs see the same machine. Each run also records the server's CPU
-   per request (uwsgi workers, HTTP router, the run's PostgreSQL backends), which tells where
-   an endpoint's cost goes and what its throughput ratio would be when the cores are the limit;
+   per request (uwsgi workers, HTTP router, the run's PostgreSQL backends): where an
+   endpoint's cost goes, and what its throughput ratio would be if the cores were the limit;
 3. times the seed's path in-process: the seed's random forest scoring one profile over the
    catalogue, against our lookup (in-process and over HTTP at one connection);
 4. times ``/api/predict/batch`` with 1,000 records against scikit-learn's ``predict`` on the
@@ -322,10 +322,10 @@ def cpu_ns(pid: int) -> int:
 class CpuMeter:
     """Server-side CPU per request of a wrk run: uwsgi workers, HTTP router and the database.
 
-    A throughput ratio moves with everything else the shared machine does; the CPU a request
-    costs the server's processes hardly does, so each measured run also records it, split by
-    process. The database's share is its backends serving this run's database (PostgreSQL;
-    none with SQLite). wrk and Redis are not counted.
+    Each measured run records it, split by process, to tell where an endpoint's cost goes and
+    whether the cores limit it (then its throughput ratio to echo matches the CPU ratio). The
+    database's share is its backends serving this run's database (PostgreSQL; none with
+    SQLite). wrk and Redis are not counted.
     """
 
     def __init__(self, server: Server, database_url: str | None) -> None:
