@@ -345,11 +345,11 @@ class CpuMeter:
             groups["database"] = [int(row[0]) for row in rows]
         return groups
 
-    def measure(self, run: Callable[[Path], dict[str, Any]], workdir: Path) -> dict[str, Any]:
-        """``run(workdir)`` (one wrk run), with ``cpu_us``: each group's CPU per completed request, µs."""
+    def measure(self, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``run()`` (one wrk run), with ``cpu_us``: each group's CPU per completed request, µs."""
         before_groups = self.groups()
         before = {pid: cpu_ns(pid) for pids in before_groups.values() for pid in pids}
-        result = run(workdir)
+        result = run()
         after_groups = self.groups()
         result["cpu_us"] = {}
         for name in before_groups:
@@ -531,8 +531,10 @@ def run(args: argparse.Namespace) -> Results:
             for i, script in enumerate(scripts):
                 for endpoint in ("echo", path) if i % 2 == 0 else (path, "echo"):
                     target, body = ("/api/echo", echo_script) if endpoint == "echo" else (path, script)
-                    run = functools.partial(wrk, server.port, target, body, seconds, threads, connections)
-                    (echo_runs if endpoint == "echo" else runs).append(meter.measure(run, workdir))
+                    run = functools.partial(
+                        wrk, server.port, target, body, seconds, threads, connections, workdir
+                    )
+                    (echo_runs if endpoint == "echo" else runs).append(meter.measure(run))
             return echo_runs, runs
 
         echo_runs, recommend_runs = measure("/api/recommend", [recommend_script] * args.rounds)
