@@ -75,9 +75,23 @@ class DatabaseUnavailableError(RuntimeError):
 T = TypeVar("T")
 
 
+_SQLITE_ERROR = 1
+"""SQLite's generic result code: bad SQL, a missing table or column — the caller's bug."""
+
+
 def _unreachable(exc: SQLAlchemyError) -> bool:
-    """Does this error mean "no database" (503) rather than a bug (500)?"""
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+    """Does this error mean "no database" (503) rather than a bug (500)?
+
+    Both drivers raise ``OperationalError`` when the database cannot serve: PostgreSQL gone,
+    refusing connections or cancelling; a SQLite file locked, unopenable or failing I/O. SQLite
+    raises it for bad SQL too; its result code (``sqlite_errorcode``, Python 3.11) tells them apart.
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is None or code & 0xFF != _SQLITE_ERROR
 
 
 def _unavailable(exc: SQLAlchemyError) -> DatabaseUnavailableError:

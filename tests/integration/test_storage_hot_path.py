@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 import app.storage.db as db_module
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
@@ -190,4 +190,22 @@ def test_no_database_is_unavailable_not_a_crash(tmp_path: Path) -> None:
         database.save_feedback(FeedbackRecord("x", 1, "Movie 1", 3.0, None, "v1"))
     with pytest.raises(DatabaseUnavailableError):
         database.save_requests([_row()])
+    database.dispose()
+
+
+def test_a_sqlite_file_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "hot.db").mkdir()  # a directory where the database file should be
+    database = Database(f"sqlite:///{tmp_path / 'hot.db'}")
+    with pytest.raises(DatabaseUnavailableError):
+        database.served_request("x")
+    database.dispose()
+
+
+def test_bad_sql_on_sqlite_is_a_bug_not_an_unavailable_database(tmp_path: Path) -> None:
+    """SQLite reports bad SQL as ``OperationalError`` too; it must not become a 503 "retry later"."""
+    database = Database(f"sqlite:///{tmp_path / 'hot.db'}")
+    database.upgrade()
+    with pytest.raises(OperationalError) as raised:
+        database.run(lambda connection: connection.execute(text("SELECT no_such_column FROM feedback")))
+    assert not isinstance(raised.value, DatabaseUnavailableError)
     database.dispose()
