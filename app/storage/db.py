@@ -20,7 +20,7 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, Table, bindparam, create_engine, event, select, text
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.storage.models import Feedback, RecommendationRequest, utcnow
@@ -194,6 +194,9 @@ class Database:
         self._served_query = select(
             requests.c["items"], requests.c.model_version, *(requests.c[key] for key in REQUEST_INPUTS)
         ).where(requests.c.id == bindparam("id"))
+        self._copy_columns = [column.name for column in requests.columns]
+        # the request log's write (names from the model, not from input)
+        self._copy_sql = f"COPY {requests.name} ({', '.join(self._copy_columns)}) FROM STDIN"
         insert = self._insert(Feedback)
         self._feedback_upsert = insert.on_conflict_do_update(
             index_elements=["request_id", "movie_id"],
@@ -260,12 +263,14 @@ class Database:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _autocommit(self, statement: str, params: dict[str, Any]) -> None:
+    def _autocommit(self, statement: str, work: Callable[[Any], object]) -> None:
         """Run one idempotent PostgreSQL statement as its own transaction, on a pooled psycopg connection.
 
-        The score path's write. Without SQLAlchemy's ``Connection`` and execution context it
-        costs about half the client CPU (~120 against ~210-300 µs per transaction in-process); under
-        load that was a third more scores per second (docs/performance.md). The contract is
+        ``work(connection)`` runs ``statement`` on the psycopg connection, in autocommit mode: no
+        ``BEGIN`` and no ``COMMIT`` round trips. The score path's write and the request log's
+        ``COPY``. Without SQLAlchemy's ``Connection`` and execution context a score costs about half
+        the client CPU (~120 against ~210-300 µs per transaction in-process); under load that was a
+        third more scores per second (docs/performance.md). The contract is
         :meth:`run`'s: errors are SQLAlchemy's (wrapped by ``DBAPIError.instance``); a connection
         found dead is dropped with the rest of its pool (SQLAlchemy's ``Connection`` marks them all
         stale on a disconnect; here the pool is replaced, once) and the statement retried once on a
@@ -285,7 +290,7 @@ class Database:
                 driver: Any = pooled.driver_connection  # a psycopg Connection
                 driver.autocommit = True
                 try:
-                    driver.execute(statement, params, prepare=True)
+                    work(driver)
                 finally:
                     if not driver.closed:
                         driver.autocommit = False  # the pool's other users expect transactions
@@ -296,7 +301,7 @@ class Database:
                     if self.engine.pool is pool:  # not replaced yet by another thread's dispose()
                         self.engine.dispose()  # its siblings in the pool died with it (a restart)
                 wrapped = DBAPIError.instance(
-                    statement, params, exc, dbapi_error, connection_invalidated=disconnected, dialect=dialect
+                    statement, None, exc, dbapi_error, connection_invalidated=disconnected, dialect=dialect
                 )
                 if disconnected and attempt == 1:
                     continue
@@ -346,23 +351,26 @@ class Database:
             session.execute(statement, values)
 
     def _copy_requests(self, values: list[dict[str, Any]]) -> bool:
-        """``COPY`` the rows in one transaction; False when one of them is already stored."""
-        import psycopg
+        """``COPY`` the rows in one statement, its own transaction; False when one is already stored.
 
-        table = cast(Table, RecommendationRequest.__table__)
-        names = [column.name for column in table.columns]
-        sql = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"  # names come from the model
+        A ``COPY`` is all or nothing even in autocommit mode. When :meth:`_autocommit` retries it
+        after a dropped connection and the first attempt had in fact committed, the retry meets
+        ``unique_violation``; :meth:`save_requests` then stores the batch with
+        ``ON CONFLICT DO NOTHING``, so each row is stored once.
+        """
+        names, sql = self._copy_columns, self._copy_sql
+
+        def copy_rows(connection: Any) -> None:
+            with connection.cursor() as cursor, cursor.copy(sql) as copy:
+                for row in values:
+                    copy.write_row([_copy_value(name, row.get(name)) for name in names])
+
         try:
-            with self.engine.begin() as connection:
-                driver = connection.connection.driver_connection
-                assert driver is not None
-                with driver.cursor() as cursor, cursor.copy(sql) as copy:
-                    for row in values:
-                        copy.write_row([_copy_value(name, row.get(name)) for name in names])
-        except psycopg.errors.UniqueViolation:
-            return False
-        except (psycopg.OperationalError, SQLAlchemyError) as exc:
-            raise DatabaseUnavailableError(str(exc)) from exc
+            self._autocommit(sql, copy_rows)
+        except IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "23505":  # unique_violation: a retried batch
+                return False
+            raise
         return True
 
     def _insert(self, model: Any) -> Any:
@@ -403,7 +411,9 @@ class Database:
         if not latest:
             return
         if self.engine.dialect.name == "postgresql":
-            self._autocommit(_FEEDBACK_UPSERT_PG, _feedback_rows(latest, now))
+            params = _feedback_rows(latest, now)
+            upsert = _FEEDBACK_UPSERT_PG
+            self._autocommit(upsert, lambda connection: connection.execute(upsert, params, prepare=True))
             return
         values = [{**dataclasses.asdict(record), "created_at": now, "updated_at": now} for record in latest]
         statement = self._feedback_upsert

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 import app.storage.db as db_module
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
@@ -180,6 +180,29 @@ def test_a_restart_that_killed_every_pooled_connection_costs_the_score_no_error(
     pg.save_feedback(FeedbackRecord(row["id"], 7, "Movie 7", 5.0, None, "v1"))
     pg.save_feedback(FeedbackRecord(row["id"], 9, "Movie 9", 4.0, None, "v1"))
     assert _count(pg, Feedback) == 2
+
+
+def test_a_request_log_batch_meeting_a_killed_connection_is_stored_once(
+    pg: Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``COPY`` is retried once on a fresh connection, like the score write."""
+    _stored_row_then_restart(pg, postgres_url, pooled=3)
+    monkeypatch.setattr(db_module, "IDLE_PING_SECONDS", 3600.0)  # never pinged: the COPY finds the kill
+    rows = [_row() for _ in range(3)]
+    pg.save_requests(rows)
+    assert _count(pg, RecommendationRequest) == 4
+    assert all(pg.served_request(row["id"]) is not None for row in rows)
+
+
+def test_a_request_log_batch_with_a_bad_row_stores_none_of_it(pg: Database) -> None:
+    """One ``COPY`` is one transaction even without ``BEGIN``: a failing row leaves nothing behind."""
+    rows = [_row() for _ in range(3)]
+    rows[2]["gender"] = "too long for the column"
+    with pytest.raises(DataError):
+        pg.save_requests(rows)
+    assert _count(pg, RecommendationRequest) == 0
+    pg.save_requests(rows[:2])  # and the connection it used is fit for the next batch
+    assert _count(pg, RecommendationRequest) == 2
 
 
 def test_no_database_is_unavailable_not_a_crash(tmp_path: Path) -> None:
