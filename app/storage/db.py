@@ -263,10 +263,10 @@ class Database:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _autocommit(self, statement: str, work: Callable[[Any], object]) -> None:
-        """Run one idempotent PostgreSQL statement as its own transaction, on a pooled psycopg connection.
+    def _autocommit(self, statement: str, work: Callable[[Any, str], object]) -> None:
+        """Run one PostgreSQL statement, safe to retry, as its own transaction on a pooled psycopg connection.
 
-        ``work(connection)`` runs ``statement`` on the psycopg connection, in autocommit mode: no
+        ``work(connection, statement)`` runs it on the psycopg connection, in autocommit mode: no
         ``BEGIN`` and no ``COMMIT`` round trips. The score path's write and the request log's
         ``COPY``. Without SQLAlchemy's ``Connection`` and execution context a score costs about half
         the client CPU (~120 against ~210-300 µs per transaction in-process); under load that was a
@@ -290,7 +290,7 @@ class Database:
                 driver: Any = pooled.driver_connection  # a psycopg Connection
                 driver.autocommit = True
                 try:
-                    work(driver)
+                    work(driver, statement)
                 finally:
                     if not driver.closed:
                         driver.autocommit = False  # the pool's other users expect transactions
@@ -358,15 +358,15 @@ class Database:
         ``unique_violation``; :meth:`save_requests` then stores the batch with
         ``ON CONFLICT DO NOTHING``, so each row is stored once.
         """
-        names, sql = self._copy_columns, self._copy_sql
+        names = self._copy_columns
 
-        def copy_rows(connection: Any) -> None:
+        def copy_rows(connection: Any, sql: str) -> None:
             with connection.cursor() as cursor, cursor.copy(sql) as copy:
                 for row in values:
                     copy.write_row([_copy_value(name, row.get(name)) for name in names])
 
         try:
-            self._autocommit(sql, copy_rows)
+            self._autocommit(self._copy_sql, copy_rows)
         except IntegrityError as exc:
             if getattr(exc.orig, "sqlstate", None) == "23505":  # unique_violation: a retried batch
                 return False
@@ -412,8 +412,9 @@ class Database:
             return
         if self.engine.dialect.name == "postgresql":
             params = _feedback_rows(latest, now)
-            upsert = _FEEDBACK_UPSERT_PG
-            self._autocommit(upsert, lambda connection: connection.execute(upsert, params, prepare=True))
+            self._autocommit(
+                _FEEDBACK_UPSERT_PG, lambda connection, sql: connection.execute(sql, params, prepare=True)
+            )
             return
         values = [{**dataclasses.asdict(record), "created_at": now, "updated_at": now} for record in latest]
         statement = self._feedback_upsert
