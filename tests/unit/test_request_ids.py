@@ -1,0 +1,71 @@
+"""Self-authenticating recommendation ids (app/services/request_ids.py)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from app.services.request_ids import RequestIds
+
+
+@pytest.fixture
+def ids() -> RequestIds:
+    return RequestIds(b"a shared secret")
+
+
+def test_issued_ids_are_canonical_version_8_uuids(ids: RequestIds) -> None:
+    for _ in range(200):
+        issued = ids.issue()
+        parsed = uuid.UUID(issued)
+        assert str(parsed) == issued  # canonical: lower-case hex, 8-4-4-4-12
+        assert len(issued) == 36
+        assert parsed.version == 8
+        assert parsed.variant == uuid.RFC_4122
+
+
+def test_issued_ids_are_unique_and_verify(ids: RequestIds) -> None:
+    issued = [ids.issue() for _ in range(2000)]
+    assert len(set(issued)) == len(issued)
+    assert all(ids.verify(i) for i in issued)
+
+
+def test_another_key_shares_the_check_but_not_the_ids() -> None:
+    first, same, other = RequestIds(b"secret one"), RequestIds(b"secret one"), RequestIds(b"secret two")
+    issued = first.issue()
+    assert same.verify(issued)  # every worker derives the same key from the shared secret
+    assert not other.verify(issued)
+    assert not first.verify(other.issue())
+
+
+def test_any_flipped_payload_bit_is_refused(ids: RequestIds) -> None:
+    value = uuid.UUID(ids.issue()).int
+    fixed = {76, 77, 78, 79, 62, 63}  # version and variant bits: refused by the layout check
+    for bit in range(128):
+        if bit in fixed:
+            continue
+        assert not ids.verify(str(uuid.UUID(int=value ^ (1 << bit)))), bit
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    ["", "not-a-uuid", None, 42, "00000000-0000-0000-0000-000000000000"],
+)
+def test_malformed_or_foreign_ids_are_refused(ids: RequestIds, candidate: object) -> None:
+    assert not ids.verify(candidate)  # type: ignore[arg-type]
+
+
+def test_non_canonical_spelling_of_an_issued_id_is_refused(ids: RequestIds) -> None:
+    issued = ids.issue()
+    assert not ids.verify(issued.upper())
+    assert not ids.verify(issued.replace("-", ""))
+    assert not ids.verify("{" + issued + "}")
+
+
+def test_plain_uuid4_is_not_taken_for_an_issued_id(ids: RequestIds) -> None:
+    assert not any(ids.verify(str(uuid.uuid4())) for _ in range(200))
+
+
+def test_an_empty_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="non-empty secret"):
+        RequestIds(b"")
