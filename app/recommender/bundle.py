@@ -55,6 +55,13 @@ class Recommendation:
     movie_id: int
     title: str
     score: float
+    # The item as the API answers it and the request log stores it, built once. Served lists are
+    # slices of lists materialised per segment / user, so requests share these dicts: read only.
+    payload: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        payload = {"movie_id": self.movie_id, "title": self.title, "score": self.score}
+        object.__setattr__(self, "payload", payload)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class Served:
         return {
             "recommendations": [item.title for item in self.items],
             "id": self.id,
-            "items": [{"movie_id": i.movie_id, "title": i.title, "score": i.score} for i in self.items],
+            "items": [item.payload for item in self.items],
             "model_version": self.model_version,
             "strategy": self.strategy,
         }
@@ -230,7 +230,7 @@ class RecommendationService:
             "max_recs": max_recs,
             "model_version": served.model_version,
             "strategy": served.strategy,
-            "items": [{"movie_id": i.movie_id, "title": i.title, "score": i.score} for i in served.items],
+            "items": [item.payload for item in served.items],
         }
 
     @staticmethod
