@@ -330,7 +330,7 @@ class CircuitBreaker:
         log.log(
             int(severity), f"{summary} ({transition.reason})", extra={"alert_kind": kind, "breaker": details}
         )
-        metrics.BREAKER_TRANSITIONS.labels(from_state=transition.before, to_state=transition.after).inc()
+        metrics.TALLY.count(metrics.BREAKER_TRANSITIONS, (transition.before, transition.after))
         if self.alert is not None:
             try:
                 self.alert(Alert(kind, severity, summary, details))

@@ -2,9 +2,10 @@
 
 Two kinds of series:
 
-* **Event series** (counters and histograms) are updated where the event happens: every
+* **Event series** (counters and histograms) are counted where the event happens: every
   HTTP request (app/monitoring/http.py), every recommendation list served and every score
-  stored (app/monitoring/online.py), every breaker transition. Under uwsgi each worker is a
+  stored (app/monitoring/online.py), every breaker transition, through :data:`TALLY`, which
+  writes them to prometheus-client at most a second later (see :class:`Tally`). Under uwsgi each worker is a
   process, so prometheus-client's *multiprocess mode* is used when
   ``PROMETHEUS_MULTIPROC_DIR`` is set (scripts/start-uwsgi.sh sets and empties it before
   any worker exists): each process writes its own mmap file and a scrape, answered by any
@@ -20,7 +21,12 @@ Two kinds of series:
 
 from __future__ import annotations
 
+import bisect
+import logging
 import os
+import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -34,6 +40,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from app.exit_hooks import at_exit
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SCORE_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
@@ -96,11 +106,117 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
 
 
+class Tally:
+    """Event-series updates, queued in memory and written to prometheus-client in sums.
+
+    Under uwsgi (multiprocess mode) every prometheus-client update takes a process-wide lock
+    and writes the worker's mmap'ed file, ~1–2.5 µs each: a ``/api/recommend`` made seven
+    (docs/performance.md, "Tenth machine"). Here an update is one ``deque.append`` (atomic
+    under the GIL). A daemon thread, started by the first update in each process, writes the
+    queue every ``interval`` seconds: one write per series however many events it holds (a
+    histogram's observations are sorted into its buckets first).
+
+    A scrape writes its own process's queue before reading the files (:func:`render`), and the
+    queue is written when the process stops (app/exit_hooks.py): the worker answering a scrape
+    is exact, the others at most ``interval`` behind, and a worker killed hard loses at most
+    its last ``interval`` of counts, never a count already written.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._queue: deque[tuple[Any, tuple[str, ...], float, bool]] = deque()
+        self._write_lock = threading.Lock()  # a scrape's flush waits for one in progress
+        self._start_lock = threading.Lock()
+        self._started_in: int | None = None  # the pid whose thread writes the queue
+        self._fork_hook = False
+
+    def count(self, counter: Any, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
+        """Add ``amount`` to ``counter`` (label values in declaration order)."""
+        self._queue.append((counter, labels, amount, False))
+        if self._started_in is None:
+            self._start()
+
+    def observe(self, histogram: Any, value: float, labels: tuple[str, ...] = ()) -> None:
+        """Observe ``value`` in ``histogram`` (label values in declaration order)."""
+        self._queue.append((histogram, labels, value, True))
+        if self._started_in is None:
+            self._start()
+
+    def flush(self) -> None:
+        """Write everything queued so far (each series once)."""
+        with self._write_lock:
+            counts: dict[tuple[Any, tuple[str, ...]], float] = {}
+            observations: dict[tuple[Any, tuple[str, ...]], list[float]] = {}
+            queue = self._queue
+            while True:
+                try:
+                    metric, labels, value, observed = queue.popleft()
+                except IndexError:
+                    break
+                key = (metric, labels)
+                if observed:
+                    observations.setdefault(key, []).append(value)
+                else:
+                    counts[key] = counts.get(key, 0.0) + value
+            for (metric, labels), total in counts.items():
+                (metric.labels(*labels) if labels else metric).inc(total)
+            for (metric, labels), values in observations.items():
+                _observe_all(metric.labels(*labels) if labels else metric, values)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._started_in == os.getpid():
+                return
+            self._started_in = os.getpid()
+            threading.Thread(target=self._run, name="movierec-metrics", daemon=True).start()
+            at_exit(self.flush)
+            if not self._fork_hook:
+                self._fork_hook = True
+                os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's thread is gone and its queue is the parent's to write."""
+        self._queue = deque()
+        self._started_in = None
+        self._write_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        while self._started_in == pid:
+            time.sleep(self.interval)
+            try:
+                self.flush()
+            except Exception:
+                log.exception("metrics: queued updates could not be written")
+
+
+def _observe_all(histogram: Any, values: list[float]) -> None:
+    """``histogram.observe(v)`` for each value, in one write per bucket touched and one for the sum.
+
+    prometheus-client has no public call for this; it uses the child's ``_upper_bounds``,
+    ``_buckets`` and ``_sum`` (as in prometheus-client 0.20–0.26; tests/unit/test_metrics_tally.py
+    compares the result with plain ``observe`` calls, so a change there fails the tests).
+    """
+    bounds = histogram._upper_bounds
+    per_bucket = [0] * len(bounds)
+    for value in values:
+        if value == value:  # NaN falls in no bucket, as with observe()
+            per_bucket[bisect.bisect_left(bounds, value)] += 1
+    histogram._sum.inc(sum(values))
+    for bucket, n in zip(histogram._buckets, per_bucket, strict=True):
+        if n:
+            bucket.inc(n)
+
+
+TALLY = Tally()
+
+
 def observe_request(rule: str | None, method: str, status: int, seconds: float | None) -> None:
-    endpoint, verb, code = endpoint_label(rule), method_label(method), str(status)
-    HTTP_REQUESTS.labels(endpoint=endpoint, method=verb, status=code).inc()
+    labels = (endpoint_label(rule), method_label(method), str(status))
+    TALLY.count(HTTP_REQUESTS, labels)
     if seconds is not None:
-        HTTP_LATENCY.labels(endpoint=endpoint, method=verb, status=code).observe(seconds)
+        TALLY.observe(HTTP_LATENCY, seconds, labels)
 
 
 class _ProcessRegistry:
@@ -117,6 +233,7 @@ def render(state_collectors: Iterable[Any] = ()) -> tuple[bytes, str]:
     all workers, including ones recycled since the start). Otherwise: this process's
     registry. ``state_collectors`` add the state series.
     """
+    TALLY.flush()  # this process's queued events, so what it answers is exact for itself
     registry = CollectorRegistry()
     path = multiprocess_dir()
     if path is not None:

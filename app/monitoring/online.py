@@ -29,7 +29,6 @@ host's monitor-docker.py reads the alert lines from the journal and emails them.
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import math
 import os
@@ -203,8 +202,8 @@ class OnlineMonitor:
 
     def note_feedback(self, score: float) -> None:
         """A score was stored: count it, and wake the evaluation every ``every_events`` scores."""
-        metrics.FEEDBACK.inc()
-        metrics.FEEDBACK_SCORE.observe(score)
+        metrics.TALLY.count(metrics.FEEDBACK)
+        metrics.TALLY.observe(metrics.FEEDBACK_SCORE, score)
         if not self.every_events:
             return
         with self._events_lock:
@@ -339,9 +338,6 @@ class AlertsView:
 # --------------------------------------------------------------------------- /api/recommend
 
 
-_MODEL_OK = metrics.MODEL_CALLS.labels(outcome="ok")
-
-
 class GuardedRecommendations:
     """/api/recommend through the breaker: champion, probe or fallback, with the outcome recorded."""
 
@@ -359,8 +355,6 @@ class GuardedRecommendations:
         occupation: str | None = None,
         user_id: int | None = None,
     ) -> Any:
-        from app.services.recommendations import Served
-
         bundle = service.models.require()
         route = self.breaker.route(bundle.version)
         if route != FALLBACK:
@@ -374,15 +368,17 @@ class GuardedRecommendations:
             except Exception:
                 elapsed = time.perf_counter() - started
                 self.breaker.record_call(False, elapsed)
-                metrics.MODEL_CALLS.labels(outcome="error").inc()
+                metrics.TALLY.count(metrics.MODEL_CALLS, ("error",))
                 log.exception("the champion failed to recommend; answering from the fallback")
             else:
                 elapsed = time.perf_counter() - started
                 self.breaker.record_call(True, elapsed)
-                _MODEL_OK.inc()
-                metrics.MODEL_LATENCY.observe(elapsed)
+                metrics.TALLY.count(metrics.MODEL_CALLS, ("ok",))
+                metrics.TALLY.observe(metrics.MODEL_LATENCY, elapsed)
                 _count(served.strategy, len(served.items))
                 return served
+        from app.services.recommendations import Served  # here: a module-level import would be circular
+
         items, version = self.fallback.recommend(
             bundle, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
         )
@@ -393,17 +389,9 @@ class GuardedRecommendations:
 
 
 def _count(strategy: str, n_items: int) -> None:
-    lists, items = _strategy_counters(strategy)
-    lists.inc()
-    items.inc(n_items)
-
-
-@functools.cache
-def _strategy_counters(strategy: str) -> tuple[Any, Any]:
-    """The labelled counters of one strategy, looked up once (``labels()`` costs a lock and a dict)."""
-    return metrics.RECOMMENDATIONS.labels(strategy=strategy), metrics.RECOMMENDED_ITEMS.labels(
-        strategy=strategy
-    )
+    labels = (strategy,)
+    metrics.TALLY.count(metrics.RECOMMENDATIONS, labels)
+    metrics.TALLY.count(metrics.RECOMMENDED_ITEMS, labels, n_items)
 
 
 # --------------------------------------------------------------------------- /metrics state series

@@ -9,10 +9,10 @@ API.md "Durability" are kept as follows:
   after the batch holding it is committed; a failed batch goes back to the front of the
   buffer and is retried with back-off (the database being down never loses rows). The
   buffer is flushed synchronously at interpreter exit (``atexit``) and from uwsgi's own
-  ``atexit`` hook, which a worker runs when it stops gracefully (SIGTERM under uwsgi.ini, or a
-  recycle; uwsgi skips the hooks of a worker stopped brutally while a request is in flight,
-  hence the graceful SIGTERM there). Only a hard kill (SIGKILL, harakiri, SIGINT) can lose the
-  rows of the last flush interval.
+  ``atexit`` hook (app/exit_hooks.py), which a worker runs when it stops gracefully (SIGTERM
+  under uwsgi.ini, or a recycle; uwsgi skips the hooks of a worker stopped brutally while a
+  request is in flight, hence the graceful SIGTERM there). Only a hard kill (SIGKILL,
+  harakiri, SIGINT) can lose the rows of the last flush interval.
 * **A score is never refused because its row is pending.** :meth:`RequestLog.get` sees
   pending and in-flight rows, and :meth:`RequestLog.persist` commits a pending row (and,
   for free, everything queued with it) before the feedback row that references it.
@@ -27,7 +27,6 @@ whether uwsgi forks before (``lazy-apps``) or after loading the app.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -40,13 +39,12 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
+from app.exit_hooks import at_exit
 from app.storage.db import Database, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
 _LIVE_LOGS: weakref.WeakSet[RequestLog] = weakref.WeakSet()
-_HOOKS_INSTALLED = False
-_HOOKS_LOCK = threading.Lock()
 
 
 class RequestLog:
@@ -79,7 +77,7 @@ class RequestLog:
         self.last_error: str | None = None
         self._last_error_logged = 0.0
         _LIVE_LOGS.add(self)
-        install_exit_hooks()
+        at_exit(flush_all_logs)
 
     # ------------------------------------------------------------------ request path
 
@@ -265,29 +263,3 @@ def flush_all_logs(timeout: float = 10.0) -> None:
             request_log.close(timeout)
         except Exception:
             log.exception("request log: flush at exit failed")
-
-
-def install_exit_hooks() -> None:
-    """Register the exit flush once per process: Python's atexit, and uwsgi's when inside uwsgi.
-
-    uwsgi may end a worker without running Python's atexit handlers, but it always calls
-    ``uwsgi.atexit`` (chained here, never replaced) on a graceful stop or recycle.
-    """
-    global _HOOKS_INSTALLED
-    with _HOOKS_LOCK:
-        if _HOOKS_INSTALLED:
-            return
-        _HOOKS_INSTALLED = True
-    atexit.register(flush_all_logs)
-    try:
-        import uwsgi  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    previous = getattr(uwsgi, "atexit", None)
-
-    def _uwsgi_atexit() -> None:
-        flush_all_logs()
-        if callable(previous):
-            previous()
-
-    uwsgi.atexit = _uwsgi_atexit
