@@ -19,12 +19,12 @@ PYTEST_ARGS ?=
 # pip prints one warning per package for the machine's optional local indexes; hide only those.
 QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
 
-.PHONY: help venv data model secrets run serve serve-prod train pipeline evaluate test test-fast lint bench docker clean
+.PHONY: help venv data model secrets run serve serve-prod train pipeline evaluate test test-fast lint bench bench-instructions docker clean
 
 help:
 	@echo "make run    set everything up, train a model if none exists, serve on http://$(HOST):$(PORT)"
 	@echo "make test   run every test tier (unit, api, integration, model, slow, docker, browser)"
-	@echo "other: test-fast lint train pipeline evaluate serve serve-prod bench docker clean"
+	@echo "other: test-fast lint train pipeline evaluate serve serve-prod bench bench-instructions docker clean"
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,10 @@ lint: venv
 bench: model
 	$(PY) bench/benchmark.py
 	$(PY) bench/serve_bench.py --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR)
+
+# instructions per request under callgrind (needs valgrind): steady where timings drift (~5 min)
+bench-instructions: model
+	$(PY) bench/instructions.py --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
