@@ -31,15 +31,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serve_bench import PROFILE  # the body serve_bench posts (this script's directory is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PROFILE = {"age": 30, "gender": "M", "occupation": "programmer"}
 PASSWORD = "instructions-bench-password"
 
 
-def serve_phases(model_dir: str, data_dir: str, warmup: int) -> None:
-    """Under callgrind: build the app, warm it up, then run the phases the parent asks for on stdin."""
+def serve_phases(warmup: int) -> None:
+    """Under callgrind: build the app (configured by the environment), warm it up, then run the
+    phases the parent asks for on stdin."""
     from app import create_app
 
     client = create_app().test_client()
@@ -106,8 +108,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     out = work / "cg"
     command = [
         "valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}.%p",
-        sys.executable, __file__, "--serve", "--model-dir", args.model_dir, "--data-dir", args.data_dir,
-        "--warmup", str(args.warmup),
+        sys.executable, __file__, "--serve", "--warmup", str(args.warmup),
     ]  # fmt: skip
     errors = (work / "stderr.txt").open("w")  # valgrind's and the app's, for when it fails
     child = subprocess.Popen(
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve_phases(args.model_dir, args.data_dir, args.warmup)
+        serve_phases(args.warmup)
         return 0
     figures = measure(args)
     echo = figures["echo"]
