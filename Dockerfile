@@ -93,12 +93,14 @@ RUN set -eu; \
     groupadd --system --gid 10001 movierec; \
     useradd --system --uid 10001 --gid movierec --home-dir /var/lib/movierec --shell /usr/sbin/nologin movierec; \
     install -d -o movierec -g movierec -m 0750 /var/lib/movierec /var/lib/movierec/data /var/lib/movierec/models \
-        /var/lib/movierec/db /var/lib/movierec/var /var/lib/movierec/mlflow /var/lib/movierec/metaflow
+        /var/lib/movierec/db /var/lib/movierec/var /var/lib/movierec/mlflow /var/lib/movierec/metaflow \
+        /var/lib/movierec/journal
 ENV PATH=/opt/venv/bin:$PATH \
     MOVIEREC_DATABASE_URL=sqlite:////var/lib/movierec/db/movierec.db \
     MOVIEREC_DATA_DIR=/var/lib/movierec/data \
     MOVIEREC_MODEL_DIR=/var/lib/movierec/models \
-    MOVIEREC_VAR_DIR=/var/lib/movierec/var
+    MOVIEREC_VAR_DIR=/var/lib/movierec/var \
+    MOVIEREC_FEEDBACK_JOURNAL_DIR=/var/lib/movierec/journal
 WORKDIR /app
 COPY uwsgi.ini ./
 COPY scripts/start-uwsgi.sh scripts/

@@ -44,13 +44,14 @@ class Services:
     alerts: AlertsView | None = None
 
     def close(self) -> None:
-        """Stop background work and release connections: pending request rows are written,
-        the monitor and reload threads end, the pool is disposed (tests, embedding apps)."""
+        """Stop background work and release connections: pending request rows and scores are
+        written, the monitor and reload threads end, the pool is disposed (tests, embedding apps)."""
         if self.monitor is not None:
             self.monitor.stop()
         if self.reloader is not None:
             self.reloader.stop()
         self.recommendations.request_log.close(timeout=2.0)
+        self.recommendations.feedback.close(timeout=2.0)
         self.db.dispose()
 
 
@@ -66,11 +67,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.monitoring.logs import configure_logging
     from app.monitoring.online import install_monitoring
     from app.recommender.bundle import BundleError
+    from app.services.feedback_journal import FeedbackJournal
     from app.services.models import ModelHolder
     from app.services.recommendations import RecommendationService
     from app.services.request_log import RequestLog
     from app.services.serving import install_serving, model_store
-    from app.storage.db import Database
+    from app.storage.db import Database, DatabaseUnavailableError
 
     settings = settings or load_settings()
     configure_logging(settings.log_level)
@@ -103,8 +105,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     request_log = RequestLog(
         db, flush_interval=settings.request_log_flush_seconds, max_pending=settings.request_log_max_pending
     )
+    journal = FeedbackJournal(
+        settings.feedback_journal,
+        db,
+        ship_interval=settings.feedback_ship_seconds,
+        max_unshipped=settings.feedback_max_unshipped,
+    )
+    try:  # scores a stopped process left unshipped; here, before uwsgi forks its workers
+        journal.recover()
+    except DatabaseUnavailableError as exc:
+        log.error("feedback journal: left scores wait for the database", extra={"reason": str(exc)[:200]})
     recommendations = RecommendationService(
-        models, db, id_secret=jwt_secret.encode(), request_log=request_log
+        models, db, journal, id_secret=jwt_secret.encode(), request_log=request_log
     )
     app.extensions["movierec"] = Services(settings, db, models, recommendations)
     install_serving(app.extensions["movierec"], settings)

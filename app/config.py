@@ -9,6 +9,7 @@ names the variable.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
     request_log_flush_seconds: float = Field(default=0.1, ge=0, le=60)  # longest a served row waits in memory
     request_log_max_pending: int = Field(default=50_000, ge=1)  # buffered rows before /api/recommend says 503
     reload_poll_seconds: float = Field(default=1.0, gt=0)  # how often each worker checks the reload marker
+    # acknowledged scores, durable before the 200 (app/services/feedback_journal.py); one
+    # directory per database, on storage that outlives the process (a volume in Docker)
+    feedback_journal_dir: Path | None = None  # default <var_dir>/feedback-journal
+    feedback_ship_seconds: float = Field(default=0.1, ge=0, le=60)  # longest a score waits to be shipped
+    feedback_max_unshipped: int = Field(default=100_000, ge=1)  # unshipped scores before /score says 503
     log_level: str = "INFO"
     # monitoring: /metrics, online quality, drift, circuit breaker (app/monitoring; docs/operations.md)
     metrics_allow_cidrs: str = ""  # comma-separated networks allowed to scrape /metrics; empty = any address
@@ -161,6 +167,19 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def feedback_journal(self) -> Path:
+        """This database's feedback journal: a subdirectory per database, so scores left by a
+        stopped process are replayed only into the database they were acknowledged for."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.sqlalchemy_url)
+        if url.get_backend_name() == "sqlite" and url.database:
+            url = url.set(database=str(Path(url.database).resolve()))
+        key = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
+        root = self.feedback_journal_dir or Path(self.var_dir) / "feedback-journal"
+        return root / f"{url.get_backend_name()}-{key}"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -101,6 +101,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "MOVIEREC_MODEL_DIR": str(Path(args.model_dir).resolve()),
         "MOVIEREC_DATA_DIR": str(Path(args.data_dir).resolve()),
         "MOVIEREC_DATABASE_URL": f"sqlite:///{work / 'bench.db'}",
+        "MOVIEREC_FEEDBACK_JOURNAL_DIR": str(work / "feedback-journal"),
         "MOVIEREC_LOG_LEVEL": "ERROR",
         "MOVIEREC_BREAKER_NAME": f"instructions-{secrets.token_hex(6)}",
     }

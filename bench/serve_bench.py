@@ -161,6 +161,7 @@ class Server:
             "MOVIEREC_MODEL_DIR": str(model_path),
             "MOVIEREC_DATA_DIR": str(data_dir),
             "MOVIEREC_DATABASE_URL": database_url,
+            "MOVIEREC_FEEDBACK_JOURNAL_DIR": str(workdir / "feedback-journal"),
             "MOVIEREC_LOG_LEVEL": "WARNING",
             # a breaker state of its own: one left open in Redis by an earlier run's scores would
             # route this run's recommendations to the fallback

@@ -89,6 +89,7 @@ def make_settings(tmp_path: Path, model_store: Path, synthetic_data_dir: Path) -
             "model_dir": model_store,
             "data_dir": synthetic_data_dir,
             "database_url": f"sqlite:///{tmp_path / 'movierec.db'}",
+            "feedback_journal_dir": tmp_path / "feedback-journal",
         }
         values.update(overrides)
         return Settings(**values)

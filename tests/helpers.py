@@ -26,3 +26,19 @@ def frame_running(frame: Any, code: Any) -> Any:
     while frame is not None and frame.f_code is not code:
         frame = frame.f_back
     return frame
+
+
+def journal_records(app: Any) -> list[Any]:
+    """The scores in the app's feedback journal files (what a 200 promises is on disk)."""
+    from app.services.feedback_journal import SUFFIX, read_records
+
+    directory = app.extensions["movierec"].recommendations.feedback.directory
+    paths = sorted(directory.glob(f"*{SUFFIX}"))
+    return [record for path in paths for record in read_records(path.read_bytes())]
+
+
+def stored_feedback(app: Any) -> list[Any]:
+    """The feedback rows, once every score the app acknowledged has left its journal for the database."""
+    services = app.extensions["movierec"]
+    services.recommendations.feedback.drain()
+    return services.db.feedback_rows()

@@ -419,7 +419,7 @@ def feedback() -> Response:
     parsed, errors = _validate(ScoreRequest, payload)
     if parsed is not None:
         try:
-            _services().recommendations.score(parsed.id, parsed.movie, parsed.score)
+            _services().recommendations.score(parsed.id, parsed.movie, parsed.score, readable=True)
         except InvalidRequest as exc:
             errors = dict(exc.fields or {"body": exc.message})
         else:

@@ -153,6 +153,8 @@ class OnlineMonitor:
         self._thread: threading.Thread | None = None
         self.evaluations = 0
         self.last_error: str | None = None
+        # set by install_monitoring: commits this worker's acknowledged scores before they are judged
+        self.drain_feedback: Callable[[], object] | None = None
         # version, when (monotonic), window start and counts of the last coverage count
         self._served: tuple[str, float, float, tuple[int, int]] | None = None
 
@@ -225,6 +227,13 @@ class OnlineMonitor:
             self.breaker.sync()
             return self.breaker.record.evaluation
         if force or self.breaker.claim_evaluation(self.interval):
+            if self.drain_feedback is not None:
+                try:
+                    self.drain_feedback()
+                except Exception as exc:  # noqa: BLE001 - judged on what the database holds
+                    log.warning(
+                        "online monitor: scores not yet in the database", extra={"reason": str(exc)[:200]}
+                    )
             previous_drift = (self.breaker.record.evaluation.get("drift") or {}).get("status")
             drift = self.measure_drift(bundle)
             evaluation = {**self.breaker.record.evaluation, "drift": drift.as_dict()}
@@ -543,6 +552,7 @@ def install_monitoring(
     if settings.breaker_enabled:
         services.recommendations.guard = GuardedRecommendations(breaker, fallback)
     services.recommendations.on_feedback = monitor.note_feedback
+    monitor.drain_feedback = services.recommendations.feedback.drain
     services.breaker = BreakerView(breaker, monitor, fallback)
     services.drift = DriftView(monitor)
     services.alerts = AlertsView()

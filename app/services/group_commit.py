@@ -1,17 +1,18 @@
-"""Group commit of scores: concurrent ``/api/recommend/score`` calls of a worker share one transaction.
+"""Group commit of scores: concurrent ``/api/recommend/score`` calls of a worker share one durable write.
 
-A score is acknowledged only after the transaction holding it committed (API.md "Durability"),
-so each score used to pay a transaction of its own: a round trip for the statement, one for
-the commit, and the server's commit work. Under load the threads of a worker post scores at
-the same moment; here they are written together:
+A score is acknowledged only once it is on stable storage: synced to the feedback journal
+(app/services/feedback_journal.py, API.md "Durability"). A sync per score would make every
+score pay for its own; under load the threads of a worker post scores at the same moment, and
+here they are written together:
 
 * the first caller to find nobody writing becomes the writer (the *leader*) and writes every
-  score queued so far (its own first) in one multi-row statement and one commit;
+  score queued so far (its own first) in one write and one sync;
 * callers arriving meanwhile queue up and wait; when the leader is done it wakes them with
   their outcome, and hands the writer's turn to the oldest caller still queued, which writes
   the next batch (no thread of its own, nothing to start or stop across forks);
-* a batch that fails for a reason other than the database being unreachable is written again
-  record by record, so one bad record fails only its own request.
+* a batch that fails for a reason other than one every record shares (the database or the
+  journal being unavailable: ``shared_failure``) is written again record by record, so one bad
+  record fails only its own request.
 
 A lone score pays nothing extra: its caller is the leader and writes at once.
 """
@@ -59,11 +60,17 @@ class _Ticket(Generic[R]):
 
 
 class GroupCommit(Generic[R]):
-    """Write records through ``write(batch)`` (one transaction per batch), returning once committed."""
+    """Write records through ``write(batch)`` (one durable write per batch), returning once it is done."""
 
-    def __init__(self, write: Callable[[Sequence[R]], None], max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        write: Callable[[Sequence[R]], None],
+        max_batch: int = 64,
+        shared_failure: type[BaseException] = DatabaseUnavailableError,
+    ) -> None:
         self.write = write
         self.max_batch = max_batch
+        self.shared_failure = shared_failure
         self._queue: list[_Ticket[R]] = []
         self._writing = False
         self._lock = threading.Lock()
@@ -71,7 +78,7 @@ class GroupCommit(Generic[R]):
         self.records = 0
 
     def save(self, record: R) -> None:
-        """Store ``record``; returns when its transaction committed, raises what the write raised."""
+        """Store ``record``; returns when the write holding it is done, raises what the write raised."""
         ticket = _Ticket(record)
         with self._lock:
             lead = not self._writing
@@ -114,7 +121,7 @@ class GroupCommit(Generic[R]):
     def _write_batch(self, batch: list[_Ticket[R]]) -> None:
         try:
             self.write([ticket.record for ticket in batch])
-        except DatabaseUnavailableError as exc:
+        except self.shared_failure as exc:
             for ticket in batch:
                 ticket.error = exc
         except Exception as exc:  # noqa: BLE001 - handed to the callers, who raise it

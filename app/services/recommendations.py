@@ -2,7 +2,8 @@
 
 A recommendation is a lookup in the loaded bundle's precomputed tables (no model scoring,
 no pandas); what was served is logged through the write-behind :class:`RequestLog`, so the
-database is off the request path. Scores are committed before the 200 (API.md "Durability").
+database is off the request path. Scores are synced to the feedback journal before the 200
+and reach the database behind it (app/services/feedback_journal.py, API.md "Durability").
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from app.errors import InvalidRequest, NotFound, Unavailable
 from app.monitoring.quality import predict_scores
 from app.recommender.bundle import LoadedBundle, Recommendation
 from app.recommender.segments import Segment
-from app.services.group_commit import GroupCommit
+from app.services.feedback_journal import FeedbackJournal
 from app.services.models import ModelHolder
 from app.services.request_ids import RequestIds
 from app.services.request_log import RequestLog
-from app.storage.db import REQUEST_INPUTS, Database, FeedbackRecord, StoredRequest
+from app.storage.db import REQUEST_INPUTS, Database, DatabaseUnavailableError, FeedbackRecord, StoredRequest
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class RecommendationService:
         self,
         models: ModelHolder,
         db: Database,
+        journal: FeedbackJournal,
         id_secret: bytes | None = None,
         request_log: RequestLog | None = None,
         pending_wait: float = 5.0,
@@ -155,9 +157,7 @@ class RecommendationService:
         self.request_log = request_log or RequestLog(db)
         self.pending_wait = pending_wait  # how long a score waits for another worker's pending row
         self.targets = ScoreTargets()
-        self.feedback: GroupCommit[FeedbackRecord] = GroupCommit(
-            db.save_feedbacks
-        )  # concurrent scores, one commit
+        self.feedback = journal  # scores: durable here before the 200, shipped to the database behind it
         # Set by app/monitoring/online.py: the circuit breaker's router (champion, probe or
         # fallback) and the feedback counter of the online monitor.
         self.guard: Any = None
@@ -250,8 +250,12 @@ class RecommendationService:
         assert age is not None and gender is not None and occupation is not None
         return bundle.recommend_segment(Segment.of(age, gender, occupation), max_recs), "segment"
 
-    def score(self, request_id: str, movie: str, score: float) -> None:
-        """Store a user's score for a movie recommended under ``request_id``; committed on return."""
+    def score(self, request_id: str, movie: str, score: float, *, readable: bool = False) -> None:
+        """Store a user's score for a movie recommended under ``request_id``; durable on return.
+
+        ``readable``: also have this worker's scores committed to the database before returning
+        (a page that reads them back); with the database down they wait in the journal.
+        """
         target = self._target(request_id)
         movie_id = target.movies.get(movie)
         if movie_id is None:
@@ -271,6 +275,11 @@ class RecommendationService:
         )
         if self.on_feedback is not None:
             self.on_feedback(score)
+        if readable:
+            try:
+                self.feedback.drain()
+            except DatabaseUnavailableError:
+                log.warning("a score is durable but not yet readable: the database is unreachable")
 
     def _predicted(self, target: ScoreTarget, movie_id: int) -> float | None:
         """The serving bundle's predicted rating (online RMSE), only when that bundle served the list."""

@@ -32,7 +32,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,12 +54,21 @@ class RequestLog:
         self,
         db: Database,
         *,
+        write: Callable[[list[dict[str, Any]]], None] | None = None,
+        on_written: Callable[[list[dict[str, Any]]], None] | None = None,
+        name: str = "request log",
         flush_interval: float = 0.1,
         batch_size: int = 500,
         max_pending: int = 50_000,
         max_backoff: float = 5.0,
     ) -> None:
         self.db = db
+        # What a batch is written with (one transaction), and told once it is: request rows by
+        # default; the feedback journal ships its scores through a log of its own
+        # (app/services/feedback_journal.py).
+        self._write = write or db.save_requests
+        self._on_written = on_written
+        self.name = name
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self.max_pending = max_pending
@@ -88,7 +97,7 @@ class RequestLog:
             batch = list(rows)
             if len(self._pending) + len(self._inflight) + len(batch) > self.max_pending:
                 raise Unavailable(
-                    "the request log cannot keep up (database unreachable?); try again shortly",
+                    f"the {self.name} cannot keep up (database unreachable?); try again shortly",
                     headers={"Retry-After": "5"},
                 )
             was_empty = not self._pending
@@ -165,7 +174,7 @@ class RequestLog:
             batch = {request_id: self._pending.pop(request_id) for request_id in ids}
             self._inflight.update(batch)
         try:
-            self.db.save_requests(list(batch.values()))
+            self._write(list(batch.values()))
         except BaseException as exc:
             # whatever failed, the rows go back: left in flight, no flusher would ever see them
             with self._lock:
@@ -187,6 +196,8 @@ class RequestLog:
                 self._inflight.pop(request_id, None)
             self.written += len(ids)
             self.last_error = None
+        if self._on_written is not None:
+            self._on_written(list(batch.values()))
         return len(ids)
 
     def _ensure_thread(self) -> None:
@@ -195,7 +206,9 @@ class RequestLog:
         if self._thread is not None and self._owner_pid == pid and self._thread.is_alive():
             return
         self._owner_pid = pid
-        self._thread = threading.Thread(target=self._run, name="movierec-request-log", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="movierec-" + self.name.replace(" ", "-"), daemon=True
+        )
         self._thread.start()
 
     def _run(self) -> None:
@@ -226,14 +239,15 @@ class RequestLog:
                 if now - self._last_error_logged > 30:
                     self._last_error_logged = now
                     log.error(
-                        "request log: database write failed; rows kept and retried",
+                        "%s: database write failed; rows kept and retried",
+                        self.name,
                         extra={"pending": self.pending(), "reason": str(exc)[:200]},
                     )
                 with self._lock:
                     if not self._closed:
                         self._wake.wait(backoff)
             except Exception:
-                log.exception("request log: unexpected error while writing; rows kept and retried")
+                log.exception("%s: unexpected error while writing; rows kept and retried", self.name)
                 time.sleep(0.5)
 
     def _final_flush(self, timeout: float) -> None:
@@ -243,12 +257,13 @@ class RequestLog:
             try:
                 written = self.flush()
                 if written:
-                    log.info("request log flushed at shutdown", extra={"rows": written})
+                    log.info("%s flushed at shutdown", self.name, extra={"rows": written})
                 return
             except DatabaseUnavailableError as exc:
                 if time.monotonic() >= deadline:
                     log.error(
-                        "request log: rows could not be written before exit",
+                        "%s: rows could not be written before exit",
+                        self.name,
                         extra={"pending": self.pending(), "reason": str(exc)[:200]},
                     )
                     return

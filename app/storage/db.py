@@ -34,10 +34,11 @@ _PG_MIGRATION_LOCK = 727_001  # advisory lock key: one migrator at a time across
 _FEEDBACK_UPSERT_PG = (
     "INSERT INTO feedback"
     " (request_id, movie_id, title, score, predicted_score, model_version, created_at, updated_at)"
-    " SELECT r, m, t, s, p, v, %(now)s, %(now)s FROM json_to_recordset(%(rows)s::json)"
-    " AS u (r text, m int, t text, s float8, p float8, v text)"
+    " SELECT r, m, t, s, p, v, a, a FROM json_to_recordset(%(rows)s::json)"
+    " AS u (r text, m int, t text, s float8, p float8, v text, a timestamptz)"
     " ON CONFLICT (request_id, movie_id)"
     " DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at"
+    " WHERE feedback.updated_at <= excluded.updated_at"
 )
 """The score path's write on PostgreSQL: a whole batch as one statement with one JSON parameter.
 
@@ -58,10 +59,11 @@ def _feedback_rows(records: Sequence[FeedbackRecord], now: datetime) -> dict[str
             "s": float(record.score),
             "p": None if record.predicted_score is None else float(record.predicted_score),
             "v": record.model_version,
+            "a": record.at or now,
         }
         for record in records
     ]
-    return {"now": now, "rows": orjson.dumps(rows).decode()}
+    return {"rows": orjson.dumps(rows).decode()}
 
 
 REQUEST_INPUTS = ("age", "gender", "occupation", "user_id")
@@ -114,6 +116,8 @@ class FeedbackRecord:
     score: float
     predicted_score: float | None
     model_version: str
+    at: datetime | None = None
+    """When the score was acknowledged (the feedback journal stamps it); None: when it is written."""
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -198,9 +202,11 @@ class Database:
         # the request log's write (names from the model, not from input)
         self._copy_sql = f"COPY {requests.name} ({', '.join(self._copy_columns)}) FROM STDIN"
         insert = self._insert(Feedback)
+        feedback = cast(Table, Feedback.__table__)
         self._feedback_upsert = insert.on_conflict_do_update(
             index_elements=["request_id", "movie_id"],
             set_={"score": insert.excluded.score, "updated_at": insert.excluded.updated_at},
+            where=feedback.c.updated_at <= insert.excluded.updated_at,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -403,20 +409,33 @@ class Database:
     def save_feedbacks(self, records: Sequence[FeedbackRecord]) -> None:
         """Store scores in one transaction: ``INSERT … ON CONFLICT DO UPDATE``, committed on return.
 
-        Retries of the same post land exactly once (the score and ``updated_at`` are updated, the
-        first prediction is kept); within one call the last score of a (request, movie) wins.
+        A (request, movie) is stored once, with the score acknowledged last: a record's ``at``
+        (default: now) is its ``created_at`` when new and its ``updated_at``, and a stored score
+        is replaced only by one acknowledged at the same time or later. So writing the same
+        records again, in any order, changes nothing: the feedback journal's replays and retries
+        rely on it. The first prediction is kept.
         """
         now = utcnow()
-        latest = list({(record.request_id, record.movie_id): record for record in records}.values())
+        latest: dict[tuple[str, int], FeedbackRecord] = {}
+        for record in records:
+            key = (record.request_id, record.movie_id)
+            kept = latest.get(key)
+            if kept is None or (record.at or now) >= (kept.at or now):
+                latest[key] = record
         if not latest:
             return
         if self.engine.dialect.name == "postgresql":
-            params = _feedback_rows(latest, now)
+            params = _feedback_rows(list(latest.values()), now)
             self._autocommit(
                 _FEEDBACK_UPSERT_PG, lambda connection, sql: connection.execute(sql, params, prepare=True)
             )
             return
-        values = [{**dataclasses.asdict(record), "created_at": now, "updated_at": now} for record in latest]
+        values = [
+            {**dataclasses.asdict(record), "created_at": record.at or now, "updated_at": record.at or now}
+            for record in latest.values()
+        ]
+        for value in values:
+            del value["at"]
         statement = self._feedback_upsert
         self.run(lambda connection: connection.execute(statement, values), write=True)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import PROFILE, login
+from tests.helpers import PROFILE, login, stored_feedback
 
 pytestmark = pytest.mark.api
 
@@ -107,7 +107,7 @@ def test_predicted_score_is_stored_with_the_feedback(make_app: Callable[..., Any
         scored = {"id": body["id"], "movie": title, "score": 3}
         assert client.post("/api/recommend/score", json=scored, headers=headers).status_code == 200
     services = app.extensions["movierec"]
-    rows = services.db.feedback_rows()
+    rows = stored_feedback(app)
     assert len(rows) == 3
     for row in rows:
         record = {**PROFILE, "movie_id": row.movie_id}

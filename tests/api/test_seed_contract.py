@@ -7,7 +7,7 @@ import time
 import pytest
 
 from app.recommender.segments import OCCUPATIONS
-from tests.helpers import PROFILE, SESSION_PASSWORD, login
+from tests.helpers import PROFILE, SESSION_PASSWORD, journal_records, login, stored_feedback
 
 pytestmark = pytest.mark.api
 
@@ -233,7 +233,9 @@ def test_score_is_stored_and_answers_ok(app, client, auth_headers) -> None:
         headers=auth_headers,
     )
     assert response.status_code == 200 and response.get_json() == "Ok"
-    rows = app.extensions["movierec"].db.feedback_rows()
+    # acknowledged = synced to the feedback journal; in the database once shipped
+    assert [(r.request_id, r.title, r.score) for r in journal_records(app)] == [(request_id, titles[1], 4.5)]
+    rows = stored_feedback(app)
     assert [(r.request_id, r.title, r.score) for r in rows] == [(request_id, titles[1], 4.5)]
 
 
@@ -242,7 +244,7 @@ def test_rescoring_the_same_movie_updates_instead_of_duplicating(app, client, au
     for score in (2, 5):
         body = {"id": request_id, "movie": titles[0], "score": score}
         assert client.post("/api/recommend/score", json=body, headers=auth_headers).status_code == 200
-    rows = app.extensions["movierec"].db.feedback_rows()
+    rows = stored_feedback(app)
     assert [(r.title, r.score) for r in rows] == [(titles[0], 5.0)]
 
 

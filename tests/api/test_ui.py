@@ -327,7 +327,7 @@ def test_dashboard_feedback_figures_follow_the_stored_rows(app: Any) -> None:
     service = app.extensions["movierec"].recommendations
     for score in (5.0, 4.0, 1.0, 2.5):
         served = service.recommend(max_recs=2, age=30, gender="F", occupation="artist")
-        service.score(served.id, served.items[0].title, score)
+        service.score(served.id, served.items[0].title, score, readable=True)
     client = app.test_client()
     ui_login(client, ADMIN_PASSWORD)
     page = client.get("/ui/dashboard").text
@@ -407,7 +407,7 @@ def _scored(app: Any, scores_and_ages: list[tuple[float, timedelta]], now: datet
     services = app.extensions["movierec"]
     for score, age in scores_and_ages:
         served = services.recommendations.recommend(max_recs=1, age=30, gender="M", occupation="writer")
-        services.recommendations.score(served.id, served.items[0].title, score)
+        services.recommendations.score(served.id, served.items[0].title, score, readable=True)
         with services.db.session() as session:
             session.execute(
                 update(Feedback).where(Feedback.request_id == served.id).values(created_at=now - age)

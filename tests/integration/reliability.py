@@ -87,6 +87,7 @@ def server_environment(
         "MOVIEREC_MODEL_DIR": str(model_store),
         "MOVIEREC_DATA_DIR": str(data_dir),
         "MOVIEREC_DATABASE_URL": database_url,
+        "MOVIEREC_FEEDBACK_JOURNAL_DIR": str(tmp / "feedback-journal"),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prometheus"),
         "UWSGI_PROCESSES": "2",
         "UWSGI_THREADS": "4",
@@ -332,6 +333,19 @@ def stored_feedback(database_url: str) -> tuple[int, dict[tuple[str, str], float
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT request_id, title, score FROM feedback").fetchall()
     return len(rows), {(r[0], r[1]): float(r[2]) for r in rows}
+
+
+def shipped_feedback(
+    database_url: str, expected: dict[tuple[str, str], float], timeout: float = 10.0
+) -> tuple[int, dict[tuple[str, str], float]]:
+    """:func:`stored_feedback` once it holds ``expected``, or at ``timeout``: a running server
+    ships acknowledged scores from its journal to the database ~0.1 s after their 200."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows, stored = stored_feedback(database_url)
+        if stored == expected or time.monotonic() >= deadline:
+            return rows, stored
+        time.sleep(0.05)
 
 
 def pg_cluster(action: str) -> None:

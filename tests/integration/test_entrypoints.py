@@ -74,6 +74,7 @@ def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path
         ML_MODEL_PATH=str(model_store),
         SESSION_PASSWORD="test",
         MOVIEREC_DATABASE_URL=f"sqlite:///{tmp_path / 'seed.db'}",
+        MOVIEREC_FEEDBACK_JOURNAL_DIR=str(tmp_path / "feedback-journal"),
     )
     process = subprocess.Popen(
         [sys.executable, "main.py", "--port", str(port), "--debug"],

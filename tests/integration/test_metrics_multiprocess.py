@@ -66,6 +66,7 @@ def test_two_processes_write_one_scrape_aggregates(
         "MOVIEREC_MODEL_DIR": str(model_store),
         "MOVIEREC_DATA_DIR": str(synthetic_data_dir),
         "MOVIEREC_DATABASE_URL": f"sqlite:///{tmp_path / 'mp.db'}",
+        "MOVIEREC_FEEDBACK_JOURNAL_DIR": str(tmp_path / "feedback-journal"),
         "MOVIEREC_MONITOR_INTERVAL_SECONDS": "0",
         "MOVIEREC_LOG_LEVEL": "WARNING",
     }

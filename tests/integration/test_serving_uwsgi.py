@@ -100,6 +100,7 @@ def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path) -> Iterator[Served
         "MOVIEREC_DATA_DIR": str(data_dir),
         "MOVIEREC_DATABASE_URL": f"sqlite:///{database}",
         "MOVIEREC_REQUEST_LOG_FLUSH_SECONDS": "60",  # nothing is written unless something forces it
+        "MOVIEREC_FEEDBACK_JOURNAL_DIR": str(tmp_path / "feedback-journal"),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         "UWSGI_PROCESSES": str(WORKERS),
     }

@@ -1,0 +1,287 @@
+"""The feedback journal: durable before the 200, shipped behind it, replayed after a crash.
+
+On real databases (SQLite and the local PostgreSQL) and real files: a segment left by a
+process that died without shipping it is replayed by the next one; torn tails, refused
+records, an unwritable journal and a full backlog each have their outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from app.errors import Unavailable
+from app.services.feedback_journal import REJECTED, SUFFIX, FeedbackJournal, encode, read_records
+from app.storage.db import Database, FeedbackRecord
+from app.storage.models import Feedback, utcnow
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ITEMS = [{"movie_id": m, "title": f"Movie {m}", "score": 0.5} for m in range(1, 11)]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'journal.db'}"
+    else:
+        postgres_url = str(request.getfixturevalue("postgres_url"))
+        url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    database = Database(url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def _request(db: Database) -> str:
+    request_id = uuid.uuid4().hex
+    db.save_requests(
+        [
+            {
+                "id": request_id,
+                "age": 30,
+                "gender": "F",
+                "occupation": "artist",
+                "user_id": None,
+                "max_recs": 10,
+                "model_version": "v1",
+                "strategy": "segment",
+                "items": ITEMS,
+            }
+        ]
+    )
+    return request_id
+
+
+def _score(request_id: str, movie_id: int, score: float) -> FeedbackRecord:
+    return FeedbackRecord(request_id, movie_id, f"Movie {movie_id}", score, None, "v1")
+
+
+def _stored(db: Database) -> dict[tuple[str, int], float]:
+    return {(row.request_id, row.movie_id): row.score for row in db.feedback_rows()}
+
+
+def _segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob(f"*{SUFFIX}"))
+
+
+def _on_disk(directory: Path) -> list[FeedbackRecord]:
+    return [record for path in _segments(directory) for record in read_records(path.read_bytes())]
+
+
+def test_a_saved_score_is_on_disk_at_once_and_in_the_database_when_shipped(
+    db: Database, tmp_path: Path
+) -> None:
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60)  # nothing ships by itself
+    request_id = _request(db)
+    try:
+        journal.save(_score(request_id, 3, 4.5))
+        on_disk = _on_disk(journal.directory)
+        assert [(r.request_id, r.movie_id, r.score) for r in on_disk] == [(request_id, 3, 4.5)]
+        assert on_disk[0].at is not None  # stamped when acknowledged
+        assert _stored(db) == {}
+        assert journal.drain() == 1
+        assert _stored(db) == {(request_id, 3): 4.5}
+        created = db.feedback_rows()[0].created_at
+        created = created if created.tzinfo else created.replace(tzinfo=UTC)  # SQLite keeps no zone
+        assert created == on_disk[0].at  # the acknowledgement's time, not the shipment's
+    finally:
+        journal.close()
+    assert _segments(journal.directory) == []  # every record committed: nothing left behind
+
+
+def test_concurrent_scores_share_syncs_and_all_arrive(db: Database, tmp_path: Path) -> None:
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=0.01)
+    request_ids = [_request(db) for _ in range(8)]
+
+    def post(request_id: str) -> None:
+        for movie_id in range(1, 11):
+            journal.save(_score(request_id, movie_id, 1 + movie_id % 5))
+
+    threads = [threading.Thread(target=post, args=(request_id,)) for request_id in request_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    journal.close()
+    assert len(_stored(db)) == 80
+    assert journal._group.records == 80 and journal._group.batches <= 80
+    assert _segments(journal.directory) == []
+
+
+def test_full_segments_are_deleted_once_shipped(db: Database, tmp_path: Path) -> None:
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60, segment_bytes=512)
+    request_id = _request(db)
+    try:
+        for movie_id in range(1, 11):
+            journal.save(_score(request_id, movie_id, 3))
+        full = _segments(journal.directory)
+        assert len(full) > 2  # ~110 bytes a record: several segments of 512 bytes
+        assert len(_on_disk(journal.directory)) == 10
+        journal.drain()
+        assert len(_segments(journal.directory)) == 1  # only the segment still being written
+        assert len(_stored(db)) == 10
+    finally:
+        journal.close()
+    assert _segments(journal.directory) == []
+
+
+_KILLED_WRITER = """
+import os, sys
+from app.services.feedback_journal import FeedbackJournal
+from app.storage.db import Database, FeedbackRecord
+db = Database(sys.argv[1])
+journal = FeedbackJournal(__import__("pathlib").Path(sys.argv[2]), db, ship_interval=3600)
+for movie_id in range(1, 11):
+    journal.save(FeedbackRecord(sys.argv[3], movie_id, f"Movie {movie_id}", 2.0, None, "v1"))
+print("acknowledged", flush=True)
+os._exit(0)  # no exit hooks: as if killed before its shipper ran
+"""
+
+
+def test_scores_of_a_process_that_died_unshipped_are_replayed_once(db: Database, tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    request_id = _request(db)
+    out = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, db.engine.url.render_as_string(hide_password=False),
+         str(directory), request_id],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "acknowledged"
+    assert _stored(db) == {} and len(_on_disk(directory)) == 10
+
+    journal = FeedbackJournal(directory, db)
+    try:
+        # a newer score of one of them, acknowledged here after the dead process's; the first
+        # score a process journals also starts its search for segments left by others
+        journal.save(_score(request_id, 1, 5.0))
+        journal.drain()
+        deadline = time.monotonic() + 30
+        while journal.replayed < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert journal.replayed == 10
+        assert journal.recover() == 0  # the dead process's segment is gone
+    finally:
+        journal.close()
+    stored = _stored(db)
+    assert len(stored) == 10
+    assert stored[(request_id, 1)] == 5.0  # the replay of an older score does not overwrite it
+    assert all(stored[(request_id, m)] == 2.0 for m in range(2, 11))
+    assert _segments(directory) == []
+
+
+def test_a_segment_its_writer_still_holds_is_not_replayed(db: Database, tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    writer = FeedbackJournal(directory, db, ship_interval=60)
+    other = FeedbackJournal(directory, db)  # another process would see the same lock
+    request_id = _request(db)
+    try:
+        writer.save(_score(request_id, 2, 4.0))
+        assert other.recover() == 0
+        assert _stored(db) == {} and len(_segments(directory)) == 1
+    finally:
+        writer.close()
+        other.close()
+    assert _stored(db) == {(request_id, 2): 4.0}
+
+
+def test_a_torn_tail_ends_the_records(tmp_path: Path) -> None:
+    records = [_score("r", m, 3.0) for m in range(1, 4)]
+    stamped = [FeedbackRecord(**{**r.__dict__, "at": utcnow()}) for r in records]
+    whole = b"".join(encode(r) for r in stamped)
+    assert [r.movie_id for r in read_records(whole + bytes(64))] == [1, 2, 3]  # zeros: the end marker
+    torn = encode(FeedbackRecord(**{**records[0].__dict__, "movie_id": 9, "at": utcnow()}))
+    assert [r.movie_id for r in read_records(whole + torn[:-3] + bytes(64))] == [1, 2, 3]  # cut short
+    flipped = bytearray(torn)
+    flipped[-2] ^= 0xFF
+    assert [r.movie_id for r in read_records(whole + bytes(flipped) + bytes(64))] == [1, 2, 3]  # checksum
+
+
+def test_the_last_acknowledged_score_wins_whatever_order_it_is_written_in(db: Database) -> None:
+    request_id = _request(db)
+    now = utcnow()
+    older = FeedbackRecord(request_id, 4, "Movie 4", 1.0, 3.5, "v1", at=now - timedelta(seconds=5))
+    newer = FeedbackRecord(request_id, 4, "Movie 4", 5.0, None, "v1", at=now)
+    db.save_feedbacks([newer])
+    db.save_feedbacks([older])  # a replay of an older one
+    db.save_feedbacks([newer, older])  # both in one batch
+    assert _stored(db) == {(request_id, 4): 5.0}
+    with db.session() as session:
+        assert session.scalar(select(func.count(Feedback.id))) == 1
+
+
+def test_a_score_the_database_refuses_is_kept_aside_and_the_rest_ship(db: Database, tmp_path: Path) -> None:
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60)
+    request_id = _request(db)
+    try:
+        journal.save(_score(request_id, 1, 4.0))
+        journal.save(_score("no-such-request", 2, 3.0))  # foreign key: refused for good
+        journal.save(_score(request_id, 3, 2.0))
+        journal.drain()
+    finally:
+        journal.close()
+    assert _stored(db) == {(request_id, 1): 4.0, (request_id, 3): 2.0}
+    rejected = (journal.directory / REJECTED).read_text().splitlines()
+    assert len(rejected) == 1 and '"request_id":"no-such-request"' in rejected[0]
+    assert journal.rejected == 1
+    assert _segments(journal.directory) == []
+
+
+def test_an_unwritable_journal_answers_unavailable(db: Database, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    journal = FeedbackJournal(blocker / "journal", db)
+    with pytest.raises(Unavailable) as raised:
+        journal.save(_score(_request(db), 1, 4.0))
+    assert raised.value.status == 503 and raised.value.headers == {"Retry-After": "5"}
+    journal.close()
+    assert _stored(db) == {}
+
+
+def test_a_full_backlog_refuses_new_scores_before_writing_them(db: Database, tmp_path: Path) -> None:
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60, max_unshipped=2)
+    request_id = _request(db)
+    try:
+        journal.save(_score(request_id, 1, 4.0))
+        journal.save(_score(request_id, 2, 4.0))
+        with pytest.raises(Unavailable):
+            journal.save(_score(request_id, 3, 4.0))
+        assert len(_on_disk(journal.directory)) == 2  # the refused one was never written
+        journal.drain()
+        journal.save(_score(request_id, 3, 4.0))  # room again
+    finally:
+        journal.close()
+    assert len(_stored(db)) == 3
+
+
+def test_a_forked_child_writes_segments_of_its_own(db: Database, tmp_path: Path) -> None:
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60)
+    request_id = _request(db)
+    try:
+        journal.save(_score(request_id, 1, 4.0))
+        parent_segments = _segments(journal.directory)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            try:
+                journal.save(_score(request_id, 2, 3.0))
+                os._exit(0 if len(_segments(journal.directory)) == 2 else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert set(parent_segments) < set(_segments(journal.directory))
+    finally:
+        journal.close()
+    assert journal.recover() == 1  # the child died without shipping: its score is replayed
+    assert _stored(db) == {(request_id, 1): 4.0, (request_id, 2): 3.0}
