@@ -51,6 +51,7 @@ def model_info() -> Any:
         reload=services.reloader.status(),
         breaker=_breaker(services),
         request_log=services.recommendations.request_log.stats(),
+        feedback_journal=services.recommendations.feedback.stats(),
     )
 
 

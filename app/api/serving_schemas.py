@@ -106,6 +106,7 @@ class ModelInfo(BaseModel):
     reload: dict[str, Any]
     breaker: dict[str, Any] | None
     request_log: dict[str, Any]
+    feedback_journal: dict[str, Any]
 
 
 class Echo(BaseModel):

@@ -179,9 +179,11 @@ class _Segment:
         self.release()
 
     def release(self) -> None:
-        """Close the file, and with it the lock: another process may replay what it holds."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        """Close the file, and with it the lock: another process may replay what it holds (once)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 # --------------------------------------------------------------------------- the journal

@@ -42,7 +42,33 @@ def test_model_info_reports_version_metrics_and_state(app: Any, client: Any, aut
     assert body["reload"] == {"state": "idle"}
     assert "breaker" in body
     assert set(body["request_log"]) == {"pending", "written", "failures", "last_error"}
+    journal = body["feedback_journal"]
+    assert set(journal) == {
+        "pending",
+        "written",
+        "failures",
+        "last_error",
+        "segments",
+        "replayed",
+        "rejected",
+    }
+    assert (journal["pending"], journal["segments"], journal["rejected"]) == (0, 0, 0)
     assert client.get("/api/model").status_code == 401
+
+
+def test_model_info_counts_scores_waiting_in_the_journal(make_app: Any) -> None:
+    app = make_app(feedback_ship_seconds=60)  # nothing ships by itself
+    client = app.test_client()
+    headers = login(client)
+    served = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
+    for title in served["recommendations"][:2]:
+        body = {"id": served["id"], "movie": title, "score": 4}
+        assert client.post("/api/recommend/score", json=body, headers=headers).status_code == 200
+    journal = client.get("/api/model", headers=headers).get_json()["feedback_journal"]
+    assert (journal["pending"], journal["written"], journal["segments"]) == (2, 0, 1)
+    app.extensions["movierec"].recommendations.feedback.drain()
+    journal = client.get("/api/model", headers=headers).get_json()["feedback_journal"]
+    assert (journal["pending"], journal["written"]) == (0, 2)
 
 
 def test_reload_needs_an_admin_token(client: Any, auth_headers: dict) -> None:

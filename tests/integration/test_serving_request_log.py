@@ -30,6 +30,12 @@ def _count(app: Any, model: Any) -> int:
         return int(session.scalar(select(func.count()).select_from(model)))
 
 
+def _feedback_count(app: Any) -> int:
+    """Feedback rows once the app's acknowledged scores have left its journal (~0.1 s behind the 200)."""
+    app.extensions["movierec"].recommendations.feedback.drain()
+    return _count(app, Feedback)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -48,7 +54,7 @@ def test_a_score_arriving_before_the_flush_is_accepted_and_both_rows_stored(
     score = {"id": served["id"], "movie": served["recommendations"][2], "score": 3.5}
     response = client.post("/api/recommend/score", json=score, headers=auth_headers)
     assert response.status_code == 200
-    assert _count(app, RecommendationRequest) == 1 and _count(app, Feedback) == 1
+    assert _count(app, RecommendationRequest) == 1 and _feedback_count(app) == 1
     wrong_movie = {**score, "movie": "Not Recommended (1900)"}
     assert client.post("/api/recommend/score", json=wrong_movie, headers=auth_headers).status_code == 400
 
@@ -75,7 +81,8 @@ def test_a_score_reaching_another_worker_waits_for_the_pending_row(
 ) -> None:
     """Two apps on one database and one JWT secret stand in for two uwsgi workers."""
     issuer = make_app(database_url=postgres_url, request_log_flush_seconds=SLOW_FLUSH)
-    other = make_app(database_url=postgres_url).test_client()
+    other_app = make_app(database_url=postgres_url)
+    other = other_app.test_client()
     served = issuer.test_client().post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()
     score = {"id": served["id"], "movie": served["recommendations"][0], "score": 5}
     result: dict[str, Any] = {}
@@ -92,7 +99,7 @@ def test_a_score_reaching_another_worker_waits_for_the_pending_row(
     issuer.extensions["movierec"].recommendations.request_log.flush()
     thread.join(10)
     assert result["status"] == 200 and result["waited"] >= 0.3
-    assert _count(issuer, Feedback) == 1
+    assert _feedback_count(other_app) == 1
 
 
 def test_ids_not_issued_here_are_refused_at_once(
@@ -114,12 +121,18 @@ def test_ids_not_issued_here_are_refused_at_once(
         assert time.monotonic() - started < 0.5
 
 
-def test_database_down_recommendations_served_feedback_503_rows_kept_and_retried(
+def test_database_down_recommendations_served_scores_of_known_lists_journaled_rows_kept_and_retried(
     make_app: Any, postgres_url: str, auth_headers: dict
 ) -> None:
     app = make_app(database_url=postgres_url, request_log_flush_seconds=0.01)
     client = app.test_client()
     db = app.extensions["movierec"].db
+    # a list this worker has seen scored: its next scores need nothing from the database
+    known = client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()
+    first = {"id": known["id"], "movie": known["recommendations"][0], "score": 2}
+    app.extensions["movierec"].recommendations.request_log.flush()
+    assert client.post("/api/recommend/score", json=first, headers=auth_headers).status_code == 200
+    assert _feedback_count(app) == 1
     good_engine, good_sessions = db.engine, db.sessions
     db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
     db.sessions = sessionmaker(db.engine, expire_on_commit=False)
@@ -130,17 +143,25 @@ def test_database_down_recommendations_served_feedback_503_rows_kept_and_retried
         score = {"id": body["id"], "movie": body["recommendations"][0], "score": 4}
         down = client.post("/api/recommend/score", json=score, headers=auth_headers)
         assert down.status_code == 503 and down.get_json()["error"]["code"] == "unavailable"
+        # a score of the known list is durable in the journal: acknowledged, shipped later
+        second = {**first, "movie": known["recommendations"][1], "score": 5}
+        assert client.post("/api/recommend/score", json=second, headers=auth_headers).status_code == 200
         log = app.extensions["movierec"].recommendations.request_log
+        journal = app.extensions["movierec"].recommendations.feedback
         time.sleep(0.2)
         assert log.pending() == 20 and log.failures >= 1
+        assert journal.stats()["pending"] == 1 and journal.stats()["failures"] >= 1
     finally:
         db.engine, db.sessions = good_engine, good_sessions
     # the flusher backs off at most 5 s between attempts; the margin is for a loaded CI machine
     deadline = time.monotonic() + 45
-    while log.pending():
+    while log.pending() or journal.stats()["pending"]:
         assert time.monotonic() < deadline, "buffered rows were not retried after the database came back"
         time.sleep(0.05)
-    assert _count(app, RecommendationRequest) == 20
+    assert _count(app, RecommendationRequest) == 21
+    with db.session() as session:
+        stored = {row.title: row.score for row in session.scalars(select(Feedback))}
+    assert stored == {first["movie"]: 2.0, second["movie"]: 5.0}
     assert client.post("/api/recommend/score", json=score, headers=auth_headers).status_code == 200
 
 

@@ -1,11 +1,13 @@
-"""Feedback is durable on both databases: committed on 200, visible to a fresh connection."""
+"""Feedback is durable on both databases: journaled on 200, then committed, visible to a fresh connection."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers import PROFILE, login
+from tests.helpers import PROFILE, journal_records, login
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +33,17 @@ def test_feedback_round_trip_is_committed(make_app, database_url) -> None:
             "/api/recommend/score", json={"id": body["id"], "movie": title, "score": score}, headers=headers
         )
         assert response.status_code == 200
+    assert len(journal_records(app)) == 3  # durable when acknowledged
 
-    # a brand-new connection, not the app's session, sees the committed rows
+    # a brand-new connection, not the app's session, sees the rows the journal shipped (~0.1 s)
     engine = create_engine(_sqlalchemy_url(database_url))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            shipped = conn.execute(text("SELECT count(*) FROM feedback")).scalar_one()
+        if shipped == 3:
+            break
+        time.sleep(0.05)
     with engine.connect() as conn:
         request_row = conn.execute(
             text(
@@ -52,19 +62,25 @@ def test_feedback_round_trip_is_committed(make_app, database_url) -> None:
     assert version  # schema managed by Alembic
 
 
-def test_migrations_are_idempotent_across_restarts(make_app, database_url) -> None:
-    first = make_app(database_url=database_url)
+def test_a_restart_migrates_again_and_replays_what_a_crash_left_unshipped(make_app, database_url) -> None:
+    first = make_app(database_url=database_url, feedback_ship_seconds=60)
     client = first.test_client()
     headers = login(client)
     body = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
-    client.post(
+    response = client.post(
         "/api/recommend/score",
         json={"id": body["id"], "movie": body["recommendations"][0], "score": 4},
         headers=headers,
     )
-    second = make_app(database_url=database_url)  # a restart runs the migrations again
+    assert response.status_code == 200 and first.extensions["movierec"].db.feedback_rows() == []
+    # the process dies: its journal files stay, their locks go, nothing was shipped
+    journal = first.extensions["movierec"].recommendations.feedback
+    for segment in journal._segments.values():
+        segment.release()
+    second = make_app(database_url=database_url)  # a restart: migrations run again, the journal is replayed
     rows = second.extensions["movierec"].db.feedback_rows()
     assert [(r.request_id, r.score) for r in rows] == [(body["id"], 4.0)]
+    assert second.extensions["movierec"].recommendations.feedback.replayed == 1
 
 
 def test_database_down_refuses_feedback_with_503(make_app, tmp_path) -> None:
