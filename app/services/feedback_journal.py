@@ -12,7 +12,7 @@ waiting for the commit and half the database's own work per transaction (docs/pe
 
 * a segment is ``segment_bytes`` of zeros, written and synced when it is created, so appending
   overwrites allocated blocks and ``fdatasync`` flushes the data alone (an append that grows a
-  file commits its new size too: 223 against 582 µs per sync on the tenth machine);
+  file commits its new size too: 223 against 582 µs per sync on the eleventh machine);
 * a record is its payload's length (4 bytes), the payload's CRC-32 (4 bytes) and the payload
   (one JSON object). A zero length ends the records; so does a record whose checksum fails: a
   crash tore it before its sync returned, so it was never acknowledged;
