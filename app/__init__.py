@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.services.recommendations import RecommendationService
     from app.services.request_log import RequestLog
     from app.services.serving import install_serving, model_store
-    from app.storage.db import Database, DatabaseUnavailableError
+    from app.storage.db import Database
 
     settings = settings or load_settings()
     configure_logging(settings.log_level)
@@ -111,10 +111,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         ship_interval=settings.feedback_ship_seconds,
         max_unshipped=settings.feedback_max_unshipped,
     )
-    try:  # scores a stopped process left unshipped; here, before uwsgi forks its workers
+    try:  # scores a stopped process left unshipped (each uwsgi worker runs this: lazy-apps)
         journal.recover()
-    except DatabaseUnavailableError as exc:
-        log.error("feedback journal: left scores wait for the database", extra={"reason": str(exc)[:200]})
+    except Exception as exc:  # noqa: BLE001 - kept on disk, retried every 30 s; the app still starts
+        log.error("feedback journal: left scores wait to be replayed", extra={"reason": str(exc)[:200]})
+    for stray in journal.strays():
+        log.warning(
+            "feedback journal: scores wait under another database URL's directory",
+            extra={"segment": str(stray)},
+        )
     recommendations = RecommendationService(
         models, db, journal, id_secret=jwt_secret.encode(), request_log=request_log
     )

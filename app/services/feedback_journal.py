@@ -47,13 +47,13 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from app.errors import Unavailable
 from app.exit_hooks import at_exit
@@ -70,6 +70,8 @@ _HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 _ZEROS = bytes(1 << 20)
 
 _LIVE_JOURNALS: weakref.WeakSet[FeedbackJournal] = weakref.WeakSet()
+_REFUSED = (IntegrityError, DataError)
+"""What the database says of a record that no retry will change (a constraint, a bad value)."""
 
 
 # --------------------------------------------------------------------------- records
@@ -146,18 +148,22 @@ class _Segment:
 
     @classmethod
     def create(cls, directory: Path, size: int) -> _Segment:
-        path = directory / f"{os.getpid()}-{time.time_ns()}{SUFFIX}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        """A new segment, locked and filled under a temporary name before it appears as ``*.wal``
+        (a recovery scanning the directory must never find it unlocked)."""
+        name = f"{os.getpid()}-{time.time_ns()}"
+        path, filling = directory / f"{name}{SUFFIX}", directory / f"{name}.new"
+        fd = os.open(filling, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             written = 0
             while written < size:
                 written += os.write(fd, _ZEROS[: size - written])
             os.fsync(fd)
+            os.rename(filling, path)
             _sync_directory(directory)
         except BaseException:
             os.close(fd)
-            path.unlink(missing_ok=True)
+            filling.unlink(missing_ok=True)
             raise
         return cls(path, fd, size)
 
@@ -216,15 +222,21 @@ class FeedbackJournal:
             write=self._ship,
             on_written=self._shipped,
             name="feedback journal",
+            flush_at_exit=False,  # close() flushes it, then deletes the segments
             flush_interval=ship_interval,
             batch_size=batch_size,
             max_pending=2 * max_unshipped + 1024,
         )
         self._group: GroupCommit[FeedbackRecord] = GroupCommit(self._append, shared_failure=Unavailable)
         self._lock = threading.Lock()  # this process's segments
+        # held by the writer from choosing its segment to queueing the records it wrote, and by
+        # close(): a segment is never closed under a write, nor deleted before its records queue
+        self._io_lock = threading.Lock()
+        self._closed = False
         self._segments: dict[str, _Segment] = {}
         self._active: _Segment | None = None
         self._pid = os.getpid()
+        os.register_at_fork(after_in_child=_after_fork(self))
         self._next_recovery = 0.0
         self._recovering = threading.Lock()
         self.rejected = 0
@@ -257,6 +269,8 @@ class FeedbackJournal:
 
     def close(self, timeout: float = 10.0) -> None:
         """Ship what is left; delete the segments whose records are all committed, release the rest."""
+        with self._io_lock:  # a write in progress finishes (and queues its records) first
+            self._closed = True
         self.shipper.close(timeout)
         with self._lock:
             if self._pid != os.getpid():
@@ -279,29 +293,35 @@ class FeedbackJournal:
     def _append(self, records: Sequence[FeedbackRecord]) -> None:
         """Write and sync one batch (the group commit's writer; one at a time), then queue it to ship."""
         data = b"".join(encode(record) for record in records)
-        try:
+        with self._io_lock:
+            if self._closed:
+                raise Unavailable("the service is stopping; try again shortly", headers={"Retry-After": "1"})
+            try:
+                with self._lock:
+                    segment = self._writable(len(data))
+                    segment.unshipped += len(records)  # counted before it exists: never deleted under it
+                try:
+                    segment.append(data)
+                except BaseException:
+                    with self._lock:
+                        segment.unshipped -= len(records)
+                        # after a failed write or sync the file's state is unknown: never write it again
+                        self._seal(segment)
+                    raise
+            except OSError as exc:
+                log.error("feedback journal: a score could not be written", extra={"reason": str(exc)[:200]})
+                raise Unavailable(
+                    "scores cannot be stored right now (the feedback journal is not writable)",
+                    headers={"Retry-After": "5"},
+                ) from exc
+            name = segment.path.name
             with self._lock:
-                segment = self._writable(len(data))
-            segment.append(data)
-        except OSError as exc:
-            log.error("feedback journal: a score could not be written", extra={"reason": str(exc)[:200]})
-            with self._lock:
-                if self._active is not None:
-                    # after a failed write or sync the file's state is unknown: never write it again
-                    self._seal(self._active)
-            raise Unavailable(
-                "scores cannot be stored right now (the feedback journal is not writable)",
-                headers={"Retry-After": "5"},
-            ) from exc
-        name = segment.path.name
-        with self._lock:
-            first = segment.count
-            segment.count += len(records)
-            segment.unshipped += len(records)
-        self.shipper.append(
-            {"id": f"{name}:{first + i}", "segment": name, "record": record}
-            for i, record in enumerate(records)
-        )
+                first = segment.count
+                segment.count += len(records)
+            self.shipper.append(
+                {"id": f"{name}:{first + i}", "segment": name, "record": record}
+                for i, record in enumerate(records)
+            )
         if time.monotonic() >= self._next_recovery:
             self._next_recovery = time.monotonic() + self.recover_interval
             recovery = threading.Thread(
@@ -311,10 +331,6 @@ class FeedbackJournal:
 
     def _writable(self, n: int) -> _Segment:
         """This process's segment with room for ``n`` bytes (a new one when full). Holds ``_lock``."""
-        if self._pid != os.getpid():  # a forked child: the parent's segments stay the parent's
-            self._segments = {}
-            self._active = None
-            self._pid = os.getpid()
         segment = self._active
         if segment is not None and segment.fits(n):
             return segment
@@ -325,6 +341,18 @@ class FeedbackJournal:
         self._segments[segment.path.name] = segment
         self._active = segment
         return segment
+
+    def forget_inherited(self) -> None:
+        """In a forked child: the parent's segments stay the parent's. Closing the child's copies of
+        their files keeps the parent's locks the parent's alone (a lock lives while any copy of
+        its open file does), so they can be replayed once the parent is gone."""
+        for segment in self._segments.values():
+            segment.release()
+        self._segments = {}
+        self._active = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
 
     def _seal(self, segment: _Segment) -> None:
         """No more records go to ``segment``; delete it once they are all committed. Holds ``_lock``."""
@@ -342,18 +370,15 @@ class FeedbackJournal:
         try:
             self.db.save_feedbacks([row["record"] for row in rows])
             return
-        except DatabaseUnavailableError:
-            raise
-        except SQLAlchemyError as exc:
+        except _REFUSED as exc:
             if len(rows) == 1:
                 self._reject(rows[0]["record"], exc)
                 return
+        # Anything else (unreachable, read-only, a missing grant) is retried with back-off
         for row in rows:  # find the culprit: each record alone
             try:
                 self.db.save_feedbacks([row["record"]])
-            except DatabaseUnavailableError:
-                raise
-            except SQLAlchemyError as exc:
+            except _REFUSED as exc:
                 self._reject(row["record"], exc)
 
     def _shipped(self, rows: list[dict[str, Any]]) -> None:
@@ -397,12 +422,23 @@ class FeedbackJournal:
             total = 0
             for path in sorted(self.directory.glob(f"*{SUFFIX}")):
                 with self._lock:
-                    if path.name in self._segments and self._pid == os.getpid():
+                    if path.name in self._segments:
                         continue
-                total += self._replay(path)
+                try:
+                    total += self._replay(path)
+                except (DatabaseUnavailableError, SQLAlchemyError):
+                    raise  # the next attempt replays it
+                except Exception:  # an unreadable file must not block the others: set aside, kept
+                    log.exception("feedback journal: a segment could not be replayed; renamed *.unreadable")
+                    with contextlib.suppress(OSError):
+                        path.rename(path.with_suffix(".unreadable"))
             return total
         finally:
             self._recovering.release()
+
+    def strays(self) -> list[Path]:
+        """Segments waiting in the journal directories of other database URLs (an address renamed?)."""
+        return sorted(p for p in self.directory.parent.glob(f"*/*{SUFFIX}") if p.parent != self.directory)
 
     def _replay(self, path: Path) -> int:
         try:
@@ -419,7 +455,7 @@ class FeedbackJournal:
             records = read_records(os.pread(fd, os.fstat(fd).st_size, 0))
             for start in range(0, len(records), self.batch_size):
                 self._ship([{"record": record} for record in records[start : start + self.batch_size]])
-            path.unlink()
+            path.unlink(missing_ok=True)
             _sync_directory(self.directory)
         finally:
             os.close(fd)
@@ -440,6 +476,17 @@ class FeedbackJournal:
             )
         except Exception:
             log.exception("feedback journal: recovery failed")
+
+
+def _after_fork(journal: FeedbackJournal) -> Callable[[], None]:
+    ref = weakref.ref(journal)
+
+    def forget() -> None:
+        live = ref()
+        if live is not None:
+            live.forget_inherited()
+
+    return forget
 
 
 def close_all_journals(timeout: float = 10.0) -> None:

@@ -57,6 +57,7 @@ class RequestLog:
         write: Callable[[list[dict[str, Any]]], None] | None = None,
         on_written: Callable[[list[dict[str, Any]]], None] | None = None,
         name: str = "request log",
+        flush_at_exit: bool = True,
         flush_interval: float = 0.1,
         batch_size: int = 500,
         max_pending: int = 50_000,
@@ -85,8 +86,9 @@ class RequestLog:
         self.failures = 0
         self.last_error: str | None = None
         self._last_error_logged = 0.0
-        _LIVE_LOGS.add(self)
-        at_exit(flush_all_logs)
+        if flush_at_exit:  # else its owner closes it (the feedback journal: one final flush, not two)
+            _LIVE_LOGS.add(self)
+            at_exit(flush_all_logs)
 
     # ------------------------------------------------------------------ request path
 

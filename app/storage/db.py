@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -47,6 +47,10 @@ as its own transaction: one round trip, no ``BEGIN``/``COMMIT``, no SQLAlchemy c
 rows travel as one JSON text (orjson) rather than six typed arrays, which psycopg dumps element
 by element. Same effect as ``Database._feedback_upsert`` (the SQLite path).
 """
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _feedback_rows(records: Sequence[FeedbackRecord], now: datetime) -> dict[str, Any]:
@@ -418,9 +422,11 @@ class Database:
         now = utcnow()
         latest: dict[tuple[str, int], FeedbackRecord] = {}
         for record in records:
+            # in UTC (a naive time is taken as UTC): SQLite compares the stored text
+            record = dataclasses.replace(record, at=now if record.at is None else _utc(record.at))
             key = (record.request_id, record.movie_id)
             kept = latest.get(key)
-            if kept is None or (record.at or now) >= (kept.at or now):
+            if kept is None or cast(datetime, record.at) >= cast(datetime, kept.at):
                 latest[key] = record
         if not latest:
             return

@@ -8,21 +8,24 @@ records, an unwritable journal and a full backlog each have their outcome.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import threading
 import time
 import uuid
+import zlib
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import ProgrammingError
 
 from app.errors import Unavailable
-from app.services.feedback_journal import REJECTED, SUFFIX, FeedbackJournal, encode, read_records
-from app.storage.db import Database, FeedbackRecord
+from app.services.feedback_journal import REJECTED, SUFFIX, FeedbackJournal, _Segment, encode, read_records
+from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
 from app.storage.models import Feedback, utcnow
 
 pytestmark = pytest.mark.integration
@@ -116,7 +119,7 @@ def test_concurrent_scores_share_syncs_and_all_arrive(db: Database, tmp_path: Pa
         thread.join()
     journal.close()
     assert len(_stored(db)) == 80
-    assert journal._group.records == 80 and journal._group.batches <= 80
+    assert journal._group.records == 80 and journal._group.batches < 80  # syncs were shared
     assert _segments(journal.directory) == []
 
 
@@ -140,7 +143,7 @@ def test_full_segments_are_deleted_once_shipped(db: Database, tmp_path: Path) ->
 _KILLED_WRITER = """
 import os, sys
 from app.services.feedback_journal import FeedbackJournal
-from app.storage.db import Database, FeedbackRecord
+from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
 db = Database(sys.argv[1])
 journal = FeedbackJournal(__import__("pathlib").Path(sys.argv[2]), db, ship_interval=3600)
 for movie_id in range(1, 11):
@@ -285,3 +288,83 @@ def test_a_forked_child_writes_segments_of_its_own(db: Database, tmp_path: Path)
         journal.close()
     assert journal.recover() == 1  # the child died without shipping: its score is replayed
     assert _stored(db) == {(request_id, 1): 4.0, (request_id, 2): 3.0}
+
+
+def test_close_waits_for_a_write_in_progress_and_ships_it(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop arriving between a score's sync and its queueing must neither delete nor lose it."""
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60)
+    request_id = _request(db)
+    synced, go_on = threading.Event(), threading.Event()
+    real_append = _Segment.append
+
+    def append_then_pause(segment: _Segment, data: bytes) -> None:
+        real_append(segment, data)
+        synced.set()
+        go_on.wait(10)
+
+    monkeypatch.setattr(_Segment, "append", append_then_pause)
+    saver = threading.Thread(target=journal.save, args=(_score(request_id, 6, 4.0),))
+    saver.start()
+    assert synced.wait(10)
+    closer = threading.Thread(target=journal.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive()  # waits for the write
+    go_on.set()
+    saver.join(10)
+    closer.join(10)
+    assert _stored(db) == {(request_id, 6): 4.0}
+    assert _segments(journal.directory) == []
+    with pytest.raises(Unavailable):  # closed: nothing more is acknowledged
+        journal.save(_score(request_id, 7, 4.0))
+
+
+def test_an_unreadable_segment_is_set_aside_and_the_others_replayed(db: Database, tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    request_id = _request(db)
+    payload = b'{"not": "a score"}'
+    (directory / "1-1.wal").write_bytes(
+        struct.pack("<II", len(payload), zlib.crc32(payload)) + payload + bytes(16)
+    )
+    good = FeedbackRecord(request_id, 5, "Movie 5", 3.0, None, "v1", at=utcnow())
+    (directory / "2-2.wal").write_bytes(encode(good) + bytes(16))
+    journal = FeedbackJournal(directory, db)
+    try:
+        assert journal.recover() == 1
+    finally:
+        journal.close()
+    assert _stored(db) == {(request_id, 5): 3.0}
+    assert sorted(p.name for p in directory.iterdir()) == ["1-1.unreadable"]
+
+
+def test_a_write_failing_for_a_reason_that_passes_is_retried_not_set_aside(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only database (a failover) or a missing grant is not the record's fault."""
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60)
+    request_id = _request(db)
+    real_save = db.save_feedbacks
+    failures = [
+        ProgrammingError(
+            "INSERT INTO feedback", {}, Exception("cannot execute INSERT in a read-only transaction")
+        )
+    ]
+
+    def flaky(records: Any) -> None:
+        if failures:
+            raise failures.pop()
+        real_save(records)
+
+    monkeypatch.setattr(db, "save_feedbacks", flaky)
+    try:
+        journal.save(_score(request_id, 8, 2.5))
+        with pytest.raises(DatabaseUnavailableError):
+            journal.drain()
+        assert journal.drain() == 1
+    finally:
+        journal.close()
+    assert _stored(db) == {(request_id, 8): 2.5}
+    assert journal.rejected == 0 and not (journal.directory / REJECTED).exists()
