@@ -26,8 +26,8 @@ and every record in it is committed, or at a graceful exit when every record is.
 
 **Recovery.** A segment nobody holds a lock on was left by a process that ended before
 shipping it (killed, or the database was down when it stopped). :meth:`FeedbackJournal.recover`
-replays such segments into the database and deletes them; it runs when the app starts (before
-uwsgi forks its workers) and every ``recover_interval`` in each process that writes scores.
+replays such segments into the database and deletes them; it runs when the app starts (in each
+uwsgi worker: ``lazy-apps``) and every ``recover_interval`` in each process that writes scores.
 Replaying is idempotent: :meth:`Database.save_feedbacks` keeps, per (request, movie), the score
 acknowledged last.
 
@@ -233,9 +233,8 @@ class FeedbackJournal:
         # close(): a segment is never closed under a write, nor deleted before its records queue
         self._io_lock = threading.Lock()
         self._closed = False
-        self._segments: dict[str, _Segment] = {}
+        self._segments: dict[str, _Segment] = {}  # this process's own: a forked child forgets its parent's
         self._active: _Segment | None = None
-        self._pid = os.getpid()
         os.register_at_fork(after_in_child=_after_fork(self))
         self._next_recovery = 0.0
         self._recovering = threading.Lock()
@@ -273,8 +272,6 @@ class FeedbackJournal:
             self._closed = True
         self.shipper.close(timeout)
         with self._lock:
-            if self._pid != os.getpid():
-                return
             for segment in list(self._segments.values()):
                 segment.sealed = True
                 if segment.unshipped == 0:
@@ -350,7 +347,6 @@ class FeedbackJournal:
             segment.release()
         self._segments = {}
         self._active = None
-        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()
 
@@ -413,8 +409,9 @@ class FeedbackJournal:
     def recover(self) -> int:
         """Replay the segments no live process holds into the database, then delete them; scores replayed.
 
-        Raises :class:`DatabaseUnavailableError` when the database cannot take them: the segment
-        being replayed stays, for the next attempt.
+        Raises what the database raised when it cannot take them (unreachable, read-only, …): the
+        segment being replayed stays, for the next attempt. A segment that cannot be read back is
+        renamed ``*.unreadable`` and the others are replayed.
         """
         if not self.directory.is_dir() or not self._recovering.acquire(blocking=False):
             return 0
@@ -450,9 +447,10 @@ class FeedbackJournal:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # its writer lives
                 return 0
-            if os.fstat(fd).st_nlink == 0:  # replayed and deleted before we locked it
+            status = os.fstat(fd)
+            if status.st_nlink == 0:  # replayed and deleted before we locked it
                 return 0
-            records = read_records(os.pread(fd, os.fstat(fd).st_size, 0))
+            records = read_records(os.pread(fd, status.st_size, 0))
             for start in range(0, len(records), self.batch_size):
                 self._ship([{"record": record} for record in records[start : start + self.batch_size]])
             path.unlink(missing_ok=True)

@@ -53,8 +53,8 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _feedback_rows(records: Sequence[FeedbackRecord], now: datetime) -> dict[str, Any]:
-    """The parameters of :data:`_FEEDBACK_UPSERT_PG`."""
+def _feedback_rows(records: Sequence[FeedbackRecord]) -> dict[str, Any]:
+    """The parameters of :data:`_FEEDBACK_UPSERT_PG` (every record's ``at`` set)."""
     rows = [
         {
             "r": record.request_id,
@@ -63,7 +63,7 @@ def _feedback_rows(records: Sequence[FeedbackRecord], now: datetime) -> dict[str
             "s": float(record.score),
             "p": None if record.predicted_score is None else float(record.predicted_score),
             "v": record.model_version,
-            "a": record.at or now,
+            "a": record.at,
         }
         for record in records
     ]
@@ -431,17 +431,16 @@ class Database:
         if not latest:
             return
         if self.engine.dialect.name == "postgresql":
-            params = _feedback_rows(list(latest.values()), now)
+            params = _feedback_rows(list(latest.values()))
             self._autocommit(
                 _FEEDBACK_UPSERT_PG, lambda connection, sql: connection.execute(sql, params, prepare=True)
             )
             return
-        values = [
-            {**dataclasses.asdict(record), "created_at": record.at or now, "updated_at": record.at or now}
-            for record in latest.values()
-        ]
-        for value in values:
-            del value["at"]
+        values = []
+        for record in latest.values():
+            value = dataclasses.asdict(record)
+            value["created_at"] = value["updated_at"] = value.pop("at")
+            values.append(value)
         statement = self._feedback_upsert
         self.run(lambda connection: connection.execute(statement, values), write=True)
 
