@@ -13,7 +13,9 @@ The seed's interface is kept (``IMAGE_NAME IMAGE_VERSION MODEL_FILE TEST_DATA_FI
 * the container runs with ``--restart on-failure:5``, a 30 s stop timeout (time for uwsgi's
   graceful stop) and the journald log driver (or json-file with rotation), and the script
   waits for Docker's health check to pass;
-* on any failure it prints the container's last log lines, removes what it created (the
+* on any failure it prints the errors found in the new container's log (the cause of a failed
+  start can be a hundred lines back: with two workers, the second one's interrupted import
+  and the restarted container's banner follow it) and its last log lines, removes what it created (the
   new container, and the image tag if it did not exist before) and brings the previously
   running version back.
 
@@ -32,6 +34,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess  # nosec B404 - docker CLI with argument lists, never a shell
@@ -51,6 +54,12 @@ STOP_TIMEOUT_SECONDS = 30
 """``docker stop`` grace: uwsgi stops gracefully (uwsgi.ini), letting the requests in flight finish
 (up to ``harakiri``, 30 s) before each worker flushes; idle keep-alive clients hold no worker."""
 LOG_TAIL_LINES = 60
+LOG_SCAN_LINES = 5000
+"""How far back a failed container's log is searched for errors (a failed start writes a few hundred)."""
+MAX_LOG_ERRORS = 10
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)(?:: .*)?$")
+"""The last line of a Python traceback (``app.config.ConfigurationError: ...``). An interrupted
+import's ``KeyboardInterrupt`` (a sibling worker stopped because this one failed) is not an error."""
 STAGING_PREFIX = ".deploy-"
 PASSTHROUGH_SECRETS = ("MOVIEREC_ADMIN_PASSWORD", "ADMIN_PASSWORD")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +67,29 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class DeployError(RuntimeError):
     """The deployment failed; the message says what to do. The previous version is kept."""
+
+
+def log_errors(text: str, limit: int = MAX_LOG_ERRORS) -> list[str]:
+    """The distinct errors in a container's log, oldest first: Python exceptions' final lines
+    and the app's JSON log lines at ERROR or CRITICAL (their message). At most ``limit``."""
+    found: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        error = None
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and record.get("level") in ("ERROR", "CRITICAL"):
+                error = f"{record.get('logger', '')}: {record.get('message', '')}".lstrip(": ")
+        elif _EXCEPTION_LINE.match(line):
+            error = line
+        if error and error not in found:
+            found.append(error)
+            if len(found) == limit:
+                break
+    return found
 
 
 # --------------------------------------------------------------------------- docker CLI
@@ -103,6 +135,7 @@ class Docker:
         return ContainerState.parse(json.loads(state_json), int(restarts), image)
 
     def logs(self, name: str, tail: int = LOG_TAIL_LINES) -> str:
+        """The last ``tail`` lines of the container's stdout, then of its stderr."""
         result = self("logs", "--tail", str(tail), name)
         return (result.stdout or "") + (result.stderr or "")
 
@@ -426,8 +459,13 @@ class Deployer:
             self.sleep(self.poll_interval)
 
     def print_logs(self) -> None:
+        """The errors in the new container's log, then its last lines."""
         if self.docker.container_state(self.cfg.container_name) is None:
             return
+        errors = log_errors(self.docker.logs(self.cfg.container_name, tail=LOG_SCAN_LINES))
+        if errors:
+            self.say(f"errors in the log of {self.cfg.container_name}:")
+            print("\n".join(f"  {line}" for line in errors), file=self.out, flush=True)
         self.say(f"last {LOG_TAIL_LINES} log lines of {self.cfg.container_name}:")
         print(self.docker.logs(self.cfg.container_name).rstrip(), file=self.out, flush=True)
 

@@ -60,6 +60,27 @@ class FakeContainer:
     argv: list[str] = field(default_factory=list)
 
 
+# The first worker's cause, then the second worker's import interrupted by the master (a long
+# KeyboardInterrupt traceback), then the restarted container's banner: the cause is more than
+# LOG_TAIL_LINES back (tests/e2e saw exactly this).
+FAILED_START_LOG = "\n".join(
+    [
+        "*** Starting uWSGI 2.0.31 (64bit) ***",
+        "Traceback (most recent call last):",
+        '  File "/app/app/config.py", line 158, in check_secrets',
+        "app.config.ConfigurationError: MOVIEREC_JWT_SECRET is too weak: use at least 32 random characters",
+        "unable to load app 0 (mountpoint='') (callable not found or import error)",
+        "Traceback (most recent call last):",
+        *[f'  File "/opt/venv/lib/numpy/module{i}.py", line {i}, in <module>' for i in range(40)],
+        "KeyboardInterrupt",
+        '{"level":"ERROR","logger":"app.storage","message":"database unreachable"}',
+        '{"level":"WARNING","logger":"app","message":"not an error"}',
+        "*** no app loaded. GAME OVER ***",
+        *[f"uwsgi banner line {i}" for i in range(40)],
+    ]
+)
+
+
 @dataclass
 class FakeEngine:
     """The subset of the docker CLI app.deploy uses, with state."""
@@ -74,6 +95,8 @@ class FakeEngine:
     env_file_modes: list[int] = field(default_factory=list)
     env_file_paths: list[Path] = field(default_factory=list)
     new_name: str | None = None
+    # a new container's stderr: a failed start as uwsgi writes it with two workers
+    log: list[str] = field(default_factory=lambda: FAILED_START_LOG.splitlines())
 
     def __call__(
         self, argv: Sequence[str], capture: bool, stdin: str | None
@@ -145,7 +168,8 @@ class FakeEngine:
         return 0, "", ""
 
     def do_logs(self, args: list[str]) -> tuple[int, str, str]:
-        return 0, "", "ConfigurationError: MOVIEREC_JWT_SECRET is too weak\n"
+        assert args[0] == "--tail"
+        return 0, "", "".join(line + "\n" for line in self.log[-int(args[1]) :])
 
     def verbs(self) -> list[str]:
         return [c[0] if c[0] not in ("image", "container") else f"{c[0]} {c[1]}" for c in self.calls]
@@ -406,8 +430,15 @@ def test_failed_health_check_restores_the_previous_version(tmp_path: Path) -> No
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running"
     assert engine.images == {"movierec:1.0"}  # the new tag did not exist before: removed
-    assert "MOVIEREC_JWT_SECRET is too weak" in out.getvalue()  # the new container's last logs
     assert "previous version (movierec:1.0) is running again" in out.getvalue()
+    # the cause, buried more than LOG_TAIL_LINES back, is printed first; then the last lines
+    printed = out.getvalue()
+    errors_at = printed.index("errors in the log of movierec")
+    assert printed.index("MOVIEREC_JWT_SECRET is too weak") > errors_at
+    assert "  app.storage: database unreachable" in printed
+    assert "KeyboardInterrupt" not in printed[errors_at : printed.index("last 60 log lines")]
+    assert "not an error" not in printed[errors_at : printed.index("last 60 log lines")]
+    assert "uwsgi banner line 39" in printed
 
 
 def test_unhealthy_container_fails_and_keeps_a_preexisting_image_tag(tmp_path: Path) -> None:
@@ -668,3 +699,14 @@ def test_smoke_cli_needs_the_password_in_the_environment(seed_api: _SeedApi) -> 
     assert deploy.smoke_main([seed_api.url], environ={}) == 2
     assert deploy.smoke_main([seed_api.url], environ={"SESSION_PASSWORD": PASSWORD}) == 0
     assert deploy.smoke_main([seed_api.url], environ={"SESSION_PASSWORD": "nope"}) == 1
+
+
+def test_log_errors_are_distinct_oldest_first_and_bounded() -> None:
+    restarts = "\n".join(
+        ["ModuleNotFoundError: No module named 'x'", "KeyboardInterrupt", "{not json", "ValueError"] * 3
+    )
+    assert deploy.log_errors(restarts) == ["ModuleNotFoundError: No module named 'x'", "ValueError"]
+    many = "\n".join(f"RuntimeError: number {i}" for i in range(30))
+    assert deploy.log_errors(many, limit=3) == [f"RuntimeError: number {i}" for i in range(3)]
+    assert deploy.log_errors('{"level": "CRITICAL", "message": "disk full"}') == ["disk full"]
+    assert deploy.log_errors("Traceback (most recent call last):\nan ordinary line: with a colon") == []
