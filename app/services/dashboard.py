@@ -22,7 +22,7 @@ from sqlalchemy import Integer, case, cast, func, select
 from app.recommender.bundle import LATEST, MANIFEST
 from app.services.models import ModelHolder
 from app.storage.db import Database
-from app.storage.models import Feedback
+from app.storage.models import Feedback, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,7 @@ def display_time(value: Any) -> str | None:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def metric_rows(manifest: Mapping[str, Any]) -> list[MetricRow]:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -23,7 +23,7 @@ from sqlalchemy import Engine, Table, bindparam, create_engine, event, select, t
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.storage.models import Feedback, RecommendationRequest, utcnow
+from app.storage.models import Feedback, RecommendationRequest, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ as its own transaction: one round trip, no ``BEGIN``/``COMMIT``, no SQLAlchemy c
 rows travel as one JSON text (orjson) rather than six typed arrays, which psycopg dumps element
 by element. Same effect as ``Database._feedback_upsert`` (the SQLite path).
 """
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _feedback_rows(records: Sequence[FeedbackRecord]) -> dict[str, Any]:
@@ -423,7 +419,7 @@ class Database:
         latest: dict[tuple[str, int], FeedbackRecord] = {}
         for record in records:
             # in UTC (a naive time is taken as UTC): SQLite compares the stored text
-            record = dataclasses.replace(record, at=now if record.at is None else _utc(record.at))
+            record = dataclasses.replace(record, at=now if record.at is None else as_utc(record.at))
             key = (record.request_id, record.movie_id)
             kept = latest.get(key)
             if kept is None or cast(datetime, record.at) >= cast(datetime, kept.at):
