@@ -23,8 +23,6 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from app.storage.db import DatabaseUnavailableError
-
 R = TypeVar("R")
 
 
@@ -65,8 +63,9 @@ class GroupCommit(Generic[R]):
     def __init__(
         self,
         write: Callable[[Sequence[R]], None],
+        *,
+        shared_failure: type[BaseException],
         max_batch: int = 64,
-        shared_failure: type[BaseException] = DatabaseUnavailableError,
     ) -> None:
         self.write = write
         self.max_batch = max_batch

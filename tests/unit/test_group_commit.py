@@ -58,14 +58,14 @@ def _save_concurrently(group: GroupCommit[int], store: SlowStore, n: int) -> dic
 
 def test_a_lone_record_is_written_at_once_in_its_own_batch() -> None:
     store = SlowStore(delay=0)
-    group = GroupCommit(store.write)
+    group = GroupCommit(store.write, shared_failure=DatabaseUnavailableError)
     group.save(7)
     assert store.batches == [[7]] and group.batches == 1
 
 
 def test_concurrent_records_share_commits_and_each_caller_returns_after_its_own() -> None:
     store = SlowStore()
-    group = GroupCommit(store.write, max_batch=64)
+    group = GroupCommit(store.write, shared_failure=DatabaseUnavailableError, max_batch=64)
     outcome = _save_concurrently(group, store, 12)
     assert outcome == dict.fromkeys(range(12), True)
     assert sorted(r for batch in store.batches for r in batch) == list(range(12))
@@ -75,13 +75,15 @@ def test_concurrent_records_share_commits_and_each_caller_returns_after_its_own(
 
 def test_batches_never_exceed_the_limit() -> None:
     store = SlowStore()
-    outcome = _save_concurrently(GroupCommit(store.write, max_batch=3), store, 10)
+    outcome = _save_concurrently(
+        GroupCommit(store.write, shared_failure=DatabaseUnavailableError, max_batch=3), store, 10
+    )
     assert all(outcome.values()) and max(len(batch) for batch in store.batches) <= 3
 
 
 def test_a_bad_record_fails_only_its_own_caller() -> None:
     store = SlowStore(delay=0.02, bad=frozenset({5}))
-    outcome = _save_concurrently(GroupCommit(store.write), store, 8)
+    outcome = _save_concurrently(GroupCommit(store.write, shared_failure=DatabaseUnavailableError), store, 8)
     assert isinstance(outcome.pop(5), ValueError)
     assert outcome == dict.fromkeys(outcome, True) and len(outcome) == 7
     assert 5 not in store.committed
@@ -89,7 +91,7 @@ def test_a_bad_record_fails_only_its_own_caller() -> None:
 
 def test_an_unreachable_database_fails_every_caller_of_the_batch() -> None:
     store = SlowStore(down=True)
-    outcome = _save_concurrently(GroupCommit(store.write), store, 6)
+    outcome = _save_concurrently(GroupCommit(store.write, shared_failure=DatabaseUnavailableError), store, 6)
     assert all(isinstance(error, DatabaseUnavailableError) for error in outcome.values())
     assert not store.committed
 
@@ -104,7 +106,7 @@ def test_an_interrupted_writer_acknowledges_nothing() -> None:
         release.wait(5)
         raise Interrupted
 
-    group: GroupCommit[int] = GroupCommit(write)
+    group: GroupCommit[int] = GroupCommit(write, shared_failure=DatabaseUnavailableError)
     errors: dict[int, BaseException] = {}
 
     def post(record: int) -> None:
