@@ -3,8 +3,10 @@
 uwsgi may end a worker without running Python's atexit handlers, but it always calls
 ``uwsgi.atexit`` (chained here, never replaced) on a graceful stop or recycle (SIGTERM under
 uwsgi.ini). The write-behind request log flushes its rows here (app/services/request_log.py),
-and the metrics tally writes its counts (app/monitoring/metrics.py). Callbacks run in the order
-they were registered, may run twice (once from each hook) and must be idempotent.
+the feedback journal ships its scores (app/services/feedback_journal.py), both through
+:func:`close_at_exit`, and the metrics tally writes its counts (app/monitoring/metrics.py).
+Callbacks run in the order they were registered, may run twice (once from each hook) and must
+be idempotent.
 """
 
 from __future__ import annotations
@@ -12,13 +14,22 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import weakref
 from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 _CALLBACKS: list[Callable[[], None]] = []
 _LOCK = threading.Lock()
 _INSTALLED = False
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_TO_CLOSE: list[weakref.ref[Closable]] = []
 
 
 def at_exit(callback: Callable[[], None]) -> None:
@@ -54,3 +65,26 @@ def run_exit_callbacks() -> None:
             callback()
         except Exception:
             log.exception("exit callback failed", extra={"callback": getattr(callback, "__qualname__", "?")})
+
+
+def close_at_exit(resource: Closable) -> None:
+    """Call ``resource.close()`` when this process stops gracefully, if it is still alive then.
+
+    Held by a weak reference: registering keeps nothing alive. Resources close in the order
+    they were registered; one that fails is logged and the next still closes.
+    """
+    with _LOCK:
+        _TO_CLOSE[:] = [ref for ref in _TO_CLOSE if ref() is not None]
+        _TO_CLOSE.append(weakref.ref(resource))
+    at_exit(close_registered)
+
+
+def close_registered() -> None:
+    """Close every live resource given to :func:`close_at_exit` (an exit callback)."""
+    with _LOCK:
+        resources = [resource for resource in (ref() for ref in _TO_CLOSE) if resource is not None]
+    for resource in resources:
+        try:
+            resource.close()
+        except Exception:
+            log.exception("closing at exit failed", extra={"resource": type(resource).__name__})

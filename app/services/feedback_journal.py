@@ -56,7 +56,7 @@ import orjson
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from app.errors import Unavailable
-from app.exit_hooks import at_exit
+from app.exit_hooks import close_at_exit
 from app.services.group_commit import GroupCommit
 from app.services.request_log import RequestLog
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
@@ -69,7 +69,6 @@ REJECTED = "rejected.jsonl"
 _HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 _ZEROS = bytes(1 << 20)
 
-_LIVE_JOURNALS: weakref.WeakSet[FeedbackJournal] = weakref.WeakSet()
 _REFUSED = (IntegrityError, DataError)
 """What the database says of a record that no retry will change (a constraint, a bad value)."""
 
@@ -240,8 +239,7 @@ class FeedbackJournal:
         self._recovering = threading.Lock()
         self.rejected = 0
         self.replayed = 0
-        _LIVE_JOURNALS.add(self)
-        at_exit(close_all_journals)
+        close_at_exit(self)
 
     # ------------------------------------------------------------------ request path
 
@@ -485,12 +483,3 @@ def _after_fork(journal: FeedbackJournal) -> Callable[[], None]:
             live.forget_inherited()
 
     return forget
-
-
-def close_all_journals(timeout: float = 10.0) -> None:
-    """Ship and close every live journal of this process (exit hooks)."""
-    for journal in list(_LIVE_JOURNALS):
-        try:
-            journal.close(timeout)
-        except Exception:
-            log.exception("feedback journal: close at exit failed")

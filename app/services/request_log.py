@@ -31,7 +31,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -39,12 +38,10 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
-from app.exit_hooks import at_exit
+from app.exit_hooks import close_at_exit
 from app.storage.db import Database, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
-
-_LIVE_LOGS: weakref.WeakSet[RequestLog] = weakref.WeakSet()
 
 
 class RequestLog:
@@ -87,8 +84,7 @@ class RequestLog:
         self.last_error: str | None = None
         self._last_error_logged = 0.0
         if flush_at_exit:  # else its owner closes it (the feedback journal: one final flush, not two)
-            _LIVE_LOGS.add(self)
-            at_exit(flush_all_logs)
+            close_at_exit(self)
 
     # ------------------------------------------------------------------ request path
 
@@ -271,12 +267,3 @@ class RequestLog:
                     return
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
-
-
-def flush_all_logs(timeout: float = 10.0) -> None:
-    """Flush every live request log of this process (exit hooks)."""
-    for request_log in list(_LIVE_LOGS):
-        try:
-            request_log.close(timeout)
-        except Exception:
-            log.exception("request log: flush at exit failed")

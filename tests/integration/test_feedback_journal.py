@@ -140,7 +140,7 @@ def test_full_segments_are_deleted_once_shipped(db: Database, tmp_path: Path) ->
     assert _segments(journal.directory) == []
 
 
-_KILLED_WRITER = """
+_WRITER = """
 import os, sys
 from app.services.feedback_journal import FeedbackJournal
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
@@ -149,19 +149,35 @@ journal = FeedbackJournal(__import__("pathlib").Path(sys.argv[2]), db, ship_inte
 for movie_id in range(1, 11):
     journal.save(FeedbackRecord(sys.argv[3], movie_id, f"Movie {movie_id}", 2.0, None, "v1"))
 print("acknowledged", flush=True)
-os._exit(0)  # no exit hooks: as if killed before its shipper ran
+if sys.argv[4] == "killed":
+    os._exit(0)  # no exit hooks: as if killed before its shipper ran
 """
+
+
+def _write_scores_in_a_process(db: Database, directory: Path, request_id: str, end: str) -> None:
+    """Ten scores journaled by another process that then ends ``killed`` or normally (``exits``)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _WRITER, db.engine.url.render_as_string(hide_password=False),
+         str(directory), request_id, end],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "acknowledged"
+
+
+def test_a_process_that_exits_normally_ships_its_scores_and_deletes_its_segments(
+    db: Database, tmp_path: Path
+) -> None:
+    directory = tmp_path / "journal"
+    request_id = _request(db)
+    _write_scores_in_a_process(db, directory, request_id, "exits")
+    assert _stored(db) == {(request_id, m): 2.0 for m in range(1, 11)}
+    assert _segments(directory) == []
 
 
 def test_scores_of_a_process_that_died_unshipped_are_replayed_once(db: Database, tmp_path: Path) -> None:
     directory = tmp_path / "journal"
     request_id = _request(db)
-    out = subprocess.run(
-        [sys.executable, "-c", _KILLED_WRITER, db.engine.url.render_as_string(hide_password=False),
-         str(directory), request_id],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    assert out.stdout.strip() == "acknowledged"
+    _write_scores_in_a_process(db, directory, request_id, "killed")
     assert _stored(db) == {} and len(_on_disk(directory)) == 10
 
     journal = FeedbackJournal(directory, db)
