@@ -1,0 +1,55 @@
+"""The serving benchmark's verdicts (bench/serve_bench.py): what it prints is what it judged."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "serve_bench.py"
+
+
+@pytest.fixture(scope="module")
+def serve_bench() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("serve_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["serve_bench"] = module  # its dataclasses look their module up while being built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("serve_bench", None)
+
+
+def _figures(recommend_rps: list[float]) -> dict[str, Any]:
+    return {
+        "recommend": {"rps_ratios": recommend_rps, "p99_ratios": [1.1] * len(recommend_rps)},
+        "score": {"rps_ratios": [0.7, 0.7], "acknowledged": 10, "refused": 0},
+        "rows": {"feedback": 10, "recommendation_requests": 5, "acknowledged_recommendations": 5},
+    }
+
+
+def _check(serve_bench: ModuleType, figures: dict[str, Any], name: str) -> tuple[bool, str]:
+    results = serve_bench.Results(figures=figures)
+    serve_bench.evaluate(results)
+    return next((passed, detail) for check, passed, detail in results.checks if check == name)
+
+
+def test_a_median_just_under_a_bar_is_a_miss_and_does_not_print_as_the_bar(serve_bench: ModuleType) -> None:
+    # the rounds of a real run whose median, 0.895, was printed "0.90x" beside "NO"
+    rounds = [0.8621, 0.9034, 0.8751, 0.8867, 0.9268, 0.9083]
+    passed, detail = _check(serve_bench, _figures(rounds), "/api/recommend throughput >= 0.9x echo")
+    assert not passed
+    assert detail.startswith("0.895x (median of 6 rounds; 0.86-0.93)")
+
+
+def test_a_median_on_the_bar_meets_it(serve_bench: ModuleType) -> None:
+    passed, detail = _check(serve_bench, _figures([0.9, 0.9, 0.9]), "/api/recommend throughput >= 0.9x echo")
+    assert passed
+    assert detail.startswith("0.900x")
