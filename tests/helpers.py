@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
 PG_ADMIN_URL = os.environ.get("MOVIEREC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -42,3 +45,24 @@ def stored_feedback(app: Any) -> list[Any]:
     services = app.extensions["movierec"]
     services.recommendations.feedback.drain()
     return services.db.feedback_rows()
+
+
+def in_forked_child(body: Callable[[], bool], timeout: float = 30.0) -> int:
+    """Run ``body`` in a forked child; its exit code: 0 when it returned True, 1 when False, 2 when
+    it raised, and -1 when it was still running after ``timeout`` (a hang: killed)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 2
+        try:
+            code = 0 if body() else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return -1

@@ -345,8 +345,12 @@ class FeedbackJournal:
             segment.release()
         self._segments = {}
         self._active = None
+        # the locks and the group commit's turn may have been held by another thread of the parent
+        # (the shipper's are its own: app/services/request_log.py)
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()
+        self._recovering = threading.Lock()
+        self._group = GroupCommit(self._append, shared_failure=Unavailable)
 
     def _seal(self, segment: _Segment) -> None:
         """No more records go to ``segment``; delete it once they are all committed. Holds ``_lock``."""

@@ -22,7 +22,8 @@ API.md "Durability" are kept as follows:
   rows; past that, new recommendations are refused (503) rather than acknowledged and lost.
 
 The flusher thread is started lazily by the first append in each process, so the log works
-whether uwsgi forks before (``lazy-apps``) or after loading the app.
+whether uwsgi forks before (``lazy-apps``) or after loading the app; a forked child gets locks
+of its own (:meth:`RequestLog._forked`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +44,9 @@ from app.exit_hooks import close_at_exit
 from app.storage.db import Database, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
+
+_LIVE: weakref.WeakSet[RequestLog] = weakref.WeakSet()
+"""Every request log of this process, for :func:`_after_fork_in_child`."""
 
 
 class RequestLog:
@@ -83,6 +88,7 @@ class RequestLog:
         self.failures = 0
         self.last_error: str | None = None
         self._last_error_logged = 0.0
+        _LIVE.add(self)
         if flush_at_exit:  # else its owner closes it (the feedback journal: one final flush, not two)
             close_at_exit(self)
 
@@ -209,6 +215,21 @@ class RequestLog:
         )
         self._thread.start()
 
+    def _forked(self) -> None:
+        """In a forked child: locks of its own, and the rows it inherited queued again.
+
+        A lock another thread of the parent held at the fork stays held in the child for ever (that
+        thread is not copied): a child that forked while the flusher was between two waits hung in
+        its first ``append``. Rows the parent had in flight are queued again, written by the child
+        too (writes are idempotent); the flusher is started again by the child's first append.
+        """
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._write_lock = threading.Lock()
+        self._pending = {**self._inflight, **self._pending}
+        self._inflight = {}
+        self._thread = None
+
     def _run(self) -> None:
         backoff = 0.0
         while True:
@@ -267,3 +288,11 @@ class RequestLog:
                     return
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
+
+
+def _after_fork_in_child() -> None:
+    for request_log in list(_LIVE):
+        request_log._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

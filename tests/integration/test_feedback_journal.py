@@ -7,7 +7,6 @@ records, an unwritable journal and a full backlog each have their outcome.
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from app.errors import Unavailable
 from app.services.feedback_journal import REJECTED, SUFFIX, FeedbackJournal, _Segment, encode, read_records
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
 from app.storage.models import Feedback, utcnow
+from tests.helpers import in_forked_child
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +73,14 @@ def _score(request_id: str, movie_id: int, score: float) -> FeedbackRecord:
 
 def _stored(db: Database) -> dict[tuple[str, int], float]:
     return {(row.request_id, row.movie_id): row.score for row in db.feedback_rows()}
+
+
+def _background_recoveries_done() -> None:
+    """Wait for the recoveries a journal's first write starts in the background (one running makes
+    a direct ``recover()`` return 0 at once, and it may replay what the test means to)."""
+    for thread in threading.enumerate():
+        if thread.name == "movierec-journal-recovery":
+            thread.join(30)
 
 
 def _segments(directory: Path) -> list[Path]:
@@ -290,19 +298,54 @@ def test_a_forked_child_writes_segments_of_its_own(db: Database, tmp_path: Path)
     try:
         journal.save(_score(request_id, 1, 4.0))
         parent_segments = _segments(journal.directory)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit status
-            try:
-                journal.save(_score(request_id, 2, 3.0))
-                os._exit(0 if len(_segments(journal.directory)) == 2 else 1)
-            except BaseException:
-                os._exit(2)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def child() -> bool:
+            journal.save(_score(request_id, 2, 3.0))
+            return len(_segments(journal.directory)) == 2
+
+        assert in_forked_child(child) == 0
         assert set(parent_segments) < set(_segments(journal.directory))
     finally:
         journal.close()
+    _background_recoveries_done()
     assert journal.recover() == 1  # the child died without shipping: its score is replayed
+    assert _stored(db) == {(request_id, 1): 4.0, (request_id, 2): 3.0}
+
+
+def test_a_child_forked_during_another_threads_write_saves_scores_of_its_own(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the fork another thread held the journal's write (its locks and the group commit's
+    turn), and the shipper was just started: the child must not wait for them for ever."""
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60)
+    request_id = _request(db)
+    synced, go_on = threading.Event(), threading.Event()
+    real_append = _Segment.append
+
+    def append_then_pause(segment: _Segment, data: bytes) -> None:
+        real_append(segment, data)
+        if threading.current_thread() is not threading.main_thread():
+            synced.set()
+            go_on.wait(30)
+
+    monkeypatch.setattr(_Segment, "append", append_then_pause)
+    saver = threading.Thread(target=journal.save, args=(_score(request_id, 1, 4.0),))
+    saver.start()
+    try:
+        assert synced.wait(10)
+
+        def child() -> bool:
+            journal.save(_score(request_id, 2, 3.0))
+            return len(read_records(_segments(journal.directory)[-1].read_bytes())) == 1
+
+        assert in_forked_child(child) == 0
+    finally:
+        go_on.set()
+        saver.join()
+        journal.close()
+    _background_recoveries_done()  # the saver's write started one, which may have replayed it
+    journal.recover()
+    assert journal.replayed == 1  # the child's score, left in its own segment
     assert _stored(db) == {(request_id, 1): 4.0, (request_id, 2): 3.0}
 
 

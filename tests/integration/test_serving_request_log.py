@@ -18,7 +18,7 @@ from sqlalchemy.orm import sessionmaker
 from app.services.request_ids import RequestIds
 from app.storage.db import make_engine
 from app.storage.models import Feedback, RecommendationRequest
-from tests.helpers import PROFILE, frame_running
+from tests.helpers import PROFILE, frame_running, in_forked_child
 
 pytestmark = pytest.mark.integration
 
@@ -193,6 +193,47 @@ def test_a_write_failing_in_an_unforeseen_way_keeps_its_rows_and_retries(tmp_pat
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(RecommendationRequest)) == 5
     log.close()
+    db.dispose()
+
+
+def test_a_child_forked_while_another_thread_held_the_log_logs_rows_of_its_own(tmp_path: Path) -> None:
+    """A lock held by another thread at a fork stays held in the child for ever (that thread is not
+    copied): a child forked while the flusher was between two waits hung in its first append."""
+    from app.services.request_log import RequestLog
+    from app.storage.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'fork.db'}")
+    db.upgrade()
+    log = RequestLog(db, flush_interval=3600)
+
+    def row(request_id: str) -> dict[str, Any]:
+        return {"id": request_id, "max_recs": 1, "model_version": "v", "strategy": "segment", "items": []}
+
+    log.append([row("parent")])
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with log._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+
+    def child() -> bool:
+        db.engine.dispose(close=False)  # connections of its own (the parent's stay the parent's)
+        log.append([row("child")])
+        return log.flush() == 2  # its own row and the one it inherited (writes are idempotent)
+
+    try:
+        assert in_forked_child(child) == 0
+    finally:
+        release.set()
+        holder.join()
+    log.close()
+    with db.session() as session:
+        assert set(session.scalars(select(RecommendationRequest.id))) == {"parent", "child"}
     db.dispose()
 
 
