@@ -75,6 +75,22 @@ def _stored(db: Database) -> dict[tuple[str, int], float]:
     return {(row.request_id, row.movie_id): row.score for row in db.feedback_rows()}
 
 
+def _pause_after_each_sync(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make a journal write by any thread but the test's own stop after its sync: ``synced`` is set
+    then, and the write goes on once ``go_on`` is."""
+    synced, go_on = threading.Event(), threading.Event()
+    real_append = _Segment.append
+
+    def append_then_pause(segment: _Segment, data: bytes) -> None:
+        real_append(segment, data)
+        if threading.current_thread() is not threading.main_thread():
+            synced.set()
+            go_on.wait(30)
+
+    monkeypatch.setattr(_Segment, "append", append_then_pause)
+    return synced, go_on
+
+
 def _background_recoveries_done() -> None:
     """Wait for the recoveries a journal's first write starts in the background (one running makes
     a direct ``recover()`` return 0 at once, and it may replay what the test means to)."""
@@ -319,16 +335,7 @@ def test_a_child_forked_during_another_threads_write_saves_scores_of_its_own(
     turn), and the shipper was just started: the child must not wait for them for ever."""
     journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60)
     request_id = _request(db)
-    synced, go_on = threading.Event(), threading.Event()
-    real_append = _Segment.append
-
-    def append_then_pause(segment: _Segment, data: bytes) -> None:
-        real_append(segment, data)
-        if threading.current_thread() is not threading.main_thread():
-            synced.set()
-            go_on.wait(30)
-
-    monkeypatch.setattr(_Segment, "append", append_then_pause)
+    synced, go_on = _pause_after_each_sync(monkeypatch)
     saver = threading.Thread(target=journal.save, args=(_score(request_id, 1, 4.0),))
     saver.start()
     try:
@@ -355,15 +362,7 @@ def test_close_waits_for_a_write_in_progress_and_ships_it(
     """A stop arriving between a score's sync and its queueing must neither delete nor lose it."""
     journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60)
     request_id = _request(db)
-    synced, go_on = threading.Event(), threading.Event()
-    real_append = _Segment.append
-
-    def append_then_pause(segment: _Segment, data: bytes) -> None:
-        real_append(segment, data)
-        synced.set()
-        go_on.wait(10)
-
-    monkeypatch.setattr(_Segment, "append", append_then_pause)
+    synced, go_on = _pause_after_each_sync(monkeypatch)
     saver = threading.Thread(target=journal.save, args=(_score(request_id, 6, 4.0),))
     saver.start()
     assert synced.wait(10)
