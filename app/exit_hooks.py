@@ -7,12 +7,17 @@ the feedback journal ships its scores (app/services/feedback_journal.py), both t
 :func:`close_at_exit`, and the metrics tally writes its counts (app/monitoring/metrics.py).
 Callbacks run in the order they were registered, may run twice (once from each hook) and must
 be idempotent.
+
+And what a forked child runs first (:func:`reset_after_fork`): a fork copies every lock, but
+not the threads that held them, so a lock another thread held at that moment stays held in the
+child for ever. Objects whose locks, threads or files must be the child's own reset them there.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -30,6 +35,8 @@ class Closable(Protocol):
 
 
 _TO_CLOSE: list[weakref.ref[Closable]] = []
+_IN_CHILD: list[weakref.WeakMethod[Callable[[], None]]] = []
+_FORK_HOOK_INSTALLED = False
 
 
 def at_exit(callback: Callable[[], None]) -> None:
@@ -88,3 +95,33 @@ def close_registered() -> None:
             resource.close()
         except Exception:
             log.exception("closing at exit failed", extra={"resource": type(resource).__name__})
+
+
+def reset_after_fork(method: Callable[[], None]) -> None:
+    """Call the bound ``method`` in every child this process forks, while its object is alive.
+
+    Held by a weak reference, like :func:`close_at_exit`; registering it again is a no-op. Methods
+    run in the order they were registered; one that fails is logged and the next still runs.
+    """
+    global _FORK_HOOK_INSTALLED
+    reference = weakref.WeakMethod(method)
+    with _LOCK:
+        _IN_CHILD[:] = [ref for ref in _IN_CHILD if ref() is not None]
+        if reference not in _IN_CHILD:
+            _IN_CHILD.append(reference)
+        if _FORK_HOOK_INSTALLED:
+            return
+        _FORK_HOOK_INSTALLED = True
+    os.register_at_fork(after_in_child=_reset_in_child)
+
+
+def _reset_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # this module's own, too: a thread of the parent may have held it
+    for method in [ref() for ref in list(_IN_CHILD)]:
+        if method is None:
+            continue
+        try:
+            method()
+        except Exception:
+            log.exception("reset after fork failed", extra={"method": getattr(method, "__qualname__", "?")})

@@ -41,7 +41,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from app.exit_hooks import at_exit
+from app.exit_hooks import at_exit, reset_after_fork
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,6 @@ class Tally:
         self._write_lock = threading.Lock()  # a scrape's flush waits for one in progress
         self._start_lock = threading.Lock()
         self._started_in: int | None = None  # the pid whose thread writes the queue
-        self._fork_hook = False
 
     def count(self, counter: Any, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
         """Add ``amount`` to ``counter`` (label values in declaration order)."""
@@ -170,9 +169,7 @@ class Tally:
             self._started_in = os.getpid()
             threading.Thread(target=self._run, name="movierec-metrics", daemon=True).start()
             at_exit(self.flush)
-            if not self._fork_hook:
-                self._fork_hook = True
-                os.register_at_fork(after_in_child=self._forked)
+            reset_after_fork(self._forked)
 
     def _forked(self) -> None:
         """In a forked child: the parent's thread is gone and its queue is the parent's to write."""

@@ -45,9 +45,8 @@ import os
 import struct
 import threading
 import time
-import weakref
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ import orjson
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from app.errors import Unavailable
-from app.exit_hooks import close_at_exit
+from app.exit_hooks import close_at_exit, reset_after_fork
 from app.services.group_commit import GroupCommit
 from app.services.request_log import RequestLog
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
@@ -197,6 +196,14 @@ class _Segment:
 class FeedbackJournal:
     """Scores saved durably here (:meth:`save`), shipped to the database behind the response."""
 
+    # each process's own (:meth:`_own_state`): a forked child starts afresh
+    _segments: dict[str, _Segment]
+    _active: _Segment | None
+    _group: GroupCommit[FeedbackRecord]
+    _lock: threading.Lock
+    _io_lock: threading.Lock
+    _recovering: threading.Lock
+
     def __init__(
         self,
         directory: Path,
@@ -226,17 +233,10 @@ class FeedbackJournal:
             batch_size=batch_size,
             max_pending=2 * max_unshipped + 1024,
         )
-        self._group: GroupCommit[FeedbackRecord] = GroupCommit(self._append, shared_failure=Unavailable)
-        self._lock = threading.Lock()  # this process's segments
-        # held by the writer from choosing its segment to queueing the records it wrote, and by
-        # close(): a segment is never closed under a write, nor deleted before its records queue
-        self._io_lock = threading.Lock()
         self._closed = False
-        self._segments: dict[str, _Segment] = {}  # this process's own: a forked child forgets its parent's
-        self._active: _Segment | None = None
-        os.register_at_fork(after_in_child=_after_fork(self))
+        self._own_state()
+        reset_after_fork(self.forget_inherited)
         self._next_recovery = 0.0
-        self._recovering = threading.Lock()
         self.rejected = 0
         self.replayed = 0
         close_at_exit(self)
@@ -343,14 +343,20 @@ class FeedbackJournal:
         its open file does), so they can be replayed once the parent is gone."""
         for segment in self._segments.values():
             segment.release()
+        # the locks and the group commit's turn may have been held by another thread of the parent
+        # (the shipper resets its own: app/services/request_log.py)
+        self._own_state()
+
+    def _own_state(self) -> None:
+        """What each process has of its own: its segments, its locks, its group commit."""
         self._segments = {}
         self._active = None
-        # the locks and the group commit's turn may have been held by another thread of the parent
-        # (the shipper's are its own: app/services/request_log.py)
-        self._lock = threading.Lock()
+        self._group = GroupCommit(self._append, shared_failure=Unavailable)
+        self._lock = threading.Lock()  # this process's segments
+        # held by the writer from choosing its segment to queueing the records it wrote, and by
+        # close(): a segment is never closed under a write, nor deleted before its records queue
         self._io_lock = threading.Lock()
         self._recovering = threading.Lock()
-        self._group = GroupCommit(self._append, shared_failure=Unavailable)
 
     def _seal(self, segment: _Segment) -> None:
         """No more records go to ``segment``; delete it once they are all committed. Holds ``_lock``."""
@@ -476,14 +482,3 @@ class FeedbackJournal:
             )
         except Exception:
             log.exception("feedback journal: recovery failed")
-
-
-def _after_fork(journal: FeedbackJournal) -> Callable[[], None]:
-    ref = weakref.ref(journal)
-
-    def forget() -> None:
-        live = ref()
-        if live is not None:
-            live.forget_inherited()
-
-    return forget

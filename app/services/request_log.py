@@ -32,7 +32,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -40,13 +39,10 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
-from app.exit_hooks import close_at_exit
+from app.exit_hooks import close_at_exit, reset_after_fork
 from app.storage.db import Database, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
-
-_LIVE: weakref.WeakSet[RequestLog] = weakref.WeakSet()
-"""Every request log of this process, for :func:`_after_fork_in_child`."""
 
 
 class RequestLog:
@@ -78,9 +74,7 @@ class RequestLog:
         self.max_backoff = max_backoff
         self._pending: dict[str, dict[str, Any]] = {}  # insertion-ordered: oldest first
         self._inflight: dict[str, dict[str, Any]] = {}  # taken by a writer, not yet committed
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._write_lock = threading.Lock()  # one batch write at a time, in order
+        self._new_locks()
         self._thread: threading.Thread | None = None
         self._owner_pid: int | None = None
         self._closed = False
@@ -88,7 +82,7 @@ class RequestLog:
         self.failures = 0
         self.last_error: str | None = None
         self._last_error_logged = 0.0
-        _LIVE.add(self)
+        reset_after_fork(self._forked)
         if flush_at_exit:  # else its owner closes it (the feedback journal: one final flush, not two)
             close_at_exit(self)
 
@@ -215,6 +209,11 @@ class RequestLog:
         )
         self._thread.start()
 
+    def _new_locks(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._write_lock = threading.Lock()  # one batch write at a time, in order
+
     def _forked(self) -> None:
         """In a forked child: locks of its own, and the rows it inherited queued again.
 
@@ -223,9 +222,7 @@ class RequestLog:
         its first ``append``. Rows the parent had in flight are queued again, written by the child
         too (writes are idempotent); the flusher is started again by the child's first append.
         """
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._write_lock = threading.Lock()
+        self._new_locks()
         self._pending = {**self._inflight, **self._pending}
         self._inflight = {}
         self._thread = None
@@ -288,11 +285,3 @@ class RequestLog:
                     return
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
-
-
-def _after_fork_in_child() -> None:
-    for request_log in list(_LIVE):
-        request_log._forked()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

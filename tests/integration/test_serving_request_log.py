@@ -18,7 +18,7 @@ from sqlalchemy.orm import sessionmaker
 from app.services.request_ids import RequestIds
 from app.storage.db import make_engine
 from app.storage.models import Feedback, RecommendationRequest
-from tests.helpers import PROFILE, frame_running, in_forked_child
+from tests.helpers import PROFILE, frame_running, held_by_another_thread, in_forked_child
 
 pytestmark = pytest.mark.integration
 
@@ -210,27 +210,14 @@ def test_a_child_forked_while_another_thread_held_the_log_logs_rows_of_its_own(t
         return {"id": request_id, "max_recs": 1, "model_version": "v", "strategy": "segment", "items": []}
 
     log.append([row("parent")])
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with log._lock:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert held.wait(10)
 
     def child() -> bool:
         db.engine.dispose(close=False)  # connections of its own (the parent's stay the parent's)
         log.append([row("child")])
         return log.flush() == 2  # its own row and the one it inherited (writes are idempotent)
 
-    try:
+    with held_by_another_thread(log._lock):
         assert in_forked_child(child) == 0
-    finally:
-        release.set()
-        holder.join()
     log.close()
     with db.session() as session:
         assert set(session.scalars(select(RecommendationRequest.id))) == {"parent", "child"}

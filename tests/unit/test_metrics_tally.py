@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from app.monitoring.metrics import Tally
+from tests.helpers import in_forked_child
 
 pytestmark = pytest.mark.unit
 
@@ -98,13 +99,12 @@ def test_a_forked_child_leaves_the_parents_queue_to_the_parent() -> None:
     plain, _, _, _ = _metrics(registry)
     tally = Tally(interval=3600)
     tally.count(plain, amount=7)  # queued in the parent, not yet written
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's result travels in its exit status
+
+    def child() -> bool:
         ok = len(tally._queue) == 0 and tally._started_in is None
         tally.count(plain)  # the child starts a thread of its own
-        ok = ok and tally._started_in == os.getpid()
-        os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+        return ok and tally._started_in == os.getpid()
+
+    assert in_forked_child(child) == 0
     tally.flush()
     assert _series(registry)[("t_plain_total", ())] == 7
