@@ -2,9 +2,10 @@
 
 What it does (loopback only, bounded in time):
 
-1. starts the service with the repository's ``uwsgi.ini`` (the only change: it binds
-   127.0.0.1 on a free port) on a trained bundle and a fresh SQLite database (or
-   ``--database-url``), secrets passed through the environment;
+1. starts the service as production does (scripts/start-uwsgi.sh, the repository's
+   ``uwsgi.ini``), bound to 127.0.0.1 on a free port (``MOVIEREC_HOST``, ``MOVIEREC_PORT``), on
+   a trained bundle and a fresh PostgreSQL database (``--database sqlite`` for SQLite), secrets
+   passed through the environment;
 2. measures with ``wrk`` (Debian package) ``POST /api/echo`` — token check, JSON body parsed and
    validated, echoed: the floor every authenticated call pays — against ``POST /api/recommend``
    (same body), then against ``POST /api/recommend/score`` over unique (id, movie) pairs issued
@@ -128,19 +129,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-LOOPBACK_BIND = {"http": "http = 127.0.0.1:%d", "socket": "socket = @movierec-uwsgi-%d"}
-
-
-def bench_ini(source: Path, port: int, target: Path) -> Path:
-    """The repository's uwsgi.ini with only the bind address replaced by loopback (and the
-    workers' socket named after that port, as uwsgi.ini names it after MOVIEREC_PORT)."""
-    text = source.read_text()
-    bind = re.compile(r"^(http|socket) *=.*")
-    lines = [bind.sub(lambda m: LOOPBACK_BIND[m[1]] % port, line) for line in text.splitlines()]
-    target.write_text("\n".join(lines) + "\n")
-    return target
-
-
 class Server:
     """uwsgi with the app, started and stopped like production (start script, SIGTERM)."""
 
@@ -150,7 +138,6 @@ class Server:
         self.port = free_port()
         self.workdir = workdir
         self.password = secrets.token_urlsafe(16)
-        ini = bench_ini(ROOT / "uwsgi.ini", self.port, workdir / "uwsgi.ini")
         self.env = {
             **os.environ,
             "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
@@ -167,7 +154,8 @@ class Server:
             # route this run's recommendations to the fallback
             "MOVIEREC_BREAKER_NAME": f"bench-{secrets.token_hex(6)}",
             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus"),
-            "UWSGI_INI": str(ini),
+            "MOVIEREC_HOST": "127.0.0.1",
+            "MOVIEREC_PORT": str(self.port),
         }
         if redis_url:
             self.env["MOVIEREC_REDIS_URL"] = redis_url

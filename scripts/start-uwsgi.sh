@@ -18,4 +18,6 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 # file a second time (every option twice; a second HTTP router then fails to bind the port)
 ini=${UWSGI_INI:-$here/uwsgi.ini}
 unset UWSGI_INI
-exec uwsgi --ini "$ini" "$@"
+# app/listener.py binds the HTTP port (MOVIEREC_HOST, MOVIEREC_PORT) with TCP_NODELAY and runs
+# uwsgi with it as fd 3 (uwsgi.ini: http = fd://3); the Python and uwsgi are the ones on PATH
+exec python -m app.listener uwsgi --ini "$ini" "$@"
