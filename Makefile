@@ -13,6 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.txt | sha1su
 DATA_DIR ?= data
 MODEL_DIR ?= model
 SECRETS := var/secrets.env
+LOGIN_BODY := $(dir $(SECRETS))login.json
 HOST ?= 127.0.0.1
 PORT ?= 5000
 PYTEST_ARGS ?=
@@ -45,14 +46,14 @@ model: data
 # Random secrets for local runs, created once, readable only by you (never on a command line).
 secrets: $(SECRETS)
 $(SECRETS):
-	@mkdir -p var && umask 077 && $(PYTHON) -c 'import secrets; print("SESSION_PASSWORD=" + secrets.token_urlsafe(12)); print("ADMIN_PASSWORD=" + secrets.token_urlsafe(16)); print("MOVIEREC_JWT_SECRET=" + secrets.token_urlsafe(48))' > $(SECRETS)
-	@umask 077 && . $(SECRETS) && printf '{"session_password": "%s"}\n' "$$SESSION_PASSWORD" > var/login.json
-	@echo "created $(SECRETS) and var/login.json (mode 600)"
+	@mkdir -p $(dir $(SECRETS)) && umask 077 && $(PYTHON) -c 'import secrets; print("SESSION_PASSWORD=" + secrets.token_urlsafe(12)); print("ADMIN_PASSWORD=" + secrets.token_urlsafe(16)); print("MOVIEREC_JWT_SECRET=" + secrets.token_urlsafe(48))' > $(SECRETS)
+	@umask 077 && . $(SECRETS) && printf '{"session_password": "%s"}\n' "$$SESSION_PASSWORD" > $(LOGIN_BODY)
+	@echo "created $(SECRETS) and $(LOGIN_BODY) (mode 600)"
 
 run: model secrets
 	@echo ""
 	@echo "movierec is starting on http://$(HOST):$(PORT)"
-	@echo "  log in:    curl -s -X POST -H 'Content-Type: application/json' -d @var/login.json http://$(HOST):$(PORT)/api/login"
+	@echo "  log in:    curl -s -X POST -H 'Content-Type: application/json' -d @$(LOGIN_BODY) http://$(HOST):$(PORT)/api/login"
 	@echo "  then:      curl -s -X POST -H 'Content-Type: application/json' -H \"Authorization: Bearer \$$TOKEN\" \\"
 	@echo "               -d '{\"age\": 30, \"gender\": \"M\", \"occupation\": \"programmer\"}' http://$(HOST):$(PORT)/api/recommend"
 	@echo "  password:  in $(SECRETS) (SESSION_PASSWORD); API docs at http://$(HOST):$(PORT)/docs"
@@ -62,8 +63,10 @@ run: model secrets
 serve: model secrets
 	set -a && . $(SECRETS) && set +a && ML_MODEL_PATH=$(MODEL_DIR) exec $(MOVIEREC) serve --host $(HOST) --port $(PORT)
 
+# uwsgi and the Python that binds its port (app/listener.py) are the virtualenv's, as in the image
 serve-prod: model secrets
-	set -a && . $(SECRETS) && set +a && ML_MODEL_PATH=$(MODEL_DIR) MOVIEREC_PORT=$(PORT) exec scripts/start-uwsgi.sh
+	set -a && . $(SECRETS) && set +a && PATH="$(abspath $(VENV))/bin:$$PATH" ML_MODEL_PATH=$(MODEL_DIR) \
+		MOVIEREC_HOST=$(HOST) MOVIEREC_PORT=$(PORT) exec scripts/start-uwsgi.sh
 
 train: data
 	$(MOVIEREC) train --data-dir $(DATA_DIR) --model-dir $(MODEL_DIR)

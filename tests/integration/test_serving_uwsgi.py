@@ -288,3 +288,62 @@ def test_a_request_in_flight_when_the_stop_comes_is_still_answered(
     assert answer.get("status") == 503, answer
     assert answer["body"]["error"]["code"] == "unavailable"
 
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_make_serve_prod_serves_under_uwsgi_from_a_checkout(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """``make serve-prod`` (the README's production server): uwsgi and the Python that binds its
+    port come from the virtualenv, not from PATH (it once stopped at ``exec: uwsgi: not found``),
+    with secrets generated into a file of their own, never on a command line."""
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data_dir / "ml-100k")  # the cache `make data` looks for
+    secrets_file = tmp_path / "secrets" / "secrets.env"
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MOVIEREC_", "UWSGI_", "MAKE"))},
+        "PATH": "/usr/local/bin:/usr/bin:/bin",  # no virtualenv on it, as in a fresh shell
+        "MOVIEREC_DATABASE_URL": f"sqlite:///{tmp_path / 'served.db'}",
+        "MOVIEREC_VAR_DIR": str(tmp_path / "var"),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+        "UWSGI_PROCESSES": "1",
+    }
+    log = tmp_path / "make.log"
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "serve-prod", f"MODEL_DIR={model_store}", f"DATA_DIR={data_dir}",
+         f"SECRETS={secrets_file}", f"PORT={port}"],
+        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert make.poll() is None, log.read_text()[-3000:]
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                login = json.loads((secrets_file.parent / "login.json").read_text())
+                status, body = _post(connection, "/api/login", login)
+                break
+            except (OSError, ValueError):
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.3)
+        assert status == 200, body
+        assert _post(connection, "/api/recommend", PROFILE, body["access_token"])[0] == 200
+        connection.close()
+        assert secrets_file.stat().st_mode & 0o077 == 0
+        password = login["session_password"]
+        (master,) = _children(make.pid)  # the recipe's shell exec'd the start script, then uwsgi
+        assert password not in Path(f"/proc/{master}/cmdline").read_text()
+        assert "uWSGI master" in Path(f"/proc/{master}/cmdline").read_text()
+        os.kill(master, signal.SIGTERM)  # graceful, as under docker stop
+        assert make.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if make.poll() is None:
+            for child in _children(make.pid):
+                os.kill(child, signal.SIGKILL)
+            make.kill()
+            make.wait(30)
