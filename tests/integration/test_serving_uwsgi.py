@@ -82,7 +82,7 @@ class Served:
 
 
 @contextmanager
-def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path) -> Iterator[Served]:
+def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path, workers: int = WORKERS) -> Iterator[Served]:
     """The production server, with a write-behind interval so long that only a stop flushes."""
     port = _free_port()
     database = tmp_path / "served.db"
@@ -103,7 +103,7 @@ def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path) -> Iterator[Served
         "MOVIEREC_REQUEST_LOG_FLUSH_SECONDS": "60",  # nothing is written unless something forces it
         "MOVIEREC_FEEDBACK_JOURNAL_DIR": str(tmp_path / "feedback-journal"),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
-        "UWSGI_PROCESSES": str(WORKERS),
+        "UWSGI_PROCESSES": str(workers),
     }
     log = tmp_path / "uwsgi.log"
     server = subprocess.Popen(
@@ -125,7 +125,7 @@ def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path) -> Iterator[Served
         assert status == 200
         # Every worker must have loaded the app: uwsgi installs a worker's graceful-stop handler
         # only after its (lazy) app load, and a stop during it waits for Docker's stop timeout.
-        while log.read_text(errors="replace").count("WSGI app 0 (mountpoint='') ready") < WORKERS:
+        while log.read_text(errors="replace").count("WSGI app 0 (mountpoint='') ready") < workers:
             assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-2000:]
             time.sleep(0.1)
         yield Served(port, body["access_token"], database, log, server, jwt_secret)
@@ -259,6 +259,41 @@ def test_large_answers_are_not_held_back_by_the_router(
             assert status == 200
         connection.close()
         assert sorted(elapsed)[4] < 0.035, [round(e * 1000, 1) for e in elapsed]
+
+
+def test_a_body_arriving_in_parts_beside_other_requests_does_not_get_its_worker_killed(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """A bulk body that arrives in parts (a slow client, any body over a few packets) while other
+    requests of the same worker end is answered, and the worker lives.
+
+    uwsgi 2.0.31 keeps one harakiri deadline per worker, shared by its threads; each request
+    that ends sets it to 0, and post-buffering added harakiri (30 s) at each chunk it read: the
+    deadline became 30 s after 1970 and the master killed the worker within a second, with its
+    requests and write-behind rows (unbit/uwsgi#2706). uwsgi.ini has no post-buffering since.
+    """
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1) as served:
+        record = {"age": 30, "gender": "F", "occupation": "engineer"}
+        records = [{**record, "movie_id": 1 + i % 5} for i in range(300)]
+        body = json.dumps({"instances": records}).encode()
+        head = (
+            f"POST /api/predict/batch HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {served.token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", served.port), timeout=20) as upload:
+            upload.sendall(head + body[:4000])
+            time.sleep(0.3)  # the worker's thread is reading the body
+            for _ in range(5):  # requests of the same worker start and end meanwhile
+                connection = served.connect()
+                assert _get(connection, "/health/live") == 200
+                connection.close()
+            upload.sendall(body[4000:8000])
+            time.sleep(2.5)  # the master checks the deadlines every second
+            upload.sendall(body[8000:])
+            answer = upload.makefile("rb").readline()
+        log = served.log.read_text(errors="replace")
+        assert answer.startswith(b"HTTP/1.1 200"), (answer, log[-2000:])
+        assert "HARAKIRI" not in log and "DAMN ! worker" not in log, log[-2000:]
 
 
 def test_a_request_in_flight_when_the_stop_comes_is_still_answered(
