@@ -51,6 +51,23 @@ def _post(connection: http.client.HTTPConnection, path: str, body: dict, token: 
     return response.status, json.loads(response.read())
 
 
+def _log_in_when_up(process: subprocess.Popen, port: int, log: Path, login: Any, deadline: float) -> dict:
+    """The answer of the first login the server started by ``process`` accepts (``login()`` is
+    its body, read again at each try: it may not exist yet); fails if ``process`` exits first."""
+    while True:
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            status, body = _post(connection, "/api/login", login())
+            connection.close()
+            break
+        except (OSError, ValueError):  # not listening yet, or the login body not written yet
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.3)
+    assert status == 200, body
+    return dict(body)
+
+
 @dataclass
 class Served:
     port: int
@@ -112,17 +129,7 @@ def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path, workers: int = WOR
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, log.read_text()[-2000:]
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                status, body = _post(connection, "/api/login", {"session_password": password})
-                connection.close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "uwsgi did not answer"
-                time.sleep(0.3)
-        assert status == 200
+        body = _log_in_when_up(server, port, log, lambda: {"session_password": password}, deadline)
         # Every worker must have loaded the app: uwsgi installs a worker's graceful-stop handler
         # only after its (lazy) app load, and a stop during it waits for Docker's stop timeout.
         while log.read_text(errors="replace").count("WSGI app 0 (mountpoint='') ready") < workers:
@@ -355,22 +362,14 @@ def test_make_serve_prod_serves_under_uwsgi_from_a_checkout(
         cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
+        login_body = secrets_file.parent / "login.json"  # written by make with the secrets
         deadline = time.monotonic() + 120
-        while True:
-            assert make.poll() is None, log.read_text()[-3000:]
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                login = json.loads((secrets_file.parent / "login.json").read_text())
-                status, body = _post(connection, "/api/login", login)
-                break
-            except (OSError, ValueError):
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.3)
-        assert status == 200, body
+        body = _log_in_when_up(make, port, log, lambda: json.loads(login_body.read_text()), deadline)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         assert _post(connection, "/api/recommend", PROFILE, body["access_token"])[0] == 200
         connection.close()
         assert secrets_file.stat().st_mode & 0o077 == 0
-        password = login["session_password"]
+        password = json.loads(login_body.read_text())["session_password"]
         (master,) = _children(make.pid)  # the recipe's shell exec'd the start script, then uwsgi
         assert password not in Path(f"/proc/{master}/cmdline").read_text()
         assert "uWSGI master" in Path(f"/proc/{master}/cmdline").read_text()
