@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Table, bindparam, create_engine, event, select, text
+from sqlalchemy import Engine, Table, bindparam, create_engine, event, make_url, select, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -129,6 +129,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+PG_CONNECT_ARGS: dict[str, int] = {
+    "connect_timeout": 3,
+    # A database that stops answering without refusing (a network partition, a host gone, a
+    # firewall dropping packets) left a statement waiting for ever: TCP retransmits for ~15
+    # minutes, and a request thread held there until harakiri (30 s) killed its worker with
+    # every request and buffered row in it. Unacknowledged data fails after 10 s, and a
+    # connection waiting for an answer is probed after 5 s idle, every 2 s, 3 times; both end in
+    # an OperationalError, a retry on a fresh connection (connect_timeout), then a 503. A busy
+    # server's kernel still acknowledges, so slow statements are not cut short.
+    # (tests/integration/test_storage_network.py drops its packets with iptables.)
+    "tcp_user_timeout": 10_000,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+"""libpq connection parameters for PostgreSQL; one given in the database URL takes precedence."""
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
@@ -140,8 +159,10 @@ def make_engine(url: str) -> Engine:
         )  # fmt: skip
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    given = make_url(url).query  # what the URL sets itself wins
+    connect_args = {key: value for key, value in PG_CONNECT_ARGS.items() if key not in given}
     engine = create_engine(
-        url, pool_size=5, max_overflow=10, pool_timeout=5, connect_args={"connect_timeout": 3},
+        url, pool_size=5, max_overflow=10, pool_timeout=5, connect_args=connect_args,
         json_serializer=_json_text, json_deserializer=orjson.loads,
     )  # fmt: skip
     event.listen(engine, "checkout", _ping_if_idle)

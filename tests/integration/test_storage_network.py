@@ -1,0 +1,141 @@
+"""PostgreSQL behind a network that stops answering: statements fail in seconds, never hang.
+
+A database that is down refuses connections at once (test_storage_backends.py,
+test_reliability_faults.py). One that stops answering without refusing (a network partition,
+a host gone, a firewall dropping packets) gives no error at all: without TCP timeouts a
+statement waited while TCP retransmitted for ~15 minutes, and a request thread stayed there
+until harakiri killed its worker. Here the database is reached through a local TCP relay whose
+packets iptables drops, so only this test's connections lose their peer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import pytest
+
+from app.storage.db import PG_CONNECT_ARGS, Database, DatabaseUnavailableError, make_engine
+
+pytestmark = pytest.mark.integration
+
+HARAKIRI = 30  # uwsgi.ini: a request thread must be free again well before this
+
+
+def _sqlalchemy_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def _connection_parameters(url: str) -> dict[str, str]:
+    """The libpq parameters a connection of the engine was opened with."""
+    engine = make_engine(_sqlalchemy_url(url))
+    try:
+        connection = engine.raw_connection()
+        try:
+            options = connection.driver_connection.pgconn.info  # type: ignore[union-attr]
+            return {o.keyword.decode(): (o.val or b"").decode() for o in options}
+        finally:
+            connection.close()
+    finally:
+        engine.dispose()
+
+
+def test_postgres_connections_time_out_on_a_silent_peer(postgres_url: str) -> None:
+    parameters = _connection_parameters(postgres_url)
+    for key, value in PG_CONNECT_ARGS.items():
+        assert parameters[key] == str(value), (key, parameters[key])
+    # what the database URL says itself wins
+    assert _connection_parameters(f"{postgres_url}?keepalives_idle=30")["keepalives_idle"] == "30"
+
+
+@contextmanager
+def _relay(target: tuple[str, int]) -> Iterator[int]:
+    """A TCP relay on a free loopback port to ``target``; yields the port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(target)
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+
+
+@contextmanager
+def _packets_dropped(port: int) -> Iterator[None]:
+    """Every packet to and from the local ``port`` dropped: the peer goes silent, nothing refuses."""
+    rules = [
+        ["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port), "-j", "DROP"],
+        ["OUTPUT", "-o", "lo", "-p", "tcp", "--sport", str(port), "-j", "DROP"],
+    ]
+    added = []
+    try:
+        for rule in rules:
+            subprocess.run(["iptables", "-w", "-I", *rule], check=True, capture_output=True)
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            subprocess.run(["iptables", "-w", "-D", *rule], check=True, capture_output=True)
+
+
+def test_a_statement_fails_in_seconds_when_the_database_goes_silent(postgres_url: str) -> None:
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        pytest.skip("dropping packets needs root and iptables")
+    host, rest = postgres_url.split("@", 1)[1].split("/", 1)
+    address, _, port = host.partition(":")
+    with _relay((address, int(port or 5432))) as relay_port:
+        url = f"{postgres_url.split('@', 1)[0]}@127.0.0.1:{relay_port}/{rest}"
+        database = Database(_sqlalchemy_url(url))
+        try:
+            database.upgrade()
+            assert database.served_request("not-stored") is None  # a pooled connection, in use just now
+            outcome: dict[str, object] = {}
+
+            def read() -> None:
+                try:
+                    outcome["answer"] = database.served_request("not-stored-either")
+                except Exception as exc:  # what it raised is the assertion
+                    outcome["error"] = exc
+
+            with _packets_dropped(relay_port):
+                started = time.monotonic()
+                reader = threading.Thread(target=read, daemon=True)
+                reader.start()
+                reader.join(HARAKIRI - 5)
+                elapsed = time.monotonic() - started
+                assert not reader.is_alive(), "the statement still waits on a silent database"
+            assert isinstance(outcome.get("error"), DatabaseUnavailableError), outcome
+            assert elapsed > 5, elapsed  # it did wait on the network: not a refusal
+            # and the database answers again once the network does
+            assert database.served_request("not-stored") is None
+        finally:
+            database.dispose()
