@@ -268,6 +268,33 @@ def test_large_answers_are_not_held_back_by_the_router(
         assert sorted(elapsed)[4] < 0.035, [round(e * 1000, 1) for e in elapsed]
 
 
+def test_a_reload_keeps_serving_on_the_port_the_start_script_bound(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """SIGHUP (uwsgi's graceful reload) re-executes the master, which closes every descriptor
+    uwsgi did not open itself: without ``safe-fd = 3`` it lost the HTTP port app/listener.py
+    handed it and exited ("unable to use file descriptor 3 as socket")."""
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1) as served:
+        served.server.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while "gracefully (RE)spawned uWSGI master process" not in served.log.read_text(errors="replace"):
+            assert served.server.poll() is None and time.monotonic() < deadline, served.log.read_text()
+            time.sleep(0.1)
+        while True:  # the reloaded workers load the app again (lazy-apps) meanwhile
+            assert served.server.poll() is None, served.log.read_text()[-2000:]
+            try:
+                connection = served.connect()
+                status, _ = _post(connection, "/api/recommend", PROFILE, served.token)
+                connection.close()
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, served.log.read_text()[-2000:]
+            time.sleep(0.2)
+        served.stop()
+
+
 def test_a_body_arriving_in_parts_beside_other_requests_does_not_get_its_worker_killed(
     tmp_path: Path, model_store: Path, synthetic_data_dir: Path
 ) -> None:
