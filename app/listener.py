@@ -15,7 +15,8 @@ the command it was given::
 
     python -m app.listener uwsgi --ini uwsgi.ini
 
-A uwsgi reload re-executes the master with its descriptors, so the socket survives it.
+A uwsgi reload (SIGHUP) re-executes the master and closes the descriptors it did not open
+itself, but those marked ``safe-fd`` (uwsgi.ini: ``safe-fd = 3``): the port survives it.
 """
 
 from __future__ import annotations

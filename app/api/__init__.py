@@ -87,6 +87,7 @@ def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
     )
     jwt.init_app(app)
     app.before_request(_require_json_object)
+    app.after_request(security.drain_unread_body)
     for blueprint in (auth.bp, recommend.bp, health.bp, docs.bp, security.bp, monitoring.bp):
         app.register_blueprint(blueprint)
     register_serving(app)  # predict, batch, users, model/reload, echo (app/api/serving.py)

@@ -268,6 +268,34 @@ def test_large_answers_are_not_held_back_by_the_router(
         assert sorted(elapsed)[4] < 0.035, [round(e * 1000, 1) for e in elapsed]
 
 
+def test_a_body_refused_unread_gets_its_answer_not_a_reset(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """A 3 MB body (over the bulk endpoints' 2 MiB) and a 300 KB one (over /api/echo's 64 KiB)
+    get their 413 in the envelope, on a connection that stays open. Refused without being read,
+    the body stayed in the connection and uWSGI's HTTP router reset it (ConnectionResetError in
+    5 tries of 5 for the 3 MB body) until error answers read the rest first (app/api/security.py)."""
+    record = {"age": 30, "gender": "F", "occupation": "engineer", "movie_id": 1}
+    oversized = {
+        "/api/predict/batch": {"instances": [record] * 45_000},
+        "/api/echo": {"instances": [record] * 4_000},
+    }
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir) as served:
+        for path, body in oversized.items():
+            for _ in range(3):
+                connection = served.connect()
+                connection.request(
+                    "POST", path, body=json.dumps(body),
+                    headers={"Content-Type": "application/json", "Authorization": f"Bearer {served.token}"},
+                )  # fmt: skip
+                response = connection.getresponse()
+                answer = json.loads(response.read())
+                assert response.status == 413 and answer["error"]["code"] == "payload_too_large", answer
+                assert not response.will_close  # kept alive: the next request goes on the same connection
+                assert _post(connection, "/api/recommend", PROFILE, served.token)[0] == 200
+                connection.close()
+
+
 def test_a_reload_keeps_serving_on_the_port_the_start_script_bound(
     tmp_path: Path, model_store: Path, synthetic_data_dir: Path
 ) -> None:

@@ -97,6 +97,37 @@ def test_chunked_body_without_content_length_is_limited_too(
     assert status == 200 and body_json["recommendations"]
 
 
+def _posted(app: Any, path: str, body: bytes, headers: dict[str, str], declared: int | None = None) -> tuple:
+    """POST ``body`` through the WSGI app with a Content-Length; the status and how much of the
+    body the app had read when its answer went out."""
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    environ = EnvironBuilder(path=path, method="POST", headers={**JSON, **headers}).get_environ()
+    stream = io.BytesIO(body)
+    environ.update({"wsgi.input": stream, "CONTENT_LENGTH": str(len(body) if declared is None else declared)})
+    app_iter, status, _headers = run_wsgi_app(app, environ)
+    b"".join(app_iter)
+    return int(status.split()[0]), stream.tell()
+
+
+def test_an_error_answer_reads_the_rest_of_the_body_first(app: Any, auth_headers: dict[str, str]) -> None:
+    """An answer that did not need the body still reads it to its declared end (uwsgi reads none
+    for the app: unread, the HTTP router reset the client's connection instead of delivering
+    the answer), never past that end, and not at all past DRAIN_LIMIT."""
+    from app.api.security import DRAIN_LIMIT
+
+    limit = app.extensions["movierec"].settings.max_body_bytes
+    big = b'{"pad": "' + b"x" * (4 * limit) + b'"}'
+    assert _posted(app, "/api/recommend", big, auth_headers) == (413, len(big))  # over the endpoint's limit
+    text = {**auth_headers, "Content-Type": "text/plain"}  # 415: refused on its type, never parsed
+    assert _posted(app, "/api/recommend", big[:limit], text) == (415, limit)
+    following = b"GET /next HTTP/1.1\r\n"  # what a kept-alive connection may hold next
+    assert _posted(app, "/api/recommend", big[:limit] + following, text, declared=limit) == (415, limit)
+    # a success read it already; a body declared past DRAIN_LIMIT is left alone
+    assert _posted(app, "/api/recommend", json.dumps(PROFILE).encode(), auth_headers)[0] == 200
+    assert _posted(app, "/api/recommend", big, auth_headers, declared=DRAIN_LIMIT + 1) == (413, 0)
+
+
 def test_cors_is_off_by_default(client: Any, auth_headers: dict[str, str]) -> None:
     origin = {"Origin": "https://evil.example"}
     simple = client.post("/api/recommend", json=PROFILE, headers={**auth_headers, **origin})
