@@ -132,12 +132,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 PG_CONNECT_ARGS: dict[str, int] = {
     "connect_timeout": 3,
     # A database that stops answering without refusing (a network partition, a host gone, a
-    # firewall dropping packets) left a statement waiting for ever: TCP retransmits for ~15
-    # minutes, and a request thread held there until harakiri (30 s) killed its worker with
-    # every request and buffered row in it. Unacknowledged data fails after 10 s, and a
-    # connection waiting for an answer is probed after 5 s idle, every 2 s, 3 times; both end in
-    # an OperationalError, a retry on a fresh connection (connect_timeout), then a 503. A busy
-    # server's kernel still acknowledges, so slow statements are not cut short.
+    # firewall dropping packets) left a statement waiting while TCP retransmitted for ~15
+    # minutes, and a request thread with it (uwsgi's harakiri does not end it: its deadline is
+    # shared by the worker's threads and moved by every request that starts or ends, so it fires
+    # only once a whole worker is stuck). Unacknowledged data fails after 10 s, and a connection
+    # waiting for an answer is probed after 5 s idle, every 2 s, 3 times; both end in an
+    # OperationalError, a retry on a fresh connection (connect_timeout), then a 503. A server
+    # busy with a slow statement still acknowledges and answers the probes, so that is not cut
+    # short; one that stops reading what it is sent for 10 s (mid-COPY, a stalled disk) is: the
+    # request log and the feedback journal keep such rows and send them again.
     # (tests/integration/test_storage_network.py drops its packets with iptables.)
     "tcp_user_timeout": 10_000,
     "keepalives": 1,
