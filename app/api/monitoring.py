@@ -63,6 +63,8 @@ def _check_scraper(settings: Any) -> None:
             address = ipaddress.ip_address(request.remote_addr or "")
         except ValueError:
             raise Forbidden("metrics are not available to this address") from None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped  # an IPv4 client of a dual-stack port (MOVIEREC_HOST=::)
         if not any(address in network for network in networks):
             raise Forbidden("metrics are not available to this address")
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else ""

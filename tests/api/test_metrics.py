@@ -119,6 +119,9 @@ def test_metrics_can_be_restricted_by_network_and_token(make_app: Callable[..., 
     client = make_app(metrics_allow_cidrs="10.0.0.0/8").test_client()
     assert client.get("/metrics").status_code == 403  # the test client comes from 127.0.0.1
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
+    # an IPv4 client of a dual-stack port (MOVIEREC_HOST=::) arrives as an IPv4-mapped address
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "::ffff:10.1.2.3"}).status_code == 200
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "::ffff:127.0.0.1"}).status_code == 403
 
     client = make_app(metrics_allow_cidrs="127.0.0.0/8, ::1", metrics_token="scrape-secret-123").test_client()
     response = client.get("/metrics")
