@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,18 @@ ADMIN_PASSWORD = "admin-password-for-tests"
 JWT_SECRET = "x" * 48
 
 PROFILE = {"age": 30, "gender": "M", "occupation": "programmer"}
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A ``postgresql://`` URL (the test fixtures' form) with SQLAlchemy's psycopg 3 driver named."""
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 def login(client: Any, password: str = SESSION_PASSWORD) -> dict[str, str]:

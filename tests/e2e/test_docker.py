@@ -34,9 +34,9 @@ from tests.e2e.dockerenv import (
     DockerEnv,
     DockerUnavailable,
     docker_env,
-    free_port,
     stop_daemon,
 )
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.docker
 

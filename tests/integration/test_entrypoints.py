@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROFILE
+from tests.helpers import PROFILE, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +30,6 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(url: str, body: dict, token: str | None = None) -> tuple[int, object]:
     headers = {"Content-Type": "application/json"}
     if token:
@@ -51,7 +44,7 @@ def _post(url: str, body: dict, token: str | None = None) -> tuple[int, object]:
 
 def test_main_refuses_to_start_without_session_password(tmp_path: Path, model_store: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "main.py", "--port", str(_free_port())],
+        [sys.executable, "main.py", "--port", str(free_port())],
         cwd=ROOT, env=_env(ML_MODEL_PATH=str(model_store)), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2
@@ -60,7 +53,7 @@ def test_main_refuses_to_start_without_session_password(tmp_path: Path, model_st
 
 def test_main_refuses_without_jwt_secret_unless_debug(tmp_path: Path, model_store: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "main.py", "--port", str(_free_port())],
+        [sys.executable, "main.py", "--port", str(free_port())],
         cwd=ROOT, env=_env(ML_MODEL_PATH=str(model_store), SESSION_PASSWORD="test"),
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -69,7 +62,7 @@ def test_main_refuses_without_jwt_secret_unless_debug(tmp_path: Path, model_stor
 
 def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path) -> None:
     """ML_MODEL_PATH=… SESSION_PASSWORD=test python main.py --port P --debug, then login/recommend/score."""
-    port = _free_port()
+    port = free_port()
     env = _env(
         ML_MODEL_PATH=str(model_store),
         SESSION_PASSWORD="test",

@@ -16,7 +16,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from app.monitoring.alerts import (
     SmtpSink,
 )
 from app.monitoring.journal import JournalFollower
+from tests.helpers import free_port
 from tests.integration.journald import Journald, JournaldUnavailable, start_journald, stop_journald
 
 pytestmark = pytest.mark.integration
@@ -89,12 +89,6 @@ class SmtpServer:
         while len(self.handler.received) < count and time.monotonic() < deadline:
             time.sleep(0.05)
         return list(self.handler.received)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_smtp(**kwargs: object) -> SmtpServer:

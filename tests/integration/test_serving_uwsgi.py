@@ -22,18 +22,12 @@ from sqlalchemy import select
 
 from app.storage.db import make_engine
 from app.storage.models import RecommendationRequest
-from tests.helpers import PROFILE
+from tests.helpers import PROFILE, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 2  # uwsgi.ini's default processes
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(connection: http.client.HTTPConnection, path: str, headers: dict | None = None) -> int:
@@ -101,7 +95,7 @@ class Served:
 @contextmanager
 def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path, workers: int = WORKERS) -> Iterator[Served]:
     """The production server, with a write-behind interval so long that only a stop flushes."""
-    port = _free_port()
+    port = free_port()
     database = tmp_path / "served.db"
     password = secrets.token_urlsafe(12)
     jwt_secret = secrets.token_urlsafe(48)
@@ -401,7 +395,7 @@ def test_make_serve_prod_serves_under_uwsgi_from_a_checkout(
     data_dir = tmp_path / "data"
     shutil.copytree(synthetic_data_dir, data_dir / "ml-100k")  # the cache `make data` looks for
     secrets_file = tmp_path / "secrets" / "secrets.env"
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MOVIEREC_", "UWSGI_", "MAKE"))},
         "PATH": "/usr/local/bin:/usr/bin:/bin",  # no virtualenv on it, as in a fresh shell

@@ -7,7 +7,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers import PROFILE, journal_records, login
+from tests.helpers import PROFILE, journal_records, login, sqlalchemy_url
 
 pytestmark = pytest.mark.integration
 
@@ -17,10 +17,6 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'feedback.db'}"
     return request.getfixturevalue("postgres_url")
-
-
-def _sqlalchemy_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 def test_feedback_round_trip_is_committed(make_app, database_url) -> None:
@@ -36,7 +32,7 @@ def test_feedback_round_trip_is_committed(make_app, database_url) -> None:
     assert len(journal_records(app)) == 3  # durable when acknowledged
 
     # a brand-new connection, not the app's session, sees the rows the journal shipped (~0.1 s)
-    engine = create_engine(_sqlalchemy_url(database_url))
+    engine = create_engine(sqlalchemy_url(database_url))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with engine.connect() as conn:

@@ -17,14 +17,11 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 import app.storage.db as db_module
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
 from app.storage.models import Feedback, RecommendationRequest
+from tests.helpers import sqlalchemy_url
 
 pytestmark = pytest.mark.integration
 
 ITEMS = [{"movie_id": 7, "title": "Movie 7", "score": 0.9}, {"movie_id": 9, "title": "Movie 9", "score": 0.5}]
-
-
-def _sqlalchemy_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -32,7 +29,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'hot.db'}"
     else:
-        url = _sqlalchemy_url(str(request.getfixturevalue("postgres_url")))
+        url = sqlalchemy_url(str(request.getfixturevalue("postgres_url")))
     database = Database(url)
     database.upgrade()
     yield database
@@ -41,7 +38,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
 @pytest.fixture
 def pg(postgres_url: str) -> Any:
-    database = Database(_sqlalchemy_url(postgres_url))
+    database = Database(sqlalchemy_url(postgres_url))
     database.upgrade()
     yield database
     database.dispose()

@@ -20,21 +20,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 import pytest
+from sqlalchemy import make_url
 
 from app.storage.db import PG_CONNECT_ARGS, Database, DatabaseUnavailableError, make_engine
+from tests.helpers import sqlalchemy_url
 
 pytestmark = pytest.mark.integration
 
 HARAKIRI = 30  # uwsgi.ini: a request thread must be free again well before this
 
 
-def _sqlalchemy_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
-
-
 def _connection_parameters(url: str) -> dict[str, str]:
     """The libpq parameters a connection of the engine was opened with."""
-    engine = make_engine(_sqlalchemy_url(url))
+    engine = make_engine(sqlalchemy_url(url))
     try:
         connection = engine.raw_connection()
         try:
@@ -110,11 +108,10 @@ def _packets_dropped(port: int) -> Iterator[None]:
 def test_a_statement_fails_in_seconds_when_the_database_goes_silent(postgres_url: str) -> None:
     if os.geteuid() != 0 or shutil.which("iptables") is None:
         pytest.skip("dropping packets needs root and iptables")
-    host, rest = postgres_url.split("@", 1)[1].split("/", 1)
-    address, _, port = host.partition(":")
-    with _relay((address, int(port or 5432))) as relay_port:
-        url = f"{postgres_url.split('@', 1)[0]}@127.0.0.1:{relay_port}/{rest}"
-        database = Database(_sqlalchemy_url(url))
+    direct = make_url(sqlalchemy_url(postgres_url))
+    with _relay((direct.host or "127.0.0.1", direct.port or 5432)) as relay_port:
+        relayed = direct.set(host="127.0.0.1", port=relay_port)
+        database = Database(relayed.render_as_string(hide_password=False))
         try:
             database.upgrade()
             assert database.served_request("not-stored") is None  # a pooled connection, in use just now

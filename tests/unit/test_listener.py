@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.listener import DEFAULT_HOST, DEFAULT_PORT, ListenerError, address_from_env, bind
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -34,12 +35,6 @@ print(json.dumps({
     "accepted_nodelay": accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
 }))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run(env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
@@ -86,7 +81,7 @@ def test_a_host_that_is_not_an_address_is_refused() -> None:
 
 
 def test_the_command_runs_with_the_bound_socket_as_descriptor_3() -> None:
-    port = _free_port()
+    port = free_port()
     done = _run({"MOVIEREC_HOST": "127.0.0.1", "MOVIEREC_PORT": str(port)}, sys.executable, "-c", INSPECT)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
