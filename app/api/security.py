@@ -148,16 +148,18 @@ DRAIN_LIMIT = 2 * BULK_MAX_BODY_BYTES
 def drain_unread_body(response: Response) -> Response:
     """``after_request``: read to its end the body an error answer left unread (at most DRAIN_LIMIT).
 
-    An answer given without reading the body (401 before the body matters, 413 on the declared
-    length, 429) left the rest in the connection. uwsgi reads no body for the app (uwsgi.ini: no
+    An answer given without reading the body (413 on the declared length, 415 on the content
+    type, 429) left the rest in the connection. uwsgi reads no body for the app (uwsgi.ini: no
     post-buffering), and uWSGI's HTTP router, still relaying it to a worker that had ended the
     request, reset the client's connection: a 3 MB body got ``ConnectionResetError`` instead of
     its 413 (5 tries of 5), a 300 KB one to a 64 KiB endpoint 2 of 5. Read exactly the declared
     length, never past it (Werkzeug's development server would wait for the next request). A
     larger or undeclared (chunked) body is not read: that client may see the reset.
     """
+    if response.status_code < 400:  # every response passes here: successes read their body
+        return response
     length = request.content_length
-    if response.status_code < 400 or not length or length > DRAIN_LIMIT:
+    if not length or length > DRAIN_LIMIT:
         return response
     stream: Any
     try:
