@@ -4,8 +4,9 @@ Every API call parses a JSON body and writes one; for the bulk endpoints (1,000â
 records) the standard library's ``json`` was a large share of the time (docs/performance.md).
 Behaviour kept from Flask's default provider: key order as built, compact output (indented
 under ``--debug``), dates as HTTP dates, ``Decimal``/``UUID`` as strings, dataclasses as
-objects. Stricter than ``json``: ``NaN``/``Infinity`` literals and integers beyond 64 bits are
-not JSON and are refused as a bad body (400), and NumPy arrays and scalars serialise directly.
+objects. Stricter than ``json``: ``NaN``/``Infinity`` literals are not JSON and are refused as a
+bad body (400); an integer beyond 64 bits is read as a float (no integer field takes it, see
+``integral`` in app/recommender/features.py). NumPy arrays and scalars serialise directly.
 """
 
 from __future__ import annotations

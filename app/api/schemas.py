@@ -7,28 +7,22 @@ the converting validator so the spec keeps ``minimum``/``maximum`` (LIBRARY-NOTE
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictInt, model_validator
 
+from app.recommender.features import MAX_ID, integral
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
 
 MAX_RECS = 100
 
 
-def _integral_float_to_int(value: Any) -> Any:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    return value
-
-
-_Integral = BeforeValidator(_integral_float_to_int)
+_Integral = BeforeValidator(integral)
 # Spelled out per alias (not built by a helper function) so type checkers see real aliases.
 Age = Annotated[StrictInt, Field(ge=MIN_AGE, le=MAX_AGE), _Integral]
 MaxRecs = Annotated[StrictInt, Field(ge=1, le=MAX_RECS), _Integral]
-UserId = Annotated[StrictInt, Field(ge=1, le=2**31 - 1), _Integral]
-MovieId = Annotated[StrictInt, Field(ge=1, le=2**31 - 1), _Integral]
+UserId = Annotated[StrictInt, Field(ge=1, le=MAX_ID), _Integral]
+MovieId = Annotated[StrictInt, Field(ge=1, le=MAX_ID), _Integral]
 Gender = Literal["M", "F", "O"]
 Occupation = Literal[OCCUPATIONS]  # type: ignore[valid-type]
 Score = Annotated[float, Field(strict=True, ge=0.5, le=5, allow_inf_nan=False)]

@@ -12,15 +12,14 @@ from app.api.schemas import ErrorResponse
 from app.api.serving_schemas import MaxRecsQuery, UserFeaturesResponse, UserRecommendationsResponse
 from app.api.spec import BEARER, spec
 from app.errors import InvalidRequest
+from app.recommender.features import MAX_ID
 
 bp = Blueprint("users", __name__)
-
-_MAX_USER_ID = 2**31 - 1
 
 
 def _user_id(raw: str) -> int:
     """Path ids are checked like body fields: 400 naming ``user_id``, not a bare 404."""
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= _MAX_USER_ID:
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
         raise InvalidRequest("invalid user id", fields={"user_id": "must be a positive integer"})
     return int(raw)
 

@@ -63,6 +63,22 @@ class FeatureError(ValueError):
 
 # --------------------------------------------------------------------------- small helpers
 
+MAX_ID: Final = 2**31 - 1  # user and movie ids: the database's integer columns
+_EXACT_FLOAT_INT: Final = 2**53  # floats represent every integer up to here, and no more
+
+
+def integral(value: Any) -> Any:
+    """``value`` as an ``int`` when it is a float with an integral value (``30.0``), else as it is.
+
+    JSON has one number type, and JSON Schema calls ``30.0`` an integer, so every integer field
+    of a request takes it. orjson also reads an integer beyond 64 bits as a float (``1e+20``):
+    only floats up to 2**53 are converted, as beyond it one float stands for many integers (and
+    an ``int`` wider than 64 bits could not be written back in an error body).
+    """
+    if type(value) is float and value.is_integer() and abs(value) <= _EXACT_FLOAT_INT:
+        return int(value)
+    return value
+
 
 def age_buckets(ages: Any) -> np.ndarray:
     """Vectorised :func:`app.recommender.segments.age_bucket` (bucket index 0..6 per age)."""

@@ -58,11 +58,6 @@ class PredictionService:
             raise InvalidRequest(
                 f"{prefix}: unknown field {field}", fields={f"{prefix}.{field}": "unknown field"}
             )
-        if "user_id" in keys:
-            for index, record in enumerate(records):
-                user_id = record.get("user_id")
-                if user_id is not None and (type(user_id) is not int or user_id < 1):
-                    raise self._invalid(where, index, "user_id", single)
         try:
             predicted = model.predict_records(records)  # type: ignore[attr-defined]
         except InvalidRecordError as exc:

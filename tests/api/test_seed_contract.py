@@ -112,6 +112,8 @@ def test_integral_float_age_is_an_integer(client, auth_headers) -> None:
         ("max_recs", 101),
         ("max_recs", "10"),
         ("max_recs", False),
+        ("max_recs", 1e20),  # integral, but beyond 64 bits as an int: was a 500
+        ("age", -1e20),
     ],
 )
 def test_each_invalid_field_is_named(client, auth_headers, field, value) -> None:

@@ -143,6 +143,35 @@ def test_batch_names_the_bad_record_and_field(
     assert field in response.get_json()["error"]["fields"]
 
 
+# Raw JSON text: the values as a client writes them (1e20 and 99999999999999999999 are floats
+# after parsing, 18446744073709551615 is the largest integer orjson keeps as an int).
+@pytest.mark.parametrize(
+    ("field", "text", "accepted"),
+    [
+        ("age", "30.0", True), ("movie_id", "1.0", True), ("user_id", "1.0", True),
+        ("age", "30.5", False), ("movie_id", "1e20", False), ("age", "-1e20", False),
+        ("user_id", "99999999999999999999", False), ("user_id", "18446744073709551615", False),
+        ("user_id", "2147483648", False), ("movie_id", "2147483648", False),
+        ("user_id", "9007199254740993.0", False),
+    ],
+)  # fmt: skip
+def test_stream_and_batch_agree_on_every_integer_field(
+    client: Any, auth_headers: dict, field: str, text: str, accepted: bool
+) -> None:
+    """One record is checked alike alone and in a batch; no number gives a 500."""
+    record = json.dumps({**RECORD, field: "VALUE"}).replace('"VALUE"', text)
+    headers = {**auth_headers, "Content-Type": "application/json"}
+    stream = client.post("/api/predict/stream", data=record, headers=headers)
+    batch = client.post("/api/predict/batch", data=f'{{"instances": [{record}]}}', headers=headers)
+    if accepted:
+        assert stream.status_code == batch.status_code == 200, (stream.get_json(), batch.get_json())
+        assert batch.get_json()["predictions"][0] == pytest.approx(stream.get_json()["prediction"], abs=1e-6)
+    else:
+        assert (stream.status_code, batch.status_code) == (400, 400), (stream.get_json(), batch.get_json())
+        assert field in stream.get_json()["error"]["fields"]
+        assert f"instances[0].{field}" in batch.get_json()["error"]["fields"]
+
+
 def test_batch_rejects_unknown_top_level_fields(client: Any, auth_headers: dict) -> None:
     response = client.post("/api/predict/batch", json={"instances": [RECORD], "x": 1}, headers=auth_headers)
     assert response.status_code == 400

@@ -62,7 +62,7 @@ def test_unknown_user_without_demographics_is_404_in_the_envelope(
     assert "999999" in response.get_json()["error"]["message"]
 
 
-@pytest.mark.parametrize("user_id", [0, -3, True, "5", 2.5, 2**31])
+@pytest.mark.parametrize("user_id", [0, -3, True, "5", 2.5, 2**31, 1e20, 2.0**53 + 2])
 def test_invalid_user_id_is_400_naming_the_field(
     client: Any, auth_headers: dict[str, str], user_id: Any
 ) -> None:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import pandas as pd
 
-from app.recommender.features import FeatureError, FoldedLinear, PairEncoder
+from app.recommender.features import MAX_ID, FeatureError, FoldedLinear, PairEncoder, integral
 from app.recommender.models.base import Recommender
 from app.recommender.segments import Segment
 
@@ -406,9 +406,11 @@ class LinearRatingModel(Recommender):
         except (KeyError, TypeError, AttributeError):
             columns = cls._columns_slowly(records)  # finds and names the bad record
         for field in ("age", "movie_id", "user_id"):
-            values = columns[field]
-            # JSON integers arrive as int; bool is an int subclass and is refused explicitly.
-            if not set(map(type, values)) <= (_INT_OR_NONE if field == "user_id" else _INT):
+            allowed = _INT_OR_NONE if field == "user_id" else _INT
+            # JSON integers arrive as int; integral floats (30.0) are integers too, as for one
+            # record (app/api/schemas.py); bool is an int subclass and is refused explicitly.
+            if not set(map(type, columns[field])) <= allowed:
+                columns[field] = values = list(map(integral, columns[field]))
                 for index, value in enumerate(values):
                     if (value is None and field == "user_id") or (
                         isinstance(value, int | np.integer) and not isinstance(value, bool)
@@ -416,13 +418,19 @@ class LinearRatingModel(Recommender):
                         continue
                     raise InvalidRecordError(index, field, f"{field} must be an integer")
         user_ids = columns["user_id"]
-        return {
+        checked = {
             "age": np.asarray(columns["age"], dtype=np.float64),
             "gender": columns["gender"],
             "occupation": columns["occupation"],
             "movie_id": np.asarray(columns["movie_id"], dtype=np.float64),
             "user_id": np.array([np.nan if v is None else v for v in user_ids], dtype=np.float64),
         }
+        for field in ("movie_id", "user_id"):  # ids are 1..MAX_ID everywhere; NaN (no user) passes
+            outside = (checked[field] < 1) | (checked[field] > MAX_ID)
+            if outside.any():
+                index = int(np.flatnonzero(outside)[0])
+                raise InvalidRecordError(index, field, f"{field} must be an id between 1 and {MAX_ID}")
+        return checked
 
     @staticmethod
     def _columns_slowly(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
