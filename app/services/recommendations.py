@@ -300,6 +300,8 @@ class RecommendationService:
         In the database → done. Buffered here → committed now. Signed by us but nowhere yet →
         another worker has it pending: wait for its flush (bounded), never refuse it. Else 400.
         """
+        if not self.ids.well_formed(request_id):
+            raise _unknown_id()
         pending = self.request_log.get(request_id)
         if pending is not None:
             self.request_log.persist(request_id)

@@ -21,11 +21,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import uuid
 
 _RANDOM_BITS = 80
 _MAC_BITS = 42  # 80 + 42 = 122 payload bits: a UUID minus its version and variant bits
 _CONTEXT = b"movierec recommendation ids v2"
+# Every id this service ever issued, signed or a plain UUID4 before, is a UUID in this form.
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class RequestIds:
@@ -48,6 +51,16 @@ class RequestIds:
         value = (high48 << 80) | (0x8 << 76) | (mid12 << 64) | (0b10 << 62) | low62
         text = f"{value:032x}"  # what str(uuid.UUID(int=value)) gives, at a third of its cost
         return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+    @staticmethod
+    def well_formed(request_id: str) -> bool:
+        """True for text in the canonical UUID form every id was issued in; nothing else is looked up.
+
+        Checked before an id reaches the database: PostgreSQL refuses a NUL in any text
+        parameter (a ``DataError``, a 500 had it reached the response), and no lookup is needed
+        to know that text of another shape was never issued.
+        """
+        return _CANONICAL.fullmatch(request_id) is not None
 
     def verify(self, request_id: str) -> bool:
         """True only for an id this key issued (constant-time MAC comparison)."""

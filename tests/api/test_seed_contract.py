@@ -308,6 +308,39 @@ def test_unissued_id_and_unrecommended_movie_are_400(app, client, auth_headers) 
     assert app.extensions["movierec"].db.feedback_rows() == []
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def test_an_id_of_any_other_shape_is_400_before_the_database(request, make_app, backend) -> None:
+    """Ids are canonical UUID text; anything else (a NUL above all: PostgreSQL refuses it in text
+    with a DataError, which was a 500) is refused as never issued, not looked up."""
+    app = (
+        make_app(database_url=request.getfixturevalue("postgres_url"))
+        if backend == "postgresql"
+        else make_app()
+    )
+    client = app.test_client()
+    headers = login(client)
+    request_id, titles = _issue(client, headers)
+    for bad in (
+        "\x00",
+        request_id + "\x00",
+        request_id.upper(),
+        "{" + request_id + "}",
+        request_id[:-1] + "\x00",
+    ):
+        error = assert_envelope(
+            client.post(
+                "/api/recommend/score", json={"id": bad, "movie": titles[0], "score": 3}, headers=headers
+            ),
+            400,
+            "invalid_request",
+        )
+        assert set(error["fields"]) == {"id"}, bad
+    ok = client.post(
+        "/api/recommend/score", json={"id": request_id, "movie": titles[0], "score": 3}, headers=headers
+    )
+    assert ok.status_code == 200
+
+
 def test_score_needs_a_token(client) -> None:
     assert_envelope(
         client.post("/api/recommend/score", json={"id": "x", "movie": "y", "score": 3}), 401, "unauthorized"

@@ -66,6 +66,24 @@ def test_plain_uuid4_is_not_taken_for_an_issued_id(ids: RequestIds) -> None:
     assert not any(ids.verify(str(uuid.uuid4())) for _ in range(200))
 
 
+def test_well_formed_takes_every_issued_and_legacy_id_and_nothing_else(ids: RequestIds) -> None:
+    issued = ids.issue()
+    assert all(
+        RequestIds.well_formed(i)
+        for i in (issued, str(uuid.uuid4()), "0" * 8 + "-0000-0000-0000-" + "0" * 12)
+    )
+    for other in (
+        issued.upper(),
+        issued + "\n",
+        issued + "\x00",
+        issued[:-1],
+        issued.replace("-", ""),
+        "",
+        "\x00",
+    ):
+        assert not RequestIds.well_formed(other), repr(other)
+
+
 def test_an_empty_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="non-empty secret"):
         RequestIds(b"")
