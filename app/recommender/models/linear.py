@@ -417,20 +417,21 @@ class LinearRatingModel(Recommender):
                     ):
                         continue
                     raise InvalidRecordError(index, field, f"{field} must be an integer")
-        user_ids = columns["user_id"]
-        checked = {
-            "age": np.asarray(columns["age"], dtype=np.float64),
-            "gender": columns["gender"],
-            "occupation": columns["occupation"],
+        ids = {
             "movie_id": np.asarray(columns["movie_id"], dtype=np.float64),
-            "user_id": np.array([np.nan if v is None else v for v in user_ids], dtype=np.float64),
+            "user_id": np.array([np.nan if v is None else v for v in columns["user_id"]], dtype=np.float64),
         }
-        for field in ("movie_id", "user_id"):  # ids are 1..MAX_ID everywhere; NaN (no user) passes
-            outside = (checked[field] < 1) | (checked[field] > MAX_ID)
+        for field, array in ids.items():  # ids are 1..MAX_ID everywhere; NaN (no user) passes
+            outside = (array < 1) | (array > MAX_ID)
             if outside.any():
                 index = int(np.flatnonzero(outside)[0])
                 raise InvalidRecordError(index, field, f"{field} must be an id between 1 and {MAX_ID}")
-        return checked
+        return {
+            "age": np.asarray(columns["age"], dtype=np.float64),
+            "gender": columns["gender"],
+            "occupation": columns["occupation"],
+            **ids,
+        }
 
     @staticmethod
     def _columns_slowly(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
