@@ -37,7 +37,9 @@ def _error(error: ApiError) -> dict[str, Any]:
 def recommend_batch(json: RecommendBatchRequest) -> Any:
     """One answer per request, in order: a /api/recommend body or an error envelope for that item.
 
-    All items are answered by the same model version; the served items are logged in one go.
+    All items are answered by the same bundle, each through the circuit breaker as
+    /api/recommend is (so an open breaker answers every item from the fallback); the served
+    items are logged in one go.
     """
     services = current_app.extensions["movierec"]
     recommendations = services.recommendations
@@ -54,7 +56,7 @@ def recommend_batch(json: RecommendBatchRequest) -> Any:
             )
             continue
         try:
-            served = recommendations.lookup(
+            served = recommendations.answer(
                 bundle, max_recs=request.max_recs, age=request.age, gender=request.gender,
                 occupation=request.occupation, user_id=request.user_id,
             )  # fmt: skip

@@ -348,15 +348,20 @@ class AlertsView:
 
 
 class GuardedRecommendations:
-    """/api/recommend through the breaker: champion, probe or fallback, with the outcome recorded."""
+    """Recommendations through the breaker: champion, probe or fallback, with the outcome recorded.
+
+    Every recommend path asks it (``RecommendationService.answer``): /api/recommend, each item of
+    /api/recommend/batch, /api/users/<id>/recommendations and the UI.
+    """
 
     def __init__(self, breaker: CircuitBreaker, fallback: Fallback) -> None:
         self.breaker = breaker
         self.fallback = fallback
 
-    def recommend(
+    def answer(
         self,
         service: Any,
+        bundle: LoadedBundle,
         *,
         max_recs: int,
         age: int | None = None,
@@ -364,13 +369,12 @@ class GuardedRecommendations:
         occupation: str | None = None,
         user_id: int | None = None,
     ) -> Any:
-        bundle = service.models.require()
         route = self.breaker.route(bundle.version)
         if route != FALLBACK:
             started = time.perf_counter()
             try:
-                served = service.recommend_model(
-                    max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
+                served = service.lookup(
+                    bundle, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
                 )
             except (ApiError, BundleError):
                 raise  # the client's error (unknown user) or no model at all: not the model failing
@@ -391,10 +395,8 @@ class GuardedRecommendations:
         items, version = self.fallback.recommend(
             bundle, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
         )
-        served = Served(service.ids.issue(), items, version, FALLBACK)
-        service.request_log.append([service.log_row(served, max_recs, age, gender, occupation, user_id)])
         _count(FALLBACK, len(items))
-        return served
+        return Served(service.ids.issue(), items, version, FALLBACK)
 
 
 def _count(strategy: str, n_items: int) -> None:

@@ -173,16 +173,20 @@ class RecommendationService:
         user_id: int | None = None,
     ) -> Served:
         """Look the answer up in the loaded bundle and record what was served under a new id."""
-        if self.guard is not None:
-            return self.guard.recommend(
-                self, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
-            )
-        return self.recommend_model(
-            max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
+        served = self.answer(
+            self.models.require(),
+            max_recs=max_recs,
+            age=age,
+            gender=gender,
+            occupation=occupation,
+            user_id=user_id,
         )
+        self.request_log.append([self.log_row(served, max_recs, age, gender, occupation, user_id)])
+        return served
 
-    def recommend_model(
+    def answer(
         self,
+        bundle: LoadedBundle,
         *,
         max_recs: int,
         age: int | None = None,
@@ -190,13 +194,23 @@ class RecommendationService:
         occupation: str | None = None,
         user_id: int | None = None,
     ) -> Served:
-        """The champion's answer, logged (what ``recommend`` serves when no breaker intervenes)."""
-        bundle = self.models.require()
-        served = self.lookup(
+        """What ``bundle`` serves for one request, through the circuit breaker when there is one.
+
+        Not logged yet: :meth:`recommend` logs its one row, a batch logs its rows in one go.
+        """
+        if self.guard is not None:
+            return self.guard.answer(
+                self,
+                bundle,
+                max_recs=max_recs,
+                age=age,
+                gender=gender,
+                occupation=occupation,
+                user_id=user_id,
+            )
+        return self.lookup(
             bundle, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
         )
-        self.request_log.append([self.log_row(served, max_recs, age, gender, occupation, user_id)])
-        return served
 
     def lookup(
         self,
@@ -208,7 +222,7 @@ class RecommendationService:
         occupation: str | None = None,
         user_id: int | None = None,
     ) -> Served:
-        """The answer under a fresh id, not yet logged (batch callers log many rows at once)."""
+        """The champion's answer under a fresh id: a lookup in the bundle's tables, no breaker."""
         items, strategy = self._lookup(bundle, max_recs, age, gender, occupation, user_id)
         return Served(self.ids.issue(), items, bundle.version, strategy)
 

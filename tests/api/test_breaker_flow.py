@@ -240,6 +240,51 @@ def test_a_failing_champion_is_answered_from_the_fallback_and_opens_the_breaker(
     assert state["state"] == "open" and "model error rate 100.0%" in state["reason"]
 
 
+def _batch(client: Any, headers: dict[str, str], requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    response = client.post("/api/recommend/batch", json={"requests": requests}, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["results"]
+
+
+def test_the_batch_endpoint_goes_through_the_breaker_item_by_item(
+    two_champions: tuple[Path, str, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    """An open breaker takes the champion out of /api/recommend/batch too, and each item is a call
+    the breaker counts (the batch had looked the champion up directly: an open breaker, or a
+    champion failing, did not change what a batch served)."""
+    store, previous, current = two_champions
+    settings = _settings(store, "sqlite", request)
+    settings.update(breaker_min_requests=3, breaker_max_error_rate=0.5)
+    app = make_app(**settings)
+    client = app.test_client()
+    headers = login(client)
+    services = app.extensions["movierec"]
+    requests = [PROFILE, {**PROFILE, "gender": "F", "max_recs": 3}, {"user_id": 10**6}]
+    results = _batch(client, headers, requests)
+    assert [(r["strategy"], r["model_version"]) for r in results[:2]] == [("segment", current)] * 2
+    assert results[2]["error"]["code"] == "not_found"  # the client's error, not the model's
+
+    for served in _recommend(client, headers, 8):
+        _score(client, headers, served, 0.5)
+    services.monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "open"
+    results = _batch(client, headers, requests[:2])
+    assert [(r["strategy"], r["model_version"]) for r in results] == [("fallback", previous)] * 2
+
+    client.post("/api/admin/breaker/reset", json={}, headers=login(client, ADMIN_PASSWORD))
+    assert [r["model_version"] for r in _batch(client, headers, requests[:1])] == [current]
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("corrupt table")
+
+    services.models.bundle.recommend_segment = broken
+    results = _batch(client, headers, [PROFILE] * 3)  # answered from the fallback, not a 500
+    assert [(r["strategy"], r["model_version"]) for r in results] == [("fallback", previous)] * 3
+    services.monitor.tick()
+    state = _breaker(client, headers)
+    assert state["state"] == "open" and "model error rate" in state["reason"]
+
+
 def test_score_triggered_evaluations_are_spaced_not_dropped(
     two_champions: tuple[Path, str, str],
     make_app: Callable[..., Any],
