@@ -11,6 +11,7 @@ CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    411: "invalid_request",
     413: "payload_too_large",
     415: "invalid_request",
     429: "rate_limited",

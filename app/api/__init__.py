@@ -18,6 +18,8 @@ from app.errors import InvalidRequest
 jwt = JWTManager()
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+# Endpoints whose body fields are all optional: a POST without a body is a valid request there.
+_BODY_OPTIONAL = frozenset({"/api/logout", "/api/admin/reload", "/api/admin/breaker/reset"})
 
 
 def _unauthorized(message: str) -> Response:
@@ -60,10 +62,21 @@ def _user_lookup_error(_header: dict[str, Any], _payload: dict[str, Any]) -> Res
 
 
 def _require_json_object() -> None:
-    """API bodies must be a JSON object with a JSON content type: 415 / 400 otherwise."""
+    """API bodies must be a JSON object with a JSON content type: 415 / 400 otherwise.
+
+    Not checked for a request routing has already refused (Flask raises its 404 or 405 when it
+    dispatches, after these hooks: a PUT to a POST endpoint was a 415, not a 405 with Allow), nor
+    for a request without a body where every body field is optional.
+    """
     if request.method not in _BODY_METHODS or not request.path.startswith("/api/"):
         return
-    if request.path == "/api/logout" and not request.content_length:
+    if request.routing_exception is not None:
+        return
+    if (
+        request.path in _BODY_OPTIONAL
+        and not request.content_length
+        and "Transfer-Encoding" not in request.headers
+    ):
         return
     if not request.is_json:
         raise InvalidRequest(

@@ -25,7 +25,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_jwt_extended import get_jwt, jwt_required
 from flask_limiter import Limiter
 from spectree import Response as Responses
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import LengthRequired, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
 
 from app.api.schemas import ErrorResponse, Message
@@ -127,14 +127,23 @@ def revoke_current_token() -> None:
 
 
 def refuse_oversized_streams() -> None:
-    """413 for a body without Content-Length (chunked) that runs past MAX_CONTENT_LENGTH.
+    """411 or 413 for a body without Content-Length (chunked) that cannot be read whole.
 
     Werkzeug enforces the limit on such streams only by *stopping* at it, so a long chunked
     body would otherwise reach the views silently truncated (400 at best, a wrong accept at
-    worst). Servers that cannot bound chunked input give Werkzeug no stream at all (empty body).
+    worst): 413. A server that cannot bound chunked input (uwsgi: no ``wsgi.input_terminated``)
+    gives Werkzeug no stream at all, and the view saw an empty body ("not valid JSON", 400): 411,
+    which tells the client to send a Content-Length.
     """
+    if request.content_length is not None or request.method not in _BODY_METHODS:
+        return
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if chunked and not request.environ.get("wsgi.input_terminated"):
+        raise LengthRequired(
+            "send the request body with a Content-Length header (chunked bodies are not read)"
+        )
     limit = request.max_content_length
-    if request.content_length is not None or limit is None or request.method not in _BODY_METHODS:
+    if limit is None:
         return
     data = request.get_data(cache=True)  # at most ``limit`` bytes
     if len(data) >= limit and request.environ["wsgi.input"].read(1):

@@ -211,6 +211,39 @@ def test_unknown_path_is_404_in_the_envelope(client) -> None:
     assert_envelope(client.get("/api/nothing-here"), 404, "not_found")
 
 
+@pytest.mark.parametrize("body", [None, "[]", "not json"])
+def test_routing_answers_before_the_body_is_judged(client, auth_headers, body) -> None:
+    """A wrong method is a 405 and an unknown path a 404 whatever the body (the JSON check ran
+    first: a PUT without a body was a 415)."""
+    headers = {**auth_headers, "Content-Type": "application/json"} if body is not None else auth_headers
+    for method, path in (
+        ("PUT", "/api/recommend"),
+        ("POST", "/api/model"),
+        ("POST", "/api/users/1/features"),
+    ):
+        response = client.open(path, method=method, data=body, headers=headers)
+        assert_envelope(response, 405, "method_not_allowed")
+        assert response.headers["Allow"]
+    assert_envelope(client.post("/api/nothing-here", data=body, headers=headers), 404, "not_found")
+
+
+def test_an_endpoint_whose_body_is_all_optional_takes_none(make_app, model_store, tmp_path) -> None:
+    from tests.helpers import ADMIN_PASSWORD
+    from tests.serving_helpers import copy_store
+
+    store = copy_store(model_store, tmp_path / "store")  # a reload marks the store it reloads from
+    client = make_app(model_path=store, model_dir=store).test_client()
+    admin = login(client, ADMIN_PASSWORD)
+    assert client.post("/api/admin/reload", headers=admin).status_code in (200, 202)
+    assert client.post("/api/logout", headers=admin).status_code == 200
+    # …but a body that is there must still be a JSON object
+    assert_envelope(
+        client.post("/api/admin/reload", data="x", headers=login(client, ADMIN_PASSWORD)),
+        415,
+        "invalid_request",
+    )
+
+
 def test_oversized_body_is_413(client, auth_headers) -> None:
     body = '{"age": 30, "pad": "' + "x" * (70 * 1024) + '"}'
     response = client.post(

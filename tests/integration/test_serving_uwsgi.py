@@ -291,6 +291,31 @@ def test_a_body_refused_unread_gets_its_answer_not_a_reset(
                 connection.close()
 
 
+def test_a_chunked_body_is_asked_for_its_length(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """uwsgi passes no chunked body to the app (no ``wsgi.input_terminated``): the answer is a 411
+    asking for a Content-Length, where it was a 400 "request body is not valid JSON" about a
+    body the client had sent."""
+    body = json.dumps(PROFILE).encode()
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1) as served:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=20) as client:
+            client.sendall(
+                (
+                    f"POST /api/recommend HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {served.token}\r\n"
+                    "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                ).encode()
+                + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            )
+            reply = client.makefile("rb")
+            status = reply.readline()
+            while reply.readline() not in (b"\r\n", b""):
+                pass
+            answer = json.loads(reply.read() or b"{}")  # the router closes a chunked request's connection
+        assert status.startswith(b"HTTP/1.1 411"), (status, answer)
+        assert "Content-Length" in answer["error"]["message"]
+
+
 def test_a_reload_keeps_serving_on_the_port_the_start_script_bound(
     tmp_path: Path, model_store: Path, synthetic_data_dir: Path
 ) -> None:

@@ -65,8 +65,11 @@ def test_oversized_body_is_413_in_the_envelope(app: Any, client: Any, auth_heade
     assert client.post("/api/recommend", data=fits, headers={**JSON, **auth_headers}).status_code == 400
 
 
-def _chunked(app: Any, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-    """A request as a server hands over a chunked upload: no CONTENT_LENGTH, input terminated.
+def _chunked(
+    app: Any, path: str, body: bytes, headers: dict[str, str], *, terminated: bool = True
+) -> tuple[int, Any]:
+    """A request as a server hands over a chunked upload: no CONTENT_LENGTH, input terminated
+    (Werkzeug's server) or not (uwsgi, which passes no chunked body to the app).
 
     Called on the WSGI app directly: the test client would replace wsgi.input.
     """
@@ -74,9 +77,9 @@ def _chunked(app: Any, path: str, body: bytes, headers: dict[str, str]) -> tuple
 
     environ = EnvironBuilder(path=path, method="POST", headers={**JSON, **headers}).get_environ()
     environ.pop("CONTENT_LENGTH", None)
-    environ.update(
-        {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True}
-    )
+    environ.update({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": io.BytesIO(body)})
+    if terminated:
+        environ["wsgi.input_terminated"] = True
     app_iter, status, _headers = run_wsgi_app(app, environ)
     return int(status.split()[0]), json.loads(b"".join(app_iter))
 
@@ -95,6 +98,30 @@ def test_chunked_body_without_content_length_is_limited_too(
     small = b'{"age": 30, "gender": "M", "occupation": "programmer"}'
     status, body_json = _chunked(app, "/api/recommend", small, auth_headers)
     assert status == 200 and body_json["recommendations"]
+
+
+def test_a_chunked_bulk_body_has_the_bulk_limit(app: Any, auth_headers: dict[str, str]) -> None:
+    """The bulk endpoints' 2 MiB limit holds for chunked bodies too (the check of undeclared
+    bodies ran before the bulk limit was set, and refused a 142 KB batch at 64 KiB)."""
+    from app.api.serving_schemas import BULK_MAX_BODY_BYTES
+
+    record = {"age": 30, "gender": "M", "occupation": "programmer", "movie_id": 1}
+    body = json.dumps({"instances": [record] * 2_000}).encode()
+    assert 64 * 1024 < len(body) < BULK_MAX_BODY_BYTES
+    status, answer = _chunked(app, "/api/predict/batch", body, auth_headers)
+    assert status == 200 and len(answer["predictions"]) == 2_000
+    over = json.dumps({"instances": [record] * 40_000}).encode()
+    assert len(over) > BULK_MAX_BODY_BYTES
+    assert _chunked(app, "/api/predict/batch", over, auth_headers)[0] == 413
+
+
+def test_a_chunked_body_the_server_does_not_pass_on_is_411(app: Any, auth_headers: dict[str, str]) -> None:
+    """uwsgi gives the app no chunked body: the answer asks for a Content-Length (it was a 400
+    "not valid JSON" about a body the client did send)."""
+    small = json.dumps(PROFILE).encode()
+    status, answer = _chunked(app, "/api/recommend", small, auth_headers, terminated=False)
+    assert status == 411 and answer["error"]["code"] == "invalid_request"
+    assert "Content-Length" in answer["error"]["message"]
 
 
 def _posted(app: Any, path: str, body: bytes, headers: dict[str, str], declared: int | None = None) -> tuple:
