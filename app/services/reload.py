@@ -51,6 +51,18 @@ class InvalidBundle(ApiError):
         super().__init__(message, code="invalid_bundle")
 
 
+class ReloadInProgress(ApiError):
+    """A reload of another bundle is running; this one is not started (nor silently dropped)."""
+
+    status = 409
+
+    def __init__(self, running: str) -> None:
+        super().__init__(
+            f"a reload of bundle {running} is in progress; retry when it has finished",
+            code="reload_in_progress",
+        )
+
+
 class ModelReloader:
     """Per-process reload state plus the marker that carries a reload to sibling workers."""
 
@@ -118,10 +130,18 @@ class ModelReloader:
             raise InvalidBundle(str(exc)) from exc
 
     def request(self, version: str | None = None, wait: float | None = None) -> dict[str, Any]:
-        """Start a background reload (one at a time); with ``wait``, block up to that many seconds."""
+        """Start a background reload (one at a time); with ``wait``, block up to that many seconds.
+
+        A request for the bundle already loading joins that load; one for another bundle while
+        it runs is refused with 409 (it was dropped, and with ``wait`` answered 200 "loaded" for
+        the other bundle).
+        """
         target = self.resolve_target(version)
         with self._lock:
-            if self._loading is None or not self._loading.is_alive():
+            if self._loading is not None and self._loading.is_alive():
+                if self._status["target"] != target.name:  # joining it would answer for another bundle
+                    raise ReloadInProgress(self._status["target"])
+            else:
                 self._done.clear()
                 self._status = {
                     "state": "loading",

@@ -156,6 +156,35 @@ def test_reload_to_a_named_version_and_invalid_versions(client: Any, store: Path
     assert client.post("/api/admin/reload", json={"wait": "yes"}, headers=admin).status_code == 400
 
 
+def test_a_reload_of_another_bundle_while_one_loads_is_refused_not_dropped(
+    app: Any, client: Any, store: Path, auth_headers: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While v-2 loads, asking for the current bundle gets 409 (it got 200 "loaded" for v-2,
+    which then served); asking for v-2 again joins its load."""
+    import threading
+
+    admin = login(client, ADMIN_PASSWORD)
+    old = _version(client, auth_headers)
+    add_version(store, "v-2")
+    holder = app.extensions["movierec"].models
+    release, load = threading.Event(), holder.load
+    monkeypatch.setattr(holder, "load", lambda target: (release.wait(10), load(target))[1])
+    try:
+        assert client.post("/api/admin/reload", json={"version": "v-2"}, headers=admin).status_code == 202
+        refused = client.post("/api/admin/reload", json={"version": old, "wait": True}, headers=admin)
+        assert refused.status_code == 409
+        error = refused.get_json()["error"]
+        assert error["code"] == "reload_in_progress" and "v-2" in error["message"]
+        joined = client.post("/api/admin/reload", json={"version": "v-2"}, headers=admin)
+        assert joined.status_code == 202 and joined.get_json()["target"] == "v-2"
+    finally:
+        release.set()
+    done = client.post("/api/admin/reload", json={"version": "v-2", "wait": True}, headers=admin)
+    assert done.status_code == 200 and _version(client, auth_headers) == "v-2"
+    again = client.post("/api/admin/reload", json={"version": old, "wait": True}, headers=admin)
+    assert again.status_code == 200 and _version(client, auth_headers) == old
+
+
 def test_every_worker_follows_a_reload_and_late_workers_adopt_it(
     make_app: Any, store: Path, auth_headers: dict
 ) -> None:
