@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 from flask_jwt_extended import jwt_required
 from spectree import Response
 
@@ -60,10 +61,14 @@ def recommendations(user_id: str, query: MaxRecsQuery) -> Any:
     found = services.user_features.features(uid)
     feats = found["features"]
     bundle = services.models.require()
+    # HEAD: the headers of the same answer, but nothing recorded: no client receives its id
+    serve = partial(services.recommendations.answer, bundle) if request.method == "HEAD" else (
+        services.recommendations.recommend
+    )  # fmt: skip
     if bundle.knows_user(uid):
-        served = services.recommendations.recommend(max_recs=query.max_recs, user_id=uid)
+        served = serve(max_recs=query.max_recs, user_id=uid)
     else:
-        served = services.recommendations.recommend(
+        served = serve(
             max_recs=query.max_recs, age=int(feats["age"]), gender=str(feats["gender"]),
             occupation=str(feats["occupation"]),
         )  # fmt: skip

@@ -92,6 +92,24 @@ def test_recommendations_for_a_known_user_are_personal_and_scoreable(
     assert client.post("/api/recommend/score", json=score, headers=auth_headers).status_code == 200
 
 
+def test_head_of_recommendations_records_nothing(app: Any, client: Any, auth_headers: dict) -> None:
+    """HEAD answers with GET's headers, but issues no list: nobody receives its id (each HEAD
+    wrote a request row for a list no client had)."""
+    log = app.extensions["movierec"].recommendations.request_log
+    uid = int(app.extensions["movierec"].models.require().tables.user_ids[0])
+
+    def rows() -> int:
+        stats = log.stats()
+        return int(stats["pending"] + stats["written"])
+
+    before = rows()
+    head = client.head(f"/api/users/{uid}/recommendations", headers=auth_headers)
+    assert head.status_code == 200 and not head.data and rows() == before
+    assert head.headers["Content-Type"] == "application/json"
+    assert client.get(f"/api/users/{uid}/recommendations", headers=auth_headers).status_code == 200
+    assert rows() == before + 1
+
+
 def test_recommendations_for_a_user_the_model_does_not_know_use_their_features(
     make_app: Any, model_store: Any, auth_headers: dict, synthetic_data: Any
 ) -> None:
