@@ -61,6 +61,14 @@ def _user_lookup_error(_header: dict[str, Any], _payload: dict[str, Any]) -> Res
     return _unauthorized("access token was rejected")
 
 
+def _bearer_scheme_any_case() -> None:
+    """``Authorization: bearer …`` is ``Bearer …``: the scheme is case-insensitive (RFC 9110,
+    11.1), and flask-jwt-extended compares it exactly (a lower-case scheme was a 401)."""
+    header = request.environ.get("HTTP_AUTHORIZATION")
+    if header and not header.startswith("Bearer ") and header[:7].lower() == "bearer ":
+        request.environ["HTTP_AUTHORIZATION"] = "Bearer " + header[7:]
+
+
 def _require_json_object() -> None:
     """API bodies must be a JSON object with a JSON content type: 415 / 400 otherwise.
 
@@ -99,6 +107,7 @@ def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )
     jwt.init_app(app)
+    app.before_request(_bearer_scheme_any_case)
     app.before_request(_require_json_object)
     app.after_request(security.drain_unread_body)
     for blueprint in (auth.bp, recommend.bp, health.bp, docs.bp, security.bp, monitoring.bp):

@@ -33,6 +33,14 @@ def test_index_welcomes(client) -> None:
     assert response.status_code == 200 and "movierec" in response.get_json()["message"]
 
 
+def test_the_bearer_scheme_is_case_insensitive(client, auth_headers) -> None:
+    token = auth_headers["Authorization"].split()[1]
+    for scheme in ("bearer", "BEARER", "bEaReR"):
+        response = client.get("/protected", headers={"Authorization": f"{scheme} {token}"})
+        assert response.status_code == 200, scheme
+    assert client.get("/protected", headers={"Authorization": f"Bearerx {token}"}).status_code == 401
+
+
 def test_protected_with_and_without_token(client, auth_headers) -> None:
     assert client.get("/protected", headers=auth_headers).get_json() == {"message": "Protected"}
     assert_envelope(client.get("/protected"), 401, "unauthorized")
