@@ -6,11 +6,11 @@ field types, so the generated OpenAPI spec states the same bounds everywhere.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
-from app.api.schemas import Age, Gender, MovieId, Occupation, RecommendResponse, Strict, UserId
+from app.api.schemas import MAX_RECS, Age, Gender, MovieId, Occupation, RecommendResponse, Strict, UserId
 
 MAX_BATCH_RECOMMEND = 1_000
 MAX_BATCH_PREDICT = 10_000
@@ -63,10 +63,18 @@ class RecommendBatchResponse(BaseModel):
     failed: int
 
 
-class MaxRecsQuery(Strict):
-    """Query strings are text: ``?max_recs=7`` is parsed (lax), within the body field's bounds."""
+def _decimal_digits(value: Any) -> Any:
+    """Query text as an int only when it is plain ASCII digits (pydantic's lax parsing took
+    ``7_0`` as 70 and `` 7`` as 7); anything else is left for the int check to refuse."""
+    if isinstance(value, str):
+        return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else value
+    return value
 
-    max_recs: int = Field(default=10, ge=1, le=100)
+
+class MaxRecsQuery(Strict):
+    """Query strings are text: ``?max_recs=7`` is read as digits, within the body field's bounds."""
+
+    max_recs: Annotated[StrictInt, Field(ge=1, le=MAX_RECS), BeforeValidator(_decimal_digits)] = 10
 
 
 class UserFeaturesResponse(BaseModel):

@@ -122,7 +122,19 @@ def test_recommendations_for_a_user_the_model_does_not_know_use_their_features(
     assert body["recommendations"] == direct["recommendations"]
 
 
-@pytest.mark.parametrize("query", ["max_recs=0", "max_recs=101", "max_recs=abc", "colour=red"])
+@pytest.mark.parametrize(
+    "query",
+    ["max_recs=0", "max_recs=101", "max_recs=abc", "colour=red", "max_recs=7_0", "max_recs=%207",
+     "max_recs=7.0", "max_recs=-5", "max_recs=", "max_recs=%D9%A3"],
+)  # fmt: skip
 def test_recommendations_query_is_validated(client: Any, auth_headers: dict, query: str) -> None:
     response = client.get(f"/api/users/1/recommendations?{query}", headers=auth_headers)
     assert response.status_code == 400
+    assert response.get_json()["error"]["fields"]
+
+
+def test_max_recs_in_the_query_is_read_as_digits(app: Any, client: Any, auth_headers: dict) -> None:
+    uid = int(app.extensions["movierec"].models.require().tables.user_ids[0])
+    for text, expected in (("7", 7), ("007", 7), ("12", 12)):
+        response = client.get(f"/api/users/{uid}/recommendations?max_recs={text}", headers=auth_headers)
+        assert response.status_code == 200 and len(response.get_json()["recommendations"]) == expected
