@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.services.feedback_journal import FeedbackJournal
     from app.services.models import ModelHolder
     from app.services.recommendations import RecommendationService
-    from app.services.request_log import RequestLog
+    from app.services.request_log import RequestLog, RowSpill
     from app.services.serving import install_serving, model_store
     from app.storage.db import Database
 
@@ -103,7 +103,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     # Recommendation ids are signed with a key derived from the JWT secret, shared by every worker.
     request_log = RequestLog(
-        db, flush_interval=settings.request_log_flush_seconds, max_pending=settings.request_log_max_pending
+        db,
+        flush_interval=settings.request_log_flush_seconds,
+        max_pending=settings.request_log_max_pending,
+        spill=RowSpill(settings.feedback_journal),  # beside the scores: the same local, per-database storage
     )
     journal = FeedbackJournal(
         settings.feedback_journal,
@@ -115,6 +118,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         journal.recover()
     except Exception as exc:  # noqa: BLE001 - kept on disk, retried every 30 s; the app still starts
         log.error("feedback journal: left scores wait to be replayed", extra={"reason": str(exc)[:200]})
+    try:  # request rows a process stopped while the database was down kept on disk
+        request_log.replay_spilled()
+    except Exception as exc:  # noqa: BLE001 - kept on disk, retried by the flusher; the app still starts
+        log.error("request log: rows kept on disk wait to be written", extra={"reason": str(exc)[:200]})
     for stray in journal.strays():
         log.warning(
             "feedback journal: scores wait under another database URL's directory",

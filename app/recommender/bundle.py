@@ -44,6 +44,7 @@ FORMAT_VERSION = 1
 TABLE_DEPTH = 100  # max_recs is at most 100
 LATEST = "latest"
 MANIFEST = "manifest.json"
+VERSION_MAX_LENGTH = 64  # the database's model_version columns (app/storage/models.py)
 
 
 class BundleError(ValueError):
@@ -351,6 +352,10 @@ def _validate(manifest: dict[str, Any], catalogue: pd.DataFrame, tables: Tables,
         problems.append(f"unsupported format {manifest.get('format')!r}")
     if "version" not in manifest:
         problems.append("manifest has no version")
+    elif not 0 < len(str(manifest["version"])) <= VERSION_MAX_LENGTH:
+        # every row it serves records the version: a longer one is refused by the database,
+        # so the bundle would serve lists whose ids could never be stored or scored
+        problems.append(f"version is not 1 to {VERSION_MAX_LENGTH} characters")
     if not catalogue["title"].is_unique:
         problems.append("catalogue titles are not unique")
     if tables.segment_top.shape != tables.segment_scores.shape or tables.segment_top.shape[0] != len(

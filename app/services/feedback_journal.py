@@ -52,10 +52,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
+from app.services.durable_files import append_durably, sync_directory, write_or_set_aside
 from app.services.group_commit import GroupCommit
 from app.services.request_log import RequestLog
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
@@ -67,10 +68,6 @@ SUFFIX = ".wal"
 REJECTED = "rejected.jsonl"
 _HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 _ZEROS = bytes(1 << 20)
-
-_REFUSED = (IntegrityError, DataError)
-"""What the database says of a record that no retry will change (a constraint, a bad value)."""
-
 
 # --------------------------------------------------------------------------- records
 
@@ -121,15 +118,6 @@ def read_records(data: bytes) -> list[FeedbackRecord]:
     return records
 
 
-def _sync_directory(directory: Path) -> None:
-    """Make a file's creation or removal in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Segment:
     """One of this process's journal files: open, locked, written from ``offset`` on."""
 
@@ -158,7 +146,7 @@ class _Segment:
                 written += os.write(fd, _ZEROS[: size - written])
             os.fsync(fd)
             os.rename(filling, path)
-            _sync_directory(directory)
+            sync_directory(directory)
         except BaseException:
             os.close(fd)
             filling.unlink(missing_ok=True)
@@ -227,6 +215,7 @@ class FeedbackJournal:
             db,
             write=self._ship,
             on_written=self._shipped,
+            reject=self._reject,
             name="feedback journal",
             flush_at_exit=False,  # close() flushes it, then deletes the segments
             flush_interval=ship_interval,
@@ -265,8 +254,14 @@ class FeedbackJournal:
         return {**self.shipper.stats(), **counts}
 
     def close(self, timeout: float = 10.0) -> None:
-        """Ship what is left; delete the segments whose records are all committed, release the rest."""
+        """Ship what is left; delete the segments whose records are all committed, release the rest.
+
+        Once: the exit hooks may call it twice (uwsgi's and Python's), and a second call waited
+        ``timeout`` again for a database that was down, past a container's stop timeout.
+        """
         with self._io_lock:  # a write in progress finishes (and queues its records) first
+            if self._closed:
+                return
             self._closed = True
         self.shipper.close(timeout)
         with self._lock:
@@ -370,20 +365,8 @@ class FeedbackJournal:
     # ------------------------------------------------------------------ shipping
 
     def _ship(self, rows: list[dict[str, Any]]) -> None:
-        """Commit a batch; a record refused for good goes to ``rejected.jsonl``, not blocking the rest."""
-        try:
-            self.db.save_feedbacks([row["record"] for row in rows])
-            return
-        except _REFUSED as exc:
-            if len(rows) == 1:
-                self._reject(rows[0]["record"], exc)
-                return
-        # Anything else (unreachable, read-only, a missing grant) is retried with back-off
-        for row in rows:  # find the culprit: each record alone
-            try:
-                self.db.save_feedbacks([row["record"]])
-            except _REFUSED as exc:
-                self._reject(row["record"], exc)
+        """Commit a batch (the shipper sets aside a record refused for good: :meth:`_reject`)."""
+        self.db.save_feedbacks([row["record"] for row in rows])
 
     def _shipped(self, rows: list[dict[str, Any]]) -> None:
         """Records committed: a sealed segment whose records are all committed is deleted."""
@@ -396,15 +379,13 @@ class FeedbackJournal:
                 if segment.sealed and segment.unshipped == 0:
                     self._seal(segment)
 
-    def _reject(self, record: FeedbackRecord, exc: BaseException) -> None:
-        line = orjson.dumps({**dataclasses.asdict(record), "error": str(exc)[:500]}) + b"\n"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / REJECTED, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _reject(self, row: dict[str, Any], exc: BaseException) -> None:
+        """A record the database refuses for good: kept in ``rejected.jsonl``, never dropped silently."""
+        record: FeedbackRecord = row["record"]
+        append_durably(
+            self.directory / REJECTED,
+            orjson.dumps({**dataclasses.asdict(record), "error": str(exc)[:500]}) + b"\n",
+        )
         self.rejected += 1
         log.error(
             "feedback journal: the database refused a score; it is kept in %s",
@@ -460,9 +441,10 @@ class FeedbackJournal:
                 return 0
             records = read_records(os.pread(fd, status.st_size, 0))
             for start in range(0, len(records), self.batch_size):
-                self._ship([{"record": record} for record in records[start : start + self.batch_size]])
+                batch = [{"record": record} for record in records[start : start + self.batch_size]]
+                write_or_set_aside(self._ship, batch, self._reject)
             path.unlink(missing_ok=True)
-            _sync_directory(self.directory)
+            sync_directory(self.directory)
         finally:
             os.close(fd)
         self.replayed += len(records)

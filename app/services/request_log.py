@@ -11,8 +11,10 @@ API.md "Durability" are kept as follows:
   buffer is flushed synchronously at interpreter exit (``atexit``) and from uwsgi's own
   ``atexit`` hook (app/exit_hooks.py), which a worker runs when it stops gracefully (SIGTERM
   under uwsgi.ini, or a recycle; uwsgi skips the hooks of a worker stopped brutally while a
-  request is in flight, hence the graceful SIGTERM there). Only a hard kill (SIGKILL,
-  harakiri, SIGINT) can lose the rows of the last flush interval.
+  request is in flight, hence the graceful SIGTERM there). Rows the database still would not
+  take by then go to disk (:class:`RowSpill`) and the next process writes them. Only a hard
+  kill (SIGKILL, harakiri, SIGINT) can lose the rows of the last flush interval (and, with the
+  database down, every row buffered since it went down).
 * **A score is never refused because its row is pending.** :meth:`RequestLog.get` sees
   pending and in-flight rows, and :meth:`RequestLog.persist` commits a pending row (and,
   for free, everything queued with it) before the feedback row that references it.
@@ -34,12 +36,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
+from app.services.durable_files import append_durably, sync_directory, write_durably, write_or_set_aside
 from app.storage.db import Database, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,8 @@ class RequestLog:
         *,
         write: Callable[[list[dict[str, Any]]], None] | None = None,
         on_written: Callable[[list[dict[str, Any]]], None] | None = None,
+        reject: Callable[[dict[str, Any], BaseException], None] | None = None,
+        spill: RowSpill | None = None,
         name: str = "request log",
         flush_at_exit: bool = True,
         flush_interval: float = 0.1,
@@ -67,6 +74,12 @@ class RequestLog:
         # (app/services/feedback_journal.py).
         self._write = write or db.save_requests
         self._on_written = on_written
+        # A row the database refuses for good (a value too long, a constraint) is handed to
+        # ``reject`` instead of going back to the queue, where every later batch, holding it,
+        # failed too and nothing behind it was written any more.
+        self._reject = reject or (spill.reject if spill is not None else None)
+        # Where rows still unwritten at exit go (the database unreachable): on disk, replayed later.
+        self.spill = spill
         self.name = name
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -143,8 +156,14 @@ class RequestLog:
                 total += self._write_batch_locked(limit=None)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the flusher and flush what is left (retrying until ``timeout``)."""
+        """Stop the flusher and flush what is left (retrying until ``timeout``, then spilling it).
+
+        A second call with nothing left returns at once: the exit hooks may call it twice
+        (uwsgi's and Python's), and each waited ``timeout`` with the database down.
+        """
         with self._lock:
+            if self._closed and not self._pending and not self._inflight:
+                return
             self._closed = True
             self._wake.notify_all()
         thread = self._thread
@@ -172,7 +191,10 @@ class RequestLog:
             batch = {request_id: self._pending.pop(request_id) for request_id in ids}
             self._inflight.update(batch)
         try:
-            self._write(list(batch.values()))
+            if self._reject is None:
+                self._write(list(batch.values()))
+            else:
+                write_or_set_aside(self._write, list(batch.values()), self._reject)
         except BaseException as exc:
             # whatever failed, the rows go back: left in flight, no flusher would ever see them
             with self._lock:
@@ -249,6 +271,8 @@ class RequestLog:
                 with self._write_lock:
                     self._write_batch_locked(limit=self.batch_size)
                 backoff = 0.0
+                if self.spill is not None and self.spill.due():
+                    self._replay_logged()  # the database answers again: rows an earlier exit left
             except DatabaseUnavailableError as exc:
                 backoff = min(self.max_backoff, max(0.05, backoff * 2))
                 now = time.monotonic()
@@ -277,11 +301,128 @@ class RequestLog:
                 return
             except DatabaseUnavailableError as exc:
                 if time.monotonic() >= deadline:
-                    log.error(
-                        "%s: rows could not be written before exit",
-                        self.name,
-                        extra={"pending": self.pending(), "reason": str(exc)[:200]},
-                    )
+                    self._spill_pending(str(exc))
                     return
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
+
+    def _spill_pending(self, reason: str) -> None:
+        """At exit, rows the database would not take go to the spill: replayed by the next process."""
+        with self._lock:
+            rows = list(self._pending.values())
+        if self.spill is not None and rows:
+            try:
+                path = self.spill.save(rows)
+            except OSError as exc:
+                reason = f"{reason}; and they could not be kept on disk: {exc}"
+            else:
+                with self._lock:
+                    for row in rows:
+                        self._pending.pop(row["id"], None)
+                log.error(
+                    "%s: rows the database would not take before exit are kept on disk until it does",
+                    self.name,
+                    extra={"rows": len(rows), "file": str(path), "reason": reason[:200]},
+                )
+                return
+        log.error(
+            "%s: rows could not be written before exit",
+            self.name,
+            extra={"pending": self.pending(), "reason": reason[:200]},
+        )
+
+    def replay_spilled(self) -> int:
+        """Write the rows earlier processes spilled at exit; rows written (0 without a spill).
+
+        Raises what the database raised when it cannot take them: the files stay for a later try.
+        """
+        if self.spill is None:
+            return 0
+        return self.spill.replay(self._write)
+
+    def _replay_logged(self) -> None:
+        try:
+            self.replay_spilled()
+        except Exception as exc:  # noqa: BLE001 - kept on disk, tried again later
+            log.error(
+                "%s: rows an ended process kept on disk wait for the database",
+                self.name,
+                extra={"reason": str(exc)[:200]},
+            )
+
+
+class RowSpill:
+    """Request rows that could not reach the database before their process ended, kept on disk.
+
+    Files ``requests-<pid>-<ns>.jsonl`` in the feedback journal's directory (local storage that
+    outlives the process, one directory per database), each written whole and synced
+    (:func:`write_durably`). :meth:`replay` writes them to the database (idempotent: stored ids
+    are skipped) and deletes them; the app runs it at start, and each process's flusher again
+    at most every ``interval`` while it writes. A row the database refuses for good is appended
+    to ``rejected-requests.jsonl`` and logged, never dropped silently.
+    """
+
+    PREFIX = "requests-"
+    REJECTED = "rejected-requests.jsonl"
+
+    def __init__(self, directory: Path, interval: float = 30.0) -> None:
+        self.directory = directory
+        self.interval = interval
+        self.rejected = 0
+        self.replayed = 0
+        self._next = 0.0
+        self._replaying = threading.Lock()
+
+    def save(self, rows: list[dict[str, Any]]) -> Path:
+        path = self.directory / f"{self.PREFIX}{os.getpid()}-{time.time_ns()}.jsonl"
+        write_durably(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
+        return path
+
+    def due(self) -> bool:
+        """True at most once per ``interval``, and only when a spilled file is waiting."""
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.interval
+        return any(self.directory.glob(f"{self.PREFIX}*.jsonl"))
+
+    def replay(self, write: Callable[[list[dict[str, Any]]], None]) -> int:
+        """Write every spilled file's rows, then delete it; raises what the database raised (kept)."""
+        if not self.directory.is_dir() or not self._replaying.acquire(blocking=False):
+            return 0
+        total = 0
+        try:
+            for path in sorted(self.directory.glob(f"{self.PREFIX}*.jsonl")):
+                try:
+                    rows = [_row(line) for line in path.read_bytes().splitlines() if line]
+                except FileNotFoundError:  # another process replayed it meanwhile
+                    continue
+                for start in range(0, len(rows), 500):
+                    write_or_set_aside(write, rows[start : start + 500], self.reject)
+                path.unlink(missing_ok=True)
+                sync_directory(self.directory)
+                total += len(rows)
+                log.warning(
+                    "request log: wrote the rows an ended process had kept on disk",
+                    extra={"file": path.name, "rows": len(rows)},
+                )
+        finally:
+            self._replaying.release()
+        self.replayed += total
+        return total
+
+    def reject(self, row: dict[str, Any], exc: BaseException) -> None:
+        append_durably(self.directory / self.REJECTED, orjson.dumps({**row, "error": str(exc)[:500]}) + b"\n")
+        self.rejected += 1
+        log.error(
+            "request log: the database refused a row; it is kept in %s",
+            self.REJECTED,
+            extra={"request_id": row.get("id"), "reason": str(exc)[:200]},
+        )
+
+
+def _row(line: bytes) -> dict[str, Any]:
+    row: dict[str, Any] = orjson.loads(line)
+    if isinstance(row.get("created_at"), str):
+        row["created_at"] = datetime.fromisoformat(row["created_at"])
+    return row

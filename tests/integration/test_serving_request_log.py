@@ -345,3 +345,98 @@ def test_rows_still_buffered_at_exit_are_written(tmp_path: Path) -> None:
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(RecommendationRequest)) == 250
     engine.dispose()
+
+
+def _rows(n: int, prefix: str = "row", version: str = "v") -> list[dict[str, Any]]:
+    return [
+        {"id": f"{prefix}-{i}", "max_recs": 1, "model_version": version, "strategy": "segment", "items": []}
+        for i in range(n)
+    ]
+
+
+def _stored_ids(db: Any) -> set[str]:
+    with db.session() as session:
+        return set(session.scalars(select(RecommendationRequest.id)))
+
+
+def test_rows_the_database_would_not_take_at_exit_are_kept_on_disk_and_written_by_the_next_process(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A graceful stop with the database down (docker stop during an outage) kept the rows for
+    10 s, then dropped them: every id served during the outage was lost, and a score of one got
+    503 for ever. Now they go to the spill, and the next process writes them; a second close (the
+    exit hooks run twice) does not wait again."""
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+    from tests.helpers import sqlalchemy_url
+
+    spill_dir = tmp_path / "journal"
+    down = Database("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    log = RequestLog(down, flush_interval=3600, spill=RowSpill(spill_dir))
+    log.append(_rows(30))
+    started = time.monotonic()
+    log.close(timeout=0.5)
+    assert log.pending() == 0 and len(list(spill_dir.glob("requests-*.jsonl"))) == 1
+    log.close(timeout=5)
+    assert time.monotonic() - started < 4  # the second close returned at once
+    down.dispose()
+
+    db = Database(sqlalchemy_url(postgres_url))
+    db.upgrade()
+    later = RequestLog(db, spill=RowSpill(spill_dir))
+    assert later.replay_spilled() == 30
+    assert _stored_ids(db) == {f"row-{i}" for i in range(30)}
+    assert not list(spill_dir.glob("requests-*.jsonl")) and not list(spill_dir.glob(".*partial"))
+    assert later.replay_spilled() == 0
+    later.close()
+    db.dispose()
+
+
+def test_a_row_the_database_refuses_for_good_is_set_aside_and_the_rest_written(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """One row PostgreSQL refuses (a model version longer than its column) failed every batch that
+    held it, and nothing behind it was written again. Now it is set aside in
+    rejected-requests.jsonl and the rows around it are written."""
+    import orjson
+
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+    from tests.helpers import sqlalchemy_url
+
+    db = Database(sqlalchemy_url(postgres_url))
+    db.upgrade()
+    spill = RowSpill(tmp_path / "journal")
+    log = RequestLog(db, flush_interval=0.01, spill=spill)
+    log.append(_rows(5, "before"))
+    log.append(_rows(1, "poison", version="v" * 65))
+    log.append(_rows(5, "after"))
+    deadline = time.monotonic() + 30
+    while log.pending():
+        assert time.monotonic() < deadline, f"rows stranded behind the refused one: {log.stats()}"
+        time.sleep(0.05)
+    assert _stored_ids(db) == {f"before-{i}" for i in range(5)} | {f"after-{i}" for i in range(5)}
+    rejected = [
+        orjson.loads(line) for line in (tmp_path / "journal" / RowSpill.REJECTED).read_bytes().splitlines()
+    ]
+    assert [row["id"] for row in rejected] == ["poison-0"] and "too long" in rejected[0]["error"]
+    assert spill.rejected == 1
+    log.append(_rows(3, "later"))
+    log.flush()
+    assert {f"later-{i}" for i in range(3)} <= _stored_ids(db)
+    log.close()
+    db.dispose()
+
+
+def test_the_app_writes_spilled_rows_when_it_starts(
+    make_app: Any, make_settings: Any, postgres_url: str
+) -> None:
+    from app.services.request_log import RowSpill
+
+    settings = make_settings(database_url=postgres_url)
+    RowSpill(settings.feedback_journal).save(_rows(4, "left"))
+    app = make_app(database_url=postgres_url)
+    log = app.extensions["movierec"].recommendations.request_log
+    assert log.spill is not None and log.spill.directory == settings.feedback_journal
+    assert {f"left-{i}" for i in range(4)} <= _stored_ids(app.extensions["movierec"].db)
+    assert not list(settings.feedback_journal.glob("requests-*.jsonl"))

@@ -105,6 +105,28 @@ def test_damaged_bundles_are_refused(model_store: Path, tmp_path: Path, damage: 
         load_bundle(broken)
 
 
+def test_a_version_longer_than_the_database_stores_is_refused(model_store: Path, tmp_path: Path) -> None:
+    """A 65-character version loaded and served, but PostgreSQL refused every row recording it:
+    no id it served could be stored or scored (and the request log stalled behind them)."""
+    import json
+
+    from app.recommender.bundle import VERSION_MAX_LENGTH
+    from app.storage.models import Feedback, RecommendationRequest
+
+    assert RecommendationRequest.__table__.c.model_version.type.length == VERSION_MAX_LENGTH
+    assert Feedback.__table__.c.model_version.type.length == VERSION_MAX_LENGTH
+    bundle = tmp_path / "long"
+    shutil.copytree((model_store / "latest").resolve(), bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["version"] = "v" * VERSION_MAX_LENGTH
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert load_bundle(bundle).version == "v" * VERSION_MAX_LENGTH
+    manifest["version"] += "v"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="version is not 1 to 64 characters"):
+        load_bundle(bundle)
+
+
 def test_point_latest_refuses_unknown_versions(model_store: Path) -> None:
     with pytest.raises(BundleError):
         point_latest(model_store, "no-such-version")

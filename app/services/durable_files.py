@@ -1,0 +1,81 @@
+"""Files that hold acknowledged data until the database has it: written so a crash keeps them.
+
+Shared by the feedback journal (app/services/feedback_journal.py) and the request log's spill
+(app/services/request_log.py). What a write-behind log may not lose goes through here: synced
+before the caller moves on, and a new file's name made durable with its directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import DataError, IntegrityError
+
+REFUSED = (IntegrityError, DataError)
+"""What the database says of a row that no retry will change (a constraint, a bad value)."""
+
+
+def write_or_set_aside(
+    write: Callable[[list[Any]], None], rows: Sequence[Any], reject: Callable[[Any, BaseException], None]
+) -> None:
+    """``write(rows)``; when the database refuses the batch for good, each row alone, and a row it
+    still refuses goes to ``reject(row, error)``: one bad row does not hold back the rest for ever.
+
+    Anything else (unreachable, read-only, a missing grant) propagates, and the caller retries the
+    whole batch: the writes are idempotent.
+    """
+    try:
+        write(list(rows))
+        return
+    except REFUSED as exc:
+        if len(rows) == 1:
+            reject(rows[0], exc)
+            return
+    for row in rows:  # find the culprits
+        try:
+            write([row])
+        except REFUSED as exc:
+            reject(row, exc)
+
+
+def sync_directory(directory: Path) -> None:
+    """Make a file's creation or removal in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created 0600 if missing) and sync it before returning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``path`` whole: readers see all of ``data`` under that name or no file at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, path)
+    sync_directory(path.parent)
