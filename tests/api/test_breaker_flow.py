@@ -217,22 +217,32 @@ def test_background_monitor_opens_it_after_n_scores(
         monitor.stop()
 
 
-def test_a_failing_champion_is_answered_from_the_fallback_and_opens_the_breaker(
-    two_champions: tuple[Path, str, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
-) -> None:
-    store, previous, _current = two_champions
+def _error_prone(
+    store: Path, make_app: Callable[..., Any], request: pytest.FixtureRequest
+) -> tuple[Any, dict[str, str], Any]:
+    """A logged-in client of an app whose breaker opens at a 50 % model error rate over 3 calls."""
     settings = _settings(store, "sqlite", request)
     settings.update(breaker_min_requests=3, breaker_max_error_rate=0.5)
     app = make_app(**settings)
     client = app.test_client()
-    headers = login(client)
-    services = app.extensions["movierec"]
-    bundle = services.models.bundle
+    return client, login(client), app.extensions["movierec"]
+
+
+def _break(bundle: Any) -> None:
+    """The loaded champion starts failing."""
 
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("corrupt table")
 
-    bundle.recommend_segment = broken  # the loaded champion starts failing
+    bundle.recommend_segment = broken
+
+
+def test_a_failing_champion_is_answered_from_the_fallback_and_opens_the_breaker(
+    two_champions: tuple[Path, str, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    store, previous, _current = two_champions
+    client, headers, services = _error_prone(store, make_app, request)
+    _break(services.models.bundle)
     for served in _recommend(client, headers, 3):  # answered, not 500
         assert (served["strategy"], served["model_version"]) == ("fallback", previous)
     services.monitor.tick()
@@ -253,12 +263,7 @@ def test_the_batch_endpoint_goes_through_the_breaker_item_by_item(
     the breaker counts (the batch had looked the champion up directly: an open breaker, or a
     champion failing, did not change what a batch served)."""
     store, previous, current = two_champions
-    settings = _settings(store, "sqlite", request)
-    settings.update(breaker_min_requests=3, breaker_max_error_rate=0.5)
-    app = make_app(**settings)
-    client = app.test_client()
-    headers = login(client)
-    services = app.extensions["movierec"]
+    client, headers, services = _error_prone(store, make_app, request)
     requests = [PROFILE, {**PROFILE, "gender": "F", "max_recs": 3}, {"user_id": 10**6}]
     results = _batch(client, headers, requests)
     assert [(r["strategy"], r["model_version"]) for r in results[:2]] == [("segment", current)] * 2
@@ -274,10 +279,7 @@ def test_the_batch_endpoint_goes_through_the_breaker_item_by_item(
     client.post("/api/admin/breaker/reset", json={}, headers=login(client, ADMIN_PASSWORD))
     assert [r["model_version"] for r in _batch(client, headers, requests[:1])] == [current]
 
-    def broken(*_args: Any, **_kwargs: Any) -> Any:
-        raise RuntimeError("corrupt table")
-
-    services.models.bundle.recommend_segment = broken
+    _break(services.models.bundle)
     results = _batch(client, headers, [PROFILE] * 3)  # answered from the fallback, not a 500
     assert [(r["strategy"], r["model_version"]) for r in results] == [("fallback", previous)] * 3
     services.monitor.tick()
