@@ -10,6 +10,15 @@ bundle other than the one it serves, loads that exact directory and swaps it in.
 that fails to load is refused where it fails: the marker is not written (the first worker)
 or the worker keeps its old bundle and reports the error (the others).
 
+Within one process, a reload's "load, swap, write the marker" and the poller's "read the
+marker, load, swap" are one step each under one lock, and the poller reads the marker again
+once it holds that lock. A poller that saw a sibling's marker while this worker's own reload
+was loading swapped the sibling's (older) bundle in after that reload had written the newer
+marker, and as the marker's stat no longer changed, the worker served the wrong version for
+good. The marker's stat remembered is always the stat of the content acted on (read through
+one file descriptor; a worker's own marker is stat'ed before it is renamed into place), so a
+marker replaced at any moment is read again at the next poll.
+
 A worker started later (uwsgi recycles workers) serves the marker's bundle when the marker
 is newer than the store's ``latest`` link, so a rollback to an older version survives worker
 restarts; otherwise it serves ``latest`` as configured.
@@ -74,6 +83,9 @@ class ModelReloader:
         self.marker = marker or store / MARKER_NAME
         self.poll_interval = poll_interval
         self._lock = threading.Lock()
+        # One load-and-swap at a time in this process (the admin reload with its marker write,
+        # or the poller's); taken before ``_lock`` when both are held.
+        self._load_lock = threading.Lock()
         self._loading: threading.Thread | None = None
         self._done = threading.Event()
         self._done.set()
@@ -86,10 +98,14 @@ class ModelReloader:
 
     def adopt_marker_at_start(self) -> None:
         """Serve the marker's bundle when a reload happened after ``latest`` last moved."""
-        marker = self._read_marker()
+        with self._load_lock:
+            self._adopt_marker()
+
+    def _adopt_marker(self) -> None:
+        marker, marker_stat = self._read_marker_with_stat()
         if marker is None:
             return
-        self._marker_seen = self._marker_stat()
+        self._marker_seen = marker_stat
         target = Path(marker.get("target", ""))
         if not (target / MANIFEST).is_file():
             return
@@ -98,7 +114,6 @@ class ModelReloader:
             latest_mtime = latest.lstat().st_mtime_ns
         except OSError:
             latest_mtime = 0
-        marker_stat = self._marker_seen
         if marker_stat is None or marker_stat[0] < latest_mtime:
             return  # training moved `latest` after the last reload: serve what is configured
         current = self.holder.bundle
@@ -151,7 +166,10 @@ class ModelReloader:
                     "error": None,
                 }
                 self._loading = threading.Thread(
-                    target=self._load_and_announce, args=(target,), name="movierec-reload", daemon=True
+                    target=self._load_and_announce,
+                    args=(target, self._status),
+                    name="movierec-reload",
+                    daemon=True,
                 )
                 self._loading.start()
         if wait:
@@ -165,27 +183,36 @@ class ModelReloader:
         with self._lock:
             return dict(self._status)
 
-    def _load_and_announce(self, target: Path) -> None:
+    def _load_and_announce(self, target: Path, status: dict[str, Any]) -> None:
+        """Load, swap and write the marker as one step: the poller cannot swap in between."""
+        with self._load_lock:
+            state, error = self._load_and_write_marker(target)
+        self._finish(status, state, error)
+
+    def _load_and_write_marker(self, target: Path) -> tuple[str, str | None]:
         try:
             bundle = self.holder.load(target)
         except BundleError as exc:
-            self._finish("failed", str(exc)[:500])
-            return
+            return "failed", str(exc)[:500]
         except Exception as exc:
             log.exception("reload failed unexpectedly")
-            self._finish("failed", f"unexpected error: {type(exc).__name__}")
-            return
+            return "failed", f"unexpected error: {type(exc).__name__}"
         try:
             self._write_marker(target, bundle.version)
         except OSError as exc:
-            self._finish("loaded", f"loaded here, but other workers were not told: {exc}")
-            return
-        self._finish("loaded", None)
+            return "loaded", f"loaded here, but other workers were not told: {exc}"
+        return "loaded", None
 
-    def _finish(self, state: str, error: str | None) -> None:
+    def _finish(self, status: dict[str, Any], state: str, error: str | None) -> None:
+        """Record the outcome of the load that ``status`` describes, unless another load's has replaced it.
+
+        A marker load finishing after an admin reload was requested must neither mark that
+        reload "loaded" nor wake its waiters (they would answer 200 for a bundle not loaded).
+        """
         with self._lock:
-            self._status.update(state=state, error=error, finished_at=_iso(time.time()))
-            self._done.set()
+            if self._status is status:
+                status.update(state=state, error=error, finished_at=_iso(time.time()))
+                self._done.set()
         if state == "failed":
             log.error("reload refused; the previous bundle keeps serving", extra={"reason": error})
 
@@ -193,10 +220,27 @@ class ModelReloader:
 
     def _marker_stat(self) -> tuple[int, int, int] | None:
         try:
-            stat = self.marker.stat()
+            return _stat_key(self.marker.stat())
         except OSError:
             return None
-        return (stat.st_mtime_ns, stat.st_ino, stat.st_size)
+
+    def _read_marker_with_stat(self) -> tuple[dict[str, Any] | None, tuple[int, int, int] | None]:
+        """The marker's content and the stat of that very content (one open file, so one inode).
+
+        A stat taken after reading could belong to a marker written in between, which would
+        then count as seen without ever being read.
+        """
+        try:
+            with self.marker.open("rb") as handle:
+                stat = _stat_key(os.fstat(handle.fileno()))
+                raw = handle.read()
+        except OSError:
+            return None, None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None, stat
+        return (data if isinstance(data, dict) else None), stat
 
     def _read_marker(self) -> dict[str, Any] | None:
         try:
@@ -216,25 +260,55 @@ class ModelReloader:
         }
         tmp = self.marker.with_name(f"{self.marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(body))
+        # A rename keeps mtime, inode and size: this is the stat of our marker. Stat'ing the
+        # marker after the rename could pick up a sibling's marker written in between.
+        written = _stat_key(os.stat(tmp))
         os.replace(tmp, self.marker)
-        self._marker_seen = self._marker_stat()
+        self._marker_seen = written
 
     def check_marker(self) -> bool:
-        """One poll: load the marker's bundle if the marker changed and names another bundle."""
+        """One poll: load the marker's bundle if the marker changed and names another bundle.
+
+        The stat comparison needs no lock. When the marker changed, the rest runs under the
+        load lock and reads the marker again there: a reload of this worker may have written
+        a newer marker meanwhile. While a load runs in this process the poll is skipped, not
+        queued behind it (a request thread calls this too, and must not wait seconds); the
+        marker stays unseen, so the next poll looks again.
+        """
         stat = self._marker_stat()
         if stat is None or stat == self._marker_seen:
             return False
-        self._marker_seen = stat
-        marker = self._read_marker()
+        if not self._load_lock.acquire(blocking=False):
+            return False
+        try:
+            return self._follow_marker()
+        finally:
+            self._load_lock.release()
+
+    def _follow_marker(self) -> bool:
+        """Load what the marker names (the load lock is held); each marker write is tried once.
+
+        The stat is recorded as seen before the load, so a bundle that fails to load is not
+        retried at every poll, only when the marker changes again.
+        """
+        marker, stat = self._read_marker_with_stat()
+        if stat is None or stat == self._marker_seen:
+            return False
         if marker is None or "target" not in marker:
+            self._marker_seen = stat
             return False
         target = Path(marker["target"])
         current = self.holder.bundle
         if current is not None and current.path.resolve() == target.resolve():
+            self._marker_seen = stat
             return False
-        log.info("reload marker changed; loading", extra={"target": target.name})
         with self._lock:
-            self._status = {
+            if self._loading is not None and self._loading.is_alive():
+                # A reload requested here is about to load: it writes the marker when it
+                # succeeds, and when it fails the next poll finds this marker still unseen.
+                return False
+            self._marker_seen = stat
+            status: dict[str, Any] = {
                 "state": "loading",
                 "target": target.name,
                 "requested_at": marker.get("at"),
@@ -242,13 +316,19 @@ class ModelReloader:
                 "error": None,
                 "via": "marker",
             }
+            self._status = status
             self._done.clear()
+        log.info("reload marker changed; loading", extra={"target": target.name})
         try:
             self.holder.load(target)
         except BundleError as exc:
-            self._finish("failed", str(exc)[:500])
+            self._finish(status, "failed", str(exc)[:500])
             return False
-        self._finish("loaded", None)
+        except Exception as exc:  # as the admin reload does: the status must not stay "loading"
+            log.exception("reload from the marker failed unexpectedly")
+            self._finish(status, "failed", f"unexpected error: {type(exc).__name__}")
+            return False
+        self._finish(status, "loaded", None)
         return True
 
     # ------------------------------------------------------------------ the poller
@@ -275,6 +355,10 @@ class ModelReloader:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _stat_key(stat: os.stat_result) -> tuple[int, int, int]:
+    return (stat.st_mtime_ns, stat.st_ino, stat.st_size)
 
 
 def _poll(ref: weakref.ref[ModelReloader], stop: threading.Event, interval: float) -> None:

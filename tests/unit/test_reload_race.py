@@ -1,0 +1,230 @@
+"""Hot reload across workers: each worker ends up serving what the reload marker names.
+
+Two :class:`ModelReloader` instances on one model store stand in for two uwsgi workers. Their
+pollers are not started: each test calls ``check_marker`` (one poll) itself, and holds loads
+at chosen points with events, so every interleaving below happens on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import app.services.models as models_module
+from app.recommender.bundle import resolve_bundle_dir
+from app.services.models import ModelHolder
+from app.services.reload import InvalidBundle, ModelReloader
+from tests.serving_helpers import add_version, copy_store
+
+pytestmark = pytest.mark.unit
+
+WAIT = 30.0  # generous: CI shares 2 cores with other test processes
+
+
+@pytest.fixture
+def store(model_store: Path, tmp_path: Path) -> Path:
+    return copy_store(model_store, tmp_path / "store")
+
+
+def _worker(store: Path) -> ModelReloader:
+    holder = ModelHolder(store)
+    holder.load()
+    reloader = ModelReloader(holder, store, poll_interval=3600)
+    reloader.adopt_marker_at_start()
+    return reloader
+
+
+def _serving(worker: ModelReloader) -> str:
+    return worker.holder.require().version
+
+
+def _marker_version(store: Path) -> str:
+    return str(json.loads((store / ".serving.json").read_text())["version"])
+
+
+class _Gate:
+    """Holds the load of one bundle directory inside ``load_bundle`` (under the holder's lock, as
+    a real load that takes a while) until released."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory.resolve()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def holds(self, target: Path) -> bool:
+        return not self.release.is_set() and Path(target).resolve() == self.directory
+
+
+@pytest.fixture
+def gates(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[_Gate]]:
+    held: list[_Gate] = []
+    real = models_module.load_bundle
+
+    def load_bundle(target: Path, *args: Any) -> Any:
+        for gate in held:
+            if gate.holds(target):
+                gate.entered.set()
+                assert gate.release.wait(WAIT), "a held load was never released"
+        return real(target, *args)
+
+    monkeypatch.setattr(models_module, "load_bundle", load_bundle)
+    yield held
+    for gate in held:
+        gate.release.set()
+
+
+def _in_thread(call: Callable[[], Any]) -> threading.Thread:
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_sibling_marker_seen_while_this_worker_reloads_does_not_win(
+    store: Path, gates: list[_Gate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reviewer's race: ``reload v2`` on worker A, then ``reload <original>`` on worker B.
+
+    B's poller sees A's marker (v2) while B's own reload of the original is loading. That
+    reload swaps the original in and writes the newer marker; the poller must not swap v2 in
+    after it (B served v2 for good while the marker named the original)."""
+    original = resolve_bundle_dir(store).name
+    a, b = _worker(store), _worker(store)
+    add_version(store, "v2")
+    assert a.request("v2", wait=WAIT)["state"] == "loaded"
+    assert _serving(a) == _marker_version(store) == "v2"
+
+    gate = _Gate(store / original)
+    gates.append(gate)
+    assert b.request(original)["state"] == "loading"
+    assert gate.entered.wait(WAIT)
+    admin_reload = b._loading
+    assert admin_reload is not None
+
+    # B's poller runs while B's reload is held mid-load. It may return at once (a load is
+    # running here); if it goes on to load the marker's bundle, let it get that far first.
+    poller_loads = threading.Event()
+    load = b.holder.load
+
+    def spy(target: Path | None = None) -> Any:
+        poller_loads.set()
+        return load(target)
+
+    monkeypatch.setattr(b.holder, "load", spy)
+    poll = _in_thread(b.check_marker)
+    while poll.is_alive() and not poller_loads.is_set():
+        poll.join(0.01)
+    gate.release.set()
+    admin_reload.join(WAIT)
+    poll.join(WAIT)
+    assert not admin_reload.is_alive() and not poll.is_alive()
+
+    assert _marker_version(store) == original
+    b.check_marker()  # the next poll
+    assert _serving(b) == original, "worker B serves another bundle than the marker names"
+    assert b.status()["target"] == original and b.status()["state"] == "loaded"
+    a.check_marker()
+    assert _serving(a) == original
+
+
+def test_a_sibling_marker_written_right_after_this_workers_is_followed(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's reload renames its marker into place and B's replaces it at once: A must take B's
+    marker as unseen (it took the stat of B's marker for its own, and never followed it)."""
+    original = resolve_bundle_dir(store).name
+    a, b = _worker(store), _worker(store)
+    add_version(store, "v2")
+    real_replace = os.replace
+    sibling_wrote = threading.Event()
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        if not sibling_wrote.is_set():
+            sibling_wrote.set()
+            b._write_marker((store / original).resolve(), original)  # B reloaded the original
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert a.request("v2", wait=WAIT)["state"] == "loaded"
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert sibling_wrote.is_set()
+    assert _serving(a) == "v2" and _marker_version(store) == original
+
+    assert a.check_marker()
+    assert _serving(a) == original
+    assert not b.check_marker() and _serving(b) == original  # its own marker: nothing to do
+
+
+def _corrupt_table(bundle: Path) -> None:
+    top = np.load(bundle / "segment_top.npy")
+    top[0, :2] = top[0, 0]  # a repeated movie: the validator refuses it
+    np.save(bundle / "segment_top.npy", top)
+
+
+def test_a_marker_naming_a_bad_bundle_is_tried_once_and_a_refused_reload_writes_none(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = resolve_bundle_dir(store).name
+    a, b = _worker(store), _worker(store)
+    bad = add_version(store, "v-bad", mutate=_corrupt_table, latest=False)
+    with pytest.raises(InvalidBundle):
+        a.request("v-bad", wait=WAIT)
+    assert not (store / ".serving.json").exists(), "a refused reload must not tell the other workers"
+    assert _serving(a) == original
+
+    # a marker naming it all the same (say a worker that read the bundle before it broke)
+    (store / ".serving.json").write_text(
+        json.dumps({"generation": 1, "target": str(bad), "version": "v-bad"})
+    )
+    attempts: list[Path] = []
+    load = b.holder.load
+
+    def counting(target: Path | None = None) -> Any:
+        attempts.append(Path(str(target)))
+        return load(target)
+
+    monkeypatch.setattr(b.holder, "load", counting)
+    for _ in range(3):
+        assert not b.check_marker()
+    assert attempts == [bad], "the bad bundle is retried at every poll"
+    assert _serving(b) == original
+    assert b.status()["state"] == "failed" and b.status()["target"] == "v-bad"
+
+    add_version(store, "v2")
+    assert a.request("v2", wait=WAIT)["state"] == "loaded"
+    assert b.check_marker() and _serving(b) == "v2"
+
+
+def test_a_marker_load_finishing_does_not_answer_for_a_reload_requested_meanwhile(
+    store: Path, gates: list[_Gate]
+) -> None:
+    """B's poller loads A's v2; an admin reload of the original arrives on B meanwhile. When the
+    poller's load ends, that reload is still loading: it must not read "loaded" (with ``wait``,
+    200 for a bundle not loaded) nor wake its waiters."""
+    original = resolve_bundle_dir(store).name
+    a, b = _worker(store), _worker(store)
+    add_version(store, "v2")
+    assert a.request("v2", wait=WAIT)["state"] == "loaded"
+
+    marker_load, admin_load = _Gate(store / "v2"), _Gate(store / original)
+    gates.extend([marker_load, admin_load])
+    poll = _in_thread(b.check_marker)
+    assert marker_load.entered.wait(WAIT)
+    assert b.request(original)["state"] == "loading"
+    marker_load.release.set()
+    poll.join(WAIT)
+    assert not poll.is_alive()
+
+    status = b.status()
+    assert (status["target"], status["state"]) == (original, "loading")
+    assert not b._done.is_set()
+    admin_load.release.set()
+    assert b.request(original, wait=WAIT)["state"] == "loaded"
+    assert _serving(b) == _marker_version(store) == original
+    assert not b.check_marker() and _serving(b) == original
