@@ -19,10 +19,15 @@ bp = Blueprint("users", __name__)
 
 
 def _user_id(raw: str) -> int:
-    """Path ids are checked like body fields: 400 naming ``user_id``, not a bare 404."""
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+    """Path ids are checked like body fields: 400 naming ``user_id``, not a bare 404.
+
+    The significant digits are counted before any conversion: ``int()`` refuses text of more
+    than 4,300 digits with a ValueError, and a path of 5,000 was a 500.
+    """
+    digits = raw.lstrip("0") if raw.isascii() and raw.isdigit() else ""
+    if not digits or len(digits) > len(str(MAX_ID)) or int(digits) > MAX_ID:
         raise InvalidRequest("invalid user id", fields={"user_id": "must be a positive integer"})
-    return int(raw)
+    return int(digits)
 
 
 @bp.get("/api/users/<user_id>/features")

@@ -41,6 +41,8 @@ def test_features_are_computed_from_local_data_until_a_snapshot_is_loaded(
     assert body["features"]["n_ratings"] == n_ratings
     assert (body["features"]["age"], body["features"]["gender"]) == (int(user["age"]), user["gender"])
     assert set(body["features"]["genre_share"]) >= {"action", "romance"}
+    for padded in (f"00{uid}", "0" * 5000 + str(uid)):  # leading zeros, however many, are the same id
+        assert client.get(f"/api/users/{padded}/features", headers=auth_headers).get_json() == body
 
 
 def test_features_come_from_the_loaded_snapshot(
@@ -58,7 +60,7 @@ def test_features_come_from_the_loaded_snapshot(
     assert response.status_code == 404
 
 
-@pytest.mark.parametrize("raw", ["abc", "0", "-1", "1.5", "99999999999"])
+@pytest.mark.parametrize("raw", ["abc", "0", "000", "-1", "1.5", "99999999999", "2147483648", "1" * 5000])
 def test_invalid_user_ids_are_400(client: Any, auth_headers: dict, raw: str) -> None:
     for suffix in ("features", "recommendations"):
         response = client.get(f"/api/users/{raw}/{suffix}", headers=auth_headers)
