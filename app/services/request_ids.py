@@ -64,13 +64,9 @@ class RequestIds:
 
     def verify(self, request_id: str) -> bool:
         """True only for an id this key issued (constant-time MAC comparison)."""
-        try:
-            parsed = uuid.UUID(request_id)
-        except (ValueError, TypeError, AttributeError):
-            return False
-        if str(parsed) != request_id:
+        if not isinstance(request_id, str) or not self.well_formed(request_id):
             return False  # only the canonical form we issue
-        value = parsed.int
+        value = uuid.UUID(request_id).int
         if (value >> 76) & 0xF != 0x8 or (value >> 62) & 0b11 != 0b10:
             return False
         payload = ((value >> 80) << 74) | (((value >> 64) & 0xFFF) << 62) | (value & ((1 << 62) - 1))
