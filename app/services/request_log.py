@@ -338,7 +338,7 @@ class RequestLog:
         """
         if self.spill is None:
             return 0
-        return self.spill.replay(self._write)
+        return self.spill.replay(self._write, self.batch_size)
 
     def _replay_logged(self) -> None:
         try:
@@ -369,7 +369,6 @@ class RowSpill:
         self.directory = directory
         self.interval = interval
         self.rejected = 0
-        self.replayed = 0
         self._next = 0.0
         self._replaying = threading.Lock()
 
@@ -386,8 +385,11 @@ class RowSpill:
         self._next = now + self.interval
         return any(self.directory.glob(f"{self.PREFIX}*.jsonl"))
 
-    def replay(self, write: Callable[[list[dict[str, Any]]], None]) -> int:
-        """Write every spilled file's rows, then delete it; raises what the database raised (kept)."""
+    def replay(self, write: Callable[[list[dict[str, Any]]], None], batch_size: int) -> int:
+        """Write every spilled file's rows, ``batch_size`` at a time, then delete it; rows written.
+
+        Raises what the database raised when it cannot take them: the file stays.
+        """
         if not self.directory.is_dir() or not self._replaying.acquire(blocking=False):
             return 0
         total = 0
@@ -397,8 +399,8 @@ class RowSpill:
                     rows = [_row(line) for line in path.read_bytes().splitlines() if line]
                 except FileNotFoundError:  # another process replayed it meanwhile
                     continue
-                for start in range(0, len(rows), 500):
-                    write_or_set_aside(write, rows[start : start + 500], self.reject)
+                for start in range(0, len(rows), batch_size):
+                    write_or_set_aside(write, rows[start : start + batch_size], self.reject)
                 path.unlink(missing_ok=True)
                 sync_directory(self.directory)
                 total += len(rows)
@@ -408,7 +410,6 @@ class RowSpill:
                 )
         finally:
             self._replaying.release()
-        self.replayed += total
         return total
 
     def reject(self, row: dict[str, Any], exc: BaseException) -> None:
