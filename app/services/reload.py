@@ -242,15 +242,8 @@ class ModelReloader:
             return None, stat
         return (data if isinstance(data, dict) else None), stat
 
-    def _read_marker(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.marker.read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
     def _write_marker(self, target: Path, version: str) -> None:
-        previous = self._read_marker() or {}
+        previous = self._read_marker_with_stat()[0] or {}
         body = {
             "generation": int(previous.get("generation", 0)) + 1,
             "target": str(target),
