@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ApiError, InvalidRequest, NotFound
-from app.recommender.bundle import LATEST, MANIFEST, BundleError, resolve_bundle_dir
+from app.recommender.bundle import LATEST, MANIFEST, BundleError, LoadedBundle, resolve_bundle_dir
 from app.services.models import ModelHolder
 
 log = logging.getLogger(__name__)
@@ -189,14 +189,21 @@ class ModelReloader:
             state, error = self._load_and_write_marker(target)
         self._finish(status, state, error)
 
-    def _load_and_write_marker(self, target: Path) -> tuple[str, str | None]:
+    def _load(self, target: Path) -> tuple[LoadedBundle | None, str | None]:
+        """Load and swap in ``target``: the bundle, or None and why not (the status must not stay
+        "loading" whatever the load raised)."""
         try:
-            bundle = self.holder.load(target)
+            return self.holder.load(target), None
         except BundleError as exc:
-            return "failed", str(exc)[:500]
+            return None, str(exc)[:500]
         except Exception as exc:
             log.exception("reload failed unexpectedly")
-            return "failed", f"unexpected error: {type(exc).__name__}"
+            return None, f"unexpected error: {type(exc).__name__}"
+
+    def _load_and_write_marker(self, target: Path) -> tuple[str, str | None]:
+        bundle, error = self._load(target)
+        if bundle is None:
+            return "failed", error
         try:
             self._write_marker(target, bundle.version)
         except OSError as exc:
@@ -312,17 +319,9 @@ class ModelReloader:
             self._status = status
             self._done.clear()
         log.info("reload marker changed; loading", extra={"target": target.name})
-        try:
-            self.holder.load(target)
-        except BundleError as exc:
-            self._finish(status, "failed", str(exc)[:500])
-            return False
-        except Exception as exc:  # as the admin reload does: the status must not stay "loading"
-            log.exception("reload from the marker failed unexpectedly")
-            self._finish(status, "failed", f"unexpected error: {type(exc).__name__}")
-            return False
-        self._finish(status, "loaded", None)
-        return True
+        bundle, error = self._load(target)
+        self._finish(status, "failed" if bundle is None else "loaded", error)
+        return bundle is not None
 
     # ------------------------------------------------------------------ the poller
 
