@@ -65,6 +65,8 @@ _PLAIN_LEVEL = re.compile(
     re.IGNORECASE,
 )
 _FIELD_NAME = re.compile(r"^[A-Z0-9_]+$")
+MAX_JOINED_BYTES = 1 << 20
+"""Longest line rebuilt from Docker's 16 kB partial entries before it is handed over as it is."""
 # uwsgi's request log line (it logs 4xx/5xx only, to stderr):
 # "[pid: 7|app: 0|req: 3/9] 10.0.0.1 () {...} [...] GET /x => generated ... (HTTP/1.1 503) ..."
 _UWSGI_REQUEST = re.compile(r"^\[pid: \d+\|.*=> generated .*\(HTTP/[\d.]+ (\d{3})\)")
@@ -145,6 +147,13 @@ def _field_text(value: Any) -> str | None:
     return str(value)
 
 
+def _field_bytes(value: Any) -> bytes:
+    """A field's raw bytes (journalctl prints non-UTF-8 values as byte arrays)."""
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return bytes(value)
+    return (_field_text(value) or "").encode("utf-8", "replace")
+
+
 def plain_text_level(message: str) -> str | None:
     """The level a plain-text line states or implies, or None to let PRIORITY decide.
 
@@ -186,7 +195,7 @@ def parse_entry(raw: Mapping[str, Any]) -> JournalEntry:
     if stripped.startswith("{"):
         try:
             doc = json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):  # deeply nested "[[[[..." text: not a log line
             doc = None
         if isinstance(doc, dict) and ("level" in doc or "message" in doc or "msg" in doc):
             fields = doc
@@ -253,6 +262,12 @@ class JournalFollower:
         self._stop = threading.Event()
         self._proc: subprocess.Popen[bytes] | None = None
         self._proc_lock = threading.Lock()
+        # Docker's journald driver splits a line longer than 16 kB into several entries, all
+        # but the last flagged CONTAINER_PARTIAL_MESSAGE=true. Parsed one by one, the chunks of
+        # a long JSON ERROR line (an exception with its SQL, say) are neither JSON nor a known
+        # plain-text form, so they fell back to stdout's PRIORITY 6: INFO, and the error was
+        # never alerted on. The chunks are held here per container and stream until the last.
+        self._partial: dict[tuple[str, str], list[bytes]] = {}
 
     # -- process management ---------------------------------------------------------------
     def command(self) -> list[str]:
@@ -284,6 +299,11 @@ class JournalFollower:
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
+
+    @property
+    def holding_partial(self) -> bool:
+        """True while chunks of a long line wait for their last one (``cursor`` is past them)."""
+        return bool(self._partial)
 
     @property
     def stopped(self) -> bool:
@@ -387,7 +407,25 @@ class JournalFollower:
             return None
         if not isinstance(raw, dict):
             return None
-        entry = parse_entry(raw)
-        if entry.cursor:
-            self.cursor = entry.cursor
-        return entry
+        cursor = _field_text(raw.get("__CURSOR"))
+        if cursor:
+            self.cursor = cursor
+        raw = self._join_partial(raw)
+        return parse_entry(raw) if raw is not None else None
+
+    def _join_partial(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        """Hold Docker's partial chunks; return the whole line with the last one (see __init__)."""
+        key = (
+            _field_text(raw.get("CONTAINER_ID_FULL")) or _field_text(raw.get("CONTAINER_NAME")) or "",
+            _field_text(raw.get("PRIORITY")) or "",  # the stream: stdout 6, stderr 3
+        )
+        partial = _field_text(raw.get("CONTAINER_PARTIAL_MESSAGE")) == "true"
+        if not partial and key not in self._partial:
+            return raw
+        parts = self._partial.setdefault(key, [])
+        parts.append(_field_bytes(raw.get("MESSAGE")))
+        if partial and sum(map(len, parts)) < MAX_JOINED_BYTES:
+            return None
+        # The last chunk, or a runaway line handed over as it is rather than held for ever.
+        del self._partial[key]
+        return {**raw, "MESSAGE": b"".join(parts).decode("utf-8", "replace")}
