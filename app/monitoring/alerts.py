@@ -15,7 +15,8 @@ Sinks deliver notifications: :class:`SmtpSink` (plain, STARTTLS or implicit TLS;
 password is held in memory only and never logged) and :class:`LoggingSink` (a structured
 log line carrying ``alert_kind``; the journald monitor turns such lines back into alerts,
 so the web service itself needs no SMTP credentials). A failing sink is logged and retried
-a few times; it never takes the caller down.
+(a few times, or until it is reachable again when the server cannot be reached); it never
+takes the caller down.
 """
 
 from __future__ import annotations
@@ -249,6 +250,9 @@ class Alerter:
     ``group_wait``: seconds the first alert of a kind waits for companions before sending.
     ``window``: minimum seconds between two notifications of the same kind.
     ``max_entries``: distinct entries listed per notification (the rest are counted).
+    ``max_attempts``: deliveries tried per notification; an unreachable SMTP server
+    (:class:`SmtpConnectionError`) is retried without this limit, every ``retry_delay`` x
+    attempt seconds up to ``max_retry_delay``, with at most ``max_queued`` notifications held.
     Call :meth:`flush_due` regularly (or :meth:`start` a background ticker) and
     :meth:`close` at shutdown, which sends whatever is still pending.
     """
@@ -263,10 +267,12 @@ class Alerter:
         source: str = "movierec",
         max_attempts: int = 3,
         retry_delay: float = 30.0,
+        max_retry_delay: float = 300.0,
+        max_queued: int = 200,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if group_wait < 0 or window < 0 or max_entries < 1 or max_attempts < 1:
-            raise ValueError("group_wait/window must be >= 0, max_entries/max_attempts >= 1")
+        if group_wait < 0 or window < 0 or max_entries < 1 or max_attempts < 1 or max_queued < 1:
+            raise ValueError("group_wait/window must be >= 0, max_entries/max_attempts/max_queued >= 1")
         self.sinks = list(sinks)
         self.group_wait = group_wait
         self.window = window
@@ -274,6 +280,8 @@ class Alerter:
         self.source = source
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.max_queued = max_queued
         self._clock = clock
         self._states: dict[str, _KindState] = {}
         self._retries: list[_Retry] = []
@@ -325,6 +333,11 @@ class Alerter:
         """Alerts waiting per kind (for tests and a status page)."""
         with self._lock:
             return {k: s.group.count for k, s in self._states.items() if s.group is not None}
+
+    def backlog(self) -> int:
+        """Notifications not yet delivered: groups waiting for their time, and queued retries."""
+        with self._lock:
+            return sum(s.group is not None for s in self._states.values()) + len(self._retries)
 
     def flush_due(self) -> list[Notification]:
         """Send every group whose wait or window has elapsed, and due retries."""
@@ -378,7 +391,12 @@ class Alerter:
         except Exception as exc:  # noqa: BLE001 - a broken sink must never break the caller
             self.failed += 1
             retryable = getattr(exc, "retryable", True)
-            will_retry = retryable and attempt < self.max_attempts
+            # An unreachable server (down for maintenance, a network cut) is retried for as
+            # long as it takes, the delay capped at max_retry_delay: with max_attempts alone,
+            # an outage longer than about 90 s dropped every alert raised during it. Each kind
+            # yields at most one notification per window, and max_queued bounds the queue.
+            outage = isinstance(exc, SmtpConnectionError)
+            will_retry = retryable and (outage or attempt < self.max_attempts)
             log.error(
                 "alert delivery failed",
                 extra={
@@ -390,9 +408,15 @@ class Alerter:
                 },
             )
             if will_retry:
+                delay = min(self.retry_delay * attempt, self.max_retry_delay)
                 with self._lock:
-                    self._retries.append(
-                        _Retry(sink, notification, attempt, self._clock() + self.retry_delay * attempt)
+                    self._retries.append(_Retry(sink, notification, attempt, self._clock() + delay))
+                    dropped = self._retries[: -self.max_queued]
+                    del self._retries[: -self.max_queued]
+                for old in dropped:
+                    log.error(
+                        "alert dropped: too many undelivered notifications queued",
+                        extra={"sink": name, "alert_delivery_failed": old.notification.kind},
                     )
         else:
             self.sent += 1
@@ -575,6 +599,19 @@ class SmtpSink:
             raise SmtpConnectionError(
                 f"cannot reach SMTP server {self.where}: {exc.strerror or exc or type(exc).__name__}"
             ) from None
+        except UnicodeError as exc:
+            # smtplib encodes the AUTH exchange as ASCII (and a host name with IDNA): a password
+            # like "pässwort" raised UnicodeEncodeError, past every clause above, and the monitor
+            # died at start with a traceback instead of exit 2 and one line.
+            if smtp is None:
+                message = f"SMTP server name {self.host!r} is not a valid host name ({exc})"
+            else:
+                message = (
+                    f"cannot log in to SMTP server {self.where} as {self.username!r}: the user name "
+                    "and password must be ASCII (Python's SMTP client sends them as ASCII)"
+                )
+            self._close_quietly(smtp)
+            raise AlertDeliveryError(message, retryable=False) from None
         except AlertDeliveryError:
             self._close_quietly(smtp)
             raise

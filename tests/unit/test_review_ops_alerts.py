@@ -1,0 +1,85 @@
+"""Review regressions of the alerter: an SMTP outage must delay alerts, not lose them."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.monitoring.alerts import AlertDeliveryError, Alerter, SmtpConnectionError, SmtpSink
+from tests.unit.test_alerts import Clock, Recorder, err
+
+pytestmark = pytest.mark.unit
+
+
+def test_alerts_raised_during_a_long_smtp_outage_are_delivered_when_it_ends() -> None:
+    clock = Clock()
+    down = SmtpConnectionError("cannot reach SMTP server smtp:25: Connection refused")
+    sink = Recorder([down] * 8)  # down for 8 attempts: about 25 minutes with these delays
+    alerter = Alerter([sink], group_wait=0, retry_delay=30, max_attempts=3, clock=clock)
+    alerter.raise_alert(err("database unreachable"))
+    for _ in range(30):
+        clock.advance(300)
+        alerter.flush_due()
+    assert sink.calls == 9
+    assert [n.entries[0].summary for n in sink.sent] == ["database unreachable"]
+
+
+def test_other_retryable_failures_still_give_up_after_max_attempts() -> None:
+    clock = Clock()
+    sink = Recorder([AlertDeliveryError("451 try later")] * 10)
+    alerter = Alerter([sink], group_wait=0, retry_delay=1, max_attempts=3, clock=clock)
+    alerter.raise_alert(err("x"))
+    for _ in range(10):
+        clock.advance(1000)
+        alerter.flush_due()
+    assert sink.calls == 3 and sink.sent == []
+
+
+def test_queued_notifications_are_bounded_oldest_dropped() -> None:
+    clock = Clock()
+    sink = Recorder([SmtpConnectionError("down")] * 100)
+    alerter = Alerter([sink], group_wait=0, max_queued=3, clock=clock)
+    for i in range(5):
+        alerter.raise_alert(err(f"e{i}", kind=f"k{i}"))
+    assert [r.notification.kind for r in alerter._retries] == ["k2", "k3", "k4"]
+
+
+def test_a_real_refused_connection_is_an_smtp_connection_error() -> None:
+    """What the outage path keys on: SmtpSink maps a refused connection to SmtpConnectionError."""
+    from tests.helpers import free_port
+
+    sink = SmtpSink("127.0.0.1", free_port(), sender="a@x.test", recipients=["a@x.test"], timeout=2)
+    with pytest.raises(SmtpConnectionError):
+        sink.verify()
+
+
+@pytest.fixture
+def smtp_server():  # type: ignore[no-untyped-def]
+    from tests.integration.test_monitor_journald import start_smtp
+
+    server = start_smtp()
+    yield server
+    server.controller.stop()
+
+
+def test_non_ascii_password_is_a_clear_config_error_not_a_traceback(
+    smtp_server, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.monitoring.monitor import EXIT_CONFIG, main
+    from tests.integration.test_monitor_journald import USER
+
+    secret = "pässwörd-9"
+    password_file = tmp_path / "smtp-password"
+    password_file.write_text(secret + "\n")
+    password_file.chmod(0o600)
+    rc = main(["movierec", "127.0.0.1", USER, "--smtp-port", str(smtp_server.port),
+               "--password-file", str(password_file)])  # fmt: skip
+    assert rc == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "must be ASCII" in err and USER in err and secret not in err
+
+
+def test_invalid_host_name_is_a_clear_delivery_error() -> None:
+    sink = SmtpSink("bad..host", 25, sender="a@x.test", recipients=["a@x.test"], timeout=2)
+    with pytest.raises(AlertDeliveryError, match="not a valid host name") as info:
+        sink.verify()
+    assert info.value.retryable is False
