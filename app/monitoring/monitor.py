@@ -20,12 +20,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
+import re
 import signal
 import ssl
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from app.monitoring.alerts import (
@@ -63,6 +66,51 @@ DETAIL_FIELDS = (
 
 class ConfigError(Exception):
     """Bad settings; reported as one line and exit status 2."""
+
+
+# A journald cursor: "s=<hex>;i=<hex>;b=<hex>;m=<hex>;t=<hex>;x=<hex>".
+_CURSOR = re.compile(r"^[a-z]=[0-9a-f]+(?:;[a-z]=[0-9a-f]+)*$")
+
+
+class CursorFile:
+    """Where the monitor resumes after a restart (``--cursor-file``).
+
+    Without it a restarted monitor starts at the end of the journal (``--lines=0``): every entry
+    written while it was down (a crash and systemd's RestartSec, an upgrade, a host reboot) was
+    never looked at. The cursor is saved only while no alert is waiting to be delivered, so an
+    alert is never lost to a restart; at worst one already sent is sent again, in one digest.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.saved: str | None = None
+
+    def load(self) -> str | None:
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read cursor file {self.path}: {exc}") from None
+        if not _CURSOR.match(text):
+            # journalctl refuses a malformed cursor, and would be restarted with it for ever
+            log.warning("ignoring a malformed cursor file", extra={"path": str(self.path)})
+            return None
+        self.saved = text
+        return text
+
+    def save(self, cursor: str | None) -> None:
+        """Replace the file atomically (a crash mid-write must not leave half a cursor)."""
+        if cursor is None or cursor == self.saved:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(cursor + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot save the journal cursor", extra={"path": str(self.path), "error": str(exc)})
+            return
+        self.saved = cursor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--smtp-timeout", type=float, default=10.0, help="SMTP socket timeout, seconds (10)")
     parser.add_argument("--journalctl", default="journalctl", help="journalctl executable (default: on PATH)")
+    parser.add_argument(
+        "--cursor-file",
+        metavar="PATH",
+        help="remember the journal position here and resume after it on restart (default: start at the end)",
+    )
     parser.add_argument("--log-level", default="INFO", help="the monitor's own log level (stderr, JSON)")
     return parser
 
@@ -216,6 +269,7 @@ class Monitor:
         print_entries: bool = False,
         out: IO[str] | None = None,
         idle: float = 0.5,
+        cursor_file: CursorFile | None = None,
     ) -> None:
         self.container = container
         self.follower = follower
@@ -224,6 +278,7 @@ class Monitor:
         self.print_entries = print_entries
         self.out = out
         self.idle = idle
+        self.cursor_file = cursor_file
         self.entries_seen = 0
         self.alerts_raised = 0
 
@@ -239,13 +294,23 @@ class Monitor:
 
     def run(self) -> None:
         """Process entries until :meth:`stop`; then send whatever alerts are still pending."""
+        saved_at = time.monotonic()
         try:
             for entry in self.follower.follow(idle=self.idle):
                 if entry is not None:
                     self.handle(entry)
                 self.alerter.flush_due()
+                if entry is None or time.monotonic() - saved_at >= 1.0:  # not a write per entry
+                    saved_at = time.monotonic()
+                    self.save_cursor()
         finally:
             self.alerter.close()
+            self.save_cursor()
+
+    def save_cursor(self) -> None:
+        """Record the journal position, unless alerts from before it are still undelivered."""
+        if self.cursor_file is not None and self.alerter.backlog() == 0 and not self.follower.holding_partial:
+            self.cursor_file.save(self.follower.cursor)
 
     def stop(self) -> None:
         self.follower.stop()
@@ -258,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.group_wait < 0 or args.window < 0:
             raise ConfigError("--group-wait and --window must be >= 0")
+        cursor_file = CursorFile(args.cursor_file) if args.cursor_file else None
+        since_cursor = cursor_file.load() if cursor_file is not None else None
         password = resolve_password(args)
         sink = build_sink(args, password)
         verify_sink(sink)
@@ -271,13 +338,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     alerter = Alerter(
         [sink], group_wait=args.group_wait, window=args.window, source=f"movierec {args.container_name}"
     )
-    follower = JournalFollower({"CONTAINER_NAME": args.container_name}, journalctl=args.journalctl)
+    follower = JournalFollower(
+        {"CONTAINER_NAME": args.container_name}, journalctl=args.journalctl, since_cursor=since_cursor
+    )
     monitor = Monitor(
         args.container_name,
         follower,
         alerter,
         notify_warning=args.notify_warning,
         print_entries=args.print_entries,
+        cursor_file=cursor_file,
     )
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
