@@ -37,9 +37,11 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess  # nosec B404 - docker CLI with argument lists, never a shell
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -119,7 +121,13 @@ class Docker:
     def __call__(
         self, *args: str, capture: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return self.executor([self.binary, *args], capture, stdin)
+        try:
+            return self.executor([self.binary, *args], capture, stdin)
+        except OSError as exc:  # no docker CLI on this machine: a message, not a traceback
+            raise DeployError(
+                f"cannot run {self.binary!r}: {exc.strerror or exc}; is Docker installed? "
+                "(choose the CLI with --docker or $DOCKER)"
+            ) from None
 
     def image_exists(self, ref: str) -> bool:
         return self("image", "inspect", "--format", "{{.Id}}", ref).returncode == 0
@@ -372,8 +380,10 @@ class Deployer:
         try:
             self.start(secrets_)
             self.wait_healthy()
-        except DeployError as exc:
-            self.say(f"FAILED: {exc}")
+        except (DeployError, KeyboardInterrupt) as exc:
+            # Ctrl-C (or SIGTERM, see main) while waiting for the health check is rolled back
+            # too: the previous version is stopped by now and would otherwise stay down.
+            self.say(f"FAILED: {exc}" if isinstance(exc, DeployError) else "interrupted; rolling back")
             self.print_logs()
             self.remove_new(remove_image=cfg.build and not image_existed)
             self.restore_previous(previous)
@@ -692,6 +702,12 @@ def config_from_args(args: argparse.Namespace) -> DeployConfig:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = parse_args(argv)
     environ = os.environ if environ is None else environ
+    # SIGTERM (a CI job's timeout, systemd) interrupts like Ctrl-C, so the deployment is rolled
+    # back instead of leaving the previous version stopped under its -previous name.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cfg = config_from_args(args)
         publish_spec(cfg.port_mapping)
@@ -701,6 +717,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except DeployError as exc:
         print(f"deploy-docker: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, EOFError):
+        print("deploy-docker: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_handler is None else previous_handler)
     return 0
 
 

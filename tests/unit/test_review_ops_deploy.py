@@ -1,0 +1,95 @@
+"""Review regressions of deploy-docker.py: interruptions roll back, a missing CLI is a message."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from app import deploy
+from app.deploy import Docker
+from tests.unit.test_deploy import PASSWORD, FakeContainer, FakeEngine, make_cfg, make_deployer, secrets_
+
+pytestmark = pytest.mark.unit
+
+
+def test_ctrl_c_while_waiting_for_health_brings_the_previous_version_back(tmp_path: Path) -> None:
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "starting", 0)],
+    )
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    deployer.sleep = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        deployer.deploy(secrets_())
+    assert set(engine.containers) == {"movierec"}
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"
+    assert "interrupted; rolling back" in out.getvalue()
+
+
+class SigtermDuringHealthWait(FakeEngine):
+    """Sends this process SIGTERM while the new container is starting (a CI timeout)."""
+
+    signalled = False
+
+    def do_container(self, args: list[str]) -> tuple[int, str, str]:
+        if args[-1] == self.new_name and not self.signalled:
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                raise AssertionError("SIGTERM would kill deploy-docker.py with the old version stopped")
+            self.signalled = True
+            signal.raise_signal(signal.SIGTERM)
+        return super().do_container(args)
+
+
+def test_sigterm_during_deploy_rolls_back_and_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_cfg(tmp_path)
+    engine = SigtermDuringHealthWait(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "starting", 0)],
+    )
+    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
+    before = signal.getsignal(signal.SIGTERM)
+    rc = deploy.main(
+        ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
+         "--port-mapping", "127.0.0.1:8080"],
+        environ={"SESSION_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    assert rc == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_missing_docker_cli_is_a_clear_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_cfg(tmp_path)
+    rc = deploy.main(
+        ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
+         "--docker", str(tmp_path / "no-docker")],
+        environ={"SESSION_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "cannot run" in err and "no-docker" in err and "Traceback" not in err
+
+
+def test_docker_call_maps_os_errors() -> None:
+    def executor(argv: Sequence[str], capture: bool, stdin: str | None) -> subprocess.CompletedProcess[str]:
+        raise PermissionError(13, "Permission denied")
+
+    with pytest.raises(deploy.DeployError, match="Permission denied"):
+        Docker("docker", executor).image_exists("x:1")
