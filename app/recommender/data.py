@@ -25,14 +25,18 @@ import shutil
 import subprocess  # nosec B404 - argument lists only, never a shell
 import sys
 import tempfile
+import time
 import urllib.request
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from app.recommender.segments import GENDERS, MAX_AGE, MIN_AGE, OCCUPATIONS
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +54,21 @@ GENRES: tuple[str, ...] = (
 RATING_COLUMNS = ["user_id", "movie_id", "rating", "timestamp"]
 USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip_code"]
 ITEM_COLUMNS = ["movie_id", "title", "year", "genres"]
+MAX_ID = 2**31 - 1  # user and movie ids: the database's integer columns (and the API's path ids)
+MIN_RATING, MAX_RATING = 0.5, 5.0  # the scale of the service's scores (half stars allowed)
+FUTURE_SLACK_SECONDS = 86_400  # clock skew between the machine that rated and this one
 
 
 class DataUnavailableError(RuntimeError):
     """No source could provide ml-100k; the message lists every attempt and why it failed."""
+
+
+class DataFormatError(DataUnavailableError):
+    """A data file is readable but its content is not ml-100k: the message names file, field, rows.
+
+    A subclass of :class:`DataUnavailableError` because to every caller it means the same thing
+    (no usable data set), and ``fetch`` then refuses to cache such a source.
+    """
 
 
 @dataclass(frozen=True)
@@ -90,19 +105,115 @@ def detect_layout(directory: Path) -> str | None:
     return None
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _header_rows(path: Path, sep: str, encoding: str) -> int:
+    """1 when the file starts with a header line (no field of it is a number), else 0.
+
+    The GroupLens files have none, but a copy re-exported by pandas or a spreadsheet often has
+    one (the column names); read as data it turned every column into text and the load
+    died at the integer cast. A first line with any number in it is data, and is checked as such.
+    """
+    with path.open(encoding=encoding, errors="replace") as handle:
+        first = handle.readline()
+    return 0 if any(_is_number(value) for value in first.split(sep)) else 1
+
+
+def _text_encoding(path: Path) -> str:
+    """``utf-8-sig`` when the file decodes as UTF-8, else ``latin-1`` (GroupLens' own u.item).
+
+    The original u.item is Latin-1 and is not valid UTF-8 (a lone byte for "é"), so it still reads
+    as Latin-1; a copy re-saved as UTF-8 no longer turns "é" into "Ã©" in every title.
+    """
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8-sig"
+
+
+def _require(file: str, field: str, values: pd.Series | pd.DataFrame, ok: Any, rule: str) -> None:
+    """Raise :class:`DataFormatError` naming the first offending rows when ``ok`` is not all true."""
+    bad = np.flatnonzero(~np.asarray(ok, dtype=bool))
+    if len(bad):
+        shown = "; ".join(
+            f"row {i + 1}: {value!r}"
+            for i, value in zip(bad[:5].tolist(), values.iloc[bad[:5]].to_numpy().tolist(), strict=True)
+        )
+        raise DataFormatError(f"{file}: {field} {rule} ({len(bad)} bad rows; {shown})")
+
+
+def _integers(values: pd.Series, low: float, high: float) -> pd.Series:
+    """True where the value is an integer in [low, high] (text, NaN and fractions are not)."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    return numbers.notna() & (numbers == numbers.round()) & numbers.between(low, high)
+
+
+def _validate(
+    ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, files: tuple[str, str, str]
+) -> None:
+    """Refuse content the features would take silently, or crash on without saying where.
+
+    Ids are integers in 1..MAX_ID (the database's columns, the API's path ids) and unique in
+    the users and movies files; ratings are 0.5..5; timestamps are epoch seconds, not in the
+    future; demographics are in the vocabulary the encoder and the service's columns accept.
+    Across files, every rating names a listed user and a listed movie: the features dropped
+    the others silently and training failed on them much later.
+    """
+    ratings_file, users_file, items_file = files
+    rating = pd.to_numeric(ratings["rating"], errors="coerce")
+    latest = time.time() + FUTURE_SLACK_SECONDS
+    ids = f"must be 1..{MAX_ID}"
+    checks = [
+        (ratings_file, ratings, "user_id", _integers(ratings["user_id"], 1, MAX_ID), ids),
+        (ratings_file, ratings, "movie_id", _integers(ratings["movie_id"], 1, MAX_ID), ids),
+        (ratings_file, ratings, "rating", rating.between(MIN_RATING, MAX_RATING),
+         f"must be {MIN_RATING}..{MAX_RATING}"),
+        (ratings_file, ratings, "timestamp", _integers(ratings["timestamp"], 0, latest),
+         "must be epoch seconds, not in the future"),
+        (users_file, users, "user_id", _integers(users["user_id"], 1, MAX_ID), ids),
+        (users_file, users, "user_id", ~users["user_id"].duplicated(), "must be unique"),
+        (users_file, users, "age", _integers(users["age"], MIN_AGE, MAX_AGE),
+         f"must be {MIN_AGE}..{MAX_AGE}"),
+        (users_file, users, "gender", users["gender"].isin(GENDERS), f"must be one of {', '.join(GENDERS)}"),
+        (users_file, users, "occupation", users["occupation"].isin(OCCUPATIONS),
+         "must be an ml-100k occupation"),
+        (items_file, items, "movie_id", _integers(items["movie_id"], 1, MAX_ID), ids),
+        (items_file, items, "movie_id", ~items["movie_id"].duplicated(), "must be unique"),
+    ]  # fmt: skip
+    for file, frame, field, ok, rule in checks:
+        _require(file, field, frame[field], ok, rule)
+    # Every id is a valid integer now: cross-file references.
+    known_user = ratings["user_id"].astype(np.int64).isin(users["user_id"].astype(np.int64))
+    _require(ratings_file, "user_id", ratings["user_id"], known_user, f"must be a user of {users_file}")
+    known_movie = ratings["movie_id"].astype(np.int64).isin(items["movie_id"].astype(np.int64))
+    _require(ratings_file, "movie_id", ratings["movie_id"], known_movie, f"must be a movie of {items_file}")
+
+
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    ratings = pd.read_csv(directory / "u.data", sep="\t", names=RATING_COLUMNS, header=None)
-    users = pd.read_csv(
-        directory / "u.user", sep="|", names=USER_COLUMNS, header=None, dtype={"zip_code": str}
+    def read(name: str, sep: str, names: list[str], **options: Any) -> pd.DataFrame:
+        path = directory / name
+        encoding = _text_encoding(path)
+        skip = _header_rows(path, sep, encoding)
+        return pd.read_csv(
+            path, sep=sep, names=names, header=None, skiprows=skip, encoding=encoding, **options
+        )
+
+    ratings = read("u.data", "\t", RATING_COLUMNS)
+    users = read("u.user", "|", USER_COLUMNS, dtype={"zip_code": str})
+    raw_items = read(
+        "u.item", "|", ["movie_id", "title", "release_date", "video_release_date", "url", *GENRES]
     )
-    raw_items = pd.read_csv(
-        directory / "u.item",
-        sep="|",
-        header=None,
-        encoding="latin-1",
-        names=["movie_id", "title", "release_date", "video_release_date", "url", *GENRES],
-    )
-    flags = raw_items[list(GENRES)].to_numpy(dtype=bool)
+    flag_values = raw_items[list(GENRES)]
+    # A short line leaves its last flags NaN, which bool() reads as True: every genre at once.
+    _require("u.item", "genre flags", flag_values, flag_values.isin([0, 1]).all(axis=1), "must be 0 or 1")
+    flags = flag_values.to_numpy(dtype=bool)
     genres = ["|".join(g for g, on in zip(GENRES, row, strict=True) if on) for row in flags]
     dates = pd.to_datetime(raw_items["release_date"], format="%d-%b-%Y", errors="coerce")
     items = pd.DataFrame(
@@ -191,6 +302,10 @@ def load_directory(directory: Path | str) -> MovieLens:
         )
     reader = _read_grouplens if layout == "grouplens" else _read_recbole
     ratings, users, items = reader(directory)
+    files = ("u.data", "u.user", "u.item") if layout == "grouplens" else (
+        "ml-100k.inter", "ml-100k.user", "ml-100k.item"
+    )  # fmt: skip
+    _validate(ratings, users, items, files)
     ratings = ratings.astype({"user_id": np.int64, "movie_id": np.int64, "rating": float})
     ratings["timestamp"] = ratings["timestamp"].astype(np.int64)
     ratings, items = _merge_twins(ratings, items)

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from app.recommender.data import GENRES
+from app.recommender.data import MAX_ID as MAX_ID  # re-exported: ids of requests and of the data
 from app.recommender.segments import (
     AGE_BUCKET_LABELS,
     AGE_BUCKET_LOWER,
@@ -63,7 +64,6 @@ class FeatureError(ValueError):
 
 # --------------------------------------------------------------------------- small helpers
 
-MAX_ID: Final = 2**31 - 1  # user and movie ids: the database's integer columns
 _EXACT_FLOAT_INT: Final = 2**53  # floats represent every integer up to here, and no more
 
 

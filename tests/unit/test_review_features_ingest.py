@@ -1,0 +1,160 @@
+"""Raw ml-100k files with odd but plausible content: read right, or refused naming file and field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from app.pipeline.features_store import db_rows, feature_tables
+from app.pipeline.ingest import (
+    FEEDBACK_COLUMNS,
+    FEEDBACK_USER_BASE,
+    Ingested,
+    feedback_to_ratings,
+    ingest,
+    merge_feedback,
+)
+from app.recommender.data import GENRES, DataFormatError, DataUnavailableError, fetch, load_directory
+from tests.synthetic import write_grouplens
+
+pytestmark = pytest.mark.unit
+
+
+def _append(name: str, line: str) -> Callable[[Path], None]:
+    def mutate(directory: Path) -> None:
+        path = directory / name
+        path.write_bytes(path.read_bytes() + line.encode("latin-1"))
+
+    return mutate
+
+
+def _prepend(name: str, line: bytes) -> Callable[[Path], None]:
+    def mutate(directory: Path) -> None:
+        path = directory / name
+        path.write_bytes(line + path.read_bytes())
+
+    return mutate
+
+
+def _crlf_and_blank_lines(directory: Path) -> None:
+    for name in ("u.data", "u.user", "u.item"):
+        path = directory / name
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n") + b"\r\n")
+
+
+FLAGS = "|".join(["0"] * 19)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        _prepend("u.data", b"user_id\titem_id\trating\ttimestamp\n"),
+        _prepend("u.user", b"user id|age|gender|occupation|zip code\n"),
+        _prepend(
+            "u.item",
+            (
+                "movie id|movie title|release date|video release date|IMDb URL|" + "|".join(GENRES) + "\n"
+            ).encode(),
+        ),
+        _prepend("u.data", b"\xef\xbb\xbf"),  # a UTF-8 byte-order mark
+        _crlf_and_blank_lines,
+    ],
+    ids=["header-u.data", "header-u.user", "header-u.item", "bom", "crlf-trailing-blank"],
+)
+def test_harmless_variations_load_the_same_tables(tmp_path: Path, mutate: Callable[[Path], None]) -> None:
+    expected = load_directory(write_grouplens(tmp_path / "plain"))
+    directory = write_grouplens(tmp_path / "odd")
+    mutate(directory)
+    assert load_directory(directory).fingerprint() == expected.fingerprint()
+
+
+def test_titles_of_a_utf8_u_item_are_not_mojibake(tmp_path: Path) -> None:
+    latin = write_grouplens(tmp_path / "latin")
+    utf8 = write_grouplens(tmp_path / "utf8")
+    for directory, encoding in ((latin, "latin-1"), (utf8, "utf-8")):
+        path = directory / "u.item"
+        path.write_bytes(path.read_bytes().replace(b"Movie 1 (", "Les Misérables (".encode(encoding), 1))
+    for directory in (latin, utf8):
+        titles = load_directory(directory).items["title"].tolist()
+        assert "Les Misérables (1981)" in titles, directory
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_append("u.data", "1\t999\t4\t880000000\n"), r"u\.data: movie_id must be a movie of u\.item"),
+        (_append("u.data", "999\t1\t4\t880000000\n"), r"u\.data: user_id must be a user of u\.user"),
+        (_append("u.data", "1\t3\t0\t880000000\n"), r"u\.data: rating must be 0\.5\.\.5\.0"),
+        (_append("u.data", "1\t3\t\t880000000\n"), r"u\.data: rating must be 0\.5\.\.5\.0"),
+        (_append("u.data", "1\t3\t4\n"), r"u\.data: timestamp"),
+        (_append("u.data", "1\t3\t4\t4102444800\n"), r"u\.data: timestamp .* not in the future"),
+        (_append("u.data", "-5\t1\t4\t880000000\n"), r"u\.data: user_id must be 1\.\."),
+        (_append("u.data", "1\tabc\t4\t880000000\n"), r"u\.data: movie_id must be 1\.\..*'abc'"),
+        (_append("u.user", "1|30|M|doctor|12345\n"), r"u\.user: user_id must be unique"),
+        (_append("u.user", "500|30|Male|doctor|12345\n"), r"u\.user: gender must be one of M, F, O"),
+        (_append("u.user", "500|30|M|astronaut|12345\n"), r"u\.user: occupation"),
+        (_append("u.user", "99999999999|30|M|doctor|12345\n"), r"u\.user: user_id must be 1\.\.2147483647"),
+        (_append("u.user", "500|0|M|doctor|12345\n"), r"u\.user: age must be 1\.\.120"),
+        (_append("u.item", f"1|Again (1990)|01-Jan-1990||x|{FLAGS}\n"), r"u\.item: movie_id must be unique"),
+        (_append("u.item", "61|Short (1990)|01-Jan-1990||x|0|0|1\n"), r"u\.item: genre flags must be 0 or 1"),
+    ],
+    ids=[
+        "unknown-movie", "unknown-user", "rating-9", "rating-missing", "missing-field", "future-timestamp",
+        "negative-id", "text-id", "duplicate-user", "gender", "occupation", "huge-user-id", "age-0",
+        "duplicate-movie", "short-item-line",
+    ],
+)  # fmt: skip
+def test_malformed_content_is_refused_naming_file_and_field(
+    tmp_path: Path, mutate: Callable[[Path], None], message: str
+) -> None:
+    directory = write_grouplens(tmp_path / "bad")
+    mutate(directory)
+    with pytest.raises(DataFormatError, match=message):
+        load_directory(directory)
+
+
+def test_fetch_does_not_cache_a_malformed_source(tmp_path: Path) -> None:
+    source = write_grouplens(tmp_path / "source")
+    _append("u.data", "1\t3\t9\t880000000\n")(source)
+    with pytest.raises(DataUnavailableError, match=r"rating must be 0\.5\.\.5\.0"):
+        fetch(tmp_path / "root", sources=[str(source)])
+    assert not (tmp_path / "root" / "ml-100k").exists()
+
+
+def test_a_user_without_ratings_gets_empty_features_not_an_error(tmp_path: Path) -> None:
+    directory = write_grouplens(tmp_path / "data")
+    _append("u.user", "500|30|M|doctor|12345\n")(directory)
+    users = feature_tables(Ingested(load_directory(directory)))["users"]
+    row = users[users["user_id"] == 500].iloc[0]
+    assert row["n_ratings"] == 0 and row["liked_share"] == 0.0 and row["source"] == "movielens"
+    assert any(record["user_id"] == 500 and record["mean_rating"] is None for record in db_rows(users))
+
+
+def test_raw_user_ids_in_the_feedback_range_are_refused(tmp_path: Path) -> None:
+    """A raw user 1,000,001 was filed as a feedback user: left out of the service's table (404)."""
+    directory = write_grouplens(tmp_path / "data")
+    _append("u.user", f"{FEEDBACK_USER_BASE + 1}|30|M|doctor|12345\n")(directory)
+    with pytest.raises(DataFormatError, match="reserved for feedback users"):
+        ingest(directory, None)
+
+
+def test_a_known_users_newest_feedback_score_wins(tmp_path: Path) -> None:
+    """User 5 scores movie 10 under request r1, then 4 under r2, then changes r1's score to 5:
+    the upsert keeps r1's old feedback id, and the older score (4) used to win by id order."""
+    data = load_directory(write_grouplens(tmp_path / "data"))
+    t2, t3 = datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
+    feedback = pd.DataFrame(
+        [(1, "r1", 10, 5.0, t3, 5, 30, "M", "doctor"), (2, "r2", 10, 4.0, t2, 5, 30, "M", "doctor")],
+        columns=FEEDBACK_COLUMNS,
+    )
+    ratings, users, _ = feedback_to_ratings(
+        feedback, data.users["user_id"].to_numpy(), data.items["movie_id"].to_numpy()
+    )
+    merged = merge_feedback(data, ratings, users).ratings
+    pair = merged[(merged["user_id"] == 5) & (merged["movie_id"] == 10)]
+    assert pair["rating"].tolist() == [5.0] and pair["timestamp"].tolist() == [int(t3.timestamp())]
+    assert not merged.duplicated(["user_id", "movie_id"]).any()
