@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
-from app.recommender.data import RATING_COLUMNS, USER_COLUMNS, MovieLens, load_movielens
+from app.recommender.data import RATING_COLUMNS, USER_COLUMNS, DataFormatError, MovieLens, load_movielens
 from app.recommender.segments import GENDERS, MAX_AGE, MIN_AGE, OCCUPATIONS
 from app.storage.db import Database
 from app.storage.models import Feedback, RecommendationRequest
@@ -159,6 +159,14 @@ def merge_feedback(data: MovieLens, ratings: pd.DataFrame, users: pd.DataFrame) 
     """Raw data plus feedback ratings; a feedback score replaces an older rating of the same pair."""
     if ratings.empty:
         return data
+    # A known user can score one movie under several requests, and re-scoring updates the
+    # request's row in place (its feedback id stays old): the newest score must win, not the
+    # highest feedback id. Rows keep their feedback-id order, so the data hash is unchanged
+    # whenever no pair is scored twice.
+    newest = ratings.sort_values("timestamp", kind="stable").drop_duplicates(
+        ["user_id", "movie_id"], keep="last"
+    )
+    ratings = ratings.loc[ratings.index.isin(newest.index)]
     combined = pd.concat([data.ratings, ratings[RATING_COLUMNS]], ignore_index=True)
     combined = combined.drop_duplicates(["user_id", "movie_id"], keep="last").reset_index(drop=True)
     combined = combined.astype(
@@ -178,6 +186,15 @@ def ingest(data_dir: Path | str, db: Database | None) -> Ingested:
     silently without the feedback would publish a model that ignores it.
     """
     raw = load_movielens(data_dir)
+    # Ids from FEEDBACK_USER_BASE up are the synthetic feedback users': a raw user there would
+    # be counted as one (source "feedback", left out of the service's user_features table) or
+    # collide with one, so the raw data is refused rather than silently misfiled.
+    raw_ids = raw.users["user_id"].to_numpy()
+    if (raw_ids >= FEEDBACK_USER_BASE).any():
+        raise DataFormatError(
+            f"user ids from {FEEDBACK_USER_BASE} up are reserved for feedback users; the raw users "
+            f"include {raw_ids[raw_ids >= FEEDBACK_USER_BASE][:5].tolist()}"
+        )
     if db is None:
         return Ingested(raw)
     db.upgrade()
