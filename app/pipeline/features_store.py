@@ -181,18 +181,23 @@ class FeatureStore:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB with views over the latest snapshot and the whole history."""
         snapshot = self._require_latest()
+        # The history lists the complete snapshots (those with _meta.json), not ``snapshot=*``:
+        # a run that died mid-write leaves a directory with some (or truncated) Parquet files,
+        # which the glob read as history — or, truncated, made every view and query fail.
+        complete = self.snapshots() or [snapshot]
         connection = duckdb.connect(":memory:")
         if not self.is_local:
             connection.register_filesystem(self.fs)
         for table in TABLES:
             latest = self._url(self._path(f"snapshot={snapshot}", f"{table}.parquet"))
-            history = self._url(self._path("snapshot=*", f"{table}.parquet"))
+            history = [self._url(self._path(f"snapshot={s}", f"{table}.parquet")) for s in complete]
             # Table names are our constants and paths are quoted literals: no user input here.
             view = f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_literal(latest)})"  # noqa: S608  # nosec B608
             connection.execute(view)
+            files = "[" + ", ".join(_literal(path) for path in history) + "]"
             history_view = (
                 f"CREATE VIEW {table}_history AS SELECT * FROM "  # noqa: S608  # nosec B608
-                f"read_parquet({_literal(history)}, hive_partitioning = true, union_by_name = true)"
+                f"read_parquet({files}, hive_partitioning = true, union_by_name = true)"
             )
             connection.execute(history_view)
         return connection
