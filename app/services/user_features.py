@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import NotFound, Unavailable
-from app.recommender.data import find_local
+from app.recommender.data import DataUnavailableError, find_local
 from app.storage.db import Database, DatabaseUnavailableError
 from app.storage.user_features import get_user_features, user_features_snapshot
 
@@ -107,7 +107,12 @@ class UserFeatureService:
         """The same features and shape as the stored table, from the local data set."""
         from app.recommender.features import GENRE_SLUGS, user_features
 
-        data = find_local(self.data_dir) if self.data_dir is not None else None
+        try:
+            data = find_local(self.data_dir) if self.data_dir is not None else None
+        except DataUnavailableError as exc:  # malformed local files: a 503 that says why, not a 500
+            raise Unavailable(
+                f"user features are not available: the local data set is unusable: {exc}"
+            ) from exc
         if data is None:
             raise Unavailable("user features are not available: no feature snapshot and no local data set")
         frame = user_features(data.ratings, data.users, data.items)

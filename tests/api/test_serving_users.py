@@ -140,3 +140,19 @@ def test_max_recs_in_the_query_is_read_as_digits(app: Any, client: Any, auth_hea
     for text, expected in (("7", 7), ("007", 7), ("12", 12)):
         response = client.get(f"/api/users/{uid}/recommendations?max_recs={text}", headers=auth_headers)
         assert response.status_code == 200 and len(response.get_json()["recommendations"]) == expected
+
+
+def test_malformed_local_data_is_a_503_naming_the_problem(
+    make_app: Any, auth_headers: dict, tmp_path: Any
+) -> None:
+    """With no snapshot loaded the features are computed from the local files; a bad file there
+    (a rating of 9) was a bare 500 from deep inside the loader."""
+    from tests.synthetic import write_grouplens
+
+    directory = write_grouplens(tmp_path / "bad-data")
+    with (directory / "u.data").open("a") as handle:
+        handle.write("1\t3\t9\t880000000\n")
+    client = make_app(data_dir=directory).test_client()
+    response = client.get("/api/users/1/features", headers=auth_headers)
+    assert response.status_code == 503, response.get_json()
+    assert "rating must be 0.5..5.0" in response.get_json()["error"]["message"]
