@@ -9,6 +9,8 @@ machine can read.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import json
 import logging
@@ -17,7 +19,7 @@ import subprocess  # nosec B404
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 FLOW_MODULE = "app.pipeline.flow"
 FLOW_NAME = "MovieRecTrainingFlow"
 DEFAULT_METAFLOW_USER = "movierec"
+LOCK_FILE = "flow.lock"
 
 
 class PipelineError(RuntimeError):
@@ -184,7 +187,7 @@ def run_flow(
     scratch_root = Path(settings.var_dir) / "pipeline"
     scratch_root.mkdir(parents=True, exist_ok=True)
     workers = max_workers or max(1, os.cpu_count() or 1)
-    with tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root) as scratch:
+    with flow_lock(settings), tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root) as scratch:
         summary_path = Path(scratch) / "summary.json"
         run_id_file = Path(scratch) / "run-id"
         command = flow_command(candidates, seeds, summary_path, run_id_file, trigger, workers)
@@ -207,6 +210,33 @@ def run_flow(
         summary = json.loads(summary_path.read_text())
     log.info("training flow finished in %.1fs", seconds)
     return FlowRun(summary, seconds, output)
+
+
+@contextlib.contextmanager
+def flow_lock(settings: Settings) -> Iterator[None]:
+    """Hold the var root's flow lock for one run; PipelineError at once when another run holds it.
+
+    Two flows on one registry at the same time (the scheduler's tick and an operator's
+    ``movierec pipeline run``, or two ``schedule --once`` from cron) each read the champion,
+    gate against it and move the alias: the one that finishes last wins, so a worse model
+    could become champion without ever being compared with the better one promoted a moment
+    before. APScheduler's ``max_instances`` only covers one process; this lock (``flock``,
+    released by the kernel when the holder dies, so it never goes stale) covers every process
+    sharing the var root.
+    """
+    path = Path(settings.var_dir) / "pipeline" / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise PipelineError(
+                f"another training flow is running (lock {path}); try again when it has finished"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _mark_failed(settings: Settings, run_id_file: Path) -> None:
