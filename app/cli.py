@@ -13,13 +13,31 @@ from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS
 
 def _seeds(value: str) -> list[int]:
     try:
-        return [int(part) for part in value.split(",") if part.strip()]
+        seeds = [int(part) for part in value.split(",") if part.strip()]
     except ValueError as exc:
         raise click.BadParameter("seeds must be comma-separated integers, e.g. 0,1,2,3,4") from exc
+    if not seeds:  # the protocols summarise over the seeds: none would crash after loading the data
+        raise click.BadParameter("at least one split seed is needed, e.g. 0,1,2,3,4", param_hint="--seeds")
+    return seeds
 
 
 def _names(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+def _models(value: str | None) -> list[str] | None:
+    """Model names from ``--models``, checked before any data is loaded or model trained:
+    a typo is a usage error with the known names, not a traceback minutes into a run."""
+    from app.recommender.models import CANDIDATES
+
+    names = _names(value)
+    unknown = [name for name in names or () if name not in CANDIDATES]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown model(s) {', '.join(unknown)}; known: {', '.join(sorted(CANDIDATES))}",
+            param_hint="--models",
+        )
+    return names
 
 
 @click.group()
@@ -89,8 +107,9 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
     if if_missing and (model_dir / LATEST / MANIFEST).is_file():
         click.echo(f"{(model_dir / LATEST).resolve()} (existing)")
         return
+    names, seed_list = _models(models) or DEFAULT_CANDIDATES, _seeds(seeds)
     dataset = load_movielens(data_dir)
-    result = run_training(dataset, model_dir, _names(models) or DEFAULT_CANDIDATES, _seeds(seeds))
+    result = run_training(dataset, model_dir, names, seed_list)
     click.echo(summary_line(result), err=True)
     click.echo(str(result.path))
 
@@ -116,8 +135,9 @@ def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out:
     from app.recommender.models import CANDIDATES
     from app.recommender.report import write_report
 
+    names, seed_list = _models(models) or list(CANDIDATES), _seeds(seeds)
     dataset = load_movielens(data_dir)
-    report = run_evaluation(dataset, _names(models) or list(CANDIDATES), protocol, _seeds(seeds))
+    report = run_evaluation(dataset, names, protocol, seed_list)
     click.echo(format_table(report))
     out = out or Path("var") / "reports" / f"protocol-{protocol}.json"
     json_path, png_path = write_report(report, out)

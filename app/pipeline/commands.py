@@ -108,7 +108,9 @@ def pipeline_run(
     try:
         if if_changed:
             result = tick(
-                settings, runner=lambda s, trigger: run_flow(s, names, seed_list, trigger, stream=True)
+                settings,
+                runner=lambda s, trigger: run_flow(s, names, seed_list, trigger, stream=True),
+                candidates=names,
             )
             if result.error:
                 raise click.ClickException(result.error)
@@ -131,12 +133,16 @@ def pipeline_run(
 @pipeline.command("versions")
 def pipeline_versions() -> None:
     """Every registered version: candidate, protocol-A NDCG@10, gate decision, aliases."""
-    from app.registry.mlflow_registry import Registry
+    from app.registry.mlflow_registry import Registry, RegistryError
 
     registry = Registry.from_settings(_settings())
-    versions = registry.versions()
+    try:
+        versions = registry.versions()
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
     if not versions:
-        click.echo(f"no versions of {registry.model_name} registered at {registry.tracking_uri}")
+        # A tracking server's URI may carry credentials (postgresql://user:password@…): never print them.
+        click.echo(f"no versions of {registry.model_name} registered at {registry.display_uri}")
         return
     for info in versions:
         ndcg = f"{info.ndcg_a:.4f}" if info.ndcg_a is not None else "-"
@@ -153,7 +159,8 @@ def pipeline_versions() -> None:
 @click.option("--once", is_flag=True, help="Decide and (maybe) run once, then exit.")
 def schedule(cron: str | None, once: bool) -> None:
     """Run the training flow on a cron schedule; skip when neither data nor code changed."""
-    from app.pipeline.schedule import serve, tick
+    from app.pipeline.schedule import cron_trigger, serve, tick
+    from app.registry.mlflow_registry import RegistryError
 
     settings = _settings(schedule_cron=cron)
     if once:
@@ -162,7 +169,14 @@ def schedule(cron: str | None, once: bool) -> None:
             raise click.ClickException(result.error)
         click.echo(format_summary(result.summary) if result.summary else f"skipped: {result.decision.reason}")
         return
-    serve(settings)
+    try:  # a typo in the expression is a usage error, not a traceback from APScheduler
+        cron_trigger(settings.schedule_cron)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cron / MOVIEREC_SCHEDULE_CRON") from exc
+    try:
+        serve(settings)
+    except RegistryError as exc:  # the start-up champion check: the registry cannot be opened
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command()

@@ -12,12 +12,12 @@ When no champion exists yet, the scheduler runs once at start instead of waiting
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
-from app.pipeline.runner import FlowRun, PipelineError, run_flow
+from app.pipeline.runner import FlowRun, PipelineError, resolve_candidates, run_flow
 from app.registry.mlflow_registry import Registry
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,17 @@ class TickResult:
         return self.summary is not None
 
 
-def should_run(registry: Registry, data_hash: str, code_version: str) -> RunDecision:
-    """Run when there is no champion, no finished run, or the data or code changed since it."""
+def should_run(
+    registry: Registry, data_hash: str, code_version: str, candidates: Sequence[str] = ()
+) -> RunDecision:
+    """Run when there is no champion, no finished run, or the data or code changed since it,
+    or when one of ``candidates`` (the ones this run would train) was never trained on this
+    data and code by a finished run.
+
+    The last run may have been an operator's ``movierec pipeline run --candidates x`` on new
+    data or code: looking at the data and code alone, the scheduler would then skip for good,
+    and the configured candidates would never be trained (nor gated) on them.
+    """
     if registry.champion() is None:
         return RunDecision(True, "no champion yet", data_hash, code_version)
     last = registry.last_pipeline_run()
@@ -56,6 +65,13 @@ def should_run(registry: Registry, data_hash: str, code_version: str) -> RunDeci
         changes.append(f"data changed ({last.get('data_hash')} → {data_hash})")
     if last.get("code_version") != code_version:
         changes.append(f"code changed ({last.get('code_version')} → {code_version})")
+    if not changes and candidates:
+        trained = set(last.get("candidates", "").split(","))
+        if not trained.issuperset(candidates):  # maybe by an earlier run on the same data and code
+            trained |= registry.trained_candidates(data_hash, code_version)
+        missing = [name for name in candidates if name not in trained]
+        if missing:
+            changes.append(f"{', '.join(missing)} never trained on this data and code")
     if changes:
         return RunDecision(True, "; ".join(changes), data_hash, code_version)
     return RunDecision(
@@ -83,11 +99,16 @@ def tick(
     settings: Settings,
     runner: Callable[..., FlowRun] = run_flow,
     fingerprint: Callable[[Settings], tuple[str, str]] = current_fingerprint,
+    candidates: Sequence[str] | None = None,
 ) -> TickResult:
-    """One scheduled decision: skip, or run the flow. Failures are logged, never raised."""
+    """One scheduled decision: skip, or run the flow. Failures are logged, never raised.
+
+    ``candidates``: what the run would train (default: the settings' candidates).
+    """
     registry = Registry.from_settings(settings)
     try:
-        decision = should_run(registry, *fingerprint(settings))
+        wanted = list(candidates) if candidates else resolve_candidates(settings.pipeline_candidates)
+        decision = should_run(registry, *fingerprint(settings), wanted)
     except Exception as exc:
         log.exception("could not decide whether to train")
         return TickResult(RunDecision(False, "fingerprint failed", "", ""), error=str(exc))
@@ -132,16 +153,30 @@ def crontab_weekdays(field: str) -> str:
 
 
 def cron_trigger(expression: str) -> Any:
-    """An APScheduler CronTrigger (UTC) for a standard 5-field crontab expression."""
+    """An APScheduler trigger (UTC) for a standard 5-field crontab expression.
+
+    When both the day-of-month and the day-of-week fields are restricted (neither starts with
+    ``*``), cron fires on a day matching *either* ("0 3 1 * 1": the 1st and every Monday),
+    while one APScheduler CronTrigger requires *both* (only a Monday that is the 1st, a few
+    times a year). Such an expression becomes the union of two CronTriggers.
+    """
+    from apscheduler.triggers.combining import OrTrigger
     from apscheduler.triggers.cron import CronTrigger
 
     fields = expression.split()
     if len(fields) != 5:
         raise ValueError(f"a crontab expression has 5 fields (minute hour day month weekday): {expression!r}")
     minute, hour, day, month, weekday = fields
-    return CronTrigger(
-        minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_weekdays(weekday), timezone="UTC"
-    )
+    day_of_week = crontab_weekdays(weekday)
+
+    def trigger(day: str, day_of_week: str) -> Any:
+        return CronTrigger(
+            minute=minute, hour=hour, day=day, month=month, day_of_week=day_of_week, timezone="UTC"
+        )
+
+    if day.startswith("*") or weekday.startswith("*"):
+        return trigger(day, day_of_week)
+    return OrTrigger([trigger(day, "*"), trigger("*", day_of_week)])
 
 
 def build_scheduler(settings: Settings, job: Callable[[], Any], blocking: bool = True) -> Any:

@@ -29,10 +29,15 @@ def bundle_score(
     """Mean NDCG@k of the bundle's served lists against the liked titles."""
     if len(data) != len(target) or not data:
         raise ValueError("test data needs one non-empty target per profile")
-    scores = [
-        ndcg_at_k([r.title for r in bundle.recommend_segment(segment, k)], set(liked), k)
-        for segment, liked in zip(segment_profiles(data), target, strict=True)
-    ]
+    try:
+        scores = [
+            ndcg_at_k([r.title for r in bundle.recommend_segment(segment, k)], set(liked), k)
+            for segment, liked in zip(segment_profiles(data), target, strict=True)
+        ]
+    except (KeyError, TypeError) as exc:
+        # A profile without age/gender/occupation, or outside the segments the bundle answers
+        # (an unknown occupation): bad test data, reported as such rather than a KeyError.
+        raise ValueError(f"test data holds a profile that is not a known segment: {exc!r}") from exc
     return float(np.mean(scores))
 
 

@@ -38,6 +38,7 @@ BUNDLE_ARTIFACT: Final = "bundle"
 REPORTS_ARTIFACT: Final = "reports"
 TOTAL_SECONDS: Final = "seconds.total"
 _MAX_PARAM = 500
+_MAX_REASONS_TAG = 4900  # MLflow refuses tag values over 5000 characters
 
 
 class RegistryError(RuntimeError):
@@ -78,7 +79,11 @@ class VersionInfo:
 
     @property
     def reasons(self) -> list[str]:
-        return list(json.loads(self.tags.get("gate_reasons", "[]")))
+        raw = self.tags.get("gate_reasons", "[]")
+        try:
+            return list(json.loads(raw))
+        except ValueError:  # cut mid-JSON by an older record_decision: keep the text, do not crash
+            return [raw]
 
 
 def default_tracking_uri(var_dir: Path | str) -> str:
@@ -98,6 +103,28 @@ def _local_artifact_dir(artifact_uri: str) -> Path | None:
     if parsed.scheme == "" and artifact_uri:
         return Path(artifact_uri)
     return None
+
+
+def reasons_tag(reasons: list[str], limit: int = _MAX_REASONS_TAG) -> str:
+    """``reasons`` as a JSON list of at most ``limit`` characters that is still valid JSON.
+
+    Cutting the JSON text at the limit left an unterminated string that every later reader
+    (``VersionInfo.reasons``: ``movierec promote`` of that version) failed on. Each promotion
+    appends a reason, so a version rolled back and forth often grows past the limit: the
+    oldest reasons are dropped first (the newest say why the version is served), and a single
+    reason too long on its own is shortened.
+    """
+    kept, dropped = [str(reason) for reason in reasons], 0
+    while True:
+        shown = [f"({dropped} earlier reasons dropped)", *kept] if dropped else kept
+        text = json.dumps(shown)
+        if len(text) <= limit:
+            return text
+        if len(kept) > 1:
+            kept.pop(0)
+            dropped += 1
+        else:
+            kept[0] = kept[0][: len(kept[0]) * 3 // 4]
 
 
 def metric_key(name: str) -> str:
@@ -152,8 +179,18 @@ class Registry:
 
             # MLflow's SQLite store checks its schema with Alembic on every client: not news.
             logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger("alembic").level))
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            try:
+                self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            except Exception as exc:  # a database store is opened here: wrong URI, server down, no database
+                raise RegistryError(f"cannot open the registry at {self.display_uri}: {exc}") from exc
         return self._client
+
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI without the password a database or server URI may carry."""
+        from app.monitoring.logs import scrub_text
+
+        return scrub_text(self.tracking_uri)
 
     @property
     def experiment_id(self) -> str:
@@ -228,6 +265,18 @@ class Registry:
             max_results=1,
         )
         return dict(runs[0].data.tags) | {"run_id": runs[0].info.run_id} if runs else None
+
+    def trained_candidates(self, data_hash: str, code_version: str, lookback: int = 100) -> set[str]:
+        """Candidates trained by the finished pipeline runs on this data hash and code version."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                "tags.kind = 'pipeline' and attributes.status = 'FINISHED' and "
+                f"tags.data_hash = '{data_hash}' and tags.code_version = '{code_version}'"
+            ),
+            max_results=lookback,
+        )
+        return {name for run in runs for name in run.data.tags.get("candidates", "").split(",") if name}
 
     def start_candidate_run(self, parent_run_id: str, name: str, tags: Mapping[str, str]) -> str:
         """Open the run of one candidate (before training, so its branch can upload artifacts)."""
@@ -337,8 +386,11 @@ class Registry:
         try:
             found = self.client.search_model_versions(f"name = '{self.model_name}'", max_results=10_000)
             aliases = self.client.get_registered_model(self.model_name).aliases or {}
-        except MlflowException:
-            return []
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # nothing registered yet
+                return []
+            # an unreachable server is not "no versions": say so
+            raise RegistryError(f"cannot list the versions at {self.display_uri}: {exc}") from exc
         by_version: dict[str, list[str]] = {}
         for alias, version in aliases.items():  # search results do not carry aliases
             by_version.setdefault(str(version), []).append(alias)
@@ -370,7 +422,7 @@ class Registry:
         """Store the gate's (or an operator's) decision and its reasons with the version."""
         self.tag_version(
             version,
-            {"gate_decision": decision, "gate_reasons": json.dumps(reasons)[:4900],
+            {"gate_decision": decision, "gate_reasons": reasons_tag(reasons),
              "gate_checked_at": datetime.now(UTC).isoformat(timespec="seconds"), **extra},
         )  # fmt: skip
 

@@ -1,0 +1,239 @@
+"""Life-cycle defects found in review: CLI input errors, the cron semantics, one flow at a time."""
+
+from __future__ import annotations
+
+import json
+import subprocess  # nosec B404 - the flow's subprocess.run is replaced by a fake here
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from app.config import Settings
+from app.pipeline import runner
+from app.pipeline.runner import PipelineError, run_flow
+from app.pipeline.schedule import cron_trigger
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The CLI's settings from the environment, everything under ``tmp_path``."""
+    for name, value in {
+        "MOVIEREC_TESTING": "true",
+        "MOVIEREC_VAR_DIR": str(tmp_path / "var"),
+        "MOVIEREC_MODEL_DIR": str(tmp_path / "model"),
+        "MOVIEREC_DATABASE_URL": f"sqlite:///{tmp_path / 'service.db'}",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MOVIEREC_MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _fires(expression: str, after: datetime, until: datetime) -> list[datetime]:
+    trigger, previous, now = cron_trigger(expression), None, after
+    fires: list[datetime] = []
+    while True:
+        now = trigger.get_next_fire_time(previous, now)
+        if now is None or now > until:
+            return fires
+        fires.append(now)
+        previous, now = now, now + timedelta(seconds=1)
+
+
+def test_a_restricted_day_and_weekday_fire_on_either_as_in_cron() -> None:
+    """'0 3 1 * 1' is cron's "the 1st and every Monday", not "a Monday that is the 1st"."""
+    start = datetime(2026, 12, 3, tzinfo=UTC)  # a Thursday
+    fires = _fires("0 3 1 * 1", start, datetime(2027, 1, 12, tzinfo=UTC))
+    assert [f.date().isoformat() for f in fires] == [
+        "2026-12-07", "2026-12-14", "2026-12-21", "2026-12-28", "2027-01-01", "2027-01-04", "2027-01-11",
+    ]  # fmt: skip
+    assert all(f.hour == 3 and f.minute == 0 for f in fires)
+    # a field starting with '*' keeps cron's AND: every other day, Mondays only
+    other = _fires("0 3 */2 * 1", start, datetime(2027, 1, 12, tzinfo=UTC))
+    assert all(f.weekday() == 0 and f.day % 2 == 1 for f in other) and other
+
+
+def test_schedule_refuses_a_bad_cron_expression_with_a_usage_error(cli_env: Path) -> None:
+    from app.cli import cli
+
+    result = CliRunner().invoke(cli, ["schedule", "--cron", "61 3 * * 1"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for --cron" in result.output and "61" in result.output
+    assert not isinstance(result.exception, ValueError)
+
+
+def test_train_and_evaluate_refuse_unknown_models_and_empty_seeds(
+    cli_env: Path, synthetic_data_dir: Path
+) -> None:
+    from app.cli import cli
+
+    data = ["--data-dir", str(synthetic_data_dir)]
+    for args in (
+        ["train", *data, "--model-dir", str(cli_env / "m"), "--models", "most_liked,not_a_model"],
+        ["evaluate", *data, "--models", "not_a_model", "--out", str(cli_env / "r.json")],
+        ["evaluate", *data, "--models", "most_liked", "--seeds", ",", "--out", str(cli_env / "r.json")],
+    ):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output, result.exception)
+        assert "Invalid value for --models" in result.output or "Invalid value for --seeds" in result.output
+    assert not (cli_env / "m").exists()
+
+
+def test_accuracy_reports_profiles_outside_the_segments_without_a_traceback(
+    cli_env: Path, personal_model_store: Path
+) -> None:
+    from app.cli import cli
+
+    bundle = (personal_model_store / "latest").resolve()
+    good = json.loads((bundle / "test_data.json").read_text())
+    for profile in (
+        {"gender": "M", "occupation": "other"},
+        {"age": 30, "gender": "M", "occupation": "astronaut"},
+    ):
+        bad = cli_env / "bad.json"
+        bad.write_text(json.dumps(good | {"data": [profile], "target": [["x"]]}))
+        result = CliRunner().invoke(cli, ["accuracy", str(bundle), str(bad)])
+        assert result.exit_code == 1, result.output
+        assert "Error: test data holds a profile that is not a known segment" in result.output
+        assert isinstance(result.exception, SystemExit)
+
+
+def test_pipeline_versions_never_prints_the_tracking_servers_password(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.cli import cli
+    from app.registry.mlflow_registry import Registry
+
+    monkeypatch.setenv("MOVIEREC_MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cr3t-pw@db.example:5432/mlflow")
+    monkeypatch.setattr(Registry, "versions", lambda self: [])
+    result = CliRunner().invoke(cli, ["pipeline", "versions"])
+    assert result.exit_code == 0, result.output
+    assert "s3cr3t-pw" not in result.output
+    assert "no versions of movierec registered at postgresql://mlflow:" in result.output
+
+
+def test_a_second_flow_is_refused_while_one_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two flows on one registry would each gate against the champion they read and the last
+    one would win the alias, however it compared with the other's promoted model."""
+    settings = Settings(testing=True, var_dir=tmp_path / "var", data_dir=tmp_path / "data")
+    launched: list[list[str]] = []
+
+    def fake_run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        launched.append(command)
+        if len(launched) == 1:  # another run (the scheduler's tick) starts while this one is going
+            with pytest.raises(PipelineError, match="another training flow is running"):
+                run_flow(settings, trigger="schedule")
+        summary = Path(command[command.index("--summary-path") + 1])
+        summary.write_text(json.dumps({"run": len(launched)}))
+        return subprocess.CompletedProcess(command, 0, "", None)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    assert run_flow(settings).summary == {"run": 1}
+    assert len(launched) == 1
+    assert run_flow(settings).summary == {"run": 2}  # released when the run ended
+
+
+class _TagClient:
+    """The one MlflowClient call record_decision makes, kept in memory."""
+
+    def __init__(self) -> None:
+        self.tags: dict[str, str] = {}
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.tags[key] = value
+
+
+def test_long_gate_reasons_stay_readable_json_within_mlflows_tag_limit() -> None:
+    """A long --reason (or many rollbacks appending one each) used to be cut mid-JSON, and the
+    next ``movierec promote`` of that version crashed reading it, after moving the alias."""
+    from app.registry.mlflow_registry import Registry, VersionInfo
+
+    registry = Registry("sqlite:///unused.db")
+    client = _TagClient()
+    registry._client = client  # type: ignore[assignment]
+    history = [f"manual promotion: champion moved from v{i} to v1" for i in range(200)]
+    for reasons in (["smoke tests passed", "rollback: " + "x" * 6000], history, ["é" * 3000]):
+        registry.record_decision("1", "promoted", reasons)
+        tag = client.tags["gate_reasons"]
+        assert len(tag) <= 4900
+        kept = json.loads(tag)
+        assert kept[-1][:20] == reasons[-1][:20]  # the newest reason survives
+    assert kept and len(json.loads(client.tags["gate_reasons"])) == 1
+    info = VersionInfo("1", "c", "b", None, None, "", {"gate_reasons": '["cut mid-str'}, ())
+    assert info.reasons == ['["cut mid-str']  # written by the old code: readable, not a crash
+
+
+class _Runs:
+    """A registry with a champion; the last finished pipeline run trained ``last``, all the
+    finished runs on the same data and code together ``earlier`` too."""
+
+    def __init__(self, last: str, earlier: str = "") -> None:
+        self.last = {"data_hash": "d1", "code_version": "c1", "run_id": "r9", "candidates": last}
+        self.earlier = {*last.split(","), *filter(None, earlier.split(","))}
+
+    def champion(self) -> object:
+        return object()
+
+    def last_pipeline_run(self) -> dict[str, str]:
+        return self.last
+
+    def trained_candidates(self, data_hash: str, code_version: str) -> set[str]:
+        assert (data_hash, code_version) == ("d1", "c1")
+        return self.earlier
+
+
+def test_the_schedule_trains_the_configured_candidates_a_manual_run_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an operator's `pipeline run --candidates segment_most_liked` on new data or code,
+    the scheduler skipped for good: its own candidates were never trained on them."""
+    from app.pipeline import schedule
+
+    settings = Settings(testing=True, var_dir=tmp_path / "var", pipeline_candidates="most_liked,most_rated")
+    ran: list[str] = []
+
+    def fake_runner(s: Settings, trigger: str) -> runner.FlowRun:
+        ran.append(trigger)
+        return runner.FlowRun({"ok": True}, 0.0, "")
+
+    def tick(registry: _Runs, candidates: list[str] | None = None) -> schedule.TickResult:
+        monkeypatch.setattr(schedule.Registry, "from_settings", lambda s: registry)
+        return schedule.tick(settings, fake_runner, lambda s: ("d1", "c1"), candidates)
+
+    result = tick(_Runs("segment_most_liked"))
+    assert result.ran and ran == ["schedule"]
+    assert result.decision.reason == "most_liked, most_rated never trained on this data and code"
+    # trained on the same data and code, by the last run or an earlier one: nothing new to learn
+    assert not tick(_Runs("most_rated,most_liked,segment_most_liked")).ran
+    assert not tick(_Runs("segment_most_liked", earlier="most_liked,most_rated")).ran
+    assert not tick(_Runs("segment_most_liked"), candidates=["segment_most_liked"]).ran
+    assert tick(_Runs("segment_most_liked"), candidates=["most_liked"]).ran
+
+
+def test_an_unreachable_registry_is_a_clear_error_without_its_password(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tracking URI naming a database that does not exist: `pipeline versions` and `promote`
+    crashed with the SQLAlchemy traceback MLflow's client raises when it opens the store."""
+    import mlflow
+
+    from app.cli import cli
+
+    def unreachable(**kwargs: Any) -> None:
+        raise RuntimeError('connection failed: FATAL:  database "movierec_no_such_db" does not exist')
+
+    monkeypatch.setattr(mlflow, "MlflowClient", unreachable)
+    monkeypatch.setenv(
+        "MOVIEREC_MLFLOW_TRACKING_URI",
+        "postgresql+psycopg://postgres:s3cr3t-pw@127.0.0.1:5432/movierec_no_such_db",
+    )
+    for args in (["pipeline", "versions"], ["promote", "--version", "1", "--no-reload"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, (args, result.output, result.exception)
+        assert isinstance(result.exception, SystemExit)
+        assert "Error: cannot open the registry at postgresql+psycopg://postgres:" in result.output
+        assert "movierec_no_such_db" in result.output and "s3cr3t-pw" not in result.output
