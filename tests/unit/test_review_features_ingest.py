@@ -103,7 +103,7 @@ def test_titles_of_a_utf8_u_item_are_not_mojibake(tmp_path: Path) -> None:
         (_append("u.item", "61|Short (1990)|01-Jan-1990||x|0|0|1\n"), r"u\.item: genre flags must be 0 or 1"),
     ],
     ids=[
-        "unknown-movie", "unknown-user", "rating-9", "rating-missing", "missing-field", "future-timestamp",
+        "unknown-movie", "unknown-user", "rating-0", "rating-missing", "missing-field", "future-timestamp",
         "negative-id", "text-id", "duplicate-user", "gender", "occupation", "huge-user-id", "age-0",
         "duplicate-movie", "short-item-line",
     ],
