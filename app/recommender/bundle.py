@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import stat
 import tarfile
 import tempfile
 import time
@@ -378,12 +380,65 @@ def _validate(manifest: dict[str, Any], catalogue: pd.DataFrame, tables: Tables,
 
 
 def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:
-    target = Path(tempfile.mkdtemp(prefix="movierec-bundle-"))
+    """Load an archived bundle from its extraction, made once per archive content and reused.
+
+    A fresh temporary directory per load leaked a whole bundle (~17 MB for ml-100k) on every
+    load: each uwsgi worker start, each recycle (``max-requests``) and each reload, so a
+    service run from a ``.tar.gz`` filled /tmp over the days. The extraction is named by the
+    archive's SHA-256 instead; one that no longer loads (a tmp cleaner removed files from it)
+    is extracted again once.
+    """
+    cache = _extraction_cache()
+    if cache is None:  # no private cache directory to be had: a private directory per load
+        target = _extract(path, Path(tempfile.mkdtemp(prefix="movierec-bundle-")))
+    else:
+        target = cache / hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+        if target.is_dir():
+            try:
+                return _load_extracted(path, target, catalogue_fallback)
+            except BundleError:
+                _remove_tree(target)  # damaged since it was extracted: extracted again below
+        staging = _extract(path, Path(tempfile.mkdtemp(prefix=".staging-", dir=cache)))
+        try:
+            staging.rename(target)  # whole or not at all; another process may have won the race
+        except OSError:
+            _remove_tree(staging)
+    try:
+        return _load_extracted(path, target, catalogue_fallback)
+    except BundleError:
+        if cache is None:  # a cached extraction stays: a model.pkl refused here for want of a
+            _remove_tree(target)  # catalogue may be served from it by a process that has one
+        raise
+
+
+def _extraction_cache() -> Path | None:
+    """``<tmp>/movierec-bundles-<uid>``, this user's only (0700), or None when it is not.
+
+    Extractions hold pickles that are loaded without a digest check, so a directory another
+    user created or can write to is never used.
+    """
+    root = Path(tempfile.gettempdir()) / f"movierec-bundles-{os.getuid()}"
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        info = root.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    return root
+
+
+def _extract(path: Path, target: Path) -> Path:
     try:
         with tarfile.open(path, "r:gz") as archive:
             archive.extractall(target, filter="data")
     except (tarfile.TarError, OSError, EOFError) as exc:
+        _remove_tree(target)
         raise BundleError(f"{path} is not a readable .tar.gz: {exc}") from exc
+    return target
+
+
+def _load_extracted(path: Path, target: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:
     manifests = list(target.rglob(MANIFEST))
     if len(manifests) == 1:
         return _load_dir(manifests[0].parent)
@@ -391,6 +446,10 @@ def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> Loaded
     if len(pickles) == 1:
         return _load_pickle(pickles[0], catalogue_fallback)
     raise BundleError(f"{path} must hold exactly one bundle or one model.pkl")
+
+
+def _remove_tree(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:

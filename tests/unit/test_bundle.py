@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import joblib
@@ -68,6 +70,52 @@ def test_tarball_and_pickle_forms_load(model_store: Path, synthetic_data, tmp_pa
     assert [r.title for r in from_pickle.recommend_segment(segment, 5)] == [
         r.title for r in from_tar.recommend_segment(segment, 5)
     ]
+
+
+def test_a_tarball_is_extracted_once_and_again_only_when_damaged(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each load used to extract into a new temporary directory: a bundle left in /tmp per worker
+    # start, recycle and reload
+    bundle_dir = (model_store / "latest").resolve()
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle_dir, arcname=bundle_dir.name)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def extractions() -> list[Path]:
+        return sorted(path for path in scratch.rglob("manifest.json"))
+
+    first = load_bundle(archive)
+    assert len(extractions()) == 1
+    second = load_bundle(archive)
+    assert extractions() == [second.path / "manifest.json"] and second.path == first.path
+    assert not [path for path in second.path.parent.parent.iterdir() if path.name.startswith(".staging-")]
+
+    (second.path / "segment_top.npy").unlink()  # a tmp cleaner's work
+    third = load_bundle(archive)
+    assert (third.path / "segment_top.npy").is_file() and len(extractions()) == 1
+    assert third.version == first.version
+
+
+def test_a_shared_extraction_directory_is_not_used(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # extractions hold pickles: a cache directory other users can write to is never read
+    bundle_dir = (model_store / "latest").resolve()
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle_dir, arcname=bundle_dir.name)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    shared = scratch / f"movierec-bundles-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    loaded = load_bundle(archive)
+    assert shared not in loaded.path.parents and not any(shared.iterdir())
 
 
 def test_seed_style_regressor_pickle_is_served(synthetic_data, tmp_path: Path) -> None:
