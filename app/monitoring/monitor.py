@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
+# sysexits' EX_TEMPFAIL: the SMTP server could not be reached at start. Not a configuration
+# error: the documented unit restarts the monitor on it (it prevents restarts on 2 only), so
+# a relay that comes up after the host stays monitored, and --cursor-file misses nothing.
+EXIT_UNREACHABLE = 75
 
 # Fields of our JSON log lines worth repeating in an alert email.
 DETAIL_FIELDS = (
@@ -66,6 +70,10 @@ DETAIL_FIELDS = (
 
 class ConfigError(Exception):
     """Bad settings; reported as one line and exit status 2."""
+
+
+class Unreachable(Exception):
+    """The SMTP server did not answer at start; reported as one line and exit status 75."""
 
 
 # A journald cursor: "s=<hex>;i=<hex>;b=<hex>;m=<hex>;t=<hex>;x=<hex>".
@@ -224,7 +232,7 @@ def verify_sink(sink: SmtpSink, *, attempts: int = 3, delay: float = 2.0) -> Non
             return
         except SmtpConnectionError as exc:
             if attempt == attempts:
-                raise ConfigError(f"{exc} (after {attempts} attempts)") from None
+                raise Unreachable(f"{exc} (after {attempts} attempts)") from None
             log.warning("SMTP server not reachable; retrying", extra={"error": str(exc), "attempt": attempt})
             time.sleep(delay * attempt)
         except AlertDeliveryError as exc:
@@ -331,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"monitor-docker: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except Unreachable as exc:
+        print(f"monitor-docker: error: {exc}; try again later", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except (KeyboardInterrupt, EOFError):
         print("monitor-docker: interrupted", file=sys.stderr)
         return EXIT_CONFIG

@@ -131,3 +131,23 @@ def test_malformed_cursor_file_is_ignored_not_fed_to_journalctl(tmp_path: Path) 
 def test_cursor_file_option() -> None:
     args = build_parser().parse_args(["movierec", "smtp", "a@x.test", "--cursor-file", "/var/lib/m/cursor"])
     assert args.cursor_file == "/var/lib/m/cursor"
+
+
+def test_an_smtp_server_unreachable_at_start_is_a_temporary_failure_not_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # exit 2 tells systemd not to restart (RestartPreventExitStatus=2): a relay that came up a
+    # minute after the host left the monitor off for good, and no alert was sent about it
+    from app.monitoring.monitor import EXIT_CONFIG, EXIT_UNREACHABLE, main
+    from tests.helpers import free_port
+
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # verify_sink's waits between tries
+    password_file = tmp_path / "smtp-password"
+    password_file.write_text("s3cret-pass\n")
+    password_file.chmod(0o600)
+    rc = main(["movierec", "127.0.0.1", "ops@example.com", "--smtp-port", str(free_port()),
+               "--password-file", str(password_file), "--smtp-timeout", "2"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == EXIT_UNREACHABLE != EXIT_CONFIG
+    assert "cannot reach SMTP server" in err and "after 3 attempts" in err
+    assert "s3cret-pass" not in err and "Traceback" not in err
