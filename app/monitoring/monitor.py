@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         "entries, grouped and rate-limited.",
         epilog="The SMTP password is taken from --password, --password-file, $MONITOR_SMTP_PASSWORD, "
         "the file named by $MONITOR_SMTP_PASSWORD_FILE, or a prompt, in that order. Exit status 2 "
-        "means a configuration problem (bad password, unreachable server): fix it, do not restart blindly.",
+        "means a configuration problem (bad password, TLS): fix it, do not restart blindly; 75, an SMTP "
+        "server that did not answer: try again later.",
     )
     parser.add_argument("container_name", metavar="CONTAINER_NAME", help="the Docker container to watch")
     parser.add_argument("smtp_server", metavar="SMTP_SERVER", help="SMTP server host name or address")
