@@ -72,11 +72,10 @@ def test_tarball_and_pickle_forms_load(model_store: Path, synthetic_data, tmp_pa
     ]
 
 
-def test_a_tarball_is_extracted_once_and_again_only_when_damaged(
+def _archive_with_private_tmp(
     model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # each load used to extract into a new temporary directory: a bundle left in /tmp per worker
-    # start, recycle and reload
+) -> tuple[Path, Path]:
+    """The store's bundle as a .tar.gz, and a temporary directory of the test's own for extractions."""
     bundle_dir = (model_store / "latest").resolve()
     archive = tmp_path / "bundle.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -84,6 +83,15 @@ def test_a_tarball_is_extracted_once_and_again_only_when_damaged(
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return archive, scratch
+
+
+def test_a_tarball_is_extracted_once_and_again_only_when_damaged(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each load used to extract into a new temporary directory: a bundle left in /tmp per worker
+    # start, recycle and reload
+    archive, scratch = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
 
     def extractions() -> list[Path]:
         return sorted(path for path in scratch.rglob("manifest.json"))
@@ -104,13 +112,7 @@ def test_a_shared_extraction_directory_is_not_used(
     model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # extractions hold pickles: a cache directory other users can write to is never read
-    bundle_dir = (model_store / "latest").resolve()
-    archive = tmp_path / "bundle.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(bundle_dir, arcname=bundle_dir.name)
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    archive, scratch = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
     shared = scratch / f"movierec-bundles-{os.getuid()}"
     shared.mkdir()
     shared.chmod(0o777)
