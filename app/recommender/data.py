@@ -113,29 +113,27 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _header_rows(path: Path, sep: str, encoding: str) -> int:
-    """1 when the file starts with a header line (no field of it is a number), else 0.
+def _header_rows(text: str, sep: str) -> int:
+    """1 when ``text`` starts with a header line (no field of it is a number), else 0.
 
     The GroupLens files have none, but a copy re-exported by pandas or a spreadsheet often has
     one (the column names); read as data it turned every column into text and the load
     died at the integer cast. A first line with any number in it is data, and is checked as such.
     """
-    with path.open(encoding=encoding, errors="replace") as handle:
-        first = handle.readline()
+    first = text.split("\n", 1)[0].split("\r", 1)[0]  # any line ending: \n, \r\n or \r
     return 0 if any(_is_number(value) for value in first.split(sep)) else 1
 
 
-def _text_encoding(path: Path) -> str:
-    """``utf-8-sig`` when the file decodes as UTF-8, else ``latin-1`` (GroupLens' own u.item).
+def _decode(raw: bytes) -> str:
+    """UTF-8 (a byte-order mark dropped) when the bytes are UTF-8, else Latin-1 (GroupLens' own u.item).
 
     The original u.item is Latin-1 and is not valid UTF-8 (a lone byte for "é"), so it still reads
     as Latin-1; a copy re-saved as UTF-8 no longer turns "é" into "Ã©" in every title.
     """
     try:
-        path.read_bytes().decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return "latin-1"
-    return "utf-8-sig"
+        return raw.decode("latin-1")
 
 
 def _require(file: str, field: str, values: pd.Series | pd.DataFrame, ok: Any, rule: str) -> None:
@@ -198,11 +196,9 @@ def _validate(
 
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def read(name: str, sep: str, names: list[str], **options: Any) -> pd.DataFrame:
-        path = directory / name
-        encoding = _text_encoding(path)
-        skip = _header_rows(path, sep, encoding)
+        text = _decode((directory / name).read_bytes())  # read once: the encoding and header from it
         return pd.read_csv(
-            path, sep=sep, names=names, header=None, skiprows=skip, encoding=encoding, **options
+            io.StringIO(text), sep=sep, names=names, header=None, skiprows=_header_rows(text, sep), **options
         )
 
     ratings = read("u.data", "\t", RATING_COLUMNS)
