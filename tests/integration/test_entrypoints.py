@@ -161,3 +161,15 @@ def test_movierec_train_writes_a_new_bundle_and_moves_latest(
     second_path = Path(second.stdout.strip().splitlines()[-1])
     assert second_path != first_path and first_path.is_dir()  # bundles are immutable: the old one stays
     assert (store / "latest").resolve() == second_path.resolve()
+
+
+@pytest.mark.parametrize("script", ["monitor-docker.py", "deploy-docker.py"])
+def test_host_scripts_run_on_the_standard_library_alone(script: str) -> None:
+    # the documented systemd unit and deploy run these with the host's python3, not the venv:
+    # an import of a third-party package (sqlalchemy through a shared helper, say) broke them there
+    done = subprocess.run(
+        [sys.executable, "-S", str(ROOT / script), "--help"], capture_output=True, text=True, timeout=60,
+        env=_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout
