@@ -57,24 +57,26 @@ def features(user_id: str) -> Any:
 def recommendations(user_id: str, query: MaxRecsQuery) -> Any:
     """Recommendations for a user, built on their stored features.
 
-    A user the model knows gets personal recommendations (never a movie they rated); any other
-    user with features is answered for their demographic segment. The answer has an ``id`` for
-    /api/recommend/score like any recommendation.
+    A user the model knows gets personal recommendations; any other user with features is
+    answered for their demographic segment. Either way the list leaves out every movie the
+    user rated in their features (which may be newer than the model), so it may be shorter
+    than ``max_recs``. The answer has an ``id`` for /api/recommend/score like any
+    recommendation.
     """
     services = current_app.extensions["movierec"]
     uid = _user_id(user_id)
-    found = services.user_features.features(uid)
-    feats = found["features"]
+    profile = services.user_features.profile(uid)
+    feats = profile.answer["features"]
     bundle = services.models.require()
     # HEAD: the headers of the same answer, but nothing recorded: no client receives its id
     serve = partial(services.recommendations.answer, bundle) if request.method == "HEAD" else (
         services.recommendations.recommend
     )  # fmt: skip
     if bundle.knows_user(uid):
-        served = serve(max_recs=query.max_recs, user_id=uid)
+        served = serve(max_recs=query.max_recs, user_id=uid, exclude=profile.rated)
     else:
         served = serve(
             max_recs=query.max_recs, age=int(feats["age"]), gender=str(feats["gender"]),
-            occupation=str(feats["occupation"]),
+            occupation=str(feats["occupation"]), exclude=profile.rated,
         )  # fmt: skip
-    return jsonify({**served.body(), "user_id": uid, "features_source": found["source"]})
+    return jsonify({**served.body(), "user_id": uid, "features_source": profile.answer["source"]})

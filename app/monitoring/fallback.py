@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Container
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +121,9 @@ class Fallback:
         gender: str | None,
         occupation: str | None,
         user_id: int | None,
+        exclude: Container[int] = (),
     ) -> tuple[list[Recommendation], str]:
-        """Fallback items and the version of the bundle they come from."""
+        """Fallback items and the version of the bundle they come from; never a movie in ``exclude``."""
         demographics = age is not None and gender is not None and occupation is not None
         if user_id is not None and not demographics and not current.knows_user(user_id):
             # the same answer the champion gives: a client error must not depend on the breaker
@@ -129,15 +131,17 @@ class Fallback:
         previous = self.previous(current)
         if previous is not None:
             if user_id is not None and previous.knows_user(user_id):
-                return previous.recommend_user(user_id, max_recs), previous.version
+                return previous.recommend_user(user_id, max_recs, exclude), previous.version
             if demographics:
                 assert age is not None and gender is not None and occupation is not None
                 return previous.recommend_segment(
-                    Segment.of(age, gender, occupation), max_recs
+                    Segment.of(age, gender, occupation), max_recs, exclude
                 ), previous.version
-        return self._popular(current, max_recs, user_id), current.version
+        return self._popular(current, max_recs, user_id, exclude), current.version
 
-    def _popular(self, bundle: LoadedBundle, max_recs: int, user_id: int | None) -> list[Recommendation]:
+    def _popular(
+        self, bundle: LoadedBundle, max_recs: int, user_id: int | None, exclude: Container[int] = ()
+    ) -> list[Recommendation]:
         order = self.popularity(bundle)
         if user_id is not None and bundle.knows_user(user_id):
             own = bundle.recommend_user(user_id, bundle.tables.user_top.shape[1])
@@ -147,6 +151,8 @@ class Fallback:
             positions = candidates[np.argsort(rank[candidates], kind="stable")]
         else:
             positions = order
+        if exclude:
+            positions = positions[[int(bundle.movie_ids[p]) not in exclude for p in positions]]
         # The score of a popularity list is its Borda rank turned into a decreasing number in (0, 1].
         return [
             Recommendation(int(bundle.movie_ids[p]), bundle.titles[p], round(1.0 / (i + 1), 6))

@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -368,13 +368,20 @@ class GuardedRecommendations:
         gender: str | None = None,
         occupation: str | None = None,
         user_id: int | None = None,
+        exclude: Container[int] = (),
     ) -> Any:
         route = self.breaker.route(bundle.version)
         if route != FALLBACK:
             started = time.perf_counter()
             try:
                 served = service.lookup(
-                    bundle, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
+                    bundle,
+                    max_recs=max_recs,
+                    age=age,
+                    gender=gender,
+                    occupation=occupation,
+                    user_id=user_id,
+                    exclude=exclude,
                 )
             except (ApiError, BundleError):
                 raise  # the client's error (unknown user) or no model at all: not the model failing
@@ -393,7 +400,13 @@ class GuardedRecommendations:
         from app.services.recommendations import Served  # here: a module-level import would be circular
 
         items, version = self.fallback.recommend(
-            bundle, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
+            bundle,
+            max_recs=max_recs,
+            age=age,
+            gender=gender,
+            occupation=occupation,
+            user_id=user_id,
+            exclude=exclude,
         )
         _count(FALLBACK, len(items))
         return Served(service.ids.issue(), items, version, FALLBACK)

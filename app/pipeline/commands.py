@@ -258,7 +258,7 @@ def features() -> None:
 @_DATA_DIR
 def features_build(data_dir: Path | None) -> None:
     """Ingest raw data + feedback, write a features snapshot, load user features into the DB."""
-    from app.pipeline.features_store import FeatureStore, db_rows
+    from app.pipeline.features_store import FeatureStore
     from app.pipeline.ingest import ingest
     from app.pipeline.runner import features_root
     from app.storage.db import Database
@@ -270,7 +270,7 @@ def features_build(data_dir: Path | None) -> None:
         ingested = ingest(settings.data_dir, database)
         store = FeatureStore(features_root(settings))
         snapshot = store.write_snapshot(ingested)
-        loaded = replace_user_features(database, db_rows(store.read("users", snapshot.id)), snapshot.id)
+        loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
     finally:
         database.dispose()
     counts = ", ".join(f"{n} {name}" for name, n in snapshot.counts.items())

@@ -72,9 +72,15 @@ def feature_tables(ingested: Ingested) -> dict[str, pd.DataFrame]:
     }
 
 
-def db_rows(users: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows for the service's ``user_features`` table: MovieLens users, genre profiles as maps."""
+def db_rows(users: pd.DataFrame, ratings: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows for the service's ``user_features`` table: MovieLens users, genre profiles as maps.
+
+    ``rated_movies`` (sorted movie ids, from the snapshot's ``ratings``) lets the predictions
+    API leave out what a user rated when the serving model does not know them.
+    """
     real = users[users["source"] == "movielens"]
+    pairs = ratings[["user_id", "movie_id"]].drop_duplicates().sort_values(["user_id", "movie_id"])
+    rated = {int(u): [int(m) for m in movies] for u, movies in pairs.groupby("user_id")["movie_id"]}
     share_cols = [c for c in real.columns if c.startswith("share_")]
     liked_cols = [c for c in real.columns if c.startswith("liked_share_")]
     plain = [
@@ -91,6 +97,7 @@ def db_rows(users: pd.DataFrame) -> list[dict[str, Any]]:
         record["liked_genre_share"] = {
             c[len("liked_share_") :]: round(float(v), 6) for c, v in zip(liked_cols, liked_row, strict=True)
         }
+        record["rated_movies"] = rated.get(int(record["user_id"]), [])
     return records
 
 
@@ -169,6 +176,11 @@ class FeatureStore:
         snapshot = snapshot or self._require_latest()
         with self.fs.open(self._path(f"snapshot={snapshot}", f"{table}.parquet"), "rb") as handle:
             return pd.read_parquet(handle)
+
+    def service_rows(self, snapshot: str | None = None) -> list[dict[str, Any]]:
+        """A snapshot's rows for the service's ``user_features`` table (:func:`db_rows`)."""
+        snapshot = snapshot or self._require_latest()
+        return db_rows(self.read("users", snapshot), self.read("ratings", snapshot))
 
     def _require_latest(self) -> str:
         snapshot = self.latest()

@@ -113,7 +113,7 @@ class MovieRecTrainingFlow(FlowSpec):
     def features(self) -> None:
         """Publish the features snapshot (Parquet), load user features into the service DB."""
         from app.pipeline.candidates import fit_rating_model
-        from app.pipeline.features_store import FeatureStore, db_rows
+        from app.pipeline.features_store import FeatureStore
         from app.pipeline.ingest import Ingested
         from app.pipeline.runner import features_root
         from app.storage.user_features import replace_user_features
@@ -122,8 +122,8 @@ class MovieRecTrainingFlow(FlowSpec):
         store = FeatureStore(features_root(settings))
         snapshot = store.write_snapshot(Ingested(self.data, self.feedback))
         self.snapshot_id = snapshot.id
-        users = store.read("users", snapshot.id)
-        self.db_user_features = replace_user_features(_database(settings), db_rows(users), snapshot.id)
+        rows = store.service_rows(snapshot.id)
+        self.db_user_features = replace_user_features(_database(settings), rows, snapshot.id)
         # One rating regressor per run, attached to every bundle that cannot predict ratings itself.
         self.rating_model = fit_rating_model(self.data)
         self.next(self.train, foreach="candidate_names")

@@ -28,9 +28,10 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -173,26 +174,38 @@ class LoadedBundle:
             out.append(Recommendation(int(self.movie_ids[pos]), self.titles[pos], score))
         return out
 
-    def recommend_segment(self, segment: Segment, n: int) -> list[Recommendation]:
+    def recommend_segment(
+        self, segment: Segment, n: int, exclude: Container[int] = ()
+    ) -> list[Recommendation]:
+        """The segment's best ``n``; with ``exclude``, the best ``n`` not in it (maybe fewer)."""
         row = self._segment_row[segment.key]
         rows = self._segment_lists.get(row)
         if rows is None:  # built once per table row, then every request only slices it
             rows = self._segment_lists[row] = self._rows(
                 self.tables.segment_top[row], self.tables.segment_scores[row]
             )
-        return rows[:n]
+        return _unseen(rows, n, exclude) if exclude else rows[:n]
 
-    def recommend_user(self, user_id: int, n: int) -> list[Recommendation]:
-        """Personal recommendations; KeyError when the user is unknown to this bundle."""
+    def recommend_user(self, user_id: int, n: int, exclude: Container[int] = ()) -> list[Recommendation]:
+        """Personal recommendations; KeyError when the user is unknown to this bundle.
+
+        The table already leaves out what the user rated in the training data; ``exclude`` is
+        for movies rated since (a newer features snapshot than the bundle).
+        """
         row = self._user_row[user_id]
         rows = self._user_lists.get(row)
         if rows is None:
             rows = self._user_lists[row] = self._rows(self.tables.user_top[row], self.tables.user_scores[row])
-        return rows[:n]
+        return _unseen(rows, n, exclude) if exclude else rows[:n]
 
     @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.manifest.get("metrics", {}))
+
+
+def _unseen(rows: list[Recommendation], n: int, exclude: Container[int]) -> list[Recommendation]:
+    """The first ``n`` of ``rows`` whose movie is not in ``exclude``."""
+    return list(islice((item for item in rows if item.movie_id not in exclude), n))
 
 
 # --------------------------------------------------------------------------- writing

@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,8 +171,13 @@ class RecommendationService:
         gender: str | None = None,
         occupation: str | None = None,
         user_id: int | None = None,
+        exclude: Container[int] = (),
     ) -> Served:
-        """Look the answer up in the loaded bundle and record what was served under a new id."""
+        """Look the answer up in the loaded bundle and record what was served under a new id.
+
+        ``exclude``: movies not to recommend beyond those the bundle already leaves out (what a
+        user rated, from their features); the list may then be shorter than ``max_recs``.
+        """
         served = self.answer(
             self.models.require(),
             max_recs=max_recs,
@@ -180,6 +185,7 @@ class RecommendationService:
             gender=gender,
             occupation=occupation,
             user_id=user_id,
+            exclude=exclude,
         )
         self.request_log.append([self.log_row(served, max_recs, age, gender, occupation, user_id)])
         return served
@@ -193,6 +199,7 @@ class RecommendationService:
         gender: str | None = None,
         occupation: str | None = None,
         user_id: int | None = None,
+        exclude: Container[int] = (),
     ) -> Served:
         """What ``bundle`` serves for one request, through the circuit breaker when there is one.
 
@@ -207,9 +214,16 @@ class RecommendationService:
                 gender=gender,
                 occupation=occupation,
                 user_id=user_id,
+                exclude=exclude,
             )
         return self.lookup(
-            bundle, max_recs=max_recs, age=age, gender=gender, occupation=occupation, user_id=user_id
+            bundle,
+            max_recs=max_recs,
+            age=age,
+            gender=gender,
+            occupation=occupation,
+            user_id=user_id,
+            exclude=exclude,
         )
 
     def lookup(
@@ -221,9 +235,10 @@ class RecommendationService:
         gender: str | None = None,
         occupation: str | None = None,
         user_id: int | None = None,
+        exclude: Container[int] = (),
     ) -> Served:
         """The champion's answer under a fresh id: a lookup in the bundle's tables, no breaker."""
-        items, strategy = self._lookup(bundle, max_recs, age, gender, occupation, user_id)
+        items, strategy = self._lookup(bundle, max_recs, age, gender, occupation, user_id, exclude)
         return Served(self.ids.issue(), items, bundle.version, strategy)
 
     @staticmethod
@@ -255,14 +270,15 @@ class RecommendationService:
         gender: str | None,
         occupation: str | None,
         user_id: int | None,
+        exclude: Container[int],
     ) -> tuple[list[Recommendation], str]:
         if user_id is not None:
             if bundle.knows_user(user_id):
-                return bundle.recommend_user(user_id, max_recs), "personal"
+                return bundle.recommend_user(user_id, max_recs, exclude), "personal"
             if age is None or gender is None or occupation is None:
                 raise NotFound(f"user {user_id} is not known to model {bundle.version}")
         assert age is not None and gender is not None and occupation is not None
-        return bundle.recommend_segment(Segment.of(age, gender, occupation), max_recs), "segment"
+        return bundle.recommend_segment(Segment.of(age, gender, occupation), max_recs, exclude), "segment"
 
     def score(self, request_id: str, movie: str, score: float, *, readable: bool = False) -> None:
         """Store a user's score for a movie recommended under ``request_id``; durable on return.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,28 @@ _PLAIN = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class UserProfile:
+    """A user's features as the features API answers them, and the movies they rated."""
+
+    answer: dict[str, Any]  # {"user_id", "features", "source", "snapshot_id", "as_of"}
+    rated: frozenset[int]  # empty for rows stored before the table had ``rated_movies``
+
+
 class UserFeatureService:
     def __init__(self, db: Database, data_dir: Path | None) -> None:
         self.db = db
         self.data_dir = data_dir
-        self._computed: dict[int, dict[str, Any]] | None = None
+        self._computed: dict[int, tuple[dict[str, Any], frozenset[int]]] | None = None
         self._computed_at: str | None = None
         self._lock = threading.Lock()
 
     def features(self, user_id: int) -> dict[str, Any]:
         """``{"user_id", "features", "source", "snapshot_id", "as_of"}``; 404 for a user without features."""
+        return self.profile(user_id).answer
+
+    def profile(self, user_id: int) -> UserProfile:
+        """The user's features and rated movies, from one read; 404 for a user without features."""
         try:
             row = get_user_features(self.db, user_id)
             stored = row is not None or user_features_snapshot(self.db)[1] > 0
@@ -73,27 +86,30 @@ class UserFeatureService:
             features = {name: _plain(getattr(row, name)) for name in _PLAIN}
             features["genre_share"] = dict(row.genre_share or {})
             features["liked_genre_share"] = dict(row.liked_genre_share or {})
-            return {
+            answer = {
                 "user_id": user_id,
                 "features": features,
                 "source": "feature_store",
                 "snapshot_id": row.snapshot_id,
                 "as_of": row.computed_at.isoformat(timespec="seconds") if row.computed_at else None,
             }
+            return UserProfile(answer, frozenset(int(m) for m in row.rated_movies or ()))
         if stored:
             raise NotFound(f"no features for user {user_id} in the latest feature snapshot")
         computed = self._computed_table().get(user_id)
         if computed is None:
             raise NotFound(f"no features for user {user_id}")
-        return {
+        features, rated = computed
+        answer = {
             "user_id": user_id,
-            "features": computed,
+            "features": features,
             "source": "computed",
             "snapshot_id": None,
             "as_of": self._computed_at,
         }
+        return UserProfile(answer, rated)
 
-    def _computed_table(self) -> dict[int, dict[str, Any]]:
+    def _computed_table(self) -> dict[int, tuple[dict[str, Any], frozenset[int]]]:
         table = self._computed
         if table is not None:
             return table
@@ -103,7 +119,7 @@ class UserFeatureService:
                 self._computed_at = datetime.now(UTC).isoformat(timespec="seconds")
             return self._computed
 
-    def _compute(self) -> dict[int, dict[str, Any]]:
+    def _compute(self) -> dict[int, tuple[dict[str, Any], frozenset[int]]]:
         """The same features and shape as the stored table, from the local data set."""
         from app.recommender.features import GENRE_SLUGS, user_features
 
@@ -116,13 +132,18 @@ class UserFeatureService:
         if data is None:
             raise Unavailable("user features are not available: no feature snapshot and no local data set")
         frame = user_features(data.ratings, data.users, data.items)
-        table: dict[int, dict[str, Any]] = {}
+        rated = {
+            int(u): frozenset(int(m) for m in movies)
+            for u, movies in data.ratings.groupby("user_id")["movie_id"]
+        }
+        table: dict[int, tuple[dict[str, Any], frozenset[int]]] = {}
         for record in frame.to_dict(orient="records"):
             features = {name: _plain(record[name]) for name in _PLAIN}
             features["genre_share"] = {g: round(float(record[f"share_{g}"]), 6) for g in GENRE_SLUGS}
             features["liked_genre_share"] = {
                 g: round(float(record[f"liked_share_{g}"]), 6) for g in GENRE_SLUGS
             }
-            table[int(record["user_id"])] = features
+            user_id = int(record["user_id"])
+            table[user_id] = (features, rated.get(user_id, frozenset()))
         log.info("user features computed from local data", extra={"users": len(table)})
         return table

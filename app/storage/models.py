@@ -100,3 +100,5 @@ class UserFeatures(Base):
     last_ts: Mapped[int | None] = mapped_column(BigInteger)
     genre_share: Mapped[dict[str, float]] = mapped_column(JSON)
     liked_genre_share: Mapped[dict[str, float]] = mapped_column(JSON)
+    # Movie ids the user rated in the snapshot (sorted); NULL for rows loaded before 0005.
+    rated_movies: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)

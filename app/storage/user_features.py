@@ -19,7 +19,7 @@ from app.storage.models import UserFeatures, utcnow
 
 _COLUMNS = (
     "user_id", "age", "age_group", "gender", "occupation", "n_ratings", "n_liked", "liked_share",
-    "mean_rating", "std_rating", "first_ts", "last_ts", "genre_share", "liked_genre_share",
+    "mean_rating", "std_rating", "first_ts", "last_ts", "genre_share", "liked_genre_share", "rated_movies",
 )  # fmt: skip
 
 

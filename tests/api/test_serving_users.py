@@ -24,6 +24,10 @@ def _rows(synthetic_data: Any, keep: int) -> list[dict[str, Any]]:
         row = {k: v for k, v in record.items() if not k.startswith(("share_", "liked_share_"))}
         row["genre_share"] = {k[6:]: v for k, v in record.items() if k.startswith("share_")}
         row["liked_genre_share"] = {k[12:]: v for k, v in record.items() if k.startswith("liked_share_")}
+        ratings = synthetic_data.ratings
+        row["rated_movies"] = sorted(
+            int(m) for m in set(ratings.loc[ratings["user_id"] == row["user_id"], "movie_id"])
+        )
         rows.append(row)
     return rows
 
@@ -115,13 +119,53 @@ def test_head_of_recommendations_records_nothing(app: Any, client: Any, auth_hea
 def test_recommendations_for_a_user_the_model_does_not_know_use_their_features(
     make_app: Any, model_store: Any, auth_headers: dict, synthetic_data: Any
 ) -> None:
-    client = make_app().test_client()  # the session bundle's served model has no user tables
+    """Their segment's list without the movies they rated (it used to be the segment's list as is,
+    rated movies included)."""
+    app = make_app()  # the session bundle's served model has no user tables
+    client = app.test_client()
     user = synthetic_data.users.iloc[5]
-    body = client.get(f"/api/users/{int(user['user_id'])}/recommendations", headers=auth_headers).get_json()
-    assert body["strategy"] == "segment"
+    uid = int(user["user_id"])
+    ratings = synthetic_data.ratings
+    rated = set(ratings.loc[ratings["user_id"] == uid, "movie_id"])
     profile = {"age": int(user["age"]), "gender": user["gender"], "occupation": user["occupation"]}
-    direct = client.post("/api/recommend", json=profile, headers=auth_headers).get_json()
-    assert body["recommendations"] == direct["recommendations"]
+    full = client.post("/api/recommend", json={**profile, "max_recs": 100}, headers=auth_headers).get_json()
+    unseen = [item["title"] for item in full["items"] if item["movie_id"] not in rated]
+    assert rated & {item["movie_id"] for item in full["items"][:10]}, (
+        "the case needs a rated movie in the top 10"
+    )
+    body = client.get(f"/api/users/{uid}/recommendations", headers=auth_headers).get_json()
+    assert body["strategy"] == "segment" and body["features_source"] == "computed"
+    assert body["recommendations"] == unseen[:10]
+    # from a stored snapshot, the same
+    replace_user_features(app.extensions["movierec"].db, _rows(synthetic_data, keep=10), snapshot_id="snap-1")
+    body = client.get(f"/api/users/{uid}/recommendations", headers=auth_headers).get_json()
+    assert body["features_source"] == "feature_store" and body["recommendations"] == unseen[:10]
+    # and the list as served is the one its id scores against
+    score = {"id": body["id"], "movie": body["recommendations"][0], "score": 4}
+    assert client.post("/api/recommend/score", json=score, headers=auth_headers).status_code == 200
+
+
+def test_known_users_lists_leave_out_movies_rated_since_the_model(
+    app: Any, client: Any, auth_headers: dict, synthetic_data: Any
+) -> None:
+    """A features snapshot newer than the serving bundle knows ratings the bundle's table did not
+    leave out; the predictions API built on those features leaves them out too."""
+    uid = int(app.extensions["movierec"].models.require().tables.user_ids[0])
+    personal = client.get(f"/api/users/{uid}/recommendations?max_recs=12", headers=auth_headers).get_json()
+    rows = [row for row in _rows(synthetic_data, keep=120) if row["user_id"] == uid]
+    since = [item["movie_id"] for item in personal["items"][:3]]  # rated after the bundle was trained
+    rows[0]["rated_movies"] = sorted(set(rows[0]["rated_movies"]) | set(since))
+    replace_user_features(app.extensions["movierec"].db, rows, snapshot_id="snap-2")
+    body = client.get(f"/api/users/{uid}/recommendations?max_recs=9", headers=auth_headers).get_json()
+    assert body["strategy"] == "personal" and body["features_source"] == "feature_store"
+    assert [item["movie_id"] for item in body["items"]] == [
+        item["movie_id"] for item in personal["items"][3:12]
+    ]
+    # /api/recommend knows only the bundle: its list is unchanged
+    direct = client.post(
+        "/api/recommend", json={"user_id": uid, "max_recs": 3}, headers=auth_headers
+    ).get_json()
+    assert [item["movie_id"] for item in direct["items"]] == since
 
 
 @pytest.mark.parametrize(

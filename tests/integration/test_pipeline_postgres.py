@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.pipeline.features_store import FeatureStore, db_rows
+from app.pipeline.features_store import FeatureStore
 from app.pipeline.ingest import FEEDBACK_USER_BASE, ingest
 from app.storage.db import Database, FeedbackRecord
 from app.storage.user_features import get_user_features, replace_user_features, user_features_snapshot
@@ -36,7 +36,7 @@ def test_feedback_ingest_and_user_features_on_postgresql(
 
         store = FeatureStore(tmp_path / "features")
         snapshot = store.write_snapshot(ingested)
-        assert replace_user_features(db, db_rows(store.read("users")), snapshot.id) == 120
+        assert replace_user_features(db, store.service_rows(snapshot.id), snapshot.id) == 120
         assert user_features_snapshot(db) == (snapshot.id, 120)
         stored = get_user_features(db, 1)
         assert stored is not None and stored.n_ratings > 0 and stored.last_ts is not None

@@ -287,6 +287,25 @@ def test_popularity_is_a_borda_count_over_the_segment_tables() -> None:
         fallback.recommend(bundle, max_recs=5, age=None, gender=None, occupation=None, user_id=99)
 
 
+def test_the_fallback_leaves_out_movies_a_user_rated_since_the_model() -> None:
+    """/api/users/<id>/recommendations passes the user's rated movies from their features; the
+    fallback's lists (popularity, the previous champion's) must leave them out as the champion's do."""
+    bundle = tiny_bundle("v1", "2026-01-02")
+    fallback = Fallback(None, "popularity")
+    profile = {"age": 30, "gender": "M", "occupation": "student"}
+    items, _ = fallback.recommend(bundle, max_recs=2, user_id=None, exclude=frozenset({30}), **profile)
+    assert [i.title for i in items] == ["A (1990)", "B (1991)"]
+    items, _ = fallback.recommend(
+        bundle, max_recs=5, age=None, gender=None, occupation=None, user_id=7, exclude=frozenset({10})
+    )
+    assert [i.title for i in items] == ["B (1991)"]
+    previous = tiny_bundle("v0", "2026-01-01")
+    assert [i.title for i in previous.recommend_segment(Segment.of(30, "M", "student"), 2, {30})] == [
+        "A (1990)"
+    ]
+    assert [i.title for i in previous.recommend_user(7, 2, {10, 20})] == []
+
+
 def test_previous_champion_is_the_newest_older_bundle_of_the_store(model_store: Path, tmp_path: Path) -> None:
     import json
     import shutil

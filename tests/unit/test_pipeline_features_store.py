@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from app.pipeline.features_store import FeatureStore, db_rows
+from app.pipeline.features_store import FeatureStore
 from app.pipeline.ingest import FEEDBACK_USER_BASE, Ingested, feedback_to_ratings, merge_feedback
 from app.recommender.features import user_features
 from app.storage.db import Database
@@ -90,7 +90,7 @@ def test_an_empty_store_explains_how_to_fill_it(tmp_path: Path) -> None:
 def test_user_features_are_loaded_into_the_service_table(synthetic_data: Any, tmp_path: Path) -> None:
     store = FeatureStore(tmp_path / "features")
     snapshot = store.write_snapshot(_with_feedback(synthetic_data), now=T0)
-    rows = db_rows(store.read("users"))
+    rows = store.service_rows()
     assert len(rows) == 120  # feedback users are training data, not addressable users
     db = Database(f"sqlite:///{tmp_path / 'service.db'}")
     db.upgrade()
@@ -108,6 +108,8 @@ def test_user_features_are_loaded_into_the_service_table(synthetic_data: Any, tm
         assert stored.mean_rating == pytest.approx(frame["mean_rating"])
         assert stored.genre_share["romance"] == pytest.approx(frame["share_romance"], abs=1e-6)
         assert sum(stored.liked_genre_share.values()) >= 1 or stored.n_liked == 0
+        ratings = synthetic_data.ratings
+        assert stored.rated_movies == sorted(set(ratings.loc[ratings["user_id"] == user, "movie_id"]))
         # A new snapshot replaces the table as a whole.
         replace_user_features(db, rows[:5], "next")
         assert user_features_snapshot(db) == ("next", 5)
@@ -128,10 +130,15 @@ def test_users_without_ratings_store_nulls_not_nans(synthetic_data: Any, tmp_pat
     db = Database(f"sqlite:///{tmp_path / 'service.db'}")
     db.upgrade()
     try:
-        replace_user_features(db, db_rows(store.read("users")), snapshot.id)
+        replace_user_features(db, store.service_rows(snapshot.id), snapshot.id)
         stored = get_user_features(db, 9999)
         assert stored is not None
-        assert (stored.n_ratings, stored.mean_rating, stored.first_ts) == (0, None, None)
+        assert (stored.n_ratings, stored.mean_rating, stored.first_ts, stored.rated_movies) == (
+            0,
+            None,
+            None,
+            [],
+        )
         assert not np.isnan(stored.liked_share)
     finally:
         db.dispose()

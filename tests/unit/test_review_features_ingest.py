@@ -128,10 +128,14 @@ def test_fetch_does_not_cache_a_malformed_source(tmp_path: Path) -> None:
 def test_a_user_without_ratings_gets_empty_features_not_an_error(tmp_path: Path) -> None:
     directory = write_grouplens(tmp_path / "data")
     _append("u.user", "500|30|M|doctor|12345\n")(directory)
-    users = feature_tables(Ingested(load_directory(directory)))["users"]
+    tables = feature_tables(Ingested(load_directory(directory)))
+    users = tables["users"]
     row = users[users["user_id"] == 500].iloc[0]
     assert row["n_ratings"] == 0 and row["liked_share"] == 0.0 and row["source"] == "movielens"
-    assert any(record["user_id"] == 500 and record["mean_rating"] is None for record in db_rows(users))
+    assert any(
+        record["user_id"] == 500 and record["mean_rating"] is None and record["rated_movies"] == []
+        for record in db_rows(users, tables["ratings"])
+    )
 
 
 def test_raw_user_ids_in_the_feedback_range_are_refused(tmp_path: Path) -> None:
