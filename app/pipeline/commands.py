@@ -186,25 +186,29 @@ def schedule(cron: str | None, once: bool) -> None:
 @click.option("--no-reload", is_flag=True, help="Do not ask the running service to reload.")
 def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) -> None:
     """Move the champion alias to VERSION (rollback or forward) and serve its bundle."""
+    from app.pipeline.runner import PipelineError, flow_lock
     from app.registry.export import export_version, request_reload
     from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError
 
     settings = _settings(model_dir=model_dir)
     registry = Registry.from_settings(settings)
     try:
-        target = registry.get(version)
-        previous = registry.champion()
-        path = export_version(
-            registry, target.version, settings.model_dir
-        )  # validates before moving anything
-        registry.set_alias(CHAMPION, target.version)
-    except RegistryError as exc:
+        # A flow running now gates against the champion it read and moves the alias when it
+        # ends: this promotion would be overwritten, or its gate would compare with the wrong one.
+        with flow_lock(settings, "a training flow is running and may move the champion itself"):
+            target = registry.get(version)
+            previous = registry.champion()
+            path = export_version(
+                registry, target.version, settings.model_dir
+            )  # validates before moving anything
+            registry.set_alias(CHAMPION, target.version)
+            before = previous.version if previous else None
+            note = f"{reason}: champion moved from v{before} to v{target.version}"
+            registry.record_decision(
+                target.version, "promoted", [*target.reasons, note], gate_champion_before=before or ""
+            )
+    except (RegistryError, PipelineError) as exc:
         raise click.ClickException(str(exc)) from exc
-    before = previous.version if previous else None
-    note = f"{reason}: champion moved from v{before} to v{target.version}"
-    registry.record_decision(
-        target.version, "promoted", [*target.reasons, note], gate_champion_before=before or ""
-    )
     click.echo(f"champion: v{target.version} ({target.candidate}, bundle {target.bundle_version}) → {path}")
     if not no_reload:
         password = settings.admin_password.get_secret_value() if settings.admin_password else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -63,9 +64,9 @@ class MovieRecTrainingFlow(FlowSpec):
     def start(self) -> None:
         """Ingest the raw files and the feedback; open the MLflow pipeline run."""
         from app.pipeline.ingest import ingest
-        from app.pipeline.runner import longest_first, resolve_candidates, resolve_seeds
+        from app.pipeline.runner import FLOW_OWNER_ENV, longest_first, resolve_candidates, resolve_seeds
         from app.recommender.bundle import code_version
-        from app.registry.mlflow_registry import Registry
+        from app.registry.mlflow_registry import FLOW_OWNER_TAG, Registry
 
         settings = _settings()
         self.started = time.time()
@@ -81,6 +82,9 @@ class MovieRecTrainingFlow(FlowSpec):
         self.ingest_stats = ingested.stats()
         self.data_hash = ingested.data_hash
         self.code_version = code_version()
+        # The var root whose launcher holds the flow lock: its next flow closes these runs if
+        # this one is killed before it can (app/pipeline/runner.py).
+        owner = {FLOW_OWNER_TAG: os.environ[FLOW_OWNER_ENV]} if os.environ.get(FLOW_OWNER_ENV) else {}
         self.pipeline_run_id = registry.start_pipeline_run(
             {
                 "data_hash": self.data_hash,
@@ -88,6 +92,7 @@ class MovieRecTrainingFlow(FlowSpec):
                 "metaflow_run_id": str(current.run_id),
                 "trigger": str(self.trigger),
                 "candidates": ",".join(self.candidate_names),
+                **owner,
             }
         )
         # One MLflow run per candidate, opened here so each training branch uploads its own artifacts.
@@ -99,6 +104,7 @@ class MovieRecTrainingFlow(FlowSpec):
                     "code_version": self.code_version,
                     "data_hash": self.data_hash,
                     "metaflow_run_id": str(current.run_id),
+                    **owner,
                 },
             )
             for name in self.candidate_names

@@ -19,6 +19,7 @@ import subprocess  # nosec B404
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ FLOW_MODULE = "app.pipeline.flow"
 FLOW_NAME = "MovieRecTrainingFlow"
 DEFAULT_METAFLOW_USER = "movierec"
 LOCK_FILE = "flow.lock"
+OWNER_FILE = "owner"  # a random id of the var root, created once: tags its flows' MLflow runs
+FLOW_OWNER_ENV = "MOVIEREC_FLOW_OWNER"
 
 
 class PipelineError(RuntimeError):
@@ -188,10 +191,13 @@ def run_flow(
     scratch_root.mkdir(parents=True, exist_ok=True)
     workers = max_workers or max(1, os.cpu_count() or 1)
     with flow_lock(settings), tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root) as scratch:
+        owner = flow_owner(settings)
+        _close_abandoned(settings, owner)
         summary_path = Path(scratch) / "summary.json"
         run_id_file = Path(scratch) / "run-id"
         command = flow_command(candidates, seeds, summary_path, run_id_file, trigger, workers)
         env = flow_environment(settings, workers=workers)
+        env[FLOW_OWNER_ENV] = owner
         started = time.perf_counter()
         log.info("starting the training flow (%s)", trigger)
         # A fixed argument list (sys.executable -m app.pipeline.flow …), no shell.
@@ -213,7 +219,7 @@ def run_flow(
 
 
 @contextlib.contextmanager
-def flow_lock(settings: Settings) -> Iterator[None]:
+def flow_lock(settings: Settings, busy: str = "another training flow is running") -> Iterator[None]:
     """Hold the var root's flow lock for one run; PipelineError at once when another run holds it.
 
     Two flows on one registry at the same time (the scheduler's tick and an operator's
@@ -222,7 +228,8 @@ def flow_lock(settings: Settings) -> Iterator[None]:
     could become champion without ever being compared with the better one promoted a moment
     before. APScheduler's ``max_instances`` only covers one process; this lock (``flock``,
     released by the kernel when the holder dies, so it never goes stale) covers every process
-    sharing the var root.
+    sharing the var root. ``movierec promote`` takes it too (``busy`` says why it waits): a
+    flow's gate would move the alias after it.
     """
     path = Path(settings.var_dir) / "pipeline" / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,13 +237,49 @@ def flow_lock(settings: Settings) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise PipelineError(
-                f"another training flow is running (lock {path}); try again when it has finished"
-            ) from exc
+            raise PipelineError(f"{busy} (lock {path}); try again when it has finished") from exc
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def flow_owner(settings: Settings) -> str:
+    """The var root's id (created on first use): the flows of one var root tag their runs with it.
+
+    Neither the host name (a container's changes when it is recreated) nor the path (another
+    machine may use the same one against a shared tracking server) tells whose a run is.
+    """
+    path = Path(settings.var_dir) / "pipeline" / OWNER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        owner = path.read_text().strip()
+    except FileNotFoundError:
+        owner = ""
+    if len(owner) == 32 and all(c in "0123456789abcdef" for c in owner):
+        return owner
+    owner = uuid.uuid4().hex
+    staging = path.with_name(f".{OWNER_FILE}-{owner}")
+    staging.write_text(owner + "\n")
+    os.replace(staging, path)
+    return owner
+
+
+def _close_abandoned(settings: Settings, owner: str) -> None:
+    """Mark KILLED the MLflow runs of this var root's earlier flows that nobody closed.
+
+    A launcher killed outright (SIGKILL, the OOM killer, a reboot) never reaches
+    :func:`_mark_failed`; with the flow lock held now, no run of ours can still be going.
+    """
+    try:
+        from app.registry.mlflow_registry import Registry
+
+        closed = Registry.from_settings(settings).close_abandoned_runs(owner)
+    except Exception:
+        log.exception("could not close the MLflow runs of earlier flows that were killed")
+        return
+    if closed:
+        log.warning("marked %d MLflow runs of killed flows KILLED: %s", len(closed), ", ".join(closed))
 
 
 def _mark_failed(settings: Settings, run_id_file: Path) -> None:

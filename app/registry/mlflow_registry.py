@@ -37,6 +37,7 @@ CHALLENGER: Final = "challenger"
 BUNDLE_ARTIFACT: Final = "bundle"
 REPORTS_ARTIFACT: Final = "reports"
 TOTAL_SECONDS: Final = "seconds.total"
+FLOW_OWNER_TAG: Final = "flow_owner"  # the var root whose flow opened a run (app/pipeline/runner.py)
 _MAX_PARAM = 500
 _MAX_REASONS_TAG = 4900  # MLflow refuses tag values over 5000 characters
 
@@ -239,6 +240,22 @@ class Registry:
         for path in artifacts:
             self.client.log_artifact(run_id, str(path), REPORTS_ARTIFACT)
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+    def close_abandoned_runs(self, owner: str) -> list[str]:
+        """Mark KILLED the runs still RUNNING that flows of ``owner`` opened; their ids.
+
+        Called while holding ``owner``'s flow lock, when no flow of it can be running: a run
+        left RUNNING belongs to a flow whose launcher was killed (SIGKILL, a host reboot)
+        before it could close it, and would otherwise read as in progress for ever.
+        """
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.{FLOW_OWNER_TAG} = '{owner}' and attributes.status = 'RUNNING'",
+            max_results=1000,
+        )
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        return [run.info.run_id for run in runs]
 
     def candidate_seconds(self, names: Iterable[str], lookback: int = 200) -> dict[str, float]:
         """Training time of each candidate's most recent run (those never run are absent)."""

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from app.config import Settings
 from app.pipeline.features_store import FeatureStore
 from app.pipeline.ingest import FEEDBACK_USER_BASE
-from app.pipeline.runner import FlowRun, PipelineError, features_root, run_flow
+from app.pipeline.runner import FlowRun, PipelineError, features_root, flow_lock, run_flow
 from app.pipeline.schedule import JOB_ID, serve, tick
 from app.recommender.bundle import LATEST, load_bundle
 from app.recommender.segments import Segment
@@ -215,6 +215,13 @@ def test_rollback_moves_the_alias_and_the_service_serves_the_older_version(
     unknown = runner.invoke(cli, ["promote", "--version", "999"])
     assert unknown.exit_code == 1 and "has no version 999" in unknown.output
     assert registry.champion().version == champion.version
+
+    # while a flow runs (it holds the var root's lock), a promotion would be overwritten by its gate
+    with flow_lock(lifecycle.settings):
+        busy = runner.invoke(cli, ["promote", "--version", older.version, "--no-reload"])
+    assert busy.exit_code == 1 and "a training flow is running" in busy.output, busy.output
+    assert registry.champion().version == champion.version
+    assert served_version(lifecycle.store) == champion.bundle_version
 
 
 def _rank_in_segment(registry: Registry, version: str, movie_id: int, tmp_path: Path) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess  # nosec B404 - the flow's subprocess.run is replaced by a fake here
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,18 @@ def test_pipeline_versions_never_prints_the_tracking_servers_password(
     assert "no versions of movierec registered at postgresql://mlflow:" in result.output
 
 
+def _fake_flows(monkeypatch: pytest.MonkeyPatch, fake_run: Callable[..., Any]) -> None:
+    """Launch ``fake_run`` instead of the flow; any other command (MLflow's ``uname`` at import) runs."""
+    real_run = subprocess.run
+
+    def run(command: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(command, list) and "--summary-path" in command:
+            return fake_run(command, **kwargs)
+        return real_run(command, *args, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "run", run)
+
+
 def test_a_second_flow_is_refused_while_one_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two flows on one registry would each gate against the champion they read and the last
     one would win the alias, however it compared with the other's promoted model."""
@@ -131,10 +144,38 @@ def test_a_second_flow_is_refused_while_one_runs(tmp_path: Path, monkeypatch: py
         summary.write_text(json.dumps({"run": len(launched)}))
         return subprocess.CompletedProcess(command, 0, "", None)
 
-    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    _fake_flows(monkeypatch, fake_run)
     assert run_flow(settings).summary == {"run": 1}
     assert len(launched) == 1
     assert run_flow(settings).summary == {"run": 2}  # released when the run ended
+
+
+def test_runs_of_a_flow_killed_outright_are_closed_by_the_next_flow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launcher killed with SIGKILL never marks its runs FAILED: they stayed RUNNING for ever.
+    The next flow of the same var root (it holds the lock, so none of its runs can be going)
+    closes them; a run of another var root sharing the tracking server is left alone."""
+    from app.registry.mlflow_registry import FLOW_OWNER_TAG, Registry
+
+    settings = Settings(testing=True, var_dir=tmp_path / "var", data_dir=tmp_path / "data")
+    owner = runner.flow_owner(settings)
+    assert runner.flow_owner(settings) == owner and len(owner) == 32  # created once, then read
+    registry = Registry.from_settings(settings)
+    ours = registry.start_pipeline_run({FLOW_OWNER_TAG: owner, "trigger": "schedule"})
+    theirs = registry.start_pipeline_run({FLOW_OWNER_TAG: "f" * 32, "trigger": "schedule"})
+    envs: list[dict[str, str]] = []
+
+    def fake_run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        envs.append(kwargs["env"])
+        Path(command[command.index("--summary-path") + 1]).write_text("{}")
+        return subprocess.CompletedProcess(command, 0, "", None)
+
+    _fake_flows(monkeypatch, fake_run)
+    run_flow(settings)
+    assert registry.client.get_run(ours).info.status == "KILLED"
+    assert registry.client.get_run(theirs).info.status == "RUNNING"
+    assert envs[0][runner.FLOW_OWNER_ENV] == owner  # the flow tags its own runs with it
 
 
 class _TagClient:
