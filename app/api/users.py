@@ -68,8 +68,8 @@ def recommendations(user_id: str, query: MaxRecsQuery) -> Any:
     profile = services.user_features.profile(uid)
     feats = profile.answer["features"]
     bundle = services.models.require()
-    # HEAD: the headers of the same answer, but nothing recorded: no client receives its id
-    serve = partial(services.recommendations.answer, bundle) if request.method == "HEAD" else (
+    # HEAD: the headers of the same answer, but nothing recorded or counted: no client receives it
+    serve = partial(services.recommendations.answer, bundle, counted=False) if request.method == "HEAD" else (
         services.recommendations.recommend
     )  # fmt: skip
     if bundle.knows_user(uid):

@@ -249,6 +249,10 @@ class CircuitBreaker:
                 self._probed += 1
         return PROBE if due else FALLBACK
 
+    def peek(self, version: str | None) -> str:
+        """The route a request would take, without taking a half-open probe (then: ``fallback``)."""
+        return MODEL if self.effective_state(version) == CLOSED else FALLBACK
+
     def record_call(self, ok: bool, latency_s: float) -> None:
         """One model call's outcome (errors and latency feed the breaker's bounds)."""
         self.calls.record(self.clock(), ok, latency_s)

@@ -369,8 +369,21 @@ class GuardedRecommendations:
         occupation: str | None = None,
         user_id: int | None = None,
         exclude: Container[int] = (),
+        counted: bool = True,
     ) -> Any:
-        route = self.breaker.route(bundle.version)
+        """``counted=False`` (a HEAD: nobody receives the list): the same answer, but no probe is
+        taken and neither the breaker's call record nor the recommendation metrics see it."""
+        route = self.breaker.route(bundle.version) if counted else self.breaker.peek(bundle.version)
+        if route != FALLBACK and not counted:
+            return service.lookup(
+                bundle,
+                max_recs=max_recs,
+                age=age,
+                gender=gender,
+                occupation=occupation,
+                user_id=user_id,
+                exclude=exclude,
+            )
         if route != FALLBACK:
             started = time.perf_counter()
             try:
@@ -408,7 +421,8 @@ class GuardedRecommendations:
             user_id=user_id,
             exclude=exclude,
         )
-        _count(FALLBACK, len(items))
+        if counted:
+            _count(FALLBACK, len(items))
         return Served(service.ids.issue(), items, version, FALLBACK)
 
 

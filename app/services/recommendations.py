@@ -200,10 +200,13 @@ class RecommendationService:
         occupation: str | None = None,
         user_id: int | None = None,
         exclude: Container[int] = (),
+        counted: bool = True,
     ) -> Served:
         """What ``bundle`` serves for one request, through the circuit breaker when there is one.
 
         Not logged yet: :meth:`recommend` logs its one row, a batch logs its rows in one go.
+        ``counted=False`` for an answer nobody receives (HEAD): no breaker probe, call record
+        or recommendation metric.
         """
         if self.guard is not None:
             return self.guard.answer(
@@ -215,6 +218,7 @@ class RecommendationService:
                 occupation=occupation,
                 user_id=user_id,
                 exclude=exclude,
+                counted=counted,
             )
         return self.lookup(
             bundle,

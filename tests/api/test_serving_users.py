@@ -8,6 +8,7 @@ import pytest
 
 from app.recommender.features import user_features
 from app.storage.user_features import replace_user_features
+from tests.api.test_metrics import scrape
 
 pytestmark = pytest.mark.api
 
@@ -108,12 +109,16 @@ def test_head_of_recommendations_records_nothing(app: Any, client: Any, auth_hea
         stats = log.stats()
         return int(stats["pending"] + stats["written"])
 
-    before = rows()
+    def served() -> float:  # the recommendations metric (HEADs were counted as lists served)
+        samples = scrape(client).get("movierec_recommendations_total", [])  # absent until the first
+        return sum(s.value for s in samples if s.labels["strategy"] == "personal")
+
+    before, counted = rows(), served()
     head = client.head(f"/api/users/{uid}/recommendations", headers=auth_headers)
-    assert head.status_code == 200 and not head.data and rows() == before
+    assert head.status_code == 200 and not head.data and rows() == before and served() == counted
     assert head.headers["Content-Type"] == "application/json"
     assert client.get(f"/api/users/{uid}/recommendations", headers=auth_headers).status_code == 200
-    assert rows() == before + 1
+    assert rows() == before + 1 and served() == counted + 1
 
 
 def test_recommendations_for_a_user_the_model_does_not_know_use_their_features(

@@ -132,6 +132,8 @@ def test_state_machine_closed_open_half_open_closed(db: Database, caplog: pytest
     clock.now += 1
     record = breaker.evaluate("v1", None)
     assert record.state == HALF_OPEN and alerts[-1].kind == "breaker.half_open"
+    # an answer nobody receives (HEAD) peeks: the fallback while probing, and no probe taken
+    assert [breaker.peek("v1") for _ in range(8)] == [FALLBACK] * 8 and breaker.peek("v2") == MODEL
     routes = [breaker.route("v1") for _ in range(8)]
     assert routes.count(PROBE) == 2 and routes.count(FALLBACK) == 6  # exactly probe_share = 0.25
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess  # nosec B404 - the flow's subprocess.run is replaced by a fake here
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
