@@ -147,9 +147,14 @@ def _require(file: str, field: str, values: pd.Series | pd.DataFrame, ok: Any, r
         raise DataFormatError(f"{file}: {field} {rule} ({len(bad)} bad rows; {shown})")
 
 
+def _numbers(values: pd.Series) -> pd.Series:
+    """Numbers of a column read as text or as numbers (text that is no number: NaN)."""
+    return pd.to_numeric(values, errors="coerce")
+
+
 def _integers(values: pd.Series, low: float, high: float) -> pd.Series:
     """True where the value is an integer in [low, high] (text, NaN and fractions are not)."""
-    numbers = pd.to_numeric(values, errors="coerce")
+    numbers = _numbers(values)
     return numbers.notna() & (numbers == numbers.round()) & numbers.between(low, high)
 
 
@@ -165,7 +170,7 @@ def _validate(
     the others silently and training failed on them much later.
     """
     ratings_file, users_file, items_file = files
-    rating = pd.to_numeric(ratings["rating"], errors="coerce")
+    rating = _numbers(ratings["rating"])
     latest = time.time() + FUTURE_SLACK_SECONDS
     ids = f"must be 1..{MAX_ID}"
     checks = [
@@ -176,21 +181,21 @@ def _validate(
         (ratings_file, ratings, "timestamp", _integers(ratings["timestamp"], 0, latest),
          "must be epoch seconds, not in the future"),
         (users_file, users, "user_id", _integers(users["user_id"], 1, MAX_ID), ids),
-        (users_file, users, "user_id", ~users["user_id"].duplicated(), "must be unique"),
+        (users_file, users, "user_id", ~_numbers(users["user_id"]).duplicated(), "must be unique"),
         (users_file, users, "age", _integers(users["age"], MIN_AGE, MAX_AGE),
          f"must be {MIN_AGE}..{MAX_AGE}"),
         (users_file, users, "gender", users["gender"].isin(GENDERS), f"must be one of {', '.join(GENDERS)}"),
         (users_file, users, "occupation", users["occupation"].isin(OCCUPATIONS),
          "must be an ml-100k occupation"),
         (items_file, items, "movie_id", _integers(items["movie_id"], 1, MAX_ID), ids),
-        (items_file, items, "movie_id", ~items["movie_id"].duplicated(), "must be unique"),
+        (items_file, items, "movie_id", ~_numbers(items["movie_id"]).duplicated(), "must be unique"),
     ]  # fmt: skip
     for file, frame, field, ok, rule in checks:
         _require(file, field, frame[field], ok, rule)
     # Every id is a valid integer now: cross-file references.
-    known_user = ratings["user_id"].astype(np.int64).isin(users["user_id"].astype(np.int64))
+    known_user = _numbers(ratings["user_id"]).isin(_numbers(users["user_id"]))
     _require(ratings_file, "user_id", ratings["user_id"], known_user, f"must be a user of {users_file}")
-    known_movie = ratings["movie_id"].astype(np.int64).isin(items["movie_id"].astype(np.int64))
+    known_movie = _numbers(ratings["movie_id"]).isin(_numbers(items["movie_id"]))
     _require(ratings_file, "movie_id", ratings["movie_id"], known_movie, f"must be a movie of {items_file}")
 
 
@@ -225,31 +230,36 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
 
 
 def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    def read(name: str) -> pd.DataFrame:
+    def read(name: str, needed: tuple[str, ...]) -> pd.DataFrame:
         frame = pd.read_csv(directory / f"ml-100k.{name}", sep="\t", dtype=str, keep_default_na=False)
         frame.columns = [column.split(":", 1)[0] for column in frame.columns]
+        missing = [column for column in needed if column not in frame.columns]
+        if missing:
+            raise DataFormatError(f"ml-100k.{name}: its header has no {', '.join(missing)} column")
         return frame
 
-    inter = read("inter")
+    # Columns stay text here: load_directory validates them (naming the file, field and rows)
+    # before converting; a cast here raised a bare ValueError on the first bad value.
+    inter = read("inter", ("user_id", "item_id", "rating", "timestamp"))
     ratings = pd.DataFrame(
         {
-            "user_id": inter["user_id"].astype(int),
-            "movie_id": inter["item_id"].astype(int),
-            "rating": inter["rating"].astype(float),
-            "timestamp": inter["timestamp"].astype(float).astype(np.int64),
+            "user_id": inter["user_id"],
+            "movie_id": inter["item_id"],
+            "rating": inter["rating"],
+            "timestamp": inter["timestamp"],
         }
     )
-    user = read("user")
+    user = read("user", ("user_id", "age", "gender", "occupation", "zip_code"))
     users = pd.DataFrame(
         {
-            "user_id": user["user_id"].astype(int),
-            "age": user["age"].astype(int),
+            "user_id": user["user_id"],
+            "age": user["age"],
             "gender": user["gender"],
             "occupation": user["occupation"],
             "zip_code": user["zip_code"],
         }
     )
-    item = read("item")
+    item = read("item", ("item_id", "movie_title", "release_year", "class"))
     year = pd.to_numeric(item["release_year"], errors="coerce").astype("Int64")
     base_title = item["movie_title"].str.strip()
     title = [
@@ -259,9 +269,7 @@ def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     # recbole spells the unknown movie "unkonwn"; GroupLens calls it "unknown".
     title = ["unknown" if t.startswith("unkonwn") else t for t in title]
     genres = ["|".join(g for g in str(cls).split(" ") if g) if cls else "unknown" for cls in item["class"]]
-    items = pd.DataFrame(
-        {"movie_id": item["item_id"].astype(int), "title": title, "year": year, "genres": genres}
-    )
+    items = pd.DataFrame({"movie_id": item["item_id"], "title": title, "year": year, "genres": genres})
     return ratings, users, items
 
 
@@ -302,9 +310,14 @@ def load_directory(directory: Path | str) -> MovieLens:
         "ml-100k.inter", "ml-100k.user", "ml-100k.item"
     )  # fmt: skip
     _validate(ratings, users, items, files)
-    ratings = ratings.astype({"user_id": np.int64, "movie_id": np.int64, "rating": float})
-    ratings["timestamp"] = ratings["timestamp"].astype(np.int64)
+    # valid now: numbers, whether the reader read them as numbers or as text
+    ratings = ratings.assign(**{name: _numbers(ratings[name]) for name in RATING_COLUMNS})
+    ratings = ratings.astype(
+        {"user_id": np.int64, "movie_id": np.int64, "rating": float, "timestamp": np.int64}
+    )
+    items = items.assign(movie_id=_numbers(items["movie_id"]).astype(np.int64))
     ratings, items = _merge_twins(ratings, items)
+    users = users.assign(user_id=_numbers(users["user_id"]), age=_numbers(users["age"]))
     users = users.astype({"user_id": np.int64, "age": np.int64}).sort_values("user_id")
     return MovieLens(ratings=ratings, users=users.reset_index(drop=True), items=items[ITEM_COLUMNS])
 

@@ -19,7 +19,7 @@ from app.pipeline.ingest import (
     merge_feedback,
 )
 from app.recommender.data import GENRES, DataFormatError, DataUnavailableError, fetch, load_directory
-from tests.synthetic import write_grouplens
+from tests.synthetic import write_grouplens, write_recbole
 
 pytestmark = pytest.mark.unit
 
@@ -112,6 +112,32 @@ def test_malformed_content_is_refused_naming_file_and_field(
     tmp_path: Path, mutate: Callable[[Path], None], message: str
 ) -> None:
     directory = write_grouplens(tmp_path / "bad")
+    mutate(directory)
+    with pytest.raises(DataFormatError, match=message):
+        load_directory(directory)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_append("ml-100k.inter", "1\t3\tfour\t880000000\n"), r"ml-100k\.inter: rating must be .*'four'"),
+        (_append("ml-100k.inter", "1\tx9\t4\t880000000\n"), r"ml-100k\.inter: movie_id must be 1\.\..*'x9'"),
+        (_append("ml-100k.inter", "1\t3\t4\n"), r"ml-100k\.inter: timestamp"),
+        (_append("ml-100k.user", "500\tthirty\tM\tdoctor\t12345\n"), r"ml-100k\.user: age must be 1\.\.120"),
+        (_append("ml-100k.user", "1.0\t30\tM\tdoctor\t12345\n"), r"ml-100k\.user: user_id must be unique"),
+        (_append("ml-100k.item", "abc\tNew\t1990\tDrama\n"), r"ml-100k\.item: movie_id must be 1\.\."),
+        (lambda d: (d / "ml-100k.inter").write_text("user_id:token\titem_id:token\n1\t3\n"),
+         r"ml-100k\.inter: its header has no rating, timestamp column"),
+    ],
+    ids=["text-rating", "text-movie", "missing-field", "text-age", "same-id-spelled-twice", "text-item-id",
+         "missing-columns"],
+)  # fmt: skip
+def test_malformed_registry_package_files_are_refused_naming_file_and_field(
+    tmp_path: Path, mutate: Callable[[Path], None], message: str
+) -> None:
+    """The registry-package reader cast each column before validation: a bad value was a bare
+    ValueError ("could not convert string to float: 'four'") naming neither file nor row."""
+    directory = write_recbole(tmp_path / "bad")
     mutate(directory)
     with pytest.raises(DataFormatError, match=message):
         load_directory(directory)
