@@ -221,6 +221,7 @@ class PasswordSourceError(RuntimeError):
 @dataclass
 class _Group:
     entries: dict[str, EntrySummary] = field(default_factory=dict)
+    first_seq: int = 0  # the oldest alert in the group (Alerter.raise_alert's number)
     count: int = 0
     omitted_keys: set[str] = field(default_factory=set)
     omitted_count: int = 0
@@ -242,6 +243,7 @@ class _Retry:
     notification: Notification
     attempts: int
     next_at: float
+    first_seq: int
 
 
 class Alerter:
@@ -285,6 +287,7 @@ class Alerter:
         self._clock = clock
         self._states: dict[str, _KindState] = {}
         self._retries: list[_Retry] = []
+        self._sending: list[int] = []  # first_seq of the notifications being delivered now
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
@@ -294,17 +297,21 @@ class Alerter:
         self.received = 0
 
     # -- intake ---------------------------------------------------------------------------
-    def raise_alert(self, alert: Alert) -> None:
-        """Record an alert; it is delivered with its group when the group's time comes."""
+    def raise_alert(self, alert: Alert) -> int:
+        """Record an alert; it is delivered with its group when the group's time comes.
+
+        Returns its number (1, 2, …): :meth:`oldest_undelivered` tells when it is handled.
+        """
         summary = scrub_text(alert.summary.strip() or alert.kind)[:2000]
         details = redact(dict(alert.details))
         severity = Severity.parse(alert.severity)
         now = self._clock()
         with self._lock:
             self.received += 1
+            seq = self.received
             state = self._states.setdefault(alert.kind, _KindState())
             if state.group is None:
-                state.group = _Group()
+                state.group = _Group(first_seq=seq)
                 if state.last_sent is None or now - state.last_sent >= self.window:
                     state.deadline = now + self.group_wait
                 else:
@@ -327,6 +334,7 @@ class Alerter:
                 group.omitted_count += 1
         if self.group_wait == 0:
             self.flush_due()
+        return seq
 
     # -- delivery -------------------------------------------------------------------------
     def pending(self) -> dict[str, int]:
@@ -339,6 +347,20 @@ class Alerter:
         with self._lock:
             return sum(s.group is not None for s in self._states.values()) + len(self._retries)
 
+    def oldest_undelivered(self) -> int | None:
+        """The number of the oldest alert not yet handled, or None when every one is.
+
+        Handled: delivered, or given up (its attempts spent, or pushed out of a full retry
+        queue). Waiting groups, queued retries and deliveries in progress are not handled.
+        Alerts are numbered in the order :meth:`raise_alert` received them, so every alert
+        numbered below the returned one is handled.
+        """
+        with self._lock:
+            waiting = [s.group.first_seq for s in self._states.values() if s.group is not None]
+            waiting += [r.first_seq for r in self._retries]
+            waiting += self._sending
+            return min(waiting, default=None)
+
     def flush_due(self) -> list[Notification]:
         """Send every group whose wait or window has elapsed, and due retries."""
         return self._flush(force=False)
@@ -349,25 +371,34 @@ class Alerter:
 
     def _flush(self, *, force: bool) -> list[Notification]:
         now = self._clock()
-        ready: list[Notification] = []
+        ready: list[tuple[Notification, int]] = []
         with self._lock:
             for kind, state in self._states.items():
                 if state.group is None or state.deadline is None:
                     continue
                 if force or now >= state.deadline:
-                    ready.append(self._build(kind, state.group))
+                    ready.append((self._build(kind, state.group), state.group.first_seq))
                     state.group = None
                     state.deadline = None
                     state.last_sent = now
             retries = [r for r in self._retries if force or now >= r.next_at]
             self._retries = [r for r in self._retries if r not in retries]
-        with self._send_lock:
-            for notification in ready:
-                for sink in self.sinks:
-                    self._deliver(sink, notification, attempt=1)
-            for retry in retries:
-                self._deliver(retry.sink, retry.notification, attempt=retry.attempts + 1)
-        return ready
+            sending = [seq for _, seq in ready] + [r.first_seq for r in retries]
+            self._sending += sending
+        try:
+            with self._send_lock:
+                for notification, seq in ready:
+                    for sink in self.sinks:
+                        self._deliver(sink, notification, attempt=1, first_seq=seq)
+                for retry in retries:
+                    self._deliver(
+                        retry.sink, retry.notification, attempt=retry.attempts + 1, first_seq=retry.first_seq
+                    )
+        finally:
+            with self._lock:  # a failed delivery is in the retry queue by now
+                for seq in sending:
+                    self._sending.remove(seq)
+        return [notification for notification, _ in ready]
 
     def _build(self, kind: str, group: _Group) -> Notification:
         entries = sorted(group.entries.values(), key=lambda e: (-e.count, e.first_at))
@@ -384,7 +415,7 @@ class Alerter:
             source=self.source,
         )
 
-    def _deliver(self, sink: AlertSink, notification: Notification, *, attempt: int) -> None:
+    def _deliver(self, sink: AlertSink, notification: Notification, *, attempt: int, first_seq: int) -> None:
         name = getattr(sink, "name", type(sink).__name__)
         try:
             sink.send(notification)
@@ -410,7 +441,9 @@ class Alerter:
             if will_retry:
                 delay = min(self.retry_delay * attempt, self.max_retry_delay)
                 with self._lock:
-                    self._retries.append(_Retry(sink, notification, attempt, self._clock() + delay))
+                    self._retries.append(
+                        _Retry(sink, notification, attempt, self._clock() + delay, first_seq)
+                    )
                     dropped = self._retries[: -self.max_queued]
                     del self._retries[: -self.max_queued]
                 for old in dropped:

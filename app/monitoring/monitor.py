@@ -27,6 +27,7 @@ import ssl
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -85,8 +86,9 @@ class CursorFile:
 
     Without it a restarted monitor starts at the end of the journal (``--lines=0``): every entry
     written while it was down (a crash and systemd's RestartSec, an upgrade, a host reboot) was
-    never looked at. The cursor is saved only while no alert is waiting to be delivered, so an
-    alert is never lost to a restart; at worst one already sent is sent again, in one digest.
+    never looked at. While alerts wait to be delivered the saved cursor is the position just
+    before the oldest of their entries (:meth:`Monitor.save_cursor`), so an alert is never lost
+    to a restart; at worst one already sent is sent again, in one digest.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -290,6 +292,10 @@ class Monitor:
         self.cursor_file = cursor_file
         self.entries_seen = 0
         self.alerts_raised = 0
+        # Where a restart must resume so that no alert still undelivered is lost: for each alert
+        # raised (its number), the journal position just before its entry, oldest first.
+        self._undelivered: deque[tuple[int, str | None]] = deque()
+        self._before = follower.cursor  # the position before the entry being handled
 
     def handle(self, entry: JournalEntry) -> None:
         self.entries_seen += 1
@@ -299,7 +305,9 @@ class Monitor:
             out.flush()
         if entry.at_least(self.threshold):
             self.alerts_raised += 1
-            self.alerter.raise_alert(entry_to_alert(entry, self.container))
+            self._undelivered.append(
+                (self.alerter.raise_alert(entry_to_alert(entry, self.container)), self._before)
+            )
 
     def run(self) -> None:
         """Process entries until :meth:`stop`; then send whatever alerts are still pending."""
@@ -308,6 +316,8 @@ class Monitor:
             for entry in self.follower.follow(idle=self.idle):
                 if entry is not None:
                     self.handle(entry)
+                if not self.follower.holding_partial:  # else the next entry began before the cursor
+                    self._before = self.follower.cursor
                 self.alerter.flush_due()
                 if entry is None or time.monotonic() - saved_at >= 1.0:  # not a write per entry
                     saved_at = time.monotonic()
@@ -317,9 +327,25 @@ class Monitor:
             self.save_cursor()
 
     def save_cursor(self) -> None:
-        """Record the journal position, unless alerts from before it are still undelivered."""
-        if self.cursor_file is not None and self.alerter.backlog() == 0 and not self.follower.holding_partial:
-            self.cursor_file.save(self.follower.cursor)
+        """Record the journal position a restart resumes after: the current one, or, while
+        alerts are undelivered, the one just before the oldest of their entries.
+
+        Under a steady stream of errors some alert is always waiting (one notification per kind
+        and window), and the cursor used to be saved only with none waiting: never, so a restart
+        went back to wherever it had last been saved and alerted everything since again.
+        """
+        if self.cursor_file is None:
+            return
+        oldest = self.alerter.oldest_undelivered()
+        while self._undelivered and (oldest is None or self._undelivered[0][0] < oldest):
+            self._undelivered.popleft()  # handled, and so is everything raised before it
+        if self._undelivered:
+            position = self._undelivered[0][1]
+        elif self.follower.holding_partial:
+            position = self._before
+        else:
+            position = self.follower.cursor
+        self.cursor_file.save(position)
 
     def stop(self) -> None:
         self.follower.stop()

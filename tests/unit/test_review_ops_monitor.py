@@ -6,13 +6,14 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.monitoring.alerts import Alerter, SmtpConnectionError
-from app.monitoring.journal import JournalFollower
+from app.monitoring.journal import JournalFollower, parse_entry
 from app.monitoring.monitor import CursorFile, Monitor, build_parser
 from tests.unit.test_alerts import Recorder
 
@@ -105,19 +106,72 @@ def test_errors_written_while_the_monitor_was_down_are_alerted_after_a_restart(t
     assert cursor_file.read_text().strip() == "s=ab;i=2"
 
 
+class ScriptedFollower:
+    """Hands over journal entries (cursor, level, message) one per ``follow`` step, like JournalFollower."""
+
+    holding_partial = False
+
+    def __init__(self, cursor: str | None, entries: list[tuple[str, str, str]]) -> None:
+        self.cursor = cursor
+        self.entries = entries
+        self.steps: list[Callable[[], None]] = []  # run after each entry is handled
+
+    def follow(self, idle: float = 1.0) -> Any:
+        for n, (cursor, level, message) in enumerate(self.entries):
+            self.cursor = cursor
+            line = json.dumps(
+                {"ts": "2026-01-01T12:00:00.000Z", "level": level, "logger": "app", "message": message}
+            )
+            raw = {"MESSAGE": line, "PRIORITY": "6", "__CURSOR": cursor, "CONTAINER_NAME": "movierec",
+                   "__REALTIME_TIMESTAMP": "1767268800000000"}  # fmt: skip
+            yield parse_entry(raw)
+            if n < len(self.steps):
+                self.steps[n]()
+
+    def stop(self) -> None:
+        pass
+
+
 def test_cursor_is_not_saved_past_an_undelivered_alert(tmp_path: Path) -> None:
-    class Follower:
-        cursor = "s=ab;i=5"
-        holding_partial = False
-
-    alerter = Alerter([Recorder([SmtpConnectionError("down")])], group_wait=0)
+    alerter = Alerter([Recorder([SmtpConnectionError("down")] * 10)], group_wait=0, retry_delay=60)
     cursors = CursorFile(tmp_path / "cursor")
-    monitor = Monitor("movierec", Follower(), alerter, cursor_file=cursors)  # type: ignore[arg-type]
-    from tests.unit.test_alerts import err
+    cursors.save("s=ab;i=4")
+    follower = ScriptedFollower("s=ab;i=4", [("s=ab;i=5", "ERROR", "lost?"), ("s=ab;i=6", "INFO", "later")])
+    monitor = Monitor("movierec", follower, alerter, cursor_file=cursors)  # type: ignore[arg-type]
+    monitor.run()
+    # a restart replays the entry: the alert is not lost
+    assert alerter.backlog() == 1 and cursors.path.read_text().strip() == "s=ab;i=4"
 
-    alerter.raise_alert(err("lost?"))
-    monitor.save_cursor()
-    assert not (tmp_path / "cursor").exists()  # a restart replays the entry: the alert is not lost
+
+def test_the_cursor_moves_on_while_alerts_wait_for_their_window(tmp_path: Path) -> None:
+    """One notification per kind and window: under a steady stream of errors and warnings some
+    alert was nearly always waiting, and the cursor was saved only with none waiting. A restart
+    then went back to wherever it had last been saved (hours, days) and alerted it all again.
+    Now each save names the entry just before the oldest alert still waiting."""
+    now = [0.0]
+    alerter = Alerter([Recorder()], group_wait=0, window=300, clock=lambda: now[0])
+    cursors = CursorFile(tmp_path / "cursor")
+    levels = ["ERROR", "WARNING"] * 4  # two kinds, one entry every 100 s
+    follower = ScriptedFollower(
+        None, [(f"s=ab;i={n}", level, f"failure {n}") for n, level in enumerate(levels, 1)]
+    )
+    monitor = Monitor("movierec", follower, alerter, notify_warning=True, cursor_file=cursors)  # type: ignore[arg-type]
+    seen: list[tuple[str | None, int]] = []
+
+    def step() -> None:  # run() saves about once a second; here after every entry
+        now[0] += 100
+        monitor.save_cursor()
+        seen.append((cursors.saved, alerter.backlog()))
+
+    follower.steps = [step] * len(levels)
+    monitor.run()
+    saved = [cursor[len("s=ab;i=") :] if cursor else None for cursor, _ in seen]
+    backlog = [n for _, n in seen]
+    # 3: error 3 waits for the error window (after 1); 4: 3 sent, warning 4 waits (after 2); 5: 4 sent,
+    # error 5 waits; 6: 5 and 6 wait; 7: 5 and 7 sent, 6 waits; 8: 6 and 8 sent
+    assert saved == ["1", "2", "2", "3", "4", "4", "5", "8"]
+    assert backlog == [0, 0, 1, 1, 1, 2, 1, 0]
+    assert cursors.path.read_text().strip() == "s=ab;i=8"
 
 
 def test_malformed_cursor_file_is_ignored_not_fed_to_journalctl(tmp_path: Path) -> None:
