@@ -30,13 +30,7 @@ def _service() -> Any:
 )  # fmt: skip
 def recommend(json: RecommendRequest) -> Any:
     """Top movies for a demographic profile, or for a known user (``user_id``)."""
-    served = _service().recommend(
-        max_recs=json.max_recs,
-        age=json.age,
-        gender=json.gender,
-        occupation=json.occupation,
-        user_id=json.user_id,
-    )
+    served = _service().recommend(json.query())
     g.model_version = served.model_version  # for the access log line
     return jsonify(served.body())
 

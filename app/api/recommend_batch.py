@@ -55,19 +55,13 @@ def recommend_batch(json: RecommendBatchRequest) -> Any:
                 _error(ApiError(f"invalid request: check {', '.join(sorted(fields))}", fields=fields))
             )
             continue
+        query = request.query()
         try:
-            served = recommendations.answer(
-                bundle, max_recs=request.max_recs, age=request.age, gender=request.gender,
-                occupation=request.occupation, user_id=request.user_id,
-            )  # fmt: skip
+            served = recommendations.answer(bundle, query)
         except ApiError as exc:
             results.append(_error(exc))
             continue
-        rows.append(
-            recommendations.log_row(
-                served, request.max_recs, request.age, request.gender, request.occupation, request.user_id
-            )
-        )
+        rows.append(recommendations.log_row(served, query))
         results.append(served.body())
     recommendations.request_log.append(rows)
     failed = len(results) - len(rows)

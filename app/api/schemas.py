@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictInt, model_validator
 
+from app.recommender.bundle import RecommendQuery
 from app.recommender.features import MAX_ID, integral
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
 
@@ -91,6 +92,10 @@ class RecommendRequest(Strict):
             if missing:
                 raise ValueError("missing:" + ",".join(missing))
         return self
+
+    def query(self) -> RecommendQuery:
+        """What the recommendation service is asked (/api/recommend, each batch item, the UI)."""
+        return RecommendQuery(self.max_recs, self.age, self.gender, self.occupation, self.user_id)
 
 
 class RecommendedItem(BaseModel):

@@ -353,20 +353,15 @@ def recommend() -> Response:
     parsed, errors = _validate(RecommendRequest, payload)
     if parsed is not None:
         service = _services().recommendations
-        inputs = {
-            "max_recs": parsed.max_recs, "age": parsed.age, "gender": parsed.gender,
-            "occupation": parsed.occupation, "user_id": parsed.user_id,
-        }  # fmt: skip
+        query = parsed.query()
         try:
-            served = service.recommend(**inputs)
+            served = service.recommend(query)
         except NotFound as exc:
             errors = {"user_id": exc.message}
         else:
             # Rendered straight from what was served (the same row the request log stores), so
             # the page never waits for the write-behind log to reach the database.
-            return _page(
-                "ui/results.html", stored=service.log_row(served, **inputs), ratings={}, labels=LABELS
-            )
+            return _page("ui/results.html", stored=service.log_row(served, query), ratings={}, labels=LABELS)
     return _page("ui/recommend.html", 400, **_recommend_form_context(request.form, errors))
 
 

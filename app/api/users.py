@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -13,6 +12,7 @@ from app.api.schemas import ErrorResponse
 from app.api.serving_schemas import MaxRecsQuery, UserFeaturesResponse, UserRecommendationsResponse
 from app.api.spec import BEARER, spec
 from app.errors import InvalidRequest
+from app.recommender.bundle import RecommendQuery
 from app.recommender.features import MAX_ID
 
 bp = Blueprint("users", __name__)
@@ -68,15 +68,20 @@ def recommendations(user_id: str, query: MaxRecsQuery) -> Any:
     profile = services.user_features.profile(uid)
     feats = profile.answer["features"]
     bundle = services.models.require()
-    # HEAD: the headers of the same answer, but nothing recorded or counted: no client receives it
-    serve = partial(services.recommendations.answer, bundle, counted=False) if request.method == "HEAD" else (
-        services.recommendations.recommend
-    )  # fmt: skip
     if bundle.knows_user(uid):
-        served = serve(max_recs=query.max_recs, user_id=uid, exclude=profile.rated)
+        ask = RecommendQuery(query.max_recs, user_id=uid, exclude=profile.rated)
     else:
-        served = serve(
-            max_recs=query.max_recs, age=int(feats["age"]), gender=str(feats["gender"]),
-            occupation=str(feats["occupation"]), exclude=profile.rated,
-        )  # fmt: skip
+        ask = RecommendQuery(
+            query.max_recs,
+            int(feats["age"]),
+            str(feats["gender"]),
+            str(feats["occupation"]),
+            exclude=profile.rated,
+        )
+    if (
+        request.method == "HEAD"
+    ):  # the headers of the same answer, nothing recorded or counted: nobody gets it
+        served = services.recommendations.answer(bundle, ask, counted=False)
+    else:
+        served = services.recommendations.recommend(ask)
     return jsonify({**served.body(), "user_id": uid, "features_source": profile.answer["source"]})

@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import NotFound
-from app.recommender.bundle import MANIFEST, BundleError, LoadedBundle, Recommendation, load_bundle
+from app.recommender.bundle import (
+    MANIFEST,
+    BundleError,
+    LoadedBundle,
+    Recommendation,
+    RecommendQuery,
+    load_bundle,
+)
 from app.recommender.segments import Segment
 
 log = logging.getLogger(__name__)
@@ -112,18 +119,9 @@ class Fallback:
             self._popularity[bundle.version] = order
         return order
 
-    def recommend(
-        self,
-        current: LoadedBundle,
-        *,
-        max_recs: int,
-        age: int | None,
-        gender: str | None,
-        occupation: str | None,
-        user_id: int | None,
-        exclude: Container[int] = (),
-    ) -> tuple[list[Recommendation], str]:
+    def recommend(self, current: LoadedBundle, query: RecommendQuery) -> tuple[list[Recommendation], str]:
         """Fallback items and the version of the bundle they come from; never a movie in ``exclude``."""
+        max_recs, age, gender, occupation, user_id, exclude = query
         demographics = age is not None and gender is not None and occupation is not None
         if user_id is not None and not demographics and not current.knows_user(user_id):
             # the same answer the champion gives: a client error must not depend on the breaker

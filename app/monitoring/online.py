@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from app.monitoring.breaker import FALLBACK, BreakerPolicy, CircuitBreaker
 from app.monitoring.drift import MANIFEST_KEY, DriftReport, count_profiles, evaluate_drift
 from app.monitoring.fallback import Fallback
 from app.monitoring.quality import Quality, measure, request_profiles, served_coverage
-from app.recommender.bundle import BundleError, LoadedBundle
+from app.recommender.bundle import BundleError, LoadedBundle, RecommendQuery
 from app.storage.breaker import BreakerStore, DatabaseBreakerStore, RedisBreakerStore
 
 log = logging.getLogger(__name__)
@@ -358,44 +358,16 @@ class GuardedRecommendations:
         self.breaker = breaker
         self.fallback = fallback
 
-    def answer(
-        self,
-        service: Any,
-        bundle: LoadedBundle,
-        *,
-        max_recs: int,
-        age: int | None = None,
-        gender: str | None = None,
-        occupation: str | None = None,
-        user_id: int | None = None,
-        exclude: Container[int] = (),
-        counted: bool = True,
-    ) -> Any:
+    def answer(self, service: Any, bundle: LoadedBundle, query: RecommendQuery, counted: bool = True) -> Any:
         """``counted=False`` (a HEAD: nobody receives the list): the same answer, but no probe is
         taken and neither the breaker's call record nor the recommendation metrics see it."""
         route = self.breaker.route(bundle.version) if counted else self.breaker.peek(bundle.version)
         if route != FALLBACK and not counted:
-            return service.lookup(
-                bundle,
-                max_recs=max_recs,
-                age=age,
-                gender=gender,
-                occupation=occupation,
-                user_id=user_id,
-                exclude=exclude,
-            )
+            return service.lookup(bundle, query)
         if route != FALLBACK:
             started = time.perf_counter()
             try:
-                served = service.lookup(
-                    bundle,
-                    max_recs=max_recs,
-                    age=age,
-                    gender=gender,
-                    occupation=occupation,
-                    user_id=user_id,
-                    exclude=exclude,
-                )
+                served = service.lookup(bundle, query)
             except (ApiError, BundleError):
                 raise  # the client's error (unknown user) or no model at all: not the model failing
             except Exception:
@@ -412,15 +384,7 @@ class GuardedRecommendations:
                 return served
         from app.services.recommendations import Served  # here: a module-level import would be circular
 
-        items, version = self.fallback.recommend(
-            bundle,
-            max_recs=max_recs,
-            age=age,
-            gender=gender,
-            occupation=occupation,
-            user_id=user_id,
-            exclude=exclude,
-        )
+        items, version = self.fallback.recommend(bundle, query)
         if counted:
             _count(FALLBACK, len(items))
         return Served(service.ids.issue(), items, version, FALLBACK)

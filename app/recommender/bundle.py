@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import joblib
 import numpy as np
@@ -66,6 +66,18 @@ class Recommendation:
     def __post_init__(self) -> None:
         payload = {"movie_id": self.movie_id, "title": self.title, "score": self.score}
         object.__setattr__(self, "payload", payload)
+
+
+class RecommendQuery(NamedTuple):
+    """What one recommendation is asked for: a profile, a known user, or both (the profile then
+    answers for a user the model does not know); never a movie in ``exclude``."""
+
+    max_recs: int
+    age: int | None = None
+    gender: str | None = None
+    occupation: str | None = None
+    user_id: int | None = None
+    exclude: Container[int] = ()
 
 
 @dataclass(frozen=True)

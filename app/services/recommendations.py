@@ -14,13 +14,13 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import InvalidRequest, NotFound, Unavailable
 from app.monitoring.quality import predict_scores
-from app.recommender.bundle import LoadedBundle, Recommendation
+from app.recommender.bundle import LoadedBundle, Recommendation, RecommendQuery
 from app.recommender.segments import Segment
 from app.services.feedback_journal import FeedbackJournal
 from app.services.models import ModelHolder
@@ -163,45 +163,17 @@ class RecommendationService:
         self.guard: Any = None
         self.on_feedback: Any = None
 
-    def recommend(
-        self,
-        *,
-        max_recs: int,
-        age: int | None = None,
-        gender: str | None = None,
-        occupation: str | None = None,
-        user_id: int | None = None,
-        exclude: Container[int] = (),
-    ) -> Served:
+    def recommend(self, query: RecommendQuery) -> Served:
         """Look the answer up in the loaded bundle and record what was served under a new id.
 
-        ``exclude``: movies not to recommend beyond those the bundle already leaves out (what a
-        user rated, from their features); the list may then be shorter than ``max_recs``.
+        ``query.exclude``: movies not to recommend beyond those the bundle already leaves out
+        (what a user rated, from their features); the list may then be shorter than ``max_recs``.
         """
-        served = self.answer(
-            self.models.require(),
-            max_recs=max_recs,
-            age=age,
-            gender=gender,
-            occupation=occupation,
-            user_id=user_id,
-            exclude=exclude,
-        )
-        self.request_log.append([self.log_row(served, max_recs, age, gender, occupation, user_id)])
+        served = self.answer(self.models.require(), query)
+        self.request_log.append([self.log_row(served, query)])
         return served
 
-    def answer(
-        self,
-        bundle: LoadedBundle,
-        *,
-        max_recs: int,
-        age: int | None = None,
-        gender: str | None = None,
-        occupation: str | None = None,
-        user_id: int | None = None,
-        exclude: Container[int] = (),
-        counted: bool = True,
-    ) -> Served:
+    def answer(self, bundle: LoadedBundle, query: RecommendQuery, counted: bool = True) -> Served:
         """What ``bundle`` serves for one request, through the circuit breaker when there is one.
 
         Not logged yet: :meth:`recommend` logs its one row, a batch logs its rows in one go.
@@ -209,73 +181,31 @@ class RecommendationService:
         or recommendation metric.
         """
         if self.guard is not None:
-            return self.guard.answer(
-                self,
-                bundle,
-                max_recs=max_recs,
-                age=age,
-                gender=gender,
-                occupation=occupation,
-                user_id=user_id,
-                exclude=exclude,
-                counted=counted,
-            )
-        return self.lookup(
-            bundle,
-            max_recs=max_recs,
-            age=age,
-            gender=gender,
-            occupation=occupation,
-            user_id=user_id,
-            exclude=exclude,
-        )
+            return self.guard.answer(self, bundle, query, counted)
+        return self.lookup(bundle, query)
 
-    def lookup(
-        self,
-        bundle: LoadedBundle,
-        *,
-        max_recs: int,
-        age: int | None = None,
-        gender: str | None = None,
-        occupation: str | None = None,
-        user_id: int | None = None,
-        exclude: Container[int] = (),
-    ) -> Served:
+    def lookup(self, bundle: LoadedBundle, query: RecommendQuery) -> Served:
         """The champion's answer under a fresh id: a lookup in the bundle's tables, no breaker."""
-        items, strategy = self._lookup(bundle, max_recs, age, gender, occupation, user_id, exclude)
+        items, strategy = self._lookup(bundle, query)
         return Served(self.ids.issue(), items, bundle.version, strategy)
 
     @staticmethod
-    def log_row(
-        served: Served,
-        max_recs: int,
-        age: int | None,
-        gender: str | None,
-        occupation: str | None,
-        user_id: int | None,
-    ) -> dict[str, Any]:
+    def log_row(served: Served, query: RecommendQuery) -> dict[str, Any]:
         return {
             "id": served.id,
-            "age": age,
-            "gender": gender,
-            "occupation": occupation,
-            "user_id": user_id,
-            "max_recs": max_recs,
+            "age": query.age,
+            "gender": query.gender,
+            "occupation": query.occupation,
+            "user_id": query.user_id,
+            "max_recs": query.max_recs,
             "model_version": served.model_version,
             "strategy": served.strategy,
             "items": [item.payload for item in served.items],
         }
 
     @staticmethod
-    def _lookup(
-        bundle: LoadedBundle,
-        max_recs: int,
-        age: int | None,
-        gender: str | None,
-        occupation: str | None,
-        user_id: int | None,
-        exclude: Container[int],
-    ) -> tuple[list[Recommendation], str]:
+    def _lookup(bundle: LoadedBundle, query: RecommendQuery) -> tuple[list[Recommendation], str]:
+        max_recs, age, gender, occupation, user_id, exclude = query
         if user_id is not None:
             if bundle.knows_user(user_id):
                 return bundle.recommend_user(user_id, max_recs, exclude), "personal"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.recommender.bundle import RecommendQuery
 from tests.helpers import PROFILE, login, stored_feedback
 
 pytestmark = pytest.mark.api
@@ -150,7 +151,7 @@ def test_coverage_is_recounted_at_most_once_per_monitor_interval(
 
     def serve(n: int) -> None:
         for _ in range(n):
-            services.recommendations.recommend(max_recs=5, **PROFILE)
+            services.recommendations.recommend(RecommendQuery(5, **PROFILE))
         services.recommendations.request_log.flush()
 
     serve(2)

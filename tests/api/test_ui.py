@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import update
 
 from app.api.schemas import FIELD_RULES
+from app.recommender.bundle import RecommendQuery
 from app.services import dashboard
 from app.storage.models import Feedback
 from tests.helpers import ADMIN_PASSWORD, PROFILE, SESSION_PASSWORD
@@ -326,7 +327,7 @@ def test_dashboard_shows_the_serving_model_and_what_is_not_available(app: Any) -
 def test_dashboard_feedback_figures_follow_the_stored_rows(app: Any) -> None:
     service = app.extensions["movierec"].recommendations
     for score in (5.0, 4.0, 1.0, 2.5):
-        served = service.recommend(max_recs=2, age=30, gender="F", occupation="artist")
+        served = service.recommend(RecommendQuery(2, 30, "F", "artist"))
         service.score(served.id, served.items[0].title, score, readable=True)
     client = app.test_client()
     ui_login(client, ADMIN_PASSWORD)
@@ -406,7 +407,7 @@ def _scored(app: Any, scores_and_ages: list[tuple[float, timedelta]], now: datet
     """Store feedback through the service, then date each row ``age`` before ``now``."""
     services = app.extensions["movierec"]
     for score, age in scores_and_ages:
-        served = services.recommendations.recommend(max_recs=1, age=30, gender="M", occupation="writer")
+        served = services.recommendations.recommend(RecommendQuery(1, 30, "M", "writer"))
         services.recommendations.score(served.id, served.items[0].title, score, readable=True)
         with services.db.session() as session:
             session.execute(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from app.recommender.bundle import RecommendQuery
 from tests.e2e.browser import LiveServer, browser_page, screenshot
 from tests.helpers import ADMIN_PASSWORD, SESSION_PASSWORD
 
@@ -124,7 +125,7 @@ def test_the_dashboard_draws_its_charts_from_real_data(
     app = make_app(model_path=store, model_dir=store)
     service = app.extensions["movierec"].recommendations
     for age, score in ((25, 5.0), (40, 3.0), (61, 4.0)):
-        served = service.recommend(max_recs=3, age=age, gender="M", occupation="writer")
+        served = service.recommend(RecommendQuery(3, age, "M", "writer"))
         service.score(served.id, served.items[0].title, score)
 
     with LiveServer(app) as server, browser_page(server.url) as (page, requests):

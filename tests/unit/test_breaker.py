@@ -29,7 +29,7 @@ from app.monitoring.breaker import (
 )
 from app.monitoring.fallback import Fallback, popularity_order
 from app.monitoring.quality import Quality
-from app.recommender.bundle import LoadedBundle, Tables
+from app.recommender.bundle import LoadedBundle, RecommendQuery, Tables
 from app.recommender.segments import Segment, segment_index
 from app.storage.breaker import (
     CLOSED,
@@ -276,17 +276,15 @@ def test_popularity_is_a_borda_count_over_the_segment_tables() -> None:
     # movie A (position 0): 1 point x 440 = 440; movie B (position 1): 2 points once = 2
     assert popularity_order(bundle).tolist() == [2, 0, 1]
     fallback = Fallback(None, "popularity")
-    items, version = fallback.recommend(
-        bundle, max_recs=2, age=30, gender="M", occupation="student", user_id=None
-    )
+    items, version = fallback.recommend(bundle, RecommendQuery(2, 30, "M", "student"))
     assert version == "v1" and [i.title for i in items] == ["C (1992)", "A (1990)"]
     # a known user: only their own (unrated) candidates, in popularity order: A before B; never C
-    items, _ = fallback.recommend(bundle, max_recs=5, age=None, gender=None, occupation=None, user_id=7)
+    items, _ = fallback.recommend(bundle, RecommendQuery(5, user_id=7))
     assert [i.title for i in items] == ["A (1990)", "B (1991)"]
     from app.errors import NotFound
 
     with pytest.raises(NotFound):  # the champion's answer for an unknown user without demographics
-        fallback.recommend(bundle, max_recs=5, age=None, gender=None, occupation=None, user_id=99)
+        fallback.recommend(bundle, RecommendQuery(5, user_id=99))
 
 
 def test_the_fallback_leaves_out_movies_a_user_rated_since_the_model() -> None:
@@ -294,12 +292,9 @@ def test_the_fallback_leaves_out_movies_a_user_rated_since_the_model() -> None:
     fallback's lists (popularity, the previous champion's) must leave them out as the champion's do."""
     bundle = tiny_bundle("v1", "2026-01-02")
     fallback = Fallback(None, "popularity")
-    profile = {"age": 30, "gender": "M", "occupation": "student"}
-    items, _ = fallback.recommend(bundle, max_recs=2, user_id=None, exclude=frozenset({30}), **profile)
+    items, _ = fallback.recommend(bundle, RecommendQuery(2, 30, "M", "student", exclude=frozenset({30})))
     assert [i.title for i in items] == ["A (1990)", "B (1991)"]
-    items, _ = fallback.recommend(
-        bundle, max_recs=5, age=None, gender=None, occupation=None, user_id=7, exclude=frozenset({10})
-    )
+    items, _ = fallback.recommend(bundle, RecommendQuery(5, user_id=7, exclude=frozenset({10})))
     assert [i.title for i in items] == ["B (1991)"]
     previous = tiny_bundle("v0", "2026-01-01")
     assert [i.title for i in previous.recommend_segment(Segment.of(30, "M", "student"), 2, {30})] == [
@@ -325,9 +320,7 @@ def test_previous_champion_is_the_newest_older_bundle_of_the_store(model_store: 
     current = tiny_bundle("current", "2026-06-01T00:00:00+00:00")
     fallback = Fallback(store, "previous")
     assert fallback.previous_bundle_dir(current) == store / "old"
-    items, version = fallback.recommend(
-        current, max_recs=3, age=30, gender="M", occupation="student", user_id=None
-    )
+    items, version = fallback.recommend(current, RecommendQuery(3, 30, "M", "student"))
     previous = fallback.previous(current)
     assert version == "old" and previous is not None
     assert items == previous.recommend_segment(Segment.of(30, "M", "student"), 3)
