@@ -71,7 +71,7 @@ LOGIN_REASONS = {
 CSRF_MESSAGE = "This form was not sent from this site or is out of date. Reload the page and try again."
 _INTEGER = re.compile(r"^[+-]?\d{1,12}$")
 _NUMBER = re.compile(r"^[+-]?(\d{1,6}(\.\d{0,6})?|\.\d{1,6})$")
-_SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9_\-/]*)?$")
+_SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9_\-/]*)?\Z")  # \Z: "$" also matches before a final newline
 
 SECURITY_HEADERS = {
     # Everything is served from this origin: no CDN, no inline script, no framing.
@@ -312,8 +312,9 @@ def login() -> Response:
         )
     # No token exists yet, so there is nothing to CSRF-check: the SameSite=Strict cookie set
     # here is what protects every later post.
-    payload = _form_to_json({k: v for k, v in request.form.items() if k == "session_password"})
-    payload.setdefault("session_password", "")
+    # the password exactly as typed (as POST /api/login takes it): stripping it would turn a
+    # valid password with a leading/trailing space into a wrong one, and a wrong one into a valid one
+    payload = {"session_password": request.form.get("session_password", "")}
     parsed, errors = _validate(LoginRequest, payload)
     if parsed is not None:
         try:
@@ -381,6 +382,8 @@ _LIST_FIELDS = (
 def _stored_list(request_id: str) -> dict[str, Any] | None:
     """What was served under ``request_id``: the database row, or the row still buffered here."""
     services = _services()
+    if not services.recommendations.ids.well_formed(request_id):
+        return None  # never issued; and PostgreSQL refuses a NUL in a text parameter (a 500)
     row = services.db.get_request(request_id)
     if row is not None:
         return {name: getattr(row, name) for name in _LIST_FIELDS}
@@ -402,7 +405,7 @@ def _results_page(request_id: str, status: int = 200, **extra: Any) -> Response:
 @login_required()
 def results(request_id: str) -> Response:
     saved = request.args.get("saved", "")
-    return _results_page(request_id, saved=int(saved) if saved.isdigit() else None)
+    return _results_page(request_id, saved=int(saved) if re.fullmatch(r"[0-9]{1,6}", saved) else None)
 
 
 @bp.post("/feedback")

@@ -9,10 +9,12 @@ Where a revoked token's ``jti`` lives, and why:
 * this process's memory: a token revoked here is refused here even if both stores are down.
 
 Checks run on every authenticated request, so they must neither add a database round trip nor
-fail when a store is down (recommendations are served while PostgreSQL is down). Without
-Redis (or while it is unreachable) a check reads an in-process snapshot of the table, refreshed
-at most every ``refresh_seconds``; a token revoked on another instance is therefore refused
-there within that interval. A store that fails is skipped for ``retry_seconds`` so a dead Redis
+fail when a store is down (recommendations are served while PostgreSQL is down). A check asks
+Redis first (a hit refuses the token at once); without Redis, while it is unreachable, and on a
+miss it reads an in-process snapshot of the table, refreshed at most every ``refresh_seconds``:
+Redis holds only what was revoked while it answered, and nothing after a restart without
+persistence, so the table decides. A token revoked on another instance while its Redis write
+failed is therefore refused everywhere within that interval. A store that fails is skipped for ``retry_seconds`` so a dead Redis
 or database costs one failed attempt, not one per request.
 """
 
@@ -104,9 +106,12 @@ class RevocationStore:
             return True
         if self.redis is not None and time.monotonic() >= self._redis_down_until:
             try:
-                return bool(self.redis.exists(REDIS_KEY_PREFIX + jti))
+                if self.redis.exists(REDIS_KEY_PREFIX + jti):
+                    return True
             except redis.RedisError as exc:
                 self._redis_failed(exc)
+        # Redis holds only what was revoked while it answered (and nothing after a restart
+        # without persistence): the table, read through the cached snapshot, is the record.
         return jti in self._database_snapshot()
 
     def _database_snapshot(self) -> frozenset[str]:

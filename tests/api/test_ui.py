@@ -22,7 +22,7 @@ from app.api.schemas import FIELD_RULES
 from app.recommender.bundle import RecommendQuery
 from app.services import dashboard
 from app.storage.models import Feedback
-from tests.helpers import ADMIN_PASSWORD, PROFILE, SESSION_PASSWORD
+from tests.helpers import ADMIN_PASSWORD, PROFILE, SESSION_PASSWORD, sqlalchemy_url
 
 pytestmark = pytest.mark.api
 
@@ -131,6 +131,26 @@ def test_next_only_leads_inside_the_ui(client: Any) -> None:
                              ("https://evil.example/", "/ui"), ("/ui/../api", "/ui")):  # fmt: skip
         response = client.post("/ui/login", data={"session_password": SESSION_PASSWORD, "next": target})
         assert response.headers["Location"] == expected, target
+
+
+def test_a_next_ending_in_a_newline_is_dropped_not_a_500(client: Any) -> None:
+    """``$`` matched before a final newline: the value passed the check, and Werkzeug refused it
+    as a Location header (a 500 after a correct password)."""
+    first = client.get("/ui/recommendations/x%0A")  # logged out: sent to log in, next kept
+    assert first.status_code == 303
+    response = client.post(
+        "/ui/login", data={"session_password": SESSION_PASSWORD, "next": "/ui/recommendations/x\n"}
+    )
+    assert response.status_code == 303 and response.headers["Location"] == "/ui"
+
+
+def test_the_ui_takes_the_password_exactly_as_the_api_does(make_app: Callable[..., Any]) -> None:
+    """The UI stripped the password: one with a space at either end never logged in there, and a
+    padded wrong one did."""
+    client = make_app(session_password=" padded secret ").test_client()
+    assert client.post("/api/login", json={"session_password": " padded secret "}).status_code == 200
+    assert client.post("/ui/login", data={"session_password": " padded secret "}).status_code == 303
+    assert client.post("/ui/login", data={"session_password": "padded secret"}).status_code == 401
 
 
 def test_logout_revokes_the_token(client: Any) -> None:
@@ -469,3 +489,22 @@ def test_evaluation_history_reads_manifests_newest_last(tmp_path: Path) -> None:
     ]
     assert [s.version for s in dashboard.evaluation_history(tmp_path, limit=1).data] == ["v2"]
     assert not dashboard.evaluation_history(tmp_path / "missing").available
+
+
+@pytest.mark.parametrize("saved", ["%C2%B2", "9" * 5000])  # "²" is isdigit() but not int(); > 4,300 digits
+def test_an_odd_saved_parameter_is_ignored_not_a_500(client: Any, saved: str) -> None:
+    csrf = ui_login(client)
+    rid = list_id(recommend(client, csrf).text)
+    assert client.get(f"/ui/recommendations/{rid}?saved={saved}").status_code == 200
+
+
+def test_a_list_id_with_a_nul_is_not_found_not_a_500(make_app: Callable[..., Any], postgres_url: str) -> None:
+    """PostgreSQL refuses a NUL in a text parameter: the id went to the database unchecked."""
+    client = make_app(database_url=sqlalchemy_url(postgres_url)).test_client()
+    csrf = ui_login(client)
+    assert client.get("/ui/recommendations/abc%00def").status_code == 404
+    page = recommend(client, csrf).text
+    bad = client.post(
+        "/ui/feedback", data={"csrf_token": csrf, "id": "a\x00b", "movie": titles_of(page)[0], "score": "9"}
+    )
+    assert 400 <= bad.status_code < 500

@@ -207,6 +207,28 @@ def test_logout_is_durable_in_the_database_blocklist(make_app: Any, make_setting
     assert other.get("/protected", headers=login(other)).status_code == 200
 
 
+def test_a_logout_recorded_while_redis_was_down_is_honoured_when_it_answers(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The logout went to the database only; the other instance asked Redis, which answered
+    "not revoked", and accepted the token again (as after any Redis restart without persistence)."""
+    redis = pytest.importorskip("redis")
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+    first, second = make_app(redis_url=url), make_app(redis_url=url)  # two instances, one database
+    headers = login(first.test_client())
+
+    def down(*_args: Any, **_kwargs: Any) -> Any:
+        raise redis.ConnectionError("Redis is restarting")
+
+    monkeypatch.setattr(first.extensions["movierec.security"]["revocations"].redis, "set", down)
+    assert first.test_client().post("/api/logout", headers=headers).status_code == 200
+    assert_envelope(second.test_client().get("/protected", headers=headers), 401, "unauthorized")
+
+
 def test_revocations_of_expired_tokens_are_purged(app: Any) -> None:
     from sqlalchemy import func, select
 
