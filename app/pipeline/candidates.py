@@ -141,7 +141,7 @@ def write_candidate_bundle(
         **extra_manifest,
     }
     extra_models: dict[str, Recommender] = {}
-    if result.model.predicts_ratings:
+    if result.model.serves_records:
         manifest["rating_model"] = {
             "name": result.model.name,
             "file": "model.pkl",

@@ -212,7 +212,8 @@ class LoadedBundle:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return dict(self.manifest.get("metrics", {}))
+        metrics = self.manifest.get("metrics")
+        return dict(metrics) if isinstance(metrics, dict) else {}  # null, a list: nothing to report
 
 
 def _unseen(rows: list[Recommendation], n: int, exclude: Container[int]) -> list[Recommendation]:

@@ -123,7 +123,7 @@ def train(
         "description": f"protocol-A test users of split seed {REFERENCE_SEED}: profiles and liked titles",
     }
     extra_models: dict[str, Recommender] = {}
-    if rating_model and not model.predicts_ratings:
+    if rating_model and not model.serves_records:
         from app.recommender.models.linear import LinearRatingModel
 
         regressor = LinearRatingModel().fit(data.ratings, data.users, data.items)
@@ -133,7 +133,7 @@ def train(
             "file": RATING_MODEL_FILE,
             "params": regressor.params(),
         }
-    elif model.predicts_ratings:
+    elif model.serves_records:
         manifest["rating_model"] = {"name": model.name, "file": "model.pkl", "params": model.params()}
     path = write_bundle(model_dir, model, data.items, tables, manifest, test_data, extra_models=extra_models)
     return TrainingResult(path=path, served_model=best, report_a=report_a, report_b=report_b)

@@ -157,37 +157,44 @@ class ModelReloader:
                 if self._status["target"] != target.name:  # joining it would answer for another bundle
                     raise ReloadInProgress(self._status["target"])
             else:
-                self._done.clear()
-                self._status = {
-                    "state": "loading",
-                    "target": target.name,
-                    "requested_at": _iso(time.time()),
-                    "finished_at": None,
-                    "error": None,
-                }
+                self._status, self._done = self._new_load(target.name, _iso(time.time()))
                 self._loading = threading.Thread(
                     target=self._load_and_announce,
-                    args=(target, self._status),
+                    args=(target, self._status, self._done),
                     name="movierec-reload",
                     daemon=True,
                 )
                 self._loading.start()
+            # The load this request started or joined: with ``wait`` it answers for that one, not
+            # for whatever another request started between its end and this thread waking up.
+            mine, done = self._status, self._done
         if wait:
-            self._done.wait(wait)
-            status = self.status()
+            done.wait(wait)
+            with self._lock:
+                status = dict(mine)
             if status["state"] == "failed":
                 raise InvalidBundle(f"bundle {status['target']} was refused: {status['error']}")
+            return status
         return self.status()
+
+    @staticmethod
+    def _new_load(
+        target: str, requested_at: str | None, **extra: Any
+    ) -> tuple[dict[str, Any], threading.Event]:
+        """The status of a load about to start, and the event set when it ends (one each per load)."""
+        status = {"state": "loading", "target": target, "requested_at": requested_at, "finished_at": None,
+                  "error": None, **extra}  # fmt: skip
+        return status, threading.Event()
 
     def status(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._status)
 
-    def _load_and_announce(self, target: Path, status: dict[str, Any]) -> None:
+    def _load_and_announce(self, target: Path, status: dict[str, Any], done: threading.Event) -> None:
         """Load, swap and write the marker as one step: the poller cannot swap in between."""
         with self._load_lock:
             state, error = self._load_and_write_marker(target)
-        self._finish(status, state, error)
+        self._finish(status, done, state, error)
 
     def _load(self, target: Path) -> tuple[LoadedBundle | None, str | None]:
         """Load and swap in ``target``: the bundle, or None and why not (the status must not stay
@@ -210,16 +217,17 @@ class ModelReloader:
             return "loaded", f"loaded here, but other workers were not told: {exc}"
         return "loaded", None
 
-    def _finish(self, status: dict[str, Any], state: str, error: str | None) -> None:
-        """Record the outcome of the load that ``status`` describes, unless another load's has replaced it.
+    def _finish(self, status: dict[str, Any], done: threading.Event, state: str, error: str | None) -> None:
+        """Record the outcome of the load that ``status`` describes and wake its waiters.
 
-        A marker load finishing after an admin reload was requested must neither mark that
-        reload "loaded" nor wake its waiters (they would answer 200 for a bundle not loaded).
+        Each load has its own status and event: a marker load finishing after an admin reload
+        was requested neither marks that reload "loaded" nor wakes its waiters (they would answer
+        200 for a bundle not loaded), and a waiter woken by its own load's end answers for it
+        even when another load has started since.
         """
         with self._lock:
-            if self._status is status:
-                status.update(state=state, error=error, finished_at=_iso(time.time()))
-                self._done.set()
+            status.update(state=state, error=error, finished_at=_iso(time.time()))
+            done.set()
         if state == "failed":
             log.error("reload refused; the previous bundle keeps serving", extra={"reason": error})
 
@@ -308,19 +316,11 @@ class ModelReloader:
                 # succeeds, and when it fails the next poll finds this marker still unseen.
                 return False
             self._marker_seen = stat
-            status: dict[str, Any] = {
-                "state": "loading",
-                "target": target.name,
-                "requested_at": marker.get("at"),
-                "finished_at": None,
-                "error": None,
-                "via": "marker",
-            }
-            self._status = status
-            self._done.clear()
+            status, done = self._new_load(target.name, marker.get("at"), via="marker")
+            self._status, self._done = status, done
         log.info("reload marker changed; loading", extra={"target": target.name})
         bundle, error = self._load(target)
-        self._finish(status, "failed" if bundle is None else "loaded", error)
+        self._finish(status, done, "failed" if bundle is None else "loaded", error)
         return bundle is not None
 
     # ------------------------------------------------------------------ the poller

@@ -14,8 +14,8 @@ Redis first (a hit refuses the token at once); without Redis, while it is unreac
 miss it reads an in-process snapshot of the table, refreshed at most every ``refresh_seconds``:
 Redis holds only what was revoked while it answered, and nothing after a restart without
 persistence, so the table decides. A token revoked on another instance while its Redis write
-failed is therefore refused everywhere within that interval. A store that fails is skipped for ``retry_seconds`` so a dead Redis
-or database costs one failed attempt, not one per request.
+failed is therefore refused everywhere within that interval. A store that fails is skipped
+for ``retry_seconds`` so a dead Redis or database costs one failed attempt, not one per request.
 """
 
 from __future__ import annotations

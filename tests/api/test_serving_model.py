@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.api.model import RELOAD_WAIT_SECONDS
 from tests.helpers import ADMIN_PASSWORD, PROFILE, login
 from tests.serving_helpers import add_version, copy_store
 
@@ -211,3 +214,53 @@ def test_every_worker_follows_a_reload_and_late_workers_adopt_it(
     add_version(store, "v-trained")
     fresh = make_app(model_path=store, model_dir=store).test_client()
     assert _version(fresh, auth_headers) == "v-trained"
+
+
+@pytest.mark.parametrize("metrics", [None, "n/a", [1, 2]])
+def test_model_info_survives_a_manifest_without_a_metrics_object(
+    client: Any, store: Path, auth_headers: dict, metrics: Any
+) -> None:
+    """The reload accepted such a bundle, then every GET /api/model was a 500."""
+
+    def edit(bundle: Path) -> None:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["metrics"] = metrics
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    add_version(store, "v-meta", mutate=edit)
+    admin = login(client, ADMIN_PASSWORD)
+    assert client.post("/api/admin/reload", json={"wait": True}, headers=admin).status_code == 200
+    response = client.get("/api/model", headers=auth_headers)
+    assert response.status_code == 200 and response.get_json()["metrics"] == {}
+
+
+def test_a_waiting_reload_answers_for_its_own_bundle(
+    app: Any, client: Any, store: Path, auth_headers: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admin A reloads v-2 and waits; between A's load ending and A reading the outcome, admin B
+    asks for a damaged v-bad, which is refused. A answered 422 "bundle v-bad was refused" for its
+    own v-2, loaded and serving (the status and its event were shared by every load)."""
+    admin = login(client, ADMIN_PASSWORD)
+    add_version(store, "v-2", latest=False)
+    add_version(
+        store, "v-bad", mutate=lambda b: (b / "segment_scores.npy").write_bytes(b"junk"), latest=False
+    )
+    other, main, fired, armed = app.test_client(), threading.current_thread(), [], [True]
+
+    class Preempted(threading.Event):
+        """B's request runs right after A's waiter wakes (as the scheduler may arrange)."""
+
+        def wait(self, timeout: float | None = None) -> bool:
+            woke = super().wait(timeout)
+            if timeout == RELOAD_WAIT_SECONDS and threading.current_thread() is main and armed[0]:
+                armed[0] = False  # once: B's own wait runs in this thread too
+                body = {"version": "v-bad", "wait": True}
+                fired.append(other.post("/api/admin/reload", json=body, headers=admin))
+            return woke
+
+    monkeypatch.setattr(threading, "Event", Preempted)
+    first = client.post("/api/admin/reload", json={"version": "v-2", "wait": True}, headers=admin)
+    monkeypatch.undo()
+    assert fired and fired[0].status_code == 422  # B's bundle is refused, as it should be
+    assert _version(client, auth_headers) == "v-2"
+    assert first.status_code == 200 and first.get_json()["target"] == "v-2", first.get_json()

@@ -194,3 +194,59 @@ def test_bundle_without_rating_model_answers_503_but_still_recommends(
     assert response.get_json()["error"]["code"] == "unavailable"
     profile = {"age": 30, "gender": "M", "occupation": "programmer"}
     assert client.post("/api/recommend", json=profile, headers=auth_headers).status_code == 200
+
+
+def _predict_status(client: Any, headers: dict, movie_id: int) -> tuple[int, int]:
+    record = {"age": 30, "gender": "M", "occupation": "programmer", "movie_id": movie_id}
+    stream = client.post("/api/predict/stream", json=record, headers=headers)
+    batch = client.post("/api/predict/batch", json={"instances": [record]}, headers=headers)
+    return stream.status_code, batch.status_code
+
+
+def test_the_seed_forest_served_alone_answers_predictions_503_not_500(
+    make_app: Any, synthetic_data: Any, tmp_path: Path, auth_headers: dict
+) -> None:
+    """It predicts ratings, but not from the API's records: every prediction was a 500."""
+    import joblib
+
+    from app.recommender.models.forest import SeedRandomForest
+
+    model = SeedRandomForest(n_estimators=5).fit(
+        synthetic_data.ratings, synthetic_data.users, synthetic_data.items
+    )
+    pickle = tmp_path / "seed" / "model.pkl"
+    pickle.parent.mkdir()
+    joblib.dump(model, pickle)
+    client = make_app(model_path=pickle, model_dir=tmp_path / "empty-store").test_client()
+    profile = {"age": 30, "gender": "M", "occupation": "programmer"}
+    assert client.post("/api/recommend", json=profile, headers=auth_headers).status_code == 200
+    assert _predict_status(client, auth_headers, int(model.item_ids[0])) == (503, 503)
+
+
+def test_a_bundle_whose_champion_is_the_seed_forest_is_served_with_predictions(
+    make_app: Any, synthetic_data: Any, tmp_path: Path, auth_headers: dict
+) -> None:
+    """Training named the forest's ``model.pkl`` as the rating model; the service refused the whole
+    bundle ("does not hold a rating model that can serve predictions"). Now training adds the
+    linear rating model, and a bundle written the old way is served without predictions."""
+    from app.recommender.training import train
+
+    store = tmp_path / "store"
+    train(synthetic_data, store, ["seed_random_forest"], seeds=(0,))
+    bundle = (store / "latest").resolve()
+    assert json.loads((bundle / "manifest.json").read_text())["rating_model"]["file"] == "rating_model.pkl"
+    client = make_app(model_path=store, model_dir=store).test_client()
+    movie = int(synthetic_data.items["movie_id"].iloc[0])
+    assert _predict_status(client, auth_headers, movie) == (200, 200)
+
+    old = tmp_path / "old-store"
+    train(synthetic_data, old, ["seed_random_forest"], seeds=(0,), rating_model=False)
+    bundle = (old / "latest").resolve()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["rating_model"] = {"name": "seed_random_forest", "file": "model.pkl"}  # as written before
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    app = make_app(model_path=old, model_dir=old)
+    assert app.extensions["movierec"].models.bundle is not None, app.extensions["movierec"].models.last_error
+    profile = {"age": 30, "gender": "M", "occupation": "programmer"}
+    assert app.test_client().post("/api/recommend", json=profile, headers=auth_headers).status_code == 200
+    assert _predict_status(app.test_client(), auth_headers, movie) == (503, 503)

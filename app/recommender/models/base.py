@@ -14,7 +14,7 @@ live in :mod:`app.recommender.ranking`, not in the models.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -32,7 +32,10 @@ class Recommender(ABC):
 
     name: ClassVar[str]
     supports_users: ClassVar[bool] = False
-    predicts_ratings: ClassVar[bool] = False
+    predicts_ratings: ClassVar[bool] = False  # ``predict_ratings`` works (offline RMSE)
+    # ``predict_records`` serves /api/predict/* (records as the API takes them); the seed's
+    # forest predicts ratings but not from such records
+    serves_records: ClassVar[bool] = False
 
     item_ids: np.ndarray
 
@@ -63,6 +66,10 @@ class Recommender(ABC):
     def predict_ratings(self, requests: pd.DataFrame) -> np.ndarray:
         """Predicted ratings for rows with age, gender, occupation, movie_id (and user_id)."""
         raise NotSupportedError(f"{self.name} does not predict ratings")
+
+    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Predicted ratings of records as /api/predict/* takes them (models with ``serves_records``)."""
+        raise NotSupportedError(f"{self.name} does not predict ratings of request records")
 
     def params(self) -> dict[str, Any]:
         """Hyper-parameters, recorded in the bundle manifest and the registry."""

@@ -310,6 +310,7 @@ class LinearRatingModel(Recommender):
     name: ClassVar[str] = "linear_rating"
     supports_users: ClassVar[bool] = True
     predicts_ratings: ClassVar[bool] = True
+    serves_records: ClassVar[bool] = True
 
     def __init__(
         self,
