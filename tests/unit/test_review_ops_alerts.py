@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app.monitoring.alerts import AlertDeliveryError, Alerter, SmtpConnectionError, SmtpSink
@@ -52,27 +54,22 @@ def test_a_real_refused_connection_is_an_smtp_connection_error() -> None:
         sink.verify()
 
 
-@pytest.fixture
-def smtp_server():  # type: ignore[no-untyped-def]
-    from tests.integration.test_monitor_journald import start_smtp
-
-    server = start_smtp()
-    yield server
-    server.controller.stop()
-
-
 def test_non_ascii_password_is_a_clear_config_error_not_a_traceback(
-    smtp_server, tmp_path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from app.monitoring.monitor import EXIT_CONFIG, main
-    from tests.integration.test_monitor_journald import USER
+    from tests.integration.test_monitor_journald import USER, start_smtp
 
     secret = "pässwörd-9"
     password_file = tmp_path / "smtp-password"
     password_file.write_text(secret + "\n")
     password_file.chmod(0o600)
-    rc = main(["movierec", "127.0.0.1", USER, "--smtp-port", str(smtp_server.port),
-               "--password-file", str(password_file)])  # fmt: skip
+    server = start_smtp()  # a real server: the password must be refused before any login
+    try:
+        rc = main(["movierec", "127.0.0.1", USER, "--smtp-port", str(server.port),
+                   "--password-file", str(password_file)])  # fmt: skip
+    finally:
+        server.controller.stop()
     assert rc == EXIT_CONFIG
     err = capsys.readouterr().err
     assert "must be ASCII" in err and USER in err and secret not in err
