@@ -215,6 +215,7 @@ class CircuitBreaker:
         self.calls = CallStats()
         self._record = BreakerRecord()
         self._synced_at = 0.0
+        self._adoptions = 0  # records adopted so far: a read that raced with none is adopted as is
         self.store_error: str | None = None
         self._probe_lock = threading.Lock()
         self._routed = 0
@@ -261,6 +262,7 @@ class CircuitBreaker:
 
     def sync(self) -> BreakerRecord:
         """Re-read the shared record; on a store failure keep serving by the last known one."""
+        started = self._adoptions
         try:
             record = self.store.read()
         except BreakerStoreError as exc:
@@ -274,16 +276,21 @@ class CircuitBreaker:
         if self.store_error is not None:
             log.info("breaker state store reachable again")
         self.store_error = None
-        self._adopt(record)
+        self._adopt(record, read_started=started)
         return record
 
-    def _adopt(self, record: BreakerRecord) -> None:
+    def _adopt(self, record: BreakerRecord, read_started: int | None = None) -> None:
+        """Take ``record`` as this worker's view. A read is the store's truth, whatever its
+        generation (a Redis restarted or flushed, a database restored, counts again from a lower
+        one), unless something newer was adopted while it was in flight."""
         with self._lock:
-            if record.generation >= self._record.generation or record.generation == 0:
+            unraced_read = read_started is not None and read_started == self._adoptions
+            if unraced_read or record.generation >= self._record.generation or record.generation == 0:
                 if record.state != self._record.state:
                     with self._probe_lock:
                         self._routed = self._probed = 0
                 self._record = record
+                self._adoptions += 1
                 self._synced_at = self.clock()
 
     def _write(self, record: BreakerRecord, expected: int) -> BreakerRecord | None:

@@ -65,8 +65,16 @@ class BreakerRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BreakerRecord:
-        data = json.loads(text)
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        """Parse a stored record; anything unreadable (not JSON, not an object, an unknown state,
+        wrong types) is a :class:`BreakerStoreError`, like a store that cannot be reached."""
+        try:
+            data = json.loads(text)
+            record = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+            if not isinstance(record.generation, int) or not isinstance(record.evaluation, dict):
+                raise TypeError("generation or evaluation has the wrong type")
+            return record
+        except (TypeError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise BreakerStoreError(f"unreadable breaker record: {exc}") from exc
 
 
 class BreakerStoreError(RuntimeError):

@@ -322,3 +322,27 @@ def test_score_triggered_evaluations_are_spaced_not_dropped(
         assert times[1] - times[0] >= 0.5
     finally:
         monitor.stop()
+
+
+def test_an_unreadable_shared_record_neither_stops_the_start_nor_makes_a_reset_a_500(
+    make_app: Callable[..., Any],
+) -> None:
+    """A hand-edited or truncated Redis record: the app did not start (its first sync raised), and
+    a reset was a 500. Now the record counts as a store that cannot be read."""
+    redis = pytest.importorskip("redis")
+    url = "redis://127.0.0.1:6379/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+    name = f"unreadable-{uuid.uuid4().hex[:8]}"
+    client.set(f"movierec:breaker:{name}", b"not json")
+    try:
+        app = make_app(redis_url=url, breaker_name=name, monitor_interval_seconds=0)
+        http = app.test_client()
+        assert http.post("/api/recommend", json=PROFILE, headers=login(http)).status_code == 200
+        response = http.post("/api/admin/breaker/reset", json={}, headers=login(http, ADMIN_PASSWORD))
+        assert response.status_code == 503 and response.get_json()["error"]["code"] == "unavailable"
+    finally:
+        client.delete(f"movierec:breaker:{name}")

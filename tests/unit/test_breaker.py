@@ -36,6 +36,7 @@ from app.storage.breaker import (
     HALF_OPEN,
     OPEN,
     BreakerRecord,
+    BreakerStoreError,
     DatabaseBreakerStore,
     RedisBreakerStore,
 )
@@ -227,27 +228,68 @@ def test_postgres_store(postgres_url: str) -> None:
         database.dispose()
 
 
-def test_redis_store_compare_and_set() -> None:
+@pytest.fixture
+def redis_store() -> Iterator[RedisBreakerStore]:
+    """A breaker record of its own in the machine's Redis, removed afterwards."""
     redis = pytest.importorskip("redis")
     client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1)
     try:
         client.ping()
     except redis.RedisError as exc:  # pragma: no cover - depends on the machine
         pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
-    name = f"test-{uuid.uuid4().hex}"
-    store = RedisBreakerStore(client, name)
-    try:
-        assert store.read() == BreakerRecord()
-        stored = store.write(BreakerRecord(state=OPEN, since=5.0, reason="bad", model_version="v1"), 0)
-        assert stored is not None and stored.generation == 1
-        assert store.write(BreakerRecord(state=CLOSED), 0) is None
-        assert store.read() == stored
-        clock = Clock()
-        breaker = make_breaker(store, clock)
-        assert breaker.sync().state == OPEN and breaker.route("v1") == FALLBACK
-        assert breaker.reset("v1").state == CLOSED and store.read().state == CLOSED
-    finally:
-        client.delete(store.key)
+    store = RedisBreakerStore(client, f"test-{uuid.uuid4().hex}")
+    yield store
+    client.delete(store.key)
+
+
+def test_redis_store_compare_and_set(redis_store: RedisBreakerStore) -> None:
+    store = redis_store
+    assert store.read() == BreakerRecord()
+    stored = store.write(BreakerRecord(state=OPEN, since=5.0, reason="bad", model_version="v1"), 0)
+    assert stored is not None and stored.generation == 1
+    assert store.write(BreakerRecord(state=CLOSED), 0) is None
+    assert store.read() == stored
+    clock = Clock()
+    breaker = make_breaker(store, clock)
+    assert breaker.sync().state == OPEN and breaker.route("v1") == FALLBACK
+    assert breaker.reset("v1").state == CLOSED and store.read().state == CLOSED
+
+
+def test_a_record_read_with_a_lower_generation_is_the_stores_truth(redis_store: RedisBreakerStore) -> None:
+    """Redis restarted without persistence (or flushed, or the key evicted; a database restored)
+    counts generations from 0 again. Workers whose cached generation was higher refused every
+    record read since: they kept serving the fallback of a breaker the store said was closed,
+    and an admin reset answered with the stale state."""
+    store, clock = redis_store, Clock()
+    first, second = make_breaker(store, clock), make_breaker(store, clock)
+    first.evaluate("v1", lambda since: quality(10, 1.0, 0.0))  # opens
+    for _ in range(5):
+        clock.now += 30
+        first.claim_evaluation(30.0)
+    second.sync()
+    assert second.route("v1") == FALLBACK and second.record.generation >= 5
+    store.client.delete(store.key)  # the record is gone; the next write is generation 1
+    clock.now += 30
+    first.claim_evaluation(30.0)
+    assert store.read().state == CLOSED and store.read().generation == 1
+    assert second.sync().state == CLOSED and second.route("v1") == MODEL
+    first.evaluate("v1", lambda since: quality(10, 1.0, 0.0))  # opens again, and a reset closes it
+    assert second.reset("v1").state == CLOSED and second.route("v1") == MODEL
+
+
+@pytest.mark.parametrize("raw", [b"not json", b'{"state": "forced_open"}', b"null", b'{"generation": "7"}'])
+def test_an_unreadable_record_is_a_store_error_not_a_crash(
+    redis_store: RedisBreakerStore, raw: bytes
+) -> None:
+    """A truncated or hand-edited record, or one with a state of a newer version: the parse errors
+    escaped, so the app did not start, a reset was a 500 and every monitor tick failed."""
+    redis_store.client.set(redis_store.key, raw)
+    breaker = make_breaker(redis_store, Clock())
+    breaker.sync()  # keeps the last known state, as with a store that cannot be reached
+    assert breaker.store_error is not None and "unreadable breaker record" in breaker.store_error
+    assert breaker.route("v1") == MODEL
+    with pytest.raises(BreakerStoreError):  # the admin endpoint's 503
+        breaker.reset("v1")
 
 
 # --------------------------------------------------------------------------- fallback
