@@ -47,7 +47,7 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +101,37 @@ def decode(payload: bytes) -> FeedbackRecord:
     )
 
 
+_PAYLOAD_START = b'{"r":'  # every payload's first bytes (encode() writes "r" first)
+
+
 def read_records(data: bytes) -> list[FeedbackRecord]:
-    """The records of a segment's bytes, up to its end marker or its first torn record."""
+    """Every whole record of a segment's bytes.
+
+    A zero length or a record whose checksum fails is where the records end after a crash (a
+    torn last write), but it may also be one record damaged on disk with acknowledged records
+    after it: so the rest is searched for further whole records (a payload's start, then its
+    header's length and checksum) rather than dropped with the segment.
+    """
     records: list[FeedbackRecord] = []
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, checksum = _HEADER.unpack_from(data, offset)
         start, end = offset + _HEADER.size, offset + _HEADER.size + length
-        if length == 0 or end > len(data):
+        if length and end <= len(data):
+            payload = data[start:end]
+            if zlib.crc32(payload) == checksum:
+                records.append(decode(payload))
+                offset = end
+                continue
+        found = data.find(_PAYLOAD_START, offset + _HEADER.size + 1)  # zeros: not found, at C speed
+        if found < 0:
             break
-        payload = data[start:end]
-        if zlib.crc32(payload) != checksum:
-            break
-        records.append(decode(payload))
-        offset = end
+        offset = found - _HEADER.size
     return records
+
+
+class _Unreadable(Exception):
+    """A segment whose bytes cannot be read back as records."""
 
 
 class _Segment:
@@ -223,6 +239,7 @@ class FeedbackJournal:
             max_pending=2 * max_unshipped + 1024,
         )
         self._closed = False
+        self._last_at: datetime | None = None
         self._own_state()
         reset_after_fork(self.forget_inherited)
         self._next_recovery = 0.0
@@ -240,8 +257,18 @@ class FeedbackJournal:
                 headers={"Retry-After": "5"},
             )
         if record.at is None:
-            record = dataclasses.replace(record, at=utcnow())
+            record = dataclasses.replace(record, at=self._stamp())
         self._group.save(record)
+
+    def _stamp(self) -> datetime:
+        """The acknowledgement time of a score: the wall clock, but never earlier than the last stamp
+        of this process (a clock stepped back must not make a later score lose to an earlier one)."""
+        with self._stamp_lock:
+            now = utcnow()
+            if self._last_at is not None and now <= self._last_at:
+                now = self._last_at + timedelta(microseconds=1)
+            self._last_at = now
+            return now
 
     def drain(self) -> int:
         """Commit every score this process acknowledged, now; raises when the database cannot take them."""
@@ -352,6 +379,7 @@ class FeedbackJournal:
         # close(): a segment is never closed under a write, nor deleted before its records queue
         self._io_lock = threading.Lock()
         self._recovering = threading.Lock()
+        self._stamp_lock = threading.Lock()
 
     def _seal(self, segment: _Segment) -> None:
         """No more records go to ``segment``; delete it once they are all committed. Holds ``_lock``."""
@@ -414,10 +442,14 @@ class FeedbackJournal:
                     total += self._replay(path)
                 except (DatabaseUnavailableError, SQLAlchemyError):
                     raise  # the next attempt replays it
-                except Exception:  # an unreadable file must not block the others: set aside, kept
-                    log.exception("feedback journal: a segment could not be replayed; renamed *.unreadable")
+                except _Unreadable:  # an unreadable file must not block the others: set aside, kept
+                    log.exception("feedback journal: a segment could not be read back; renamed *.unreadable")
                     with contextlib.suppress(OSError):
                         path.rename(path.with_suffix(".unreadable"))
+                except Exception:
+                    log.exception(
+                        "feedback journal: a segment could not be replayed now; kept for the next attempt"
+                    )
             return total
         finally:
             self._recovering.release()
@@ -439,7 +471,10 @@ class FeedbackJournal:
             status = os.fstat(fd)
             if status.st_nlink == 0:  # replayed and deleted before we locked it
                 return 0
-            records = read_records(os.pread(fd, status.st_size, 0))
+            try:
+                records = read_records(os.pread(fd, status.st_size, 0))
+            except Exception as exc:
+                raise _Unreadable(str(exc)) from exc
             for start in range(0, len(records), self.batch_size):
                 batch = [{"record": record} for record in records[start : start + self.batch_size]]
                 write_or_set_aside(self._ship, batch, self._reject)

@@ -30,6 +30,7 @@ of its own (:meth:`RequestLog._forked`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -398,6 +399,13 @@ class RowSpill:
                 try:
                     rows = [_row(line) for line in path.read_bytes().splitlines() if line]
                 except FileNotFoundError:  # another process replayed it meanwhile
+                    continue
+                except (OSError, ValueError):  # unreadable: set aside and kept, the others still written
+                    log.exception(
+                        "request log: a file of rows kept on disk cannot be read; renamed *.unreadable"
+                    )
+                    with contextlib.suppress(OSError):
+                        path.rename(path.with_suffix(".unreadable"))
                     continue
                 for start in range(0, len(rows), batch_size):
                     write_or_set_aside(write, rows[start : start + batch_size], self.reject)

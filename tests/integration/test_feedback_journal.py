@@ -426,3 +426,81 @@ def test_a_write_failing_for_a_reason_that_passes_is_retried_not_set_aside(
         journal.close()
     assert _stored(db) == {(request_id, 8): 2.5}
     assert journal.rejected == 0 and not (journal.directory / REJECTED).exists()
+
+
+def test_a_later_score_wins_after_the_clock_steps_back(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second score of an (id, movie), sent after the first's 200, while NTP stepped the wall
+    clock back: it was stamped earlier, and the upsert (newest wins) dropped it."""
+    import app.services.feedback_journal as journal_module
+
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60)
+    request_id = _request(db)
+    now = utcnow()
+    clock = iter([now, now - timedelta(seconds=30)])
+    monkeypatch.setattr(journal_module, "utcnow", lambda: next(clock))
+    try:
+        journal.save(FeedbackRecord(request_id, 3, "Movie 3", 1.0, None, "v1"))
+        journal.save(FeedbackRecord(request_id, 3, "Movie 3", 5.0, None, "v1"))
+        journal.drain()
+    finally:
+        journal.close()
+    assert _stored(db) == {(request_id, 3): 5.0}
+
+
+def test_records_after_one_damaged_on_disk_are_replayed(db: Database, tmp_path: Path) -> None:
+    """A record damaged in the middle of a dead process's segment was read as its end: the
+    acknowledged records after it were dropped and the segment deleted."""
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    request_id = _request(db)
+    frames = [bytearray(encode(FeedbackRecord(request_id, m, f"Movie {m}", 4.0, None, "v1", at=utcnow())))
+              for m in range(1, 6)]  # fmt: skip
+    frames[1][-3] ^= 0x01  # record 2 damaged after it was synced
+    (directory / f"1-1{SUFFIX}").write_bytes(b"".join(bytes(f) for f in frames) + bytes(4096))
+    journal = FeedbackJournal(directory, db)
+    try:
+        journal.recover()
+    finally:
+        journal.close()
+    assert set(_stored(db)) == {(request_id, m) for m in (1, 3, 4, 5)}
+
+
+def test_a_full_disk_while_setting_a_refused_score_aside_keeps_the_segment_for_later(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replaying a dead process's 1,200 scores, one refused for good, with rejected.jsonl not
+    writable just then (disk full): the whole segment was renamed *.unreadable, and the scores of
+    its later batches never replayed."""
+    import errno
+
+    import app.services.feedback_journal as journal_module
+
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    request_ids = [_request(db) for _ in range(120)]
+    records = [
+        FeedbackRecord(r, m, f"Movie {m}", 3.0, None, "v1", at=utcnow())
+        for r in request_ids
+        for m in range(1, 11)
+    ]
+    records[7] = FeedbackRecord("no-such-request", 1, "Movie 1", 3.0, None, "v1", at=utcnow())
+    (directory / f"1-1{SUFFIX}").write_bytes(b"".join(encode(r) for r in records) + bytes(4096))
+    append, full = journal_module.append_durably, [True]
+
+    def no_space(path: Path, data: bytes) -> None:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(path, data)
+
+    monkeypatch.setattr(journal_module, "append_durably", no_space)
+    journal = FeedbackJournal(directory, db)
+    try:
+        journal.recover()  # kept, logged
+        assert not list(directory.glob("*.unreadable"))
+        full[0] = False  # space freed
+        journal.recover()
+    finally:
+        journal.close()
+    assert len(_stored(db)) == 1199  # every score but the refused one

@@ -440,3 +440,25 @@ def test_the_app_writes_spilled_rows_when_it_starts(
     assert log.spill is not None and log.spill.directory == settings.feedback_journal
     assert {f"left-{i}" for i in range(4)} <= _stored_ids(app.extensions["movierec"].db)
     assert not list(settings.feedback_journal.glob("requests-*.jsonl"))
+
+
+def test_a_damaged_spill_file_is_set_aside_and_the_others_written(tmp_path: Path) -> None:
+    """The first file in order that did not parse stopped the replay, at every start and every
+    30 s: the rows of the files after it were never written, and their ids' scores got 503."""
+    from app.services.request_log import RowSpill
+    from app.storage.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'spill.db'}")
+    db.upgrade()
+    spill = RowSpill(tmp_path / "journal")
+    spill.directory.mkdir()
+    (spill.directory / "requests-1-1.jsonl").write_bytes(
+        b'{"id": "broken-0", "max_recs": 1'
+    )  # damaged on disk
+    spill.save(_rows(3, prefix="good"))
+    spill.replay(db.save_requests, 500)
+    assert _stored_ids(db) == {"good-0", "good-1", "good-2"}
+    assert [p.name for p in spill.directory.iterdir() if p.suffix == ".unreadable"] == [
+        "requests-1-1.unreadable"
+    ]
+    db.dispose()
