@@ -253,9 +253,14 @@ def test_a_waiting_reload_answers_for_its_own_bundle(
         def wait(self, timeout: float | None = None) -> bool:
             woke = super().wait(timeout)
             if timeout == RELOAD_WAIT_SECONDS and threading.current_thread() is main and armed[0]:
-                armed[0] = False  # once: B's own wait runs in this thread too
+                armed[0] = False
                 body = {"version": "v-bad", "wait": True}
-                fired.append(other.post("/api/admin/reload", json=body, headers=admin))
+                # another request thread, run to its end before A goes on
+                b = threading.Thread(
+                    target=lambda: fired.append(other.post("/api/admin/reload", json=body, headers=admin))
+                )
+                b.start()
+                b.join(RELOAD_WAIT_SECONDS)
             return woke
 
     monkeypatch.setattr(threading, "Event", Preempted)

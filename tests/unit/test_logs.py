@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from app.monitoring.logs import (
@@ -226,9 +226,14 @@ token_text = st.text(
 @settings(max_examples=100, deadline=None)
 @given(secret=token_text)
 def test_property_no_secret_value_reaches_the_line(secret: str) -> None:
-    logger, stream = capture("app.prop")
-    logger.info(
-        f"Authorization: Bearer {secret}",
-        extra={"password": secret, "nested": {"client_secret": secret}, "jwt": secret},
-    )
-    assert secret not in stream.getvalue()
+    def line(value: str) -> str:
+        logger, stream = capture("app.prop")
+        logger.info(
+            f"Authorization: Bearer {value}",
+            extra={"password": value, "nested": {"client_secret": value}, "jwt": value},
+        )
+        return stream.getvalue()
+
+    # a secret that the line holds anyway ("Authorizatio", found by Hypothesis) proves nothing
+    assume(secret not in line("#" * len(secret)))
+    assert secret not in line(secret)
