@@ -78,9 +78,8 @@ def recommendations(user_id: str, query: MaxRecsQuery) -> Any:
             str(feats["occupation"]),
             exclude=profile.rated,
         )
-    if (
-        request.method == "HEAD"
-    ):  # the headers of the same answer, nothing recorded or counted: nobody gets it
+    if request.method == "HEAD":
+        # the headers of the same answer, nothing recorded or counted: nobody receives it
         served = services.recommendations.answer(bundle, ask, counted=False)
     else:
         served = services.recommendations.recommend(ask)

@@ -362,9 +362,9 @@ class GuardedRecommendations:
         """``counted=False`` (a HEAD: nobody receives the list): the same answer, but no probe is
         taken and neither the breaker's call record nor the recommendation metrics see it."""
         route = self.breaker.route(bundle.version) if counted else self.breaker.peek(bundle.version)
-        if route != FALLBACK and not counted:
-            return service.lookup(bundle, query)
         if route != FALLBACK:
+            if not counted:
+                return service.lookup(bundle, query)
             started = time.perf_counter()
             try:
                 served = service.lookup(bundle, query)

@@ -31,7 +31,7 @@ import duckdb
 import fsspec
 import pandas as pd
 
-from app.recommender.features import item_features, user_features
+from app.recommender.features import item_features, rated_movies, user_features
 
 if TYPE_CHECKING:  # the ingest module pulls in the service database layer; SQL needs none of it
     from app.pipeline.ingest import Ingested
@@ -79,8 +79,7 @@ def db_rows(users: pd.DataFrame, ratings: pd.DataFrame) -> list[dict[str, Any]]:
     API leave out what a user rated when the serving model does not know them.
     """
     real = users[users["source"] == "movielens"]
-    pairs = ratings[["user_id", "movie_id"]].drop_duplicates().sort_values(["user_id", "movie_id"])
-    rated = {int(u): [int(m) for m in movies] for u, movies in pairs.groupby("user_id")["movie_id"]}
+    rated = rated_movies(ratings)
     share_cols = [c for c in real.columns if c.startswith("share_")]
     liked_cols = [c for c in real.columns if c.startswith("liked_share_")]
     plain = [

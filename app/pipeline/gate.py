@@ -28,6 +28,7 @@ import pandas as pd
 from app.recommender.accuracy import run_accuracy_test
 from app.recommender.bundle import BundleError, LoadedBundle, Recommendation, load_bundle
 from app.recommender.evaluation import K
+from app.recommender.features import rated_movies
 from app.recommender.segments import all_segments
 
 DEFAULT_TOLERANCE = 0.005
@@ -153,7 +154,7 @@ def _check_users(bundle: LoadedBundle, users: list[int], ratings: pd.DataFrame |
     reasons: list[str] = []
     if not users:
         return reasons
-    rated = ratings.groupby("user_id")["movie_id"].apply(set).to_dict() if ratings is not None else {}
+    rated = rated_movies(ratings) if ratings is not None else {}
     repeated, seen_rated, empty = 0, 0, 0
     for user_id in users:
         recs = bundle.recommend_user(user_id, k)
@@ -162,7 +163,7 @@ def _check_users(bundle: LoadedBundle, users: list[int], ratings: pd.DataFrame |
             empty += 1
         if len(set(movies)) != len(movies):
             repeated += 1
-        if rated.get(user_id, set()) & set(movies):
+        if set(rated.get(user_id, ())) & set(movies):
             seen_rated += 1
     if empty:
         reasons.append(f"{empty} known users get no recommendation")

@@ -260,7 +260,7 @@ def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
         }
     )
     item = read("item", ("item_id", "movie_title", "release_year", "class"))
-    year = pd.to_numeric(item["release_year"], errors="coerce").astype("Int64")
+    year = _numbers(item["release_year"]).astype("Int64")
     base_title = item["movie_title"].str.strip()
     title = [
         f"{name} ({int(y)})" if not pd.isna(y) else (name or "unknown")

@@ -212,6 +212,12 @@ def user_features(
     return pd.concat([frame, genre_frame], axis=1)
 
 
+def rated_movies(ratings: pd.DataFrame) -> dict[int, list[int]]:
+    """The movies each user rated (ascending ids, each once), by user id; users without ratings absent."""
+    pairs = ratings[["user_id", "movie_id"]].drop_duplicates().sort_values(["user_id", "movie_id"])
+    return {int(u): [int(m) for m in movies] for u, movies in pairs.groupby("user_id")["movie_id"]}
+
+
 def item_features(
     ratings: pd.DataFrame,
     items: pd.DataFrame,

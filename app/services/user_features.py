@@ -121,7 +121,7 @@ class UserFeatureService:
 
     def _compute(self) -> dict[int, tuple[dict[str, Any], frozenset[int]]]:
         """The same features and shape as the stored table, from the local data set."""
-        from app.recommender.features import GENRE_SLUGS, user_features
+        from app.recommender.features import GENRE_SLUGS, rated_movies, user_features
 
         try:
             data = find_local(self.data_dir) if self.data_dir is not None else None
@@ -132,10 +132,7 @@ class UserFeatureService:
         if data is None:
             raise Unavailable("user features are not available: no feature snapshot and no local data set")
         frame = user_features(data.ratings, data.users, data.items)
-        rated = {
-            int(u): frozenset(int(m) for m in movies)
-            for u, movies in data.ratings.groupby("user_id")["movie_id"]
-        }
+        rated = {user_id: frozenset(movies) for user_id, movies in rated_movies(data.ratings).items()}
         table: dict[int, tuple[dict[str, Any], frozenset[int]]] = {}
         for record in frame.to_dict(orient="records"):
             features = {name: _plain(record[name]) for name in _PLAIN}
