@@ -100,7 +100,9 @@ class Settings(BaseSettings):
         default=3600.0, gt=0
     )  # sliding window of the online metrics and drift
     breaker_enabled: bool = True  # route /api/recommend through the circuit breaker
-    breaker_name: str = "champion"  # the row / Redis key holding the shared state
+    breaker_name: str = Field(
+        default="champion", pattern=r"^[A-Za-z0-9_.:-]{1,64}$"
+    )  # names the shared records: row / Redis key <name>@<model version>
     breaker_fallback: str = Field(default="previous", pattern="^(previous|popularity)$")
     breaker_min_events: int = Field(default=50, ge=1)  # feedback rows before online quality can open it
     breaker_min_mean_score: float | None = 2.5

@@ -32,6 +32,13 @@ class BreakerResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, max_length=200, description="why, for the log and the alert")
+    model_version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="the model version whose breaker to close; default: the one this instance serves "
+        "(each version has its own breaker)",
+    )
 
 
 class BreakerStatus(BaseModel):
@@ -105,7 +112,7 @@ def reset_breaker(json: BreakerResetRequest) -> Any:
         raise Unavailable("the circuit breaker is not enabled in this service")
     by = "admin" if not json.reason else f"admin: {json.reason}"
     try:
-        return jsonify(breaker.reset(by=by))
+        return jsonify(breaker.reset(by=by, version=json.model_version))
     except BreakerStoreError as exc:
         raise Unavailable(
             f"the breaker state could not be changed: {exc}", headers={"Retry-After": "1"}

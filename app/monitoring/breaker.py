@@ -19,10 +19,12 @@ States (shared by every worker through a :class:`~app.storage.breaker.BreakerSto
   cool-down). Not enough evidence yet → stay half-open.
 
 Every evaluation only counts events since the current state was entered, so feedback that
-opened the breaker cannot re-open it right after it closed. The state belongs to one model
-version: when another version is loaded, a breaker opened for the old one does not apply
-(the next evaluation records it as closed for the new one). An admin can close it at any
-time (``POST /api/admin/breaker/reset``). Transitions are logged (opened at ERROR, the
+opened the breaker cannot re-open it right after it closed. Each model version has its own
+record: a newly loaded version starts closed and is judged on its own feedback and calls,
+while a worker still serving the version that tripped keeps routing it to the fallback
+(versions are mixed for a while during a reload or a rolling deploy); a version served
+again later finds the state it left. An admin can close it at any time
+(``POST /api/admin/breaker/reset``). Transitions are logged (opened at ERROR, the
 others at WARNING), raised as alerts through the alerting path, and counted in metrics.
 
 Nothing here touches the database per request: :meth:`CircuitBreaker.route` reads a cached
@@ -147,23 +149,24 @@ def judge_calls(summary: CallSummary, policy: BreakerPolicy) -> Verdict:
 
 
 class CallStats:
-    """Recent model calls of this worker: (time, ok, latency); bounded, thread-safe."""
+    """Recent model calls of this worker: (time, version, ok, latency); bounded, thread-safe."""
 
     def __init__(self, maxlen: int = 2000) -> None:
-        self._calls: deque[tuple[float, bool, float]] = deque(maxlen=maxlen)
+        self._calls: deque[tuple[float, str | None, bool, float]] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
 
-    def record(self, at: float, ok: bool, latency_s: float) -> None:
+    def record(self, at: float, version: str | None, ok: bool, latency_s: float) -> None:
         with self._lock:
-            self._calls.append((at, ok, latency_s))
+            self._calls.append((at, version, ok, latency_s))
 
-    def summary(self, since: float) -> CallSummary:
+    def summary(self, since: float, version: str | None) -> CallSummary:
+        """The calls of ``version`` since ``since`` (another version's calls are not its evidence)."""
         with self._lock:
-            recent = [c for c in self._calls if c[0] >= since]
+            recent = [(ok, latency) for at, v, ok, latency in self._calls if at >= since and v == version]
         if not recent:
             return CallSummary(0, 0, None)
-        errors = sum(1 for _, ok, _ in recent if not ok)
-        latencies = sorted(latency for _, ok, latency in recent if ok)
+        errors = sum(1 for ok, _ in recent if not ok)
+        latencies = sorted(latency for ok, latency in recent if ok)
         p95 = None
         if latencies:
             index = max(0, math.ceil(0.95 * len(latencies)) - 1)  # nearest-rank percentile
@@ -180,6 +183,8 @@ class Transition:
     by: str
 
 
+CACHED_VERSIONS = 8  # records a worker keeps: the served version's, and those read or reset lately
+
 _ALERTS = {
     OPEN: ("breaker.opened", Severity.ERROR),
     HALF_OPEN: ("breaker.half_open", Severity.WARNING),
@@ -190,10 +195,12 @@ _ALERTS = {
 class CircuitBreaker:
     """This worker's view of the shared breaker, and the one place that changes it.
 
-    ``route(version)`` is the per-request decision (no I/O). ``sync()`` re-reads the shared
-    record; ``evaluate(...)`` decides transitions from online quality and this worker's
-    call statistics; ``reset()`` is the admin override. Writes are compare-and-set, so two
-    workers deciding at once produce one transition.
+    ``route(version)`` is the per-request decision (no I/O). ``sync(version)`` re-reads that
+    version's shared record; ``evaluate(...)`` decides transitions from online quality and this
+    worker's call statistics; ``reset()`` is the admin override. Writes are compare-and-set, so
+    two workers deciding at once produce one transition. The worker caches the records of the
+    last few versions it read (the one it serves is re-read every ``monitor_sync_seconds``, and
+    a bundle's is read before it is swapped in); a version never read is closed.
     """
 
     def __init__(
@@ -213,8 +220,7 @@ class CircuitBreaker:
         self.window_seconds = window_seconds
         self.calls_window_seconds = calls_window_seconds
         self.calls = CallStats()
-        self._record = BreakerRecord()
-        self._synced_at = 0.0
+        self._records: dict[str | None, BreakerRecord] = {}  # by version, oldest adopted first
         self._adoptions = 0  # records adopted so far: a read that raced with none is adopted as is
         self.store_error: str | None = None
         self._probe_lock = threading.Lock()
@@ -224,16 +230,14 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ per request
 
-    @property
-    def record(self) -> BreakerRecord:
-        return self._record
+    def record_of(self, version: str | None) -> BreakerRecord:
+        """``version``'s record as last read or written here; a fresh closed one if never read."""
+        record = self._records.get(version)
+        return record if record is not None else BreakerRecord(model_version=version)
 
     def effective_state(self, version: str | None) -> str:
-        """The state as it applies to ``version``: a breaker opened for another model is closed here."""
-        record = self._record
-        if record.state != CLOSED and record.model_version is not None and record.model_version != version:
-            return CLOSED
-        return record.state
+        """The state of ``version``'s breaker, as last read (no I/O)."""
+        return self.record_of(version).state
 
     def route(self, version: str | None) -> str:
         """``model``, ``probe`` (half-open, champion serves) or ``fallback``; reads only memory."""
@@ -254,17 +258,17 @@ class CircuitBreaker:
         """The route a request would take, without taking a half-open probe (then: ``fallback``)."""
         return MODEL if self.effective_state(version) == CLOSED else FALLBACK
 
-    def record_call(self, ok: bool, latency_s: float) -> None:
-        """One model call's outcome (errors and latency feed the breaker's bounds)."""
-        self.calls.record(self.clock(), ok, latency_s)
+    def record_call(self, version: str | None, ok: bool, latency_s: float) -> None:
+        """One call of model ``version`` and its outcome (errors and latency feed the breaker's bounds)."""
+        self.calls.record(self.clock(), version, ok, latency_s)
 
     # ------------------------------------------------------------------ shared state
 
-    def sync(self) -> BreakerRecord:
-        """Re-read the shared record; on a store failure keep serving by the last known one."""
+    def sync(self, version: str | None) -> BreakerRecord:
+        """Re-read ``version``'s shared record; on a store failure keep serving by the last known one."""
         started = self._adoptions
         try:
-            record = self.store.read()
+            record = self.store.read(version)
         except BreakerStoreError as exc:
             if self.store_error is None:
                 log.warning(
@@ -272,39 +276,50 @@ class CircuitBreaker:
                     extra={"error": str(exc)[:300]},
                 )
             self.store_error = str(exc)[:300]
-            return self._record
+            return self.record_of(version)
         if self.store_error is not None:
             log.info("breaker state store reachable again")
         self.store_error = None
-        self._adopt(record, read_started=started)
+        self._adopt(version, record, read_started=started)
         return record
 
-    def _adopt(self, record: BreakerRecord, read_started: int | None = None) -> None:
-        """Take ``record`` as this worker's view. A read is the store's truth, whatever its
-        generation (a Redis restarted or flushed, a database restored, counts again from a lower
-        one), unless something newer was adopted while it was in flight."""
+    def _adopt(self, version: str | None, record: BreakerRecord, read_started: int | None = None) -> None:
+        """Take ``record`` as this worker's view of ``version``. A read is the store's truth,
+        whatever its generation (a Redis restarted or flushed, a database restored, counts again
+        from a lower one), unless something newer was adopted while it was in flight."""
         with self._lock:
+            current = self._records.pop(version, None)
             unraced_read = read_started is not None and read_started == self._adoptions
-            if unraced_read or record.generation >= self._record.generation or record.generation == 0:
-                if record.state != self._record.state:
-                    with self._probe_lock:
-                        self._routed = self._probed = 0
-                self._record = record
-                self._adoptions += 1
-                self._synced_at = self.clock()
+            newer = current is None or record.generation >= current.generation or record.generation == 0
+            if not (unraced_read or newer):
+                assert current is not None
+                self._records[version] = current
+                return
+            if current is None or record.state != current.state:
+                with self._probe_lock:
+                    self._routed = self._probed = 0
+            self._records[version] = record  # the newest adopted last
+            while len(self._records) > CACHED_VERSIONS:
+                del self._records[next(iter(self._records))]
+            self._adoptions += 1
 
-    def _write(self, record: BreakerRecord, expected: int) -> BreakerRecord | None:
+    def _write(self, version: str | None, record: BreakerRecord, expected: int, strict: bool = False
+               ) -> BreakerRecord | None:  # fmt: skip
+        """Compare-and-set; None when another writer won, or (unless ``strict``) the store failed."""
         try:
-            stored = self.store.write(record, expected)
+            stored = self.store.write(version, record, expected)
         except BreakerStoreError as exc:
+            if strict:
+                raise
             log.warning("breaker state could not be written", extra={"error": str(exc)[:300]})
             return None
         if stored is not None:
-            self._adopt(stored)
+            self._adopt(version, stored)
         return stored
 
     def _transition(self, current: BreakerRecord, after: str, reason: str, version: str | None, by: str,
-                    evaluation: dict[str, Any] | None = None) -> BreakerRecord | None:  # fmt: skip
+                    evaluation: dict[str, Any] | None = None, strict: bool = False
+                    ) -> BreakerRecord | None:  # fmt: skip
         now = self.clock()
         before = current.state
         updated = current.evolve(
@@ -314,7 +329,7 @@ class CircuitBreaker:
             model_version=version,
             evaluation=current.evaluation if evaluation is None else evaluation,
         )
-        stored = self._write(updated, current.generation)
+        stored = self._write(version, updated, current.generation, strict)
         if stored is None:
             return None
         self.announce(Transition(before, after, reason, version, by))
@@ -363,18 +378,13 @@ class CircuitBreaker:
         query; None = skip, e.g. when another worker holds the evaluation turn). The result
         of the evaluation is stored with the record for /api/model and /metrics.
         """
-        record = self.sync()
+        record = self.sync(version)
         now = self.clock()
         policy = self.policy
-        if record.model_version not in (None, version):
-            reason = f"model {version} replaced {record.model_version}"
-            if record.state != CLOSED:
-                return self._transition(record, CLOSED, reason, version, "reload", evaluation) or self._record
-            # closed already: start judging the new model from now, without an alert
-            restarted = record.evolve(since=now, reason=reason, model_version=version)
-            record = self._write(restarted, record.generation) or self._record
         since = max(now - self.window_seconds, record.since)
-        calls = judge_calls(self.calls.summary(max(now - self.calls_window_seconds, record.since)), policy)
+        calls = judge_calls(
+            self.calls.summary(max(now - self.calls_window_seconds, record.since), version), policy
+        )
         measured = quality(since) if quality is not None and record.state != OPEN else None
         needed = policy.probe_min_events if record.state == HALF_OPEN else policy.min_events
         judged = judge_quality(measured, policy, needed) if measured is not None else None
@@ -385,59 +395,58 @@ class CircuitBreaker:
         snapshot["evaluated_at"] = now
         unhealthy = [v for v in (calls, judged) if v is not None and v.verdict == UNHEALTHY]
         reasons = "; ".join(r for v in unhealthy for r in v.reasons)
+        after, reason = None, ""
         if record.state == CLOSED and unhealthy:
-            return self._transition(record, OPEN, reasons, version, "monitor", snapshot) or self._record
-        if record.state == OPEN:
-            if now - record.since >= policy.cooldown_seconds:
-                reason = f"cool-down of {policy.cooldown_seconds:.0f} s over"
-                return (
-                    self._transition(record, HALF_OPEN, reason, version, "monitor", snapshot) or self._record
-                )
-        elif record.state == HALF_OPEN:
-            if unhealthy:
-                return (
-                    self._transition(record, OPEN, f"probe failed: {reasons}", version, "monitor", snapshot)
-                    or self._record
-                )
-            if judged is not None and judged.verdict == HEALTHY:
-                q = measured
-                assert q is not None
-                reason = f"probe healthy over {q.events} feedback events"
-                return self._transition(record, CLOSED, reason, version, "monitor", snapshot) or self._record
+            after, reason = OPEN, reasons
+        elif record.state == OPEN and now - record.since >= policy.cooldown_seconds:
+            after, reason = HALF_OPEN, f"cool-down of {policy.cooldown_seconds:.0f} s over"
+        elif record.state == HALF_OPEN and unhealthy:
+            after, reason = OPEN, f"probe failed: {reasons}"
+        elif (
+            record.state == HALF_OPEN
+            and measured is not None
+            and judged is not None
+            and judged.verdict == HEALTHY
+        ):
+            after, reason = CLOSED, f"probe healthy over {measured.events} feedback events"
+        if after is not None:
+            stored = self._transition(record, after, reason, version, "monitor", snapshot)
+            return stored or self.record_of(version)  # another worker decided first: its decision stands
         if measured is not None or evaluation is not None:
-            owner = record.model_version or version  # the first evaluation adopts the served model
-            updated = record.evolve(evaluated_at=now, evaluation=snapshot, model_version=owner)
-            stored = self._write(updated, record.generation)
-            return stored or self._record
+            updated = record.evolve(evaluated_at=now, evaluation=snapshot, model_version=version)
+            stored = self._write(version, updated, record.generation)
+            return stored or self.record_of(version)
         return record
 
-    def claim_evaluation(self, interval: float, *, force: bool = False) -> bool:
-        """Take this interval's evaluation turn (one worker per interval does the database work)."""
-        record = self.sync()
+    def claim_evaluation(self, version: str | None, interval: float, *, force: bool = False) -> bool:
+        """Take this interval's evaluation turn for ``version`` (one worker per interval does the
+        database work)."""
+        record = self.sync(version)
         now = self.clock()
         if not force and now - record.evaluated_at < interval:
             return False
-        return self._write(record.evolve(evaluated_at=now), record.generation) is not None
+        return self._write(version, record.evolve(evaluated_at=now), record.generation) is not None
 
     def reset(self, version: str | None, by: str = "admin") -> BreakerRecord:
-        """Close the breaker now (admin override); a no-op write when it is already closed."""
+        """Close ``version``'s breaker now (admin override); a no-op write when it is already closed.
+        A store that cannot be read or written is a :class:`BreakerStoreError` (the endpoint's 503)."""
         for _ in range(5):
-            record = self.sync()
-            if self.store_error is not None:
-                raise BreakerStoreError(self.store_error)
-            if record.state == CLOSED and record.model_version in (None, version):
+            record = self.store.read(version)
+            if record.state == CLOSED:
+                self._adopt(version, record)
                 return record
-            stored = self._transition(record, CLOSED, f"reset by {by}", version, by)
+            stored = self._transition(record, CLOSED, f"reset by {by}", version, by, strict=True)
             if stored is not None:
                 return stored
         raise BreakerStoreError("the breaker state kept changing while resetting it; try again")
 
     # ------------------------------------------------------------------ reporting
 
-    def status(self, version: str | None = None) -> dict[str, Any]:
-        """The breaker block of GET /api/model and the dashboard."""
-        record = self._record
-        state = self.effective_state(version) if version is not None else record.state
+    def status(self, version: str | None, record: BreakerRecord | None = None) -> dict[str, Any]:
+        """The breaker block of GET /api/model and the dashboard: ``version``'s state as last read
+        (or as ``record`` says)."""
+        record = self.record_of(version) if record is None else record
+        state = record.state
         now = self.clock()
         remaining = None
         if state == OPEN:

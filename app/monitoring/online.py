@@ -47,7 +47,7 @@ from app.monitoring.drift import MANIFEST_KEY, DriftReport, count_profiles, eval
 from app.monitoring.fallback import Fallback
 from app.monitoring.quality import Quality, measure, request_profiles, served_coverage
 from app.recommender.bundle import BundleError, LoadedBundle, RecommendQuery
-from app.storage.breaker import BreakerStore, DatabaseBreakerStore, RedisBreakerStore
+from app.storage.breaker import BreakerRecord, BreakerStore, DatabaseBreakerStore, RedisBreakerStore
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +224,10 @@ class OnlineMonitor:
         bundle = self.models.bundle
         version = bundle.version if bundle is not None else None
         if bundle is None:
-            self.breaker.sync()
-            return self.breaker.record.evaluation
-        if force or self.breaker.claim_evaluation(self.interval):
+            return {}
+        if force:
+            self.breaker.sync(version)
+        if force or self.breaker.claim_evaluation(version, self.interval):
             if self.drain_feedback is not None:
                 try:
                     self.drain_feedback()
@@ -234,9 +235,10 @@ class OnlineMonitor:
                     log.warning(
                         "online monitor: scores not yet in the database", extra={"reason": str(exc)[:200]}
                     )
-            previous_drift = (self.breaker.record.evaluation.get("drift") or {}).get("status")
+            previous = self.breaker.record_of(version).evaluation
+            previous_drift = (previous.get("drift") or {}).get("status")
             drift = self.measure_drift(bundle)
-            evaluation = {**self.breaker.record.evaluation, "drift": drift.as_dict()}
+            evaluation = {**previous, "drift": drift.as_dict()}
             record = self.breaker.evaluate(version, self._quality_of(bundle), evaluation=evaluation)
             self.evaluations += 1
             if drift.status == "drift" and previous_drift != "drift":
@@ -253,8 +255,7 @@ class OnlineMonitor:
                     )
                 )
             return record.evaluation
-        self.breaker.evaluate(version, None)
-        return self.breaker.record.evaluation
+        return self.breaker.evaluate(version, None).evaluation
 
     def _quality_of(self, bundle: LoadedBundle) -> Callable[[float], Quality]:
         def quality(since: float) -> Quality:
@@ -303,7 +304,8 @@ class OnlineMonitor:
     # ------------------------------------------------------------------ reporting
 
     def drift_status(self) -> dict[str, Any]:
-        drift = self.breaker.record.evaluation.get("drift")
+        bundle = self.models.bundle
+        drift = self.breaker.record_of(bundle.version if bundle is not None else None).evaluation.get("drift")
         return dict(drift) if drift else {"status": "not evaluated yet"}
 
 
@@ -325,16 +327,21 @@ class BreakerView:
         self.monitor = monitor
         self.fallback = fallback
 
-    def status(self) -> dict[str, Any]:
+    def status(self, version: str | None = None, record: BreakerRecord | None = None) -> dict[str, Any]:
+        """``version``'s breaker (default: the served version's), as last read or as ``record`` says."""
         bundle = self.monitor.models.bundle
-        status = self.breaker.status(bundle.version if bundle is not None else None)
+        status = self.breaker.status(version or self._served(), record)
         status["fallback"] = self.fallback.source(bundle)
         return status
 
-    def reset(self, by: str = "admin") -> dict[str, Any]:
+    def reset(self, by: str = "admin", version: str | None = None) -> dict[str, Any]:
+        """Close ``version``'s breaker (default: the served version's); its status afterwards."""
+        target = version or self._served()
+        return self.status(target, self.breaker.reset(target, by=by))
+
+    def _served(self) -> str | None:
         bundle = self.monitor.models.bundle
-        self.breaker.reset(bundle.version if bundle is not None else None, by=by)
-        return self.status()
+        return bundle.version if bundle is not None else None
 
 
 class AlertsView:
@@ -372,12 +379,12 @@ class GuardedRecommendations:
                 raise  # the client's error (unknown user) or no model at all: not the model failing
             except Exception:
                 elapsed = time.perf_counter() - started
-                self.breaker.record_call(False, elapsed)
+                self.breaker.record_call(bundle.version, False, elapsed)
                 metrics.TALLY.count(metrics.MODEL_CALLS, ("error",))
                 log.exception("the champion failed to recommend; answering from the fallback")
             else:
                 elapsed = time.perf_counter() - started
-                self.breaker.record_call(True, elapsed)
+                self.breaker.record_call(bundle.version, True, elapsed)
                 metrics.TALLY.count(metrics.MODEL_CALLS, ("ok",))
                 metrics.TALLY.observe(metrics.MODEL_LATENCY, elapsed)
                 _count(served.strategy, len(served.items))
@@ -441,7 +448,7 @@ class StateCollector:
         for name in ("closed", "open", "half_open"):
             family.add_metric([name], 1.0 if name == state else 0.0)
         yield family
-        evaluation = self.breaker.record.evaluation
+        evaluation = self.breaker.record_of(version).evaluation
         quality = evaluation.get("quality") or {}
         if quality.get("model_version") == version:
             for key, name, doc in (
@@ -540,7 +547,9 @@ def install_monitoring(
         drift_min_requests=settings.drift_min_requests,
         background=settings.monitor_interval_seconds > 0,
     )
-    breaker.sync()
+    bundle = services.models.bundle
+    breaker.sync(bundle.version if bundle is not None else None)
+    services.models.before_swap = lambda loaded: breaker.sync(loaded.version)
     services.monitor = monitor
     if settings.breaker_enabled:
         services.recommendations.guard = GuardedRecommendations(breaker, fallback)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import joblib
@@ -30,6 +31,9 @@ class ModelHolder:
         self._bundle: LoadedBundle | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        # called with a bundle that loaded, before it is swapped in (the circuit breaker reads
+        # that version's state, so a version it had tripped does not serve a request first)
+        self.before_swap: Callable[[LoadedBundle], None] | None = None
 
     @property
     def bundle(self) -> LoadedBundle | None:
@@ -59,6 +63,13 @@ class ModelHolder:
                 self.last_error = str(exc)
                 log.error("model bundle refused", extra={"path": str(target), "reason": str(exc)[:300]})
                 raise
+            if self.before_swap is not None:
+                try:
+                    self.before_swap(bundle)
+                except Exception:
+                    log.exception(
+                        "preparing for the new bundle failed", extra={"model_version": bundle.version}
+                    )
             previous = self._bundle
             self._bundle = bundle
             self.last_error = None

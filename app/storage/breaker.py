@@ -1,7 +1,11 @@
 """Where the circuit breaker's state lives, so every uwsgi worker and instance sees the same one.
 
 Two stores with one contract (:class:`BreakerStore`): a row in the ``circuit_breaker`` table
-(migration 0004) by default, or a Redis key when ``MOVIEREC_REDIS_URL`` is set. Writes are
+(migrations 0004, 0006) by default, or a Redis key when ``MOVIEREC_REDIS_URL`` is set. There is
+one record per model version (named ``<breaker name>@<version>``): workers and instances that
+serve different versions for a while (a reload reaching the workers one by one, a rolling
+deploy) each judge and route their own version, instead of rewriting one shared record for
+whichever version evaluated last (which had let a tripped model serve again). Writes are
 compare-and-set on a ``generation`` counter: a worker that decided a transition from a
 stale view loses the race instead of overwriting a newer decision (an admin reset, another
 worker's trip). Reads are one primary-key lookup or one ``GET``; workers cache the record and
@@ -26,12 +30,17 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
 
 
+def record_name(name: str, version: str | None) -> str:
+    """The record of ``version`` in breaker ``name`` (``name`` alone while no model is loaded)."""
+    return name if version is None else f"{name}@{version}"
+
+
 class BreakerRow(Base):
-    """One breaker per name (the serving champion's is ``champion``)."""
+    """One record per breaker name and model version (``champion@<version>``; :func:`record_name`)."""
 
     __tablename__ = "circuit_breaker"
 
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(160), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))
     since: Mapped[float] = mapped_column(Float)  # epoch seconds the state was entered
     reason: Mapped[str] = mapped_column(String(500))
@@ -84,10 +93,14 @@ class BreakerStoreError(RuntimeError):
 class BreakerStore(Protocol):
     where: str
 
-    def read(self) -> BreakerRecord: ...
+    def read(self, version: str | None) -> BreakerRecord:
+        """The record of ``version`` (a fresh closed one if it has none yet)."""
+        ...
 
-    def write(self, record: BreakerRecord, expected_generation: int) -> BreakerRecord | None:
-        """Store ``record`` if the stored generation is still ``expected_generation``.
+    def write(
+        self, version: str | None, record: BreakerRecord, expected_generation: int
+    ) -> BreakerRecord | None:
+        """Store ``record`` as ``version``'s if its stored generation is still ``expected_generation``.
 
         Returns the stored record (generation incremented) or None when another writer won.
         """
@@ -95,17 +108,18 @@ class BreakerStore(Protocol):
 
 
 class DatabaseBreakerStore:
-    """The ``circuit_breaker`` row named ``name`` in the service database."""
+    """The ``circuit_breaker`` rows of breaker ``name`` in the service database, one per model version."""
 
     def __init__(self, db: Database, name: str = "champion") -> None:
         self.db = db
         self.name = name
         self.where = "database"
 
-    def read(self) -> BreakerRecord:
+    def read(self, version: str | None) -> BreakerRecord:
+        key = record_name(self.name, version)
         try:
             with self.db.session() as session:
-                row = session.get(BreakerRow, self.name)
+                row = session.get(BreakerRow, key)
                 if row is None:
                     return BreakerRecord()
                 return BreakerRecord(
@@ -120,7 +134,10 @@ class DatabaseBreakerStore:
         except Exception as exc:
             raise BreakerStoreError(f"cannot read breaker state from the database: {exc}") from exc
 
-    def write(self, record: BreakerRecord, expected_generation: int) -> BreakerRecord | None:
+    def write(
+        self, version: str | None, record: BreakerRecord, expected_generation: int
+    ) -> BreakerRecord | None:
+        key = record_name(self.name, version)
         stored = record.evolve(generation=expected_generation + 1)
         values = {
             "state": stored.state,
@@ -134,14 +151,14 @@ class DatabaseBreakerStore:
         try:
             with self.db.session() as session:
                 if expected_generation == 0:
-                    exists = session.scalar(select(BreakerRow.generation).where(BreakerRow.name == self.name))
+                    exists = session.scalar(select(BreakerRow.generation).where(BreakerRow.name == key))
                     if exists is None:
-                        session.add(BreakerRow(name=self.name, **values))
+                        session.add(BreakerRow(name=key, **values))
                         session.flush()
                         return stored
                 result = session.execute(
                     update(BreakerRow)
-                    .where(BreakerRow.name == self.name, BreakerRow.generation == expected_generation)
+                    .where(BreakerRow.name == key, BreakerRow.generation == expected_generation)
                     .values(**values)
                 )
                 return stored if result.rowcount == 1 else None  # type: ignore[attr-defined]
@@ -155,32 +172,38 @@ REDIS_PREFIX = "movierec:breaker:"
 
 
 class RedisBreakerStore:
-    """One Redis key holding the record as JSON; compare-and-set with WATCH/MULTI."""
+    """One Redis key per model version holding the record as JSON; compare-and-set with WATCH/MULTI."""
 
     def __init__(self, client: redis.Redis, name: str = "champion") -> None:
         self.client = client
-        self.key = REDIS_PREFIX + name
+        self.name = name
         self.where = "redis"
 
-    def read(self) -> BreakerRecord:
+    def key(self, version: str | None) -> str:
+        return REDIS_PREFIX + record_name(self.name, version)
+
+    def read(self, version: str | None) -> BreakerRecord:
         try:
-            raw = self.client.get(self.key)
+            raw = self.client.get(self.key(version))
         except redis.RedisError as exc:
             raise BreakerStoreError(f"cannot read breaker state from Redis: {exc}") from exc
         return BreakerRecord.from_json(raw) if raw else BreakerRecord()  # type: ignore[arg-type]
 
-    def write(self, record: BreakerRecord, expected_generation: int) -> BreakerRecord | None:
+    def write(
+        self, version: str | None, record: BreakerRecord, expected_generation: int
+    ) -> BreakerRecord | None:
+        key = self.key(version)
         stored = record.evolve(generation=expected_generation + 1)
         try:
             with self.client.pipeline() as pipe:
-                pipe.watch(self.key)
-                raw = pipe.get(self.key)
+                pipe.watch(key)
+                raw = pipe.get(key)
                 current = BreakerRecord.from_json(raw).generation if raw else 0  # type: ignore[arg-type]
                 if current != expected_generation:
                     pipe.unwatch()
                     return None
                 pipe.multi()
-                pipe.set(self.key, stored.to_json())
+                pipe.set(key, stored.to_json())
                 pipe.execute()
                 return stored
         except redis.WatchError:

@@ -9,6 +9,7 @@ again, an admin resets it. Run with the breaker state in SQLite, PostgreSQL and 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -49,6 +50,7 @@ def _settings(store: Path, backend: str, request: pytest.FixtureRequest) -> dict
         "breaker_probe_share": 0.5,
         "breaker_cooldown_seconds": COOLDOWN,
         "breaker_min_requests": 1000,  # latency/errors are not what this test is about
+        "login_rate_limit": "1000 per minute",  # with Redis, every test's logins count against one limit
     }
     if backend == "postgres":
         values["database_url"] = request.getfixturevalue("postgres_url")
@@ -200,6 +202,90 @@ def test_admin_reset_closes_an_open_breaker(
     assert _breaker(client, headers)["state"] == "closed"
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_instances_serving_different_versions_keep_their_own_breakers(
+    backend: str,
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """A rolling deploy: one instance still serves the previous version while another serves the
+    new champion, both on one breaker store. They shared one record, and the new version's first
+    evaluation closed the breaker the old version had tripped ("model replaced"): the instance
+    still serving the bad model served it again."""
+    store, previous, current = two_champions
+    settings = _settings(store, backend, request)
+    old = make_app(**{**settings, "model_path": store / previous, "feedback_journal_dir": tmp_path / "old"})
+    new = make_app(**settings)
+    old_client, new_client = old.test_client(), new.test_client()
+    old_headers, new_headers = login(old_client), login(new_client)
+    admin = login(new_client, ADMIN_PASSWORD)
+    assert _recommend(old_client, old_headers)[0]["model_version"] == previous
+    assert _recommend(new_client, new_headers)[0]["model_version"] == current
+
+    for served in _recommend(old_client, old_headers, 8):  # the old version is hated: it trips
+        _score(old_client, old_headers, served, 1.0)
+    old.extensions["movierec"].monitor.tick(force=True)
+    assert _recommend(old_client, old_headers)[0]["strategy"] == "fallback"
+
+    for served in _recommend(new_client, new_headers, 8):  # the new one is liked, and evaluated
+        _score(new_client, new_headers, served, 4.5)
+    for _ in range(2):
+        new.extensions["movierec"].monitor.tick(force=True)
+        old.extensions["movierec"].monitor.tick(force=True)
+    assert _recommend(old_client, old_headers)[0]["strategy"] == "fallback"  # still tripped
+    assert _breaker(old_client, old_headers)["model_version"] == previous
+    state = _breaker(new_client, new_headers)
+    assert (state["state"], state["model_version"]) == ("closed", current)
+    assert state["last_evaluation"]["quality"]["events"] == 8
+    assert _recommend(new_client, new_headers)[0]["strategy"] == "segment"
+
+    # an admin closes the old version's breaker through an instance serving the new one
+    for bad in ({"model_version": ""}, {"model_version": "v" * 65}, {"model_version": 7}):
+        response = new_client.post("/api/admin/breaker/reset", json=bad, headers=admin)
+        assert response.status_code == 400 and "model_version" in response.get_json()["error"]["fields"]
+    response = new_client.post("/api/admin/breaker/reset", json={"model_version": previous}, headers=admin)
+    assert response.status_code == 200
+    assert (response.get_json()["state"], response.get_json()["model_version"]) == ("closed", previous)
+    assert _breaker(new_client, new_headers)["model_version"] == current  # its own view is unchanged
+    old.extensions["movierec"].monitor.tick(force=True)
+    assert _recommend(old_client, old_headers)[0]["strategy"] != "fallback"
+
+
+def test_a_version_reloaded_into_a_worker_is_served_by_its_breaker_from_the_first_request(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """A rollback to a version another instance had tripped: the worker reads that version's
+    record before swapping the bundle in, not at its monitor's next sync."""
+    shared, previous, current = two_champions
+    store = tmp_path / "store"  # a reload leaves a marker in the store: not in the module's
+    shutil.copytree(shared, store, symlinks=True)
+    settings = _settings(store, "sqlite", request)
+    tripping = make_app(
+        **{**settings, "model_path": store / previous, "feedback_journal_dir": tmp_path / "t"}
+    )
+    client = tripping.test_client()
+    headers = login(client)
+    for served in _recommend(client, headers, 8):
+        _score(client, headers, served, 1.0)
+    tripping.extensions["movierec"].monitor.tick(force=True)
+    assert _recommend(client, headers)[0]["strategy"] == "fallback"
+
+    serving = make_app(**settings)  # no timer: nothing re-reads the store but the reload
+    http = serving.test_client()
+    user, admin = login(http), login(http, ADMIN_PASSWORD)
+    assert _recommend(http, user)[0]["model_version"] == current
+    response = http.post("/api/admin/reload", json={"version": previous, "wait": True}, headers=admin)
+    assert response.status_code == 200 and response.get_json()["model_version"] == previous
+    assert _recommend(http, user)[0]["strategy"] == "fallback"
+    state = _breaker(http, user)
+    assert (state["state"], state["model_version"]) == ("open", previous)
+
+
 def test_background_monitor_opens_it_after_n_scores(
     two_champions: tuple[Path, str, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
 ) -> None:
@@ -325,7 +411,7 @@ def test_score_triggered_evaluations_are_spaced_not_dropped(
 
 
 def test_an_unreadable_shared_record_neither_stops_the_start_nor_makes_a_reset_a_500(
-    make_app: Callable[..., Any],
+    make_app: Callable[..., Any], model_store: Path
 ) -> None:
     """A hand-edited or truncated Redis record: the app did not start (its first sync raised), and
     a reset was a 500. Now the record counts as a store that cannot be read."""
@@ -337,12 +423,15 @@ def test_an_unreadable_shared_record_neither_stops_the_start_nor_makes_a_reset_a
     except redis.RedisError as exc:  # pragma: no cover - depends on the machine
         pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
     name = f"unreadable-{uuid.uuid4().hex[:8]}"
-    client.set(f"movierec:breaker:{name}", b"not json")
+    key = f"movierec:breaker:{name}@{load_bundle(model_store).version}"  # the served version's record
+    client.set(key, b"not json")
     try:
-        app = make_app(redis_url=url, breaker_name=name, monitor_interval_seconds=0)
+        app = make_app(
+            redis_url=url, breaker_name=name, monitor_interval_seconds=0, login_rate_limit="1000 per minute"
+        )
         http = app.test_client()
         assert http.post("/api/recommend", json=PROFILE, headers=login(http)).status_code == 200
         response = http.post("/api/admin/breaker/reset", json={}, headers=login(http, ADMIN_PASSWORD))
         assert response.status_code == 503 and response.get_json()["error"]["code"] == "unavailable"
     finally:
-        client.delete(f"movierec:breaker:{name}")
+        client.delete(key)

@@ -95,11 +95,13 @@ def test_judge_quality_needs_enough_events_then_applies_each_threshold() -> None
 def test_call_stats_error_rate_and_nearest_rank_p95() -> None:
     stats = CallStats()
     for i in range(1, 21):  # latencies 1..20 ms, all ok
-        stats.record(100.0, True, i / 1000)
-    stats.record(100.0, False, 0.5)
-    summary = stats.summary(since=0.0)
+        stats.record(100.0, "v1", True, i / 1000)
+    stats.record(100.0, "v1", False, 0.5)
+    stats.record(100.0, "v2", False, 0.5)
+    summary = stats.summary(since=0.0, version="v1")
     assert summary == CallSummary(calls=21, errors=1, p95_ms=19.0)  # ceil(0.95 * 20) = 19th of 20
-    assert stats.summary(since=101.0) == CallSummary(0, 0, None)
+    assert stats.summary(since=0.0, version="v2") == CallSummary(1, 1, None)
+    assert stats.summary(since=101.0, version="v1") == CallSummary(0, 0, None)
     assert judge_calls(CallSummary(4, 4, None), POLICY).verdict == INSUFFICIENT
     assert judge_calls(CallSummary(10, 1, 50.0), POLICY).verdict == HEALTHY
     assert judge_calls(CallSummary(10, 3, 50.0), POLICY).verdict == UNHEALTHY  # 30% > 20%
@@ -154,9 +156,9 @@ def test_unhealthy_probe_reopens_and_errors_open_without_feedback(db: Database) 
     clock = Clock()
     breaker = make_breaker(DatabaseBreakerStore(db), clock)
     for _ in range(4):
-        breaker.record_call(True, 0.001)
+        breaker.record_call("v1", True, 0.001)
     for _ in range(2):
-        breaker.record_call(False, 0.001)
+        breaker.record_call("v1", False, 0.001)
     record = breaker.evaluate("v1", None)  # 2 errors of 6 calls = 33% > 20%
     assert record.state == OPEN and "model error rate" in record.reason
     clock.now += 60
@@ -167,38 +169,79 @@ def test_unhealthy_probe_reopens_and_errors_open_without_feedback(db: Database) 
     assert record.state == OPEN and record.reason.startswith("probe failed")
 
 
-def test_admin_reset_and_a_new_model_close_it(db: Database) -> None:
+def test_admin_reset_closes_it(db: Database) -> None:
     clock, alerts = Clock(), []
     breaker = make_breaker(DatabaseBreakerStore(db), clock, alerts)
     breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0))
-    assert breaker.record.state == OPEN
+    assert breaker.record_of("v1").state == OPEN
     record = breaker.reset("v1", by="admin")
     assert record.state == CLOSED and record.reason == "reset by admin"
-    assert alerts[-1].kind == "breaker.reset"
+    assert alerts[-1].kind == "breaker.reset" and breaker.route("v1") == MODEL
     assert breaker.reset("v1").generation == record.generation  # already closed: nothing written
 
-    breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0))
-    assert breaker.record.state == OPEN
-    record = breaker.evaluate("v2", None)  # another model was loaded
-    assert record.state == CLOSED and record.model_version == "v2" and "replaced v1" in record.reason
+
+def test_each_model_version_has_its_own_breaker(db: Database) -> None:
+    """Workers serving different versions for a while (a reload reaching them one by one, a
+    rolling deploy) shared one record: the version that evaluated last rewrote it as its own,
+    so a worker still serving the tripped version read "opened for another model" and served
+    it again, and the other version's window restarted at every rewrite."""
+    clock, alerts = Clock(), []
+    old = make_breaker(DatabaseBreakerStore(db), clock, alerts)  # a worker still serving v1
+    new = make_breaker(DatabaseBreakerStore(db), clock, alerts)  # a worker that loaded v2
+    assert old.evaluate("v1", lambda since: quality(10, 1.0, 0.0)).state == OPEN
+    new_since: list[float] = []
+    for _ in range(3):
+        clock.now += 10
+        assert (
+            new.evaluate("v2", lambda since: new_since.append(since) or quality(10, 4.0, 0.8)).state == CLOSED
+        )
+        assert old.evaluate("v1", None).state == OPEN  # v2's evaluations leave v1's breaker alone
+        assert old.route("v1") == FALLBACK and new.route("v2") == MODEL
+    # v2 is judged over the whole window each time: v1's evaluations did not restart it
+    assert new_since == [clock.now - 3600 - 20, clock.now - 3600 - 10, clock.now - 3600]
+    assert [a.kind for a in alerts] == ["breaker.opened"]  # nothing was closed by a reload
+
+    # a version served again (a rollback to v1) finds the state it left: open, then probed
+    new.sync("v1")
+    assert new.route("v1") == FALLBACK and new.status("v1")["state"] == OPEN
+    assert new.status("v2")["state"] == CLOSED  # not the cached version: as a fresh record
+    clock.now += POLICY.cooldown_seconds
+    assert new.evaluate("v1", None).state == HALF_OPEN
+
+    # the admin closes v1's breaker from a worker that caches v2's: its own view is untouched
+    new.sync("v2")
+    assert new.reset("v1").state == CLOSED
+    assert new.route("v2") == MODEL and new.status("v2")["model_version"] == "v2"
+    assert old.sync("v1").state == CLOSED and old.route("v1") == MODEL
+
+
+def test_calls_of_one_version_are_not_evidence_against_another(db: Database) -> None:
+    clock = Clock()
+    breaker = make_breaker(DatabaseBreakerStore(db), clock)
+    for _ in range(10):
+        breaker.record_call("v1", False, 0.001)
+        breaker.record_call("v2", True, 0.001)
+    assert breaker.evaluate("v2", None).state == CLOSED
+    assert breaker.evaluate("v1", None).state == OPEN
 
 
 def test_two_workers_share_the_state_and_only_one_wins_a_race(db: Database) -> None:
     clock = Clock()
     first = make_breaker(DatabaseBreakerStore(db), clock)
     second = make_breaker(DatabaseBreakerStore(db), clock)
-    stale = second.sync()
+    stale = second.sync("v1")
     first.evaluate("v1", lambda since: quality(10, 1.0, 0.0))
     assert second.route("v1") == MODEL  # not synced yet: its cached view
-    assert second.sync().state == OPEN and second.route("v1") == FALLBACK
+    assert second.sync("v1").state == OPEN and second.route("v1") == FALLBACK
     # a write based on the stale generation loses instead of overwriting the newer decision
-    assert second.store.write(stale.evolve(reason="stale"), stale.generation) is None
-    assert second.sync().state == OPEN
-    # the evaluation turn: one claim per interval
-    assert first.claim_evaluation(30.0) is True
-    assert second.claim_evaluation(30.0) is False
+    assert second.store.write("v1", stale.evolve(reason="stale"), stale.generation) is None
+    assert second.sync("v1").state == OPEN
+    # the evaluation turn: one claim per interval and version
+    assert first.claim_evaluation("v1", 30.0) is True
+    assert second.claim_evaluation("v1", 30.0) is False
+    assert second.claim_evaluation("v2", 30.0) is True
     clock.now += 30
-    assert second.claim_evaluation(30.0) is True
+    assert second.claim_evaluation("v1", 30.0) is True
 
 
 def test_store_failure_keeps_the_last_known_state(db: Database) -> None:
@@ -208,7 +251,7 @@ def test_store_failure_keeps_the_last_known_state(db: Database) -> None:
     db.engine.dispose()
     with db.engine.begin() as connection:
         connection.exec_driver_sql("DROP TABLE circuit_breaker")
-    assert breaker.sync().state == OPEN  # cached
+    assert breaker.sync("v1").state == OPEN  # cached
     assert breaker.store_error is not None and breaker.route("v1") == FALLBACK
     assert breaker.status("v1")["store_error"]
 
@@ -218,12 +261,61 @@ def test_postgres_store(postgres_url: str) -> None:
     database.upgrade()
     try:
         store = DatabaseBreakerStore(database, "pg")
-        first = store.write(BreakerRecord(state=OPEN, since=1.0, reason="x", model_version="v1"), 0)
+        first = store.write("v1", BreakerRecord(state=OPEN, since=1.0, reason="x", model_version="v1"), 0)
         assert first is not None and first.generation == 1
-        assert store.write(BreakerRecord(state=CLOSED), 0) is None  # a second "first" insert loses
-        assert store.read().state == OPEN
-        assert store.write(store.read().evolve(state=HALF_OPEN), 1) is not None
-        assert store.read().generation == 2 and store.read().state == HALF_OPEN
+        assert store.write("v1", BreakerRecord(state=CLOSED), 0) is None  # a second "first" insert loses
+        assert store.read("v1").state == OPEN and store.read("v2") == BreakerRecord()
+        assert store.write("v1", store.read("v1").evolve(state=HALF_OPEN), 1) is not None
+        assert store.read("v1").generation == 2 and store.read("v1").state == HALF_OPEN
+        long_version = "2026" + "x" * 60  # the longest a bundle may have (VERSION_MAX_LENGTH)
+        assert store.write(long_version, BreakerRecord(state=OPEN, model_version=long_version), 0) is not None
+        assert store.read(long_version).state == OPEN
+    finally:
+        database.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_migration_0006_gives_the_existing_record_to_its_version(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A record written before 0006 (one per breaker, named "champion") keeps its state, now as the
+    record of the version it was for; a 64-character name with a 64-character version fits."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from app.storage.db import MIGRATIONS
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg://")
+    database = Database(url)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with database.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0005_user_rated_movies")
+            connection.execute(
+                text(
+                    "INSERT INTO circuit_breaker (name, state, since, reason, model_version, generation, "
+                    "evaluated_at, evaluation) VALUES ('champion', 'open', 5.0, 'bad', 'v1', 7, 6.0, '{}')"
+                )
+            )
+        database.upgrade()
+        store = DatabaseBreakerStore(database)
+        record = store.read("v1")
+        assert (record.state, record.reason, record.generation, record.model_version) == (
+            OPEN,
+            "bad",
+            7,
+            "v1",
+        )
+        assert store.read("v2") == BreakerRecord()
+        name, version = "n" * 64, "v" * 64
+        assert DatabaseBreakerStore(database, name).write(version, BreakerRecord(state=OPEN), 0) is not None
+        assert DatabaseBreakerStore(database, name).read(version).state == OPEN
     finally:
         database.dispose()
 
@@ -239,20 +331,21 @@ def redis_store() -> Iterator[RedisBreakerStore]:
         pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
     store = RedisBreakerStore(client, f"test-{uuid.uuid4().hex}")
     yield store
-    client.delete(store.key)
+    client.delete(*client.keys(store.key("*")), store.key(None))
 
 
 def test_redis_store_compare_and_set(redis_store: RedisBreakerStore) -> None:
     store = redis_store
-    assert store.read() == BreakerRecord()
-    stored = store.write(BreakerRecord(state=OPEN, since=5.0, reason="bad", model_version="v1"), 0)
+    assert store.read("v1") == BreakerRecord()
+    stored = store.write("v1", BreakerRecord(state=OPEN, since=5.0, reason="bad", model_version="v1"), 0)
     assert stored is not None and stored.generation == 1
-    assert store.write(BreakerRecord(state=CLOSED), 0) is None
-    assert store.read() == stored
+    assert store.write("v1", BreakerRecord(state=CLOSED), 0) is None
+    assert store.read("v1") == stored and store.read("v2") == BreakerRecord()
+    assert store.client.get(store.key("v1")) is not None and store.key("v1").endswith("@v1")
     clock = Clock()
     breaker = make_breaker(store, clock)
-    assert breaker.sync().state == OPEN and breaker.route("v1") == FALLBACK
-    assert breaker.reset("v1").state == CLOSED and store.read().state == CLOSED
+    assert breaker.sync("v1").state == OPEN and breaker.route("v1") == FALLBACK
+    assert breaker.reset("v1").state == CLOSED and store.read("v1").state == CLOSED
 
 
 def test_a_record_read_with_a_lower_generation_is_the_stores_truth(redis_store: RedisBreakerStore) -> None:
@@ -265,14 +358,14 @@ def test_a_record_read_with_a_lower_generation_is_the_stores_truth(redis_store: 
     first.evaluate("v1", lambda since: quality(10, 1.0, 0.0))  # opens
     for _ in range(5):
         clock.now += 30
-        first.claim_evaluation(30.0)
-    second.sync()
-    assert second.route("v1") == FALLBACK and second.record.generation >= 5
-    store.client.delete(store.key)  # the record is gone; the next write is generation 1
+        first.claim_evaluation("v1", 30.0)
+    second.sync("v1")
+    assert second.route("v1") == FALLBACK and second.record_of("v1").generation >= 5
+    store.client.delete(store.key("v1"))  # the record is gone; the next write is generation 1
     clock.now += 30
-    first.claim_evaluation(30.0)
-    assert store.read().state == CLOSED and store.read().generation == 1
-    assert second.sync().state == CLOSED and second.route("v1") == MODEL
+    first.claim_evaluation("v1", 30.0)
+    assert store.read("v1").state == CLOSED and store.read("v1").generation == 1
+    assert second.sync("v1").state == CLOSED and second.route("v1") == MODEL
     first.evaluate("v1", lambda since: quality(10, 1.0, 0.0))  # opens again, and a reset closes it
     assert second.reset("v1").state == CLOSED and second.route("v1") == MODEL
 
@@ -283,9 +376,9 @@ def test_an_unreadable_record_is_a_store_error_not_a_crash(
 ) -> None:
     """A truncated or hand-edited record, or one with a state of a newer version: the parse errors
     escaped, so the app did not start, a reset was a 500 and every monitor tick failed."""
-    redis_store.client.set(redis_store.key, raw)
+    redis_store.client.set(redis_store.key("v1"), raw)
     breaker = make_breaker(redis_store, Clock())
-    breaker.sync()  # keeps the last known state, as with a store that cannot be reached
+    breaker.sync("v1")  # keeps the last known state, as with a store that cannot be reached
     assert breaker.store_error is not None and "unreadable breaker record" in breaker.store_error
     assert breaker.route("v1") == MODEL
     with pytest.raises(BreakerStoreError):  # the admin endpoint's 503
