@@ -68,16 +68,17 @@ def recommendations(user_id: str, query: MaxRecsQuery) -> Any:
     profile = services.user_features.profile(uid)
     feats = profile.answer["features"]
     bundle = services.models.require()
-    if bundle.knows_user(uid):
-        ask = RecommendQuery(query.max_recs, user_id=uid, exclude=profile.rated)
-    else:
-        ask = RecommendQuery(
-            query.max_recs,
-            int(feats["age"]),
-            str(feats["gender"]),
-            str(feats["occupation"]),
-            exclude=profile.rated,
-        )
+    # The user id goes with the profile either way: a model that knows the user answers
+    # personally, any other answers for the segment — and the request is logged under the
+    # user, so a score on its list is that user's rating at the next ingest, not a stranger's.
+    ask = RecommendQuery(
+        query.max_recs,
+        int(feats["age"]),
+        str(feats["gender"]),
+        str(feats["occupation"]),
+        user_id=uid,
+        exclude=profile.rated,
+    )
     if request.method == "HEAD":
         # the headers of the same answer, nothing recorded or counted: nobody receives it
         served = services.recommendations.answer(bundle, ask, counted=False)

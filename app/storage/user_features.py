@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 
 from app.storage.db import Database
 from app.storage.models import UserFeatures, utcnow
@@ -56,6 +56,12 @@ def replace_user_features(
         for row in rows
     ]
     with db.session() as session:
+        if db.engine.dialect.name == "postgresql":
+            # Two loads at once (`movierec features build` during a flow's features step): the
+            # second DELETE would wait for the first load, skip the rows it inserted (not in its
+            # snapshot) and its INSERT then hit their keys. EXCLUSIVE mode queues the loads and
+            # still lets readers read the previous snapshot. SQLite serialises writers itself.
+            session.execute(text("LOCK TABLE user_features IN EXCLUSIVE MODE"))
         session.execute(delete(UserFeatures))
         if values:
             session.execute(insert(UserFeatures), values)

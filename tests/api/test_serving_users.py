@@ -205,3 +205,29 @@ def test_malformed_local_data_is_a_503_naming_the_problem(
     response = client.get("/api/users/1/features", headers=auth_headers)
     assert response.status_code == 503, response.get_json()
     assert "rating must be 0.5..5.0" in response.get_json()["error"]["message"]
+
+
+def test_scores_of_a_users_segment_list_are_that_users_ratings_at_the_next_ingest(
+    make_app: Any, auth_headers: dict, synthetic_data: Any, synthetic_data_dir: Any
+) -> None:
+    """GET /api/users/<id>/recommendations names the user in its path; when the serving model
+    does not know them (a cold-start champion, or a user newer than the model) the list is the
+    segment's, but a score on it is still that user's rating. The request was logged without
+    the user id, so ingest turned the score into a new anonymous feedback user."""
+    from app.pipeline.ingest import ingest
+
+    app = make_app()  # the session bundle's served model has no user tables
+    client = app.test_client()
+    uid = int(synthetic_data.users.iloc[5]["user_id"])
+    body = client.get(f"/api/users/{uid}/recommendations", headers=auth_headers).get_json()
+    assert body["strategy"] == "segment"
+    movie = body["items"][0]
+    score = {"id": body["id"], "movie": movie["title"], "score": 5}
+    assert client.post("/api/recommend/score", json=score, headers=auth_headers).status_code == 200
+    services = app.extensions["movierec"]
+    services.recommendations.feedback.drain()
+    ingested = ingest(synthetic_data_dir, services.db)
+    assert ingested.stats()["feedback_users"] == 0, "the score became an anonymous feedback user"
+    ratings = ingested.data.ratings
+    mine = ratings[(ratings["user_id"] == uid) & (ratings["movie_id"] == movie["movie_id"])]
+    assert mine["rating"].tolist() == [5.0]

@@ -43,3 +43,42 @@ def test_feedback_ingest_and_user_features_on_postgresql(
         assert set(stored.genre_share) >= {"action", "romance", "comedy"}
     finally:
         db.dispose()
+
+
+def test_two_concurrent_feature_loads_on_postgresql_both_succeed(
+    postgres_url: str, synthetic_data: Any, tmp_path: Any
+) -> None:
+    """`movierec features build` takes no lock, so it can load the user_features table while a
+    flow's features step loads it too. Each load is DELETE-all + INSERT in one transaction; on
+    PostgreSQL the second DELETE waits for the first transaction, then skips the rows the first
+    one inserted (they are not in its snapshot) and its INSERT hits their primary keys."""
+    import threading
+
+    from app.pipeline.features_store import db_rows, feature_tables
+    from app.pipeline.ingest import Ingested
+
+    tables = feature_tables(Ingested(synthetic_data))
+    rows = db_rows(tables["users"], tables["ratings"])
+    db = Database(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    db.upgrade()
+    replace_user_features(db, rows, "snap-0")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def load(snapshot: str) -> None:
+        try:
+            barrier.wait()
+            replace_user_features(db, rows, snapshot)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    for attempt in range(5):
+        threads = [threading.Thread(target=load, args=(f"snap-{attempt}-{n}",)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    loaded = user_features_snapshot(db)
+    db.dispose()
+    assert not errors, repr(errors[0])[:300]
+    assert loaded[0] is not None and loaded[0].startswith("snap-4-") and loaded[1] == len(rows)
