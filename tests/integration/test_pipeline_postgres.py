@@ -69,7 +69,7 @@ def test_two_concurrent_feature_loads_on_postgresql_both_succeed(
         try:
             barrier.wait()
             replace_user_features(db, rows, snapshot)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     for attempt in range(5):
