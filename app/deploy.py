@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -365,6 +365,7 @@ class Deployer:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     poll_interval: float = 2.0
+    set_aside: ContainerState | None = None  # the live version, once renamed to backup_name
 
     def say(self, message: str) -> None:
         print(f"[deploy] {message}", file=self.out, flush=True)
@@ -376,18 +377,25 @@ class Deployer:
             self.build()
         elif not image_existed:
             raise DeployError(f"image {cfg.image_ref} does not exist and --no-build was given")
-        previous = self.set_previous_aside()
+        self.set_aside = None
+        name_free = False  # the live version no longer holds cfg.container_name
         try:
+            # inside the try: an interruption (or a failed `docker stop`) after the live version
+            # was renamed must bring it back, not leave it stopped under its -previous name
+            self.set_previous_aside()
+            name_free = True
             self.start(secrets_)
             self.wait_healthy()
         except (DeployError, KeyboardInterrupt) as exc:
             # Ctrl-C (or SIGTERM, see main) while waiting for the health check is rolled back
             # too: the previous version is stopped by now and would otherwise stay down.
             self.say(f"FAILED: {exc}" if isinstance(exc, DeployError) else "interrupted; rolling back")
-            self.print_logs()
-            self.remove_new(remove_image=cfg.build and not image_existed)
-            self.restore_previous(previous)
+            if name_free:  # else the container of that name may still be the live version
+                self.print_logs()
+                self.remove_new(remove_image=cfg.build and not image_existed)
+            self.restore_previous(self.set_aside)
             raise
+        previous = self.set_aside
         if previous is not None:
             self.docker("rm", "--force", cfg.backup_name)
             self.say(f"removed the previous container ({previous.image})")
@@ -423,7 +431,8 @@ class Deployer:
             if current is None:  # an earlier deploy died half-way: its backup is the live version
                 self.say(f"found {cfg.backup_name} from an interrupted deployment; restoring it first")
                 self._checked("rename", cfg.backup_name, cfg.container_name)
-                current = backup
+                # it was stopped by that deployment, not by an operator: a rollback starts it again
+                current = replace(backup, running=True)
             else:
                 self.docker("rm", "--force", cfg.backup_name)
         if current is None:
@@ -432,6 +441,7 @@ class Deployer:
             f"setting the running version aside as {cfg.backup_name} ({current.image}, {current.status})"
         )
         self._checked("rename", cfg.container_name, cfg.backup_name)
+        self.set_aside = current
         if current.running or current.status == "restarting":
             self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), cfg.backup_name)
         return current

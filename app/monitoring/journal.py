@@ -78,6 +78,24 @@ _ROUTER_CLIENT_GONE = re.compile(
     r"^\[uwsgi-http key: .*client_addr: .*\] hr_(?:read|write)\(\): "
     r"(?:Connection reset by peer|Broken pipe)"
 )
+# uwsgi's own routine lines: its start banner, workers spawned, recycled (max-requests,
+# reload-on-rss) and stopped. uwsgi writes them to stderr, which Docker's journald driver marks
+# PRIORITY 3: graded by priority, every deployment, restart and worker recycle was an ERROR email.
+_UWSGI_ROUTINE = re.compile(
+    r"^(?:\[uWSGI\] getting \S+ configuration from |\*\*\* Starting uWSGI |\*\*\* Operational MODE: "
+    r"|compiled with version: |os: |nodename: |machine: |clock source: |detected number of CPU cores: "
+    r"|current working directory: |detected binary path: |detected max file descriptor number: "
+    r"|your (?:processes number limit|memory page size|server socket listen backlog|mercy for graceful) "
+    r"|lock engine: |thunder lock: |uWSGI http bound on |setting abstract socket mode "
+    r"|uwsgi socket \d+ bound to |Python version: |Python main interpreter initialized at "
+    r"|python threads support enabled|mapped \d+ bytes |spawned uWSGI (?:master|worker|http) "
+    r"|running \"[^\"]*\" \(master-start\)|WSGI app \d+ \(mountpoint='[^']*'\) ready in "
+    r"|\.\.\.The work of process \d+ is done\. Seeya!|worker \d+ killed successfully "
+    r"|Respawned uWSGI worker |.* - graceful shutdown triggered|Gracefully killing worker "
+    r"|gateway \"[^\"]*\" has been buried|goodbye to uWSGI\.|uWSGI running as root"
+    r"|!!! no internal routing support)"
+)
+_UWSGI_WARNING = re.compile(r"^\s*\*\*\* WARNING: ")
 # Plain-text lines that mean trouble whatever stream they came from.
 _PLAIN_ERROR = re.compile(
     r"^(?:Traceback \(most recent call last\)|.*\*\*\* HARAKIRI|DAMN ! worker|!!! uWSGI process"
@@ -168,6 +186,10 @@ def plain_text_level(message: str) -> str | None:
         return "INFO"
     if _PLAIN_ERROR.match(message):
         return "ERROR"
+    if _UWSGI_ROUTINE.match(message):
+        return "INFO"
+    if _UWSGI_WARNING.match(message):
+        return "WARNING"
     match = _PLAIN_LEVEL.match(message)
     return normalize_level(match.group(1)) if match else None
 

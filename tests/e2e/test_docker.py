@@ -280,6 +280,7 @@ def test_compose_services_train_and_serve_a_model(docker: DockerEnv, run_id: str
         **docker.env,
         "SESSION_PASSWORD": PASSWORD,
         "MOVIEREC_JWT_SECRET": JWT_SECRET,
+        "MOVIEREC_ADMIN_PASSWORD": "admin-password-for-the-e2e-tier",
         "E2E_PIPELINE_IMAGE": pipeline,
         "E2E_SERVER_IMAGE": server,
         "MOVIEREC_HTTP_PORT": f"127.0.0.1:{port}",

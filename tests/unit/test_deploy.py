@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import tarfile
@@ -710,3 +711,44 @@ def test_log_errors_are_distinct_oldest_first_and_bounded() -> None:
     assert deploy.log_errors(many, limit=3) == [f"RuntimeError: number {i}" for i in range(3)]
     assert deploy.log_errors('{"level": "CRITICAL", "message": "disk full"}') == ["disk full"]
     assert deploy.log_errors("Traceback (most recent call last):\nan ordinary line: with a colon") == []
+
+
+class SigtermDuringStop(FakeEngine):
+    """SIGTERM (a CI job's timeout) arrives while `docker stop --time 30` waits for the old version."""
+
+    def do_stop(self, args: list[str]) -> tuple[int, str, str]:
+        super().do_stop(args)  # the daemon goes on stopping it whatever happens to the CLI
+        signal.raise_signal(signal.SIGTERM)
+        return 0, "", ""
+
+
+def test_sigterm_while_stopping_the_previous_version_brings_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_cfg(tmp_path)
+    engine = SigtermDuringStop(
+        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
+    )
+    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
+    rc = deploy.main(
+        ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
+         "--port-mapping", "127.0.0.1:8080"],
+        environ={"SESSION_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    assert rc == 130
+    assert set(engine.containers) == {"movierec"}, engine.containers
+    assert engine.containers["movierec"].status == "running"
+
+
+def test_a_backup_recovered_from_an_interrupted_deployment_is_started_on_rollback(tmp_path: Path) -> None:
+    # what the interruption above leaves: the live version stopped under its -previous name
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec-previous": FakeContainer("movierec:1.0", status="exited", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+    )
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(deploy.DeployError):
+        deployer.deploy(secrets_())
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"

@@ -45,7 +45,8 @@ def test_our_json_line_level_wins_over_docker_priority() -> None:
         ("[WARNING] disk at 91%", "6", "WARNING"),
         ("2026-01-01 12:00:00,123 WARN worker slow", "6", "WARNING"),
         ("CRITICAL out of memory", "6", "CRITICAL"),
-        ("*** Starting uWSGI ***", "3", "ERROR"),  # stderr without a level word: priority decides
+        ("segfault in libfoo at 0x0", "3", "ERROR"),  # stderr without a level word: priority decides
+        ("*** Starting uWSGI 2.0.31 (64bit) on [Thu Jan  1 12:00:00 2026] ***", "3", "INFO"),  # uwsgi routine
         ("listening on :8000", "6", "INFO"),
         ("kernel says hi", "4", "WARNING"),
         ("emergency", "0", "CRITICAL"),
@@ -230,3 +231,69 @@ def test_password_prompt_on_a_tty(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("getpass.getpass", lambda prompt: prompts.append(prompt) or "typed")
     assert resolve_password(parse(), environ={}, stdin=FakeTty(True)) == "typed"
     assert prompts == ["SMTP password for ops@example.test at smtp.example.test: "]
+
+
+# uwsgi 2.0.31 with uwsgi.ini: a start, a max-requests recycle and a graceful stop (stderr)
+ROUTINE = [
+    "[uWSGI] getting INI configuration from /app/uwsgi.ini",
+    "*** Starting uWSGI 2.0.31 (64bit) on [Thu Dec  3 16:45:13 2026] ***",
+    "compiled with version: 12.2.0 on 03 December 2026 16:26:17",
+    "os: Linux-6.1.0 #1 SMP PREEMPT_DYNAMIC @0",
+    "nodename: 0123456789ab",
+    "machine: x86_64",
+    "clock source: unix",
+    "detected number of CPU cores: 2",
+    "current working directory: /app",
+    "detected binary path: /opt/venv/bin/uwsgi",
+    "!!! no internal routing support, rebuild with pcre support !!!",
+    "your processes number limit is 96369",
+    "your memory page size is 4096 bytes",
+    "detected max file descriptor number: 1048576",
+    "lock engine: pthread robust mutexes",
+    "thunder lock: disabled (you can enable it with --thunder-lock)",
+    "uWSGI http bound on 0.0.0.0:8000 fd 3",
+    "setting abstract socket mode (warning: only Linux supports this)",
+    "uwsgi socket 0 bound to UNIX address @movierec-uwsgi-8000 fd 6",
+    "Python version: 3.11.2 (main, Mar 13 2023, 12:18:29) [GCC 12.2.0]",
+    "Python main interpreter initialized at 0x7f13e4d76ef8",
+    "python threads support enabled",
+    "your server socket listen backlog is limited to 1024 connections",
+    "your mercy for graceful operations on workers is 30 seconds",
+    "mapped 1045440 bytes (1020 KB) for 8 cores",
+    "*** Operational MODE: preforking+threaded ***",
+    "spawned uWSGI master process (pid: 1)",
+    "spawned uWSGI worker 1 (pid: 9, cores: 4)",
+    "spawned uWSGI http 1 (pid: 11)",
+    'running "unix_signal:15 gracefully_kill_them_all" (master-start)...',
+    "WSGI app 0 (mountpoint='') ready in 5 seconds on interpreter 0x7f6b8c176ef8 pid: 9 (default app)",
+    "...The work of process 9 is done. Seeya!",
+    "worker 1 killed successfully (pid: 9)",
+    "Respawned uWSGI worker 1 (new pid: 19)",
+    "Thu Dec  3 16:46:40 2026 - graceful shutdown triggered...",
+    "Gracefully killing worker 1 (pid: 19)...",
+    'gateway "uWSGI http 1" has been buried (pid: 11)',
+    "goodbye to uWSGI.",
+]
+FAILURES = [
+    "Traceback (most recent call last):",
+    "app.config.ConfigurationError: MOVIEREC_JWT_SECRET is too weak: use at least 32 random characters",
+    "unable to load app 0 (mountpoint='') (callable not found or import error)",
+    "*** no app loaded. GAME OVER ***",
+    "DAMN ! worker 1 (pid: 9) died, killed by signal 9 :( trying respawn ...",
+    "Thu Dec  3 16:46:40 2026 - *** HARAKIRI ON WORKER 1 (pid: 9, try: 1) ***",
+]
+
+
+@pytest.mark.parametrize("line", ROUTINE)
+def test_uwsgi_routine_lines_on_stderr_are_not_errors(line: str) -> None:
+    assert parse_entry({"MESSAGE": line, "PRIORITY": "3"}).level == "INFO"
+
+
+@pytest.mark.parametrize("line", FAILURES)
+def test_uwsgi_failures_on_stderr_stay_errors(line: str) -> None:
+    assert parse_entry({"MESSAGE": line, "PRIORITY": "3"}).level == "ERROR"
+
+
+def test_uwsgi_start_warnings_are_warnings() -> None:
+    line = " *** WARNING: you have enabled harakiri without post buffering. Slow upload could be rejected ***"
+    assert parse_entry({"MESSAGE": line, "PRIORITY": "3"}).level == "WARNING"
