@@ -36,8 +36,11 @@ class BreakerResetRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=64,
+        # a version names a bundle directory and a database key: no control characters (a NUL
+        # made PostgreSQL's lookup fail, answered as 503 "retry"), no surrounding blanks
+        pattern=r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$",
         description="the model version whose breaker to close; default: the one this instance serves "
-        "(each version has its own breaker)",
+        "(each version has its own breaker; 404 when the named version has no breaker record)",
     )
 
 
@@ -100,7 +103,12 @@ def metrics() -> Response:
 @spec.validate(
     json=BreakerResetRequest,
     resp=SpecResponse(
-        HTTP_200=BreakerStatus, HTTP_401=ErrorResponse, HTTP_403=ErrorResponse, HTTP_503=ErrorResponse
+        HTTP_200=BreakerStatus,
+        HTTP_400=ErrorResponse,
+        HTTP_401=ErrorResponse,
+        HTTP_403=ErrorResponse,
+        HTTP_404=ErrorResponse,
+        HTTP_503=ErrorResponse,
     ),
     security=BEARER,
 )

@@ -37,7 +37,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -220,7 +220,9 @@ class CircuitBreaker:
         self.window_seconds = window_seconds
         self.calls_window_seconds = calls_window_seconds
         self.calls = CallStats()
-        self._records: dict[str | None, BreakerRecord] = {}  # by version, oldest adopted first
+        # by version, oldest adopted first; an entry is replaced in place, never removed and put
+        # back (request threads read it without the lock: a missing entry is a closed breaker)
+        self._records: OrderedDict[str | None, BreakerRecord] = OrderedDict()
         self._adoptions = 0  # records adopted so far: a read that raced with none is adopted as is
         self.store_error: str | None = None
         self._probe_lock = threading.Lock()
@@ -283,29 +285,36 @@ class CircuitBreaker:
         self._adopt(version, record, read_started=started)
         return record
 
-    def _adopt(self, version: str | None, record: BreakerRecord, read_started: int | None = None) -> None:
+    def _adopt(self, version: str | None, record: BreakerRecord, read_started: int | None = None,
+               *, cache_new: bool = True) -> None:  # fmt: skip
         """Take ``record`` as this worker's view of ``version``. A read is the store's truth,
         whatever its generation (a Redis restarted or flushed, a database restored, counts again
-        from a lower one), unless something newer was adopted while it was in flight."""
+        from a lower one), unless something newer was adopted while it was in flight. With
+        ``cache_new`` False (an admin reset), a version not cached yet is not added: resets of
+        other versions must not evict the served version's record."""
         with self._lock:
-            current = self._records.pop(version, None)
+            current = self._records.get(version)
+            if current is None and not cache_new:
+                return
             unraced_read = read_started is not None and read_started == self._adoptions
             newer = current is None or record.generation >= current.generation or record.generation == 0
             if not (unraced_read or newer):
-                assert current is not None
-                self._records[version] = current
                 return
             if current is None or record.state != current.state:
                 with self._probe_lock:
                     self._routed = self._probed = 0
-            self._records[version] = record  # the newest adopted last
+            self._records[version] = record  # replaced in place: never missing for a request thread
+            self._records.move_to_end(version)  # the newest adopted last
             while len(self._records) > CACHED_VERSIONS:
-                del self._records[next(iter(self._records))]
+                self._records.popitem(last=False)
             self._adoptions += 1
 
-    def _write(self, version: str | None, record: BreakerRecord, expected: int, strict: bool = False
+    def _write(self, version: str | None, record: BreakerRecord, expected: int, strict: bool = False,
+               *, read_started: int | None = None, cache_new: bool = True
                ) -> BreakerRecord | None:  # fmt: skip
-        """Compare-and-set; None when another writer won, or (unless ``strict``) the store failed."""
+        """Compare-and-set; None when another writer won, or (unless ``strict``) the store failed.
+        ``read_started``: the adoption count before the read the write is based on (a write that
+        raced with no adoption is the store's truth, whatever the cached generation)."""
         try:
             stored = self.store.write(version, record, expected)
         except BreakerStoreError as exc:
@@ -314,11 +323,12 @@ class CircuitBreaker:
             log.warning("breaker state could not be written", extra={"error": str(exc)[:300]})
             return None
         if stored is not None:
-            self._adopt(version, stored)
+            self._adopt(version, stored, read_started, cache_new=cache_new)
         return stored
 
     def _transition(self, current: BreakerRecord, after: str, reason: str, version: str | None, by: str,
-                    evaluation: dict[str, Any] | None = None, strict: bool = False
+                    evaluation: dict[str, Any] | None = None, strict: bool = False,
+                    read_started: int | None = None, cache_new: bool = True
                     ) -> BreakerRecord | None:  # fmt: skip
         now = self.clock()
         before = current.state
@@ -329,7 +339,9 @@ class CircuitBreaker:
             model_version=version,
             evaluation=current.evaluation if evaluation is None else evaluation,
         )
-        stored = self._write(version, updated, current.generation, strict)
+        stored = self._write(
+            version, updated, current.generation, strict, read_started=read_started, cache_new=cache_new
+        )
         if stored is None:
             return None
         self.announce(Transition(before, after, reason, version, by))
@@ -431,11 +443,15 @@ class CircuitBreaker:
         """Close ``version``'s breaker now (admin override); a no-op write when it is already closed.
         A store that cannot be read or written is a :class:`BreakerStoreError` (the endpoint's 503)."""
         for _ in range(5):
+            started = self._adoptions
             record = self.store.read(version)
             if record.state == CLOSED:
-                self._adopt(version, record)
+                self._adopt(version, record, read_started=started, cache_new=False)
                 return record
-            stored = self._transition(record, CLOSED, f"reset by {by}", version, by, strict=True)
+            stored = self._transition(
+                record, CLOSED, f"reset by {by}", version, by,
+                strict=True, read_started=started, cache_new=False,
+            )  # fmt: skip
             if stored is not None:
                 return stored
         raise BreakerStoreError("the breaker state kept changing while resetting it; try again")
@@ -455,7 +471,7 @@ class CircuitBreaker:
             "state": state,
             "since": _iso(record.since) if record.since else None,
             "reason": record.reason,
-            "model_version": record.model_version,
+            "model_version": record.model_version if record.model_version is not None else version,
             "cooldown_remaining_seconds": remaining,
             "probe_share": self.policy.probe_share,
             "store": self.store.where,

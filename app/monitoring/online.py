@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from app.errors import ApiError
+from app.errors import ApiError, NotFound
 from app.monitoring import metrics
 from app.monitoring.alerts import Alert, Alerter, LoggingSink, Notification, Severity
 from app.monitoring.breaker import FALLBACK, BreakerPolicy, CircuitBreaker
@@ -336,8 +336,17 @@ class BreakerView:
 
     def reset(self, by: str = "admin", version: str | None = None) -> dict[str, Any]:
         """Close ``version``'s breaker (default: the served version's); its status afterwards."""
-        target = version or self._served()
-        return self.status(target, self.breaker.reset(target, by=by))
+        served = self._served()
+        target = version or served
+        record = self.breaker.reset(target, by=by)
+        if version is not None and version != served and record.generation == 0:
+            # nothing was ever recorded for it (a typo, or a version no instance has served):
+            # a 200 "closed" would hide that the intended breaker is still open
+            raise NotFound(
+                f"model version {version!r} has no circuit breaker record",
+                fields={"model_version": "no breaker record for this version"},
+            )
+        return self.status(target, record)
 
     def _served(self) -> str | None:
         bundle = self.monitor.models.bundle

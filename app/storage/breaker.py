@@ -183,11 +183,31 @@ class RedisBreakerStore:
         return REDIS_PREFIX + record_name(self.name, version)
 
     def read(self, version: str | None) -> BreakerRecord:
+        key = self.key(version)
         try:
-            raw = self.client.get(self.key(version))
+            raw = self.client.get(key)
+            if raw is None and version is not None and self._legacy_for(version):
+                raw = self.client.get(key)
         except redis.RedisError as exc:
             raise BreakerStoreError(f"cannot read breaker state from Redis: {exc}") from exc
         return BreakerRecord.from_json(raw) if raw else BreakerRecord()  # type: ignore[arg-type]
+
+    def _legacy_for(self, version: str) -> bool:
+        """Copy the one record written before records were per version (key ``<name>``, what
+        migration 0006 does in the database) to ``version``'s key when it was that version's;
+        True when copied (or another worker copied it first). The legacy key stays for the
+        instances still running the previous code."""
+        raw = self.client.get(REDIS_PREFIX + self.name)
+        if not raw:
+            return False
+        try:
+            legacy = BreakerRecord.from_json(raw)  # type: ignore[arg-type]
+        except BreakerStoreError:
+            return False  # unreadable: it is not this version's state
+        if legacy.model_version != version:
+            return False
+        self.client.set(self.key(version), raw, nx=True)
+        return True
 
     def write(
         self, version: str | None, record: BreakerRecord, expected_generation: int

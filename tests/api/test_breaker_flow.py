@@ -435,3 +435,41 @@ def test_an_unreadable_shared_record_neither_stops_the_start_nor_makes_a_reset_a
         assert response.status_code == 503 and response.get_json()["error"]["code"] == "unavailable"
     finally:
         client.delete(key)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("version", ["v1\u0000", "bad\nversion", " "])
+def test_a_malformed_model_version_is_a_400_not_a_store_failure(
+    backend: str, version: str, make_app: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    """model_version only has a length check: on PostgreSQL a NUL makes the row lookup raise, so a
+    client's typo is answered 503 "retry" (with Retry-After); on SQLite/Redis it "closes" a record
+    no bundle can have (200)."""
+    overrides: dict[str, Any] = {"monitor_interval_seconds": 0, "login_rate_limit": "1000 per minute"}
+    if backend == "postgres":
+        overrides["database_url"] = request.getfixturevalue("postgres_url")
+    app = make_app(**overrides)
+    http = app.test_client()
+    response = http.post(
+        "/api/admin/breaker/reset", json={"model_version": version}, headers=login(http, ADMIN_PASSWORD)
+    )
+    assert response.status_code == 400, (response.status_code, response.get_json())
+    assert "model_version" in response.get_json()["error"]["fields"]
+
+
+def test_a_named_version_without_a_record_is_a_404_not_a_silent_200(make_app: Callable[..., Any]) -> None:
+    """An admin's typo in model_version answered 200 {"state": "closed", "model_version": null}:
+    the breaker meant stays open while the answer says it was closed."""
+    app = make_app(monitor_interval_seconds=0, login_rate_limit="1000 per minute")
+    http = app.test_client()
+    admin = login(http, ADMIN_PASSWORD)
+    response = http.post("/api/admin/breaker/reset", json={"model_version": "no-such-version"}, headers=admin)
+    assert response.status_code == 404, (response.status_code, response.get_json())
+    body = response.get_json()["error"]
+    assert body["code"] == "not_found" and "model_version" in body["fields"]
+    # the served version, even never evaluated (no record yet), is closed and named
+    served = app.extensions["movierec"].models.bundle.version
+    response = http.post("/api/admin/breaker/reset", json={"model_version": served}, headers=admin)
+    assert response.status_code == 200 and response.get_json()["model_version"] == served
+    response = http.post("/api/admin/breaker/reset", json={}, headers=admin)
+    assert response.status_code == 200 and response.get_json()["model_version"] == served

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from app.monitoring.alerts import Alert, Severity
 from app.monitoring.breaker import (
+    CACHED_VERSIONS,
     FALLBACK,
     HEALTHY,
     INSUFFICIENT,
@@ -35,6 +38,7 @@ from app.storage.breaker import (
     CLOSED,
     HALF_OPEN,
     OPEN,
+    REDIS_PREFIX,
     BreakerRecord,
     BreakerStoreError,
     DatabaseBreakerStore,
@@ -278,8 +282,8 @@ def test_postgres_store(postgres_url: str) -> None:
 def test_migration_0006_gives_the_existing_record_to_its_version(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A record written before 0006 (one per breaker, named "champion") keeps its state, now as the
-    record of the version it was for; a 64-character name with a 64-character version fits."""
+    """A record written before 0006 (one per breaker, named "champion") is copied as the record of
+    the version it was for, and kept; a 64-character name with a 64-character version fits."""
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import text
@@ -305,6 +309,13 @@ def test_migration_0006_gives_the_existing_record_to_its_version(
             )
         database.upgrade()
         store = DatabaseBreakerStore(database)
+        # kept for instances of a rolling deploy still running the previous code (they read
+        # "champion"; a missing row would be a closed breaker to them)
+        with database.engine.connect() as connection:
+            legacy = connection.execute(
+                text("SELECT state FROM circuit_breaker WHERE name = 'champion'")
+            ).all()
+        assert [tuple(row) for row in legacy] == [("open",)]
         record = store.read("v1")
         assert (record.state, record.reason, record.generation, record.model_version) == (
             OPEN,
@@ -383,6 +394,106 @@ def test_an_unreadable_record_is_a_store_error_not_a_crash(
     assert breaker.route("v1") == MODEL
     with pytest.raises(BreakerStoreError):  # the admin endpoint's 503
         breaker.reset("v1")
+
+
+class MemoryStore:
+    where = "memory"
+
+    def __init__(self) -> None:
+        self.records: dict[str | None, BreakerRecord] = {}
+
+    def read(self, version: str | None) -> BreakerRecord:
+        return self.records.get(version, BreakerRecord())
+
+    def write(self, version: str | None, record: BreakerRecord, expected: int) -> BreakerRecord | None:
+        if self.read(version).generation != expected:
+            return None
+        stored = record.evolve(generation=expected + 1)
+        self.records[version] = stored
+        return stored
+
+
+def test_a_sync_never_shows_request_threads_an_open_breaker_as_closed() -> None:
+    """_adopt pops the version's record and puts it back: a request thread routing in between
+    finds no record, takes it for a fresh closed one and calls the tripped model."""
+    store = MemoryStore()
+    store.records["v1"] = BreakerRecord(state=OPEN, since=1.0, reason="bad", model_version="v1", generation=3)
+    breaker = CircuitBreaker(store, BreakerPolicy(), clock=lambda: 10.0)
+    breaker.sync("v1")
+    assert breaker.route("v1") == FALLBACK
+    stop = threading.Event()
+
+    def monitor() -> None:  # the monitor thread's sync every monitor_sync_seconds, sped up
+        while not stop.is_set():
+            breaker.sync("v1")
+
+    thread = threading.Thread(target=monitor)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        thread.start()
+        leaked = sum(breaker.route("v1") == MODEL for _ in range(200_000))
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(old)
+    assert leaked == 0, f"{leaked} requests went to the tripped model"
+
+
+@pytest.mark.parametrize("stored_state", [OPEN, CLOSED])
+def test_a_reset_is_this_workers_view_even_when_the_store_counts_from_a_lower_generation(
+    stored_state: str,
+) -> None:
+    """The store lost the record (Redis restarted/flushed, a database restored) and counts from 1
+    again; this worker still caches generation 50, open. The reset's own read and write are the
+    store's truth, but _adopt (no read_started any more: reset bypasses sync) keeps the higher
+    cached generation: the reset answers "closed" while this worker goes on serving the fallback
+    (with monitor_interval_seconds=0, until the next reload)."""
+    store = MemoryStore()
+    store.records["v1"] = BreakerRecord(
+        state=OPEN, since=1.0, reason="bad", model_version="v1", generation=50
+    )
+    breaker = CircuitBreaker(store, BreakerPolicy(), clock=lambda: 10.0)
+    breaker.sync("v1")
+    store.records["v1"] = BreakerRecord(state=stored_state, since=5.0, model_version="v1", generation=1)
+    assert breaker.reset("v1").state == CLOSED
+    assert breaker.route("v1") == MODEL and breaker.status("v1")["state"] == CLOSED
+
+
+def test_resets_of_other_versions_do_not_evict_the_served_versions_record() -> None:
+    """reset() adopts every version it is asked about into this worker's 8-entry cache; 8 resets
+    of other versions (a script closing what a rolling deploy tripped, or typos) between two
+    syncs evict the served version's open record, and route() takes it for a fresh closed one:
+    the tripped model serves until the next sync (with monitor_interval_seconds=0: the next reload)."""
+    store = MemoryStore()
+    store.records["v1"] = BreakerRecord(state=OPEN, since=1.0, reason="bad", model_version="v1", generation=3)
+    breaker = CircuitBreaker(store, BreakerPolicy(), clock=lambda: 10.0)
+    breaker.sync("v1")
+    for i in range(CACHED_VERSIONS):
+        breaker.reset(f"other-{i}")
+    assert breaker.route("v1") == FALLBACK
+
+
+def test_redis_the_record_written_before_the_change_stays_its_versions() -> None:
+    """With Redis there is no migration: the record an open breaker left at movierec:breaker:<name>
+    (model_version v1) is not read as v1's, so instances of the new code serving the same v1 (a
+    code-only rolling deploy) start closed and serve the tripped model. The database path carries
+    it over (migration 0006)."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1)
+    name = f"legacy-{uuid.uuid4().hex[:8]}"
+    legacy = REDIS_PREFIX + name
+    client.set(
+        legacy, BreakerRecord(state=OPEN, since=5.0, reason="bad", model_version="v1", generation=7).to_json()
+    )
+    try:
+        store = RedisBreakerStore(client, name)
+        breaker = CircuitBreaker(store, BreakerPolicy(), clock=lambda: 10.0)
+        breaker.sync("v1")
+        assert breaker.route("v1") == FALLBACK
+        assert store.read("v2") == BreakerRecord()  # the old record was for v1 only
+    finally:
+        client.delete(legacy, store.key("v1"))
 
 
 # --------------------------------------------------------------------------- fallback
