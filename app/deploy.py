@@ -366,6 +366,7 @@ class Deployer:
     sleep: Callable[[float], None] = time.sleep
     poll_interval: float = 2.0
     set_aside: ContainerState | None = None  # the live version, once renamed to backup_name
+    stop_issued: bool = False  # `docker stop` of the set-aside version was sent (it may still run)
 
     def say(self, message: str) -> None:
         print(f"[deploy] {message}", file=self.out, flush=True)
@@ -378,6 +379,7 @@ class Deployer:
         elif not image_existed:
             raise DeployError(f"image {cfg.image_ref} does not exist and --no-build was given")
         self.set_aside = None
+        self.stop_issued = False
         name_free = False  # the live version no longer holds cfg.container_name
         try:
             # inside the try: an interruption (or a failed `docker stop`) after the live version
@@ -443,6 +445,7 @@ class Deployer:
         self._checked("rename", cfg.container_name, cfg.backup_name)
         self.set_aside = current
         if current.running or current.status == "restarting":
+            self.stop_issued = True
             self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), cfg.backup_name)
         return current
 
@@ -503,10 +506,26 @@ class Deployer:
             return
         self._checked("rename", cfg.backup_name, cfg.container_name)
         if previous.running or previous.status == "restarting":
+            if self.stop_issued:
+                # An interrupted `docker stop` goes on in the daemon (the CLI only stopped waiting):
+                # `docker start` on the still-stopping container is a no-op, and it exits right
+                # after. Wait for that stop to end, then start.
+                self._wait_stopped(cfg.container_name)
             self._checked("start", cfg.container_name)
             self.say(f"the previous version ({previous.image}) is running again as {cfg.container_name}")
         else:
             self.say(f"the previous container ({previous.image}) is back as {cfg.container_name}")
+
+    def _wait_stopped(self, name: str) -> None:
+        deadline = self.clock() + STOP_TIMEOUT_SECONDS + 10
+        while True:
+            state = self.docker.container_state(name)
+            if state is None or not (state.running or state.status == "restarting"):
+                return
+            if self.clock() >= deadline:  # the daemon's stop is gone: stop it ourselves
+                self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), name)
+                return
+            self.sleep(min(self.poll_interval, 1.0))
 
     def _checked(self, *args: str) -> None:
         result = self.docker(*args)

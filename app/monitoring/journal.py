@@ -93,7 +93,12 @@ _UWSGI_ROUTINE = re.compile(
     r"|\.\.\.The work of process \d+ is done\. Seeya!|worker \d+ killed successfully "
     r"|Respawned uWSGI worker |.* - graceful shutdown triggered|Gracefully killing worker "
     r"|gateway \"[^\"]*\" has been buried|goodbye to uWSGI\.|uWSGI running as root"
-    r"|!!! no internal routing support)"
+    r"|!!! no internal routing support"
+    # a graceful reload (SIGHUP): the master re-executes itself and respawns the workers
+    r"|\.\.\.gracefully killing workers\.\.\.$|worker \d+ buried after \d+ seconds$"
+    r"|binary reloading uWSGI\.\.\.$"
+    r"|chdir\(\) to |closing all non-uwsgi socket fds > 2 |found fd \d+ mapped to socket \d+ "
+    r"|running \S*uwsgi$|uwsgi socket \d+ inherited |gracefully \(RE\)spawned uWSGI master process )"
 )
 _UWSGI_WARNING = re.compile(r"^\s*\*\*\* WARNING: ")
 # Plain-text lines that mean trouble whatever stream they came from.

@@ -246,7 +246,7 @@ def test_a_version_that_cannot_start_is_rolled_back(docker: DockerEnv, deployed:
 def test_compose_file_validates(docker: DockerEnv) -> None:
     if docker.compose is None:
         pytest.skip("docker-compose is not installed")
-    env = {**docker.env, "SESSION_PASSWORD": "x", "MOVIEREC_JWT_SECRET": "y"}
+    env = {**docker.env, "SESSION_PASSWORD": "x", "MOVIEREC_JWT_SECRET": "y", "MOVIEREC_ADMIN_PASSWORD": "z"}
     result = subprocess.run(
         [docker.compose, "-f", str(REPO / "docker-compose.yml"), "config", "--services"],
         capture_output=True, text=True, env=env, check=False,

@@ -752,3 +752,67 @@ def test_a_backup_recovered_from_an_interrupted_deployment_is_started_on_rollbac
         deployer.deploy(secrets_())
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running"
+
+
+# 1. deploy: an interrupt during `docker stop` does not stop the daemon's stop; the rollback's
+#    `docker start` lands on the still-running (stopping) container, is a no-op, and the old
+#    version then exits: it stays down although the deploy says it "is running again".
+class StopContinuesInTheDaemon(FakeEngine):
+    stopping: set[str]
+
+    def do_stop(self, args: list[str]) -> tuple[int, str, str]:
+        name = args[-1]
+        if not hasattr(self, "stopping"):
+            self.stopping = set()
+        self.stopping.add(name)  # SIGTERM sent to the container, the CLI waits up to --time ...
+        signal.raise_signal(signal.SIGTERM)  # ... and is interrupted; the daemon goes on
+        return 0, "", ""
+
+    def do_rename(self, args: list[str]) -> tuple[int, str, str]:
+        rc = super().do_rename(args)
+        if rc[0] == 0 and args[0] in getattr(self, "stopping", set()):
+            self.stopping.discard(args[0])
+            self.stopping.add(args[1])
+        return rc
+
+    def do_container(self, args: list[str]) -> tuple[int, str, str]:
+        name = args[-1]
+        if name in getattr(self, "stopping", set()):  # polled: the daemon's stop ends after a while
+            self.polls = getattr(self, "polls", 0) + 1
+            if self.polls >= 3:
+                self.stopping.discard(name)
+                self.containers[name].status = "exited"
+        return super().do_container(args)
+
+    def do_start(self, args: list[str]) -> tuple[int, str, str]:
+        c = self.containers[args[-1]]
+        if c.status == "running":
+            return 0, args[-1] + "\n", ""  # docker start on a running container: exit 0, nothing done
+        c.status = "running"
+        return 0, "", ""
+
+    def settle(self) -> None:
+        """The daemon's stop finishes (its --time passes, or the process exits)."""
+        for name in getattr(self, "stopping", set()):
+            if name in self.containers:
+                self.containers[name].status = "exited"
+        self.stopping = set()
+
+
+def test_interrupt_during_stop_leaves_the_previous_version_running_after_the_stop_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_cfg(tmp_path)
+    engine = StopContinuesInTheDaemon(
+        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
+    )
+    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
+    rc = deploy.main(
+        ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
+         "--port-mapping", "127.0.0.1:8080"],
+        environ={"SESSION_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    assert rc == 130
+    engine.settle()
+    assert set(engine.containers) == {"movierec"}
+    assert engine.containers["movierec"].status == "running", "the old version stopped after the rollback"

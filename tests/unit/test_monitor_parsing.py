@@ -297,3 +297,21 @@ def test_uwsgi_failures_on_stderr_stay_errors(line: str) -> None:
 def test_uwsgi_start_warnings_are_warnings() -> None:
     line = " *** WARNING: you have enabled harakiri without post buffering. Slow upload could be rejected ***"
     assert parse_entry({"MESSAGE": line, "PRIORITY": "3"}).level == "WARNING"
+
+
+# 3. journal: uwsgi's graceful reload (SIGHUP, `docker kill -s HUP`; tests/integration/
+#    test_serving_uwsgi.py::test_a_reload_keeps_serving_...) writes routine lines that still
+#    fall to Docker's PRIORITY 3 and are ERROR alerts (lines captured from uwsgi 2.0.31 here).
+@pytest.mark.parametrize("line", [
+    "...gracefully killing workers...",
+    "worker 1 buried after 1 seconds",
+    "binary reloading uWSGI...",
+    "chdir() to /app",
+    "closing all non-uwsgi socket fds > 2 (max_fd = 20000)...",
+    "found fd 6 mapped to socket 0 (@movierec-uwsgi-8000)",
+    "running /opt/venv/bin/uwsgi",
+    "uwsgi socket 0 inherited UNIX address @movierec-uwsgi-8000 fd 6",
+    "gracefully (RE)spawned uWSGI master process (pid: 7)",
+])  # fmt: skip
+def test_uwsgi_graceful_reload_lines_are_not_errors(line: str) -> None:
+    assert parse_entry({"MESSAGE": line, "PRIORITY": "3"}).level == "INFO"
