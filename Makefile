@@ -20,12 +20,13 @@ PYTEST_ARGS ?=
 # pip prints one warning per package for the machine's optional local indexes; hide only those.
 QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
 
-.PHONY: help venv data model secrets run serve serve-prod train pipeline evaluate test test-fast lint bench bench-instructions docker clean
+.PHONY: help venv data model secrets run serve serve-prod train pipeline evaluate test test-fast lint bench bench-instructions clean
 
 help:
 	@echo "make run    set everything up, train a model if none exists, serve on http://$(HOST):$(PORT)"
 	@echo "make test   run every test tier (unit, api, integration, model, slow, docker, browser)"
-	@echo "other: test-fast lint train pipeline evaluate serve serve-prod bench bench-instructions docker clean"
+	@echo "other: test-fast lint train pipeline evaluate serve serve-prod bench bench-instructions clean"
+	@echo "Docker: see docs/docker.md (docker compose up --build, deploy-docker.py)"
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +54,8 @@ $(SECRETS):
 run: model secrets
 	@echo ""
 	@echo "movierec is starting on http://$(HOST):$(PORT)"
-	@echo "  log in:    curl -s -X POST -H 'Content-Type: application/json' -d @$(LOGIN_BODY) http://$(HOST):$(PORT)/api/login"
+	@echo "  log in:    TOKEN=\$$(curl -s -X POST -H 'Content-Type: application/json' -d @$(LOGIN_BODY) http://$(HOST):$(PORT)/api/login \\"
+	@echo "               | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')"
 	@echo "  then:      curl -s -X POST -H 'Content-Type: application/json' -H \"Authorization: Bearer \$$TOKEN\" \\"
 	@echo "               -d '{\"age\": 30, \"gender\": \"M\", \"occupation\": \"programmer\"}' http://$(HOST):$(PORT)/api/recommend"
 	@echo "  password:  in $(SECRETS) (SESSION_PASSWORD); API docs at http://$(HOST):$(PORT)/docs"

@@ -163,16 +163,18 @@ def schedule(cron: str | None, once: bool) -> None:
     from app.registry.mlflow_registry import RegistryError
 
     settings = _settings(schedule_cron=cron)
+    # a typo in the expression is a usage error, not a traceback from APScheduler; checked with
+    # --once too, so a cron job's typo surfaces before the scheduler service meets it
+    try:
+        cron_trigger(settings.schedule_cron)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cron / MOVIEREC_SCHEDULE_CRON") from exc
     if once:
         result = tick(settings)
         if result.error:
             raise click.ClickException(result.error)
         click.echo(format_summary(result.summary) if result.summary else f"skipped: {result.decision.reason}")
         return
-    try:  # a typo in the expression is a usage error, not a traceback from APScheduler
-        cron_trigger(settings.schedule_cron)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--cron / MOVIEREC_SCHEDULE_CRON") from exc
     try:
         serve(settings)
     except RegistryError as exc:  # the start-up champion check: the registry cannot be opened

@@ -58,9 +58,41 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
             raise RegistryError(f"version {version}: the registered bundle is invalid: {exc}") from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    _warn_if_replacing_a_better_unregistered_bundle(registry, model_dir, final)
     point_latest(model_dir, info.bundle_version)
     log.info("exported version %s (bundle %s) to %s", version, info.bundle_version, model_dir)
     return final
+
+
+def _served_ndcg(bundle_dir: Path) -> float | None:
+    """Protocol-A NDCG@10 of the model a bundle serves, from its manifest (None when absent)."""
+    try:
+        manifest = json.loads((bundle_dir / MANIFEST).read_text())
+        return float(manifest["metrics"][manifest["served_model"]]["A"]["ndcg@10_mean"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _warn_if_replacing_a_better_unregistered_bundle(registry: Registry, model_dir: Path, new: Path) -> None:
+    """The gate compares with the registry's champion only: a bundle `make train` (`make run`)
+    wrote is not registered, so the first flow replaces it whatever it scored. Say so."""
+    if not (model_dir / LATEST / MANIFEST).is_file():
+        return
+    previous = (model_dir / LATEST).resolve()
+    if previous.name == new.name or previous.name in {v.bundle_version for v in registry.versions()}:
+        return
+    before, after = _served_ndcg(previous), _served_ndcg(new)
+    if before is not None and after is not None and after < before:
+        log.warning(
+            "replacing %s (not in the registry, protocol-A NDCG@10 %.4f) with %s (%.4f): the gate only "
+            "compares with a registered champion; to serve the old bundle again: ln -sfn %s %s",
+            previous.name,
+            before,
+            new.name,
+            after,
+            previous.name,
+            model_dir / LATEST,
+        )
 
 
 def request_reload(
@@ -80,7 +112,11 @@ def request_reload(
         log.info("no service URL configured: not asking a service to reload")
         return False
     if not admin_password:
-        log.warning("ADMIN_PASSWORD is not set: cannot ask %s to reload the model", service_url)
+        log.warning(
+            "ADMIN_PASSWORD is not set: cannot ask %s to reload the model "
+            "(make run keeps it in var/secrets.env: set -a; . var/secrets.env; set +a)",
+            service_url,
+        )
         return False
     base = service_url.rstrip("/")
     try:

@@ -67,6 +67,18 @@ def test_schedule_refuses_a_bad_cron_expression_with_a_usage_error(cli_env: Path
     assert not isinstance(result.exception, ValueError)
 
 
+def test_schedule_once_refuses_a_bad_cron_expression_before_running_anything(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/pipeline.md: an invalid expression is refused (exit 2), --once included."""
+    from app.cli import cli
+
+    monkeypatch.setenv("MOVIEREC_SCHEDULE_CRON", "61 * * * *")
+    result = CliRunner().invoke(cli, ["schedule", "--once"])
+    assert result.exit_code == 2, result.output
+    assert "MOVIEREC_SCHEDULE_CRON" in result.output and "61" in result.output
+
+
 def test_train_and_evaluate_refuse_unknown_models_and_empty_seeds(
     cli_env: Path, synthetic_data_dir: Path
 ) -> None:
