@@ -26,6 +26,7 @@ from typing import Any
 from app.errors import NotFound, Unavailable
 from app.recommender.data import DataUnavailableError, find_local
 from app.storage.db import Database, DatabaseUnavailableError
+from app.storage.models import as_utc
 from app.storage.user_features import get_user_features, user_features_snapshot
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ class UserFeatureService:
                 "features": features,
                 "source": "feature_store",
                 "snapshot_id": row.snapshot_id,
-                "as_of": row.computed_at.isoformat(timespec="seconds") if row.computed_at else None,
+                # in UTC with its offset, as a computed answer's (SQLite gives back a naive time)
+                "as_of": as_utc(row.computed_at).isoformat(timespec="seconds") if row.computed_at else None,
             }
             return UserProfile(answer, frozenset(int(m) for m in row.rated_movies or ()))
         if stored:

@@ -42,6 +42,7 @@ def test_features_are_computed_from_local_data_until_a_snapshot_is_loaded(
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
     assert body["source"] == "computed" and body["snapshot_id"] is None
+    assert body["as_of"].endswith("+00:00")
     n_ratings = int((synthetic_data.ratings["user_id"] == uid).sum())
     assert body["features"]["n_ratings"] == n_ratings
     assert (body["features"]["age"], body["features"]["gender"]) == (int(user["age"]), user["gender"])
@@ -58,6 +59,7 @@ def test_features_come_from_the_loaded_snapshot(
     uid = int(synthetic_data.users.iloc[0]["user_id"])
     body = client.get(f"/api/users/{uid}/features", headers=auth_headers).get_json()
     assert body["source"] == "feature_store" and body["snapshot_id"] == "snap-1"
+    assert body["as_of"].endswith("+00:00")  # with its offset, as a computed answer's (SQLite has none)
     assert body["features"]["n_ratings"] == int((synthetic_data.ratings["user_id"] == uid).sum())
     # a user the loaded snapshot does not have is unknown, even if local data has them
     missing = int(synthetic_data.users.iloc[50]["user_id"])
