@@ -76,10 +76,18 @@ class ModelReloader:
     """Per-process reload state plus the marker that carries a reload to sibling workers."""
 
     def __init__(
-        self, holder: ModelHolder, store: Path, marker: Path | None = None, poll_interval: float = 1.0
+        self,
+        holder: ModelHolder,
+        store: Path,
+        marker: Path | None = None,
+        poll_interval: float = 1.0,
+        configured: Path | None = None,
     ) -> None:
         self.holder = holder
         self.store = store
+        # the model path this service was started with (ML_MODEL_PATH): a marker written by a
+        # service started with another one is not adopted at start (see _adopt_marker)
+        self.configured = str(configured.resolve()) if configured is not None else None
         self.marker = marker or store / MARKER_NAME
         self.poll_interval = poll_interval
         self._lock = threading.Lock()
@@ -108,6 +116,15 @@ class ModelReloader:
         self._marker_seen = marker_stat
         target = Path(marker.get("target", ""))
         if not (target / MANIFEST).is_file():
+            return
+        written_for = marker.get("configured")
+        if written_for is not None and self.configured is not None and written_for != self.configured:
+            # a reload of a service started with another model path (an earlier `make serve-prod`
+            # over the same store): this one was told to serve ML_MODEL_PATH, not that bundle
+            log.info(
+                "not adopting the reload marker: it was written for another model path",
+                extra={"marker_model_path": written_for, "model_path": self.configured},
+            )
             return
         latest = self.store / LATEST
         try:
@@ -265,6 +282,7 @@ class ModelReloader:
             "version": version,
             "at": _iso(time.time()),
             "pid": os.getpid(),
+            "configured": self.configured,
         }
         tmp = self.marker.with_name(f"{self.marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(body))

@@ -23,7 +23,10 @@ def model_store(settings: Settings) -> Path:
 def install_serving(services: Any, settings: Settings) -> None:
     """Attach reloader, predictions and user features to ``services``; adopt a previous reload."""
     services.reloader = ModelReloader(
-        services.models, model_store(settings), poll_interval=settings.reload_poll_seconds
+        services.models,
+        model_store(settings),
+        poll_interval=settings.reload_poll_seconds,
+        configured=Path(settings.model_path),
     )
     services.reloader.adopt_marker_at_start()
     services.predictions = PredictionService(services.models)

@@ -216,6 +216,28 @@ def test_every_worker_follows_a_reload_and_late_workers_adopt_it(
     assert _version(fresh, auth_headers) == "v-trained"
 
 
+def test_a_service_started_with_another_model_path_does_not_adopt_an_earlier_reload(
+    make_app: Any, store: Path, auth_headers: dict
+) -> None:
+    """A reload marker left in the model store by an earlier service (`make serve-prod` over
+    `model/`) was adopted at start by a service told to serve something else
+    (`ML_MODEL_PATH=<a bundle>`, or a path that does not exist): it served a model nobody named,
+    and with a wrong path it reported ready instead of not ready."""
+    first = make_app(model_path=store, model_dir=store).test_client()
+    original = _version(first, auth_headers)
+    add_version(store, "v-2")
+    admin = login(first, ADMIN_PASSWORD)
+    rollback = first.post("/api/admin/reload", json={"version": original, "wait": True}, headers=admin)
+    assert rollback.status_code == 200
+    named = make_app(model_path=store / "v-2", model_dir=store).test_client()
+    assert _version(named, auth_headers) == "v-2"  # the bundle it was told to serve, not the marker's
+    missing = make_app(model_path=store / "no-such-bundle", model_dir=store).test_client()
+    assert missing.get("/health/ready").status_code == 503
+    # a service started as the first was (a recycled worker) still follows the reload
+    again = make_app(model_path=store, model_dir=store).test_client()
+    assert _version(again, auth_headers) == original
+
+
 @pytest.mark.parametrize("metrics", [None, "n/a", [1, 2]])
 def test_model_info_survives_a_manifest_without_a_metrics_object(
     client: Any, store: Path, auth_headers: dict, metrics: Any
