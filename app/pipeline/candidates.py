@@ -58,6 +58,13 @@ class CandidateResult:
         """The gate's metric: protocol-A NDCG@10, mean over the split seeds."""
         return float(self.summary_a[SELECTION_METRIC])
 
+    @property
+    def ndcg_a_by_seed(self) -> dict[int, float]:
+        """Protocol-A NDCG@10 on each split seed (the gate compares with a champion on the seeds
+        both were measured on)."""
+        per_seed = self.report_a["models"][self.name]["per_seed"]
+        return {int(seed): float(metrics[f"ndcg@{K}"]) for seed, metrics in per_seed.items()}
+
     def metrics(self) -> dict[str, Any]:
         """Manifest-style metrics: {name: {"A": summary, "B": summary or None}}."""
         return {self.name: {"A": self.summary_a, "B": self.summary_b}}
@@ -206,6 +213,7 @@ def publish_candidate(
         "bundle_version": bundle.name,
         "params": result.model.params(),
         "ndcg_a": result.ndcg_a,
+        "ndcg_a_by_seed": result.ndcg_a_by_seed,
         "ndcg_b": (result.summary_b or {}).get(SELECTION_METRIC),
         "summary_a": result.summary_a,
         "summary_b": result.summary_b,

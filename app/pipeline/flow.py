@@ -177,9 +177,11 @@ class MovieRecTrainingFlow(FlowSpec):
         """Close every candidate's MLflow run and register its bundle as a new model version."""
         self.registered: list[dict[str, Any]] = []
         for entry in published:
+            by_seed = json.dumps({str(seed): round(v, 6) for seed, v in entry["ndcg_a_by_seed"].items()})
             tags = {"code_version": self.code_version, "data_hash": self.data_hash,
                     "bundle_version": entry["bundle_version"], "candidate": entry["candidate"],
-                    "ndcg_a": f"{entry['ndcg_a']:.6f}", "pipeline_run": self.pipeline_run_id}  # fmt: skip
+                    "ndcg_a": f"{entry['ndcg_a']:.6f}", "pipeline_run": self.pipeline_run_id,
+                    "ndcg_a_by_seed": by_seed}  # fmt: skip
             reports = {"A": entry["report_a"], "B": entry["report_b"]}
             registry.finish_candidate_run(
                 entry["run_id"], entry["candidate"], entry["params"], reports, entry["timings"],
@@ -215,7 +217,9 @@ class MovieRecTrainingFlow(FlowSpec):
                 decisions.append(
                     judge(entry["version"], entry["candidate"], entry["ndcg_a"], smoke,
                           champion.ndcg_a if champion else None, settings.gate_tolerance,
-                          champion.version if champion else None, entry["ndcg_b"])
+                          champion.version if champion else None, entry["ndcg_b"],
+                          scores=entry["ndcg_a_by_seed"],
+                          champion_scores=champion.ndcg_a_by_seed if champion else None)
                 )  # fmt: skip
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

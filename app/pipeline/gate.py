@@ -6,9 +6,13 @@ A candidate version may become ``champion`` only when
    full list, never repeats a movie in a list, never recommends a known user a movie they
    rated, answers a lookup within the latency bound, and reproduces its own accuracy test
    (``test_data.json``) from disk; and
-2. its protocol-A NDCG@10 (mean over the split seeds) is not worse than the current
-   champion's by more than a tolerance — the tolerance lets a retrain on fresh data replace
-   a champion whose score moved within noise, while a genuinely worse model is refused.
+2. its protocol-A NDCG@10 is not worse than the current champion's by more than a
+   tolerance, both taken as the mean over the split seeds both were measured on (a run with
+   other seeds than the champion's is compared on the seeds in common, and refused when there
+   are none: a mean over other splits is not the same measure) — the tolerance lets a retrain
+   on fresh data replace a champion whose score moved within noise, while a genuinely worse
+   model is refused. A champion registered before per-seed scores were recorded is compared
+   by its mean.
 
 Among the candidates of one run that pass, the best by that metric is promoted. Every
 decision and its reasons are stored with the version in the registry.
@@ -17,7 +21,7 @@ decision and its reasons are stored with the version in the registry.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -183,29 +187,56 @@ def judge(
     tolerance: float = DEFAULT_TOLERANCE,
     champion_version: str | None = None,
     ndcg_b: float | None = None,
+    *,
+    scores: Mapping[int, float] | None = None,
+    champion_scores: Mapping[int, float] | None = None,
 ) -> GateDecision:
-    """Pass or reject one candidate version; the reasons say why either way."""
+    """Pass or reject one candidate version; the reasons say why either way.
+
+    ``ndcg_a`` is the candidate's mean over its run's seeds (what :func:`choose` ranks by);
+    with per-seed ``scores`` for both, the comparison with the champion is on their common seeds.
+    """
     reasons = [f"smoke: {reason}" for reason in smoke.reasons]
     if smoke.passed:
         reasons.append("smoke tests passed")
-    if not np.isfinite(ndcg_a):
+    mine, theirs, on = ndcg_a, champion_ndcg, ""
+    comparable = True
+    if champion_ndcg is not None and scores and champion_scores:
+        common = sorted(set(scores) & set(champion_scores))
+        if common:
+            mine = float(np.mean([scores[s] for s in common]))
+            theirs = float(np.mean([champion_scores[s] for s in common]))
+            on = f" on split seeds {','.join(map(str, common))}"
+        else:
+            comparable = False
+            theirs_seeds, mine_seeds = (",".join(map(str, sorted(m))) for m in (champion_scores, scores))
+            reasons.append(
+                f"no split seed in common with champion v{champion_version} (its seeds {theirs_seeds}; "
+                f"this run's {mine_seeds}): scores over other splits are not comparable; run with the "
+                "champion's seeds"
+            )
+    if not np.isfinite(ndcg_a) or not np.isfinite(mine):
         reasons.append("protocol-A NDCG@10 is not a number")
-    elif champion_ndcg is None:
+    elif theirs is None:
         reasons.append(f"no champion yet; protocol-A NDCG@10 {ndcg_a:.4f}")
-    elif ndcg_a < champion_ndcg - tolerance:
+    elif not comparable:
+        pass
+    elif mine < theirs - tolerance:
         reasons.append(
-            f"protocol-A NDCG@10 {ndcg_a:.4f} is worse than champion v{champion_version} {champion_ndcg:.4f} "
+            f"protocol-A NDCG@10{on} {mine:.4f} is worse than champion v{champion_version} {theirs:.4f} "
             f"beyond the tolerance {tolerance}"
         )
     else:
         reasons.append(
-            f"protocol-A NDCG@10 {ndcg_a:.4f} vs champion v{champion_version} {champion_ndcg:.4f} "
+            f"protocol-A NDCG@10{on} {mine:.4f} vs champion v{champion_version} {theirs:.4f} "
             f"(tolerance {tolerance}): not worse"
         )
     passed = (
         smoke.passed
         and bool(np.isfinite(ndcg_a))
-        and (champion_ndcg is None or ndcg_a >= champion_ndcg - tolerance)
+        and bool(np.isfinite(mine))
+        and comparable
+        and (theirs is None or mine >= theirs - tolerance)
     )
     return GateDecision(version, candidate, float(ndcg_a), passed, reasons, ndcg_b=ndcg_b)
 

@@ -79,6 +79,17 @@ class VersionInfo:
         return self.tags.get("gate_decision")
 
     @property
+    def ndcg_a_by_seed(self) -> dict[int, float] | None:
+        """Protocol-A NDCG@10 per split seed (tag ``ndcg_a_by_seed``); None for a version
+        registered before it was recorded, or an unreadable tag."""
+        raw = self.tags.get("ndcg_a_by_seed")
+        try:
+            scores = json.loads(raw) if raw else None
+            return {int(seed): float(value) for seed, value in scores.items()} if scores else None
+        except (ValueError, TypeError, AttributeError):
+            return None
+
+    @property
     def reasons(self) -> list[str]:
         raw = self.tags.get("gate_reasons", "[]")
         try:

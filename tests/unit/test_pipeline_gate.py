@@ -112,6 +112,39 @@ def test_ndcg_may_not_fall_below_the_champion_beyond_the_tolerance(score: float,
     assert ("worse than champion v3" in decision.reasons[-1]) is not passes
 
 
+CHAMPION_SCORES = {0: 0.43, 1: 0.42, 2: 0.44, 3: 0.41, 4: 0.45, 42: 0.40}  # mean over 0-4: 0.43
+
+
+def test_the_champion_is_compared_on_the_split_seeds_both_were_measured_on() -> None:
+    """A run with other seeds than the champion's compared its mean with the champion's mean over
+    other splits: a worse model passed on a lucky seed, and a better one could be refused."""
+    # seed 4 alone: the champion scored 0.45 there; 0.44 is worse on that split, though above its 0.43 mean
+    lucky = judge("8", "m", 0.44, OK, 0.43, 0.005, "3", scores={4: 0.44}, champion_scores=CHAMPION_SCORES)
+    assert (
+        not lucky.passed and "on split seeds 4 0.4400 is worse than champion v3 0.4500" in lucky.reasons[-1]
+    )
+    # seed 42 alone: 0.398 is below the champion's 0-4 mean, but within tolerance of its 0.40 there
+    fair = judge("9", "m", 0.398, OK, 0.43, 0.005, "3", scores={42: 0.398}, champion_scores=CHAMPION_SCORES)
+    assert fair.passed and "on split seeds 42 0.3980 vs champion v3 0.4000" in fair.reasons[-1]
+    assert fair.ndcg_a == 0.398  # the run's own mean still ranks the candidates of the run
+    # common seeds 0 and 1 of a run on 0, 1, 7
+    mixed = judge("10", "m", 0.5, OK, 0.43, 0.005, "3", scores={0: 0.42, 1: 0.42, 7: 0.66},
+                  champion_scores=CHAMPION_SCORES)  # fmt: skip
+    assert mixed.passed and "on split seeds 0,1 0.4200 vs champion v3 0.4250" in mixed.reasons[-1]
+
+
+def test_no_split_seed_in_common_with_the_champion_is_not_comparable() -> None:
+    decision = judge("11", "m", 0.9, OK, 0.43, 0.005, "3", scores={7: 0.9}, champion_scores=CHAMPION_SCORES)
+    assert not decision.passed
+    assert "no split seed in common with champion v3" in decision.reasons[-1]
+    assert "its seeds 0,1,2,3,4,42; this run's 7" in decision.reasons[-1]
+
+
+def test_a_champion_without_per_seed_scores_is_compared_by_its_mean() -> None:
+    decision = judge("12", "m", 0.426, OK, 0.43, 0.005, "3", scores={0: 0.426}, champion_scores=None)
+    assert decision.passed and "0.4260 vs champion v3 0.4300" in decision.reasons[-1]
+
+
 def test_smoke_failure_rejects_even_a_better_model() -> None:
     decision = judge("2", "m", 0.9, SmokeReport(False, ["lookup p99 9 ms exceeds the 5 ms bound"]), 0.4)
     assert not decision.passed
@@ -151,3 +184,16 @@ def test_protocol_a_ties_go_to_the_better_known_user_ranker() -> None:
         ]
     )
     assert [d.decision for d in decisions] == ["passed", "passed", "promoted", "passed"]
+
+
+@pytest.mark.parametrize(
+    ("tag", "scores"),
+    [('{"0": 0.43, "42": 0.4}', {0: 0.43, 42: 0.4}), (None, None), ("", None), ("not json", None),
+     ('["0"]', None), ('{"x": 1}', None), ("{}", None)],
+)  # fmt: skip
+def test_a_versions_per_seed_scores_are_read_from_its_tag(tag: str | None, scores: Any) -> None:
+    from app.registry.mlflow_registry import VersionInfo
+
+    tags = {} if tag is None else {"ndcg_a_by_seed": tag}
+    info = VersionInfo("3", "ease", "b", 0.43, None, "", tags, ())
+    assert info.ndcg_a_by_seed == scores
