@@ -452,10 +452,12 @@ class StateCollector:
             return
         state = self.breaker.effective_state(version)
         family = GaugeMetricFamily(
-            "movierec_breaker_state", "Circuit breaker state (1 for the current one)", labels=["state"]
-        )
+            "movierec_breaker_state",
+            "Circuit breaker state of the served model version (1 for the current one)",
+            labels=["state", "model_version"],
+        )  # the version: while workers or instances serve different ones, each has its own breaker
         for name in ("closed", "open", "half_open"):
-            family.add_metric([name], 1.0 if name == state else 0.0)
+            family.add_metric([name, version or ""], 1.0 if name == state else 0.0)
         yield family
         evaluation = self.breaker.record_of(version).evaluation
         quality = evaluation.get("quality") or {}

@@ -85,7 +85,8 @@ def test_metrics_have_the_series_of_the_issue(make_app: Callable[..., Any]) -> N
     assert value(samples, "movierec_feedback_score_count") >= 3
     # model version info, breaker state, online quality and drift
     assert value(samples, "movierec_model_info", version=version) == 1.0
-    assert value(samples, "movierec_breaker_state", state="closed") == 1.0
+    served = app.extensions["movierec"].models.bundle.version
+    assert value(samples, "movierec_breaker_state", state="closed", model_version=served) == 1.0
     assert value(samples, "movierec_breaker_state", state="open") == 0.0
     assert value(samples, "movierec_online_feedback_events") == 3
     assert value(samples, "movierec_online_mean_score") == pytest.approx((1.0 + 4.0 + 4.5) / 3, abs=1e-6)

@@ -88,4 +88,5 @@ def test_two_processes_write_one_scrape_aggregates(
     assert samples[("movierec_http_requests_total", login)] == 2
     # the state series come from the scraping process
     assert any(name == "movierec_model_info" for name, _ in samples)
-    assert samples[("movierec_breaker_state", (("state", "closed"),))] == 1.0
+    served = next(dict(labels)["version"] for name, labels in samples if name == "movierec_model_info")
+    assert samples[("movierec_breaker_state", (("model_version", served), ("state", "closed")))] == 1.0
