@@ -76,6 +76,19 @@ class MovieRecTrainingFlow(FlowSpec):
         # Longest first, so the slowest candidate never starts last on a free worker.
         self.candidate_names = longest_first(names, registry.candidate_seconds(names))
         self.seed_list = resolve_seeds(str(self.seeds) or settings.pipeline_seeds)
+        if not str(self.seeds):  # the configured seeds (the scheduler's): keep the gate able to compare
+            from app.pipeline.gate import seeds_comparable_with
+
+            champion = registry.champion()
+            configured = self.seed_list
+            self.seed_list = seeds_comparable_with(configured, champion.ndcg_a_by_seed if champion else None)
+            if champion is not None and self.seed_list != configured:
+                logging.getLogger(__name__).warning(
+                    "champion v%s was measured on none of the seeds %s: also evaluating on its seeds %s",
+                    champion.version,
+                    configured,
+                    self.seed_list[len(configured) :],
+                )
         ingested = ingest(settings.data_dir, _database(settings))
         self.data = ingested.data
         self.feedback = ingested.feedback

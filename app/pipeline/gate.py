@@ -201,6 +201,8 @@ def judge(
         reasons.append("smoke tests passed")
     mine, theirs, on = ndcg_a, champion_ndcg, ""
     comparable = True
+    # a champion's seed without a score (NaN) cannot be compared on; the others still can
+    champion_scores = {s: v for s, v in (champion_scores or {}).items() if np.isfinite(v)} or None
     if champion_ndcg is not None and scores and champion_scores:
         common = sorted(set(scores) & set(champion_scores))
         if common:
@@ -221,6 +223,8 @@ def judge(
         reasons.append(f"no champion yet; protocol-A NDCG@10 {ndcg_a:.4f}")
     elif not comparable:
         pass
+    elif not np.isfinite(theirs):
+        reasons.append(f"champion v{champion_version}'s protocol-A NDCG@10 is not a number: not comparable")
     elif mine < theirs - tolerance:
         reasons.append(
             f"protocol-A NDCG@10{on} {mine:.4f} is worse than champion v{champion_version} {theirs:.4f} "
@@ -239,6 +243,15 @@ def judge(
         and (theirs is None or mine >= theirs - tolerance)
     )
     return GateDecision(version, candidate, float(ndcg_a), passed, reasons, ndcg_b=ndcg_b)
+
+
+def seeds_comparable_with(seeds: Sequence[int], champion_scores: Mapping[int, float] | None) -> list[int]:
+    """``seeds``, plus the champion's when they have none in common with them (the scheduler's
+    configured seeds after a champion measured on others: every run would be refused as not
+    comparable, and nothing promoted again)."""
+    if not champion_scores or set(seeds) & set(champion_scores):
+        return list(seeds)
+    return [*seeds, *sorted(set(champion_scores) - set(seeds))]
 
 
 def choose(decisions: Sequence[GateDecision]) -> list[GateDecision]:

@@ -87,7 +87,7 @@ class ModelReloader:
         self.store = store
         # the model path this service was started with (ML_MODEL_PATH): a marker written by a
         # service started with another one is not adopted at start (see _adopt_marker)
-        self.configured = str(configured.resolve()) if configured is not None else None
+        self.configured = model_path_key(configured) if configured is not None else None
         self.marker = marker or store / MARKER_NAME
         self.poll_interval = poll_interval
         self._lock = threading.Lock()
@@ -117,14 +117,7 @@ class ModelReloader:
         target = Path(marker.get("target", ""))
         if not (target / MANIFEST).is_file():
             return
-        written_for = marker.get("configured")
-        if written_for is not None and self.configured is not None and written_for != self.configured:
-            # a reload of a service started with another model path (an earlier `make serve-prod`
-            # over the same store): this one was told to serve ML_MODEL_PATH, not that bundle
-            log.info(
-                "not adopting the reload marker: it was written for another model path",
-                extra={"marker_model_path": written_for, "model_path": self.configured},
-            )
+        if self._written_for_another_path(marker):
             return
         latest = self.store / LATEST
         try:
@@ -140,6 +133,19 @@ class ModelReloader:
             self.holder.load(target)
         except BundleError:
             log.error("the reload marker names a bundle that cannot be loaded; serving the configured one")
+
+    def _written_for_another_path(self, marker: dict[str, Any]) -> bool:
+        """The marker is a reload of a service started with another model path (an earlier
+        `make serve-prod` over the same store, or one running beside this one): this one was told
+        to serve ML_MODEL_PATH, not that bundle, at start and while it runs alike."""
+        written_for = marker.get("configured")
+        if written_for is None or self.configured is None or written_for == self.configured:
+            return False
+        log.info(
+            "not following the reload marker: it was written for another model path",
+            extra={"marker_model_path": written_for, "model_path": self.configured},
+        )
+        return True
 
     # ------------------------------------------------------------------ admin reload
 
@@ -320,7 +326,7 @@ class ModelReloader:
         marker, stat = self._read_marker_with_stat()
         if stat is None or stat == self._marker_seen:
             return False
-        if marker is None or "target" not in marker:
+        if marker is None or "target" not in marker or self._written_for_another_path(marker):
             self._marker_seen = stat
             return False
         target = Path(marker["target"])
@@ -365,6 +371,18 @@ class ModelReloader:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def model_path_key(path: Path) -> str:
+    """How a marker names the model path a service was started with: absolute, symlinks
+    resolved (``model`` and ``/abs/model`` are one path), except a link to a bundle
+    (``model/latest``), which training moves: resolved, workers started before and after a
+    move would each name another bundle, and a recycled worker would ignore its siblings'
+    reload."""
+    absolute = Path(os.path.abspath(path))
+    if absolute.is_symlink() and (absolute / MANIFEST).is_file():
+        return str(absolute.parent.resolve() / absolute.name)
+    return str(absolute.resolve())
 
 
 def _stat_key(stat: os.stat_result) -> tuple[int, int, int]:

@@ -197,3 +197,28 @@ def test_a_versions_per_seed_scores_are_read_from_its_tag(tag: str | None, score
     tags = {} if tag is None else {"ndcg_a_by_seed": tag}
     info = VersionInfo("3", "ease", "b", 0.43, None, "", tags, ())
     assert info.ndcg_a_by_seed == scores
+
+
+def test_a_champion_nan_on_one_seed_does_not_block_every_later_candidate() -> None:
+    """A champion whose NaN is on a seed left out of its mean (42, outside 0-4) passed the gate
+    and is finite by its mean; compared per seed, every run that includes 42 is rejected, with a
+    reason that says 'not worse'."""
+    champion = {0: 0.43, 1: 0.42, 2: 0.44, 3: 0.41, 4: 0.45, 42: float("nan")}
+    scores = {0: 0.44, 1: 0.43, 2: 0.45, 3: 0.42, 4: 0.46, 42: 0.41}
+    decision = judge("8", "m", 0.44, OK, 0.43, 0.005, "3", scores=scores, champion_scores=champion)
+    assert decision.passed, decision.reasons
+    assert "on split seeds 0,1,2,3,4 " in decision.reasons[-1]
+
+
+def test_reasons_never_say_not_worse_for_a_rejected_candidate() -> None:
+    decision = judge("8", "m", 0.44, OK, 0.43, 0.005, "3", scores={0: 0.44},
+                      champion_scores={0: float("nan")})  # fmt: skip
+    assert decision.passed or "not worse" not in decision.reasons[-1]
+
+
+def test_configured_seeds_gain_the_champions_only_when_they_share_none() -> None:
+    from app.pipeline.gate import seeds_comparable_with
+
+    assert seeds_comparable_with([0, 1], None) == [0, 1]
+    assert seeds_comparable_with([0, 1], {1: 0.4, 42: 0.4}) == [0, 1]  # one in common is enough
+    assert seeds_comparable_with([0, 1], {42: 0.4, 7: 0.4}) == [0, 1, 7, 42]

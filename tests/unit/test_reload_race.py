@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import app.services.models as models_module
-from app.recommender.bundle import resolve_bundle_dir
+from app.recommender.bundle import LATEST, resolve_bundle_dir
 from app.services.models import ModelHolder
 from app.services.reload import InvalidBundle, ModelReloader
 from tests.serving_helpers import add_version, copy_store
@@ -228,3 +228,44 @@ def test_a_marker_load_finishing_does_not_answer_for_a_reload_requested_meanwhil
     assert b.request(original, wait=WAIT)["state"] == "loaded"
     assert _serving(b) == _marker_version(store) == original
     assert not b.check_marker() and _serving(b) == original
+
+
+def _worker_at(path: Path, store: Path) -> ModelReloader:
+    """One uwsgi worker (lazy-apps: each builds its own app) started with ML_MODEL_PATH=path."""
+    holder = ModelHolder(path)
+    holder.load()
+    reloader = ModelReloader(holder, store, poll_interval=3600, configured=path)
+    reloader.adopt_marker_at_start()
+    return reloader
+
+
+def test_a_recycled_worker_started_with_model_latest_adopts_its_siblings_rollback(store: Path) -> None:
+    """ML_MODEL_PATH=model/latest (a bundle directory, README): `configured` is resolved through
+    the symlink, so it names the bundle `latest` pointed at when the worker started. Once `latest`
+    has moved, a worker recycled after a rollback gets another `configured` than the marker's and
+    serves `latest`, while its siblings serve the rolled-back bundle, for good (the marker counts
+    as seen)."""
+    original = (store / LATEST).resolve().name
+    first = _worker_at(store / LATEST, store)
+    add_version(store, "v-2")  # training moves latest
+    assert first.request(None, wait=WAIT)["state"] == "loaded"
+    assert first.request(original, wait=WAIT)["state"] == "loaded"  # rollback, latest stays v-2
+    assert _serving(first) == original
+    recycled = _worker_at(store / LATEST, store)  # same ML_MODEL_PATH
+    assert _serving(recycled) == original
+    assert not recycled.check_marker()
+
+
+def test_a_service_told_to_serve_a_named_bundle_does_not_follow_another_services_reload(store: Path) -> None:
+    """The start-up rule (a marker written for another model path is not adopted) does not hold
+    for the poller: a running service pinned to a bundle swaps in another service's reload, and
+    its workers recycled later go back to the pinned bundle (mixed versions in one service)."""
+    add_version(store, "v-pinned", latest=False)
+    main = _worker_at(store, store)
+    pinned = _worker_at(store / "v-pinned", store)
+    add_version(store, "v-3")
+    assert main.request(None, wait=WAIT)["state"] == "loaded"
+    assert _serving(main) == "v-3"
+    pinned.check_marker()
+    assert _serving(pinned) == "v-pinned"
+    assert _serving(_worker_at(store / "v-pinned", store)) == "v-pinned"
