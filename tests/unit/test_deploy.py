@@ -18,6 +18,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,7 @@ class FakeEngine:
     env_file_modes: list[int] = field(default_factory=list)
     env_file_paths: list[Path] = field(default_factory=list)
     new_name: str | None = None
+    new_container: FakeContainer | None = None
     # a new container's stderr: a failed start as uwsgi writes it with two workers
     log: list[str] = field(default_factory=lambda: FAILED_START_LOG.splitlines())
 
@@ -125,7 +127,7 @@ class FakeEngine:
         c = self.containers.get(name)
         if c is None:
             return 1, "", f"No such container: {name}"
-        if name == self.new_name and self.script:
+        if c is self.new_container and self.script:  # the container run, not the old one renamed back
             c.status, c.health, c.restarts = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         state = {"Status": c.status, "Running": c.status == "running", "ExitCode": c.exit_code}
         if c.health is not None:
@@ -144,6 +146,7 @@ class FakeEngine:
         env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
         self.containers[name] = FakeContainer(image=args[-1], env=env, argv=args)
         self.new_name = name
+        self.new_container = self.containers[name]
         return 0, "f00dfeedbeef0123\n", ""
 
     def do_rename(self, args: list[str]) -> tuple[int, str, str]:
@@ -714,50 +717,22 @@ def test_log_errors_are_distinct_oldest_first_and_bounded() -> None:
 
 
 class SigtermDuringStop(FakeEngine):
-    """SIGTERM (a CI job's timeout) arrives while `docker stop --time 30` waits for the old version."""
+    """SIGTERM (a CI job's timeout) arrives while `docker stop --time 30` waits for the old version;
+    the stop is over by the time the CLI returns."""
 
     def do_stop(self, args: list[str]) -> tuple[int, str, str]:
-        super().do_stop(args)  # the daemon goes on stopping it whatever happens to the CLI
+        super().do_stop(args)
         signal.raise_signal(signal.SIGTERM)
         return 0, "", ""
 
-
-def test_sigterm_while_stopping_the_previous_version_brings_it_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cfg = make_cfg(tmp_path)
-    engine = SigtermDuringStop(
-        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
-    )
-    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
-    rc = deploy.main(
-        ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
-         "--port-mapping", "127.0.0.1:8080"],
-        environ={"SESSION_PASSWORD": PASSWORD},
-    )  # fmt: skip
-    assert rc == 130
-    assert set(engine.containers) == {"movierec"}, engine.containers
-    assert engine.containers["movierec"].status == "running"
+    def settle(self) -> None:
+        """Nothing is still stopping."""
 
 
-def test_a_backup_recovered_from_an_interrupted_deployment_is_started_on_rollback(tmp_path: Path) -> None:
-    # what the interruption above leaves: the live version stopped under its -previous name
-    engine = FakeEngine(
-        images={"movierec:1.0"},
-        containers={"movierec-previous": FakeContainer("movierec:1.0", status="exited", health="healthy")},
-        script=[("running", "unhealthy", 0)],
-    )
-    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
-    with pytest.raises(deploy.DeployError):
-        deployer.deploy(secrets_())
-    assert engine.containers["movierec"].image == "movierec:1.0"
-    assert engine.containers["movierec"].status == "running"
-
-
-# 1. deploy: an interrupt during `docker stop` does not stop the daemon's stop; the rollback's
-#    `docker start` lands on the still-running (stopping) container, is a no-op, and the old
-#    version then exits: it stays down although the deploy says it "is running again".
 class StopContinuesInTheDaemon(FakeEngine):
+    """The interrupt stops only the CLI: the daemon goes on stopping the container (moby's stop
+    ignores the request's cancellation), and a `docker start` meanwhile is a no-op that exits 0."""
+
     stopping: set[str]
 
     def do_stop(self, args: list[str]) -> tuple[int, str, str]:
@@ -799,20 +774,40 @@ class StopContinuesInTheDaemon(FakeEngine):
         self.stopping = set()
 
 
-def test_interrupt_during_stop_leaves_the_previous_version_running_after_the_stop_completes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cfg = make_cfg(tmp_path)
-    engine = StopContinuesInTheDaemon(
-        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
-    )
+def interrupted_deploy(cfg: DeployConfig, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> int:
+    """``deploy-docker.py`` (its ``main``) of version 2.0 over a running 1.0, on the fake ``engine``."""
     monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
-    rc = deploy.main(
+    return deploy.main(
         ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
          "--port-mapping", "127.0.0.1:8080"],
         environ={"SESSION_PASSWORD": PASSWORD},
     )  # fmt: skip
-    assert rc == 130
-    engine.settle()
-    assert set(engine.containers) == {"movierec"}
-    assert engine.containers["movierec"].status == "running", "the old version stopped after the rollback"
+
+
+@pytest.mark.parametrize("engine_class", [SigtermDuringStop, StopContinuesInTheDaemon])
+def test_an_interrupt_while_the_previous_version_stops_brings_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine_class: type[Any]
+) -> None:
+    """The stop ran outside the rollback: the live version stayed stopped under its -previous
+    name. Then a rollback's start, while the daemon was still stopping it, did nothing."""
+    engine = engine_class(
+        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
+    )
+    assert interrupted_deploy(make_cfg(tmp_path), engine, monkeypatch) == 130
+    engine.settle()  # whatever stop was under way is over
+    assert set(engine.containers) == {"movierec"}, engine.containers
+    assert engine.containers["movierec"].status == "running", "the old version is down after the rollback"
+
+
+def test_a_backup_recovered_from_an_interrupted_deployment_is_started_on_rollback(tmp_path: Path) -> None:
+    # what the interruption above leaves: the live version stopped under its -previous name
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec-previous": FakeContainer("movierec:1.0", status="exited", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+    )
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(deploy.DeployError):
+        deployer.deploy(secrets_())
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"

@@ -11,7 +11,15 @@ import pytest
 
 from app import deploy
 from app.deploy import Docker
-from tests.unit.test_deploy import PASSWORD, FakeContainer, FakeEngine, make_cfg, make_deployer, secrets_
+from tests.unit.test_deploy import (
+    PASSWORD,
+    FakeContainer,
+    FakeEngine,
+    interrupted_deploy,
+    make_cfg,
+    make_deployer,
+    secrets_,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -59,14 +67,8 @@ def test_sigterm_during_deploy_rolls_back_and_exits_130(
         containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
         script=[("running", "starting", 0)],
     )
-    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
     before = signal.getsignal(signal.SIGTERM)
-    rc = deploy.main(
-        ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
-         "--port-mapping", "127.0.0.1:8080"],
-        environ={"SESSION_PASSWORD": PASSWORD},
-    )  # fmt: skip
-    assert rc == 130
+    assert interrupted_deploy(cfg, engine, monkeypatch) == 130
     assert "interrupted" in capsys.readouterr().err
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running"
