@@ -19,6 +19,7 @@ from pathlib import Path
 
 from app.recommender.bundle import LATEST, MANIFEST, BundleError, load_bundle, point_latest
 from app.registry.mlflow_registry import Registry, RegistryError
+from app.services.dashboard import served_row
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,10 @@ def _served_ndcg(bundle_dir: Path) -> float | None:
     """Protocol-A NDCG@10 of the model a bundle serves, from its manifest (None when absent)."""
     try:
         manifest = json.loads((bundle_dir / MANIFEST).read_text())
-        return float(manifest["metrics"][manifest["served_model"]]["A"]["ndcg@10_mean"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    row = served_row(manifest) if isinstance(manifest, dict) else None
+    return row.ndcg_mean if row is not None else None
 
 
 def _warn_if_replacing_a_better_unregistered_bundle(registry: Registry, model_dir: Path, new: Path) -> None:

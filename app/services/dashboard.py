@@ -92,6 +92,11 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def served_row(manifest: Mapping[str, Any]) -> MetricRow | None:
+    """The metrics of the model a bundle serves (None when its manifest has none)."""
+    return next((row for row in metric_rows(manifest) if row.served), None)
+
+
 def display_time(value: Any) -> str | None:
     """An ISO timestamp as 'YYYY-MM-DD HH:MM:SS UTC' (sorts the same); None or odd values pass through."""
     if not isinstance(value, str) or not value:
@@ -192,8 +197,7 @@ def evaluation_history(model_dir: Path, limit: int = 12) -> Panel:
         except (OSError, ValueError) as exc:
             log.warning("unreadable bundle manifest", extra={"path": str(child), "reason": str(exc)[:200]})
             continue
-        served = str(manifest.get("served_model") or "")
-        row = next((r for r in metric_rows(manifest) if r.model == served), None)
+        row = served_row(manifest)
         if row is None or row.ndcg_mean is None:
             continue
         version = str(manifest.get("version") or child.name)
@@ -201,7 +205,7 @@ def evaluation_history(model_dir: Path, limit: int = 12) -> Panel:
             VersionScore(
                 version=version,
                 created_at=display_time(manifest.get("created_at")) or "",
-                served_model=served,
+                served_model=row.model,
                 ndcg_mean=row.ndcg_mean,
                 ndcg_sd=row.ndcg_sd,
                 latest=child.name == latest,
