@@ -158,6 +158,11 @@ class ContainerState:
     image: str
     error: str = ""
 
+    @property
+    def up(self) -> bool:
+        """Running or restarting: it must be stopped to free its name and port, and started on rollback."""
+        return self.running or self.status == "restarting"
+
     @classmethod
     def parse(cls, state: Mapping[str, Any], restarts: int, image: str) -> ContainerState:
         health = state.get("Health") or {}
@@ -424,8 +429,9 @@ class Deployer:
                 "Nothing was deployed."
             )
 
-    def set_previous_aside(self) -> ContainerState | None:
-        """Rename (and stop) the live container so the new one can take its name and port."""
+    def set_previous_aside(self) -> None:
+        """Rename (and stop) the live container so the new one can take its name and port; it is
+        ``set_aside`` from the rename on, so an interruption at any later point restores it."""
         cfg = self.cfg
         current = self.docker.container_state(cfg.container_name)
         backup = self.docker.container_state(cfg.backup_name)
@@ -438,16 +444,15 @@ class Deployer:
             else:
                 self.docker("rm", "--force", cfg.backup_name)
         if current is None:
-            return None
+            return
         self.say(
             f"setting the running version aside as {cfg.backup_name} ({current.image}, {current.status})"
         )
         self._checked("rename", cfg.container_name, cfg.backup_name)
         self.set_aside = current
-        if current.running or current.status == "restarting":
+        if current.up:
             self.stop_issued = True
             self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), cfg.backup_name)
-        return current
 
     def start(self, secrets_: Secrets) -> None:
         with private_env_file(secrets_.values) as env_file:
@@ -505,7 +510,7 @@ class Deployer:
         if previous is None:
             return
         self._checked("rename", cfg.backup_name, cfg.container_name)
-        if previous.running or previous.status == "restarting":
+        if previous.up:
             if self.stop_issued:
                 # An interrupted `docker stop` goes on in the daemon (the CLI only stopped waiting):
                 # `docker start` on the still-stopping container is a no-op, and it exits right
@@ -520,7 +525,7 @@ class Deployer:
         deadline = self.clock() + STOP_TIMEOUT_SECONDS + 10
         while True:
             state = self.docker.container_state(name)
-            if state is None or not (state.running or state.status == "restarting"):
+            if state is None or not state.up:
                 return
             if self.clock() >= deadline:  # the daemon's stop is gone: stop it ourselves
                 self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), name)
