@@ -71,6 +71,10 @@ _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 
 _HANDLER_MARK = "_movierec_json_handler"
 
+# Terminal colour and style sequences (werkzeug styles its banner and request lines): escape
+# codes inside a JSON field are noise to every reader of the line, journald and the monitor.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
 
 def is_secret_key(key: str) -> bool:
     """True for keys whose values must never be logged (password, token, authorization...)."""
@@ -151,7 +155,7 @@ class JsonFormatter(logging.Formatter):
             "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": scrub_text(message),
+            "message": scrub_text(_ANSI_ESCAPE.sub("", message) if "\x1b" in message else message),
         }
         extras: dict[str, Any] = dict(_context.get())
         extras.update(

@@ -100,6 +100,13 @@ def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path
         process.terminate()
         output = process.communicate(timeout=20)[0]
     assert "test" not in [line.strip() for line in output.splitlines()]
+    # One line per request (the app's access log; werkzeug's own request line is dropped), and
+    # no terminal colour codes inside the JSON lines (werkzeug styles its banner).
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    login_lines = [r for r in records if "/api/login" in json.dumps(r)]
+    assert [r["logger"] for r in login_lines] == ["movierec.access"], login_lines
+    assert "\x1b" not in output and "\\u001b" not in output
+    assert any("Running on http://127.0.0.1" in r["message"] for r in records)
 
 
 def test_accuracy_script_passes_and_fails_with_the_seed_interface(tmp_path: Path, model_store: Path) -> None:

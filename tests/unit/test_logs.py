@@ -237,3 +237,14 @@ def test_property_no_secret_value_reaches_the_line(secret: str) -> None:
     # a secret that the line holds anyway ("Authorizatio", found by Hypothesis) proves nothing
     assume(secret not in line("#" * len(secret)))
     assert secret not in line(secret)
+
+
+def test_terminal_colour_codes_are_removed_from_the_message() -> None:
+    """werkzeug styles its banner and request lines for a terminal; in a JSON line the escape
+    codes are noise (journald and the monitor read them as text)."""
+    logger, stream = capture()
+    logger.info("\x1b[31m\x1b[1mWARNING: This is a development server.\x1b[0m\n * Running on %s", "http://x")
+    logger.info("plain %s", "line")
+    first, second = lines(stream)
+    assert first["message"] == "WARNING: This is a development server.\n * Running on http://x"
+    assert second["message"] == "plain line"
