@@ -88,6 +88,7 @@ def _check_scraper(settings: Any) -> None:
 
 
 @bp.get("/metrics")
+@spec.validate(resp=SpecResponse("HTTP_200", HTTP_401=ErrorResponse, HTTP_403=ErrorResponse))
 def metrics() -> Response:
     """Prometheus text exposition: every worker's counters and histograms, and the state gauges."""
     services = current_app.extensions["movierec"]

@@ -118,6 +118,16 @@ class ScoreRequest(Strict):
     score: Score
 
 
+class Live(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, bool]
+    model_version: str | None
+
+
 class Ok(RootModel[Literal["Ok"]]):
     """The seed's success body for a stored score: the JSON string "Ok"."""
 

@@ -396,6 +396,10 @@ def test_openapi_is_generated_from_the_schemas(client) -> None:
     paths = spec["paths"]
     for path in ("/api/login", "/api/recommend", "/api/recommend/score", "/protected"):
         assert path in paths
+    # the operational endpoints of API.md are documented too (probes, Prometheus scrape)
+    assert set(paths["/health/ready"]["get"]["responses"]) >= {"200", "503"}
+    assert "/health/live" in paths
+    assert set(paths["/metrics"]["get"]["responses"]) >= {"200", "401", "403"}
     schema = spec["components"]["schemas"]["RecommendRequest"]
     assert schema["additionalProperties"] is False
     age = schema["properties"]["age"]
