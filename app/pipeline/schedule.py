@@ -12,6 +12,7 @@ When no champion exists yet, the scheduler runs once at start instead of waiting
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,21 +132,29 @@ def crontab_weekdays(field: str) -> str:
     """A crontab day-of-week field with numbers spelled as names (0 and 7 = Sunday).
 
     APScheduler 3 counts weekdays from Monday = 0 (a documented historical mistake fixed in
-    4.x), so ``1`` would silently mean Tuesday; names mean the same in both.
+    4.x), so ``1`` would silently mean Tuesday; names mean the same in both. Names in the
+    field become cron's numbers first: APScheduler read ``mon,3`` as Monday and Thursday and
+    refused ``sun-thu`` (its Sunday is the last day, so the range ran backwards).
     """
-    if field == "*" or any(c.isalpha() for c in field):
+    if field == "*":
         return field
+    numbers = field
+    for number, name in enumerate(_WEEKDAYS):
+        numbers = re.sub(name, str(number), numbers, flags=re.IGNORECASE)
     days: set[int] = set()
-    for item in field.split(","):
+    for item in numbers.split(","):
         span, _, step_text = item.partition("/")
-        step = int(step_text) if step_text else 1
-        if span == "*":
-            low, high = 0, 6
-        elif "-" in span:
-            low, high = (int(x) for x in span.split("-", 1))
-        else:
-            low = int(span)
-            high = 6 if step_text else low  # "5/2" means 5, 7(=0): from 5 to the end
+        try:
+            step = int(step_text) if step_text else 1
+            if span == "*":
+                low, high = 0, 6
+            elif "-" in span:
+                low, high = (int(x) for x in span.split("-", 1))
+            else:
+                low = int(span)
+                high = 6 if step_text else low  # "5/2" means 5, 7(=0): from 5 to the end
+        except ValueError as exc:  # neither a number nor a day's name ("xyz", "monday")
+            raise ValueError(f"invalid day-of-week field {field!r}") from exc
         if not (0 <= low <= 7 and 0 <= high <= 7 and low <= high and step >= 1):
             raise ValueError(f"invalid day-of-week field {field!r}")
         days.update(day % 7 for day in range(low, high + 1, step))

@@ -162,7 +162,7 @@ def test_the_scheduler_fires_on_the_configured_cron_one_run_at_a_time(tmp_path: 
         ("1-5", "mon,tue,wed,thu,fri"),
         ("0,6", "sun,sat"),
         ("*/2", "sun,tue,thu,sat"),
-        ("mon-fri", "mon-fri"),
+        ("mon-fri", "mon,tue,wed,thu,fri"),
     ],
 )
 def test_crontab_weekday_numbers_mean_what_cron_means(field: str, names: str) -> None:
