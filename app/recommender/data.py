@@ -170,6 +170,9 @@ def _validate(
     the others silently and training failed on them much later.
     """
     ratings_file, users_file, items_file = files
+    for file, frame in ((ratings_file, ratings), (users_file, users), (items_file, items)):
+        if frame.empty:  # a truncated copy: the features of no ratings die on the empty frames' dtypes
+            raise DataFormatError(f"{file}: no rows (an empty or truncated file)")
     rating = _numbers(ratings["rating"])
     latest = time.time() + FUTURE_SLACK_SECONDS
     ids = f"must be 1..{MAX_ID}"
@@ -202,9 +205,11 @@ def _validate(
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def read(name: str, sep: str, names: list[str], **options: Any) -> pd.DataFrame:
         text = _decode((directory / name).read_bytes())  # read once: the encoding and header from it
-        return pd.read_csv(
-            io.StringIO(text), sep=sep, names=names, header=None, skiprows=_header_rows(text, sep), **options
-        )
+        skip = _header_rows(text, sep)
+        try:
+            return pd.read_csv(io.StringIO(text), sep=sep, names=names, header=None, skiprows=skip, **options)
+        except pd.errors.ParserError as exc:  # a row with an extra field, a stray quote: name the file
+            raise DataFormatError(f"{name}: {str(exc).strip()}") from exc
 
     ratings = read("u.data", "\t", RATING_COLUMNS)
     users = read("u.user", "|", USER_COLUMNS, dtype={"zip_code": str})
@@ -231,7 +236,12 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
 
 def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def read(name: str, needed: tuple[str, ...]) -> pd.DataFrame:
-        frame = pd.read_csv(directory / f"ml-100k.{name}", sep="\t", dtype=str, keep_default_na=False)
+        # decoded as the GroupLens files are: a conversion of u.item keeps its Latin-1 titles
+        text = _decode((directory / f"ml-100k.{name}").read_bytes())
+        try:
+            frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:  # an extra field, an empty file
+            raise DataFormatError(f"ml-100k.{name}: {str(exc).strip()}") from exc
         frame.columns = [column.split(":", 1)[0] for column in frame.columns]
         missing = [column for column in needed if column not in frame.columns]
         if missing:
