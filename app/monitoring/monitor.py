@@ -305,9 +305,9 @@ class Monitor:
             out.flush()
         if entry.at_least(self.threshold):
             self.alerts_raised += 1
-            self._undelivered.append(
-                (self.alerter.raise_alert(entry_to_alert(entry, self.container)), self._before)
-            )
+            seq = self.alerter.raise_alert(entry_to_alert(entry, self.container))
+            if self.cursor_file is not None:  # else nothing ever takes it off (save_cursor returns)
+                self._undelivered.append((seq, self._before))
 
     def run(self) -> None:
         """Process entries until :meth:`stop`; then send whatever alerts are still pending."""

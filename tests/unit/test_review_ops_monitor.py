@@ -205,3 +205,14 @@ def test_an_smtp_server_unreachable_at_start_is_a_temporary_failure_not_a_config
     assert rc == EXIT_UNREACHABLE != EXIT_CONFIG
     assert "cannot reach SMTP server" in err and "after 3 attempts" in err
     assert "s3cret-pass" not in err and "Traceback" not in err
+
+
+def test_without_a_cursor_file_handled_alerts_are_not_kept_for_ever() -> None:
+    """The default (no --cursor-file): every alert raised was remembered for the cursor's sake and
+    never forgotten, so a steady error stream grew the monitor's memory without bound."""
+    alerter = Alerter([Recorder()], group_wait=0, window=0)
+    follower = ScriptedFollower(None, [(f"s=ab;i={n:x}", "ERROR", f"failure {n}") for n in range(1, 501)])
+    monitor = Monitor("movierec", follower, alerter)  # type: ignore[arg-type]
+    monitor.run()
+    assert monitor.alerts_raised == 500 and alerter.oldest_undelivered() is None
+    assert len(monitor._undelivered) == 0
