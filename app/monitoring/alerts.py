@@ -663,14 +663,14 @@ class SmtpSink:
 
     def build_message(self, notification: Notification) -> EmailMessage:
         msg = EmailMessage()
-        msg["Subject"] = " ".join(notification.subject.split())
+        msg["Subject"] = _encodable(" ".join(notification.subject.split()))
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.recipients)
         msg["Date"] = email.utils.formatdate(localtime=False)
         msg["Message-ID"] = email.utils.make_msgid(domain=socket.getfqdn() or "localhost")
-        msg["X-Movierec-Alert-Kind"] = notification.kind
+        msg["X-Movierec-Alert-Kind"] = _encodable(notification.kind)
         msg["X-Movierec-Alert-Count"] = str(notification.count)
-        msg.set_content(notification.body)
+        msg.set_content(_encodable(notification.body))
         return msg
 
     def send(self, notification: Notification) -> None:
@@ -697,6 +697,11 @@ class SmtpSink:
             with contextlib.suppress(smtplib.SMTPException, OSError):
                 smtp.quit()
             self._close_quietly(smtp)
+
+
+def _encodable(text: str) -> str:
+    """Lone surrogates (a JSON log line's "\\udcff") cannot be encoded into an email: '?' instead."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _decode(value: bytes | str) -> str:

@@ -628,3 +628,25 @@ def test_alert_raised_inside_the_service_reaches_email_under_its_kind(
         and "breaker opened after 5" in msg["Subject"]
     )
     assert "alert_count: 3" in msg.get_content()
+
+
+def test_a_line_with_a_lone_surrogate_escape_does_not_lose_its_digest(smtp_server: SmtpServer) -> None:
+    """JSON log lines may carry "\\udcff" (json.dumps with ensure_ascii of a surrogate-escaped
+    file name or argument): email could not encode it, and the whole digest of that kind, every
+    other error in it included, failed three times and was dropped."""
+    from app.monitoring.journal import parse_entry
+    from app.monitoring.monitor import entry_to_alert
+
+    sink = SmtpSink("127.0.0.1", smtp_server.port, sender=USER, recipients=[USER], username=USER,
+                    password=PASSWORD, timeout=5)  # fmt: skip
+    alerter = Alerter([sink], group_wait=60, retry_delay=0)
+    for message in ("cannot open /data/\\udcff.csv", "database unreachable"):
+        line = json.dumps({"level": "ERROR", "logger": "app", "message": "MARK"}).replace("MARK", message)
+        entry = parse_entry({"MESSAGE": line, "PRIORITY": "6", "__REALTIME_TIMESTAMP": "1767268800000000"})
+        alerter.raise_alert(entry_to_alert(entry, "movierec"))
+    for _ in range(3):
+        alerter.flush()
+    [msg] = smtp_server.wait_for(1, 5)
+    body = msg.get_content()
+    assert "database unreachable" in body and "cannot open /data/" in body
+    assert alerter.failed == 0
