@@ -45,7 +45,21 @@ _SECRET_WORD = r"(?=[\w-]*?(?:passw(?:or)?d|passphrase|secret|token|api[_-]?key)
 # Patterns scrubbed from free text. Order matters: the JWT pattern runs after the bearer one.
 _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
+    # JWTs. Tried once per run of token characters (the run's first "eyJ" after a word boundary,
+    # taken atomically): as ``\beyJ...``, every "-eyJ" of a run rescanned the run to its end,
+    # quadratic (0.4 s for 40 kB of "eyJ-", minutes for a 1 MB line the monitor joined).
+    (
+        re.compile(
+            r"(?<![A-Za-z0-9_-])(?>([A-Za-z0-9_-]*?)\b(?=eyJ))"
+            r"eyJ[A-Za-z0-9_-]{5,}+\.[A-Za-z0-9_-]{5,}+\.[A-Za-z0-9_-]*+"
+        ),
+        r"\1" + REDACTED,
+    ),
+    # key='value' / key="value" (Python reprs of dataclasses and models, libpq conninfo)
+    (
+        re.compile(rf"(?i)(?<![\w-])({_SECRET_WORD})=(['\"])(?:(?<=')[^']*+|(?<=\")[^\"]*+)\2"),
+        r"\1=\2" + REDACTED + r"\2",
+    ),
     # key=value (query strings, DSNs in kwargs, CLI-style pairs)
     (re.compile(rf"(?i)(?<![\w-])({_SECRET_WORD})=([^\s&;,'\"]+)"), r"\1=" + REDACTED),
     # "key": "value" (JSON or repr'd dicts inside a message)

@@ -248,3 +248,25 @@ def test_terminal_colour_codes_are_removed_from_the_message() -> None:
     first, second = lines(stream)
     assert first["message"] == "WARNING: This is a development server.\n * Running on http://x"
     assert second["message"] == "plain line"
+
+
+def test_quoted_secret_values_are_scrubbed_as_reprs_and_conninfo_write_them() -> None:
+    """``password=...`` pairs were scrubbed only unquoted: a dataclass or pydantic repr
+    (``Config(host='db', password='hunter2')``) or a libpq conninfo (``password='p w'``) in an
+    exception message reached the line, and the monitor's email, as it was."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Config:
+        host: str
+        password: str
+
+    logger, stream = capture()
+    message = f'cannot use {Config("db", "hunter2")!r}; dsn host=db password="p w" port=5432'
+    try:
+        raise ValueError(message)  # the traceback shows this line, not the values
+    except ValueError:
+        logger.exception("start failed")
+    [doc] = lines(stream)
+    assert "hunter2" not in stream.getvalue() and "p w" not in stream.getvalue()
+    assert "password='[REDACTED]'" in doc["exc"] and 'password="[REDACTED]" port=5432' in doc["exc"]

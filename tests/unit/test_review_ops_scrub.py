@@ -21,8 +21,9 @@ from app.monitoring.logs import REDACTED, scrub_text
         "-".join(str(uuid.uuid4()) for _ in range(1_000)),
         '"' + "a-" * 20_000,
         "x" * 40_000 + "=",
+        "eyJ-" * 25_000,
     ],
-    ids=["hyphenated", "joined-uuids", "quoted", "long-key"],
+    ids=["hyphenated", "joined-uuids", "quoted", "long-key", "jwt-starts"],
 )
 def test_scrub_text_is_fast_on_long_lines(text: str) -> None:
     started = time.perf_counter()
@@ -39,6 +40,8 @@ def test_scrub_text_is_fast_on_long_lines(text: str) -> None:
         ("url=https://svc.example/cb?refresh_token=abc123&x=1", "abc123"),
         ("dsn db.postgresql://movierec:pgsecret@db/movierec", "pgsecret"),
         ("SMTP_PASSWORD=topsecret next=1", "topsecret"),
+        ("id-eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl done", "eyJzdWIiOi"),
+        ("ab.eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl done", "eyJzdWIiOi"),
     ],
 )
 def test_scrub_text_still_scrubs_after_the_rewrite(text: str, leak: str) -> None:
