@@ -53,3 +53,31 @@ def test_scrub_text_still_scrubs_after_the_rewrite(text: str, leak: str) -> None
 def test_scrub_text_keeps_non_secret_pairs() -> None:
     text = 'retries=3 "user": "bob" postgresql://db:5432/movierec'
     assert scrub_text(text) == text
+
+
+def test_each_pattern_is_skipped_only_where_it_cannot_match() -> None:
+    """``scrub_text`` tries a pattern only after a cheap test says it may match (the access log
+    scrubs several short strings per request). The tests must never skip a match: on text
+    built from the patterns' own pieces, every pattern that matches passes its test, and the
+    result is what running every pattern unconditionally gives."""
+    import random
+
+    from app.monitoring.logs import _TEXT_PATTERNS
+
+    spaces = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+    assert all(may_match(space) for may_match, _, _ in _TEXT_PATTERNS[:1] for space in spaces)
+    pieces = [
+        "Bearer", "basic", "BEARER", "token", "password", "api_key", "secret", "eyJ", "eyJhbGciOi",
+        "eyJxyzab.", "abcdefgh12.", '"secret": "', "password='", "db://u:", "Bearer abcdefgh12",
+        "=", "'", '"', ":", "://", "@", ".", "-", "_", "/", "x", "abcdefgh12",
+        "postgresql", "&", ";",
+        *spaces[:8], "\u00a0", "\t", "\n",
+    ]  # fmt: skip
+    rng = random.Random(7)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        expected = text
+        for may_match, pattern, replacement in _TEXT_PATTERNS:
+            assert may_match(expected) or pattern.search(expected) is None, (text, pattern.pattern)
+            expected = pattern.sub(replacement, expected)
+        assert scrub_text(text) == expected
