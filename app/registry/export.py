@@ -46,7 +46,15 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     final = model_dir / info.bundle_version
-    if not (final / MANIFEST).is_file():
+    if (final / MANIFEST).is_file():  # exported before (a rollback): checked as a download would be
+        try:
+            load_bundle(final)
+        except BundleError as exc:
+            raise RegistryError(
+                f"version {version}: its bundle in the model store is damaged (remove {final} to "
+                f"export it again): {exc}"
+            ) from exc
+    else:
         staging = Path(tempfile.mkdtemp(prefix=f".export-{info.bundle_version}-", dir=model_dir))
         try:
             downloaded = registry.download_bundle(version, staging)

@@ -1,0 +1,58 @@
+"""Exporting a registered version: a damaged copy already in the model store is never served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.recommender.bundle import point_latest
+from app.registry.export import export_version
+from app.registry.mlflow_registry import Registry, RegistryError, default_artifact_root, default_tracking_uri
+
+pytestmark = pytest.mark.unit
+
+
+def _registered(tmp_path: Path, store: Path) -> tuple[Registry, str, Path]:
+    """A registry with one version whose bundle is the store's own (old) bundle, as after a run."""
+    import shutil
+
+    var = tmp_path / "var"
+    (var / "mlflow").mkdir(parents=True)
+    registry = Registry(default_tracking_uri(var), artifact_root=default_artifact_root(var))
+    parent = registry.start_pipeline_run({"data_hash": "d"})
+    run = registry.start_candidate_run(parent, "most_liked", {})
+    bundle = (store / "latest").resolve()
+    registry.upload_candidate_artifacts(run, bundle, [], registry.artifact_uri(run))
+    info = registry.register(run, {"bundle_version": bundle.name, "candidate": "most_liked"})
+    served = tmp_path / "served"
+    shutil.copytree(bundle, served / bundle.name)
+    return registry, info.version, served / bundle.name
+
+
+def test_a_rollback_to_a_damaged_copy_in_the_model_store_is_refused(
+    tmp_path: Path, personal_model_store: Path, synthetic_data: Any
+) -> None:
+    """Rollback (`movierec promote --version N`) finds N's bundle already in the model store and
+    used to move `latest` to it unchecked: a damaged copy became what the service loads at its
+    next start. It is validated like a downloaded one; `latest` stays where it was."""
+    import shutil
+
+    registry, version, copy = _registered(tmp_path, personal_model_store)
+    store = copy.parent
+    other = store / "20200101T000000-000000"
+    shutil.copytree(copy, other)
+    point_latest(store, other.name)
+    (copy / "segment_top.npy").write_bytes(b"damaged")
+    with pytest.raises(RegistryError, match=r"segment_top\.npy"):
+        export_version(registry, version, store)
+    assert (store / "latest").resolve().name == other.name
+
+
+def test_a_rollback_to_a_sound_copy_in_the_model_store_moves_latest(
+    tmp_path: Path, personal_model_store: Path
+) -> None:
+    registry, version, copy = _registered(tmp_path, personal_model_store)
+    assert export_version(registry, version, copy.parent) == copy
+    assert (copy.parent / "latest").resolve() == copy.resolve()
