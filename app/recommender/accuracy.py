@@ -57,11 +57,19 @@ def run_accuracy_test(
     model_path: Path | str, test_data_path: Path | str, tolerance: float = 1e-5
 ) -> AccuracyResult:
     """Score the model on the test data and compare with the expected score."""
-    payload = json.loads(Path(test_data_path).read_text())
+    try:
+        payload = json.loads(Path(test_data_path).read_text())
+    except OSError as exc:  # a directory, an unreadable file: a usage error, not a traceback
+        raise ValueError(f"test data {test_data_path} cannot be read: {exc}") from exc
     try:
         data, target, expected = payload["data"], payload["target"], float(payload["expected_score"])
+        k = int(payload.get("k", K))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{test_data_path} must hold data, target and expected_score") from exc
+        raise ValueError(
+            f"{test_data_path} must hold data, target, expected_score (and an integer k)"
+        ) from exc
+    if k < 1:
+        raise ValueError(f"{test_data_path}: k must be a positive integer, not {k}")
     model_path = Path(model_path)
     try:
         bundle = load_bundle(model_path)
@@ -73,13 +81,14 @@ def run_accuracy_test(
             estimator.score(np.asarray(data, dtype=np.float64), np.asarray(target, dtype=np.float64))
         )
         return AccuracyResult(score, expected, tolerance, "r2")
-    return AccuracyResult(
-        bundle_score(bundle, data, target, int(payload.get("k", K))), expected, tolerance, "ndcg@10"
-    )
+    return AccuracyResult(bundle_score(bundle, data, target, k), expected, tolerance, "ndcg@10")
 
 
 def _plain_estimator(path: Path) -> Any | None:
     if not (path.is_file() and path.suffix == ".pkl"):
         return None
-    estimator = joblib.load(path)  # nosec B301 - model files come from our own training
+    try:
+        estimator = joblib.load(path)  # nosec B301 - model files come from our own training
+    except Exception:  # noqa: BLE001 - unreadable: the bundle loader's error says why
+        return None
     return estimator if hasattr(estimator, "score") else None

@@ -1,0 +1,33 @@
+"""tests/run_accuracy_tests.py on odd input: a clear error and exit 1, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytestmark = pytest.mark.unit
+
+
+def _accuracy(*args: Path) -> object:
+    from app.cli import cli
+
+    return CliRunner().invoke(cli, ["accuracy", *map(str, args)])
+
+
+@pytest.mark.parametrize("k", [0, None, "ten"])
+def test_test_data_that_is_a_directory_or_has_a_bad_k_is_an_error_not_a_traceback(
+    personal_model_store: Path, tmp_path: Path, k: object
+) -> None:
+    bundle = (personal_model_store / "latest").resolve()
+    result = _accuracy(bundle, bundle)  # the bundle directory given where its test_data.json belongs
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Error:" in result.output and str(bundle) in result.output
+
+    bad = tmp_path / "test_data.json"
+    bad.write_text(json.dumps(json.loads((bundle / "test_data.json").read_text()) | {"k": k}))
+    result = _accuracy(bundle, bad)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Error:" in result.output
