@@ -496,6 +496,9 @@ def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedB
         catalogue = catalogue_fallback
     else:
         raise BundleError(f"{path} needs a catalogue.csv beside it (or the data set) for movie titles")
+    missing = np.setdiff1d(model.item_ids, catalogue["movie_id"].to_numpy())
+    if len(missing):
+        raise BundleError(f"{path} ranks {len(missing)} movies its catalogue lacks, e.g. {int(missing[0])}")
     catalogue = catalogue.set_index("movie_id").loc[model.item_ids].reset_index()
     tables = build_tables(model)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]

@@ -180,3 +180,16 @@ def test_a_version_longer_than_the_database_stores_is_refused(model_store: Path,
 def test_point_latest_refuses_unknown_versions(model_store: Path) -> None:
     with pytest.raises(BundleError):
         point_latest(model_store, "no-such-version")
+
+
+def test_a_pickle_whose_catalogue_lacks_its_movies_is_refused(model_store: Path, tmp_path: Path) -> None:
+    """A model.pkl beside a catalogue.csv (or with a data set) that lacks movies the model ranks:
+    a BundleError the service reports and keeps its old model for, not a KeyError."""
+    bundle_dir = (model_store / "latest").resolve()
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(bundle_dir / "model.pkl", single / "model.pkl")
+    catalogue = (bundle_dir / "catalogue.csv").read_text().splitlines()
+    (single / "catalogue.csv").write_text("\n".join(catalogue[:-3]) + "\n")
+    with pytest.raises(BundleError, match="catalogue"):
+        load_bundle(single / "model.pkl")
