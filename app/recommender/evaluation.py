@@ -89,7 +89,8 @@ def protocol_a(model: Recommender, data: MovieLens, seed: int, k: int = K) -> di
     started = time.perf_counter()
     best = top_n(model.score_segments(unique), k)
     score_seconds = time.perf_counter() - started
-    lists = [model.item_ids[best[row_of[s]]].tolist() for s in segments]
+    ids = np.where(best >= 0, model.item_ids[np.maximum(best, 0)], -1)  # -1: padding, never a hit
+    lists = [ids[row_of[s]].tolist() for s in segments]
 
     result: dict[str, Any] = ranking_metrics(lists, relevant, len(model.item_ids), k)
     result.update(

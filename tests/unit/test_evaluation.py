@@ -76,3 +76,20 @@ def test_selection_breaks_protocol_a_ties_with_protocol_b() -> None:
     assert select_best(a, b) == "hybrid_strong"
     assert select_best(a) == "cold_only"  # no protocol B: first listed among equals
     assert select_best(report({"x": 0.1, "y": 0.2}), b) == "y"
+
+
+def test_protocol_a_pads_short_lists_instead_of_repeating_the_last_movie(synthetic_data) -> None:
+    """A model that cannot score most movies (NaN) ranks fewer than k: top_n pads with -1, and
+    protocol A indexed the catalogue with it, so every list ended with the last movie, repeated
+    (a hit counted up to 7 times per user, the coverage one movie too high)."""
+    from app.recommender.models.popularity import GlobalPopularity
+
+    class ThreeMovies(GlobalPopularity):
+        def score_segments(self, segments):  # type: ignore[no-untyped-def]
+            scores = super().score_segments(segments)
+            scores[:, 3:] = np.nan
+            return scores
+
+    result = protocol_a(ThreeMovies(), synthetic_data, seed=0)
+    assert result["coverage@10"] == pytest.approx(3 / len(synthetic_data.items))
+    assert result["ndcg@10"] <= 1.0
