@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -42,6 +43,8 @@ import pandas as pd
 from app.recommender.models.base import Recommender
 from app.recommender.ranking import top_n
 from app.recommender.segments import Segment, all_segments, segment_index
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 TABLE_DEPTH = 100  # max_recs is at most 100
@@ -99,7 +102,10 @@ def build_tables(
 ) -> Tables:
     """Batch inference: rank every segment and, when the model can, every known user.
 
-    Known users' lists exclude what they rated in ``ratings`` (the training data).
+    Known users' lists exclude what they rated in ``ratings`` (the training data). Without
+    ``ratings`` (a lone model.pkl) they exclude what the model kept of them
+    (``keeps_ratings``); a model that kept nothing gets no known users' lists, rather than
+    lists of movies the users already rated.
     """
     segments = all_segments()
     seg_top_parts, seg_score_parts = [], []
@@ -112,7 +118,7 @@ def build_tables(
         "segment_top": np.vstack(seg_top_parts),
         "segment_scores": np.vstack(seg_score_parts),
     }
-    if model.supports_users:
+    if model.supports_users and (ratings is not None or model.keeps_ratings):
         user_ids = np.sort(np.asarray(model.known_users(), dtype=np.int64))
         rated: dict[int, np.ndarray] = {}
         if ratings is not None:
@@ -122,7 +128,10 @@ def build_tables(
         for start in range(0, len(user_ids), batch):
             chunk = user_ids[start : start + batch]
             scores = model.score_users(chunk.tolist())
-            exclude = [_valid(rated.get(int(u), np.empty(0, dtype=np.int64))) for u in chunk]
+            if ratings is not None:
+                exclude = [_valid(rated.get(int(u), np.empty(0, dtype=np.int64))) for u in chunk]
+            else:
+                exclude = model.rated_positions(chunk.tolist())
             best = top_n(scores, depth, exclude)
             top_parts.append(best.astype(np.int32))
             score_parts.append(_gather(scores, best))
@@ -501,6 +510,12 @@ def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedB
         raise BundleError(f"{path} ranks {len(missing)} movies its catalogue lacks, e.g. {int(missing[0])}")
     catalogue = catalogue.set_index("movie_id").loc[model.item_ids].reset_index()
     tables = build_tables(model)
+    if model.supports_users and not model.keeps_ratings:
+        log.warning(
+            "%s: a %s model keeps no training ratings, so known users get no personal lists from a "
+            "lone model.pkl (they would hold movies already rated); serve its bundle directory",
+            path, model.name,
+        )  # fmt: skip
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
     manifest: dict[str, Any] = {"format": FORMAT_VERSION, "version": f"pkl-{digest}",
                 "served_model": model.name, "source": "model.pkl"}  # fmt: skip

@@ -53,6 +53,33 @@ def test_known_users_never_get_what_they_rated(synthetic_data, tmp_path: Path) -
         assert not served & rated[user_id]
 
 
+def test_a_lone_pickle_leaves_out_what_known_users_rated(synthetic_data, tmp_path: Path) -> None:
+    """ML_MODEL_PATH=model.pkl has no data set beside it: a model that kept its training
+    ratings (EASE, item-kNN) builds the same known users' lists as training did; one that kept
+    none (popularity) serves no known users' lists rather than lists of movies already rated."""
+    data = synthetic_data
+    rated = data.ratings.groupby("user_id")["movie_id"].apply(set)
+    for name in ("ease", "item_knn"):
+        model = make_model(name).fit(data.ratings, data.users, data.items)
+        path = tmp_path / name / "model.pkl"
+        path.parent.mkdir()
+        joblib.dump(model, path)
+        alone = load_bundle(path, catalogue_fallback=data.items)
+        trained = build_tables(model, data.ratings)
+        assert len(alone.tables.user_ids) == len(rated)
+        np.testing.assert_array_equal(alone.tables.user_top, trained.user_top)
+        for user_id in alone.tables.user_ids[:20]:
+            served = {r.movie_id for r in alone.recommend_user(int(user_id), 100)}
+            assert served and not served & rated[user_id], (name, user_id)
+    popularity = tmp_path / "most_liked" / "model.pkl"
+    popularity.parent.mkdir()
+    joblib.dump(make_model("most_liked").fit(data.ratings, data.users, data.items), popularity)
+    alone = load_bundle(popularity, catalogue_fallback=data.items)
+    assert len(alone.tables.user_ids) == 0
+    with pytest.raises(KeyError):
+        alone.recommend_user(int(data.ratings["user_id"].iloc[0]), 10)
+
+
 def test_tarball_and_pickle_forms_load(model_store: Path, synthetic_data, tmp_path: Path) -> None:
     bundle_dir = (model_store / "latest").resolve()
     archive = tmp_path / "bundle.tar.gz"

@@ -36,6 +36,9 @@ class Recommender(ABC):
     # ``predict_records`` serves /api/predict/* (records as the API takes them); the seed's
     # forest predicts ratings but not from such records
     serves_records: ClassVar[bool] = False
+    # ``rated_positions`` works: the model keeps what each known user rated in training, so a
+    # lone model.pkl (no data set beside it) can still leave those movies out of their lists
+    keeps_ratings: ClassVar[bool] = False
 
     item_ids: np.ndarray
 
@@ -62,6 +65,10 @@ class Recommender(ABC):
     def known_users(self) -> np.ndarray:
         """Ids of the users :meth:`score_users` can answer for."""
         return np.empty(0, dtype=np.int64)
+
+    def rated_positions(self, user_ids: Sequence[int]) -> list[np.ndarray]:
+        """Catalogue positions each known user rated in training (models with ``keeps_ratings``)."""
+        raise NotSupportedError(f"{self.name} does not keep its training ratings")
 
     def predict_ratings(self, requests: pd.DataFrame) -> np.ndarray:
         """Predicted ratings for rows with age, gender, occupation, movie_id (and user_id)."""

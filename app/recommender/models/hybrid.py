@@ -52,6 +52,7 @@ class KnownUserRecommender(Recommender):
     """Base of collaborative models: subclasses implement ``_fit_items`` and ``_score_rows``."""
 
     supports_users: ClassVar[bool] = True
+    keeps_ratings: ClassVar[bool] = True  # the interaction matrix's stored cells
 
     def __init__(
         self,
@@ -84,12 +85,19 @@ class KnownUserRecommender(Recommender):
     def _score_rows(self, interactions: sparse.csr_matrix) -> np.ndarray:
         """Scores (n rows, n items) for users given as interaction rows."""
 
-    def score_users(self, user_ids: Sequence[int]) -> np.ndarray:
+    def _rows(self, user_ids: Sequence[int]) -> np.ndarray:
         rows = self._user_pos.get_indexer(np.asarray(user_ids, dtype=np.int64))
         if (rows < 0).any():
             unknown = np.asarray(user_ids)[rows < 0]
             raise UnknownUserError(f"{len(unknown)} user id(s) not seen in training, e.g. {int(unknown[0])}")
-        return np.asarray(self._score_rows(self.interactions_[rows]), dtype=np.float64)
+        return rows
+
+    def score_users(self, user_ids: Sequence[int]) -> np.ndarray:
+        return np.asarray(self._score_rows(self.interactions_[self._rows(user_ids)]), dtype=np.float64)
+
+    def rated_positions(self, user_ids: Sequence[int]) -> list[np.ndarray]:
+        matrix = self.interactions_
+        return [matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]] for row in self._rows(user_ids)]
 
     def known_users(self) -> np.ndarray:
         return self.user_ids_
