@@ -149,6 +149,9 @@ class Server:
             "MOVIEREC_DATA_DIR": str(data_dir),
             "MOVIEREC_DATABASE_URL": database_url,
             "MOVIEREC_FEEDBACK_JOURNAL_DIR": str(workdir / "feedback-journal"),
+            # not production's INFO: without the access line per request, as every machine in
+            # docs/performance.md was measured; what INFO costs is measured there ("Twenty-first
+            # machine")
             "MOVIEREC_LOG_LEVEL": "WARNING",
             # a breaker state of its own: one left open in Redis by an earlier run's scores would
             # route this run's recommendations to the fallback
