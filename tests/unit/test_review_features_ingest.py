@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -72,15 +73,28 @@ def test_harmless_variations_load_the_same_tables(tmp_path: Path, mutate: Callab
     assert load_directory(directory).fingerprint() == expected.fingerprint()
 
 
-def test_titles_of_a_utf8_u_item_are_not_mojibake(tmp_path: Path) -> None:
-    latin = write_grouplens(tmp_path / "latin")
-    utf8 = write_grouplens(tmp_path / "utf8")
+@pytest.mark.parametrize(
+    ("writer", "name", "title"),
+    [(write_grouplens, "u.item", b"Movie 1 ("), (write_recbole, "ml-100k.item", b"\tMovie 1\t")],
+    ids=["u.item", "ml-100k.item"],
+)
+def test_titles_of_a_latin1_or_utf8_item_file_are_not_mojibake(
+    tmp_path: Path, writer: Callable[[Path], Path], name: str, title: bytes
+) -> None:
+    """GroupLens' own u.item is Latin-1, a converted copy may be UTF-8; the registry package's
+    ml-100k.item, converted from u.item with its bytes kept, was a UnicodeDecodeError (a 500)."""
+    expected = load_directory(writer(tmp_path / "plain"))
+    latin = writer(tmp_path / "latin")
+    utf8 = writer(tmp_path / "utf8")
     for directory, encoding in ((latin, "latin-1"), (utf8, "utf-8")):
-        path = directory / "u.item"
-        path.write_bytes(path.read_bytes().replace(b"Movie 1 (", "Les Misérables (".encode(encoding), 1))
+        path = directory / name
+        path.write_bytes(
+            path.read_bytes().replace(title, title.replace(b"Movie 1", "Les Misérables".encode(encoding)), 1)
+        )
     for directory in (latin, utf8):
-        titles = load_directory(directory).items["title"].tolist()
-        assert "Les Misérables (1981)" in titles, directory
+        loaded = load_directory(directory)
+        assert "Les Misérables (1981)" in loaded.items["title"].tolist(), directory
+        assert loaded.ratings.equals(expected.ratings)
 
 
 @pytest.mark.parametrize(
@@ -188,3 +202,58 @@ def test_a_known_users_newest_feedback_score_wins(tmp_path: Path) -> None:
     pair = merged[(merged["user_id"] == 5) & (merged["movie_id"] == 10)]
     assert pair["rating"].tolist() == [5.0] and pair["timestamp"].tolist() == [int(t3.timestamp())]
     assert not merged.duplicated(["user_id", "movie_id"]).any()
+
+
+@pytest.mark.parametrize(
+    ("writer", "mutate", "message"),
+    [
+        (write_grouplens, _append("u.data", "1\t3\t4\t880000000\t9\n"), r"u\.data: .*Expected 4 fields"),
+        (write_grouplens, _append("u.user", "500|30|M|doctor|12345|x\n"), r"u\.user: .*Expected 5 fields"),
+        (write_grouplens, _append("u.data", '"1\t3\t4\t880000000\n'), r"u\.data: "),
+        (write_recbole, _append("ml-100k.inter", "1\t3\t4\t880000000\t9\n"), r"ml-100k\.inter: "),
+        (write_recbole, lambda d: (d / "ml-100k.inter").write_bytes(b""), r"ml-100k\.inter: "),
+    ],
+    ids=["extra-field-u.data", "extra-field-u.user", "stray-quote", "extra-field-inter", "empty-inter"],
+)  # fmt: skip
+def test_rows_pandas_cannot_tokenize_are_refused_naming_the_file(
+    tmp_path: Path, writer: Callable[[Path], Path], mutate: Callable[[Path], None], message: str
+) -> None:
+    directory = writer(tmp_path / "bad")
+    mutate(directory)
+    with pytest.raises(DataFormatError, match=message):
+        load_directory(directory)
+
+
+@pytest.mark.parametrize("name", ["u.data", "u.user", "u.item"])
+def test_an_empty_grouplens_file_is_refused(tmp_path: Path, name: str) -> None:
+    directory = write_grouplens(tmp_path / "data")
+    (directory / name).write_bytes(b"")
+    with pytest.raises(DataFormatError, match=rf"{name}"):
+        load_directory(directory)
+
+
+def test_a_header_only_ratings_file_is_refused(tmp_path: Path) -> None:
+    directory = write_recbole(tmp_path / "data")
+    (directory / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
+    with pytest.raises(DataFormatError, match=r"ml-100k\.inter: no rows"):
+        load_directory(directory)
+
+
+@pytest.mark.api
+@pytest.mark.parametrize(
+    "mutate",
+    [_append("u.data", "1\t3\t4\t880000000\t9\n"), lambda directory: (directory / "u.data").write_bytes(b"")],
+    ids=["extra-field", "empty"],
+)
+def test_a_ratings_file_that_cannot_be_read_is_a_503_from_the_features_api(
+    make_app: Any, auth_headers: dict, tmp_path: Path, mutate: Callable[[Path], object]
+) -> None:
+    """No snapshot loaded: the features are computed from the local files. pandas' ParserError
+    (a row with an extra field) was not a DataUnavailableError, and zero ratings died on the
+    empty frames' dtypes (UFuncTypeError): both a bare 500."""
+    directory = write_grouplens(tmp_path / "bad-data")
+    mutate(directory)
+    client = make_app(data_dir=directory).test_client()
+    response = client.get("/api/users/1/features", headers=auth_headers)
+    assert response.status_code == 503, response.get_json()
+    assert "u.data" in response.get_json()["error"]["message"]
