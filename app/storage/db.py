@@ -27,6 +27,18 @@ from app.storage.models import Feedback, RecommendationRequest, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
+
+class _MigrationPreamble(logging.Filter):
+    """Alembic opens every ``upgrade`` with two INFO lines about the database dialect ("Context
+    impl PostgresqlImpl.", "Will assume transactional DDL."), even with nothing to migrate: every
+    uwsgi worker runs it at each start and recycle. The lines of migrations that run are kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Context impl ", "Will assume "))
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_MigrationPreamble())
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 727_001  # advisory lock key: one migrator at a time across processes
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -123,3 +124,20 @@ def test_processes_starting_together_migrate_one_sqlite_file_safely(tmp_path) ->
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
     engine.dispose()
+
+
+def test_migrations_log_what_they_run_and_nothing_when_up_to_date(tmp_path, caplog) -> None:
+    """Every uwsgi worker migrates at start and at each recycle: an up-to-date schema writes no
+    line, and a migration that runs still says so."""
+    from app.storage.db import Database
+
+    database = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    with caplog.at_level(logging.INFO, logger="alembic"):
+        database.upgrade()
+        first = [r.getMessage() for r in caplog.records if r.name.startswith("alembic")]
+        caplog.clear()
+        database.upgrade()
+        second = [r.getMessage() for r in caplog.records if r.name.startswith("alembic")]
+    database.dispose()
+    assert first and all(message.startswith("Running upgrade") for message in first), first
+    assert second == []
