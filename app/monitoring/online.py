@@ -42,7 +42,7 @@ from typing import Any
 from app.errors import ApiError, NotFound
 from app.monitoring import metrics
 from app.monitoring.alerts import Alert, Alerter, LoggingSink, Notification, Severity
-from app.monitoring.breaker import FALLBACK, BreakerPolicy, CircuitBreaker
+from app.monitoring.breaker import FALLBACK, MODEL, BreakerPolicy, CircuitBreaker
 from app.monitoring.drift import MANIFEST_KEY, DriftReport, count_profiles, evaluate_drift
 from app.monitoring.fallback import Fallback
 from app.monitoring.quality import Quality, measure, request_profiles, served_coverage
@@ -367,17 +367,23 @@ class GuardedRecommendations:
     """Recommendations through the breaker: champion, probe or fallback, with the outcome recorded.
 
     Every recommend path asks it (``RecommendationService.answer``): /api/recommend, each item of
-    /api/recommend/batch, /api/users/<id>/recommendations and the UI.
+    /api/recommend/batch, /api/users/<id>/recommendations and the UI. With ``enabled`` False
+    (``MOVIEREC_BREAKER_ENABLED=false``) the champion answers every request and a failing call
+    raises as it would without a breaker; calls and lists are still counted.
     """
 
-    def __init__(self, breaker: CircuitBreaker, fallback: Fallback) -> None:
+    def __init__(self, breaker: CircuitBreaker, fallback: Fallback, enabled: bool = True) -> None:
         self.breaker = breaker
         self.fallback = fallback
+        self.enabled = enabled
 
     def answer(self, service: Any, bundle: LoadedBundle, query: RecommendQuery, counted: bool = True) -> Any:
         """``counted=False`` (a HEAD: nobody receives the list): the same answer, but no probe is
         taken and neither the breaker's call record nor the recommendation metrics see it."""
-        route = self.breaker.route(bundle.version) if counted else self.breaker.peek(bundle.version)
+        if not self.enabled:
+            route = MODEL
+        else:
+            route = self.breaker.route(bundle.version) if counted else self.breaker.peek(bundle.version)
         if route != FALLBACK:
             if not counted:
                 return service.lookup(bundle, query)
@@ -390,6 +396,8 @@ class GuardedRecommendations:
                 elapsed = time.perf_counter() - started
                 self.breaker.record_call(bundle.version, False, elapsed)
                 metrics.TALLY.count(metrics.MODEL_CALLS, ("error",))
+                if not self.enabled:
+                    raise
                 log.exception("the champion failed to recommend; answering from the fallback")
             else:
                 elapsed = time.perf_counter() - started
@@ -562,8 +570,8 @@ def install_monitoring(
     breaker.sync(bundle.version if bundle is not None else None)
     services.models.before_swap = lambda loaded: breaker.sync(loaded.version)
     services.monitor = monitor
-    if settings.breaker_enabled:
-        services.recommendations.guard = GuardedRecommendations(breaker, fallback)
+    # disabled, the breaker does not route, but lists and champion calls are counted all the same
+    services.recommendations.guard = GuardedRecommendations(breaker, fallback, settings.breaker_enabled)
     services.recommendations.on_feedback = monitor.note_feedback
     monitor.drain_feedback = services.recommendations.feedback.drain
     services.breaker = BreakerView(breaker, monitor, fallback)

@@ -175,3 +175,29 @@ def test_coverage_is_recounted_at_most_once_per_monitor_interval(
     assert len(counted) == 2
     assert monitor._served_counts(version, time.time() + 1) == (0, 0)  # a fresh window: nothing in it yet
     assert len(counted) == 3
+
+
+def test_metrics_count_recommendations_and_model_calls_with_the_breaker_disabled(
+    make_app: Callable[..., Any],
+) -> None:
+    """MOVIEREC_BREAKER_ENABLED=false only stops the routing (docs/operations.md, settings table:
+    "metrics and evaluation run either way"): lists and champion calls are still counted."""
+    app = make_app(monitor_interval_seconds=0, breaker_enabled=False)
+    client = app.test_client()
+    headers = login(client)
+
+    def counts() -> tuple[float, float]:
+        samples = scrape(client)
+        recs = sum(s.value for s in samples.get("movierec_recommendations_total", [])
+                   if s.labels["strategy"] == "segment")  # fmt: skip
+        calls = sum(s.value for s in samples.get("movierec_model_calls_total", [])
+                    if s.labels["outcome"] == "ok")  # fmt: skip
+        return recs, calls
+
+    recs_before, calls_before = counts()
+    for _ in range(2):
+        body = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
+        assert body["strategy"] == "segment"
+    recs_after, calls_after = counts()
+    assert recs_after - recs_before == 2
+    assert calls_after - calls_before == 2
