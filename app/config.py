@@ -10,11 +10,12 @@ names the variable.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
@@ -119,6 +120,13 @@ class Settings(BaseSettings):
     drift_psi_threshold: float = Field(default=0.25, gt=0)
     drift_min_requests: int = Field(default=200, ge=1)
 
+    @field_validator("metrics_allow_cidrs")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        """A typo is refused at start, not a 500 from every scrape."""
+        parse_networks(value)
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _secrets_from_files(cls, values: Any) -> Any:
@@ -182,6 +190,19 @@ class Settings(BaseSettings):
         key = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
         root = self.feedback_journal_dir or Path(self.var_dir) / "feedback-journal"
         return root / f"{url.get_backend_name()}-{key}"
+
+
+def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``10.0.0.0/8, 127.0.0.1`` → networks; a bad entry is a ValueError naming it."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"MOVIEREC_METRICS_ALLOW_CIDRS: {part!r} is not a network ({exc})") from None
+    return networks
 
 
 def load_settings(**overrides: Any) -> Settings:

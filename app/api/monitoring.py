@@ -20,6 +20,7 @@ from spectree import Response as SpecResponse
 from app.api.auth import admin_required
 from app.api.schemas import ErrorResponse
 from app.api.spec import BEARER, spec
+from app.config import parse_networks
 from app.errors import Forbidden, Unauthorized, Unavailable
 from app.monitoring.metrics import render
 from app.monitoring.online import StateCollector
@@ -51,19 +52,6 @@ class BreakerStatus(BaseModel):
     model_version: str | None = None
     fallback: str | None = None
     thresholds: dict[str, Any]
-
-
-def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """``10.0.0.0/8, 127.0.0.1`` → networks; a bad entry is a configuration error naming it."""
-    networks = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(part, strict=False))
-        except ValueError as exc:
-            raise ValueError(f"MOVIEREC_METRICS_ALLOW_CIDRS: {part!r} is not a network ({exc})") from None
-    return networks
 
 
 def _check_scraper(settings: Any) -> None:

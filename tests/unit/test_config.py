@@ -56,3 +56,11 @@ def test_invalid_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_postgres_urls_get_the_psycopg_driver() -> None:
     assert Settings(database_url="postgresql://u@h/db").sqlalchemy_url == "postgresql+psycopg://u@h/db"
     assert Settings(database_url="sqlite:///x.db").sqlalchemy_url == "sqlite:///x.db"
+
+
+def test_a_bad_metrics_network_is_refused_at_start() -> None:
+    """A typo in MOVIEREC_METRICS_ALLOW_CIDRS started the service, then every scrape of /metrics
+    answered a 500: it is a configuration error naming the entry."""
+    with pytest.raises(ConfigurationError, match=r"metrics_allow_cidrs.*'bogus' is not a network"):
+        load_settings(testing=True, metrics_allow_cidrs="10.0.0.0/8, bogus")
+    assert load_settings(testing=True, metrics_allow_cidrs="10.0.0.0/8, ::1").metrics_allow_cidrs
