@@ -130,7 +130,9 @@ class Fallback:
         if previous is not None:
             if user_id is not None and previous.knows_user(user_id):
                 return previous.recommend_user(user_id, max_recs, exclude), previous.version
-            if demographics:
+            # a user the champion knows but the previous one does not: their own unrated list
+            # (below), not the previous champion's segment list, which may hold what they rated
+            if demographics and (user_id is None or not current.knows_user(user_id)):
                 assert age is not None and gender is not None and occupation is not None
                 return previous.recommend_segment(
                     Segment.of(age, gender, occupation), max_recs, exclude

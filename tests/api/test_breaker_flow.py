@@ -473,3 +473,41 @@ def test_a_named_version_without_a_record_is_a_404_not_a_silent_200(make_app: Ca
     assert response.status_code == 200 and response.get_json()["model_version"] == served
     response = http.post("/api/admin/breaker/reset", json={}, headers=admin)
     assert response.status_code == 200 and response.get_json()["model_version"] == served
+
+
+@pytest.fixture(scope="module")
+def segment_then_personal(tmp_path_factory: pytest.TempPathFactory, synthetic_data: Any) -> tuple[Path, str]:
+    """A previous champion that knows no users (segment most liked), then one that does (most liked)."""
+    from app.recommender.training import train
+
+    store = tmp_path_factory.mktemp("segment-then-personal")
+    previous = train(synthetic_data, store, ["segment_most_liked"], seeds=(0,)).path.name
+    time.sleep(1.1)  # created_at has one-second resolution: the champion must be strictly newer
+    train(synthetic_data, store, ["most_liked"], seeds=(0,))
+    return store, previous
+
+
+def test_the_fallback_never_shows_a_known_user_a_movie_they_rated(
+    segment_then_personal: tuple[Path, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    synthetic_data: Any,
+) -> None:
+    """API.md: "for a known user, never include a movie that user already rated" — also while the
+    breaker is open and the previous champion does not know the user (it served them its segment
+    list, rated movies and all, when the request carried demographics too)."""
+    store, _previous = segment_then_personal
+    app = make_app(**_settings(store, "sqlite", request))
+    client = app.test_client()
+    headers = login(client)
+    for served in _recommend(client, headers, 8):
+        _score(client, headers, served, 0.5)
+    app.extensions["movierec"].monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "open"
+    ratings = synthetic_data.ratings
+    for user_id in app.extensions["movierec"].models.require().tables.user_ids[:5]:
+        body = {"user_id": int(user_id), **PROFILE, "max_recs": 100}
+        served = client.post("/api/recommend", json=body, headers=headers).get_json()
+        assert served["strategy"] == "fallback" and served["items"]
+        rated = set(ratings.loc[ratings["user_id"] == int(user_id), "movie_id"])
+        assert not rated & {item["movie_id"] for item in served["items"]}
