@@ -42,7 +42,10 @@ def protected() -> Any:
 
 @bp.post("/api/login")
 @spec.validate(
-    json=LoginRequest, resp=Response(HTTP_200=LoginResponse, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse)
+    json=LoginRequest,
+    resp=Response(
+        HTTP_200=LoginResponse, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_429=ErrorResponse
+    ),
 )
 def login(json: LoginRequest) -> Any:
     return jsonify(access_token=issue_token(json.session_password))

@@ -61,7 +61,7 @@ def model_info() -> Any:
     json=ReloadRequest,
     resp=Response(
         HTTP_200=ReloadStatus, HTTP_202=ReloadStatus, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse,
-        HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_422=ErrorResponse,
+        HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse, HTTP_422=ErrorResponse,
     ),
     security=BEARER,
 )  # fmt: skip

@@ -410,6 +410,14 @@ def test_openapi_is_generated_from_the_schemas(client) -> None:
     assert "/api/recommend" in page and "http://" not in page.replace("http://www.w3.org", "")
 
 
+def test_openapi_lists_the_documented_refusals_of_login_and_reload(client) -> None:
+    """API.md: login is rate-limited (429 ``rate_limited``); serving.md: a reload of another bundle
+    while one loads is 409 ``reload_in_progress``. A client generated from the spec must know both."""
+    paths = client.get("/openapi.json").get_json()["paths"]
+    assert "429" in paths["/api/login"]["post"]["responses"]
+    assert "409" in paths["/api/admin/reload"]["post"]["responses"]
+
+
 def test_readiness_reports_model_and_database(client) -> None:
     body = client.get("/health/ready").get_json()
     assert body["status"] == "ok" and body["checks"] == {"model": True, "database": True}
