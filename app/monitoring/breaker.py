@@ -74,6 +74,9 @@ class BreakerPolicy:
     cooldown_seconds: float = 300.0
     probe_share: float = 0.1
     probe_min_events: int = 20
+    # MOVIEREC_BREAKER_ENABLED: False judges and announces as usual, but routes nothing (the
+    # champion answers every request)
+    routes: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.probe_share <= 1.0:
@@ -352,12 +355,15 @@ class CircuitBreaker:
         kind, severity = _ALERTS[transition.after]
         if transition.by.startswith("admin"):
             kind, severity = "breaker.reset", Severity.WARNING
-        summary = {
-            OPEN: f"circuit breaker OPEN for model {transition.model_version}: serving the fallback",
-            HALF_OPEN: f"circuit breaker half-open for model {transition.model_version}: probing "
-            f"{self.policy.probe_share:.0%} of requests",
-            CLOSED: f"circuit breaker closed for model {transition.model_version}: the model serves again",
+        state = {OPEN: "OPEN", HALF_OPEN: "half-open", CLOSED: "closed"}[transition.after]
+        effect = {
+            OPEN: "serving the fallback",
+            HALF_OPEN: f"probing {self.policy.probe_share:.0%} of requests",
+            CLOSED: "the model serves again",
         }[transition.after]
+        if not self.policy.routes:
+            effect = "not routing (MOVIEREC_BREAKER_ENABLED=false), the model serves every request"
+        summary = f"circuit breaker {state} for model {transition.model_version}: {effect}"
         details = {
             "from": transition.before,
             "to": transition.after,

@@ -367,20 +367,19 @@ class GuardedRecommendations:
     """Recommendations through the breaker: champion, probe or fallback, with the outcome recorded.
 
     Every recommend path asks it (``RecommendationService.answer``): /api/recommend, each item of
-    /api/recommend/batch, /api/users/<id>/recommendations and the UI. With ``enabled`` False
-    (``MOVIEREC_BREAKER_ENABLED=false``) the champion answers every request and a failing call
-    raises as it would without a breaker; calls and lists are still counted.
+    /api/recommend/batch, /api/users/<id>/recommendations and the UI. When the breaker does not
+    route (``MOVIEREC_BREAKER_ENABLED=false``) the champion answers every request and a failing
+    call raises as it would without a breaker; calls and lists are still counted.
     """
 
-    def __init__(self, breaker: CircuitBreaker, fallback: Fallback, enabled: bool = True) -> None:
+    def __init__(self, breaker: CircuitBreaker, fallback: Fallback) -> None:
         self.breaker = breaker
         self.fallback = fallback
-        self.enabled = enabled
 
     def answer(self, service: Any, bundle: LoadedBundle, query: RecommendQuery, counted: bool = True) -> Any:
         """``counted=False`` (a HEAD: nobody receives the list): the same answer, but no probe is
         taken and neither the breaker's call record nor the recommendation metrics see it."""
-        if not self.enabled:
+        if not self.breaker.policy.routes:
             route = MODEL
         else:
             route = self.breaker.route(bundle.version) if counted else self.breaker.peek(bundle.version)
@@ -396,7 +395,7 @@ class GuardedRecommendations:
                 elapsed = time.perf_counter() - started
                 self.breaker.record_call(bundle.version, False, elapsed)
                 metrics.TALLY.count(metrics.MODEL_CALLS, ("error",))
-                if not self.enabled:
+                if not self.breaker.policy.routes:
                     raise
                 log.exception("the champion failed to recommend; answering from the fallback")
             else:
@@ -539,6 +538,7 @@ def policy_from(settings: Any) -> BreakerPolicy:
         cooldown_seconds=settings.breaker_cooldown_seconds,
         probe_share=settings.breaker_probe_share,
         probe_min_events=settings.breaker_probe_min_events,
+        routes=settings.breaker_enabled,
     )
 
 
@@ -571,7 +571,7 @@ def install_monitoring(
     services.models.before_swap = lambda loaded: breaker.sync(loaded.version)
     services.monitor = monitor
     # disabled, the breaker does not route, but lists and champion calls are counted all the same
-    services.recommendations.guard = GuardedRecommendations(breaker, fallback, settings.breaker_enabled)
+    services.recommendations.guard = GuardedRecommendations(breaker, fallback)
     services.recommendations.on_feedback = monitor.note_feedback
     monitor.drain_feedback = services.recommendations.feedback.drain
     services.breaker = BreakerView(breaker, monitor, fallback)

@@ -511,3 +511,26 @@ def test_the_fallback_never_shows_a_known_user_a_movie_they_rated(
         assert served["strategy"] == "fallback" and served["items"]
         rated = set(ratings.loc[ratings["user_id"] == int(user_id), "movie_id"])
         assert not rated & {item["movie_id"] for item in served["items"]}
+
+
+def test_a_disabled_breaker_judges_and_says_so_but_routes_nothing(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MOVIEREC_BREAKER_ENABLED=false: evaluation still runs and may open it, but the champion
+    keeps serving, and the alert must not claim "serving the fallback"."""
+    store, _previous, current = two_champions
+    app = make_app(**_settings(store, "sqlite", request), breaker_enabled=False)
+    client = app.test_client()
+    headers = login(client)
+    for served in _recommend(client, headers, 8):
+        _score(client, headers, served, 1.0)
+    with caplog.at_level(logging.WARNING, logger="movierec.breaker"):
+        app.extensions["movierec"].monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "open"
+    [opened] = [r for r in caplog.records if r.name == "movierec.breaker" and r.levelno == logging.ERROR]
+    assert "not routing" in opened.getMessage() and "serving the fallback" not in opened.getMessage()
+    for served in _recommend(client, headers, 3):
+        assert (served["strategy"], served["model_version"]) == ("segment", current)
