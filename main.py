@@ -9,20 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from werkzeug.serving import WSGIRequestHandler
-
-from app import create_app
+from app import create_app, run_development_server
 from app.config import ConfigurationError, load_settings
-
-
-class DevRequestHandler(WSGIRequestHandler):
-    """Werkzeug's handler without its own line per request: the app's access log
-    (``movierec.access``: request id, endpoint, status, latency) already has one for every
-    request, so the development server's log showed each request twice. Werkzeug's error
-    lines (a malformed request line, a dropped connection) are kept."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"movierec: {exc}", file=sys.stderr)
         return 2
-    app.run(
-        host=args.host,
-        port=args.port,
-        debug=args.debug,
-        use_reloader=False,
-        request_handler=DevRequestHandler,
-    )
+    run_development_server(app, args.host, args.port, args.debug)
     return 0
 
 

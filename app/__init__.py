@@ -135,3 +135,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_monitoring(app, app.extensions["movierec"], settings, model_store(settings))
     register_api(app, settings, jwt_secret)
     return app
+
+
+def run_development_server(app: Flask, host: str, port: int, debug: bool) -> None:
+    """Werkzeug's development server (``python main.py``, ``movierec serve``, ``make run``) with
+    one log line per request: the app's access line (``movierec.access``: request id, endpoint,
+    status, latency). Werkzeug's own request line is dropped, its error lines (a malformed
+    request line, a dropped connection) are kept."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    class RequestHandler(WSGIRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            return None
+
+    app.run(host=host, port=port, debug=debug, use_reloader=False, request_handler=RequestHandler)

@@ -153,14 +153,14 @@ def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out:
 @click.option("--debug", is_flag=True, help="Flask debug mode (development only).")
 def serve(host: str, port: int, debug: bool) -> None:
     """Development server (production: uwsgi --ini uwsgi.ini)."""
-    from app import create_app
+    from app import create_app, run_development_server
     from app.config import ConfigurationError, load_settings
 
     try:
         application = create_app(load_settings(debug=debug))
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from exc
-    application.run(host=host, port=port, debug=debug, use_reloader=False)
+    run_development_server(application, host, port, debug)
 
 
 @cli.group()

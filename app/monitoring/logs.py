@@ -106,6 +106,11 @@ _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 
 _HANDLER_MARK = "_movierec_json_handler"
 
+# Third-party loggers whose INFO lines say nothing to an operator: alembic announces each of
+# its autogenerate plugins ("setup plugin alembic.autogenerate.tables", eight lines) when a
+# command-line process imports it after logging is configured.
+_QUIET_LOGGERS = {"alembic.runtime.plugins": logging.WARNING}
+
 # Terminal colour and style sequences (werkzeug styles its banner and request lines): escape
 # codes inside a JSON field are noise to every reader of the line, journald and the monitor.
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -246,4 +251,6 @@ def configure_logging(level: int | str = "INFO", *, stream: str = "stdout") -> l
     else:
         handler._stream_name = stream  # type: ignore[attr-defined]
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    for name, quiet in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(quiet)
     return handler

@@ -60,8 +60,14 @@ def test_main_refuses_without_jwt_secret_unless_debug(tmp_path: Path, model_stor
     assert result.returncode == 2 and "MOVIEREC_JWT_SECRET" in result.stderr
 
 
-def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path) -> None:
-    """ML_MODEL_PATH=… SESSION_PASSWORD=test python main.py --port P --debug, then login/recommend/score."""
+def _movierec() -> str:
+    return shutil.which("movierec", path=str(Path(sys.executable).parent)) or "movierec"
+
+
+@pytest.mark.parametrize("command", ["main.py", "movierec serve"])
+def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path, command: str) -> None:
+    """ML_MODEL_PATH=… SESSION_PASSWORD=test python main.py --port P --debug (and `movierec serve`,
+    what `make run` starts), then login/recommend/score."""
     port = free_port()
     env = _env(
         ML_MODEL_PATH=str(model_store),
@@ -69,8 +75,12 @@ def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path
         MOVIEREC_DATABASE_URL=f"sqlite:///{tmp_path / 'seed.db'}",
         MOVIEREC_FEEDBACK_JOURNAL_DIR=str(tmp_path / "feedback-journal"),
     )
+    argv = {
+        "main.py": [sys.executable, "main.py", "--port", str(port), "--debug"],
+        "movierec serve": [_movierec(), "serve", "--port", str(port), "--debug"],
+    }[command]
     process = subprocess.Popen(
-        [sys.executable, "main.py", "--port", str(port), "--debug"],
+        argv,
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -107,6 +117,9 @@ def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path
     assert [r["logger"] for r in login_lines] == ["movierec.access"], login_lines
     assert "\x1b" not in output and "\\u001b" not in output
     assert any("Running on http://127.0.0.1" in r["message"] for r in records)
+    # Alembic's lines: the migrations that ran, not its plugin set-up or dialect preamble
+    alembic = [r["message"] for r in records if r["logger"].startswith("alembic")]
+    assert alembic and all(message.startswith("Running upgrade") for message in alembic), alembic
 
 
 def test_accuracy_script_passes_and_fails_with_the_seed_interface(tmp_path: Path, model_store: Path) -> None:
@@ -143,7 +156,7 @@ def test_accuracy_script_passes_and_fails_with_the_seed_interface(tmp_path: Path
 def test_movierec_train_writes_a_new_bundle_and_moves_latest(
     tmp_path: Path, synthetic_data_dir: Path
 ) -> None:
-    movierec = shutil.which("movierec", path=str(Path(sys.executable).parent)) or "movierec"
+    movierec = _movierec()
     store = tmp_path / "store"
     command = [
         movierec,
