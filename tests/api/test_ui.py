@@ -288,6 +288,30 @@ def test_a_bad_rating_is_explained_and_not_stored(app: Any, change: dict[str, st
     assert app.extensions["movierec"].db.feedback_rows() == []
 
 
+def test_a_bad_rating_is_tied_to_its_stars_and_linked_from_the_summary(app: Any) -> None:
+    """docs/ui.md: errors tied to inputs (aria-describedby, aria-invalid), a summary linking to them."""
+    client = app.test_client()
+    csrf = ui_login(client)
+    page = recommend(client, csrf).text
+    form = {"csrf_token": csrf, "id": list_id(page), "movie": titles_of(page)[1], "score": "9"}
+    response = client.post("/ui/feedback", data=form)
+    assert response.status_code == 400
+    items = re.findall(r'<li class="result" id="item-\d+">.*?</li>', response.text, re.S)
+    radios = re.findall(r'<input type="radio"[^>]*>', items[1])
+    assert len(radios) == 5
+    for radio in radios:
+        assert 'aria-invalid="true"' in radio
+        described = re.search(r'aria-describedby="([^"]+)"', radio)
+        assert described, radio
+        error = re.search(rf'id="{described.group(1)}">(.*?)</p>', response.text, re.S)
+        assert error and FIELD_RULES["score"] in error.group(1)
+    assert all("aria-invalid" not in radio for radio in re.findall(r'<input type="radio"[^>]*>', items[0]))
+    summary = re.search(r'<div class="error-summary".*?</div>', response.text, re.S)
+    assert summary
+    link = re.search(r'<a href="#([^"]+)"', summary.group(0))
+    assert link and f'id="{link.group(1)}"' in radios[0]
+
+
 def test_a_rating_for_a_list_never_issued_is_refused(client: Any) -> None:
     csrf = ui_login(client)
     response = client.post(
