@@ -2,7 +2,7 @@
 """Email on ERROR/WARNING entries of a Docker container's journald logs.
 
 Thin wrapper: the logic, and its tests, live in app.monitoring.monitor.
-Usage: ./monitor-docker.py CONTAINER_NAME SMTP_SERVER EMAIL [--print] [--smtp-port 587] [--is-secure]
+Usage: ./monitor-docker.py CONTAINER_NAME SMTP_SERVER EMAIL [--print] [--smtp-port 25] [--is-secure]
        [--notify-warning]   (password: $MONITOR_SMTP_PASSWORD, --password-file, or a prompt)
 """
 
