@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.errors import CODES, ApiError
@@ -40,6 +40,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
+        from app.api import ui
+
+        if request.blueprint is None and ui.is_page_path(request.path):
+            return ui.error_page(error)  # a routing error under /ui: a page for the browser
         status = error.code or 500
         response = envelope(status, _describe(error))
         # keep Werkzeug's headers (Allow on 405, Retry-After on 429 …), not its HTML content type

@@ -260,8 +260,15 @@ def _api_error(error: ApiError) -> Response:
     return _page("ui/error.html", error.status, heading="Something is not right", message=error.message)
 
 
+def is_page_path(path: str) -> bool:
+    return path == "/ui" or path.startswith("/ui/")
+
+
 @bp.errorhandler(HTTPException)
-def _http_error(error: HTTPException) -> Response:
+def error_page(error: HTTPException) -> Response:
+    """The UI's error page. Also answers the routing errors under /ui (an unknown page,
+    ``GET /ui/logout``): Flask gives those to the app's handlers, never a blueprint's, and the
+    browser got the API's JSON envelope (app/api/errors.py hands them here)."""
     status = error.code or 500
     headings = {404: "Not found", 405: "Not allowed", 413: "Too large", 429: "Too many attempts"}
     messages = {
@@ -278,7 +285,7 @@ def _http_error(error: HTTPException) -> Response:
     for name, value in error.get_headers():  # keep Retry-After, Allow ...
         if name.lower() != "content-type":
             response.headers[name] = value
-    return response
+    return _headers(response)  # a routing error skips the blueprint's after_request
 
 
 @bp.errorhandler(Exception)

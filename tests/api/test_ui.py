@@ -532,3 +532,20 @@ def test_a_list_id_with_a_nul_is_not_found_not_a_500(make_app: Callable[..., Any
         "/ui/feedback", data={"csrf_token": csrf, "id": "a\x00b", "movie": titles_of(page)[0], "score": "9"}
     )
     assert 400 <= bad.status_code < 500
+
+
+def test_routing_errors_under_ui_are_pages_and_the_api_keeps_its_envelope(client: Any) -> None:
+    """An unknown page or ``GET /ui/logout``: Flask never gives routing errors to the UI
+    blueprint's handler, and the browser got the API's JSON envelope."""
+    missing = client.get("/ui/no-such-page")
+    assert missing.status_code == 404 and missing.mimetype == "text/html"
+    assert "Not found" in missing.get_data(as_text=True)
+    assert "default-src 'self'" in missing.headers["Content-Security-Policy"]
+    assert missing.headers["Cache-Control"] == "no-store"
+    wrong_method = client.get("/ui/logout")
+    assert wrong_method.status_code == 405 and wrong_method.mimetype == "text/html"
+    assert "POST" in wrong_method.headers["Allow"]
+    api = client.get("/api/no-such-endpoint")
+    assert api.status_code == 404 and api.get_json()["error"]["code"] == "not_found"
+    near = client.get("/uix")
+    assert near.status_code == 404 and near.mimetype == "application/json"
