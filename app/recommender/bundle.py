@@ -463,10 +463,23 @@ def _extraction_cache() -> Path | None:
     return root
 
 
+def _files_only(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter, with every member that is not a file or a directory left out.
+
+    A bundle is plain files. Links are how the "data" filter itself is got round where Python
+    lacks the fix for CVE-2025-4517 (< 3.11.13 / 3.12.11): a symlink chain longer than PATH_MAX
+    stops ``os.path.realpath``, the filter judges the rest of the path lexically, and the
+    kernel follows it out of the extraction (an archive wrote files anywhere the service could).
+    """
+    if not (member.isfile() or member.isdir()):
+        return None
+    return tarfile.data_filter(member, path)
+
+
 def _extract(path: Path, target: Path) -> Path:
     try:
         with tarfile.open(path, "r:gz") as archive:
-            archive.extractall(target, filter="data")
+            archive.extractall(target, filter=_files_only)
     except (tarfile.TarError, OSError, EOFError) as exc:
         _remove_tree(target)
         raise BundleError(f"{path} is not a readable .tar.gz: {exc}") from exc
