@@ -156,6 +156,12 @@ class Settings(BaseSettings):
             raise ConfigurationError(
                 "SESSION_PASSWORD is not set: the service needs the session password to issue tokens"
             )
+        admin = self.admin_password.get_secret_value() if self.admin_password else ""
+        if admin and admin == self.session_password.get_secret_value():
+            # a login with the session password would match both and get the admin role
+            raise ConfigurationError(
+                "ADMIN_PASSWORD is the session password: every client would get admin tokens; set another"
+            )
         secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
         if not secret and self.debug:
             return  # development server: create_app signs with a per-process random secret

@@ -76,6 +76,14 @@ def test_weak_or_default_jwt_secrets_refuse_to_start(make_settings: Any) -> None
     app.extensions["movierec"].close()
 
 
+def test_an_admin_password_equal_to_the_session_password_refuses_to_start(make_settings: Any) -> None:
+    """Every login with the session password would get an admin token: every client an admin."""
+    with pytest.raises(ConfigurationError, match="ADMIN_PASSWORD"):
+        create_app(make_settings(testing=False, admin_password=SESSION_PASSWORD))
+    app = create_app(make_settings(testing=False))  # distinct passwords start
+    app.extensions["movierec"].close()
+
+
 # ------------------------------------------------------------------ rate limit
 
 
