@@ -10,7 +10,14 @@ set -eu
 
 : "${PROMETHEUS_MULTIPROC_DIR:=/tmp/movierec-prometheus}"
 export PROMETHEUS_MULTIPROC_DIR
-mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+mkdir -p -m 0700 "$PROMETHEUS_MULTIPROC_DIR"
+# Every scrape adds up the files it finds there, and the default is a fixed name in the shared
+# /tmp: a directory another user made, or may write to, would let them swap the files.
+if [ -L "$PROMETHEUS_MULTIPROC_DIR" ] || [ ! -O "$PROMETHEUS_MULTIPROC_DIR" ] \
+    || [ -n "$(find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 0 -perm /022)" ]; then
+    echo "start-uwsgi.sh: PROMETHEUS_MULTIPROC_DIR=$PROMETHEUS_MULTIPROC_DIR must be a directory of this user that no other may write" >&2
+    exit 1
+fi
 find "$PROMETHEUS_MULTIPROC_DIR" -mindepth 1 -delete
 
 here=$(cd "$(dirname "$0")/.." && pwd)
