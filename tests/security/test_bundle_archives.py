@@ -1,4 +1,5 @@
-"""Bundle archives (``ML_MODEL_PATH`` / ``MODEL_FILE`` as a ``.tar.gz``): nothing lands outside the extraction.
+"""Bundle archives (``ML_MODEL_PATH`` / ``MODEL_FILE`` as a ``.tar.gz``): nothing lands outside
+the extraction.
 
 The archive is crafted the way an attacker would, with tarfile directly: a chain of symlinks
 whose resolved path outgrows PATH_MAX, so ``os.path.realpath`` — and with it tarfile's "data"
