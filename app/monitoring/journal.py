@@ -93,6 +93,7 @@ _UWSGI_ROUTINE = re.compile(
     r"|\.\.\.The work of process \d+ is done\. Seeya!|worker \d+ killed successfully "
     r"|Respawned uWSGI worker |.* - graceful shutdown triggered|Gracefully killing worker "
     r"|gateway \"[^\"]*\" has been buried|goodbye to uWSGI\.|uWSGI running as root"
+    r"|VACUUM: unix socket \S+ removed\.$"
     r"|!!! no internal routing support"
     # a graceful reload (SIGHUP): the master re-executes itself and respawns the workers
     r"|\.\.\.gracefully killing workers\.\.\.$|worker \d+ buried after \d+ seconds$"

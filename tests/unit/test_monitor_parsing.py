@@ -273,6 +273,8 @@ ROUTINE = [
     "Gracefully killing worker 1 (pid: 19)...",
     'gateway "uWSGI http 1" has been buried (pid: 11)',
     "goodbye to uWSGI.",
+    "uwsgi socket 0 bound to UNIX address /tmp/movierec-uwsgi.KQiQAE/workers.sock fd 6",
+    "VACUUM: unix socket /tmp/movierec-uwsgi.KQiQAE/workers.sock removed.",
 ]
 FAILURES = [
     "Traceback (most recent call last):",
