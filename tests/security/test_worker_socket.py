@@ -14,7 +14,6 @@ import socket
 import stat
 import struct
 from pathlib import Path
-from typing import Any
 
 import pytest
 
