@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify
-from flask_jwt_extended import jwt_required
+from flask_jwt_extended import get_jwt, jwt_required
 from spectree import Response
 
 from app.api.auth import admin_required
@@ -31,6 +31,17 @@ def _breaker(services: Any) -> dict[str, Any] | None:
     return {"state": str(getattr(breaker, "state", "unknown"))}
 
 
+ADMIN_ONLY_DETAIL = "failed: the details are shown to admin tokens and in the service log"
+
+
+def _for_role(status: dict[str, Any], key: str, admin: bool) -> dict[str, Any]:
+    """``status`` with its error text kept for admins only: a failed reload's or write's text
+    holds server paths, unpickling messages or SQL, which no client token needs."""
+    if admin or not status.get(key):
+        return status
+    return {**status, key: ADMIN_ONLY_DETAIL}
+
+
 @bp.get("/api/model")
 @jwt_required()
 @spec.validate(
@@ -41,6 +52,7 @@ def model_info() -> Any:
     services = current_app.extensions["movierec"]
     bundle = services.models.require()
     rating = bundle.rating_model
+    admin = get_jwt().get("role") == "admin"
     return jsonify(
         model_version=bundle.version,
         served_model=bundle.manifest.get("served_model"),
@@ -48,10 +60,10 @@ def model_info() -> Any:
         loaded_at=datetime.fromtimestamp(bundle.loaded_at, UTC).isoformat(timespec="seconds"),
         metrics=bundle.metrics,
         rating_model=rating.name if rating is not None else None,
-        reload=services.reloader.status(),
+        reload=_for_role(services.reloader.status(), "error", admin),
         breaker=_breaker(services),
-        request_log=services.recommendations.request_log.stats(),
-        feedback_journal=services.recommendations.feedback.stats(),
+        request_log=_for_role(services.recommendations.request_log.stats(), "last_error", admin),
+        feedback_journal=_for_role(services.recommendations.feedback.stats(), "last_error", admin),
     )
 
 

@@ -143,6 +143,9 @@ def test_bad_bundle_is_refused_and_the_old_one_keeps_serving(
     )
     status = client.get("/api/model", headers=auth_headers).get_json()["reload"]
     assert status["state"] == "failed" and status["error"]
+    # the error's text (server paths, unpickling messages) is for admins; a client token is told so
+    assert "v-bad" not in status["error"] and "admin" in status["error"]
+    assert "v-bad" in client.get("/api/model", headers=admin).get_json()["reload"]["error"]
 
 
 def test_reload_to_a_named_version_and_invalid_versions(client: Any, store: Path, auth_headers: dict) -> None:
