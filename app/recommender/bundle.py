@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -51,6 +52,8 @@ TABLE_DEPTH = 100  # max_recs is at most 100
 LATEST = "latest"
 MANIFEST = "manifest.json"
 VERSION_MAX_LENGTH = 64  # the database's model_version columns (app/storage/models.py)
+BUNDLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+"""A bundle directory's name in a model store: no path separators, no dot-files (reload, export)."""
 
 
 class BundleError(ValueError):

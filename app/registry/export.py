@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from app.recommender.bundle import LATEST, MANIFEST, BundleError, load_bundle, point_latest
+from app.recommender.bundle import BUNDLE_NAME, LATEST, MANIFEST, BundleError, load_bundle, point_latest
 from app.registry.mlflow_registry import Registry, RegistryError
 from app.services.dashboard import served_row
 
@@ -43,6 +43,10 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
     info = registry.get(version)
     if not info.bundle_version:
         raise RegistryError(f"version {version} has no bundle_version tag; it was not registered by movierec")
+    if not BUNDLE_NAME.match(info.bundle_version):  # a tag anyone with registry access can set
+        raise RegistryError(
+            f"version {version}: its bundle_version tag {info.bundle_version!r} is not a bundle name"
+        )
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     final = model_dir / info.bundle_version

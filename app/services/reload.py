@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 import weakref
@@ -38,13 +37,19 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ApiError, InvalidRequest, NotFound
-from app.recommender.bundle import LATEST, MANIFEST, BundleError, LoadedBundle, resolve_bundle_dir
+from app.recommender.bundle import (
+    BUNDLE_NAME,
+    LATEST,
+    MANIFEST,
+    BundleError,
+    LoadedBundle,
+    resolve_bundle_dir,
+)
 from app.services.models import ModelHolder
 
 log = logging.getLogger(__name__)
 
 MARKER_NAME = ".serving.json"
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -152,7 +157,7 @@ class ModelReloader:
     def resolve_target(self, version: str | None = None) -> Path:
         """The bundle directory a reload should load: a named version, else the store's ``latest``."""
         if version is not None:
-            if not _VERSION.match(version):
+            if not BUNDLE_NAME.match(version):
                 raise InvalidRequest("invalid version", fields={"version": "must be a bundle version name"})
             candidate = self.store / version
             if not (candidate / MANIFEST).is_file():

@@ -56,3 +56,16 @@ def test_a_rollback_to_a_sound_copy_in_the_model_store_moves_latest(
     registry, version, copy = _registered(tmp_path, personal_model_store)
     assert export_version(registry, version, copy.parent) == copy
     assert (copy.parent / "latest").resolve() == copy.resolve()
+
+
+def test_a_bundle_version_tag_that_is_not_a_bundle_name_is_refused(
+    tmp_path: Path, personal_model_store: Path
+) -> None:
+    """The registry's bundle_version tag became a path in the model store unchecked: a tag of
+    ``../elsewhere`` (anyone with write access to the registry can set one) exported outside it."""
+    registry, version, _copy = _registered(tmp_path, personal_model_store)
+    registry.client.set_model_version_tag(registry.model_name, version, "bundle_version", "../elsewhere")
+    store = tmp_path / "store"
+    with pytest.raises(RegistryError, match="not a bundle name"):
+        export_version(registry, version, store)
+    assert not (tmp_path / "elsewhere").exists() and not (store / "latest").exists()
