@@ -136,6 +136,15 @@ def _decode(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+def _parse(name: str, text: str, **options: Any) -> pd.DataFrame:
+    """``pd.read_csv`` of one raw file's decoded text; a row pandas cannot split (an extra field,
+    a stray quote) or a file with nothing to parse is a DataFormatError naming the file."""
+    try:
+        return pd.read_csv(io.StringIO(text), **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataFormatError(f"{name}: {str(exc).strip()}") from exc
+
+
 def _require(file: str, field: str, values: pd.Series | pd.DataFrame, ok: Any, rule: str) -> None:
     """Raise :class:`DataFormatError` naming the first offending rows when ``ok`` is not all true."""
     bad = np.flatnonzero(~np.asarray(ok, dtype=bool))
@@ -205,11 +214,9 @@ def _validate(
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def read(name: str, sep: str, names: list[str], **options: Any) -> pd.DataFrame:
         text = _decode((directory / name).read_bytes())  # read once: the encoding and header from it
-        skip = _header_rows(text, sep)
-        try:
-            return pd.read_csv(io.StringIO(text), sep=sep, names=names, header=None, skiprows=skip, **options)
-        except pd.errors.ParserError as exc:  # a row with an extra field, a stray quote: name the file
-            raise DataFormatError(f"{name}: {str(exc).strip()}") from exc
+        return _parse(
+            name, text, sep=sep, names=names, header=None, skiprows=_header_rows(text, sep), **options
+        )
 
     ratings = read("u.data", "\t", RATING_COLUMNS)
     users = read("u.user", "|", USER_COLUMNS, dtype={"zip_code": str})
@@ -238,10 +245,7 @@ def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     def read(name: str, needed: tuple[str, ...]) -> pd.DataFrame:
         # decoded as the GroupLens files are: a conversion of u.item keeps its Latin-1 titles
         text = _decode((directory / f"ml-100k.{name}").read_bytes())
-        try:
-            frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:  # an extra field, an empty file
-            raise DataFormatError(f"ml-100k.{name}: {str(exc).strip()}") from exc
+        frame = _parse(f"ml-100k.{name}", text, sep="\t", dtype=str, keep_default_na=False)
         frame.columns = [column.split(":", 1)[0] for column in frame.columns]
         missing = [column for column in needed if column not in frame.columns]
         if missing:
