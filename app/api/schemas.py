@@ -16,6 +16,10 @@ from app.recommender.features import MAX_ID, integral
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
 
 MAX_RECS = 100
+MAX_BATCH_RECOMMEND = 1_000
+MAX_BATCH_PREDICT = 10_000
+MAX_PASSWORD_LENGTH = 1024
+MAX_VERSION_LENGTH = 128
 
 
 _Integral = BeforeValidator(integral)
@@ -30,7 +34,7 @@ Score = Annotated[float, Field(strict=True, ge=0.5, le=5, allow_inf_nan=False)]
 
 # What each field must be, in the words the error envelope uses.
 FIELD_RULES: dict[str, str] = {
-    "session_password": "must be a non-empty string",  # nosec B105 - a rule text, not a password
+    "session_password": f"must be a non-empty string of at most {MAX_PASSWORD_LENGTH} characters",
     "age": f"must be an integer between {MIN_AGE} and {MAX_AGE}",
     "gender": "must be one of M, F, O",
     "occupation": "must be one of: " + ", ".join(OCCUPATIONS),
@@ -39,6 +43,12 @@ FIELD_RULES: dict[str, str] = {
     "id": "must be a recommendation id issued by this service",
     "movie": "must be a movie title recommended under that id",
     "score": "must be a number between 0.5 and 5",
+    # the serving extensions' bodies (app/api/serving_schemas.py)
+    "movie_id": "must be the id of a movie in the catalogue",
+    "instances": f"must be a list of 1 to {MAX_BATCH_PREDICT:,} records",
+    "requests": f"must be a list of 1 to {MAX_BATCH_RECOMMEND:,} /api/recommend bodies",
+    "version": f"must be a bundle version name of at most {MAX_VERSION_LENGTH} characters",
+    "wait": "must be true or false",
 }
 
 
@@ -47,7 +57,7 @@ class Strict(BaseModel):
 
 
 class LoginRequest(Strict):
-    session_password: str = Field(min_length=1, max_length=1024)
+    session_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
 
 
 class LoginResponse(BaseModel):

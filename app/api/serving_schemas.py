@@ -10,10 +10,20 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
-from app.api.schemas import MAX_RECS, Age, Gender, MovieId, Occupation, RecommendResponse, Strict, UserId
+from app.api.schemas import (
+    MAX_BATCH_PREDICT,
+    MAX_BATCH_RECOMMEND,
+    MAX_RECS,
+    MAX_VERSION_LENGTH,
+    Age,
+    Gender,
+    MovieId,
+    Occupation,
+    RecommendResponse,
+    Strict,
+    UserId,
+)
 
-MAX_BATCH_RECOMMEND = 1_000
-MAX_BATCH_PREDICT = 10_000
 # Bulk endpoints take bigger bodies than the 64 KiB default: 10,000 records are about 700 KB.
 BULK_MAX_BODY_BYTES = 2 * 1024 * 1024
 
@@ -91,7 +101,7 @@ class UserRecommendationsResponse(RecommendResponse):
 
 
 class ReloadRequest(Strict):
-    version: str | None = Field(default=None, min_length=1, max_length=128)
+    version: str | None = Field(default=None, min_length=1, max_length=MAX_VERSION_LENGTH)
     wait: StrictBool = False
 
 
