@@ -10,11 +10,14 @@ Layout under the root (a local directory or any fsspec URL — ``s3://bucket/fea
     snapshot=<id>/_meta.json         data hash, created_at, row counts
     LATEST                           id of the newest complete snapshot
 
-A snapshot is written completely before ``LATEST`` names it, so readers never see half of
-one. The features are computed by the pure functions of app/recommender/features.py; this
-module only stores and queries them. DuckDB is the embedded SQL warehouse: the latest
-snapshot's tables are views ``users``, ``items``, ``ratings`` and ``feedback``, and every
-snapshot is reachable as ``users_history`` etc. (with a ``snapshot`` column), so
+A snapshot is written completely (and, locally, synced) before ``LATEST`` names it, so readers
+never see half of one; the pipeline publishes it only once the service database holds its users
+too (:meth:`FeatureStore.stage_snapshot`, then :meth:`FeatureStore.publish`), so ``LATEST`` and
+the features API name the same snapshot even after a failed load. The features are computed by
+the pure functions of app/recommender/features.py; this module only stores and queries them.
+DuckDB is the embedded SQL warehouse: the latest snapshot's tables are views ``users``,
+``items``, ``ratings`` and ``feedback``, and every snapshot up to the latest is reachable as
+``users_history`` etc. (with a ``snapshot`` column), so
 ``movierec sql "select occupation, avg(mean_rating) from users group by 1"`` just works.
 """
 
@@ -32,6 +35,7 @@ import fsspec
 import pandas as pd
 
 from app.recommender.features import item_features, rated_movies, user_features
+from app.services.durable_files import sync_directory, write_durably
 
 if TYPE_CHECKING:  # the ingest module pulls in the service database layer; SQL needs none of it
     from app.pipeline.ingest import Ingested
@@ -122,7 +126,17 @@ class FeatureStore:
     # ------------------------------------------------------------------ writing
 
     def write_snapshot(self, ingested: Ingested, now: datetime | None = None) -> Snapshot:
-        """Compute the feature tables of ``ingested`` and publish them as the latest snapshot."""
+        """Compute the feature tables of ``ingested`` and publish them as the latest snapshot.
+
+        For a store nothing else is loaded from; the pipeline stages, loads the database, then
+        publishes.
+        """
+        snapshot = self.stage_snapshot(ingested, now)
+        self.publish(snapshot)
+        return snapshot
+
+    def stage_snapshot(self, ingested: Ingested, now: datetime | None = None) -> Snapshot:
+        """Write (and sync) the snapshot's files; ``LATEST`` still names the previous one."""
         now = now or datetime.now(UTC)
         data_hash = ingested.data_hash
         snapshot_id = f"{now:%Y%m%dT%H%M%S%f}-{data_hash[:8]}"
@@ -130,8 +144,7 @@ class FeatureStore:
         self.fs.makedirs(directory, exist_ok=True)
         counts = {}
         for name, frame in feature_tables(ingested).items():
-            with self.fs.open(f"{directory}/{name}.parquet", "wb") as handle:
-                frame.to_parquet(handle, index=False)
+            self._put(f"{directory}/{name}.parquet", frame.to_parquet(index=False))
             counts[name] = len(frame)
         meta = {
             "snapshot": snapshot_id,
@@ -139,10 +152,27 @@ class FeatureStore:
             "created_at": now.isoformat(),
             "counts": counts,
         }
-        self.fs.pipe_file(f"{directory}/{META_FILE}", json.dumps(meta, indent=2).encode())
-        self.fs.pipe_file(self._path(LATEST_FILE), snapshot_id.encode())
-        log.info("features snapshot %s written to %s", snapshot_id, self.root)
+        self._put(f"{directory}/{META_FILE}", json.dumps(meta, indent=2).encode())
+        if self.is_local:  # the snapshot directory's own name, before LATEST can point at it
+            sync_directory(Path(self.path))
         return Snapshot(snapshot_id, self.fs.unstrip_protocol(directory), data_hash, counts)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Name ``snapshot`` in ``LATEST``: after its files, and whatever is loaded from them, are in place.
+
+        Replaced whole and synced: a crash leaves the previous id or this one, never an empty
+        or torn file.
+        """
+        self._put(self._path(LATEST_FILE), snapshot.id.encode())
+        log.info("features snapshot %s published in %s", snapshot.id, self.root)
+
+    def _put(self, path: str, data: bytes) -> None:
+        """A whole file: locally written to a side name, synced and renamed; an object store's
+        put is already all-or-nothing and durable when it returns."""
+        if self.is_local:
+            write_durably(Path(path), data)
+        else:
+            self.fs.pipe_file(path, data)
 
     # ------------------------------------------------------------------ reading
 
@@ -195,7 +225,8 @@ class FeatureStore:
         # The history lists the complete snapshots (those with _meta.json), not ``snapshot=*``:
         # a run that died mid-write leaves a directory with some (or truncated) Parquet files,
         # which the glob read as history — or, truncated, made every view and query fail.
-        complete = self.snapshots() or [snapshot]
+        # Nor is a snapshot newer than LATEST: staged by a build whose database load failed.
+        complete = [s for s in self.snapshots() if s <= snapshot] or [snapshot]
         connection = duckdb.connect(":memory:")
         if not self.is_local:
             connection.register_filesystem(self.fs)

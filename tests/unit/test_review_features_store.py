@@ -32,3 +32,71 @@ def test_a_half_written_snapshot_is_not_history_and_breaks_no_query(
     assert history.to_dict("records") == [{"snapshot": done.id, "n": len(synthetic_data.users)}]
     assert store.sql("select count(*) as n from items_history")["n"].item() == len(synthetic_data.items)
     assert store.sql("select count(*) as n from users")["n"].item() == len(synthetic_data.users)
+
+
+def test_a_failed_database_load_publishes_no_snapshot(
+    make_settings: Any, make_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LATEST` names what the service database serves: a build whose load failed moves neither.
+
+    It was written before the load, so after a failed one `movierec sql` answered from a
+    snapshot the features API (reading the database) had never seen, until the next build.
+    """
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    import app.storage.user_features as stored
+    from app.cli import cli
+    from tests.helpers import login
+
+    root = tmp_path / "features"
+    monkeypatch.setattr(commands, "_settings", lambda **_: make_settings(features_root=str(root)))
+    runner = CliRunner()
+    first = runner.invoke(cli, ["features", "build"])
+    assert first.exit_code == 0, first.output
+    store = FeatureStore(root)
+    loaded = store.latest()
+    assert loaded is not None
+
+    def refused(*_: Any, **__: Any) -> int:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(stored, "replace_user_features", refused)
+    failed = runner.invoke(cli, ["features", "build"])
+    assert failed.exit_code != 0 and isinstance(failed.exception, RuntimeError)
+    assert len(list(root.glob("snapshot=*"))) == 2  # the second build's Parquet files were written
+
+    client = make_app(features_root=str(root)).test_client()
+    answer = client.get("/api/users/1/features", headers=login(client)).get_json()
+    assert answer["source"] == "feature_store"
+    assert store.latest() == answer["snapshot_id"] == loaded
+    # the warehouse's history stops at what LATEST names: the unloaded snapshot is not in it
+    history = store.sql("select distinct snapshot from users_history")["snapshot"].tolist()
+    assert history == [loaded]
+
+
+def test_the_snapshot_and_latest_are_synced_before_latest_names_them(
+    synthetic_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LATEST` was written in place without fsync: a crash could leave it empty, or naming
+    Parquet files still in the page cache."""
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    root = tmp_path / "features"
+    snapshot = FeatureStore(root).write_snapshot(
+        Ingested(synthetic_data), now=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    directory = root / f"snapshot={snapshot.id}"
+    files = [str(directory / f".{name}.partial") for name in ("users.parquet", "items.parquet", "_meta.json")]
+    latest = synced.index(str(root / ".LATEST.partial"))
+    assert all(name in synced[:latest] for name in files)
+    assert str(root) in synced[latest:]  # the rename of LATEST itself
+    assert (root / "LATEST").read_text() == snapshot.id
