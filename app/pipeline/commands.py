@@ -111,6 +111,7 @@ def pipeline_run(
                 settings,
                 runner=lambda s, trigger: run_flow(s, names, seed_list, trigger, stream=True),
                 candidates=names,
+                trigger="manual",  # an operator's run that skips when nothing changed
             )
             if result.error:
                 raise click.ClickException(result.error)

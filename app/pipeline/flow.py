@@ -58,7 +58,9 @@ class MovieRecTrainingFlow(FlowSpec):
         "seeds", default="", help="Comma-separated split seeds (default: MOVIEREC_PIPELINE_SEEDS)."
     )
     summary_path = Parameter("summary-path", default="", help="Write the run summary JSON here.")
-    trigger = Parameter("trigger", default="manual", help="Why this run started (manual, schedule, …).")
+    trigger = Parameter(
+        "trigger", default="manual", help="What started this run: manual (pipeline run) or schedule."
+    )
 
     @step
     def start(self) -> None:

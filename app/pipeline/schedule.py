@@ -101,10 +101,14 @@ def tick(
     runner: Callable[..., FlowRun] = run_flow,
     fingerprint: Callable[[Settings], tuple[str, str]] = current_fingerprint,
     candidates: Sequence[str] | None = None,
+    *,
+    trigger: str = "schedule",
 ) -> TickResult:
     """One scheduled decision: skip, or run the flow. Failures are logged, never raised.
 
-    ``candidates``: what the run would train (default: the settings' candidates).
+    ``candidates``: what the run would train (default: the settings' candidates). ``trigger``:
+    what started it, recorded with the run — ``schedule`` for the scheduler and ``schedule
+    --once``, ``manual`` for an operator's ``pipeline run --if-changed``.
     """
     registry = Registry.from_settings(settings)
     try:
@@ -118,9 +122,9 @@ def tick(
         return TickResult(decision)
     log.info("training: %s", decision.reason)
     try:
-        run = runner(settings, trigger="schedule")
+        run = runner(settings, trigger=trigger)
     except PipelineError as exc:
-        log.error("scheduled training failed: %s", str(exc).splitlines()[0])
+        log.error("training (%s) failed: %s", trigger, str(exc).splitlines()[0])
         return TickResult(decision, error=str(exc))
     return TickResult(decision, run.summary)
 

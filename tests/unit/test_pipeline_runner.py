@@ -195,3 +195,39 @@ def test_parallel_candidates_share_the_cores(tmp_path: Path) -> None:
         flow_environment(_settings(tmp_path), base={"OMP_NUM_THREADS": "4"}, workers=2)["OMP_NUM_THREADS"]
         == "4"
     )
+
+
+@pytest.mark.parametrize(("command", "trigger"), [(["pipeline", "run", "--if-changed"], "manual"),
+                                                  (["schedule", "--once"], "schedule")])  # fmt: skip
+def test_the_recorded_trigger_says_what_started_the_run(
+    command: list[str], trigger: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pipeline run --if-changed` is an operator's run that skips when nothing changed; it was
+    recorded as trigger "schedule", as if the scheduler had started it."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    import app.pipeline.runner as runner
+    import app.pipeline.schedule as schedule
+    from app.cli import cli
+    from app.pipeline.runner import FlowRun
+
+    started: list[str] = []
+
+    def run_flow(
+        settings: Any, names: Any = None, seeds: Any = None, trigger: str = "manual", **_: Any
+    ) -> Any:
+        started.append(trigger)
+        return FlowRun({"candidates": [], "seconds": 0}, 0.0, "")
+
+    monkeypatch.setattr(commands, "_settings", lambda **_: _settings(tmp_path))
+    monkeypatch.setattr(runner, "run_flow", run_flow)
+    # tick's defaults: the flow runner and the fingerprint (bound when it was defined)
+    monkeypatch.setattr(schedule.tick, "__defaults__", (run_flow, lambda s: ("data", "code"), None))
+    monkeypatch.setattr(schedule.Registry, "from_settings", classmethod(lambda cls, s: object()))
+    monkeypatch.setattr(
+        schedule, "should_run", lambda *a, **k: schedule.RunDecision(True, "new data", "d", "c")
+    )
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 0, result.output
+    assert started == [trigger]
