@@ -322,8 +322,11 @@ class JournalFollower:
     def stop(self) -> None:
         """Make :meth:`follow` return soon; safe to call from any thread."""
         self._stop.set()
-        with self._proc_lock:
-            proc = self._proc
+        # Not under _proc_lock: monitor-docker.py calls this from its signal handler, which runs
+        # in the main thread — the one in follow() — and a signal landing while follow() held
+        # the (non-reentrant) lock waited for itself for ever. Reading one attribute needs no
+        # lock; a process started after this read sees _stop set and is ended by follow().
+        proc = self._proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()

@@ -216,3 +216,33 @@ def test_without_a_cursor_file_handled_alerts_are_not_kept_for_ever() -> None:
     monitor.run()
     assert monitor.alerts_raised == 500 and alerter.oldest_undelivered() is None
     assert len(monitor._undelivered) == 0
+
+STOP_WHILE_LOCKED = r"""
+import signal, sys
+sys.path.insert(0, sys.argv[1])
+from app.monitoring.journal import JournalFollower
+
+follower = JournalFollower({"CONTAINER_NAME": "movierec"})
+signal.signal(signal.SIGTERM, lambda *_: follower.stop())
+with follower._proc_lock:  # as follow() does around each journalctl start, and at its end
+    signal.raise_signal(signal.SIGTERM)  # the handler runs here, in this (the main) thread
+    follower._proc = None
+print("stopped" if follower.stopped else "running")
+"""
+
+
+def test_a_stop_signal_while_follow_holds_its_lock_does_not_hang() -> None:
+    """monitor-docker.py calls stop() from its SIGTERM/SIGINT handler, which Python runs in the
+    main thread — the thread running follow(). stop() took the same non-reentrant lock, so a
+    signal landing while follow() held it waited for itself for ever."""
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[2])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", STOP_WHILE_LOCKED, root], capture_output=True, text=True, timeout=10
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("stop() from a signal handler deadlocked on _proc_lock")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"
