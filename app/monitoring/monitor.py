@@ -44,6 +44,7 @@ from app.monitoring.alerts import (
 )
 from app.monitoring.journal import JournalEntry, JournalFollower
 from app.monitoring.logs import configure_logging
+from app.services.durable_files import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +111,12 @@ class CursorFile:
         return text
 
     def save(self, cursor: str | None) -> None:
-        """Replace the file atomically (a crash mid-write must not leave half a cursor)."""
+        """Replace the file atomically and durably (a crash must not leave half a cursor, or an
+        empty file whose data was never synced)."""
         if cursor is None or cursor == self.saved:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            tmp.write_text(cursor + "\n", encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_durably(self.path, (cursor + "\n").encode())
         except OSError as exc:
             log.warning("cannot save the journal cursor", extra={"path": str(self.path), "error": str(exc)})
             return

@@ -1,8 +1,10 @@
 """Files that hold acknowledged data until the database has it: written so a crash keeps them.
 
-Shared by the feedback journal (app/services/feedback_journal.py) and the request log's spill
-(app/services/request_log.py). What a write-behind log may not lose goes through here: synced
-before the caller moves on, and a new file's name made durable with its directory.
+Shared by the feedback journal (app/services/feedback_journal.py), the request log's spill
+(app/services/request_log.py), the features store's snapshots and ``LATEST``
+(app/pipeline/features_store.py) and the log monitor's cursor file (app/monitoring/monitor.py).
+What a write-behind log may not lose goes through here: synced before the caller moves on, and a
+new file's name made durable with its directory.
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import DataError, IntegrityError
+# The standard library only at import: the log monitor (app/monitoring/monitor.py) saves its
+# cursor through here, and runs on the Docker host without the service's dependencies.
 
-REFUSED = (IntegrityError, DataError)
-"""What the database says of a row that no retry will change (a constraint, a bad value)."""
+
+def _refused() -> tuple[type[BaseException], ...]:
+    """What the database says of a row that no retry will change (a constraint, a bad value)."""
+    from sqlalchemy.exc import DataError, IntegrityError
+
+    return (IntegrityError, DataError)
 
 
 def write_or_set_aside(
@@ -27,17 +34,18 @@ def write_or_set_aside(
     Anything else (unreachable, read-only, a missing grant) propagates, and the caller retries the
     whole batch: the writes are idempotent.
     """
+    refused = _refused()
     try:
         write(list(rows))
         return
-    except REFUSED as exc:
+    except refused as exc:
         if len(rows) == 1:
             reject(rows[0], exc)
             return
     for row in rows:  # find the culprits
         try:
             write([row])
-        except REFUSED as exc:
+        except refused as exc:
             reject(row, exc)
 
 

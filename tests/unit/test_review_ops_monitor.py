@@ -246,3 +246,33 @@ def test_a_stop_signal_while_follow_holds_its_lock_does_not_hang() -> None:
         pytest.fail("stop() from a signal handler deadlocked on _proc_lock")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped"
+
+
+def test_the_cursor_file_is_synced_before_it_replaces_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was written and renamed without fsync: a crash could leave an empty cursor file."""
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    CursorFile(tmp_path / "cursor").save("s=ab;i=1")
+    assert (tmp_path / "cursor").read_text().strip() == "s=ab;i=1"
+    assert synced and synced[-1] == str(tmp_path)  # the file, then its directory's rename
+    assert any(path.startswith(str(tmp_path / ".cursor")) for path in synced[:-1])
+
+
+def test_the_monitor_still_imports_without_the_service_dependencies() -> None:
+    """It runs on the Docker host; the durable-file helpers it now shares import SQLAlchemy lazily."""
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[2])
+    code = "import sys; sys.modules['sqlalchemy'] = None; import app.monitoring.monitor"
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
