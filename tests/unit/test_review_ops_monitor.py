@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import threading
@@ -217,6 +218,82 @@ def test_without_a_cursor_file_handled_alerts_are_not_kept_for_ever() -> None:
     assert monitor.alerts_raised == 500 and alerter.oldest_undelivered() is None
     assert len(monitor._undelivered) == 0
 
+
+class ClockedFollower:
+    """Yields (time, cursor or None) steps, moving a fake clock: ``None`` is an idle tick."""
+
+    holding_partial = False
+
+    def __init__(self, steps: list[tuple[float, str | None]]) -> None:
+        self.cursor: str | None = None
+        self.steps = steps
+        self.now = 0.0
+
+    def follow(self, idle: float = 1.0) -> Any:
+        for at, cursor in self.steps:
+            self.now = at
+            if cursor is None:
+                yield None
+                continue
+            self.cursor = cursor
+            line = json.dumps(
+                {"ts": "2026-01-01T12:00:00.000Z", "level": "INFO", "logger": "app", "message": "m"}
+            )
+            yield parse_entry(
+                {"MESSAGE": line, "PRIORITY": "6", "__CURSOR": cursor, "CONTAINER_NAME": "movierec"}
+            )
+
+    def stop(self) -> None:
+        pass
+
+
+def test_cursor_saves_are_at_least_a_second_apart(tmp_path: Path) -> None:
+    """Documented as saved "at most once a second", but every idle tick saved as well: an entry's
+    save at t=1.0 and an idle tick's at t=1.2 wrote the file twice within 0.2 s."""
+    steps: list[tuple[float, str | None]] = [
+        (0.2, "s=ab;i=1"), (1.0, "s=ab;i=2"), (1.2, None), (1.5, "s=ab;i=3"), (1.7, None),
+        (2.0, None), (2.1, "s=ab;i=4"), (2.6, None), (3.05, None), (3.6, None),
+    ]  # fmt: skip
+    follower = ClockedFollower(steps)
+    written: list[float] = []
+
+    class Recording(CursorFile):
+        def save(self, cursor: str | None) -> None:
+            if cursor is not None and cursor != self.saved:
+                written.append(follower.now)
+            super().save(cursor)
+
+    cursors = Recording(tmp_path / "cursor")
+    monitor = Monitor(
+        "movierec", follower, Alerter([Recorder()], group_wait=0), cursor_file=cursors,  # type: ignore[arg-type]
+        clock=lambda: follower.now,
+    )  # fmt: skip
+    monitor.run()
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(written)), written
+    # the idle ticks still save a quiet stream's last position, once a second is up
+    assert written == [1.0, 2.0, 3.05] and cursors.path.read_text().strip() == "s=ab;i=4"
+
+
+def test_the_cursor_file_is_synced_before_it_replaces_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was written and renamed without fsync: a crash could leave an empty cursor file."""
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    CursorFile(tmp_path / "cursor").save("s=ab;i=1")
+    assert (tmp_path / "cursor").read_text().strip() == "s=ab;i=1"
+    assert synced and synced[-1] == str(tmp_path)  # the file, then its directory's rename
+    assert any(path.startswith(str(tmp_path / ".cursor")) for path in synced[:-1])
+
+
 STOP_WHILE_LOCKED = r"""
 import signal, sys
 sys.path.insert(0, sys.argv[1])
@@ -246,26 +323,6 @@ def test_a_stop_signal_while_follow_holds_its_lock_does_not_hang() -> None:
         pytest.fail("stop() from a signal handler deadlocked on _proc_lock")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped"
-
-
-def test_the_cursor_file_is_synced_before_it_replaces_the_old_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """It was written and renamed without fsync: a crash could leave an empty cursor file."""
-    import os
-
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    CursorFile(tmp_path / "cursor").save("s=ab;i=1")
-    assert (tmp_path / "cursor").read_text().strip() == "s=ab;i=1"
-    assert synced and synced[-1] == str(tmp_path)  # the file, then its directory's rename
-    assert any(path.startswith(str(tmp_path / ".cursor")) for path in synced[:-1])
 
 
 def test_the_monitor_still_imports_without_the_service_dependencies() -> None:
