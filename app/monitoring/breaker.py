@@ -23,8 +23,8 @@ opened the breaker cannot re-open it right after it closed. Each model version h
 record: a newly loaded version starts closed and is judged on its own feedback and calls,
 while a worker still serving the version that tripped keeps routing it to the fallback
 (versions are mixed for a while during a reload or a rolling deploy); a version served
-again later finds the state it left. An admin can close it at any time
-(``POST /api/admin/breaker/reset``). Transitions are logged (opened at ERROR, the
+again later finds the state it left (within app.storage.breaker.RETENTION_SECONDS). An admin
+can close it at any time (``POST /api/admin/breaker/reset``). Transitions are logged (opened at ERROR, the
 others at WARNING), raised as alerts through the alerting path, and counted in metrics.
 
 Nothing here touches the database per request: :meth:`CircuitBreaker.route` reads a cached

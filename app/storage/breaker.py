@@ -10,24 +10,40 @@ compare-and-set on a ``generation`` counter: a worker that decided a transition 
 stale view loses the race instead of overwriting a newer decision (an admin reset, another
 worker's trip). Reads are one primary-key lookup or one ``GET``; workers cache the record and
 re-read it every few seconds, never per request.
+
+Records do not outlive their use: every retraining serves a new version, and one record per
+version ever served grew without bound. A record is kept while its version is served (the
+served version's record is evaluated every monitor interval, and re-read every few seconds)
+and for :data:`RETENTION_SECONDS` after that, so a rollback within that time finds the state
+it left; after it, the version starts closed again like a new one. In the database the
+records idle that long are deleted after a write (at most once an hour per process); in
+Redis each key expires that long after it was last written or read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import redis
-from sqlalchemy import JSON, Float, Integer, String, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import JSON, Float, Integer, String, delete, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.storage.db import Database
+from app.storage.db import Database, DatabaseUnavailableError
 from app.storage.models import Base
+
+log = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
+
+RETENTION_SECONDS = 30 * 86_400
+"""How long a version's record outlives its last evaluation, transition or reset (Redis: its
+last read or write): a rollback within it finds the state the version left."""
+PRUNE_EVERY_SECONDS = 3_600.0  # a database store's deletions of idle records, per process
 
 
 def record_name(name: str, version: str | None) -> str:
@@ -110,10 +126,14 @@ class BreakerStore(Protocol):
 class DatabaseBreakerStore:
     """The ``circuit_breaker`` rows of breaker ``name`` in the service database, one per model version."""
 
-    def __init__(self, db: Database, name: str = "champion") -> None:
+    def __init__(
+        self, db: Database, name: str = "champion", retention_seconds: float = RETENTION_SECONDS
+    ) -> None:
         self.db = db
         self.name = name
         self.where = "database"
+        self.retention_seconds = retention_seconds
+        self._pruned_at: float | None = None  # when this process last pruned, by the writers' clock
 
     def read(self, version: str | None) -> BreakerRecord:
         key = record_name(self.name, version)
@@ -135,6 +155,41 @@ class DatabaseBreakerStore:
             raise BreakerStoreError(f"cannot read breaker state from the database: {exc}") from exc
 
     def write(
+        self, version: str | None, record: BreakerRecord, expected_generation: int
+    ) -> BreakerRecord | None:
+        stored = self._write(version, record, expected_generation)
+        # the record just written carries the writer's clock (the breaker's times are its own)
+        now = max(stored.since, stored.evaluated_at) if stored is not None else None
+        if now is not None and (self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_SECONDS):
+            self._pruned_at = now
+            try:
+                self.prune(now)
+            except (
+                SQLAlchemyError,
+                DatabaseUnavailableError,
+            ) as exc:  # the write stands; the next prune will do
+                log.warning("cannot delete idle breaker records", extra={"error": str(exc)})
+        return stored
+
+    def prune(self, now: float) -> int:
+        """Delete this breaker's version records idle (not evaluated, tripped or reset) for
+        ``retention_seconds`` before ``now``; the count deleted. The record of no version
+        (``<name>``, also the one kept for the previous code) is left alone."""
+        cutoff = now - self.retention_seconds
+        with self.db.session() as session:
+            result = session.execute(
+                delete(BreakerRow).where(
+                    BreakerRow.name.startswith(f"{self.name}@", autoescape=True),
+                    BreakerRow.evaluated_at < cutoff,
+                    BreakerRow.since < cutoff,
+                )
+            )
+        deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        if deleted:
+            log.info("idle breaker records deleted", extra={"records": deleted, "breaker": self.name})
+        return deleted
+
+    def _write(
         self, version: str | None, record: BreakerRecord, expected_generation: int
     ) -> BreakerRecord | None:
         key = record_name(self.name, version)
@@ -174,10 +229,13 @@ REDIS_PREFIX = "movierec:breaker:"
 class RedisBreakerStore:
     """One Redis key per model version holding the record as JSON; compare-and-set with WATCH/MULTI."""
 
-    def __init__(self, client: redis.Redis, name: str = "champion") -> None:
+    def __init__(
+        self, client: redis.Redis, name: str = "champion", retention_seconds: float = RETENTION_SECONDS
+    ) -> None:
         self.client = client
         self.name = name
         self.where = "redis"
+        self.retention = int(retention_seconds)  # each version's key expires this long after its last use
 
     def key(self, version: str | None) -> str:
         return REDIS_PREFIX + record_name(self.name, version)
@@ -185,7 +243,8 @@ class RedisBreakerStore:
     def read(self, version: str | None) -> BreakerRecord:
         key = self.key(version)
         try:
-            raw = self.client.get(key)
+            # GETEX: reading it (every few seconds, by each worker serving it) keeps it alive
+            raw = self.client.getex(key, ex=self.retention) if version is not None else self.client.get(key)
             if raw is None and version is not None and self._legacy_for(version):
                 raw = self.client.get(key)
         except redis.RedisError as exc:
@@ -206,7 +265,7 @@ class RedisBreakerStore:
             return False  # unreadable: it is not this version's state
         if legacy.model_version != version:
             return False
-        self.client.set(self.key(version), raw, nx=True)
+        self.client.set(self.key(version), raw, nx=True, ex=self.retention)
         return True
 
     def write(
@@ -223,7 +282,7 @@ class RedisBreakerStore:
                     pipe.unwatch()
                     return None
                 pipe.multi()
-                pipe.set(key, stored.to_json())
+                pipe.set(key, stored.to_json(), ex=self.retention if version is not None else None)
                 pipe.execute()
                 return stored
         except redis.WatchError:

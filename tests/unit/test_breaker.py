@@ -574,3 +574,47 @@ def test_previous_champion_is_the_newest_older_bundle_of_the_store(model_store: 
     # nothing older: popularity of the served bundle
     first = tiny_bundle("first", "2000-01-01T00:00:00+00:00")
     assert fallback.previous(first) is None and fallback.source(first) == "popularity from first"
+
+
+DAY = 86_400.0
+
+
+def test_records_of_versions_nobody_serves_any_more_are_deleted(db: Database) -> None:
+    """One record per model version, and every retraining serves a new version: the table grew
+    by one row per version ever served, for ever. A record nothing has evaluated, tripped or
+    reset for the retention period goes at a later write; the served versions' are kept."""
+    from sqlalchemy import func, select
+
+    from app.storage.breaker import RETENTION_SECONDS, BreakerRow
+
+    assert RETENTION_SECONDS >= 7 * DAY  # a rollback a week later still finds its state
+    clock = Clock()
+    breaker = make_breaker(DatabaseBreakerStore(db), clock)
+    other = DatabaseBreakerStore(db, "other")  # another breaker's records are not this one's
+    other.write("v0", BreakerRecord(evaluated_at=clock.now), 0)
+    assert breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0)).state == OPEN  # v1 tripped
+    for n in range(2, 12):  # ten retrainings, one a day; each version is evaluated while served
+        clock.now += DAY
+        breaker.evaluate(f"v{n}", lambda since: quality(10, 4.0, 0.8))
+    clock.now += RETENTION_SECONDS - 3 * DAY + 1  # v9, v10, v11 were served within the period
+    breaker.evaluate("v11", lambda since: quality(10, 4.0, 0.8))
+
+    def names() -> set[str]:
+        with db.session() as session:
+            return set(session.scalars(select(BreakerRow.name)))
+
+    assert names() == {"champion@v9", "champion@v10", "champion@v11", "other@v0"}
+    assert DatabaseBreakerStore(db).read("v1") == BreakerRecord()  # as if never served: closed
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(BreakerRow)) == 4
+
+
+def test_redis_records_expire_unless_read_or_written(redis_store: RedisBreakerStore) -> None:
+    from app.storage.breaker import RETENTION_SECONDS
+
+    client, key = redis_store.client, redis_store.key("v1")
+    assert redis_store.write("v1", BreakerRecord(state=OPEN, model_version="v1"), 0) is not None
+    assert 0 < client.ttl(key) <= RETENTION_SECONDS
+    client.expire(key, 100)
+    assert redis_store.read("v1").state == OPEN  # the served version is re-read every few seconds
+    assert client.ttl(key) > RETENTION_SECONDS - 60
