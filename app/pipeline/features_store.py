@@ -169,8 +169,8 @@ class FeatureStore:
     def _put(self, path: str, data: bytes) -> None:
         """A whole file: locally written to a side name, synced and renamed; an object store's
         put is already all-or-nothing and durable when it returns."""
-        if self.is_local:
-            write_durably(Path(path), data)
+        if self.is_local:  # readable as fsspec's own writes were: features are not secrets
+            write_durably(Path(path), data, mode=0o666)
         else:
             self.fs.pipe_file(path, data)
 

@@ -58,9 +58,9 @@ def sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes, flags: int) -> None:
+def _write_synced(path: Path, data: bytes, flags: int, mode: int = 0o600) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, mode)
     try:
         view = memoryview(data)
         while view:
@@ -75,9 +75,13 @@ def append_durably(path: Path, data: bytes) -> None:
     _write_synced(path, data, os.O_APPEND)
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Write ``path`` whole: readers see all of ``data`` under that name or no file at all."""
+def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``path`` whole: readers see all of ``data`` under that name or no file at all.
+
+    A new file gets ``mode`` (less the umask): 0600, as acknowledged data is no one else's, unless
+    the caller's files are meant to be shared (the features store's snapshots).
+    """
     partial = path.with_name(f".{path.name}.partial")
-    _write_synced(partial, data, os.O_TRUNC)
+    _write_synced(partial, data, os.O_TRUNC, mode)
     os.replace(partial, path)
     sync_directory(path.parent)

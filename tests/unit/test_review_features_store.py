@@ -100,3 +100,21 @@ def test_the_snapshot_and_latest_are_synced_before_latest_names_them(
     assert all(name in synced[:latest] for name in files)
     assert str(root) in synced[latest:]  # the rename of LATEST itself
     assert (root / "LATEST").read_text() == snapshot.id
+
+
+def test_snapshot_files_are_as_readable_as_the_umask_allows(synthetic_data: Any, tmp_path: Path) -> None:
+    """Features are not secrets: the durable writes keep fsspec's modes (0666 less the umask),
+    not the 0600 of the journals' acknowledged data, so an analyst's `movierec sql` can read them."""
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        root = tmp_path / "features"
+        snapshot = FeatureStore(root).write_snapshot(
+            Ingested(synthetic_data), now=datetime(2026, 1, 1, tzinfo=UTC)
+        )
+    finally:
+        os.umask(previous)
+    directory = root / f"snapshot={snapshot.id}"
+    for path in (root / "LATEST", directory / "_meta.json", *directory.glob("*.parquet")):
+        assert path.stat().st_mode & 0o777 == 0o644, path
