@@ -344,8 +344,17 @@ def resolve_bundle_dir(path: Path) -> Path:
     """A bundle dir as given, or the one ``latest`` names inside a model store."""
     if (path / MANIFEST).is_file():
         return path
-    if (path / LATEST / MANIFEST).is_file():
-        return (path / LATEST).resolve()
+    latest = path / LATEST
+    if (latest / MANIFEST).is_file():
+        return latest.resolve()
+    if latest.is_symlink() or latest.exists():
+        # point_latest only ever names a bundle directory, and reloads, rollbacks and the
+        # dashboard read the store's bundles as directories: an archive is served by its own path
+        raise BundleError(
+            f"{latest} points at {latest.resolve()}, which is not a bundle directory: a model "
+            f"store's '{LATEST}' names one of its bundle directories (serve a .tar.gz by naming it "
+            "in ML_MODEL_PATH)"
+        )
     raise BundleError(
         f"{path} is neither a bundle (no {MANIFEST}) nor a model store with a '{LATEST}' bundle"
     )
@@ -356,7 +365,9 @@ def load_bundle(path: Path | str, catalogue_fallback: pd.DataFrame | None = None
     path = Path(path)
     if not path.exists():
         raise BundleError(f"model path {path} does not exist")
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+    # a link (a store's ``latest``, say) is judged by what it points at: by its own name, a link
+    # to an archive was unpickled
+    if path.is_file() and path.resolve().name.endswith((".tar.gz", ".tgz")):
         return _load_tarball(path, catalogue_fallback)
     if path.is_file():
         return _load_pickle(path, catalogue_fallback)

@@ -135,6 +135,34 @@ def test_a_tarball_is_extracted_once_and_again_only_when_damaged(
     assert third.version == first.version
 
 
+def test_a_link_to_an_archive_is_loaded_as_the_archive_not_unpickled(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ML_MODEL_PATH naming a link (``latest``, say) to a ``.tar.gz``: a file not named like an
+    archive was handed to joblib, which unpickled the archive's bytes ("could not be unpickled:
+    pop from empty list"). The name of what the link points at decides, as for the archive itself."""
+    archive, _ = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
+    link = tmp_path / "latest"
+    link.symlink_to(archive.name)
+    loaded = load_bundle(link)
+    assert loaded.version == load_bundle(archive).version
+    assert (loaded.path / "manifest.json").is_file()
+
+
+def test_a_store_whose_latest_is_an_archive_is_refused_naming_it(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store's ``latest`` names one of its bundle directories (point_latest; reload, rollback and
+    the dashboard list them): one pointing at an archive is refused with what it points at."""
+    archive, _ = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "bundle.tar.gz").symlink_to(archive)
+    (store / "latest").symlink_to("bundle.tar.gz")
+    with pytest.raises(BundleError, match=r"store/latest points at .*bundle\.tar\.gz.*not a bundle dir"):
+        load_bundle(store)
+
+
 def test_a_shared_extraction_directory_is_not_used(
     model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
