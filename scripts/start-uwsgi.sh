@@ -25,11 +25,6 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 # file a second time (every option twice; a second HTTP router then fails to bind the port)
 ini=${UWSGI_INI:-$here/uwsgi.ini}
 unset UWSGI_INI
-# The workers' uwsgi socket lives in a fresh directory only this user may enter (uwsgi.ini:
-# socket): whoever reaches that socket can make a worker load any file as an app.
-MOVIEREC_UWSGI_SOCKET_DIR=$(mktemp -d "${TMPDIR:-/tmp}/movierec-uwsgi.XXXXXX")
-export MOVIEREC_UWSGI_SOCKET_DIR
-
 # app/listener.py binds the HTTP port (MOVIEREC_HOST, MOVIEREC_PORT) with TCP_NODELAY and runs
 # uwsgi with it as fd 3 (uwsgi.ini: http = fd://3); the Python and uwsgi are the ones on PATH
 exec python -m app.listener uwsgi --ini "$ini" "$@"

@@ -94,6 +94,9 @@ _UWSGI_ROUTINE = re.compile(
     r"|Respawned uWSGI worker |.* - graceful shutdown triggered|Gracefully killing worker "
     r"|gateway \"[^\"]*\" has been buried|goodbye to uWSGI\.|uWSGI running as root"
     r"|VACUUM: unix socket \S+ removed\.$"
+    # the master making the workers' socket directory (uwsgi.ini: socket) and removing it at exit
+    # and reload (exec-as-user-atexit); a command that fails is logged as such and stays an error
+    r"|subprocess \d+ exited with code 0$|running \"rm -f -- .*\" \(as uid: \d+ gid: \d+\) \.\.\.$"
     r"|!!! no internal routing support"
     # a graceful reload (SIGHUP): the master re-executes itself and respawns the workers
     r"|\.\.\.gracefully killing workers\.\.\.$|worker \d+ buried after \d+ seconds$"

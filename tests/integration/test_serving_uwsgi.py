@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -95,7 +96,9 @@ class Served:
 
 
 @contextmanager
-def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path, workers: int = WORKERS) -> Iterator[Served]:
+def _uwsgi(
+    tmp_path: Path, model_store: Path, data_dir: Path, workers: int = WORKERS, **environ: str
+) -> Iterator[Served]:
     """The production server, with a write-behind interval so long that only a stop flushes."""
     port = free_port()
     database = tmp_path / "served.db"
@@ -117,6 +120,7 @@ def _uwsgi(tmp_path: Path, model_store: Path, data_dir: Path, workers: int = WOR
         "MOVIEREC_FEEDBACK_JOURNAL_DIR": str(tmp_path / "feedback-journal"),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         "UWSGI_PROCESSES": str(workers),
+        **environ,
     }
     log = tmp_path / "uwsgi.log"
     server = subprocess.Popen(
@@ -371,6 +375,50 @@ def test_a_reload_keeps_serving_on_the_port_the_start_script_bound(
         assert _post(connection, "/api/recommend", PROFILE, served.token)[0] == 200  # tokens outlive a reload
         connection.close()
         served.stop()
+
+
+def _private_tmpdir(tmp_path: Path) -> Path:
+    tmpdir = tmp_path / "t"  # a Unix socket path has at most ~100 bytes (uwsgi: "invalid socket name")
+    tmpdir.mkdir(mode=0o700)
+    return tmpdir
+
+
+def _socket_dirs(tmpdir: Path) -> list[Path]:
+    return sorted(tmpdir.glob("movierec-uwsgi.*"))
+
+
+def test_a_graceful_stop_leaves_nothing_in_the_temporary_directory(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """The workers' socket has a private directory made for each master (uwsgi.ini: socket); a
+    stop removed the socket (vacuum) but not the directory: one more left in /tmp at every start."""
+    tmpdir = _private_tmpdir(tmp_path)
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1, TMPDIR=str(tmpdir)) as served:
+        (socket_dir,) = _socket_dirs(tmpdir)
+        assert (socket_dir / "workers.sock").is_socket()
+        assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+        served.stop()
+    assert not list(tmpdir.iterdir()), served.log.read_text()[-2000:]
+
+
+def test_a_stop_after_a_reload_leaves_nothing_in_the_temporary_directory(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """A reload (SIGHUP) serves on, from one socket directory, and the stop after it removes it."""
+    tmpdir = _private_tmpdir(tmp_path)
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1, TMPDIR=str(tmpdir)) as served:
+        served.server.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while "gracefully (RE)spawned uWSGI master process" not in served.log.read_text(errors="replace"):
+            assert served.server.poll() is None and time.monotonic() < deadline, served.log.read_text()
+            time.sleep(0.1)
+        _log_in_when_up(
+            served.server, served.port, served.log, lambda: {"session_password": served.password}, deadline
+        )
+        (socket_dir,) = _socket_dirs(tmpdir)
+        assert (socket_dir / "workers.sock").is_socket()
+        served.stop()
+    assert not list(tmpdir.iterdir()), served.log.read_text()[-2000:]
 
 
 def test_a_body_arriving_in_parts_beside_other_requests_does_not_get_its_worker_killed(
