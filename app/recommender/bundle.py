@@ -374,11 +374,23 @@ def load_bundle(path: Path | str, catalogue_fallback: pd.DataFrame | None = None
     return _load_dir(resolve_bundle_dir(path))
 
 
+def read_catalogue(path: Path) -> pd.DataFrame:
+    """A ``catalogue.csv`` as :func:`write_bundle` wrote it: titles and genres exactly.
+
+    pandas reads "NA", "None", "null", "N/A", "nan", "" and a dozen other words as missing by
+    default: a movie with such a title came back NaN (and two of them made the titles "not
+    unique"). Only the year may be missing; to_csv writes a missing one as an empty field.
+    """
+    return pd.read_csv(
+        path, dtype={"title": str, "genres": str}, keep_default_na=False, na_values={"year": [""]}
+    )
+
+
 def _load_dir(directory: Path) -> LoadedBundle:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
         verify_digests(directory, manifest)
-        catalogue = pd.read_csv(directory / "catalogue.csv", dtype={"title": str, "genres": str})
+        catalogue = read_catalogue(directory / "catalogue.csv")
         arrays = {
             name: np.load(directory / f"{name}.npy", allow_pickle=False)
             for name in ("segment_top", "segment_scores", "user_ids", "user_top", "user_scores")
@@ -528,7 +540,10 @@ def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedB
         model = _wrap_seed_estimator(model, catalogue_fallback, path)
     sidecar = path.parent / "catalogue.csv"
     if sidecar.is_file():
-        catalogue = pd.read_csv(sidecar, dtype={"title": str, "genres": str})
+        try:
+            catalogue = read_catalogue(sidecar)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{sidecar} is unreadable: {exc}") from exc
     elif catalogue_fallback is not None:
         catalogue = catalogue_fallback
     else:

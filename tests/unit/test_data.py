@@ -68,3 +68,24 @@ def test_find_local_never_fetches(tmp_path: Path) -> None:
 def test_a_directory_without_data_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(DataUnavailableError, match=r"u\.data"):
         load_directory(tmp_path)
+
+
+def test_titles_pandas_reads_as_missing_are_kept_as_written(tmp_path: Path) -> None:
+    """pandas' default NA parsing read a movie titled "NA", "None", "null", "N/A", "nan" or "#N/A"
+    as missing, and the loader named it "unknown": six films became one ("unknown", merged as
+    twins) with their ratings combined. An empty title is still "unknown", as before."""
+    words = ["NA", "None", "null", "N/A", "nan", "#N/A"]
+    directory = write_grouplens(tmp_path)
+    path = directory / "u.item"
+    lines = path.read_text(encoding="latin-1").splitlines(keepends=True)
+    renamed: dict[int, str] = {}
+    for index, title in enumerate([*words, ""]):
+        fields = lines[index].split("|")
+        fields[1] = title
+        lines[index] = "|".join(fields)
+        renamed[int(fields[0])] = title or "unknown"
+    assert not set(renamed) & set(TWIN_IDS)
+    path.write_text("".join(lines), encoding="latin-1")
+    items = load_directory(directory).items
+    titles = dict(zip(items["movie_id"].tolist(), items["title"].tolist(), strict=True))
+    assert {movie: titles.get(movie) for movie in renamed} == renamed
