@@ -52,6 +52,10 @@ TABLE_DEPTH = 100  # max_recs is at most 100
 LATEST = "latest"
 MANIFEST = "manifest.json"
 VERSION_MAX_LENGTH = 64  # the database's model_version columns (app/storage/models.py)
+STAGING_PREFIX = ".writing-"
+"""write_bundle's staging directories in a model store: ``.writing-<version>-<random>``."""
+STALE_STAGING_SECONDS = 3600
+"""A staging directory unchanged this long belongs to a writer that died: the next write removes it."""
 BUNDLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 """A bundle directory's name in a model store: no path separators, no dot-files (reload, export)."""
 
@@ -281,22 +285,48 @@ def write_bundle(
         **manifest,
     }
     manifest["version"] = version
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
-    joblib.dump(model, staging / "model.pkl", compress=3)
-    for filename, extra in (extra_models or {}).items():  # e.g. rating_model.pkl for /api/predict/*
-        joblib.dump(extra, staging / filename, compress=3)
-    catalogue[["movie_id", "title", "year", "genres"]].to_csv(staging / "catalogue.csv", index=False)
-    for name in ("segment_top", "segment_scores", "user_ids", "user_top", "user_scores"):
-        np.save(staging / f"{name}.npy", getattr(tables, name), allow_pickle=False)
-    (staging / "test_data.json").write_text(json.dumps(test_data))
-    manifest["files"] = file_digests(staging)  # load_bundle refuses a bundle whose bytes changed
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
-    os.chmod(staging, 0o755)  # noqa: S103  # nosec B103 - bundles are world-readable artefacts, never secret
+    _remove_stale_staging(model_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=model_dir))
     final = model_dir / version
-    os.replace(staging, final)
+    try:
+        joblib.dump(model, staging / "model.pkl", compress=3)
+        for filename, extra in (extra_models or {}).items():  # e.g. rating_model.pkl for /api/predict/*
+            joblib.dump(extra, staging / filename, compress=3)
+        catalogue[["movie_id", "title", "year", "genres"]].to_csv(staging / "catalogue.csv", index=False)
+        for name in ("segment_top", "segment_scores", "user_ids", "user_top", "user_scores"):
+            np.save(staging / f"{name}.npy", getattr(tables, name), allow_pickle=False)
+        (staging / "test_data.json").write_text(json.dumps(test_data))
+        manifest["files"] = file_digests(staging)  # load_bundle refuses a bundle whose bytes changed
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
+        os.chmod(staging, 0o755)  # noqa: S103  # nosec B103 - bundles are world-readable artefacts, never secret
+        os.replace(staging, final)
+    except BaseException:  # a full disk, a model that does not pickle, Ctrl-C: no half bundle stays
+        _remove_tree(staging)
+        raise
     if set_latest:
         point_latest(model_dir, version)
     return final
+
+
+def _remove_stale_staging(model_dir: Path) -> None:
+    """Remove the staging directories of writers that died without cleaning up (SIGKILL, OOM).
+
+    Only this module's (``STAGING_PREFIX``; export and deploy stage under their own names),
+    this user's, and only those where nothing changed for ``STALE_STAGING_SECONDS``: a writer
+    still at work changes its directory or the file it is writing far more often than that.
+    """
+    cutoff = time.time() - STALE_STAGING_SECONDS
+    for path in model_dir.glob(f"{STAGING_PREFIX}*"):
+        try:
+            info = path.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            newest = max([info.st_mtime, *(child.lstat().st_mtime for child in path.iterdir())])
+        except OSError:  # gone meanwhile (its writer renamed it into place), or unreadable
+            continue
+        if newest < cutoff:
+            log.warning("removing the staging directory of a bundle write that never finished: %s", path)
+            _remove_tree(path)
 
 
 def file_digests(directory: Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import joblib
@@ -274,3 +275,61 @@ def test_catalogue_titles_pandas_reads_as_missing_round_trip(model_store: Path, 
     shutil.copy(written / "catalogue.csv", lone / "catalogue.csv")
     from_pickle = load_bundle(lone / "model.pkl")
     assert from_pickle.catalogue["title"].tolist() == catalogue["title"].tolist()
+
+
+def _write_copy(model_store: Path, store: Path) -> Path:
+    """``write_bundle`` of the synthetic store's bundle into ``store``."""
+    bundle = load_bundle(model_store)
+    model = joblib.load(bundle.path / "model.pkl")
+    manifest = {"served_model": bundle.manifest["served_model"]}
+    return write_bundle(store, model, bundle.catalogue, bundle.tables, manifest, {})
+
+
+def test_a_write_that_fails_leaves_no_staging_directory(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step of write_bundle that raised (a full disk, a model that does not pickle) left its
+    hidden staging directory, with whatever it had written, in the store for ever."""
+    import app.recommender.bundle as bundle_module
+
+    store = tmp_path / "store"
+    first = _write_copy(model_store, store)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bundle_module.np, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        _write_copy(model_store, store)
+    assert sorted(path.name for path in store.iterdir()) == sorted([first.name, "latest"])
+    assert (store / "latest").resolve() == first
+
+
+def test_stale_staging_directories_are_removed_at_the_next_write_fresh_ones_kept(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """A writer killed outright (SIGKILL, OOM, power) runs no cleanup: the next write removes
+    its staging directory once nothing has changed in it for an hour. One still being written
+    (another writer's) and the hidden directories of export and deploy are left alone."""
+    store = tmp_path / "store"
+    store.mkdir()
+    long_ago = time.time() - 2 * 3600
+
+    def staging(name: str, age: float | None) -> Path:
+        directory = store / name
+        directory.mkdir(mode=0o700)
+        (directory / "model.pkl").write_bytes(b"half")
+        if age is not None:
+            for path in (directory / "model.pkl", directory):
+                os.utime(path, (age, age))
+        return directory
+
+    stale = staging(".writing-20260101T000000-abcdef-k3j_x9q2", long_ago)
+    busy = staging(".writing-20260101T000001-abcdef-p0o9i8u7", None)
+    still_writing = staging(".writing-20260101T000002-abcdef-a1b2c3d4", long_ago)
+    os.utime(still_writing / "model.pkl")  # its file was written a moment ago
+    others = [staging(".export-7-abcdefgh", long_ago), staging(".deploy-abcdefgh", long_ago)]
+    written = _write_copy(model_store, store)
+    assert not stale.exists()
+    assert busy.is_dir() and still_writing.is_dir() and all(path.is_dir() for path in others)
+    assert (store / "latest").resolve() == written
