@@ -221,11 +221,14 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     ratings = read("u.data", "\t", RATING_COLUMNS)
     users = read("u.user", "|", USER_COLUMNS, dtype={"zip_code": str})
     item_columns = ["movie_id", "title", "release_date", "video_release_date", "url", *GENRES]
-    raw_items = read("u.item", "|", item_columns)
     # pandas' default NA words ("NA", "None", "null", "N/A", "nan", ...) are titles of their own
-    # here: read as missing, each became "unknown" and _merge_twins made them one movie. The
-    # titles are read again as text; only an empty one is missing.
-    titles = read("u.item", "|", item_columns, usecols=["title"], dtype=str, keep_default_na=False)["title"]
+    # here: read as missing, each became "unknown" and _merge_twins made them one movie. Only an
+    # empty field is missing, in any column.
+    raw_items = read(
+        "u.item", "|", item_columns, dtype={"title": str}, keep_default_na=False,
+        na_values={name: [""] for name in item_columns if name != "title"},
+    )  # fmt: skip
+    titles = raw_items["title"]
     flag_values = raw_items[list(GENRES)]
     # A short line leaves its last flags NaN, which bool() reads as True: every genre at once.
     _require("u.item", "genre flags", flag_values, flag_values.isin([0, 1]).all(axis=1), "must be 0 or 1")
