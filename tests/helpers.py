@@ -101,3 +101,16 @@ def held_by_another_thread(lock: Any) -> Iterator[None]:
     finally:
         release.set()
         holder.join()
+
+
+def record_fsyncs(monkeypatch: Any) -> list[str]:
+    """The paths ``os.fsync`` is called on from now on, in order (a file, or a directory for a rename)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced

@@ -355,6 +355,19 @@ def test_a_chunked_body_is_asked_for_its_length(
         assert "Content-Length" in answer["error"]["message"]
 
 
+def _reload(served: Served) -> None:
+    """SIGHUP, and wait until the reloaded master's workers answer a login again."""
+    served.server.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while "gracefully (RE)spawned uWSGI master process" not in served.log.read_text(errors="replace"):
+        assert served.server.poll() is None and time.monotonic() < deadline, served.log.read_text()
+        time.sleep(0.1)
+    # the reloaded workers load the app again (lazy-apps) meanwhile
+    _log_in_when_up(
+        served.server, served.port, served.log, lambda: {"session_password": served.password}, deadline
+    )
+
+
 def test_a_reload_keeps_serving_on_the_port_the_start_script_bound(
     tmp_path: Path, model_store: Path, synthetic_data_dir: Path
 ) -> None:
@@ -362,15 +375,7 @@ def test_a_reload_keeps_serving_on_the_port_the_start_script_bound(
     uwsgi did not open itself: without ``safe-fd = 3`` it lost the HTTP port app/listener.py
     handed it and exited ("unable to use file descriptor 3 as socket")."""
     with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1) as served:
-        served.server.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 60
-        while "gracefully (RE)spawned uWSGI master process" not in served.log.read_text(errors="replace"):
-            assert served.server.poll() is None and time.monotonic() < deadline, served.log.read_text()
-            time.sleep(0.1)
-        # the reloaded workers load the app again (lazy-apps) meanwhile
-        _log_in_when_up(
-            served.server, served.port, served.log, lambda: {"session_password": served.password}, deadline
-        )
+        _reload(served)
         connection = served.connect()
         assert _post(connection, "/api/recommend", PROFILE, served.token)[0] == 200  # tokens outlive a reload
         connection.close()
@@ -407,14 +412,7 @@ def test_a_stop_after_a_reload_leaves_nothing_in_the_temporary_directory(
     """A reload (SIGHUP) serves on, from one socket directory, and the stop after it removes it."""
     tmpdir = _private_tmpdir(tmp_path)
     with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1, TMPDIR=str(tmpdir)) as served:
-        served.server.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 60
-        while "gracefully (RE)spawned uWSGI master process" not in served.log.read_text(errors="replace"):
-            assert served.server.poll() is None and time.monotonic() < deadline, served.log.read_text()
-            time.sleep(0.1)
-        _log_in_when_up(
-            served.server, served.port, served.log, lambda: {"session_password": served.password}, deadline
-        )
+        _reload(served)
         (socket_dir,) = _socket_dirs(tmpdir)
         assert (socket_dir / "workers.sock").is_socket()
         served.stop()

@@ -10,6 +10,7 @@ import pytest
 
 from app.pipeline.features_store import FeatureStore
 from app.pipeline.ingest import Ingested
+from tests.helpers import record_fsyncs
 
 pytestmark = pytest.mark.unit
 
@@ -80,16 +81,7 @@ def test_the_snapshot_and_latest_are_synced_before_latest_names_them(
 ) -> None:
     """`LATEST` was written in place without fsync: a crash could leave it empty, or naming
     Parquet files still in the page cache."""
-    import os
-
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = record_fsyncs(monkeypatch)
     root = tmp_path / "features"
     snapshot = FeatureStore(root).write_snapshot(
         Ingested(synthetic_data), now=datetime(2026, 1, 1, tzinfo=UTC)

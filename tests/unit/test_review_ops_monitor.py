@@ -16,6 +16,7 @@ import pytest
 from app.monitoring.alerts import Alerter, SmtpConnectionError
 from app.monitoring.journal import JournalFollower, parse_entry
 from app.monitoring.monitor import CursorFile, Monitor, build_parser
+from tests.helpers import record_fsyncs
 from tests.unit.test_alerts import Recorder
 
 pytestmark = pytest.mark.unit
@@ -278,16 +279,7 @@ def test_the_cursor_file_is_synced_before_it_replaces_the_old_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """It was written and renamed without fsync: a crash could leave an empty cursor file."""
-    import os
-
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = record_fsyncs(monkeypatch)
     CursorFile(tmp_path / "cursor").save("s=ab;i=1")
     assert (tmp_path / "cursor").read_text().strip() == "s=ab;i=1"
     assert synced and synced[-1] == str(tmp_path)  # the file, then its directory's rename
