@@ -23,6 +23,8 @@ WEAK_SECRETS = frozenset(
     {"secret", "changeme", "change-me", "jwt-secret", "super-secret", "test", "password"}
 )
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 class ConfigurationError(RuntimeError):
     """The service cannot start with this configuration; the message names the variable."""
@@ -119,6 +121,15 @@ class Settings(BaseSettings):
     breaker_probe_min_events: int = Field(default=20, ge=1)  # probe feedback rows needed to close
     drift_psi_threshold: float = Field(default=0.25, gt=0)
     drift_min_requests: int = Field(default=200, ge=1)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        """A typo is refused here, naming the setting, not by logging's bare ValueError later."""
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("metrics_allow_cidrs")
     @classmethod

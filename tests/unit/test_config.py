@@ -64,3 +64,12 @@ def test_a_bad_metrics_network_is_refused_at_start() -> None:
     with pytest.raises(ConfigurationError, match=r"metrics_allow_cidrs.*'bogus' is not a network"):
         load_settings(testing=True, metrics_allow_cidrs="10.0.0.0/8, bogus")
     assert load_settings(testing=True, metrics_allow_cidrs="10.0.0.0/8, ::1").metrics_allow_cidrs
+
+
+def test_a_bad_log_level_is_refused_at_start() -> None:
+    """MOVIEREC_LOG_LEVEL=verbose (or empty) passed settings and crashed create_app with
+    logging's bare ValueError ("Unknown level"), naming neither the variable nor the choices."""
+    for bad in ("verbose", ""):
+        with pytest.raises(ConfigurationError, match=r"log_level.*DEBUG, INFO, WARNING, ERROR, CRITICAL"):
+            load_settings(testing=True, log_level=bad)
+    assert load_settings(testing=True, log_level="warning").log_level == "WARNING"
