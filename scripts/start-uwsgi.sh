@@ -8,7 +8,14 @@
 # the directory would wipe its siblings' metrics).
 set -eu
 
-: "${PROMETHEUS_MULTIPROC_DIR:=/tmp/movierec-prometheus}"
+# The default is one directory per port: with one fixed name, a second instance on the host (another
+# checkout's `make serve-prod PORT=…`) emptied the first's files at its start, and from then on each
+# instance's /metrics added up the other's requests too.
+case "${MOVIEREC_PORT:-}" in
+    '' | *[!0-9]*) metrics_port=8000 ;;  # app/listener.py's default (and it refuses anything else)
+    *) metrics_port=$MOVIEREC_PORT ;;
+esac
+: "${PROMETHEUS_MULTIPROC_DIR:=${TMPDIR:-/tmp}/movierec-prometheus-$metrics_port}"
 export PROMETHEUS_MULTIPROC_DIR
 mkdir -p -m 0700 "$PROMETHEUS_MULTIPROC_DIR"
 # Every scrape adds up the files it finds there, and the default is a fixed name in the shared

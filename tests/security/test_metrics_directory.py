@@ -1,7 +1,7 @@
 """scripts/start-uwsgi.sh and PROMETHEUS_MULTIPROC_DIR: the metrics files are only ever this user's.
 
 Every worker writes its counters to a file there and every scrape adds up whatever files it
-finds, and the default is a fixed name in the shared /tmp (/tmp/movierec-prometheus). A
+finds, and the default is a fixed name in the shared /tmp (/tmp/movierec-prometheus-<port>). A
 directory another user made, or may write to, lets that user swap the files (forged or
 unreadable metrics, a service that fails at every request's count) — so it is refused.
 """
@@ -64,3 +64,26 @@ def test_a_metrics_directory_others_control_is_refused(tmp_path: Path, model_sto
     assert code not in (None, 0), "the server started with metrics files another user controls"
     assert b"PROMETHEUS_MULTIPROC_DIR" in server.stderr.read()
     assert not list(metrics_dir.iterdir())
+
+
+def test_each_port_gets_its_own_default_metrics_directory(tmp_path: Path) -> None:
+    """With one fixed default (/tmp/movierec-prometheus), a second instance on the host emptied
+    the first's metrics files at its start, and each /metrics then added up both instances'
+    requests. The default is now one directory per port."""
+    other = tmp_path / "movierec-prometheus-5001"
+    other.mkdir(mode=0o700)
+    (other / "counter_1.db").write_bytes(b"the other instance's counts")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "TMPDIR": str(tmp_path),
+        "MOVIEREC_PORT": "5002",
+        "MOVIEREC_HOST": "not-an-address.invalid",  # the listener stops before uwsgi starts
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "start-uwsgi.sh")], cwd=ROOT, env=env, capture_output=True, timeout=60
+    )
+    assert result.returncode == 1 and b"MOVIEREC_HOST" in result.stderr, result.stderr
+    assert (tmp_path / "movierec-prometheus-5002").is_dir()
+    assert (other / "counter_1.db").exists(), "starting on another port emptied this instance's metrics"
