@@ -406,6 +406,20 @@ def test_a_graceful_stop_leaves_nothing_in_the_temporary_directory(
     assert not list(tmpdir.iterdir()), served.log.read_text()[-2000:]
 
 
+def test_a_temporary_directory_with_a_quote_in_its_name_is_cleaned_up_too(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """The exit command once had the socket's path pasted inside single quotes: a $TMPDIR with
+    a quote made it a shell syntax error, and the directory stayed."""
+    tmpdir = tmp_path / "t'q"
+    tmpdir.mkdir(mode=0o700)
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1, TMPDIR=str(tmpdir)) as served:
+        (socket_dir,) = _socket_dirs(tmpdir)
+        assert (socket_dir / "workers.sock").is_socket()
+        served.stop()
+    assert not list(tmpdir.iterdir()), served.log.read_text()[-2000:]
+
+
 def test_a_stop_after_a_reload_leaves_nothing_in_the_temporary_directory(
     tmp_path: Path, model_store: Path, synthetic_data_dir: Path
 ) -> None:

@@ -277,7 +277,8 @@ ROUTINE = [
     "VACUUM: unix socket /tmp/movierec-uwsgi.KQiQAE/workers.sock removed.",
     "subprocess 15099 exited with code 0",
     "running \"rm -f -- '/tmp/movierec-uwsgi.Mvc7O9/workers.sock' && rmdir -- \"$(dirname -- "
-    "'/tmp/movierec-uwsgi.Mvc7O9/workers.sock')\"\" (as uid: 1000 gid: 1000) ...",
+    "'/tmp/movierec-uwsgi.Mvc7O9/workers.sock')\"\" (as uid: 1000 gid: 1000) ...",    'running "rm -f -- "$MOVIEREC_UWSGI_SOCKET" && rmdir -- "$(dirname -- "$MOVIEREC_UWSGI_SOCKET")"" '
+    "(as uid: 1000 gid: 1000) ...",
 ]
 FAILURES = [
     "Traceback (most recent call last):",
@@ -288,7 +289,8 @@ FAILURES = [
     "Thu Dec  3 16:46:40 2026 - *** HARAKIRI ON WORKER 1 (pid: 9, try: 1) ***",
     "subprocess 15099 exited with code 1",
     "command \"rm -f -- '/tmp/movierec-uwsgi.Mvc7O9/workers.sock' && rmdir -- \"$(dirname -- "
-    "'/tmp/movierec-uwsgi.Mvc7O9/workers.sock')\"\" exited with non-zero code: 1",
+    "'/tmp/movierec-uwsgi.Mvc7O9/workers.sock')\"\" exited with non-zero code: 1",    'command "rm -f -- "$MOVIEREC_UWSGI_SOCKET" && rmdir -- "$(dirname -- "$MOVIEREC_UWSGI_SOCKET")"" '
+    "exited with non-zero code: 1",
 ]
 
 
