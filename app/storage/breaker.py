@@ -236,6 +236,7 @@ class RedisBreakerStore:
         self.name = name
         self.where = "redis"
         self.retention = int(retention_seconds)  # each version's key expires this long after its last use
+        self._getex = True  # False once the server said it has no GETEX (Redis < 6.2)
 
     def key(self, version: str | None) -> str:
         return REDIS_PREFIX + record_name(self.name, version)
@@ -243,13 +244,29 @@ class RedisBreakerStore:
     def read(self, version: str | None) -> BreakerRecord:
         key = self.key(version)
         try:
-            # GETEX: reading it (every few seconds, by each worker serving it) keeps it alive
-            raw = self.client.getex(key, ex=self.retention) if version is not None else self.client.get(key)
+            # reading it (every few seconds, by each worker serving it) keeps it alive
+            raw = self._get_and_touch(key) if version is not None else self.client.get(key)
             if raw is None and version is not None and self._legacy_for(version):
                 raw = self.client.get(key)
         except redis.RedisError as exc:
             raise BreakerStoreError(f"cannot read breaker state from Redis: {exc}") from exc
         return BreakerRecord.from_json(raw) if raw else BreakerRecord()  # type: ignore[arg-type]
+
+    def _get_and_touch(self, key: str) -> Any:
+        """The key's value, its expiry renewed: GETEX (Redis 6.2), or GET and EXPIRE on an older
+        server, which answers GETEX "unknown command" (every read then failed)."""
+        if self._getex:
+            try:
+                return self.client.getex(key, ex=self.retention)
+            except redis.ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._getex = False
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.expire(key, self.retention)
+            raw, _ = pipe.execute()
+        return raw
 
     def _legacy_for(self, version: str) -> bool:
         """Copy the one record written before records were per version (key ``<name>``, what

@@ -618,3 +618,25 @@ def test_redis_records_expire_unless_read_or_written(redis_store: RedisBreakerSt
     client.expire(key, 100)
     assert redis_store.read("v1").state == OPEN  # the served version is re-read every few seconds
     assert client.ttl(key) > RETENTION_SECONDS - 60
+
+
+def test_a_redis_without_getex_still_reads_and_keeps_the_record(
+    redis_store: RedisBreakerStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GETEX is Redis 6.2's: an older server answers "unknown command", and every read failed
+    (no worker saw another's trip; the admin reset answered 503). Such a server is read with GET
+    and the key's expiry renewed with EXPIRE."""
+    import redis
+
+    from app.storage.breaker import RETENTION_SECONDS
+
+    def getex(*args: object, **kwargs: object) -> None:
+        raise redis.ResponseError("unknown command 'GETEX', with args beginning with: 'movierec:breaker:'")
+
+    client, key = redis_store.client, redis_store.key("v1")
+    assert redis_store.write("v1", BreakerRecord(state=OPEN, model_version="v1"), 0) is not None
+    monkeypatch.setattr(client, "getex", getex)
+    client.expire(key, 100)
+    assert redis_store.read("v1").state == OPEN
+    assert client.ttl(key) > RETENTION_SECONDS - 60
+    assert redis_store.read("v2") == BreakerRecord()  # a version with no record yet
