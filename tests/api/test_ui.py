@@ -549,3 +549,30 @@ def test_routing_errors_under_ui_are_pages_and_the_api_keeps_its_envelope(client
     assert api.status_code == 404 and api.get_json()["error"]["code"] == "not_found"
     near = client.get("/uix")
     assert near.status_code == 404 and near.mimetype == "application/json"
+
+
+def test_a_known_user_list_names_the_user_even_when_the_fallback_served_it(
+    make_app: Callable[..., Any], personal_model_store: Path
+) -> None:
+    """A user-id-only request answered by the breaker's fallback has no profile to describe:
+    the page says whose list it is, never "a None-year-old person working as None"."""
+    from dataclasses import replace
+
+    app = make_app(model_path=personal_model_store, model_dir=personal_model_store)
+    service = app.extensions["movierec"].recommendations
+    user_id = int(app.extensions["movierec"].models.require().tables.user_ids[0])
+
+    class FallbackGuard:  # the circuit breaker while open: every answer is the fallback's
+        def answer(self, svc: Any, bundle: Any, query: RecommendQuery, counted: bool = True) -> Any:
+            popular = svc.lookup(bundle, RecommendQuery(query.max_recs, 30, "M", "writer"))
+            return replace(popular, strategy="fallback")
+
+    service.guard = FallbackGuard()
+    client = app.test_client()
+    csrf = ui_login(client)
+    form = {"csrf_token": csrf, "user_id": str(user_id), "max_recs": "3"}
+    response = client.post("/ui/recommend", data=form)
+    assert response.status_code == 200, response.text
+    assert "None" not in response.text
+    assert f"For user {user_id}" in response.text
+    assert "fallback list" in response.text
