@@ -131,7 +131,7 @@ class _CsrfFailure(Exception):
 
 def _authenticate() -> Response | None:
     """Verify the cookie token (and CSRF on POST); a redirect to the login page when it fails."""
-    next_path = request.path if request.method == "GET" else None
+    next_path = request.path if request.method == "GET" else _page_of_post()
     try:
         verify_jwt_in_request(locations=["cookies"])
     except CSRFError as exc:  # missing or mismatched double-submit value
@@ -144,6 +144,16 @@ def _authenticate() -> Response | None:
         return _login_redirect("revoked", next_path)
     except (JWTExtendedException, PyJWTError):
         return _login_redirect("invalid", next_path)
+    return None
+
+
+def _page_of_post() -> str | None:
+    """Where a post whose session is gone came from, to return there after logging in: a
+    rating leads back to its list (the rating itself is not stored without a valid token)."""
+    if request.endpoint == "ui.feedback":
+        request_id = request.form.get("id", "")
+        if _services().recommendations.ids.well_formed(request_id):
+            return url_for("ui.results", request_id=request_id)
     return None
 
 

@@ -576,3 +576,31 @@ def test_a_known_user_list_names_the_user_even_when_the_fallback_served_it(
     assert "None" not in response.text
     assert f"For user {user_id}" in response.text
     assert "fallback list" in response.text
+
+
+def test_a_rating_sent_after_the_session_expired_leads_back_to_its_list(app: Any) -> None:
+    """The stale results page's rating cannot be stored, but the list is not lost: after
+    logging in again the person is back on it, not on an empty form."""
+    from flask_jwt_extended import create_access_token, decode_token
+
+    client = app.test_client()
+    page = recommend(client, ui_login(client)).text
+    request_id, title = list_id(page), titles_of(page)[0]
+    with app.app_context():
+        token = create_access_token(
+            "client", additional_claims={"role": "client"}, expires_delta=timedelta(seconds=-5)
+        )
+        csrf = decode_token(token, allow_expired=True)["csrf"]
+    client.set_cookie(COOKIE, token, path="/ui")
+    response = client.post(
+        "/ui/feedback", data={"csrf_token": csrf, "id": request_id, "movie": title, "score": "4"}
+    )
+    assert response.status_code == 303
+    login_page = response.headers["Location"]
+    assert "reason=expired" in login_page
+    assert f"next=%2Fui%2Frecommendations%2F{request_id}" in login_page
+    assert app.extensions["movierec"].db.feedback_rows() == []  # nothing stored with a dead token
+    form = {"session_password": SESSION_PASSWORD, "next": f"/ui/recommendations/{request_id}"}
+    back = client.post("/ui/login", data=form)
+    assert back.headers["Location"] == f"/ui/recommendations/{request_id}"
+    assert title in html.unescape(client.get(back.headers["Location"]).text)
