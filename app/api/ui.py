@@ -363,6 +363,12 @@ def index() -> Response:
     return _page("ui/recommend.html", **_recommend_form_context())
 
 
+@bp.get("/")
+def index_with_slash() -> Response:
+    """``/ui/`` is typed as often as ``/ui``: send it to the form (which asks for a login first)."""
+    return _see_other(url_for("ui.index"))
+
+
 @bp.post("/recommend")
 @login_required()
 def recommend() -> Response:

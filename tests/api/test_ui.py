@@ -604,3 +604,10 @@ def test_a_rating_sent_after_the_session_expired_leads_back_to_its_list(app: Any
     back = client.post("/ui/login", data=form)
     assert back.headers["Location"] == f"/ui/recommendations/{request_id}"
     assert title in html.unescape(client.get(back.headers["Location"]).text)
+
+
+def test_the_address_with_a_trailing_slash_leads_to_the_form(client: Any) -> None:
+    """People type /ui/ as often as /ui: it is the same page, not "Not found"."""
+    response = client.get("/ui/")
+    assert response.status_code in (301, 302, 303, 308)
+    assert response.headers["Location"] == "/ui"
