@@ -276,8 +276,7 @@ ROUTINE = [
     "uwsgi socket 0 bound to UNIX address /tmp/movierec-uwsgi.KQiQAE/workers.sock fd 6",
     "VACUUM: unix socket /tmp/movierec-uwsgi.KQiQAE/workers.sock removed.",
     "subprocess 15099 exited with code 0",
-    "running \"rm -f -- '/tmp/movierec-uwsgi.Mvc7O9/workers.sock' && rmdir -- \"$(dirname -- "
-    "'/tmp/movierec-uwsgi.Mvc7O9/workers.sock')\"\" (as uid: 1000 gid: 1000) ...",    'running "rm -f -- "$MOVIEREC_UWSGI_SOCKET" && rmdir -- "$(dirname -- "$MOVIEREC_UWSGI_SOCKET")"" '
+    'running "rm -f -- "$MOVIEREC_UWSGI_SOCKET" && rmdir -- "$(dirname -- "$MOVIEREC_UWSGI_SOCKET")"" '
     "(as uid: 1000 gid: 1000) ...",
 ]
 FAILURES = [
@@ -288,8 +287,7 @@ FAILURES = [
     "DAMN ! worker 1 (pid: 9) died, killed by signal 9 :( trying respawn ...",
     "Thu Dec  3 16:46:40 2026 - *** HARAKIRI ON WORKER 1 (pid: 9, try: 1) ***",
     "subprocess 15099 exited with code 1",
-    "command \"rm -f -- '/tmp/movierec-uwsgi.Mvc7O9/workers.sock' && rmdir -- \"$(dirname -- "
-    "'/tmp/movierec-uwsgi.Mvc7O9/workers.sock')\"\" exited with non-zero code: 1",    'command "rm -f -- "$MOVIEREC_UWSGI_SOCKET" && rmdir -- "$(dirname -- "$MOVIEREC_UWSGI_SOCKET")"" '
+    'command "rm -f -- "$MOVIEREC_UWSGI_SOCKET" && rmdir -- "$(dirname -- "$MOVIEREC_UWSGI_SOCKET")"" '
     "exited with non-zero code: 1",
 ]
 
