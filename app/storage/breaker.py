@@ -172,9 +172,11 @@ class DatabaseBreakerStore:
         return stored
 
     def prune(self, now: float) -> int:
-        """Delete this breaker's version records idle (not evaluated, tripped or reset) for
-        ``retention_seconds`` before ``now``; the count deleted. The record of no version
-        (``<name>``, also the one kept for the previous code) is left alone."""
+        """Delete this breaker's closed version records idle (not evaluated, tripped or reset)
+        for ``retention_seconds`` before ``now``; the count deleted. A deleted closed record
+        reads as the closed record a new version starts with. Open and half-open records, and
+        the record of no version (``<name>``, also the one kept for the previous code), are
+        left alone."""
         cutoff = now - self.retention_seconds
         with self.db.session() as session:
             result = session.execute(
@@ -182,6 +184,10 @@ class DatabaseBreakerStore:
                     BreakerRow.name.startswith(f"{self.name}@", autoescape=True),
                     BreakerRow.evaluated_at < cutoff,
                     BreakerRow.since < cutoff,
+                    # an open (or probing) breaker is kept however long nothing evaluated it:
+                    # reads do not refresh a row, and with online evaluation switched off the
+                    # served version's tripped state would otherwise go, and it would serve again
+                    BreakerRow.state == CLOSED,
                 )
             )
         deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -582,7 +582,9 @@ DAY = 86_400.0
 def test_records_of_versions_nobody_serves_any_more_are_deleted(db: Database) -> None:
     """One record per model version, and every retraining serves a new version: the table grew
     by one row per version ever served, for ever. A record nothing has evaluated, tripped or
-    reset for the retention period goes at a later write; the served versions' are kept."""
+    reset for the retention period goes at a later write; the served versions' are kept, and so
+    is a tripped one's (reads do not refresh a row: with online evaluation switched off, the
+    served version's open state went, and it served again)."""
     from sqlalchemy import func, select
 
     from app.storage.breaker import RETENTION_SECONDS, BreakerRow
@@ -603,10 +605,11 @@ def test_records_of_versions_nobody_serves_any_more_are_deleted(db: Database) ->
         with db.session() as session:
             return set(session.scalars(select(BreakerRow.name)))
 
-    assert names() == {"champion@v9", "champion@v10", "champion@v11", "other@v0"}
-    assert DatabaseBreakerStore(db).read("v1") == BreakerRecord()  # as if never served: closed
+    assert names() == {"champion@v1", "champion@v9", "champion@v10", "champion@v11", "other@v0"}
+    assert DatabaseBreakerStore(db).read("v1").state == OPEN  # tripped: kept however idle
+    assert DatabaseBreakerStore(db).read("v2") == BreakerRecord()  # as if never served: closed
     with db.session() as session:
-        assert session.scalar(select(func.count()).select_from(BreakerRow)) == 4
+        assert session.scalar(select(func.count()).select_from(BreakerRow)) == 5
 
 
 def test_redis_records_expire_unless_read_or_written(redis_store: RedisBreakerStore) -> None:
