@@ -131,6 +131,17 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
         return level
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        """A token set to nothing (an empty variable, an empty or blank token file) is refused:
+        taken as "no token", it left /metrics open to every address it was set to close."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                "is set but empty: give the scrapers' token, or unset it to serve /metrics without one"
+            )
+        return value
+
     @field_validator("metrics_allow_cidrs")
     @classmethod
     def _networks(cls, value: str) -> str:

@@ -73,3 +73,21 @@ def test_a_bad_log_level_is_refused_at_start() -> None:
         with pytest.raises(ConfigurationError, match=r"log_level.*DEBUG, INFO, WARNING, ERROR, CRITICAL"):
             load_settings(testing=True, log_level=bad)
     assert load_settings(testing=True, log_level="warning").log_level == "WARNING"
+
+
+def test_an_empty_metrics_token_is_refused_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MOVIEREC_METRICS_TOKEN= (or a token file still empty) was taken as no token: /metrics
+    answered every address, the opposite of what setting it asked for."""
+    for empty in ("", "  "):
+        with pytest.raises(ConfigurationError, match=r"metrics_token.*set but empty"):
+            load_settings(testing=True, metrics_token=empty)
+    token_file = tmp_path / "token"
+    token_file.write_text("\n")
+    monkeypatch.setenv("MOVIEREC_METRICS_TOKEN_FILE", str(token_file))
+    monkeypatch.delenv("MOVIEREC_METRICS_TOKEN", raising=False)
+    with pytest.raises(ConfigurationError, match=r"metrics_token.*set but empty"):
+        load_settings(testing=True)
+    token_file.write_text("a-scrapers-token\n")
+    assert load_settings(testing=True).metrics_token.get_secret_value() == "a-scrapers-token"
+    monkeypatch.delenv("MOVIEREC_METRICS_TOKEN_FILE")
+    assert load_settings(testing=True).metrics_token is None
