@@ -1,7 +1,8 @@
 """Ranking and rating metrics as pure functions (EVALUATION.md definitions).
 
 NDCG uses binary gains and a log2 discount; the ideal DCG places min(k, #relevant) hits at
-the top. Lists may contain -1 padding (fewer eligible movies than k), which never hits.
+the top. Lists may contain -1 padding (fewer eligible movies than k), which never hits; a
+movie repeated in a list counts at its first rank only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ _DISCOUNT = 1.0 / np.log2(np.arange(2, 1002))
 
 
 def _hits(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int) -> np.ndarray:
-    return np.fromiter((item in relevant for item in list(ranked)[:k]), dtype=bool)
+    """Per rank of the top k: True where a relevant movie appears *for the first time*.
+
+    A list that repeats a liked movie found it once: counting each repeat as a hit gave NDCG
+    above 1 and inflated precision and recall for a model (or a bundle) that repeats movies.
+    """
+    seen: set[Hashable] = set()
+    flags = []
+    for item in list(ranked)[:k]:
+        flags.append(item in relevant and item not in seen)
+        seen.add(item)
+    return np.array(flags, dtype=bool)
 
 
 def ndcg_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int = 10) -> float:

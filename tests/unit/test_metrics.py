@@ -63,3 +63,13 @@ def test_ranking_metrics_means_over_users() -> None:
     assert result["coverage@2"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         ranking_metrics([[1]], [], 4)
+
+
+def test_a_repeated_movie_counts_once() -> None:
+    # A list that repeats a liked movie has found one liked movie, not several: NDCG stays at
+    # most 1, and precision / recall / hit rate count the movie once.
+    assert ndcg_at_k([7, 7, 7], {7}, 3) == pytest.approx(1.0)
+    assert ndcg_at_k([1, 7, 7], {7, 8}, 3) == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert precision_at_k([7, 7, 7, 7], {7, 8}, 4) == pytest.approx(0.25)
+    assert recall_at_k([7, 7], {7, 8}, 2) == pytest.approx(0.5)
+    assert ranking_metrics([["a", "a"]], [{"a", "b"}], catalogue_size=2, k=2)["ndcg@2"] <= 1.0
