@@ -195,9 +195,16 @@ def accuracy(model_path: Path, test_data: Path, error_tolerance: float) -> None:
     click.echo(
         json.dumps(
             {"metric": result.metric, "score": result.score, "expected_score": result.expected,
-             "tolerance": result.tolerance, "passed": result.passed}
+             "floor_score": result.floor, "tolerance": result.tolerance, "passed": result.passed}
         )
     )  # fmt: skip
+    if result.below_floor:
+        click.echo(
+            f"FAILED: {result.metric} {result.score:.6f} < floor {result.floor:.6f} - {result.tolerance} "
+            "(the test data's floor_score: global most-rated on the same users)",
+            err=True,
+        )
+        sys.exit(1)
     if not result.passed:
         click.echo(
             f"FAILED: {result.metric} {result.score:.6f} < expected "

@@ -425,7 +425,8 @@ class Deployer:
         if result.returncode != 0:
             raise DeployError(
                 f"building {cfg.image_ref} failed (exit {result.returncode}); see the output above. "
-                "A failed accuracy test means the model scores below its test data's expected_score. "
+                "A failed accuracy test means the model scores below its test data's expected_score "
+                "(or its floor_score). "
                 "Nothing was deployed."
             )
 

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.recommender.accuracy import bundle_score
 from app.recommender.bundle import LoadedBundle, Tables, build_tables, write_bundle
 from app.recommender.data import MovieLens
-from app.recommender.evaluation import REFERENCE_SEED, K, evaluate
+from app.recommender.evaluation import K, evaluate
 from app.recommender.models import Recommender, make_model
-from app.recommender.training import RATING_MODEL_FILE, make_test_data
+from app.recommender.training import RATING_MODEL_FILE, accuracy_test_data
 
 if TYPE_CHECKING:
     from app.registry.mlflow_registry import Registry
@@ -89,7 +88,6 @@ def train_candidate(data: MovieLens, name: str, seeds: Sequence[int]) -> Candida
     tables = batch_inference(model, data)
     timings["batch_inference"] = time.perf_counter() - started
 
-    profiles, targets = make_test_data(data)
     in_memory = LoadedBundle(
         "in-memory",
         {"version": "in-memory", "served_model": name},
@@ -97,14 +95,7 @@ def train_candidate(data: MovieLens, name: str, seeds: Sequence[int]) -> Candida
         tables,
         Path("."),
     )
-    test_data = {
-        "data": profiles,
-        "target": targets,
-        "expected_score": bundle_score(in_memory, profiles, targets),
-        "metric": f"ndcg@{K}",
-        "k": K,
-        "description": f"protocol-A test users of split seed {REFERENCE_SEED}: profiles and liked titles",
-    }
+    test_data = accuracy_test_data(data, in_memory)
     result = CandidateResult(name, model, tables, report_a, report_b, test_data, timings)
     log.info(
         "candidate %s: protocol A ndcg@10 %.4f; %s",

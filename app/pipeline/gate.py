@@ -116,8 +116,17 @@ def smoke_test(
         except (BundleError, ValueError) as exc:
             reasons.append(f"accuracy test could not run: {exc}")
         else:
-            details["accuracy"] = {"score": accuracy.score, "expected": accuracy.expected}
-            if not accuracy.passed:
+            details["accuracy"] = {
+                "score": accuracy.score,
+                "expected": accuracy.expected,
+                "floor": accuracy.floor,
+            }
+            if accuracy.below_floor:
+                reasons.append(
+                    f"accuracy test: {accuracy.score:.6f} < floor {accuracy.floor:.6f} "
+                    "(global most-rated on the same users)"
+                )
+            elif not accuracy.passed:
                 reasons.append(f"accuracy test: {accuracy.score:.6f} < expected {accuracy.expected:.6f}")
     else:
         reasons.append("bundle has no test_data.json")

@@ -5,6 +5,11 @@ are demographic profiles, ``target`` each profile's liked titles, and the score 
 what the bundle serves — computed through the same lookup the API uses. For a seed-style
 scikit-learn model, ``data`` are feature rows, ``target`` ratings and the score is the
 estimator's own ``score`` (R²).
+
+``expected_score`` is the score the model had when it was written, so a model always passes its
+own test data unless its environment changed it. An optional ``floor_score`` (training writes
+one: global most-rated on the same users) is a bar set from the data, not from the model: a
+model below it fails even against its own test data.
 """
 
 from __future__ import annotations
@@ -47,10 +52,15 @@ class AccuracyResult:
     expected: float
     tolerance: float
     metric: str
+    floor: float | None = None  # test data's floor_score: a score the model must reach whatever it expects
+
+    @property
+    def below_floor(self) -> bool:
+        return self.floor is not None and self.score < self.floor - self.tolerance
 
     @property
     def passed(self) -> bool:
-        return self.score >= self.expected - self.tolerance
+        return self.score >= self.expected - self.tolerance and not self.below_floor
 
 
 def run_accuracy_test(
@@ -64,6 +74,7 @@ def run_accuracy_test(
     try:
         data, target, expected = payload["data"], payload["target"], float(payload["expected_score"])
         k = int(payload.get("k", K))
+        floor = float(payload["floor_score"]) if payload.get("floor_score") is not None else None
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(
             f"{test_data_path} must hold data, target, expected_score (and an integer k)"
@@ -80,8 +91,8 @@ def run_accuracy_test(
         score = float(
             estimator.score(np.asarray(data, dtype=np.float64), np.asarray(target, dtype=np.float64))
         )
-        return AccuracyResult(score, expected, tolerance, "r2")
-    return AccuracyResult(bundle_score(bundle, data, target, k), expected, tolerance, "ndcg@10")
+        return AccuracyResult(score, expected, tolerance, "r2", floor)
+    return AccuracyResult(bundle_score(bundle, data, target, k), expected, tolerance, "ndcg@10", floor)
 
 
 def _plain_estimator(path: Path) -> Any | None:

@@ -10,7 +10,7 @@ A bundle is a directory::
     user_ids.npy         known users (optional: models that score known users)
     user_top.npy         (n_users, depth) positions, movies the user rated excluded
     user_scores.npy
-    test_data.json       seed-format accuracy test: data, target, expected_score
+    test_data.json       seed-format accuracy test: data, target, expected_score (+ floor_score)
 
 Serving only needs the tables, so a request is a lookup. ``load_bundle`` accepts a bundle
 directory, a model store directory (it follows ``latest``), a ``.tar.gz`` of a bundle, or a
