@@ -32,13 +32,26 @@ VALIDATE_RESPONSES = "MOVIEREC_VALIDATE_RESPONSES"
 
 
 class _FlaskPlugin(FlaskPlugin):
-    """spectree's Flask plugin, checking responses only where the app asks for it.
+    """spectree's Flask plugin: request errors raised as the envelope, responses checked where asked.
+
+    A refused request body becomes :class:`InvalidRequest` here, as it is found. spectree itself
+    first writes pydantic's errors, which carry the refused input, with ``jsonify`` and only then
+    calls the ``before`` hook: an invalid field holding a value nested ~255 levels deep (orjson
+    reads 1,024 levels but writes 254) was a 500 ("Recursion limit reached") on every endpoint
+    with a body, and every 400 paid for writing a body nobody sent.
 
     Request bodies are always validated. Response validation re-parses and re-validates the
     body a handler just built from typed data: in the tests and under ``--debug`` it turns a
     contract drift into a failure, in production it would only add a JSON round trip to
     every answer (docs/performance.md). ``Settings.validate_responses`` chooses.
     """
+
+    def request_validation(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().request_validation(*args, **kwargs)
+        except self.model_adapter.validation_error as error:
+            _raise_validation_error(None, None, error, None, self.model_adapter)
+            raise  # pragma: no cover - the line above always raises for an error
 
     def validate_response(
         self, resp: Any, resp_model: Any, skip_validation: bool, force_resp_serialize: bool

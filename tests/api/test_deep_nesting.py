@@ -1,0 +1,52 @@
+"""Deeply nested JSON is a bad request, never a 500.
+
+orjson reads documents nested up to 1,024 levels but writes at most 254. A body whose invalid
+field held a value nested ~255 levels deep was refused by pydantic, and spectree then wrote the
+validation errors (which carry the refused input) with ``jsonify`` before the project's hook
+turned them into the envelope: ``TypeError: Recursion limit reached``, a 500 on every endpoint
+with a validated body. ``/api/echo`` answered a valid, deeply nested object with a 500 the same
+way, writing it back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.helpers import login
+
+pytestmark = pytest.mark.api
+
+DEEP = "[" * 300 + "]" * 300
+
+
+def _post(client: Any, path: str, body: str, headers: dict[str, str]) -> Any:
+    return client.post(path, data=body, headers={**headers, "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field", "role"),
+    [
+        ("/api/login", '{"session_password": %s}' % DEEP, "session_password", None),
+        ("/api/recommend", '{"age": %s, "gender": "M", "occupation": "programmer"}' % DEEP, "age", "client"),
+        ("/api/recommend/score", '{"id": %s, "movie": "m", "score": 3}' % DEEP, "id", "client"),
+        ("/api/predict/stream", '{"age": 30, "gender": "M", "occupation": "programmer", "movie_id": %s}' % DEEP,
+         "movie_id", "client"),
+        ("/api/recommend/batch", '{"requests": [%s]}' % DEEP, "requests", "client"),
+        ("/api/admin/reload", '{"version": %s}' % DEEP, "version", "admin"),
+        ("/api/admin/breaker/reset", '{"x": %s}' % DEEP, "x", "admin"),
+    ],
+)  # fmt: skip
+def test_a_deeply_nested_invalid_field_is_400(
+    client: Any, path: str, body: str, field: str, role: str | None
+) -> None:
+    from tests.helpers import ADMIN_PASSWORD
+
+    headers = {} if role is None else login(client, ADMIN_PASSWORD) if role == "admin" else login(client)
+    response = _post(client, path, body, headers)
+    assert response.status_code == 400, response.get_data()[:200]
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_request"
+    assert field in error["fields"]
+
