@@ -16,6 +16,7 @@ from spectree import Response
 from app.api.schemas import ErrorResponse
 from app.api.serving_schemas import Echo
 from app.api.spec import BEARER, spec
+from app.errors import InvalidRequest
 
 bp = Blueprint("echo", __name__)
 
@@ -27,4 +28,13 @@ bp = Blueprint("echo", __name__)
 )
 def echo(json: Echo) -> Any:
     """Return the JSON object sent (authenticated no-op)."""
-    return jsonify(json.model_dump())
+    try:
+        return jsonify(json.model_dump())
+    except TypeError as exc:
+        # orjson reads 1,024 levels of nesting but writes at most 254: such a body was a 500
+        if "Recursion limit" not in str(exc):
+            raise
+        raise InvalidRequest(
+            "request body is nested too deeply to echo",
+            fields={"body": "must be nested at most 254 levels deep"},
+        ) from exc

@@ -50,3 +50,16 @@ def test_a_deeply_nested_invalid_field_is_400(
     assert error["code"] == "invalid_request"
     assert field in error["fields"]
 
+
+def test_echo_refuses_an_object_too_deep_to_write_back(client: Any, auth_headers: dict) -> None:
+    response = _post(client, "/api/echo", '{"a": %s}' % DEEP, auth_headers)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_request"
+    assert "body" in response.get_json()["error"]["fields"]
+
+
+def test_echo_still_writes_back_moderately_nested_objects(client: Any, auth_headers: dict) -> None:
+    body = '{"a": %s}' % ("[" * 200 + "]" * 200)
+    response = _post(client, "/api/echo", body, auth_headers)
+    assert response.status_code == 200
+    assert response.get_data().strip() == body.replace(" ", "").encode()
