@@ -44,3 +44,13 @@ def test_a_bogus_request_id_is_replaced(client) -> None:
     response = client.get("/", headers={"X-Request-ID": "bad id with spaces"})
     assert response.headers["X-Request-ID"] != "bad id with spaces"
     assert len(response.headers["X-Request-ID"]) == 32
+
+
+def test_a_request_id_ending_in_a_newline_is_replaced(client) -> None:
+    # ``$`` matches before a final newline: "abc\n" passed the check and setting it as the
+    # response header raised ValueError out of the app (a 500 without the envelope). A WSGI
+    # server that keeps such a byte in a header value must not be able to crash every answer.
+    response = client.get("/health/live", environ_overrides={"HTTP_X_REQUEST_ID": "abc\n"})
+    assert response.status_code == 200
+    assert response.headers["X-Request-ID"] != "abc"
+    assert len(response.headers["X-Request-ID"]) == 32
