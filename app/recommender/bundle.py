@@ -56,7 +56,7 @@ STAGING_PREFIX = ".writing-"
 """write_bundle's staging directories in a model store: ``.writing-<version>-<random>``."""
 STALE_STAGING_SECONDS = 3600
 """A staging directory unchanged this long belongs to a writer that died: the next write removes it."""
-BUNDLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+BUNDLE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: "$" matches before a final "\n"
 """A bundle directory's name in a model store: no path separators, no dot-files (reload, export)."""
 
 

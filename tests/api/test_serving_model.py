@@ -294,3 +294,14 @@ def test_a_waiting_reload_answers_for_its_own_bundle(
     assert fired and fired[0].status_code == 422  # B's bundle is refused, as it should be
     assert _version(client, auth_headers) == "v-2"
     assert first.status_code == 200 and first.get_json()["target"] == "v-2", first.get_json()
+
+
+def test_a_version_with_a_trailing_newline_is_not_a_bundle_name(client: Any, auth_headers: dict) -> None:
+    # BUNDLE_NAME ended in "$", which matches before a final newline: "<version>\n" passed as a
+    # name and was looked up in the store (404 echoing the newline) instead of refused (400)
+    admin = login(client, ADMIN_PASSWORD)
+    response = client.post(
+        "/api/admin/reload", json={"version": _version(client, auth_headers) + "\n"}, headers=admin
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["fields"] == {"version": "must be a bundle version name"}
