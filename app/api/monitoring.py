@@ -32,7 +32,14 @@ bp = Blueprint("monitoring", __name__)
 class BreakerResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(default=None, max_length=200, description="why, for the log and the alert")
+    # written into the breaker record ("reset by admin: <reason>"): no control characters (a NUL
+    # failed PostgreSQL's write, answered as 503 "retry" quoting the SQL)
+    reason: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="why, for the log and the alert (no control characters)",
+    )
     model_version: str | None = Field(
         default=None,
         min_length=1,

@@ -49,6 +49,10 @@ FIELD_RULES: dict[str, str] = {
     "requests": f"must be a list of 1 to {MAX_BATCH_RECOMMEND:,} /api/recommend bodies",
     "version": f"must be a bundle version name of at most {MAX_VERSION_LENGTH} characters",
     "wait": "must be true or false",
+    # the breaker reset body (app/api/monitoring.py)
+    "reason": "must be text of at most 200 characters without control characters",
+    "model_version": "must be a model version name of at most 64 characters, without control "
+    "characters or surrounding blanks",
 }
 
 

@@ -534,3 +534,32 @@ def test_a_disabled_breaker_judges_and_says_so_but_routes_nothing(
     assert "not routing" in opened.getMessage() and "serving the fallback" not in opened.getMessage()
     for served in _recommend(client, headers, 3):
         assert (served["strategy"], served["model_version"]) == ("segment", current)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_reset_reason_with_a_control_character_is_a_400_not_a_store_failure(
+    backend: str,
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+) -> None:
+    """``reason`` had only a length check and is written into the breaker record ("reset by
+    admin: <reason>"): on PostgreSQL a NUL in it failed the write, so an open breaker's reset was
+    answered 503 "retry" (Retry-After) for a client's bad input; a refused reason names its rule."""
+    store, _previous, _current = two_champions
+    app = make_app(**_settings(store, backend, request))
+    client = app.test_client()
+    headers, admin = login(client), login(client, ADMIN_PASSWORD)
+    for served in _recommend(client, headers, 8):
+        _score(client, headers, served, 0.5)
+    app.extensions["movierec"].monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "open"
+    for reason in ("false\u0000alarm", "x" * 201):
+        response = client.post("/api/admin/breaker/reset", json={"reason": reason}, headers=admin)
+        assert response.status_code == 400, (response.status_code, response.get_json())
+        assert response.get_json()["error"]["fields"] == {
+            "reason": "must be text of at most 200 characters without control characters"
+        }
+    assert _breaker(client, headers)["state"] == "open"
+    ok = client.post("/api/admin/breaker/reset", json={"reason": "false alarm, é"}, headers=admin)
+    assert ok.status_code == 200 and ok.get_json()["reason"] == "reset by admin: false alarm, é"
