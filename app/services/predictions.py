@@ -37,8 +37,9 @@ class PredictionService:
     ) -> tuple[np.ndarray, str]:
         """Predicted ratings (1..5) for ``records`` and the bundle version that made them.
 
-        ``where`` names the records in error fields (``instances[3].age``; ``instance.age``
-        for one record).
+        ``where`` names the records in error fields (``instances[3].age``); for one record
+        (``where="instance"``, /api/predict/stream, whose body is the record) a field is named
+        alone (``age``), as the request validation names it.
         """
         bundle = self.models.require()
         model = bundle.rating_model
@@ -54,7 +55,9 @@ class PredictionService:
         if extra:
             field = sorted(extra)[0]
             index = next(i for i, record in enumerate(records) if field in record)
-            prefix = where if single else f"{where}[{index}]"
+            if single:
+                raise InvalidRequest(f"unknown field {field}", fields={field: "unknown field"})
+            prefix = f"{where}[{index}]"
             raise InvalidRequest(
                 f"{prefix}: unknown field {field}", fields={f"{prefix}.{field}": "unknown field"}
             )
@@ -66,7 +69,7 @@ class PredictionService:
 
     @staticmethod
     def _invalid(where: str, index: int, field: str, single: bool) -> InvalidRequest:
-        prefix = where if single else f"{where}[{index}]"
         name = field if field in RECORD_RULES else "record"
         rule = RECORD_RULES.get(name, "is invalid")
-        return InvalidRequest(f"{prefix}.{name} {rule}", fields={f"{prefix}.{name}": rule})
+        path = name if single else f"{where}[{index}].{name}"
+        return InvalidRequest(f"{path} {rule}", fields={path: rule})
