@@ -60,7 +60,40 @@ class _FlaskPlugin(FlaskPlugin):
         return super().validate_response(resp, resp_model, skip, force_resp_serialize)
 
 
-spec = SpecTree(
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+# every POST under /api/ reads a JSON body (app/api/__init__.py): these refusals apply to all of them
+_BODY_REFUSALS = {"413": "Request Entity Too Large", "415": "Unsupported Media Type"}
+
+
+class _SpecTree(SpecTree):
+    """spectree's generator, plus what it cannot see in the decorators.
+
+    * 413 (``payload_too_large``) and 415 on every POST: the body limit and the JSON content type
+      are enforced for all of them before the view runs, so no route's decorator lists them.
+    * ``user_id`` path parameters as the positive integers they must be: the routes take the
+      segment as text so that anything else is a 400 naming ``user_id`` (``int:`` would make it
+      a bare 404), and spectree documents such a segment as any string.
+    """
+
+    def _generate_spec(self) -> dict[str, Any]:
+        from app.recommender.features import MAX_ID
+
+        document: dict[str, Any] = super()._generate_spec()
+        for methods in document.get("paths", {}).values():
+            for method, operation in methods.items():
+                if not isinstance(operation, dict):
+                    continue
+                if method == "post":
+                    responses = operation.setdefault("responses", {})
+                    for status, description in _BODY_REFUSALS.items():
+                        responses.setdefault(status, {"description": description, "content": _ERROR_CONTENT})
+                for parameter in operation.get("parameters", []):
+                    if parameter.get("in") == "path" and parameter.get("name") == "user_id":
+                        parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+        return document
+
+
+spec = _SpecTree(
     "flask",
     backend=_FlaskPlugin,
     title="movierec",

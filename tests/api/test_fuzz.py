@@ -54,10 +54,9 @@ SEMANTIC_RULES = {
     "POST /api/recommend/score": "id must be one this service issued; movie one recommended under it",
     "POST /api/predict/stream": "movie_id must be in the served model's catalogue",
     "POST /api/predict/batch": "every movie_id must be in the served model's catalogue",
-    # Spec gap reported to the serving owner: the path parameter is documented as a string but only
-    # positive integers are accepted (400 naming user_id); declaring it as an integer in the spec fixes it.
-    "GET /api/users/{user_id}/features": "user_id path parameter must be a positive integer",
-    "GET /api/users/{user_id}/recommendations": "user_id path parameter must be a positive integer",
+    # the spec states user_id as a positive integer now; a user without features is still a 404
+    "GET /api/users/{user_id}/features": "user_id must be a user with stored features",
+    "GET /api/users/{user_id}/recommendations": "user_id must be a user with stored features",
 }
 
 
