@@ -28,7 +28,7 @@ from spectree import Response as Responses
 from werkzeug.exceptions import LengthRequired, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
 
-from app.api.schemas import ErrorResponse, Message
+from app.api.schemas import ErrorResponse, Message, Strict
 from app.api.serving_schemas import BULK_MAX_BODY_BYTES
 from app.api.spec import BEARER, spec
 from app.config import Settings
@@ -102,12 +102,18 @@ def init_security(app: Flask, settings: Settings) -> None:
     app.before_request_funcs.setdefault(None, []).insert(0, refuse_oversized_streams)
 
 
+class LogoutRequest(Strict):
+    """No fields: the body is optional, and an unknown field is refused (API.md) rather than ignored."""
+
+
 @bp.post("/api/logout")
 @jwt_required()
 @spec.validate(
-    resp=Responses(HTTP_200=Message, HTTP_401=ErrorResponse, HTTP_503=ErrorResponse), security=BEARER
+    json=LogoutRequest,
+    resp=Responses(HTTP_200=Message, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_503=ErrorResponse),
+    security=BEARER,
 )
-def logout() -> Any:
+def logout(json: LogoutRequest) -> Any:
     """Revoke the presented token everywhere: later requests with it get 401 on every instance."""
     revoke_current_token()
     return jsonify(message="Logged out")

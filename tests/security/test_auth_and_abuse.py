@@ -248,3 +248,16 @@ def test_revocations_of_expired_tokens_are_purged(app: Any) -> None:
     store.revoke("live", datetime.now(UTC) + timedelta(hours=1))
     with app.extensions["movierec"].db.session() as session:
         assert session.scalar(select(func.count()).select_from(RevokedToken)) == 1
+
+
+def test_logout_refuses_unknown_body_fields_and_keeps_the_token(client: Any) -> None:
+    """API.md: unknown fields are rejected. /api/logout took any JSON object and revoked the token
+    anyway ({"all": true} or a typo logged out this token and said nothing of the field); the
+    breaker reset, the other body-optional endpoint, refused them. No body, or {}, still logs out."""
+    headers = login(client)
+    error = assert_envelope(client.post("/api/logout", json={"all": True}, headers=headers), 400, "invalid_request")
+    assert error["fields"] == {"all": "unknown field"}
+    assert client.get("/protected", headers=headers).status_code == 200  # not revoked
+    assert client.post("/api/logout", json={}, headers=headers).status_code == 200
+    assert_envelope(client.get("/protected", headers=headers), 401, "unauthorized")
+    assert client.post("/api/logout", headers=login(client)).status_code == 200
