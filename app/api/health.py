@@ -7,8 +7,9 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from spectree import Response
 
-from app.api.schemas import Live, Ready
+from app.api.schemas import ErrorResponse, Live, Ready
 from app.api.spec import spec
+from app.errors import Unavailable
 
 bp = Blueprint("health", __name__)
 
@@ -21,15 +22,21 @@ def live() -> Any:
 
 
 @bp.get("/health/ready")
-@spec.validate(resp=Response(HTTP_200=Ready, HTTP_503=Ready))
+@spec.validate(resp=Response(HTTP_200=Ready, HTTP_503=ErrorResponse))
 def ready() -> Any:
-    """Ready = a model is loaded and the database answers."""
+    """Ready = a model is loaded and the database answers; else 503 ``unavailable`` naming what is not.
+
+    The 503 is in the one error envelope like every other error status (API.md); it used to be
+    this body with ``"status": "unavailable"``.
+    """
     services = current_app.extensions["movierec"]
     bundle = services.models.bundle
     checks = {"model": bundle is not None, "database": services.db.ping()}
-    body = {
-        "status": "ok" if all(checks.values()) else "unavailable",
-        "checks": checks,
-        "model_version": bundle.version if bundle else None,
-    }
-    return jsonify(body), 200 if all(checks.values()) else 503
+    if not all(checks.values()):
+        failed = [
+            reason
+            for name, reason in (("model", "no model is loaded"), ("database", "the database is unreachable"))
+            if not checks[name]
+        ]
+        raise Unavailable("not ready: " + "; ".join(failed), headers={"Retry-After": "5"})
+    return jsonify(status="ok", checks=checks, model_version=bundle.version if bundle else None)
