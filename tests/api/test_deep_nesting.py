@@ -28,14 +28,16 @@ def _post(client: Any, path: str, body: str, headers: dict[str, str]) -> Any:
 @pytest.mark.parametrize(
     ("path", "body", "field", "role"),
     [
-        ("/api/login", '{"session_password": %s}' % DEEP, "session_password", None),
-        ("/api/recommend", '{"age": %s, "gender": "M", "occupation": "programmer"}' % DEEP, "age", "client"),
-        ("/api/recommend/score", '{"id": %s, "movie": "m", "score": 3}' % DEEP, "id", "client"),
-        ("/api/predict/stream", '{"age": 30, "gender": "M", "occupation": "programmer", "movie_id": %s}' % DEEP,
+        ("/api/login", '{"session_password": %s}'.replace("%s", DEEP), "session_password", None),
+        ("/api/recommend", '{"age": %s, "gender": "M", "occupation": "programmer"}'.replace("%s", DEEP),
+         "age", "client"),
+        ("/api/recommend/score", '{"id": %s, "movie": "m", "score": 3}'.replace("%s", DEEP), "id", "client"),
+        ("/api/predict/stream",
+         '{"age": 30, "gender": "M", "occupation": "programmer", "movie_id": %s}'.replace("%s", DEEP),
          "movie_id", "client"),
-        ("/api/recommend/batch", '{"requests": [%s]}' % DEEP, "requests", "client"),
-        ("/api/admin/reload", '{"version": %s}' % DEEP, "version", "admin"),
-        ("/api/admin/breaker/reset", '{"x": %s}' % DEEP, "x", "admin"),
+        ("/api/recommend/batch", '{"requests": [%s]}'.replace("%s", DEEP), "requests", "client"),
+        ("/api/admin/reload", '{"version": %s}'.replace("%s", DEEP), "version", "admin"),
+        ("/api/admin/breaker/reset", '{"x": %s}'.replace("%s", DEEP), "x", "admin"),
     ],
 )  # fmt: skip
 def test_a_deeply_nested_invalid_field_is_400(
@@ -52,14 +54,14 @@ def test_a_deeply_nested_invalid_field_is_400(
 
 
 def test_echo_refuses_an_object_too_deep_to_write_back(client: Any, auth_headers: dict) -> None:
-    response = _post(client, "/api/echo", '{"a": %s}' % DEEP, auth_headers)
+    response = _post(client, "/api/echo", '{"a": %s}'.replace("%s", DEEP), auth_headers)
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "invalid_request"
     assert "body" in response.get_json()["error"]["fields"]
 
 
 def test_echo_still_writes_back_moderately_nested_objects(client: Any, auth_headers: dict) -> None:
-    body = '{"a": %s}' % ("[" * 200 + "]" * 200)
+    body = '{"a": %s}'.replace("%s", "[" * 200 + "]" * 200)
     response = _post(client, "/api/echo", body, auth_headers)
     assert response.status_code == 200
     assert response.get_data().strip() == body.replace(" ", "").encode()

@@ -255,7 +255,8 @@ def test_logout_refuses_unknown_body_fields_and_keeps_the_token(client: Any) -> 
     anyway ({"all": true} or a typo logged out this token and said nothing of the field); the
     breaker reset, the other body-optional endpoint, refused them. No body, or {}, still logs out."""
     headers = login(client)
-    error = assert_envelope(client.post("/api/logout", json={"all": True}, headers=headers), 400, "invalid_request")
+    refused = client.post("/api/logout", json={"all": True}, headers=headers)
+    error = assert_envelope(refused, 400, "invalid_request")
     assert error["fields"] == {"all": "unknown field"}
     assert client.get("/protected", headers=headers).status_code == 200  # not revoked
     assert client.post("/api/logout", json={}, headers=headers).status_code == 200
