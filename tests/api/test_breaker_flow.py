@@ -95,6 +95,13 @@ def _score(client: Any, headers: dict[str, str], body: dict[str, Any], score: fl
         assert response.status_code == 200, response.get_json()
 
 
+def _trip(app: Any, client: Any, headers: dict[str, str]) -> None:
+    """Eight lists scored 0.5 and an evaluation: the served version's breaker opens."""
+    for served in _recommend(client, headers, 8):
+        _score(client, headers, served, 0.5)
+    app.extensions["movierec"].monitor.tick(force=True)
+
+
 def _breaker(client: Any, headers: dict[str, str]) -> dict[str, Any]:
     response = client.get("/api/model", headers=headers)
     assert response.status_code == 200
@@ -181,9 +188,7 @@ def test_admin_reset_closes_an_open_breaker(
     app = make_app(**_settings(store, backend, request))
     client = app.test_client()
     headers, admin = login(client), login(client, ADMIN_PASSWORD)
-    for served in _recommend(client, headers, 8):
-        _score(client, headers, served, 0.5)
-    app.extensions["movierec"].monitor.tick(force=True)
+    _trip(app, client, headers)
     assert _recommend(client, headers)[0]["strategy"] == "fallback"
 
     assert client.post("/api/admin/breaker/reset", json={}, headers=headers).status_code == 403
@@ -500,9 +505,7 @@ def test_the_fallback_never_shows_a_known_user_a_movie_they_rated(
     app = make_app(**_settings(store, "sqlite", request))
     client = app.test_client()
     headers = login(client)
-    for served in _recommend(client, headers, 8):
-        _score(client, headers, served, 0.5)
-    app.extensions["movierec"].monitor.tick(force=True)
+    _trip(app, client, headers)
     assert _breaker(client, headers)["state"] == "open"
     ratings = synthetic_data.ratings
     for user_id in app.extensions["movierec"].models.require().tables.user_ids[:5]:
@@ -550,9 +553,7 @@ def test_a_reset_reason_with_a_control_character_is_a_400_not_a_store_failure(
     app = make_app(**_settings(store, backend, request))
     client = app.test_client()
     headers, admin = login(client), login(client, ADMIN_PASSWORD)
-    for served in _recommend(client, headers, 8):
-        _score(client, headers, served, 0.5)
-    app.extensions["movierec"].monitor.tick(force=True)
+    _trip(app, client, headers)
     assert _breaker(client, headers)["state"] == "open"
     for reason in ("false\u0000alarm", "x" * 201):
         response = client.post("/api/admin/breaker/reset", json={"reason": reason}, headers=admin)
