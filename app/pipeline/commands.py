@@ -190,8 +190,8 @@ def schedule(cron: str | None, once: bool) -> None:
 def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) -> None:
     """Move the champion alias to VERSION (rollback or forward) and serve its bundle."""
     from app.pipeline.runner import PipelineError, flow_lock
-    from app.registry.export import export_version, request_reload
-    from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError
+    from app.registry.export import promote_version, request_reload
+    from app.registry.mlflow_registry import Registry, RegistryError
 
     settings = _settings(model_dir=model_dir)
     registry = Registry.from_settings(settings)
@@ -201,10 +201,8 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) 
         with flow_lock(settings, "a training flow is running and may move the champion itself"):
             target = registry.get(version)
             previous = registry.champion()
-            path = export_version(
-                registry, target.version, settings.model_dir
-            )  # validates before moving anything
-            registry.set_alias(CHAMPION, target.version)
+            # validates before moving anything; the alias moves once the bundle is served
+            path = promote_version(registry, target.version, settings.model_dir)
             before = previous.version if previous else None
             note = f"{reason}: champion moved from v{before} to v{target.version}"
             registry.record_decision(

@@ -218,7 +218,7 @@ class MovieRecTrainingFlow(FlowSpec):
     def _gate(self, registry: Any, settings: Any) -> None:
         """Smoke-test every new version from the registry, apply the NDCG rule, move the aliases."""
         from app.pipeline.gate import choose, judge, smoke_test
-        from app.registry.mlflow_registry import CHALLENGER, CHAMPION
+        from app.registry.mlflow_registry import CHALLENGER
 
         champion = registry.champion()
         self.champion_before = champion.version if champion else None
@@ -252,28 +252,58 @@ class MovieRecTrainingFlow(FlowSpec):
             registry.set_alias(CHALLENGER, max(decisions, key=lambda d: d.ndcg_a).version)
         promoted = [d for d in decisions if d.promoted]
         self.promoted = promoted[0].version if promoted else None
-        if self.promoted:
-            registry.set_alias(CHAMPION, self.promoted)
-            logging.getLogger(__name__).info("version %s is the new champion", self.promoted)
+        if self.promoted:  # the champion alias moves in _export, once its bundle is served
+            logging.getLogger(__name__).info("version %s passed the gate: the new champion", self.promoted)
         else:
             logging.getLogger(__name__).warning(
                 "no candidate passed the gate; champion stays %s", self.champion_before
             )
 
     def _export(self, registry: Any, settings: Any) -> None:
-        """Put the champion's bundle in the serving model store and ask the service to reload."""
-        from app.registry.export import export_version, request_reload, served_version
+        """Put the champion's bundle in the serving model store, then move the alias; ask for a reload.
 
-        champion = registry.champion()
+        A promoted version becomes ``champion`` only once its bundle is the model store's
+        ``latest`` (:func:`promote_version`): when the export fails, the registry still names
+        the champion the service serves, and the version's decision says why it was not promoted.
+        """
+        from app.registry.export import export_version, promote_version, request_reload, served_version
+
+        champion = registry.get(self.promoted) if self.promoted else registry.champion()
         self.champion = champion.version if champion else None
         self.exported = None
         self.reloaded = False
         if champion is None:
             logging.getLogger(__name__).warning("no champion: nothing to export to %s", settings.model_dir)
-        elif served_version(settings.model_dir) != champion.bundle_version:
-            self.exported = str(export_version(registry, champion.version, settings.model_dir))
+            return
+        changed = served_version(settings.model_dir) != champion.bundle_version
+        try:
+            if self.promoted:
+                path = promote_version(registry, champion.version, settings.model_dir)
+            elif changed:
+                path = export_version(registry, champion.version, settings.model_dir)
+        except Exception as exc:
+            if self.promoted:
+                self._not_promoted(
+                    registry, f"not promoted: exporting its bundle to {settings.model_dir} failed: {exc}"
+                )
+            raise
+        if changed:
+            self.exported = str(path)
             password = settings.admin_password.get_secret_value() if settings.admin_password else None
             self.reloaded = request_reload(settings.service_url, password, champion.bundle_version)
+
+    def _not_promoted(self, registry: Any, note: str) -> None:
+        """Record that the gate's choice did not become champion (its export failed)."""
+        decision = next(d for d in self.decisions if d["version"] == self.promoted)
+        try:
+            registry.record_decision(
+                self.promoted, "passed", [*decision["reasons"], note],
+                gate_champion_before=self.champion_before or "",
+            )  # fmt: skip
+        except Exception:
+            logging.getLogger(__name__).exception(
+                "could not record that version %s was not promoted", self.promoted
+            )
 
     def _finish(self, registry: Any, settings: Any) -> None:
         """The run's summary; close the MLflow pipeline run with it."""

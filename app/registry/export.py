@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from app.recommender.bundle import BUNDLE_NAME, LATEST, MANIFEST, BundleError, load_bundle, point_latest
-from app.registry.mlflow_registry import Registry, RegistryError
+from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError
 from app.services.dashboard import served_row
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,33 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
     point_latest(model_dir, info.bundle_version)
     log.info("exported version %s (bundle %s) to %s", version, info.bundle_version, model_dir)
     return final
+
+
+def promote_version(registry: Registry, version: str | int, model_dir: Path | str) -> Path:
+    """Serve registry ``version`` and make it ``champion``, in that order; return its bundle dir.
+
+    The alias moves only once the bundle is in the model store, so a failed export (store
+    unwritable, disk full, a damaged artifact) leaves the registry naming the champion that is
+    still served. When the alias cannot be moved after the export (the tracking store failed in
+    between), ``latest`` is pointed back at the bundle it named before: the two never disagree.
+    """
+    model_dir = Path(model_dir)
+    link = model_dir / LATEST
+    before = os.readlink(link) if link.is_symlink() else None
+    path = export_version(registry, version, model_dir)
+    try:
+        registry.set_alias(CHAMPION, version)
+    except Exception:
+        if before is not None and before != path.name:
+            try:
+                point_latest(model_dir, before)
+                log.error(
+                    "could not move the champion alias to version %s: serving %s again", version, before
+                )
+            except (OSError, BundleError):
+                log.exception("could not point %s back at %s", link, before)
+        raise
+    return path
 
 
 def _served_ndcg(bundle_dir: Path) -> float | None:
