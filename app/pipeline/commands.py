@@ -136,8 +136,8 @@ def pipeline_versions() -> None:
     """Every registered version: candidate, protocol-A NDCG@10, gate decision, aliases."""
     from app.registry.mlflow_registry import Registry, RegistryError
 
-    registry = Registry.from_settings(_settings())
     try:
+        registry = Registry.from_settings(_settings())
         versions = registry.versions()
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -194,8 +194,8 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) 
     from app.registry.mlflow_registry import Registry, RegistryError
 
     settings = _settings(model_dir=model_dir)
-    registry = Registry.from_settings(settings)
     try:
+        registry = Registry.from_settings(settings)
         # A flow running now gates against the champion it read and moves the alias when it
         # ends: this promotion would be overwritten, or its gate would compare with the wrong one.
         with flow_lock(settings, "a training flow is running and may move the champion itself"):

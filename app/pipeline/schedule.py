@@ -19,7 +19,7 @@ from typing import Any
 
 from app.config import Settings
 from app.pipeline.runner import FlowRun, PipelineError, resolve_candidates, run_flow
-from app.registry.mlflow_registry import Registry
+from app.registry.mlflow_registry import Registry, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,13 @@ def tick(
     what started it, recorded with the run — ``schedule`` for the scheduler and ``schedule
     --once``, ``manual`` for an operator's ``pipeline run --if-changed``.
     """
-    registry = Registry.from_settings(settings)
     try:
+        registry = Registry.from_settings(settings)
         wanted = list(candidates) if candidates else resolve_candidates(settings.pipeline_candidates)
         decision = should_run(registry, *fingerprint(settings), wanted)
+    except RegistryError as exc:  # the registry cannot be opened: the message says why
+        log.error("could not decide whether to train: %s", exc)
+        return TickResult(RunDecision(False, "registry unavailable", "", ""), error=str(exc))
     except Exception as exc:
         log.exception("could not decide whether to train")
         return TickResult(RunDecision(False, "fingerprint failed", "", ""), error=str(exc))

@@ -179,7 +179,11 @@ class Registry:
         uri = settings.mlflow_tracking_uri or default_tracking_uri(settings.var_dir)
         root = None if settings.mlflow_tracking_uri else default_artifact_root(settings.var_dir)
         if not settings.mlflow_tracking_uri:
-            (Path(settings.var_dir) / "mlflow").mkdir(parents=True, exist_ok=True)
+            store = Path(settings.var_dir) / "mlflow"
+            try:
+                store.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # the var root is not writable, a file is in the way
+                raise RegistryError(f"cannot open the registry at {uri}: {exc}") from exc
         return cls(uri, settings.mlflow_experiment, settings.registered_model, root)
 
     # ------------------------------------------------------------------ plumbing

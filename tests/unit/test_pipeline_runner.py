@@ -231,3 +231,30 @@ def test_the_recorded_trigger_says_what_started_the_run(
     result = CliRunner().invoke(cli, command)
     assert result.exit_code == 0, result.output
     assert started == [trigger]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["pipeline", "versions"], ["schedule", "--once"], ["promote", "--version", "1", "--no-reload"]],
+)
+def test_a_registry_store_that_cannot_be_created_is_a_clear_error_not_a_traceback(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default MLflow store is created under ``var/mlflow``; when that cannot be done (the
+    var root is not writable by this user, a file is in the way) these commands ended in an
+    ``OSError`` traceback instead of the "cannot open the registry" message they give for an
+    unreachable tracking server."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+
+    settings = _settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'service.db'}")
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "mlflow").write_text("a file where the MLflow store's directory should be")
+    monkeypatch.setattr(commands, "_settings", lambda **_: settings)
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "cannot open the registry" in result.output
+    assert "Traceback" not in result.output
