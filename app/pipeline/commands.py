@@ -210,6 +210,10 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) 
             )
     except (RegistryError, PipelineError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # the model store cannot be created or written: nothing was moved
+        raise click.ClickException(
+            f"cannot export version {version} to the model store {settings.model_dir}: {exc}"
+        ) from exc
     click.echo(f"champion: v{target.version} ({target.candidate}, bundle {target.bundle_version}) → {path}")
     if not no_reload:
         password = settings.admin_password.get_secret_value() if settings.admin_password else None

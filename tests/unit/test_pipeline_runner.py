@@ -258,3 +258,40 @@ def test_a_registry_store_that_cannot_be_created_is_a_clear_error_not_a_tracebac
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "cannot open the registry" in result.output
     assert "Traceback" not in result.output
+
+
+def test_promote_into_a_model_store_that_cannot_be_written_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`movierec promote` with a model store it cannot create or write (a file in the way, no
+    permission) ended in a NotADirectoryError/PermissionError traceback; the alias stays put."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    import app.registry.mlflow_registry as mlflow_registry
+    from app.cli import cli
+    from app.registry.mlflow_registry import VersionInfo
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("the model store cannot be created under a file")
+    settings = _settings(tmp_path, model_dir=blocker / "model")
+    target = VersionInfo("2", "most_liked", "20261204T000000-abcdef-most_liked", 0.4, None, "", {}, ())
+    moved: list[str] = []
+
+    class FakeRegistry:
+        def get(self, version: str) -> VersionInfo:
+            return target
+
+        def champion(self) -> None:
+            return None
+
+        def set_alias(self, alias: str, version: str) -> None:
+            moved.append(version)
+
+    monkeypatch.setattr(commands, "_settings", lambda **_: settings)
+    monkeypatch.setattr(mlflow_registry.Registry, "from_settings", classmethod(lambda cls, s: FakeRegistry()))
+    result = CliRunner().invoke(cli, ["promote", "--version", "2", "--no-reload"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "model store" in result.output and str(blocker / "model") in result.output
+    assert moved == []
