@@ -9,15 +9,18 @@ machine can read.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import getpass
 import json
 import logging
 import os
+import re
 import subprocess  # nosec B404
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -200,22 +203,66 @@ def run_flow(
         env[FLOW_OWNER_ENV] = owner
         started = time.perf_counter()
         log.info("starting the training flow (%s)", trigger)
-        # A fixed argument list (sys.executable -m app.pipeline.flow …), no shell.
-        completed = subprocess.run(  # nosec B603
-            command, env=env, cwd=os.getcwd(), timeout=timeout, check=False, text=True,
-            stdout=None if stream else subprocess.PIPE, stderr=None if stream else subprocess.STDOUT,
-        )  # fmt: skip
+        returncode, output = _run(command, env, timeout, stream)
         seconds = time.perf_counter() - started
-        output = completed.stdout or ""
-        if completed.returncode != 0 or not summary_path.is_file():
+        if returncode != 0 or not summary_path.is_file():
             _mark_failed(settings, run_id_file)
-            tail = "\n".join(output.strip().splitlines()[-40:])
-            raise PipelineError(
-                f"the training flow failed (exit {completed.returncode}) after {seconds:.0f}s\n{tail}"
-            )
+            cause = failure_cause(output)
+            first = f"the training flow failed (exit {returncode}) after {seconds:.0f}s"
+            first += f": {cause}" if cause else ""
+            # Streamed output is on the terminal already; captured output is shown from its end.
+            tail = "" if stream else "\n" + "\n".join(output.strip().splitlines()[-40:])
+            raise PipelineError(first + tail)
         summary = json.loads(summary_path.read_text())
     log.info("training flow finished in %.1fs", seconds)
     return FlowRun(summary, seconds, output)
+
+
+_OUTPUT_TAIL = 400  # lines kept of a streamed flow's output, to find the cause of a failure
+_TASK_PREFIX = re.compile(r"^\S+ \S+ \[[^\]]*\] ?")  # Metaflow's "<date> <time> [run/step/task (pid N)] "
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b(: .*)?$")
+
+
+def _run(command: list[str], env: dict[str, str], timeout: float | None, stream: bool) -> tuple[int, str]:
+    """Run the flow; its output is captured, or shown as it comes and its tail kept (``stream``)."""
+    # A fixed argument list (sys.executable -m app.pipeline.flow …), no shell.
+    if not stream:
+        completed = subprocess.run(  # nosec B603
+            command, env=env, cwd=os.getcwd(), timeout=timeout, check=False, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        return completed.returncode, completed.stdout or ""
+    process = subprocess.Popen(  # nosec B603
+        command, env=env, cwd=os.getcwd(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    kept: collections.deque[str] = collections.deque(maxlen=_OUTPUT_TAIL)
+
+    def pump() -> None:
+        for line in process.stdout or ():
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            kept.append(line)
+
+    reader = threading.Thread(target=pump, name="flow-output", daemon=True)
+    reader.start()
+    try:
+        returncode = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        reader.join(timeout=10)
+    return returncode, "".join(kept)
+
+
+def failure_cause(output: str) -> str | None:
+    """The last exception line a failed flow printed ("OperationalError: connection …"), or None."""
+    for line in reversed(output.splitlines()):
+        text = _TASK_PREFIX.sub("", line).strip()
+        if _EXCEPTION_LINE.match(text):
+            return text
+    return None
 
 
 @contextlib.contextmanager

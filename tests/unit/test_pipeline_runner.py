@@ -295,3 +295,38 @@ def test_promote_into_a_model_store_that_cannot_be_written_is_a_clear_error(
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "model store" in result.output and str(blocker / "model") in result.output
     assert moved == []
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_failed_flow_names_its_cause_in_the_first_line(
+    stream: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`movierec pipeline run` streams the flow's output; when a step failed (database down,
+    model store unwritable) the error it ended with was only "the training flow failed (exit 1)
+    after 4s", the cause buried in a long traceback above it — and the scheduler's one-line log
+    of a failed run said no more."""
+    import sys
+
+    import app.pipeline.runner as runner
+
+    script = (
+        "import sys\n"
+        "print('2026-12-04 20:12:55.116 [1/start/1 (pid 1)] Traceback (most recent call last):')\n"
+        "print('2026-12-04 20:12:55.116 [1/start/1 (pid 1)] sqlalchemy.exc.OperationalError: "
+        "connection to server at 127.0.0.1 failed: Connection refused')\n"
+        "print('2026-12-04 20:12:55.117 [1/start/1 (pid 1)] Task failed.')\n"
+        "print('    Step failure:')\n"
+        "sys.exit(1)\n"
+    )
+    monkeypatch.setattr(runner, "flow_command", lambda *a, **k: [sys.executable, "-c", script])
+    monkeypatch.setattr(runner, "_close_abandoned", lambda *a: None)
+    with pytest.raises(runner.PipelineError) as failed:
+        runner.run_flow(_settings(tmp_path), stream=stream, timeout=60)
+    first = str(failed.value).splitlines()[0]
+    assert first.startswith("the training flow failed (exit 1)")
+    assert first.endswith(
+        "sqlalchemy.exc.OperationalError: connection to server at 127.0.0.1 failed: Connection refused"
+    )
+    if stream:  # the output was shown as it came, and is not repeated in the error
+        assert "Task failed." in capsys.readouterr().out
+        assert "Task failed." not in str(failed.value)
