@@ -216,7 +216,7 @@ class MovieRecTrainingFlow(FlowSpec):
             )
 
     def _gate(self, registry: Any, settings: Any) -> None:
-        """Smoke-test every new version from the registry, apply the NDCG rule, move the aliases."""
+        """Smoke-test every new version from the registry, apply the NDCG rule, move `challenger`."""
         from app.pipeline.gate import choose, judge, smoke_test
         from app.registry.mlflow_registry import CHALLENGER
 
