@@ -114,3 +114,18 @@ def record_fsyncs(monkeypatch: Any) -> list[str]:
 
     monkeypatch.setattr(os, "fsync", fsync)
     return synced
+
+
+def flow_settings(tmp_path: Any, seeds: str = "0") -> Any:
+    """Settings of a training flow on synthetic GroupLens files: an empty model store, its own
+    registry and SQLite database under ``tmp_path``, one quick candidate, no service to reload."""
+    from app.config import Settings
+    from tests.synthetic import write_grouplens
+
+    store = tmp_path / "model"
+    return Settings(
+        testing=True, session_password=SESSION_PASSWORD, admin_password=ADMIN_PASSWORD,
+        jwt_secret=JWT_SECRET, data_dir=write_grouplens(tmp_path / "data"), model_path=store,
+        model_dir=store, var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'service.db'}",
+        pipeline_candidates="most_liked", pipeline_seeds=seeds, service_url="",
+    )  # fmt: skip

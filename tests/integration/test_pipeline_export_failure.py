@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
 from app.pipeline.runner import PipelineError, run_flow
 from app.registry.export import served_version
 from app.registry.mlflow_registry import Registry
-from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, SESSION_PASSWORD
-from tests.synthetic import write_grouplens
+from tests.helpers import flow_settings
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +26,8 @@ FLOW_TIMEOUT = 600
 
 
 def test_a_failed_export_leaves_the_champion_alias_on_the_served_bundle(tmp_path: Path) -> None:
-    store = tmp_path / "model"
-    settings = Settings(
-        testing=True, session_password=SESSION_PASSWORD, admin_password=ADMIN_PASSWORD,
-        jwt_secret=JWT_SECRET, data_dir=write_grouplens(tmp_path / "data"), model_path=store,
-        model_dir=store, var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'service.db'}",
-        pipeline_candidates="most_liked", pipeline_seeds="0", service_url="",
-    )  # fmt: skip
+    settings = flow_settings(tmp_path)
+    store = settings.model_dir
     run_flow(settings, timeout=FLOW_TIMEOUT)
     registry = Registry.from_settings(settings)
     first = registry.champion()

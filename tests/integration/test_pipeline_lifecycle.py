@@ -354,18 +354,10 @@ def test_scheduled_runs_still_promote_after_a_champion_measured_on_other_seeds(t
     configured seeds (the scheduler's, MOVIEREC_PIPELINE_SEEDS=0,1) has no seed in common with
     that champion and is refused as not comparable: the scheduler trains at each data/code change
     and never promotes again, whatever the candidates score."""
-    from app.config import Settings
     from app.pipeline.runner import run_flow
-    from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, SESSION_PASSWORD
-    from tests.synthetic import write_grouplens
+    from tests.helpers import flow_settings
 
-    store = tmp_path / "model"
-    settings = Settings(
-        testing=True, session_password=SESSION_PASSWORD, admin_password=ADMIN_PASSWORD,
-        jwt_secret=JWT_SECRET, data_dir=write_grouplens(tmp_path / "data"), model_path=store,
-        model_dir=store, var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'service.db'}",
-        pipeline_candidates="most_liked", pipeline_seeds="0,1", service_url="",
-    )  # fmt: skip
+    settings = flow_settings(tmp_path, seeds="0,1")
     trial = run_flow(settings, ["most_liked"], [42], "manual", timeout=600).summary
     assert trial["promoted"]
     scheduled = run_flow(settings, None, None, "schedule", timeout=600).summary
