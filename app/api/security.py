@@ -46,8 +46,10 @@ RATE_LIMIT_KEY_PREFIX = "movierec"
 _REDIS_TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _API_PREFIXES = ("/api/", "/protected", "/health/", "/metrics")
-_CORS_ALLOW_HEADERS = "Authorization, Content-Type"
-_CORS_EXPOSE_HEADERS = "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+# X-Request-ID both ways: a browser client may send its own id, and reads the one each answer
+# carries (the id to quote in a support request; a cross-origin script sees no other header)
+_CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
+_CORS_EXPOSE_HEADERS = "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-Request-ID"
 
 
 def client_address() -> str:

@@ -183,3 +183,21 @@ def test_cors_allows_only_the_configured_origins(make_app: Any) -> None:
     for stranger in ("https://evil.example", "https://ui.example.evil.example", "null", "http://ui.example"):
         response = client.get("/health/live", headers={"Origin": stranger})
         assert "Access-Control-Allow-Origin" not in response.headers, stranger
+
+
+def test_cors_lets_a_browser_client_send_and_read_the_request_id(make_app: Any) -> None:
+    """Every answer carries X-Request-ID, the id its log lines share, but a cross-origin script
+    reads only the headers CORS exposes: it could neither read the id nor send its own."""
+    client = make_app(cors_origins="https://ui.example").test_client()
+    preflight = client.options(
+        "/api/recommend",
+        headers={
+            "Origin": "https://ui.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-request-id",
+        },
+    )
+    assert "X-Request-ID" in preflight.headers["Access-Control-Allow-Headers"].split(", ")
+    answer = client.get("/health/live", headers={"Origin": "https://ui.example", "X-Request-ID": "ui-42"})
+    assert answer.headers["X-Request-ID"] == "ui-42"
+    assert "X-Request-ID" in answer.headers["Access-Control-Expose-Headers"].split(", ")
