@@ -49,7 +49,9 @@ _API_PREFIXES = ("/api/", "/protected", "/health/", "/metrics")
 # X-Request-ID both ways: a browser client may send its own id, and reads the one each answer
 # carries (the id to quote in a support request; a cross-origin script sees no other header)
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
-_CORS_EXPOSE_HEADERS = "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-Request-ID"
+_CORS_EXPOSE_HEADERS = ", ".join(
+    ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-Request-ID")
+)
 
 
 def client_address() -> str:
