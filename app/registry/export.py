@@ -83,7 +83,8 @@ def promote_version(registry: Registry, version: str | int, model_dir: Path | st
     The alias moves only once the bundle is in the model store, so a failed export (store
     unwritable, disk full, a damaged artifact) leaves the registry naming the champion that is
     still served. When the alias cannot be moved after the export (the tracking store failed in
-    between), ``latest`` is pointed back at the bundle it named before: the two never disagree.
+    between), ``latest`` is pointed back at the bundle it named before (removed when it named
+    none, a first promotion): the two never disagree.
     """
     model_dir = Path(model_dir)
     link = model_dir / LATEST
@@ -92,7 +93,13 @@ def promote_version(registry: Registry, version: str | int, model_dir: Path | st
     try:
         registry.set_alias(CHAMPION, version)
     except Exception:
-        if before is not None and before != path.name:
+        if before is None:  # nothing was served before: serve nothing again, not an unnamed champion
+            try:
+                link.unlink(missing_ok=True)
+                log.error("could not move the champion alias to version %s: %s removed again", version, link)
+            except OSError:
+                log.exception("could not remove %s", link)
+        elif before != path.name:
             try:
                 point_latest(model_dir, before)
                 log.error(
