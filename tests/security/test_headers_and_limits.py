@@ -163,16 +163,21 @@ def test_cors_is_off_by_default(client: Any, auth_headers: dict[str, str]) -> No
         assert not any(h.lower().startswith("access-control-") for h, _ in response.headers.items())
 
 
-def test_cors_allows_only_the_configured_origins(make_app: Any) -> None:
-    client = make_app(cors_origins="https://ui.example, https://admin.example:8443").test_client()
-    preflight = client.options(
+def _preflight(client: Any, origin: str, request_headers: str) -> Any:
+    """A browser's CORS preflight for a POST to /api/recommend sending ``request_headers``."""
+    return client.options(
         "/api/recommend",
         headers={
-            "Origin": "https://ui.example",
+            "Origin": origin,
             "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type",
+            "Access-Control-Request-Headers": request_headers,
         },
     )
+
+
+def test_cors_allows_only_the_configured_origins(make_app: Any) -> None:
+    client = make_app(cors_origins="https://ui.example, https://admin.example:8443").test_client()
+    preflight = _preflight(client, "https://ui.example", "authorization, content-type")
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://ui.example"
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
     assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
@@ -189,14 +194,7 @@ def test_cors_lets_a_browser_client_send_and_read_the_request_id(make_app: Any) 
     """Every answer carries X-Request-ID, the id its log lines share, but a cross-origin script
     reads only the headers CORS exposes: it could neither read the id nor send its own."""
     client = make_app(cors_origins="https://ui.example").test_client()
-    preflight = client.options(
-        "/api/recommend",
-        headers={
-            "Origin": "https://ui.example",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type, x-request-id",
-        },
-    )
+    preflight = _preflight(client, "https://ui.example", "authorization, content-type, x-request-id")
     assert "X-Request-ID" in preflight.headers["Access-Control-Allow-Headers"].split(", ")
     answer = client.get("/health/live", headers={"Origin": "https://ui.example", "X-Request-ID": "ui-42"})
     assert answer.headers["X-Request-ID"] == "ui-42"
