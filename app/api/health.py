@@ -21,6 +21,9 @@ def live() -> Any:
     return jsonify(status="ok")
 
 
+_NOT_READY = {"model": "no model is loaded", "database": "the database is unreachable"}
+
+
 @bp.get("/health/ready")
 @spec.validate(resp=Response(HTTP_200=Ready, HTTP_503=ErrorResponse))
 def ready() -> Any:
@@ -32,11 +35,7 @@ def ready() -> Any:
     services = current_app.extensions["movierec"]
     bundle = services.models.bundle
     checks = {"model": bundle is not None, "database": services.db.ping()}
-    if not all(checks.values()):
-        failed = [
-            reason
-            for name, reason in (("model", "no model is loaded"), ("database", "the database is unreachable"))
-            if not checks[name]
-        ]
+    failed = [_NOT_READY[name] for name, ok in checks.items() if not ok]
+    if failed:
         raise Unavailable("not ready: " + "; ".join(failed), headers={"Retry-After": "5"})
     return jsonify(status="ok", checks=checks, model_version=bundle.version if bundle else None)
