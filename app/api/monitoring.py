@@ -18,12 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from spectree import Response as SpecResponse
 
 from app.api.auth import admin_required
-from app.api.schemas import ErrorResponse
+from app.api.schemas import MAX_REASON_LENGTH, ErrorResponse
 from app.api.spec import BEARER, spec
 from app.config import parse_networks
 from app.errors import Forbidden, Unauthorized, Unavailable
 from app.monitoring.metrics import render
 from app.monitoring.online import StateCollector
+from app.recommender.bundle import VERSION_MAX_LENGTH
 from app.storage.breaker import BreakerStoreError
 
 bp = Blueprint("monitoring", __name__)
@@ -36,14 +37,14 @@ class BreakerResetRequest(BaseModel):
     # failed PostgreSQL's write, answered as 503 "retry" quoting the SQL)
     reason: str | None = Field(
         default=None,
-        max_length=200,
+        max_length=MAX_REASON_LENGTH,
         pattern=r"^[^\x00-\x1f\x7f]*$",
         description="why, for the log and the alert (no control characters)",
     )
     model_version: str | None = Field(
         default=None,
         min_length=1,
-        max_length=64,
+        max_length=VERSION_MAX_LENGTH,
         # a version names a bundle directory and a database key: no control characters (a NUL
         # made PostgreSQL's lookup fail, answered as 503 "retry"), no surrounding blanks
         pattern=r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$",

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictInt, model_validator
 
-from app.recommender.bundle import RecommendQuery
+from app.recommender.bundle import VERSION_MAX_LENGTH, RecommendQuery
 from app.recommender.features import MAX_ID, integral
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
 
@@ -20,6 +20,7 @@ MAX_BATCH_RECOMMEND = 1_000
 MAX_BATCH_PREDICT = 10_000
 MAX_PASSWORD_LENGTH = 1024
 MAX_VERSION_LENGTH = 128
+MAX_REASON_LENGTH = 200  # an admin's note on a breaker reset
 
 
 _Integral = BeforeValidator(integral)
@@ -50,9 +51,9 @@ FIELD_RULES: dict[str, str] = {
     "version": f"must be a bundle version name of at most {MAX_VERSION_LENGTH} characters",
     "wait": "must be true or false",
     # the breaker reset body (app/api/monitoring.py)
-    "reason": "must be text of at most 200 characters without control characters",
-    "model_version": "must be a model version name of at most 64 characters, without control "
-    "characters or surrounding blanks",
+    "reason": f"must be text of at most {MAX_REASON_LENGTH} characters without control characters",
+    "model_version": f"must be a model version name of at most {VERSION_MAX_LENGTH} characters, without "
+    "control characters or surrounding blanks",
 }
 
 
