@@ -16,8 +16,9 @@ version ever served grew without bound. A record is kept while its version is se
 served version's record is evaluated every monitor interval, and re-read every few seconds)
 and for :data:`RETENTION_SECONDS` after that, so a rollback within that time finds the state
 it left; after it, the version starts closed again like a new one. In the database the
-records idle that long are deleted after a write (at most once an hour per process); in
-Redis each key expires that long after it was last written or read.
+closed records idle that long are deleted after a write (at most once an hour per process; an
+open one is kept, since reads do not refresh a row); in Redis each key expires that long after
+it was last written or read.
 """
 
 from __future__ import annotations
