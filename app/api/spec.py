@@ -16,6 +16,7 @@ from spectree.plugins.flask_plugin import FlaskPlugin
 
 from app.api.schemas import ErrorResponse, field_errors
 from app.errors import InvalidRequest
+from app.recommender.features import MAX_ID
 
 
 def _raise_validation_error(
@@ -76,8 +77,6 @@ class _SpecTree(SpecTree):
     """
 
     def _generate_spec(self) -> dict[str, Any]:
-        from app.recommender.features import MAX_ID
-
         document: dict[str, Any] = super()._generate_spec()
         for methods in document.get("paths", {}).values():
             for method, operation in methods.items():
