@@ -267,7 +267,9 @@ def _no_model(_error: BundleError) -> Response:
 
 @bp.errorhandler(ApiError)
 def _api_error(error: ApiError) -> Response:
-    return _page("ui/error.html", error.status, heading="Something is not right", message=error.message)
+    response = _page("ui/error.html", error.status, heading="Something is not right", message=error.message)
+    response.headers.update(error.headers)  # a 503's Retry-After
+    return response
 
 
 def is_page_path(path: str) -> bool:
@@ -376,51 +378,36 @@ def recommend() -> Response:
     payload = _form_to_json(form, integers=("age", "max_recs", "user_id"))
     parsed, errors = _validate(RecommendRequest, payload)
     if parsed is not None:
-        service = _services().recommendations
-        query = parsed.query()
         try:
-            served = service.recommend(query)
+            served = _services().recommendations.recommend(parsed.query())
         except NotFound as exc:
             errors = {"user_id": exc.message}
         else:
-            # Rendered straight from what was served (the same row the request log stores), so
-            # the page never waits for the write-behind log to reach the database.
-            return _page("ui/results.html", stored=service.log_row(served, query), ratings={}, labels=LABELS)
+            # Post/Redirect/Get: the list is shown at its own address, so reloading it (or going
+            # back to it) shows the same list again instead of resending the form, which logged
+            # a new recommendation each time.
+            return _see_other(url_for("ui.results", request_id=served.id))
     return _page("ui/recommend.html", 400, **_recommend_form_context(request.form, errors))
 
 
-_LIST_FIELDS = (
-    "id",
-    "age",
-    "gender",
-    "occupation",
-    "user_id",
-    "max_recs",
-    "model_version",
-    "strategy",
-    "items",
-)
-
-
-def _stored_list(request_id: str) -> dict[str, Any] | None:
-    """What was served under ``request_id``: the database row, or the row still buffered here."""
-    services = _services()
-    if not services.recommendations.ids.well_formed(request_id):
-        return None  # never issued; and PostgreSQL refuses a NUL in a text parameter (a 500)
-    row = services.db.get_request(request_id)
-    if row is not None:
-        return {name: getattr(row, name) for name in _LIST_FIELDS}
-    request_log = getattr(services.recommendations, "request_log", None)
-    return request_log.get(request_id) if request_log is not None else None
-
-
 def _results_page(request_id: str, status: int = 200, **extra: Any) -> Response:
-    stored = _stored_list(request_id)
+    """The list served under ``request_id``, with the ratings stored for it.
+
+    Shown to any logged-in session that has the id, as a score is taken from any token with it:
+    an id is 80 random bits and a MAC (app/services/request_ids.py), listed by no page or
+    endpoint, so it cannot be guessed; and a list outlives its token (after logging in again the
+    person is led back to it). Ids not signed here are "not found" at once.
+    """
+    services = _services()
+    stored = services.recommendations.served_list(request_id)
     if stored is None:
         return _page("ui/error.html", 404, heading="Not found", message=(
             "There is no recommendation list with this id. Ask for new recommendations."
         ))  # fmt: skip
-    ratings = dashboard.feedback_for_request(_services().db, request_id)
+    # A list still in this worker's request log can have no stored ratings (a score commits its
+    # list first): its page, the one right after the form, needs nothing from the database.
+    buffered = services.recommendations.request_log.get(request_id) is not None
+    ratings = {} if buffered else dashboard.feedback_for_request(services.db, request_id)
     return _page("ui/results.html", status, stored=stored, ratings=ratings, labels=LABELS, **extra)
 
 
@@ -444,7 +431,7 @@ def feedback() -> Response:
         except InvalidRequest as exc:
             errors = dict(exc.fields or {"body": exc.message})
         else:
-            stored = _stored_list(parsed.id)
+            stored = _services().recommendations.served_list(parsed.id)
             titles = [item["title"] for item in stored["items"]] if stored is not None else []
             position = titles.index(parsed.movie) if parsed.movie in titles else 0
             target = url_for("ui.results", request_id=parsed.id, saved=position) + f"#item-{position}"

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from app.errors import InvalidRequest, NotFound, Unavailable
 from app.monitoring.quality import predict_scores
@@ -29,6 +29,21 @@ from app.services.request_log import RequestLog
 from app.storage.db import REQUEST_INPUTS, Database, DatabaseUnavailableError, FeedbackRecord, StoredRequest
 
 log = logging.getLogger(__name__)
+
+_Row = TypeVar("_Row")
+
+LOGGED_FIELDS = (
+    "id",
+    "age",
+    "gender",
+    "occupation",
+    "user_id",
+    "max_recs",
+    "model_version",
+    "strategy",
+    "items",
+)
+"""What the request log keeps of a served recommendation (:meth:`RecommendationService.log_row`)."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +170,7 @@ class RecommendationService:
         # per-process key; every uwsgi worker gets the same key from MOVIEREC_JWT_SECRET.
         self.ids = RequestIds(id_secret or secrets.token_bytes(32))
         self.request_log = request_log or RequestLog(db)
-        self.pending_wait = pending_wait  # how long a score waits for another worker's pending row
+        self.pending_wait = pending_wait  # how long a score or a list's page waits for another worker's row
         self.targets = ScoreTargets()
         self.feedback = journal  # scores: durable here before the 200, shipped to the database behind it
         # Set by app/monitoring/online.py: the circuit breaker's router (champion, probe or
@@ -191,6 +206,7 @@ class RecommendationService:
 
     @staticmethod
     def log_row(served: Served, query: RecommendQuery) -> dict[str, Any]:
+        """The row the request log stores for one served recommendation (its keys: ``LOGGED_FIELDS``)."""
         return {
             "id": served.id,
             "age": query.age,
@@ -271,19 +287,47 @@ class RecommendationService:
             self.request_log.persist(request_id)
             inputs = {key: pending.get(key) for key in REQUEST_INPUTS}
             return self._prepared(StoredRequest(pending["items"], pending["model_version"], inputs))
-        stored = self.db.served_request(request_id)
-        if stored is not None:
-            return self._prepared(stored)
-        if not self.ids.verify(request_id):
+        stored = self._stored(request_id, self.db.served_request)
+        if stored is None:
             raise _unknown_id()
+        return self._prepared(stored)
+
+    def served_list(self, request_id: str) -> dict[str, Any] | None:
+        """What was served under ``request_id``, as :meth:`log_row` logged it; None when never issued.
+
+        For a page that shows a list again by its id (the web UI's): buffered here → that row,
+        nothing read; else the stored row, waiting for one another worker still has pending as a
+        score does (:meth:`_stored`).
+        """
+        if not self.ids.well_formed(request_id):
+            return None  # never issued; and PostgreSQL refuses a NUL in a text parameter (a 500)
+        pending = self.request_log.get(request_id)
+        if pending is not None:
+            return pending
+        return self._stored(request_id, self._logged_row)
+
+    def _logged_row(self, request_id: str) -> dict[str, Any] | None:
+        row = self.db.get_request(request_id)
+        return None if row is None else {name: getattr(row, name) for name in LOGGED_FIELDS}
+
+    def _stored(self, request_id: str, read: Callable[[str], _Row | None]) -> _Row | None:
+        """``read(request_id)``, waiting (bounded) for a row another worker has pending.
+
+        Stored → it. Signed by us but nowhere yet → another worker has it pending: read again
+        until its flush (``pending_wait``), never refuse it. Not signed by us → None at once,
+        so a forged id ties no thread up.
+        """
+        stored = read(request_id)
+        if stored is not None or not self.ids.verify(request_id):
+            return stored
         deadline = time.monotonic() + self.pending_wait
         delay = 0.005
         while time.monotonic() < deadline:
             time.sleep(delay)
             delay = min(0.1, delay * 2)
-            stored = self.db.served_request(request_id)
+            stored = read(request_id)
             if stored is not None:
-                return self._prepared(stored)
+                return stored
         # Issued by a worker whose log has not reached the database (it may be down or the
         # worker gone): retryable, not "never issued".
         raise Unavailable(

@@ -18,8 +18,8 @@ API.md "Durability" are kept as follows:
 * **A score is never refused because its row is pending.** :meth:`RequestLog.get` sees
   pending and in-flight rows, and :meth:`RequestLog.persist` commits a pending row (and,
   for free, everything queued with it) before the feedback row that references it.
-  Rows pending in *another* worker are handled by the score path with signed ids
-  (:mod:`app.services.request_ids`).
+  Rows pending in *another* worker are waited for by the score path (and the web UI's list
+  page) with signed ids (:mod:`app.services.request_ids`).
 * **Bounded memory.** With the database unreachable the buffer grows up to ``max_pending``
   rows; past that, new recommendations are refused (503) rather than acknowledged and lost.
 

@@ -10,18 +10,24 @@ from __future__ import annotations
 import html
 import json
 import re
+import threading
+import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import sessionmaker
 
 from app.api.schemas import FIELD_RULES
 from app.recommender.bundle import RecommendQuery
 from app.services import dashboard
-from app.storage.models import Feedback
+from app.services.request_ids import RequestIds
+from app.storage.db import make_engine
+from app.storage.models import Feedback, RecommendationRequest
 from tests.helpers import ADMIN_PASSWORD, PROFILE, SESSION_PASSWORD, sqlalchemy_url
 
 pytestmark = pytest.mark.api
@@ -47,9 +53,10 @@ def titles_of(page: str) -> list[str]:
 
 
 def recommend(client: Any, csrf: str, **fields: Any) -> Any:
+    """Post the form and follow its redirect: the list's own page (or the form again, with errors)."""
     data = {"csrf_token": csrf, "age": "30", "gender": "M", "occupation": "programmer", "max_recs": "5"}
     data.update({k: str(v) for k, v in fields.items()})
-    return client.post("/ui/recommend", data=data)
+    return client.post("/ui/recommend", data=data, follow_redirects=True)
 
 
 def list_id(page: str) -> str:
@@ -322,6 +329,132 @@ def test_a_rating_for_a_list_never_issued_is_refused(client: Any) -> None:
     assert client.get("/ui/recommendations/not-an-id").status_code == 404
 
 
+def _logged_requests(app: Any) -> int:
+    """Recommendation rows logged by ``app``: written to the database or still buffered."""
+    log = app.extensions["movierec"].recommendations.request_log
+    log.flush()
+    with app.extensions["movierec"].db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(RecommendationRequest)))
+
+
+def test_a_list_is_shown_at_its_own_address_so_a_reload_logs_nothing_new(app: Any) -> None:
+    """Post/Redirect/Get: the form's post logs one recommendation and sends the browser to the
+    list's page; reloading that page (or going back to it) shows the same list under the same id,
+    where re-posting the form logged another recommendation each time."""
+    client = app.test_client()
+    csrf = ui_login(client)
+    data = {"csrf_token": csrf, "age": "30", "gender": "M", "occupation": "programmer", "max_recs": "5"}
+    posted = client.post("/ui/recommend", data=data)
+    assert posted.status_code == 303, posted.text
+    match = re.fullmatch(r"/ui/recommendations/([0-9a-f-]{36})", posted.headers["Location"])
+    assert match, posted.headers["Location"]
+    request_id = match.group(1)
+    assert app.extensions["movierec"].recommendations.ids.verify(request_id)
+    first, again = client.get(posted.headers["Location"]), client.get(posted.headers["Location"])
+    assert first.status_code == again.status_code == 200
+    assert list_id(first.text) == list_id(again.text) == request_id
+    assert titles_of(first.text) == titles_of(again.text) and len(titles_of(first.text)) == 5
+    assert _logged_requests(app) == 1
+    # the page's rating form still posts a score for that list
+    rated = client.post(
+        "/ui/feedback",
+        data={
+            "csrf_token": csrf_of(again.text),
+            "id": request_id,
+            "movie": titles_of(again.text)[1],
+            "score": "4",
+        },
+    )
+    assert rated.status_code == 303
+    assert [(r.request_id, r.score) for r in app.extensions["movierec"].db.feedback_rows()] == [
+        (request_id, 4.0)
+    ]
+    assert _logged_requests(app) == 1
+
+
+def test_the_list_page_waits_for_a_row_still_pending_in_another_worker(make_app: Callable[..., Any]) -> None:
+    """The redirect's GET may reach another uwsgi worker before the issuing worker's write-behind
+    log has written the row: it waits for it, as a score does, instead of saying "not found".
+    Two apps on one database and one JWT secret stand in for two workers."""
+    issuer = make_app(request_log_flush_seconds=30.0)  # nothing flushed unless asked
+    other = make_app()
+    issuing = issuer.test_client()
+    posted = issuing.post(
+        "/ui/recommend",
+        data={
+            "csrf_token": ui_login(issuing),
+            "age": "30",
+            "gender": "F",
+            "occupation": "writer",
+            "max_recs": "4",
+        },
+    )
+    assert posted.status_code == 303
+    reader = other.test_client()
+    ui_login(reader)
+    result: dict[str, Any] = {}
+
+    def get() -> None:
+        started = time.monotonic()
+        response = reader.get(posted.headers["Location"])
+        result.update(status=response.status_code, text=response.text, waited=time.monotonic() - started)
+
+    thread = threading.Thread(target=get)
+    thread.start()
+    time.sleep(0.3)
+    assert thread.is_alive(), "the other worker must wait for the pending row, not answer at once"
+    issuer.extensions["movierec"].recommendations.request_log.flush()
+    thread.join(10)
+    assert result["status"] == 200 and result["waited"] >= 0.3, result
+    assert len(titles_of(result["text"])) == 4
+
+
+def test_a_list_page_for_an_id_not_issued_here_is_a_page_at_once(app: Any) -> None:
+    """Only ids signed by this service are waited for: a forged or foreign id is "not found" at
+    once (no thread held for the wait), an id signed here but stored nowhere is a retryable 503."""
+    client = app.test_client()
+    ui_login(client)
+    service = app.extensions["movierec"].recommendations
+    issued = list_id(recommend(client, ui_login(client)).text)
+    forged = [
+        str(uuid.uuid4()),
+        RequestIds(b"another secret").issue(),
+        issued[:-1] + ("0" if issued[-1] != "0" else "1"),
+    ]
+    for request_id in forged:
+        started = time.monotonic()
+        response = client.get(f"/ui/recommendations/{request_id}")
+        assert response.status_code == 404 and response.mimetype == "text/html", request_id
+        assert "There is no recommendation list with this id" in response.text
+        assert time.monotonic() - started < 0.5
+    service.pending_wait = 0.2
+    response = client.get(f"/ui/recommendations/{service.ids.issue()}")
+    assert response.status_code == 503 and response.mimetype == "text/html"
+    assert response.headers["Retry-After"] == "1"
+    assert "not stored yet" in response.text
+
+
+def test_a_list_just_served_is_shown_while_the_database_is_down(
+    make_app: Callable[..., Any], postgres_url: str
+) -> None:
+    """Recommendations are served with the database down (API.md "Durability"), the page's
+    included: the list is still in this worker's request log, and a list not written yet can have
+    no stored ratings, so its page needs nothing from the database."""
+    app = make_app(database_url=sqlalchemy_url(postgres_url), request_log_flush_seconds=30.0)
+    client = app.test_client()
+    csrf = ui_login(client)
+    db = app.extensions["movierec"].db
+    good_engine, good_sessions = db.engine, db.sessions
+    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
+    try:
+        page = recommend(client, csrf)
+        assert page.status_code == 200, page.text
+        assert len(titles_of(page.text)) == 5
+    finally:
+        db.engine, db.sessions = good_engine, good_sessions
+
+
 # --------------------------------------------------------------------------- dashboard
 
 
@@ -571,7 +704,7 @@ def test_a_known_user_list_names_the_user_even_when_the_fallback_served_it(
     client = app.test_client()
     csrf = ui_login(client)
     form = {"csrf_token": csrf, "user_id": str(user_id), "max_recs": "3"}
-    response = client.post("/ui/recommend", data=form)
+    response = client.post("/ui/recommend", data=form, follow_redirects=True)
     assert response.status_code == 200, response.text
     assert "None" not in response.text
     assert f"For user {user_id}" in response.text
