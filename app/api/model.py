@@ -10,7 +10,7 @@ from flask_jwt_extended import get_jwt, jwt_required
 from spectree import Response
 
 from app.api.auth import admin_required
-from app.api.schemas import ErrorResponse
+from app.api.schemas import ErrorResponse, NoQuery
 from app.api.serving_schemas import ModelInfo, ReloadRequest, ReloadStatus
 from app.api.spec import BEARER, spec
 
@@ -45,7 +45,9 @@ def _for_role(status: dict[str, Any], key: str, admin: bool) -> dict[str, Any]:
 @bp.get("/api/model")
 @jwt_required()
 @spec.validate(
-    resp=Response(HTTP_200=ModelInfo, HTTP_401=ErrorResponse, HTTP_503=ErrorResponse), security=BEARER
+    query=NoQuery,
+    resp=Response(HTTP_200=ModelInfo, HTTP_401=ErrorResponse, HTTP_503=ErrorResponse),
+    security=BEARER,
 )
 def model_info() -> Any:
     """The serving model: version, offline metrics from its manifest, load time, reload and breaker state."""

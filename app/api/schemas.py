@@ -61,6 +61,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NoQuery(Strict):
+    """The query of a GET that takes no parameters: any is refused (400 naming it), as an unknown
+    body field is, rather than answered as if it were not there."""
+
+
 class LoginRequest(Strict):
     session_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
 

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask_jwt_extended import jwt_required
 from spectree import Response
 
-from app.api.schemas import ErrorResponse
+from app.api.schemas import ErrorResponse, NoQuery
 from app.api.serving_schemas import MaxRecsQuery, UserFeaturesResponse, UserRecommendationsResponse
 from app.api.spec import BEARER, spec
 from app.errors import InvalidRequest
@@ -33,6 +33,7 @@ def _user_id(raw: str) -> int:
 @bp.get("/api/users/<user_id>/features")
 @jwt_required()
 @spec.validate(
+    query=NoQuery,
     resp=Response(
         HTTP_200=UserFeaturesResponse, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse, HTTP_404=ErrorResponse,
         HTTP_503=ErrorResponse,

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from app.recommender.features import MAX_ID
+from tests.helpers import login
 
 pytestmark = pytest.mark.api
 
@@ -40,3 +41,58 @@ def test_the_user_id_path_parameter_is_documented_as_the_positive_integer_it_mus
         (param,) = [p for p in paths[path]["get"]["parameters"] if p["in"] == "path"]
         assert param["name"] == "user_id"
         assert param["schema"] == {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+
+
+def _get_paths(client: Any) -> dict[str, list[str]]:
+    """Every documented GET, as a request path (``user_id`` 1), with the query parameters it documents."""
+    paths = client.get("/openapi.json").get_json()["paths"]
+    return {
+        path.replace("{user_id}", "1"): [
+            p["name"] for p in methods["get"].get("parameters", []) if p["in"] == "query"
+        ]
+        for path, methods in paths.items()
+        if "get" in methods
+    }
+
+
+def test_every_get_refuses_a_query_parameter_it_does_not_take(client: Any, auth_headers: dict) -> None:
+    """Unknown parameters are a 400 naming them, as unknown body fields are: a GET that takes none
+    (``/api/users/<id>/features``, ``/api/model``, ``/health/ready`` ...) used to answer as if the
+    query string were not there, while ``/api/users/<id>/recommendations`` refused ``?foo=1``."""
+    gets = _get_paths(client)
+    assert len(gets) >= 8
+    assert gets["/api/users/1/recommendations"] == ["max_recs"]
+    for path, documented in gets.items():
+        plain = client.get(path, headers=auth_headers)
+        assert plain.status_code == 200, (path, plain.status_code)
+        assert client.head(path, headers=auth_headers).status_code == 200, path
+        for method in ("GET", "HEAD"):
+            refused = client.open(f"{path}?colour=blue&max_recs=3", method=method, headers=auth_headers)
+            assert refused.status_code == 400, (method, path, refused.status_code)
+        body = client.get(f"{path}?colour=blue", headers=auth_headers).get_json()
+        assert body["error"]["code"] == "invalid_request", path
+        assert body["error"]["fields"] == {"colour": "unknown field"}, path
+        assert "colour" in body["error"]["message"], path
+        if not documented:  # ``max_recs`` is a parameter of its own only where it is documented
+            assert client.get(f"{path}?max_recs=3", headers=auth_headers).status_code == 400, path
+        else:
+            assert client.get(f"{path}?max_recs=3", headers=auth_headers).status_code == 200, path
+
+
+def test_a_cors_preflight_of_a_get_with_a_query_string_is_still_answered(make_app: Any) -> None:
+    """The preflight carries the query string of the request it asks about: it is answered as
+    before, and the refusal of the real request is readable by the allowed origin."""
+    origin = "https://app.example"
+    client = make_app(cors_origins=origin).test_client()
+    headers = login(client)
+    for path in _get_paths(client):
+        preflight = client.options(
+            f"{path}?colour=blue",
+            headers={"Origin": origin, "Access-Control-Request-Method": "GET",
+                     "Access-Control-Request-Headers": "Authorization"},
+        )  # fmt: skip
+        assert preflight.status_code == 200, (path, preflight.status_code)
+        assert preflight.headers["Access-Control-Allow-Origin"] == origin
+        assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
+        refused = client.get(f"{path}?colour=blue", headers={**headers, "Origin": origin})
+        assert refused.status_code == 400 and refused.headers["Access-Control-Allow-Origin"] == origin, path
