@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, jsonify
 from flask_jwt_extended import create_access_token, get_jwt, jwt_required
 from spectree import Response
 
-from app.api.schemas import ErrorResponse, LoginRequest, LoginResponse, Message, NoQuery
+from app.api.schemas import ErrorResponse, LoginRequest, LoginResponse, Message
 from app.api.spec import BEARER, spec
 from app.errors import Forbidden, Unauthorized
 
@@ -28,14 +28,14 @@ def _matches(candidate: str, secret: str | None) -> bool:
 
 
 @bp.get("/")
-@spec.validate(query=NoQuery, resp=Response(HTTP_200=Message))
+@spec.validate(resp=Response(HTTP_200=Message))
 def index() -> Any:
     return jsonify(message="Welcome to movierec: POST /api/login, then /api/recommend. Docs at /docs.")
 
 
 @bp.get("/protected")
 @jwt_required()
-@spec.validate(query=NoQuery, resp=Response(HTTP_200=Message, HTTP_401=ErrorResponse), security=BEARER)
+@spec.validate(resp=Response(HTTP_200=Message, HTTP_401=ErrorResponse), security=BEARER)
 def protected() -> Any:
     return jsonify(message="Protected")
 

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from spectree import Response
 
-from app.api.schemas import ErrorResponse, Live, NoQuery, Ready
+from app.api.schemas import ErrorResponse, Live, Ready
 from app.api.spec import spec
 from app.errors import Unavailable
 
@@ -15,7 +15,7 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/health/live")
-@spec.validate(query=NoQuery, resp=Response(HTTP_200=Live))
+@spec.validate(resp=Response(HTTP_200=Live))
 def live() -> Any:
     """Liveness: the process answers."""
     return jsonify(status="ok")
@@ -25,7 +25,7 @@ _NOT_READY = {"model": "no model is loaded", "database": "the database is unreac
 
 
 @bp.get("/health/ready")
-@spec.validate(query=NoQuery, resp=Response(HTTP_200=Ready, HTTP_503=ErrorResponse))
+@spec.validate(resp=Response(HTTP_200=Ready, HTTP_503=ErrorResponse))
 def ready() -> Any:
     """Ready = a model is loaded and the database answers; else 503 ``unavailable`` naming what is not.
 

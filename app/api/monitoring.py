@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from spectree import Response as SpecResponse
 
 from app.api.auth import admin_required
-from app.api.schemas import MAX_REASON_LENGTH, ErrorResponse, NoQuery
+from app.api.schemas import MAX_REASON_LENGTH, ErrorResponse
 from app.api.spec import BEARER, spec
 from app.config import parse_networks
 from app.errors import Forbidden, Unauthorized, Unavailable
@@ -84,7 +84,7 @@ def _check_scraper(settings: Any) -> None:
 
 
 @bp.get("/metrics")
-@spec.validate(query=NoQuery, resp=SpecResponse("HTTP_200", HTTP_401=ErrorResponse, HTTP_403=ErrorResponse))
+@spec.validate(resp=SpecResponse("HTTP_200", HTTP_401=ErrorResponse, HTTP_403=ErrorResponse))
 def metrics() -> Response:
     """Prometheus text exposition: every worker's counters and histograms, and the state gauges."""
     services = current_app.extensions["movierec"]

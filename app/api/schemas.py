@@ -62,8 +62,10 @@ class Strict(BaseModel):
 
 
 class NoQuery(Strict):
-    """The query of a GET that takes no parameters: any is refused (400 naming it), as an unknown
-    body field is, rather than answered as if it were not there."""
+    """The query of an ``/api/`` GET that takes no parameters: any is refused (400 naming it), as
+    an unknown body field is, rather than answered as if it were not there. The seed's ``/`` and
+    ``/protected``, the health probes and ``/metrics`` take none either but ignore a query string:
+    what probes, scrapers and links add to a URL (cache busters, tracking) must not fail them."""
 
 
 class LoginRequest(Strict):

@@ -55,12 +55,12 @@ def _get_paths(client: Any) -> dict[str, list[str]]:
     }
 
 
-def test_every_get_refuses_a_query_parameter_it_does_not_take(client: Any, auth_headers: dict) -> None:
-    """Unknown parameters are a 400 naming them, as unknown body fields are: a GET that takes none
-    (``/api/users/<id>/features``, ``/api/model``, ``/health/ready`` ...) used to answer as if the
-    query string were not there, while ``/api/users/<id>/recommendations`` refused ``?foo=1``."""
-    gets = _get_paths(client)
-    assert len(gets) >= 8
+def test_every_api_get_refuses_a_query_parameter_it_does_not_take(client: Any, auth_headers: dict) -> None:
+    """Unknown parameters are a 400 naming them, as unknown body fields are: an ``/api/`` GET that
+    takes none (``/api/users/<id>/features``, ``/api/model``) used to answer as if the query
+    string were not there, while ``/api/users/<id>/recommendations`` refused ``?foo=1``."""
+    gets = {path: documented for path, documented in _get_paths(client).items() if path.startswith("/api/")}
+    assert len(gets) >= 3
     assert gets["/api/users/1/recommendations"] == ["max_recs"]
     for path, documented in gets.items():
         plain = client.get(path, headers=auth_headers)
@@ -79,6 +79,17 @@ def test_every_get_refuses_a_query_parameter_it_does_not_take(client: Any, auth_
             assert client.get(f"{path}?max_recs=3", headers=auth_headers).status_code == 200, path
 
 
+def test_the_seed_pages_probes_and_metrics_ignore_a_query_string(client: Any, auth_headers: dict) -> None:
+    """What probes, scrapers and links add to a URL (a cache buster, tracking parameters) must not
+    turn ``/``, ``/protected``, the health probes or ``/metrics`` into a 400."""
+    tolerant = [path for path in _get_paths(client) if not path.startswith("/api/")]
+    assert {"/", "/protected", "/health/live", "/health/ready", "/metrics"} <= set(tolerant)
+    for path in tolerant:
+        for method in ("GET", "HEAD"):
+            answer = client.open(f"{path}?_=1733350000&utm_source=mail", method=method, headers=auth_headers)
+            assert answer.status_code == 200, (method, path, answer.status_code)
+
+
 def test_a_cors_preflight_of_a_get_with_a_query_string_is_still_answered(make_app: Any) -> None:
     """The preflight carries the query string of the request it asks about: it is answered as
     before, and the refusal of the real request is readable by the allowed origin."""
@@ -94,5 +105,6 @@ def test_a_cors_preflight_of_a_get_with_a_query_string_is_still_answered(make_ap
         assert preflight.status_code == 200, (path, preflight.status_code)
         assert preflight.headers["Access-Control-Allow-Origin"] == origin
         assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
-        refused = client.get(f"{path}?colour=blue", headers={**headers, "Origin": origin})
-        assert refused.status_code == 400 and refused.headers["Access-Control-Allow-Origin"] == origin, path
+        if path.startswith("/api/"):
+            refused = client.get(f"{path}?colour=blue", headers={**headers, "Origin": origin})
+            assert refused.status_code == 400 and refused.headers["Access-Control-Allow-Origin"] == origin, path
