@@ -57,6 +57,11 @@ STAGING_PREFIX = ".writing-"
 """write_bundle's staging directories in a model store: ``.writing-<version>-<random>``."""
 STALE_STAGING_SECONDS = 3600
 """A staging directory unchanged this long belongs to a writer that died: the next write removes it."""
+CODE_VERSION_SOURCES = ("recommender", "pipeline/candidates.py")
+"""What :func:`code_version` hashes, relative to the ``app`` package: the ML code, and the
+pipeline's per-candidate training (evaluation, fit, batch inference, the rating model and the
+manifest of every bundle). Not ingest (what it produces is the data hash) nor the flow, gate,
+registry or scheduler: they decide which version serves, not what a version holds."""
 BUNDLE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: "$" matches before a final "\n"
 """A bundle directory's name in a model store: no path separators, no dot-files (reload, export)."""
 
@@ -242,16 +247,21 @@ def _unseen(rows: list[Recommendation], n: int, exclude: Container[int]) -> list
 
 
 def code_version(root: Path | None = None) -> str:
-    """A hash of the ML code (app/recommender): a change here is a new model version.
+    """A hash of the code that determines a trained model: a change there is a new model version.
 
-    Each module is hashed by its syntax tree without docstrings, so a comment, a reworded
+    ``root`` is the ``app`` package; what is hashed under it is ``CODE_VERSION_SOURCES``. Each
+    module is hashed by its syntax tree without docstrings, so a comment, a reworded
     docstring or a layout change is not a new version (the scheduler would retrain every
     candidate for it); any change to what the code does is. A file that does not parse is
     hashed by its bytes.
     """
-    root = root or Path(__file__).resolve().parent
+    root = root or Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(
+        module
+        for source in CODE_VERSION_SOURCES
+        for module in ((root / source).rglob("*.py") if (root / source).is_dir() else [root / source])
+    ):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(_code_fingerprint(path.read_bytes()))
     return digest.hexdigest()[:12]
