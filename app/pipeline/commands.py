@@ -278,9 +278,8 @@ def features_build(data_dir: Path | None) -> None:
     try:
         ingested = ingest(settings.data_dir, database)
         store = FeatureStore(features_root(settings))
-        snapshot = store.stage_snapshot(ingested)
-        loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
-        store.publish(snapshot)  # only once the database serves it too
+        with store.staged_snapshot(ingested) as snapshot:  # published once the database serves it too
+            loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
     finally:
         database.dispose()
     counts = ", ".join(f"{n} {name}" for name, n in snapshot.counts.items())

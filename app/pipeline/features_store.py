@@ -12,8 +12,8 @@ Layout under the root (a local directory or any fsspec URL — ``s3://bucket/fea
 
 A snapshot is written completely (and, locally, synced) before ``LATEST`` names it, so readers
 never see half of one; the pipeline publishes it only once the service database holds its users
-too (:meth:`FeatureStore.stage_snapshot`, then :meth:`FeatureStore.publish`), so ``LATEST`` and
-the features API name the same snapshot even after a failed load. The features are computed by
+too (:meth:`FeatureStore.staged_snapshot`), so ``LATEST`` and the features API name the same
+snapshot even after a failed load, which removes the snapshot it staged. The features are computed by
 the pure functions of app/recommender/features.py; this module only stores and queries them.
 DuckDB is the embedded SQL warehouse: the latest snapshot's tables are views ``users``,
 ``items``, ``ratings`` and ``feedback``, and every snapshot up to the latest is reachable as
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,31 +133,67 @@ class FeatureStore:
         For a store nothing else is loaded from; the pipeline stages, loads the database, then
         publishes.
         """
-        snapshot = self.stage_snapshot(ingested, now)
-        self.publish(snapshot)
-        return snapshot
+        with self.staged_snapshot(ingested, now) as snapshot:
+            return snapshot
 
     def stage_snapshot(self, ingested: Ingested, now: datetime | None = None) -> Snapshot:
-        """Write (and sync) the snapshot's files; ``LATEST`` still names the previous one."""
+        """Write (and sync) the snapshot's files; ``LATEST`` still names the previous one.
+
+        A write that fails removes what it wrote. Load and publish through
+        :meth:`staged_snapshot`, which removes the snapshot when the load fails too.
+        """
         now = now or datetime.now(UTC)
         data_hash = ingested.data_hash
         snapshot_id = f"{now:%Y%m%dT%H%M%S%f}-{data_hash[:8]}"
         directory = self._path(f"snapshot={snapshot_id}")
-        self.fs.makedirs(directory, exist_ok=True)
-        counts = {}
-        for name, frame in feature_tables(ingested).items():
-            self._put(f"{directory}/{name}.parquet", frame.to_parquet(index=False))
-            counts[name] = len(frame)
-        meta = {
-            "snapshot": snapshot_id,
-            "data_hash": data_hash,
-            "created_at": now.isoformat(),
-            "counts": counts,
-        }
-        self._put(f"{directory}/{META_FILE}", json.dumps(meta, indent=2).encode())
-        if self.is_local:  # the snapshot directory's own name, before LATEST can point at it
-            sync_directory(Path(self.path))
+        try:
+            self.fs.makedirs(directory, exist_ok=True)
+            counts = {}
+            for name, frame in feature_tables(ingested).items():
+                self._put(f"{directory}/{name}.parquet", frame.to_parquet(index=False))
+                counts[name] = len(frame)
+            meta = {
+                "snapshot": snapshot_id,
+                "data_hash": data_hash,
+                "created_at": now.isoformat(),
+                "counts": counts,
+            }
+            self._put(f"{directory}/{META_FILE}", json.dumps(meta, indent=2).encode())
+            if self.is_local:  # the snapshot directory's own name, before LATEST can point at it
+                sync_directory(Path(self.path))
+        except BaseException:
+            self._discard(snapshot_id)
+            raise
         return Snapshot(snapshot_id, self.fs.unstrip_protocol(directory), data_hash, counts)
+
+    @contextmanager
+    def staged_snapshot(self, ingested: Ingested, now: datetime | None = None) -> Iterator[Snapshot]:
+        """Stage a snapshot for the body to load (the service database), then publish it.
+
+        When the body or the publishing fails, the snapshot is removed: never published, it
+        stayed on disk for good and, once a later build published a newer one, was read as
+        history by the ``*_history`` views.
+        """
+        snapshot = self.stage_snapshot(ingested, now)
+        try:
+            yield snapshot
+            self.publish(snapshot)
+        except BaseException:
+            self._discard(snapshot.id)
+            raise
+
+    def _discard(self, snapshot_id: str) -> None:
+        """Remove an unpublished snapshot this process staged; never the one ``LATEST`` names
+        (a publish that failed after replacing it)."""
+        directory = self._path(f"snapshot={snapshot_id}")
+        try:
+            if self.latest() == snapshot_id or not self.fs.exists(directory):
+                return
+            self.fs.rm(directory, recursive=True)
+        except OSError as exc:  # the error that failed the build matters more; the leftover is named
+            log.warning("could not remove the unpublished features snapshot %s: %s", directory, exc)
+        else:
+            log.warning("removed the features snapshot %s: it was never published", snapshot_id)
 
     def publish(self, snapshot: Snapshot) -> None:
         """Name ``snapshot`` in ``LATEST``: after its files, and whatever is loaded from them, are in place.

@@ -141,11 +141,11 @@ class MovieRecTrainingFlow(FlowSpec):
 
         settings = _settings()
         store = FeatureStore(features_root(settings))
-        snapshot = store.stage_snapshot(Ingested(self.data, self.feedback))
-        self.snapshot_id = snapshot.id
-        rows = store.service_rows(snapshot.id)
-        self.db_user_features = replace_user_features(_database(settings), rows, snapshot.id)
-        store.publish(snapshot)  # LATEST names it only once the database serves it too
+        # LATEST names it only once the database serves it too; a failed load removes it
+        with store.staged_snapshot(Ingested(self.data, self.feedback)) as snapshot:
+            self.snapshot_id = snapshot.id
+            rows = store.service_rows(snapshot.id)
+            self.db_user_features = replace_user_features(_database(settings), rows, snapshot.id)
         # One rating regressor per run, attached to every bundle that cannot predict ratings itself.
         self.rating_model = fit_rating_model(self.data)
         self.next(self.train, foreach="candidate_names")

@@ -56,6 +56,41 @@ def test_snapshot_tables_are_the_feature_functions_outputs(synthetic_data: Any, 
     }
 
 
+def test_a_failed_load_removes_the_snapshot_it_staged(synthetic_data: Any, tmp_path: Path) -> None:
+    """A snapshot whose database load failed was never published and stayed on disk for good."""
+    store = FeatureStore(tmp_path / "features")
+    published = store.write_snapshot(Ingested(synthetic_data), now=T0)
+    failing = store.staged_snapshot(Ingested(synthetic_data), now=T0 + timedelta(days=1))
+    with pytest.raises(RuntimeError, match="went away"), failing as staged:
+        assert store.snapshots() == [published.id, staged.id] and store.latest() == published.id
+        raise RuntimeError("database went away")
+    assert store.snapshots() == [published.id] and store.latest() == published.id
+    assert not (tmp_path / "features" / f"snapshot={staged.id}").exists()
+
+    with store.staged_snapshot(Ingested(synthetic_data), now=T0 + timedelta(days=2)) as loaded:
+        pass
+    assert store.latest() == loaded.id and store.snapshots() == [published.id, loaded.id]
+
+
+def test_a_snapshot_latest_names_is_never_removed(
+    synthetic_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishing may fail after LATEST was replaced (syncing its directory): the snapshot stays."""
+    store = FeatureStore(tmp_path / "features")
+    publish = store.publish
+
+    def published_then_failed(snapshot: Any) -> None:
+        publish(snapshot)
+        raise OSError("fsync failed")
+
+    monkeypatch.setattr(store, "publish", published_then_failed)
+    staging = store.staged_snapshot(Ingested(synthetic_data), now=T0)
+    with pytest.raises(OSError, match="fsync"), staging as staged:
+        pass
+    assert store.latest() == staged.id and store.snapshots() == [staged.id]
+    assert len(store.sql("select * from users")) == len(synthetic_data.users)
+
+
 def test_sql_over_the_latest_snapshot_and_the_history(synthetic_data: Any, tmp_path: Path) -> None:
     store = FeatureStore(str(tmp_path / "features"))
     first = store.write_snapshot(Ingested(synthetic_data), now=T0)

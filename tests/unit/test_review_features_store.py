@@ -65,7 +65,9 @@ def test_a_failed_database_load_publishes_no_snapshot(
     monkeypatch.setattr(stored, "replace_user_features", refused)
     failed = runner.invoke(cli, ["features", "build"])
     assert failed.exit_code != 0 and isinstance(failed.exception, RuntimeError)
-    assert len(list(root.glob("snapshot=*"))) == 2  # the second build's Parquet files were written
+    # the failed build removed the snapshot it had staged: never published, it would have been
+    # history (the *_history views) as soon as a later build published a newer one
+    assert [path.name for path in root.glob("snapshot=*")] == [f"snapshot={loaded}"]
 
     client = make_app(features_root=str(root)).test_client()
     answer = client.get("/api/users/1/features", headers=login(client)).get_json()
@@ -74,6 +76,12 @@ def test_a_failed_database_load_publishes_no_snapshot(
     # the warehouse's history stops at what LATEST names: the unloaded snapshot is not in it
     history = store.sql("select distinct snapshot from users_history")["snapshot"].tolist()
     assert history == [loaded]
+
+    monkeypatch.undo()  # the database is back
+    monkeypatch.setattr(commands, "_settings", lambda **_: make_settings(features_root=str(root)))
+    assert runner.invoke(cli, ["features", "build"]).exit_code == 0
+    history = store.sql("select distinct snapshot from users_history order by 1")["snapshot"].tolist()
+    assert history == [loaded, store.latest()]
 
 
 def test_the_snapshot_and_latest_are_synced_before_latest_names_them(
