@@ -55,6 +55,12 @@ MANIFEST = "manifest.json"
 VERSION_MAX_LENGTH = 64  # the database's model_version columns (app/storage/models.py)
 STAGING_PREFIX = ".writing-"
 """write_bundle's staging directories in a model store: ``.writing-<version>-<random>``."""
+LEGACY_STAGING = re.compile(r"\A\.\d{8}T\d{6}-[0-9a-f]{6}[A-Za-z0-9._-]*-[a-z0-9_]{8}\Z")
+"""write_bundle's staging directories before ``STAGING_PREFIX``: ``.<version>-<random>``, known by
+:func:`new_version`'s timestamp (so ``.export-*``, ``.deploy-*`` and ``.latest-*`` never match)."""
+LATEST_SWAP_PREFIX = ".latest-"
+LATEST_SWAP = re.compile(rf"\A{re.escape(LATEST_SWAP_PREFIX)}\d+-\d+\Z")
+"""point_latest's temporary links, ``.latest-<pid>-<ns>``: left by a process killed mid-swap."""
 STALE_STAGING_SECONDS = 3600
 """A staging directory unchanged this long belongs to a writer that died: the next write removes it."""
 CODE_VERSION_SOURCES = ("recommender", "pipeline/candidates.py")
@@ -341,24 +347,34 @@ def write_bundle(
 
 
 def _remove_stale_staging(model_dir: Path) -> None:
-    """Remove the staging directories of writers that died without cleaning up (SIGKILL, OOM).
+    """Remove what writers that died without cleaning up (SIGKILL, OOM) left in the store.
 
-    Only this module's (``STAGING_PREFIX``; export and deploy stage under their own names),
-    this user's, and only those where nothing changed for ``STALE_STAGING_SECONDS``: a writer
-    still at work changes its directory or the file it is writing far more often than that.
+    Staging directories (``STAGING_PREFIX``, and ``LEGACY_STAGING`` of earlier releases; export
+    and deploy stage under their own names) and ``latest``'s temporary links (``LATEST_SWAP``).
+    Only this user's, and only those where nothing changed for ``STALE_STAGING_SECONDS``: a
+    writer still at work changes its directory or the file it is writing far more often than
+    that, and a link lives for a moment.
     """
     cutoff = time.time() - STALE_STAGING_SECONDS
-    for path in model_dir.glob(f"{STAGING_PREFIX}*"):
+    for path in model_dir.glob(".*"):
+        link = LATEST_SWAP.match(path.name) is not None
+        if not (link or path.name.startswith(STAGING_PREFIX) or LEGACY_STAGING.match(path.name)):
+            continue
         try:
             info = path.lstat()
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            kind = stat.S_ISLNK if link else stat.S_ISDIR
+            if not kind(info.st_mode) or info.st_uid != os.getuid():
                 continue
-            newest = max([info.st_mtime, *(child.lstat().st_mtime for child in path.iterdir())])
+            children = [] if link else [child.lstat().st_mtime for child in path.iterdir()]
+            if max([info.st_mtime, *children]) >= cutoff:
+                continue
+            log.warning("removing what a bundle write that never finished left: %s", path)
+            if link:
+                path.unlink()
+            else:
+                _remove_tree(path)
         except OSError:  # gone meanwhile (its writer renamed it into place), or unreadable
             continue
-        if newest < cutoff:
-            log.warning("removing the staging directory of a bundle write that never finished: %s", path)
-            _remove_tree(path)
 
 
 def file_digests(directory: Path) -> dict[str, str]:
@@ -388,7 +404,7 @@ def point_latest(model_dir: Path | str, version: str) -> None:
     model_dir = Path(model_dir)
     if not (model_dir / version / MANIFEST).is_file():
         raise BundleError(f"no bundle {version} in {model_dir}")
-    tmp = model_dir / f".latest-{os.getpid()}-{time.monotonic_ns()}"
+    tmp = model_dir / f"{LATEST_SWAP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
     os.symlink(version, tmp)
     os.replace(tmp, model_dir / LATEST)
 

@@ -333,3 +333,43 @@ def test_stale_staging_directories_are_removed_at_the_next_write_fresh_ones_kept
     assert not stale.exists()
     assert busy.is_dir() and still_writing.is_dir() and all(path.is_dir() for path in others)
     assert (store / "latest").resolve() == written
+
+
+def test_stale_leftovers_of_earlier_releases_and_of_latest_swaps_are_removed_too(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """Staging directories under the name earlier releases gave them (``.<version>-<random>``)
+    and the temporary links a writer killed while replacing ``latest`` left (``.latest-<pid>-<ns>``)
+    were never removed. They are now, by the same rule: this user's, unchanged for an hour."""
+    store = tmp_path / "store"
+    store.mkdir()
+    long_ago = time.time() - 2 * 3600
+
+    def leftover(name: str, age: float | None, link: bool = False) -> Path:
+        path = store / name
+        if link:
+            path.symlink_to("20260101T000000-abcdef")
+        else:
+            path.mkdir(mode=0o700)
+            (path / "model.pkl").write_bytes(b"half")
+            if age is not None:
+                os.utime(path / "model.pkl", (age, age))
+        if age is not None:
+            os.utime(path, (age, age), follow_symlinks=False)
+        return path
+
+    stale = [
+        leftover(".20260101T000000-abcdef-k3j_x9q2", long_ago),
+        leftover(".20260101T000000-abcdef-most_liked-a1b2c3d4", long_ago),  # a candidate's version
+        leftover(".latest-4242-123456789", long_ago, link=True),
+    ]
+    kept = [
+        leftover(".20260101T000001-abcdef-p0o9i8u7", None),  # another writer's, at work
+        leftover(".latest-4243-123456790", None, link=True),  # another process swapping latest now
+        leftover(".export-20260101T000000-abcdef-abcdefgh", long_ago),  # the export's own
+        leftover(".latest-4244-123456791", long_ago),  # not a link: not point_latest's
+    ]
+    written = _write_copy(model_store, store)
+    assert [path.name for path in stale if os.path.lexists(path)] == []
+    assert all(os.path.lexists(path) for path in kept)
+    assert (store / "latest").resolve() == written
