@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -210,10 +211,8 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) 
             )
     except (RegistryError, PipelineError) as exc:
         raise click.ClickException(str(exc)) from exc
-    except OSError as exc:  # the model store cannot be created or written: nothing was moved
-        raise click.ClickException(
-            f"cannot export version {version} to the model store {settings.model_dir}: {exc}"
-        ) from exc
+    except OSError as exc:  # a directory cannot be created or written: nothing was moved
+        raise click.ClickException(_promote_failure(version, settings, exc)) from exc
     click.echo(f"champion: v{target.version} ({target.candidate}, bundle {target.bundle_version}) → {path}")
     if not no_reload:
         password = settings.admin_password.get_secret_value() if settings.admin_password else None
@@ -223,6 +222,32 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) 
             if reloaded
             else "service not reloaded (see the warning); it loads latest on start"
         )
+
+
+def _promote_failure(version: str, settings: Any, exc: OSError) -> str:
+    """What ``promote`` could not do, told by the path the error names and the role it plays.
+
+    The flow lock is taken in the var directory before the bundle is exported to the model
+    store, so either may be the one that cannot be created or written. A path inside both
+    belongs to the deeper; a missing ancestor of both (they are created with their parents)
+    to the var directory, which promote uses first.
+    """
+    roles = [
+        (Path(os.path.abspath(settings.var_dir)), "the var directory, where promote takes the flow lock"),
+        (Path(os.path.abspath(settings.model_dir)), "the model store, where the bundle is exported"),
+    ]
+    if not isinstance(exc.filename, str):
+        return f"cannot promote version {version}: {exc}"
+    failed = Path(os.path.abspath(exc.filename))
+    inside = [entry for entry in roles if failed.is_relative_to(entry[0])]
+    above = [entry for entry in roles if entry[0].is_relative_to(failed)]
+    if inside:
+        root, role = max(inside, key=lambda entry: len(entry[0].parts))
+    elif above:
+        root, role = above[0]
+    else:
+        return f"cannot promote version {version}: {exc}"
+    return f"cannot promote version {version}: {failed} ({role}: {root}): {exc.strerror or exc}"
 
 
 # ----------------------------------------------------------------------------- features

@@ -260,11 +260,17 @@ def test_a_registry_store_that_cannot_be_created_is_a_clear_error_not_a_tracebac
     assert "Traceback" not in result.output
 
 
-def test_promote_into_a_model_store_that_cannot_be_written_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("blocked", "role", "other_role"),
+    [("model_dir", "the model store", "var directory"), ("var_dir", "the var directory", "model store")],
+)
+def test_promote_where_it_cannot_write_is_a_clear_error_naming_the_path_that_failed(
+    blocked: str, role: str, other_role: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`movierec promote` with a model store it cannot create or write (a file in the way, no
-    permission) ended in a NotADirectoryError/PermissionError traceback; the alias stays put."""
+    permission) ended in a NotADirectoryError/PermissionError traceback; the alias stays put.
+    Then every OSError was reported as the model store's, also when the var directory, where
+    promote takes the flow lock before it exports anything, was what could not be written."""
     from click.testing import CliRunner
 
     import app.pipeline.commands as commands
@@ -274,7 +280,7 @@ def test_promote_into_a_model_store_that_cannot_be_written_is_a_clear_error(
 
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("the model store cannot be created under a file")
-    settings = _settings(tmp_path, model_dir=blocker / "model")
+    settings = _settings(tmp_path, **{blocked: blocker / "location"})
     target = VersionInfo("2", "most_liked", "20261204T000000-abcdef-most_liked", 0.4, None, "", {}, ())
     moved: list[str] = []
 
@@ -293,7 +299,8 @@ def test_promote_into_a_model_store_that_cannot_be_written_is_a_clear_error(
     result = CliRunner().invoke(cli, ["promote", "--version", "2", "--no-reload"])
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "model store" in result.output and str(blocker / "model") in result.output
+    assert role in result.output and str(blocker / "location") in result.output
+    assert other_role not in result.output
     assert moved == []
 
 
