@@ -216,12 +216,23 @@ class MovieRecTrainingFlow(FlowSpec):
             )
 
     def _gate(self, registry: Any, settings: Any) -> None:
-        """Smoke-test every new version from the registry, apply the NDCG rule, move `challenger`."""
-        from app.pipeline.gate import choose, judge, smoke_test
+        """Smoke-test every new version from the registry, apply the NDCG rule, move `challenger`.
+
+        The champion is measured on this run's data and splits when its recipe can be
+        reproduced (:func:`champion_baseline`), else by the score stored when it was trained.
+        """
+        from app.pipeline.gate import champion_baseline, choose, judge, smoke_test
         from app.registry.mlflow_registry import CHALLENGER
 
         champion = registry.champion()
         self.champion_before = champion.version if champion else None
+        baseline = None
+        if champion is not None:
+            evaluated = {e["candidate"]: e["ndcg_a_by_seed"] for e in self.registered}
+            baseline = champion_baseline(
+                champion, registry.run_params(champion), self.data, self.seed_list, evaluated
+            )
+            logging.getLogger(__name__).info("gate: %s", baseline.note)
         decisions = []
         scratch = Path(tempfile.mkdtemp(prefix="gate-", dir=_scratch_root(settings)))
         try:
@@ -232,10 +243,12 @@ class MovieRecTrainingFlow(FlowSpec):
                 smoke = smoke_test(bundle, self.data.ratings, settings.gate_latency_ms)
                 decisions.append(
                     judge(entry["version"], entry["candidate"], entry["ndcg_a"], smoke,
-                          champion.ndcg_a if champion else None, settings.gate_tolerance,
-                          champion.version if champion else None, entry["ndcg_b"],
+                          baseline.ndcg_a if baseline else None, settings.gate_tolerance,
+                          baseline.version if baseline else None, entry["ndcg_b"],
                           scores=entry["ndcg_a_by_seed"],
-                          champion_scores=champion.ndcg_a_by_seed if champion else None)
+                          champion_scores=baseline.scores if baseline else None,
+                          comparison=baseline.comparison if baseline else None,
+                          comparison_note=baseline.note if baseline else None)
                 )  # fmt: skip
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -246,6 +259,7 @@ class MovieRecTrainingFlow(FlowSpec):
                 decision.decision,
                 decision.reasons,
                 gate_champion_before=self.champion_before or "",
+                gate_comparison=decision.comparison or "",
             )
         self.decisions = [d.as_dict() for d in decisions]
         if decisions:

@@ -7,37 +7,53 @@ A candidate version may become ``champion`` only when
    rated, answers a lookup within the latency bound, and reproduces its own accuracy test
    (``test_data.json``) from disk; and
 2. its protocol-A NDCG@10 is not worse than the current champion's by more than a
-   tolerance, both taken as the mean over the split seeds both were measured on (a run with
+   tolerance, both measured on the same data and splits: the champion's recipe (its candidate
+   name and recorded hyper-parameters) is re-evaluated on this run's data and split seeds
+   (:func:`champion_baseline`), since its stored score was measured on the data it was trained
+   on and data drift alone would move it. Its fitted model cannot be re-scored instead: it was
+   fitted on every user, the test users of each split included. When the recipe cannot be
+   reproduced (a candidate this code no longer has, other hyper-parameters), the stored score is
+   the fallback, compared as the mean over the split seeds both were measured on (a run with
    other seeds than the champion's is compared on the seeds in common, and refused when there
-   are none: a mean over other splits is not the same measure) — the tolerance lets a retrain
-   on fresh data replace a champion whose score moved within noise, while a genuinely worse
-   model is refused. A champion registered before per-seed scores were recorded is compared
-   by its mean.
+   are none: a mean over other splits is not the same measure); a champion registered before
+   per-seed scores were recorded is compared by its mean. The tolerance lets a retrain
+   replace a champion whose score moved within noise, while a genuinely worse model is refused.
 
 Among the candidates of one run that pass, the best by that metric is promoted. Every
-decision and its reasons are stored with the version in the registry.
+decision, its reasons and which comparison it used are stored with the version in the registry.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from app.recommender.accuracy import run_accuracy_test
 from app.recommender.bundle import BundleError, LoadedBundle, Recommendation, load_bundle
-from app.recommender.evaluation import K
+from app.recommender.data import MovieLens
+from app.recommender.evaluation import K, evaluate
 from app.recommender.features import rated_movies
+from app.recommender.models import Recommender, make_model
 from app.recommender.segments import all_segments
+from app.registry.mlflow_registry import flat_params
+
+if TYPE_CHECKING:
+    from app.registry.mlflow_registry import VersionInfo
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 0.005
 DEFAULT_LATENCY_MS = 5.0
 ACCURACY_TOLERANCE = 1e-6
+SAME_DATA = "same_data"  # the champion's recipe measured on this run's data and splits
+STORED = "stored"  # the champion's score stored when it was trained, on the data of that time
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,7 @@ class GateDecision:
     reasons: list[str]
     promoted: bool = False
     ndcg_b: float | None = None  # tie-break: hybrids share a cold-start scorer and tie on protocol A
+    comparison: str | None = None  # SAME_DATA or STORED; None without a champion
 
     @property
     def decision(self) -> str:
@@ -66,8 +83,19 @@ class GateDecision:
     def as_dict(self) -> dict[str, Any]:
         return {
             "version": self.version, "candidate": self.candidate, "ndcg_a": self.ndcg_a,
-            "decision": self.decision, "reasons": self.reasons,
+            "decision": self.decision, "reasons": self.reasons, "comparison": self.comparison,
         }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChampionBaseline:
+    """The champion's protocol-A NDCG@10 a run's candidates are compared with, and its origin."""
+
+    version: str
+    ndcg_a: float | None  # mean over ``scores`` (SAME_DATA) or the stored mean (STORED)
+    scores: dict[int, float] | None  # per split seed
+    comparison: str  # SAME_DATA or STORED
+    note: str  # how the figures were obtained, for every decision's reasons
 
 
 def smoke_test(
@@ -187,6 +215,60 @@ def _check_users(bundle: LoadedBundle, users: list[int], ratings: pd.DataFrame |
     return reasons
 
 
+def champion_baseline(
+    champion: VersionInfo,
+    recorded_params: Mapping[str, str] | None,
+    data: MovieLens,
+    seeds: Sequence[int],
+    evaluated: Mapping[str, Mapping[int, float]],
+    factory: Callable[[str], Recommender] = make_model,
+) -> ChampionBaseline:
+    """The champion's protocol-A scores on this run's ``data`` and split ``seeds``.
+
+    Its recipe is its candidate name with the hyper-parameters its run recorded
+    (``recorded_params``, as :func:`flat_params` writes them): when this code builds that
+    name with the same hyper-parameters, the recipe is fitted on each split's training users
+    and scored on its test users, exactly as the run's candidates were. ``evaluated`` holds the
+    run's candidates' per-seed scores by name; they were built by the same ``factory``, so the
+    champion's name among them is the same recipe on the same splits and its scores are reused,
+    not evaluated twice. Otherwise the fallback is the stored score, and the note says why.
+    """
+    name, version = champion.candidate, champion.version
+    problem = None
+    try:
+        current = flat_params(factory(name).params())
+    except ValueError:
+        problem = f"its candidate {name!r} is not in this code version"
+    else:
+        if recorded_params is None:
+            problem = f"its hyper-parameters ({name}) are not recorded"
+        elif current != dict(recorded_params):
+            problem = f"its recorded hyper-parameters differ from this code version's {name}"
+    if problem is None and name in evaluated:
+        scores = {int(seed): float(v) for seed, v in evaluated[name].items()}
+        how = f"the score of this run's {name}"
+    elif problem is None:
+        try:
+            per_seed = evaluate(data, [name], "A", seeds, factory=factory)["models"][name]["per_seed"]
+        except Exception as exc:  # a recipe failing on today's data must not leave the run undecided
+            log.exception("re-evaluating champion v%s's recipe (%s) failed", version, name)
+            problem = f"re-evaluating its recipe ({name}) failed: {exc}"
+        else:
+            scores = {int(seed): float(metrics[f"ndcg@{K}"]) for seed, metrics in per_seed.items()}
+            how = "evaluated for this gate"
+    if problem is not None:
+        note = (
+            f"champion v{version}'s recipe cannot be reproduced: {problem}; compared with its stored "
+            "score, measured on the data it was trained on"
+        )
+        return ChampionBaseline(version, champion.ndcg_a, champion.ndcg_a_by_seed, STORED, note)
+    note = (
+        f"champion v{version}'s recipe ({name}) re-evaluated on this run's data and split seeds "
+        f"{','.join(map(str, sorted(scores)))}: {how}"
+    )
+    return ChampionBaseline(version, float(np.mean(list(scores.values()))), scores, SAME_DATA, note)
+
+
 def judge(
     version: str,
     candidate: str,
@@ -199,15 +281,21 @@ def judge(
     *,
     scores: Mapping[int, float] | None = None,
     champion_scores: Mapping[int, float] | None = None,
+    comparison: str | None = None,
+    comparison_note: str | None = None,
 ) -> GateDecision:
     """Pass or reject one candidate version; the reasons say why either way.
 
     ``ndcg_a`` is the candidate's mean over its run's seeds (what :func:`choose` ranks by);
     with per-seed ``scores`` for both, the comparison with the champion is on their common seeds.
+    ``comparison`` and ``comparison_note`` say where the champion's figures come from (a
+    :class:`ChampionBaseline`'s); they are recorded with the decision.
     """
     reasons = [f"smoke: {reason}" for reason in smoke.reasons]
     if smoke.passed:
         reasons.append("smoke tests passed")
+    if champion_ndcg is not None and comparison_note:
+        reasons.append(comparison_note)
     mine, theirs, on = ndcg_a, champion_ndcg, ""
     comparable = True
     # a champion's seed without a score (NaN) cannot be compared on; the others still can
@@ -251,7 +339,10 @@ def judge(
         and comparable
         and (theirs is None or mine >= theirs - tolerance)
     )
-    return GateDecision(version, candidate, float(ndcg_a), passed, reasons, ndcg_b=ndcg_b)
+    return GateDecision(
+        version, candidate, float(ndcg_a), passed, reasons, ndcg_b=ndcg_b,
+        comparison=comparison if champion_ndcg is not None else None,
+    )  # fmt: skip
 
 
 def seeds_comparable_with(seeds: Sequence[int], champion_scores: Mapping[int, float] | None) -> list[int]:

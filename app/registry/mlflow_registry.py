@@ -144,12 +144,13 @@ def metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def _flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``params`` as a candidate run records them: nested keys joined by dots, values as text."""
     flat: dict[str, str] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(_flat_params(value, f"{name}."))
+            flat.update(flat_params(value, f"{name}."))
         else:
             flat[name] = str(value)[:_MAX_PARAM]
     return flat
@@ -381,7 +382,7 @@ class Registry:
             metrics.append(Metric(f"seconds.{key}", float(seconds), now, 0))
         if timings:
             metrics.append(Metric(TOTAL_SECONDS, float(sum(timings.values())), now, 0))
-        flat = [Param(k, v) for k, v in _flat_params(params).items()]
+        flat = [Param(k, v) for k, v in flat_params(params).items()]
         run_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         for start in range(0, len(metrics), 1000):  # MLflow's batch limits: 1000 metrics, 100 params
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
@@ -410,6 +411,18 @@ class Registry:
             return VersionInfo.of(self.client.get_model_version(self.model_name, str(version)))
         except MlflowException as exc:
             raise RegistryError(f"{self.model_name} has no version {version}") from exc
+
+    def run_params(self, info: VersionInfo) -> dict[str, str] | None:
+        """The hyper-parameters recorded with the version's candidate run (as :func:`flat_params`
+        writes them); None when the version has no run or the run cannot be read."""
+        from mlflow.exceptions import MlflowException
+
+        if not info.run_id:
+            return None
+        try:
+            return dict(self.client.get_run(info.run_id).data.params)
+        except MlflowException:
+            return None
 
     def versions(self) -> list[VersionInfo]:
         """Every version, oldest first."""

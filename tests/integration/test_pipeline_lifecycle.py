@@ -363,3 +363,27 @@ def test_scheduled_runs_still_promote_after_a_champion_measured_on_other_seeds(t
     scheduled = run_flow(settings, None, None, "schedule", timeout=600).summary
     decision = scheduled["candidates"][0]
     assert scheduled["promoted"], json.dumps(decision.get("reasons"))
+
+
+def test_the_gate_compares_with_the_champion_on_this_runs_data(tmp_path: Path) -> None:
+    """The champion's stored NDCG was measured on the data it was trained on. After the data
+    changed, a candidate better than the champion's own recipe on the new data was refused
+    against that stale figure: the gate re-evaluates the champion's recipe on the run's splits."""
+    from app.pipeline.gate import SAME_DATA
+    from tests.helpers import flow_settings
+
+    settings = flow_settings(tmp_path, seeds="0,1")
+    write_grouplens(settings.data_dir, seed=4)  # the data the champion is trained and measured on
+    first = run_flow(settings, ["most_liked"], None, "manual", timeout=FLOW_TIMEOUT).summary
+    assert first["promoted"]
+    stored = first["candidates"][0]["ndcg_a"]
+
+    write_grouplens(settings.data_dir, seed=7)  # the data drifted: every model scores lower on it
+    second = run_flow(settings, ["most_rated"], None, "schedule", timeout=FLOW_TIMEOUT).summary
+    [entry] = second["candidates"]
+    assert entry["ndcg_a"] < stored - settings.gate_tolerance  # worse than the stale figure ...
+    assert entry["decision"] == "promoted", entry["reasons"]  # ... not than the champion's recipe today
+    assert entry["comparison"] == SAME_DATA
+    assert any("re-evaluated on this run's data" in r for r in entry["reasons"]), entry["reasons"]
+    info = Registry.from_settings(settings).get(entry["version"])
+    assert info.tags["gate_comparison"] == SAME_DATA

@@ -222,3 +222,99 @@ def test_configured_seeds_gain_the_champions_only_when_they_share_none() -> None
     assert seeds_comparable_with([0, 1], None) == [0, 1]
     assert seeds_comparable_with([0, 1], {1: 0.4, 42: 0.4}) == [0, 1]  # one in common is enough
     assert seeds_comparable_with([0, 1], {42: 0.4, 7: 0.4}) == [0, 1, 7, 42]
+
+
+# --- the champion measured on this run's data ------------------------------------------------
+
+
+def _champion(candidate: str = "most_liked", stored: float = 0.99) -> Any:
+    """A champion registered on older data: its stored scores are what it measured back then."""
+    from app.registry.mlflow_registry import VersionInfo
+
+    tags = {"ndcg_a_by_seed": json.dumps({"0": stored, "1": stored})}
+    return VersionInfo("3", candidate, "b", stored, "run-3", "", tags, ())
+
+
+def _recorded(name: str) -> dict[str, str]:
+    """The hyper-parameters the registry records for a run of ``name`` in this code version."""
+    from app.recommender.models import make_model
+    from app.registry.mlflow_registry import flat_params
+
+    return flat_params(make_model(name).params())
+
+
+def _protocol_a(data: Any, name: str, seeds: list[int]) -> dict[int, float]:
+    from app.recommender.evaluation import evaluate
+
+    per_seed = evaluate(data, [name], "A", seeds)["models"][name]["per_seed"]
+    return {int(seed): metrics["ndcg@10"] for seed, metrics in per_seed.items()}
+
+
+def test_the_champions_recipe_is_re_evaluated_on_this_runs_data_and_splits(synthetic_data: Any) -> None:
+    """The champion's stored score was measured on the data it was trained on: compared with it, a
+    candidate better than the champion's own recipe on today's data was refused (data drift alone)."""
+    from app.pipeline.gate import SAME_DATA, champion_baseline
+
+    mine = _protocol_a(synthetic_data, "segment_most_liked", [0, 1])
+    stale = judge("4", "segment_most_liked", float(np.mean(list(mine.values()))), OK, 0.99, 0.005, "3",
+                  scores=mine, champion_scores=_champion().ndcg_a_by_seed)  # fmt: skip
+    assert not stale.passed  # the defect: 0.99 was measured on other data
+
+    baseline = champion_baseline(_champion(), _recorded("most_liked"), synthetic_data, [0, 1], {})
+    assert baseline.comparison == SAME_DATA
+    assert baseline.scores == pytest.approx(_protocol_a(synthetic_data, "most_liked", [0, 1]))
+    assert baseline.ndcg_a == pytest.approx(np.mean(list(baseline.scores.values())))
+    assert "re-evaluated on this run's data" in baseline.note
+
+    decision = judge("4", "segment_most_liked", float(np.mean(list(mine.values()))), OK, baseline.ndcg_a,
+                     0.005, baseline.version, scores=mine, champion_scores=baseline.scores,
+                     comparison=baseline.comparison, comparison_note=baseline.note)  # fmt: skip
+    assert decision.passed, decision.reasons
+    assert decision.comparison == SAME_DATA and decision.as_dict()["comparison"] == SAME_DATA
+    assert baseline.note in decision.reasons
+    assert "vs champion v3" in decision.reasons[-1]
+
+
+def test_a_champion_recipe_evaluated_in_this_run_is_reused_not_evaluated_again(
+    synthetic_data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.pipeline.gate as gate
+
+    def evaluate(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the run already measured the champion's recipe")
+
+    monkeypatch.setattr(gate, "evaluate", evaluate)
+    run = {"most_liked": {0: 0.31, 1: 0.33}, "most_rated": {0: 0.30, 1: 0.35}}
+    baseline = gate.champion_baseline(_champion(), _recorded("most_liked"), synthetic_data, [0, 1], run)
+    assert baseline.comparison == gate.SAME_DATA
+    assert baseline.scores == {0: 0.31, 1: 0.33} and baseline.ndcg_a == pytest.approx(0.32)
+    assert "this run's most_liked" in baseline.note
+
+
+@pytest.mark.parametrize(
+    ("candidate", "recorded", "why"),
+    [
+        ("retired_model", {}, "is not in this code version"),
+        ("most_liked", {"liked_only": "False"}, "differ from this code version's"),
+        ("most_liked", None, "are not recorded"),
+    ],
+)
+def test_a_champion_whose_recipe_cannot_be_reproduced_is_compared_by_its_stored_score(
+    synthetic_data: Any, candidate: str, recorded: dict[str, str] | None, why: str
+) -> None:
+    from app.pipeline.gate import STORED, champion_baseline
+
+    champion = _champion(candidate)
+    baseline = champion_baseline(champion, recorded, synthetic_data, [0, 1], {candidate: {0: 0.3, 1: 0.3}})
+    assert baseline.comparison == STORED
+    assert baseline.scores == champion.ndcg_a_by_seed and baseline.ndcg_a == champion.ndcg_a
+    assert why in baseline.note and "stored score" in baseline.note
+    decision = judge("4", "m", 0.5, OK, baseline.ndcg_a, 0.005, baseline.version, scores={0: 0.5, 1: 0.5},
+                     champion_scores=baseline.scores, comparison=baseline.comparison,
+                     comparison_note=baseline.note)  # fmt: skip
+    assert not decision.passed and decision.comparison == STORED and baseline.note in decision.reasons
+
+
+def test_without_a_champion_no_comparison_is_recorded() -> None:
+    decision = judge("1", "m", 0.30, OK, None)
+    assert decision.comparison is None and decision.as_dict()["comparison"] is None
