@@ -78,13 +78,15 @@ class MovieRecTrainingFlow(FlowSpec):
         # Longest first, so the slowest candidate never starts last on a free worker.
         self.candidate_names = longest_first(names, registry.candidate_seconds(names))
         self.seed_list = resolve_seeds(str(self.seeds) or settings.pipeline_seeds)
-        if not str(self.seeds):  # the configured seeds (the scheduler's): keep the gate able to compare
-            from app.pipeline.gate import seeds_comparable_with
+        champion = registry.champion() if not str(self.seeds) else None
+        if champion is not None:  # the configured seeds (the scheduler's): keep the gate able to compare
+            from app.pipeline.gate import recipe_problem, seeds_comparable_with
 
-            champion = registry.champion()
             configured = self.seed_list
-            self.seed_list = seeds_comparable_with(configured, champion.ndcg_a_by_seed if champion else None)
-            if champion is not None and self.seed_list != configured:
+            # a recipe the gate re-evaluates is measured on these seeds: only stored scores need its own
+            if recipe_problem(champion.candidate, registry.run_params(champion)) is not None:
+                self.seed_list = seeds_comparable_with(configured, champion.ndcg_a_by_seed)
+            if self.seed_list != configured:
                 logging.getLogger(__name__).warning(
                     "champion v%s was measured on none of the seeds %s: also evaluating on its seeds %s",
                     champion.version,

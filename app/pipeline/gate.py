@@ -215,6 +215,24 @@ def _check_users(bundle: LoadedBundle, users: list[int], ratings: pd.DataFrame |
     return reasons
 
 
+def recipe_problem(
+    candidate: str,
+    recorded_params: Mapping[str, str] | None,
+    factory: Callable[[str], Recommender] = make_model,
+) -> str | None:
+    """Why this code cannot rebuild the recipe ``candidate`` with ``recorded_params`` (as
+    :func:`flat_params` writes them, None when not recorded); None when it can."""
+    try:
+        current = flat_params(factory(candidate).params())
+    except ValueError:
+        return f"its candidate {candidate!r} is not in this code version"
+    if recorded_params is None:
+        return f"its hyper-parameters ({candidate}) are not recorded"
+    if current != dict(recorded_params):
+        return f"its recorded hyper-parameters differ from this code version's {candidate}"
+    return None
+
+
 def champion_baseline(
     champion: VersionInfo,
     recorded_params: Mapping[str, str] | None,
@@ -234,16 +252,7 @@ def champion_baseline(
     not evaluated twice. Otherwise the fallback is the stored score, and the note says why.
     """
     name, version = champion.candidate, champion.version
-    problem = None
-    try:
-        current = flat_params(factory(name).params())
-    except ValueError:
-        problem = f"its candidate {name!r} is not in this code version"
-    else:
-        if recorded_params is None:
-            problem = f"its hyper-parameters ({name}) are not recorded"
-        elif current != dict(recorded_params):
-            problem = f"its recorded hyper-parameters differ from this code version's {name}"
+    problem = recipe_problem(name, recorded_params, factory)
     if problem is None and name in evaluated:
         scores = {int(seed): float(v) for seed, v in evaluated[name].items()}
         how = f"the score of this run's {name}"
@@ -348,7 +357,8 @@ def judge(
 def seeds_comparable_with(seeds: Sequence[int], champion_scores: Mapping[int, float] | None) -> list[int]:
     """``seeds``, plus the champion's when they have none in common with them (the scheduler's
     configured seeds after a champion measured on others: every run would be refused as not
-    comparable, and nothing promoted again)."""
+    comparable, and nothing promoted again). Only for a champion compared by its stored scores:
+    a recipe :func:`champion_baseline` re-evaluates is measured on the run's own seeds."""
     if not champion_scores or set(seeds) & set(champion_scores):
         return list(seeds)
     return [*seeds, *sorted(set(champion_scores) - set(seeds))]

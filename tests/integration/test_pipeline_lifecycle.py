@@ -363,6 +363,9 @@ def test_scheduled_runs_still_promote_after_a_champion_measured_on_other_seeds(t
     scheduled = run_flow(settings, None, None, "schedule", timeout=600).summary
     decision = scheduled["candidates"][0]
     assert scheduled["promoted"], json.dumps(decision.get("reasons"))
+    # The champion's recipe was re-evaluated on the configured seeds: no candidate needed its 42.
+    assert decision["comparison"] == "same_data"
+    assert set(Registry.from_settings(settings).get(decision["version"]).ndcg_a_by_seed or {}) == {0, 1}
 
 
 def test_the_gate_compares_with_the_champion_on_this_runs_data(tmp_path: Path) -> None:
