@@ -78,13 +78,14 @@ class MovieRecTrainingFlow(FlowSpec):
         # Longest first, so the slowest candidate never starts last on a free worker.
         self.candidate_names = longest_first(names, registry.candidate_seconds(names))
         self.seed_list = resolve_seeds(str(self.seeds) or settings.pipeline_seeds)
+        self.code_version = code_version()
         champion = registry.champion() if not str(self.seeds) else None
         if champion is not None:  # the configured seeds (the scheduler's): keep the gate able to compare
             from app.pipeline.gate import recipe_problem, seeds_comparable_with
 
             configured = self.seed_list
             # a recipe the gate re-evaluates is measured on these seeds: only stored scores need its own
-            if recipe_problem(champion.candidate, registry.run_params(champion)) is not None:
+            if recipe_problem(champion, registry.run_params(champion), self.code_version) is not None:
                 self.seed_list = seeds_comparable_with(configured, champion.ndcg_a_by_seed)
             if self.seed_list != configured:
                 logging.getLogger(__name__).warning(
@@ -98,7 +99,6 @@ class MovieRecTrainingFlow(FlowSpec):
         self.feedback = ingested.feedback
         self.ingest_stats = ingested.stats()
         self.data_hash = ingested.data_hash
-        self.code_version = code_version()
         # The var root whose launcher holds the flow lock: its next flow closes these runs if
         # this one is killed before it can (app/pipeline/runner.py).
         owner = {FLOW_OWNER_TAG: os.environ[FLOW_OWNER_ENV]} if os.environ.get(FLOW_OWNER_ENV) else {}
@@ -232,8 +232,9 @@ class MovieRecTrainingFlow(FlowSpec):
         if champion is not None:
             evaluated = {e["candidate"]: e["ndcg_a_by_seed"] for e in self.registered}
             baseline = champion_baseline(
-                champion, registry.run_params(champion), self.data, self.seed_list, evaluated
-            )
+                champion, registry.run_params(champion), self.data, self.seed_list, evaluated,
+                self.code_version,
+            )  # fmt: skip
             logging.getLogger(__name__).info("gate: %s", baseline.note)
         decisions = []
         scratch = Path(tempfile.mkdtemp(prefix="gate-", dir=_scratch_root(settings)))

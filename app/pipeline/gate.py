@@ -12,7 +12,8 @@ A candidate version may become ``champion`` only when
    (:func:`champion_baseline`), since its stored score was measured on the data it was trained
    on and data drift alone would move it. Its fitted model cannot be re-scored instead: it was
    fitted on every user, the test users of each split included. When the recipe cannot be
-   reproduced (a candidate this code no longer has, other hyper-parameters), the stored score is
+   reproduced (trained by other code, a candidate this code no longer has, other
+   hyper-parameters), the stored score is
    the fallback, compared as the mean over the split seeds both were measured on (a run with
    other seeds than the champion's is compared on the seeds in common, and refused when there
    are none: a mean over other splits is not the same measure); a champion registered before
@@ -216,12 +217,24 @@ def _check_users(bundle: LoadedBundle, users: list[int], ratings: pd.DataFrame |
 
 
 def recipe_problem(
-    candidate: str,
+    champion: VersionInfo,
     recorded_params: Mapping[str, str] | None,
+    code: str,
     factory: Callable[[str], Recommender] = make_model,
 ) -> str | None:
-    """Why this code cannot rebuild the recipe ``candidate`` with ``recorded_params`` (as
-    :func:`flat_params` writes them, None when not recorded); None when it can."""
+    """Why this code (code version ``code``) cannot rebuild ``champion``'s recipe: its candidate
+    with ``recorded_params`` (as :func:`flat_params` writes them, None when not recorded); None
+    when it can.
+
+    Only the code that trained the champion can: the same name and hyper-parameters under other
+    code are the new code's recipe. Measured under the new code, the champion would be the
+    run's own candidate of that name, and a change that makes it worse would pass the gate
+    against itself.
+    """
+    candidate = champion.candidate
+    trained_by = champion.tags.get("code_version")
+    if trained_by != code:
+        return f"it was trained by code version {trained_by or '(not recorded)'}, this run's is {code}"
     try:
         current = flat_params(factory(candidate).params())
     except ValueError:
@@ -239,20 +252,22 @@ def champion_baseline(
     data: MovieLens,
     seeds: Sequence[int],
     evaluated: Mapping[str, Mapping[int, float]],
+    code: str,
     factory: Callable[[str], Recommender] = make_model,
 ) -> ChampionBaseline:
     """The champion's protocol-A scores on this run's ``data`` and split ``seeds``.
 
     Its recipe is its candidate name with the hyper-parameters its run recorded
-    (``recorded_params``, as :func:`flat_params` writes them): when this code builds that
-    name with the same hyper-parameters, the recipe is fitted on each split's training users
-    and scored on its test users, exactly as the run's candidates were. ``evaluated`` holds the
+    (``recorded_params``, as :func:`flat_params` writes them): when the code that trained it is
+    this run's (code version ``code``) and builds that name with the same hyper-parameters, the
+    recipe is fitted on each split's training users and scored on its test users, exactly as the
+    run's candidates were. ``evaluated`` holds the
     run's candidates' per-seed scores by name; they were built by the same ``factory``, so the
     champion's name among them is the same recipe on the same splits and its scores are reused,
     not evaluated twice. Otherwise the fallback is the stored score, and the note says why.
     """
     name, version = champion.candidate, champion.version
-    problem = recipe_problem(name, recorded_params, factory)
+    problem = recipe_problem(champion, recorded_params, code, factory)
     if problem is None and name in evaluated:
         scores = {int(seed): float(v) for seed, v in evaluated[name].items()}
         how = f"the score of this run's {name}"

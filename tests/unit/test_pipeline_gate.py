@@ -227,11 +227,14 @@ def test_configured_seeds_gain_the_champions_only_when_they_share_none() -> None
 # --- the champion measured on this run's data ------------------------------------------------
 
 
-def _champion(candidate: str = "most_liked", stored: float = 0.99) -> Any:
+CODE = "c0de"  # the code version of the run under test
+
+
+def _champion(candidate: str = "most_liked", stored: float = 0.99, code: str = CODE) -> Any:
     """A champion registered on older data: its stored scores are what it measured back then."""
     from app.registry.mlflow_registry import VersionInfo
 
-    tags = {"ndcg_a_by_seed": json.dumps({"0": stored, "1": stored})}
+    tags = {"ndcg_a_by_seed": json.dumps({"0": stored, "1": stored}), "code_version": code}
     return VersionInfo("3", candidate, "b", stored, "run-3", "", tags, ())
 
 
@@ -260,7 +263,7 @@ def test_the_champions_recipe_is_re_evaluated_on_this_runs_data_and_splits(synth
                   scores=mine, champion_scores=_champion().ndcg_a_by_seed)  # fmt: skip
     assert not stale.passed  # the defect: 0.99 was measured on other data
 
-    baseline = champion_baseline(_champion(), _recorded("most_liked"), synthetic_data, [0, 1], {})
+    baseline = champion_baseline(_champion(), _recorded("most_liked"), synthetic_data, [0, 1], {}, CODE)
     assert baseline.comparison == SAME_DATA
     assert baseline.scores == pytest.approx(_protocol_a(synthetic_data, "most_liked", [0, 1]))
     assert baseline.ndcg_a == pytest.approx(np.mean(list(baseline.scores.values())))
@@ -285,27 +288,35 @@ def test_a_champion_recipe_evaluated_in_this_run_is_reused_not_evaluated_again(
 
     monkeypatch.setattr(gate, "evaluate", evaluate)
     run = {"most_liked": {0: 0.31, 1: 0.33}, "most_rated": {0: 0.30, 1: 0.35}}
-    baseline = gate.champion_baseline(_champion(), _recorded("most_liked"), synthetic_data, [0, 1], run)
+    baseline = gate.champion_baseline(_champion(), _recorded("most_liked"), synthetic_data, [0, 1], run, CODE)
     assert baseline.comparison == gate.SAME_DATA
     assert baseline.scores == {0: 0.31, 1: 0.33} and baseline.ndcg_a == pytest.approx(0.32)
     assert "this run's most_liked" in baseline.note
 
 
 @pytest.mark.parametrize(
-    ("candidate", "recorded", "why"),
+    ("candidate", "recorded", "code", "why"),
     [
-        ("retired_model", {}, "is not in this code version"),
-        ("most_liked", {"liked_only": "False"}, "differ from this code version's"),
-        ("most_liked", None, "are not recorded"),
+        ("retired_model", {}, CODE, "is not in this code version"),
+        ("most_liked", {"liked_only": "False"}, CODE, "differ from this code version's"),
+        ("most_liked", None, CODE, "are not recorded"),
+        # the same name and hyper-parameters under new code are the new code's recipe: measured
+        # so, the champion would be the run's own most_liked, and a worse change would pass
+        ("most_liked", "current", "01d0", "trained by code version 01d0, this run's is c0de"),
+        ("most_liked", "current", "", "trained by code version (not recorded)"),
     ],
 )
 def test_a_champion_whose_recipe_cannot_be_reproduced_is_compared_by_its_stored_score(
-    synthetic_data: Any, candidate: str, recorded: dict[str, str] | None, why: str
+    synthetic_data: Any, candidate: str, recorded: dict[str, str] | str | None, code: str, why: str
 ) -> None:
     from app.pipeline.gate import STORED, champion_baseline
 
-    champion = _champion(candidate)
-    baseline = champion_baseline(champion, recorded, synthetic_data, [0, 1], {candidate: {0: 0.3, 1: 0.3}})
+    champion = _champion(candidate, code=code)
+    if recorded == "current":
+        recorded = _recorded(candidate)
+    assert not isinstance(recorded, str)
+    run = {candidate: {0: 0.3, 1: 0.3}}
+    baseline = champion_baseline(champion, recorded, synthetic_data, [0, 1], run, CODE)
     assert baseline.comparison == STORED
     assert baseline.scores == champion.ndcg_a_by_seed and baseline.ndcg_a == champion.ndcg_a
     assert why in baseline.note and "stored score" in baseline.note
