@@ -2,9 +2,9 @@
 
 Environment variables use the ``MOVIEREC_`` prefix, plus the seed's own names
 ``ML_MODEL_PATH``, ``SESSION_PASSWORD`` and ``ADMIN_PASSWORD``. Any secret may instead be
-given as a file path in ``<NAME>_FILE`` (Docker/Kubernetes secrets). Outside testing the
-service refuses to start without a session password and a strong JWT secret, and the error
-names the variable.
+given as a file path in ``<NAME>_FILE`` (Docker/Kubernetes secrets; never both, see
+app/secret_files.py). Outside testing the service refuses to start without a session
+password and a strong JWT secret, and the error names the variable.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SecretFileError, read_secret_file
 
 MIN_SECRET_LENGTH = 32
 WEAK_SECRETS = frozenset(
@@ -152,22 +154,31 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _secrets_from_files(cls, values: Any) -> Any:
-        """``SESSION_PASSWORD_FILE`` etc.: read a secret from a file when its variable is unset."""
+        """``SESSION_PASSWORD_FILE`` etc.: a secret read from the file its ``<variable>_FILE`` names
+        (app/secret_files.py), as deploy-docker.py delivers them. A secret given both as a value
+        and as a file (or as two files) is refused: neither may silently win over the other."""
         if not isinstance(values, dict):
             return values
-        for field, names in {
-            "session_password": ("SESSION_PASSWORD", "MOVIEREC_SESSION_PASSWORD"),
-            "admin_password": ("ADMIN_PASSWORD", "MOVIEREC_ADMIN_PASSWORD"),
-            "jwt_secret": ("MOVIEREC_JWT_SECRET",),
-            "metrics_token": ("MOVIEREC_METRICS_TOKEN",),
-        }.items():
-            if values.get(field) is not None or any(values.get(n) is not None for n in names):
+        for field, names in SECRET_SETTINGS.items():
+            files = [name + FILE_SUFFIX for name in names if os.environ.get(name + FILE_SUFFIX)]
+            if not files:
                 continue
+            given = [name for name in names if os.environ.get(name)]
+            if not given and any(values.get(key) not in (None, "") for key in (field, *names)):
+                given = [field]  # passed to Settings (or a variable spelt in another case)
+            if given or len(files) > 1:
+                both = [*given, *files]
+                raise ConfigurationError(
+                    f"{', '.join(both[:-1])} and {both[-1]} are {'both' if len(both) == 2 else 'all'} set: "
+                    "give the secret one way only (the file keeps it out of the environment)"
+                )
+            try:
+                secret = read_secret_file(os.environ[files[0]], files[0])
+            except SecretFileError as exc:
+                raise ConfigurationError(str(exc)) from None
             for name in names:
-                file_path = os.environ.get(f"{name}_FILE")
-                if file_path:
-                    values[field] = Path(file_path).read_text().strip()
-                    break
+                values.pop(name, None)
+            values[field] = secret
         return values
 
     def check_secrets(self) -> None:

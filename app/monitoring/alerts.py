@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.monitoring.logs import redact, scrub_text
+from app.secret_files import SecretFileError, read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -721,8 +722,8 @@ def load_smtp_password(
     Order: an explicit value, an explicit file, ``$MONITOR_SMTP_PASSWORD``, the file named
     by ``$MONITOR_SMTP_PASSWORD_FILE`` (Docker/Kubernetes secrets). Returns None when no
     source is configured (the caller may prompt). A file keeps its content minus one
-    trailing newline; an unreadable or empty configured source is an error, not a silent
-    fallback to the next one.
+    trailing newline (app/secret_files.py, as the service's secret files); an unreadable or
+    empty configured source is an error, not a silent fallback to the next one.
     """
     env = os.environ if environ is None else environ
     if password is not None:
@@ -733,13 +734,9 @@ def load_smtp_password(
     if path is None:
         return None
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PasswordSourceError(f"cannot read SMTP password file {path}: {exc.strerror}") from None
-    value = text[:-1] if text.endswith("\n") else text
-    value = value[:-1] if value.endswith("\r") else value
-    if not value:
-        raise PasswordSourceError(f"SMTP password file {path} is empty")
+        value = read_secret_file(path, "--password-file" if password_file is not None else file_env_var)
+    except SecretFileError as exc:
+        raise PasswordSourceError(f"SMTP password: {exc}") from None
     try:
         mode = Path(path).stat().st_mode
         if mode & 0o004:

@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import AliasChoices, SecretStr
 
 from app.config import Settings
+from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,9 @@ def flow_environment(
     """The subprocess environment: settings as MOVIEREC_* variables plus Metaflow's own.
 
     A setting that is None is removed from the environment, so it reaches the flow as its
-    default — settings whose default is not None therefore never use None ("" instead).
+    default — settings whose default is not None therefore never use None ("" instead). A
+    secret's ``<variable>_FILE`` goes too: the value read from it is passed instead, and the
+    flow would refuse a secret given both ways.
     """
     env = dict(os.environ if base is None else base)
     for name, field in type(settings).model_fields.items():
@@ -131,6 +134,8 @@ def flow_environment(
         names = _env_names(name, field)
         for env_name in names:
             env.pop(env_name, None)
+            if name in SECRET_SETTINGS:
+                env.pop(env_name + FILE_SUFFIX, None)
         if value is not None:
             for env_name in names:  # every alias, so none of them can shadow the value
                 env[env_name] = _env_value(value)

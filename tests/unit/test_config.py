@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigurationError, Settings, load_settings
+from app.secret_files import SECRET_SETTINGS, read_secret_file
 
 pytestmark = pytest.mark.unit
 
@@ -85,9 +86,152 @@ def test_an_empty_metrics_token_is_refused_at_start(tmp_path: Path, monkeypatch:
     token_file.write_text("\n")
     monkeypatch.setenv("MOVIEREC_METRICS_TOKEN_FILE", str(token_file))
     monkeypatch.delenv("MOVIEREC_METRICS_TOKEN", raising=False)
+    with pytest.raises(ConfigurationError, match=r"MOVIEREC_METRICS_TOKEN_FILE: .* is empty"):
+        load_settings(testing=True)
+    token_file.write_text("  \n")  # a file's content is the token, spaces included: a blank one
     with pytest.raises(ConfigurationError, match=r"metrics_token.*set but empty"):
         load_settings(testing=True)
     token_file.write_text("a-scrapers-token\n")
     assert load_settings(testing=True).metrics_token.get_secret_value() == "a-scrapers-token"
     monkeypatch.delenv("MOVIEREC_METRICS_TOKEN_FILE")
     assert load_settings(testing=True).metrics_token is None
+
+
+# --------------------------------------------------------------------------- secrets as files
+
+
+@pytest.fixture
+def clean_secret_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No secret, and no secret file, inherited from the environment running the tests."""
+    for names in SECRET_SETTINGS.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+            monkeypatch.delenv(f"{name}_FILE", raising=False)
+    return monkeypatch
+
+
+def test_the_secret_table_names_every_variable_settings_read(
+    clean_secret_environment: pytest.MonkeyPatch,
+) -> None:
+    """app.secret_files.SECRET_SETTINGS (stdlib only: deploy-docker.py delivers these names as
+    files) must list the variables pydantic reads for each secret, or a file would go unread."""
+    for name, names in SECRET_SETTINGS.items():
+        for variable in names:
+            clean_secret_environment.setenv(variable, "v" * 40)
+            assert getattr(load_settings(testing=True), name).get_secret_value() == "v" * 40, variable
+            clean_secret_environment.delenv(variable)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("pw\n", "pw"),
+        ("pw", "pw"),
+        ("pw\r\n", "pw"),
+        ("pw\n\n", "pw\n"),
+        (" pw \n", " pw "),
+        ("a\nb\n", "a\nb"),
+    ],
+)
+def test_a_secret_file_loses_exactly_one_trailing_newline(
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path, content: str, expected: str
+) -> None:
+    """echo's (or an editor's) newline is not part of the secret; anything else is, spaces too."""
+    path = tmp_path / "session-password"
+    path.write_text(content, newline="")
+    clean_secret_environment.setenv("SESSION_PASSWORD_FILE", str(path))
+    settings = load_settings(testing=True)
+    assert settings.session_password is not None
+    assert settings.session_password.get_secret_value() == expected
+    assert read_secret_file(path, "SESSION_PASSWORD_FILE") == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "field"),
+    [
+        ("SESSION_PASSWORD", "session_password"),
+        ("MOVIEREC_SESSION_PASSWORD", "session_password"),
+        ("ADMIN_PASSWORD", "admin_password"),
+        ("MOVIEREC_ADMIN_PASSWORD", "admin_password"),
+        ("MOVIEREC_JWT_SECRET", "jwt_secret"),
+        ("MOVIEREC_METRICS_TOKEN", "metrics_token"),
+    ],
+)
+def test_every_secret_comes_from_its_file_or_its_variable(
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path, variable: str, field: str
+) -> None:
+    path = tmp_path / variable
+    path.write_text(STRONG + "\n")
+    clean_secret_environment.setenv(f"{variable}_FILE", str(path))
+    assert getattr(load_settings(testing=True), field).get_secret_value() == STRONG
+    clean_secret_environment.delenv(f"{variable}_FILE")
+    clean_secret_environment.setenv(variable, "from-env-" + STRONG)
+    assert getattr(load_settings(testing=True), field).get_secret_value() == "from-env-" + STRONG
+
+
+@pytest.mark.parametrize(
+    ("value_variable", "file_variable"),
+    [
+        ("SESSION_PASSWORD", "SESSION_PASSWORD_FILE"),
+        ("MOVIEREC_SESSION_PASSWORD", "SESSION_PASSWORD_FILE"),
+        ("MOVIEREC_JWT_SECRET", "MOVIEREC_JWT_SECRET_FILE"),
+        ("MOVIEREC_ADMIN_PASSWORD", "MOVIEREC_ADMIN_PASSWORD_FILE"),
+        ("MOVIEREC_METRICS_TOKEN", "MOVIEREC_METRICS_TOKEN_FILE"),
+    ],
+)
+def test_a_secret_given_both_as_a_value_and_a_file_is_refused(
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path, value_variable: str, file_variable: str
+) -> None:
+    """Which one wins was a silent precedence rule: a stale variable left in a unit file beat the
+    rotated secret file (or the reverse). Both set is a start-up error naming both."""
+    path = tmp_path / "secret"
+    path.write_text(STRONG + "\n")
+    clean_secret_environment.setenv(file_variable, str(path))
+    clean_secret_environment.setenv(value_variable, "other-" + STRONG)
+    with pytest.raises(ConfigurationError, match=rf"{value_variable} and {file_variable} are both set"):
+        load_settings(testing=True)
+
+
+def test_two_files_for_one_secret_are_refused(
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).write_text(f"{name}-password\n")
+    clean_secret_environment.setenv("ADMIN_PASSWORD_FILE", str(tmp_path / "a"))
+    clean_secret_environment.setenv("MOVIEREC_ADMIN_PASSWORD_FILE", str(tmp_path / "b"))
+    with pytest.raises(ConfigurationError, match="ADMIN_PASSWORD_FILE and MOVIEREC_ADMIN_PASSWORD_FILE"):
+        load_settings(testing=True)
+
+
+@pytest.mark.parametrize("content", ["", "\n", "\r\n"])
+def test_an_empty_secret_file_is_refused_naming_the_setting(
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path, content: str
+) -> None:
+    """An empty file is a secret not written yet, not an empty password: refused even when testing,
+    like an empty value, and the error names the variable and the file."""
+    path = tmp_path / "jwt"
+    path.write_text(content, newline="")
+    clean_secret_environment.setenv("MOVIEREC_JWT_SECRET_FILE", str(path))
+    with pytest.raises(ConfigurationError, match=rf"MOVIEREC_JWT_SECRET_FILE: {path} is empty"):
+        load_settings(testing=True)
+
+
+def test_an_unreadable_secret_file_is_refused_naming_the_setting(
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_secret_environment.setenv("SESSION_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigurationError, match=r"SESSION_PASSWORD_FILE: cannot read .*missing"):
+        load_settings(testing=True)
+
+
+def test_a_secret_from_a_file_passes_the_start_up_checks(
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What deploy-docker.py gives the container: only *_FILE variables, no secret value."""
+    for name, value in (("SESSION_PASSWORD", "pw"), ("MOVIEREC_JWT_SECRET", STRONG)):
+        (tmp_path / name).write_text(value + "\n")
+        clean_secret_environment.setenv(f"{name}_FILE", str(tmp_path / name))
+    settings = load_settings()
+    settings.check_secrets()
+    assert settings.session_password is not None and settings.session_password.get_secret_value() == "pw"
+    assert "pw" not in repr(settings).replace("password", "")

@@ -52,10 +52,18 @@ def test_seeds_parse_and_refuse_garbage() -> None:
 def test_every_setting_reaches_the_flow_through_the_environment(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     env = flow_environment(
-        settings, base={"SESSION_PASSWORD": "stale", "MOVIEREC_REDIS_URL": "redis://stale"}
+        settings,
+        base={
+            "SESSION_PASSWORD": "stale",
+            "MOVIEREC_REDIS_URL": "redis://stale",
+            "SESSION_PASSWORD_FILE": "/run/secrets/stale",
+            "MOVIEREC_ADMIN_PASSWORD_FILE": "/run/secrets/admin",  # what the settings read it from
+        },
     )
     assert env["ADMIN_PASSWORD"] == SECRET and env["MOVIEREC_ADMIN_PASSWORD"] == SECRET
     assert "SESSION_PASSWORD" not in env  # unset in the settings: a stale value must not leak through
+    # the value read from a file is passed on instead: both would be refused by the flow's settings
+    assert not {"SESSION_PASSWORD_FILE", "MOVIEREC_ADMIN_PASSWORD_FILE"} & set(env)
     assert "MOVIEREC_REDIS_URL" not in env
     assert env["ML_MODEL_PATH"] == env["MOVIEREC_MODEL_PATH"] == str(tmp_path / "store")
     assert env["MOVIEREC_DATABASE_URL"] == "postgresql://u:pw@db/movierec"

@@ -1,0 +1,51 @@
+"""Secrets given as files: ``<NAME>_FILE`` names a file that holds the value of ``<NAME>``.
+
+The Docker/Kubernetes convention: a secret mounted as a file is not in the container's
+configuration (``docker inspect``) nor in any process's environment (``/proc/<pid>/environ``),
+where a variable is. One reader for every secret file the service and the monitor take, so a
+file means the same everywhere: its content minus one trailing newline (the one ``echo`` or an
+editor adds), never empty.
+
+Standard library only: ``deploy-docker.py`` imports the table below to know which variables it
+delivers as files, and runs where the service's dependencies may not be installed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+FILE_SUFFIX: Final = "_FILE"
+
+SECRET_SETTINGS: Final[dict[str, tuple[str, ...]]] = {
+    "session_password": ("SESSION_PASSWORD", "MOVIEREC_SESSION_PASSWORD"),
+    "admin_password": ("ADMIN_PASSWORD", "MOVIEREC_ADMIN_PASSWORD"),
+    "jwt_secret": ("MOVIEREC_JWT_SECRET",),
+    "metrics_token": ("MOVIEREC_METRICS_TOKEN",),
+}
+"""Each secret setting and the variables it is read from; each also as ``<variable>_FILE``."""
+
+SECRET_VARIABLES: Final = frozenset(name for names in SECRET_SETTINGS.values() for name in names)
+
+
+class SecretFileError(RuntimeError):
+    """A configured secret file cannot be used; the message names the variable and the file."""
+
+
+def read_secret_file(path: str | os.PathLike[str], variable: str) -> str:
+    """The secret in ``path`` (named by ``variable``, for the error): one trailing ``\\n`` or
+    ``\\r\\n`` removed, nothing else (spaces may be part of a password). Empty is an error."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise SecretFileError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SecretFileError(f"{variable}: {path} is not UTF-8 text") from None
+    for ending in ("\r\n", "\n"):
+        if text.endswith(ending):
+            text = text[: -len(ending)]
+            break
+    if not text:
+        raise SecretFileError(f"{variable}: {path} is empty")
+    return text
