@@ -4,10 +4,14 @@ The seed's interface is kept (``IMAGE_NAME IMAGE_VERSION MODEL_FILE TEST_DATA_FI
 [SESSION_PASSWORD]``, ``--container-name``, ``--port-mapping``, ``--json-log``,
 ``--log-tag``) but the deployment is made safe:
 
-* secrets never appear on a command line: they reach ``docker run`` through an env file
-  with 0600 permissions in a private temporary directory, removed as soon as the container
-  is created. The password comes from ``$SESSION_PASSWORD`` or a prompt; the positional
-  argument still works for compatibility, with a warning (argv is visible to every user).
+* secrets never appear on a command line, in the image or in the container's configuration:
+  each is a file (0440, read-only) in a private directory of the deploying user's state
+  (``$XDG_STATE_HOME/movierec/secrets/<container>/``, ``--secrets-dir`` to move it), mounted
+  read-only at ``/run/secrets``; the container's environment only says where
+  (``SESSION_PASSWORD_FILE=/run/secrets/SESSION_PASSWORD``, app/secret_files.py). The
+  directory lives as long as its container (restarts mount it again) and is removed with it.
+  The password comes from ``$SESSION_PASSWORD`` or a prompt; the positional argument still
+  works for compatibility, with a warning (argv is visible to every user).
 * the image is built with the accuracy test inside (see the Dockerfile), so a regressed
   model never becomes a container;
 * the container runs with ``--restart on-failure:5``, a 30 s stop timeout (time for uwsgi's
@@ -38,16 +42,19 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess  # nosec B404 - docker CLI with argument lists, never a shell
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
+
+from app.secret_files import FILE_SUFFIX, SECRET_VARIABLES
 
 CONTAINER_PORT = 8000
 DEFAULT_HEALTH_TIMEOUT = 180.0
@@ -63,6 +70,9 @@ _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exceptio
 """The last line of a Python traceback (``app.config.ConfigurationError: ...``). An interrupted
 import's ``KeyboardInterrupt`` (a sibling worker stopped because this one failed) is not an error."""
 STAGING_PREFIX = ".deploy-"
+SECRETS_MOUNT = "/run/secrets"
+SECRETS_PREFIX = "deploy-"
+_CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Docker's rule: also a safe directory name
 PASSTHROUGH_SECRETS = ("MOVIEREC_ADMIN_PASSWORD", "ADMIN_PASSWORD")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -196,6 +206,7 @@ class DeployConfig:
     error_tolerance: float | None = None
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     build: bool = True
+    secrets_root: Path = field(default_factory=lambda: default_secrets_root(os.environ))
 
     @property
     def image_ref(self) -> str:
@@ -204,6 +215,13 @@ class DeployConfig:
     @property
     def backup_name(self) -> str:
         return f"{self.container_name}-previous"
+
+
+def default_secrets_root(environ: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/movierec/secrets`` (``~/.local/state/...``): the deploying user's own state,
+    which outlives a reboot (unlike /run/user) as the container does."""
+    state = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "movierec" / "secrets"
 
 
 def default_container_name(image_name: str) -> str:
@@ -224,10 +242,23 @@ def publish_spec(port_mapping: str) -> str:
 
 @dataclass
 class Secrets:
-    """Run-time environment for the container; never logged, never on argv."""
+    """What the container is given; never logged, never on argv.
+
+    The service's secrets (app/secret_files.py) are delivered as files; any other name passed
+    with ``--env`` is a plain setting (``MOVIEREC_LOG_LEVEL``), which the service reads only
+    from its environment: it goes through a private env file, and ``docker inspect`` shows it.
+    """
 
     values: dict[str, str] = field(default_factory=dict)
     generated_jwt_secret: bool = False
+
+    @property
+    def files(self) -> dict[str, str]:
+        return {name: value for name, value in self.values.items() if name in SECRET_VARIABLES}
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {name: value for name, value in self.values.items() if name not in SECRET_VARIABLES}
 
 
 def resolve_secrets(
@@ -265,12 +296,89 @@ def resolve_secrets(
     return result
 
 
+def _check_variable_name(name: str) -> None:
+    if not name.replace("_", "").isalnum() or name[0].isdigit():
+        raise DeployError(f"{name!r} is not a valid environment variable name")
+
+
+@dataclass(frozen=True)
+class SecretFiles:
+    """One deployment's secret files: ``directory/<NAME>`` for each name, group ``gid``."""
+
+    directory: Path
+    names: tuple[str, ...]
+    gid: int
+
+    def run_args(self) -> list[str]:
+        """Mount the directory read-only and say where each secret is. The files keep their host
+        owner (bind mounts do), so the image's unprivileged user reads them through their group,
+        added to its groups: no ``--user`` change, no chown (which needs root)."""
+        args = [
+            "--mount", f"type=bind,source={self.directory},target={SECRETS_MOUNT},readonly",
+            "--group-add", str(self.gid),
+        ]  # fmt: skip
+        for name in self.names:
+            args += ["--env", f"{name}{FILE_SUFFIX}={SECRETS_MOUNT}/{name}"]
+        return args
+
+    def remove(self) -> None:
+        """This deployment's files, with the container they were for."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+        with suppress(OSError):
+            self.directory.parent.rmdir()  # only when no other deployment's files are left
+
+    def remove_others(self) -> None:
+        """The files of the containers this deployment replaced (they are removed by now)."""
+        for sibling in self.directory.parent.iterdir():
+            if sibling != self.directory and sibling.name.startswith(SECRETS_PREFIX):
+                shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _private_directory(path: Path) -> None:
+    """``path`` exists, is a directory (not a link) of this user, and only this user may enter it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise DeployError(f"{path} must be a directory of yours (--secrets-dir to choose another)")
+    path.chmod(0o700)
+
+
+def write_secret_files(root: Path, container_name: str, values: Mapping[str, str]) -> SecretFiles:
+    """Write each secret to ``root/<container>/deploy-*/<NAME>`` (a new directory per deployment:
+    a rolled-back container mounts its own again), mode 0440 with a trailing newline, which the
+    service strips (app/secret_files.py). ``root`` and ``root/<container>`` are 0700: no other
+    user of this machine can reach the files; in the container, its user reads them by group."""
+    if not _CONTAINER_NAME.match(container_name):
+        raise DeployError(f"{container_name!r} is not a valid container name")
+    for name, value in values.items():
+        _check_variable_name(name)
+        if not value:
+            raise DeployError(f"{name} is set but empty: give it a value, or unset it")
+    root = root.expanduser().absolute()
+    if any(char in str(root) for char in ',"\n'):  # --mount's comma-separated syntax
+        raise DeployError(f"--secrets-dir {root}: a path with a comma or a quote cannot be mounted")
+    _private_directory(root)
+    _private_directory(root / container_name)
+    directory = Path(tempfile.mkdtemp(prefix=SECRETS_PREFIX, dir=root / container_name))  # 0700
+    try:
+        for name, value in values.items():
+            path = directory / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(value + "\n")
+            path.chmod(0o440)  # read-only from now on, for us and the container's user (by group)
+        directory.chmod(0o710)  # the group may open the files it knows the names of, not list them
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return SecretFiles(directory, tuple(values), directory.stat().st_gid)
+
+
 @contextmanager
 def private_env_file(values: Mapping[str, str]) -> Iterator[Path]:
     """An env file readable by its owner only, in a private directory, deleted on exit."""
     for name, value in values.items():
-        if not name.replace("_", "").isalnum() or name[0].isdigit():
-            raise DeployError(f"{name!r} is not a valid environment variable name")
+        _check_variable_name(name)
         if "\n" in value or "\r" in value or "\0" in value:
             raise DeployError(f"the value of {name} contains a line break, which an env file cannot hold")
     directory = Path(tempfile.mkdtemp(prefix="movierec-deploy-"))  # mode 0700
@@ -299,14 +407,15 @@ def build_command(cfg: DeployConfig, model_rel: str, test_rel: str) -> list[str]
     return [*args, str(cfg.context)]
 
 
-def run_command(cfg: DeployConfig, env_file: Path) -> list[str]:
+def run_command(cfg: DeployConfig, secret_files: SecretFiles, env_file: Path | None = None) -> list[str]:
     args = [
         "run", "--detach",
         "--name", cfg.container_name,
         "--restart", f"on-failure:{RESTART_RETRIES}",
         "--stop-timeout", str(STOP_TIMEOUT_SECONDS),
         "--publish", publish_spec(cfg.port_mapping),
-        "--env-file", str(env_file),
+        *secret_files.run_args(),
+        *(["--env-file", str(env_file)] if env_file is not None else []),
         "--label", f"org.movierec.deployed-by=deploy-docker.py {cfg.image_ref}",
     ]  # fmt: skip
     if cfg.json_log:
@@ -372,6 +481,7 @@ class Deployer:
     poll_interval: float = 2.0
     set_aside: ContainerState | None = None  # the live version, once renamed to backup_name
     stop_issued: bool = False  # `docker stop` of the set-aside version was sent (it may still run)
+    secret_files: SecretFiles | None = None  # the new container's, once written
 
     def say(self, message: str) -> None:
         print(f"[deploy] {message}", file=self.out, flush=True)
@@ -385,6 +495,7 @@ class Deployer:
             raise DeployError(f"image {cfg.image_ref} does not exist and --no-build was given")
         self.set_aside = None
         self.stop_issued = False
+        self.secret_files = None
         name_free = False  # the live version no longer holds cfg.container_name
         try:
             # inside the try: an interruption (or a failed `docker stop`) after the live version
@@ -406,6 +517,9 @@ class Deployer:
         if previous is not None:
             self.docker("rm", "--force", cfg.backup_name)
             self.say(f"removed the previous container ({previous.image})")
+        if self.secret_files is not None:
+            self.secret_files.remove_others()
+            self.say(f"its secrets are files in {self.secret_files.directory} (read-only at {SECRETS_MOUNT})")
         if secrets_.generated_jwt_secret:
             self.say(
                 "generated a new JWT secret (MOVIEREC_JWT_SECRET was not set): earlier tokens are invalid"
@@ -456,8 +570,10 @@ class Deployer:
             self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), cfg.backup_name)
 
     def start(self, secrets_: Secrets) -> None:
-        with private_env_file(secrets_.values) as env_file:
-            result = self.docker(*run_command(self.cfg, env_file))
+        self.secret_files = write_secret_files(self.cfg.secrets_root, self.cfg.container_name, secrets_.files)
+        plain = secrets_.environment
+        with private_env_file(plain) if plain else nullcontext() as env_file:
+            result = self.docker(*run_command(self.cfg, self.secret_files, env_file))
         if result.returncode != 0:
             raise DeployError(f"docker run failed: {result.stderr.strip()}")
         self.say(
@@ -500,6 +616,8 @@ class Deployer:
 
     def remove_new(self, remove_image: bool) -> None:
         self.docker("rm", "--force", self.cfg.container_name)
+        if self.secret_files is not None:
+            self.secret_files.remove()
         if remove_image:
             self.docker("rmi", self.cfg.image_ref)
             self.say(f"removed the new container and image {self.cfg.image_ref}")
@@ -684,8 +802,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="deploy-docker.py",
         description="Build the API image (accuracy test inside), run it and wait until it is healthy.",
         epilog="The session password is read from $SESSION_PASSWORD or a prompt; MOVIEREC_JWT_SECRET "
-        "and MOVIEREC_ADMIN_PASSWORD are passed on when set. Secrets reach the container through a "
-        "0600 env file, never the command line.",
+        "and MOVIEREC_ADMIN_PASSWORD are passed on when set. Secrets reach the container as read-only "
+        "files in /run/secrets (kept under --secrets-dir), never on the command line or in its "
+        "environment.",
     )
     parser.add_argument("image_name", metavar="IMAGE_NAME")
     parser.add_argument("image_version", metavar="IMAGE_VERSION")
@@ -708,7 +827,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--health-timeout", type=float, default=DEFAULT_HEALTH_TIMEOUT)
     parser.add_argument(
         "--env", dest="extra_env", action="append", default=[], metavar="NAME",
-        help="also pass this variable from the environment (its value never on argv)",
+        help="also pass this variable from the environment (its value never on argv): as a secret file "
+        "if the service reads it from one (e.g. MOVIEREC_METRICS_TOKEN), else in its environment",
+    )  # fmt: skip
+    parser.add_argument(
+        "--secrets-dir", type=Path, default=None, metavar="DIR",
+        help="where the containers' secret files are kept (default: $XDG_STATE_HOME/movierec/secrets)",
     )  # fmt: skip
     parser.add_argument("--no-build", action="store_true", help="deploy an existing IMAGE_NAME:IMAGE_VERSION")
     parser.add_argument("--docker", default=os.environ.get("DOCKER", "docker"), help="docker CLI to use")
@@ -731,6 +855,7 @@ def config_from_args(args: argparse.Namespace) -> DeployConfig:
         error_tolerance=args.error_tolerance,
         health_timeout=args.health_timeout,
         build=not args.no_build,
+        secrets_root=args.secrets_dir or default_secrets_root(os.environ),
     )
 
 

@@ -17,8 +17,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,6 +47,8 @@ IMAGE = "movierec-e2e"
 PASSWORD = "e2e-" + secrets.token_urlsafe(12)
 JWT_SECRET = secrets.token_urlsafe(48)
 DEPLOY_TIMEOUT = 1200
+# the deploying user's state directory (deploy-docker.py keeps the containers' secret files there)
+STATE_HOME = Path(tempfile.gettempdir()) / f"movierec-e2e-state-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -89,7 +94,13 @@ def run_id() -> str:
 
 def run_deploy(docker: DockerEnv, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """./deploy-docker.py as a user runs it, output streamed (pytest -s) and captured."""
-    environ = {**docker.env, "SESSION_PASSWORD": PASSWORD, "MOVIEREC_JWT_SECRET": JWT_SECRET, **(env or {})}
+    environ = {
+        **docker.env,
+        "SESSION_PASSWORD": PASSWORD,
+        "MOVIEREC_JWT_SECRET": JWT_SECRET,
+        "XDG_STATE_HOME": str(STATE_HOME),
+        **(env or {}),
+    }
     argv = [
         sys.executable,
         str(REPO / "deploy-docker.py"),
@@ -139,6 +150,7 @@ def deployed(docker: DockerEnv, journald: object, model_store: Path, run_id: str
         docker("rm", "--force", container, f"{container}-previous", check=False)
         for tag in (f"v1-{run_id}", f"regressed-{run_id}"):
             docker("rmi", f"{IMAGE}:{tag}", check=False)
+        shutil.rmtree(STATE_HOME, ignore_errors=True)
 
 
 def test_build_runs_the_accuracy_test(deployed: Deployment) -> None:
@@ -180,6 +192,50 @@ def test_container_runs_as_configured_without_secrets_in_the_image(
     assert leftovers == []
     whoami = docker("exec", deployed.container, "id", "-un").stdout.strip()
     assert whoami == "movierec"
+
+
+def _wait_healthy(docker: DockerEnv, container: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while inspect(docker, container)["State"].get("Health", {}).get("Status") != "healthy":  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, f"{container} did not become healthy"
+        time.sleep(1)
+
+
+def test_secrets_reach_the_container_as_files_not_in_its_configuration(
+    docker: DockerEnv, deployed: Deployment
+) -> None:
+    """`docker inspect` (anyone who can talk to the daemon) and every process's environment in the
+    container hold only the secret files' paths; the service still logs in with the password, also
+    after a restart (on-failure restarts mount the same files again)."""
+    info = inspect(docker, deployed.container)
+    env = info["Config"]["Env"]  # type: ignore[index]
+    for secret in (PASSWORD, JWT_SECRET):
+        assert not [item for item in env if secret in item]
+    names = {item.split("=", 1)[0] for item in env}
+    assert not names & {"SESSION_PASSWORD", "MOVIEREC_JWT_SECRET"}
+    assert {"SESSION_PASSWORD_FILE", "MOVIEREC_JWT_SECRET_FILE"} <= names
+    mount = next(m for m in info["Mounts"] if m["Destination"] == "/run/secrets")  # type: ignore[attr-defined]
+    assert mount["Type"] == "bind" and mount["RW"] is False
+    # on the host: the deploying user's state directory, read-only files, closed to other users
+    source = Path(mount["Source"])
+    assert source.parent == STATE_HOME / "movierec" / "secrets" / deployed.container
+    assert stat.S_IMODE((source / "SESSION_PASSWORD").stat().st_mode) == 0o440
+    assert stat.S_IMODE(source.parent.parent.stat().st_mode) == 0o700
+    # in the container: pid 1's environment has no secret; the service user reads the files
+    environ = docker("exec", deployed.container, "cat", "/proc/1/environ").stdout
+    assert PASSWORD not in environ and JWT_SECRET not in environ
+    assert "SESSION_PASSWORD_FILE=/run/secrets/SESSION_PASSWORD" in environ.split("\0")
+    assert docker("exec", deployed.container, "id", "-un").stdout.strip() == "movierec"
+    read = docker("exec", deployed.container, "cat", "/run/secrets/SESSION_PASSWORD").stdout
+    assert read == PASSWORD + "\n"
+    write = docker(
+        "exec", deployed.container, "sh", "-c", "echo x >> /run/secrets/SESSION_PASSWORD", check=False
+    )
+    assert write.returncode != 0
+    assert smoke_test(deployed.url, PASSWORD).recommendations
+    docker("restart", "--time", "30", deployed.container, timeout=120)
+    _wait_healthy(docker, deployed.container)
+    assert smoke_test(deployed.url, PASSWORD).recommendations
 
 
 def test_logs_reach_journald(deployed: Deployment) -> None:

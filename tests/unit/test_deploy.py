@@ -16,7 +16,7 @@ import stat
 import subprocess
 import tarfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,13 @@ import pytest
 from app import deploy
 from app.deploy import (
     CONTAINER_PORT,
+    SECRETS_MOUNT,
     ContainerState,
     DeployConfig,
     Deployer,
     DeployError,
     Docker,
+    SecretFiles,
     Secrets,
     build_command,
     default_container_name,
@@ -41,6 +43,7 @@ from app.deploy import (
     resolve_secrets,
     run_command,
     staged_in_context,
+    write_secret_files,
 )
 
 pytestmark = pytest.mark.unit
@@ -60,6 +63,12 @@ class FakeContainer:
     exit_code: int = 0
     env: dict[str, str] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)  # path in the container -> content
+
+    def secret(self, name: str) -> str:
+        """What the app reads for ``name``: the file ``$<name>_FILE`` names, minus one newline."""
+        assert name not in self.env, f"{name} is in the container's environment"
+        return self.secrets[self.env[f"{name}_FILE"]].removesuffix("\n")
 
 
 # The first worker's cause, then the second worker's import interrupted by the master (a long
@@ -96,6 +105,7 @@ class FakeEngine:
     calls: list[list[str]] = field(default_factory=list)
     env_file_modes: list[int] = field(default_factory=list)
     env_file_paths: list[Path] = field(default_factory=list)
+    secret_dirs: list[Path] = field(default_factory=list)  # the host directories mounted, in order
     new_name: str | None = None
     new_container: FakeContainer | None = None
     # a new container's stderr: a failed start as uwsgi writes it with two workers
@@ -136,15 +146,26 @@ class FakeEngine:
 
     def do_run(self, args: list[str]) -> tuple[int, str, str]:
         name = args[args.index("--name") + 1]
-        env_file = Path(args[args.index("--env-file") + 1])
-        self.env_file_paths.append(env_file)
-        self.env_file_modes.append(stat.S_IMODE(env_file.stat().st_mode))
+        env: dict[str, str] = {}
+        if "--env-file" in args:  # plain settings passed on with --env NAME
+            env_file = Path(args[args.index("--env-file") + 1])
+            self.env_file_paths.append(env_file)
+            self.env_file_modes.append(stat.S_IMODE(env_file.stat().st_mode))
+            env.update(line.split("=", 1) for line in env_file.read_text().splitlines())
+        env.update(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--env")
+        mounts = [dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args[i + 1].split(","))
+                  for i, a in enumerate(args) if a == "--mount"]  # fmt: skip
+        secrets = {}
+        for mount in mounts:  # what the container sees under the mount, read when it starts
+            assert mount["type"] == "bind" and "readonly" in mount, mount
+            source = Path(mount["source"])
+            self.secret_dirs.append(source)
+            secrets.update({f"{mount['target']}/{p.name}": p.read_text() for p in source.iterdir()})
         if self.run_rc != 0:
             return self.run_rc, "", "port is already allocated"
         if name in self.containers:
             return 125, "", "Conflict. The container name is already in use"
-        env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
-        self.containers[name] = FakeContainer(image=args[-1], env=env, argv=args)
+        self.containers[name] = FakeContainer(image=args[-1], env=env, argv=args, secrets=secrets)
         self.new_name = name
         self.new_container = self.containers[name]
         return 0, "f00dfeedbeef0123\n", ""
@@ -204,6 +225,7 @@ def make_cfg(tmp_path: Path, **overrides: object) -> DeployConfig:
         "port_mapping": "127.0.0.1:8080",
         "context": context,
         "health_timeout": 30.0,
+        "secrets_root": tmp_path / "state" / "secrets",
     }
     values.update(overrides)
     return DeployConfig(**values)  # type: ignore[arg-type]
@@ -325,21 +347,31 @@ def test_build_command_passes_model_paths_and_options_but_no_secret(tmp_path: Pa
     assert not any(PASSWORD in a or "SESSION_PASSWORD" in a for a in argv)
 
 
-def test_run_command_uses_journald_restart_policy_and_env_file(tmp_path: Path) -> None:
+def test_run_command_uses_journald_restart_policy_secret_files_and_env_file(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, log_tag="api")
-    argv = run_command(cfg, Path("/private/container.env"))
+    files = SecretFiles(
+        Path("/state/secrets/movierec/deploy-x"), ("SESSION_PASSWORD", "MOVIEREC_JWT_SECRET"), 1234
+    )
+    argv = run_command(cfg, files, Path("/private/container.env"))
     text = " ".join(argv)
     assert "--restart on-failure:5" in text
     assert "--stop-timeout 30" in text  # harakiri: the longest a request in flight may run
     assert "--log-driver journald" in text and "--log-opt tag=api" in text
     assert f"--publish 127.0.0.1:8080:{CONTAINER_PORT}" in text
     assert "--env-file /private/container.env" in text
+    assert (
+        f"--mount type=bind,source=/state/secrets/movierec/deploy-x,target={SECRETS_MOUNT},readonly" in text
+    )
+    assert "--group-add 1234" in text  # the files' group: the image's user is not their owner
+    assert f"--env SESSION_PASSWORD_FILE={SECRETS_MOUNT}/SESSION_PASSWORD" in text
+    assert f"--env MOVIEREC_JWT_SECRET_FILE={SECRETS_MOUNT}/MOVIEREC_JWT_SECRET" in text
     assert argv[-1] == "movierec:2.0"
-    assert "-e" not in argv and "--env" not in argv
+    assert "-e" not in argv and "--user" not in argv  # the image's unprivileged user
+    assert "--env-file" not in run_command(cfg, files)
 
 
 def test_run_command_json_log_rotates_and_tags_with_container_name(tmp_path: Path) -> None:
-    argv = run_command(make_cfg(tmp_path, json_log=True), Path("e"))
+    argv = run_command(make_cfg(tmp_path, json_log=True), SecretFiles(Path("/s"), (), 0))
     text = " ".join(argv)
     assert "--log-driver json-file" in text and "max-size=" in text and "max-file=" in text
     assert "journald" not in text
@@ -390,6 +422,100 @@ def test_missing_model_file_is_reported(tmp_path: Path) -> None:
         pass
 
 
+# --------------------------------------------------------------------------- secret files
+
+
+def test_secret_files_are_private_to_the_deployer_and_the_container_group(tmp_path: Path) -> None:
+    root = tmp_path / "state" / "secrets"
+    files = write_secret_files(
+        root, "movierec", {"SESSION_PASSWORD": PASSWORD, "MOVIEREC_JWT_SECRET": "a\nb"}
+    )
+    assert files.directory.parent == root / "movierec"
+    assert sorted(files.names) == ["MOVIEREC_JWT_SECRET", "SESSION_PASSWORD"]
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (root, root / "movierec", files.directory)}
+    assert modes == {root: 0o700, root / "movierec": 0o700, files.directory: 0o710}
+    for name in files.names:
+        path = files.directory / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o440  # read-only, for the owner and the container
+        assert path.stat().st_uid == os.geteuid() and path.stat().st_gid == files.gid
+    # one trailing newline, which the app strips: a value keeps its own line breaks and spaces
+    assert (files.directory / "SESSION_PASSWORD").read_text() == PASSWORD + "\n"
+    assert (files.directory / "MOVIEREC_JWT_SECRET").read_text() == "a\nb\n"
+    again = write_secret_files(root, "movierec", {"SESSION_PASSWORD": "new"})
+    assert again.directory != files.directory and files.directory.exists()  # the old one: a rollback's
+
+
+@pytest.mark.parametrize("name", ["../movierec", "a/b", "", ".hidden"])
+def test_secret_files_refuse_a_container_name_that_is_not_a_directory_name(tmp_path: Path, name: str) -> None:
+    with pytest.raises(DeployError, match="container name"):
+        write_secret_files(tmp_path, name, {"SESSION_PASSWORD": PASSWORD})
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("values", [{"BAD-NAME": "x"}, {"1X": "x"}, {"A": ""}])
+def test_secret_files_refuse_what_the_app_cannot_read(tmp_path: Path, values: dict[str, str]) -> None:
+    with pytest.raises(DeployError):
+        write_secret_files(tmp_path, "movierec", values)
+
+
+def test_a_secrets_directory_docker_cannot_mount_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DeployError, match="--secrets-dir"):
+        write_secret_files(tmp_path / "a,b", "movierec", {"SESSION_PASSWORD": PASSWORD})
+
+
+def test_the_container_gets_secrets_as_files_and_plain_settings_in_its_environment(tmp_path: Path) -> None:
+    """The secrets the service reads from files are mounted read-only; only their paths are in the
+    container's configuration (docker inspect), never a value. A name given with --env that the
+    service has no file form for is a plain setting and goes through the private env file."""
+    env = {"SESSION_PASSWORD": PASSWORD, "MOVIEREC_ADMIN_PASSWORD": "adm-pw", "MOVIEREC_LOG_LEVEL": "DEBUG"}
+    engine = FakeEngine()
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    deployer.deploy(resolve_secrets(None, env, extra_names=["MOVIEREC_LOG_LEVEL"]))
+    container = engine.containers["movierec"]
+    assert container.secret("SESSION_PASSWORD") == PASSWORD
+    assert container.secret("MOVIEREC_ADMIN_PASSWORD") == "adm-pw"
+    assert len(container.secret("MOVIEREC_JWT_SECRET")) >= 32
+    assert container.env["MOVIEREC_LOG_LEVEL"] == "DEBUG"
+    config = {**container.env, "argv": " ".join(container.argv)}
+    assert not any(v in str(config) for v in (PASSWORD, "adm-pw", container.secret("MOVIEREC_JWT_SECRET")))
+    assert engine.env_file_modes == [0o600] and not engine.env_file_paths[0].exists()
+    # the files outlive `docker run`: on-failure restarts mount them again
+    assert engine.secret_dirs[0].is_dir()
+    assert (engine.secret_dirs[0] / "SESSION_PASSWORD").read_text() == PASSWORD + "\n"
+    assert f"--group-add {engine.secret_dirs[0].stat().st_gid}" in config["argv"]
+    assert PASSWORD not in out.getvalue()
+
+
+def test_a_redeployment_replaces_the_secret_files(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    cfg = make_cfg(tmp_path)
+    make_deployer(cfg, engine)[0].deploy(secrets_())
+    make_deployer(replace(cfg, image_version="3.0"), engine)[0].deploy(
+        Secrets({"SESSION_PASSWORD": "rotated", "MOVIEREC_JWT_SECRET": "r" * 48})
+    )
+    first, second = engine.secret_dirs
+    assert not first.exists()  # the previous container is gone, and its secrets with it
+    assert [p.name for p in (cfg.secrets_root / "movierec").iterdir()] == [second.name]
+    assert engine.containers["movierec"].secret("SESSION_PASSWORD") == "rotated"
+
+
+def test_a_failed_redeployment_keeps_the_previous_containers_secret_files(tmp_path: Path) -> None:
+    """The restored container mounts its own directory again: it must still hold its secrets."""
+    engine = FakeEngine()
+    cfg = make_cfg(tmp_path)
+    make_deployer(cfg, engine)[0].deploy(secrets_())
+    engine.script = [("running", "starting", 0), ("restarting", "starting", 1)]
+    with pytest.raises(DeployError):
+        make_deployer(replace(cfg, image_version="3.0"), engine)[0].deploy(
+            Secrets({"SESSION_PASSWORD": "rotated", "MOVIEREC_JWT_SECRET": "short"})
+        )
+    first, second = engine.secret_dirs
+    assert not second.exists()
+    assert (first / "SESSION_PASSWORD").read_text() == PASSWORD + "\n"
+    assert [p.name for p in (cfg.secrets_root / "movierec").iterdir()] == [first.name]
+    assert engine.containers["movierec"].image == "movierec:2.0"
+
+
 # --------------------------------------------------------------------------- the deployment
 
 
@@ -400,9 +526,8 @@ def test_first_deployment_builds_runs_and_waits_for_health(tmp_path: Path) -> No
     deployer, out = make_deployer(make_cfg(tmp_path), engine)
     deployer.deploy(secrets_())
     assert engine.containers["movierec"].status == "running"
-    assert engine.containers["movierec"].env["SESSION_PASSWORD"] == PASSWORD
-    assert engine.env_file_modes == [0o600]
-    assert not engine.env_file_paths[0].exists()  # removed once the container exists
+    assert engine.containers["movierec"].secret("SESSION_PASSWORD") == PASSWORD
+    assert engine.env_file_paths == []  # nothing but secrets to pass: no env file at all
     assert "build" in engine.verbs() and "rm" not in engine.verbs()
     assert all(PASSWORD not in " ".join(call) for call in engine.calls)
     assert "journalctl CONTAINER_NAME=movierec" in out.getvalue()
@@ -487,7 +612,7 @@ def test_failed_docker_run_restores_the_previous_container(tmp_path: Path) -> No
         deployer.deploy(secrets_())
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running"
-    assert not engine.env_file_paths[0].exists()
+    assert not engine.secret_dirs[0].exists()  # the new container's secrets went with it
 
 
 def test_a_stopped_previous_container_is_kept_stopped(tmp_path: Path) -> None:
@@ -517,11 +642,11 @@ def test_main_reads_the_password_from_the_environment(
     monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
     rc = deploy.main(
         ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
-         "--port-mapping", "127.0.0.1:8080", "--health-timeout", "5"],
+         "--port-mapping", "127.0.0.1:8080", "--health-timeout", "5", "--secrets-dir", str(cfg.secrets_root)],
         environ={"SESSION_PASSWORD": PASSWORD},
     )  # fmt: skip
     assert rc == 0
-    assert engine.containers["movierec"].env["SESSION_PASSWORD"] == PASSWORD
+    assert engine.containers["movierec"].secret("SESSION_PASSWORD") == PASSWORD
     assert "--restart" in engine.containers["movierec"].argv
 
 
@@ -779,7 +904,7 @@ def interrupted_deploy(cfg: DeployConfig, engine: FakeEngine, monkeypatch: pytes
     monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
     return deploy.main(
         ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
-         "--port-mapping", "127.0.0.1:8080"],
+         "--port-mapping", "127.0.0.1:8080", "--secrets-dir", str(cfg.secrets_root)],
         environ={"SESSION_PASSWORD": PASSWORD},
     )  # fmt: skip
 

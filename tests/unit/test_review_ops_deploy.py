@@ -81,7 +81,7 @@ def test_missing_docker_cli_is_a_clear_error_not_a_traceback(
     cfg = make_cfg(tmp_path)
     rc = deploy.main(
         ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
-         "--docker", str(tmp_path / "no-docker")],
+         "--docker", str(tmp_path / "no-docker"), "--secrets-dir", str(cfg.secrets_root)],
         environ={"SESSION_PASSWORD": PASSWORD},
     )  # fmt: skip
     assert rc == 1
