@@ -71,6 +71,9 @@ _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exceptio
 import's ``KeyboardInterrupt`` (a sibling worker stopped because this one failed) is not an error."""
 STAGING_PREFIX = ".deploy-"
 SECRETS_MOUNT = "/run/secrets"
+IMAGE_GID = 10001
+"""The group of the image's ``movierec`` user (Dockerfile): a root deployer gives it the secret
+files, so the container reads them with its own group and gets no other."""
 SECRETS_PREFIX = "deploy-"
 _CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Docker's rule: also a safe directory name
 PASSTHROUGH_SECRETS = ("MOVIEREC_ADMIN_PASSWORD", "ADMIN_PASSWORD")
@@ -311,12 +314,12 @@ class SecretFiles:
 
     def run_args(self) -> list[str]:
         """Mount the directory read-only and say where each secret is. The files keep their host
-        owner (bind mounts do), so the image's unprivileged user reads them through their group,
-        added to its groups: no ``--user`` change, no chown (which needs root)."""
-        args = [
-            "--mount", f"type=bind,source={self.directory},target={SECRETS_MOUNT},readonly",
-            "--group-add", str(self.gid),
-        ]  # fmt: skip
+        owner (bind mounts do), so the image's unprivileged user reads them through their group:
+        its own (:data:`IMAGE_GID`) when a root deployer gave them that group, else the deploying
+        user's, added to its groups. No ``--user`` change."""
+        args = ["--mount", f"type=bind,source={self.directory},target={SECRETS_MOUNT},readonly"]
+        if self.gid != IMAGE_GID:
+            args += ["--group-add", str(self.gid)]
         for name in self.names:
             args += ["--env", f"{name}{FILE_SUFFIX}={SECRETS_MOUNT}/{name}"]
         return args
@@ -347,7 +350,10 @@ def write_secret_files(root: Path, container_name: str, values: Mapping[str, str
     """Write each secret to ``root/<container>/deploy-*/<NAME>`` (a new directory per deployment:
     a rolled-back container mounts its own again), mode 0440 with a trailing newline, which the
     service strips (app/secret_files.py). ``root`` and ``root/<container>`` are 0700: no other
-    user of this machine can reach the files; in the container, its user reads them by group."""
+    user of this machine can reach the files; in the container, its user reads them by group:
+    as root the files are given the image user's group (:data:`IMAGE_GID`), else the container
+    is given the deploying user's group (adding root's group 0 to it would give the service
+    every file of the image that group 0 may read)."""
     if not _CONTAINER_NAME.match(container_name):
         raise DeployError(f"{container_name!r} is not a valid container name")
     for name, value in values.items():
@@ -366,7 +372,11 @@ def write_secret_files(root: Path, container_name: str, values: Mapping[str, str
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 handle.write(value + "\n")
+            if os.geteuid() == 0:
+                os.chown(path, -1, IMAGE_GID)
             path.chmod(0o440)  # read-only from now on, for us and the container's user (by group)
+        if os.geteuid() == 0:
+            os.chown(directory, -1, IMAGE_GID)
         directory.chmod(0o710)  # the group may open the files it knows the names of, not list them
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)

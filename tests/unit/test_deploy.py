@@ -27,6 +27,7 @@ import pytest
 from app import deploy
 from app.deploy import (
     CONTAINER_PORT,
+    IMAGE_GID,
     SECRETS_MOUNT,
     ContainerState,
     DeployConfig,
@@ -445,6 +446,22 @@ def test_secret_files_are_private_to_the_deployer_and_the_container_group(tmp_pa
     assert again.directory != files.directory and files.directory.exists()  # the old one: a rollback's
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root deployer's files; CI runs as root")
+def test_a_root_deployer_gives_the_secret_files_the_image_users_group_not_root_s(tmp_path: Path) -> None:
+    """``--group-add 0`` would put the service in root's group, with every file of the image
+    that group may read; the files get the image user's own group instead, and no group is added."""
+    files = write_secret_files(tmp_path, "movierec", {"SESSION_PASSWORD": PASSWORD})
+    assert files.gid == IMAGE_GID
+    for path in (files.directory, files.directory / "SESSION_PASSWORD"):
+        assert path.stat().st_gid == IMAGE_GID and path.stat().st_uid == 0
+    assert "--group-add" not in files.run_args()
+
+
+def test_the_image_users_group_is_the_one_the_dockerfile_creates() -> None:
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    assert f"groupadd --system --gid {IMAGE_GID} movierec" in dockerfile
+
+
 @pytest.mark.parametrize("name", ["../movierec", "a/b", "", ".hidden"])
 def test_secret_files_refuse_a_container_name_that_is_not_a_directory_name(tmp_path: Path, name: str) -> None:
     with pytest.raises(DeployError, match="container name"):
@@ -482,7 +499,8 @@ def test_the_container_gets_secrets_as_files_and_plain_settings_in_its_environme
     # the files outlive `docker run`: on-failure restarts mount them again
     assert engine.secret_dirs[0].is_dir()
     assert (engine.secret_dirs[0] / "SESSION_PASSWORD").read_text() == PASSWORD + "\n"
-    assert f"--group-add {engine.secret_dirs[0].stat().st_gid}" in config["argv"]
+    gid = engine.secret_dirs[0].stat().st_gid
+    assert (f"--group-add {gid}" in config["argv"]) is (gid != IMAGE_GID)
     assert PASSWORD not in out.getvalue()
 
 
