@@ -31,6 +31,27 @@ def sqlalchemy_url(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+def answered_after_flush(call: Callable[[], Any], issuer: Any, hold: float = 0.3) -> tuple[Any, float]:
+    """``call()`` (another worker's request for a row ``issuer``'s request log still holds) runs in
+    a thread that must still be waiting ``hold`` s later; then ``issuer`` flushes its log. Returns
+    what ``call`` answered and how long it waited."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        started = time.monotonic()
+        result["answer"] = call()
+        result["waited"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(hold)
+    assert thread.is_alive(), "the other worker must wait for the pending row, not answer at once"
+    issuer.extensions["movierec"].recommendations.request_log.flush()
+    thread.join(10)
+    assert "answer" in result, "the other worker did not answer within 10 s of the flush"
+    return result["answer"], result["waited"]
+
+
 def login(client: Any, password: str = SESSION_PASSWORD) -> dict[str, str]:
     """Log in through the API and return the Authorization header for the token."""
     response = client.post("/api/login", json={"session_password": password})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from app.services import dashboard
 from app.services.request_ids import RequestIds
 from app.storage.db import make_engine
 from app.storage.models import Feedback, RecommendationRequest
-from tests.helpers import ADMIN_PASSWORD, PROFILE, SESSION_PASSWORD, sqlalchemy_url
+from tests.helpers import ADMIN_PASSWORD, PROFILE, SESSION_PASSWORD, answered_after_flush, sqlalchemy_url
 
 pytestmark = pytest.mark.api
 
@@ -392,21 +391,9 @@ def test_the_list_page_waits_for_a_row_still_pending_in_another_worker(make_app:
     assert posted.status_code == 303
     reader = other.test_client()
     ui_login(reader)
-    result: dict[str, Any] = {}
-
-    def get() -> None:
-        started = time.monotonic()
-        response = reader.get(posted.headers["Location"])
-        result.update(status=response.status_code, text=response.text, waited=time.monotonic() - started)
-
-    thread = threading.Thread(target=get)
-    thread.start()
-    time.sleep(0.3)
-    assert thread.is_alive(), "the other worker must wait for the pending row, not answer at once"
-    issuer.extensions["movierec"].recommendations.request_log.flush()
-    thread.join(10)
-    assert result["status"] == 200 and result["waited"] >= 0.3, result
-    assert len(titles_of(result["text"])) == 4
+    response, waited = answered_after_flush(lambda: reader.get(posted.headers["Location"]), issuer)
+    assert response.status_code == 200 and waited >= 0.3
+    assert len(titles_of(response.text)) == 4
 
 
 def test_a_list_page_for_an_id_not_issued_here_is_a_page_at_once(app: Any) -> None:

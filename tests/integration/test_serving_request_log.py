@@ -18,7 +18,13 @@ from sqlalchemy.orm import sessionmaker
 from app.services.request_ids import RequestIds
 from app.storage.db import make_engine
 from app.storage.models import Feedback, RecommendationRequest
-from tests.helpers import PROFILE, frame_running, held_by_another_thread, in_forked_child
+from tests.helpers import (
+    PROFILE,
+    answered_after_flush,
+    frame_running,
+    held_by_another_thread,
+    in_forked_child,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -85,20 +91,10 @@ def test_a_score_reaching_another_worker_waits_for_the_pending_row(
     other = other_app.test_client()
     served = issuer.test_client().post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()
     score = {"id": served["id"], "movie": served["recommendations"][0], "score": 5}
-    result: dict[str, Any] = {}
-
-    def post() -> None:
-        started = time.monotonic()
-        response = other.post("/api/recommend/score", json=score, headers=auth_headers)
-        result.update(status=response.status_code, waited=time.monotonic() - started)
-
-    thread = threading.Thread(target=post)
-    thread.start()
-    time.sleep(0.3)
-    assert thread.is_alive(), "the other worker must wait for the row, not refuse the id"
-    issuer.extensions["movierec"].recommendations.request_log.flush()
-    thread.join(10)
-    assert result["status"] == 200 and result["waited"] >= 0.3
+    response, waited = answered_after_flush(
+        lambda: other.post("/api/recommend/score", json=score, headers=auth_headers), issuer
+    )
+    assert response.status_code == 200 and waited >= 0.3
     assert _feedback_count(other_app) == 1
 
 
