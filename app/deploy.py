@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.secret_files import FILE_SUFFIX, SECRET_VARIABLES
+from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SECRET_VARIABLES
 
 CONTAINER_PORT = 8000
 DEFAULT_HEALTH_TIMEOUT = 180.0
@@ -296,6 +296,15 @@ def resolve_secrets(
             result.values[name] = environ[name]
         elif name in extra_names:
             raise DeployError(f"--env {name}: {name} is not set in this environment")
+    # One file per secret: the service refuses a secret given as two files (ADMIN_PASSWORD_FILE
+    # and MOVIEREC_ADMIN_PASSWORD_FILE). Deliver the name it reads first, as it read it from
+    # its environment when both were there.
+    for names in SECRET_SETTINGS.values():
+        given = [name for name in names if name in result.values]
+        for other in given[1:]:
+            if result.values[other] != result.values[given[0]]:
+                warn(f"warning: {given[0]} and {other} differ; the service is given {given[0]}")
+            del result.values[other]
     return result
 
 

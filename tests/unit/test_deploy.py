@@ -954,3 +954,42 @@ def test_a_backup_recovered_from_an_interrupted_deployment_is_started_on_rollbac
         deployer.deploy(secrets_())
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running"
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_secret_set_under_both_of_its_names_reaches_the_container_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same: bool
+) -> None:
+    """ADMIN_PASSWORD and MOVIEREC_ADMIN_PASSWORD both in the deployer's environment (both are
+    passed on): as two files, the service refused to start ("both set") and the deployment
+    failed with a crash-looping container. Only the name the service reads first is delivered,
+    as when both were in its environment; a different value under the other name is warned of."""
+    from app.config import load_settings
+    from app.secret_files import SECRET_SETTINGS
+
+    env = {
+        "SESSION_PASSWORD": PASSWORD,
+        "MOVIEREC_JWT_SECRET": "k" * 40,
+        "ADMIN_PASSWORD": "adm-pw",
+        "MOVIEREC_ADMIN_PASSWORD": "adm-pw" if same else "other-pw",
+    }
+    warnings: list[str] = []
+    resolved = resolve_secrets(None, env, warn=warnings.append)
+    assert [w for w in warnings if "MOVIEREC_ADMIN_PASSWORD" in w] == ([] if same else warnings)
+    assert same or ("other-pw" not in warnings[0] and "adm-pw" not in warnings[0])
+    engine = FakeEngine()
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    deployer.deploy(resolved)
+    container = engine.containers["movierec"]
+    # the service, started with the container's environment and its mounted files
+    for names in SECRET_SETTINGS.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+            monkeypatch.delenv(f"{name}_FILE", raising=False)
+    for name, value in container.env.items():
+        if value.startswith(SECRETS_MOUNT + "/"):
+            value = str(engine.secret_dirs[-1] / value.removeprefix(SECRETS_MOUNT + "/"))
+        monkeypatch.setenv(name, value)
+    settings = load_settings(testing=True)
+    assert settings.admin_password is not None
+    assert settings.admin_password.get_secret_value() == "adm-pw"
