@@ -372,6 +372,13 @@ def write_secret_files(root: Path, container_name: str, values: Mapping[str, str
     root = root.expanduser().absolute()
     if any(char in str(root) for char in ',"\n'):  # --mount's comma-separated syntax
         raise DeployError(f"--secrets-dir {root}: a path with a comma or a quote cannot be mounted")
+    try:
+        return _write_secret_files(root, container_name, values)
+    except OSError as exc:  # after the live version was stopped: a DeployError is rolled back
+        raise DeployError(f"cannot write the secret files under {root} (--secrets-dir): {exc}") from exc
+
+
+def _write_secret_files(root: Path, container_name: str, values: Mapping[str, str]) -> SecretFiles:
     _private_directory(root)
     _private_directory(root / container_name)
     directory = Path(tempfile.mkdtemp(prefix=SECRETS_PREFIX, dir=root / container_name))  # 0700

@@ -993,3 +993,18 @@ def test_a_secret_set_under_both_of_its_names_reaches_the_container_once(
     settings = load_settings(testing=True)
     assert settings.admin_password is not None
     assert settings.admin_password.get_secret_value() == "adm-pw"
+
+
+def test_secret_files_that_cannot_be_written_restore_the_previous_container(tmp_path: Path) -> None:
+    """The files are written after the live version was set aside and stopped: an OSError there
+    (--secrets-dir under a file, a full or read-only disk) left it stopped under its -previous
+    name, the service down, instead of being rolled back as a failed `docker run` is."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    engine = FakeEngine(containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
+    deployer, _ = make_deployer(make_cfg(tmp_path, secrets_root=blocker / "secrets"), engine)
+    with pytest.raises(DeployError, match="not-a-directory"):
+        deployer.deploy(secrets_())
+    assert set(engine.containers) == {"movierec"}
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"
