@@ -374,7 +374,7 @@ def write_secret_files(root: Path, container_name: str, values: Mapping[str, str
         raise DeployError(f"--secrets-dir {root}: a path with a comma or a quote cannot be mounted")
     try:
         return _write_secret_files(root, container_name, values)
-    except OSError as exc:  # after the live version was stopped: a DeployError is rolled back
+    except OSError as exc:  # a DeployError, refused like every other deployment error
         raise DeployError(f"cannot write the secret files under {root} (--secrets-dir): {exc}") from exc
 
 
@@ -524,6 +524,9 @@ class Deployer:
         self.secret_files = None
         name_free = False  # the live version no longer holds cfg.container_name
         try:
+            # before the live version is touched: a secret that cannot be delivered (a bad name,
+            # an empty value, an unwritable --secrets-dir) is refused with nothing stopped
+            self.secret_files = write_secret_files(cfg.secrets_root, cfg.container_name, secrets_.files)
             # inside the try: an interruption (or a failed `docker stop`) after the live version
             # was renamed must bring it back, not leave it stopped under its -previous name
             self.set_previous_aside()
@@ -537,6 +540,8 @@ class Deployer:
             if name_free:  # else the container of that name may still be the live version
                 self.print_logs()
                 self.remove_new(remove_image=cfg.build and not image_existed)
+            elif self.secret_files is not None:  # written for a container that never started
+                self.secret_files.remove()
             self.restore_previous(self.set_aside)
             raise
         previous = self.set_aside
@@ -596,7 +601,7 @@ class Deployer:
             self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), cfg.backup_name)
 
     def start(self, secrets_: Secrets) -> None:
-        self.secret_files = write_secret_files(self.cfg.secrets_root, self.cfg.container_name, secrets_.files)
+        assert self.secret_files is not None  # written by deploy() before the live version was stopped
         plain = secrets_.environment
         with private_env_file(plain) if plain else nullcontext() as env_file:
             result = self.docker(*run_command(self.cfg, self.secret_files, env_file))

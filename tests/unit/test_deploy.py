@@ -995,10 +995,10 @@ def test_a_secret_set_under_both_of_its_names_reaches_the_container_once(
     assert settings.admin_password.get_secret_value() == "adm-pw"
 
 
-def test_secret_files_that_cannot_be_written_restore_the_previous_container(tmp_path: Path) -> None:
-    """The files are written after the live version was set aside and stopped: an OSError there
-    (--secrets-dir under a file, a full or read-only disk) left it stopped under its -previous
-    name, the service down, instead of being rolled back as a failed `docker run` is."""
+def test_secret_files_that_cannot_be_written_leave_the_live_container_untouched(tmp_path: Path) -> None:
+    """An OSError writing the files (--secrets-dir under a file, a full or read-only disk) once
+    escaped after the live version was set aside and stopped, leaving the service down under its
+    -previous name. The files are now written first: the live version is never stopped."""
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     engine = FakeEngine(containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
@@ -1008,3 +1008,19 @@ def test_secret_files_that_cannot_be_written_restore_the_previous_container(tmp_
     assert set(engine.containers) == {"movierec"}
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running"
+    assert not [call for call in engine.calls if call[0] in ("rename", "stop", "run")]
+
+
+def test_a_secret_the_service_would_refuse_is_refused_before_the_live_container_stops(tmp_path: Path) -> None:
+    """An empty ADMIN_PASSWORD fails the deployment with no outage: nothing is stopped, and the
+    secrets directory holds no files for a container that never started."""
+    engine = FakeEngine(containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
+    cfg = make_cfg(tmp_path)
+    deployer, _ = make_deployer(cfg, engine)
+    secrets = secrets_()
+    secrets.values["ADMIN_PASSWORD"] = ""
+    with pytest.raises(DeployError, match="ADMIN_PASSWORD is set but empty"):
+        deployer.deploy(secrets)
+    assert engine.containers["movierec"].status == "running"
+    assert not [call for call in engine.calls if call[0] in ("rename", "stop", "run")]
+    assert not list(cfg.secrets_root.glob("*/deploy-*"))
