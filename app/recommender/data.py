@@ -211,12 +211,33 @@ def _validate(
     _require(ratings_file, "movie_id", ratings["movie_id"], known_movie, f"must be a movie of {items_file}")
 
 
+def _first_fields(text: str, sep: str, skip: int) -> list[str]:
+    """The fields of the first data line (after ``skip`` header lines, blank lines passed over)."""
+    lines = [line for line in text.splitlines()[skip:] if line.strip()]
+    return lines[0].split(sep) if lines else []
+
+
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def read(name: str, sep: str, names: list[str], **options: Any) -> pd.DataFrame:
         text = _decode((directory / name).read_bytes())  # read once: the encoding and header from it
-        return _parse(
-            name, text, sep=sep, names=names, header=None, skiprows=_header_rows(text, sep), **options
+        skip = _header_rows(text, sep)
+        # More fields than names made pandas take the first column as the index and shift every
+        # field left: a trailing separator on each line (a common export) was refused as bad
+        # values of the wrong field, an extra column likewise. A trailing separator is harmless
+        # (its fields are empty); an extra column is refused as one.
+        fields = _first_fields(text, sep, skip)
+        if any(value.strip() for value in fields[len(names) :]):
+            raise DataFormatError(
+                f"{name}: {len(fields)} fields in the first line, expected {len(names)} ({', '.join(names)})"
+            )
+        extra = [f"_empty_{n}" for n in range(len(fields) - len(names))]
+        frame = _parse(
+            name, text, sep=sep, names=[*names, *extra], header=None, skiprows=skip, index_col=False, **options
         )
+        if extra:
+            empty = frame[extra].isna() | (frame[extra].astype(str).apply(lambda column: column.str.strip()) == "")
+            _require(name, "fields", frame[extra], empty.all(axis=1), f"must be {len(names)} per line")
+        return frame[names]
 
     ratings = read("u.data", "\t", RATING_COLUMNS)
     users = read("u.user", "|", USER_COLUMNS, dtype={"zip_code": str})
