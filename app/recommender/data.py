@@ -176,7 +176,7 @@ def _validate(
     the users and movies files; ratings are 0.5..5; timestamps are epoch seconds, not in the
     future; demographics are in the vocabulary the encoder and the service's columns accept.
     Across files, every rating names a listed user and a listed movie: the features dropped
-    the others silently and training failed on them much later.
+    the others silently and training failed on them much later. A user rates a movie id once.
     """
     ratings_file, users_file, items_file = files
     for file, frame in ((ratings_file, ratings), (users_file, users), (items_file, items)):
@@ -209,6 +209,11 @@ def _validate(
     _require(ratings_file, "user_id", ratings["user_id"], known_user, f"must be a user of {users_file}")
     known_movie = _numbers(ratings["movie_id"]).isin(_numbers(items["movie_id"]))
     _require(ratings_file, "movie_id", ratings["movie_id"], known_movie, f"must be a movie of {items_file}")
+    # One rating per (user, movie) id pair: two were averaged (with the twins' merge) into a
+    # rating nobody gave. Twins are two ids, so a user's ratings of both are still merged.
+    pairs = ratings[["user_id", "movie_id"]]
+    once = ~pairs.apply(_numbers).duplicated()
+    _require(ratings_file, "(user_id, movie_id)", pairs, once, "must be unique (one rating per user and movie)")
 
 
 def _first_fields(text: str, sep: str, skip: int) -> list[str]:

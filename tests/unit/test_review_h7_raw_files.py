@@ -1,4 +1,4 @@
-"""Raw ml-100k files a data engineer re-exported: extra fields per line."""
+"""Raw ml-100k files a data engineer re-exported: extra fields per line, a pair rated twice."""
 
 from __future__ import annotations
 
@@ -54,3 +54,12 @@ def test_an_extra_column_is_refused_as_one(tmp_path: Path, mutate: Callable[[Pat
     with pytest.raises(DataFormatError, match=message):
         load_directory(directory)
 
+
+def test_a_user_movie_pair_rated_twice_is_refused(tmp_path: Path) -> None:
+    """Two ratings of one movie by one user were averaged into a rating nobody gave (1 and 5 → 3)."""
+    directory = write_grouplens(tmp_path / "twice")
+    path = directory / "u.data"
+    user, movie, _rating, stamp = path.read_text().splitlines()[0].split("\t")
+    path.write_text(path.read_text() + f"{user}\t{movie}\t1\t{int(stamp) + 1}\n")
+    with pytest.raises(DataFormatError, match=r"u\.data: \(user_id, movie_id\) must be unique"):
+        load_directory(directory)
