@@ -107,8 +107,13 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
     if if_missing and (model_dir / LATEST / MANIFEST).is_file():
         click.echo(f"{(model_dir / LATEST).resolve()} (existing)")
         return
+    from app.recommender.data import DataUnavailableError
+
     names, seed_list = _models(models) or DEFAULT_CANDIDATES, _seeds(seeds)
-    dataset = load_movielens(data_dir)
+    try:
+        dataset = load_movielens(data_dir)
+    except DataUnavailableError as exc:  # refused or missing raw files: the reason, not a traceback
+        raise click.ClickException(str(exc)) from exc
     result = run_training(dataset, model_dir, names, seed_list)
     click.echo(summary_line(result), err=True)
     click.echo(str(result.path))

@@ -298,6 +298,11 @@ def features_build(data_dir: Path | None) -> None:
     from app.storage.db import Database
     from app.storage.user_features import replace_user_features
 
+    from sqlalchemy.exc import OperationalError
+
+    from app.recommender.data import DataUnavailableError
+    from app.storage.db import DatabaseUnavailableError
+
     settings = _settings(data_dir=data_dir)
     database = Database(settings.sqlalchemy_url)
     try:
@@ -305,6 +310,12 @@ def features_build(data_dir: Path | None) -> None:
         store = FeatureStore(features_root(settings))
         with store.staged_snapshot(ingested) as snapshot:  # published once the database serves it too
             loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
+    except DataUnavailableError as exc:  # refused raw files: file, field and rows, not a traceback
+        raise click.ClickException(str(exc)) from exc
+    except (OperationalError, DatabaseUnavailableError) as exc:
+        where = database.engine.url.render_as_string(hide_password=True)
+        detail = str(getattr(exc, "orig", None) or exc).strip()
+        raise click.ClickException(f"the service database cannot be reached ({where}): {detail}") from exc
     finally:
         database.dispose()
     counts = ", ".join(f"{n} {name}" for name, n in snapshot.counts.items())

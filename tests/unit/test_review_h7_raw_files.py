@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +65,45 @@ def test_a_user_movie_pair_rated_twice_is_refused(tmp_path: Path) -> None:
     path.write_text(path.read_text() + f"{user}\t{movie}\t1\t{int(stamp) + 1}\n")
     with pytest.raises(DataFormatError, match=r"u\.data: \(user_id, movie_id\) must be unique"):
         load_directory(directory)
+
+
+@pytest.mark.parametrize("problem", ["refused-data", "database-unreachable"])
+def test_features_build_reports_a_refused_data_set_or_database_as_an_error_not_a_traceback(
+    make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
+) -> None:
+    """`movierec features build` printed a 40-line traceback for a DataFormatError (a rating of 9)
+    or a database it could not reach; now one `Error:` line naming the problem, exit status 1."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+
+    overrides: dict[str, Any] = {"features_root": str(tmp_path / "features")}
+    if problem == "refused-data":
+        directory = write_grouplens(tmp_path / "bad")
+        (directory / "u.data").write_text((directory / "u.data").read_text() + "1\t3\t9\t880000000\n")
+        overrides["data_dir"] = directory
+        expected = r"Error: u\.data: rating must be 0\.5\.\.5\.0"
+    else:
+        overrides["database_url"] = "postgresql+psycopg://movierec:secret-pw@127.0.0.1:1/none"  # nothing listens
+        expected = r"Error: the service database cannot be reached"
+    monkeypatch.setattr(commands, "_settings", lambda **_: make_settings(**overrides))
+    result = CliRunner().invoke(cli, ["features", "build"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert re.search(expected, result.output), result.output
+    assert "secret-pw" not in result.output
+    assert not (tmp_path / "features" / "LATEST").exists()
+
+
+def test_train_reports_a_refused_data_set_as_an_error_not_a_traceback(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    directory = write_grouplens(tmp_path / "bad")
+    (directory / "u.data").write_text((directory / "u.data").read_text() + "1\t3\t9\t880000000\n")
+    command = ["train", "--data-dir", str(directory), "--model-dir", str(tmp_path / "model"), "--seeds", "0"]
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Error: u.data: rating must be 0.5..5.0" in result.output
