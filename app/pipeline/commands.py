@@ -271,7 +271,7 @@ def sql(query: str, root: str | None, fmt: str) -> None:
     store = FeatureStore(root or features_root(_settings()))
     try:
         frame = store.sql(query)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     except duckdb.Error as exc:
         raise click.ClickException(f"SQL error: {exc}") from exc

@@ -286,7 +286,10 @@ class FeatureStore:
         """Run one SQL statement over the features and return the result."""
         connection = self.connect()
         try:
-            return connection.execute(query).df()
+            result = connection.execute(query)
+            if result is None:  # DuckDB's answer to no statement at all ("", a comment, ";")
+                raise ValueError("no SQL statement to run")
+            return result.df()
         finally:
             connection.close()
 

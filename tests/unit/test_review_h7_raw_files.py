@@ -107,3 +107,22 @@ def test_train_reports_a_refused_data_set_as_an_error_not_a_traceback(tmp_path: 
     result = CliRunner().invoke(cli, command)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert "Error: u.data: rating must be 0.5..5.0" in result.output
+
+
+@pytest.mark.parametrize("query", ["", "   ", "/* the users */", ";"])
+def test_sql_without_a_statement_is_an_error_line(
+    synthetic_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    """`movierec sql ""` (an empty variable in a script, a query commented out) was an
+    AttributeError traceback: DuckDB returns no result at all for no statement."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+    from app.pipeline.features_store import FeatureStore
+    from app.pipeline.ingest import Ingested
+
+    root = tmp_path / "features"
+    FeatureStore(root).write_snapshot(Ingested(synthetic_data))
+    result = CliRunner().invoke(cli, ["sql", "--root", str(root), query])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Error: no SQL statement to run" in result.output
