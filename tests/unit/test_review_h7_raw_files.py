@@ -126,3 +126,24 @@ def test_sql_without_a_statement_is_an_error_line(
     result = CliRunner().invoke(cli, ["sql", "--root", str(root), query])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert "Error: no SQL statement to run" in result.output
+
+
+def test_sql_json_keeps_every_digit_of_a_feature(synthetic_data: Any, tmp_path: Path) -> None:
+    """`--format json` wrote 10 decimals (pandas' default): a mean rating of 3.5955882352941178
+    came out as 3.5955882353, unequal to the features API's and the CSV's value."""
+    import json
+
+    from click.testing import CliRunner
+
+    from app.cli import cli
+    from app.pipeline.features_store import FeatureStore
+    from app.pipeline.ingest import Ingested
+
+    root = tmp_path / "features"
+    store = FeatureStore(root)
+    store.write_snapshot(Ingested(synthetic_data))
+    query = "select user_id, mean_rating, std_rating, share_action * 1e-12 as tiny from users order by 1"
+    result = CliRunner().invoke(cli, ["sql", "--root", str(root), "--format", "json", query])
+    assert result.exit_code == 0, result.output
+    expected = store.sql(query).to_dict("records")
+    assert json.loads(result.output) == expected
