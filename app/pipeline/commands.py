@@ -315,16 +315,14 @@ def features() -> None:
 @_DATA_DIR
 def features_build(data_dir: Path | None) -> None:
     """Ingest raw data + feedback, write a features snapshot, load user features into the DB."""
+    from sqlalchemy.exc import OperationalError
+
     from app.pipeline.features_store import FeatureStore
     from app.pipeline.ingest import ingest
     from app.pipeline.runner import features_root
-    from app.storage.db import Database
-    from app.storage.user_features import replace_user_features
-
-    from sqlalchemy.exc import OperationalError
-
     from app.recommender.data import DataUnavailableError
-    from app.storage.db import DatabaseUnavailableError
+    from app.storage.db import Database, DatabaseUnavailableError
+    from app.storage.user_features import replace_user_features
 
     settings = _settings(data_dir=data_dir)
     database = Database(settings.sqlalchemy_url)

@@ -213,7 +213,9 @@ def _validate(
     # rating nobody gave. Twins are two ids, so a user's ratings of both are still merged.
     pairs = ratings[["user_id", "movie_id"]]
     once = ~pairs.apply(_numbers).duplicated()
-    _require(ratings_file, "(user_id, movie_id)", pairs, once, "must be unique (one rating per user and movie)")
+    _require(
+        ratings_file, "(user_id, movie_id)", pairs, once, "must be unique (one rating per user and movie)"
+    )
 
 
 def _first_fields(text: str, sep: str, skip: int) -> list[str]:
@@ -237,10 +239,19 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
             )
         extra = [f"_empty_{n}" for n in range(len(fields) - len(names))]
         frame = _parse(
-            name, text, sep=sep, names=[*names, *extra], header=None, skiprows=skip, index_col=False, **options
+            name,
+            text,
+            sep=sep,
+            names=[*names, *extra],
+            header=None,
+            skiprows=skip,
+            index_col=False,
+            **options,
         )
         if extra:
-            empty = frame[extra].isna() | (frame[extra].astype(str).apply(lambda column: column.str.strip()) == "")
+            empty = frame[extra].isna() | (
+                frame[extra].astype(str).apply(lambda column: column.str.strip()) == ""
+            )
             _require(name, "fields", frame[extra], empty.all(axis=1), f"must be {len(names)} per line")
         return frame[names]
 
