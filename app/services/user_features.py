@@ -97,6 +97,13 @@ class UserFeatureService:
             }
             return UserProfile(answer, frozenset(int(m) for m in row.rated_movies or ()))
         if stored:
+            from app.pipeline.ingest import FEEDBACK_USER_BASE
+
+            if user_id > FEEDBACK_USER_BASE:  # in the snapshot's users table, never loaded for the API
+                raise NotFound(
+                    f"no features for user {user_id}: ids above {FEEDBACK_USER_BASE} are feedback users, "
+                    "whose features are kept in the features store (`movierec sql`), not served by this API"
+                )
             raise NotFound(f"no features for user {user_id} in the latest feature snapshot")
         computed = self._computed_table().get(user_id)
         if computed is None:
