@@ -184,7 +184,7 @@ class Notification:
                 "not listed; see the journal."
             )
             lines.append("")
-        lines.append("What each alert means and what to do: docs/operations.md (section 'Alerts').")
+        lines.append("What each alert means and what to do: docs/operations.md (section 'Alert catalogue').")
         return "\n".join(lines) + "\n"
 
 
