@@ -470,12 +470,25 @@ class Alerter:
         self._thread.start()
 
     def close(self) -> list[Notification]:
-        """Stop the ticker and send everything still pending (one attempt each)."""
+        """Stop the ticker and send everything still pending (one attempt each).
+
+        What that attempt could not deliver (an SMTP server down at shutdown) stays queued, so
+        :meth:`oldest_undelivered` still names it (a monitor with ``--cursor-file`` resumes
+        before its entry), and one line says it was not sent: the failures' ``will_retry``
+        meant a retry this process will no longer make."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        return self.flush()
+        sent = self.flush()
+        with self._lock:
+            left = [r.notification.kind for r in self._retries]
+        if left:
+            log.error(
+                "alerts not delivered before stopping",
+                extra={"undelivered": len(left), "kinds": sorted(set(left))},
+            )
+        return sent
 
     def __enter__(self) -> Alerter:
         return self
