@@ -22,6 +22,7 @@ import getpass
 import logging
 import os
 import re
+import shutil
 import signal
 import ssl
 import sys
@@ -365,6 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.group_wait < 0 or args.window < 0:
             raise ConfigError("--group-wait and --window must be >= 0")
+        if shutil.which(args.journalctl) is None:
+            # else the follower retries starting it for ever: alive to systemd, watching nothing
+            raise ConfigError(
+                f"journalctl not found ({args.journalctl}): install systemd's journalctl on this host, "
+                "or give its path with --journalctl"
+            )
         cursor_file = CursorFile(args.cursor_file) if args.cursor_file else None
         since_cursor = cursor_file.load() if cursor_file is not None else None
         password = resolve_password(args)

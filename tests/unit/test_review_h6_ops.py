@@ -43,3 +43,25 @@ def test_stopping_with_the_smtp_server_down_says_the_alerts_were_not_delivered(
     assert sorted(record.kinds) == ["log.error", "log.warning"]
     # still counted as undelivered, so a monitor with --cursor-file resumes before their entries
     assert alerter.oldest_undelivered() == 1
+
+
+def test_a_journalctl_that_cannot_be_found_is_a_configuration_error_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it used to log in to SMTP, then retry starting the missing program for ever (backoff to
+    # 30 s): a monitor that looks alive to systemd, watches nothing and never emails about it
+    import threading
+
+    from app.monitoring.monitor import EXIT_CONFIG, main
+    from tests.helpers import free_port
+
+    result: list[int] = []
+    argv = ["movierec", "127.0.0.1", "ops@example.com", "--no-auth", "--smtp-port", str(free_port()),
+            "--journalctl", str(tmp_path / "no-such-journalctl")]  # fmt: skip
+    worker = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert result == [EXIT_CONFIG], "the monitor did not exit with status 2 within 5 s"
+    err = capsys.readouterr().err
+    assert f"monitor-docker: error: journalctl not found ({tmp_path / 'no-such-journalctl'})" in err
+    assert "--journalctl" in err and "Traceback" not in err
