@@ -35,7 +35,7 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 import joblib
@@ -580,11 +580,37 @@ def _files_only(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
     return tarfile.data_filter(member, path)
 
 
+def _extract_files_only(archive: tarfile.TarFile, target: Path) -> None:
+    """What :func:`_files_only` extracts, where tarfile has no extraction filters (Python before
+    3.11.4: Debian bookworm's python3 is 3.11.2). Only files and directories are created, so no
+    link inside ``target`` can lead a later member out of it; a member whose name leaves
+    ``target`` (absolute, or through ``..``) fails the whole extraction."""
+    for member in archive.getmembers():
+        if not (member.isfile() or member.isdir()):
+            continue
+        name = PurePosixPath(member.name)
+        if name.is_absolute() or ".." in name.parts:
+            raise tarfile.TarError(f"member {member.name!r} would be extracted outside its directory")
+        dest = target.joinpath(*name.parts)
+        if member.isdir():
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        source = archive.extractfile(member)
+        if source is None:  # pragma: no cover - a regular file always has a body
+            continue
+        with source, dest.open("wb") as out:
+            shutil.copyfileobj(source, out)
+
+
 def _extract(path: Path, target: Path) -> Path:
     try:
         with tarfile.open(path, "r:gz") as archive:
-            # files and directories only, then tarfile's data filter (_files_only)
-            archive.extractall(target, filter=_files_only)  # noqa: S202  # nosec B202
+            if hasattr(tarfile, "data_filter"):
+                # files and directories only, then tarfile's data filter (_files_only)
+                archive.extractall(target, filter=_files_only)  # noqa: S202  # nosec B202
+            else:  # extractall(filter=...) is a TypeError there
+                _extract_files_only(archive, target)
     except (tarfile.TarError, OSError, EOFError) as exc:
         _remove_tree(target)
         raise BundleError(f"{path} is not a readable .tar.gz: {exc}") from exc

@@ -65,3 +65,82 @@ def test_a_journalctl_that_cannot_be_found_is_a_configuration_error_at_start(
     err = capsys.readouterr().err
     assert f"monitor-docker: error: journalctl not found ({tmp_path / 'no-such-journalctl'})" in err
     assert "--journalctl" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def python_3_11_2_tarfile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tarfile as Debian bookworm's python3 (3.11.2, the debootstrap base image) has it: no
+    extraction filters (they came in 3.11.4), so ``extractall(filter=...)`` is a TypeError."""
+    import tarfile
+
+    original = tarfile.TarFile.extractall
+
+    def extractall(self, path=".", members=None, *, numeric_owner=False, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs:
+            raise TypeError(f"TarFile.extractall() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        return original(self, path, members, numeric_owner=numeric_owner)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall)
+    monkeypatch.delattr(tarfile, "data_filter")
+
+
+def test_a_tar_gz_bundle_loads_on_a_python_without_tarfile_filters(
+    python_3_11_2_tarfile: None, model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # deploy-docker.py movierec 1 bundle.tar.gz ... --base-image <Debian bookworm> failed its
+    # image build with "TypeError: TarFile.extractall() got an unexpected keyword argument 'filter'"
+    import tarfile
+    import tempfile
+
+    from app.recommender.bundle import load_bundle
+
+    bundle_dir = (model_store / "latest").resolve()
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle_dir, arcname=bundle_dir.name)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert load_bundle(archive).version == load_bundle(bundle_dir).version
+
+
+@pytest.mark.parametrize("evil", ["../outside.txt", "/tmp/absolute.txt", "bundle/../../outside.txt"])
+def test_without_tarfile_filters_members_outside_the_archive_are_refused(
+    python_3_11_2_tarfile: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, evil: str
+) -> None:
+    import io
+    import tarfile
+    import tempfile
+
+    from app.recommender.bundle import BundleError, load_bundle
+
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"pwned"
+        info = tarfile.TarInfo(evil)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    scratch = tmp_path / "tmp" / "a" / "b"
+    scratch.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with pytest.raises(BundleError, match="outside"):
+        load_bundle(archive)
+    assert not list(tmp_path.rglob("outside.txt")) and not Path("/tmp/absolute.txt").exists()
+
+
+def test_without_tarfile_filters_links_are_left_out(
+    python_3_11_2_tarfile: None, model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tarfile
+    import tempfile
+
+    from app.recommender.bundle import load_bundle
+
+    bundle_dir = (model_store / "latest").resolve()
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle_dir, arcname="b")
+        link = tarfile.TarInfo("b/escape")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+        tar.addfile(link)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    loaded = load_bundle(archive)
+    assert not (loaded.path / "escape").exists() and not (loaded.path / "escape").is_symlink()
