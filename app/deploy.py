@@ -17,6 +17,13 @@ The seed's interface is kept (``IMAGE_NAME IMAGE_VERSION MODEL_FILE TEST_DATA_FI
 * the container runs with ``--restart on-failure:5``, a 30 s stop timeout (time for uwsgi's
   graceful stop) and the journald log driver (or json-file with rotation), and the script
   waits for Docker's health check to pass;
+* the service's state outlives its container: the SQLite database and the feedback journal are
+  named volumes (``<container>-db``, ``<container>-journal``, labelled
+  ``org.movierec.container=<container>``) that each new version mounts again. Between the
+  graceful stop of the live version and the start of the new one, the database is copied
+  aside in its volume (SQLite's backup, in a one-off container of the new image): a new
+  version may migrate the schema, which the previous one refuses to start on, so a rollback
+  puts that snapshot back first; a successful deployment removes it.
 * on any failure it prints the errors found in the new container's log (the cause of a failed
   start can be a hundred lines back: with two workers, the second one's interrupted import
   and the restarted container's banner follow it) and its last log lines, removes what it created (the
@@ -35,6 +42,7 @@ without a Docker engine, and the e2e tier runs the same code against a real one.
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import json
 import os
@@ -49,9 +57,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import closing, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SECRET_VARIABLES
@@ -76,6 +84,16 @@ IMAGE_GID = 10001
 files, so the container reads them with its own group and gets no other."""
 SECRETS_PREFIX = "deploy-"
 _CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Docker's rule: also a safe directory name
+DATABASE_FILE = "/var/lib/movierec/db/movierec.db"
+"""The image's SQLite database (Dockerfile: ``MOVIEREC_DATABASE_URL``)."""
+STATE_VOLUMES = (("db", str(PurePosixPath(DATABASE_FILE).parent)), ("journal", "/var/lib/movierec/journal"))
+"""The service's state, each directory a named volume ``<container>-<suffix>``: the database and
+the feedback journal (``MOVIEREC_FEEDBACK_JOURNAL_DIR``). Not all of /var/lib/movierec: the
+models there come with each new image. An empty volume is filled from the image's directory,
+owner (the image's ``movierec`` user) included, when it is first mounted."""
+VOLUME_LABEL = "org.movierec.container"
+SNAPSHOT_SUFFIX = ".pre-deploy"
+"""The database's snapshot, beside it in its volume, while a new version starts."""
 PASSTHROUGH_SECRETS = ("MOVIEREC_ADMIN_PASSWORD", "ADMIN_PASSWORD")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -218,6 +236,16 @@ class DeployConfig:
     @property
     def backup_name(self) -> str:
         return f"{self.container_name}-previous"
+
+    @property
+    def volumes(self) -> list[tuple[str, str]]:
+        """(volume name, mount point) of each state directory: named after the container, so a
+        redeployment under the same name mounts the same ones."""
+        return [(f"{self.container_name}-{suffix}", target) for suffix, target in STATE_VOLUMES]
+
+    @property
+    def database_volume(self) -> str:
+        return self.volumes[0][0]
 
 
 def default_secrets_root(environ: Mapping[str, str]) -> Path:
@@ -441,6 +469,7 @@ def run_command(cfg: DeployConfig, secret_files: SecretFiles, env_file: Path | N
         "--stop-timeout", str(STOP_TIMEOUT_SECONDS),
         "--publish", publish_spec(cfg.port_mapping),
         *secret_files.run_args(),
+        *volume_args(cfg.volumes),
         *(["--env-file", str(env_file)] if env_file is not None else []),
         "--label", f"org.movierec.deployed-by=deploy-docker.py {cfg.image_ref}",
     ]  # fmt: skip
@@ -450,6 +479,23 @@ def run_command(cfg: DeployConfig, secret_files: SecretFiles, env_file: Path | N
         args += ["--log-driver", "journald"]
     args += ["--log-opt", f"tag={cfg.log_tag or cfg.container_name}"]
     return [*args, cfg.image_ref]
+
+
+def volume_args(volumes: Sequence[tuple[str, str]]) -> list[str]:
+    return [
+        arg for name, target in volumes for arg in ("--mount", f"type=volume,source={name},target={target}")
+    ]
+
+
+def database_command(cfg: DeployConfig, action: str) -> list[str]:
+    """A one-off container of the new image, the database volume alone mounted, no network,
+    running ``python -m app.deploy database ACTION`` (:func:`database_main`) as the image's user,
+    who owns the files."""
+    volume = cfg.volumes[:1]
+    return [
+        "run", "--rm", "--network", "none", *volume_args(volume),
+        cfg.image_ref, "python", "-m", "app.deploy", "database", action, DATABASE_FILE,
+    ]  # fmt: skip
 
 
 def log_hint(cfg: DeployConfig) -> str:
@@ -508,6 +554,7 @@ class Deployer:
     set_aside: ContainerState | None = None  # the live version, once renamed to backup_name
     stop_issued: bool = False  # `docker stop` of the set-aside version was sent (it may still run)
     secret_files: SecretFiles | None = None  # the new container's, once written
+    snapshot_taken: bool = False  # the database's snapshot is in its volume, to restore on rollback
 
     def say(self, message: str) -> None:
         print(f"[deploy] {message}", file=self.out, flush=True)
@@ -522,15 +569,18 @@ class Deployer:
         self.set_aside = None
         self.stop_issued = False
         self.secret_files = None
+        self.snapshot_taken = False
         name_free = False  # the live version no longer holds cfg.container_name
         try:
             # before the live version is touched: a secret that cannot be delivered (a bad name,
             # an empty value, an unwritable --secrets-dir) is refused with nothing stopped
             self.secret_files = write_secret_files(cfg.secrets_root, cfg.container_name, secrets_.files)
+            self.create_volumes()
             # inside the try: an interruption (or a failed `docker stop`) after the live version
             # was renamed must bring it back, not leave it stopped under its -previous name
             self.set_previous_aside()
             name_free = True
+            self.snapshot_database()  # nothing writes to it now: the live version is stopped
             self.start(secrets_)
             self.wait_healthy()
         except (DeployError, KeyboardInterrupt) as exc:
@@ -548,6 +598,7 @@ class Deployer:
         if previous is not None:
             self.docker("rm", "--force", cfg.backup_name)
             self.say(f"removed the previous container ({previous.image})")
+        self.discard_snapshot()
         if self.secret_files is not None:
             self.secret_files.remove_others()
             self.say(f"its secrets are files in {self.secret_files.directory} (read-only at {SECRETS_MOUNT})")
@@ -600,6 +651,63 @@ class Deployer:
             self.stop_issued = True
             self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), cfg.backup_name)
 
+    def create_volumes(self) -> None:
+        """The state volumes, labelled as this deployment's (``docker run`` would create them
+        unlabelled); those of an earlier deployment are kept as they are."""
+        for name, target in self.cfg.volumes:
+            if self.docker("volume", "inspect", "--format", "{{.Name}}", name).returncode == 0:
+                continue
+            self._checked(
+                "volume", "create",
+                "--label", f"{VOLUME_LABEL}={self.cfg.container_name}",
+                "--label", f"org.movierec.mount-point={target}",
+                name,
+            )  # fmt: skip
+            self.say(f"created volume {name} for {target}")
+
+    def snapshot_database(self) -> None:
+        """Copy the database aside in its volume before the new version may migrate its schema: a
+        rollback puts it back (:meth:`restore_snapshot`), so the previous version finds the
+        revision it knows. Failing, nothing was started: the deployment is rolled back."""
+        result = self.docker(*database_command(self.cfg, "snapshot"))
+        if result.returncode != 0:
+            raise DeployError(
+                f"the snapshot of the database in volume {self.cfg.database_volume} failed: "
+                f"{result.stderr.strip()}"
+            )
+        self.snapshot_taken = result.stdout.startswith("saved")
+        if self.snapshot_taken:
+            self.say(
+                f"took a snapshot of the database ({DATABASE_FILE}{SNAPSHOT_SUFFIX} "
+                f"in volume {self.cfg.database_volume})"
+            )
+
+    def restore_snapshot(self) -> None:
+        """The database as the previous version left it, whatever the new one did to it. The new
+        container is removed by now (it wrote nothing after) and its image is still there."""
+        if not self.snapshot_taken:
+            return
+        result = self.docker(*database_command(self.cfg, "restore"))
+        if result.returncode != 0:
+            command = " ".join(database_command(self.cfg, "restore"))
+            self.say(
+                f"could not restore the database snapshot: {result.stderr.strip()}; it is kept "
+                f"({DATABASE_FILE}{SNAPSHOT_SUFFIX} in volume {self.cfg.database_volume}), and so is "
+                f"{self.cfg.image_ref}: stop {self.cfg.container_name} and run: docker {command}"
+            )
+            return
+        self.snapshot_taken = False
+        self.say("restored the database snapshot taken before the new version started")
+
+    def discard_snapshot(self) -> None:
+        if not self.snapshot_taken:
+            return
+        result = self.docker(*database_command(self.cfg, "discard"))
+        if result.returncode != 0:
+            self.say(f"warning: could not remove the database snapshot: {result.stderr.strip()}")
+            return
+        self.snapshot_taken = False
+
     def start(self, secrets_: Secrets) -> None:
         assert self.secret_files is not None  # written by deploy() before the live version was stopped
         plain = secrets_.environment
@@ -649,7 +757,8 @@ class Deployer:
         self.docker("rm", "--force", self.cfg.container_name)
         if self.secret_files is not None:
             self.secret_files.remove()
-        if remove_image:
+        self.restore_snapshot()  # in the new image, before it goes; kept if the restore failed
+        if remove_image and not self.snapshot_taken:
             self.docker("rmi", self.cfg.image_ref)
             self.say(f"removed the new container and image {self.cfg.image_ref}")
         else:
@@ -825,6 +934,76 @@ def install_model_main(argv: Sequence[str]) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- database snapshot
+
+
+def snapshot_path(database: Path) -> Path:
+    return database.with_name(database.name + SNAPSHOT_SUFFIX)
+
+
+def snapshot_database(database: Path) -> bool:
+    """Copy ``database`` to its snapshot with SQLite's backup API, which includes what is
+    committed but still in the WAL (a version that was killed, not stopped). False, and no
+    snapshot, when there is no database yet."""
+    import sqlite3
+
+    target = snapshot_path(database)
+    if not database.is_file():
+        target.unlink(missing_ok=True)  # not this database's
+        return False
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(partial)) as copy:
+            source.backup(copy)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return True
+
+
+def restore_database(database: Path) -> None:
+    """Put the snapshot back as ``database``. The WAL and shared memory a newer version left
+    (it was removed with ``docker rm --force``) go first: SQLite would replay that WAL on top."""
+    snapshot = snapshot_path(database)
+    if not snapshot.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no snapshot to restore", str(snapshot))
+    partial = database.with_name(database.name + ".restoring")
+    shutil.copyfile(snapshot, partial)
+    for suffix in ("-wal", "-shm", "-journal"):
+        database.with_name(database.name + suffix).unlink(missing_ok=True)
+    os.replace(partial, database)
+    snapshot.unlink()
+
+
+def database_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.deploy database",
+        description="The database snapshot of a deployment: deploy-docker.py runs this in a one-off "
+        "container of the new image, with the database volume mounted.",
+    )
+    parser.add_argument("action", choices=("snapshot", "restore", "discard"))
+    parser.add_argument("database", type=Path)
+    args = parser.parse_args(argv)
+    import sqlite3
+
+    database: Path = args.database
+    try:
+        if args.action == "snapshot":
+            taken = snapshot_database(database)
+            print(f"saved {snapshot_path(database)}" if taken else f"no database at {database}")
+        elif args.action == "restore":
+            restore_database(database)
+            print(f"restored {database}")
+        else:
+            snapshot_path(database).unlink(missing_ok=True)
+            print(f"removed {snapshot_path(database)}")
+    except (OSError, sqlite3.Error) as exc:
+        print(f"database {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -922,4 +1101,6 @@ if __name__ == "__main__":
         sys.exit(install_model_main(sys.argv[2:]))
     if sys.argv[1:2] == ["smoke"]:
         sys.exit(smoke_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["database"]:
+        sys.exit(database_main(sys.argv[2:]))
     sys.exit(main())

@@ -6,6 +6,9 @@
 * a regressed model (its test data expects more than it scores) fails the build for that
   reason, and the running version keeps serving;
 * a new version that cannot start (weak JWT secret) is rolled back to the running one;
+* the database and the feedback journal are named volumes: a score given to one version is
+  in the database of the next, and a new version that changed the database and failed is
+  rolled back onto the snapshot taken before it started;
 * docker-compose.yml validates, and its bootstrap, api and scheduler services run from our
   images (SQLite: no Docker Hub here), train a model on ml-100k and serve it.
 
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from app.deploy import DeployError, smoke_test
+from app.deploy import DATABASE_FILE, SNAPSHOT_SUFFIX, DeployError, smoke_test
 from tests.e2e.dockerenv import (
     BASE_IMAGE,
     REPO,
@@ -148,7 +151,8 @@ def deployed(docker: DockerEnv, journald: object, model_store: Path, run_id: str
         yield Deployment(container, f"v1-{run_id}", port, output)
     finally:
         docker("rm", "--force", container, f"{container}-previous", check=False)
-        for tag in (f"v1-{run_id}", f"regressed-{run_id}"):
+        docker("volume", "rm", f"{container}-db", f"{container}-journal", check=False)
+        for tag in (f"v1-{run_id}", f"regressed-{run_id}", f"v2-{run_id}", f"breaks-the-db-{run_id}"):
             docker("rmi", f"{IMAGE}:{tag}", check=False)
         shutil.rmtree(STATE_HOME, ignore_errors=True)
 
@@ -296,6 +300,89 @@ def test_a_version_that_cannot_start_is_rolled_back(docker: DockerEnv, deployed:
         assert time.monotonic() < deadline, "the restored container did not become healthy"
         time.sleep(1)
     assert docker("ps", "-a", "--filter", f"name={deployed.container}-previous", "-q").stdout.strip() == ""
+    assert smoke_test(deployed.url, PASSWORD).recommendations
+
+
+def _query(docker: DockerEnv, container: str, sql: str, *params: str) -> list[list[object]]:
+    """Rows of the container's SQLite database, read in the container (its user owns the file)."""
+    script = (
+        "import json, sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+        "print(json.dumps(db.execute(sys.argv[2], sys.argv[3:]).fetchall()))"
+    )
+    out = docker("exec", container, "python", "-c", script, DATABASE_FILE, sql, *params).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def _db_files(docker: DockerEnv, container: str) -> list[str]:
+    return docker("exec", container, "ls", "/var/lib/movierec/db").stdout.split()
+
+
+def test_a_redeployment_keeps_the_scores_in_the_state_volumes(
+    docker: DockerEnv, deployed: Deployment, run_id: str
+) -> None:
+    """Another version is deployed in place of the first: it mounts the same named volumes (which
+    its unprivileged user can write), and the score given to the first version is in its database."""
+    scored = smoke_test(deployed.url, PASSWORD)  # scores the first title 5.0
+    docker("tag", f"{IMAGE}:{deployed.version}", f"{IMAGE}:v2-{run_id}")
+    rc, output = run_deploy(
+        docker, IMAGE, f"v2-{run_id}", "unused", "unused", "--no-build",
+        "--container-name", deployed.container, "--port-mapping", f"127.0.0.1:{deployed.port}",
+    )  # fmt: skip
+    assert rc == 0, output[-3000:]
+    assert "took a snapshot of the database" in output
+    info = inspect(docker, deployed.container)
+    assert info["Config"]["Image"] == f"{IMAGE}:v2-{run_id}"  # type: ignore[index]
+    mounts = {m["Destination"]: m for m in info["Mounts"]}  # type: ignore[attr-defined]
+    for suffix, target in (("db", "/var/lib/movierec/db"), ("journal", "/var/lib/movierec/journal")):
+        assert mounts[target]["Type"] == "volume" and mounts[target]["Name"] == f"{deployed.container}-{suffix}"
+        volume = inspect(docker, f"{deployed.container}-{suffix}", "volume")
+        assert volume["Labels"]["org.movierec.container"] == deployed.container  # type: ignore[index]
+        # a fresh volume took the image directory's owner and mode: the service's user writes it
+        owner = docker("exec", deployed.container, "stat", "-c", "%u:%g %a", target).stdout.strip()
+        assert owner == "10001:10001 750"
+    assert "/var/lib/movierec/models" not in mounts and "/var/lib/movierec" not in mounts
+    rows = _query(docker, deployed.container, "SELECT movie_id, score FROM feedback WHERE request_id = ?",
+                  scored.request_id)  # fmt: skip
+    assert [score for _, score in rows] == [5.0]
+    assert "movierec.db" + SNAPSHOT_SUFFIX not in _db_files(docker, deployed.container)  # dropped on success
+    assert smoke_test(deployed.url, PASSWORD).recommendations
+
+
+def test_a_new_version_that_changed_the_database_and_failed_is_rolled_back_onto_the_snapshot(
+    docker: DockerEnv, deployed: Deployment, run_id: str
+) -> None:
+    """The new version writes to the database (as a migration would) and then cannot start: the
+    running version comes back on the database as it was before, scores included."""
+    scored = smoke_test(deployed.url, PASSWORD)
+    running = inspect(docker, deployed.container)["Config"]["Image"]  # type: ignore[index]
+    breaks = f"{IMAGE}:breaks-the-db-{run_id}"
+    migrate_and_fail = (
+        f"import sqlite3; db = sqlite3.connect({DATABASE_FILE!r}); "
+        "db.execute('CREATE TABLE from_the_failed_version (x)'); db.commit(); raise SystemExit(1)"
+    )
+    dockerfile = f"FROM {running}\nCMD {json.dumps(['python', '-c', migrate_and_fail])}\n"
+    built = subprocess.run(
+        [docker.cli, "build", "--tag", breaks, "-"], input=dockerfile, capture_output=True, text=True,
+        env=docker.env, timeout=300, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    rc, output = run_deploy(
+        docker, IMAGE, f"breaks-the-db-{run_id}", "unused", "unused", "--no-build", "--health-timeout", "120",
+        "--container-name", deployed.container, "--port-mapping", f"127.0.0.1:{deployed.port}",
+    )  # fmt: skip
+    assert rc != 0
+    assert "took a snapshot of the database" in output
+    assert "restored the database snapshot" in output
+    assert "is running again" in output
+    _wait_healthy(docker, deployed.container)
+    assert inspect(docker, deployed.container)["Config"]["Image"] == running  # type: ignore[index]
+    tables = _query(docker, deployed.container, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    assert ["from_the_failed_version"] not in tables  # the failed version's change is undone
+    assert ["feedback"] in tables
+    # the score given just before is there: the stopped version shipped its journal before the snapshot
+    rows = _query(docker, deployed.container, "SELECT score FROM feedback WHERE request_id = ?", scored.request_id)
+    assert rows == [[5.0]]
+    assert "movierec.db" + SNAPSHOT_SUFFIX not in _db_files(docker, deployed.container)
     assert smoke_test(deployed.url, PASSWORD).recommendations
 
 

@@ -1,9 +1,10 @@
 """deploy-docker.py's logic without a Docker engine: commands, secrets and failure handling.
 
 The Docker CLI is replaced by a small in-memory engine that understands exactly the calls
-app.deploy makes (inspect, build, run, rename, stop, start, rm, rmi, logs) and keeps the
-state they imply, so the tests check what the deployer *does* to containers, not only which
-strings it prints. tests/e2e runs the same code against a real engine.
+app.deploy makes (inspect, build, run, rename, stop, start, rm, rmi, logs, volume) and keeps
+the state they imply (a one-off ``run --rm`` of the database snapshot runs our own code on a
+volume's files, with a real SQLite), so the tests check what the deployer *does* to containers,
+not only which strings it prints. tests/e2e runs the same code against a real engine.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import tarfile
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +32,11 @@ import pytest
 from app import deploy
 from app.deploy import (
     CONTAINER_PORT,
+    DATABASE_FILE,
     IMAGE_GID,
     SECRETS_MOUNT,
+    SNAPSHOT_SUFFIX,
+    STATE_VOLUMES,
     ContainerState,
     DeployConfig,
     Deployer,
@@ -42,7 +50,9 @@ from app.deploy import (
     private_env_file,
     publish_spec,
     resolve_secrets,
+    restore_database,
     run_command,
+    snapshot_database,
     staged_in_context,
     write_secret_files,
 )
@@ -65,6 +75,7 @@ class FakeContainer:
     env: dict[str, str] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)  # path in the container -> content
+    volumes: dict[str, str] = field(default_factory=dict)  # mount point -> volume name
 
     def secret(self, name: str) -> str:
         """What the app reads for ``name``: the file ``$<name>_FILE`` names, minus one newline."""
@@ -111,6 +122,12 @@ class FakeEngine:
     new_container: FakeContainer | None = None
     # a new container's stderr: a failed start as uwsgi writes it with two workers
     log: list[str] = field(default_factory=lambda: FAILED_START_LOG.splitlines())
+    # named volumes: name -> {file name: content}, and their labels
+    volumes: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    volume_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    failing_commands: set[str] = field(default_factory=set)  # one-off `database` actions that fail
+    # what the service does to its volumes when it starts (a migration, say)
+    on_start: Callable[[FakeEngine], None] | None = None
 
     def __call__(
         self, argv: Sequence[str], capture: bool, stdin: str | None
@@ -146,6 +163,13 @@ class FakeEngine:
         return 0, f"{json.dumps(state)}\t{c.restarts}\t{c.image}\n", ""
 
     def do_run(self, args: list[str]) -> tuple[int, str, str]:
+        mounts = [dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args[i + 1].split(","))
+                  for i, a in enumerate(args) if a == "--mount"]  # fmt: skip
+        volumes = {m["target"]: m["source"] for m in mounts if m["type"] == "volume"}
+        for name in volumes.values():  # `docker run` creates a missing named volume, empty
+            self.volumes.setdefault(name, {})
+        if "--rm" in args:
+            return self.run_once(args, volumes)
         name = args[args.index("--name") + 1]
         env: dict[str, str] = {}
         if "--env-file" in args:  # plain settings passed on with --env NAME
@@ -154,10 +178,10 @@ class FakeEngine:
             self.env_file_modes.append(stat.S_IMODE(env_file.stat().st_mode))
             env.update(line.split("=", 1) for line in env_file.read_text().splitlines())
         env.update(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--env")
-        mounts = [dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args[i + 1].split(","))
-                  for i, a in enumerate(args) if a == "--mount"]  # fmt: skip
         secrets = {}
         for mount in mounts:  # what the container sees under the mount, read when it starts
+            if mount["type"] == "volume":
+                continue
             assert mount["type"] == "bind" and "readonly" in mount, mount
             source = Path(mount["source"])
             self.secret_dirs.append(source)
@@ -166,10 +190,49 @@ class FakeEngine:
             return self.run_rc, "", "port is already allocated"
         if name in self.containers:
             return 125, "", "Conflict. The container name is already in use"
-        self.containers[name] = FakeContainer(image=args[-1], env=env, argv=args, secrets=secrets)
+        self.containers[name] = FakeContainer(
+            image=args[-1], env=env, argv=args, secrets=secrets, volumes=volumes
+        )
         self.new_name = name
         self.new_container = self.containers[name]
+        if self.on_start is not None:
+            self.on_start(self)
         return 0, "f00dfeedbeef0123\n", ""
+
+    def run_once(self, args: list[str], volumes: dict[str, str]) -> tuple[int, str, str]:
+        """A one-off ``docker run --rm IMAGE python -m app.deploy database ACTION PATH``: the image's
+        code (ours) runs on a copy of the volume mounted at PATH's directory, which is written back."""
+        i = 0
+        while args[i].startswith("--"):
+            i += 1 if args[i] == "--rm" else 2
+        image, command = args[i], args[i + 1 :]
+        assert image in self.images, image
+        assert command[:4] == ["python", "-m", "app.deploy", "database"], command
+        action, path = command[4:]
+        if action in self.failing_commands:
+            return 1, "", f"database {action}: disk I/O error"
+        target = str(Path(path).parent)
+        files = self.volumes[volumes[target]]
+        out, err = io.StringIO(), io.StringIO()
+        with tempfile.TemporaryDirectory() as mounted:
+            for file_name, content in files.items():
+                (Path(mounted) / file_name).write_bytes(content)
+            with redirect_stdout(out), redirect_stderr(err):
+                rc = deploy.database_main([action, str(Path(mounted) / Path(path).name)])
+            files.clear()
+            files.update({p.name: p.read_bytes() for p in Path(mounted).iterdir()})
+        return rc, out.getvalue(), err.getvalue()
+
+    def do_volume(self, args: list[str]) -> tuple[int, str, str]:
+        verb, name = args[0], args[-1]
+        if verb == "inspect":
+            return (0, f"{name}\n", "") if name in self.volumes else (1, "", f"no such volume: {name}")
+        assert verb == "create", args
+        self.volumes.setdefault(name, {})
+        self.volume_labels[name] = dict(
+            args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--label"
+        )
+        return 0, f"{name}\n", ""
 
     def do_rename(self, args: list[str]) -> tuple[int, str, str]:
         old, new = args
@@ -198,7 +261,12 @@ class FakeEngine:
         return 0, "", "".join(line + "\n" for line in self.log[-int(args[1]) :])
 
     def verbs(self) -> list[str]:
-        return [c[0] if c[0] not in ("image", "container") else f"{c[0]} {c[1]}" for c in self.calls]
+        """The calls made, in order; a one-off ``docker run --rm`` as ``database ACTION``."""
+        return [
+            f"database {c[-2]}" if c[:2] == ["run", "--rm"]
+            else c[0] if c[0] not in ("image", "container", "volume") else f"{c[0]} {c[1]}"
+            for c in self.calls
+        ]  # fmt: skip
 
 
 class Clock:
@@ -650,6 +718,208 @@ def test_backup_left_by_an_interrupted_deployment_is_restored_first(tmp_path: Pa
     assert set(engine.containers) == {"movierec"}
     assert engine.containers["movierec"].image == "movierec:2.0"
     assert "interrupted deployment" in out.getvalue()
+
+
+# --------------------------------------------------------------------------- state volumes
+
+
+def test_run_command_mounts_the_state_volumes_and_not_the_image_s_models(tmp_path: Path) -> None:
+    argv = run_command(make_cfg(tmp_path, container_name="api"), SecretFiles(Path("/s"), (), 0))
+    mounts = [argv[i + 1] for i, a in enumerate(argv) if a == "--mount"]
+    assert "type=volume,source=api-db,target=/var/lib/movierec/db" in mounts
+    assert "type=volume,source=api-journal,target=/var/lib/movierec/journal" in mounts
+    assert not any(m.endswith("target=/var/lib/movierec") for m in mounts)  # the models come with the image
+
+
+def test_the_state_volumes_are_where_the_image_keeps_its_database_and_journal() -> None:
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    assert f"MOVIEREC_DATABASE_URL=sqlite:///{DATABASE_FILE} " in dockerfile
+    assert "MOVIEREC_FEEDBACK_JOURNAL_DIR=/var/lib/movierec/journal" in dockerfile
+    assert {target for _, target in STATE_VOLUMES} == {"/var/lib/movierec/db", "/var/lib/movierec/journal"}
+    assert str(Path(DATABASE_FILE).parent) == dict(STATE_VOLUMES)["db"]
+
+
+def _database(path: Path, scores: Sequence[float]) -> Path:
+    """A WAL-mode SQLite file with a ``feedback`` table, as the service keeps it."""
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS feedback (score REAL)")
+        db.executemany("INSERT INTO feedback VALUES (?)", [(s,) for s in scores])
+        db.commit()
+    return path
+
+
+def _database_files(tmp_path: Path, scores: Sequence[float]) -> dict[str, bytes]:
+    """A volume's content: the database file alone, as a graceful stop leaves it."""
+    path = _database(tmp_path / "movierec.db", scores)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("movierec.db")}
+    path.unlink()
+    return files
+
+
+def _scores(files: dict[str, bytes]) -> list[float]:
+    with tempfile.TemporaryDirectory() as directory:
+        for name, content in files.items():
+            (Path(directory) / name).write_bytes(content)
+        with closing(sqlite3.connect(Path(directory) / "movierec.db")) as db:
+            return [row[0] for row in db.execute("SELECT score FROM feedback ORDER BY rowid")]
+
+
+def _migrate(engine: FakeEngine) -> None:
+    """The new version's start: it writes to the database and leaves its WAL (killed, not stopped)."""
+    files = engine.volumes["movierec-db"]
+    with tempfile.TemporaryDirectory() as directory:
+        for name, content in files.items():
+            (Path(directory) / name).write_bytes(content)
+        db = sqlite3.connect(Path(directory) / "movierec.db")
+        db.execute("ALTER TABLE feedback ADD COLUMN revision TEXT")
+        db.execute("INSERT INTO feedback VALUES (99.0, 'new')")
+        db.commit()
+        files.clear()  # copied while the connection is open: the WAL holds the new version's writes
+        files.update({p.name: p.read_bytes() for p in Path(directory).iterdir()})
+        db.close()
+
+
+def _live(tmp_path: Path, scores: Sequence[float] = (4.0, 5.0), **fields: Any) -> FakeEngine:
+    """A running 1.0 whose database volume holds ``scores``."""
+    return FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        volumes={"movierec-db": _database_files(tmp_path, scores), "movierec-journal": {}},
+        **fields,
+    )
+
+
+def test_a_first_deployment_creates_labelled_volumes_and_mounts_them(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    make_deployer(make_cfg(tmp_path), engine)[0].deploy(secrets_())
+    assert set(engine.volumes) == {"movierec-db", "movierec-journal"}
+    for name in engine.volumes:
+        assert engine.volume_labels[name]["org.movierec.container"] == "movierec"
+    assert engine.containers["movierec"].volumes == {
+        "/var/lib/movierec/db": "movierec-db",
+        "/var/lib/movierec/journal": "movierec-journal",
+    }
+    assert engine.volumes["movierec-db"] == {}  # no database yet: nothing to snapshot
+
+
+def test_a_redeployment_keeps_the_volumes_and_their_scores(tmp_path: Path) -> None:
+    engine = _live(tmp_path)
+    engine.volumes["movierec-journal"]["segment-1"] = b"acknowledged score"
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    deployer.deploy(secrets_())
+    assert engine.containers["movierec"].image == "movierec:2.0"
+    assert engine.containers["movierec"].volumes["/var/lib/movierec/db"] == "movierec-db"
+    assert _scores(engine.volumes["movierec-db"]) == [4.0, 5.0]
+    assert engine.volumes["movierec-journal"] == {"segment-1": b"acknowledged score"}
+    assert "volume create" not in engine.verbs()  # they exist: not created again
+
+
+def test_the_database_is_snapshotted_between_the_stop_and_the_start_and_dropped_on_success(
+    tmp_path: Path,
+) -> None:
+    engine = _live(tmp_path)
+    seen: list[dict[str, bytes]] = []
+    engine.on_start = lambda e: seen.append(dict(e.volumes["movierec-db"]))
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    deployer.deploy(secrets_())
+    verbs = engine.verbs()
+    assert verbs.index("stop") < verbs.index("database snapshot") < verbs.index("run")
+    snapshot = "movierec.db" + SNAPSHOT_SUFFIX
+    assert snapshot in seen[0]  # there while the new version starts
+    assert _scores({"movierec.db": seen[0][snapshot]}) == [4.0, 5.0]
+    assert verbs.index("rm") < verbs.index("database discard")  # dropped once the old container is gone
+    assert set(engine.volumes["movierec-db"]) == {"movierec.db"}
+    snapshot_run = next(c for c in engine.calls if c[:2] == ["run", "--rm"])
+    assert "movierec:2.0" in snapshot_run and "--network" in snapshot_run
+    assert "snapshot of the database" in out.getvalue()
+
+
+def test_a_failed_new_version_gets_the_database_snapshot_back(tmp_path: Path) -> None:
+    """The new version migrated the schema (and was killed with its WAL) before it failed: the
+    previous version comes back on the database as it left it, which it can open."""
+    engine = _live(
+        tmp_path, on_start=_migrate, script=[("running", "starting", 0), ("running", "unhealthy", 0)]
+    )
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="health check failed"):
+        deployer.deploy(secrets_())
+    verbs = engine.verbs()
+    assert verbs.index("database snapshot") < verbs.index("run")
+    assert verbs.index("rm") < verbs.index("database restore") < verbs.index("start")
+    assert verbs.index("database restore") < verbs.index("rmi")  # restored with the new image, then removed
+    assert set(engine.volumes["movierec-db"]) == {"movierec.db"}  # no WAL of the new version, no snapshot
+    assert _scores(engine.volumes["movierec-db"]) == [4.0, 5.0]
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"
+    assert "restored the database snapshot" in out.getvalue()
+
+
+def test_a_failed_snapshot_brings_the_live_version_back_untouched(tmp_path: Path) -> None:
+    engine = _live(tmp_path, failing_commands={"snapshot"})
+    before = dict(engine.volumes["movierec-db"])
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(
+        DeployError, match=r"snapshot of the database in volume movierec-db failed: .*disk I/O"
+    ):
+        deployer.deploy(secrets_())
+    assert "run" not in engine.verbs()  # the new version never started
+    assert "database restore" not in engine.verbs()
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"
+    assert set(engine.containers) == {"movierec"}
+    assert engine.volumes["movierec-db"] == before
+    assert "previous version (movierec:1.0) is running again" in out.getvalue()
+
+
+def test_a_failed_restore_keeps_the_snapshot_and_says_how_to_restore_it(tmp_path: Path) -> None:
+    engine = _live(
+        tmp_path, on_start=_migrate, failing_commands={"restore"},
+        script=[("running", "starting", 0), ("running", "unhealthy", 0)],
+    )  # fmt: skip
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="health check failed"):
+        deployer.deploy(secrets_())
+    assert "movierec.db" + SNAPSHOT_SUFFIX in engine.volumes["movierec-db"]
+    assert "could not restore the database snapshot" in out.getvalue()
+    assert "movierec:2.0" in engine.images  # kept: the restore by hand runs in it
+    assert engine.containers["movierec"].image == "movierec:1.0"  # brought back all the same
+
+
+def _killed_with(database: Path, score: float, volume: Path) -> Path:
+    """``database`` after a write whose process was killed: copied into ``volume`` while the
+    connection is open, so the committed write is in the copied WAL only."""
+    volume.mkdir()
+    with closing(sqlite3.connect(database)) as db:
+        db.execute("INSERT INTO feedback VALUES (?)", (score,))
+        db.commit()
+        for path in database.parent.glob(database.name + "*"):
+            shutil.copyfile(path, volume / path.name)
+    return volume / database.name
+
+
+def test_snapshot_and_restore_use_sqlite_and_drop_a_stale_wal(tmp_path: Path) -> None:
+    """The snapshot holds the committed writes still in the WAL (a previous version that was
+    killed); a restore drops the WAL the new version left beside the file, which would
+    otherwise be replayed on top of the snapshot."""
+    database = _killed_with(_database(tmp_path / "movierec.db", [1.0]), 2.0, tmp_path / "v1")
+    assert (tmp_path / "v1" / "movierec.db-wal").stat().st_size > 0
+    assert snapshot_database(database) is True
+    snapshot = tmp_path / "v1" / ("movierec.db" + SNAPSHOT_SUFFIX)
+    assert _scores({"movierec.db": snapshot.read_bytes()}) == [1.0, 2.0]
+
+    volume = tmp_path / "v2"
+    migrated = _killed_with(database, 3.0, volume)  # the new version's write, in its WAL
+    shutil.copyfile(snapshot, volume / snapshot.name)
+    assert (volume / "movierec.db-wal").stat().st_size > 0
+    restore_database(migrated)
+    assert sorted(p.name for p in volume.iterdir()) == ["movierec.db"]
+    assert _scores({"movierec.db": migrated.read_bytes()}) == [1.0, 2.0]
+
+    assert snapshot_database(tmp_path / "none.db") is False  # nothing to keep
+    assert not (tmp_path / ("none.db" + SNAPSHOT_SUFFIX)).exists()
+    with pytest.raises(FileNotFoundError):
+        restore_database(tmp_path / "none.db")
 
 
 def test_main_reads_the_password_from_the_environment(
