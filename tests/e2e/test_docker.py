@@ -329,21 +329,24 @@ def test_a_redeployment_keeps_the_scores_in_the_state_volumes(
         "--container-name", deployed.container, "--port-mapping", f"127.0.0.1:{deployed.port}",
     )  # fmt: skip
     assert rc == 0, output[-3000:]
-    assert "took a snapshot of the database" in output
     info = inspect(docker, deployed.container)
     assert info["Config"]["Image"] == f"{IMAGE}:v2-{run_id}"  # type: ignore[index]
+    rows = _query(
+        docker, deployed.container, "SELECT score FROM feedback WHERE request_id = ?", scored.request_id
+    )
+    assert rows == [[5.0]]
+    assert "took a snapshot of the database" in output
     mounts = {m["Destination"]: m for m in info["Mounts"]}  # type: ignore[attr-defined]
     for suffix, target in (("db", "/var/lib/movierec/db"), ("journal", "/var/lib/movierec/journal")):
-        assert mounts[target]["Type"] == "volume" and mounts[target]["Name"] == f"{deployed.container}-{suffix}"
+        assert (
+            mounts[target]["Type"] == "volume" and mounts[target]["Name"] == f"{deployed.container}-{suffix}"
+        )
         volume = inspect(docker, f"{deployed.container}-{suffix}", "volume")
         assert volume["Labels"]["org.movierec.container"] == deployed.container  # type: ignore[index]
         # a fresh volume took the image directory's owner and mode: the service's user writes it
         owner = docker("exec", deployed.container, "stat", "-c", "%u:%g %a", target).stdout.strip()
         assert owner == "10001:10001 750"
     assert "/var/lib/movierec/models" not in mounts and "/var/lib/movierec" not in mounts
-    rows = _query(docker, deployed.container, "SELECT movie_id, score FROM feedback WHERE request_id = ?",
-                  scored.request_id)  # fmt: skip
-    assert [score for _, score in rows] == [5.0]
     assert "movierec.db" + SNAPSHOT_SUFFIX not in _db_files(docker, deployed.container)  # dropped on success
     assert smoke_test(deployed.url, PASSWORD).recommendations
 
@@ -371,16 +374,18 @@ def test_a_new_version_that_changed_the_database_and_failed_is_rolled_back_onto_
         "--container-name", deployed.container, "--port-mapping", f"127.0.0.1:{deployed.port}",
     )  # fmt: skip
     assert rc != 0
-    assert "took a snapshot of the database" in output
-    assert "restored the database snapshot" in output
     assert "is running again" in output
     _wait_healthy(docker, deployed.container)
     assert inspect(docker, deployed.container)["Config"]["Image"] == running  # type: ignore[index]
     tables = _query(docker, deployed.container, "SELECT name FROM sqlite_master WHERE type = 'table'")
     assert ["from_the_failed_version"] not in tables  # the failed version's change is undone
     assert ["feedback"] in tables
+    assert "took a snapshot of the database" in output
+    assert "restored the database snapshot" in output
     # the score given just before is there: the stopped version shipped its journal before the snapshot
-    rows = _query(docker, deployed.container, "SELECT score FROM feedback WHERE request_id = ?", scored.request_id)
+    rows = _query(
+        docker, deployed.container, "SELECT score FROM feedback WHERE request_id = ?", scored.request_id
+    )
     assert rows == [[5.0]]
     assert "movierec.db" + SNAPSHOT_SUFFIX not in _db_files(docker, deployed.container)
     assert smoke_test(deployed.url, PASSWORD).recommendations
