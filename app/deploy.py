@@ -23,7 +23,8 @@ The seed's interface is kept (``IMAGE_NAME IMAGE_VERSION MODEL_FILE TEST_DATA_FI
   graceful stop of the live version and the start of the new one, the database is copied
   aside in its volume (SQLite's backup, in a one-off container of the new image): a new
   version may migrate the schema, which the previous one refuses to start on, so a rollback
-  puts that snapshot back first; a successful deployment removes it.
+  puts that snapshot back first; a successful deployment removes it. The database of a
+  container deployed before the volumes is moved into its new volume first.
 * on any failure it prints the errors found in the new container's log (the cause of a failed
   start can be a hundred lines back: with two workers, the second one's interrupted import
   and the restarted container's banner follow it) and its last log lines, removes what it created (the
@@ -92,6 +93,8 @@ the feedback journal (``MOVIEREC_FEEDBACK_JOURNAL_DIR``). Not all of /var/lib/mo
 models there come with each new image. An empty volume is filled from the image's directory,
 owner (the image's ``movierec`` user) included, when it is first mounted."""
 VOLUME_LABEL = "org.movierec.container"
+ADOPT_MOUNT = "/run/movierec-adopt"
+"""Where a pre-volume container's database, copied out of it, is mounted to be moved into the volume."""
 SNAPSHOT_SUFFIX = ".pre-deploy"
 """The database's snapshot, beside it in its volume, while a new version starts."""
 PASSTHROUGH_SECRETS = ("MOVIEREC_ADMIN_PASSWORD", "ADMIN_PASSWORD")
@@ -166,12 +169,15 @@ class Docker:
     def container_state(self, name: str) -> ContainerState | None:
         """The container's state, or None when no container has that name."""
         result = self(
-            "container", "inspect", "--format", "{{json .State}}\t{{.RestartCount}}\t{{.Config.Image}}", name
-        )
+            "container", "inspect",
+            "--format", "{{json .State}}\t{{.RestartCount}}\t{{.Config.Image}}\t{{json .Mounts}}",
+            name,
+        )  # fmt: skip
         if result.returncode != 0:
             return None
-        state_json, restarts, image = result.stdout.strip().split("\t")
-        return ContainerState.parse(json.loads(state_json), int(restarts), image)
+        state_json, restarts, image, mounts = result.stdout.strip().split("\t")
+        volumes = tuple(m["Name"] for m in json.loads(mounts) or [] if m.get("Type") == "volume")
+        return ContainerState.parse(json.loads(state_json), int(restarts), image, volumes)
 
     def logs(self, name: str, tail: int = LOG_TAIL_LINES) -> str:
         """The last ``tail`` lines of the container's stdout, then of its stderr."""
@@ -188,6 +194,7 @@ class ContainerState:
     restarts: int
     image: str
     error: str = ""
+    volumes: tuple[str, ...] = ()  # the named volumes it mounts
 
     @property
     def up(self) -> bool:
@@ -195,7 +202,9 @@ class ContainerState:
         return self.running or self.status == "restarting"
 
     @classmethod
-    def parse(cls, state: Mapping[str, Any], restarts: int, image: str) -> ContainerState:
+    def parse(
+        cls, state: Mapping[str, Any], restarts: int, image: str, volumes: tuple[str, ...] = ()
+    ) -> ContainerState:
         health = state.get("Health") or {}
         return cls(
             status=str(state.get("Status", "")),
@@ -205,6 +214,7 @@ class ContainerState:
             restarts=restarts,
             image=image,
             error=str(state.get("Error") or ""),
+            volumes=volumes,
         )
 
 
@@ -487,13 +497,13 @@ def volume_args(volumes: Sequence[tuple[str, str]]) -> list[str]:
     ]
 
 
-def database_command(cfg: DeployConfig, action: str) -> list[str]:
+def database_command(cfg: DeployConfig, action: str, *options: str) -> list[str]:
     """A one-off container of the new image, the database volume alone mounted, no network,
     running ``python -m app.deploy database ACTION`` (:func:`database_main`) as the image's user,
-    who owns the files."""
+    who owns the files. ``options`` go to ``docker run``."""
     volume = cfg.volumes[:1]
     return [
-        "run", "--rm", "--network", "none", *volume_args(volume),
+        "run", "--rm", "--network", "none", *volume_args(volume), *options,
         cfg.image_ref, "python", "-m", "app.deploy", "database", action, DATABASE_FILE,
     ]  # fmt: skip
 
@@ -580,6 +590,7 @@ class Deployer:
             # was renamed must bring it back, not leave it stopped under its -previous name
             self.set_previous_aside()
             name_free = True
+            self.adopt_database()
             self.snapshot_database()  # nothing writes to it now: the live version is stopped
             self.start(secrets_)
             self.wait_healthy()
@@ -664,6 +675,35 @@ class Deployer:
                 name,
             )  # fmt: skip
             self.say(f"created volume {name} for {target}")
+
+    def adopt_database(self) -> None:
+        """A version deployed before the state volumes keeps its database in its own container:
+        copy it (stopped by now, its journal shipped) into the volume, which the new version then
+        mounts. A volume that already holds a database is not overwritten: which of the two is
+        the one to keep is the operator's call (docs/docker.md)."""
+        cfg, previous = self.cfg, self.set_aside
+        if previous is None or cfg.database_volume in previous.volumes:
+            return
+        with tempfile.TemporaryDirectory(prefix="movierec-deploy-") as directory:
+            copied = self.docker("cp", f"{cfg.backup_name}:{STATE_VOLUMES[0][1]}/.", directory)
+            if copied.returncode != 0:
+                raise DeployError(
+                    f"could not copy the database out of {cfg.backup_name}: {copied.stderr.strip()}"
+                )
+            if not (Path(directory) / PurePosixPath(DATABASE_FILE).name).is_file():
+                return  # it never stored anything
+            if "," in directory:  # --mount's comma-separated syntax
+                raise DeployError(f"{directory}: a temporary directory with a comma cannot be mounted")
+            source = f"type=bind,source={directory},target={ADOPT_MOUNT},readonly"
+            result = self.docker(*database_command(cfg, "adopt", "--user", "root", "--mount", source))
+        if result.returncode != 0:
+            raise DeployError(
+                f"the database of {previous.image} (in its container, deployed before the state volumes) "
+                f"could not be moved into volume {cfg.database_volume}: {result.stderr.strip()}"
+            )
+        self.say(
+            f"moved the database of {previous.image} out of its container into volume {cfg.database_volume}"
+        )
 
     def snapshot_database(self) -> None:
         """Copy the database aside in its volume before the new version may migrate its schema: a
@@ -976,14 +1016,37 @@ def restore_database(database: Path) -> None:
     snapshot.unlink()
 
 
+def adopt_database(database: Path, source_dir: Path) -> None:
+    """Copy the database in ``source_dir`` (and its WAL, if any) to ``database``, owned like its
+    directory: run as root, the copy is the service user's, as if it had written it. A database
+    already there is not overwritten."""
+    if database.exists():
+        raise FileExistsError(
+            errno.EEXIST, "the volume already holds a database: not overwritten", str(database)
+        )
+    owner = database.parent.stat()
+    for suffix in ("-wal", ""):  # the database last: present means complete
+        source = source_dir / (database.name + suffix)
+        if not source.is_file():
+            continue
+        partial = database.with_name(database.name + suffix + ".partial")
+        shutil.copyfile(source, partial)
+        os.chown(partial, owner.st_uid, owner.st_gid)
+        partial.chmod(0o640)
+        os.replace(partial, database.with_name(database.name + suffix))
+
+
 def database_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m app.deploy database",
         description="The database snapshot of a deployment: deploy-docker.py runs this in a one-off "
         "container of the new image, with the database volume mounted.",
     )
-    parser.add_argument("action", choices=("snapshot", "restore", "discard"))
+    parser.add_argument("action", choices=("snapshot", "restore", "discard", "adopt"))
     parser.add_argument("database", type=Path)
+    parser.add_argument(
+        "--source", type=Path, default=Path(ADOPT_MOUNT), help="adopt: the directory to copy from"
+    )
     args = parser.parse_args(argv)
     import sqlite3
 
@@ -995,6 +1058,9 @@ def database_main(argv: Sequence[str]) -> int:
         elif args.action == "restore":
             restore_database(database)
             print(f"restored {database}")
+        elif args.action == "adopt":
+            adopt_database(database, args.source)
+            print(f"moved the database into {database}")
         else:
             snapshot_path(database).unlink(missing_ok=True)
             print(f"removed {snapshot_path(database)}")

@@ -391,6 +391,33 @@ def test_a_new_version_that_changed_the_database_and_failed_is_rolled_back_onto_
     assert smoke_test(deployed.url, PASSWORD).recommendations
 
 
+def test_a_container_deployed_before_the_volumes_has_its_database_moved_into_them(
+    docker: DockerEnv, deployed: Deployment, run_id: str
+) -> None:
+    """A container that keeps its database in its own layer (deployed before the state volumes):
+    the first deployment with volumes starts on that database, not on an empty one."""
+    container = f"movierec-e2e-old-{run_id}"
+    image = f"{IMAGE}:{deployed.version}"
+    create = (
+        f"import sqlite3; db = sqlite3.connect({DATABASE_FILE!r}); "
+        "db.execute('CREATE TABLE from_before_the_volumes (score REAL)'); "
+        "db.execute('INSERT INTO from_before_the_volumes VALUES (5.0)'); db.commit()"
+    )
+    try:
+        docker("run", "--name", container, image, "python", "-c", create)  # exits: a stopped old version
+        rc, output = run_deploy(
+            docker, IMAGE, deployed.version, "unused", "unused", "--no-build",
+            "--container-name", container, "--port-mapping", f"127.0.0.1:{free_port()}",
+        )  # fmt: skip
+        assert rc == 0, output[-3000:]
+        assert f"moved the database of {image} out of its container" in output
+        assert _query(docker, container, "SELECT score FROM from_before_the_volumes") == [[5.0]]
+        assert _query(docker, container, "SELECT count(*) FROM feedback") == [[0]]  # migrated in place
+    finally:
+        docker("rm", "--force", container, f"{container}-previous", check=False)
+        docker("volume", "rm", f"{container}-db", f"{container}-journal", check=False)
+
+
 # --------------------------------------------------------------------------- compose
 
 

@@ -76,6 +76,7 @@ class FakeContainer:
     argv: list[str] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)  # path in the container -> content
     volumes: dict[str, str] = field(default_factory=dict)  # mount point -> volume name
+    layer: dict[str, bytes] = field(default_factory=dict)  # its own /var/lib/movierec/db (no volume)
 
     def secret(self, name: str) -> str:
         """What the app reads for ``name``: the file ``$<name>_FILE`` names, minus one newline."""
@@ -160,7 +161,19 @@ class FakeEngine:
         state = {"Status": c.status, "Running": c.status == "running", "ExitCode": c.exit_code}
         if c.health is not None:
             state["Health"] = {"Status": c.health}
-        return 0, f"{json.dumps(state)}\t{c.restarts}\t{c.image}\n", ""
+        mounts = [{"Type": "volume", "Name": n, "Destination": t} for t, n in c.volumes.items()]
+        return 0, f"{json.dumps(state)}\t{c.restarts}\t{c.image}\t{json.dumps(mounts)}\n", ""
+
+    def do_cp(self, args: list[str]) -> tuple[int, str, str]:
+        """``docker cp CONTAINER:/var/lib/movierec/db/. DIR``, from a container's own layer."""
+        source, target = args
+        name, path = source.split(":", 1)
+        assert path == "/var/lib/movierec/db/.", path
+        if name not in self.containers:
+            return 1, "", f"No such container: {name}"
+        for file_name, content in self.containers[name].layer.items():
+            (Path(target) / file_name).write_bytes(content)
+        return 0, "", ""
 
     def do_run(self, args: list[str]) -> tuple[int, str, str]:
         mounts = [dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args[i + 1].split(","))
@@ -204,7 +217,7 @@ class FakeEngine:
         code (ours) runs on a copy of the volume mounted at PATH's directory, which is written back."""
         i = 0
         while args[i].startswith("--"):
-            i += 1 if args[i] == "--rm" else 2
+            i += 1 if args[i] == "--rm" else 2  # --network none, --mount ..., --user root
         image, command = args[i], args[i + 1 :]
         assert image in self.images, image
         assert command[:4] == ["python", "-m", "app.deploy", "database"], command
@@ -213,12 +226,18 @@ class FakeEngine:
             return 1, "", f"database {action}: disk I/O error"
         target = str(Path(path).parent)
         files = self.volumes[volumes[target]]
+        binds = [args[j + 1] for j in range(i) if args[j] == "--mount" and "type=bind" in args[j + 1]]
+        options = []
+        for bind in binds:  # the directory a pre-volume container's database was copied to
+            mount = dict(kv.split("=", 1) for kv in bind.split(",") if "=" in kv)
+            assert mount["target"] == deploy.ADOPT_MOUNT and bind.endswith(",readonly"), bind
+            options += ["--source", mount["source"]]
         out, err = io.StringIO(), io.StringIO()
         with tempfile.TemporaryDirectory() as mounted:
             for file_name, content in files.items():
                 (Path(mounted) / file_name).write_bytes(content)
             with redirect_stdout(out), redirect_stderr(err):
-                rc = deploy.database_main([action, str(Path(mounted) / Path(path).name)])
+                rc = deploy.database_main([action, str(Path(mounted) / Path(path).name), *options])
             files.clear()
             files.update({p.name: p.read_bytes() for p in Path(mounted).iterdir()})
         return rc, out.getvalue(), err.getvalue()
@@ -782,9 +801,10 @@ def _migrate(engine: FakeEngine) -> None:
 
 def _live(tmp_path: Path, scores: Sequence[float] = (4.0, 5.0), **fields: Any) -> FakeEngine:
     """A running 1.0 whose database volume holds ``scores``."""
+    mounted = {"/var/lib/movierec/db": "movierec-db", "/var/lib/movierec/journal": "movierec-journal"}
     return FakeEngine(
         images={"movierec:1.0"},
-        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy", volumes=mounted)},
         volumes={"movierec-db": _database_files(tmp_path, scores), "movierec-journal": {}},
         **fields,
     )
@@ -884,6 +904,41 @@ def test_a_failed_restore_keeps_the_snapshot_and_says_how_to_restore_it(tmp_path
     assert "could not restore the database snapshot" in out.getvalue()
     assert "movierec:2.0" in engine.images  # kept: the restore by hand runs in it
     assert engine.containers["movierec"].image == "movierec:1.0"  # brought back all the same
+
+
+def test_a_version_deployed_before_the_volumes_has_its_database_moved_into_the_volume(tmp_path: Path) -> None:
+    """The first deployment with volumes, over a container that keeps its database in its own
+    layer: its scores are copied into the new volume (which a restore then also protects)."""
+    old = FakeContainer("movierec:1.0", health="healthy", layer=_database_files(tmp_path, [3.0]))
+    engine = FakeEngine(images={"movierec:1.0"}, containers={"movierec": old})
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    deployer.deploy(secrets_())
+    verbs = engine.verbs()
+    assert (
+        verbs.index("stop")
+        < verbs.index("cp")
+        < verbs.index("database adopt")
+        < verbs.index("database snapshot")
+    )
+    assert _scores(engine.volumes["movierec-db"]) == [3.0]
+    adopt = next(c for c in engine.calls if c[:2] == ["run", "--rm"] and "adopt" in c)
+    assert adopt[adopt.index("--user") + 1] == "root"  # to give the files to the image's user
+    assert "moved the database of movierec:1.0 out of its container" in out.getvalue()
+
+
+def test_a_database_in_both_the_old_container_and_the_volume_is_not_overwritten(tmp_path: Path) -> None:
+    """Which one to keep is the operator's call: nothing is started, the old version comes back."""
+    old = FakeContainer("movierec:1.0", health="healthy", layer=_database_files(tmp_path, [3.0]))
+    engine = FakeEngine(
+        images={"movierec:1.0"}, containers={"movierec": old},
+        volumes={"movierec-db": _database_files(tmp_path, [4.0]), "movierec-journal": {}},
+    )  # fmt: skip
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="already holds a database"):
+        deployer.deploy(secrets_())
+    assert _scores(engine.volumes["movierec-db"]) == [4.0]
+    assert "run" not in engine.verbs()
+    assert engine.containers["movierec"] is old and old.status == "running"
 
 
 def _killed_with(database: Path, score: float, volume: Path) -> Path:
