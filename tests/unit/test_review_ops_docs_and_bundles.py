@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,21 +85,31 @@ def python_3_11_2_tarfile(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(tarfile, "data_filter")
 
 
+def _bundle_archive(model_store: Path, tmp_path: Path, arcname: str, *extra: Any) -> Path:
+    """The store's latest bundle as ``tmp_path/bundle.tar.gz`` under ``arcname``, plus ``extra``
+    members (TarInfo without a body)."""
+    import tarfile
+
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add((model_store / "latest").resolve(), arcname=arcname)
+        for member in extra:
+            tar.addfile(member)
+    return archive
+
+
 def test_a_tar_gz_bundle_loads_on_a_python_without_tarfile_filters(
     python_3_11_2_tarfile: None, model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # deploy-docker.py movierec 1 bundle.tar.gz ... --base-image <Debian bookworm> failed its
     # image build with "TypeError: TarFile.extractall() got an unexpected keyword argument 'filter'"
-    import tarfile
     import tempfile
 
     from app.recommender.bundle import load_bundle
 
     bundle_dir = (model_store / "latest").resolve()
-    archive = tmp_path / "bundle.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(bundle_dir, arcname=bundle_dir.name)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    archive = _bundle_archive(model_store, tmp_path, bundle_dir.name)
     assert load_bundle(archive).version == load_bundle(bundle_dir).version
 
 
@@ -134,13 +145,8 @@ def test_without_tarfile_filters_links_are_left_out(
 
     from app.recommender.bundle import load_bundle
 
-    bundle_dir = (model_store / "latest").resolve()
-    archive = tmp_path / "bundle.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(bundle_dir, arcname="b")
-        link = tarfile.TarInfo("b/escape")
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc"
-        tar.addfile(link)
+    link = tarfile.TarInfo("b/escape")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc"
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    loaded = load_bundle(archive)
+    loaded = load_bundle(_bundle_archive(model_store, tmp_path, "b", link))
     assert not (loaded.path / "escape").exists() and not (loaded.path / "escape").is_symlink()
