@@ -420,16 +420,17 @@ def _write_secret_files(root: Path, container_name: str, values: Mapping[str, st
     _private_directory(root)
     _private_directory(root / container_name)
     directory = Path(tempfile.mkdtemp(prefix=SECRETS_PREFIX, dir=root / container_name))  # 0700
+    image_group = os.geteuid() == 0  # root may give the files the image user's group
     try:
         for name, value in values.items():
             path = directory / name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 handle.write(value + "\n")
-            if os.geteuid() == 0:
+            if image_group:
                 os.chown(path, -1, IMAGE_GID)
             path.chmod(0o440)  # read-only from now on, for us and the container's user (by group)
-        if os.geteuid() == 0:
+        if image_group:
             os.chown(directory, -1, IMAGE_GID)
         directory.chmod(0o710)  # the group may open the files it knows the names of, not list them
     except BaseException:

@@ -291,11 +291,8 @@ def _json_records(frame: Any) -> str:
     values (NaN, NA, NaT) are null and times ISO 8601.
     """
     import orjson
-    import pandas as pd
 
-    def default(value: Any) -> Any:
-        if value is pd.NA or value is pd.NaT:
-            return None
+    def default(value: Any) -> Any:  # missing values are None by now (``where`` below)
         if hasattr(value, "isoformat"):
             return value.isoformat()
         if hasattr(value, "item"):  # a NumPy scalar orjson does not take as it is
