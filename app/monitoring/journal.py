@@ -102,7 +102,14 @@ _UWSGI_ROUTINE = re.compile(
     r"|\.\.\.gracefully killing workers\.\.\.$|worker \d+ buried after \d+ seconds$"
     r"|binary reloading uWSGI\.\.\.$"
     r"|chdir\(\) to |closing all non-uwsgi socket fds > 2 |found fd \d+ mapped to socket \d+ "
-    r"|running \S*uwsgi$|uwsgi socket \d+ inherited |gracefully \(RE\)spawned uWSGI master process )"
+    r"|running \S*uwsgi$|uwsgi socket \d+ inherited |gracefully \(RE\)spawned uWSGI master process "
+    # uwsgi warns at every start of uwsgi.ini, which keeps harakiri on and post-buffering 0 on
+    # purpose (see its comment there: post-buffering moved the shared harakiri deadline and got
+    # busy workers killed); no option silences it without one of the two, and as a WARNING every
+    # start and restart mailed it under --notify-warning. Only this exact text: any other
+    # "*** WARNING:" line, this one's siblings included, stays a WARNING.
+    r"|\s*\*\*\* WARNING: you have enabled harakiri without post buffering\. "
+    r"Slow upload could be rejected on post-unbuffered webservers \*\*\*\s*$)"
 )
 _UWSGI_WARNING = re.compile(r"^\s*\*\*\* WARNING: ")
 # Plain-text lines that mean trouble whatever stream they came from.

@@ -302,8 +302,29 @@ def test_uwsgi_failures_on_stderr_stay_errors(line: str) -> None:
     assert parse_entry({"MESSAGE": line, "PRIORITY": "3"}).level == "ERROR"
 
 
-def test_uwsgi_start_warnings_are_warnings() -> None:
-    line = " *** WARNING: you have enabled harakiri without post buffering. Slow upload could be rejected ***"
+# uwsgi 2.0.31 prints this at every start of uwsgi.ini (harakiri on, post-buffering 0 on purpose),
+# with its leading and trailing space: graded WARNING, each start mailed it with --notify-warning.
+HARAKIRI_WITHOUT_POST_BUFFERING = (
+    " *** WARNING: you have enabled harakiri without post buffering. "
+    "Slow upload could be rejected on post-unbuffered webservers *** "
+)
+
+
+def test_the_known_harakiri_start_up_warning_is_not_a_warning_alert() -> None:
+    entry = parse_entry({"MESSAGE": HARAKIRI_WITHOUT_POST_BUFFERING + "\n", "PRIORITY": "3"})
+    assert entry.level == "INFO" and not entry.at_least("WARNING")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "*** WARNING: you are running uWSGI as root !!! (use the --uid flag) *** ",
+        " *** WARNING: you have enabled harakiri without post buffering. Slow upload could be rejected ***",
+        HARAKIRI_WITHOUT_POST_BUFFERING + "and something else",
+        " *** WARNING: you have enabled harakiri and something else ***",
+    ],
+)
+def test_other_uwsgi_start_warnings_stay_warnings(line: str) -> None:
     assert parse_entry({"MESSAGE": line, "PRIORITY": "3"}).level == "WARNING"
 
 
