@@ -61,8 +61,14 @@ LEGACY_STAGING = re.compile(r"\A\.\d{8}T\d{6}-[0-9a-f]{6}[A-Za-z0-9._-]*-[a-z0-9
 LATEST_SWAP_PREFIX = ".latest-"
 LATEST_SWAP = re.compile(rf"\A{re.escape(LATEST_SWAP_PREFIX)}\d+-\d+\Z")
 """point_latest's temporary links, ``.latest-<pid>-<ns>``: left by a process killed mid-swap."""
+EXPORT_STAGING_PREFIX = ".export-"
+"""app/registry/export.py's staging directories: ``.export-<bundle version>-<random>``."""
+MARKER_NAME = ".serving.json"
+"""The hot-reload generation marker in a model store (app/services/reload.py)."""
+MARKER_TMP = re.compile(rf"\A{re.escape(MARKER_NAME)}\.\d+\.\d+\.tmp\Z")
+"""The marker's temporary files, ``.serving.json.<pid>.<thread id>.tmp``, renamed into place."""
 STALE_STAGING_SECONDS = 3600
-"""A staging directory unchanged this long belongs to a writer that died: the next write removes it."""
+"""A leftover unchanged this long belongs to a writer that died: the next write removes it."""
 CODE_VERSION_SOURCES = ("recommender", "pipeline/candidates.py")
 """What :func:`code_version` hashes, relative to the ``app`` package: the ML code, and the
 pipeline's per-candidate training (evaluation, fit, batch inference, the rating model and the
@@ -323,7 +329,7 @@ def write_bundle(
         **manifest,
     }
     manifest["version"] = version
-    _remove_stale_staging(model_dir)
+    remove_stale_leftovers(model_dir)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=model_dir))
     final = model_dir / version
     try:
@@ -346,35 +352,57 @@ def write_bundle(
     return final
 
 
-def _remove_stale_staging(model_dir: Path) -> None:
-    """Remove what writers that died without cleaning up (SIGKILL, OOM) left in the store.
+def remove_stale_leftovers(model_dir: Path) -> None:
+    """Remove what writers that died without cleaning up (SIGKILL, OOM) left in a model store.
 
-    Staging directories (``STAGING_PREFIX``, and ``LEGACY_STAGING`` of earlier releases; export
-    and deploy stage under their own names) and ``latest``'s temporary links (``LATEST_SWAP``).
-    Only this user's, and only those where nothing changed for ``STALE_STAGING_SECONDS``: a
-    writer still at work changes its directory or the file it is writing far more often than
-    that, and a link lives for a moment.
+    Staging directories (``STAGING_PREFIX``, ``LEGACY_STAGING`` of earlier releases, and the
+    export's ``EXPORT_STAGING_PREFIX``; deploy stages under its own name and keeps it through a
+    ``docker build`` of any length), ``latest``'s temporary links (``LATEST_SWAP``) and the reload
+    marker's temporary files (``MARKER_TMP``). Each writer of the store runs this before it writes
+    (a bundle write, an export, a marker write). Only this user's, and only those where nothing
+    changed for ``STALE_STAGING_SECONDS``, anywhere in a directory's tree (an export downloads
+    into a subdirectory): a writer still at work changes its directory or the file it is writing
+    far more often than that, and a link or a marker's temporary file lives for a moment.
     """
     cutoff = time.time() - STALE_STAGING_SECONDS
     for path in model_dir.glob(".*"):
-        link = LATEST_SWAP.match(path.name) is not None
-        if not (link or path.name.startswith(STAGING_PREFIX) or LEGACY_STAGING.match(path.name)):
+        name = path.name
+        if LATEST_SWAP.match(name):
+            kind = stat.S_ISLNK
+        elif MARKER_TMP.match(name):
+            kind = stat.S_ISREG
+        elif name.startswith((STAGING_PREFIX, EXPORT_STAGING_PREFIX)) or LEGACY_STAGING.match(name):
+            kind = stat.S_ISDIR
+        else:
             continue
         try:
             info = path.lstat()
-            kind = stat.S_ISLNK if link else stat.S_ISDIR
             if not kind(info.st_mode) or info.st_uid != os.getuid():
                 continue
-            children = [] if link else [child.lstat().st_mtime for child in path.iterdir()]
-            if max([info.st_mtime, *children]) >= cutoff:
+            newest = _newest_change(path, info.st_mtime) if kind is stat.S_ISDIR else info.st_mtime
+            if newest >= cutoff:
                 continue
-            log.warning("removing what a bundle write that never finished left: %s", path)
-            if link:
-                path.unlink()
-            else:
+            log.warning("removing what a model store writer that never finished left: %s", path)
+            if kind is stat.S_ISDIR:
                 _remove_tree(path)
+            else:
+                path.unlink()
         except OSError:  # gone meanwhile (its writer renamed it into place), or unreadable
             continue
+
+
+def _newest_change(directory: Path, mtime: float) -> float:
+    """The latest mtime in a directory's tree (``mtime``: the directory's own); symlinks not followed."""
+    newest = mtime
+    for root, dirs, files in os.walk(directory, onerror=_raise):
+        for name in (*dirs, *files):
+            newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def _raise(error: OSError) -> None:
+    """os.walk's ``onerror``: a tree that cannot be read whole is not known to be stale."""
+    raise error
 
 
 def file_digests(directory: Path) -> dict[str, str]:

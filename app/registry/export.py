@@ -17,7 +17,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from app.recommender.bundle import BUNDLE_NAME, LATEST, MANIFEST, BundleError, load_bundle, point_latest
+from app.recommender.bundle import (
+    BUNDLE_NAME,
+    EXPORT_STAGING_PREFIX,
+    LATEST,
+    MANIFEST,
+    BundleError,
+    load_bundle,
+    point_latest,
+    remove_stale_leftovers,
+)
 from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError
 from app.services.dashboard import served_row
 
@@ -50,6 +59,7 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     final = model_dir / info.bundle_version
+    remove_stale_leftovers(model_dir)  # an export killed mid-download left its staging for ever
     if (final / MANIFEST).is_file():  # exported before (a rollback): checked as a download would be
         try:
             load_bundle(final)
@@ -59,7 +69,9 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
                 f"export it again): {exc}"
             ) from exc
     else:
-        staging = Path(tempfile.mkdtemp(prefix=f".export-{info.bundle_version}-", dir=model_dir))
+        staging = Path(
+            tempfile.mkdtemp(prefix=f"{EXPORT_STAGING_PREFIX}{info.bundle_version}-", dir=model_dir)
+        )
         try:
             downloaded = registry.download_bundle(version, staging)
             bundle_dir = downloaded if (downloaded / MANIFEST).is_file() else downloaded / "bundle"

@@ -41,15 +41,15 @@ from app.recommender.bundle import (
     BUNDLE_NAME,
     LATEST,
     MANIFEST,
+    MARKER_NAME,
     BundleError,
     LoadedBundle,
+    remove_stale_leftovers,
     resolve_bundle_dir,
 )
 from app.services.models import ModelHolder
 
 log = logging.getLogger(__name__)
-
-MARKER_NAME = ".serving.json"
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -295,6 +295,8 @@ class ModelReloader:
             "pid": os.getpid(),
             "configured": self.configured,
         }
+        # a process killed between the write and the rename below left its file for ever
+        remove_stale_leftovers(self.marker.parent)
         tmp = self.marker.with_name(f"{self.marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(body))
         # A rename keeps mtime, inode and size: this is the stat of our marker. Stat'ing the

@@ -310,7 +310,7 @@ def test_stale_staging_directories_are_removed_at_the_next_write_fresh_ones_kept
 ) -> None:
     """A writer killed outright (SIGKILL, OOM, power) runs no cleanup: the next write removes
     its staging directory once nothing has changed in it for an hour. One still being written
-    (another writer's) and the hidden directories of export and deploy are left alone."""
+    (another writer's) and deploy's hidden directory are left alone."""
     store = tmp_path / "store"
     store.mkdir()
     long_ago = time.time() - 2 * 3600
@@ -328,10 +328,10 @@ def test_stale_staging_directories_are_removed_at_the_next_write_fresh_ones_kept
     busy = staging(".writing-20260101T000001-abcdef-p0o9i8u7", None)
     still_writing = staging(".writing-20260101T000002-abcdef-a1b2c3d4", long_ago)
     os.utime(still_writing / "model.pkl")  # its file was written a moment ago
-    others = [staging(".export-7-abcdefgh", long_ago), staging(".deploy-abcdefgh", long_ago)]
+    deploy = staging(".deploy-abcdefgh", long_ago)
     written = _write_copy(model_store, store)
     assert not stale.exists()
-    assert busy.is_dir() and still_writing.is_dir() and all(path.is_dir() for path in others)
+    assert busy.is_dir() and still_writing.is_dir() and deploy.is_dir()
     assert (store / "latest").resolve() == written
 
 
@@ -366,10 +366,63 @@ def test_stale_leftovers_of_earlier_releases_and_of_latest_swaps_are_removed_too
     kept = [
         leftover(".20260101T000001-abcdef-p0o9i8u7", None),  # another writer's, at work
         leftover(".latest-4243-123456790", None, link=True),  # another process swapping latest now
-        leftover(".export-20260101T000000-abcdef-abcdefgh", long_ago),  # the export's own
         leftover(".latest-4244-123456791", long_ago),  # not a link: not point_latest's
     ]
     written = _write_copy(model_store, store)
     assert [path.name for path in stale if os.path.lexists(path)] == []
     assert all(os.path.lexists(path) for path in kept)
+    assert (store / "latest").resolve() == written
+
+
+def _age(path: Path, when: float) -> Path:
+    os.utime(path, (when, when), follow_symlinks=False)
+    return path
+
+
+def test_stale_export_staging_and_reload_marker_temp_files_are_removed_at_the_next_write(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """An export (``.export-<version>-<random>``) or a marker write (``.serving.json.<pid>.<tid>.tmp``)
+    killed outright left its temporary directory or file in the store for ever. The next write
+    removes them by the staging directories' rule: this user's, unchanged for an hour (anywhere
+    in the directory's tree). Fresh ones, perhaps a live writer's, and everything else stay."""
+    store = tmp_path / "store"
+    store.mkdir()
+    long_ago = time.time() - 2 * 3600
+
+    def old_file(name: str, age: float = long_ago) -> Path:
+        path = store / name
+        path.write_text("{}")
+        return _age(path, age)
+
+    def old_dir(name: str) -> Path:
+        (store / name).mkdir()
+        return _age(store / name, long_ago)
+
+    stale_export = store / ".export-20260101T000000-abcdef-abcdefgh"
+    (stale_export / "bundle").mkdir(parents=True)
+    (stale_export / "bundle" / "model.pkl").write_bytes(b"half")
+    for path in (stale_export / "bundle" / "model.pkl", stale_export / "bundle", stale_export):
+        _age(path, long_ago)
+    busy_export = store / ".export-20260101T000001-abcdef-ijklmnop"
+    (busy_export / "bundle").mkdir(parents=True)
+    (busy_export / "bundle" / "model.pkl").write_bytes(b"half")  # being downloaded now, two levels down
+    for path in (busy_export / "bundle", busy_export):
+        _age(path, long_ago)
+    stale_marker_tmp = old_file(".serving.json.4242.139872345678912.tmp")
+    fresh_marker_tmp = old_file(".serving.json.4243.139872345678913.tmp", time.time())
+    others = [
+        old_file(".serving.json"),  # the marker itself
+        old_file(".serving.json.tmp"),  # not a name the marker write gives
+        old_file(".serving.json.4244.1.tmp.bak"),
+        old_file(".export-20260101T000002-abcdef-qrstuvwx"),  # a file: not an export's staging
+        old_dir(".serving.json.4245.139872345678914.tmp"),  # a directory: not a marker's file
+        old_dir(".deploy-abcdefgh"),
+        old_file("notes.txt"),
+        old_file(".notes"),
+    ]
+    written = _write_copy(model_store, store)
+    assert not os.path.lexists(stale_export) and not os.path.lexists(stale_marker_tmp)
+    assert (busy_export / "bundle" / "model.pkl").read_bytes() == b"half" and fresh_marker_tmp.is_file()
+    assert [path.name for path in others if not os.path.lexists(path)] == []
     assert (store / "latest").resolve() == written

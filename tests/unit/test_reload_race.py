@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -269,3 +270,25 @@ def test_a_service_told_to_serve_a_named_bundle_does_not_follow_another_services
     pinned.check_marker()
     assert _serving(pinned) == "v-pinned"
     assert _serving(_worker_at(store / "v-pinned", store)) == "v-pinned"
+
+
+def test_a_reload_removes_the_marker_temporary_file_a_killed_writer_left(store: Path) -> None:
+    """A worker killed between writing the marker's temporary file and renaming it into place left
+    ``.serving.json.<pid>.<tid>.tmp`` in the store for ever. The next marker write removes it once
+    unchanged for an hour, as a bundle write removes a staging directory; a fresh one (another
+    worker's, about to be renamed) and other files stay."""
+    long_ago = time.time() - 2 * 3600
+
+    def file(name: str, age: float) -> Path:
+        (store / name).write_text("{}")
+        os.utime(store / name, (age, age))
+        return store / name
+
+    stale = file(".serving.json.4242.139872345678912.tmp", long_ago)
+    fresh = file(".serving.json.4243.139872345678913.tmp", time.time())
+    other = file(".serving.json.tmp", long_ago)
+    worker = _worker(store)
+    add_version(store, "v2")
+    assert worker.request("v2", wait=WAIT)["state"] == "loaded"
+    assert _marker_version(store) == "v2"
+    assert not stale.exists() and fresh.is_file() and other.is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +71,28 @@ def test_a_bundle_version_tag_that_is_not_a_bundle_name_is_refused(
     with pytest.raises(RegistryError, match="not a bundle name"):
         export_version(registry, version, store)
     assert not (tmp_path / "elsewhere").exists() and not (store / "latest").exists()
+
+
+def test_an_export_removes_the_staging_a_killed_export_left(
+    tmp_path: Path, personal_model_store: Path
+) -> None:
+    """An export killed mid-download (SIGKILL, OOM) left ``.export-<version>-<random>`` in the
+    model store for ever. The next export removes it once nothing in it changed for an hour, as
+    a bundle write does; a fresh one (another export at work) and other entries stay."""
+    registry, version, _copy = _registered(tmp_path, personal_model_store)
+    store = tmp_path / "store"
+    long_ago = time.time() - 2 * 3600
+
+    def staging(name: str, age: float) -> Path:
+        (store / name / "bundle").mkdir(parents=True)
+        (store / name / "bundle" / "model.pkl").write_bytes(b"half")
+        for path in (store / name / "bundle" / "model.pkl", store / name / "bundle", store / name):
+            os.utime(path, (age, age))
+        return store / name
+
+    stale = staging(".export-20260101T000000-abcdef-abcdefgh", long_ago)
+    fresh = staging(".export-20260101T000001-abcdef-ijklmnop", time.time())
+    other = staging(".deploy-abcdefgh", long_ago)
+    exported = export_version(registry, version, store)
+    assert not stale.exists() and fresh.is_dir() and other.is_dir()
+    assert (store / "latest").resolve() == exported.resolve()
