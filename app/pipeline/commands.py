@@ -314,7 +314,7 @@ def features_build(data_dir: Path | None) -> None:
     """Ingest raw data + feedback, write a features snapshot, load user features into the DB."""
     from sqlalchemy.exc import OperationalError
 
-    from app.pipeline.features_store import FeatureStore
+    from app.pipeline.features_store import FeatureStore, SnapshotSuperseded
     from app.pipeline.ingest import ingest
     from app.pipeline.runner import features_root
     from app.recommender.data import DataUnavailableError
@@ -328,6 +328,9 @@ def features_build(data_dir: Path | None) -> None:
         store = FeatureStore(features_root(settings))
         with store.staged_snapshot(ingested) as snapshot:  # published once the database serves it too
             loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
+    except SnapshotSuperseded as exc:  # not a failure: the features are as new as this build's
+        click.echo(f"{exc}; nothing loaded into the database")
+        return
     except DataUnavailableError as exc:  # refused raw files: file, field and rows, not a traceback
         raise click.ClickException(str(exc)) from exc
     except (OperationalError, DatabaseUnavailableError) as exc:

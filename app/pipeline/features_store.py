@@ -9,11 +9,14 @@ Layout under the root (a local directory or any fsspec URL — ``s3://bucket/fea
     snapshot=<id>/feedback.parquet   the feedback ratings of the run and how each was mapped
     snapshot=<id>/_meta.json         data hash, created_at, row counts
     LATEST                           id of the newest complete snapshot
+    .publish.lock                    held while a build loads the database and publishes
 
 A snapshot is written completely (and, locally, synced) before ``LATEST`` names it, so readers
 never see half of one; the pipeline publishes it only once the service database holds its users
 too (:meth:`FeatureStore.staged_snapshot`), so ``LATEST`` and the features API name the same
-snapshot even after a failed load, which removes the snapshot it staged. The features are computed by
+snapshot even after a failed load, which removes the snapshot it staged. Builds load and publish
+one at a time, and ``LATEST`` never goes back to an older snapshot than the one it names
+(:class:`SnapshotSuperseded`). The features are computed by
 the pure functions of app/recommender/features.py; this module only stores and queries them.
 DuckDB is the embedded SQL warehouse: the latest snapshot's tables are views ``users``,
 ``items``, ``ratings`` and ``feedback``, and every snapshot up to the latest is reachable as
@@ -23,8 +26,10 @@ DuckDB is the embedded SQL warehouse: the latest snapshot's tables are views ``u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +42,7 @@ import fsspec
 import pandas as pd
 
 from app.recommender.features import item_features, rated_movies, user_features
-from app.services.durable_files import sync_directory, write_durably
+from app.services.durable_files import exclusive_lock, sync_directory, write_durably
 
 if TYPE_CHECKING:  # the ingest module pulls in the service database layer; SQL needs none of it
     from app.pipeline.ingest import Ingested
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 TABLES: Final = ("users", "items", "ratings", "feedback")
 LATEST_FILE: Final = "LATEST"
 META_FILE: Final = "_meta.json"
+LOCK_FILE: Final = ".publish.lock"
 _LOCAL_PROTOCOLS: Final = {"file", "local"}
 
 
@@ -56,6 +62,25 @@ class Snapshot:
     url: str
     data_hash: str
     counts: dict[str, int]
+
+
+class SnapshotSuperseded(RuntimeError):
+    """Another build published a newer snapshot while this one was staging its own.
+
+    Snapshot ids start with the UTC time of their staging, so they sort oldest first (the
+    ``*_history`` views stop at the id ``LATEST`` names, :meth:`FeatureStore.snapshots` sorts
+    by them). Loading and publishing the older one would take ``LATEST`` and the service
+    database back in time and hide the newer snapshot from the history, so the build removes
+    its snapshot instead: both keep the newer one.
+    """
+
+    def __init__(self, snapshot: Snapshot, latest: str) -> None:
+        super().__init__(
+            f"features snapshot {snapshot.id} not published: the newer snapshot {latest} was published "
+            "meanwhile by another build, and stays the latest (in LATEST and the service database)"
+        )
+        self.snapshot = snapshot
+        self.latest = latest
 
 
 def feature_tables(ingested: Ingested) -> dict[str, pd.DataFrame]:
@@ -176,13 +201,35 @@ class FeatureStore:
         """
         snapshot = self.stage_snapshot(ingested, now)
         try:
-            yield snapshot
-            self.publish(snapshot)
+            # One build at a time loads and publishes: two overlapping builds (the scheduler's
+            # flow and a manual `movierec features build`) each loaded the database and moved
+            # LATEST, and the one that staged first but finished last put its older snapshot back.
+            with self._publish_lock():
+                latest = self.latest()
+                if latest is not None and latest > snapshot.id:
+                    raise SnapshotSuperseded(snapshot, latest)
+                yield snapshot
+                self.publish(snapshot)
+        except SnapshotSuperseded:
+            self._discard(snapshot.id, why="a newer snapshot was published meanwhile")
+            raise
         except BaseException:
             self._discard(snapshot.id)
             raise
 
-    def _discard(self, snapshot_id: str) -> None:
+    @contextmanager
+    def _publish_lock(self) -> Iterator[None]:
+        """The store's lock file for a local root; for an object store (no locks there) one in
+        the temporary directory, named by the root, which serialises the builds of this host."""
+        if self.is_local:
+            path = Path(self._path(LOCK_FILE))
+        else:
+            digest = hashlib.sha256(self.root.encode()).hexdigest()[:16]
+            path = Path(tempfile.gettempdir()) / f"movierec-features-{digest}.lock"
+        with exclusive_lock(path):
+            yield
+
+    def _discard(self, snapshot_id: str, why: str = "it was never published") -> None:
         """Remove an unpublished snapshot this process staged; never the one ``LATEST`` names
         (a publish that failed after replacing it)."""
         directory = self._path(f"snapshot={snapshot_id}")
@@ -193,7 +240,7 @@ class FeatureStore:
         except OSError as exc:  # the error that failed the build matters more; the leftover is named
             log.warning("could not remove the unpublished features snapshot %s: %s", directory, exc)
         else:
-            log.warning("removed the features snapshot %s: it was never published", snapshot_id)
+            log.warning("removed the features snapshot %s: %s", snapshot_id, why)
 
     def publish(self, snapshot: Snapshot) -> None:
         """Name ``snapshot`` in ``LATEST``: after its files, and whatever is loaded from them, are in place.

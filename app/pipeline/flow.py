@@ -136,7 +136,7 @@ class MovieRecTrainingFlow(FlowSpec):
     def features(self) -> None:
         """Publish the features snapshot (Parquet), load user features into the service DB."""
         from app.pipeline.candidates import fit_rating_model
-        from app.pipeline.features_store import FeatureStore
+        from app.pipeline.features_store import FeatureStore, SnapshotSuperseded
         from app.pipeline.ingest import Ingested
         from app.pipeline.runner import features_root
         from app.storage.user_features import replace_user_features
@@ -144,10 +144,14 @@ class MovieRecTrainingFlow(FlowSpec):
         settings = _settings()
         store = FeatureStore(features_root(settings))
         # LATEST names it only once the database serves it too; a failed load removes it
-        with store.staged_snapshot(Ingested(self.data, self.feedback)) as snapshot:
-            self.snapshot_id = snapshot.id
-            rows = store.service_rows(snapshot.id)
-            self.db_user_features = replace_user_features(_database(settings), rows, snapshot.id)
+        try:
+            with store.staged_snapshot(Ingested(self.data, self.feedback)) as snapshot:
+                self.snapshot_id = snapshot.id
+                rows = store.service_rows(snapshot.id)
+                self.db_user_features = replace_user_features(_database(settings), rows, snapshot.id)
+        except SnapshotSuperseded as exc:  # a manual build published a newer one: the run goes on
+            logging.getLogger(__name__).warning("%s", exc)
+            self.snapshot_id, self.db_user_features = exc.latest, 0
         # One rating regressor per run, attached to every bundle that cannot predict ratings itself.
         self.rating_model = fit_rating_model(self.data)
         self.next(self.train, foreach="candidate_names")

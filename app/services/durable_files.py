@@ -4,13 +4,16 @@ Shared by the feedback journal (app/services/feedback_journal.py), the request l
 (app/services/request_log.py), the features store's snapshots and ``LATEST``
 (app/pipeline/features_store.py) and the log monitor's cursor file (app/monitoring/monitor.py).
 What a write-behind log may not lose goes through here: synced before the caller moves on, and a
-new file's name made durable with its directory.
+new file's name made durable with its directory. :func:`exclusive_lock` serialises the processes
+that share such files (the features store's publishing, SQLite's migrations).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +88,19 @@ def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
     _write_synced(partial, data, os.O_TRUNC, mode)
     os.replace(partial, path)
     sync_directory(path.parent)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing), waiting for any holder.
+
+    The kernel releases it when the holder dies, so it never goes stale. It is per open file,
+    so it also serialises threads of one process that each take it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

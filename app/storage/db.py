@@ -7,7 +7,6 @@ when ``MOVIEREC_DATABASE_URL`` points at one. Schema changes go through Alembic 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +22,7 @@ from sqlalchemy import Engine, Table, bindparam, create_engine, event, make_url,
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.services.durable_files import exclusive_lock
 from app.storage.models import Feedback, RecommendationRequest, as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -269,12 +269,8 @@ class Database:
         if not database or database == ":memory:":
             yield
             return
-        with open(f"{database}.migrate.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive_lock(Path(f"{database}.migrate.lock")):
+            yield
 
     def ping(self) -> bool:
         try:
