@@ -20,7 +20,8 @@ one at a time, and ``LATEST`` never goes back to an older snapshot than the one 
 the pure functions of app/recommender/features.py; this module only stores and queries them.
 DuckDB is the embedded SQL warehouse: the latest snapshot's tables are views ``users``,
 ``items``, ``ratings`` and ``feedback``, and every snapshot up to the latest is reachable as
-``users_history`` etc. (with a ``snapshot`` column), so
+``users_history`` etc. (with a ``snapshot`` column; one DuckDB cannot open is left out of it,
+with a warning), so
 ``movierec sql "select occupation, avg(mean_rating) from users group by 1"`` just works.
 """
 
@@ -313,21 +314,61 @@ class FeatureStore:
         # Nor is a snapshot newer than LATEST: staged by a build whose database load failed.
         complete = [s for s in self.snapshots() if s <= snapshot] or [snapshot]
         connection = duckdb.connect(":memory:")
-        if not self.is_local:
-            connection.register_filesystem(self.fs)
+        try:
+            if not self.is_local:
+                connection.register_filesystem(self.fs)
+            self._create_views(connection, snapshot, complete)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _create_views(
+        self, connection: duckdb.DuckDBPyConnection, snapshot: str, complete: list[str]
+    ) -> None:
+        # DuckDB reads every file's footer when it creates a view, so one unreadable old snapshot
+        # (a damaged block, a truncated copy) failed every query, even those over the latest one.
+        # It is left out of the history, with a warning; the latest one unreadable is an error.
+        problem = self._unreadable(connection, snapshot)
+        if problem is not None:
+            raise ValueError(
+                f"the latest features snapshot {snapshot} is unreadable: {problem}; "
+                "publish a new one with `movierec features build`"
+            )
+        history = []
+        for old in complete:
+            problem = None if old == snapshot else self._unreadable(connection, old)
+            if problem is None:
+                history.append(old)
+            else:
+                log.warning("features snapshot %s left out of the *_history views: %s", old, problem)
         for table in TABLES:
             latest = self._url(self._path(f"snapshot={snapshot}", f"{table}.parquet"))
-            history = [self._url(self._path(f"snapshot={s}", f"{table}.parquet")) for s in complete]
+            files = [self._url(self._path(f"snapshot={s}", f"{table}.parquet")) for s in history]
             # Table names are our constants and paths are quoted literals: no user input here.
             view = f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_literal(latest)})"  # noqa: S608  # nosec B608
             connection.execute(view)
-            files = "[" + ", ".join(_literal(path) for path in history) + "]"
+            listed = "[" + ", ".join(_literal(path) for path in files) + "]"
             history_view = (
                 f"CREATE VIEW {table}_history AS SELECT * FROM "  # noqa: S608  # nosec B608
-                f"read_parquet({files}, hive_partitioning = true, union_by_name = true)"
+                f"read_parquet({listed}, hive_partitioning = true, union_by_name = true)"
             )
             connection.execute(history_view)
-        return connection
+
+    def _unreadable(self, connection: duckdb.DuckDBPyConnection, snapshot: str) -> str | None:
+        """What keeps DuckDB from opening one of the snapshot's tables (its file and why), or None.
+
+        The footer (schema, row groups) is what a view needs; damage past it fails only the
+        queries that read those rows, with DuckDB's error naming the file.
+        """
+        for table in TABLES:
+            path = self._url(self._path(f"snapshot={snapshot}", f"{table}.parquet"))
+            try:
+                connection.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path])
+            except duckdb.Error as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                return f"{path}: {reason}"
+        return None
 
     def sql(self, query: str) -> pd.DataFrame:
         """Run one SQL statement over the features and return the result."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,58 @@ def test_snapshot_files_are_as_readable_as_the_umask_allows(synthetic_data: Any,
     directory = root / f"snapshot={snapshot.id}"
     for path in (root / "LATEST", directory / "_meta.json", *directory.glob("*.parquet")):
         assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def _three_snapshots(store: FeatureStore, data: Any) -> list[str]:
+    return [
+        store.write_snapshot(Ingested(data), now=datetime(2026, 1, day, tzinfo=UTC)).id for day in (1, 2, 3)
+    ]
+
+
+def test_a_corrupt_old_snapshot_is_left_out_of_the_history_with_a_warning(
+    synthetic_data: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One damaged old snapshot (a bad disk block, a truncated copy) made every query fail, even
+    those over the current features, with an error naming its file."""
+    root = tmp_path / "features"
+    store = FeatureStore(root)
+    oldest, damaged, latest = _three_snapshots(store, synthetic_data)
+    users = root / f"snapshot={damaged}" / "users.parquet"
+    users.write_bytes(users.read_bytes()[:200])
+
+    with caplog.at_level(logging.WARNING, logger="app.pipeline.features_store"):
+        assert store.sql("select count(*) as n from users")["n"].item() == len(synthetic_data.users)
+        history = store.sql("select distinct snapshot from users_history order by 1")["snapshot"].tolist()
+        # the whole snapshot is left out, so every *_history view covers the same snapshots
+        items = store.sql("select distinct snapshot from items_history order by 1")["snapshot"].tolist()
+    assert history == items == [oldest, latest]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3  # one line per query, each over a connection of its own
+    assert all(damaged in r.getMessage() and str(users) in r.getMessage() for r in warnings)
+
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    query = "select count(distinct snapshot) as n from users_history"
+    result = CliRunner().invoke(cli, ["sql", "--root", str(root), "--format", "csv", query])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["n", "2"]
+    assert f"features snapshot {damaged} left out of the *_history views" in result.stderr
+
+
+def test_a_corrupt_latest_snapshot_is_a_clear_error(synthetic_data: Any, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    root = tmp_path / "features"
+    store = FeatureStore(root)
+    latest = _three_snapshots(store, synthetic_data)[-1]
+    items = root / f"snapshot={latest}" / "items.parquet"
+    items.write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match=f"latest features snapshot {latest} is unreadable") as raised:
+        store.sql("select count(*) from users")
+    assert str(items) in str(raised.value) and "movierec features build" in str(raised.value)
+    result = CliRunner().invoke(cli, ["sql", "--root", str(root), "select count(*) from users_history"])
+    assert result.exit_code == 1 and f"latest features snapshot {latest} is unreadable" in result.output
