@@ -48,8 +48,8 @@ def test_feedback_ingest_and_user_features_on_postgresql(
 def test_two_concurrent_feature_loads_on_postgresql_both_succeed(
     postgres_url: str, synthetic_data: Any, tmp_path: Any
 ) -> None:
-    """`movierec features build` takes no lock, so it can load the user_features table while a
-    flow's features step loads it too. Each load is DELETE-all + INSERT in one transaction; on
+    """Two loads of the user_features table at once: builds on one host load one at a time (the
+    features store's publish lock), but builds on two hosts sharing the database do not. Each load is DELETE-all + INSERT in one transaction; on
     PostgreSQL the second DELETE waits for the first transaction, then skips the rows the first
     one inserted (they are not in its snapshot) and its INSERT hits their primary keys."""
     import threading
