@@ -52,8 +52,11 @@ class Settings(BaseSettings):
     )
     model_dir: Path = Path("model")
     data_dir: Path = Path("data")
-    database_url: str = "sqlite:///var/movierec.db"
-    redis_url: str | None = None
+    # Both may hold a password (``postgresql://user:password@host/db``): left out of the
+    # settings' repr. Plain str, not SecretStr: every reader needs the URL itself, and the
+    # places that show one mask its password (``render_as_string(hide_password=True)``).
+    database_url: str = Field(default="sqlite:///var/movierec.db", repr=False)
+    redis_url: str | None = Field(default=None, repr=False)
 
     # ML life cycle (app/pipeline, app/registry; docs/pipeline.md)
     var_dir: Path = Path("var")  # MLflow SQLite + artifacts and the Metaflow datastore live under it

@@ -54,6 +54,23 @@ def test_invalid_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> Non
         load_settings()
 
 
+PG_URL = "postgresql://movierec:pg-pass%2Fword@db.internal:5432/movierec"
+REDIS_URL = "redis://:redis-pass-word@cache.internal:6379/0"
+
+
+def test_no_secret_shows_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings' repr (and that of the app's Services, which hold them) showed the database
+    and Redis URLs with their passwords; no secret's value is in it any more."""
+    values = {"SESSION_PASSWORD": "session-pw", "MOVIEREC_JWT_SECRET": STRONG,
+              "MOVIEREC_DATABASE_URL": PG_URL, "MOVIEREC_REDIS_URL": REDIS_URL}  # fmt: skip
+    for variable, value in values.items():
+        monkeypatch.setenv(variable, value)
+        monkeypatch.delenv(f"{variable}_FILE", raising=False)
+    text = repr(load_settings(testing=True))
+    for secret in ("session-pw", STRONG, "pg-pass", "redis-pass-word"):
+        assert secret not in text
+
+
 def test_postgres_urls_get_the_psycopg_driver() -> None:
     assert Settings(database_url="postgresql://u@h/db").sqlalchemy_url == "postgresql+psycopg://u@h/db"
     assert Settings(database_url="sqlite:///x.db").sqlalchemy_url == "sqlite:///x.db"
