@@ -1,10 +1,11 @@
 """Settings: typed, from the environment, validated once at start-up (twelve-factor).
 
 Environment variables use the ``MOVIEREC_`` prefix, plus the seed's own names
-``ML_MODEL_PATH``, ``SESSION_PASSWORD`` and ``ADMIN_PASSWORD``. Any secret may instead be
-given as a file path in ``<NAME>_FILE`` (Docker/Kubernetes secrets; never both, see
-app/secret_files.py). Outside testing the service refuses to start without a session
-password and a strong JWT secret, and the error names the variable.
+``ML_MODEL_PATH``, ``SESSION_PASSWORD`` and ``ADMIN_PASSWORD``. Any secret, the database and
+Redis URLs (which carry their passwords) included, may instead be given as a file path in
+``<NAME>_FILE`` (Docker/Kubernetes secrets; never both, see app/secret_files.py). Outside
+testing the service refuses to start without a session password and a strong JWT secret, and
+the error names the variable.
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ class Settings(BaseSettings):
     )
     model_dir: Path = Path("model")
     data_dir: Path = Path("data")
-    # Both may hold a password (``postgresql://user:password@host/db``): left out of the
-    # settings' repr. Plain str, not SecretStr: every reader needs the URL itself, and the
-    # places that show one mask its password (``render_as_string(hide_password=True)``).
+    # Both may hold a password (``postgresql://user:password@host/db``): secret settings
+    # (``<NAME>_FILE``, app/secret_files.py), left out of the settings' repr. Plain str, not
+    # SecretStr: every reader needs the URL itself, and the places that show one mask its
+    # password (``render_as_string(hide_password=True)``).
     database_url: str = Field(default="sqlite:///var/movierec.db", repr=False)
     redis_url: str | None = Field(default=None, repr=False)
 

@@ -87,6 +87,9 @@ SECRETS_PREFIX = "deploy-"
 _CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Docker's rule: also a safe directory name
 DATABASE_FILE = "/var/lib/movierec/db/movierec.db"
 """The image's SQLite database (Dockerfile: ``MOVIEREC_DATABASE_URL``)."""
+IMAGE_SECRET_DEFAULTS = frozenset({"MOVIEREC_DATABASE_URL"})
+"""The secret settings (app/secret_files.py) the image's environment sets (Dockerfile ``ENV``):
+the database URL, to its SQLite file. Delivered as a file, such a name is also emptied."""
 STATE_VOLUMES = (("db", str(PurePosixPath(DATABASE_FILE).parent)), ("journal", "/var/lib/movierec/journal"))
 """The service's state, each directory a named volume ``<container>-<suffix>``: the database and
 the feedback journal (``MOVIEREC_FEEDBACK_JOURNAL_DIR``). Not all of /var/lib/movierec: the
@@ -363,11 +366,17 @@ class SecretFiles:
         """Mount the directory read-only and say where each secret is. The files keep their host
         owner (bind mounts do), so the image's unprivileged user reads them through their group:
         its own (:data:`IMAGE_GID`) when a root deployer gave them that group, else the deploying
-        user's, added to its groups. No ``--user`` change."""
+        user's, added to its groups. No ``--user`` change.
+
+        A name the image's environment sets (:data:`IMAGE_SECRET_DEFAULTS`) is also set empty,
+        which the service takes as unset: the image's value would otherwise be a second one
+        beside the file, and the service refuses a secret given both ways."""
         args = ["--mount", f"type=bind,source={self.directory},target={SECRETS_MOUNT},readonly"]
         if self.gid != IMAGE_GID:
             args += ["--group-add", str(self.gid)]
         for name in self.names:
+            if name in IMAGE_SECRET_DEFAULTS:
+                args += ["--env", f"{name}="]
             args += ["--env", f"{name}{FILE_SUFFIX}={SECRETS_MOUNT}/{name}"]
         return args
 
@@ -1105,7 +1114,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--env", dest="extra_env", action="append", default=[], metavar="NAME",
         help="also pass this variable from the environment (its value never on argv): as a secret file "
-        "if the service reads it from one (e.g. MOVIEREC_METRICS_TOKEN), else in its environment",
+        "if the service reads it from one (e.g. MOVIEREC_METRICS_TOKEN, MOVIEREC_DATABASE_URL), else in its "
+        "environment",
     )  # fmt: skip
     parser.add_argument(
         "--secrets-dir", type=Path, default=None, metavar="DIR",

@@ -22,8 +22,12 @@ SECRET_SETTINGS: Final[dict[str, tuple[str, ...]]] = {
     "admin_password": ("ADMIN_PASSWORD", "MOVIEREC_ADMIN_PASSWORD"),
     "jwt_secret": ("MOVIEREC_JWT_SECRET",),
     "metrics_token": ("MOVIEREC_METRICS_TOKEN",),
+    # URLs that carry the database's or Redis's password (``postgresql://user:password@host/db``)
+    "database_url": ("MOVIEREC_DATABASE_URL",),
+    "redis_url": ("MOVIEREC_REDIS_URL",),
 }
-"""Each secret setting and the variables it is read from; each also as ``<variable>_FILE``."""
+"""Each setting that holds (or may hold) a secret and the variables it is read from; each also
+as ``<variable>_FILE``."""
 
 SECRET_VARIABLES: Final = frozenset(name for names in SECRET_SETTINGS.values() for name in names)
 

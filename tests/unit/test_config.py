@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from app.config import ConfigurationError, Settings, load_settings
 from app.secret_files import SECRET_SETTINGS, read_secret_file
@@ -135,8 +136,13 @@ def test_the_secret_table_names_every_variable_settings_read(
     for name, names in SECRET_SETTINGS.items():
         for variable in names:
             clean_secret_environment.setenv(variable, "v" * 40)
-            assert getattr(load_settings(testing=True), name).get_secret_value() == "v" * 40, variable
+            assert _plain(getattr(load_settings(testing=True), name)) == "v" * 40, variable
             clean_secret_environment.delenv(variable)
+
+
+def _plain(value: SecretStr | str | None) -> str | None:
+    """A secret setting's value: most are SecretStr, the database and Redis URLs plain str."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 @pytest.mark.parametrize(
@@ -172,6 +178,8 @@ def test_a_secret_file_loses_exactly_one_trailing_newline(
         ("MOVIEREC_ADMIN_PASSWORD", "admin_password"),
         ("MOVIEREC_JWT_SECRET", "jwt_secret"),
         ("MOVIEREC_METRICS_TOKEN", "metrics_token"),
+        ("MOVIEREC_DATABASE_URL", "database_url"),
+        ("MOVIEREC_REDIS_URL", "redis_url"),
     ],
 )
 def test_every_secret_comes_from_its_file_or_its_variable(
@@ -180,10 +188,37 @@ def test_every_secret_comes_from_its_file_or_its_variable(
     path = tmp_path / variable
     path.write_text(STRONG + "\n")
     clean_secret_environment.setenv(f"{variable}_FILE", str(path))
-    assert getattr(load_settings(testing=True), field).get_secret_value() == STRONG
+    assert _plain(getattr(load_settings(testing=True), field)) == STRONG
     clean_secret_environment.delenv(f"{variable}_FILE")
     clean_secret_environment.setenv(variable, "from-env-" + STRONG)
-    assert getattr(load_settings(testing=True), field).get_secret_value() == "from-env-" + STRONG
+    assert _plain(getattr(load_settings(testing=True), field)) == "from-env-" + STRONG
+
+
+def test_the_database_and_redis_urls_may_be_secret_files(
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A PostgreSQL or Redis URL carries its password: in MOVIEREC_DATABASE_URL / _REDIS_URL it was
+    in the container's configuration (docker inspect) and every process's /proc/<pid>/environ,
+    with no file form to keep it out. Read from the file, it is used as the variable would be."""
+    (tmp_path / "database-url").write_text(PG_URL + "\n")
+    (tmp_path / "redis-url").write_text(REDIS_URL + "\n")
+    clean_secret_environment.setenv("MOVIEREC_DATABASE_URL_FILE", str(tmp_path / "database-url"))
+    clean_secret_environment.setenv("MOVIEREC_REDIS_URL_FILE", str(tmp_path / "redis-url"))
+    settings = load_settings(testing=True)
+    assert settings.database_url == PG_URL
+    assert settings.sqlalchemy_url == PG_URL.replace("postgresql://", "postgresql+psycopg://")
+    assert settings.redis_url == REDIS_URL
+
+
+def test_an_empty_variable_beside_its_file_is_not_a_second_value(
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The image sets MOVIEREC_DATABASE_URL (its SQLite file); emptying it (``-e
+    MOVIEREC_DATABASE_URL=``, as deploy-docker.py does) lets the file give the URL."""
+    (tmp_path / "database-url").write_text(PG_URL + "\n")
+    clean_secret_environment.setenv("MOVIEREC_DATABASE_URL", "")
+    clean_secret_environment.setenv("MOVIEREC_DATABASE_URL_FILE", str(tmp_path / "database-url"))
+    assert load_settings(testing=True).database_url == PG_URL
 
 
 @pytest.mark.parametrize(
@@ -194,6 +229,8 @@ def test_every_secret_comes_from_its_file_or_its_variable(
         ("MOVIEREC_JWT_SECRET", "MOVIEREC_JWT_SECRET_FILE"),
         ("MOVIEREC_ADMIN_PASSWORD", "MOVIEREC_ADMIN_PASSWORD_FILE"),
         ("MOVIEREC_METRICS_TOKEN", "MOVIEREC_METRICS_TOKEN_FILE"),
+        ("MOVIEREC_DATABASE_URL", "MOVIEREC_DATABASE_URL_FILE"),
+        ("MOVIEREC_REDIS_URL", "MOVIEREC_REDIS_URL_FILE"),
     ],
 )
 def test_a_secret_given_both_as_a_value_and_a_file_is_refused(
@@ -220,24 +257,26 @@ def test_two_files_for_one_secret_are_refused(
         load_settings(testing=True)
 
 
+@pytest.mark.parametrize("variable", ["MOVIEREC_JWT_SECRET", "MOVIEREC_DATABASE_URL", "MOVIEREC_REDIS_URL"])
 @pytest.mark.parametrize("content", ["", "\n", "\r\n"])
 def test_an_empty_secret_file_is_refused_naming_the_setting(
-    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path, content: str
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path, content: str, variable: str
 ) -> None:
     """An empty file is a secret not written yet, not an empty password: refused even when testing,
     like an empty value, and the error names the variable and the file."""
-    path = tmp_path / "jwt"
+    path = tmp_path / "secret"
     path.write_text(content, newline="")
-    clean_secret_environment.setenv("MOVIEREC_JWT_SECRET_FILE", str(path))
-    with pytest.raises(ConfigurationError, match=rf"MOVIEREC_JWT_SECRET_FILE: {path} is empty"):
+    clean_secret_environment.setenv(f"{variable}_FILE", str(path))
+    with pytest.raises(ConfigurationError, match=rf"{variable}_FILE: {path} is empty"):
         load_settings(testing=True)
 
 
+@pytest.mark.parametrize("variable", ["SESSION_PASSWORD", "MOVIEREC_DATABASE_URL", "MOVIEREC_REDIS_URL"])
 def test_an_unreadable_secret_file_is_refused_naming_the_setting(
-    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path, variable: str
 ) -> None:
-    clean_secret_environment.setenv("SESSION_PASSWORD_FILE", str(tmp_path / "missing"))
-    with pytest.raises(ConfigurationError, match=r"SESSION_PASSWORD_FILE: cannot read .*missing"):
+    clean_secret_environment.setenv(f"{variable}_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigurationError, match=rf"{variable}_FILE: cannot read .*missing"):
         load_settings(testing=True)
 
 

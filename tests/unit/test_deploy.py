@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -56,10 +57,13 @@ from app.deploy import (
     staged_in_context,
     write_secret_files,
 )
+from app.secret_files import SECRET_VARIABLES
 
 pytestmark = pytest.mark.unit
 
 PASSWORD = "correct horse battery staple"
+IMAGE_ENV = {"MOVIEREC_DATABASE_URL": f"sqlite:///{DATABASE_FILE}"}
+"""What the image's environment (Dockerfile ENV) sets that the service also reads as a secret."""
 
 
 # --------------------------------------------------------------------------- a fake engine
@@ -80,7 +84,7 @@ class FakeContainer:
 
     def secret(self, name: str) -> str:
         """What the app reads for ``name``: the file ``$<name>_FILE`` names, minus one newline."""
-        assert name not in self.env, f"{name} is in the container's environment"
+        assert not self.env.get(name), f"{name} has a value in the container's environment"
         return self.secrets[self.env[f"{name}_FILE"]].removesuffix("\n")
 
 
@@ -184,7 +188,7 @@ class FakeEngine:
         if "--rm" in args:
             return self.run_once(args, volumes)
         name = args[args.index("--name") + 1]
-        env: dict[str, str] = {}
+        env = dict(IMAGE_ENV)  # the image's, which `docker run`'s own override
         if "--env-file" in args:  # plain settings passed on with --env NAME
             env_file = Path(args[args.index("--env-file") + 1])
             self.env_file_paths.append(env_file)
@@ -753,6 +757,9 @@ def test_run_command_mounts_the_state_volumes_and_not_the_image_s_models(tmp_pat
 def test_the_state_volumes_are_where_the_image_keeps_its_database_and_journal() -> None:
     dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
     assert f"MOVIEREC_DATABASE_URL=sqlite:///{DATABASE_FILE} " in dockerfile
+    # what the fake engine's containers start with, and the names deploy empties beside their file
+    image_secrets = {name for name in SECRET_VARIABLES if re.search(rf"\b{name}=", dockerfile)}
+    assert image_secrets == set(IMAGE_ENV) == deploy.IMAGE_SECRET_DEFAULTS
     assert "MOVIEREC_FEEDBACK_JOURNAL_DIR=/var/lib/movierec/journal" in dockerfile
     assert {target for _, target in STATE_VOLUMES} == {"/var/lib/movierec/db", "/var/lib/movierec/journal"}
     assert str(Path(DATABASE_FILE).parent) == dict(STATE_VOLUMES)["db"]
@@ -1281,6 +1288,47 @@ def test_a_backup_recovered_from_an_interrupted_deployment_is_started_on_rollbac
     assert engine.containers["movierec"].status == "running"
 
 
+def service_settings(engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The settings of the service started in the new container: its environment (the image's
+    and what `docker run` set), its secret files read where the engine mounted them from."""
+    from app.config import load_settings
+    from app.secret_files import SECRET_SETTINGS
+
+    for names in SECRET_SETTINGS.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+            monkeypatch.delenv(f"{name}_FILE", raising=False)
+    for name, value in engine.containers[engine.new_name or ""].env.items():
+        if value.startswith(SECRETS_MOUNT + "/"):
+            value = str(engine.secret_dirs[-1] / value.removeprefix(SECRETS_MOUNT + "/"))
+        monkeypatch.setenv(name, value)
+    return load_settings(testing=True)
+
+
+def test_the_database_and_redis_urls_reach_the_container_as_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--env MOVIEREC_DATABASE_URL / MOVIEREC_REDIS_URL put the URLs, passwords included, in the
+    container's configuration (docker inspect). They are files now, like the other secrets; the
+    image's own MOVIEREC_DATABASE_URL (its SQLite file) is emptied, or the service would refuse
+    the URL given both ways and the deployment would roll back."""
+    pg_url = "postgresql://movierec:pg-pass-word@db.internal/movierec"
+    redis_url = "redis://:redis-pass-word@cache.internal:6379/0"
+    env = {"SESSION_PASSWORD": PASSWORD, "MOVIEREC_DATABASE_URL": pg_url, "MOVIEREC_REDIS_URL": redis_url}
+    resolved = resolve_secrets(None, env, extra_names=["MOVIEREC_DATABASE_URL", "MOVIEREC_REDIS_URL"])
+    engine = FakeEngine()
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    deployer.deploy(resolved)
+    container = engine.containers["movierec"]
+    assert container.secret("MOVIEREC_DATABASE_URL") == pg_url
+    assert container.secret("MOVIEREC_REDIS_URL") == redis_url
+    shown = f"{container.env} {container.argv} {out.getvalue()}"
+    assert "pg-pass-word" not in shown and "redis-pass-word" not in shown
+    assert engine.env_file_paths == []  # no plain setting: nothing went through the env file
+    settings = service_settings(engine, monkeypatch)
+    assert (settings.database_url, settings.redis_url) == (pg_url, redis_url)
+
+
 @pytest.mark.parametrize("same", [True, False])
 def test_a_secret_set_under_both_of_its_names_reaches_the_container_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same: bool
@@ -1289,9 +1337,6 @@ def test_a_secret_set_under_both_of_its_names_reaches_the_container_once(
     passed on): as two files, the service refused to start ("both set") and the deployment
     failed with a crash-looping container. Only the name the service reads first is delivered,
     as when both were in its environment; a different value under the other name is warned of."""
-    from app.config import load_settings
-    from app.secret_files import SECRET_SETTINGS
-
     env = {
         "SESSION_PASSWORD": PASSWORD,
         "MOVIEREC_JWT_SECRET": "k" * 40,
@@ -1305,17 +1350,7 @@ def test_a_secret_set_under_both_of_its_names_reaches_the_container_once(
     engine = FakeEngine()
     deployer, _ = make_deployer(make_cfg(tmp_path), engine)
     deployer.deploy(resolved)
-    container = engine.containers["movierec"]
-    # the service, started with the container's environment and its mounted files
-    for names in SECRET_SETTINGS.values():
-        for name in names:
-            monkeypatch.delenv(name, raising=False)
-            monkeypatch.delenv(f"{name}_FILE", raising=False)
-    for name, value in container.env.items():
-        if value.startswith(SECRETS_MOUNT + "/"):
-            value = str(engine.secret_dirs[-1] / value.removeprefix(SECRETS_MOUNT + "/"))
-        monkeypatch.setenv(name, value)
-    settings = load_settings(testing=True)
+    settings = service_settings(engine, monkeypatch)
     assert settings.admin_password is not None
     assert settings.admin_password.get_secret_value() == "adm-pw"
 

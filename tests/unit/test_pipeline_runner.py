@@ -58,12 +58,15 @@ def test_every_setting_reaches_the_flow_through_the_environment(tmp_path: Path) 
             "MOVIEREC_REDIS_URL": "redis://stale",
             "SESSION_PASSWORD_FILE": "/run/secrets/stale",
             "MOVIEREC_ADMIN_PASSWORD_FILE": "/run/secrets/admin",  # what the settings read it from
+            "MOVIEREC_DATABASE_URL_FILE": "/run/secrets/database-url",
+            "MOVIEREC_REDIS_URL_FILE": "/run/secrets/redis-url",
         },
     )
     assert env["ADMIN_PASSWORD"] == SECRET and env["MOVIEREC_ADMIN_PASSWORD"] == SECRET
     assert "SESSION_PASSWORD" not in env  # unset in the settings: a stale value must not leak through
     # the value read from a file is passed on instead: both would be refused by the flow's settings
     assert not {"SESSION_PASSWORD_FILE", "MOVIEREC_ADMIN_PASSWORD_FILE"} & set(env)
+    assert not {"MOVIEREC_DATABASE_URL_FILE", "MOVIEREC_REDIS_URL_FILE"} & set(env)  # URLs hold passwords
     assert "MOVIEREC_REDIS_URL" not in env
     assert env["ML_MODEL_PATH"] == env["MOVIEREC_MODEL_PATH"] == str(tmp_path / "store")
     assert env["MOVIEREC_DATABASE_URL"] == "postgresql://u:pw@db/movierec"
