@@ -84,10 +84,11 @@ _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] =
         re.compile(rf"(?i)([\"']{_SECRET_WORD}[\"']\s*:\s*[\"'])([^\"']*)([\"'])"),
         r"\1" + REDACTED + r"\3",
     ),
-    # URL credentials: scheme://user:password@host (the scheme tried from the start of its run)
+    # URL credentials: scheme://user:password@host (the scheme tried from the start of its run);
+    # the user may be empty, as in Redis's redis://:password@host
     (
         lambda text: "://" in text,
-        re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://[^\s:/@]+):([^\s@/]+)@"),
+        re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://[^\s:/@]*+):([^\s@/]+)@"),
         r"\1:" + REDACTED + "@",
     ),
 )

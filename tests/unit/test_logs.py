@@ -118,6 +118,7 @@ JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSJ9.SflKxwRJSMeKKF2
         (f"token was {JWT} for alice", "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"),
         ("GET /cb?access_token=abcdef123&x=1", "abcdef123"),
         ("connect postgresql://movierec:pgsecret@db:5432/movierec", "pgsecret"),
+        ("redis at redis://:redissecret@cache:6379/0 is down", "redissecret"),  # Redis: no user name
         ('body {"password": "hunter2", "username": "bob"}', "hunter2"),
         ("SESSION_PASSWORD=topsecret", "topsecret"),
     ],
