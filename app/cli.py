@@ -159,13 +159,9 @@ def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out:
 def serve(host: str, port: int, debug: bool) -> None:
     """Development server (production: uwsgi --ini uwsgi.ini)."""
     from app import create_app, run_development_server
-    from app.config import ConfigurationError, load_settings
+    from app.pipeline.commands import settings_for_cli
 
-    try:
-        application = create_app(load_settings(debug=debug))
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from exc
-    run_development_server(application, host, port, debug)
+    run_development_server(create_app(settings_for_cli(debug=debug)), host, port, debug)
 
 
 @cli.group()
@@ -176,10 +172,10 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply Alembic migrations to MOVIEREC_DATABASE_URL."""
-    from app.config import load_settings
+    from app.pipeline.commands import settings_for_cli
     from app.storage.db import Database
 
-    database = Database(load_settings().sqlalchemy_url)
+    database = Database(settings_for_cli().sqlalchemy_url)
     database.upgrade()
     click.echo("schema up to date")
 

@@ -27,7 +27,9 @@ _MODEL_DIR = click.option(
 )
 
 
-def _settings(**overrides: Any) -> Any:
+def settings_for_cli(**overrides: Any) -> Any:
+    """The settings, with the ``None`` overrides (options not given) left out; a bad setting is
+    a one-line error naming it (``ClickException``), not a traceback: every ``movierec`` command."""
     from app.config import ConfigurationError, load_settings
 
     try:
@@ -100,7 +102,7 @@ def pipeline_run(
     from app.pipeline.runner import PipelineError, resolve_candidates, resolve_seeds, run_flow
     from app.pipeline.schedule import tick
 
-    settings = _settings(data_dir=data_dir, model_dir=model_dir)
+    settings = settings_for_cli(data_dir=data_dir, model_dir=model_dir)
     try:
         names = resolve_candidates(candidates) if candidates else None
         seed_list = resolve_seeds(seeds) if seeds else None
@@ -138,7 +140,7 @@ def pipeline_versions() -> None:
     from app.registry.mlflow_registry import Registry, RegistryError
 
     try:
-        registry = Registry.from_settings(_settings())
+        registry = Registry.from_settings(settings_for_cli())
         versions = registry.versions()
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -164,7 +166,7 @@ def schedule(cron: str | None, once: bool) -> None:
     from app.pipeline.schedule import cron_trigger, serve, tick
     from app.registry.mlflow_registry import RegistryError
 
-    settings = _settings(schedule_cron=cron)
+    settings = settings_for_cli(schedule_cron=cron)
     # a typo in the expression is a usage error, not a traceback from APScheduler; checked with
     # --once too, so a cron job's typo surfaces before the scheduler service meets it
     try:
@@ -194,7 +196,7 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) 
     from app.registry.export import promote_version, request_reload
     from app.registry.mlflow_registry import Registry, RegistryError
 
-    settings = _settings(model_dir=model_dir)
+    settings = settings_for_cli(model_dir=model_dir)
     try:
         registry = Registry.from_settings(settings)
         # A flow running now gates against the champion it read and moves the alias when it
@@ -268,7 +270,7 @@ def sql(query: str, root: str | None, fmt: str) -> None:
     from app.pipeline.features_store import FeatureStore
     from app.pipeline.runner import features_root
 
-    store = FeatureStore(root or features_root(_settings()))
+    store = FeatureStore(root or features_root(settings_for_cli()))
     try:
         frame = store.sql(query)
     except (FileNotFoundError, ValueError) as exc:
@@ -321,7 +323,7 @@ def features_build(data_dir: Path | None) -> None:
     from app.storage.db import Database, DatabaseUnavailableError
     from app.storage.user_features import replace_user_features
 
-    settings = _settings(data_dir=data_dir)
+    settings = settings_for_cli(data_dir=data_dir)
     database = Database(settings.sqlalchemy_url)
     try:
         ingested = ingest(settings.data_dir, database)

@@ -291,3 +291,23 @@ def test_a_secret_from_a_file_passes_the_start_up_checks(
     settings.check_secrets()
     assert settings.session_password is not None and settings.session_password.get_secret_value() == "pw"
     assert "pw" not in repr(settings).replace("password", "")
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["serve"]])
+def test_a_bad_setting_is_a_one_line_cli_error(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`movierec db upgrade` let a missing secret file out as a traceback; every command now
+    says which variable and file, in one line, and exits 1."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    missing = tmp_path / "no-such-file"
+    monkeypatch.delenv("MOVIEREC_DATABASE_URL", raising=False)
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL_FILE", str(missing))
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"MOVIEREC_DATABASE_URL_FILE: cannot read {missing}" in result.output
+    assert "Traceback" not in result.output
