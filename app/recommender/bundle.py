@@ -31,7 +31,7 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -67,6 +67,10 @@ MARKER_NAME = ".serving.json"
 """The hot-reload generation marker in a model store (app/services/reload.py)."""
 MARKER_TMP = re.compile(rf"\A{re.escape(MARKER_NAME)}\.\d+\.\d+\.tmp\Z")
 """The marker's temporary files, ``.serving.json.<pid>.<thread id>.tmp``, renamed into place."""
+EXTRACTION_STAGING_PREFIX = ".staging-"
+EXTRACTION_STAGING = re.compile(rf"\A{re.escape(EXTRACTION_STAGING_PREFIX)}[a-z0-9_]{{8}}\Z")
+"""A ``.tar.gz``'s extraction before it is renamed into the extraction cache (``_load_tarball``):
+``tempfile.mkdtemp(prefix=".staging-")``, whose random part is 8 of ``[a-z0-9_]``."""
 STALE_STAGING_SECONDS = 3600
 """A leftover unchanged this long belongs to a writer that died: the next write removes it."""
 CODE_VERSION_SOURCES = ("recommender", "pipeline/candidates.py")
@@ -352,29 +356,51 @@ def write_bundle(
     return final
 
 
-def remove_stale_leftovers(model_dir: Path) -> None:
-    """Remove what writers that died without cleaning up (SIGKILL, OOM) left in a model store.
+class Leftover(NamedTuple):
+    """A kind of entry that a writer killed outright leaves behind: its name, and what it is
+    (``stat.S_ISDIR``, ``S_ISREG`` or ``S_ISLNK``; an entry of that name but of another type is
+    not that writer's)."""
 
-    Staging directories (``STAGING_PREFIX``, ``LEGACY_STAGING`` of earlier releases, and the
-    export's ``EXPORT_STAGING_PREFIX``; deploy stages under its own name and keeps it through a
-    ``docker build`` of any length), ``latest``'s temporary links (``LATEST_SWAP``) and the reload
-    marker's temporary files (``MARKER_TMP``). Each writer of the store runs this before it writes
-    (a bundle write, an export, a marker write). Only this user's, and only those where nothing
-    changed for ``STALE_STAGING_SECONDS``, anywhere in a directory's tree (an export downloads
-    into a subdirectory): a writer still at work changes its directory or the file it is writing
-    far more often than that, and a link or a marker's temporary file lives for a moment.
+    name: re.Pattern[str]
+    kind: Callable[[int], bool]
+
+
+STORE_LEFTOVERS = (
+    Leftover(LATEST_SWAP, stat.S_ISLNK),
+    Leftover(MARKER_TMP, stat.S_ISREG),
+    Leftover(re.compile(rf"\A{re.escape(STAGING_PREFIX)}"), stat.S_ISDIR),
+    Leftover(re.compile(rf"\A{re.escape(EXPORT_STAGING_PREFIX)}"), stat.S_ISDIR),
+    Leftover(LEGACY_STAGING, stat.S_ISDIR),
+)
+"""What the writers of a model store leave: see :func:`remove_stale_leftovers`."""
+EXTRACTION_LEFTOVERS = (Leftover(EXTRACTION_STAGING, stat.S_ISDIR),)
+"""What an extraction into the ``.tar.gz`` extraction cache leaves (``_load_tarball``)."""
+
+
+def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STORE_LEFTOVERS) -> None:
+    """Remove what writers that died without cleaning up (SIGKILL, OOM) left in ``directory``.
+
+    By default a model store's: staging directories (``STAGING_PREFIX``, ``LEGACY_STAGING`` of
+    earlier releases, and the export's ``EXPORT_STAGING_PREFIX``; deploy stages under its own name
+    and keeps it through a ``docker build`` of any length), ``latest``'s temporary links
+    (``LATEST_SWAP``) and the reload marker's temporary files (``MARKER_TMP``). Each writer of the
+    store runs this before it writes (a bundle write, an export, a marker write); a ``.tar.gz``
+    load runs it on the extraction cache with ``EXTRACTION_LEFTOVERS``. Only this user's, and only
+    those where nothing changed for ``STALE_STAGING_SECONDS``, anywhere in a directory's tree (an
+    export downloads into a subdirectory, an extraction writes its bundle one level down): a
+    writer still at work changes its directory or the file it is writing far more often than
+    that, and a link or a marker's temporary file lives for a moment.
     """
     cutoff = time.time() - STALE_STAGING_SECONDS
-    for path in model_dir.glob(".*"):
-        name = path.name
-        if LATEST_SWAP.match(name):
-            kind = stat.S_ISLNK
-        elif MARKER_TMP.match(name):
-            kind = stat.S_ISREG
-        elif name.startswith((STAGING_PREFIX, EXPORT_STAGING_PREFIX)) or LEGACY_STAGING.match(name):
-            kind = stat.S_ISDIR
-        else:
+    try:
+        names = os.listdir(directory)
+    except OSError:  # gone, or unreadable: nothing of ours to remove there
+        return
+    for name in names:
+        kind = next((leftover.kind for leftover in leftovers if leftover.name.match(name)), None)
+        if kind is None:
             continue
+        path = directory / name
         try:
             info = path.lstat()
             if not kind(info.st_mode) or info.st_uid != os.getuid():
@@ -382,7 +408,7 @@ def remove_stale_leftovers(model_dir: Path) -> None:
             newest = _newest_change(path, info.st_mtime) if kind is stat.S_ISDIR else info.st_mtime
             if newest >= cutoff:
                 continue
-            log.warning("removing what a model store writer that never finished left: %s", path)
+            log.warning("removing what a writer that never finished left: %s", path)
             if kind is stat.S_ISDIR:
                 _remove_tree(path)
             else:
@@ -557,15 +583,21 @@ def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> Loaded
     """
     cache = _extraction_cache()
     if cache is None:  # no private cache directory to be had: a private directory per load
+        # never swept: a live service's bundle.path names it for days, untouched, so an old one
+        # is no sign of a dead process (and nothing removes it at exit either)
         target = _extract(path, Path(tempfile.mkdtemp(prefix="movierec-bundle-")))
     else:
+        # an extraction killed outright (SIGKILL, OOM, harakiri) left its staging, a whole bundle;
+        # at every load, not only before an extraction: a worker restarted within the hour
+        # extracts again while that leftover is still fresh, and then only finds it cached
+        remove_stale_leftovers(cache, EXTRACTION_LEFTOVERS)
         target = cache / hashlib.sha256(path.read_bytes()).hexdigest()[:32]
         if target.is_dir():
             try:
                 return _load_extracted(path, target, catalogue_fallback)
             except BundleError:
                 _remove_tree(target)  # damaged since it was extracted: extracted again below
-        staging = _extract(path, Path(tempfile.mkdtemp(prefix=".staging-", dir=cache)))
+        staging = _extract(path, Path(tempfile.mkdtemp(prefix=EXTRACTION_STAGING_PREFIX, dir=cache)))
         try:
             staging.rename(target)  # whole or not at all; another process may have won the race
         except OSError:

@@ -176,6 +176,86 @@ def test_a_shared_extraction_directory_is_not_used(
     assert shared not in loaded.path.parents and not any(shared.iterdir())
 
 
+def _extraction_cache(scratch: Path) -> Path:
+    """The extraction cache ``load_bundle`` uses under ``scratch`` (this user's, 0700)."""
+    cache = scratch / f"movierec-bundles-{os.getuid()}"
+    cache.mkdir(mode=0o700)
+    return cache
+
+
+def _aged_tree(root: Path, when: float, files: dict[str, bytes] | None = None) -> Path:
+    """``root`` holding ``files`` (a file itself when ``files`` is None), every entry of the tree
+    last changed at ``when``."""
+    if files is None:
+        root.write_bytes(b"half")
+        return _age(root, when)
+    root.mkdir()
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    for path in sorted(root.rglob("*"), key=lambda path: len(path.parts), reverse=True):
+        _age(path, when)
+    return _age(root, when)
+
+
+HALF_EXTRACTED = {"20260101T000000-abcdef/model.pkl": b"half"}
+
+
+def test_stale_extraction_staging_is_removed_at_the_next_extraction_fresh_and_finished_kept(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed while extracting a ``.tar.gz`` (SIGKILL, the OOM killer, harakiri) left its
+    ``.staging-*`` directory in the extraction cache for ever: a bundle is hundreds of MB. The
+    next extraction removes it by the model store's rule: this user's, unchanged for an hour
+    anywhere in its tree. Another process's extraction at work, the finished extractions (an old
+    one is another archive's, maybe being served) and everything else stay: among them a
+    ``movierec-bundle-*`` directory in the shared temporary directory, which a live process that
+    had no cache may be serving from however old it looks."""
+    archive, scratch = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
+    cache = _extraction_cache(scratch)
+    long_ago = time.time() - 2 * 3600
+    stale = _aged_tree(cache / ".staging-k3j_x9q2", long_ago, HALF_EXTRACTED)
+    busy = _aged_tree(cache / ".staging-p0o9i8u7", long_ago, HALF_EXTRACTED)
+    os.utime(busy / "20260101T000000-abcdef" / "model.pkl")  # being written now, two levels down
+    fresh = cache / ".staging-a1b2c3d4"
+    fresh.mkdir()  # an extraction that has just begun
+    finished = _aged_tree(cache / ("0" * 32), long_ago, {"20260101T000000-abcdef/manifest.json": b"{}"})
+    others = [
+        _aged_tree(cache / ".staging-notmkdtemp-k3j_x9q2", long_ago, HALF_EXTRACTED),
+        _aged_tree(cache / ".staging-e5f6g7h8", long_ago),  # a file: not a staging directory
+        _aged_tree(cache / ".writing-20260101T000000-abcdef-k3j_x9q2", long_ago, HALF_EXTRACTED),
+        _aged_tree(scratch / "movierec-bundle-k3j_x9q2", long_ago, HALF_EXTRACTED),
+        _aged_tree(scratch / ".staging-k3j_x9q2", long_ago, HALF_EXTRACTED),  # not in the cache
+    ]
+    if os.getuid() == 0:  # root can give a leftover to another user: never removed
+        others.append(_aged_tree(cache / ".staging-q1w2e3r4", long_ago, HALF_EXTRACTED))
+        os.lchown(others[-1], 12345, 12345)
+        _age(others[-1], long_ago)
+    loaded = load_bundle(archive)
+    assert not os.path.lexists(stale)
+    assert (busy / "20260101T000000-abcdef" / "model.pkl").read_bytes() == b"half" and fresh.is_dir()
+    assert (finished / "20260101T000000-abcdef" / "manifest.json").read_bytes() == b"{}"
+    assert [path.name for path in others if not os.path.lexists(path)] == []
+    assert loaded.path.parent.parent == cache and (loaded.path / "manifest.json").is_file()
+
+
+def test_stale_extraction_staging_is_removed_when_a_load_finds_its_extraction_cached(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed while extracting is restarted and extracts the archive again within the
+    hour, so its leftover is still fresh then; every later load of that archive finds the
+    extraction cached. The leftover is removed at one of those loads once it is an hour old,
+    not left until another archive is extracted. The cached extraction stays and is what loads."""
+    archive, _ = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
+    first = load_bundle(archive)
+    cache = first.path.parent.parent
+    stale = _aged_tree(cache / ".staging-k3j_x9q2", time.time() - 2 * 3600, HALF_EXTRACTED)
+    _age(first.path.parent, time.time() - 30 * 24 * 3600)  # cached long ago
+    again = load_bundle(archive)
+    assert not os.path.lexists(stale)
+    assert again.path == first.path and (again.path / "manifest.json").is_file()
+
+
 def test_seed_style_regressor_pickle_is_served(synthetic_data, tmp_path: Path) -> None:
     from sklearn.ensemble import RandomForestRegressor
 
