@@ -49,9 +49,10 @@ def test_two_concurrent_feature_loads_on_postgresql_both_succeed(
     postgres_url: str, synthetic_data: Any, tmp_path: Any
 ) -> None:
     """Two loads of the user_features table at once: builds on one host load one at a time (the
-    features store's publish lock), but builds on two hosts sharing the database do not. Each load is DELETE-all + INSERT in one transaction; on
-    PostgreSQL the second DELETE waits for the first transaction, then skips the rows the first
-    one inserted (they are not in its snapshot) and its INSERT hits their primary keys."""
+    features store's publish lock), but builds on two hosts sharing the database do not. Each
+    load is DELETE-all + INSERT in one transaction; on PostgreSQL the second DELETE waits for the
+    first transaction, then skips the rows the first one inserted (they are not in its snapshot)
+    and its INSERT hits their primary keys."""
     import threading
 
     from app.pipeline.features_store import db_rows, feature_tables

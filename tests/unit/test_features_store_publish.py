@@ -107,7 +107,7 @@ def test_features_build_says_a_newer_snapshot_was_published_meanwhile(
 
     root = tmp_path / "features"
     settings = make_settings(features_root=str(root))
-    monkeypatch.setattr(commands, "_settings", lambda **_: settings)
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
     runner = CliRunner()
     assert runner.invoke(cli, ["features", "build"]).exit_code == 0
     store = FeatureStore(root)

@@ -231,7 +231,7 @@ def test_the_recorded_trigger_says_what_started_the_run(
         started.append(trigger)
         return FlowRun({"candidates": [], "seconds": 0}, 0.0, "")
 
-    monkeypatch.setattr(commands, "_settings", lambda **_: _settings(tmp_path))
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: _settings(tmp_path))
     monkeypatch.setattr(runner, "run_flow", run_flow)
     # tick's defaults: the flow runner and the fingerprint (bound when it was defined)
     monkeypatch.setattr(schedule.tick, "__defaults__", (run_flow, lambda s: ("data", "code"), None))
@@ -263,7 +263,7 @@ def test_a_registry_store_that_cannot_be_created_is_a_clear_error_not_a_tracebac
     settings = _settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'service.db'}")
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "mlflow").write_text("a file where the MLflow store's directory should be")
-    monkeypatch.setattr(commands, "_settings", lambda **_: settings)
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
     result = CliRunner().invoke(cli, command)
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)
@@ -305,7 +305,7 @@ def test_promote_where_it_cannot_write_is_a_clear_error_naming_the_path_that_fai
         def set_alias(self, alias: str, version: str) -> None:
             moved.append(version)
 
-    monkeypatch.setattr(commands, "_settings", lambda **_: settings)
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
     monkeypatch.setattr(mlflow_registry.Registry, "from_settings", classmethod(lambda cls, s: FakeRegistry()))
     result = CliRunner().invoke(cli, ["promote", "--version", "2", "--no-reload"])
     assert result.exit_code == 1, result.output

@@ -52,7 +52,7 @@ def test_a_failed_database_load_publishes_no_snapshot(
     from tests.helpers import login
 
     root = tmp_path / "features"
-    monkeypatch.setattr(commands, "_settings", lambda **_: make_settings(features_root=str(root)))
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: make_settings(features_root=str(root)))
     runner = CliRunner()
     first = runner.invoke(cli, ["features", "build"])
     assert first.exit_code == 0, first.output
@@ -79,7 +79,7 @@ def test_a_failed_database_load_publishes_no_snapshot(
     assert history == [loaded]
 
     monkeypatch.undo()  # the database is back
-    monkeypatch.setattr(commands, "_settings", lambda **_: make_settings(features_root=str(root)))
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: make_settings(features_root=str(root)))
     assert runner.invoke(cli, ["features", "build"]).exit_code == 0
     history = store.sql("select distinct snapshot from users_history order by 1")["snapshot"].tolist()
     assert history == [loaded, store.latest()]

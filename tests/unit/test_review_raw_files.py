@@ -91,7 +91,7 @@ def test_features_build_reports_a_refused_data_set_or_database_as_an_error_not_a
             "postgresql+psycopg://movierec:secret-pw@127.0.0.1:1/none"  # nothing listens
         )
         expected = r"Error: the service database cannot be reached"
-    monkeypatch.setattr(commands, "_settings", lambda **_: make_settings(**overrides))
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: make_settings(**overrides))
     result = CliRunner().invoke(cli, ["features", "build"])
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), result.exception
