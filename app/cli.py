@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from app.monitoring.logs import LOG_LEVELS
 from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS
 
 
@@ -41,7 +42,14 @@ def _models(value: str | None) -> list[str] | None:
 
 
 @click.group()
-@click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
+@click.option(
+    "--log-level",
+    # a choice, so a typo is a usage error naming the levels, not logging's ValueError traceback
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Logging level.",
+)
 def cli(log_level: str) -> None:
     """movierec: data, training, evaluation and serving of the recommendation service."""
     from app.monitoring.logs import configure_logging

@@ -19,14 +19,13 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.monitoring.logs import LOG_LEVELS
 from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SecretFileError, read_secret_file
 
 MIN_SECRET_LENGTH = 32
 WEAK_SECRETS = frozenset(
     {"secret", "changeme", "change-me", "jwt-secret", "super-secret", "test", "password"}
 )
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigurationError(RuntimeError):

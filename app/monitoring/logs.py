@@ -24,6 +24,9 @@ from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import IO, Any
 
+# The levels a setting or an option may name (MOVIEREC_LOG_LEVEL, `movierec --log-level`).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 REDACTED = "[REDACTED]"
 
 # Keys whose values are secrets, matched case-insensitively anywhere in the key name

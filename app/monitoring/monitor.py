@@ -44,7 +44,7 @@ from app.monitoring.alerts import (
     load_smtp_password,
 )
 from app.monitoring.journal import JournalEntry, JournalFollower
-from app.monitoring.logs import configure_logging
+from app.monitoring.logs import LOG_LEVELS, configure_logging
 from app.services.durable_files import write_durably
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="remember the journal position here and resume after it on restart (default: start at the end)",
     )
-    parser.add_argument("--log-level", default="INFO", help="the monitor's own log level (stderr, JSON)")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,  # a typo is a usage error, not logging's ValueError traceback
+        default="INFO",
+        help="the monitor's own log level (stderr, JSON)",
+    )
     return parser
 
 

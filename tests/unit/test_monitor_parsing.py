@@ -185,6 +185,15 @@ def test_seed_interface_and_defaults() -> None:
     assert args.password == "pw" and args.print_entries and args.smtp_port == 587 and args.notify_warning
 
 
+def test_an_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--log-level bogus` was a ValueError traceback from logging once the arguments were parsed."""
+    with pytest.raises(SystemExit) as exited:
+        parse("--log-level", "bogus")
+    assert exited.value.code == 2
+    assert "--log-level" in capsys.readouterr().err
+    assert parse("--log-level", "debug").log_level == "DEBUG"  # case-insensitive, as before
+
+
 @pytest.mark.parametrize(
     ("argv", "security"),
     [

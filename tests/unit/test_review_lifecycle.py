@@ -290,3 +290,16 @@ def test_an_unreachable_registry_is_a_clear_error_without_its_password(
         assert isinstance(result.exception, SystemExit)
         assert "Error: cannot open the registry at postgresql+psycopg://postgres:" in result.output
         assert "movierec_no_such_db" in result.output and "s3cr3t-pw" not in result.output
+
+
+def test_an_unknown_log_level_is_a_usage_error_naming_the_levels(cli_env: Path) -> None:
+    """`movierec --log-level bogus …` was a ValueError traceback from logging (exit 1)."""
+    from app.cli import cli
+
+    result = CliRunner().invoke(cli, ["--log-level", "bogus", "db", "--help"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Invalid value for '--log-level'" in result.output and "'warning'" in result.output
+    assert not isinstance(result.exception, ValueError)
+    # the level stays case-insensitive, as it was
+    result = CliRunner().invoke(cli, ["--log-level", "debug", "db", "--help"])
+    assert result.exit_code == 0, (result.output, result.exception)
