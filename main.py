@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """The seed's entry point: ``ML_MODEL_PATH=… SESSION_PASSWORD=… python main.py --port 5000 --debug``.
 
-Development server only; production runs uwsgi (``uwsgi --ini uwsgi.ini``).
+Development server only; production runs uwsgi through ``scripts/start-uwsgi.sh`` (``make serve-prod``,
+the image), which binds the port ``uwsgi.ini`` takes as ``http = fd://3``: ``uwsgi --ini uwsgi.ini``
+alone has no port.
 """
 
 from __future__ import annotations

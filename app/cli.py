@@ -165,7 +165,7 @@ def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out:
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--debug", is_flag=True, help="Flask debug mode (development only).")
 def serve(host: str, port: int, debug: bool) -> None:
-    """Development server (production: uwsgi --ini uwsgi.ini)."""
+    """Development server (production: make serve-prod, i.e. scripts/start-uwsgi.sh with uwsgi.ini)."""
     from app import create_app, run_development_server
     from app.pipeline.commands import settings_for_cli
 
