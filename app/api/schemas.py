@@ -40,7 +40,7 @@ FIELD_RULES: dict[str, str] = {
     "gender": "must be one of M, F, O",
     "occupation": "must be one of: " + ", ".join(OCCUPATIONS),
     "max_recs": f"must be an integer between 1 and {MAX_RECS}",
-    "user_id": "must be a positive integer",
+    "user_id": f"must be an integer between 1 and {MAX_ID}",  # "positive" alone left 2**31 unexplained
     "id": "must be a recommendation id issued by this service",
     "movie": "must be a movie title recommended under that id",
     "score": "must be a number between 0.5 and 5",

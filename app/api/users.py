@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask_jwt_extended import jwt_required
 from spectree import Response
 
-from app.api.schemas import ErrorResponse, NoQuery
+from app.api.schemas import FIELD_RULES, ErrorResponse, NoQuery
 from app.api.serving_schemas import MaxRecsQuery, UserFeaturesResponse, UserRecommendationsResponse
 from app.api.spec import BEARER, spec
 from app.errors import InvalidRequest
@@ -26,7 +26,7 @@ def _user_id(raw: str) -> int:
     """
     digits = raw.lstrip("0") if raw.isascii() and raw.isdigit() else ""
     if not digits or len(digits) > len(str(MAX_ID)) or int(digits) > MAX_ID:
-        raise InvalidRequest("invalid user id", fields={"user_id": "must be a positive integer"})
+        raise InvalidRequest("invalid user id", fields={"user_id": FIELD_RULES["user_id"]})
     return int(digits)
 
 

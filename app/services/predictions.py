@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import InvalidRequest, Unavailable
+from app.recommender.features import MAX_ID
 from app.recommender.models.linear import InvalidRecordError
 from app.services.models import ModelHolder
 
@@ -23,7 +24,7 @@ RECORD_RULES = {
     "gender": "must be one of M, F, O",
     "occupation": "must be one of the 21 MovieLens occupations",
     "movie_id": "must be the id of a movie in the catalogue",
-    "user_id": "must be a positive integer (unknown users are predicted from demographics)",
+    "user_id": f"must be an integer between 1 and {MAX_ID} (unknown users are predicted from demographics)",
     "record": "must be an object",
 }
 

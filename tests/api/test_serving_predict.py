@@ -172,6 +172,9 @@ def test_stream_and_batch_agree_on_every_integer_field(
         assert (stream.status_code, batch.status_code) == (400, 400), (stream.get_json(), batch.get_json())
         assert field in stream.get_json()["error"]["fields"]
         assert f"instances[0].{field}" in batch.get_json()["error"]["fields"]
+        if field == "user_id":  # 2147483648 is positive: the rule names the range, alone and in a batch
+            assert "between 1 and 2147483647" in stream.get_json()["error"]["fields"][field]
+            assert "between 1 and 2147483647" in batch.get_json()["error"]["fields"][f"instances[0].{field}"]
 
 
 def test_batch_rejects_unknown_top_level_fields(client: Any, auth_headers: dict) -> None:

@@ -66,9 +66,12 @@ def test_unknown_user_without_demographics_is_404_in_the_envelope(
 def test_invalid_user_id_is_400_naming_the_field(
     client: Any, auth_headers: dict[str, str], user_id: Any
 ) -> None:
+    """The rule names the range: 2**31 is a positive integer, and "must be a positive integer" left
+    its sender no clue what was wrong with it."""
     response = client.post("/api/recommend", json={"user_id": user_id}, headers=auth_headers)
     assert response.status_code == 400
-    assert "user_id" in response.get_json()["error"]["fields"]
+    rule = "must be an integer between 1 and 2147483647"
+    assert response.get_json()["error"]["fields"] == {"user_id": rule}
 
 
 def test_request_path_neither_scores_nor_touches_pandas(

@@ -72,7 +72,8 @@ def test_invalid_user_ids_are_400(client: Any, auth_headers: dict, raw: str) -> 
     for suffix in ("features", "recommendations"):
         response = client.get(f"/api/users/{raw}/{suffix}", headers=auth_headers)
         assert response.status_code == 400
-        assert response.get_json()["error"]["fields"] == {"user_id": "must be a positive integer"}
+        rule = "must be an integer between 1 and 2147483647"
+        assert response.get_json()["error"]["fields"] == {"user_id": rule}
 
 
 def test_unknown_user_is_404(client: Any, auth_headers: dict) -> None:
