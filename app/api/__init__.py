@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 from flask_jwt_extended import JWTManager
+from werkzeug.exceptions import BadRequest
 
 from app.api import auth, docs, health, monitoring, recommend, security, ui
 from app.api.errors import envelope, register_error_handlers
@@ -90,9 +91,12 @@ def _require_json_object() -> None:
         raise InvalidRequest(
             "request body must be JSON (Content-Type: application/json)", status=415, code="invalid_request"
         )
-    payload = request.get_json(silent=True)
-    if payload is None:
-        raise InvalidRequest("request body is not valid JSON", fields={"body": "must be a valid JSON object"})
+    try:  # not silent: its None is also what a body of `null`, valid JSON, parses to
+        payload = request.get_json()
+    except BadRequest:
+        raise InvalidRequest(
+            "request body is not valid JSON", fields={"body": "must be a valid JSON object"}
+        ) from None
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object", fields={"body": "must be a JSON object"})
 

@@ -193,10 +193,12 @@ def test_malformed_json_is_400(client, auth_headers) -> None:
 
 @pytest.mark.parametrize("payload", ["[1, 2]", '"text"', "42", "null"])
 def test_non_object_json_is_400(client, auth_headers, payload) -> None:
+    """Valid JSON that is not an object is told so; ``null`` was called "not valid JSON"."""
     response = client.post(
         "/api/recommend", data=payload, headers={**auth_headers, "Content-Type": "application/json"}
     )
     assert_envelope(response, 400, "invalid_request")
+    assert response.get_json()["error"]["message"] == "request body must be a JSON object"
 
 
 @pytest.mark.parametrize(
