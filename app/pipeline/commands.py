@@ -105,9 +105,12 @@ def pipeline_run(
     settings = settings_for_cli(data_dir=data_dir, model_dir=model_dir)
     try:
         names = resolve_candidates(candidates) if candidates else None
+    except ValueError as exc:  # named, as train's and evaluate's --models and --seeds are
+        raise click.BadParameter(str(exc), param_hint="--candidates") from exc
+    try:
         seed_list = resolve_seeds(seeds) if seeds else None
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+        raise click.BadParameter(str(exc), param_hint="--seeds") from exc
     try:
         if if_changed:
             result = tick(

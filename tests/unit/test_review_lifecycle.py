@@ -303,3 +303,13 @@ def test_an_unknown_log_level_is_a_usage_error_naming_the_levels(cli_env: Path) 
     # the level stays case-insensitive, as it was
     result = CliRunner().invoke(cli, ["--log-level", "debug", "db", "--help"])
     assert result.exit_code == 0, (result.output, result.exception)
+
+
+def test_pipeline_run_names_the_option_it_refuses(cli_env: Path) -> None:
+    """`pipeline run` said only "Invalid value: …", where train and evaluate name --models/--seeds."""
+    from app.cli import cli
+
+    for option, value in (("--candidates", "not_a_model"), ("--seeds", "x"), ("--seeds", ",")):
+        result = CliRunner().invoke(cli, ["pipeline", "run", option, value])
+        assert result.exit_code == 2, (option, value, result.output, result.exception)
+        assert f"Invalid value for {option}" in result.output, result.output
