@@ -13,12 +13,24 @@ import sys
 
 from app import create_app, run_development_server
 from app.config import ConfigurationError, load_settings
+from app.listener import MAX_PORT
+
+
+def _port(text: str) -> int:
+    """A TCP port, 1..65535: 99999 was served on 34463 (the socket layer keeps the low 16 bits)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{port} is not between 1 and {MAX_PORT}")
+    return port
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the movierec API (development server).")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    parser.add_argument("--port", type=_port, default=5000, help="port (default 5000)")
     parser.add_argument("--debug", action="store_true", help="Flask debug mode (development only)")
     args = parser.parse_args(argv)
     try:

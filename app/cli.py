@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from app.listener import MAX_PORT
 from app.monitoring.logs import LOG_LEVELS
 from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS
 
@@ -162,7 +163,7 @@ def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, MAX_PORT))
 @click.option("--debug", is_flag=True, help="Flask debug mode (development only).")
 def serve(host: str, port: int, debug: bool) -> None:
     """Development server (production: make serve-prod, i.e. scripts/start-uwsgi.sh with uwsgi.ini)."""

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 HTTP_FD = 3  # uwsgi.ini: http = fd://3
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104  # nosec B104 - uwsgi's ":8000" bound every interface too
 DEFAULT_PORT = 8000
+MAX_PORT = 65535  # every entry point refuses a port above it: the socket layer would keep its low 16 bits
 BACKLOG = socket.SOMAXCONN  # the kernel caps it at net.core.somaxconn
 
 
@@ -44,8 +45,8 @@ def address_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, int]
         port = int(raw)
     except ValueError:
         raise ListenerError(f"MOVIEREC_PORT must be a port number, got {raw!r}") from None
-    if not 0 < port < 65536:
-        raise ListenerError(f"MOVIEREC_PORT must be between 1 and 65535, got {port}")
+    if not 0 < port <= MAX_PORT:
+        raise ListenerError(f"MOVIEREC_PORT must be between 1 and {MAX_PORT}, got {port}")
     return host, port
 
 

@@ -313,3 +313,27 @@ def test_pipeline_run_names_the_option_it_refuses(cli_env: Path) -> None:
         result = CliRunner().invoke(cli, ["pipeline", "run", option, value])
         assert result.exit_code == 2, (option, value, result.output, result.exception)
         assert f"Invalid value for {option}" in result.output, result.output
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "-1"])
+def test_serve_refuses_a_port_outside_1_to_65535_before_starting(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, port: str
+) -> None:
+    """`movierec serve --port 99999` served on 34463 (the socket layer keeps the low 16 bits), and
+    `python main.py --port -1` died in bind() with an OverflowError traceback."""
+    from app.cli import cli
+    from main import main
+
+    monkeypatch.setenv("SESSION_PASSWORD", "test")
+    monkeypatch.setattr("app.run_development_server", _no_server)
+    monkeypatch.setattr("main.run_development_server", _no_server)
+    result = CliRunner().invoke(cli, ["serve", "--port", port, "--debug"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Invalid value for '--port'" in result.output
+    with pytest.raises(SystemExit) as exited:
+        main(["--port", port, "--debug"])
+    assert exited.value.code == 2
+
+
+def _no_server(*args: Any) -> None:
+    raise AssertionError("the server was started")
