@@ -17,7 +17,9 @@ def _seeds(value: str) -> list[int]:
     try:
         seeds = [int(part) for part in value.split(",") if part.strip()]
     except ValueError as exc:
-        raise click.BadParameter("seeds must be comma-separated integers, e.g. 0,1,2,3,4") from exc
+        raise click.BadParameter(
+            "seeds must be comma-separated integers, e.g. 0,1,2,3,4", param_hint="--seeds"
+        ) from exc
     if not seeds:  # the protocols summarise over the seeds: none would crash after loading the data
         raise click.BadParameter("at least one split seed is needed, e.g. 0,1,2,3,4", param_hint="--seeds")
     return seeds

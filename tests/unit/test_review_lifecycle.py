@@ -89,6 +89,8 @@ def test_train_and_evaluate_refuse_unknown_models_and_empty_seeds(
         ["train", *data, "--model-dir", str(cli_env / "m"), "--models", "most_liked,not_a_model"],
         ["evaluate", *data, "--models", "not_a_model", "--out", str(cli_env / "r.json")],
         ["evaluate", *data, "--models", "most_liked", "--seeds", ",", "--out", str(cli_env / "r.json")],
+        ["evaluate", *data, "--models", "most_liked", "--seeds", "a", "--out", str(cli_env / "r.json")],
+        ["train", *data, "--model-dir", str(cli_env / "m"), "--seeds", "0,x"],
     ):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2, (args, result.output, result.exception)
