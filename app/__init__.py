@@ -141,8 +141,18 @@ def run_development_server(app: Flask, host: str, port: int, debug: bool) -> Non
     """Werkzeug's development server (``python main.py``, ``movierec serve``, ``make run``) with
     one log line per request: the app's access line (``movierec.access``: request id, endpoint,
     status, latency). Werkzeug's own request line is dropped, its error lines (a malformed
-    request line, a dropped connection) are kept."""
+    request line, a dropped connection) are kept.
+
+    SIGTERM (``kill``, systemd, an IDE's stop button) stops it as Ctrl-C does, so the exit hooks
+    run (app/exit_hooks.py): Python's default SIGTERM ended the process outright, losing the
+    request log's unwritten rows and leaving the feedback journal's segment to the next start."""
+    import signal
+    import threading
+
     from werkzeug.serving import WSGIRequestHandler
+
+    if threading.current_thread() is threading.main_thread():  # only there may a handler be set
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     class RequestHandler(WSGIRequestHandler):
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
