@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import math
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from app.listener import MAX_PORT
 from app.monitoring.alerts import (
     Alert,
     AlertDeliveryError,
@@ -370,8 +372,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, stream="stderr")
     try:
-        if args.group_wait < 0 or args.window < 0:
-            raise ConfigError("--group-wait and --window must be >= 0")
+        # checked here, not left to the socket layer: a timeout of 0 was a ValueError traceback,
+        # and a port above 65535 "unreachable" (exit 75), which a unit restarts for ever
+        if not (math.isfinite(args.group_wait) and args.group_wait >= 0):
+            raise ConfigError("--group-wait must be a number of seconds >= 0")
+        if not (math.isfinite(args.window) and args.window >= 0):
+            raise ConfigError("--window must be a number of seconds >= 0")
+        if not (math.isfinite(args.smtp_timeout) and args.smtp_timeout > 0):
+            raise ConfigError("--smtp-timeout must be a number of seconds > 0")
+        if not 0 < args.smtp_port <= MAX_PORT:
+            raise ConfigError(f"--smtp-port must be between 1 and {MAX_PORT}")
         if shutil.which(args.journalctl) is None:
             # else the follower retries starting it for ever: alive to systemd, watching nothing
             raise ConfigError(

@@ -325,3 +325,28 @@ def test_the_monitor_still_imports_without_the_service_dependencies() -> None:
     code = "import sys; sys.modules['sqlalchemy'] = None; import app.monitoring.monitor"
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--smtp-timeout", "0"),  # socket: "Non-blocking socket (timeout=0) is not supported" traceback
+        ("--smtp-timeout", "-1"),
+        ("--smtp-port", "99999"),  # was "cannot reach SMTP server", exit 75: restarted for ever
+        ("--smtp-port", "0"),
+        ("--group-wait", "nan"),  # was accepted
+        ("--window", "inf"),
+    ],
+)
+def test_a_number_out_of_range_is_a_configuration_error_naming_the_option(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    from app.monitoring.monitor import EXIT_CONFIG, main
+
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # verify_sink's waits, if it got that far
+    rc = main(
+        ["movierec", "127.0.0.1", "ops@example.com", "--no-auth", "--journalctl", "true", option, value]
+    )
+    err = capsys.readouterr().err
+    assert rc == EXIT_CONFIG, err
+    assert option in err and "Traceback" not in err
