@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -27,6 +28,12 @@ def _seeds(value: str) -> list[int]:
 
 def _names(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+def _finite(value: float, param: click.Parameter) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter("must be a finite number", param=param)
+    return value
 
 
 def _models(value: str | None) -> list[str] | None:
@@ -67,7 +74,7 @@ def cli(log_level: str) -> None:
 
 @cli.group()
 def data() -> None:
-    """Get and inspect the MovieLens ml-100k data."""
+    """Get the MovieLens ml-100k data."""
 
 
 @data.command("fetch")
@@ -194,7 +201,14 @@ def db_upgrade() -> None:
 @cli.command("accuracy")
 @click.argument("model_path", type=click.Path(exists=True, path_type=Path))
 @click.argument("test_data", type=click.Path(exists=True, path_type=Path))
-@click.option("--error-tolerance", type=float, default=1e-5, show_default=True)
+@click.option(
+    "--error-tolerance",
+    # finite and >= 0: nan failed every model and inf passed every one (the build's gate)
+    type=click.FloatRange(min=0),
+    callback=lambda _ctx, param, value: _finite(value, param),
+    default=1e-5,
+    show_default=True,
+)
 def accuracy(model_path: Path, test_data: Path, error_tolerance: float) -> None:
     """The seed's accuracy test: exit 1 when the score falls below expected - tolerance."""
     from app.recommender.accuracy import run_accuracy_test

@@ -316,7 +316,8 @@ def features() -> None:
 @features.command("build")
 @_DATA_DIR
 def features_build(data_dir: Path | None) -> None:
-    """Ingest raw data + feedback, write a features snapshot, load user features into the DB."""
+    """Ingest raw data (ml-100k fetched first when the data dir lacks it) + feedback, write a features
+    snapshot, load user features into the DB."""
     from sqlalchemy.exc import OperationalError
 
     from app.pipeline.features_store import FeatureStore, SnapshotSuperseded

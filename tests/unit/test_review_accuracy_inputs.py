@@ -31,3 +31,20 @@ def test_test_data_that_is_a_directory_or_has_a_bad_k_is_an_error_not_a_tracebac
     result = _accuracy(bundle, bad)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert "Error:" in result.output
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "inf", "-0.1", "much"])
+def test_a_tolerance_that_is_not_a_finite_non_negative_number_is_a_usage_error(
+    personal_model_store: Path, tolerance: str
+) -> None:
+    """nan failed every model and inf passed every one: the gate a build runs decided nothing."""
+    from app.cli import cli
+
+    bundle = (personal_model_store / "latest").resolve()
+    args = ["accuracy", str(bundle), str(bundle / "test_data.json"), "--error-tolerance", tolerance]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "--error-tolerance" in result.output
+
+    result = CliRunner().invoke(cli, [*args[:-1], "0.5"])  # a sane value still runs the test
+    assert result.exit_code == 0, result.output
