@@ -13,13 +13,24 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, Response, g, request
 
 from app.monitoring.logs import bind_log_context, reset_log_context
 from app.monitoring.metrics import observe_request
 
+try:  # pragma: no cover - only importable inside uwsgi
+    import uwsgi  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    uwsgi = None
+
 log = logging.getLogger("movierec.access")
+
+URI_PATH_LOGVAR = "uri_path"
+"""The request-log variable uwsgi.ini's ``log-format`` prints where uwsgi's default has ``%(uri)``."""
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: "$" also matches before a final "\n"
 
@@ -29,6 +40,22 @@ def _start() -> None:
     g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     g.started = time.perf_counter()
     g.log_token = bind_log_context(request_id=g.request_id, endpoint=request.endpoint or request.path)
+    if uwsgi is not None:  # pragma: no cover - under uwsgi only (tests/integration/test_serving_uwsgi.py)
+        uwsgi.set_logvar(URI_PATH_LOGVAR, uri_path(request.environ))
+
+
+def uri_path(environ: Mapping[str, Any]) -> str:
+    """The request target as sent, without its query string, for uwsgi's own request line.
+
+    uwsgi logs each 4xx/5xx request itself (uwsgi.ini: log-4xx, log-5xx) and quoted the whole
+    URI: a token or password a client put in the query string (``?access_token=``, a login
+    tried as a GET) reached the log unscrubbed. Not ``PATH_INFO`` either: it is percent-decoded,
+    and a ``%0a`` in a path would start a forged line. Anything unprintable left in the raw
+    target is percent-encoded for the same reason.
+    """
+    raw = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+    path = raw.split("?", 1)[0]
+    return _UNPRINTABLE.sub(lambda match: f"%{ord(match.group()) & 0xFF:02X}", path)
 
 
 def _finish(response: Response) -> Response:

@@ -355,6 +355,44 @@ def test_a_chunked_body_is_asked_for_its_length(
         assert "Content-Length" in answer["error"]["message"]
 
 
+def test_secrets_sent_in_a_query_string_stay_out_of_uwsgi_s_request_lines(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """uwsgi logs every 4xx/5xx request itself (uwsgi.ini: log-4xx, log-5xx), and its line quoted
+    the URI with its query string, unscrubbed: a client that put its token or the password in
+    the URL (``?access_token=``, a login tried as a GET) had them written to the log, which the
+    app's own JSON lines redact. The line still names the path, and still parses as a uwsgi
+    request line for the log monitor (its status decides the level)."""
+    from app.monitoring.journal import _UWSGI_REQUEST
+
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1) as served:
+        connection = served.connect()
+        assert _get(connection, f"/protected?access_token={served.token}") == 401
+        assert _get(connection, f"/api/login?session_password={served.password}") == 405
+        assert _get(connection, "/api/users/x%0aERROR%20fake/features?jwt=1", _bearer(served.token)) == 400
+        connection.close()
+        deadline = time.monotonic() + 10
+        while len(lines := _request_lines(served.log)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text = served.log.read_text(errors="replace")
+    assert served.token not in text and served.token.split(".")[1] not in text
+    assert served.password not in text
+    assert [line.split(" => ")[0].rsplit("] ", 1)[1] for line in lines] == [
+        "GET /protected",
+        "GET /api/login",
+        "GET /api/users/x%0aERROR%20fake/features",  # as sent: no line break from the path either
+    ], lines
+    assert [_UWSGI_REQUEST.match(line).group(1) for line in lines] == ["401", "405", "400"]  # type: ignore[union-attr]
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _request_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text(errors="replace").splitlines() if line.startswith("[pid: ")]
+
+
 def _reload(served: Served) -> None:
     """SIGHUP, and wait until the reloaded master's workers answer a login again."""
     served.server.send_signal(signal.SIGHUP)
