@@ -119,6 +119,7 @@ def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
     register_serving(app)  # predict, batch, users, model/reload, echo (app/api/serving.py)
     ui.configure(app, settings)  # the web pages: cookie-held token with CSRF, /ui only
     jwt.token_in_blocklist_loader(security.token_revoked)
+    jwt.token_verification_loader(security.token_issued_here)
     security.init_security(app, settings)  # after the blueprints: it wraps the login views
     register_error_handlers(app)
     spec.register(app)

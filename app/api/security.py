@@ -12,7 +12,8 @@
 * ``/api/login`` is rate-limited per client address with Flask-Limiter: Redis storage when
   ``MOVIEREC_REDIS_URL`` is set (so every replica counts the same attempts), memory otherwise;
   if Redis stops answering, the limiter falls back to memory instead of failing logins.
-* Logged-out tokens are refused through :class:`RevocationStore` (``token_in_blocklist_loader``).
+* Logged-out tokens are refused through :class:`RevocationStore` (``token_in_blocklist_loader``),
+  and tokens whose claims are not the ones ``/api/login`` writes by :func:`token_issued_here`.
 """
 
 from __future__ import annotations
@@ -206,6 +207,26 @@ def token_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
     """flask-jwt-extended's ``token_in_blocklist_loader``: a token without a jti is treated as revoked."""
     jti = payload.get("jti")
     return not isinstance(jti, str) or revocations().is_revoked(jti)
+
+
+def token_issued_here(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+    """flask-jwt-extended's ``token_verification_loader``: the claims ``/api/login`` writes, or 401.
+
+    Every token this service signs is an access token whose integer ``exp`` is its ``iat`` plus
+    ``MOVIEREC_TOKEN_TTL_SECONDS``. The library accepts less from a correctly signed token: no
+    ``exp`` (valid for ever), any ``type`` but ``refresh``, an ``exp`` past the year 9999 (whose
+    logout then failed with a 500). Only the key's holders can sign such a token, but a key
+    shared with another system or a script must not mint tokens that outlive the setting. A token
+    issued before the lifetime was shortened is refused too: it would outlive the new setting.
+    """
+    exp, iat = payload.get("exp"), payload.get("iat")
+    ttl: int = current_app.extensions["movierec"].settings.token_ttl_seconds
+    return (
+        payload.get("type") == "access"
+        and isinstance(exp, int)
+        and isinstance(iat, int)
+        and 0 < exp - iat <= ttl
+    )
 
 
 def add_security_headers(response: Response, hsts_seconds: int = 0) -> None:

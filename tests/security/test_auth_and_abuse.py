@@ -161,6 +161,33 @@ def test_expired_tokens_are_refused(client: Any) -> None:
     assert client.get("/protected", headers=bearer(valid)).status_code == 200
 
 
+def test_tokens_the_service_never_issues_are_refused_even_with_its_key(client: Any) -> None:
+    """Every token /api/login signs is an access token whose ``exp`` is ``iat`` plus the configured
+    lifetime. One signed with the key elsewhere (a secret shared with another system, a script)
+    without ``exp`` was accepted for ever, one typed ``id`` or ``anything`` was an access token,
+    and one expiring after the year 9999 was accepted and then crashed its logout (500)."""
+    now = int(time.time())
+    forged = {
+        "no exp": claims(),
+        "odd type": claims(type="id"),
+        "lifetime beyond the setting": claims(exp=now + 3600 + 60),
+        "exp after 9999": claims(exp=10**12),
+        "float exp": claims(exp=now + 600.5),
+        "no iat": claims(),
+    }
+    del forged["no exp"]["exp"]
+    del forged["no iat"]["iat"]
+    for name, payload in forged.items():
+        token = pyjwt.encode(payload, JWT_SECRET, algorithm="HS256")
+        error = assert_envelope(client.get("/protected", headers=bearer(token)), 401, "unauthorized")
+        assert error["message"] == "access token was rejected", name
+        assert_envelope(client.post("/api/logout", headers=bearer(token)), 401, "unauthorized")
+    # the shape the service issues, forged the same way, passes: the refusals were about the claims
+    issued = pyjwt.encode(claims(exp=now + 3600), JWT_SECRET, algorithm="HS256")
+    assert client.get("/protected", headers=bearer(issued)).status_code == 200
+    assert client.post("/api/logout", headers=bearer(issued)).status_code == 200
+
+
 def test_tokens_expire_after_the_configured_lifetime(make_app: Any) -> None:
     client = make_app(token_ttl_seconds=1).test_client()
     headers = login(client)
