@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,9 +56,26 @@ _CORS_EXPOSE_HEADERS = ", ".join(
 )
 
 
+IPV6_CLIENT_PREFIX = 64
+"""IPv6 addresses count per /64: the least one site is given (RFC 6177), all of it one client's."""
+
+
 def client_address() -> str:
-    """The rate-limit key: the peer address (put a proxy-aware WSGI middleware in front if proxied)."""
-    return request.remote_addr or "unknown"
+    """The rate-limit key: the peer address (put a proxy-aware WSGI middleware in front if proxied).
+
+    An IPv6 peer is keyed by its /64: per address, one host holding a /64 had 2^64 budgets.
+    An IPv4 peer of a dual-stack listener (``::ffff:a.b.c.d``) is keyed as its IPv4 address.
+    """
+    peer = request.remote_addr or "unknown"
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])  # a link-local peer's "%eth0"
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
+    return str(address)
 
 
 def allowed_origins(settings: Settings) -> frozenset[str]:

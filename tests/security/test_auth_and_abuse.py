@@ -109,6 +109,23 @@ def test_login_is_rate_limited_per_client_address(make_app: Any) -> None:
     )
 
 
+def test_an_ipv6_client_has_one_budget_for_its_whole_64(make_app: Any) -> None:
+    """A host or a home line is given an IPv6 /64, so 2^64 addresses: each with its own budget,
+    the per-address limit never stopped anyone guessing over IPv6. Addresses count per /64
+    (RFC 6177's end-site assignment is at least that); an IPv4 client of a dual-stack listener
+    (``::ffff:a.b.c.d``) counts as its IPv4 address."""
+    client = make_app(login_rate_limit="2 per minute").test_client()
+
+    def attempt(address: str) -> int:
+        guess = {"session_password": "guess"}
+        return int(client.post("/api/login", json=guess, environ_base={"REMOTE_ADDR": address}).status_code)
+
+    assert [attempt(f"2001:db8:0:7::{n:x}") for n in range(1, 4)] == [401, 401, 429]
+    assert attempt("2001:db8:0:8::1") == 401  # the next /64 is another client
+    mapped = [attempt("198.51.100.9"), attempt("::ffff:198.51.100.9"), attempt("198.51.100.9")]
+    assert mapped == [401, 401, 429]
+
+
 def test_retry_after_only_on_refusals(make_app: Any) -> None:
     client = make_app(login_rate_limit="5 per minute").test_client()
     ok = client.post("/api/login", json={"session_password": SESSION_PASSWORD})
