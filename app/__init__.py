@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json = OrjsonProvider(app)  # keeps the contract's field order
     instrument(app)
 
-    db = Database(settings.sqlalchemy_url)
+    db = Database(settings.sqlalchemy_url, statement_seconds=settings.database_statement_seconds)
     db.upgrade()
     models = ModelHolder(settings.model_path, data_dir=settings.data_dir)
     try:

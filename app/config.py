@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # password (``render_as_string(hide_password=True)``).
     database_url: str = Field(default="sqlite:///var/movierec.db", repr=False)
     redis_url: str | None = Field(default=None, repr=False)
+    # the longest the service waits for PostgreSQL to answer a statement (a hung database:
+    # app/storage/db.py StatementDeadlines); well under uwsgi's harakiri (30 s)
+    database_statement_seconds: float = Field(default=15.0, gt=0)
 
     # ML life cycle (app/pipeline, app/registry; docs/pipeline.md)
     var_dir: Path = Path("var")  # MLflow SQLite + artifacts and the Metaflow datastore live under it

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +25,7 @@ from sqlalchemy import Engine, Table, bindparam, create_engine, event, make_url,
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.exit_hooks import reset_after_fork
 from app.services.durable_files import exclusive_lock
 from app.storage.models import Feedback, RecommendationRequest, as_utc, utcnow
 
@@ -162,8 +166,114 @@ PG_CONNECT_ARGS: dict[str, int] = {
 }
 """libpq connection parameters for PostgreSQL; one given in the database URL takes precedence."""
 
+PING_SECONDS = float(PG_CONNECT_ARGS["connect_timeout"])
+"""The longest an idle connection's ping may wait for its answer (a healthy server answers in ms)."""
 
-def make_engine(url: str) -> Engine:
+
+class StatementDeadlines:
+    """Ends the wait of a PostgreSQL statement the database does not answer in time.
+
+    A database that hangs with its host up (a stopped or stuck server, a relay that stops
+    forwarding) accepts connections and acknowledges what it is sent: no TCP timeout or
+    keepalive ever fires (those of :data:`PG_CONNECT_ARGS` only see a silent *network*), and
+    libpq has no client-side statement timeout. A request thread then waited until harakiri
+    killed its worker, with every request in it and its write-behind rows; and the worker
+    respawned while the database still hung could not start, so ``need-app`` ended the whole
+    instance. Here one thread per process shuts the socket of a statement past its deadline:
+    libpq sees the connection closed, SQLAlchemy drops it as a disconnect, and the caller gets
+    :class:`DatabaseUnavailableError` (503) while recommendations are still served.
+    A server-side ``statement_timeout`` would not help: a hung server enforces nothing.
+    """
+
+    LOG_EVERY_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._own_state()
+        reset_after_fork(self._own_state)
+
+    def _own_state(self) -> None:
+        """Each process its own watcher (a forked child inherits no thread)."""
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # a statement's key -> (deadline, seconds, its socket's fd and inode)
+        self._armed: dict[int, tuple[float, float, int, int]] = {}
+        self._thread: threading.Thread | None = None
+        self._logged_at = float("-inf")
+
+    def arm(self, key: int, connection: Any, seconds: float | None) -> None:
+        """The statement ``key`` about to run on psycopg ``connection`` must be answered in ``seconds``."""
+        fd = _socket_of(connection)
+        if not seconds or fd < 0:
+            return
+        try:
+            inode = os.fstat(fd).st_ino
+        except OSError:
+            return
+        with self._lock:
+            self._armed[key] = (time.monotonic() + seconds, seconds, fd, inode)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="movierec-db-deadlines", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def disarm(self, key: int) -> None:
+        """The statement ``key`` ended (answered or failed)."""
+        with self._lock:
+            self._armed.pop(key, None)
+
+    @contextmanager
+    def bounded(self, connection: Any, seconds: float | None) -> Iterator[None]:
+        """Run the block (statements on psycopg ``connection``) under one deadline."""
+        token = object()  # alive until disarmed: its id is this block's key alone
+        self.arm(id(token), connection, seconds)
+        try:
+            yield
+        finally:
+            self.disarm(id(token))
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                for key, (deadline, seconds, fd, inode) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[key]
+                        self._cut(fd, inode, seconds, now)
+                nearest = min((entry[0] for entry in self._armed.values()), default=None)
+                self._changed.wait(None if nearest is None else max(0.0, nearest - now))
+
+    def _cut(self, fd: int, inode: int, seconds: float, now: float) -> None:
+        """Shut the socket down (not closed: the fd stays libpq's), if ``fd`` is still that socket
+        (a connection closed meanwhile may have left its number to another file)."""
+        try:
+            if os.fstat(fd).st_ino != inode:
+                return
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return
+        if now - self._logged_at >= self.LOG_EVERY_SECONDS:  # one line per hang, not per statement
+            self._logged_at = now
+            log.error(
+                "the database did not answer a statement in time; its connection was closed",
+                extra={"seconds": seconds},
+            )
+
+
+DEADLINES = StatementDeadlines()
+
+
+def _socket_of(connection: Any) -> int:
+    """The socket of a psycopg connection, or -1 (closed, or not psycopg: SQLite)."""
+    try:
+        return int(connection.pgconn.socket)
+    except Exception:  # noqa: BLE001 - no socket means nothing to bound
+        return -1
+
+
+def make_engine(url: str, *, statement_seconds: float | None = None) -> Engine:
+    """An engine for ``url``. ``statement_seconds``: the longest a PostgreSQL statement may wait for
+    its answer (:class:`StatementDeadlines`); None = unbounded (batch jobs with long statements)."""
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
@@ -182,7 +292,28 @@ def make_engine(url: str) -> Engine:
     )  # fmt: skip
     event.listen(engine, "checkout", _ping_if_idle)
     event.listen(engine, "checkin", _note_checkin)
+    if statement_seconds:
+        _bound_statements(engine, statement_seconds)
     return engine
+
+
+def _bound_statements(engine: Engine, seconds: float) -> None:
+    """Every statement SQLAlchemy runs on ``engine`` answered in ``seconds`` or cut off."""
+
+    def arm(_conn: Any, cursor: Any, *_args: Any) -> None:
+        DEADLINES.arm(id(cursor), cursor.connection, seconds)
+
+    def disarm(_conn: Any, cursor: Any, *_args: Any) -> None:
+        DEADLINES.disarm(id(cursor))
+
+    def disarm_on_error(context: Any) -> None:
+        execution = context.execution_context  # None for a failed connect: nothing was armed
+        if execution is not None and execution.cursor is not None:
+            DEADLINES.disarm(id(execution.cursor))
+
+    event.listen(engine, "before_cursor_execute", arm)
+    event.listen(engine, "after_cursor_execute", disarm)
+    event.listen(engine, "handle_error", disarm_on_error)
 
 
 IDLE_PING_SECONDS = 2.0
@@ -202,7 +333,7 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     if last is None or time.monotonic() - last < IDLE_PING_SECONDS:
         return
     try:
-        with dbapi_connection.cursor() as cursor:
+        with DEADLINES.bounded(dbapi_connection, PING_SECONDS), dbapi_connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         dbapi_connection.rollback()
     except Exception as exc:  # any failure means "use another connection"
@@ -225,9 +356,10 @@ def _copy_value(name: str, value: Any) -> Any:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, statement_seconds: float | None = None) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.statement_seconds = statement_seconds  # see make_engine
+        self.engine = make_engine(url, statement_seconds=statement_seconds)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # The score path's two statements, built once (SQLAlchemy then reuses their compiled form).
         requests = cast(Table, RecommendationRequest.__table__)
@@ -328,7 +460,8 @@ class Database:
                 driver: Any = pooled.driver_connection  # a psycopg Connection
                 driver.autocommit = True
                 try:
-                    work(driver, statement)
+                    with DEADLINES.bounded(driver, self.statement_seconds):
+                        work(driver, statement)
                 finally:
                     if not driver.closed:
                         driver.autocommit = False  # the pool's other users expect transactions

@@ -18,12 +18,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import pytest
 from sqlalchemy import make_url
 
-from app.storage.db import PG_CONNECT_ARGS, Database, DatabaseUnavailableError, make_engine
-from tests.helpers import sqlalchemy_url
+from app.storage.db import IDLE_PING_SECONDS, PG_CONNECT_ARGS, Database, DatabaseUnavailableError, make_engine
+from tests.helpers import PROFILE, login, sqlalchemy_url
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +54,22 @@ def test_postgres_connections_time_out_on_a_silent_peer(postgres_url: str) -> No
 
 
 @contextmanager
-def _relay(target: tuple[str, int]) -> Iterator[int]:
-    """A TCP relay on a free loopback port to ``target``; yields the port."""
+def _relay(target: tuple[str, int], silent: threading.Event | None = None) -> Iterator[int]:
+    """A TCP relay on a free loopback port to ``target``; yields the port.
+
+    While ``silent`` is set the relay holds what either side sends and connects new clients to
+    nothing: a database that hangs (stopped, stuck) with its host still up. The kernel keeps
+    acknowledging, so no TCP timeout or keepalive notices anything.
+    """
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
+    held: list[socket.socket] = []
 
     def pipe(source: socket.socket, sink: socket.socket) -> None:
         try:
             while chunk := source.recv(65536):
+                while silent is not None and silent.is_set() and not stop.is_set():
+                    time.sleep(0.05)
                 sink.sendall(chunk)
         except OSError:
             pass
@@ -75,6 +84,9 @@ def _relay(target: tuple[str, int]) -> Iterator[int]:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if silent is not None and silent.is_set():
+                held.append(client)  # accepted, never answered
+                continue
             upstream = socket.create_connection(target)
             threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
             threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
@@ -85,6 +97,8 @@ def _relay(target: tuple[str, int]) -> Iterator[int]:
     finally:
         stop.set()
         listener.close()
+        for client in held:
+            client.close()
 
 
 @contextmanager
@@ -136,3 +150,47 @@ def test_a_statement_fails_in_seconds_when_the_database_goes_silent(postgres_url
             assert database.served_request("not-stored") is None
         finally:
             database.dispose()
+
+
+def test_a_request_is_answered_in_bounded_time_when_the_database_hangs(
+    postgres_url: str, make_app: Any
+) -> None:
+    """The database accepts and acknowledges but never answers (a stopped server, a stuck host):
+    TCP sees nothing wrong, so only a deadline of the service's own ends the wait. Without one,
+    the revocation check's idle ping on /api/recommend waited until harakiri killed the worker
+    (and a worker respawned while the database hung could not start: the instance died)."""
+    direct = make_url(sqlalchemy_url(postgres_url))
+    silent = threading.Event()
+    with _relay((direct.host or "127.0.0.1", direct.port or 5432), silent) as relay_port:
+        relayed = direct.set(host="127.0.0.1", port=relay_port).render_as_string(hide_password=False)
+        app = make_app(database_url=relayed, database_statement_seconds=2)
+        client = app.test_client()
+        headers = login(client)
+        assert client.post("/api/recommend", json=PROFILE, headers=headers).status_code == 200
+        time.sleep(IDLE_PING_SECONDS + 0.5)  # the pooled connections now get pinged before use
+        silent.set()
+        answers: dict[str, tuple[int, float]] = {}
+
+        def ask(name: str, method: str, path: str, **kwargs: Any) -> None:
+            started = time.monotonic()
+            response = client.open(path, method=method, headers=headers, **kwargs)
+            answers[name] = (response.status_code, time.monotonic() - started)
+
+        calls = [
+            threading.Thread(
+                target=ask, args=("recommend", "POST", "/api/recommend"), kwargs={"json": PROFILE}
+            ),
+            threading.Thread(target=ask, args=("ready", "GET", "/health/ready")),
+        ]
+        for call in calls:
+            call.start()
+        for call in calls:
+            call.join(HARAKIRI - 5)
+        hung = [call.name for call in calls if call.is_alive()]
+        silent.clear()
+        assert not hung and len(answers) == 2, ("still waiting on a hung database", answers)
+        assert answers["recommend"][0] == 200, answers  # served from the bundle, as with the database down
+        assert answers["ready"][0] == 503, answers
+        assert max(seconds for _, seconds in answers.values()) < HARAKIRI - 10, answers
+        # and it answers again once the database does
+        assert client.get("/health/ready").status_code == 200
