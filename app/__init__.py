@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     instrument(app)
 
     db = Database(settings.sqlalchemy_url, statement_seconds=settings.database_statement_seconds)
-    db.upgrade()
+    _upgrade_schema(db)
     models = ModelHolder(settings.model_path, data_dir=settings.data_dir)
     try:
         models.load()
@@ -159,3 +159,37 @@ def run_development_server(app: Flask, host: str, port: int, debug: bool) -> Non
             return None
 
     app.run(host=host, port=port, debug=debug, use_reloader=False, request_handler=RequestHandler)
+
+
+def _upgrade_schema(db: Database) -> None:
+    """Bring the schema to the newest revision; a worker respawned during an outage starts without it.
+
+    uwsgi respawns a worker inside a running instance (harakiri, a crash, an OOM kill,
+    max-requests, reload-on-rss), and with ``lazy-apps`` each worker runs this. The database
+    unreachable then made the new worker's start fail, and ``need-app`` ended the whole instance:
+    the sibling serving recommendations from its bundle too, with the request rows it held. Once
+    the instance has answered requests, a worker of it migrated the schema already, so a respawned
+    one starts without the database (scores 503, /health/ready 503, recommendations served) and
+    the write-behind logs catch up when it is back. At an instance's first start an unreachable
+    database still stops it: the schema may be older than the code.
+    """
+    from app.storage.db import DatabaseUnavailableError
+
+    try:
+        db.upgrade()
+    except DatabaseUnavailableError as exc:
+        if not _instance_has_served():
+            raise
+        log.error(
+            "database unreachable while this worker started; serving without it until it is back",
+            extra={"reason": str(exc)[:200]},
+        )
+
+
+def _instance_has_served() -> bool:
+    """True in a uwsgi worker of an instance that has answered requests (its schema is migrated)."""
+    try:
+        import uwsgi  # type: ignore[import-not-found]
+    except ImportError:  # not under uwsgi: no worker is ever respawned
+        return False
+    return bool(uwsgi.total_requests())

@@ -385,15 +385,23 @@ class Database:
         Several processes may start together (uwsgi workers with lazy-apps, two instances):
         PostgreSQL serialises them with an advisory lock; a SQLite file with an exclusive lock
         on a file beside it, because SQLite answers a second would-be writer "database is
-        locked" at once instead of waiting.
+        locked" at once instead of waiting. A database that cannot be reached →
+        :class:`DatabaseUnavailableError`, as from every other method here.
         """
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self._sqlite_migration_lock(), self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        try:
+            with self._sqlite_migration_lock(), self.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                    )
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except SQLAlchemyError as exc:
+            if _unreachable(exc):
+                raise _unavailable(exc) from exc
+            raise
 
     @contextmanager
     def _sqlite_migration_lock(self) -> Iterator[None]:

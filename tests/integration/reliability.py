@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,3 +360,71 @@ def pg_is_up(url: str) -> bool:
 
 def as_dict(figures: LoadFigures) -> dict[str, Any]:
     return {k: v for k, v in figures.__dict__.items() if k not in {"acked", "lock"}}
+
+
+@dataclass
+class Relay:
+    """A TCP relay started by :func:`tcp_relay`: its port, and :meth:`cut` to make it go away."""
+
+    port: int
+    listener: socket.socket
+    sockets: list[socket.socket] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def cut(self) -> None:
+        """The peer gone: the port refuses connections and every open one is reset."""
+        self.stop.set()
+        self.listener.close()
+        for sock in list(self.sockets):
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+@contextmanager
+def tcp_relay(
+    target: tuple[str, int], silent: threading.Event | None = None, port: int = 0
+) -> Iterator[Relay]:
+    """A TCP relay on loopback ``port`` (0: a free one) to ``target``, so a test can take a server
+    away (:meth:`Relay.cut`) or hang it without touching it.
+
+    While ``silent`` is set the relay holds what either side sends and connects new clients to
+    nothing: a server that hangs (stopped, stuck) with its host still up. The kernel keeps
+    acknowledging, so no TCP timeout or keepalive notices anything.
+    """
+    listener = socket.create_server(("127.0.0.1", port))
+    relay = Relay(listener.getsockname()[1], listener)
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                while silent is not None and silent.is_set() and not relay.stop.is_set():
+                    time.sleep(0.05)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:
+        while not relay.stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            relay.sockets.append(client)
+            if silent is not None and silent.is_set():
+                continue  # accepted, never answered
+            upstream = socket.create_connection(target)
+            relay.sockets.append(upstream)
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield relay
+    finally:
+        relay.stop.set()
+        listener.close()

@@ -7,12 +7,15 @@ so it restarts it in a ``finally`` whatever happens and waits until it answers a
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -27,6 +30,7 @@ from tests.integration.reliability import (
     server_environment,
     start_server,
     stored_feedback,
+    tcp_relay,
 )
 from tests.integration.reliability import login as http_login
 
@@ -217,3 +221,48 @@ def test_redis_down_falls_back_without_5xx(tmp_path: Path, make_app: Any) -> Non
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses[200] == 60 and statuses[401] == 40  # logged-out tokens still refused, from the database
     assert elapsed < 20, "a dead Redis must not slow every request down"
+
+
+def test_a_worker_restarted_while_the_database_is_down_keeps_the_instance_serving(
+    tmp_path: Path, postgres_url: str, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """A worker respawned during an outage (harakiri, a crash, an OOM kill, max-requests,
+    reload-on-rss) used to fail its start on the migrations and ``need-app`` then ended the whole
+    instance, the sibling that was serving recommendations included (and its unwritten rows)."""
+    address = urlsplit(postgres_url)
+    with tcp_relay((address.hostname or "127.0.0.1", address.port or 5432)) as relay:
+        relayed = address._replace(netloc=f"{address.username}@127.0.0.1:{relay.port}").geturl()
+        env = server_environment(tmp_path, model_store, synthetic_data_dir, relayed, None)
+        server = start_server(tmp_path / "server", env)
+        try:
+            session = requests.Session()
+            headers = http_login(server.url, session)
+            assert (
+                session.post(f"{server.url}/api/recommend", json=PROFILE, headers=headers).status_code == 200
+            )
+            relay.cut()  # the database gone: refused, its connections reset
+            started = server.output().count("WSGI app 0 (mountpoint='') ready")
+            os.kill(server.worker_pids()[0], signal.SIGKILL)
+            deadline = time.monotonic() + 30  # the respawned worker's start, or the instance's end
+            while time.monotonic() < deadline and server.process.poll() is None:
+                if server.output().count("WSGI app 0 (mountpoint='') ready") > started:
+                    break
+                time.sleep(0.2)
+            assert server.process.poll() is None, server.output()[-2000:]
+            statuses = Counter(
+                session.post(
+                    f"{server.url}/api/recommend", json=PROFILE, headers=headers, timeout=10
+                ).status_code
+                for _ in range(20)
+            )
+            assert statuses == {200: 20}, statuses  # both workers serve from their bundles
+            assert session.get(f"{server.url}/health/ready", timeout=10).status_code == 503
+            with tcp_relay((address.hostname or "127.0.0.1", address.port or 5432), port=relay.port):
+                deadline = time.monotonic() + 20
+                ready = [0]
+                while time.monotonic() < deadline and ready.count(200) < 4:  # every worker, by chance
+                    ready.append(session.get(f"{server.url}/health/ready", timeout=10).status_code)
+                    time.sleep(0.1)
+                assert ready.count(200) >= 4, ready
+        finally:
+            server.stop()

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from sqlalchemy import make_url
 
 from app.storage.db import IDLE_PING_SECONDS, PG_CONNECT_ARGS, Database, DatabaseUnavailableError, make_engine
 from tests.helpers import PROFILE, login, sqlalchemy_url
+from tests.integration.reliability import tcp_relay
 
 pytestmark = pytest.mark.integration
 
@@ -54,54 +54,6 @@ def test_postgres_connections_time_out_on_a_silent_peer(postgres_url: str) -> No
 
 
 @contextmanager
-def _relay(target: tuple[str, int], silent: threading.Event | None = None) -> Iterator[int]:
-    """A TCP relay on a free loopback port to ``target``; yields the port.
-
-    While ``silent`` is set the relay holds what either side sends and connects new clients to
-    nothing: a database that hangs (stopped, stuck) with its host still up. The kernel keeps
-    acknowledging, so no TCP timeout or keepalive notices anything.
-    """
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-    held: list[socket.socket] = []
-
-    def pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                while silent is not None and silent.is_set() and not stop.is_set():
-                    time.sleep(0.05)
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                with suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            if silent is not None and silent.is_set():
-                held.append(client)  # accepted, never answered
-                continue
-            upstream = socket.create_connection(target)
-            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        listener.close()
-        for client in held:
-            client.close()
-
-
-@contextmanager
 def _packets_dropped(port: int) -> Iterator[None]:
     """Every packet to and from the local ``port`` dropped: the peer goes silent, nothing refuses."""
     rules = [
@@ -123,7 +75,8 @@ def test_a_statement_fails_in_seconds_when_the_database_goes_silent(postgres_url
     if os.geteuid() != 0 or shutil.which("iptables") is None:
         pytest.skip("dropping packets needs root and iptables")
     direct = make_url(sqlalchemy_url(postgres_url))
-    with _relay((direct.host or "127.0.0.1", direct.port or 5432)) as relay_port:
+    with tcp_relay((direct.host or "127.0.0.1", direct.port or 5432)) as relay:
+        relay_port = relay.port
         relayed = direct.set(host="127.0.0.1", port=relay_port)
         database = Database(relayed.render_as_string(hide_password=False))
         try:
@@ -161,7 +114,8 @@ def test_a_request_is_answered_in_bounded_time_when_the_database_hangs(
     (and a worker respawned while the database hung could not start: the instance died)."""
     direct = make_url(sqlalchemy_url(postgres_url))
     silent = threading.Event()
-    with _relay((direct.host or "127.0.0.1", direct.port or 5432), silent) as relay_port:
+    with tcp_relay((direct.host or "127.0.0.1", direct.port or 5432), silent) as relay:
+        relay_port = relay.port
         relayed = direct.set(host="127.0.0.1", port=relay_port).render_as_string(hide_password=False)
         app = make_app(database_url=relayed, database_statement_seconds=2)
         client = app.test_client()
