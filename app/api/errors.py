@@ -14,10 +14,12 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.errors import CODES, ApiError
+from app.monitoring.logs import LogEvery
 from app.recommender.bundle import BundleError
 from app.storage.db import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
+_DATABASE_DOWN = LogEvery(30.0)  # an outage is one line (every 30 s), not one per request
 
 
 def envelope(
@@ -54,7 +56,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(DatabaseUnavailableError)
     def _database_down(error: DatabaseUnavailableError) -> Response:
-        log.error("database unavailable", extra={"reason": str(error)[:200]})
+        unlogged = _DATABASE_DOWN.due()
+        if unlogged is not None:
+            log.error(
+                "database unavailable", extra={"reason": str(error)[:200], "unlogged_since_last": unlogged}
+            )
         response = envelope(503, "the database is unavailable; retry later", "unavailable")
         response.headers["Retry-After"] = "5"
         return response

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import IO, Any
@@ -258,3 +259,27 @@ def configure_logging(level: int | str = "INFO", *, stream: str = "stdout") -> l
     for name, quiet in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(quiet)
     return handler
+
+
+class LogEvery:
+    """Logs a condition that lasts (the database down) when it starts, then at most every ``seconds``.
+
+    One line per request that met it flooded the log during an outage, and monitor-docker.py
+    turns each ERROR line into an alert. :meth:`due` says whether to log now; it returns how many
+    occurrences went unlogged since the last line (None: not yet). No lock: two threads racing
+    at worst log twice, and nothing can be left held across a fork.
+    """
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        self.seconds = seconds
+        self._last = float("-inf")
+        self._unlogged = 0
+
+    def due(self) -> int | None:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            self._unlogged += 1
+            return None
+        self._last = now
+        unlogged, self._unlogged = self._unlogged, 0
+        return unlogged

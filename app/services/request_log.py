@@ -45,6 +45,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
+from app.monitoring.logs import LogEvery
 from app.services.durable_files import append_durably, sync_directory, write_durably, write_or_set_aside
 from app.storage.db import Database, DatabaseUnavailableError
 
@@ -95,7 +96,7 @@ class RequestLog:
         self.written = 0
         self.failures = 0
         self.last_error: str | None = None
-        self._last_error_logged = 0.0
+        self._errors_logged = LogEvery(30.0)  # an outage is one line every 30 s, not one per retry
         reset_after_fork(self._forked)
         if flush_at_exit:  # else its owner closes it (the feedback journal: one final flush, not two)
             close_at_exit(self)
@@ -276,9 +277,7 @@ class RequestLog:
                     self._replay_logged()  # the database answers again: rows an earlier exit left
             except DatabaseUnavailableError as exc:
                 backoff = min(self.max_backoff, max(0.05, backoff * 2))
-                now = time.monotonic()
-                if now - self._last_error_logged > 30:
-                    self._last_error_logged = now
+                if self._errors_logged.due() is not None:
                     log.error(
                         "%s: database write failed; rows kept and retried",
                         self.name,

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, Opera
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.exit_hooks import reset_after_fork
+from app.monitoring.logs import LogEvery
 from app.services.durable_files import exclusive_lock
 from app.storage.models import Feedback, RecommendationRequest, as_utc, utcnow
 
@@ -185,8 +186,6 @@ class StatementDeadlines:
     A server-side ``statement_timeout`` would not help: a hung server enforces nothing.
     """
 
-    LOG_EVERY_SECONDS = 30.0
-
     def __init__(self) -> None:
         self._own_state()
         reset_after_fork(self._own_state)
@@ -198,7 +197,7 @@ class StatementDeadlines:
         # a statement's key -> (deadline, seconds, its socket's fd and inode)
         self._armed: dict[int, tuple[float, float, int, int]] = {}
         self._thread: threading.Thread | None = None
-        self._logged_at = float("-inf")
+        self._logged = LogEvery(30.0)  # one line per hang, not per statement
 
     def arm(self, key: int, connection: Any, seconds: float | None) -> None:
         """The statement ``key`` about to run on psycopg ``connection`` must be answered in ``seconds``."""
@@ -238,11 +237,11 @@ class StatementDeadlines:
                 for key, (deadline, seconds, fd, inode) in list(self._armed.items()):
                     if deadline <= now:
                         del self._armed[key]
-                        self._cut(fd, inode, seconds, now)
+                        self._cut(fd, inode, seconds)
                 nearest = min((entry[0] for entry in self._armed.values()), default=None)
                 self._changed.wait(None if nearest is None else max(0.0, nearest - now))
 
-    def _cut(self, fd: int, inode: int, seconds: float, now: float) -> None:
+    def _cut(self, fd: int, inode: int, seconds: float) -> None:
         """Shut the socket down (not closed: the fd stays libpq's), if ``fd`` is still that socket
         (a connection closed meanwhile may have left its number to another file)."""
         try:
@@ -252,11 +251,11 @@ class StatementDeadlines:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             return
-        if now - self._logged_at >= self.LOG_EVERY_SECONDS:  # one line per hang, not per statement
-            self._logged_at = now
+        unlogged = self._logged.due()
+        if unlogged is not None:
             log.error(
                 "the database did not answer a statement in time; its connection was closed",
-                extra={"seconds": seconds},
+                extra={"seconds": seconds, "unlogged_since_last": unlogged},
             )
 
 

@@ -374,6 +374,8 @@ class Relay:
     def cut(self) -> None:
         """The peer gone: the port refuses connections and every open one is reset."""
         self.stop.set()
+        with suppress(OSError):  # wakes the accept() in progress: close() alone leaves it listening
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for sock in list(self.sockets):
             with suppress(OSError):
@@ -415,6 +417,9 @@ def tcp_relay(
             except OSError:
                 return
             relay.sockets.append(client)
+            if relay.stop.is_set():
+                client.close()
+                return
             if silent is not None and silent.is_set():
                 continue  # accepted, never answered
             upstream = socket.create_connection(target)
@@ -427,4 +432,6 @@ def tcp_relay(
         yield relay
     finally:
         relay.stop.set()
+        with suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
         listener.close()

@@ -266,3 +266,32 @@ def test_a_worker_restarted_while_the_database_is_down_keeps_the_instance_servin
                 assert ready.count(200) >= 4, ready
         finally:
             server.stop()
+
+
+def test_the_database_down_is_logged_once_not_once_per_request(
+    tmp_path: Path, postgres_url: str, make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every request answered 503 for the database logged its own ERROR (with its reason): under
+    load an outage flooded the log and every line became an alert mail (monitor-docker.py)."""
+    address = urlsplit(postgres_url)
+    with tcp_relay((address.hostname or "127.0.0.1", address.port or 5432)) as relay:
+        relayed = address._replace(netloc=f"{address.username}@127.0.0.1:{relay.port}").geturl()
+        issuer = make_app(database_url=relayed)  # another worker: its lists are new to the scorer
+        scorer = make_app(database_url=relayed, feedback_journal_dir=tmp_path / "scorer-journal")
+        headers = login(issuer.test_client())
+        lists = [
+            issuer.test_client().post("/api/recommend", json=PROFILE, headers=headers).get_json()
+            for _ in range(10)
+        ]
+        issuer.extensions["movierec"].recommendations.request_log.flush()
+        relay.cut()
+        caplog.clear()
+        statuses: Counter[int] = Counter()
+        for body in lists:
+            score = {"id": body["id"], "movie": body["recommendations"][0], "score": 4}
+            statuses[
+                scorer.test_client().post("/api/recommend/score", json=score, headers=headers).status_code
+            ] += 1
+    assert statuses == {503: 10}, statuses
+    errors = [r for r in caplog.records if r.name == "app.api.errors" and r.levelname == "ERROR"]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
