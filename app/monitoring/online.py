@@ -45,9 +45,11 @@ from app.monitoring.alerts import Alert, Alerter, LoggingSink, Notification, Sev
 from app.monitoring.breaker import FALLBACK, MODEL, BreakerPolicy, CircuitBreaker
 from app.monitoring.drift import MANIFEST_KEY, DriftReport, count_profiles, evaluate_drift
 from app.monitoring.fallback import Fallback
+from app.monitoring.logs import LogEvery
 from app.monitoring.quality import Quality, measure, request_profiles, served_coverage
 from app.recommender.bundle import BundleError, LoadedBundle, RecommendQuery
 from app.storage.breaker import BreakerRecord, BreakerStore, DatabaseBreakerStore, RedisBreakerStore
+from app.storage.db import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,8 @@ class OnlineMonitor:
         self._thread: threading.Thread | None = None
         self.evaluations = 0
         self.last_error: str | None = None
+        # an outage is one line (then every 30 s), not a traceback per evaluation of each worker
+        self._database_down = LogEvery(30.0)
         # set by install_monitoring: commits this worker's acknowledged scores before they are judged
         self.drain_feedback: Callable[[], object] | None = None
         # version, when (monotonic), window start and counts of the last coverage count
@@ -196,6 +200,14 @@ class OnlineMonitor:
             self._wake.clear()
             try:
                 self.tick(force=woken)
+            except DatabaseUnavailableError as exc:  # expected during an outage: no traceback
+                self.last_error = str(exc)[:300]
+                unlogged = self._database_down.due()
+                if unlogged is not None:
+                    log.error(
+                        "online monitor evaluation skipped: the database is unreachable",
+                        extra={"reason": self.last_error, "unlogged_since_last": unlogged},
+                    )
             except Exception as exc:
                 self.last_error = str(exc)[:300]
                 log.exception("online monitor evaluation failed")

@@ -7,6 +7,7 @@ so it restarts it in a ``finally`` whatever happens and waits until it answers a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -295,3 +296,30 @@ def test_the_database_down_is_logged_once_not_once_per_request(
     assert statuses == {503: 10}, statuses
     errors = [r for r in caplog.records if r.name == "app.api.errors" and r.levelname == "ERROR"]
     assert len(errors) == 1, [r.getMessage() for r in errors]
+
+
+def test_the_online_monitor_logs_the_database_down_once_without_a_traceback(
+    tmp_path: Path, postgres_url: str, make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each evaluation of each worker logged a full traceback (ERROR, ~40 lines) while the database
+    was down: an expected outage read like a crash, every monitor interval. (The breaker's record
+    lives in Redis here, as in production, so the evaluation turn is still claimed.)"""
+    address = urlsplit(postgres_url)
+    with (
+        private_redis(tmp_path) as (redis_url, _redis),
+        tcp_relay((address.hostname or "127.0.0.1", address.port or 5432)) as relay,
+    ):
+        relayed = address._replace(netloc=f"{address.username}@127.0.0.1:{relay.port}").geturl()
+        app = make_app(
+            database_url=relayed, redis_url=redis_url, monitor_interval_seconds=0.1, monitor_sync_seconds=0.1
+        )
+        client = app.test_client()
+        assert client.post("/api/recommend", json=PROFILE, headers=login(client)).status_code == 200
+        relay.cut()
+        caplog.clear()
+        time.sleep(2)  # many evaluation rounds
+        monitor = app.extensions["movierec"].monitor
+        assert monitor.last_error, "the monitor did not meet the outage"
+    lines = [r for r in caplog.records if r.name == "app.monitoring.online" and r.levelno >= logging.ERROR]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert lines[0].exc_info is None, "an unreachable database is not a crash: no traceback"
