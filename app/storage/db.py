@@ -197,6 +197,7 @@ class StatementDeadlines:
         # a statement's key -> (deadline, seconds, its socket's fd and inode)
         self._armed: dict[int, tuple[float, float, int, int]] = {}
         self._thread: threading.Thread | None = None
+        self._wakes_at = 0.0  # when the watcher wakes next (monotonic; inf: not before a notify)
         self._logged = LogEvery(30.0)  # one line per hang, not per statement
 
     def arm(self, key: int, connection: Any, seconds: float | None) -> None:
@@ -208,12 +209,17 @@ class StatementDeadlines:
             inode = os.fstat(fd).st_ino
         except OSError:
             return
+        deadline = time.monotonic() + seconds
         with self._lock:
-            self._armed[key] = (time.monotonic() + seconds, seconds, fd, inode)
+            self._armed[key] = (deadline, seconds, fd, inode)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="movierec-db-deadlines", daemon=True)
                 self._thread.start()
-            self._changed.notify()
+            # Woken only when this deadline comes before the one it sleeps until: with one
+            # ``seconds`` per engine that is the first statement after an idle spell, not every
+            # statement (a thread switch each, on the score path's and the request log's writes).
+            if deadline < self._wakes_at:
+                self._changed.notify()
 
     def disarm(self, key: int) -> None:
         """The statement ``key`` ended (answered or failed)."""
@@ -239,6 +245,7 @@ class StatementDeadlines:
                         del self._armed[key]
                         self._cut(fd, inode, seconds)
                 nearest = min((entry[0] for entry in self._armed.values()), default=None)
+                self._wakes_at = float("inf") if nearest is None else nearest
                 self._changed.wait(None if nearest is None else max(0.0, nearest - now))
 
     def _cut(self, fd: int, inode: int, seconds: float) -> None:
