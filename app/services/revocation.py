@@ -30,6 +30,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from app.errors import Unavailable
+from app.monitoring.logs import LogEvery
 from app.storage.db import Database, DatabaseUnavailableError
 from app.storage.models import RevokedToken
 
@@ -65,6 +66,10 @@ class RevocationStore:
         self._snapshot_at = float("-inf")
         self._refreshing = threading.Lock()
         self._redis_down_until = 0.0
+        # an outage is one warning when it starts, then every 30 s: not one per retry (every
+        # ``retry_seconds``) in every process
+        self._database_down = LogEvery(30.0)
+        self._redis_down = LogEvery(30.0)
 
     # ------------------------------------------------------------------ revoke
 
@@ -130,15 +135,21 @@ class RevocationStore:
         except (DatabaseUnavailableError, SQLAlchemyError) as exc:
             # keep serving with the last snapshot; try again after the back-off
             self._snapshot_at = time.monotonic() - self.refresh_seconds + self.retry_seconds
-            log.warning(
-                "revocation list not refreshed: database unavailable", extra={"reason": str(exc)[:200]}
-            )
+            unlogged = self._database_down.due()
+            if unlogged is not None:
+                log.warning(
+                    "revocation list not refreshed: database unavailable",
+                    extra={"reason": str(exc)[:200], "unlogged_since_last": unlogged},
+                )
         finally:
             self._refreshing.release()
         return self._snapshot
 
     def _redis_failed(self, exc: Exception) -> None:
         self._redis_down_until = time.monotonic() + self.retry_seconds
-        log.warning(
-            "Redis unavailable for the revocation list; using the database", extra={"reason": str(exc)[:200]}
-        )
+        unlogged = self._redis_down.due()
+        if unlogged is not None:
+            log.warning(
+                "Redis unavailable for the revocation list; using the database",
+                extra={"reason": str(exc)[:200], "unlogged_since_last": unlogged},
+            )
