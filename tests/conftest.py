@@ -50,6 +50,17 @@ def personal_model_store(tmp_path_factory: pytest.TempPathFactory, synthetic_dat
     return store
 
 
+@pytest.fixture
+def sqlite_database(tmp_path: Path) -> Iterator[Any]:
+    """A migrated service database in a SQLite file of the test's own."""
+    from app.storage.db import Database
+
+    database = Database(f"sqlite:///{tmp_path / 'service.db'}")
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
     psycopg = pytest.importorskip("psycopg")

@@ -71,11 +71,8 @@ class Clock:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'b.db'}")
-    database.upgrade()
-    yield database
-    database.dispose()
+def db(sqlite_database: Database) -> Database:
+    return sqlite_database
 
 
 def make_breaker(store: Any, clock: Clock, alerts: list[Alert] | None = None) -> CircuitBreaker:

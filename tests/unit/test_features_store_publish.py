@@ -9,7 +9,6 @@ went back in time, and the newer snapshot fell out of the ``*_history`` views.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,8 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'service.db'}")
-    db.upgrade()
-    yield db
-    db.dispose()
+def database(sqlite_database: Database) -> Database:
+    return sqlite_database
 
 
 def _build(store: FeatureStore, data: Any, db: Database, now: datetime) -> Snapshot:
