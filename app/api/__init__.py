@@ -101,6 +101,10 @@ def _require_json_object() -> None:
         raise InvalidRequest("request body must be a JSON object", fields={"body": "must be a JSON object"})
 
 
+JWT_LEEWAY_SECONDS = 2
+"""How far apart two replicas' clocks may be for a token of one to be accepted by the other."""
+
+
 def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
     app.config.update(
         JWT_SECRET_KEY=jwt_secret,
@@ -108,6 +112,11 @@ def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
         JWT_DECODE_ALGORITHMS=["HS256"],
         JWT_ACCESS_TOKEN_EXPIRES=timedelta(seconds=settings.token_ttl_seconds),
         JWT_TOKEN_LOCATION=["headers"],
+        # Replicas' clocks differ by milliseconds: a token issued by one whose clock is ahead, at
+        # the start of a second, has an ``iat``/``nbf`` in the future of the other, which refused
+        # it ("not yet valid") when it was used at once. Two seconds of leeway, which also
+        # lengthen every token's life by as much.
+        JWT_DECODE_LEEWAY=JWT_LEEWAY_SECONDS,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )
     jwt.init_app(app)

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from app.api import JWT_LEEWAY_SECONDS
 from app.recommender.segments import OCCUPATIONS
 from tests.helpers import PROFILE, SESSION_PASSWORD, journal_records, login, stored_feedback
 
@@ -170,7 +171,7 @@ def test_expired_token_is_401(make_app) -> None:
     app = make_app(token_ttl_seconds=1)
     client = app.test_client()
     headers = login(client)
-    time.sleep(1.5)
+    time.sleep(1 + JWT_LEEWAY_SECONDS + 0.6)  # its lifetime, plus the replicas' clock leeway
     error = assert_envelope(client.post("/api/recommend", json=PROFILE, headers=headers), 401, "unauthorized")
     assert "expired" in error["message"]
 

@@ -17,6 +17,7 @@ import jwt as pyjwt
 import pytest
 
 from app import create_app
+from app.api import JWT_LEEWAY_SECONDS
 from app.config import ConfigurationError
 from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PROFILE, SESSION_PASSWORD, login
 
@@ -209,7 +210,7 @@ def test_tokens_expire_after_the_configured_lifetime(make_app: Any) -> None:
     client = make_app(token_ttl_seconds=1).test_client()
     headers = login(client)
     assert client.get("/protected", headers=headers).status_code == 200
-    time.sleep(2.1)
+    time.sleep(1 + JWT_LEEWAY_SECONDS + 0.6)  # its lifetime, plus the replicas' clock leeway
     assert_envelope(client.get("/protected", headers=headers), 401, "unauthorized")
 
 
@@ -306,3 +307,16 @@ def test_logout_refuses_unknown_body_fields_and_keeps_the_token(client: Any) -> 
     assert client.post("/api/logout", json={}, headers=headers).status_code == 200
     assert_envelope(client.get("/protected", headers=headers), 401, "unauthorized")
     assert client.post("/api/logout", headers=login(client)).status_code == 200
+
+
+def test_a_token_from_a_replica_whose_clock_runs_ahead_is_accepted(client: Any) -> None:
+    """A token issued by another instance whose clock is a little ahead carries an ``iat`` and
+    ``nbf`` in this one's future; used at once, it was refused as not yet valid. A few seconds
+    are tolerated; a token from well into the future is still refused."""
+    now = int(time.time())
+    ahead = now + JWT_LEEWAY_SECONDS - 1
+    token = pyjwt.encode(claims(iat=ahead, nbf=ahead, exp=ahead + 600), JWT_SECRET, algorithm="HS256")
+    assert client.get("/protected", headers=bearer(token)).status_code == 200
+    far = now + JWT_LEEWAY_SECONDS + 60
+    token = pyjwt.encode(claims(iat=far, nbf=far, exp=far + 600), JWT_SECRET, algorithm="HS256")
+    assert_envelope(client.get("/protected", headers=bearer(token)), 401, "unauthorized")
