@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import secrets
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -20,10 +21,21 @@ bp = Blueprint("auth", __name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _matches(candidate: str, secret: str | None) -> bool:
-    """Constant-time comparison; always does the same work whether or not a secret is set."""
-    expected = (secret or "").encode()
-    equal = hmac.compare_digest(candidate.encode(), expected)
+_COMPARISON_KEY = secrets.token_bytes(32)
+"""Keys the digests :func:`secret_matches` compares; per process, so they mean nothing outside it."""
+
+
+def secret_matches(candidate: str, secret: str | None) -> bool:
+    """Whether ``candidate`` is ``secret``, in time independent of both (passwords, /metrics token).
+
+    ``hmac.compare_digest`` is constant-time only for inputs of equal length: given the raw
+    strings it returns at once when the lengths differ, and the secret's length was told by
+    timing. Both sides are compared as HMAC-SHA256 digests (always 32 bytes) instead, and the
+    same work is done whether or not a secret is set.
+    """
+    given = hmac.digest(_COMPARISON_KEY, candidate.encode(), "sha256")
+    expected = hmac.digest(_COMPARISON_KEY, (secret or "").encode(), "sha256")
+    equal = hmac.compare_digest(given, expected)
     return bool(secret) and equal
 
 
@@ -56,7 +68,7 @@ def issue_token(password: str) -> str:
     settings = current_app.extensions["movierec"].settings
     session = settings.session_password.get_secret_value() if settings.session_password else None
     admin = settings.admin_password.get_secret_value() if settings.admin_password else None
-    is_client, is_admin = _matches(password, session), _matches(password, admin)
+    is_client, is_admin = secret_matches(password, session), secret_matches(password, admin)
     if not (is_client or is_admin):
         raise Unauthorized("invalid session password")
     role = "admin" if is_admin else "client"

@@ -3,13 +3,13 @@
 /metrics needs no JWT (scrapers do not log in) but can be restricted by settings:
 ``MOVIEREC_METRICS_ALLOW_CIDRS`` (comma-separated networks the scraper's address must be in)
 and/or ``MOVIEREC_METRICS_TOKEN`` (a bearer token the scraper must send, compared in
-constant time). With neither set it is open, like most exporters; put it behind the
-network boundary or set one of them in production (docs/operations.md).
+constant time by :func:`app.api.auth.secret_matches`). With neither set it is open, like most
+exporters; put it behind the network boundary or set one of them in production
+(docs/operations.md).
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from typing import Any
 
@@ -17,7 +17,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 from spectree import Response as SpecResponse
 
-from app.api.auth import admin_required
+from app.api.auth import admin_required, secret_matches
 from app.api.schemas import MAX_REASON_LENGTH, ErrorResponse
 from app.api.spec import BEARER, spec
 from app.config import parse_networks
@@ -77,7 +77,7 @@ def _check_scraper(settings: Any) -> None:
     if token:
         header = request.headers.get("Authorization", "")
         given = header[7:] if header.startswith("Bearer ") else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        if not secret_matches(given, token):
             raise Unauthorized(
                 "metrics need the scraper's bearer token", headers={"WWW-Authenticate": "Bearer"}
             )

@@ -50,10 +50,8 @@ def _b64(data: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ passwords
 
 
-def test_password_check_is_constant_time_and_checks_both_roles(client: Any, monkeypatch: Any) -> None:
-    """Every login compares against both passwords with hmac.compare_digest, matched or not."""
-    import app.api.auth as auth
-
+def _record_comparisons(monkeypatch: Any) -> list[tuple[bytes, bytes]]:
+    """Every hmac.compare_digest call from now on, with its two arguments."""
     calls: list[tuple[bytes, bytes]] = []
     original = hmac.compare_digest
 
@@ -61,12 +59,43 @@ def test_password_check_is_constant_time_and_checks_both_roles(client: Any, monk
         calls.append((a, b))
         return original(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", recording)
-    for password, status in ((SESSION_PASSWORD, 200), (ADMIN_PASSWORD, 200), ("wrong", 401), ("c", 401)):
+    monkeypatch.setattr(hmac, "compare_digest", recording)
+    return calls
+
+
+def test_password_check_is_constant_time_and_checks_both_roles(client: Any, monkeypatch: Any) -> None:
+    """Every login compares against both passwords, matched or not, and compares equal-length
+    digests, never the raw bytes: compare_digest returns at once on a length mismatch, so a
+    raw comparison told the password's length by its timing."""
+    calls = _record_comparisons(monkeypatch)
+    secrets: set[bytes] = set()
+    attempts = ((SESSION_PASSWORD, 200, 0), (ADMIN_PASSWORD, 200, 1), ("wrong", 401, None), ("c", 401, None))
+    for password, status, matching in attempts:
         calls.clear()
         assert client.post("/api/login", json={"session_password": password}).status_code == status
         assert len(calls) == 2, "both secrets are compared on every attempt (no early exit)"
-        assert {b for _, b in calls} == {SESSION_PASSWORD.encode(), ADMIN_PASSWORD.encode()}
+        assert {len(side) for call in calls for side in call} == {32}, "fixed-length digests"
+        for given, expected in calls:
+            assert password.encode() not in (given, expected)
+            assert SESSION_PASSWORD.encode() not in (given, expected)
+            assert ADMIN_PASSWORD.encode() not in (given, expected)
+        # the first comparison is the session password's, the second the admin password's
+        assert [given == expected for given, expected in calls] == [i == matching for i in (0, 1)]
+        secrets.add(b"".join(expected for _, expected in calls))
+    assert len(secrets) == 1, "the same two secrets are compared on every attempt"
+
+
+def test_the_metrics_token_is_compared_as_a_fixed_length_digest(make_app: Any, monkeypatch: Any) -> None:
+    """A raw compare_digest of the bearer token returned at once on a length mismatch: the
+    token's length was told by the time a scrape took to be refused."""
+    token = "scrape-secret-123"
+    client = make_app(metrics_token=token).test_client()
+    calls = _record_comparisons(monkeypatch)
+    for given, status in (("x", 401), ("", 401), (token + "-longer", 401), (token, 200)):
+        calls.clear()
+        assert client.get("/metrics", headers=bearer(given)).status_code == status
+        assert len(calls) == 1 and {len(side) for side in calls[0]} == {32}, given
+        assert token.encode() not in calls[0]
 
 
 def test_weak_or_default_jwt_secrets_refuse_to_start(make_settings: Any) -> None:
