@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,7 +80,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     # abuse and browser hardening (app/api/security.py)
     login_rate_limit: str = "10 per minute"  # per client address, shared through Redis when configured
-    cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; empty = CORS off
+    # comma-separated origins allowed to call the API from a browser; empty = CORS off; null, *
+    # and entries that could never match are refused (parse_origins)
+    cors_origins: str = ""
     hsts_seconds: int = Field(
         default=0, ge=0
     )  # Strict-Transport-Security max-age; 0 = header off (no TLS here)
@@ -149,6 +153,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "is set but empty: give the scrapers' token, or unset it to serve /metrics without one"
             )
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        """``null``, ``*`` or an entry that can never match is refused at start (parse_origins)."""
+        parse_origins(value)
         return value
 
     @field_validator("metrics_allow_cidrs")
@@ -259,3 +270,67 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]) or "settings"
         raise ConfigurationError(f"invalid setting {name}: {first['msg']}") from exc
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_ORIGIN_FORM = (
+    "an origin is scheme://host[:port], nothing more (no path, not even a trailing slash; "
+    "an internationalised host in its xn-- form)"
+)
+
+
+def parse_origins(text: str) -> frozenset[str]:
+    """``https://ui.example, http://localhost:5173`` → the CORS allow-list (exact-match origins).
+
+    Refused, as a ValueError naming the entry: ``null`` (what every sandboxed iframe, ``file:``
+    page and redirected request sends: allowing it lets any site read the API's answers), ``*``
+    (the list is exact-match: a wildcard allowed nothing, silently), and any entry that is not an
+    origin as a browser writes it in its ``Origin`` header (a path, a trailing slash, a default
+    port, capitals), which could never match.
+    """
+    origins = set()
+    for entry in (part.strip() for part in text.split(",")):
+        if entry:
+            origins.add(_checked_origin(entry))
+    return frozenset(origins)
+
+
+def _checked_origin(entry: str) -> str:
+    prefix = f"MOVIEREC_CORS_ORIGINS: {entry!r}"
+    if entry.lower() == "null":
+        raise ValueError(
+            f"{prefix} is refused: every sandboxed iframe and file: page sends Origin: null, "
+            "so allowing it would let any site read the API's answers"
+        )
+    if entry == "*":
+        raise ValueError(
+            f"{prefix} is not supported: list each origin allowed to call the API "
+            "(a wildcard would let every site read its answers)"
+        )
+    parts = urlsplit(entry)
+    if parts.scheme.lower() == "file":
+        raise ValueError(f"{prefix} can never match: a browser sends a file: page's origin as 'null'")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    host = parts.hostname or ""
+    if (
+        not parts.scheme
+        or not host
+        or not re.fullmatch(r"[a-z0-9_.-]+|[0-9a-f:.]+", host)  # a name, IPv4 or IPv6 (lower-cased)
+        or port == -1
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or entry.endswith(("?", "#"))
+    ):
+        raise ValueError(f"{prefix} can never match: {_ORIGIN_FORM}")
+    scheme = parts.scheme.lower()
+    canonical = f"{scheme}://{f'[{host}]' if ':' in host else host}"
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        canonical += f":{port}"
+    if entry != canonical:
+        raise ValueError(f"{prefix} can never match: write it as {canonical!r}, as browsers send it")
+    return canonical

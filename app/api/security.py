@@ -8,7 +8,8 @@
   terminates TLS and says so (``MOVIEREC_HSTS_SECONDS``).
 * CORS is off unless ``MOVIEREC_CORS_ORIGINS`` lists origins: the API authenticates with a bearer
   header, not cookies, so an exact-match allow-list without credentials is all a browser client
-  needs, and no origin is trusted by default.
+  needs, and no origin is trusted by default. ``null``, ``*`` and entries that could never equal
+  a browser's ``Origin`` header are refused at start (:func:`app.config.parse_origins`).
 * ``/api/login`` is rate-limited per client address with Flask-Limiter: Redis storage when
   ``MOVIEREC_REDIS_URL`` is set (so every replica counts the same attempts), memory otherwise;
   if Redis stops answering, the limiter falls back to memory instead of failing logins.
@@ -33,7 +34,7 @@ from werkzeug.wsgi import LimitedStream
 from app.api.schemas import ErrorResponse, Message, Strict
 from app.api.serving_schemas import BULK_MAX_BODY_BYTES
 from app.api.spec import BEARER, spec
-from app.config import Settings
+from app.config import Settings, parse_origins
 from app.services.revocation import RevocationStore
 
 bp = Blueprint("security", __name__)
@@ -79,9 +80,8 @@ def client_address() -> str:
 
 
 def allowed_origins(settings: Settings) -> frozenset[str]:
-    return frozenset(
-        origin.strip().rstrip("/") for origin in settings.cors_origins.split(",") if origin.strip()
-    )
+    """The exact origins CORS allows; checked when the settings were read (config.parse_origins)."""
+    return parse_origins(settings.cors_origins)
 
 
 def init_security(app: Flask, settings: Settings) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from app.config import ConfigurationError, Settings, load_settings
+from app.config import ConfigurationError, Settings, load_settings, parse_origins
 from app.secret_files import SECRET_SETTINGS, read_secret_file
 
 pytestmark = pytest.mark.unit
@@ -113,6 +113,48 @@ def test_an_empty_metrics_token_is_refused_at_start(tmp_path: Path, monkeypatch:
     assert load_settings(testing=True).metrics_token.get_secret_value() == "a-scrapers-token"
     monkeypatch.delenv("MOVIEREC_METRICS_TOKEN_FILE")
     assert load_settings(testing=True).metrics_token is None
+
+
+@pytest.mark.parametrize(
+    ("origins", "why"),
+    [
+        ("null", r"'null'.*sandboxed iframe"),
+        ("https://ui.example, NULL", r"'NULL'.*sandboxed iframe"),
+        ("*", r"'\*'.*list each origin"),
+        ("https://ui.example/", r"write it as 'https://ui.example'"),
+        ("https://ui.example/app", r"'https://ui.example/app'.*scheme://host\[:port\]"),
+        ("https://ui.example?x=1", r"scheme://host\[:port\]"),
+        ("https://ui.example#top", r"scheme://host\[:port\]"),
+        ("https://user@ui.example", r"scheme://host\[:port\]"),
+        ("ui.example", r"'ui.example'.*scheme://host\[:port\]"),
+        ("https://", r"scheme://host\[:port\]"),
+        ("https://ui example", r"scheme://host\[:port\]"),
+        ("https://bücher.example", r"scheme://host\[:port\]"),
+        ("https://ui.example:99999", r"scheme://host\[:port\]"),
+        ("https://ui.example:443", r"write it as 'https://ui.example'"),
+        ("HTTPS://UI.Example:8443", r"write it as 'https://ui.example:8443'"),
+        ("file:///srv/ui/index.html", r"'null'"),
+    ],
+)
+def test_a_cors_origin_that_is_a_hole_or_never_matches_is_refused_at_start(origins: str, why: str) -> None:
+    """`null` was allowed like any origin (every sandboxed iframe and file: page sends it), `*`
+    silently allowed nothing, and an origin with a path, a trailing slash, a default port or
+    capitals can never equal the Origin header a browser sends: all refused, naming the variable."""
+    with pytest.raises(ConfigurationError, match=rf"MOVIEREC_CORS_ORIGINS: .*{why}"):
+        load_settings(testing=True, cors_origins=origins)
+
+
+def test_cors_origins_from_the_environment_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOVIEREC_CORS_ORIGINS", "https://ui.example,null")
+    with pytest.raises(ConfigurationError, match="MOVIEREC_CORS_ORIGINS: 'null'"):
+        load_settings(testing=True)
+    origins = " https://ui.example, http://localhost:5173,https://[::1]:8443 ,, app://desktop "
+    monkeypatch.setenv("MOVIEREC_CORS_ORIGINS", origins)
+    assert parse_origins(load_settings(testing=True).cors_origins) == {
+        "https://ui.example", "http://localhost:5173", "https://[::1]:8443", "app://desktop"
+    }  # fmt: skip
+    monkeypatch.setenv("MOVIEREC_CORS_ORIGINS", "")
+    assert parse_origins(load_settings(testing=True).cors_origins) == frozenset()
 
 
 # --------------------------------------------------------------------------- secrets as files
