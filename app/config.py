@@ -4,8 +4,9 @@ Environment variables use the ``MOVIEREC_`` prefix, plus the seed's own names
 ``ML_MODEL_PATH``, ``SESSION_PASSWORD`` and ``ADMIN_PASSWORD``. Any secret, the database and
 Redis URLs (which carry their passwords) included, may instead be given as a file path in
 ``<NAME>_FILE`` (Docker/Kubernetes secrets; never both, see app/secret_files.py). Outside
-testing the service refuses to start without a session password and a strong JWT secret, and
-the error names the variable.
+testing the service refuses to start without a session password and a strong JWT secret, or
+with an admin password shorter than 12 characters (except with --debug), and the error names
+the variable.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from app.monitoring.logs import LOG_LEVELS
 from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SecretFileError, read_secret_file
 
 MIN_SECRET_LENGTH = 32
+MIN_ADMIN_PASSWORD_LENGTH = 12
+"""The admin password guards reload and the breaker, and only the per-address login limit slows
+guessing it; the session password has no minimum (the seed runs with ``SESSION_PASSWORD=test``)."""
 WEAK_SECRETS = frozenset(
     {"secret", "changeme", "change-me", "jwt-secret", "super-secret", "test", "password"}
 )
@@ -200,7 +204,8 @@ class Settings(BaseSettings):
         return values
 
     def check_secrets(self) -> None:
-        """Refuse to run without secrets (or with weak ones) unless testing."""
+        """Refuse to run without secrets (or with weak ones) unless testing; --debug may run
+        without a JWT secret and with a short admin password (a development server)."""
         if self.testing:
             return
         if self.session_password is None or not self.session_password.get_secret_value():
@@ -212,6 +217,13 @@ class Settings(BaseSettings):
             # a login with the session password would match both and get the admin role
             raise ConfigurationError(
                 "ADMIN_PASSWORD is the session password: every client would get admin tokens; set another"
+            )
+        weak_admin = len(admin) < MIN_ADMIN_PASSWORD_LENGTH or admin.lower() in WEAK_SECRETS
+        if admin and weak_admin and not self.debug:
+            raise ConfigurationError(
+                "ADMIN_PASSWORD (or MOVIEREC_ADMIN_PASSWORD) is too weak: it guards the admin "
+                f"endpoints, use at least {MIN_ADMIN_PASSWORD_LENGTH} random characters "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(16))')"
             )
         secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
         if not secret and self.debug:

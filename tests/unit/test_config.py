@@ -36,6 +36,23 @@ def test_debug_may_run_without_a_jwt_secret_but_not_without_a_password() -> None
         Settings(debug=True).check_secrets()
 
 
+def test_a_short_admin_password_is_refused_outside_testing_and_debug() -> None:
+    """The admin password guards reload and the breaker with only the per-address login limit
+    against guessing: one shorter than 12 characters (or a known default) refuses to start,
+    naming the variable and how to make one. The session password keeps no minimum (the seed's
+    SESSION_PASSWORD=test)."""
+    for weak in ("admin", "x" * 11, "super-secret", "Super-Secret"):
+        with pytest.raises(
+            ConfigurationError,
+            match=r"ADMIN_PASSWORD \(or MOVIEREC_ADMIN_PASSWORD\) is too weak.*12.*token_urlsafe",
+        ):
+            Settings(session_password="pw", admin_password=weak, jwt_secret=STRONG).check_secrets()
+        Settings(testing=True, admin_password=weak).check_secrets()
+        Settings(session_password="pw", admin_password=weak, debug=True).check_secrets()
+    Settings(session_password="pw", admin_password="k7-walrus-tea", jwt_secret=STRONG).check_secrets()
+    Settings(session_password="pw", jwt_secret=STRONG).check_secrets()  # no admin password: no admin
+
+
 def test_seed_environment_names_and_secret_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     secret_file = tmp_path / "jwt"
     secret_file.write_text(STRONG + "\n")
