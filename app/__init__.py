@@ -102,6 +102,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.error("no model could be loaded; the service is not ready", extra={"reason": str(exc)[:300]})
 
     # Recommendation ids are signed with a key derived from the JWT secret, shared by every worker.
+    # Created (and so closed at exit) before the journal: its rows are in memory only, and the two
+    # share one exit budget (app/exit_hooks.py EXIT_SECONDS); the journal's scores are on disk.
     request_log = RequestLog(
         db,
         flush_interval=settings.request_log_flush_seconds,

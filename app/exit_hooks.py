@@ -6,7 +6,7 @@ uwsgi.ini). The write-behind request log flushes its rows here (app/services/req
 the feedback journal ships its scores (app/services/feedback_journal.py), both through
 :func:`close_at_exit`, and the metrics tally writes its counts (app/monitoring/metrics.py).
 Callbacks run in the order they were registered, may run twice (once from each hook) and must
-be idempotent.
+be idempotent. The resources of :func:`close_at_exit` share one budget, :data:`EXIT_SECONDS`.
 
 And what a forked child runs first (:func:`reset_after_fork`): a fork copies every lock, but
 not the threads that held them, so a lock another thread held at that moment stays held in the
@@ -19,6 +19,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Protocol
@@ -30,11 +31,26 @@ _LOCK = threading.Lock()
 _INSTALLED = False
 
 
+EXIT_SECONDS = 10.0
+"""How long the resources given to :func:`close_at_exit` may take to close, in all, per process.
+
+Each had 10 s of its own: with the database down, the request log's final flush retried for
+10 s before spilling its rows, then the feedback journal's for another 10 s, 20 s of the 30 s
+a worker has to stop (uwsgi.ini ``worker-reload-mercy``, docker-compose.yml
+``stop_grace_period``, app/deploy.py), and anything else slow got the worker killed before the
+rows were spilled. Now they close one after the other, each with what is left of this budget:
+the request log first (its rows live in memory only; created first, app/__init__.py), then the
+journal, whose scores are on disk already and simply stay in their segments when no time is
+left (replayed at the next start).
+"""
+
+
 class Closable(Protocol):
-    def close(self) -> None: ...
+    def close(self, timeout: float = ...) -> None: ...
 
 
 _TO_CLOSE: list[weakref.ref[Closable]] = []
+_DEADLINE: tuple[int, float] | None = None  # (pid, monotonic time): when this process's budget ends
 _IN_CHILD: list[weakref.WeakMethod[Callable[[], None]]] = []
 _FORK_HOOK_INSTALLED = False
 
@@ -78,7 +94,8 @@ def close_at_exit(resource: Closable) -> None:
     """Call ``resource.close()`` when this process stops gracefully, if it is still alive then.
 
     Held by a weak reference: registering keeps nothing alive. Resources close in the order
-    they were registered; one that fails is logged and the next still closes.
+    they were registered, each given what is left of :data:`EXIT_SECONDS` as its ``timeout``
+    (register first what has most to lose); one that fails is logged and the next still closes.
     """
     with _LOCK:
         _TO_CLOSE[:] = [ref for ref in _TO_CLOSE if ref() is not None]
@@ -87,12 +104,20 @@ def close_at_exit(resource: Closable) -> None:
 
 
 def close_registered() -> None:
-    """Close every live resource given to :func:`close_at_exit` (an exit callback)."""
+    """Close every live resource given to :func:`close_at_exit` (an exit callback), within one budget.
+
+    The budget is the process's, not the call's: the second run (uwsgi's hook, then Python's
+    ``atexit``) gets only what the first left.
+    """
+    global _DEADLINE
     with _LOCK:
         resources = [resource for resource in (ref() for ref in _TO_CLOSE) if resource is not None]
+        if _DEADLINE is None or _DEADLINE[0] != os.getpid():  # a forked child's budget is its own
+            _DEADLINE = (os.getpid(), time.monotonic() + EXIT_SECONDS)
+        deadline = _DEADLINE[1]
     for resource in resources:
         try:
-            resource.close()
+            resource.close(timeout=max(0.0, deadline - time.monotonic()))
         except Exception:
             log.exception("closing at exit failed", extra={"resource": type(resource).__name__})
 

@@ -283,8 +283,11 @@ class FeedbackJournal:
     def close(self, timeout: float = 10.0) -> None:
         """Ship what is left; delete the segments whose records are all committed, release the rest.
 
-        Once: the exit hooks may call it twice (uwsgi's and Python's), and a second call waited
-        ``timeout`` again for a database that was down, past a container's stop timeout.
+        ``timeout`` bounds the shipping: the exit hooks give it what the request log left of their
+        budget (app/exit_hooks.py), possibly nothing; scores not shipped by then are safe in their
+        segments and replayed at the next start. Once: the exit hooks may call it twice (uwsgi's
+        and Python's), and a second call waited ``timeout`` again for a database that was down,
+        past a container's stop timeout.
         """
         with self._io_lock:  # a write in progress finishes (and queues its records) first
             if self._closed:

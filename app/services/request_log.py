@@ -160,9 +160,14 @@ class RequestLog:
     def close(self, timeout: float = 10.0) -> None:
         """Stop the flusher and flush what is left (retrying until ``timeout``, then spilling it).
 
-        A second call with nothing left returns at once: the exit hooks may call it twice
-        (uwsgi's and Python's), and each waited ``timeout`` with the database down.
+        ``timeout`` bounds the whole close (waiting for the flusher, then the final flush), not
+        each step: the exit hooks give it what is left of their budget (app/exit_hooks.py), and
+        with none left the rows are spilled without trying the database (an attempt may take
+        ``connect_timeout``). A second call with nothing left returns at once: the exit hooks
+        may call it twice (uwsgi's and Python's), and each waited ``timeout`` with the database
+        down.
         """
+        deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed and not self._pending and not self._inflight:
                 return
@@ -170,8 +175,8 @@ class RequestLog:
             self._wake.notify_all()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(timeout)
-        self._final_flush(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._final_flush(deadline)
 
     def stats(self) -> dict[str, Any]:
         """For /api/model and monitoring."""
@@ -290,21 +295,22 @@ class RequestLog:
                 log.exception("%s: unexpected error while writing; rows kept and retried", self.name)
                 time.sleep(0.5)
 
-    def _final_flush(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _final_flush(self, deadline: float) -> None:
+        """Flush, retrying until ``deadline`` (monotonic); then what is left goes to the spill."""
         delay = 0.05
-        while True:
+        reason = "no time was left before exit to write them"
+        while self.pending() and time.monotonic() < deadline:
             try:
                 written = self.flush()
                 if written:
                     log.info("%s flushed at shutdown", self.name, extra={"rows": written})
                 return
             except DatabaseUnavailableError as exc:
-                if time.monotonic() >= deadline:
-                    self._spill_pending(str(exc))
-                    return
-                time.sleep(delay)
+                reason = str(exc)
+                time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
                 delay = min(1.0, delay * 2)
+        if self.pending():
+            self._spill_pending(reason)
 
     def _spill_pending(self, reason: str) -> None:
         """At exit, rows the database would not take go to the spill: replayed by the next process."""

@@ -18,6 +18,7 @@ from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import ProgrammingError
@@ -25,7 +26,7 @@ from sqlalchemy.exc import ProgrammingError
 from app.errors import Unavailable
 from app.services.feedback_journal import REJECTED, SUFFIX, FeedbackJournal, _Segment, encode, read_records
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
-from app.storage.models import Feedback, utcnow
+from app.storage.models import Feedback, RecommendationRequest, utcnow
 from tests.helpers import in_forked_child
 
 pytestmark = pytest.mark.integration
@@ -504,3 +505,65 @@ def test_a_full_disk_while_setting_a_refused_score_aside_keeps_the_segment_for_l
     finally:
         journal.close()
     assert len(_stored(db)) == 1199  # every score but the refused one
+
+
+_STOPPING_WORKER = """
+import sys, time
+from pathlib import Path
+from app.services.feedback_journal import FeedbackJournal
+from app.services.request_log import RequestLog, RowSpill
+from app.storage.db import Database, FeedbackRecord
+db, directory = Database(sys.argv[1]), Path(sys.argv[2])
+# registered in the order create_app registers them (app/__init__.py)
+log = RequestLog(db, flush_interval=3600, spill=RowSpill(directory))
+journal = FeedbackJournal(directory, db, ship_interval=3600)
+items = [{"movie_id": m, "title": f"Movie {m}", "score": 0.5} for m in range(1, 11)]
+log.append([{"id": f"req-{i}", "age": 30, "gender": "F", "occupation": "artist", "user_id": None,
+             "max_recs": 10, "model_version": "v1", "strategy": "segment", "items": items}
+            for i in range(30)])
+for movie_id in range(1, 11):
+    journal.save(FeedbackRecord("req-0", movie_id, f"Movie {movie_id}", 2.0, None, "v1"))
+print(time.time(), flush=True)  # then the exit hooks run, as in a worker stopped gracefully
+"""
+
+
+def _stop_a_worker(url: str, directory: Path) -> float:
+    """Seconds a process holding 30 buffered request rows and 10 unshipped scores takes to exit."""
+    out = subprocess.run(
+        [sys.executable, "-c", _STOPPING_WORKER, url, str(directory)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return time.time() - float(out.stdout.split()[-1])
+
+
+def test_a_stop_during_an_outage_spills_the_rows_and_keeps_the_scores_within_one_budget(
+    tmp_path: Path,
+) -> None:
+    """With the database down, the request log's final flush retried 10 s, then the journal's
+    another 10 s: 20 s of a 30 s stop grace (uwsgi.ini worker-reload-mercy, docker-compose.yml),
+    and a worker killed before the rows were spilled lost them. Now both share one budget."""
+    from app.exit_hooks import EXIT_SECONDS
+    from app.services.request_log import RowSpill
+
+    directory = tmp_path / "journal"
+    took = _stop_a_worker("postgresql+psycopg://x@127.0.0.1:1/x", directory)  # nothing listens on port 1
+    assert took < EXIT_SECONDS + 3
+    spilled = [
+        line for path in directory.glob(f"{RowSpill.PREFIX}*.jsonl") for line in path.read_text().splitlines()
+    ]
+    assert sorted(orjson.loads(line)["id"] for line in spilled) == sorted(f"req-{i}" for i in range(30))
+    assert sorted(record.movie_id for record in _on_disk(directory)) == list(range(1, 11))
+
+
+def test_a_stop_with_the_database_up_writes_the_rows_and_ships_the_scores(
+    db: Database, tmp_path: Path
+) -> None:
+    from app.services.request_log import RowSpill
+
+    directory = tmp_path / "journal"
+    _stop_a_worker(db.engine.url.render_as_string(hide_password=False), directory)
+    with db.session() as session:
+        stored = set(session.scalars(select(RecommendationRequest.id)))
+    assert stored == {f"req-{i}" for i in range(30)}
+    assert _stored(db) == {("req-0", m): 2.0 for m in range(1, 11)}
+    assert _segments(directory) == [] and not list(directory.glob(f"{RowSpill.PREFIX}*"))
