@@ -42,6 +42,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from app.exit_hooks import at_exit
 from app.recommender.models.base import Recommender
 from app.recommender.ranking import top_n
 from app.recommender.segments import Segment, all_segments, segment_index
@@ -197,6 +198,9 @@ class LoadedBundle:
     # The rating regressor behind /api/predict/* (rating_model.pkl, or the served model when it
     # predicts ratings); attached by the serving layer before the bundle is swapped in.
     rating_model: Recommender | None = None
+    # The private directory a ``.tar.gz`` was extracted into when there was no usable extraction
+    # cache (_load_tarball): removed by :func:`release_extraction` or at its maker's exit.
+    extracted_to: Path | None = None
 
     def __post_init__(self) -> None:
         self.movie_ids = self.catalogue["movie_id"].to_numpy(dtype=np.int64)
@@ -583,31 +587,74 @@ def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> Loaded
     """
     cache = _extraction_cache()
     if cache is None:  # no private cache directory to be had: a private directory per load
-        # never swept: a live service's bundle.path names it for days, untouched, so an old one
-        # is no sign of a dead process (and nothing removes it at exit either)
-        target = _extract(path, Path(tempfile.mkdtemp(prefix="movierec-bundle-")))
-    else:
-        # an extraction killed outright (SIGKILL, OOM, harakiri) left its staging, a whole bundle;
-        # at every load, not only before an extraction: a worker restarted within the hour
-        # extracts again while that leftover is still fresh, and then only finds it cached
-        remove_stale_leftovers(cache, EXTRACTION_LEFTOVERS)
-        target = cache / hashlib.sha256(path.read_bytes()).hexdigest()[:32]
-        if target.is_dir():
-            try:
-                return _load_extracted(path, target, catalogue_fallback)
-            except BundleError:
-                _remove_tree(target)  # damaged since it was extracted: extracted again below
-        staging = _extract(path, Path(tempfile.mkdtemp(prefix=EXTRACTION_STAGING_PREFIX, dir=cache)))
+        # never swept (a live service's bundle.path names it for days, untouched, so an old one
+        # is no sign of a dead process): removed by its maker, at exit or once it is replaced
+        target = _private_extraction()
         try:
-            staging.rename(target)  # whole or not at all; another process may have won the race
-        except OSError:
-            _remove_tree(staging)
+            bundle = _load_extracted(path, _extract(path, target), catalogue_fallback)
+        except BundleError:
+            _release(target)
+            raise
+        bundle.extracted_to = target
+        return bundle
+    # an extraction killed outright (SIGKILL, OOM, harakiri) left its staging, a whole bundle;
+    # at every load, not only before an extraction: a worker restarted within the hour
+    # extracts again while that leftover is still fresh, and then only finds it cached
+    remove_stale_leftovers(cache, EXTRACTION_LEFTOVERS)
+    target = cache / hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+    if target.is_dir():
+        try:
+            return _load_extracted(path, target, catalogue_fallback)
+        except BundleError:
+            _remove_tree(target)  # damaged since it was extracted: extracted again below
+    staging = _extract(path, Path(tempfile.mkdtemp(prefix=EXTRACTION_STAGING_PREFIX, dir=cache)))
     try:
-        return _load_extracted(path, target, catalogue_fallback)
-    except BundleError:
-        if cache is None:  # a cached extraction stays: a model.pkl refused here for want of a
-            _remove_tree(target)  # catalogue may be served from it by a process that has one
-        raise
+        staging.rename(target)  # whole or not at all; another process may have won the race
+    except OSError:
+        _remove_tree(staging)
+    # a cached extraction stays even when refused: a model.pkl refused here for want of a
+    # catalogue may be served from it by a process that has one
+    return _load_extracted(path, target, catalogue_fallback)
+
+
+_PRIVATE_EXTRACTIONS: dict[Path, int] = {}
+"""The private extraction directories made in this process or its parent: directory -> maker's pid.
+No lock (a fork would copy one held): single dict operations are atomic."""
+
+
+def _private_extraction() -> Path:
+    """A new ``$TMPDIR/movierec-bundle-*``, removed when the process making it exits gracefully.
+
+    Every load made one and nothing removed it: each uwsgi worker start, recycle and reload left
+    a whole bundle in ``$TMPDIR``. Only its maker removes it: a child forked after the load (uwsgi
+    without ``lazy-apps``) inherits the exit callback, and its siblings serve the same bundle.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="movierec-bundle-"))
+    _PRIVATE_EXTRACTIONS[directory] = os.getpid()
+    at_exit(remove_private_extractions)
+    return directory
+
+
+def release_extraction(bundle: LoadedBundle) -> None:
+    """Remove the private directory ``bundle`` was extracted into, if this process made it.
+
+    For a bundle no longer served (replaced by a reload). Safe while requests still hold it: a
+    loaded bundle serves from memory, nothing reads files from ``bundle.path`` after loading.
+    """
+    if bundle.extracted_to is not None:
+        _release(bundle.extracted_to)
+
+
+def _release(directory: Path) -> None:
+    if _PRIVATE_EXTRACTIONS.get(directory) == os.getpid():
+        _PRIVATE_EXTRACTIONS.pop(directory, None)
+        _remove_tree(directory)
+
+
+def remove_private_extractions() -> None:
+    """Remove the private extraction directories this process made (an exit callback)."""
+    for directory in list(_PRIVATE_EXTRACTIONS):
+        _release(directory)
 
 
 def _extraction_cache() -> Path | None:

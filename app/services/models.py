@@ -15,7 +15,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from app.recommender.bundle import BundleError, LoadedBundle, load_bundle
+from app.recommender.bundle import BundleError, LoadedBundle, load_bundle, release_extraction
 from app.recommender.data import find_local
 from app.recommender.models.base import Recommender
 
@@ -73,6 +73,10 @@ class ModelHolder:
             previous = self._bundle
             self._bundle = bundle
             self.last_error = None
+        if previous is not None and previous is not bundle:
+            # requests still holding it serve from memory: its private .tar.gz extraction, if
+            # this process made one, is no longer needed (else it stayed until exit)
+            release_extraction(previous)
         log.info(
             "model loaded",
             extra={

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -20,6 +22,8 @@ from app.recommender.ranking import top_n
 from app.recommender.segments import Segment, all_segments
 
 pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_top_n_orders_excludes_and_pads() -> None:
@@ -169,11 +173,71 @@ def test_a_shared_extraction_directory_is_not_used(
 ) -> None:
     # extractions hold pickles: a cache directory other users can write to is never read
     archive, scratch = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
+    shared = _unusable_extraction_cache(scratch)
+    loaded = load_bundle(archive)
+    assert shared not in loaded.path.parents and not any(shared.iterdir())
+
+
+def _unusable_extraction_cache(scratch: Path) -> Path:
+    """An extraction cache under ``scratch`` that other users may write to: never used."""
     shared = scratch / f"movierec-bundles-{os.getuid()}"
     shared.mkdir()
     shared.chmod(0o777)
-    loaded = load_bundle(archive)
-    assert shared not in loaded.path.parents and not any(shared.iterdir())
+    return shared
+
+
+def _private_extractions(scratch: Path) -> list[Path]:
+    return sorted(scratch.glob("movierec-bundle-*"))
+
+
+_LOAD_FORK_EXIT = """
+import os, sys
+from app import exit_hooks
+from app.recommender.bundle import load_bundle
+bundle = load_bundle(sys.argv[1])
+pid = os.fork()  # as uwsgi forks its workers after loading the app (without lazy-apps)
+if pid == 0:
+    exit_hooks.run_exit_callbacks()  # a worker stopping gracefully
+    os._exit(0 if bundle.path.is_dir() else 1)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), bundle.path.is_dir(), flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_private_extraction_is_removed_when_the_process_that_made_it_exits_not_its_children(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a usable extraction cache each load extracted a whole bundle into a new
+    ``$TMPDIR/movierec-bundle-*`` that nothing removed: every worker start, recycle and reload
+    leaked one. The process that made it removes it at exit; a forked child, which inherits the
+    exit callback and serves from the same bundle as its siblings, leaves it."""
+    archive, scratch = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
+    _unusable_extraction_cache(scratch)
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_FORK_EXIT, str(archive)],
+        cwd=ROOT, env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert done.stdout.split() == ["0", "True"]  # the child kept it, the parent still had it after
+    assert _private_extractions(scratch) == []  # and removed it at its exit
+
+
+def test_a_reload_removes_the_private_extraction_of_the_bundle_it_replaced(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests serve a loaded bundle from memory only, so the extraction of the one a reload
+    replaced is removed at once (the one served stays until exit)."""
+    from app.services.models import ModelHolder
+
+    archive, scratch = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
+    _unusable_extraction_cache(scratch)
+    holder = ModelHolder(archive)
+    first = holder.load()
+    second = holder.load()
+    assert _private_extractions(scratch) == [second.path.parent]
+    assert second.path.is_dir() and not first.path.exists()
+    segment = all_segments()[0]
+    assert first.recommend_segment(segment, 5) == second.recommend_segment(segment, 5)  # still answers
 
 
 def _extraction_cache(scratch: Path) -> Path:
