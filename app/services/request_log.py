@@ -147,15 +147,24 @@ class RequestLog:
         with self._lock:
             return len(self._pending) + len(self._inflight)
 
-    def flush(self) -> int:
-        """Write everything buffered now, in the caller's thread; returns rows written, raises on failure."""
+    def flush(self, timeout: float | None = None) -> int:
+        """Write everything buffered now, in the caller's thread; returns rows written, raises on failure.
+
+        ``timeout``: the longest to wait for a batch another thread is writing (the flusher's, held
+        by a database that hangs until its statement deadline) before raising
+        :class:`DatabaseUnavailableError`; None waits for it.
+        """
+        if not self._write_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise DatabaseUnavailableError(f"{self.name}: a write in progress did not end in time")
         total = 0
-        with self._write_lock:
+        try:
             while True:
                 with self._lock:
                     if not self._pending:
                         return total
                 total += self._write_batch_locked(limit=None)
+        finally:
+            self._write_lock.release()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the flusher and flush what is left (retrying until ``timeout``, then spilling it).
@@ -301,7 +310,7 @@ class RequestLog:
         reason = "no time was left before exit to write them"
         while self.pending() and time.monotonic() < deadline:
             try:
-                written = self.flush()
+                written = self.flush(timeout=deadline - time.monotonic())
                 if written:
                     log.info("%s flushed at shutdown", self.name, extra={"rows": written})
                 return
@@ -313,9 +322,14 @@ class RequestLog:
             self._spill_pending(reason)
 
     def _spill_pending(self, reason: str) -> None:
-        """At exit, rows the database would not take go to the spill: replayed by the next process."""
+        """At exit, rows the database would not take go to the spill: replayed by the next process.
+
+        Rows a write still holds are spilled too: a write that did not end by now (a database
+        that hangs) may never end before the process does. If it does commit them after all,
+        the replay skips the ids already stored.
+        """
         with self._lock:
-            rows = list(self._pending.values())
+            rows = [*self._inflight.values(), *self._pending.values()]
         if self.spill is not None and rows:
             try:
                 path = self.spill.save(rows)

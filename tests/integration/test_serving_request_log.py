@@ -458,3 +458,50 @@ def test_a_damaged_spill_file_is_set_aside_and_the_others_written(tmp_path: Path
         "requests-1-1.unreadable"
     ]
     db.dispose()
+
+
+def test_a_stop_while_a_batch_hangs_in_a_silent_database_spills_that_batch_too(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The flusher's batch was in flight when the database stopped answering (it accepts, never
+    replies). The stop waited its budget for the flusher, then spilled only the rows still
+    pending: the batch in flight, acknowledged recommendations, was dropped, and a final flush
+    given time left would have waited on that write without a bound. Now the stop ends within
+    its budget and the in-flight rows are on disk with the rest."""
+    import orjson
+    from sqlalchemy import make_url
+
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+    from tests.helpers import sqlalchemy_url
+    from tests.integration.reliability import tcp_relay
+
+    direct = make_url(sqlalchemy_url(postgres_url))
+    Database(sqlalchemy_url(postgres_url)).upgrade()
+    silent = threading.Event()
+    spill_dir = tmp_path / "journal"
+    with tcp_relay((direct.host or "127.0.0.1", direct.port or 5432), silent) as relay:
+        relayed = direct.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+        db = Database(relayed)  # no statement deadline: the write hangs for as long as the database
+        assert db.ping()
+        log = RequestLog(db, flush_interval=0.01, spill=RowSpill(spill_dir))
+        silent.set()
+        log.append(_rows(30))
+        deadline = time.monotonic() + 5
+        while log.stats()["pending"] and not log._inflight:  # the flusher's batch is on its way
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)  # ... and stuck in the silent database
+        log.append(_rows(5, "later"))  # and more queued behind it
+        started = time.monotonic()
+        log.close(timeout=1.0)
+        assert time.monotonic() - started < 2.5
+        spilled = {
+            orjson.loads(line)["id"]
+            for path in spill_dir.glob("requests-*.jsonl")
+            for line in path.read_bytes().splitlines()
+        }
+        assert spilled == {f"row-{i}" for i in range(30)} | {f"later-{i}" for i in range(5)}
+        silent.clear()
+        relay.cut()
+    db.engine.dispose()
