@@ -179,7 +179,12 @@ def serve(host: str, port: int, debug: bool) -> None:
     from app import create_app, run_development_server
     from app.pipeline.commands import settings_for_cli
 
-    run_development_server(create_app(settings_for_cli(debug=debug)), host, port, debug)
+    # `movierec --log-level X serve` names the service's level, as MOVIEREC_LOG_LEVEL does: the
+    # app configures its logging from the settings, so the option given is passed on as one.
+    group = click.get_current_context().find_root()
+    given = group.get_parameter_source("log_level") is click.core.ParameterSource.COMMANDLINE
+    level = str(group.params["log_level"]).upper() if given else None
+    run_development_server(create_app(settings_for_cli(debug=debug, log_level=level)), host, port, debug)
 
 
 @cli.group()

@@ -339,3 +339,26 @@ def test_serve_refuses_a_port_outside_1_to_65535_before_starting(
 
 def _no_server(*args: Any) -> None:
     raise AssertionError("the server was started")
+
+
+@pytest.mark.parametrize(
+    ("args", "environment", "expected"),
+    [
+        (["--log-level", "debug"], "WARNING", "DEBUG"),  # the option given wins
+        ([], "WARNING", "WARNING"),  # not given: the setting's level, as under uwsgi
+    ],
+)
+def test_serve_runs_the_app_at_the_log_level_given(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], environment: str, expected: str
+) -> None:
+    """`movierec --log-level DEBUG serve` served at MOVIEREC_LOG_LEVEL's level: the app set its
+    logging from the settings once built, and the option given was silently ignored."""
+    from app.cli import cli
+
+    served: list[Any] = []
+    monkeypatch.setenv("SESSION_PASSWORD", "test")
+    monkeypatch.setenv("MOVIEREC_LOG_LEVEL", environment)
+    monkeypatch.setattr("app.run_development_server", lambda app, *rest: served.append(app))
+    result = CliRunner().invoke(cli, [*args, "serve", "--debug"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert served[0].extensions["movierec"].settings.log_level == expected
