@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or load_settings()
     configure_logging(settings.log_level)
+    _refuse_test_modes_in_production(settings)
     settings.check_secrets()
     jwt_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
     if not jwt_secret:
@@ -190,8 +191,36 @@ def _upgrade_schema(db: Database) -> None:
 
 def _instance_has_served() -> bool:
     """True in a uwsgi worker of an instance that has answered requests (its schema is migrated)."""
+    uwsgi = _uwsgi()
+    return uwsgi is not None and bool(uwsgi.total_requests())  # not under uwsgi: never respawned
+
+
+def _refuse_test_modes_in_production(settings: Settings) -> None:
+    """uwsgi, the production server, refuses ``MOVIEREC_TESTING`` and ``MOVIEREC_DEBUG``.
+
+    Both are for the tests and the development server: testing skips every secret check,
+    debug the JWT secret's, and both drop the web UI cookie's ``Secure`` flag. Set in a
+    deployment's environment by mistake, the service started with none of those guards.
+    """
+    if _uwsgi() is None or not (settings.testing or settings.debug):
+        return
+    from app.config import ConfigurationError
+
+    names = [
+        name
+        for name, on in (("MOVIEREC_TESTING", settings.testing), ("MOVIEREC_DEBUG", settings.debug))
+        if on
+    ]
+    raise ConfigurationError(
+        f"{' and '.join(names)} turn off the secret checks and the cookie's Secure flag: they are for "
+        "the tests and the development server (movierec serve --debug), not for uwsgi; unset them"
+    )
+
+
+def _uwsgi() -> Any:
+    """The ``uwsgi`` module when this process is a uwsgi worker, else None."""
     try:
         import uwsgi  # type: ignore[import-not-found]
-    except ImportError:  # not under uwsgi: no worker is ever respawned
-        return False
-    return bool(uwsgi.total_requests())
+    except ImportError:
+        return None
+    return uwsgi

@@ -95,16 +95,12 @@ class Served:
         assert self.server.returncode == 0, self.log.read_text()[-3000:]
 
 
-@contextmanager
-def _uwsgi(
-    tmp_path: Path, model_store: Path, data_dir: Path, workers: int = WORKERS, **environ: str
-) -> Iterator[Served]:
-    """The production server, with a write-behind interval so long that only a stop flushes."""
-    port = free_port()
-    database = tmp_path / "served.db"
-    password = secrets.token_urlsafe(12)
-    jwt_secret = secrets.token_urlsafe(48)
-    env = {
+def _uwsgi_env(
+    tmp_path: Path, model_store: Path, data_dir: Path, port: int, password: str, jwt_secret: str,
+    workers: int = WORKERS, **environ: str,
+) -> dict[str, str]:  # fmt: skip
+    """The environment scripts/start-uwsgi.sh is started with: everything under ``tmp_path``."""
+    return {
         **os.environ,
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
         "MOVIEREC_HOST": "127.0.0.1",
@@ -115,13 +111,25 @@ def _uwsgi(
         "ML_MODEL_PATH": str(model_store),
         "MOVIEREC_MODEL_DIR": str(model_store),
         "MOVIEREC_DATA_DIR": str(data_dir),
-        "MOVIEREC_DATABASE_URL": f"sqlite:///{database}",
+        "MOVIEREC_DATABASE_URL": f"sqlite:///{tmp_path / 'served.db'}",
         "MOVIEREC_REQUEST_LOG_FLUSH_SECONDS": "60",  # nothing is written unless something forces it
         "MOVIEREC_FEEDBACK_JOURNAL_DIR": str(tmp_path / "feedback-journal"),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         "UWSGI_PROCESSES": str(workers),
         **environ,
     }
+
+
+@contextmanager
+def _uwsgi(
+    tmp_path: Path, model_store: Path, data_dir: Path, workers: int = WORKERS, **environ: str
+) -> Iterator[Served]:
+    """The production server, with a write-behind interval so long that only a stop flushes."""
+    port = free_port()
+    database = tmp_path / "served.db"
+    password = secrets.token_urlsafe(12)
+    jwt_secret = secrets.token_urlsafe(48)
+    env = _uwsgi_env(tmp_path, model_store, data_dir, port, password, jwt_secret, workers, **environ)
     log = tmp_path / "uwsgi.log"
     server = subprocess.Popen(
         [str(ROOT / "scripts" / "start-uwsgi.sh")], cwd=ROOT, env=env,
@@ -584,3 +592,25 @@ def test_make_serve_prod_serves_under_uwsgi_from_a_checkout(
                 os.kill(child, signal.SIGKILL)
             make.kill()
             make.wait(30)
+
+
+@pytest.mark.parametrize("variable", ["MOVIEREC_TESTING", "MOVIEREC_DEBUG"])
+def test_uwsgi_refuses_the_test_modes_that_turn_off_the_secret_checks(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path, variable: str
+) -> None:
+    """Set in a deployment's environment by mistake, MOVIEREC_TESTING started the production
+    server with no secret check at all, and MOVIEREC_DEBUG without the JWT secret's; both drop
+    the UI cookie's Secure flag. uwsgi now refuses to start with either, naming it."""
+    env = _uwsgi_env(
+        tmp_path, model_store, synthetic_data_dir, free_port(), secrets.token_urlsafe(12),
+        secrets.token_urlsafe(48), **{variable: "true"},
+    )  # fmt: skip
+    log = tmp_path / "uwsgi.log"
+    with log.open("wb") as output:
+        server = subprocess.run(
+            [str(ROOT / "scripts" / "start-uwsgi.sh")], cwd=ROOT, env=env, stdout=output,
+            stderr=subprocess.STDOUT, timeout=90, check=False,
+        )  # fmt: skip
+    text = log.read_text(errors="replace")
+    assert server.returncode != 0, text[-3000:]
+    assert f"{variable} turn off the secret checks" in text, text[-3000:]
