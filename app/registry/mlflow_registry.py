@@ -117,6 +117,12 @@ def _local_artifact_dir(artifact_uri: str) -> Path | None:
     return None
 
 
+def _not_found(exc: Exception) -> bool:
+    """Whether an MlflowException says the model, version or alias does not exist, rather than
+    that the store could not be read (MLflow answers a missing alias INVALID_PARAMETER_VALUE)."""
+    return getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def reasons_tag(reasons: list[str], limit: int = _MAX_REASONS_TAG) -> str:
     """``reasons`` as a JSON list of at most ``limit`` characters that is still valid JSON.
 
@@ -410,7 +416,9 @@ class Registry:
         try:
             return VersionInfo.of(self.client.get_model_version(self.model_name, str(version)))
         except MlflowException as exc:
-            raise RegistryError(f"{self.model_name} has no version {version}") from exc
+            if _not_found(exc):
+                raise RegistryError(f"{self.model_name} has no version {version}") from exc
+            raise RegistryError(f"cannot read version {version} at {self.display_uri}: {exc}") from exc
 
     def run_params(self, info: VersionInfo) -> dict[str, str] | None:
         """The hyper-parameters recorded with the version's candidate run (as :func:`flat_params`
@@ -444,12 +452,20 @@ class Registry:
         return sorted(infos, key=lambda v: int(v.version))
 
     def alias(self, alias: str) -> VersionInfo | None:
+        """The version ``alias`` names; None when it names none (or no model is registered yet).
+
+        RegistryError when the registry cannot be read: an unreachable tracking server is not
+        "no champion" — the gate would judge the run's candidates against nothing and promote
+        the best of them whatever it scored, and the scheduler would train "for a first champion".
+        """
         from mlflow.exceptions import MlflowException
 
         try:
             return VersionInfo.of(self.client.get_model_version_by_alias(self.model_name, alias))
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if _not_found(exc):
+                return None
+            raise RegistryError(f"cannot read the {alias} alias at {self.display_uri}: {exc}") from exc
 
     def champion(self) -> VersionInfo | None:
         return self.alias(CHAMPION)
