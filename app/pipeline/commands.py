@@ -100,7 +100,7 @@ def pipeline_run(
 ) -> None:  # fmt: skip
     """Run the whole flow once: ingest → features → train → register → gate → export → reload."""
     from app.pipeline.runner import PipelineError, resolve_candidates, resolve_seeds, run_flow
-    from app.pipeline.schedule import tick
+    from app.pipeline.schedule import report_run, tick
 
     settings = settings_for_cli(data_dir=data_dir, model_dir=model_dir)
     try:
@@ -128,6 +128,7 @@ def pipeline_run(
         else:
             run = run_flow(settings, names, seed_list, "manual", stream=True)
             summary = run.summary
+            report_run(settings, summary)  # a champion the service did not reload is asked again later
     except PipelineError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_summary(summary))
@@ -196,7 +197,7 @@ def schedule(cron: str | None, once: bool) -> None:
 def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) -> None:
     """Move the champion alias to VERSION (rollback or forward) and serve its bundle."""
     from app.pipeline.runner import PipelineError, flow_lock
-    from app.registry.export import promote_version, request_reload
+    from app.registry.export import promote_version, reload_service
     from app.registry.mlflow_registry import Registry, RegistryError
 
     settings = settings_for_cli(model_dir=model_dir)
@@ -220,12 +221,12 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) 
         raise click.ClickException(_promote_failure(version, settings, exc)) from exc
     click.echo(f"champion: v{target.version} ({target.candidate}, bundle {target.bundle_version}) → {path}")
     if not no_reload:
-        password = settings.admin_password.get_secret_value() if settings.admin_password else None
-        reloaded = request_reload(settings.service_url, password, target.bundle_version)
+        reloaded = reload_service(settings, target.bundle_version)
         click.echo(
             "service reloaded"
             if reloaded
-            else "service not reloaded (see the warning); it loads latest on start"
+            else "service not reloaded (see the warning); it loads latest on start, and the "
+            "scheduler's next tick asks it again"
         )
 
 

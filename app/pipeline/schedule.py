@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from app.config import Settings
@@ -110,6 +111,12 @@ def tick(
     what started it, recorded with the run — ``schedule`` for the scheduler and ``schedule
     --once``, ``manual`` for an operator's ``pipeline run --if-changed``.
     """
+    try:  # a champion the service did not load when it was exported: ask again first
+        from app.registry.export import retry_pending_reload
+
+        retry_pending_reload(settings)
+    except Exception:
+        log.exception("could not ask the service again to reload the model")
     try:
         registry = Registry.from_settings(settings)
         wanted = list(candidates) if candidates else resolve_candidates(settings.pipeline_candidates)
@@ -129,7 +136,32 @@ def tick(
     except PipelineError as exc:
         log.error("training (%s) failed: %s", trigger, str(exc).splitlines()[0])
         return TickResult(decision, error=str(exc))
+    report_run(settings, run.summary)
     return TickResult(decision, run.summary)
+
+
+def report_run(settings: Settings, summary: dict[str, Any]) -> None:
+    """Log what a finished run changed; remember a champion the service did not reload.
+
+    The flow's own output (its reload warning included) is not kept when it succeeds: this
+    line is what the scheduler's log says about the run.
+    """
+    log.info(
+        "training finished: champion v%s (before: v%s, promoted now: %s), exported: %s, reloaded: %s",
+        summary.get("champion"), summary.get("champion_before"), summary.get("promoted") or "none",
+        summary.get("exported") or "no change", summary.get("reloaded"),
+    )  # fmt: skip
+    if not summary.get("exported"):  # nothing new in the model store: nothing to reload
+        return
+    from app.registry.export import remember_reload
+
+    remember_reload(settings, bool(summary.get("reloaded")))
+    if settings.service_url and not summary.get("reloaded"):
+        log.warning(
+            "the service at %s did not reload champion v%s (%s): it serves the previous model until it "
+            "does; the next scheduler tick asks again, and the service loads it when it starts",
+            settings.service_url, summary.get("champion"), Path(str(summary["exported"])).name,
+        )  # fmt: skip
 
 
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")

@@ -16,6 +16,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from app.recommender.bundle import (
     BUNDLE_NAME,
@@ -33,6 +34,7 @@ from app.services.dashboard import served_row
 log = logging.getLogger(__name__)
 
 RELOAD_TIMEOUT_SECONDS = 60.0  # the service loads and validates the whole bundle before answering
+RELOAD_PENDING = "reload-pending"  # under <var>/pipeline: the service has not confirmed loading `latest`
 
 
 def served_version(model_dir: Path | str) -> str | None:
@@ -189,6 +191,44 @@ def request_reload(
         return False
     log.info("service at %s reloaded: %s", base, json.dumps(answer)[:300])
     return True
+
+
+def reload_service(settings: Any, version: str | None) -> bool:
+    """:func:`request_reload` with the settings' service URL and admin password; the outcome is
+    remembered (:func:`remember_reload`) so that a failed reload is asked again later."""
+    password = settings.admin_password.get_secret_value() if settings.admin_password else None
+    reloaded = request_reload(settings.service_url, password, version)
+    remember_reload(settings, reloaded)
+    return reloaded
+
+
+def remember_reload(settings: Any, reloaded: bool) -> None:
+    """Record whether the service confirmed loading the model store's ``latest``.
+
+    A new champion exported while the service was down, answered 5xx or refused the admin
+    password stays unserved until the service restarts: nothing else changes, so the
+    scheduler's next ticks skip. The marker ``<var>/pipeline/reload-pending`` makes every tick
+    ask again (:func:`retry_pending_reload`) until the service answers. No service URL means
+    no service to tell: nothing is pending.
+    """
+    marker = Path(settings.var_dir) / "pipeline" / RELOAD_PENDING
+    try:
+        if reloaded or not settings.service_url:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{served_version(settings.model_dir) or ''}\n")
+    except OSError:
+        log.exception("could not record whether the service reloaded the model (%s)", marker)
+
+
+def retry_pending_reload(settings: Any) -> bool | None:
+    """Ask the service again to load ``latest`` when an earlier reload failed; None when none did."""
+    if not (Path(settings.var_dir) / "pipeline" / RELOAD_PENDING).is_file():
+        return None
+    version = served_version(settings.model_dir)
+    log.info("the service has not confirmed loading %s yet: asking %s again", version, settings.service_url)
+    return reload_service(settings, version)
 
 
 def _post_json(url: str, body: dict[str, object], token: str | None, timeout: float) -> dict[str, object]:

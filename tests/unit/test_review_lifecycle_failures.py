@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pydantic import SecretStr
 
 from app.config import Settings
 from app.pipeline import runner, schedule
@@ -79,3 +80,98 @@ def test_promote_says_the_tracking_server_is_unreachable_not_that_the_version_is
     assert "has no version" not in result.output
     assert f"cannot read version 3 at {closed_tracking_uri}" in result.output
     assert not (tmp_path / "model" / "latest").exists()
+
+
+class _Service:
+    """A stand-in for the service's login and reload endpoints, on a real local HTTP port."""
+
+    def __init__(self, password: str) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.password = password
+        self.reloads: list[object] = []
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                if self.path == "/api/login" and body.get("session_password") == service.password:
+                    self._answer(200, {"access_token": "token"})
+                elif self.path == "/api/admin/reload" and self.headers["Authorization"] == "Bearer token":
+                    service.reloads.append(body.get("version"))
+                    self._answer(200, {"state": "loaded"})
+                else:
+                    self._answer(401, {"error": "unauthorized"})
+
+            def _answer(self, status: int, payload: dict[str, object]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+class _Registry:
+    """The scheduler's view of a registry: a champion or none, and the last finished run."""
+
+    def __init__(self, champion: bool) -> None:
+        self.has_champion = champion
+
+    def champion(self) -> object | None:
+        return object() if self.has_champion else None
+
+    def last_pipeline_run(self) -> dict[str, str]:
+        return {"data_hash": "d1", "code_version": "c1", "run_id": "r1", "candidates": "most_liked"}
+
+    def trained_candidates(self, data_hash: str, code_version: str) -> set[str]:
+        return {"most_liked"}
+
+
+def test_a_champion_the_service_did_not_reload_is_reloaded_at_the_next_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run exported a new champion but the service refused the reload (a wrong admin
+    password: 401): the scheduler logged nothing about it, and since nothing else changed
+    every later tick skipped — the service kept serving the old model until restarted."""
+    service = _Service(password="right")
+    model_dir = tmp_path / "model"
+    (model_dir / "b-new").mkdir(parents=True)
+    (model_dir / "b-new" / "manifest.json").write_text('{"version": "b-new"}')
+    (model_dir / "latest").symlink_to("b-new")
+    settings = Settings(
+        testing=True, var_dir=tmp_path / "var", model_dir=model_dir, service_url=service.url,
+        admin_password="wrong", pipeline_candidates="most_liked",
+    )  # fmt: skip
+    summary = {"champion": "2", "champion_before": "1", "promoted": "2", "exported": str(model_dir / "b-new"),
+               "reloaded": False}  # fmt: skip
+    ran: list[str] = []
+
+    def fake_runner(s: Settings, trigger: str) -> runner.FlowRun:  # the flow's reload got a 401
+        ran.append(trigger)
+        return runner.FlowRun(summary, 1.0, "")
+
+    def tick(settings: Settings, champion: bool) -> schedule.TickResult:
+        monkeypatch.setattr(schedule.Registry, "from_settings", lambda s: _Registry(champion))
+        return schedule.tick(settings, fake_runner, lambda s: ("d1", "c1"))
+
+    with caplog.at_level("INFO", logger="app"):
+        assert tick(settings, champion=False).ran
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("did not reload champion v2 (b-new)" in message for message in warned), warned
+    assert service.reloads == []
+    # the operator fixes the password; nothing new to train, but the reload is asked again
+    fixed = settings.model_copy(update={"admin_password": SecretStr("right")})
+    assert not tick(fixed, champion=True).ran
+    assert service.reloads == ["b-new"]
+    assert not tick(fixed, champion=True).ran
+    assert service.reloads == ["b-new"]  # once done, not asked again
+    assert ran == ["schedule"]
