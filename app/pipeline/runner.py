@@ -198,7 +198,7 @@ def run_flow(
     scratch_root = Path(settings.var_dir) / "pipeline"
     scratch_root.mkdir(parents=True, exist_ok=True)
     workers = max_workers or max(1, os.cpu_count() or 1)
-    with flow_lock(settings), tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root) as scratch:
+    with flow_lock(settings) as lock, tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root) as scratch:
         owner = flow_owner(settings)
         _close_abandoned(settings, owner)
         summary_path = Path(scratch) / "summary.json"
@@ -208,7 +208,7 @@ def run_flow(
         env[FLOW_OWNER_ENV] = owner
         started = time.perf_counter()
         log.info("starting the training flow (%s)", trigger)
-        returncode, output = _run(command, env, timeout, stream)
+        returncode, output = _run(command, env, timeout, stream, lock)
         seconds = time.perf_counter() - started
         if returncode != 0 or not summary_path.is_file():
             _mark_failed(settings, run_id_file)
@@ -228,18 +228,27 @@ _TASK_PREFIX = re.compile(r"^\S+ \S+ \[[^\]]*\] ?")  # Metaflow's "<date> <time>
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b(: .*)?$")
 
 
-def _run(command: list[str], env: dict[str, str], timeout: float | None, stream: bool) -> tuple[int, str]:
-    """Run the flow; its output is captured, or shown as it comes and its tail kept (``stream``)."""
+def _run(
+    command: list[str], env: dict[str, str], timeout: float | None, stream: bool, lock: int | None = None
+) -> tuple[int, str]:
+    """Run the flow; its output is captured, or shown as it comes and its tail kept (``stream``).
+
+    ``lock``, the flow lock's descriptor, is passed down: the flow holds the lock too, so a
+    launcher killed outright (its flow, another process, goes on to gate and move the
+    champion alias) does not let the next run start beside it.
+    """
     # A fixed argument list (sys.executable -m app.pipeline.flow …), no shell.
+    pass_fds = (lock,) if lock is not None else ()
     if not stream:
         completed = subprocess.run(  # nosec B603
             command, env=env, cwd=os.getcwd(), timeout=timeout, check=False, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=pass_fds,
         )  # fmt: skip
         return completed.returncode, completed.stdout or ""
     process = subprocess.Popen(  # nosec B603
-        command, env=env, cwd=os.getcwd(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+        command, env=env, cwd=os.getcwd(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        pass_fds=pass_fds,
+    )  # fmt: skip
     kept: collections.deque[str] = collections.deque(maxlen=_OUTPUT_TAIL)
 
     def pump() -> None:
@@ -271,7 +280,7 @@ def failure_cause(output: str) -> str | None:
 
 
 @contextlib.contextmanager
-def flow_lock(settings: Settings, busy: str = "another training flow is running") -> Iterator[None]:
+def flow_lock(settings: Settings, busy: str = "another training flow is running") -> Iterator[int]:
     """Hold the var root's flow lock for one run; PipelineError at once when another run holds it.
 
     Two flows on one registry at the same time (the scheduler's tick and an operator's
@@ -281,7 +290,8 @@ def flow_lock(settings: Settings, busy: str = "another training flow is running"
     before. APScheduler's ``max_instances`` only covers one process; this lock (``flock``,
     released by the kernel when the holder dies, so it never goes stale) covers every process
     sharing the var root. ``movierec promote`` takes it too (``busy`` says why it waits): a
-    flow's gate would move the alias after it.
+    flow's gate would move the alias after it. Yields the lock file's descriptor, which
+    :func:`run_flow` hands to the flow's process so the lock lasts as long as either lives.
     """
     path = Path(settings.var_dir) / "pipeline" / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,10 +300,9 @@ def flow_lock(settings: Settings, busy: str = "another training flow is running"
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise PipelineError(f"{busy} (lock {path}); try again when it has finished") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        # No explicit unlock: closing this descriptor drops the lock only once the flow's copy
+        # is closed too, so a launcher interrupted while its flow still cleans up keeps it held.
+        yield handle.fileno()
 
 
 def flow_owner(settings: Settings) -> str:

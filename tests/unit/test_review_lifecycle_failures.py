@@ -175,3 +175,61 @@ def test_a_champion_the_service_did_not_reload_is_reloaded_at_the_next_tick(
     assert not tick(fixed, champion=True).ran
     assert service.reloads == ["b-new"]  # once done, not asked again
     assert ran == ["schedule"]
+
+
+_LAUNCHER = """
+import sys
+from pathlib import Path
+from app.config import Settings
+from app.pipeline import runner
+
+var_dir, started = sys.argv[1], sys.argv[2]
+flow = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+runner.flow_command = lambda *args: [sys.executable, "-c", flow, started]  # a flow that runs a while
+runner._close_abandoned = lambda *args: None  # no MLflow start-up: not what is tested here
+runner.run_flow(Settings(testing=True, var_dir=Path(var_dir)))
+"""
+
+
+def test_a_flow_whose_launcher_is_killed_keeps_the_lock_until_it_ends(tmp_path: Path) -> None:
+    """SIGKILL of `movierec pipeline run` (or the scheduler) released the flow lock at once,
+    while its flow — a separate process — went on to gate and move the champion alias: the
+    next run started beside it, and closed the live flow's MLflow runs as abandoned."""
+    import contextlib
+    import os
+    import signal
+    import subprocess  # nosec B404 - a launcher of this test's own script
+    import sys
+    import time
+
+    settings = Settings(testing=True, var_dir=tmp_path / "var")
+    started = tmp_path / "flow-started"
+    launcher = subprocess.Popen(  # nosec B603
+        [sys.executable, "-c", _LAUNCHER, str(settings.var_dir), str(started)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    flow_pid = 0
+    try:
+        deadline = time.monotonic() + 60
+        while not (started.is_file() and started.read_text()) and time.monotonic() < deadline:
+            assert launcher.poll() is None, "the launcher ended before its flow started"
+            time.sleep(0.1)
+        flow_pid = int(started.read_text())
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=30)
+        busy = pytest.raises(runner.PipelineError, match="another training flow is running")
+        with busy, runner.flow_lock(settings):
+            pass
+        os.kill(flow_pid, signal.SIGKILL)  # the flow ends: the lock is free again
+        while True:
+            try:
+                with runner.flow_lock(settings):
+                    break
+            except runner.PipelineError:
+                assert time.monotonic() < deadline, "the lock outlived the flow"
+                time.sleep(0.05)
+    finally:
+        launcher.kill()
+        if flow_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(flow_pid, signal.SIGKILL)
