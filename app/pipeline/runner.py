@@ -331,11 +331,27 @@ def _close_abandoned(settings: Settings, owner: str) -> None:
 
     A launcher killed outright (SIGKILL, the OOM killer, a reboot) never reaches
     :func:`_mark_failed`; with the flow lock held now, no run of ours can still be going.
-    """
-    try:
-        from app.registry.mlflow_registry import Registry
 
-        closed = Registry.from_settings(settings).close_abandoned_runs(owner)
+    PipelineError when the registry cannot be reached at all: the flow's first step needs
+    it, and with MLflow's retries (about 4 minutes a request to a tracking server that is
+    down) launching the flow only made the operator wait longer for the same error.
+    """
+    from app.monitoring.logs import scrub_text
+    from app.registry.mlflow_registry import Registry, RegistryError
+
+    try:
+        registry = Registry.from_settings(settings)
+    except RegistryError as exc:  # the var root's store cannot be created: the message says why
+        raise PipelineError(str(exc)) from exc
+    try:
+        registry.experiment_id  # noqa: B018 - the first request: is the registry there at all?
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PipelineError(
+            f"cannot reach the model registry at {registry.display_uri}: {scrub_text(reason)}"
+        ) from exc
+    try:
+        closed = registry.close_abandoned_runs(owner)
     except Exception:
         log.exception("could not close the MLflow runs of earlier flows that were killed")
         return

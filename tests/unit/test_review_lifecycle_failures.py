@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -180,6 +181,7 @@ def test_a_champion_the_service_did_not_reload_is_reloaded_at_the_next_tick(
 _LAUNCHER = """
 import sys
 from pathlib import Path
+from typing import Any
 from app.config import Settings
 from app.pipeline import runner
 
@@ -233,3 +235,30 @@ def test_a_flow_whose_launcher_is_killed_keeps_the_lock_until_it_ends(tmp_path: 
         if flow_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(flow_pid, signal.SIGKILL)
+
+
+def test_a_flow_is_not_launched_when_the_tracking_server_cannot_be_reached(
+    tmp_path: Path, closed_tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher met the unreachable server closing abandoned runs, logged a traceback and
+    launched the flow anyway, whose first step met it again: with MLflow's default retries
+    (7, with backoff: about 4 minutes a request) the operator waited many minutes for an error
+    the launcher already had."""
+    import subprocess  # nosec B404 - the flow's launch is recorded, not run
+
+    settings = Settings(testing=True, var_dir=tmp_path / "var", mlflow_tracking_uri=closed_tracking_uri)
+    launched: list[list[str]] = []
+    real_run = subprocess.run
+
+    def run(command: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(command, list) and "--summary-path" in command:
+            launched.append(command)
+            return subprocess.CompletedProcess(command, 1, "", None)
+        return real_run(command, *args, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "run", run)
+    with pytest.raises(
+        runner.PipelineError, match=f"cannot reach the model registry at {closed_tracking_uri}"
+    ):
+        runner.run_flow(settings)
+    assert launched == []
