@@ -136,6 +136,9 @@ def tick(
     except PipelineError as exc:
         log.error("training (%s) failed: %s", trigger, str(exc).splitlines()[0])
         return TickResult(decision, error=str(exc))
+    except Exception as exc:  # the var root unwritable, a timeout: the scheduler must go on
+        log.exception("training (%s) failed", trigger)
+        return TickResult(decision, error=f"training failed: {type(exc).__name__}: {exc}")
     report_run(settings, run.summary)
     return TickResult(decision, run.summary)
 

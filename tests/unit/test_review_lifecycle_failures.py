@@ -262,3 +262,21 @@ def test_a_flow_is_not_launched_when_the_tracking_server_cannot_be_reached(
     ):
         runner.run_flow(settings)
     assert launched == []
+
+
+def test_a_tick_whose_run_raises_something_else_is_logged_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``tick`` promised "failures are logged, never raised" but let through anything but a
+    PipelineError (the var root unwritable, a timeout): `movierec schedule` died with a
+    traceback in its first run at start, and `pipeline run --if-changed` too."""
+    settings = Settings(testing=True, var_dir=tmp_path / "var", pipeline_candidates="most_liked")
+    monkeypatch.setattr(schedule.Registry, "from_settings", lambda s: _Registry(champion=False))
+
+    def failing_runner(s: Settings, trigger: str) -> runner.FlowRun:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "var" / "pipeline"))
+
+    with caplog.at_level("ERROR", logger="app.pipeline.schedule"):
+        result = schedule.tick(settings, failing_runner, lambda s: ("d1", "c1"))
+    assert not result.ran and result.error and "Permission denied" in result.error
+    assert any("training (schedule) failed" in r.getMessage() for r in caplog.records)
