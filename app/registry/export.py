@@ -245,6 +245,12 @@ def _post_json(url: str, body: dict[str, object], token: str | None, timeout: fl
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, urllib.error.HTTPError):
+        if exc.code == 401 and str(exc.url).endswith("/api/login"):  # what the operator can fix
+            return f"HTTP 401 from {exc.url}: the service refused the admin password (ADMIN_PASSWORD)"
+        if exc.code == 403:
+            return (
+                f"HTTP 403 from {exc.url}: that password is the service's client password, not its admin one"
+            )
         return f"HTTP {exc.code} from {exc.url}"
     if isinstance(exc, urllib.error.URLError):
         return f"unreachable ({exc.reason})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,18 @@ def test_a_tick_whose_run_raises_something_else_is_logged_not_raised(
         result = schedule.tick(settings, failing_runner, lambda s: ("d1", "c1"))
     assert not result.ran and result.error and "Permission denied" in result.error
     assert any("training (schedule) failed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_reload_refused_for_its_password_says_which_password(caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong admin password was reported as 'HTTP 401 from …/api/login', which leaves the
+    operator to work out that the password is what the service refused."""
+    from app.registry.export import request_reload
+
+    service = _Service("the-admin-password")
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.registry.export"):
+            assert request_reload(service.url, "a-wrong-password", "v1") is False
+        assert "refused the admin password (ADMIN_PASSWORD)" in caplog.text
+        assert "a-wrong-password" not in caplog.text
+    finally:
+        service.server.shutdown()
