@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     )  # Strict-Transport-Security max-age; 0 = header off (no TLS here)
     # web UI token cookie Secure flag (app/api/ui.py); None = on except when testing or --debug
     ui_cookie_secure: bool | None = None
-    default_max_recs: int = 10
+    default_max_recs: int = 10  # the web form's pre-filled max_recs: 1..MAX_RECS (app/api/schemas.py)
     # check response bodies against the documented models (app/api/spec.py); None = only when
     # testing or with --debug (production skips re-parsing its own typed output)
     validate_responses: bool | None = None
@@ -138,6 +138,16 @@ class Settings(BaseSettings):
     breaker_probe_min_events: int = Field(default=20, ge=1)  # probe feedback rows needed to close
     drift_psi_threshold: float = Field(default=0.25, gt=0)
     drift_min_requests: int = Field(default=200, ge=1)
+
+    @field_validator("default_max_recs")
+    @classmethod
+    def _max_recs_the_api_takes(cls, value: int) -> int:
+        """A default outside 1..MAX_RECS pre-filled the web form with a value the form refused."""
+        from app.api.schemas import MAX_RECS
+
+        if not 1 <= value <= MAX_RECS:
+            raise ValueError(f"must be between 1 and {MAX_RECS} (what /api/recommend takes)")
+        return value
 
     @field_validator("log_level")
     @classmethod

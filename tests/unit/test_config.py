@@ -370,3 +370,15 @@ def test_a_bad_setting_is_a_one_line_cli_error(
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert f"MOVIEREC_DATABASE_URL_FILE: cannot read {missing}" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("value", ["0", "101", "-3"])
+def test_a_default_max_recs_the_api_would_refuse_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """The web form was pre-filled with MOVIEREC_DEFAULT_MAX_RECS, which the form then refused."""
+    monkeypatch.setenv("MOVIEREC_DEFAULT_MAX_RECS", value)
+    with pytest.raises(ConfigurationError, match=r"default_max_recs: .*between 1 and 100"):
+        load_settings(testing=True)
+    monkeypatch.setenv("MOVIEREC_DEFAULT_MAX_RECS", "100")
+    assert load_settings(testing=True).default_max_recs == 100
