@@ -46,6 +46,7 @@ import argparse
 import errno
 import getpass
 import json
+import math
 import os
 import re
 import secrets
@@ -1083,6 +1084,22 @@ def database_main(argv: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- CLI
 
 
+def _bounded_number(minimum: float, strict: bool) -> Callable[[str], float]:
+    """An argparse type: a finite float above ``minimum`` (``strict``) or at least it."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number {bound}")
+        return value
+
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="deploy-docker.py",
@@ -1109,8 +1126,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--context", type=Path, default=REPO_ROOT, help="build context (default: the repo)")
     parser.add_argument("--dockerfile", type=Path, default=None)
     parser.add_argument("--base-image", default=None, help="BASE_IMAGE build argument")
-    parser.add_argument("--error-tolerance", type=float, default=None, help="accuracy test tolerance")
-    parser.add_argument("--health-timeout", type=float, default=DEFAULT_HEALTH_TIMEOUT)
+    # checked here: a nan or negative tolerance failed only inside `docker build`, a nan or
+    # negative timeout after the old version was stopped (then rolled back)
+    parser.add_argument(
+        "--error-tolerance", type=_bounded_number(minimum=0.0, strict=False), default=None,
+        help="accuracy test tolerance (a number >= 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--health-timeout", type=_bounded_number(minimum=0.0, strict=True), default=DEFAULT_HEALTH_TIMEOUT,
+        help=f"seconds to wait for the new container to be healthy (> 0; default {DEFAULT_HEALTH_TIMEOUT:g})",
+    )  # fmt: skip
     parser.add_argument(
         "--env", dest="extra_env", action="append", default=[], metavar="NAME",
         help="also pass this variable from the environment (its value never on argv): as a secret file "

@@ -1384,3 +1384,26 @@ def test_a_secret_the_service_would_refuse_is_refused_before_the_live_container_
     assert engine.containers["movierec"].status == "running"
     assert not [call for call in engine.calls if call[0] in ("rename", "stop", "run")]
     assert not list(cfg.secrets_root.glob("*/deploy-*"))
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--error-tolerance", "nan"), ("--error-tolerance", "-0.1"), ("--error-tolerance", "inf"),
+        ("--health-timeout", "nan"), ("--health-timeout", "0"), ("--health-timeout", "-5"),
+        ("--health-timeout", "soon"),
+    ],
+)  # fmt: skip
+def test_a_tolerance_or_timeout_that_is_not_a_sane_number_is_a_usage_error(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A nan or negative --error-tolerance failed only inside `docker build`; a nan or negative
+    --health-timeout only after the running version had been stopped, then rolled back."""
+    from app.deploy import parse_args
+
+    positional = ["movierec", "1.0", "model", "test_data.json"]
+    with pytest.raises(SystemExit) as exited:
+        parse_args([*positional, option, value])
+    assert exited.value.code == 2
+    assert option in capsys.readouterr().err
+    assert parse_args([*positional, "--error-tolerance", "0", "--health-timeout", "30"]).health_timeout == 30
