@@ -252,9 +252,13 @@ class StatementDeadlines:
         """Shut the socket down (not closed: the fd stays libpq's), if ``fd`` is still that socket
         (a connection closed meanwhile may have left its number to another file)."""
         try:
-            if os.fstat(fd).st_ino != inode:
-                return
-            with socket.socket(fileno=os.dup(fd)) as sock:
+            copy = os.dup(fd)  # first: checked, then used, the same file (not a number reused meanwhile)
+        except OSError:
+            return
+        try:
+            with socket.socket(fileno=copy) as sock:
+                if os.fstat(copy).st_ino != inode:
+                    return
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             return
@@ -396,8 +400,13 @@ class Database:
         """
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
+        # Not under the statement deadline (statement_seconds): a migration may rightly take
+        # longer (an index on a big table), and so may the wait for another worker's; cut, each
+        # start of an instance would fail the same way and end it (need-app).
+        bounded = self.statement_seconds and self.engine.dialect.name == "postgresql"
+        engine = make_engine(self.url) if bounded else self.engine
         try:
-            with self._sqlite_migration_lock(), self.engine.begin() as connection:
+            with self._sqlite_migration_lock(), engine.begin() as connection:
                 if connection.dialect.name == "postgresql":
                     connection.execute(
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
@@ -408,6 +417,9 @@ class Database:
             if _unreachable(exc):
                 raise _unavailable(exc) from exc
             raise
+        finally:
+            if engine is not self.engine:
+                engine.dispose()
 
     @contextmanager
     def _sqlite_migration_lock(self) -> Iterator[None]:

@@ -148,3 +148,33 @@ def test_a_request_is_answered_in_bounded_time_when_the_database_hangs(
         assert max(seconds for _, seconds in answers.values()) < HARAKIRI - 10, answers
         # and it answers again once the database does
         assert client.get("/health/ready").status_code == 200
+
+
+def test_the_migration_waits_past_the_statement_deadline_for_another_migration(postgres_url: str) -> None:
+    """The service's engine cuts a statement after MOVIEREC_DATABASE_STATEMENT_SECONDS, and the
+    migration ran on it: a worker waiting longer than that for another worker's migration (or a
+    migration taking longer) was cut, and at an instance's first start that ended the instance."""
+    import psycopg
+
+    from app.storage.db import _PG_MIGRATION_LOCK, Database
+    from tests.helpers import sqlalchemy_url
+
+    url = sqlalchemy_url(postgres_url)
+    with psycopg.connect(postgres_url) as holder:  # another worker, migrating
+        holder.execute("SELECT pg_advisory_lock(%s)", (_PG_MIGRATION_LOCK,))
+        released = threading.Timer(
+            2.0, lambda: holder.execute("SELECT pg_advisory_unlock(%s)", (_PG_MIGRATION_LOCK,))
+        )
+        released.start()
+        database = Database(url, statement_seconds=0.5)
+        try:
+            started = time.monotonic()
+            database.upgrade()  # waits for the lock, past the 0.5-s deadline
+            assert time.monotonic() - started >= 1.5
+            with database.engine.connect() as connection:  # the schema is there
+                assert (
+                    connection.exec_driver_sql("SELECT count(*) FROM recommendation_requests").scalar() == 0
+                )
+        finally:
+            released.join()
+            database.dispose()
