@@ -34,6 +34,11 @@ WEAK_SECRETS = frozenset(
 )
 
 
+MAX_RECS = 100
+"""The longest list ``/api/recommend`` serves (``max_recs``); here, not in the API's schemas, so
+that reading the settings does not import the web stack."""
+
+
 class ConfigurationError(RuntimeError):
     """The service cannot start with this configuration; the message names the variable."""
 
@@ -92,7 +97,7 @@ class Settings(BaseSettings):
     )  # Strict-Transport-Security max-age; 0 = header off (no TLS here)
     # web UI token cookie Secure flag (app/api/ui.py); None = on except when testing or --debug
     ui_cookie_secure: bool | None = None
-    default_max_recs: int = 10  # the web form's pre-filled max_recs: 1..MAX_RECS (app/api/schemas.py)
+    default_max_recs: int = 10  # the web form's pre-filled max_recs: 1..MAX_RECS
     # check response bodies against the documented models (app/api/spec.py); None = only when
     # testing or with --debug (production skips re-parsing its own typed output)
     validate_responses: bool | None = None
@@ -143,8 +148,6 @@ class Settings(BaseSettings):
     @classmethod
     def _max_recs_the_api_takes(cls, value: int) -> int:
         """A default outside 1..MAX_RECS pre-filled the web form with a value the form refused."""
-        from app.api.schemas import MAX_RECS
-
         if not 1 <= value <= MAX_RECS:
             raise ValueError(f"must be between 1 and {MAX_RECS} (what /api/recommend takes)")
         return value

@@ -11,11 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictInt, model_validator
 
+from app.config import MAX_RECS
 from app.recommender.bundle import VERSION_MAX_LENGTH, RecommendQuery
 from app.recommender.features import MAX_ID, integral
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
 
-MAX_RECS = 100
 MAX_BATCH_RECOMMEND = 1_000
 MAX_BATCH_PREDICT = 10_000
 MAX_PASSWORD_LENGTH = 1024
