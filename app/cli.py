@@ -177,6 +177,7 @@ def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out:
 def serve(host: str, port: int, debug: bool) -> None:
     """Development server (production: make serve-prod, i.e. scripts/start-uwsgi.sh with uwsgi.ini)."""
     from app import create_app, run_development_server
+    from app.config import ConfigurationError
     from app.pipeline.commands import settings_for_cli
 
     # `movierec --log-level X serve` names the service's level, as MOVIEREC_LOG_LEVEL does: the
@@ -184,7 +185,11 @@ def serve(host: str, port: int, debug: bool) -> None:
     group = click.get_current_context().find_root()
     given = group.get_parameter_source("log_level") is click.core.ParameterSource.COMMANDLINE
     level = str(group.params["log_level"]).upper() if given else None
-    run_development_server(create_app(settings_for_cli(debug=debug, log_level=level)), host, port, debug)
+    try:  # the secrets are checked once the app is built: a missing one is a line, not a traceback
+        application = create_app(settings_for_cli(debug=debug, log_level=level))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    run_development_server(application, host, port, debug)
 
 
 @cli.group()

@@ -382,3 +382,22 @@ def test_a_default_max_recs_the_api_would_refuse_is_refused_at_start(
         load_settings(testing=True)
     monkeypatch.setenv("MOVIEREC_DEFAULT_MAX_RECS", "100")
     assert load_settings(testing=True).default_max_recs == 100
+
+
+def test_serve_without_a_session_password_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The secrets are checked when the app is built, after the settings are read: `movierec
+    serve` without SESSION_PASSWORD ended in a ConfigurationError traceback."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    for name in ("SESSION_PASSWORD", "MOVIEREC_SESSION_PASSWORD", "MOVIEREC_TESTING"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", f"sqlite:///{tmp_path / 'service.db'}")
+    monkeypatch.setattr("app.run_development_server", lambda *args: pytest.fail("the server was started"))
+    result = CliRunner().invoke(cli, ["serve", "--debug"])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "SESSION_PASSWORD" in result.output and "Traceback" not in result.output
