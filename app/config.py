@@ -310,8 +310,8 @@ def parse_origins(text: str) -> frozenset[str]:
     Refused, as a ValueError naming the entry: ``null`` (what every sandboxed iframe, ``file:``
     page and redirected request sends: allowing it lets any site read the API's answers), ``*``
     (the list is exact-match: a wildcard allowed nothing, silently), and any entry that is not an
-    origin as a browser writes it in its ``Origin`` header (a path, a trailing slash, a default
-    port, capitals), which could never match.
+    origin as a browser writes it in its ``Origin`` header (a path, a default port, capitals),
+    which could never match. A trailing slash is dropped: it always matched, and is no path.
     """
     origins = set()
     for entry in (part.strip() for part in text.split(",")):
@@ -356,6 +356,6 @@ def _checked_origin(entry: str) -> str:
     canonical = f"{scheme}://{f'[{host}]' if ':' in host else host}"
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         canonical += f":{port}"
-    if entry != canonical:
+    if entry.removesuffix("/") != canonical:  # a lone trailing slash always matched: kept so
         raise ValueError(f"{prefix} can never match: write it as {canonical!r}, as browsers send it")
     return canonical

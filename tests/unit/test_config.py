@@ -138,7 +138,6 @@ def test_an_empty_metrics_token_is_refused_at_start(tmp_path: Path, monkeypatch:
         ("null", r"'null'.*sandboxed iframe"),
         ("https://ui.example, NULL", r"'NULL'.*sandboxed iframe"),
         ("*", r"'\*'.*list each origin"),
-        ("https://ui.example/", r"write it as 'https://ui.example'"),
         ("https://ui.example/app", r"'https://ui.example/app'.*scheme://host\[:port\]"),
         ("https://ui.example?x=1", r"scheme://host\[:port\]"),
         ("https://ui.example#top", r"scheme://host\[:port\]"),
@@ -155,8 +154,8 @@ def test_an_empty_metrics_token_is_refused_at_start(tmp_path: Path, monkeypatch:
 )
 def test_a_cors_origin_that_is_a_hole_or_never_matches_is_refused_at_start(origins: str, why: str) -> None:
     """`null` was allowed like any origin (every sandboxed iframe and file: page sends it), `*`
-    silently allowed nothing, and an origin with a path, a trailing slash, a default port or
-    capitals can never equal the Origin header a browser sends: all refused, naming the variable."""
+    silently allowed nothing, and an origin with a path, a default port or capitals can never
+    equal the Origin header a browser sends: all refused, naming the variable."""
     with pytest.raises(ConfigurationError, match=rf"MOVIEREC_CORS_ORIGINS: .*{why}"):
         load_settings(testing=True, cors_origins=origins)
 
@@ -165,7 +164,8 @@ def test_cors_origins_from_the_environment_are_checked(monkeypatch: pytest.Monke
     monkeypatch.setenv("MOVIEREC_CORS_ORIGINS", "https://ui.example,null")
     with pytest.raises(ConfigurationError, match="MOVIEREC_CORS_ORIGINS: 'null'"):
         load_settings(testing=True)
-    origins = " https://ui.example, http://localhost:5173,https://[::1]:8443 ,, app://desktop "
+    # a trailing slash is the one difference taken as meant (it always matched): dropped
+    origins = " https://ui.example/, http://localhost:5173,https://[::1]:8443 ,, app://desktop "
     monkeypatch.setenv("MOVIEREC_CORS_ORIGINS", origins)
     assert parse_origins(load_settings(testing=True).cors_origins) == {
         "https://ui.example", "http://localhost:5173", "https://[::1]:8443", "app://desktop"
