@@ -39,6 +39,12 @@ MAX_RECS = 100
 that reading the settings does not import the web stack."""
 
 
+JWT_LEEWAY_SECONDS = 2
+"""How far apart two replicas' clocks may be for a token of one to be accepted by the other: a
+token is accepted until this long after its ``exp`` (app/api), so its revocation is kept as long
+(app/services/revocation.py)."""
+
+
 class ConfigurationError(RuntimeError):
     """The service cannot start with this configuration; the message names the variable."""
 

@@ -13,7 +13,7 @@ from app.api import auth, docs, health, monitoring, recommend, security, ui
 from app.api.errors import envelope, register_error_handlers
 from app.api.serving import register_serving
 from app.api.spec import spec
-from app.config import Settings
+from app.config import JWT_LEEWAY_SECONDS, Settings
 from app.errors import InvalidRequest
 
 jwt = JWTManager()
@@ -99,10 +99,6 @@ def _require_json_object() -> None:
         ) from None
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object", fields={"body": "must be a JSON object"})
-
-
-JWT_LEEWAY_SECONDS = 2
-"""How far apart two replicas' clocks may be for a token of one to be accepted by the other."""
 
 
 def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:

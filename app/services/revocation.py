@@ -23,12 +23,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from app.config import JWT_LEEWAY_SECONDS
 from app.errors import Unavailable
 from app.monitoring.logs import LogEvery
 from app.storage.db import Database, DatabaseUnavailableError
@@ -74,7 +75,12 @@ class RevocationStore:
     # ------------------------------------------------------------------ revoke
 
     def revoke(self, jti: str, expires_at: datetime) -> None:
-        """Record the revocation in every store that answers; 503 only when none does."""
+        """Record the revocation in every store that answers; 503 only when none does.
+
+        Kept until the token is refused anyway: ``JWT_LEEWAY_SECONDS`` past its ``exp``, not at
+        it, or a logged-out token was accepted again by every other worker in between.
+        """
+        expires_at += timedelta(seconds=JWT_LEEWAY_SECONDS)
         now = time.time()
         expiry = expires_at.timestamp()
         self._local = {j: e for j, e in self._local.items() if e > now}

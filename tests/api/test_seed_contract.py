@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.api import JWT_LEEWAY_SECONDS
+from app.config import JWT_LEEWAY_SECONDS
 from app.recommender.segments import OCCUPATIONS
 from tests.helpers import PROFILE, SESSION_PASSWORD, journal_records, login, stored_feedback
 

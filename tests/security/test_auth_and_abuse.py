@@ -17,8 +17,7 @@ import jwt as pyjwt
 import pytest
 
 from app import create_app
-from app.api import JWT_LEEWAY_SECONDS
-from app.config import ConfigurationError
+from app.config import JWT_LEEWAY_SECONDS, ConfigurationError
 from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PROFILE, SESSION_PASSWORD, login
 
 pytestmark = pytest.mark.api
@@ -318,7 +317,7 @@ def test_revocations_of_expired_tokens_are_purged(app: Any) -> None:
     from app.storage.models import RevokedToken
 
     store = app.extensions[EXTENSION]["revocations"]
-    store.revoke("old", datetime.now(UTC) - timedelta(seconds=1))
+    store.revoke("old", datetime.now(UTC) - timedelta(seconds=JWT_LEEWAY_SECONDS + 1))  # refused anyway
     store.revoke("live", datetime.now(UTC) + timedelta(hours=1))
     with app.extensions["movierec"].db.session() as session:
         assert session.scalar(select(func.count()).select_from(RevokedToken)) == 1

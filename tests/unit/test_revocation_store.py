@@ -1,6 +1,6 @@
-"""The revocation list during an outage: one warning when it starts, not one per retry.
+"""The logout blocklist (RevocationStore): outages logged once, revocations kept as long as tokens live.
 
-Each process retried every ``retry_seconds`` (5 s) and warned each time, for the database and
+During an outage each process retried every ``retry_seconds`` (5 s) and warned each time, for the database and
 for Redis: an outage of a few minutes was dozens of lines per worker, each a candidate alert.
 Real clients against ports where nothing listens (connection refused at once).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,21 @@ def test_an_outage_of_the_database_and_redis_is_one_warning_each(caplog: pytest.
     assert messages.count("revocation list not refreshed: database unavailable") == 1, messages
     assert messages.count("Redis unavailable for the revocation list; using the database") == 1, messages
     database.engine.dispose()
+
+
+def test_a_logout_holds_in_other_workers_until_the_token_is_refused_anyway(tmp_path: Path) -> None:
+    """Tokens are accepted until JWT_LEEWAY_SECONDS past their exp, but the revocation was kept only
+    until exp: another worker (which has no copy of the logout of its own) accepted the logged-out
+    token again in between."""
+    from datetime import UTC, datetime, timedelta
+
+    from app.config import JWT_LEEWAY_SECONDS
+
+    database = Database(f"sqlite:///{tmp_path / 'service.db'}")
+    database.upgrade()
+    worker_a = RevocationStore(database, refresh_seconds=0.0)
+    worker_b = RevocationStore(database, refresh_seconds=0.0)
+    worker_a.revoke("logged-out", datetime.now(UTC) + timedelta(seconds=0.3))
+    time.sleep(0.3 + JWT_LEEWAY_SECONDS / 2)  # past exp, still inside the leeway
+    assert worker_b.is_revoked("logged-out")
+    database.dispose()
