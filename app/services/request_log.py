@@ -310,7 +310,8 @@ class RequestLog:
         reason = "no time was left before exit to write them"
         while self.pending() and time.monotonic() < deadline:
             try:
-                written = self.flush(timeout=deadline - time.monotonic())
+                with self.db.statement_limit(deadline - time.monotonic()):  # the write itself too
+                    written = self.flush(timeout=deadline - time.monotonic())
                 if written:
                     log.info("%s flushed at shutdown", self.name, extra={"rows": written})
                 return

@@ -194,13 +194,13 @@ class StatementDeadlines:
         """Each process its own watcher (a forked child inherits no thread)."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        # a statement's key -> (deadline, seconds, its socket's fd and inode)
-        self._armed: dict[int, tuple[float, float, int, int]] = {}
+        # a statement's key -> (deadline, seconds, its socket's fd and inode, its block if bounded())
+        self._armed: dict[int, tuple[float, float, int, int, Bound | None]] = {}
         self._thread: threading.Thread | None = None
         self._wakes_at = 0.0  # when the watcher wakes next (monotonic; inf: not before a notify)
         self._logged = LogEvery(30.0)  # one line per hang, not per statement
 
-    def arm(self, key: int, connection: Any, seconds: float | None) -> None:
+    def arm(self, key: int, connection: Any, seconds: float | None, bound: Bound | None = None) -> None:
         """The statement ``key`` about to run on psycopg ``connection`` must be answered in ``seconds``."""
         fd = _socket_of(connection)
         if not seconds or fd < 0:
@@ -211,7 +211,7 @@ class StatementDeadlines:
             return
         deadline = time.monotonic() + seconds
         with self._lock:
-            self._armed[key] = (deadline, seconds, fd, inode)
+            self._armed[key] = (deadline, seconds, fd, inode, bound)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="movierec-db-deadlines", daemon=True)
                 self._thread.start()
@@ -227,50 +227,63 @@ class StatementDeadlines:
             self._armed.pop(key, None)
 
     @contextmanager
-    def bounded(self, connection: Any, seconds: float | None) -> Iterator[None]:
-        """Run the block (statements on psycopg ``connection``) under one deadline."""
-        token = object()  # alive until disarmed: its id is this block's key alone
-        self.arm(id(token), connection, seconds)
+    def bounded(self, connection: Any, seconds: float | None) -> Iterator[Bound]:
+        """Run the block (statements on psycopg ``connection``) under one deadline; the
+        :class:`Bound` yielded says afterwards whether the deadline cut it."""
+        bound = Bound()  # alive until disarmed: its id is this block's key alone
+        self.arm(id(bound), connection, seconds, bound)
         try:
-            yield
+            yield bound
         finally:
-            self.disarm(id(token))
+            self.disarm(id(bound))
 
     def _run(self) -> None:
         with self._lock:
             while True:
                 now = time.monotonic()
-                for key, (deadline, seconds, fd, inode) in list(self._armed.items()):
+                for key, (deadline, seconds, fd, inode, bound) in list(self._armed.items()):
                     if deadline <= now:
                         del self._armed[key]
-                        self._cut(fd, inode, seconds)
+                        if bound is not None:  # before the cut: its caller may look at once
+                            bound.cut = True
+                        if not self._cut(fd, inode, seconds) and bound is not None:
+                            bound.cut = False
                 nearest = min((entry[0] for entry in self._armed.values()), default=None)
                 self._wakes_at = float("inf") if nearest is None else nearest
                 self._changed.wait(None if nearest is None else max(0.0, nearest - now))
 
-    def _cut(self, fd: int, inode: int, seconds: float) -> None:
+    def _cut(self, fd: int, inode: int, seconds: float) -> bool:
         """Shut the socket down (not closed: the fd stays libpq's), if ``fd`` is still that socket
-        (a connection closed meanwhile may have left its number to another file)."""
+        (a connection closed meanwhile may have left its number to another file); True if it was."""
         try:
             copy = os.dup(fd)  # first: checked, then used, the same file (not a number reused meanwhile)
         except OSError:
-            return
+            return False
         try:
             with socket.socket(fileno=copy) as sock:
                 if os.fstat(copy).st_ino != inode:
-                    return
+                    return False
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
-            return
+            return False
         unlogged = self._logged.due()
         if unlogged is not None:
             log.error(
                 "the database did not answer a statement in time; its connection was closed",
                 extra={"seconds": seconds, "unlogged_since_last": unlogged},
             )
+        return True
 
 
 DEADLINES = StatementDeadlines()
+
+
+@dataclasses.dataclass
+class Bound:
+    """A block of statements under :meth:`StatementDeadlines.bounded`: ``cut`` once its deadline
+    shut the connection (the database hung for all of it: trying again would wait as long)."""
+
+    cut: bool = False
 
 
 def _socket_of(connection: Any) -> int:
@@ -369,6 +382,7 @@ class Database:
     def __init__(self, url: str, *, statement_seconds: float | None = None) -> None:
         self.url = url
         self.statement_seconds = statement_seconds  # see make_engine
+        self._limits = threading.local()  # a tighter limit for one thread's block: statement_limit()
         self.engine = make_engine(url, statement_seconds=statement_seconds)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # The score path's two statements, built once (SQLAlchemy then reuses their compiled form).
@@ -388,6 +402,28 @@ class Database:
         )
 
     # ------------------------------------------------------------------ lifecycle
+
+    @contextmanager
+    def statement_limit(self, seconds: float) -> Iterator[None]:
+        """This thread's writes in the block (``COPY`` and the score path's, :meth:`_autocommit`)
+        wait at most ``seconds`` for the database, or ``statement_seconds`` if shorter. An exit
+        budget: a write to a database that hangs took the whole statement deadline (15 s) of the
+        10 s a stopping worker has for its request log and journal (app/exit_hooks.py).
+        """
+        outer = getattr(self._limits, "seconds", None)
+        self._limits.seconds = seconds if outer is None else min(outer, seconds)
+        try:
+            yield
+        finally:
+            self._limits.seconds = outer
+
+    def _statement_limit(self) -> float | None:
+        limit: float | None = getattr(self._limits, "seconds", None)
+        if limit is None:
+            return self.statement_seconds
+        # at least a moment: 0 would arm nothing (no deadline) rather than cut at once
+        limit = max(limit, 0.05)
+        return limit if self.statement_seconds is None else min(limit, self.statement_seconds)
 
     def upgrade(self) -> None:
         """Bring the schema to the newest Alembic revision, one process at a time.
@@ -482,11 +518,12 @@ class Database:
             except dbapi_error as exc:  # cannot connect: raised unwrapped by raw_connection()
                 wrapped = DBAPIError.instance(None, None, exc, dbapi_error, dialect=dialect)
                 raise _unavailable(wrapped) from exc
+            bound = Bound()  # not cut: replaced by the block's own below
             try:
                 driver: Any = pooled.driver_connection  # a psycopg Connection
                 driver.autocommit = True
                 try:
-                    with DEADLINES.bounded(driver, self.statement_seconds):
+                    with DEADLINES.bounded(driver, self._statement_limit()) as bound:
                         work(driver, statement)
                 finally:
                     if not driver.closed:
@@ -500,7 +537,9 @@ class Database:
                 wrapped = DBAPIError.instance(
                     statement, None, exc, dbapi_error, connection_invalidated=disconnected, dialect=dialect
                 )
-                if disconnected and attempt == 1:
+                # a connection dropped by a restart is worth one more try; one our deadline cut
+                # had a database that did not answer for all of it: a retry would wait as long
+                if disconnected and attempt == 1 and not bound.cut:
                     continue
                 if _unreachable(wrapped):
                     raise _unavailable(wrapped) from exc

@@ -505,3 +505,41 @@ def test_a_stop_while_a_batch_hangs_in_a_silent_database_spills_that_batch_too(
         silent.clear()
         relay.cut()
     db.engine.dispose()
+
+
+def test_a_stop_against_a_silent_database_ends_within_its_budget(tmp_path: Path, postgres_url: str) -> None:
+    """The exit budget bounded the wait for a write in flight, not the final write itself: a
+    database that stopped answering held it for the whole statement deadline (15 s, or for ever
+    without one) of the 10 s a stopping worker has. The write is now cut at the budget's end and
+    the rows spilled."""
+    import orjson
+    from sqlalchemy import make_url
+
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+    from tests.helpers import sqlalchemy_url
+    from tests.integration.reliability import tcp_relay
+
+    direct = make_url(sqlalchemy_url(postgres_url))
+    Database(sqlalchemy_url(postgres_url)).upgrade()
+    silent = threading.Event()
+    spill_dir = tmp_path / "journal"
+    with tcp_relay((direct.host or "127.0.0.1", direct.port or 5432), silent) as relay:
+        relayed = direct.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+        db = Database(relayed)  # no statement deadline of its own: only the budget bounds the write
+        assert db.ping()
+        log = RequestLog(db, flush_interval=3600, spill=RowSpill(spill_dir))  # nothing written before
+        log.append(_rows(20))
+        silent.set()
+        started = time.monotonic()
+        log.close(timeout=1.0)
+        assert time.monotonic() - started < 3.0
+        spilled = {
+            orjson.loads(line)["id"]
+            for path in spill_dir.glob("requests-*.jsonl")
+            for line in path.read_bytes().splitlines()
+        }
+        assert spilled == {f"row-{i}" for i in range(20)}
+        silent.clear()
+        relay.cut()
+    db.engine.dispose()
