@@ -608,6 +608,9 @@ def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> Loaded
         except BundleError:
             _remove_tree(target)  # damaged since it was extracted: extracted again below
     staging = _extract(path, Path(tempfile.mkdtemp(prefix=EXTRACTION_STAGING_PREFIX, dir=cache)))
+    # tarfile gives the directories their times from the archive, a "./" member this one too:
+    # an old archive's fresh extraction then looked stale to another process's sweep until renamed
+    os.utime(staging)
     try:
         staging.rename(target)  # whole or not at all; another process may have won the race
     except OSError:

@@ -570,3 +570,38 @@ def test_stale_export_staging_and_reload_marker_temp_files_are_removed_at_the_ne
     assert (busy_export / "bundle" / "model.pkl").read_bytes() == b"half" and fresh_marker_tmp.is_file()
     assert [path.name for path in others if not os.path.lexists(path)] == []
     assert (store / "latest").resolve() == written
+
+
+def test_an_old_archive_s_fresh_extraction_does_not_look_stale_to_a_sibling_s_sweep(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tarfile gives extracted directories their times from the archive, a "./" member the
+    staging directory itself: a two-hour-old archive's extraction looked like a dead process's
+    leftover to a sibling worker sweeping the cache just before the rename, and the load failed."""
+    from app.recommender import bundle as bundle_module
+
+    bundle_dir = (model_store / "latest").resolve()
+    archive = tmp_path / "bundle.tar.gz"
+    old = time.time() - 2 * 3600
+    with tarfile.open(archive, "w:gz") as tar:  # as `tar -C dir -czf bundle.tar.gz .` writes it
+        for path in [bundle_dir, *sorted(bundle_dir.rglob("*"))]:
+            member = tar.gettarinfo(path, arcname="./" + str(path.relative_to(bundle_dir)).lstrip("."))
+            member.mtime = old
+            if member.isfile():
+                with path.open("rb") as handle:
+                    tar.addfile(member, handle)
+            else:
+                tar.addfile(member)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    real_rename = Path.rename
+
+    def sibling_sweeps_first(self: Path, target: Any) -> Any:
+        if self.name.startswith(bundle_module.EXTRACTION_STAGING_PREFIX):
+            bundle_module.remove_stale_leftovers(self.parent, bundle_module.EXTRACTION_LEFTOVERS)
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", sibling_sweeps_first)
+    loaded = load_bundle(archive)
+    assert loaded.version == load_bundle(bundle_dir).version
