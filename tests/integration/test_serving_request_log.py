@@ -8,6 +8,8 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -460,6 +462,41 @@ def test_a_damaged_spill_file_is_set_aside_and_the_others_written(tmp_path: Path
     db.dispose()
 
 
+@contextmanager
+def _silent_able_database(postgres_url: str) -> Iterator[tuple[Any, threading.Event]]:
+    """A migrated database reached through a relay that goes silent (accepts, never answers) while
+    the event is set; the Database has no statement deadline of its own."""
+    from sqlalchemy import make_url
+
+    from app.storage.db import Database
+    from tests.helpers import sqlalchemy_url
+    from tests.integration.reliability import tcp_relay
+
+    direct = make_url(sqlalchemy_url(postgres_url))
+    Database(sqlalchemy_url(postgres_url)).upgrade()
+    silent = threading.Event()
+    with tcp_relay((direct.host or "127.0.0.1", direct.port or 5432), silent) as relay:
+        relayed = direct.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+        db = Database(relayed)
+        assert db.ping()
+        try:
+            yield db, silent
+        finally:
+            silent.clear()
+            relay.cut()
+            db.engine.dispose()
+
+
+def _spilled_ids(spill_dir: Path) -> set[str]:
+    import orjson
+
+    return {
+        orjson.loads(line)["id"]
+        for path in spill_dir.glob("requests-*.jsonl")
+        for line in path.read_bytes().splitlines()
+    }
+
+
 def test_a_stop_while_a_batch_hangs_in_a_silent_database_spills_that_batch_too(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -468,22 +505,10 @@ def test_a_stop_while_a_batch_hangs_in_a_silent_database_spills_that_batch_too(
     pending: the batch in flight, acknowledged recommendations, was dropped, and a final flush
     given time left would have waited on that write without a bound. Now the stop ends within
     its budget and the in-flight rows are on disk with the rest."""
-    import orjson
-    from sqlalchemy import make_url
-
     from app.services.request_log import RequestLog, RowSpill
-    from app.storage.db import Database
-    from tests.helpers import sqlalchemy_url
-    from tests.integration.reliability import tcp_relay
 
-    direct = make_url(sqlalchemy_url(postgres_url))
-    Database(sqlalchemy_url(postgres_url)).upgrade()
-    silent = threading.Event()
     spill_dir = tmp_path / "journal"
-    with tcp_relay((direct.host or "127.0.0.1", direct.port or 5432), silent) as relay:
-        relayed = direct.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
-        db = Database(relayed)  # no statement deadline: the write hangs for as long as the database
-        assert db.ping()
+    with _silent_able_database(postgres_url) as (db, silent):
         log = RequestLog(db, flush_interval=0.01, spill=RowSpill(spill_dir))
         silent.set()
         log.append(_rows(30))
@@ -496,15 +521,7 @@ def test_a_stop_while_a_batch_hangs_in_a_silent_database_spills_that_batch_too(
         started = time.monotonic()
         log.close(timeout=1.0)
         assert time.monotonic() - started < 2.5
-        spilled = {
-            orjson.loads(line)["id"]
-            for path in spill_dir.glob("requests-*.jsonl")
-            for line in path.read_bytes().splitlines()
-        }
-        assert spilled == {f"row-{i}" for i in range(30)} | {f"later-{i}" for i in range(5)}
-        silent.clear()
-        relay.cut()
-    db.engine.dispose()
+        assert _spilled_ids(spill_dir) == {f"row-{i}" for i in range(30)} | {f"later-{i}" for i in range(5)}
 
 
 def test_a_stop_against_a_silent_database_ends_within_its_budget(tmp_path: Path, postgres_url: str) -> None:
@@ -512,34 +529,14 @@ def test_a_stop_against_a_silent_database_ends_within_its_budget(tmp_path: Path,
     database that stopped answering held it for the whole statement deadline (15 s, or for ever
     without one) of the 10 s a stopping worker has. The write is now cut at the budget's end and
     the rows spilled."""
-    import orjson
-    from sqlalchemy import make_url
-
     from app.services.request_log import RequestLog, RowSpill
-    from app.storage.db import Database
-    from tests.helpers import sqlalchemy_url
-    from tests.integration.reliability import tcp_relay
 
-    direct = make_url(sqlalchemy_url(postgres_url))
-    Database(sqlalchemy_url(postgres_url)).upgrade()
-    silent = threading.Event()
     spill_dir = tmp_path / "journal"
-    with tcp_relay((direct.host or "127.0.0.1", direct.port or 5432), silent) as relay:
-        relayed = direct.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
-        db = Database(relayed)  # no statement deadline of its own: only the budget bounds the write
-        assert db.ping()
+    with _silent_able_database(postgres_url) as (db, silent):
         log = RequestLog(db, flush_interval=3600, spill=RowSpill(spill_dir))  # nothing written before
         log.append(_rows(20))
         silent.set()
         started = time.monotonic()
         log.close(timeout=1.0)
         assert time.monotonic() - started < 3.0
-        spilled = {
-            orjson.loads(line)["id"]
-            for path in spill_dir.glob("requests-*.jsonl")
-            for line in path.read_bytes().splitlines()
-        }
-        assert spilled == {f"row-{i}" for i in range(20)}
-        silent.clear()
-        relay.cut()
-    db.engine.dispose()
+        assert _spilled_ids(spill_dir) == {f"row-{i}" for i in range(20)}

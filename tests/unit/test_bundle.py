@@ -597,7 +597,7 @@ def test_an_old_archive_s_fresh_extraction_does_not_look_stale_to_a_sibling_s_sw
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     real_rename = Path.rename
 
-    def sibling_sweeps_first(self: Path, target: Any) -> Any:
+    def sibling_sweeps_first(self: Path, target: Path) -> Path:
         if self.name.startswith(bundle_module.EXTRACTION_STAGING_PREFIX):
             bundle_module.remove_stale_leftovers(self.parent, bundle_module.EXTRACTION_LEFTOVERS)
         return real_rename(self, target)
