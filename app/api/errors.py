@@ -56,11 +56,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(DatabaseUnavailableError)
     def _database_down(error: DatabaseUnavailableError) -> Response:
-        unlogged = _DATABASE_DOWN.due()
-        if unlogged is not None:
-            log.error(
-                "database unavailable", extra={"reason": str(error)[:200], "unlogged_since_last": unlogged}
-            )
+        _DATABASE_DOWN.log(log, logging.ERROR, "database unavailable", reason=str(error)[:200])
         response = envelope(503, "the database is unavailable; retry later", "unavailable")
         response.headers["Retry-After"] = "5"
         return response

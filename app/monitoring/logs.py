@@ -275,6 +275,12 @@ class LogEvery:
         self._last = float("-inf")
         self._unlogged = 0
 
+    def log(self, logger: logging.Logger, level: int, message: str, **extra: Any) -> None:
+        """``logger.log(level, message)`` if :meth:`due`, with ``extra`` and ``unlogged_since_last``."""
+        unlogged = self.due()
+        if unlogged is not None:
+            logger.log(level, message, extra={**extra, "unlogged_since_last": unlogged})
+
     def due(self) -> int | None:
         now = time.monotonic()
         if now - self._last < self.seconds:

@@ -202,12 +202,10 @@ class OnlineMonitor:
                 self.tick(force=woken)
             except DatabaseUnavailableError as exc:  # expected during an outage: no traceback
                 self.last_error = str(exc)[:300]
-                unlogged = self._database_down.due()
-                if unlogged is not None:
-                    log.error(
-                        "online monitor evaluation skipped: the database is unreachable",
-                        extra={"reason": self.last_error, "unlogged_since_last": unlogged},
-                    )
+                self._database_down.log(
+                    log, logging.ERROR, "online monitor evaluation skipped: the database is unreachable",
+                    reason=self.last_error,
+                )  # fmt: skip
             except Exception as exc:
                 self.last_error = str(exc)[:300]
                 log.exception("online monitor evaluation failed")

@@ -141,21 +141,17 @@ class RevocationStore:
         except (DatabaseUnavailableError, SQLAlchemyError) as exc:
             # keep serving with the last snapshot; try again after the back-off
             self._snapshot_at = time.monotonic() - self.refresh_seconds + self.retry_seconds
-            unlogged = self._database_down.due()
-            if unlogged is not None:
-                log.warning(
-                    "revocation list not refreshed: database unavailable",
-                    extra={"reason": str(exc)[:200], "unlogged_since_last": unlogged},
-                )
+            self._database_down.log(
+                log, logging.WARNING, "revocation list not refreshed: database unavailable",
+                reason=str(exc)[:200],
+            )  # fmt: skip
         finally:
             self._refreshing.release()
         return self._snapshot
 
     def _redis_failed(self, exc: Exception) -> None:
         self._redis_down_until = time.monotonic() + self.retry_seconds
-        unlogged = self._redis_down.due()
-        if unlogged is not None:
-            log.warning(
-                "Redis unavailable for the revocation list; using the database",
-                extra={"reason": str(exc)[:200], "unlogged_since_last": unlogged},
-            )
+        self._redis_down.log(
+            log, logging.WARNING, "Redis unavailable for the revocation list; using the database",
+            reason=str(exc)[:200],
+        )  # fmt: skip

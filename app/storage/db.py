@@ -266,12 +266,10 @@ class StatementDeadlines:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             return False
-        unlogged = self._logged.due()
-        if unlogged is not None:
-            log.error(
-                "the database did not answer a statement in time; its connection was closed",
-                extra={"seconds": seconds, "unlogged_since_last": unlogged},
-            )
+        self._logged.log(
+            log, logging.ERROR, "the database did not answer a statement in time; its connection was closed",
+            seconds=seconds,
+        )  # fmt: skip
         return True
 
 
