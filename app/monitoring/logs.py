@@ -6,8 +6,8 @@ log driver each line becomes one journal entry, and ``monitor-docker.py`` parses
 the service and its monitor: keep ``ts``, ``level``, ``logger`` and ``message``.
 
 Secrets must never reach a log line, whoever wrote the call: values of secret-looking keys
-are replaced, and bearer tokens, JWTs and ``password=...`` pairs are scrubbed from message
-text and exception traces. Redaction happens in the formatter so it also covers records
+are replaced, and bearer tokens, JWTs, ``password=...`` pairs and URLs' passwords are scrubbed
+from message text and exception traces. Redaction happens in the formatter so it also covers records
 from third-party libraries.
 """
 
@@ -89,10 +89,16 @@ _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] =
         r"\1" + REDACTED + r"\3",
     ),
     # URL credentials: scheme://user:password@host (the scheme tried from the start of its run);
-    # the user may be empty, as in Redis's redis://:password@host
+    # the user may be empty, as in Redis's redis://:password@host. The password is pasted
+    # unencoded as often as not, and its reader takes a /, #, ? or : in it as part of it
+    # (SQLAlchemy reads to the @) and an @ too (redis-py reads to the host part's last @): it
+    # runs to the last @ before the next space or the next scheme's "://" (another URL after
+    # this one, and the bound that keeps a line of "a://b:c" runs linear). A URL with a port
+    # and an @ further on without a space between ("http://h:80/~a@b") is masked too: as
+    # written, "80/~a" may be a password.
     (
         lambda text: "://" in text,
-        re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://[^\s:/@]*+):([^\s@/]+)@"),
+        re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://[^\s:/@]*+):(?:(?!://)\S)+@"),
         r"\1:" + REDACTED + "@",
     ),
 )
@@ -127,7 +133,7 @@ def is_secret_key(key: str) -> bool:
 
 
 def scrub_text(text: str) -> str:
-    """Remove bearer tokens, JWTs and ``password=...``-style values from free text."""
+    """Remove bearer tokens, JWTs, ``password=...``-style values and URLs' passwords from free text."""
     for may_match, pattern, replacement in _TEXT_PATTERNS:
         if may_match(text):
             text = pattern.sub(replacement, text)

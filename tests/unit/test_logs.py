@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -271,3 +272,61 @@ def test_quoted_secret_values_are_scrubbed_as_reprs_and_conninfo_write_them() ->
     [doc] = lines(stream)
     assert "hunter2" not in stream.getvalue() and "p w" not in stream.getvalue()
     assert "password='[REDACTED]'" in doc["exc"] and 'password="[REDACTED]" port=5432' in doc["exc"]
+
+
+# A password pasted into a URL unencoded: what the URL's reader takes as the password
+# (SQLAlchemy reads up to the @, redis-py up to the last @ of the host part) reached the line
+# from its first /, @, # or ? on, or whole.
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://user:pa/ss@host/db", "postgresql://user:[REDACTED]@host/db"),
+        ("redis://:pw/x@host:6379/0", "redis://:[REDACTED]@host:6379/0"),
+        ("redis://:p@ss@cache:6379/0", "redis://:[REDACTED]@cache:6379/0"),
+        ("postgresql+psycopg://movierec:se#cret@db:5432/movierec", "postgresql+psycopg://movierec:[REDACTED]@db:5432/movierec"),
+        ("postgresql://u:why?not@db/movierec?sslmode=require", "postgresql://u:[REDACTED]@db/movierec?sslmode=require"),
+        ("https://mlflow:pa:ss@tracking.example/api", "https://mlflow:[REDACTED]@tracking.example/api"),
+        ("postgresql://u:/a@b#c?d:e/@db:5432/x", "postgresql://u:[REDACTED]@db:5432/x"),
+    ],
+)  # fmt: skip
+def test_url_passwords_with_unencoded_reserved_characters_are_masked(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str], url: str, masked: str
+) -> None:
+    configure_logging("INFO")
+    log = logging.getLogger("app.storage.urls")
+    log.error("cannot connect to %s; retrying", url)
+    try:
+        raise ConnectionError(f"connection to {url} refused")
+    except ConnectionError:
+        log.exception("start failed")
+    message, failure = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert message["message"] == f"cannot connect to {masked}; retrying"
+    assert f"ConnectionError: connection to {masked} refused" in failure["exc"]
+    assert url not in failure["exc"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql://db:5432/movierec and redis://cache:6379/0",
+        "GET http://127.0.0.1:5000/api/recommend?user=42&max_recs=10 took 3 ms",
+        "see https://example.com/a/b?c=d#e, or write to ops@example.com",
+        "ftp://files.example/pub/model@v2.tar.gz and user@host:path",
+        "https://user@host.example:8443/x?y=z@w",  # a user, no password
+        "time 10:30 @ noon, ratio 3:2 / 4@5",
+    ],
+)
+def test_urls_without_a_password_are_untouched(text: str) -> None:
+    assert scrub_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a://b:c" * 15_000, "a://b:/" * 15_000, "a_b://c:d" * 12_000, "a://" * 25_000, "a://b:@" * 15_000],
+)
+def test_url_scrubbing_stays_linear_on_long_lines(text: str) -> None:
+    """A password may hold any character but a space: were it free to run to the last @ of a
+    run, every "scheme://user:" of a long run would rescan the run to its end (seconds here)."""
+    started = time.perf_counter()
+    scrub_text(text)
+    assert time.perf_counter() - started < 1.0
