@@ -1,9 +1,10 @@
 """Settings: typed, from the environment, validated once at start-up (twelve-factor).
 
 Environment variables use the ``MOVIEREC_`` prefix, plus the seed's own names
-``ML_MODEL_PATH``, ``SESSION_PASSWORD`` and ``ADMIN_PASSWORD``. Any secret, the database and
-Redis URLs (which carry their passwords) included, may instead be given as a file path in
-``<NAME>_FILE`` (Docker/Kubernetes secrets; never both, see app/secret_files.py). Outside
+``ML_MODEL_PATH``, ``SESSION_PASSWORD`` and ``ADMIN_PASSWORD``. Any secret, the database,
+Redis and MLflow tracking URLs (which carry their passwords) included, may instead be given as
+a file path in ``<NAME>_FILE`` (Docker/Kubernetes secrets; never both, see
+app/secret_files.py). Outside
 testing the service refuses to start without a session password and a strong JWT secret, or
 with an admin password shorter than 12 characters (except with --debug), and the error names
 the variable.
@@ -82,7 +83,10 @@ class Settings(BaseSettings):
     # ML life cycle (app/pipeline, app/registry; docs/pipeline.md)
     var_dir: Path = Path("var")  # MLflow SQLite + artifacts and the Metaflow datastore live under it
     features_root: str | None = None  # local dir or fsspec URL (s3://…); default <data_dir>/features
-    mlflow_tracking_uri: str | None = None  # a tracking server for teams; default SQLite under var_dir
+    # a tracking server for teams; default SQLite under var_dir. A secret setting, out of the
+    # repr, like the URLs above: a database URL or https://user:password@host carries a password
+    # (shown by Registry.display_uri, which masks it)
+    mlflow_tracking_uri: str | None = Field(default=None, repr=False)
     mlflow_experiment: str = "movierec"
     registered_model: str = "movierec"
     pipeline_candidates: str | None = None  # comma-separated; default: models.DEFAULT_CANDIDATES

@@ -1139,7 +1139,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--env", dest="extra_env", action="append", default=[], metavar="NAME",
         help="also pass this variable from the environment (its value never on argv): as a secret file "
-        "if the service reads it from one (e.g. MOVIEREC_METRICS_TOKEN, MOVIEREC_DATABASE_URL), else in its "
+        "if the service reads it from one (e.g. MOVIEREC_METRICS_TOKEN, MOVIEREC_DATABASE_URL, "
+        "MOVIEREC_MLFLOW_TRACKING_URI), else in its "
         "environment",
     )  # fmt: skip
     parser.add_argument(

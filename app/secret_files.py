@@ -25,6 +25,8 @@ SECRET_SETTINGS: Final[dict[str, tuple[str, ...]]] = {
     # URLs that carry the database's or Redis's password (``postgresql://user:password@host/db``)
     "database_url": ("MOVIEREC_DATABASE_URL",),
     "redis_url": ("MOVIEREC_REDIS_URL",),
+    # MLflow's: a database URL, or a server's https://user:password@host
+    "mlflow_tracking_uri": ("MOVIEREC_MLFLOW_TRACKING_URI",),
 }
 """Each setting that holds (or may hold) a secret and the variables it is read from; each also
 as ``<variable>_FILE``."""

@@ -74,18 +74,21 @@ def test_invalid_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> Non
 
 PG_URL = "postgresql://movierec:pg-pass%2Fword@db.internal:5432/movierec"
 REDIS_URL = "redis://:redis-pass-word@cache.internal:6379/0"
+MLFLOW_URI = "https://mlflow-user:mlflow-pass-word@tracking.internal/"
 
 
 def test_no_secret_shows_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     """The settings' repr (and that of the app's Services, which hold them) showed the database
-    and Redis URLs with their passwords; no secret's value is in it any more."""
+    and Redis URLs with their passwords, and the MLflow tracking URI (a database URL or
+    https://user:password@host); no secret's value is in it any more."""
     values = {"SESSION_PASSWORD": "session-pw", "MOVIEREC_JWT_SECRET": STRONG,
-              "MOVIEREC_DATABASE_URL": PG_URL, "MOVIEREC_REDIS_URL": REDIS_URL}  # fmt: skip
+              "MOVIEREC_DATABASE_URL": PG_URL, "MOVIEREC_REDIS_URL": REDIS_URL,
+              "MOVIEREC_MLFLOW_TRACKING_URI": MLFLOW_URI}  # fmt: skip
     for variable, value in values.items():
         monkeypatch.setenv(variable, value)
         monkeypatch.delenv(f"{variable}_FILE", raising=False)
     text = repr(load_settings(testing=True))
-    for secret in ("session-pw", STRONG, "pg-pass", "redis-pass-word"):
+    for secret in ("session-pw", STRONG, "pg-pass", "redis-pass-word", "mlflow-pass-word"):
         assert secret not in text
 
 
@@ -239,6 +242,7 @@ def test_a_secret_file_loses_exactly_one_trailing_newline(
         ("MOVIEREC_METRICS_TOKEN", "metrics_token"),
         ("MOVIEREC_DATABASE_URL", "database_url"),
         ("MOVIEREC_REDIS_URL", "redis_url"),
+        ("MOVIEREC_MLFLOW_TRACKING_URI", "mlflow_tracking_uri"),
     ],
 )
 def test_every_secret_comes_from_its_file_or_its_variable(
@@ -290,6 +294,7 @@ def test_an_empty_variable_beside_its_file_is_not_a_second_value(
         ("MOVIEREC_METRICS_TOKEN", "MOVIEREC_METRICS_TOKEN_FILE"),
         ("MOVIEREC_DATABASE_URL", "MOVIEREC_DATABASE_URL_FILE"),
         ("MOVIEREC_REDIS_URL", "MOVIEREC_REDIS_URL_FILE"),
+        ("MOVIEREC_MLFLOW_TRACKING_URI", "MOVIEREC_MLFLOW_TRACKING_URI_FILE"),
     ],
 )
 def test_a_secret_given_both_as_a_value_and_a_file_is_refused(
@@ -316,7 +321,10 @@ def test_two_files_for_one_secret_are_refused(
         load_settings(testing=True)
 
 
-@pytest.mark.parametrize("variable", ["MOVIEREC_JWT_SECRET", "MOVIEREC_DATABASE_URL", "MOVIEREC_REDIS_URL"])
+@pytest.mark.parametrize(
+    "variable",
+    ["MOVIEREC_JWT_SECRET", "MOVIEREC_DATABASE_URL", "MOVIEREC_REDIS_URL", "MOVIEREC_MLFLOW_TRACKING_URI"],
+)
 @pytest.mark.parametrize("content", ["", "\n", "\r\n"])
 def test_an_empty_secret_file_is_refused_naming_the_setting(
     clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path, content: str, variable: str

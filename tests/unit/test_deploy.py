@@ -1305,27 +1305,31 @@ def service_settings(engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> Any
     return load_settings(testing=True)
 
 
-def test_the_database_and_redis_urls_reach_the_container_as_files(
+def test_the_database_redis_and_tracking_urls_reach_the_container_as_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--env MOVIEREC_DATABASE_URL / MOVIEREC_REDIS_URL put the URLs, passwords included, in the
-    container's configuration (docker inspect). They are files now, like the other secrets; the
-    image's own MOVIEREC_DATABASE_URL (its SQLite file) is emptied, or the service would refuse
-    the URL given both ways and the deployment would roll back."""
+    """--env MOVIEREC_DATABASE_URL / MOVIEREC_REDIS_URL / MOVIEREC_MLFLOW_TRACKING_URI put the
+    URLs, passwords included, in the container's configuration (docker inspect). They are files
+    now, like the other secrets; the image's own MOVIEREC_DATABASE_URL (its SQLite file) is
+    emptied, or the service would refuse the URL given both ways and the deployment would roll
+    back."""
     pg_url = "postgresql://movierec:pg-pass-word@db.internal/movierec"
     redis_url = "redis://:redis-pass-word@cache.internal:6379/0"
-    env = {"SESSION_PASSWORD": PASSWORD, "MOVIEREC_DATABASE_URL": pg_url, "MOVIEREC_REDIS_URL": redis_url}
-    resolved = resolve_secrets(None, env, extra_names=["MOVIEREC_DATABASE_URL", "MOVIEREC_REDIS_URL"])
+    mlflow_uri = "https://mlflow:mlflow-pass-word@tracking.internal/"
+    urls = {"MOVIEREC_DATABASE_URL": pg_url, "MOVIEREC_REDIS_URL": redis_url,
+            "MOVIEREC_MLFLOW_TRACKING_URI": mlflow_uri}  # fmt: skip
+    resolved = resolve_secrets(None, {"SESSION_PASSWORD": PASSWORD, **urls}, extra_names=list(urls))
     engine = FakeEngine()
     deployer, out = make_deployer(make_cfg(tmp_path), engine)
     deployer.deploy(resolved)
     container = engine.containers["movierec"]
-    assert container.secret("MOVIEREC_DATABASE_URL") == pg_url
-    assert container.secret("MOVIEREC_REDIS_URL") == redis_url
+    for name, url in urls.items():
+        assert container.secret(name) == url
     shown = f"{container.env} {container.argv} {out.getvalue()}"
-    assert "pg-pass-word" not in shown and "redis-pass-word" not in shown
+    assert all(password not in shown for password in ("pg-pass-word", "redis-pass-word", "mlflow-pass-word"))
     assert engine.env_file_paths == []  # no plain setting: nothing went through the env file
     settings = service_settings(engine, monkeypatch)
+    assert settings.mlflow_tracking_uri == mlflow_uri
     assert (settings.database_url, settings.redis_url) == (pg_url, redis_url)
 
 

@@ -89,6 +89,30 @@ def test_the_flow_reads_back_the_same_settings(tmp_path: Path, monkeypatch: pyte
     assert again.model_dump() == settings.model_dump()
 
 
+def test_a_tracking_uri_from_a_file_reaches_the_flow_as_its_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MOVIEREC_MLFLOW_TRACKING_URI_FILE (the URI may carry a database's or a server's password):
+    the launcher passes on the URI it read, not the file, which beside the value the flow's
+    settings would refuse."""
+    uri = "postgresql://mlflow:pw/with-a-slash@db.internal/mlflow"
+    path = tmp_path / "mlflow-uri"
+    path.write_text(uri + "\n")
+    for name in list(os.environ):
+        if name.startswith(("MOVIEREC_", "ML_MODEL_PATH", "SESSION_PASSWORD", "ADMIN_PASSWORD")):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MOVIEREC_MLFLOW_TRACKING_URI_FILE", str(path))
+    settings = Settings(testing=True, var_dir=tmp_path / "var")
+    assert settings.mlflow_tracking_uri == uri
+    env = flow_environment(settings)
+    assert "MOVIEREC_MLFLOW_TRACKING_URI_FILE" not in env
+    assert env["MOVIEREC_MLFLOW_TRACKING_URI"] == uri
+    monkeypatch.delenv("MOVIEREC_MLFLOW_TRACKING_URI_FILE")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().mlflow_tracking_uri == uri
+
+
 def test_metaflow_never_runs_as_root_or_without_a_user(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
