@@ -194,8 +194,18 @@ def schedule(cron: str | None, once: bool) -> None:
 @_MODEL_DIR
 @click.option("--reason", default="manual promotion", show_default=True, help="Stored with the version.")
 @click.option("--no-reload", is_flag=True, help="Do not ask the running service to reload.")
-def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) -> None:
-    """Move the champion alias to VERSION (rollback or forward) and serve its bundle."""
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Promote a version the gate never decided on (its run failed before the decision was recorded).",
+)
+def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, force: bool) -> None:
+    """Move the champion alias to VERSION (rollback or forward) and serve its bundle.
+
+    A version without a gate decision (``pending``: its run failed between registering it and
+    recording the gate's decision) is refused unless ``--force``: its bundle was never
+    smoke-tested nor compared with the champion.
+    """
     from app.pipeline.runner import PipelineError, flow_lock
     from app.registry.export import promote_version, reload_service
     from app.registry.mlflow_registry import Registry, RegistryError
@@ -207,11 +217,15 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) 
         # ends: this promotion would be overwritten, or its gate would compare with the wrong one.
         with flow_lock(settings, "a training flow is running and may move the champion itself"):
             target = registry.get(version)
+            if not target.decided and not force:
+                raise click.ClickException(_undecided(target))
             previous = registry.champion()
             # validates before moving anything; the alias moves once the bundle is served
             path = promote_version(registry, target.version, settings.model_dir)
             before = previous.version if previous else None
             note = f"{reason}: champion moved from v{before} to v{target.version}"
+            if not target.decided:
+                note += f" (forced, without a gate decision: it was {target.decision or 'never recorded'})"
             registry.record_decision(
                 target.version, "promoted", [*target.reasons, note], gate_champion_before=before or ""
             )
@@ -228,6 +242,16 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool) 
             else "service not reloaded (see the warning); it loads latest on start, and the "
             "scheduler's next tick asks it again"
         )
+
+
+def _undecided(target: Any) -> str:
+    """Why ``promote`` refuses a version the gate never decided on."""
+    state = "pending" if target.decision else "without any gate decision recorded"
+    return (
+        f"version {target.version} ({target.candidate}) has no gate decision ({state}): its pipeline "
+        "run failed before the gate recorded one, so its bundle was never smoke-tested nor compared "
+        "with the champion; promote it anyway with --force"
+    )
 
 
 def _promote_failure(version: str, settings: Any, exc: OSError) -> str:

@@ -5,7 +5,9 @@ B per seed and summarised, the evaluation reports as JSON + PNG, the bundle dire
 artifact, code version and data hash as tags) and one version of the registered model
 (default ``movierec``). The registered-model alias ``champion`` names the version the
 service should serve; ``challenger`` the best candidate of the latest run. Gate decisions
-and their reasons are version tags.
+and their reasons are version tags; a version is registered ``pending`` (in the same request
+that creates it) until its decision is recorded, so one whose run died in between is never
+read as having passed.
 
 By default the backend is SQLite and artifacts are local files under the var root
 (``var/mlflow``); a team points ``MOVIEREC_MLFLOW_TRACKING_URI`` at a tracking server
@@ -37,6 +39,8 @@ CHALLENGER: Final = "challenger"
 BUNDLE_ARTIFACT: Final = "bundle"
 REPORTS_ARTIFACT: Final = "reports"
 TOTAL_SECONDS: Final = "seconds.total"
+PENDING: Final = "pending"  # gate_decision of a version the gate has not decided on yet
+DECISIONS: Final = ("promoted", "passed", "rejected")  # what the gate (or an operator) decides
 FLOW_OWNER_TAG: Final = "flow_owner"  # the var root whose flow opened a run (app/pipeline/runner.py)
 _MAX_PARAM = 500
 _MAX_REASONS_TAG = 4900  # MLflow refuses tag values over 5000 characters
@@ -77,6 +81,13 @@ class VersionInfo:
     @property
     def decision(self) -> str | None:
         return self.tags.get("gate_decision")
+
+    @property
+    def decided(self) -> bool:
+        """Whether the gate (or an operator) recorded a decision: not ``pending`` (its run ended
+        between registering it and recording the decision) and not missing (registered so by
+        an older movierec)."""
+        return self.decision in DECISIONS
 
     @property
     def ndcg_a_by_seed(self) -> dict[int, float] | None:
@@ -401,12 +412,21 @@ class Registry:
     # ------------------------------------------------------------------ versions and aliases
 
     def register(self, run_id: str, tags: Mapping[str, str], description: str = "") -> VersionInfo:
-        """A new version of the registered model whose source is the run's bundle artifact."""
+        """A new version of the registered model whose source is the run's bundle artifact.
+
+        It is created ``pending`` (tag ``gate_decision``, in the same request): when the tracking
+        store fails, or the flow dies, before :meth:`record_decision`, the version says the gate
+        never decided on it, and ``movierec promote`` refuses it unless forced.
+        """
         self._ensure_registered_model()
         run = self.client.get_run(run_id)
+        pending = {
+            "gate_decision": PENDING,
+            "gate_reasons": reasons_tag(["registered; the gate has not decided yet"]),
+        }
         mv = self.client.create_model_version(
             self.model_name, source=f"{run.info.artifact_uri}/{BUNDLE_ARTIFACT}", run_id=run_id,
-            tags={k: str(v) for k, v in tags.items()}, description=description,
+            tags=pending | {k: str(v) for k, v in tags.items()}, description=description,
         )  # fmt: skip
         return VersionInfo.of(mv)
 

@@ -316,7 +316,9 @@ def test_promote_where_it_cannot_write_is_a_clear_error_naming_the_path_that_fai
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("the model store cannot be created under a file")
     settings = _settings(tmp_path, **{blocked: blocker / "location"})
-    target = VersionInfo("2", "most_liked", "20261204T000000-abcdef-most_liked", 0.4, None, "", {}, ())
+    target = VersionInfo(
+        "2", "most_liked", "20261204T000000-abcdef-most_liked", 0.4, None, "", {"gate_decision": "passed"}, ()
+    )
     moved: list[str] = []
 
     class FakeRegistry:

@@ -1,0 +1,90 @@
+"""The registry's bookkeeping failing in the middle of a flow's ``release`` step.
+
+Real flows (Metaflow subprocesses, MLflow on SQLite); the failure is injected into the flow's
+processes by a ``sitecustomize`` module on their ``PYTHONPATH`` that makes one registry call
+raise as a tracking store that went away would.
+
+MLflow failing between registering the run's versions and recording the gate's decisions left
+the versions without any ``gate_decision``: ``pipeline versions`` showed ``-`` and ``movierec
+promote`` served one whose bundle the gate never smoke-tested, as if it passed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from app.pipeline.runner import PipelineError, run_flow
+from app.registry.export import served_version
+from app.registry.mlflow_registry import PENDING, Registry
+from tests.helpers import flow_settings
+
+pytestmark = pytest.mark.integration
+
+FLOW_TIMEOUT = 600
+
+_HOOK = """
+from app.registry import mlflow_registry
+
+
+def _broken(self, *args, **kwargs):
+    from mlflow.exceptions import MlflowException
+
+    raise MlflowException("injected: the tracking store went away")
+
+
+setattr(mlflow_registry.Registry, {method!r}, _broken)
+"""
+
+
+def _fail_in_flow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """Make ``Registry.<method>`` raise in the flow's processes (not in this one)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_HOOK.format(method=method))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_versions_whose_gate_decision_was_not_recorded_cannot_be_promoted_as_if_they_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.cli import cli
+
+    settings = flow_settings(tmp_path)
+    _fail_in_flow(tmp_path, monkeypatch, "record_decision")
+    with pytest.raises(PipelineError, match="the training flow failed"):
+        run_flow(settings, timeout=FLOW_TIMEOUT)
+    monkeypatch.delenv("PYTHONPATH")
+
+    registry = Registry.from_settings(settings)
+    versions = registry.versions()
+    assert versions, "the flow failed before registering anything: not the failure under test"
+    assert registry.champion() is None and served_version(settings.model_dir) is None
+    version = versions[-1]
+    assert version.decision == PENDING
+
+    for name, value in {
+        "MOVIEREC_TESTING": "true", "MOVIEREC_VAR_DIR": str(settings.var_dir),
+        "MOVIEREC_MODEL_DIR": str(settings.model_dir), "MOVIEREC_SERVICE_URL": "",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    cli_runner = CliRunner()
+    listed = cli_runner.invoke(cli, ["pipeline", "versions"])
+    assert listed.exit_code == 0, listed.output
+    assert PENDING in listed.output
+
+    refused = cli_runner.invoke(cli, ["promote", "--version", version.version, "--no-reload"])
+    assert refused.exit_code == 1, refused.output
+    assert "no gate decision" in refused.output and "--force" in refused.output
+    assert registry.champion() is None
+    assert served_version(settings.model_dir) is None
+
+    forced = cli_runner.invoke(cli, ["promote", "--version", version.version, "--no-reload", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert registry.champion() is not None and registry.champion().version == version.version
+    promoted = registry.get(version.version)
+    assert promoted.decision == "promoted"
+    assert any("without a gate decision" in reason for reason in promoted.reasons), promoted.reasons
