@@ -99,7 +99,13 @@ def pipeline_run(
     json_out: Path | None,
 ) -> None:  # fmt: skip
     """Run the whole flow once: ingest → features → train → register → gate → export → reload."""
-    from app.pipeline.runner import PipelineError, resolve_candidates, resolve_seeds, run_flow
+    from app.pipeline.runner import (
+        BookkeepingError,
+        PipelineError,
+        resolve_candidates,
+        resolve_seeds,
+        run_flow,
+    )
     from app.pipeline.schedule import report_run, tick
 
     settings = settings_for_cli(data_dir=data_dir, model_dir=model_dir)
@@ -119,6 +125,8 @@ def pipeline_run(
                 candidates=names,
                 trigger="manual",  # an operator's run that skips when nothing changed
             )
+            if result.error and result.summary:  # released, then its bookkeeping failed
+                click.echo(format_summary(result.summary))
             if result.error:
                 raise click.ClickException(result.error)
             if not result.ran:
@@ -129,6 +137,10 @@ def pipeline_run(
             run = run_flow(settings, names, seed_list, "manual", stream=True)
             summary = run.summary
             report_run(settings, summary)  # a champion the service did not reload is asked again later
+    except BookkeepingError as exc:  # the champion may have moved: say what the run did, then what failed
+        report_run(settings, exc.summary)
+        click.echo(format_summary(exc.summary))
+        raise click.ClickException(str(exc)) from exc
     except PipelineError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_summary(summary))
@@ -179,6 +191,8 @@ def schedule(cron: str | None, once: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="--cron / MOVIEREC_SCHEDULE_CRON") from exc
     if once:
         result = tick(settings)
+        if result.error and result.summary:  # released, then its bookkeeping failed
+            click.echo(format_summary(result.summary))
         if result.error:
             raise click.ClickException(result.error)
         click.echo(format_summary(result.summary) if result.summary else f"skipped: {result.decision.reason}")

@@ -3,9 +3,10 @@
 ::
 
     start ──► features ──► train (foreach candidate) ──► release ──────────────────────► end
-    ingest      Parquet       evaluate A + B, fit,         register versions, gate        summary
+    ingest      Parquet       evaluate A + B, fit,         register versions, gate,
     raw +       snapshot,     batch inference, bundle      (smoke + NDCG rule), export
-    feedback    DB features   → MLflow artifacts           champion → model store, reload
+    feedback    DB features   → MLflow artifacts           champion → model store, reload,
+                                                           summary → the launcher
 
 Run it through ``movierec pipeline run`` (app/pipeline/runner.py), which sets the Metaflow
 user and datastore under the var root and passes every setting through the environment
@@ -193,6 +194,7 @@ class MovieRecTrainingFlow(FlowSpec):
         self._gate(registry, settings)
         self._export(registry, settings)
         self._finish(registry, settings)
+        self._hand_over()
         self.next(self.end)
 
     def _register(self, published: list[dict[str, Any]], registry: Any) -> None:
@@ -327,7 +329,14 @@ class MovieRecTrainingFlow(FlowSpec):
             )
 
     def _finish(self, registry: Any, settings: Any) -> None:
-        """The run's summary; close the MLflow pipeline run with it."""
+        """The run's summary; close the MLflow pipeline run with it.
+
+        By now the gate's decisions are recorded and the champion may have moved (alias, model
+        store, reload): a failure to close the MLflow run does not undo any of it, so it is not
+        raised as a failed flow, which reads as nothing changed. It is logged and kept in the
+        summary (``bookkeeping_error``); the launcher reports the run as released with failed
+        bookkeeping (:class:`app.pipeline.runner.BookkeepingError`) and marks the MLflow run FAILED.
+        """
         self.summary = {
             "metaflow_run_id": current.run_id,
             "mlflow_run_id": self.pipeline_run_id,
@@ -347,27 +356,46 @@ class MovieRecTrainingFlow(FlowSpec):
             "reloaded": self.reloaded,
             "seconds": round(time.time() - self.started, 1),
         }
-        scratch = Path(tempfile.mkdtemp(prefix="summary-", dir=_scratch_root(settings)))
         try:
-            summary_file = scratch / "summary.json"
-            summary_file.write_text(json.dumps(self.summary, indent=2, default=str))
-            registry.finish_pipeline_run(
+            scratch = Path(tempfile.mkdtemp(prefix="summary-", dir=_scratch_root(settings)))
+            try:
+                summary_file = scratch / "summary.json"
+                summary_file.write_text(json.dumps(self.summary, indent=2, default=str))
+                registry.finish_pipeline_run(
+                    self.pipeline_run_id,
+                    {
+                        "promoted": self.promoted or "",
+                        "champion": self.champion or "",
+                        "seconds": str(self.summary["seconds"]),
+                    },
+                    [summary_file],
+                )
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        except Exception as exc:
+            logging.getLogger(__name__).exception(
+                "closing the MLflow pipeline run %s failed (champion v%s)",
                 self.pipeline_run_id,
-                {
-                    "promoted": self.promoted or "",
-                    "champion": self.champion or "",
-                    "seconds": str(self.summary["seconds"]),
-                },
-                [summary_file],
+                self.champion,
             )
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            self.summary["bookkeeping_error"] = (
+                f"closing the MLflow pipeline run {self.pipeline_run_id} failed: {type(exc).__name__}: {exc}"
+            )
+
+    def _hand_over(self) -> None:
+        """Write the summary where the launcher reads it, as soon as the release is done: should
+        the flow fail after this (Metaflow storing the step's artifacts, the ``end`` step), the
+        launcher still learns what the release changed instead of reporting a plain failure."""
+        if not self.summary_path:
+            return
+        path = Path(str(self.summary_path))
+        staging = path.with_name(f".{path.name}.partial")
+        staging.write_text(json.dumps(self.summary, indent=2, default=str))
+        os.replace(staging, path)  # the launcher never reads half a summary
 
     @step
     def end(self) -> None:
-        """Hand the summary to the caller (the MLflow run was closed by ``release``)."""
-        if self.summary_path:
-            Path(str(self.summary_path)).write_text(json.dumps(self.summary, indent=2, default=str))
+        """Nothing left: ``release`` closed the MLflow run and handed the summary to the caller."""
 
 
 def _scratch_root(settings: Any) -> Path:

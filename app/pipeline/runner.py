@@ -47,6 +47,33 @@ class PipelineError(RuntimeError):
     """The flow failed; the message carries the tail of its output."""
 
 
+class BookkeepingError(PipelineError):
+    """The flow released its models — the gate decided, the champion may have moved and been
+    exported and reloaded — and failed afterwards (closing its MLflow run, or Metaflow's own
+    end of the run). ``summary`` says what the release did; the message says both."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def released_but(summary: dict[str, Any], failure: str) -> str:
+    """What a flow whose bookkeeping failed after its release did, then what failed."""
+    champion, before = summary.get("champion"), summary.get("champion_before")
+    exported = summary.get("exported")
+    if summary.get("promoted"):
+        done = f"the champion is now v{champion} (promoted by this run; before: v{before})"
+    else:
+        done = f"the champion stays v{champion}" if champion else "there is no champion"
+    done += f", its bundle exported to {exported}" if exported else ", the model store unchanged"
+    done += f", service reloaded: {summary.get('reloaded')}" if exported else ""
+    return (
+        f"the training flow released its models ({done}), but its bookkeeping failed afterwards: "
+        f"{failure}; the MLflow pipeline run is marked FAILED (or KILLED by the next flow when the "
+        "registry cannot be reached now), so the next scheduler tick trains again"
+    )
+
+
 @dataclass(frozen=True)
 class FlowRun:
     summary: dict[str, Any]
@@ -190,6 +217,10 @@ def run_flow(
 ) -> FlowRun:
     """Run the whole flow once and return its summary; PipelineError when it fails.
 
+    BookkeepingError (a PipelineError carrying the summary) when it failed only after its
+    ``release`` step handed over the summary, or the summary says closing the MLflow run
+    failed: the champion may have moved, and the error says so rather than "failed".
+
     ``stream`` passes the flow's output through to this process's stdout (the CLI);
     otherwise it is captured and returned (tests, the scheduler's log).
     """
@@ -210,15 +241,21 @@ def run_flow(
         log.info("starting the training flow (%s)", trigger)
         returncode, output = _run(command, env, timeout, stream, lock)
         seconds = time.perf_counter() - started
-        if returncode != 0 or not summary_path.is_file():
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        if returncode != 0 or summary is None or summary.get("bookkeeping_error"):
             _mark_failed(settings, run_id_file)
             cause = failure_cause(output)
-            first = f"the training flow failed (exit {returncode}) after {seconds:.0f}s"
-            first += f": {cause}" if cause else ""
             # Streamed output is on the terminal already; captured output is shown from its end.
             tail = "" if stream else "\n" + "\n".join(output.strip().splitlines()[-40:])
+            if summary is not None:  # released: the champion may have moved, the summary says
+                failure = summary.get("bookkeeping_error") or (
+                    f"the flow ended with exit {returncode} after its release step"
+                    + (f": {cause}" if cause else "")
+                )
+                raise BookkeepingError(released_but(summary, str(failure)) + tail, summary)
+            first = f"the training flow failed (exit {returncode}) after {seconds:.0f}s"
+            first += f": {cause}" if cause else ""
             raise PipelineError(first + tail)
-        summary = json.loads(summary_path.read_text())
     log.info("training flow finished in %.1fs", seconds)
     return FlowRun(summary, seconds, output)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.pipeline.runner import FlowRun, PipelineError, resolve_candidates, run_flow
+from app.pipeline.runner import BookkeepingError, FlowRun, PipelineError, resolve_candidates, run_flow
 from app.registry.mlflow_registry import Registry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ class RunDecision:
 
 @dataclass(frozen=True)
 class TickResult:
+    """What one tick did: ``summary`` when a flow released its models (``error`` too when its
+    bookkeeping failed after that), ``error`` alone when nothing was released."""
+
     decision: RunDecision
     summary: dict[str, Any] | None = None
     error: str | None = None
@@ -133,6 +136,10 @@ def tick(
     log.info("training: %s", decision.reason)
     try:
         run = runner(settings, trigger=trigger)
+    except BookkeepingError as exc:  # the champion may have moved: report it, remember its reload
+        log.error("training (%s) released, then failed: %s", trigger, str(exc).splitlines()[0])
+        report_run(settings, exc.summary)
+        return TickResult(decision, exc.summary, error=str(exc))
     except PipelineError as exc:
         log.error("training (%s) failed: %s", trigger, str(exc).splitlines()[0])
         return TickResult(decision, error=str(exc))

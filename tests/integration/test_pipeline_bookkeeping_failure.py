@@ -4,9 +4,12 @@ Real flows (Metaflow subprocesses, MLflow on SQLite); the failure is injected in
 processes by a ``sitecustomize`` module on their ``PYTHONPATH`` that makes one registry call
 raise as a tracking store that went away would.
 
-MLflow failing between registering the run's versions and recording the gate's decisions left
-the versions without any ``gate_decision``: ``pipeline versions`` showed ``-`` and ``movierec
-promote`` served one whose bundle the gate never smoke-tested, as if it passed.
+1. MLflow failing between registering the run's versions and recording the gate's decisions
+   left the versions without any ``gate_decision``: ``pipeline versions`` showed ``-`` and
+   ``movierec promote`` served one whose bundle the gate never smoke-tested, as if it passed.
+2. MLflow failing after the champion moved (closing the pipeline run) was reported as a plain
+   "the training flow failed", which reads as nothing changed, while the alias and the model
+   store had moved to the new champion.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from app.pipeline.runner import PipelineError, run_flow
+from app.pipeline.runner import BookkeepingError, PipelineError, run_flow
 from app.registry.export import served_version
 from app.registry.mlflow_registry import PENDING, Registry
 from tests.helpers import flow_settings
@@ -55,8 +58,9 @@ def test_versions_whose_gate_decision_was_not_recorded_cannot_be_promoted_as_if_
 
     settings = flow_settings(tmp_path)
     _fail_in_flow(tmp_path, monkeypatch, "record_decision")
-    with pytest.raises(PipelineError, match="the training flow failed"):
+    with pytest.raises(PipelineError, match="the training flow failed") as raised:
         run_flow(settings, timeout=FLOW_TIMEOUT)
+    assert not isinstance(raised.value, BookkeepingError)  # nothing moved: a plain failure is the truth
     monkeypatch.delenv("PYTHONPATH")
 
     registry = Registry.from_settings(settings)
@@ -88,3 +92,30 @@ def test_versions_whose_gate_decision_was_not_recorded_cannot_be_promoted_as_if_
     promoted = registry.get(version.version)
     assert promoted.decision == "promoted"
     assert any("without a gate decision" in reason for reason in promoted.reasons), promoted.reasons
+
+
+def test_a_run_whose_bookkeeping_fails_after_the_champion_moved_says_the_champion_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = flow_settings(tmp_path)
+    _fail_in_flow(tmp_path, monkeypatch, "finish_pipeline_run")
+    with pytest.raises(BookkeepingError) as raised:
+        run_flow(settings, timeout=FLOW_TIMEOUT)
+    monkeypatch.delenv("PYTHONPATH")
+
+    registry = Registry.from_settings(settings)
+    champion = registry.champion()
+    assert champion is not None, "the failure came before the champion moved: not the failure under test"
+    assert served_version(settings.model_dir) == champion.bundle_version
+    summary = raised.value.summary
+    assert summary["promoted"] == summary["champion"] == champion.version
+    message = str(raised.value)
+    assert f"champion is now v{champion.version}" in message, message
+    assert "injected: the tracking store went away" in message, message
+    # the pipeline run was not closed by the flow: the launcher marks it FAILED, so the
+    # scheduler's skip check does not take it for a finished run
+    runs = registry.client.search_runs(
+        [registry.experiment_id], filter_string="tags.kind = 'pipeline'", max_results=10
+    )
+    assert [run.info.status for run in runs] == ["FAILED"]
+    assert registry.last_pipeline_run() is None

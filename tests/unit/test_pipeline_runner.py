@@ -374,3 +374,38 @@ def test_a_failed_flow_names_its_cause_in_the_first_line(
     if stream:  # the output was shown as it came, and is not repeated in the error
         assert "Task failed." in capsys.readouterr().out
         assert "Task failed." not in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    "command", [["pipeline", "run"], ["pipeline", "run", "--if-changed"], ["schedule", "--once"]]
+)
+def test_a_run_released_before_its_bookkeeping_failed_shows_what_it_released(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flow that promoted a new champion and then failed to close its MLflow run was reported
+    as "the training flow failed" alone: nothing said that the champion had moved."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    import app.pipeline.runner as runner
+    import app.pipeline.schedule as schedule
+    from app.cli import cli
+
+    summary = {"candidates": [], "seconds": 0, "champion": "2", "champion_before": "1", "promoted": "2",
+               "exported": None, "reloaded": False, "bookkeeping_error": "closing failed: boom"}  # fmt: skip
+
+    def run_flow(*_a: Any, **_k: Any) -> Any:
+        raise runner.BookkeepingError(runner.released_but(summary, summary["bookkeeping_error"]), summary)
+
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: _settings(tmp_path, service_url=""))
+    monkeypatch.setattr(runner, "run_flow", run_flow)
+    monkeypatch.setattr(schedule.tick, "__defaults__", (run_flow, lambda s: ("data", "code"), None))
+    monkeypatch.setattr(schedule.Registry, "from_settings", classmethod(lambda cls, s: object()))
+    monkeypatch.setattr(
+        schedule, "should_run", lambda *a, **k: schedule.RunDecision(True, "new data", "d", "c")
+    )
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "champion: v2 (before: v1, promoted now: 2)" in result.output  # the run's table
+    assert "the champion is now v2" in result.output and "boom" in result.output

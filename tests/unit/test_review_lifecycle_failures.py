@@ -296,3 +296,35 @@ def test_a_reload_refused_for_its_password_says_which_password(caplog: pytest.Lo
         assert "a-wrong-password" not in caplog.text
     finally:
         service.server.shutdown()
+
+
+def test_a_tick_whose_flow_moved_the_champion_then_failed_reports_the_new_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flow that exported and promoted a new champion, then failed to close its MLflow run,
+    was a plain "training failed" for the tick: the log read as nothing changed, and the
+    champion the service had not reloaded was never asked again."""
+    from app.registry.export import RELOAD_PENDING
+
+    model_dir = tmp_path / "model"
+    (model_dir / "b-new").mkdir(parents=True)
+    (model_dir / "b-new" / "manifest.json").write_text('{"version": "b-new"}')
+    (model_dir / "latest").symlink_to("b-new")
+    settings = Settings(
+        testing=True, var_dir=tmp_path / "var", model_dir=model_dir, service_url="http://127.0.0.1:9",
+        pipeline_candidates="most_liked",
+    )  # fmt: skip
+    summary = {"champion": "2", "champion_before": "1", "promoted": "2", "exported": str(model_dir / "b-new"),
+               "reloaded": False, "bookkeeping_error": "closing the run r2 failed: boom"}  # fmt: skip
+
+    def released_then_failed(s: Settings, trigger: str) -> runner.FlowRun:
+        raise runner.BookkeepingError(runner.released_but(summary, summary["bookkeeping_error"]), summary)
+
+    monkeypatch.setattr(schedule.Registry, "from_settings", lambda s: _Registry(champion=False))
+    with caplog.at_level("INFO", logger="app.pipeline.schedule"):
+        result = schedule.tick(settings, released_then_failed, lambda s: ("d1", "c1"))
+    assert result.ran and result.summary == summary
+    assert result.error and "the champion is now v2" in result.error and "boom" in result.error
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("released, then failed" in m and "the champion is now v2" in m for m in errors), errors
+    assert (tmp_path / "var" / "pipeline" / RELOAD_PENDING).is_file()  # asked again at the next tick
