@@ -219,6 +219,9 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
     A version without a gate decision (``pending``: its run failed between registering it and
     recording the gate's decision) is refused unless ``--force``: its bundle was never
     smoke-tested nor compared with the champion.
+
+    When recording the promotion with the version fails after the alias moved, the service is
+    still asked to reload, and the command fails saying the champion moved.
     """
     from app.pipeline.runner import PipelineError, flow_lock
     from app.registry.export import promote_version, reload_service
@@ -240,9 +243,14 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
             note = f"{reason}: champion moved from v{before} to v{target.version}"
             if not target.decided:
                 note += f" (forced, without a gate decision: it was {target.decision or 'never recorded'})"
-            registry.record_decision(
-                target.version, "promoted", [*target.reasons, note], gate_champion_before=before or ""
-            )
+            unrecorded = None
+            try:
+                registry.record_decision(
+                    target.version, "promoted", [*target.reasons, note], gate_champion_before=before or ""
+                )
+            except Exception as exc:  # the champion moved all the same: say so, and still reload
+                log.exception("could not record the promotion of version %s", target.version)
+                unrecorded = f"{type(exc).__name__}: {exc}"
     except (RegistryError, PipelineError) as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:  # a directory cannot be created or written: nothing was moved
@@ -255,6 +263,12 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
             if reloaded
             else "service not reloaded (see the warning); it loads latest on start, and the "
             "scheduler's next tick asks it again"
+        )
+    if unrecorded:
+        raise click.ClickException(
+            f"the champion is now v{target.version} (moved from v{before}) and the model store serves "
+            f"its bundle, but recording the decision with the version failed: {unrecorded}; "
+            f"`movierec pipeline versions` still shows it {target.decision or '-'}"
         )
 
 

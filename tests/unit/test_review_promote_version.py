@@ -30,3 +30,44 @@ def test_an_alias_failure_on_an_empty_model_store_leaves_it_serving_nothing(
     assert registry.champion() is None
     assert served_version(store) is None, "latest serves a version the registry does not name champion"
     assert not (store / "latest").is_symlink()
+
+
+def test_promote_whose_decision_cannot_be_recorded_after_the_champion_moved_says_it_moved(
+    tmp_path: Path, personal_model_store: Path, monkeypatch: Any
+) -> None:
+    """`movierec promote` moved the alias and the model store, then recording the `promoted`
+    decision failed (the tracking store went away): it ended in an MlflowException traceback,
+    which reads as nothing changed, and never asked the service to reload the new champion."""
+    from click.testing import CliRunner
+    from mlflow.exceptions import MlflowException
+
+    from app.cli import cli
+    from app.registry import export
+    from app.registry.mlflow_registry import Registry
+
+    registry, version, _copy = _registered(tmp_path, personal_model_store)
+    registry.record_decision(version, "passed", ["smoke tests passed"])
+    store = tmp_path / "store"
+    for name, value in {
+        "MOVIEREC_TESTING": "true", "MOVIEREC_VAR_DIR": str(tmp_path / "var"),
+        "MOVIEREC_MODEL_DIR": str(store), "MOVIEREC_SERVICE_URL": "http://127.0.0.1:9",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    reloads: list[str | None] = []
+    monkeypatch.setattr(
+        export, "request_reload", lambda url, password, bundle: reloads.append(bundle) or False
+    )
+
+    def broken(*_a: Any, **_k: Any) -> None:
+        raise MlflowException("the tracking store went away")
+
+    monkeypatch.setattr(Registry, "record_decision", broken)
+    result = CliRunner().invoke(cli, ["promote", "--version", version])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert f"champion is now v{version}" in result.output, result.output
+    assert "recording the decision" in result.output and "the tracking store went away" in result.output
+    champion = registry.champion()
+    assert champion is not None and champion.version == version
+    assert served_version(store) == champion.bundle_version
+    assert reloads == [champion.bundle_version]  # the new champion is still asked to be served
