@@ -42,6 +42,7 @@ def secret_matches(candidate: str, secret: str | None) -> bool:
 @bp.get("/")
 @spec.validate(resp=Response(HTTP_200=Message))
 def index() -> Any:
+    """Welcome message naming the first steps (the seed's root; no token needed)."""
     return jsonify(message="Welcome to movierec: POST /api/login, then /api/recommend. Docs at /docs.")
 
 
@@ -49,6 +50,7 @@ def index() -> Any:
 @jwt_required()
 @spec.validate(resp=Response(HTTP_200=Message, HTTP_401=ErrorResponse), security=BEARER)
 def protected() -> Any:
+    """Check a token: 200 ``{"message": "Protected"}`` for any valid one (the seed's route)."""
     return jsonify(message="Protected")
 
 
@@ -60,6 +62,7 @@ def protected() -> Any:
     ),
 )
 def login(json: LoginRequest) -> Any:
+    """Exchange the session password (client token) or the admin password (admin token) for a JWT."""
     return jsonify(access_token=issue_token(json.session_password))
 
 

@@ -109,3 +109,17 @@ def test_a_cors_preflight_of_a_get_with_a_query_string_is_still_answered(make_ap
             refused = client.get(f"{path}?colour=blue", headers={**headers, "Origin": origin})
             assert refused.status_code == 400, path
             assert refused.headers["Access-Control-Allow-Origin"] == origin, path
+
+
+def test_every_operation_has_a_summary_of_its_own(client: Any) -> None:
+    """/docs showed ``index <GET>``, ``protected <GET>`` and ``login <POST>``: spectree's stand-in
+    (function name and method) for a view without a docstring."""
+    paths = client.get("/openapi.json").get_json()["paths"]
+    for path, methods in paths.items():
+        for method, operation in methods.items():
+            summary = operation.get("summary") or ""
+            assert summary, (method, path)
+            assert not summary.endswith(f"<{method.upper()}>"), (method, path, summary)
+    page = client.get("/docs").get_data(as_text=True)
+    assert "&lt;GET&gt;" not in page and "&lt;POST&gt;" not in page
+
