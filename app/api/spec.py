@@ -74,14 +74,24 @@ class _SpecTree(SpecTree):
     * ``user_id`` path parameters as the positive integers they must be: the routes take the
       segment as text so that anything else is a 400 naming ``user_id`` (``int:`` would make it
       a bare 404), and spectree documents such a segment as any string.
+    * No 400 on a GET outside ``/api/`` that takes no parameters (``/``, ``/protected``, the
+      health probes, ``/metrics``): spectree lists its validation status on every operation, but
+      these read no body and ignore a query string (``NoQuery``), so they never answer 400.
     """
 
     def _generate_spec(self) -> dict[str, Any]:
         document: dict[str, Any] = super()._generate_spec()
-        for methods in document.get("paths", {}).values():
+        for path, methods in document.get("paths", {}).items():
             for method, operation in methods.items():
                 if not isinstance(operation, dict):
                     continue
+                if (
+                    method == "get"
+                    and not path.startswith("/api/")
+                    and not operation.get("parameters")
+                    and "requestBody" not in operation
+                ):
+                    operation.get("responses", {}).pop("400", None)
                 if method == "post":
                     responses = operation.setdefault("responses", {})
                     for status, description in _BODY_REFUSALS.items():
