@@ -170,19 +170,33 @@ def evaluate(
             report["skipped"].append(name)
             continue
         per_seed = {seed: run(factory(name), data, seed, k) for seed in seeds}
-        summary_seeds = [s for s in STANDARD_SEEDS if s in per_seed] or list(seeds)
         report["models"][name] = {
             "per_seed": {str(s): m for s, m in per_seed.items()},
-            "summary": summarise(per_seed, summary_seeds),
+            "summary": summarise(per_seed, summary_seeds(seeds)),
         }
     return report
 
 
+def summary_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds a report's summary is over: the standard seeds 0–4 that ran, else every seed run."""
+    return [s for s in STANDARD_SEEDS if s in seeds] or list(seeds)
+
+
+def _seed_label(seeds: Sequence[int]) -> str:
+    """``0-4`` for consecutive seeds, ``0`` for one, ``5,7`` otherwise."""
+    ordered = sorted(seeds)
+    if len(ordered) > 1 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ",".join(map(str, ordered))
+
+
 def format_table(report: dict[str, Any], k: int = K) -> str:
-    """A plain-text table: one row per model, NDCG mean ± sd over seeds 0–4 and the other metrics."""
+    """A plain-text table: one row per model, NDCG mean ± sd over the summary's seeds (0–4 when
+    they ran; the header names them) and the other metrics."""
     seeds = report["seeds"]
+    ndcg_label = f"ndcg@{k} ({_seed_label(summary_seeds(seeds))})"
     header = (
-        f"{'model':<24} {'ndcg@10 (0-4)':>16} {'seed 42':>8} {'prec':>6} {'recall':>6} {'hit':>6} "
+        f"{'model':<24} {ndcg_label:>16} {'seed 42':>8} {'prec':>6} {'recall':>6} {'hit':>6} "
         f"{'cov':>6} {'rmse':>6} {'ms/user':>8}"
     )
     lines = [f"protocol {report['protocol']}", header, "-" * len(header)]

@@ -93,3 +93,18 @@ def test_protocol_a_pads_short_lists_instead_of_repeating_the_last_movie(synthet
     result = protocol_a(ThreeMovies(), synthetic_data, seed=0)
     assert result["coverage@10"] == pytest.approx(3 / len(synthetic_data.items))
     assert result["ndcg@10"] <= 1.0
+
+
+def test_the_table_names_the_seeds_its_ndcg_column_averages(synthetic_data) -> None:
+    """``movierec evaluate --seeds 0`` (or ``5,6``) printed ``ndcg@10 (0-4)`` above a mean over
+    seed 0 alone (or 5 and 6): the header named the standard seeds whatever ran."""
+
+    def header(seeds: tuple[int, ...]) -> str:
+        report = evaluate(synthetic_data, ["most_rated"], "A", seeds=seeds)
+        return format_table(report).splitlines()[1]
+
+    assert "ndcg@10 (0-4)" in header((0, 1, 2, 3, 4, 42))
+    assert "ndcg@10 (0)" in header((0,))
+    assert "ndcg@10 (0-2)" in header((0, 1, 2, 42))
+    assert "ndcg@10 (5,7)" in header((5, 7))
+    assert "ndcg@10 (0,3)" in header((0, 3))
