@@ -40,14 +40,30 @@ def docs() -> Any:
                         "description": operation.get("description") or "",
                         "secured": bool(operation.get("security")),
                         "request": _ref_name(body),
+                        "parameters": [_parameter(p) for p in operation.get("parameters", [])],
                         "responses": {
-                            code: r.get("description", "")
+                            code: (
+                                r.get("description", ""),
+                                _ref_name(r.get("content", {}).get("application/json", {}).get("schema")),
+                            )
                             for code, r in operation.get("responses", {}).items()
                         },
                     }
                 )
     schemas = document.get("components", {}).get("schemas", {})
     return render_template("docs.html", info=document.get("info", {}), operations=operations, schemas=schemas)
+
+
+def _parameter(parameter: dict[str, Any]) -> dict[str, Any]:
+    """A path or query parameter as the page shows it: name, where, type, bounds and default."""
+    schema = parameter.get("schema", {})
+    rule = schema.get("type", "")
+    if "minimum" in schema and "maximum" in schema:
+        rule = f"{rule} {schema['minimum']}..{schema['maximum']}".strip()
+    if "default" in schema:
+        rule = f"{rule}, default {schema['default']}"
+    return {"name": parameter.get("name", ""), "in": parameter.get("in", ""),
+            "required": bool(parameter.get("required")), "rule": rule}  # fmt: skip
 
 
 def _ref_name(schema: dict[str, Any] | None) -> str | None:

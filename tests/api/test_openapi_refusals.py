@@ -137,3 +137,24 @@ def test_what_ignores_a_query_string_documents_no_400(client: Any, auth_headers:
     assert "400" in paths["/api/model"]["get"]["responses"]
     assert "400" in paths["/api/users/{user_id}/features"]["get"]["responses"]
     assert "400" in paths["/api/login"]["post"]["responses"]
+
+
+def test_the_docs_page_shows_parameters_and_response_schemas(client: Any) -> None:
+    """/docs named each request body's schema but neither the path and query parameters
+    (``max_recs`` of ``/api/users/{user_id}/recommendations`` appeared nowhere on the page) nor
+    what a status answers with: the page is what a person reads, the spec what a client reads."""
+    import re
+
+    page = client.get("/docs").get_data(as_text=True)
+    users = r'<section class="op" id="GET-/api/users/\{user_id\}/recommendations">(.*?)</section>'
+    section = re.search(users, page, re.S)
+    assert section, "no section for GET /api/users/{user_id}/recommendations"
+    text = section.group(1)
+    assert "<code>user_id</code>" in text and "path" in text and "1..2147483647" in text
+    assert "<code>max_recs</code>" in text and "query" in text and "1..100" in text and "default 10" in text
+    recommend = re.search(r'<section class="op" id="POST-/api/recommend">(.*?)</section>', page, re.S)
+    assert recommend
+    assert 'href="#schema-RecommendResponse"' in recommend.group(1)
+    assert 'href="#schema-ErrorResponse"' in recommend.group(1)
+    assert 'id="schema-RecommendResponse"' in page and 'id="schema-ErrorResponse"' in page
+    assert set(re.findall(r'href="#schema-([^"]+)"', page)) <= set(re.findall(r'id="schema-([^"]+)"', page))
