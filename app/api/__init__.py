@@ -71,7 +71,7 @@ def _bearer_scheme_any_case() -> None:
 
 
 def _require_json_object() -> None:
-    """API bodies must be a JSON object with a JSON content type: 415 / 400 otherwise.
+    """API bodies must be a JSON object with a JSON content type and no content coding: 415 / 400 otherwise.
 
     Not checked for a request routing has already refused (Flask raises its 404 or 405 when it
     dispatches, after these hooks: a PUT to a POST endpoint was a 415, not a 405 with Allow), nor
@@ -87,6 +87,15 @@ def _require_json_object() -> None:
         and "Transfer-Encoding" not in request.headers
     ):
         return
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        # nothing decodes a content coding: a gzipped body was read as its raw bytes (400 "not
+        # valid JSON"), a plain one labelled gzip accepted (RFC 9110, 15.5.16: 415, saying so)
+        raise InvalidRequest(
+            "request body must not be compressed: send it without Content-Encoding",
+            status=415,
+            code="invalid_request",
+            headers={"Accept-Encoding": "identity"},
+        )
     if not request.is_json:
         raise InvalidRequest(
             "request body must be JSON (Content-Type: application/json)", status=415, code="invalid_request"

@@ -212,6 +212,31 @@ def test_wrong_content_type_is_415(client, auth_headers, content_type) -> None:
     assert_envelope(response, 415, "invalid_request")
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "x-custom"])
+def test_a_compressed_body_is_415_not_parsed_as_it_came(client, auth_headers, encoding) -> None:
+    """No content coding is decoded: a gzipped body was read as raw bytes ("not valid JSON", 400),
+    and a plain one labelled gzip was accepted. Refused on the label (RFC 9110, 15.5.16), saying
+    what is accepted."""
+    import gzip
+
+    for body in (gzip.compress(b'{"age": 30, "gender": "M", "occupation": "programmer"}'),
+                 b'{"age": 30, "gender": "M", "occupation": "programmer"}'):  # fmt: skip
+        response = client.post(
+            "/api/recommend",
+            data=body,
+            headers={**auth_headers, "Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+        assert_envelope(response, 415, "invalid_request")
+        assert "Content-Encoding" in response.get_json()["error"]["message"]
+        assert response.headers["Accept-Encoding"] == "identity"
+    plain = client.post(
+        "/api/recommend",
+        json={"age": 30, "gender": "M", "occupation": "programmer"},
+        headers={**auth_headers, "Content-Encoding": "identity"},
+    )
+    assert plain.status_code == 200
+
+
 def test_wrong_method_is_405_with_allow(client, auth_headers) -> None:
     response = client.get("/api/recommend", headers=auth_headers)
     assert_envelope(response, 405, "method_not_allowed")
