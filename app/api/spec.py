@@ -89,14 +89,19 @@ class _ModelAdapter(PydanticModelAdapter):
 
 _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
 # every POST under /api/ reads a JSON body (app/api/__init__.py): these refusals apply to all of them
-_BODY_REFUSALS = {"413": "Request Entity Too Large", "415": "Unsupported Media Type"}
+_BODY_REFUSALS = {
+    "411": "Length Required",  # a chunked body the server does not pass on (app/api/security.py)
+    "413": "Request Entity Too Large",
+    "415": "Unsupported Media Type",
+}
 
 
 class _SpecTree(SpecTree):
     """spectree's generator, plus what it cannot see in the decorators.
 
-    * 413 (``payload_too_large``) and 415 on every POST: the body limit and the JSON content type
-      are enforced for all of them before the view runs, so no route's decorator lists them.
+    * 411, 413 (``payload_too_large``) and 415 on every POST: a chunked body the server does not
+      pass on, the body limit and the JSON content type are enforced for all of them before the
+      view runs, so no route's decorator lists them.
     * ``user_id`` path parameters as the positive integers they must be: the routes take the
       segment as text so that anything else is a 400 naming ``user_id`` (``int:`` would make it
       a bare 404), and spectree documents such a segment as any string.
