@@ -48,7 +48,8 @@ FIELD_RULES: dict[str, str] = {
     "movie_id": "must be the id of a movie in the catalogue",
     "instances": f"must be a list of 1 to {MAX_BATCH_PREDICT:,} records",
     "requests": f"must be a list of 1 to {MAX_BATCH_RECOMMEND:,} /api/recommend bodies",
-    "version": f"must be a bundle version name of at most {MAX_VERSION_LENGTH} characters",
+    "version": f"must be a bundle version name of at most {MAX_VERSION_LENGTH} characters: letters, digits,"
+    " '.', '_' and '-', starting with a letter or digit",
     "wait": "must be true or false",
     # the breaker reset body (app/api/monitoring.py)
     "reason": f"must be text of at most {MAX_REASON_LENGTH} characters without control characters",

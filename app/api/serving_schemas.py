@@ -101,7 +101,11 @@ class UserRecommendationsResponse(RecommendResponse):
 
 
 class ReloadRequest(Strict):
-    version: str | None = Field(default=None, min_length=1, max_length=MAX_VERSION_LENGTH)
+    # the bundle-name rule (app.recommender.bundle.BUNDLE_NAME), stated in the spec: it said any
+    # text, and names such as "../x" or "é" were refused by the reloader, not by the schema
+    version: str | None = Field(
+        default=None, min_length=1, max_length=MAX_VERSION_LENGTH, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )
     wait: StrictBool = False
 
 

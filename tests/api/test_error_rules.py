@@ -35,6 +35,8 @@ CASES = [
     ("/api/admin/reload", {"version": 5}, "version", "admin"),
     ("/api/admin/reload", {"version": ""}, "version", "admin"),
     ("/api/admin/reload", {"version": "v" * 129}, "version", "admin"),
+    ("/api/admin/reload", {"version": "../x"}, "version", "admin"),
+    ("/api/admin/reload", {"version": ".hidden"}, "version", "admin"),
     ("/api/admin/reload", {"wait": "yes"}, "wait", "admin"),
 ]
 

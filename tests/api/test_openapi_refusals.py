@@ -8,6 +8,7 @@ positive integer id (anything else is 400 naming ``user_id``) yet documented it 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -57,6 +58,26 @@ def test_the_user_id_path_parameter_is_documented_as_the_positive_integer_it_mus
         (param,) = [p for p in paths[path]["get"]["parameters"] if p["in"] == "path"]
         assert param["name"] == "user_id"
         assert param["schema"] == {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+
+
+def test_the_reload_version_is_documented_as_the_bundle_name_it_must_be(client: Any) -> None:
+    """The spec let ``version`` be any text of 1 to 128 characters, and a fuzzer's schema-valid
+    ``"..x"`` or ``"é"`` was refused (400 "invalid version"): the spec states the bundle-name rule."""
+    from tests.helpers import ADMIN_PASSWORD
+
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    version = schemas["ReloadRequest"]["properties"]["version"]
+    (text,) = [choice for choice in version["anyOf"] if choice.get("type") == "string"]
+    pattern = re.compile(text["pattern"])  # fullmatch below: a JSON Schema "$" is the end of the text
+    admin = login(client, ADMIN_PASSWORD)
+    for name in ("..", "../x", ".hidden", "-x", "_x", "a/b", "v 1", "é", "v1\n", "\u0000"):
+        assert pattern.fullmatch(name) is None, name
+        response = client.post("/api/admin/reload", json={"version": name}, headers=admin)
+        assert response.status_code == 400, (name, response.get_json())
+    for name in ("no-such-bundle", "20261205T120000-abc123", "v1.2_3"):
+        assert pattern.fullmatch(name) is not None, name
+        response = client.post("/api/admin/reload", json={"version": name}, headers=admin)
+        assert response.status_code == 404, (name, response.get_json())
 
 
 def _get_paths(client: Any) -> dict[str, list[str]]:

@@ -297,6 +297,8 @@ def test_a_waiting_reload_answers_for_its_own_bundle(
 
 
 def test_a_version_with_a_trailing_newline_is_not_a_bundle_name(client: Any, auth_headers: dict) -> None:
+    from app.api.schemas import FIELD_RULES
+
     # BUNDLE_NAME ended in "$", which matches before a final newline: "<version>\n" passed as a
     # name and was looked up in the store (404 echoing the newline) instead of refused (400)
     admin = login(client, ADMIN_PASSWORD)
@@ -304,4 +306,4 @@ def test_a_version_with_a_trailing_newline_is_not_a_bundle_name(client: Any, aut
         "/api/admin/reload", json={"version": _version(client, auth_headers) + "\n"}, headers=admin
     )
     assert response.status_code == 400
-    assert response.get_json()["error"]["fields"] == {"version": "must be a bundle version name"}
+    assert response.get_json()["error"]["fields"] == {"version": FIELD_RULES["version"]}
