@@ -23,13 +23,23 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _BODY_OPTIONAL = frozenset({"/api/logout", "/api/admin/reload", "/api/admin/breaker/reset"})
 
 
-def _unauthorized(message: str) -> Response:
-    return envelope(401, message, "unauthorized")
+# RFC 9110, 15.5.2: a 401 carries a challenge. RFC 6750, 3: none of its error codes when no token
+# came, ``invalid_token`` when the one sent was refused.
+_CHALLENGE = "Bearer"
+_CHALLENGE_REFUSED = 'Bearer error="invalid_token"'
+
+
+def _unauthorized(message: str, challenge: str = _CHALLENGE_REFUSED) -> Response:
+    response = envelope(401, message, "unauthorized")
+    response.headers["WWW-Authenticate"] = challenge
+    return response
 
 
 @jwt.unauthorized_loader
 def _missing_token(reason: str) -> Response:
-    return _unauthorized("missing access token: send Authorization: Bearer <token> from /api/login")
+    return _unauthorized(
+        "missing access token: send Authorization: Bearer <token> from /api/login", _CHALLENGE
+    )
 
 
 @jwt.invalid_token_loader

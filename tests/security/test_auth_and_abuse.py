@@ -348,3 +348,26 @@ def test_a_token_from_a_replica_whose_clock_runs_ahead_is_accepted(client: Any) 
     far = now + JWT_LEEWAY_SECONDS + 60
     token = pyjwt.encode(claims(iat=far, nbf=far, exp=far + 600), JWT_SECRET, algorithm="HS256")
     assert_envelope(client.get("/protected", headers=bearer(token)), 401, "unauthorized")
+
+
+def test_every_token_refusal_carries_a_bearer_challenge(client: Any, auth_headers: dict[str, str]) -> None:
+    """RFC 9110, 15.5.2: a 401 carries WWW-Authenticate (``/metrics`` did, the token-checked
+    endpoints did not); RFC 6750, 3: no error code when no token came, ``invalid_token`` when
+    the token sent was refused (forged, expired, revoked, not issued here)."""
+    assert client.get("/protected").headers.get("WWW-Authenticate") == "Bearer"
+    assert client.post("/api/recommend", json=PROFILE).headers.get("WWW-Authenticate") == "Bearer"
+    past = int(time.time()) - 3600
+    refused = {
+        "garbage": "a.b.c",
+        "other secret": pyjwt.encode(claims(), "y" * 48, algorithm="HS256"),
+        "expired": pyjwt.encode(claims(iat=past - 1, nbf=past - 1, exp=past), JWT_SECRET, algorithm="HS256"),
+        "not issued here": pyjwt.encode(claims(type="id"), JWT_SECRET, algorithm="HS256"),
+    }
+    for name, token in refused.items():
+        response = client.get("/api/model", headers=bearer(token))
+        assert response.status_code == 401, name
+        assert response.headers.get("WWW-Authenticate") == 'Bearer error="invalid_token"', name
+    assert client.post("/api/logout", headers=auth_headers).status_code == 200
+    revoked = client.get("/protected", headers=auth_headers)
+    assert revoked.status_code == 401
+    assert revoked.headers.get("WWW-Authenticate") == 'Bearer error="invalid_token"'
