@@ -32,6 +32,23 @@ def _settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**(values | overrides))
 
 
+def _flow_runs_with(monkeypatch: pytest.MonkeyPatch, run_flow: Any, settings: Settings) -> None:
+    """The CLI's `pipeline run` and `schedule --once` run ``run_flow`` with ``settings``, the
+    scheduler deciding to run (new data) without a registry."""
+    import app.pipeline.commands as commands
+    import app.pipeline.runner as runner
+    import app.pipeline.schedule as schedule
+
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
+    monkeypatch.setattr(runner, "run_flow", run_flow)
+    # tick's defaults: the flow runner and the fingerprint (bound when it was defined)
+    monkeypatch.setattr(schedule.tick, "__defaults__", (run_flow, lambda s: ("data", "code"), None))
+    monkeypatch.setattr(schedule.Registry, "from_settings", classmethod(lambda cls, s: object()))
+    monkeypatch.setattr(
+        schedule, "should_run", lambda *a, **k: schedule.RunDecision(True, "new data", "d", "c")
+    )
+
+
 def test_candidates_default_to_the_models_package_and_typos_fail_early() -> None:
     assert resolve_candidates(None) == list(DEFAULT_CANDIDATES)
     assert resolve_candidates("") == list(DEFAULT_CANDIDATES)
@@ -241,9 +258,6 @@ def test_the_recorded_trigger_says_what_started_the_run(
     recorded as trigger "schedule", as if the scheduler had started it."""
     from click.testing import CliRunner
 
-    import app.pipeline.commands as commands
-    import app.pipeline.runner as runner
-    import app.pipeline.schedule as schedule
     from app.cli import cli
     from app.pipeline.runner import FlowRun
 
@@ -255,14 +269,7 @@ def test_the_recorded_trigger_says_what_started_the_run(
         started.append(trigger)
         return FlowRun({"candidates": [], "seconds": 0}, 0.0, "")
 
-    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: _settings(tmp_path))
-    monkeypatch.setattr(runner, "run_flow", run_flow)
-    # tick's defaults: the flow runner and the fingerprint (bound when it was defined)
-    monkeypatch.setattr(schedule.tick, "__defaults__", (run_flow, lambda s: ("data", "code"), None))
-    monkeypatch.setattr(schedule.Registry, "from_settings", classmethod(lambda cls, s: object()))
-    monkeypatch.setattr(
-        schedule, "should_run", lambda *a, **k: schedule.RunDecision(True, "new data", "d", "c")
-    )
+    _flow_runs_with(monkeypatch, run_flow, _settings(tmp_path))
     result = CliRunner().invoke(cli, command)
     assert result.exit_code == 0, result.output
     assert started == [trigger]
@@ -386,9 +393,7 @@ def test_a_run_released_before_its_bookkeeping_failed_shows_what_it_released(
     as "the training flow failed" alone: nothing said that the champion had moved."""
     from click.testing import CliRunner
 
-    import app.pipeline.commands as commands
     import app.pipeline.runner as runner
-    import app.pipeline.schedule as schedule
     from app.cli import cli
 
     summary = {"candidates": [], "seconds": 0, "champion": "2", "champion_before": "1", "promoted": "2",
@@ -397,13 +402,7 @@ def test_a_run_released_before_its_bookkeeping_failed_shows_what_it_released(
     def run_flow(*_a: Any, **_k: Any) -> Any:
         raise runner.BookkeepingError(runner.released_but(summary, summary["bookkeeping_error"]), summary)
 
-    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: _settings(tmp_path, service_url=""))
-    monkeypatch.setattr(runner, "run_flow", run_flow)
-    monkeypatch.setattr(schedule.tick, "__defaults__", (run_flow, lambda s: ("data", "code"), None))
-    monkeypatch.setattr(schedule.Registry, "from_settings", classmethod(lambda cls, s: object()))
-    monkeypatch.setattr(
-        schedule, "should_run", lambda *a, **k: schedule.RunDecision(True, "new data", "d", "c")
-    )
+    _flow_runs_with(monkeypatch, run_flow, _settings(tmp_path, service_url=""))
     result = CliRunner().invoke(cli, command)
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)
