@@ -89,7 +89,10 @@ _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] =
         r"\1" + REDACTED + r"\3",
     ),
     # URL credentials: scheme://user:password@host (the scheme tried from the start of its run);
-    # the user may be empty, as in Redis's redis://:password@host. The password is pasted
+    # the user may be empty, as in Redis's redis://:password@host, or hold an @ (an e-mail
+    # address, Azure PostgreSQL's user@server: both readers take the user up to the :, and the
+    # password leaked whole when the user stopped at its @; after a user with an @, a ":"
+    # followed by "//" is the next URL's scheme, not a password). The password is pasted
     # unencoded as often as not, and its reader takes a /, #, ? or : in it as part of it
     # (SQLAlchemy reads to the @) and an @ too (redis-py reads to the host part's last @): it
     # runs to the last @ before the next space or the next scheme's "://" (another URL after
@@ -98,7 +101,10 @@ _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] =
     # written, "80/~a" may be a password.
     (
         lambda text: "://" in text,
-        re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://[^\s:/@]*+):(?:(?!://)\S)+@"),
+        re.compile(
+            r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://(?:[^\s:/@]*+|[^\s:/@]*+@[^\s:/]*+(?=:(?!//))))"
+            r":(?:(?!://)\S)+@"
+        ),
         r"\1:" + REDACTED + "@",
     ),
 )

@@ -287,6 +287,12 @@ def test_quoted_secret_values_are_scrubbed_as_reprs_and_conninfo_write_them() ->
         ("postgresql://u:why?not@db/movierec?sslmode=require", "postgresql://u:[REDACTED]@db/movierec?sslmode=require"),
         ("https://mlflow:pa:ss@tracking.example/api", "https://mlflow:[REDACTED]@tracking.example/api"),
         ("postgresql://u:/a@b#c?d:e/@db:5432/x", "postgresql://u:[REDACTED]@db:5432/x"),
+        # a user name with an @ (an e-mail address; Azure PostgreSQL's user@server): both readers
+        # take the user to the : and the password after it, and the password reached the line whole
+        ("https://me@example.com:s3cret@mlflow.example.com/api", "https://me@example.com:[REDACTED]@mlflow.example.com/api"),
+        ("postgresql://admin@pgserver:pa/ss@pgserver.postgres.database.azure.com/db", "postgresql://admin@pgserver:[REDACTED]@pgserver.postgres.database.azure.com/db"),
+        ("redis://u@x:p@ss@cache:6379/0", "redis://u@x:[REDACTED]@cache:6379/0"),
+        ("postgresql://u://pw@db/x", "postgresql://u:[REDACTED]@db/x"),  # a password starting with //
     ],
 )  # fmt: skip
 def test_url_passwords_with_unencoded_reserved_characters_are_masked(
@@ -312,7 +318,9 @@ def test_url_passwords_with_unencoded_reserved_characters_are_masked(
         "GET http://127.0.0.1:5000/api/recommend?user=42&max_recs=10 took 3 ms",
         "see https://example.com/a/b?c=d#e, or write to ops@example.com",
         "ftp://files.example/pub/model@v2.tar.gz and user@host:path",
-        "https://user@host.example:8443/x?y=z@w",  # a user, no password
+        "https://user@host.example:8443/x?y=z&w=v",  # a user, no password
+        "http://me@example.com@host.example:8080/path",  # a user with an @, no password
+        "http://me@host,https://other@host.example/x",  # the next URL's scheme is no password
         "time 10:30 @ noon, ratio 3:2 / 4@5",
     ],
 )
