@@ -67,10 +67,19 @@ def released_but(summary: dict[str, Any], failure: str) -> str:
         done = f"the champion stays v{champion}" if champion else "there is no champion"
     done += f", its bundle exported to {exported}" if exported else ", the model store unchanged"
     done += f", service reloaded: {summary.get('reloaded')}" if exported else ""
+    if summary.get("bookkeeping_error"):  # the MLflow run was left open
+        after = (
+            "the MLflow pipeline run is marked FAILED (or KILLED by the next flow when the registry "
+            "cannot be reached now), so the next scheduler tick trains again"
+        )
+    else:  # release closed it as finished; only a RUNNING run is marked FAILED
+        after = (
+            "the MLflow pipeline run was closed as finished before that, so the next scheduler tick "
+            "trains only when the data or the code changed"
+        )
     return (
         f"the training flow released its models ({done}), but its bookkeeping failed afterwards: "
-        f"{failure}; the MLflow pipeline run is marked FAILED (or KILLED by the next flow when the "
-        "registry cannot be reached now), so the next scheduler tick trains again"
+        f"{failure}; {after}"
     )
 
 

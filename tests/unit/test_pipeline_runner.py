@@ -408,3 +408,36 @@ def test_a_run_released_before_its_bookkeeping_failed_shows_what_it_released(
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "champion: v2 (before: v1, promoted now: 2)" in result.output  # the run's table
     assert "the champion is now v2" in result.output and "boom" in result.output
+
+
+def test_a_flow_failing_after_it_closed_its_mlflow_run_does_not_say_the_run_is_marked_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metaflow failing after ``release`` handed over the summary (its ``end`` step, storing the
+    step's artifacts): the MLflow pipeline run was closed FINISHED by ``release``, and the launcher
+    marks only RUNNING ones FAILED. The error said it was marked FAILED so that the next tick trains
+    again; that tick skips (nothing changed since a finished run)."""
+    import json
+    import sys
+
+    import app.pipeline.runner as runner
+
+    summary = {"candidates": [], "seconds": 1, "champion": "2", "champion_before": "1", "promoted": "2",
+               "exported": str(tmp_path / "model" / "b"), "reloaded": True}  # fmt: skip
+
+    def command(_candidates: Any, _seeds: Any, summary_path: Path, *_a: Any, **_k: Any) -> list[str]:
+        script = (
+            f"import pathlib, sys\npathlib.Path({str(summary_path)!r}).write_text({json.dumps(summary)!r})\n"
+            "print('2026-12-05 20:12:55.116 [1/end/3 (pid 1)] OSError: [Errno 28] No space left on device')\n"
+            "sys.exit(1)\n"
+        )
+        return [sys.executable, "-c", script]
+
+    monkeypatch.setattr(runner, "flow_command", command)
+    monkeypatch.setattr(runner, "_close_abandoned", lambda *a: None)
+    with pytest.raises(runner.BookkeepingError) as failed:
+        runner.run_flow(_settings(tmp_path), timeout=60)
+    first = str(failed.value).splitlines()[0]
+    assert "the champion is now v2" in first and "No space left on device" in first
+    assert "marked FAILED" not in first and "trains again" not in first, first
+    assert "closed" in first, first
