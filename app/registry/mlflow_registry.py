@@ -500,11 +500,17 @@ class Registry:
             self.client.set_model_version_tag(self.model_name, str(version), key, text)
 
     def record_decision(self, version: str | int, decision: str, reasons: list[str], **extra: Any) -> None:
-        """Store the gate's (or an operator's) decision and its reasons with the version."""
+        """Store the gate's (or an operator's) decision and its reasons with the version.
+
+        The tags are written one request each, ``gate_decision`` last: a tracking store failing
+        part way leaves the version's previous decision (``pending``, or the one ``promote``
+        replaces) rather than the new one beside the old reasons.
+        """
         self.tag_version(
             version,
-            {"gate_decision": decision, "gate_reasons": reasons_tag(reasons),
-             "gate_checked_at": datetime.now(UTC).isoformat(timespec="seconds"), **extra},
+            {"gate_reasons": reasons_tag(reasons),
+             "gate_checked_at": datetime.now(UTC).isoformat(timespec="seconds"), **extra,
+             "gate_decision": decision},
         )  # fmt: skip
 
     def download_bundle(self, version: str | int, destination: Path | str) -> Path:

@@ -71,3 +71,41 @@ def test_promote_whose_decision_cannot_be_recorded_after_the_champion_moved_says
     assert champion is not None and champion.version == version
     assert served_version(store) == champion.bundle_version
     assert reloads == [champion.bundle_version]  # the new champion is still asked to be served
+
+
+def test_promote_whose_decision_is_recorded_only_in_part_shows_the_decision_it_names(
+    tmp_path: Path, personal_model_store: Path, monkeypatch: Any
+) -> None:
+    """A decision is several version tags, written one by one, ``gate_decision`` first: when the
+    tracking store went away after it, `promote` said "`movierec pipeline versions` still shows it
+    passed" while the version read ``promoted`` beside its old reasons (and a gate interrupted so
+    read as having decided). The decision is written last: it is there only with its reasons."""
+    from click.testing import CliRunner
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from app.cli import cli
+
+    registry, version, _copy = _registered(tmp_path, personal_model_store)
+    registry.record_decision(version, "passed", ["smoke tests passed"])
+    store = tmp_path / "store"
+    for name, value in {
+        "MOVIEREC_TESTING": "true", "MOVIEREC_VAR_DIR": str(tmp_path / "var"),
+        "MOVIEREC_MODEL_DIR": str(store), "MOVIEREC_SERVICE_URL": "",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    original = MlflowClient.set_model_version_tag
+
+    def tags_then_gone(self: Any, name: str, number: Any, key: str, value: Any) -> Any:
+        if key == "gate_reasons":
+            raise MlflowException("the tracking store went away")
+        return original(self, name, number, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", tags_then_gone)
+    result = CliRunner().invoke(cli, ["promote", "--version", version, "--no-reload"])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert "still shows it passed" in result.output, result.output
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", original)
+    after = registry.get(version)
+    assert after.decision == "passed", (after.decision, after.reasons)
+    assert after.reasons == ["smoke tests passed"]
