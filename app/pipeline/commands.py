@@ -127,6 +127,7 @@ def pipeline_run(
             )
             if result.error and result.summary:  # released, then its bookkeeping failed
                 click.echo(format_summary(result.summary))
+                _write_summary(json_out, result.summary)
             if result.error:
                 raise click.ClickException(result.error)
             if not result.ran:
@@ -140,11 +141,18 @@ def pipeline_run(
     except BookkeepingError as exc:  # the champion may have moved: say what the run did, then what failed
         report_run(settings, exc.summary)
         click.echo(format_summary(exc.summary))
+        _write_summary(json_out, exc.summary)
         raise click.ClickException(str(exc)) from exc
     except PipelineError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_summary(summary))
     click.echo(f"flow time: {summary.get('seconds')} s")
+    _write_summary(json_out, summary)
+
+
+def _write_summary(json_out: Path | None, summary: dict[str, Any]) -> None:
+    """``--json-out``: the summary of a run that released its models, its bookkeeping failed or not
+    (an earlier run's file left in place would name a champion that is no longer one)."""
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(summary, indent=2, default=str))

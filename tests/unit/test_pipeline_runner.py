@@ -441,3 +441,31 @@ def test_a_flow_failing_after_it_closed_its_mlflow_run_does_not_say_the_run_is_m
     assert "the champion is now v2" in first and "No space left on device" in first
     assert "marked FAILED" not in first and "trains again" not in first, first
     assert "closed" in first, first
+
+
+@pytest.mark.parametrize("command", [["pipeline", "run"], ["pipeline", "run", "--if-changed"]])
+def test_json_out_gets_the_summary_of_a_run_released_before_its_bookkeeping_failed(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--json-out`` was written only on success: a run that promoted a new champion, then failed
+    to close its MLflow run, left the file as an earlier run wrote it (a stale champion for
+    whatever reads it) although the summary of what was released was in hand."""
+    import json
+
+    from click.testing import CliRunner
+
+    import app.pipeline.runner as runner
+    from app.cli import cli
+
+    summary = {"candidates": [], "seconds": 0, "champion": "2", "champion_before": "1", "promoted": "2",
+               "exported": None, "reloaded": False, "bookkeeping_error": "closing failed: boom"}  # fmt: skip
+
+    def run_flow(*_a: Any, **_k: Any) -> Any:
+        raise runner.BookkeepingError(runner.released_but(summary, summary["bookkeeping_error"]), summary)
+
+    out = tmp_path / "run.json"
+    out.write_text(json.dumps({"champion": "1", "promoted": None}))  # an earlier run's
+    _flow_runs_with(monkeypatch, run_flow, _settings(tmp_path, service_url=""))
+    result = CliRunner().invoke(cli, [*command, "--json-out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert json.loads(out.read_text()) == summary
