@@ -45,14 +45,9 @@ def test_promote_whose_decision_cannot_be_recorded_after_the_champion_moved_says
     from app.registry import export
     from app.registry.mlflow_registry import Registry
 
-    registry, version, _copy = _registered(tmp_path, personal_model_store)
-    registry.record_decision(version, "passed", ["smoke tests passed"])
-    store = tmp_path / "store"
-    for name, value in {
-        "MOVIEREC_TESTING": "true", "MOVIEREC_VAR_DIR": str(tmp_path / "var"),
-        "MOVIEREC_MODEL_DIR": str(store), "MOVIEREC_SERVICE_URL": "http://127.0.0.1:9",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
+    registry, version, store = _passed_version_for_the_cli(
+        tmp_path, personal_model_store, monkeypatch, service_url="http://127.0.0.1:9"
+    )
     reloads: list[str | None] = []
     monkeypatch.setattr(
         export, "request_reload", lambda url, password, bundle: reloads.append(bundle) or False
@@ -86,14 +81,7 @@ def test_promote_whose_decision_is_recorded_only_in_part_shows_the_decision_it_n
 
     from app.cli import cli
 
-    registry, version, _copy = _registered(tmp_path, personal_model_store)
-    registry.record_decision(version, "passed", ["smoke tests passed"])
-    store = tmp_path / "store"
-    for name, value in {
-        "MOVIEREC_TESTING": "true", "MOVIEREC_VAR_DIR": str(tmp_path / "var"),
-        "MOVIEREC_MODEL_DIR": str(store), "MOVIEREC_SERVICE_URL": "",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
+    registry, version, _store = _passed_version_for_the_cli(tmp_path, personal_model_store, monkeypatch)
     original = MlflowClient.set_model_version_tag
 
     def tags_then_gone(self: Any, name: str, number: Any, key: str, value: Any) -> Any:
@@ -109,3 +97,19 @@ def test_promote_whose_decision_is_recorded_only_in_part_shows_the_decision_it_n
     after = registry.get(version)
     assert after.decision == "passed", (after.decision, after.reasons)
     assert after.reasons == ["smoke tests passed"]
+
+
+def _passed_version_for_the_cli(
+    tmp_path: Path, personal_model_store: Path, monkeypatch: Any, service_url: str = ""
+) -> tuple[Any, str, Path]:
+    """A registered version the gate passed, and the environment `movierec promote` reads: its
+    registry under ``tmp_path / "var"``, its model store ``tmp_path / "store"``."""
+    registry, version, _copy = _registered(tmp_path, personal_model_store)
+    registry.record_decision(version, "passed", ["smoke tests passed"])
+    store = tmp_path / "store"
+    for name, value in {
+        "MOVIEREC_TESTING": "true", "MOVIEREC_VAR_DIR": str(tmp_path / "var"),
+        "MOVIEREC_MODEL_DIR": str(store), "MOVIEREC_SERVICE_URL": service_url,
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    return registry, version, store
