@@ -98,7 +98,8 @@ def promote_version(registry: Registry, version: str | int, model_dir: Path | st
     unwritable, disk full, a damaged artifact) leaves the registry naming the champion that is
     still served. When the alias cannot be moved after the export (the tracking store failed in
     between), ``latest`` is pointed back at the bundle it named before (removed when it named
-    none, a first promotion): the two never disagree.
+    none, a first promotion): the two never disagree. That failure is a :class:`RegistryError`
+    (whatever the tracking store raised) saying nothing was moved, or what could not be put back.
     """
     model_dir = Path(model_dir)
     link = model_dir / LATEST
@@ -106,22 +107,40 @@ def promote_version(registry: Registry, version: str | int, model_dir: Path | st
     path = export_version(registry, version, model_dir)
     try:
         registry.set_alias(CHAMPION, version)
-    except Exception:
+    except Exception as exc:
+        failure = f"moving the champion alias to version {version} failed ({type(exc).__name__}: {exc})"
         if before is None:  # nothing was served before: serve nothing again, not an unnamed champion
             try:
                 link.unlink(missing_ok=True)
                 log.error("could not move the champion alias to version %s: %s removed again", version, link)
-            except OSError:
+            except OSError as undo:
                 log.exception("could not remove %s", link)
-        elif before != path.name:
+                raise RegistryError(
+                    f"cannot promote version {version}: {failure}, and {link} could not be removed "
+                    f"again ({undo}): the model store serves {path.name}, which the registry does not "
+                    "name champion"
+                ) from exc
+            raise RegistryError(
+                f"cannot promote version {version}: {failure}; nothing was moved: the champion alias "
+                f"is unchanged and the model store serves nothing, as before"
+            ) from exc
+        if before != path.name:
             try:
                 point_latest(model_dir, before)
                 log.error(
                     "could not move the champion alias to version %s: serving %s again", version, before
                 )
-            except (OSError, BundleError):
+            except (OSError, BundleError) as undo:
                 log.exception("could not point %s back at %s", link, before)
-        raise
+                raise RegistryError(
+                    f"cannot promote version {version}: {failure}, and {link} could not be pointed "
+                    f"back at {before} ({undo}): the model store serves {path.name}, which the "
+                    "registry does not name champion"
+                ) from exc
+        raise RegistryError(
+            f"cannot promote version {version}: {failure}; nothing was moved: the champion alias "
+            f"is unchanged and the model store serves {before}, as before"
+        ) from exc
     return path
 
 

@@ -113,3 +113,40 @@ def _passed_version_for_the_cli(
     }.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     return registry, version, store
+
+
+def test_promote_whose_alias_cannot_be_moved_says_nothing_was_moved(
+    tmp_path: Path, personal_model_store: Path, monkeypatch: Any
+) -> None:
+    """The tracking store failing as `promote` moves the alias (an MlflowException, not a
+    RegistryError) ended the command in a traceback, although ``latest`` was put back and nothing
+    had moved. It exits 1 with one line saying nothing was moved, and why."""
+    import shutil
+
+    from click.testing import CliRunner
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from app.cli import cli
+    from app.recommender.bundle import point_latest
+
+    registry, version, store = _passed_version_for_the_cli(tmp_path, personal_model_store, monkeypatch)
+    served = "20200101T000000-000000"  # what the model store serves before: a bundle of its own
+    shutil.copytree((personal_model_store / "latest").resolve(), store / served)
+    point_latest(store, served)
+
+    def gone(*_a: Any, **_k: Any) -> None:
+        raise MlflowException("the tracking store went away")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", gone)
+    result = CliRunner().invoke(cli, ["promote", "--version", version, "--no-reload"])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and error[0] == result.output.strip().splitlines()[-1], result.output
+    assert "nothing was moved" in error[0] and "the tracking store went away" in error[0], error
+    assert served in error[0], error  # what the model store serves again
+    assert registry.champion() is None
+    assert (store / "latest").resolve().name == served
+    assert registry.get(version).decision == "passed"
