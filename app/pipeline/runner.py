@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess  # nosec B404
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import AliasChoices, SecretStr
 
@@ -231,7 +232,9 @@ def run_flow(
     failed: the champion may have moved, and the error says so rather than "failed".
 
     ``stream`` passes the flow's output through to this process's stdout (the CLI);
-    otherwise it is captured and returned (tests, the scheduler's log).
+    otherwise it is captured and returned (tests, the scheduler's log). A flow still running
+    after ``timeout`` seconds is killed with its workers: a PipelineError saying it timed out
+    (a BookkeepingError when its release step had handed over the summary).
     """
     if candidates:
         resolve_candidates(candidates)  # fail fast on a typo, before any subprocess
@@ -248,7 +251,10 @@ def run_flow(
         env[FLOW_OWNER_ENV] = owner
         started = time.perf_counter()
         log.info("starting the training flow (%s)", trigger)
-        returncode, output = _run(command, env, timeout, stream, lock)
+        try:
+            returncode, output = _run(command, env, timeout, stream, lock)
+        except FlowTimedOut as exc:
+            _timed_out(settings, run_id_file, summary_path, timeout, exc.output, stream)
         seconds = time.perf_counter() - started
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
         if returncode != 0 or summary is None or summary.get("bookkeeping_error"):
@@ -269,6 +275,28 @@ def run_flow(
     return FlowRun(summary, seconds, output)
 
 
+def _timed_out(
+    settings: Settings,
+    run_id_file: Path,
+    summary_path: Path,
+    timeout: float | None,
+    output: str,
+    stream: bool,
+) -> NoReturn:
+    """Report a flow killed at its timeout: a PipelineError, or a BookkeepingError when its
+    release step had handed over the summary (the champion may have moved)."""
+    _mark_failed(settings, run_id_file)
+    failure = f"the training flow timed out after {timeout:g}s and was killed with its workers"
+    tail = "" if stream else "\n" + "\n".join(output.strip().splitlines()[-40:])
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    except ValueError:  # killed while writing it
+        summary = None
+    if isinstance(summary, dict):
+        raise BookkeepingError(released_but(summary, failure + " after its release step") + tail, summary)
+    raise PipelineError(failure + tail)
+
+
 _OUTPUT_TAIL = 400  # lines kept of a streamed flow's output, to find the cause of a failure
 _TASK_PREFIX = re.compile(r"^\S+ \S+ \[[^\]]*\] ?")  # Metaflow's "<date> <time> [run/step/task (pid N)] "
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b(: .*)?$")
@@ -285,16 +313,18 @@ def _run(
     """
     # A fixed argument list (sys.executable -m app.pipeline.flow …), no shell.
     pass_fds = (lock,) if lock is not None else ()
-    if not stream:
-        completed = subprocess.run(  # nosec B603
-            command, env=env, cwd=os.getcwd(), timeout=timeout, check=False, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=pass_fds,
-        )  # fmt: skip
-        return completed.returncode, completed.stdout or ""
     process = subprocess.Popen(  # nosec B603
         command, env=env, cwd=os.getcwd(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         pass_fds=pass_fds,
     )  # fmt: skip
+    if not stream:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_tree(process)
+            output, _ = process.communicate()
+            raise FlowTimedOut(output or "") from None
+        return process.returncode, output or ""
     kept: collections.deque[str] = collections.deque(maxlen=_OUTPUT_TAIL)
 
     def pump() -> None:
@@ -308,12 +338,49 @@ def _run(
     try:
         returncode = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
+        _kill_tree(process)
+        reader.join(timeout=10)
+        raise FlowTimedOut("".join(kept)) from None
     finally:
         reader.join(timeout=10)
     return returncode, "".join(kept)
+
+
+class FlowTimedOut(Exception):  # run_flow reports it as a PipelineError
+    """The flow ran past its timeout and was killed with its workers; ``output`` is what it printed."""
+
+    def __init__(self, output: str) -> None:
+        super().__init__("the flow timed out")
+        self.output = output
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (Linux ``/proc``; none where it is absent)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def _kill_tree(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the flow and the workers it started (Metaflow's tasks): killed alone, its workers
+    would go on training (and holding the flow lock, which they inherit) with nobody to wait for them.
+    The workers are listed first: once the flow is dead they are no longer its children."""
+    workers = _descendants(process.pid)
+    process.kill()
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
 
 
 def failure_cause(output: str) -> str | None:

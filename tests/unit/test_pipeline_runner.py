@@ -469,3 +469,71 @@ def test_json_out_gets_the_summary_of_a_run_released_before_its_bookkeeping_fail
     result = CliRunner().invoke(cli, [*command, "--json-out", str(out)])
     assert result.exit_code == 1, result.output
     assert json.loads(out.read_text()) == summary
+
+
+def _hanging_flow(pids: Path, summary: dict[str, Any] | None) -> Any:
+    """A flow command that starts a worker (as Metaflow starts its tasks), writes both pids to
+    ``pids`` (and ``summary`` to the summary file, as release does) and hangs."""
+    import json
+    import sys
+
+    def command(_candidates: Any, _seeds: Any, summary_path: Path, *_a: Any, **_k: Any) -> list[str]:
+        script = (
+            "import pathlib, subprocess, sys, time\n"
+            "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            f"pathlib.Path({str(pids)!r}).write_text(f'{{__import__(\"os\").getpid()}} {{worker.pid}}')\n"
+            + (
+                f"pathlib.Path({str(summary_path)!r}).write_text({json.dumps(summary)!r})\n"
+                if summary
+                else ""
+            )
+            + "print('started', flush=True)\ntime.sleep(120)\n"
+        )
+        return [sys.executable, "-c", script]
+
+    return command
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, not yet reaped
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("released", [False, True])
+def test_a_flow_that_times_out_is_killed_and_reported_as_a_pipeline_error(
+    stream: bool, released: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_flow(timeout=...)`` let ``subprocess.TimeoutExpired`` escape (no PipelineError, the
+    summary a release step had handed over lost), and the flow's workers went on running. A
+    timeout is a PipelineError saying so (a BookkeepingError when the flow had released), and
+    the flow and its workers are killed."""
+    import time
+
+    import app.pipeline.runner as runner
+
+    summary = {"candidates": [], "seconds": 1, "champion": "2", "champion_before": "1", "promoted": "2",
+               "exported": None, "reloaded": False}  # fmt: skip
+    pids = tmp_path / "pids"
+    monkeypatch.setattr(runner, "flow_command", _hanging_flow(pids, summary if released else None))
+    monkeypatch.setattr(runner, "_close_abandoned", lambda *a: None)
+    started = time.monotonic()
+    with pytest.raises(runner.PipelineError) as failed:
+        runner.run_flow(_settings(tmp_path), stream=stream, timeout=3)
+    assert time.monotonic() - started < 60
+    first = str(failed.value).splitlines()[0]
+    assert "timed out after 3s" in first, first
+    if released:
+        assert isinstance(failed.value, runner.BookkeepingError)
+        assert failed.value.summary == summary
+        assert "the champion is now v2" in first, first
+    else:
+        assert not isinstance(failed.value, runner.BookkeepingError)
+    flow, worker = (int(pid) for pid in pids.read_text().split())
+    deadline = time.monotonic() + 10
+    while (_alive(flow) or _alive(worker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the timeout"
