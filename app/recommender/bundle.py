@@ -72,6 +72,10 @@ EXTRACTION_STAGING_PREFIX = ".staging-"
 EXTRACTION_STAGING = re.compile(rf"\A{re.escape(EXTRACTION_STAGING_PREFIX)}[a-z0-9_]{{8}}\Z")
 """A ``.tar.gz``'s extraction before it is renamed into the extraction cache (``_load_tarball``):
 ``tempfile.mkdtemp(prefix=".staging-")``, whose random part is 8 of ``[a-z0-9_]``."""
+PRIVATE_EXTRACTION_PREFIX = "movierec-bundle-"
+PRIVATE_EXTRACTION = re.compile(rf"\A{re.escape(PRIVATE_EXTRACTION_PREFIX)}(?P<pid>\d+)-[a-z0-9_]{{8}}\Z")
+"""A ``.tar.gz``'s private extraction in ``$TMPDIR`` when there is no usable extraction cache
+(``_private_extraction``): ``tempfile.mkdtemp(prefix="movierec-bundle-<maker's pid>-")``."""
 STALE_STAGING_SECONDS = 3600
 """A leftover unchanged this long belongs to a writer that died: the next write removes it."""
 CODE_VERSION_SOURCES = ("recommender", "pipeline/candidates.py")
@@ -379,6 +383,9 @@ STORE_LEFTOVERS = (
 """What the writers of a model store leave: see :func:`remove_stale_leftovers`."""
 EXTRACTION_LEFTOVERS = (Leftover(EXTRACTION_STAGING, stat.S_ISDIR),)
 """What an extraction into the ``.tar.gz`` extraction cache leaves (``_load_tarball``)."""
+PRIVATE_EXTRACTION_LEFTOVERS = (Leftover(PRIVATE_EXTRACTION, stat.S_ISDIR),)
+"""What a process killed outright leaves in ``$TMPDIR`` of a private extraction (``_load_tarball``
+without a usable cache); its name carries the maker's pid, so it stays while that process lives."""
 
 
 def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STORE_LEFTOVERS) -> None:
@@ -393,7 +400,9 @@ def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STOR
     those where nothing changed for ``STALE_STAGING_SECONDS``, anywhere in a directory's tree (an
     export downloads into a subdirectory, an extraction writes its bundle one level down): a
     writer still at work changes its directory or the file it is writing far more often than
-    that, and a link or a marker's temporary file lives for a moment.
+    that, and a link or a marker's temporary file lives for a moment. A leftover whose name
+    carries its maker's pid (a ``pid`` group: ``PRIVATE_EXTRACTION``) stays while that process
+    lives, however old: a live service serves from it for days without touching it.
     """
     cutoff = time.time() - STALE_STAGING_SECONDS
     try:
@@ -401,8 +410,13 @@ def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STOR
     except OSError:  # gone, or unreadable: nothing of ours to remove there
         return
     for name in names:
-        kind = next((leftover.kind for leftover in leftovers if leftover.name.match(name)), None)
-        if kind is None:
+        found = next(
+            ((leftover, match) for leftover in leftovers if (match := leftover.name.match(name))), None
+        )
+        if found is None:
+            continue
+        kind, maker = found[0].kind, found[1].groupdict().get("pid")
+        if maker is not None and _alive(int(maker)):
             continue
         path = directory / name
         try:
@@ -419,6 +433,17 @@ def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STOR
                 path.unlink()
         except OSError:  # gone meanwhile (its writer renamed it into place), or unreadable
             continue
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's too: it is not known to be gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _newest_change(directory: Path, mtime: float) -> float:
@@ -585,10 +610,12 @@ def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> Loaded
     archive's SHA-256 instead; one that no longer loads (a tmp cleaner removed files from it)
     is extracted again once.
     """
+    # a private extraction (below) of a process killed outright, once that process is gone
+    remove_stale_leftovers(Path(tempfile.gettempdir()), PRIVATE_EXTRACTION_LEFTOVERS)
     cache = _extraction_cache()
     if cache is None:  # no private cache directory to be had: a private directory per load
-        # never swept (a live service's bundle.path names it for days, untouched, so an old one
-        # is no sign of a dead process): removed by its maker, at exit or once it is replaced
+        # removed by its maker, at exit or once it is replaced; swept (above) only once its maker
+        # is gone (a live service's bundle.path names it for days, untouched: age alone is no sign)
         target = _private_extraction()
         try:
             bundle = _load_extracted(path, _extract(path, target), catalogue_fallback)
@@ -626,13 +653,14 @@ No lock (a fork would copy one held): single dict operations are atomic."""
 
 
 def _private_extraction() -> Path:
-    """A new ``$TMPDIR/movierec-bundle-*``, removed when the process making it exits gracefully.
+    """A new ``$TMPDIR/movierec-bundle-<pid>-*``, removed when the process making it exits gracefully
+    (or, killed outright, by a later load once it is gone: ``PRIVATE_EXTRACTION_LEFTOVERS``).
 
     Every load made one and nothing removed it: each uwsgi worker start, recycle and reload left
     a whole bundle in ``$TMPDIR``. Only its maker removes it: a child forked after the load (uwsgi
     without ``lazy-apps``) inherits the exit callback, and its siblings serve the same bundle.
     """
-    directory = Path(tempfile.mkdtemp(prefix="movierec-bundle-"))
+    directory = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_EXTRACTION_PREFIX}{os.getpid()}-"))
     _PRIVATE_EXTRACTIONS[directory] = os.getpid()
     at_exit(remove_private_extractions)
     return directory

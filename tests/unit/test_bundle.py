@@ -320,6 +320,33 @@ def test_stale_extraction_staging_is_removed_when_a_load_finds_its_extraction_ca
     assert again.path == first.path and (again.path / "manifest.json").is_file()
 
 
+def test_a_private_extraction_of_a_process_killed_outright_is_removed_once_it_is_dead_and_old(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a usable extraction cache, a process killed outright (SIGKILL, the OOM killer,
+    harakiri) left its ``$TMPDIR/movierec-bundle-*``, a whole bundle, for ever: an old one could
+    not be told from a live service's. Its name carries its maker's pid: a later load removes it
+    once that process is gone and nothing in it changed for an hour. A living maker's (however
+    old), a fresh one and one named without a pid (an earlier release's) stay."""
+    archive, scratch = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
+    _unusable_extraction_cache(scratch)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+    dead = int(gone.stdout)
+    long_ago = time.time() - 2 * 3600
+    stale = _aged_tree(scratch / f"movierec-bundle-{dead}-k3j_x9q2", long_ago, HALF_EXTRACTED)
+    kept = [
+        _aged_tree(scratch / f"movierec-bundle-{os.getpid()}-k3j_x9q2", long_ago, HALF_EXTRACTED),
+        _aged_tree(scratch / f"movierec-bundle-{dead}-a1b2c3d4", time.time(), HALF_EXTRACTED),
+        _aged_tree(scratch / "movierec-bundle-p0o9i8u7", long_ago, HALF_EXTRACTED),
+    ]
+    loaded = load_bundle(archive)
+    assert not os.path.lexists(stale)
+    assert [path.name for path in kept if not path.is_dir()] == []
+    assert loaded.path.parent.name.startswith(f"movierec-bundle-{os.getpid()}-")  # names its maker
+    assert (loaded.path / "manifest.json").is_file()
+
+
 def test_seed_style_regressor_pickle_is_served(synthetic_data, tmp_path: Path) -> None:
     from sklearn.ensemble import RandomForestRegressor
 
