@@ -307,7 +307,9 @@ class MovieRecTrainingFlow(FlowSpec):
         except Exception as exc:
             if self.promoted:
                 self._not_promoted(
-                    registry, f"not promoted: exporting its bundle to {settings.model_dir} failed: {exc}"
+                    registry,
+                    f"not promoted: exporting its bundle to {settings.model_dir} or moving the champion "
+                    f"alias failed: {exc}",
                 )
             raise
         if changed:
@@ -316,7 +318,7 @@ class MovieRecTrainingFlow(FlowSpec):
             self.reloaded = request_reload(settings.service_url, password, champion.bundle_version)
 
     def _not_promoted(self, registry: Any, note: str) -> None:
-        """Record that the gate's choice did not become champion (its export failed)."""
+        """Record that the gate's choice did not become champion (its export or the alias move failed)."""
         decision = next(d for d in self.decisions if d["version"] == self.promoted)
         try:
             registry.record_decision(
