@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from app.listener import MAX_PORT
 from app.monitoring.logs import LOG_LEVELS
+from app.number_options import number_problem
 from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS
 
 
@@ -30,10 +31,16 @@ def _names(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()] if value else None
 
 
-def _finite(value: float, param: click.Parameter) -> float:
-    if not math.isfinite(value):
-        raise click.BadParameter("must be a finite number", param=param)
-    return value
+def _at_least(minimum: float) -> Callable[[click.Context, click.Parameter, float], float]:
+    """A click callback: a finite number >= ``minimum`` (app.number_options), else BadParameter."""
+
+    def check(_ctx: click.Context, param: click.Parameter, value: float) -> float:
+        problem = number_problem(value, minimum)
+        if problem is not None:
+            raise click.BadParameter(f"{value:g} {problem}", param=param)
+        return value
+
+    return check
 
 
 def _models(value: str | None) -> list[str] | None:
@@ -214,10 +221,11 @@ def db_upgrade() -> None:
 @click.option(
     "--error-tolerance",
     # finite and >= 0: nan failed every model and inf passed every one (the build's gate)
-    type=click.FloatRange(min=0),
-    callback=lambda _ctx, param, value: _finite(value, param),
+    type=float,
+    callback=_at_least(0),
     default=1e-5,
     show_default=True,
+    help="accuracy test tolerance (a finite number >= 0)",
 )
 def accuracy(model_path: Path, test_data: Path, error_tolerance: float) -> None:
     """The seed's accuracy test: exit 1 when the score falls below expected - tolerance."""

@@ -46,7 +46,6 @@ import argparse
 import errno
 import getpass
 import json
-import math
 import os
 import re
 import secrets
@@ -64,6 +63,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
+from app.number_options import bounded_number
 from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SECRET_VARIABLES
 
 CONTAINER_PORT = 8000
@@ -1084,22 +1084,6 @@ def database_main(argv: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- CLI
 
 
-def _bounded_number(minimum: float, strict: bool) -> Callable[[str], float]:
-    """An argparse type: a finite float above ``minimum`` (``strict``) or at least it."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number {bound}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="deploy-docker.py",
@@ -1129,11 +1113,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # checked here: a nan or negative tolerance failed only inside `docker build`, a nan or
     # negative timeout after the old version was stopped (then rolled back)
     parser.add_argument(
-        "--error-tolerance", type=_bounded_number(minimum=0.0, strict=False), default=None,
+        "--error-tolerance", type=bounded_number(0), default=None,
         help="accuracy test tolerance (a number >= 0)",
     )  # fmt: skip
     parser.add_argument(
-        "--health-timeout", type=_bounded_number(minimum=0.0, strict=True), default=DEFAULT_HEALTH_TIMEOUT,
+        "--health-timeout", type=bounded_number(0, strict=True, unit="seconds"),
+        default=DEFAULT_HEALTH_TIMEOUT,
         help=f"seconds to wait for the new container to be healthy (> 0; default {DEFAULT_HEALTH_TIMEOUT:g})",
     )  # fmt: skip
     parser.add_argument(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import math
 import os
 import re
 import shutil
@@ -47,6 +46,7 @@ from app.monitoring.alerts import (
 )
 from app.monitoring.journal import JournalEntry, JournalFollower
 from app.monitoring.logs import LOG_LEVELS, configure_logging
+from app.number_options import number_problem
 from app.services.durable_files import write_durably
 
 log = logging.getLogger(__name__)
@@ -374,12 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # checked here, not left to the socket layer: a timeout of 0 was a ValueError traceback,
         # and a port above 65535 "unreachable" (exit 75), which a unit restarts for ever
-        if not (math.isfinite(args.group_wait) and args.group_wait >= 0):
-            raise ConfigError("--group-wait must be a number of seconds >= 0")
-        if not (math.isfinite(args.window) and args.window >= 0):
-            raise ConfigError("--window must be a number of seconds >= 0")
-        if not (math.isfinite(args.smtp_timeout) and args.smtp_timeout > 0):
-            raise ConfigError("--smtp-timeout must be a number of seconds > 0")
+        for option, seconds, strict in (
+            ("--group-wait", args.group_wait, False),
+            ("--window", args.window, False),
+            ("--smtp-timeout", args.smtp_timeout, True),
+        ):
+            problem = number_problem(seconds, 0, strict=strict, unit="seconds")
+            if problem is not None:
+                raise ConfigError(f"{option} {problem}")
         if not 0 < args.smtp_port <= MAX_PORT:
             raise ConfigError(f"--smtp-port must be between 1 and {MAX_PORT}")
         if shutil.which(args.journalctl) is None:
