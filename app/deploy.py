@@ -912,7 +912,10 @@ def smoke_main(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         "(password from $SESSION_PASSWORD).",
     )
     parser.add_argument("url", help="e.g. http://127.0.0.1:8000")
-    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--timeout", type=bounded_number(0, strict=True, unit="seconds"), default=10.0,
+        help="seconds each request may take (> 0; default 10)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     environ = os.environ if environ is None else environ
     password = environ.get("SESSION_PASSWORD", "")

@@ -3,10 +3,10 @@ or at least it.
 
 A nan compares false with everything, so a plain ``value < minimum`` lets it through (and inf
 passes any lower bound): each entry point had grown its own check for it. They share this one,
-and only how they report a problem is their own: ``deploy-docker.py`` through argparse
-(:func:`bounded_number`, a usage error), ``monitor-docker.py`` as its configuration error and
-``movierec`` as click's ``BadParameter`` (both through :func:`number_problem`); every one exits 2
-naming the option.
+and only how they report a problem is their own: ``deploy-docker.py`` and ``python -m app.deploy
+smoke`` through argparse (:func:`bounded_number`, a usage error), ``monitor-docker.py`` as its
+configuration error and ``movierec`` as click's ``BadParameter`` (both through
+:func:`number_problem`); every one exits 2 naming the option.
 
 Standard library only: ``deploy-docker.py`` and ``monitor-docker.py`` import it on hosts where
 the service's dependencies may not be installed.

@@ -1180,6 +1180,19 @@ def test_smoke_cli_needs_the_password_in_the_environment(seed_api: _SeedApi) -> 
     assert deploy.smoke_main([seed_api.url], environ={"SESSION_PASSWORD": "nope"}) == 1
 
 
+@pytest.mark.parametrize("timeout", ["0", "nan", "-1"])
+def test_a_smoke_timeout_that_is_not_a_number_of_seconds_above_0_is_a_usage_error(
+    seed_api: _SeedApi, timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was "smoke: FAILED" (exit 1) against a healthy API: a typo read as a broken deployment."""
+    environ = {"SESSION_PASSWORD": PASSWORD}
+    with pytest.raises(SystemExit) as exited:
+        deploy.smoke_main([seed_api.url, "--timeout", timeout], environ=environ)
+    assert exited.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
+    assert deploy.smoke_main([seed_api.url, "--timeout", "5"], environ=environ) == 0
+
+
 def test_log_errors_are_distinct_oldest_first_and_bounded() -> None:
     restarts = "\n".join(
         ["ModuleNotFoundError: No module named 'x'", "KeyboardInterrupt", "{not json", "ValueError"] * 3
