@@ -132,15 +132,16 @@ def test_pipeline_versions_never_prints_the_tracking_servers_password(
 
 
 def _fake_flows(monkeypatch: pytest.MonkeyPatch, fake_run: Callable[..., Any]) -> None:
-    """Launch ``fake_run`` instead of the flow; any other command (MLflow's ``uname`` at import) runs."""
-    real_run = subprocess.run
+    """Launch ``fake_run`` instead of the flow: it replaces ``runner._run``, which starts the
+    flow's process (patching ``subprocess`` itself let a change of how it starts it launch real
+    flows in these tests)."""
 
-    def run(command: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(command, list) and "--summary-path" in command:
-            return fake_run(command, **kwargs)
-        return real_run(command, *args, **kwargs)
+    def run(command: list[str], env: dict[str, str], *_args: Any, **_kwargs: Any) -> tuple[int, str]:
+        assert "--summary-path" in command
+        completed = fake_run(command, env=env)
+        return completed.returncode, completed.stdout or ""
 
-    monkeypatch.setattr(runner.subprocess, "run", run)
+    monkeypatch.setattr(runner, "_run", run)
 
 
 def test_a_second_flow_is_refused_while_one_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -245,19 +245,14 @@ def test_a_flow_is_not_launched_when_the_tracking_server_cannot_be_reached(
     launched the flow anyway, whose first step met it again: with MLflow's default retries
     (7, with backoff: about 4 minutes a request) the operator waited many minutes for an error
     the launcher already had."""
-    import subprocess  # nosec B404 - the flow's launch is recorded, not run
-
     settings = Settings(testing=True, var_dir=tmp_path / "var", mlflow_tracking_uri=closed_tracking_uri)
     launched: list[list[str]] = []
-    real_run = subprocess.run
 
-    def run(command: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(command, list) and "--summary-path" in command:
-            launched.append(command)
-            return subprocess.CompletedProcess(command, 1, "", None)
-        return real_run(command, *args, **kwargs)
+    def run(command: list[str], *_args: Any, **_kwargs: Any) -> tuple[int, str]:
+        launched.append(command)  # the flow's launch is recorded, not run
+        return 1, ""
 
-    monkeypatch.setattr(runner.subprocess, "run", run)
+    monkeypatch.setattr(runner, "_run", run)
     with pytest.raises(
         runner.PipelineError, match=f"cannot reach the model registry at {closed_tracking_uri}"
     ):
