@@ -80,23 +80,29 @@ def _bearer_scheme_any_case() -> None:
         request.environ["HTTP_AUTHORIZATION"] = "Bearer " + header[7:]
 
 
-def _require_json_object() -> None:
-    """API bodies must be a JSON object with a JSON content type and no content coding: 415 / 400 otherwise.
+def _check_api_write() -> None:
+    """A POST under /api/: its JSON body (:func:`_require_json_object`), then no query parameter
+    (:func:`_refuse_query`).
 
     Not checked for a request routing has already refused (Flask raises its 404 or 405 when it
-    dispatches, after these hooks: a PUT to a POST endpoint was a 415, not a 405 with Allow), nor
-    for a request without a body where every body field is optional.
+    dispatches, after these hooks: a PUT to a POST endpoint was a 415, not a 405 with Allow); the
+    body not for a request without one where every body field is optional.
     """
     if request.method not in _BODY_METHODS or not request.path.startswith("/api/"):
         return
     if request.routing_exception is not None:
         return
-    if (
+    if not (
         request.path in _BODY_OPTIONAL
         and not request.content_length
         and "Transfer-Encoding" not in request.headers
     ):
-        return
+        _require_json_object()
+    _refuse_query()
+
+
+def _require_json_object() -> None:
+    """The body must be a JSON object with a JSON content type and no content coding: 415 / 400 otherwise."""
     if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
         # nothing decodes a content coding: a gzipped body was read as its raw bytes (400 "not
         # valid JSON"), a plain one labelled gzip accepted (RFC 9110, 15.5.16: 415, saying so)
@@ -120,15 +126,13 @@ def _require_json_object() -> None:
         raise InvalidRequest("request body must be a JSON object", fields={"body": "must be a JSON object"})
 
 
-def _refuse_post_query() -> None:
+def _refuse_query() -> None:
     """A POST under /api/ takes no query parameter (its spec lists none): any is a 400 naming it,
     as an unknown body field is and as the GETs' are (``NoQuery``). It used to be ignored:
     ``?max_recs=3`` answered 10 movies. Checked here rather than by a spectree query model per
     view: no query string, the usual case, costs one lookup.
     """
-    if request.method != "POST" or not request.environ.get("QUERY_STRING"):
-        return
-    if not request.path.startswith("/api/") or request.routing_exception is not None:
+    if not request.environ.get("QUERY_STRING"):
         return
     names = sorted(set(request.args.keys()))
     if names:
@@ -153,8 +157,7 @@ def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
     )
     jwt.init_app(app)
     app.before_request(_bearer_scheme_any_case)
-    app.before_request(_require_json_object)
-    app.before_request(_refuse_post_query)
+    app.before_request(_check_api_write)
     app.after_request(security.drain_unread_body)
     for blueprint in (auth.bp, recommend.bp, health.bp, docs.bp, security.bp, monitoring.bp):
         app.register_blueprint(blueprint)
