@@ -23,6 +23,7 @@ from app.api.schemas import (
     Strict,
     UserId,
 )
+from app.recommender.bundle import BUNDLE_NAME_PATTERN
 
 # Bulk endpoints take bigger bodies than the 64 KiB default: 10,000 records are about 700 KB.
 BULK_MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -101,10 +102,10 @@ class UserRecommendationsResponse(RecommendResponse):
 
 
 class ReloadRequest(Strict):
-    # the bundle-name rule (app.recommender.bundle.BUNDLE_NAME), stated in the spec: it said any
-    # text, and names such as "../x" or "é" were refused by the reloader, not by the schema
+    # the bundle-name rule, stated in the spec: it said any text, and names such as "../x" or "é"
+    # were refused by the reloader, not by the schema
     version: str | None = Field(
-        default=None, min_length=1, max_length=MAX_VERSION_LENGTH, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+        default=None, min_length=1, max_length=MAX_VERSION_LENGTH, pattern=BUNDLE_NAME_PATTERN
     )
     wait: StrictBool = False
 

@@ -83,8 +83,12 @@ CODE_VERSION_SOURCES = ("recommender", "pipeline/candidates.py")
 pipeline's per-candidate training (evaluation, fit, batch inference, the rating model and the
 manifest of every bundle). Not ingest (what it produces is the data hash) nor the flow, gate,
 registry or scheduler: they decide which version serves, not what a version holds."""
-BUNDLE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: "$" matches before a final "\n"
+_BUNDLE_NAME_RULE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+BUNDLE_NAME = re.compile(rf"\A{_BUNDLE_NAME_RULE}\Z")  # \Z: "$" matches before a final "\n"
 """A bundle directory's name in a model store: no path separators, no dot-files (reload, export)."""
+BUNDLE_NAME_PATTERN = f"^{_BUNDLE_NAME_RULE}$"
+"""The same rule as a JSON Schema / pydantic ``pattern`` (there "$" is the end of the text): the
+reload request states it (app/api/serving_schemas.py)."""
 
 
 class BundleError(ValueError):
