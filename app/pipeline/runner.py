@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pydantic import AliasChoices, SecretStr
 
@@ -251,50 +251,58 @@ def run_flow(
         env[FLOW_OWNER_ENV] = owner
         started = time.perf_counter()
         log.info("starting the training flow (%s)", trigger)
+        returncode: int | None  # None: killed at its timeout
         try:
             returncode, output = _run(command, env, timeout, stream, lock)
         except FlowTimedOut as exc:
-            _timed_out(settings, run_id_file, summary_path, timeout, exc.output, stream)
+            returncode, output = None, exc.output
         seconds = time.perf_counter() - started
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        summary = _handed_over(summary_path)
         if returncode != 0 or summary is None or summary.get("bookkeeping_error"):
             _mark_failed(settings, run_id_file)
-            cause = failure_cause(output)
             # Streamed output is on the terminal already; captured output is shown from its end.
             tail = "" if stream else "\n" + "\n".join(output.strip().splitlines()[-40:])
-            if summary is not None:  # released: the champion may have moved, the summary says
-                failure = summary.get("bookkeeping_error") or (
-                    f"the flow ended with exit {returncode} after its release step"
-                    + (f": {cause}" if cause else "")
-                )
-                raise BookkeepingError(released_but(summary, str(failure)) + tail, summary)
-            first = f"the training flow failed (exit {returncode}) after {seconds:.0f}s"
-            first += f": {cause}" if cause else ""
-            raise PipelineError(first + tail)
+            raise _failure(returncode, summary, output, seconds, timeout, tail)
     log.info("training flow finished in %.1fs", seconds)
     return FlowRun(summary, seconds, output)
 
 
-def _timed_out(
-    settings: Settings,
-    run_id_file: Path,
-    summary_path: Path,
-    timeout: float | None,
-    output: str,
-    stream: bool,
-) -> NoReturn:
-    """Report a flow killed at its timeout: a PipelineError, or a BookkeepingError when its
-    release step had handed over the summary (the champion may have moved)."""
-    _mark_failed(settings, run_id_file)
-    failure = f"the training flow timed out after {timeout:g}s and was killed with its workers"
-    tail = "" if stream else "\n" + "\n".join(output.strip().splitlines()[-40:])
+def _handed_over(summary_path: Path) -> dict[str, Any] | None:
+    """The summary the flow's release step handed over, or None (it never got there)."""
     try:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     except ValueError:  # killed while writing it
-        summary = None
-    if isinstance(summary, dict):
-        raise BookkeepingError(released_but(summary, failure + " after its release step") + tail, summary)
-    raise PipelineError(failure + tail)
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _failure(
+    returncode: int | None,
+    summary: dict[str, Any] | None,
+    output: str,
+    seconds: float,
+    timeout: float | None,
+    tail: str,
+) -> PipelineError:
+    """What the launcher reports of a failed flow (``returncode`` None: killed at its timeout): a
+    BookkeepingError when its release step had handed over the summary (the champion may have
+    moved, the summary says), else a PipelineError; ``tail`` is appended to the message."""
+    cause = failure_cause(output)
+    because = f": {cause}" if cause else ""
+    if returncode is None:
+        failure = f"the training flow timed out after {timeout:g}s and was killed with its workers"
+        if summary is None:
+            return PipelineError(failure + tail)
+        failure += " after its release step"
+    elif summary is None:
+        return PipelineError(
+            f"the training flow failed (exit {returncode}) after {seconds:.0f}s{because}" + tail
+        )
+    else:
+        failure = summary.get("bookkeeping_error") or (
+            f"the flow ended with exit {returncode} after its release step{because}"
+        )
+    return BookkeepingError(released_but(summary, str(failure)) + tail, summary)
 
 
 _OUTPUT_TAIL = 400  # lines kept of a streamed flow's output, to find the cause of a failure
