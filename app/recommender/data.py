@@ -233,9 +233,14 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
         # values of the wrong field, an extra column likewise. A trailing separator is harmless
         # (its fields are empty); an extra column is refused as one.
         fields = _first_fields(text, sep, skip)
-        if any(value.strip() for value in fields[len(names) :]):
+        # Fewer fields than names: another separator (a comma-separated u.data is one field a
+        # line, and its first line, no number in that field, was dropped as a header) or a
+        # missing column. Both were refused as bad values of whatever field came out empty.
+        if any(value.strip() for value in fields[len(names) :]) or 0 < len(fields) < len(names):
+            separator = "tabs" if sep == "\t" else repr(sep)
             raise DataFormatError(
-                f"{name}: {len(fields)} fields in the first line, expected {len(names)} ({', '.join(names)})"
+                f"{name}: {len(fields)} field{'s' if len(fields) != 1 else ''} in the first line, "
+                f"expected {len(names)} ({', '.join(names)}) separated by {separator}"
             )
         extra = [f"_empty_{n}" for n in range(len(fields) - len(names))]
         frame = _parse(

@@ -151,3 +151,46 @@ def test_sql_json_keeps_every_digit_of_a_feature(synthetic_data: Any, tmp_path: 
     assert result.exit_code == 0, result.output
     expected = store.sql(query).to_dict("records")
     assert json.loads(result.output) == expected
+
+
+def _replace_in_every_line(name: str, old: str, new: str) -> Callable[[Path], None]:
+    def mutate(directory: Path) -> None:
+        path = directory / name
+        path.write_bytes(path.read_bytes().decode("latin-1").replace(old, new).encode("latin-1"))
+
+    return mutate
+
+
+def _drop_last_field(name: str, sep: str) -> Callable[[Path], None]:
+    def mutate(directory: Path) -> None:
+        path = directory / name
+        lines = path.read_bytes().decode("latin-1").splitlines()
+        path.write_bytes("".join(line.rsplit(sep, 1)[0] + "\n" for line in lines).encode("latin-1"))
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_replace_in_every_line("u.data", "\t", ","),
+         r"u\.data: 1 field in the first line, expected 4 \(user_id, movie_id, rating, timestamp\) "
+         r"separated by tabs"),
+        (_replace_in_every_line("u.user", "|", "\t"),
+         r"u\.user: 1 field in the first line, expected 5 .* separated by '\|'"),
+        (_drop_last_field("u.data", "\t"), r"u\.data: 3 fields in the first line, expected 4 "),
+        (_drop_last_field("u.user", "|"), r"u\.user: 4 fields in the first line, expected 5 "),
+    ],
+    ids=["u.data-commas", "u.user-tabs", "u.data-no-timestamp", "u.user-no-zip"],
+)  # fmt: skip
+def test_a_wrong_separator_or_a_missing_column_is_refused_as_one(
+    tmp_path: Path, mutate: Callable[[Path], None], message: str
+) -> None:
+    """A file split by another separator was one field per line: its first line (no number in
+    that one field) was dropped as a header and the rest refused as "user_id must be 1..", showing
+    whole lines from the second on. A missing column was "timestamp must be epoch seconds" for
+    every row. Both are now named as such: how many fields, how many expected, split by what."""
+    directory = write_grouplens(tmp_path / "short")
+    mutate(directory)
+    with pytest.raises(DataFormatError, match=message):
+        load_directory(directory)
