@@ -392,9 +392,13 @@ def features_build(data_dir: Path | None) -> None:
     database = Database(settings.sqlalchemy_url)
     try:
         ingested = ingest(settings.data_dir, database)
-        store = FeatureStore(features_root(settings))
-        with store.staged_snapshot(ingested) as snapshot:  # published once the database serves it too
-            loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
+        root = features_root(settings)
+        store = FeatureStore(root)
+        try:
+            with store.staged_snapshot(ingested) as snapshot:  # published once the database serves it too
+                loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
+        except OSError as exc:  # a root that is a file, a full or read-only disk: not a traceback
+            raise click.ClickException(f"the features store {root}: {exc}") from exc
     except SnapshotSuperseded as exc:  # not a failure: the features are as new as this build's
         click.echo(f"{exc}; nothing loaded into the database")
         return

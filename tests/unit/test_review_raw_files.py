@@ -100,6 +100,37 @@ def test_features_build_reports_a_refused_data_set_or_database_as_an_error_not_a
     assert not (tmp_path / "features" / "LATEST").exists()
 
 
+def test_features_build_reports_a_features_store_it_cannot_write_as_an_error_not_a_traceback(
+    make_settings: Any, synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A features root that is a file (or on a full or read-only disk) was a traceback ending in
+    NotADirectoryError; now one `Error:` line naming the store, and nothing loaded."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+    from app.storage.user_features import user_features_snapshot
+
+    root = tmp_path / "features"
+    root.write_text("not a directory")
+    settings = make_settings(features_root=str(root), data_dir=synthetic_data_dir)
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
+    result = CliRunner().invoke(cli, ["features", "build"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert re.search(
+        rf"Error: the features store {re.escape(str(root))}: .*Not a directory",
+        result.output,
+    ), result.output
+    from app.storage.db import Database
+
+    database = Database(settings.sqlalchemy_url)
+    try:
+        assert user_features_snapshot(database) == (None, 0)
+    finally:
+        database.dispose()
+
+
 def test_train_reports_a_refused_data_set_as_an_error_not_a_traceback(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
