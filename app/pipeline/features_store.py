@@ -196,11 +196,13 @@ class FeatureStore:
     def staged_snapshot(self, ingested: Ingested, now: datetime | None = None) -> Iterator[Snapshot]:
         """Stage a snapshot for the body to load (the service database), then publish it.
 
-        When the body or the publishing fails, the snapshot is removed: never published, it
-        stayed on disk for good and, once a later build published a newer one, was read as
-        history by the ``*_history`` views.
+        When the body fails, the snapshot is removed: never published, it stayed on disk for
+        good and, once a later build published a newer one, was read as history by the
+        ``*_history`` views. When only the publishing fails, the body has loaded it (the
+        service database serves it), so it is kept, unpublished, until a later build publishes.
         """
         snapshot = self.stage_snapshot(ingested, now)
+        loaded = False
         try:
             # One build at a time loads and publishes: two overlapping builds (the scheduler's
             # flow and a manual `movierec features build`) each loaded the database and moved
@@ -210,12 +212,23 @@ class FeatureStore:
                 if latest is not None and latest > snapshot.id:
                     raise SnapshotSuperseded(snapshot, latest)
                 yield snapshot
+                loaded = True
                 self.publish(snapshot)
         except SnapshotSuperseded:
             self._discard(snapshot.id, why="a newer snapshot was published meanwhile")
             raise
         except BaseException:
-            self._discard(snapshot.id)
+            if loaded:
+                # The body loaded it (the service database serves it now): removed, the features
+                # API answered with a snapshot id whose files were gone. Kept, it is readable by
+                # id and becomes history once a later build publishes.
+                log.error(
+                    "features snapshot %s is loaded but LATEST could not name it (it names the "
+                    "previous one); the snapshot is kept: run the build again to publish a new one",
+                    snapshot.id,
+                )
+            else:
+                self._discard(snapshot.id)
             raise
 
     @contextmanager

@@ -134,3 +134,32 @@ def test_features_build_says_a_newer_snapshot_was_published_meanwhile(
         assert user_features_snapshot(db)[0] == loaded
     finally:
         db.dispose()
+
+
+def test_a_publish_that_fails_after_the_database_load_keeps_the_snapshot_the_database_serves(
+    synthetic_data: Any, database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``LATEST`` could not be written (a full disk, an object store's failed put) after the
+    service database had committed the new users: the build removed the snapshot as if it had
+    never been loaded, and the features API went on serving a snapshot id whose Parquet files
+    were gone (no `movierec sql`, no history, nothing to check its answers against)."""
+    root = tmp_path / "features"
+    store = FeatureStore(root)
+    older = _build(store, synthetic_data, database, T0)
+
+    def fail(snapshot: Snapshot) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "publish", fail)
+    with pytest.raises(OSError, match="No space left"):
+        _build(store, synthetic_data, database, T0 + timedelta(minutes=1))
+    served, count = user_features_snapshot(database)
+    assert served != older.id and count == len(synthetic_data.users)  # the load had committed
+    # what the database serves is still in the store, readable by id; LATEST names the older one
+    assert served in store.snapshots()
+    assert len(store.read("users", served)) == count
+    assert store.latest() == older.id
+    # the next build publishes over it, and it is history: it was served
+    monkeypatch.undo()
+    newest = _build(store, synthetic_data, database, T0 + timedelta(minutes=2))
+    assert _history(store) == [older.id, served, newest.id]
