@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import shutil
 import subprocess  # nosec B404 - argument lists only, never a shell
 import sys
@@ -136,21 +137,39 @@ def _decode(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what pandas ends a line at (str.splitlines has more)
+LINE_INDEX = "line"  # the name of a raw frame's index when it holds each row's line in its file
+
+
 def _parse(name: str, text: str, **options: Any) -> pd.DataFrame:
     """``pd.read_csv`` of one raw file's decoded text; a row pandas cannot split (an extra field,
-    a stray quote) or a file with nothing to parse is a DataFormatError naming the file."""
+    a stray quote) or a file with nothing to parse is a DataFormatError naming the file.
+
+    The frame is indexed by each row's line in the file (1-based, index named ``line``), so a
+    refusal names the line an editor shows, past a header and blank lines; when the rows cannot
+    be matched to lines one to one, it keeps pandas' positions (refusals then name rows).
+    """
     try:
-        return pd.read_csv(io.StringIO(text), **options)
+        frame = pd.read_csv(io.StringIO(text), **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataFormatError(f"{name}: {str(exc).strip()}") from exc
+    skip = options.get("skiprows", 0)
+    numbered = enumerate(_LINE_BREAK.split(text)[skip:], start=skip + 1)
+    lines = [number for number, line in numbered if line.strip()]
+    if options.get("header", "infer") is not None:  # the first line pandas kept is the header
+        lines = lines[1:]
+    if len(lines) == len(frame):
+        frame.index = pd.Index(lines, name=LINE_INDEX)
+    return frame
 
 
 def _require(file: str, field: str, values: pd.Series | pd.DataFrame, ok: Any, rule: str) -> None:
-    """Raise :class:`DataFormatError` naming the first offending rows when ``ok`` is not all true."""
+    """Raise :class:`DataFormatError` naming the first offending lines (or rows) unless ``ok`` is all true."""
     bad = np.flatnonzero(~np.asarray(ok, dtype=bool))
     if len(bad):
+        by_line = values.index.name == LINE_INDEX
         shown = "; ".join(
-            f"row {i + 1}: {value!r}"
+            f"line {values.index[i]}: {value!r}" if by_line else f"row {i + 1}: {value!r}"
             for i, value in zip(bad[:5].tolist(), values.iloc[bad[:5]].to_numpy().tolist(), strict=True)
         )
         raise DataFormatError(f"{file}: {field} {rule} ({len(bad)} bad rows; {shown})")

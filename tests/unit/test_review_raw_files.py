@@ -225,3 +225,46 @@ def test_a_wrong_separator_or_a_missing_column_is_refused_as_one(
     mutate(directory)
     with pytest.raises(DataFormatError, match=message):
         load_directory(directory)
+
+
+def _first_rating_made(name: str, rating: str, before: str) -> Callable[[Path], None]:
+    """The first data line's rating set to ``rating``, ``before`` put ahead of the first line."""
+
+    def mutate(directory: Path) -> None:
+        path = directory / name
+        lines = path.read_text().splitlines(keepends=True)
+        first = 1 if name.endswith(".inter") else 0  # the registry-package files have a header
+        fields = lines[first].split("\t")
+        fields[2] = rating
+        lines[first] = "\t".join(fields)
+        path.write_text(before + "".join(lines))
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("layout", "mutate", "line"),
+    [
+        ("grouplens", _first_rating_made("u.data", "9", ""), 1),
+        ("grouplens", _first_rating_made("u.data", "9", "user_id\tmovie_id\trating\ttimestamp\n"), 2),
+        ("grouplens", _first_rating_made("u.data", "9", "\n\n\n"), 4),
+        ("grouplens", _first_rating_made("u.data", "9", "user_id\tmovie_id\trating\ttimestamp\r\n\r\n"), 3),
+        ("recbole", _first_rating_made("ml-100k.inter", "9", ""), 2),
+        ("recbole", _first_rating_made("ml-100k.inter", "9", "\n"), 3),
+    ],
+    ids=["plain", "header", "blank-lines", "header-crlf-blank", "registry-header", "registry-blank"],
+)
+def test_a_refused_value_is_named_by_its_line_in_the_file(
+    tmp_path: Path, layout: str, mutate: Callable[[Path], None], line: int
+) -> None:
+    """Refusals named "row N", the position among the parsed rows: a header line or blank lines
+    put the bad value N lines further down than the message said (the registry-package files,
+    the layout `movierec data fetch` gets, always have a header: every row was one line off)."""
+    from tests.synthetic import write_recbole
+
+    directory = (write_grouplens if layout == "grouplens" else write_recbole)(tmp_path / layout)
+    mutate(directory)
+    with pytest.raises(
+        DataFormatError, match=rf"rating must be 0\.5\.\.5\.0 \(1 bad rows; line {line}: '?9'?\)"
+    ):
+        load_directory(directory)
