@@ -208,10 +208,15 @@ def db() -> None:
 def db_upgrade() -> None:
     """Apply Alembic migrations to MOVIEREC_DATABASE_URL."""
     from app.pipeline.commands import settings_for_cli
-    from app.storage.db import Database
+    from app.storage.db import Database, DatabaseSchemaError
 
     database = Database(settings_for_cli().sqlalchemy_url)
-    database.upgrade()
+    try:
+        database.upgrade()
+    except DatabaseSchemaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        database.dispose()
     click.echo("schema up to date")
 
 

@@ -385,7 +385,7 @@ def features_build(data_dir: Path | None) -> None:
     from app.pipeline.ingest import ingest
     from app.pipeline.runner import features_root
     from app.recommender.data import DataUnavailableError
-    from app.storage.db import Database, DatabaseUnavailableError
+    from app.storage.db import Database, DatabaseSchemaError, DatabaseUnavailableError
     from app.storage.user_features import replace_user_features
 
     settings = settings_for_cli(data_dir=data_dir)
@@ -402,7 +402,7 @@ def features_build(data_dir: Path | None) -> None:
     except SnapshotSuperseded as exc:  # not a failure: the features are as new as this build's
         click.echo(f"{exc}; nothing loaded into the database")
         return
-    except DataUnavailableError as exc:  # refused raw files: file, field and rows, not a traceback
+    except (DataUnavailableError, DatabaseSchemaError) as exc:  # refused raw files or schema: no traceback
         raise click.ClickException(str(exc)) from exc
     except (OperationalError, DatabaseUnavailableError) as exc:
         where = database.engine.url.render_as_string(hide_password=True)

@@ -21,6 +21,9 @@ from typing import Any, TypeVar, cast
 import orjson
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, Table, bindparam, create_engine, event, make_url, select, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -89,6 +92,23 @@ REQUEST_INPUTS = ("age", "gender", "occupation", "user_id")
 
 class DatabaseUnavailableError(RuntimeError):
     """The database cannot be reached; callers answer 503 rather than pretend."""
+
+
+class DatabaseSchemaError(RuntimeError):
+    """The database's schema revision is none of this code's migrations: a newer release
+    migrated it (this one was rolled back to), so its tables may not be what this code reads."""
+
+
+def _unknown_revision(config: Config, connection: Any) -> str | None:
+    """The database's schema revision when this code's migrations do not have it, else None."""
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current is None:
+        return None
+    try:
+        ScriptDirectory.from_config(config).get_revision(current)
+    except CommandError:
+        return current
+    return None
 
 
 T = TypeVar("T")
@@ -446,7 +466,18 @@ class Database:
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
                     )
                 config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+                try:
+                    command.upgrade(config, "head")
+                except CommandError as exc:  # alembic's "Can't locate revision", as a traceback
+                    unknown = _unknown_revision(config, connection)
+                    if unknown is None:
+                        raise
+                    raise DatabaseSchemaError(
+                        f"the database is at schema revision {unknown!r}, which is none of this code's "
+                        f"migrations (newest: {ScriptDirectory.from_config(config).get_current_head()!r}): "
+                        "a newer release migrated it; run that release against it, or give this one a "
+                        "database it migrated"
+                    ) from exc
         except SQLAlchemyError as exc:
             if _unreachable(exc):
                 raise _unavailable(exc) from exc

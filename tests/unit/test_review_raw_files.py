@@ -268,3 +268,33 @@ def test_a_refused_value_is_named_by_its_line_in_the_file(
         DataFormatError, match=rf"rating must be 0\.5\.\.5\.0 \(1 bad rows; line {line}: '?9'?\)"
     ):
         load_directory(directory)
+
+
+@pytest.mark.parametrize("command", [["features", "build"], ["db", "upgrade"]])
+def test_a_database_migrated_by_a_newer_release_is_a_one_line_error(
+    make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """After a rollback, the database's schema revision is one this code has no migration for:
+    alembic's CommandError ("Can't locate revision") came out as a traceback. It is now one
+    `Error:` line naming the revision and what to do, exit 1, and the features are not loaded."""
+    from click.testing import CliRunner
+    from sqlalchemy import text
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+    from app.storage.db import Database
+
+    settings = make_settings(features_root=str(tmp_path / "features"))
+    database = Database(settings.sqlalchemy_url)
+    database.upgrade()
+    with database.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099_from_a_newer_release'"))
+    database.dispose()
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert re.search(
+        r"Error: .*schema revision '?0099_from_a_newer_release'?.*newer release", result.output
+    ), result.output
+    assert not (tmp_path / "features" / "LATEST").exists()
