@@ -158,6 +158,19 @@ def test_constant_and_one_hot_columns_are_handled() -> None:
     assert model.coef_[1] == 0.0  # a constant column carries nothing
 
 
+@pytest.mark.parametrize("unit", [1e-14, 1e-150, 1e-200, 1e150, 1e200])
+def test_features_on_any_scale_give_the_same_predictions(unit: float) -> None:
+    """A column's scale is not its information: features in 1e-14 or 1e200 units are fitted like
+    the same features in units of one (they were taken for constant columns, or their variance
+    overflowed, and the fit returned the mean of y, converged, with R² 0)."""
+    X, y, _, _ = synthetic_regression(n=400)
+    reference = SimpleLinearRegression().fit(X, y)
+    scaled = SimpleLinearRegression().fit(X * unit, y)
+    np.testing.assert_allclose(scaled.predict(X * unit), reference.predict(X), rtol=1e-6, atol=1e-6)
+    assert scaled.score(X * unit, y) == pytest.approx(reference.score(X, y), abs=1e-9)
+    np.testing.assert_allclose(scaled.coef_ * unit, reference.coef_, rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- batch == stream
 
 

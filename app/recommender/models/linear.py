@@ -162,16 +162,27 @@ class SimpleLinearRegression:
         dtype = X.dtype
         n_samples, n_features = X.shape
         if self.standardize:
-            mean = X.mean(axis=0, dtype=np.float64)
-            std = X.std(axis=0, dtype=np.float64)
+            lowest = X.min(axis=0).astype(np.float64)
+            highest = X.max(axis=0).astype(np.float64)
+            # Mean and spread are taken in units of each column's largest magnitude, so neither
+            # depends on the column's scale: a feature in units of 1e-14 is not "constant", and
+            # one of 1e200 does not overflow its variance (both were fitted as if absent).
+            peak = np.maximum(np.abs(lowest), np.abs(highest))
+            unit = np.where(peak > 0, peak, 1.0)
+            Xs = np.divide(X, unit.astype(dtype), dtype=dtype)
+            mean = Xs.mean(axis=0, dtype=np.float64)
+            std = Xs.std(axis=0, dtype=np.float64)
             # 0/1 columns are centred, not scaled: a one-hot seen once in 80,000 rows would
             # otherwise become a value of ~280 and blow up any mini-batch that draws it.
             # Within [0, 1], x - x² is 0 exactly for 0 and 1, so the test needs no boolean copy of X.
             sums = X.sum(axis=0, dtype=np.float64)  # exact for 0/1 columns, like the squares
             squares = np.einsum("ij,ij->j", X, X, dtype=np.float64)
-            binary = (X.min(axis=0) >= 0) & (X.max(axis=0) <= 1) & (sums - squares <= 0)
-            scale = np.where(binary | (std <= 1e-12), 1.0, std)
-            Xs = ((X - mean.astype(dtype)) / scale.astype(dtype)).astype(dtype, copy=False)
+            binary = (lowest >= 0) & (highest <= 1) & (sums - squares <= 0)
+            # constant: a spread below 1e-12 of the column's magnitude (0 for equal values)
+            spread = np.where(binary | (std <= 1e-12), 1.0, std)
+            Xs -= mean.astype(dtype)
+            Xs /= spread.astype(dtype)
+            mean, scale = mean * unit, spread * unit
         else:
             mean, scale, Xs = np.zeros(n_features), np.ones(n_features), X
         y_mean = float(y.mean())
