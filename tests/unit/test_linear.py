@@ -171,6 +171,20 @@ def test_features_on_any_scale_give_the_same_predictions(unit: float) -> None:
     np.testing.assert_allclose(scaled.coef_ * unit, reference.coef_, rtol=1e-6)
 
 
+@pytest.mark.parametrize(("unit", "dtype"), [(1e160, np.float64), (1e200, np.float64), (1e20, np.float32)])
+def test_targets_on_any_scale_are_fitted_not_reported_as_divergence(unit: float, dtype: type) -> None:
+    """y in huge units is the same line: it was a FloatingPointError "diverged; lower learning_rate"
+    at the first epoch (the squared residuals overflowed, in float32 already for y ~ 1e20), advice
+    that could not help."""
+    X, y, _, _ = synthetic_regression(n=400)
+    reference = SimpleLinearRegression().fit(X.astype(dtype), y)
+    scaled = SimpleLinearRegression().fit(X.astype(dtype), y * unit)
+    np.testing.assert_allclose(
+        scaled.predict(X.astype(dtype)), reference.predict(X.astype(dtype)) * unit, rtol=1e-5
+    )
+    np.testing.assert_allclose(scaled.coef_, reference.coef_ * unit, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------- batch == stream
 
 

@@ -83,7 +83,8 @@ class SimpleLinearRegression:
     ``patience`` epochs in a row.
 
     After ``fit``: ``coef_`` (n_features,), ``intercept_``, ``losses_`` (one MSE per epoch,
-    measured on the standardised problem before that epoch's updates), ``n_epochs_``,
+    measured on the standardised problem, y centred and in units of its largest deviation,
+    before that epoch's updates), ``n_epochs_``,
     ``converged_``. ``W`` and ``b`` are the seed's names for the same numbers.
     """
 
@@ -185,8 +186,15 @@ class SimpleLinearRegression:
             mean, scale = mean * unit, spread * unit
         else:
             mean, scale, Xs = np.zeros(n_features), np.ones(n_features), X
-        y_mean = float(y.mean())
-        yc = (y - y_mean).astype(dtype)  # centring y lets the intercept start at its optimum
+        # Centring y lets the intercept start at its optimum; y is also fitted in units of its
+        # largest deviation (the same iterates, as the step does not depend on y), so squared
+        # residuals cannot overflow, nor a float32 copy of y, whatever y's scale.
+        y_unit = float(np.abs(y).max()) or 1.0
+        y_mean = float((y / y_unit).mean())
+        yc = y / y_unit - y_mean
+        y_spread = float(np.abs(yc).max()) or 1.0
+        yc = (yc / y_spread).astype(dtype)
+        y_scale = y_unit * y_spread
         step = self._step(Xs) if self.learning_rate == "auto" else float(self.learning_rate)
 
         rng = np.random.default_rng(self.random_state)
@@ -225,9 +233,9 @@ class SimpleLinearRegression:
             else:
                 stalled = 0
 
-        coef = w.astype(np.float64) / scale
+        coef = w.astype(np.float64) * y_scale / scale
         self.coef_ = coef
-        self.intercept_ = float(b + y_mean - coef @ mean)
+        self.intercept_ = float(b * y_scale + y_mean * y_unit - coef @ mean)
         self.losses_ = losses
         self.n_epochs_ = len(losses)
         self.converged_ = converged
