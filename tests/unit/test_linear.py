@@ -211,6 +211,7 @@ def test_one_vectorised_call_equals_record_by_record() -> None:
         (np.array([[1.0], [np.nan]]), np.ones(2), "NaN"),
         (np.ones((2, 1)), np.array([1.0, np.inf]), "NaN"),
         (np.array([["a"], ["b"]]), np.ones(2), "numeric"),
+        (np.array([[1 + 1j], [2 + 0j]]), np.ones(2), "numeric"),  # its imaginary part was dropped
     ],
 )
 def test_bad_shapes_and_values_are_refused(X: Any, y: Any, message: str) -> None:
@@ -239,6 +240,16 @@ def test_predict_checks_fitting_and_width() -> None:
         {"batch_size": 0},
         {"l2": -1.0},
         {"patience": 0},
+        # NaN passed every "< 0" check: fit then blamed the learning rate, or (tol) never stopped
+        {"l2": float("nan")},
+        {"l2": float("inf")},
+        {"decay": float("nan")},
+        {"tol": float("nan")},
+        {"learning_rate": float("inf")},
+        {"epochs": 2.5},
+        {"epochs": True},
+        {"batch_size": 2.5},
+        {"patience": 1.5},
     ],
 )
 def test_bad_hyper_parameters_are_refused(kwargs: dict[str, Any]) -> None:

@@ -21,7 +21,9 @@ serves ``/api/predict/stream`` and ``/api/predict/batch`` through :meth:`~Linear
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from numbers import Integral, Real
 from operator import itemgetter, methodcaller
 from typing import Any, ClassVar, Self
 
@@ -42,7 +44,7 @@ class NotFittedError(RuntimeError):
 
 def _as_matrix(X: Any, name: str = "X") -> np.ndarray:
     array = np.asarray(X)
-    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+    if array.dtype.kind not in "iuf":  # not bool, text, objects, nor complex (its imaginary part)
         raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {array.shape}")
@@ -67,6 +69,16 @@ def _as_target(y: Any, n_samples: int) -> np.ndarray:
     if not np.isfinite(target).all():
         raise ValueError("y contains NaN or infinite values")
     return target
+
+
+def _finite(value: Any) -> bool:
+    """A real number (not a bool) that is neither NaN nor infinite: NaN passes every ``< 0`` test."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    """An integer, not a bool (``epochs=True`` is not one epoch) nor a float."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 class SimpleLinearRegression:
@@ -102,14 +114,16 @@ class SimpleLinearRegression:
     ) -> None:
         if isinstance(learning_rate, str) and learning_rate != "auto":
             raise ValueError("learning_rate must be a positive float or 'auto'")
-        if not isinstance(learning_rate, str) and not learning_rate > 0:
-            raise ValueError("learning_rate must be positive")
-        if epochs < 1:
-            raise ValueError("epochs must be at least 1")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError("batch_size must be positive or None")
-        if l2 < 0 or decay < 0 or tol < 0 or patience < 1:
-            raise ValueError("l2, decay and tol must be non-negative and patience at least 1")
+        if not isinstance(learning_rate, str) and not (_finite(learning_rate) and learning_rate > 0):
+            raise ValueError("learning_rate must be a positive finite number")
+        if not (_whole(epochs) and epochs >= 1):
+            raise ValueError("epochs must be an integer of at least 1")
+        if batch_size is not None and not (_whole(batch_size) and batch_size >= 1):
+            raise ValueError("batch_size must be a positive integer or None")
+        if not (_finite(l2) and _finite(decay) and _finite(tol) and min(l2, decay, tol) >= 0):
+            raise ValueError("l2, decay and tol must be finite non-negative numbers")
+        if not (_whole(patience) and patience >= 1):
+            raise ValueError("patience must be an integer of at least 1")
         self.learning_rate = learning_rate
         self.epochs = epochs
         self.batch_size = batch_size
