@@ -48,9 +48,12 @@ class PredictBatchRequest(Strict):
     """Records as for /api/predict/stream; checked record by record, errors name ``instances[i].field``."""
 
     # list[Any]: each record is checked once, by the service (app/services/predictions.py), which
-    # names ``instances[i].field``; validating 1,000 dicts here first was a tenth of the request
+    # names ``instances[i].field``; validating 1,000 dicts here first was a tenth of the request.
+    # The spec still states what a record is: the /stream body (it said any object).
     instances: list[Any] = Field(
-        min_length=1, max_length=MAX_BATCH_PREDICT, json_schema_extra={"items": {"type": "object"}}
+        min_length=1,
+        max_length=MAX_BATCH_PREDICT,
+        json_schema_extra={"items": PredictRecord.model_json_schema()},
     )
 
 

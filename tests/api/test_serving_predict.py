@@ -255,3 +255,19 @@ def test_a_bundle_whose_champion_is_the_seed_forest_is_served_with_predictions(
     profile = {"age": 30, "gender": "M", "occupation": "programmer"}
     assert app.test_client().post("/api/recommend", json=profile, headers=auth_headers).status_code == 200
     assert _predict_status(app.test_client(), auth_headers, movie) == (503, 503)
+
+
+def test_the_spec_states_that_a_batch_record_is_a_stream_record(client: Any) -> None:
+    """/openapi.json (and /docs) said a batch item was any object; it is the /stream record."""
+    spec = client.get("/openapi.json").get_json()
+    schemas = spec["components"]["schemas"]
+
+    def resolve(schema: dict) -> dict:
+        return schemas[schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else schema
+
+    operation = spec["paths"]["/api/predict/batch"]["post"]
+    body = resolve(operation["requestBody"]["content"]["application/json"]["schema"])
+    stream = spec["paths"]["/api/predict/stream"]["post"]
+    record = resolve(stream["requestBody"]["content"]["application/json"]["schema"])
+    assert resolve(body["properties"]["instances"]["items"]) == record
+    assert body["properties"]["instances"]["maxItems"] == 10_000
