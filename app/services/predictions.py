@@ -65,12 +65,14 @@ class PredictionService:
         try:
             predicted = model.predict_records(records)  # type: ignore[attr-defined]
         except InvalidRecordError as exc:
-            raise self._invalid(where, exc.index, exc.field, single) from exc
+            raise self._invalid(where, exc.index, exc.field, single, exc.missing) from exc
         return predicted, bundle.version
 
     @staticmethod
-    def _invalid(where: str, index: int, field: str, single: bool) -> InvalidRequest:
+    def _invalid(where: str, index: int, field: str, single: bool, missing: bool = False) -> InvalidRequest:
         name = field if field in RECORD_RULES else "record"
         rule = RECORD_RULES.get(name, "is invalid")
+        if missing:  # worded as the request validation words an absent field
+            rule = f"is required and {rule}"
         path = name if single else f"{where}[{index}].{name}"
         return InvalidRequest(f"{path} {rule}", fields={path: rule})

@@ -271,3 +271,18 @@ def test_the_spec_states_that_a_batch_record_is_a_stream_record(client: Any) -> 
     record = resolve(stream["requestBody"]["content"]["application/json"]["schema"])
     assert resolve(body["properties"]["instances"]["items"]) == record
     assert body["properties"]["instances"]["maxItems"] == 10_000
+
+
+@pytest.mark.parametrize("missing", ["age", "gender", "occupation", "movie_id"])
+def test_batch_says_a_missing_field_is_required_as_stream_does(
+    client: Any, auth_headers: dict, missing: str
+) -> None:
+    """A record without ``age`` was answered "instances[1].age must be an integer between 1 and
+    120", as if a value had been sent; /stream says the field is required."""
+    record = {key: value for key, value in RECORD.items() if key != missing}
+    stream = client.post("/api/predict/stream", json=record, headers=auth_headers)
+    batch = client.post("/api/predict/batch", json={"instances": [RECORD, record]}, headers=auth_headers)
+    assert (stream.status_code, batch.status_code) == (400, 400)
+    assert stream.get_json()["error"]["fields"][missing].startswith("is required")
+    assert batch.get_json()["error"]["fields"][f"instances[1].{missing}"].startswith("is required")
+    assert "instances[1]." + missing + " is required" in batch.get_json()["error"]["message"]

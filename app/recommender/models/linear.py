@@ -317,13 +317,15 @@ class SimpleLinearRegression:
 
 
 class InvalidRecordError(ValueError):
-    """A prediction record is malformed: ``index`` is its position, ``field`` the culprit."""
+    """A prediction record is malformed: ``index`` is its position, ``field`` the culprit,
+    ``missing`` whether the field is absent rather than wrong."""
 
-    def __init__(self, index: int, field: str, message: str) -> None:
+    def __init__(self, index: int, field: str, message: str, missing: bool = False) -> None:
         super().__init__(f"record {index}: {message}")
         self.index = index
         self.field = field
         self.reason = message
+        self.missing = missing
 
 
 _RECORD_FIELDS = ("age", "gender", "occupation", "movie_id")
@@ -475,7 +477,7 @@ class LinearRatingModel(Recommender):
                 raise InvalidRecordError(index, "record", "must be an object")
             for field in _RECORD_FIELDS:
                 if field not in record:
-                    raise InvalidRecordError(index, field, f"{field} is required")
+                    raise InvalidRecordError(index, field, f"{field} is required", missing=True)
                 columns[field].append(record[field])
             columns["user_id"].append(record.get("user_id"))
         return columns
