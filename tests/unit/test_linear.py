@@ -139,6 +139,19 @@ def test_a_too_large_learning_rate_is_reported_not_returned() -> None:
         SimpleLinearRegression(learning_rate=50.0, epochs=200).fit(X, y)
 
 
+@pytest.mark.parametrize("epochs", [40, 1000])
+def test_a_learning_rate_just_past_the_limit_is_reported_not_called_converged(epochs: int) -> None:
+    """Just above 2/L full-batch descent diverges slowly: each epoch's loss a little above the last.
+    Those rises counted as a plateau, so fit stopped "converged" (converged_ True) with weights
+    worse than none at all (R² below 0) instead of reporting the divergence."""
+    X, y, _, _ = synthetic_regression(n=500)
+    limit = 2.1 * SimpleLinearRegression().fit(X, y).step_  # the auto step is 1 / (1.05 L)
+    stable = SimpleLinearRegression(learning_rate=0.95 * limit, epochs=epochs).fit(X, y)
+    assert stable.score(X, y) > 0.99
+    with pytest.raises(FloatingPointError, match="diverged"):
+        SimpleLinearRegression(learning_rate=1.03 * limit, epochs=epochs).fit(X, y)
+
+
 def test_float32_inputs_give_the_same_line() -> None:
     X, y, _, _ = synthetic_regression(n=1000)
     wide = SimpleLinearRegression(epochs=5000, tol=1e-12).fit(X, y)

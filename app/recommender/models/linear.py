@@ -215,12 +215,16 @@ class SimpleLinearRegression:
         w = np.zeros(n_features, dtype=dtype)
         b = 0.0
         batch = n_samples if self.batch_size is None else min(self.batch_size, n_samples)
+        full = batch >= n_samples
+        # Full-batch descent under a stable step never raises the loss beyond rounding: a loss that
+        # rises ``patience`` epochs in a row diverges, slowly as it may (it is not a plateau).
+        noise = 100.0 * float(np.finfo(dtype).eps)
         losses: list[float] = []
-        stalled = 0
+        stalled = rising = 0
         converged = False
         for epoch in range(self.epochs):
             lr = step / (1.0 + self.decay * epoch)
-            if batch >= n_samples:
+            if full:
                 y_hat = self.__predict(Xs, w, b)
                 losses.append(self.__loss(yc, y_hat, w))
                 w, b = self.__sgd(Xs, yc, y_hat, w, b, lr)
@@ -235,11 +239,23 @@ class SimpleLinearRegression:
                     w, b = self.__sgd(Xb, yb, y_hat, w, b, lr)
                 losses.append(total / n_samples)
             w = w.astype(dtype, copy=False)
-            if not np.isfinite(losses[-1]) or not np.isfinite(w).all() or losses[-1] > 10.0 * min(losses):
+            rising = (
+                rising + 1 if full and len(losses) > 1 and losses[-1] - losses[-2] > noise * losses[-2] else 0
+            )
+            if (
+                not np.isfinite(losses[-1])
+                or not np.isfinite(w).all()
+                or losses[-1] > 10.0 * min(losses)
+                or rising >= self.patience
+            ):
+                how = f"rose {rising} epochs in a row" if rising >= self.patience else f"{losses[-1]:.6g}"
                 raise FloatingPointError(
-                    f"gradient descent diverged at epoch {epoch}; lower learning_rate (now {lr:g})"
+                    f"gradient descent diverged at epoch {epoch} (loss {how}, lowest {min(losses):.6g}); "
+                    f"lower learning_rate (now {lr:g})"
                 )
-            if len(losses) > 1 and losses[-2] - losses[-1] <= self.tol * max(losses[-2], 1e-300):
+            if rising:
+                stalled = 0
+            elif len(losses) > 1 and losses[-2] - losses[-1] <= self.tol * max(losses[-2], 1e-300):
                 stalled += 1
                 if stalled >= self.patience:
                     converged = True
