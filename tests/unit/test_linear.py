@@ -152,6 +152,20 @@ def test_a_learning_rate_just_past_the_limit_is_reported_not_called_converged(ep
         SimpleLinearRegression(learning_rate=1.03 * limit, epochs=epochs).fit(X, y)
 
 
+def test_the_auto_step_sees_the_curvature_of_columns_that_cancel_out() -> None:
+    """The step's power iteration started from the all-ones vector, which columns summing to zero
+    (x, x, -x, -x) leave unseen: it found no curvature, took too large a step and "diverged" with
+    learning_rate="auto", the setting documented as unable to diverge."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=500)
+    X = np.column_stack([x, x, -x, -x])
+    y = 2 * x + 1 + rng.normal(scale=0.1, size=500)
+    for batch_size in (None, 64):
+        model = SimpleLinearRegression(batch_size=batch_size).fit(X, y)
+        assert model.score(X, y) > 0.99
+        assert model.coef_ @ [1, 1, -1, -1] == pytest.approx(2.0, abs=0.02)
+
+
 def test_float32_inputs_give_the_same_line() -> None:
     X, y, _, _ = synthetic_regression(n=1000)
     wide = SimpleLinearRegression(epochs=5000, tol=1e-12).fit(X, y)

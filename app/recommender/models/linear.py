@@ -316,10 +316,14 @@ class SimpleLinearRegression:
         runs take half the step.
         """
         n = Xs.shape[0]
+        rng = np.random.default_rng(self.random_state)
         if n > 20_000:  # a random 20,000-row sample estimates the spectrum well enough
-            Xs = Xs[np.random.default_rng(self.random_state).choice(n, 20_000, replace=False)]
+            Xs = Xs[rng.choice(n, 20_000, replace=False)]
         rows = Xs
-        vector = np.ones(rows.shape[1], dtype=rows.dtype) / np.sqrt(rows.shape[1])
+        # A random start: the all-ones vector is blind to columns that cancel out (x and -x, or a
+        # complete centred one-hot group), and the step then came out too large to converge.
+        start = np.abs(rng.standard_normal(rows.shape[1])) + 0.5
+        vector = (start / np.linalg.norm(start)).astype(rows.dtype)
         eigen = 0.0
         for _ in range(iterations):
             product = rows.T @ (rows @ vector) / rows.shape[0]
