@@ -176,11 +176,22 @@ def rating_batch(data_dir: str, repeat: int) -> float:
     return ratio
 
 
+def _positive_int(text: str) -> int:
+    """``--repeat``: a whole number >= 1 (0 measured a model, then failed on min() of no timings)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("MOVIEREC_DATA_DIR", "data"))
     parser.add_argument(
-        "--repeat", type=int, default=200, help="timing repetitions (best and median reported)"
+        "--repeat", type=_positive_int, default=200, help="timing repetitions (best and median reported)"
     )
     parser.add_argument(
         "--skip-ratings", action="store_true", help="only the diabetes part (no MovieLens needed)"
