@@ -30,7 +30,8 @@ BULK_MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
 class PredictRecord(Strict):
-    """One (person, movie) pair; ``user_id`` of a known user adds their own rating history."""
+    """One (person, movie) pair; ``user_id`` of a known user adds their own rating history (an id
+    the model does not know is predicted from the demographics alone, as without one)."""
 
     age: Age
     gender: Gender
