@@ -13,20 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from app.api.schemas import FIELD_RULES
 from app.errors import InvalidRequest, Unavailable
-from app.recommender.features import MAX_ID
 from app.recommender.models.linear import InvalidRecordError
 from app.services.models import ModelHolder
 
 RECORD_FIELDS = frozenset({"age", "gender", "occupation", "movie_id", "user_id"})
-RECORD_RULES = {
-    "age": "must be an integer between 1 and 120",
-    "gender": "must be one of M, F, O",
-    "occupation": "must be one of the 21 MovieLens occupations",
-    "movie_id": "must be the id of a movie in the catalogue",
-    "user_id": f"must be an integer between 1 and {MAX_ID} (unknown users are predicted from demographics)",
-    "record": "must be an object",
-}
+# The request schemas' own words (app/api/schemas.py), so a bad field reads the same alone
+# (/stream, checked by its schema) and in a batch (checked here); a kept copy had drifted.
+RECORD_RULES = {name: FIELD_RULES[name] for name in sorted(RECORD_FIELDS)} | {"record": "must be an object"}
 
 
 class PredictionService:

@@ -286,3 +286,17 @@ def test_batch_says_a_missing_field_is_required_as_stream_does(
     assert stream.get_json()["error"]["fields"][missing].startswith("is required")
     assert batch.get_json()["error"]["fields"][f"instances[1].{missing}"].startswith("is required")
     assert "instances[1]." + missing + " is required" in batch.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("age", 0), ("gender", "x"), ("occupation", "pilot"), ("movie_id", 99_999)]
+)
+def test_a_bad_field_gets_the_same_rule_alone_and_in_a_batch(
+    client: Any, auth_headers: dict, field: str, value: Any
+) -> None:
+    """The batch kept its own copy of the field rules, and it had drifted: a bad occupation was told
+    "must be one of the 21 MovieLens occupations" in a batch but given the list alone."""
+    record = {**RECORD, field: value}
+    stream = client.post("/api/predict/stream", json=record, headers=auth_headers).get_json()
+    batch = client.post("/api/predict/batch", json={"instances": [record]}, headers=auth_headers).get_json()
+    assert batch["error"]["fields"][f"instances[0].{field}"] == stream["error"]["fields"][field]
