@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, current_app, jsonify
 from flask_jwt_extended import jwt_required
 from spectree import Response
@@ -24,6 +25,12 @@ def _service() -> Any:
     return current_app.extensions["movierec"].predictions
 
 
+def _rounded(predicted: np.ndarray) -> list[float]:
+    """Predictions to 6 decimals, one rounding for both endpoints (Python's round() and NumPy's
+    differ next to half-way points, so a record could answer differently alone and in a batch)."""
+    return list(predicted.round(6).tolist())
+
+
 @bp.post("/api/predict/stream")
 @jwt_required()
 @spec.validate(
@@ -36,7 +43,7 @@ def _service() -> Any:
 def stream(json: PredictRecord) -> Any:
     """Predicted rating (1-5) of one movie for one person (demographics, optionally a known user_id)."""
     predicted, version = _service().predict([json.model_dump(exclude_none=True)], where="instance")
-    return jsonify(prediction=round(float(predicted[0]), 6), model_version=version)
+    return jsonify(prediction=_rounded(predicted)[0], model_version=version)
 
 
 @bp.post("/api/predict/batch")
@@ -52,4 +59,4 @@ def stream(json: PredictRecord) -> Any:
 def batch(json: PredictBatchRequest) -> Any:
     """Predicted ratings for up to 10,000 records in one vectorised call; one bad record fails the batch."""
     predicted, version = _service().predict(json.instances, where="instances")
-    return jsonify(predictions=predicted.round(6).tolist(), model_version=version)
+    return jsonify(predictions=_rounded(predicted), model_version=version)

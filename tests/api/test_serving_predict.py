@@ -300,3 +300,15 @@ def test_a_bad_field_gets_the_same_rule_alone_and_in_a_batch(
     stream = client.post("/api/predict/stream", json=record, headers=auth_headers).get_json()
     batch = client.post("/api/predict/batch", json={"instances": [record]}, headers=auth_headers).get_json()
     assert batch["error"]["fields"][f"instances[0].{field}"] == stream["error"]["fields"][field]
+
+
+def test_stream_and_batch_round_a_prediction_alike(
+    app: Any, client: Any, auth_headers: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/stream rounded with Python's round() and /batch with NumPy's, which differ on values next to
+    a half-way point: 2.3450015 was 2.345001 alone and 2.345002 in a batch."""
+    model = app.extensions["movierec"].models.require().rating_model
+    monkeypatch.setattr(model, "predict_records", lambda records: np.full(len(records), 2.3450015))
+    stream = client.post("/api/predict/stream", json=RECORD, headers=auth_headers).get_json()
+    batch = client.post("/api/predict/batch", json={"instances": [RECORD]}, headers=auth_headers).get_json()
+    assert batch["predictions"] == [stream["prediction"]]
