@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, jsonify
 from flask_jwt_extended import jwt_required
 from spectree import Response
 
-from app.api.schemas import ErrorResponse
+from app.api.schemas import FIELD_RULES, ErrorResponse
 from app.api.serving_schemas import (
     PredictBatchRequest,
     PredictBatchResponse,
@@ -17,12 +17,41 @@ from app.api.serving_schemas import (
     PredictResponse,
 )
 from app.api.spec import BEARER, spec
+from app.errors import InvalidRequest
+from app.recommender.models.linear import InvalidRecordError
+from app.services.predictions import RECORD_FIELDS, UnknownRecordField
 
 bp = Blueprint("predict", __name__)
+
+# The request schemas' own words, so a bad field reads the same alone (/stream, checked by its
+# schema) and in a batch (checked record by record by the service); a kept copy had drifted.
+RECORD_RULES = {name: FIELD_RULES[name] for name in sorted(RECORD_FIELDS)} | {"record": "must be an object"}
 
 
 def _service() -> Any:
     return current_app.extensions["movierec"].predictions
+
+
+def _predict(records: Any, where: str) -> tuple[np.ndarray, str]:
+    """The service's predictions, a malformed record as a 400 naming its field.
+
+    ``where`` names the records in error fields (``instances[3].age``); for one record
+    (``where="instance"``, /stream, whose body is the record) a field is named alone (``age``),
+    as the request validation names it.
+    """
+    try:
+        return _service().predict(records)  # type: ignore[no-any-return]
+    except UnknownRecordField as exc:
+        path = exc.field if where == "instance" else f"{where}[{exc.index}].{exc.field}"
+        prefix = "" if where == "instance" else f"{where}[{exc.index}]: "
+        raise InvalidRequest(f"{prefix}unknown field {exc.field}", fields={path: "unknown field"}) from exc
+    except InvalidRecordError as exc:
+        name = exc.field if exc.field in RECORD_RULES else "record"
+        rule = RECORD_RULES[name]
+        if exc.missing:  # worded as the request validation words an absent field
+            rule = f"is required and {rule}"
+        path = name if where == "instance" else f"{where}[{exc.index}].{name}"
+        raise InvalidRequest(f"{path} {rule}", fields={path: rule}) from exc
 
 
 def _rounded(predicted: np.ndarray) -> list[float]:
@@ -42,7 +71,7 @@ def _rounded(predicted: np.ndarray) -> list[float]:
 )
 def stream(json: PredictRecord) -> Any:
     """Predicted rating (1-5) of one movie for one person (demographics, optionally a known user_id)."""
-    predicted, version = _service().predict([json.model_dump(exclude_none=True)], where="instance")
+    predicted, version = _predict([json.model_dump(exclude_none=True)], where="instance")
     return jsonify(prediction=_rounded(predicted)[0], model_version=version)
 
 
@@ -58,5 +87,5 @@ def stream(json: PredictRecord) -> Any:
 )  # fmt: skip
 def batch(json: PredictBatchRequest) -> Any:
     """Predicted ratings for up to 10,000 records in one vectorised call; one bad record fails the batch."""
-    predicted, version = _service().predict(json.instances, where="instances")
+    predicted, version = _predict(json.instances, where="instances")
     return jsonify(predictions=_rounded(predicted), model_version=version)
