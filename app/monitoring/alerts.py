@@ -212,7 +212,13 @@ class SmtpAuthError(AlertDeliveryError):
 
 
 class SmtpConnectionError(AlertDeliveryError):
-    """The SMTP server could not be reached or dropped the connection."""
+    """The SMTP server could not be reached, dropped the connection, or answered with a
+    temporary (4xx) refusal: "try again later" (RFC 5321), a greylisting or rate-limiting relay.
+    Retried until the server accepts (:meth:`Alerter._deliver`); at start, exit 75, not 2."""
+
+
+def _is_temporary(code: int) -> bool:
+    return 400 <= code < 500
 
 
 class PasswordSourceError(RuntimeError):
@@ -619,6 +625,11 @@ class SmtpSink:
             return smtp
         except smtplib.SMTPAuthenticationError as exc:
             self._close_quietly(smtp)
+            if _is_temporary(exc.smtp_code):  # 454: the server cannot check it now, not a wrong password
+                raise SmtpConnectionError(
+                    f"SMTP server {self.where} cannot log in user {self.username!r} now: "
+                    f"{exc.smtp_code} {_decode(exc.smtp_error)}"
+                ) from None
             raise SmtpAuthError(
                 f"SMTP server {self.where} rejected the login for user {self.username!r}: "
                 f"{exc.smtp_code} {_decode(exc.smtp_error)}"
@@ -693,18 +704,18 @@ class SmtpSink:
         try:
             smtp.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)
         except smtplib.SMTPRecipientsRefused as exc:
-            raise AlertDeliveryError(
-                f"SMTP server {self.where} refused recipients {sorted(exc.recipients)}", retryable=False
-            ) from None
-        except smtplib.SMTPSenderRefused as exc:
-            raise AlertDeliveryError(
-                f"SMTP server {self.where} refused sender {self.sender!r}: {exc.smtp_code}", retryable=False
-            ) from None
-        except smtplib.SMTPResponseException as exc:
-            raise AlertDeliveryError(
-                f"SMTP server {self.where}: {exc.smtp_code} {_decode(exc.smtp_error)}",
-                retryable=400 <= exc.smtp_code < 500,
-            ) from None
+            replies = {addr: f"{code} {_decode(text)}" for addr, (code, text) in exc.recipients.items()}
+            message = f"SMTP server {self.where} refused recipients {dict(sorted(replies.items()))}"
+            if all(_is_temporary(code) for code, _ in exc.recipients.values()):
+                raise SmtpConnectionError(message) from None
+            raise AlertDeliveryError(message, retryable=False) from None
+        except smtplib.SMTPResponseException as exc:  # sender refused, data refused, ...
+            sender = isinstance(exc, smtplib.SMTPSenderRefused)
+            what = f"refused sender {self.sender!r}" if sender else "answered"
+            message = f"SMTP server {self.where} {what}: {exc.smtp_code} {_decode(exc.smtp_error)}"
+            if _is_temporary(exc.smtp_code):
+                raise SmtpConnectionError(message) from None
+            raise AlertDeliveryError(message, retryable=False) from None
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise SmtpConnectionError(f"SMTP server {self.where} dropped the connection: {exc}") from None
         finally:

@@ -68,13 +68,42 @@ class RecordingHandler:
 class Authenticator:
     def __init__(self) -> None:
         self.attempts: list[tuple[str, bool]] = []
+        self.reply: str | None = None  # a refusal other than aiosmtpd's 535, e.g. a 454
 
     def __call__(self, server, session, envelope, mechanism, auth_data):
         ok = isinstance(auth_data, LoginPassword) and (
             auth_data.login.decode() == USER and auth_data.password.decode() == PASSWORD
         )
         self.attempts.append((auth_data.login.decode() if isinstance(auth_data, LoginPassword) else "?", ok))
+        if self.reply is not None:
+            return AuthResult(success=False, handled=False, message=self.reply)
         return AuthResult(success=ok, handled=False)
+
+
+class RefusingHandler(RecordingHandler):
+    """Answers MAIL FROM, RCPT TO or DATA with ``refusals[command]`` while it is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals: dict[str, str] = {}
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if "MAIL" in self.refusals:
+            return self.refusals["MAIL"]
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if "RCPT" in self.refusals:
+            return self.refusals["RCPT"]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if "DATA" in self.refusals:
+            return self.refusals["DATA"]
+        return await super().handle_DATA(server, session, envelope)
 
 
 class SmtpServer:
@@ -91,8 +120,8 @@ class SmtpServer:
         return list(self.handler.received)
 
 
-def start_smtp(**kwargs: object) -> SmtpServer:
-    handler, auth = RecordingHandler(), Authenticator()
+def start_smtp(handler: RecordingHandler | None = None, **kwargs: object) -> SmtpServer:
+    handler, auth = handler or RecordingHandler(), Authenticator()
     kwargs.setdefault("auth_require_tls", False)
     controller = Controller(
         handler, hostname="127.0.0.1", port=free_port(), authenticator=auth, auth_required=True, **kwargs
@@ -204,6 +233,66 @@ def test_smtp_sink_unreachable_server_is_retryable_connection_error() -> None:
     with pytest.raises(SmtpConnectionError) as info:
         sink.verify()
     assert info.value.retryable is True
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        ("MAIL", "421 4.7.0 Too many messages, slow down"),
+        ("RCPT", "450 4.2.0 Greylisted, try again later"),
+        ("DATA", "451 4.3.0 Local error in processing"),
+    ],
+)
+def test_a_temporary_refusal_is_retried_until_the_server_accepts(command: str, reply: str) -> None:
+    """A 4xx answer means "try again later" (RFC 5321): a greylisting or rate-limiting relay. To
+    MAIL FROM or RCPT TO it was a permanent failure, the digest dropped at the first try; to DATA,
+    it was given up after max_attempts (90 s), shorter than a greylisting delay."""
+    handler = RefusingHandler()
+    handler.refusals[command] = reply
+    server = start_smtp(handler)
+    try:
+        sink = SmtpSink("127.0.0.1", server.port, sender=USER, recipients=[USER], username=USER,
+                        password=PASSWORD, timeout=5)  # fmt: skip
+        with pytest.raises(SmtpConnectionError, match=reply.split()[0]) as info:
+            sink.send(_note("database unreachable"))
+        assert info.value.retryable
+        alerter = Alerter([sink], group_wait=0, retry_delay=0, max_attempts=1)
+        alerter.raise_alert(Alert("log.error", "error", "database unreachable"))
+        alerter.flush_due()
+        alerter.flush_due()  # still refused: kept, past max_attempts
+        assert alerter.oldest_undelivered() == 1
+        del handler.refusals[command]
+        alerter.flush_due()
+        [msg] = server.wait_for(1, 5)
+        assert "database unreachable" in msg["Subject"] and alerter.oldest_undelivered() is None
+    finally:
+        server.controller.stop()
+
+
+def test_a_permanent_refusal_is_not_retried() -> None:
+    handler = RefusingHandler()
+    handler.refusals["RCPT"] = "550 5.1.1 No such user"
+    server = start_smtp(handler)
+    try:
+        sink = SmtpSink("127.0.0.1", server.port, sender=USER, recipients=[USER], username=USER,
+                        password=PASSWORD, timeout=5)  # fmt: skip
+        with pytest.raises(AlertDeliveryError, match="refused recipients") as info:
+            sink.send(_note())
+        assert not info.value.retryable and not isinstance(info.value, SmtpConnectionError)
+    finally:
+        server.controller.stop()
+
+
+def test_a_temporary_login_failure_is_not_a_configuration_error(smtp_server: SmtpServer) -> None:
+    """454 (Gmail's "Too many login attempts, please try again later") is temporary: it was an
+    SmtpAuthError, so the monitor exited 2 at start, which its unit does not restart."""
+    smtp_server.auth.reply = "454 4.7.0 Too many login attempts, please try again later"
+    sink = SmtpSink("127.0.0.1", smtp_server.port, sender=USER, recipients=[USER], username=USER,
+                    password=PASSWORD, timeout=5)  # fmt: skip
+    with pytest.raises(SmtpConnectionError, match="454") as info:
+        sink.verify()
+    assert not isinstance(info.value, SmtpAuthError) and info.value.retryable
+    assert PASSWORD not in str(info.value)
 
 
 def test_smtp_sink_starttls_with_verified_certificate(tls_files: tuple[Path, Path]) -> None:
