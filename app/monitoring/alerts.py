@@ -174,9 +174,9 @@ class Notification:
                 text = str(value)
                 if "\n" in text:
                     lines.append(f"    {key}:")
-                    lines.extend(f"        {part}" for part in text.splitlines()[:40])
+                    lines.extend(f"        {part}" for part in _clip_lines(text.splitlines()))
                 else:
-                    lines.append(f"    {key}: {text[:1000]}")
+                    lines.append(f"    {key}: {_clip(text)}")
             lines.append("")
         if self.omitted_distinct:
             lines.append(
@@ -186,6 +186,23 @@ class Notification:
             lines.append("")
         lines.append("What each alert means and what to do: docs/operations.md (section 'Alert catalogue').")
         return "\n".join(lines) + "\n"
+
+
+DETAIL_HEAD_LINES = 10  # a multi-line detail (a traceback) keeps its first lines ...
+DETAIL_TAIL_LINES = 30  # ... and its last ones: a traceback's exception is its last line
+DETAIL_LINE_CHARS = 1000
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= DETAIL_LINE_CHARS else line[: DETAIL_LINE_CHARS - 3] + "..."
+
+
+def _clip_lines(lines: list[str]) -> list[str]:
+    """A multi-line detail, bounded: its head and its tail, and how many lines between were cut."""
+    if len(lines) > DETAIL_HEAD_LINES + DETAIL_TAIL_LINES + 1:
+        cut = len(lines) - DETAIL_HEAD_LINES - DETAIL_TAIL_LINES
+        lines = [*lines[:DETAIL_HEAD_LINES], f"... {cut} lines not shown ...", *lines[-DETAIL_TAIL_LINES:]]
+    return [_clip(line) for line in lines]
 
 
 class AlertSink(Protocol):

@@ -10,6 +10,7 @@ import datetime as dt
 import io
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -309,3 +310,20 @@ def test_load_password_bad_sources_are_errors(tmp_path: Path) -> None:
         load_smtp_password(password_file=empty, environ={})
     with pytest.raises(PasswordSourceError):
         load_smtp_password(environ={"MONITOR_SMTP_PASSWORD_FILE": str(tmp_path / "nope")})
+
+
+def test_a_long_traceback_keeps_its_last_lines_and_says_what_was_cut() -> None:
+    """A traceback's exception is its last line: the body kept the first 40 lines of a detail
+    and dropped the rest without a word, so a deep one (Flask plus SQLAlchemy frames, a chained
+    exception) was emailed without the error it was about."""
+    frames = [f'  File "/app/mod{i}.py", line {i}, in f{i}\n    f{i + 1}()' for i in range(60)]
+    exc = "\n".join(["Traceback (most recent call last):", *frames, "OperationalError: connection refused"])
+    alerter, sink, _clock = make(group_wait=0)
+    alerter.raise_alert(err("scoring failed", exc=exc, sql="SELECT " + "x, " * 2000))
+    body = sink.sent[0].body
+    assert "Traceback (most recent call last):" in body
+    assert "        OperationalError: connection refused\n" in body
+    assert re.search(r"\.\.\. \d+ lines? not shown \.\.\.", body)
+    assert len(body.splitlines()) < 60
+    [sql] = [line for line in body.splitlines() if line.startswith("    sql: ")]
+    assert len(sql) < 1100 and sql.endswith("...")  # a cut line says so too
