@@ -67,6 +67,9 @@ _PLAIN_LEVEL = re.compile(
 _FIELD_NAME = re.compile(r"^[A-Z0-9_]+$")
 MAX_JOINED_BYTES = 1 << 20
 """Longest line rebuilt from Docker's 16 kB partial entries before it is handed over as it is."""
+TRACEBACK_HEADER = "Traceback (most recent call last):"
+MAX_TRACEBACK_LINES = 1000
+"""Most lines of a plain-text traceback held for one entry before it is handed over as it is."""
 # uwsgi's request log line (it logs 4xx/5xx only, to stderr):
 # "[pid: 7|app: 0|req: 3/9] 10.0.0.1 () {...} [...] GET /x => generated ... (HTTP/1.1 503) ..."
 _UWSGI_REQUEST = re.compile(r"^\[pid: \d+\|.*=> generated .*\(HTTP/[\d.]+ (\d{3})\)")
@@ -259,6 +262,21 @@ def parse_entry(raw: Mapping[str, Any]) -> JournalEntry:
     )
 
 
+@dataclass
+class _HeldTraceback:
+    """The lines of a plain-text traceback so far, its first entry and its latest one."""
+
+    first: dict[str, Any]
+    lines: list[str]
+    at: float  # time.monotonic() of the latest line
+    last: dict[str, Any] = field(default_factory=dict)
+
+    def joined(self) -> dict[str, Any]:
+        """One entry: the first line's time, the last line's cursor, the lines as its MESSAGE."""
+        return {**self.first, **self.last, "MESSAGE": "\n".join(self.lines),
+                "__REALTIME_TIMESTAMP": self.first.get("__REALTIME_TIMESTAMP")}  # fmt: skip
+
+
 class JournalFollower:
     """Follow journald entries matching field filters, restarting journalctl when it exits.
 
@@ -279,6 +297,7 @@ class JournalFollower:
         backoff_max: float = 30.0,
         stable_after: float = 10.0,
         refresh_after: float | None = 10.0,
+        traceback_quiet: float = 2.0,
     ) -> None:
         for name in matches:
             if not _FIELD_NAME.match(name):
@@ -306,6 +325,14 @@ class JournalFollower:
         # plain-text form, so they fell back to stdout's PRIORITY 6: INFO, and the error was
         # never alerted on. The chunks are held here per container and stream until the last.
         self._partial: dict[tuple[str, str], list[bytes]] = {}
+        # A Python traceback written as plain text (a crash before JSON logging was configured,
+        # uwsgi failing to load the app) is one entry per line under that driver too: each line
+        # was an alert of its own (stderr: PRIORITY 3), and past 20 distinct lines the exception,
+        # the last one, was not in the email. Its lines are held per stream, like the chunks
+        # above, from the header to the first line that is not indented (the exception), or
+        # until the stream has said nothing for ``traceback_quiet`` seconds.
+        self.traceback_quiet = traceback_quiet
+        self._tracebacks: dict[tuple[str, str], _HeldTraceback] = {}
 
     # -- process management ---------------------------------------------------------------
     def command(self) -> list[str]:
@@ -344,7 +371,7 @@ class JournalFollower:
     @property
     def holding_partial(self) -> bool:
         """True while chunks of a long line wait for their last one (``cursor`` is past them)."""
-        return bool(self._partial)
+        return bool(self._partial or self._tracebacks)
 
     @property
     def stopped(self) -> bool:
@@ -399,6 +426,7 @@ class JournalFollower:
                         if self.refresh_after and not refreshing and silent > self.refresh_after:
                             refreshing = True  # its lines still queued are read, then its EOF
                             proc.terminate()
+                        yield from self._quiet_tracebacks()
                         yield None
                         continue
                     if kind == "eof":
@@ -410,6 +438,7 @@ class JournalFollower:
                     if entry is not None:
                         backoff = self.backoff_initial
                         yield entry
+                    yield from self._quiet_tracebacks()  # those of streams other lines outran
                 if self._stop.is_set():
                     break
                 code = proc.wait() if proc is not None else None
@@ -451,15 +480,48 @@ class JournalFollower:
         cursor = _field_text(raw.get("__CURSOR"))
         if cursor:
             self.cursor = cursor
-        raw = self._join_partial(raw)
-        return parse_entry(raw) if raw is not None else None
+        joined = self._join_partial(raw)
+        if joined is not None:
+            joined = self._join_traceback(joined)
+        return parse_entry(joined) if joined is not None else None
+
+    @staticmethod
+    def _stream(raw: Mapping[str, Any]) -> tuple[str, str]:
+        """The container and stream an entry came from (stdout is PRIORITY 6, stderr 3)."""
+        return (
+            _field_text(raw.get("CONTAINER_ID_FULL")) or _field_text(raw.get("CONTAINER_NAME")) or "",
+            _field_text(raw.get("PRIORITY")) or "",
+        )
+
+    def _join_traceback(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        """Hold a plain-text traceback's lines; return them as one entry with its last (see __init__)."""
+        key = self._stream(raw)
+        line = (_field_text(raw.get("MESSAGE")) or "").rstrip("\n")
+        held = self._tracebacks.get(key)
+        if held is None:
+            if line.rstrip() != TRACEBACK_HEADER:
+                return raw
+            self._tracebacks[key] = _HeldTraceback(raw, [line], time.monotonic())
+            return None
+        held.lines.append(line)
+        held.last = raw
+        held.at = time.monotonic()
+        if line[:1].isspace() and len(held.lines) < MAX_TRACEBACK_LINES:
+            return None
+        del self._tracebacks[key]  # the exception line (or one that is not indented): the end
+        return held.joined()
+
+    def _quiet_tracebacks(self) -> Iterator[JournalEntry]:
+        """Hand over the tracebacks whose stream stopped before their exception line."""
+        now = time.monotonic()
+        for key, held in list(self._tracebacks.items()):
+            if now - held.at >= self.traceback_quiet:
+                del self._tracebacks[key]
+                yield parse_entry(held.joined())
 
     def _join_partial(self, raw: dict[str, Any]) -> dict[str, Any] | None:
         """Hold Docker's partial chunks; return the whole line with the last one (see __init__)."""
-        key = (
-            _field_text(raw.get("CONTAINER_ID_FULL")) or _field_text(raw.get("CONTAINER_NAME")) or "",
-            _field_text(raw.get("PRIORITY")) or "",  # the stream: stdout 6, stderr 3
-        )
+        key = self._stream(raw)
         partial = _field_text(raw.get("CONTAINER_PARTIAL_MESSAGE")) == "true"
         if not partial and key not in self._partial:
             return raw

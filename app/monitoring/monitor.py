@@ -44,7 +44,7 @@ from app.monitoring.alerts import (
     SmtpSink,
     load_smtp_password,
 )
-from app.monitoring.journal import JournalEntry, JournalFollower
+from app.monitoring.journal import TRACEBACK_HEADER, JournalEntry, JournalFollower
 from app.monitoring.logs import LOG_LEVELS, configure_logging
 from app.number_options import number_problem
 from app.services.durable_files import write_durably
@@ -262,6 +262,11 @@ def entry_to_alert(entry: JournalEntry, container: str) -> Alert:
     if isinstance(forwarded_kind, str) and forwarded_kind:
         kind, summary = forwarded_kind, entry.message
     details: dict[str, Any] = {"container": entry.container_name or container}
+    if not entry.is_structured and "\n" in entry.message and entry.message.startswith(TRACEBACK_HEADER):
+        # a plain-text traceback (JournalFollower joins its lines): its exception is the news
+        lines = [line for line in entry.message.splitlines() if line.strip()]
+        summary = lines[-1].strip()
+        details["traceback"] = entry.message
     if entry.priority is not None:
         details["priority"] = entry.priority
     if not entry.is_structured and entry.identifier:

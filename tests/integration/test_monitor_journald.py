@@ -739,3 +739,24 @@ def test_a_line_with_a_lone_surrogate_escape_does_not_lose_its_digest(smtp_serve
     body = msg.get_content()
     assert "database unreachable" in body and "cannot open /data/" in body
     assert alerter.failed == 0
+
+
+def test_a_plain_traceback_is_one_alert_naming_its_exception(
+    journald, container, smtp_server, monitor_factory
+) -> None:
+    """Docker writes each stderr line as an entry: uwsgi failing to import the app (before JSON
+    logging is up) was one alert per traceback line, the exception left out past 20 lines."""
+    monitor = monitor_factory()
+    monitor.wait_ready(journald, container)
+    frames = [f'  File "/app/app/mod{i}.py", line {i}, in f{i}\n    f{i + 1}()' for i in range(15)]
+    exception = "FileNotFoundError: [Errno 2] No such file or directory: '/model/latest/manifest.json'"
+    lines = ["Traceback (most recent call last):", *"\n".join(frames).splitlines(), exception]
+    for line in lines:
+        journald.send(line, priority=3, CONTAINER_NAME=container)
+    [msg] = smtp_server.wait_for(1, 15)
+    assert "FileNotFoundError: [Errno 2] No such file or directory" in msg["Subject"]
+    assert msg["X-Movierec-Alert-Count"] == "1"
+    body = msg.get_content()
+    assert "        FileNotFoundError: [Errno 2]" in body and '        File "/app/app/mod0.py"' in body
+    time.sleep(2.0)
+    assert len(smtp_server.handler.received) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -79,3 +80,77 @@ def test_partial_chunks_of_two_streams_are_not_mixed() -> None:
     assert out is not None and out.message == "out-end"
     plain = follower._parse_line(journal_line("next", "c5", "6"))
     assert plain is not None and plain.message == "next"
+
+
+TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "/app/app/api/__init__.py", line 120, in create_app',
+    "    bundle = load_bundle(path)",
+    '  File "/app/app/recommender/bundle.py", line 40, in read_manifest',
+    '    with open(path / "manifest.json") as fh:',
+    "         ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+    "FileNotFoundError: [Errno 2] No such file or directory: '/model/latest/manifest.json'",
+]
+
+
+def test_a_plain_traceback_docker_wrote_line_by_line_is_one_error_entry() -> None:
+    """Docker's driver makes each line a stderr writes an entry of its own: a crash before JSON
+    logging was up (uwsgi loading the app) became one ERROR alert per traceback line, the
+    exception among them, and past 20 lines it was not in the email at all."""
+    from app.monitoring.monitor import entry_to_alert
+
+    follower = JournalFollower({"CONTAINER_NAME": "movierec"})
+    entries = []
+    for n, line in enumerate(TRACEBACK):
+        entries.append(follower._parse_line(journal_line(line, f"s=x;i={n}", "3")))
+        if n < len(TRACEBACK) - 1:
+            assert follower.holding_partial
+    assert entries[:-1] == [None] * (len(TRACEBACK) - 1) and not follower.holding_partial
+    entry = entries[-1]
+    assert entry is not None and entry.level == "ERROR" and entry.message == "\n".join(TRACEBACK)
+    assert follower.cursor == f"s=x;i={len(TRACEBACK) - 1}"
+    alert = entry_to_alert(entry, "movierec")
+    assert alert.summary == TRACEBACK[-1]  # what the subject shows, and what identical crashes share
+    assert alert.details["traceback"] == "\n".join(TRACEBACK)
+    after = follower._parse_line(journal_line("unable to load app 0", "s=x;i=99", "3"))
+    assert after is not None and after.message == "unable to load app 0"
+
+
+def test_a_chained_traceback_and_other_streams_do_not_mix() -> None:
+    follower = JournalFollower({"CONTAINER_NAME": "movierec"})
+    chained = [*TRACEBACK[:3], "KeyError: 'x'", "", "During handling of the above exception, another "
+               "exception occurred:", "", *TRACEBACK]  # fmt: skip
+    got = []
+    for n, line in enumerate(chained):
+        got.append(follower._parse_line(journal_line(line, f"e{n}", "3")))
+        if n == 1:  # a stdout line in the middle is its own entry
+            out = follower._parse_line(journal_line("GET /health 200", "o1", "6"))
+            assert out is not None and out.message == "GET /health 200"
+    entries = [e for e in got if e is not None]
+    assert entries[0].message == "\n".join([*TRACEBACK[:3], "KeyError: 'x'"])
+    assert entries[-1].message == "\n".join(TRACEBACK)
+    assert "\n".join(e.message for e in entries) == "\n".join(chained)
+    assert all(e.level == "ERROR" for e in entries if e.message.startswith("Traceback"))
+
+
+def test_a_traceback_whose_end_never_comes_is_handed_over_when_the_stream_goes_quiet(tmp_path) -> None:
+    """A process killed while printing: its traceback must not be held for ever (no alert)."""
+    import stat
+
+    script = tmp_path / "journalctl"
+    lines = b"".join(journal_line(line, f"s=x;i={n}", "3") for n, line in enumerate(TRACEBACK[:3]))
+    (tmp_path / "lines").write_bytes(lines)
+    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'lines'}\nexec sleep 30\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    follower = JournalFollower(
+        {"CONTAINER_NAME": "movierec"}, journalctl=str(script), refresh_after=None, traceback_quiet=0.5
+    )
+    got = []
+    deadline = time.monotonic() + 10
+    for entry in follower.follow(idle=0.1):
+        if entry is not None:
+            got.append(entry)
+        if got or time.monotonic() > deadline:
+            follower.stop()
+    assert [e.message for e in got] == ["\n".join(TRACEBACK[:3])] and got[0].level == "ERROR"
+    assert not follower.holding_partial
