@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import io
 import logging
 import os
 import re
@@ -424,6 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_entries=args.print_entries,
         cursor_file=cursor_file,
     )
+    if args.print_entries and isinstance(sys.stdout, io.TextIOWrapper):
+        # A line stdout cannot encode (a JSON "\udcff" under a locale other than C, where stdout
+        # is strict) raised out of --print and ended the monitor, on the same entry at each restart.
+        sys.stdout.reconfigure(errors="replace")
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: monitor.stop())

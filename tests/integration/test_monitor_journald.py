@@ -760,3 +760,22 @@ def test_a_plain_traceback_is_one_alert_naming_its_exception(
     assert "        FileNotFoundError: [Errno 2]" in body and '        File "/app/app/mod0.py"' in body
     time.sleep(2.0)
     assert len(smtp_server.handler.received) == 1
+
+
+def test_print_survives_a_line_its_stdout_cannot_encode(
+    journald, container, smtp_server, monitor_factory
+) -> None:
+    """A JSON line may carry "\\udcff" (a surrogate-escaped file name). On a host whose locale is
+    not C (stdout's errors are 'strict' there, as PYTHONIOENCODING=utf-8 makes them here),
+    --print raised UnicodeEncodeError: the monitor died, and with --cursor-file it resumed
+    before that entry and died on it again, for ever."""
+    monitor = monitor_factory(env_extra={"PYTHONIOENCODING": "utf-8"})
+    monitor.wait_ready(journald, container)
+    poison = app_line("INFO", "MARK").replace("MARK", "/data/\\udcff.csv")  # the JSON escape itself
+    journald.send(poison, CONTAINER_NAME=container)
+    journald.send(app_line("ERROR", "after the odd line"), CONTAINER_NAME=container)
+    [msg] = smtp_server.wait_for(1, 15)
+    assert "after the odd line" in msg["Subject"]
+    assert monitor.proc.poll() is None, "".join(monitor.stderr)[-2000:]
+    assert any("/data/?.csv" in line for line in monitor.lines)
+    assert monitor.stop() == 0
