@@ -705,12 +705,12 @@ class SmtpSink:
 
     def build_message(self, notification: Notification) -> EmailMessage:
         msg = EmailMessage()
-        msg["Subject"] = _encodable(" ".join(notification.subject.split()))
+        msg["Subject"] = _header(notification.subject)
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.recipients)
         msg["Date"] = email.utils.formatdate(localtime=False)
         msg["Message-ID"] = email.utils.make_msgid(domain=socket.getfqdn() or "localhost")
-        msg["X-Movierec-Alert-Kind"] = _encodable(notification.kind)
+        msg["X-Movierec-Alert-Kind"] = _header(notification.kind)
         msg["X-Movierec-Alert-Count"] = str(notification.count)
         msg.set_content(_encodable(notification.body))
         return msg
@@ -744,6 +744,11 @@ class SmtpSink:
 def _encodable(text: str) -> str:
     """Lone surrogates (a JSON log line's "\\udcff") cannot be encoded into an email: '?' instead."""
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _header(text: str) -> str:
+    """One line (a line break in a header value is a ValueError: the email was never sent)."""
+    return _encodable(" ".join(text.split()))
 
 
 def _decode(value: bytes | str) -> str:

@@ -327,3 +327,14 @@ def test_a_long_traceback_keeps_its_last_lines_and_says_what_was_cut() -> None:
     assert len(body.splitlines()) < 60
     [sql] = [line for line in body.splitlines() if line.startswith("    sql: ")]
     assert len(sql) < 1100 and sql.endswith("...")  # a cut line says so too
+
+
+def test_an_alert_kind_with_a_line_break_still_makes_an_email() -> None:
+    """The monitor takes a line's ``alert_kind`` as the kind; one with a line break made the
+    X-Movierec-Alert-Kind header raise ValueError, and the digest was tried three times, then lost."""
+    sink = SmtpSink("smtp.example.test", sender="a@x.test", recipients=["b@x.test"])
+    alerter, rec, _ = make(group_wait=0)
+    alerter.raise_alert(err("breaker opened", kind="breaker.opened\r\nBcc: someone@x.test"))
+    msg = sink.build_message(rec.sent[0])
+    assert msg["X-Movierec-Alert-Kind"] == "breaker.opened Bcc: someone@x.test"
+    assert msg["Bcc"] is None
