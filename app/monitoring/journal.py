@@ -4,7 +4,7 @@ Runs ``journalctl --output=json --follow`` with field matches as an argument lis
 shell), parses each JSON object, and understands the two kinds of MESSAGE our containers
 produce: one of our JSON log lines (see ``app.monitoring.logs``) or plain text. The level
 comes from, in order: the JSON line's ``level``; for plain text, a uwsgi request line's HTTP
-status, a known crash marker (traceback, HARAKIRI, dead worker) or a level word at the start
+status, a Python warning, a known crash marker (traceback, HARAKIRI, dead worker) or a level word at the start
 ("ERROR:", "[WARNING]", "2024-01-01 12:00:00 ERROR ..."); finally journald's PRIORITY (0-7).
 
 Docker's journald driver gives stdout lines PRIORITY 6 and stderr lines PRIORITY 3, which is
@@ -20,6 +20,7 @@ kept storing entries.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -115,6 +116,9 @@ _UWSGI_ROUTINE = re.compile(
     r"Slow upload could be rejected on post-unbuffered webservers \*\*\*\s*$)"
 )
 _UWSGI_WARNING = re.compile(r"^\s*\*\*\* WARNING: ")
+# Python's warnings module writes "path:line: Category: message" to stderr, then the source line
+# indented (when it has it): "app.py:12: RuntimeWarning: divide by zero encountered in log".
+_PYTHON_WARNING = re.compile(r"^.+?:\d+: [A-Za-z_]\w*Warning: ")
 # Plain-text lines that mean trouble whatever stream they came from.
 _PLAIN_ERROR = re.compile(
     r"^(?:Traceback \(most recent call last\)|.*\*\*\* HARAKIRI|DAMN ! worker|!!! uWSGI process"
@@ -203,6 +207,8 @@ def plain_text_level(message: str) -> str | None:
         return "ERROR" if uwsgi.group(1).startswith("5") else "INFO"
     if _ROUTER_CLIENT_GONE.match(message):
         return "INFO"
+    if _PYTHON_WARNING.match(message):
+        return "WARNING"
     if _PLAIN_ERROR.match(message):
         return "ERROR"
     if _UWSGI_ROUTINE.match(message):
@@ -333,6 +339,9 @@ class JournalFollower:
         # until the stream has said nothing for ``traceback_quiet`` seconds.
         self.traceback_quiet = traceback_quiet
         self._tracebacks: dict[tuple[str, str], _HeldTraceback] = {}
+        # Streams whose last line was a Python warning: its indented source line comes next, and
+        # is INFO (the warning names file and line), not an ERROR for being on stderr.
+        self._after_warning: set[tuple[str, str]] = set()
 
     # -- process management ---------------------------------------------------------------
     def command(self) -> list[str]:
@@ -480,10 +489,23 @@ class JournalFollower:
         cursor = _field_text(raw.get("__CURSOR"))
         if cursor:
             self.cursor = cursor
+        key = self._stream(raw)
         joined = self._join_partial(raw)
         if joined is not None:
             joined = self._join_traceback(joined)
-        return parse_entry(joined) if joined is not None else None
+        if joined is None:
+            self._after_warning.discard(key)
+            return None
+        entry = parse_entry(joined)
+        plain_line = not entry.is_structured and "\n" not in entry.message
+        if plain_line and key in self._after_warning and entry.message[:1].isspace():
+            entry = dataclasses.replace(entry, level="INFO")
+            self._after_warning.discard(key)  # one source line
+        elif plain_line and _PYTHON_WARNING.match(entry.message):
+            self._after_warning.add(key)
+        else:
+            self._after_warning.discard(key)
+        return entry
 
     @staticmethod
     def _stream(raw: Mapping[str, Any]) -> tuple[str, str]:

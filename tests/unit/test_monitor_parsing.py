@@ -353,3 +353,24 @@ def test_other_uwsgi_start_warnings_stay_warnings(line: str) -> None:
 ])  # fmt: skip
 def test_uwsgi_graceful_reload_lines_are_not_errors(line: str) -> None:
     assert parse_entry({"MESSAGE": line, "PRIORITY": "3"}).level == "INFO"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "/app/.venv/lib/python3.11/site-packages/sklearn/base.py:376: InconsistentVersionWarning: Trying to "
+        "unpickle estimator DecisionTreeRegressor from version 1.3.2 when using version 1.5.1.",
+        "/app/app/recommender/ease.py:41: RuntimeWarning: divide by zero encountered in log",
+        "<string>:1: UserWarning: no source line follows this one",
+    ],
+)
+def test_a_python_warning_on_stderr_is_a_warning_with_its_source_line(line: str) -> None:
+    """Python's warnings go to stderr (PRIORITY 3) as "file:line: Category: message" and an
+    indented source line: each was an ERROR alert, a numpy RuntimeWarning a page at night."""
+    follower = JournalFollower({"CONTAINER_NAME": "movierec"})
+    warning = follower._parse_line(json.dumps(raw(line, priority="3")).encode())
+    source = follower._parse_line(json.dumps(raw("  return np.log(scores)", priority="3")).encode())
+    assert warning is not None and warning.level == "WARNING"
+    assert source is not None and source.level == "INFO"  # the warning's source, not an error
+    after = follower._parse_line(json.dumps(raw("  indented, no warning before", priority="3")).encode())
+    assert after is not None and after.level == "ERROR"
