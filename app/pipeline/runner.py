@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import AliasChoices, SecretStr
 
 from app.config import Settings
-from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS
+from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SecretFileError, read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,20 @@ def _env_value(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
+def _file_holding(env: dict[str, str], names: Sequence[str], value: str) -> tuple[str, str] | None:
+    """The ``<variable>_FILE`` of ``names`` set in ``env`` (its absolute path: the flow may run
+    elsewhere) whose file holds ``value``, if any."""
+    for env_name in names:
+        variable = env_name + FILE_SUFFIX
+        if env.get(variable):
+            try:
+                if read_secret_file(env[variable], variable) == value:
+                    return variable, os.path.abspath(env[variable])
+            except SecretFileError:
+                pass  # unreadable now: the value read at start is passed instead
+    return None
+
+
 def flow_environment(
     settings: Settings, base: dict[str, str] | None = None, workers: int | None = None
 ) -> dict[str, str]:
@@ -162,18 +176,25 @@ def flow_environment(
 
     A setting that is None is removed from the environment, so it reaches the flow as its
     default — settings whose default is not None therefore never use None ("" instead). A
-    secret's ``<variable>_FILE`` goes too: the value read from it is passed instead, and the
-    flow would refuse a secret given both ways.
+    secret read from a file (``<variable>_FILE``, app/secret_files.py) reaches the flow as that
+    file, so that no process's environment holds it (docker-compose.yml's /run/secrets); one
+    whose value is no longer the file's is passed as its value, without the file, which the
+    flow would refuse beside it.
     """
     env = dict(os.environ if base is None else base)
     for name, field in type(settings).model_fields.items():
         value = getattr(settings, name)
         names = _env_names(name, field)
+        secret_file = None
+        if name in SECRET_SETTINGS and value is not None:
+            secret_file = _file_holding(env, names, _env_value(value))
         for env_name in names:
             env.pop(env_name, None)
             if name in SECRET_SETTINGS:
                 env.pop(env_name + FILE_SUFFIX, None)
-        if value is not None:
+        if secret_file is not None:
+            env[secret_file[0]] = secret_file[1]
+        elif value is not None:
             for env_name in names:  # every alias, so none of them can shadow the value
                 env[env_name] = _env_value(value)
     metaflow_root = (Path(settings.var_dir) / "metaflow").resolve()

@@ -106,28 +106,70 @@ def test_the_flow_reads_back_the_same_settings(tmp_path: Path, monkeypatch: pyte
     assert again.model_dump() == settings.model_dump()
 
 
-def test_a_tracking_uri_from_a_file_reaches_the_flow_as_its_value(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """MOVIEREC_MLFLOW_TRACKING_URI_FILE (the URI may carry a database's or a server's password):
-    the launcher passes on the URI it read, not the file, which beside the value the flow's
-    settings would refuse."""
-    uri = "postgresql://mlflow:pw/with-a-slash@db.internal/mlflow"
-    path = tmp_path / "mlflow-uri"
-    path.write_text(uri + "\n")
+def _clean_settings_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("MOVIEREC_", "ML_MODEL_PATH", "SESSION_PASSWORD", "ADMIN_PASSWORD")):
             monkeypatch.delenv(name, raising=False)
+
+
+def test_a_tracking_uri_from_a_file_reaches_the_flow_as_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MOVIEREC_MLFLOW_TRACKING_URI_FILE (the URI may carry a database's or a server's password):
+    the launcher passes on the file, not the URI it read, which would be in the flow's
+    /proc/<pid>/environ (and in every step's: Metaflow's subprocesses inherit it)."""
+    uri = "postgresql://mlflow:pw/with-a-slash@db.internal/mlflow"
+    path = tmp_path / "mlflow-uri"
+    path.write_text(uri + "\n")
+    _clean_settings_environment(monkeypatch)
     monkeypatch.setenv("MOVIEREC_MLFLOW_TRACKING_URI_FILE", str(path))
     settings = Settings(testing=True, var_dir=tmp_path / "var")
     assert settings.mlflow_tracking_uri == uri
     env = flow_environment(settings)
-    assert "MOVIEREC_MLFLOW_TRACKING_URI_FILE" not in env
-    assert env["MOVIEREC_MLFLOW_TRACKING_URI"] == uri
+    assert env["MOVIEREC_MLFLOW_TRACKING_URI_FILE"] == str(path)
+    assert "MOVIEREC_MLFLOW_TRACKING_URI" not in env
+    assert not [name for name, value in env.items() if uri in value]
     monkeypatch.delenv("MOVIEREC_MLFLOW_TRACKING_URI_FILE")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert Settings().mlflow_tracking_uri == uri
+
+
+def test_secrets_read_from_files_reach_the_flow_as_those_files_not_as_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As docker-compose.yml's scheduler has them (/run/secrets): the flow, a process of the same
+    container, reads the same files, and no process's environment holds a secret; a setting that
+    no longer matches its file (given another value since) is passed as its value, alone."""
+    files = {
+        "MOVIEREC_ADMIN_PASSWORD_FILE": SECRET,
+        "MOVIEREC_DATABASE_URL_FILE": "postgresql://u:pw@db/movierec",
+        "SESSION_PASSWORD_FILE": "the-session-password",
+    }
+    base = {}
+    for name, value in files.items():
+        path = tmp_path / name
+        path.write_text(value + "\n")
+        base[name] = str(path)
+    _clean_settings_environment(monkeypatch)
+    for name, value in base.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(testing=True, var_dir=tmp_path / "var", model_path=tmp_path / "store")
+    assert settings.admin_password is not None and settings.admin_password.get_secret_value() == SECRET
+    env = flow_environment(settings, base=base)
+    assert {name: env.get(name) for name in base} == base
+    assert not [name for name, value in env.items() for secret in files.values() if secret in value]
+    for name in base:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().model_dump() == settings.model_dump()
+
+    changed = settings.model_copy(update={"database_url": "postgresql://u:other@db/movierec"})
+    env = flow_environment(changed, base=base)
+    assert "MOVIEREC_DATABASE_URL_FILE" not in env
+    assert env["MOVIEREC_DATABASE_URL"] == "postgresql://u:other@db/movierec"
+    assert env["MOVIEREC_ADMIN_PASSWORD_FILE"] == base["MOVIEREC_ADMIN_PASSWORD_FILE"]
 
 
 def test_metaflow_never_runs_as_root_or_without_a_user(
