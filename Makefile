@@ -20,13 +20,13 @@ PYTEST_ARGS ?=
 # pip prints one warning per package for the machine's optional local indexes; hide only those.
 QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
 
-.PHONY: help venv data model secrets run serve serve-prod train pipeline evaluate test test-fast lint bench bench-instructions clean
+.PHONY: help venv data model secrets compose-secrets run serve serve-prod train pipeline evaluate test test-fast lint bench bench-instructions clean
 
 help:
 	@echo "make run    set everything up, train a model if none exists, serve on http://$(HOST):$(PORT)"
 	@echo "make test   run every test tier (unit, api, integration, model, slow, docker, browser)"
 	@echo "other: test-fast lint train pipeline evaluate serve serve-prod bench bench-instructions clean"
-	@echo "Docker: see docs/docker.md (docker compose up --build, deploy-docker.py)"
+	@echo "Docker: see docs/docker.md (make compose-secrets, then docker compose up --build; deploy-docker.py)"
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ $(SECRETS):
 	@mkdir -p $(dir $(SECRETS)) && umask 077 && $(PYTHON) -c 'import secrets; print("SESSION_PASSWORD=" + secrets.token_urlsafe(12)); print("ADMIN_PASSWORD=" + secrets.token_urlsafe(16)); print("MOVIEREC_JWT_SECRET=" + secrets.token_urlsafe(48))' > $(SECRETS)
 	@umask 077 && . $(SECRETS) && printf '{"session_password": "%s"}\n' "$$SESSION_PASSWORD" > $(LOGIN_BODY)
 	@echo "created $(SECRETS) and $(LOGIN_BODY) (mode 600)"
+
+# docker-compose.yml's secret files, once, into ./secrets (0700; MOVIEREC_SECRETS_DIR to move it):
+# mounted under /run/secrets, never in a container's environment (app/compose_secrets.py).
+compose-secrets:
+	$(PYTHON) -m app.compose_secrets
 
 run: model secrets
 	@echo ""

@@ -51,7 +51,6 @@ import re
 import secrets
 import shutil
 import signal
-import stat
 import subprocess  # nosec B404 - docker CLI with argument lists, never a shell
 import sys
 import tempfile
@@ -64,7 +63,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from app.number_options import bounded_number
-from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SECRET_VARIABLES
+from app.secret_files import (
+    FILE_SUFFIX,
+    SECRET_SETTINGS,
+    SECRET_VARIABLES,
+    private_directory,
+    write_secret_file,
+)
 
 CONTAINER_PORT = 8000
 DEFAULT_HEALTH_TIMEOUT = 180.0
@@ -396,11 +401,8 @@ class SecretFiles:
 
 def _private_directory(path: Path) -> None:
     """``path`` exists, is a directory (not a link) of this user, and only this user may enter it."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+    if not private_directory(path):
         raise DeployError(f"{path} must be a directory of yours (--secrets-dir to choose another)")
-    path.chmod(0o700)
 
 
 def write_secret_files(root: Path, container_name: str, values: Mapping[str, str]) -> SecretFiles:
@@ -434,9 +436,7 @@ def _write_secret_files(root: Path, container_name: str, values: Mapping[str, st
     try:
         for name, value in values.items():
             path = directory / name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                handle.write(value + "\n")
+            write_secret_file(path, value)
             if image_group:
                 os.chown(path, -1, IMAGE_GID)
             path.chmod(0o440)  # read-only from now on, for us and the container's user (by group)

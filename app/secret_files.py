@@ -6,13 +6,18 @@ where a variable is. One reader for every secret file the service and the monito
 file means the same everywhere: its content minus one trailing newline (the one ``echo`` or an
 editor adds), never empty.
 
-Standard library only: ``deploy-docker.py`` imports the table below to know which variables it
-delivers as files, and runs where the service's dependencies may not be installed.
+The writers share what makes such a file private (:func:`private_directory`,
+:func:`write_secret_file`): deploy-docker.py's per-container files and docker-compose.yml's
+(app/compose_secrets.py). Standard library only: ``deploy-docker.py`` imports the table below
+to know which variables it delivers as files, and runs where the service's dependencies may not
+be installed.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 from typing import Final
 
 FILE_SUFFIX: Final = "_FILE"
@@ -55,3 +60,23 @@ def read_secret_file(path: str | os.PathLike[str], variable: str) -> str:
     if not text:
         raise SecretFileError(f"{variable}: {path} is empty")
     return text
+
+
+def private_directory(path: Path) -> bool:
+    """Make ``path`` a directory only this user may enter (created 0700 when missing, set to 0700
+    when not); False, and nothing changed, when it is not a directory of this user (a link, a
+    file, another user's): the caller refuses it, naming its option."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        return False
+    path.chmod(0o700)
+    return True
+
+
+def write_secret_file(path: Path, value: str) -> None:
+    """A new file (never an existing one, nor through a link) with ``value`` and the trailing
+    newline :func:`read_secret_file` strips, mode 0600: the caller gives it its final mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        handle.write(value + "\n")

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -421,22 +421,46 @@ def test_a_container_deployed_before_the_volumes_has_its_database_moved_into_the
 # --------------------------------------------------------------------------- compose
 
 
-def test_compose_file_validates(docker: DockerEnv) -> None:
+ADMIN_PASSWORD = "admin-" + secrets.token_urlsafe(12)
+COMPOSE_SECRETS = {
+    "SESSION_PASSWORD": PASSWORD,
+    "MOVIEREC_JWT_SECRET": JWT_SECRET,
+    "MOVIEREC_ADMIN_PASSWORD": ADMIN_PASSWORD,
+    "POSTGRES_PASSWORD": "pg-" + secrets.token_urlsafe(12),
+}
+"""The secrets as a user of an earlier version had them in .env (and so in Compose's environment):
+`make compose-secrets` takes them into the files, and none may reach a container's configuration."""
+
+
+def compose_secrets_dir(directory: Path, env: dict[str, str]) -> Path:
+    """`make compose-secrets` into ``directory`` (MOVIEREC_SECRETS_DIR), from COMPOSE_SECRETS."""
+    written = subprocess.run(
+        [sys.executable, "-m", "app.compose_secrets", "--dir", str(directory)],
+        cwd=REPO, env={**env, **COMPOSE_SECRETS}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    return directory
+
+
+def test_compose_file_validates(docker: DockerEnv, tmp_path: Path) -> None:
     if docker.compose is None:
         pytest.skip("docker-compose is not installed")
-    env = {**docker.env, "SESSION_PASSWORD": "x", "MOVIEREC_JWT_SECRET": "y", "MOVIEREC_ADMIN_PASSWORD": "z"}
+    env = {**docker.env, **COMPOSE_SECRETS}
+    env["MOVIEREC_SECRETS_DIR"] = str(compose_secrets_dir(tmp_path / "secrets", env))
     result = subprocess.run(
         [docker.compose, "-f", str(REPO / "docker-compose.yml"), "config", "--services"],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert set(result.stdout.split()) == {"postgres", "redis", "mlflow", "bootstrap", "api", "scheduler"}
-    without_password = {k: v for k, v in env.items() if k != "SESSION_PASSWORD"}
-    missing = subprocess.run(
-        [docker.compose, "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
-        capture_output=True, text=True, env=without_password, check=False,
+    # the configuration Compose hands the engine names the files, and holds no secret from its environment
+    resolved = subprocess.run(
+        [docker.compose, "-f", str(REPO / "docker-compose.yml"), "config"],
+        capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
-    assert missing.returncode != 0 and "SESSION_PASSWORD" in missing.stderr
+    assert resolved.returncode == 0, resolved.stderr
+    assert not [name for name, value in COMPOSE_SECRETS.items() if value in resolved.stdout]
+    assert f"file: {tmp_path / 'secrets' / 'session_password'}" in resolved.stdout
 
 
 def _wait_for(predicate: object, timeout: float, what: str, logs: object = None) -> None:
@@ -448,7 +472,7 @@ def _wait_for(predicate: object, timeout: float, what: str, logs: object = None)
         time.sleep(1)
 
 
-def test_compose_services_train_and_serve_a_model(docker: DockerEnv, run_id: str) -> None:
+def test_compose_services_train_and_serve_a_model(docker: DockerEnv, run_id: str, tmp_path: Path) -> None:
     if docker.compose is None:
         pytest.skip("docker-compose is not installed")
     pipeline, server = f"movierec-pipeline-e2e:{run_id}", f"movierec-server-e2e:{run_id}"
@@ -456,9 +480,8 @@ def test_compose_services_train_and_serve_a_model(docker: DockerEnv, run_id: str
     port = free_port()
     env = {
         **docker.env,
-        "SESSION_PASSWORD": PASSWORD,
-        "MOVIEREC_JWT_SECRET": JWT_SECRET,
-        "MOVIEREC_ADMIN_PASSWORD": "admin-password-for-the-e2e-tier",
+        **COMPOSE_SECRETS,  # left in Compose's environment (an old .env): they must go no further
+        "MOVIEREC_SECRETS_DIR": str(compose_secrets_dir(tmp_path / "secrets", docker.env)),
         "E2E_PIPELINE_IMAGE": pipeline,
         "E2E_SERVER_IMAGE": server,
         "MOVIEREC_HTTP_PORT": f"127.0.0.1:{port}",
@@ -530,9 +553,42 @@ def test_compose_services_train_and_serve_a_model(docker: DockerEnv, run_id: str
         assert scheduler["Running"] is True and scheduler["Restarting"] is False, compose(
             "logs", "scheduler"
         ).stdout
+        _assert_compose_secrets_are_files(docker, compose, port)
     finally:
         subprocess.run(
             [docker.compose, *files, "down", "--volumes", "--remove-orphans", "--timeout", "10"],
             capture_output=True, env=env, check=False, timeout=300,
         )  # fmt: skip
         docker("rmi", pipeline, server, check=False)
+
+
+def _assert_compose_secrets_are_files(
+    docker: DockerEnv, compose: Callable[..., subprocess.CompletedProcess[str]], port: int
+) -> None:
+    """No secret in any compose container's configuration (`docker inspect`) nor in any process's
+    environment in the api and the scheduler: only the paths of the files under /run/secrets,
+    read-only, which the service reads (it logs in with the session and the admin password) and
+    the scheduler too (its admin password, for the reload)."""
+    values = list(COMPOSE_SECRETS.values())
+    for service in ("mlflow", "bootstrap", "api", "scheduler"):
+        info = inspect(docker, compose("ps", "-q", service).stdout.strip())
+        env = info["Config"]["Env"]  # type: ignore[index]
+        assert not [item for item in env for value in values if value in item], service
+        names = {item.split("=", 1)[0] for item in env}
+        assert not names & set(COMPOSE_SECRETS), service
+        for mount in info["Mounts"]:  # type: ignore[attr-defined]
+            if mount["Destination"].startswith("/run/secrets/"):
+                assert mount["RW"] is False, (service, mount)
+    for service, files in (
+        ("api", {"SESSION_PASSWORD_FILE", "MOVIEREC_JWT_SECRET_FILE", "MOVIEREC_ADMIN_PASSWORD_FILE"}),
+        ("scheduler", {"MOVIEREC_ADMIN_PASSWORD_FILE"}),
+    ):
+        environ = compose("exec", "-T", service, "sh", "-c", "cat /proc/[0-9]*/environ").stdout
+        assert environ and not [value for value in values if value in environ], service
+        assert {f"{name}=/run/secrets/" in environ for name in files} == {True}, service
+    assert smoke_test(f"http://127.0.0.1:{port}", PASSWORD).recommendations
+    assert smoke_test(f"http://127.0.0.1:{port}", ADMIN_PASSWORD).recommendations  # the admin file, read
+    with pytest.raises(DeployError, match="401"):
+        smoke_test(f"http://127.0.0.1:{port}", "wrong password")
+    read = "from app.config import Settings; s = Settings(); print(s.admin_password.get_secret_value())"
+    assert compose("exec", "-T", "scheduler", "python", "-c", read).stdout.strip() == ADMIN_PASSWORD

@@ -1,23 +1,82 @@
-"""docker-compose.yml: the scheduler can make every api worker load the champion it promotes."""
+"""docker-compose.yml: secrets reach the containers as files, and the scheduler can make every
+api worker load the champion it promotes."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from app.compose_secrets import SECRET_NAMES
+from app.secret_files import FILE_SUFFIX, SECRET_VARIABLES
+
 pytestmark = pytest.mark.unit
 
-COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict] = COMPOSE["services"]  # type: ignore[type-arg]
+SECRETS_MOUNT = "/run/secrets/"
+# what the postgres image reads its password from, besides the service's own secret settings
+SECRET_ENV = SECRET_VARIABLES | {"POSTGRES_PASSWORD"}
+DATABASE = ("MOVIEREC_DATABASE_URL",)
+
+
+def _environment(service: str) -> dict[str, str]:
+    return SERVICES[service].get("environment") or {}
 
 
 def test_the_api_can_write_its_reload_marker_into_the_model_store() -> None:
-    mounts = [m for m in COMPOSE["services"]["api"]["volumes"] if m.startswith("models:")]
+    mounts = [m for m in SERVICES["api"]["volumes"] if m.startswith("models:")]
     assert mounts == ["models:/var/lib/movierec/models"]  # not :ro (app/services/reload.py's marker)
 
 
-@pytest.mark.parametrize("service", ["api", "scheduler"])
-def test_the_admin_password_the_reload_needs_is_required(service: str) -> None:
-    value = COMPOSE["services"][service]["environment"]["MOVIEREC_ADMIN_PASSWORD"]
-    assert value is not None and value.startswith("${MOVIEREC_ADMIN_PASSWORD:?")
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_no_secret_is_a_value_in_a_containers_environment(service: str) -> None:
+    """`docker inspect` and /proc/<pid>/environ show the environment: a secret variable there may
+    only be emptied (the image's SQLite URL) or be a URL that carries no password (Redis's and
+    MLflow's, on Compose's network only), never a password or a ${…} from the host."""
+    environment = _environment(service)
+    given = {name: value for name, value in environment.items() if name in SECRET_ENV and value}
+    for name, value in given.items():
+        url = urlsplit(value)
+        assert url.scheme in {"redis", "http"} and url.password is None and url.username is None, name
+    for value in environment.values():
+        assert not any(f"${{{name}" in str(value) for name in SECRET_ENV)
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_secret_file_variable_names_a_secret_mounted_into_that_container(service: str) -> None:
+    files = {name: value for name, value in _environment(service).items() if name.endswith(FILE_SUFFIX)}
+    mounted = set(SERVICES[service].get("secrets", []))
+    for name, path in files.items():
+        assert name.removesuffix(FILE_SUFFIX) in SECRET_ENV, name
+        assert path.startswith(SECRETS_MOUNT) and path.removeprefix(SECRETS_MOUNT) in mounted, (name, path)
+    assert mounted <= set(COMPOSE["secrets"])
+
+
+@pytest.mark.parametrize(
+    ("service", "variables"),
+    [
+        ("api", {"SESSION_PASSWORD", "MOVIEREC_JWT_SECRET", "MOVIEREC_ADMIN_PASSWORD", *DATABASE}),
+        ("scheduler", {"MOVIEREC_ADMIN_PASSWORD", *DATABASE}),  # its admin login reloads the api
+        ("bootstrap", {"MOVIEREC_DATABASE_URL"}),
+        ("postgres", {"POSTGRES_PASSWORD"}),
+    ],
+)
+def test_each_service_gets_the_secrets_it_needs_as_files(service: str, variables: set[str]) -> None:
+    environment = _environment(service)
+    assert {name + FILE_SUFFIX for name in variables} <= set(environment)
+
+
+def test_the_secrets_are_the_files_make_compose_secrets_writes() -> None:
+    declared = COMPOSE["secrets"]
+    assert set(declared) == set(SECRET_NAMES)
+    for name, secret in declared.items():
+        assert secret == {"file": f"${{MOVIEREC_SECRETS_DIR:-./secrets}}/{name}"}
+
+
+def test_the_secret_files_stay_out_of_git_and_of_the_build_context() -> None:
+    assert "secrets" in (REPO / ".dockerignore").read_text().splitlines()
+    assert "secrets/" in (REPO / ".gitignore").read_text().splitlines()
