@@ -99,7 +99,10 @@ def feedback_window(
 ) -> tuple[int, float | None, float | None, float | None, int]:
     """Aggregate the champion's feedback since ``since``: (events, mean, like share, rmse, rmse events).
 
-    One query; the join keeps only feedback on lists the model served itself (not fallback).
+    One query; the join keeps only feedback on lists the model served itself (not fallback),
+    and served since ``since`` too: a breaker state is judged on what was served in it, so a
+    late score of a list served before the state began (the lists that opened the breaker,
+    scored during its half-open probe) is not evidence about it.
     """
     start = datetime.fromtimestamp(since, UTC)
     error = Feedback.predicted_score - Feedback.score
@@ -113,7 +116,11 @@ def feedback_window(
             func.sum(case((has_prediction, 1), else_=0)),
         )
         .join(RecommendationRequest, RecommendationRequest.id == Feedback.request_id)
-        .where(Feedback.created_at >= start, RecommendationRequest.strategy != FALLBACK)
+        .where(
+            Feedback.created_at >= start,
+            RecommendationRequest.created_at >= start,
+            RecommendationRequest.strategy != FALLBACK,
+        )
     )
     if until is not None:
         query = query.where(Feedback.created_at < datetime.fromtimestamp(until, UTC))

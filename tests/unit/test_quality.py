@@ -133,3 +133,22 @@ def test_coverage_counts_the_distinct_movies_of_the_most_recent_lists(db: Databa
     assert (quality.requests, quality.distinct_served, quality.coverage) == (4, 5, 0.25)
     unknown_size = measure(db, since, time.time() + 1, model_version="v1", catalogue_size=0)
     assert (unknown_size.distinct_served, unknown_size.coverage) == (5, None)
+
+
+def test_the_window_judges_only_lists_served_in_it_not_late_scores_of_older_lists(db: Database) -> None:
+    """A breaker state is judged on what was served since it began: the half-open probe on the
+    probe's lists. A score that arrives during the probe for a list served before the breaker
+    opened (the bad lists that tripped it, scored minutes later) is not evidence about the probe,
+    and counting it re-opened a breaker whose probe was healthy."""
+    db.save_requests([_request("old", "v1", "segment", [1, 2]), _request("probe", "v1", "segment", [3])])
+    with db.session() as session:  # served 10 minutes ago, before the state began
+        served = datetime.now(UTC) - timedelta(minutes=10)
+        session.execute(
+            update(RecommendationRequest).where(RecommendationRequest.id == "old").values(created_at=served)
+        )
+    since = time.time() - 60  # the state began a minute ago
+    _feedback(db, "old", 1, 1.0, None, "v1")  # scored now, late
+    _feedback(db, "old", 2, 1.0, None, "v1")
+    _feedback(db, "probe", 3, 5.0, None, "v1")
+    events, mean, liked, _, _ = feedback_window(db, since, model_version="v1")
+    assert (events, mean, liked) == (1, 5.0, 1.0)
