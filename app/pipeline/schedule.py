@@ -244,8 +244,12 @@ def build_scheduler(settings: Settings, job: Callable[[], Any], blocking: bool =
 
     trigger = cron_trigger(settings.schedule_cron)
     scheduler = (BlockingScheduler if blocking else BackgroundScheduler)(timezone="UTC")
-    # One run at a time; a tick missed while a run was going is merged into one, not queued.
-    scheduler.add_job(job, trigger, id=JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=3600)
+    # One run at a time: a tick due while a run is going is dropped, not queued (the next one
+    # decides on whatever changed meanwhile). A tick the scheduler wakes up late for runs once,
+    # however late (misfire_grace_time None; coalesce: several missed are one): it waits on a
+    # monotonic clock, which stops while the machine sleeps, so after a sleep (or a clock stepped
+    # forward) it wakes past the tick's time, and a grace period dropped the day's training.
+    scheduler.add_job(job, trigger, id=JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=None)
     return scheduler
 
 
