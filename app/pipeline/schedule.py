@@ -6,15 +6,19 @@ plus the feedback collected since — the same hash the flow records) and the co
 since the last finished pipeline run, the tick is skipped; a change of either triggers a
 run, which registers new model versions and, if one passes the gate, deploys it. That is
 seed 000's "a data scientist updates the training code → a new model version is deployed".
-When no champion exists yet, the scheduler runs once at start instead of waiting for cron.
+When no champion exists yet, the scheduler runs once at start instead of waiting for cron, and
+when a cron time passed while it was not running (the time of the last finished tick is kept in
+the var root), it ticks once at start.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -253,21 +257,82 @@ def build_scheduler(settings: Settings, job: Callable[[], Any], blocking: bool =
     return scheduler
 
 
+LAST_TICK_FILE = "schedule-last-tick"  # under <var>/pipeline: when the last scheduler tick began
+
+
+def _last_tick_path(settings: Settings) -> Path:
+    return Path(settings.var_dir) / "pipeline" / LAST_TICK_FILE
+
+
+def record_tick(settings: Settings, began: datetime) -> None:
+    """Remember that a tick that began at ``began`` has finished (replaced whole: a crash leaves
+    the old time or the new one)."""
+    path = _last_tick_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{LAST_TICK_FILE}-{os.getpid()}")
+    staging.write_text(began.astimezone(UTC).isoformat() + "\n")
+    os.replace(staging, path)
+
+
+def _try_record_tick(settings: Settings, began: datetime) -> None:
+    """:func:`record_tick`, logged rather than raised when the var root cannot be written: the
+    scheduler goes on (the tick's own failure, if any, is logged by the tick)."""
+    try:
+        record_tick(settings, began)
+    except OSError:
+        log.exception("could not record the scheduler tick's time in %s", _last_tick_path(settings))
+
+
+def last_tick(settings: Settings) -> datetime | None:
+    """When the last finished tick began; None when none was recorded (or the file is unreadable)."""
+    try:
+        began = datetime.fromisoformat(_last_tick_path(settings).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return began if began.tzinfo is not None else None
+
+
+def missed_tick(settings: Settings, now: datetime | None = None) -> datetime | None:
+    """The first cron time after the last recorded tick, when it has passed: a tick the scheduler
+    was not running for (down, restarting, killed halfway through it). None: nothing missed."""
+    began = last_tick(settings)
+    if began is None:
+        return None
+    now = now or datetime.now(UTC)
+    due = cron_trigger(settings.schedule_cron).get_next_fire_time(None, began + timedelta(seconds=1))
+    return due if due is not None and due <= now else None
+
+
 def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bool = True) -> Any:
-    """Train once now if there is no champion, then on the cron expression.
+    """Train once now if there is no champion, or tick now if a cron time passed while the scheduler
+    was not running; then tick on the cron expression.
 
     Blocks forever by default (``movierec schedule``); with ``blocking=False`` the scheduler
     runs in a background thread and is returned (tests, embedding).
+
+    The time of the last finished tick is kept in the var root (``record_tick``), so the
+    schedule survives a restart: without it a scheduler down at the cron time (a deploy, a
+    crash, a reboot) skipped that tick, and a tick killed halfway was not tried again.
     """
+    action = job or (lambda: tick(settings))
 
-    def default_job() -> None:
-        tick(settings)
+    def scheduled() -> None:
+        began = datetime.now(UTC)
+        try:
+            action()
+        finally:  # recorded once it is over: a tick killed halfway is a missed one at the next start
+            _try_record_tick(settings, began)
 
-    job = job or default_job
-    scheduler = build_scheduler(settings, job, blocking)
+    scheduler = build_scheduler(settings, scheduled, blocking)
+    missed = missed_tick(settings)
     if Registry.from_settings(settings).champion() is None:
         log.info("no champion yet: training once at start")
-        job()
+        scheduled()
+    elif missed is not None:
+        log.info("missed the tick due at %s (UTC), the scheduler not running then: ticking now", missed)
+        scheduled()
+    elif last_tick(settings) is None:  # the first start in this var root: a time to count from
+        _try_record_tick(settings, datetime.now(UTC))
     log.info("training scheduled on '%s' (UTC)", settings.schedule_cron)
     scheduler.start()
     return scheduler

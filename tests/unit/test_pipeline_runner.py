@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +252,6 @@ def test_a_tick_due_while_the_machine_slept_runs_late_once_rather_than_never(tmp
     Such a tick more than an hour late was dropped ("missed by"), so the day's training waited
     for the next day's tick; it runs once, late."""
     import threading
-    from datetime import timedelta
 
     ran = threading.Event()
     scheduler = build_scheduler(_settings(tmp_path, schedule_cron="0 3 * * *"), ran.set, blocking=False)
@@ -600,3 +599,41 @@ def test_a_flow_that_times_out_is_killed_and_reported_as_a_pipeline_error(
     while (_alive(flow) or _alive(worker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the timeout"
+
+
+class _WithChampion:
+    def champion(self) -> object:
+        return object()
+
+
+@pytest.mark.parametrize(
+    ("last_tick_age", "runs_at_start"),
+    [
+        (None, False),  # never ticked in this var root: nothing is known to be missed
+        ("2 days", True),  # down at the last cron time (a deploy, a crash, a reboot): run it now
+        ("just now", False),  # ticked since the last cron time: wait for the next one
+    ],
+)
+def test_a_tick_missed_while_the_scheduler_was_down_runs_when_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, last_tick_age: str | None, runs_at_start: bool
+) -> None:
+    """The schedule's timing was kept in memory only: a scheduler restarted across its cron time
+    (down from 02:59 to 03:01, or restarted by every nightly deploy at 03:00) skipped that day's
+    training, and a tick killed halfway was not retried. The time of the last tick that finished
+    is kept in the var root; at start, a cron time passed since it runs one tick."""
+    import app.pipeline.schedule as schedule
+
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _WithChampion()))
+    settings = _settings(tmp_path, schedule_cron="0 3 * * *")
+    if last_tick_age == "2 days":
+        schedule.record_tick(settings, datetime.now(UTC) - timedelta(days=2))
+    elif last_tick_age == "just now":
+        schedule.record_tick(settings, datetime.now(UTC))
+    calls: list[str] = []
+    scheduler = schedule.serve(settings, job=lambda: calls.append("tick"), blocking=False)
+    scheduler.shutdown(wait=False)
+    assert calls == (["tick"] if runs_at_start else [])
+    # whatever happened, a restart now has nothing to catch up on
+    calls.clear()
+    schedule.serve(settings, job=lambda: calls.append("tick"), blocking=False).shutdown(wait=False)
+    assert calls == []
