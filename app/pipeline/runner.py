@@ -42,6 +42,11 @@ DEFAULT_METAFLOW_USER = "movierec"
 LOCK_FILE = "flow.lock"
 OWNER_FILE = "owner"  # a random id of the var root, created once: tags its flows' MLflow runs
 FLOW_OWNER_ENV = "MOVIEREC_FLOW_OWNER"
+STOPPING = threading.Event()
+"""Set when the launcher is asked to stop (``movierec schedule`` got SIGTERM: app/pipeline/schedule.py):
+a running flow is killed with its workers and reported, and no new one starts."""
+STOPPED = "the launcher was asked to stop (SIGTERM): the training flow was killed with its workers"
+_POLL_SECONDS = 0.5  # how often a launcher waiting for its flow looks at STOPPING
 
 
 class PipelineError(RuntimeError):
@@ -255,8 +260,11 @@ def run_flow(
     ``stream`` passes the flow's output through to this process's stdout (the CLI);
     otherwise it is captured and returned (tests, the scheduler's log). A flow still running
     after ``timeout`` seconds is killed with its workers: a PipelineError saying it timed out
-    (a BookkeepingError when its release step had handed over the summary).
+    (a BookkeepingError when its release step had handed over the summary). So is a flow
+    running when :data:`STOPPING` is set, and none starts once it is.
     """
+    if STOPPING.is_set():
+        raise PipelineError("the training flow was not started: the launcher is stopping (SIGTERM)")
     if candidates:
         resolve_candidates(candidates)  # fail fast on a typo, before any subprocess
     scratch_root = Path(settings.var_dir) / "pipeline"
@@ -272,18 +280,19 @@ def run_flow(
         env[FLOW_OWNER_ENV] = owner
         started = time.perf_counter()
         log.info("starting the training flow (%s)", trigger)
-        returncode: int | None  # None: killed at its timeout
+        returncode: int | None  # None: killed, at its timeout or when the launcher was stopped
+        killed = None
         try:
             returncode, output = _run(command, env, timeout, stream, lock)
-        except FlowTimedOut as exc:
-            returncode, output = None, exc.output
+        except FlowKilled as exc:
+            returncode, output, killed = None, exc.output, exc.why
         seconds = time.perf_counter() - started
         summary = _handed_over(summary_path)
         if returncode != 0 or summary is None or summary.get("bookkeeping_error"):
             _mark_failed(settings, run_id_file)
             # Streamed output is on the terminal already; captured output is shown from its end.
             tail = "" if stream else "\n" + "\n".join(output.strip().splitlines()[-40:])
-            raise _failure(returncode, summary, output, seconds, timeout, tail)
+            raise _failure(returncode, summary, output, seconds, killed, tail)
     log.info("training flow finished in %.1fs", seconds)
     return FlowRun(summary, seconds, output)
 
@@ -302,16 +311,16 @@ def _failure(
     summary: dict[str, Any] | None,
     output: str,
     seconds: float,
-    timeout: float | None,
+    killed: str | None,
     tail: str,
 ) -> PipelineError:
-    """What the launcher reports of a failed flow (``returncode`` None: killed at its timeout): a
-    BookkeepingError when its release step had handed over the summary (the champion may have
-    moved, the summary says), else a PipelineError; ``tail`` is appended to the message."""
+    """What the launcher reports of a failed flow (``returncode`` None: killed, ``killed`` says
+    why): a BookkeepingError when its release step had handed over the summary (the champion may
+    have moved, the summary says), else a PipelineError; ``tail`` is appended to the message."""
     cause = failure_cause(output)
     because = f": {cause}" if cause else ""
     if returncode is None:
-        failure = f"the training flow timed out after {timeout:g}s and was killed with its workers"
+        failure = killed or "the training flow was killed with its workers"
         if summary is None:
             return PipelineError(failure + tail)
         failure += " after its release step"
@@ -346,14 +355,19 @@ def _run(
         command, env=env, cwd=os.getcwd(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         pass_fds=pass_fds,
     )  # fmt: skip
+    deadline = None if timeout is None else time.monotonic() + timeout
     if not stream:
-        try:
-            output, _ = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_tree(process)
-            output, _ = process.communicate()
-            raise FlowTimedOut(output or "") from None
-        return process.returncode, output or ""
+        while True:  # in short waits, to see STOPPING (communicate keeps the output read so far)
+            try:
+                output, _ = process.communicate(timeout=_next_wait(deadline))
+            except subprocess.TimeoutExpired:
+                why = _kill_reason(deadline, timeout)
+                if why is None:
+                    continue
+                _kill_tree(process)
+                output, _ = process.communicate()
+                raise FlowKilled(output or "", why) from None
+            return process.returncode, output or ""
     kept: collections.deque[str] = collections.deque(maxlen=_OUTPUT_TAIL)
 
     def pump() -> None:
@@ -365,22 +379,44 @@ def _run(
     reader = threading.Thread(target=pump, name="flow-output", daemon=True)
     reader.start()
     try:
-        returncode = process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_tree(process)
-        reader.join(timeout=10)
-        raise FlowTimedOut("".join(kept)) from None
+        while True:
+            try:
+                returncode = process.wait(timeout=_next_wait(deadline))
+                break
+            except subprocess.TimeoutExpired:
+                why = _kill_reason(deadline, timeout)
+                if why is None:
+                    continue
+                _kill_tree(process)
+                reader.join(timeout=10)
+                raise FlowKilled("".join(kept), why) from None
     finally:
         reader.join(timeout=10)
     return returncode, "".join(kept)
 
 
-class FlowTimedOut(Exception):  # run_flow reports it as a PipelineError
-    """The flow ran past its timeout and was killed with its workers; ``output`` is what it printed."""
+def _next_wait(deadline: float | None) -> float:
+    """How long to wait for the flow before looking at STOPPING and the deadline again."""
+    return _POLL_SECONDS if deadline is None else max(0.0, min(_POLL_SECONDS, deadline - time.monotonic()))
 
-    def __init__(self, output: str) -> None:
-        super().__init__("the flow timed out")
+
+def _kill_reason(deadline: float | None, timeout: float | None) -> str | None:
+    """Why the flow must be killed now (the launcher stopping, its timeout past), or None."""
+    if STOPPING.is_set():
+        return STOPPED
+    if deadline is not None and time.monotonic() >= deadline:
+        return f"the training flow timed out after {timeout:g}s and was killed with its workers"
+    return None
+
+
+class FlowKilled(Exception):  # run_flow reports it as a PipelineError
+    """The flow was killed with its workers (its timeout, or the launcher stopping): ``why`` says
+    which, ``output`` is what it printed."""
+
+    def __init__(self, output: str, why: str) -> None:
+        super().__init__(why)
         self.output = output
+        self.why = why
 
 
 def _descendants(pid: int) -> list[int]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.pipeline import runner as flow_runner
 from app.pipeline.runner import BookkeepingError, FlowRun, PipelineError, resolve_candidates, run_flow
 from app.registry.mlflow_registry import Registry, RegistryError
 
@@ -321,9 +322,12 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
         try:
             action()
         finally:  # recorded once it is over: a tick killed halfway is a missed one at the next start
-            _try_record_tick(settings, began)
+            if not flow_runner.STOPPING.is_set():
+                _try_record_tick(settings, began)
 
     scheduler = build_scheduler(settings, scheduled, blocking)
+    if blocking:  # `movierec schedule`: its process is the scheduler's
+        stop_on_sigterm(scheduler)
     missed = missed_tick(settings)
     if Registry.from_settings(settings).champion() is None:
         log.info("no champion yet: training once at start")
@@ -333,6 +337,32 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
         scheduled()
     elif last_tick(settings) is None:  # the first start in this var root: a time to count from
         _try_record_tick(settings, datetime.now(UTC))
+    if flow_runner.STOPPING.is_set():  # SIGTERM during the tick at start
+        return scheduler
     log.info("training scheduled on '%s' (UTC)", settings.schedule_cron)
     scheduler.start()
     return scheduler
+
+
+def stop_on_sigterm(scheduler: Any | None = None) -> None:
+    """On SIGTERM (``docker stop``, ``systemctl stop``): kill a running training flow with its
+    workers (the tick reports it, its MLflow runs are marked FAILED, its scratch directory
+    removed), start no other, stop ``scheduler``; the process then exits normally.
+
+    SIGTERM used to kill the scheduler outright: its flow, left without a reader, died at its
+    next line of output (a broken pipe) in whatever step it was, its MLflow runs stayed RUNNING
+    and its scratch directory stayed behind. The tick it interrupts is not recorded as done
+    (:func:`serve`), so the next start runs it again. Installed from the main thread only
+    (Python's rule for signal handlers): elsewhere it does nothing.
+    """
+    import signal
+    import threading
+
+    def stop(_signum: int, _frame: Any) -> None:
+        log.warning("SIGTERM: stopping the scheduler (a running training flow is killed and reported)")
+        flow_runner.STOPPING.set()
+        if scheduler is not None and scheduler.running:
+            scheduler.shutdown(wait=False)  # the tick in its worker thread ends once its flow is killed
+
+    if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's
+        signal.signal(signal.SIGTERM, stop)

@@ -637,3 +637,83 @@ def test_a_tick_missed_while_the_scheduler_was_down_runs_when_it_starts(
     calls.clear()
     schedule.serve(settings, job=lambda: calls.append("tick"), blocking=False).shutdown(wait=False)
     assert calls == []
+
+
+_SCHEDULER_SCRIPT = """
+import pathlib, sys
+from datetime import UTC, datetime, timedelta
+
+import app.pipeline.runner as runner
+import app.pipeline.schedule as schedule
+from tests.unit.test_pipeline_runner import _WithChampion, _hanging_flow, _settings
+
+tmp, when = pathlib.Path(sys.argv[1]), sys.argv[2]
+settings = _settings(tmp, schedule_cron="0 3 * * *")
+runner.flow_command = _hanging_flow(tmp / "pids", None)
+runner._close_abandoned = lambda *a: None
+schedule.Registry.from_settings = staticmethod(lambda _s: _WithChampion())
+if when == "start":  # a tick missed while it was down: run at start, in the main thread
+    schedule.record_tick(settings, datetime.now(UTC) - timedelta(days=2))
+else:  # a cron tick, in the scheduler's worker thread
+    schedule.record_tick(settings, datetime(2000, 1, 1, tzinfo=UTC))
+    built = schedule.build_scheduler
+
+    def soon(*args, **kwargs):
+        scheduler = built(*args, **kwargs)
+        scheduler.modify_job(schedule.JOB_ID, next_run_time=datetime.now(UTC) + timedelta(seconds=1))
+        return scheduler
+
+    schedule.build_scheduler = soon
+    schedule.missed_tick = lambda *a, **k: None
+
+
+def job():
+    try:
+        runner.run_flow(settings, trigger="schedule")
+    except runner.PipelineError as exc:
+        print("flow:", str(exc).splitlines()[0], flush=True)
+
+
+schedule.serve(settings, job=job)
+print("scheduler stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("when", ["start", "cron"])
+def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
+    tmp_path: Path, when: str
+) -> None:
+    """SIGTERM (docker stop, systemctl stop) killed the scheduler outright in the middle of a tick:
+    its flow, left without a reader, died at its next line of output (a broken pipe) in whatever
+    step it was, its MLflow runs stayed RUNNING and its scratch directory stayed behind. Now the
+    flow is killed with its workers and reported, the scheduler stops and exits 0, and the
+    interrupted tick is not recorded as done (the next start runs it again)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import app.pipeline.schedule as schedule
+
+    settings = _settings(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SCHEDULER_SCRIPT, str(tmp_path), when],
+        cwd=Path(app_root := Path(__file__).resolve().parents[2]),
+        env={**os.environ, "PYTHONPATH": str(app_root)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    pids = tmp_path / "pids"
+    deadline = time.monotonic() + 60
+    while not pids.is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert pids.is_file(), process.communicate(timeout=10)[0]
+    recorded = schedule.last_tick(settings)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "flow: the launcher was asked to stop (SIGTERM)" in output, output
+    assert "scheduler stopped" in output, output
+    flow, worker = (int(pid) for pid in pids.read_text().split())
+    assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the scheduler"
+    assert not list((tmp_path / "var" / "pipeline").glob("run-*")), "the flow's scratch directory was left"
+    assert schedule.last_tick(settings) == recorded, "the interrupted tick was recorded as done"
