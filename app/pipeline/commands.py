@@ -187,7 +187,7 @@ def pipeline_versions() -> None:
 @click.option("--once", is_flag=True, help="Decide and (maybe) run once, then exit.")
 def schedule(cron: str | None, once: bool) -> None:
     """Run the training flow on a cron schedule; skip when neither data nor code changed."""
-    from app.pipeline.schedule import cron_trigger, serve, tick
+    from app.pipeline.schedule import cron_trigger, serve, stop_on_sigterm, tick
     from app.registry.mlflow_registry import RegistryError
 
     settings = settings_for_cli(schedule_cron=cron)
@@ -198,6 +198,7 @@ def schedule(cron: str | None, once: bool) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--cron / MOVIEREC_SCHEDULE_CRON") from exc
     if once:
+        stop_on_sigterm()  # a flow running is killed and reported, as the scheduler's is
         result = tick(settings)
         if result.error and result.summary:  # released, then its bookkeeping failed
             click.echo(format_summary(result.summary))

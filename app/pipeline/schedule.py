@@ -145,8 +145,9 @@ def tick(
         log.error("training (%s) released, then failed: %s", trigger, str(exc).splitlines()[0])
         report_run(settings, exc.summary)
         return TickResult(decision, exc.summary, error=str(exc))
-    except PipelineError as exc:
-        log.error("training (%s) failed: %s", trigger, str(exc).splitlines()[0])
+    except PipelineError as exc:  # a WARNING when it was stopped on purpose (SIGTERM: a deploy)
+        level = logging.WARNING if flow_runner.STOPPING.is_set() else logging.ERROR
+        log.log(level, "training (%s) failed: %s", trigger, str(exc).splitlines()[0])
         return TickResult(decision, error=str(exc))
     except Exception as exc:  # the var root unwritable, a timeout: the scheduler must go on
         log.exception("training (%s) failed", trigger)
@@ -359,7 +360,7 @@ def stop_on_sigterm(scheduler: Any | None = None) -> None:
     import threading
 
     def stop(_signum: int, _frame: Any) -> None:
-        log.warning("SIGTERM: stopping the scheduler (a running training flow is killed and reported)")
+        log.warning("SIGTERM: stopping (a running training flow is killed and reported)")
         flow_runner.STOPPING.set()
         if scheduler is not None and scheduler.running:
             scheduler.shutdown(wait=False)  # the tick in its worker thread ends once its flow is killed

@@ -652,7 +652,17 @@ settings = _settings(tmp, schedule_cron="0 3 * * *")
 runner.flow_command = _hanging_flow(tmp / "pids", None)
 runner._close_abandoned = lambda *a: None
 schedule.Registry.from_settings = staticmethod(lambda _s: _WithChampion())
-if when == "start":  # a tick missed while it was down: run at start, in the main thread
+if when == "once":  # `movierec schedule --once` from cron: one tick that decides to train
+    import app.pipeline.commands as commands
+    from app.cli import cli
+
+    import app.pipeline.ingest as ingest
+
+    commands.settings_for_cli = lambda **_k: settings
+    ingest.ingest = lambda *a: type("Ingested", (), {"data_hash": "d"})()  # no data, no database
+    schedule.should_run = lambda *a: schedule.RunDecision(True, "data changed", "d", "c")
+    cli(["schedule", "--once"], prog_name="movierec", standalone_mode=False)
+elif when == "start":  # a tick missed while it was down: run at start, in the main thread
     schedule.record_tick(settings, datetime.now(UTC) - timedelta(days=2))
 else:  # a cron tick, in the scheduler's worker thread
     schedule.record_tick(settings, datetime(2000, 1, 1, tzinfo=UTC))
@@ -674,12 +684,13 @@ def job():
         print("flow:", str(exc).splitlines()[0], flush=True)
 
 
-schedule.serve(settings, job=job)
-print("scheduler stopped", flush=True)
+if when != "once":
+    schedule.serve(settings, job=job)
+    print("scheduler stopped", flush=True)
 """
 
 
-@pytest.mark.parametrize("when", ["start", "cron"])
+@pytest.mark.parametrize("when", ["start", "cron", "once"])
 def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
     tmp_path: Path, when: str
 ) -> None:
@@ -710,9 +721,17 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
     recorded = schedule.last_tick(settings)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert "flow: the launcher was asked to stop (SIGTERM)" in output, output
-    assert "scheduler stopped" in output, output
+    if when == "once":  # the tick's failure, as any other: exit 1 with the reason
+        assert process.returncode == 1, output
+        logged = [line for line in output.splitlines() if "training (schedule) failed" in line]
+        assert logged and all('"level":"WARNING"' in line for line in logged), (
+            output
+        )  # a deploy, not an error
+        assert "the launcher was asked to stop (SIGTERM)" in output, output
+    else:
+        assert process.returncode == 0, output
+        assert "flow: the launcher was asked to stop (SIGTERM)" in output, output
+        assert "scheduler stopped" in output, output
     flow, worker = (int(pid) for pid in pids.read_text().split())
     assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the scheduler"
     assert not list((tmp_path / "var" / "pipeline").glob("run-*")), "the flow's scratch directory was left"
