@@ -26,14 +26,20 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
-from app.recommender.data import RATING_COLUMNS, USER_COLUMNS, DataFormatError, MovieLens, load_movielens
+from app.recommender.data import (
+    FEEDBACK_USER_BASE,
+    RATING_COLUMNS,
+    USER_COLUMNS,
+    DataFormatError,
+    MovieLens,
+    load_movielens,
+)
 from app.recommender.segments import GENDERS, MAX_AGE, MIN_AGE, OCCUPATIONS
 from app.storage.db import Database
 from app.storage.models import Feedback, RecommendationRequest
 
 log = logging.getLogger(__name__)
 
-FEEDBACK_USER_BASE: Final = 1_000_000
 FEEDBACK_COLUMNS: Final = [
     "feedback_id", "request_id", "movie_id", "score", "updated_at", "user_id", "age", "gender", "occupation",
 ]  # fmt: skip

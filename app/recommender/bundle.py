@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from app.exit_hooks import at_exit
+from app.recommender.data import FEEDBACK_USER_BASE
 from app.recommender.models.base import Recommender
 from app.recommender.ranking import top_n
 from app.recommender.segments import Segment, all_segments, segment_index
@@ -143,7 +144,10 @@ def build_tables(
     Known users' lists exclude what they rated in ``ratings`` (the training data). Without
     ``ratings`` (a lone model.pkl) they exclude what the model kept of them
     (``keeps_ratings``); a model that kept nothing gets no known users' lists, rather than
-    lists of movies the users already rated.
+    lists of movies the users already rated. The synthetic feedback users (ids above
+    ``FEEDBACK_USER_BASE``, one per scored anonymous request) get none: no caller is one of
+    them, and their lists grew every bundle by a row per scored request and served a stranger
+    asking for ``user_id`` 1000001 a list made from someone else's scores.
     """
     segments = all_segments()
     seg_top_parts, seg_score_parts = [], []
@@ -158,6 +162,7 @@ def build_tables(
     }
     if model.supports_users and (ratings is not None or model.keeps_ratings):
         user_ids = np.sort(np.asarray(model.known_users(), dtype=np.int64))
+        user_ids = user_ids[user_ids <= FEEDBACK_USER_BASE]
         rated: dict[int, np.ndarray] = {}
         if ratings is not None:
             grouped = ratings.groupby("user_id")["movie_id"]

@@ -56,6 +56,9 @@ RATING_COLUMNS = ["user_id", "movie_id", "rating", "timestamp"]
 USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip_code"]
 ITEM_COLUMNS = ["movie_id", "title", "year", "genres"]
 MAX_ID = 2**31 - 1  # user and movie ids: the database's integer columns (and the API's path ids)
+FEEDBACK_USER_BASE = 1_000_000
+"""User ids above it are synthetic feedback users, one per scored anonymous request
+(app/pipeline/ingest.py): they train the models, but no caller is one of them."""
 MIN_RATING, MAX_RATING = 0.5, 5.0  # the scale of the service's scores (half stars allowed)
 FUTURE_SLACK_SECONDS = 86_400  # clock skew between the machine that rated and this one
 

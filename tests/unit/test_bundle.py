@@ -632,3 +632,28 @@ def test_an_old_archive_s_fresh_extraction_does_not_look_stale_to_a_sibling_s_sw
     monkeypatch.setattr(Path, "rename", sibling_sweeps_first)
     loaded = load_bundle(archive)
     assert loaded.version == load_bundle(bundle_dir).version
+
+
+def test_feedback_users_get_no_precomputed_lists(synthetic_data, tmp_path: Path) -> None:
+    """Each anonymous request that was scored becomes a synthetic feedback user (ingest): they
+    train the models, but nobody can be them. Batch inference ranked a top 100 for every one of
+    them, so each bundle grew by a row per scored request, without bound, and ``/api/recommend``
+    with ``user_id`` 1000001 served a stranger a list made from that person's scores (their
+    features are refused for the same reason). Only the raw data's known users get lists."""
+    import pandas as pd
+
+    from app.pipeline.ingest import FEEDBACK_USER_BASE, merge_feedback
+
+    stranger = FEEDBACK_USER_BASE + 1
+    ratings = pd.DataFrame(
+        {"user_id": [stranger, stranger], "movie_id": [1, 2], "rating": [5.0, 4.0], "timestamp": [1, 2]}
+    )
+    users = pd.DataFrame(
+        {"user_id": [stranger], "age": [30], "gender": ["F"], "occupation": ["engineer"], "zip_code": [""]}
+    )
+    data = merge_feedback(synthetic_data, ratings, users)
+    for name in ("ease", "most_liked"):
+        model = make_model(name).fit(data.ratings, data.users, data.items)
+        tables = build_tables(model, data.ratings)
+        assert stranger not in set(tables.user_ids.tolist()), name
+        assert set(tables.user_ids.tolist()) == set(synthetic_data.ratings["user_id"].tolist()), name
