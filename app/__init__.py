@@ -57,9 +57,7 @@ class Services:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask application: settings checked, schema migrated, model loaded."""
-    from flask import Flask
-
-    from app.api import register_api
+    from app.api import ApiFlask, register_api
     from app.api.json_provider import OrjsonProvider
     from app.api.spec import VALIDATE_RESPONSES
     from app.config import load_settings
@@ -87,7 +85,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                 "MOVIEREC_JWT_SECRET is not set: signing tokens with a per-process random secret (debug only)"
             )
 
-    app = Flask(__name__, template_folder="api/templates")
+    app = ApiFlask(__name__, template_folder="api/templates")
     app.config["TESTING"] = settings.testing
     validate = settings.validate_responses
     app.config[VALIDATE_RESPONSES] = settings.testing or settings.debug if validate is None else validate

@@ -162,7 +162,7 @@ def test_a_cors_preflight_of_a_get_with_a_query_string_is_still_answered(make_ap
             headers={"Origin": origin, "Access-Control-Request-Method": "GET",
                      "Access-Control-Request-Headers": "Authorization"},
         )  # fmt: skip
-        assert preflight.status_code == 200, (path, preflight.status_code)
+        assert preflight.status_code == 204, (path, preflight.status_code)
         assert preflight.headers["Access-Control-Allow-Origin"] == origin
         assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
         if path.startswith("/api/"):

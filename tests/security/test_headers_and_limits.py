@@ -199,3 +199,24 @@ def test_cors_lets_a_browser_client_send_and_read_the_request_id(make_app: Any) 
     answer = client.get("/health/live", headers={"Origin": "https://ui.example", "X-Request-ID": "ui-42"})
     assert answer.headers["X-Request-ID"] == "ui-42"
     assert "X-Request-ID" in answer.headers["Access-Control-Expose-Headers"].split(", ")
+
+
+def test_options_is_204_with_allow_and_no_html_content_type(make_app: Any) -> None:
+    """OPTIONS answered Flask's default: 200 with an empty ``text/html`` body. A JSON API's
+    OPTIONS is ``204 No Content`` with ``Allow``, on every route; a CORS preflight likewise."""
+    client = make_app(cors_origins="https://ui.example").test_client()
+    rules = {"/": "GET", "/health/live": "GET", "/api/login": "POST", "/api/recommend": "POST",
+             "/api/users/1/features": "GET", "/docs": "GET"}  # fmt: skip
+    for path, method in rules.items():
+        for headers in ({}, {"Origin": "https://ui.example", "Access-Control-Request-Method": method}):
+            response = client.options(path, headers=headers)
+            assert response.status_code == 204, (path, response.status_code)
+            assert response.data == b"" and "Content-Type" not in response.headers, (path, response.headers)
+            assert {method, "OPTIONS"} <= {m.strip() for m in response.headers["Allow"].split(",")}, path
+            if headers:
+                assert response.headers["Access-Control-Allow-Origin"] == "https://ui.example", path
+                assert method in response.headers["Access-Control-Allow-Methods"], path
+    # what is not an OPTIONS of a route is as it was
+    assert client.options("/api/nothing-here").status_code == 404
+    assert client.head("/health/live").status_code == 200
+    assert client.get("/health/live").mimetype == "application/json"
