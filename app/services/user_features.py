@@ -100,9 +100,13 @@ class UserFeatureService:
             from app.pipeline.ingest import FEEDBACK_USER_BASE
 
             if user_id > FEEDBACK_USER_BASE:  # in the snapshot's users table, never loaded for the API
+                # Said "ids above ... are feedback users" for any id, 2147483647 too: the range is
+                # theirs, but a build numbers only as many as there were anonymous scored requests.
                 raise NotFound(
-                    f"no features for user {user_id}: ids above {FEEDBACK_USER_BASE} are feedback users, "
-                    "whose features are kept in the features store (`movierec sql`), not served by this API"
+                    f"no features for user {user_id}: ids above {FEEDBACK_USER_BASE} are reserved for "
+                    "feedback users (one per anonymous request scored, numbered from "
+                    f"{FEEDBACK_USER_BASE + 1} by each build); the features of the one with this id, "
+                    "if one exists, are kept in the features store (`movierec sql`), not served by this API"
                 )
             raise NotFound(f"no features for user {user_id} in the latest feature snapshot")
         computed = self._computed_table().get(user_id)

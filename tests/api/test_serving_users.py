@@ -247,3 +247,18 @@ def test_a_feedback_user_is_404_saying_why_not_that_the_snapshot_lacks_them(
         assert response.status_code == 404
         message = response.get_json()["error"]["message"]
         assert "feedback user" in message and "not served" in message, message
+
+
+def test_an_id_above_the_feedback_base_is_not_said_to_be_a_feedback_user(
+    app: Any, client: Any, auth_headers: dict, synthetic_data: Any
+) -> None:
+    """The 404 for any id above 1,000,000 said "ids above 1000000 are feedback users", for
+    2147483647 too, which no build ever numbered: the range is theirs, the user may not exist."""
+    replace_user_features(app.extensions["movierec"].db, _rows(synthetic_data, keep=10), snapshot_id="snap-1")
+    for path in ("/api/users/2147483647/features", "/api/users/1000001/recommendations"):
+        response = client.get(path, headers=auth_headers)
+        assert response.status_code == 404
+        message = response.get_json()["error"]["message"]
+        assert "are feedback users" not in message, message
+        assert "reserved for feedback users" in message and "not served" in message, message
+        assert "if one exists" in message and "movierec sql" in message, message
