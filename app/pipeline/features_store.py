@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -54,6 +54,10 @@ TABLES: Final = ("users", "items", "ratings", "feedback")
 LATEST_FILE: Final = "LATEST"
 META_FILE: Final = "_meta.json"
 LOCK_FILE: Final = ".publish.lock"
+ABANDONED_AFTER: Final = timedelta(hours=1)
+"""A snapshot folder without ``_meta.json`` and nothing written in it for this long is a killed
+build's: writing one takes seconds, so a concurrent build's is never that quiet."""
+_ID_TIME: Final = "%Y%m%dT%H%M%S%f"  # the start of a snapshot id: the UTC time it was staged
 _LOCAL_PROTOCOLS: Final = {"file", "local"}
 
 
@@ -168,9 +172,10 @@ class FeatureStore:
         A write that fails removes what it wrote. Load and publish through
         :meth:`staged_snapshot`, which removes the snapshot when the load fails too.
         """
+        self.remove_abandoned()
         now = now or datetime.now(UTC)
         data_hash = ingested.data_hash
-        snapshot_id = f"{now:%Y%m%dT%H%M%S%f}-{data_hash[:8]}"
+        snapshot_id = f"{now:{_ID_TIME}}-{data_hash[:8]}"
         directory = self._path(f"snapshot={snapshot_id}")
         try:
             self.fs.makedirs(directory, exist_ok=True)
@@ -255,6 +260,62 @@ class FeatureStore:
             log.warning("could not remove the unpublished features snapshot %s: %s", directory, exc)
         else:
             log.warning("removed the features snapshot %s: %s", snapshot_id, why)
+
+    def remove_abandoned(self, older_than: timedelta = ABANDONED_AFTER) -> list[str]:
+        """Remove the snapshot folders builds killed mid-write left: no ``_meta.json``, and nothing
+        written in them for ``older_than``. Returns their ids.
+
+        Every reader ignores such a folder, and it used to stay on disk for good. Its age is that of
+        its newest file (the id's time when the store cannot tell), so a concurrent build's
+        snapshot, still being written, is never taken for one.
+        """
+        if not self.fs.exists(self.path):
+            return []
+        now = datetime.now(UTC)
+        removed = []
+        for entry in self.fs.ls(self.path, detail=False):
+            entry = str(entry).rstrip("/")
+            name = entry.rsplit("/", 1)[-1]
+            if not name.startswith("snapshot=") or self.fs.exists(f"{entry}/{META_FILE}"):
+                continue
+            written = self._last_written(entry)
+            if written is None or now - written < older_than:
+                continue
+            snapshot_id = name.split("=", 1)[1]
+            try:
+                self.fs.rm(entry, recursive=True)
+            except FileNotFoundError:  # another build removed it first
+                continue
+            except OSError as exc:  # the build goes on; the next one tries again
+                log.warning("could not remove the abandoned features snapshot %s: %s", entry, exc)
+                continue
+            removed.append(snapshot_id)
+            log.warning(
+                "removed the abandoned features snapshot %s: no %s, nothing written in it since %s "
+                "(a build stopped while writing it)",
+                snapshot_id,
+                META_FILE,
+                written.isoformat(timespec="seconds"),
+            )
+        return removed
+
+    def _last_written(self, directory: str) -> datetime | None:
+        """When anything in ``directory`` was last written; the id's staging time when the store
+        gives no times; None when neither is known (such a folder is left alone)."""
+        times = []
+        for path in [directory, *self.fs.find(directory)]:
+            try:
+                modified = self.fs.modified(path)
+            except (NotImplementedError, OSError, ValueError):  # object stores: no folder times
+                continue
+            times.append(modified if modified.tzinfo else modified.replace(tzinfo=UTC))
+        if times:
+            return max(times)
+        try:
+            staged = datetime.strptime(directory.rsplit("=", 1)[-1].split("-", 1)[0], _ID_TIME)
+        except ValueError:
+            return None
+        return staged.replace(tzinfo=UTC)
 
     def publish(self, snapshot: Snapshot) -> None:
         """Name ``snapshot`` in ``LATEST``: after its files, and whatever is loaded from them, are in place.

@@ -174,3 +174,36 @@ def test_a_corrupt_latest_snapshot_is_a_clear_error(synthetic_data: Any, tmp_pat
     assert str(items) in str(raised.value) and "movierec features build" in str(raised.value)
     result = CliRunner().invoke(cli, ["sql", "--root", str(root), "select count(*) from users_history"])
     assert result.exit_code == 1 and f"latest features snapshot {latest} is unreadable" in result.output
+
+
+def test_a_later_build_removes_a_snapshot_abandoned_mid_write_but_not_one_in_progress(
+    synthetic_data: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A build killed mid-write leaves a ``snapshot=…`` folder without ``_meta.json``: ignored
+    by every reader, but never removed, so each one stayed on disk for good. A later build
+    removes it once nothing has been written in it for an hour; a concurrent build's snapshot,
+    still being written, is left alone."""
+    import os
+    import time
+
+    root = tmp_path / "features"
+    store = FeatureStore(root)
+    done = store.write_snapshot(Ingested(synthetic_data), now=datetime(2026, 1, 1, tzinfo=UTC))
+    written = root / f"snapshot={done.id}"
+    abandoned = root / "snapshot=20260102T000000000000-deadbeef"
+    in_progress = root / "snapshot=20260103T000000000000-cafef00d"
+    for directory in (abandoned, in_progress):
+        directory.mkdir()
+        (directory / "users.parquet").write_bytes((written / "users.parquet").read_bytes())
+        (directory / ".items.parquet.partial").write_bytes(b"PAR1")
+    two_hours_ago = time.time() - 7200
+    for path in (*abandoned.iterdir(), abandoned, *written.iterdir(), written):
+        os.utime(path, (two_hours_ago, two_hours_ago))  # the published one is as old: it stays
+
+    with caplog.at_level(logging.INFO, logger="app.pipeline.features_store"):
+        later = store.write_snapshot(Ingested(synthetic_data), now=datetime(2026, 1, 4, tzinfo=UTC))
+    assert not abandoned.exists()
+    assert in_progress.exists() and written.exists() and (root / f"snapshot={later.id}").exists()
+    assert store.snapshots() == [done.id, later.id] and store.latest() == later.id
+    removed = [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()]
+    assert len(removed) == 1 and "20260102T000000000000-deadbeef" in removed[0], removed
