@@ -18,6 +18,7 @@ the data root, which is git-ignored.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import logging
@@ -128,16 +129,31 @@ def _header_rows(text: str, sep: str) -> int:
     return 0 if any(_is_number(value) for value in first.split(sep)) else 1
 
 
-def _decode(raw: bytes) -> str:
-    """UTF-8 (a byte-order mark dropped) when the bytes are UTF-8, else Latin-1 (GroupLens' own u.item).
+def _decode(raw: bytes, name: str = "") -> str:
+    """UTF-8 (a byte-order mark dropped) where the bytes are UTF-8, else Latin-1 (GroupLens' own u.item).
 
-    The original u.item is Latin-1 and is not valid UTF-8 (a lone byte for "é"), so it still reads
-    as Latin-1; a copy re-saved as UTF-8 no longer turns "é" into "Ã©" in every title.
+    The original u.item is Latin-1 and none of its accented lines is valid UTF-8 (a lone byte for
+    "é"), so it still reads as Latin-1; a copy re-saved as UTF-8 no longer turns "é" into "Ã©".
+    A file that is not UTF-8 as a whole is decoded line by line: it was all Latin-1, so one line
+    pasted from the original into a UTF-8 copy turned every other accented title into mojibake.
+    A UTF-8 file (u.data's 100,000 lines) still takes the single whole-file decode.
     """
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return raw.decode("latin-1")
+        pass
+    lines = raw.removeprefix(codecs.BOM_UTF8).splitlines(keepends=True)  # \n, \r\n, \r as pandas
+    decoded, latin = [], []
+    for number, line in enumerate(lines, start=1):
+        try:  # a line break byte is never inside a UTF-8 sequence: no character is split here
+            decoded.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            decoded.append(line.decode("latin-1"))
+            latin.append(number)
+    if len(latin) < sum(not line.isascii() for line in lines):  # both encodings in one file
+        shown = ", ".join(map(str, latin[:5])) + (", ..." if len(latin) > 5 else "")
+        log.warning("%s mixes UTF-8 and Latin-1; lines read as Latin-1: %s", name or "a data file", shown)
+    return "".join(decoded)
 
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what pandas ends a line at (str.splitlines has more)
@@ -248,7 +264,7 @@ def _first_fields(text: str, sep: str, skip: int) -> list[str]:
 
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def read(name: str, sep: str, names: list[str], **options: Any) -> pd.DataFrame:
-        text = _decode((directory / name).read_bytes())  # read once: the encoding and header from it
+        text = _decode((directory / name).read_bytes(), name)  # read once: the encoding and header from it
         skip = _header_rows(text, sep)
         # More fields than names made pandas take the first column as the index and shift every
         # field left: a trailing separator on each line (a common export) was refused as bad
@@ -314,7 +330,7 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
 def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def read(name: str, needed: tuple[str, ...]) -> pd.DataFrame:
         # decoded as the GroupLens files are: a conversion of u.item keeps its Latin-1 titles
-        text = _decode((directory / f"ml-100k.{name}").read_bytes())
+        text = _decode((directory / f"ml-100k.{name}").read_bytes(), f"ml-100k.{name}")
         frame = _parse(f"ml-100k.{name}", text, sep="\t", dtype=str, keep_default_na=False)
         frame.columns = [column.split(":", 1)[0] for column in frame.columns]
         missing = [column for column in needed if column not in frame.columns]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +96,42 @@ def test_titles_of_a_latin1_or_utf8_item_file_are_not_mojibake(
         loaded = load_directory(directory)
         assert "Les Misérables (1981)" in loaded.items["title"].tolist(), directory
         assert loaded.ratings.equals(expected.ratings)
+
+
+@pytest.mark.parametrize(
+    ("writer", "name", "titles"),
+    [
+        (write_grouplens, "u.item", (b"Movie 1 (", b"Movie 2 (", b"Movie 3 (")),
+        (write_recbole, "ml-100k.item", (b"\tMovie 1\t", b"\tMovie 2\t", b"\tMovie 3\t")),
+    ],
+    ids=["u.item", "ml-100k.item"],
+)
+def test_one_latin1_line_in_a_utf8_item_file_leaves_the_other_titles_alone(
+    tmp_path: Path,
+    writer: Callable[[Path], Path],
+    name: str,
+    titles: tuple[bytes, bytes, bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The encoding was guessed for the whole file: one stray Latin-1 byte in a UTF-8 u.item (a
+    line pasted from the original) read every accented title of the file as "Ã©" mojibake.
+    Each line is read as UTF-8 when it is valid UTF-8, as Latin-1 otherwise."""
+    directory = writer(tmp_path / "mixed")
+    path = directory / name
+    content = path.read_bytes()
+    renamed = (("Misérables", "utf-8"), ("Cérémonie", "latin-1"), ("Á köldum klaka", "utf-8"))
+    for n, (title, (new, encoding)) in enumerate(zip(titles, renamed, strict=True), start=1):
+        content = content.replace(title, title.replace(f"Movie {n}".encode(), new.encode(encoding)), 1)
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="app.recommender.data"):
+        shown = load_directory(directory).items["title"].tolist()
+    assert {"Misérables (1981)", "Cérémonie (1982)", "Á köldum klaka (1983)"} <= set(shown), [
+        t for t in shown if not t.isascii()
+    ]
+    latin = "Cérémonie".encode("latin-1")
+    line = next(n for n, text in enumerate(content.split(b"\n"), start=1) if latin in text)
+    warned = [r.getMessage() for r in caplog.records if "Latin-1" in r.getMessage()]
+    assert warned == [f"{name} mixes UTF-8 and Latin-1; lines read as Latin-1: {line}"], warned
 
 
 @pytest.mark.parametrize(
