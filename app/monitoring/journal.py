@@ -359,6 +359,25 @@ class JournalFollower:
         args.extend(f"{k}={v}" for k, v in self.matches.items())
         return args
 
+    def any_entry(self, timeout: float = 10.0) -> tuple[bool | None, str]:
+        """Whether the journal holds any entry of the matches (a read of the newest one, not
+        followed), and what journalctl said on stderr (a user who may not read the system
+        journal is told so there); None when it could not tell."""
+        exe = shutil.which(self.journalctl) or self.journalctl
+        args = [exe, "--output=json", "--lines=1", "--no-pager", *self.extra_args]
+        args.extend(f"{k}={v}" for k, v in self.matches.items())
+        try:
+            done = subprocess.run(  # an argument list, no shell
+                args, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.debug("cannot ask journalctl for an entry", extra={"error": str(exc)})
+            return None, ""
+        said = done.stderr.decode("utf-8", "replace").strip()
+        if done.returncode != 0:
+            return None, said
+        return bool(done.stdout.strip()), said
+
     @property
     def pid(self) -> int | None:
         """The current journalctl process id (tests kill it to check the restart)."""

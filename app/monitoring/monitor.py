@@ -284,6 +284,28 @@ def entry_to_alert(entry: JournalEntry, container: str) -> Alert:
     )
 
 
+def warn_if_no_entries(follower: JournalFollower, container: str) -> bool:
+    """Log one WARNING (the monitor's own log, no alert) when the journal has no entry at all for
+    ``container``; True if it did. The monitor follows the name anyway: the container may start later.
+
+    A mistyped or renamed container (or one not logging to journald) was watched for ever, silently,
+    with nothing ever to alert on.
+    """
+    found, said = follower.any_entry()
+    if found is not False:
+        return False
+    log.warning(
+        "no journal entries for CONTAINER_NAME=%s: nothing will be alerted on if the name is mistyped "
+        "or the container was renamed. `docker ps --format '{{.Names}}'` lists the running containers' "
+        "names, `journalctl -F CONTAINER_NAME` those in the journal; the container must log with "
+        "--log-driver=journald. Following %s anyway, in case it starts later",
+        container,
+        container,
+        extra={"container": container, **({"journalctl": said} if said else {})},
+    )
+    return True
+
+
 class Monitor:
     """Follow entries and feed the alerter; stoppable from another thread or a signal."""
 
@@ -432,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: monitor.stop())
+    warn_if_no_entries(follower, args.container_name)  # before "monitoring container": done by then
     log.info(
         "monitoring container",
         extra={

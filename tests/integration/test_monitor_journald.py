@@ -41,7 +41,13 @@ from app.monitoring.alerts import (
 )
 from app.monitoring.journal import JournalFollower
 from tests.helpers import free_port
-from tests.integration.journald import Journald, JournaldUnavailable, start_journald, stop_journald
+from tests.integration.journald import (
+    Journald,
+    JournaldUnavailable,
+    journal_read,
+    start_journald,
+    stop_journald,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -779,3 +785,50 @@ def test_print_survives_a_line_its_stdout_cannot_encode(
     assert monitor.proc.poll() is None, "".join(monitor.stderr)[-2000:]
     assert any("/data/?.csv" in line for line in monitor.lines)
     assert monitor.stop() == 0
+
+
+NO_ENTRIES = "no journal entries for CONTAINER_NAME="
+
+
+def _log_lines(monitor: MonitorProcess) -> list[dict]:
+    return [json.loads(line) for line in monitor.stderr if line.startswith("{")]
+
+
+def _started(monitor: MonitorProcess) -> None:
+    """Wait for the monitor's "monitoring container" line: its start-up look at the journal is done
+    (the canaries of ``wait_ready`` would otherwise be the entries it finds)."""
+    deadline = time.monotonic() + 20
+    while not any(line.get("message") == "monitoring container" for line in _log_lines(monitor)):
+        assert monitor.proc.poll() is None and time.monotonic() < deadline, monitor.stderr
+        time.sleep(0.05)
+
+
+def test_a_container_name_without_entries_is_one_warning_at_start_and_still_followed(
+    journald, container, smtp_server, monitor_factory
+) -> None:
+    """A mistyped or renamed container: the monitor watched nothing for ever and said nothing.
+    It warns once at start (its own log on stderr, not an email), naming the name and how to
+    list the names, and follows the name anyway, in case the container starts later."""
+    monitor = monitor_factory()
+    _started(monitor)
+    monitor.wait_ready(journald, container)  # the container appears after the start
+    warned = [line for line in _log_lines(monitor) if NO_ENTRIES in line["message"]]
+    assert len(warned) == 1, monitor.stderr
+    assert warned[0]["level"] == "WARNING" and container in warned[0]["message"]
+    assert "docker ps --format '{{.Names}}'" in warned[0]["message"]
+    journald.send(app_line("ERROR", "the late container failed"), CONTAINER_NAME=container)
+    messages = smtp_server.wait_for(1, 15)
+    time.sleep(1.5)  # > group-wait: a second email would be here by now
+    assert len(smtp_server.handler.received) == 1, [m["Subject"] for m in smtp_server.handler.received]
+    assert "the late container failed" in messages[0].get_content()  # the warning was no email
+
+
+def test_a_container_with_entries_gets_no_such_warning(
+    journald, container, smtp_server, monitor_factory
+) -> None:
+    journald.send("an earlier run", CONTAINER_NAME=container)
+    assert journal_read({"CONTAINER_NAME": container})
+    monitor = monitor_factory()
+    _started(monitor)
+    monitor.wait_ready(journald, container)
+    assert not [line for line in _log_lines(monitor) if NO_ENTRIES in line["message"]], monitor.stderr
