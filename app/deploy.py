@@ -405,6 +405,17 @@ def _private_directory(path: Path) -> None:
         raise DeployError(f"{path} must be a directory of yours (--secrets-dir to choose another)")
 
 
+def check_container_name(name: str) -> None:
+    if not _CONTAINER_NAME.match(name):
+        raise DeployError(f"{name!r} is not a valid container name")
+
+
+def check_secrets_root(root: Path) -> None:
+    """A directory ``docker run --mount`` can bind: its comma-separated syntax takes no comma or quote."""
+    if any(char in str(root) for char in ',"\n'):
+        raise DeployError(f"--secrets-dir {root}: a path with a comma or a quote cannot be mounted")
+
+
 def write_secret_files(root: Path, container_name: str, values: Mapping[str, str]) -> SecretFiles:
     """Write each secret to ``root/<container>/deploy-*/<NAME>`` (a new directory per deployment:
     a rolled-back container mounts its own again), mode 0440 with a trailing newline, which the
@@ -413,15 +424,13 @@ def write_secret_files(root: Path, container_name: str, values: Mapping[str, str
     as root the files are given the image user's group (:data:`IMAGE_GID`), else the container
     is given the deploying user's group (adding root's group 0 to it would give the service
     every file of the image that group 0 may read)."""
-    if not _CONTAINER_NAME.match(container_name):
-        raise DeployError(f"{container_name!r} is not a valid container name")
+    check_container_name(container_name)
     for name, value in values.items():
         _check_variable_name(name)
         if not value:
             raise DeployError(f"{name} is set but empty: give it a value, or unset it")
     root = root.expanduser().absolute()
-    if any(char in str(root) for char in ',"\n'):  # --mount's comma-separated syntax
-        raise DeployError(f"--secrets-dir {root}: a path with a comma or a quote cannot be mounted")
+    check_secrets_root(root)
     try:
         return _write_secret_files(root, container_name, values)
     except OSError as exc:  # a DeployError, refused like every other deployment error
@@ -1137,7 +1146,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--no-build", action="store_true", help="deploy an existing IMAGE_NAME:IMAGE_VERSION")
     parser.add_argument("--docker", default=os.environ.get("DOCKER", "docker"), help="docker CLI to use")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # what Docker would refuse is a usage error now, not a failure after the build (minutes)
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("--port-mapping", lambda: publish_spec(args.port_mapping)),
+        ("--container-name" if args.container_name else "IMAGE_NAME (choose with --container-name)",
+         lambda: check_container_name(args.container_name or default_container_name(args.image_name))),
+        ("--secrets-dir", lambda: check_secrets_root(
+            (args.secrets_dir or default_secrets_root(os.environ)).expanduser().absolute())),
+    ]  # fmt: skip
+    for option, check in checks:
+        try:
+            check()
+        except DeployError as exc:
+            parser.error(str(exc) if option in str(exc) else f"{option}: {exc}")
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> DeployConfig:
@@ -1171,7 +1194,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cfg = config_from_args(args)
-        publish_spec(cfg.port_mapping)
         prompt = getpass.getpass if sys.stdin.isatty() else None
         secrets_ = resolve_secrets(args.session_password, environ, args.extra_env, prompt)
         Deployer(cfg, Docker(args.docker)).deploy(secrets_)

@@ -1001,9 +1001,39 @@ def test_main_reads_the_password_from_the_environment(
 
 
 def test_main_reports_errors_with_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = deploy.main(["img", "1", "m", "t", "--port-mapping", "nope"], environ={})
+    rc = deploy.main(["img", "1", "m", "t", "--no-build", "--docker", str(tmp_path / "no-docker")], environ={})
     assert rc == 1
-    assert "port-mapping" in capsys.readouterr().err
+    assert "no session password" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--port-mapping", "nope"], "--port-mapping"),
+        (["--port-mapping", "127.0.0.1:99999"], "--port-mapping"),
+        (["--container-name", "team/movierec"], "--container-name"),
+        (["--container-name", ".hidden"], "--container-name"),
+        (["--secrets-dir", "/srv/a,b"], "--secrets-dir"),
+    ],
+)
+def test_an_option_docker_cannot_use_is_a_usage_error_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    options: list[str], named: str,
+) -> None:
+    """A bad --port-mapping was exit 1 like a failed deployment; a bad --container-name or
+    --secrets-dir was refused only after the image had been built (minutes), and that image stayed."""
+    cfg = make_cfg(tmp_path)
+    engine = FakeEngine()
+    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(
+            ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
+             *options],
+            environ={"SESSION_PASSWORD": PASSWORD},
+        )  # fmt: skip
+    assert exited.value.code == 2
+    assert named in capsys.readouterr().err
+    assert engine.calls == []
 
 
 # --------------------------------------------------------------------------- install-model
