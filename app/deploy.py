@@ -621,8 +621,12 @@ class Deployer:
             if name_free:  # else the container of that name may still be the live version
                 self.print_logs()
                 self.remove_new(remove_image=cfg.build and not image_existed)
-            elif self.secret_files is not None:  # written for a container that never started
-                self.secret_files.remove()
+            else:
+                if self.secret_files is not None:  # written for a container that never started
+                    self.secret_files.remove()
+                if cfg.build and not image_existed:  # built for a deployment that never ran it
+                    self.docker("rmi", cfg.image_ref)
+                    self.say(f"removed the new image {cfg.image_ref}")
             self.restore_previous(self.set_aside)
             raise
         previous = self.set_aside

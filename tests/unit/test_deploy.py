@@ -714,6 +714,30 @@ def test_failed_build_touches_no_container(tmp_path: Path) -> None:
     assert engine.containers["movierec"].status == "running"
 
 
+def test_an_image_built_for_a_deployment_refused_before_the_stop_is_removed(tmp_path: Path) -> None:
+    """The secret files could not be written (here: --secrets-dir under a file): nothing was
+    stopped, and the image this deployment built, under a tag that did not exist, is not left."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    engine = FakeEngine(containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
+    engine.images.add("movierec:1.0")
+    deployer, _ = make_deployer(make_cfg(tmp_path, secrets_root=blocker / "secrets"), engine)
+    with pytest.raises(DeployError, match="not-a-directory"):
+        deployer.deploy(secrets_())
+    assert engine.images == {"movierec:1.0"}
+    assert engine.containers["movierec"].status == "running"
+
+
+def test_a_rebuilt_tag_that_existed_is_kept_when_the_deployment_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    engine = FakeEngine(images={"movierec:2.0"})
+    deployer, _ = make_deployer(make_cfg(tmp_path, secrets_root=blocker / "secrets"), engine)
+    with pytest.raises(DeployError):
+        deployer.deploy(secrets_())
+    assert "movierec:2.0" in engine.images and "rmi" not in engine.verbs()
+
+
 def test_failed_docker_run_restores_the_previous_container(tmp_path: Path) -> None:
     engine = FakeEngine(run_rc=125, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
     deployer, _ = make_deployer(make_cfg(tmp_path), engine)
