@@ -71,6 +71,8 @@ def run_accuracy_test(
         payload = json.loads(Path(test_data_path).read_text())
     except OSError as exc:  # a directory, an unreadable file: a usage error, not a traceback
         raise ValueError(f"test data {test_data_path} cannot be read: {exc}") from exc
+    except ValueError as exc:  # truncated, or not text: the parser's message alone names no file
+        raise ValueError(f"test data {test_data_path} is not JSON: {exc}") from exc
     try:
         data, target, expected = payload["data"], payload["target"], float(payload["expected_score"])
         k = int(payload.get("k", K))

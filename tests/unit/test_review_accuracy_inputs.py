@@ -48,3 +48,17 @@ def test_a_tolerance_that_is_not_a_finite_non_negative_number_is_a_usage_error(
 
     result = CliRunner().invoke(cli, [*args[:-1], "0.5"])  # a sane value still runs the test
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("content", [b"{", b'{"data": [1, ', b"\xff\xfe not text"])
+def test_test_data_that_is_not_json_names_the_file(
+    personal_model_store: Path, tmp_path: Path, content: bytes
+) -> None:
+    """A truncated or binary test-data file failed the image build with only the parser's words
+    ('Error: Expecting property name ...: line 2 column 1'), not which file it was."""
+    bundle = (personal_model_store / "latest").resolve()
+    bad = tmp_path / "test_data.json"
+    bad.write_bytes(content)
+    result = _accuracy(bundle, bad)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert f"Error: test data {bad} is not JSON" in result.output
