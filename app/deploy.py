@@ -172,8 +172,13 @@ class Docker:
                 "(choose the CLI with --docker or $DOCKER)"
             ) from None
 
+    def image_id(self, ref: str) -> str | None:
+        """The ID of the image ``ref`` names, or None when there is none."""
+        result = self("image", "inspect", "--format", "{{.Id}}", ref)
+        return (result.stdout.strip() or None) if result.returncode == 0 else None
+
     def image_exists(self, ref: str) -> bool:
-        return self("image", "inspect", "--format", "{{.Id}}", ref).returncode == 0
+        return self.image_id(ref) is not None
 
     def container_state(self, name: str) -> ContainerState | None:
         """The container's state, or None when no container has that name."""
@@ -591,7 +596,8 @@ class Deployer:
 
     def deploy(self, secrets_: Secrets) -> None:
         cfg = self.cfg
-        image_existed = self.docker.image_exists(cfg.image_ref)
+        tagged_before = self.docker.image_id(cfg.image_ref)  # a rebuild moves the tag to the new image
+        image_existed = tagged_before is not None
         if cfg.build:
             self.build()
         elif not image_existed:
@@ -627,6 +633,8 @@ class Deployer:
                 if cfg.build and not image_existed:  # built for a deployment that never ran it
                     self.docker("rmi", cfg.image_ref)
                     self.say(f"removed the new image {cfg.image_ref}")
+            if cfg.build and tagged_before is not None:
+                self.restore_tag(tagged_before)
             self.restore_previous(self.set_aside)
             raise
         previous = self.set_aside
@@ -827,6 +835,20 @@ class Deployer:
             self.say(f"removed the new container and image {self.cfg.image_ref}")
         else:
             self.say("removed the new container")
+
+    def restore_tag(self, image_id: str) -> None:
+        """A rebuilt tag whose deployment failed names the image it named before again (the
+        previous version may run it), and the failed build goes: a later deployment of that tag
+        gets what it got before. Not while a kept database snapshot needs the new image."""
+        ref, built = self.cfg.image_ref, self.docker.image_id(self.cfg.image_ref)
+        if built is None or built == image_id or self.snapshot_taken:
+            return
+        tagged = self.docker("tag", image_id, ref)
+        if tagged.returncode != 0:  # in a rollback: say so, and go on restoring the previous version
+            self.say(f"warning: could not tag {image_id[:19]} as {ref} again: {tagged.stderr.strip()}")
+            return
+        self.docker("rmi", built)  # refused, and kept, if something else still uses it
+        self.say(f"{ref} names {image_id[:19]} again, as before this deployment; removed the new build")
 
     def restore_previous(self, previous: ContainerState | None) -> None:
         cfg = self.cfg

@@ -114,6 +114,9 @@ class FakeEngine:
     """The subset of the docker CLI app.deploy uses, with state."""
 
     images: set[str] = field(default_factory=set)
+    # the image each tag names (a tag not listed names "sha256:<tag>"); a build gives a new one
+    image_ids: dict[str, str] = field(default_factory=dict)
+    removed_ids: list[str] = field(default_factory=list)
     containers: dict[str, FakeContainer] = field(default_factory=dict)
     build_rc: int = 0
     run_rc: int = 0
@@ -145,14 +148,25 @@ class FakeEngine:
         rc, out, err = handler(args)
         return subprocess.CompletedProcess(argv, rc, out, err)
 
+    def image_id(self, ref: str) -> str:
+        return self.image_ids.get(ref, f"sha256:{ref}")
+
     def do_image(self, args: list[str]) -> tuple[int, str, str]:
         assert args[0] == "inspect"
-        return (0, "sha256:abc\n", "") if args[-1] in self.images else (1, "", "No such image")
+        return (0, f"{self.image_id(args[-1])}\n", "") if args[-1] in self.images else (1, "", "No such image")
 
     def do_build(self, args: list[str]) -> tuple[int, str, str]:
         if self.build_rc == 0:
-            self.images.add(args[args.index("--tag") + 1])
+            tag = args[args.index("--tag") + 1]
+            self.images.add(tag)
+            self.image_ids[tag] = f"sha256:built-{len(self.calls)}"
         return self.build_rc, "", ""
+
+    def do_tag(self, args: list[str]) -> tuple[int, str, str]:
+        source, tag = args
+        self.images.add(tag)
+        self.image_ids[tag] = source if source.startswith("sha256:") else self.image_id(source)
+        return 0, "", ""
 
     def do_container(self, args: list[str]) -> tuple[int, str, str]:
         assert args[0] == "inspect"
@@ -276,7 +290,13 @@ class FakeEngine:
         return (0, "", "") if self.containers.pop(args[-1], None) else (1, "", "No such container")
 
     def do_rmi(self, args: list[str]) -> tuple[int, str, str]:
+        if args[-1].startswith("sha256:"):
+            if args[-1] in {self.image_id(ref) for ref in self.images}:
+                return 1, "", "image is referenced in multiple repositories"
+            self.removed_ids.append(args[-1])
+            return 0, "", ""
         self.images.discard(args[-1])
+        self.image_ids.pop(args[-1], None)
         return 0, "", ""
 
     def do_logs(self, args: list[str]) -> tuple[int, str, str]:
@@ -689,6 +709,26 @@ def test_unhealthy_container_fails_and_keeps_a_preexisting_image_tag(tmp_path: P
     assert "build" not in engine.verbs()
 
 
+def test_a_rebuilt_tag_whose_deployment_failed_names_the_image_it_named_before(tmp_path: Path) -> None:
+    """Deploying the running tag again (a rebuild of movierec:1.0) and failing left the tag on the
+    failed build: the restored version ran an untagged image, and the next `--no-build` of that
+    tag deployed the build that had just failed. The tag goes back to the image it named."""
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+    )
+    before = engine.image_id("movierec:1.0")
+    deployer, out = make_deployer(make_cfg(tmp_path, image_version="1.0"), engine)
+    with pytest.raises(DeployError, match="health check failed"):
+        deployer.deploy(secrets_())
+    assert engine.image_id("movierec:1.0") == before
+    built = next(i for i in engine.removed_ids if i.startswith("sha256:built-"))  # the failed build goes
+    assert built != before
+    assert engine.containers["movierec"].status == "running"
+    assert f"movierec:1.0 names {before[:19]}" in out.getvalue()
+
+
 def test_health_timeout(tmp_path: Path) -> None:
     engine = FakeEngine(script=[("running", "starting", 0)])
     deployer, _ = make_deployer(make_cfg(tmp_path, health_timeout=10.0), engine)
@@ -732,10 +772,11 @@ def test_a_rebuilt_tag_that_existed_is_kept_when_the_deployment_is_refused(tmp_p
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     engine = FakeEngine(images={"movierec:2.0"})
+    before = engine.image_id("movierec:2.0")
     deployer, _ = make_deployer(make_cfg(tmp_path, secrets_root=blocker / "secrets"), engine)
     with pytest.raises(DeployError):
         deployer.deploy(secrets_())
-    assert "movierec:2.0" in engine.images and "rmi" not in engine.verbs()
+    assert "movierec:2.0" in engine.images and engine.image_id("movierec:2.0") == before
 
 
 def test_failed_docker_run_restores_the_previous_container(tmp_path: Path) -> None:
