@@ -144,14 +144,31 @@ Executor = Callable[[Sequence[str], bool, str | None], subprocess.CompletedProce
 
 
 def _execute(argv: Sequence[str], capture: bool, stdin: str | None) -> subprocess.CompletedProcess[str]:
-    """Run a command; ``capture=False`` streams its output to ours (docker build)."""
-    return subprocess.run(  # nosec B603 - fixed executable, argument list
+    """Run a command; ``capture=False`` streams its output (stdout and stderr, as one) to our
+    stdout as it comes, and keeps it too (docker build: the deployer reads the gate's verdict)."""
+    if capture:
+        return subprocess.run(  # nosec B603 - fixed executable, argument list
+            list(argv), input=stdin, capture_output=True, text=True, check=False
+        )
+    lines: list[str] = []
+    with subprocess.Popen(  # nosec B603 - fixed executable, argument list
         list(argv),
-        input=stdin,
-        capture_output=capture,
+        stdin=subprocess.PIPE if stdin is not None else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        check=False,
-    )
+        errors="replace",
+    ) as proc:
+        if stdin is not None and proc.stdin is not None:
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+        returncode = proc.wait()
+    return subprocess.CompletedProcess(list(argv), returncode, "".join(lines), "")
 
 
 @dataclass
@@ -533,6 +550,33 @@ def database_command(cfg: DeployConfig, action: str, *options: str) -> list[str]
     ]  # fmt: skip
 
 
+GATE_STARTED = "accuracy test: MODEL_FILE="
+"""The line the Dockerfile's model stage echoes before it runs the accuracy test."""
+_GATE_VERDICT = re.compile(r"^(?:#\d+ [\d.]+ )?(FAILED: |Error: |install-model: )(.*)$")
+"""run_accuracy_tests.py's failure (FAILED: a score too low; Error: a model or test data that does
+not load) or install-model's, as BuildKit (``#25 1.281 ...``) or the classic builder prints it."""
+
+
+def build_verdict(output: str) -> str:
+    """Why a failed ``docker build`` failed, for its last line: the accuracy test's verdict when
+    the model stage got that far, else a pointer to the output."""
+    lines = output.splitlines()
+    started = next((i for i, line in enumerate(lines) if GATE_STARTED in line), None)
+    if started is not None:
+        for line in lines[started + 1 :]:
+            match = _GATE_VERDICT.match(line.strip())
+            if match is None:
+                continue
+            kind, detail = match.groups()
+            if kind == "FAILED: ":
+                return (
+                    f"the accuracy test failed: {detail} (the model scores below its test data's "
+                    "expected_score, or its floor_score)"
+                )
+            return f"the model or its test data does not load: {detail}"
+    return "see the output above"
+
+
 def log_hint(cfg: DeployConfig) -> str:
     if cfg.json_log:
         return f"docker logs --follow {cfg.container_name}"
@@ -663,10 +707,8 @@ class Deployer:
             result = self.docker(*build_command(cfg, model_rel, test_rel), capture=False)
         if result.returncode != 0:
             raise DeployError(
-                f"building {cfg.image_ref} failed (exit {result.returncode}); see the output above. "
-                "A failed accuracy test means the model scores below its test data's expected_score "
-                "(or its floor_score). "
-                "Nothing was deployed."
+                f"building {cfg.image_ref} failed (exit {result.returncode}): "
+                f"{build_verdict(result.stdout or '')}. Nothing was deployed."
             )
 
     def set_previous_aside(self) -> None:

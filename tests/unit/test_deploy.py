@@ -119,6 +119,7 @@ class FakeEngine:
     removed_ids: list[str] = field(default_factory=list)
     containers: dict[str, FakeContainer] = field(default_factory=dict)
     build_rc: int = 0
+    build_output: str = ""  # what `docker build` writes (streamed, and seen by the deployer)
     run_rc: int = 0
     # what a newly run container does on each inspect: a list of (status, health, restarts)
     script: list[tuple[str, str | None, int]] = field(default_factory=lambda: [("running", "healthy", 0)])
@@ -160,7 +161,7 @@ class FakeEngine:
             tag = args[args.index("--tag") + 1]
             self.images.add(tag)
             self.image_ids[tag] = f"sha256:built-{len(self.calls)}"
-        return self.build_rc, "", ""
+        return self.build_rc, self.build_output, ""
 
     def do_tag(self, args: list[str]) -> tuple[int, str, str]:
         source, tag = args
@@ -748,7 +749,7 @@ def test_image_without_healthcheck_is_refused(tmp_path: Path) -> None:
 def test_failed_build_touches_no_container(tmp_path: Path) -> None:
     engine = FakeEngine(build_rc=1, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
     deployer, _ = make_deployer(make_cfg(tmp_path), engine)
-    with pytest.raises(DeployError, match="accuracy test"):
+    with pytest.raises(DeployError, match="building movierec:2.0 failed"):
         deployer.deploy(secrets_())
     assert engine.verbs() == ["image inspect", "build"]
     assert engine.containers["movierec"].status == "running"
@@ -777,6 +778,54 @@ def test_a_rebuilt_tag_that_existed_is_kept_when_the_deployment_is_refused(tmp_p
     with pytest.raises(DeployError):
         deployer.deploy(secrets_())
     assert "movierec:2.0" in engine.images and engine.image_id("movierec:2.0") == before
+
+
+BUILD_RUN_LINE = (
+    '#25 [model 3/3] RUN set -eu; echo "accuracy test: MODEL_FILE=model/v1 ..."; '
+    'python tests/run_accuracy_tests.py "$src" ...\n#25 0.334 accuracy test: MODEL_FILE=model/v1 MODEL_TEST_FILE=x'
+)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "said", "not_said"),
+    [
+        ("FAILED: ndcg@10 0.429423 < expected 0.479423 - 1e-05",
+         "the accuracy test failed: ndcg@10 0.429423 < expected 0.479423", "does not load"),
+        ("Error: bundle /tmp/model-in is unreadable: model.pkl does not match its manifest SHA-256",
+         "the model or its test data does not load: bundle /tmp/model-in is unreadable: model.pkl", "scores"),
+        ("install-model: /tmp/model-in holds no model to convert into a bundle",
+         "the model or its test data does not load: /tmp/model-in holds no model", "scores"),
+    ],
+)  # fmt: skip
+def test_a_failed_build_says_why_in_its_last_line(
+    tmp_path: Path, verdict: str, said: str, not_said: str
+) -> None:
+    """The last line said 'A failed accuracy test means the model scores below its expected_score'
+    for every failed build, a corrupt bundle included; the cause was somewhere above, among the
+    builder's echoes of the whole RUN command. It now quotes the gate's verdict (BuildKit's or
+    the classic builder's output)."""
+    for line in (f"#25 1.509 {verdict}", verdict):
+        engine = FakeEngine(build_rc=1, build_output=f"{BUILD_RUN_LINE}\n{line}\n#25 ERROR: exit code: 1\n")
+        deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+        with pytest.raises(DeployError) as failed:
+            deployer.deploy(secrets_())
+        message = str(failed.value)
+        assert said in message and not_said not in message and "Nothing was deployed" in message
+
+
+def test_a_build_that_failed_elsewhere_points_to_its_output(tmp_path: Path) -> None:
+    engine = FakeEngine(build_rc=1, build_output="#12 ERROR: failed to fetch pip wheels\n")
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match=r"see the output above\. Nothing was deployed") as failed:
+        deployer.deploy(secrets_())
+    assert "accuracy" not in str(failed.value)
+
+
+def test_docker_build_output_is_streamed_and_kept(capfd: pytest.CaptureFixture[str]) -> None:
+    result = deploy._execute(["sh", "-c", "echo one; echo two >&2; exit 3"], False, None)
+    assert result.returncode == 3
+    assert result.stdout == "one\ntwo\n"
+    assert capfd.readouterr().out == "one\ntwo\n"
 
 
 def test_failed_docker_run_restores_the_previous_container(tmp_path: Path) -> None:
