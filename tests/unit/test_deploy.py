@@ -154,7 +154,9 @@ class FakeEngine:
 
     def do_image(self, args: list[str]) -> tuple[int, str, str]:
         assert args[0] == "inspect"
-        return (0, f"{self.image_id(args[-1])}\n", "") if args[-1] in self.images else (1, "", "No such image")
+        if args[-1] not in self.images:
+            return 1, "", "No such image"
+        return 0, f"{self.image_id(args[-1])}\n", ""
 
     def do_build(self, args: list[str]) -> tuple[int, str, str]:
         if self.build_rc == 0:
@@ -749,7 +751,7 @@ def test_image_without_healthcheck_is_refused(tmp_path: Path) -> None:
 def test_failed_build_touches_no_container(tmp_path: Path) -> None:
     engine = FakeEngine(build_rc=1, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
     deployer, _ = make_deployer(make_cfg(tmp_path), engine)
-    with pytest.raises(DeployError, match="building movierec:2.0 failed"):
+    with pytest.raises(DeployError, match=r"building movierec:2\.0 failed"):
         deployer.deploy(secrets_())
     assert engine.verbs() == ["image inspect", "build"]
     assert engine.containers["movierec"].status == "running"
@@ -782,7 +784,8 @@ def test_a_rebuilt_tag_that_existed_is_kept_when_the_deployment_is_refused(tmp_p
 
 BUILD_RUN_LINE = (
     '#25 [model 3/3] RUN set -eu; echo "accuracy test: MODEL_FILE=model/v1 ..."; '
-    'python tests/run_accuracy_tests.py "$src" ...\n#25 0.334 accuracy test: MODEL_FILE=model/v1 MODEL_TEST_FILE=x'
+    'python tests/run_accuracy_tests.py "$src" ...\n'
+    "#25 0.334 accuracy test: MODEL_FILE=model/v1 MODEL_TEST_FILE=x"
 )
 
 
@@ -1115,7 +1118,8 @@ def test_main_reads_the_password_from_the_environment(
 
 
 def test_main_reports_errors_with_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = deploy.main(["img", "1", "m", "t", "--no-build", "--docker", str(tmp_path / "no-docker")], environ={})
+    argv = ["img", "1", "m", "t", "--no-build", "--docker", str(tmp_path / "no-docker")]
+    rc = deploy.main(argv, environ={})
     assert rc == 1
     assert "no session password" in capsys.readouterr().err
 
@@ -1131,8 +1135,11 @@ def test_main_reports_errors_with_exit_code_1(tmp_path: Path, capsys: pytest.Cap
     ],
 )
 def test_an_option_docker_cannot_use_is_a_usage_error_before_anything_is_built(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    options: list[str], named: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    named: str,
 ) -> None:
     """A bad --port-mapping was exit 1 like a failed deployment; a bad --container-name or
     --secrets-dir was refused only after the image had been built (minutes), and that image stayed."""
