@@ -905,8 +905,33 @@ class Deployer:
                 self._wait_stopped(cfg.container_name)
             self._checked("start", cfg.container_name)
             self.say(f"the previous version ({previous.image}) is running again as {cfg.container_name}")
+            self._wait_restored(previous)
         else:
             self.say(f"the previous container ({previous.image}) is back as {cfg.container_name}")
+
+    def _wait_restored(self, previous: ContainerState) -> None:
+        """Wait for the restarted previous version's health check, and say how it came back: the
+        command fails either way, but "the service is down" is not the same failure as "the new
+        version was refused". At least the default health timeout: a short --health-timeout was
+        chosen for the new version, and the health check runs only every 10 s."""
+        name = self.cfg.container_name
+        deadline = self.clock() + max(self.cfg.health_timeout, DEFAULT_HEALTH_TIMEOUT)
+        while True:
+            state = self.docker.container_state(name)
+            if state is not None and state.health is None:
+                return  # no HEALTHCHECK to wait for (an image from before it had one)
+            if state is not None and state.health == "healthy":
+                self.say(f"the previous version ({previous.image}) is healthy again")
+                return
+            broken = state is None or not state.up or state.health == "unhealthy"
+            if broken or self.clock() >= deadline:
+                what = "gone" if state is None else f"status {state.status}, health {state.health}"
+                self.say(
+                    f"the previous version ({previous.image}) is NOT healthy again ({what}): the "
+                    f"service is down; see its log: {log_hint(self.cfg)}"
+                )
+                return
+            self.sleep(self.poll_interval)
 
     def _wait_stopped(self, name: str) -> None:
         deadline = self.clock() + STOP_TIMEOUT_SECONDS + 10

@@ -702,6 +702,82 @@ def test_failed_health_check_restores_the_previous_version(tmp_path: Path) -> No
     assert "uwsgi banner line 39" in printed
 
 
+def test_the_restored_version_is_waited_for_and_said_to_be_healthy(tmp_path: Path) -> None:
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+    )
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="health check failed"):
+        deployer.deploy(secrets_())
+    assert "the previous version (movierec:1.0) is healthy again" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("status", "health"), [("running", "unhealthy"), ("exited", "unhealthy"), ("running", "starting")]
+)
+def test_a_restored_version_that_does_not_become_healthy_again_is_reported(
+    tmp_path: Path, status: str, health: str
+) -> None:
+    """The rollback said 'the previous version is running again' as soon as `docker start`
+    returned: a previous version that then failed (its database, its secrets) left the service
+    down while the operator read that it was back."""
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+    )
+
+    def comes_back_broken(self: FakeEngine, args: list[str]) -> tuple[int, str, str]:
+        self.containers[args[-1]].status, self.containers[args[-1]].health = status, health
+        return 0, "", ""
+
+    engine.do_start = comes_back_broken.__get__(engine)  # type: ignore[method-assign]
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="health check failed"):
+        deployer.deploy(secrets_())
+    printed = out.getvalue()
+    assert "healthy again" not in printed.replace("NOT healthy again", "")
+    assert (
+        f"the previous version (movierec:1.0) is NOT healthy again (status {status}, health {health})"
+        in printed
+    )
+    assert "the service is down" in printed
+
+
+def test_a_short_health_timeout_for_the_new_version_still_gives_the_restored_one_its_time(
+    tmp_path: Path,
+) -> None:
+    """--health-timeout 5 is for the new version: the restarted previous one reports healthy only
+    at its next health check (every 10 s), and it is waited for."""
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+    )
+    polls_after_start: list[int] = []
+
+    def restart(self: FakeEngine, args: list[str]) -> tuple[int, str, str]:
+        self.containers[args[-1]].status, self.containers[args[-1]].health = "running", "starting"
+        polls_after_start.append(0)
+        return 0, "", ""
+
+    def inspect(self: FakeEngine, args: list[str]) -> tuple[int, str, str]:
+        if polls_after_start:
+            polls_after_start[0] += 1
+            if polls_after_start[0] > 12:  # 12 polls of 1 s: past the new version's 5 s
+                self.containers[args[-1]].health = "healthy"
+        return FakeEngine.do_container(self, args)
+
+    engine.do_start = restart.__get__(engine)  # type: ignore[method-assign]
+    engine.do_container = inspect.__get__(engine)  # type: ignore[method-assign]
+    deployer, out = make_deployer(make_cfg(tmp_path, health_timeout=5.0), engine)
+    with pytest.raises(DeployError, match="health check failed"):
+        deployer.deploy(secrets_())
+    assert "the previous version (movierec:1.0) is healthy again" in out.getvalue()
+
+
 def test_unhealthy_container_fails_and_keeps_a_preexisting_image_tag(tmp_path: Path) -> None:
     engine = FakeEngine(images={"movierec:2.0"}, script=[("running", "unhealthy", 0)])
     deployer, _ = make_deployer(make_cfg(tmp_path, build=False), engine)
