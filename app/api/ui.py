@@ -324,7 +324,7 @@ def _headers(response: Response) -> Response:
 def login() -> Response:
     next_path = request.values.get("next", "")
     next_path = next_path if _SAFE_NEXT.match(next_path) else ""
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD: the form; only a POST tries a password (and is limited)
         reason = request.args.get("reason", "")
         return _page(
             "ui/login.html", notice=LOGIN_REASONS.get(reason), errors={}, next_path=next_path, labels=LABELS

@@ -138,6 +138,26 @@ def test_login_is_rate_limited_per_client_address(make_app: Any) -> None:
     )
 
 
+def test_the_web_login_takes_passwords_only_by_post_and_every_post_counts(make_app: Any) -> None:
+    """HEAD /ui/login ran the view's password branch (only GET rendered the form), and the limit
+    counts POSTs: a HEAD with the password as a form body was answered 401 or 303 with the token's
+    cookie, as often as one liked. A HEAD is the form page's GET; only a POST tries a password."""
+    client = make_app(login_rate_limit="2 per minute").test_client()
+    here = {"REMOTE_ADDR": "203.0.113.9"}
+    for method in ("HEAD", "GET"):
+        for password in ("guess", SESSION_PASSWORD):
+            page = client.open(
+                "/ui/login", method=method, data={"session_password": password}, environ_base=here
+            )
+            assert page.status_code == 200, (method, page.status_code)
+            assert "Set-Cookie" not in page.headers and "X-RateLimit-Remaining" not in page.headers
+    tries = [
+        client.post("/ui/login", data={"session_password": "guess"}, environ_base=here).status_code
+        for _ in range(3)
+    ]
+    assert tries == [401, 401, 429]
+
+
 def test_an_ipv6_client_has_one_budget_for_its_whole_64(make_app: Any) -> None:
     """A host or a home line is given an IPv6 /64, so 2^64 addresses: each with its own budget,
     the per-address limit never stopped anyone guessing over IPv6. Addresses count per /64
