@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.monitoring.logs import LOG_LEVELS
@@ -170,6 +178,22 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("session_password", "admin_password", "jwt_secret", "metrics_token")
+    @classmethod
+    def _utf8(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """Bytes that are not UTF-8 in the variable (Python reads them as lone surrogates) are
+        refused: the service started, and every login or scrape was a 500 (the secret is compared
+        and signed with as UTF-8), as a secret file that is not UTF-8 already is."""
+        if value is not None:
+            try:
+                value.get_secret_value().encode()
+            except UnicodeEncodeError:
+                names = " or ".join(SECRET_SETTINGS[str(info.field_name)])
+                raise ValueError(
+                    f"{names} is not UTF-8 text: set it as UTF-8 (the password people type)"
+                ) from None
+        return value
 
     @field_validator("metrics_token")
     @classmethod

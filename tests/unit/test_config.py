@@ -409,3 +409,28 @@ def test_serve_without_a_session_password_is_a_one_line_error(
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "SESSION_PASSWORD" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["SESSION_PASSWORD", "MOVIEREC_ADMIN_PASSWORD", "MOVIEREC_JWT_SECRET", "MOVIEREC_METRICS_TOKEN"],
+)
+def test_a_secret_that_is_not_utf8_is_refused_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """A secret variable holding bytes that are not UTF-8 (a Latin-1 ``café``: Python reads the
+    ``\\xe9`` as the lone surrogate ``\\udce9``) started the service, and every login (or every
+    scrape) was a 500: the comparison and the JWT signature encode the secret as UTF-8, and no
+    typed password could ever match it. Refused at start, naming the variable, as a secret file
+    that is not UTF-8 already was."""
+    values = {
+        "SESSION_PASSWORD": "session-pw",
+        "MOVIEREC_ADMIN_PASSWORD": "admin-password-long",
+        "MOVIEREC_JWT_SECRET": STRONG,
+        "MOVIEREC_METRICS_TOKEN": "scrape-token",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(variable, values[variable] + "-caf\udce9")  # the byte 0xe9 in the environment
+    with pytest.raises(ConfigurationError, match=rf"{variable}.*UTF-8"):
+        load_settings().check_secrets()
