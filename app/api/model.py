@@ -35,8 +35,9 @@ ADMIN_ONLY_DETAIL = "failed: the details are shown to admin tokens and in the se
 
 
 def _for_role(status: dict[str, Any], key: str, admin: bool) -> dict[str, Any]:
-    """``status`` with its error text kept for admins only: a failed reload's or write's text
-    holds server paths, unpickling messages or SQL, which no client token needs."""
+    """``status`` with its error text kept for admins only: a failed reload's, write's or breaker
+    store call's text holds server paths, unpickling messages, store addresses or SQL, which no
+    client token needs."""
     if admin or not status.get(key):
         return status
     return {**status, key: ADMIN_ONLY_DETAIL}
@@ -55,6 +56,7 @@ def model_info() -> Any:
     bundle = services.models.require()
     rating = bundle.rating_model
     admin = get_jwt().get("role") == "admin"
+    breaker = _breaker(services)
     return jsonify(
         model_version=bundle.version,
         served_model=bundle.manifest.get("served_model"),
@@ -63,7 +65,7 @@ def model_info() -> Any:
         metrics=bundle.metrics,
         rating_model=rating.name if rating is not None else None,
         reload=_for_role(services.reloader.status(), "error", admin),
-        breaker=_breaker(services),
+        breaker=None if breaker is None else _for_role(breaker, "store_error", admin),
         request_log=_for_role(services.recommendations.request_log.stats(), "last_error", admin),
         feedback_journal=_for_role(services.recommendations.feedback.stats(), "last_error", admin),
     )

@@ -307,3 +307,25 @@ def test_a_version_with_a_trailing_newline_is_not_a_bundle_name(client: Any, aut
     )
     assert response.status_code == 400
     assert response.get_json()["error"]["fields"] == {"version": FIELD_RULES["version"]}
+
+
+def test_the_breaker_store_error_text_is_for_admin_tokens_only(make_app: Any, store: Path) -> None:
+    """``breaker.store_error`` quoted the failed store call to every client token (Redis's host and
+    port; with the database store, the SQL), while the reload's and the logs' error texts already
+    went to admin tokens only: a client token now reads that the store failed, an admin the text."""
+    app = make_app(
+        model_path=store,
+        model_dir=store,
+        redis_url="redis://127.0.0.1:1/0",  # nothing listens: every breaker read fails
+        monitor_interval_seconds=0,
+    )
+    client = app.test_client()
+    headers = login(client)
+    assert client.post("/api/recommend", json=PROFILE, headers=headers).status_code == 200
+    as_admin = client.get("/api/model", headers=login(client, ADMIN_PASSWORD)).get_json()["breaker"]
+    assert "127.0.0.1:1" in as_admin["store_error"]
+    as_client = client.get("/api/model", headers=headers).get_json()["breaker"]
+    assert as_client["store_error"] and "127.0.0.1" not in as_client["store_error"]
+    assert {k: v for k, v in as_client.items() if k != "store_error"} == {
+        k: v for k, v in as_admin.items() if k != "store_error"
+    }
