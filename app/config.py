@@ -284,6 +284,13 @@ class Settings(BaseSettings):
                 f"MOVIEREC_JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} random characters "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
+        metrics_token = self.metrics_token.get_secret_value() if self.metrics_token else ""
+        if secret in (self.session_password.get_secret_value(), metrics_token):
+            # whoever knows the key signs any token, "role": "admin" included
+            raise ConfigurationError(
+                "MOVIEREC_JWT_SECRET is the session password or the metrics token, which every client "
+                "or scraper sends: any of them could sign admin tokens; set another"
+            )
 
     @property
     def sqlalchemy_url(self) -> str:

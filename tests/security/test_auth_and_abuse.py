@@ -113,6 +113,18 @@ def test_an_admin_password_equal_to_the_session_password_refuses_to_start(make_s
     app.extensions["movierec"].close()
 
 
+def test_a_jwt_secret_that_clients_or_scrapers_know_refuses_to_start(make_settings: Any) -> None:
+    """The JWT secret equal to the session password (which every client sends) or to the metrics
+    token (which every scraper sends) started the service, and any of them could sign a token
+    with ``"role": "admin"``: the admin endpoints for every client. Refused, naming both."""
+    known = "k" * 16 + "0123456789abcdefghijkl"
+    for shared in ({"session_password": known}, {"metrics_token": known}):
+        with pytest.raises(ConfigurationError, match="MOVIEREC_JWT_SECRET"):
+            create_app(make_settings(testing=False, jwt_secret=known, **shared))
+    app = create_app(make_settings(testing=False, jwt_secret=known, metrics_token="scrape-" + known))
+    app.extensions["movierec"].close()
+
+
 # ------------------------------------------------------------------ rate limit
 
 
