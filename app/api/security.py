@@ -11,8 +11,9 @@
   needs, and no origin is trusted by default. ``null``, ``*`` and entries that could never equal
   a browser's ``Origin`` header are refused at start (:func:`app.config.parse_origins`).
 * ``/api/login`` is rate-limited per client address with Flask-Limiter: Redis storage when
-  ``MOVIEREC_REDIS_URL`` is set (so every replica counts the same attempts), memory otherwise;
-  if Redis stops answering, the limiter falls back to memory instead of failing logins.
+  ``MOVIEREC_REDIS_URL`` is set (so every replica counts the same attempts), memory otherwise,
+  where each uwsgi worker counts its share of the budget (:func:`share_of_limit`); if Redis
+  stops answering, the limiter falls back to memory instead of failing logins.
 * Logged-out tokens are refused through :class:`RevocationStore` (``token_in_blocklist_loader``),
   and tokens whose claims are not the ones ``/api/login`` writes by :func:`token_issued_here`.
 """
@@ -27,6 +28,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_jwt_extended import get_jwt, jwt_required
 from flask_limiter import Limiter
+from limits import parse_many
 from spectree import Response as Responses
 from werkzeug.exceptions import LengthRequired, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
@@ -114,8 +116,11 @@ def init_security(app: Flask, settings: Settings) -> None:
         in_memory_fallback_enabled=True,  # Redis down: count in memory rather than refuse every login
         swallow_errors=True,
     )
+    login_rate = settings.login_rate_limit
+    if not settings.redis_url:  # counted in this process's memory: each worker counts its share
+        login_rate = share_of_limit(login_rate, worker_processes())
     login_limit = limiter.shared_limit(
-        settings.login_rate_limit, scope="login", methods=["POST"], error_message="too many login attempts"
+        login_rate, scope="login", methods=["POST"], error_message="too many login attempts"
     )
     for endpoint in LOGIN_ENDPOINTS:
         if endpoint in app.view_functions:
@@ -123,6 +128,29 @@ def init_security(app: Flask, settings: Settings) -> None:
     app.extensions[EXTENSION] = {"limiter": limiter, "revocations": revocations}
     # first of all before_request hooks: nothing may parse a truncated body
     app.before_request_funcs.setdefault(None, []).insert(0, refuse_oversized_streams)
+
+
+def worker_processes() -> int:
+    """How many worker processes this instance runs: uwsgi's ``processes``, else 1."""
+    try:
+        import uwsgi  # type: ignore[import-not-found]
+    except ImportError:
+        return 1
+    return max(1, int(uwsgi.numproc))
+
+
+def share_of_limit(limit: str, processes: int) -> str:
+    """``limit`` divided among ``processes`` that count apart (at least 1 each): their sum is at most it.
+
+    Without Redis every uwsgi worker counted the whole login budget in its own memory, so an
+    address had ``processes`` times the configured tries (20 a minute, not 10, with 2 workers).
+    """
+    if processes <= 1:
+        return limit
+    return "; ".join(
+        f"{max(1, item.amount // processes)} per {item.multiples} {item.GRANULARITY.name}"
+        for item in parse_many(limit)
+    )
 
 
 class LogoutRequest(Strict):
