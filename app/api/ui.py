@@ -68,7 +68,12 @@ LOGIN_REASONS = {
     "required": "Please log in to continue.",
     "logged_out": "You have logged out.",
 }
-CSRF_MESSAGE = "This form was not sent from this site or is out of date. Reload the page and try again."
+# not "reload the page": the page showing this is the answer to the refused post, and reloading
+# it sends the same out-of-date form again; the page links to where the form was instead
+CSRF_MESSAGE = (
+    "This form was not sent from this site or is out of date (you may have logged in again since "
+    "it was shown), so nothing was saved. Open its page again and send it once more."
+)
 _INTEGER = re.compile(r"^[+-]?\d{1,12}$")
 _NUMBER = re.compile(r"^[+-]?(\d{1,6}(\.\d{0,6})?|\.\d{1,6})$")
 _SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9_\-/]*)?\Z")  # \Z: "$" also matches before a final newline
@@ -246,7 +251,13 @@ def _recommend_form_context(
 
 @bp.errorhandler(_CsrfFailure)
 def _csrf_failed(_error: _CsrfFailure) -> Response:
-    return _page("ui/error.html", 400, heading="Form could not be accepted", message=CSRF_MESSAGE)
+    return _page(
+        "ui/error.html",
+        400,
+        heading="Form could not be accepted",
+        message=CSRF_MESSAGE,
+        retry=(_page_of_post() or url_for("ui.index"), "Open the page again"),
+    )
 
 
 @bp.errorhandler(DatabaseUnavailableError)

@@ -192,6 +192,31 @@ def test_every_post_needs_the_csrf_value_of_this_session(app: Any) -> None:
     assert app.extensions["movierec"].db.feedback_rows() == []
 
 
+def test_an_out_of_date_form_leads_back_to_its_page_not_to_a_reload(app: Any) -> None:
+    """A form older than the session's token (logged in again in another tab) is refused; its
+    page said "Reload the page", but reloading that page posts the same stale form again, refused
+    every time. It links to the page the form was on instead, whose fresh form is accepted."""
+    client = app.test_client()
+    served = recommend(client, ui_login(client))
+    rid, movie = list_id(served.text), titles_of(served.text)[0]
+    stale = csrf_of(served.text)
+    client.post("/ui/login", data={"session_password": SESSION_PASSWORD})  # a new token, a new csrf value
+    for path, form, page in (
+        ("/ui/feedback", {"id": rid, "movie": movie, "score": "5"}, f"/ui/recommendations/{rid}"),
+        ("/ui/recommend", {"age": "30", "gender": "M", "occupation": "writer"}, "/ui"),
+    ):
+        refused = client.post(path, data={**form, "csrf_token": stale})
+        assert refused.status_code == 400 and "not sent from this site" in refused.text
+        assert "reload" not in refused.text.lower(), path
+        assert f'<a href="{page}" id="retry-link">' in refused.text, path
+    fresh = client.get(f"/ui/recommendations/{rid}").text
+    resent = client.post(
+        "/ui/feedback", data={"csrf_token": csrf_of(fresh), "id": rid, "movie": movie, "score": "5"}
+    )
+    assert resent.status_code == 303
+    assert [(r.request_id, r.score) for r in app.extensions["movierec"].db.feedback_rows()] == [(rid, 5.0)]
+
+
 def test_the_api_never_reads_the_ui_cookie(client: Any) -> None:
     client.post("/ui/login", data={"session_password": ADMIN_PASSWORD})
     token = client.get_cookie(COOKIE, path="/ui").value
