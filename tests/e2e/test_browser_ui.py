@@ -113,6 +113,59 @@ def test_a_person_gets_recommendations_and_rates_two_movies(make_app: Callable[.
     assert all(url.startswith(server.url + "/") for url in requests.seen)
 
 
+def _focused(page: Any, expected: str) -> str:
+    """The focused element's id once it is ``expected`` (the browser applies autofocus at its next
+    rendering, after the load event), else after 3 s whatever has the focus."""
+    return str(
+        page.evaluate(
+            """async (expected) => {
+                 const focused = () => document.activeElement.id || document.activeElement.tagName;
+                 for (let i = 0; i < 60 && focused() !== expected; i++) {
+                   await new Promise((resolve) => setTimeout(resolve, 50));
+                 }
+                 return focused();
+               }""",
+            expected,
+        )
+    )
+
+
+def test_a_refused_form_puts_the_keyboard_on_its_error_summary(make_app: Callable[..., Any]) -> None:
+    """After a form comes back with errors, focus starts on the list of what to correct (whose
+    links lead to each field), not at the top of the page behind the header's links."""
+    app = make_app()
+    with LiveServer(app) as server, browser_page(server.url) as (page, _requests):
+        _log_in(page, SESSION_PASSWORD)
+        page.get_by_label("Age").fill("200")
+        page.get_by_role("button", name="Recommend").click()
+        page.locator("#error-summary").wait_for()
+        assert _focused(page, "error-summary") == "error-summary"
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")  # the summary's first link: to the age field
+        assert _focused(page, "field-age") == "field-age"
+
+        page.get_by_label("Age").fill("34")
+        page.get_by_label("Gender").select_option("F")
+        page.get_by_label("Occupation").select_option("engineer")
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**/ui/recommendations/**")
+        first = page.locator("li.result").nth(0)
+        first.locator("input.star-input").nth(4).evaluate(
+            "input => { input.value = '9'; input.checked = true; }"
+        )
+        first.get_by_role("button", name="Save rating").click()
+        page.wait_for_url("**/ui/feedback")
+        assert _focused(page, "error-summary") == "error-summary"
+        assert app.extensions["movierec"].db.feedback_rows() == []
+
+        # the login form's one field keeps the focus itself
+        page.get_by_role("button", name="Log out").click()
+        page.wait_for_url("**/ui/login?**")
+        page.get_by_role("button", name="Log in").click()
+        page.locator("#error-summary").wait_for()
+        assert _focused(page, "field-session_password") == "field-session_password"
+
+
 def test_the_dashboard_draws_its_charts_from_real_data(
     make_app: Callable[..., Any], model_store: Path, synthetic_data: Any, tmp_path: Path
 ) -> None:
