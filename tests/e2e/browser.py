@@ -96,8 +96,11 @@ class RequestLog:
 
 
 @contextmanager
-def browser_page(base_url: str, viewport: dict[str, int] | None = None) -> Iterator[tuple[Any, RequestLog]]:
-    """A fresh Chromium context and page that may only talk to ``base_url``."""
+def browser_page(
+    base_url: str, viewport: dict[str, int] | None = None, javascript: bool = True
+) -> Iterator[tuple[Any, RequestLog]]:
+    """A fresh Chromium context and page that may only talk to ``base_url`` (scripts off with
+    ``javascript=False``)."""
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = ensure_chromium()
     with sync_api.sync_playwright() as playwright:
@@ -109,6 +112,7 @@ def browser_page(base_url: str, viewport: dict[str, int] | None = None) -> Itera
                 base_url=base_url,
                 viewport=viewport or {"width": 1280, "height": 900},
                 reduced_motion="reduce",
+                java_script_enabled=javascript,
             )
             requests = RequestLog(base_url)
             context.route("**/*", requests.route)

@@ -236,3 +236,29 @@ def test_the_dashboard_draws_its_charts_from_real_data(
 
     assert requests.blocked == []
     assert any(url.endswith("/ui/static/vendor/chartjs/chart.umd.min.js") for url in requests.seen)
+
+
+def test_without_javascript_the_dashboard_says_where_its_charts_figures_are(
+    make_app: Callable[..., Any],
+) -> None:
+    """Every page works with scripts off; the dashboard's charts cannot be drawn then, and each
+    was an empty 16rem box with nothing said. Each says its figures are in the tables instead;
+    with scripts on, that note is not shown."""
+    app = make_app()
+    service = app.extensions["movierec"].recommendations
+    served = service.recommend(RecommendQuery(3, 30, "F", "writer"))
+    service.score(served.id, served.items[0].title, 4.0)
+    for javascript in (False, True):
+        with LiveServer(app) as server, browser_page(server.url, javascript=javascript) as (page, _requests):
+            _log_in(page, ADMIN_PASSWORD)
+            page.goto("/ui/dashboard")
+            for chart in CHARTS:
+                note = page.locator(f"figure:has(#{chart}) .chart-fallback")
+                if javascript:
+                    page.wait_for_selector(f"#{chart}[data-rendered='true']")
+                    assert not note.is_visible(), chart
+                else:
+                    assert note.is_visible(), chart
+                    assert "JavaScript" in note.inner_text() and "table" in note.inner_text()
+            if not javascript:
+                screenshot(page, "ui-dashboard-no-javascript")
