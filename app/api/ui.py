@@ -262,8 +262,10 @@ def _csrf_failed(_error: _CsrfFailure) -> Response:
 
 @bp.errorhandler(DatabaseUnavailableError)
 def _database_down(_error: DatabaseUnavailableError) -> Response:
+    # a page opened saves nothing: saying "nothing was saved" there only alarmed
+    outcome = "this page cannot be shown" if request.method == "GET" else "nothing was saved"
     response = _page("ui/error.html", 503, heading="Temporarily unavailable", message=(
-        "The database cannot be reached right now, so nothing was saved. Please try again in a moment."
+        f"The database cannot be reached right now, so {outcome}. Please try again in a moment."
     ))  # fmt: skip
     response.headers["Retry-After"] = "5"
     return response

@@ -467,6 +467,34 @@ def test_a_list_just_served_is_shown_while_the_database_is_down(
         db.engine, db.sessions = good_engine, good_sessions
 
 
+def test_with_the_database_down_a_page_says_what_failed_not_that_nothing_was_saved(
+    make_app: Callable[..., Any], postgres_url: str
+) -> None:
+    """Opening a list already written needs the database: with it down the page said "so nothing
+    was saved" to someone who had only opened a page. A page that was opened says it cannot be
+    shown; a rating that was sent still says it was not saved."""
+    app = make_app(database_url=sqlalchemy_url(postgres_url))
+    client = app.test_client()
+    page = recommend(client, ui_login(client)).text
+    request_id, title = list_id(page), titles_of(page)[0]
+    app.extensions["movierec"].recommendations.request_log.flush()
+    db = app.extensions["movierec"].db
+    good_engine, good_sessions = db.engine, db.sessions
+    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
+    try:
+        opened = client.get(f"/ui/recommendations/{request_id}")
+        rated = client.post(
+            "/ui/feedback", data={"csrf_token": csrf_of(page), "id": request_id, "movie": title, "score": "4"}
+        )
+    finally:
+        db.engine, db.sessions = good_engine, good_sessions
+    assert opened.status_code == rated.status_code == 503
+    assert opened.headers["Retry-After"] == rated.headers["Retry-After"] == "5"
+    assert "saved" not in opened.text and "cannot be shown" in opened.text
+    assert "nothing was saved" in rated.text
+
+
 # --------------------------------------------------------------------------- dashboard
 
 
