@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 _DATABASE_DOWN = LogEvery(30.0)  # an outage is one line (every 30 s), not one per request
 
 
+def log_database_down(error: DatabaseUnavailableError) -> None:
+    """The outage's ERROR line (what the monitor alerts on), for the API's answers and the pages'."""
+    _DATABASE_DOWN.log(log, logging.ERROR, "database unavailable", reason=str(error)[:200])
+
+
 def envelope(
     status: int, message: str, code: str | None = None, fields: dict[str, str] | None = None
 ) -> Response:
@@ -56,7 +61,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(DatabaseUnavailableError)
     def _database_down(error: DatabaseUnavailableError) -> Response:
-        _DATABASE_DOWN.log(log, logging.ERROR, "database unavailable", reason=str(error)[:200])
+        log_database_down(error)
         response = envelope(503, "the database is unavailable; retry later", "unavailable")
         response.headers["Retry-After"] = "5"
         return response

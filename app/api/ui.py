@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from app.api.auth import issue_token
+from app.api.errors import log_database_down
 from app.api.schemas import FIELD_RULES, LoginRequest, RecommendRequest, ScoreRequest, field_errors
 from app.api.security import revoke_current_token
 from app.config import Settings
@@ -261,7 +262,8 @@ def _csrf_failed(_error: _CsrfFailure) -> Response:
 
 
 @bp.errorhandler(DatabaseUnavailableError)
-def _database_down(_error: DatabaseUnavailableError) -> Response:
+def _database_down(error: DatabaseUnavailableError) -> Response:
+    log_database_down(error)  # the blueprint's handler replaces the app's, which logged it
     # a page opened saves nothing: saying "nothing was saved" there only alarmed
     outcome = "this page cannot be shown" if request.method == "GET" else "nothing was saved"
     response = _page("ui/error.html", 503, heading="Temporarily unavailable", message=(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 import time
 import uuid
@@ -21,7 +22,9 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import sessionmaker
 
+from app.api import errors as api_errors
 from app.api.schemas import FIELD_RULES
+from app.monitoring.logs import LogEvery
 from app.recommender.bundle import RecommendQuery
 from app.services import dashboard
 from app.services.request_ids import RequestIds
@@ -468,16 +471,21 @@ def test_a_list_just_served_is_shown_while_the_database_is_down(
 
 
 def test_with_the_database_down_a_page_says_what_failed_not_that_nothing_was_saved(
-    make_app: Callable[..., Any], postgres_url: str
+    make_app: Callable[..., Any],
+    postgres_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Opening a list already written needs the database: with it down the page said "so nothing
     was saved" to someone who had only opened a page. A page that was opened says it cannot be
     shown; a rating that was sent still says it was not saved."""
+    monkeypatch.setattr(api_errors, "_DATABASE_DOWN", LogEvery(30.0))  # no line logged by an earlier test
     app = make_app(database_url=sqlalchemy_url(postgres_url))
     client = app.test_client()
     page = recommend(client, ui_login(client)).text
     request_id, title = list_id(page), titles_of(page)[0]
     app.extensions["movierec"].recommendations.request_log.flush()
+    caplog.set_level(logging.ERROR, logger="app.api.errors")
     db = app.extensions["movierec"].db
     good_engine, good_sessions = db.engine, db.sessions
     db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
@@ -493,6 +501,10 @@ def test_with_the_database_down_a_page_says_what_failed_not_that_nothing_was_sav
     assert opened.headers["Retry-After"] == rated.headers["Retry-After"] == "5"
     assert "saved" not in opened.text and "cannot be shown" in opened.text
     assert "nothing was saved" in rated.text
+    # logged as the API logs it (an ERROR line with the reason, which the monitor alerts on)
+    down = [r for r in caplog.records if r.getMessage() == "database unavailable"]
+    assert [r.levelno for r in down] == [logging.ERROR], "the outage seen by the pages was not logged"
+    assert "127.0.0.1" in down[0].reason
 
 
 # --------------------------------------------------------------------------- dashboard
