@@ -166,6 +166,38 @@ def test_a_refused_form_puts_the_keyboard_on_its_error_summary(make_app: Callabl
         assert _focused(page, "field-session_password") == "field-session_password"
 
 
+def _ink(png: bytes) -> int:
+    """Pixels of a screenshot darker than the page's white: how much of a glyph is painted."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    rgb = Image.open(BytesIO(png)).convert("RGB").tobytes()
+    return sum(1 for i in range(0, len(rgb), 3) if min(rgb[i : i + 3]) < 200)
+
+
+def test_the_chosen_stars_differ_from_the_others_by_shape_not_only_by_colour(
+    make_app: Callable[..., Any],
+) -> None:
+    """A chosen star was the same solid glyph as an empty one, brown instead of grey (1.3:1 apart):
+    to someone who does not tell those colours apart, or in forced colours, a rating looked
+    unchosen. Chosen stars are solid, the others outlines."""
+    app = make_app()
+    with LiveServer(app) as server, browser_page(server.url) as (page, _requests):
+        _log_in(page, SESSION_PASSWORD)
+        page.get_by_label("Age").fill("34")
+        page.get_by_label("Gender").select_option("F")
+        page.get_by_label("Occupation").select_option("engineer")
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**/ui/recommendations/**")
+        stars = page.locator("li.result").nth(0).locator("label.star")
+        stars.nth(2).click()  # three of five
+        page.mouse.move(0, 0)  # no hover preview
+        chosen, empty = _ink(stars.nth(1).screenshot()), _ink(stars.nth(3).screenshot())
+        assert empty < 0.6 * chosen, f"a chosen star paints {chosen} pixels, an empty one {empty}"
+        screenshot(page, "ui-stars-chosen", full_page=False)
+
+
 def test_the_dashboard_draws_its_charts_from_real_data(
     make_app: Callable[..., Any], model_store: Path, synthetic_data: Any, tmp_path: Path
 ) -> None:
