@@ -166,14 +166,17 @@ def test_a_refused_form_puts_the_keyboard_on_its_error_summary(make_app: Callabl
         assert _focused(page, "field-session_password") == "field-session_password"
 
 
-def _ink(png: bytes) -> int:
-    """Pixels of a screenshot darker than the page's white: how much of a glyph is painted."""
+def _solid(png: bytes) -> bool:
+    """Whether a star's screenshot is painted at its centre (a solid glyph), not background
+    there like its corner (an outline)."""
     from io import BytesIO
 
     from PIL import Image
 
-    rgb = Image.open(BytesIO(png)).convert("RGB").tobytes()
-    return sum(1 for i in range(0, len(rgb), 3) if min(rgb[i : i + 3]) < 200)
+    image = Image.open(BytesIO(png)).convert("RGB")
+    width, height = image.size
+    centre, corner = image.getpixel((width // 2, height // 2)), image.getpixel((1, 1))
+    return sum(abs(a - b) for a, b in zip(centre, corner, strict=True)) > 150
 
 
 def test_the_chosen_stars_differ_from_the_others_by_shape_not_only_by_colour(
@@ -193,8 +196,11 @@ def test_the_chosen_stars_differ_from_the_others_by_shape_not_only_by_colour(
         stars = page.locator("li.result").nth(0).locator("label.star")
         stars.nth(2).click()  # three of five
         page.mouse.move(0, 0)  # no hover preview
-        chosen, empty = _ink(stars.nth(1).screenshot()), _ink(stars.nth(3).screenshot())
-        assert empty < 0.6 * chosen, f"a chosen star paints {chosen} pixels, an empty one {empty}"
+        for forced_colors in ("none", "active"):  # and in Windows' high-contrast themes
+            page.emulate_media(forced_colors=forced_colors, color_scheme="light")
+            painted = [_solid(stars.nth(i).screenshot()) for i in range(5)]
+            assert painted == [True, True, True, False, False], f"forced colours {forced_colors}: {painted}"
+        page.emulate_media(forced_colors="none")
         screenshot(page, "ui-stars-chosen", full_page=False)
 
 
