@@ -446,7 +446,18 @@ def feedback() -> Response:
         except InvalidRequest as exc:
             errors = dict(exc.fields or {"body": exc.message})
         else:
-            stored = _services().recommendations.served_list(parsed.id)
+            try:
+                stored = _services().recommendations.served_list(parsed.id)
+            except DatabaseUnavailableError as exc:
+                # the score is kept (the journal ships it once the database is back): only reading
+                # the list back failed, so the page must not say that nothing was saved
+                log_database_down(exc)
+                return _page("ui/notice.html", heading="Rating saved", link=(
+                    url_for("ui.results", request_id=parsed.id), "Back to the list"
+                ), message=(
+                    f"Saved your rating for {parsed.movie}. The list cannot be shown right now (the "
+                    "database cannot be reached); it will show your rating once the database is back."
+                ))  # fmt: skip
             titles = [item["title"] for item in stored["items"]] if stored is not None else []
             position = titles.index(parsed.movie) if parsed.movie in titles else 0
             target = url_for("ui.results", request_id=parsed.id, saved=position) + f"#item-{position}"

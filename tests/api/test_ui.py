@@ -507,6 +507,39 @@ def test_with_the_database_down_a_page_says_what_failed_not_that_nothing_was_sav
     assert "127.0.0.1" in down[0].reason
 
 
+def test_a_rating_kept_while_the_database_is_down_is_not_reported_as_lost(
+    make_app: Callable[..., Any], postgres_url: str
+) -> None:
+    """A second rating for a list this worker already knows is kept in the journal with the
+    database down (as POST /api/recommend/score keeps it), but reading the list back for the
+    redirect failed, and the page said "so nothing was saved": the person rated again, and both
+    were stored once the database was back. The page says the rating was saved."""
+    app = make_app(database_url=sqlalchemy_url(postgres_url))
+    client = app.test_client()
+    page = recommend(client, ui_login(client)).text
+    request_id, titles, csrf = list_id(page), titles_of(page), csrf_of(page)
+    first = client.post(
+        "/ui/feedback", data={"csrf_token": csrf, "id": request_id, "movie": titles[0], "score": "4"}
+    )
+    assert first.status_code == 303
+    db = app.extensions["movierec"].db
+    good_engine, good_sessions = db.engine, db.sessions
+    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
+    try:
+        second = client.post(
+            "/ui/feedback", data={"csrf_token": csrf, "id": request_id, "movie": titles[1], "score": "2"}
+        )
+    finally:
+        db.engine, db.sessions = good_engine, good_sessions
+    text = html.unescape(second.text)
+    assert "nothing was saved" not in text
+    assert second.status_code == 200 and f"Saved your rating for {titles[1]}" in text
+    assert f'href="/ui/recommendations/{request_id}"' in second.text
+    app.extensions["movierec"].recommendations.feedback.drain()
+    assert {row.title: row.score for row in db.feedback_rows()} == {titles[0]: 4.0, titles[1]: 2.0}
+
+
 # --------------------------------------------------------------------------- dashboard
 
 
