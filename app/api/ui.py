@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -296,6 +297,7 @@ def error_page(error: HTTPException) -> Response:
     """The UI's error page. Also answers the routing errors under /ui (an unknown page,
     ``GET /ui/logout``): Flask gives those to the app's handlers, never a blueprint's, and the
     browser got the API's JSON envelope (app/api/errors.py hands them here)."""
+    _identify()
     status = error.code or 500
     headings = {404: "Not found", 405: "Not allowed", 413: "Too large", 429: "Too many attempts"}
     messages = {
@@ -313,6 +315,16 @@ def error_page(error: HTTPException) -> Response:
         if name.lower() != "content-type":
             response.headers[name] = value
     return _headers(response)  # a routing error skips the blueprint's after_request
+
+
+def _identify() -> None:
+    """Read the cookie's token, if any, for a page answered without a view (a routing error), so
+    its header shows the links and "Log out" to someone logged in, not "Log in". Only on a GET: a
+    post's token is checked with its CSRF value, which a routing error never reached."""
+    if request.method != "GET":
+        return
+    with suppress(JWTExtendedException, PyJWTError):  # an expired or revoked token: shown as logged out
+        verify_jwt_in_request(optional=True, locations=["cookies"])
 
 
 @bp.errorhandler(Exception)

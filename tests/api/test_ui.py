@@ -769,6 +769,17 @@ def test_routing_errors_under_ui_are_pages_and_the_api_keeps_its_envelope(client
     assert near.status_code == 404 and near.mimetype == "application/json"
 
 
+def test_an_unknown_page_knows_who_is_logged_in(client: Any) -> None:
+    """A routing error is answered without a view, so without reading the cookie: someone logged
+    in got a page with no header links and no "Log out", telling them to "Log in"."""
+    assert 'href="/ui/login"' in client.get("/ui/no-such-page").text  # logged out: the link is right
+    ui_login(client)
+    for response in (client.get("/ui/no-such-page"), client.get("/ui/logout")):
+        assert response.status_code in (404, 405)
+        assert 'href="/ui/login"' not in response.text
+        assert "Log out" in response.text and 'name="csrf_token" value=""' not in response.text
+
+
 def test_a_known_user_list_names_the_user_even_when_the_fallback_served_it(
     make_app: Callable[..., Any], personal_model_store: Path
 ) -> None:
