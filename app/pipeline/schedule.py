@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -309,7 +310,7 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     """Train once now if there is no champion, or tick now if a cron time passed while the scheduler
     was not running; then tick on the cron expression.
 
-    Blocks forever by default (``movierec schedule``); with ``blocking=False`` the scheduler
+    Blocks until SIGTERM by default (``movierec schedule``); with ``blocking=False`` the scheduler
     runs in a background thread and is returned (tests, embedding).
 
     The time of the last finished tick is kept in the var root (``record_tick``), so the
@@ -326,9 +327,10 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
             if not flow_runner.STOPPING.is_set():
                 _try_record_tick(settings, began)
 
-    scheduler = build_scheduler(settings, scheduled, blocking)
+    # In a thread of its own even for `movierec schedule`: the main thread waits for SIGTERM (below)
+    scheduler = build_scheduler(settings, scheduled, blocking=False)
     if blocking:  # `movierec schedule`: its process is the scheduler's
-        stop_on_sigterm(scheduler)
+        stop_on_sigterm()
     missed = missed_tick(settings)
     if Registry.from_settings(settings).champion() is None:
         log.info("no champion yet: training once at start")
@@ -342,28 +344,40 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
         return scheduler
     log.info("training scheduled on '%s' (UTC)", settings.schedule_cron)
     scheduler.start()
+    if blocking:
+        while not flow_runner.STOPPING.is_set():  # polled: the handler only sets it (stop_on_sigterm)
+            time.sleep(_STOP_POLL_SECONDS)
+        log.warning("SIGTERM: stopping (a running training flow is killed and reported)")
+        scheduler.shutdown(wait=True)  # a tick going on ends once its flow is killed
     return scheduler
 
 
-def stop_on_sigterm(scheduler: Any | None = None) -> None:
+_STOP_POLL_SECONDS = 0.5  # how often `movierec schedule` looks whether SIGTERM came
+
+
+def stop_on_sigterm() -> None:
     """On SIGTERM (``docker stop``, ``systemctl stop``): kill a running training flow with its
     workers (the tick reports it, its MLflow runs are marked FAILED, its scratch directory
-    removed), start no other, stop ``scheduler``; the process then exits normally.
+    removed) and start no other; :func:`serve` then stops the scheduler, and the process exits
+    normally.
 
     SIGTERM used to kill the scheduler outright: its flow, left without a reader, died at its
     next line of output (a broken pipe) in whatever step it was, its MLflow runs stayed RUNNING
     and its scratch directory stayed behind. The tick it interrupts is not recorded as done
     (:func:`serve`), so the next start runs it again. Installed from the main thread only
     (Python's rule for signal handlers): elsewhere it does nothing.
+
+    The handler only sets :data:`~app.pipeline.runner.STOPPING`, which the others poll. It runs
+    in the main thread between two bytecodes of whatever that was doing, locks held included: it
+    used to shut the scheduler down itself, taking the non-reentrant lock of the event the
+    scheduler's loop waits on (and a thread pool's), and a SIGTERM landing while the loop held
+    it deadlocked the scheduler for good; logging there can likewise re-enter a stream's write.
     """
     import signal
     import threading
 
     def stop(_signum: int, _frame: Any) -> None:
-        log.warning("SIGTERM: stopping (a running training flow is killed and reported)")
-        flow_runner.STOPPING.set()
-        if scheduler is not None and scheduler.running:
-            scheduler.shutdown(wait=False)  # the tick in its worker thread ends once its flow is killed
+        flow_runner.STOPPING.set()  # no lock of the main thread's: nothing there waits on this event
 
     if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's
         signal.signal(signal.SIGTERM, stop)

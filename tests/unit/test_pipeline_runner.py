@@ -665,6 +665,22 @@ if when == "once":  # `movierec schedule --once` from cron: one tick that decide
 elif when == "start":  # a tick missed while it was down: run at start, in the main thread
     schedule.record_tick(settings, datetime.now(UTC) - timedelta(days=2))
 else:  # a cron tick, in the scheduler's worker thread
+    if when == "held":  # SIGTERM comes while the scheduler's loop holds its wake-up event's lock
+        import threading
+        import time
+
+        import apscheduler.schedulers.background as background
+        import apscheduler.schedulers.blocking as blocking
+
+        # The scheduler's loop waits on this event and clears it: a few bytecodes inside its
+        # non-reentrant lock each time, stretched here so that the signal surely lands there.
+        class HeldEvent(threading.Event):
+            def wait(self, timeout=None):
+                with self._cond:
+                    time.sleep(1.0)
+                return super().wait(0.01)
+
+        blocking.Event = background.Event = HeldEvent
     schedule.record_tick(settings, datetime(2000, 1, 1, tzinfo=UTC))
     built = schedule.build_scheduler
 
@@ -690,7 +706,7 @@ if when != "once":
 """
 
 
-@pytest.mark.parametrize("when", ["start", "cron", "once"])
+@pytest.mark.parametrize("when", ["start", "cron", "once", "held"])
 def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
     tmp_path: Path, when: str
 ) -> None:
@@ -698,7 +714,10 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
     its flow, left without a reader, died at its next line of output (a broken pipe) in whatever
     step it was, its MLflow runs stayed RUNNING and its scratch directory stayed behind. Now the
     flow is killed with its workers and reported, the scheduler stops and exits 0, and the
-    interrupted tick is not recorded as done (the next start runs it again)."""
+    interrupted tick is not recorded as done (the next start runs it again). The handler only
+    sets a flag: it used to stop the scheduler itself, taking the lock of the event its loop
+    waits on, and a SIGTERM landing while the loop held that lock deadlocked the scheduler."""
+    import contextlib
     import signal
     import subprocess
     import sys
@@ -720,7 +739,14 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
     assert pids.is_file(), process.communicate(timeout=10)[0]
     recorded = schedule.last_tick(settings)
     process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=30)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # deadlocked in its SIGTERM handler, say
+        process.kill()
+        for pid in pids.read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        pytest.fail("the scheduler did not stop within 30 s of SIGTERM:\n" + process.communicate()[0])
     if when == "once":  # the tick's failure, as any other: exit 1 with the reason
         assert process.returncode == 1, output
         logged = [line for line in output.splitlines() if "training (schedule) failed" in line]
