@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from limits import parse_many
 from pydantic import (
     AliasChoices,
     Field,
@@ -211,6 +212,22 @@ class Settings(BaseSettings):
     def _origins(cls, value: str) -> str:
         """``null``, ``*`` or an entry that can never match is refused at start (parse_origins)."""
         parse_origins(value)
+        return value
+
+    @field_validator("login_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        """A limit Flask-Limiter cannot parse was skipped (logins unlimited), and one that allows
+        nothing became a try per uwsgi worker (app/api/security.py share_of_limit): refused."""
+        try:
+            items = parse_many(value)
+        except ValueError:
+            items = []
+        if not items or any(item.amount < 1 for item in items):
+            raise ValueError(
+                f"{value!r} is not a rate limit: write it as '10 per minute' (or '10/minute'; "
+                "several separated by ';'), each allowing at least 1"
+            )
         return value
 
     @field_validator("metrics_allow_cidrs")

@@ -105,6 +105,18 @@ def test_a_bad_metrics_network_is_refused_at_start() -> None:
     assert load_settings(testing=True, metrics_allow_cidrs="10.0.0.0/8, ::1").metrics_allow_cidrs
 
 
+def test_a_login_rate_limit_that_is_not_a_limit_is_refused_at_start() -> None:
+    """A mistyped MOVIEREC_LOGIN_RATE_LIMIT ('ten per minute') started the service with no login
+    limit at all (Flask-Limiter skips a limit it cannot parse: unlimited password guesses), and
+    under uwsgi without Redis (each worker's share, app/api/security.py) the app failed to load on
+    limits' bare ValueError; '0 per minute' became one try per worker. Refused at start."""
+    for bad in ("ten per minute", "", "10/fortnight", "0 per minute", "5/second; 0/minute"):
+        with pytest.raises(ConfigurationError, match=r"login_rate_limit"):
+            load_settings(testing=True, login_rate_limit=bad)
+    for good in ("10 per minute", "10/minute; 100/hour", "3 per 2 seconds"):
+        assert load_settings(testing=True, login_rate_limit=good).login_rate_limit == good
+
+
 def test_a_bad_log_level_is_refused_at_start() -> None:
     """MOVIEREC_LOG_LEVEL=verbose (or empty) passed settings and crashed create_app with
     logging's bare ValueError ("Unknown level"), naming neither the variable nor the choices."""
