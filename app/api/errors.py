@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from app.errors import CODES, ApiError
@@ -77,6 +78,10 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def _describe(error: HTTPException) -> str:
+    if isinstance(error, RateLimitExceeded) and error.limit.error_message:
+        # the limit's own message ("too many login attempts", app/api/security.py), not the
+        # generic one; a limit without one describes itself as its rate ("3 per 1 minute")
+        return str(error.description)
     messages = {
         404: "no such resource",
         405: "method not allowed for this resource",

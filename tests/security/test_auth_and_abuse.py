@@ -150,6 +150,18 @@ def test_login_is_rate_limited_per_client_address(make_app: Any) -> None:
     )
 
 
+def test_the_login_limit_says_it_is_the_login_budget_in_the_envelope_with_retry_after(make_app: Any) -> None:
+    """The limit is configured with the message "too many login attempts", and the 429 said the
+    generic "too many requests; slow down": a client could not tell its login budget was spent."""
+    client = make_app(login_rate_limit="1 per minute").test_client()
+    here = {"REMOTE_ADDR": "203.0.113.8"}
+    assert client.post("/api/login", json={"session_password": "guess"}, environ_base=here).status_code == 401
+    limited = client.post("/api/login", json={"session_password": "guess"}, environ_base=here)
+    error = assert_envelope(limited, 429, "rate_limited")
+    assert error["message"] == "too many login attempts", error
+    assert 0 < int(limited.headers["Retry-After"]) <= 60
+
+
 def test_the_web_login_takes_passwords_only_by_post_and_every_post_counts(make_app: Any) -> None:
     """HEAD /ui/login ran the view's password branch (only GET rendered the form), and the limit
     counts POSTs: a HEAD with the password as a form body was answered 401 or 303 with the token's
