@@ -53,9 +53,19 @@ def _unauthorized(message: str, challenge: str = _CHALLENGE_REFUSED) -> Response
 
 @jwt.unauthorized_loader
 def _missing_token(reason: str) -> Response:
+    if _bearer_credentials(request.headers.get("Authorization", "")) > 1:
+        # flask-jwt-extended calls two Bearer credentials in one header a missing token: a token
+        # was sent, and it is refused, as a malformed header is
+        return _unauthorized("invalid access token: send one Authorization: Bearer <token>")
     return _unauthorized(
         "missing access token: send Authorization: Bearer <token> from /api/login", _CHALLENGE
     )
+
+
+def _bearer_credentials(header: str) -> int:
+    """How many comma-separated credentials of ``header`` are Bearer ones (any case of the scheme)."""
+    schemes = (field.split(None, 1)[:1] for field in header.split(","))
+    return sum(1 for scheme in schemes if scheme and scheme[0].lower() == "bearer")
 
 
 @jwt.invalid_token_loader

@@ -415,3 +415,25 @@ def test_every_token_refusal_carries_a_bearer_challenge(client: Any, auth_header
     revoked = client.get("/protected", headers=auth_headers)
     assert revoked.status_code == 401
     assert revoked.headers.get("WWW-Authenticate") == 'Bearer error="invalid_token"'
+
+
+def test_two_bearer_tokens_in_one_header_are_an_invalid_token_not_a_missing_one(
+    client: Any, auth_headers: dict[str, str]
+) -> None:
+    """``Authorization: Bearer a, Bearer b`` was answered "missing access token" with the plain
+    ``Bearer`` challenge (flask-jwt-extended calls more than one Bearer credential "missing"):
+    a token was sent, and refused. It is the invalid-token 401, as a malformed header is; a
+    header with no Bearer credential at all is still "missing"."""
+    valid = auth_headers["Authorization"].split(" ", 1)[1]
+    for header in ("Bearer a, Bearer b", "Bearer a,Bearer b", "bearer a, bearer b",
+                   f"Bearer {valid}, Bearer {valid}", f"Basic eA==, Bearer {valid}, Bearer x"):  # fmt: skip
+        response = client.get("/protected", headers={"Authorization": header})
+        error = assert_envelope(response, 401, "unauthorized")
+        assert error["message"].startswith("invalid access token"), (header, error)
+        assert response.headers.get("WWW-Authenticate") == 'Bearer error="invalid_token"', header
+    for header in ("Basic eA==", "Token abc"):
+        response = client.get("/protected", headers={"Authorization": header})
+        assert_envelope(response, 401, "unauthorized")
+        assert response.headers.get("WWW-Authenticate") == "Bearer", header
+    one_bearer = {"Authorization": f"Basic eA==, Bearer {valid}"}
+    assert client.get("/protected", headers=one_bearer).status_code == 200
