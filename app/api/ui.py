@@ -9,7 +9,8 @@ Auth is the API's JWT, kept in an HttpOnly, SameSite=Strict cookie scoped to ``/
 token's ``csrf`` claim is echoed into every form as a hidden field (flask-jwt-extended's
 double-submit check, ``JWT_CSRF_CHECK_FORM``). ``JWT_TOKEN_LOCATION`` stays ``["headers"]``
 for the whole app, so /api endpoints never read the cookie; only these views look for the
-token in cookies (``verify_jwt_in_request(locations=["cookies"])``).
+token in cookies (``verify_jwt_in_request(locations=["cookies"])``). A post the browser says
+another site sent (``Sec-Fetch-Site``, else ``Origin``) is refused first, the login's included.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from functools import wraps
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, render_template, request, url_for
 from flask_jwt_extended import get_jwt, set_access_cookies, unset_jwt_cookies, verify_jwt_in_request
@@ -76,6 +77,10 @@ CSRF_MESSAGE = (
     "This form was not sent from this site or is out of date (you may have logged in again since "
     "it was shown), so nothing was saved. Open its page again and send it once more."
 )
+CROSS_SITE_MESSAGE = "This form was sent from another site. Open this site's own page and try again."
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_OWN_FETCHES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site: from this origin, or the user's own
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _INTEGER = re.compile(r"^[+-]?\d{1,12}$")
 _NUMBER = re.compile(r"^[+-]?(\d{1,6}(\.\d{0,6})?|\.\d{1,6})$")
 _SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9_\-/]*)?\Z")  # \Z: "$" also matches before a final newline
@@ -344,6 +349,57 @@ def _headers(response: Response) -> Response:
     return response
 
 
+# --------------------------------------------------------------------------- posts from other sites
+
+
+@bp.before_request
+def _refuse_other_sites() -> Response | None:
+    """A 403 page for a post under /ui that the browser says another site sent, before its view
+    runs (no password tried, no login attempt counted, no CSRF value compared).
+
+    Every form here is posted by a page of this site (``form-action 'self'``). The later posts
+    carry the session's CSRF value, but the login cannot (no session exists yet): a form on
+    another site could post the shared session password to /ui/login, logging the visitor's
+    browser in, and spend their address's login budget.
+    """
+    if request.method in _SAFE_METHODS or _sent_from_this_site():
+        return None
+    return _page("ui/error.html", 403, heading="Form could not be accepted", message=CROSS_SITE_MESSAGE)
+
+
+def _sent_from_this_site() -> bool:
+    """The browser's ``Sec-Fetch-Site`` when it sends one (only ``same-origin`` and ``none``, the
+    user's own navigation, pass); else its ``Origin``, which must name this host and port; a
+    request with neither (curl, scripts, browsers from before 2020) is not a cross-site form.
+
+    The origin's scheme is not compared: behind a proxy that ends TLS the app sees ``http``
+    while the browser says ``https``, and the app trusts no ``X-Forwarded-*`` header (no ProxyFix:
+    docs/reliability.md). So a host and port missing on one side are the origin scheme's
+    default on both. A proxy that rewrites ``Host`` makes the ``Origin`` check refuse the old
+    browsers' posts; ``Sec-Fetch-Site`` (every current browser) does not depend on it.
+    """
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site.strip().lower() in _OWN_FETCHES
+    origin = request.headers.get("Origin")
+    return origin is None or _same_host(origin, request.host)
+
+
+def _same_host(origin: str, host: str) -> bool:
+    """Whether ``origin`` (scheme://host[:port], or ``null``) names ``host`` (the Host header)."""
+    try:
+        sent, own = urlsplit(origin.strip()), urlsplit("//" + host)
+        default = _DEFAULT_PORTS.get(sent.scheme.lower())
+        return (
+            default is not None
+            and sent.hostname is not None
+            and sent.hostname == own.hostname
+            and (sent.port or default) == (own.port or default)
+        )
+    except ValueError:  # a port that is not a number, a bracket left open
+        return False
+
+
 # --------------------------------------------------------------------------- login / logout
 
 
@@ -356,8 +412,9 @@ def login() -> Response:
         return _page(
             "ui/login.html", notice=LOGIN_REASONS.get(reason), errors={}, next_path=next_path, labels=LABELS
         )
-    # No token exists yet, so there is nothing to CSRF-check: the SameSite=Strict cookie set
-    # here is what protects every later post.
+    # No token exists yet, so there is nothing to CSRF-check: a post from another site is
+    # refused before this (_refuse_other_sites), and the SameSite=Strict cookie set here (and
+    # the CSRF value in its token) protects every later post.
     # the password exactly as typed (as POST /api/login takes it): stripping it would turn a
     # valid password with a leading/trailing space into a wrong one, and a wrong one into a valid one
     payload = {"session_password": request.form.get("session_password", "")}

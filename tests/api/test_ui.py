@@ -220,6 +220,63 @@ def test_an_out_of_date_form_leads_back_to_its_page_not_to_a_reload(app: Any) ->
     assert [(r.request_id, r.score) for r in app.extensions["movierec"].db.feedback_rows()] == [(rid, 5.0)]
 
 
+CROSS_SITE = (
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "cross-site", "Origin": "http://localhost"},  # the browser's word decides
+    {"Sec-Fetch-Site": "same-site", "Origin": "http://other.localhost"},  # a sibling host
+    {"Origin": "https://evil.example"},  # a browser without Sec-Fetch-Site
+    {"Origin": "http://localhost:8080"},  # another port is another origin
+    {"Origin": "null"},  # a sandboxed frame's form
+)
+SAME_SITE = (
+    {},  # curl, scripts, the test client: no browser header at all
+    {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"},
+    {"Sec-Fetch-Site": "none"},  # typed or bookmarked by the user
+    {"Origin": "http://localhost"},
+    {"Origin": "https://localhost"},  # TLS ended by a proxy: the app sees http, the browser https
+    {"Origin": "http://LOCALHOST:80"},
+)
+
+
+def test_a_post_from_another_site_is_refused_before_it_counts(make_app: Callable[..., Any]) -> None:
+    """Login CSRF: a form on another site could post the shared session password to /ui/login,
+    logging the visitor's browser in (the client role) and spending their address's login budget
+    (no CSRF token can exist before the login). A UI post the browser says came from another site
+    (``Sec-Fetch-Site``; ``Origin`` when a browser does not send that) is a 403 page, before the
+    password is tried or the attempt counted; clients sending neither header are served."""
+    app = make_app(login_rate_limit="1 per minute")
+    client = app.test_client()
+    for headers in CROSS_SITE:
+        response = client.post("/ui/login", data={"session_password": SESSION_PASSWORD}, headers=headers)
+        assert response.status_code == 403, (headers, response.status_code)
+        assert response.mimetype == "text/html" and "<h1>" in response.text, headers
+        assert "another site" in response.text and "Set-Cookie" not in response.headers, headers
+        assert "X-RateLimit-Remaining" not in response.headers, headers
+    csrf = ui_login(client)  # the budget of 1 is still there
+    served = recommend(client, csrf)
+    form = {"csrf_token": csrf, "id": list_id(served.text), "movie": titles_of(served.text)[0], "score": "5"}
+    for path in ("/ui/feedback", "/ui/recommend", "/ui/logout"):  # every post, logged in or not
+        for headers in CROSS_SITE:
+            response = client.post(path, data=form, headers=headers)
+            assert response.status_code == 403 and "another site" in response.text, (path, headers)
+    assert app.extensions["movierec"].db.feedback_rows() == []
+    assert client.get("/ui", headers=CROSS_SITE[0]).status_code == 200  # a link from elsewhere still opens
+
+
+def test_posts_from_this_site_and_from_clients_without_browser_headers_are_served(
+    make_app: Callable[..., Any],
+) -> None:
+    app = make_app(login_rate_limit="100 per minute")
+    for headers in SAME_SITE:
+        client = app.test_client()
+        response = client.post("/ui/login", data={"session_password": SESSION_PASSWORD}, headers=headers)
+        assert response.status_code == 303, (headers, response.status_code)
+        csrf = csrf_of(client.get("/ui").text)
+        assert recommend(client, csrf).status_code == 200, headers
+        logout = client.post("/ui/logout", data={"csrf_token": csrf}, headers=headers)
+        assert logout.status_code == 303, headers
+
+
 def test_the_api_never_reads_the_ui_cookie(client: Any) -> None:
     client.post("/ui/login", data={"session_password": ADMIN_PASSWORD})
     token = client.get_cookie(COOKIE, path="/ui").value
