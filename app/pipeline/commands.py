@@ -106,7 +106,7 @@ def pipeline_run(
         resolve_seeds,
         run_flow,
     )
-    from app.pipeline.schedule import report_run, tick
+    from app.pipeline.schedule import report_run, stop_on_sigterm, tick
 
     settings = settings_for_cli(data_dir=data_dir, model_dir=model_dir)
     try:
@@ -117,6 +117,10 @@ def pipeline_run(
         seed_list = resolve_seeds(seeds) if seeds else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--seeds") from exc
+    # SIGTERM (a CI job's timeout, docker stop) kills the flow with its workers and reports it, as
+    # the scheduler's: the command then fails saying so, rather than dying and leaving the flow
+    # to die of a broken pipe mid-step with its MLflow runs RUNNING
+    stop_on_sigterm()
     try:
         if if_changed:
             result = tick(

@@ -43,8 +43,9 @@ LOCK_FILE = "flow.lock"
 OWNER_FILE = "owner"  # a random id of the var root, created once: tags its flows' MLflow runs
 FLOW_OWNER_ENV = "MOVIEREC_FLOW_OWNER"
 STOPPING = threading.Event()
-"""Set when the launcher is asked to stop (``movierec schedule`` got SIGTERM: app/pipeline/schedule.py):
-a running flow is killed with its workers and reported, and no new one starts."""
+"""Set when the launcher is asked to stop (``movierec schedule`` or ``pipeline run`` got SIGTERM:
+app/pipeline/schedule.py, stop_on_sigterm): a running flow is killed with its workers and
+reported, and no new one starts."""
 STOPPED = "the launcher was asked to stop (SIGTERM): the training flow was killed with its workers"
 _POLL_SECONDS = 0.5  # how often a launcher waiting for its flow looks at STOPPING
 

@@ -358,8 +358,9 @@ _STOP_POLL_SECONDS = 0.5  # how often `movierec schedule` looks whether SIGTERM 
 def stop_on_sigterm() -> None:
     """On SIGTERM (``docker stop``, ``systemctl stop``): kill a running training flow with its
     workers (the tick reports it, its MLflow runs are marked FAILED, its scratch directory
-    removed) and start no other; :func:`serve` then stops the scheduler, and the process exits
-    normally.
+    removed) and start no other; the process then exits normally (:func:`serve` stops the
+    scheduler) or fails saying it was stopped (``schedule --once``, ``pipeline run``:
+    app/pipeline/commands.py).
 
     SIGTERM used to kill the scheduler outright: its flow, left without a reader, died at its
     next line of output (a broken pipe) in whatever step it was, its MLflow runs stayed RUNNING

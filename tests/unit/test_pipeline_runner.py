@@ -762,3 +762,63 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
     assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the scheduler"
     assert not list((tmp_path / "var" / "pipeline").glob("run-*")), "the flow's scratch directory was left"
     assert schedule.last_tick(settings) == recorded, "the interrupted tick was recorded as done"
+
+
+_PIPELINE_RUN_SCRIPT = """
+import pathlib, sys
+
+import app.pipeline.commands as commands
+import app.pipeline.ingest as ingest
+import app.pipeline.runner as runner
+import app.pipeline.schedule as schedule
+from app.cli import cli
+from tests.unit.test_pipeline_runner import _WithChampion, _hanging_flow, _settings
+
+tmp = pathlib.Path(sys.argv[1])
+settings = _settings(tmp)
+runner.flow_command = _hanging_flow(tmp / "pids", None)
+runner._close_abandoned = lambda *a: None
+commands.settings_for_cli = lambda **_k: settings
+# --if-changed: the tick decides to train (no data, no database, no registry)
+schedule.Registry.from_settings = staticmethod(lambda _s: _WithChampion())
+ingest.ingest = lambda *a: type("Ingested", (), {"data_hash": "d"})()
+schedule.should_run = lambda *a: schedule.RunDecision(True, "data changed", "d", "c")
+cli(["pipeline", "run", *sys.argv[2:]], prog_name="movierec")
+"""
+
+
+@pytest.mark.parametrize("options", [[], ["--if-changed"]])
+def test_sigterm_during_pipeline_run_kills_the_flow_and_exits_non_zero_saying_why(
+    tmp_path: Path, options: list[str]
+) -> None:
+    """``movierec pipeline run`` died outright on SIGTERM (a CI job's timeout, ``docker stop``):
+    its flow, left without a reader, died at its next line of output (a broken pipe) in whatever
+    step it was, its MLflow runs stayed RUNNING and its scratch directory stayed behind. It now
+    stops as the scheduler does: the flow is killed with its workers and reported, and the
+    command exits 1 saying it was stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _PIPELINE_RUN_SCRIPT, str(tmp_path), *options],
+        cwd=Path(app_root := Path(__file__).resolve().parents[2]),
+        env={**os.environ, "PYTHONPATH": str(app_root)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    pids = tmp_path / "pids"
+    deadline = time.monotonic() + 60
+    while not pids.is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert pids.is_file(), process.communicate(timeout=10)[0]
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1, (process.returncode, output)
+    assert "Error: the launcher was asked to stop (SIGTERM)" in output, output
+    flow, worker = (int(pid) for pid in pids.read_text().split())
+    deadline = time.monotonic() + 10
+    while (_alive(flow) or _alive(worker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the command"
+    assert not list((tmp_path / "var" / "pipeline").glob("run-*")), "the flow's scratch directory was left"
