@@ -14,9 +14,9 @@ The seed's interface is kept (``IMAGE_NAME IMAGE_VERSION MODEL_FILE TEST_DATA_FI
   works for compatibility, with a warning (argv is visible to every user).
 * the image is built with the accuracy test inside (see the Dockerfile), so a regressed
   model never becomes a container;
-* the container runs with ``--restart on-failure:5``, a 30 s stop timeout (time for uwsgi's
-  graceful stop) and the journald log driver (or json-file with rotation), and the script
-  waits for Docker's health check to pass;
+* the container runs with ``--restart on-failure:5``, a 60 s stop timeout (time for uwsgi's
+  graceful stop: :data:`STOP_TIMEOUT_SECONDS`) and the journald log driver (or json-file with
+  rotation), and the script waits for Docker's health check to pass;
 * the service's state outlives its container: the SQLite database and the feedback journal are
   named volumes (``<container>-db``, ``<container>-journal``, labelled
   ``org.movierec.container=<container>``) that each new version mounts again. Between the
@@ -74,9 +74,12 @@ from app.secret_files import (
 CONTAINER_PORT = 8000
 DEFAULT_HEALTH_TIMEOUT = 180.0
 RESTART_RETRIES = 5
-STOP_TIMEOUT_SECONDS = 30
+STOP_TIMEOUT_SECONDS = 60
 """``docker stop`` grace: uwsgi stops gracefully (uwsgi.ini), letting the requests in flight finish
-(up to ``harakiri``, 30 s) before each worker flushes; idle keep-alive clients hold no worker."""
+(up to ``harakiri``, 30 s) before each worker flushes (up to ``EXIT_SECONDS``, 10 s), all within
+its ``worker-reload-mercy`` (45 s); then the master exits. It was 30 s, harakiri's own length:
+Docker's SIGKILL raced a slow request's final flush of its buffered request-log rows. The same
+as docker-compose.yml's ``stop_grace_period``; idle keep-alive clients hold no worker."""
 LOG_TAIL_LINES = 60
 LOG_SCAN_LINES = 5000
 """How far back a failed container's log is searched for errors (a failed start writes a few hundred)."""

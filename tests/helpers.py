@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 PG_ADMIN_URL = os.environ.get("MOVIEREC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -150,3 +151,23 @@ def flow_settings(tmp_path: Any, seeds: str = "0") -> Any:
         model_dir=store, var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'service.db'}",
         pipeline_candidates="most_liked", pipeline_seeds=seeds, service_url="",
     )  # fmt: skip
+
+
+STOP_MARGIN_SECONDS = 10
+"""What a container's stop timeout must leave after uwsgi's ``worker-reload-mercy``: the master's
+own exit once its workers are gone (the HTTP router, its exit hooks), and slack."""
+
+
+def uwsgi_stop_seconds(ini: Path | None = None) -> tuple[int, int]:
+    """uwsgi.ini's default ``harakiri`` (the longest a request may run) and its
+    ``worker-reload-mercy`` (how long the master lets a stopping worker live before SIGKILL),
+    read from the file (``harakiri`` is set in an ``if-env`` block: its number is the default)."""
+    text = (ini or Path(__file__).resolve().parents[1] / "uwsgi.ini").read_text()
+    values: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith((";", "#")):
+            values.setdefault(key.strip(), []).append(value.strip())
+    (harakiri,) = [int(v) for v in values["harakiri"] if v.isdigit()]
+    (mercy,) = [int(v) for v in values["worker-reload-mercy"]]
+    return harakiri, mercy

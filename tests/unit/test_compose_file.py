@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from app.compose_secrets import SECRET_NAMES
+from app.exit_hooks import EXIT_SECONDS
 from app.secret_files import FILE_SUFFIX, SECRET_VARIABLES
+from tests.helpers import STOP_MARGIN_SECONDS, uwsgi_stop_seconds
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +82,16 @@ def test_the_secrets_are_the_files_make_compose_secrets_writes() -> None:
 def test_the_secret_files_stay_out_of_git_and_of_the_build_context() -> None:
     assert "secrets" in (REPO / ".dockerignore").read_text().splitlines()
     assert "secrets/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_the_api_container_outlives_a_request_of_harakiri_length_and_its_final_flush() -> None:
+    """The stop grace (30 s) was uwsgi's harakiri (30 s), and so was uwsgi's worker-reload-mercy:
+    a request still running at ``docker stop`` may take up to harakiri, then the worker flushes
+    its buffered request-log rows (up to EXIT_SECONDS), and both uwsgi's SIGKILL at the end of
+    its mercy and Docker's at the end of the grace came first. uwsgi now gives a stopping worker
+    harakiri + the exit budget, and the container has longer than that to stop."""
+    harakiri, mercy = uwsgi_stop_seconds()
+    assert mercy > harakiri + EXIT_SECONDS, (harakiri, mercy, EXIT_SECONDS)
+    grace = SERVICES["api"]["stop_grace_period"]
+    assert isinstance(grace, str) and grace.endswith("s") and grace[:-1].isdigit(), grace
+    assert int(grace[:-1]) >= mercy + STOP_MARGIN_SECONDS, (grace, mercy)

@@ -58,6 +58,7 @@ from app.deploy import (
     write_secret_files,
 )
 from app.secret_files import SECRET_VARIABLES
+from tests.helpers import STOP_MARGIN_SECONDS, uwsgi_stop_seconds
 
 pytestmark = pytest.mark.unit
 
@@ -470,7 +471,10 @@ def test_run_command_uses_journald_restart_policy_secret_files_and_env_file(tmp_
     argv = run_command(cfg, files, Path("/private/container.env"))
     text = " ".join(argv)
     assert "--restart on-failure:5" in text
-    assert "--stop-timeout 30" in text  # harakiri: the longest a request in flight may run
+    # longer than uwsgi lets a stopping worker finish its request and flush (tests/unit/test_compose_file.py)
+    harakiri, mercy = uwsgi_stop_seconds()
+    stop_timeout = int(argv[argv.index("--stop-timeout") + 1])
+    assert stop_timeout == deploy.STOP_TIMEOUT_SECONDS >= mercy + STOP_MARGIN_SECONDS > harakiri
     assert "--log-driver journald" in text and "--log-opt tag=api" in text
     assert f"--publish 127.0.0.1:8080:{CONTAINER_PORT}" in text
     assert "--env-file /private/container.env" in text
@@ -675,6 +679,8 @@ def test_successful_upgrade_replaces_the_previous_container(tmp_path: Path) -> N
     assert set(engine.containers) == {"movierec"}
     assert engine.containers["movierec"].image == "movierec:2.0"
     assert engine.verbs().index("stop") < engine.verbs().index("run")  # the port is free before the run
+    stop = next(call for call in engine.calls if call[0] == "stop")  # the run's --stop-timeout, too
+    assert stop[stop.index("--time") + 1] == str(deploy.STOP_TIMEOUT_SECONDS)
     assert "removed the previous container (movierec:1.0)" in out.getvalue()
 
 
