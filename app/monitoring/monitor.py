@@ -81,7 +81,8 @@ class ConfigError(Exception):
 
 
 class Unreachable(Exception):
-    """The SMTP server did not answer at start; reported as one line and exit status 75."""
+    """The SMTP server did not answer at start, or answered "try again later" (4xx); reported as one
+    line and exit status 75."""
 
 
 # A journald cursor: "s=<hex>;i=<hex>;b=<hex>;m=<hex>;t=<hex>;x=<hex>".
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The SMTP password is taken from --password, --password-file, $MONITOR_SMTP_PASSWORD, "
         "the file named by $MONITOR_SMTP_PASSWORD_FILE, or a prompt, in that order. Exit status 2 "
         "means a configuration problem (bad password, TLS): fix it, do not restart blindly; 75, an SMTP "
-        "server that did not answer: try again later.",
+        "server that did not answer, or answered 'try again later' (4xx): try again later.",
     )
     parser.add_argument("container_name", metavar="CONTAINER_NAME", help="the Docker container to watch")
     parser.add_argument("smtp_server", metavar="SMTP_SERVER", help="SMTP server host name or address")
