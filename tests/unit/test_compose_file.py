@@ -95,3 +95,12 @@ def test_the_api_container_outlives_a_request_of_harakiri_length_and_its_final_f
     grace = SERVICES["api"]["stop_grace_period"]
     assert isinstance(grace, str) and grace.endswith("s") and grace[:-1].isdigit(), grace
     assert int(grace[:-1]) >= mercy + STOP_MARGIN_SECONDS, (grace, mercy)
+
+
+def test_the_scheduler_has_time_to_report_a_flow_it_stops() -> None:
+    """On SIGTERM the scheduler kills a running flow and marks its MLflow runs FAILED, a request
+    per run to the tracking server; Compose's default grace (10 s) could SIGKILL it halfway,
+    leaving runs RUNNING, which the skip check and the timings then count as unfinished work."""
+    grace = SERVICES["scheduler"].get("stop_grace_period")
+    assert isinstance(grace, str) and grace.endswith("s") and grace[:-1].isdigit(), grace
+    assert int(grace[:-1]) >= 30, grace
