@@ -22,6 +22,7 @@ takes the caller down.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import email.utils
 import enum
@@ -214,11 +215,14 @@ class AlertSink(Protocol):
 
 
 class AlertDeliveryError(RuntimeError):
-    """A notification could not be delivered. ``retryable`` says whether trying later may help."""
+    """A notification could not be delivered. ``retryable`` says whether trying later may help;
+    ``retry_with``, when set, is the sink a retry uses instead (one that delivers only to those
+    the notification did not reach yet)."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, retry_with: AlertSink | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_with = retry_with
 
 
 class SmtpAuthError(AlertDeliveryError):
@@ -452,6 +456,7 @@ class Alerter:
             # yields at most one notification per window, and max_queued bounds the queue.
             outage = isinstance(exc, SmtpConnectionError)
             will_retry = retryable and (outage or attempt < self.max_attempts)
+            retry_sink = getattr(exc, "retry_with", None) or sink
             log.error(
                 "alert delivery failed",
                 extra={
@@ -466,7 +471,7 @@ class Alerter:
                 delay = min(self.retry_delay * attempt, self.max_retry_delay)
                 with self._lock:
                     self._retries.append(
-                        _Retry(sink, notification, attempt, self._clock() + delay, first_seq)
+                        _Retry(retry_sink, notification, attempt, self._clock() + delay, first_seq)
                     )
                     dropped = self._retries[: -self.max_queued]
                     del self._retries[: -self.max_queued]
@@ -595,6 +600,7 @@ class SmtpSink:
         self.recipients = list(recipients)
         if not self.recipients:
             raise ValueError("at least one recipient is required")
+        self._listed = self.recipients  # the To header: every recipient, also in a retry to some
         self.username = username
         self._password = password
         self.security = security
@@ -707,7 +713,7 @@ class SmtpSink:
         msg = EmailMessage()
         msg["Subject"] = _header(notification.subject)
         msg["From"] = self.sender
-        msg["To"] = ", ".join(self.recipients)
+        msg["To"] = ", ".join(self._listed)
         msg["Date"] = email.utils.formatdate(localtime=False)
         msg["Message-ID"] = email.utils.make_msgid(domain=socket.getfqdn() or "localhost")
         msg["X-Movierec-Alert-Kind"] = _header(notification.kind)
@@ -719,10 +725,9 @@ class SmtpSink:
         msg = self.build_message(notification)
         smtp = self._connect()
         try:
-            smtp.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)
+            refused = smtp.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)
         except smtplib.SMTPRecipientsRefused as exc:
-            replies = {addr: f"{code} {_decode(text)}" for addr, (code, text) in exc.recipients.items()}
-            message = f"SMTP server {self.where} refused recipients {dict(sorted(replies.items()))}"
+            message = f"SMTP server {self.where} refused recipients {_replies(exc.recipients)}"
             if all(_is_temporary(code) for code, _ in exc.recipients.values()):
                 raise SmtpConnectionError(message) from None
             raise AlertDeliveryError(message, retryable=False) from None
@@ -739,6 +744,32 @@ class SmtpSink:
             with contextlib.suppress(smtplib.SMTPException, OSError):
                 smtp.quit()
             self._close_quietly(smtp)
+        if refused:
+            self._partly_refused(refused)
+
+    def _partly_refused(self, refused: Mapping[str, tuple[int, bytes | str]]) -> None:
+        """The server took the message for some recipients and refused the others: smtplib
+        returns those instead of raising, and the digest counted as delivered to everyone.
+        A warning names them; when every refusal is temporary, a retry goes to them only."""
+        delivered = [r for r in self.recipients if r not in refused]
+        temporary = all(_is_temporary(code) for code, _ in refused.values())
+        log.warning(
+            "SMTP server refused some alert recipients",
+            extra={
+                "smtp_server": self.where,
+                "refused_recipients": _replies(refused),
+                "delivered_to": delivered,
+                "will_retry": temporary,
+            },
+        )
+        if temporary:
+            retry = copy.copy(self)
+            retry.recipients = [r for r in self.recipients if r in refused]
+            raise SmtpConnectionError(
+                f"SMTP server {self.where} refused recipients {_replies(refused)} "
+                f"(delivered to {', '.join(delivered)})",
+                retry_with=retry,
+            )
 
 
 def _encodable(text: str) -> str:
@@ -753,6 +784,11 @@ def _header(text: str) -> str:
 
 def _decode(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _replies(refused: Mapping[str, tuple[int, bytes | str]]) -> dict[str, str]:
+    """smtplib's refused recipients as {address: "code reply"}, sorted by address."""
+    return {addr: f"{code} {_decode(text)}" for addr, (code, text) in sorted(refused.items())}
 
 
 def load_smtp_password(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import logging
 import os
 import queue
 import re
@@ -61,11 +62,13 @@ class RecordingHandler:
     def __init__(self) -> None:
         self.messages: queue.Queue[EmailMessage] = queue.Queue()
         self.received: list[EmailMessage] = []
+        self.envelope_recipients: list[list[str]] = []  # RCPT TO of each received message
 
     async def handle_DATA(self, server, session, envelope):
         msg = email.message_from_bytes(
             envelope.original_content or envelope.content, policy=email.policy.default
         )
+        self.envelope_recipients.append(list(envelope.rcpt_tos))
         self.received.append(msg)
         self.messages.put(msg)
         return "250 OK"
@@ -87,11 +90,13 @@ class Authenticator:
 
 
 class RefusingHandler(RecordingHandler):
-    """Answers MAIL FROM, RCPT TO or DATA with ``refusals[command]`` while it is set."""
+    """Answers MAIL FROM, RCPT TO or DATA with ``refusals[command]`` while it is set, and RCPT TO
+    one address with ``refused_recipients[address]``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.refusals: dict[str, str] = {}
+        self.refused_recipients: dict[str, str] = {}
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if "MAIL" in self.refusals:
@@ -103,6 +108,8 @@ class RefusingHandler(RecordingHandler):
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if "RCPT" in self.refusals:
             return self.refusals["RCPT"]
+        if address in self.refused_recipients:
+            return self.refused_recipients[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -285,6 +292,66 @@ def test_a_permanent_refusal_is_not_retried() -> None:
         with pytest.raises(AlertDeliveryError, match="refused recipients") as info:
             sink.send(_note())
         assert not info.value.retryable and not isinstance(info.value, SmtpConnectionError)
+    finally:
+        server.controller.stop()
+
+
+OTHER = "oncall@movierec.test"
+
+
+def _the_warning(caplog: pytest.LogCaptureFixture) -> tuple[logging.LogRecord, str]:
+    """The one warning the alerts module logged, and its text with its extra fields."""
+    [record] = [r for r in caplog.records if r.name == "app.monitoring.alerts" and r.levelname == "WARNING"]
+    return record, f"{record.getMessage()} {record.__dict__}"
+
+
+def test_a_permanent_refusal_of_some_recipients_is_a_warning_naming_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """smtplib returns the refused recipients when it delivered to the others: the digest counted
+    as delivered to everyone, and nobody learnt that an address had stopped receiving alerts."""
+    handler = RefusingHandler()
+    handler.refused_recipients[OTHER] = "550 5.1.1 No such user"
+    server = start_smtp(handler)
+    try:
+        sink = SmtpSink("127.0.0.1", server.port, sender=USER, recipients=[USER, OTHER], username=USER,
+                        password=PASSWORD, timeout=5)  # fmt: skip
+        alerter = Alerter([sink], group_wait=0, retry_delay=0)
+        with caplog.at_level("WARNING", logger="app.monitoring.alerts"):
+            alerter.raise_alert(Alert("log.error", "error", "database unreachable"))
+            alerter.flush_due()
+        assert server.wait_for(1, 5) and handler.envelope_recipients == [[USER]]
+        record, text = _the_warning(caplog)
+        assert OTHER in text and "550 5.1.1 No such user" in text and PASSWORD not in text
+        assert not record.will_retry
+        alerter.flush_due()  # not retried: the refusal was permanent
+        assert handler.envelope_recipients == [[USER]] and alerter.oldest_undelivered() is None
+    finally:
+        server.controller.stop()
+
+
+def test_a_temporary_refusal_of_some_recipients_retries_only_them(caplog: pytest.LogCaptureFixture) -> None:
+    handler = RefusingHandler()
+    handler.refused_recipients[OTHER] = "450 4.2.0 Greylisted, try again later"
+    server = start_smtp(handler)
+    try:
+        sink = SmtpSink("127.0.0.1", server.port, sender=USER, recipients=[USER, OTHER], username=USER,
+                        password=PASSWORD, timeout=5)  # fmt: skip
+        alerter = Alerter([sink], group_wait=0, retry_delay=0, max_attempts=1)
+        with caplog.at_level("WARNING", logger="app.monitoring.alerts"):
+            alerter.raise_alert(Alert("log.error", "error", "database unreachable"))
+            alerter.flush_due()
+        assert server.wait_for(1, 5) and handler.envelope_recipients == [[USER]]
+        record, text = _the_warning(caplog)
+        assert OTHER in text and "450 4.2.0 Greylisted" in text and PASSWORD not in text
+        assert record.will_retry
+        alerter.flush_due()  # still greylisted: kept, past max_attempts, and USER not sent it again
+        assert handler.envelope_recipients == [[USER]] and alerter.oldest_undelivered() == 1
+        del handler.refused_recipients[OTHER]
+        alerter.flush_due()
+        server.wait_for(2, 5)
+        assert handler.envelope_recipients == [[USER], [OTHER]] and alerter.oldest_undelivered() is None
+        assert "database unreachable" in handler.received[1]["Subject"]
     finally:
         server.controller.stop()
 
