@@ -219,6 +219,20 @@ def plain_text_level(message: str) -> str | None:
     return normalize_level(match.group(1)) if match else None
 
 
+def json_log_fields(message: str) -> dict[str, Any] | None:
+    """The fields of a structured (JSON) log line, or None when the message is not one."""
+    stripped = message.lstrip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        doc = json.loads(stripped)
+    except (ValueError, RecursionError):  # deeply nested "[[[[..." text: not a log line
+        return None
+    if isinstance(doc, dict) and ("level" in doc or "message" in doc or "msg" in doc):
+        return doc
+    return None
+
+
 def parse_entry(raw: Mapping[str, Any]) -> JournalEntry:
     """Build a :class:`JournalEntry` from one ``journalctl -o json`` object."""
     message = _field_text(raw.get("MESSAGE")) or ""
@@ -234,22 +248,15 @@ def parse_entry(raw: Mapping[str, Any]) -> JournalEntry:
     except ValueError:
         timestamp = dt.datetime.now(dt.UTC)
 
-    fields: dict[str, Any] | None = None
     level: str | None = None
     logger: str | None = None
     text = message
-    stripped = message.lstrip()
-    if stripped.startswith("{"):
-        try:
-            doc = json.loads(stripped)
-        except (ValueError, RecursionError):  # deeply nested "[[[[..." text: not a log line
-            doc = None
-        if isinstance(doc, dict) and ("level" in doc or "message" in doc or "msg" in doc):
-            fields = doc
-            level = normalize_level(doc.get("level", doc.get("levelname")))
-            logger = doc.get("logger") if isinstance(doc.get("logger"), str) else None
-            body = doc.get("message", doc.get("msg"))
-            text = body if isinstance(body, str) else message
+    fields = json_log_fields(message)
+    if fields is not None:
+        level = normalize_level(fields.get("level", fields.get("levelname")))
+        logger = fields.get("logger") if isinstance(fields.get("logger"), str) else None
+        body = fields.get("message", fields.get("msg"))
+        text = body if isinstance(body, str) else message
     if level is None and fields is None:
         level = plain_text_level(message)
     if level is None:
@@ -339,6 +346,10 @@ class JournalFollower:
         # until the stream has said nothing for ``traceback_quiet`` seconds.
         self.traceback_quiet = traceback_quiet
         self._tracebacks: dict[tuple[str, str], _HeldTraceback] = {}
+        # A structured (JSON) line on a stream holding a traceback is not part of it (another
+        # thread logged before the exception line): it ends the traceback, handed over as it
+        # is, and waits here to be the next entry (it was swallowed into the traceback's text).
+        self._ready: list[JournalEntry] = []
         # Streams whose last line was a Python warning: its indented source line comes next, and
         # is INFO (the warning names file and line), not an ERROR for being on stderr.
         self._after_warning: set[tuple[str, str]] = set()
@@ -398,8 +409,9 @@ class JournalFollower:
 
     @property
     def holding_partial(self) -> bool:
-        """True while chunks of a long line wait for their last one (``cursor`` is past them)."""
-        return bool(self._partial or self._tracebacks)
+        """True while chunks of a long line wait for their last one, or an entry already read
+        waits to be handed over (``cursor`` is past them)."""
+        return bool(self._partial or self._tracebacks or self._ready)
 
     @property
     def stopped(self) -> bool:
@@ -466,6 +478,8 @@ class JournalFollower:
                     if entry is not None:
                         backoff = self.backoff_initial
                         yield entry
+                    while self._ready:
+                        yield self._ready.pop(0)
                     yield from self._quiet_tracebacks()  # those of streams other lines outran
                 if self._stop.is_set():
                     break
@@ -544,6 +558,10 @@ class JournalFollower:
                 return raw
             self._tracebacks[key] = _HeldTraceback(raw, [line], time.monotonic())
             return None
+        if json_log_fields(line) is not None:  # not the traceback's: the end of what it wrote
+            del self._tracebacks[key]
+            self._ready.append(parse_entry(raw))
+            return held.joined()
         held.lines.append(line)
         held.last = raw
         held.at = time.monotonic()

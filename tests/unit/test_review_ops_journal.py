@@ -154,3 +154,36 @@ def test_a_traceback_whose_end_never_comes_is_handed_over_when_the_stream_goes_q
             follower.stop()
     assert [e.message for e in got] == ["\n".join(TRACEBACK[:3])] and got[0].level == "ERROR"
     assert not follower.holding_partial
+
+
+def test_a_json_line_ends_a_held_traceback_and_is_its_own_entry(tmp_path) -> None:
+    """A structured log line written on the stream while a plain traceback's frames were held
+    (another thread logging before the exception line) was swallowed into the traceback's text:
+    never parsed, never alerted on under its own level and message."""
+    import stat
+
+    logged = json.dumps({"level": "ERROR", "logger": "app.db", "message": "database unreachable"})
+    stream = [*TRACEBACK[:3], logged, TRACEBACK[-1]]
+    lines = b"".join(journal_line(line, f"s=x;i={n}", "3") for n, line in enumerate(stream))
+    (tmp_path / "lines").write_bytes(lines)
+    script = tmp_path / "journalctl"
+    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'lines'}\nexec sleep 30\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    follower = JournalFollower(
+        {"CONTAINER_NAME": "movierec"}, journalctl=str(script), refresh_after=None, traceback_quiet=30
+    )
+    got, holding = [], []
+    deadline = time.monotonic() + 10
+    for entry in follower.follow(idle=0.1):
+        if entry is not None:
+            got.append(entry)
+            holding.append(follower.holding_partial)
+        if len(got) >= 3 or time.monotonic() > deadline:
+            follower.stop()
+    assert [e.message for e in got] == ["\n".join(TRACEBACK[:3]), "database unreachable", TRACEBACK[-1]]
+    assert got[0].level == "ERROR" and not got[0].is_structured
+    assert got[1].is_structured and got[1].level == "ERROR" and got[1].logger == "app.db"
+    assert got[1].cursor == "s=x;i=3" and got[0].cursor == "s=x;i=2"
+    # While the traceback is handled the JSON line is still to come: the monitor must not save
+    # a cursor past it yet.
+    assert holding == [True, False, False]
