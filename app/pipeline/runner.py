@@ -43,10 +43,24 @@ LOCK_FILE = "flow.lock"
 OWNER_FILE = "owner"  # a random id of the var root, created once: tags its flows' MLflow runs
 FLOW_OWNER_ENV = "MOVIEREC_FLOW_OWNER"
 STOPPING = threading.Event()
-"""Set when the launcher is asked to stop (``movierec schedule`` or ``pipeline run`` got SIGTERM:
-app/pipeline/schedule.py, stop_on_sigterm): a running flow is killed with its workers and
-reported, and no new one starts."""
-STOPPED = "the launcher was asked to stop (SIGTERM): the training flow was killed with its workers"
+"""Set when the launcher is asked to stop (``movierec schedule`` or ``pipeline run`` got SIGTERM
+or Ctrl-C: app/pipeline/schedule.py, stop_on_sigterm, through :func:`request_stop`): a running
+flow is killed with its workers and reported, and no new one starts."""
+_stop_signal = "SIGTERM"  # the signal that set STOPPING, as the reports name it
+
+
+def request_stop(signal_name: str = "SIGTERM") -> None:
+    """Set :data:`STOPPING`, noting the signal that asked. A signal handler's whole work: it
+    takes no lock (app/pipeline/schedule.py, stop_on_sigterm, says why)."""
+    global _stop_signal
+    _stop_signal = signal_name
+    STOPPING.set()
+
+
+def _stopped() -> str:
+    return f"the launcher was asked to stop ({_stop_signal}): the training flow was killed with its workers"
+
+
 _POLL_SECONDS = 0.5  # how often a launcher waiting for its flow looks at STOPPING
 
 
@@ -265,7 +279,7 @@ def run_flow(
     running when :data:`STOPPING` is set, and none starts once it is.
     """
     if STOPPING.is_set():
-        raise PipelineError("the training flow was not started: the launcher is stopping (SIGTERM)")
+        raise PipelineError(f"the training flow was not started: the launcher is stopping ({_stop_signal})")
     if candidates:
         resolve_candidates(candidates)  # fail fast on a typo, before any subprocess
     scratch_root = Path(settings.var_dir) / "pipeline"
@@ -287,6 +301,10 @@ def run_flow(
             returncode, output = _run(command, env, timeout, stream, lock)
         except FlowKilled as exc:
             returncode, output, killed = None, exc.output, exc.why
+        if returncode not in (0, None) and STOPPING.is_set():
+            # Ctrl-C reaches the flow too (the terminal's process group): it died of the signal
+            # that stops the launcher, rather than of a failure of its own.
+            returncode, killed = None, _stopped()
         seconds = time.perf_counter() - started
         summary = _handed_over(summary_path)
         if returncode != 0 or summary is None or summary.get("bookkeeping_error"):
@@ -404,7 +422,7 @@ def _next_wait(deadline: float | None) -> float:
 def _kill_reason(deadline: float | None, timeout: float | None) -> str | None:
     """Why the flow must be killed now (the launcher stopping, its timeout past), or None."""
     if STOPPING.is_set():
-        return STOPPED
+        return _stopped()
     if deadline is not None and time.monotonic() >= deadline:
         return f"the training flow timed out after {timeout:g}s and was killed with its workers"
     return None

@@ -347,7 +347,7 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     if blocking:
         while not flow_runner.STOPPING.is_set():  # polled: the handler only sets it (stop_on_sigterm)
             time.sleep(_STOP_POLL_SECONDS)
-        log.warning("SIGTERM: stopping (a running training flow is killed and reported)")
+        log.warning("stopping (a running training flow is killed and reported)")
         scheduler.shutdown(wait=True)  # a tick going on ends once its flow is killed
     return scheduler
 
@@ -356,8 +356,8 @@ _STOP_POLL_SECONDS = 0.5  # how often `movierec schedule` looks whether SIGTERM 
 
 
 def stop_on_sigterm() -> None:
-    """On SIGTERM (``docker stop``, ``systemctl stop``): kill a running training flow with its
-    workers (the tick reports it, its MLflow runs are marked FAILED, its scratch directory
+    """On SIGTERM (``docker stop``, ``systemctl stop``) or SIGINT (Ctrl-C): kill a running training
+    flow with its workers (the tick reports it, its MLflow runs are marked FAILED, its scratch directory
     removed) and start no other; the process then exits normally (:func:`serve` stops the
     scheduler) or fails saying it was stopped (``schedule --once``, ``pipeline run``:
     app/pipeline/commands.py).
@@ -373,12 +373,19 @@ def stop_on_sigterm() -> None:
     used to shut the scheduler down itself, taking the non-reentrant lock of the event the
     scheduler's loop waits on (and a thread pool's), and a SIGTERM landing while the loop held
     it deadlocked the scheduler for good; logging there can likewise re-enter a stream's write.
+
+    Ctrl-C is handled the same way: its KeyboardInterrupt ended ``movierec schedule`` with a
+    traceback or click's "Aborted!", the tick it interrupted recorded as done, and ``pipeline
+    run`` without marking its flow's MLflow runs FAILED. (Ctrl-C reaches the flow as well, which
+    dies of it: that is reported as the stop, not as a failure of the flow.)
     """
     import signal
     import threading
 
-    def stop(_signum: int, _frame: Any) -> None:
-        flow_runner.STOPPING.set()  # no lock of the main thread's: nothing there waits on this event
+    def stop(signum: int, _frame: Any) -> None:
+        # no lock of the main thread's: nothing there waits on this event
+        flow_runner.request_stop(signal.Signals(signum).name)
 
     if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's
         signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)

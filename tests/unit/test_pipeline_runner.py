@@ -706,9 +706,22 @@ if when != "once":
 """
 
 
+def _interrupt(process: Any, how: str) -> str:
+    """SIGTERM to the launcher, or Ctrl-C: SIGINT to its whole process group (the terminal's
+    foreground group: the flow and its workers get it too). The signal's name, as reported."""
+    import signal
+
+    if how == "SIGTERM":
+        process.send_signal(signal.SIGTERM)
+        return "SIGTERM"
+    os.killpg(process.pid, signal.SIGINT)
+    return "SIGINT"
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
 @pytest.mark.parametrize("when", ["start", "cron", "once", "held"])
 def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
-    tmp_path: Path, when: str
+    tmp_path: Path, when: str, how: str
 ) -> None:
     """SIGTERM (docker stop, systemctl stop) killed the scheduler outright in the middle of a tick:
     its flow, left without a reader, died at its next line of output (a broken pipe) in whatever
@@ -716,7 +729,10 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
     flow is killed with its workers and reported, the scheduler stops and exits 0, and the
     interrupted tick is not recorded as done (the next start runs it again). The handler only
     sets a flag: it used to stop the scheduler itself, taking the lock of the event its loop
-    waits on, and a SIGTERM landing while the loop held that lock deadlocked the scheduler."""
+    waits on, and a SIGTERM landing while the loop held that lock deadlocked the scheduler.
+    Ctrl-C (SIGINT) ended `movierec schedule` with a KeyboardInterrupt (a traceback, or click's
+    "Aborted!"), the interrupted tick recorded as done and its MLflow runs not marked; it now
+    stops as on SIGTERM."""
     import contextlib
     import signal
     import subprocess
@@ -730,7 +746,7 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
         [sys.executable, "-c", _SCHEDULER_SCRIPT, str(tmp_path), when],
         cwd=Path(app_root := Path(__file__).resolve().parents[2]),
         env={**os.environ, "PYTHONPATH": str(app_root)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     pids = tmp_path / "pids"
     deadline = time.monotonic() + 60
@@ -738,7 +754,7 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
         time.sleep(0.1)
     assert pids.is_file(), process.communicate(timeout=10)[0]
     recorded = schedule.last_tick(settings)
-    process.send_signal(signal.SIGTERM)
+    name = _interrupt(process, how)
     try:
         output, _ = process.communicate(timeout=30)
     except subprocess.TimeoutExpired:  # deadlocked in its SIGTERM handler, say
@@ -746,17 +762,17 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
         for pid in pids.read_text().split():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
-        pytest.fail("the scheduler did not stop within 30 s of SIGTERM:\n" + process.communicate()[0])
+        pytest.fail(f"the scheduler did not stop within 30 s of {how}:\n" + process.communicate()[0])
     if when == "once":  # the tick's failure, as any other: exit 1 with the reason
         assert process.returncode == 1, output
         logged = [line for line in output.splitlines() if "training (schedule) failed" in line]
         assert logged and all('"level":"WARNING"' in line for line in logged), (
             output
         )  # a deploy, not an error
-        assert "the launcher was asked to stop (SIGTERM)" in output, output
+        assert f"the launcher was asked to stop ({name})" in output, output
     else:
         assert process.returncode == 0, output
-        assert "flow: the launcher was asked to stop (SIGTERM)" in output, output
+        assert f"flow: the launcher was asked to stop ({name})" in output, output
         assert "scheduler stopped" in output, output
     flow, worker = (int(pid) for pid in pids.read_text().split())
     assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the scheduler"
@@ -787,16 +803,17 @@ cli(["pipeline", "run", *sys.argv[2:]], prog_name="movierec")
 """
 
 
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
 @pytest.mark.parametrize("options", [[], ["--if-changed"]])
 def test_sigterm_during_pipeline_run_kills_the_flow_and_exits_non_zero_saying_why(
-    tmp_path: Path, options: list[str]
+    tmp_path: Path, options: list[str], how: str
 ) -> None:
     """``movierec pipeline run`` died outright on SIGTERM (a CI job's timeout, ``docker stop``):
     its flow, left without a reader, died at its next line of output (a broken pipe) in whatever
     step it was, its MLflow runs stayed RUNNING and its scratch directory stayed behind. It now
     stops as the scheduler does: the flow is killed with its workers and reported, and the
-    command exits 1 saying it was stopped."""
-    import signal
+    command exits 1 saying it was stopped. Ctrl-C does the same, as it does to `movierec schedule`
+    (it ended with click's "Aborted!", the flow's MLflow runs not marked FAILED)."""
     import subprocess
     import sys
     import time
@@ -805,17 +822,17 @@ def test_sigterm_during_pipeline_run_kills_the_flow_and_exits_non_zero_saying_wh
         [sys.executable, "-c", _PIPELINE_RUN_SCRIPT, str(tmp_path), *options],
         cwd=Path(app_root := Path(__file__).resolve().parents[2]),
         env={**os.environ, "PYTHONPATH": str(app_root)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     pids = tmp_path / "pids"
     deadline = time.monotonic() + 60
     while not pids.is_file() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
     assert pids.is_file(), process.communicate(timeout=10)[0]
-    process.send_signal(signal.SIGTERM)
+    name = _interrupt(process, how)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 1, (process.returncode, output)
-    assert "Error: the launcher was asked to stop (SIGTERM)" in output, output
+    assert f"Error: the launcher was asked to stop ({name})" in output, output
     flow, worker = (int(pid) for pid in pids.read_text().split())
     deadline = time.monotonic() + 10
     while (_alive(flow) or _alive(worker)) and time.monotonic() < deadline:
