@@ -140,8 +140,9 @@ def worker_processes() -> int:
 
 
 def share_of_limit(limit: str, processes: int) -> str:
-    """``limit`` divided among ``processes`` that count apart (at least 1 each): their sum is at most it,
-    unless ``limit`` is below ``processes`` (then 1 each).
+    """``limit`` divided among ``processes`` that count apart: each gets its share, rounded down
+    but at least 1, so their sum is at most the limit unless the limit is smaller than
+    ``processes`` (then it is ``processes``: 1 each).
 
     Without Redis every uwsgi worker counted the whole login budget in its own memory, so an
     address had ``processes`` times the configured tries (20 a minute, not 10, with 2 workers).

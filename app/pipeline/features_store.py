@@ -42,6 +42,7 @@ import duckdb
 import fsspec
 import pandas as pd
 
+from app.recommender.data import FEEDBACK_USER_BASE
 from app.recommender.features import item_features, rated_movies, user_features
 from app.services.durable_files import exclusive_lock, sync_directory, write_durably
 
@@ -90,8 +91,6 @@ class SnapshotSuperseded(RuntimeError):
 
 def feature_tables(ingested: Ingested) -> dict[str, pd.DataFrame]:
     """The four snapshot tables of one ingested training set."""
-    from app.pipeline.ingest import FEEDBACK_USER_BASE
-
     data = ingested.data
     users = user_features(data.ratings, data.users, data.items)
     users.insert(

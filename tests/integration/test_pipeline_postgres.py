@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from app.pipeline.features_store import FeatureStore
-from app.pipeline.ingest import FEEDBACK_USER_BASE, ingest
+from app.pipeline.ingest import ingest
+from app.recommender.data import FEEDBACK_USER_BASE
 from app.storage.db import Database, FeedbackRecord
 from app.storage.user_features import get_user_features, replace_user_features, user_features_snapshot
 
