@@ -18,6 +18,24 @@ from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PG_ADMIN_URL, SESSION_PASS
 from tests.synthetic import write_grouplens
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored() -> Iterator[None]:
+    """A command run in-process (``pipeline run`` through click's runner) installs its SIGINT and
+    SIGTERM handlers in the test process (app/pipeline/schedule.py stop_on_sigterm), and its stop
+    flag would refuse every later flow: both are put back after each test."""
+    import signal
+    import sys
+
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in saved.items():
+        if signal.getsignal(number) is not handler and handler is not None:
+            signal.signal(number, handler)
+    runner = sys.modules.get("app.pipeline.runner")
+    if runner is not None:
+        runner.STOPPING.clear()
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_grouplens(tmp_path_factory.mktemp("ml-synthetic"))
