@@ -8,6 +8,7 @@ the password in its environment, never on its command line.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
@@ -26,6 +27,7 @@ import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -299,10 +301,30 @@ def test_a_permanent_refusal_is_not_retried() -> None:
 OTHER = "oncall@movierec.test"
 
 
-def _the_warning(caplog: pytest.LogCaptureFixture) -> tuple[logging.LogRecord, str]:
-    """The one warning the alerts module logged, and its text with its extra fields."""
-    [record] = [r for r in caplog.records if r.name == "app.monitoring.alerts" and r.levelname == "WARNING"]
-    return record, f"{record.getMessage()} {record.__dict__}"
+@contextlib.contextmanager
+def _one_recipient_refused(
+    reply: str, caplog: pytest.LogCaptureFixture, **alerter_options: Any
+) -> Iterator[tuple[RefusingHandler, SmtpServer, Alerter, logging.LogRecord, str]]:
+    """An alert sent to USER and OTHER through a real server that refuses OTHER with ``reply``:
+    the handler, server and alerter, and the one warning the alerts module logged (its text with
+    its extra fields). USER got it."""
+    handler = RefusingHandler()
+    handler.refused_recipients[OTHER] = reply
+    server = start_smtp(handler)
+    try:
+        sink = SmtpSink("127.0.0.1", server.port, sender=USER, recipients=[USER, OTHER], username=USER,
+                        password=PASSWORD, timeout=5)  # fmt: skip
+        alerter = Alerter([sink], group_wait=0, retry_delay=0, **alerter_options)
+        with caplog.at_level("WARNING", logger="app.monitoring.alerts"):
+            alerter.raise_alert(Alert("log.error", "error", "database unreachable"))
+            alerter.flush_due()
+        assert server.wait_for(1, 5) and handler.envelope_recipients == [[USER]]
+        [record] = [
+            r for r in caplog.records if r.name == "app.monitoring.alerts" and r.levelname == "WARNING"
+        ]
+        yield handler, server, alerter, record, f"{record.getMessage()} {record.__dict__}"
+    finally:
+        server.controller.stop()
 
 
 def test_a_permanent_refusal_of_some_recipients_is_a_warning_naming_them(
@@ -310,39 +332,28 @@ def test_a_permanent_refusal_of_some_recipients_is_a_warning_naming_them(
 ) -> None:
     """smtplib returns the refused recipients when it delivered to the others: the digest counted
     as delivered to everyone, and nobody learnt that an address had stopped receiving alerts."""
-    handler = RefusingHandler()
-    handler.refused_recipients[OTHER] = "550 5.1.1 No such user"
-    server = start_smtp(handler)
-    try:
-        sink = SmtpSink("127.0.0.1", server.port, sender=USER, recipients=[USER, OTHER], username=USER,
-                        password=PASSWORD, timeout=5)  # fmt: skip
-        alerter = Alerter([sink], group_wait=0, retry_delay=0)
-        with caplog.at_level("WARNING", logger="app.monitoring.alerts"):
-            alerter.raise_alert(Alert("log.error", "error", "database unreachable"))
-            alerter.flush_due()
-        assert server.wait_for(1, 5) and handler.envelope_recipients == [[USER]]
-        record, text = _the_warning(caplog)
+    with _one_recipient_refused("550 5.1.1 No such user", caplog) as (
+        handler,
+        _server,
+        alerter,
+        record,
+        text,
+    ):
         assert OTHER in text and "550 5.1.1 No such user" in text and PASSWORD not in text
         assert not record.will_retry
         alerter.flush_due()  # not retried: the refusal was permanent
         assert handler.envelope_recipients == [[USER]] and alerter.oldest_undelivered() is None
-    finally:
-        server.controller.stop()
 
 
 def test_a_temporary_refusal_of_some_recipients_retries_only_them(caplog: pytest.LogCaptureFixture) -> None:
-    handler = RefusingHandler()
-    handler.refused_recipients[OTHER] = "450 4.2.0 Greylisted, try again later"
-    server = start_smtp(handler)
-    try:
-        sink = SmtpSink("127.0.0.1", server.port, sender=USER, recipients=[USER, OTHER], username=USER,
-                        password=PASSWORD, timeout=5)  # fmt: skip
-        alerter = Alerter([sink], group_wait=0, retry_delay=0, max_attempts=1)
-        with caplog.at_level("WARNING", logger="app.monitoring.alerts"):
-            alerter.raise_alert(Alert("log.error", "error", "database unreachable"))
-            alerter.flush_due()
-        assert server.wait_for(1, 5) and handler.envelope_recipients == [[USER]]
-        record, text = _the_warning(caplog)
+    greylisted = "450 4.2.0 Greylisted, try again later"
+    with _one_recipient_refused(greylisted, caplog, max_attempts=1) as (
+        handler,
+        server,
+        alerter,
+        record,
+        text,
+    ):
         assert OTHER in text and "450 4.2.0 Greylisted" in text and PASSWORD not in text
         assert record.will_retry
         alerter.flush_due()  # still greylisted: kept, past max_attempts, and USER not sent it again
@@ -352,8 +363,6 @@ def test_a_temporary_refusal_of_some_recipients_retries_only_them(caplog: pytest
         server.wait_for(2, 5)
         assert handler.envelope_recipients == [[USER], [OTHER]] and alerter.oldest_undelivered() is None
         assert "database unreachable" in handler.received[1]["Subject"]
-    finally:
-        server.controller.stop()
 
 
 def test_a_temporary_login_failure_is_not_a_configuration_error(smtp_server: SmtpServer) -> None:

@@ -718,6 +718,27 @@ def _interrupt(process: Any, how: str) -> str:
     return "SIGINT"
 
 
+def _launch_until_its_flow_runs(script: str, tmp_path: Path, *args: str) -> tuple[Any, Path]:
+    """Start a launcher script (its own session, as a terminal's job) and wait until the hanging
+    flow it starts has written its and its worker's pids; the process and that pid file."""
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path), *args],
+        cwd=Path(app_root := Path(__file__).resolve().parents[2]),
+        env={**os.environ, "PYTHONPATH": str(app_root)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    pids = tmp_path / "pids"
+    deadline = time.monotonic() + 60
+    while not pids.is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert pids.is_file(), process.communicate(timeout=10)[0]
+    return process, pids
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
 @pytest.mark.parametrize("when", ["start", "cron", "once", "held"])
 def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
@@ -736,23 +757,11 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
     import contextlib
     import signal
     import subprocess
-    import sys
-    import time
 
     import app.pipeline.schedule as schedule
 
     settings = _settings(tmp_path)
-    process = subprocess.Popen(
-        [sys.executable, "-c", _SCHEDULER_SCRIPT, str(tmp_path), when],
-        cwd=Path(app_root := Path(__file__).resolve().parents[2]),
-        env={**os.environ, "PYTHONPATH": str(app_root)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    pids = tmp_path / "pids"
-    deadline = time.monotonic() + 60
-    while not pids.is_file() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
-    assert pids.is_file(), process.communicate(timeout=10)[0]
+    process, pids = _launch_until_its_flow_runs(_SCHEDULER_SCRIPT, tmp_path, when)
     recorded = schedule.last_tick(settings)
     name = _interrupt(process, how)
     try:
@@ -814,21 +823,9 @@ def test_sigterm_during_pipeline_run_kills_the_flow_and_exits_non_zero_saying_wh
     stops as the scheduler does: the flow is killed with its workers and reported, and the
     command exits 1 saying it was stopped. Ctrl-C does the same, as it does to `movierec schedule`
     (it ended with click's "Aborted!", the flow's MLflow runs not marked FAILED)."""
-    import subprocess
-    import sys
     import time
 
-    process = subprocess.Popen(
-        [sys.executable, "-c", _PIPELINE_RUN_SCRIPT, str(tmp_path), *options],
-        cwd=Path(app_root := Path(__file__).resolve().parents[2]),
-        env={**os.environ, "PYTHONPATH": str(app_root)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    pids = tmp_path / "pids"
-    deadline = time.monotonic() + 60
-    while not pids.is_file() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
-    assert pids.is_file(), process.communicate(timeout=10)[0]
+    process, pids = _launch_until_its_flow_runs(_PIPELINE_RUN_SCRIPT, tmp_path, *options)
     name = _interrupt(process, how)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 1, (process.returncode, output)
