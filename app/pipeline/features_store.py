@@ -268,19 +268,14 @@ class FeatureStore:
         its newest file (the id's time when the store cannot tell), so a concurrent build's
         snapshot, still being written, is never taken for one.
         """
-        if not self.fs.exists(self.path):
-            return []
         now = datetime.now(UTC)
         removed = []
-        for entry in self.fs.ls(self.path, detail=False):
-            entry = str(entry).rstrip("/")
-            name = entry.rsplit("/", 1)[-1]
-            if not name.startswith("snapshot=") or self.fs.exists(f"{entry}/{META_FILE}"):
+        for entry, snapshot_id, complete in self._snapshot_folders():
+            if complete:
                 continue
             written = self._last_written(entry)
             if written is None or now - written < older_than:
                 continue
-            snapshot_id = name.split("=", 1)[1]
             try:
                 self.fs.rm(entry, recursive=True)
             except FileNotFoundError:  # another build removed it first
@@ -344,14 +339,20 @@ class FeatureStore:
 
     def snapshots(self) -> list[str]:
         """Every complete snapshot id, oldest first."""
+        return sorted(snapshot_id for _, snapshot_id, complete in self._snapshot_folders() if complete)
+
+    def _snapshot_folders(self) -> list[tuple[str, str, bool]]:
+        """Each ``snapshot=…`` folder of the store: its path, its id, and whether it is complete
+        (it has ``_meta.json``, written last)."""
         if not self.fs.exists(self.path):
             return []
-        ids = []
+        folders = []
         for entry in self.fs.ls(self.path, detail=False):
-            name = str(entry).rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("snapshot=") and self.fs.exists(f"{entry}/{META_FILE}"):
-                ids.append(name.split("=", 1)[1])
-        return sorted(ids)
+            entry = str(entry).rstrip("/")
+            name = entry.rsplit("/", 1)[-1]
+            if name.startswith("snapshot="):
+                folders.append((entry, name.split("=", 1)[1], self.fs.exists(f"{entry}/{META_FILE}")))
+        return folders
 
     def meta(self, snapshot: str | None = None) -> dict[str, Any]:
         snapshot = snapshot or self._require_latest()
