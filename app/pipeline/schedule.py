@@ -14,7 +14,6 @@ the var root), it ticks once at start.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from app.config import Settings
 from app.pipeline import runner as flow_runner
 from app.pipeline.runner import BookkeepingError, FlowRun, PipelineError, resolve_candidates, run_flow
 from app.registry.mlflow_registry import Registry, RegistryError
+from app.services.durable_files import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -272,9 +272,7 @@ def record_tick(settings: Settings, began: datetime) -> None:
     the old time or the new one)."""
     path = _last_tick_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{LAST_TICK_FILE}-{os.getpid()}")
-    staging.write_text(began.astimezone(UTC).isoformat() + "\n")
-    os.replace(staging, path)
+    write_durably(path, (began.astimezone(UTC).isoformat() + "\n").encode())
 
 
 def _try_record_tick(settings: Settings, began: datetime) -> None:
