@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # ML life cycle (app/pipeline, app/registry; docs/pipeline.md)
     var_dir: Path = Path("var")  # MLflow SQLite + artifacts and the Metaflow datastore live under it
     features_root: str | None = None  # local dir or fsspec URL (s3://…); default <data_dir>/features
+    # complete snapshots a build keeps (the newest; LATEST's and the service database's always);
+    # 0 = keep every one (app/pipeline/features_store.py FeatureStore.remove_old)
+    features_keep_snapshots: int = Field(default=5, ge=0)
     # a tracking server for teams; default SQLite under var_dir. A secret setting, out of the
     # repr, like the URLs above: a database URL or https://user:password@host carries a password
     # (shown by Registry.display_uri, which masks it)

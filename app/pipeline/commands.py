@@ -391,7 +391,7 @@ def features_build(data_dir: Path | None) -> None:
     from app.pipeline.runner import features_root
     from app.recommender.data import DataUnavailableError
     from app.storage.db import Database, DatabaseSchemaError, DatabaseUnavailableError
-    from app.storage.user_features import replace_user_features
+    from app.storage.user_features import replace_user_features, user_features_snapshot
 
     settings = settings_for_cli(data_dir=data_dir)
     database = Database(settings.sqlalchemy_url)
@@ -400,7 +400,11 @@ def features_build(data_dir: Path | None) -> None:
         root = features_root(settings)
         store = FeatureStore(root)
         try:
-            with store.staged_snapshot(ingested) as snapshot:  # published once the database serves it too
+            with store.staged_snapshot(  # published once the database serves it too; old ones pruned
+                ingested,
+                keep=settings.features_keep_snapshots,
+                loaded=lambda: user_features_snapshot(database)[0],
+            ) as snapshot:
                 loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
         except OSError as exc:  # a root that is a file, a full or read-only disk: not a traceback
             raise click.ClickException(f"the features store {root}: {exc}") from exc

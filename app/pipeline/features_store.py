@@ -16,7 +16,9 @@ never see half of one; the pipeline publishes it only once the service database 
 too (:meth:`FeatureStore.staged_snapshot`), so ``LATEST`` and the features API name the same
 snapshot even after a failed load, which removes the snapshot it staged. Builds load and publish
 one at a time, and ``LATEST`` never goes back to an older snapshot than the one it names
-(:class:`SnapshotSuperseded`). The features are computed by
+(:class:`SnapshotSuperseded`). After publishing, a build keeps the newest complete snapshots
+(``MOVIEREC_FEATURES_KEEP_SNAPSHOTS``) and removes older ones (:meth:`FeatureStore.remove_old`),
+never the latest, the one the service database serves, or a build's in progress. The features are computed by
 the pure functions of app/recommender/features.py; this module only stores and queries them.
 DuckDB is the embedded SQL warehouse: the latest snapshot's tables are views ``users``,
 ``items``, ``ratings`` and ``feedback``, and every snapshot up to the latest is reachable as
@@ -31,7 +33,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -197,16 +199,27 @@ class FeatureStore:
         return Snapshot(snapshot_id, self.fs.unstrip_protocol(directory), data_hash, counts)
 
     @contextmanager
-    def staged_snapshot(self, ingested: Ingested, now: datetime | None = None) -> Iterator[Snapshot]:
+    def staged_snapshot(
+        self,
+        ingested: Ingested,
+        now: datetime | None = None,
+        *,
+        keep: int = 0,
+        loaded: Callable[[], str | None] | None = None,
+    ) -> Iterator[Snapshot]:
         """Stage a snapshot for the body to load (the service database), then publish it.
 
         When the body fails, the snapshot is removed: never published, it stayed on disk for
         good and, once a later build published a newer one, was read as history by the
         ``*_history`` views. When only the publishing fails, the body has loaded it (the
         service database serves it), so it is kept, unpublished, until a later build publishes.
+
+        Once published, still holding the lock, the newest ``keep`` snapshots are kept and older
+        ones removed (:meth:`remove_old`; 0 keeps every one), never the one ``loaded()`` says the
+        service database serves (read from it, as another host's build may have loaded it).
         """
         snapshot = self.stage_snapshot(ingested, now)
-        loaded = False
+        in_database = False
         try:
             # One build at a time loads and publishes: two overlapping builds (the scheduler's
             # flow and a manual `movierec features build`) each loaded the database and moved
@@ -216,13 +229,14 @@ class FeatureStore:
                 if latest is not None and latest > snapshot.id:
                     raise SnapshotSuperseded(snapshot, latest)
                 yield snapshot
-                loaded = True
+                in_database = True
                 self.publish(snapshot)
+                self._retain(keep, snapshot, loaded)
         except SnapshotSuperseded:
             self._discard(snapshot.id, why="a newer snapshot was published meanwhile")
             raise
         except BaseException:
-            if loaded:
+            if in_database:
                 # The body loaded it (the service database serves it now): removed, the features
                 # API answered with a snapshot id whose files were gone. Kept, it is readable by
                 # id and becomes history once a later build publishes.
@@ -234,6 +248,24 @@ class FeatureStore:
             else:
                 self._discard(snapshot.id)
             raise
+
+    def _retain(self, keep: int, published: Snapshot, loaded: Callable[[], str | None] | None) -> None:
+        """:meth:`remove_old` after a build: whatever fails here, the build has succeeded (its
+        snapshot is loaded and published), so it is logged and the next build tries again."""
+        if keep < 1:
+            return
+        try:
+            serving = loaded() if loaded is not None else published.id
+        except Exception as exc:  # noqa: BLE001 - any database error: prune nothing rather than guess
+            log.warning(
+                "old features snapshots not removed: which one the service database serves is unknown (%s)",
+                exc,
+            )
+            return
+        try:
+            self.remove_old(keep, protect=(published.id, serving))
+        except OSError as exc:
+            log.warning("old features snapshots not removed: %s", exc)
 
     @contextmanager
     def _publish_lock(self) -> Iterator[None]:
@@ -268,21 +300,9 @@ class FeatureStore:
         its newest file (the id's time when the store cannot tell), so a concurrent build's
         snapshot, still being written, is never taken for one.
         """
-        now = datetime.now(UTC)
+        incomplete = [(entry, sid) for entry, sid, complete in self._snapshot_folders() if not complete]
         removed = []
-        for entry, snapshot_id, complete in self._snapshot_folders():
-            if complete:
-                continue
-            written = self._last_written(entry)
-            if written is None or now - written < older_than:
-                continue
-            try:
-                self.fs.rm(entry, recursive=True)
-            except FileNotFoundError:  # another build removed it first
-                continue
-            except OSError as exc:  # the build goes on; the next one tries again
-                log.warning("could not remove the abandoned features snapshot %s: %s", entry, exc)
-                continue
+        for snapshot_id, written in self._remove_quiet(incomplete, older_than, "abandoned"):
             removed.append(snapshot_id)
             log.warning(
                 "removed the abandoned features snapshot %s: no %s, nothing written in it since %s "
@@ -292,6 +312,59 @@ class FeatureStore:
                 written.isoformat(timespec="seconds"),
             )
         return removed
+
+    def remove_old(
+        self, keep: int, protect: Iterable[str | None] = (), older_than: timedelta = ABANDONED_AFTER
+    ) -> list[str]:
+        """Retention: remove the complete snapshots older than the newest ``keep`` up to ``LATEST``
+        (``keep`` < 1 keeps them all). Returns their ids.
+
+        Never removed: the one ``LATEST`` names, those in ``protect`` (the one the service
+        database serves), any newer than ``LATEST`` (staged by a build that has yet to load and
+        publish it), any without ``_meta.json`` (:meth:`remove_abandoned`'s), and, as there,
+        any with something written in it for ``older_than``: a concurrent build's snapshot,
+        which its build removes itself if it is older than ``LATEST`` (:class:`SnapshotSuperseded`).
+        """
+        latest = self.latest()
+        if keep < 1 or latest is None:
+            return []
+        history = sorted(
+            (sid, entry) for entry, sid, complete in self._snapshot_folders() if complete and sid <= latest
+        )
+        kept = {sid for sid, _ in history[-keep:]} | {latest} | {sid for sid in protect if sid}
+        old = [(entry, sid) for sid, entry in history if sid not in kept]
+        removed = []
+        for snapshot_id, written in self._remove_quiet(old, older_than, "old"):
+            removed.append(snapshot_id)
+            log.info(
+                "removed the features snapshot %s: older than the newest %d kept (the latest is %s), "
+                "nothing written in it since %s",
+                snapshot_id,
+                keep,
+                latest,
+                written.isoformat(timespec="seconds"),
+            )
+        return removed
+
+    def _remove_quiet(
+        self, folders: Iterable[tuple[str, str]], older_than: timedelta, what: str
+    ) -> Iterator[tuple[str, datetime]]:
+        """Remove each (path, id) folder with nothing written in it for ``older_than``; yield the
+        id and that last write of each one removed. A folder another build removed first is
+        skipped; one that cannot be removed is logged and left for the next build."""
+        now = datetime.now(UTC)
+        for entry, snapshot_id in folders:
+            written = self._last_written(entry)
+            if written is None or now - written < older_than:
+                continue
+            try:
+                self.fs.rm(entry, recursive=True)
+            except FileNotFoundError:  # another build removed it first
+                continue
+            except OSError as exc:  # the build goes on; the next one tries again
+                log.warning("could not remove the %s features snapshot %s: %s", what, entry, exc)
+                continue
+            yield snapshot_id, written
 
     def _last_written(self, directory: str) -> datetime | None:
         """When anything in ``directory`` was last written; the id's staging time when the store
