@@ -240,6 +240,7 @@ class FeedbackJournal:
         )
         self._closed = False
         self._last_at: datetime | None = None
+        self._disk_problem: str | None = None  # the last disk_problem(), logged when it changes
         self._own_state()
         reset_after_fork(self.forget_inherited)
         self._next_recovery = 0.0
@@ -269,6 +270,43 @@ class FeedbackJournal:
                 now = self._last_at + timedelta(microseconds=1)
             self._last_at = now
             return now
+
+    def disk_problem(self) -> str | None:
+        """Why the journal's filesystem cannot take more scores, or None (readiness, app/api/health.py).
+
+        It can when it has room for one more segment (``segment_bytes``, allocated whole when a
+        process moves on to a new one) for an unprivileged user, and a free inode for its file
+        (a filesystem that counts none, as btrfs, is not judged on inodes). One ``statvfs`` of
+        the directory (its nearest existing parent before the first score): no probe file.
+        Logged once when the disk becomes full, and when it has room again (per process).
+        """
+        try:
+            path = self.directory
+            while not path.exists() and path != path.parent:
+                path = path.parent
+            stats = os.statvfs(path)
+        except OSError as exc:
+            problem: str | None = f"the feedback journal's disk cannot be checked ({exc.strerror or exc})"
+        else:
+            free = stats.f_bavail * stats.f_frsize
+            if free < self.segment_bytes:
+                problem = (
+                    f"the feedback journal's disk is full ({free / (1 << 20):.1f} MiB free, a journal "
+                    f"segment takes {self.segment_bytes / (1 << 20):.1f} MiB): scores cannot be stored"
+                )
+            elif stats.f_files and not stats.f_favail:
+                problem = "the feedback journal's disk has no free inode: scores cannot be stored"
+            else:
+                problem = None
+        if (problem is None) != (self._disk_problem is None):
+            if problem is not None:
+                log.error("feedback journal: %s", problem, extra={"directory": str(self.directory)})
+            else:
+                log.info(
+                    "feedback journal: its disk has room again", extra={"directory": str(self.directory)}
+                )
+        self._disk_problem = problem
+        return problem
 
     def drain(self) -> int:
         """Commit every score this process acknowledged, now; raises when the database cannot take them."""

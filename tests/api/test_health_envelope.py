@@ -6,6 +6,8 @@ error status outside the envelope; the failing checks are now named in the messa
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import pytest
@@ -32,4 +34,57 @@ def test_the_spec_documents_the_envelope_for_not_ready(client: Any) -> None:
 
 def test_ready_keeps_its_body(client: Any) -> None:
     body = client.get("/health/ready").get_json()
-    assert body["status"] == "ok" and body["checks"] == {"model": True, "database": True}
+    assert body["status"] == "ok"
+    assert body["checks"] == {"model": True, "database": True, "journal_disk": True}
+
+
+def _statvfs_reporting(free_bytes: int, free_inodes: int = 1000) -> Any:
+    """``os.statvfs`` as on a filesystem with ``free_bytes`` left for unprivileged users."""
+    real = os.statvfs
+
+    def fake(path: Any) -> Any:
+        stats = real(path)
+        fields = list(
+            stats
+        )  # f_bsize, f_frsize, f_blocks, f_bfree, f_bavail, f_files, f_ffree, f_favail, ...
+        fields[1] = 4096
+        fields[3] = fields[4] = free_bytes // 4096
+        fields[5] = max(fields[5], 100_000)
+        fields[6] = fields[7] = free_inodes
+        return os.statvfs_result(fields)
+
+    return fake
+
+
+def test_not_ready_while_the_feedback_journals_disk_is_full(
+    client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A score is acknowledged only once synced into the journal: with its disk full every score
+    fails, yet readiness said 200 and the load balancer kept sending them."""
+    monkeypatch.setattr(os, "statvfs", _statvfs_reporting(64 * 1024))
+    with caplog.at_level(logging.INFO, logger="app.services.feedback_journal"):
+        response = client.get("/health/ready")
+        assert client.get("/health/ready").status_code == 503
+    full = [r for r in caplog.records if "disk is full" in r.getMessage()]
+    assert len(full) == 1 and full[0].levelno == logging.ERROR  # once, not at every probe
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    error = response.get_json()["error"]
+    assert error["code"] == "unavailable"
+    assert "feedback journal's disk" in error["message"] and "0.1 MiB free" in error["message"]
+    assert "no model" not in error["message"] and "database" not in error["message"]
+    # liveness does not depend on the disk: restarting the process frees nothing
+    assert client.get("/health/live").status_code == 200
+    # room for a journal segment again: ready
+    monkeypatch.setattr(os, "statvfs", _statvfs_reporting(64 * 1024 * 1024))
+    body = client.get("/health/ready").get_json()
+    assert body["status"] == "ok" and body["checks"]["journal_disk"] is True
+
+
+def test_not_ready_when_the_journals_disk_has_no_inode_left(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new journal segment is a new file: no free inode, no segment."""
+    monkeypatch.setattr(os, "statvfs", _statvfs_reporting(1 << 30, free_inodes=0))
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert "feedback journal's disk has no free inode" in response.get_json()["error"]["message"]

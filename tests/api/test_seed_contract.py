@@ -448,7 +448,8 @@ def test_openapi_lists_the_documented_refusals_of_login_and_reload(client) -> No
 
 def test_readiness_reports_model_and_database(client) -> None:
     body = client.get("/health/ready").get_json()
-    assert body["status"] == "ok" and body["checks"] == {"model": True, "database": True}
+    assert body["status"] == "ok"
+    assert body["checks"] == {"model": True, "database": True, "journal_disk": True}
     assert client.get("/health/live").status_code == 200
 
 
