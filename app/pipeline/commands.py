@@ -188,10 +188,15 @@ def pipeline_versions() -> None:
 
 @click.command()
 @click.option("--cron", default=None, help="Crontab expression (UTC); default MOVIEREC_SCHEDULE_CRON.")
-@click.option("--once", is_flag=True, help="Decide and (maybe) run once, then exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Decide and (maybe) run once, then exit; recorded as a scheduler tick "
+    "(var/pipeline/schedule-last-tick).",
+)
 def schedule(cron: str | None, once: bool) -> None:
     """Run the training flow on a cron schedule; skip when neither data nor code changed."""
-    from app.pipeline.schedule import cron_trigger, serve, stop_on_sigterm, tick
+    from app.pipeline.schedule import cron_trigger, recorded_tick, serve, stop_on_sigterm, tick
     from app.registry.mlflow_registry import RegistryError
 
     settings = settings_for_cli(schedule_cron=cron)
@@ -203,7 +208,8 @@ def schedule(cron: str | None, once: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="--cron / MOVIEREC_SCHEDULE_CRON") from exc
     if once:
         stop_on_sigterm()  # a flow running is killed and reported, as the scheduler's is
-        result = tick(settings)
+        # recorded as the scheduler's ticks are: a scheduler started later does not tick again for it
+        result = recorded_tick(settings, lambda: tick(settings))
         if result.error and result.summary:  # released, then its bookkeeping failed
             click.echo(format_summary(result.summary))
         if result.error:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.config import Settings
 from app.pipeline import runner as flow_runner
@@ -31,6 +31,7 @@ from app.services.durable_files import write_durably
 log = logging.getLogger(__name__)
 
 JOB_ID = "training-flow"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,20 @@ def _try_record_tick(settings: Settings, began: datetime) -> None:
         log.exception("could not record the scheduler tick's time in %s", _last_tick_path(settings))
 
 
+def recorded_tick(settings: Settings, action: Callable[[], _T]) -> _T:
+    """Run one tick (``action``) and record it (:func:`record_tick`) once it is over, however it
+    ended, unless the launcher was stopped during it: a tick killed halfway is a missed one at
+    the next start. The scheduler's ticks and ``movierec schedule --once``'s alike: ``--once``
+    used to leave the file as it was, and a scheduler started afterwards ticked again at start
+    for the cron time ``--once`` had just ticked for."""
+    began = datetime.now(UTC)
+    try:
+        return action()
+    finally:
+        if not flow_runner.STOPPING.is_set():
+            _try_record_tick(settings, began)
+
+
 def last_tick(settings: Settings) -> datetime | None:
     """When the last finished tick began; None when none was recorded (or the file is unreadable)."""
     try:
@@ -318,12 +333,7 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     action = job or (lambda: tick(settings))
 
     def scheduled() -> None:
-        began = datetime.now(UTC)
-        try:
-            action()
-        finally:  # recorded once it is over: a tick killed halfway is a missed one at the next start
-            if not flow_runner.STOPPING.is_set():
-                _try_record_tick(settings, began)
+        recorded_tick(settings, action)
 
     # In a thread of its own even for `movierec schedule`: the main thread waits for SIGTERM (below)
     scheduler = build_scheduler(settings, scheduled, blocking=False)

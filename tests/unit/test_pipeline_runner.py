@@ -639,6 +639,49 @@ def test_a_tick_missed_while_the_scheduler_was_down_runs_when_it_starts(
     assert calls == []
 
 
+@pytest.mark.parametrize("outcome", ["trained", "skipped", "failed"])
+def test_a_tick_of_schedule_once_is_recorded_as_the_scheduler_records_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    """`movierec schedule --once` (cron calling it at the cron time, or an operator) ran a tick
+    without recording it in var/pipeline/schedule-last-tick: a `movierec schedule` started
+    afterwards found the older time there, took the cron time `--once` had just ticked for as
+    missed and ticked again at start. A finished `--once` tick is recorded as the scheduler's
+    own are (trained, skipped or failed: the next cron time retries a failure)."""
+    from click.testing import CliRunner
+
+    import app.pipeline.runner as runner
+    import app.pipeline.schedule as schedule
+    from app.cli import cli
+
+    settings = _settings(tmp_path, schedule_cron="0 3 * * *", service_url="")
+    summary = {"candidates": [], "seconds": 0, "champion": "1", "champion_before": None, "promoted": "1",
+               "exported": None, "reloaded": False}  # fmt: skip
+
+    def run_flow(*_a: Any, **_k: Any) -> Any:
+        if outcome == "failed":
+            raise runner.PipelineError("the training flow failed (exit 1) after 0s")
+        return runner.FlowRun(summary, 0.0, "")
+
+    _flow_runs_with(monkeypatch, run_flow, settings)
+    if outcome == "skipped":
+        monkeypatch.setattr(
+            schedule, "should_run", lambda *a, **k: schedule.RunDecision(False, "nothing changed", "d", "c")
+        )
+    schedule.record_tick(settings, datetime.now(UTC) - timedelta(days=2))  # the scheduler's last
+    assert schedule.missed_tick(settings) is not None
+    began = datetime.now(UTC)
+    result = CliRunner().invoke(cli, ["schedule", "--once"])
+    assert result.exit_code == (1 if outcome == "failed" else 0), result.output
+    recorded = schedule.last_tick(settings)
+    assert recorded is not None and began <= recorded <= datetime.now(UTC), recorded
+    assert schedule.missed_tick(settings) is None
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _WithChampion()))
+    calls: list[str] = []
+    schedule.serve(settings, job=lambda: calls.append("tick"), blocking=False).shutdown(wait=False)
+    assert calls == [], "the scheduler ticked at start for the cron time `--once` ticked for"
+
+
 _SCHEDULER_SCRIPT = """
 import pathlib, sys
 from datetime import UTC, datetime, timedelta
