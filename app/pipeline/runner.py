@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess  # nosec B404
 import sys
@@ -40,6 +41,7 @@ FLOW_MODULE = "app.pipeline.flow"
 FLOW_NAME = "MovieRecTrainingFlow"
 DEFAULT_METAFLOW_USER = "movierec"
 LOCK_FILE = "flow.lock"
+SCRATCH_PREFIX = "run-"  # <var>/pipeline/run-*: a flow's scratch directory (its summary, its run id)
 OWNER_FILE = "owner"  # a random id of the var root, created once: tags its flows' MLflow runs
 FLOW_OWNER_ENV = "MOVIEREC_FLOW_OWNER"
 STOPPING = threading.Event()
@@ -285,33 +287,36 @@ def run_flow(
     scratch_root = Path(settings.var_dir) / "pipeline"
     scratch_root.mkdir(parents=True, exist_ok=True)
     workers = max_workers or max(1, os.cpu_count() or 1)
-    with flow_lock(settings) as lock, tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root) as scratch:
-        owner = flow_owner(settings)
-        _close_abandoned(settings, owner)
-        summary_path = Path(scratch) / "summary.json"
-        run_id_file = Path(scratch) / "run-id"
-        command = flow_command(candidates, seeds, summary_path, run_id_file, trigger, workers)
-        env = flow_environment(settings, workers=workers)
-        env[FLOW_OWNER_ENV] = owner
-        started = time.perf_counter()
-        log.info("starting the training flow (%s)", trigger)
-        returncode: int | None  # None: killed, at its timeout or when the launcher was stopped
-        killed = None
-        try:
-            returncode, output = _run(command, env, timeout, stream, lock)
-        except FlowKilled as exc:
-            returncode, output, killed = None, exc.output, exc.why
-        if returncode not in (0, None) and STOPPING.is_set():
-            # Ctrl-C reaches the flow too (the terminal's process group): it died of the signal
-            # that stops the launcher, rather than of a failure of its own.
-            returncode, killed = None, _stopped()
-        seconds = time.perf_counter() - started
-        summary = _handed_over(summary_path)
-        if returncode != 0 or summary is None or summary.get("bookkeeping_error"):
-            _mark_failed(settings, run_id_file)
-            # Streamed output is on the terminal already; captured output is shown from its end.
-            tail = "" if stream else "\n" + "\n".join(output.strip().splitlines()[-40:])
-            raise _failure(returncode, summary, output, seconds, killed, tail)
+    with flow_lock(settings) as lock:
+        # under the lock: no flow of this var root runs, so every scratch directory there is a leftover
+        _remove_abandoned_scratch(scratch_root)
+        with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=scratch_root) as scratch:
+            owner = flow_owner(settings)
+            _close_abandoned(settings, owner)
+            summary_path = Path(scratch) / "summary.json"
+            run_id_file = Path(scratch) / "run-id"
+            command = flow_command(candidates, seeds, summary_path, run_id_file, trigger, workers)
+            env = flow_environment(settings, workers=workers)
+            env[FLOW_OWNER_ENV] = owner
+            started = time.perf_counter()
+            log.info("starting the training flow (%s)", trigger)
+            returncode: int | None  # None: killed, at its timeout or when the launcher was stopped
+            killed = None
+            try:
+                returncode, output = _run(command, env, timeout, stream, lock)
+            except FlowKilled as exc:
+                returncode, output, killed = None, exc.output, exc.why
+            if returncode not in (0, None) and STOPPING.is_set():
+                # Ctrl-C reaches the flow too (the terminal's process group): it died of the signal
+                # that stops the launcher, rather than of a failure of its own.
+                returncode, killed = None, _stopped()
+            seconds = time.perf_counter() - started
+            summary = _handed_over(summary_path)
+            if returncode != 0 or summary is None or summary.get("bookkeeping_error"):
+                _mark_failed(settings, run_id_file)
+                # Streamed output is on the terminal already; captured output is shown from its end.
+                tail = "" if stream else "\n" + "\n".join(output.strip().splitlines()[-40:])
+                raise _failure(returncode, summary, output, seconds, killed, tail)
     log.info("training flow finished in %.1fs", seconds)
     return FlowRun(summary, seconds, output)
 
@@ -554,6 +559,31 @@ def _close_abandoned(settings: Settings, owner: str) -> None:
         return
     if closed:
         log.warning("marked %d MLflow runs of killed flows KILLED: %s", len(closed), ", ".join(closed))
+
+
+def _remove_abandoned_scratch(scratch_root: Path) -> None:
+    """Remove the scratch directories (``run-*``) that earlier launchers left in ``scratch_root``.
+
+    A launcher killed outright (SIGKILL, the OOM killer, a reboot) never leaves its
+    TemporaryDirectory, which stayed there for good. Called with the flow lock held: the flow of
+    a launcher killed outright holds the lock until it ends too, so none of them is in use.
+    A directory that cannot be removed is logged, and the run goes on.
+    """
+    removed = []
+    for path in sorted(scratch_root.glob(SCRATCH_PREFIX + "*")):
+        if path.is_symlink() or not path.is_dir():
+            continue  # not made by TemporaryDirectory
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            log.warning("could not remove the scratch directory %s of a killed flow: %s", path, exc)
+            continue
+        removed.append(path.name)
+    if removed:
+        log.warning(
+            "removed %d scratch directories of killed launchers from %s: %s",
+            len(removed), scratch_root, ", ".join(removed),
+        )  # fmt: skip
 
 
 def _mark_failed(settings: Settings, run_id_file: Path) -> None:

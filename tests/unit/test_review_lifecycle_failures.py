@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,18 +196,17 @@ runner.run_flow(Settings(testing=True, var_dir=Path(var_dir)))
 """
 
 
-def test_a_flow_whose_launcher_is_killed_keeps_the_lock_until_it_ends(tmp_path: Path) -> None:
-    """SIGKILL of `movierec pipeline run` (or the scheduler) released the flow lock at once,
-    while its flow — a separate process — went on to gate and move the champion alias: the
-    next run started beside it, and closed the live flow's MLflow runs as abandoned."""
-    import contextlib
+@contextlib.contextmanager
+def _flow_of_a_killed_launcher(settings: Settings, tmp_path: Path) -> Iterator[int]:
+    """Launch a flow with run_flow (the _LAUNCHER script), SIGKILL the launcher once the flow runs
+    (as the OOM killer or ``kill -9`` would) and yield the pid of the flow, which goes on; it is
+    killed on the way out if the test has not killed it."""
     import os
     import signal
     import subprocess  # nosec B404 - a launcher of this test's own script
     import sys
     import time
 
-    settings = Settings(testing=True, var_dir=tmp_path / "var")
     started = tmp_path / "flow-started"
     launcher = subprocess.Popen(  # nosec B603
         [sys.executable, "-c", _LAUNCHER, str(settings.var_dir), str(started)],
@@ -220,22 +221,84 @@ def test_a_flow_whose_launcher_is_killed_keeps_the_lock_until_it_ends(tmp_path: 
         flow_pid = int(started.read_text())
         launcher.send_signal(signal.SIGKILL)
         launcher.wait(timeout=30)
-        busy = pytest.raises(runner.PipelineError, match="another training flow is running")
-        with busy, runner.flow_lock(settings):
-            pass
-        os.kill(flow_pid, signal.SIGKILL)  # the flow ends: the lock is free again
-        while True:
-            try:
-                with runner.flow_lock(settings):
-                    break
-            except runner.PipelineError:
-                assert time.monotonic() < deadline, "the lock outlived the flow"
-                time.sleep(0.05)
+        yield flow_pid
     finally:
         launcher.kill()
         if flow_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(flow_pid, signal.SIGKILL)
+
+
+def _wait_for_the_lock(settings: Settings) -> None:
+    """Wait (up to 60 s) until the flow lock is free."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with runner.flow_lock(settings):
+                return
+        except runner.PipelineError:
+            assert time.monotonic() < deadline, "the lock outlived the flow"
+            time.sleep(0.05)
+
+
+def test_a_flow_whose_launcher_is_killed_keeps_the_lock_until_it_ends(tmp_path: Path) -> None:
+    """SIGKILL of `movierec pipeline run` (or the scheduler) released the flow lock at once,
+    while its flow — a separate process — went on to gate and move the champion alias: the
+    next run started beside it, and closed the live flow's MLflow runs as abandoned."""
+    import os
+    import signal
+
+    settings = Settings(testing=True, var_dir=tmp_path / "var")
+    with _flow_of_a_killed_launcher(settings, tmp_path) as flow_pid:
+        busy = pytest.raises(runner.PipelineError, match="another training flow is running")
+        with busy, runner.flow_lock(settings):
+            pass
+        os.kill(flow_pid, signal.SIGKILL)  # the flow ends: the lock is free again
+        _wait_for_the_lock(settings)
+
+
+def test_the_scratch_directory_of_a_killed_launcher_is_removed_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A launcher killed outright (SIGKILL, the OOM killer, a reboot) never leaves its
+    TemporaryDirectory: its ``run-*`` scratch directory stayed in var/pipeline for good, one more
+    at each kill. The next run removes such leftovers once it holds the flow lock (so never the
+    directory of a flow still running: that one holds the lock) and logs what it removed."""
+    import os
+    import signal
+    import sys
+
+    settings = Settings(testing=True, var_dir=tmp_path / "var")
+    scratch_root = tmp_path / "var" / "pipeline"
+    with _flow_of_a_killed_launcher(settings, tmp_path) as flow_pid:
+        leftover = list(scratch_root.glob("run-*"))
+        assert len(leftover) == 1 and leftover[0].is_dir(), leftover
+        monkeypatch.setattr(runner, "_close_abandoned", lambda *a: None)
+        # its flow still runs and holds the lock: its directory is not touched
+        with pytest.raises(runner.PipelineError, match="another training flow is running"):
+            runner.run_flow(settings)
+        assert leftover[0].is_dir()
+        os.kill(flow_pid, signal.SIGKILL)
+        _wait_for_the_lock(settings)
+
+    def command(_c: Any, _s: Any, summary_path: Path, *_a: Any, **_k: Any) -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            f"import pathlib; pathlib.Path({str(summary_path)!r}).write_text('{{}}')",
+        ]
+
+    monkeypatch.setattr(runner, "flow_command", command)
+    (scratch_root / "run-file").write_text("not a scratch directory")
+    with caplog.at_level(logging.WARNING, logger=runner.log.name):
+        runner.run_flow(settings)
+    assert not leftover[0].exists(), "the killed launcher's scratch directory was left"
+    assert [path.name for path in scratch_root.glob("run-*")] == ["run-file"]
+    assert (scratch_root / runner.LOCK_FILE).is_file()
+    removed = [r.getMessage() for r in caplog.records if "scratch director" in r.getMessage()]
+    assert removed and leftover[0].name in removed[0], caplog.text
 
 
 def test_a_flow_is_not_launched_when_the_tracking_server_cannot_be_reached(
