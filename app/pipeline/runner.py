@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import AliasChoices, SecretStr
 
@@ -49,6 +49,7 @@ STOPPING = threading.Event()
 or Ctrl-C: app/pipeline/schedule.py, stop_on_sigterm, through :func:`request_stop`): a running
 flow is killed with its workers and reported, and no new one starts."""
 _stop_signal = "SIGTERM"  # the signal that set STOPPING, as the reports name it
+_flow: subprocess.Popen[str] | None = None  # the flow running now (_run), which force_quit kills
 
 
 def request_stop(signal_name: str = "SIGTERM") -> None:
@@ -57,6 +58,35 @@ def request_stop(signal_name: str = "SIGTERM") -> None:
     global _stop_signal
     _stop_signal = signal_name
     STOPPING.set()
+
+
+def force_quit(signal_name: str = "SIGINT") -> NoReturn:
+    """End the launcher at once (a second Ctrl-C: the user will not wait for the stop the first
+    one asked for): SIGKILL the flow running, if any, with its workers, as the stop would, say
+    so on stderr and exit 130 (128 + SIGINT, as a shell reports a job ended by Ctrl-C).
+
+    Called from a signal handler: it takes no lock (no logging, no Popen method; the message is
+    one ``os.write``) and skips every cleanup, which the next run does (its MLflow runs left
+    RUNNING are marked KILLED, its ``run-*`` scratch directory removed). The flow lock is the
+    kernel's: it is released once the launcher and its flow are dead.
+    """
+    flow = _flow
+    if flow is not None and flow.returncode is None:  # not reaped: a zombie's pid is not reused
+        _kill_with_workers(flow.pid)
+        done = f"; killed the training flow (pid {flow.pid}) and its workers"
+    else:
+        done = " (no training flow running)"
+    say(
+        f"{signal_name} again: quitting at once{done}. What the stop left undone the next run does: "
+        "it marks MLflow runs left RUNNING KILLED and removes scratch directories left in var/pipeline"
+    )
+    os._exit(128 + signal.SIGINT)
+
+
+def say(text: str) -> None:
+    """Write one line to stderr without a lock (from a signal handler): one ``os.write``."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"movierec: {text}\n".encode())
 
 
 def _stopped() -> str:
@@ -379,6 +409,16 @@ def _run(
         command, env=env, cwd=os.getcwd(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         pass_fds=pass_fds,
     )  # fmt: skip
+    global _flow
+    _flow = process  # a second Ctrl-C kills it (force_quit)
+    try:
+        return _follow(process, timeout, stream)
+    finally:
+        _flow = None
+
+
+def _follow(process: subprocess.Popen[str], timeout: float | None, stream: bool) -> tuple[int, str]:
+    """Wait for the flow :func:`_run` started, killing it at its timeout or when STOPPING is set."""
     deadline = None if timeout is None else time.monotonic() + timeout
     if not stream:
         while True:  # in short waits, to see STOPPING (communicate keeps the output read so far)
@@ -461,15 +501,20 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _kill_tree(process: subprocess.Popen[str]) -> None:
-    """SIGKILL the flow and the workers it started (Metaflow's tasks): killed alone, its workers
-    would go on training (and holding the flow lock, which they inherit) with nobody to wait for them.
-    The workers are listed first: once the flow is dead they are no longer its children."""
-    workers = _descendants(process.pid)
-    process.kill()
-    for pid in workers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    """SIGKILL the flow and the workers it started (Metaflow's tasks), and reap it."""
+    _kill_with_workers(process.pid)
     process.wait()
+
+
+def _kill_with_workers(pid: int) -> None:
+    """SIGKILL the flow ``pid`` and the workers it started: killed alone, its workers would go on
+    training (and holding the flow lock, which they inherit) with nobody to wait for them. The
+    workers are listed first: once the flow is dead they are no longer its children. Takes no
+    lock (system calls and ``/proc`` only): :func:`force_quit` calls it from a signal handler."""
+    workers = _descendants(pid)
+    for target in (pid, *workers):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signal.SIGKILL)
 
 
 def failure_cause(output: str) -> str | None:

@@ -385,14 +385,36 @@ def stop_on_sigterm() -> None:
     Ctrl-C is handled the same way: its KeyboardInterrupt ended ``movierec schedule`` with a
     traceback or click's "Aborted!", the tick it interrupted recorded as done, and ``pipeline
     run`` without marking its flow's MLflow runs FAILED. (Ctrl-C reaches the flow as well, which
-    dies of it: that is reported as the stop, not as a failure of the flow.)
+    dies of it: that is reported as the stop, not as a failure of the flow.) The first Ctrl-C
+    says on stderr that a second quits at once; the second ends the process at once
+    (:func:`~app.pipeline.runner.force_quit`: the flow running is killed with its workers, exit
+    130), where it used to do nothing while the stop took its time (an ingest not over, a
+    tracking server that does not answer while the flow's runs are marked FAILED). A second
+    SIGTERM does nothing more: SIGKILL follows it (``docker stop``, systemd).
+
+    The stop is acted on between steps: a tick deciding whether to train (the ingest of
+    :func:`current_fingerprint`: reading the raw files and the feedback, a few seconds, longer
+    when ml-100k must be fetched first; the registry's answers) finishes deciding, then starts
+    no flow. An exception thrown into it from here could land anywhere, in the middle of
+    publishing a fetched ml-100k into the data directory or of a schema upgrade; a second
+    Ctrl-C is the way out that does not wait.
     """
     import signal
     import threading
 
     def stop(signum: int, _frame: Any) -> None:
         # no lock of the main thread's: nothing there waits on this event
-        flow_runner.request_stop(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if signum != signal.SIGINT:
+            flow_runner.request_stop(name)
+        elif flow_runner.STOPPING.is_set():  # a second Ctrl-C: the user will not wait
+            flow_runner.force_quit(name)
+        else:
+            flow_runner.request_stop(name)
+            flow_runner.say(
+                "stopping (SIGINT): a running training flow is killed with its workers and reported, "
+                "and no other starts; Ctrl-C again to quit at once"
+            )
 
     if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's
         signal.signal(signal.SIGTERM, stop)

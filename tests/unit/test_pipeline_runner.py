@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -761,9 +762,12 @@ def _interrupt(process: Any, how: str) -> str:
     return "SIGINT"
 
 
-def _launch_until_its_flow_runs(script: str, tmp_path: Path, *args: str) -> tuple[Any, Path]:
+def _launch_until_its_flow_runs(
+    script: str, tmp_path: Path, *args: str, until: str = "pids"
+) -> tuple[Any, Path]:
     """Start a launcher script (its own session, as a terminal's job) and wait until the hanging
-    flow it starts has written its and its worker's pids; the process and that pid file."""
+    flow it starts has written its and its worker's pids; the process and that pid file.
+    ``until``: another file of ``tmp_path`` to wait for (a launcher that starts no flow)."""
     import subprocess
     import sys
     import time
@@ -774,12 +778,12 @@ def _launch_until_its_flow_runs(script: str, tmp_path: Path, *args: str) -> tupl
         env={**os.environ, "PYTHONPATH": str(app_root)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
-    pids = tmp_path / "pids"
+    started = tmp_path / until
     deadline = time.monotonic() + 60
-    while not pids.is_file() and time.monotonic() < deadline and process.poll() is None:
+    while not started.is_file() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
-    assert pids.is_file(), process.communicate(timeout=10)[0]
-    return process, pids
+    assert started.is_file(), process.communicate(timeout=10)[0]
+    return process, tmp_path / "pids"
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
@@ -832,7 +836,7 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
     assert schedule.last_tick(settings) == recorded, "the interrupted tick was recorded as done"
 
 
-_PIPELINE_RUN_SCRIPT = """
+_PIPELINE_RUN_SETUP = """
 import pathlib, sys
 
 import app.pipeline.commands as commands
@@ -851,8 +855,9 @@ commands.settings_for_cli = lambda **_k: settings
 schedule.Registry.from_settings = staticmethod(lambda _s: _WithChampion())
 ingest.ingest = lambda *a: type("Ingested", (), {"data_hash": "d"})()
 schedule.should_run = lambda *a: schedule.RunDecision(True, "data changed", "d", "c")
-cli(["pipeline", "run", *sys.argv[2:]], prog_name="movierec")
 """
+_PIPELINE_RUN_CALL = 'cli(["pipeline", "run", *sys.argv[2:]], prog_name="movierec")\n'
+_PIPELINE_RUN_SCRIPT = _PIPELINE_RUN_SETUP + _PIPELINE_RUN_CALL
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
@@ -879,3 +884,84 @@ def test_sigterm_during_pipeline_run_kills_the_flow_and_exits_non_zero_saying_wh
         time.sleep(0.1)
     assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the command"
     assert not list((tmp_path / "var" / "pipeline").glob("run-*")), "the flow's scratch directory was left"
+
+
+_SECOND_CTRL_C_SCRIPT = (
+    _PIPELINE_RUN_SETUP
+    + """
+import time
+
+
+def hang(*_a, **_k):
+    (tmp / "stopping").write_text("")
+    time.sleep(120)
+
+
+slow = sys.argv.pop(2)
+if slow == "killing":  # the first stop has not killed the flow yet
+    runner._kill_tree = hang
+elif slow == "bookkeeping":  # it killed the flow; marking its MLflow runs FAILED takes minutes
+    runner._mark_failed = hang  # (MLflow retries a tracking server that does not answer ~4 min)
+else:  # the decision's ingest (pipeline run --if-changed) is not over before the flow starts
+
+    def slow_ingest(*_a):
+        (tmp / "ingesting").write_text("")
+        while not runner.STOPPING.is_set():
+            time.sleep(0.05)
+        hang()
+
+    ingest.ingest = slow_ingest
+"""
+    + _PIPELINE_RUN_CALL
+)
+
+
+@pytest.mark.parametrize("during", ["killing", "bookkeeping", "ingest"])
+def test_a_second_ctrl_c_quits_at_once_and_kills_a_flow_still_running(tmp_path: Path, during: str) -> None:
+    """The first Ctrl-C only sets the stop flag (stop_on_sigterm), and a second one did nothing:
+    a launcher whose stop took its time (its flow not killed yet, a tracking server that does not
+    answer while the flow's MLflow runs are marked FAILED, an ingest not over) could not be
+    made to quit but with SIGKILL, which left its flow running. The first Ctrl-C now says that a
+    second one quits at once; the second ends the launcher with exit 130 and says so, killing
+    its flow and the flow's workers first when they still run."""
+    import signal
+    import subprocess
+    import time
+
+    options = ["--if-changed"] if during == "ingest" else []
+    process, pids = _launch_until_its_flow_runs(
+        _SECOND_CTRL_C_SCRIPT, tmp_path, during, *options, until="ingesting" if during == "ingest" else "pids"
+    )
+    try:
+        process.send_signal(signal.SIGINT)
+        stopping = tmp_path / "stopping"
+        deadline = time.monotonic() + 30
+        while not stopping.is_file() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        assert stopping.is_file(), "the first Ctrl-C did not reach the stop under test"
+        time.sleep(0.3)
+        assert process.poll() is None, "the launcher ended before its stop was over"
+        process.send_signal(signal.SIGINT)
+        quitting = time.monotonic()
+        output, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("the second Ctrl-C did not end the launcher:\n" + process.communicate()[0])
+    finally:
+        if pids.is_file():  # whatever happened, no flow outlives the test
+            for pid in pids.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    assert time.monotonic() - quitting < 10
+    assert process.returncode == 130, (process.returncode, output)
+    assert "Ctrl-C again to quit at once" in output, output
+    assert "SIGINT again: quitting at once" in output, output
+    if during == "killing":
+        flow, worker = (int(pid) for pid in pids.read_text().split())
+        assert f"killed the training flow (pid {flow}) and its workers" in output, output
+        deadline = time.monotonic() + 10
+        while (_alive(flow) or _alive(worker)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the launcher"
+    else:
+        assert "no training flow running" in output, output
