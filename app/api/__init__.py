@@ -10,7 +10,7 @@ from flask_jwt_extended import JWTManager
 from werkzeug.exceptions import BadRequest
 
 from app.api import auth, docs, health, monitoring, recommend, security, ui
-from app.api.errors import envelope, register_error_handlers
+from app.api.errors import envelope, not_a_json_object, register_error_handlers
 from app.api.serving import register_serving
 from app.api.spec import spec
 from app.config import JWT_LEEWAY_SECONDS, Settings
@@ -149,7 +149,7 @@ def _require_json_object() -> None:
             "request body is not valid JSON", fields={"body": "must be a valid JSON object"}
         ) from None
     if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object", fields={"body": "must be a JSON object"})
+        raise not_a_json_object()
 
 
 def _refuse_query() -> None:

@@ -14,7 +14,7 @@ from flask import Flask, Response, jsonify, request
 from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
-from app.errors import CODES, ApiError
+from app.errors import CODES, ApiError, InvalidRequest
 from app.monitoring.logs import LogEvery
 from app.recommender.bundle import BundleError
 from app.storage.db import DatabaseUnavailableError
@@ -37,6 +37,12 @@ def envelope(
     response = jsonify({"error": body})
     response.status_code = status
     return response
+
+
+def not_a_json_object() -> InvalidRequest:
+    """The refusal of a body that is not a JSON object: a request's, or a batch item's (each item
+    of /api/recommend/batch is refused as /api/recommend refuses that body)."""
+    return InvalidRequest("request body must be a JSON object", fields={"body": "must be a JSON object"})
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -9,6 +9,7 @@ from flask_jwt_extended import jwt_required
 from pydantic import ValidationError
 from spectree import Response
 
+from app.api.errors import not_a_json_object
 from app.api.schemas import ErrorResponse, RecommendRequest, field_errors
 from app.api.serving_schemas import RecommendBatchRequest, RecommendBatchResponse
 from app.api.spec import BEARER, spec
@@ -37,9 +38,10 @@ def _error(error: ApiError) -> dict[str, Any]:
 def recommend_batch(json: RecommendBatchRequest) -> Any:
     """One answer per request, in order: a /api/recommend body or an error envelope for that item.
 
-    All items are answered by the same bundle, each through the circuit breaker as
-    /api/recommend is (so an open breaker answers every item from the fallback); the served
-    items are logged in one go.
+    An item that is not a JSON object is refused like any other bad item: its own error, the one
+    /api/recommend answers such a body. All items are answered by the same bundle, each through
+    the circuit breaker as /api/recommend is (so an open breaker answers every item from the
+    fallback); the served items are logged in one go.
     """
     services = current_app.extensions["movierec"]
     recommendations = services.recommendations
@@ -47,6 +49,9 @@ def recommend_batch(json: RecommendBatchRequest) -> Any:
     results: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     for item in json.requests:
+        if not isinstance(item, dict):  # a number, text, list or null: refused alone, as a body
+            results.append(_error(not_a_json_object()))
+            continue
         try:
             request = RecommendRequest.model_validate(item)
         except ValidationError as exc:

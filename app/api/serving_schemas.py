@@ -66,7 +66,20 @@ class PredictBatchResponse(BaseModel):
 class RecommendBatchRequest(Strict):
     """Each item is a /api/recommend body; each is answered or rejected on its own."""
 
-    requests: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_RECOMMEND)
+    # list[Any]: each item is checked by the view, which answers a bad one (an object with a bad
+    # field, or a number, text, list or null) with its own error; a non-object item made the whole
+    # batch a 400. The spec says so: any value is taken, a recommend body is what is answered.
+    requests: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_RECOMMEND,
+        json_schema_extra={
+            "items": {
+                "description": "A /api/recommend body (RecommendRequest). Any other value, or a body "
+                "with a bad field, is answered by its own error envelope in results[i].",
+                "examples": [{"age": 30, "gender": "M", "occupation": "programmer"}, {"user_id": 1}],
+            }
+        },
+    )
 
 
 class RecommendBatchResponse(BaseModel):

@@ -35,7 +35,7 @@ def _post(client: Any, path: str, body: str, headers: dict[str, str]) -> Any:
         ("/api/predict/stream",
          '{"age": 30, "gender": "M", "occupation": "programmer", "movie_id": %s}'.replace("%s", DEEP),
          "movie_id", "client"),
-        ("/api/recommend/batch", '{"requests": [%s]}'.replace("%s", DEEP), "requests", "client"),
+        ("/api/recommend/batch", '{"requests": {"a": %s}}'.replace("%s", DEEP), "requests", "client"),
         ("/api/admin/reload", '{"version": %s}'.replace("%s", DEEP), "version", "admin"),
         ("/api/admin/breaker/reset", '{"x": %s}'.replace("%s", DEEP), "x", "admin"),
     ],
@@ -51,6 +51,16 @@ def test_a_deeply_nested_invalid_field_is_400(
     error = response.get_json()["error"]
     assert error["code"] == "invalid_request"
     assert field in error["fields"]
+
+
+def test_a_deeply_nested_batch_item_is_its_own_error(client: Any) -> None:
+    """An item is any value, answered on its own: a deep list is that item's error, not a 500."""
+    body = '{"requests": [%s, {"age": %s, "gender": "M", "occupation": "programmer"}]}'.replace("%s", DEEP)
+    response = _post(client, "/api/recommend/batch", body, login(client))
+    assert response.status_code == 200, response.get_data()[:200]
+    results = response.get_json()["results"]
+    assert results[0]["error"]["fields"] == {"body": "must be a JSON object"}
+    assert "age" in results[1]["error"]["fields"]
 
 
 def test_echo_refuses_an_object_too_deep_to_write_back(client: Any, auth_headers: dict) -> None:

@@ -30,7 +30,7 @@ CASES = [
     ("/api/predict/batch", {"instances": [RECORD] * 10_001}, "instances", "client"),
     ("/api/recommend/batch", {"requests": "x"}, "requests", "client"),
     ("/api/recommend/batch", {"requests": []}, "requests", "client"),
-    ("/api/recommend/batch", {"requests": [PROFILE, 5]}, "requests", "client"),
+    ("/api/recommend/batch", {"requests": {"0": PROFILE}}, "requests", "client"),
     ("/api/recommend/batch", {"requests": [PROFILE] * 1_001}, "requests", "client"),
     ("/api/admin/reload", {"version": 5}, "version", "admin"),
     ("/api/admin/reload", {"version": ""}, "version", "admin"),

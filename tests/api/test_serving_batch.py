@@ -69,9 +69,59 @@ def test_invalid_batches_are_400(client: Any, auth_headers: dict, body: dict, fi
     assert field in response.get_json()["error"]["fields"]
 
 
-def test_non_object_items_are_rejected_per_item_or_whole(client: Any, auth_headers: dict) -> None:
-    response = client.post("/api/recommend/batch", json={"requests": [PROFILE, 5]}, headers=auth_headers)
-    assert response.status_code == 400  # the schema says items are objects
+NOT_OBJECTS = [5, 2.5, "age=30", None, True, [PROFILE], []]
+
+
+def test_an_item_that_is_not_an_object_is_its_own_error(
+    app: Any, client: Any, auth_headers: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item that is not a JSON object is refused alone, as /api/recommend refuses such a body;
+    the other items are answered, logged and counted by the breaker as before (a non-object item
+    made the whole batch a 400)."""
+    recommendations = app.extensions["movierec"].recommendations
+    assert recommendations.guard is not None
+    logged: list[str] = []
+    calls: list[str] = []
+    append, record_call = recommendations.request_log.append, recommendations.guard.breaker.record_call
+
+    def spy_append(rows: Any) -> None:
+        rows = list(rows)
+        logged.extend(row["id"] for row in rows)
+        append(rows)
+
+    def spy_record_call(version: str, *args: Any) -> None:
+        calls.append(version)
+        record_call(version, *args)
+
+    monkeypatch.setattr(recommendations.request_log, "append", spy_append)
+    monkeypatch.setattr(recommendations.guard.breaker, "record_call", spy_record_call)
+    requests = [PROFILE, *NOT_OBJECTS, {**PROFILE, "max_recs": 2}]
+    response = client.post("/api/recommend/batch", json={"requests": requests}, headers=auth_headers)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    results = body["results"]
+    assert (body["succeeded"], body["failed"]) == (2, len(NOT_OBJECTS))
+    json_headers = {**auth_headers, "Content-Type": "application/json"}
+    alone = client.post("/api/recommend", data="5", headers=json_headers)
+    assert alone.status_code == 400
+    for result in results[1:-1]:
+        assert result == alone.get_json()  # the same envelope /api/recommend answers such a body
+    assert result["error"]["code"] == "invalid_request" and result["error"]["fields"] == {
+        "body": "must be a JSON object"
+    }
+    assert len(results[0]["recommendations"]) == 10 and len(results[-1]["recommendations"]) == 2
+    assert logged == [results[0]["id"], results[-1]["id"]]  # only the answered items, in one go
+    assert len(calls) == 2
+
+
+def test_the_spec_says_what_an_item_is(client: Any) -> None:
+    """The schema accepts any item (each is answered on its own) and says it is a recommend body."""
+    spec = client.get("/openapi.json").get_json()
+    body = spec["paths"]["/api/recommend/batch"]["post"]["requestBody"]["content"]["application/json"]
+    name = body["schema"]["$ref"].rsplit("/", 1)[1]
+    items = spec["components"]["schemas"][name]["properties"]["requests"]["items"]
+    assert "type" not in items  # not only objects: any other value is answered with an error
+    assert "/api/recommend body" in items["description"]
 
 
 def test_batch_needs_a_token(client: Any) -> None:
