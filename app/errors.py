@@ -5,6 +5,8 @@ Services raise these; they never build HTTP responses themselves.
 
 from __future__ import annotations
 
+from typing import Any
+
 CODES = {
     400: "invalid_request",
     401: "unauthorized",
@@ -45,8 +47,21 @@ class InvalidRequest(ApiError):
     status = 400
 
 
+BEARER_CHALLENGE = "Bearer"
+"""``WWW-Authenticate`` of a 401 when no token was refused (RFC 9110, 15.5.2: every 401 carries a
+challenge; RFC 6750, 3: no error code then). Bearer, never Basic, which makes browsers prompt."""
+BEARER_REFUSED = 'Bearer error="invalid_token"'
+"""``WWW-Authenticate`` of a 401 refusing the token that was sent (RFC 6750, 3.1)."""
+
+
 class Unauthorized(ApiError):
+    """401: carries a Bearer challenge (``BEARER_CHALLENGE`` unless ``headers`` name another)."""
+
     status = 401
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", BEARER_CHALLENGE)
 
 
 class Forbidden(ApiError):

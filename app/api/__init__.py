@@ -14,7 +14,7 @@ from app.api.errors import envelope, not_a_json_object, register_error_handlers
 from app.api.serving import register_serving
 from app.api.spec import spec
 from app.config import JWT_LEEWAY_SECONDS, Settings
-from app.errors import InvalidRequest
+from app.errors import BEARER_CHALLENGE, BEARER_REFUSED, InvalidRequest
 
 jwt = JWTManager()
 
@@ -39,13 +39,7 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _BODY_OPTIONAL = frozenset({"/api/logout", "/api/admin/reload", "/api/admin/breaker/reset"})
 
 
-# RFC 9110, 15.5.2: a 401 carries a challenge. RFC 6750, 3: none of its error codes when no token
-# came, ``invalid_token`` when the one sent was refused.
-_CHALLENGE = "Bearer"
-_CHALLENGE_REFUSED = 'Bearer error="invalid_token"'
-
-
-def _unauthorized(message: str, challenge: str = _CHALLENGE_REFUSED) -> Response:
+def _unauthorized(message: str, challenge: str = BEARER_REFUSED) -> Response:
     response = envelope(401, message, "unauthorized")
     response.headers["WWW-Authenticate"] = challenge
     return response
@@ -58,7 +52,7 @@ def _missing_token(reason: str) -> Response:
         # was sent, and it is refused, as a malformed header is
         return _unauthorized("invalid access token: send one Authorization: Bearer <token>")
     return _unauthorized(
-        "missing access token: send Authorization: Bearer <token> from /api/login", _CHALLENGE
+        "missing access token: send Authorization: Bearer <token> from /api/login", BEARER_CHALLENGE
     )
 
 

@@ -21,7 +21,7 @@ from app.api.auth import admin_required, secret_matches
 from app.api.schemas import MAX_REASON_LENGTH, ErrorResponse
 from app.api.spec import BEARER, spec
 from app.config import parse_networks
-from app.errors import Forbidden, Unauthorized, Unavailable
+from app.errors import BEARER_CHALLENGE, BEARER_REFUSED, Forbidden, Unauthorized, Unavailable
 from app.monitoring.metrics import render
 from app.monitoring.online import StateCollector
 from app.recommender.bundle import VERSION_MAX_LENGTH
@@ -78,8 +78,10 @@ def _check_scraper(settings: Any) -> None:
         header = request.headers.get("Authorization", "")
         given = header[7:] if header.startswith("Bearer ") else ""
         if not secret_matches(given, token):
+            # a token sent and refused is ``invalid_token`` (RFC 6750, 3.1); none sent: the bare challenge
+            challenge = BEARER_REFUSED if given else BEARER_CHALLENGE
             raise Unauthorized(
-                "metrics need the scraper's bearer token", headers={"WWW-Authenticate": "Bearer"}
+                "metrics need the scraper's bearer token", headers={"WWW-Authenticate": challenge}
             )
 
 

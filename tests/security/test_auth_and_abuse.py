@@ -417,6 +417,31 @@ def test_every_token_refusal_carries_a_bearer_challenge(client: Any, auth_header
     assert revoked.headers.get("WWW-Authenticate") == 'Bearer error="invalid_token"'
 
 
+def test_a_refused_password_or_metrics_token_carries_a_bearer_challenge_too(make_app: Any) -> None:
+    """The token refusals carried WWW-Authenticate; the other 401s of the API did not: a wrong
+    password at /api/login (a client is told the service takes bearer tokens, got there; no token
+    was refused, so no error code, and never Basic, which makes browsers prompt), and /metrics
+    with a wrong scraper token (``invalid_token``: a token was sent and refused). The body is the
+    one envelope, as before."""
+    client = make_app(metrics_token="scrape-secret-123").test_client()
+    for password in ("wrong", "c"):
+        response = client.post("/api/login", json={"session_password": password})
+        error = assert_envelope(response, 401, "unauthorized")
+        assert error == {"code": "unauthorized", "message": "invalid session password"}
+        assert response.headers.get("WWW-Authenticate") == "Bearer"
+    missing = client.get("/metrics")
+    assert_envelope(missing, 401, "unauthorized")
+    assert missing.headers.get("WWW-Authenticate") == "Bearer"
+    for header in ("Bearer wrong", "bearer wrong", "Basic c2NyYXBl"):
+        refused = client.get("/metrics", headers={"Authorization": header})
+        assert_envelope(refused, 401, "unauthorized")
+        expected = "Bearer" if header.startswith("Basic") else 'Bearer error="invalid_token"'
+        assert refused.headers.get("WWW-Authenticate") == expected, header
+    # a page of the web UI is not an API answer: its wrong password is a page, no challenge
+    page = client.post("/ui/login", data={"session_password": "wrong"})
+    assert page.status_code == 401 and "WWW-Authenticate" not in page.headers
+
+
 def test_two_bearer_tokens_in_one_header_are_an_invalid_token_not_a_missing_one(
     client: Any, auth_headers: dict[str, str]
 ) -> None:
