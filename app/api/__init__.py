@@ -83,7 +83,11 @@ def _needs_fresh(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
 
 
 @jwt.token_verification_failed_loader
-def _verification_failed(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+def _verification_failed(_header: dict[str, Any], payload: dict[str, Any]) -> Response:
+    role = payload.get("role")
+    if security.well_formed_claims(payload) and isinstance(role, str) and role in auth.ROLES:
+        # shaped as issued here, but not under its role's password as set now (token_issued_here)
+        return _unauthorized("access token was issued under a password that is no longer set: log in again")
     return _unauthorized("access token was rejected")
 
 
@@ -176,6 +180,7 @@ def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )
     jwt.init_app(app)
+    auth.init_fingerprints(app, settings, jwt_secret)
     app.before_request(_bearer_scheme_any_case)
     app.before_request(_check_api_write)
     app.after_request(security.drain_unread_body)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import secrets
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
 from flask_jwt_extended import create_access_token, get_jwt, jwt_required
 from spectree import Response
 
 from app.api.schemas import ErrorResponse, LoginRequest, LoginResponse, Message
 from app.api.spec import BEARER, spec
+from app.config import Settings
 from app.errors import Forbidden, Unauthorized
 
 bp = Blueprint("auth", __name__)
@@ -37,6 +39,53 @@ def secret_matches(candidate: str, secret: str | None) -> bool:
     expected = hmac.digest(_COMPARISON_KEY, (secret or "").encode(), "sha256")
     equal = hmac.compare_digest(given, expected)
     return bool(secret) and equal
+
+
+FINGERPRINT_CLAIM = "pwfp"
+"""The token claim holding :func:`password_fingerprint` of the password it was issued under."""
+_FINGERPRINT_CONTEXT = b"movierec password fingerprints v1"
+_EXTENSION = "movierec.auth"
+ROLES = {"client": "session_password", "admin": "admin_password"}
+"""Each role a token may carry, and the setting whose password /api/login issues it for."""
+
+
+def password_fingerprint(jwt_secret: str, role: str, password: str) -> str:
+    """What a token of ``role`` carries of the password it was issued under: 128 bits of an
+    HMAC-SHA256 of role and password, under a key derived from the JWT secret (the secret itself
+    signs only tokens), base64url.
+
+    A token's claims are readable by whoever holds it, so the claim is keyed: it cannot be
+    checked against guesses of the password without the JWT secret, and neither the password nor
+    a plain hash of it is in any token. The same on every replica that shares secret and password.
+    """
+    key = hmac.digest(jwt_secret.encode(), _FINGERPRINT_CONTEXT, "sha256")
+    digest = hmac.digest(key, role.encode() + b"\0" + password.encode(), "sha256")
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+
+def init_fingerprints(app: Flask, settings: Settings, jwt_secret: str) -> None:
+    """Compute once, at start, the fingerprint each role's tokens must carry (none: no such role)."""
+    fingerprints: dict[str, str] = {}
+    for role, name in ROLES.items():
+        secret = getattr(settings, name)
+        if secret is not None and secret.get_secret_value():
+            fingerprints[role] = password_fingerprint(jwt_secret, role, secret.get_secret_value())
+    app.extensions[_EXTENSION] = fingerprints
+
+
+def issued_under_current_password(payload: dict[str, Any]) -> bool:
+    """Whether a verified token's role is one /api/login issues, with the fingerprint of that role's
+    password as it is set now: a token issued before the password changed (or was removed) is not.
+    One dictionary lookup and one comparison: it runs on every authenticated request."""
+    role = payload.get("role")
+    expected = current_app.extensions[_EXTENSION].get(role) if isinstance(role, str) else None
+    # a plain comparison: the token's signature was verified before, only the key's holders make one
+    return expected is not None and payload.get(FINGERPRINT_CLAIM) == expected
+
+
+def token_claims(role: str) -> dict[str, Any]:
+    """The claims a token of ``role`` is issued with, beside the library's own (API and web UI)."""
+    return {"role": role, FINGERPRINT_CLAIM: current_app.extensions[_EXTENSION][role]}
 
 
 @bp.get("/")
@@ -75,7 +124,7 @@ def issue_token(password: str) -> str:
     if not (is_client or is_admin):
         raise Unauthorized("invalid session password")
     role = "admin" if is_admin else "client"
-    return create_access_token(identity=role, additional_claims={"role": role})
+    return create_access_token(identity=role, additional_claims=token_claims(role))
 
 
 def admin_required(view: F) -> F:

@@ -15,7 +15,8 @@
   where each uwsgi worker counts its share of the budget (:func:`share_of_limit`); if Redis
   stops answering, the limiter falls back to memory instead of failing logins.
 * Logged-out tokens are refused through :class:`RevocationStore` (``token_in_blocklist_loader``),
-  and tokens whose claims are not the ones ``/api/login`` writes by :func:`token_issued_here`.
+  and tokens whose claims are not the ones ``/api/login`` writes by :func:`token_issued_here`,
+  tokens issued under a password since changed included.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from spectree import Response as Responses
 from werkzeug.exceptions import LengthRequired, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
 
+from app.api.auth import issued_under_current_password
 from app.api.schemas import ErrorResponse, Message, Strict
 from app.api.serving_schemas import BULK_MAX_BODY_BYTES
 from app.api.spec import BEARER, spec
@@ -266,7 +268,15 @@ def token_issued_here(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
     logout then failed with a 500). Only the key's holders can sign such a token, but a key
     shared with another system or a script must not mint tokens that outlive the setting. A token
     issued before the lifetime was shortened is refused too: it would outlive the new setting.
+    So is a token whose role is not one /api/login issues, or whose password fingerprint is not
+    that of its role's password as set now: changing ADMIN_PASSWORD (or SESSION_PASSWORD) ends
+    the tokens issued under the old one (:func:`app.api.auth.issued_under_current_password`).
     """
+    return well_formed_claims(payload) and issued_under_current_password(payload)
+
+
+def well_formed_claims(payload: dict[str, Any]) -> bool:
+    """The type and lifetime :func:`token_issued_here` asks of a token, its password aside."""
     exp, iat = payload.get("exp"), payload.get("iat")
     ttl: int = current_app.extensions["movierec"].settings.token_ttl_seconds
     return (

@@ -79,8 +79,10 @@ def error_envelope(_ctx: Any, response: Any, case: Any) -> bool | None:
 def _token(app: Any, role: str = "client") -> str:
     from flask_jwt_extended import create_access_token
 
+    from app.api.auth import token_claims
+
     with app.app_context():
-        return create_access_token(identity=role, additional_claims={"role": role})
+        return create_access_token(identity=role, additional_claims=token_claims(role))
 
 
 def _checked_call(

@@ -111,9 +111,11 @@ def test_pages_need_a_login_and_say_why(client: Any) -> None:
 def test_an_expired_session_sends_you_to_log_in_again(app: Any) -> None:
     from flask_jwt_extended import create_access_token, decode_token
 
+    from app.api.auth import token_claims
+
     with app.app_context():
         token = create_access_token(
-            "client", additional_claims={"role": "client"}, expires_delta=timedelta(seconds=-5)
+            "client", additional_claims=token_claims("client"), expires_delta=timedelta(seconds=-5)
         )
         csrf = decode_token(token, allow_expired=True)["csrf"]  # the form on the stale page still carries it
     client = app.test_client()
@@ -133,6 +135,21 @@ def test_a_tampered_token_is_not_accepted(client: Any) -> None:
     client.set_cookie(COOKIE, token[:-4] + "AAAA", path="/ui")
     response = client.get("/ui")
     assert response.status_code == 303 and "reason=invalid" in response.headers["Location"]
+
+
+def test_a_session_from_before_the_admin_password_changed_logs_in_again(make_app: Any) -> None:
+    """The cookie holds the API's token: one issued under the old ADMIN_PASSWORD leads to the
+    login page on an instance whose password has changed, as a tampered one does (not a 401 body)."""
+    before = make_app().test_client()
+    ui_login(before, ADMIN_PASSWORD)
+    token = before.get_cookie(COOKIE, path="/ui").value
+    after = make_app(admin_password="a-new-admin-password").test_client()
+    after.set_cookie(COOKIE, token, path="/ui")
+    response = after.get("/ui/dashboard")
+    assert response.status_code == 303 and "reason=invalid" in response.headers["Location"]
+    same = make_app().test_client()  # a replica with the same password keeps the session
+    same.set_cookie(COOKIE, token, path="/ui")
+    assert same.get("/ui/dashboard").status_code == 200
 
 
 def test_next_only_leads_inside_the_ui(client: Any) -> None:
@@ -869,12 +886,14 @@ def test_a_rating_sent_after_the_session_expired_leads_back_to_its_list(app: Any
     logging in again the person is back on it, not on an empty form."""
     from flask_jwt_extended import create_access_token, decode_token
 
+    from app.api.auth import token_claims
+
     client = app.test_client()
     page = recommend(client, ui_login(client)).text
     request_id, title = list_id(page), titles_of(page)[0]
     with app.app_context():
         token = create_access_token(
-            "client", additional_claims={"role": "client"}, expires_delta=timedelta(seconds=-5)
+            "client", additional_claims=token_claims("client"), expires_delta=timedelta(seconds=-5)
         )
         csrf = decode_token(token, allow_expired=True)["csrf"]
     client.set_cookie(COOKIE, token, path="/ui")

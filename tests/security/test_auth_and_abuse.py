@@ -34,11 +34,25 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def claims(**overrides: Any) -> dict[str, Any]:
+PASSWORDS = {"client": SESSION_PASSWORD, "admin": ADMIN_PASSWORD}
+
+
+def claims(fingerprint: Any = "", **overrides: Any) -> dict[str, Any]:
+    """The claims /api/login writes, forged with the key: ``fingerprint`` the password fingerprint
+    of the token's role (``""``), of another role (its name), none (None) or that raw value."""
+    from app.api.auth import FINGERPRINT_CLAIM, password_fingerprint
+
     now = int(time.time())
     base = {"sub": "client", "role": "client", "type": "access", "fresh": False, "jti": f"forged-{now}"}
     base.update(iat=now, nbf=now, exp=now + 600)
     base.update(overrides)
+    role = fingerprint or base["role"]
+    if fingerprint is None:
+        pass
+    elif isinstance(role, str) and role in PASSWORDS:
+        base[FINGERPRINT_CLAIM] = password_fingerprint(JWT_SECRET, role, PASSWORDS[role])
+    else:
+        base[FINGERPRINT_CLAIM] = fingerprint
     return base
 
 
@@ -462,3 +476,96 @@ def test_two_bearer_tokens_in_one_header_are_an_invalid_token_not_a_missing_one(
         assert response.headers.get("WWW-Authenticate") == "Bearer", header
     one_bearer = {"Authorization": f"Basic eA==, Bearer {valid}"}
     assert client.get("/protected", headers=one_bearer).status_code == 200
+
+
+# ------------------------------------------------------------------ password changes
+
+
+def _payload(headers: dict[str, str]) -> dict[str, Any]:
+    token = headers["Authorization"].split(" ", 1)[1]
+    return dict(pyjwt.decode(token, options={"verify_signature": False}))
+
+
+def test_changing_a_password_ends_the_tokens_issued_under_it(make_app: Any) -> None:
+    """An admin token outlived a change of ADMIN_PASSWORD by up to its lifetime (1 h), and a client
+    token a change of SESSION_PASSWORD: both now carry a keyed fingerprint of the password they
+    were issued under, and an instance whose password differs refuses them (401 invalid_token)."""
+    before = make_app().test_client()
+    admin, client = login(before, ADMIN_PASSWORD), login(before)
+    replica = make_app().test_client()  # same passwords and key: the tokens are good there
+    assert replica.post("/api/admin/breaker/reset", json={}, headers=admin).status_code == 200
+    assert replica.get("/protected", headers=client).status_code == 200
+
+    changed = {
+        "admin password changed": make_app(admin_password="a-new-admin-password"),
+        "session password changed": make_app(session_password="a new session password"),
+        "admin password removed": make_app(admin_password=None),
+    }
+    for name, app in changed.items():
+        after = app.test_client()
+        refused = (admin,) if name.startswith("admin") else (client,)
+        for headers in refused:
+            for response in (
+                after.get("/protected", headers=headers),
+                after.post("/api/admin/breaker/reset", json={}, headers=headers),
+                after.post("/api/logout", headers=headers),
+            ):
+                error = assert_envelope(response, 401, "unauthorized")
+                assert "password" in error["message"] and "log in again" in error["message"], name
+                assert response.headers.get("WWW-Authenticate") == 'Bearer error="invalid_token"'
+        kept = client if name.startswith("admin") else admin  # the other password did not change
+        assert after.get("/protected", headers=kept).status_code == 200, name
+        if name != "admin password removed":
+            fresh = (
+                login(after, "a-new-admin-password")
+                if name.startswith("admin")
+                else login(after, "a new session password")
+            )
+            assert after.get("/protected", headers=fresh).status_code == 200, name
+
+
+def test_the_password_fingerprint_is_keyed_and_tells_nothing_of_the_password(make_app: Any) -> None:
+    """The claim is an HMAC under a key derived from the JWT secret: neither password nor a plain
+    hash of it is in the (readable) token, and another key gives another fingerprint."""
+    import hashlib
+
+    from app.api.auth import FINGERPRINT_CLAIM
+
+    app = make_app()
+    client = app.test_client()
+    admin, session = _payload(login(client, ADMIN_PASSWORD)), _payload(login(client))
+    assert admin[FINGERPRINT_CLAIM] != session[FINGERPRINT_CLAIM]
+    assert _payload(login(client))[FINGERPRINT_CLAIM] == session[FINGERPRINT_CLAIM]  # per password
+    for password in (ADMIN_PASSWORD, SESSION_PASSWORD):
+        text = json.dumps([admin, session])
+        assert password not in text
+        for digest in (hashlib.sha256, hashlib.sha1, hashlib.md5, hashlib.sha512):
+            plain = digest(password.encode()).digest()
+            assert plain.hex() not in text
+            assert base64.urlsafe_b64encode(plain).rstrip(b"=").decode()[:16] not in text
+            assert base64.b64encode(plain).decode()[:16] not in text
+    other_key = make_app(jwt_secret="z" * 48).test_client()
+    assert _payload(login(other_key, ADMIN_PASSWORD))[FINGERPRINT_CLAIM] != admin[FINGERPRINT_CLAIM]
+
+
+def test_a_token_with_a_missing_or_odd_fingerprint_or_role_is_refused_not_a_500(client: Any) -> None:
+    forged = {
+        "no fingerprint": claims(fingerprint=None),
+        "other role's fingerprint": claims(role="admin", sub="admin", fingerprint="client"),
+        "fingerprint not text": claims(fingerprint=[1]),
+        "role not text": claims(role=["admin"]),
+        "unknown role": claims(role="root"),
+    }
+    for name, payload in forged.items():
+        token = pyjwt.encode(payload, JWT_SECRET, algorithm="HS256")
+        response = client.get("/protected", headers=bearer(token))
+        assert_envelope(response, 401, "unauthorized")
+        assert response.headers.get("WWW-Authenticate") == 'Bearer error="invalid_token"', name
+        assert_envelope(client.post("/api/logout", headers=bearer(token)), 401, "unauthorized")
+    # the claims /api/login writes, forged the same way with the key: accepted
+    assert (
+        client.get(
+            "/protected", headers=bearer(pyjwt.encode(claims(), JWT_SECRET, algorithm="HS256"))
+        ).status_code
+        == 200
+    )
