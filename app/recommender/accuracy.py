@@ -15,6 +15,7 @@ model below it fails even against its own test data.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,15 @@ def run_accuracy_test(
     except ValueError as exc:  # truncated, or not text: the parser's message alone names no file
         raise ValueError(f"test data {test_data_path} is not JSON: {exc}") from exc
     try:
-        data, target, expected = payload["data"], payload["target"], float(payload["expected_score"])
+        data, target, raw_expected = payload["data"], payload["target"], payload["expected_score"]
         k = int(payload.get("k", K))
-        floor = float(payload["floor_score"]) if payload.get("floor_score") is not None else None
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(
             f"{test_data_path} must hold data, target, expected_score (and an integer k)"
         ) from exc
+    expected = _finite(raw_expected, "expected_score", test_data_path)
+    raw_floor = payload.get("floor_score")
+    floor = _finite(raw_floor, "floor_score", test_data_path) if raw_floor is not None else None
     if k < 1:
         raise ValueError(f"{test_data_path}: k must be a positive integer, not {k}")
     model_path = Path(model_path)
@@ -95,6 +98,22 @@ def run_accuracy_test(
         )
         return AccuracyResult(score, expected, tolerance, "r2", floor)
     return AccuracyResult(bundle_score(bundle, data, target, k), expected, tolerance, "ndcg@10", floor)
+
+
+def _finite(value: Any, key: str, where: Path | str) -> float:
+    """A score of the test data as a float: a finite number, never a boolean.
+
+    Python's json reads NaN, Infinity and -Infinity: an ``expected_score`` of -Infinity passed
+    every model, a NaN one failed every model as if the model were bad, and a NaN
+    ``floor_score`` switched the floor off.
+    """
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: {key} must be a finite number, not {json.dumps(value)}")
+    return number
 
 
 def _plain_estimator(path: Path) -> Any | None:

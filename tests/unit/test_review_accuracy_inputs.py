@@ -62,3 +62,33 @@ def test_test_data_that_is_not_json_names_the_file(
     result = _accuracy(bundle, bad)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert f"Error: test data {bad} is not JSON" in result.output
+
+
+def _own_test_data(bundle: Path) -> dict[str, object]:
+    return dict(json.loads((bundle / "test_data.json").read_text()))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"expected_score": float("-inf")},  # every model passed: score >= -inf
+        {"expected_score": float("nan")},  # "FAILED: ... < expected nan": a broken file read as a bad model
+        {"expected_score": "Infinity"},
+        {"expected_score": True},
+        {"floor_score": float("nan")},  # the floor silently switched off
+        {"floor_score": float("-inf")},
+    ],
+)
+def test_an_expected_or_floor_score_that_is_not_a_finite_number_is_an_error(
+    personal_model_store: Path, tmp_path: Path, change: dict[str, object]
+) -> None:
+    """Python's json reads NaN, Infinity and -Infinity: an expected_score of -Infinity passed every
+    model (the docker build's gate decided nothing), and a NaN floor_score turned the floor off."""
+    bundle = (personal_model_store / "latest").resolve()
+    bad = tmp_path / "test_data.json"
+    bad.write_text(json.dumps(_own_test_data(bundle) | change))
+    result = _accuracy(bundle, bad)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    (key,) = change
+    assert f"Error: {bad}: {key} must be a finite number" in result.output
+    assert "OK:" not in result.output and "Traceback" not in result.output
