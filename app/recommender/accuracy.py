@@ -33,18 +33,34 @@ def bundle_score(
     bundle: LoadedBundle, data: list[dict[str, Any]], target: list[list[str]], k: int = K
 ) -> float:
     """Mean NDCG@k of the bundle's served lists against the liked titles."""
-    if len(data) != len(target) or not data:
+    if not isinstance(data, list) or not isinstance(target, list) or len(data) != len(target) or not data:
         raise ValueError("test data needs one non-empty target per profile")
+    liked_sets = [_titles(liked, number) for number, liked in enumerate(target, start=1)]
     try:
         scores = [
-            ndcg_at_k([r.title for r in bundle.recommend_segment(segment, k)], set(liked), k)
-            for segment, liked in zip(segment_profiles(data), target, strict=True)
+            ndcg_at_k([r.title for r in bundle.recommend_segment(segment, k)], liked, k)
+            for segment, liked in zip(segment_profiles(data), liked_sets, strict=True)
         ]
-    except (KeyError, TypeError) as exc:
-        # A profile without age/gender/occupation, or outside the segments the bundle answers
-        # (an unknown occupation): bad test data, reported as such rather than a KeyError.
+    except (KeyError, TypeError, ValueError) as exc:
+        # A profile without age/gender/occupation, with an age that is not one (int() or
+        # age_bucket's ValueError), or outside the segments the bundle answers (an unknown
+        # occupation): bad test data, reported as such rather than a bare KeyError or ValueError.
         raise ValueError(f"test data holds a profile that is not a known segment: {exc!r}") from exc
     return float(np.mean(scores))
+
+
+def _titles(liked: Any, number: int) -> set[str]:
+    """One profile's target as a set of titles; ValueError unless a non-empty list of strings.
+
+    A string was taken as the set of its characters and a list of movie ids never hit: the test
+    ran and its score meant nothing. An empty target scored 0 (NDCG of a user without a relevant
+    movie), averaged in; protocol A leaves such users out, and so does the test data training writes.
+    """
+    if not isinstance(liked, list) or not all(isinstance(title, str) for title in liked):
+        raise ValueError(f"test data's target {number} is not a list of titles: {json.dumps(liked)[:80]}")
+    if not liked:
+        raise ValueError(f"test data's target {number} is empty: every profile needs at least one liked title")
+    return set(liked)
 
 
 @dataclass(frozen=True)

@@ -92,3 +92,47 @@ def test_an_expected_or_floor_score_that_is_not_a_finite_number_is_an_error(
     (key,) = change
     assert f"Error: {bad}: {key} must be a finite number" in result.output
     assert "OK:" not in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ("Star Wars (1977)", "not a list of titles"),  # its characters were the "liked titles"
+        ([], "empty"),  # an NDCG of 0 averaged in: the score dragged down, silently
+        ([1, 50], "not a list of titles"),  # movie ids where titles belong: never a hit
+    ],
+)
+def test_a_target_that_is_not_a_non_empty_list_of_titles_is_an_error(
+    personal_model_store: Path, tmp_path: Path, target: object, problem: str
+) -> None:
+    """Each profile's target was turned into a set as it came: a string became its characters and
+    an empty list scored 0, so the test ran and its score meant nothing (with an expected_score
+    of 0, the build passed)."""
+    bundle = (personal_model_store / "latest").resolve()
+    payload = _own_test_data(bundle)
+    targets = list(payload["target"])  # type: ignore[call-overload]
+    targets[1] = target
+    bad = tmp_path / "test_data.json"
+    bad.write_text(json.dumps(payload | {"target": targets, "expected_score": 0.0}))
+    result = _accuracy(bundle, bad)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Error: test data" in result.output and f"target 2 is {problem}" in result.output
+    assert "OK:" not in result.output
+
+
+@pytest.mark.parametrize("age", ["thirty", 300])
+def test_a_profile_with_an_impossible_age_is_reported_as_bad_test_data(
+    personal_model_store: Path, tmp_path: Path, age: object
+) -> None:
+    """int('thirty') and age_bucket(300) raised a ValueError that escaped bundle_score's wrapping:
+    the build failed with 'Error: invalid literal for int() with base 10' and no word of which
+    file or profile."""
+    bundle = (personal_model_store / "latest").resolve()
+    payload = _own_test_data(bundle)
+    profiles = list(payload["data"])  # type: ignore[call-overload]
+    profiles[0] = {**profiles[0], "age": age}
+    bad = tmp_path / "test_data.json"
+    bad.write_text(json.dumps(payload | {"data": profiles}))
+    result = _accuracy(bundle, bad)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Error: test data holds a profile that is not a known segment" in result.output
