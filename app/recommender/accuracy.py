@@ -109,9 +109,17 @@ def run_accuracy_test(
         estimator = _plain_estimator(model_path)
         if estimator is None:
             raise
-        score = float(
-            estimator.score(np.asarray(data, dtype=np.float64), np.asarray(target, dtype=np.float64))
-        )
+        try:
+            score = float(
+                estimator.score(np.asarray(data, dtype=np.float64), np.asarray(target, dtype=np.float64))
+            )
+        except (TypeError, ValueError) as exc:
+            # a bundle's profiles (dicts), ragged rows, another number of features: numpy's or
+            # scikit-learn's words alone (a TypeError was a traceback) named neither file
+            raise ValueError(
+                f"test data {test_data_path} does not fit the {type(estimator).__name__} in "
+                f"{model_path}: {exc}"
+            ) from exc
         return AccuracyResult(score, expected, tolerance, "r2", floor)
     return AccuracyResult(bundle_score(bundle, data, target, k), expected, tolerance, "ndcg@10", floor)
 

@@ -22,3 +22,34 @@ def test_an_unreadable_model_pkl_is_reported_as_such(personal_model_store: Path,
     result = CliRunner().invoke(cli, ["accuracy", str(model), str(bundle / "test_data.json")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert "could not be unpickled" in result.output
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [{"age": 30, "gender": "M", "occupation": "writer"}] * 3,  # a bundle's profiles
+        [[1.0, 2.0, 3.0], [1.0, 2.0], [1.0, 2.0, 3.0]],  # ragged rows
+        [[1.0, 2.0], [2.0, 3.0], [3.0, 4.0]],  # the wrong number of features
+    ],
+)
+def test_test_data_that_does_not_fit_a_scikit_learn_model_is_one_error_line(
+    tmp_path: Path, data: list[object]
+) -> None:
+    """A seed-style scikit-learn model.pkl given a bundle's test data (profiles, not feature rows)
+    crashed in numpy with a TypeError traceback ('float() argument must be ... not dict')."""
+    import json
+
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    from app.cli import cli
+
+    rng = np.random.default_rng(0)
+    model = tmp_path / "model.pkl"
+    joblib.dump(LinearRegression().fit(rng.random((20, 3)), rng.random(20)), model)
+    test_data = tmp_path / "test_data.json"
+    test_data.write_text(json.dumps({"data": data, "target": [1.0, 2.0, 3.0], "expected_score": 0.1}))
+    result = CliRunner().invoke(cli, ["accuracy", str(model), str(test_data)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert f"Error: test data {test_data} does not fit the LinearRegression in {model}" in result.output
