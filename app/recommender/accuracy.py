@@ -92,7 +92,10 @@ def run_accuracy_test(
         raise ValueError(f"test data {test_data_path} is not JSON: {exc}") from exc
     try:
         data, target, raw_expected = payload["data"], payload["target"], payload["expected_score"]
-        k = int(payload.get("k", K))
+        raw_k = payload.get("k", K)
+        k = int(raw_k)
+        if isinstance(raw_k, bool) or (isinstance(raw_k, float) and raw_k != k):
+            raise ValueError(f"k {raw_k!r} is not a whole number")  # int() made 2.5 a 2, true a 1
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(
             f"{test_data_path} must hold data, target, expected_score (and an integer k)"
@@ -121,7 +124,7 @@ def run_accuracy_test(
                 f"{model_path}: {exc}"
             ) from exc
         return AccuracyResult(score, expected, tolerance, "r2", floor)
-    return AccuracyResult(bundle_score(bundle, data, target, k), expected, tolerance, "ndcg@10", floor)
+    return AccuracyResult(bundle_score(bundle, data, target, k), expected, tolerance, f"ndcg@{k}", floor)
 
 
 def _finite(value: Any, key: str, where: Path | str) -> float:

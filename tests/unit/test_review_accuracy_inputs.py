@@ -136,3 +136,25 @@ def test_a_profile_with_an_impossible_age_is_reported_as_bad_test_data(
     result = _accuracy(bundle, bad)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert "Error: test data holds a profile that is not a known segment" in result.output
+
+
+def test_the_metric_is_named_by_the_test_data_s_k(personal_model_store: Path, tmp_path: Path) -> None:
+    """A test data file with k 5 was scored as NDCG@5 and reported as 'ndcg@10'."""
+    bundle = (personal_model_store / "latest").resolve()
+    five = tmp_path / "test_data.json"
+    five.write_text(json.dumps(_own_test_data(bundle) | {"k": 5, "expected_score": 0.0, "floor_score": None}))
+    result = _accuracy(bundle, five)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[0])["metric"] == "ndcg@5"
+    assert "OK: ndcg@5 " in result.output
+
+
+@pytest.mark.parametrize("k", [2.5, True])
+def test_a_k_that_is_not_a_whole_number_is_an_error(personal_model_store: Path, tmp_path: Path, k: object) -> None:
+    """int() made 2.5 a 2 and true a 1: the test scored another metric than the file asked for."""
+    bundle = (personal_model_store / "latest").resolve()
+    bad = tmp_path / "test_data.json"
+    bad.write_text(json.dumps(_own_test_data(bundle) | {"k": k}))
+    result = _accuracy(bundle, bad)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Error:" in result.output and "integer k" in result.output
