@@ -14,12 +14,25 @@ import numpy as np
 _DISCOUNT = 1.0 / np.log2(np.arange(2, 1002))
 
 
+def _discount(n: int) -> np.ndarray:
+    """The log2 discounts of ranks 1..n (beyond the precomputed 1000 they are computed: the
+    table alone raised an IndexError for a longer list and cut a larger ideal DCG short)."""
+    return _DISCOUNT[:n] if n <= len(_DISCOUNT) else 1.0 / np.log2(np.arange(2, n + 2))
+
+
+def _check_k(k: int) -> None:
+    """k = 0 divided by zero, and a negative k sliced the list from its end."""
+    if k < 1:
+        raise ValueError(f"k must be a positive integer, not {k}")
+
+
 def _hits(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int) -> np.ndarray:
     """Per rank of the top k: True where a relevant movie appears *for the first time*.
 
     A list that repeats a liked movie found it once: counting each repeat as a hit gave NDCG
     above 1 and inflated precision and recall for a model (or a bundle) that repeats movies.
     """
+    _check_k(k)
     seen: set[Hashable] = set()
     flags = []
     for item in list(ranked)[:k]:
@@ -30,11 +43,12 @@ def _hits(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int) ->
 
 def ndcg_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int = 10) -> float:
     """Normalised discounted cumulative gain of one ranked list."""
+    _check_k(k)
     if not relevant:
         return 0.0
     hits = _hits(ranked, relevant, k)
-    dcg = float(_DISCOUNT[: len(hits)][hits].sum())
-    ideal = float(_DISCOUNT[: min(k, len(relevant))].sum())
+    dcg = float(_discount(len(hits))[hits].sum())
+    ideal = float(_discount(min(k, len(relevant))).sum())
     return dcg / ideal
 
 
@@ -45,6 +59,7 @@ def precision_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k
 
 def recall_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int = 10) -> float:
     """Share of the relevant movies found in the top k."""
+    _check_k(k)
     if not relevant:
         return 0.0
     return float(_hits(ranked, relevant, k).sum()) / len(relevant)
@@ -61,6 +76,7 @@ def _is_padding(item: Hashable) -> bool:
 
 def coverage(lists: Iterable[Sequence[Hashable]], catalogue_size: int, k: int = 10) -> float:
     """Share of the catalogue that appears in at least one top-k list."""
+    _check_k(k)
     if catalogue_size <= 0:
         raise ValueError("catalogue_size must be positive")
     seen = {item for ranked in lists for item in list(ranked)[:k] if not _is_padding(item)}

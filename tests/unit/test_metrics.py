@@ -73,3 +73,23 @@ def test_a_repeated_movie_counts_once() -> None:
     assert precision_at_k([7, 7, 7, 7], {7, 8}, 4) == pytest.approx(0.25)
     assert recall_at_k([7, 7], {7, 8}, 2) == pytest.approx(0.5)
     assert ranking_metrics([["a", "a"]], [{"a", "b"}], catalogue_size=2, k=2)["ndcg@2"] <= 1.0
+
+
+def test_k_beyond_a_thousand_is_computed_not_cut_off() -> None:
+    """The log2 discounts were a table of 1000: a longer list raised an IndexError, and an ideal
+    DCG over more than 1000 relevant movies was cut at 1000 (NDCG above its true value)."""
+    relevant = set(range(1500))
+    assert ndcg_at_k(list(range(1500)), relevant, 1500) == pytest.approx(1.0)
+    half = ndcg_at_k(list(range(750)), relevant, 1500)
+    expected = sum(1 / math.log2(r + 2) for r in range(750)) / sum(1 / math.log2(r + 2) for r in range(1500))
+    assert half == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("k", [0, -1])
+@pytest.mark.parametrize("metric", [ndcg_at_k, precision_at_k, recall_at_k, hit_rate_at_k, coverage])
+def test_k_below_one_is_refused(metric: object, k: int) -> None:
+    """k = 0 divided by zero; a negative k sliced from the end of the list (precision -1.0)."""
+    with pytest.raises(ValueError, match="k must be"):
+        metric([5, 1, 2], {1}, k) if metric is not coverage else coverage([[5, 1, 2]], 10, k)  # type: ignore[operator]
+    with pytest.raises(ValueError, match="k must be"):
+        ranking_metrics([[5, 1, 2]], [{1}], 10, k)
