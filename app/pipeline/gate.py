@@ -285,12 +285,21 @@ def champion_baseline(
             f"champion v{version}'s recipe cannot be reproduced: {problem}; compared with its stored "
             "score, measured on the data it was trained on"
         )
-        return ChampionBaseline(version, champion.ndcg_a, champion.ndcg_a_by_seed, STORED, note)
+        return ChampionBaseline(version, _stored_ndcg(champion), champion.ndcg_a_by_seed, STORED, note)
     note = (
         f"champion v{version}'s recipe ({name}) re-evaluated on this run's data and split seeds "
         f"{','.join(map(str, sorted(scores)))}: {how}"
     )
     return ChampionBaseline(version, float(np.mean(list(scores.values()))), scores, SAME_DATA, note)
+
+
+def _stored_ndcg(champion: VersionInfo) -> float | None:
+    """The champion's stored protocol-A NDCG@10: its ``ndcg_a`` tag, else the mean of its
+    per-seed scores; None when neither was recorded."""
+    if champion.ndcg_a is not None:
+        return champion.ndcg_a
+    finite = [v for v in (champion.ndcg_a_by_seed or {}).values() if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def judge(
@@ -318,7 +327,11 @@ def judge(
     reasons = [f"smoke: {reason}" for reason in smoke.reasons]
     if smoke.passed:
         reasons.append("smoke tests passed")
-    if champion_ndcg is not None and comparison_note:
+    # a champion (``champion_version``) without a figure is not "no champion yet": compared with
+    # nothing, any candidate that passed its smoke tests replaced it, however much worse
+    unscored = champion_ndcg is None and champion_version is not None
+    has_champion = champion_ndcg is not None or unscored
+    if has_champion and comparison_note:
         reasons.append(comparison_note)
     mine, theirs, on = ndcg_a, champion_ndcg, ""
     comparable = True
@@ -340,6 +353,11 @@ def judge(
             )
     if not np.isfinite(ndcg_a) or not np.isfinite(mine):
         reasons.append("protocol-A NDCG@10 is not a number")
+    elif unscored:
+        reasons.append(
+            f"champion v{champion_version} has no protocol-A NDCG@10 to compare with (none stored, its "
+            "recipe not reproducible): not comparable; promote by hand if this version should replace it"
+        )
     elif theirs is None:
         reasons.append(f"no champion yet; protocol-A NDCG@10 {ndcg_a:.4f}")
     elif not comparable:
@@ -361,11 +379,12 @@ def judge(
         and bool(np.isfinite(ndcg_a))
         and bool(np.isfinite(mine))
         and comparable
+        and not unscored
         and (theirs is None or mine >= theirs - tolerance)
     )
     return GateDecision(
         version, candidate, float(ndcg_a), passed, reasons, ndcg_b=ndcg_b,
-        comparison=comparison if champion_ndcg is not None else None,
+        comparison=comparison if has_champion else None,
     )  # fmt: skip
 
 

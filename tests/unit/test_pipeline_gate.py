@@ -329,3 +329,38 @@ def test_a_champion_whose_recipe_cannot_be_reproduced_is_compared_by_its_stored_
 def test_without_a_champion_no_comparison_is_recorded() -> None:
     decision = judge("1", "m", 0.30, OK, None)
     assert decision.comparison is None and decision.as_dict()["comparison"] is None
+
+
+def _unscored_champion(by_seed: dict[str, float] | None) -> Any:
+    """A champion whose registry tags carry no ``ndcg_a`` (registered by hand, or by an older
+    movierec), trained by other code, so only its stored figures can be compared with."""
+    from app.registry.mlflow_registry import VersionInfo
+
+    tags = {"code_version": "01d0", **({"ndcg_a_by_seed": json.dumps(by_seed)} if by_seed else {})}
+    return VersionInfo("3", "most_liked", "b", None, "run-3", "", tags, ())
+
+
+def _judged_against(champion: Any, data: Any, score: float) -> Any:
+    from app.pipeline.gate import champion_baseline
+
+    baseline = champion_baseline(champion, _recorded("most_liked"), data, [0, 1], {}, CODE)
+    return judge("4", "m", score, OK, baseline.ndcg_a, 0.005, baseline.version, scores={0: score, 1: score},
+                 champion_scores=baseline.scores, comparison=baseline.comparison,
+                 comparison_note=baseline.note)  # fmt: skip
+
+
+def test_a_champion_without_a_stored_score_is_not_treated_as_no_champion(synthetic_data: Any) -> None:
+    """A champion whose stored NDCG was missing reached judge as champion_ndcg None, i.e. "no
+    champion yet": any candidate that passed its smoke tests replaced it, however much worse."""
+    decision = _judged_against(_unscored_champion(None), synthetic_data, 0.01)
+    assert not decision.passed
+    assert not any("no champion yet" in reason for reason in decision.reasons), decision.reasons
+    assert "champion v3 has no protocol-A NDCG@10 to compare with" in decision.reasons[-1]
+
+
+def test_a_champion_with_only_per_seed_scores_is_compared_by_them(synthetic_data: Any) -> None:
+    champion = _unscored_champion({"0": 0.40, "1": 0.42})
+    worse = _judged_against(champion, synthetic_data, 0.30)
+    assert not worse.passed and "worse than champion v3 0.4100" in worse.reasons[-1]
+    better = _judged_against(champion, synthetic_data, 0.45)
+    assert better.passed and "vs champion v3 0.4100" in better.reasons[-1]
