@@ -12,19 +12,16 @@ import click
 from app.listener import MAX_PORT
 from app.monitoring.logs import LOG_LEVELS
 from app.number_options import number_problem
-from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS
+from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS, parse_seeds
 
 
 def _seeds(value: str) -> list[int]:
+    """--seeds checked before the data is loaded (app.recommender.seeds.parse_seeds): none, a
+    negative one or garbage would crash after loading it; a repeat counts once."""
     try:
-        seeds = [int(part) for part in value.split(",") if part.strip()]
+        return parse_seeds(value)
     except ValueError as exc:
-        raise click.BadParameter(
-            "seeds must be comma-separated integers, e.g. 0,1,2,3,4", param_hint="--seeds"
-        ) from exc
-    if not seeds:  # the protocols summarise over the seeds: none would crash after loading the data
-        raise click.BadParameter("at least one split seed is needed, e.g. 0,1,2,3,4", param_hint="--seeds")
-    return seeds
+        raise click.BadParameter(str(exc), param_hint="--seeds") from exc
 
 
 def _names(value: str | None) -> list[str] | None:

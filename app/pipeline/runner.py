@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 from pydantic import AliasChoices, SecretStr
 
 from app.config import Settings
+from app.recommender.seeds import parse_seeds
 from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SecretFileError, read_secret_file
 
 log = logging.getLogger(__name__)
@@ -171,16 +172,8 @@ def longest_first(names: Sequence[str], seconds: dict[str, float]) -> list[str]:
 
 
 def resolve_seeds(value: str | Sequence[int]) -> list[int]:
-    if isinstance(value, str):
-        try:
-            seeds = [int(part) for part in value.split(",") if part.strip()]
-        except ValueError as exc:
-            raise ValueError(f"seeds must be comma-separated integers, got {value!r}") from exc
-    else:
-        seeds = [int(s) for s in value]
-    if not seeds:
-        raise ValueError("at least one split seed is needed")
-    return seeds
+    """The run's split seeds (``--seeds`` or MOVIEREC_PIPELINE_SEEDS): :func:`parse_seeds`."""
+    return parse_seeds(value)
 
 
 def features_root(settings: Settings) -> str:

@@ -67,6 +67,20 @@ def test_seeds_parse_and_refuse_garbage() -> None:
         resolve_seeds("")
 
 
+@pytest.mark.parametrize("value", ["-1", "0,-3", [2, -1]])
+def test_a_negative_seed_is_refused_before_any_work(value: str | list[int]) -> None:
+    """numpy's default_rng takes no negative seed: the flow failed in its first split, with
+    'ValueError: expected non-negative integer' and no word of the seeds setting."""
+    with pytest.raises(ValueError, match="non-negative"):
+        resolve_seeds(value)
+
+
+def test_a_repeated_seed_counts_once() -> None:
+    """0,0,1 evaluated split 0 twice and weighted it double in the mean every candidate is ranked by."""
+    assert resolve_seeds("0,0,1,0") == [0, 1]
+    assert resolve_seeds([3, 3]) == [3]
+
+
 def test_every_setting_reaches_the_flow_through_the_environment(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     env = flow_environment(
