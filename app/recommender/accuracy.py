@@ -59,7 +59,7 @@ def _titles(liked: Any, number: int) -> set[str]:
     if not isinstance(liked, list) or not all(isinstance(title, str) for title in liked):
         raise ValueError(f"test data's target {number} is not a list of titles: {json.dumps(liked)[:80]}")
     if not liked:
-        raise ValueError(f"test data's target {number} is empty: every profile needs at least one liked title")
+        raise ValueError(f"test data's target {number} is empty: every profile needs a liked title")
     return set(liked)
 
 

@@ -150,7 +150,9 @@ def test_the_metric_is_named_by_the_test_data_s_k(personal_model_store: Path, tm
 
 
 @pytest.mark.parametrize("k", [2.5, True])
-def test_a_k_that_is_not_a_whole_number_is_an_error(personal_model_store: Path, tmp_path: Path, k: object) -> None:
+def test_a_k_that_is_not_a_whole_number_is_an_error(
+    personal_model_store: Path, tmp_path: Path, k: object
+) -> None:
     """int() made 2.5 a 2 and true a 1: the test scored another metric than the file asked for."""
     bundle = (personal_model_store / "latest").resolve()
     bad = tmp_path / "test_data.json"
