@@ -21,7 +21,7 @@ from app.recommender.bundle import LoadedBundle, Tables, build_tables, write_bun
 from app.recommender.data import MovieLens
 from app.recommender.evaluation import K, evaluate
 from app.recommender.models import Recommender, make_model
-from app.recommender.training import RATING_MODEL_FILE, accuracy_test_data
+from app.recommender.training import RATING_MODEL_FILE, accuracy_test_data, data_manifest
 
 if TYPE_CHECKING:
     from app.registry.mlflow_registry import Registry
@@ -135,7 +135,7 @@ def write_candidate_bundle(
         "candidates": [result.name],
         "selection": {"metric": f"protocol A {SELECTION_METRIC}", "seeds": result.report_a["seeds"]},
         "metrics": result.metrics(),
-        "n_ratings": len(data.ratings),
+        **data_manifest(data),
         **extra_manifest,
     }
     extra_models: dict[str, Recommender] = {}

@@ -121,6 +121,18 @@ def accuracy_test_data(data: MovieLens, served: LoadedBundle) -> dict[str, Any]:
     }
 
 
+def data_manifest(data: MovieLens) -> dict[str, Any]:
+    """What every bundle's manifest says of the data it was fitted on, whoever writes it
+    (``movierec train`` or the pipeline): its hash, its size, and the demographic distribution
+    of its users, which drift of live requests is measured against (without it, drift is
+    "unknown" for as long as the bundle serves)."""
+    return {
+        "data_hash": data.fingerprint(),
+        MANIFEST_KEY: demographic_distribution(data.users),
+        "n_ratings": len(data.ratings),
+    }
+
+
 def train(
     data: MovieLens,
     model_dir: Path | str,
@@ -155,10 +167,7 @@ def train(
         "selection": {"metric": f"protocol A {SELECTION_METRIC}", "seeds": list(seeds)},
         "metrics": metrics,
         "code_version": code_version(),
-        "data_hash": data.fingerprint(),
-        # who the model was trained for: drift of live requests is measured against it
-        MANIFEST_KEY: demographic_distribution(data.users),
-        "n_ratings": len(data.ratings),
+        **data_manifest(data),
         **(extra_manifest or {}),
     }
     extra_models: dict[str, Recommender] = {}
@@ -196,6 +205,7 @@ def summary_line(result: TrainingResult) -> str:
 __all__ = [
     "TrainingResult",
     "accuracy_test_data",
+    "data_manifest",
     "floor_score",
     "make_test_data",
     "select_best",

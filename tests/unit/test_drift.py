@@ -113,3 +113,20 @@ def test_evaluate_drift_statuses() -> None:
     assert report.max_psi == max(report.psi.values())
     assert "above 0.25" in report.reason
     assert report.as_dict()["status"] == "drift"
+
+
+def test_a_bundle_the_pipeline_writes_carries_its_training_distribution(synthetic_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Only `movierec train` wrote ``training_distribution``: every version the pipeline trained,
+    gated and promoted reported drift "unknown ... (trained before drift was recorded)" for good,
+    and the documented cure, a retrain, was the pipeline run that left it out."""
+    import json
+
+    from app.monitoring.drift import MANIFEST_KEY
+    from app.pipeline.candidates import train_candidate, write_candidate_bundle
+
+    result = train_candidate(synthetic_data, "most_rated", seeds=[0])
+    bundle = write_candidate_bundle(result, synthetic_data, tmp_path, {"code_version": "test"})
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest[MANIFEST_KEY] == demographic_distribution(synthetic_data.users)
+    counts = count_profiles([(30, "M", "writer", 300)])
+    assert evaluate_drift(manifest[MANIFEST_KEY], counts).status != "unknown"
