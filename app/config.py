@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     registered_model: str = "movierec"
     pipeline_candidates: str | None = None  # comma-separated; default: models.DEFAULT_CANDIDATES
     pipeline_seeds: str = "0,1,2,3,4"  # protocol A/B split seeds every candidate is evaluated on
-    gate_tolerance: float = Field(default=0.005, ge=0)  # NDCG@10 a challenger may lose to the champion
-    gate_latency_ms: float = Field(default=5.0, gt=0)  # smoke test: p99 of one precomputed lookup
+    # finite: a tolerance of inf passed every candidate, a latency bound of inf switched the check off
+    gate_tolerance: float = Field(default=0.005, ge=0, allow_inf_nan=False)  # NDCG@10 a challenger may lose
+    gate_latency_ms: float = Field(default=5.0, gt=0, allow_inf_nan=False)  # smoke test: p99 of one lookup
     schedule_cron: str = "0 3 * * *"  # `movierec schedule`: crontab expression (UTC)
     service_url: str = "http://127.0.0.1:5000"  # asked to reload after a new champion; "" = don't
 

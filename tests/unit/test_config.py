@@ -446,3 +446,19 @@ def test_a_secret_that_is_not_utf8_is_refused_naming_its_variable(
     monkeypatch.setenv(variable, values[variable] + "-caf\udce9")  # the byte 0xe9 in the environment
     with pytest.raises(ConfigurationError, match=rf"{variable}.*UTF-8"):
         load_settings().check_secrets()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MOVIEREC_GATE_TOLERANCE", "inf"),  # every candidate "not worse" than the champion, however bad
+        ("MOVIEREC_GATE_LATENCY_MS", "inf"),  # the smoke test's latency bound switched off
+        ("MOVIEREC_GATE_LATENCY_MS", "nan"),
+    ],
+)
+def test_a_gate_bound_that_is_not_a_finite_number_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=variable.removeprefix("MOVIEREC_").lower()):
+        load_settings()
