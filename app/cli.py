@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,9 @@ from app.listener import MAX_PORT
 from app.monitoring.logs import LOG_LEVELS
 from app.number_options import number_problem
 from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS, parse_seeds
+
+if TYPE_CHECKING:
+    from app.recommender.data import MovieLens
 
 
 def _seeds(value: str) -> list[int]:
@@ -103,6 +107,17 @@ def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
 # ----------------------------------------------------------------------------- models
 
 
+def _load_data(data_dir: Path) -> MovieLens:
+    """ml-100k for train and evaluate; refused, missing or unparsable raw files are one error
+    line (DataUnavailableError, DataFormatError), not a traceback."""
+    from app.recommender.data import DataUnavailableError, load_movielens
+
+    try:
+        return load_movielens(data_dir)
+    except DataUnavailableError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @cli.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
 @click.option("--model-dir", type=click.Path(path_type=Path), default=Path("model"), show_default=True)
@@ -121,7 +136,6 @@ def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
 def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_missing: bool) -> None:
     """Train candidates, pick the best by protocol-A NDCG@10, write a bundle; print its path."""
     from app.recommender.bundle import LATEST, MANIFEST
-    from app.recommender.data import load_movielens
     from app.recommender.models import DEFAULT_CANDIDATES
     from app.recommender.training import summary_line
     from app.recommender.training import train as run_training
@@ -129,14 +143,8 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
     if if_missing and (model_dir / LATEST / MANIFEST).is_file():
         click.echo(f"{(model_dir / LATEST).resolve()} (existing)")
         return
-    from app.recommender.data import DataUnavailableError
-
     names, seed_list = _models(models) or DEFAULT_CANDIDATES, _seeds(seeds)
-    try:
-        dataset = load_movielens(data_dir)
-    except DataUnavailableError as exc:  # refused or missing raw files: the reason, not a traceback
-        raise click.ClickException(str(exc)) from exc
-    result = run_training(dataset, model_dir, names, seed_list)
+    result = run_training(_load_data(data_dir), model_dir, names, seed_list)
     click.echo(summary_line(result), err=True)
     click.echo(str(result.path))
 
@@ -156,15 +164,13 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
 )
 def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out: Path | None) -> None:
     """Run an offline protocol of EVALUATION.md; print the table, write JSON + PNG."""
-    from app.recommender.data import load_movielens
     from app.recommender.evaluation import evaluate as run_evaluation
     from app.recommender.evaluation import format_table
     from app.recommender.models import CANDIDATES
     from app.recommender.report import write_report
 
     names, seed_list = _models(models) or list(CANDIDATES), _seeds(seeds)
-    dataset = load_movielens(data_dir)
-    report = run_evaluation(dataset, names, protocol, seed_list)
+    report = run_evaluation(_load_data(data_dir), names, protocol, seed_list)
     click.echo(format_table(report))
     out = out or Path("var") / "reports" / f"protocol-{protocol}.json"
     json_path, png_path = write_report(report, out)

@@ -37,3 +37,18 @@ def test_evaluate_runs_each_seed_once(synthetic_data_dir: Path, tmp_path: Path) 
     report = json.loads(out.read_text())
     assert report["seeds"] == [5, 6]
     assert sorted(report["models"]["most_rated"]["per_seed"]) == ["5", "6"]
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_raw_files_that_do_not_parse_are_one_error_line(command: str, tmp_path: Path) -> None:
+    """train reported them in a line; evaluate let DataFormatError out as a traceback."""
+    from app.cli import cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("u.data", "u.item", "u.user"):
+        (data / name).write_text("")
+    args = [command, "--data-dir", str(data), "--seeds", "0", "--models", "most_rated"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Error: u.data: no rows" in result.output
