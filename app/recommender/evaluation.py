@@ -190,9 +190,10 @@ def _seed_label(seeds: Sequence[int]) -> str:
     return ",".join(map(str, ordered))
 
 
-def format_table(report: dict[str, Any], k: int = K) -> str:
+def format_table(report: dict[str, Any], k: int | None = None) -> str:
     """A plain-text table: one row per model, NDCG mean ± sd over the summary's seeds (0–4 when
-    they ran; the header names them) and the other metrics."""
+    they ran; the header names them) and the other metrics, at the report's k unless ``k`` is given."""
+    k = report.get("k", K) if k is None else k
     seeds = report["seeds"]
     ndcg_label = f"ndcg@{k} ({_seed_label(summary_seeds(seeds))})"
     header = (

@@ -26,7 +26,8 @@ def plot_report(report: dict[str, Any], path: Path | str) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(report["models"])
-    metrics = [f"ndcg@{K}", f"precision@{K}", f"recall@{K}", f"hit_rate@{K}"]
+    k = report.get("k", K)  # its metrics are keyed at the k it was evaluated at
+    metrics = [f"ndcg@{k}", f"precision@{k}", f"recall@{k}", f"hit_rate@{k}"]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(names) + 2), 4.0), dpi=100)
     width = 0.8 / len(metrics)
     for i, metric in enumerate(metrics):

@@ -108,3 +108,14 @@ def test_the_table_names_the_seeds_its_ndcg_column_averages(synthetic_data) -> N
     assert "ndcg@10 (0-2)" in header((0, 1, 2, 42))
     assert "ndcg@10 (5,7)" in header((5, 7))
     assert "ndcg@10 (0,3)" in header((0, 3))
+
+
+def test_a_report_at_another_k_is_tabled_and_plotted_at_its_k(synthetic_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """evaluate(k=5) keys its metrics ndcg@5, ...: format_table and the PNG looked up ndcg@10 and
+    raised KeyError, so a report at any other k could not be printed or written."""
+    from app.recommender.report import write_report
+
+    report = evaluate(synthetic_data, ["most_rated"], "A", seeds=(0,), k=5)
+    assert "ndcg@5 (0)" in format_table(report).splitlines()[1]
+    json_path, png_path = write_report(report, tmp_path / "report.json")
+    assert json_path.is_file() and png_path.stat().st_size > 0
