@@ -312,7 +312,27 @@ def _code_fingerprint(source: bytes) -> bytes:
             docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
             if docstring and isinstance(first.value.value, str):  # type: ignore[union-attr]
                 node.body = node.body[1:] or [ast.Pass()]
-    return ast.dump(tree).encode()
+    return repr(_canonical(tree)).encode()
+
+
+def _canonical(value: Any) -> Any:
+    """A syntax tree as nested tuples, the same under every Python the project runs on.
+
+    ``ast.dump`` is not: 3.12 gave every function and class a ``type_params`` field (empty
+    unless the code uses the new syntax) and 3.13 leaves empty fields out, so one code had one
+    code version per interpreter. Fields that are None or empty lists are left out here; a field
+    in use keeps its name, and constants their type (``1``, ``1.0`` and ``True`` differ).
+    """
+    if isinstance(value, ast.AST):
+        fields = tuple(
+            (name, _canonical(field))
+            for name, field in ast.iter_fields(value)
+            if field is not None and not (isinstance(field, list) and not field)
+        )
+        return (type(value).__name__, fields)
+    if isinstance(value, list):
+        return tuple(_canonical(item) for item in value)
+    return (type(value).__name__, repr(value))
 
 
 def new_version(now: datetime | None = None, salt: str = "") -> str:
