@@ -4,7 +4,8 @@
     python tests/run_accuracy_tests.py MODEL TEST_DATA [--error-tolerance 1e-5]
 
 MODEL is a bundle dir, a model store (its ``latest``), a ``.tar.gz`` of a bundle, or a
-``model.pkl``. Exits 1 when the score drops below ``expected_score - tolerance``.
+``model.pkl`` (or, as the seed allowed, a ``.tar.gz`` holding one). Exits 1 when the score
+drops below ``expected_score - tolerance``.
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ model below it fails even against its own test data.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,10 +146,32 @@ def _finite(value: Any, key: str, where: Path | str) -> float:
 
 
 def _plain_estimator(path: Path) -> Any | None:
-    if not (path.is_file() and path.suffix == ".pkl"):
+    """A scikit-learn estimator in ``path``: a ``model.pkl``, or (the seed's interface) a
+    ``.tar.gz`` holding one ``model.pkl``; None when there is none to score."""
+    if path.is_file() and path.suffix == ".pkl":
+        source: Any = path
+    elif path.is_file() and path.resolve().name.endswith((".tar.gz", ".tgz")):
+        source = _archived_pickle(path)
+        if source is None:
+            return None
+    else:
         return None
     try:
-        estimator = joblib.load(path)  # nosec B301 - model files come from our own training
+        estimator = joblib.load(source)  # nosec B301 - model files come from our own training
     except Exception:  # noqa: BLE001 - unreadable: the bundle loader's error says why
         return None
     return estimator if hasattr(estimator, "score") else None
+
+
+def _archived_pickle(path: Path) -> io.BytesIO | None:
+    """The bytes of the one ``model.pkl`` in an archive (as the bundle loader finds it), read
+    without extracting anything; None for an unreadable archive, or none or several."""
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            members = [m for m in archive.getmembers() if m.isfile() and Path(m.name).name == "model.pkl"]
+            if len(members) != 1:
+                return None
+            member = archive.extractfile(members[0])
+            return io.BytesIO(member.read()) if member is not None else None
+    except (tarfile.TarError, OSError, EOFError):
+        return None

@@ -53,3 +53,32 @@ def test_test_data_that_does_not_fit_a_scikit_learn_model_is_one_error_line(
     result = CliRunner().invoke(cli, ["accuracy", str(model), str(test_data)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert f"Error: test data {test_data} does not fit the LinearRegression in {model}" in result.output
+
+
+def test_a_seed_style_tar_gz_of_a_scikit_learn_model_is_scored_like_its_model_pkl(tmp_path: Path) -> None:
+    """The seed's interface: MODEL is a model.pkl "or a .tar.gz file with a single file named
+    model.pkl". The scikit-learn fallback (its own score, R²) only took a bare model.pkl: the same
+    estimator archived failed with "holds a LinearRegression, neither a movierec model nor ..."."""
+    import json
+    import tarfile
+
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    from app.cli import cli
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((30, 3)), rng.random(30)
+    model = tmp_path / "model.pkl"
+    joblib.dump(LinearRegression().fit(x, y), model)
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(model, arcname="model.pkl")
+    test_data = tmp_path / "test_data.json"
+    test_data.write_text(json.dumps({"data": x.tolist(), "target": y.tolist(), "expected_score": 0.0}))
+    plain = CliRunner().invoke(cli, ["accuracy", str(model), str(test_data)])
+    archived = CliRunner().invoke(cli, ["accuracy", str(archive), str(test_data)])
+    assert plain.exit_code == 0, plain.output
+    assert archived.exit_code == 0, archived.output
+    assert json.loads(archived.output.splitlines()[0]) == json.loads(plain.output.splitlines()[0])
