@@ -50,6 +50,15 @@ class RegistryError(RuntimeError):
     """A registry operation cannot be done (unknown version, no bundle, unreachable server)."""
 
 
+def _number(tag: str | None) -> float | None:
+    """A numeric tag, or None when missing or not a number: a hand-edited one ("n/a") raised
+    ValueError while listing versions, so the champion lookup and every pipeline run failed."""
+    try:
+        return float(tag) if tag else None
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """One registered version, as the pipeline and the CLI need it."""
@@ -66,12 +75,11 @@ class VersionInfo:
     @classmethod
     def of(cls, mv: ModelVersion) -> VersionInfo:
         tags = dict(mv.tags or {})
-        ndcg = tags.get("ndcg_a")
         return cls(
             version=str(mv.version),
             candidate=tags.get("candidate", ""),
             bundle_version=tags.get("bundle_version", ""),
-            ndcg_a=float(ndcg) if ndcg not in (None, "") else None,
+            ndcg_a=_number(tags.get("ndcg_a")),
             run_id=mv.run_id,
             source=mv.source or "",
             tags=tags,

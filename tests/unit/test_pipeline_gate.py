@@ -364,3 +364,17 @@ def test_a_champion_with_only_per_seed_scores_is_compared_by_them(synthetic_data
     assert not worse.passed and "worse than champion v3 0.4100" in worse.reasons[-1]
     better = _judged_against(champion, synthetic_data, 0.45)
     assert better.passed and "vs champion v3 0.4100" in better.reasons[-1]
+
+
+@pytest.mark.parametrize(("tag", "score"), [("0.431200", 0.4312), ("n/a", None), ("", None), (None, None)])
+def test_a_versions_stored_score_is_read_from_its_tag(tag: str | None, score: float | None) -> None:
+    """float() of a tag that is not a number (edited by hand in the MLflow UI) raised ValueError
+    while listing versions: the champion lookup, and so every pipeline run and the gate, failed.
+    Unreadable, it is not recorded (the gate then refuses to compare with nothing)."""
+    from types import SimpleNamespace
+
+    from app.registry.mlflow_registry import VersionInfo
+
+    tags = {"candidate": "ease"} if tag is None else {"candidate": "ease", "ndcg_a": tag}
+    version = SimpleNamespace(version="3", tags=tags, run_id="run-3", source="", aliases=[])
+    assert VersionInfo.of(version).ndcg_a == score  # type: ignore[arg-type]
