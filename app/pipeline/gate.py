@@ -2,10 +2,10 @@
 
 A candidate version may become ``champion`` only when
 
-1. its bundle passes the smoke tests: it loads, answers every cold-start segment with a
-   full list, never repeats a movie in a list, never recommends a known user a movie they
-   rated, answers a lookup within the latency bound, and reproduces its own accuracy test
-   (``test_data.json``) from disk; and
+1. its bundle passes the smoke tests: it loads as the service loads it (its rating model
+   included), answers every cold-start segment with a full list, never repeats a movie in a
+   list, never recommends a known user a movie they rated, answers a lookup within the
+   latency bound, and reproduces its own accuracy test (``test_data.json``) from disk; and
 2. its protocol-A NDCG@10 is not worse than the current champion's by more than a
    tolerance, both measured on the same data and splits: the champion's recipe (its candidate
    name and recorded hyper-parameters) is re-evaluated on this run's data and split seeds
@@ -44,6 +44,7 @@ from app.recommender.features import rated_movies
 from app.recommender.models import Recommender, make_model
 from app.recommender.segments import all_segments
 from app.registry.mlflow_registry import flat_params
+from app.services.models import attach_rating_model
 
 if TYPE_CHECKING:
     from app.registry.mlflow_registry import VersionInfo
@@ -112,6 +113,9 @@ def smoke_test(
     started = time.perf_counter()
     try:
         bundle = load_bundle(bundle_path)
+        # the service refuses a bundle whose rating model is broken: one that passed here was
+        # exported as `latest`, the reload kept the old model, and a restart served nothing
+        attach_rating_model(bundle)
     except BundleError as exc:
         return SmokeReport(False, [f"does not load: {exc}"])
     details["load_seconds"] = round(time.perf_counter() - started, 4)

@@ -378,3 +378,27 @@ def test_a_versions_stored_score_is_read_from_its_tag(tag: str | None, score: fl
     tags = {"candidate": "ease"} if tag is None else {"candidate": "ease", "ndcg_a": tag}
     version = SimpleNamespace(version="3", tags=tags, run_id="run-3", source="", aliases=[])
     assert VersionInfo.of(version).ndcg_a == score  # type: ignore[arg-type]
+
+
+def test_a_bundle_whose_rating_model_the_service_refuses_fails(
+    candidate: CandidateResult, synthetic_data: Any, tmp_path: Path
+) -> None:
+    """The smoke test loaded the bundle without its rating model, which the service loads and
+    checks before it serves a bundle (attach_rating_model): a version the service refuses passed
+    the gate and was exported as `latest`; the reload kept the old model while the registry named
+    the new one champion, and the next restart found nothing it could serve."""
+    from app.pipeline.candidates import fit_rating_model
+
+    rating_model = fit_rating_model(synthetic_data)
+    assert rating_model is not None
+    sound = write_candidate_bundle(
+        candidate, synthetic_data, tmp_path / "sound", {"code_version": "t"}, rating_model
+    )
+    assert smoke_test(sound, synthetic_data.ratings).passed
+    rating_model.item_ids = np.array([10**9])  # fitted on a movie the bundle's catalogue lacks
+    broken = write_candidate_bundle(
+        candidate, synthetic_data, tmp_path / "broken", {"code_version": "t"}, rating_model
+    )
+    report = smoke_test(broken, synthetic_data.ratings)
+    assert not report.passed
+    assert report.reasons[0].startswith("does not load:") and "rating_model.pkl" in report.reasons[0]
