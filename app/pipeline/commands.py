@@ -293,7 +293,7 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
 
 def _undecided(target: Any) -> str:
     """Why ``promote`` refuses a version the gate never decided on."""
-    state = "pending" if target.decision else "without any gate decision recorded"
+    state = target.decision or "without any gate decision recorded"  # pending, abandoned
     return (
         f"version {target.version} ({target.candidate}) has no gate decision ({state}): its pipeline "
         "run failed before the gate recorded one, so its bundle was never smoke-tested nor compared "

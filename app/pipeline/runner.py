@@ -597,6 +597,23 @@ def _close_abandoned(settings: Settings, owner: str) -> None:
         return
     if closed:
         log.warning("marked %d MLflow runs of killed flows KILLED: %s", len(closed), ", ".join(closed))
+    _abandon_pending(registry)
+
+
+def _abandon_pending(registry: Any) -> None:
+    """Mark ``abandoned`` the versions that ended flows left ``pending`` (never raises: the
+    flow's own work does not depend on it)."""
+    try:
+        abandoned = registry.abandon_pending_versions()
+    except Exception:
+        log.exception("could not mark the pending versions of ended pipeline runs abandoned")
+        return
+    if abandoned:
+        log.warning(
+            "versions %s were left pending by pipeline runs that ended before the gate decided: "
+            "marked abandoned (movierec promote refuses them unless --force)",
+            ", ".join(abandoned),
+        )
 
 
 def _remove_abandoned_scratch(scratch_root: Path) -> None:
@@ -644,3 +661,5 @@ def _mark_failed(settings: Settings, run_id_file: Path) -> None:
                 registry.client.set_terminated(run.info.run_id, "FAILED")
     except Exception:
         log.exception("could not mark the MLflow pipeline run of a failed flow")
+        return
+    _abandon_pending(registry)

@@ -7,7 +7,8 @@ artifact, code version and data hash as tags) and one version of the registered 
 service should serve; ``challenger`` the best candidate of the latest run. Gate decisions
 and their reasons are version tags; a version is registered ``pending`` (in the same request
 that creates it) until its decision is recorded, so one whose run died in between is never
-read as having passed.
+read as having passed. Once that run has ended (failed, killed, or finished without deciding),
+the launcher marks such a version ``abandoned`` (:meth:`Registry.abandon_pending_versions`).
 
 By default the backend is SQLite and artifacts are local files under the var root
 (``var/mlflow``); a team points ``MOVIEREC_MLFLOW_TRACKING_URI`` at a tracking server
@@ -40,6 +41,7 @@ BUNDLE_ARTIFACT: Final = "bundle"
 REPORTS_ARTIFACT: Final = "reports"
 TOTAL_SECONDS: Final = "seconds.total"
 PENDING: Final = "pending"  # gate_decision of a version the gate has not decided on yet
+ABANDONED: Final = "abandoned"  # gate_decision of a pending version whose pipeline run ended undecided
 DECISIONS: Final = ("promoted", "passed", "rejected")  # what the gate (or an operator) decides
 FLOW_OWNER_TAG: Final = "flow_owner"  # the var root whose flow opened a run (app/pipeline/runner.py)
 _MAX_PARAM = 500
@@ -297,6 +299,55 @@ class Registry:
         for run in runs:
             self.client.set_terminated(run.info.run_id, "KILLED")
         return [run.info.run_id for run in runs]
+
+    def abandon_pending_versions(self) -> list[str]:
+        """Mark ``abandoned`` the ``pending`` versions whose pipeline run has ended; their numbers.
+
+        A flow that died between registering its candidates and recording the gate's decisions
+        (the tracking store failed, the launcher was killed) left them ``pending`` for ever, as
+        if a gate were still deciding. Only a run that is no longer RUNNING is judged ended: a
+        flow of another var root sharing this registry may be deciding now. ``abandoned`` is
+        not a decision (:attr:`VersionInfo.decided`): ``movierec promote`` still refuses such a
+        version unless forced. The launcher calls this when it closes a failed flow's runs and,
+        for a launcher killed outright, when the next flow closes them.
+        """
+        from mlflow.exceptions import MlflowException
+
+        abandoned: list[str] = []
+        status: dict[str, str] = {}
+        for info in self.versions():
+            if info.decision != PENDING:
+                continue
+            run_id = info.tags.get("pipeline_run") or self._parent_run(info.run_id)
+            if not run_id:
+                continue  # nothing says which flow registered it: not known to have ended
+            if run_id not in status:
+                try:
+                    status[run_id] = self.client.get_run(run_id).info.status
+                except MlflowException as exc:
+                    if not _not_found(exc):
+                        raise
+                    status[run_id] = "DELETED"
+            if status[run_id] == "RUNNING":
+                continue
+            note = (
+                f"abandoned: its pipeline run {run_id} ended ({status[run_id]}) before the gate "
+                "recorded a decision; its bundle was never smoke-tested nor compared with the champion"
+            )
+            self.record_decision(info.version, ABANDONED, [note])
+            abandoned.append(info.version)
+        return abandoned
+
+    def _parent_run(self, run_id: str | None) -> str | None:
+        """The pipeline run that opened candidate run ``run_id`` (None when it cannot be read)."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return None
+        try:
+            return self.client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+        except MlflowException:
+            return None
 
     def candidate_seconds(self, names: Iterable[str], lookback: int = 200) -> dict[str, float]:
         """Training time of each candidate's most recent run (those never run are absent)."""

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from app.pipeline.runner import BookkeepingError, PipelineError, run_flow
 from app.registry.export import served_version
-from app.registry.mlflow_registry import PENDING, Registry
+from app.registry.mlflow_registry import ABANDONED, Registry
 from tests.helpers import flow_settings
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,9 @@ def test_versions_whose_gate_decision_was_not_recorded_cannot_be_promoted_as_if_
     assert versions, "the flow failed before registering anything: not the failure under test"
     assert registry.champion() is None and served_version(settings.model_dir) is None
     version = versions[-1]
-    assert version.decision == PENDING
+    # the launcher closed the failed run and, with it, its undecided versions
+    assert version.decision == ABANDONED
+    assert any("before the gate recorded a decision" in reason for reason in version.reasons)
 
     for name, value in {
         "MOVIEREC_TESTING": "true", "MOVIEREC_VAR_DIR": str(settings.var_dir),
@@ -78,7 +80,7 @@ def test_versions_whose_gate_decision_was_not_recorded_cannot_be_promoted_as_if_
     cli_runner = CliRunner()
     listed = cli_runner.invoke(cli, ["pipeline", "versions"])
     assert listed.exit_code == 0, listed.output
-    assert PENDING in listed.output
+    assert ABANDONED in listed.output
 
     refused = cli_runner.invoke(cli, ["promote", "--version", version.version, "--no-reload"])
     assert refused.exit_code == 1, refused.output
