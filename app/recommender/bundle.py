@@ -576,9 +576,15 @@ def read_catalogue(path: Path) -> pd.DataFrame:
     )
 
 
+CATALOGUE_COLUMNS = ("movie_id", "title")
+"""What serving reads of a catalogue (``year`` and ``genres`` are shown when present)."""
+
+
 def _load_dir(directory: Path) -> LoadedBundle:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
+        if not isinstance(manifest, dict):
+            raise BundleError(f"bundle {directory} is invalid: {MANIFEST} is not a JSON object")
         verify_digests(directory, manifest)
         catalogue = read_catalogue(directory / "catalogue.csv")
         arrays = {
@@ -599,8 +605,26 @@ def _load_dir(directory: Path) -> LoadedBundle:
 
 
 def _validate(manifest: dict[str, Any], catalogue: pd.DataFrame, tables: Tables, where: Path) -> None:
+    missing = [column for column in CATALOGUE_COLUMNS if column not in catalogue.columns]
+    if missing:
+        raise BundleError(f"bundle {where} is invalid: the catalogue has no {', '.join(missing)} column")
+    problems = _table_type_problems(tables)
+    if problems:  # the checks below index the tables as 2-D integer positions
+        raise BundleError(f"bundle {where} is invalid: " + "; ".join(problems))
     n_items = len(catalogue)
-    problems = []
+    if not pd.api.types.is_integer_dtype(catalogue["movie_id"]) or not catalogue["movie_id"].is_unique:
+        problems.append("catalogue movie ids are not unique integers")
+    for key, actual in (("n_items", n_items), ("n_known_users", len(tables.user_ids)),
+                        ("table_depth", tables.segment_top.shape[1])):  # fmt: skip
+        # written with the tables (write_bundle): tables of another catalogue (or cut) disagree
+        if key in manifest and manifest[key] != actual:
+            problems.append(f"manifest {key} {manifest[key]!r} does not match the bundle's {actual}")
+    if len(np.unique(tables.user_ids)) != len(tables.user_ids):
+        problems.append("user ids are not unique")
+    for name, top, scores in (("segment", tables.segment_top, tables.segment_scores),
+                              ("user", tables.user_top, tables.user_scores)):  # fmt: skip
+        if top.shape == scores.shape and not np.isfinite(scores[top >= 0]).all():
+            problems.append(f"{name} table has a listed movie without a finite score")
     if manifest.get("format") != FORMAT_VERSION:
         problems.append(f"unsupported format {manifest.get('format')!r}")
     if "version" not in manifest:
@@ -628,6 +652,26 @@ def _validate(manifest: dict[str, Any], catalogue: pd.DataFrame, tables: Tables,
                 break
     if problems:
         raise BundleError(f"bundle {where} is invalid: " + "; ".join(problems))
+
+
+def _table_type_problems(tables: Tables) -> list[str]:
+    """What makes the tables unservable as arrays: a request indexes the catalogue with a row of
+    positions and answers its scores as JSON numbers (floats, text or 1-D rows were a 500 each)."""
+    problems = []
+    for name in ("segment_top", "user_top", "user_ids"):
+        array = getattr(tables, name)
+        if not np.issubdtype(array.dtype, np.integer):
+            problems.append(f"{name} holds {array.dtype}, not integers")
+    for name in ("segment_scores", "user_scores"):
+        array = getattr(tables, name)
+        if not np.issubdtype(array.dtype, np.floating):
+            problems.append(f"{name} holds {array.dtype}, not floats")
+    for name in ("segment_top", "segment_scores", "user_top", "user_scores"):
+        if getattr(tables, name).ndim != 2:
+            problems.append(f"{name} is not a 2-D table")
+    if tables.user_ids.ndim != 1:
+        problems.append("user_ids is not a list")
+    return problems
 
 
 def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:

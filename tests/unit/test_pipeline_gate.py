@@ -68,8 +68,11 @@ def test_recommending_a_known_user_a_movie_they_rated_fails(
     user_top = tables.user_top.copy()
     row = [p for p in user_top[0].tolist() if p != position]
     user_top[0] = np.array([position, *row[: user_top.shape[1] - 1]], dtype=user_top.dtype)
+    user_scores = tables.user_scores.copy()
+    user_scores[0] = np.where(user_top[0] >= 0, 1.0, np.nan)  # a score for every listed movie
     report = smoke_test(
-        _bundle(candidate, synthetic_data, tmp_path, user_top=user_top), synthetic_data.ratings
+        _bundle(candidate, synthetic_data, tmp_path, user_top=user_top, user_scores=user_scores),
+        synthetic_data.ratings,
     )
     assert not report.passed
     assert any("already rated" in r for r in report.reasons), report.reasons
