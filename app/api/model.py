@@ -78,14 +78,16 @@ def model_info() -> Any:
     resp=Response(
         HTTP_200=ReloadStatus, HTTP_202=ReloadStatus, HTTP_400=ErrorResponse, HTTP_401=ErrorResponse,
         HTTP_403=ErrorResponse, HTTP_404=ErrorResponse, HTTP_409=ErrorResponse, HTTP_422=ErrorResponse,
+        HTTP_503=ErrorResponse,
     ),
     security=BEARER,
 )  # fmt: skip
 def reload(json: ReloadRequest) -> Any:
     """Load the model store's current bundle (or ``version``) in the background and swap it in everywhere.
 
-    202 while loading; with ``"wait": true`` 200 once loaded, or 422 ``invalid_bundle`` when it is
-    refused — the previous bundle keeps serving either way.
+    202 while loading; with ``"wait": true`` 200 once every worker serves it, 422 ``invalid_bundle``
+    when it is refused (the previous bundle keeps serving), or 503 ``reload_incomplete`` when some
+    workers refused it or did not take it in time (those keep serving the previous bundle).
     """
     services = current_app.extensions["movierec"]
     status = services.reloader.request(json.version, wait=RELOAD_WAIT_SECONDS if json.wait else None)

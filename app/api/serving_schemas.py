@@ -134,6 +134,8 @@ class ReloadStatus(BaseModel):
     finished_at: str | None = None
     error: str | None = None
     model_version: str | None = None
+    # the reload's workers: total, swapped, refused, waiting (absent before it reached them)
+    workers: dict[str, int] | None = None
 
 
 class ModelInfo(BaseModel):

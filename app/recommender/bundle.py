@@ -445,7 +445,7 @@ def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STOR
         if found is None:
             continue
         kind, maker = found[0].kind, found[1].groupdict().get("pid")
-        if maker is not None and _alive(int(maker)):
+        if maker is not None and process_alive(int(maker)):
             continue
         path = directory / name
         try:
@@ -464,7 +464,7 @@ def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STOR
             continue
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (another user's too: it is not known to be gone)."""
     try:
         os.kill(pid, 0)

@@ -19,6 +19,15 @@ good. The marker's stat remembered is always the stat of the content acted on (r
 one file descriptor; a worker's own marker is stat'ed before it is renamed into place), so a
 marker replaced at any moment is read again at the next poll.
 
+Every worker whose poller runs also writes what it serves, and the marker generation it last
+handled, to ``<store>/.serving-workers/<host>-<pid>-<id>.json``. The worker that reloaded waits
+(up to ``SIBLING_WAIT_SECONDS``) until each live sibling on this host has handled its marker
+before it reports the reload: ``loaded`` once every one of them serves the bundle, ``partial``
+when one refused it or did not answer in time (those keep serving the previous bundle). A
+reload answered ``loaded`` while the siblings still served the old bundle, or had refused the
+new one, told the admin and the pipeline the service was reloaded when it was not. A worker
+without a poller has served no request yet: it checks the marker before its first answer.
+
 A worker started later (uwsgi recycles workers) serves the marker's bundle when the marker
 is newer than the store's ``latest`` link, so a rollback to an older version survives worker
 restarts; otherwise it serves ``latest`` as configured.
@@ -29,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -44,12 +54,21 @@ from app.recommender.bundle import (
     MARKER_NAME,
     BundleError,
     LoadedBundle,
+    process_alive,
     remove_stale_leftovers,
     resolve_bundle_dir,
 )
 from app.services.models import ModelHolder
 
 log = logging.getLogger(__name__)
+
+WORKERS_DIR = ".serving-workers"
+"""Where each polling worker says what it serves (in the model store, beside the marker)."""
+SIBLING_WAIT_SECONDS = 60.0
+"""How long a reload waits for its sibling workers to handle its marker before it reports."""
+_HOST = socket.gethostname()
+_LIVE: weakref.WeakSet[ModelReloader] = weakref.WeakSet()
+"""The reloaders of this process (tests run several "workers" in one process)."""
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -75,6 +94,15 @@ class ReloadInProgress(ApiError):
             f"a reload of bundle {running} is in progress; retry when it has finished",
             code="reload_in_progress",
         )
+
+
+class ReloadIncomplete(ApiError):
+    """The bundle was swapped in by some workers only; the others serve the previous one."""
+
+    status = 503
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="reload_incomplete")
 
 
 class ModelReloader:
@@ -106,6 +134,9 @@ class ModelReloader:
         self._marker_seen: tuple[int, int, int] | None = None
         self._poller_pid: int | None = None
         self._stop = threading.Event()
+        self._generation = 0  # the marker generation this worker last handled
+        self.workers_dir = self.marker.parent / WORKERS_DIR
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ start-up
 
@@ -119,6 +150,7 @@ class ModelReloader:
         if marker is None:
             return
         self._marker_seen = marker_stat
+        self._generation = _generation_of(marker)
         target = Path(marker.get("target", ""))
         if not (target / MANIFEST).is_file():
             return
@@ -202,6 +234,8 @@ class ModelReloader:
                 status = dict(mine)
             if status["state"] == "failed":
                 raise InvalidBundle(f"bundle {status['target']} was refused: {status['error']}")
+            if status["state"] == "partial":
+                raise ReloadIncomplete(str(status["error"]))
             return status
         return self.status()
 
@@ -219,10 +253,108 @@ class ModelReloader:
             return dict(self._status)
 
     def _load_and_announce(self, target: Path, status: dict[str, Any], done: threading.Event) -> None:
-        """Load, swap and write the marker as one step: the poller cannot swap in between."""
+        """Load, swap and write the marker as one step: the poller cannot swap in between; then
+        wait for the sibling workers to follow before reporting the outcome."""
         with self._load_lock:
             state, error = self._load_and_write_marker(target)
+            generation = self._generation
+        if state == "loaded" and error is None:
+            state, error = self._await_siblings(generation, target, status)
         self._finish(status, done, state, error)
+
+    def _await_siblings(
+        self, generation: int, target: Path, status: dict[str, Any]
+    ) -> tuple[str, str | None]:
+        """Wait until every live sibling handled marker ``generation``; "loaded" when all of
+        them serve ``target``, else "partial" and which did not."""
+        deadline = time.monotonic() + SIBLING_WAIT_SECONDS
+        while True:
+            swapped, refused, waiting = self._siblings(generation, target)
+            with self._lock:
+                status["workers"] = {
+                    "total": 1 + len(swapped) + len(refused) + waiting,
+                    "swapped": 1 + len(swapped),
+                    "refused": len(refused),
+                    "waiting": waiting,
+                }
+            if not waiting or time.monotonic() >= deadline or self._stop.is_set():
+                break
+            time.sleep(min(0.05, self.poll_interval / 4))
+        if not refused and not waiting:
+            return "loaded", None
+        counts = status["workers"]
+        parts = [f"bundle {target.name} was swapped in {counts['swapped']} of {counts['total']} workers"]
+        if refused:
+            parts.append(f"{len(refused)} refused it ({'; '.join(refused)[:400]})")
+        if waiting:
+            parts.append(f"{waiting} did not take it within {SIBLING_WAIT_SECONDS:.0f}s")
+        message = "; ".join(parts) + ": those serve the previous bundle; reload again to retry"
+        log.error("reload incomplete", extra={"reason": message})
+        return "partial", message
+
+    def _siblings(self, generation: int, target: Path) -> tuple[list[str], list[str], int]:
+        """The live sibling workers that serve ``target`` (or handled a newer marker), the
+        errors of those that refused marker ``generation``, and how many have not handled it."""
+        swapped: list[str] = []
+        refused: list[str] = []
+        waiting = 0
+        mine = self._worker_file()
+        live_here = {reloader._worker_file().name for reloader in list(_LIVE) if not reloader._stop.is_set()}
+        try:
+            files = sorted(self.workers_dir.glob("*.json"))
+        except OSError:
+            return swapped, refused, waiting
+        for path in files:
+            if path.name == mine.name:
+                continue
+            try:
+                worker = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+            if not isinstance(worker, dict) or worker.get("host") != _HOST:
+                continue  # another instance's worker: not this service's to wait for
+            if worker.get("configured") != self.configured:
+                continue  # a service started with another model path does not follow this marker
+            pid = int(worker.get("pid", 0))
+            alive = path.name in live_here if pid == os.getpid() else pid > 0 and process_alive(pid)
+            if not alive:
+                path.unlink(missing_ok=True)  # an ended worker's (uwsgi recycled it)
+                continue
+            handled = int(worker.get("generation", 0))
+            if handled > generation or (handled == generation and _same(worker.get("target"), target)):
+                swapped.append(path.name)
+            elif handled == generation:
+                refused.append(str(worker.get("error") or f"serves {worker.get('version')}"))
+            else:
+                waiting += 1
+        return swapped, refused, waiting
+
+    def _worker_file(self) -> Path:
+        return self.workers_dir / f"{_HOST}-{os.getpid()}-{id(self):x}.json"
+
+    def _announce(self, error: str | None = None) -> None:
+        """Write what this worker serves and the marker generation it handled (a polling worker's)."""
+        if self._poller_pid != os.getpid() or self._stop.is_set():
+            return
+        bundle = self.holder.bundle
+        body = {
+            "host": _HOST,
+            "pid": os.getpid(),
+            "configured": self.configured,
+            "generation": self._generation,
+            "target": str(bundle.path) if bundle else None,
+            "version": bundle.version if bundle else None,
+            "error": error,
+            "at": _iso(time.time()),
+        }
+        path = self._worker_file()
+        try:
+            self.workers_dir.mkdir(exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(body))
+            os.replace(tmp, path)
+        except OSError as exc:  # the reloading worker then does not wait for this one
+            log.warning("could not record what this worker serves", extra={"reason": str(exc)})
 
     def _load(self, target: Path) -> tuple[LoadedBundle | None, str | None]:
         """Load and swap in ``target``: the bundle, or None and why not (the status must not stay
@@ -243,6 +375,7 @@ class ModelReloader:
             self._write_marker(target, bundle.version)
         except OSError as exc:
             return "loaded", f"loaded here, but other workers were not told: {exc}"
+        self._announce()
         return "loaded", None
 
     def _finish(self, status: dict[str, Any], done: threading.Event, state: str, error: str | None) -> None:
@@ -287,8 +420,9 @@ class ModelReloader:
 
     def _write_marker(self, target: Path, version: str) -> None:
         previous = self._read_marker_with_stat()[0] or {}
+        generation = _generation_of(previous) + 1
         body = {
-            "generation": int(previous.get("generation", 0)) + 1,
+            "generation": generation,
             "target": str(target),
             "version": version,
             "at": _iso(time.time()),
@@ -304,6 +438,7 @@ class ModelReloader:
         written = _stat_key(os.stat(tmp))
         os.replace(tmp, self.marker)
         self._marker_seen = written
+        self._generation = generation
 
     def check_marker(self) -> bool:
         """One poll: load the marker's bundle if the marker changed and names another bundle.
@@ -339,7 +474,8 @@ class ModelReloader:
         target = Path(marker["target"])
         current = self.holder.bundle
         if current is not None and current.path.resolve() == target.resolve():
-            self._marker_seen = stat
+            self._marker_seen, self._generation = stat, _generation_of(marker)
+            self._announce()
             return False
         with self._lock:
             if self._loading is not None and self._loading.is_alive():
@@ -351,6 +487,8 @@ class ModelReloader:
             self._status, self._done = status, done
         log.info("reload marker changed; loading", extra={"target": target.name})
         bundle, error = self._load(target)
+        self._generation = _generation_of(marker)
+        self._announce(error)
         self._finish(status, done, "failed" if bundle is None else "loaded", error)
         return bundle is not None
 
@@ -375,9 +513,11 @@ class ModelReloader:
             self.check_marker()
         except Exception:  # serving goes on with the inherited bundle
             log.exception("reload marker check failed")
+        self._announce()
 
     def stop(self) -> None:
         self._stop.set()
+        self._worker_file().unlink(missing_ok=True)
 
 
 def model_path_key(path: Path) -> str:
@@ -390,6 +530,18 @@ def model_path_key(path: Path) -> str:
     if absolute.is_symlink() and (absolute / MANIFEST).is_file():
         return str(absolute.parent.resolve() / absolute.name)
     return str(absolute.resolve())
+
+
+def _generation_of(marker: dict[str, Any]) -> int:
+    try:
+        return int(marker.get("generation", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _same(path: Any, target: Path) -> bool:
+    """Whether a worker's recorded bundle path is ``target`` (links resolved)."""
+    return isinstance(path, str) and Path(path).resolve() == target.resolve()
 
 
 def _stat_key(stat: os.stat_result) -> tuple[int, int, int]:

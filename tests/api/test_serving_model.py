@@ -329,3 +329,30 @@ def test_the_breaker_store_error_text_is_for_admin_tokens_only(make_app: Any, st
     assert {k: v for k, v in as_client.items() if k != "store_error"} == {
         k: v for k, v in as_admin.items() if k != "store_error"
     }
+
+
+def test_a_reload_a_sibling_worker_refuses_answers_503_not_loaded(
+    make_app: Any, store: Path, auth_headers: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two apps on one model store stand in for two uwsgi workers; the second refuses the bundle."""
+    from app.recommender.bundle import BundleError
+
+    first_app = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05)
+    second_app = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05)
+    first, second = first_app.test_client(), second_app.test_client()
+    original = _version(second, auth_headers)  # starts second's poller
+
+    def refuse(target: Path | None = None) -> Any:
+        raise BundleError("out of memory in this worker")
+
+    monkeypatch.setattr(second_app.extensions["movierec"].models, "load", refuse)
+    add_version(store, "v-refused-there")
+    admin = login(first, ADMIN_PASSWORD)
+    answer = first.post("/api/admin/reload", json={"wait": True}, headers=admin)
+    assert answer.status_code == 503, answer.get_json()
+    assert answer.get_json()["error"]["code"] == "reload_incomplete"
+    # the workers: first (swapped), second (refused), and auth_headers' app on the same store
+    assert "swapped in 2 of 3 workers; 1 refused it" in answer.get_json()["error"]["message"]
+    assert _version(second, auth_headers) == original
+    reload = first.get("/api/model", headers=admin).get_json()["reload"]
+    assert reload["state"] == "partial" and reload["workers"]["refused"] == 1

@@ -641,3 +641,37 @@ def test_without_redis_the_login_budget_is_the_instance_s_not_each_worker_s(
             connection.close()
     assert set(statuses) <= {401, 429}
     assert statuses.count(401) + 1 <= limit, statuses
+
+
+def test_a_waiting_reload_answers_once_every_uwsgi_worker_serves_the_new_bundle(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """``POST /api/admin/reload`` reaches one worker; with ``"wait": true`` it answered 200
+    "loaded" once that worker had swapped, while the other still served the old bundle (or had
+    refused the new one). It now answers once every worker's poller reports the new bundle."""
+    from tests.serving_helpers import add_version, copy_store
+
+    store = copy_store(model_store, tmp_path / "store")
+    admin_password = secrets.token_urlsafe(16)
+    with _uwsgi(tmp_path, store, synthetic_data_dir, ADMIN_PASSWORD=admin_password) as served:
+        headers = {"Authorization": f"Bearer {served.token}"}
+        deadline = time.monotonic() + 30
+        while len(list((store / ".serving-workers").glob("*.json"))) < WORKERS:  # every poller runs
+            assert time.monotonic() < deadline, "not every worker answered a request"
+            for _ in range(4):
+                connection = served.connect()
+                assert _get(connection, "/api/model", headers) == 200
+                connection.close()
+        add_version(store, "v-every-worker")
+        connection = served.connect()
+        admin = _post(connection, "/api/login", {"session_password": admin_password})[1]["access_token"]
+        status, body = _post(connection, "/api/admin/reload", {"wait": True}, admin)
+        connection.close()
+        assert status == 200, body
+        assert body["workers"] == {"total": WORKERS, "swapped": WORKERS, "refused": 0, "waiting": 0}, body
+        for _ in range(4 * WORKERS):  # new connections: the router spreads them over the workers
+            connection = served.connect()
+            connection.request("GET", "/api/model", headers=headers)
+            answer = json.loads(connection.getresponse().read())
+            connection.close()
+            assert answer["model_version"] == "v-every-worker", answer

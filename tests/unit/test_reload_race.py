@@ -292,3 +292,63 @@ def test_a_reload_removes_the_marker_temporary_file_a_killed_writer_left(store: 
     assert worker.request("v2", wait=WAIT)["state"] == "loaded"
     assert _marker_version(store) == "v2"
     assert not stale.exists() and fresh.is_file() and other.is_file()
+
+
+def _polling_worker(store: Path, monkeypatch: pytest.MonkeyPatch, delay: float = 0.0,
+                    refuse: bool = False) -> ModelReloader:  # fmt: skip
+    """A sibling worker whose poller runs (as after its first request), its loads slowed or refused."""
+    from app.recommender.bundle import BundleError
+
+    worker = _worker(store)
+    worker.poll_interval = 0.02
+    load = worker.holder.load
+
+    def slow_or_refused(target: Path | None = None) -> Any:
+        if target is not None:  # a reload, not the start-up load
+            time.sleep(delay)
+            if refuse:
+                raise BundleError("refused by this worker")
+        return load(target)
+
+    monkeypatch.setattr(worker.holder, "load", slow_or_refused)
+    worker.ensure_polling()
+    return worker
+
+
+def test_a_waiting_reload_answers_loaded_only_once_every_polling_worker_swapped(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``"wait": true`` answered 200 "loaded" as soon as the worker that got the request had
+    swapped and written the marker, while its siblings still served the old bundle."""
+    a = _worker(store)
+    b = _polling_worker(store, monkeypatch, delay=0.5)
+    try:
+        add_version(store, "v2")
+        answer = a.request("v2", wait=WAIT)
+        assert answer["state"] == "loaded", answer
+        assert _serving(b) == "v2", "the reload answered loaded while a sibling still served the old bundle"
+        assert answer["workers"] == {"total": 2, "swapped": 2, "refused": 0, "waiting": 0}
+    finally:
+        b.stop()
+
+
+def test_a_reload_a_sibling_refuses_is_not_reported_loaded(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sibling that refused the bundle (and keeps serving the old one) made no difference to
+    the answer: 200 "loaded", and the pipeline recorded the service as reloaded."""
+    from app.services.reload import ReloadIncomplete
+
+    original = resolve_bundle_dir(store).name
+    a = _worker(store)
+    b = _polling_worker(store, monkeypatch, refuse=True)
+    try:
+        add_version(store, "v2")
+        with pytest.raises(ReloadIncomplete, match="1 of 2 workers"):
+            a.request("v2", wait=WAIT)
+        assert _serving(a) == "v2" and _serving(b) == original
+        status = a.status()
+        assert status["state"] == "partial" and status["workers"]["refused"] == 1, status
+        assert "refused by this worker" in status["error"]
+    finally:
+        b.stop()
