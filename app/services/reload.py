@@ -374,7 +374,7 @@ class ModelReloader:
         try:
             self._write_marker(target, bundle.version)
         except OSError as exc:
-            return "loaded", f"loaded here, but other workers were not told: {exc}"
+            return "partial", f"loaded here, but other workers were not told: {exc}"
         self._announce()
         return "loaded", None
 

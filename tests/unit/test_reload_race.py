@@ -352,3 +352,24 @@ def test_a_reload_a_sibling_refuses_is_not_reported_loaded(
         assert "refused by this worker" in status["error"]
     finally:
         b.stop()
+
+
+def test_a_reload_whose_marker_cannot_be_written_is_not_reported_loaded(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker swapped the bundle in but could not write the marker (disk full, store made
+    read-only): no sibling, and no worker started later, learns of it. It answered 200 "loaded"
+    with the reason in ``error``, which ``"wait": true`` callers (the pipeline) read as done."""
+    from app.services.reload import ReloadIncomplete
+
+    a = _worker(store)
+
+    def full(target: Path, version: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(a, "_write_marker", full)
+    add_version(store, "v2")
+    with pytest.raises(ReloadIncomplete, match="other workers were not told"):
+        a.request("v2", wait=WAIT)
+    assert _serving(a) == "v2"  # swapped here all the same
+    assert a.status()["state"] == "partial"
