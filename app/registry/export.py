@@ -182,7 +182,8 @@ def request_reload(
     version: str | None = None,
     timeout: float = RELOAD_TIMEOUT_SECONDS,
 ) -> bool:
-    """Log in as admin and POST /api/admin/reload (waiting for the swap); False with a warning when it cannot.
+    """Log in as admin and POST /api/admin/reload (waiting for the swap); False with a warning when it cannot
+    or the service does not say the bundle is loaded in every worker (202 "loading", 503 "partial").
 
     ``version`` names the bundle to load (default: the model store's ``latest``).
 
@@ -207,6 +208,9 @@ def request_reload(
         answer = _post_json(f"{base}/api/admin/reload", body, token, timeout)
     except (OSError, KeyError, ValueError) as exc:  # URLError/HTTPError are OSErrors
         log.warning("service at %s did not reload the model: %s", base, _describe(exc))
+        return False
+    if answer.get("state") != "loaded":  # 202: its wait ran out while loading; the load may yet fail
+        log.warning("service at %s has not reloaded the model yet: %s", base, json.dumps(answer)[:300])
         return False
     log.info("service at %s reloaded: %s", base, json.dumps(answer)[:300])
     return True

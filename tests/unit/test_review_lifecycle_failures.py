@@ -96,6 +96,7 @@ class _Service:
 
         self.password = password
         self.reloads: list[object] = []
+        self.reload_answer: tuple[int, dict[str, object]] = (200, {"state": "loaded"})
         service = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -105,7 +106,7 @@ class _Service:
                     self._answer(200, {"access_token": "token"})
                 elif self.path == "/api/admin/reload" and self.headers["Authorization"] == "Bearer token":
                     service.reloads.append(body.get("version"))
-                    self._answer(200, {"state": "loaded"})
+                    self._answer(*service.reload_answer)
                 else:
                     self._answer(401, {"error": "unauthorized"})
 
@@ -352,6 +353,26 @@ def test_a_reload_refused_for_its_password_says_which_password(caplog: pytest.Lo
             assert request_reload(service.url, "a-wrong-password", "v1") is False
         assert "refused the admin password (ADMIN_PASSWORD)" in caplog.text
         assert "a-wrong-password" not in caplog.text
+    finally:
+        service.server.shutdown()
+
+
+def test_a_reload_still_loading_when_the_service_answers_is_not_reported_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The service answers 202 "loading" when its wait for the load ran out: request_reload took
+    any 2xx for a reload done, the pipeline reported ``reloaded: True`` and the reload-pending
+    marker was removed, while the service may never swap the bundle in (the load can still fail)."""
+    from app.registry.export import request_reload
+
+    service = _Service("the-admin-password")
+    service.reload_answer = (202, {"state": "loading", "target": "v1"})
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.registry.export"):
+            assert request_reload(service.url, "the-admin-password", "v1") is False
+        assert "loading" in caplog.text
+        service.reload_answer = (200, {"state": "loaded", "target": "v1"})
+        assert request_reload(service.url, "the-admin-password", "v1") is True
     finally:
         service.server.shutdown()
 
