@@ -47,11 +47,13 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ApiError, InvalidRequest, NotFound
+from app.exit_hooks import at_exit
 from app.recommender.bundle import (
     BUNDLE_NAME,
     LATEST,
     MANIFEST,
     MARKER_NAME,
+    STALE_STAGING_SECONDS,
     BundleError,
     LoadedBundle,
     process_alive,
@@ -66,6 +68,9 @@ WORKERS_DIR = ".serving-workers"
 """Where each polling worker says what it serves (in the model store, beside the marker)."""
 SIBLING_WAIT_SECONDS = 60.0
 """How long a reload waits for its sibling workers to handle its marker before it reports."""
+ANNOUNCE_REFRESH_SECONDS = 600.0
+"""How often a polling worker rewrites its record unchanged: one untouched for
+``STALE_STAGING_SECONDS`` belongs to a worker that ended without removing it (any host's)."""
 _HOST = socket.gethostname()
 _LIVE: weakref.WeakSet[ModelReloader] = weakref.WeakSet()
 """The reloaders of this process (tests run several "workers" in one process)."""
@@ -136,6 +141,8 @@ class ModelReloader:
         self._stop = threading.Event()
         self._generation = 0  # the marker generation this worker last handled
         self.workers_dir = self.marker.parent / WORKERS_DIR
+        self._announced = 0.0  # time.monotonic() of this worker's last record
+        self._announced_error: str | None = None  # why it refused the marker it last handled
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ start-up
@@ -304,10 +311,14 @@ class ModelReloader:
             files = sorted(self.workers_dir.glob("*.json"))
         except OSError:
             return swapped, refused, waiting
+        stale = time.time() - STALE_STAGING_SECONDS
         for path in files:
             if path.name == mine.name:
                 continue
             try:
+                if path.stat().st_mtime < stale:  # its worker refreshes it far more often: it ended
+                    path.unlink()
+                    continue
                 worker = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue  # gone meanwhile
@@ -348,6 +359,7 @@ class ModelReloader:
             "at": _iso(time.time()),
         }
         path = self._worker_file()
+        self._announced, self._announced_error = time.monotonic(), error
         try:
             self.workers_dir.mkdir(exist_ok=True)
             tmp = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
@@ -355,6 +367,11 @@ class ModelReloader:
             os.replace(tmp, path)
         except OSError as exc:  # the reloading worker then does not wait for this one
             log.warning("could not record what this worker serves", extra={"reason": str(exc)})
+
+    def _announce_now_and_then(self, max_age: float = ANNOUNCE_REFRESH_SECONDS) -> None:
+        """Rewrite this worker's record when it is ``max_age`` old (the poller's, each poll)."""
+        if time.monotonic() - self._announced >= max_age:
+            self._announce(self._announced_error)
 
     def _load(self, target: Path) -> tuple[LoadedBundle | None, str | None]:
         """Load and swap in ``target``: the bundle, or None and why not (the status must not stay
@@ -507,6 +524,7 @@ class ModelReloader:
                 target=_poll, args=(weakref.ref(self), self._stop, self.poll_interval),
                 name="movierec-reload-poller", daemon=True,
             ).start()  # fmt: skip
+            at_exit(forget_workers_at_exit)  # idempotent; registered once per process
         # A worker forked from the uwsgi master after a reload inherited the master's (older)
         # bundle: catch up now, before its first answer, instead of at the first poll.
         try:
@@ -518,6 +536,13 @@ class ModelReloader:
     def stop(self) -> None:
         self._stop.set()
         self._worker_file().unlink(missing_ok=True)
+
+
+def forget_workers_at_exit() -> None:
+    """Remove the records of this process's polling workers (a graceful stop: uwsgi's exit hook)."""
+    for reloader in list(_LIVE):
+        if reloader._poller_pid == os.getpid():
+            reloader._worker_file().unlink(missing_ok=True)
 
 
 def model_path_key(path: Path) -> str:
@@ -555,6 +580,7 @@ def _poll(ref: weakref.ref[ModelReloader], stop: threading.Event, interval: floa
             return
         try:
             reloader.check_marker()
+            reloader._announce_now_and_then()
         except Exception:
             log.exception("reload poller error")
         del reloader

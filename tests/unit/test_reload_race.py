@@ -373,3 +373,35 @@ def test_a_reload_whose_marker_cannot_be_written_is_not_reported_loaded(
         a.request("v2", wait=WAIT)
     assert _serving(a) == "v2"  # swapped here all the same
     assert a.status()["state"] == "partial"
+
+
+def test_worker_records_of_ended_workers_do_not_pile_up(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's record of what it serves stayed in the store after it ended: one per worker of
+    every container (another host name, so never judged by its pid) started over a shared store.
+    A worker that stops gracefully removes its own; a polling worker refreshes its record, and
+    one nobody refreshed for an hour is removed by the next reload, whichever host wrote it."""
+    from app.services import reload as reload_module
+
+    b = _polling_worker(store, monkeypatch)
+    workers = store / reload_module.WORKERS_DIR
+    mine = b._worker_file()
+    assert mine.is_file()
+    old = time.time() - 2 * 3600
+    for name, host in (("gone.json", "container-gone"), ("alive.json", "container-alive")):
+        (workers / name).write_text(
+            json.dumps({"host": host, "pid": 1, "generation": 0, "configured": b.configured})
+        )
+    os.utime(workers / "gone.json", (old, old))
+    os.utime(mine, (old, old))
+    b._announce_now_and_then(max_age=0)  # the poller's refresh, once its record is that old
+    assert mine.stat().st_mtime > old + 3600
+
+    a = _worker(store)
+    add_version(store, "v2")
+    assert a.request("v2", wait=WAIT)["state"] == "loaded"
+    assert not (workers / "gone.json").exists()
+    assert (workers / "alive.json").exists()  # another instance's live worker: not this one's to judge
+
+    reload_module.forget_workers_at_exit()  # uwsgi's graceful stop of the worker
+    assert not mine.exists()
+    b.stop()
