@@ -362,14 +362,18 @@ def write_bundle(
     version = manifest.get("version") or new_version(salt=manifest.get("data_hash", ""))
     manifest = {
         "format": FORMAT_VERSION,
-        "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **manifest,
+        # what load_bundle checks the tables against: computed here, never a caller's stale copy
+        "version": version,
         "table_depth": int(tables.segment_top.shape[1]),
         "n_items": len(catalogue),
         "n_known_users": len(tables.user_ids),
-        **manifest,
     }
-    manifest["version"] = version
+    if not np.array_equal(np.asarray(model.item_ids), catalogue["movie_id"].to_numpy()):
+        # the tables hold positions in the model's item_ids, served as rows of this catalogue
+        raise BundleError("the catalogue is not the model's (its movie ids, in the model's order)")
+    _validate(manifest, catalogue, tables, model_dir / version)  # never write a bundle that cannot load
     remove_stale_leftovers(model_dir)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=model_dir))
     final = model_dir / version

@@ -657,3 +657,24 @@ def test_feedback_users_get_no_precomputed_lists(synthetic_data, tmp_path: Path)
         tables = build_tables(model, data.ratings)
         assert stranger not in set(tables.user_ids.tolist()), name
         assert set(tables.user_ids.tolist()) == set(synthetic_data.ratings["user_id"].tolist()), name
+
+
+def test_write_bundle_refuses_tables_of_another_catalogue_and_keeps_its_own_counts(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """Batch inference ranks positions in the model's ``item_ids``; write_bundle stored them beside
+    whatever catalogue it was given, so a catalogue in another order (or of other movies) made a
+    bundle whose every list named the wrong movies, and a caller's manifest (deploy passes a
+    loaded bundle's) overrode the counts it computed, which load_bundle now checks."""
+    bundle = load_bundle(model_store)
+    model = joblib.load(bundle.path / "model.pkl")
+    reordered = bundle.catalogue.iloc[::-1].reset_index(drop=True)
+    store = tmp_path / "store"
+    with pytest.raises(BundleError, match="catalogue"):
+        write_bundle(store, model, reordered, bundle.tables, {"served_model": "x"}, {})
+    assert not [p for p in store.iterdir() if p.name != ".gitkeep"] if store.exists() else True
+
+    stale = {"served_model": "x", "n_items": 1, "n_known_users": 7, "table_depth": 3}
+    written = load_bundle(write_bundle(store, model, bundle.catalogue, bundle.tables, stale, {}))
+    assert written.manifest["n_items"] == len(bundle.catalogue)
+    assert written.manifest["table_depth"] == bundle.tables.segment_top.shape[1]
