@@ -201,3 +201,35 @@ def test_metrics_count_recommendations_and_model_calls_with_the_breaker_disabled
     recs_after, calls_after = counts()
     assert recs_after - recs_before == 2
     assert calls_after - calls_before == 2
+
+
+def test_latency_histograms_resolve_what_a_request_and_a_model_call_take(
+    make_app: Callable[..., Any],
+) -> None:
+    """A histogram whose first bucket holds most observations says nothing about them: the
+    champion's lookup takes tens of microseconds and a request about a millisecond, and with a
+    first bucket of 1 ms histogram_quantile put every percentile of the model inside it."""
+    app = make_app(monitor_interval_seconds=0)
+    client = app.test_client()
+    headers = login(client)
+    for _ in range(40):
+        assert client.post("/api/recommend", json=PROFILE, headers=headers).status_code == 200
+    samples = scrape(client)
+    series = {
+        "movierec_model_latency_seconds": {},
+        "movierec_http_request_duration_seconds": {
+            "endpoint": "/api/recommend", "method": "POST", "status": "200"
+        },
+    }  # fmt: skip
+    for name, labels in series.items():
+        buckets = sorted(
+            (float(s.labels["le"]), s.value)
+            for s in samples[f"{name}_bucket"]
+            if all(s.labels.get(k) == v for k, v in labels.items())
+        )
+        count = value(samples, f"{name}_count", **labels)
+        first_bound, in_first = buckets[0]
+        assert count >= 40
+        assert in_first < count / 2, (name, first_bound, in_first, count)
+        # and the bounds still reach the breaker's latency bound (250 ms) and beyond
+        assert any(bound == 0.25 for bound, _ in buckets) and buckets[-2][0] >= 1.0
