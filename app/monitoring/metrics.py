@@ -10,6 +10,8 @@ Two kinds of series:
   ``PROMETHEUS_MULTIPROC_DIR`` is set (scripts/start-uwsgi.sh sets and empties it before
   any worker exists): each process writes its own mmap file and a scrape, answered by any
   worker, aggregates all of them with a fresh ``CollectorRegistry`` + ``MultiProcessCollector``.
+  A process that stops gracefully folds its files into one archive per type
+  (:func:`retire_process`), so recycled workers do not pile up files every scrape reads.
   The variable must be set before ``prometheus_client`` is first imported, and the metrics
   must be created once per process (module level, not in ``create_app``: a second app in
   the tests would raise "Duplicated timeseries").
@@ -22,6 +24,8 @@ Two kinds of series:
 from __future__ import annotations
 
 import bisect
+import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -39,6 +43,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.exit_hooks import at_exit, reset_after_fork
@@ -132,8 +137,10 @@ class Tally:
     its last ``interval`` of counts, never a count already written.
     """
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = 1.0, *, retire_at_exit: bool = False) -> None:
         self.interval = interval
+        # the process's own TALLY: at exit, after everything else, its files go to the archive
+        self.retire_at_exit = retire_at_exit
         self._queue: deque[tuple[Any, tuple[str, ...], float, bool]] = deque()
         self._write_lock = threading.Lock()  # a scrape's flush waits for one in progress
         self._start_lock = threading.Lock()
@@ -179,6 +186,11 @@ class Tally:
             self._started_in = os.getpid()
             threading.Thread(target=self._run, name="movierec-metrics", daemon=True).start()
             at_exit(self.flush)
+            if self.retire_at_exit:
+                # registered at the first count, after what create_app registers (the request
+                # log's and the journal's final flush), so that retiring, which may wait for a
+                # scrape, never takes their time
+                at_exit(_retire_this_process)
             reset_after_fork(self._forked)
 
     def _forked(self) -> None:
@@ -216,7 +228,7 @@ def _observe_all(histogram: Any, values: list[float]) -> None:
             bucket.inc(n)
 
 
-TALLY = Tally()
+TALLY = Tally(retire_at_exit=True)
 
 
 def observe_request(rule: str | None, method: str, status: int, seconds: float | None) -> None:
@@ -249,7 +261,98 @@ def render(state_collectors: Iterable[Any] = ()) -> tuple[bytes, str]:
         registry.register(_ProcessRegistry())
     for collector in state_collectors:
         registry.register(collector)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    if path is None:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    with scrape_lock(path):  # the files are read here: no process is retired meanwhile
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------- stopped processes
+
+ARCHIVE_ID = "archive"
+"""Stands for the pid in the names of the files that hold the counts of every retired process."""
+ARCHIVED_TYPES = ("counter", "histogram", "summary")  # summed across files by a scrape (gauges are not)
+LOCK_FILE = ".lock"  # not *.db: a scrape reads only those
+RETIRE_SECONDS = 1.0  # a scrape holds the lock for milliseconds
+
+
+@contextlib.contextmanager
+def _directory_lock(path: str, operation: int, timeout: float | None) -> Iterator[bool]:
+    """``flock`` on the directory's lock file; yields whether it was taken within ``timeout``."""
+    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, operation | (0 if deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.01)
+        yield True
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+@contextlib.contextmanager
+def scrape_lock(path: str) -> Iterator[None]:
+    """Held (shared) while a scrape reads the files: a process is never retired halfway under it."""
+    with _directory_lock(path, fcntl.LOCK_SH, None):
+        yield
+
+
+def retire_process(path: str, pid: int, timeout: float = RETIRE_SECONDS) -> bool:
+    """Add a stopped process's counter and histogram files to the archive files, then remove them.
+
+    Under uwsgi workers are recycled (max-requests, reload-on-rss) and each new one writes files
+    named by its own pid. Every scrape reads every file in the directory, so kept for ever they
+    made each scrape slower (1,000 files: over a second of the answering worker's CPU) and filled
+    the directory. A scrape sums these types across files, so one archive per type holding the
+    sums of every retired process gives the same totals. The archive is rewritten whole and
+    replaced, under an exclusive lock no scrape holds, then the process's files are removed:
+    a scrape never sees a process both in the archive and in its own file, or in neither. False
+    (the files stay, counted as before) when scrapes kept the lock for ``timeout`` seconds.
+    """
+    own = {typ: os.path.join(path, f"{typ}_{pid}.db") for typ in ARCHIVED_TYPES}
+    own = {typ: name for typ, name in own.items() if os.path.exists(name)}
+    if not own:
+        return True
+    with _directory_lock(path, fcntl.LOCK_EX, timeout) as locked:
+        if not locked:
+            return False
+        for typ, name in own.items():
+            archive = os.path.join(path, f"{typ}_{ARCHIVE_ID}.db")
+            sums: dict[str, float] = {}
+            for source in (archive, name):
+                if os.path.exists(source):
+                    for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(source):
+                        sums[key] = sums.get(key, 0.0) + value
+            staging = os.path.join(path, f".{typ}_{ARCHIVE_ID}.staging")  # not *.db: never scraped
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(staging)
+            merged = MmapedDict(staging)
+            try:
+                for key, value in sums.items():
+                    merged.write_value(key, value, 0.0)
+            finally:
+                merged.close()
+            os.replace(staging, archive)
+            os.remove(name)
+    return True
+
+
+def _retire_this_process() -> None:
+    """At exit: this process's last counts written, then its files added to the archive."""
+    path = multiprocess_dir()
+    if path is None:
+        return
+    TALLY.flush()
+    try:
+        retire_process(path, os.getpid())
+    except Exception:
+        log.exception("metrics: this process's files could not be archived (they are still counted)")
 
 
 def gauge(
