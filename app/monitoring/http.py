@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, request, request_started
 
 from app.monitoring.logs import bind_log_context, reset_log_context
 from app.monitoring.metrics import observe_request
@@ -35,7 +35,7 @@ _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: "$" also matches before a final "\n"
 
 
-def _start() -> None:
+def _start(_app: Flask | None = None, **_extra: Any) -> None:
     incoming = request.headers.get("X-Request-ID", "")
     g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     g.started = time.perf_counter()
@@ -91,7 +91,13 @@ def _teardown(_exc: BaseException | None) -> None:
 
 
 def instrument(app: Flask) -> None:
-    """Install the hooks; call once per app in create_app."""
-    app.before_request(_start)
+    """Install the hooks; call once per app in create_app.
+
+    The request starts on Flask's ``request_started`` signal, sent before every ``before_request``
+    hook: as the first such hook it ran after app/api/security.py's body check, which is put
+    first of all, so a body it refused (411, 413) was answered with an empty X-Request-ID and
+    logged and measured without id, endpoint or latency.
+    """
+    request_started.connect(_start, app, weak=False)
     app.after_request(_finish)
     app.teardown_request(_teardown)

@@ -54,3 +54,21 @@ def test_a_request_id_ending_in_a_newline_is_replaced(client) -> None:
     assert response.status_code == 200
     assert response.headers["X-Request-ID"] != "abc"
     assert len(response.headers["X-Request-ID"]) == 32
+
+
+def test_a_body_refused_before_any_view_still_has_its_request_id_latency_and_access_line(
+    client, auth_headers, capsys
+) -> None:
+    """A chunked body is refused (411, or 413 when too long) by the first before_request hook
+    (app/api/security.py). The request's own hooks ran after it and never did: the answer carried
+    an empty X-Request-ID, the access line had no id, endpoint or latency, and the duration
+    histogram never counted the request that movierec_http_requests_total did."""
+    capsys.readouterr()
+    headers = {**auth_headers, "X-Request-ID": "chunked-1", "Transfer-Encoding": "chunked"}
+    response = client.post("/api/recommend", data=b'{"age": 30}', headers=headers)
+    assert response.status_code == 411
+    assert response.headers["X-Request-ID"] == "chunked-1"
+    access = [line for line in _lines(capsys.readouterr().out) if line.get("logger") == "movierec.access"]
+    refused = next(line for line in access if line["status"] == 411)
+    assert refused["request_id"] == "chunked-1" and refused["endpoint"] == "recommend.recommend"
+    assert refused["latency_ms"] is not None and refused["latency_ms"] >= 0
