@@ -476,6 +476,15 @@ class StateCollector:
         for name in ("closed", "open", "half_open"):
             family.add_metric([name, version or ""], 1.0 if name == state else 0.0)
         yield family
+        # the state above is the last one read: with the store unreachable it may be stale
+        store = GaugeMetricFamily(
+            "movierec_breaker_store_up",
+            "1 when this worker's last read of the shared breaker state succeeded, 0 when it failed "
+            "(movierec_breaker_state is then the last state read)",
+            labels=["model_version"],
+        )
+        store.add_metric([version or ""], 0.0 if self.breaker.store_error else 1.0)
+        yield store
         evaluation = self.breaker.record_of(version).evaluation
         quality = evaluation.get("quality") or {}
         if quality.get("model_version") == version:

@@ -233,3 +233,33 @@ def test_latency_histograms_resolve_what_a_request_and_a_model_call_take(
         assert in_first < count / 2, (name, first_bound, in_first, count)
         # and the bounds still reach the breaker's latency bound (250 ms) and beyond
         assert any(bound == 0.25 for bound, _ in buckets) and buckets[-2][0] >= 1.0
+
+
+def test_breaker_state_series_say_when_the_shared_state_could_not_be_read(
+    make_app: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the breaker's store unreachable a worker keeps routing by the last state it read (a
+    freshly started one: closed), and movierec_breaker_state showed that state as if current: an
+    instance whose breaker another had opened reported "closed" with nothing to tell it apart."""
+    from app.storage.breaker import BreakerStoreError
+
+    app = make_app(monitor_interval_seconds=0)
+    client = app.test_client()
+    breaker = app.extensions["movierec"].monitor.breaker
+    version = app.extensions["movierec"].models.bundle.version
+    assert value(scrape(client), "movierec_breaker_store_up", model_version=version) == 1.0
+
+    def unreachable(_version: str | None) -> Any:
+        raise BreakerStoreError("connection refused")
+
+    real = breaker.store.read
+    monkeypatch.setattr(breaker.store, "read", unreachable)
+    breaker.sync(version)
+    samples = scrape(client)
+    assert value(samples, "movierec_breaker_store_up", model_version=version) == 0.0
+    # the state series still says what the worker last read, and routes by
+    assert value(samples, "movierec_breaker_state", state="closed", model_version=version) == 1.0
+
+    monkeypatch.setattr(breaker.store, "read", real)
+    breaker.sync(version)
+    assert value(scrape(client), "movierec_breaker_store_up", model_version=version) == 1.0
