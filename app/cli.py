@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +44,22 @@ def _at_least(minimum: float) -> Callable[[click.Context, click.Parameter, float
         return value
 
     return check
+
+
+def _output_directory(directory: Path, option: str, given: Path | None = None) -> None:
+    """Create ``directory`` (where ``option``, given as ``given``, writes) before the minutes of work
+    whose result goes there: a file in its way, or a directory that cannot be created or written,
+    is one ``Error:`` line now rather than a traceback once the work is done."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(directory))
+    except OSError as exc:
+        # mkdir says "File exists" of a file in the way: it is there, but not as a directory
+        reason = os.strerror(errno.ENOTDIR) if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+        raise click.ClickException(
+            f"{option} {given or directory} cannot be written: {exc.filename or directory}: {reason}"
+        ) from exc
 
 
 def _models(value: str | None) -> list[str] | None:
@@ -144,6 +162,7 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
         click.echo(f"{(model_dir / LATEST).resolve()} (existing)")
         return
     names, seed_list = _models(models) or DEFAULT_CANDIDATES, _seeds(seeds)
+    _output_directory(model_dir, "--model-dir")
     result = run_training(_load_data(data_dir), model_dir, names, seed_list)
     click.echo(summary_line(result), err=True)
     click.echo(str(result.path))
@@ -170,10 +189,18 @@ def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out:
     from app.recommender.report import write_report
 
     names, seed_list = _models(models) or list(CANDIDATES), _seeds(seeds)
+    out = out or Path("var") / "reports" / f"protocol-{protocol}.json"
+    if out.is_dir():
+        raise click.ClickException(
+            f"--out {out} cannot be written: it is a directory (give a JSON file's path)"
+        )
+    _output_directory(out.parent, "--out", out)
     report = run_evaluation(_load_data(data_dir), names, protocol, seed_list)
     click.echo(format_table(report))
-    out = out or Path("var") / "reports" / f"protocol-{protocol}.json"
-    json_path, png_path = write_report(report, out)
+    try:
+        json_path, png_path = write_report(report, out)
+    except OSError as exc:  # a full disk, or the file replaced meanwhile: the table above stays printed
+        raise click.ClickException(f"--out {out} cannot be written: {exc}") from exc
     click.echo(f"report: {json_path}  plot: {png_path}")
 
 

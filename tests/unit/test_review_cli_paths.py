@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -28,6 +29,13 @@ def _refused(result: Result, *fragments: str) -> None:
         assert fragment in error_lines[0], result.output
 
 
+def _no_work(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> None:
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError(f"{name} ran although its output could not be written")
+
+    monkeypatch.setattr(module, name, refuse)
+
+
 def test_evaluate_reports_data_that_cannot_be_obtained_as_an_error_line(tmp_path: Path) -> None:
     """``train`` said why the data could not be had (here a refused u.data); ``evaluate`` with the
     same --data-dir died with DataUnavailableError's traceback."""
@@ -36,3 +44,38 @@ def test_evaluate_reports_data_that_cannot_be_obtained_as_an_error_line(tmp_path
     result = _invoke(["evaluate", "--data-dir", str(bad), "--models", "most_rated", "--seeds", "0",
                       "--out", str(tmp_path / "report.json")])  # fmt: skip
     _refused(result, "u.data: rating must be 0.5..5.0")
+
+
+@pytest.mark.parametrize("where", ["directory", "under-a-file"])
+def test_evaluate_refuses_an_unwritable_out_before_evaluating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """--out naming a directory, or a path under a file, came out as IsADirectoryError or
+    NotADirectoryError's traceback, after the whole evaluation had run."""
+    import app.recommender.evaluation as evaluation
+
+    data = write_grouplens(tmp_path / "data")
+    (tmp_path / "file").write_text("")
+    out = tmp_path if where == "directory" else tmp_path / "file" / "report.json"
+    _no_work(monkeypatch, evaluation, "evaluate")
+    result = _invoke(["evaluate", "--data-dir", str(data), "--models", "most_rated", "--seeds", "0",
+                      "--out", str(out)])  # fmt: skip
+    _refused(result, "--out", str(out))
+
+
+@pytest.mark.parametrize("where", ["a-file", "under-a-file"])
+def test_train_refuses_an_unwritable_model_dir_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """--model-dir naming a file (or a path under one) was found out only when the bundle was
+    written, after minutes of training, as FileExistsError or NotADirectoryError's traceback."""
+    import app.recommender.training as training
+
+    data = write_grouplens(tmp_path / "data")
+    (tmp_path / "file").write_text("")
+    model_dir = tmp_path / "file" if where == "a-file" else tmp_path / "file" / "model"
+    _no_work(monkeypatch, training, "train")
+    for extra in ([], ["--if-missing"]):
+        result = _invoke(["train", "--data-dir", str(data), "--model-dir", str(model_dir),
+                          "--models", "most_rated", "--seeds", "0", *extra])  # fmt: skip
+        _refused(result, "--model-dir", str(model_dir))
