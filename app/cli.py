@@ -237,16 +237,14 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply Alembic migrations to MOVIEREC_DATABASE_URL."""
-    from app.pipeline.commands import settings_for_cli
-    from app.storage.db import Database, DatabaseSchemaError
+    from app.pipeline.commands import service_database, settings_for_cli
+    from app.storage.db import DatabaseSchemaError
 
-    database = Database(settings_for_cli().sqlalchemy_url)
     try:
-        database.upgrade()
+        with service_database(settings_for_cli()) as database:
+            database.upgrade()
     except DatabaseSchemaError as exc:
         raise click.ClickException(str(exc)) from exc
-    finally:
-        database.dispose()
     click.echo("schema up to date")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,38 @@ def settings_for_cli(**overrides: Any) -> Any:
         return load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@contextmanager
+def service_database(settings: Any) -> Iterator[Any]:
+    """The service database (MOVIEREC_DATABASE_URL) for a command, disposed of when it ends.
+
+    One that cannot be reached, or a SQLite file whose directory cannot be created, is one
+    ``Error:`` line naming the database with its password masked (``ClickException``), not a
+    traceback: ``db upgrade`` and ``features build``.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from app.storage.db import Database, DatabaseUnavailableError
+
+    url = settings.sqlalchemy_url
+
+    def unreachable(exc: Exception) -> click.ClickException:
+        where = make_url(url).render_as_string(hide_password=True)
+        detail = str(getattr(exc, "orig", None) or exc).strip()
+        return click.ClickException(f"the service database cannot be reached ({where}): {detail}")
+
+    try:
+        database = Database(url)
+    except OSError as exc:  # make_engine creates a SQLite file's directory
+        raise unreachable(exc) from exc
+    try:
+        yield database
+    except (OperationalError, DatabaseUnavailableError) as exc:
+        raise unreachable(exc) from exc
+    finally:
+        database.dispose()
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -390,40 +424,32 @@ def features() -> None:
 def features_build(data_dir: Path | None) -> None:
     """Ingest raw data (ml-100k fetched first when the data dir lacks it) + feedback, write a features
     snapshot, load user features into the DB."""
-    from sqlalchemy.exc import OperationalError
-
     from app.pipeline.features_store import FeatureStore, SnapshotSuperseded
     from app.pipeline.ingest import ingest
     from app.pipeline.runner import features_root
     from app.recommender.data import DataUnavailableError
-    from app.storage.db import Database, DatabaseSchemaError, DatabaseUnavailableError
+    from app.storage.db import DatabaseSchemaError
     from app.storage.user_features import replace_user_features, user_features_snapshot
 
     settings = settings_for_cli(data_dir=data_dir)
-    database = Database(settings.sqlalchemy_url)
     try:
-        ingested = ingest(settings.data_dir, database)
-        root = features_root(settings)
-        store = FeatureStore(root)
-        try:
-            with store.staged_snapshot(  # published once the database serves it too; old ones pruned
-                ingested,
-                keep=settings.features_keep_snapshots,
-                loaded=lambda: user_features_snapshot(database)[0],
-            ) as snapshot:
-                loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
-        except OSError as exc:  # a root that is a file, a full or read-only disk: not a traceback
-            raise click.ClickException(f"the features store {root}: {exc}") from exc
+        with service_database(settings) as database:
+            ingested = ingest(settings.data_dir, database)
+            root = features_root(settings)
+            store = FeatureStore(root)
+            try:
+                with store.staged_snapshot(  # published once the database serves it too; old ones pruned
+                    ingested,
+                    keep=settings.features_keep_snapshots,
+                    loaded=lambda: user_features_snapshot(database)[0],
+                ) as snapshot:
+                    loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
+            except OSError as exc:  # a root that is a file, a full or read-only disk: not a traceback
+                raise click.ClickException(f"the features store {root}: {exc}") from exc
     except SnapshotSuperseded as exc:  # not a failure: the features are as new as this build's
         click.echo(f"{exc}; nothing loaded into the database")
         return
     except (DataUnavailableError, DatabaseSchemaError) as exc:  # refused raw files or schema: no traceback
         raise click.ClickException(str(exc)) from exc
-    except (OperationalError, DatabaseUnavailableError) as exc:
-        where = database.engine.url.render_as_string(hide_password=True)
-        detail = str(getattr(exc, "orig", None) or exc).strip()
-        raise click.ClickException(f"the service database cannot be reached ({where}): {detail}") from exc
-    finally:
-        database.dispose()
     counts = ", ".join(f"{n} {name}" for name, n in snapshot.counts.items())
     click.echo(f"snapshot {snapshot.id} at {snapshot.url}: {counts}; {loaded} users loaded into the database")

@@ -79,3 +79,27 @@ def test_train_refuses_an_unwritable_model_dir_before_training(
         result = _invoke(["train", "--data-dir", str(data), "--model-dir", str(model_dir),
                           "--models", "most_rated", "--seeds", "0", *extra])  # fmt: skip
         _refused(result, "--model-dir", str(model_dir))
+
+
+def test_db_upgrade_reports_an_unreachable_database_as_an_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``features build`` said the database could not be reached; ``db upgrade`` (what an operator
+    runs first) died with DatabaseUnavailableError's traceback. The password is never shown."""
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", "postgresql://movierec:secret-pw@127.0.0.1:1/none")
+    result = _invoke(["db", "upgrade"])
+    _refused(result, "the service database cannot be reached", "127.0.0.1:1")
+    assert "secret-pw" not in result.output
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["features", "build"]])
+def test_a_sqlite_database_whose_directory_cannot_be_made_is_an_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """A SQLite file under a file (or anywhere its directory cannot be created) escaped from the
+    engine's set-up as a NotADirectoryError traceback."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", f"sqlite:///{tmp_path / 'file' / 'movierec.db'}")
+    monkeypatch.setenv("MOVIEREC_FEATURES_ROOT", str(tmp_path / "features"))
+    monkeypatch.setenv("MOVIEREC_DATA_DIR", str(write_grouplens(tmp_path / "data")))
+    result = _invoke(command)
+    _refused(result, "the service database cannot be reached", str(tmp_path / "file"))
+    assert not (tmp_path / "features" / "LATEST").exists()
