@@ -175,6 +175,35 @@ class Settings(BaseSettings):
             raise ValueError(f"must be between 1 and {MAX_RECS} (what /api/recommend takes)")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        """A URL SQLAlchemy cannot read, or of a database it does not know, is refused here: it was
+        SQLAlchemy's (or int()'s, for a port) traceback when the service or a command first
+        opened the database. The URL itself is never in the message: it may hold a password."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        form = "dialect://user:password@host[:port]/database, or sqlite:///path"
+        try:
+            make_url(_with_psycopg(value)).get_dialect()
+        except (ArgumentError, ValueError):
+            raise ValueError(f"MOVIEREC_DATABASE_URL is not a database URL ({form})") from None
+        except NoSuchModuleError:
+            scheme = value.split("://", 1)[0]
+            raise ValueError(
+                f"MOVIEREC_DATABASE_URL names a database this service does not know ({scheme!r}; {form})"
+            ) from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        """Refused here as the database URL is, rather than by redis' ValueError traceback at start-up."""
+        if value and urlsplit(value).scheme.lower() not in ("redis", "rediss", "unix"):  # "": no Redis
+            raise ValueError("MOVIEREC_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -316,11 +345,7 @@ class Settings(BaseSettings):
     @property
     def sqlalchemy_url(self) -> str:
         """The database URL with the psycopg 3 driver made explicit for PostgreSQL."""
-        url = self.database_url
-        for prefix in ("postgresql://", "postgres://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix) :]
-        return url
+        return _with_psycopg(self.database_url)
 
     @property
     def feedback_journal(self) -> Path:
@@ -347,6 +372,14 @@ def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Netw
         except ValueError as exc:
             raise ValueError(f"MOVIEREC_METRICS_ALLOW_CIDRS: {part!r} is not a network ({exc})") from None
     return networks
+
+
+def _with_psycopg(url: str) -> str:
+    """``url`` with the psycopg 3 driver made explicit for PostgreSQL."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
 
 
 def load_settings(**overrides: Any) -> Settings:

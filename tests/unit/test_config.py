@@ -209,14 +209,24 @@ def test_the_secret_table_names_every_variable_settings_read(
     files) must list the variables pydantic reads for each secret, or a file would go unread."""
     for name, names in SECRET_SETTINGS.items():
         for variable in names:
-            clean_secret_environment.setenv(variable, "v" * 40)
-            assert _plain(getattr(load_settings(testing=True), name)) == "v" * 40, variable
+            value = _secret_value(name, "v" * 40)
+            clean_secret_environment.setenv(variable, value)
+            assert _plain(getattr(load_settings(testing=True), name)) == value, variable
             clean_secret_environment.delenv(variable)
 
 
 def _plain(value: SecretStr | str | None) -> str | None:
     """A secret setting's value: most are SecretStr, the database and Redis URLs plain str."""
     return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+_URL_FORMS = {"database_url": "postgresql://movierec:{}@db/movierec", "redis_url": "redis://:{}@cache:6379/0"}
+
+
+def _secret_value(field: str, text: str) -> str:
+    """``text`` as a value the setting takes: inside a URL for the database and Redis URLs (the
+    settings refuse what is no URL), as it is for the others."""
+    return _URL_FORMS.get(field, "{}").format(text)
 
 
 @pytest.mark.parametrize(
@@ -261,12 +271,13 @@ def test_every_secret_comes_from_its_file_or_its_variable(
     clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path, variable: str, field: str
 ) -> None:
     path = tmp_path / variable
-    path.write_text(STRONG + "\n")
+    from_file, from_env = _secret_value(field, STRONG), _secret_value(field, "from-env-" + STRONG)
+    path.write_text(from_file + "\n")
     clean_secret_environment.setenv(f"{variable}_FILE", str(path))
-    assert _plain(getattr(load_settings(testing=True), field)) == STRONG
+    assert _plain(getattr(load_settings(testing=True), field)) == from_file
     clean_secret_environment.delenv(f"{variable}_FILE")
-    clean_secret_environment.setenv(variable, "from-env-" + STRONG)
-    assert _plain(getattr(load_settings(testing=True), field)) == "from-env-" + STRONG
+    clean_secret_environment.setenv(variable, from_env)
+    assert _plain(getattr(load_settings(testing=True), field)) == from_env
 
 
 def test_the_database_and_redis_urls_may_be_secret_files(

@@ -103,3 +103,42 @@ def test_a_sqlite_database_whose_directory_cannot_be_made_is_an_error_line(
     result = _invoke(command)
     _refused(result, "the service database cannot be reached", str(tmp_path / "file"))
     assert not (tmp_path / "features" / "LATEST").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("MOVIEREC_DATABASE_URL", "notaurl"),
+        ("MOVIEREC_DATABASE_URL", "postgresql://movierec:secret-pw@db:notaport/movierec"),
+        ("MOVIEREC_DATABASE_URL", "postgresq://movierec:secret-pw@db/movierec"),
+        ("MOVIEREC_REDIS_URL", "localhost:6379"),
+        ("MOVIEREC_REDIS_URL", "http://:secret-pw@cache:6379/0"),
+    ],
+)
+def test_a_malformed_database_or_redis_url_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, url: str
+) -> None:
+    """``python main.py``, ``movierec serve`` and ``db upgrade`` died with SQLAlchemy's ArgumentError,
+    int()'s ValueError or redis' ValueError traceback for a URL with a typo; it is now refused with
+    the other settings, naming the variable and never showing the URL (it may hold a password)."""
+    import main as seed_main
+    from app.config import ConfigurationError, load_settings
+
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(ConfigurationError, match=variable.removeprefix("MOVIEREC_").lower()) as caught:
+        load_settings()
+    assert "secret-pw" not in str(caught.value)
+    monkeypatch.setenv("SESSION_PASSWORD", "a-session-password")
+    assert seed_main.main(["--debug"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("movierec: invalid setting") and "secret-pw" not in error, error
+    if variable == "MOVIEREC_DATABASE_URL":
+        _refused(_invoke(["db", "upgrade"]), "invalid setting database_url")
+
+
+def test_an_empty_redis_url_still_means_no_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compose file and CI set MOVIEREC_REDIS_URL to "" for "no Redis": not a malformed URL."""
+    from app.config import load_settings
+
+    monkeypatch.setenv("MOVIEREC_REDIS_URL", "")
+    assert not load_settings().redis_url
