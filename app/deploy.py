@@ -1251,12 +1251,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("--secrets-dir", lambda: check_secrets_root(
             (args.secrets_dir or default_secrets_root(os.environ)).expanduser().absolute())),
     ]  # fmt: skip
+    if not args.no_build:  # the accuracy test's data, refused inside the build otherwise
+        checks.append(
+            ("TEST_DATA_FILE", lambda: _not_a_directory(args.test_data_file, "the accuracy test's JSON"))
+        )
     for option, check in checks:
         try:
             check()
         except DeployError as exc:
             parser.error(str(exc) if option in str(exc) else f"{option}: {exc}")
     return args
+
+
+def _not_a_directory(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise DeployError(f"{path} is a directory, not {what} file")
 
 
 def config_from_args(args: argparse.Namespace) -> DeployConfig:

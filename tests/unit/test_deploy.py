@@ -1657,3 +1657,21 @@ def test_a_tolerance_or_timeout_that_is_not_a_sane_number_is_a_usage_error(
     assert exited.value.code == 2
     assert option in capsys.readouterr().err
     assert parse_args([*positional, "--error-tolerance", "0", "--health-timeout", "30"]).health_timeout == 30
+
+
+def test_a_directory_given_as_the_test_data_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TEST_DATA_FILE naming a directory (the bundle's, say) was copied into the build context and
+    refused only by the accuracy test inside `docker build`, minutes later; it is a usage error now
+    (with --no-build nothing is built and the file is not used, so it is not checked)."""
+    from app.deploy import parse_args
+
+    positional = ["movierec", "1.0", str(tmp_path), str(tmp_path)]
+    with pytest.raises(SystemExit) as exited:
+        parse_args(positional)
+    assert exited.value.code == 2
+    assert re.search(rf"TEST_DATA_FILE.*{re.escape(str(tmp_path))}.*directory", capsys.readouterr().err)
+    assert parse_args([*positional, "--no-build"]).no_build
+    (tmp_path / "test_data.json").write_text("{}")
+    assert parse_args([*positional[:3], str(tmp_path / "test_data.json")]).test_data_file.is_file()
