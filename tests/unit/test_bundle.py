@@ -16,7 +16,15 @@ import joblib
 import numpy as np
 import pytest
 
-from app.recommender.bundle import BundleError, build_tables, load_bundle, point_latest, write_bundle
+from app.recommender.bundle import (
+    EXPORT_STAGING_PREFIX,
+    STAGING_PREFIX,
+    BundleError,
+    build_tables,
+    load_bundle,
+    point_latest,
+    write_bundle,
+)
 from app.recommender.models import make_model
 from app.recommender.ranking import top_n
 from app.recommender.segments import Segment, all_segments
@@ -39,7 +47,8 @@ def test_store_bundle_has_every_part_and_latest(model_store: Path) -> None:
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["served_model"] in manifest["metrics"]
     assert {"code_version", "data_hash", "created_at", "version"} <= set(manifest)
-    assert not list(model_store.glob(".*-*")), "no staging directories left behind"
+    staging = [p for p in model_store.iterdir() if p.name.startswith((STAGING_PREFIX, EXPORT_STAGING_PREFIX))]
+    assert not staging, "no staging directories left behind"
 
 
 def test_every_segment_is_answered_without_repeats(model_store: Path) -> None:
