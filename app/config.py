@@ -60,7 +60,12 @@ class ConfigurationError(RuntimeError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MOVIEREC_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused value is never quoted in the ValidationError's text, which a
+    # traceback shows as the cause of ConfigurationError (uwsgi prints it whole when the app cannot
+    # be created): a database or Redis URL carries a password, and so is a password not UTF-8
+    model_config = SettingsConfigDict(
+        env_prefix="MOVIEREC_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     testing: bool = False
     debug: bool = False

@@ -473,3 +473,30 @@ def test_a_gate_bound_that_is_not_a_finite_number_is_refused_at_start(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigurationError, match=variable.removeprefix("MOVIEREC_").lower()):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        # short: pydantic quotes a long value's beginning and end only (a password's end, then)
+        ("MOVIEREC_DATABASE_URL", "postgres://u:secret-pw@db:x/d"),
+        ("MOVIEREC_REDIS_URL", "http://:secret-pw@cache:6379/0"),
+        ("SESSION_PASSWORD", "secret-pw-caf\udce9"),  # not UTF-8
+    ],
+)
+def test_a_refused_setting_is_not_in_the_traceback_of_its_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """uwsgi creates the app at import (app/wsgi.py) and prints the whole traceback of a failure,
+    the chained ValidationError included, whose text quoted the refused value
+    (``input_value='postgresql://movierec:secret-pw@…'``): a malformed database URL, a Redis URL
+    or a password that is not UTF-8 reached the log with its password. The message names the
+    variable; neither it nor the exception it was raised from shows the value."""
+    import traceback
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    printed = "".join(traceback.format_exception(caught.value))
+    assert "ValidationError" in printed  # the cause is still shown, without its input
+    assert "secret-pw" not in printed, printed
