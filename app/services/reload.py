@@ -35,6 +35,7 @@ restarts; otherwise it serves ``latest`` as configured.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -266,7 +267,12 @@ class ModelReloader:
             state, error = self._load_and_write_marker(target)
             generation = self._generation
         if state == "loaded" and error is None:
-            state, error = self._await_siblings(generation, target, status)
+            try:
+                state, error = self._await_siblings(generation, target, status)
+            except Exception as exc:  # the status must not stay "loading" (nor its waiters wait) for ever
+                log.exception("reload: the sibling workers could not be checked")
+                state = "partial"
+                error = f"swapped in here, but the other workers could not be checked: {exc}"
         self._finish(status, done, state, error)
 
     def _await_siblings(
@@ -326,12 +332,14 @@ class ModelReloader:
                 continue  # another instance's worker: not this service's to wait for
             if worker.get("configured") != self.configured:
                 continue  # a service started with another model path does not follow this marker
-            pid = int(worker.get("pid", 0))
+            pid, handled = worker.get("pid"), worker.get("generation", 0)
+            if type(pid) is not int or type(handled) is not int:  # JSON's true is no number either
+                continue  # not a record this code writes
             alive = path.name in live_here if pid == os.getpid() else pid > 0 and process_alive(pid)
             if not alive:
-                path.unlink(missing_ok=True)  # an ended worker's (uwsgi recycled it)
+                with contextlib.suppress(OSError):  # an ended worker's (uwsgi recycled it)
+                    path.unlink(missing_ok=True)
                 continue
-            handled = int(worker.get("generation", 0))
             if handled > generation or (handled == generation and _same(worker.get("target"), target)):
                 swapped.append(path.name)
             elif handled == generation:

@@ -405,3 +405,48 @@ def test_worker_records_of_ended_workers_do_not_pile_up(store: Path, monkeypatch
     reload_module.forget_workers_at_exit()  # uwsgi's graceful stop of the worker
     assert not mine.exists()
     b.stop()
+
+
+@pytest.mark.parametrize(
+    "record", [{"pid": "x", "generation": 0}, {"pid": None}, {"pid": 1, "generation": [1]}]
+)
+def test_a_worker_record_this_code_did_not_write_does_not_leave_the_reload_loading(
+    store: Path, record: dict[str, Any]
+) -> None:
+    """A record in ``.serving-workers`` whose pid or generation is not a number (hand-edited,
+    another version's) raised ValueError or TypeError in the thread waiting for the siblings: the
+    reload stayed "loading" for good, its ``"wait": true`` callers waited out their whole wait
+    (120 s, beyond uwsgi's harakiri) and were told "loading". Such a record is skipped, as an
+    unreadable one is."""
+    from app.services import reload as reload_module
+
+    a = _worker(store)
+    workers = store / reload_module.WORKERS_DIR
+    workers.mkdir(exist_ok=True)
+    (workers / "odd.json").write_text(
+        json.dumps({"host": reload_module._HOST, "configured": a.configured, **record})
+    )
+    add_version(store, "v2")
+    answer = a.request("v2", wait=5.0)
+    assert answer["state"] == "loaded", answer
+    assert answer["workers"]["total"] == 1
+
+
+def test_a_sibling_check_that_fails_is_reported_not_left_loading(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the check of the sibling workers raises (the store unreadable meanwhile), the
+    reload ends: partial, saying why, never "loading" for ever."""
+    from app.services.reload import ReloadIncomplete
+
+    a = _worker(store)
+
+    def broken(_generation: int, _target: Path) -> tuple[list[str], list[str], int]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(a, "_siblings", broken)
+    add_version(store, "v2")
+    with pytest.raises(ReloadIncomplete, match="could not be checked"):
+        a.request("v2", wait=5.0)
+    assert a.status()["state"] == "partial"
+    assert _serving(a) == "v2"
