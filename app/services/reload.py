@@ -21,9 +21,10 @@ marker replaced at any moment is read again at the next poll.
 
 Every worker whose poller runs also writes what it serves, and the marker generation it last
 handled, to ``<store>/.serving-workers/<host>-<pid>-<id>.json``. The worker that reloaded waits
-(up to ``SIBLING_WAIT_SECONDS``) until each live sibling on this host has handled its marker
-before it reports the reload: ``loaded`` once every one of them serves the bundle, ``partial``
-when one refused it or did not answer in time (those keep serving the previous bundle). A
+(up to one poll interval plus ``SIBLING_WAIT_SECONDS``) until each live sibling on this host has
+handled its marker before it reports the reload: ``loaded`` once every one of them serves the
+bundle, ``partial`` when one refused it or did not answer in time (those keep serving the
+previous bundle). A
 reload answered ``loaded`` while the siblings still served the old bundle, or had refused the
 new one, told the admin and the pipeline the service was reloaded when it was not. A worker
 without a poller has served no request yet: it checks the marker before its first answer.
@@ -67,8 +68,12 @@ log = logging.getLogger(__name__)
 
 WORKERS_DIR = ".serving-workers"
 """Where each polling worker says what it serves (in the model store, beside the marker)."""
-SIBLING_WAIT_SECONDS = 60.0
-"""How long a reload waits for its sibling workers to handle its marker before it reports."""
+SIBLING_WAIT_SECONDS = 15.0
+"""How long a reload waits for its sibling workers to handle its marker, beyond one poll interval,
+before it reports. The wait is inside the request (``"wait": true``): with the worker's own load it
+must end well within uwsgi's harakiri (30 s; nothing else moves its deadline on an idle service)
+and the pipeline's 60 s (app/registry/export.py), or the worker is killed, the caller gives up,
+and the answer naming the workers that did not follow reaches nobody. It was 60 s."""
 ANNOUNCE_REFRESH_SECONDS = 600.0
 """How often a polling worker rewrites its record unchanged: one untouched for
 ``STALE_STAGING_SECONDS`` belongs to a worker that ended without removing it (any host's)."""
@@ -280,7 +285,8 @@ class ModelReloader:
     ) -> tuple[str, str | None]:
         """Wait until every live sibling handled marker ``generation``; "loaded" when all of
         them serve ``target``, else "partial" and which did not."""
-        deadline = time.monotonic() + SIBLING_WAIT_SECONDS
+        wait = self.poll_interval + SIBLING_WAIT_SECONDS  # each sibling sees the marker at its next poll
+        deadline = time.monotonic() + wait
         while True:
             swapped, refused, waiting = self._siblings(generation, target)
             with self._lock:
@@ -300,7 +306,7 @@ class ModelReloader:
         if refused:
             parts.append(f"{len(refused)} refused it ({'; '.join(refused)[:400]})")
         if waiting:
-            parts.append(f"{waiting} did not take it within {SIBLING_WAIT_SECONDS:.0f}s")
+            parts.append(f"{waiting} did not take it within {wait:g}s")
         message = "; ".join(parts) + ": those serve the previous bundle; reload again to retry"
         log.error("reload incomplete", extra={"reason": message})
         return "partial", message

@@ -450,3 +450,47 @@ def test_a_sibling_check_that_fails_is_reported_not_left_loading(
         a.request("v2", wait=5.0)
     assert a.status()["state"] == "partial"
     assert _serving(a) == "v2"
+
+
+def test_a_waiting_reload_answers_before_uwsgi_or_the_pipeline_give_up_on_it() -> None:
+    """The reloading worker waited up to 60 s for its siblings, on top of its own load, inside the
+    request: uwsgi's harakiri (30 s; on an idle service nothing else moves its deadline) SIGKILLed
+    that worker before it could answer, and the pipeline's client gave up at 60 s, so the
+    documented 503 ``reload_incomplete`` naming the workers that did not follow reached nobody.
+    The wait (one poll of the siblings, then ``SIBLING_WAIT_SECONDS``) leaves at least 10 s of
+    either for the worker's own load."""
+    from app.config import Settings
+    from app.registry.export import RELOAD_TIMEOUT_SECONDS
+    from app.services import reload as reload_module
+    from tests.helpers import uwsgi_stop_seconds
+
+    harakiri, _mercy = uwsgi_stop_seconds()
+    poll = Settings.model_fields["reload_poll_seconds"].default
+    longest = poll + reload_module.SIBLING_WAIT_SECONDS
+    assert longest + 10 <= min(harakiri, RELOAD_TIMEOUT_SECONDS), (longest, harakiri, RELOAD_TIMEOUT_SECONDS)
+
+
+def test_a_sibling_that_never_follows_is_waited_for_one_poll_and_the_sibling_wait(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live sibling that does not handle the marker (its poller stuck) is reported, once the
+    wait is over, as a worker that did not take the bundle: 503 partial, not a hang."""
+    from app.services import reload as reload_module
+    from app.services.reload import ReloadIncomplete
+
+    monkeypatch.setattr(reload_module, "SIBLING_WAIT_SECONDS", 0.3)
+    a = _worker(store)
+    a.poll_interval = 0.2
+    workers = store / reload_module.WORKERS_DIR
+    workers.mkdir(exist_ok=True)
+    (workers / "stuck.json").write_text(
+        json.dumps(
+            {"host": reload_module._HOST, "configured": a.configured, "pid": os.getppid(), "generation": 0}
+        )
+    )
+    add_version(store, "v2")
+    started = time.monotonic()
+    with pytest.raises(ReloadIncomplete, match=r"1 did not take it within 0\.5s"):
+        a.request("v2", wait=WAIT)
+    assert 0.5 <= time.monotonic() - started < WAIT
+    assert a.status()["workers"] == {"total": 2, "swapped": 1, "refused": 0, "waiting": 1}
