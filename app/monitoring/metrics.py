@@ -56,10 +56,11 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 )  # fmt: skip
-# 0.25 s is also the breaker's default latency bound (MOVIEREC_BREAKER_MAX_LATENCY_MS)
+# 0.25 s is also the breaker's default latency bound (MOVIEREC_BREAKER_MAX_LATENCY_MS). Both keep
+# every bound they had (queries select buckets by ``le``): the finer ones were added below them.
 MODEL_LATENCY_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 2.5,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 SCORE_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -263,3 +263,21 @@ def test_breaker_state_series_say_when_the_shared_state_could_not_be_read(
     monkeypatch.setattr(breaker.store, "read", real)
     breaker.sync(version)
     assert value(scrape(client), "movierec_breaker_store_up", model_version=version) == 1.0
+
+
+# The bounds both latency histograms had until 2026-12-06. Dashboards and alert rules select
+# buckets by ``le`` (the share answered within 5 s, say): finer buckets were added below them,
+# and none of them may go, or such a query silently finds no series after an upgrade.
+PREVIOUS_LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def test_the_latency_histograms_keep_every_bound_they_had(make_app: Callable[..., Any]) -> None:
+    """The model-call histogram got buckets of its own from 10 µs, and lost its 5 s and 10 s
+    bounds with it (the request histogram kept all of its own)."""
+    app = make_app(monitor_interval_seconds=0)
+    client = app.test_client()
+    assert client.post("/api/recommend", json=PROFILE, headers=login(client)).status_code == 200
+    samples = scrape(client)
+    for name in ("movierec_model_latency_seconds", "movierec_http_request_duration_seconds"):
+        bounds = {float(sample.labels["le"]) for sample in samples[f"{name}_bucket"]}
+        assert set(PREVIOUS_LATENCY_BOUNDS) <= bounds, (name, sorted(set(PREVIOUS_LATENCY_BOUNDS) - bounds))
