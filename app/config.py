@@ -62,9 +62,17 @@ class ConfigurationError(RuntimeError):
 class Settings(BaseSettings):
     # hide_input_in_errors: a refused value is never quoted in the ValidationError's text, which a
     # traceback shows as the cause of ConfigurationError (uwsgi prints it whole when the app cannot
-    # be created): a database or Redis URL carries a password, and so is a password not UTF-8
+    # be created): a database or Redis URL carries a password, and so is a password not UTF-8.
+    # Every number is finite (allow_inf_nan): inf or nan from the environment silently switched a
+    # check off or made it always fire (MOVIEREC_BREAKER_MAX_LATENCY_MS=inf, …_MAX_RMSE=nan:
+    # nan compares false with every value, MOVIEREC_GATE_TOLERANCE=inf passed every candidate).
+    # None needs inf to mean "off": a threshold is switched off by setting it out of reach.
     model_config = SettingsConfigDict(
-        env_prefix="MOVIEREC_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+        env_prefix="MOVIEREC_",
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
+        allow_inf_nan=False,
     )
 
     testing: bool = False
@@ -108,9 +116,8 @@ class Settings(BaseSettings):
     registered_model: str = "movierec"
     pipeline_candidates: str | None = None  # comma-separated; default: models.DEFAULT_CANDIDATES
     pipeline_seeds: str = "0,1,2,3,4"  # protocol A/B split seeds every candidate is evaluated on
-    # finite: a tolerance of inf passed every candidate, a latency bound of inf switched the check off
-    gate_tolerance: float = Field(default=0.005, ge=0, allow_inf_nan=False)  # NDCG@10 a challenger may lose
-    gate_latency_ms: float = Field(default=5.0, gt=0, allow_inf_nan=False)  # smoke test: p99 of one lookup
+    gate_tolerance: float = Field(default=0.005, ge=0)  # NDCG@10 a challenger may lose
+    gate_latency_ms: float = Field(default=5.0, gt=0)  # smoke test: p99 of one lookup
     schedule_cron: str = "0 3 * * *"  # `movierec schedule`: crontab expression (UTC)
     service_url: str = "http://127.0.0.1:5000"  # asked to reload after a new champion; "" = don't
 
