@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.monitoring.logs import LOG_LEVELS
+from app.recommender.seeds import parse_seeds
 from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SecretFileError, read_secret_file
 
 MIN_SECRET_LENGTH = 32
@@ -185,6 +186,15 @@ class Settings(BaseSettings):
         """A default outside 1..MAX_RECS pre-filled the web form with a value the form refused."""
         if not 1 <= value <= MAX_RECS:
             raise ValueError(f"must be between 1 and {MAX_RECS} (what /api/recommend takes)")
+        return value
+
+    @field_validator("pipeline_seeds")
+    @classmethod
+    def _seeds(cls, value: str) -> str:
+        """Seeds that are no split seeds (``abc``, ``-1``, none) are refused here (parse_seeds),
+        not by the Metaflow flow's first step, seconds into a run. Kept as the text given: the
+        flow and the scheduler parse it where they use it."""
+        parse_seeds(value)
         return value
 
     @field_validator("database_url")

@@ -517,3 +517,29 @@ def test_a_refused_setting_is_not_in_the_traceback_of_its_error(
     printed = "".join(traceback.format_exception(caught.value))
     assert "ValidationError" in printed  # the cause is still shown, without its input
     assert "secret-pw" not in printed, printed
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("abc", "comma-separated integers"),
+        ("0,x", "comma-separated integers"),
+        ("-1", "non-negative"),
+        ("0,-3", "non-negative"),
+        ("", "at least one split seed"),
+        (" , ", "at least one split seed"),
+    ],
+)
+def test_pipeline_seeds_that_are_no_seeds_are_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, value: str, why: str
+) -> None:
+    """MOVIEREC_PIPELINE_SEEDS is checked with the other settings (parse_seeds), not by the
+    Metaflow flow's start step, seconds into a run (the scheduler's every night)."""
+    monkeypatch.setenv("MOVIEREC_PIPELINE_SEEDS", value)
+    with pytest.raises(ConfigurationError, match=rf"^invalid setting pipeline_seeds: .*{why}"):
+        load_settings()
+
+
+def test_pipeline_seeds_keep_the_text_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOVIEREC_PIPELINE_SEEDS", "4, 2,2")
+    assert load_settings().pipeline_seeds == "4, 2,2"
