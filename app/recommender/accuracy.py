@@ -10,6 +10,11 @@ estimator's own ``score`` (R²).
 own test data unless its environment changed it. An optional ``floor_score`` (training writes
 one: global most-rated on the same users) is a bar set from the data, not from the model: a
 model below it fails even against its own test data.
+
+For a bundle, ``k`` (default 10) is at most the bundle's table depth (manifest ``table_depth``,
+100): its lists hold no more movies. ``floor_score`` is NDCG at ``floor_k`` (training writes it;
+10 when absent, the k every floor was computed at before), and is refused unless that is ``k``:
+an NDCG@10 floor does not compare with an NDCG@5 score.
 """
 
 from __future__ import annotations
@@ -94,19 +99,15 @@ def run_accuracy_test(
         raise ValueError(f"test data {test_data_path} is not JSON: {exc}") from exc
     try:
         data, target, raw_expected = payload["data"], payload["target"], payload["expected_score"]
-        raw_k = payload.get("k", K)
-        k = int(raw_k)
-        if isinstance(raw_k, bool) or (isinstance(raw_k, float) and raw_k != k):
-            raise ValueError(f"k {raw_k!r} is not a whole number")  # int() made 2.5 a 2, true a 1
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError) as exc:
         raise ValueError(
             f"{test_data_path} must hold data, target, expected_score (and an integer k)"
         ) from exc
+    k = _positive_integer(payload.get("k", K), "k", test_data_path)
+    floor_k = _positive_integer(payload.get("floor_k", K), "floor_k", test_data_path)
     expected = _finite(raw_expected, "expected_score", test_data_path)
     raw_floor = payload.get("floor_score")
     floor = _finite(raw_floor, "floor_score", test_data_path) if raw_floor is not None else None
-    if k < 1:
-        raise ValueError(f"{test_data_path}: k must be a positive integer, not {k}")
     model_path = Path(model_path)
     try:
         bundle = load_bundle(model_path)
@@ -126,7 +127,32 @@ def run_accuracy_test(
                 f"{model_path}: {exc}"
             ) from exc
         return AccuracyResult(score, expected, tolerance, "r2", floor)
+    depth = int(bundle.tables.segment_top.shape[1])
+    if k > depth:  # scored as it came, NDCG@k of lists of at most depth movies: not what it says
+        raise ValueError(
+            f"{test_data_path}: k {k} is more than the bundle's table depth {depth}: its lists hold "
+            f"at most {depth} movies, so ndcg@{k} cannot be scored; use a k of at most {depth}"
+        )
+    if floor is not None and floor_k != k:
+        raise ValueError(
+            f"{test_data_path}: floor_score is ndcg@{floor_k} but k is {k}: the two do not compare; "
+            f"give a floor_score computed at k {k} (and floor_k {k}), or none"
+        )
     return AccuracyResult(bundle_score(bundle, data, target, k), expected, tolerance, f"ndcg@{k}", floor)
+
+
+def _positive_integer(value: Any, key: str, where: Path | str) -> int:
+    """``k`` or ``floor_k`` of the test data: a whole number >= 1. int() made 2.5 a 2 and true a
+    1 (another metric than the file asked for), and raised OverflowError for Infinity."""
+    try:
+        number = int(value)
+        if isinstance(value, bool) or (isinstance(value, float) and value != number):
+            raise ValueError(value)
+    except (TypeError, ValueError, OverflowError):
+        number = 0
+    if number < 1:
+        raise ValueError(f"{where}: {key} must be a positive integer, not {json.dumps(value)}")
+    return number
 
 
 def _finite(value: Any, key: str, where: Path | str) -> float:

@@ -109,7 +109,8 @@ def accuracy_test_data(data: MovieLens, served: LoadedBundle) -> dict[str, Any]:
         "data": profiles,
         "target": targets,
         "expected_score": bundle_score(served, profiles, targets),
-        "floor_score": floor_score(data, targets),
+        "floor_score": floor_score(data, targets, K),
+        "floor_k": K,  # the floor's NDCG cut-off: the accuracy test refuses it for another k
         "metric": f"ndcg@{K}",
         "k": K,
         "description": (

@@ -149,14 +149,69 @@ def test_the_metric_is_named_by_the_test_data_s_k(personal_model_store: Path, tm
     assert "OK: ndcg@5 " in result.output
 
 
-@pytest.mark.parametrize("k", [2.5, True])
+@pytest.mark.parametrize("k", [2.5, True, float("inf")])
 def test_a_k_that_is_not_a_whole_number_is_an_error(
     personal_model_store: Path, tmp_path: Path, k: object
 ) -> None:
-    """int() made 2.5 a 2 and true a 1: the test scored another metric than the file asked for."""
+    """int() made 2.5 a 2 and true a 1: the test scored another metric than the file asked for;
+    a k of Infinity (which Python's json reads) was int()'s OverflowError traceback."""
     bundle = (personal_model_store / "latest").resolve()
     bad = tmp_path / "test_data.json"
     bad.write_text(json.dumps(_own_test_data(bundle) | {"k": k}))
     result = _accuracy(bundle, bad)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
-    assert "Error:" in result.output and "integer k" in result.output
+    assert f"Error: {bad}: k must be a positive integer, not {json.dumps(k)}" in result.output
+
+
+def test_a_k_deeper_than_the_bundle_s_tables_is_an_error(personal_model_store: Path, tmp_path: Path) -> None:
+    """A k above the bundle's table depth (manifest table_depth) was scored against lists of at
+    most that many movies: 'NDCG@500' that was NDCG of 100 movies normalised as if 500 could be."""
+    bundle = (personal_model_store / "latest").resolve()
+    depth = json.loads((bundle / "manifest.json").read_text())["table_depth"]
+    payload = _own_test_data(bundle) | {"expected_score": 0.0, "floor_score": None}
+    deep = tmp_path / "test_data.json"
+    deep.write_text(json.dumps(payload | {"k": depth + 1}))
+    result = _accuracy(bundle, deep)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    (line,) = [line for line in result.output.splitlines() if line]
+    assert line.startswith(f"Error: {deep}: k {depth + 1} ") and f"table depth {depth}" in line
+    assert "OK:" not in result.output
+
+    deep.write_text(json.dumps(payload | {"k": depth}))  # the whole table is a k it can score
+    result = _accuracy(bundle, deep)
+    assert result.exit_code == 0, result.output
+    assert f"OK: ndcg@{depth} " in result.output
+
+
+def test_a_floor_computed_at_another_k_is_an_error(personal_model_store: Path, tmp_path: Path) -> None:
+    """floor_score is NDCG at the k training computed it at (floor_k; 10 in test data written
+    before floor_k): test data naming another k compared NDCG@5 with an NDCG@10 floor."""
+    bundle = (personal_model_store / "latest").resolve()
+    own = _own_test_data(bundle)
+    assert own["floor_k"] == own["k"] == 10  # training writes the floor's k with it
+
+    bad = tmp_path / "test_data.json"
+    for floor_k in ({"floor_k": 10}, {}):  # the floor's k written, or that of older test data
+        payload = {key: value for key, value in own.items() if key != "floor_k"} | floor_k
+        bad.write_text(json.dumps(payload | {"k": 5, "expected_score": 0.0}))
+        result = _accuracy(bundle, bad)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+        (line,) = [line for line in result.output.splitlines() if line]
+        assert line.startswith(f"Error: {bad}: floor_score is ndcg@10 but k is 5"), line
+
+    bad.write_text(json.dumps(own | {"k": 5, "floor_k": 5, "floor_score": 0.0, "expected_score": 0.0}))
+    result = _accuracy(bundle, bad)  # a floor computed at the data's k compares
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[0])["floor_score"] == 0.0
+
+
+@pytest.mark.parametrize("floor_k", [0, 2.5, True, "ten"])
+def test_a_floor_k_that_is_not_a_positive_integer_is_an_error(
+    personal_model_store: Path, tmp_path: Path, floor_k: object
+) -> None:
+    bundle = (personal_model_store / "latest").resolve()
+    bad = tmp_path / "test_data.json"
+    bad.write_text(json.dumps(_own_test_data(bundle) | {"floor_k": floor_k}))
+    result = _accuracy(bundle, bad)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert f"Error: {bad}: floor_k " in result.output
