@@ -19,11 +19,13 @@ the data root, which is git-ignored.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import io
 import logging
 import re
 import shutil
+import stat
 import subprocess  # nosec B404 - argument lists only, never a shell
 import sys
 import tempfile
@@ -46,6 +48,12 @@ GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_MEMBER_PREFIX = "recbole/dataset_example/ml-100k/"
 CACHE_SUBDIR = "ml-100k"
+STAGING_PREFIX = ".ml-100k-"
+"""``fetch``'s staging directories, beside the cache in the data root: ``.ml-100k-<random>``
+(``tempfile.mkdtemp``: 8 of ``[a-z0-9_]``), and ``.ml-100k-<random>.old`` for a partial cache
+being replaced. A fetch killed outright leaves one; no load looks at it, and a later fetch removes
+it once stale (app.recommender.bundle.remove_stale_leftovers)."""
+_STAGING = re.compile(rf"\A{re.escape(STAGING_PREFIX)}[a-z0-9_]{{8}}(?:\.old)?\Z")
 
 GENRES: tuple[str, ...] = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -464,19 +472,40 @@ def _from_grouplens(target: Path, timeout: float = 30.0) -> None:
             (target / name).write_bytes(archive.read(f"ml-100k/{name}"))
 
 
+def _publish(staging: Path, target: Path) -> None:
+    """Rename the complete ``staging`` to ``target``; a partial ``target`` (an earlier release's
+    interrupted copy) is renamed aside first and removed after, so ``target`` is never partial."""
+    aside = staging.with_name(f"{staging.name}.old")
+    with contextlib.suppress(FileNotFoundError):  # no cache yet: the usual case
+        target.rename(aside)
+    staging.rename(target)
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    elif aside.exists():  # a file where the cache goes
+        aside.unlink()
+
+
 def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) -> Path:
     """Make ml-100k available under ``data_dir/ml-100k`` and return that directory.
 
     ``sources`` are tried in order; each is ``"pypi"``, ``"grouplens"`` or a local path (a
-    directory in either layout, or the GroupLens zip). An existing cache is used as is.
+    directory in either layout, or the GroupLens zip). An existing cache is used as is. A source
+    is staged in ``data_dir`` (``STAGING_PREFIX``) and published with one rename once validated.
     Raises :class:`DataUnavailableError` naming every source tried and why it failed.
     """
     target = Path(data_dir) / CACHE_SUBDIR
     if detect_layout(target):
         return target
+    from app.recommender.bundle import Leftover, remove_stale_leftovers  # bundle imports this module
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_leftovers(target.parent, (Leftover(_STAGING, stat.S_ISDIR),))
     failures: list[str] = []
     for source in sources:
-        staging = Path(tempfile.mkdtemp(prefix="ml100k-"))
+        # Staged beside the cache, so publishing is one rename: staged in the system temp
+        # directory, the move into the data root was a copy across filesystems, and a process
+        # killed partway left a partial ml-100k that the next fetch took for the cache.
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target.parent))
         try:
             if source == "pypi":
                 _from_pypi(staging)
@@ -495,9 +524,7 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
             if not detect_layout(staging):
                 raise DataUnavailableError("the source did not provide the expected files")
             load_directory(staging)  # validate before publishing into the cache
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.move(str(staging), str(target))
+            _publish(staging, target)
             log.info("ml-100k cached", extra={"source": source, "path": str(target)})
             return target
         except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next source is tried

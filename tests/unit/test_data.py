@@ -89,3 +89,80 @@ def test_titles_pandas_reads_as_missing_are_kept_as_written(tmp_path: Path) -> N
     items = load_directory(directory).items
     titles = dict(zip(items["movie_id"].tolist(), items["title"].tolist(), strict=True))
     assert {movie: titles.get(movie) for movie in renamed} == renamed
+
+
+class _Killed(BaseException):
+    """What stops a process partway (SIGKILL; a second Ctrl-C): no ``except Exception`` sees it."""
+
+
+def test_a_fetch_publishes_with_one_rename_never_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetch staged in the system temp directory and moved the result into the data root; across
+    filesystems that move is a copy, and a SIGKILL (or a second Ctrl-C) partway left a partial
+    ``ml-100k`` that the next fetch took as the cache. Publishing is now one rename within the data
+    root: nothing is copied into the cache, so no interruption leaves part of one."""
+    import errno
+    import os
+    import shutil
+
+    source = write_grouplens(tmp_path / "source")
+    root = tmp_path / "root"
+    target = root / "ml-100k"
+    real_rename, real_copy = os.rename, shutil.copyfile
+    published: list[str] = []
+
+    def rename(src: str, dst: str, *args: object, **kwargs: object) -> None:
+        if not Path(src).is_relative_to(root):  # the system temp directory: another filesystem
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), src, None, dst)
+        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    def copy(src: str, dst: str, *args: object, **kwargs: object) -> object:
+        if Path(dst).is_relative_to(target):
+            published.append(str(dst))
+            if len(published) > 1:  # the second file into the cache: a second Ctrl-C, or SIGKILL
+                raise _Killed
+        return real_copy(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(shutil, "copyfile", copy)
+    try:
+        fetch(root, sources=[str(source)])
+    except _Killed:
+        pytest.fail(f"killed while copying into the cache, which now holds {sorted(os.listdir(target))}")
+    assert not published, published
+    assert detect_layout(target) == "grouplens" and load_directory(target).ratings.shape[0] > 0
+
+
+def test_a_killed_fetchs_staging_is_ignored_then_removed(tmp_path: Path) -> None:
+    """A fetch killed outright leaves its staging directory in the data root: it is never taken for
+    the cache (it is not ``ml-100k``), and once stale a later fetch removes it."""
+    import os
+    import time
+
+    from app.recommender.bundle import STALE_STAGING_SECONDS
+    from app.recommender.data import STAGING_PREFIX
+
+    root = tmp_path / "root"
+    stale = write_grouplens(root / f"{STAGING_PREFIX}abcd_123")
+    (stale / "u.user").write_text("1|2")  # a half-written file of a killed fetch
+    fresh = write_grouplens(root / f"{STAGING_PREFIX}efgh_456")  # another fetch, still at work
+    old = time.time() - STALE_STAGING_SECONDS - 60
+    for path in (stale, *stale.iterdir()):
+        os.utime(path, (old, old))
+    assert find_local(root) is None
+    cached = fetch(root, sources=[str(write_recbole(tmp_path / "source"))])
+    assert detect_layout(cached) == "recbole"
+    assert not stale.exists() and fresh.exists()
+    assert sorted(path.name for path in root.iterdir()) == sorted(["ml-100k", fresh.name])
+
+
+def test_a_partial_cache_is_replaced_whole(tmp_path: Path) -> None:
+    """A partial ``ml-100k`` (an earlier release's interrupted copy: one file of three) is replaced
+    by the complete fetch, and nothing of the partial one or of the staging stays behind."""
+    root = tmp_path / "root"
+    (root / "ml-100k").mkdir(parents=True)
+    (root / "ml-100k" / "u.data").write_text("1\t1\t5\t8")
+    cached = fetch(root, sources=[str(write_recbole(tmp_path / "source"))])
+    assert detect_layout(cached) == "recbole" and not (cached / "u.data").exists()
+    assert [path.name for path in root.iterdir()] == ["ml-100k"]
