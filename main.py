@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app import create_app, run_development_server
+from app import check_listen_address, create_app, run_development_server
 from app.config import ConfigurationError, load_settings
-from app.listener import MAX_PORT
+from app.listener import MAX_PORT, ListenerError
 
 
 def _port(text: str) -> int:
@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=_port, default=5000, help="port (default 5000)")
     parser.add_argument("--debug", action="store_true", help="Flask debug mode (development only)")
     args = parser.parse_args(argv)
+    try:
+        check_listen_address(args.host, args.port)
+    except ListenerError as exc:
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 1
     try:
         settings = load_settings(debug=args.debug)
         app = create_app(settings)

@@ -138,6 +138,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """Raise :class:`app.listener.ListenerError` (one line naming ``--host`` or the address) unless
+    the development server can listen on ``host:port``: werkzeug printed only "Name or service not
+    known", "Cannot assign requested address" or "Address already in use" there, and exited 1.
+    The entry points call it before building the app; the port is free again when werkzeug binds."""
+    from app.listener import bind
+
+    bind(host, port, host_option="--host").close()
+
+
 def run_development_server(app: Flask, host: str, port: int, debug: bool) -> None:
     """Werkzeug's development server (``python main.py``, ``movierec serve``, ``make run``) with
     one log line per request: the app's access line (``movierec.access``: request id, endpoint,

@@ -216,9 +216,15 @@ def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out:
 @click.option("--debug", is_flag=True, help="Flask debug mode (development only).")
 def serve(host: str, port: int, debug: bool) -> None:
     """Development server (production: make serve-prod, i.e. scripts/start-uwsgi.sh with uwsgi.ini)."""
-    from app import create_app, run_development_server
+    from app import check_listen_address, create_app, run_development_server
     from app.config import ConfigurationError
+    from app.listener import ListenerError
     from app.pipeline.commands import settings_for_cli
+
+    try:  # before the app is built (its database migrated): werkzeug named neither
+        check_listen_address(host, port)
+    except ListenerError as exc:
+        raise click.ClickException(str(exc)) from exc
 
     # `movierec --log-level X serve` names the service's level, as MOVIEREC_LOG_LEVEL does: the
     # app configures its logging from the settings, so the option given is passed on as one.

@@ -50,14 +50,17 @@ def address_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, int]
     return host, port
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` whose accepted connections have ``TCP_NODELAY``."""
+def bind(host: str, port: int, host_option: str = "MOVIEREC_HOST") -> socket.socket:
+    """A listening TCP socket on ``host:port`` whose accepted connections have ``TCP_NODELAY``.
+
+    ``host_option``: what gave the host, named when it is no address (``--host`` of the
+    development server, which binds once to check before werkzeug binds for good)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
-        raise ListenerError(f"MOVIEREC_HOST {host!r} is not an address to listen on: {exc}") from None
+        raise ListenerError(f"{host_option} {host!r} is not an address to listen on: {exc}") from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uwsgi binds its sockets

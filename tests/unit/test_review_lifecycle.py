@@ -363,3 +363,35 @@ def test_serve_runs_the_app_at_the_log_level_given(
     result = CliRunner().invoke(cli, [*args, "serve", "--debug"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert served[0].extensions["movierec"].settings.log_level == expected
+
+
+def test_serve_names_a_host_or_port_it_cannot_listen_on_before_starting(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`movierec serve --host no-such-host` built the app, then printed werkzeug's bare "Name or
+    service not known" (a host it could not bind: "Cannot assign requested address") and exited 1,
+    naming neither the option nor the value. Both are one Error: line now, before the app is built
+    (its database migrated), as `python main.py` does too."""
+    import socket
+
+    from app.cli import cli
+    from main import main
+
+    monkeypatch.setenv("SESSION_PASSWORD", "test")
+    monkeypatch.setattr("app.run_development_server", _no_server)
+    monkeypatch.setattr("main.run_development_server", _no_server)
+    monkeypatch.setattr("app.create_app", _no_server)
+    monkeypatch.setattr("main.create_app", _no_server)
+    result = CliRunner().invoke(cli, ["serve", "--host", "no-such-host.invalid", "--debug"])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.output.startswith("Error: --host 'no-such-host.invalid' is not an address to listen on: ")
+    assert len(result.output.splitlines()) == 1, result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--port", str(port), "--debug"])
+        assert result.exit_code == 1, (result.output, result.exception)
+        assert result.output == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+        assert main(["--host", "no-such-host.invalid", "--debug"]) == 1
+        assert main(["--port", str(port), "--debug"]) == 1
