@@ -28,14 +28,24 @@ help:
 	@echo "other: test-fast lint train pipeline evaluate serve serve-prod bench bench-instructions clean"
 	@echo "Docker: see docs/docker.md (make compose-secrets, then docker compose up --build; deploy-docker.py)"
 
+# pyproject.toml's requires-python; each failure below is one line saying what to do
+PY_VERSION_OK := import sys; sys.exit(sys.version_info < (3, 11))
+REMAKE_VENV := remove it (rm -rf $(VENV)) and run make again
+PIP_FAILED := { echo "make: pip could not install into $(VENV) (its error is above): is the package index reachable (network, proxy, PIP_INDEX_URL)?" >&2; exit 1; }
+
 $(STAMP): pyproject.toml requirements.txt
+	@$(PYTHON) -c '$(PY_VERSION_OK)' 2>/dev/null || { echo "make: $(PYTHON) is not Python 3.11 or newer (or not found): name one, e.g. make PYTHON=python3.11" >&2; exit 1; }
+	@[ ! -e $(VENV) ] || $(PY) -c '$(PY_VERSION_OK)' 2>/dev/null || { echo "make: $(VENV) has no working Python 3.11 or newer (made by another Python, or its Python is gone): $(REMAKE_VENV)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP)
-	$(PY) -m pip install --quiet -c requirements.txt -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP) || $(PIP_FAILED)
+	$(PY) -m pip install --quiet -c requirements.txt -e '.[dev]' 2>&1 | $(QUIET_PIP) || $(PIP_FAILED)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# Installed once (the stamp), checked every time: a virtualenv whose Python was removed or moved
+# failed at its first command with "cannot execute: required file not found".
 venv: $(STAMP)
+	@$(PY) -c '$(PY_VERSION_OK)' 2>/dev/null || { echo "make: $(VENV) is broken ($(PY) does not run): $(REMAKE_VENV)" >&2; exit 1; }
 
 data: venv
 	$(MOVIEREC) data fetch --data-dir $(DATA_DIR)
