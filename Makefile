@@ -9,6 +9,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MOVIEREC := $(VENV)/bin/movierec
+# The stamp's name carries the hash of what was installed, so a change to either file reinstalls;
+# their mtimes are no prerequisite: a fresh clone, a checkout or a touch reinstalled into VENV
+# (a shared one given as VENV=... too), minutes and the package index needed for nothing.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.txt | sha1sum | cut -c1-12)
 DATA_DIR ?= data
 MODEL_DIR ?= model
@@ -33,7 +36,7 @@ PY_VERSION_OK := import sys; sys.exit(sys.version_info < (3, 11))
 REMAKE_VENV := remove it (rm -rf $(VENV)) and run make again
 PIP_FAILED := { echo "make: pip could not install into $(VENV) (its error is above): is the package index reachable (network, proxy, PIP_INDEX_URL)?" >&2; exit 1; }
 
-$(STAMP): pyproject.toml requirements.txt
+$(STAMP):
 	@$(PYTHON) -c '$(PY_VERSION_OK)' 2>/dev/null || { echo "make: $(PYTHON) is not Python 3.11 or newer (or not found): name one, e.g. make PYTHON=python3.11" >&2; exit 1; }
 	@[ ! -e $(VENV) ] || $(PY) -c '$(PY_VERSION_OK)' 2>/dev/null || { echo "make: $(VENV) has no working Python 3.11 or newer (made by another Python, or its Python is gone): $(REMAKE_VENV)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
