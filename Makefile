@@ -14,6 +14,7 @@ MOVIEREC := $(VENV)/bin/movierec
 # (a shared one given as VENV=... too), minutes and the package index needed for nothing.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.txt | sha1sum | cut -c1-12)
 DATA_DIR ?= data
+DATA_SOURCE ?=
 MODEL_DIR ?= model
 SECRETS := var/secrets.env
 LOGIN_BODY := $(dir $(SECRETS))login.json
@@ -50,8 +51,11 @@ $(STAMP):
 venv: $(STAMP)
 	@$(PY) -c '$(PY_VERSION_OK)' 2>/dev/null || { echo "make: $(VENV) is broken ($(PY) does not run): $(REMAKE_VENV)" >&2; exit 1; }
 
+# DATA_SOURCE: a directory (either layout) or the GroupLens zip to take ml-100k from, for a machine
+# that reaches neither PyPI nor GroupLens (the fetch's error says --source, which make cannot take)
 data: venv
-	$(MOVIEREC) data fetch --data-dir $(DATA_DIR)
+	$(MOVIEREC) data fetch --data-dir $(DATA_DIR) $(if $(DATA_SOURCE),--source '$(DATA_SOURCE)') \
+		|| { echo "make: to take ml-100k from a copy you have: make $(or $(MAKECMDGOALS),data) DATA_SOURCE=DIR-OR-ZIP" >&2; exit 1; }
 
 # A bundle exists after this; training happens only when the model store has none.
 model: data
