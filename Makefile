@@ -120,8 +120,9 @@ lint: venv
 	$(VENV)/bin/bandit -q -c pyproject.toml -r app
 	$(VENV)/bin/pip-audit --progress-spinner off -r requirements.txt
 
-# serve_bench.py needs wrk (apt-get install wrk); it runs the API under uwsgi on loopback (docs/performance.md)
+# serve_bench.py needs wrk (apt-get install wrk) and PostgreSQL (checked first); it runs the API under uwsgi on loopback (docs/performance.md)
 bench: model
+	$(PY) bench/serve_bench.py --check
 	$(PY) bench/benchmark.py
 	$(PY) bench/serve_bench.py --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR)
 

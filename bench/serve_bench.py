@@ -253,6 +253,17 @@ def send_bytes(
     raise AssertionError("unreachable")
 
 
+def pg_problem(admin_url: str) -> str | None:
+    """Why PostgreSQL at ``admin_url`` cannot be used (psycopg's first line: no password), or None."""
+    import psycopg
+
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5):
+            return None
+    except psycopg.Error as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def create_pg_database(admin_url: str) -> tuple[str, str]:
     """A fresh PostgreSQL database for one run (the production store in docker-compose)."""
     import psycopg
@@ -772,10 +783,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "serve.json"))
     parser.add_argument("--strict", action="store_true", help="exit 1 when a performance target is missed")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (uwsgi log)")
+    parser.add_argument("--check", action="store_true", help="only check what a run needs (wrk, PostgreSQL)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
         return 2
+    problem = pg_problem(args.pg_admin_url) if args.database == "postgres" else None
+    if problem is not None:  # psycopg's traceback came after the minutes of `make bench` before it
+        print(
+            f"PostgreSQL at --pg-admin-url (MOVIEREC_BENCH_PG) is not reachable: {problem}; "
+            "start it, point MOVIEREC_BENCH_PG at one, or run bench/serve_bench.py --database sqlite",
+            file=sys.stderr,
+        )
+        return 2
+    if args.check:
+        return 0
     results = run(args)
     table = report(results)
     print(table)

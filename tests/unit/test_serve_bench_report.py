@@ -53,3 +53,25 @@ def test_a_median_on_the_bar_meets_it(serve_bench: ModuleType) -> None:
     passed, detail = _check(serve_bench, _figures([0.9, 0.9, 0.9]), "/api/recommend throughput >= 0.9x echo")
     assert passed
     assert detail.startswith("0.900x")
+
+
+def test_postgres_unreachable_is_one_line_before_anything_runs(
+    serve_bench: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make bench` with PostgreSQL down ran bench/benchmark.py, then serve_bench.py died in
+    create_pg_database with psycopg's OperationalError traceback. It is now one line, before any
+    server starts, and --check (what `make bench` runs first) checks only that."""
+    import socket
+
+    monkeypatch.setattr(serve_bench.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(serve_bench, "run", lambda args: pytest.fail("the benchmark ran"))
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        url = f"postgresql://postgres:hunter2@127.0.0.1:{port}/test"
+        for extra in ([], ["--check"]):
+            assert serve_bench.main(["--pg-admin-url", url, *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("PostgreSQL at --pg-admin-url (MOVIEREC_BENCH_PG) is not reachable: "), err
+            assert "--database sqlite" in err and "hunter2" not in err and len(err.splitlines()) == 1, err
+    assert serve_bench.main(["--database", "sqlite", "--check"]) == 0
