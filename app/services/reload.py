@@ -4,7 +4,10 @@ Under uwsgi each worker process holds its own :class:`ModelHolder`, and ``POST
 /api/admin/reload`` reaches only one of them. That worker loads and validates the bundle in
 a background thread (serving goes on with the old one), swaps it in, and only then writes a
 small **generation marker** file next to the model store: ``{"generation", "target",
-"version"}``, replaced atomically. Every worker runs a poller thread that stats the marker
+"version"}``, replaced atomically. The generation is read, incremented and written under an
+``flock`` on ``.serving.json.lock`` beside the marker: two reloads started at the same instant in
+two workers each wrote the generation they had both read plus one, and a reload waiting for its
+siblings took the other bundle's marker for its own. Every worker runs a poller thread that stats the marker
 once per ``poll_interval`` (a ``stat`` call: microseconds) and, when it changed and names a
 bundle other than the one it serves, loads that exact directory and swaps it in. A bundle
 that fails to load is refused where it fails: the marker is not written (the first worker)
@@ -62,6 +65,7 @@ from app.recommender.bundle import (
     remove_stale_leftovers,
     resolve_bundle_dir,
 )
+from app.services.durable_files import exclusive_lock
 from app.services.models import ModelHolder
 
 log = logging.getLogger(__name__)
@@ -450,6 +454,12 @@ class ModelReloader:
         return (data if isinstance(data, dict) else None), stat
 
     def _write_marker(self, target: Path, version: str) -> None:
+        """Write the marker with the next generation; the read-increment-write is one step
+        across processes (an ``flock`` on ``.serving.json.lock`` beside the marker)."""
+        with exclusive_lock(self.marker.with_name(f"{self.marker.name}.lock")):
+            self._write_next_marker(target, version)
+
+    def _write_next_marker(self, target: Path, version: str) -> None:
         previous = self._read_marker_with_stat()[0] or {}
         generation = _generation_of(previous) + 1
         body = {

@@ -149,7 +149,9 @@ def test_a_sibling_marker_written_right_after_this_workers_is_followed(
         real_replace(src, dst)
         if not sibling_wrote.is_set():
             sibling_wrote.set()
-            b._write_marker((store / original).resolve(), original)  # B reloaded the original
+            # B reloaded the original; without the marker lock, which A holds (a worker of an
+            # earlier release still running beside this one takes none)
+            b._write_next_marker((store / original).resolve(), original)
 
     monkeypatch.setattr(os, "replace", replace)
     assert a.request("v2", wait=WAIT)["state"] == "loaded"
@@ -494,3 +496,38 @@ def test_a_sibling_that_never_follows_is_waited_for_one_poll_and_the_sibling_wai
         a.request("v2", wait=WAIT)
     assert 0.5 <= time.monotonic() - started < WAIT
     assert a.status()["workers"] == {"total": 2, "swapped": 1, "refused": 0, "waiting": 1}
+
+
+def test_two_reloads_writing_the_marker_at_once_get_distinct_generations(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers A and B each read the marker's generation, then wrote it plus one: two reloads
+    started at the same instant wrote the same generation, and a waiting reload took the other
+    bundle's marker for its own (both admins got 503, or one 200 for a bundle being replaced).
+    The read-increment-write is one step across processes (a ``flock`` beside the marker)."""
+    original = resolve_bundle_dir(store).name
+    a, b = _worker(store), _worker(store)
+    add_version(store, "v2")
+    a_read, proceed = threading.Event(), threading.Event()
+    read = a._read_marker_with_stat
+
+    def read_then_pause() -> Any:
+        found = read()
+        if not a_read.is_set():
+            a_read.set()
+            proceed.wait(WAIT)
+        return found
+
+    monkeypatch.setattr(a, "_read_marker_with_stat", read_then_pause)
+    writer_a = _in_thread(lambda: a._write_marker((store / "v2").resolve(), "v2"))
+    assert a_read.wait(WAIT)
+    writer_b = _in_thread(lambda: b._write_marker((store / original).resolve(), original))
+    writer_b.join(0.5)  # without the lock B writes now, from the marker A also read
+    proceed.set()
+    writer_a.join(WAIT)
+    writer_b.join(WAIT)
+    assert not writer_a.is_alive() and not writer_b.is_alive()
+    assert sorted((a._generation, b._generation)) == [1, 2], "two marker writes share a generation"
+    marker = json.loads((store / ".serving.json").read_text())
+    assert marker["generation"] == 2
+    assert marker["version"] == (original if b._generation == 2 else "v2")
