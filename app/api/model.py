@@ -86,8 +86,9 @@ def reload(json: ReloadRequest) -> Any:
     """Load the model store's current bundle (or ``version``) in the background and swap it in everywhere.
 
     202 while loading; with ``"wait": true`` 200 once every worker serves it, 422 ``invalid_bundle``
-    when it is refused (the previous bundle keeps serving), or 503 ``reload_incomplete`` when some
-    workers refused it or did not take it in time (those keep serving the previous bundle).
+    when it is refused (the previous bundle keeps serving), 503 ``reload_incomplete`` when some
+    workers refused it or did not take it in time (those keep serving the previous bundle), or 409
+    ``reload_superseded`` when a newer reload of another bundle was started meanwhile.
     """
     services = current_app.extensions["movierec"]
     status = services.reloader.request(json.version, wait=RELOAD_WAIT_SECONDS if json.wait else None)

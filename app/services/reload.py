@@ -27,9 +27,11 @@ handled, to ``<store>/.serving-workers/<host>-<pid>-<id>.json``. The worker that
 (up to one poll interval plus ``SIBLING_WAIT_SECONDS``) until each live sibling on this host has
 handled its marker before it reports the reload: ``loaded`` once every one of them serves the
 bundle, ``partial`` when one refused it or did not answer in time (those keep serving the
-previous bundle). A
-reload answered ``loaded`` while the siblings still served the old bundle, or had refused the
-new one, told the admin and the pipeline the service was reloaded when it was not. A worker
+previous bundle), and ``superseded`` when another worker's reload wrote a newer marker naming
+another bundle meanwhile (one naming the same bundle is waited for instead). A reload answered
+``loaded`` while the siblings still served the old bundle, had refused the new one, or were
+already swapping in a newer reload's, told the admin and the pipeline the service was reloaded
+when it was not. A worker
 without a poller has served no request yet: it checks the marker before its first answer.
 
 A worker started later (uwsgi recycles workers) serves the marker's bundle when the marker
@@ -118,6 +120,15 @@ class ReloadIncomplete(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="reload_incomplete")
+
+
+class ReloadSuperseded(ApiError):
+    """A newer reload (of another bundle) was started while this one waited for the workers."""
+
+    status = 409
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="reload_superseded")
 
 
 class ModelReloader:
@@ -253,6 +264,8 @@ class ModelReloader:
                 raise InvalidBundle(f"bundle {status['target']} was refused: {status['error']}")
             if status["state"] == "partial":
                 raise ReloadIncomplete(str(status["error"]))
+            if status["state"] == "superseded":
+                raise ReloadSuperseded(str(status["error"]))
             return status
         return self.status()
 
@@ -288,11 +301,29 @@ class ModelReloader:
         self, generation: int, target: Path, status: dict[str, Any]
     ) -> tuple[str, str | None]:
         """Wait until every live sibling handled marker ``generation``; "loaded" when all of
-        them serve ``target``, else "partial" and which did not."""
+        them serve ``target``, else "partial" and which did not.
+
+        A newer marker written meanwhile (another worker's reload) supersedes this one: when it
+        names ``target`` too, the wait goes on for it; else the answer is "superseded", naming
+        the bundle that replaces this one (siblings that handled it serve that one, not
+        ``target``: counted as "swapped", they made a reload of a bundle being replaced
+        "loaded").
+        """
         wait = self.poll_interval + SIBLING_WAIT_SECONDS  # each sibling sees the marker at its next poll
         deadline = time.monotonic() + wait
         while True:
-            swapped, refused, waiting = self._siblings(generation, target)
+            # the siblings first: one that handled a newer marker than ``generation`` was read
+            # before the marker, which then names that generation or a newer one
+            swapped, refused, waiting, newest = self._siblings(generation, target)
+            marker = self._read_marker_with_stat()[0] or {}
+            marker_generation = _generation_of(marker)
+            if marker_generation > generation and _same(marker.get("target"), target):
+                generation = marker_generation  # a newer reload of this very bundle: wait for it
+                continue
+            if marker_generation > generation or newest > generation:
+                return "superseded", self._superseded(
+                    target, marker if marker_generation > generation else {}
+                )
             with self._lock:
                 status["workers"] = {
                     "total": 1 + len(swapped) + len(refused) + waiting,
@@ -315,18 +346,34 @@ class ModelReloader:
         log.error("reload incomplete", extra={"reason": message})
         return "partial", message
 
-    def _siblings(self, generation: int, target: Path) -> tuple[list[str], list[str], int]:
-        """The live sibling workers that serve ``target`` (or handled a newer marker), the
-        errors of those that refused marker ``generation``, and how many have not handled it."""
+    @staticmethod
+    def _superseded(target: Path, marker: dict[str, Any]) -> str:
+        by = (
+            f"a newer reload (of bundle {marker.get('version')})"
+            if marker.get("version")
+            else "a newer reload"
+        )
+        message = (
+            f"the reload of bundle {target.name} was superseded by {by} before every worker had "
+            "taken it: the workers follow the newer one"
+        )
+        log.warning("reload superseded", extra={"reason": message})
+        return message
+
+    def _siblings(self, generation: int, target: Path) -> tuple[list[str], list[str], int, int]:
+        """The live sibling workers that serve ``target`` after marker ``generation``, the
+        errors of those that refused it, how many have not handled it, and the newest marker
+        generation a sibling handled (one newer than ``generation`` superseded it)."""
         swapped: list[str] = []
         refused: list[str] = []
         waiting = 0
+        newest = 0
         mine = self._worker_file()
         live_here = {reloader._worker_file().name for reloader in list(_LIVE) if not reloader._stop.is_set()}
         try:
             files = sorted(self.workers_dir.glob("*.json"))
         except OSError:
-            return swapped, refused, waiting
+            return swapped, refused, waiting, newest
         stale = time.time() - STALE_STAGING_SECONDS
         for path in files:
             if path.name == mine.name:
@@ -350,13 +397,14 @@ class ModelReloader:
                 with contextlib.suppress(OSError):  # an ended worker's (uwsgi recycled it)
                     path.unlink(missing_ok=True)
                 continue
-            if handled > generation or (handled == generation and _same(worker.get("target"), target)):
+            newest = max(newest, handled)
+            if handled == generation and _same(worker.get("target"), target):
                 swapped.append(path.name)
             elif handled == generation:
                 refused.append(str(worker.get("error") or f"serves {worker.get('version')}"))
-            else:
+            elif handled < generation:
                 waiting += 1
-        return swapped, refused, waiting
+        return swapped, refused, waiting, newest
 
     def _worker_file(self) -> Path:
         return self.workers_dir / f"{_HOST}-{os.getpid()}-{id(self):x}.json"

@@ -356,3 +356,48 @@ def test_a_reload_a_sibling_worker_refuses_answers_503_not_loaded(
     assert _version(second, auth_headers) == original
     reload = first.get("/api/model", headers=admin).get_json()["reload"]
     assert reload["state"] == "partial" and reload["workers"]["refused"] == 1
+
+
+def test_a_reload_superseded_by_another_workers_newer_reload_answers_409_not_loaded(
+    make_app: Any, store: Path, auth_headers: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the first worker waits for its sibling, another worker's reload of another bundle
+    writes a newer marker: the first answered 200 "loaded" for the bundle being replaced."""
+    first_app = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05)
+    second_app = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05)
+    first, second = first_app.test_client(), second_app.test_client()
+    _version(second, auth_headers)  # starts second's poller
+    second_models = second_app.extensions["movierec"].models
+    load = second_models.load
+
+    def slow(target: Path | None = None) -> Any:
+        time.sleep(1.0)
+        return load(target)
+
+    monkeypatch.setattr(second_models, "load", slow)
+    add_version(store, "v-replaced")
+    newer = add_version(store, "v-newer", latest=False)
+
+    def newer_reload() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "v-replaced" not in _marker_text(store):
+            time.sleep(0.005)
+        second_app.extensions["movierec"].reloader._write_marker(newer.resolve(), "v-newer")
+
+    writer = threading.Thread(target=newer_reload, daemon=True)
+    writer.start()
+    admin = login(first, ADMIN_PASSWORD)
+    answer = first.post("/api/admin/reload", json={"wait": True, "version": "v-replaced"}, headers=admin)
+    writer.join(30)
+    assert answer.status_code == 409, answer.get_json()
+    error = answer.get_json()["error"]
+    assert error["code"] == "reload_superseded" and "v-newer" in error["message"]
+    reload = first.get("/api/model", headers=admin).get_json()["reload"]
+    assert (reload["state"], reload["target"]) == ("superseded", "v-replaced")
+
+
+def _marker_text(store: Path) -> str:
+    try:
+        return (store / ".serving.json").read_text()
+    except OSError:
+        return ""

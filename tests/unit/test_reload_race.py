@@ -21,7 +21,7 @@ import pytest
 import app.services.models as models_module
 from app.recommender.bundle import LATEST, resolve_bundle_dir
 from app.services.models import ModelHolder
-from app.services.reload import InvalidBundle, ModelReloader
+from app.services.reload import InvalidBundle, ModelReloader, ReloadSuperseded
 from tests.serving_helpers import add_version, copy_store
 
 pytestmark = pytest.mark.unit
@@ -154,7 +154,8 @@ def test_a_sibling_marker_written_right_after_this_workers_is_followed(
             b._write_next_marker((store / original).resolve(), original)
 
     monkeypatch.setattr(os, "replace", replace)
-    assert a.request("v2", wait=WAIT)["state"] == "loaded"
+    with pytest.raises(ReloadSuperseded, match=original):  # B's newer marker replaces v2
+        a.request("v2", wait=WAIT)
     monkeypatch.setattr(os, "replace", real_replace)
     assert sibling_wrote.is_set()
     assert _serving(a) == "v2" and _marker_version(store) == original
@@ -531,3 +532,62 @@ def test_two_reloads_writing_the_marker_at_once_get_distinct_generations(
     marker = json.loads((store / ".serving.json").read_text())
     assert marker["generation"] == 2
     assert marker["version"] == (original if b._generation == 2 else "v2")
+
+
+def _write_marker_once_it_names(
+    store: Path, version: str, writer: ModelReloader, target: str
+) -> threading.Thread:
+    """Another worker's reload of ``target``, written as soon as the marker names ``version``."""
+
+    def write() -> None:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            try:
+                if _marker_version(store) == version:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.005)
+        writer._write_marker((store / target).resolve(), target)
+
+    return _in_thread(write)
+
+
+def test_a_reload_superseded_while_waiting_for_its_siblings_is_not_reported_loaded(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reloads v2 and waits for sibling B; meanwhile worker C's reload of v3 writes a newer
+    marker. A counted a sibling that had handled the newer marker as "swapped" (or B's record of
+    v2) and answered 200 "loaded" for v2, which the workers are replacing with v3."""
+    a, c = _worker(store), _worker(store)
+    b = _polling_worker(store, monkeypatch, delay=1.0)
+    try:
+        add_version(store, "v2")
+        add_version(store, "v3", latest=False)
+        newer = _write_marker_once_it_names(store, "v2", c, "v3")
+        with pytest.raises(ReloadSuperseded, match="v3"):
+            a.request("v2", wait=WAIT)
+        newer.join(WAIT)
+        status = a.status()
+        assert (status["state"], status["target"]) == ("superseded", "v2"), status
+        assert "v3" in status["error"]
+    finally:
+        b.stop()
+
+
+def test_a_reload_superseded_by_a_reload_of_the_same_bundle_waits_for_that_one(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two admins reload v2 at once on two workers: the first one's wait follows the second's
+    (newer) marker, which names the same bundle, and answers "loaded" once every worker serves it."""
+    a, c = _worker(store), _worker(store)
+    b = _polling_worker(store, monkeypatch, delay=0.5)
+    try:
+        add_version(store, "v2")
+        newer = _write_marker_once_it_names(store, "v2", c, "v2")
+        answer = a.request("v2", wait=WAIT)
+        newer.join(WAIT)
+        assert answer["state"] == "loaded", answer
+        assert _serving(b) == "v2" and b._generation == 2
+    finally:
+        b.stop()
