@@ -24,12 +24,14 @@ from app.recommender.bundle import (
     LATEST,
     MANIFEST,
     BundleError,
+    LoadedBundle,
     load_bundle,
     point_latest,
     remove_stale_leftovers,
 )
 from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError
 from app.services.dashboard import served_row
+from app.services.models import attach_rating_model
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,9 @@ def served_version(model_dir: Path | str) -> str | None:
 def export_version(registry: Registry, version: str | int, model_dir: Path | str) -> Path:
     """Make registry ``version`` the model store's ``latest`` and return its bundle dir.
 
-    The bundle is validated (loaded completely) before ``latest`` moves, so a broken
-    artifact never becomes what the service loads.
+    The bundle is validated before ``latest`` moves, as the service loads it (completely, its
+    rating model included: :func:`attach_rating_model`), so a broken artifact, or one the service
+    would refuse, never becomes what the service loads.
     """
     info = registry.get(version)
     if not info.bundle_version:
@@ -64,12 +67,13 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
     remove_stale_leftovers(model_dir)  # an export killed mid-download left its staging for ever
     if (final / MANIFEST).is_file():  # exported before (a rollback): checked as a download would be
         try:
-            load_bundle(final)
+            bundle = load_bundle(final)
         except BundleError as exc:
             raise RegistryError(
                 f"version {version}: its bundle in the model store is damaged (remove {final} to "
                 f"export it again): {exc}"
             ) from exc
+        _refuse_unservable(version, info.bundle_version, bundle)
     else:
         staging = Path(
             tempfile.mkdtemp(prefix=f"{EXPORT_STAGING_PREFIX}{info.bundle_version}-", dir=model_dir)
@@ -77,7 +81,8 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
         try:
             downloaded = registry.download_bundle(version, staging)
             bundle_dir = downloaded if (downloaded / MANIFEST).is_file() else downloaded / "bundle"
-            load_bundle(bundle_dir)  # BundleError: keep serving what we have
+            bundle = load_bundle(bundle_dir)  # BundleError: keep serving what we have
+            _refuse_unservable(version, info.bundle_version, bundle)
             # Bundles are world-readable artefacts (the service may run as another user), never secret.
             os.chmod(bundle_dir, 0o755)  # noqa: S103  # nosec B103
             os.replace(bundle_dir, final)
@@ -89,6 +94,20 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
     point_latest(model_dir, info.bundle_version)
     log.info("exported version %s (bundle %s) to %s", version, info.bundle_version, model_dir)
     return final
+
+
+def _refuse_unservable(version: str | int, name: str, bundle: LoadedBundle) -> None:
+    """Check the rating model of a bundle that loaded, as the service does before it serves one
+    (app/services/models.py); the export loaded bundles without it, so a promotion or a rollback
+    made `latest` a bundle the service refuses (its reload kept the old one, a restart served
+    nothing)."""
+    try:
+        attach_rating_model(bundle)
+    except BundleError as exc:
+        raise RegistryError(
+            f"version {version}: bundle {name} loads, but the service would refuse it "
+            f"(its rating model): {exc}"
+        ) from exc
 
 
 def promote_version(registry: Registry, version: str | int, model_dir: Path | str) -> Path:

@@ -96,3 +96,60 @@ def test_an_export_removes_the_staging_a_killed_export_left(
     exported = export_version(registry, version, store)
     assert not stale.exists() and fresh.is_dir() and other.is_dir()
     assert (store / "latest").resolve() == exported.resolve()
+
+
+def _break_rating_model(bundle: Path) -> None:
+    """A rating model fitted on a movie the catalogue lacks, its digest updated: the bundle loads
+    (load_bundle), the service refuses it (attach_rating_model)."""
+    import json
+
+    import joblib
+    import numpy as np
+
+    from app.recommender.bundle import file_digests
+
+    model = joblib.load(bundle / "rating_model.pkl")
+    model.item_ids = np.array([10**9])
+    joblib.dump(model, bundle / "rating_model.pkl")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"] = file_digests(bundle)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_rollback_to_a_bundle_whose_rating_model_the_service_refuses_is_refused(
+    tmp_path: Path, personal_model_store: Path
+) -> None:
+    """The export loaded the bundle without its rating model: a rollback moved `latest` to a
+    bundle the service refuses (the reload kept the old one, a restart served nothing)."""
+    import shutil
+
+    from app.recommender.bundle import load_bundle
+
+    registry, version, copy = _registered(tmp_path, personal_model_store)
+    store = copy.parent
+    other = store / "20200101T000000-000000"
+    shutil.copytree(copy, other)
+    point_latest(store, other.name)
+    _break_rating_model(copy)
+    load_bundle(copy)  # loads without its rating model
+    with pytest.raises(RegistryError, match=r"the service would refuse it.*rating_model\.pkl"):
+        export_version(registry, version, store)
+    assert (store / "latest").resolve().name == other.name
+
+
+def test_an_export_of_a_registered_bundle_whose_rating_model_the_service_refuses_is_refused(
+    tmp_path: Path, personal_model_store: Path
+) -> None:
+    import shutil
+
+    from tests.serving_helpers import copy_store
+
+    source = copy_store(personal_model_store, tmp_path / "trained")
+    _break_rating_model((source / "latest").resolve())
+    registry, version, copy = _registered(tmp_path, source)
+    store = copy.parent
+    shutil.rmtree(copy)  # not in the model store yet: downloaded from the registry
+    with pytest.raises(RegistryError, match=r"the service would refuse it.*rating_model\.pkl"):
+        export_version(registry, version, store)
+    assert not (store / "latest").exists() and not copy.exists()
+    assert [path.name for path in store.iterdir()] == []  # no staging left either
