@@ -40,11 +40,20 @@ RELOAD_PENDING = "reload-pending"  # under <var>/pipeline: the service has not c
 
 
 def served_version(model_dir: Path | str) -> str | None:
-    """The bundle version ``model_dir/latest`` points at, or None."""
-    manifest = Path(model_dir) / LATEST / MANIFEST
-    if not manifest.is_file():
+    """The bundle version ``model_dir/latest`` points at, or None (none, or its manifest is
+    missing, unreadable, not a JSON object or names no version: nothing known is served)."""
+    manifest = _read_manifest(Path(model_dir) / LATEST)
+    version = manifest.get("version") if manifest is not None else None
+    return version if isinstance(version, str) and version else None
+
+
+def _read_manifest(bundle_dir: Path) -> dict[str, Any] | None:
+    """A bundle's manifest, or None when it is missing, unreadable or not a JSON object."""
+    try:
+        manifest = json.loads((bundle_dir / MANIFEST).read_bytes())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    return str(json.loads(manifest.read_text()).get("version"))
+    return manifest if isinstance(manifest, dict) else None
 
 
 def export_version(registry: Registry, version: str | int, model_dir: Path | str) -> Path:
@@ -165,11 +174,8 @@ def promote_version(registry: Registry, version: str | int, model_dir: Path | st
 
 def _served_ndcg(bundle_dir: Path) -> float | None:
     """Protocol-A NDCG@10 of the model a bundle serves, from its manifest (None when absent)."""
-    try:
-        manifest = json.loads((bundle_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    row = served_row(manifest) if isinstance(manifest, dict) else None
+    manifest = _read_manifest(bundle_dir)
+    row = served_row(manifest) if manifest is not None else None
     return row.ndcg_mean if row is not None else None
 
 

@@ -153,3 +153,31 @@ def test_an_export_of_a_registered_bundle_whose_rating_model_the_service_refuses
         export_version(registry, version, store)
     assert not (store / "latest").exists() and not copy.exists()
     assert [path.name for path in store.iterdir()] == []  # no staging left either
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    ["{not json", "", "\xff", '["a list"]', '"text"', "{}", '{"version": null}', '{"version": 3}'],
+)
+def test_served_version_of_a_garbled_manifest_is_none(tmp_path: Path, manifest: str) -> None:
+    """A `latest/manifest.json` that is not JSON raised ValueError out of the pipeline's tick and
+    the reload retry (a list or a string: AttributeError), and one without a version name read as
+    the version "None"; all now say what a missing manifest says: nothing known is served."""
+    from app.registry.export import served_version
+
+    bundle = tmp_path / "store" / "20200101T000000-000000"
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_bytes(manifest.encode("latin-1"))
+    point_latest(tmp_path / "store", bundle.name)
+    assert served_version(tmp_path / "store") is None
+    assert served_version(tmp_path / "nothing") is None
+
+
+def test_served_version_names_the_latest_bundle(tmp_path: Path) -> None:
+    from app.registry.export import served_version
+
+    bundle = tmp_path / "20200101T000000-000000"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text('{"version": "20200101T000000-000000"}')
+    point_latest(tmp_path, bundle.name)
+    assert served_version(tmp_path) == "20200101T000000-000000"
