@@ -44,6 +44,15 @@ def _build(store: FeatureStore, data: Any, db: Database, now: datetime, keep: in
     return snapshot
 
 
+def _aged_builds(store: FeatureStore, data: Any, db: Database, count: int, keep: int) -> list[Snapshot]:
+    """``count`` builds a minute apart, each snapshot then aged as an earlier build's is."""
+    built = []
+    for i in range(count):
+        built.append(_build(store, data, db, T0 + timedelta(minutes=i), keep=keep))
+        _age(Path(store.root) / f"snapshot={built[-1].id}")
+    return built
+
+
 def _folders(root: Path) -> list[str]:
     return sorted(p.name.split("=", 1)[1] for p in root.glob("snapshot=*"))
 
@@ -59,10 +68,7 @@ def test_a_build_keeps_the_newest_snapshots_and_removes_the_older_ones(
 ) -> None:
     root = tmp_path / "features"
     store = FeatureStore(root)
-    built = []
-    for i in range(4):
-        built.append(_build(store, synthetic_data, sqlite_database, T0 + timedelta(minutes=i), keep=3))
-        _age(root / f"snapshot={built[-1].id}")
+    built = _aged_builds(store, synthetic_data, sqlite_database, 4, keep=3)
     assert _folders(root) == [s.id for s in built[1:]]  # the fourth build removed the first
 
     caplog.clear()  # the fourth build's removal is logged too when an earlier test left INFO on
@@ -83,10 +89,7 @@ def test_keep_zero_keeps_every_snapshot(
 ) -> None:
     root = tmp_path / "features"
     store = FeatureStore(root)
-    built = []
-    for i in range(3):
-        built.append(_build(store, synthetic_data, sqlite_database, T0 + timedelta(minutes=i), keep=0))
-        _age(root / f"snapshot={built[-1].id}")
+    built = _aged_builds(store, synthetic_data, sqlite_database, 3, keep=0)
     assert _folders(root) == [s.id for s in built]
 
 
