@@ -498,14 +498,26 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
         return target
     from app.recommender.bundle import Leftover, remove_stale_leftovers  # bundle imports this module
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_leftovers(target.parent, (Leftover(_STAGING, stat.S_ISDIR),))
+    def unusable(exc: OSError) -> DataUnavailableError:
+        # a data root that is a file (or under one), read-only or full: one line, not a traceback
+        return DataUnavailableError(
+            f"the data root {target.parent} cannot hold ml-100k: {exc.strerror or exc}"
+        )
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_leftovers(target.parent, (Leftover(_STAGING, stat.S_ISDIR),))
+    except OSError as exc:
+        raise unusable(exc) from exc
     failures: list[str] = []
     for source in sources:
         # Staged beside the cache, so publishing is one rename: staged in the system temp
         # directory, the move into the data root was a copy across filesystems, and a process
         # killed partway left a partial ml-100k that the next fetch took for the cache.
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target.parent))
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target.parent))
+        except OSError as exc:
+            raise unusable(exc) from exc
         try:
             if source == "pypi":
                 _from_pypi(staging)

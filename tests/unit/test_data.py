@@ -183,3 +183,22 @@ def test_data_fetch_names_a_cache_that_does_not_load_and_what_to_do(tmp_path: Pa
     assert result.exit_code == 1, (result.output, result.exception)
     assert result.output.startswith(f"Error: {cache}: u.user: "), result.output
     assert f"remove {cache} and run movierec data fetch again" in result.output
+
+
+def test_a_data_root_that_cannot_hold_the_cache_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    """Staging beside the cache made the data root at the start of the fetch, outside the
+    per-source error handling: a --data-dir that is a file (or under one) escaped as
+    FileExistsError's traceback from `data fetch`, `train` and `evaluate`."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    source = write_grouplens(tmp_path / "source")
+    for data_dir in (a_file, a_file / "under"):
+        with pytest.raises(DataUnavailableError, match="cannot hold"):
+            fetch(data_dir, (str(source),))
+    result = CliRunner().invoke(cli, ["data", "fetch", "--data-dir", str(a_file), "--source", str(source)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert [line for line in result.output.splitlines() if line.startswith("Error: ")], result.output
