@@ -137,10 +137,10 @@ def pipeline_run(
         BookkeepingError,
         PipelineError,
         resolve_candidates,
-        resolve_seeds,
         run_flow,
     )
     from app.pipeline.schedule import report_run, stop_on_sigterm, tick
+    from app.recommender.seeds import parse_seeds
 
     settings = settings_for_cli(data_dir=data_dir, model_dir=model_dir)
     try:
@@ -148,7 +148,7 @@ def pipeline_run(
     except ValueError as exc:  # named, as train's and evaluate's --models and --seeds are
         raise click.BadParameter(str(exc), param_hint="--candidates") from exc
     try:
-        seed_list = resolve_seeds(seeds) if seeds else None
+        seed_list = parse_seeds(seeds) if seeds else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--seeds") from exc
     # SIGTERM (a CI job's timeout, docker stop) kills the flow with its workers and reports it, as

@@ -67,8 +67,9 @@ class MovieRecTrainingFlow(FlowSpec):
     def start(self) -> None:
         """Ingest the raw files and the feedback; open the MLflow pipeline run."""
         from app.pipeline.ingest import ingest
-        from app.pipeline.runner import FLOW_OWNER_ENV, longest_first, resolve_candidates, resolve_seeds
+        from app.pipeline.runner import FLOW_OWNER_ENV, longest_first, resolve_candidates
         from app.recommender.bundle import code_version
+        from app.recommender.seeds import parse_seeds
         from app.registry.mlflow_registry import FLOW_OWNER_TAG, Registry
 
         settings = _settings()
@@ -78,7 +79,7 @@ class MovieRecTrainingFlow(FlowSpec):
         registry = Registry.from_settings(settings)
         # Longest first, so the slowest candidate never starts last on a free worker.
         self.candidate_names = longest_first(names, registry.candidate_seconds(names))
-        self.seed_list = resolve_seeds(str(self.seeds) or settings.pipeline_seeds)
+        self.seed_list = parse_seeds(str(self.seeds) or settings.pipeline_seeds)
         self.code_version = code_version()
         champion = registry.champion() if not str(self.seeds) else None
         if champion is not None:  # the configured seeds (the scheduler's): keep the gate able to compare

@@ -33,7 +33,6 @@ from typing import Any, NoReturn
 from pydantic import AliasChoices, SecretStr
 
 from app.config import Settings
-from app.recommender.seeds import parse_seeds
 from app.secret_files import FILE_SUFFIX, SECRET_SETTINGS, SecretFileError, read_secret_file
 
 log = logging.getLogger(__name__)
@@ -169,11 +168,6 @@ def longest_first(names: Sequence[str], seconds: dict[str, float]) -> list[str]:
     the slowest job never starts last and leaves the other workers idle at the end.
     """
     return sorted(names, key=lambda name: -seconds.get(name, float("inf")))
-
-
-def resolve_seeds(value: str | Sequence[int]) -> list[int]:
-    """The run's split seeds (``--seeds`` or MOVIEREC_PIPELINE_SEEDS): :func:`parse_seeds`."""
-    return parse_seeds(value)
 
 
 def features_root(settings: Settings) -> str:

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from app.config import Settings
-from app.pipeline.runner import flow_command, flow_environment, resolve_candidates, resolve_seeds
+from app.pipeline.runner import flow_command, flow_environment, resolve_candidates
 from app.pipeline.schedule import JOB_ID, build_scheduler, should_run
 from app.recommender.models import CANDIDATES, DEFAULT_CANDIDATES
+from app.recommender.seeds import parse_seeds
 
 pytestmark = pytest.mark.unit
 
@@ -60,11 +61,11 @@ def test_candidates_default_to_the_models_package_and_typos_fail_early() -> None
 
 
 def test_seeds_parse_and_refuse_garbage() -> None:
-    assert resolve_seeds("0, 1,4") == [0, 1, 4]
+    assert parse_seeds("0, 1,4") == [0, 1, 4]
     with pytest.raises(ValueError):
-        resolve_seeds("0,x")
+        parse_seeds("0,x")
     with pytest.raises(ValueError):
-        resolve_seeds("")
+        parse_seeds("")
 
 
 @pytest.mark.parametrize("value", ["-1", "0,-3", [2, -1]])
@@ -72,13 +73,13 @@ def test_a_negative_seed_is_refused_before_any_work(value: str | list[int]) -> N
     """numpy's default_rng takes no negative seed: the flow failed in its first split, with
     'ValueError: expected non-negative integer' and no word of the seeds setting."""
     with pytest.raises(ValueError, match="non-negative"):
-        resolve_seeds(value)
+        parse_seeds(value)
 
 
 def test_a_repeated_seed_counts_once() -> None:
     """0,0,1 evaluated split 0 twice and weighted it double in the mean every candidate is ranked by."""
-    assert resolve_seeds("0,0,1,0") == [0, 1]
-    assert resolve_seeds([3, 3]) == [3]
+    assert parse_seeds("0,0,1,0") == [0, 1]
+    assert parse_seeds([3, 3]) == [3]
 
 
 def test_every_setting_reaches_the_flow_through_the_environment(tmp_path: Path) -> None:
