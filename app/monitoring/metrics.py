@@ -32,6 +32,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -47,6 +49,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.exit_hooks import at_exit, reset_after_fork
+from app.services.durable_files import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -277,24 +280,9 @@ LOCK_FILE = ".lock"  # not *.db: a scrape reads only those
 RETIRE_SECONDS = 1.0  # a scrape holds the lock for milliseconds
 
 
-@contextlib.contextmanager
-def _directory_lock(path: str, operation: int, timeout: float | None) -> Iterator[bool]:
+def _directory_lock(path: str, operation: int, timeout: float | None) -> AbstractContextManager[bool]:
     """``flock`` on the directory's lock file; yields whether it was taken within ``timeout``."""
-    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, operation | (0 if deadline is None else fcntl.LOCK_NB))
-                break
-            except BlockingIOError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.01)
-        yield True
-    finally:
-        os.close(fd)  # and with it the lock
+    return file_lock(Path(path) / LOCK_FILE, shared=operation == fcntl.LOCK_SH, timeout=timeout, mode=0o600)
 
 
 @contextlib.contextmanager

@@ -5,13 +5,15 @@ Shared by the feedback journal (app/services/feedback_journal.py), the request l
 (app/pipeline/features_store.py) and the log monitor's cursor file (app/monitoring/monitor.py).
 What a write-behind log may not lose goes through here: synced before the caller moves on, and a
 new file's name made durable with its directory. :func:`exclusive_lock` serialises the processes
-that share such files (the features store's publishing, SQLite's migrations).
+that share such files (the features store's publishing, SQLite's migrations); :func:`file_lock`
+is the same ``flock`` shared or with a time limit (the Prometheus directory's, app/monitoring/metrics.py).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,15 +94,36 @@ def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 @contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing), waiting for any holder.
+    """Hold an exclusive ``flock`` on ``path`` (created if missing), waiting for any holder."""
+    with file_lock(path):
+        yield
+
+
+@contextmanager
+def file_lock(
+    path: Path, *, shared: bool = False, timeout: float | None = None, mode: int = 0o666
+) -> Iterator[bool]:
+    """Hold an ``flock`` on ``path`` (created if missing, with ``mode`` before the umask):
+    exclusive, or ``shared`` with other shared holders. Waits for the holders, for at most
+    ``timeout`` seconds when given; yields whether it was taken (False: not held).
 
     The kernel releases it when the holder dies, so it never goes stale. It is per open file,
     so it also serialises threads of one process that each take it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, operation | (0 if deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.01)
+        yield True
+    finally:
+        os.close(fd)  # and with it the lock
