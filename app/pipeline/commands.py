@@ -429,7 +429,6 @@ def features_build(data_dir: Path | None) -> None:
     from app.pipeline.runner import features_root
     from app.recommender.data import DataUnavailableError
     from app.storage.db import DatabaseSchemaError
-    from app.storage.user_features import replace_user_features, user_features_snapshot
 
     settings = settings_for_cli(data_dir=data_dir)
     try:
@@ -437,13 +436,8 @@ def features_build(data_dir: Path | None) -> None:
             ingested = ingest(settings.data_dir, database)
             root = features_root(settings)
             store = FeatureStore(root)
-            try:
-                with store.staged_snapshot(  # published once the database serves it too; old ones pruned
-                    ingested,
-                    keep=settings.features_keep_snapshots,
-                    loaded=lambda: user_features_snapshot(database)[0],
-                ) as snapshot:
-                    loaded = replace_user_features(database, store.service_rows(snapshot.id), snapshot.id)
+            try:  # published once the database serves it too; old ones pruned
+                snapshot, loaded = store.load_into(database, ingested, settings.features_keep_snapshots)
             except OSError as exc:  # a root that is a file, a full or read-only disk: not a traceback
                 raise click.ClickException(f"the features store {root}: {exc}") from exc
     except SnapshotSuperseded as exc:  # not a failure: the features are as new as this build's

@@ -50,6 +50,7 @@ from app.services.durable_files import exclusive_lock, sync_directory, write_dur
 
 if TYPE_CHECKING:  # the ingest module pulls in the service database layer; SQL needs none of it
     from app.pipeline.ingest import Ingested
+    from app.storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,22 @@ class FeatureStore:
             else:
                 self._discard(snapshot.id)
             raise
+
+    def load_into(
+        self, database: Database, ingested: Ingested, keep: int, now: datetime | None = None
+    ) -> tuple[Snapshot, int]:
+        """A build: stage a snapshot of ``ingested``, load its user features into the service
+        ``database``, publish it and keep the newest ``keep`` (:meth:`staged_snapshot`; the one the
+        database serves is read from it). Returns the snapshot and the users loaded; raises
+        :class:`SnapshotSuperseded` when a newer one was published meanwhile. What ``movierec
+        features build`` and the training flow's features step do."""
+        from app.storage.user_features import replace_user_features, user_features_snapshot
+
+        with self.staged_snapshot(
+            ingested, now, keep=keep, loaded=lambda: user_features_snapshot(database)[0]
+        ) as snapshot:
+            loaded = replace_user_features(database, self.service_rows(snapshot.id), snapshot.id)
+        return snapshot, loaded
 
     def _retain(self, keep: int, published: Snapshot, loaded: Callable[[], str | None] | None) -> None:
         """:meth:`remove_old` after a build: whatever fails here, the build has succeeded (its

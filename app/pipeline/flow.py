@@ -141,7 +141,6 @@ class MovieRecTrainingFlow(FlowSpec):
         from app.pipeline.features_store import FeatureStore, SnapshotSuperseded
         from app.pipeline.ingest import Ingested
         from app.pipeline.runner import features_root
-        from app.storage.user_features import replace_user_features, user_features_snapshot
 
         settings = _settings()
         store = FeatureStore(features_root(settings))
@@ -149,14 +148,9 @@ class MovieRecTrainingFlow(FlowSpec):
         # LATEST names it only once the database serves it too; a failed load removes it; then
         # the snapshots past the newest MOVIEREC_FEATURES_KEEP_SNAPSHOTS go (never the served one)
         try:
-            with store.staged_snapshot(
-                Ingested(self.data, self.feedback),
-                keep=settings.features_keep_snapshots,
-                loaded=lambda: user_features_snapshot(database)[0],
-            ) as snapshot:
-                self.snapshot_id = snapshot.id
-                rows = store.service_rows(snapshot.id)
-                self.db_user_features = replace_user_features(database, rows, snapshot.id)
+            ingested, keep = Ingested(self.data, self.feedback), settings.features_keep_snapshots
+            snapshot, self.db_user_features = store.load_into(database, ingested, keep)
+            self.snapshot_id = snapshot.id
         except SnapshotSuperseded as exc:  # a manual build published a newer one: the run goes on
             logging.getLogger(__name__).warning("%s", exc)
             self.snapshot_id, self.db_user_features = exc.latest, 0

@@ -37,11 +37,7 @@ def _age(folder: Path, seconds: float = 7200) -> None:
 
 def _build(store: FeatureStore, data: Any, db: Database, now: datetime, keep: int) -> Snapshot:
     """What `movierec features build` and the flow's features step do."""
-    with store.staged_snapshot(
-        Ingested(data), now=now, keep=keep, loaded=lambda: user_features_snapshot(db)[0]
-    ) as snapshot:
-        replace_user_features(db, store.service_rows(snapshot.id), snapshot.id)
-    return snapshot
+    return store.load_into(db, Ingested(data), keep, now)[0]
 
 
 def _aged_builds(store: FeatureStore, data: Any, db: Database, count: int, keep: int) -> list[Snapshot]:
