@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -15,6 +16,12 @@ def _accuracy(*args: Path) -> object:
     from app.cli import cli
 
     return CliRunner().invoke(cli, ["accuracy", *map(str, args)])
+
+
+def _printed_lines(result: Any) -> list[str]:
+    """The command's own non-empty lines: without the JSON log records (stderr) that another
+    test's background thread (a reload poller loading a model) may write while this one runs."""
+    return [line for line in result.output.splitlines() if line and not line.startswith('{"ts":')]
 
 
 @pytest.mark.parametrize("k", [0, None, "ten"])
@@ -145,7 +152,7 @@ def test_the_metric_is_named_by_the_test_data_s_k(personal_model_store: Path, tm
     five.write_text(json.dumps(_own_test_data(bundle) | {"k": 5, "expected_score": 0.0, "floor_score": None}))
     result = _accuracy(bundle, five)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output.splitlines()[0])["metric"] == "ndcg@5"
+    assert json.loads(result.stdout.splitlines()[0])["metric"] == "ndcg@5"
     assert "OK: ndcg@5 " in result.output
 
 
@@ -173,7 +180,7 @@ def test_a_k_deeper_than_the_bundle_s_tables_is_an_error(personal_model_store: P
     deep.write_text(json.dumps(payload | {"k": depth + 1}))
     result = _accuracy(bundle, deep)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
-    (line,) = [line for line in result.output.splitlines() if line]
+    (line,) = _printed_lines(result)
     assert line.startswith(f"Error: {deep}: k {depth + 1} ") and f"table depth {depth}" in line
     assert "OK:" not in result.output
 
@@ -196,13 +203,13 @@ def test_a_floor_computed_at_another_k_is_an_error(personal_model_store: Path, t
         bad.write_text(json.dumps(payload | {"k": 5, "expected_score": 0.0}))
         result = _accuracy(bundle, bad)
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
-        (line,) = [line for line in result.output.splitlines() if line]
+        (line,) = _printed_lines(result)
         assert line.startswith(f"Error: {bad}: floor_score is ndcg@10 but k is 5"), line
 
     bad.write_text(json.dumps(own | {"k": 5, "floor_k": 5, "floor_score": 0.0, "expected_score": 0.0}))
     result = _accuracy(bundle, bad)  # a floor computed at the data's k compares
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output.splitlines()[0])["floor_score"] == 0.0
+    assert json.loads(result.stdout.splitlines()[0])["floor_score"] == 0.0
 
 
 @pytest.mark.parametrize("floor_k", [0, 2.5, True, "ten"])

@@ -81,4 +81,4 @@ def test_a_seed_style_tar_gz_of_a_scikit_learn_model_is_scored_like_its_model_pk
     archived = CliRunner().invoke(cli, ["accuracy", str(archive), str(test_data)])
     assert plain.exit_code == 0, plain.output
     assert archived.exit_code == 0, archived.output
-    assert json.loads(archived.output.splitlines()[0]) == json.loads(plain.output.splitlines()[0])
+    assert json.loads(archived.stdout.splitlines()[0]) == json.loads(plain.stdout.splitlines()[0])
