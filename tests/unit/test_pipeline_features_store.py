@@ -190,7 +190,7 @@ def test_sql_command_prints_query_results(synthetic_data: Any, tmp_path: Path) -
               "from users group by gender order by gender"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == ["gender,n", "F,60", "M,60"]
+    assert result.stdout.splitlines() == ["gender,n", "F,60", "M,60"]
     bad = runner.invoke(cli, ["sql", "--root", str(tmp_path / "features"), "select * from nowhere"])
     assert bad.exit_code == 1
     assert "SQL error" in bad.output
