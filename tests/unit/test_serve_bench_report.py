@@ -49,6 +49,23 @@ def test_a_median_just_under_a_bar_is_a_miss_and_does_not_print_as_the_bar(serve
     assert detail.startswith("0.895x (median of 6 rounds; 0.86-0.93)")
 
 
+@pytest.mark.parametrize(
+    ("name", "rps", "p99", "printed"),
+    [
+        # a median of 0.8996 printed "0.900x" beside "NO" (twenty-eighth machine, run 2)
+        ("/api/recommend throughput >= 0.9x echo", [0.8996], [1.1], "0.899x"),
+        ("/api/recommend p99 <= 1.2x echo", [0.95], [1.2004], "1.201x"),
+    ],
+)
+def test_a_miss_never_prints_as_a_value_that_meets_the_bar(
+    serve_bench: ModuleType, name: str, rps: list[float], p99: list[float], printed: str
+) -> None:
+    figures = _figures(rps) | {"recommend": {"rps_ratios": rps, "p99_ratios": p99}}
+    passed, detail = _check(serve_bench, figures, name)
+    assert not passed
+    assert detail.startswith(printed), detail
+
+
 def test_a_median_on_the_bar_meets_it(serve_bench: ModuleType) -> None:
     passed, detail = _check(serve_bench, _figures([0.9, 0.9, 0.9]), "/api/recommend throughput >= 0.9x echo")
     assert passed
