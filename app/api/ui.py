@@ -548,7 +548,15 @@ def dashboard_page() -> Response:
     services = _services()
     bucket = request.args.get("bucket", "day")
     bucket = bucket if bucket in dashboard.BUCKETS else "day"
-    feedback = dashboard.feedback_panel(services.db, bucket)  # type: ignore[arg-type]
+    try:
+        feedback = dashboard.feedback_panel(services.db, bucket)  # type: ignore[arg-type]
+    except DatabaseUnavailableError as exc:
+        # only this panel reads the database: the others (the serving model, the breaker, the
+        # alerts) are what an operator looks at during the outage, so the page is still shown
+        log_database_down(exc)
+        feedback = dashboard.Panel.missing("Feedback", (
+            "The database cannot be reached right now, so the feedback figures cannot be shown."
+        ))  # fmt: skip
     panels = {
         "model": dashboard.serving_model(services.models),
         "history": dashboard.evaluation_history(services.settings.model_dir),

@@ -660,6 +660,42 @@ def test_dashboard_shows_the_serving_model_and_what_is_not_available(app: Any) -
     assert "feedback" not in charts  # nothing to draw, and nothing is invented
 
 
+def test_with_the_database_down_the_dashboard_shows_every_panel_that_needs_no_database(
+    make_app: Callable[..., Any],
+    postgres_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the feedback panel reads the database, but with it down the whole dashboard was the
+    503 page: the serving model, the breaker and the alerts were hidden from the operator at the
+    moment they matter. The page is shown; the feedback panel says why it has no figures."""
+    monkeypatch.setattr(api_errors, "_DATABASE_DOWN", LogEvery(30.0))  # no line logged by an earlier test
+    app = make_app(database_url=sqlalchemy_url(postgres_url))
+    client = app.test_client()
+    ui_login(client, ADMIN_PASSWORD)
+    caplog.set_level(logging.ERROR, logger="app.api.errors")
+    db = app.extensions["movierec"].db
+    good_engine, good_sessions = db.engine, db.sessions
+    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
+    try:
+        response = client.get("/ui/dashboard")
+    finally:
+        db.engine, db.sessions = good_engine, good_sessions
+    assert response.status_code == 200, response.text
+    version = app.extensions["movierec"].models.bundle.version
+    assert f'<code id="serving-version">{version}</code>' in response.text
+    page = response.text
+    feedback = re.search(r'<section[^>]*aria-labelledby="panel-feedback">(.*?)</section>', page, re.S)
+    assert feedback and "Not available." in feedback.group(1)
+    assert "database cannot be reached" in feedback.group(1)
+    assert 'id="kpi-count"' not in response.text
+    charts = json.loads(re.search(r'id="chart-data">(.*?)</script>', response.text, re.S).group(1))
+    assert "feedback" not in charts and "history" in charts
+    down = [r for r in caplog.records if r.getMessage() == "database unavailable"]
+    assert [r.levelno for r in down] == [logging.ERROR], "the outage seen by the dashboard was not logged"
+
+
 def test_dashboard_feedback_figures_follow_the_stored_rows(app: Any) -> None:
     service = app.extensions["movierec"].recommendations
     for score in (5.0, 4.0, 1.0, 2.5):
