@@ -277,7 +277,7 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
     still asked to reload, and the command fails saying the champion moved.
     """
     from app.pipeline.runner import PipelineError, flow_lock
-    from app.registry.export import promote_version, reload_service
+    from app.registry.export import SUPERSEDED, promote_version, reload_service
     from app.registry.mlflow_registry import Registry, RegistryError
 
     settings = settings_for_cli(model_dir=model_dir)
@@ -311,12 +311,18 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
     click.echo(f"champion: v{target.version} ({target.candidate}, bundle {target.bundle_version}) → {path}")
     if not no_reload:
         reloaded = reload_service(settings, target.bundle_version)
-        click.echo(
-            "service reloaded"
-            if reloaded
-            else "service not reloaded (see the warning); it loads latest on start, and the "
-            "scheduler's next tick asks it again"
-        )
+        if reloaded == SUPERSEDED:
+            click.echo(
+                "service not reloaded: a reload of another bundle took over (see the warning); "
+                "not asked again"
+            )
+        else:
+            click.echo(
+                "service reloaded"
+                if reloaded
+                else "service not reloaded (see the warning); it loads latest on start, and the "
+                "scheduler's next tick asks it again"
+            )
     if unrecorded:
         raise click.ClickException(
             f"the champion is now v{target.version} (moved from v{before}) and the model store serves "

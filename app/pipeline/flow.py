@@ -295,7 +295,7 @@ class MovieRecTrainingFlow(FlowSpec):
         champion = registry.get(self.promoted) if self.promoted else registry.champion()
         self.champion = champion.version if champion else None
         self.exported = None
-        self.reloaded = False
+        self.reloaded: bool | str = False  # request_reload's answer: True, False or "superseded"
         if champion is None:
             logging.getLogger(__name__).warning("no champion: nothing to export to %s", settings.model_dir)
             return

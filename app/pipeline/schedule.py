@@ -171,10 +171,16 @@ def report_run(settings: Settings, summary: dict[str, Any]) -> None:
     )  # fmt: skip
     if not summary.get("exported"):  # nothing new in the model store: nothing to reload
         return
-    from app.registry.export import remember_reload
+    from app.registry.export import SUPERSEDED, remember_reload
 
-    remember_reload(settings, bool(summary.get("reloaded")))
-    if settings.service_url and not summary.get("reloaded"):
+    remember_reload(settings, summary.get("reloaded"))
+    if summary.get("reloaded") == SUPERSEDED:
+        log.warning(
+            "the service at %s did not load champion v%s (%s): a reload of another bundle took over "
+            "(an admin's, most likely); it is not asked again, so as not to undo that reload",
+            settings.service_url, summary.get("champion"), Path(str(summary["exported"])).name,
+        )  # fmt: skip
+    elif settings.service_url and not summary.get("reloaded"):
         log.warning(
             "the service at %s did not reload champion v%s (%s): it serves the previous model until it "
             "does; the next scheduler tick asks again, and the service loads it when it starts",

@@ -16,7 +16,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from app.recommender.bundle import (
     BUNDLE_NAME,
@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 
 RELOAD_TIMEOUT_SECONDS = 60.0  # the service loads and validates the whole bundle before answering
 RELOAD_PENDING = "reload-pending"  # under <var>/pipeline: the service has not confirmed loading `latest`
+# What request_reload answers when another bundle's reload took over (409 reload_superseded or
+# reload_in_progress): someone (an admin's POST /api/admin/reload with a version) chose to serve
+# another bundle; asking for ours again would undo that choice, so it is not asked again.
+SUPERSEDED: Literal["superseded"] = "superseded"
+_TAKEN_OVER = frozenset({"reload_superseded", "reload_in_progress"})
+Reloaded = bool | Literal["superseded"]
 
 
 def served_version(model_dir: Path | str) -> str | None:
@@ -206,11 +212,13 @@ def request_reload(
     admin_password: str | None,
     version: str | None = None,
     timeout: float = RELOAD_TIMEOUT_SECONDS,
-) -> bool:
+) -> Reloaded:
     """Log in as admin and POST /api/admin/reload (waiting for the swap); False with a warning when it cannot
     or the service does not say the bundle is loaded in every worker (202 "loading", 503 "partial").
 
-    ``version`` names the bundle to load (default: the model store's ``latest``).
+    ``version`` names the bundle to load (default: the model store's ``latest``). :data:`SUPERSEDED`
+    (with a warning) when the service answers 409 ``reload_superseded`` or ``reload_in_progress``:
+    a reload of another bundle, started by someone else, took over; it is not undone by asking again.
 
     A training run must not fail because the service is down or not yet deployed: the
     service loads ``latest`` when it starts anyway.
@@ -231,6 +239,18 @@ def request_reload(
         token = str(login["access_token"])
         body: dict[str, object] = {"wait": True} | ({"version": version} if version else {})
         answer = _post_json(f"{base}/api/admin/reload", body, token, timeout)
+    except urllib.error.HTTPError as exc:
+        error = _error_of(exc) if exc.code == 409 else {}
+        if error.get("code") in _TAKEN_OVER:
+            wanted = version or "latest"
+            log.warning(
+                "service at %s did not load %s: another bundle's reload took over (%s: %s); it is not "
+                "asked again (to serve %s: movierec promote, or POST /api/admin/reload with its version)",
+                base, wanted, error["code"], str(error.get("message"))[:300], wanted,
+            )  # fmt: skip
+            return SUPERSEDED
+        log.warning("service at %s did not reload the model: %s", base, _describe(exc))
+        return False
     except (OSError, KeyError, ValueError) as exc:  # URLError/HTTPError are OSErrors
         log.warning("service at %s did not reload the model: %s", base, _describe(exc))
         return False
@@ -241,7 +261,7 @@ def request_reload(
     return True
 
 
-def reload_service(settings: Any, version: str | None) -> bool:
+def reload_service(settings: Any, version: str | None) -> Reloaded:
     """:func:`request_reload` with the settings' service URL and admin password; the outcome is
     remembered (:func:`remember_reload`) so that a failed reload is asked again later."""
     password = settings.admin_password.get_secret_value() if settings.admin_password else None
@@ -250,8 +270,9 @@ def reload_service(settings: Any, version: str | None) -> bool:
     return reloaded
 
 
-def remember_reload(settings: Any, reloaded: bool) -> None:
-    """Record whether the service confirmed loading the model store's ``latest``.
+def remember_reload(settings: Any, reloaded: object) -> None:
+    """Record whether the service confirmed loading the model store's ``latest`` (``reloaded``:
+    :func:`request_reload`'s answer; :data:`SUPERSEDED` counts as done: another reload took over).
 
     A new champion exported while the service was down, answered 5xx or refused the admin
     password stays unserved until the service restarts: nothing else changes, so the
@@ -261,7 +282,7 @@ def remember_reload(settings: Any, reloaded: bool) -> None:
     """
     marker = Path(settings.var_dir) / "pipeline" / RELOAD_PENDING
     try:
-        if reloaded or not settings.service_url:
+        if reloaded is True or reloaded == SUPERSEDED or not settings.service_url:
             marker.unlink(missing_ok=True)
         else:
             marker.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +291,7 @@ def remember_reload(settings: Any, reloaded: bool) -> None:
         log.exception("could not record whether the service reloaded the model (%s)", marker)
 
 
-def retry_pending_reload(settings: Any) -> bool | None:
+def retry_pending_reload(settings: Any) -> Reloaded | None:
     """Ask the service again to load ``latest`` when an earlier reload failed; None when none did."""
     if not (Path(settings.var_dir) / "pipeline" / RELOAD_PENDING).is_file():
         return None
@@ -289,6 +310,15 @@ def _post_json(url: str, body: dict[str, object], token: str | None, timeout: fl
         payload = response.read()
     decoded = json.loads(payload) if payload else {}
     return decoded if isinstance(decoded, dict) else {"response": decoded}
+
+
+def _error_of(exc: urllib.error.HTTPError) -> dict[str, Any]:
+    """The error envelope's ``{"code", "message"}`` of an HTTP error answer ({} when it has none)."""
+    try:
+        error = json.loads(exc.read(64 * 1024)).get("error")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return error if isinstance(error, dict) else {}
 
 
 def _describe(exc: Exception) -> str:

@@ -407,3 +407,58 @@ def test_a_tick_whose_flow_moved_the_champion_then_failed_reports_the_new_champi
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("released, then failed" in m and "the champion is now v2" in m for m in errors), errors
     assert (tmp_path / "var" / "pipeline" / RELOAD_PENDING).is_file()  # asked again at the next tick
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("reload_superseded", "a newer reload of bundle b-old was started meanwhile"),
+        ("reload_in_progress", "a reload of bundle b-old is in progress; retry when it has finished"),
+    ],
+)
+def test_a_reload_another_bundle_took_over_is_not_asked_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, code: str, message: str
+) -> None:
+    """A 409 ``reload_superseded``/``reload_in_progress`` (an admin's reload of another bundle
+    started meanwhile) was read as "not reloaded yet": the reload-pending marker stayed and every
+    later tick asked the service to load ``latest`` again, undoing the admin's deliberate reload."""
+    from app.registry.export import RELOAD_PENDING, SUPERSEDED, retry_pending_reload
+
+    model_dir = tmp_path / "model"
+    (model_dir / "b-new").mkdir(parents=True)
+    (model_dir / "b-new" / "manifest.json").write_text('{"version": "b-new"}')
+    (model_dir / "latest").symlink_to("b-new")
+    marker = tmp_path / "var" / "pipeline" / RELOAD_PENDING
+    marker.parent.mkdir(parents=True)
+    marker.write_text("b-new\n")
+    service = _Service("the-admin-password")
+    service.reload_answer = (409, {"error": {"code": code, "message": message}})
+    settings = Settings(
+        testing=True, var_dir=tmp_path / "var", model_dir=model_dir, service_url=service.url,
+        admin_password=SecretStr("the-admin-password"),
+    )  # fmt: skip
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.registry.export"):
+            assert retry_pending_reload(settings) == SUPERSEDED
+        assert not marker.exists()
+        assert retry_pending_reload(settings) is None  # the next tick does not ask again
+        assert service.reloads == ["b-new"]
+        assert "b-old" in caplog.text and "b-new" in caplog.text
+    finally:
+        service.server.shutdown()
+
+
+def test_a_run_whose_reload_another_bundle_took_over_leaves_nothing_pending(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flow's summary says ``reloaded: superseded``: the scheduler must not leave the
+    reload-pending marker (the next tick would undo the other reload) and says why in its log."""
+    from app.registry.export import RELOAD_PENDING, SUPERSEDED
+
+    settings = Settings(testing=True, var_dir=tmp_path / "var", service_url="http://127.0.0.1:9")
+    summary = {"champion": "2", "champion_before": "1", "promoted": "2",
+               "exported": str(tmp_path / "model" / "b-new"), "reloaded": SUPERSEDED}  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="app.pipeline.schedule"):
+        schedule.report_run(settings, summary)
+    assert not (tmp_path / "var" / "pipeline" / RELOAD_PENDING).exists()
+    assert any("another bundle" in r.getMessage() and "b-new" in r.getMessage() for r in caplog.records)
