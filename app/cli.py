@@ -49,7 +49,8 @@ def _at_least(minimum: float) -> Callable[[click.Context, click.Parameter, float
 def _output_directory(directory: Path, option: str, given: Path | None = None) -> None:
     """Create ``directory`` (where ``option``, given as ``given``, writes) before the minutes of work
     whose result goes there: a file in its way, or a directory that cannot be created or written,
-    is one ``Error:`` line now rather than a traceback once the work is done."""
+    is one ``Error:`` line now rather than a traceback once the work is done. Called once the
+    input data loaded, so that a run refused for its data creates nothing."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not os.access(directory, os.W_OK | os.X_OK):
@@ -165,8 +166,9 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
         click.echo(f"{(model_dir / LATEST).resolve()} (existing)")
         return
     names, seed_list = _models(models) or DEFAULT_CANDIDATES, _seeds(seeds)
+    data = _load_data(data_dir)  # first: a run refused for its data leaves no directory behind
     _output_directory(model_dir, "--model-dir")
-    result = run_training(_load_data(data_dir), model_dir, names, seed_list)
+    result = run_training(data, model_dir, names, seed_list)
     click.echo(summary_line(result), err=True)
     click.echo(str(result.path))
 
@@ -197,8 +199,9 @@ def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out:
         raise click.ClickException(
             f"--out {out} cannot be written: it is a directory (give a JSON file's path)"
         )
+    data = _load_data(data_dir)  # first: a run refused for its data leaves no directory behind
     _output_directory(out.parent, "--out", out)
-    report = run_evaluation(_load_data(data_dir), names, protocol, seed_list)
+    report = run_evaluation(data, names, protocol, seed_list)
     click.echo(format_table(report))
     try:
         json_path, png_path = write_report(report, out)

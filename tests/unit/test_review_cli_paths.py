@@ -142,3 +142,16 @@ def test_an_empty_redis_url_still_means_no_redis(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setenv("MOVIEREC_REDIS_URL", "")
     assert not load_settings().redis_url
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_bad_data_leaves_no_output_directory_behind(tmp_path: Path, command: str) -> None:
+    """``train`` and ``evaluate`` created --model-dir (--out's directory) before reading the data:
+    a run refused for its data left an empty directory behind."""
+    bad = write_grouplens(tmp_path / "bad")
+    (bad / "u.data").write_text((bad / "u.data").read_text() + "1\t3\t9\t880000000\n")
+    output = tmp_path / "new" / "out"
+    where = ["--model-dir", str(output)] if command == "train" else ["--out", str(output / "report.json")]
+    result = _invoke([command, "--data-dir", str(bad), "--models", "most_rated", "--seeds", "0", *where])
+    _refused(result, "u.data: rating must be 0.5..5.0")
+    assert not (tmp_path / "new").exists()
