@@ -34,6 +34,9 @@ from app.recommender.bundle import BundleError, LoadedBundle, load_bundle, segme
 from app.recommender.metrics import ndcg_at_k
 
 K = 10
+# A seed-style .tar.gz's model.pkl is read into memory: one larger than this unpacked is refused
+# (a random forest of the full data is tens of MB; a decompression bomb would exhaust memory).
+MAX_ARCHIVED_MODEL_BYTES = 1 << 30
 
 
 def bundle_score(
@@ -191,12 +194,21 @@ def _plain_estimator(path: Path) -> Any | None:
 
 def _archived_pickle(path: Path) -> io.BytesIO | None:
     """The bytes of the one ``model.pkl`` in an archive (as the bundle loader finds it), read
-    without extracting anything; None for an unreadable archive, or none or several."""
+    without extracting anything; None for an unreadable archive, or none or several.
+
+    ValueError, before anything is read, when it is larger than :data:`MAX_ARCHIVED_MODEL_BYTES`
+    unpacked (a damaged archive, or a decompression bomb: it would be read into memory whole).
+    """
     try:
         with tarfile.open(path, "r:gz") as archive:
             members = [m for m in archive.getmembers() if m.isfile() and Path(m.name).name == "model.pkl"]
             if len(members) != 1:
                 return None
+            if members[0].size > MAX_ARCHIVED_MODEL_BYTES:
+                raise ValueError(
+                    f"{path}: its {members[0].name} is {members[0].size} bytes unpacked, more than the "
+                    f"{MAX_ARCHIVED_MODEL_BYTES} bytes a model is read up to (a damaged or hostile archive?)"
+                )
             member = archive.extractfile(members[0])
             return io.BytesIO(member.read()) if member is not None else None
     except (tarfile.TarError, OSError, EOFError):

@@ -82,3 +82,36 @@ def test_a_seed_style_tar_gz_of_a_scikit_learn_model_is_scored_like_its_model_pk
     assert plain.exit_code == 0, plain.output
     assert archived.exit_code == 0, archived.output
     assert json.loads(archived.stdout.splitlines()[0]) == json.loads(plain.stdout.splitlines()[0])
+
+
+def test_an_archived_model_pkl_over_the_size_limit_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed-style ``.tar.gz`` fallback read its model.pkl member into memory whatever its
+    size: a huge member (a decompression bomb: gigabytes of zeros in a few kilobytes) exhausted
+    memory. One over the limit is now one error line, and nothing of it is read."""
+    import io
+    import json
+    import tarfile
+
+    from app.cli import cli
+    from app.recommender import accuracy
+
+    monkeypatch.setattr(accuracy, "MAX_ARCHIVED_MODEL_BYTES", 4096, raising=False)
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        member = tarfile.TarInfo("model.pkl")
+        member.size = 4097
+        tar.addfile(member, io.BytesIO(b"\0" * member.size))
+    read: list[int] = []
+    real_extractfile = tarfile.TarFile.extractfile
+    monkeypatch.setattr(
+        tarfile.TarFile, "extractfile", lambda self, m: read.append(1) or real_extractfile(self, m)
+    )
+    test_data = tmp_path / "test_data.json"
+    test_data.write_text(json.dumps({"data": [[1.0]], "target": [1.0], "expected_score": 0.0}))
+    result = CliRunner().invoke(cli, ["accuracy", str(archive), str(test_data)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "4097 bytes" in errors[0] and "4096" in errors[0], result.output
+    assert not read
