@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 import shutil
 import stat
@@ -52,7 +53,8 @@ STAGING_PREFIX = ".ml-100k-"
 """``fetch``'s staging directories, beside the cache in the data root: ``.ml-100k-<random>``
 (``tempfile.mkdtemp``: 8 of ``[a-z0-9_]``), and ``.ml-100k-<random>.old`` for a partial cache
 being replaced. A fetch killed outright leaves one; no load looks at it, and a later fetch removes
-it once stale (app.recommender.bundle.remove_stale_leftovers)."""
+it once stale (app.recommender.bundle.remove_stale_leftovers). The ``pypi`` source downloads into
+its staging directory too, so a fetch killed during ``pip download`` leaves nothing elsewhere."""
 _STAGING = re.compile(rf"\A{re.escape(STAGING_PREFIX)}[a-z0-9_]{{8}}(?:\.old)?\Z")
 
 GENRES: tuple[str, ...] = (
@@ -445,22 +447,33 @@ def _copy_layout_files(source: Path, target: Path) -> None:
 
 
 def _from_pypi(target: Path) -> None:
-    """``pip download --no-deps recbole==1.2.1`` and extract the three data files."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """``pip download --no-deps recbole==1.2.1`` and extract the three data files.
+
+    The wheel, and pip's own temporary files (its ``TMPDIR``), go under ``target``, ``fetch``'s
+    staging directory beside the cache: a fetch killed outright during the download (it takes
+    minutes) left a directory in the system temp directory for good; its staging is removed by a
+    later fetch once stale."""
+    download = target / ".download"
+    try:
+        (download / "tmp").mkdir(parents=True)
         command = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-            "--quiet", "--dest", tmp, RECBOLE_REQUIREMENT,
+            "--quiet", "--dest", str(download), RECBOLE_REQUIREMENT,
         ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)  # nosec B603
-        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        env = {**os.environ, "TMPDIR": str(download / "tmp")}
+        result = subprocess.run(  # nosec B603
+            command, capture_output=True, text=True, timeout=600, check=False, env=env
+        )
+        wheels = list(download.glob("recbole-*.whl"))
         if result.returncode != 0 or not wheels:
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no wheel"]
             raise DataUnavailableError(f"pip download {RECBOLE_REQUIREMENT} failed: {detail[0]}")
-        target.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheels[0]) as wheel:
             for ext in ("inter", "item", "user"):
                 member = f"{RECBOLE_MEMBER_PREFIX}ml-100k.{ext}"
                 (target / f"ml-100k.{ext}").write_bytes(wheel.read(member))
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
 
 
 def _from_grouplens(target: Path, timeout: float = 30.0) -> None:

@@ -202,3 +202,50 @@ def test_a_data_root_that_cannot_hold_the_cache_is_refused_not_a_traceback(tmp_p
     result = CliRunner().invoke(cli, ["data", "fetch", "--data-dir", str(a_file), "--source", str(source)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert [line for line in result.output.splitlines() if line.startswith("Error: ")], result.output
+
+
+def test_a_fetch_killed_during_pip_download_leaves_nothing_in_the_temp_directory(tmp_path: Path) -> None:
+    """``pip download`` wrote into a TemporaryDirectory of the system temp directory: a fetch
+    killed outright meanwhile (SIGKILL, OOM) left it there for good, wheel and all. The download
+    (and pip's own temporary files) now go under the staging directory beside the cache, which the
+    next fetch removes once stale."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from app.recommender.bundle import STALE_STAGING_SECONDS
+    from app.recommender.data import STAGING_PREFIX
+
+    root, system_tmp = tmp_path / "root", tmp_path / "tmp"
+    system_tmp.mkdir()
+    child = textwrap.dedent(f"""
+        import os, signal, sys, tempfile
+        from pathlib import Path
+        from app.recommender import data
+
+        def killed_during_download(command, **kwargs):
+            dest = Path(command[command.index("--dest") + 1])
+            (dest / "recbole-1.2.1-py3-none-any.whl.part").write_bytes(b"partial")
+            pip_tmp = Path((kwargs.get("env") or os.environ).get("TMPDIR", tempfile.gettempdir()))
+            (pip_tmp / "pip-unpack-x").mkdir()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        data.subprocess.run = killed_during_download
+        data.fetch({str(root)!r}, sources=["pypi"])
+    """)
+    env = {**os.environ, "TMPDIR": str(system_tmp), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run(
+        [sys.executable, "-c", child], env=env, capture_output=True, timeout=120, check=False
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert list(system_tmp.iterdir()) == []
+    leftovers = list(root.iterdir())
+    assert [p.name.startswith(STAGING_PREFIX) for p in leftovers] == [True], leftovers
+    old = time.time() - STALE_STAGING_SECONDS - 60
+    for path in [leftovers[0], *leftovers[0].rglob("*")]:
+        os.utime(path, (old, old))
+    fetch(root, sources=[str(write_recbole(tmp_path / "source"))])
+    assert [path.name for path in root.iterdir()] == ["ml-100k"]
