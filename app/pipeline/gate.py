@@ -37,14 +37,13 @@ import numpy as np
 import pandas as pd
 
 from app.recommender.accuracy import run_accuracy_test
-from app.recommender.bundle import BundleError, LoadedBundle, Recommendation, load_bundle
+from app.recommender.bundle import BundleError, LoadedBundle, Recommendation, attach_rating_model, load_bundle
 from app.recommender.data import MovieLens
 from app.recommender.evaluation import K, evaluate
 from app.recommender.features import rated_movies
 from app.recommender.models import Recommender, make_model
 from app.recommender.segments import all_segments
 from app.registry.mlflow_registry import flat_params
-from app.services.models import attach_rating_model
 
 if TYPE_CHECKING:
     from app.registry.mlflow_registry import VersionInfo

@@ -54,6 +54,7 @@ FORMAT_VERSION = 1
 TABLE_DEPTH = 100  # max_recs is at most 100
 LATEST = "latest"
 MANIFEST = "manifest.json"
+RATING_MODEL_FILE = "rating_model.pkl"  # a bundle's rating regressor (/api/predict/*), when it has one
 VERSION_MAX_LENGTH = 64  # the database's model_version columns (app/storage/models.py)
 STAGING_PREFIX = ".writing-"
 """write_bundle's staging directories in a model store: ``.writing-<version>-<random>``."""
@@ -566,6 +567,49 @@ def load_bundle(path: Path | str, catalogue_fallback: pd.DataFrame | None = None
     if path.is_file():
         return _load_pickle(path, catalogue_fallback)
     return _load_dir(resolve_bundle_dir(path))
+
+
+def attach_rating_model(bundle: LoadedBundle) -> None:
+    """Load and check the bundle's rating regressor (for /api/predict/*) before the bundle is served.
+
+    ``rating_model.pkl`` when the bundle has one; else the served model itself when it serves
+    records (a bundle whose manifest names ``model.pkl``). A broken rating model makes the whole
+    bundle invalid: a reload refuses it and the old one stays. Bundles without any rating model
+    still serve recommendations; /api/predict/* then answers 503. So do those whose served model
+    predicts ratings but not from records (the seed's forest, and bundles written before
+    ``serves_records`` named it ``model.pkl``): that was a 500 on every prediction, or, at load,
+    the whole bundle refused.
+    """
+    if bundle.model is not None and bundle.model.serves_records:
+        bundle.rating_model = bundle.model
+        return
+    if not bundle.path.is_dir():
+        return
+    candidate = bundle.path / RATING_MODEL_FILE
+    if not candidate.is_file():
+        declared = bundle.manifest.get("rating_model") or {}
+        if declared.get("file") != "model.pkl" or bundle.model is not None:  # the served model, checked above
+            return
+        candidate = bundle.path / "model.pkl"
+    try:
+        model = joblib.load(candidate)  # nosec B301 - bundles come from our own training
+    except Exception as exc:
+        raise BundleError(f"{candidate} could not be unpickled: {exc}") from exc
+    if candidate.name == "model.pkl" and isinstance(model, Recommender) and not model.serves_records:
+        return  # the served ranker, named by a bundle written before ``serves_records`` existed
+    if not isinstance(model, Recommender) or not model.serves_records:
+        raise BundleError(f"{candidate} does not hold a rating model that can serve predictions")
+    item_ids = np.asarray(getattr(model, "item_ids", []))
+    if len(item_ids) == 0 or not np.isin(item_ids, bundle.movie_ids).all():
+        raise BundleError(f"{candidate} was fitted on movies that are not in the bundle's catalogue")
+    probe = {"age": 30, "gender": "M", "occupation": "other", "movie_id": int(item_ids[0])}
+    try:
+        predicted = model.predict_records([probe])
+    except Exception as exc:
+        raise BundleError(f"{candidate} cannot predict: {exc}") from exc
+    if predicted.shape != (1,) or not np.isfinite(predicted).all():
+        raise BundleError(f"{candidate} predicts {predicted!r} for a valid record")
+    bundle.rating_model = model
 
 
 def read_catalogue(path: Path) -> pd.DataFrame:

@@ -16,7 +16,14 @@ import numpy as np
 
 from app.monitoring.drift import MANIFEST_KEY, demographic_distribution
 from app.recommender.accuracy import bundle_score
-from app.recommender.bundle import LoadedBundle, Tables, build_tables, code_version, write_bundle
+from app.recommender.bundle import (
+    RATING_MODEL_FILE,
+    LoadedBundle,
+    Tables,
+    build_tables,
+    code_version,
+    write_bundle,
+)
 from app.recommender.data import MovieLens
 from app.recommender.evaluation import REFERENCE_SEED, STANDARD_SEEDS, K, evaluate, split_users
 from app.recommender.models import DEFAULT_CANDIDATES, Recommender, make_model
@@ -24,7 +31,6 @@ from app.recommender.models import DEFAULT_CANDIDATES, Recommender, make_model
 log = logging.getLogger(__name__)
 
 SELECTION_METRIC = f"ndcg@{K}_mean"
-RATING_MODEL_FILE = "rating_model.pkl"
 
 
 @dataclass(frozen=True)

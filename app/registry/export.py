@@ -25,13 +25,13 @@ from app.recommender.bundle import (
     MANIFEST,
     BundleError,
     LoadedBundle,
+    attach_rating_model,
     load_bundle,
     point_latest,
     remove_stale_leftovers,
 )
 from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError
 from app.services.dashboard import served_row
-from app.services.models import attach_rating_model
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
 
 def _refuse_unservable(version: str | int, name: str, bundle: LoadedBundle) -> None:
     """Check the rating model of a bundle that loaded, as the service does before it serves one
-    (app/services/models.py); the export loaded bundles without it, so a promotion or a rollback
+    (:func:`attach_rating_model`); the export loaded bundles without it, so a promotion or a rollback
     made `latest` a bundle the service refuses (its reload kept the old one, a restart served
     nothing)."""
     try:

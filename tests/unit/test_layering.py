@@ -1,0 +1,56 @@
+"""The layering: the model's own checks live in app/recommender, which never imports app/services;
+the pipeline's gate checks a bundle without the serving process's state."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_app_recommender_imports_nothing_of_app_services() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): names
+        for path in (ROOT / "app" / "recommender").rglob("*.py")
+        if (names := sorted(n for n in _imported_modules(path) if n.startswith("app.services")))
+    }
+    assert not offenders
+
+
+def test_the_gate_checks_a_bundles_rating_model_without_loading_the_serving_layer() -> None:
+    """``app/pipeline/gate.py`` took ``attach_rating_model`` from ``app/services/models.py``: the
+    gate (and the export) loaded the serving layer to check a bundle, though the check uses no
+    service state. It is the bundle's own check, in app/recommender/bundle.py, defined once."""
+    probe = (
+        "import sys, app.pipeline.gate; print(sorted(m for m in sys.modules if m.startswith('app.services')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+    definitions = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "app").rglob("*.py")
+        if any(
+            isinstance(node, ast.FunctionDef) and node.name == "attach_rating_model"
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    ]
+    assert definitions == ["app/recommender/bundle.py"]
