@@ -194,6 +194,8 @@ def evaluation_history(model_dir: Path, limit: int = 12) -> Panel:
             continue
         try:
             manifest = json.loads((child / MANIFEST).read_text())
+            if not isinstance(manifest, dict):  # JSON, but no bundle's: it failed the whole page
+                raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:
             log.warning("unreadable bundle manifest", extra={"path": str(child), "reason": str(exc)[:200]})
             continue

@@ -833,6 +833,9 @@ def test_evaluation_history_reads_manifests_newest_last(tmp_path: Path) -> None:
     bundle("v1", "2026-01-01T00:00:00+00:00", 0.40)
     bundle("v3", "2026-01-03T00:00:00+00:00", None)  # no protocol-A figure: skipped, not plotted as 0
     bundle(".v4-staging", "2026-01-04T00:00:00+00:00", 0.5)  # half-written: skipped
+    for name, odd in (("v5", "[1, 2]"), ("v6", '"text"'), ("v7", "null")):  # JSON, not an object: skipped
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(odd)
     (tmp_path / "latest").symlink_to("v2")
     panel = dashboard.evaluation_history(tmp_path)
     assert [(s.version, s.ndcg_mean, s.latest) for s in panel.data] == [
