@@ -611,15 +611,28 @@ def staged_in_context(paths: Sequence[Path], context: Path) -> Iterator[list[str
                 staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=store))
                 staging.chmod(0o755)
             target = staging / f"{len(rel)}-{resolved.name}"
-            if resolved.is_dir():
-                shutil.copytree(resolved, target)
-            else:
-                shutil.copy2(resolved, target)
+            try:
+                if resolved.is_dir():
+                    shutil.copytree(resolved, target)
+                else:
+                    shutil.copy2(resolved, target)
+            except OSError as exc:  # unreadable, a dangling link in a bundle, a full disk
+                problem = _copy_problem(exc)
+                raise DeployError(f"cannot copy {path} into the build context: {problem}") from None
             rel.append(target.relative_to(context).as_posix())
         yield rel
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_problem(exc: OSError) -> str:
+    """What went wrong copying: shutil.copytree gathers (source, target, why) for each file."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        source, _, why = exc.args[0][0]
+        more = len(exc.args[0]) - 1
+        return f"{source}: {why}" + (f" (and {more} more)" if more else "")
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
 
 
 # --------------------------------------------------------------------------- the deployment

@@ -95,3 +95,29 @@ def test_docker_call_maps_os_errors() -> None:
 
     with pytest.raises(deploy.DeployError, match="Permission denied"):
         Docker("docker", executor).image_exists("x:1")
+
+
+def test_a_model_file_that_cannot_be_copied_into_the_build_context_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A MODEL_FILE outside the context is copied in for the build: a bundle with a dangling link
+    (or, for a deployer who is not root, a file it may not read) ended deploy-docker.py with
+    shutil's traceback, not its one-line error, and nothing said which argument was at fault."""
+    cfg = make_cfg(tmp_path)
+    bundle = tmp_path / "outside" / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    (bundle / "model.pkl").symlink_to(tmp_path / "gone.pkl")
+    engine = FakeEngine()
+    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
+    rc = deploy.main(
+        ["movierec", "2.0", str(bundle), str(cfg.test_data_file), "--context", str(cfg.context),
+         "--secrets-dir", str(cfg.secrets_root)],
+        environ={"SESSION_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("deploy-docker: ") and str(bundle) in err and "build context" in err
+    assert "Traceback" not in err
+    assert not [c for c in engine.calls if c[0] == "build"]
+    assert [p.name for p in (cfg.context / "model").iterdir()] == ["v1"]  # the staging is gone
