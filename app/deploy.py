@@ -87,6 +87,9 @@ MAX_LOG_ERRORS = 10
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)(?:: .*)?$")
 """The last line of a Python traceback (``app.config.ConfigurationError: ...``). An interrupted
 import's ``KeyboardInterrupt`` (a sibling worker stopped because this one failed) is not an error."""
+_NO_SUCH_IMAGE = re.compile(r"no such image|image not known|not found", re.IGNORECASE)
+"""How ``docker image inspect`` (Docker: "No such image: x", Podman: "image not known") says an
+image is not there, as opposed to a daemon it could not ask."""
 STAGING_PREFIX = ".deploy-"
 SECRETS_MOUNT = "/run/secrets"
 IMAGE_GID = 10001
@@ -193,9 +196,19 @@ class Docker:
             ) from None
 
     def image_id(self, ref: str) -> str | None:
-        """The ID of the image ``ref`` names, or None when there is none."""
+        """The ID of the image ``ref`` names, or None when there is none. Any other failure (the
+        daemon not running, a user who may not use its socket) is a :class:`DeployError` quoting
+        docker: taken for "no such image", it was reported as a missing image (``--no-build``)."""
         result = self("image", "inspect", "--format", "{{.Id}}", ref)
-        return (result.stdout.strip() or None) if result.returncode == 0 else None
+        if result.returncode == 0:
+            return result.stdout.strip() or None
+        said = (result.stderr or "").strip()
+        if _NO_SUCH_IMAGE.search(said):
+            return None
+        raise DeployError(
+            f"cannot ask Docker about image {ref}: {said or f'docker exited {result.returncode}'} "
+            "(is the Docker daemon running, and may this user use it?)"
+        )
 
     def image_exists(self, ref: str) -> bool:
         return self.image_id(ref) is not None
@@ -898,7 +911,12 @@ class Deployer:
         """A rebuilt tag whose deployment failed names the image it named before again (the
         previous version may run it), and the failed build goes: a later deployment of that tag
         gets what it got before. Not while a kept database snapshot needs the new image."""
-        ref, built = self.cfg.image_ref, self.docker.image_id(self.cfg.image_ref)
+        ref = self.cfg.image_ref
+        try:
+            built = self.docker.image_id(ref)
+        except DeployError as exc:  # in a rollback: say so, and go on restoring the previous version
+            self.say(f"warning: could not tell which image {ref} names: {exc}")
+            return
         if built is None or built == image_id or self.snapshot_taken:
             return
         tagged = self.docker("tag", image_id, ref)

@@ -121,3 +121,69 @@ def test_a_model_file_that_cannot_be_copied_into_the_build_context_is_a_clear_er
     assert "Traceback" not in err
     assert not [c for c in engine.calls if c[0] == "build"]
     assert [p.name for p in (cfg.context / "model").iterdir()] == ["v1"]  # the staging is gone
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?",
+        "permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock",
+    ],
+)
+def test_a_docker_daemon_that_cannot_be_reached_is_not_reported_as_a_missing_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], said: str
+) -> None:
+    """With --no-build (the Bitbucket deploy step), a stopped daemon or a user outside the docker
+    group was 'image ... does not exist and --no-build was given': the image was there, the
+    operator went looking for it, and docker's own words were never shown."""
+
+    def executor(argv: Sequence[str], capture: bool, stdin: str | None) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(list(argv), 1, "", said + "\n")
+
+    cfg = make_cfg(tmp_path)
+    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, executor))
+    rc = deploy.main(
+        ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--no-build",
+         "--secrets-dir", str(cfg.secrets_root)],
+        environ={"SESSION_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "does not exist" not in err
+    assert said in err and "Docker daemon" in err
+
+
+def test_an_image_that_is_not_there_is_still_none() -> None:
+    for said in ("Error: No such image: movierec:2.0", "Error response from daemon: No such image: m:2"):
+
+        def executor(
+            argv: Sequence[str], capture: bool, stdin: str | None, said: str = said
+        ) -> subprocess.CompletedProcess[str]:
+            return subprocess.CompletedProcess(list(argv), 1, "[]\n", said + "\n")
+
+        assert Docker("docker", executor).image_id("movierec:2.0") is None
+
+
+class InspectFailsAfterTheStart(FakeEngine):
+    """`docker image inspect` answers until the new container exists, then cannot ask the daemon."""
+
+    def do_image(self, args: list[str]) -> tuple[int, str, str]:
+        if self.new_container is not None:
+            return 1, "", "error during connect: context deadline exceeded"
+        return super().do_image(args)
+
+
+def test_a_rollback_that_cannot_inspect_the_tag_still_brings_the_previous_version_back(
+    tmp_path: Path,
+) -> None:
+    engine = InspectFailsAfterTheStart(
+        images={"movierec:2.0", "movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+    )
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(deploy.DeployError, match="health check failed"):
+        deployer.deploy(secrets_())
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"
+    assert "could not tell which image movierec:2.0 names" in out.getvalue()
