@@ -102,6 +102,7 @@ class CursorFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.saved: str | None = None
+        self.failing = False  # the last save failed: said once, not at every save (once a second)
 
     def load(self) -> str | None:
         try:
@@ -119,14 +120,24 @@ class CursorFile:
 
     def save(self, cursor: str | None) -> None:
         """Replace the file atomically and durably (a crash must not leave half a cursor, or an
-        empty file whose data was never synced)."""
+        empty file whose data was never synced). A save that fails (a full disk, a read-only
+        file system) is said once, and so is the first that works again: each save, once a
+        second, used to log the same warning for as long as the cause lasted."""
         if cursor is None or cursor == self.saved:
             return
         try:
             write_durably(self.path, (cursor + "\n").encode())
         except OSError as exc:
-            log.warning("cannot save the journal cursor", extra={"path": str(self.path), "error": str(exc)})
+            if not self.failing:
+                self.failing = True
+                log.warning(
+                    "cannot save the journal cursor",
+                    extra={"path": str(self.path), "error": str(exc), "said": "once, until a save works"},
+                )
             return
+        if self.failing:
+            self.failing = False
+            log.info("the journal cursor is saved again", extra={"path": str(self.path)})
         self.saved = cursor
 
 

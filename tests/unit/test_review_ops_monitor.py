@@ -350,3 +350,25 @@ def test_a_number_out_of_range_is_a_configuration_error_naming_the_option(
     err = capsys.readouterr().err
     assert rc == EXIT_CONFIG, err
     assert option in err and "Traceback" not in err
+
+
+def test_a_cursor_file_that_stops_being_writable_is_said_once_not_every_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "state"
+    directory.mkdir()
+    cursors = CursorFile(directory / "cursor")
+    cursors.save("s=ab;i=1")
+    directory.rename(tmp_path / "gone")
+    directory.write_text("")  # a file where the directory was: every save fails (as a full disk would)
+    with caplog.at_level("WARNING", logger="app.monitoring.monitor"):
+        for n in range(2, 12):
+            cursors.save(f"s=ab;i={n:x}")
+    assert [r.getMessage() for r in caplog.records] == ["cannot save the journal cursor"]
+    directory.unlink()
+    directory.mkdir()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="app.monitoring.monitor"):
+        cursors.save("s=ab;i=c")
+    assert (directory / "cursor").read_text().strip() == "s=ab;i=c"
+    assert [r.getMessage() for r in caplog.records] == ["the journal cursor is saved again"]
