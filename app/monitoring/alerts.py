@@ -413,15 +413,34 @@ class Alerter:
             self._retries = [r for r in self._retries if r not in retries]
             sending = [seq for _, seq in ready] + [r.first_seq for r in retries]
             self._sending += sending
+        # A sink that could not be reached in this round (SmtpConnectionError) is not tried again
+        # until the next: each try of a server that does not answer waits out its timeout, and
+        # the monitor's loop (journal reading, SIGTERM) waited for every notification due.
+        unreachable: list[tuple[AlertSink, float]] = []  # each with when its retry is due
+        deferred: list[str] = []  # the kinds of the notifications that wait for the next round
+
+        def deliver(sink: AlertSink, notification: Notification, attempts: int, seq: int) -> None:
+            due = next((at for down, at in unreachable if down is sink), None)
+            if due is not None:  # not a try: its attempts stay as they are, due with the one that was
+                self._queue(_Retry(sink, notification, attempts, due, seq))
+                deferred.append(notification.kind)
+                return
+            due = self._deliver(sink, notification, attempt=attempts + 1, first_seq=seq)
+            if due is not None:
+                unreachable.append((sink, due))
+
         try:
             with self._send_lock:
                 for notification, seq in ready:
                     for sink in self.sinks:
-                        self._deliver(sink, notification, attempt=1, first_seq=seq)
+                        deliver(sink, notification, 0, seq)
                 for retry in retries:
-                    self._deliver(
-                        retry.sink, retry.notification, attempt=retry.attempts + 1, first_seq=retry.first_seq
-                    )
+                    deliver(retry.sink, retry.notification, retry.attempts, retry.first_seq)
+            if deferred:
+                log.warning(
+                    "alert sink unreachable: the other notifications due wait for the next retry",
+                    extra={"waiting": len(deferred), "kinds": sorted(set(deferred))},
+                )
         finally:
             with self._lock:  # a failed delivery is in the retry queue by now
                 for seq in sending:
@@ -443,7 +462,25 @@ class Alerter:
             source=self.source,
         )
 
-    def _deliver(self, sink: AlertSink, notification: Notification, *, attempt: int, first_seq: int) -> None:
+    def _queue(self, retry: _Retry) -> None:
+        """Queue a retry; beyond ``max_queued`` the oldest are dropped, each said in an ERROR line."""
+        with self._lock:
+            self._retries.append(retry)
+            dropped = self._retries[: -self.max_queued]
+            del self._retries[: -self.max_queued]
+        for old in dropped:
+            log.error(
+                "alert dropped: too many undelivered notifications queued",
+                extra={"sink": getattr(old.sink, "name", type(old.sink).__name__),
+                       "alert_delivery_failed": old.notification.kind},
+            )  # fmt: skip
+
+    def _deliver(
+        self, sink: AlertSink, notification: Notification, *, attempt: int, first_seq: int
+    ) -> float | None:
+        """One try; a failure is logged and queued for a retry when one may help. When ``sink``
+        itself could not be reached (not a partial refusal, retried to some recipients), the
+        time its retry is due; else None."""
         name = getattr(sink, "name", type(sink).__name__)
         try:
             sink.send(notification)
@@ -467,21 +504,13 @@ class Alerter:
                     "error": scrub_text(f"{type(exc).__name__}: {exc}"),
                 },
             )
-            if will_retry:
-                delay = min(self.retry_delay * attempt, self.max_retry_delay)
-                with self._lock:
-                    self._retries.append(
-                        _Retry(retry_sink, notification, attempt, self._clock() + delay, first_seq)
-                    )
-                    dropped = self._retries[: -self.max_queued]
-                    del self._retries[: -self.max_queued]
-                for old in dropped:
-                    log.error(
-                        "alert dropped: too many undelivered notifications queued",
-                        extra={"sink": name, "alert_delivery_failed": old.notification.kind},
-                    )
-        else:
-            self.sent += 1
+            if not will_retry:
+                return None
+            due = self._clock() + min(self.retry_delay * attempt, self.max_retry_delay)
+            self._queue(_Retry(retry_sink, notification, attempt, due, first_seq))
+            return due if outage and retry_sink is sink else None
+        self.sent += 1
+        return None
 
     # -- background ticker ----------------------------------------------------------------
     def start(self, interval: float = 1.0) -> None:

@@ -80,3 +80,30 @@ def test_invalid_host_name_is_a_clear_delivery_error() -> None:
     with pytest.raises(AlertDeliveryError, match="not a valid host name") as info:
         sink.verify()
     assert info.value.retryable is False
+
+
+def test_an_unreachable_smtp_server_is_tried_once_per_round_not_once_per_waiting_email() -> None:
+    """Each delivery to a server that does not answer waits out --smtp-timeout (10 s), inside the
+    monitor's only loop: with a dozen notifications due together (kinds held through an outage),
+    every round tried each in turn, two minutes in which no journal entry was read and SIGTERM
+    was not heeded. After the first fails so, the others wait for the next round, undelivered."""
+    clock = Clock()
+    down = SmtpConnectionError("cannot reach SMTP server smtp:25: timed out")
+    sink = Recorder([down] * 3)
+    alerter = Alerter([sink], group_wait=10, retry_delay=30, clock=clock)
+    for i in range(12):
+        alerter.raise_alert(err(f"failure {i}", kind=f"kind{i}"))
+    clock.advance(10)
+    alerter.flush_due()
+    assert sink.calls == 1
+    assert alerter.backlog() == 12 and alerter.oldest_undelivered() == 1
+    clock.advance(30)
+    alerter.flush_due()  # still down: one try again
+    assert sink.calls == 2 and alerter.backlog() == 12
+    clock.advance(300)
+    alerter.flush_due()  # down for the first try, then up: the rest wait for the next round
+    clock.advance(300)
+    alerter.flush_due()
+    assert sorted(n.kind for n in sink.sent) == sorted(f"kind{i}" for i in range(12))
+    assert alerter.backlog() == 0 and alerter.oldest_undelivered() is None
+    assert sink.calls == 3 + 12
