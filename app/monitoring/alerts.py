@@ -28,6 +28,7 @@ import email.utils
 import enum
 import ipaddress
 import logging
+import math
 import os
 import re
 import smtplib
@@ -323,6 +324,10 @@ class Alerter:
         self.sent = 0
         self.failed = 0
         self.received = 0
+        # The SMTP server refused the login while delivering (a password changed since the start):
+        # why, and from then on the notifications are held, undelivered and not tried again by
+        # themselves (a server locks an account after a few refused logins). The caller stops.
+        self.login_refused: str | None = None
 
     # -- intake ---------------------------------------------------------------------------
     def raise_alert(self, alert: Alert) -> int:
@@ -409,14 +414,14 @@ class Alerter:
                     state.group = None
                     state.deadline = None
                     state.last_sent = now
-            retries = [r for r in self._retries if force or now >= r.next_at]
+            retries = [r for r in self._retries if (force or now >= r.next_at) and r.next_at != math.inf]
             self._retries = [r for r in self._retries if r not in retries]
             sending = [seq for _, seq in ready] + [r.first_seq for r in retries]
             self._sending += sending
         # A sink that could not be reached in this round (SmtpConnectionError) is not tried again
         # until the next: each try of a server that does not answer waits out its timeout, and
         # the monitor's loop (journal reading, SIGTERM) waited for every notification due.
-        unreachable: list[tuple[AlertSink, float]] = []  # each with when its retry is due
+        unreachable: list[tuple[AlertSink, float]] = []  # each with when its retry is due (inf: held)
         deferred: list[str] = []  # the kinds of the notifications that wait for the next round
 
         def deliver(sink: AlertSink, notification: Notification, attempts: int, seq: int) -> None:
@@ -480,7 +485,8 @@ class Alerter:
     ) -> float | None:
         """One try; a failure is logged and queued for a retry when one may help. When ``sink``
         itself could not be reached (not a partial refusal, retried to some recipients), the
-        time its retry is due; else None."""
+        time its retry is due; when it refused our login, ``math.inf``: the notification is held
+        (:attr:`login_refused`); else None."""
         name = getattr(sink, "name", type(sink).__name__)
         try:
             sink.send(notification)
@@ -493,6 +499,7 @@ class Alerter:
             # yields at most one notification per window, and max_queued bounds the queue.
             outage = isinstance(exc, SmtpConnectionError)
             will_retry = retryable and (outage or attempt < self.max_attempts)
+            refused = isinstance(exc, SmtpAuthError)
             retry_sink = getattr(exc, "retry_with", None) or sink
             log.error(
                 "alert delivery failed",
@@ -501,9 +508,14 @@ class Alerter:
                     "alert_delivery_failed": notification.kind,
                     "attempt": attempt,
                     "will_retry": will_retry,
+                    **({"held": "until a restart with a login the server takes"} if refused else {}),
                     "error": scrub_text(f"{type(exc).__name__}: {exc}"),
                 },
             )
+            if refused:
+                self.login_refused = scrub_text(str(exc))
+                self._queue(_Retry(sink, notification, attempt, math.inf, first_seq))
+                return math.inf
             if not will_retry:
                 return None
             due = self._clock() + min(self.retry_delay * attempt, self.max_retry_delay)

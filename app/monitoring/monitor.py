@@ -372,6 +372,10 @@ class Monitor:
                 if not self.follower.holding_partial:  # else the next entry began before the cursor
                     self._before = self.follower.cursor
                 self.alerter.flush_due()
+                if self.alerter.login_refused is not None and not self.follower.stopped:
+                    # every alert from now on would be held too: stop, the alerts undelivered
+                    # (the cursor stays before them), and let main() say so with exit 2
+                    self.stop()
                 # At most once a second (a write and two fsyncs, not one per entry); the idle
                 # ticks (every ``idle`` s without an entry) save a quiet stream's last position.
                 # They used to save at every tick too: two saves could come ``idle`` s apart.
@@ -482,6 +486,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "monitor stopped",
         extra={"entries": monitor.entries_seen, "alerts": monitor.alerts_raised, "emails": alerter.sent},
     )
+    if alerter.login_refused is not None:
+        resent = "the alerts not sent are sent then" if cursor_file else "without --cursor-file they are lost"
+        print(
+            f"monitor-docker: error: {alerter.login_refused} (while running: fix the password and start "
+            f"it again; {resent})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     return EXIT_OK
 
 

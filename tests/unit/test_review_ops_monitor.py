@@ -372,3 +372,70 @@ def test_a_cursor_file_that_stops_being_writable_is_said_once_not_every_second(
         cursors.save("s=ab;i=c")
     assert (directory / "cursor").read_text().strip() == "s=ab;i=c"
     assert [r.getMessage() for r in caplog.records] == ["the journal cursor is saved again"]
+
+
+class StoppableFollower(ScriptedFollower):
+    """A ScriptedFollower whose ``stop`` ends ``follow`` before its next entry, as JournalFollower's does."""
+
+    stopped = False
+
+    def follow(self, idle: float = 1.0) -> Any:
+        for entry in super().follow(idle):
+            if self.stopped:
+                return
+            yield entry
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+REFUSED = "SMTP server smtp:587 rejected the login for user 'ops@example.com': 535 5.7.8 bad credentials"
+
+
+def _refusing_monitor(tmp_path: Path) -> tuple[Monitor, Alerter, Recorder, CursorFile]:
+    from app.monitoring.alerts import SmtpAuthError
+
+    sink = Recorder([SmtpAuthError(REFUSED)] * 10)
+    # retry_delay 0: a notification queued for a retry would be tried again at once
+    alerter = Alerter([sink], group_wait=0, window=0, retry_delay=0)
+    cursors = CursorFile(tmp_path / "cursor")
+    cursors.save("s=ab;i=4")
+    follower = StoppableFollower(
+        "s=ab;i=4",
+        [("s=ab;i=5", "ERROR", "database down"), ("s=ab;i=6", "CRITICAL", "disk full"),
+         ("s=ab;i=7", "INFO", "x")],
+    )  # fmt: skip
+    monitor = Monitor("movierec", follower, alerter, cursor_file=cursors)  # type: ignore[arg-type]
+    return monitor, alerter, sink, cursors
+
+
+def test_a_login_refused_while_running_stops_the_monitor_and_keeps_its_alerts(tmp_path: Path) -> None:
+    """The SMTP password changed (rotated, revoked) after the start-up check: every alert was
+    dropped after one refused login, the cursor moved past its entry, and the monitor ran on,
+    alive to systemd, mailing nothing. It stops now, its alerts undelivered: the cursor stays
+    before them, so the restart with the password fixed sends them."""
+    monitor, alerter, sink, cursors = _refusing_monitor(tmp_path)
+    monitor.run()
+    assert monitor.entries_seen == 1
+    assert sink.calls == 1  # not tried again (a server locks an account after a few refused logins)
+    assert alerter.login_refused == REFUSED
+    assert alerter.oldest_undelivered() == 1
+    assert cursors.path.read_text().strip() == "s=ab;i=4"
+
+
+def test_a_login_refused_while_running_is_exit_2_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.monitoring import monitor as module
+
+    monitor, _, sink, _ = _refusing_monitor(tmp_path)
+    monkeypatch.setattr(module, "verify_sink", lambda sink: None)
+    monkeypatch.setattr(module, "build_sink", lambda args, password: sink)
+    monkeypatch.setattr(module, "warn_if_no_entries", lambda follower, container: False)
+    monkeypatch.setattr(module, "JournalFollower", lambda *args, **kwargs: monitor.follower)
+    sink.where, sink.security, sink.recipients = "smtp:587", "starttls", ["ops@example.com"]  # type: ignore[attr-defined]
+    rc = module.main(["movierec", "smtp", "ops@example.com", "--no-auth", "--group-wait", "0",
+                      "--cursor-file", str(tmp_path / "cursor")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == module.EXIT_CONFIG
+    assert f"monitor-docker: error: {REFUSED}" in err and "Traceback" not in err
