@@ -13,7 +13,8 @@
 * ``/api/login`` is rate-limited per client address with Flask-Limiter: Redis storage when
   ``MOVIEREC_REDIS_URL`` is set (so every replica counts the same attempts), memory otherwise,
   where each uwsgi worker counts its share of the budget (:func:`share_of_limit`); if Redis
-  stops answering, the limiter falls back to memory instead of failing logins.
+  stops answering, the limiter falls back to memory instead of failing logins, each worker
+  counting its share there too until Redis answers again (:func:`login_budget`).
 * Logged-out tokens are refused through :class:`RevocationStore` (``token_in_blocklist_loader``),
   and tokens whose claims are not the ones ``/api/login`` writes by :func:`token_issued_here`,
   tokens issued under a password since changed included.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -118,9 +120,7 @@ def init_security(app: Flask, settings: Settings) -> None:
         in_memory_fallback_enabled=True,  # Redis down: count in memory rather than refuse every login
         swallow_errors=True,
     )
-    login_rate = settings.login_rate_limit
-    if not settings.redis_url:  # counted in this process's memory: each worker counts its share
-        login_rate = share_of_limit(login_rate, worker_processes())
+    login_rate = login_budget(limiter, settings.login_rate_limit, settings.redis_url is not None)
     login_limit = limiter.shared_limit(
         login_rate, scope="login", methods=["POST"], error_message="too many login attempts"
     )
@@ -130,6 +130,25 @@ def init_security(app: Flask, settings: Settings) -> None:
     app.extensions[EXTENSION] = {"limiter": limiter, "revocations": revocations}
     # first of all before_request hooks: nothing may parse a truncated body
     app.before_request_funcs.setdefault(None, []).insert(0, refuse_oversized_streams)
+
+
+def login_budget(limiter: Limiter, limit: str, shared: bool) -> str | Callable[[], str]:
+    """The login limit this worker applies: ``limit`` while it is counted in Redis (``shared``),
+    else this worker's :func:`share_of_limit`, as each worker counts alone in its memory.
+
+    With Redis configured, the limiter counts in memory while Redis does not answer (its
+    fallback), and the fallback applied the whole ``limit`` in each worker: an address had as
+    many times its tries as there are workers for as long as Redis was down. So the budget is
+    asked per request: the share while the limiter's fallback storage counts.
+    """
+    share = share_of_limit(limit, worker_processes())
+    if not shared:
+        return share
+
+    def current() -> str:
+        return limit if limiter.limiter.storage is limiter.storage else share
+
+    return current
 
 
 def worker_processes() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -211,6 +212,42 @@ def test_an_ipv6_client_has_one_budget_for_its_whole_64(make_app: Any) -> None:
     assert attempt("2001:db8:0:8::1") == 401  # the next /64 is another client
     mapped = [attempt("198.51.100.9"), attempt("::ffff:198.51.100.9"), attempt("198.51.100.9")]
     assert mapped == [401, 401, 429]
+
+
+def test_with_redis_down_each_worker_counts_its_share_of_the_login_budget(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without Redis each uwsgi worker counts its share of the budget in memory; with Redis
+    configured but not answering, the limiter's in-memory fallback gave each worker the whole
+    budget, so an address had as many times the configured tries as there are workers for as
+    long as Redis was down. The fallback counts the same share; back to the whole budget, shared
+    through Redis, once it answers."""
+    from app.api import security
+    from tests.helpers import free_port
+
+    monkeypatch.setattr(security, "worker_processes", lambda: 2)
+    client = make_app(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", login_rate_limit="4 per minute"
+    ).test_client()
+    here = {"REMOTE_ADDR": "203.0.113.10"}
+    tries = [
+        client.post("/api/login", json={"session_password": "guess"}, environ_base=here).status_code
+        for _ in range(4)
+    ]
+    assert tries == [401, 401, 429, 429]
+    redis = pytest.importorskip("redis")
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+    client = make_app(redis_url=url, login_rate_limit="4 per minute").test_client()
+    here = {"REMOTE_ADDR": f"198.18.{secrets.randbelow(256)}.{secrets.randbelow(256)}"}  # a fresh count
+    tries = [
+        client.post("/api/login", json={"session_password": "guess"}, environ_base=here).status_code
+        for _ in range(5)
+    ]
+    assert tries == [401, 401, 401, 401, 429]  # counted in Redis: every worker's tries, the whole budget
 
 
 def test_retry_after_only_on_refusals(make_app: Any) -> None:
