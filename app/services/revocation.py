@@ -126,10 +126,18 @@ class RevocationStore:
         return jti in self._database_snapshot()
 
     def _database_snapshot(self) -> frozenset[str]:
-        """Revoked, unexpired jtis from the table; one thread refreshes, the others use the last copy."""
+        """Revoked, unexpired jtis from the table; one thread refreshes, the others use the last copy.
+
+        Before the first read there is no last copy (an empty one would accept every logged-out
+        token): until it has been tried once, the others wait for it.
+        """
         if time.monotonic() - self._snapshot_at < self.refresh_seconds:
             return self._snapshot
-        if not self._refreshing.acquire(blocking=False):
+        never_read = self._snapshot_at == float("-inf")
+        if not self._refreshing.acquire(blocking=never_read):
+            return self._snapshot
+        if never_read and self._snapshot_at != float("-inf"):  # read (or tried) while this one waited
+            self._refreshing.release()
             return self._snapshot
         try:
             with self.db.session() as session:

@@ -60,3 +60,45 @@ def test_a_logout_holds_in_other_workers_until_the_token_is_refused_anyway(tmp_p
     time.sleep(0.3 + JWT_LEEWAY_SECONDS / 2)  # past exp, still inside the leeway
     assert worker_b.is_revoked("logged-out")
     database.dispose()
+
+
+def test_a_worker_refuses_a_logged_out_token_while_its_first_copy_of_the_list_loads(tmp_path: Path) -> None:
+    """A worker reads the table once, in one thread, while its others used the last copy: at
+    start there is no copy, and a request checked while the first read was under way (a fresh
+    worker's first concurrent requests, without Redis) accepted a logged-out token."""
+    import threading
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+    from datetime import UTC, datetime, timedelta
+    from typing import Any
+
+    database = Database(f"sqlite:///{tmp_path / 'service.db'}")
+    database.upgrade()
+    RevocationStore(database).revoke("logged-out", datetime.now(UTC) + timedelta(minutes=5))
+    reading, release = threading.Event(), threading.Event()
+
+    class SlowDatabase:
+        @contextmanager
+        def session(self) -> Iterator[Any]:
+            reading.set()
+            release.wait(5)
+            with database.session() as session:
+                yield session
+
+    fresh_worker = RevocationStore(SlowDatabase())  # type: ignore[arg-type]
+    answers: dict[str, bool] = {}
+
+    def check(jti: str) -> None:
+        answers[jti] = fresh_worker.is_revoked(jti)
+
+    first = threading.Thread(target=check, args=("another-token",))
+    first.start()
+    assert reading.wait(5)
+    second = threading.Thread(target=check, args=("logged-out",))
+    second.start()
+    second.join(0.3)
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert answers == {"another-token": False, "logged-out": True}
+    database.dispose()
