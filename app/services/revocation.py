@@ -6,7 +6,11 @@ Where a revoked token's ``jti`` lives, and why:
   with or without Redis;
 * Redis, when ``MOVIEREC_REDIS_URL`` is set: a key with the token's remaining lifetime as TTL,
   so every check on every instance is one fast lookup and revocation is seen at once;
-* this process's memory: a token revoked here is refused here even if both stores are down.
+* this process's memory: a token revoked here is refused here even if both stores are down;
+  one the database did not take is written to it once it answers again (at the next refresh of
+  the snapshot below), or the logout held in this worker only while the others accepted the
+  token until it expired (the client's retry of the 503 reached this worker and was told 401
+  "revoked").
 
 Checks run on every authenticated request, so they must neither add a database round trip nor
 fail when a store is down (recommendations are served while PostgreSQL is down). A check asks
@@ -63,6 +67,7 @@ class RevocationStore:
         self.refresh_seconds = refresh_seconds
         self.retry_seconds = retry_seconds
         self._local: dict[str, float] = {}  # jti -> expiry (epoch seconds), revoked by this process
+        self._unwritten: dict[str, datetime] = {}  # jti -> expires_at, revoked while the table did not answer
         self._snapshot: frozenset[str] = frozenset()
         self._snapshot_at = float("-inf")
         self._refreshing = threading.Lock()
@@ -96,6 +101,8 @@ class RevocationStore:
             self._store_in_database(jti, expires_at)
             stored.append("database")
         except (DatabaseUnavailableError, SQLAlchemyError) as exc:
+            if isinstance(exc, DatabaseUnavailableError):  # an outage: written when it answers
+                self._unwritten[jti] = expires_at
             log.warning("token revocation not written to the database", extra={"reason": str(exc)[:200]})
         if not stored:
             raise Unavailable("the logout could not be recorded; retry later", headers={"Retry-After": "5"})
@@ -140,6 +147,7 @@ class RevocationStore:
             self._refreshing.release()
             return self._snapshot
         try:
+            self._write_unwritten()
             with self.db.session() as session:
                 rows = session.scalars(
                     select(RevokedToken.jti).where(RevokedToken.expires_at > datetime.now(UTC))
@@ -156,6 +164,21 @@ class RevocationStore:
         finally:
             self._refreshing.release()
         return self._snapshot
+
+    def _write_unwritten(self) -> None:
+        """Write the revocations made while the table was unreachable (raises while it still is)."""
+        now = datetime.now(UTC)
+        for jti, expires_at in list(self._unwritten.items()):
+            if expires_at > now:
+                try:
+                    self._store_in_database(jti, expires_at)
+                except DatabaseUnavailableError:
+                    raise
+                except SQLAlchemyError as exc:  # refused, not unreachable: retrying would not help
+                    log.warning(
+                        "token revocation not written to the database", extra={"reason": str(exc)[:200]}
+                    )
+            self._unwritten.pop(jti, None)
 
     def _redis_failed(self, exc: Exception) -> None:
         self._redis_down_until = time.monotonic() + self.retry_seconds

@@ -102,3 +102,39 @@ def test_a_worker_refuses_a_logged_out_token_while_its_first_copy_of_the_list_lo
     second.join(5)
     assert answers == {"another-token": False, "logged-out": True}
     database.dispose()
+
+
+def test_a_logout_made_while_the_database_was_down_reaches_it_when_it_answers(tmp_path: Path) -> None:
+    """Without Redis (or with it down too) a logout during a database outage was kept in this
+    worker's memory only: 503, and the client's retry reached the same worker, which answered 401
+    "revoked", so the client took it as done, while every other worker and replica accepted the
+    token until it expired. The revocation is written to the table once the database answers."""
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+    from datetime import UTC, datetime, timedelta
+    from typing import Any
+
+    from app.errors import Unavailable
+    from app.storage.db import DatabaseUnavailableError
+
+    database = Database(f"sqlite:///{tmp_path / 'service.db'}")
+    database.upgrade()
+    outage = {"down": True}
+
+    class FlakyDatabase:
+        @contextmanager
+        def session(self) -> Iterator[Any]:
+            if outage["down"]:
+                raise DatabaseUnavailableError("connection refused")
+            with database.session() as session:
+                yield session
+
+    worker_a = RevocationStore(FlakyDatabase(), refresh_seconds=0.0, retry_seconds=0.0)  # type: ignore[arg-type]
+    with pytest.raises(Unavailable):
+        worker_a.revoke("logged-out", datetime.now(UTC) + timedelta(minutes=5))
+    assert worker_a.is_revoked("logged-out")  # this worker refuses it meanwhile
+    outage["down"] = False
+    assert not worker_a.is_revoked("another-token")  # a check once the database answers again
+    worker_b = RevocationStore(database)
+    assert worker_b.is_revoked("logged-out")
+    database.dispose()
