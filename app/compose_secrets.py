@@ -54,7 +54,10 @@ class ComposeSecretsError(RuntimeError):
 def _write(path: Path, value: str) -> None:
     if not value or any(char in value for char in "\r\n\0"):
         raise ComposeSecretsError(f"the value for {path.name} is empty or holds a line break")
-    write_secret_file(path, value)
+    try:
+        write_secret_file(path, value)
+    except SecretFileError as exc:
+        raise ComposeSecretsError(str(exc)) from None
     path.chmod(0o444)  # the container's user reads it through the bind mount; the directory is 0700
 
 

@@ -67,6 +67,7 @@ from app.secret_files import (
     FILE_SUFFIX,
     SECRET_SETTINGS,
     SECRET_VARIABLES,
+    SecretFileError,
     private_directory,
     write_secret_file,
 )
@@ -473,6 +474,8 @@ def write_secret_files(root: Path, container_name: str, values: Mapping[str, str
         return _write_secret_files(root, container_name, values)
     except OSError as exc:  # a DeployError, refused like every other deployment error
         raise DeployError(f"cannot write the secret files under {root} (--secrets-dir): {exc}") from exc
+    except SecretFileError as exc:  # a value that is not UTF-8 text: nothing was left behind
+        raise DeployError(str(exc)) from None
 
 
 def _write_secret_files(root: Path, container_name: str, values: Mapping[str, str]) -> SecretFiles:

@@ -76,7 +76,15 @@ def private_directory(path: Path) -> bool:
 
 def write_secret_file(path: Path, value: str) -> None:
     """A new file (never an existing one, nor through a link) with ``value`` and the trailing
-    newline :func:`read_secret_file` strips, mode 0600: the caller gives it its final mode."""
+    newline :func:`read_secret_file` strips, mode 0600: the caller gives it its final mode.
+
+    A value that is not UTF-8 text (a Latin-1 variable, which Python reads with lone surrogates)
+    is a :class:`SecretFileError` naming the file, and no file is created: it was a
+    UnicodeEncodeError traceback after the file was, and the empty file was then kept."""
+    try:
+        data = (value + "\n").encode()
+    except UnicodeEncodeError:
+        raise SecretFileError(f"the value for {path.name} is not UTF-8 text: set it as UTF-8") from None
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(value + "\n")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)

@@ -105,3 +105,18 @@ def test_the_command_prints_no_value_and_uses_movierec_secrets_dir(tmp_path: Pat
     assert not any(value in first.stdout + first.stderr for value in values)
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert again.stdout.startswith("kept ") and "wrote" not in again.stdout
+
+
+def test_a_value_that_is_not_utf8_is_refused_naming_it_and_leaves_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``.env`` in Latin-1 (``SESSION_PASSWORD=café``): Python reads the byte as a lone
+    surrogate, and writing it raised UnicodeEncodeError, a traceback, after the file had been
+    created: the empty file was then kept by every later run, and the service refused it."""
+    directory = tmp_path / "s"
+    assert main(["--dir", str(directory)], {"SESSION_PASSWORD": "caf\udce9"}) == 1
+    error = capsys.readouterr().err
+    assert "session_password" in error and "UTF-8" in error and "Traceback" not in error
+    assert not (directory / "session_password").exists()
+    assert main(["--dir", str(directory)], {"SESSION_PASSWORD": "café"}) == 0
+    assert read_secret_file(directory / "session_password", "x") == "café"

@@ -587,7 +587,10 @@ def test_secret_files_refuse_a_container_name_that_is_not_a_directory_name(tmp_p
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("values", [{"BAD-NAME": "x"}, {"1X": "x"}, {"A": ""}])
+# "caf\udce9": a Latin-1 variable as Python reads it; writing it was a UnicodeEncodeError traceback
+@pytest.mark.parametrize(
+    "values", [{"BAD-NAME": "x"}, {"1X": "x"}, {"A": ""}, {"SESSION_PASSWORD": "caf\udce9"}]
+)
 def test_secret_files_refuse_what_the_app_cannot_read(tmp_path: Path, values: dict[str, str]) -> None:
     with pytest.raises(DeployError):
         write_secret_files(tmp_path, "movierec", values)
