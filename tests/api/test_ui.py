@@ -22,9 +22,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import sessionmaker
 
-from app.api import errors as api_errors
 from app.api.schemas import FIELD_RULES
-from app.monitoring.logs import LogEvery
 from app.recommender.bundle import RecommendQuery
 from app.services import dashboard
 from app.services.request_ids import RequestIds
@@ -548,12 +546,10 @@ def test_with_the_database_down_a_page_says_what_failed_not_that_nothing_was_sav
     make_app: Callable[..., Any],
     postgres_url: str,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Opening a list already written needs the database: with it down the page said "so nothing
     was saved" to someone who had only opened a page. A page that was opened says it cannot be
     shown; a rating that was sent still says it was not saved."""
-    monkeypatch.setattr(api_errors, "_DATABASE_DOWN", LogEvery(30.0))  # no line logged by an earlier test
     app = make_app(database_url=sqlalchemy_url(postgres_url))
     client = app.test_client()
     page = recommend(client, ui_login(client)).text
@@ -664,12 +660,10 @@ def test_with_the_database_down_the_dashboard_shows_every_panel_that_needs_no_da
     make_app: Callable[..., Any],
     postgres_url: str,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Only the feedback panel reads the database, but with it down the whole dashboard was the
     503 page: the serving model, the breaker and the alerts were hidden from the operator at the
     moment they matter. The page is shown; the feedback panel says why it has no figures."""
-    monkeypatch.setattr(api_errors, "_DATABASE_DOWN", LogEvery(30.0))  # no line logged by an earlier test
     app = make_app(database_url=sqlalchemy_url(postgres_url))
     client = app.test_client()
     ui_login(client, ADMIN_PASSWORD)
