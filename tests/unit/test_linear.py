@@ -212,6 +212,16 @@ def test_targets_on_any_scale_are_fitted_not_reported_as_divergence(unit: float,
     np.testing.assert_allclose(scaled.coef_, reference.coef_ * unit, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("x_unit", "y_unit"), [(1e-315, 1.0), (1e-200, 1e200), (1e-310, 1e10)])
+def test_a_line_whose_slope_overflows_is_refused_not_returned_as_inf(x_unit: float, y_unit: float) -> None:
+    """y = x / x_unit · y_unit has a slope beyond float64 (1e315, 1e400, 1e320): the fit returned
+    coef_ [inf], intercept_ -inf and NaN for every prediction, without a word."""
+    X = np.arange(10.0)[:, None] * x_unit
+    y = np.arange(10.0) * y_unit
+    with pytest.raises(FloatingPointError, match="not representable"):
+        SimpleLinearRegression().fit(X, y)
+
+
 # --------------------------------------------------------------------------- batch == stream
 
 

@@ -263,9 +263,18 @@ class SimpleLinearRegression:
             else:
                 stalled = 0
 
-        coef = w.astype(np.float64) * y_scale / scale
+        # Back to the raw scale; a slope beyond float64 (y in 1e200 units over x in 1e-200 ones)
+        # overflows here, and was returned as coef_ inf and NaN predictions without a word.
+        with np.errstate(over="ignore", invalid="ignore"):
+            coef = w.astype(np.float64) * y_scale / scale
+            intercept = float(b * y_scale + y_mean * y_unit - coef @ mean)
+        if not (np.isfinite(coef).all() and math.isfinite(intercept)):
+            raise FloatingPointError(
+                "the fitted line is not representable in float64 (a weight or the intercept "
+                "overflows on the data's scale); rescale X or y"
+            )
         self.coef_ = coef
-        self.intercept_ = float(b * y_scale + y_mean * y_unit - coef @ mean)
+        self.intercept_ = intercept
         self.losses_ = losses
         self.n_epochs_ = len(losses)
         self.converged_ = converged
