@@ -222,6 +222,25 @@ def test_a_line_whose_slope_overflows_is_refused_not_returned_as_inf(x_unit: flo
         SimpleLinearRegression().fit(X, y)
 
 
+@pytest.mark.parametrize(
+    ("X", "y", "kwargs"),
+    [
+        ([[3.0], [1.0], [2.0], [3.0]], [8.0, 4.0, 6.0, 8.0], {}),
+        ([[0.0, 3.0], [2.0, 0.0], [-2.0, -1.0]], [2.0, 1.0, -4.0], {}),
+        ([[0, 1, 0], [1, 0, 1], [0, 0, 1], [0, 0, 1]], [-1.0, 0.0, -0.5, -0.5], {}),
+        ([[0, 1, 0], [1, 0, 1], [0, 1, 0], [0, 0, 0], [1, 0, 0]], [-1, 1, -1, 0, 1], {"standardize": False}),
+        ([[-2.0], [3.0], [2.0], [-3.0], [3.0], [3.0]], [3.0, -2.0, -1.0, 4.0, -2.0, -2.0], {"batch_size": 1}),
+        ([[-2.0], [3.0], [2.0], [-3.0], [3.0], [3.0]], [3.0, -2.0, -1.0, 4.0, -2.0, -2.0], {"batch_size": 2}),
+    ],
+)  # fmt: skip
+def test_data_on_an_exact_line_is_fitted_not_reported_as_divergence(X: Any, y: Any, kwargs: dict) -> None:
+    """Noise-free data: the loss reaches rounding level (~1e-33), where one epoch's rounding is
+    ten times the lowest or rises five epochs in a row; that was FloatingPointError "gradient
+    descent diverged; lower learning_rate" for y = 2x + 2 on four points."""
+    model = SimpleLinearRegression(**kwargs).fit(np.asarray(X, dtype=float), y)
+    np.testing.assert_allclose(model.predict(np.asarray(X, dtype=float)), y, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- batch == stream
 
 

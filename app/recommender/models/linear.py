@@ -219,6 +219,10 @@ class SimpleLinearRegression:
         # Full-batch descent under a stable step never raises the loss beyond rounding: a loss that
         # rises ``patience`` epochs in a row diverges, slowly as it may (it is not a plateau).
         noise = 100.0 * float(np.finfo(dtype).eps)
+        # Loss rises below this are rounding, not divergence: on data on an exact line the loss
+        # reaches ~1e-33, where one epoch's rounding is ten times the lowest or rises five epochs
+        # in a row (y = 2x + 2 on four points was "diverged; lower learning_rate").
+        floor = noise * float(np.mean(np.square(yc, dtype=np.float64)))  # the loss at w = 0, b = 0
         losses: list[float] = []
         stalled = rising = 0
         converged = False
@@ -240,12 +244,14 @@ class SimpleLinearRegression:
                 losses.append(total / n_samples)
             w = w.astype(dtype, copy=False)
             rising = (
-                rising + 1 if full and len(losses) > 1 and losses[-1] - losses[-2] > noise * losses[-2] else 0
+                rising + 1
+                if full and len(losses) > 1 and losses[-1] - losses[-2] > noise * losses[-2] + floor
+                else 0
             )
             if (
                 not np.isfinite(losses[-1])
                 or not np.isfinite(w).all()
-                or losses[-1] > 10.0 * min(losses)
+                or losses[-1] > 10.0 * min(losses) + floor
                 or rising >= self.patience
             ):
                 how = f"rose {rising} epochs in a row" if rising >= self.patience else f"{losses[-1]:.6g}"
