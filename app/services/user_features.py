@@ -8,7 +8,8 @@ Where the features come from, in order:
    **computed** from the local MovieLens files under the data root with
    :func:`app.recommender.features.user_features` — the very function the pipeline snapshots —
    once per process, then served from memory. The response says which (``source``), so a
-   client can tell a stored snapshot from a computed one.
+   client can tell a stored snapshot from a computed one. With the database down and no local
+   data either, the answer is the database's 503, not "no feature snapshot".
 
 Either way a request is one primary-key read or a dictionary lookup.
 """
@@ -78,11 +79,12 @@ class UserFeatureService:
 
     def profile(self, user_id: int) -> UserProfile:
         """The user's features and rated movies, from one read; 404 for a user without features."""
+        down: DatabaseUnavailableError | None = None
         try:
             row = get_user_features(self.db, user_id)
             stored = row is not None or user_features_snapshot(self.db)[1] > 0
-        except DatabaseUnavailableError:
-            row, stored = None, False  # the database is down: answer from local data if we can
+        except DatabaseUnavailableError as exc:
+            row, stored, down = None, False, exc  # the database is down: answer from local data if we can
         if row is not None:
             features = {name: _plain(getattr(row, name)) for name in _PLAIN}
             features["genre_share"] = dict(row.genre_share or {})
@@ -107,7 +109,13 @@ class UserFeatureService:
                     "if one exists, are kept in the features store (`movierec sql`), not served by this API"
                 )
             raise NotFound(f"no features for user {user_id} in the latest feature snapshot")
-        computed = self._computed_table().get(user_id)
+        try:
+            table = self._computed_table()
+        except Unavailable as exc:
+            if down is not None:  # the database's 503 (it may hold a snapshot), not "no snapshot"
+                raise down from exc
+            raise
+        computed = table.get(user_id)
         if computed is None:
             raise NotFound(f"no features for user {user_id}")
         features, rated = computed

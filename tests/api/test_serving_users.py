@@ -210,6 +210,31 @@ def test_malformed_local_data_is_a_503_naming_the_problem(
     assert "rating must be 0.5..5.0" in response.get_json()["error"]["message"]
 
 
+def test_with_the_database_down_and_no_local_data_the_503_says_the_database_is_down(
+    make_app: Any, auth_headers: dict, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database holding the loaded snapshot is unreachable and there are no local files to
+    compute from: the 503 said "no feature snapshot and no local data set", sending an operator
+    to build a snapshot that was there, without Retry-After or the outage's log line."""
+    import app.services.user_features as service
+    from app.storage.db import DatabaseUnavailableError
+
+    def down(*_args: Any) -> Any:
+        raise DatabaseUnavailableError("connection refused")
+
+    monkeypatch.setattr(service, "get_user_features", down)
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    client = make_app(data_dir=empty).test_client()
+    for suffix in ("features", "recommendations"):
+        response = client.get(f"/api/users/1/{suffix}", headers=auth_headers)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        error = response.get_json()["error"]
+        assert error["code"] == "unavailable"
+        assert "database is unavailable" in error["message"], error["message"]
+
+
 def test_scores_of_a_users_segment_list_are_that_users_ratings_at_the_next_ingest(
     make_app: Any, auth_headers: dict, synthetic_data: Any, synthetic_data_dir: Any
 ) -> None:
