@@ -241,6 +241,21 @@ def test_data_on_an_exact_line_is_fitted_not_reported_as_divergence(X: Any, y: A
     np.testing.assert_allclose(model.predict(np.asarray(X, dtype=float)), y, atol=1e-6)
 
 
+def test_without_standardising_huge_features_are_fitted_or_refused_not_returned_as_zero() -> None:
+    """standardize=False: the power iteration's norm overflowed for features of ~1e80 (the step's
+    curvature estimate came out inf, the step 0), so no weight ever moved and the fit returned
+    coef_ 0, "converged", R² 0; where the curvature itself is beyond float64 it is now refused."""
+    y = np.arange(10.0)
+    reference = SimpleLinearRegression(standardize=False).fit(np.arange(10.0)[:, None] * 1e3, y)
+    model = SimpleLinearRegression(standardize=False).fit(np.arange(10.0)[:, None] * 1e100, y)
+    assert model.step_ > 0.0
+    assert model.score(np.arange(10.0)[:, None] * 1e100, y) == pytest.approx(
+        reference.score(np.arange(10.0)[:, None] * 1e3, y), abs=0.05
+    )
+    with pytest.raises(FloatingPointError, match="standardize"):
+        SimpleLinearRegression(standardize=False).fit(np.arange(10.0)[:, None] * 1e160, y)
+
+
 # --------------------------------------------------------------------------- batch == stream
 
 

@@ -341,11 +341,21 @@ class SimpleLinearRegression:
         vector = (start / np.linalg.norm(start)).astype(rows.dtype)
         eigen = 0.0
         for _ in range(iterations):
-            product = rows.T @ (rows @ vector) / rows.shape[0]
-            previous, eigen = eigen, float(np.linalg.norm(product))
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+                product = rows.T @ (rows @ vector) / rows.shape[0]
+                previous, eigen = eigen, float(np.linalg.norm(product))
+            if math.isinf(eigen) and math.isfinite(peak := float(np.abs(product).max())):
+                # the sum of squares overflowed (entries beyond 1e154: features of ~1e80 not
+                # standardised) and a step of 0 fitted nothing: the norm in units of the largest entry
+                eigen = peak * float(np.linalg.norm(product / peak))
             if eigen == 0.0 or abs(eigen - previous) <= 1e-4 * eigen:
                 break
             vector = (product / eigen).astype(rows.dtype, copy=False)
+        if not math.isfinite(eigen):
+            raise FloatingPointError(
+                "the features' curvature (the largest eigenvalue of XᵀX/n) is beyond float range, so "
+                "no step can be derived; fit with standardize=True or rescale X"
+            )
         lipschitz = 2.0 * (max(eigen * 1.05, 1.0) + self.l2)  # 5 % margin for the estimate
         step = 1.0 / lipschitz
         return step if self.batch_size is None or self.batch_size >= n else step / 2.0
