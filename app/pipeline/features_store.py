@@ -470,7 +470,8 @@ class FeatureStore:
         return snapshot
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB with views over the latest snapshot and the whole history."""
+        """An in-memory DuckDB with views over the latest snapshot and the whole history, which
+        reaches no other file."""
         snapshot = self._require_latest()
         # The history lists the complete snapshots (those with _meta.json), not ``snapshot=*``:
         # a run that died mid-write leaves a directory with some (or truncated) Parquet files,
@@ -481,7 +482,12 @@ class FeatureStore:
         try:
             if not self.is_local:
                 connection.register_filesystem(self.fs)
-            self._create_views(connection, snapshot, complete)
+            files = self._create_views(connection, snapshot, complete)
+            # No file but the views' own from here on, and no way to change that back: the
+            # queries run over the warehouse, not over the machine (sql() refuses writes too).
+            connection.execute("SET allowed_paths = ?", [files])
+            connection.execute("SET enable_external_access = false")
+            connection.execute("SET lock_configuration = true")
         except BaseException:
             connection.close()
             raise
@@ -489,7 +495,8 @@ class FeatureStore:
 
     def _create_views(
         self, connection: duckdb.DuckDBPyConnection, snapshot: str, complete: list[str]
-    ) -> None:
+    ) -> list[str]:
+        """The views over ``snapshot`` and the readable ones of ``complete``; returns the files they read."""
         # DuckDB reads every file's footer when it creates a view, so one unreadable old snapshot
         # (a damaged block, a truncated copy) failed every query, even those over the latest one.
         # It is left out of the history, with a warning; the latest one unreadable is an error.
@@ -506,6 +513,7 @@ class FeatureStore:
                 history.append(old)
             else:
                 log.warning("features snapshot %s left out of the *_history views: %s", old, problem)
+        read: list[str] = []
         for table in TABLES:
             latest = self._url(self._path(f"snapshot={snapshot}", f"{table}.parquet"))
             files = [self._url(self._path(f"snapshot={s}", f"{table}.parquet")) for s in history]
@@ -518,6 +526,8 @@ class FeatureStore:
                 f"read_parquet({listed}, hive_partitioning = true, union_by_name = true)"
             )
             connection.execute(history_view)
+            read.extend([latest, *files])
+        return read
 
     def _unreadable(self, connection: duckdb.DuckDBPyConnection, snapshot: str) -> str | None:
         """What keeps DuckDB from opening one of the snapshot's tables (its file and why), or None.
@@ -535,7 +545,24 @@ class FeatureStore:
         return None
 
     def sql(self, query: str) -> pd.DataFrame:
-        """Run one SQL statement over the features and return the result."""
+        """Run one read-only SQL query over the features and return the result.
+
+        The warehouse is queried, never changed: one ``SELECT`` (``DESCRIBE``, ``SHOW``,
+        ``SUMMARIZE``, ``FROM …`` are SELECTs too), and DuckDB reaches no file but the
+        snapshots' Parquet files the views read. A ``COPY … TO`` over the latest ``users.parquet``
+        replaced the published features behind the service database's back, ``ATTACH`` and
+        ``COPY`` wrote anywhere, and ``read_csv('/any/file')`` read any file of the machine.
+        """
+        statements = duckdb.extract_statements(query)  # a syntax error: duckdb.Error, as before
+        if not statements:  # "", a comment, ";"
+            raise ValueError("no SQL statement to run")
+        kinds = [statement.type.name for statement in statements]
+        if kinds != [duckdb.StatementType.SELECT.name]:
+            given = f"{len(kinds)} statements" if len(kinds) > 1 else f"a {kinds[0]} statement"
+            raise ValueError(
+                f"the features warehouse is read-only: give one query (SELECT, DESCRIBE, SHOW, "
+                f"SUMMARIZE), not {given}"
+            )
         connection = self.connect()
         try:
             result = connection.execute(query)

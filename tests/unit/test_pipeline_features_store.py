@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -194,3 +195,47 @@ def test_sql_command_prints_query_results(synthetic_data: Any, tmp_path: Path) -
     bad = runner.invoke(cli, ["sql", "--root", str(tmp_path / "features"), "select * from nowhere"])
     assert bad.exit_code == 1
     assert "SQL error" in bad.output
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "copy (select 1 as user_id) to '{users}' (format parquet)",
+        "create table t as select 1",
+        "attach '{root}/side.db' as side",
+        "explain analyze copy (select 1) to '{root}/x.csv'",
+        "select 1; copy users to '{root}/users.csv'",
+    ],
+)
+def test_sql_is_read_only(synthetic_data: Any, tmp_path: Path, statement: str) -> None:
+    """`movierec sql` queries the warehouse: a COPY over the latest snapshot's users.parquet replaced
+    the published features (the service database still held the old ones), an ATTACH created files."""
+    from app.cli import cli
+
+    root = tmp_path / "features"
+    store = FeatureStore(root)
+    snapshot = store.write_snapshot(Ingested(synthetic_data), now=T0)
+    users = root / f"snapshot={snapshot.id}" / "users.parquet"
+    before = users.read_bytes()
+    query = statement.format(users=users, root=root)
+    with pytest.raises(ValueError, match="read-only"):
+        store.sql(query)
+    result = CliRunner().invoke(cli, ["sql", "--root", str(root), query])
+    assert result.exit_code == 1
+    assert "read-only" in result.output and "Traceback" not in result.output
+    assert users.read_bytes() == before
+    assert sorted(p.name for p in root.iterdir()) == [".publish.lock", "LATEST", f"snapshot={snapshot.id}"]
+
+
+@pytest.mark.parametrize("root_kind", ["local", "memory"])
+def test_sql_reads_only_the_store(synthetic_data: Any, tmp_path: Path, root_kind: str) -> None:
+    """Any other file on the machine (a secret, another store) is out of reach of `movierec sql`."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("password\nhunter2\n")
+    root = str(tmp_path / "features") if root_kind == "local" else f"memory://features-{uuid.uuid4().hex[:8]}"
+    store = FeatureStore(root)
+    store.write_snapshot(Ingested(synthetic_data), now=T0)
+    store.write_snapshot(Ingested(synthetic_data), now=T0 + timedelta(days=1))
+    with pytest.raises(duckdb.Error, match=r"secret\.csv"):
+        store.sql(f"select * from read_csv('{secret}')")
+    assert store.sql("select count(*) as n from users_history")["n"].iloc[0] == 240
