@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import csv
 import hashlib
 import io
 import logging
@@ -171,15 +172,19 @@ LINE_INDEX = "line"  # the name of a raw frame's index when it holds each row's 
 
 
 def _parse(name: str, text: str, **options: Any) -> pd.DataFrame:
-    """``pd.read_csv`` of one raw file's decoded text; a row pandas cannot split (an extra field,
-    a stray quote) or a file with nothing to parse is a DataFormatError naming the file.
+    """``pd.read_csv`` of one raw file's decoded text; a row pandas cannot split (an extra field)
+    or a file with nothing to parse is a DataFormatError naming the file.
+
+    A double quote is a character like any other (the files have no quoting): read as CSV
+    quoting, a title starting with one lost its quotes, and a lone one took the following lines
+    into its field, whose movies were then refused as missing from the catalogue.
 
     The frame is indexed by each row's line in the file (1-based, index named ``line``), so a
     refusal names the line an editor shows, past a header and blank lines; when the rows cannot
     be matched to lines one to one, it keeps pandas' positions (refusals then name rows).
     """
-    try:
-        frame = pd.read_csv(io.StringIO(text), **options)
+    try:  # no quoting in these files: '"Weird Al" Yankovic' is a title, not a quoted field
+        frame = pd.read_csv(io.StringIO(text), quoting=csv.QUOTE_NONE, **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataFormatError(f"{name}: {str(exc).strip()}") from exc
     skip = options.get("skiprows", 0)

@@ -298,3 +298,32 @@ def test_a_database_migrated_by_a_newer_release_is_a_one_line_error(
         r"Error: .*schema revision '?0099_from_a_newer_release'?.*newer release", result.output
     ), result.output
     assert not (tmp_path / "features" / "LATEST").exists()
+
+
+@pytest.mark.parametrize("layout", ["grouplens", "recbole"])
+def test_a_title_with_double_quotes_is_kept_as_written(tmp_path: Path, layout: str) -> None:
+    """The raw files have no quoting: a title starting with a double quote was read as a CSV quoted
+    field, so '"Weird Al" Yankovic Live' became 'Weird Al Yankovic Live', and one with a lone
+    opening quote swallowed the lines after it (or the rest of the file) into its title."""
+    from tests.synthetic import write_recbole
+
+    titles = ['"Weird Al" Yankovic Live', '"Open quote', 'Say "Hi"']
+    if layout == "grouplens":
+        directory, name, sep, field = write_grouplens(tmp_path / "gl"), "u.item", "|", 1
+    else:
+        directory, name, sep, field = write_recbole(tmp_path / "rb"), "ml-100k.item", "\t", 1
+    expected = load_directory(directory)
+    path = directory / name
+    lines = path.read_bytes().decode("latin-1").splitlines()
+    first = 0 if layout == "grouplens" else 1  # past recbole's header
+    for offset, title in enumerate(titles):
+        fields = lines[first + offset].split(sep)
+        year = fields[field].rsplit(" (", 1)[1] if layout == "grouplens" else ""
+        fields[field] = f"{title} ({year}" if year else title
+        lines[first + offset] = sep.join(fields)
+    path.write_bytes("".join(f"{line}\n" for line in lines).encode("latin-1"))
+
+    loaded = load_directory(directory)
+    assert len(loaded.items) == len(expected.items)
+    assert [t.rsplit(" (", 1)[0] for t in loaded.items["title"].iloc[:3]] == titles
+    assert loaded.items["title"].iloc[3:].tolist() == expected.items["title"].iloc[3:].tolist()
