@@ -326,8 +326,11 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     titles = raw_items["title"]
     flag_values = raw_items[list(GENRES)]
     # A short line leaves its last flags NaN, which bool() reads as True: every genre at once.
-    _require("u.item", "genre flags", flag_values, flag_values.isin([0, 1]).all(axis=1), "must be 0 or 1")
-    flags = flag_values.to_numpy(dtype=bool)
+    # Compared as numbers: one flag that is no number makes its whole column text ('0', '1'),
+    # and every line was refused, the first ones named, not the bad one.
+    flag_numbers = flag_values.apply(_numbers)
+    _require("u.item", "genre flags", flag_values, flag_numbers.isin([0, 1]).all(axis=1), "must be 0 or 1")
+    flags = flag_numbers.to_numpy(dtype=bool)
     genres = ["|".join(g for g, on in zip(GENRES, row, strict=True) if on) for row in flags]
     dates = pd.to_datetime(raw_items["release_date"], format="%d-%b-%Y", errors="coerce")
     items = pd.DataFrame(

@@ -327,3 +327,20 @@ def test_a_title_with_double_quotes_is_kept_as_written(tmp_path: Path, layout: s
     assert len(loaded.items) == len(expected.items)
     assert [t.rsplit(" (", 1)[0] for t in loaded.items["title"].iloc[:3]] == titles
     assert loaded.items["title"].iloc[3:].tolist() == expected.items["title"].iloc[3:].tolist()
+
+
+def test_a_genre_flag_that_is_not_a_number_is_named_by_its_line(tmp_path: Path) -> None:
+    """One flag 'x' (or a title with a '|' on a line one flag short) made pandas read the whole
+    column as text, and every line was refused: '60 bad rows; line 1: ['0', ...]' sent the
+    data engineer to line 1, which is fine."""
+    directory = write_grouplens(tmp_path / "flag")
+    path = directory / "u.item"
+    lines = path.read_bytes().decode("latin-1").splitlines()
+    fields = lines[4].split("|")
+    fields[5] = "x"  # the 'unknown' genre flag of line 5
+    lines[4] = "|".join(fields)
+    path.write_bytes("".join(f"{line}\n" for line in lines).encode("latin-1"))
+    with pytest.raises(
+        DataFormatError, match=r"u\.item: genre flags must be 0 or 1 \(1 bad rows; line 5: \['x'"
+    ):
+        load_directory(directory)
