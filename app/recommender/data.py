@@ -386,6 +386,10 @@ def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     ]
     # recbole spells the unknown movie "unkonwn"; GroupLens calls it "unknown".
     title = ["unknown" if t.startswith("unkonwn") else t for t in title]
+    # Genres the features know (GENRES): one spelled otherwise ("Sci-fi") loaded here and made
+    # the features fail later with a bare ValueError, after `movierec data fetch` had cached it.
+    known_genres = [all(g in GENRES for g in str(cls).split()) for cls in item["class"]]
+    _require("ml-100k.item", "class", item["class"], known_genres, f"must be genres of {', '.join(GENRES)}")
     genres = ["|".join(g for g in str(cls).split(" ") if g) if cls else "unknown" for cls in item["class"]]
     items = pd.DataFrame({"movie_id": item["item_id"], "title": title, "year": year, "genres": genres})
     return ratings, users, items

@@ -344,3 +344,35 @@ def test_a_genre_flag_that_is_not_a_number_is_named_by_its_line(tmp_path: Path) 
         DataFormatError, match=r"u\.item: genre flags must be 0 or 1 \(1 bad rows; line 5: \['x'"
     ):
         load_directory(directory)
+
+
+def test_a_recbole_genre_outside_the_vocabulary_is_refused_at_load(
+    make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ml-100k.item's class column was taken as it came: a genre spelled 'Sci-fi' loaded (and
+    `movierec data fetch` cached it), then `movierec features build` and `train` died with a
+    ValueError traceback ('unknown genres in the catalogue') in the features."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+    from tests.synthetic import write_recbole
+
+    directory = write_recbole(tmp_path / "rb")
+    path = directory / "ml-100k.item"
+    lines = path.read_text().splitlines()
+    fields = lines[3].split("\t")
+    fields[3] = "Action Sci-fi"
+    lines[3] = "\t".join(fields)
+    path.write_text("".join(f"{line}\n" for line in lines))
+    with pytest.raises(
+        DataFormatError, match=r"ml-100k\.item: class .*\(1 bad rows; line 4: 'Action Sci-fi'\)"
+    ):
+        load_directory(directory)
+
+    overrides = {"features_root": str(tmp_path / "features"), "data_dir": directory}
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: make_settings(**overrides))
+    result = CliRunner().invoke(cli, ["features", "build"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert re.search(r"Error: ml-100k\.item: class must be", result.output), result.output
