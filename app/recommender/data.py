@@ -272,8 +272,13 @@ def _validate(
 
 
 def _first_fields(text: str, sep: str, skip: int) -> list[str]:
-    """The fields of the first data line (after ``skip`` header lines, blank lines passed over)."""
-    lines = [line for line in text.splitlines()[skip:] if line.strip()]
+    """The fields of the first data line (after ``skip`` header lines, blank lines passed over).
+
+    Lines end where pandas ends them (``_LINE_BREAK``): ``str.splitlines`` also breaks at U+0085
+    (Latin-1's byte 0x85), form feeds and \\x1c-\\x1e, so a first title holding one was refused
+    as a line with too few fields.
+    """
+    lines = [line for line in _LINE_BREAK.split(text)[skip:] if line.strip()]
     return lines[0].split(sep) if lines else []
 
 

@@ -376,3 +376,21 @@ def test_a_recbole_genre_outside_the_vocabulary_is_refused_at_load(
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), result.exception
     assert re.search(r"Error: ml-100k\.item: class must be", result.output), result.output
+
+
+@pytest.mark.parametrize(
+    "byte", [b"\x85", b"\x0c", b"\x1c"], ids=["latin-1 NEL", "form feed", "file separator"]
+)
+def test_a_first_title_with_a_character_python_breaks_lines_at_loads(tmp_path: Path, byte: bytes) -> None:
+    """The first line's field count was taken with str.splitlines(), which also breaks at U+0085
+    (Latin-1 byte 0x85, Windows' '…'), form feeds and \\x1c-\\x1e; pandas does not. A u.item whose
+    first title held one was refused as '2 fields in the first line, expected 24'."""
+    directory = write_grouplens(tmp_path / "gl")
+    path = directory / "u.item"
+    lines = path.read_bytes().split(b"\n")
+    fields = lines[0].split(b"|")
+    fields[1] = b"Wait" + byte + b" what (1995)"
+    lines[0] = b"|".join(fields)
+    path.write_bytes(b"\n".join(lines))
+    title = load_directory(directory).items["title"].iloc[0]
+    assert title == "Wait" + byte.decode("latin-1") + " what (1995)"
