@@ -33,6 +33,11 @@ acknowledged last.
 
 A record the database refuses for good (not for being unreachable) is appended to
 ``rejected.jsonl`` beside the segments and logged as an error: never dropped silently.
+
+**Stamps.** Each score carries its acknowledgement time, and the database keeps per (request,
+movie) the score stamped last. A stamp is the wall clock, but later than every stamp before it
+in the directory, whichever process made it: the last one is kept in its ``clock`` file
+(:meth:`FeedbackJournal._stamped`).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +72,11 @@ log = logging.getLogger(__name__)
 SUFFIX = ".wal"
 REJECTED = "rejected.jsonl"
 _HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
+CLOCK = "clock"  # the directory's last stamp (FeedbackJournal._stamped)
+_CLOCK = struct.Struct("<q")  # microseconds since the epoch
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_MAX_AHEAD = timedelta(hours=1)  # a last stamp further ahead of the wall clock is a clock fault: not kept
 _ZEROS = bytes(1 << 20)
 
 # --------------------------------------------------------------------------- records
@@ -206,6 +216,7 @@ class FeedbackJournal:
     _group: GroupCommit[FeedbackRecord]
     _lock: threading.Lock
     _io_lock: threading.Lock
+    _clock_fd: int
     _recovering: threading.Lock
 
     def __init__(
@@ -239,7 +250,6 @@ class FeedbackJournal:
             max_pending=2 * max_unshipped + 1024,
         )
         self._closed = False
-        self._last_at: datetime | None = None
         self._disk_problem: str | None = None  # the last disk_problem(), logged when it changes
         self._own_state()
         reset_after_fork(self.forget_inherited)
@@ -257,19 +267,7 @@ class FeedbackJournal:
                 "scores are not reaching the database (unreachable?); try again shortly",
                 headers={"Retry-After": "5"},
             )
-        if record.at is None:
-            record = dataclasses.replace(record, at=self._stamp())
-        self._group.save(record)
-
-    def _stamp(self) -> datetime:
-        """The acknowledgement time of a score: the wall clock, but never earlier than the last stamp
-        of this process (a clock stepped back must not make a later score lose to an earlier one)."""
-        with self._stamp_lock:
-            now = utcnow()
-            if self._last_at is not None and now <= self._last_at:
-                now = self._last_at + timedelta(microseconds=1)
-            self._last_at = now
-            return now
+        self._group.save(record)  # stamped when written (_stamped), if it has no time yet
 
     def disk_problem(self) -> str | None:
         """Why the journal's filesystem cannot take more scores, or None (readiness, app/api/health.py).
@@ -345,16 +343,18 @@ class FeedbackJournal:
                     segment.release()
             self._segments.clear()
             self._active = None
+            self._close_clock()
 
     # ------------------------------------------------------------------ writing (group commit)
 
     def _append(self, records: Sequence[FeedbackRecord]) -> None:
         """Write and sync one batch (the group commit's writer; one at a time), then queue it to ship."""
-        data = b"".join(encode(record) for record in records)
         with self._io_lock:
             if self._closed:
                 raise Unavailable("the service is stopping; try again shortly", headers={"Retry-After": "1"})
             try:
+                records = self._stamped(records)
+                data = b"".join(encode(record) for record in records)
                 with self._lock:
                     segment = self._writable(len(data))
                     segment.unshipped += len(records)  # counted before it exists: never deleted under it
@@ -400,12 +400,54 @@ class FeedbackJournal:
         self._active = segment
         return segment
 
+    def _stamped(self, records: Sequence[FeedbackRecord]) -> Sequence[FeedbackRecord]:
+        """``records``, those without a time stamped now (holds ``_io_lock``; before their write).
+
+        A stamp is the wall clock, but later than every stamp before it in this directory, of
+        any process: a clock stepped back (an NTP step, a resumed VM) must not make a later score
+        lose to an earlier one of the same (id, movie). Each worker used to keep its own stamps in
+        order only, and the later score reached the other worker, or one started since, half the
+        time. The last stamp is in the ``clock`` file, read and written under an exclusive
+        ``flock``: two system calls on the page cache per batch, not synced (a host crash
+        ends the processes whose order it kept). One further ahead than :data:`_MAX_AHEAD` is
+        a clock that was wrong, not stepped: it is not kept (the stamps would stay ahead for ever).
+        """
+        if all(record.at is not None for record in records):
+            return records
+        if self._clock_fd < 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._clock_fd = os.open(self.directory / CLOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._clock_fd, fcntl.LOCK_EX)
+        try:
+            now = (utcnow() - _EPOCH) // _MICROSECOND
+            stored = os.pread(self._clock_fd, _CLOCK.size, 0)
+            last = _CLOCK.unpack(stored)[0] if len(stored) == _CLOCK.size else 0
+            tick = last + 1 if now < last + 1 <= now + _MAX_AHEAD // _MICROSECOND else now
+            stamped = []
+            for record in records:
+                if record.at is None:
+                    record = dataclasses.replace(record, at=_EPOCH + tick * _MICROSECOND)
+                    tick += 1
+                stamped.append(record)
+            os.pwrite(self._clock_fd, _CLOCK.pack(tick - 1), 0)
+        finally:
+            fcntl.flock(self._clock_fd, fcntl.LOCK_UN)
+        return stamped
+
+    def _close_clock(self) -> None:
+        fd, self._clock_fd = self._clock_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def forget_inherited(self) -> None:
         """In a forked child: the parent's segments stay the parent's. Closing the child's copies of
         their files keeps the parent's locks the parent's alone (a lock lives while any copy of
-        its open file does), so they can be replayed once the parent is gone."""
+        its open file does), so they can be replayed once the parent is gone. The clock file is
+        opened again: a lock on the parent's open file would not exclude the parent."""
         for segment in self._segments.values():
             segment.release()
+        self._close_clock()
         # the locks and the group commit's turn may have been held by another thread of the parent
         # (the shipper resets its own: app/services/request_log.py)
         self._own_state()
@@ -420,7 +462,7 @@ class FeedbackJournal:
         # close(): a segment is never closed under a write, nor deleted before its records queue
         self._io_lock = threading.Lock()
         self._recovering = threading.Lock()
-        self._stamp_lock = threading.Lock()
+        self._clock_fd = -1  # the directory's clock file, opened at the first stamp (_stamped)
 
     def _seal(self, segment: _Segment) -> None:
         """No more records go to ``segment``; delete it once they are all committed. Holds ``_lock``."""

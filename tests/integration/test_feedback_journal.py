@@ -450,6 +450,51 @@ def test_a_later_score_wins_after_the_clock_steps_back(
     assert _stored(db) == {(request_id, 3): 5.0}
 
 
+def test_a_later_score_wins_after_the_clock_steps_back_when_another_worker_takes_it(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, with the second score reaching the other uwsgi worker (or a worker started since,
+    after a restart): each worker kept its stamps in order only against its own, so the second
+    score, stamped 30 s before the first, lost the upsert (newest wins) and was dropped."""
+    import app.services.feedback_journal as journal_module
+
+    directory = tmp_path / "journal"
+    first = FeedbackJournal(directory, db, ship_interval=60)
+    second = FeedbackJournal(directory, db, ship_interval=60)  # the other worker
+    request_id = _request(db)
+    now = utcnow()
+    clock = iter([now, now - timedelta(seconds=30)])
+    monkeypatch.setattr(journal_module, "utcnow", lambda: next(clock))
+    try:
+        first.save(FeedbackRecord(request_id, 3, "Movie 3", 1.0, None, "v1"))
+        second.save(FeedbackRecord(request_id, 3, "Movie 3", 5.0, None, "v1"))
+        second.drain()
+        first.drain()  # shipped last: the order of the shipments does not decide
+    finally:
+        first.close()
+        second.close()
+    assert _stored(db) == {(request_id, 3): 5.0}
+
+
+def test_a_stamp_left_far_ahead_by_a_wrong_clock_is_not_kept(tmp_path: Path) -> None:
+    """A last stamp more than an hour ahead of the wall clock (a host that ran with a wrong clock)
+    would keep every later score stamped in the future: scores are stamped by the wall clock again."""
+    from app.services.feedback_journal import _CLOCK, _EPOCH, _MICROSECOND, CLOCK
+
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    ahead = utcnow() + timedelta(days=365)
+    (directory / CLOCK).write_bytes(_CLOCK.pack((ahead - _EPOCH) // _MICROSECOND))
+    journal = FeedbackJournal(directory, Database(f"sqlite:///{tmp_path / 'unused.db'}"), ship_interval=60)
+    try:
+        before = utcnow()
+        journal.save(_score("r", 1, 3.0))
+        (record,) = _on_disk(directory)
+        assert record.at is not None and before <= record.at <= utcnow()
+    finally:
+        journal.close()
+
+
 def test_records_after_one_damaged_on_disk_are_replayed(db: Database, tmp_path: Path) -> None:
     """A record damaged in the middle of a dead process's segment was read as its end: the
     acknowledged records after it were dropped and the segment deleted."""
