@@ -511,11 +511,13 @@ class FeedbackJournal:
 
         Raises what the database raised when it cannot take them (unreachable, read-only, …): the
         segment being replayed stays, for the next attempt. A segment that cannot be read back is
-        renamed ``*.unreadable`` and the others are replayed.
+        renamed ``*.unreadable`` and the others are replayed. A segment a killed process was still
+        creating (``*.new``, no record in it) is deleted (:meth:`_remove_abandoned`).
         """
         if not self.directory.is_dir() or not self._recovering.acquire(blocking=False):
             return 0
         try:
+            self._remove_abandoned()
             total = 0
             for path in sorted(self.directory.glob(f"*{SUFFIX}")):
                 with self._lock:
@@ -536,6 +538,29 @@ class FeedbackJournal:
             return total
         finally:
             self._recovering.release()
+
+    def _remove_abandoned(self) -> None:
+        """Delete the ``*.new`` files of processes killed while they created a segment.
+
+        Such a file holds no record (a segment gets its first once renamed ``*.wal``), but up to
+        ``segment_bytes`` of zeros, and nothing else would ever delete it. One is abandoned when
+        nobody holds its lock and it is not empty: its creator locks it before writing a byte and
+        holds the lock until it has renamed or deleted it. An empty one may be a creation between
+        its ``open`` and its ``flock``: it is left (it takes no room).
+        """
+        for path in self.directory.glob("*.new"):
+            with contextlib.suppress(OSError):  # BlockingIOError: its creator lives
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if os.fstat(fd).st_size > 0:
+                        path.unlink()
+                        log.warning(
+                            "feedback journal: deleted a segment a killed process was creating",
+                            extra={"segment": path.name},
+                        )
+                finally:
+                    os.close(fd)
 
     def strays(self) -> list[Path]:
         """Segments waiting in the journal directories of other database URLs (an address renamed?)."""

@@ -399,6 +399,29 @@ def test_an_unreadable_segment_is_set_aside_and_the_others_replayed(db: Database
     assert sorted(p.name for p in directory.iterdir()) == ["1-1.unreadable"]
 
 
+def test_a_segment_a_killed_process_was_creating_is_deleted(tmp_path: Path) -> None:
+    """A worker killed (OOM, harakiri) while it zero-filled a new segment left its ``*.new`` file, up
+    to a segment's 4 MiB, for ever: nothing ever deleted one, and each such kill took more of the
+    journal's disk. One another process is creating (locked) is left alone."""
+    import fcntl
+    import os
+
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    (directory / "1-1.new").write_bytes(bytes(8192))  # its creator died
+    creating = directory / "2-2.new"
+    creating.write_bytes(bytes(8192))
+    holder = os.open(creating, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # its creator lives
+    journal = FeedbackJournal(directory, Database(f"sqlite:///{tmp_path / 'unused.db'}"))
+    try:
+        journal.recover()
+        assert sorted(p.name for p in directory.iterdir()) == ["2-2.new"]
+    finally:
+        journal.close()
+        os.close(holder)
+
+
 def test_a_write_failing_for_a_reason_that_passes_is_retried_not_set_aside(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
