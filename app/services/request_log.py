@@ -2,7 +2,8 @@
 
 Why: committing one row per ``/api/recommend`` made the database, not the lookup, the cost
 of a request. Here a request only appends its row to an in-memory buffer; a background
-thread writes the buffer in batches (one multi-row INSERT per batch). The promises of
+thread writes the buffer in batches (one ``COPY`` per batch on PostgreSQL, one multi-row
+INSERT on SQLite: :meth:`Database.save_requests`). The promises of
 API.md "Durability" are kept as follows:
 
 * **Nothing acknowledged is dropped while the process lives.** A row leaves the buffer only
