@@ -18,7 +18,7 @@ API.md "Durability" are kept as follows:
   database down, every row buffered since it went down).
 * **A score is never refused because its row is pending.** :meth:`RequestLog.get` sees
   pending and in-flight rows, and :meth:`RequestLog.persist` commits a pending row (and,
-  for free, everything queued with it) before the feedback row that references it.
+  for free, the rows queued before it) before the feedback row that references it.
   Rows pending in *another* worker are waited for by the score path (and the web UI's list
   page) with signed ids (:mod:`app.services.request_ids`).
 * **Bounded memory.** With the database unreachable the buffer grows up to ``max_pending``
@@ -32,6 +32,7 @@ of its own (:meth:`RequestLog._forked`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -132,7 +133,8 @@ class RequestLog:
     def persist(self, request_id: str) -> bool:
         """Commit ``request_id``'s row now if it is buffered here; False when it is not held here.
 
-        Raises :class:`DatabaseUnavailableError` when the database cannot take it (the row
+        The rows queued before it are committed with it, in batches of ``batch_size`` (see
+        :meth:`flush`). Raises :class:`DatabaseUnavailableError` when the database cannot take it (the row
         stays buffered and will be retried).
         """
         if self.get(request_id) is None:
@@ -142,18 +144,25 @@ class RequestLog:
                 with self._lock:
                     if request_id not in self._pending and request_id not in self._inflight:
                         return True
-                self._write_batch_locked(limit=None)
+                self._write_batch_locked(self.batch_size)
 
     def pending(self) -> int:
         with self._lock:
             return len(self._pending) + len(self._inflight)
 
-    def flush(self, timeout: float | None = None) -> int:
+    def flush(self, timeout: float | None = None, deadline: float | None = None) -> int:
         """Write everything buffered now, in the caller's thread; returns rows written, raises on failure.
 
         ``timeout``: the longest to wait for a batch another thread is writing (the flusher's, held
         by a database that hangs until its statement deadline) before raising
-        :class:`DatabaseUnavailableError`; None waits for it.
+        :class:`DatabaseUnavailableError`; None waits for it. ``deadline`` (monotonic): when
+        the writes must be over, each bounded by what is left (:meth:`Database.statement_limit`);
+        the rows not written by then stay buffered and :class:`DatabaseUnavailableError` is raised.
+
+        In batches of ``batch_size``, as the flusher writes: a row refused for good is then looked
+        for in its batch alone. One batch of the whole backlog (after an outage, tens of
+        thousands of rows) was written row by row, each in a statement of its own, for the one
+        row: minutes, past the 10 s a stopping worker has for its final flush.
         """
         if not self._write_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             raise DatabaseUnavailableError(f"{self.name}: a write in progress did not end in time")
@@ -163,7 +172,14 @@ class RequestLog:
                 with self._lock:
                     if not self._pending:
                         return total
-                total += self._write_batch_locked(limit=None)
+                if deadline is None:
+                    total += self._write_batch_locked(self.batch_size)
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseUnavailableError(f"{self.name}: no time was left to write the rest")
+                with self.db.statement_limit(left):
+                    total += self._write_batch_locked(self.batch_size)
         finally:
             self._write_lock.release()
 
@@ -199,12 +215,12 @@ class RequestLog:
 
     # ------------------------------------------------------------------ writing
 
-    def _write_batch_locked(self, limit: int | None) -> int:
+    def _write_batch_locked(self, limit: int) -> int:
         """Take up to ``limit`` pending rows, commit them, release them. Caller holds ``_write_lock``."""
         with self._lock:
             if not self._pending:
                 return 0
-            ids = list(self._pending)[: limit or None]
+            ids = list(itertools.islice(self._pending, limit))
             batch = {request_id: self._pending.pop(request_id) for request_id in ids}
             self._inflight.update(batch)
         try:
@@ -311,8 +327,7 @@ class RequestLog:
         reason = "no time was left before exit to write them"
         while self.pending() and time.monotonic() < deadline:
             try:
-                with self.db.statement_limit(deadline - time.monotonic()):  # the write itself too
-                    written = self.flush(timeout=deadline - time.monotonic())
+                written = self.flush(timeout=deadline - time.monotonic(), deadline=deadline)
                 if written:
                     log.info("%s flushed at shutdown", self.name, extra={"rows": written})
                 return

@@ -426,6 +426,81 @@ def test_a_row_the_database_refuses_for_good_is_set_aside_and_the_rest_written(
     db.dispose()
 
 
+def test_a_refused_row_in_a_backlog_flushed_at_once_is_looked_for_in_its_batch_only(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A flush (the exit's final one, a score's persist(), the UI's drain) wrote the whole backlog as
+    one batch: with one row refused for good in it, every row of the backlog was then written alone
+    to find it (after an outage, 50,000 statements: minutes, far past the 10 s a stopping worker
+    has, and a worker killed then loses the rows it has not spilled). Now a flush writes batches of
+    ``batch_size`` like the flusher, and only the refused row's batch is written row by row."""
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+    from tests.helpers import sqlalchemy_url
+
+    db = Database(sqlalchemy_url(postgres_url))
+    db.upgrade()
+    sizes: list[int] = []
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        sizes.append(len(rows))
+        db.save_requests(rows)
+
+    log = RequestLog(
+        db, write=write, spill=RowSpill(tmp_path / "journal"), flush_interval=SLOW_FLUSH, batch_size=50
+    )
+    try:
+        for stage in ("flush", "persist"):
+            sizes.clear()
+            log.append(_rows(300, f"{stage}-before"))
+            log.append(_rows(1, f"{stage}-poison", version="v" * 65))
+            log.append(_rows(300, f"{stage}-after"))
+            if stage == "flush":
+                log.flush()
+            else:
+                assert log.persist(f"{stage}-after-299")
+            assert max(sizes) <= 50, stage
+            # the refused row's batch written row by row (and a last batch of one row)
+            assert sizes.count(1) <= 50 + 1, f"{stage}: {sizes.count(1)} rows written alone"
+            assert {f"{stage}-after-{i}" for i in range(300)} <= _stored_ids(db)
+    finally:
+        log.close()
+        db.dispose()
+
+
+def test_a_final_flush_in_batches_ends_within_its_budget_and_spills_the_rest(tmp_path: Path) -> None:
+    """The final flush writes its batches one after the other; a database that takes each slowly
+    (not hung: no statement deadline cuts it) must not keep a stopping worker past its budget."""
+    import orjson
+
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'log.db'}")
+    db.upgrade()
+    written: list[str] = []
+
+    def slow_write(rows: list[dict[str, Any]]) -> None:
+        time.sleep(0.2)
+        db.save_requests(rows)
+        written.extend(row["id"] for row in rows)
+
+    spill = RowSpill(tmp_path / "journal")
+    log = RequestLog(db, write=slow_write, spill=spill, flush_interval=SLOW_FLUSH, batch_size=10)
+    log.append(_rows(200))  # twenty batches: 4 s
+    started = time.monotonic()
+    log.close(timeout=1.0)
+    assert time.monotonic() - started < 2.0
+    spilled = [
+        orjson.loads(line)["id"]
+        for path in spill.directory.glob(f"{RowSpill.PREFIX}*.jsonl")
+        for line in path.read_bytes().splitlines()
+    ]
+    assert written and spilled
+    assert sorted(written + spilled) == sorted(f"row-{i}" for i in range(200))
+    db.dispose()
+
+
 def test_the_app_writes_spilled_rows_when_it_starts(
     make_app: Any, make_settings: Any, postgres_url: str
 ) -> None:
