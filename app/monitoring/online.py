@@ -21,6 +21,10 @@ forks workers from a master that created the app):
   (app/monitoring/drift.py). Their results are stored with the breaker record, so
   ``/metrics`` and ``/api/model`` show the same numbers whichever worker answers.
 
+With ``monitor_interval_seconds`` 0 (evaluation off) the thread still re-reads the shared
+record every ``monitor_sync_seconds`` and does nothing else: a reset or a trip made through
+another worker or instance reaches this one all the same.
+
 In-app alerts go through one :class:`~app.monitoring.alerts.Alerter` per process with a
 :class:`~app.monitoring.alerts.LoggingSink`: the service holds no SMTP credentials; the
 host's monitor-docker.py reads the alert lines from the journal and emails them.
@@ -134,6 +138,7 @@ class OnlineMonitor:
         drift_min_requests: int = 200,
         coverage_max_requests: int = 5000,
         background: bool = True,
+        evaluates: bool = True,
     ) -> None:
         self.models = models
         self.db = db
@@ -147,6 +152,9 @@ class OnlineMonitor:
         self.drift_min_requests = drift_min_requests
         self.coverage_max_requests = coverage_max_requests
         self.background = background
+        # False (MOVIEREC_MONITOR_INTERVAL_SECONDS=0): the thread only re-reads the shared record
+        # every ``sync_seconds``, so resets and trips made elsewhere still reach this worker
+        self.evaluates = evaluates
         self._events = 0
         self._events_lock = threading.Lock()
         self._wake = threading.Event()
@@ -188,6 +196,10 @@ class OnlineMonitor:
         last_woken_tick = -math.inf
         while not self._stop.is_set():
             woken = self._wake.wait(self.sync_seconds)
+            if not self.evaluates:
+                self._wake.clear()
+                self._follow()
+                continue
             if woken:
                 # scores asked for an evaluation: at once, or EVENT_SPACING_SECONDS after this
                 # thread's previous score-triggered one (scores arriving meanwhile join it)
@@ -210,13 +222,22 @@ class OnlineMonitor:
                 self.last_error = str(exc)[:300]
                 log.exception("online monitor evaluation failed")
 
+    def _follow(self) -> None:
+        """Re-read the served version's shared record, nothing more (evaluation switched off)."""
+        bundle = self.models.bundle
+        try:
+            self.breaker.sync(bundle.version if bundle is not None else None)
+        except Exception as exc:
+            self.last_error = str(exc)[:300]
+            log.exception("online monitor: re-reading the breaker state failed")
+
     # ------------------------------------------------------------------ events
 
     def note_feedback(self, score: float) -> None:
         """A score was stored: count it, and wake the evaluation every ``every_events`` scores."""
         metrics.TALLY.count(metrics.FEEDBACK)
         metrics.TALLY.observe(metrics.FEEDBACK_SCORE, score)
-        if not self.every_events:
+        if not self.every_events or not self.evaluates:
             return
         with self._events_lock:
             self._events += 1
@@ -583,7 +604,9 @@ def install_monitoring(
         window_seconds=settings.quality_window_seconds,
         drift_threshold=settings.drift_psi_threshold,
         drift_min_requests=settings.drift_min_requests,
-        background=settings.monitor_interval_seconds > 0,
+        # the thread runs either way: with the evaluation timer off it still re-reads the
+        # shared state, or a reset (or a trip) made through another worker never reached this one
+        evaluates=settings.monitor_interval_seconds > 0,
     )
     bundle = services.models.bundle
     breaker.sync(bundle.version if bundle is not None else None)

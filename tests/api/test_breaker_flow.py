@@ -564,3 +564,41 @@ def test_a_reset_reason_with_a_control_character_is_a_400_not_a_store_failure(
     assert _breaker(client, headers)["state"] == "open"
     ok = client.post("/api/admin/breaker/reset", json={"reason": "false alarm, é"}, headers=admin)
     assert ok.status_code == 200 and ok.get_json()["reason"] == "reset by admin: false alarm, é"
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_with_evaluation_off_workers_still_follow_the_shared_state(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """MOVIEREC_MONITOR_INTERVAL_SECONDS=0 switches the evaluation timer off, but it also left every
+    worker without its monitor thread, so none re-read the shared record after the start: a
+    breaker another worker or instance opened never reached them (they served the tripped model),
+    and after an admin reset the workers that did not answer it served the fallback until the
+    next reload. Two apps on one store stand for two workers."""
+    store, _previous, current = two_champions
+    settings = {**_settings(store, "sqlite", request), "monitor_sync_seconds": 0.05}
+    deciding = make_app(**settings)
+    follower = make_app(**{**settings, "feedback_journal_dir": tmp_path / "follower"})
+    client, other = deciding.test_client(), follower.test_client()
+    headers, other_headers = login(client), login(other)
+    admin = login(client, ADMIN_PASSWORD)
+    assert _recommend(other, other_headers)[0]["strategy"] == "segment"  # its thread starts lazily
+
+    _trip(deciding, client, headers)
+    assert _recommend(client, headers)[0]["strategy"] == "fallback"
+    assert _eventually(lambda: _recommend(other, other_headers)[0]["strategy"] == "fallback")
+
+    assert client.post("/api/admin/breaker/reset", json={}, headers=admin).status_code == 200
+    assert _eventually(lambda: _recommend(other, other_headers)[0]["model_version"] == current)
+    assert _recommend(other, other_headers)[0]["strategy"] == "segment"

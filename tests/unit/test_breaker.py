@@ -445,7 +445,7 @@ def test_a_reset_is_this_workers_view_even_when_the_store_counts_from_a_lower_ge
     again; this worker still caches generation 50, open. The reset's own read and write are the
     store's truth, but _adopt (no read_started any more: reset bypasses sync) keeps the higher
     cached generation: the reset answers "closed" while this worker goes on serving the fallback
-    (with monitor_interval_seconds=0, until the next reload)."""
+    (until its next sync)."""
     store = MemoryStore()
     store.records["v1"] = BreakerRecord(
         state=OPEN, since=1.0, reason="bad", model_version="v1", generation=50
@@ -461,7 +461,7 @@ def test_resets_of_other_versions_do_not_evict_the_served_versions_record() -> N
     """reset() adopts every version it is asked about into this worker's 8-entry cache; 8 resets
     of other versions (a script closing what a rolling deploy tripped, or typos) between two
     syncs evict the served version's open record, and route() takes it for a fresh closed one:
-    the tripped model serves until the next sync (with monitor_interval_seconds=0: the next reload)."""
+    the tripped model serves until the next sync."""
     store = MemoryStore()
     store.records["v1"] = BreakerRecord(state=OPEN, since=1.0, reason="bad", model_version="v1", generation=3)
     breaker = CircuitBreaker(store, BreakerPolicy(), clock=lambda: 10.0)
