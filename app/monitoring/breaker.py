@@ -151,10 +151,15 @@ def judge_calls(summary: CallSummary, policy: BreakerPolicy) -> Verdict:
     return Verdict(UNHEALTHY, tuple(reasons)) if reasons else Verdict(HEALTHY)
 
 
+CALLS_KEPT = 2000
+"""Model calls a worker keeps for the breaker's error and latency bounds (more when the policy's
+``min_requests`` asks for more: a bound above what is kept would never be reached)."""
+
+
 class CallStats:
     """Recent model calls of this worker: (time, version, ok, latency); bounded, thread-safe."""
 
-    def __init__(self, maxlen: int = 2000) -> None:
+    def __init__(self, maxlen: int = CALLS_KEPT) -> None:
         self._calls: deque[tuple[float, str | None, bool, float]] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
 
@@ -222,7 +227,7 @@ class CircuitBreaker:
         self.clock = clock
         self.window_seconds = window_seconds
         self.calls_window_seconds = calls_window_seconds
-        self.calls = CallStats()
+        self.calls = CallStats(max(CALLS_KEPT, policy.min_requests))
         # by version, oldest adopted first; an entry is replaced in place, never removed and put
         # back (request threads read it without the lock: a missing entry is a closed breaker)
         self._records: OrderedDict[str | None, BreakerRecord] = OrderedDict()

@@ -170,6 +170,20 @@ def test_unhealthy_probe_reopens_and_errors_open_without_feedback(db: Database) 
     assert record.state == OPEN and record.reason.startswith("probe failed")
 
 
+def test_a_min_requests_above_the_call_buffer_still_judges_errors(db: Database) -> None:
+    """Each worker kept its last 2,000 model calls whatever MOVIEREC_BREAKER_MIN_REQUESTS said: with
+    a bound above that (more evidence asked for on a busy service) the count never reached it,
+    and a champion failing every call never opened the breaker (its errors were answered from
+    the fallback one by one, each after the failing call)."""
+    clock = Clock()
+    policy = BreakerPolicy(min_requests=3000, max_error_rate=0.05)
+    breaker = CircuitBreaker(DatabaseBreakerStore(db), policy, clock=clock, window_seconds=3600)
+    for _ in range(3000):
+        breaker.record_call("v1", False, 0.001)
+    record = breaker.evaluate("v1", None)
+    assert record.state == OPEN and "model error rate 100.0%" in record.reason
+
+
 def test_admin_reset_closes_it(db: Database) -> None:
     clock, alerts = Clock(), []
     breaker = make_breaker(DatabaseBreakerStore(db), clock, alerts)
