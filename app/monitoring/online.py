@@ -415,26 +415,28 @@ class GuardedRecommendations:
         else:
             route = self.breaker.route(bundle.version) if counted else self.breaker.peek(bundle.version)
         if route != FALLBACK:
-            if not counted:
-                return service.lookup(bundle, query)
             started = time.perf_counter()
             try:
                 served = service.lookup(bundle, query)
             except (ApiError, BundleError):
                 raise  # the client's error (unknown user) or no model at all: not the model failing
             except Exception:
-                elapsed = time.perf_counter() - started
-                self.breaker.record_call(bundle.version, False, elapsed)
-                metrics.TALLY.count(metrics.MODEL_CALLS, ("error",))
+                # a HEAD answers what its GET would (the fallback's list), recording nothing
+                if counted:
+                    elapsed = time.perf_counter() - started
+                    self.breaker.record_call(bundle.version, False, elapsed)
+                    metrics.TALLY.count(metrics.MODEL_CALLS, ("error",))
                 if not self.breaker.policy.routes:
                     raise
-                log.exception("the champion failed to recommend; answering from the fallback")
+                if counted:
+                    log.exception("the champion failed to recommend; answering from the fallback")
             else:
-                elapsed = time.perf_counter() - started
-                self.breaker.record_call(bundle.version, True, elapsed)
-                metrics.TALLY.count(metrics.MODEL_CALLS, ("ok",))
-                metrics.TALLY.observe(metrics.MODEL_LATENCY, elapsed)
-                _count(served.strategy, len(served.items))
+                if counted:
+                    elapsed = time.perf_counter() - started
+                    self.breaker.record_call(bundle.version, True, elapsed)
+                    metrics.TALLY.count(metrics.MODEL_CALLS, ("ok",))
+                    metrics.TALLY.observe(metrics.MODEL_LATENCY, elapsed)
+                    _count(served.strategy, len(served.items))
                 return served
         from app.services.recommendations import Served  # here: a module-level import would be circular
 

@@ -602,3 +602,25 @@ def test_with_evaluation_off_workers_still_follow_the_shared_state(
     assert client.post("/api/admin/breaker/reset", json={}, headers=admin).status_code == 200
     assert _eventually(lambda: _recommend(other, other_headers)[0]["model_version"] == current)
     assert _recommend(other, other_headers)[0]["strategy"] == "segment"
+
+
+def test_a_head_of_a_failing_champions_list_is_answered_like_its_get(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    synthetic_data: Any,
+) -> None:
+    """A champion call that raises is answered from the fallback: the GET of a user's
+    recommendations was, but its HEAD (the same answer's headers, nothing counted) called the
+    champion outside that guard and was a 500."""
+    store, previous, _current = two_champions
+    client, headers, services = _error_prone(store, make_app, request)
+    _break(services.models.bundle)
+    user_id = int(synthetic_data.users["user_id"].iloc[0])
+    url = f"/api/users/{user_id}/recommendations"
+    got = client.get(url, headers=headers)
+    assert got.status_code == 200 and got.get_json()["strategy"] == "fallback", got.get_json()
+    assert got.get_json()["model_version"] == previous
+    head = client.head(url, headers=headers)
+    assert head.status_code == 200, head.status_code
+    assert head.headers["Content-Length"] == got.headers["Content-Length"]
