@@ -3,8 +3,8 @@
 Preferred: the **previous champion** — the newest bundle in the model store created before
 the one being served (the store receives every champion the pipeline exports and keeps the
 old ones). It was good enough to serve before, and its lists are as personal as its tables
-allow. Loaded once, lazily, the first time the fallback is needed, and kept per serving
-version.
+allow. Loaded once, lazily, the first time the fallback is needed, and kept while its
+serving version is served (and one reload longer: :data:`KEPT_VERSIONS`).
 
 Otherwise (no older bundle, it fails to load, or ``breaker_fallback = "popularity"``):
 **global popularity computed from the served bundle's own tables** — a Borda count of
@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Container
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +39,11 @@ from app.recommender.segments import Segment
 log = logging.getLogger(__name__)
 
 PREVIOUS, POPULARITY = "previous", "popularity"
+KEPT_VERSIONS = 2
+"""Serving versions whose previous champion and popularity order are kept: the one served and the
+one before it (a request that began before a reload still finishes on it). Every reload serves a
+new version, so keeping them all held one more bundle in memory per retraining."""
+_MISSING = object()
 
 
 def popularity_order(bundle: LoadedBundle) -> np.ndarray:
@@ -63,8 +70,10 @@ class Fallback:
         self.store = store
         self.mode = mode
         self._lock = threading.Lock()
-        self._previous: dict[str, LoadedBundle | None] = {}  # serving version -> previous bundle
-        self._popularity: dict[str, np.ndarray] = {}
+        self._popularity_lock = threading.Lock()  # not the one held while a bundle loads
+        # serving version -> previous bundle / popularity order, the newest KEPT_VERSIONS
+        self._previous: OrderedDict[str, LoadedBundle | None] = OrderedDict()
+        self._popularity: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def previous_bundle_dir(self, current: LoadedBundle) -> Path | None:
         """The newest bundle in the store created before ``current`` (by manifest ``created_at``)."""
@@ -89,21 +98,24 @@ class Fallback:
     def previous(self, current: LoadedBundle) -> LoadedBundle | None:
         if self.mode != PREVIOUS:
             return None
-        if current.version in self._previous:
-            return self._previous[current.version]
+        known = self._previous.get(current.version, _MISSING)
+        if known is not _MISSING:
+            return known  # type: ignore[return-value]
         with self._lock:
-            if current.version not in self._previous:
-                bundle = None
-                path = self.previous_bundle_dir(current)
-                if path is not None:
-                    try:
-                        bundle = load_bundle(path)
-                        log.info("fallback bundle loaded", extra={"fallback_version": bundle.version})
-                    except BundleError as exc:
-                        log.warning("previous bundle cannot serve as fallback; using popularity",
-                                    extra={"path": str(path), "reason": str(exc)[:300]})  # fmt: skip
-                self._previous[current.version] = bundle
-        return self._previous[current.version]
+            known = self._previous.get(current.version, _MISSING)
+            if known is not _MISSING:
+                return known  # type: ignore[return-value]
+            bundle = None
+            path = self.previous_bundle_dir(current)
+            if path is not None:
+                try:
+                    bundle = load_bundle(path)
+                    log.info("fallback bundle loaded", extra={"fallback_version": bundle.version})
+                except BundleError as exc:
+                    log.warning("previous bundle cannot serve as fallback; using popularity",
+                                extra={"path": str(path), "reason": str(exc)[:300]})  # fmt: skip
+            _keep(self._previous, current.version, bundle)
+        return bundle
 
     def source(self, current: LoadedBundle | None) -> str:
         """What the fallback would serve right now (for /api/model)."""
@@ -116,7 +128,8 @@ class Fallback:
         order = self._popularity.get(bundle.version)
         if order is None:
             order = popularity_order(bundle)
-            self._popularity[bundle.version] = order
+            with self._popularity_lock:
+                _keep(self._popularity, bundle.version, order)
         return order
 
     def recommend(self, current: LoadedBundle, query: RecommendQuery) -> tuple[list[Recommendation], str]:
@@ -158,3 +171,11 @@ class Fallback:
             Recommendation(int(bundle.movie_ids[p]), bundle.titles[p], round(1.0 / (i + 1), 6))
             for i, p in enumerate(positions[:max_recs])
         ]
+
+
+def _keep(cache: OrderedDict[str, Any], version: str, value: Any) -> None:
+    """Add ``version``'s entry, dropping the oldest beyond :data:`KEPT_VERSIONS` (caller holds the lock)."""
+    cache[version] = value
+    cache.move_to_end(version)
+    while len(cache) > KEPT_VERSIONS:
+        cache.popitem(last=False)

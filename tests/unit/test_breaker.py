@@ -587,6 +587,42 @@ def test_previous_champion_is_the_newest_older_bundle_of_the_store(model_store: 
     assert fallback.previous(first) is None and fallback.source(first) == "popularity from first"
 
 
+def test_the_fallback_keeps_no_bundle_or_table_of_versions_it_no_longer_serves(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """The fallback kept the previous champion it loaded for each version a worker served, and
+    that version's popularity order, for the life of the worker: every retraining and reload
+    (GET /api/model loads the previous champion to name it) left one more bundle in memory."""
+    import gc
+    import json
+    import shutil
+    import weakref
+
+    source = (model_store / "latest").resolve()
+    store = tmp_path / "store"
+    store.mkdir()
+    for year in range(2020, 2025):
+        target = store / f"b{year}"
+        shutil.copytree(source, target)
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest.update(version=f"b{year}", created_at=f"{year}-01-01T00:00:00+00:00")
+        (target / "manifest.json").write_text(json.dumps(manifest))
+    fallback = Fallback(store, "previous")
+    loaded: list[weakref.ref[LoadedBundle]] = []
+    for year in range(2020, 2025):  # each served version's previous champion is the year's bundle
+        current = tiny_bundle(f"c{year}", f"{year}-06-01T00:00:00+00:00")
+        fallback.recommend(current, RecommendQuery(2, 30, "M", "student"))
+        fallback.popularity(current)
+        previous = fallback.previous(current)
+        assert previous is not None and previous.version == f"b{year}"
+        loaded.append(weakref.ref(previous))
+        del current, previous
+    gc.collect()
+    kept = [ref().version for ref in loaded if ref() is not None]  # type: ignore[union-attr]
+    assert kept == ["b2023", "b2024"], kept
+    assert len(fallback._popularity) <= 2
+
+
 DAY = 86_400.0
 
 
