@@ -52,6 +52,7 @@ from app.storage.breaker import (
     BreakerRecord,
     BreakerStore,
     BreakerStoreError,
+    UnreadableRecordError,
 )
 
 log = logging.getLogger("movierec.breaker")
@@ -452,10 +453,17 @@ class CircuitBreaker:
 
     def reset(self, version: str | None, by: str = "admin") -> BreakerRecord:
         """Close ``version``'s breaker now (admin override); a no-op write when it is already closed.
-        A store that cannot be read or written is a :class:`BreakerStoreError` (the endpoint's 503)."""
+        A record the store holds but that cannot be read is replaced by a closed one. A store that
+        cannot be read or written is a :class:`BreakerStoreError` (the endpoint's 503)."""
         for _ in range(5):
             started = self._adoptions
-            record = self.store.read(version)
+            try:
+                record = self.store.read(version)
+            except UnreadableRecordError as exc:
+                replaced = self._replace_unreadable(version, by, str(exc), started)
+                if replaced is not None:
+                    return replaced
+                continue
             if record.state == CLOSED:
                 self._adopt(version, record, read_started=started, cache_new=False)
                 return record
@@ -466,6 +474,21 @@ class CircuitBreaker:
             if stored is not None:
                 return stored
         raise BreakerStoreError("the breaker state kept changing while resetting it; try again")
+
+    def _replace_unreadable(self, version: str | None, by: str, error: str, read_started: int
+                            ) -> BreakerRecord | None:  # fmt: skip
+        """An admin reset of a record that cannot be read: a closed one written over it (None when
+        another writer changed it meanwhile)."""
+        fresh = BreakerRecord(
+            state=CLOSED, since=self.clock(), reason=f"reset by {by}", model_version=version
+        )
+        stored = self.store.replace(version, fresh)
+        if stored is None:
+            return None
+        log.warning("unreadable breaker record replaced by a reset", extra={"error": error[:300]})
+        self._adopt(version, stored, read_started=read_started, cache_new=False)
+        self.announce(Transition("unreadable", CLOSED, fresh.reason, version, by))
+        return stored
 
     # ------------------------------------------------------------------ reporting
 

@@ -100,11 +100,25 @@ class BreakerRecord:
                 raise TypeError("generation or evaluation has the wrong type")
             return record
         except (TypeError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise BreakerStoreError(f"unreadable breaker record: {exc}") from exc
+            raise UnreadableRecordError(f"unreadable breaker record: {exc}") from exc
 
 
 class BreakerStoreError(RuntimeError):
     """The shared state could not be read or written; workers keep their last known state."""
+
+
+class UnreadableRecordError(BreakerStoreError):
+    """The store answered, but the record it holds cannot be read (truncated, hand-edited, or a
+    state another version of the code wrote): only an admin reset, which replaces it, repairs it."""
+
+
+def _loose_generation(raw: Any) -> int:
+    """The generation of a stored record that may not be readable otherwise; 0 when it has none."""
+    try:
+        generation = json.loads(raw).get("generation")
+    except (TypeError, ValueError, AttributeError):
+        return 0
+    return generation if isinstance(generation, int) and not isinstance(generation, bool) else 0
 
 
 class BreakerStore(Protocol):
@@ -121,6 +135,11 @@ class BreakerStore(Protocol):
 
         Returns the stored record (generation incremented) or None when another writer won.
         """
+        ...
+
+    def replace(self, version: str | None, record: BreakerRecord) -> BreakerRecord | None:
+        """Store ``record`` over whatever ``version`` holds, readable or not (an admin reset of an
+        :class:`UnreadableRecordError`); compare-and-set like :meth:`write`, on the stored bytes."""
         ...
 
 
@@ -143,17 +162,32 @@ class DatabaseBreakerStore:
                 row = session.get(BreakerRow, key)
                 if row is None:
                     return BreakerRecord()
-                return BreakerRecord(
-                    state=row.state,
-                    since=row.since,
-                    reason=row.reason,
-                    model_version=row.model_version,
-                    generation=row.generation,
-                    evaluated_at=row.evaluated_at,
-                    evaluation=dict(row.evaluation or {}),
-                )
+                values = (row.state, row.since, row.reason, row.model_version, row.generation,
+                          row.evaluated_at, row.evaluation)  # fmt: skip
         except Exception as exc:
             raise BreakerStoreError(f"cannot read breaker state from the database: {exc}") from exc
+        state, since, reason, model_version, generation, evaluated_at, evaluation = values
+        try:
+            return BreakerRecord(
+                state=state,
+                since=since,
+                reason=reason,
+                model_version=model_version,
+                generation=generation,
+                evaluated_at=evaluated_at,
+                evaluation=dict(evaluation or {}),
+            )
+        except (TypeError, ValueError) as exc:  # a state another version of the code wrote
+            raise UnreadableRecordError(f"unreadable breaker record: {exc}") from exc
+
+    def replace(self, version: str | None, record: BreakerRecord) -> BreakerRecord | None:
+        key = record_name(self.name, version)
+        try:
+            with self.db.session() as session:
+                generation = session.scalar(select(BreakerRow.generation).where(BreakerRow.name == key))
+        except Exception as exc:
+            raise BreakerStoreError(f"cannot read breaker state from the database: {exc}") from exc
+        return self.write(version, record, generation if isinstance(generation, int) else 0)
 
     def write(
         self, version: str | None, record: BreakerRecord, expected_generation: int
@@ -305,6 +339,21 @@ class RedisBreakerStore:
                 if current != expected_generation:
                     pipe.unwatch()
                     return None
+                pipe.multi()
+                pipe.set(key, stored.to_json(), ex=self.retention if version is not None else None)
+                pipe.execute()
+                return stored
+        except redis.WatchError:
+            return None
+        except redis.RedisError as exc:
+            raise BreakerStoreError(f"cannot write breaker state to Redis: {exc}") from exc
+
+    def replace(self, version: str | None, record: BreakerRecord) -> BreakerRecord | None:
+        key = self.key(version)
+        try:
+            with self.client.pipeline() as pipe:
+                pipe.watch(key)  # a write in between (another reset, a repair by hand) wins
+                stored = record.evolve(generation=_loose_generation(pipe.get(key)) + 1)
                 pipe.multi()
                 pipe.set(key, stored.to_json(), ex=self.retention if version is not None else None)
                 pipe.execute()

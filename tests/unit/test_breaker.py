@@ -397,14 +397,42 @@ def test_an_unreadable_record_is_a_store_error_not_a_crash(
     redis_store: RedisBreakerStore, raw: bytes
 ) -> None:
     """A truncated or hand-edited record, or one with a state of a newer version: the parse errors
-    escaped, so the app did not start, a reset was a 500 and every monitor tick failed."""
+    escaped, so the app did not start, a reset was a 500 and every monitor tick failed. Then the
+    reset answered 503 "retry" for ever: nothing could replace the record, and workers kept
+    whatever state they had read before it (a worker started since: closed). An admin reset now
+    replaces it with a closed record every worker reads again."""
     redis_store.client.set(redis_store.key("v1"), raw)
     breaker = make_breaker(redis_store, Clock())
     breaker.sync("v1")  # keeps the last known state, as with a store that cannot be reached
     assert breaker.store_error is not None and "unreadable breaker record" in breaker.store_error
     assert breaker.route("v1") == MODEL
-    with pytest.raises(BreakerStoreError):  # the admin endpoint's 503
-        breaker.reset("v1")
+    assert not breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0)).generation  # cannot write
+    record = breaker.reset("v1")
+    assert record.state == CLOSED and record.reason == "reset by admin" and record.generation >= 1
+    assert redis_store.read("v1") == record
+    other = make_breaker(redis_store, Clock())
+    assert other.sync("v1") == record and other.store_error is None
+    assert other.evaluate("v1", lambda since: quality(10, 1.0, 0.0)).state == OPEN  # judged again
+
+
+def test_a_database_record_of_an_unknown_state_is_replaced_by_a_reset(db: Database) -> None:
+    """A row another version of the code wrote with a state this one does not know: every read
+    failed, and so did the reset (503 "retry", for ever)."""
+    from app.storage.breaker import BreakerRow
+
+    store = DatabaseBreakerStore(db)
+    with db.session() as session:
+        row = BreakerRow(name="champion@v1", state="forced_open", since=1.0, reason="newer code",
+                         model_version="v1", generation=4, evaluated_at=1.0, evaluation={})  # fmt: skip
+        session.add(row)
+    with pytest.raises(BreakerStoreError, match="unreadable"):
+        store.read("v1")
+    alerts: list[Alert] = []
+    breaker = make_breaker(store, Clock(), alerts)
+    record = breaker.reset("v1")
+    assert (record.state, record.generation) == (CLOSED, 5)
+    assert store.read("v1") == record and breaker.route("v1") == MODEL
+    assert [a.kind for a in alerts] == ["breaker.reset"]
 
 
 class MemoryStore:
