@@ -212,22 +212,39 @@ def test_latency_histograms_resolve_what_a_request_and_a_model_call_take(
     app = make_app(monitor_interval_seconds=0)
     client = app.test_client()
     headers = login(client)
-    for _ in range(40):
-        assert client.post("/api/recommend", json=PROFILE, headers=headers).status_code == 200
-    samples = scrape(client)
     series = {
         "movierec_model_latency_seconds": {},
         "movierec_http_request_duration_seconds": {
             "endpoint": "/api/recommend", "method": "POST", "status": "200"
         },
     }  # fmt: skip
-    for name, labels in series.items():
-        buckets = sorted(
-            (float(s.labels["le"]), s.value)
-            for s in samples[f"{name}_bucket"]
-            if all(s.labels.get(k) == v for k, v in labels.items())
-        )
-        count = value(samples, f"{name}_count", **labels)
+
+    def histograms() -> dict[str, tuple[list[tuple[float, float]], float]]:
+        samples = scrape(client)  # the process's histograms: earlier tests' observations included
+        return {
+            name: (
+                sorted(
+                    (float(s.labels["le"]), s.value)
+                    for s in samples.get(f"{name}_bucket", [])
+                    if all(s.labels.get(k) == v for k, v in labels.items())
+                ),
+                sum(  # none before this test's first request of the kind
+                    s.value
+                    for s in samples.get(f"{name}_count", [])
+                    if all(s.labels.get(k) == v for k, v in labels.items())
+                ),
+            )
+            for name, labels in series.items()
+        }
+
+    before = histograms()
+    for _ in range(40):
+        assert client.post("/api/recommend", json=PROFILE, headers=headers).status_code == 200
+    after = histograms()
+    for name in series:
+        earlier = dict(before[name][0])
+        buckets = [(bound, n - earlier.get(bound, 0.0)) for bound, n in after[name][0]]  # these 40 only
+        count = after[name][1] - before[name][1]
         first_bound, in_first = buckets[0]
         assert count >= 40
         assert in_first < count / 2, (name, first_bound, in_first, count)
