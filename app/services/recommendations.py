@@ -13,6 +13,7 @@ import logging
 import secrets
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,18 +68,35 @@ class Served:
 class ScoreTarget:
     """A stored recommendation as a score needs it: its movies by title, version and inputs.
 
-    ``predicted`` holds the serving bundle's predicted rating of every movie of the list,
-    filled by the first score (one vectorised call for the list instead of one per score).
+    ``movies`` is keyed by each title in Unicode normalization form C (:func:`title_key`), and
+    ``titles`` gives each movie's title as served. ``predicted`` holds the serving bundle's
+    predicted rating of every movie of the list, filled by the first score (one vectorised call
+    for the list instead of one per score).
     """
 
     movies: dict[str, int]
     model_version: str
     inputs: dict[str, Any]
     predicted: dict[int, float | None] = field(default_factory=dict, compare=False)
+    titles: dict[int, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, items: list[dict[str, Any]], model_version: str, inputs: dict[str, Any]) -> ScoreTarget:
-        return cls({item["title"]: int(item["movie_id"]) for item in items}, model_version, inputs)
+        titles = {int(item["movie_id"]): item["title"] for item in items}
+        movies = {title_key(title): movie_id for movie_id, title in titles.items()}
+        return cls(movies, model_version, inputs, titles=titles)
+
+    def movie(self, title: str) -> tuple[int, str] | None:
+        """The id and served title of the movie ``title`` names (in any normalization form), or None."""
+        movie_id = self.movies.get(title_key(title))
+        return None if movie_id is None else (movie_id, self.titles.get(movie_id, title))
+
+
+def title_key(title: str) -> str:
+    """``title`` as a score looks it up: Unicode NFC. ml-100k's accented titles are served
+    precomposed ("Misérables"); a client may send the same text decomposed (NFD, "e" + U+0301),
+    and that is the title that was recommended, not another one."""
+    return title if title.isascii() else unicodedata.normalize("NFC", title)
 
 
 class ScoreTargets:
@@ -237,12 +255,13 @@ class RecommendationService:
         (a page that reads them back); with the database down they wait in the journal.
         """
         target = self._target(request_id)
-        movie_id = target.movies.get(movie)
-        if movie_id is None:
+        found = target.movie(movie)
+        if found is None:
             raise InvalidRequest(
                 "movie was not recommended under this id",
                 fields={"movie": "must be a movie title recommended under that id"},
             )
+        movie_id, movie = found  # stored as it was served, whatever normalization form it came in
         self.feedback.save(
             FeedbackRecord(
                 request_id=request_id,

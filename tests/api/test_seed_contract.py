@@ -8,6 +8,7 @@ import pytest
 
 from app.config import JWT_LEEWAY_SECONDS
 from app.recommender.segments import OCCUPATIONS
+from app.storage.db import REQUEST_INPUTS
 from tests.helpers import PROFILE, SESSION_PASSWORD, journal_records, login, stored_feedback
 
 pytestmark = pytest.mark.api
@@ -317,6 +318,33 @@ def test_rescoring_the_same_movie_updates_instead_of_duplicating(app, client, au
         assert client.post("/api/recommend/score", json=body, headers=auth_headers).status_code == 200
     rows = stored_feedback(app)
     assert [(r.title, r.score) for r in rows] == [(titles[0], 5.0)]
+
+
+def test_a_title_in_another_unicode_normalization_is_the_same_title(app, client, auth_headers) -> None:
+    """ml-100k's titles hold accents ("Misérables, Les (1995)", served precomposed, NFC). The same
+    text decomposed (NFD: "e" + U+0301, what macOS input and some clients send) is the title that
+    was recommended, and is stored as served; it was a 400 "movie was not recommended under this id"."""
+    import unicodedata
+
+    service = app.extensions["movierec"].recommendations
+    title = "Mis\u00e9rables, Les (1995)"
+    request_id = service.ids.issue()
+    items = [{"movie_id": 1, "title": title, "score": 1.0}]
+    service.request_log.append([{**dict.fromkeys(REQUEST_INPUTS), "id": request_id, "max_recs": 1,
+                                 "model_version": "v1", "strategy": "segment", "items": items}])  # fmt: skip
+    decomposed = unicodedata.normalize("NFD", title)
+    assert decomposed != title
+    response = client.post(
+        "/api/recommend/score", json={"id": request_id, "movie": decomposed, "score": 4}, headers=auth_headers
+    )
+    assert response.status_code == 200, response.get_json()
+    assert [(r.movie_id, r.title) for r in stored_feedback(app)] == [(1, title)]
+    # a different title (not merely another spelling of the same text) is still refused
+    other = client.post(
+        "/api/recommend/score", json={"id": request_id, "movie": "Miserables, Les (1995)", "score": 4},
+        headers=auth_headers,
+    )  # fmt: skip
+    assert_envelope(other, 400, "invalid_request")
 
 
 @pytest.mark.parametrize(
