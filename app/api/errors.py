@@ -75,7 +75,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(BundleError)
     def _no_model(error: BundleError) -> Response:
-        return envelope(503, "no model is loaded; the service is not ready", "unavailable")
+        # as /health/ready says of the same state: a reload (the poller, an admin) ends it
+        response = envelope(503, "no model is loaded; the service is not ready", "unavailable")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

@@ -26,6 +26,26 @@ def test_not_ready_is_a_503_in_the_envelope_naming_the_failed_check(make_app: An
     assert "database" not in body["error"]["message"]  # it answers
 
 
+def test_without_a_model_the_api_says_when_to_retry_as_readiness_does(make_app: Any, tmp_path: Any) -> None:
+    """No model loaded (a start before the first bundle, one that failed to load): /health/ready
+    answered 503 with Retry-After 5, but /api/recommend, its batch and /api/model answered the same
+    503 without one, so a client had no hint of when to retry (every other transient 503 has it)."""
+    from tests.helpers import PROFILE, login
+
+    client = make_app(model_path=tmp_path / "empty").test_client()
+    headers = login(client)
+    answers = {
+        "recommend": client.post("/api/recommend", json=PROFILE, headers=headers),
+        "batch": client.post("/api/recommend/batch", json={"requests": [PROFILE]}, headers=headers),
+        "model": client.get("/api/model", headers=headers),
+        "ready": client.get("/health/ready"),
+    }
+    for name, response in answers.items():
+        assert response.status_code == 503, name
+        assert response.get_json()["error"]["code"] == "unavailable", name
+        assert response.headers.get("Retry-After") == "5", name
+
+
 def test_the_spec_documents_the_envelope_for_not_ready(client: Any) -> None:
     responses = client.get("/openapi.json").get_json()["paths"]["/health/ready"]["get"]["responses"]
     schema = responses["503"]["content"]["application/json"]["schema"]
