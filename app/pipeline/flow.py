@@ -402,7 +402,10 @@ class MovieRecTrainingFlow(FlowSpec):
 
 
 def _scratch_root(settings: Any) -> Path:
-    root = Path(settings.var_dir) / "pipeline" / "tmp"
+    """The steps' scratch; what a killed flow leaves there the next run removes (runner.py)."""
+    from app.pipeline.runner import STEP_SCRATCH
+
+    root = Path(settings.var_dir) / "pipeline" / STEP_SCRATCH
     root.mkdir(parents=True, exist_ok=True)
     return root
 

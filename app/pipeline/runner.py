@@ -42,6 +42,8 @@ FLOW_NAME = "MovieRecTrainingFlow"
 DEFAULT_METAFLOW_USER = "movierec"
 LOCK_FILE = "flow.lock"
 SCRATCH_PREFIX = "run-"  # <var>/pipeline/run-*: a flow's scratch directory (its summary, its run id)
+STEP_SCRATCH = "tmp"  # <var>/pipeline/tmp: the flow's steps' scratch (publish-*, gate-*, summary-*)
+STEP_SCRATCH_PREFIXES = ("publish-", "gate-", "summary-")
 OWNER_FILE = "owner"  # a random id of the var root, created once: tags its flows' MLflow runs
 FLOW_OWNER_ENV = "MOVIEREC_FLOW_OWNER"
 STOPPING = threading.Event()
@@ -307,6 +309,7 @@ def run_flow(
     with flow_lock(settings) as lock:
         # under the lock: no flow of this var root runs, so every scratch directory there is a leftover
         _remove_abandoned_scratch(scratch_root)
+        _remove_abandoned_step_scratch(scratch_root / STEP_SCRATCH)
         with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=scratch_root) as scratch:
             owner = flow_owner(settings)
             _close_abandoned(settings, owner)
@@ -633,6 +636,24 @@ def _remove_abandoned_scratch(scratch_root: Path) -> None:
             "removed %d scratch directories of killed launchers from %s: %s",
             len(removed), scratch_root, ", ".join(removed),
         )  # fmt: skip
+
+
+def _remove_abandoned_step_scratch(step_scratch: Path) -> None:
+    """Remove what the steps of flows killed with their workers left in ``step_scratch``.
+
+    The steps write there (a candidate's bundle while it is published, every new version's bundle
+    downloaded for the gate, the summary) and remove it in a ``finally`` that a SIGKILL (the
+    launcher's timeout or stop, the OOM killer) never reaches: a set of bundles stayed there for
+    good at each kill. Called with the flow lock held; only what nothing was written in for an
+    hour goes (:func:`~app.recommender.bundle.remove_stale_leftovers`), so a flow started by hand
+    (``python -m app.pipeline.flow run``, outside the lock) keeps its scratch.
+    """
+    import stat
+
+    from app.recommender.bundle import Leftover, remove_stale_leftovers
+
+    prefixes = "|".join(re.escape(prefix) for prefix in STEP_SCRATCH_PREFIXES)
+    remove_stale_leftovers(step_scratch, (Leftover(re.compile(rf"\A(?:{prefixes})"), stat.S_ISDIR),))
 
 
 def _mark_failed(settings: Settings, run_id_file: Path) -> None:

@@ -230,6 +230,13 @@ def _flow_of_a_killed_launcher(settings: Settings, tmp_path: Path) -> Iterator[i
                 os.kill(flow_pid, signal.SIGKILL)
 
 
+def _summary_writing_command(_c: Any, _s: Any, summary_path: Path, *_a: Any, **_k: Any) -> list[str]:
+    """A flow_command whose "flow" only hands over an empty summary."""
+    import sys
+
+    return [sys.executable, "-c", f"import pathlib; pathlib.Path({str(summary_path)!r}).write_text('{{}}')"]
+
+
 def _wait_for_the_lock(settings: Settings) -> None:
     """Wait (up to 60 s) until the flow lock is free."""
     import time
@@ -269,7 +276,6 @@ def test_the_scratch_directory_of_a_killed_launcher_is_removed_by_the_next_run(
     directory of a flow still running: that one holds the lock) and logs what it removed."""
     import os
     import signal
-    import sys
 
     settings = Settings(testing=True, var_dir=tmp_path / "var")
     scratch_root = tmp_path / "var" / "pipeline"
@@ -284,14 +290,7 @@ def test_the_scratch_directory_of_a_killed_launcher_is_removed_by_the_next_run(
         os.kill(flow_pid, signal.SIGKILL)
         _wait_for_the_lock(settings)
 
-    def command(_c: Any, _s: Any, summary_path: Path, *_a: Any, **_k: Any) -> list[str]:
-        return [
-            sys.executable,
-            "-c",
-            f"import pathlib; pathlib.Path({str(summary_path)!r}).write_text('{{}}')",
-        ]
-
-    monkeypatch.setattr(runner, "flow_command", command)
+    monkeypatch.setattr(runner, "flow_command", _summary_writing_command)
     (scratch_root / "run-file").write_text("not a scratch directory")
     with caplog.at_level(logging.WARNING, logger=runner.log.name):
         runner.run_flow(settings)
@@ -462,3 +461,40 @@ def test_a_run_whose_reload_another_bundle_took_over_leaves_nothing_pending(
         schedule.report_run(settings, summary)
     assert not (tmp_path / "var" / "pipeline" / RELOAD_PENDING).exists()
     assert any("another bundle" in r.getMessage() and "b-new" in r.getMessage() for r in caplog.records)
+
+
+def test_the_step_scratch_a_killed_flow_left_in_var_pipeline_tmp_is_removed_by_a_later_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flow's steps write under ``var/pipeline/tmp`` (each candidate's bundle while it is
+    published, every new version's bundle downloaded for the gate's smoke tests) and remove it in
+    a ``finally`` that a flow killed with its workers (SIGKILL: its timeout, the launcher's stop
+    at SIGTERM, the OOM killer) never reaches: a whole set of bundles stayed there for good at
+    each kill. A later run, holding the flow lock, removes what was left there an hour ago or
+    more; what was written in the last hour (a flow started by hand, outside the lock) stays."""
+    import os
+    import time
+
+    from app.recommender.bundle import STALE_STAGING_SECONDS
+
+    settings = Settings(testing=True, var_dir=tmp_path / "var")
+    tmp = tmp_path / "var" / "pipeline" / "tmp"
+    old = time.time() - STALE_STAGING_SECONDS - 60
+    left = []
+    for name in ("publish-ease-k1ll3d_0", "gate-k1ll3d_1", "summary-k1ll3d_2"):
+        bundle = tmp / name / "bundles" / "20261206T030000-abcdef-ease"
+        bundle.mkdir(parents=True)
+        (bundle / "model.pkl").write_bytes(b"x" * 1024)
+        for path in (bundle / "model.pkl", bundle, bundle.parent, tmp / name):
+            os.utime(path, (old, old))
+        left.append(tmp / name)
+    recent = tmp / "publish-ease-fresh_00"
+    recent.mkdir()
+
+    monkeypatch.setattr(runner, "flow_command", _summary_writing_command)
+    monkeypatch.setattr(runner, "_close_abandoned", lambda *a: None)
+    with caplog.at_level(logging.WARNING):
+        runner.run_flow(settings)
+    assert [path for path in left if path.exists()] == [], "a killed flow's step scratch was left"
+    assert recent.is_dir(), "scratch written in the last hour was removed"
+    assert all(any(path.name in r.getMessage() for r in caplog.records) for path in left), caplog.text
