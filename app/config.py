@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     # complete snapshots a build keeps (the newest; LATEST's and the service database's always);
     # 0 = keep every one (app/pipeline/features_store.py FeatureStore.remove_old)
     features_keep_snapshots: int = Field(default=5, ge=0)
+    # bundles the model store keeps after a flow's export (the most recently exported; the served
+    # ones and those the registry cannot export again always); 0 = keep every one
+    # (app/registry/export.py remove_old_bundles). 12: the dashboard's version history
+    model_keep_bundles: int = Field(default=12, ge=0)
     # a tracking server for teams; default SQLite under var_dir. A secret setting, out of the
     # repr, like the URLs above: a database URL or https://user:password@host carries a password
     # (shown by Registry.display_uri, which masks it)

@@ -61,6 +61,30 @@ def popularity_order(bundle: LoadedBundle) -> np.ndarray:
     return np.argsort(-points, kind="stable")
 
 
+def previous_bundle_dir(store: Path, version: str, created: str) -> Path | None:
+    """The newest bundle in ``store`` created before bundle ``version`` (created at ``created``, its
+    manifest's ``created_at``): the previous champion, which the fallback serves. The model store's
+    retention keeps it for every bundle served (app/registry/export.py remove_old_bundles)."""
+    if not store.is_dir():
+        return None
+    best: tuple[str, Path] | None = None
+    for candidate in store.iterdir():
+        if candidate.name.startswith(".") or candidate.is_symlink() or not candidate.is_dir():
+            continue
+        try:
+            manifest = json.loads((candidate / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict):
+            continue
+        stamp = str(manifest.get("created_at") or "")
+        if str(manifest.get("version")) == version or not stamp or (created and stamp >= created):
+            continue
+        if best is None or stamp > best[0]:
+            best = (stamp, candidate)
+    return best[1] if best else None
+
+
 class Fallback:
     """Fallback recommendations for the bundle being served (see the module docstring)."""
 
@@ -77,23 +101,9 @@ class Fallback:
 
     def previous_bundle_dir(self, current: LoadedBundle) -> Path | None:
         """The newest bundle in the store created before ``current`` (by manifest ``created_at``)."""
-        if self.store is None or not self.store.is_dir():
+        if self.store is None:
             return None
-        created = str(current.manifest.get("created_at") or "")
-        best: tuple[str, Path] | None = None
-        for candidate in self.store.iterdir():
-            if candidate.name.startswith(".") or candidate.is_symlink() or not candidate.is_dir():
-                continue
-            try:
-                manifest = json.loads((candidate / MANIFEST).read_text())
-            except (OSError, ValueError):
-                continue
-            stamp = str(manifest.get("created_at") or "")
-            if str(manifest.get("version")) == current.version or not stamp or (created and stamp >= created):
-                continue
-            if best is None or stamp > best[0]:
-                best = (stamp, candidate)
-        return best[1] if best else None
+        return previous_bundle_dir(self.store, current.version, str(current.manifest.get("created_at") or ""))
 
     def previous(self, current: LoadedBundle) -> LoadedBundle | None:
         if self.mode != PREVIOUS:

@@ -290,7 +290,13 @@ class MovieRecTrainingFlow(FlowSpec):
         ``latest`` (:func:`promote_version`): when the export fails, the registry still names
         the champion the service serves, and the version's decision says why it was not promoted.
         """
-        from app.registry.export import export_version, promote_version, request_reload, served_version
+        from app.registry.export import (
+            export_version,
+            promote_version,
+            remove_old_bundles,
+            request_reload,
+            served_version,
+        )
 
         champion = registry.get(self.promoted) if self.promoted else registry.champion()
         self.champion = champion.version if champion else None
@@ -317,6 +323,12 @@ class MovieRecTrainingFlow(FlowSpec):
             self.exported = str(path)
             password = settings.admin_password.get_secret_value() if settings.admin_password else None
             self.reloaded = request_reload(settings.service_url, password, champion.bundle_version)
+            try:  # after the reload: the workers' records name what each serves now
+                remove_old_bundles(registry, settings.model_dir, settings.model_keep_bundles)
+            except Exception:  # the champion is served: a bundle left over is no failed run
+                logging.getLogger(__name__).exception(
+                    "could not remove old bundles from %s", settings.model_dir
+                )
 
     def _not_promoted(self, registry: Any, note: str) -> None:
         """Record that the gate's choice did not become champion (its export or the alias move failed)."""

@@ -8,6 +8,7 @@ registry under its own bundle version name (once; bundles never change) and swap
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +25,7 @@ from app.recommender.bundle import (
     EXPORT_STAGING_PREFIX,
     LATEST,
     MANIFEST,
+    MARKER_NAME,
     BundleError,
     LoadedBundle,
     attach_rating_model,
@@ -109,6 +112,106 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
     point_latest(model_dir, info.bundle_version)
     log.info("exported version %s (bundle %s) to %s", version, info.bundle_version, model_dir)
     return final
+
+
+def remove_old_bundles(registry: Any, model_dir: Path | str, keep: int) -> list[str]:
+    """Keep the ``keep`` most recently exported bundles of the model store, remove older ones.
+
+    Every new champion's export added a bundle that stayed for good (~17 MB each on ml-100k;
+    one a day when daily feedback makes each run promote a retrained champion). Never removed:
+    the bundle ``latest`` names, the one the reload marker names (an admin's reload of a
+    version, which workers started later serve), any a worker's record says it serves
+    (``.serving-workers``, any host's), the previous champion of each of those (the breaker's
+    fallback: app/monitoring/fallback.py), and any whose name the registry does not hold
+    (``make train``'s: nothing could export it again). A removed one is exported from the registry
+    again when promoted (:func:`export_version`). When what is served cannot be read, nothing
+    is removed (a WARNING; the next export tries again). ``keep`` 0 keeps every one. Returns
+    the names removed; a failure to remove one is a WARNING.
+    """
+    if keep <= 0:
+        return []
+    model_dir = Path(model_dir)
+    in_use = _bundles_in_use(model_dir)
+    if in_use is None:
+        return []
+    in_use |= {previous.name for name in in_use if (previous := _fallback_of(model_dir, name)) is not None}
+    registered = {info.bundle_version for info in registry.versions() if info.bundle_version}
+    bundles = []
+    for child in model_dir.iterdir():
+        if child.name.startswith(".") or child.is_symlink() or not BUNDLE_NAME.match(child.name):
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile, or no bundle: not ours to judge
+            if (child / MANIFEST).is_file():
+                bundles.append((child.stat().st_mtime, child.name))
+    removed = []
+    for _exported, name in sorted(bundles, reverse=True)[keep:]:
+        if name in in_use or name not in registered:
+            continue
+        # renamed out of the way first: a removal failing half way leaves no manifest-less directory
+        # under the bundle's name (which an export of its version could not replace), but an export
+        # staging name that later exports sweep (remove_stale_leftovers)
+        doomed = model_dir / f"{EXPORT_STAGING_PREFIX}{name}-removed-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(model_dir / name, doomed)
+        except OSError as exc:
+            log.warning("could not remove the old bundle %s from %s: %s", name, model_dir, exc)
+            continue
+        try:
+            shutil.rmtree(doomed)
+        except OSError as exc:
+            log.warning("could not remove all of the old bundle %s (%s; a later export tries again): %s",
+                        name, doomed, exc)  # fmt: skip
+        log.info(
+            "removed the bundle %s from %s: older than the newest %d kept (MOVIEREC_MODEL_KEEP_BUNDLES); "
+            "promoting its version exports it again",
+            name, model_dir, keep,
+        )  # fmt: skip
+        removed.append(name)
+    return removed
+
+
+def _fallback_of(model_dir: Path, name: str) -> Path | None:
+    """The bundle the breaker's fallback serves beside bundle ``name`` (the previous champion)."""
+    from app.monitoring.fallback import previous_bundle_dir
+
+    manifest = _read_manifest(model_dir / name)
+    if manifest is None:
+        return None
+    return previous_bundle_dir(
+        model_dir, str(manifest.get("version") or name), str(manifest.get("created_at") or "")
+    )
+
+
+def _bundles_in_use(model_dir: Path) -> set[str] | None:
+    """The bundle names ``latest``, the reload marker and the workers' records name; None (with a
+    WARNING) when one of them cannot be read."""
+    from app.services.reload import WORKERS_DIR
+
+    names = set()
+    link = model_dir / LATEST
+    current = link
+    try:
+        if link.is_symlink():
+            names.add(Path(os.readlink(link)).name)
+        records = [model_dir / MARKER_NAME]
+        if (current := model_dir / WORKERS_DIR).is_dir():
+            records += sorted(current.glob("*.json"))
+        for current in records:
+            try:
+                body = json.loads(current.read_text())
+            except FileNotFoundError:
+                continue  # no marker yet, or a worker's record gone meanwhile
+            target = body.get("target") if isinstance(body, dict) else None
+            if isinstance(target, str) and target:
+                names.add(Path(target).name)
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "not removing old bundles from %s: cannot tell which are served, %s unreadable (%s); "
+            "the next export tries again",
+            model_dir, current, exc,
+        )  # fmt: skip
+        return None
+    return names
 
 
 def _refuse_unservable(version: str | int, name: str, bundle: LoadedBundle) -> None:

@@ -181,3 +181,106 @@ def test_served_version_names_the_latest_bundle(tmp_path: Path) -> None:
     (bundle / "manifest.json").write_text('{"version": "20200101T000000-000000"}')
     point_latest(tmp_path, bundle.name)
     assert served_version(tmp_path) == "20200101T000000-000000"
+
+
+class _Versions:
+    """A registry's versions() only: the bundles it can export again."""
+
+    def __init__(self, bundles: list[str]) -> None:
+        from types import SimpleNamespace
+
+        self._versions = [SimpleNamespace(bundle_version=name) for name in bundles]
+
+    def versions(self) -> list[Any]:
+        return self._versions
+
+
+def _bundles(store: Path, names: list[str]) -> None:
+    """Bundle directories (a manifest each) created and exported in the order of ``names``."""
+    import json
+
+    now = time.time()
+    for n, name in enumerate(names):
+        (store / name).mkdir(parents=True)
+        created = f"2026-11-{10 + n}T03:00:00+00:00"
+        (store / name / "manifest.json").write_text(json.dumps({"version": name, "created_at": created}))
+        exported = now - 3600 * (len(names) - n)
+        os.utime(store / name, (exported, exported))
+
+
+def test_old_bundles_go_but_never_the_served_nor_the_unregistered_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every new champion the flow exported stayed in the model store for good (~17 MB each on
+    ml-100k, one a day with daily feedback): the disk filled up. The flow now keeps the
+    MOVIEREC_MODEL_KEEP_BUNDLES most recently exported and removes older ones, except the one
+    ``latest`` names, the one the reload marker names (an admin's reload of a version), any a
+    worker says it serves, the previous champion of each (the breaker's fallback), and any the
+    registry does not hold (``make train``'s: no way back)."""
+    import json
+    import logging
+
+    from app.registry.export import remove_old_bundles
+
+    store = tmp_path / "model"
+    registered = [f"2026120{n}T030000-00000{n}-ease" for n in range(9)]
+    _bundles(store, ["20261130T000000-aaaaaa", *registered])  # make train's first, then the flow's
+    (store / ".export-x-1").mkdir()
+    point_latest(store, registered[3])  # a rollback: registered[2] is its fallback
+    (store / ".serving.json").write_text(json.dumps({"target": str(store / registered[5])}))
+    (store / ".serving-workers").mkdir()
+    (store / ".serving-workers" / "h-1-a.json").write_text(json.dumps({"target": str(store / registered[0])}))
+    with caplog.at_level(logging.INFO):
+        removed = remove_old_bundles(_Versions(registered), store, keep=2)
+    assert sorted(removed) == [registered[1], registered[6]]
+    left = sorted(p.name for p in store.iterdir())
+    assert left == sorted(
+        [".export-x-1", ".serving-workers", ".serving.json", "latest", "20261130T000000-aaaaaa"]
+        + [name for name in registered if name not in removed]
+    )
+    assert all(any(name in r.getMessage() for r in caplog.records) for name in removed), caplog.text
+    assert remove_old_bundles(_Versions(registered), store, keep=0) == []
+
+
+def test_old_bundles_stay_when_what_the_workers_serve_cannot_be_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.registry.export import remove_old_bundles
+
+    store = tmp_path / "model"
+    registered = [f"2026120{n}T030000-00000{n}-ease" for n in range(4)]
+    _bundles(store, registered)
+    point_latest(store, registered[-1])
+    (store / ".serving-workers").mkdir()
+    (store / ".serving-workers" / "h-1-a.json").write_text("{not json")
+    assert remove_old_bundles(_Versions(registered), store, keep=1) == []
+    assert all((store / name).is_dir() for name in registered)
+    assert "h-1-a.json" in caplog.text
+
+
+def test_an_old_bundle_whose_removal_fails_half_way_does_not_block_its_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal that fails half way (a file another user owns, an I/O error) left the bundle's
+    directory without its manifest under the bundle's own name: no bundle to retention or the
+    service, never removed again, and the export of that version (a rollback) then failed on it
+    for good (os.replace onto a non-empty directory). The bundle is first renamed out of the
+    way, under an export staging name that later exports sweep (remove_stale_leftovers)."""
+    import shutil
+
+    from app.recommender.bundle import EXPORT_STAGING_PREFIX
+    from app.registry import export
+
+    store = tmp_path / "model"
+    registered = [f"2026120{n}T030000-00000{n}-ease" for n in range(3)]
+    _bundles(store, registered)
+    point_latest(store, registered[-1])
+
+    def half_way(path: Any, *args: Any, **kwargs: Any) -> None:
+        (Path(path) / "manifest.json").unlink()
+        raise PermissionError(13, "Permission denied", str(Path(path) / "model.pkl"))
+
+    monkeypatch.setattr(shutil, "rmtree", half_way)
+    assert export.remove_old_bundles(_Versions(registered), store, keep=1) == registered[:1]
+    assert not (store / registered[0]).exists(), "the half-removed bundle blocks its name"
+    assert [p.name for p in store.iterdir() if p.name.startswith(EXPORT_STAGING_PREFIX)] != []
