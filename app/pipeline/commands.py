@@ -48,17 +48,14 @@ def service_database(settings: Any) -> Iterator[Any]:
     ``Error:`` line naming the database with its password masked (``ClickException``), not a
     traceback: ``db upgrade`` and ``features build``.
     """
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError
 
-    from app.storage.db import Database, DatabaseUnavailableError
+    from app.storage.db import Database, DatabaseUnavailableError, unreachable_message
 
     url = settings.sqlalchemy_url
 
     def unreachable(exc: Exception) -> click.ClickException:
-        where = make_url(url).render_as_string(hide_password=True)
-        detail = str(getattr(exc, "orig", None) or exc).strip()
-        return click.ClickException(f"the service database cannot be reached ({where}): {detail}")
+        return click.ClickException(unreachable_message(url, exc))
 
     try:
         database = Database(url)

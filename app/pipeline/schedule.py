@@ -94,15 +94,30 @@ def should_run(
     )
 
 
+class FingerprintError(RuntimeError):
+    """The data hash cannot be computed, for a reason the message says whole (no traceback)."""
+
+
 def current_fingerprint(settings: Settings) -> tuple[str, str]:
-    """(data hash incl. feedback, code version) as the next run would record them."""
+    """(data hash incl. feedback, code version) as the next run would record them.
+
+    :class:`FingerprintError` when the service database (the feedback) cannot be reached: its
+    message names the database (password masked), where the driver's own named only a host.
+    """
+    from sqlalchemy.exc import OperationalError
+
     from app.pipeline.ingest import ingest
     from app.recommender.bundle import code_version
-    from app.storage.db import Database
+    from app.storage.db import Database, DatabaseUnavailableError, unreachable_message
 
-    database = Database(settings.sqlalchemy_url)
+    try:
+        database = Database(settings.sqlalchemy_url)
+    except OSError as exc:  # a SQLite file's directory cannot be created
+        raise FingerprintError(unreachable_message(settings.sqlalchemy_url, exc)) from exc
     try:
         return ingest(settings.data_dir, database).data_hash, code_version()
+    except (OperationalError, DatabaseUnavailableError) as exc:
+        raise FingerprintError(unreachable_message(settings.sqlalchemy_url, exc)) from exc
     finally:
         database.dispose()
 
@@ -134,9 +149,14 @@ def tick(
     except RegistryError as exc:  # the registry cannot be opened: the message says why
         log.error("could not decide whether to train: %s", exc)
         return TickResult(RunDecision(False, "registry unavailable", "", ""), error=str(exc))
+    except FingerprintError as exc:  # an outage the message names whole: no traceback at every tick
+        log.error("could not decide whether to train: %s", exc)
+        error = f"could not decide whether to train: {exc}"
+        return TickResult(RunDecision(False, "fingerprint failed", "", ""), error=error)
     except Exception as exc:
         log.exception("could not decide whether to train")
-        return TickResult(RunDecision(False, "fingerprint failed", "", ""), error=str(exc))
+        error = f"could not decide whether to train: {type(exc).__name__}: {exc}"
+        return TickResult(RunDecision(False, "fingerprint failed", "", ""), error=error)
     if not decision.run:
         log.info("training skipped: %s", decision.reason)
         return TickResult(decision)

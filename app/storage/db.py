@@ -94,6 +94,14 @@ class DatabaseUnavailableError(RuntimeError):
     """The database cannot be reached; callers answer 503 rather than pretend."""
 
 
+def unreachable_message(url: str, exc: BaseException) -> str:
+    """``the service database cannot be reached (<url, password masked>): <the driver's reason>``:
+    what a command or a scheduler tick says when the service database does not answer."""
+    where = make_url(url).render_as_string(hide_password=True)
+    detail = str(getattr(exc, "orig", None) or exc).strip()
+    return f"the service database cannot be reached ({where}): {detail}"
+
+
 class DatabaseSchemaError(RuntimeError):
     """The database's schema revision is none of this code's migrations: a newer release
     migrated it (this one was rolled back to), so its tables may not be what this code reads."""

@@ -23,11 +23,15 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def closed_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> str:
     """A tracking server URI on a port nobody listens on; MLflow gives up at once."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return f"http://127.0.0.1:{_closed_port()}"
+
+
+def _closed_port() -> int:
+    """A local port nobody listens on."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    return f"http://127.0.0.1:{port}"
+        return int(probe.getsockname()[1])
 
 
 def test_an_unreachable_tracking_server_is_not_read_as_no_champion(closed_tracking_uri: str) -> None:
@@ -498,3 +502,25 @@ def test_the_step_scratch_a_killed_flow_left_in_var_pipeline_tmp_is_removed_by_a
     assert [path for path in left if path.exists()] == [], "a killed flow's step scratch was left"
     assert recent.is_dir(), "scratch written in the last hour was removed"
     assert all(any(path.name in r.getMessage() for r in caplog.records) for path in left), caplog.text
+
+
+def test_a_tick_that_cannot_reach_the_service_database_says_so(
+    tmp_path: Path, synthetic_data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the service database down, `movierec schedule --once` (and `pipeline run
+    --if-changed`) failed with psycopg's words alone (``Error: connection failed: connection to
+    server at "127.0.0.1", port 5999 failed``), neither what could not be done nor which server it
+    was (the tracking server? the service's database?), and each scheduler tick logged a
+    traceback for that outage. The error now says the tick could not decide whether to train
+    because the service database (its URL, password masked) cannot be reached."""
+    port = _closed_port()
+    url = f"postgresql+psycopg://movierec:s3cretpw@127.0.0.1:{port}/movierec"
+    settings = Settings(testing=True, var_dir=tmp_path / "var", data_dir=synthetic_data_dir, database_url=url)
+    result = schedule.tick(settings, lambda s, trigger: pytest.fail("no flow may start"))
+    assert result.error is not None and not result.ran
+    assert result.error.startswith(
+        "could not decide whether to train: the service database cannot be reached ("
+    )
+    assert f"127.0.0.1:{port}/movierec" in result.error and "s3cretpw" not in result.error
+    assert "s3cretpw" not in caplog.text
+    assert not any(record.exc_info for record in caplog.records), "a traceback for an outage"
