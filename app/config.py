@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # complete snapshots a build keeps (the newest; LATEST's and the service database's always);
     # 0 = keep every one (app/pipeline/features_store.py FeatureStore.remove_old)
     features_keep_snapshots: int = Field(default=5, ge=0)
+    # the longest a training flow may run before its launcher kills it with its workers (a hung
+    # flow held the flow lock for good: every later tick dropped); 0 = no limit
+    pipeline_timeout_seconds: float = Field(default=7200.0, ge=0)
     # bundles the model store keeps after a flow's export (the most recently exported; the served
     # ones and those the registry cannot export again always); 0 = keep every one
     # (app/registry/export.py remove_old_bundles). 12: the dashboard's version history

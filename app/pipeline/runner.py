@@ -295,10 +295,14 @@ def run_flow(
 
     ``stream`` passes the flow's output through to this process's stdout (the CLI);
     otherwise it is captured and returned (tests, the scheduler's log). A flow still running
-    after ``timeout`` seconds is killed with its workers: a PipelineError saying it timed out
-    (a BookkeepingError when its release step had handed over the summary). So is a flow
-    running when :data:`STOPPING` is set, and none starts once it is.
+    after ``timeout`` seconds (default: ``MOVIEREC_PIPELINE_TIMEOUT_SECONDS``, 0 = none) is
+    killed with its workers: a PipelineError saying it timed out (a BookkeepingError when its
+    release step had handed over the summary). So is a flow running when :data:`STOPPING` is
+    set, and none starts once it is. Without a default a hung flow held the flow lock for good,
+    and the scheduler dropped every later tick.
     """
+    if timeout is None:
+        timeout = settings.pipeline_timeout_seconds or None
     if STOPPING.is_set():
         raise PipelineError(f"the training flow was not started: the launcher is stopping ({_stop_signal})")
     if candidates:

@@ -572,6 +572,17 @@ def _hanging_flow(pids: Path, summary: dict[str, Any] | None) -> Any:
     return command
 
 
+def _assert_killed(pids: Path) -> None:
+    """The flow and the worker whose pids _hanging_flow wrote are gone (within 10 s)."""
+    import time
+
+    flow, worker = (int(pid) for pid in pids.read_text().split())
+    deadline = time.monotonic() + 10
+    while (_alive(flow) or _alive(worker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the timeout"
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -610,11 +621,36 @@ def test_a_flow_that_times_out_is_killed_and_reported_as_a_pipeline_error(
         assert "the champion is now v2" in first, first
     else:
         assert not isinstance(failed.value, runner.BookkeepingError)
-    flow, worker = (int(pid) for pid in pids.read_text().split())
-    deadline = time.monotonic() + 10
-    while (_alive(flow) or _alive(worker)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the timeout"
+    _assert_killed(pids)
+
+
+def test_a_scheduler_tick_whose_flow_hangs_is_killed_at_the_pipeline_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler (and ``schedule --once``, ``pipeline run``) launched the flow without a
+    timeout: a flow that hung (a task stuck in a deadlocked OpenMP pool, a tracking server that
+    accepts and never answers) held the flow lock for good, every later tick was dropped
+    ("maximum number of running instances reached") and nothing was ever trained again until an
+    operator noticed. A flow now runs at most MOVIEREC_PIPELINE_TIMEOUT_SECONDS, then it is
+    killed with its workers and the tick reports it; the next tick trains again."""
+    import time
+
+    import app.pipeline.runner as runner
+    from app.pipeline import schedule
+
+    pids = tmp_path / "pids"
+    monkeypatch.setattr(runner, "flow_command", _hanging_flow(pids, None))
+    monkeypatch.setattr(runner, "_close_abandoned", lambda *a: None)
+    monkeypatch.setattr(
+        schedule, "should_run", lambda *a: schedule.RunDecision(True, "no champion yet", "d", "c")
+    )
+    settings = _settings(tmp_path, pipeline_timeout_seconds=3)
+    started = time.monotonic()
+    result = schedule.tick(settings, fingerprint=lambda s: ("d", "c"))
+    assert time.monotonic() - started < 60
+    assert result.error is not None and "timed out after 3s" in result.error, result.error
+    _assert_killed(pids)
+    assert Settings(testing=True).pipeline_timeout_seconds == 7200
 
 
 class _WithChampion:
