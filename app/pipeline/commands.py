@@ -159,6 +159,7 @@ def pipeline_run(
                 runner=lambda s, trigger: run_flow(s, names, seed_list, trigger, stream=True),
                 candidates=names,
                 trigger="manual",  # an operator's run that skips when nothing changed
+                seeds=seed_list,
             )
             if result.error and result.summary:  # released, then its bookkeeping failed
                 click.echo(format_summary(result.summary))

@@ -70,7 +70,7 @@ class MovieRecTrainingFlow(FlowSpec):
         from app.pipeline.runner import FLOW_OWNER_ENV, longest_first, resolve_candidates
         from app.recommender.bundle import code_version
         from app.recommender.seeds import parse_seeds
-        from app.registry.mlflow_registry import FLOW_OWNER_TAG, Registry
+        from app.registry.mlflow_registry import FLOW_OWNER_TAG, SEEDS_TAG, Registry
 
         settings = _settings()
         self.started = time.time()
@@ -111,6 +111,7 @@ class MovieRecTrainingFlow(FlowSpec):
                 "metaflow_run_id": str(current.run_id),
                 "trigger": str(self.trigger),
                 "candidates": ",".join(self.candidate_names),
+                SEEDS_TAG: ",".join(str(seed) for seed in self.seed_list),  # the scheduler's skip check
                 **owner,
             }
         )

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 from app.config import Settings
 from app.pipeline import runner as flow_runner
 from app.pipeline.runner import BookkeepingError, FlowRun, PipelineError, resolve_candidates, run_flow
-from app.registry.mlflow_registry import Registry, RegistryError
+from app.recommender.seeds import parse_seeds
+from app.registry.mlflow_registry import SEEDS_TAG, Registry, RegistryError, covers_seeds
 from app.services.durable_files import write_durably
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,20 @@ class TickResult:
 
 
 def should_run(
-    registry: Registry, data_hash: str, code_version: str, candidates: Sequence[str] = ()
+    registry: Registry,
+    data_hash: str,
+    code_version: str,
+    candidates: Sequence[str] = (),
+    seeds: Sequence[int] = (),
 ) -> RunDecision:
     """Run when there is no champion, no finished run, or the data or code changed since it,
     or when one of ``candidates`` (the ones this run would train) was never trained on this
-    data and code by a finished run.
+    data and code, on every one of ``seeds`` (the split seeds it would evaluate), by a finished run.
 
-    The last run may have been an operator's ``movierec pipeline run --candidates x`` on new
-    data or code: looking at the data and code alone, the scheduler would then skip for good,
-    and the configured candidates would never be trained (nor gated) on them.
+    The last run may have been an operator's ``movierec pipeline run --candidates x`` (or
+    ``--seeds 0``) on new data or code: looking at the data and code alone, the scheduler would
+    then skip for good, and the configured candidates would never be trained (nor gated) on them,
+    or only on that one split.
     """
     if registry.champion() is None:
         return RunDecision(True, "no champion yet", data_hash, code_version)
@@ -78,12 +84,15 @@ def should_run(
     if last.get("code_version") != code_version:
         changes.append(f"code changed ({last.get('code_version')} → {code_version})")
     if not changes and candidates:
-        trained = set(last.get("candidates", "").split(","))
+        trained = set(last.get("candidates", "").split(",")) if covers_seeds(last, seeds) else set()
         if not trained.issuperset(candidates):  # maybe by an earlier run on the same data and code
-            trained |= registry.trained_candidates(data_hash, code_version)
+            trained |= registry.trained_candidates(data_hash, code_version, seeds)
         missing = [name for name in candidates if name not in trained]
         if missing:
-            changes.append(f"{', '.join(missing)} never trained on this data and code")
+            on = "" if covers_seeds(last, seeds) else f" on split seeds {','.join(map(str, seeds))}"
+            changes.append(f"{', '.join(missing)} never trained on this data and code{on}")
+            if on:
+                changes[-1] += f" (the last run evaluated {last.get(SEEDS_TAG)} only)"
     if changes:
         return RunDecision(True, "; ".join(changes), data_hash, code_version)
     return RunDecision(
@@ -129,10 +138,12 @@ def tick(
     candidates: Sequence[str] | None = None,
     *,
     trigger: str = "schedule",
+    seeds: Sequence[int] | None = None,
 ) -> TickResult:
     """One scheduled decision: skip, or run the flow. Failures are logged, never raised.
 
-    ``candidates``: what the run would train (default: the settings' candidates). ``trigger``:
+    ``candidates``: what the run would train (default: the settings' candidates); ``seeds``: the
+    split seeds it would evaluate (default: the settings' seeds). ``trigger``:
     what started it, recorded with the run — ``schedule`` for the scheduler and ``schedule
     --once``, ``manual`` for an operator's ``pipeline run --if-changed``.
     """
@@ -145,7 +156,8 @@ def tick(
     try:
         registry = Registry.from_settings(settings)
         wanted = list(candidates) if candidates else resolve_candidates(settings.pipeline_candidates)
-        decision = should_run(registry, *fingerprint(settings), wanted)
+        split_seeds = list(seeds) if seeds else parse_seeds(settings.pipeline_seeds)
+        decision = should_run(registry, *fingerprint(settings), wanted, split_seeds)
     except RegistryError as exc:  # the registry cannot be opened: the message says why
         log.error("could not decide whether to train: %s", exc)
         return TickResult(RunDecision(False, "registry unavailable", "", ""), error=str(exc))

@@ -128,6 +128,18 @@ def default_artifact_root(var_dir: Path | str) -> str:
     return (Path(var_dir) / "mlflow" / "artifacts").resolve().as_uri()
 
 
+SEEDS_TAG = "seeds"  # a pipeline run's tag: the split seeds it evaluated, comma-separated
+
+
+def covers_seeds(tags: Mapping[str, str], seeds: Iterable[int]) -> bool:
+    """Whether the pipeline run whose tags are ``tags`` evaluated every one of ``seeds``. A run
+    without the tag (an older movierec's) is taken to have evaluated the configured ones."""
+    recorded = tags.get(SEEDS_TAG)
+    if not recorded:
+        return True
+    return set(seeds) <= {int(seed) for seed in recorded.split(",") if seed.strip().isdigit()}
+
+
 def _local_artifact_dir(artifact_uri: str) -> Path | None:
     """The directory of a ``file://`` artifact URI (or a plain path), None for remote stores."""
     parsed = urlparse(artifact_uri)
@@ -375,8 +387,11 @@ class Registry:
         )
         return dict(runs[0].data.tags) | {"run_id": runs[0].info.run_id} if runs else None
 
-    def trained_candidates(self, data_hash: str, code_version: str, lookback: int = 100) -> set[str]:
-        """Candidates trained by the finished pipeline runs on this data hash and code version."""
+    def trained_candidates(
+        self, data_hash: str, code_version: str, seeds: Iterable[int] = (), lookback: int = 100
+    ) -> set[str]:
+        """Candidates trained by the finished pipeline runs on this data hash and code version that
+        evaluated every one of ``seeds`` (:func:`covers_seeds`)."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=(
@@ -385,7 +400,14 @@ class Registry:
             ),
             max_results=lookback,
         )
-        return {name for run in runs for name in run.data.tags.get("candidates", "").split(",") if name}
+        wanted = list(seeds)
+        return {
+            name
+            for run in runs
+            if covers_seeds(run.data.tags, wanted)
+            for name in run.data.tags.get("candidates", "").split(",")
+            if name
+        }
 
     def start_candidate_run(self, parent_run_id: str, name: str, tags: Mapping[str, str]) -> str:
         """Open the run of one candidate (before training, so its branch can upload artifacts)."""

@@ -227,9 +227,12 @@ class _Runs:
     """A registry with a champion; the last finished pipeline run trained ``last``, all the
     finished runs on the same data and code together ``earlier`` too."""
 
-    def __init__(self, last: str, earlier: str = "") -> None:
+    def __init__(self, last: str, earlier: str = "", seeds: str | None = None) -> None:
         self.last = {"data_hash": "d1", "code_version": "c1", "run_id": "r9", "candidates": last}
+        if seeds is not None:  # the split seeds the last run evaluated (no tag: an older movierec's run)
+            self.last["seeds"] = seeds
         self.earlier = {*last.split(","), *filter(None, earlier.split(","))}
+        self.asked_seeds: list[tuple[int, ...]] = []
 
     def champion(self) -> object:
         return object()
@@ -237,9 +240,10 @@ class _Runs:
     def last_pipeline_run(self) -> dict[str, str]:
         return self.last
 
-    def trained_candidates(self, data_hash: str, code_version: str) -> set[str]:
+    def trained_candidates(self, data_hash: str, code_version: str, seeds: Any = ()) -> set[str]:
         assert (data_hash, code_version) == ("d1", "c1")
-        return self.earlier
+        self.asked_seeds.append(tuple(seeds))
+        return set() if self.last.get("seeds") == "0" else self.earlier
 
 
 def test_the_schedule_trains_the_configured_candidates_a_manual_run_left_out(
@@ -268,6 +272,33 @@ def test_the_schedule_trains_the_configured_candidates_a_manual_run_left_out(
     assert not tick(_Runs("segment_most_liked", earlier="most_liked,most_rated")).ran
     assert not tick(_Runs("segment_most_liked"), candidates=["segment_most_liked"]).ran
     assert tick(_Runs("segment_most_liked"), candidates=["most_liked"]).ran
+
+
+def test_the_schedule_evaluates_the_configured_seeds_a_manual_run_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an operator's quick `pipeline run --seeds 0` on new data, the scheduler skipped for
+    good ("neither data nor code changed"): the configured split seeds were never evaluated on
+    that data, and a champion that trial promoted had been gated on one split. Each pipeline
+    run now records the seeds it evaluated (tag ``seeds``); a tick trains when no finished run
+    on this data and code evaluated the configured ones, as it does for the candidates."""
+    from app.pipeline import schedule
+
+    settings = Settings(
+        testing=True, var_dir=tmp_path / "var", pipeline_candidates="most_liked", pipeline_seeds="0,1,2"
+    )
+
+    def tick(registry: _Runs) -> schedule.TickResult:
+        monkeypatch.setattr(schedule.Registry, "from_settings", lambda s: registry)
+        return schedule.tick(settings, lambda s, trigger: runner.FlowRun({}, 0.0, ""), lambda s: ("d1", "c1"))
+
+    trial = _Runs("most_liked", seeds="0")
+    result = tick(trial)
+    assert result.ran, result.decision.reason
+    assert "split seeds 0,1,2" in result.decision.reason, result.decision.reason
+    assert trial.asked_seeds == [(0, 1, 2)]
+    assert not tick(_Runs("most_liked", seeds="0,1,2,7")).ran
+    assert not tick(_Runs("most_liked")).ran  # an older movierec's run: taken as the configured seeds
 
 
 def test_an_unreachable_registry_is_a_clear_error_without_its_password(
@@ -395,3 +426,21 @@ def test_serve_names_a_host_or_port_it_cannot_listen_on_before_starting(
         assert result.output == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
         assert main(["--host", "no-such-host.invalid", "--debug"]) == 1
         assert main(["--port", str(port), "--debug"]) == 1
+
+
+def test_trained_candidates_counts_only_runs_that_evaluated_the_seeds(tmp_path: Path) -> None:
+    """The registry's answer behind the skip check: a finished run on this data and code trained
+    a candidate on the seeds asked for only when its ``seeds`` tag holds them all."""
+    from app.registry.mlflow_registry import Registry, default_artifact_root, default_tracking_uri
+
+    var = tmp_path / "var"
+    (var / "mlflow").mkdir(parents=True)
+    registry = Registry(default_tracking_uri(var), artifact_root=default_artifact_root(var))
+    for candidates, seeds in (("most_liked", "0"), ("most_rated", "0,1,2"), ("ease", None)):
+        tags = {"data_hash": "d1", "code_version": "c1", "candidates": candidates}
+        registry.finish_pipeline_run(
+            registry.start_pipeline_run(tags | ({"seeds": seeds} if seeds else {})), {}, []
+        )
+    assert registry.trained_candidates("d1", "c1", [0, 1, 2]) == {"most_rated", "ease"}
+    assert registry.trained_candidates("d1", "c1", [0]) == {"most_liked", "most_rated", "ease"}
+    assert registry.trained_candidates("d1", "c1") == {"most_liked", "most_rated", "ease"}
