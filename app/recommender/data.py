@@ -167,6 +167,17 @@ def _decode(raw: bytes, name: str = "") -> str:
     return "".join(decoded)
 
 
+def _read_text(path: Path, name: str) -> str:
+    """A raw file's decoded text (:func:`_decode`); one that cannot be read (permission denied,
+    an I/O error) is a :class:`DataUnavailableError` naming it: it was a bare OSError, a traceback
+    of ``movierec features build`` and ``train`` and a 500 of the user features API."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataUnavailableError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    return _decode(raw, name)
+
+
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what pandas ends a line at (str.splitlines has more)
 LINE_INDEX = "line"  # the name of a raw frame's index when it holds each row's line in its file
 
@@ -284,7 +295,7 @@ def _first_fields(text: str, sep: str, skip: int) -> list[str]:
 
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def read(name: str, sep: str, names: list[str], **options: Any) -> pd.DataFrame:
-        text = _decode((directory / name).read_bytes(), name)  # read once: the encoding and header from it
+        text = _read_text(directory / name, name)  # read once: the encoding and header from it
         skip = _header_rows(text, sep)
         # More fields than names made pandas take the first column as the index and shift every
         # field left: a trailing separator on each line (a common export) was refused as bad
@@ -353,7 +364,7 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
 def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def read(name: str, needed: tuple[str, ...]) -> pd.DataFrame:
         # decoded as the GroupLens files are: a conversion of u.item keeps its Latin-1 titles
-        text = _decode((directory / f"ml-100k.{name}").read_bytes(), f"ml-100k.{name}")
+        text = _read_text(directory / f"ml-100k.{name}", f"ml-100k.{name}")
         frame = _parse(f"ml-100k.{name}", text, sep="\t", dtype=str, keep_default_na=False)
         frame.columns = [column.split(":", 1)[0] for column in frame.columns]
         missing = [column for column in needed if column not in frame.columns]

@@ -394,3 +394,46 @@ def test_a_first_title_with_a_character_python_breaks_lines_at_loads(tmp_path: P
     path.write_bytes(b"\n".join(lines))
     title = load_directory(directory).items["title"].iloc[0]
     assert title == "Wait" + byte.decode("latin-1") + " what (1995)"
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("u.item", PermissionError(13, "Permission denied")),
+        ("u.data", OSError(5, "Input/output error")),
+    ],
+    ids=["permission-denied", "io-error"],
+)
+def test_features_build_reports_a_raw_file_it_cannot_read_as_an_error_not_a_traceback(
+    make_settings: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    error: OSError,
+) -> None:
+    """A raw file the command may not read (permission denied) or whose disk fails (EIO) ended
+    `movierec features build` in a traceback; now one `Error:` line naming the file, exit 1.
+    Tests run as root, where chmod 000 denies nothing, so the read itself is made to fail."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+
+    directory = write_grouplens(tmp_path / "data")
+    unreadable = directory / name
+    read_bytes = Path.read_bytes
+
+    def failing_read(path: Path) -> bytes:
+        if path == unreadable:
+            raise error
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read)
+    settings = make_settings(features_root=str(tmp_path / "features"), data_dir=directory)
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
+    result = CliRunner().invoke(cli, ["features", "build"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.output.startswith(f"Error: {unreadable}: cannot be read: {error.strerror}"), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "features" / "LATEST").exists()
