@@ -351,6 +351,16 @@ class Settings(BaseSettings):
                 f"endpoints, use at least {MIN_ADMIN_PASSWORD_LENGTH} random characters "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(16))')"
             )
+        metrics_token = self.metrics_token.get_secret_value() if self.metrics_token else ""
+        logins = {"session_password": self.session_password.get_secret_value(), "admin_password": admin}
+        for field, password in logins.items():
+            if metrics_token and metrics_token == password:
+                variable, *other = SECRET_SETTINGS[field]
+                raise ConfigurationError(
+                    f"MOVIEREC_METRICS_TOKEN is {variable} (or {', '.join(other)}): every Prometheus "
+                    "scraper's configuration holds the token, so each would hold a login password; "
+                    "set another"
+                )
         secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
         if not secret and self.debug:
             return  # development server: create_app signs with a per-process random secret
@@ -363,7 +373,6 @@ class Settings(BaseSettings):
                 f"MOVIEREC_JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} random characters "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
-        metrics_token = self.metrics_token.get_secret_value() if self.metrics_token else ""
         if secret in (self.session_password.get_secret_value(), metrics_token):
             # whoever knows the key signs any token, "role": "admin" included
             raise ConfigurationError(

@@ -53,6 +53,28 @@ def test_a_short_admin_password_is_refused_outside_testing_and_debug() -> None:
     Settings(session_password="pw", jwt_secret=STRONG).check_secrets()  # no admin password: no admin
 
 
+@pytest.mark.parametrize(
+    ("password", "names"),
+    [
+        ("session_password", r"MOVIEREC_METRICS_TOKEN is SESSION_PASSWORD \(or MOVIEREC_SESSION_PASSWORD\)"),
+        ("admin_password", r"MOVIEREC_METRICS_TOKEN is ADMIN_PASSWORD \(or MOVIEREC_ADMIN_PASSWORD\)"),
+    ],
+)
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_metrics_token_equal_to_a_login_password_is_refused(password: str, names: str, debug: bool) -> None:
+    """Every Prometheus scraper's configuration holds the metrics token: set to the session or
+    admin password, each of them held a login (admin's, too) and the service started anyway.
+    Refused, naming the variables and never the value; the development server too."""
+    shared = "k7-walrus-tea-shared"
+    secrets = {"session_password": "pw", "admin_password": "k7-walrus-tea", password: shared}
+    settings = Settings(**secrets, jwt_secret=STRONG, metrics_token=shared, debug=debug)
+    with pytest.raises(ConfigurationError, match=names) as refused:
+        settings.check_secrets()
+    assert shared not in str(refused.value)
+    Settings(**secrets, jwt_secret=STRONG, metrics_token="another-token", debug=debug).check_secrets()
+    Settings(testing=True, **secrets, metrics_token=shared).check_secrets()
+
+
 def test_seed_environment_names_and_secret_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     secret_file = tmp_path / "jwt"
     secret_file.write_text(STRONG + "\n")
