@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -9,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from app.secret_files import SECRET_VARIABLES, read_secret_file
 from tests.helpers import PG_ADMIN_URL
 
 pytestmark = pytest.mark.unit
@@ -38,3 +42,87 @@ def test_the_test_step_has_the_postgresql_and_redis_the_tests_use() -> None:
     assert variables.get("POSTGRES_USER", "postgres") == url.username
     assert url.hostname == "127.0.0.1" and (url.port or 5432) == 5432  # services listen on localhost
     assert services["redis"]["image"].startswith("redis:")
+
+
+def _steps() -> list[dict[str, Any]]:
+    """Every step: the definitions' and the ones written inline in a pipeline."""
+    steps = [item["step"] for item in PIPELINES["definitions"]["steps"]]
+    for pipeline in [PIPELINES["pipelines"]["default"], *PIPELINES["pipelines"]["branches"].values()]:
+        steps += [item["step"] for item in pipeline if "step" in item]
+    return steps
+
+
+def _words(command: str) -> list[str]:
+    return shlex.split(command.replace("\\\n", " "), comments=True)
+
+
+def _env_names(words: list[str]) -> list[str]:
+    """The variables ``docker run`` words give the container: ``-e NAME[=value]``, ``--env …``,
+    ``--env=…``, ``-eNAME…``."""
+    names = []
+    for before, word in zip(["", *words], words, strict=False):
+        if before in ("-e", "--env"):
+            names.append(word.split("=", 1)[0])
+        elif word.startswith("--env="):
+            names.append(word[len("--env=") :].split("=", 1)[0])
+        elif word.startswith("-e") and len(word) > 2 and not word.startswith("--"):
+            names.append(word[2:].lstrip("=").split("=", 1)[0])
+    return names
+
+
+def test_no_step_gives_a_container_a_secret_as_a_variable() -> None:
+    """The smoke container got SESSION_PASSWORD and MOVIEREC_JWT_SECRET with `--env NAME`: their
+    values were in its configuration, which `docker inspect` shows on the CI runner, while
+    deploy-docker.py and compose give secrets as files. No secret (app/secret_files.py) goes to a
+    container as `-e NAME`, `-e NAME=value` or `--env`; no env file either."""
+    found = []
+    for step in _steps():
+        for command in [*step.get("script", []), *step.get("after-script", [])]:
+            if not isinstance(command, str):  # a pipe: runs on the server (deploy-docker.py)
+                continue
+            words = _words(command)
+            assert "--env-file" not in words and not any(w.startswith("--env-file=") for w in words)
+            found += [(step["name"], name) for name in _env_names(words) if name in SECRET_VARIABLES]
+    assert not found
+
+
+def test_the_smoke_container_reads_its_secrets_from_files_removed_after_the_step(tmp_path: Path) -> None:
+    """The step's own shell, run with a `docker` that only records its arguments: the smoke
+    container gets `<NAME>_FILE` paths in a read-only bind mount (`-v`: Pipelines refuses
+    `--mount` and any source outside the clone directory) of files the image's user can read
+    by name (0444, in a 0711 directory, under a 0700 one no other user of the runner may enter),
+    holding exactly the repository variables; the after-script removes them."""
+    step = _step("Build the image")
+    run = next(c for c in step["script"] if isinstance(c, str) and "docker run" in c)
+    bin_dir, clone = tmp_path / "bin", tmp_path / "clone"
+    bin_dir.mkdir()
+    clone.mkdir()
+    calls = tmp_path / "docker-calls"
+    docker = bin_dir / "docker"
+    record = shlex.quote(str(calls))  # one line of NUL-separated arguments per call
+    docker.write_text(f'#!/bin/sh\nprintf "%s\\0" "$@" >> {record}\nprintf "\\n" >> {record}\n')
+    docker.chmod(0o755)
+    secrets = {"SESSION_PASSWORD": "pw with spaces ", "MOVIEREC_JWT_SECRET": "j" * 48}
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin", "BITBUCKET_CLONE_DIR": str(clone), "IMAGE": "movierec:test",
+        **secrets,
+    }  # fmt: skip
+    subprocess.run(["sh", "-c", run], env=env, check=True, cwd=clone)
+    (call,) = [line.rstrip("\0").split("\0") for line in calls.read_text().splitlines()]
+    assert call[:2] == ["run", "--detach"] and "--mount" not in call
+    assert not set(_env_names(call)) & SECRET_VARIABLES
+    volume = call[call.index("--volume") + 1]
+    source, target, options = volume.split(":")
+    assert (target, options) == ("/run/secrets", "ro")
+    mounted = Path(source)
+    assert mounted.parent.parent == clone
+    assert stat.S_IMODE(mounted.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(mounted.stat().st_mode) == 0o711
+    files = {word.split("=", 1)[0]: word.split("=", 1)[1] for word in call if word.endswith(tuple(secrets))}
+    assert files == {f"{name}_FILE": f"/run/secrets/{name}" for name in secrets}
+    for name, value in secrets.items():
+        assert stat.S_IMODE((mounted / name).stat().st_mode) == 0o444
+        assert read_secret_file(mounted / name, name) == value
+    for command in step["after-script"]:
+        subprocess.run(["sh", "-c", command], env=env, check=True, cwd=clone)
+    assert list(clone.iterdir()) == []
