@@ -50,7 +50,11 @@ class Feedback(Base):
         Index("ix_feedback_created_at", "created_at"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # 64-bit (migration 0007): every insert attempt, upserts that update included, takes a value
+    # from its sequence. On SQLite, INTEGER: that primary key is the 64-bit rowid (BIGINT is not).
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     request_id: Mapped[str] = mapped_column(ForeignKey("recommendation_requests.id"), index=True)
     movie_id: Mapped[int] = mapped_column(Integer)
     title: Mapped[str] = mapped_column(String(255))
