@@ -45,6 +45,7 @@ def docs() -> Any:
                             code: (
                                 r.get("description", ""),
                                 _ref_name(r.get("content", {}).get("application/json", {}).get("schema")),
+                                sorted(r.get("headers", {})),
                             )
                             for code, r in operation.get("responses", {}).items()
                         },

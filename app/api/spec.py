@@ -18,8 +18,9 @@ from spectree.models import SecureType, SecuritySchemeData
 from spectree.plugins.flask_plugin import FlaskPlugin
 
 from app.api.schemas import ErrorResponse, field_errors
-from app.errors import InvalidRequest
+from app.errors import CODES, ApiError, InvalidRequest
 from app.recommender.features import MAX_ID
+from app.services.reload import InvalidBundle, ReloadIncomplete, ReloadInProgress, ReloadSuperseded
 
 
 def _raise_validation_error(
@@ -95,6 +96,70 @@ _BODY_REFUSALS = {
     "415": "Unsupported Media Type",
 }
 
+# The headers a client acts on, documented on every error status that carries them.
+_WWW_AUTHENTICATE = {
+    "description": 'The Bearer challenge every 401 carries: `Bearer error="invalid_token"` when the token '
+    "sent was refused, `Bearer` when none was sent (and on a wrong password at /api/login).",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_RETRY_AFTER = {
+    "description": "Seconds to wait before retrying, when waiting helps (a rate limit, no model loaded yet, "
+    "the database or a store unreachable, a full backlog).",
+    "schema": {"type": "integer", "minimum": 0},
+}
+_STATUS_HEADERS: dict[str, dict[str, Any]] = {
+    "401": {"WWW-Authenticate": _WWW_AUTHENTICATE},
+    "429": {"Retry-After": _RETRY_AFTER},
+    "503": {"Retry-After": _RETRY_AFTER},
+}
+
+_RELOAD_ERRORS: tuple[type[ApiError], ...] = (
+    InvalidBundle,
+    ReloadInProgress,
+    ReloadIncomplete,
+    ReloadSuperseded,
+)
+
+
+def _codes_of(*errors: type[ApiError]) -> dict[str, list[str]]:
+    """The envelope codes of ``errors`` (classes with a fixed ``status`` and ``CODE``), by status."""
+    codes: dict[str, list[str]] = {}
+    for error in errors:
+        codes.setdefault(str(error.status), []).append(error.CODE)  # type: ignore[attr-defined]
+    return codes
+
+
+# Operations whose error statuses carry codes of their own instead of the status's usual one
+# (``app.errors.CODES``), and headers they never send: a reload's 503 is ``reload_incomplete``
+# without Retry-After (asking again retries the workers that did not take it).
+_OPERATION_CODES: dict[tuple[str, str], dict[str, list[str]]] = {
+    ("post", "/api/admin/reload"): _codes_of(*_RELOAD_ERRORS),
+}
+_OPERATION_WITHOUT_HEADERS: dict[tuple[str, str], dict[str, set[str]]] = {
+    ("post", "/api/admin/reload"): {"503": {"Retry-After"}},
+}
+
+
+def _document_errors(path: str, method: str, responses: dict[str, Any]) -> None:
+    """Each error status's envelope codes (``x-error-codes``, and in its description) and headers."""
+    own_codes = _OPERATION_CODES.get((method, path), {})
+    unsent = _OPERATION_WITHOUT_HEADERS.get((method, path), {})
+    for status, response in responses.items():
+        if not status.isdigit() or int(status) < 400:
+            continue
+        codes = own_codes.get(status) or [CODES.get(int(status), "internal")]
+        response["x-error-codes"] = codes
+        listed = " or ".join(f"`{code}`" for code in codes)
+        response["description"] = f"{response.get('description') or status} (error.code {listed})"
+        headers = {
+            name: header
+            for name, header in _STATUS_HEADERS.get(status, {}).items()
+            if name not in unsent.get(status, set())
+        }
+        if headers:
+            response["headers"] = {**response.get("headers", {}), **headers}
+
 
 class _SpecTree(SpecTree):
     """spectree's generator, plus what it cannot see in the decorators.
@@ -108,6 +173,9 @@ class _SpecTree(SpecTree):
     * No 400 on a GET outside ``/api/`` that takes no parameters (``/``, ``/protected``, the
       health probes, ``/metrics``): spectree lists its validation status on every operation, but
       these read no body and ignore a query string (``NoQuery``), so they never answer 400.
+    * On every error status, the envelope codes it carries (``x-error-codes``, also named in its
+      description) and the headers a client acts on: ``WWW-Authenticate`` on 401, ``Retry-After``
+      on 429 and 503 (:func:`_document_errors`).
     """
 
     def _generate_spec(self) -> dict[str, Any]:
@@ -127,6 +195,7 @@ class _SpecTree(SpecTree):
                     responses = operation.setdefault("responses", {})
                     for status, description in _BODY_REFUSALS.items():
                         responses.setdefault(status, {"description": description, "content": _ERROR_CONTENT})
+                _document_errors(path, method, operation.get("responses", {}))
                 for parameter in operation.get("parameters", []):
                     if parameter.get("in") == "path" and parameter.get("name") == "user_id":
                         parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": MAX_ID}

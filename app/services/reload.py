@@ -96,20 +96,21 @@ class InvalidBundle(ApiError):
     """The requested bundle could not be loaded; the old one keeps serving."""
 
     status = 422
+    CODE = "invalid_bundle"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="invalid_bundle")
+        super().__init__(message, code=self.CODE)
 
 
 class ReloadInProgress(ApiError):
     """A reload of another bundle is running; this one is not started (nor silently dropped)."""
 
     status = 409
+    CODE = "reload_in_progress"
 
     def __init__(self, running: str) -> None:
         super().__init__(
-            f"a reload of bundle {running} is in progress; retry when it has finished",
-            code="reload_in_progress",
+            f"a reload of bundle {running} is in progress; retry when it has finished", code=self.CODE
         )
 
 
@@ -117,18 +118,20 @@ class ReloadIncomplete(ApiError):
     """The bundle was swapped in by some workers only; the others serve the previous one."""
 
     status = 503
+    CODE = "reload_incomplete"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="reload_incomplete")
+        super().__init__(message, code=self.CODE)
 
 
 class ReloadSuperseded(ApiError):
     """A newer reload (of another bundle) was started while this one waited for the workers."""
 
     status = 409
+    CODE = "reload_superseded"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="reload_superseded")
+        super().__init__(message, code=self.CODE)
 
 
 class ModelReloader:
