@@ -41,7 +41,7 @@ def ready() -> Any:
         "journal_disk": services.recommendations.feedback.disk_problem(),
     }
     failed = [problem for problem in problems.values() if problem is not None]
-    if failed:
+    if failed or bundle is None:  # no bundle is a failed check: the second test is for the type checker
         raise Unavailable("not ready: " + "; ".join(failed), headers={"Retry-After": "5"})
     checks = {name: problem is None for name, problem in problems.items()}
-    return jsonify(status="ok", checks=checks, model_version=bundle.version if bundle else None)
+    return jsonify(status="ok", checks=checks, model_version=bundle.version)

@@ -146,9 +146,11 @@ class Live(BaseModel):
 
 
 class Ready(BaseModel):
-    status: Literal["ok", "unavailable"]
+    """A ready answer (200): not ready is the 503 error envelope, so a model is always named."""
+
+    status: Literal["ok"]
     checks: dict[str, bool]
-    model_version: str | None
+    model_version: str
 
 
 class Ok(RootModel[Literal["Ok"]]):

@@ -108,3 +108,15 @@ def test_not_ready_when_the_journals_disk_has_no_inode_left(
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert "feedback journal's disk has no free inode" in response.get_json()["error"]["message"]
+
+
+def test_the_spec_of_a_ready_answer_says_what_a_200_holds(client: Any) -> None:
+    """Not ready is the 503 envelope, so a 200 always says ``"status": "ok"`` and names the model it
+    serves; the spec still let a 200 say ``"unavailable"`` with no model (its body before the 503)."""
+    schema = client.get("/openapi.json").get_json()["components"]["schemas"]["Ready"]
+    status, version = schema["properties"]["status"], schema["properties"]["model_version"]
+    assert status.get("enum", [status.get("const")]) == ["ok"], status
+    assert version.get("type") == "string" and "anyOf" not in version, version
+    assert set(schema["required"]) >= {"status", "checks", "model_version"}
+    body = client.get("/health/ready").get_json()
+    assert body["status"] == "ok" and isinstance(body["model_version"], str)
