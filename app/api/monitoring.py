@@ -19,7 +19,7 @@ from spectree import Response as SpecResponse
 
 from app.api.auth import admin_required, secret_matches
 from app.api.schemas import MAX_REASON_LENGTH, ErrorResponse
-from app.api.spec import BEARER, spec
+from app.api.spec import BEARER, METRICS_TOKEN, spec
 from app.config import parse_networks
 from app.errors import BEARER_CHALLENGE, BEARER_REFUSED, Forbidden, Unauthorized, Unavailable
 from app.monitoring.metrics import render
@@ -86,9 +86,15 @@ def _check_scraper(settings: Any) -> None:
 
 
 @bp.get("/metrics")
-@spec.validate(resp=SpecResponse("HTTP_200", HTTP_401=ErrorResponse, HTTP_403=ErrorResponse))
+@spec.validate(
+    resp=SpecResponse("HTTP_200", HTTP_401=ErrorResponse, HTTP_403=ErrorResponse), security=METRICS_TOKEN
+)
 def metrics() -> Response:
-    """Prometheus text exposition: every worker's counters and histograms, and the state gauges."""
+    """Prometheus text exposition: every worker's counters and histograms, and the state gauges.
+
+    Open unless the service sets ``MOVIEREC_METRICS_TOKEN`` (then send it as ``Authorization:
+    Bearer <token>``, else 401) or ``MOVIEREC_METRICS_ALLOW_CIDRS`` (403 from other addresses).
+    """
     services = current_app.extensions["movierec"]
     _check_scraper(services.settings)
     monitor = getattr(services, "monitor", None)

@@ -221,8 +221,12 @@ spec = _SpecTree(
     security_schemes=[
         SecurityScheme(
             name="bearer", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", bearer_format="JWT")
-        )
+        ),
+        # the scraper's token of /metrics (MOVIEREC_METRICS_TOKEN), not a token from /api/login
+        SecurityScheme(name="metrics_token", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer")),
     ],
 )
 
 BEARER: dict[str, list[str]] = {"bearer": []}
+METRICS_TOKEN: list[dict[str, list[str]]] = [{}, {"metrics_token": []}]
+"""/metrics: no credential, or the scraper's bearer token when MOVIEREC_METRICS_TOKEN is set."""

@@ -316,3 +316,21 @@ def test_the_docs_page_names_the_headers_and_codes_of_each_answer(client: Any) -
     assert "headers <code>WWW-Authenticate</code>" in reload["401"]
     assert "headers <code>Retry-After</code>" in _answers_on_page(page, "POST-/api/recommend")["503"]
     assert "headers <code>Retry-After</code>" in _answers_on_page(page, "POST-/api/login")["429"]
+
+
+def test_the_metrics_token_is_documented_as_the_optional_bearer_credential_it_is(make_app: Any) -> None:
+    """/metrics answers 401 without the scraper's token when MOVIEREC_METRICS_TOKEN is set, but the
+    spec named no credential for it: a client read a 401 it had no documented way to avoid."""
+    document = make_app().test_client().get("/openapi.json").get_json()
+    security = document["paths"]["/metrics"]["get"].get("security")
+    assert security and {} in security, security  # none needed unless the setting is made
+    (named,) = [requirement for requirement in security if requirement]
+    (scheme,) = named
+    assert document["components"]["securitySchemes"][scheme] == {"type": "http", "scheme": "bearer"}
+    assert scheme != "bearer"  # not a token from /api/login
+    token = "a-scraper-token-of-enough-length-1234"
+    client = make_app(metrics_token=token).test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    page = client.get("/docs").get_data(as_text=True)  # the lock marks a credential that is required
+    assert "/metrics</code> 🔒" not in page and "/api/model</code> 🔒" in page
