@@ -108,8 +108,13 @@ _RETRY_AFTER = {
     "the database or a store unreachable, a full backlog).",
     "schema": {"type": "integer", "minimum": 0},
 }
+_ACCEPT_ENCODING = {
+    "description": "`identity` when the body was refused for its Content-Encoding: send it uncompressed.",
+    "schema": {"type": "string"},
+}
 _STATUS_HEADERS: dict[str, dict[str, Any]] = {
     "401": {"WWW-Authenticate": _WWW_AUTHENTICATE},
+    "415": {"Accept-Encoding": _ACCEPT_ENCODING},
     "429": {"Retry-After": _RETRY_AFTER},
     "503": {"Retry-After": _RETRY_AFTER},
 }
@@ -174,8 +179,8 @@ class _SpecTree(SpecTree):
       health probes, ``/metrics``): spectree lists its validation status on every operation, but
       these read no body and ignore a query string (``NoQuery``), so they never answer 400.
     * On every error status, the envelope codes it carries (``x-error-codes``, also named in its
-      description) and the headers a client acts on: ``WWW-Authenticate`` on 401, ``Retry-After``
-      on 429 and 503 (:func:`_document_errors`).
+      description) and the headers a client acts on: ``WWW-Authenticate`` on 401,
+      ``Accept-Encoding`` on 415, ``Retry-After`` on 429 and 503 (:func:`_document_errors`).
     """
 
     def _generate_spec(self) -> dict[str, Any]:

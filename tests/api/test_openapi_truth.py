@@ -32,7 +32,7 @@ pytestmark = pytest.mark.api
 # Not API operations: the HTML pages (the web UI, /docs), static files and the spec documents.
 UNDOCUMENTED_ENDPOINTS = {"static", "docs.docs", "docs.openapi", "openapi_apidoc"}
 UNDOCUMENTED_BLUEPRINTS = {"ui"}
-DOCUMENTED_HEADERS = ("Retry-After", "WWW-Authenticate")
+DOCUMENTED_HEADERS = ("Accept-Encoding", "Retry-After", "WWW-Authenticate")
 
 RECORD = {**PROFILE, "movie_id": 1}
 BODIES: dict[str, Any] = {
