@@ -144,6 +144,8 @@ _OPERATION_CODES: dict[tuple[str, str], dict[str, list[str]]] = {
 _OPERATION_WITHOUT_HEADERS: dict[tuple[str, str], dict[str, set[str]]] = {
     ("post", "/api/admin/reload"): {"503": {"Retry-After"}},
 }
+# Success bodies that are not JSON, which spectree documents as no content at all.
+_TEXT_ANSWERS: dict[tuple[str, str], str] = {("get", "/metrics"): "200"}  # Prometheus exposition
 
 
 def _document_errors(path: str, method: str, responses: dict[str, Any]) -> None:
@@ -201,6 +203,10 @@ class _SpecTree(SpecTree):
                     for status, description in _BODY_REFUSALS.items():
                         responses.setdefault(status, {"description": description, "content": _ERROR_CONTENT})
                 _document_errors(path, method, operation.get("responses", {}))
+                text = _TEXT_ANSWERS.get((method, path))
+                if text is not None:
+                    answer = operation.setdefault("responses", {}).setdefault(text, {"description": "OK"})
+                    answer["content"] = {"text/plain": {"schema": {"type": "string"}}}
                 for parameter in operation.get("parameters", []):
                     if parameter.get("in") == "path" and parameter.get("name") == "user_id":
                         parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": MAX_ID}

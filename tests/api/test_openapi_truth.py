@@ -334,3 +334,11 @@ def test_the_metrics_token_is_documented_as_the_optional_bearer_credential_it_is
     assert client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     page = client.get("/docs").get_data(as_text=True)  # the lock marks a credential that is required
     assert "/metrics</code> 🔒" not in page and "/api/model</code> 🔒" in page
+
+
+def test_the_metrics_body_is_documented_as_the_text_it_is(client: Any) -> None:
+    """/metrics answers Prometheus text; its 200 was documented with no content at all."""
+    answer = client.get("/metrics")
+    assert answer.status_code == 200 and answer.mimetype == "text/plain"
+    documented = client.get("/openapi.json").get_json()["paths"]["/metrics"]["get"]["responses"]["200"]
+    assert documented["content"] == {"text/plain": {"schema": {"type": "string"}}}
