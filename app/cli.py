@@ -110,11 +110,12 @@ def data() -> None:
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
 def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
-    """Cache ml-100k under the data root (default sources: pypi, then grouplens)."""
-    from app.recommender.data import DataUnavailableError, fetch, load_directory
+    """Cache ml-100k under the data root (default sources: pypi, then grouplens); a data root that
+    holds the files itself is used as is, as train and features build use it."""
+    from app.recommender.data import DataUnavailableError, detect_layout, fetch, load_directory
 
-    try:
-        path = fetch(data_dir, sources or ("pypi", "grouplens"))
+    try:  # a file of the layout that is not a file (a directory, a dangling symlink): named, no download
+        path = data_dir if detect_layout(data_dir) else fetch(data_dir, sources or ("pypi", "grouplens"))
     except DataUnavailableError as exc:
         raise click.ClickException(str(exc)) from exc
     try:  # a cache with every file is kept as is: cut short or edited, it is refused here

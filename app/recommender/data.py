@@ -112,12 +112,43 @@ class MovieLens:
 # --------------------------------------------------------------------------- layouts
 
 
+LAYOUTS = {
+    "grouplens": ("u.data", "u.item", "u.user"),
+    "recbole": ("ml-100k.inter", "ml-100k.item", "ml-100k.user"),
+}
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` (a name that is there) is not a regular file to read, or None when it is one."""
+    try:
+        mode = path.stat().st_mode  # through a symlink
+    except FileNotFoundError:
+        return "a dangling symlink" if path.is_symlink() else "missing"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if stat.S_ISREG(mode):
+        return None
+    return "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+
+
 def detect_layout(directory: Path) -> str | None:
-    """Return ``"grouplens"``, ``"recbole"`` or ``None`` for a directory."""
-    if all((directory / name).is_file() for name in ("u.data", "u.item", "u.user")):
-        return "grouplens"
-    if all((directory / f"ml-100k.{ext}").is_file() for ext in ("inter", "item", "user")):
-        return "recbole"
+    """Return ``"grouplens"``, ``"recbole"`` or ``None`` for a directory.
+
+    A layout is there when each of its three names is: one of them that is not a regular file (a
+    directory named ``u.data``, a dangling symlink) is a :class:`DataUnavailableError` naming it.
+    It was taken for "no data set", and ``data fetch``, ``train`` and ``features build`` went off
+    to download ml-100k, to end in a misleading "could not obtain ml-100k". A layout with a name
+    missing is none (a partial cache is fetched again whole).
+    """
+    for layout, names in LAYOUTS.items():
+        paths = [directory / name for name in names]
+        if not all(os.path.lexists(path) for path in paths):
+            continue
+        for path in paths:
+            reason = _not_a_file(path)
+            if reason is not None:
+                raise DataUnavailableError(f"{path}: not a readable file ({reason})")
+        return layout
     return None
 
 

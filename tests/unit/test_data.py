@@ -249,3 +249,72 @@ def test_a_fetch_killed_during_pip_download_leaves_nothing_in_the_temp_directory
         os.utime(path, (old, old))
     fetch(root, sources=[str(write_recbole(tmp_path / "source"))])
     assert [path.name for path in root.iterdir()] == ["ml-100k"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling symlink"])
+@pytest.mark.parametrize("where", ["cache", "data dir"])
+def test_a_layout_file_that_is_not_a_file_is_named_not_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, where: str
+) -> None:
+    """Every name of a layout present but one not a regular file (a directory named ``u.data``, a
+    dangling symlink) was taken for "no data set": ``data fetch``, ``train`` and ``features build``
+    went off to download ml-100k and ended in "could not obtain ml-100k". It is one error line
+    naming that path, and nothing is downloaded."""
+    from click.testing import CliRunner
+
+    import app.recommender.data as data_module
+    from app.cli import cli
+
+    def no_download(_target: Path, *_args: object) -> None:
+        raise AssertionError("downloaded although the data set is there")
+
+    monkeypatch.setattr(data_module, "_from_pypi", no_download)
+    monkeypatch.setattr(data_module, "_from_grouplens", no_download)
+    root = tmp_path / "root"
+    directory = write_grouplens(root / "ml-100k" if where == "cache" else root)
+    broken = directory / "u.data"
+    broken.unlink()
+    if kind == "directory":
+        broken.mkdir()
+    else:
+        broken.symlink_to(tmp_path / "unmounted" / "u.data")
+    with pytest.raises(DataUnavailableError, match="not a readable file") as excinfo:
+        detect_layout(directory)
+    assert str(broken) in str(excinfo.value) and kind.split()[-1] in str(excinfo.value)
+    for command in (["data", "fetch"], ["train"]):
+        result = CliRunner().invoke(cli, [*command, "--data-dir", str(root)])
+        assert result.exit_code == 1, result.output
+        assert f"Error: {broken}: not a readable file" in result.output, result.output
+        assert "could not obtain" not in result.output
+    assert not (root / "ml-100k").exists() or where == "cache"
+
+
+def test_a_partial_layout_in_the_data_dir_is_not_an_error(tmp_path: Path) -> None:
+    """Only a layout whose every name is there is judged: two files of three are no data set (fetched)."""
+    directory = write_grouplens(tmp_path / "gl")
+    (directory / "u.user").unlink()
+    (directory / "u.item").unlink()
+    (directory / "u.item").mkdir()
+    assert detect_layout(directory) is None
+    assert find_local(directory) is None
+
+
+def test_data_fetch_uses_a_data_root_that_holds_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``data fetch`` looked at the cache alone, so a data root holding the files (which train and
+    features build load) still sent it to download ml-100k; it uses them as they do."""
+    from click.testing import CliRunner
+
+    import app.recommender.data as data_module
+    from app.cli import cli
+
+    def no_download(_target: Path, *_args: object) -> None:
+        raise AssertionError("downloaded although the data set is there")
+
+    monkeypatch.setattr(data_module, "_from_pypi", no_download)
+    monkeypatch.setattr(data_module, "_from_grouplens", no_download)
+    root = write_grouplens(tmp_path / "root")
+    result = CliRunner().invoke(cli, ["data", "fetch", "--data-dir", str(root)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{root}: ") and not (root / "ml-100k").exists()
