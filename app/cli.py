@@ -261,6 +261,42 @@ def db_upgrade() -> None:
     click.echo("schema up to date")
 
 
+@cli.group()
+def feedback() -> None:
+    """The scores the feedback journal set aside (rejected.jsonl)."""
+
+
+@feedback.command("replay-rejected")
+def feedback_replay_rejected() -> None:
+    """Write the scores the database refused into rejected.jsonl again, once the cause is fixed.
+
+    The stored ones leave the file, the ones refused again stay (exit 1). Idempotent, and safe
+    while the service runs: run it with the service's settings (MOVIEREC_DATABASE_URL, its journal
+    directory)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.pipeline.commands import service_database, settings_for_cli
+    from app.services.feedback_journal import REJECTED, ReplayInProgress, replay_rejected
+
+    settings = settings_for_cli()
+    directory = settings.feedback_journal
+    try:
+        with service_database(settings) as database:
+            stored, refused = replay_rejected(directory, database)
+    except (ReplayInProgress, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except SQLAlchemyError as exc:  # a missing table or grant: every score not stored stays
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise click.ClickException(f"the database could not take the scores: {detail}") from exc
+    if stored == refused == 0:
+        click.echo(f"no rejected scores in {directory}")
+        return
+    click.echo(f"{directory / REJECTED}: {stored} stored, {refused} refused again")
+    if refused:
+        click.echo(f"the scores refused again stay in {directory / REJECTED}", err=True)
+        sys.exit(1)
+
+
 @cli.command("accuracy")
 @click.argument("model_path", type=click.Path(exists=True, path_type=Path))
 @click.argument("test_data", type=click.Path(exists=True, path_type=Path))

@@ -32,7 +32,10 @@ Replaying is idempotent: :meth:`Database.save_feedbacks` keeps, per (request, mo
 acknowledged last.
 
 A record the database refuses for good (not for being unreachable) is appended to
-``rejected.jsonl`` beside the segments and logged as an error: never dropped silently.
+``rejected.jsonl`` beside the segments and logged as an error: never dropped silently. Once the
+cause is fixed, :func:`replay_rejected` (``movierec feedback replay-rejected``) writes them again
+and keeps in the file only those refused again; the journal appends under the same lock
+(``rejected.lock``), so it is safe while the service runs.
 
 **Stamps.** Each score carries its acknowledgement time, and the database keeps per (request,
 movie) the score stamped last. A stamp is the wall clock, but later than every stamp before it
@@ -61,7 +64,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
-from app.services.durable_files import append_durably, sync_directory, write_or_set_aside
+from app.services.durable_files import (
+    append_durably,
+    file_lock,
+    sync_directory,
+    write_durably,
+    write_or_set_aside,
+)
 from app.services.group_commit import GroupCommit
 from app.services.request_log import RequestLog
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
@@ -71,6 +80,9 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".wal"
 REJECTED = "rejected.jsonl"
+REJECTED_LOCK = "rejected.lock"  # held to append to rejected.jsonl, and by a replay to take or rewrite it
+REPLAYING = "rejected.replaying"  # the records a replay took from rejected.jsonl (replay_rejected)
+_REPLAY_LOCK = "rejected.replay-lock"  # one replay at a time
 _HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 CLOCK = "clock"  # the directory's last stamp (FeedbackJournal._stamped)
 _CLOCK = struct.Struct("<q")  # microseconds since the epoch
@@ -493,10 +505,8 @@ class FeedbackJournal:
     def _reject(self, row: dict[str, Any], exc: BaseException) -> None:
         """A record the database refuses for good: kept in ``rejected.jsonl``, never dropped silently."""
         record: FeedbackRecord = row["record"]
-        append_durably(
-            self.directory / REJECTED,
-            orjson.dumps({**dataclasses.asdict(record), "error": str(exc)[:500]}) + b"\n",
-        )
+        with file_lock(self.directory / REJECTED_LOCK, mode=0o600):  # not while a replay takes the file
+            append_durably(self.directory / REJECTED, _rejected_line(record, exc))
         self.rejected += 1
         log.error(
             "feedback journal: the database refused a score; it is kept in %s",
@@ -607,3 +617,100 @@ class FeedbackJournal:
             )
         except Exception:
             log.exception("feedback journal: recovery failed")
+
+
+# --------------------------------------------------------------------------- rejected.jsonl
+
+
+def _rejected_line(record: FeedbackRecord, exc: BaseException) -> bytes:
+    """A line of ``rejected.jsonl``: the record's fields and why the database refused it."""
+    return orjson.dumps({**dataclasses.asdict(record), "error": str(exc)[:500]}) + b"\n"
+
+
+def _rejected_record(line: bytes) -> FeedbackRecord:
+    """The record of a ``rejected.jsonl`` line; ValueError, KeyError or TypeError when it holds none."""
+    fields = orjson.loads(line)
+    at = fields.get("at")
+    return FeedbackRecord(
+        request_id=fields["request_id"],
+        movie_id=fields["movie_id"],
+        title=fields["title"],
+        score=fields["score"],
+        predicted_score=fields["predicted_score"],
+        model_version=fields["model_version"],
+        at=datetime.fromisoformat(at) if at is not None else None,
+    )
+
+
+class ReplayInProgress(Exception):
+    """Another ``replay_rejected`` holds the journal directory's rejected scores."""
+
+
+def replay_rejected(directory: Path, db: Database, batch_size: int = 500) -> tuple[int, int]:
+    """Write the scores of ``directory``'s ``rejected.jsonl`` to ``db`` again; (stored, refused again).
+
+    Through the journal's own write (:meth:`Database.save_feedbacks`, a batch at a time, a batch
+    refused for good split into its records: :func:`write_or_set_aside`), so it is idempotent: a
+    stored score is replaced only by one stamped the same or later. The stored ones leave the
+    file, the ones refused again (with their new reason) and lines that hold no record stay.
+
+    Safe while the service runs: under the journal's lock for the file (``rejected.lock``), the
+    file is renamed ``rejected.replaying``; the journal then appends to a new ``rejected.jsonl``,
+    and what is left is put before it, under the lock again, with one atomic replace. When the
+    database cannot take them (unreachable, …) every score not yet stored is put back and the
+    error raised. A replay killed outright leaves ``rejected.replaying``, taken up by the next.
+    Raises :class:`ReplayInProgress` while another replay runs.
+    """
+    if not directory.is_dir():
+        return 0, 0
+    with file_lock(directory / _REPLAY_LOCK, timeout=0, mode=0o600) as taken:
+        if not taken:
+            raise ReplayInProgress(f"another replay of {directory / REJECTED} is running")
+        rejected, replaying = directory / REJECTED, directory / REPLAYING
+        with file_lock(directory / REJECTED_LOCK, mode=0o600):
+            if rejected.exists():
+                if replaying.exists():  # an earlier replay was killed: its records first
+                    append_durably(replaying, rejected.read_bytes())
+                    rejected.unlink()
+                else:
+                    rejected.rename(replaying)
+                sync_directory(directory)
+        if not replaying.exists():
+            return 0, 0
+        kept: list[bytes] = []  # lines that stay in rejected.jsonl
+        rows: list[dict[str, Any]] = []
+        for line in replaying.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rows.append({"record": _rejected_record(line), "line": line})
+            except (ValueError, KeyError, TypeError):
+                kept.append(line)  # not a record: left for the operator to read
+        unreadable = len(kept)
+
+        def refused(row: dict[str, Any], exc: BaseException) -> None:
+            row["refused"] = True
+            kept.append(_rejected_line(row["record"], exc).rstrip(b"\n"))
+
+        def write(batch: list[dict[str, Any]]) -> None:
+            db.save_feedbacks([row["record"] for row in batch])
+
+        done = 0
+        try:
+            for done in range(0, len(rows), batch_size):
+                write_or_set_aside(write, rows[done : done + batch_size], refused)
+            done = len(rows)
+        finally:  # stored ones out; refused again, and not yet written, back before the new ones
+            left = kept + [row["line"] for row in rows[done:] if not row.get("refused")]
+            with file_lock(directory / REJECTED_LOCK, mode=0o600):
+                appended = rejected.read_bytes() if rejected.exists() else b""
+                content = b"".join(line + b"\n" for line in left) + appended
+                if content:
+                    write_durably(rejected, content)
+                else:
+                    rejected.unlink(missing_ok=True)
+                replaying.unlink()
+                sync_directory(directory)
+    stored = len(rows) - (len(kept) - unreadable)
+    log.info("feedback journal: rejected scores replayed", extra={"stored": stored, "refused": len(kept)})
+    return stored, len(kept)

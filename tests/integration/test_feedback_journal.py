@@ -24,7 +24,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import ProgrammingError
 
 from app.errors import Unavailable
-from app.services.feedback_journal import REJECTED, SUFFIX, FeedbackJournal, _Segment, encode, read_records
+from app.services.feedback_journal import (
+    REJECTED,
+    REPLAYING,
+    SUFFIX,
+    FeedbackJournal,
+    _Segment,
+    encode,
+    read_records,
+)
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
 from app.storage.models import Feedback, RecommendationRequest, utcnow
 from tests.helpers import in_forked_child
@@ -635,3 +643,150 @@ def test_a_stop_with_the_database_up_writes_the_rows_and_ships_the_scores(
     assert stored == {f"req-{i}" for i in range(30)}
     assert _stored(db) == {("req-0", m): 2.0 for m in range(1, 11)}
     assert _segments(directory) == [] and not list(directory.glob(f"{RowSpill.PREFIX}*"))
+
+
+# ---------------------------------------------------------------------- movierec feedback replay-rejected
+
+
+def _request_with_id(db: Database, request_id: str) -> None:
+    row = {
+        "id": request_id, "age": 30, "gender": "F", "occupation": "artist", "user_id": None,
+        "max_recs": 10, "model_version": "v1", "strategy": "segment", "items": ITEMS,
+    }  # fmt: skip
+    db.save_requests([row])
+
+
+def _replay_command(db: Database, directory: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``movierec feedback replay-rejected`` against ``db``, whose journal directory is ``directory``."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+
+    settings = SimpleNamespace(
+        sqlalchemy_url=db.engine.url.render_as_string(hide_password=False), feedback_journal=directory
+    )
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
+    return CliRunner().invoke(cli, ["feedback", "replay-rejected"])
+
+
+def test_replay_rejected_stores_what_the_database_takes_now_and_keeps_the_rest(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The docs said the scores set aside in rejected.jsonl can be posted again by hand once the
+    cause is fixed, but gave no way to: ``movierec feedback replay-rejected`` stores them through
+    the journal's own write (idempotent), removes the stored ones from the file, keeps the ones
+    refused again, and exits 1 while some are."""
+    directory = tmp_path / "journal"
+    journal = FeedbackJournal(directory, db, ship_interval=60)
+    request_id = _request(db)
+    try:
+        journal.save(_score(request_id, 1, 4.0))
+        journal.save(_score("late-request", 2, 3.0))  # foreign key: refused for good (until it exists)
+        journal.save(_score("never", 3, 2.0))
+        journal.drain()
+    finally:
+        journal.close()
+    rejected = directory / REJECTED
+    assert len(rejected.read_text().splitlines()) == 2
+    _request_with_id(db, "late-request")  # the cause fixed for one of them
+
+    result = _replay_command(db, directory, monkeypatch)
+    assert result.exit_code == 1, result.output
+    assert "1 stored, 1 refused again" in result.output, result.output
+    assert _stored(db) == {(request_id, 1): 4.0, ("late-request", 2): 3.0}
+    left = rejected.read_text().splitlines()
+    assert len(left) == 1 and '"request_id":"never"' in left[0]
+
+    stored_line = orjson.dumps({**orjson.loads(left[0]), "request_id": "late-request", "movie_id": 2})
+    with rejected.open("ab") as file:  # as if the removal had not happened: replayed twice
+        file.write(stored_line + b"\n")
+    result = _replay_command(db, directory, monkeypatch)
+    assert result.exit_code == 1 and "1 stored, 1 refused again" in result.output, result.output
+    with db.session() as session:
+        assert session.scalar(select(func.count(Feedback.id))) == 2  # nothing stored twice
+
+    _request_with_id(db, "never")
+    result = _replay_command(db, directory, monkeypatch)
+    assert result.exit_code == 0 and "1 stored, 0 refused again" in result.output, result.output
+    assert _stored(db)[("never", 3)] == 2.0 and not rejected.exists()
+    assert not (directory / REPLAYING).exists()
+    result = _replay_command(db, directory, monkeypatch)
+    assert result.exit_code == 0 and "no rejected scores" in result.output, result.output
+
+
+def test_replay_rejected_keeps_what_the_journal_sets_aside_meanwhile(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's journal may append to rejected.jsonl while a replay runs: its records stay."""
+    from app.services.feedback_journal import replay_rejected
+
+    directory = tmp_path / "journal"
+    journal = FeedbackJournal(directory, db, ship_interval=60)
+    try:
+        journal.save(_score("first", 1, 1.0))
+        journal.drain()
+        save_feedbacks = db.save_feedbacks
+
+        def meanwhile(records: Any) -> None:
+            monkeypatch.setattr(db, "save_feedbacks", save_feedbacks)
+            journal.save(_score("meanwhile", 2, 2.0))  # refused by the service while the replay writes
+            journal.drain()
+            save_feedbacks(records)
+
+        monkeypatch.setattr(db, "save_feedbacks", meanwhile)
+        assert replay_rejected(directory, db) == (0, 1)
+    finally:
+        journal.close()
+    lines = (directory / REJECTED).read_text().splitlines()
+    assert sorted(orjson.loads(line)["request_id"] for line in lines) == ["first", "meanwhile"]
+
+
+def test_replay_rejected_with_the_database_unreachable_keeps_every_score(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "journal"
+    journal = FeedbackJournal(directory, db, ship_interval=60)
+    try:
+        for movie_id in (1, 2):
+            journal.save(_score("nowhere", movie_id, 1.0))
+        journal.drain()
+    finally:
+        journal.close()
+    before = (directory / REJECTED).read_bytes()
+
+    def unreachable(_self: Database, _records: Any) -> None:
+        raise DatabaseUnavailableError("the database cannot be reached")
+
+    monkeypatch.setattr(Database, "save_feedbacks", unreachable)  # the command's own Database
+    result = _replay_command(db, directory, monkeypatch)
+    assert result.exit_code == 1 and "cannot be reached" in result.output, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert (directory / REJECTED).read_bytes() == before
+    assert not (directory / REPLAYING).exists()
+
+
+def test_replay_rejected_takes_up_what_a_killed_replay_left_and_runs_once_at_a_time(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services.durable_files import file_lock
+    from app.services.feedback_journal import _rejected_line
+
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    request_id = _request(db)
+    refused = ValueError("refused")
+    (directory / REPLAYING).write_bytes(
+        _rejected_line(_score(request_id, 1, 1.0), refused)
+    )  # a killed replay's
+    (directory / REJECTED).write_bytes(_rejected_line(_score(request_id, 2, 2.0), refused) + b"not json\n")
+    with file_lock(directory / "rejected.replay-lock"):
+        result = _replay_command(db, directory, monkeypatch)
+    assert result.exit_code == 1 and "another replay" in result.output, result.output
+    assert (directory / REPLAYING).exists()
+    result = _replay_command(db, directory, monkeypatch)
+    assert result.exit_code == 1 and "2 stored, 1 refused again" in result.output, result.output
+    assert _stored(db) == {(request_id, 1): 1.0, (request_id, 2): 2.0}
+    assert (directory / REJECTED).read_bytes() == b"not json\n" and not (directory / REPLAYING).exists()
