@@ -183,7 +183,7 @@ class Settings(BaseSettings):
     breaker_max_latency_ms: float = Field(default=250.0, gt=0)  # p95 of the champion's answer time
     breaker_cooldown_seconds: float = Field(default=300.0, ge=0)
     breaker_probe_share: float = Field(default=0.1, gt=0, le=1)  # share of requests probing while half-open
-    breaker_probe_min_events: int = Field(default=20, ge=1)  # probe feedback rows needed to close
+    breaker_probe_min_events: int = Field(default=20, ge=1)  # probe scores to close if opened on feedback
     drift_psi_threshold: float = Field(default=0.25, gt=0)
     drift_min_requests: int = Field(default=200, ge=1)
 

@@ -14,9 +14,12 @@ States (shared by every worker through a :class:`~app.storage.breaker.BreakerSto
 * **open** — ``/api/recommend`` serves the fallback with ``strategy: "fallback"``. After
   ``cooldown_seconds`` it goes **half-open**.
 * **half_open** — a ``probe_share`` of requests goes to the champion, the rest to the
-  fallback. Feedback and calls since the state began are judged: healthy over
-  ``probe_min_events`` feedback rows → **closed**; unhealthy → **open** again (a new
-  cool-down). Not enough evidence yet → stay half-open.
+  fallback. Feedback and calls since the state began are judged: unhealthy → **open** again
+  (a new cool-down); healthy evidence of each kind the breaker opened on → **closed**: over
+  ``probe_min_events`` feedback rows when it opened on feedback, over ``min_requests`` probe
+  calls in one worker when it opened on errors or latency (so a breaker tripped by a failing
+  champion closes when nobody scores), both when it opened on both (the kinds add up over
+  failed probes until it closes). Not enough evidence yet → stay half-open.
 
 Every evaluation only counts events since the current state was entered, so feedback that
 opened the breaker cannot re-open it right after it closed. Each model version has its own
@@ -59,6 +62,19 @@ log = logging.getLogger("movierec.breaker")
 
 HEALTHY, UNHEALTHY, INSUFFICIENT = "healthy", "unhealthy", "insufficient"
 MODEL, PROBE, FALLBACK = "model", "probe", "fallback"
+CALLS, FEEDBACK = "calls", "feedback"  # the two kinds of evidence the breaker judges
+OPENED_ON = "opened_on"
+"""Key of the record's evaluation naming the kinds of evidence the breaker opened on (and, after
+failed probes, re-opened on): a half-open probe closes it only on healthy evidence of each."""
+
+
+def opened_on(record: BreakerRecord) -> tuple[str, ...]:
+    """The kinds of evidence ``record``'s breaker opened on; feedback for a record written before
+    they were kept (such a breaker closed only on probe feedback, and still does)."""
+    kinds = record.evaluation.get(OPENED_ON)
+    if isinstance(kinds, list) and kinds and all(k in (CALLS, FEEDBACK) for k in kinds):
+        return tuple(sorted(set(kinds)))
+    return (FEEDBACK,)
 
 
 @dataclass(frozen=True)
@@ -341,12 +357,15 @@ class CircuitBreaker:
                     ) -> BreakerRecord | None:  # fmt: skip
         now = self.clock()
         before = current.state
+        evaluation = dict(current.evaluation if evaluation is None else evaluation)
+        if after == CLOSED:
+            evaluation.pop(OPENED_ON, None)  # a closed breaker opens afresh on what trips it next
         updated = current.evolve(
             state=after,
             since=now,
             reason=reason,
             model_version=version,
-            evaluation=current.evaluation if evaluation is None else evaluation,
+            evaluation=evaluation,
         )
         stored = self._write(
             version, updated, current.generation, strict, read_started=read_started, cache_new=cache_new
@@ -406,9 +425,12 @@ class CircuitBreaker:
         now = self.clock()
         policy = self.policy
         since = max(now - self.window_seconds, record.since)
-        calls = judge_calls(
-            self.calls.summary(max(now - self.calls_window_seconds, record.since), version), policy
-        )
+        # the probe's calls count since half-open began (within the quality window, like its
+        # feedback): a probe_share of a quiet worker's traffic may take longer than the calls
+        # window to reach min_requests
+        calls_window = self.window_seconds if record.state == HALF_OPEN else self.calls_window_seconds
+        probe_calls = self.calls.summary(max(now - calls_window, record.since), version)
+        calls = judge_calls(probe_calls, policy)
         measured = quality(since) if quality is not None and record.state != OPEN else None
         needed = policy.probe_min_events if record.state == HALF_OPEN else policy.min_events
         judged = judge_quality(measured, policy, needed) if measured is not None else None
@@ -417,22 +439,32 @@ class CircuitBreaker:
             snapshot["quality"] = measured.as_dict()
             snapshot["quality_verdict"] = judged.as_dict() if judged else None
         snapshot["evaluated_at"] = now
-        unhealthy = [v for v in (calls, judged) if v is not None and v.verdict == UNHEALTHY]
-        reasons = "; ".join(r for v in unhealthy for r in v.reasons)
+        verdicts = {CALLS: calls, FEEDBACK: judged}
+        unhealthy = {kind: v for kind, v in verdicts.items() if v is not None and v.verdict == UNHEALTHY}
+        healthy = {kind for kind, v in verdicts.items() if v is not None and v.verdict == HEALTHY}
+        failed = sorted(unhealthy)
+        reasons = "; ".join(r for kind in failed for r in unhealthy[kind].reasons)
+        # what the breaker opened on is what its probe must show healthy again (each worker
+        # judges its own probe calls; the transition is a compare-and-set like any other)
+        tripped = () if record.state == CLOSED else opened_on(record)
+        if tripped:
+            snapshot[OPENED_ON] = list(tripped)
         after, reason = None, ""
-        if record.state == CLOSED and unhealthy:
+        if record.state == CLOSED and failed:
             after, reason = OPEN, reasons
+            snapshot[OPENED_ON] = failed
         elif record.state == OPEN and now - record.since >= policy.cooldown_seconds:
             after, reason = HALF_OPEN, f"cool-down of {policy.cooldown_seconds:.0f} s over"
-        elif record.state == HALF_OPEN and unhealthy:
+        elif record.state == HALF_OPEN and failed:
             after, reason = OPEN, f"probe failed: {reasons}"
-        elif (
-            record.state == HALF_OPEN
-            and measured is not None
-            and judged is not None
-            and judged.verdict == HEALTHY
-        ):
-            after, reason = CLOSED, f"probe healthy over {measured.events} feedback events"
+            snapshot[OPENED_ON] = sorted(set(tripped) | set(failed))
+        elif record.state == HALF_OPEN and healthy.issuperset(tripped):
+            evidence = {
+                FEEDBACK: f"{measured.events if measured else 0} feedback events",
+                CALLS: f"{probe_calls.calls} model calls",
+            }
+            over = " and ".join(evidence[kind] for kind in (FEEDBACK, CALLS) if kind in tripped)
+            after, reason = CLOSED, f"probe healthy over {over}"
         if after is not None:
             stored = self._transition(record, after, reason, version, "monitor", snapshot)
             return stored or self.record_of(version)  # another worker decided first: its decision stands

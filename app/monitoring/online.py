@@ -13,7 +13,8 @@ forks workers from a master that created the app):
 
 * every ``monitor_sync_seconds`` it re-reads the shared breaker record and lets the breaker
   act on this worker's own call statistics and the cool-down (no database query beyond one
-  primary-key read);
+  primary-key read): this is where a half-open breaker that opened on model errors or latency
+  closes on this worker's healthy probe calls, with no feedback needed;
 * every ``monitor_interval_seconds`` — or sooner, after ``monitor_every_events`` scores in
   this worker — one worker in the whole deployment wins the evaluation turn (a
   compare-and-set on the shared record) and runs the window queries: online quality of the

@@ -341,6 +341,32 @@ def test_a_failing_champion_is_answered_from_the_fallback_and_opens_the_breaker(
     assert state["state"] == "open" and "model error rate 100.0%" in state["reason"]
 
 
+def test_a_breaker_opened_on_errors_closes_on_healthy_probe_calls_when_nobody_scores(
+    two_champions: tuple[Path, str, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    """The champion failed, the breaker opened; after the cool-down the probe's calls succeed, but
+    no client scores a list: closing waited for probe feedback that never came, so half the
+    traffic here (90 % by default) got the fallback until an admin reset it."""
+    store, _previous, current = two_champions
+    client, headers, services = _error_prone(store, make_app, request)
+    _break(services.models.bundle)
+    _recommend(client, headers, 3)
+    services.monitor.tick()
+    assert _breaker(client, headers)["state"] == "open"
+    del services.models.bundle.recommend_segment  # the champion recovers
+    time.sleep(COOLDOWN + 0.05)
+    services.monitor.tick()
+    assert _breaker(client, headers)["state"] == "half_open"
+    served = _recommend(client, headers, 6)
+    assert [s["strategy"] for s in served].count("segment") == 3  # three probe calls, all ok
+    services.monitor.tick()
+    state = _breaker(client, headers)
+    assert state["state"] == "closed" and state["reason"] == "probe healthy over 3 model calls"
+    assert [(s["strategy"], s["model_version"]) for s in _recommend(client, headers, 3)] == [
+        ("segment", current)
+    ] * 3
+
+
 def _batch(client: Any, headers: dict[str, str], requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     response = client.post("/api/recommend/batch", json={"requests": requests}, headers=headers)
     assert response.status_code == 200, response.get_json()

@@ -170,6 +170,134 @@ def test_unhealthy_probe_reopens_and_errors_open_without_feedback(db: Database) 
     assert record.state == OPEN and record.reason.startswith("probe failed")
 
 
+def _open_on_errors(breaker: CircuitBreaker, clock: Clock, version: str = "v1") -> None:
+    """Failing calls open ``version``'s breaker; the cool-down passes: half-open."""
+    for _ in range(POLICY.min_requests):
+        breaker.record_call(version, False, 0.001)
+    assert breaker.evaluate(version, None).state == OPEN
+    clock.now += POLICY.cooldown_seconds
+    assert breaker.evaluate(version, None).state == HALF_OPEN
+
+
+def test_a_breaker_opened_on_errors_closes_on_the_probes_healthy_calls_without_feedback(db: Database) -> None:
+    """Opened on model errors, half-open, and no client ever scores (many API clients never call
+    /api/recommend/score): the probe's calls said the champion was healthy again, but closing
+    needed probe feedback, so ~90 % of the traffic got the fallback until an admin reset."""
+    clock, alerts = Clock(), []
+    breaker = make_breaker(DatabaseBreakerStore(db), clock, alerts)
+    _open_on_errors(breaker, clock)
+    assert breaker.record_of("v1").evaluation["opened_on"] == ["calls"]
+    for _ in range(POLICY.min_requests - 1):
+        clock.now += 1
+        breaker.record_call("v1", True, 0.010)
+    assert breaker.evaluate("v1", None).state == HALF_OPEN  # not enough probe calls yet
+    breaker.record_call("v1", True, 0.010)
+    record = breaker.evaluate("v1", None)  # the light evaluation of each worker: no feedback at all
+    assert record.state == CLOSED and record.reason == f"probe healthy over {POLICY.min_requests} model calls"
+    assert alerts[-1].kind == "breaker.closed" and breaker.route("v1") == MODEL
+    assert "opened_on" not in record.evaluation
+
+
+def test_probe_calls_count_since_half_open_began_not_only_the_last_five_minutes(db: Database) -> None:
+    """A quiet service probes a few calls a minute: the probe's calls are its evidence since the
+    half-open state began (within the quality window), or it never reached min_requests."""
+    clock = Clock()
+    breaker = make_breaker(DatabaseBreakerStore(db), clock)
+    _open_on_errors(breaker, clock)
+    for _ in range(POLICY.min_requests):
+        clock.now += 120  # one probe call every two minutes
+        breaker.record_call("v1", True, 0.010)
+    assert breaker.evaluate("v1", None).state == CLOSED
+
+
+def test_a_slow_or_failing_probe_reopens_a_breaker_opened_on_calls(db: Database) -> None:
+    clock = Clock()
+    breaker = make_breaker(DatabaseBreakerStore(db), clock)
+    _open_on_errors(breaker, clock)
+    for _ in range(POLICY.min_requests):
+        breaker.record_call("v1", True, 0.5)  # 500 ms > 100 ms
+    record = breaker.evaluate("v1", None)
+    assert record.state == OPEN and record.reason.startswith("probe failed: model p95 latency")
+    clock.now += POLICY.cooldown_seconds
+    assert breaker.evaluate("v1", None).state == HALF_OPEN
+    for _ in range(POLICY.min_requests):
+        breaker.record_call("v1", False, 0.001)
+    record = breaker.evaluate("v1", None)
+    assert record.state == OPEN and record.reason.startswith("probe failed: model error rate")
+
+
+def test_a_breaker_opened_on_feedback_still_needs_feedback_to_close(db: Database) -> None:
+    clock = Clock()
+    breaker = make_breaker(DatabaseBreakerStore(db), clock)
+    assert breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0)).state == OPEN
+    assert breaker.record_of("v1").evaluation["opened_on"] == ["feedback"]
+    clock.now += POLICY.cooldown_seconds
+    assert breaker.evaluate("v1", None).state == HALF_OPEN
+    for _ in range(3 * POLICY.min_requests):
+        breaker.record_call("v1", True, 0.010)
+    # fast, faultless calls do not show that users like the lists again
+    assert breaker.evaluate("v1", None).state == HALF_OPEN
+    assert breaker.evaluate("v1", lambda since: quality(2, 4.0, 1.0)).state == HALF_OPEN
+    record = breaker.evaluate("v1", lambda since: quality(4, 4.0, 1.0))
+    assert record.state == CLOSED and record.reason == "probe healthy over 4 feedback events"
+
+
+def test_a_probe_failing_for_another_reason_needs_both_kinds_of_evidence(db: Database) -> None:
+    """Opened on feedback, then the probe's calls failed: closing needs healthy feedback and
+    healthy calls (each reason it opened for), not only the last one."""
+    clock = Clock()
+    breaker = make_breaker(DatabaseBreakerStore(db), clock)
+    breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0))
+    clock.now += POLICY.cooldown_seconds
+    breaker.evaluate("v1", None)
+    for _ in range(POLICY.min_requests):
+        breaker.record_call("v1", False, 0.001)
+    record = breaker.evaluate("v1", None)
+    assert record.state == OPEN and record.evaluation["opened_on"] == ["calls", "feedback"]
+    clock.now += POLICY.cooldown_seconds
+    assert breaker.evaluate("v1", None).state == HALF_OPEN
+    for _ in range(POLICY.min_requests):
+        breaker.record_call("v1", True, 0.010)
+    assert breaker.evaluate("v1", None).state == HALF_OPEN  # calls healthy, no feedback yet
+    record = breaker.evaluate("v1", lambda since: quality(4, 4.0, 1.0))
+    assert record.state == CLOSED
+    assert record.reason == f"probe healthy over 4 feedback events and {POLICY.min_requests} model calls"
+
+
+def test_workers_close_on_their_own_probe_calls_through_the_shared_record(db: Database) -> None:
+    """Each worker judges its own probe calls; the one with enough healthy ones closes the shared
+    record (compare-and-set), and another worker's failing calls from before the close do not
+    re-open it: they are not evidence about the state that began after them."""
+    clock = Clock()
+    first = make_breaker(DatabaseBreakerStore(db), clock)
+    second = make_breaker(DatabaseBreakerStore(db), clock)
+    _open_on_errors(first, clock)
+    assert second.sync("v1").state == HALF_OPEN
+    for _ in range(POLICY.min_requests - 1):
+        second.record_call("v1", False, 0.001)  # too few to judge in that worker
+    clock.now += 1
+    for _ in range(POLICY.min_requests):
+        first.record_call("v1", True, 0.010)
+    assert second.evaluate("v1", None).state == HALF_OPEN
+    assert first.evaluate("v1", None).state == CLOSED
+    clock.now += 1
+    second.record_call("v1", True, 0.010)
+    assert second.evaluate("v1", None).state == CLOSED and second.route("v1") == MODEL
+
+
+def test_a_half_open_record_without_its_opening_reason_needs_feedback_as_before(db: Database) -> None:
+    """A record written before the reason was kept (evaluation without ``opened_on``) closes
+    only on feedback, as it did; an admin reset closes it at once."""
+    clock = Clock()
+    store = DatabaseBreakerStore(db)
+    store.write("v1", BreakerRecord(state=HALF_OPEN, since=clock.now, model_version="v1"), 0)
+    breaker = make_breaker(store, clock)
+    for _ in range(POLICY.min_requests):
+        breaker.record_call("v1", True, 0.010)
+    assert breaker.evaluate("v1", None).state == HALF_OPEN
+    assert breaker.evaluate("v1", lambda since: quality(4, 4.0, 1.0)).state == CLOSED
+
+
 def test_a_min_requests_above_the_call_buffer_still_judges_errors(db: Database) -> None:
     """Each worker kept its last 2,000 model calls whatever MOVIEREC_BREAKER_MIN_REQUESTS said: with
     a bound above that (more evidence asked for on a busy service) the count never reached it,
