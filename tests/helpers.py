@@ -138,6 +138,29 @@ def record_fsyncs(monkeypatch: Any) -> list[str]:
     return synced
 
 
+def record_fsyncs_and_renames(monkeypatch: Any) -> list[tuple[str, ...]]:
+    """What ``os.fsync`` (``("fsync", path)``) and ``os.replace``/``os.rename`` (``("rename", src,
+    dst)``) do from now on, in order: whether a file was synced before the rename that publishes it."""
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def renamer(real: Any) -> Any:
+        def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            real(src, dst, *args, **kwargs)
+            events.append(("rename", os.path.abspath(src), os.path.abspath(dst)))
+
+        return rename
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", renamer(real_replace))
+    monkeypatch.setattr(os, "rename", renamer(real_rename))
+    return events
+
+
 def flow_settings(tmp_path: Any, seeds: str = "0") -> Any:
     """Settings of a training flow on synthetic GroupLens files: an empty model store, its own
     registry and SQLite database under ``tmp_path``, one quick candidate, no service to reload."""

@@ -42,6 +42,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from app.durable import sync_directory, sync_tree
 from app.exit_hooks import at_exit
 from app.recommender.data import FEEDBACK_USER_BASE
 from app.recommender.models.base import Recommender
@@ -355,8 +356,9 @@ def write_bundle(
 ) -> Path:
     """Write a new immutable bundle directory atomically and return its path.
 
-    Files go to a hidden temporary directory first and are renamed into place, so a reader
-    never sees half a bundle; ``latest`` is then swapped with an atomic symlink replace.
+    Files go to a hidden temporary directory first, are synced and renamed into place, so a
+    reader never sees half a bundle, nor a crash leaves one; ``latest`` is then swapped with an
+    atomic symlink replace (:func:`point_latest`).
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -389,10 +391,12 @@ def write_bundle(
         manifest["files"] = file_digests(staging)  # load_bundle refuses a bundle whose bytes changed
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
         os.chmod(staging, 0o755)  # noqa: S103  # nosec B103 - bundles are world-readable artefacts, never secret
+        sync_tree(staging)  # on disk before its name is: a crash never leaves a bundle of empty files
         os.replace(staging, final)
     except BaseException:  # a full disk, a model that does not pickle, Ctrl-C: no half bundle stays
         _remove_tree(staging)
         raise
+    sync_directory(model_dir)  # the bundle's name
     if set_latest:
         point_latest(model_dir, version)
     return final
@@ -517,13 +521,20 @@ def verify_digests(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 def point_latest(model_dir: Path | str, version: str) -> None:
-    """Atomically make ``model_dir/latest`` a symlink to ``version``."""
+    """Atomically and durably make ``model_dir/latest`` a symlink to ``version``.
+
+    The bundle is synced first (written by a release that did not sync, or copied by deploy, its
+    files may still be in the page cache only: a crash right after the swap left ``latest``
+    naming empty files), then the store once ``latest`` names it.
+    """
     model_dir = Path(model_dir)
     if not (model_dir / version / MANIFEST).is_file():
         raise BundleError(f"no bundle {version} in {model_dir}")
+    sync_tree(model_dir / version)  # files on disk already: next to nothing to do
     tmp = model_dir / f"{LATEST_SWAP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
     os.symlink(version, tmp)
     os.replace(tmp, model_dir / LATEST)
+    sync_directory(model_dir)
 
 
 def _json_default(value: Any) -> Any:

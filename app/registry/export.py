@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
+from app.durable import sync_directory, sync_tree
 from app.recommender.bundle import (
     BUNDLE_NAME,
     EXPORT_STAGING_PREFIX,
@@ -70,7 +71,9 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
 
     The bundle is validated before ``latest`` moves, as the service loads it (completely, its
     rating model included: :func:`attach_rating_model`), so a broken artifact, or one the service
-    would refuse, never becomes what the service loads.
+    would refuse, never becomes what the service loads. It is synced before it is renamed into
+    the store, and the store after (and after ``latest`` moves): a crash never leaves ``latest``
+    naming a bundle of empty or truncated files.
     """
     info = registry.get(version)
     if not info.bundle_version:
@@ -103,7 +106,9 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
             _refuse_unservable(version, info.bundle_version, bundle)
             # Bundles are world-readable artefacts (the service may run as another user), never secret.
             os.chmod(bundle_dir, 0o755)  # noqa: S103  # nosec B103
+            sync_tree(bundle_dir)  # on disk before its name is: a crash never leaves empty files
             os.replace(bundle_dir, final)
+            sync_directory(model_dir)
         except BundleError as exc:
             raise RegistryError(f"version {version}: the registered bundle is invalid: {exc}") from exc
         finally:

@@ -4,9 +4,10 @@ Shared by the feedback journal (app/services/feedback_journal.py), the request l
 (app/services/request_log.py), the features store's snapshots and ``LATEST``
 (app/pipeline/features_store.py) and the log monitor's cursor file (app/monitoring/monitor.py).
 What a write-behind log may not lose goes through here: synced before the caller moves on, and a
-new file's name made durable with its directory. :func:`exclusive_lock` serialises the processes
-that share such files (the features store's publishing, SQLite's migrations); :func:`file_lock`
-is the same ``flock`` shared or with a time limit (the Prometheus directory's, app/monitoring/metrics.py).
+new file's name made durable with its directory (app/durable.py's helpers, re-exported here).
+:func:`exclusive_lock` serialises the processes that share such files (the features store's
+publishing, SQLite's migrations); :func:`file_lock` is the same ``flock`` shared or with a time
+limit (the Prometheus directory's, app/monitoring/metrics.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# The standard library only at import: the log monitor (app/monitoring/monitor.py) saves its
-# cursor through here, and runs on the Docker host without the service's dependencies.
+# The standard library (and app/durable.py, which is too) only at import: the log monitor
+# (app/monitoring/monitor.py) saves its cursor through here, and runs on the Docker host without
+# the service's dependencies.
+from app.durable import append_durably, sync_directory, write_durably
+
+__all__ = [
+    "append_durably",
+    "exclusive_lock",
+    "file_lock",
+    "sync_directory",
+    "write_durably",
+    "write_or_set_aside",
+]
 
 
 def _refused() -> tuple[type[BaseException], ...]:
@@ -52,44 +64,6 @@ def write_or_set_aside(
             write([row])
         except refused as exc:
             reject(row, exc)
-
-
-def sync_directory(directory: Path) -> None:
-    """Make a file's creation or removal in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes, flags: int, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def append_durably(path: Path, data: bytes) -> None:
-    """Append ``data`` to ``path`` (created 0600 if missing) and sync it before returning."""
-    _write_synced(path, data, os.O_APPEND)
-
-
-def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``path`` whole: readers see all of ``data`` under that name or no file at all.
-
-    A new file gets ``mode`` (less the umask): 0600, as acknowledged data is no one else's, unless
-    the caller's files are meant to be shared (the features store's snapshots).
-    """
-    partial = path.with_name(f".{path.name}.partial")
-    _write_synced(partial, data, os.O_TRUNC, mode)
-    os.replace(partial, path)
-    sync_directory(path.parent)
 
 
 @contextmanager

@@ -53,6 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.durable import sync_directory, write_synced
 from app.errors import ApiError, InvalidRequest, NotFound
 from app.exit_hooks import at_exit
 from app.recommender.bundle import (
@@ -524,11 +525,14 @@ class ModelReloader:
         # a process killed between the write and the rename below left its file for ever
         remove_stale_leftovers(self.marker.parent)
         tmp = self.marker.with_name(f"{self.marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(body))
+        # synced before the rename, and its name after: a crash must not empty or lose an admin's
+        # choice of bundle (a rollback), which the restarted workers would no longer follow
+        write_synced(tmp, json.dumps(body).encode(), mode=0o666)
         # A rename keeps mtime, inode and size: this is the stat of our marker. Stat'ing the
         # marker after the rename could pick up a sibling's marker written in between.
         written = _stat_key(os.stat(tmp))
         os.replace(tmp, self.marker)
+        sync_directory(self.marker.parent)
         self._marker_seen = written
         self._generation = generation
 

@@ -1,0 +1,80 @@
+"""Writes a crash keeps: files synced before they are renamed into place, and the directory that
+holds a new name synced after.
+
+The generic helpers, below every layer that needs them: the service's write-behind files
+(app/services/durable_files.py re-exports them), the features store's snapshots
+(app/pipeline/features_store.py), the log monitor's cursor (app/monitoring/monitor.py) and the
+model store's bundles and ``latest`` (app/recommender/bundle.py, app/registry/export.py), which
+never import app/services. The standard library only: the log monitor runs on the Docker host
+without the service's dependencies.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def sync_directory(directory: Path) -> None:
+    """Make a file's creation or removal in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(directory: Path) -> None:
+    """Sync every file of ``directory``'s tree, then its directories, deepest first and
+    ``directory`` itself last: renamed into place afterwards, it is whole after a crash.
+
+    Symlinks are not followed. One open and one ``fsync`` per entry (a bundle is tens of files);
+    a file already on disk costs next to nothing.
+    """
+    for root, _dirs, files in os.walk(directory, topdown=False, onerror=_raise):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        sync_directory(Path(root))
+
+
+def _raise(error: OSError) -> None:
+    """os.walk's ``onerror``: a tree that cannot be read whole cannot be synced whole."""
+    raise error
+
+
+def write_synced(path: Path, data: bytes, flags: int = os.O_TRUNC, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` (opened with ``flags``; created with ``mode`` less the umask)
+    and sync it before returning; its name is not synced (:func:`sync_directory`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created 0600 if missing) and sync it before returning."""
+    write_synced(path, data, os.O_APPEND)
+
+
+def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``path`` whole: readers see all of ``data`` under that name or no file at all.
+
+    A new file gets ``mode`` (less the umask): 0600, as acknowledged data is no one else's, unless
+    the caller's files are meant to be shared (the features store's snapshots).
+    """
+    partial = path.with_name(f".{path.name}.partial")
+    write_synced(partial, data, os.O_TRUNC, mode)
+    os.replace(partial, path)
+    sync_directory(path.parent)
