@@ -191,3 +191,24 @@ def test_the_downgrade_refuses_ids_past_32_bits_and_changes_nothing(pg: Database
         _migrate(pg, BEFORE_BIGINT, down=True)
     assert _id_types(pg) == ("bigint", "bigint")
     assert [row.id for row in pg.feedback_rows()] == [INT32_MAX + 1]
+
+
+def test_a_sequence_owned_by_nothing_is_migrated_too(pg: Database) -> None:
+    """A database whose id sequence is not owned by the column (restored from a dump without the
+    ``OWNED BY``, a sequence re-created by hand) has no ``pg_get_serial_sequence``: the upgrade
+    found the sequence through it only and failed ("ALTER SEQUENCE  AS bigint": a syntax error),
+    so the service did not start. The sequence is found through the column's default too."""
+    _migrate(pg, BEFORE_BIGINT)
+    request_id = _request(pg)
+    pg.save_feedbacks([_score(request_id, 1)])
+    _sql(pg, "ALTER SEQUENCE feedback_id_seq OWNED BY NONE")
+    _sql(pg, "SELECT setval('feedback_id_seq', :at)", at=INT32_MAX)
+
+    pg.upgrade()
+
+    assert _sql(pg, "SELECT version_num FROM alembic_version") == "0007_feedback_bigint_id"
+    assert _sql(
+        pg, "SELECT data_type FROM information_schema.sequences WHERE sequence_name = 'feedback_id_seq'"
+    ) == ("bigint")
+    pg.save_feedbacks([_score(request_id, 2)])  # past the 32-bit id
+    assert {row.movie_id: row.id for row in pg.feedback_rows()}[2] == INT32_MAX + 1

@@ -24,10 +24,30 @@ down_revision = "0006_breaker_per_version"
 branch_labels = None
 depends_on = None
 
-_SEQUENCE_AS = (
-    "DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s AS {type}', pg_get_serial_sequence('feedback', 'id')); END $$"
-)
-"""The id's own sequence (``feedback_id_seq`` as 0001 created it), found by its column rather than named."""
+_SEQUENCE_AS = """DO $$
+DECLARE
+    seq regclass := coalesce(
+        pg_get_serial_sequence('feedback', 'id')::regclass,
+        (SELECT dependency.refobjid::regclass
+           FROM pg_attrdef AS def
+           JOIN pg_attribute AS att ON att.attrelid = def.adrelid AND att.attnum = def.adnum
+           JOIN pg_depend AS dependency
+             ON dependency.classid = 'pg_attrdef'::regclass AND dependency.objid = def.oid
+            AND dependency.refclassid = 'pg_class'::regclass
+           JOIN pg_class AS sequence ON sequence.oid = dependency.refobjid AND sequence.relkind = 'S'
+          WHERE def.adrelid = 'feedback'::regclass AND att.attname = 'id'
+          LIMIT 1)
+    );
+BEGIN
+    IF seq IS NOT NULL THEN
+        EXECUTE format('ALTER SEQUENCE %s AS {type}', seq);
+    END IF;
+END $$"""
+"""The id's sequence (``feedback_id_seq`` as 0001 created it), found by its column rather than named:
+the one the column owns, else the one its default's ``nextval`` reads. A sequence the column does
+not own (a dump restored without its ``OWNED BY``, one re-created by hand) has no
+``pg_get_serial_sequence``; looking only there made the upgrade a syntax error, and the service
+did not start. No sequence at all (no default): nothing to change."""
 
 _INT32_MAX = 2**31 - 1
 
@@ -35,7 +55,9 @@ _INT32_MAX = 2**31 - 1
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.alter_column("feedback", "id", type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=False)
+    op.alter_column(
+        "feedback", "id", type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=False
+    )
     # a sequence at its type's maximum gets the new type's (PostgreSQL: only when it was the old one's)
     op.execute(_SEQUENCE_AS.format(type="bigint"))
 
@@ -50,4 +72,6 @@ def downgrade() -> None:
             f"feedback holds ids up to {top}, past the 32-bit id of revision 0006: it cannot be downgraded"
         )
     op.execute(_SEQUENCE_AS.format(type="integer"))
-    op.alter_column("feedback", "id", type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=False)
+    op.alter_column(
+        "feedback", "id", type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=False
+    )
