@@ -325,7 +325,9 @@ class MovieRecTrainingFlow(FlowSpec):
             password = settings.admin_password.get_secret_value() if settings.admin_password else None
             self.reloaded = request_reload(settings.service_url, password, champion.bundle_version)
             try:  # after the reload: the workers' records name what each serves now
-                remove_old_bundles(registry, settings.model_dir, settings.model_keep_bundles)
+                remove_old_bundles(
+                    registry, settings.model_dir, settings.model_keep_bundles, configured=settings.model_path
+                )
             except Exception:  # the champion is served: a bundle left over is no failed run
                 logging.getLogger(__name__).exception(
                     "could not remove old bundles from %s", settings.model_dir

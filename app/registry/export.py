@@ -119,14 +119,19 @@ def export_version(registry: Registry, version: str | int, model_dir: Path | str
     return final
 
 
-def remove_old_bundles(registry: Any, model_dir: Path | str, keep: int) -> list[str]:
+def remove_old_bundles(
+    registry: Any, model_dir: Path | str, keep: int, configured: Path | str | None = None
+) -> list[str]:
     """Keep the ``keep`` most recently exported bundles of the model store, remove older ones.
 
     Every new champion's export added a bundle that stayed for good (~17 MB each on ml-100k;
     one a day when daily feedback makes each run promote a retrained champion). Never removed:
     the bundle ``latest`` names, the one the reload marker names (an admin's reload of a
     version, which workers started later serve), any a worker's record says it serves
-    (``.serving-workers``, any host's), the previous champion of each of those (the breaker's
+    (``.serving-workers``, any host's), the model path a service was started with when it names
+    a bundle (``configured`` in those records and the marker, and ``configured`` here: the
+    flow's ML_MODEL_PATH; every worker uwsgi starts loads it again, and a worker records what it
+    serves only once it answers a request), the previous champion of each of those (the breaker's
     fallback: app/monitoring/fallback.py), and any whose name the registry does not hold
     (``make train``'s: nothing could export it again). A removed one is exported from the registry
     again when promoted (:func:`export_version`). When what is served cannot be read, nothing
@@ -139,6 +144,8 @@ def remove_old_bundles(registry: Any, model_dir: Path | str, keep: int) -> list[
     in_use = _bundles_in_use(model_dir)
     if in_use is None:
         return []
+    if configured is not None:
+        in_use.add(Path(os.path.abspath(configured)).name)
     in_use |= {previous.name for name in in_use if (previous := _fallback_of(model_dir, name)) is not None}
     registered = {info.bundle_version for info in registry.versions() if info.bundle_version}
     bundles = []
@@ -188,7 +195,8 @@ def _fallback_of(model_dir: Path, name: str) -> Path | None:
 
 
 def _bundles_in_use(model_dir: Path) -> set[str] | None:
-    """The bundle names ``latest``, the reload marker and the workers' records name; None (with a
+    """The bundle names ``latest``, the reload marker and the workers' records name (served or
+    configured); None (with a
     WARNING) when one of them cannot be read."""
     from app.services.reload import WORKERS_DIR
 
@@ -206,9 +214,10 @@ def _bundles_in_use(model_dir: Path) -> set[str] | None:
                 body = json.loads(current.read_text())
             except FileNotFoundError:
                 continue  # no marker yet, or a worker's record gone meanwhile
-            target = body.get("target") if isinstance(body, dict) else None
-            if isinstance(target, str) and target:
-                names.add(Path(target).name)
+            for field in ("target", "configured"):  # what it serves, what its restart loads
+                path = body.get(field) if isinstance(body, dict) else None
+                if isinstance(path, str) and path:
+                    names.add(Path(path).name)
     except (OSError, ValueError) as exc:
         log.warning(
             "not removing old bundles from %s: cannot tell which are served, %s unreadable (%s); "

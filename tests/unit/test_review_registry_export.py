@@ -284,3 +284,31 @@ def test_an_old_bundle_whose_removal_fails_half_way_does_not_block_its_export(
     assert export.remove_old_bundles(_Versions(registered), store, keep=1) == registered[:1]
     assert not (store / registered[0]).exists(), "the half-removed bundle blocks its name"
     assert [p.name for p in store.iterdir() if p.name.startswith(EXPORT_STAGING_PREFIX)] != []
+
+
+def test_old_bundles_keep_the_one_a_service_was_started_with(tmp_path: Path) -> None:
+    """A service started with ML_MODEL_PATH naming one bundle of the store (a pinned rollback)
+    loads that bundle again in every worker uwsgi starts. Its workers record what they serve
+    only once they answer a request, and an admin reload since makes them record another one:
+    retention removed the bundle, and the next recycled worker had no model (503 for all it
+    answered). The bundle the flow's own ML_MODEL_PATH names, and the model path in the
+    workers' records and the reload marker (``configured``), are kept too."""
+    import json
+
+    from app.registry.export import remove_old_bundles
+
+    store = tmp_path / "model"
+    registered = [f"2026120{n}T030000-00000{n}-ease" for n in range(8)]
+    _bundles(store, registered)
+    point_latest(store, registered[-1])
+    (store / ".serving.json").write_text(
+        json.dumps({"target": str(store / registered[6]), "configured": str(store / registered[1])})
+    )
+    (store / ".serving-workers").mkdir()
+    (store / ".serving-workers" / "h-1-a.json").write_text(
+        json.dumps({"target": str(store / registered[6]), "configured": str(store / registered[3])})
+    )
+    removed = remove_old_bundles(_Versions(registered), store, keep=1, configured=store / registered[0])
+    assert removed == [registered[4]]  # 2, 5 and 0: the fallbacks of 3, 6 and 1
+    for kept in (registered[0], registered[1], registered[2], registered[3]):
+        assert (store / kept / "manifest.json").is_file(), kept
