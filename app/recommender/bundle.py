@@ -69,6 +69,9 @@ EXPORT_STAGING_PREFIX = ".export-"
 """app/registry/export.py's staging directories: ``.export-<bundle version>-<random>``."""
 MARKER_NAME = ".serving.json"
 """The hot-reload generation marker in a model store (app/services/reload.py)."""
+WORKERS_DIR = ".serving-workers"
+"""The serving workers' records of what each serves (app/services/reload.py), which the model
+store's retention reads (app/registry/export.py)."""
 MARKER_TMP = re.compile(rf"\A{re.escape(MARKER_NAME)}\.\d+\.\d+\.tmp\Z")
 """The marker's temporary files, ``.serving.json.<pid>.<thread id>.tmp``, renamed into place."""
 EXTRACTION_STAGING_PREFIX = ".staging-"

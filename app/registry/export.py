@@ -27,6 +27,7 @@ from app.recommender.bundle import (
     LATEST,
     MANIFEST,
     MARKER_NAME,
+    WORKERS_DIR,
     BundleError,
     LoadedBundle,
     attach_rating_model,
@@ -198,8 +199,6 @@ def _bundles_in_use(model_dir: Path) -> set[str] | None:
     """The bundle names ``latest``, the reload marker and the workers' records name (served or
     configured); None (with a
     WARNING) when one of them cannot be read."""
-    from app.services.reload import WORKERS_DIR
-
     names = set()
     link = model_dir / LATEST
     current = link

@@ -62,6 +62,7 @@ from app.recommender.bundle import (
     MANIFEST,
     MARKER_NAME,
     STALE_STAGING_SECONDS,
+    WORKERS_DIR,
     BundleError,
     LoadedBundle,
     process_alive,
@@ -73,7 +74,6 @@ from app.services.models import ModelHolder
 
 log = logging.getLogger(__name__)
 
-WORKERS_DIR = ".serving-workers"
 """Where each polling worker says what it serves (in the model store, beside the marker)."""
 SIBLING_WAIT_SECONDS = 15.0
 """How long a reload waits for its sibling workers to handle its marker, beyond one poll interval,

@@ -54,3 +54,18 @@ def test_the_gate_checks_a_bundles_rating_model_without_loading_the_serving_laye
         )
     ]
     assert definitions == ["app/recommender/bundle.py"]
+
+
+def test_the_model_store_retention_reads_the_workers_records_without_the_serving_layer() -> None:
+    """``remove_old_bundles`` (the flow's export step) imported ``app.services.reload`` for the name
+    of the workers' records directory: the pipeline loaded the reload machinery of the serving
+    process for a constant. The name lives beside the reload marker's, in app/recommender/bundle.py."""
+    probe = (
+        "import sys, pathlib, app.registry.export as export; "
+        "export._bundles_in_use(pathlib.Path('/nonexistent')); "
+        "print('app.services.reload' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "False", result.stdout
