@@ -197,6 +197,8 @@ class OnlineMonitor:
         last_woken_tick = -math.inf
         while not self._stop.is_set():
             woken = self._wake.wait(self.sync_seconds)
+            if self._stop.is_set():  # stop() woke it: no store read out of the shutdown budget
+                return
             if not self.evaluates:
                 self._wake.clear()
                 self._follow()
@@ -208,8 +210,6 @@ class OnlineMonitor:
                 if delay > 0 and self._stop.wait(delay):
                     return
                 last_woken_tick = time.monotonic()
-            if self._stop.is_set():
-                return
             self._wake.clear()
             try:
                 self.tick(force=woken)

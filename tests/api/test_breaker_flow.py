@@ -653,3 +653,23 @@ def test_a_head_of_a_failing_champions_list_is_answered_like_its_get(
     head = client.head(url, headers=headers)
     assert head.status_code == 200, head.status_code
     assert head.headers["Content-Length"] == got.headers["Content-Length"]
+
+
+def test_with_evaluation_off_a_stopped_monitor_reads_the_store_no_more(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stop() wakes the thread to end it; with evaluation off the woken thread re-read the breaker
+    store once more first: with the database down that read took most of stop()'s 5-s join, out
+    of the worker's shutdown budget."""
+    store, _previous, _current = two_champions
+    app = make_app(**{**_settings(store, "sqlite", request), "monitor_sync_seconds": 60.0})
+    client = app.test_client()
+    _recommend(client, login(client))  # the monitor's thread starts with the first request
+    monitor = app.extensions["movierec"].monitor
+    reads: list[float] = []
+    monkeypatch.setattr(monitor.breaker, "sync", lambda version: reads.append(time.monotonic()))
+    monitor.stop()
+    assert reads == []
