@@ -176,9 +176,9 @@ class Settings(BaseSettings):
     breaker_min_mean_score: float | None = 2.5
     breaker_min_like_share: float | None = Field(default=0.2, ge=0, le=1)
     breaker_max_rmse: float | None = Field(default=1.5, gt=0)
-    breaker_min_requests: int = Field(
-        default=50, ge=1
-    )  # model calls (per worker) before errors/latency count
+    # model calls (per worker) before errors/latency count; each worker keeps max(2,000, this)
+    # calls, walked under the lock its request threads record calls with: bounded
+    breaker_min_requests: int = Field(default=50, ge=1, le=10_000)
     breaker_max_error_rate: float = Field(default=0.05, ge=0, le=1)
     breaker_max_latency_ms: float = Field(default=250.0, gt=0)  # p95 of the champion's answer time
     breaker_cooldown_seconds: float = Field(default=300.0, ge=0)

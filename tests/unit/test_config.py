@@ -94,6 +94,18 @@ def test_invalid_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> Non
         load_settings()
 
 
+def test_a_breaker_min_requests_beyond_the_call_buffer_bound_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each worker keeps max(2,000, min_requests) model calls, walked under the lock the request
+    threads' call records need: an unbounded value grew that buffer and that walk without limit."""
+    monkeypatch.setenv("MOVIEREC_BREAKER_MIN_REQUESTS", "10001")
+    with pytest.raises(ConfigurationError, match="breaker_min_requests"):
+        load_settings()
+    monkeypatch.setenv("MOVIEREC_BREAKER_MIN_REQUESTS", "10000")
+    assert load_settings().breaker_min_requests == 10_000
+
+
 PG_URL = "postgresql://movierec:pg-pass%2Fword@db.internal:5432/movierec"
 REDIS_URL = "redis://:redis-pass-word@cache.internal:6379/0"
 MLFLOW_URI = "https://mlflow-user:mlflow-pass-word@tracking.internal/"
