@@ -268,7 +268,7 @@ def feedback() -> None:
 
 @feedback.command("replay-rejected")
 def feedback_replay_rejected() -> None:
-    """Write the scores the database refused into rejected.jsonl again, once the cause is fixed.
+    """Store the scores the database refused (rejected.jsonl) again, once the cause is fixed.
 
     The stored ones leave the file, the ones refused again stay (exit 1). Idempotent, and safe
     while the service runs: run it with the service's settings (MOVIEREC_DATABASE_URL, its journal
