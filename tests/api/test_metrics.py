@@ -117,6 +117,24 @@ def test_predicted_score_is_stored_with_the_feedback(make_app: Callable[..., Any
         assert row.predicted_score == pytest.approx(expected)
 
 
+def test_a_re_score_is_counted_as_a_score_but_not_as_new_evidence(make_app: Callable[..., Any]) -> None:
+    """docs/serving.md: one row per (id, movie); the breaker's events count rows, the counter scores."""
+    app = make_app(monitor_interval_seconds=0)
+    client = app.test_client()
+    headers = login(client)
+    before = scrape(client).get("movierec_feedback_total", [type("S", (), {"value": 0.0})()])[0].value
+    body = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
+    for score in (1.0, 2.0, 5.0):  # the same movie of the same list, three times
+        scored = {"id": body["id"], "movie": body["recommendations"][0], "score": score}
+        assert client.post("/api/recommend/score", json=scored, headers=headers).status_code == 200
+    app.extensions["movierec"].monitor.tick(force=True)
+    samples = scrape(client)
+    assert value(samples, "movierec_feedback_total") - before == 3
+    assert [row.score for row in stored_feedback(app)] == [5.0]  # the newest kept
+    assert value(samples, "movierec_online_feedback_events") == 1
+    assert value(samples, "movierec_online_mean_score") == pytest.approx(5.0)
+
+
 def test_metrics_can_be_restricted_by_network_and_token(make_app: Callable[..., Any]) -> None:
     client = make_app(metrics_allow_cidrs="10.0.0.0/8").test_client()
     assert client.get("/metrics").status_code == 403  # the test client comes from 127.0.0.1
