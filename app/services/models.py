@@ -20,7 +20,7 @@ from app.recommender.bundle import (
     load_bundle,
     release_extraction,
 )
-from app.recommender.data import find_local
+from app.recommender.data import DataUnavailableError, find_local
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,12 @@ class ModelHolder:
         """A bare model.pkl has no titles; take them from local data (never fetched at serve time)."""
         if target.is_dir() or self.data_dir is None:
             return None
-        data = find_local(self.data_dir)
+        try:
+            data = find_local(self.data_dir)
+        except DataUnavailableError as exc:  # there but unusable: a bundle refused, not a traceback
+            raise BundleError(
+                f"{target} takes its titles from the local data set, which cannot be read: {exc}"
+            ) from exc
         return data.items if data is not None else None
 
     def load(self, path: Path | None = None) -> LoadedBundle:

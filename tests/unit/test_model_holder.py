@@ -8,7 +8,9 @@ cycles, including the caches they fill while serving.
 from __future__ import annotations
 
 import gc
+import shutil
 import weakref
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +42,22 @@ def test_a_replaced_bundle_is_freed_in_a_frozen_heap(store: str, request: pytest
         assert gone() is None, "the replaced bundle is held by a reference cycle: a frozen worker leaks it"
     finally:
         gc.unfreeze()
+
+
+def test_a_bare_model_pkl_beside_broken_local_data_is_a_refused_bundle(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """A bare model.pkl takes its titles from the local data set; local data that is there but
+    unusable (a directory named u.data) raised DataUnavailableError out of ModelHolder.load, past
+    the refusal every caller handles: a traceback at start, a 500 from a reload."""
+    from app.recommender.bundle import BundleError
+
+    pickle_path = tmp_path / "model.pkl"
+    shutil.copy((model_store / "latest" / "model.pkl").resolve(), pickle_path)
+    data_dir = tmp_path / "data"
+    for name in ("u.data", "u.item", "u.user"):
+        (data_dir / "ml-100k" / name).mkdir(parents=True)
+    holder = ModelHolder(pickle_path, data_dir=data_dir)
+    with pytest.raises(BundleError, match=r"u\.data"):
+        holder.load()
+    assert holder.bundle is None and holder.last_error is not None and "u.data" in holder.last_error
