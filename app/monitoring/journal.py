@@ -72,8 +72,25 @@ TRACEBACK_HEADER = "Traceback (most recent call last):"
 MAX_TRACEBACK_LINES = 1000
 """Most lines of a plain-text traceback held for one entry before it is handed over as it is."""
 # uwsgi's request log line (it logs 4xx/5xx only, to stderr):
-# "[pid: 7|app: 0|req: 3/9] 10.0.0.1 () {...} [...] GET /x => generated ... (HTTP/1.1 503) ..."
-_UWSGI_REQUEST = re.compile(r"^\[pid: \d+\|.*=> generated .*\(HTTP/[\d.]+ (\d{3})\)")
+# "[pid: 7|app: 0|req: 3/9] 10.0.0.1 () {...} [...] GET /x => generated ... (HTTP/1.1 503) 4 headers
+# in 150 bytes (1 switches on core 0)". The status is read from the line's end, which uwsgi
+# writes itself: the protocol before it is the client's text as sent, spaces included, and a
+# client whose protocol read "HTTP/1.1 500) x" made its 404 an ERROR line (an alert email at
+# will), one whose protocol was not "HTTP/<digits>" left the line to Docker's stderr priority
+# (ERROR too), and one that wrote "(HTTP/1.1 404)" hid a real 500.
+_UWSGI_REQUEST = re.compile(r"^\[pid: \d+\|.*=> generated ")
+_UWSGI_STATUS = re.compile(r" (\d{3})\) \d+ headers in \d+ bytes(?: \(\d+ switches on core \d+\))?$")
+_UWSGI_TAIL = 120  # more than the longest tail _UWSGI_STATUS matches: searched there only
+
+
+def uwsgi_request_status(message: str) -> str | None:
+    """The HTTP status of a uwsgi request line ("503"), or None for any other line."""
+    if not _UWSGI_REQUEST.match(message):
+        return None
+    status = _UWSGI_STATUS.search(message[-_UWSGI_TAIL:])
+    return status.group(1) if status else None
+
+
 # uwsgi's HTTP router on a client that went away (reset a kept-alive connection, or closed it
 # while its answer was being written): the client's doing, not an error of the service. Not
 # hr_instance_write, the router writing to a worker: a worker gone mid-request is an error.
@@ -202,9 +219,9 @@ def plain_text_level(message: str) -> str | None:
     problem), because Docker marks every stderr line PRIORITY 3 and uwsgi logs to stderr; the
     HTTP router's note of a client that went away is INFO.
     """
-    uwsgi = _UWSGI_REQUEST.match(message)
-    if uwsgi:
-        return "ERROR" if uwsgi.group(1).startswith("5") else "INFO"
+    status = uwsgi_request_status(message)
+    if status:
+        return "ERROR" if status.startswith("5") else "INFO"
     if _ROUTER_CLIENT_GONE.match(message):
         return "INFO"
     if _PYTHON_WARNING.match(message):

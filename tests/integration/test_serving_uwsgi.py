@@ -403,7 +403,7 @@ def test_secrets_sent_in_a_query_string_stay_out_of_uwsgi_s_request_lines(
     the URL (``?access_token=``, a login tried as a GET) had them written to the log, which the
     app's own JSON lines redact. The line still names the path, and still parses as a uwsgi
     request line for the log monitor (its status decides the level)."""
-    from app.monitoring.journal import _UWSGI_REQUEST
+    from app.monitoring.journal import uwsgi_request_status
 
     with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1) as served:
         connection = served.connect()
@@ -411,25 +411,30 @@ def test_secrets_sent_in_a_query_string_stay_out_of_uwsgi_s_request_lines(
         assert _get(connection, f"/api/login?session_password={served.password}") == 405
         assert _get(connection, "/api/users/x%0aERROR%20fake/features?jwt=1", _bearer(served.token)) == 400
         connection.close()
+        # the protocol is the client's text, spaces included: it must not set the line's status
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw:
+            raw.sendall(b"GET /forged HTTP/1.1 500) x\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert b" 404 " in raw.recv(200)
         deadline = time.monotonic() + 10
-        while len(lines := _request_lines(served.log)) < 3 and time.monotonic() < deadline:
+        while len(lines := _request_lines(served.log)) < 4 and time.monotonic() < deadline:
             time.sleep(0.1)
         text = served.log.read_text(errors="replace")
     assert served.token not in text and served.token.split(".")[1] not in text
     assert served.password not in text
     # Each request may be served by another of the worker's threads, which logs its line once the
     # answer is sent: the lines need not come in the order the requests were sent.
-    logged = {line.split(" => ")[0].rsplit("] ", 1)[1]: _UWSGI_REQUEST.match(line) for line in lines}
+    logged = {line.split(" => ")[0].rsplit("] ", 1)[1]: uwsgi_request_status(line) for line in lines}
     assert sorted(logged) == [
         "GET /api/login",
         "GET /api/users/x%0aERROR%20fake/features",  # as sent: no line break from the path either
+        "GET /forged",
         "GET /protected",
     ], lines
-    statuses = {request: match.group(1) if match else None for request, match in logged.items()}
-    assert statuses == {
+    assert logged == {
         "GET /protected": "401",
         "GET /api/login": "405",
         "GET /api/users/x%0aERROR%20fake/features": "400",
+        "GET /forged": "404",  # not the "500" its protocol wrote
     }
 
 

@@ -66,6 +66,27 @@ def test_our_json_line_level_wins_over_docker_priority() -> None:
             "3",
             "INFO",
         ),
+        (  # the protocol is the client's text: one that writes a status into it forged an ERROR
+            "[pid: 7|app: -|req: -/-] 10.0.0.1 (-) {24 vars in 239 bytes} [Thu Jan  1 12:00:00 2026] "
+            "GET /nope => generated 60 bytes in 1 msecs (HTTP/1.1 500) x 404) 8 headers in 313 bytes "
+            "(2 switches on core 0)",
+            "3",
+            "INFO",
+        ),
+        (  # and one that is not HTTP/<digits> left the line to Docker's stderr priority: ERROR
+            "[pid: 7|app: -|req: -/-] 10.0.0.1 (-) {24 vars in 239 bytes} [Thu Jan  1 12:00:00 2026] "
+            "GET /nope => generated 60 bytes in 1 msecs (HTTP/1.1\t500) 404) 8 headers in 311 bytes "
+            "(1 switches on core 0)",
+            "3",
+            "INFO",
+        ),
+        (
+            "[pid: 7|app: -|req: -/-] 10.0.0.1 (-) {24 vars in 239 bytes} [Thu Jan  1 12:00:00 2026] "
+            "GET /nope => generated 60 bytes in 1 msecs (HTTP/1.1 404) x 500) 8 headers in 311 bytes "
+            "(1 switches on core 0)",
+            "3",
+            "ERROR",
+        ),
         (  # a client reset its kept-alive connection: not the service's error
             "[uwsgi-http key:  client_addr: 127.0.0.1 client_port: 60089] hr_read(): "
             "Connection reset by peer [plugins/http/http.c line 918]",
