@@ -76,6 +76,7 @@ class RevocationStore:
         # ``retry_seconds``) in every process
         self._database_down = LogEvery(30.0)
         self._redis_down = LogEvery(30.0)
+        self._revocations_unwritten = LogEvery(30.0)  # logouts during an outage: not one line each
 
     # ------------------------------------------------------------------ revoke
 
@@ -103,7 +104,12 @@ class RevocationStore:
         except (DatabaseUnavailableError, SQLAlchemyError) as exc:
             if isinstance(exc, DatabaseUnavailableError):  # an outage: written when it answers
                 self._unwritten[jti] = expires_at
-            log.warning("token revocation not written to the database", extra={"reason": str(exc)[:200]})
+                self._revocations_unwritten.log(
+                    log, logging.WARNING, "token revocation not written to the database",
+                    reason=str(exc)[:200], waiting=len(self._unwritten),
+                )  # fmt: skip
+            else:
+                log.warning("token revocation not written to the database", extra={"reason": str(exc)[:200]})
         if not stored:
             raise Unavailable("the logout could not be recorded; retry later", headers={"Retry-After": "5"})
         log.info("token revoked", extra={"stores": ",".join(stored)})

@@ -138,3 +138,21 @@ def test_a_logout_made_while_the_database_was_down_reaches_it_when_it_answers(tm
     worker_b = RevocationStore(database)
     assert worker_b.is_revoked("logged-out")
     database.dispose()
+
+
+def test_logouts_during_a_database_outage_are_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """With Redis up, each logout during an outage is answered (the revocation is kept for the
+    table and written when it answers), and each wrote its own WARNING: every client logging
+    out, or one logging in and out in a loop, was a line of its own, each a candidate alert."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    database = Database(f"postgresql+psycopg://movierec@127.0.0.1:{_closed_port()}/movierec")
+    store = RevocationStore(database, "redis://127.0.0.1:6379/0")
+    caplog.set_level(logging.WARNING, logger="app.services.revocation")
+    for _ in range(5):
+        store.revoke(f"h19-{uuid.uuid4().hex}", datetime.now(UTC) + timedelta(seconds=5))
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("token revocation not written to the database") == 1, messages
+    assert len(store._unwritten) == 5  # every one is still written when the table answers
+    database.engine.dispose()
