@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from app.errors import InvalidRequest, NotFound, Unavailable
+from app.monitoring.logs import LogEvery
 from app.monitoring.quality import predict_scores
 from app.recommender.bundle import LoadedBundle, Recommendation, RecommendQuery
 from app.recommender.segments import Segment
@@ -191,6 +192,7 @@ class RecommendationService:
         self.pending_wait = pending_wait  # how long a score or a list's page waits for another worker's row
         self.targets = ScoreTargets()
         self.feedback = journal  # scores: durable here before the 200, shipped to the database behind it
+        self._unreadable = LogEvery(30.0)  # scores kept during an outage: not one line per score
         # Set by app/monitoring/online.py: the circuit breaker's router (champion, probe or
         # fallback) and the feedback counter of the online monitor.
         self.guard: Any = None
@@ -278,7 +280,11 @@ class RecommendationService:
             try:
                 self.feedback.drain()
             except DatabaseUnavailableError:
-                log.warning("a score is durable but not yet readable: the database is unreachable")
+                self._unreadable.log(
+                    log,
+                    logging.WARNING,
+                    "a score is durable but not yet readable: the database is unreachable",
+                )
 
     def _predicted(self, target: ScoreTarget, movie_id: int) -> float | None:
         """The serving bundle's predicted rating (online RMSE), only when that bundle served the list."""

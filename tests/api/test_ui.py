@@ -690,6 +690,27 @@ def test_with_the_database_down_the_dashboard_shows_every_panel_that_needs_no_da
     assert [r.levelno for r in down] == [logging.ERROR], "the outage seen by the dashboard was not logged"
 
 
+def test_scores_kept_during_a_database_outage_are_one_warning(
+    app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A page's score is durable in the journal while the database is down, and each one wrote
+    its own WARNING: every score a user gave during an outage was a line, each a candidate alert."""
+    from app.storage.db import DatabaseUnavailableError
+
+    service = app.extensions["movierec"].recommendations
+    served = service.recommend(RecommendQuery(2, 30, "F", "artist"))
+
+    def down() -> None:
+        raise DatabaseUnavailableError("connection refused")
+
+    monkeypatch.setattr(service.feedback, "drain", down)
+    caplog.set_level(logging.WARNING)
+    for score in (5.0, 4.0, 1.0, 2.5, 3.0):
+        service.score(served.id, served.items[0].title, score, readable=True)
+    warned = [r for r in caplog.records if "durable but not yet readable" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+
+
 def test_dashboard_feedback_figures_follow_the_stored_rows(app: Any) -> None:
     service = app.extensions["movierec"].recommendations
     for score in (5.0, 4.0, 1.0, 2.5):
