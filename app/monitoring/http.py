@@ -30,6 +30,10 @@ log = logging.getLogger("movierec.access")
 
 URI_PATH_LOGVAR = "uri_path"
 """The request-log variable uwsgi.ini's ``log-format`` prints where uwsgi's default has ``%(uri)``."""
+METHOD_LOGVAR = "request_method"
+"""... and where it has ``%(method)``: uwsgi's own quotes the method as the client sent it."""
+PROTOCOL_LOGVAR = "request_protocol"
+"""... and where it has ``%(proto)``: the client's text too, up to the line's end, spaces included."""
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: "$" also matches before a final "\n"
@@ -42,6 +46,10 @@ def _start(_app: Flask | None = None, **_extra: Any) -> None:
     g.log_token = bind_log_context(request_id=g.request_id, endpoint=request.endpoint or request.path)
     if uwsgi is not None:  # pragma: no cover - under uwsgi only (tests/integration/test_serving_uwsgi.py)
         uwsgi.set_logvar(URI_PATH_LOGVAR, uri_path(request.environ))
+        # a client's escape sequences (a 404 with "GET\x1b]0;...\x07" as its method) went raw into
+        # the line, run by the terminal of an operator reading the log
+        uwsgi.set_logvar(METHOD_LOGVAR, printable(request.environ.get("REQUEST_METHOD", "")))
+        uwsgi.set_logvar(PROTOCOL_LOGVAR, printable(request.environ.get("SERVER_PROTOCOL", "")))
 
 
 def uri_path(environ: Mapping[str, Any]) -> str:
@@ -54,8 +62,13 @@ def uri_path(environ: Mapping[str, Any]) -> str:
     target is percent-encoded for the same reason.
     """
     raw = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
-    path = raw.split("?", 1)[0]
-    return _UNPRINTABLE.sub(lambda match: f"%{ord(match.group()) & 0xFF:02X}", path)
+    return printable(raw.split("?", 1)[0])
+
+
+def printable(text: str) -> str:
+    """``text`` with every character but printable ASCII (spaces too) percent-encoded, for a
+    plain-text log line: no line break, terminal escape or field separator a client sent."""
+    return _UNPRINTABLE.sub(lambda match: f"%{ord(match.group()) & 0xFF:02X}", text)
 
 
 def _finish(response: Response) -> Response:

@@ -438,6 +438,34 @@ def test_secrets_sent_in_a_query_string_stay_out_of_uwsgi_s_request_lines(
     }
 
 
+def test_a_client_s_control_bytes_stay_out_of_uwsgi_s_request_lines(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """uwsgi's request line quoted the method and the protocol as the client sent them: a 404
+    with terminal escapes there ("GET\\x1b]0;...\\x07", colour codes) wrote them raw into the
+    log, run by the terminal of an operator reading it (``docker logs``). They are written
+    percent-encoded, as the path is, and the line still parses for the monitor."""
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1) as served:
+        for request in (
+            b"GE\x1b]0;owned\x07T /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /nope2 HTTP/1.1\x1b[2J\x9b31m\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ):
+            with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw:
+                raw.sendall(request)
+                assert b" 404 " in raw.recv(200)
+        deadline = time.monotonic() + 10
+        while len(lines := _request_lines(served.log)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    from app.monitoring.journal import uwsgi_request_status
+
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert line.isprintable(), line
+        assert uwsgi_request_status(line) == "404", line
+    requested = sorted(line.split(" => ")[0].rsplit("] ", 1)[1] for line in lines)
+    assert requested == ["GE%1B]0;owned%07T /nope", "GET /nope2"], lines
+
+
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
