@@ -64,6 +64,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
+from app.monitoring.logs import LogEvery
 from app.services.durable_files import (
     append_durably,
     file_lock,
@@ -263,6 +264,7 @@ class FeedbackJournal:
         )
         self._closed = False
         self._disk_problem: str | None = None  # the last disk_problem(), logged when it changes
+        self._write_failed = LogEvery(30.0)  # a full or read-only disk: not one ERROR per refused score
         self._own_state()
         reset_after_fork(self.forget_inherited)
         self._next_recovery = 0.0
@@ -379,7 +381,12 @@ class FeedbackJournal:
                         self._seal(segment)
                     raise
             except OSError as exc:
-                log.error("feedback journal: a score could not be written", extra={"reason": str(exc)[:200]})
+                self._write_failed.log(
+                    log,
+                    logging.ERROR,
+                    "feedback journal: a score could not be written",
+                    reason=str(exc)[:200],
+                )
                 raise Unavailable(
                     "scores cannot be stored right now (the feedback journal is not writable)",
                     headers={"Retry-After": "5"},

@@ -790,3 +790,30 @@ def test_replay_rejected_takes_up_what_a_killed_replay_left_and_runs_once_at_a_t
     assert result.exit_code == 1 and "2 stored, 1 refused again" in result.output, result.output
     assert _stored(db) == {(request_id, 1): 1.0, (request_id, 2): 2.0}
     assert (directory / REJECTED).read_bytes() == b"not json\n" and not (directory / REPLAYING).exists()
+
+
+def test_scores_refused_by_an_unwritable_journal_are_one_error_while_it_lasts(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full or read-only disk refuses every score (503), and each refusal wrote its own ERROR
+    line: every client sending a score, or one sending them in a loop, added an ERROR, each
+    a candidate alert email. The condition is logged when it starts, then at most every 30 s."""
+    import errno
+    import logging
+
+    def full(self: _Segment, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60)
+    request_id = _request(db)
+    monkeypatch.setattr(_Segment, "append", full)
+    caplog.set_level(logging.ERROR, logger="app.services.feedback_journal")
+    try:
+        for movie_id in range(5):
+            with pytest.raises(Unavailable):
+                journal.save(_score(request_id, movie_id, 4.0))
+    finally:
+        monkeypatch.undo()
+        journal.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors.count("feedback journal: a score could not be written") == 1, errors
