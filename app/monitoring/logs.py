@@ -8,7 +8,8 @@ the service and its monitor: keep ``ts``, ``level``, ``logger`` and ``message``.
 Secrets must never reach a log line, whoever wrote the call: values of secret-looking keys
 are replaced, and bearer tokens, JWTs, ``password=...`` pairs and URLs' passwords are scrubbed
 from message text and exception traces. Redaction happens in the formatter so it also covers records
-from third-party libraries.
+from third-party libraries. A text of megabytes is cut to its start and end (MAX_TEXT_CHARS), so a
+line stays one the monitor can read whole.
 """
 
 from __future__ import annotations
@@ -133,6 +134,35 @@ _QUIET_LOGGERS = {"alembic.runtime.plugins": logging.WARNING}
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
+# A line is at most a few hundred kB: the monitor joins Docker's 16 kB journald chunks back into
+# one line up to 1 MB (app/monitoring/journal.py, MAX_JOINED_BYTES) and hands a longer one over
+# unparsed, where an ERROR fell back to stdout's priority, INFO, and was never alerted on. An
+# exception text or a message of megabytes (a library's repr of a frame, a statement with
+# thousands of rows) keeps its start and its end: the exception's type and the innermost frames.
+MAX_TEXT_CHARS = 32 * 1024  # message, exc, stack: each
+MAX_LINE_CHARS = 128 * 1024  # past it, each extra's value is clipped too
+_MAX_EXTRA_CHARS = 2 * 1024
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text``, or its first and last ``limit // 2`` characters with a note of what is omitted."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]} ... [{len(text) - 2 * keep} characters omitted] ... {text[-keep:]}"
+
+
+def _scrub_clipped(text: str) -> str:
+    """:func:`scrub_text`, then :func:`_clip` to ``MAX_TEXT_CHARS``: scrubbed before it is cut, so
+    no cut leaves half a URL the scrubber no longer knows; a long text's start and end are scrubbed
+    apart, each with a margin as long as what is kept, not the megabytes between."""
+    if len(text) <= MAX_TEXT_CHARS:
+        return scrub_text(text)
+    keep = MAX_TEXT_CHARS // 2
+    head, tail = scrub_text(text[: 2 * keep])[:keep], scrub_text(text[-2 * keep :])[-keep:]
+    return f"{head} ... [{len(text) - 2 * keep} characters omitted] ... {tail}"
+
+
 def is_secret_key(key: str) -> bool:
     """True for keys whose values must never be logged (password, token, authorization...)."""
     return bool(_SECRET_KEY.search(key))
@@ -213,7 +243,7 @@ class JsonFormatter(logging.Formatter):
             "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": scrub_text(_ANSI_ESCAPE.sub("", message) if "\x1b" in message else message),
+            "message": _scrub_clipped(_ANSI_ESCAPE.sub("", message) if "\x1b" in message else message),
         }
         extras: dict[str, Any] = dict(_context.get())
         extras.update(
@@ -222,11 +252,19 @@ class JsonFormatter(logging.Formatter):
         for key, value in redact(extras).items():
             doc[f"extra_{key}" if key in self.core_fields else key] = value
         if record.exc_info:
-            doc["exc"] = scrub_text(self.formatException(record.exc_info))
+            doc["exc"] = _scrub_clipped(self.formatException(record.exc_info))
         elif record.exc_text:
-            doc["exc"] = scrub_text(record.exc_text)
+            doc["exc"] = _scrub_clipped(record.exc_text)
         if record.stack_info:
-            doc["stack"] = scrub_text(self.formatStack(record.stack_info))
+            doc["stack"] = _scrub_clipped(self.formatStack(record.stack_info))
+        line = json.dumps(doc, default=str, ensure_ascii=False, separators=(",", ":"))
+        if len(line) <= MAX_LINE_CHARS:
+            return line
+        for key, value in doc.items():  # an extra of megabytes: each long one is clipped
+            if key not in self.core_fields and key not in ("exc", "stack"):
+                text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+                if len(text) > _MAX_EXTRA_CHARS:
+                    doc[key] = _clip(text, _MAX_EXTRA_CHARS)
         return json.dumps(doc, default=str, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -338,3 +338,51 @@ def test_url_scrubbing_stays_linear_on_long_lines(text: str) -> None:
     started = time.perf_counter()
     scrub_text(text)
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_huge_exception_or_message_still_makes_one_whole_error_line_for_the_monitor() -> None:
+    """An exception text or message of megabytes (a library's repr of a frame, a statement with
+    thousands of rows) made a line of megabytes: the monitor joins Docker's 16 kB chunks up to
+    1 MB only, hands a longer line over unparsed, and the ERROR fell back to stdout's priority,
+    INFO: never alerted. Each text field is clipped, keeping its start and its end."""
+    from app.monitoring.journal import MAX_JOINED_BYTES
+
+    logger, stream = capture()
+    try:
+        raise ValueError("é" * 3_000_000 + " the end")
+    except ValueError:
+        logger.exception("failed on %s", "x" * 2_000_000, extra={"detail": ["y" * 500_000] * 4})
+    line = stream.getvalue()
+    assert len(line.encode()) < MAX_JOINED_BYTES / 4
+    (doc,) = lines(stream)
+    assert doc["level"] == "ERROR" and doc["message"].startswith("failed on xxx")
+    assert doc["exc"].startswith("Traceback (most recent call last):")
+    assert "ValueError: éé" in doc["exc"] and doc["exc"].endswith(" the end")
+    assert "characters omitted" in doc["exc"] and "characters omitted" in doc["message"]
+
+
+def test_ordinary_lines_are_not_clipped() -> None:
+    logger, stream = capture()
+    try:
+        raise ValueError("v" * 5000)
+    except ValueError:
+        logger.exception("m" * 5000, extra={"detail": "d" * 5000})
+    (doc,) = lines(stream)
+    assert doc["message"] == "m" * 5000 and doc["detail"] == "d" * 5000
+    assert doc["exc"].endswith("ValueError: " + "v" * 5000)
+
+
+@pytest.mark.parametrize("offset", [-40, -20, -5, 0, 5])
+def test_a_clipped_text_is_scrubbed_before_it_is_cut(offset: int) -> None:
+    from app.monitoring.logs import MAX_TEXT_CHARS
+
+    keep = MAX_TEXT_CHARS // 2
+    url = " postgresql://movierec:S3cretPassw0rd@db.internal/movierec "
+    for text in (
+        "a" * (keep + offset) + url + "b" * MAX_TEXT_CHARS * 2,
+        "a" * MAX_TEXT_CHARS * 2 + url + "b" * (keep + offset),
+    ):
+        logger, stream = capture()
+        logger.error("%s", text)
+        (doc,) = lines(stream)
+        assert "S3cretPassw0rd"[:5] not in doc["message"] and len(doc["message"]) < MAX_TEXT_CHARS + 100
