@@ -49,7 +49,17 @@ _MAX_REASONS_TAG = 4900  # MLflow refuses tag values over 5000 characters
 
 
 class RegistryError(RuntimeError):
-    """A registry operation cannot be done (unknown version, no bundle, unreachable server)."""
+    """A registry operation cannot be done (unknown version, no bundle, unreachable server).
+
+    The message is scrubbed: the tracking URI it names is masked (``display_uri``), but the
+    MLflow error it quotes names the request's URL whole ("API request to http://user:password@
+    host/api/... failed"), and every command printed it on its ``Error:`` line.
+    """
+
+    def __init__(self, message: str) -> None:
+        from app.monitoring.logs import scrub_text
+
+        super().__init__(scrub_text(message))
 
 
 def _number(tag: str | None) -> float | None:

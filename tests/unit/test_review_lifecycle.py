@@ -131,6 +131,30 @@ def test_pipeline_versions_never_prints_the_tracking_servers_password(
     assert "no versions of movierec registered at postgresql://mlflow:" in result.output
 
 
+def test_an_unreachable_tracking_server_s_error_never_prints_its_password(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The URI the command names was masked, but the MLflow error after it quotes the request's
+    URL with the user and password ("API request to http://bob:pw@host/api/... failed"): the
+    ``Error:`` line of every command that read the registry printed the password. A real client
+    against a port where nothing listens."""
+    import socket
+
+    from app.cli import cli
+
+    with socket.socket() as probe:  # bound, then released: nothing listens there now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MOVIEREC_MLFLOW_TRACKING_URI", f"http://bob:S3cr3t-pw@127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    result = CliRunner().invoke(cli, ["pipeline", "versions"])
+    assert result.exit_code == 1, result.output
+    assert "Error: cannot list the versions at http://bob:" in result.output
+    assert "Connection refused" in result.output  # the cause is still told
+    assert "S3cr3t-pw" not in result.output
+
+
 def _fake_flows(monkeypatch: pytest.MonkeyPatch, fake_run: Callable[..., Any]) -> None:
     """Launch ``fake_run`` instead of the flow: it replaces ``runner._run``, which starts the
     flow's process (patching ``subprocess`` itself let a change of how it starts it launch real
