@@ -99,7 +99,14 @@ _POLL_SECONDS = 0.5  # how often a launcher waiting for its flow looks at STOPPI
 
 
 class PipelineError(RuntimeError):
-    """The flow failed; the message carries the tail of its output."""
+    """The flow failed; the message carries the tail of its output, scrubbed: a flow that lost
+    its tracking server printed MLflow's error, which names the request's URL with its password,
+    and the launcher's Error: line, the scheduler's log line and its alert carried it on."""
+
+    def __init__(self, message: str) -> None:
+        from app.monitoring.logs import scrub_text
+
+        super().__init__(scrub_text(message))
 
 
 class BookkeepingError(PipelineError):

@@ -217,6 +217,31 @@ def test_runs_of_a_flow_killed_outright_are_closed_by_the_next_flow(
     assert envs[0][runner.FLOW_OWNER_ENV] == owner  # the flow tags its own runs with it
 
 
+def test_a_failed_flow_s_error_never_carries_a_password_its_output_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed flow's error quotes its output (the last exception line, and its last lines when
+    captured): a flow that lost its tracking server mid-run printed MLflow's error, which names
+    the request's URL with the user and password, and the launcher's Error: line, the scheduler's
+    log line and its alert e-mail carried the password on."""
+    settings = Settings(testing=True, var_dir=tmp_path / "var", data_dir=tmp_path / "data")
+    output = (
+        "Traceback (most recent call last):\n"
+        "mlflow.exceptions.MlflowException: API request to http://bob:S3cr3t-pw@mlflow.internal:5000"
+        "/api/2.0/mlflow/runs/log-batch failed with exception ConnectionError\n"
+    )
+
+    def fake_run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(command, 1, output, None)
+
+    _fake_flows(monkeypatch, fake_run)
+    with pytest.raises(PipelineError) as failed:
+        run_flow(settings)
+    assert "MlflowException: API request to http://bob:" in str(failed.value)
+    assert "mlflow.internal:5000" in str(failed.value)
+    assert "S3cr3t-pw" not in str(failed.value)
+
+
 class _TagClient:
     """The one MlflowClient call record_decision makes, kept in memory."""
 
