@@ -99,6 +99,17 @@ _ROUTER_CLIENT_GONE = re.compile(
     r"^\[uwsgi-http key: .*client_addr: .*\] hr_(?:read|write)\(\): "
     r"(?:Connection reset by peer|Broken pipe)"
 )
+# A request whose headers exceed uwsgi.ini's buffer-size, which any client can send at will: the
+# worker skips it ("invalid request block size: 40248 (max 16384)...skip"), the client's doing as
+# a 4xx is, and the router's read from that worker is reset. On stderr both were ERROR lines, two
+# alert e-mails' worth per request. The reset is a WARNING: a worker closing a request unread,
+# which a worker that died would also cause, but that one says so itself as an ERROR ("DAMN !
+# worker ... died", "HARAKIRI ON WORKER").
+_UWSGI_REQUEST_TOO_LARGE = re.compile(r"^invalid request block size: \d+ \(max \d+\)\.\.\.skip$")
+_ROUTER_WORKER_RESET = re.compile(
+    r"^\[uwsgi-http key: .*client_addr: .*\] hr_instance_read\(\): Connection reset by peer "
+    r"\[plugins/http/http\.c line \d+\]$"
+)
 # uwsgi's own routine lines: its start banner, workers spawned, recycled (max-requests,
 # reload-on-rss) and stopped. uwsgi writes them to stderr, which Docker's journald driver marks
 # PRIORITY 3: graded by priority, every deployment, restart and worker recycle was an ERROR email.
@@ -217,13 +228,16 @@ def plain_text_level(message: str) -> str | None:
 
     uwsgi request lines are graded by HTTP status (5xx is an error, 4xx is a client's
     problem), because Docker marks every stderr line PRIORITY 3 and uwsgi logs to stderr; the
-    HTTP router's note of a client that went away is INFO.
+    HTTP router's note of a client that went away, and a worker's refusal of a client's headers
+    over buffer-size, are INFO (the router's reset read from that worker a WARNING).
     """
     status = uwsgi_request_status(message)
     if status:
         return "ERROR" if status.startswith("5") else "INFO"
-    if _ROUTER_CLIENT_GONE.match(message):
+    if _ROUTER_CLIENT_GONE.match(message) or _UWSGI_REQUEST_TOO_LARGE.match(message):
         return "INFO"
+    if _ROUTER_WORKER_RESET.match(message):
+        return "WARNING"
     if _PYTHON_WARNING.match(message):
         return "WARNING"
     if _PLAIN_ERROR.match(message):

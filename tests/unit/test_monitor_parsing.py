@@ -87,6 +87,19 @@ def test_our_json_line_level_wins_over_docker_priority() -> None:
             "3",
             "ERROR",
         ),
+        # a client whose headers exceed uwsgi.ini's buffer-size (any client, at will): the
+        # worker skips the request, and the router's read from it is reset; on stderr both
+        # were ERROR lines, alert e-mails. The first is the client's doing, as a 4xx is; the
+        # second, a worker closing a request unread, is a WARNING (a worker that died says so
+        # itself, an ERROR: "DAMN ! worker ... died", "HARAKIRI ON WORKER")
+        ("invalid request block size: 40248 (max 16384)...skip", "3", "INFO"),
+        (
+            "[uwsgi-http key: h client_addr: 127.0.0.1 client_port: 46766] hr_instance_read(): "
+            "Connection reset by peer [plugins/http/http.c line 647]",
+            "3",
+            "WARNING",
+        ),
+        ("invalid request block size: 40248 (max 16384)...skip and more", "3", "ERROR"),
         (  # a client reset its kept-alive connection: not the service's error
             "[uwsgi-http key:  client_addr: 127.0.0.1 client_port: 60089] hr_read(): "
             "Connection reset by peer [plugins/http/http.c line 918]",
