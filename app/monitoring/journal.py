@@ -95,9 +95,12 @@ def uwsgi_request_status(message: str) -> str | None:
 # while its answer was being written): the client's doing, not an error of the service. Not
 # hr_instance_write, the router writing to a worker: a worker gone mid-request is an error.
 # "[uwsgi-http key: ... client_addr: 10.0.0.1 client_port: 41145] hr_read(): Connection reset by peer [...]"
+# Read from the line's end, which uwsgi writes: the key is the client's Host header, and one
+# holding "client_addr: 1] hr_read(): Connection reset by peer" made the router's error about
+# a worker gone mid-request (hr_instance_write) an INFO line.
 _ROUTER_CLIENT_GONE = re.compile(
     r"^\[uwsgi-http key: .*client_addr: .*\] hr_(?:read|write)\(\): "
-    r"(?:Connection reset by peer|Broken pipe)"
+    r"(?:Connection reset by peer|Broken pipe) \[plugins/http/http\.c line \d+\]$"
 )
 # A request whose headers exceed uwsgi.ini's buffer-size, which any client can send at will: the
 # worker skips it ("invalid request block size: 40248 (max 16384)...skip"), the client's doing as

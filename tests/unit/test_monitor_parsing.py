@@ -100,6 +100,19 @@ def test_our_json_line_level_wins_over_docker_priority() -> None:
             "WARNING",
         ),
         ("invalid request block size: 40248 (max 16384)...skip and more", "3", "ERROR"),
+        (  # the key is the client's Host header: it cannot make a worker's error a client's
+            "[uwsgi-http key: client_addr: 1] hr_read(): Connection reset by peer client_addr: 10.0.0.2 "
+            "client_port: 1] hr_instance_write(): Broken pipe [plugins/http/http.c line 585]",
+            "3",
+            "ERROR",
+        ),
+        (
+            "[uwsgi-http key: client_addr: 1] hr_instance_read(): Connection reset by peer [plugins/http/"
+            "http.c line 1] client_addr: 10.0.0.2 client_port: 1] hr_instance_write(): Broken pipe "
+            "[plugins/http/http.c line 585]",
+            "3",
+            "ERROR",
+        ),
         (  # a client reset its kept-alive connection: not the service's error
             "[uwsgi-http key:  client_addr: 127.0.0.1 client_port: 60089] hr_read(): "
             "Connection reset by peer [plugins/http/http.c line 918]",
