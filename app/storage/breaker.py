@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -329,31 +330,31 @@ class RedisBreakerStore:
     def write(
         self, version: str | None, record: BreakerRecord, expected_generation: int
     ) -> BreakerRecord | None:
+        def expected(raw: Any) -> BreakerRecord | None:
+            current = BreakerRecord.from_json(raw).generation if raw else 0
+            return (
+                record.evolve(generation=expected_generation + 1) if current == expected_generation else None
+            )
+
+        return self._set_watched(version, expected)
+
+    def replace(self, version: str | None, record: BreakerRecord) -> BreakerRecord | None:
+        # a write in between (another reset, a repair by hand) wins
+        return self._set_watched(version, lambda raw: record.evolve(generation=_loose_generation(raw) + 1))
+
+    def _set_watched(
+        self, version: str | None, decide: Callable[[Any], BreakerRecord | None]
+    ) -> BreakerRecord | None:
+        """Store what ``decide`` makes of the stored value, unless it declines (None) or the key
+        changes in between (WATCH): a compare-and-set; None when nothing was stored."""
         key = self.key(version)
-        stored = record.evolve(generation=expected_generation + 1)
         try:
             with self.client.pipeline() as pipe:
                 pipe.watch(key)
-                raw = pipe.get(key)
-                current = BreakerRecord.from_json(raw).generation if raw else 0  # type: ignore[arg-type]
-                if current != expected_generation:
+                stored = decide(pipe.get(key))
+                if stored is None:
                     pipe.unwatch()
                     return None
-                pipe.multi()
-                pipe.set(key, stored.to_json(), ex=self.retention if version is not None else None)
-                pipe.execute()
-                return stored
-        except redis.WatchError:
-            return None
-        except redis.RedisError as exc:
-            raise BreakerStoreError(f"cannot write breaker state to Redis: {exc}") from exc
-
-    def replace(self, version: str | None, record: BreakerRecord) -> BreakerRecord | None:
-        key = self.key(version)
-        try:
-            with self.client.pipeline() as pipe:
-                pipe.watch(key)  # a write in between (another reset, a repair by hand) wins
-                stored = record.evolve(generation=_loose_generation(pipe.get(key)) + 1)
                 pipe.multi()
                 pipe.set(key, stored.to_json(), ex=self.retention if version is not None else None)
                 pipe.execute()
