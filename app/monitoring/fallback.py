@@ -15,7 +15,6 @@ rated), re-ordered by popularity, so the fallback never shows a rated movie eith
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -27,12 +26,12 @@ import numpy as np
 
 from app.errors import NotFound
 from app.recommender.bundle import (
-    MANIFEST,
     BundleError,
     LoadedBundle,
     Recommendation,
     RecommendQuery,
     load_bundle,
+    read_manifest,
 )
 from app.recommender.segments import Segment
 
@@ -71,11 +70,8 @@ def previous_bundle_dir(store: Path, version: str, created: str) -> Path | None:
     for candidate in store.iterdir():
         if candidate.name.startswith(".") or candidate.is_symlink() or not candidate.is_dir():
             continue
-        try:
-            manifest = json.loads((candidate / MANIFEST).read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(manifest, dict):
+        manifest = read_manifest(candidate)
+        if manifest is None:
             continue
         stamp = str(manifest.get("created_at") or "")
         if str(manifest.get("version")) == version or not stamp or (created and stamp >= created):

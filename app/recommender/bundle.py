@@ -642,6 +642,15 @@ CATALOGUE_COLUMNS = ("movie_id", "title")
 """What serving reads of a catalogue (``year`` and ``genres`` are shown when present)."""
 
 
+def read_manifest(bundle_dir: Path) -> dict[str, Any] | None:
+    """A bundle's manifest, or None when it is missing, unreadable or not a JSON object."""
+    try:
+        manifest = json.loads((bundle_dir / MANIFEST).read_bytes())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def _load_dir(directory: Path) -> LoadedBundle:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())

@@ -33,6 +33,7 @@ from app.recommender.bundle import (
     attach_rating_model,
     load_bundle,
     point_latest,
+    read_manifest,
     remove_stale_leftovers,
 )
 from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError
@@ -53,18 +54,9 @@ Reloaded = bool | Literal["superseded"]
 def served_version(model_dir: Path | str) -> str | None:
     """The bundle version ``model_dir/latest`` points at, or None (none, or its manifest is
     missing, unreadable, not a JSON object or names no version: nothing known is served)."""
-    manifest = _read_manifest(Path(model_dir) / LATEST)
+    manifest = read_manifest(Path(model_dir) / LATEST)
     version = manifest.get("version") if manifest is not None else None
     return version if isinstance(version, str) and version else None
-
-
-def _read_manifest(bundle_dir: Path) -> dict[str, Any] | None:
-    """A bundle's manifest, or None when it is missing, unreadable or not a JSON object."""
-    try:
-        manifest = json.loads((bundle_dir / MANIFEST).read_bytes())
-    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
-        return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def export_version(registry: Registry, version: str | int, model_dir: Path | str) -> Path:
@@ -187,7 +179,7 @@ def _fallback_of(model_dir: Path, name: str) -> Path | None:
     """The bundle the breaker's fallback serves beside bundle ``name`` (the previous champion)."""
     from app.monitoring.fallback import previous_bundle_dir
 
-    manifest = _read_manifest(model_dir / name)
+    manifest = read_manifest(model_dir / name)
     if manifest is None:
         return None
     return previous_bundle_dir(
@@ -296,7 +288,7 @@ def promote_version(registry: Registry, version: str | int, model_dir: Path | st
 
 def _served_ndcg(bundle_dir: Path) -> float | None:
     """Protocol-A NDCG@10 of the model a bundle serves, from its manifest (None when absent)."""
-    manifest = _read_manifest(bundle_dir)
+    manifest = read_manifest(bundle_dir)
     row = served_row(manifest) if manifest is not None else None
     return row.ndcg_mean if row is not None else None
 
