@@ -5,6 +5,12 @@ only, through the same segment key the service precomputes. Protocol B (known us
 user's ratings split 80/20; rank every movie the user has not rated in training.
 Relevant = rated ≥ 4; users without a relevant held-out movie are left out of the means
 (their NDCG is undefined), and the number of users evaluated is reported.
+
+Only MovieLens users are evaluated. The synthetic feedback users of the training flow (ids
+above ``FEEDBACK_USER_BASE``, one per scored anonymous request) are nobody a caller can be:
+they are kept out of both splits and train the models with all their ratings, in every split.
+The MovieLens users are split exactly as the raw data alone is, so feedback never changes which
+of them are tested (the figures stay comparable with EVALUATION.md's and across runs).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.recommender.data import MovieLens
+from app.recommender.data import FEEDBACK_USER_BASE, MovieLens
 from app.recommender.metrics import ranking_metrics, rmse
 from app.recommender.models import Recommender, make_model
 from app.recommender.ranking import top_n
@@ -30,19 +36,29 @@ LIKE_THRESHOLD = 4.0
 def split_users(
     user_ids: Sequence[int] | np.ndarray, seed: int, test_share: float = 0.2
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train ids, test ids): ascending ids shuffled by ``default_rng(seed)``, first 20 % test."""
+    """(train ids, test ids): ascending ids shuffled by ``default_rng(seed)``, first 20 % test.
+
+    Feedback users are not split: they were test users (and counted in the 20 %), and each new
+    scored request reshuffled which MovieLens users were tested. They are all training users.
+    """
     ids = np.sort(np.asarray(user_ids, dtype=np.int64))
+    feedback = ids[ids > FEEDBACK_USER_BASE]
+    ids = ids[ids <= FEEDBACK_USER_BASE]
     rng = np.random.default_rng(seed)
     rng.shuffle(ids)
     n_test = round(test_share * len(ids))
-    return np.sort(ids[n_test:]), np.sort(ids[:n_test])
+    return np.sort(np.concatenate([ids[n_test:], feedback])), np.sort(ids[:n_test])
 
 
 def split_ratings(
     ratings: pd.DataFrame, seed: int, test_share: float = 0.2
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, held out): per user in ascending id order, shuffle their rating positions (file
-    order) with one shared ``default_rng(seed)`` and hold out the first round(20 % · n)."""
+    order) with one shared ``default_rng(seed)`` and hold out the first round(20 % · n).
+
+    Feedback users' ratings are never held out (they come last in id order, so skipping them
+    leaves the MovieLens users' split as the raw data alone gives it): they were evaluated as
+    known users, whom no caller can be."""
     rng = np.random.default_rng(seed)
     positions = np.arange(len(ratings))
     user_ids = ratings["user_id"].to_numpy()
@@ -51,6 +67,8 @@ def split_ratings(
     boundaries = np.flatnonzero(np.diff(sorted_users)) + 1
     held = np.zeros(len(ratings), dtype=bool)
     for group in np.split(positions[order], boundaries):
+        if len(group) and user_ids[group[0]] > FEEDBACK_USER_BASE:
+            break  # ascending ids: every group from here is a feedback user's
         shuffled = group.copy()
         rng.shuffle(shuffled)
         held[shuffled[: round(test_share * len(shuffled))]] = True
