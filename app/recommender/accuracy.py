@@ -30,7 +30,7 @@ from typing import Any
 import joblib
 import numpy as np
 
-from app.recommender.bundle import BundleError, LoadedBundle, load_bundle, segment_profiles
+from app.recommender.bundle import BundleError, LoadedBundle, archive_members, load_bundle, segment_profiles
 from app.recommender.metrics import ndcg_at_k
 
 K = 10
@@ -197,11 +197,14 @@ def _archived_pickle(path: Path) -> io.BytesIO | None:
     without extracting anything; None for an unreadable archive, or none or several.
 
     ValueError, before anything is read, when it is larger than :data:`MAX_ARCHIVED_MODEL_BYTES`
-    unpacked (a damaged archive, or a decompression bomb: it would be read into memory whole).
+    unpacked (a damaged archive, or a decompression bomb: it would be read into memory whole), or
+    the archive is over the bounds of every model archive (BundleError, :func:`archive_members`).
     """
     try:
         with tarfile.open(path, "r:gz") as archive:
-            members = [m for m in archive.getmembers() if m.isfile() and Path(m.name).name == "model.pkl"]
+            members = [
+                m for m in archive_members(archive, path) if m.isfile() and Path(m.name).name == "model.pkl"
+            ]
             if len(members) != 1:
                 return None
             if members[0].size > MAX_ARCHIVED_MODEL_BYTES:

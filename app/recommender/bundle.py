@@ -78,6 +78,11 @@ EXTRACTION_STAGING_PREFIX = ".staging-"
 EXTRACTION_STAGING = re.compile(rf"\A{re.escape(EXTRACTION_STAGING_PREFIX)}[a-z0-9_]{{8}}\Z")
 """A ``.tar.gz``'s extraction before it is renamed into the extraction cache (``_load_tarball``):
 ``tempfile.mkdtemp(prefix=".staging-")``, whose random part is 8 of ``[a-z0-9_]``."""
+MAX_ARCHIVE_BYTES = 2 << 30
+MAX_ARCHIVE_MEMBERS = 1000
+"""The bounds of a ``.tar.gz`` model (:func:`archive_members`): the sum of its regular members'
+sizes unpacked, and its number of members. A bundle of ml-100k is some 17 MB in a dozen files;
+a decompression bomb, or thousands of members each under any other bound, filled ``$TMPDIR``."""
 PRIVATE_EXTRACTION_PREFIX = "movierec-bundle-"
 PRIVATE_EXTRACTION = re.compile(rf"\A{re.escape(PRIVATE_EXTRACTION_PREFIX)}(?P<pid>\d+)-[a-z0-9_]{{8}}\Z")
 """A ``.tar.gz``'s private extraction in ``$TMPDIR`` when there is no usable extraction cache
@@ -862,12 +867,37 @@ def _files_only(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
     return tarfile.data_filter(member, path)
 
 
-def _extract_files_only(archive: tarfile.TarFile, target: Path) -> None:
+def archive_members(archive: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
+    """The members of ``archive`` (read from ``path``), from their headers alone.
+
+    BundleError, before anything is extracted or read, when it holds more than
+    :data:`MAX_ARCHIVE_MEMBERS` members or regular files of more than :data:`MAX_ARCHIVE_BYTES`
+    unpacked in all: a damaged or hostile archive. Reading stops at the first member over a bound.
+    """
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    for member in archive:
+        members.append(member)
+        if len(members) > MAX_ARCHIVE_MEMBERS:
+            raise BundleError(
+                f"{path} holds more than {MAX_ARCHIVE_MEMBERS} members, more than a model archive "
+                "is extracted with (damaged or hostile?)"
+            )
+        total += member.size if member.isfile() else 0
+        if total > MAX_ARCHIVE_BYTES:
+            raise BundleError(
+                f"{path}: its files are at least {total} bytes unpacked, more than the "
+                f"{MAX_ARCHIVE_BYTES} bytes a model archive is extracted up to (damaged or hostile?)"
+            )
+    return members
+
+
+def _extract_files_only(archive: tarfile.TarFile, members: list[tarfile.TarInfo], target: Path) -> None:
     """What :func:`_files_only` extracts, where tarfile has no extraction filters (Python before
     3.11.4: Debian bookworm's python3 is 3.11.2). Only files and directories are created, so no
     link inside ``target`` can lead a later member out of it; a member whose name leaves
     ``target`` (absolute, or through ``..``) fails the whole extraction."""
-    for member in archive.getmembers():
+    for member in members:
         if not (member.isfile() or member.isdir()):
             continue
         name = PurePosixPath(member.name)
@@ -888,11 +918,15 @@ def _extract_files_only(archive: tarfile.TarFile, target: Path) -> None:
 def _extract(path: Path, target: Path) -> Path:
     try:
         with tarfile.open(path, "r:gz") as archive:
+            members = archive_members(archive, path)
             if hasattr(tarfile, "data_filter"):
                 # files and directories only, then tarfile's data filter (_files_only)
-                archive.extractall(target, filter=_files_only)  # noqa: S202  # nosec B202
+                archive.extractall(target, members, filter=_files_only)  # noqa: S202  # nosec B202
             else:  # extractall(filter=...) is a TypeError there
-                _extract_files_only(archive, target)
+                _extract_files_only(archive, members, target)
+    except BundleError:
+        _remove_tree(target)
+        raise
     except (tarfile.TarError, OSError, EOFError) as exc:
         _remove_tree(target)
         raise BundleError(f"{path} is not a readable .tar.gz: {exc}") from exc
