@@ -36,8 +36,8 @@ from app.recommender.bundle import (
     read_manifest,
     remove_stale_leftovers,
 )
+from app.recommender.manifest_metrics import served_row
 from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError
-from app.services.dashboard import served_row
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import Integer, case, cast, func, select
 
 from app.recommender.bundle import LATEST, MANIFEST
+from app.recommender.manifest_metrics import MetricRow, metric_rows, served_row
 from app.services.models import ModelHolder
 from app.storage.db import Database
 from app.storage.models import Feedback, as_utc
@@ -33,7 +33,6 @@ BUCKETS: dict[str, tuple[timedelta, int]] = {
     "day": (timedelta(days=1), 30),
 }
 LIKE_THRESHOLD = 4.0  # a score >= 4 counts as "liked" (the offline protocols' relevance rule)
-K = 10
 
 
 @dataclass(frozen=True)
@@ -57,22 +56,6 @@ class Panel:
 
 
 @dataclass(frozen=True)
-class MetricRow:
-    """One candidate's offline figures from a bundle manifest (protocol A unless named B)."""
-
-    model: str
-    served: bool
-    ndcg_mean: float | None
-    ndcg_sd: float | None
-    precision: float | None
-    recall: float | None
-    hit_rate: float | None
-    coverage: float | None
-    rmse: float | None
-    ndcg_b: float | None
-
-
-@dataclass(frozen=True)
 class ServingModel:
     version: str
     served_model: str
@@ -84,19 +67,6 @@ class ServingModel:
     metrics: list[MetricRow]
 
 
-def _number(value: Any) -> float | None:
-    """A finite float or None: manifests from other tools may hold nulls, strings or NaN."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def served_row(manifest: Mapping[str, Any]) -> MetricRow | None:
-    """The metrics of the model a bundle serves (None when its manifest has none)."""
-    return next((row for row in metric_rows(manifest) if row.served), None)
-
-
 def display_time(value: Any) -> str | None:
     """An ISO timestamp as 'YYYY-MM-DD HH:MM:SS UTC' (sorts the same); None or odd values pass through."""
     if not isinstance(value, str) or not value:
@@ -106,36 +76,6 @@ def display_time(value: Any) -> str | None:
     except ValueError:
         return value
     return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def metric_rows(manifest: Mapping[str, Any]) -> list[MetricRow]:
-    """The manifest's per-candidate metrics as table rows, the served model first."""
-    served = str(manifest.get("served_model") or "")
-    metrics = manifest.get("metrics")
-    if not isinstance(metrics, Mapping):
-        return []
-    rows = []
-    for name, entry in metrics.items():
-        if not isinstance(entry, Mapping):
-            continue
-        a: Mapping[str, Any] = entry["A"] if isinstance(entry.get("A"), Mapping) else {}
-        b: Mapping[str, Any] = entry["B"] if isinstance(entry.get("B"), Mapping) else {}
-        rows.append(
-            MetricRow(
-                model=str(name),
-                served=name == served,
-                ndcg_mean=_number(a.get(f"ndcg@{K}_mean")),
-                ndcg_sd=_number(a.get(f"ndcg@{K}_sd")),
-                precision=_number(a.get(f"precision@{K}_mean")),
-                recall=_number(a.get(f"recall@{K}_mean")),
-                hit_rate=_number(a.get(f"hit_rate@{K}_mean")),
-                coverage=_number(a.get(f"coverage@{K}_mean")),
-                rmse=_number(a.get("rmse_mean")),
-                ndcg_b=_number(b.get(f"ndcg@{K}_mean")),
-            )
-        )
-    rows.sort(key=lambda row: (not row.served, -(row.ndcg_mean or 0.0), row.model))
-    return rows
 
 
 def serving_model(models: ModelHolder) -> Panel:

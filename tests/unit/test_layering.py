@@ -69,3 +69,24 @@ def test_the_model_store_retention_reads_the_workers_records_without_the_serving
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "False", result.stdout
+
+
+def test_app_registry_imports_nothing_of_app_services() -> None:
+    """The registry's export took ``served_row`` (a manifest's served-model metrics) from
+    ``app/services/dashboard.py``: the flow's export and promote loaded the web dashboard's queries,
+    SQLAlchemy and the serving model holder to read a manifest. Reading a manifest's metrics is
+    the ML package's (app/recommender/manifest_metrics.py); the dashboard and the export both call it."""
+    offenders = {
+        str(path.relative_to(ROOT)): names
+        for path in (ROOT / "app" / "registry").rglob("*.py")
+        if (names := sorted(n for n in _imported_modules(path) if n.startswith("app.services")))
+    }
+    assert not offenders
+    probe = (
+        "import sys, app.registry.export; "
+        "print(sorted(m for m in sys.modules if m.startswith('app.services')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
