@@ -379,7 +379,18 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     _require("u.item", "genre flags", flag_values, flag_numbers.isin([0, 1]).all(axis=1), "must be 0 or 1")
     flags = flag_numbers.to_numpy(dtype=bool)
     genres = ["|".join(g for g, on in zip(GENRES, row, strict=True) if on) for row in flags]
-    dates = pd.to_datetime(raw_items["release_date"], format="%d-%b-%Y", errors="coerce")
+    # An empty date is no year (GroupLens' movie 267, "unknown", has none); any other that is no
+    # date (32-Foo-1995) was "no year" as silently, where every other bad field is refused.
+    written = raw_items["release_date"].astype("string").str.strip().fillna("")
+    dates = pd.to_datetime(written, format="%d-%b-%Y", errors="coerce")
+    dated = (written == "") | dates.notna()
+    _require(
+        "u.item",
+        "release date",
+        raw_items["release_date"],
+        dated,
+        "must be a date like 01-Jan-1995, or empty",
+    )
     items = pd.DataFrame(
         {
             "movie_id": raw_items["movie_id"],

@@ -346,6 +346,39 @@ def test_a_genre_flag_that_is_not_a_number_is_named_by_its_line(tmp_path: Path) 
         load_directory(directory)
 
 
+def _with_release_dates(directory: Path, dates: dict[int, str]) -> Path:
+    """u.item with the release date of the given (0-based) lines replaced."""
+    path = directory / "u.item"
+    lines = path.read_bytes().decode("latin-1").splitlines()
+    for index, date in dates.items():
+        fields = lines[index].split("|")
+        fields[2] = date
+        lines[index] = "|".join(fields)
+    path.write_bytes("".join(f"{line}\n" for line in lines).encode("latin-1"))
+    return directory
+
+
+@pytest.mark.parametrize("date", ["32-Foo-1995", "1995", "31-Feb-1995", "01-01-1995", "x"])
+def test_a_release_date_that_is_no_date_is_named_by_its_line(tmp_path: Path, date: str) -> None:
+    """A u.item release date that did not parse became "no year", silently (the movie's year
+    feature missing), where every other bad field is refused naming its line."""
+    directory = _with_release_dates(write_grouplens(tmp_path / "date"), {6: date})
+    with pytest.raises(
+        DataFormatError,
+        match=rf"u\.item: release date must be a date like 01-Jan-1995, or empty "
+        rf"\(1 bad rows; line 7: '{date}'\)",
+    ):
+        load_directory(directory)
+
+
+def test_an_empty_release_date_is_no_year(tmp_path: Path) -> None:
+    """GroupLens' own u.item has one: movie 267, "unknown", has no release date at all."""
+    directory = _with_release_dates(write_grouplens(tmp_path / "empty"), {6: "", 7: " "})
+    items = load_directory(directory).items.set_index("movie_id")
+    assert items["year"].isna().sum() == 2
+    assert items["year"].notna().sum() == len(items) - 2
+
+
 def test_a_recbole_genre_outside_the_vocabulary_is_refused_at_load(
     make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
