@@ -148,6 +148,10 @@ def _authenticate() -> Response | None:
         verify_jwt_in_request(locations=["cookies"])
     except CSRFError as exc:  # missing or mismatched double-submit value
         raise _CsrfFailure from exc
+    except TypeError as exc:  # a double-submit value that cannot be compared: mismatched as well
+        if not _from_csrf_comparison(exc):
+            raise
+        raise _CsrfFailure from exc
     except NoAuthorizationError:
         return _login_redirect("required", next_path)
     except ExpiredSignatureError:
@@ -157,6 +161,21 @@ def _authenticate() -> Response | None:
     except (JWTExtendedException, PyJWTError):
         return _login_redirect("invalid", next_path)
     return None
+
+
+def _from_csrf_comparison(error: TypeError) -> bool:
+    """Whether ``error`` is flask-jwt-extended's CSRF check failing rather than refusing.
+
+    The library compares the token's ``csrf`` claim with the submitted value by
+    ``hmac.compare_digest``, which raises TypeError for a claim that is not text (a token signed
+    with the key elsewhere: a number, a list, null) and for text that is not ASCII (a typed form
+    value): the post was a 500 page. Its decoder raises nothing else of that type itself, so a
+    TypeError raised in it (not in PyJWT below it, nor in this app's loaders) is that comparison.
+    """
+    trace = error.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    return trace is not None and trace.tb_frame.f_globals.get("__name__") == "flask_jwt_extended.tokens"
 
 
 def _page_of_post() -> str | None:

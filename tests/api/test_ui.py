@@ -28,7 +28,14 @@ from app.services import dashboard
 from app.services.request_ids import RequestIds
 from app.storage.db import make_engine
 from app.storage.models import Feedback, RecommendationRequest
-from tests.helpers import ADMIN_PASSWORD, PROFILE, SESSION_PASSWORD, answered_after_flush, sqlalchemy_url
+from tests.helpers import (
+    ADMIN_PASSWORD,
+    JWT_SECRET,
+    PROFILE,
+    SESSION_PASSWORD,
+    answered_after_flush,
+    sqlalchemy_url,
+)
 
 pytestmark = pytest.mark.api
 
@@ -208,6 +215,28 @@ def test_every_post_needs_the_csrf_value_of_this_session(app: Any) -> None:
             assert response.status_code == 400, (path, data)
             assert "not sent from this site" in response.text
     assert app.extensions["movierec"].db.feedback_rows() == []
+
+
+def test_a_csrf_value_that_cannot_be_compared_is_refused_as_any_other_not_a_500(app: Any) -> None:
+    """flask-jwt-extended compares the double-submit values with ``hmac.compare_digest``, which
+    raises TypeError for a claim that is not text (a token signed with the key by another system
+    or script) and for text that is not ASCII: the post was a 500 page, not the CSRF refusal."""
+    import jwt as pyjwt
+
+    client = app.test_client()
+    csrf = ui_login(client)
+    claims = pyjwt.decode(client.get_cookie(COOKIE, path="/ui").value, JWT_SECRET, algorithms=["HS256"])
+    cases: list[tuple[Any, str]] = [(123, "123"), ([csrf], csrf), ({"v": csrf}, csrf), (None, "None")]
+    cases += [(csrf, "é" + csrf), ("é", "é")]  # a claim or a submitted value that is not ASCII
+    for claim, submitted in cases:
+        token = pyjwt.encode({**claims, "csrf": claim}, JWT_SECRET, algorithm="HS256")
+        client.set_cookie(COOKIE, token, path="/ui")
+        for path, form in (("/ui/logout", {}), ("/ui/recommend", {"age": "30", "gender": "M"})):
+            response = client.post(path, data={**form, "csrf_token": submitted})
+            assert response.status_code == 400, (claim, submitted, path, response.text)
+            assert "not sent from this site" in response.text
+    client.set_cookie(COOKIE, pyjwt.encode(claims, JWT_SECRET, algorithm="HS256"), path="/ui")
+    assert client.post("/ui/logout", data={"csrf_token": csrf}).status_code == 303  # the key was right
 
 
 def test_an_out_of_date_form_leads_back_to_its_page_not_to_a_reload(app: Any) -> None:
