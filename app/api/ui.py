@@ -40,7 +40,7 @@ from app.api.errors import log_database_down
 from app.api.schemas import FIELD_RULES, LoginRequest, RecommendRequest, ScoreRequest, field_errors
 from app.api.security import revoke_current_token
 from app.config import Settings
-from app.errors import ApiError, InvalidRequest, NotFound, Unauthorized
+from app.errors import ApiError, InvalidRequest, NotFound, Unauthorized, Unavailable
 from app.recommender.bundle import BundleError
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
 from app.services import dashboard
@@ -70,6 +70,10 @@ LOGIN_REASONS = {
     "revoked": "Your session was ended. Please log in again.",
     "required": "Please log in to continue.",
     "logged_out": "You have logged out.",
+    "logout_not_recorded": (
+        "You have logged out in this browser, but the server could not record the logout right now "
+        "(its storage is unreachable): a copy of this session's token may still be accepted until it expires."
+    ),
 }
 # not "reload the page": the page showing this is the answer to the refused post, and reloading
 # it sends the same out-of-date form again; the page links to where the form was instead
@@ -454,8 +458,18 @@ def login() -> Response:
 @bp.post("/logout")
 @login_required()
 def logout() -> Response:
-    """Revoke the token (as POST /api/logout does) and drop the cookie."""
-    revoke_current_token()
+    """Revoke the token (as POST /api/logout does) and drop the cookie, in every case.
+
+    When no store takes the revocation (Redis and the database both down), the API answers 503
+    and its client, still holding the token, retries. Here the 503 page kept the cookie: the
+    person who clicked "Log out" was still logged in. The browser session ends anyway, and the
+    login page says the logout was not recorded on the server (the token stays valid until it
+    expires, but for this worker, which refuses it and writes it once the database answers).
+    """
+    try:
+        revoke_current_token()
+    except Unavailable:
+        return _login_redirect("logout_not_recorded")
     return _login_redirect("logged_out")
 
 

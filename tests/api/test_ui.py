@@ -34,6 +34,7 @@ from tests.helpers import (
     PROFILE,
     SESSION_PASSWORD,
     answered_after_flush,
+    login,
     sqlalchemy_url,
 )
 
@@ -194,6 +195,42 @@ def test_logout_revokes_the_token(client: Any) -> None:
     assert replay.status_code == 303 and "reason=revoked" in replay.headers["Location"]
     # and the same token is refused by the API too
     assert client.get("/protected", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_logout_ends_the_browser_session_even_when_it_cannot_be_recorded(
+    make_app: Callable[..., Any], postgres_url: str
+) -> None:
+    """With Redis and the database both down the revocation cannot be recorded (POST /api/logout:
+    503, the client keeps its token and retries). The UI's logout showed the 503 page and kept the
+    cookie: the person who clicked "Log out" was still logged in. The cookie is dropped in every
+    case, and the login page says the logout was not recorded on the server."""
+    app = make_app(
+        database_url=sqlalchemy_url(postgres_url),
+        redis_url="redis://127.0.0.1:1/0",  # nothing listens: every Redis call fails at once
+    )
+    client = app.test_client()
+    csrf = ui_login(client)
+    api_headers = login(client)
+    db = app.extensions["movierec"].db
+    good_engine, good_sessions = db.engine, db.sessions
+    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
+    try:
+        api = client.post("/api/logout", headers=api_headers)
+        response = client.post("/ui/logout", data={"csrf_token": csrf})
+    finally:
+        db.engine, db.sessions = good_engine, good_sessions
+    assert api.status_code == 503 and api.headers["Retry-After"] == "5"
+    assert "could not be recorded" in api.get_json()["error"]["message"]
+    assert response.status_code == 303, response.text
+    assert f"{COOKIE}=;" in response.headers["Set-Cookie"]  # the browser session ends
+    assert client.get_cookie(COOKIE, path="/ui") is None
+    assert "reason=logout_not_recorded" in response.headers["Location"]
+    page = client.get(response.headers["Location"])
+    assert page.status_code == 200
+    assert "could not record the logout" in html.unescape(page.text)
+    assert "until it expires" in page.text
+    assert 'action="/ui/logout"' not in page.text  # shown as logged out
 
 
 # --------------------------------------------------------------------------- CSRF and the API boundary
