@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +44,18 @@ guessing it; the session password has no minimum (the seed runs with ``SESSION_P
 WEAK_SECRETS = frozenset(
     {"secret", "changeme", "change-me", "jwt-secret", "super-secret", "test", "password"}
 )
+
+
+def comparable_secret(value: str) -> str:
+    """A password or token as it is compared: in Unicode normalization form NFC.
+
+    The same typed text may reach the service as different code points: "é" is one (NFC) from
+    Windows and Linux keyboards and most editors, and "e" plus a combining accent (NFD) from
+    macOS text fields and files written there. Compared as given, the configured password typed
+    on another system was wrong. Both sides of every comparison (a login, a scrape, two settings
+    that must differ) go through this.
+    """
+    return unicodedata.normalize("NFC", value)
 
 
 MAX_RECS = 100
@@ -338,8 +351,11 @@ class Settings(BaseSettings):
             raise ConfigurationError(
                 "SESSION_PASSWORD is not set: the service needs the session password to issue tokens"
             )
-        admin = self.admin_password.get_secret_value() if self.admin_password else ""
-        if admin and admin == self.session_password.get_secret_value():
+        # the equality checks compare as logins do (comparable_secret): secrets that differ only in
+        # their Unicode normalization are the same secret
+        session = comparable_secret(self.session_password.get_secret_value())
+        admin = comparable_secret(self.admin_password.get_secret_value() if self.admin_password else "")
+        if admin and admin == session:
             # a login with the session password would match both and get the admin role
             raise ConfigurationError(
                 "ADMIN_PASSWORD is the session password: every client would get admin tokens; set another"
@@ -351,8 +367,8 @@ class Settings(BaseSettings):
                 f"endpoints, use at least {MIN_ADMIN_PASSWORD_LENGTH} random characters "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(16))')"
             )
-        metrics_token = self.metrics_token.get_secret_value() if self.metrics_token else ""
-        logins = {"session_password": self.session_password.get_secret_value(), "admin_password": admin}
+        metrics_token = comparable_secret(self.metrics_token.get_secret_value() if self.metrics_token else "")
+        logins = {"session_password": session, "admin_password": admin}
         for field, password in logins.items():
             if metrics_token and metrics_token == password:
                 variable, *other = SECRET_SETTINGS[field]
@@ -373,7 +389,7 @@ class Settings(BaseSettings):
                 f"MOVIEREC_JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} random characters "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
-        if secret in (self.session_password.get_secret_value(), metrics_token):
+        if comparable_secret(secret) in (session, metrics_token):
             # whoever knows the key signs any token, "role": "admin" included
             raise ConfigurationError(
                 "MOVIEREC_JWT_SECRET is the session password or the metrics token, which every client "

@@ -15,7 +15,7 @@ from spectree import Response
 
 from app.api.schemas import ErrorResponse, LoginRequest, LoginResponse, Message
 from app.api.spec import BEARER, spec
-from app.config import Settings
+from app.config import Settings, comparable_secret
 from app.errors import Forbidden, Unauthorized
 
 bp = Blueprint("auth", __name__)
@@ -33,10 +33,12 @@ def secret_matches(candidate: str, secret: str | None) -> bool:
     ``hmac.compare_digest`` is constant-time only for inputs of equal length: given the raw
     strings it returns at once when the lengths differ, and the secret's length was told by
     timing. Both sides are compared as HMAC-SHA256 digests (always 32 bytes) instead, and the
-    same work is done whether or not a secret is set.
+    same work is done whether or not a secret is set. Both are first put in one Unicode
+    normalization (:func:`app.config.comparable_secret`): a password typed on macOS matches the
+    same password set on Linux.
     """
-    given = hmac.digest(_COMPARISON_KEY, candidate.encode(), "sha256")
-    expected = hmac.digest(_COMPARISON_KEY, (secret or "").encode(), "sha256")
+    given = hmac.digest(_COMPARISON_KEY, comparable_secret(candidate).encode(), "sha256")
+    expected = hmac.digest(_COMPARISON_KEY, comparable_secret(secret or "").encode(), "sha256")
     equal = hmac.compare_digest(given, expected)
     return bool(secret) and equal
 

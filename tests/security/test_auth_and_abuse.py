@@ -11,6 +11,7 @@ import hmac
 import json
 import secrets
 import time
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -99,6 +100,40 @@ def test_password_check_is_constant_time_and_checks_both_roles(client: Any, monk
     assert len(secrets) == 1, "the same two secrets are compared on every attempt"
 
 
+def test_passwords_match_whichever_unicode_normalization_they_were_typed_in(
+    make_app: Any, monkeypatch: Any
+) -> None:
+    """ "é" is one code point as Windows and Linux keyboards type it (NFC) and two, "e" and a
+    combining accent, as macOS may (NFD): the same password typed on another system, or set in a
+    file written there, was "invalid session password", at the API and in the web UI. Both sides
+    are compared as NFC, still as fixed-length digests, for both roles."""
+    session, admin = "crème brûlée", "Ångström-façade-clé"
+    assert unicodedata.normalize("NFC", session) != unicodedata.normalize("NFD", session)
+
+    def role_of(client: Any, password: str) -> str:
+        answer = client.post("/api/login", json={"session_password": password})
+        assert answer.status_code == 200, answer.get_json()
+        return str(pyjwt.decode(answer.get_json()["access_token"], JWT_SECRET, algorithms=["HS256"])["role"])
+
+    for configured in ("NFC", "NFD"):
+        app = make_app(
+            session_password=unicodedata.normalize(configured, session),
+            admin_password=unicodedata.normalize(configured, admin),
+        )
+        client = app.test_client()
+        for typed in ("NFC", "NFD"):
+            calls = _record_comparisons(monkeypatch)
+            assert role_of(client, unicodedata.normalize(typed, session)) == "client", (configured, typed)
+            assert {len(side) for call in calls for side in call} == {32}, "fixed-length digests"
+            assert role_of(client, unicodedata.normalize(typed, admin)) == "admin", (configured, typed)
+            web = app.test_client().post(
+                "/ui/login", data={"session_password": unicodedata.normalize(typed, admin)}
+            )
+            assert web.status_code == 303, (configured, typed, web.text)
+        # the same letters without the accent are another password
+        assert client.post("/api/login", json={"session_password": "creme brulee"}).status_code == 401
+
+
 def test_the_metrics_token_is_compared_as_a_fixed_length_digest(make_app: Any, monkeypatch: Any) -> None:
     """A raw compare_digest of the bearer token returned at once on a length mismatch: the
     token's length was told by the time a scrape took to be refused."""
@@ -126,6 +161,23 @@ def test_an_admin_password_equal_to_the_session_password_refuses_to_start(make_s
         create_app(make_settings(testing=False, admin_password=SESSION_PASSWORD))
     app = create_app(make_settings(testing=False))  # distinct passwords start
     app.extensions["movierec"].close()
+
+
+def test_secrets_that_differ_only_in_unicode_normalization_are_the_same_secret(make_settings: Any) -> None:
+    """Passwords are compared as NFC: an admin password that is the session password in another
+    normalization (NFD, as macOS may write it) gave every client an admin token, and a metrics
+    token or JWT secret so equal to a password held that login. Each refuses to start."""
+    word = "k7-walrus-tea-clé-" + "é" * 16
+    nfc, nfd = unicodedata.normalize("NFC", word), unicodedata.normalize("NFD", word)
+    assert nfc != nfd
+    for shared, match in (
+        ({"session_password": nfc, "admin_password": nfd}, "ADMIN_PASSWORD is the session password"),
+        ({"admin_password": nfd, "metrics_token": nfc}, "MOVIEREC_METRICS_TOKEN is ADMIN_PASSWORD"),
+        ({"session_password": nfd, "metrics_token": nfc}, "MOVIEREC_METRICS_TOKEN is SESSION_PASSWORD"),
+        ({"session_password": nfd, "jwt_secret": nfc}, "MOVIEREC_JWT_SECRET is the session password"),
+    ):
+        with pytest.raises(ConfigurationError, match=match):
+            create_app(make_settings(testing=False, **shared))
 
 
 def test_a_jwt_secret_that_clients_or_scrapers_know_refuses_to_start(make_settings: Any) -> None:
