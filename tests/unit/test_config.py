@@ -9,6 +9,7 @@ from pydantic import SecretStr
 
 from app.config import ConfigurationError, Settings, load_settings, parse_origins
 from app.secret_files import SECRET_SETTINGS, read_secret_file
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -430,7 +431,8 @@ def test_a_bad_setting_is_a_one_line_cli_error(
     missing = tmp_path / "no-such-file"
     monkeypatch.delenv("MOVIEREC_DATABASE_URL", raising=False)
     monkeypatch.setenv("MOVIEREC_DATABASE_URL_FILE", str(missing))
-    result = CliRunner().invoke(cli, command)
+    # serve checks its address first: a port of its own, not 5000, which a developer's server may hold
+    result = CliRunner().invoke(cli, command + (["--port", str(free_port())] if command == ["serve"] else []))
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert f"MOVIEREC_DATABASE_URL_FILE: cannot read {missing}" in result.output
@@ -462,7 +464,7 @@ def test_serve_without_a_session_password_is_a_one_line_error(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MOVIEREC_DATABASE_URL", f"sqlite:///{tmp_path / 'service.db'}")
     monkeypatch.setattr("app.run_development_server", lambda *args: pytest.fail("the server was started"))
-    result = CliRunner().invoke(cli, ["serve", "--debug"])
+    result = CliRunner().invoke(cli, ["serve", "--debug", "--port", str(free_port())])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "SESSION_PASSWORD" in result.output and "Traceback" not in result.output
