@@ -44,7 +44,7 @@ import duckdb
 import fsspec
 import pandas as pd
 
-from app.recommender.data import FEEDBACK_USER_BASE
+from app.recommender.data import is_feedback_user
 from app.recommender.features import item_features, rated_movies, user_features
 from app.services.durable_files import exclusive_lock, sync_directory, write_durably
 
@@ -96,9 +96,8 @@ def feature_tables(ingested: Ingested) -> dict[str, pd.DataFrame]:
     """The four snapshot tables of one ingested training set."""
     data = ingested.data
     users = user_features(data.ratings, data.users, data.items)
-    users.insert(
-        1, "source", ["feedback" if u >= FEEDBACK_USER_BASE else "movielens" for u in users["user_id"]]
-    )
+    synthetic = is_feedback_user(users["user_id"])
+    users.insert(1, "source", ["feedback" if flag else "movielens" for flag in synthetic])
     items = item_features(data.ratings, data.items)
     items.insert(1, "title", data.items["title"].to_numpy())
     feedback = ingested.feedback.reset_index(drop=True)

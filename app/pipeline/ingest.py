@@ -30,8 +30,8 @@ from app.recommender.data import (
     FEEDBACK_USER_BASE,
     RATING_COLUMNS,
     USER_COLUMNS,
-    DataFormatError,
     MovieLens,
+    is_feedback_user,
     load_movielens,
 )
 from app.recommender.segments import GENDERS, MAX_AGE, MIN_AGE, OCCUPATIONS
@@ -63,7 +63,7 @@ class Ingested:
     @property
     def feedback_user_ids(self) -> np.ndarray:
         ids = self.data.users["user_id"].to_numpy()
-        return ids[ids >= FEEDBACK_USER_BASE]
+        return ids[is_feedback_user(ids)]
 
     def stats(self) -> dict[str, int]:
         mapped = self.feedback["mapped_to"] if len(self.feedback) else pd.Series(dtype=str)
@@ -191,16 +191,7 @@ def ingest(data_dir: Path | str, db: Database | None) -> Ingested:
     ``db`` None means "raw data only". A database that cannot be reached raises: training
     silently without the feedback would publish a model that ignores it.
     """
-    raw = load_movielens(data_dir)
-    # Ids from FEEDBACK_USER_BASE up are the synthetic feedback users': a raw user there would
-    # be counted as one (source "feedback", left out of the service's user_features table) or
-    # collide with one, so the raw data is refused rather than silently misfiled.
-    raw_ids = raw.users["user_id"].to_numpy()
-    if (raw_ids >= FEEDBACK_USER_BASE).any():
-        raise DataFormatError(
-            f"user ids from {FEEDBACK_USER_BASE} up are reserved for feedback users; the raw users "
-            f"include {raw_ids[raw_ids >= FEEDBACK_USER_BASE][:5].tolist()}"
-        )
+    raw = load_movielens(data_dir)  # refuses raw user ids in the feedback users' range
     if db is None:
         return Ingested(raw)
     db.upgrade()

@@ -44,7 +44,7 @@ import pandas as pd
 
 from app.durable import sync_directory, sync_tree
 from app.exit_hooks import at_exit
-from app.recommender.data import FEEDBACK_USER_BASE
+from app.recommender.data import is_feedback_user
 from app.recommender.models.base import Recommender
 from app.recommender.ranking import top_n
 from app.recommender.segments import Segment, all_segments, segment_index
@@ -172,7 +172,7 @@ def build_tables(
     }
     if model.supports_users and (ratings is not None or model.keeps_ratings):
         user_ids = np.sort(np.asarray(model.known_users(), dtype=np.int64))
-        user_ids = user_ids[user_ids <= FEEDBACK_USER_BASE]
+        user_ids = user_ids[~is_feedback_user(user_ids)]
         rated: dict[int, np.ndarray] = {}
         if ratings is not None:
             grouped = ratings.groupby("user_id")["movie_id"]

@@ -37,7 +37,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
@@ -70,9 +70,25 @@ ITEM_COLUMNS = ["movie_id", "title", "year", "genres"]
 MAX_ID = 2**31 - 1  # user and movie ids: the database's integer columns (and the API's path ids)
 FEEDBACK_USER_BASE = 1_000_000
 """User ids above it are synthetic feedback users, one per scored anonymous request
-(app/pipeline/ingest.py): they train the models, but no caller is one of them."""
+(app/pipeline/ingest.py, numbered from ``FEEDBACK_USER_BASE + 1``): they train the models, but no
+caller is one of them. Raw user ids are 1..FEEDBACK_USER_BASE (the loader refuses the others).
+Compare with :func:`is_feedback_user`, nowhere by hand: the boundary was ``>=`` in some places
+and ``>`` in others, so raw user 1,000,000 was refused by ingest and trained as a MovieLens user
+by ``movierec train``."""
 MIN_RATING, MAX_RATING = 0.5, 5.0  # the scale of the service's scores (half stars allowed)
 FUTURE_SLACK_SECONDS = 86_400  # clock skew between the machine that rated and this one
+
+
+@overload
+def is_feedback_user(user_id: int | np.integer) -> bool: ...
+@overload
+def is_feedback_user(user_id: np.ndarray | pd.Series) -> np.ndarray: ...
+def is_feedback_user(user_id: int | np.integer | np.ndarray | pd.Series) -> bool | np.ndarray:
+    """Whether a user id (or, element-wise, an array of them) is a synthetic feedback user's:
+    above :data:`FEEDBACK_USER_BASE`. The one definition of the range (NaN is not in it)."""
+    if isinstance(user_id, int | np.integer):
+        return bool(user_id > FEEDBACK_USER_BASE)
+    return np.asarray(user_id) > FEEDBACK_USER_BASE
 
 
 class DataUnavailableError(RuntimeError):
@@ -268,8 +284,10 @@ def _validate(
     """Refuse content the features would take silently, or crash on without saying where.
 
     Ids are integers in 1..MAX_ID (the database's columns, the API's path ids) and unique in
-    the users and movies files; ratings are 0.5..5; timestamps are epoch seconds, not in the
-    future; demographics are in the vocabulary the encoder and the service's columns accept.
+    the users and movies files; user ids are not in the feedback users' range (above
+    FEEDBACK_USER_BASE): such a user was trained as one, never evaluated nor given a list;
+    ratings are 0.5..5; timestamps are epoch seconds, not in the future; demographics are in
+    the vocabulary the encoder and the service's columns accept.
     Across files, every rating names a listed user and a listed movie: the features dropped
     the others silently and training failed on them much later. A user rates a movie id once.
     """
@@ -288,6 +306,8 @@ def _validate(
         (ratings_file, ratings, "timestamp", _integers(ratings["timestamp"], 0, latest),
          "must be epoch seconds, not in the future"),
         (users_file, users, "user_id", _integers(users["user_id"], 1, MAX_ID), ids),
+        (users_file, users, "user_id", ~is_feedback_user(_numbers(users["user_id"])),
+         f"must be 1..{FEEDBACK_USER_BASE}, ids above are reserved for feedback users"),
         (users_file, users, "user_id", ~_numbers(users["user_id"]).duplicated(), "must be unique"),
         (users_file, users, "age", _integers(users["age"], MIN_AGE, MAX_AGE),
          f"must be {MIN_AGE}..{MAX_AGE}"),

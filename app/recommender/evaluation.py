@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.recommender.data import FEEDBACK_USER_BASE, MovieLens
+from app.recommender.data import MovieLens, is_feedback_user
 from app.recommender.metrics import ranking_metrics, rmse
 from app.recommender.models import Recommender, make_model
 from app.recommender.ranking import top_n
@@ -42,8 +42,8 @@ def split_users(
     scored request reshuffled which MovieLens users were tested. They are all training users.
     """
     ids = np.sort(np.asarray(user_ids, dtype=np.int64))
-    feedback = ids[ids > FEEDBACK_USER_BASE]
-    ids = ids[ids <= FEEDBACK_USER_BASE]
+    synthetic = is_feedback_user(ids)
+    feedback, ids = ids[synthetic], ids[~synthetic]
     rng = np.random.default_rng(seed)
     rng.shuffle(ids)
     n_test = round(test_share * len(ids))
@@ -67,7 +67,7 @@ def split_ratings(
     boundaries = np.flatnonzero(np.diff(sorted_users)) + 1
     held = np.zeros(len(ratings), dtype=bool)
     for group in np.split(positions[order], boundaries):
-        if len(group) and user_ids[group[0]] > FEEDBACK_USER_BASE:
+        if len(group) and is_feedback_user(user_ids[group[0]]):
             break  # ascending ids: every group from here is a feedback user's
         shuffled = group.copy()
         rng.shuffle(shuffled)

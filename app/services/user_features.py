@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import NotFound, Unavailable
-from app.recommender.data import FEEDBACK_USER_BASE, DataUnavailableError, find_local
+from app.recommender.data import FEEDBACK_USER_BASE, DataUnavailableError, find_local, is_feedback_user
 from app.storage.db import Database, DatabaseUnavailableError
 from app.storage.models import as_utc
 from app.storage.user_features import get_user_features, user_features_snapshot
@@ -99,7 +99,7 @@ class UserFeatureService:
             }
             return UserProfile(answer, frozenset(int(m) for m in row.rated_movies or ()))
         if stored:
-            if user_id > FEEDBACK_USER_BASE:  # in the snapshot's users table, never loaded for the API
+            if is_feedback_user(user_id):  # in the snapshot's users table, never loaded for the API
                 # Said "ids above ... are feedback users" for any id, 2147483647 too: the range is
                 # theirs, but a build numbers only as many as there were anonymous scored requests.
                 raise NotFound(

@@ -470,3 +470,89 @@ def test_features_build_reports_a_raw_file_it_cannot_read_as_an_error_not_a_trac
     assert result.output.startswith(f"Error: {unreadable}: cannot be read: {error.strerror}"), result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "features" / "LATEST").exists()
+
+
+def _add_user(directory: Path, user_id: int) -> int:
+    """Append raw user ``user_id`` (and a rating of theirs) to either layout; return the user's
+    line in the users file."""
+    grouplens = (directory / "u.user").exists()
+    users = directory / ("u.user" if grouplens else "ml-100k.user")
+    ratings = directory / ("u.data" if grouplens else "ml-100k.inter")
+    sep = "|" if grouplens else "\t"
+    users.write_text(users.read_text() + sep.join([str(user_id), "30", "M", "doctor", "12345"]) + "\n")
+    ratings.write_text(ratings.read_text() + f"{user_id}\t3\t4\t880000000\n")
+    return len(users.read_text().splitlines())
+
+
+@pytest.mark.parametrize("layout", ["grouplens", "recbole"])
+def test_a_raw_user_id_in_the_feedback_range_is_refused_at_load_naming_its_line(
+    tmp_path: Path, layout: str
+) -> None:
+    """Ids above 1,000,000 are the synthetic feedback users' (one per scored anonymous request).
+    Only ingest refused raw ones: `movierec train`, `evaluate`, `data fetch` and the features
+    loaded them as feedback users (never evaluated, no precomputed list, mixed with real ones)."""
+    from tests.synthetic import write_recbole
+
+    directory = (write_grouplens if layout == "grouplens" else write_recbole)(tmp_path / layout)
+    line = _add_user(directory, 1_000_001)
+    users = "u.user" if layout == "grouplens" else "ml-100k.user"
+    with pytest.raises(
+        DataFormatError,
+        match=rf"{re.escape(users)}: user_id must be 1\.\.1000000, ids above are reserved for feedback "
+        rf"users \(1 bad rows; line {line}: '?1000001'?\)",
+    ):
+        load_directory(directory)
+
+
+def test_raw_user_id_1000000_is_a_movielens_user_everywhere(tmp_path: Path) -> None:
+    """The boundary was `>=` in ingest and the features' source, `>` in evaluation and batch
+    inference: raw user 1,000,000 was refused by ingest but a MovieLens user to `movierec train`.
+    Feedback users are numbered from 1,000,001, so 1,000,000 is the last raw id."""
+    from app.pipeline.features_store import feature_tables
+    from app.pipeline.ingest import ingest
+    from app.recommender.data import is_feedback_user
+
+    assert not is_feedback_user(1_000_000) and is_feedback_user(1_000_001)
+    directory = write_grouplens(tmp_path / "data")
+    _add_user(directory, 1_000_000)
+    ingested = ingest(directory, None)
+    assert 1_000_000 in ingested.data.users["user_id"].tolist()
+    assert ingested.stats()["feedback_users"] == 0
+    users = feature_tables(ingested)["users"]
+    assert users.loc[users["user_id"] == 1_000_000, "source"].tolist() == ["movielens"]
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "fetch"])
+def test_every_command_reading_raw_files_refuses_a_feedback_range_user(tmp_path: Path, command: str) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    directory = write_grouplens(tmp_path / "raw")
+    _add_user(directory, 2_000_000)
+    args = {
+        "train": [
+            "train",
+            "--data-dir",
+            str(directory),
+            "--model-dir",
+            str(tmp_path / "model"),
+            "--seeds",
+            "0",
+        ],
+        "evaluate": [
+            "evaluate",
+            "--data-dir",
+            str(directory),
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+        "fetch": ["data", "fetch", "--source", str(directory), "--data-dir", str(tmp_path / "root")],
+    }[command]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "u.user: user_id must be 1..1000000, ids above are reserved for feedback users" in result.output
+    assert not (tmp_path / "model").exists() and not (tmp_path / "r.json").exists()
+    assert not (tmp_path / "root" / "ml-100k").exists()
