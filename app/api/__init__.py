@@ -14,7 +14,7 @@ from app.api.errors import envelope, not_a_json_object, register_error_handlers
 from app.api.serving import register_serving
 from app.api.spec import spec
 from app.config import JWT_LEEWAY_SECONDS, Settings
-from app.errors import BEARER_CHALLENGE, BEARER_REFUSED, InvalidRequest
+from app.errors import BEARER_CHALLENGE, BEARER_REFUSED, InvalidRequest, NotFound
 
 jwt = JWTManager()
 
@@ -104,6 +104,24 @@ def _bearer_scheme_any_case() -> None:
         request.environ["HTTP_AUTHORIZATION"] = "Bearer " + header[7:]
 
 
+def _refuse_empty_segments() -> None:
+    """An API path is matched as spelled: an empty segment in it (``/api//recommend``,
+    ``/api/%2Frecommend``) makes it an unknown path, 404 in the envelope.
+
+    Werkzeug merged such slashes with a 308 redirect whose body was an HTML page and whose
+    ``Location`` was absolute, built from the Host header and the scheme this server saw (``http``
+    behind a TLS proxy), which a client would follow with its token and body. API.md gives every
+    path exactly and refuses what it does not name (an unknown field, a query parameter) rather
+    than correcting it. Leading slashes (``//api/recommend``, a base URL ending in ``/`` joined
+    to a path) are not looked at: Werkzeug drops them before routing (``request.path``), without
+    a redirect, and such clients have always been answered. Paths outside /api/ keep Werkzeug's
+    redirect (a browser follows it).
+    """
+    path = request.path
+    if "//" in path and path.startswith("/api/"):
+        raise NotFound("no such resource: the path has an empty segment (//)")
+
+
 def _check_api_write() -> None:
     """A POST under /api/: its JSON body (:func:`_require_json_object`), then no query parameter
     (:func:`_refuse_query`).
@@ -181,6 +199,7 @@ def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:
     )
     jwt.init_app(app)
     auth.init_fingerprints(app, settings, jwt_secret)
+    app.before_request(_refuse_empty_segments)
     app.before_request(_bearer_scheme_any_case)
     app.before_request(_check_api_write)
     app.after_request(security.drain_unread_body)

@@ -248,6 +248,52 @@ def test_unknown_path_is_404_in_the_envelope(client) -> None:
     assert_envelope(client.get("/api/nothing-here"), 404, "not_found")
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api//model"),
+        ("GET", "//api//model"),
+        ("GET", "/api/users/1//features"),
+        ("POST", "/api//recommend"),
+        ("POST", "//api//recommend"),
+        ("POST", "/api/recommend//score"),
+        ("OPTIONS", "/api//recommend"),
+    ],
+)
+def test_a_path_with_an_empty_segment_under_api_is_404_in_the_envelope(
+    client, auth_headers, method, path
+) -> None:
+    """An API path is matched as spelled: ``//`` in it is an unknown path. Werkzeug's slash merging
+    answered a 308 with an HTML body and an absolute ``Location`` built from the Host header and
+    the scheme the server saw (``http://`` behind a TLS proxy), which a client would follow with
+    its token and body. The test client reads ``//api/…`` as a host, so PATH_INFO is set as uwsgi
+    sets it from the request line."""
+    response = client.open(
+        "/", method=method, json=PROFILE, headers=auth_headers, environ_overrides={"PATH_INFO": path}
+    )
+    assert_envelope(response, 404, "not_found")
+    assert "Location" not in response.headers
+    assert response.mimetype == "application/json"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_leading_slashes_are_still_dropped(client, auth_headers, method) -> None:
+    """``//api/…`` (a base URL ending in ``/`` joined to a path) was never redirected: Werkzeug
+    drops leading slashes before routing, and such clients have always been answered."""
+    path, body = ("//api/model", None) if method == "GET" else ("//api/recommend", PROFILE)
+    response = client.open(
+        "/", method=method, json=body, headers=auth_headers, environ_overrides={"PATH_INFO": path}
+    )
+    assert response.status_code == 200, response.get_json()
+
+
+def test_a_page_path_with_an_empty_segment_is_still_redirected(client) -> None:
+    """Only API paths are matched as spelled: a browser follows the redirect of a page."""
+    response = client.get("/", environ_overrides={"PATH_INFO": "/ui//dashboard"})
+    assert response.status_code == 308
+    assert response.headers["Location"].endswith("/ui/dashboard")
+
+
 @pytest.mark.parametrize("body", [None, "[]", "not json"])
 def test_routing_answers_before_the_body_is_judged(client, auth_headers, body) -> None:
     """A wrong method is a 405 and an unknown path a 404 whatever the body (the JSON check ran
