@@ -16,6 +16,7 @@ from app.recommender.bundle import VERSION_MAX_LENGTH, RecommendQuery
 from app.recommender.features import MAX_ID, integral
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
 
+DEFAULT_MAX_RECS = 10  # API.md: max_recs absent (or null) is 10
 MAX_BATCH_RECOMMEND = 1_000
 MAX_BATCH_PREDICT = 10_000
 MAX_PASSWORD_LENGTH = 1024
@@ -82,7 +83,12 @@ class Message(BaseModel):
 
 
 class RecommendRequest(Strict):
-    """Demographics for a cold-start recommendation, or ``user_id`` for a known user."""
+    """Demographics for a cold-start recommendation, or ``user_id`` for a known user.
+
+    Every field is optional, and ``null`` is the same as leaving a field out (the spec says so:
+    each takes ``null``): ``max_recs: null`` is the default, a demographic's ``null`` is missing.
+    ``max_recs: null`` was a 400 while ``user_id: null`` was absent.
+    """
 
     # the "user_id or all three demographics" rule below, stated in the spec too (found by fuzzing:
     # without it `{}` is schema-valid yet answered 400)
@@ -105,7 +111,7 @@ class RecommendRequest(Strict):
     age: Age | None = None
     gender: Gender | None = None
     occupation: Occupation | None = None
-    max_recs: MaxRecs = 10
+    max_recs: MaxRecs | None = DEFAULT_MAX_RECS  # None: sent as null, answered as absent (query())
     user_id: UserId | None = None
 
     @model_validator(mode="after")
@@ -118,7 +124,8 @@ class RecommendRequest(Strict):
 
     def query(self) -> RecommendQuery:
         """What the recommendation service is asked (/api/recommend, each batch item, the UI)."""
-        return RecommendQuery(self.max_recs, self.age, self.gender, self.occupation, self.user_id)
+        max_recs = DEFAULT_MAX_RECS if self.max_recs is None else self.max_recs
+        return RecommendQuery(max_recs, self.age, self.gender, self.occupation, self.user_id)
 
 
 class RecommendedItem(BaseModel):

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
 from app.api.schemas import (
+    DEFAULT_MAX_RECS,
     MAX_BATCH_PREDICT,
     MAX_BATCH_RECOMMEND,
     MAX_RECS,
@@ -102,7 +103,9 @@ def _decimal_digits(value: Any) -> Any:
 class MaxRecsQuery(Strict):
     """Query strings are text: ``?max_recs=7`` is read as digits, within the body field's bounds."""
 
-    max_recs: Annotated[StrictInt, Field(ge=1, le=MAX_RECS), BeforeValidator(_decimal_digits)] = 10
+    max_recs: Annotated[StrictInt, Field(ge=1, le=MAX_RECS), BeforeValidator(_decimal_digits)] = (
+        DEFAULT_MAX_RECS
+    )
 
 
 class UserFeaturesResponse(BaseModel):

@@ -100,6 +100,35 @@ def test_max_recs_limits_the_list(client, auth_headers, max_recs) -> None:
     assert len(body["recommendations"]) == max_recs
 
 
+RECOMMEND_OPTIONAL = ("age", "gender", "occupation", "max_recs", "user_id")
+
+
+@pytest.mark.parametrize("field", ["max_recs", "user_id"])
+def test_an_optional_field_sent_as_null_is_absent(client, auth_headers, field) -> None:
+    """API.md: the recommend body's optional fields may be left out; ``null`` is the same as
+    leaving one out, for each of them alike. ``max_recs: null`` was a 400 while ``user_id: null``
+    (and a demographic's ``null`` beside a ``user_id``) was taken for absent."""
+    response = _recommend(client, auth_headers, **{field: None})
+    assert response.status_code == 200, response.get_json()
+    assert len(response.get_json()["recommendations"]) == 10  # the default max_recs
+
+
+def test_a_batch_item_takes_null_for_absent_too(client, auth_headers) -> None:
+    item = {**PROFILE, "max_recs": None, "user_id": None}
+    response = client.post("/api/recommend/batch", json={"requests": [item]}, headers=auth_headers)
+    assert response.status_code == 200, response.get_json()
+    assert len(response.get_json()["results"][0]["recommendations"]) == 10
+
+
+def test_the_spec_says_each_optional_recommend_field_takes_null(client) -> None:
+    schema = client.get("/openapi.json").get_json()["components"]["schemas"]["RecommendRequest"]
+    assert not schema.get("required")
+    for name in RECOMMEND_OPTIONAL:
+        types = [alternative.get("type") for alternative in schema["properties"][name].get("anyOf", [])]
+        assert "null" in types, (name, schema["properties"][name])
+    assert schema["properties"]["max_recs"]["default"] == 10
+
+
 def test_integral_float_age_is_an_integer(client, auth_headers) -> None:
     assert _recommend(client, auth_headers, age=30.0).status_code == 200
 

@@ -75,10 +75,11 @@ def test_age_accepts_exactly_json_integers_1_to_120(age: Any) -> None:
 
 @SETTINGS
 @given(max_recs=json_values)
-def test_max_recs_accepts_exactly_json_integers_1_to_100(max_recs: Any) -> None:
+def test_max_recs_accepts_exactly_json_integers_1_to_100_or_null(max_recs: Any) -> None:
     if isinstance(max_recs, float) and not math.isfinite(max_recs):
         return
-    assert accepts(RecommendRequest, {**VALID, "max_recs": max_recs}) == is_json_integer_in(max_recs, 1, 100)
+    expected = max_recs is None or is_json_integer_in(max_recs, 1, 100)  # null: absent, the default
+    assert accepts(RecommendRequest, {**VALID, "max_recs": max_recs}) == expected
 
 
 @SETTINGS
