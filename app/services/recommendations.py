@@ -17,6 +17,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 from app.errors import InvalidRequest, NotFound, Unavailable
@@ -72,7 +73,8 @@ class ScoreTarget:
     ``movies`` is keyed by each title in Unicode normalization form C (:func:`title_key`), and
     ``titles`` gives each movie's title as served. ``predicted`` holds the serving bundle's
     predicted rating of every movie of the list, filled by the first score (one vectorised call
-    for the list instead of one per score).
+    for the list instead of one per score). ``folded`` indexes the titles without case, built
+    the first time a title misses ``movies``.
     """
 
     movies: dict[str, int]
@@ -88,9 +90,34 @@ class ScoreTarget:
         return cls(movies, model_version, inputs, titles=titles)
 
     def movie(self, title: str) -> tuple[int, str] | None:
-        """The id and served title of the movie ``title`` names (in any normalization form), or None."""
+        """The id and served title of the movie ``title`` names, or None.
+
+        ``title`` names a movie in any normalization form, and in any case when it matches that
+        movie's title alone without case ("toy story (1995)" for "Toy Story (1995)"); matching
+        several titles so (two served titles differing only in case), it names none: a 400 that
+        says so. The exact title is one dict lookup, as before: nothing is folded then.
+        """
         movie_id = self.movies.get(title_key(title))
+        if movie_id is None:
+            matches = self.folded.get(folded_title(title), ())
+            if len(matches) > 1:
+                raise InvalidRequest(
+                    "movie matches more than one title recommended under this id when case is ignored ("
+                    + ", ".join(self.titles[m] for m in matches)
+                    + "): send the title as served",
+                    fields={"movie": "must be a movie title recommended under that id"},
+                )
+            movie_id = matches[0] if matches else None
         return None if movie_id is None else (movie_id, self.titles.get(movie_id, title))
+
+    @cached_property
+    def folded(self) -> dict[str, tuple[int, ...]]:
+        """The list's movie ids by title without case (:func:`folded_title`), built whole on first use."""
+        folded: dict[str, tuple[int, ...]] = {}
+        for movie_id, title in self.titles.items():
+            key = folded_title(title)
+            folded[key] = (*folded.get(key, ()), movie_id)
+        return folded
 
 
 def title_key(title: str) -> str:
@@ -98,6 +125,15 @@ def title_key(title: str) -> str:
     precomposed ("Misérables"); a client may send the same text decomposed (NFD, "e" + U+0301),
     and that is the title that was recommended, not another one."""
     return title if title.isascii() else unicodedata.normalize("NFC", title)
+
+
+def folded_title(title: str) -> str:
+    """``title`` as a score matches it without case: Unicode's canonical caseless match (NFD, case
+    folding, NFD: "STRASSE" is "Straße", "MISÉRABLES" in either form is "Misérables"); ASCII is
+    lowered, which is its case folding."""
+    if title.isascii():
+        return title.lower()
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", title).casefold())
 
 
 class ScoreTargets:

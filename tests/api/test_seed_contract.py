@@ -395,18 +395,73 @@ def test_rescoring_the_same_movie_updates_instead_of_duplicating(app, client, au
     assert [(r.title, r.score) for r in rows] == [(titles[0], 5.0)]
 
 
+def _served_list(app, titles: list[str]) -> str:
+    """The id of a list served with these titles (movie ids 1, 2, …), as the request log holds it."""
+    service = app.extensions["movierec"].recommendations
+    request_id = service.ids.issue()
+    items = [{"movie_id": i, "title": title, "score": 1.0} for i, title in enumerate(titles, 1)]
+    service.request_log.append([{**dict.fromkeys(REQUEST_INPUTS), "id": request_id, "max_recs": len(items),
+                                 "model_version": "v1", "strategy": "segment", "items": items}])  # fmt: skip
+    return request_id
+
+
+def _score(client, headers, request_id: str, movie: str):
+    return client.post(
+        "/api/recommend/score", json={"id": request_id, "movie": movie, "score": 4}, headers=headers
+    )
+
+
+def test_a_title_in_another_case_is_the_title_it_matches_alone(app, client, auth_headers) -> None:
+    """A client that sends "toy story (1995)" for "Toy Story (1995)" names that movie: matched
+    without case (Unicode case folding, after NFC), it is stored under the title as served. It
+    was a 400 "movie was not recommended under this id"."""
+    import unicodedata
+
+    served = ["Toy Story (1995)", "Mis\u00e9rables, Les (1995)", "Stra\u00dfe (1990)"]
+    request_id = _served_list(app, served)
+    shouted_decomposed = unicodedata.normalize("NFD", "MIS\u00c9RABLES, LES (1995)")
+    for sent in ("toy story (1995)", "TOY STORY (1995)", shouted_decomposed, "STRASSE (1990)"):
+        response = _score(client, auth_headers, request_id, sent)
+        assert response.status_code == 200, (sent, response.get_json())
+    assert sorted((r.movie_id, r.title) for r in stored_feedback(app)) == [
+        (1, served[0]),
+        (2, served[1]),
+        (3, served[2]),
+    ]
+    # spacing still counts: another text, not another case of the same one
+    assert_envelope(_score(client, auth_headers, request_id, "toy  story (1995)"), 400, "invalid_request")
+
+
+def test_a_title_matching_several_without_case_is_refused_saying_so(app, client, auth_headers) -> None:
+    """Two titles of one list that differ only in case: each exact title is its movie, and a third
+    spelling that matches both without case names neither: 400, and the message says why."""
+    request_id = _served_list(app, ["Heat (1995)", "HEAT (1995)"])
+    error = assert_envelope(_score(client, auth_headers, request_id, "heat (1995)"), 400, "invalid_request")
+    assert "case" in error["message"] and set(error["fields"]) == {"movie"}
+    assert _score(client, auth_headers, request_id, "HEAT (1995)").status_code == 200
+    assert [(r.movie_id, r.title) for r in stored_feedback(app)] == [(2, "HEAT (1995)")]
+
+
+def test_an_exact_title_does_not_fold_the_list(app, client, auth_headers) -> None:
+    """The exact match (the usual case, on a benchmarked path) costs what it did: the case-folded
+    index of a list is built only when a title misses it."""
+    request_id = _served_list(app, ["Toy Story (1995)", "Heat (1995)"])
+    assert _score(client, auth_headers, request_id, "Heat (1995)").status_code == 200
+    target = app.extensions["movierec"].recommendations.targets.resolve(request_id, lambda: None)
+    assert target.movie("Toy Story (1995)") == (1, "Toy Story (1995)")
+    assert "folded" not in vars(target)
+    assert target.movie("toy story (1995)") == (1, "Toy Story (1995)")
+    assert "folded" in vars(target)
+
+
 def test_a_title_in_another_unicode_normalization_is_the_same_title(app, client, auth_headers) -> None:
     """ml-100k's titles hold accents ("Misérables, Les (1995)", served precomposed, NFC). The same
     text decomposed (NFD: "e" + U+0301, what macOS input and some clients send) is the title that
     was recommended, and is stored as served; it was a 400 "movie was not recommended under this id"."""
     import unicodedata
 
-    service = app.extensions["movierec"].recommendations
     title = "Mis\u00e9rables, Les (1995)"
-    request_id = service.ids.issue()
-    items = [{"movie_id": 1, "title": title, "score": 1.0}]
-    service.request_log.append([{**dict.fromkeys(REQUEST_INPUTS), "id": request_id, "max_recs": 1,
-                                 "model_version": "v1", "strategy": "segment", "items": items}])  # fmt: skip
+    request_id = _served_list(app, [title])
     decomposed = unicodedata.normalize("NFD", title)
     assert decomposed != title
     response = client.post(
