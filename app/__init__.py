@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api.spec import VALIDATE_RESPONSES
     from app.config import load_settings
     from app.monitoring.http import instrument
-    from app.monitoring.logs import configure_logging
+    from app.monitoring.logs import configure_logging, describe_error
     from app.monitoring.online import install_monitoring
     from app.recommender.bundle import BundleError
     from app.services.feedback_journal import FeedbackJournal
@@ -98,7 +98,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     try:
         models.load()
     except BundleError as exc:
-        log.error("no model could be loaded; the service is not ready", extra={"reason": str(exc)[:300]})
+        log.error(
+            "no model could be loaded; the service is not ready", extra={"reason": describe_error(exc, 300)}
+        )
 
     # Recommendation ids are signed with a key derived from the JWT secret, shared by every worker.
     # Created (and so closed at exit) before the journal: its rows are in memory only, and the two
@@ -118,11 +120,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     try:  # scores a stopped process left unshipped (each uwsgi worker runs this: lazy-apps)
         journal.recover()
     except Exception as exc:  # noqa: BLE001 - kept on disk, retried every 30 s; the app still starts
-        log.error("feedback journal: left scores wait to be replayed", extra={"reason": str(exc)[:200]})
+        log.error("feedback journal: left scores wait to be replayed", extra={"reason": describe_error(exc)})
     try:  # request rows a process stopped while the database was down kept on disk
         request_log.replay_spilled()
     except Exception as exc:  # noqa: BLE001 - kept on disk, retried by the flusher; the app still starts
-        log.error("request log: rows kept on disk wait to be written", extra={"reason": str(exc)[:200]})
+        log.error("request log: rows kept on disk wait to be written", extra={"reason": describe_error(exc)})
     for stray in journal.strays():
         log.warning(
             "feedback journal: scores wait under another database URL's directory",
@@ -184,6 +186,7 @@ def _upgrade_schema(db: Database) -> None:
     the write-behind logs catch up when it is back. At an instance's first start an unreachable
     database still stops it: the schema may be older than the code.
     """
+    from app.monitoring.logs import describe_error
     from app.storage.db import DatabaseUnavailableError
 
     try:
@@ -193,7 +196,7 @@ def _upgrade_schema(db: Database) -> None:
             raise
         log.error(
             "database unreachable while this worker started; serving without it until it is back",
-            extra={"reason": str(exc)[:200]},
+            extra={"reason": describe_error(exc)},
         )
 
 

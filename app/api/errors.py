@@ -15,7 +15,7 @@ from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from app.errors import CODES, ApiError, InvalidRequest
-from app.monitoring.logs import LogEvery
+from app.monitoring.logs import LogEvery, describe_error
 from app.recommender.bundle import BundleError
 from app.storage.db import DatabaseUnavailableError
 
@@ -25,7 +25,7 @@ _DATABASE_DOWN = LogEvery(30.0)  # an outage is one line (every 30 s), not one p
 
 def log_database_down(error: DatabaseUnavailableError) -> None:
     """The outage's ERROR line (what the monitor alerts on), for the API's answers and the pages'."""
-    _DATABASE_DOWN.log(log, logging.ERROR, "database unavailable", reason=str(error)[:200])
+    _DATABASE_DOWN.log(log, logging.ERROR, "database unavailable", reason=describe_error(error))
 
 
 def envelope(

@@ -47,6 +47,7 @@ from typing import Any
 
 from app.monitoring import metrics
 from app.monitoring.alerts import Alert, Severity
+from app.monitoring.logs import describe_error
 from app.monitoring.quality import Quality
 from app.storage.breaker import (
     CLOSED,
@@ -300,9 +301,9 @@ class CircuitBreaker:
             if self.store_error is None:
                 log.warning(
                     "breaker state store unreachable; keeping the last known state",
-                    extra={"error": str(exc)[:300]},
+                    extra={"error": describe_error(exc, 300)},
                 )
-            self.store_error = str(exc)[:300]
+            self.store_error = describe_error(exc, 300)
             return self.record_of(version)
         if self.store_error is not None:
             log.info("breaker state store reachable again")
@@ -345,7 +346,7 @@ class CircuitBreaker:
         except BreakerStoreError as exc:
             if strict:
                 raise
-            log.warning("breaker state could not be written", extra={"error": str(exc)[:300]})
+            log.warning("breaker state could not be written", extra={"error": describe_error(exc, 300)})
             return None
         if stored is not None:
             self._adopt(version, stored, read_started, cache_new=cache_new)

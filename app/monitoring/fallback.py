@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import NotFound
+from app.monitoring.logs import describe_error
 from app.recommender.bundle import (
     BundleError,
     LoadedBundle,
@@ -119,7 +120,7 @@ class Fallback:
                     log.info("fallback bundle loaded", extra={"fallback_version": bundle.version})
                 except BundleError as exc:
                     log.warning("previous bundle cannot serve as fallback; using popularity",
-                                extra={"path": str(path), "reason": str(exc)[:300]})  # fmt: skip
+                                extra={"path": str(path), "reason": describe_error(exc, 300)})  # fmt: skip
             _keep(self._previous, current.version, bundle)
         return bundle
 

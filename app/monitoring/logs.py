@@ -176,6 +176,17 @@ def scrub_text(text: str) -> str:
     return text
 
 
+def describe_error(error: BaseException | str, limit: int = 200) -> str:
+    """An exception's text (or a reason already text) as a log line, a response, a stored record
+    or an e-mail may carry it: scrubbed whole, then cut to its first ``limit`` characters.
+
+    Cut first, a URL's password split by the cut lost its "@", no pattern knew the rest, and its
+    start reached the line; the formatter's scrubbing came too late for text cut before it, and
+    text that is not logged (an admin's status, a rejected-rows file) was never scrubbed at all.
+    """
+    return scrub_text(str(error))[:limit]
+
+
 def redact(value: Any, _depth: int = 0) -> Any:
     """Return a copy of ``value`` with secret keys' values replaced and strings scrubbed.
 

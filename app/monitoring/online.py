@@ -50,7 +50,7 @@ from app.monitoring.alerts import Alert, Alerter, LoggingSink, Notification, Sev
 from app.monitoring.breaker import FALLBACK, MODEL, BreakerPolicy, CircuitBreaker
 from app.monitoring.drift import MANIFEST_KEY, DriftReport, count_profiles, evaluate_drift
 from app.monitoring.fallback import Fallback
-from app.monitoring.logs import LogEvery
+from app.monitoring.logs import LogEvery, describe_error
 from app.monitoring.quality import Quality, measure, request_profiles, served_coverage
 from app.recommender.bundle import BundleError, LoadedBundle, RecommendQuery
 from app.storage.breaker import BreakerRecord, BreakerStore, DatabaseBreakerStore, RedisBreakerStore
@@ -214,13 +214,13 @@ class OnlineMonitor:
             try:
                 self.tick(force=woken)
             except DatabaseUnavailableError as exc:  # expected during an outage: no traceback
-                self.last_error = str(exc)[:300]
+                self.last_error = describe_error(exc, 300)
                 self._database_down.log(
                     log, logging.ERROR, "online monitor evaluation skipped: the database is unreachable",
                     reason=self.last_error,
                 )  # fmt: skip
             except Exception as exc:
-                self.last_error = str(exc)[:300]
+                self.last_error = describe_error(exc, 300)
                 log.exception("online monitor evaluation failed")
 
     def _follow(self) -> None:
@@ -229,7 +229,7 @@ class OnlineMonitor:
         try:
             self.breaker.sync(bundle.version if bundle is not None else None)
         except Exception as exc:
-            self.last_error = str(exc)[:300]
+            self.last_error = describe_error(exc, 300)
             log.exception("online monitor: re-reading the breaker state failed")
 
     # ------------------------------------------------------------------ events
@@ -265,7 +265,8 @@ class OnlineMonitor:
                     self.drain_feedback()
                 except Exception as exc:  # noqa: BLE001 - judged on what the database holds
                     log.warning(
-                        "online monitor: scores not yet in the database", extra={"reason": str(exc)[:200]}
+                        "online monitor: scores not yet in the database",
+                        extra={"reason": describe_error(exc)},
                     )
             previous = self.breaker.record_of(version).evaluation
             previous_drift = (previous.get("drift") or {}).get("status")

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Integer, case, cast, func, select
 
+from app.monitoring.logs import describe_error
 from app.recommender.bundle import LATEST, MANIFEST
 from app.recommender.manifest_metrics import MetricRow, metric_rows, served_row
 from app.services.models import ModelHolder
@@ -85,7 +86,7 @@ def serving_model(models: ModelHolder) -> Panel:
     if bundle is None:
         reason = "No model is loaded, so the service is not ready."
         if models.last_error:
-            reason += f" Last load error: {models.last_error[:300]}"
+            reason += f" Last load error: {describe_error(models.last_error, 300)}"
         return Panel.missing(title, reason)
     manifest = bundle.manifest
     return Panel(
@@ -137,7 +138,9 @@ def evaluation_history(model_dir: Path, limit: int = 12) -> Panel:
             if not isinstance(manifest, dict):  # JSON, but no bundle's: it failed the whole page
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:
-            log.warning("unreadable bundle manifest", extra={"path": str(child), "reason": str(exc)[:200]})
+            log.warning(
+                "unreadable bundle manifest", extra={"path": str(child), "reason": describe_error(exc)}
+            )
             continue
         row = served_row(manifest)
         if row is None or row.ndcg_mean is None:

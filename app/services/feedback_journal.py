@@ -64,7 +64,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
-from app.monitoring.logs import LogEvery
+from app.monitoring.logs import LogEvery, describe_error
 from app.services.durable_files import (
     append_durably,
     file_lock,
@@ -385,7 +385,7 @@ class FeedbackJournal:
                     log,
                     logging.ERROR,
                     "feedback journal: a score could not be written",
-                    reason=str(exc)[:200],
+                    reason=describe_error(exc),
                 )
                 raise Unavailable(
                     "scores cannot be stored right now (the feedback journal is not writable)",
@@ -518,7 +518,11 @@ class FeedbackJournal:
         log.error(
             "feedback journal: the database refused a score; it is kept in %s",
             REJECTED,
-            extra={"request_id": record.request_id, "movie_id": record.movie_id, "reason": str(exc)[:200]},
+            extra={
+                "request_id": record.request_id,
+                "movie_id": record.movie_id,
+                "reason": describe_error(exc),
+            },
         )
 
     # ------------------------------------------------------------------ recovery
@@ -620,7 +624,7 @@ class FeedbackJournal:
         except DatabaseUnavailableError as exc:
             log.error(
                 "feedback journal: segments left by ended processes wait for the database",
-                extra={"reason": str(exc)[:200]},
+                extra={"reason": describe_error(exc)},
             )
         except Exception:
             log.exception("feedback journal: recovery failed")
@@ -631,7 +635,7 @@ class FeedbackJournal:
 
 def _rejected_line(record: FeedbackRecord, exc: BaseException) -> bytes:
     """A line of ``rejected.jsonl``: the record's fields and why the database refused it."""
-    return orjson.dumps({**dataclasses.asdict(record), "error": str(exc)[:500]}) + b"\n"
+    return orjson.dumps({**dataclasses.asdict(record), "error": describe_error(exc, 500)}) + b"\n"
 
 
 def _rejected_record(line: bytes) -> FeedbackRecord:

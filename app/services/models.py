@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from app.monitoring.logs import describe_error
 from app.recommender.bundle import (
     BundleError,
     LoadedBundle,
@@ -67,7 +68,9 @@ class ModelHolder:
                 attach_rating_model(bundle)
             except BundleError as exc:
                 self.last_error = str(exc)
-                log.error("model bundle refused", extra={"path": str(target), "reason": str(exc)[:300]})
+                log.error(
+                    "model bundle refused", extra={"path": str(target), "reason": describe_error(exc, 300)}
+                )
                 raise
             if self.before_swap is not None:
                 try:

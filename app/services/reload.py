@@ -56,6 +56,7 @@ from typing import Any
 from app.durable import sync_directory, write_synced
 from app.errors import ApiError, InvalidRequest, NotFound
 from app.exit_hooks import at_exit
+from app.monitoring.logs import describe_error
 from app.recommender.bundle import (
     BUNDLE_NAME,
     LATEST,
@@ -449,7 +450,7 @@ class ModelReloader:
         try:
             return self.holder.load(target), None
         except BundleError as exc:
-            return None, str(exc)[:500]
+            return None, describe_error(exc, 500)
         except Exception as exc:
             log.exception("reload failed unexpectedly")
             return None, f"unexpected error: {type(exc).__name__}"

@@ -47,7 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
-from app.monitoring.logs import LogEvery
+from app.monitoring.logs import LogEvery, describe_error
 from app.services.durable_files import append_durably, sync_directory, write_durably, write_or_set_aside
 from app.storage.db import Database, DatabaseUnavailableError
 
@@ -236,7 +236,7 @@ class RequestLog:
                 # back to the front, oldest first, ahead of rows queued meanwhile
                 self._pending = {**batch, **self._pending}
                 self.failures += 1
-                self.last_error = str(exc)[:300]
+                self.last_error = describe_error(exc, 300)
                 # and the flusher told: when this writer was a score's persist() or a flush(),
                 # the flusher may have found the queue empty meanwhile (the rows were in flight)
                 # and gone to sleep, and appends wake it only on an empty queue or a full batch
@@ -312,7 +312,7 @@ class RequestLog:
                     log.error(
                         "%s: database write failed; rows kept and retried",
                         self.name,
-                        extra={"pending": self.pending(), "reason": str(exc)[:200]},
+                        extra={"pending": self.pending(), "reason": describe_error(exc)},
                     )
                 with self._lock:
                     if not self._closed:
@@ -359,13 +359,13 @@ class RequestLog:
                 log.error(
                     "%s: rows the database would not take before exit are kept on disk until it does",
                     self.name,
-                    extra={"rows": len(rows), "file": str(path), "reason": reason[:200]},
+                    extra={"rows": len(rows), "file": str(path), "reason": describe_error(reason)},
                 )
                 return
         log.error(
             "%s: rows could not be written before exit",
             self.name,
-            extra={"pending": self.pending(), "reason": reason[:200]},
+            extra={"pending": self.pending(), "reason": describe_error(reason)},
         )
 
     def replay_spilled(self) -> int:
@@ -384,7 +384,7 @@ class RequestLog:
             log.error(
                 "%s: rows an ended process kept on disk wait for the database",
                 self.name,
-                extra={"reason": str(exc)[:200]},
+                extra={"reason": describe_error(exc)},
             )
 
 
@@ -457,12 +457,14 @@ class RowSpill:
         return total
 
     def reject(self, row: dict[str, Any], exc: BaseException) -> None:
-        append_durably(self.directory / self.REJECTED, orjson.dumps({**row, "error": str(exc)[:500]}) + b"\n")
+        append_durably(
+            self.directory / self.REJECTED, orjson.dumps({**row, "error": describe_error(exc, 500)}) + b"\n"
+        )
         self.rejected += 1
         log.error(
             "request log: the database refused a row; it is kept in %s",
             self.REJECTED,
-            extra={"request_id": row.get("id"), "reason": str(exc)[:200]},
+            extra={"request_id": row.get("id"), "reason": describe_error(exc)},
         )
 
 

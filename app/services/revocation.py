@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from app.config import JWT_LEEWAY_SECONDS
 from app.errors import Unavailable
-from app.monitoring.logs import LogEvery
+from app.monitoring.logs import LogEvery, describe_error
 from app.storage.db import Database, DatabaseUnavailableError
 from app.storage.models import RevokedToken
 
@@ -106,10 +106,12 @@ class RevocationStore:
                 self._unwritten[jti] = expires_at
                 self._revocations_unwritten.log(
                     log, logging.WARNING, "token revocation not written to the database",
-                    reason=str(exc)[:200], waiting=len(self._unwritten),
+                    reason=describe_error(exc), waiting=len(self._unwritten),
                 )  # fmt: skip
             else:
-                log.warning("token revocation not written to the database", extra={"reason": str(exc)[:200]})
+                log.warning(
+                    "token revocation not written to the database", extra={"reason": describe_error(exc)}
+                )
         if not stored:
             raise Unavailable("the logout could not be recorded; retry later", headers={"Retry-After": "5"})
         log.info("token revoked", extra={"stores": ",".join(stored)})
@@ -165,7 +167,7 @@ class RevocationStore:
             self._snapshot_at = time.monotonic() - self.refresh_seconds + self.retry_seconds
             self._database_down.log(
                 log, logging.WARNING, "revocation list not refreshed: database unavailable",
-                reason=str(exc)[:200],
+                reason=describe_error(exc),
             )  # fmt: skip
         finally:
             self._refreshing.release()
@@ -182,7 +184,7 @@ class RevocationStore:
                     raise
                 except SQLAlchemyError as exc:  # refused, not unreachable: retrying would not help
                     log.warning(
-                        "token revocation not written to the database", extra={"reason": str(exc)[:200]}
+                        "token revocation not written to the database", extra={"reason": describe_error(exc)}
                     )
             self._unwritten.pop(jti, None)
 
@@ -190,5 +192,5 @@ class RevocationStore:
         self._redis_down_until = time.monotonic() + self.retry_seconds
         self._redis_down.log(
             log, logging.WARNING, "Redis unavailable for the revocation list; using the database",
-            reason=str(exc)[:200],
+            reason=describe_error(exc),
         )  # fmt: skip

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
@@ -386,3 +387,60 @@ def test_a_clipped_text_is_scrubbed_before_it_is_cut(offset: int) -> None:
         logger.error("%s", text)
         (doc,) = lines(stream)
         assert "S3cretPassw0rd"[:5] not in doc["message"] and len(doc["message"]) < MAX_TEXT_CHARS + 100
+
+
+# An exception text whose database URL's password straddles character 200: every call site cut
+# ``str(exc)[:200]`` (or 300, 500) before the formatter scrubbed the line, and the cut left
+# "postgresql://movierec:S3cretPa" with no "@" after it, which no pattern knows: the start of the
+# password reached the log line, the admin's status and the rejected-rows files.
+PASSWORD = "S3cretPassw0rd"
+
+
+def _database_error_text(password_at: int) -> str:
+    head = 'connection to server at "db.internal" (10.0.0.5), port 5432 failed: FATAL:  the database '
+    head += "x" * (password_at - len(head) - len("postgresql://movierec:"))
+    return f"{head}postgresql://movierec:{PASSWORD}@db.internal:5432/movierec is shutting down"
+
+
+def _leaked(text: str) -> bool:
+    return any(PASSWORD[:n] in text for n in range(4, len(PASSWORD) + 1))
+
+
+@pytest.mark.parametrize("limit", [200, 300, 500])
+def test_describe_error_scrubs_the_whole_text_before_it_clips_it(limit: int) -> None:
+    from app.monitoring.logs import describe_error
+
+    for password_at in range(limit - len(PASSWORD), limit + 2):
+        text = _database_error_text(password_at)
+        described = describe_error(RuntimeError(text), limit=limit)
+        assert not _leaked(described), (password_at, described)
+        assert len(described) <= limit and described == scrub_text(text)[:limit]
+    assert describe_error(ValueError("not a JSON object")) == "not a JSON object"
+    assert describe_error("x" * 250) == "x" * 200  # a reason already text, as the request log keeps one
+
+
+def test_the_database_down_line_carries_no_piece_of_a_cut_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """app/api/errors.py's outage line: the reason was ``str(error)[:200]``."""
+    from app.api import errors
+    from app.monitoring.logs import LogEvery
+    from app.storage.db import DatabaseUnavailableError
+
+    monkeypatch.setattr(errors, "_DATABASE_DOWN", LogEvery(30.0))
+    _, stream = capture(errors.log.name)
+    errors.log_database_down(DatabaseUnavailableError(_database_error_text(195)))
+    (doc,) = lines(stream)
+    assert doc["message"] == "database unavailable" and doc["reason"].startswith("connection to server at")
+    assert not _leaked(stream.getvalue()), doc["reason"]
+
+
+def test_a_refused_request_row_is_kept_and_logged_without_the_password(tmp_path: Path) -> None:
+    """RowSpill.reject stored ``str(exc)[:500]`` in rejected-requests.jsonl, never scrubbed, and
+    logged ``str(exc)[:200]``: the file held the whole password, the line its start."""
+    from app.services.request_log import RowSpill
+
+    spill = RowSpill(tmp_path)
+    _, stream = capture("app.services.request_log")
+    spill.reject({"id": "r-1"}, RuntimeError(_database_error_text(195)))
+    stored = (tmp_path / RowSpill.REJECTED).read_text()
+    assert "r-1" in stored and "connection to server at" in stored and not _leaked(stored), stored
+    assert not _leaked(stream.getvalue()), stream.getvalue()
