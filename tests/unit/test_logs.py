@@ -444,3 +444,59 @@ def test_a_refused_request_row_is_kept_and_logged_without_the_password(tmp_path:
     stored = (tmp_path / RowSpill.REJECTED).read_text()
     assert "r-1" in stored and "connection to server at" in stored and not _leaked(stored), stored
     assert not _leaked(stream.getvalue()), stream.getvalue()
+
+
+# Over-masking: a key that merely starts with a secret word and names a count or a time, and the
+# word "basic" in prose, lost their values; narrowed only where no secret's form can pass.
+@pytest.mark.parametrize(
+    "text",
+    [
+        "revoked: tokens_issued=5 tokens_revoked=2",
+        "password_changed_at=2026-12-06T09:34:26+00:00 for user 42",
+        "token_expires_at=1733477666 refresh_token_count=3",
+        '{"password_changed_at": "2026-12-06 09:34:26", "user": 42}',
+        "a basic popularity recommender serves users without ratings",
+        "Basic recommendations come first",
+    ],
+)
+def test_harmless_counts_times_and_prose_are_not_masked(text: str) -> None:
+    assert scrub_text(text) == text
+
+
+def test_harmless_count_and_time_keys_in_extras_are_kept() -> None:
+    logger, stream = capture()
+    logger.info("issued", extra={"tokens_issued": 5, "password_changed_at": "2026-12-06T09:34:26Z"})
+    (doc,) = lines(stream)
+    assert doc["tokens_issued"] == 5 and doc["password_changed_at"] == "2026-12-06T09:34:26Z"
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("tokens=abc123def", "abc123def"),
+        ("tokens_issued=abc123def", "abc123def"),  # a count key holding no count: the value is masked
+        ("password_changed_at=hunter2hunter2", "hunter2hunter2"),
+        ("password_hash=pbkdf2-sha256-abc", "pbkdf2-sha256-abc"),
+        ("password=2026-12-06", "2026-12-06"),  # a date is a password when the key says so
+        ("token_count_secret=12345", "12345"),
+        ('{"tokens_issued": "opaque-tok-1"}', "opaque-tok-1"),
+        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA"),
+        ("authorization: basic dXNlcjpwYXNzd29yZA", "dXNlcjpwYXNzd29yZA"),  # unpadded
+        ("basic enhtazptbzcwdmps", "enhtazptbzcwdmps"),  # "zxmk:mo70vjl": lowercase letters only
+        ("Basic dXNlcjpw and more", "dXNlcjpw"),  # cut after the colon: "user:p"
+        ("Basic sk_live_abc123XYZ", "sk_live_abc123XYZ"),  # a raw key where base64 belongs
+        ("Authorization: Basic rawlowercasekey", "rawlowercasekey"),  # a header's value, whatever it is
+        ("{'Proxy-Authorization': 'basic rawlowercasekey'}", "rawlowercasekey"),
+    ],
+)
+def test_secret_forms_beside_the_harmless_ones_stay_masked(text: str, leak: str) -> None:
+    assert leak not in scrub_text(text)
+
+
+def test_secret_keys_holding_no_count_or_time_stay_masked_in_extras() -> None:
+    logger, stream = capture()
+    logger.info(
+        "x", extra={"tokens": ["tok-1"], "tokens_issued": ["tok-2"], "password_changed_at": "hunter2"}
+    )
+    (doc,) = lines(stream)
+    assert doc["tokens"] == doc["tokens_issued"] == doc["password_changed_at"] == REDACTED
