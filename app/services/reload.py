@@ -169,6 +169,9 @@ class ModelReloader:
         self.workers_dir = self.marker.parent / WORKERS_DIR
         self._announced = 0.0  # time.monotonic() of this worker's last record
         self._announced_error: str | None = None  # why it refused the marker it last handled
+        # Held while the record is written and while a stop removes it: a write that had checked
+        # for the stop just before it came wrote the record again after its removal.
+        self._record_lock = threading.Lock()
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ start-up
@@ -415,9 +418,16 @@ class ModelReloader:
         return self.workers_dir / f"{_HOST}-{os.getpid()}-{id(self):x}.json"
 
     def _announce(self, error: str | None = None) -> None:
-        """Write what this worker serves and the marker generation it handled (a polling worker's)."""
-        if self._poller_pid != os.getpid() or self._stop.is_set():
-            return
+        """Write what this worker serves and the marker generation it handled (a polling worker's).
+
+        Never after :meth:`stop` removed the record: a stopped worker's record, written again by
+        its poller or a reload still running, made it look alive to a reload waiting for its
+        siblings and to the bundle retention."""
+        with self._record_lock:
+            if self._poller_pid == os.getpid() and not self._stop.is_set():
+                self._write_record(error)
+
+    def _write_record(self, error: str | None) -> None:
         bundle = self.holder.bundle
         body = {
             "host": _HOST,
@@ -614,15 +624,19 @@ class ModelReloader:
         self._announce()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._worker_file().unlink(missing_ok=True)
+        """End the poller and remove this worker's record, for good (nothing writes it again)."""
+        with self._record_lock:
+            self._stop.set()
+            self._worker_file().unlink(missing_ok=True)
 
 
 def forget_workers_at_exit() -> None:
-    """Remove the records of this process's polling workers (a graceful stop: uwsgi's exit hook)."""
+    """Stop this process's polling workers and remove their records (a graceful stop: uwsgi's
+    exit hook). The records were only removed, and the pollers, running until the process ended,
+    wrote them again."""
     for reloader in list(_LIVE):
         if reloader._poller_pid == os.getpid():
-            reloader._worker_file().unlink(missing_ok=True)
+            reloader.stop()
 
 
 def model_path_key(path: Path) -> str:

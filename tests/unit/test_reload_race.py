@@ -410,6 +410,57 @@ def test_worker_records_of_ended_workers_do_not_pile_up(store: Path, monkeypatch
     b.stop()
 
 
+def test_a_worker_record_removed_by_the_graceful_stop_is_not_written_again(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uwsgi's graceful stop removed the worker's record, and the worker's poller (still running
+    until the process ends) wrote it again at its next refresh or marker: the stopped worker then
+    looked alive to a reload waiting for its siblings and to the bundle retention."""
+    from app.services import reload as reload_module
+
+    b = _polling_worker(store, monkeypatch)
+    mine = b._worker_file()
+    assert mine.is_file()
+    reload_module.forget_workers_at_exit()
+    assert not mine.exists()
+    b._announce_now_and_then(max_age=0)  # the poller's refresh
+    add_version(store, "v2")
+    a = _worker(store)
+    a.request("v2", wait=0.0)
+    b.check_marker()  # the poller following a marker: it records what it serves
+    assert not mine.exists()
+
+
+def test_a_record_being_written_when_the_worker_stops_is_not_left_behind(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record's writer checked for the stop, then wrote: a stop removing the record between
+    the two left the record written after it."""
+    from app.services import reload as reload_module
+
+    b = _polling_worker(store, monkeypatch)
+    mine = b._worker_file()
+    writing, go_on = threading.Event(), threading.Event()
+    real_iso = reload_module._iso
+
+    def held_iso(timestamp: float | None) -> str | None:
+        if threading.current_thread() is writer:
+            writing.set()
+            assert go_on.wait(WAIT)
+        return real_iso(timestamp)
+
+    monkeypatch.setattr(reload_module, "_iso", held_iso)
+    writer = threading.Thread(target=b._announce, daemon=True)
+    writer.start()
+    assert writing.wait(WAIT)
+    stopper = _in_thread(b.stop)
+    stopper.join(0.2)
+    go_on.set()
+    writer.join(WAIT)
+    stopper.join(WAIT)
+    assert not mine.exists()
+
+
 @pytest.mark.parametrize(
     "record", [{"pid": "x", "generation": 0}, {"pid": None}, {"pid": 1, "generation": [1]}]
 )
