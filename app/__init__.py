@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     _refuse_test_modes_in_production(settings)
+    _refuse_timings_harakiri_would_cut(settings)
     settings.check_secrets()
     jwt_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
     if not jwt_secret:
@@ -226,6 +227,50 @@ def _refuse_test_modes_in_production(settings: Settings) -> None:
         f"{' and '.join(names)} turn off the secret checks and the cookie's Secure flag: they are for "
         "the tests and the development server (movierec serve --debug), not for uwsgi; unset them"
     )
+
+
+UWSGI_DEFAULT_MERCY = 60  # uwsgi's worker-reload-mercy when nothing sets it
+
+
+def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
+    """Under uwsgi, refuse timings that let a kill cut what harakiri allows to run.
+
+    * ``worker-reload-mercy`` (how long the master lets a stopping worker live) must cover a
+      request of harakiri's length and then the worker's final flush (``EXIT_SECONDS``). It was
+      45 s for harakiri's default 30 s, and a raised UWSGI_HARAKIRI left it there: a slow
+      request's final flush raced the SIGKILL. uwsgi.ini derives it from harakiri now; a
+      deployment's own ini that sets it lower is refused here.
+    """
+    uwsgi = _uwsgi()
+    if uwsgi is None:
+        return
+    harakiri = _uwsgi_number(uwsgi, "harakiri")
+    if not harakiri:
+        return  # no limit on a request: nothing to size against
+    from app.config import ConfigurationError
+    from app.exit_hooks import EXIT_SECONDS
+
+    problems = []
+    mercy = _uwsgi_number(uwsgi, "worker-reload-mercy") or UWSGI_DEFAULT_MERCY
+    if mercy <= harakiri + EXIT_SECONDS:
+        problems.append(
+            f"uwsgi's worker-reload-mercy ({mercy} s) must exceed harakiri ({harakiri} s) plus a "
+            f"stopping worker's final flush ({EXIT_SECONDS:g} s): uwsgi.ini sets it to harakiri + 15 s; "
+            "do not set it lower"
+        )
+    if problems:
+        raise ConfigurationError("; ".join(problems))
+
+
+def _uwsgi_number(uwsgi: Any, option: str) -> int | None:
+    """A whole-number uwsgi option as uwsgi runs with it (the last value given), or None."""
+    value = uwsgi.opt.get(option)
+    if isinstance(value, list):
+        value = value[-1] if value else None
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _uwsgi() -> Any:

@@ -80,7 +80,10 @@ STOP_TIMEOUT_SECONDS = 60
 (up to ``harakiri``, 30 s) before each worker flushes (up to ``EXIT_SECONDS``, 10 s), all within
 its ``worker-reload-mercy`` (45 s); then the master exits. It was 30 s, harakiri's own length:
 Docker's SIGKILL raced a slow request's final flush of its buffered request-log rows. The same
-as docker-compose.yml's ``stop_grace_period``; idle keep-alive clients hold no worker."""
+as docker-compose.yml's ``stop_grace_period``; idle keep-alive clients hold no worker. A
+container given a longer ``UWSGI_HARAKIRI`` gets longer: :func:`stop_timeout_seconds`."""
+STOP_BEYOND_HARAKIRI_SECONDS = 25
+"""uwsgi.ini's ``worker-reload-mercy`` is harakiri + 15 s; the master then needs time to exit (10 s)."""
 LOG_TAIL_LINES = 60
 LOG_SCAN_LINES = 5000
 """How far back a failed container's log is searched for errors (a failed start writes a few hundred)."""
@@ -532,12 +535,30 @@ def build_command(cfg: DeployConfig, model_rel: str, test_rel: str) -> list[str]
     return [*args, str(cfg.context)]
 
 
-def run_command(cfg: DeployConfig, secret_files: SecretFiles, env_file: Path | None = None) -> list[str]:
+def stop_timeout_seconds(environment: Mapping[str, str]) -> int:
+    """The container's stop timeout: :data:`STOP_TIMEOUT_SECONDS`, or longer when it is given a
+    ``UWSGI_HARAKIRI`` (``--env``) that the fixed 60 s does not cover. uwsgi.ini moves the
+    workers' mercy with harakiri; a fixed stop timeout let Docker's SIGKILL cut a slow request's
+    final flush again."""
+    value = environment.get("UWSGI_HARAKIRI")
+    if value is None:
+        return STOP_TIMEOUT_SECONDS
+    if not value.strip().isdigit():
+        raise DeployError(f"UWSGI_HARAKIRI must be a whole number of seconds, not {value!r}")
+    return max(STOP_TIMEOUT_SECONDS, int(value) + STOP_BEYOND_HARAKIRI_SECONDS)
+
+
+def run_command(
+    cfg: DeployConfig,
+    secret_files: SecretFiles,
+    env_file: Path | None = None,
+    stop_timeout: int = STOP_TIMEOUT_SECONDS,
+) -> list[str]:
     args = [
         "run", "--detach",
         "--name", cfg.container_name,
         "--restart", f"on-failure:{RESTART_RETRIES}",
-        "--stop-timeout", str(STOP_TIMEOUT_SECONDS),
+        "--stop-timeout", str(stop_timeout),
         "--publish", publish_spec(cfg.port_mapping),
         *secret_files.run_args(),
         *volume_args(cfg.volumes),
@@ -666,12 +687,14 @@ class Deployer:
     stop_issued: bool = False  # `docker stop` of the set-aside version was sent (it may still run)
     secret_files: SecretFiles | None = None  # the new container's, once written
     snapshot_taken: bool = False  # the database's snapshot is in its volume, to restore on rollback
+    stop_timeout: int = STOP_TIMEOUT_SECONDS  # the new container's, and how long a stop here waits
 
     def say(self, message: str) -> None:
         print(f"[deploy] {message}", file=self.out, flush=True)
 
     def deploy(self, secrets_: Secrets) -> None:
         cfg = self.cfg
+        self.stop_timeout = stop_timeout_seconds(secrets_.environment)  # refused before anything moves
         tagged_before = self.docker.image_id(cfg.image_ref)  # a rebuild moves the tag to the new image
         image_existed = tagged_before is not None
         if cfg.build:
@@ -766,7 +789,7 @@ class Deployer:
         self.set_aside = current
         if current.up:
             self.stop_issued = True
-            self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), cfg.backup_name)
+            self._checked("stop", "--time", str(self.stop_timeout), cfg.backup_name)
 
     def create_volumes(self) -> None:
         """The state volumes, labelled as this deployment's (``docker run`` would create them
@@ -858,7 +881,7 @@ class Deployer:
         assert self.secret_files is not None  # written by deploy() before the live version was stopped
         plain = secrets_.environment
         with private_env_file(plain) if plain else nullcontext() as env_file:
-            result = self.docker(*run_command(self.cfg, self.secret_files, env_file))
+            result = self.docker(*run_command(self.cfg, self.secret_files, env_file, self.stop_timeout))
         if result.returncode != 0:
             raise DeployError(f"docker run failed: {result.stderr.strip()}")
         self.say(
@@ -971,13 +994,13 @@ class Deployer:
             self.sleep(self.poll_interval)
 
     def _wait_stopped(self, name: str) -> None:
-        deadline = self.clock() + STOP_TIMEOUT_SECONDS + 10
+        deadline = self.clock() + self.stop_timeout + 10
         while True:
             state = self.docker.container_state(name)
             if state is None or not state.up:
                 return
             if self.clock() >= deadline:  # the daemon's stop is gone: stop it ourselves
-                self._checked("stop", "--time", str(STOP_TIMEOUT_SECONDS), name)
+                self._checked("stop", "--time", str(self.stop_timeout), name)
                 return
             self.sleep(min(self.poll_interval, 1.0))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -184,7 +185,8 @@ own exit once its workers are gone (the HTTP router, its exit hooks), and slack.
 def uwsgi_stop_seconds(ini: Path | None = None) -> tuple[int, int]:
     """uwsgi.ini's default ``harakiri`` (the longest a request may run) and its
     ``worker-reload-mercy`` (how long the master lets a stopping worker live before SIGKILL),
-    read from the file (``harakiri`` is set in an ``if-env`` block: its number is the default)."""
+    read from the file (``harakiri`` is set in an ``if-env`` block: its number is the default; the
+    mercy is ``%(harakiri + N)``, uwsgi's placeholder math)."""
     text = (ini or Path(__file__).resolve().parents[1] / "uwsgi.ini").read_text()
     values: dict[str, list[str]] = {}
     for line in text.splitlines():
@@ -192,5 +194,7 @@ def uwsgi_stop_seconds(ini: Path | None = None) -> tuple[int, int]:
         if sep and not line.lstrip().startswith((";", "#")):
             values.setdefault(key.strip(), []).append(value.strip())
     (harakiri,) = [int(v) for v in values["harakiri"] if v.isdigit()]
-    (mercy,) = [int(v) for v in values["worker-reload-mercy"]]
+    (mercy_value,) = values["worker-reload-mercy"]
+    derived = re.fullmatch(r"%\(harakiri \+ (\d+)\)", mercy_value)  # uwsgi's placeholder math
+    mercy = harakiri + int(derived.group(1)) if derived else int(mercy_value)
     return harakiri, mercy

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from app.exit_hooks import EXIT_SECONDS
 from app.storage.db import make_engine
 from app.storage.models import RecommendationRequest
 from tests.helpers import PROFILE, free_port
@@ -710,16 +711,11 @@ def test_make_serve_prod_serves_under_uwsgi_from_a_checkout(
             make.wait(30)
 
 
-@pytest.mark.parametrize("variable", ["MOVIEREC_TESTING", "MOVIEREC_DEBUG"])
-def test_uwsgi_refuses_the_test_modes_that_turn_off_the_secret_checks(
-    tmp_path: Path, model_store: Path, synthetic_data_dir: Path, variable: str
-) -> None:
-    """Set in a deployment's environment by mistake, MOVIEREC_TESTING started the production
-    server with no secret check at all, and MOVIEREC_DEBUG without the JWT secret's; both drop
-    the UI cookie's Secure flag. uwsgi now refuses to start with either, naming it."""
+def _refused_start(tmp_path: Path, model_store: Path, data_dir: Path, **environ: str) -> str:
+    """The log of a start of the production server that must fail (and does, within 90 s)."""
     env = _uwsgi_env(
-        tmp_path, model_store, synthetic_data_dir, free_port(), secrets.token_urlsafe(12),
-        secrets.token_urlsafe(48), **{variable: "true"},
+        tmp_path, model_store, data_dir, free_port(), secrets.token_urlsafe(12), secrets.token_urlsafe(48),
+        **environ,
     )  # fmt: skip
     log = tmp_path / "uwsgi.log"
     with log.open("wb") as output:
@@ -729,7 +725,53 @@ def test_uwsgi_refuses_the_test_modes_that_turn_off_the_secret_checks(
         )  # fmt: skip
     text = log.read_text(errors="replace")
     assert server.returncode != 0, text[-3000:]
+    return text
+
+
+@pytest.mark.parametrize("variable", ["MOVIEREC_TESTING", "MOVIEREC_DEBUG"])
+def test_uwsgi_refuses_the_test_modes_that_turn_off_the_secret_checks(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path, variable: str
+) -> None:
+    """Set in a deployment's environment by mistake, MOVIEREC_TESTING started the production
+    server with no secret check at all, and MOVIEREC_DEBUG without the JWT secret's; both drop
+    the UI cookie's Secure flag. uwsgi now refuses to start with either, naming it."""
+    text = _refused_start(tmp_path, model_store, synthetic_data_dir, **{variable: "true"})
     assert f"{variable} turn off the secret checks" in text, text[-3000:]
+
+
+def _uwsgi_option(tmp_path: Path, name: str, **environ: str) -> int:
+    """The number uwsgi.ini gives option ``name`` with ``environ``, as the real uwsgi reads it."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("UWSGI_")}
+    env |= {"PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}", "TMPDIR": str(tmp_path)}
+    result = subprocess.run(
+        ["uwsgi", "--ini", str(ROOT / "uwsgi.ini"), "--get", name], env={**env, **environ},
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return int(result.stdout.split()[-1])
+
+
+@pytest.mark.parametrize("harakiri", [None, "5", "70"])
+def test_a_stopping_worker_has_harakiri_and_its_exit_flush_whatever_harakiri_is(
+    tmp_path: Path, harakiri: str | None
+) -> None:
+    """worker-reload-mercy (how long the master lets a stopping worker live) was 45 s, sized for
+    harakiri's default 30 s: with UWSGI_HARAKIRI=70 a request still running at a stop was killed
+    before it ended, or its worker before its final flush of the buffered request-log rows."""
+    environ = {} if harakiri is None else {"UWSGI_HARAKIRI": harakiri}
+    given = _uwsgi_option(tmp_path, "harakiri", **environ)
+    assert given == int(harakiri or 30)
+    assert _uwsgi_option(tmp_path, "worker-reload-mercy", **environ) > given + EXIT_SECONDS
+
+
+def test_uwsgi_refuses_a_mercy_that_does_not_cover_harakiri_and_the_exit_flush(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """A deployment's own ini (UWSGI_INI) that sets worker-reload-mercy below harakiri plus the
+    exit flush is refused at the start, naming both, instead of losing rows at each slow stop."""
+    ini = tmp_path / "deployment.ini"
+    ini.write_text(f"[uwsgi]\nini = {ROOT / 'uwsgi.ini'}\nworker-reload-mercy = 31\n")
+    text = _refused_start(tmp_path, model_store, synthetic_data_dir, UWSGI_INI=str(ini))
+    assert "worker-reload-mercy (31 s)" in text and "harakiri (30 s)" in text, text[-3000:]
 
 
 def test_without_redis_the_login_budget_is_the_instance_s_not_each_worker_s(

@@ -687,6 +687,36 @@ def test_successful_upgrade_replaces_the_previous_container(tmp_path: Path) -> N
     assert "removed the previous container (movierec:1.0)" in out.getvalue()
 
 
+@pytest.mark.parametrize("harakiri", ["70", "300"])
+def test_a_raised_harakiri_raises_the_containers_stop_timeout_with_it(tmp_path: Path, harakiri: str) -> None:
+    """The stop timeout (60 s) was sized for harakiri's default 30 s: with ``--env UWSGI_HARAKIRI``
+    raised, uwsgi gives a stopping worker harakiri plus its exit flush (uwsgi.ini), and Docker's
+    SIGKILL at 60 s raced a slow request's final flush again."""
+    engine = FakeEngine(
+        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
+    )
+    deployer, _out = make_deployer(make_cfg(tmp_path), engine)
+    env = {"SESSION_PASSWORD": PASSWORD, "UWSGI_HARAKIRI": harakiri}
+    deployer.deploy(resolve_secrets(None, env, extra_names=["UWSGI_HARAKIRI"]))
+    ini_harakiri, ini_mercy = uwsgi_stop_seconds()
+    mercy = int(harakiri) + ini_mercy - ini_harakiri  # uwsgi.ini derives the mercy from harakiri
+    run = next(call for call in engine.calls if call[0] == "run" and "--stop-timeout" in call)
+    assert int(run[run.index("--stop-timeout") + 1]) >= mercy + STOP_MARGIN_SECONDS
+    stop = next(call for call in engine.calls if call[0] == "stop")
+    assert int(stop[stop.index("--time") + 1]) >= mercy + STOP_MARGIN_SECONDS
+
+
+def test_a_harakiri_that_is_not_a_number_of_seconds_is_refused_before_anything_stops(tmp_path: Path) -> None:
+    engine = FakeEngine(
+        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
+    )
+    deployer, _out = make_deployer(make_cfg(tmp_path), engine)
+    env = {"SESSION_PASSWORD": PASSWORD, "UWSGI_HARAKIRI": "1m"}
+    with pytest.raises(DeployError, match="UWSGI_HARAKIRI"):
+        deployer.deploy(resolve_secrets(None, env, extra_names=["UWSGI_HARAKIRI"]))
+    assert "stop" not in engine.verbs()
+
+
 def test_failed_health_check_restores_the_previous_version(tmp_path: Path) -> None:
     engine = FakeEngine(
         images={"movierec:1.0"},
