@@ -240,6 +240,10 @@ def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
       45 s for harakiri's default 30 s, and a raised UWSGI_HARAKIRI left it there: a slow
       request's final flush raced the SIGKILL. uwsgi.ini derives it from harakiri now; a
       deployment's own ini that sets it lower is refused here.
+    * a reload with ``"wait": true`` waits for its sibling workers up to one
+      ``MOVIEREC_RELOAD_POLL_SECONDS`` plus ``SIBLING_WAIT_SECONDS`` (app/services/reload.py),
+      which must end within harakiri: past it the worker was killed in the middle of the
+      reload, and the answer with it.
     """
     uwsgi = _uwsgi()
     if uwsgi is None:
@@ -249,6 +253,7 @@ def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
         return  # no limit on a request: nothing to size against
     from app.config import ConfigurationError
     from app.exit_hooks import EXIT_SECONDS
+    from app.services.reload import SIBLING_WAIT_SECONDS, longest_sibling_wait
 
     problems = []
     mercy = _uwsgi_number(uwsgi, "worker-reload-mercy") or UWSGI_DEFAULT_MERCY
@@ -257,6 +262,13 @@ def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
             f"uwsgi's worker-reload-mercy ({mercy} s) must exceed harakiri ({harakiri} s) plus a "
             f"stopping worker's final flush ({EXIT_SECONDS:g} s): uwsgi.ini sets it to harakiri + 15 s; "
             "do not set it lower"
+        )
+    poll = settings.reload_poll_seconds
+    if longest_sibling_wait(poll) >= harakiri:
+        problems.append(
+            f"MOVIEREC_RELOAD_POLL_SECONDS ({poll:g} s) plus the {SIBLING_WAIT_SECONDS:g} s a reload waits "
+            f"for the other workers must end within harakiri ({harakiri} s), or a reload is killed halfway: "
+            f"set it below {harakiri - SIBLING_WAIT_SECONDS:g} s, or raise UWSGI_HARAKIRI"
         )
     if problems:
         raise ConfigurationError("; ".join(problems))

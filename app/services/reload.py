@@ -82,6 +82,15 @@ before it reports. The wait is inside the request (``"wait": true``): with the w
 must end well within uwsgi's harakiri (30 s; nothing else moves its deadline on an idle service)
 and the pipeline's 60 s (app/registry/export.py), or the worker is killed, the caller gives up,
 and the answer naming the workers that did not follow reaches nobody. It was 60 s."""
+
+
+def longest_sibling_wait(poll_interval: float) -> float:
+    """How long a reload waits at most for its sibling workers: each sees the marker at its next
+    poll, then has ``SIBLING_WAIT_SECONDS`` to load it. uwsgi refuses to start when this does not
+    end within harakiri (app/__init__.py), where a reload would be killed in the middle."""
+    return poll_interval + SIBLING_WAIT_SECONDS
+
+
 ANNOUNCE_REFRESH_SECONDS = 600.0
 """How often a polling worker rewrites its record unchanged: one untouched for
 ``STALE_STAGING_SECONDS`` belongs to a worker that ended without removing it (any host's)."""
@@ -317,7 +326,7 @@ class ModelReloader:
         ``target``: counted as "swapped", they made a reload of a bundle being replaced
         "loaded").
         """
-        wait = self.poll_interval + SIBLING_WAIT_SECONDS  # each sibling sees the marker at its next poll
+        wait = longest_sibling_wait(self.poll_interval)
         deadline = time.monotonic() + wait
         while True:
             # the siblings first: one that handled a newer marker than ``generation`` was read

@@ -774,6 +774,20 @@ def test_uwsgi_refuses_a_mercy_that_does_not_cover_harakiri_and_the_exit_flush(
     assert "worker-reload-mercy (31 s)" in text and "harakiri (30 s)" in text, text[-3000:]
 
 
+@pytest.mark.parametrize(("harakiri", "poll"), [(None, "20"), ("60", "50")])
+def test_uwsgi_refuses_a_reload_poll_that_makes_a_reload_outlast_harakiri(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path, harakiri: str | None, poll: str
+) -> None:
+    """A reload with ``"wait": true`` waits for its sibling workers up to one poll interval plus
+    15 s: MOVIEREC_RELOAD_POLL_SECONDS=20 made that 35 s, past harakiri (30 s), and harakiri killed
+    the worker in the middle of the reload, the answer lost. The start now refuses it."""
+    environ = {"MOVIEREC_RELOAD_POLL_SECONDS": poll} | ({"UWSGI_HARAKIRI": harakiri} if harakiri else {})
+    text = _refused_start(tmp_path, model_store, synthetic_data_dir, **environ)
+    assert f"MOVIEREC_RELOAD_POLL_SECONDS ({poll} s)" in text and f"harakiri ({harakiri or 30} s)" in text, (
+        text[-3000:]
+    )
+
+
 def test_without_redis_the_login_budget_is_the_instance_s_not_each_worker_s(
     tmp_path: Path, model_store: Path, synthetic_data_dir: Path
 ) -> None:
