@@ -139,6 +139,11 @@ class Tally:
     queue is written when the process stops (app/exit_hooks.py): the worker answering a scrape
     is exact, the others at most ``interval`` behind, and a worker killed hard loses at most
     its last ``interval`` of counts, never a count already written.
+
+    Once the process's files went to the archive at exit (:meth:`retire`), what is written after
+    that (a thread that counted after the exit hook, written by the second run of the exit
+    callbacks or by the tally's thread) is added to the archive itself: prometheus-client still
+    wrote it into the removed files, and it was counted nowhere.
     """
 
     def __init__(self, interval: float = 1.0, *, retire_at_exit: bool = False) -> None:
@@ -149,6 +154,7 @@ class Tally:
         self._write_lock = threading.Lock()  # a scrape's flush waits for one in progress
         self._start_lock = threading.Lock()
         self._started_in: int | None = None  # the pid whose thread writes the queue
+        self._archived = False  # this process's files are in the archive: later writes go there
 
     def count(self, counter: Any, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
         """Add ``amount`` to ``counter`` (label values in declaration order)."""
@@ -165,23 +171,41 @@ class Tally:
     def flush(self) -> None:
         """Write everything queued so far (each series once)."""
         with self._write_lock:
-            counts: dict[tuple[Any, tuple[str, ...]], float] = {}
-            observations: dict[tuple[Any, tuple[str, ...]], list[float]] = {}
-            queue = self._queue
-            while True:
-                try:
-                    metric, labels, value, observed = queue.popleft()
-                except IndexError:
-                    break
-                key = (metric, labels)
-                if observed:
-                    observations.setdefault(key, []).append(value)
-                else:
-                    counts[key] = counts.get(key, 0.0) + value
-            for (metric, labels), total in counts.items():
-                (metric.labels(*labels) if labels else metric).inc(total)
-            for (metric, labels), values in observations.items():
-                _observe_all(metric.labels(*labels) if labels else metric, values)
+            self._write_queued()
+
+    def retire(self, path: str) -> None:
+        """At exit: write the queue, then add this process's files to the archive in ``path``."""
+        with self._write_lock:  # no write lands in the files while they are archived
+            self._write_queued()
+            if self._archived:
+                return
+            try:
+                self._archived = retire_process(path, os.getpid())
+            except Exception:
+                log.exception("metrics: this process's files could not be archived (they are still counted)")
+
+    def _write_queued(self) -> None:
+        """(The write lock held.)"""
+        counts: dict[tuple[Any, tuple[str, ...]], float] = {}
+        observations: dict[tuple[Any, tuple[str, ...]], list[float]] = {}
+        queue = self._queue
+        while True:
+            try:
+                metric, labels, value, observed = queue.popleft()
+            except IndexError:
+                break
+            key = (metric, labels)
+            if observed:
+                observations.setdefault(key, []).append(value)
+            else:
+                counts[key] = counts.get(key, 0.0) + value
+        if self._archived:
+            _archive_late(counts, observations)
+            return
+        for (metric, labels), total in counts.items():
+            (metric.labels(*labels) if labels else metric).inc(total)
+        for (metric, labels), values in observations.items():
+            _observe_all(metric.labels(*labels) if labels else metric, values)
 
     def _start(self) -> None:
         with self._start_lock:
@@ -201,6 +225,7 @@ class Tally:
         """In a forked child: the parent's thread is gone and its queue is the parent's to write."""
         self._queue = deque()
         self._started_in = None
+        self._archived = False
         self._write_lock = threading.Lock()
         self._start_lock = threading.Lock()
 
@@ -221,15 +246,20 @@ def _observe_all(histogram: Any, values: list[float]) -> None:
     ``_buckets`` and ``_sum`` (as in prometheus-client 0.20–0.26; tests/unit/test_metrics_tally.py
     compares the result with plain ``observe`` calls, so a change there fails the tests).
     """
+    histogram._sum.inc(sum(values))
+    for bucket, n in zip(histogram._buckets, _per_bucket(histogram, values), strict=True):
+        if n:
+            bucket.inc(n)
+
+
+def _per_bucket(histogram: Any, values: list[float]) -> list[int]:
+    """How many of ``values`` fall in each of the histogram child's buckets."""
     bounds = histogram._upper_bounds
     per_bucket = [0] * len(bounds)
     for value in values:
         if value == value:  # NaN falls in no bucket, as with observe()
             per_bucket[bisect.bisect_left(bounds, value)] += 1
-    histogram._sum.inc(sum(values))
-    for bucket, n in zip(histogram._buckets, per_bucket, strict=True):
-        if n:
-            bucket.inc(n)
+    return per_bucket
 
 
 TALLY = Tally(retire_at_exit=True)
@@ -312,36 +342,70 @@ def retire_process(path: str, pid: int, timeout: float = RETIRE_SECONDS) -> bool
         if not locked:
             return False
         for typ, name in own.items():
-            archive = os.path.join(path, f"{typ}_{ARCHIVE_ID}.db")
             sums: dict[str, float] = {}
-            for source in (archive, name):
-                if os.path.exists(source):
-                    for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(source):
-                        sums[key] = sums.get(key, 0.0) + value
-            staging = os.path.join(path, f".{typ}_{ARCHIVE_ID}.staging")  # not *.db: never scraped
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(staging)
-            merged = MmapedDict(staging)
-            try:
-                for key, value in sums.items():
-                    merged.write_value(key, value, 0.0)
-            finally:
-                merged.close()
-            os.replace(staging, archive)
+            for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(name):
+                sums[key] = sums.get(key, 0.0) + value
+            _add_to_archive(path, typ, sums)
             os.remove(name)
     return True
+
+
+def _add_to_archive(path: str, typ: str, sums: dict[str, float]) -> None:
+    """(The exclusive lock held.) Rewrite ``typ``'s archive with ``sums`` added, replaced whole."""
+    archive = os.path.join(path, f"{typ}_{ARCHIVE_ID}.db")
+    if os.path.exists(archive):
+        for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(archive):
+            sums[key] = sums.get(key, 0.0) + value
+    staging = os.path.join(path, f".{typ}_{ARCHIVE_ID}.staging")  # not *.db: never scraped
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(staging)
+    merged = MmapedDict(staging)
+    try:
+        for key, value in sums.items():
+            merged.write_value(key, value, 0.0)
+    finally:
+        merged.close()
+    os.replace(staging, archive)
+
+
+def _archive_late(
+    counts: dict[tuple[Any, tuple[str, ...]], float],
+    observations: dict[tuple[Any, tuple[str, ...]], list[float]],
+) -> None:
+    """Add counts written after this process was archived to the archive (prometheus-client's
+    own writes would land in the removed files): each by the key and type of the value it adds to."""
+    path = multiprocess_dir()
+    if path is None or not (counts or observations):
+        return
+    sums: dict[str, dict[str, float]] = {}
+
+    def add(value: Any, amount: float) -> None:
+        typed = sums.setdefault(value._params[0], {})  # prometheus-client's MmapedValue
+        typed[value._key] = typed.get(value._key, 0.0) + amount
+
+    for (metric, labels), total in counts.items():
+        add((metric.labels(*labels) if labels else metric)._value, total)
+    for (metric, labels), values in observations.items():
+        child = metric.labels(*labels) if labels else metric
+        add(child._sum, sum(values))
+        for bucket, n in zip(child._buckets, _per_bucket(child, values), strict=True):
+            if n:
+                add(bucket, n)
+    with _directory_lock(path, fcntl.LOCK_EX, RETIRE_SECONDS) as locked:
+        if not locked:
+            log.warning(
+                "metrics: counts made after this process was archived were dropped (scrapes held the lock)"
+            )
+            return
+        for typ, typed in sums.items():
+            _add_to_archive(path, typ, typed)
 
 
 def _retire_this_process() -> None:
     """At exit: this process's last counts written, then its files added to the archive."""
     path = multiprocess_dir()
-    if path is None:
-        return
-    TALLY.flush()
-    try:
-        retire_process(path, os.getpid())
-    except Exception:
-        log.exception("metrics: this process's files could not be archived (they are still counted)")
+    if path is not None:
+        TALLY.retire(path)
 
 
 def gauge(

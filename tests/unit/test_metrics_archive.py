@@ -136,3 +136,41 @@ def test_a_process_is_retired_after_the_rest_of_its_exit_work(tmp_path: Path) ->
     assert "own files at close: 1" in done.stdout  # closed first, then retired
     assert _files(tmp_path) == [f"counter_{ARCHIVE_ID}.db", f"histogram_{ARCHIVE_ID}.db"]
     assert _totals(tmp_path)[("movierec_feedback_total", "{}")] == 1
+
+
+LATE_CHILD = """
+from app.exit_hooks import run_exit_callbacks
+from app.monitoring import metrics
+
+metrics.TALLY.count(metrics.FEEDBACK)
+metrics.TALLY.observe(metrics.FEEDBACK_SCORE, 4.0)
+run_exit_callbacks()  # uwsgi's exit hook: the counts written, the files archived
+metrics.TALLY.count(metrics.FEEDBACK)  # a thread still running counts after that
+metrics.TALLY.observe(metrics.FEEDBACK_SCORE, 2.0)
+metrics.TALLY.count(metrics.MODEL_CALLS, ("ok",))  # a series new to this process, too
+# Python's atexit runs the callbacks again: the tally writes what was queued since
+"""
+
+
+def test_counts_made_after_the_process_was_archived_are_not_lost(tmp_path: Path) -> None:
+    """At exit a process's files are added to the archive and removed; prometheus-client keeps
+    writing into the removed files (its open maps), so whatever the tally wrote after that (a
+    thread that counted after the exit hook, written by Python's atexit or the tally's thread)
+    was counted nowhere. Those counts now go straight to the archive."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_CHILD], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _files(tmp_path) == [f"counter_{ARCHIVE_ID}.db", f"histogram_{ARCHIVE_ID}.db"]
+    totals = _totals(tmp_path)
+    assert totals[("movierec_feedback_total", "{}")] == 2
+    assert totals[("movierec_feedback_score_count", "{}")] == 2
+    assert totals[("movierec_feedback_score_sum", "{}")] == 6.0
+    assert totals[("movierec_feedback_score_bucket", '{"le": "2.0"}')] == 1
+    assert totals[("movierec_model_calls_total", '{"outcome": "ok"}')] == 1
