@@ -1,17 +1,22 @@
 """Writes a crash keeps: files synced before they are renamed into place, and the directory that
-holds a new name synced after.
+holds a new name synced after; and the ``flock`` that serialises the processes sharing such files.
 
 The generic helpers, below every layer that needs them: the service's write-behind files
-(app/services/durable_files.py re-exports them), the features store's snapshots
-(app/pipeline/features_store.py), the log monitor's cursor (app/monitoring/monitor.py) and the
-model store's bundles and ``latest`` (app/recommender/bundle.py, app/registry/export.py), which
-never import app/services. The standard library only: the log monitor runs on the Docker host
-without the service's dependencies.
+(app/services/durable_files.py re-exports them), the features store's snapshots, ``LATEST`` and
+publishing lock (app/pipeline/features_store.py), the scheduler's last tick
+(app/pipeline/schedule.py), SQLite's migration lock (app/storage/db.py), the log monitor's cursor
+(app/monitoring/monitor.py) and the model store's bundles and ``latest``
+(app/recommender/bundle.py, app/registry/export.py), which never import app/services. The
+standard library only: the log monitor runs on the Docker host without the service's dependencies.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -78,3 +83,40 @@ def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
     write_synced(partial, data, os.O_TRUNC, mode)
     os.replace(partial, path)
     sync_directory(path.parent)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing), waiting for any holder."""
+    with file_lock(path):
+        yield
+
+
+@contextmanager
+def file_lock(
+    path: Path, *, shared: bool = False, timeout: float | None = None, mode: int = 0o666
+) -> Iterator[bool]:
+    """Hold an ``flock`` on ``path`` (created if missing, with ``mode`` before the umask):
+    exclusive, or ``shared`` with other shared holders. Waits for the holders, for at most
+    ``timeout`` seconds when given; yields whether it was taken (False: not held).
+
+    The kernel releases it when the holder dies, so it never goes stale. It is per open file,
+    so it also serialises threads of one process that each take it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, operation | (0 if deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.01)
+        yield True
+    finally:
+        os.close(fd)  # and with it the lock

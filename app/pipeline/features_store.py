@@ -44,9 +44,9 @@ import duckdb
 import fsspec
 import pandas as pd
 
+from app.durable import exclusive_lock, sync_directory, write_durably
 from app.recommender.data import is_feedback_user
 from app.recommender.features import item_features, rated_movies, user_features
-from app.services.durable_files import exclusive_lock, sync_directory, write_durably
 
 if TYPE_CHECKING:  # the ingest module pulls in the service database layer; SQL needs none of it
     from app.pipeline.ingest import Ingested

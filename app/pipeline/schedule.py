@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.config import Settings
+from app.durable import write_durably
 from app.pipeline import runner as flow_runner
 from app.pipeline.runner import BookkeepingError, FlowRun, PipelineError, resolve_candidates, run_flow
 from app.recommender.seeds import parse_seeds
 from app.registry.mlflow_registry import SEEDS_TAG, Registry, RegistryError, covers_seeds
-from app.services.durable_files import write_durably
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from sqlalchemy import Engine, Table, bindparam, create_engine, event, make_url,
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.durable import exclusive_lock
 from app.exit_hooks import reset_after_fork
 from app.monitoring.logs import LogEvery
-from app.services.durable_files import exclusive_lock
 from app.storage.models import Feedback, RecommendationRequest, as_utc, utcnow
 
 log = logging.getLogger(__name__)

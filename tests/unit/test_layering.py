@@ -90,3 +90,23 @@ def test_app_registry_imports_nothing_of_app_services() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_app_pipeline_imports_nothing_of_app_services() -> None:
+    """The features store and the scheduler took ``write_durably``, ``sync_directory`` and
+    ``exclusive_lock`` from ``app/services/durable_files.py``: the training flow reached up into the
+    serving layer for generic file helpers. They live below every layer, in app/durable.py."""
+    offenders = {
+        str(path.relative_to(ROOT)): names
+        for path in (ROOT / "app" / "pipeline").rglob("*.py")
+        if (names := sorted(n for n in _imported_modules(path) if n.startswith("app.services")))
+    }
+    assert not offenders
+    probe = (
+        "import sys, app.pipeline.features_store, app.pipeline.schedule; "
+        "print(sorted(m for m in sys.modules if m.startswith('app.services')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
