@@ -777,7 +777,8 @@ def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> Loaded
     # at every load, not only before an extraction: a worker restarted within the hour
     # extracts again while that leftover is still fresh, and then only finds it cached
     remove_stale_leftovers(cache, EXTRACTION_LEFTOVERS)
-    target = cache / hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+    with path.open("rb") as archive:  # in chunks: the archive whole in memory only to name it
+        target = cache / hashlib.file_digest(archive, "sha256").hexdigest()[:32]
     if target.is_dir():
         try:
             return _load_extracted(path, target, catalogue_fallback)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -147,6 +148,28 @@ def test_a_tarball_is_extracted_once_and_again_only_when_damaged(
     third = load_bundle(archive)
     assert (third.path / "segment_top.npy").is_file() and len(extractions()) == 1
     assert third.version == first.version
+
+
+def test_a_tarballs_extraction_is_named_by_its_sha256_computed_without_reading_it_whole(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extraction cache named an archive's extraction by ``sha256(path.read_bytes())``: the
+    whole compressed bundle (hundreds of MB) in memory at every load, in every worker, only to hash
+    it. It is hashed in chunks now, to the same name, so extractions cached before stay valid."""
+    archive, scratch = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
+    cache = _extraction_cache(scratch)
+    name = hashlib.sha256(archive.read_bytes()).hexdigest()[:32]  # the name caches already carry
+    read_whole = Path.read_bytes
+
+    def refuse_the_archive(self: Path) -> bytes:
+        assert self != archive, f"{archive} read whole into memory"
+        return read_whole(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse_the_archive)
+    first = load_bundle(archive)
+    assert first.path.parent == cache / name
+    again = load_bundle(archive)  # found cached under that name
+    assert again.path == first.path and (again.path / "manifest.json").is_file()
 
 
 def test_a_link_to_an_archive_is_loaded_as_the_archive_not_unpickled(
