@@ -1,8 +1,9 @@
 """Writes a crash keeps: files synced before they are renamed into place, and the directory that
 holds a new name synced after; and the ``flock`` that serialises the processes sharing such files.
 
-The generic helpers, below every layer that needs them: the service's write-behind files
-(app/services/durable_files.py re-exports them), the features store's snapshots, ``LATEST`` and
+The generic helpers, below every layer that needs them, and imported from here by each: the
+service's write-behind files (app/services: the feedback journal, the request log's spill, the
+reload marker), the features store's snapshots, ``LATEST`` and
 publishing lock (app/pipeline/features_store.py), the scheduler's last tick
 (app/pipeline/schedule.py), SQLite's migration lock (app/storage/db.py), the log monitor's cursor
 (app/monitoring/monitor.py) and the model store's bundles and ``latest``

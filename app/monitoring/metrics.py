@@ -48,8 +48,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.durable import file_lock
 from app.exit_hooks import at_exit, reset_after_fork
-from app.services.durable_files import file_lock
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from app.durable import write_durably
 from app.listener import MAX_PORT
 from app.monitoring.alerts import (
     Alert,
@@ -48,7 +49,6 @@ from app.monitoring.alerts import (
 from app.monitoring.journal import TRACEBACK_HEADER, JournalEntry, JournalFollower
 from app.monitoring.logs import LOG_LEVELS, configure_logging
 from app.number_options import number_problem
-from app.services.durable_files import write_durably
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 
 Shared by the feedback journal (app/services/feedback_journal.py), the request log's spill
 (app/services/request_log.py) and the log monitor's cursor file (app/monitoring/monitor.py).
-What a write-behind log may not lose goes through here: synced before the caller moves on, and a
-new file's name made durable with its directory, and :func:`exclusive_lock` / :func:`file_lock`
-serialise the processes that share such files (app/durable.py's helpers, re-exported here).
-What is the service's own: :func:`write_or_set_aside`, a batch the database refuses row by row.
+What a write-behind log may not lose goes through app/durable.py's helpers (synced before the
+caller moves on, a new file's name made durable with its directory, the locks that serialise the
+processes sharing such files), imported from there by every caller. What is the service's own is
+here: :func:`write_or_set_aside`, a batch the database refuses row by row.
 """
 
 from __future__ import annotations
@@ -13,19 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# The standard library (and app/durable.py, which is too) only at import: the log monitor
-# (app/monitoring/monitor.py) saves its cursor through here, and runs on the Docker host without
-# the service's dependencies.
-from app.durable import append_durably, exclusive_lock, file_lock, sync_directory, write_durably
-
-__all__ = [
-    "append_durably",
-    "exclusive_lock",
-    "file_lock",
-    "sync_directory",
-    "write_durably",
-    "write_or_set_aside",
-]
+__all__ = ["write_or_set_aside"]
 
 
 def _refused() -> tuple[type[BaseException], ...]:

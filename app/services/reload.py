@@ -53,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.durable import sync_directory, write_synced
+from app.durable import exclusive_lock, sync_directory, write_synced
 from app.errors import ApiError, InvalidRequest, NotFound
 from app.exit_hooks import at_exit
 from app.monitoring.logs import describe_error
@@ -70,7 +70,6 @@ from app.recommender.bundle import (
     remove_stale_leftovers,
     resolve_bundle_dir,
 )
-from app.services.durable_files import exclusive_lock
 from app.services.models import ModelHolder
 
 log = logging.getLogger(__name__)

@@ -45,10 +45,11 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.durable import append_durably, sync_directory, write_durably
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
 from app.monitoring.logs import LogEvery, describe_error
-from app.services.durable_files import append_durably, sync_directory, write_durably, write_or_set_aside
+from app.services.durable_files import write_or_set_aside
 from app.storage.db import Database, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)

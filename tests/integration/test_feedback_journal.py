@@ -771,7 +771,7 @@ def test_replay_rejected_with_the_database_unreachable_keeps_every_score(
 def test_replay_rejected_takes_up_what_a_killed_replay_left_and_runs_once_at_a_time(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.services.durable_files import file_lock
+    from app.durable import file_lock
     from app.services.feedback_journal import _rejected_line
 
     directory = tmp_path / "journal"
