@@ -71,6 +71,8 @@ def service_database(settings: Any) -> Iterator[Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The run as a table: one row per candidate version with both protocols and the decision."""
+    from app.pipeline.runner import version_label
+
     header = f"{'version':>7}  {'candidate':<24} {'A ndcg@10':>17} {'B ndcg@10':>17}  decision"
     lines = [header, "-" * len(header)]
     for entry in summary.get("candidates", []):
@@ -86,7 +88,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"features snapshot {summary.get('features_snapshot')}"
     )
     lines.append(
-        f"champion: v{summary.get('champion')} (before: v{summary.get('champion_before')}, promoted now: "
+        f"champion: {version_label(summary.get('champion'))} "
+        f"(before: {version_label(summary.get('champion_before'))}, promoted now: "
         f"{summary.get('promoted') or 'none'})  exported: {summary.get('exported') or 'no change'}  "
         f"reloaded: {summary.get('reloaded')}"
     )

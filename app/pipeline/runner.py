@@ -119,12 +119,18 @@ class BookkeepingError(PipelineError):
         self.summary = summary
 
 
+def version_label(version: object) -> str:
+    """``v3`` for a registered version, ``none`` when there is none (a first run's champion before
+    it, a run whose every candidate was rejected): never ``vNone``."""
+    return "none" if version is None else f"v{version}"
+
+
 def released_but(summary: dict[str, Any], failure: str) -> str:
     """What a flow whose bookkeeping failed after its release did, then what failed."""
     champion, before = summary.get("champion"), summary.get("champion_before")
     exported = summary.get("exported")
     if summary.get("promoted"):
-        done = f"the champion is now v{champion} (promoted by this run; before: v{before})"
+        done = f"the champion is now v{champion} (promoted by this run; before: {version_label(before)})"
     else:
         done = f"the champion stays v{champion}" if champion else "there is no champion"
     done += f", its bundle exported to {exported}" if exported else ", the model store unchanged"

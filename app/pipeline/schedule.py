@@ -25,7 +25,14 @@ from typing import Any, TypeVar
 from app.config import Settings
 from app.durable import write_durably
 from app.pipeline import runner as flow_runner
-from app.pipeline.runner import BookkeepingError, FlowRun, PipelineError, resolve_candidates, run_flow
+from app.pipeline.runner import (
+    BookkeepingError,
+    FlowRun,
+    PipelineError,
+    resolve_candidates,
+    run_flow,
+    version_label,
+)
 from app.recommender.seeds import parse_seeds
 from app.registry.mlflow_registry import SEEDS_TAG, Registry, RegistryError, covers_seeds
 
@@ -197,8 +204,9 @@ def report_run(settings: Settings, summary: dict[str, Any]) -> None:
     line is what the scheduler's log says about the run.
     """
     log.info(
-        "training finished: champion v%s (before: v%s, promoted now: %s), exported: %s, reloaded: %s",
-        summary.get("champion"), summary.get("champion_before"), summary.get("promoted") or "none",
+        "training finished: champion %s (before: %s, promoted now: %s), exported: %s, reloaded: %s",
+        version_label(summary.get("champion")), version_label(summary.get("champion_before")),
+        summary.get("promoted") or "none",
         summary.get("exported") or "no change", summary.get("reloaded"),
     )  # fmt: skip
     if not summary.get("exported"):  # nothing new in the model store: nothing to reload

@@ -488,6 +488,51 @@ def test_a_run_released_before_its_bookkeeping_failed_shows_what_it_released(
     assert "the champion is now v2" in result.output and "boom" in result.output
 
 
+@pytest.mark.parametrize("command", [["pipeline", "run"], ["schedule", "--once"]])
+@pytest.mark.parametrize(
+    ("champion", "promoted", "line"),
+    [
+        ("1", "1", "champion: v1 (before: none, promoted now: 1)"),  # a first run's champion
+        (None, None, "champion: none (before: none, promoted now: none)"),  # every one rejected
+    ],
+)
+def test_a_run_without_a_champion_before_it_says_none_not_vnone(
+    command: list[str],
+    champion: str | None,
+    promoted: str | None,
+    line: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first `make pipeline` of a new user printed and logged ``champion: v1 (before: vNone,
+    …)``, and a run whose every candidate the gate rejected ``champion: vNone``: Python's None
+    in the one summary line a user reads."""
+    import logging
+
+    from click.testing import CliRunner
+
+    import app.pipeline.runner as runner
+    from app.cli import cli
+
+    summary = {"candidates": [], "seconds": 0, "champion": champion, "champion_before": None,
+               "promoted": promoted, "exported": None, "reloaded": False}  # fmt: skip
+
+    def run_flow(*_a: Any, **_k: Any) -> Any:
+        return runner.FlowRun(summary=summary, seconds=0.0, output="")
+
+    _flow_runs_with(monkeypatch, run_flow, _settings(tmp_path, service_url=""))
+    with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
+        result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 0, result.output
+    assert line in result.output
+    logged = " ".join(r.getMessage() for r in caplog.records if "training finished" in r.getMessage())
+    assert "(before: none, promoted now: " in logged
+    assert "vNone" not in result.output + logged
+    bookkeeping = runner.released_but(summary | {"promoted": "1", "champion": "1"}, "closing failed")
+    assert "the champion is now v1 (promoted by this run; before: none)" in bookkeeping
+
+
 def test_a_flow_failing_after_it_closed_its_mlflow_run_does_not_say_the_run_is_marked_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
