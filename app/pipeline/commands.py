@@ -19,13 +19,16 @@ import click
 log = logging.getLogger(__name__)
 
 _DATA_DIR = click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=None, help="Default: MOVIEREC_DATA_DIR."
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Raw ml-100k (default: MOVIEREC_DATA_DIR, else data).",
 )
 _MODEL_DIR = click.option(
     "--model-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Serving model store (default: MOVIEREC_MODEL_DIR).",
+    help="Serving model store (default: MOVIEREC_MODEL_DIR, else model).",
 )
 
 
@@ -116,8 +119,17 @@ def pipeline() -> None:
 @pipeline.command("run")
 @_DATA_DIR
 @_MODEL_DIR
-@click.option("--candidates", default=None, help="Comma-separated candidates (default: DEFAULT_CANDIDATES).")
-@click.option("--seeds", default=None, help="Comma-separated split seeds (default: MOVIEREC_PIPELINE_SEEDS).")
+@click.option(
+    "--candidates",
+    default=None,
+    help="Comma-separated candidates "
+    "(default: MOVIEREC_PIPELINE_CANDIDATES, else every candidate of docs/models.md).",
+)
+@click.option(
+    "--seeds",
+    default=None,
+    help="Comma-separated split seeds (default: MOVIEREC_PIPELINE_SEEDS, else 0,1,2,3,4).",
+)
 @click.option(
     "--if-changed", is_flag=True, help="Skip when neither data nor code changed since the last run."
 )

@@ -51,6 +51,26 @@ def _flow_runs_with(monkeypatch: pytest.MonkeyPatch, run_flow: Any, settings: Se
     )
 
 
+def test_pipeline_run_help_says_each_default_in_the_users_terms() -> None:
+    """``movierec pipeline run --help`` said ``(default: DEFAULT_CANDIDATES)``, a Python constant
+    a user cannot look up, and ``Default: MOVIEREC_DATA_DIR.`` without what applies when the
+    variable is unset (``train --help`` says both)."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    result = CliRunner().invoke(cli, ["pipeline", "run", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "DEFAULT_CANDIDATES" not in text
+    defaults = Settings.model_fields
+    assert f"MOVIEREC_DATA_DIR, else {defaults['data_dir'].default}" in text
+    assert f"MOVIEREC_MODEL_DIR, else {defaults['model_dir'].default}" in text
+    assert f"MOVIEREC_PIPELINE_SEEDS, else {defaults['pipeline_seeds'].default}" in text
+    assert "MOVIEREC_PIPELINE_CANDIDATES, else every candidate of docs/models.md" in text
+    assert set(DEFAULT_CANDIDATES) == set(CANDIDATES)  # "every candidate" stays true
+
+
 def test_candidates_default_to_the_models_package_and_typos_fail_early() -> None:
     assert resolve_candidates(None) == list(DEFAULT_CANDIDATES)
     assert resolve_candidates("") == list(DEFAULT_CANDIDATES)
