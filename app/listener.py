@@ -21,6 +21,7 @@ itself, but those marked ``safe-fd`` (uwsgi.ini: ``safe-fd = 3``): the port surv
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -31,6 +32,7 @@ DEFAULT_HOST = "0.0.0.0"  # noqa: S104  # nosec B104 - uwsgi's ":8000" bound eve
 DEFAULT_PORT = 8000
 MAX_PORT = 65535  # every entry point refuses a port above it: the socket layer would keep its low 16 bits
 BACKLOG = socket.SOMAXCONN  # the kernel caps it at net.core.somaxconn
+PORT_IN_USE_HINT = " (another process listens there: stop it, or choose another port)"
 
 
 class ListenerError(RuntimeError):
@@ -69,7 +71,8 @@ def bind(host: str, port: int, host_option: str = "MOVIEREC_HOST") -> socket.soc
         sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
-        raise ListenerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        hint = PORT_IN_USE_HINT if exc.errno == errno.EADDRINUSE else ""
+        raise ListenerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
     return sock
 
 

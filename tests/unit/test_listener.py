@@ -66,13 +66,18 @@ def test_connections_accepted_on_the_socket_have_tcp_nodelay() -> None:
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
 
 
-def test_a_port_in_use_is_a_one_line_error() -> None:
+def test_a_port_in_use_is_a_one_line_error_that_says_what_to_do() -> None:
+    """A second `make run` said only "Address already in use": now also what to do about it."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ListenerError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+        with pytest.raises(ListenerError) as refused:
             bind("127.0.0.1", port)
+        assert str(refused.value) == (
+            f"cannot listen on 127.0.0.1:{port}: Address already in use "
+            "(another process listens there: stop it, or choose another port)"
+        )
 
 
 def test_a_host_that_is_not_an_address_is_refused() -> None:

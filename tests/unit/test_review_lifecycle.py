@@ -472,7 +472,10 @@ def test_serve_names_a_host_or_port_it_cannot_listen_on_before_starting(
         port = taken.getsockname()[1]
         result = CliRunner().invoke(cli, ["serve", "--port", str(port), "--debug"])
         assert result.exit_code == 1, (result.output, result.exception)
-        assert result.output == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+        assert result.output == (
+            f"Error: cannot listen on 127.0.0.1:{port}: Address already in use "
+            "(another process listens there: stop it, or choose another port)\n"
+        )
         assert main(["--host", "no-such-host.invalid", "--debug"]) == 1
         assert main(["--port", str(port), "--debug"]) == 1
 
