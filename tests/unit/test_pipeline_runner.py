@@ -756,6 +756,32 @@ def test_a_tick_missed_while_the_scheduler_was_down_runs_when_it_starts(
     assert calls == []
 
 
+def test_the_scheduler_says_when_it_trains_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`movierec schedule` logged only "training scheduled on '0 3 * * *' (UTC)" (and
+    APScheduler's "Added job serve.<locals>.scheduled"): whoever started it had to work out
+    the next cron time. Its line now says when the next tick is due."""
+    import logging
+
+    import app.pipeline.schedule as schedule
+
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _WithChampion()))
+    settings = _settings(tmp_path, schedule_cron="0 3 * * *")
+    with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
+        before = datetime.now(UTC)
+        schedule.serve(settings, job=lambda: None, blocking=False).shutdown(wait=False)
+        after = datetime.now(UTC)
+    due = {
+        f"{schedule.cron_trigger('0 3 * * *').get_next_fire_time(None, moment):%Y-%m-%d %H:%M} UTC"
+        for moment in (before, after)
+    }
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training scheduled")]
+    assert len(lines) == 1 and any(
+        lines[0] == f"training scheduled on '0 3 * * *' (UTC): next at {at}" for at in due
+    ), lines
+
+
 @pytest.mark.parametrize("outcome", ["trained", "skipped", "failed"])
 def test_a_tick_of_schedule_once_is_recorded_as_the_scheduler_records_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
