@@ -154,6 +154,11 @@ def train(
     :class:`LinearRatingModel` fitted on all ratings, which serves ``/api/predict/*`` whatever
     ranker won the selection (the served model itself is used when it predicts ratings).
     """
+    log.info(
+        "evaluating %d candidates (%s) on protocols A and B, split seeds %s, "
+        "then fitting the best on all data: a minute or more on ml-100k",
+        len(model_names), ", ".join(model_names), ",".join(map(str, seeds)),
+    )  # fmt: skip
     report_a = evaluate(data, model_names, "A", seeds)
     report_b = evaluate(data, model_names, "B", seeds)
     best = select_best(report_a, report_b)

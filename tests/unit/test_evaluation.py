@@ -119,3 +119,21 @@ def test_a_report_at_another_k_is_tabled_and_plotted_at_its_k(synthetic_data, tm
     assert "ndcg@5 (0)" in format_table(report).splitlines()[1]
     json_path, png_path = write_report(report, tmp_path / "report.json")
     assert json_path.is_file() and png_path.stat().st_size > 0
+
+
+def test_training_says_what_it_evaluates_before_the_quiet_minutes(synthetic_data, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """`make run`'s first `movierec train` printed nothing for one to three minutes (every
+    candidate through protocols A and B) before "selected …": a new user could not tell it
+    from a hang. It now says first what it evaluates and that it takes a while."""
+    import logging
+
+    from app.recommender.training import train
+
+    with caplog.at_level(logging.INFO, logger="app.recommender.training"):
+        train(synthetic_data, tmp_path / "model", ["most_rated", "most_liked"], seeds=(0, 1))
+    messages = [r.getMessage() for r in caplog.records if r.name == "app.recommender.training"]
+    assert messages[0] == (
+        "evaluating 2 candidates (most_rated, most_liked) on protocols A and B, split seeds 0,1, "
+        "then fitting the best on all data: a minute or more on ml-100k"
+    )
+    assert messages[1].startswith("selected ")
