@@ -431,8 +431,8 @@ def test_a_bad_setting_is_a_one_line_cli_error(
     missing = tmp_path / "no-such-file"
     monkeypatch.delenv("MOVIEREC_DATABASE_URL", raising=False)
     monkeypatch.setenv("MOVIEREC_DATABASE_URL_FILE", str(missing))
-    # serve checks its address first: a port of its own, not 5000, which a developer's server may hold
-    result = CliRunner().invoke(cli, command + (["--port", str(free_port())] if command == ["serve"] else []))
+    port = ["--port", str(free_port())] if command == ["serve"] else []  # not :5000, `make run`'s
+    result = CliRunner().invoke(cli, [*command, *port])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert f"MOVIEREC_DATABASE_URL_FILE: cannot read {missing}" in result.output

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from app.cli import cli
+from tests.helpers import free_port
 from tests.synthetic import write_grouplens
 
 pytestmark = pytest.mark.unit
@@ -129,7 +130,7 @@ def test_a_malformed_database_or_redis_url_is_a_configuration_error(
         load_settings()
     assert "secret-pw" not in str(caught.value)
     monkeypatch.setenv("SESSION_PASSWORD", "a-session-password")
-    assert seed_main.main(["--debug"]) == 2
+    assert seed_main.main(["--debug", "--port", str(free_port())]) == 2  # not :5000, `make run`'s
     error = capsys.readouterr().err
     assert error.startswith("movierec: invalid setting") and "secret-pw" not in error, error
     if variable == "MOVIEREC_DATABASE_URL":

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.pipeline import runner
 from app.pipeline.runner import PipelineError, run_flow
 from app.pipeline.schedule import cron_trigger
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -440,7 +441,7 @@ def test_serve_runs_the_app_at_the_log_level_given(
     monkeypatch.setenv("SESSION_PASSWORD", "test")
     monkeypatch.setenv("MOVIEREC_LOG_LEVEL", environment)
     monkeypatch.setattr("app.run_development_server", lambda app, *rest: served.append(app))
-    result = CliRunner().invoke(cli, [*args, "serve", "--debug"])
+    result = CliRunner().invoke(cli, [*args, "serve", "--debug", "--port", str(free_port())])
     assert result.exit_code == 0, (result.output, result.exception)
     assert served[0].extensions["movierec"].settings.log_level == expected
 
