@@ -640,7 +640,12 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
                 raise DataUnavailableError("the source did not provide the expected files")
             load_directory(staging)  # validate before publishing into the cache
             _publish(staging, target)
-            log.info("ml-100k cached", extra={"source": source, "path": str(target)})
+            log.info(
+                "fetched ml-100k from %s into %s",
+                source,
+                target,
+                extra={"source": source, "path": str(target)},
+            )
             return target
         except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next source is tried
             failures.append(f"{source}: {exc}")

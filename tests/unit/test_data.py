@@ -53,6 +53,20 @@ def test_fetch_uses_a_local_directory_and_caches_it(tmp_path: Path) -> None:
     assert find_local(tmp_path / "root") is not None
 
 
+def test_a_first_fetch_says_it_fetched_not_that_it_found_a_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new user's first `make run` logged "ml-100k cached" for the download it had just made,
+    which reads as "it was already there". The line now says what happened: fetched, from
+    where, into where."""
+    import logging
+
+    source = write_recbole(tmp_path / "source")
+    with caplog.at_level(logging.INFO, logger="app.recommender.data"):
+        target = fetch(tmp_path / "root", sources=[str(source)])
+    assert [r.getMessage() for r in caplog.records] == [f"fetched ml-100k from {source} into {target}"]
+
+
 def test_fetch_failure_names_every_source_tried(tmp_path: Path) -> None:
     with pytest.raises(DataUnavailableError) as excinfo:
         fetch(tmp_path / "root", sources=[str(tmp_path / "nowhere"), str(tmp_path / "elsewhere")])
