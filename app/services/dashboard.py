@@ -19,11 +19,12 @@ from typing import Any, Literal
 from sqlalchemy import Integer, case, cast, func, select
 
 from app.monitoring.logs import describe_error
+from app.monitoring.quality import FALLBACK
 from app.recommender.bundle import LATEST, MANIFEST
 from app.recommender.manifest_metrics import MetricRow, metric_rows, served_row
 from app.services.models import ModelHolder
 from app.storage.db import Database
-from app.storage.models import Feedback, as_utc
+from app.storage.models import Feedback, RecommendationRequest, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ def _db_time(db: Database, moment: datetime) -> datetime:
 
 
 def feedback_series(db: Database, bucket: Bucket = "day", now: datetime | None = None) -> FeedbackSeries:
-    """Feedback volume, mean score and like-rate (score >= 4) per UTC hour or day.
+    """Feedback volume, mean score and like-rate (score >= 4) per UTC hour or day, and per model
+    version in the window (fallback lists apart: ``by_model[i]["fallback"]``).
 
     The window is the last 48 hours or 30 days, every bucket present (empty ones with a
     count of 0 and no mean, so a chart shows gaps as gaps, not as zeros). Aggregation
@@ -233,11 +235,16 @@ def feedback_series(db: Database, bucket: Bucket = "day", now: datetime | None =
         .where(Feedback.created_at >= _db_time(db, first))
         .group_by(label)
     )
+    # A fallback list carries the version it came from (the previous champion, or the champion
+    # itself for popularity): its scores say nothing about that model's own lists, and the breaker
+    # and the online metrics leave them out (app/monitoring/quality.py), so they get rows of their own.
+    fallback = case((RecommendationRequest.strategy == FALLBACK, 1), else_=0).label("fallback")
     by_model_query = (
-        select(Feedback.model_version, func.count(Feedback.id), func.avg(Feedback.score), liked)
+        select(Feedback.model_version, fallback, func.count(Feedback.id), func.avg(Feedback.score), liked)
+        .outerjoin(RecommendationRequest, RecommendationRequest.id == Feedback.request_id)
         .where(Feedback.created_at >= _db_time(db, first))
-        .group_by(Feedback.model_version)
-        .order_by(func.count(Feedback.id).desc())
+        .group_by(Feedback.model_version, fallback)
+        .order_by(func.count(Feedback.id).desc(), Feedback.model_version, fallback)
     )
     with db.session() as session:
         rows = session.execute(query).all()
@@ -255,8 +262,14 @@ def feedback_series(db: Database, bucket: Bucket = "day", now: datetime | None =
     score_sum = sum(b.count * b.mean_score for b in buckets if b.mean_score is not None)
     liked_total = sum(b.liked for b in buckets)
     by_model = [
-        {"model_version": v, "count": int(n), "mean_score": float(m), "like_rate": int(k or 0) / int(n)}
-        for v, n, m, k in model_rows
+        {
+            "model_version": v,
+            "fallback": bool(f),
+            "count": int(n),
+            "mean_score": float(m),
+            "like_rate": int(k or 0) / int(n),
+        }
+        for v, f, n, m, k in model_rows
     ]
     return FeedbackSeries(
         bucket=bucket,

@@ -795,6 +795,56 @@ def test_dashboard_feedback_figures_follow_the_stored_rows(app: Any) -> None:
     assert len(hourly["feedback"]["labels"]) == 48 and hourly["feedback"]["count"][-1] == 4
 
 
+def test_dashboard_shows_scores_of_fallback_lists_apart_from_the_model_version(
+    make_app: Callable[..., Any],
+) -> None:
+    """A popularity fallback list carries the champion's version; its scores were shown as the
+    champion's in the per-version table, although the breaker leaves them out of its judgement."""
+    app = make_app(
+        breaker_fallback="popularity",
+        breaker_name=f"ui-{uuid.uuid4().hex[:8]}",
+        monitor_interval_seconds=0,
+        breaker_min_events=4,
+        breaker_min_requests=1000,
+        breaker_cooldown_seconds=3600,
+    )
+    services = app.extensions["movierec"]
+    service = services.recommendations
+    version = services.models.bundle.version
+    query = RecommendQuery(2, 30, "F", "artist")
+    for _ in range(4):  # the champion's lists, hated: the breaker opens
+        served = service.recommend(query)
+        assert served.strategy != "fallback"
+        service.score(served.id, served.items[0].title, 1.0, readable=True)
+    services.monitor.tick(force=True)
+    assert services.breaker.status()["state"] == "open"
+    for _ in range(2):  # the fallback's lists, liked
+        served = service.recommend(query)
+        assert (served.strategy, served.model_version) == ("fallback", version)
+        service.score(served.id, served.items[0].title, 5.0, readable=True)
+    services.monitor.tick(force=True)
+    quality = services.breaker.status()["last_evaluation"]["quality"]
+    assert (quality["events"], quality["mean_score"]) == (4, 1.0)  # the breaker: the champion's only
+
+    series = dashboard.feedback_series(services.db, "day")
+    assert (series.total, series.mean_score) == (6, pytest.approx(14 / 6))  # every score in the totals
+    assert [
+        (m["model_version"], m.get("fallback"), m["count"], m["mean_score"]) for m in series.by_model
+    ] == [
+        (version, False, 4, 1.0),
+        (version, True, 2, 5.0),
+    ]
+    client = app.test_client()
+    ui_login(client, ADMIN_PASSWORD)
+    page = client.get("/ui/dashboard").text
+    table = re.search(r'<table class="data" id="feedback-by-model">.*?</table>', page, re.S).group(0)
+    rows = re.findall(r"<tr><th scope=\"row\">(.*?)</th><td>(\d+)</td><td>([\d.]+)</td>", table)
+    assert [(re.sub(r"<[^>]+>", "", head).strip(), n, mean) for head, n, mean in rows] == [
+        (version, "4", "1.00"),
+        (f"{version} (fallback)", "2", "5.00"),
+    ]
+
+
 # --------------------------------------------------------------------------- page hygiene
 
 
