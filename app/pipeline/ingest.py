@@ -18,9 +18,10 @@ scheduler can skip a run when nothing changed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -78,8 +79,20 @@ class Ingested:
         }
 
 
-def read_feedback(db: Database) -> pd.DataFrame:
-    """Every feedback row joined with the request it scores, in feedback-id order."""
+FEEDBACK_CHUNK_ROWS: Final = 10_000
+"""Feedback rows fetched at a time: between two chunks the read looks whether to stop."""
+
+
+def _go_on() -> None:
+    """The default stop check: never stop."""
+
+
+def read_feedback(db: Database, check_stop: Callable[[], None] = _go_on) -> pd.DataFrame:
+    """Every feedback row joined with the request it scores, in feedback-id order.
+
+    Fetched :data:`FEEDBACK_CHUNK_ROWS` at a time, ``check_stop`` called after each chunk (it
+    raises to stop): on a large table the read is most of the ingest's time.
+    """
     query = (
         select(
             Feedback.id.label("feedback_id"),
@@ -95,8 +108,12 @@ def read_feedback(db: Database) -> pd.DataFrame:
         .join(RecommendationRequest, RecommendationRequest.id == Feedback.request_id)
         .order_by(Feedback.id)
     )
+    rows: list[Any] = []
     with db.session() as session:
-        rows = session.execute(query).all()
+        result = session.execute(query.execution_options(yield_per=FEEDBACK_CHUNK_ROWS))
+        for chunk in result.partitions():
+            rows.extend(chunk)
+            check_stop()
     return pd.DataFrame([tuple(row) for row in rows], columns=FEEDBACK_COLUMNS)
 
 
@@ -185,20 +202,28 @@ def merge_feedback(data: MovieLens, ratings: pd.DataFrame, users: pd.DataFrame) 
     return MovieLens(ratings=combined, users=all_users, items=data.items)
 
 
-def ingest(data_dir: Path | str, db: Database | None) -> Ingested:
+def ingest(data_dir: Path | str, db: Database | None, check_stop: Callable[[], None] = _go_on) -> Ingested:
     """Load the raw files (fetching them when missing) and add the service's feedback.
 
     ``db`` None means "raw data only". A database that cannot be reached raises: training
     silently without the feedback would publish a model that ignores it.
+
+    ``check_stop`` is called between the phases and between chunks of the feedback read, and
+    raises to stop the ingest there (the launcher asked to stop: app/pipeline/schedule.py,
+    current_fingerprint); never inside a phase, so a fetched ml-100k being published into the
+    data directory or a schema upgrade is not cut halfway.
     """
     raw = load_movielens(data_dir)  # refuses raw user ids in the feedback users' range
     if db is None:
         return Ingested(raw)
+    check_stop()
     db.upgrade()
-    feedback = read_feedback(db)
+    check_stop()
+    feedback = read_feedback(db, check_stop)
     ratings, users, dropped = feedback_to_ratings(
         feedback, raw.users["user_id"].to_numpy(), raw.items["movie_id"].to_numpy()
     )
+    check_stop()
     if dropped:
         log.warning("feedback rows dropped (movie not in catalogue or no user/profile): %d", dropped)
     data = merge_feedback(raw, ratings, users)

@@ -91,8 +91,16 @@ def say(text: str) -> None:
         os.write(2, f"movierec: {text}\n".encode())
 
 
-def _stopped() -> str:
-    return f"the launcher was asked to stop ({_stop_signal}): the training flow was killed with its workers"
+def _stopped(done: str = "the training flow was killed with its workers") -> str:
+    return f"the launcher was asked to stop ({_stop_signal}): {done}"
+
+
+def check_stop(during: str) -> None:
+    """PipelineError with the stop's message when :data:`STOPPING` is set: the launcher's own long
+    work before a flow (the decision's ingest, app/pipeline/schedule.py) calls it at points where
+    stopping leaves nothing half done, as the wait for a flow looks at the flag every 0.5 s."""
+    if STOPPING.is_set():
+        raise PipelineError(_stopped(f"stopped during {during}; the training flow was not started"))
 
 
 _POLL_SECONDS = 0.5  # how often a launcher waiting for its flow looks at STOPPING
@@ -317,7 +325,7 @@ def run_flow(
     if timeout is None:
         timeout = settings.pipeline_timeout_seconds or None
     if STOPPING.is_set():
-        raise PipelineError(f"the training flow was not started: the launcher is stopping ({_stop_signal})")
+        raise PipelineError(_stopped("the training flow was not started"))
     if candidates:
         resolve_candidates(candidates)  # fail fast on a typo, before any subprocess
     scratch_root = Path(settings.var_dir) / "pipeline"

@@ -131,7 +131,11 @@ def current_fingerprint(settings: Settings) -> tuple[str, str]:
     except OSError as exc:  # a SQLite file's directory cannot be created
         raise FingerprintError(unreachable_message(settings.sqlalchemy_url, exc)) from exc
     try:
-        return ingest(settings.data_dir, database).data_hash, code_version()
+        # the launcher asked to stop: the ingest ends at its next safe point, with the stop's message
+        data_hash = ingest(
+            settings.data_dir, database, lambda: flow_runner.check_stop("the ingest")
+        ).data_hash
+        return data_hash, code_version()
     except (OperationalError, DatabaseUnavailableError) as exc:
         raise FingerprintError(unreachable_message(settings.sqlalchemy_url, exc)) from exc
     finally:
@@ -168,6 +172,10 @@ def tick(
     except RegistryError as exc:  # the registry cannot be opened: the message says why
         log.error("could not decide whether to train: %s", exc)
         return TickResult(RunDecision(False, "registry unavailable", "", ""), error=str(exc))
+    except PipelineError as exc:  # the launcher was asked to stop during the ingest (a deploy)
+        level = logging.WARNING if flow_runner.STOPPING.is_set() else logging.ERROR
+        log.log(level, "could not decide whether to train: %s", exc)
+        return TickResult(RunDecision(False, "stopped", "", ""), error=str(exc))
     except FingerprintError as exc:  # an outage the message names whole: no traceback at every tick
         log.error("could not decide whether to train: %s", exc)
         error = f"could not decide whether to train: {exc}"
@@ -441,12 +449,13 @@ def stop_on_sigterm() -> None:
     tracking server that does not answer while the flow's runs are marked FAILED). A second
     SIGTERM does nothing more: SIGKILL follows it (``docker stop``, systemd).
 
-    The stop is acted on between steps: a tick deciding whether to train (the ingest of
-    :func:`current_fingerprint`: reading the raw files and the feedback, a few seconds, longer
-    when ml-100k must be fetched first; the registry's answers) finishes deciding, then starts
-    no flow. An exception thrown into it from here could land anywhere, in the middle of
-    publishing a fetched ml-100k into the data directory or of a schema upgrade; a second
-    Ctrl-C is the way out that does not wait.
+    The stop is acted on between steps: the ingest of :func:`current_fingerprint` (reading the
+    raw files and the feedback: seconds, longer when ml-100k must be fetched first) looks at the
+    flag between its phases and between chunks of the feedback read, and stops there; the rest
+    of a tick's decision (the registry's answers) finishes, then no flow starts. An exception
+    thrown into it from here could land anywhere, in the middle of publishing a fetched ml-100k
+    into the data directory or of a schema upgrade; a second Ctrl-C is the way out that does not
+    wait.
     """
     import signal
     import threading

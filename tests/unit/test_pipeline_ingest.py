@@ -175,3 +175,45 @@ def test_feedback_rows_in_the_service_database_appear_in_the_next_training_set(
         assert ingest(synthetic_data_dir, db).data_hash == after.data_hash
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def test_the_feedback_read_goes_by_chunks_and_looks_whether_to_stop_after_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """The launcher's ingest (``pipeline run --if-changed``, a scheduler tick) must stop soon after
+    a SIGTERM or Ctrl-C: the read, most of its time on a large table, looks between chunks."""
+    import app.pipeline.ingest as ingest_module
+
+    url = (
+        request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 's.db'}"
+    )
+    db = Database(url)
+    db.upgrade()
+    try:
+        rid = str(uuid.uuid4())
+        profile = {"age": 33, "gender": "F", "occupation": "lawyer", "user_id": None}
+        db.save_requests(
+            [{"id": rid, **profile, "max_recs": 5, "model_version": "v", "strategy": "segment", "items": []}]
+        )
+        for movie in range(1, 6):
+            db.save_feedback(FeedbackRecord(rid, movie, f"Movie {movie}", float(movie), None, "v"))
+        monkeypatch.setattr(ingest_module, "FEEDBACK_CHUNK_ROWS", 2)
+        checks: list[int] = []
+        assert read_feedback(db, lambda: checks.append(1))["movie_id"].tolist() == [1, 2, 3, 4, 5]
+        assert len(checks) == 3  # after each chunk of 2, 2 and 1 rows
+
+        class Stop(Exception):
+            pass
+
+        def stop_at_the_second() -> None:
+            checks.append(1)
+            if len(checks) == 2:
+                raise Stop
+
+        checks.clear()
+        with pytest.raises(Stop):
+            read_feedback(db, stop_at_the_second)
+        assert len(checks) == 2  # no chunk read after the stop
+    finally:
+        db.dispose()

@@ -845,7 +845,7 @@ if when == "once":  # `movierec schedule --once` from cron: one tick that decide
     import app.pipeline.ingest as ingest
 
     commands.settings_for_cli = lambda **_k: settings
-    ingest.ingest = lambda *a: type("Ingested", (), {"data_hash": "d"})()  # no data, no database
+    ingest.ingest = lambda *a, **k: type("Ingested", (), {"data_hash": "d"})()  # no data, no database
     schedule.should_run = lambda *a: schedule.RunDecision(True, "data changed", "d", "c")
     cli(["schedule", "--once"], prog_name="movierec", standalone_mode=False)
 elif when == "start":  # a tick missed while it was down: run at start, in the main thread
@@ -978,7 +978,7 @@ def test_sigterm_during_a_tick_kills_the_flow_and_stops_the_scheduler_cleanly(
     assert schedule.last_tick(settings) == recorded, "the interrupted tick was recorded as done"
 
 
-_PIPELINE_RUN_SETUP = """
+_PIPELINE_RUN_REAL_INGEST = """
 import pathlib, sys
 
 import app.pipeline.commands as commands
@@ -993,11 +993,13 @@ settings = _settings(tmp)
 runner.flow_command = _hanging_flow(tmp / "pids", None)
 runner._close_abandoned = lambda *a: None
 commands.settings_for_cli = lambda **_k: settings
-# --if-changed: the tick decides to train (no data, no database, no registry)
+# --if-changed: the tick decides to train (no registry; no data, no database: below)
 schedule.Registry.from_settings = staticmethod(lambda _s: _WithChampion())
-ingest.ingest = lambda *a: type("Ingested", (), {"data_hash": "d"})()
 schedule.should_run = lambda *a: schedule.RunDecision(True, "data changed", "d", "c")
 """
+_PIPELINE_RUN_SETUP = (
+    _PIPELINE_RUN_REAL_INGEST + 'ingest.ingest = lambda *a, **k: type("Ingested", (), {"data_hash": "d"})()\n'
+)
 _PIPELINE_RUN_CALL = 'cli(["pipeline", "run", *sys.argv[2:]], prog_name="movierec")\n'
 _PIPELINE_RUN_SCRIPT = _PIPELINE_RUN_SETUP + _PIPELINE_RUN_CALL
 
@@ -1028,6 +1030,76 @@ def test_sigterm_during_pipeline_run_kills_the_flow_and_exits_non_zero_saying_wh
     assert not list((tmp_path / "var" / "pipeline").glob("run-*")), "the flow's scratch directory was left"
 
 
+_SLOW_INGEST_SCRIPT = (
+    _PIPELINE_RUN_REAL_INGEST
+    + """
+settings = _settings(tmp, data_dir=tmp / "data", database_url=f"sqlite:///{tmp / 'feedback.db'}")
+read_feedback = ingest.read_feedback
+
+
+def marked(*args, **kwargs):  # the test's signal to stop: the feedback read has begun
+    (tmp / "ingesting").write_text("")
+    return read_feedback(*args, **kwargs)
+
+
+ingest.read_feedback = marked
+"""
+    + _PIPELINE_RUN_CALL
+)
+
+
+def _feedback_database(path: Path, n_requests: int, per_request: int = 10) -> None:
+    """A service database at ``path`` holding ``n_requests`` scored lists of ``per_request`` movies."""
+    import sqlite3
+
+    from app.storage.db import Database
+
+    database = Database(f"sqlite:///{path}")
+    database.upgrade()
+    database.dispose()
+    stamp = "2026-12-01 12:00:00.000000"
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.executemany(
+            "INSERT INTO recommendation_requests (id, created_at, age, gender, occupation, user_id, "
+            "max_recs, model_version, strategy, items) VALUES (?, ?, 30, 'M', 'writer', NULL, ?, 'v', "
+            "'segment', '[]')",
+            ((f"r{i:08d}", stamp, per_request) for i in range(n_requests)),
+        )
+        connection.executemany(
+            "INSERT INTO feedback (request_id, movie_id, title, score, model_version, created_at, "
+            "updated_at) VALUES (?, ?, ?, 4.0, 'v', ?, ?)",
+            (
+                (f"r{i:08d}", movie, f"Movie {movie}", stamp, stamp)
+                for i in range(n_requests)
+                for movie in range(1, per_request + 1)
+            ),
+        )
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_a_stop_during_the_decisions_ingest_ends_it_between_chunks(tmp_path: Path, how: str) -> None:
+    """``pipeline run --if-changed`` (and every scheduler tick) ingests the raw files and the
+    feedback to decide whether to train. A stop landing there waited for the whole ingest (the
+    feedback read, seconds on a large table), and only then refused to start the flow; the
+    ingest now looks at the stop flag between its phases and between chunks of the feedback
+    read, and the command stops at once, exit 1 with the stop's message, as during the flow."""
+    import re
+
+    from tests.synthetic import write_grouplens
+
+    write_grouplens(tmp_path / "data")
+    _feedback_database(tmp_path / "feedback.db", 30_000)  # 300,000 scores: a read of seconds
+    process, pids = _launch_until_its_flow_runs(
+        _SLOW_INGEST_SCRIPT, tmp_path, "--if-changed", until="ingesting"
+    )
+    name = _interrupt(process, how)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, (process.returncode, output)
+    assert f"Error: the launcher was asked to stop ({name})" in output, output
+    assert not re.search(r"ingested \d+ ratings", output), "the ingest ran to its end after the stop"
+    assert not pids.is_file(), "a flow was started after the stop"
+
+
 _SECOND_CTRL_C_SCRIPT = (
     _PIPELINE_RUN_SETUP
     + """
@@ -1046,7 +1118,7 @@ elif slow == "bookkeeping":  # it killed the flow; marking its MLflow runs FAILE
     runner._mark_failed = hang  # (MLflow retries a tracking server that does not answer ~4 min)
 else:  # the decision's ingest (pipeline run --if-changed) is not over before the flow starts
 
-    def slow_ingest(*_a):
+    def slow_ingest(*_a, **_k):
         (tmp / "ingesting").write_text("")
         while not runner.STOPPING.is_set():
             time.sleep(0.05)
