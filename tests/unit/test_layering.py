@@ -25,26 +25,45 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-def test_app_recommender_imports_nothing_of_app_services() -> None:
+def _services_loaded_by(modules: str) -> list[str]:
+    """The app/services modules that importing ``modules`` (``a, b``) loads, in a fresh interpreter."""
+    probe = f"import sys, {modules}; print(sorted(m for m in sys.modules if m.startswith('app.services')))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    return ast.literal_eval(result.stdout.strip())
+
+
+@pytest.mark.parametrize(
+    ("package", "entry_points"),
+    [
+        ("recommender", "app.recommender.bundle"),
+        # the registry's export took served_row from app/services/dashboard.py: the flow's export and
+        # promote loaded the web dashboard's queries to read a manifest's metrics
+        # (app/recommender/manifest_metrics.py now)
+        ("registry", "app.registry.export"),
+        # the features store and the scheduler took write_durably, sync_directory and exclusive_lock
+        # from app/services/durable_files.py: generic file helpers, in app/durable.py now
+        ("pipeline", "app.pipeline.features_store, app.pipeline.schedule"),
+    ],
+)
+def test_the_layers_below_the_service_import_nothing_of_app_services(package: str, entry_points: str) -> None:
+    """app/recommender, app/registry and app/pipeline sit below app/services (ARCHITECTURE.md):
+    no module of theirs imports it, and importing their entry points loads none of it."""
     offenders = {
         str(path.relative_to(ROOT)): names
-        for path in (ROOT / "app" / "recommender").rglob("*.py")
+        for path in (ROOT / "app" / package).rglob("*.py")
         if (names := sorted(n for n in _imported_modules(path) if n.startswith("app.services")))
     }
     assert not offenders
+    assert _services_loaded_by(entry_points) == []
 
 
 def test_the_gate_checks_a_bundles_rating_model_without_loading_the_serving_layer() -> None:
     """``app/pipeline/gate.py`` took ``attach_rating_model`` from ``app/services/models.py``: the
     gate (and the export) loaded the serving layer to check a bundle, though the check uses no
     service state. It is the bundle's own check, in app/recommender/bundle.py, defined once."""
-    probe = (
-        "import sys, app.pipeline.gate; print(sorted(m for m in sys.modules if m.startswith('app.services')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    )
-    assert result.stdout.strip() == "[]", result.stdout
+    assert _services_loaded_by("app.pipeline.gate") == []
     definitions = [
         str(path.relative_to(ROOT))
         for path in (ROOT / "app").rglob("*.py")
@@ -69,44 +88,3 @@ def test_the_model_store_retention_reads_the_workers_records_without_the_serving
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "False", result.stdout
-
-
-def test_app_registry_imports_nothing_of_app_services() -> None:
-    """The registry's export took ``served_row`` (a manifest's served-model metrics) from
-    ``app/services/dashboard.py``: the flow's export and promote loaded the web dashboard's queries,
-    SQLAlchemy and the serving model holder to read a manifest. Reading a manifest's metrics is
-    the ML package's (app/recommender/manifest_metrics.py); the dashboard and the export both call it."""
-    offenders = {
-        str(path.relative_to(ROOT)): names
-        for path in (ROOT / "app" / "registry").rglob("*.py")
-        if (names := sorted(n for n in _imported_modules(path) if n.startswith("app.services")))
-    }
-    assert not offenders
-    probe = (
-        "import sys, app.registry.export; "
-        "print(sorted(m for m in sys.modules if m.startswith('app.services')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    )
-    assert result.stdout.strip() == "[]", result.stdout
-
-
-def test_app_pipeline_imports_nothing_of_app_services() -> None:
-    """The features store and the scheduler took ``write_durably``, ``sync_directory`` and
-    ``exclusive_lock`` from ``app/services/durable_files.py``: the training flow reached up into the
-    serving layer for generic file helpers. They live below every layer, in app/durable.py."""
-    offenders = {
-        str(path.relative_to(ROOT)): names
-        for path in (ROOT / "app" / "pipeline").rglob("*.py")
-        if (names := sorted(n for n in _imported_modules(path) if n.startswith("app.services")))
-    }
-    assert not offenders
-    probe = (
-        "import sys, app.pipeline.features_store, app.pipeline.schedule; "
-        "print(sorted(m for m in sys.modules if m.startswith('app.services')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    )
-    assert result.stdout.strip() == "[]", result.stdout
