@@ -33,6 +33,24 @@ def sqlalchemy_url(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+@contextmanager
+def database_down(app: Any) -> Iterator[None]:
+    """The app's database unreachable (its engine pointed at a port where nothing listens) for the
+    block, the real one back after it; the machine's PostgreSQL keeps running."""
+    from sqlalchemy.orm import sessionmaker
+
+    from app.storage.db import make_engine
+
+    db = app.extensions["movierec"].db
+    good_engine, good_sessions = db.engine, db.sessions
+    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
+    try:
+        yield
+    finally:
+        db.engine, db.sessions = good_engine, good_sessions
+
+
 def answered_after_flush(call: Callable[[], Any], issuer: Any, hold: float = 0.3) -> tuple[Any, float]:
     """``call()`` (another worker's request for a row ``issuer``'s request log still holds) runs in
     a thread that must still be waiting ``hold`` s later; then ``issuer`` flushes its log. Returns

@@ -20,13 +20,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import sessionmaker
 
 from app.api.schemas import FIELD_RULES
 from app.recommender.bundle import RecommendQuery
 from app.services import dashboard
 from app.services.request_ids import RequestIds
-from app.storage.db import make_engine
 from app.storage.models import Feedback, RecommendationRequest
 from tests.helpers import (
     ADMIN_PASSWORD,
@@ -34,6 +32,7 @@ from tests.helpers import (
     PROFILE,
     SESSION_PASSWORD,
     answered_after_flush,
+    database_down,
     login,
     sqlalchemy_url,
 )
@@ -211,15 +210,9 @@ def test_logout_ends_the_browser_session_even_when_it_cannot_be_recorded(
     client = app.test_client()
     csrf = ui_login(client)
     api_headers = login(client)
-    db = app.extensions["movierec"].db
-    good_engine, good_sessions = db.engine, db.sessions
-    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
-    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
-    try:
+    with database_down(app):
         api = client.post("/api/logout", headers=api_headers)
         response = client.post("/ui/logout", data={"csrf_token": csrf})
-    finally:
-        db.engine, db.sessions = good_engine, good_sessions
     assert api.status_code == 503 and api.headers["Retry-After"] == "5"
     assert "could not be recorded" in api.get_json()["error"]["message"]
     assert response.status_code == 303, response.text
@@ -596,16 +589,10 @@ def test_a_list_just_served_is_shown_while_the_database_is_down(
     app = make_app(database_url=sqlalchemy_url(postgres_url), request_log_flush_seconds=30.0)
     client = app.test_client()
     csrf = ui_login(client)
-    db = app.extensions["movierec"].db
-    good_engine, good_sessions = db.engine, db.sessions
-    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
-    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
-    try:
+    with database_down(app):
         page = recommend(client, csrf)
         assert page.status_code == 200, page.text
         assert len(titles_of(page.text)) == 5
-    finally:
-        db.engine, db.sessions = good_engine, good_sessions
 
 
 def test_with_the_database_down_a_page_says_what_failed_not_that_nothing_was_saved(
@@ -622,17 +609,11 @@ def test_with_the_database_down_a_page_says_what_failed_not_that_nothing_was_sav
     request_id, title = list_id(page), titles_of(page)[0]
     app.extensions["movierec"].recommendations.request_log.flush()
     caplog.set_level(logging.ERROR, logger="app.api.errors")
-    db = app.extensions["movierec"].db
-    good_engine, good_sessions = db.engine, db.sessions
-    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
-    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
-    try:
+    with database_down(app):
         opened = client.get(f"/ui/recommendations/{request_id}")
         rated = client.post(
             "/ui/feedback", data={"csrf_token": csrf_of(page), "id": request_id, "movie": title, "score": "4"}
         )
-    finally:
-        db.engine, db.sessions = good_engine, good_sessions
     assert opened.status_code == rated.status_code == 503
     assert opened.headers["Retry-After"] == rated.headers["Retry-After"] == "5"
     assert "saved" not in opened.text and "cannot be shown" in opened.text
@@ -658,22 +639,17 @@ def test_a_rating_kept_while_the_database_is_down_is_not_reported_as_lost(
         "/ui/feedback", data={"csrf_token": csrf, "id": request_id, "movie": titles[0], "score": "4"}
     )
     assert first.status_code == 303
-    db = app.extensions["movierec"].db
-    good_engine, good_sessions = db.engine, db.sessions
-    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
-    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
-    try:
+    with database_down(app):
         second = client.post(
             "/ui/feedback", data={"csrf_token": csrf, "id": request_id, "movie": titles[1], "score": "2"}
         )
-    finally:
-        db.engine, db.sessions = good_engine, good_sessions
     text = html.unescape(second.text)
     assert "nothing was saved" not in text
     assert second.status_code == 200 and f"Saved your rating for {titles[1]}" in text
     assert f'href="/ui/recommendations/{request_id}"' in second.text
     app.extensions["movierec"].recommendations.feedback.drain()
-    assert {row.title: row.score for row in db.feedback_rows()} == {titles[0]: 4.0, titles[1]: 2.0}
+    stored = app.extensions["movierec"].db.feedback_rows()
+    assert {row.title: row.score for row in stored} == {titles[0]: 4.0, titles[1]: 2.0}
 
 
 # --------------------------------------------------------------------------- dashboard
@@ -734,14 +710,8 @@ def test_with_the_database_down_the_dashboard_shows_every_panel_that_needs_no_da
     client = app.test_client()
     ui_login(client, ADMIN_PASSWORD)
     caplog.set_level(logging.ERROR, logger="app.api.errors")
-    db = app.extensions["movierec"].db
-    good_engine, good_sessions = db.engine, db.sessions
-    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
-    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
-    try:
+    with database_down(app):
         response = client.get("/ui/dashboard")
-    finally:
-        db.engine, db.sessions = good_engine, good_sessions
     assert response.status_code == 200, response.text
     version = app.extensions["movierec"].models.bundle.version
     assert f'<code id="serving-version">{version}</code>' in response.text

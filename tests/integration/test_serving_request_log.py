@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import sessionmaker
 
 from app.services.request_ids import RequestIds
 from app.storage.db import make_engine
@@ -23,6 +22,7 @@ from app.storage.models import Feedback, RecommendationRequest
 from tests.helpers import (
     PROFILE,
     answered_after_flush,
+    database_down,
     frame_running,
     held_by_another_thread,
     in_forked_child,
@@ -131,10 +131,7 @@ def test_database_down_recommendations_served_scores_of_known_lists_journaled_ro
     app.extensions["movierec"].recommendations.request_log.flush()
     assert client.post("/api/recommend/score", json=first, headers=auth_headers).status_code == 200
     assert _feedback_count(app) == 1
-    good_engine, good_sessions = db.engine, db.sessions
-    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
-    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
-    try:
+    with database_down(app):
         served = [client.post("/api/recommend", json=PROFILE, headers=auth_headers) for _ in range(20)]
         assert all(r.status_code == 200 for r in served)
         body = served[0].get_json()
@@ -149,8 +146,6 @@ def test_database_down_recommendations_served_scores_of_known_lists_journaled_ro
         time.sleep(0.2)
         assert log.pending() == 20 and log.failures >= 1
         assert journal.stats()["pending"] == 1 and journal.stats()["failures"] >= 1
-    finally:
-        db.engine, db.sessions = good_engine, good_sessions
     # the flusher backs off at most 5 s between attempts; the margin is for a loaded CI machine
     deadline = time.monotonic() + 45
     while log.pending() or journal.stats()["pending"]:
