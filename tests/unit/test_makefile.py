@@ -1,0 +1,151 @@
+"""The Makefile's output: a successful ``make run`` prints what it does, not its recipes.
+
+A new user's first ``make run`` echoed every recipe line with its error handler, so a run that
+worked printed "make: pip could not install into .venv … is the package index reachable" and
+"make: to take ml-100k from a copy you have: …". The hints must appear when their step fails, and
+only then. The real Makefile runs here with a stand-in Python (its ``venv`` makes a directory, its
+``pip`` and ``pytest`` exit with the status asked for) and a stand-in ``movierec``, so nothing is
+installed or downloaded; ``make -n`` still shows the real commands.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PIP_HINT = "make: pip could not install into"
+DATA_HINT = "make: to take ml-100k from a copy you have"
+NO_TESTS_HINT = "pytest collected no tests"
+
+# Every other command runs the real Python: the version checks, the secrets.
+FAKE_PYTHON = """#!/bin/sh
+case "$1 $2" in
+"-m venv") mkdir -p "$3/bin" && ln -sf "{me}" "$3/bin/python" && exit 0 ;;
+"-m pip") [ "$FAKE_PIP_STATUS" = 0 ] || echo "ERROR: pip stand-in" >&2; exit "$FAKE_PIP_STATUS" ;;
+"-m pytest") exit "$FAKE_PYTEST_STATUS" ;;
+esac
+exec {python} "$@"
+"""
+FAKE_MOVIEREC = """#!/bin/sh
+echo "movierec stand-in: $1"
+case "$1" in data) exit "$FAKE_FETCH_STATUS" ;; esac
+"""
+
+
+class Checkout:
+    """``make`` on the repository's Makefile, everything it writes under ``tmp``."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.python = tmp / "python"
+        self.python.write_text(FAKE_PYTHON.format(me=self.python, python=sys.executable))
+        self.python.chmod(0o755)
+        self.venv = tmp / "venv"
+
+    def make(self, *args: str, **status: int) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+        env |= {
+            f"FAKE_{name.upper()}_STATUS": str(status.get(name, 0)) for name in ("pip", "fetch", "pytest")
+        }
+        variables = {
+            "PYTHON": self.python, "VENV": self.venv, "DATA_DIR": self.tmp / "data",
+            "DATA_SOURCE": "", "MODEL_DIR": self.tmp / "model", "SECRETS": self.tmp / "var" / "secrets.env",
+        }  # fmt: skip
+        return subprocess.run(
+            ["make", "--no-print-directory", *args, *(f"{k}={v}" for k, v in variables.items())],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    def installed(self) -> None:
+        """A virtualenv ``make venv`` made, with the stand-in ``movierec`` in it."""
+        assert self.make("venv").returncode == 0
+        movierec = self.venv / "bin" / "movierec"
+        movierec.write_text(FAKE_MOVIEREC)
+        movierec.chmod(0o755)
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Checkout:
+    return Checkout(tmp_path)
+
+
+def _output(done: subprocess.CompletedProcess[str]) -> str:
+    return done.stdout + done.stderr
+
+
+def test_a_failed_install_says_what_to_check_and_fails(checkout: Checkout) -> None:
+    done = checkout.make("venv", pip=1)
+    assert done.returncode != 0
+    assert "ERROR: pip stand-in" in _output(done)  # pip's own error, then what to check
+    assert PIP_HINT in done.stderr
+    assert not (checkout.venv / ".installed-").exists()
+
+
+def test_a_successful_install_prints_its_steps_and_no_hint(checkout: Checkout) -> None:
+    done = checkout.make("venv")
+    assert done.returncode == 0, _output(done)
+    assert f"creating {checkout.venv}" in done.stdout
+    assert "installing dependencies" in done.stdout
+    assert PIP_HINT not in _output(done)
+    assert "pip install" not in _output(done)  # the step, not its command line
+    assert list(checkout.venv.glob(".installed-*"))  # the stamp: a second run installs nothing
+    again = checkout.make("venv")
+    assert again.returncode == 0
+    assert _output(again) == ""
+
+
+def test_a_failed_fetch_says_how_to_use_a_copy(checkout: Checkout) -> None:
+    checkout.installed()
+    done = checkout.make("data", fetch=1)
+    assert done.returncode != 0
+    assert f"{DATA_HINT}: make data DATA_SOURCE=DIR-OR-ZIP" in done.stderr
+
+
+def test_a_successful_make_run_prints_its_steps_then_the_service(checkout: Checkout) -> None:
+    """Everything ``make run`` prints on success: each step, the login banner, the service's output
+    (the stand-in's) — no recipe line, no hint for a failure that did not happen."""
+    checkout.installed()
+    done = checkout.make("run")
+    assert done.returncode == 0, _output(done)
+    out = _output(done)
+    for hint in (PIP_HINT, DATA_HINT, "DATA_SOURCE", "|| {", "set -a", "exec "):
+        assert hint not in out, out
+    steps = ["fetching ml-100k", "movierec stand-in: data", "training", "movierec stand-in: train",
+             "movierec is starting on", "movierec stand-in: serve"]  # fmt: skip
+    found = [out.find(step) for step in steps]
+    assert -1 not in found and found == sorted(found), out
+
+
+def test_make_test_says_when_pytest_collected_nothing_and_only_then(checkout: Checkout) -> None:
+    checkout.installed()
+    empty = checkout.make("test", pytest=5)
+    assert empty.returncode != 0
+    assert NO_TESTS_HINT in empty.stderr
+    failed = checkout.make("test", pytest=1)
+    assert failed.returncode != 0
+    assert NO_TESTS_HINT not in _output(failed)
+    passed = checkout.make("test")
+    assert passed.returncode == 0, _output(passed)
+    assert NO_TESTS_HINT not in _output(passed)
+
+
+def test_make_n_still_shows_the_real_commands(checkout: Checkout) -> None:
+    done = checkout.make("-n", "run")
+    assert done.returncode == 0, _output(done)
+    for command in (
+        f"{checkout.python} -m venv {checkout.venv}",
+        "-m pip install --quiet -c requirements.txt -e '.[dev]'",
+        f"{checkout.venv}/bin/movierec data fetch --data-dir {checkout.tmp / 'data'}",
+        f"{checkout.venv}/bin/movierec train --if-missing",
+        f"exec {checkout.venv}/bin/movierec serve",
+    ):
+        assert command in done.stdout, done.stdout
+    assert not checkout.venv.exists()
