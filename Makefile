@@ -23,6 +23,10 @@ PORT ?= 5000
 PYTEST_ARGS ?=
 # pip prints one warning per package for the machine's optional local indexes; hide only those.
 QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
+# setuptools' notice, on every editable install, that a folder named like a package of ours would
+# shadow it (8 lines): a Python warnings filter on that one notice's summary, so every other warning
+# and every error of pip and setuptools still shows ("Problem in editable installation." too).
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation.:UserWarning"
 
 # The steps of `make run` and `make test` say what they do and run quietly (@): echoed with its
 # command, an error handler read as a failure on a run that worked. `make -n` shows the commands.
@@ -47,7 +51,7 @@ $(STAMP):
 	@$(PYTHON) -m venv $(VENV)
 	@echo "installing dependencies into $(VENV) (quiet, about a minute and a half)"
 	@$(PY) -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP) || $(PIP_FAILED)
-	@$(PY) -m pip install --quiet -c requirements.txt -e '.[dev]' 2>&1 | $(QUIET_PIP) || $(PIP_FAILED)
+	@$(QUIET_EDITABLE) $(PY) -m pip install --quiet -c requirements.txt -e '.[dev]' 2>&1 | $(QUIET_PIP) || $(PIP_FAILED)
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 

@@ -11,6 +11,7 @@ installed or downloaded; ``make -n`` still shows the real commands.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
+MAKEFILE = (ROOT / "Makefile").read_text()
 
 PIP_HINT = "make: pip could not install into"
 DATA_HINT = "make: to take ml-100k from a copy you have"
@@ -149,3 +151,25 @@ def test_make_n_still_shows_the_real_commands(checkout: Checkout) -> None:
     ):
         assert command in done.stdout, done.stdout
     assert not checkout.venv.exists()
+
+
+NOTICE = """
+from setuptools.warnings import InformationOnly, SetuptoolsWarning
+InformationOnly.emit("Editable installation.", "Please be careful with folders in your working directory")
+SetuptoolsWarning.emit("Problem in editable installation.", "a real one")
+"""
+
+
+def test_the_editable_install_notice_alone_is_hidden() -> None:
+    """setuptools' 8-line "Editable installation." notice, which pip shows for every editable install
+    of a local directory, is the one warning the install leaves out; any other still shows."""
+    (filters,) = re.findall(r'^QUIET_EDITABLE := PYTHONWARNINGS="([^"]+)"$', MAKEFILE, re.MULTILINE)
+    assert "@$(QUIET_EDITABLE) $(PY) -m pip install --quiet -c requirements.txt -e '.[dev]'" in MAKEFILE
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    shown = subprocess.run(
+        [sys.executable, "-c", NOTICE], env=env | {"PYTHONWARNINGS": filters},
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stderr  # fmt: skip
+    assert "Problem in editable installation." in shown
+    assert "Editable installation." not in shown.replace("Problem in editable installation.", "")
+    assert "careful with folders" not in shown
