@@ -262,9 +262,15 @@ class RecommendationService:
 
     @staticmethod
     def log_row(served: Served, query: RecommendQuery) -> dict[str, Any]:
-        """The row the request log stores for one served recommendation (its keys: ``LOGGED_FIELDS``)."""
+        """The row the request log stores for one served recommendation (its keys: ``LOGGED_FIELDS``).
+
+        Its ``created_at`` is the time it was served, read here, on the request thread: a plain
+        ``time.time()`` (the cheapest clock read), made a datetime when the row is written
+        (:meth:`Database.save_requests`), which may be hours later after an outage.
+        """
         return {
             "id": served.id,
+            "created_at": time.time(),
             "age": query.age,
             "gender": query.gender,
             "occupation": query.occupation,

@@ -38,7 +38,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,11 @@ class RequestLog:
     # ------------------------------------------------------------------ request path
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Queue rows (each with a unique ``id``); returns at once. 503 when the backlog is full."""
-        stamped = datetime.now(UTC)
+        """Queue rows (each with a unique ``id``); returns at once. 503 when the backlog is full.
+
+        Request rows carry the time they were served (``created_at``, set by their builder,
+        :meth:`RecommendationService.log_row`); the log adds nothing to a row.
+        """
         with self._lock:
             batch = list(rows)
             if len(self._pending) + len(self._inflight) + len(batch) > self.max_pending:
@@ -118,7 +121,6 @@ class RequestLog:
                 )
             was_empty = not self._pending
             for row in batch:
-                row.setdefault("created_at", stamped)
                 self._pending[row["id"]] = row
             self._ensure_thread()
             # Wake the flusher only when it has to act: the first row starts its wait, a full
@@ -470,7 +472,12 @@ class RowSpill:
 
 
 def _row(line: bytes) -> dict[str, Any]:
+    """A spilled row: its served time as the request thread read it (seconds since the epoch).
+
+    Files spilled before 2026-12-06 hold it as ISO text (the time the row was queued), made
+    seconds again here; a row without one is written at the replay time (save_requests).
+    """
     row: dict[str, Any] = orjson.loads(line)
     if isinstance(row.get("created_at"), str):
-        row["created_at"] = datetime.fromisoformat(row["created_at"])
+        row["created_at"] = datetime.fromisoformat(row["created_at"]).timestamp()
     return row

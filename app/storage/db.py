@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -399,6 +399,11 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _served_at(seconds: float | None, default: datetime) -> datetime:
+    """A request row's ``created_at`` as stored: its served time (epoch seconds), else ``default``."""
+    return default if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
 def _copy_value(name: str, value: Any) -> Any:
     """A request row's value as ``COPY`` takes it (``items`` is JSON text, as the JSON column stores it)."""
     return _json_text(value) if name == "items" and value is not None else value
@@ -612,11 +617,15 @@ class Database:
         whose commit may or may not have landed before a connection dropped. On PostgreSQL the
         batch is streamed with ``COPY`` (a third of the CPU of a multi-row ``INSERT``); a batch
         that meets an id already stored (that retry) is inserted with ``ON CONFLICT DO NOTHING``.
+
+        A row's ``created_at`` is the time it was served, in seconds since the epoch (``time.time()``
+        on the request thread: :meth:`RecommendationService.log_row`), made a datetime here, off
+        the request path; a row without one gets the time of this write.
         """
         if not rows:
             return
         now = utcnow()
-        values = [{"created_at": now, **row} for row in rows]
+        values = [{**row, "created_at": _served_at(row.get("created_at"), now)} for row in rows]
         if self.engine.dialect.name == "postgresql" and self._copy_requests(values):
             return
         statement = self._insert(RecommendationRequest).on_conflict_do_nothing(index_elements=["id"])

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 
 from app.services.request_ids import RequestIds
 from app.storage.db import make_engine
-from app.storage.models import Feedback, RecommendationRequest
+from app.storage.models import Feedback, RecommendationRequest, as_utc
 from tests.helpers import (
     PROFILE,
     answered_after_flush,
@@ -610,3 +611,99 @@ def test_a_stop_against_a_silent_database_ends_within_its_budget(tmp_path: Path,
         log.close(timeout=1.0)
         assert time.monotonic() - started < 3.0
         assert _spilled_ids(spill_dir) == {f"row-{i}" for i in range(20)}
+
+
+def _created_at(db: Any) -> dict[str, datetime]:
+    with db.session() as session:
+        return {row.id: as_utc(row.created_at) for row in session.scalars(select(RecommendationRequest))}
+
+
+def test_a_row_served_during_an_outage_keeps_its_served_time_when_written_later(
+    make_app: Any, postgres_url: str, auth_headers: dict
+) -> None:
+    """The online monitor's windows (breaker, drift, coverage) place a list by its row's
+    created_at: that must be the time the list was served, not the time the database took the
+    row, whether the flusher writes it after an outage or a score persists it first."""
+    app = make_app(database_url=postgres_url, request_log_flush_seconds=0.01)
+    client = app.test_client()
+    db = app.extensions["movierec"].db
+    log = app.extensions["movierec"].recommendations.request_log
+    good_engine, good_sessions = db.engine, db.sessions
+    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
+    try:
+        before = datetime.now(UTC)
+        served = [client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()["id"]]
+        batch = client.post("/api/recommend/batch", json={"requests": [PROFILE] * 2}, headers=auth_headers)
+        served += [item["id"] for item in batch.get_json()["results"]]
+        after = datetime.now(UTC)
+        deadline = time.monotonic() + 10
+        while log.failures < 2:  # the flusher met the outage, twice
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(1.0)  # an outage long enough to tell the served time from the written one
+    finally:
+        db.engine, db.sessions = good_engine, good_sessions
+    back = datetime.now(UTC)
+    deadline = time.monotonic() + 45
+    while log.pending():
+        assert time.monotonic() < deadline, "buffered rows were not retried after the database came back"
+        time.sleep(0.05)
+    stored = _created_at(db)
+    assert all(before <= stored[request_id] <= after < back for request_id in served), stored
+
+    # a score that persists its list's row before the flusher does writes the same served time
+    slow = make_app(database_url=postgres_url, request_log_flush_seconds=SLOW_FLUSH)
+    client = slow.test_client()
+    before = datetime.now(UTC)
+    body = client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()
+    after = datetime.now(UTC)
+    time.sleep(1.0)
+    score = {"id": body["id"], "movie": body["recommendations"][0], "score": 4}
+    assert client.post("/api/recommend/score", json=score, headers=auth_headers).status_code == 200
+    assert before <= _created_at(db)[body["id"]] <= after
+
+
+def test_rows_spilled_at_exit_are_written_with_the_time_they_were_served(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Rows kept on disk through an outage are written by the next process with the time they were
+    served. Files spilled by earlier releases are still written: with the time they hold (ISO text,
+    the time the row was queued), or, holding none, at the replay time."""
+    import orjson
+
+    from app.recommender.bundle import RecommendQuery
+    from app.services.recommendations import RecommendationService, Served
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+    from tests.helpers import sqlalchemy_url
+
+    spill_dir = tmp_path / "journal"
+    down = Database("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    log = RequestLog(down, flush_interval=3600, spill=RowSpill(spill_dir))
+    query = RecommendQuery(max_recs=1, age=30, gender="F", occupation="writer")
+    before = datetime.now(UTC)
+    log.append(
+        [RecommendationService.log_row(Served(f"served-{i}", [], "v", "segment"), query) for i in range(3)]
+    )
+    after = datetime.now(UTC)
+    log.close(timeout=0.5)
+    down.dispose()
+    queued = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    older = [{**row, "created_at": queued} for row in _rows(2, "iso")] + _rows(2, "unstamped")
+    (spill_dir / f"{RowSpill.PREFIX}1-1.jsonl").write_bytes(
+        b"".join(orjson.dumps(row) + b"\n" for row in older)
+    )
+    time.sleep(1.0)  # the replay is later than any served time
+
+    db = Database(sqlalchemy_url(postgres_url))
+    db.upgrade()
+    later = RequestLog(db, spill=RowSpill(spill_dir))
+    replayed = datetime.now(UTC)
+    assert later.replay_spilled() == 7
+    stored = _created_at(db)
+    assert all(before <= stored[f"served-{i}"] <= after for i in range(3)), stored
+    assert stored["iso-0"] == stored["iso-1"] == queued
+    assert all(stored[f"unstamped-{i}"] >= replayed for i in range(2)), stored
+    later.close()
+    db.dispose()

@@ -118,7 +118,7 @@ def test_coverage_counts_the_distinct_movies_of_the_most_recent_lists(db: Databa
     rows[2]["items"] = [{"title": "an item without an id"}]
     rows.append(_request("c4", "v1", "fallback", [9]))  # the fallback's list: not the champion's
     for i, row in enumerate(rows):
-        row["created_at"] = start + timedelta(seconds=i)
+        row["created_at"] = (start + timedelta(seconds=i)).timestamp()  # served then (save_requests)
     db.save_requests(rows)
 
     since = time.time() - 3600
