@@ -628,10 +628,7 @@ def test_a_row_served_during_an_outage_keeps_its_served_time_when_written_later(
     client = app.test_client()
     db = app.extensions["movierec"].db
     log = app.extensions["movierec"].recommendations.request_log
-    good_engine, good_sessions = db.engine, db.sessions
-    db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
-    db.sessions = sessionmaker(db.engine, expire_on_commit=False)
-    try:
+    with database_down(app):
         before = datetime.now(UTC)
         served = [client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()["id"]]
         batch = client.post("/api/recommend/batch", json={"requests": [PROFILE] * 2}, headers=auth_headers)
@@ -642,8 +639,6 @@ def test_a_row_served_during_an_outage_keeps_its_served_time_when_written_later(
             assert time.monotonic() < deadline
             time.sleep(0.02)
         time.sleep(1.0)  # an outage long enough to tell the served time from the written one
-    finally:
-        db.engine, db.sessions = good_engine, good_sessions
     back = datetime.now(UTC)
     deadline = time.monotonic() + 45
     while log.pending():
