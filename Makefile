@@ -114,8 +114,7 @@ pipeline: data
 		$(MOVIEREC) pipeline run --data-dir $(DATA_DIR) --model-dir $(MODEL_DIR)
 
 evaluate: data
-	$(MOVIEREC) evaluate --data-dir $(DATA_DIR) --protocol A --out var/reports/protocol-A.json
-	$(MOVIEREC) evaluate --data-dir $(DATA_DIR) --protocol B --out var/reports/protocol-B.json
+	$(MOVIEREC) evaluate --data-dir $(DATA_DIR)
 
 # pytest exits 5 when it collected nothing: a broken selection is a failure, not a pass.
 test: data

@@ -187,9 +187,22 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
     click.echo(str(result.path))
 
 
+def _report_paths(out: Path | None, protocols: list[str]) -> dict[str, Path]:
+    """Each protocol's JSON report path: ``var/reports/protocol-<P>.json`` by default; ``--out``
+    itself for one protocol, and for both ``--out``'s name with ``-A`` / ``-B`` before its suffix
+    (``eval.json``: ``eval-A.json``, ``eval-B.json``), so each report keeps the one-protocol shape."""
+    if out is None:
+        return {p: Path("var") / "reports" / f"protocol-{p}.json" for p in protocols}
+    if len(protocols) == 1:
+        return {protocols[0]: out}
+    return {p: out.with_name(f"{out.stem}-{p}{out.suffix}") for p in protocols}
+
+
 @cli.command()
 @_DATA_ROOT
-@click.option("--protocol", type=click.Choice(["A", "B"]), default="A", show_default=True)
+@click.option(
+    "--protocol", type=click.Choice(["A", "B"]), default=None, help="Run one protocol (default: A and B)."
+)
 @click.option("--seeds", default=",".join(map(str, (*STANDARD_SEEDS, REFERENCE_SEED))), show_default=True)
 @click.option(
     "--models", "models", default=None, help="Comma-separated model names (default: all candidates)."
@@ -198,30 +211,33 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="JSON report path (a PNG is written beside it).",
+    help="JSON report path (a PNG is written beside it); with both protocols, -A / -B is added to its name.",
 )
-def evaluate(data_dir: Path, protocol: str, seeds: str, models: str | None, out: Path | None) -> None:
-    """Run an offline protocol of EVALUATION.md; print the table, write JSON + PNG."""
+def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | None, out: Path | None) -> None:
+    """Run the offline protocols of EVALUATION.md (both, or --protocol's); per protocol print the
+    table, write JSON + PNG."""
+    from app.recommender.evaluation import PROTOCOLS, format_table
     from app.recommender.evaluation import evaluate as run_evaluation
-    from app.recommender.evaluation import format_table
     from app.recommender.models import CANDIDATES
     from app.recommender.report import write_report
 
     names, seed_list = _models(models) or list(CANDIDATES), _seeds(seeds)
-    out = out or Path("var") / "reports" / f"protocol-{protocol}.json"
-    if out.is_dir():
-        raise click.ClickException(
-            f"--out {out} cannot be written: it is a directory (give a JSON file's path)"
-        )
+    paths = _report_paths(out, [protocol] if protocol else list(PROTOCOLS))
+    for path in [out, *paths.values()] if out else paths.values():
+        if path.is_dir():
+            raise click.ClickException(
+                f"--out {out or path} cannot be written: {path} is a directory (give a JSON file's path)"
+            )
     data = _load_data(data_dir)  # first: a run refused for its data leaves no directory behind
-    _output_directory(out.parent, "--out", out)
-    report = run_evaluation(data, names, protocol, seed_list)
-    click.echo(format_table(report))
-    try:
-        json_path, png_path = write_report(report, out)
-    except OSError as exc:  # a full disk, or the file replaced meanwhile: the table above stays printed
-        raise click.ClickException(f"--out {out} cannot be written: {exc}") from exc
-    click.echo(f"report: {json_path}  plot: {png_path}")
+    _output_directory(next(iter(paths.values())).parent, "--out", out)  # one directory holds them all
+    for index, (letter, path) in enumerate(paths.items()):
+        report = run_evaluation(data, names, letter, seed_list)
+        click.echo(("\n" if index else "") + format_table(report))
+        try:
+            json_path, png_path = write_report(report, path)
+        except OSError as exc:  # a full disk, or the file replaced meanwhile: the table above stays printed
+            raise click.ClickException(f"--out {path} cannot be written: {exc}") from exc
+        click.echo(f"report: {json_path}  plot: {png_path}")
 
 
 # ----------------------------------------------------------------------------- serving

@@ -137,3 +137,46 @@ def test_training_says_what_it_evaluates_before_the_quiet_minutes(synthetic_data
         "then fitting the best on all data: a minute or more on ml-100k"
     )
     assert messages[1].startswith("selected ")
+
+
+def test_the_evaluate_command_runs_both_protocols_unless_one_is_named(  # type: ignore[no-untyped-def]
+    synthetic_data_dir, tmp_path, monkeypatch
+) -> None:
+    """EVALUATION.md: `movierec evaluate` runs both protocols. It ran protocol A alone unless
+    given `--protocol B`, so `make evaluate` called it twice. Without --protocol it now prints
+    both tables (each headed by its protocol) and writes each protocol's report, in the shape a
+    one-protocol run writes: by default var/reports/protocol-<A|B>.json, with --out X.json as
+    X-A.json and X-B.json; --protocol A|B still runs one, into --out itself."""
+    import json
+
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    args = ["evaluate", "--data-dir", str(synthetic_data_dir), "--models", "most_liked,segment_most_liked"]
+    args += ["--seeds", "0"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines.index("protocol A") < lines.index("protocol B")
+    assert "skipped (protocol not applicable): segment_most_liked" in result.output  # protocol B's table
+    reports = tmp_path / "var" / "reports"
+    for protocol in ("A", "B"):
+        report = json.loads((reports / f"protocol-{protocol}.json").read_text())
+        assert report["protocol"] == protocol and report["seeds"] == [0]
+        assert "most_liked" in report["models"] and (reports / f"protocol-{protocol}.png").is_file()
+        assert f"report: {reports.relative_to(tmp_path) / f'protocol-{protocol}.json'}" in result.output
+    assert sorted(json.loads((reports / "protocol-B.json").read_text())["skipped"]) == ["segment_most_liked"]
+
+    result = CliRunner().invoke(cli, [*args, "--out", "out/eval.json"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "eval-A.json", "eval-A.png", "eval-B.json", "eval-B.png"
+    ]  # fmt: skip
+
+    result = CliRunner().invoke(cli, [*args, "--protocol", "B", "--out", "one/b.json"])
+    assert result.exit_code == 0, result.output
+    assert "protocol A" not in result.output.splitlines()
+    assert json.loads((tmp_path / "one" / "b.json").read_text())["protocol"] == "B"
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["b.json", "b.png"]

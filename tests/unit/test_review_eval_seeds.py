@@ -31,7 +31,8 @@ def test_evaluate_runs_each_seed_once(synthetic_data_dir: Path, tmp_path: Path) 
     from app.cli import cli
 
     out = tmp_path / "report.json"
-    args = ["evaluate", "--data-dir", str(synthetic_data_dir), "--models", "most_rated", "--out", str(out)]
+    args = ["evaluate", "--data-dir", str(synthetic_data_dir), "--models", "most_rated", "--protocol", "A"]
+    args += ["--out", str(out)]
     result = CliRunner().invoke(cli, [*args, "--seeds", "5,5,6"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
