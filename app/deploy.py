@@ -543,7 +543,7 @@ def stop_timeout_seconds(environment: Mapping[str, str]) -> int:
     value = environment.get("UWSGI_HARAKIRI")
     if value is None:
         return STOP_TIMEOUT_SECONDS
-    if not value.strip().isdigit():
+    if not re.fullmatch(r"[0-9]+", value.strip()):  # isdigit() took "²" and other scripts' digits
         raise DeployError(f"UWSGI_HARAKIRI must be a whole number of seconds, not {value!r}")
     return max(STOP_TIMEOUT_SECONDS, int(value) + STOP_BEYOND_HARAKIRI_SECONDS)
 

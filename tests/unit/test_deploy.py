@@ -706,12 +706,17 @@ def test_a_raised_harakiri_raises_the_containers_stop_timeout_with_it(tmp_path: 
     assert int(stop[stop.index("--time") + 1]) >= mercy + STOP_MARGIN_SECONDS
 
 
-def test_a_harakiri_that_is_not_a_number_of_seconds_is_refused_before_anything_stops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("harakiri", ["1m", "\u00b2", "\u0669\u0660", "-5", ""])
+def test_a_harakiri_that_is_not_a_number_of_seconds_is_refused_before_anything_stops(
+    tmp_path: Path, harakiri: str
+) -> None:
+    """Only ASCII digits: str.isdigit() let "\u00b2" through to int() (a ValueError traceback) and
+    Arabic-Indic digits, which int() reads and uwsgi's atoi takes for 0 (harakiri off)."""
     engine = FakeEngine(
         images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
     )
     deployer, _out = make_deployer(make_cfg(tmp_path), engine)
-    env = {"SESSION_PASSWORD": PASSWORD, "UWSGI_HARAKIRI": "1m"}
+    env = {"SESSION_PASSWORD": PASSWORD, "UWSGI_HARAKIRI": harakiri}
     with pytest.raises(DeployError, match="UWSGI_HARAKIRI"):
         deployer.deploy(resolve_secrets(None, env, extra_names=["UWSGI_HARAKIRI"]))
     assert "stop" not in engine.verbs()
