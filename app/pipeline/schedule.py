@@ -279,6 +279,8 @@ def cron_trigger(expression: str) -> Any:
     ``*``), cron fires on a day matching *either* ("0 3 1 * 1": the 1st and every Monday),
     while one APScheduler CronTrigger requires *both* (only a Monday that is the 1st, a few
     times a year). Such an expression becomes the union of two CronTriggers.
+
+    ValueError for an expression that is not 5 valid fields, or that never fires ("0 3 30 2 *").
     """
     from apscheduler.triggers.combining import OrTrigger
     from apscheduler.triggers.cron import CronTrigger
@@ -295,8 +297,13 @@ def cron_trigger(expression: str) -> Any:
         )
 
     if day.startswith("*") or weekday.startswith("*"):
-        return trigger(day, day_of_week)
-    return OrTrigger([trigger(day, "*"), trigger("*", day_of_week)])
+        result = trigger(day, day_of_week)
+    else:
+        result = OrTrigger([trigger(day, "*"), trigger("*", day_of_week)])
+    # valid crontab that never fires (February 30th): no next time to wait for, or to log
+    if result.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ValueError(f"{expression!r} never fires: no date has that day of the month in those months")
+    return result
 
 
 def build_scheduler(settings: Settings, job: Callable[[], Any], blocking: bool = True) -> Any:

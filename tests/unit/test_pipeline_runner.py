@@ -782,6 +782,29 @@ def test_the_scheduler_says_when_it_trains_next(
     ), lines
 
 
+@pytest.mark.parametrize("expression", ["0 3 30 2 *", "0 3 31 4,6,9,11 *"])
+def test_a_cron_expression_that_never_fires_is_a_usage_error(
+    expression: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """February 30th is a valid crontab line that never fires: its next time is None, and the
+    scheduler's start line formatted it, so `movierec schedule` ended in a TypeError traceback
+    (after its training at start when there was no champion). It is refused as a typo is."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    import app.pipeline.schedule as schedule
+    from app.cli import cli
+
+    monkeypatch.setattr(
+        commands, "settings_for_cli", lambda **_: _settings(tmp_path, schedule_cron=expression)
+    )
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _WithChampion()))
+    for args in (["schedule"], ["schedule", "--once"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output, result.exception)
+        assert "MOVIEREC_SCHEDULE_CRON" in result.output and "never fires" in result.output
+
+
 @pytest.mark.parametrize("outcome", ["trained", "skipped", "failed"])
 def test_a_tick_of_schedule_once_is_recorded_as_the_scheduler_records_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
