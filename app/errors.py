@@ -17,6 +17,7 @@ CODES = {
     413: "payload_too_large",
     415: "invalid_request",
     429: "rate_limited",
+    431: "invalid_request",
     503: "unavailable",
 }
 

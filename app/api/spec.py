@@ -95,6 +95,8 @@ _BODY_REFUSALS = {
     "413": "Request Entity Too Large",
     "415": "Unsupported Media Type",
 }
+# any request may carry headers over the limit (app/api/security.py, MAX_HEADER_BYTES)
+_HEADER_REFUSAL = {"431": "Request Header Fields Too Large"}
 
 # The headers a client acts on, documented on every error status that carries them.
 _WWW_AUTHENTICATE = {
@@ -173,7 +175,8 @@ class _SpecTree(SpecTree):
 
     * 411, 413 (``payload_too_large``) and 415 on every POST: a chunked body the server does not
       pass on, the body limit and the JSON content type are enforced for all of them before the
-      view runs, so no route's decorator lists them.
+      view runs, so no route's decorator lists them; 431 on every operation likewise (headers
+      over 16 KiB).
     * ``user_id`` path parameters as the positive integers they must be: the routes take the
       segment as text so that anything else is a 400 naming ``user_id`` (``int:`` would make it
       a bare 404), and spectree documents such a segment as any string.
@@ -198,10 +201,10 @@ class _SpecTree(SpecTree):
                     and "requestBody" not in operation
                 ):
                     operation.get("responses", {}).pop("400", None)
-                if method == "post":
-                    responses = operation.setdefault("responses", {})
-                    for status, description in _BODY_REFUSALS.items():
-                        responses.setdefault(status, {"description": description, "content": _ERROR_CONTENT})
+                responses = operation.setdefault("responses", {})
+                refusals = {**_BODY_REFUSALS, **_HEADER_REFUSAL} if method == "post" else _HEADER_REFUSAL
+                for status, description in refusals.items():
+                    responses.setdefault(status, {"description": description, "content": _ERROR_CONTENT})
                 _document_errors(path, method, operation.get("responses", {}))
                 text = _TEXT_ANSWERS.get((method, path))
                 if text is not None:

@@ -155,7 +155,7 @@ def test_every_refusal_of_a_request_is_documented(app: Any, client: Any) -> None
     # /api/logout last, and its call with a valid token after its refusals: it ends the token
     for method, path, spec_path in sorted(_operations(app), key=lambda op: op[1] == "/api/logout"):
         headers = _token_for(path, client_token, client_token)  # client token: admin routes refuse it
-        for sent in ({}, forged):
+        for sent in ({}, forged, {**headers, "X-Padding": "p" * 20 * 1024}):  # the last: headers over 16 KiB
             answers.response(method, spec_path, _call(client, method, path, sent))
         if method == "get":
             answers.response(method, spec_path, client.get(f"{path}?colour=blue", headers=headers))
@@ -164,7 +164,7 @@ def test_every_refusal_of_a_request_is_documented(app: Any, client: Any) -> None
         answers.response(method, spec_path, _call(client, method, path, headers))
     assert not answers.undocumented, "\n".join(answers.undocumented)
     codes = {status for *_, status, _ in answers.seen}
-    assert {400, 401, 403, 411, 413, 415} <= codes, sorted(codes)
+    assert {400, 401, 403, 411, 413, 415, 431} <= codes, sorted(codes)
 
 
 def test_every_answer_of_a_healthy_service_and_of_no_model_is_documented(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -362,6 +363,28 @@ def test_oversized_body_is_413(client, auth_headers) -> None:
         "/api/recommend", data=body, headers={**auth_headers, "Content-Type": "application/json"}
     )
     assert_envelope(response, 413, "payload_too_large")
+
+
+def test_headers_over_16_kib_are_431_and_up_to_it_are_served(client, auth_headers) -> None:
+    """The limit is the path, the query and every header's name and value, 16,384 bytes: one
+    byte over it is refused in the envelope, naming the size and the limit; at it, served."""
+    from app.api.security import MAX_HEADER_BYTES
+
+    def recommend(padding: int):
+        return client.post(
+            "/api/recommend", json=PROFILE, headers={**auth_headers, "X-Padding": "p" * padding}
+        )
+
+    refused = recommend(20 * 1024)
+    error = assert_envelope(refused, 431, "invalid_request")
+    size = int(re.search(r"(\d+) bytes, at most 16384", error["message"]).group(1))
+    rest = size - 20 * 1024  # everything but the padding
+    assert 0 < rest < 1024
+    assert recommend(MAX_HEADER_BYTES - rest).status_code == 200
+    assert_envelope(recommend(MAX_HEADER_BYTES - rest + 1), 431, "invalid_request")
+    assert_envelope(
+        client.get("/health/live", headers={"X-Padding": "p" * 20 * 1024}), 431, "invalid_request"
+    )
 
 
 # ------------------------------------------------------------------ /api/recommend/score

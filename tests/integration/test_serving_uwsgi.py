@@ -231,7 +231,7 @@ def test_idle_keep_alive_clients_do_not_hold_the_workers(
         newcomer = http.client.HTTPConnection("127.0.0.1", served.port, timeout=5)
         status, body = _post(newcomer, "/api/recommend", PROFILE, served.token)
         assert status == 200 and body["recommendations"]
-        # headers up to the workers' buffer-size (16 KiB) pass the router
+        # headers up to the app's limit (16 KiB, MAX_HEADER_BYTES) pass the router
         assert _get(newcomer, "/health/live", {"X-Padding": "a" * 8000}) == 200
         for connection in idle:  # and the idle ones are still served on their connection
             assert _get(connection, "/health/live") == 200
@@ -394,6 +394,33 @@ def test_a_body_announced_with_expect_100_continue_is_asked_for_at_once(
         client.settimeout(20)
         client.sendall(body)
         assert client.makefile("rb").readline().startswith(b"HTTP/1.1 200")
+
+
+def test_headers_over_the_limit_get_a_431_in_the_envelope_not_an_empty_reply(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """Headers of 20 KiB (a client's oversized cookie or token) get 431 in the error envelope, on
+    a connection that stays open; 15 KiB are served. With uwsgi's buffer-size at 16384, the
+    worker dropped any request whose headers (as uwsgi variables) passed it ("invalid request
+    block size ... skip") and the router closed the client's connection without a byte."""
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1) as served:
+        connection = served.connect()
+        for padding, expected in ((15 * 1024, 200), (20 * 1024, 431), (15 * 1024, 200)):
+            connection.request(
+                "POST", "/api/recommend", body=json.dumps(PROFILE),
+                headers={
+                    "Content-Type": "application/json", "Authorization": f"Bearer {served.token}",
+                    "X-Padding": "p" * padding,
+                },
+            )  # fmt: skip
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == expected, (padding, response.status, answer)
+            assert not response.will_close  # kept alive: the next request goes on the same connection
+            if expected == 431:
+                assert answer["error"]["code"] == "invalid_request", answer
+                assert "16384" in answer["error"]["message"], answer
+        connection.close()
 
 
 def test_secrets_sent_in_a_query_string_stay_out_of_uwsgi_s_request_lines(
