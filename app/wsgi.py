@@ -18,6 +18,16 @@ one came, the way uwsgi stops an idle worker: the exit hooks, then exit code 17 
 the main thread, between bytecodes, so the signal is read from a wakeup pipe by a thread of its
 own: it is seen from the moment it comes until uwsgi's handler replaces this one, which then
 takes every later SIGHUP.
+
+Ctrl-C (SIGINT to the terminal's whole process group, or from the master's brutal stop) while a
+worker loads its app: Python's default handler raised KeyboardInterrupt inside the import, uwsgi
+printed it, "no app loaded. GAME OVER", "OOPS ! failed loading app", and need-app ended the
+server with status 22 (``make serve-prod``: ``Error 22``). Once loaded, uwsgi's own handler ends
+the worker at once (exit code 30) and the server exits 0. So until then SIGINT ends the loading
+worker the same way, from whichever comes first: Python's handler (a signal that came before the
+wakeup pipe was set) or the thread (the main thread busy in C code). Nothing is lost: the worker
+has served nothing yet, and what its start replays (spilled rows, journal segments) stays on disk
+until written.
 """
 
 from __future__ import annotations
@@ -28,17 +38,26 @@ import signal
 import threading
 
 _UWSGI_RELOAD_CODE = 17  # what uwsgi's graceful stop of an idle worker exits with
+_UWSGI_END_CODE = 30  # what uwsgi's brutal stop (SIGINT) of a loaded worker exits with
 _LOADED = threading.Event()
 
 
-def _take_sighup(signum: int, frame: object) -> None:
-    """SIGHUP's handler until uwsgi installs its own: the wakeup pipe carries the signal."""
+def _take_signal(signum: int, frame: object) -> None:
+    """SIGHUP's and SIGINT's handler until uwsgi installs its own: the wakeup pipe carries
+    SIGHUP; SIGINT ends the worker here if the thread has not yet."""
+    if signum == signal.SIGINT:
+        os._exit(_UWSGI_END_CODE)
 
 
 def _stop_once_loaded(wakeup: int) -> None:
-    """(Its own thread.) When SIGHUP comes through ``wakeup``, end this worker once it has loaded."""
-    while signal.SIGHUP not in os.read(wakeup, 64):
-        pass
+    """(Its own thread.) SIGINT through ``wakeup`` ends this worker at once; SIGHUP ends it
+    once it has loaded."""
+    while True:
+        signals = os.read(wakeup, 64)
+        if signal.SIGINT in signals:
+            os._exit(_UWSGI_END_CODE)
+        if signal.SIGHUP in signals:
+            break
     _LOADED.wait()
     logging.getLogger(__name__).warning("stopping: the master stopped this worker while it loaded its app")
     from app.exit_hooks import run_exit_callbacks
@@ -54,7 +73,8 @@ except ImportError:
 else:  # pragma: no cover - before anything slow is imported
     _wakeup_read, _wakeup_write = os.pipe()
     os.set_blocking(_wakeup_write, False)
-    signal.signal(signal.SIGHUP, _take_sighup)
+    signal.signal(signal.SIGHUP, _take_signal)
+    signal.signal(signal.SIGINT, _take_signal)
     signal.set_wakeup_fd(_wakeup_write, warn_on_full_buffer=False)
     threading.Thread(
         target=_stop_once_loaded, args=(_wakeup_read,), name="stop-while-loading", daemon=True

@@ -686,6 +686,54 @@ def test_a_stop_while_a_recycled_worker_loads_its_app_ends_the_server(
     pytest.fail("no stop came while a worker loaded its app: the test proved nothing")
 
 
+def test_ctrl_c_while_the_workers_load_the_app_stops_as_cleanly_as_once_they_serve(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """Ctrl-C (SIGINT to the terminal's whole process group: master, router, workers) within a
+    second of the start, while the workers still loaded the app: each printed a Python
+    KeyboardInterrupt, "no app loaded. GAME OVER" and "OOPS ! failed loading app", and need-app
+    ended the server with status 22 (``make: *** [...] Error 22``). Once they serve, the same
+    Ctrl-C stops the server with status 0 and no traceback; now it does during a load too. A
+    round whose signal came after both workers had loaded proves nothing, so it is tried again."""
+    for attempt in range(3):
+        run = tmp_path / f"run{attempt}"
+        run.mkdir()
+        env = _uwsgi_env(
+            run,
+            model_store,
+            synthetic_data_dir,
+            free_port(),
+            secrets.token_urlsafe(12),
+            secrets.token_urlsafe(48),
+        )
+        log = run / "uwsgi.log"
+        server = subprocess.Popen(
+            [str(ROOT / "scripts" / "start-uwsgi.sh")], cwd=ROOT, env=env, stdout=log.open("wb"),
+            stderr=subprocess.STDOUT, start_new_session=True,  # its own group, as a terminal's job
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while f"spawned uWSGI worker {WORKERS}" not in log.read_text(errors="replace"):
+                assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.01)
+            # not within the instant after the fork: a signal there is dropped (CPython clears
+            # pending signals after a fork), and the worker then serves on; that is no Ctrl-C's
+            time.sleep(0.2)
+            os.killpg(server.pid, signal.SIGINT)
+            server.wait(30)
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(30)
+        text = log.read_text(errors="replace")
+        assert server.returncode == 0, text[-3000:]
+        for noise in ("KeyboardInterrupt", "Traceback", "GAME OVER", "OOPS"):
+            assert noise not in text, text[-3000:]
+        if text.count("WSGI app 0 (mountpoint='') ready") < WORKERS:  # a worker was loading
+            return
+    pytest.fail("no Ctrl-C came while a worker loaded its app: the test proved nothing")
+
+
 def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
