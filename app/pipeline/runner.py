@@ -52,14 +52,31 @@ or Ctrl-C: app/pipeline/schedule.py, stop_on_sigterm, through :func:`request_sto
 flow is killed with its workers and reported, and no new one starts."""
 _stop_signal = "SIGTERM"  # the signal that set STOPPING, as the reports name it
 _flow: subprocess.Popen[str] | None = None  # the flow running now (_run), which force_quit kills
+_flow_at_stop: subprocess.Popen[str] | None = None  # the flow running when the stop was asked
 
 
 def request_stop(signal_name: str = "SIGTERM") -> None:
-    """Set :data:`STOPPING`, noting the signal that asked. A signal handler's whole work: it
-    takes no lock (app/pipeline/schedule.py, stop_on_sigterm, says why)."""
-    global _stop_signal
+    """Set :data:`STOPPING`, noting the signal that asked and the flow then running (what the
+    stop kills: :func:`flow_at_stop`). A signal handler's whole work: it takes no lock
+    (app/pipeline/schedule.py, stop_on_sigterm, says why)."""
+    global _stop_signal, _flow_at_stop
     _stop_signal = signal_name
+    _flow_at_stop = running_flow()
     STOPPING.set()
+
+
+def flow_at_stop() -> subprocess.Popen[str] | None:
+    """The flow that was running when the stop was asked (the stop kills it), or None. Asked
+    after the stop, :func:`running_flow` may already be None: the flow's wait kills it within
+    half a second, and the launcher's messages would then say that none ran."""
+    return _flow_at_stop
+
+
+def running_flow() -> subprocess.Popen[str] | None:
+    """The flow this launcher runs now (not yet reaped: a zombie's pid is not reused), or None.
+    Takes no lock: the signal handlers ask it."""
+    flow = _flow
+    return flow if flow is not None and flow.returncode is None else None
 
 
 def force_quit(signal_name: str = "SIGINT") -> NoReturn:
@@ -72,8 +89,8 @@ def force_quit(signal_name: str = "SIGINT") -> NoReturn:
     RUNNING are marked KILLED, its ``run-*`` scratch directory removed). The flow lock is the
     kernel's: it is released once the launcher and its flow are dead.
     """
-    flow = _flow
-    if flow is not None and flow.returncode is None:  # not reaped: a zombie's pid is not reused
+    flow = running_flow()
+    if flow is not None:
         _kill_with_workers(flow.pid)
         done = f"; killed the training flow (pid {flow.pid}) and its workers"
     else:

@@ -318,7 +318,11 @@ def build_scheduler(settings: Settings, job: Callable[[], Any], blocking: bool =
     # however late (misfire_grace_time None; coalesce: several missed are one): it waits on a
     # monotonic clock, which stops while the machine sleeps, so after a sleep (or a clock stepped
     # forward) it wakes past the tick's time, and a grace period dropped the day's training.
-    scheduler.add_job(job, trigger, id=JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=None)
+    # Named: APScheduler's lines ("Added job ...", "Running job ...") used the function's name,
+    # serve.<locals>.scheduled.
+    scheduler.add_job(
+        job, trigger, id=JOB_ID, name=JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=None
+    )
     return scheduler
 
 
@@ -419,7 +423,14 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     if blocking:
         while not flow_runner.STOPPING.is_set():  # polled: the handler only sets it (stop_on_sigterm)
             time.sleep(_STOP_POLL_SECONDS)
-        log.warning("stopping (a running training flow is killed and reported)")
+        flow = flow_runner.flow_at_stop()
+        if flow is None:
+            log.info("stopping (no training flow running)")
+        else:
+            log.warning(
+                "stopping: the training flow running (pid %d) is killed with its workers and reported",
+                flow.pid,
+            )
         scheduler.shutdown(wait=True)  # a tick going on ends once its flow is killed
     return scheduler
 
@@ -476,10 +487,12 @@ def stop_on_sigterm() -> None:
             flow_runner.force_quit(name)
         else:
             flow_runner.request_stop(name)
-            flow_runner.say(
-                "stopping (SIGINT): a running training flow is killed with its workers and reported, "
-                "and no other starts; Ctrl-C again to quit at once"
+            done = (
+                "the training flow running is killed with its workers and reported, and no other starts"
+                if flow_runner.flow_at_stop() is not None
+                else "no training flow running, and none starts"
             )
+            flow_runner.say(f"stopping (SIGINT): {done}; Ctrl-C again to quit at once")
 
     if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's
         signal.signal(signal.SIGTERM, stop)

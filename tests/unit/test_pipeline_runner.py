@@ -805,6 +805,55 @@ def test_a_cron_expression_that_never_fires_is_a_usage_error(
         assert "MOVIEREC_SCHEDULE_CRON" in result.output and "never fires" in result.output
 
 
+def test_apscheduler_s_lines_name_the_training_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """APScheduler names a job after its function unless told: `movierec schedule` logged
+    `Added job "serve.<locals>.scheduled" to job store "default"`, an internal name."""
+    import logging
+
+    import app.pipeline.schedule as schedule
+
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _WithChampion()))
+    with caplog.at_level(logging.INFO, logger="apscheduler"):
+        schedule.serve(_settings(tmp_path), job=lambda: None, blocking=False).shutdown(wait=False)
+    added = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Added job")]
+    assert added == [f'Added job "{JOB_ID}" to job store "default"'], added
+
+
+@pytest.mark.parametrize("flow_runs", [False, True])
+def test_the_scheduler_says_a_flow_is_killed_only_when_one_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, flow_runs: bool
+) -> None:
+    """`movierec schedule` stopped between ticks logged (a WARNING) "stopping (a running training
+    flow is killed and reported)" when no flow was running. It says so only when one runs."""
+    import logging
+    import subprocess
+    import sys
+    import threading
+
+    import app.pipeline.runner as runner
+    import app.pipeline.schedule as schedule
+
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _WithChampion()))
+    monkeypatch.setattr(schedule, "stop_on_sigterm", lambda: None)  # pytest's own handlers stay
+    flow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) if flow_runs else None
+    monkeypatch.setattr(runner, "_flow", flow)  # what runner._run holds while its flow runs
+    try:
+        threading.Timer(0.2, runner.request_stop).start()
+        with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
+            schedule.serve(_settings(tmp_path), job=lambda: None)
+    finally:
+        if flow is not None:
+            flow.kill()
+            flow.wait()
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("stopping")]
+    if flow_runs:
+        assert line.levelno == logging.WARNING and "killed" in line.getMessage(), line.getMessage()
+    else:
+        assert line.levelno == logging.INFO and "killed" not in line.getMessage(), line.getMessage()
+
+
 @pytest.mark.parametrize("outcome", ["trained", "skipped", "failed"])
 def test_a_tick_of_schedule_once_is_recorded_as_the_scheduler_records_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
@@ -1192,6 +1241,13 @@ def test_a_second_ctrl_c_quits_at_once_and_kills_a_flow_still_running(tmp_path: 
     assert time.monotonic() - quitting < 10
     assert process.returncode == 130, (process.returncode, output)
     assert "Ctrl-C again to quit at once" in output, output
+    # the first Ctrl-C said a flow is killed when none ran too (a stop during the ingest)
+    first = (
+        "no training flow running, and none starts"
+        if during == "ingest"
+        else "the training flow running is killed"
+    )
+    assert f"stopping (SIGINT): {first}" in output, output
     assert "SIGINT again: quitting at once" in output, output
     if during == "killing":
         flow, worker = (int(pid) for pid in pids.read_text().split())
