@@ -84,7 +84,9 @@ $(SECRETS):
 compose-secrets:
 	$(PYTHON) -m app.compose_secrets
 
+# The address first: a port taken is one error line, not the login hints followed by it
 run: model secrets
+	@$(MOVIEREC) serve --check --host $(HOST) --port $(PORT)
 	@echo ""
 	@echo "movierec is starting on http://$(HOST):$(PORT)"
 	@echo "  log in:    TOKEN=\$$(curl -s -X POST -H 'Content-Type: application/json' -d @$(LOGIN_BODY) http://$(HOST):$(PORT)/api/login \\"

@@ -247,7 +247,12 @@ def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | Non
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, MAX_PORT))
 @click.option("--debug", is_flag=True, help="Flask debug mode (development only).")
-def serve(host: str, port: int, debug: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Only check that the server can listen on --host/--port, then exit (make run, before its banner).",
+)
+def serve(host: str, port: int, debug: bool, check: bool) -> None:
     """Development server (production: make serve-prod, i.e. scripts/start-uwsgi.sh with uwsgi.ini)."""
     from app import check_listen_address, create_app, run_development_server
     from app.config import ConfigurationError
@@ -258,6 +263,8 @@ def serve(host: str, port: int, debug: bool) -> None:
         check_listen_address(host, port)
     except ListenerError as exc:
         raise click.ClickException(str(exc)) from exc
+    if check:
+        return
 
     # `movierec --log-level X serve` names the service's level, as MOVIEREC_LOG_LEVEL does: the
     # app configures its logging from the settings, so the option given is passed on as one.

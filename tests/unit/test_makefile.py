@@ -37,6 +37,9 @@ esac
 exec {python} "$@"
 """
 FAKE_MOVIEREC = """#!/bin/sh
+case "$1 $2" in
+"serve --check") [ "$FAKE_CHECK_STATUS" = 0 ] || echo "Error: port taken" >&2; exit "$FAKE_CHECK_STATUS" ;;
+esac
 echo "movierec stand-in: $1"
 case "$1" in data) exit "$FAKE_FETCH_STATUS" ;; esac
 """
@@ -55,7 +58,8 @@ class Checkout:
     def make(self, *args: str, **status: int) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
         env |= {
-            f"FAKE_{name.upper()}_STATUS": str(status.get(name, 0)) for name in ("pip", "fetch", "pytest")
+            f"FAKE_{name.upper()}_STATUS": str(status.get(name, 0))
+            for name in ("pip", "fetch", "pytest", "check")
         }
         variables = {
             "PYTHON": self.python, "VENV": self.venv, "DATA_DIR": self.tmp / "data",
@@ -124,6 +128,18 @@ def test_a_successful_make_run_prints_its_steps_then_the_service(checkout: Check
              "movierec is starting on", "movierec stand-in: serve"]  # fmt: skip
     found = [out.find(step) for step in steps]
     assert -1 not in found and found == sorted(found), out
+
+
+def test_make_run_checks_its_address_before_it_prints_how_to_log_in(checkout: Checkout) -> None:
+    """`make run` on a port another process held printed "movierec is starting on …" and the login
+    hints, and only then the server's "Address already in use". The address is checked first
+    (``movierec serve --check``): a port taken is its one error line, with no banner under it."""
+    checkout.installed()
+    done = checkout.make("run", check=1)
+    assert done.returncode != 0, _output(done)
+    assert "Error: port taken" in done.stderr
+    for line in ("movierec is starting on", "log in:", "movierec stand-in: serve"):
+        assert line not in _output(done), _output(done)
 
 
 def test_make_test_says_when_pytest_collected_nothing_and_only_then(checkout: Checkout) -> None:

@@ -481,6 +481,27 @@ def test_serve_names_a_host_or_port_it_cannot_listen_on_before_starting(
         assert main(["--port", str(port), "--debug"]) == 1
 
 
+def test_serve_check_only_checks_the_address(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`movierec serve --check` (what `make run` runs before it prints how to log in): the address
+    check's one Error: line and exit 1 for a port taken, nothing and exit 0 for a free one; never
+    an app built nor a server started."""
+    import socket
+
+    from app.cli import cli
+
+    monkeypatch.setattr("app.run_development_server", _no_server)
+    monkeypatch.setattr("app.create_app", _no_server)
+    result = CliRunner().invoke(cli, ["serve", "--check", "--port", str(free_port())])
+    assert (result.exit_code, result.output) == (0, ""), (result.output, result.exception)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--check", "--port", str(port)])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.output.startswith(f"Error: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
 def test_trained_candidates_counts_only_runs_that_evaluated_the_seeds(tmp_path: Path) -> None:
     """The registry's answer behind the skip check: a finished run on this data and code trained
     a candidate on the seeds asked for only when its ``seeds`` tag holds them all."""
