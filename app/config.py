@@ -347,13 +347,21 @@ class Settings(BaseSettings):
         without a JWT secret and with a short admin password (a development server)."""
         if self.testing:
             return
-        if self.session_password is None or not self.session_password.get_secret_value():
-            raise ConfigurationError(
+        # every secret missing in one error: one per start had a new user set them one at a time
+        password = self.session_password.get_secret_value() if self.session_password else ""
+        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+        missing = []
+        if not password:
+            missing.append(
                 "SESSION_PASSWORD is not set: the service needs the session password to issue tokens"
             )
+        if not secret and not self.debug:  # development server: create_app signs with a random secret
+            missing.append("MOVIEREC_JWT_SECRET is not set: tokens must be signed with a secret you provide")
+        if missing:
+            raise ConfigurationError("; ".join(missing))
         # the equality checks compare as logins do (comparable_secret): secrets that differ only in
         # their Unicode normalization are the same secret
-        session = comparable_secret(self.session_password.get_secret_value())
+        session = comparable_secret(password)
         admin = comparable_secret(self.admin_password.get_secret_value() if self.admin_password else "")
         if admin and admin == session:
             # a login with the session password would match both and get the admin role
@@ -377,13 +385,8 @@ class Settings(BaseSettings):
                     "scraper's configuration holds the token, so each would hold a login password; "
                     "set another"
                 )
-        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
-        if not secret and self.debug:
-            return  # development server: create_app signs with a per-process random secret
         if not secret:
-            raise ConfigurationError(
-                "MOVIEREC_JWT_SECRET is not set: tokens must be signed with a secret you provide"
-            )
+            return  # --debug (above)
         if len(secret) < MIN_SECRET_LENGTH or secret.lower() in WEAK_SECRETS:
             raise ConfigurationError(
                 f"MOVIEREC_JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} random characters "

@@ -37,6 +37,31 @@ def test_debug_may_run_without_a_jwt_secret_but_not_without_a_password() -> None
         Settings(debug=True).check_secrets()
 
 
+def test_every_missing_required_secret_is_named_in_one_error(
+    clean_secret_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python main.py` (the seed's entry point) without secrets named SESSION_PASSWORD only; set,
+    the next start named MOVIEREC_JWT_SECRET: one missing secret per try. Each one the start
+    needs is named in one line now (--debug needs no JWT secret)."""
+    import main
+
+    with pytest.raises(ConfigurationError) as refused:
+        Settings().check_secrets()
+    assert "SESSION_PASSWORD" in str(refused.value) and "MOVIEREC_JWT_SECRET" in str(refused.value)
+    with pytest.raises(ConfigurationError) as refused:
+        Settings(debug=True).check_secrets()
+    assert "SESSION_PASSWORD" in str(refused.value) and "MOVIEREC_JWT_SECRET" not in str(refused.value)
+
+    for name in ("MOVIEREC_TESTING", "MOVIEREC_DEBUG"):
+        clean_secret_environment.delenv(name, raising=False)
+    clean_secret_environment.setattr(main, "run_development_server", lambda *a: pytest.fail("served"))
+    assert main.main(["--port", str(free_port())]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("movierec: ") and "SESSION_PASSWORD" in line and "MOVIEREC_JWT_SECRET" in line, (
+        line
+    )
+
+
 def test_a_short_admin_password_is_refused_outside_testing_and_debug() -> None:
     """The admin password guards reload and the breaker with only the per-address login limit
     against guessing: one shorter than 12 characters (or a known default) refuses to start,
