@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -235,11 +236,16 @@ UWSGI_DEFAULT_MERCY = 60  # uwsgi's worker-reload-mercy when nothing sets it
 def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
     """Under uwsgi, refuse timings that let a kill cut what harakiri allows to run.
 
+    * harakiri must be a limit (a whole number of seconds above 0). uwsgi.ini computes the mercy
+      below as harakiri + 15 s, and uwsgi's placeholder math has no max(): with harakiri 0 (no
+      limit) the mercy fell to 15 s, and a stopping worker had ~5 s for its requests in flight
+      before its final flush raced the SIGKILL. A production service needs a request limit.
     * ``worker-reload-mercy`` (how long the master lets a stopping worker live) must cover a
       request of harakiri's length and then the worker's final flush (``EXIT_SECONDS``). It was
       45 s for harakiri's default 30 s, and a raised UWSGI_HARAKIRI left it there: a slow
       request's final flush raced the SIGKILL. uwsgi.ini derives it from harakiri now; a
-      deployment's own ini that sets it lower is refused here.
+      deployment's own ini that sets it lower, or to something that is not a number (uwsgi's
+      atoi runs with whatever it reads from it), is refused here.
     * a reload with ``"wait": true`` waits for its sibling workers up to one
       ``MOVIEREC_RELOAD_POLL_SECONDS`` plus ``SIBLING_WAIT_SECONDS`` (app/services/reload.py),
       which must end within harakiri: past it the worker was killed in the middle of the
@@ -248,16 +254,28 @@ def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
     uwsgi = _uwsgi()
     if uwsgi is None:
         return
-    harakiri = _uwsgi_number(uwsgi, "harakiri")
-    if not harakiri:
-        return  # no limit on a request: nothing to size against
     from app.config import ConfigurationError
     from app.exit_hooks import EXIT_SECONDS
     from app.services.reload import SIBLING_WAIT_SECONDS, longest_sibling_wait
 
+    given = _uwsgi_option(uwsgi, "harakiri")
+    harakiri = _whole_seconds(given)
+    if not harakiri:
+        raise ConfigurationError(
+            f"uwsgi's harakiri is {'not set' if given is None else repr(given)}: no limit on a request, "
+            "and a stopping worker's worker-reload-mercy (harakiri + 15 s, uwsgi.ini) too short for its "
+            f"requests in flight and its final flush ({EXIT_SECONDS:g} s); a production server needs a "
+            "request limit: set UWSGI_HARAKIRI to a number of seconds above 0 (uwsgi.ini's default: 30)"
+        )
     problems = []
-    mercy = _uwsgi_number(uwsgi, "worker-reload-mercy") or UWSGI_DEFAULT_MERCY
-    if mercy <= harakiri + EXIT_SECONDS:
+    given = _uwsgi_option(uwsgi, "worker-reload-mercy")
+    mercy = UWSGI_DEFAULT_MERCY if given is None else _whole_seconds(given)
+    if mercy is None:
+        problems.append(
+            f"uwsgi's worker-reload-mercy ({given!r}) is not a whole number of seconds: how long a "
+            "stopping worker may live cannot be told; uwsgi.ini sets it to harakiri + 15 s"
+        )
+    elif mercy <= harakiri + EXIT_SECONDS:
         problems.append(
             f"uwsgi's worker-reload-mercy ({mercy} s) must exceed harakiri ({harakiri} s) plus a "
             f"stopping worker's final flush ({EXIT_SECONDS:g} s): uwsgi.ini sets it to harakiri + 15 s; "
@@ -274,15 +292,22 @@ def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
         raise ConfigurationError("; ".join(problems))
 
 
-def _uwsgi_number(uwsgi: Any, option: str) -> int | None:
-    """A whole-number uwsgi option as uwsgi runs with it (the last value given), or None."""
+def _uwsgi_option(uwsgi: Any, option: str) -> str | None:
+    """A uwsgi option's text as uwsgi runs with it (the last value given), or None when unset."""
     value = uwsgi.opt.get(option)
     if isinstance(value, list):
         value = value[-1] if value else None
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
+    if value is None:
         return None
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _whole_seconds(text: str | None) -> int | None:
+    """``text`` as a whole number of seconds, or None when it is not one (uwsgi's atoi would
+    read a word as 0, "15s" as 15: only plain ASCII digits are a number uwsgi and we agree on)."""
+    if text is None or not re.fullmatch(r"[0-9]+", text.strip()):
+        return None
+    return int(text)
 
 
 def _uwsgi() -> Any:

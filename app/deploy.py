@@ -539,12 +539,17 @@ def stop_timeout_seconds(environment: Mapping[str, str]) -> int:
     """The container's stop timeout: :data:`STOP_TIMEOUT_SECONDS`, or longer when it is given a
     ``UWSGI_HARAKIRI`` (``--env``) that the fixed 60 s does not cover. uwsgi.ini moves the
     workers' mercy with harakiri; a fixed stop timeout let Docker's SIGKILL cut a slow request's
-    final flush again."""
+    final flush again. A harakiri of 0 (no limit) is refused, as the server refuses it."""
     value = environment.get("UWSGI_HARAKIRI")
     if value is None:
         return STOP_TIMEOUT_SECONDS
     if not re.fullmatch(r"[0-9]+", value.strip()):  # isdigit() took "²" and other scripts' digits
         raise DeployError(f"UWSGI_HARAKIRI must be a whole number of seconds, not {value!r}")
+    if int(value) == 0:  # the server refuses it at its start (app/__init__.py): refused before a stop
+        raise DeployError(
+            "UWSGI_HARAKIRI=0 turns off uwsgi's request limit, which a production server needs (and "
+            "leaves a stopping worker 15 s for its requests and final flush): set a number of seconds"
+        )
     return max(STOP_TIMEOUT_SECONDS, int(value) + STOP_BEYOND_HARAKIRI_SECONDS)
 
 

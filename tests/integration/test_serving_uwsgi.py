@@ -849,6 +849,30 @@ def test_uwsgi_refuses_a_mercy_that_does_not_cover_harakiri_and_the_exit_flush(
     assert "worker-reload-mercy (31 s)" in text and "harakiri (30 s)" in text, text[-3000:]
 
 
+@pytest.mark.parametrize("harakiri", ["0", "soon"])
+def test_uwsgi_refuses_to_run_without_a_request_limit(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path, harakiri: str
+) -> None:
+    """UWSGI_HARAKIRI=0 (uwsgi's atoi reads "soon" as 0 too) turns harakiri off, and uwsgi.ini's
+    worker-reload-mercy, harakiri + 15 s, fell to 15 s: a stopping worker had ~5 s for its
+    requests in flight before its 10 s exit flush raced the SIGKILL, and the start-up check
+    skipped harakiri 0. A production server needs a request limit: the start is refused."""
+    text = _refused_start(tmp_path, model_store, synthetic_data_dir, UWSGI_HARAKIRI=harakiri)
+    assert "UWSGI_HARAKIRI" in text and "number of seconds" in text, text[-3000:]
+
+
+def test_uwsgi_refuses_a_mercy_it_cannot_read(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """A worker-reload-mercy that is not a number (a deployment's ini, a placeholder uwsgi could not
+    compute) was taken for uwsgi's default, 60 s, though uwsgi's atoi runs with another (0 here):
+    the check passed on a mercy nobody could tell. The start is refused, naming the value."""
+    ini = tmp_path / "deployment.ini"
+    ini.write_text(f"[uwsgi]\nini = {ROOT / 'uwsgi.ini'}\nworker-reload-mercy = soon\n")
+    text = _refused_start(tmp_path, model_store, synthetic_data_dir, UWSGI_INI=str(ini))
+    assert "worker-reload-mercy ('soon')" in text, text[-3000:]
+
+
 @pytest.mark.parametrize(("harakiri", "poll"), [(None, "20"), ("60", "50")])
 def test_uwsgi_refuses_a_reload_poll_that_makes_a_reload_outlast_harakiri(
     tmp_path: Path, model_store: Path, synthetic_data_dir: Path, harakiri: str | None, poll: str

@@ -722,6 +722,21 @@ def test_a_harakiri_that_is_not_a_number_of_seconds_is_refused_before_anything_s
     assert "stop" not in engine.verbs()
 
 
+@pytest.mark.parametrize("harakiri", ["0", "00"])
+def test_a_harakiri_of_0_is_refused_before_anything_stops(tmp_path: Path, harakiri: str) -> None:
+    """``--env UWSGI_HARAKIRI=0`` (no request limit) was passed on: uwsgi.ini's mercy, harakiri +
+    15 s, fell to 15 s, and the new server refuses to start with it (app/__init__.py). Refused
+    here too, before the live version is stopped for a container that cannot start."""
+    engine = FakeEngine(
+        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
+    )
+    deployer, _out = make_deployer(make_cfg(tmp_path), engine)
+    env = {"SESSION_PASSWORD": PASSWORD, "UWSGI_HARAKIRI": harakiri}
+    with pytest.raises(DeployError, match=r"UWSGI_HARAKIRI.*request limit"):
+        deployer.deploy(resolve_secrets(None, env, extra_names=["UWSGI_HARAKIRI"]))
+    assert "stop" not in engine.verbs() and engine.containers["movierec"].status == "running"
+
+
 def test_failed_health_check_restores_the_previous_version(tmp_path: Path) -> None:
     engine = FakeEngine(
         images={"movierec:1.0"},
