@@ -221,14 +221,18 @@ class Docker:
         """The container's state, or None when no container has that name."""
         result = self(
             "container", "inspect",
-            "--format", "{{json .State}}\t{{.RestartCount}}\t{{.Config.Image}}\t{{json .Mounts}}",
+            "--format",
+            "{{json .State}}\t{{.RestartCount}}\t{{.Config.Image}}\t{{json .Mounts}}"
+            "\t{{json .Config.StopTimeout}}",
             name,
         )  # fmt: skip
         if result.returncode != 0:
             return None
-        state_json, restarts, image, mounts = result.stdout.strip().split("\t")
+        state_json, restarts, image, mounts, stop_timeout = result.stdout.strip().split("\t")
         volumes = tuple(m["Name"] for m in json.loads(mounts) or [] if m.get("Type") == "volume")
-        return ContainerState.parse(json.loads(state_json), int(restarts), image, volumes)
+        return ContainerState.parse(
+            json.loads(state_json), int(restarts), image, volumes, json.loads(stop_timeout)
+        )
 
     def logs(self, name: str, tail: int = LOG_TAIL_LINES) -> str:
         """The last ``tail`` lines of the container's stdout, then of its stderr."""
@@ -246,6 +250,7 @@ class ContainerState:
     image: str
     error: str = ""
     volumes: tuple[str, ...] = ()  # the named volumes it mounts
+    stop_timeout: int | None = None  # its `docker run --stop-timeout`; None when run without one
 
     @property
     def up(self) -> bool:
@@ -254,7 +259,12 @@ class ContainerState:
 
     @classmethod
     def parse(
-        cls, state: Mapping[str, Any], restarts: int, image: str, volumes: tuple[str, ...] = ()
+        cls,
+        state: Mapping[str, Any],
+        restarts: int,
+        image: str,
+        volumes: tuple[str, ...] = (),
+        stop_timeout: int | None = None,
     ) -> ContainerState:
         health = state.get("Health") or {}
         return cls(
@@ -266,6 +276,7 @@ class ContainerState:
             image=image,
             error=str(state.get("Error") or ""),
             volumes=volumes,
+            stop_timeout=stop_timeout,
         )
 
 
@@ -692,7 +703,7 @@ class Deployer:
     stop_issued: bool = False  # `docker stop` of the set-aside version was sent (it may still run)
     secret_files: SecretFiles | None = None  # the new container's, once written
     snapshot_taken: bool = False  # the database's snapshot is in its volume, to restore on rollback
-    stop_timeout: int = STOP_TIMEOUT_SECONDS  # the new container's, and how long a stop here waits
+    stop_timeout: int = STOP_TIMEOUT_SECONDS  # the new container's (the previous one's: its own, if longer)
 
     def say(self, message: str) -> None:
         print(f"[deploy] {message}", file=self.out, flush=True)
@@ -794,7 +805,15 @@ class Deployer:
         self.set_aside = current
         if current.up:
             self.stop_issued = True
-            self._checked("stop", "--time", str(self.stop_timeout), cfg.backup_name)
+            self._checked("stop", "--time", str(self._previous_stop_timeout()), cfg.backup_name)
+
+    def _previous_stop_timeout(self) -> int:
+        """How long the set-aside version may take to stop: the longer of its own stop timeout (a
+        larger UWSGI_HARAKIRI when it was deployed) and the new one's (Docker's default, 10 s, for
+        a container run without one). The new one's alone cut a slower version's requests in
+        flight and its workers' final flush."""
+        own = self.set_aside.stop_timeout if self.set_aside is not None else None
+        return max(self.stop_timeout, own or 0)
 
     def create_volumes(self) -> None:
         """The state volumes, labelled as this deployment's (``docker run`` would create them
@@ -999,13 +1018,15 @@ class Deployer:
             self.sleep(self.poll_interval)
 
     def _wait_stopped(self, name: str) -> None:
-        deadline = self.clock() + self.stop_timeout + 10
+        """Wait for the set-aside version's interrupted stop (``name``) to end."""
+        stop_timeout = self._previous_stop_timeout()
+        deadline = self.clock() + stop_timeout + 10
         while True:
             state = self.docker.container_state(name)
             if state is None or not state.up:
                 return
             if self.clock() >= deadline:  # the daemon's stop is gone: stop it ourselves
-                self._checked("stop", "--time", str(self.stop_timeout), name)
+                self._checked("stop", "--time", str(stop_timeout), name)
                 return
             self.sleep(min(self.poll_interval, 1.0))
 

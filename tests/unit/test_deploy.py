@@ -82,6 +82,7 @@ class FakeContainer:
     secrets: dict[str, str] = field(default_factory=dict)  # path in the container -> content
     volumes: dict[str, str] = field(default_factory=dict)  # mount point -> volume name
     layer: dict[str, bytes] = field(default_factory=dict)  # its own /var/lib/movierec/db (no volume)
+    stop_timeout: int | None = None  # `docker run --stop-timeout`; None (null) when run without one
 
     def secret(self, name: str) -> str:
         """What the app reads for ``name``: the file ``$<name>_FILE`` names, minus one newline."""
@@ -184,7 +185,18 @@ class FakeEngine:
         if c.health is not None:
             state["Health"] = {"Status": c.health}
         mounts = [{"Type": "volume", "Name": n, "Destination": t} for t, n in c.volumes.items()]
-        return 0, f"{json.dumps(state)}\t{c.restarts}\t{c.image}\t{json.dumps(mounts)}\n", ""
+        fields = {  # what --format may ask for, as docker renders it
+            "{{json .State}}": json.dumps(state),
+            "{{.RestartCount}}": str(c.restarts),
+            "{{.Config.Image}}": c.image,
+            "{{json .Mounts}}": json.dumps(mounts),
+            "{{json .Config.StopTimeout}}": json.dumps(c.stop_timeout),
+        }
+        text = args[args.index("--format") + 1]
+        for template, value in fields.items():
+            text = text.replace(template, value)
+        assert "{{" not in text, text
+        return 0, text + "\n", ""
 
     def do_cp(self, args: list[str]) -> tuple[int, str, str]:
         """``docker cp CONTAINER:/var/lib/movierec/db/. DIR``, from a container's own layer."""
@@ -225,8 +237,9 @@ class FakeEngine:
             return self.run_rc, "", "port is already allocated"
         if name in self.containers:
             return 125, "", "Conflict. The container name is already in use"
+        stop_timeout = int(args[args.index("--stop-timeout") + 1]) if "--stop-timeout" in args else None
         self.containers[name] = FakeContainer(
-            image=args[-1], env=env, argv=args, secrets=secrets, volumes=volumes
+            image=args[-1], env=env, argv=args, secrets=secrets, volumes=volumes, stop_timeout=stop_timeout
         )
         self.new_name = name
         self.new_container = self.containers[name]
@@ -702,8 +715,76 @@ def test_a_raised_harakiri_raises_the_containers_stop_timeout_with_it(tmp_path: 
     mercy = int(harakiri) + ini_mercy - ini_harakiri  # uwsgi.ini derives the mercy from harakiri
     run = next(call for call in engine.calls if call[0] == "run" and "--stop-timeout" in call)
     assert int(run[run.index("--stop-timeout") + 1]) >= mercy + STOP_MARGIN_SECONDS
-    stop = next(call for call in engine.calls if call[0] == "stop")
-    assert int(stop[stop.index("--time") + 1]) >= mercy + STOP_MARGIN_SECONDS
+    # (the previous version is stopped with its own stop timeout when longer: the test below)
+
+
+@pytest.mark.parametrize(
+    ("previous_timeout", "harakiri", "expected"),
+    [
+        (145, None, 145),
+        (None, None, deploy.STOP_TIMEOUT_SECONDS),
+        (30, None, deploy.STOP_TIMEOUT_SECONDS),
+        (60, "300", 325),
+    ],
+)
+def test_the_previous_version_is_stopped_with_the_longer_of_its_own_stop_timeout_and_the_new_one(
+    tmp_path: Path, previous_timeout: int | None, harakiri: str | None, expected: int
+) -> None:
+    """The live version was stopped with the new deployment's stop timeout: one run with
+    UWSGI_HARAKIRI=120 (stop timeout 145 s) replaced by one with the default (60 s) had its slow
+    requests and its workers' final flush cut by the SIGKILL at 60 s. It gets the longer of its
+    own (``docker inspect``: null for a container run without one) and the new one's now."""
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={
+            "movierec": FakeContainer("movierec:1.0", health="healthy", stop_timeout=previous_timeout)
+        },
+    )
+    deployer, _out = make_deployer(make_cfg(tmp_path), engine)
+    raised = {"UWSGI_HARAKIRI": harakiri} if harakiri else {}
+    deployer.deploy(resolve_secrets(None, {"SESSION_PASSWORD": PASSWORD} | raised, extra_names=list(raised)))
+    (stop,) = [call for call in engine.calls if call[0] == "stop"]
+    assert stop[stop.index("--time") + 1] == str(expected)
+
+
+class DaemonStopsSlowly(FakeEngine):
+    """Ctrl-C interrupts `docker stop` of the previous version; the daemon goes on stopping it, and
+    the container exits ``stop_lasts`` seconds later (its requests, then its final flush)."""
+
+    clock: Clock
+    stop_lasts: float = 0.0
+    stop_ends: float | None = None
+
+    def do_stop(self, args: list[str]) -> tuple[int, str, str]:
+        if self.stop_ends is None:
+            self.stop_ends = self.clock.now + self.stop_lasts
+            raise KeyboardInterrupt
+        return super().do_stop(args)
+
+    def do_container(self, args: list[str]) -> tuple[int, str, str]:
+        if self.stop_ends is not None and self.clock.now >= self.stop_ends and args[-1] in self.containers:
+            self.containers[args[-1]].status = "exited"  # the daemon's stop is over, once
+            self.stop_ends = float("inf")
+        return super().do_container(args)
+
+
+def test_a_rollback_waits_for_the_previous_version_s_own_stop_timeout(tmp_path: Path) -> None:
+    """Interrupted while the previous version stopped, the rollback waited for that stop only the
+    new deployment's stop timeout (+10 s), then stopped it again with that shorter timeout: the
+    SIGKILL cut the requests and final flush its own stop timeout (145 s) allowed."""
+    engine = DaemonStopsSlowly(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy", stop_timeout=145)},
+    )
+    engine.stop_lasts = 130.0
+    deployer, _out = make_deployer(make_cfg(tmp_path), engine)
+    engine.clock = deployer.clock  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        deployer.deploy(secrets_())
+    assert [call for call in engine.calls if call[0] == "stop"] == [
+        ["stop", "--time", "145", "movierec-previous"]
+    ]
+    assert engine.containers["movierec"].status == "running"
 
 
 @pytest.mark.parametrize("harakiri", ["1m", "\u00b2", "\u0669\u0660", "-5", ""])
