@@ -66,6 +66,21 @@ def test_a_miss_never_prints_as_a_value_that_meets_the_bar(
     assert detail.startswith(printed), detail
 
 
+def test_the_seed_forest_bar_is_judged_on_the_rounds_median_and_a_miss_prints_as_one(
+    serve_bench: ModuleType,
+) -> None:
+    """The forest and our HTTP latency were timed once each, minutes apart: a slow spell that
+    doubled the HTTP latency made 9.74x, which printed "10x" beside "NO" (twenty-ninth machine).
+    Timed in rounds, the median of the per-round ratios is judged, rounded towards a miss."""
+    name = ">= 10x faster per request than the seed forest's scoring"
+    seed = _figures([0.95]) | {"seed_rf_ms": 23.0, "lookup_in_process_us": 0.3}
+    passed, detail = _check(serve_bench, seed | {"seed_rf_ratios": [9.7, 9.99, 25.0]}, name)
+    assert not passed
+    assert detail.startswith("9.990x (median of 3 rounds; 9.70-25.00) over HTTP"), detail
+    passed, detail = _check(serve_bench, seed | {"seed_rf_ratios": [9.0, 19.0, 21.0]}, name)
+    assert passed and detail.startswith("19.000x"), detail
+
+
 def test_a_median_on_the_bar_meets_it(serve_bench: ModuleType) -> None:
     passed, detail = _check(serve_bench, _figures([0.9, 0.9, 0.9]), "/api/recommend throughput >= 0.9x echo")
     assert passed
