@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -256,10 +255,11 @@ def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
         return
     from app.config import ConfigurationError
     from app.exit_hooks import EXIT_SECONDS
+    from app.number_options import whole_seconds
     from app.services.reload import SIBLING_WAIT_SECONDS, longest_sibling_wait
 
     given = _uwsgi_option(uwsgi, "harakiri")
-    harakiri = _whole_seconds(given)
+    harakiri = whole_seconds(given)
     if not harakiri:
         raise ConfigurationError(
             f"uwsgi's harakiri is {'not set' if given is None else repr(given)}: no limit on a request, "
@@ -269,7 +269,7 @@ def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
         )
     problems = []
     given = _uwsgi_option(uwsgi, "worker-reload-mercy")
-    mercy = UWSGI_DEFAULT_MERCY if given is None else _whole_seconds(given)
+    mercy = UWSGI_DEFAULT_MERCY if given is None else whole_seconds(given)
     if mercy is None:
         problems.append(
             f"uwsgi's worker-reload-mercy ({given!r}) is not a whole number of seconds: how long a "
@@ -300,14 +300,6 @@ def _uwsgi_option(uwsgi: Any, option: str) -> str | None:
     if value is None:
         return None
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _whole_seconds(text: str | None) -> int | None:
-    """``text`` as a whole number of seconds, or None when it is not one (uwsgi's atoi would
-    read a word as 0, "15s" as 15: only plain ASCII digits are a number uwsgi and we agree on)."""
-    if text is None or not re.fullmatch(r"[0-9]+", text.strip()):
-        return None
-    return int(text)
 
 
 def _uwsgi() -> Any:

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from app.number_options import bounded_number
+from app.number_options import bounded_number, whole_seconds
 from app.secret_files import (
     FILE_SUFFIX,
     SECRET_SETTINGS,
@@ -554,14 +554,15 @@ def stop_timeout_seconds(environment: Mapping[str, str]) -> int:
     value = environment.get("UWSGI_HARAKIRI")
     if value is None:
         return STOP_TIMEOUT_SECONDS
-    if not re.fullmatch(r"[0-9]+", value.strip()):  # isdigit() took "²" and other scripts' digits
+    harakiri = whole_seconds(value)
+    if harakiri is None:
         raise DeployError(f"UWSGI_HARAKIRI must be a whole number of seconds, not {value!r}")
-    if int(value) == 0:  # the server refuses it at its start (app/__init__.py): refused before a stop
+    if harakiri == 0:  # the server refuses it at its start (app/__init__.py): refused before a stop
         raise DeployError(
             "UWSGI_HARAKIRI=0 turns off uwsgi's request limit, which a production server needs (and "
             "leaves a stopping worker 15 s for its requests and final flush): set a number of seconds"
         )
-    return max(STOP_TIMEOUT_SECONDS, int(value) + STOP_BEYOND_HARAKIRI_SECONDS)
+    return max(STOP_TIMEOUT_SECONDS, harakiri + STOP_BEYOND_HARAKIRI_SECONDS)
 
 
 def run_command(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 
 
@@ -43,3 +44,16 @@ def bounded_number(minimum: float, *, strict: bool = False, unit: str = "") -> C
         return value
 
     return parse
+
+
+def whole_seconds(text: str | None) -> int | None:
+    """A uwsgi option's text (``harakiri``, ``worker-reload-mercy``, ``UWSGI_HARAKIRI``) as the
+    whole number of seconds it is, or None when it is not one. Only plain ASCII digits: uwsgi's
+    atoi reads a word as 0 and "15s" as 15, and ``str.isdigit()`` took "²" and other scripts'
+    digits, which uwsgi reads as 0; on digits alone uwsgi and this code agree."""
+    if text is None or not _DIGITS.fullmatch(text.strip()):
+        return None
+    return int(text)
+
+
+_DIGITS = re.compile(r"[0-9]+")
