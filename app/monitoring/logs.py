@@ -149,7 +149,12 @@ def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     keep = limit // 2
-    return f"{text[:keep]} ... [{len(text) - 2 * keep} characters omitted] ... {text[-keep:]}"
+    return _omitted(text[:keep], len(text) - 2 * keep, text[-keep:])
+
+
+def _omitted(head: str, omitted: int, tail: str) -> str:
+    """A cut text as a line shows it: its start, how much is left out, its end."""
+    return f"{head} ... [{omitted} characters omitted] ... {tail}"
 
 
 def _scrub_clipped(text: str) -> str:
@@ -160,7 +165,7 @@ def _scrub_clipped(text: str) -> str:
         return scrub_text(text)
     keep = MAX_TEXT_CHARS // 2
     head, tail = scrub_text(text[: 2 * keep])[:keep], scrub_text(text[-2 * keep :])[-keep:]
-    return f"{head} ... [{len(text) - 2 * keep} characters omitted] ... {tail}"
+    return _omitted(head, len(text) - 2 * keep, tail)
 
 
 def is_secret_key(key: str) -> bool:
