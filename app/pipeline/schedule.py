@@ -415,7 +415,7 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
         _try_record_tick(settings, datetime.now(UTC))
     if flow_runner.STOPPING.is_set():  # SIGTERM during the tick at start
         return scheduler
-    due = cron_trigger(settings.schedule_cron).get_next_fire_time(None, datetime.now(UTC))
+    due = scheduler.get_job(JOB_ID).trigger.get_next_fire_time(None, datetime.now(UTC))
     log.info(
         "training scheduled on '%s' (UTC): next at %s", settings.schedule_cron, f"{due:%Y-%m-%d %H:%M} UTC"
     )
