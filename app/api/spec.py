@@ -205,10 +205,10 @@ class _SpecTree(SpecTree):
                 refusals = {**_BODY_REFUSALS, **_HEADER_REFUSAL} if method == "post" else _HEADER_REFUSAL
                 for status, description in refusals.items():
                     responses.setdefault(status, {"description": description, "content": _ERROR_CONTENT})
-                _document_errors(path, method, operation.get("responses", {}))
+                _document_errors(path, method, responses)
                 text = _TEXT_ANSWERS.get((method, path))
                 if text is not None:
-                    answer = operation.setdefault("responses", {}).setdefault(text, {"description": "OK"})
+                    answer = responses.setdefault(text, {"description": "OK"})
                     answer["content"] = {"text/plain": {"schema": {"type": "string"}}}
                 for parameter in operation.get("parameters", []):
                     if parameter.get("in") == "path" and parameter.get("name") == "user_id":
