@@ -69,8 +69,9 @@ class UserFeatureService:
     def __init__(self, db: Database, data_dir: Path | None) -> None:
         self.db = db
         self.data_dir = data_dir
-        self._computed: dict[int, tuple[dict[str, Any], frozenset[int]]] | None = None
-        self._computed_at: str | None = None
+        # the computed table and when it was computed, set together: a request answered from the
+        # table without the lock (the table set first, its time next) said "as_of": null
+        self._computed: tuple[dict[int, tuple[dict[str, Any], frozenset[int]]], str] | None = None
         self._lock = threading.Lock()
 
     def features(self, user_id: int) -> dict[str, Any]:
@@ -110,7 +111,7 @@ class UserFeatureService:
                 )
             raise NotFound(f"no features for user {user_id} in the latest feature snapshot")
         try:
-            table = self._computed_table()
+            table, computed_at = self._computed_table()
         except Unavailable as exc:
             if down is not None:  # the database's 503 (it may hold a snapshot), not "no snapshot"
                 raise down from exc
@@ -124,18 +125,19 @@ class UserFeatureService:
             "features": features,
             "source": "computed",
             "snapshot_id": None,
-            "as_of": self._computed_at,
+            "as_of": computed_at,
         }
         return UserProfile(answer, rated)
 
-    def _computed_table(self) -> dict[int, tuple[dict[str, Any], frozenset[int]]]:
-        table = self._computed
-        if table is not None:
-            return table
+    def _computed_table(self) -> tuple[dict[int, tuple[dict[str, Any], frozenset[int]]], str]:
+        """The computed table and the time it was computed (ISO 8601, UTC)."""
+        computed = self._computed
+        if computed is not None:
+            return computed
         with self._lock:
             if self._computed is None:
-                self._computed = self._compute()
-                self._computed_at = datetime.now(UTC).isoformat(timespec="seconds")
+                table = self._compute()
+                self._computed = (table, datetime.now(UTC).isoformat(timespec="seconds"))
             return self._computed
 
     def _compute(self) -> dict[int, tuple[dict[str, Any], frozenset[int]]]:

@@ -287,3 +287,35 @@ def test_an_id_above_the_feedback_base_is_not_said_to_be_a_feedback_user(
         assert "are feedback users" not in message, message
         assert "reserved for feedback users" in message and "not served" in message, message
         assert "if one exists" in message and "movierec sql" in message, message
+
+
+def test_a_computed_answer_given_while_the_table_is_being_built_has_its_time(
+    app: Any, synthetic_data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The computed table was published before its time: a request answered between the two
+    (no lock on that path) got ``"as_of": null`` next to ``"source": "computed"``."""
+    import threading
+
+    import app.services.user_features as module
+
+    service = app.extensions["movierec"].user_features
+    uid = int(synthetic_data.users.iloc[3]["user_id"])
+    answers: list[dict[str, Any]] = []
+    others: list[threading.Thread] = []
+    real = module.datetime
+
+    class Clock:  # the time is read as the table is finished: another request comes in then
+        @staticmethod
+        def now(tz: Any = None) -> Any:
+            other = threading.Thread(target=lambda: answers.append(service.features(uid)))
+            other.start()
+            other.join(0.5)  # answered at once from the table, or waits for it to be finished
+            others.append(other)
+            return real.now(tz)
+
+    monkeypatch.setattr(module, "datetime", Clock)
+    answers.append(service.features(uid))
+    for other in others:
+        other.join(5)
+    assert len(answers) == 2
+    assert all(answer["source"] == "computed" and answer["as_of"] for answer in answers), answers
