@@ -60,9 +60,9 @@ def recommendations(user_id: str, query: MaxRecsQuery) -> Any:
 
     A user the model knows gets personal recommendations; any other user with features is
     answered for their demographic segment. Either way the list leaves out every movie the
-    user rated in their features (which may be newer than the model), so it may be shorter
-    than ``max_recs``. The answer has an ``id`` for /api/recommend/score like any
-    recommendation.
+    user rated in their features (which may be newer than the model) or scored since on a list
+    served under their id, so it may be shorter than ``max_recs``. The answer has an ``id`` for
+    /api/recommend/score like any recommendation.
     """
     services = current_app.extensions["movierec"]
     uid = _user_id(user_id)
@@ -78,7 +78,7 @@ def recommendations(user_id: str, query: MaxRecsQuery) -> Any:
         str(feats["gender"]),
         str(feats["occupation"]),
         user_id=uid,
-        exclude=profile.rated,
+        exclude=services.user_features.rated(uid, profile),
     )
     if request.method == "HEAD":
         # the headers of the same answer, nothing recorded or counted: nobody receives it

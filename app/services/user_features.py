@@ -11,7 +11,8 @@ Where the features come from, in order:
    client can tell a stored snapshot from a computed one. With the database down and no local
    data either, the answer is the database's 503, not "no feature snapshot".
 
-Either way a request is one primary-key read or a dictionary lookup.
+Either way a request is one primary-key read or a dictionary lookup; ``/recommendations``
+also reads the movies the user scored since (:meth:`UserFeatureService.rated`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from app.errors import NotFound, Unavailable
 from app.recommender.data import FEEDBACK_USER_BASE, DataUnavailableError, find_local, is_feedback_user
 from app.storage.db import Database, DatabaseUnavailableError
 from app.storage.models import as_utc
-from app.storage.user_features import get_user_features, user_features_snapshot
+from app.storage.user_features import get_user_features, scored_movies, user_features_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,22 @@ _PLAIN = (
 )  # fmt: skip
 
 
+SCORES_SLACK = timedelta(days=1)
+"""How far before a stored snapshot was loaded :meth:`UserFeatureService.rated` still reads the
+user's scores: the snapshot's ingest read the feedback table earlier than it was loaded (in the same
+flow run), and a score acknowledged during a database outage reaches the table later than its time."""
+
+
 @dataclass(frozen=True)
 class UserProfile:
     """A user's features as the features API answers them, and the movies they rated."""
 
     answer: dict[str, Any]  # {"user_id", "features", "source", "snapshot_id", "as_of"}
     rated: frozenset[int]  # empty for rows stored before the table had ``rated_movies``
+    # scores from this time on may be missing from ``rated``; None: any score may be (computed
+    # from the local files, which hold no feedback)
+    scores_since: datetime | None = None
+    database_down: bool = False  # answered without the database: its scores are not read either
 
 
 class UserFeatureService:
@@ -98,7 +109,8 @@ class UserFeatureService:
                 # in UTC with its offset, as a computed answer's (SQLite gives back a naive time)
                 "as_of": as_utc(row.computed_at).isoformat(timespec="seconds") if row.computed_at else None,
             }
-            return UserProfile(answer, frozenset(int(m) for m in row.rated_movies or ()))
+            since = as_utc(row.computed_at) - SCORES_SLACK if row.computed_at else None
+            return UserProfile(answer, frozenset(int(m) for m in row.rated_movies or ()), since)
         if stored:
             if is_feedback_user(user_id):  # in the snapshot's users table, never loaded for the API
                 # Said "ids above ... are feedback users" for any id, 2147483647 too: the range is
@@ -127,7 +139,21 @@ class UserFeatureService:
             "snapshot_id": None,
             "as_of": computed_at,
         }
-        return UserProfile(answer, rated)
+        return UserProfile(answer, rated, database_down=down is not None)
+
+    def rated(self, user_id: int, profile: UserProfile) -> frozenset[int]:
+        """What ``user_id`` has rated: the movies of their features (``profile``) and those they
+        scored since (a score on a list served under their id is their rating; their features know
+        it only from the next pipeline run). With the database down, the features' alone: its
+        scores cannot be read, and new ones wait in the feedback journal.
+        """
+        if profile.database_down:  # found down a moment ago: not a second wait for it
+            return profile.rated
+        try:
+            scored = scored_movies(self.db, user_id, profile.scores_since)
+        except DatabaseUnavailableError:
+            return profile.rated
+        return profile.rated | scored if scored else profile.rated
 
     def _computed_table(self) -> tuple[dict[int, tuple[dict[str, Any], frozenset[int]]], str]:
         """The computed table and the time it was computed (ISO 8601, UTC)."""

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, text
 
 from app.storage.db import Database
-from app.storage.models import UserFeatures, utcnow
+from app.storage.models import Feedback, RecommendationRequest, UserFeatures, utcnow
 
 _COLUMNS = (
     "user_id", "age", "age_group", "gender", "occupation", "n_ratings", "n_liked", "liked_share",
@@ -81,3 +81,22 @@ def user_features_snapshot(db: Database) -> tuple[str | None, int]:
             select(func.max(UserFeatures.snapshot_id), func.count(UserFeatures.user_id))
         ).one()
     return snapshot, int(count)
+
+
+def scored_movies(db: Database, user_id: int, since: datetime | None = None) -> frozenset[int]:
+    """The movies ``user_id`` scored on lists served under their id (each a rating of theirs from
+    the next ingest on), those scored at or after ``since`` only when it is given.
+
+    ``since`` bounds the read by ``feedback.created_at`` (indexed): ``recommendation_requests``
+    has no index on ``user_id``, and without a bound every request row is read.
+    """
+    query = (
+        select(Feedback.movie_id)
+        .join(RecommendationRequest, RecommendationRequest.id == Feedback.request_id)
+        .where(RecommendationRequest.user_id == user_id)
+        .distinct()
+    )
+    if since is not None:
+        query = query.where(Feedback.created_at >= since)
+    with db.session() as session:
+        return frozenset(int(movie) for movie in session.scalars(query))
