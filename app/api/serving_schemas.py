@@ -94,9 +94,14 @@ class RecommendBatchResponse(BaseModel):
 
 def _decimal_digits(value: Any) -> Any:
     """Query text as an int only when it is plain ASCII digits (pydantic's lax parsing took
-    ``7_0`` as 70 and `` 7`` as 7); anything else is left for the int check to refuse."""
-    if isinstance(value, str):
-        return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else value
+    ``7_0`` as 70 and `` 7`` as 7); anything else is left for the int check to refuse.
+
+    Leading zeros are the same number, however many (as in a path's user id: ``0000000007`` was
+    refused while ``007`` was 7); only the significant digits are bounded, so ``int()`` never
+    reads thousands of digits."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        digits = value.lstrip("0") or "0"
+        return int(digits) if len(digits) <= 9 else value
     return value
 
 

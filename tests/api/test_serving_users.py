@@ -189,9 +189,15 @@ def test_recommendations_query_is_validated(client: Any, auth_headers: dict, que
 
 def test_max_recs_in_the_query_is_read_as_digits(app: Any, client: Any, auth_headers: dict) -> None:
     uid = int(app.extensions["movierec"].models.require().tables.user_ids[0])
-    for text, expected in (("7", 7), ("007", 7), ("12", 12)):
+    # leading zeros, however many, as in the path's user id ("0000000007" was a 400 saying that
+    # max_recs must be between 1 and 100, and "000000007" was 7)
+    for text, expected in (("7", 7), ("007", 7), ("12", 12), ("0000000007", 7), ("0" * 5000 + "12", 12)):
         response = client.get(f"/api/users/{uid}/recommendations?max_recs={text}", headers=auth_headers)
-        assert response.status_code == 200 and len(response.get_json()["recommendations"]) == expected
+        assert response.status_code == 200, (text, response.get_json())
+        assert len(response.get_json()["recommendations"]) == expected
+    for text in ("0" * 20, "1" + "0" * 20):  # still within the bounds, and never a 4,300-digit int()
+        response = client.get(f"/api/users/{uid}/recommendations?max_recs={text}", headers=auth_headers)
+        assert response.status_code == 400, text
 
 
 def test_malformed_local_data_is_a_503_naming_the_problem(
