@@ -81,15 +81,16 @@ HTTP_LATENCY = Histogram(
 )
 RECOMMENDATIONS = Counter(
     "movierec_recommendations",
-    "Recommendation lists served by /api/recommend, by strategy (segment, personal, fallback)",
+    "Recommendation lists served (API, each batch item, web UI, users endpoint),"
+    " by strategy (segment, personal, fallback)",
     ["strategy"],
 )
 RECOMMENDED_ITEMS = Counter(
     "movierec_recommended_items",
-    "Movies recommended by /api/recommend, by strategy",
+    "Movies recommended (API, each batch item, web UI, users endpoint), by strategy",
     ["strategy"],
 )
-FEEDBACK = Counter("movierec_feedback", "Scores stored through /api/recommend/score")
+FEEDBACK = Counter("movierec_feedback", "Scores stored (/api/recommend/score and the web UI)")
 FEEDBACK_SCORE = Histogram(
     "movierec_feedback_score", "Distribution of the scores users gave (0.5 to 5)", buckets=SCORE_BUCKETS
 )
