@@ -61,6 +61,9 @@ def comparable_secret(value: str) -> str:
 MAX_RECS = 100
 """The longest list ``/api/recommend`` serves (``max_recs``); here, not in the API's schemas, so
 that reading the settings does not import the web stack."""
+MAX_TOKEN_TTL_SECONDS = 36525 * 86400
+"""The longest token lifetime taken: 100 years. From about 7,970 years on, a token's expiry fell
+past the year 9999, which ``datetime`` cannot hold: the service started, and every login was a 500."""
 
 
 JWT_LEEWAY_SECONDS = 2
@@ -99,7 +102,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("ADMIN_PASSWORD", "MOVIEREC_ADMIN_PASSWORD")
     )
     jwt_secret: SecretStr | None = None
-    token_ttl_seconds: int = Field(default=3600, ge=1)
+    token_ttl_seconds: int = Field(default=3600, ge=1, le=MAX_TOKEN_TTL_SECONDS)
 
     model_path: Path = Field(
         default=Path("model"), validation_alias=AliasChoices("ML_MODEL_PATH", "MOVIEREC_MODEL_PATH")

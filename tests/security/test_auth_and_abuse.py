@@ -389,6 +389,25 @@ def test_tokens_expire_after_the_configured_lifetime(make_app: Any) -> None:
     assert_envelope(client.get("/protected", headers=headers), 401, "unauthorized")
 
 
+def test_a_token_lifetime_longer_than_a_token_can_carry_is_refused_at_start(
+    make_app: Any, make_settings: Any
+) -> None:
+    """A lifetime whose expiry falls past the year 9999 (about 7,970 years) started, and every
+    login was a 500 (the library's ``datetime`` overflowed); the longest lifetime taken works."""
+    from pydantic import ValidationError
+
+    from app.config import MAX_TOKEN_TTL_SECONDS
+
+    for ttl in (MAX_TOKEN_TTL_SECONDS + 1, 10**12):
+        with pytest.raises(ValidationError, match="token_ttl_seconds"):
+            make_settings(token_ttl_seconds=ttl)
+    client = make_app(token_ttl_seconds=MAX_TOKEN_TTL_SECONDS).test_client()
+    headers = login(client)
+    assert client.get("/protected", headers=headers).status_code == 200
+    assert client.post("/api/logout", headers=headers).status_code == 200
+    assert_envelope(client.get("/protected", headers=headers), 401, "unauthorized")
+
+
 def test_admin_endpoints_refuse_client_tokens(client: Any, auth_headers: dict[str, str]) -> None:
     admin_rules = [r for r in client.application.url_map.iter_rules() if r.rule.startswith("/api/admin/")]
     assert admin_rules, "no admin endpoint registered"
