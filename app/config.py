@@ -61,6 +61,9 @@ def comparable_secret(value: str) -> str:
 MAX_RECS = 100
 """The longest list ``/api/recommend`` serves (``max_recs``); here, not in the API's schemas, so
 that reading the settings does not import the web stack."""
+MAX_PASSWORD_LENGTH = 1024
+"""The longest password ``/api/login`` and ``/ui/login`` take (``LoginRequest``), so the longest
+SESSION_PASSWORD or ADMIN_PASSWORD the settings take."""
 MAX_TOKEN_TTL_SECONDS = 36525 * 86400
 """The longest token lifetime taken: 100 years. From about 7,970 years on, a token's expiry fell
 past the year 9999, which ``datetime`` cannot hold: the service started, and every login was a 500."""
@@ -272,6 +275,19 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{names} is not UTF-8 text: set it as UTF-8 (the password people type)"
                 ) from None
+        return value
+
+    @field_validator("session_password", "admin_password")
+    @classmethod
+    def _loggable(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """A password longer than a login takes is refused: the service started, and every login
+        with it was a 400 ("at most 1024 characters"), the admin endpoints out of reach."""
+        if value is not None and len(value.get_secret_value()) > MAX_PASSWORD_LENGTH:
+            names = " or ".join(SECRET_SETTINGS[str(info.field_name)])
+            raise ValueError(
+                f"{names} is longer than {MAX_PASSWORD_LENGTH} characters, the longest password "
+                "a login takes: set a shorter one"
+            )
         return value
 
     @field_validator("metrics_token")

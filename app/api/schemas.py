@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictInt, model_validator
 
-from app.config import MAX_RECS
+from app.config import MAX_PASSWORD_LENGTH, MAX_RECS
 from app.recommender.bundle import VERSION_MAX_LENGTH, RecommendQuery
 from app.recommender.features import MAX_ID, integral
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
@@ -19,7 +19,6 @@ from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
 DEFAULT_MAX_RECS = 10  # API.md: max_recs absent (or null) is 10
 MAX_BATCH_RECOMMEND = 1_000
 MAX_BATCH_PREDICT = 10_000
-MAX_PASSWORD_LENGTH = 1024
 MAX_VERSION_LENGTH = 128
 MAX_REASON_LENGTH = 200  # an admin's note on a breaker reset
 

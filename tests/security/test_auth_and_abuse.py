@@ -134,6 +134,24 @@ def test_passwords_match_whichever_unicode_normalization_they_were_typed_in(
         assert client.post("/api/login", json={"session_password": "creme brulee"}).status_code == 401
 
 
+def test_a_password_longer_than_a_login_takes_is_refused_at_start(make_app: Any, make_settings: Any) -> None:
+    """A SESSION_PASSWORD or ADMIN_PASSWORD over MAX_PASSWORD_LENGTH characters started, and no
+    login could ever send it: /api/login (and /ui/login) refuse a longer password with a 400."""
+    from pydantic import ValidationError
+
+    from app.config import MAX_PASSWORD_LENGTH
+
+    for field, variable in (("session_password", "SESSION_PASSWORD"), ("admin_password", "ADMIN_PASSWORD")):
+        with pytest.raises(ValidationError, match=f"{variable} .*longer than {MAX_PASSWORD_LENGTH}"):
+            make_settings(**{field: "p" * (MAX_PASSWORD_LENGTH + 1)})
+    longest = {"client": "s" * MAX_PASSWORD_LENGTH, "admin": "a" * MAX_PASSWORD_LENGTH}
+    client = make_app(session_password=longest["client"], admin_password=longest["admin"]).test_client()
+    for role, password in longest.items():
+        response = client.post("/api/login", json={"session_password": password})
+        assert response.status_code == 200, response.get_json()
+        assert pyjwt.decode(response.get_json()["access_token"], JWT_SECRET, ["HS256"])["role"] == role
+
+
 def test_the_metrics_token_is_compared_as_a_fixed_length_digest(make_app: Any, monkeypatch: Any) -> None:
     """A raw compare_digest of the bearer token returned at once on a length mismatch: the
     token's length was told by the time a scrape took to be refused."""

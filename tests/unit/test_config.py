@@ -560,6 +560,7 @@ def test_a_float_setting_that_is_not_a_finite_number_is_refused_at_start(
         ("MOVIEREC_DATABASE_URL", "postgres://u:secret-pw@db:x/d"),
         ("MOVIEREC_REDIS_URL", "http://:secret-pw@cache:6379/0"),
         ("SESSION_PASSWORD", "secret-pw-caf\udce9"),  # not UTF-8
+        ("ADMIN_PASSWORD", "secret-pw" + "x" * 1024),  # longer than a login takes
     ],
 )
 def test_a_refused_setting_is_not_in_the_traceback_of_its_error(
