@@ -58,10 +58,13 @@ def password_fingerprint(jwt_secret: str, role: str, password: str) -> str:
 
     A token's claims are readable by whoever holds it, so the claim is keyed: it cannot be
     checked against guesses of the password without the JWT secret, and neither the password nor
-    a plain hash of it is in any token. The same on every replica that shares secret and password.
+    a plain hash of it is in any token. The same on every replica that shares secret and password,
+    the password as logins compare it (:func:`app.config.comparable_secret`): set as NFC on one
+    replica and as NFD on another, it is one password, and each replica took the other's tokens
+    for ones issued under a password since changed.
     """
     key = hmac.digest(jwt_secret.encode(), _FINGERPRINT_CONTEXT, "sha256")
-    digest = hmac.digest(key, role.encode() + b"\0" + password.encode(), "sha256")
+    digest = hmac.digest(key, role.encode() + b"\0" + comparable_secret(password).encode(), "sha256")
     return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
 
 

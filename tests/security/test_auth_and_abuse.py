@@ -650,6 +650,28 @@ def test_changing_a_password_ends_the_tokens_issued_under_it(make_app: Any) -> N
             assert after.get("/protected", headers=fresh).status_code == 200, name
 
 
+def test_replicas_whose_passwords_differ_only_in_normalization_take_each_others_tokens(
+    make_app: Any,
+) -> None:
+    """A password set as NFC on one replica and as NFD on another (a secret file written on macOS)
+    is the same password: either logs in with it typed either way. But the fingerprint was taken
+    of the bytes as set, so a token issued by one was refused by the other (401 "issued under a
+    password that is no longer set"), on every request the load balancer sent there."""
+    session, admin = "crème brûlée", "Ångström-façade-clé"
+    replicas = {
+        form: make_app(
+            session_password=unicodedata.normalize(form, session),
+            admin_password=unicodedata.normalize(form, admin),
+        ).test_client()
+        for form in ("NFC", "NFD")
+    }
+    for issuer, other in (("NFC", "NFD"), ("NFD", "NFC")):
+        client, admin_token = login(replicas[issuer], session), login(replicas[issuer], admin)
+        assert replicas[other].get("/protected", headers=client).status_code == 200, issuer
+        reset = replicas[other].post("/api/admin/breaker/reset", json={}, headers=admin_token)
+        assert reset.status_code == 200, (issuer, reset.get_json())
+
+
 def test_the_password_fingerprint_is_keyed_and_tells_nothing_of_the_password(make_app: Any) -> None:
     """The claim is an HMAC under a key derived from the JWT secret: neither password nor a plain
     hash of it is in the (readable) token, and another key gives another fingerprint."""
