@@ -92,12 +92,11 @@ class RevocationStore:
         self._local = {j: e for j, e in self._local.items() if e > now}
         self._local[jti] = expiry
         stored = []
-        if self.redis is not None:
-            try:
-                self.redis.set(REDIS_KEY_PREFIX + jti, "1", ex=max(1, int(expiry - now) + 1))
-                stored.append("redis")
-            except redis.RedisError as exc:
-                self._redis_failed(exc)
+        # a Redis in its back-off is not waited for again (a host gone costs its connect timeout
+        # per try): the table is the record; Redis is tried then only if the table does not answer
+        redis_due = time.monotonic() >= self._redis_down_until
+        if redis_due and self._store_in_redis(jti, expiry - now):
+            stored.append("redis")
         try:
             self._store_in_database(jti, expires_at)
             stored.append("database")
@@ -112,9 +111,22 @@ class RevocationStore:
                 log.warning(
                     "token revocation not written to the database", extra={"reason": describe_error(exc)}
                 )
+        if not stored and not redis_due and self._store_in_redis(jti, expiry - now):
+            stored.append("redis")
         if not stored:
             raise Unavailable("the logout could not be recorded; retry later", headers={"Retry-After": "5"})
         log.info("token revoked", extra={"stores": ",".join(stored)})
+
+    def _store_in_redis(self, jti: str, seconds_left: float) -> bool:
+        """Whether Redis (when configured) took the revocation, kept as long as the token lives."""
+        if self.redis is None:
+            return False
+        try:
+            self.redis.set(REDIS_KEY_PREFIX + jti, "1", ex=max(1, int(seconds_left) + 1))
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+            return False
+        return True
 
     def _store_in_database(self, jti: str, expires_at: datetime) -> None:
         try:

@@ -494,6 +494,40 @@ def test_a_logout_recorded_while_redis_was_down_is_honoured_when_it_answers(
     assert_envelope(second.test_client().get("/protected", headers=headers), 401, "unauthorized")
 
 
+def test_a_logout_does_not_wait_for_a_redis_the_revocation_list_is_backing_off_from(
+    make_app: Any, tmp_path: Any
+) -> None:
+    """A Redis that stopped answering (its host gone, the process hung) is skipped by the checks
+    for ``retry_seconds`` after one failed try, but every logout still waited its socket timeout
+    (0.5 s) for it, though the database took the revocation. A logout during the back-off records
+    it in the database alone; Redis is still tried when the database does not answer either."""
+    import os
+    import signal
+
+    from tests.helpers import database_down
+    from tests.integration.reliability import private_redis
+
+    with private_redis(tmp_path) as (url, server):
+        app = make_app(redis_url=url)
+        client = app.test_client()
+        tokens = [login(client) for _ in range(3)]
+        os.kill(server.pid, signal.SIGSTOP)  # connections accepted, nothing answered
+        try:
+            assert client.post("/api/logout", headers=tokens[0]).status_code == 200  # the failed try
+            started = time.monotonic()
+            assert client.post("/api/logout", headers=tokens[1]).status_code == 200
+            assert time.monotonic() - started < 0.3, "waited for the Redis in its back-off"
+            assert_envelope(client.get("/protected", headers=tokens[1]), 401, "unauthorized")
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        # back-off still running, Redis answering again, the database not: Redis takes the logout
+        with database_down(app):
+            assert client.post("/api/logout", headers=tokens[2]).status_code == 200
+        stored = app.extensions["movierec.security"]["revocations"].redis
+        jti = pyjwt.decode(tokens[2]["Authorization"].split()[1], JWT_SECRET, ["HS256"])["jti"]
+        assert stored.exists(f"movierec:revoked:{jti}")
+
+
 def test_revocations_of_expired_tokens_are_purged(app: Any) -> None:
     from sqlalchemy import func, select
 
