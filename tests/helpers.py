@@ -21,6 +21,21 @@ JWT_SECRET = "x" * 48
 PROFILE = {"age": 30, "gender": "M", "occupation": "programmer"}
 
 
+def migrate(database: Any, revision: str, *, down: bool = False) -> None:
+    """Run this code's migrations on ``database`` (an app.storage.db.Database) up (or down) to
+    ``revision``: the schema an older release left (the service only ever goes to head)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from app.storage.db import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:

@@ -87,12 +87,15 @@ def scored_movies(db: Database, user_id: int, since: datetime | None = None) -> 
     """The movies ``user_id`` scored on lists served under their id (each a rating of theirs from
     the next ingest on), those scored at or after ``since`` only when it is given.
 
-    ``since`` bounds the read by ``feedback.created_at`` (indexed): ``recommendation_requests``
-    has no index on ``user_id``, and without a bound every request row is read.
+    Read from the user's own lists (the partial index on ``recommendation_requests.user_id``,
+    migration 0008) and their scores (``feedback.request_id``): as many rows as the user has lists,
+    whatever the other users do. ``since`` bounds the scores, not the lists: a list can be scored at
+    any time after it was served, so one served long before ``since`` may hold a score since.
     """
     query = (
         select(Feedback.movie_id)
-        .join(RecommendationRequest, RecommendationRequest.id == Feedback.request_id)
+        .select_from(RecommendationRequest)
+        .join(Feedback, Feedback.request_id == RecommendationRequest.id)
         .where(RecommendationRequest.user_id == user_id)
         .distinct()
     )

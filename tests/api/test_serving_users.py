@@ -375,6 +375,68 @@ def test_a_movie_the_user_scored_is_not_recommended_to_them_again(
     assert scored_movies(db, uid, now + timedelta(hours=1)) == frozenset()
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_users_scores_are_read_from_their_own_lists(
+    tmp_path: Any, request: pytest.FixtureRequest, database: str
+) -> None:
+    """``scored_movies`` read every score stored since the user's snapshot, all users' (tens of
+    millions a day at ~1,000 scores/s), and for computed features the whole request table, on each
+    request: it now starts from the user's own lists (an index, migration 0008). A list served
+    long before ``since`` and scored after it still counts: a list can be scored at any time."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import event, text
+
+    from app.storage.db import Database, FeedbackRecord
+    from app.storage.user_features import scored_movies
+    from tests.helpers import sqlalchemy_url
+
+    url = sqlalchemy_url(request.getfixturevalue("postgres_url")) if database == "postgresql" else ""
+    db = Database(url or f"sqlite:///{tmp_path / 'scores.db'}")
+    now = datetime.now(UTC)
+    month_ago = (now - timedelta(days=30)).timestamp()
+    # 20,000 lists over a month, 3% served under one of 200 user ids
+    rows = [
+        {"id": f"r{n}", "created_at": month_ago + n * 120, "user_id": 1 + n % 200 if n % 33 == 0 else None,
+         "age": 30, "gender": "M", "occupation": "programmer", "max_recs": 2, "model_version": "v1",
+         "strategy": "segment", "items": [{"movie_id": 1, "title": "Movie 1", "score": 0.9}]}
+        for n in range(20_000)
+    ]  # fmt: skip
+
+    def score(request_id: str, movie: int, at: datetime) -> FeedbackRecord:
+        return FeedbackRecord(request_id, movie, f"Movie {movie}", 4.0, None, "v1", at)
+
+    # a tenth of the lists scored, each a minute after it was served
+    scored = [score(row["id"], 1, datetime.fromtimestamp(row["created_at"] + 60, UTC)) for row in rows[::10]]
+    rows.append({**rows[0], "id": "old-list", "user_id": 7001})  # served a month ago
+    rows.append({**rows[0], "id": "other-user", "user_id": 7002})
+    scored += [score("old-list", 11, now - timedelta(days=29)), score("old-list", 12, now)]  # 12: today
+    scored.append(score("other-user", 13, now))
+    statements: list[tuple[str, Any]] = []
+    try:
+        db.upgrade()
+        db.save_requests(rows)
+        db.save_feedbacks(scored)
+        with db.engine.begin() as connection:
+            connection.execute(text("ANALYZE"))
+        event.listen(db.engine, "before_cursor_execute", lambda *a: statements.append((a[2], a[3])))
+        assert scored_movies(db, 7001, now - timedelta(hours=1)) == {12}
+        assert scored_movies(db, 7001) == {11, 12}
+        assert scored_movies(db, 7003) == frozenset()
+        explain = "EXPLAIN " if database == "postgresql" else "EXPLAIN QUERY PLAN "
+        plans = []
+        with db.engine.connect() as connection:
+            for statement, params in statements[:2]:
+                plan = connection.exec_driver_sql(explain + statement, params).all()
+                plans.append("\n".join(str(line[-1]) for line in plan))
+    finally:
+        db.dispose()
+    assert len(plans) == 2 and all("feedback" in statement for statement, _ in statements[:2])
+    for plan in plans:  # the user's lists by the index, their scores by their lists' ids
+        assert "ix_recommendation_requests_user_id_created_at" in plan, plan
+        assert "Seq Scan" not in plan and "SCAN " not in plan, plan
+
+
 def test_scores_are_left_out_only_while_the_database_answers(
     app: Any, client: Any, auth_headers: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

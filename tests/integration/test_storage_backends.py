@@ -141,3 +141,40 @@ def test_migrations_log_what_they_run_and_nothing_when_up_to_date(tmp_path, capl
     database.dispose()
     assert first and all(message.startswith("Running upgrade") for message in first), first
     assert second == []
+
+
+def test_migration_0008_indexes_the_users_lists_and_the_schema_is_the_models(database_url) -> None:
+    """``scored_movies`` (a user's scores, each /api/users/<id>/recommendations) read every score
+    since the user's snapshot, or the whole request table: ``recommendation_requests.user_id`` had
+    no index. An upgrade from 0007 (with rows stored) adds one, partial (the lists served for a
+    profile have no user); the migrated schema is then the models' (both databases)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import inspect
+
+    from app.storage.db import Database
+    from app.storage.models import Base
+    from tests.helpers import migrate, sqlalchemy_url
+
+    database = Database(sqlalchemy_url(database_url))
+    try:
+        migrate(database, "0007_feedback_bigint_id")
+        rows = [
+            {"id": f"r{n}", "created_at": 1_700_000_000.0 + n, "user_id": user, "max_recs": 1,
+             "model_version": "v1", "strategy": "personal", "items": []}
+            for n, user in enumerate((7, None, 8))
+        ]  # fmt: skip
+        database.save_requests(rows)
+        database.upgrade()
+        with database.engine.connect() as connection:
+            indexes = {i["name"]: i for i in inspect(connection).get_indexes("recommendation_requests")}
+            index = indexes["ix_recommendation_requests_user_id_created_at"]
+            where = index["dialect_options"].get(f"{connection.dialect.name}_where")
+            tables = {table.name for table in Base.metadata.sorted_tables}  # not circuit_breaker's Core table
+            models = {"include_name": lambda name, kind, _parent: kind != "table" or name in tables}
+            drift = compare_metadata(MigrationContext.configure(connection, opts=models), Base.metadata)
+    finally:
+        database.dispose()
+    assert index["column_names"] == ["user_id", "created_at"] and not index["unique"]
+    assert "user_id IS NOT NULL" in str(where).replace("(", "").replace(")", ""), where
+    assert drift == [], drift

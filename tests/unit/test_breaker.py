@@ -423,11 +423,9 @@ def test_migration_0006_gives_the_existing_record_to_its_version(
 ) -> None:
     """A record written before 0006 (one per breaker, named "champion") is copied as the record of
     the version it was for, and kept; a 64-character name with a 64-character version fits."""
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
-    from app.storage.db import MIGRATIONS
+    from tests.helpers import migrate
 
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'old.db'}"
@@ -435,11 +433,8 @@ def test_migration_0006_gives_the_existing_record_to_its_version(
         url = request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg://")
     database = Database(url)
     try:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
+        migrate(database, "0005_user_rated_movies")
         with database.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0005_user_rated_movies")
             connection.execute(
                 text(
                     "INSERT INTO circuit_breaker (name, state, since, reason, model_version, generation, "
