@@ -45,7 +45,7 @@ class RecommendationRequest(Base):
         # the lists served under a user id (migration 0008), for the movies they scored; partial:
         # a list served for a profile (no user) costs the request log's COPY no index entry
         Index(
-            "ix_recommendation_requests_user_id_created_at", "user_id", "created_at",
+            "ix_recommendation_requests_user_id", "user_id",
             postgresql_where=text("user_id IS NOT NULL"), sqlite_where=text("user_id IS NOT NULL"),
         ),
     )  # fmt: skip

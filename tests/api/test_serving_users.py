@@ -433,7 +433,7 @@ def test_a_users_scores_are_read_from_their_own_lists(
         db.dispose()
     assert len(plans) == 2 and all("feedback" in statement for statement, _ in statements[:2])
     for plan in plans:  # the user's lists by the index, their scores by their lists' ids
-        assert "ix_recommendation_requests_user_id_created_at" in plan, plan
+        assert "ix_recommendation_requests_user_id" in plan, plan
         assert "Seq Scan" not in plan and "SCAN " not in plan, plan
 
 

@@ -30,13 +30,13 @@ down_revision = "0007_feedback_bigint_id"
 branch_labels = None
 depends_on = None
 
-_INDEX = "ix_recommendation_requests_user_id_created_at"
+_INDEX = "ix_recommendation_requests_user_id"
 
 
 def upgrade() -> None:
     where = sa.text("user_id IS NOT NULL")
     op.create_index(
-        _INDEX, "recommendation_requests", ["user_id", "created_at"], postgresql_where=where, sqlite_where=where
+        _INDEX, "recommendation_requests", ["user_id"], postgresql_where=where, sqlite_where=where
     )
 
 
