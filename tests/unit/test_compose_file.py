@@ -104,3 +104,16 @@ def test_the_scheduler_has_time_to_report_a_flow_it_stops() -> None:
     grace = SERVICES["scheduler"].get("stop_grace_period")
     assert isinstance(grace, str) and grace.endswith("s") and grace[:-1].isdigit(), grace
     assert int(grace[:-1]) >= 30, grace
+
+
+ONE_SHOT = {"bootstrap"}  # runs once before the api and the scheduler, then exits 0
+
+
+@pytest.mark.parametrize("service", sorted(set(SERVICES) - ONE_SHOT))
+def test_every_long_running_service_starts_again_after_a_daemon_restart(service: str) -> None:
+    """Docker does not start an ``on-failure`` container when the daemon starts (a host reboot, a
+    Docker upgrade): the api had ``on-failure:5``, so after a reboot PostgreSQL, Redis, MLflow and
+    the scheduler were back and the api was not, until someone ran ``docker compose up`` again. Its
+    five retries also counted over the container's whole life (Docker never resets them): a fifth
+    crash in a month, or five quick failed starts while PostgreSQL restarted, left it down for good."""
+    assert SERVICES[service].get("restart") in {"always", "unless-stopped"}, SERVICES[service].get("restart")
