@@ -67,18 +67,20 @@ RUN set -eu; mkdir -p app && touch app/__init__.py; \
 FROM deps-serve AS deps-pipeline
 RUN /opt/venv/bin/pip install -q --find-links /wheels -c requirements.txt 'movierec[pipeline]'
 
-# The package itself: a wheel of app/, which replaces the placeholder.
+# The package itself: a wheel of app/, which replaces the placeholder. The runtime targets copy
+# the dependencies' virtualenv first and install this wheel over it in a layer of its own: a
+# code change ships that small layer, not a new copy of every dependency (it did until 2026-12-06,
+# when the targets copied a virtualenv that held both).
 FROM builder AS package
 COPY app/ app/
 RUN pip wheel -q --no-deps --wheel-dir /dist .
 
-FROM deps-serve AS venv-serve
-COPY --from=package /dist /dist
-RUN /opt/venv/bin/pip install -q --no-deps --force-reinstall /dist/movierec-*.whl
-
-FROM deps-pipeline AS venv-pipeline
-COPY --from=package /dist /dist
-RUN /opt/venv/bin/pip install -q --no-deps --force-reinstall /dist/movierec-*.whl
+# The image's other files, copied last into both targets, so a change to one of them does not
+# rebuild the layers before it either.
+FROM scratch AS files
+COPY uwsgi.ini /app/
+COPY scripts/start-uwsgi.sh /app/scripts/
+COPY tests/run_accuracy_tests.py /app/tests/
 
 # --------------------------------------------------------------------------- runtime
 FROM base AS runtime
@@ -102,9 +104,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     MOVIEREC_VAR_DIR=/var/lib/movierec/var \
     MOVIEREC_FEEDBACK_JOURNAL_DIR=/var/lib/movierec/journal
 WORKDIR /app
-COPY uwsgi.ini ./
-COPY scripts/start-uwsgi.sh scripts/
-COPY tests/run_accuracy_tests.py tests/
 
 # --------------------------------------------------------------------------- pipeline target
 # Training, the scheduler and the MLflow UI (see docker-compose.yml). No model is baked in:
@@ -114,7 +113,12 @@ FROM runtime AS pipeline
 RUN apt-get update -q \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libgomp1 >/dev/null \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=venv-pipeline /opt/venv /opt/venv
+COPY --from=deps-pipeline /opt/venv /opt/venv
+COPY --from=package /dist /tmp/dist
+RUN /opt/venv/bin/pip install -q --no-index --no-cache-dir --disable-pip-version-check --no-deps \
+        --force-reinstall /tmp/dist/movierec-*.whl \
+    && rm -rf /tmp/dist
+COPY --from=files /app /app
 # `movierec data fetch` downloads the data set with pip: trust the same CA bundle as the build.
 # MLflow and Metaflow keep their stores under MOVIEREC_VAR_DIR unless
 # MOVIEREC_MLFLOW_TRACKING_URI names a tracking server (docker-compose.yml does).
@@ -129,7 +133,12 @@ CMD ["movierec", "schedule"]
 # `server`: the API without a baked-in model; ML_MODEL_PATH must point to a model store
 # (docker-compose.yml mounts the volume the pipeline trains into).
 FROM runtime AS server
-COPY --from=venv-serve /opt/venv /opt/venv
+COPY --from=deps-serve /opt/venv /opt/venv
+COPY --from=package /dist /tmp/dist
+RUN /opt/venv/bin/pip install -q --no-index --no-cache-dir --disable-pip-version-check --no-deps \
+        --force-reinstall /tmp/dist/movierec-*.whl \
+    && rm -rf /tmp/dist
+COPY --from=files /app /app
 ENV ML_MODEL_PATH=/var/lib/movierec/models \
     MOVIEREC_PORT=8000
 USER movierec
