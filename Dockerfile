@@ -143,8 +143,9 @@ ENV ML_MODEL_PATH=/var/lib/movierec/models \
     MOVIEREC_PORT=8000
 USER movierec
 EXPOSE 8000
+# /health/ready on the container's loopback, never through the proxy Docker may give it (app/healthcheck.py)
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('MOVIEREC_PORT', '8000'), timeout=4)"]
+    CMD ["python", "-m", "app.healthcheck"]
 CMD ["/app/scripts/start-uwsgi.sh"]
 
 # The model stage runs the accuracy test in exactly the environment the API serves from,

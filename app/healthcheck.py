@@ -1,0 +1,52 @@
+"""The containers' health check: ``python -m app.healthcheck [URL]``, exit 0 when URL answers 2xx.
+
+Docker runs it inside the container (the Dockerfile's HEALTHCHECK, docker-compose.yml's mlflow)
+against the container's own loopback (default: ``http://127.0.0.1:$MOVIEREC_PORT/health/ready``).
+It never goes through a proxy: Docker gives containers the client's proxy settings
+(``proxies`` in ~/.docker/config.json) as HTTP_PROXY and NO_PROXY, and urllib does not read
+NO_PROXY's CIDR form (``127.0.0.0/8``, Docker's own example), so a check that honoured them asked
+the proxy for 127.0.0.1, which the proxy cannot reach: a healthy service was never ``healthy``.
+Standard library only; the reason of a failure is its one line of output (``docker inspect``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+TIMEOUT_SECONDS: Final = 4.0
+"""Under the HEALTHCHECK's --timeout (5 s): a slow answer is this check's failure, with its reason."""
+DEFAULT_PORT: Final = "8000"  # scripts/start-uwsgi.sh's and app/listener.py's
+
+
+def default_url(environ: Mapping[str, str]) -> str:
+    """The API's readiness on this container's loopback; an empty MOVIEREC_PORT is the default
+    port, as the start script takes it."""
+    return f"http://127.0.0.1:{environ.get('MOVIEREC_PORT') or DEFAULT_PORT}/health/ready"
+
+
+def probe(url: str, timeout: float = TIMEOUT_SECONDS) -> None:
+    """Return when ``url`` answers 2xx (redirects followed); raise OSError otherwise."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy, whatever the env says
+    with opener.open(url, timeout=timeout) as response:  # nosec B310 - http(s) only, checked above
+        response.read()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    url = args[0] if args else default_url(os.environ)
+    try:
+        probe(url)
+    except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+        print(f"unhealthy: {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
