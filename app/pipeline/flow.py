@@ -231,7 +231,7 @@ class MovieRecTrainingFlow(FlowSpec):
         The champion is measured on this run's data and splits when its recipe can be
         reproduced (:func:`champion_baseline`), else by the score stored when it was trained.
         """
-        from app.pipeline.gate import champion_baseline, choose, judge, smoke_test
+        from app.pipeline.gate import best_candidate, champion_baseline, choose, judge, smoke_test
         from app.registry.mlflow_registry import CHALLENGER
 
         champion = registry.champion()
@@ -273,8 +273,9 @@ class MovieRecTrainingFlow(FlowSpec):
                 gate_comparison=decision.comparison or "",
             )
         self.decisions = [d.as_dict() for d in decisions]
-        if decisions:
-            registry.set_alias(CHALLENGER, max(decisions, key=lambda d: d.ndcg_a).version)
+        challenger = best_candidate(decisions)  # ranked as the gate ranks: on a tie on A, by B
+        if challenger is not None:
+            registry.set_alias(CHALLENGER, challenger.version)
         promoted = [d for d in decisions if d.promoted]
         self.promoted = promoted[0].version if promoted else None
         if self.promoted:  # the champion alias moves in _export, once its bundle is served

@@ -401,17 +401,33 @@ def seeds_comparable_with(seeds: Sequence[int], champion_scores: Mapping[int, fl
     return [*seeds, *sorted(set(champion_scores) - set(seeds))]
 
 
+def _rank(decision: GateDecision) -> tuple[float, float]:
+    """The run's order of its candidates: protocol-A NDCG@10, then protocol-B NDCG@10 (models
+    without protocol B last), a score that is not a number below every number; ties on both go
+    to the first listed (``max`` keeps the first) — the rule of
+    :func:`app.recommender.training.select_best`."""
+
+    def number(value: float | None) -> float:
+        return value if value is not None and np.isfinite(value) else float("-inf")
+
+    return number(decision.ndcg_a), number(decision.ndcg_b)
+
+
+def best_candidate(decisions: Sequence[GateDecision]) -> GateDecision | None:
+    """The run's best candidate by the gate's ranking, whether or not it passed (the flow names it
+    ``challenger``); None for no decision. It is the promoted one whenever the best passed."""
+    return max(decisions, key=_rank, default=None)
+
+
 def choose(decisions: Sequence[GateDecision]) -> list[GateDecision]:
     """Mark the best passing decision as promoted; return all decisions.
 
     Best = highest protocol-A NDCG@10; ties go to the better protocol-B NDCG@10 (models
-    without protocol B last), then to the first listed — the rule of
-    :func:`app.recommender.training.select_best`.
+    without protocol B last), then to the first listed (:func:`_rank`).
     """
-    passing = [d for d in decisions if d.passed]
-    if not passing:
+    best = best_candidate([d for d in decisions if d.passed])
+    if best is None:
         return list(decisions)
-    best = max(passing, key=lambda d: (d.ndcg_a, d.ndcg_b if d.ndcg_b is not None else float("-inf")))
     out = []
     for d in decisions:
         if d is best:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.pipeline.candidates import CandidateResult, train_candidate, write_candidate_bundle
-from app.pipeline.gate import SmokeReport, choose, judge, smoke_test
+from app.pipeline.gate import SmokeReport, best_candidate, choose, judge, smoke_test
 
 pytestmark = pytest.mark.unit
 
@@ -187,6 +187,31 @@ def test_protocol_a_ties_go_to_the_better_known_user_ranker() -> None:
         ]
     )
     assert [d.decision for d in decisions] == ["passed", "passed", "promoted", "passed"]
+
+
+def test_the_challenger_is_the_runs_best_candidate_by_the_gates_own_ranking() -> None:
+    """The flow named ``challenger`` the first candidate with the best protocol-A score: with
+    candidates tied on A (the hybrids share a cold-start scorer), a run listing
+    ``demographic_kernel,ease`` named v1 (demographic_kernel) challenger while the gate promoted v2
+    (ease, better on protocol B), and a candidate whose score is not a number, listed first,
+    stayed the best of any comparison."""
+    decisions = choose(
+        [
+            judge("1", "kernel", 0.431, OK, None),  # cold start only: no protocol B
+            judge("2", "ease", 0.431, OK, None, ndcg_b=0.37),
+        ]
+    )
+    best = best_candidate(decisions)
+    assert best is not None and best.version == "2" and best.promoted
+    # passed or not: the best candidate of the run, and never one without a score
+    rejected = [
+        judge("3", "broken", float("nan"), OK, None),
+        judge("4", "slow", 0.45, SmokeReport(False, ["lookup p99 9 ms exceeds the 5 ms bound"]), None),
+        judge("5", "weak", 0.30, OK, 0.42, 0.005, "1"),
+    ]
+    best = best_candidate(rejected)
+    assert best is not None and best.version == "4" and not best.passed
+    assert best_candidate([]) is None
 
 
 @pytest.mark.parametrize(
