@@ -433,8 +433,31 @@ def choose(decisions: Sequence[GateDecision]) -> list[GateDecision]:
         if d is best:
             out.append(replace(d, reasons=[*d.reasons, "best passing candidate of the run"], promoted=True))
         elif d.passed:
-            note = f"not promoted: v{best.version} ({best.candidate}) scored higher, {best.ndcg_a:.4f}"
-            out.append(replace(d, reasons=[*d.reasons, note]))
+            out.append(replace(d, reasons=[*d.reasons, _not_promoted_because(d, best)]))
         else:
             out.append(d)
     return out
+
+
+def _not_promoted_because(decision: GateDecision, best: GateDecision) -> str:
+    """Why a passing ``decision`` was not promoted: what ranked ``best`` above it (:func:`_rank`).
+
+    A tie on protocol A is said to be one (the hybrids tie with ``demographic_kernel``: "scored
+    higher" with the same figure read as a misprint), with what settled it; scores that differ
+    beyond the fourth decimal only are shown with the digits that tell them apart.
+    """
+    who = f"v{best.version} ({best.candidate})"
+    if decision.ndcg_a < best.ndcg_a:
+        digits = 4 if f"{decision.ndcg_a:.4f}" != f"{best.ndcg_a:.4f}" else 6
+        return (
+            f"not promoted: {who} scored higher on protocol-A NDCG@10, "
+            f"{best.ndcg_a:.{digits}f} vs {decision.ndcg_a:.{digits}f}"
+        )
+    tied = f"not promoted: tied with {who} on protocol-A NDCG@10 {best.ndcg_a:.4f}"
+    best_b, mine_b = _rank(best)[1], _rank(decision)[1]
+    if best_b > mine_b:
+        theirs = "this candidate has no protocol B" if not np.isfinite(mine_b) else None
+        versus = f"; {theirs}" if theirs else f" vs {mine_b:.4f}"
+        return f"{tied}; v{best.version} ranks known users better (protocol-B NDCG@10 {best_b:.4f}{versus})"
+    b = f" and protocol B {best_b:.4f}" if np.isfinite(best_b) else " (neither has protocol B)"
+    return f"{tied}{b}; v{best.version} is listed first"

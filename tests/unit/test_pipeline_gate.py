@@ -189,6 +189,40 @@ def test_protocol_a_ties_go_to_the_better_known_user_ranker() -> None:
     assert [d.decision for d in decisions] == ["passed", "passed", "promoted", "passed"]
 
 
+def test_a_candidate_tied_on_protocol_a_is_not_told_the_promoted_one_scored_higher() -> None:
+    """A passing candidate not promoted read 'not promoted: v3 (ease) scored higher, 0.4310' when
+    it scored 0.4310 too (every real run: demographic_kernel and item_knn tie with ease on A): the
+    reason now says what settled it, protocol B or the configured order."""
+    decisions = choose(
+        [
+            judge("1", "kernel", 0.431, OK, None),  # cold start only: no protocol B
+            judge("2", "knn", 0.431, OK, None, ndcg_b=0.31),
+            judge("3", "ease", 0.431, OK, None, ndcg_b=0.37),
+            judge("4", "ease-twin", 0.431, OK, None, ndcg_b=0.37),
+            judge("5", "weaker", 0.43096, OK, None, ndcg_b=0.40),
+        ]
+    )
+    reasons = {d.candidate: d.reasons[-1] for d in decisions}
+    assert not any("scored higher" in reasons[name] for name in ("kernel", "knn", "ease-twin"))
+    assert reasons["kernel"] == (
+        "not promoted: tied with v3 (ease) on protocol-A NDCG@10 0.4310; v3 ranks known users better "
+        "(protocol-B NDCG@10 0.3700; this candidate has no protocol B)"
+    )
+    assert reasons["knn"] == (
+        "not promoted: tied with v3 (ease) on protocol-A NDCG@10 0.4310; v3 ranks known users better "
+        "(protocol-B NDCG@10 0.3700 vs 0.3100)"
+    )
+    assert reasons["ease-twin"] == (
+        "not promoted: tied with v3 (ease) on protocol-A NDCG@10 0.4310 and protocol B 0.3700; "
+        "v3 is listed first"
+    )
+    # a lower score that shows the same at 4 decimals is given with the digits that tell them apart
+    assert (
+        reasons["weaker"]
+        == "not promoted: v3 (ease) scored higher on protocol-A NDCG@10, 0.431000 vs 0.430960"
+    )
+
+
 def test_the_challenger_is_the_runs_best_candidate_by_the_gates_own_ranking() -> None:
     """The flow named ``challenger`` the first candidate with the best protocol-A score: with
     candidates tied on A (the hybrids share a cold-start scorer), a run listing
