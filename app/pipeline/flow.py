@@ -292,6 +292,7 @@ class MovieRecTrainingFlow(FlowSpec):
         ``latest`` (:func:`promote_version`): when the export fails, the registry still names
         the champion the service serves, and the version's decision says why it was not promoted.
         """
+        from app.pipeline.runner import RELEASE_UNFINISHED, UNFINISHED_AFTER_MOVE
         from app.registry.export import (
             export_version,
             promote_version,
@@ -323,6 +324,14 @@ class MovieRecTrainingFlow(FlowSpec):
             raise
         if changed:
             self.exported = str(path)
+            # The champion moved: should the flow end from here on (the launcher stopped or timed
+            # out while the service reloads, up to a minute), the launcher learns it from this
+            # summary, not from a plain failure that reads as nothing changed, and has the reload
+            # asked again (app/pipeline/runner.py, RELEASE_UNFINISHED).
+            try:
+                self._hand_over(self._summary() | {RELEASE_UNFINISHED: UNFINISHED_AFTER_MOVE})
+            except OSError:  # the release goes on: its own summary is handed over at its end
+                logging.getLogger(__name__).exception("could not hand the launcher the summary so far")
             password = settings.admin_password.get_secret_value() if settings.admin_password else None
             self.reloaded = request_reload(settings.service_url, password, champion.bundle_version)
             try:  # after the reload: the workers' records name what each serves now
@@ -356,25 +365,7 @@ class MovieRecTrainingFlow(FlowSpec):
         summary (``bookkeeping_error``); the launcher reports the run as released with failed
         bookkeeping (:class:`app.pipeline.runner.BookkeepingError`) and marks the MLflow run FAILED.
         """
-        self.summary = {
-            "metaflow_run_id": current.run_id,
-            "mlflow_run_id": self.pipeline_run_id,
-            "data_hash": self.data_hash,
-            "code_version": self.code_version,
-            "ingest": self.ingest_stats,
-            "features_snapshot": self.snapshot_id,
-            "db_user_features": self.db_user_features,
-            "candidates": [
-                {**entry, **next((d for d in self.decisions if d["version"] == entry["version"]), {})}
-                for entry in self.registered
-            ],
-            "champion_before": self.champion_before,
-            "promoted": self.promoted,
-            "champion": self.champion,
-            "exported": self.exported,
-            "reloaded": self.reloaded,
-            "seconds": round(time.time() - self.started, 1),
-        }
+        self.summary = self._summary()
         try:
             scratch = Path(tempfile.mkdtemp(prefix="summary-", dir=_scratch_root(settings)))
             try:
@@ -401,15 +392,38 @@ class MovieRecTrainingFlow(FlowSpec):
                 f"closing the MLflow pipeline run {self.pipeline_run_id} failed: {type(exc).__name__}: {exc}"
             )
 
-    def _hand_over(self) -> None:
-        """Write the summary where the launcher reads it, as soon as the release is done: should
-        the flow fail after this (Metaflow storing the step's artifacts, the ``end`` step), the
-        launcher still learns what the release changed instead of reporting a plain failure."""
+    def _summary(self) -> dict[str, Any]:
+        """What the release did so far: the gate's decisions, the champion, the export, the reload."""
+        return {
+            "metaflow_run_id": current.run_id,
+            "mlflow_run_id": self.pipeline_run_id,
+            "data_hash": self.data_hash,
+            "code_version": self.code_version,
+            "ingest": self.ingest_stats,
+            "features_snapshot": self.snapshot_id,
+            "db_user_features": self.db_user_features,
+            "candidates": [
+                {**entry, **next((d for d in self.decisions if d["version"] == entry["version"]), {})}
+                for entry in self.registered
+            ],
+            "champion_before": self.champion_before,
+            "promoted": self.promoted,
+            "champion": self.champion,
+            "exported": self.exported,
+            "reloaded": self.reloaded,
+            "seconds": round(time.time() - self.started, 1),
+        }
+
+    def _hand_over(self, summary: dict[str, Any] | None = None) -> None:
+        """Write the summary (default: the run's, once the release is done) where the launcher
+        reads it: should the flow fail after this (Metaflow storing the step's artifacts, the
+        ``end`` step), the launcher still learns what the release changed instead of reporting a
+        plain failure. :meth:`_export` hands one over as soon as the champion moved, too."""
         if not self.summary_path:
             return
         path = Path(str(self.summary_path))
         staging = path.with_name(f".{path.name}.partial")
-        staging.write_text(json.dumps(self.summary, indent=2, default=str))
+        staging.write_text(json.dumps(self.summary if summary is None else summary, indent=2, default=str))
         os.replace(staging, path)  # the launcher never reads half a summary
 
     @step

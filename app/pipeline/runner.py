@@ -121,6 +121,14 @@ def check_stop(during: str) -> None:
 
 
 _POLL_SECONDS = 0.5  # how often a launcher waiting for its flow looks at STOPPING
+RELEASE_UNFINISHED = "release_unfinished"
+"""Key of the summary the flow's release step hands over as soon as it exported the champion's
+bundle (app/pipeline/flow.py, ``_export``), before the service's reload: the flow ending before the
+release step's own summary replaces it is reported as a :class:`BookkeepingError` saying what moved."""
+UNFINISHED_AFTER_MOVE = (
+    "during its release step, after exporting the champion's bundle to the model store (asking the "
+    "service to reload it, removing old bundles and closing the MLflow pipeline run were left undone)"
+)
 
 
 class PipelineError(RuntimeError):
@@ -160,7 +168,7 @@ def released_but(summary: dict[str, Any], failure: str) -> str:
         done = f"the champion stays v{champion}" if champion else "there is no champion"
     done += f", its bundle exported to {exported}" if exported else ", the model store unchanged"
     done += f", service reloaded: {summary.get('reloaded')}" if exported else ""
-    if summary.get("bookkeeping_error"):  # the MLflow run was left open
+    if summary.get("bookkeeping_error") or summary.get(RELEASE_UNFINISHED):  # the MLflow run was left open
         after = (
             "the MLflow pipeline run is marked FAILED (or KILLED by the next flow when the registry "
             "cannot be reached now), so the next scheduler tick trains again"
@@ -374,7 +382,8 @@ def run_flow(
                 returncode, killed = None, _stopped()
             seconds = time.perf_counter() - started
             summary = _handed_over(summary_path)
-            if returncode != 0 or summary is None or summary.get("bookkeeping_error"):
+            unfinished = summary is not None and summary.get(RELEASE_UNFINISHED)
+            if returncode != 0 or summary is None or summary.get("bookkeeping_error") or unfinished:
                 _mark_failed(settings, run_id_file)
                 # Streamed output is on the terminal already; captured output is shown from its end.
                 tail = "" if stream else "\n" + "\n".join(output.strip().splitlines()[-40:])
@@ -405,19 +414,19 @@ def _failure(
     have moved, the summary says), else a PipelineError; ``tail`` is appended to the message."""
     cause = failure_cause(output)
     because = f": {cause}" if cause else ""
+    if summary is not None:  # where the flow was when it ended: after its release step, or during it
+        when = str(summary.get(RELEASE_UNFINISHED) or "after its release step")
     if returncode is None:
         failure = killed or "the training flow was killed with its workers"
         if summary is None:
             return PipelineError(failure + tail)
-        failure += " after its release step"
+        failure += f" {when}"
     elif summary is None:
         return PipelineError(
             f"the training flow failed (exit {returncode}) after {seconds:.0f}s{because}" + tail
         )
     else:
-        failure = summary.get("bookkeeping_error") or (
-            f"the flow ended with exit {returncode} after its release step{because}"
-        )
+        failure = summary.get("bookkeeping_error") or f"the flow ended with exit {returncode} {when}{because}"
     return BookkeepingError(released_but(summary, str(failure)) + tail, summary)
 
 

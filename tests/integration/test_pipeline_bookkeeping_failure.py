@@ -121,3 +121,75 @@ def test_a_run_whose_bookkeeping_fails_after_the_champion_moved_says_the_champio
     )
     assert [run.info.status for run in runs] == ["FAILED"]
     assert registry.last_pipeline_run() is None
+
+
+_STUCK_RELOAD = """
+import time
+from pathlib import Path
+
+from app.registry import export
+
+
+def _stuck(*args, **kwargs):
+    Path({reached!r}).write_text("asking the service to reload")
+    time.sleep(600)  # a service that takes the request and never answers
+
+
+export.request_reload = _stuck
+"""
+
+
+def test_a_flow_stopped_while_the_service_reloads_its_new_champion_says_the_champion_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher stopped (SIGTERM: a deploy; or its timeout) while the flow waited for the
+    service to reload the champion it had just exported: the alias and the model store had moved,
+    but the launcher said only 'the training flow was killed with its workers', which reads as
+    nothing changed, and left no reload-pending marker, so the service kept the old model (and
+    when the next run promoted nothing, nobody asked it again) until it restarted."""
+    import threading
+
+    import app.pipeline.runner as runner
+    from app.pipeline.schedule import report_run
+    from app.registry.export import RELOAD_PENDING
+
+    settings = flow_settings(tmp_path).model_copy(update={"service_url": "http://127.0.0.1:9"})
+    reached = tmp_path / "reload-reached"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_STUCK_RELOAD.format(reached=str(reached)))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+
+    def stop_once_the_reload_is_asked() -> None:
+        for _ in range(FLOW_TIMEOUT * 10):
+            if reached.is_file():
+                runner.request_stop("SIGTERM")
+                return
+            threading.Event().wait(0.1)
+
+    stopper = threading.Thread(target=stop_once_the_reload_is_asked, daemon=True)
+    stopper.start()
+    with pytest.raises(PipelineError) as raised:
+        run_flow(settings, timeout=FLOW_TIMEOUT)
+    stopper.join(timeout=5)
+    monkeypatch.delenv("PYTHONPATH")
+    assert reached.is_file(), f"the flow failed before asking for the reload: {raised.value}"
+
+    registry = Registry.from_settings(settings)
+    champion = registry.champion()
+    assert champion is not None and served_version(settings.model_dir) == champion.bundle_version
+    assert isinstance(raised.value, BookkeepingError), str(raised.value)
+    message = str(raised.value)
+    assert f"the champion is now v{champion.version} (promoted by this run" in message, message
+    assert "the launcher was asked to stop (SIGTERM)" in message, message
+    assert "during its release step, after exporting the champion's bundle" in message, message
+    assert "marked FAILED" in message and "trains again" in message, message
+    summary = raised.value.summary
+    assert summary["champion"] == champion.version and summary["reloaded"] is False
+    # what a scheduler tick (or pipeline run) does with it: the service is asked again next tick
+    report_run(settings, summary)
+    assert (Path(settings.var_dir) / "pipeline" / RELOAD_PENDING).is_file()
+    runs = registry.client.search_runs(
+        [registry.experiment_id], filter_string="tags.kind = 'pipeline'", max_results=10
+    )
+    assert [run.info.status for run in runs] == ["FAILED"]
