@@ -74,7 +74,7 @@ def service_database(settings: Any) -> Iterator[Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The run as a table: one row per candidate version with both protocols and the decision."""
-    from app.pipeline.runner import version_label
+    from app.pipeline.runner import export_outcome, version_label
 
     header = f"{'version':>7}  {'candidate':<24} {'A ndcg@10':>17} {'B ndcg@10':>17}  decision"
     lines = [header, "-" * len(header)]
@@ -93,8 +93,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(
         f"champion: {version_label(summary.get('champion'))} "
         f"(before: {version_label(summary.get('champion_before'))}, promoted now: "
-        f"{summary.get('promoted') or 'none'})  exported: {summary.get('exported') or 'no change'}  "
-        f"reloaded: {summary.get('reloaded')}"
+        f"{summary.get('promoted') or 'none'})  {export_outcome(summary, '  ')}"
     )
     return "\n".join(lines)
 

@@ -158,6 +158,16 @@ def version_label(version: object) -> str:
     return "none" if version is None else f"v{version}"
 
 
+def export_outcome(summary: dict[str, Any], separator: str = ", ") -> str:
+    """What a run did to the model store and the service: ``exported: <bundle>, reloaded: <answer>``,
+    or ``exported: no change (no reload asked)``. A run that exported nothing asked for no reload;
+    its ``reloaded: False`` read as a reload that failed."""
+    exported = summary.get("exported")
+    if not exported:
+        return "exported: no change (no reload asked)"
+    return f"exported: {exported}{separator}reloaded: {summary.get('reloaded')}"
+
+
 def released_but(summary: dict[str, Any], failure: str) -> str:
     """What a flow whose bookkeeping failed after its release did, then what failed."""
     champion, before = summary.get("champion"), summary.get("champion_before")

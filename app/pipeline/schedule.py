@@ -29,6 +29,7 @@ from app.pipeline.runner import (
     BookkeepingError,
     FlowRun,
     PipelineError,
+    export_outcome,
     resolve_candidates,
     run_flow,
     version_label,
@@ -212,10 +213,9 @@ def report_run(settings: Settings, summary: dict[str, Any]) -> None:
     line is what the scheduler's log says about the run.
     """
     log.info(
-        "training finished: champion %s (before: %s, promoted now: %s), exported: %s, reloaded: %s",
+        "training finished: champion %s (before: %s, promoted now: %s), %s",
         version_label(summary.get("champion")), version_label(summary.get("champion_before")),
-        summary.get("promoted") or "none",
-        summary.get("exported") or "no change", summary.get("reloaded"),
+        summary.get("promoted") or "none", export_outcome(summary),
     )  # fmt: skip
     if not summary.get("exported"):  # nothing new in the model store: nothing to reload
         return

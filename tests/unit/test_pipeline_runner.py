@@ -553,6 +553,36 @@ def test_a_run_without_a_champion_before_it_says_none_not_vnone(
     assert "the champion is now v1 (promoted by this run; before: none)" in bookkeeping
 
 
+@pytest.mark.parametrize("command", [["pipeline", "run"], ["schedule", "--once"]])
+def test_a_run_that_exported_nothing_does_not_say_the_service_was_not_reloaded(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run that promoted nothing (every candidate rejected, the champion's bundle already served)
+    printed and logged ``exported: no change  reloaded: False``: a failed reload to an operator,
+    where none was asked (nothing new to load). A reload is named only beside an export."""
+    import logging
+
+    from click.testing import CliRunner
+
+    import app.pipeline.runner as runner
+    from app.cli import cli
+
+    summary = {"candidates": [], "seconds": 0, "champion": "4", "champion_before": "4",
+               "promoted": None, "exported": None, "reloaded": False}  # fmt: skip
+
+    def run_flow(*_a: Any, **_k: Any) -> Any:
+        return runner.FlowRun(summary=summary, seconds=0.0, output="")
+
+    _flow_runs_with(monkeypatch, run_flow, _settings(tmp_path, service_url="http://127.0.0.1:9"))
+    with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
+        result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 0, result.output
+    logged = " ".join(r.getMessage() for r in caplog.records if "training finished" in r.getMessage())
+    for text in (result.output, logged):
+        assert "exported: no change (no reload asked)" in text, text
+        assert "reloaded:" not in text, text
+
+
 def test_a_flow_failing_after_it_closed_its_mlflow_run_does_not_say_the_run_is_marked_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
