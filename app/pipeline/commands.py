@@ -321,7 +321,11 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
     except OSError as exc:  # a directory cannot be created or written: nothing was moved
         raise click.ClickException(_promote_failure(version, settings, exc)) from exc
     click.echo(f"champion: v{target.version} ({target.candidate}, bundle {target.bundle_version}) → {path}")
-    if not no_reload:
+    if not no_reload and not settings.service_url:  # nothing to ask, nor to ask again later
+        click.echo(
+            "no service asked to reload: MOVIEREC_SERVICE_URL is empty; a service loads latest when it starts"
+        )
+    elif not no_reload:
         reloaded = reload_service(settings, target.bundle_version)
         if reloaded == SUPERSEDED:
             click.echo(

@@ -150,3 +150,28 @@ def test_promote_whose_alias_cannot_be_moved_says_nothing_was_moved(
     assert registry.champion() is None
     assert (store / "latest").resolve().name == served
     assert registry.get(version).decision == "passed"
+
+
+def test_promote_without_a_service_url_does_not_promise_a_reload_that_nobody_will_ask(
+    tmp_path: Path, personal_model_store: Path, monkeypatch: Any
+) -> None:
+    """With MOVIEREC_SERVICE_URL empty (no service to tell), `movierec promote` printed 'service not
+    reloaded (see the warning); it loads latest on start, and the scheduler's next tick asks it
+    again': no warning was logged (an INFO line), and no reload-pending marker was left (no service,
+    nothing pending), so no tick would ask anything."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+    from app.registry.export import RELOAD_PENDING
+
+    registry, version, store = _passed_version_for_the_cli(tmp_path, personal_model_store, monkeypatch)
+    result = CliRunner().invoke(cli, ["promote", "--version", version])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert served_version(store) == registry.get(version).bundle_version
+    assert not (tmp_path / "var" / "pipeline" / RELOAD_PENDING).exists()
+    assert "next tick asks it again" not in result.output, result.output
+    assert "see the warning" not in result.output, result.output
+    assert (
+        "no service asked to reload: MOVIEREC_SERVICE_URL is empty; a service loads latest when it starts"
+        in result.output
+    ), result.output
