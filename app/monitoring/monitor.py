@@ -296,14 +296,23 @@ def entry_to_alert(entry: JournalEntry, container: str) -> Alert:
     )
 
 
-def warn_if_no_entries(follower: JournalFollower, container: str) -> bool:
-    """Log one WARNING (the monitor's own log, no alert) when the journal has no entry at all for
-    ``container``; True if it did. The monitor follows the name anyway: the container may start later.
+def check_journal(follower: JournalFollower, container: str) -> bool:
+    """Read the journal once before following it. A journalctl that fails (a user outside the
+    systemd-journal and adm groups: "No journal files were opened due to insufficient
+    permissions.") is a :class:`ConfigError` with its words: the follower restarted it with
+    backoff for ever, the monitor alive to systemd, reading nothing, alerting on nothing.
 
-    A mistyped or renamed container (or one not logging to journald) was watched for ever, silently,
-    with nothing ever to alert on.
+    When the journal has no entry at all for ``container``, one WARNING (the monitor's own log,
+    no alert), and True. The monitor follows the name anyway: the container may start later. A
+    mistyped or renamed container (or one not logging to journald) was watched for ever,
+    silently, with nothing ever to alert on.
     """
     found, said = follower.any_entry()
+    if found is None and said:  # journalctl ran, and refused (not a timeout: that cannot tell)
+        raise ConfigError(
+            f"journalctl cannot read the journal ({follower.journalctl}): {' '.join(said.split())} "
+            "(run the monitor as root, or as a user in the systemd-journal or adm group)"
+        )
     if found is not False:
         return False
     log.warning(
@@ -436,6 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         cursor_file = CursorFile(args.cursor_file) if args.cursor_file else None
         since_cursor = cursor_file.load() if cursor_file is not None else None
+        follower = JournalFollower(
+            {"CONTAINER_NAME": args.container_name}, journalctl=args.journalctl, since_cursor=since_cursor
+        )
+        check_journal(follower, args.container_name)  # before "monitoring container": done by then
         password = resolve_password(args)
         sink = build_sink(args, password)
         verify_sink(sink)
@@ -452,9 +465,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     alerter = Alerter(
         [sink], group_wait=args.group_wait, window=args.window, source=f"movierec {args.container_name}"
     )
-    follower = JournalFollower(
-        {"CONTAINER_NAME": args.container_name}, journalctl=args.journalctl, since_cursor=since_cursor
-    )
     monitor = Monitor(
         args.container_name,
         follower,
@@ -470,7 +480,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: monitor.stop())
-    warn_if_no_entries(follower, args.container_name)  # before "monitoring container": done by then
     log.info(
         "monitoring container",
         extra={

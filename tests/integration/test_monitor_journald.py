@@ -908,3 +908,27 @@ def test_a_container_with_entries_gets_no_such_warning(
     _started(monitor)
     monitor.wait_ready(journald, container)
     assert not [line for line in _log_lines(monitor) if NO_ENTRIES in line["message"]], monitor.stderr
+
+
+def test_a_journal_this_user_may_not_read_is_exit_2_naming_journalctl_s_words(
+    journald, container, smtp_server, monitor_factory, tmp_path: Path
+) -> None:
+    """Run by a user outside the systemd-journal/adm groups (a unit given User=), journalctl
+    exits 1 at once ("No journal files were opened due to insufficient permissions."). The
+    monitor logged in to SMTP, said "monitoring container" and restarted journalctl with backoff
+    for ever: alive to systemd, reading nothing, never alerting. It is exit 2 at start now,
+    before the SMTP login, with journalctl's own words."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to run the real journalctl as an unprivileged user")
+    unprivileged = tmp_path / "journalctl-as-nobody"
+    nobody = f"{setpriv} --reuid=65534 --regid=65534 --clear-groups"
+    unprivileged.write_text(f'#!/bin/sh\nexec {nobody} {shutil.which("journalctl")} "$@"\n')
+    unprivileged.chmod(0o755)
+    monitor = monitor_factory("--journalctl", str(unprivileged))
+    code = monitor.proc.wait(timeout=30)
+    err = "".join(monitor.stderr)
+    assert code == 2, err
+    assert "monitor-docker: error: journalctl cannot read the journal" in err
+    assert "insufficient permissions" in err and "Traceback" not in err
+    assert smtp_server.auth.attempts == []  # refused before the SMTP login

@@ -431,7 +431,7 @@ def test_a_login_refused_while_running_is_exit_2_naming_it(
     monitor, _, sink, _ = _refusing_monitor(tmp_path)
     monkeypatch.setattr(module, "verify_sink", lambda sink: None)
     monkeypatch.setattr(module, "build_sink", lambda args, password: sink)
-    monkeypatch.setattr(module, "warn_if_no_entries", lambda follower, container: False)
+    monkeypatch.setattr(module, "check_journal", lambda follower, container: False)
     monkeypatch.setattr(module, "JournalFollower", lambda *args, **kwargs: monitor.follower)
     sink.where, sink.security, sink.recipients = "smtp:587", "starttls", ["ops@example.com"]  # type: ignore[attr-defined]
     rc = module.main(["movierec", "smtp", "ops@example.com", "--no-auth", "--group-wait", "0",
