@@ -740,18 +740,21 @@ class Deployer:
             # Ctrl-C (or SIGTERM, see main) while waiting for the health check is rolled back
             # too: the previous version is stopped by now and would otherwise stay down.
             self.say(f"FAILED: {exc}" if isinstance(exc, DeployError) else "interrupted; rolling back")
-            if name_free:  # else the container of that name may still be the live version
-                self.print_logs()
-                self.remove_new(remove_image=cfg.build and not image_existed)
-            else:
-                if self.secret_files is not None:  # written for a container that never started
-                    self.secret_files.remove()
-                if cfg.build and not image_existed:  # built for a deployment that never ran it
-                    self.docker("rmi", cfg.image_ref)
-                    self.say(f"removed the new image {cfg.image_ref}")
-            if cfg.build and tagged_before is not None:
-                self.restore_tag(tagged_before)
-            self.restore_previous(self.set_aside)
+            with self.interrupts_held():  # a second Ctrl-C must not stop the rollback half-way
+                if name_free:  # else the container of that name may still be the live version
+                    self.print_logs()
+                    self.remove_new(remove_image=cfg.build and not image_existed)
+                else:
+                    if self.secret_files is not None:  # written for a container that never started
+                        self.secret_files.remove()
+                    if cfg.build and not image_existed:  # built for a deployment that never ran it
+                        self.docker("rmi", cfg.image_ref)
+                        self.say(f"removed the new image {cfg.image_ref}")
+                if cfg.build and tagged_before is not None:
+                    self.restore_tag(tagged_before)
+                restarted = self.restore_previous(self.set_aside)
+            if restarted is not None:  # running again: waiting for its health check may be cut short
+                self._wait_restored(restarted)
             raise
         previous = self.set_aside
         if previous is not None:
@@ -977,10 +980,34 @@ class Deployer:
         self.docker("rmi", built)  # refused, and kept, if something else still uses it
         self.say(f"{ref} names {image_id[:19]} again, as before this deployment; removed the new build")
 
-    def restore_previous(self, previous: ContainerState | None) -> None:
+    @contextmanager
+    def interrupts_held(self) -> Iterator[None]:
+        """Ctrl-C and SIGTERM are said, not raised, while the rollback runs: a second one (the
+        rollback seemed slow, a CI runner's second SIGTERM) ended it half-way, the previous version
+        stopped under its -previous name and the database perhaps still the new version's."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread, where signals land
+            return
+
+        def held(signum: int, frame: object) -> None:
+            self.say(
+                f"still rolling back ({signal.Signals(signum).name} ignored): the previous version is "
+                "being brought back; stopping now would leave the service down"
+            )
+
+        previous = {signum: signal.signal(signum, held) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def restore_previous(self, previous: ContainerState | None) -> ContainerState | None:
+        """Give the previous version its name back and start it if it ran; the state of the one
+        started (whose health check :meth:`_wait_restored` waits for), else None."""
         cfg = self.cfg
         if previous is None:
-            return
+            return None
         self._checked("rename", cfg.backup_name, cfg.container_name)
         if previous.up:
             if self.stop_issued:
@@ -990,9 +1017,9 @@ class Deployer:
                 self._wait_stopped(cfg.container_name)
             self._checked("start", cfg.container_name)
             self.say(f"the previous version ({previous.image}) is running again as {cfg.container_name}")
-            self._wait_restored(previous)
-        else:
-            self.say(f"the previous container ({previous.image}) is back as {cfg.container_name}")
+            return previous
+        self.say(f"the previous container ({previous.image}) is back as {cfg.container_name}")
+        return None
 
     def _wait_restored(self, previous: ContainerState) -> None:
         """Wait for the restarted previous version's health check, and say how it came back: the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -187,3 +189,45 @@ def test_a_rollback_that_cannot_inspect_the_tag_still_brings_the_previous_versio
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running"
     assert "could not tell which image movierec:2.0 names" in out.getvalue()
+
+
+class InterruptedAgainWhileRollingBack(FakeEngine):
+    """The new version fails its health check; while its container is being removed, the deployer
+    presses Ctrl-C (or the CI job's SIGTERM comes) a second time."""
+
+    signum: int = signal.SIGINT
+    signalled = False
+
+    def do_rm(self, args: list[str]) -> tuple[int, str, str]:
+        if args[-1] == self.new_name and self.new_container is not None and not self.signalled:
+            self.signalled = True
+            signal.raise_signal(self.signum)
+        return super().do_rm(args)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_interrupt_during_the_rollback_does_not_leave_the_previous_version_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    """The rollback (remove the new container, restore the database snapshot, rename the previous
+    version back and start it) could itself be interrupted: a second Ctrl-C while "rolling back"
+    seemed slow, or a CI runner's second SIGTERM. It ended deploy-docker.py half-way, the previous
+    version stopped under its -previous name (and the database perhaps still the new version's):
+    the service stayed down. The rollback now runs to its end and says it does."""
+    cfg = make_cfg(tmp_path)
+    engine = InterruptedAgainWhileRollingBack(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+    )
+    engine.signum = signum
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    said = io.StringIO()
+    monkeypatch.setattr(deploy, "Deployer", functools.partial(deploy.Deployer, out=said))
+    assert interrupted_deploy(cfg, engine, monkeypatch) == 1
+    assert engine.signalled
+    assert set(engine.containers) == {"movierec"}, engine.containers
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running", "the previous version is down"
+    assert "still rolling back" in said.getvalue()
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
