@@ -153,6 +153,19 @@ def log_errors(text: str, limit: int = MAX_LOG_ERRORS) -> list[str]:
 Executor = Callable[[Sequence[str], bool, str | None], subprocess.CompletedProcess[str]]
 
 
+def write_out(stream: TextIO, text: str) -> TextIO | None:
+    """Write and flush ``text``; None when ``stream`` is gone (EPIPE: an SSH connection without a
+    terminal dropped, the pipeline step stopped; EIO: a terminal closed). Whoever reads it gone,
+    a deployment goes on to its end (the new version healthy, or the previous one back): the
+    BrokenPipeError of its next line escaped the rollback and left the previous version stopped."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError:
+        return None
+    return stream
+
+
 def _execute(argv: Sequence[str], capture: bool, stdin: str | None) -> subprocess.CompletedProcess[str]:
     """Run a command; ``capture=False`` streams its output (stdout and stderr, as one) to our
     stdout as it comes, and keeps it too (docker build: the deployer reads the gate's verdict)."""
@@ -173,9 +186,9 @@ def _execute(argv: Sequence[str], capture: bool, stdin: str | None) -> subproces
             proc.stdin.write(stdin)
             proc.stdin.close()
         assert proc.stdout is not None
+        echo: TextIO | None = sys.stdout
         for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            echo = echo and write_out(echo, line)
             lines.append(line)
         returncode = proc.wait()
     return subprocess.CompletedProcess(list(argv), returncode, "".join(lines), "")
@@ -696,7 +709,7 @@ def _copy_problem(exc: OSError) -> str:
 class Deployer:
     cfg: DeployConfig
     docker: Docker
-    out: TextIO = sys.stdout
+    out: TextIO | None = sys.stdout  # None once it is gone (write_out)
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     poll_interval: float = 2.0
@@ -707,7 +720,10 @@ class Deployer:
     stop_timeout: int = STOP_TIMEOUT_SECONDS  # the new container's (the previous one's: its own, if longer)
 
     def say(self, message: str) -> None:
-        print(f"[deploy] {message}", file=self.out, flush=True)
+        self.write(f"[deploy] {message}")
+
+    def write(self, text: str) -> None:
+        self.out = self.out and write_out(self.out, text + "\n")
 
     def deploy(self, secrets_: Secrets) -> None:
         cfg = self.cfg
@@ -946,9 +962,9 @@ class Deployer:
         errors = log_errors(self.docker.logs(self.cfg.container_name, tail=LOG_SCAN_LINES))
         if errors:
             self.say(f"errors in the log of {self.cfg.container_name}:")
-            print("\n".join(f"  {line}" for line in errors), file=self.out, flush=True)
+            self.write("\n".join(f"  {line}" for line in errors))
         self.say(f"last {LOG_TAIL_LINES} log lines of {self.cfg.container_name}:")
-        print(self.docker.logs(self.cfg.container_name).rstrip(), file=self.out, flush=True)
+        self.write(self.docker.logs(self.cfg.container_name).rstrip())
 
     def remove_new(self, remove_image: bool) -> None:
         self.docker("rm", "--force", self.cfg.container_name)
@@ -1414,10 +1430,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         secrets_ = resolve_secrets(args.session_password, environ, args.extra_env, prompt)
         Deployer(cfg, Docker(args.docker)).deploy(secrets_)
     except DeployError as exc:
-        print(f"deploy-docker: {exc}", file=sys.stderr)
+        write_out(sys.stderr, f"deploy-docker: {exc}\n")
         return 1
     except (KeyboardInterrupt, EOFError):
-        print("deploy-docker: interrupted", file=sys.stderr)
+        write_out(sys.stderr, "deploy-docker: interrupted\n")
         return 130
     finally:
         if in_main_thread:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import os
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -231,3 +233,53 @@ def test_a_second_interrupt_during_the_rollback_does_not_leave_the_previous_vers
     assert engine.containers["movierec"].status == "running", "the previous version is down"
     assert "still rolling back" in said.getvalue()
     assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
+
+
+class ConnectionDropsWhileStarting(FakeEngine):
+    """The deployer's output is a pipe (deploy-docker.py run over SSH: the Bitbucket deploy step);
+    the connection drops, its reading end closes, while the new container starts."""
+
+    reader: int | None = None
+
+    def do_run(self, args: list[str]) -> tuple[int, str, str]:
+        if "--rm" not in args and self.reader is not None:
+            os.close(self.reader)
+            self.reader = None
+        return super().do_run(args)
+
+
+@pytest.mark.parametrize(
+    ("script", "image"),
+    [([("running", "unhealthy", 0)], "movierec:1.0"), ([("running", "healthy", 0)], "movierec:2.0")],
+)
+def test_an_output_that_goes_away_does_not_abandon_the_deployment_half_way(
+    tmp_path: Path, script: list[tuple[str, str | None, int]], image: str
+) -> None:
+    """Over SSH without a terminal (the pipeline's ssh-run step), a dropped connection or a stopped
+    step closes deploy-docker.py's stdout, and its next line raised BrokenPipeError, past the
+    rollback (which catches DeployError and KeyboardInterrupt): the previous version stayed
+    stopped under its -previous name. Whoever reads it gone, the deployment now goes on to its
+    end: the new version healthy, or the previous one back."""
+    reader, writer = os.pipe()
+    out = os.fdopen(writer, "w")
+    engine = ConnectionDropsWhileStarting(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=script,
+    )
+    engine.reader = reader
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    deployer.out = out
+    try:
+        if image == "movierec:1.0":
+            with pytest.raises(deploy.DeployError, match="health check failed"):
+                deployer.deploy(secrets_())
+        else:
+            deployer.deploy(secrets_())
+    finally:
+        with contextlib.suppress(OSError):
+            out.close()
+    assert engine.reader is None  # the pipe did close while the deployment ran
+    assert set(engine.containers) == {"movierec"}, engine.containers
+    assert engine.containers["movierec"].image == image
+    assert engine.containers["movierec"].status == "running"
