@@ -753,7 +753,7 @@ class Deployer:
             self.start(secrets_)
             self.wait_healthy()
         except (DeployError, KeyboardInterrupt) as exc:
-            # Ctrl-C (or SIGTERM, see main) while waiting for the health check is rolled back
+            # Ctrl-C (or SIGTERM or SIGHUP, see main) while waiting for the health check is rolled back
             # too: the previous version is stopped by now and would otherwise stay down.
             self.say(f"FAILED: {exc}" if isinstance(exc, DeployError) else "interrupted; rolling back")
             with self.interrupts_held():  # a second Ctrl-C must not stop the rollback half-way
@@ -998,8 +998,8 @@ class Deployer:
 
     @contextmanager
     def interrupts_held(self) -> Iterator[None]:
-        """Ctrl-C and SIGTERM are said, not raised, while the rollback runs: a second one (the
-        rollback seemed slow, a CI runner's second SIGTERM) ended it half-way, the previous version
+        """Ctrl-C, SIGTERM and SIGHUP are said, not raised, while the rollback runs: a second one
+        (the rollback seemed slow, a CI runner's second SIGTERM) ended it half-way, the previous version
         stopped under its -previous name and the database perhaps still the new version's."""
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be set from the main thread, where signals land
@@ -1011,7 +1011,8 @@ class Deployer:
                 "being brought back; stopping now would leave the service down"
             )
 
-        previous = {signum: signal.signal(signum, held) for signum in (signal.SIGINT, signal.SIGTERM)}
+        stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {signum: signal.signal(signum, held) for signum in stops}
         try:
             yield
         finally:
@@ -1418,12 +1419,16 @@ def config_from_args(args: argparse.Namespace) -> DeployConfig:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = parse_args(argv)
     environ = os.environ if environ is None else environ
-    # SIGTERM (a CI job's timeout, systemd) interrupts like Ctrl-C, so the deployment is rolled
-    # back instead of leaving the previous version stopped under its -previous name.
+    # SIGTERM (a CI job's timeout, systemd) and SIGHUP (the terminal or SSH session it ran in
+    # closed) interrupt like Ctrl-C, so the deployment is rolled back instead of leaving the
+    # previous version stopped under its -previous name. A SIGHUP ignored (nohup) stays ignored.
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous_handler = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+    previous_handlers = {}
     if in_main_thread:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous_handlers[signum] = signal.getsignal(signum)
+            if previous_handlers[signum] != signal.SIG_IGN or signum == signal.SIGTERM:
+                signal.signal(signum, signal.default_int_handler)
     try:
         cfg = config_from_args(args)
         prompt = getpass.getpass if sys.stdin.isatty() else None
@@ -1436,8 +1441,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         write_out(sys.stderr, "deploy-docker: interrupted\n")
         return 130
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_handler is None else previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     return 0
 
 

@@ -49,34 +49,41 @@ def test_ctrl_c_while_waiting_for_health_brings_the_previous_version_back(tmp_pa
 
 
 class SigtermDuringHealthWait(FakeEngine):
-    """Sends this process SIGTERM while the new container is starting (a CI timeout)."""
+    """Sends this process SIGTERM (a CI timeout), or SIGHUP (the deployer's terminal or SSH session
+    closed), while the new container is starting."""
 
+    signum: int = signal.SIGTERM
     signalled = False
 
     def do_container(self, args: list[str]) -> tuple[int, str, str]:
         if args[-1] == self.new_name and not self.signalled:
-            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-                raise AssertionError("SIGTERM would kill deploy-docker.py with the old version stopped")
+            if signal.getsignal(self.signum) == signal.SIG_DFL:
+                name = signal.Signals(self.signum).name
+                raise AssertionError(f"{name} would kill deploy-docker.py with the old version stopped")
             self.signalled = True
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(self.signum)
         return super().do_container(args)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_during_deploy_rolls_back_and_exits_130(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], signum: int
 ) -> None:
+    """SIGHUP too: closing the terminal (or losing the SSH session) a deployment ran in killed it
+    with the previous version stopped under its -previous name."""
     cfg = make_cfg(tmp_path)
     engine = SigtermDuringHealthWait(
         images={"movierec:1.0"},
         containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
         script=[("running", "starting", 0)],
     )
-    before = signal.getsignal(signal.SIGTERM)
+    engine.signum = signum
+    before = signal.getsignal(signum)
     assert interrupted_deploy(cfg, engine, monkeypatch) == 130
     assert "interrupted" in capsys.readouterr().err
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running"
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signum) == before
 
 
 def test_missing_docker_cli_is_a_clear_error_not_a_traceback(
@@ -202,12 +209,14 @@ class InterruptedAgainWhileRollingBack(FakeEngine):
 
     def do_rm(self, args: list[str]) -> tuple[int, str, str]:
         if args[-1] == self.new_name and self.new_container is not None and not self.signalled:
+            if signal.getsignal(self.signum) == signal.SIG_DFL:
+                raise AssertionError(f"{signal.Signals(self.signum).name} would kill deploy-docker.py")
             self.signalled = True
             signal.raise_signal(self.signum)
         return super().do_rm(args)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_second_interrupt_during_the_rollback_does_not_leave_the_previous_version_down(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
 ) -> None:
@@ -223,7 +232,7 @@ def test_a_second_interrupt_during_the_rollback_does_not_leave_the_previous_vers
         script=[("running", "unhealthy", 0)],
     )
     engine.signum = signum
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     said = io.StringIO()
     monkeypatch.setattr(deploy, "Deployer", functools.partial(deploy.Deployer, out=said))
     assert interrupted_deploy(cfg, engine, monkeypatch) == 1
@@ -232,7 +241,7 @@ def test_a_second_interrupt_during_the_rollback_does_not_leave_the_previous_vers
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running", "the previous version is down"
     assert "still rolling back" in said.getvalue()
-    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)} == before
 
 
 class ConnectionDropsWhileStarting(FakeEngine):
