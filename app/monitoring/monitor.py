@@ -478,8 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # is strict) raised out of --print and ended the monitor, on the same entry at each restart.
         sys.stdout.reconfigure(errors="replace")
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: monitor.stop())
+        # SIGHUP too (its terminal or SSH session closed): it killed the monitor at once, the
+        # alerts waiting for their group or window unsent. One ignored (nohup) stays ignored.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN:
+                signal.signal(signum, lambda *_: monitor.stop())
     log.info(
         "monitoring container",
         extra={

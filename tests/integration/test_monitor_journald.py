@@ -932,3 +932,24 @@ def test_a_journal_this_user_may_not_read_is_exit_2_naming_journalctl_s_words(
     assert "monitor-docker: error: journalctl cannot read the journal" in err
     assert "insufficient permissions" in err and "Traceback" not in err
     assert smtp_server.auth.attempts == []  # refused before the SMTP login
+
+
+def test_a_hangup_stops_cleanly_and_sends_the_alerts_still_waiting(
+    journald, container, smtp_server, monitor_factory
+) -> None:
+    """Run in a terminal (the seed's example, with --print) whose SSH session then dropped, the
+    monitor got SIGHUP and died at once: the alerts waiting for their group or window were never
+    sent (without --cursor-file, never at all). SIGHUP stops it like SIGTERM now: one attempt at
+    what is pending, the cursor saved, exit 0."""
+    monitor = monitor_factory(group_wait=60.0)
+    monitor.wait_ready(journald, container)
+    journald.send(app_line("ERROR", "the hangup must not lose me"), CONTAINER_NAME=container)
+    deadline = time.monotonic() + 15
+    while not any("the hangup must not lose me" in line for line in monitor.lines):
+        assert time.monotonic() < deadline, monitor.stderr
+        time.sleep(0.05)
+    assert smtp_server.handler.received == []  # waiting for its group (60 s)
+    monitor.proc.send_signal(signal.SIGHUP)
+    assert monitor.proc.wait(timeout=20) == 0, "".join(monitor.stderr)
+    [message] = smtp_server.wait_for(1, 5)
+    assert "the hangup must not lose me" in message.get_content()
