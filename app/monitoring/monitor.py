@@ -361,15 +361,26 @@ class Monitor:
 
     def handle(self, entry: JournalEntry) -> None:
         self.entries_seen += 1
-        if self.print_entries:
-            out = self.out or sys.stdout
-            out.write(entry.format_line() + "\n")
-            out.flush()
         if entry.at_least(self.threshold):
             self.alerts_raised += 1
             seq = self.alerter.raise_alert(entry_to_alert(entry, self.container))
             if self.cursor_file is not None:  # else nothing ever takes it off (save_cursor returns)
                 self._undelivered.append((seq, self._before))
+        if self.print_entries:
+            self.echo(entry)
+
+    def echo(self, entry: JournalEntry) -> None:
+        """``--print``, after the entry's alert is raised: an output that is gone (EPIPE: the
+        reader of a pipe, an SSH session without a terminal; EIO: a closed terminal) raised before
+        it, the alert was lost and the monitor ended. Now the echo stops, said once, and the
+        monitoring goes on."""
+        out = self.out or sys.stdout
+        try:
+            out.write(entry.format_line() + "\n")
+            out.flush()
+        except OSError as exc:
+            self.print_entries = False
+            log.warning("--print stopped: its output is gone; still monitoring", extra={"error": str(exc)})
 
     def run(self) -> None:
         """Process entries until :meth:`stop`; then send whatever alerts are still pending."""

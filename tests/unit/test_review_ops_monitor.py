@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import sys
 import threading
 import time
@@ -439,3 +441,43 @@ def test_a_login_refused_while_running_is_exit_2_naming_it(
     err = capsys.readouterr().err
     assert rc == module.EXIT_CONFIG
     assert f"monitor-docker: error: {REFUSED}" in err and "Traceback" not in err
+
+
+def test_print_to_an_output_that_went_away_loses_no_alert(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--print to a pipe whose reader is gone (`| tee` killed, an SSH session without a terminal
+    dropped) or a closed terminal (EIO): the entry's echo raised before its alert was raised, so
+    that alert was lost (and the cursor saved past its entry), and the monitor ended with a
+    traceback. The alert is raised first now, and an output that is gone stops the echo, said
+    once in the monitor's own log, not the monitoring."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    out = os.fdopen(writer, "w")
+    sink = Recorder()
+    cursors = CursorFile(tmp_path / "cursor")
+    follower = ScriptedFollower(
+        "s=ab;i=4",
+        [("s=ab;i=5", "ERROR", "database down"), ("s=ab;i=6", "CRITICAL", "disk full"),
+         ("s=ab;i=7", "INFO", "x")],
+    )  # fmt: skip
+    alerter = Alerter([sink], group_wait=0, window=0)
+    monitor = Monitor(
+        "movierec",
+        follower,
+        alerter,
+        print_entries=True,
+        out=out,
+        cursor_file=cursors,  # type: ignore[arg-type]
+    )
+    try:
+        with caplog.at_level("WARNING", logger="app.monitoring.monitor"):
+            monitor.run()
+    finally:
+        with contextlib.suppress(OSError):
+            out.close()
+    assert monitor.entries_seen == 3
+    assert sorted(n.kind for n in sink.sent) == ["log.critical", "log.error"]
+    assert cursors.path.read_text().strip() == "s=ab;i=7"
+    said = [r for r in caplog.records if "--print" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
