@@ -105,6 +105,17 @@ class CursorFile:
         self.failing = False  # the last save failed: said once, not at every save (once a second)
 
     def load(self) -> str | None:
+        """The saved cursor (None: none yet, or a malformed file). A file that could never be
+        saved is a :class:`ConfigError`: in a directory that does not exist, or that this user may
+        not write in, every save failed, said once, and a restart began at the end of the journal."""
+        directory = self.path.parent
+        problem = None
+        if not directory.is_dir():
+            problem = "does not exist"
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            problem = "is not writable"
+        if problem is not None:
+            raise ConfigError(f"cannot save the cursor file {self.path}: directory {directory} {problem}")
         try:
             text = self.path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:

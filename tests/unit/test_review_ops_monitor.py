@@ -481,3 +481,20 @@ def test_print_to_an_output_that_went_away_loses_no_alert(
     assert cursors.path.read_text().strip() == "s=ab;i=7"
     said = [r for r in caplog.records if "--print" in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_cursor_file_that_can_never_be_saved_is_exit_2_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cursor-file in a directory that does not exist (a unit without its StateDirectory=, a
+    typo): every save failed, said once in the monitor's own log, and the monitor ran on without
+    the persistence it was asked for: its next restart began at the end of the journal, and the
+    entries written meanwhile were never looked at. It is a configuration error at start now."""
+    from app.monitoring import monitor as module
+
+    path = tmp_path / "missing-dir" / "cursor"
+    rc = module.main(["movierec", "127.0.0.1", "ops@example.com", "--no-auth", "--cursor-file", str(path)])
+    err = capsys.readouterr().err
+    assert rc == module.EXIT_CONFIG
+    assert f"monitor-docker: error: cannot save the cursor file {path}" in err and "Traceback" not in err
+    assert "does not exist" in err
