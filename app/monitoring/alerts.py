@@ -700,11 +700,10 @@ class SmtpSink:
             ) from None
         except smtplib.SMTPNotSupportedError as exc:
             self._close_quietly(smtp)
-            raise AlertDeliveryError(
-                f"SMTP server {self.where}: {exc} (servers often offer AUTH only after STARTTLS: "
-                "try --is-secure)",
-                retryable=False,
-            ) from None
+            hint = "a relay that takes mail without a login: --no-auth"
+            if self.security == "none":
+                hint = f"servers often offer AUTH only after STARTTLS: try --is-secure; {hint}"
+            raise AlertDeliveryError(f"SMTP server {self.where}: {exc} ({hint})", retryable=False) from None
         except ssl.SSLError as exc:
             self._close_quietly(smtp)
             raise AlertDeliveryError(

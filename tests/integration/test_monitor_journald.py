@@ -953,3 +953,29 @@ def test_a_hangup_stops_cleanly_and_sends_the_alerts_still_waiting(
     assert monitor.proc.wait(timeout=20) == 0, "".join(monitor.stderr)
     [message] = smtp_server.wait_for(1, 5)
     assert "the hangup must not lose me" in message.get_content()
+
+
+def test_a_relay_that_offers_no_login_is_told_to_use_no_auth() -> None:
+    """A relay that takes mail without a login (a local Postfix) offers no AUTH: with a password
+    configured, the exit-2 message said only "try --is-secure", and never named --no-auth, the
+    option for such a relay."""
+    controller = Controller(RecordingHandler(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        sink = SmtpSink(
+            "127.0.0.1",
+            controller.port,
+            sender=USER,
+            recipients=[USER],
+            username=USER,
+            password=PASSWORD,
+            timeout=5,
+        )
+        with pytest.raises(AlertDeliveryError) as caught:
+            sink.verify()
+    finally:
+        controller.stop()
+    message = str(caught.value)
+    assert "AUTH extension not supported" in message
+    assert "--no-auth" in message and "--is-secure" in message
+    assert not caught.value.retryable
