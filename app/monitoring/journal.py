@@ -324,6 +324,19 @@ class _HeldTraceback:
                 "__REALTIME_TIMESTAMP": self.first.get("__REALTIME_TIMESTAMP")}  # fmt: skip
 
 
+@dataclass
+class _HeldChunks:
+    """Docker's 16 kB chunks of one long line so far, and the latest of them."""
+
+    last: dict[str, Any]
+    parts: list[bytes]
+    at: float  # time.monotonic() of the latest chunk
+
+    def joined(self) -> dict[str, Any]:
+        """One entry: the latest chunk's fields (its cursor), the chunks together as its MESSAGE."""
+        return {**self.last, "MESSAGE": b"".join(self.parts).decode("utf-8", "replace")}
+
+
 class JournalFollower:
     """Follow journald entries matching field filters, restarting journalctl when it exits.
 
@@ -371,7 +384,11 @@ class JournalFollower:
         # a long JSON ERROR line (an exception with its SQL, say) are neither JSON nor a known
         # plain-text form, so they fell back to stdout's PRIORITY 6: INFO, and the error was
         # never alerted on. The chunks are held here per container and stream until the last.
-        self._partial: dict[tuple[str, str], list[bytes]] = {}
+        # A line's last chunk may never come (journald dropped it past its rate limit, or the
+        # container was redeployed: a new id), and chunks held for ever kept ``holding_partial``
+        # true for good, the monitor's saved cursor before them: they are handed over as they are
+        # once their stream has said nothing for ``traceback_quiet`` seconds, like a traceback.
+        self._partial: dict[tuple[str, str], _HeldChunks] = {}
         # A Python traceback written as plain text (a crash before JSON logging was configured,
         # uwsgi failing to load the app) is one entry per line under that driver too: each line
         # was an alert of its own (stderr: PRIORITY 3), and past 20 distinct lines the exception,
@@ -605,8 +622,13 @@ class JournalFollower:
         return held.joined()
 
     def _quiet_tracebacks(self) -> Iterator[JournalEntry]:
-        """Hand over the tracebacks whose stream stopped before their exception line."""
+        """Hand over the tracebacks whose stream stopped before their exception line, and the
+        chunks of a long line whose last chunk did not come."""
         now = time.monotonic()
+        for key, chunks in list(self._partial.items()):
+            if now - chunks.at >= self.traceback_quiet:
+                del self._partial[key]
+                yield parse_entry(chunks.joined())
         for key, held in list(self._tracebacks.items()):
             if now - held.at >= self.traceback_quiet:
                 del self._tracebacks[key]
@@ -618,10 +640,11 @@ class JournalFollower:
         partial = _field_text(raw.get("CONTAINER_PARTIAL_MESSAGE")) == "true"
         if not partial and key not in self._partial:
             return raw
-        parts = self._partial.setdefault(key, [])
-        parts.append(_field_bytes(raw.get("MESSAGE")))
-        if partial and sum(map(len, parts)) < MAX_JOINED_BYTES:
+        chunks = self._partial.setdefault(key, _HeldChunks(raw, [], 0.0))
+        chunks.parts.append(_field_bytes(raw.get("MESSAGE")))
+        chunks.last, chunks.at = raw, time.monotonic()
+        if partial and sum(map(len, chunks.parts)) < MAX_JOINED_BYTES:
             return None
         # The last chunk, or a runaway line handed over as it is rather than held for ever.
         del self._partial[key]
-        return {**raw, "MESSAGE": b"".join(parts).decode("utf-8", "replace")}
+        return chunks.joined()

@@ -187,3 +187,35 @@ def test_a_json_line_ends_a_held_traceback_and_is_its_own_entry(tmp_path) -> Non
     # While the traceback is handled the JSON line is still to come: the monitor must not save
     # a cursor past it yet.
     assert holding == [True, False, False]
+
+
+def test_the_chunks_of_a_line_whose_end_never_comes_are_handed_over_when_the_stream_goes_quiet(
+    tmp_path,
+) -> None:
+    """Docker's 16 kB chunks of a long line were held until the line's last chunk, which may never
+    come: journald drops entries past its rate limit (an error storm of long lines), and a
+    redeployed container logs under a new id. The follower then held them for ever, reported
+    ``holding_partial`` for ever, and the monitor's saved cursor stayed before them for good:
+    each restart alerted everything since again, and found the same chunks to hold."""
+    import stat
+
+    line = json.dumps({"level": "ERROR", "logger": "app.db", "message": "query failed", "sql": "x" * 40_000})
+    chunks = docker_chunks(line)[:-1]  # the last one was dropped
+    redeployed = journal_line("started", "s=x;i=99", "6", CONTAINER_ID_FULL="e" * 64)
+    (tmp_path / "lines").write_bytes(b"".join(chunks) + redeployed)
+    script = tmp_path / "journalctl"
+    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'lines'}\nexec sleep 30\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    follower = JournalFollower(
+        {"CONTAINER_NAME": "movierec"}, journalctl=str(script), refresh_after=None, traceback_quiet=0.5
+    )
+    got = []
+    deadline = time.monotonic() + 10
+    for entry in follower.follow(idle=0.1):
+        if entry is not None:
+            got.append(entry)
+        if len(got) >= 2 or time.monotonic() > deadline:
+            follower.stop()
+    assert [e.message for e in got] == ["started", line[: 16 * 1024 * len(chunks)]]
+    assert got[1].cursor == f"s=x;i={len(chunks) - 1}"
+    assert not follower.holding_partial
