@@ -66,6 +66,9 @@ _PLAIN_LEVEL = re.compile(
     re.IGNORECASE,
 )
 _FIELD_NAME = re.compile(r"^[A-Z0-9_]+$")
+# The level a JSON log line states near its start ({"ts":"...","level":"ERROR",...), read when the
+# line is cut short and no longer JSON: a long line's chunks whose last one never came.
+_CUT_JSON_LEVEL = re.compile(r'^\s*\{(?:"\w+":\s*"[^"\\]{0,64}",\s*){0,3}"level(?:name)?":\s*"(\w+)"')
 MAX_JOINED_BYTES = 1 << 20
 """Longest line rebuilt from Docker's 16 kB partial entries before it is handed over as it is."""
 TRACEBACK_HEADER = "Traceback (most recent call last):"
@@ -292,7 +295,8 @@ def parse_entry(raw: Mapping[str, Any]) -> JournalEntry:
         body = fields.get("message", fields.get("msg"))
         text = body if isinstance(body, str) else message
     if level is None and fields is None:
-        level = plain_text_level(message)
+        cut = _CUT_JSON_LEVEL.match(message)
+        level = normalize_level(cut.group(1)) if cut else plain_text_level(message)
     if level is None:
         level = PRIORITY_LEVELS.get(priority, "INFO") if priority is not None else "INFO"
     return JournalEntry(

@@ -219,3 +219,22 @@ def test_the_chunks_of_a_line_whose_end_never_comes_are_handed_over_when_the_str
     assert [e.message for e in got] == ["started", line[: 16 * 1024 * len(chunks)]]
     assert got[1].cursor == f"s=x;i={len(chunks) - 1}"
     assert not follower.holding_partial
+
+
+def test_a_json_log_line_cut_short_keeps_the_level_it_states() -> None:
+    """The chunks of a long line whose last chunk never came are handed over cut (see above): not
+    JSON any more, an ERROR line on stdout fell back to its PRIORITY 6, INFO, and was never
+    alerted on. The level our log lines state at their start is read from the cut line."""
+    line = json.dumps(
+        {"ts": "2026-01-01T12:00:00.000+00:00", "level": "ERROR", "logger": "app.db",
+         "message": "query failed", "sql": "x" * 40_000},
+        separators=(",", ":"),
+    )  # fmt: skip
+    cut = parse_entry({"MESSAGE": line[: 16 * 1024], "PRIORITY": "6"})
+    assert cut.level == "ERROR" and not cut.is_structured
+    spaced = json.dumps({"level": "warning", "message": "slow", "detail": "y" * 100})[:60]
+    assert parse_entry({"MESSAGE": spaced, "PRIORITY": "6"}).level == "WARNING"
+    # a level further in, or not ours, is not taken for the line's
+    deep = '{"a":"' + "z" * 400 + '","level":"ERROR"'
+    assert parse_entry({"MESSAGE": deep, "PRIORITY": "6"}).level == "INFO"
+    assert parse_entry({"MESSAGE": '{"level":"BOGUS","message":"x', "PRIORITY": "6"}).level == "INFO"
