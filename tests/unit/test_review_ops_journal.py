@@ -238,3 +238,24 @@ def test_a_json_log_line_cut_short_keeps_the_level_it_states() -> None:
     deep = '{"a":"' + "z" * 400 + '","level":"ERROR"'
     assert parse_entry({"MESSAGE": deep, "PRIORITY": "6"}).level == "INFO"
     assert parse_entry({"MESSAGE": '{"level":"BOGUS","message":"x', "PRIORITY": "6"}).level == "INFO"
+
+
+def test_a_quiet_stream_s_refreshes_do_not_fill_the_monitor_s_log(tmp_path, caplog) -> None:
+    """A journalctl silent for ``refresh_after`` is replaced, every 10 s on a quiet container, and
+    each start was an INFO "starting journalctl" line: 8,640 a day in the monitor's own journal,
+    burying what it has to say. The first start and a restart after journalctl exited are INFO; a
+    refresh is DEBUG (with its count)."""
+    import logging
+    import stat
+
+    script = tmp_path / "journalctl"
+    script.write_text("#!/bin/sh\nexec sleep 30\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    follower = JournalFollower({"CONTAINER_NAME": "movierec"}, journalctl=str(script), refresh_after=0.2)
+    with caplog.at_level(logging.DEBUG, logger="app.monitoring.journal"):
+        for _ in follower.follow(idle=0.05):
+            if follower.refreshes >= 3:
+                follower.stop()
+    starts = [r for r in caplog.records if r.getMessage() == "starting journalctl"]
+    assert len(starts) >= 4
+    assert [r.levelname for r in starts[:4]] == ["INFO", "DEBUG", "DEBUG", "DEBUG"]
