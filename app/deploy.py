@@ -94,6 +94,9 @@ import's ``KeyboardInterrupt`` (a sibling worker stopped because this one failed
 _NO_SUCH_IMAGE = re.compile(r"no such image|image not known|not found", re.IGNORECASE)
 """How ``docker image inspect`` (Docker: "No such image: x", Podman: "image not known") says an
 image is not there, as opposed to a daemon it could not ask."""
+_NO_SUCH_CONTAINER = re.compile(r"no such (?:container|object)|no container with name", re.IGNORECASE)
+"""How ``docker container inspect`` (Docker: "No such container: x", Podman: "no container with
+name or ID ... found") says there is no such container."""
 STAGING_PREFIX = ".deploy-"
 SECRETS_MOUNT = "/run/secrets"
 IMAGE_GID = 10001
@@ -231,7 +234,10 @@ class Docker:
         return self.image_id(ref) is not None
 
     def container_state(self, name: str) -> ContainerState | None:
-        """The container's state, or None when no container has that name."""
+        """The container's state, or None when no container has that name. Any other failure (a
+        daemon that did not answer) is a :class:`DeployError` quoting docker: taken for "none",
+        the live version was not set aside, the new one's `docker run` failed on its name, and
+        the rollback removed the container of that name, the live version."""
         result = self(
             "container", "inspect",
             "--format",
@@ -240,7 +246,12 @@ class Docker:
             name,
         )  # fmt: skip
         if result.returncode != 0:
-            return None
+            said = (result.stderr or "").strip()
+            if _NO_SUCH_CONTAINER.search(said):
+                return None
+            raise DeployError(
+                f"cannot ask Docker about container {name}: {said or f'docker exited {result.returncode}'}"
+            )
         state_json, restarts, image, mounts, stop_timeout = result.stdout.strip().split("\t")
         volumes = tuple(m["Name"] for m in json.loads(mounts) or [] if m.get("Type") == "volume")
         return ContainerState.parse(
@@ -957,7 +968,7 @@ class Deployer:
 
     def print_logs(self) -> None:
         """The errors in the new container's log, then its last lines."""
-        if self.docker.container_state(self.cfg.container_name) is None:
+        if self._state_in_rollback(self.cfg.container_name) is None:
             return
         errors = log_errors(self.docker.logs(self.cfg.container_name, tail=LOG_SCAN_LINES))
         if errors:
@@ -1046,7 +1057,7 @@ class Deployer:
         name = self.cfg.container_name
         deadline = self.clock() + max(self.cfg.health_timeout, DEFAULT_HEALTH_TIMEOUT)
         while True:
-            state = self.docker.container_state(name)
+            state = self._state_in_rollback(name)
             if state is not None and state.health is None:
                 return  # no HEALTHCHECK to wait for (an image from before it had one)
             if state is not None and state.health == "healthy":
@@ -1067,13 +1078,22 @@ class Deployer:
         stop_timeout = self._previous_stop_timeout()
         deadline = self.clock() + stop_timeout + 10
         while True:
-            state = self.docker.container_state(name)
+            state = self._state_in_rollback(name)
             if state is None or not state.up:
                 return
             if self.clock() >= deadline:  # the daemon's stop is gone: stop it ourselves
                 self._checked("stop", "--time", str(stop_timeout), name)
                 return
             self.sleep(min(self.poll_interval, 1.0))
+
+    def _state_in_rollback(self, name: str) -> ContainerState | None:
+        """:meth:`Docker.container_state`, None when Docker could not be asked (said): a rollback
+        goes on to its end."""
+        try:
+            return self.docker.container_state(name)
+        except DeployError as exc:
+            self.say(f"warning: {exc}")
+            return None
 
     def _checked(self, *args: str) -> None:
         result = self.docker(*args)

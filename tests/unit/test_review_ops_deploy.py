@@ -292,3 +292,35 @@ def test_an_output_that_goes_away_does_not_abandon_the_deployment_half_way(
     assert set(engine.containers) == {"movierec"}, engine.containers
     assert engine.containers["movierec"].image == image
     assert engine.containers["movierec"].status == "running"
+
+
+class InspectFailsOnce(FakeEngine):
+    """`docker container inspect` of the live container cannot ask the daemon once (busy, a
+    timeout); everything after works."""
+
+    failed = False
+
+    def do_container(self, args: list[str]) -> tuple[int, str, str]:
+        if args[-1] == "movierec" and not self.failed:
+            self.failed = True
+            url = "http://%2Fvar%2Frun%2Fdocker.sock/v1.45/containers/movierec/json"
+            return 1, "", f'error during connect: Get "{url}": context deadline exceeded'
+        return super().do_container(args)
+
+
+def test_a_live_container_docker_could_not_be_asked_about_is_not_taken_for_none(tmp_path: Path) -> None:
+    """Any failure of `docker container inspect` meant "no such container": the live version was
+    not set aside, the new one's `docker run` failed on its name, and the rollback, taking the
+    name for the new container's, ran `docker rm --force` on the live version: the service gone.
+    An answer other than "no such container" is a DeployError quoting docker, with nothing moved."""
+    engine = InspectFailsOnce(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+    )
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(deploy.DeployError, match="context deadline exceeded"):
+        deployer.deploy(secrets_())
+    assert set(engine.containers) == {"movierec"}, engine.containers
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"
+    assert not [c for c in engine.calls if c[0] in ("rm", "stop", "rename", "run")], engine.calls
