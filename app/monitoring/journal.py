@@ -508,6 +508,8 @@ class JournalFollower:
         """
         backoff = self.backoff_initial
         lines: queue.Queue[tuple[str, Any]] = queue.Queue()
+        if not (self.restarts or self.refreshes):
+            self._started_at = time.time()  # not the creation: main() makes it before its SMTP log-in
         refreshed = False  # the journalctl to start replaces a silent one
         try:
             while not self._stop.is_set():

@@ -259,3 +259,25 @@ def test_a_quiet_stream_s_refreshes_do_not_fill_the_monitor_s_log(tmp_path, capl
     starts = [r for r in caplog.records if r.getMessage() == "starting journalctl"]
     assert len(starts) >= 4
     assert [r.levelname for r in starts[:4]] == ["INFO", "DEBUG", "DEBUG", "DEBUG"]
+
+
+def test_a_refresh_before_any_entry_replays_from_when_following_began(tmp_path, caplog) -> None:
+    """Restarted or refreshed before any entry came, journalctl reads --since the time following
+    began. That was the follower's creation, which monitor-docker.py now does before its SMTP
+    log-in (and a password prompt): entries from before the following began were replayed."""
+    import logging
+    import stat
+
+    script = tmp_path / "journalctl"
+    script.write_text("#!/bin/sh\nexec sleep 30\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    follower = JournalFollower({"CONTAINER_NAME": "movierec"}, journalctl=str(script), refresh_after=0.2)
+    time.sleep(1.2)  # the SMTP log-in, a prompt
+    began = int(time.time())
+    with caplog.at_level(logging.DEBUG, logger="app.monitoring.journal"):
+        for _ in follower.follow(idle=0.05):
+            if follower.refreshes >= 1:
+                follower.stop()
+    argv = [r.argv for r in caplog.records if r.getMessage() == "starting journalctl"][1]  # type: ignore[attr-defined]
+    [since] = [a for a in argv if a.startswith("--since=@")]
+    assert int(since.removeprefix("--since=@")) >= began
