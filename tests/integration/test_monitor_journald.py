@@ -979,3 +979,26 @@ def test_a_relay_that_offers_no_login_is_told_to_use_no_auth() -> None:
     assert "AUTH extension not supported" in message
     assert "--no-auth" in message and "--is-secure" in message
     assert not caught.value.retryable
+
+
+def test_under_nohup_a_hangup_does_not_stop_the_monitor(journald, container, smtp_server) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_SMTP")}
+    env["MONITOR_SMTP_PASSWORD"] = PASSWORD
+    args = [container, "127.0.0.1", USER, "--smtp-port", str(smtp_server.port), "--print"]
+    proc = subprocess.Popen(
+        ["nohup", sys.executable, str(REPO / "monitor-docker.py"), *args],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        assert proc.stderr is not None
+        for line in proc.stderr:  # its own log: "monitoring container" once it follows
+            if '"monitoring container"' in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None, "nohup's SIGHUP stopped the monitor"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0

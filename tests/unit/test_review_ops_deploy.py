@@ -324,3 +324,27 @@ def test_a_live_container_docker_could_not_be_asked_about_is_not_taken_for_none(
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running"
     assert not [c for c in engine.calls if c[0] in ("rm", "stop", "rename", "run")], engine.calls
+
+
+class RecordsSighup(FakeEngine):
+    """Notes what SIGHUP would do while the new container starts."""
+
+    seen: object = None
+
+    def do_container(self, args: list[str]) -> tuple[int, str, str]:
+        if args[-1] == self.new_name and self.seen is None:
+            self.seen = signal.getsignal(signal.SIGHUP)
+        return super().do_container(args)
+
+
+def test_a_sighup_ignored_by_nohup_stays_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = RecordsSighup(
+        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
+    )
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert interrupted_deploy(make_cfg(tmp_path), engine, monkeypatch) == 0
+        assert engine.seen == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
