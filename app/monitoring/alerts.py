@@ -388,11 +388,16 @@ class Alerter:
         Alerts are numbered in the order :meth:`raise_alert` received them, so every alert
         numbered below the returned one is handled.
         """
+        return min(self.undelivered(), default=None)
+
+    def undelivered(self) -> set[int]:
+        """The numbers of the alerts that can be :meth:`oldest_undelivered`: each waiting group's,
+        queued retry's or delivery in progress's first alert (the others joined one of these)."""
         with self._lock:
-            waiting = [s.group.first_seq for s in self._states.values() if s.group is not None]
-            waiting += [r.first_seq for r in self._retries]
-            waiting += self._sending
-            return min(waiting, default=None)
+            waiting = {s.group.first_seq for s in self._states.values() if s.group is not None}
+            waiting.update(r.first_seq for r in self._retries)
+            waiting.update(self._sending)
+            return waiting
 
     def flush_due(self) -> list[Notification]:
         """Send every group whose wait or window has elapsed, and due retries."""

@@ -427,9 +427,11 @@ class Monitor:
         """
         if self.cursor_file is None:
             return
-        oldest = self.alerter.oldest_undelivered()
-        while self._undelivered and (oldest is None or self._undelivered[0][0] < oldest):
-            self._undelivered.popleft()  # handled, and so is everything raised before it
+        # Only a waiting group's first alert can be the oldest undelivered one: the positions of
+        # the others are dropped, else an error storm while the SMTP server is down grew this
+        # list by one per error line for as long as the outage lasted (hundreds of MB).
+        undelivered = self.alerter.undelivered()
+        self._undelivered = deque(item for item in self._undelivered if item[0] in undelivered)
         if self._undelivered:
             position = self._undelivered[0][1]
         elif self.follower.holding_partial:

@@ -498,3 +498,33 @@ def test_a_cursor_file_that_can_never_be_saved_is_exit_2_at_start(
     assert rc == module.EXIT_CONFIG
     assert f"monitor-docker: error: cannot save the cursor file {path}" in err and "Traceback" not in err
     assert "does not exist" in err
+
+
+def test_an_error_storm_while_smtp_is_down_holds_one_position_per_waiting_group(tmp_path: Path) -> None:
+    """With --cursor-file the monitor kept, for every alert raised, the journal position before
+    it until the alert was handled: an error storm while the SMTP server is down (one network
+    outage can cause both) grew that list by one per error line for as long as the outage
+    lasted, a few hundred bytes each (a million lines, hundreds of MB). Only a waiting group's
+    first alert can be the oldest undelivered one, whose position a save names: the others go."""
+    now = [0.0]
+    alerter = Alerter([Recorder([SmtpConnectionError("down")] * 10_000)], group_wait=0, window=300,
+                      retry_delay=60, clock=lambda: now[0])  # fmt: skip
+    cursors = CursorFile(tmp_path / "cursor")
+    cursors.save("s=ab;i=1")
+    entries = [(f"s=ab;i={n:x}", "ERROR", f"database unreachable (attempt {n})") for n in range(2, 3002)]
+    follower = ScriptedFollower("s=ab;i=1", entries)
+    follower.steps = [lambda: now.__setitem__(0, now[0] + 0.01)] * len(entries)  # 100 lines a second
+    monitor = Monitor("movierec", follower, alerter, cursor_file=cursors, clock=lambda: now[0])  # type: ignore[arg-type]
+    held = []
+    original = monitor.save_cursor
+
+    def save_cursor() -> None:
+        original()
+        held.append(len(monitor._undelivered))
+
+    monitor.save_cursor = save_cursor  # type: ignore[method-assign]
+    monitor.run()
+    assert monitor.alerts_raised == 3000
+    assert cursors.path.read_text().strip() == "s=ab;i=1"  # before the first, still undelivered
+    assert len(held) > 20 and max(held) <= 200, held[-5:]  # a second of lines at most, not all
+    assert held[-1] <= 2, held[-5:]
