@@ -171,10 +171,15 @@ def write_out(stream: TextIO, text: str) -> TextIO | None:
 
 def _execute(argv: Sequence[str], capture: bool, stdin: str | None) -> subprocess.CompletedProcess[str]:
     """Run a command; ``capture=False`` streams its output (stdout and stderr, as one) to our
-    stdout as it comes, and keeps it too (docker build: the deployer reads the gate's verdict)."""
+    stdout as it comes, and keeps it too (docker build: the deployer reads the gate's verdict).
+
+    A captured call runs in a session of its own: a terminal's Ctrl-C reaches deploy-docker.py,
+    which decides (a first one ends the call under way, subprocess.run kills it; one during a
+    rollback is held, :meth:`Deployer.interrupts_held`), not the docker rename, start or database
+    restore of a rollback under way too. A streamed ``docker build`` still gets it, and stops."""
     if capture:
         return subprocess.run(  # nosec B603 - fixed executable, argument list
-            list(argv), input=stdin, capture_output=True, text=True, check=False
+            list(argv), input=stdin, capture_output=True, text=True, check=False, start_new_session=True
         )
     lines: list[str] = []
     with subprocess.Popen(  # nosec B603 - fixed executable, argument list

@@ -8,6 +8,7 @@ import io
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -348,3 +349,17 @@ def test_a_sighup_ignored_by_nohup_stays_ignored(tmp_path: Path, monkeypatch: py
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_terminal_s_ctrl_c_reaches_deploy_docker_py_not_the_docker_calls_it_waits_for() -> None:
+    """A Ctrl-C in a terminal goes to its whole foreground process group: the docker CLI call
+    under way got it too, whatever deploy-docker.py decided. In a rollback, which holds a second
+    Ctrl-C (the previous version must come back), the docker rename, start or database restore
+    under way was interrupted all the same and the rollback stopped half-way. The calls whose
+    output is captured run in a session of their own: deploy-docker.py decides (on a first
+    Ctrl-C, subprocess.run ends the call under way). `docker build`, streamed, still gets it."""
+    probe = "import os; print(os.getpgid(0) != os.getpgid(os.getppid()))"
+    captured = deploy._execute([sys.executable, "-c", probe], True, None)
+    assert captured.returncode == 0 and captured.stdout.strip() == "True"
+    streamed = deploy._execute([sys.executable, "-c", probe], False, None)
+    assert streamed.returncode == 0 and streamed.stdout.strip() == "False"
