@@ -1022,10 +1022,15 @@ class Deployer:
             return
 
         def held(signum: int, frame: object) -> None:
-            self.say(
-                f"still rolling back ({signal.Signals(signum).name} ignored): the previous version is "
-                "being brought back; stopping now would leave the service down"
-            )
+            # A signal landing inside a write of ours (its reader not reading: a full SSH window, a
+            # terminal paused by Ctrl-S) runs this inside it: writing to the same stream again is a
+            # RuntimeError ("reentrant call"), which raised out of the rollback half-way. Then the
+            # line is not said; the interrupt is held all the same.
+            with suppress(RuntimeError):
+                self.say(
+                    f"still rolling back ({signal.Signals(signum).name} ignored): the previous version "
+                    "is being brought back; stopping now would leave the service down"
+                )
 
         stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         previous = {signum: signal.signal(signum, held) for signum in stops}

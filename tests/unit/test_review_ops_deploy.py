@@ -363,3 +363,48 @@ def test_a_terminal_s_ctrl_c_reaches_deploy_docker_py_not_the_docker_calls_it_wa
     assert captured.returncode == 0 and captured.stdout.strip() == "True"
     streamed = deploy._execute([sys.executable, "-c", probe], False, None)
     assert streamed.returncode == 0 and streamed.stdout.strip() == "False"
+
+
+def test_an_interrupt_held_while_the_rollback_writes_a_line_does_not_end_the_rollback(tmp_path: Path) -> None:
+    """A second Ctrl-C landing while the rollback's own line is being written (its output a pipe or a
+    terminal that is not read: an SSH connection's full window, a terminal paused by Ctrl-S) ran the
+    handler inside that write, and the handler's "still rolling back" wrote to the same stream
+    again: RuntimeError "reentrant call", raised out of the rollback half-way (it catches neither).
+    The interrupt is still held, and the rollback's line written once the reader reads again."""
+    import threading
+    import time
+
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(writer, b"x" * 65536)
+    os.set_blocking(writer, True)
+    out = io.TextIOWrapper(io.BufferedWriter(io.FileIO(writer, "w")), encoding="utf-8")
+    deployer, _ = make_deployer(make_cfg(tmp_path), FakeEngine(images=set(), containers={}))
+    deployer.out = out
+    main = threading.get_ident()
+    drained = bytearray()
+
+    def interrupt_then_read() -> None:
+        time.sleep(0.3)  # the write below is blocked by now
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.3)
+        os.set_blocking(reader, False)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and b"back up" not in drained:
+            with contextlib.suppress(BlockingIOError):
+                drained.extend(os.read(reader, 1 << 20))
+            time.sleep(0.01)
+
+    helper = threading.Thread(target=interrupt_then_read)
+    helper.start()
+    try:
+        with deployer.interrupts_held():
+            deployer.say("the previous version is back up")
+    finally:
+        helper.join()
+        with contextlib.suppress(OSError):
+            out.close()
+        os.close(reader)
+    assert b"the previous version is back up" in drained
