@@ -771,8 +771,9 @@ class Deployer:
         except (DeployError, KeyboardInterrupt) as exc:
             # Ctrl-C (or SIGTERM or SIGHUP, see main) while waiting for the health check is rolled back
             # too: the previous version is stopped by now and would otherwise stay down.
-            self.say(f"FAILED: {exc}" if isinstance(exc, DeployError) else "interrupted; rolling back")
             with self.interrupts_held():  # a second Ctrl-C must not stop the rollback half-way
+                # said with them held: to an output not read (a full SSH window), this line waits
+                self.say(f"FAILED: {exc}" if isinstance(exc, DeployError) else "interrupted; rolling back")
                 if name_free:  # else the container of that name may still be the live version
                     self.print_logs()
                     self.remove_new(remove_image=cfg.build and not image_existed)

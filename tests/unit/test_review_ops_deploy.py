@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -365,37 +367,111 @@ def test_a_terminal_s_ctrl_c_reaches_deploy_docker_py_not_the_docker_calls_it_wa
     assert streamed.returncode == 0 and streamed.stdout.strip() == "False"
 
 
-def test_an_interrupt_held_while_the_rollback_writes_a_line_does_not_end_the_rollback(tmp_path: Path) -> None:
-    """A second Ctrl-C landing while the rollback's own line is being written (its output a pipe or a
-    terminal that is not read: an SSH connection's full window, a terminal paused by Ctrl-S) ran the
-    handler inside that write, and the handler's "still rolling back" wrote to the same stream
-    again: RuntimeError "reentrant call", raised out of the rollback half-way (it catches neither).
-    The interrupt is still held, and the rollback's line written once the reader reads again."""
-    import threading
-    import time
-
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is full: the next write to it blocks until its reader reads."""
     reader, writer = os.pipe()
     os.set_blocking(writer, False)
     with contextlib.suppress(BlockingIOError):
         while True:
             os.write(writer, b"x" * 65536)
     os.set_blocking(writer, True)
+    return reader, writer
+
+
+def _drain(reader: int, until: bytes, seconds: float = 5.0) -> bytes:
+    """What ``reader`` holds, read until ``until`` came (or ``seconds`` passed)."""
+    os.set_blocking(reader, False)
+    drained = bytearray()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and until not in drained:
+        with contextlib.suppress(BlockingIOError):
+            drained.extend(os.read(reader, 1 << 20))
+        time.sleep(0.01)
+    return bytes(drained)
+
+
+class OutputStallsAtTheHealthCheck(FakeEngine):
+    """The deployer's output stops being read (an SSH connection's window full, a terminal paused
+    by Ctrl-S) while the new container's health check fails."""
+
+    writer: int = -1
+    stalled: threading.Event
+
+    def do_container(self, args: list[str]) -> tuple[int, str, str]:
+        if args[-1] == self.new_name and not self.stalled.is_set():
+            with contextlib.suppress(BlockingIOError):
+                os.set_blocking(self.writer, False)
+                while True:
+                    os.write(self.writer, b"x" * 65536)
+            os.set_blocking(self.writer, True)
+            self.stalled.set()
+        return super().do_container(args)
+
+
+def test_an_interrupt_while_the_failure_is_being_said_does_not_skip_the_rollback(tmp_path: Path) -> None:
+    """The rollback's first line ('FAILED: ...' or 'interrupted; rolling back') was written before
+    the interrupts were held: with its output not read, that write waited, and a Ctrl-C meanwhile
+    (nothing seemed to happen; after an interruption, the second) raised out of it, before the
+    rollback began: the previous
+    version stayed stopped under its -previous name. The line is said with the interrupts held."""
+    reader, writer = os.pipe()
+    engine = OutputStallsAtTheHealthCheck(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+    )
+    engine.writer = writer
+    engine.stalled = threading.Event()
+    deployer, _ = make_deployer(make_cfg(tmp_path), engine)
+    out = io.TextIOWrapper(io.BufferedWriter(io.FileIO(writer, "w", closefd=False)), encoding="utf-8")
+    deployer.out = out
+    main = threading.get_ident()
+    drained: list[bytes] = []
+
+    def interrupt_then_read() -> None:
+        engine.stalled.wait(10)
+        time.sleep(0.3)  # the deployer's next line is blocked by now
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.3)
+        drained.append(_drain(reader, b"running again"))
+
+    helper = threading.Thread(target=interrupt_then_read)
+    helper.start()
+    try:
+        with pytest.raises(deploy.DeployError, match="health check failed"):
+            try:
+                deployer.deploy(secrets_())
+            except KeyboardInterrupt:
+                pytest.fail("the second interrupt ended the deployment before its rollback")
+    finally:
+        helper.join()
+        with contextlib.suppress(OSError):
+            out.close()
+        os.close(writer)
+        os.close(reader)
+    assert set(engine.containers) == {"movierec"}, engine.containers
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running", "the previous version is down"
+
+
+def test_an_interrupt_held_while_the_rollback_writes_a_line_does_not_end_the_rollback(tmp_path: Path) -> None:
+    """A second Ctrl-C landing while the rollback's own line is being written (its output a pipe or a
+    terminal that is not read: an SSH connection's full window, a terminal paused by Ctrl-S) ran the
+    handler inside that write, and the handler's "still rolling back" wrote to the same stream
+    again: RuntimeError "reentrant call", raised out of the rollback half-way (it catches neither).
+    The interrupt is still held, and the rollback's line written once the reader reads again."""
+    reader, writer = _full_pipe()
     out = io.TextIOWrapper(io.BufferedWriter(io.FileIO(writer, "w")), encoding="utf-8")
     deployer, _ = make_deployer(make_cfg(tmp_path), FakeEngine(images=set(), containers={}))
     deployer.out = out
     main = threading.get_ident()
-    drained = bytearray()
+    drained: list[bytes] = []
 
     def interrupt_then_read() -> None:
         time.sleep(0.3)  # the write below is blocked by now
         signal.pthread_kill(main, signal.SIGINT)
         time.sleep(0.3)
-        os.set_blocking(reader, False)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and b"back up" not in drained:
-            with contextlib.suppress(BlockingIOError):
-                drained.extend(os.read(reader, 1 << 20))
-            time.sleep(0.01)
+        drained.append(_drain(reader, b"back up"))
 
     helper = threading.Thread(target=interrupt_then_read)
     helper.start()
@@ -407,4 +483,4 @@ def test_an_interrupt_held_while_the_rollback_writes_a_line_does_not_end_the_rol
         with contextlib.suppress(OSError):
             out.close()
         os.close(reader)
-    assert b"the previous version is back up" in drained
+    assert b"the previous version is back up" in drained[0]
