@@ -528,3 +528,30 @@ def test_an_error_storm_while_smtp_is_down_holds_one_position_per_waiting_group(
     assert cursors.path.read_text().strip() == "s=ab;i=1"  # before the first, still undelivered
     assert len(held) > 20 and max(held) <= 200, held[-5:]  # a second of lines at most, not all
     assert held[-1] <= 2, held[-5:]
+
+
+def test_main_gives_back_the_signal_handlers_it_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main() set SIGTERM, SIGINT and SIGHUP to stop its monitor and left them so when it returned:
+    whoever called it in-process (the test suite) had a Ctrl-C, a CI runner's SIGTERM and a hang-up
+    each call stop() of a monitor long gone, and so ignored. It sets back what it found."""
+    import signal
+
+    from app.monitoring import monitor as module
+
+    monitor, _, sink, _ = _refusing_monitor(tmp_path)
+    monkeypatch.setattr(module, "verify_sink", lambda sink: None)
+    monkeypatch.setattr(module, "build_sink", lambda args, password: sink)
+    monkeypatch.setattr(module, "check_journal", lambda follower, container: False)
+    monkeypatch.setattr(module, "JournalFollower", lambda *args, **kwargs: monitor.follower)
+    sink.where, sink.security, sink.recipients = "smtp:587", "starttls", ["ops@example.com"]  # type: ignore[attr-defined]
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    before = {signum: signal.getsignal(signum) for signum in stops}
+    try:
+        module.main(["movierec", "smtp", "ops@example.com", "--no-auth", "--group-wait", "0"])
+        after = {signum: signal.getsignal(signum) for signum in stops}
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert after == before
