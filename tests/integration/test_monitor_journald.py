@@ -993,9 +993,12 @@ def test_under_nohup_a_hangup_does_not_stop_the_monitor(journald, container, smt
     try:
         deadline = time.monotonic() + 20
         assert proc.stderr is not None
+        following = False
         for line in proc.stderr:  # its own log: "monitoring container" once it follows
-            if '"monitoring container"' in line or time.monotonic() > deadline:
+            following = '"monitoring container"' in line
+            if following or time.monotonic() > deadline:
                 break
+        assert following, "the monitor never said it follows the container: the hang-up would test nothing"
         proc.send_signal(signal.SIGHUP)
         time.sleep(1.0)
         assert proc.poll() is None, "nohup's SIGHUP stopped the monitor"
