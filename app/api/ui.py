@@ -456,7 +456,6 @@ def login() -> Response:
 
 
 @bp.post("/logout")
-@login_required()
 def logout() -> Response:
     """Revoke the token (as POST /api/logout does) and drop the cookie, in every case.
 
@@ -465,7 +464,13 @@ def logout() -> Response:
     person who clicked "Log out" was still logged in. The browser session ends anyway, and the
     login page says the logout was not recorded on the server (the token stays valid until it
     expires, but for this worker, which refuses it and writes it once the database answers).
+
+    A session already over (the token revoked by a first click of a double click, expired, or no
+    cookie left) is logged out as asked: the login page said "Your session was ended. Please log
+    in again." A live session's post still needs its form's CSRF value (_authenticate raises).
     """
+    if _authenticate() is not None:
+        return _login_redirect("logged_out")
     try:
         revoke_current_token()
     except Unavailable:

@@ -196,6 +196,43 @@ def test_logout_revokes_the_token(client: Any) -> None:
     assert client.get("/protected", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
+def test_a_second_click_on_log_out_says_you_have_logged_out(app: Any) -> None:
+    """A double click on "Log out" sends the form twice with the same cookie: the first post revokes
+    the token, the second found it revoked and the page said "Your session was ended. Please log in
+    again.", as if something else had ended it. A log-out post whose session is already over
+    (revoked, expired, or no cookie left) is what was asked for: "You have logged out"."""
+    from flask_jwt_extended import create_access_token, decode_token
+
+    from app.api.auth import token_claims
+
+    client = app.test_client()
+    csrf = ui_login(client)
+    token = client.get_cookie(COOKIE, path="/ui").value
+    first = client.post("/ui/logout", data={"csrf_token": csrf})
+    assert "reason=logged_out" in first.headers["Location"]
+    client.set_cookie(COOKIE, token, path="/ui")  # the second click left before the first's answer
+    second = client.post("/ui/logout", data={"csrf_token": csrf})
+    assert second.status_code == 303
+    assert second.headers["Location"] == "/ui/login?reason=logged_out"
+    assert f"{COOKIE}=;" in second.headers["Set-Cookie"]
+    assert "You have logged out." in client.get(second.headers["Location"]).text
+    with app.app_context():
+        expired = create_access_token(
+            "client", additional_claims=token_claims("client"), expires_delta=timedelta(seconds=-5)
+        )
+        expired_csrf = decode_token(expired, allow_expired=True)["csrf"]
+    client.set_cookie(COOKIE, expired, path="/ui")
+    late = client.post("/ui/logout", data={"csrf_token": expired_csrf})
+    assert late.headers["Location"] == "/ui/login?reason=logged_out"
+    gone = client.post("/ui/logout", data={"csrf_token": csrf})  # no cookie at all
+    assert gone.headers["Location"] == "/ui/login?reason=logged_out"
+    # a live session's log-out still needs its form's CSRF value
+    csrf = ui_login(client)
+    refused = client.post("/ui/logout", data={"csrf_token": "stale"})
+    assert refused.status_code == 400
+    assert client.get("/ui").status_code == 200  # still logged in
+
+
 def test_logout_ends_the_browser_session_even_when_it_cannot_be_recorded(
     make_app: Callable[..., Any], postgres_url: str
 ) -> None:
