@@ -448,6 +448,27 @@ def test_the_form_serves_what_the_api_serves(client: Any, auth_headers: dict[str
     assert page.text.count('type="radio"') == 7 * 5
 
 
+@pytest.mark.parametrize(
+    ("age", "gender", "occupation", "described"),
+    [
+        ("18", "F", "retired", "For a woman aged 18 (occupation: retired)"),
+        ("8", "M", "none", "For a man aged 8 (occupation: none)"),
+        ("30", "O", "programmer", "For a person aged 30 (occupation: programmer)"),
+    ],
+)
+def test_the_list_says_whose_profile_it_is_in_plain_english(
+    client: Any, age: str, gender: str, occupation: str, described: str
+) -> None:
+    """The list's lead read "For a 18-year-old woman working as retired": "a" before 8, 11, 18 and
+    80-89, and "working as" before eight of the 21 occupations (none, other, retired, student,
+    homemaker, entertainment, marketing, healthcare)."""
+    page = recommend(client, ui_login(client), age=age, gender=gender, occupation=occupation)
+    assert page.status_code == 200
+    lead = re.search(r'<p class="lead">(.*?)</p>', page.text, re.S)
+    assert lead
+    assert " ".join(html.unescape(lead.group(1)).split()).startswith(described + " · model")
+
+
 def test_rating_stores_feedback_and_shows_it(app: Any) -> None:
     client = app.test_client()
     db = app.extensions["movierec"].db
