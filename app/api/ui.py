@@ -81,6 +81,8 @@ CSRF_MESSAGE = (
     "This form was not sent from this site or is out of date (you may have logged in again since "
     "it was shown), so nothing was saved. Open its page again and send it once more."
 )
+# the login limit's message at the password field (after its label in the summary)
+LOGIN_LIMITED = "was tried too many times from your address: wait a minute and try again"
 CROSS_SITE_MESSAGE = "This form was sent from another site. Open this site's own page and try again."
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _OWN_FETCHES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site: from this origin, or the user's own
@@ -333,12 +335,14 @@ def error_page(error: HTTPException) -> Response:
         413: "What was sent is too large.",
         429: "Too many attempts from your address. Wait a minute and try again.",
     }
-    response = _page(
-        "ui/error.html",
-        status,
-        heading=headings.get(status, "Request not accepted"),
-        message=messages.get(status, (error.description or error.name or "").split("\n")[0]),
-    )
+    message = messages.get(status, (error.description or error.name or "").split("\n")[0])
+    if status == 429 and request.endpoint == "ui.login":
+        # the login limit: the form again, so its way back (next) is not lost with it
+        response = _login_form(status, errors={"session_password": LOGIN_LIMITED})
+    else:
+        response = _page(
+            "ui/error.html", status, heading=headings.get(status, "Request not accepted"), message=message
+        )
     for name, value in error.get_headers():  # keep Retry-After, Allow ...
         if name.lower() != "content-type":
             response.headers[name] = value
@@ -426,15 +430,25 @@ def _same_host(origin: str, host: str) -> bool:
 # --------------------------------------------------------------------------- login / logout
 
 
+def _next_path() -> str:
+    """The login form's ``next`` (query or form), when it is a page of this UI; else ""."""
+    next_path = request.values.get("next", "")
+    return next_path if _SAFE_NEXT.match(next_path) else ""
+
+
+def _login_form(
+    status: int = 200, notice: str | None = None, errors: Mapping[str, str] | None = None
+) -> Response:
+    return _page(
+        "ui/login.html", status, notice=notice, errors=errors or {}, next_path=_next_path(), labels=LABELS
+    )
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Response:
-    next_path = request.values.get("next", "")
-    next_path = next_path if _SAFE_NEXT.match(next_path) else ""
+    next_path = _next_path()
     if request.method != "POST":  # GET and HEAD: the form; only a POST tries a password (and is limited)
-        reason = request.args.get("reason", "")
-        return _page(
-            "ui/login.html", notice=LOGIN_REASONS.get(reason), errors={}, next_path=next_path, labels=LABELS
-        )
+        return _login_form(notice=LOGIN_REASONS.get(request.args.get("reason", "")))
     # No token exists yet, so there is nothing to CSRF-check: a post from another site is
     # refused before this (_refuse_other_sites), and the SameSite=Strict cookie set here (and
     # the CSRF value in its token) protects every later post.
@@ -449,7 +463,7 @@ def login() -> Response:
             errors = {"session_password": exc.message}
     if errors:
         status = 401 if "session_password" in errors and parsed is not None else 400
-        return _page("ui/login.html", status, notice=None, errors=errors, next_path=next_path, labels=LABELS)
+        return _login_form(status, errors=errors)
     response = _see_other(next_path or url_for("ui.index"))
     set_access_cookies(response, token)
     return response

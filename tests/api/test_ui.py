@@ -175,6 +175,25 @@ def test_a_next_ending_in_a_newline_is_dropped_not_a_500(client: Any) -> None:
     assert response.status_code == 303 and response.headers["Location"] == "/ui"
 
 
+def test_too_many_attempts_keep_the_login_form_and_the_way_back(make_app: Callable[..., Any]) -> None:
+    """Past the login limit the answer was the bare error page: no password field, and the way back
+    to the page the person came from (``next``, e.g. the list whose session expired) was lost with
+    the form. It is the login form again, the limit explained at the field, ``next`` kept."""
+    app = make_app(login_rate_limit="2 per minute")
+    client = app.test_client()
+    back = "/ui/recommendations/0486a801-6671-84f4-ba5b-6d1b5e7cff38"
+    tries = [client.post("/ui/login", data={"session_password": "guess", "next": back}) for _ in range(3)]
+    assert [t.status_code for t in tries] == [401, 401, 429]
+    limited = tries[-1]
+    assert limited.headers["Retry-After"]
+    page = limited.text
+    assert 'action="/ui/login"' in page and 'id="field-session_password"' in page
+    assert re.search(r'id="field-session_password"[^>]*aria-invalid="true"', page)
+    error = re.search(r'<p class="field-error" id="error-session_password">(.*?)</p>', page, re.S)
+    assert error and "tried too many times" in error.group(1)
+    assert f'name="next" value="{back}"' in page
+
+
 def test_the_ui_takes_the_password_exactly_as_the_api_does(make_app: Callable[..., Any]) -> None:
     """The UI stripped the password: one with a space at either end never logged in there, and a
     padded wrong one did."""
