@@ -950,6 +950,21 @@ def test_every_control_has_a_label(client: Any) -> None:
         assert '<html lang="en">' in page and 'href="#main"' in page
 
 
+def test_each_rating_button_names_its_movie(app: Any) -> None:
+    """Every list item's button was just "Save rating" (or "Update rating"): a screen reader's list
+    of buttons read the same words ten times, no movie named. Each names its movie (hidden text)."""
+    client = app.test_client()
+    csrf = ui_login(client)
+    page = recommend(client, csrf).text
+    titles, request_id = titles_of(page), list_id(page)
+    client.post("/ui/feedback", data={"csrf_token": csrf, "id": request_id, "movie": titles[1], "score": "4"})
+    page = client.get(f"/ui/recommendations/{request_id}").text
+    buttons = re.findall(r'<form[^>]*class="rating-form".*?<button[^>]*>(.*?)</button>', page, re.S)
+    names = [" ".join(html.unescape(re.sub(r"<[^>]+>", "", b)).split()) for b in buttons]
+    expected = [f"{'Update' if i == 1 else 'Save'} rating for {title}" for i, title in enumerate(titles)]
+    assert names == expected
+
+
 # --------------------------------------------------------------------------- the dashboard's queries
 
 
