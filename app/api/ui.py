@@ -507,6 +507,15 @@ def index_with_slash() -> Response:
     return _see_other(url_for("ui.index"))
 
 
+@bp.get("/recommend")
+@bp.get("/feedback")
+def form_answer_opened_again() -> Response:
+    """An invalid form is answered at its post's address, which the address bar then shows; opened
+    again from there (Enter in the address bar, a new tab, a restored session) it was the 405
+    "Not allowed" page. It leads to the form (which asks for a login first)."""
+    return _see_other(url_for("ui.index"))
+
+
 @bp.post("/recommend")
 @login_required()
 def recommend() -> Response:

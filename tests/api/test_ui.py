@@ -1075,6 +1075,24 @@ def test_routing_errors_under_ui_are_pages_and_the_api_keeps_its_envelope(client
     assert near.status_code == 404 and near.mimetype == "application/json"
 
 
+def test_the_address_of_a_form_answer_opened_again_leads_to_the_form(client: Any) -> None:
+    """An invalid form is answered at its post's address (/ui/recommend, /ui/feedback), which the
+    address bar then shows: opened again from there (Enter in the address bar, a new tab, a
+    restored session), it was the 405 "Not allowed" page. It leads to the form."""
+    csrf = ui_login(client)
+    invalid = client.post("/ui/recommend", data={"csrf_token": csrf, "age": "abc"})
+    assert invalid.status_code == 400 and invalid.request.path == "/ui/recommend"
+    for path in ("/ui/recommend", "/ui/feedback"):
+        for method in ("GET", "HEAD"):
+            opened = client.open(path, method=method)
+            assert opened.status_code == 303, (path, method, opened.status_code)
+            assert opened.headers["Location"] == "/ui"
+    assert client.get("/ui/recommend", follow_redirects=True).request.path == "/ui"
+    client.post("/ui/logout", data={"csrf_token": csrf})
+    logged_out = client.get("/ui/feedback", follow_redirects=True)
+    assert logged_out.request.path == "/ui/login" and "Please log in" in logged_out.text
+
+
 def test_an_unknown_page_knows_who_is_logged_in(client: Any) -> None:
     """A routing error is answered without a view, so without reading the cookie: someone logged
     in got a page with no header links and no "Log out", telling them to "Log in"."""
