@@ -54,7 +54,6 @@ import signal
 import subprocess  # nosec B404 - docker CLI with argument lists, never a shell
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, nullcontext, suppress
@@ -62,6 +61,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
+from app import stop_signals
 from app.number_options import bounded_number, whole_seconds
 from app.secret_files import (
     FILE_SUFFIX,
@@ -1018,9 +1018,6 @@ class Deployer:
         """Ctrl-C, SIGTERM and SIGHUP are said, not raised, while the rollback runs: a second one
         (the rollback seemed slow, a CI runner's second SIGTERM) ended it half-way, the previous version
         stopped under its -previous name and the database perhaps still the new version's."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be set from the main thread, where signals land
-            return
 
         def held(signum: int, frame: object) -> None:
             # A signal landing inside a write of ours (its reader not reading: a full SSH window, a
@@ -1033,13 +1030,8 @@ class Deployer:
                     "is being brought back; stopping now would leave the service down"
                 )
 
-        stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        previous = {signum: signal.signal(signum, held) for signum in stops}
-        try:
+        with stop_signals.handled(held, keep_nohup=False):
             yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
     def restore_previous(self, previous: ContainerState | None) -> ContainerState | None:
         """Give the previous version its name back and start it if it ran; the state of the one
@@ -1453,27 +1445,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     # SIGTERM (a CI job's timeout, systemd) and SIGHUP (the terminal or SSH session it ran in
     # closed) interrupt like Ctrl-C, so the deployment is rolled back instead of leaving the
     # previous version stopped under its -previous name. A SIGHUP ignored (nohup) stays ignored.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous_handlers = {}
-    if in_main_thread:
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            previous_handlers[signum] = signal.getsignal(signum)
-            if previous_handlers[signum] != signal.SIG_IGN or signum == signal.SIGTERM:
-                signal.signal(signum, signal.default_int_handler)
-    try:
-        cfg = config_from_args(args)
-        prompt = getpass.getpass if sys.stdin.isatty() else None
-        secrets_ = resolve_secrets(args.session_password, environ, args.extra_env, prompt)
-        Deployer(cfg, Docker(args.docker)).deploy(secrets_)
-    except DeployError as exc:
-        write_out(sys.stderr, f"deploy-docker: {exc}\n")
-        return 1
-    except (KeyboardInterrupt, EOFError):
-        write_out(sys.stderr, "deploy-docker: interrupted\n")
-        return 130
-    finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+    with stop_signals.handled(signal.default_int_handler, (signal.SIGTERM, signal.SIGHUP)):
+        try:
+            cfg = config_from_args(args)
+            prompt = getpass.getpass if sys.stdin.isatty() else None
+            secrets_ = resolve_secrets(args.session_password, environ, args.extra_env, prompt)
+            Deployer(cfg, Docker(args.docker)).deploy(secrets_)
+        except DeployError as exc:
+            write_out(sys.stderr, f"deploy-docker: {exc}\n")
+            return 1
+        except (KeyboardInterrupt, EOFError):
+            write_out(sys.stderr, "deploy-docker: interrupted\n")
+            return 130
     return 0
 
 

@@ -24,16 +24,15 @@ import logging
 import os
 import re
 import shutil
-import signal
 import ssl
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from app import stop_signals
 from app.durable import write_durably
 from app.listener import MAX_PORT
 from app.monitoring.alerts import (
@@ -501,16 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A line stdout cannot encode (a JSON "\udcff" under a locale other than C, where stdout
         # is strict) raised out of --print and ended the monitor, on the same entry at each restart.
         sys.stdout.reconfigure(errors="replace")
-    previous: dict[int, Any] = {}  # the handlers found, set back when the monitor has stopped
-    if threading.current_thread() is threading.main_thread():
-        # SIGHUP too (its terminal or SSH session closed): it killed the monitor at once, the
-        # alerts waiting for their group or window unsent. One ignored (nohup) stays ignored.
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            handler = signal.getsignal(signum)
-            if signum != signal.SIGHUP or handler != signal.SIG_IGN:
-                previous[signum] = handler
-                signal.signal(signum, lambda *_: monitor.stop())
-    try:
+    # SIGHUP too (its terminal or SSH session closed): it killed the monitor at once, the alerts
+    # waiting for their group or window unsent. The handlers found are set back once it stopped.
+    with stop_signals.handled(lambda *_: monitor.stop()):
         log.info(
             "monitoring container",
             extra={
@@ -522,9 +514,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
         )
         monitor.run()
-    finally:  # an in-process caller's Ctrl-C and SIGTERM called this stop() of a monitor long gone
-        for found, handler in previous.items():
-            signal.signal(found, signal.SIG_DFL if handler is None else handler)
     log.info(
         "monitor stopped",
         extra={"entries": monitor.entries_seen, "alerts": monitor.alerts_raised, "emails": alerter.sent},
