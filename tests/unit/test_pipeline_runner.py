@@ -51,6 +51,33 @@ def _flow_runs_with(monkeypatch: pytest.MonkeyPatch, run_flow: Any, settings: Se
     )
 
 
+def _run_reporting(
+    summary: dict[str, Any],
+    command: list[str],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> tuple[str, str]:
+    """Run ``command`` (``pipeline run`` or ``schedule --once``) over a flow that hands over
+    ``summary``; what it printed (it must succeed) and what the scheduler logged of the run."""
+    import logging
+
+    from click.testing import CliRunner
+
+    import app.pipeline.runner as runner
+    from app.cli import cli
+
+    def run_flow(*_a: Any, **_k: Any) -> Any:
+        return runner.FlowRun(summary=summary, seconds=0.0, output="")
+
+    _flow_runs_with(monkeypatch, run_flow, settings)
+    with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
+        result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 0, result.output
+    logged = " ".join(r.getMessage() for r in caplog.records if "training finished" in r.getMessage())
+    return result.output, logged
+
+
 def test_pipeline_run_help_says_each_default_in_the_users_terms() -> None:
     """``movierec pipeline run --help`` said ``(default: DEFAULT_CANDIDATES)``, a Python constant
     a user cannot look up, and ``Default: MOVIEREC_DATA_DIR.`` without what applies when the
@@ -528,27 +555,15 @@ def test_a_run_without_a_champion_before_it_says_none_not_vnone(
     """The first `make pipeline` of a new user printed and logged ``champion: v1 (before: vNone,
     …)``, and a run whose every candidate the gate rejected ``champion: vNone``: Python's None
     in the one summary line a user reads."""
-    import logging
-
-    from click.testing import CliRunner
-
     import app.pipeline.runner as runner
-    from app.cli import cli
 
     summary = {"candidates": [], "seconds": 0, "champion": champion, "champion_before": None,
                "promoted": promoted, "exported": None, "reloaded": False}  # fmt: skip
-
-    def run_flow(*_a: Any, **_k: Any) -> Any:
-        return runner.FlowRun(summary=summary, seconds=0.0, output="")
-
-    _flow_runs_with(monkeypatch, run_flow, _settings(tmp_path, service_url=""))
-    with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
-        result = CliRunner().invoke(cli, command)
-    assert result.exit_code == 0, result.output
-    assert line in result.output
-    logged = " ".join(r.getMessage() for r in caplog.records if "training finished" in r.getMessage())
+    settings = _settings(tmp_path, service_url="")
+    output, logged = _run_reporting(summary, command, settings, monkeypatch, caplog)
+    assert line in output
     assert "(before: none, promoted now: " in logged
-    assert "vNone" not in result.output + logged
+    assert "vNone" not in output + logged
     bookkeeping = runner.released_but(summary | {"promoted": "1", "champion": "1"}, "closing failed")
     assert "the champion is now v1 (promoted by this run; before: none)" in bookkeeping
 
@@ -560,25 +575,11 @@ def test_a_run_that_exported_nothing_does_not_say_the_service_was_not_reloaded(
     """A run that promoted nothing (every candidate rejected, the champion's bundle already served)
     printed and logged ``exported: no change  reloaded: False``: a failed reload to an operator,
     where none was asked (nothing new to load). A reload is named only beside an export."""
-    import logging
-
-    from click.testing import CliRunner
-
-    import app.pipeline.runner as runner
-    from app.cli import cli
-
     summary = {"candidates": [], "seconds": 0, "champion": "4", "champion_before": "4",
                "promoted": None, "exported": None, "reloaded": False}  # fmt: skip
-
-    def run_flow(*_a: Any, **_k: Any) -> Any:
-        return runner.FlowRun(summary=summary, seconds=0.0, output="")
-
-    _flow_runs_with(monkeypatch, run_flow, _settings(tmp_path, service_url="http://127.0.0.1:9"))
-    with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
-        result = CliRunner().invoke(cli, command)
-    assert result.exit_code == 0, result.output
-    logged = " ".join(r.getMessage() for r in caplog.records if "training finished" in r.getMessage())
-    for text in (result.output, logged):
+    settings = _settings(tmp_path, service_url="http://127.0.0.1:9")
+    output, logged = _run_reporting(summary, command, settings, monkeypatch, caplog)
+    for text in (output, logged):
         assert "exported: no change (no reload asked)" in text, text
         assert "reloaded:" not in text, text
 
