@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -527,9 +527,9 @@ def test_follower_parses_real_entries_and_stops(journald: Journald, container: s
 class MonitorProcess:
     """monitor-docker.py as a subprocess, its stdout (--print) collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], launcher: Sequence[str] = ()) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "monitor-docker.py"), *args],
+            [*launcher, sys.executable, str(REPO / "monitor-docker.py"), *args],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -586,6 +586,7 @@ def monitor_factory(smtp_server: SmtpServer, container: str) -> Iterator:
         password: str | None = PASSWORD,
         env_extra: dict[str, str] | None = None,
         group_wait: float = 1.0,
+        launcher: Sequence[str] = (),
     ) -> MonitorProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_SMTP")}
         if password is not None:
@@ -606,7 +607,7 @@ def monitor_factory(smtp_server: SmtpServer, container: str) -> Iterator:
             "5",
             *extra,
         ]
-        proc = MonitorProcess(args, env)
+        proc = MonitorProcess(args, env, launcher)
         started.append(proc)
         return proc
 
@@ -981,27 +982,10 @@ def test_a_relay_that_offers_no_login_is_told_to_use_no_auth() -> None:
     assert not caught.value.retryable
 
 
-def test_under_nohup_a_hangup_does_not_stop_the_monitor(journald, container, smtp_server) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_SMTP")}
-    env["MONITOR_SMTP_PASSWORD"] = PASSWORD
-    args = [container, "127.0.0.1", USER, "--smtp-port", str(smtp_server.port), "--print"]
-    proc = subprocess.Popen(
-        ["nohup", sys.executable, str(REPO / "monitor-docker.py"), *args],
-        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        assert proc.stderr is not None
-        following = False
-        for line in proc.stderr:  # its own log: "monitoring container" once it follows
-            following = '"monitoring container"' in line
-            if following or time.monotonic() > deadline:
-                break
-        assert following, "the monitor never said it follows the container: the hang-up would test nothing"
-        proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
-        assert proc.poll() is None, "nohup's SIGHUP stopped the monitor"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+def test_under_nohup_a_hangup_does_not_stop_the_monitor(journald, container, monitor_factory) -> None:
+    monitor = monitor_factory(launcher=("nohup",))
+    monitor.wait_ready(journald, container)  # following: else the hang-up would test nothing
+    monitor.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert monitor.proc.poll() is None, "nohup's SIGHUP stopped the monitor"
+    assert monitor.stop() == 0
