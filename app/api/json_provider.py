@@ -7,16 +7,25 @@ under ``--debug``), dates as HTTP dates, ``Decimal``/``UUID`` as strings, datacl
 objects. Stricter than ``json``: ``NaN``/``Infinity`` literals are not JSON and are refused as a
 bad body (400); an integer beyond 64 bits is read as a float (no integer field takes it, see
 ``integral`` in app/recommender/features.py). NumPy arrays and scalars serialise directly.
+
+A body is read in the encoding the standard library's ``json`` (Flask's default, the seed's)
+detects: UTF-8 behind a byte-order mark (RFC 8259, 8.1, lets a parser ignore it, and editors on
+Windows write one), UTF-16 or UTF-32. orjson reads UTF-8 alone, and each of those was a 400
+"not valid JSON"; such a body is decoded first, a UTF-8 one without a mark goes to orjson as is.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
 from flask import Flask, Response
 from flask.json.provider import JSONProvider, _default
 
+_MARKED_OR_WIDE = frozenset(b"\x00\xef\xfe\xff")
+"""First bytes of a body that is not plain UTF-8 (a byte-order mark, or UTF-16/32's NUL); JSON
+text in UTF-8 starts with none of them."""
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
@@ -37,6 +46,10 @@ class OrjsonProvider(JSONProvider):
         return self._bytes(obj, indent=indent, sort_keys=sort_keys).decode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        if isinstance(s, bytes) and s and (s[0] in _MARKED_OR_WIDE or (len(s) > 1 and not s[1])):
+            # a mark (EF, FE, FF) or a NUL in the first two bytes: not plain UTF-8. A byte that is
+            # no text in the encoding found raises UnicodeDecodeError, a ValueError: a bad body, 400
+            return orjson.loads(s.decode(json.detect_encoding(s)))
         return orjson.loads(s)
 
     def response(self, *args: Any, **kwargs: Any) -> Response:

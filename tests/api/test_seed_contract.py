@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -231,6 +232,32 @@ def test_non_object_json_is_400(client, auth_headers, payload) -> None:
     )
     assert_envelope(response, 400, "invalid_request")
     assert response.get_json()["error"]["message"] == "request body must be a JSON object"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32-le"])
+def test_a_body_with_a_byte_order_mark_or_in_utf_16_or_32_is_read(client, auth_headers, encoding) -> None:
+    """What the seed's Flask read (the standard library's ``json`` detects the encoding of a body)
+    is read: a UTF-8 body behind a byte-order mark, which RFC 8259 (8.1) lets a parser ignore and
+    editors on Windows write (``curl -d @login.json``), and UTF-16 or UTF-32. Read through orjson,
+    which takes UTF-8 alone, each was a 400 "not valid JSON"."""
+    headers = {**auth_headers, "Content-Type": "application/json"}
+    expected = _recommend(client, auth_headers).get_json()["recommendations"]
+    body = json.dumps({**PROFILE, "max_recs": 10}).encode(encoding)
+    response = client.post("/api/recommend", data=body, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["recommendations"] == expected
+    password = json.dumps({"session_password": SESSION_PASSWORD}).encode(encoding)
+    login = client.post("/api/login", data=password, headers={"Content-Type": "application/json"})
+    assert login.status_code == 200, login.get_json()
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe{\x00\x00\xd8", b"\xef\xbb\xbf\xff{}", b"\x00{\x00"])
+def test_a_body_that_is_no_text_in_its_encoding_is_400(client, auth_headers, body) -> None:
+    """A byte-order mark or NUL bytes say which encoding to read; bytes that are no text in it
+    (a lone UTF-16 surrogate, an invalid UTF-8 byte, an odd length) are a bad body, not a 500."""
+    headers = {**auth_headers, "Content-Type": "application/json"}
+    response = client.post("/api/recommend", data=body, headers=headers)
+    assert assert_envelope(response, 400, "invalid_request")["message"] == "request body is not valid JSON"
 
 
 @pytest.mark.parametrize(
