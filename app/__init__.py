@@ -157,22 +157,24 @@ def run_development_server(app: Flask, host: str, port: int, debug: bool) -> Non
     status, latency). Werkzeug's own request line is dropped, its error lines (a malformed
     request line, a dropped connection) are kept.
 
-    SIGTERM (``kill``, systemd, an IDE's stop button) stops it as Ctrl-C does, so the exit hooks
-    run (app/exit_hooks.py): Python's default SIGTERM ended the process outright, losing the
-    request log's unwritten rows and leaving the feedback journal's segment to the next start."""
+    SIGTERM (``kill``, systemd, an IDE's stop button) and SIGHUP (the terminal or SSH session it
+    runs in closed) stop it as Ctrl-C does, so the exit hooks run (app/exit_hooks.py): Python's
+    default for either ended the process outright, losing the request log's unwritten rows (ids
+    already answered, whose scores were then refused) and leaving the feedback journal's segment
+    to the next start. A SIGHUP ignored by ``nohup`` stays ignored; only the main thread may set
+    a handler (app/stop_signals.py)."""
     import signal
-    import threading
 
     from werkzeug.serving import WSGIRequestHandler
 
-    if threading.current_thread() is threading.main_thread():  # only there may a handler be set
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    from app.stop_signals import handled
 
     class RequestHandler(WSGIRequestHandler):
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             return None
 
-    app.run(host=host, port=port, debug=debug, use_reloader=False, request_handler=RequestHandler)
+    with handled(signal.default_int_handler, (signal.SIGTERM, signal.SIGHUP)):
+        app.run(host=host, port=port, debug=debug, use_reloader=False, request_handler=RequestHandler)
 
 
 def _upgrade_schema(db: Database) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -64,42 +65,59 @@ def _movierec() -> str:
     return shutil.which("movierec", path=str(Path(sys.executable).parent)) or "movierec"
 
 
-@pytest.mark.parametrize("command", ["main.py", "movierec serve"])
-def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path, command: str) -> None:
-    """ML_MODEL_PATH=… SESSION_PASSWORD=test python main.py --port P --debug (and `movierec serve`,
-    what `make run` starts), then login/recommend/score."""
-    port = free_port()
-    env = _env(
+def _seed_env(tmp_path: Path, model_store: Path, **extra: str) -> dict[str, str]:
+    """The seed's variables (ML_MODEL_PATH, SESSION_PASSWORD=test); a database and journal of the test's."""
+    return _env(
         ML_MODEL_PATH=str(model_store),
         SESSION_PASSWORD="test",
         MOVIEREC_DATABASE_URL=f"sqlite:///{tmp_path / 'seed.db'}",
         MOVIEREC_FEEDBACK_JOURNAL_DIR=str(tmp_path / "feedback-journal"),
+        **extra,
     )
-    argv = {
-        "main.py": [sys.executable, "main.py", "--port", str(port), "--debug"],
-        "movierec serve": [_movierec(), "serve", "--port", str(port), "--debug"],
-    }[command]
+
+
+def _started(argv: list[str], env: dict[str, str], port: int) -> tuple[subprocess.Popen, str]:
+    """The server ``argv`` starts, once its /health/ready answers 200 on ``port``, and its base URL."""
     process = subprocess.Popen(
         argv,
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return process, base
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"server did not start: {process.communicate()[0]}")
+            time.sleep(0.3)
+
+
+def _login_and_recommend(base: str) -> tuple[str, dict]:
+    """The seed's first two curls: a token for SESSION_PASSWORD=test, and ten movies for PROFILE."""
+    status, body = _post(f"{base}/api/login", {"session_password": "test"})
+    assert status == 200
+    status, rec = _post(f"{base}/api/recommend", PROFILE, body["access_token"])
+    assert status == 200 and len(rec["recommendations"]) == 10
+    return body["access_token"], rec
+
+
+@pytest.mark.parametrize("command", ["main.py", "movierec serve"])
+def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path, command: str) -> None:
+    """ML_MODEL_PATH=… SESSION_PASSWORD=test python main.py --port P --debug (and `movierec serve`,
+    what `make run` starts), then login/recommend/score."""
+    port = free_port()
+    env = _seed_env(tmp_path, model_store)
+    argv = {
+        "main.py": [sys.executable, "main.py", "--port", str(port), "--debug"],
+        "movierec serve": [_movierec(), "serve", "--port", str(port), "--debug"],
+    }[command]
+    process, base = _started(argv, env, port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail(f"server did not start: {process.stdout.read() if process.stdout else ''}")
-                time.sleep(0.3)
-        status, body = _post(f"{base}/api/login", {"session_password": "test"})
-        assert status == 200
-        token = body["access_token"]
-        status, rec = _post(f"{base}/api/recommend", PROFILE, token)
-        assert status == 200 and len(rec["recommendations"]) == 10
+        token, rec = _login_and_recommend(base)
         status, ok = _post(
             f"{base}/api/recommend/score",
             {"id": rec["id"], "movie": rec["recommendations"][0], "score": 5.0},
@@ -126,6 +144,40 @@ def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path
     # Alembic's lines: the migrations that ran, not its plugin set-up or dialect preamble
     alembic = [r["message"] for r in records if r["logger"].startswith("alembic")]
     assert alembic and all(message.startswith("Running upgrade") for message in alembic), alembic
+
+
+@pytest.mark.parametrize("nohup", [False, True], ids=["hang-up", "under-nohup"])
+def test_a_hang_up_stops_the_development_server_as_ctrl_c_does(
+    tmp_path: Path, model_store: Path, nohup: bool
+) -> None:
+    """Closing the terminal or SSH session ``python main.py`` (or ``make run``) runs in sends it
+    SIGHUP, which ended it outright: the rows its request log had not written yet were lost, ids
+    already answered, whose scores were then refused for good. It now stops as on SIGTERM or
+    Ctrl-C, through its exit hooks (exit 0, the row written); under ``nohup`` SIGHUP stays ignored."""
+    port = free_port()
+    env = _seed_env(tmp_path, model_store, MOVIEREC_REQUEST_LOG_FLUSH_SECONDS="60")  # the row stays pending
+    argv = [*(["nohup"] if nohup else []), sys.executable, "main.py", "--port", str(port), "--debug"]
+    process, base = _started(argv, env, port)
+    try:
+        _token, rec = _login_and_recommend(base)
+        process.send_signal(signal.SIGHUP)
+        if nohup:
+            time.sleep(1)
+            assert process.poll() is None, "SIGHUP ignored by nohup must stay ignored"
+            process.terminate()
+        output = process.communicate(timeout=30)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output[-2000:]
+    from app.storage.db import Database
+
+    database = Database(env["MOVIEREC_DATABASE_URL"])
+    try:
+        assert database.get_request(rec["id"]) is not None, output[-2000:]
+    finally:
+        database.dispose()
 
 
 def test_accuracy_script_passes_and_fails_with_the_seed_interface(tmp_path: Path, model_store: Path) -> None:
