@@ -4,7 +4,8 @@
 are demographic profiles, ``target`` each profile's liked titles, and the score is NDCG@10 of
 what the bundle serves — computed through the same lookup the API uses. For a seed-style
 scikit-learn model, ``data`` are feature rows, ``target`` ratings and the score is the
-estimator's own ``score`` (R²).
+estimator's own ``score`` (R²), measured on at least 2 rows whose target varies (an error
+otherwise: R² is undefined there, and scikit-learn scored every model 0.0 against a constant).
 
 ``expected_score`` is the score the model had when it was written, so a model always passes its
 own test data unless its environment changed it. An optional ``floor_score`` (training writes
@@ -118,17 +119,7 @@ def run_accuracy_test(
         estimator = _plain_estimator(model_path)
         if estimator is None:
             raise
-        try:
-            score = float(
-                estimator.score(np.asarray(data, dtype=np.float64), np.asarray(target, dtype=np.float64))
-            )
-        except (TypeError, ValueError) as exc:
-            # a bundle's profiles (dicts), ragged rows, another number of features: numpy's or
-            # scikit-learn's words alone (a TypeError was a traceback) named neither file
-            raise ValueError(
-                f"test data {test_data_path} does not fit the {type(estimator).__name__} in "
-                f"{model_path}: {exc}"
-            ) from exc
+        score = _r2(estimator, data, target, model_path, test_data_path)
         return AccuracyResult(score, expected, tolerance, "r2", floor)
     depth = int(bundle.tables.segment_top.shape[1])
     if k > depth:  # scored as it came, NDCG@k of lists of at most depth movies: not what it says
@@ -142,6 +133,48 @@ def run_accuracy_test(
             f"give a floor_score computed at k {k} (and floor_k {k}), or none"
         )
     return AccuracyResult(bundle_score(bundle, data, target, k), expected, tolerance, f"ndcg@{k}", floor)
+
+
+def _r2(estimator: Any, data: Any, target: Any, model_path: Path, test_data_path: Path | str) -> float:
+    """A scikit-learn estimator's own score (R²) on the test data; ValueError when the data does
+    not fit it or cannot measure it."""
+
+    def does_not_fit(exc: Exception) -> ValueError:
+        # a bundle's profiles (dicts), ragged rows, another number of features: numpy's or
+        # scikit-learn's words alone (a TypeError was a traceback) named neither file
+        return ValueError(
+            f"test data {test_data_path} does not fit the {type(estimator).__name__} in {model_path}: {exc}"
+        )
+
+    try:
+        rows, truth = np.asarray(data, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise does_not_fit(exc) from exc
+    unmeasurable = _r2_undefined(truth)
+    if unmeasurable is not None:
+        raise ValueError(f"test data {test_data_path} cannot measure the r2 of {model_path}: {unmeasurable}")
+    try:
+        score = float(estimator.score(rows, truth))
+    except (TypeError, ValueError) as exc:
+        raise does_not_fit(exc) from exc
+    if not math.isfinite(score):  # compared with >=, a nan fails as if the model were bad
+        raise ValueError(
+            f"test data {test_data_path} cannot measure the r2 of {model_path}: it scored {score}"
+        )
+    return score
+
+
+def _r2_undefined(truth: np.ndarray) -> str | None:
+    """Why R² cannot be measured against ``truth``, or None when it can (or scikit-learn will say
+    why the target is unfit). With fewer than 2 rows R² is nan; against a target that never varies
+    scikit-learn scores every imperfect model 0.0, so an ``expected_score`` of 0 passed any model."""
+    if truth.ndim == 0:
+        return None
+    if len(truth) < 2:
+        return f"it has {len(truth)} row{'' if len(truth) == 1 else 's'}, and R² needs at least 2"
+    if bool((truth == truth[0]).all(axis=0).any()):
+        return "its target is the same in every row, and R² is undefined against a constant"
+    return None
 
 
 def _positive_integer(value: Any, key: str, where: Path | str) -> int:

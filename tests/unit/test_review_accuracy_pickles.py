@@ -115,3 +115,54 @@ def test_an_archived_model_pkl_over_the_size_limit_is_refused_before_it_is_read(
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "4097 bytes" in errors[0] and "4096" in errors[0], result.output
     assert not read
+
+
+@pytest.mark.parametrize(
+    ("rows", "target", "problem"),
+    [
+        # scikit-learn scores every imperfect model 0.0 against a constant target: an expected_score
+        # of 0 passed any model, however bad
+        (3, [2.0, 2.0, 2.0], "its target is the same in every row"),
+        (1, [2.0], "1 row"),  # R² nan: 'FAILED: r2 nan < expected', read as a bad model
+        (0, [], "0 rows"),  # numpy's 'Expected 2D array, got 1D array instead: ... Reshape ...'
+    ],
+)
+def test_test_data_on_which_r2_is_undefined_is_an_error_not_a_verdict(
+    tmp_path: Path, rows: int, target: list[float], problem: str
+) -> None:
+    _assert_r2_unmeasured(tmp_path, rows, target, problem)
+
+
+def test_a_score_that_is_not_a_number_is_an_error_not_a_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An estimator whose own score is nan: 'FAILED: r2 nan < expected', a broken measurement
+    reported as a model below its expected score."""
+    from sklearn.linear_model import LinearRegression
+
+    monkeypatch.setattr(LinearRegression, "score", lambda self, x, y: float("nan"))
+    _assert_r2_unmeasured(tmp_path, 5, [1.0, 2.0, 3.0, 4.0, 5.0], "it scored nan")
+
+
+def _assert_r2_unmeasured(tmp_path: Path, rows: int, target: list[float], problem: str) -> None:
+    import json
+
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    from app.cli import cli
+
+    rng = np.random.default_rng(0)
+    model = tmp_path / "model.pkl"
+    joblib.dump(LinearRegression().fit(rng.random((20, 3)), rng.random(20)), model)
+    test_data = tmp_path / "test_data.json"
+    data = rng.random((rows, 3)).tolist()
+    test_data.write_text(json.dumps({"data": data, "target": target, "expected_score": 0.0}))
+    result = CliRunner().invoke(cli, ["accuracy", str(model), str(test_data)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith(f"Error: test data {test_data} cannot measure the r2 of {model}: ")
+    assert problem in errors[0]
+    assert "OK:" not in result.output and "FAILED" not in result.output
