@@ -669,6 +669,22 @@ def log_hint(cfg: DeployConfig) -> str:
     return f"journalctl CONTAINER_NAME={cfg.container_name}   (follow: -f, structured: -o json)"
 
 
+def model_source(path: Path) -> Path:
+    """What the image is built from for ``MODEL_FILE``: a model store (a directory with no
+    ``manifest.json`` whose ``latest`` names a bundle, as ``ML_MODEL_PATH`` takes it) is its latest
+    bundle. The Dockerfile takes a bundle directory, an archive or a ``model.pkl``: given the store,
+    its accuracy test found no model, inside the build, and a store outside the context was copied
+    into it whole."""
+    if not path.is_dir() or (path / "manifest.json").is_file():
+        return path
+    if (path / "latest" / "manifest.json").is_file():
+        return (path / "latest").resolve()
+    raise DeployError(
+        f"MODEL_FILE {path} is a directory but neither a bundle (no manifest.json) nor a model store "
+        "whose 'latest' names one"
+    )
+
+
 @contextmanager
 def staged_in_context(paths: Sequence[Path], context: Path) -> Iterator[list[str]]:
     """Build-context-relative paths for the model files, copying them in when outside.
@@ -808,10 +824,10 @@ class Deployer:
 
     def build(self) -> None:
         cfg = self.cfg
-        with staged_in_context([cfg.model_file, cfg.test_data_file], cfg.context) as (model_rel, test_rel):
-            self.say(
-                f"building {cfg.image_ref} (the accuracy test of {cfg.model_file} runs inside the build)"
-            )
+        model = model_source(cfg.model_file)
+        tested = str(cfg.model_file) if model == cfg.model_file else f"{model}, {cfg.model_file}'s latest"
+        with staged_in_context([model, cfg.test_data_file], cfg.context) as (model_rel, test_rel):
+            self.say(f"building {cfg.image_ref} (the accuracy test of {tested} runs inside the build)")
             result = self.docker(*build_command(cfg, model_rel, test_rel), capture=False)
         if result.returncode != 0:
             raise DeployError(
@@ -1355,7 +1371,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("image_name", metavar="IMAGE_NAME")
     parser.add_argument("image_version", metavar="IMAGE_VERSION")
     parser.add_argument(
-        "model_file", metavar="MODEL_FILE", type=Path, help="bundle dir, .tar.gz or model.pkl"
+        "model_file",
+        metavar="MODEL_FILE",
+        type=Path,
+        help="bundle dir, .tar.gz, model.pkl or a model store (its latest)",
     )
     parser.add_argument("test_data_file", metavar="TEST_DATA_FILE", type=Path)
     parser.add_argument(

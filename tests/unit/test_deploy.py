@@ -545,6 +545,37 @@ def test_files_outside_the_context_are_staged_and_cleaned_up(tmp_path: Path) -> 
     assert not any(p.name.startswith(".deploy-") for p in (cfg.context / "model").iterdir())
 
 
+def test_a_model_store_given_as_model_file_is_built_from_its_latest_bundle(tmp_path: Path) -> None:
+    """MODEL_FILE ``model``, the store (as ML_MODEL_PATH and the accuracy test take it): the build got
+    MODEL_FILE=model, the Dockerfile found no manifest.json at the top of its copy, and the accuracy
+    test failed inside the build ('/tmp/model-in/model' does not exist) after minutes of it. A store
+    outside the context was copied in whole, every version it holds."""
+    cfg = make_cfg(tmp_path)
+    (cfg.context / "model" / "latest").symlink_to("v1")
+    engine = FakeEngine()
+    deployer, out = make_deployer(replace(cfg, model_file=cfg.context / "model"), engine)
+    deployer.deploy(secrets_())
+    (build,) = [call for call in engine.calls if call[0] == "build"]
+    assert "MODEL_FILE=model/v1" in build
+    assert "model/v1" in out.getvalue()
+
+    outside = tmp_path / "elsewhere" / "store"
+    for version in ("v1", "v2"):
+        (outside / version).mkdir(parents=True)
+        (outside / version / "manifest.json").write_text(json.dumps({"v": version}))
+    (outside / "latest").symlink_to("v2")
+    with staged_in_context([deploy.model_source(outside)], cfg.context) as (rel,):
+        assert sorted(p.name for p in (cfg.context / rel).iterdir()) == ["manifest.json"]
+        assert json.loads((cfg.context / rel / "manifest.json").read_text()) == {"v": "v2"}
+
+    (outside / "latest").unlink()  # neither a bundle nor a store: said now, not inside the build
+    engine = FakeEngine()
+    deployer, _ = make_deployer(replace(cfg, model_file=outside), engine)
+    with pytest.raises(deploy.DeployError, match=f"MODEL_FILE {outside} is a directory but neither"):
+        deployer.deploy(secrets_())
+    assert not [call for call in engine.calls if call[0] == "build"]
+
+
 def test_missing_model_file_is_reported(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     with (
