@@ -357,25 +357,28 @@ def accuracy(model_path: Path, test_data: Path, error_tolerance: float) -> None:
     click.echo(
         json.dumps(
             {"metric": result.metric, "score": result.score, "expected_score": result.expected,
-             "floor_score": result.floor, "tolerance": result.tolerance, "passed": result.passed}
+             "floor_score": result.floor, "tolerance": result.tolerance, "passed": result.passed,
+             "model": result.model}
         )
     )  # fmt: skip
+    tested = f"(model {result.model})"  # a store's latest, of the versions it holds
     if result.below_floor:
         click.echo(
             f"FAILED: {result.metric} {result.score:.6f} < floor {result.floor:.6f} - {result.tolerance} "
-            "(the test data's floor_score: global most-rated on the same users)",
+            f"(the test data's floor_score: global most-rated on the same users) {tested}",
             err=True,
         )
         sys.exit(1)
     if not result.passed:
         click.echo(
             f"FAILED: {result.metric} {result.score:.6f} < expected "
-            f"{result.expected:.6f} - {result.tolerance}",
+            f"{result.expected:.6f} - {result.tolerance} {tested}",
             err=True,
         )
         sys.exit(1)
     click.echo(
-        f"OK: {result.metric} {result.score:.6f} >= expected {result.expected:.6f} - {result.tolerance}"
+        f"OK: {result.metric} {result.score:.6f} >= expected {result.expected:.6f} - {result.tolerance} "
+        f"{tested}"
     )
 
 

@@ -81,6 +81,7 @@ class AccuracyResult:
     tolerance: float
     metric: str
     floor: float | None = None  # test data's floor_score: a score the model must reach whatever it expects
+    model: str = ""  # what was scored: the bundle's version (a store's latest), or a model file's path
 
     @property
     def below_floor(self) -> bool:
@@ -120,7 +121,7 @@ def run_accuracy_test(
         if estimator is None:
             raise
         score = _r2(estimator, data, target, model_path, test_data_path)
-        return AccuracyResult(score, expected, tolerance, "r2", floor)
+        return AccuracyResult(score, expected, tolerance, "r2", floor, str(model_path))
     depth = int(bundle.tables.segment_top.shape[1])
     if k > depth:  # scored as it came, NDCG@k of lists of at most depth movies: not what it says
         raise ValueError(
@@ -132,7 +133,8 @@ def run_accuracy_test(
             f"{test_data_path}: floor_score is ndcg@{floor_k} but k is {k}: the two do not compare; "
             f"give a floor_score computed at k {k} (and floor_k {k}), or none"
         )
-    return AccuracyResult(bundle_score(bundle, data, target, k), expected, tolerance, f"ndcg@{k}", floor)
+    score = bundle_score(bundle, data, target, k)
+    return AccuracyResult(score, expected, tolerance, f"ndcg@{k}", floor, bundle.version)
 
 
 def _r2(estimator: Any, data: Any, target: Any, model_path: Path, test_data_path: Path | str) -> float:

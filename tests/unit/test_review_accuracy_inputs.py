@@ -222,3 +222,24 @@ def test_a_floor_k_that_is_not_a_positive_integer_is_an_error(
     result = _accuracy(bundle, bad)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert f"Error: {bad}: floor_k " in result.output
+
+
+def test_the_output_names_the_model_version_it_tested(personal_model_store: Path, tmp_path: Path) -> None:
+    """MODEL a store holding several versions is tested on the one its latest names, but neither
+    the JSON line nor the verdict said which: a build or CI log that passed named no version."""
+    import shutil
+
+    bundle = (personal_model_store / "latest").resolve()
+    tested = json.loads((bundle / "manifest.json").read_text())["version"]
+    store = tmp_path / "store"
+    shutil.copytree(bundle, store / tested)
+    newer = store / "newer"
+    shutil.copytree(bundle, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps(manifest | {"version": "newer"}))
+    (store / "latest").symlink_to(tested)
+    result = _accuracy(store, store / tested / "test_data.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.splitlines()[0])["model"] == tested
+    (verdict,) = [line for line in _printed_lines(result) if line.startswith("OK: ")]
+    assert verdict.endswith(f"(model {tested})")
