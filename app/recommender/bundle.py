@@ -610,10 +610,7 @@ def attach_rating_model(bundle: LoadedBundle) -> None:
         if declared.get("file") != "model.pkl" or bundle.model is not None:  # the served model, checked above
             return
         candidate = bundle.path / "model.pkl"
-    try:
-        model = joblib.load(candidate)  # nosec B301 - bundles come from our own training
-    except Exception as exc:
-        raise BundleError(f"{candidate} could not be unpickled: {exc}") from exc
+    model = _unpickle(candidate)
     if candidate.name == "model.pkl" and isinstance(model, Recommender) and not model.serves_records:
         return  # the served ranker, named by a bundle written before ``serves_records`` existed
     if not isinstance(model, Recommender) or not model.serves_records:
@@ -948,15 +945,23 @@ def _remove_tree(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def _unpickle(path: Path) -> Any:
+    """A model file's object; BundleError saying why it cannot be unpickled (an EOFError, an empty
+    or cut-short file, has no text: the error said nothing after "unpickled:")."""
+    try:
+        return joblib.load(path)  # nosec B301 - model files come from our own training
+    except EOFError as exc:
+        raise BundleError(f"{path} could not be unpickled: it is empty or cut short (EOFError)") from exc
+    except Exception as exc:
+        raise BundleError(f"{path} could not be unpickled: {exc or type(exc).__name__}") from exc
+
+
 def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:
     """A seed-style single-file model: a pickled movierec ``Recommender``.
 
     The movie titles come from a ``catalogue.csv`` beside the file or from the data set.
     """
-    try:
-        model = joblib.load(path)  # nosec B301 - model files come from our own training
-    except Exception as exc:
-        raise BundleError(f"{path} could not be unpickled: {exc}") from exc
+    model = _unpickle(path)
     if not isinstance(model, Recommender):
         model = _wrap_seed_estimator(model, catalogue_fallback, path)
     sidecar = path.parent / "catalogue.csv"

@@ -168,3 +168,21 @@ def _assert_r2_unmeasured(tmp_path: Path, rows: int, target: list[float], proble
     assert errors[0].startswith(f"Error: test data {test_data} cannot measure the r2 of {model}: ")
     assert problem in errors[0]
     assert "OK:" not in result.output and "FAILED" not in result.output
+
+
+@pytest.mark.parametrize("size", [0, 100])
+def test_an_empty_or_cut_short_model_pkl_says_so(
+    personal_model_store: Path, tmp_path: Path, size: int
+) -> None:
+    """An empty or truncated model.pkl (a copy cut short, a full disk) ended the
+    build with 'Error: model.pkl could not be unpickled: ' and nothing after it: EOFError's text
+    is empty."""
+    from app.cli import cli
+
+    bundle = (personal_model_store / "latest").resolve()
+    model = tmp_path / "model.pkl"
+    model.write_bytes((bundle / "model.pkl").read_bytes()[:size])
+    result = CliRunner().invoke(cli, ["accuracy", str(model), str(bundle / "test_data.json")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert errors == [f"Error: {model} could not be unpickled: it is empty or cut short (EOFError)"]
