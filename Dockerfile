@@ -8,7 +8,9 @@
 #   BASE_IMAGE          a Debian-based Python 3.11 image (default python:3.11-slim; the test
 #                       tier uses a debootstrap image because it has no Docker Hub)
 #   MODEL_FILE          the model baked into the API image, relative to the build context:
-#                       a bundle directory, a .tar.gz of one, or a seed-style model.pkl
+#                       a bundle directory, a .tar.gz of one, or a seed-style model.pkl given
+#                       as the directory that holds it and the catalogue.csv of its titles (the
+#                       image has no data set; deploy-docker.py stages the two from a model.pkl)
 #                       (default: model/latest, the newest bundle `movierec train` wrote)
 #   MODEL_TEST_FILE     accuracy test data (default: the bundle's own test_data.json)
 #   ACCURACY_TOLERANCE  allowed drop below the expected score (default 1e-5)
@@ -160,7 +162,9 @@ COPY ${MODEL_FILE} /tmp/model-in/
 COPY ${MODEL_TEST_FILE:-${MODEL_FILE}/test_data.json} /tmp/model-test/test_data.json
 RUN set -eu; \
     src=/tmp/model-in; \
-    [ -f "$src/manifest.json" ] || src="/tmp/model-in/$(basename "$MODEL_FILE")"; \
+    if [ -f "$src/manifest.json" ]; then :; \
+    elif [ -f "$src/model.pkl" ]; then src="$src/model.pkl"; \
+    else src="/tmp/model-in/$(basename "$MODEL_FILE")"; fi; \
     echo "accuracy test: MODEL_FILE=$MODEL_FILE MODEL_TEST_FILE=${MODEL_TEST_FILE:-<bundle>/test_data.json}"; \
     python tests/run_accuracy_tests.py "$src" /tmp/model-test/test_data.json --error-tolerance "$ACCURACY_TOLERANCE"; \
     python -m app.deploy install-model "$src" /model --test-data /tmp/model-test/test_data.json

@@ -98,6 +98,7 @@ _NO_SUCH_CONTAINER = re.compile(r"no such (?:container|object)|no container with
 """How ``docker container inspect`` (Docker: "No such container: x", Podman: "no container with
 name or ID ... found") says there is no such container."""
 STAGING_PREFIX = ".deploy-"
+CATALOGUE = "catalogue.csv"  # a lone model.pkl's movie titles, beside it (app.recommender.bundle)
 SECRETS_MOUNT = "/run/secrets"
 IMAGE_GID = 10001
 """The group of the image's ``movierec`` user (Dockerfile): a root deployer gives it the secret
@@ -674,7 +675,13 @@ def model_source(path: Path) -> Path:
     ``manifest.json`` whose ``latest`` names a bundle, as ``ML_MODEL_PATH`` takes it) is its latest
     bundle. The Dockerfile takes a bundle directory, an archive or a ``model.pkl``: given the store,
     its accuracy test found no model, inside the build, and a store outside the context was copied
-    into it whole."""
+    into it whole. A ``model.pkl`` needs the ``catalogue.csv`` beside it (:func:`staged_in_context`
+    brings the two)."""
+    if path.is_file() and path.suffix == ".pkl" and not (path.parent / CATALOGUE).is_file():
+        raise DeployError(
+            f"MODEL_FILE {path} has no {CATALOGUE} beside it: a model.pkl takes its movies' titles from "
+            "there, and an image has no data set to take them from"
+        )
     if not path.is_dir() or (path / "manifest.json").is_file():
         return path
     if (path / "latest" / "manifest.json").is_file():
@@ -692,6 +699,9 @@ def staged_in_context(paths: Sequence[Path], context: Path) -> Iterator[list[str
     ``docker build`` can only COPY from its context. Files already under the context's
     ``model/`` store are used in place; anything else is copied to a temporary
     ``model/.deploy-*`` directory (git-ignored with the rest of ``model/``), removed after.
+    A ``*.pkl`` is always staged, as ``model.pkl`` in a directory of its own with the
+    ``catalogue.csv`` beside it (its titles): the Dockerfile's COPY takes a file alone, and the
+    contents of a directory.
     """
     context = context.resolve()
     store = context / "model"
@@ -702,7 +712,8 @@ def staged_in_context(paths: Sequence[Path], context: Path) -> Iterator[list[str
             resolved = path.resolve()
             if not resolved.exists():
                 raise DeployError(f"{path} does not exist")
-            if resolved.is_relative_to(store) and not resolved.name.startswith(STAGING_PREFIX):
+            pickle = resolved.is_file() and resolved.suffix == ".pkl"
+            if resolved.is_relative_to(store) and not resolved.name.startswith(STAGING_PREFIX) and not pickle:
                 rel.append(resolved.relative_to(context).as_posix())  # model/latest -> model/<version>
                 continue
             if staging is None:
@@ -713,6 +724,11 @@ def staged_in_context(paths: Sequence[Path], context: Path) -> Iterator[list[str
             try:
                 if resolved.is_dir():
                     shutil.copytree(resolved, target)
+                elif pickle:
+                    target.mkdir()
+                    shutil.copy2(resolved, target / "model.pkl")
+                    if (resolved.parent / CATALOGUE).is_file():
+                        shutil.copy2(resolved.parent / CATALOGUE, target / CATALOGUE)
                 else:
                     shutil.copy2(resolved, target)
             except OSError as exc:  # unreadable, a dangling link in a bundle, a full disk
@@ -1216,10 +1232,14 @@ def install_model(source: Path | str, store: Path | str, test_data: Path | str |
     rating model included), so a model the server would refuse fails the image build, not
     the deployment.
     """
-    from app.recommender.bundle import BundleError, load_bundle, point_latest, write_bundle
+    from app.recommender.bundle import BundleError, load_bundle, point_latest, read_catalogue, write_bundle
 
     source, store = Path(source), Path(store)
-    bundle = load_bundle(source)
+    # a seed-style regressor ranks the data set's movies, and an image has no data set: it takes
+    # those of the catalogue.csv beside it, as it takes their titles (it took no movies, and an image
+    # built from it passed the accuracy test, R², then failed here)
+    sidecar = source.parent / "catalogue.csv"
+    bundle = load_bundle(source, read_catalogue(sidecar) if source.is_file() and sidecar.is_file() else None)
     store.mkdir(parents=True, exist_ok=True)
     if (bundle.path / "manifest.json").is_file() and bundle.path.is_dir():
         target = store / bundle.version
@@ -1374,7 +1394,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "model_file",
         metavar="MODEL_FILE",
         type=Path,
-        help="bundle dir, .tar.gz, model.pkl or a model store (its latest)",
+        help="bundle dir, .tar.gz, model.pkl (its catalogue.csv beside it) or model store (its latest)",
     )
     parser.add_argument("test_data_file", metavar="TEST_DATA_FILE", type=Path)
     parser.add_argument(

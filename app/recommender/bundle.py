@@ -1001,7 +1001,8 @@ def _wrap_seed_estimator(estimator: Any, catalogue: pd.DataFrame | None, path: P
         )
     if catalogue is None:
         raise BundleError(
-            f"{path} is a seed-style regressor; the movie catalogue (data set) is needed to serve it"
+            f"{path} is a seed-style regressor; a catalogue.csv beside it (or the data set) is needed "
+            "to serve it"
         )
     from app.recommender.models.forest import SeedRandomForest
 

@@ -576,6 +576,31 @@ def test_a_model_store_given_as_model_file_is_built_from_its_latest_bundle(tmp_p
     assert not [call for call in engine.calls if call[0] == "build"]
 
 
+def test_a_model_pkl_is_built_with_the_catalogue_beside_it(tmp_path: Path) -> None:
+    """MODEL_FILE a model.pkl (the seed's build argument): the build's COPY took the file alone, and
+    a lone model.pkl takes its titles from a catalogue.csv beside it (an image has no data set), so
+    it could not load inside the build. The two are staged as one directory, wherever the model.pkl
+    is; one without a catalogue.csv beside it is refused before the build."""
+    cfg = make_cfg(tmp_path)
+    for seed in (tmp_path / "elsewhere" / "seed", cfg.context / "model" / "seed"):
+        seed.mkdir(parents=True)
+        (seed / "forest.pkl").write_bytes(b"pickle")
+        (seed / "catalogue.csv").write_text("movie_id,title\n")
+        (seed / "other.json").write_text("{}")
+        source = deploy.model_source(seed / "forest.pkl")
+        with staged_in_context([source, cfg.test_data_file], cfg.context) as (rel, test_rel):
+            assert rel.startswith("model/.deploy-") and test_rel == "model/v1/test_data.json"
+            assert sorted(p.name for p in (cfg.context / rel).iterdir()) == ["catalogue.csv", "model.pkl"]
+            assert (cfg.context / rel / "model.pkl").read_bytes() == b"pickle"
+
+    (seed / "catalogue.csv").unlink()
+    engine = FakeEngine()
+    deployer, _ = make_deployer(replace(cfg, model_file=seed / "forest.pkl"), engine)
+    with pytest.raises(deploy.DeployError, match=r"no catalogue\.csv beside it"):
+        deployer.deploy(secrets_())
+    assert not [call for call in engine.calls if call[0] == "build"]
+
+
 def test_missing_model_file_is_reported(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     with (
