@@ -134,6 +134,14 @@ def run_accuracy_test(
             f"give a floor_score computed at k {k} (and floor_k {k}), or none"
         )
     score = bundle_score(bundle, data, target, k)
+    liked = sorted({title for titles in target for title in titles})  # lists of titles: bundle_score checked
+    if set(bundle.catalogue["title"]).isdisjoint(liked):
+        # it scores 0 whatever the model: not a verdict on the model (and with an expected_score
+        # of 0, a pass for any)
+        raise ValueError(
+            f"test data {test_data_path} names none of the model's movies ({len(liked)} liked titles, "
+            f"e.g. {liked[0]!r}, none in the catalogue of {bundle.version}): test data of another catalogue?"
+        )
     return AccuracyResult(score, expected, tolerance, f"ndcg@{k}", floor, bundle.version)
 
 

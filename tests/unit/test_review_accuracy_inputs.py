@@ -243,3 +243,21 @@ def test_the_output_names_the_model_version_it_tested(personal_model_store: Path
     assert json.loads(result.stdout.splitlines()[0])["model"] == tested
     (verdict,) = [line for line in _printed_lines(result) if line.startswith("OK: ")]
     assert verdict.endswith(f"(model {tested})")
+
+
+def test_test_data_of_another_catalogue_is_an_error_not_a_score(
+    personal_model_store: Path, tmp_path: Path
+) -> None:
+    """Test data whose liked titles are none of the model's movies (another data set's, or titles
+    written another way) scored 0: read as a model that ranks nothing well ('FAILED: ndcg@10
+    0.000000 < expected'), and with an expected_score of 0 (and no floor) the build passed."""
+    bundle = (personal_model_store / "latest").resolve()
+    payload = _own_test_data(bundle)
+    targets = [[f"Another catalogue's movie {i}"] for i, _ in enumerate(payload["target"])]  # type: ignore[arg-type]
+    bad = tmp_path / "test_data.json"
+    bad.write_text(json.dumps(payload | {"target": targets, "expected_score": 0.0, "floor_score": None}))
+    result = _accuracy(bundle, bad)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    (line,) = _printed_lines(result)
+    assert line.startswith(f"Error: test data {bad} names none of the model's movies"), line
+    assert "Another catalogue's movie 0" in line and "OK:" not in result.output
