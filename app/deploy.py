@@ -1238,7 +1238,7 @@ def install_model(source: Path | str, store: Path | str, test_data: Path | str |
     # a seed-style regressor ranks the data set's movies, and an image has no data set: it takes
     # those of the catalogue.csv beside it, as it takes their titles (it took no movies, and an image
     # built from it passed the accuracy test, R², then failed here)
-    sidecar = source.parent / "catalogue.csv"
+    sidecar = source.parent / CATALOGUE
     bundle = load_bundle(source, read_catalogue(sidecar) if source.is_file() and sidecar.is_file() else None)
     store.mkdir(parents=True, exist_ok=True)
     if (bundle.path / "manifest.json").is_file() and bundle.path.is_dir():
