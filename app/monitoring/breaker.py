@@ -8,9 +8,10 @@ champion, or global popularity) until the champion proves itself again.
 States (shared by every worker through a :class:`~app.storage.breaker.BreakerStore`):
 
 * **closed** — the champion serves every request. The breaker **opens** when, over at least
-  ``min_events`` feedback rows on the champion's own lists, the mean score, the like share
-  or the online RMSE is worse than its threshold; or when, over at least ``min_requests``
-  model calls in this worker, the error rate or the p95 latency exceeds its bound.
+  ``min_events`` feedback rows on the champion's own lists, scoring at least ``min_lists`` of
+  those lists (one user scoring a long list is one list, not that many people), the mean
+  score, the like share or the online RMSE is worse than its threshold; or when, over at least
+  ``min_requests`` model calls in this worker, the error rate or the p95 latency exceeds its bound.
 * **open** — ``/api/recommend`` serves the fallback with ``strategy: "fallback"``. After
   ``cooldown_seconds`` it goes **half-open**.
 * **half_open** — a ``probe_share`` of requests goes to the champion, the rest to the
@@ -83,6 +84,9 @@ class BreakerPolicy:
     """Thresholds and timings (from Settings ``breaker_*``; docs/operations.md explains each)."""
 
     min_events: int = 50
+    # distinct scored lists the rows must come from (at most the rows needed: min_events, or
+    # probe_min_events while half-open)
+    min_lists: int = 10
     min_mean_score: float | None = 2.5
     min_like_share: float | None = 0.2
     max_rmse: float | None = 1.5
@@ -99,12 +103,13 @@ class BreakerPolicy:
     def __post_init__(self) -> None:
         if not 0.0 < self.probe_share <= 1.0:
             raise ValueError("probe_share must be in (0, 1]")
-        if self.min_events < 1 or self.probe_min_events < 1 or self.min_requests < 1:
+        if min(self.min_events, self.probe_min_events, self.min_lists, self.min_requests) < 1:
             raise ValueError("minimum event counts must be at least 1")
 
     def thresholds(self) -> dict[str, Any]:
         return {
             "min_events": self.min_events,
+            "min_lists": self.min_lists,
             "min_mean_score": self.min_mean_score,
             "min_like_share": self.min_like_share,
             "max_rmse": self.max_rmse,
@@ -127,10 +132,18 @@ class Verdict:
 
 
 def judge_quality(quality: Quality | None, policy: BreakerPolicy, min_events: int) -> Verdict:
-    """Online quality against the thresholds, once there are ``min_events`` feedback rows."""
+    """Online quality against the thresholds, once there are ``min_events`` feedback rows scoring
+    enough distinct lists (``policy.min_lists``, or ``min_events`` when fewer): the rows of one
+    list are one user's taste, and one user who scored a long list opened the breaker for all."""
     if quality is None or quality.events < min_events:
         n = 0 if quality is None else quality.events
         return Verdict(INSUFFICIENT, (f"{n} feedback events; {min_events} needed",))
+    min_lists = min(policy.min_lists, min_events)
+    if quality.lists < min_lists:
+        return Verdict(
+            INSUFFICIENT,
+            (f"{quality.events} feedback events from {quality.lists} scored lists; {min_lists} needed",),
+        )
     reasons = []
     mean, liked, error = quality.mean_score, quality.like_share, quality.rmse
     if policy.min_mean_score is not None and mean is not None and mean < policy.min_mean_score:

@@ -573,6 +573,7 @@ def build_store(settings: Any, db: Any) -> BreakerStore:
 def policy_from(settings: Any) -> BreakerPolicy:
     return BreakerPolicy(
         min_events=settings.breaker_min_events,
+        min_lists=settings.breaker_min_lists,
         min_mean_score=settings.breaker_min_mean_score,
         min_like_share=settings.breaker_min_like_share,
         max_rmse=settings.breaker_max_rmse,

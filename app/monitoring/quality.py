@@ -60,6 +60,7 @@ class Quality:
     since: float  # epoch seconds
     until: float
     events: int  # feedback rows counted
+    lists: int  # distinct recommendation lists those rows score (one user's long list is one)
     mean_score: float | None
     like_share: float | None
     rmse: float | None
@@ -77,6 +78,7 @@ class Quality:
             "since": _iso(self.since),
             "until": _iso(self.until),
             "events": self.events,
+            "lists": self.lists,
             "mean_score": r(self.mean_score),
             "like_share": r(self.like_share),
             "rmse": r(self.rmse),
@@ -96,8 +98,9 @@ def _iso(ts: float) -> str:
 
 def feedback_window(
     db: Database, since: float, *, model_version: str | None = None, until: float | None = None
-) -> tuple[int, float | None, float | None, float | None, int]:
-    """Aggregate the champion's feedback since ``since``: (events, mean, like share, rmse, rmse events).
+) -> tuple[int, int, float | None, float | None, float | None, int]:
+    """Aggregate the champion's feedback since ``since``: (events, distinct lists scored, mean,
+    like share, rmse, rmse events).
 
     One query; the join keeps only feedback on lists the model served itself (not fallback),
     and served since ``since`` too: a breaker state is judged on what was served in it, so a
@@ -110,6 +113,7 @@ def feedback_window(
     query = (
         select(
             func.count(Feedback.id),
+            func.count(func.distinct(Feedback.request_id)),
             func.avg(Feedback.score),
             func.sum(case((Feedback.score >= LIKE_THRESHOLD, 1), else_=0)),
             func.sum(case((has_prediction, cast(error * error, Float)), else_=0.0)),
@@ -127,11 +131,12 @@ def feedback_window(
     if model_version is not None:
         query = query.where(Feedback.model_version == model_version)
     with db.session() as session:
-        count, mean, liked, squared, predicted = session.execute(query).one()
+        count, lists, mean, liked, squared, predicted = session.execute(query).one()
     count = int(count or 0)
     predicted = int(predicted or 0)
     return (
         count,
+        int(lists or 0),
         float(mean) if count else None,
         float(liked or 0) / count if count else None,
         math.sqrt(float(squared) / predicted) if predicted else None,
@@ -191,7 +196,7 @@ def measure(
     ``served`` is :func:`served_coverage`'s answer when the caller counted it lately; else it
     is counted now.
     """
-    events, mean, liked, error, rmse_events = feedback_window(
+    events, lists, mean, liked, error, rmse_events = feedback_window(
         db, since, model_version=model_version, until=until
     )
     if served is None:
@@ -203,6 +208,7 @@ def measure(
         since=since,
         until=until,
         events=events,
+        lists=lists,
         mean_score=mean,
         like_share=liked,
         rmse=error,

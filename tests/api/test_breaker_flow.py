@@ -47,6 +47,7 @@ def _settings(store: Path, backend: str, request: pytest.FixtureRequest) -> dict
         "breaker_name": f"flow-{uuid.uuid4().hex[:8]}",
         "breaker_min_events": 8,
         "breaker_probe_min_events": 4,
+        "breaker_min_lists": 2,  # the probe's 4 events score 2 lists
         "breaker_probe_share": 0.5,
         "breaker_cooldown_seconds": COOLDOWN,
         "breaker_min_requests": 1000,  # latency/errors are not what this test is about
@@ -365,6 +366,51 @@ def test_a_breaker_opened_on_errors_closes_on_healthy_probe_calls_when_nobody_sc
     assert [(s["strategy"], s["model_version"]) for s in _recommend(client, headers, 3)] == [
         ("segment", current)
     ] * 3
+
+
+def test_one_long_list_scored_by_one_user_neither_opens_nor_closes_the_breaker(
+    two_champions: tuple[Path, str, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    """Feedback rows were the only measure of evidence: one user who asked for 20 movies and
+    scored them all low (one list: one person's taste) opened the breaker for every client, and
+    one list scored high during the probe closed it again. The rows must come from enough lists."""
+    store, _previous, _current = two_champions
+    app = make_app(**{**_settings(store, "sqlite", request), "breaker_min_lists": 3})
+    client = app.test_client()
+    headers = login(client)
+    monitor = app.extensions["movierec"].monitor
+    long_list = {**PROFILE, "max_recs": 20}
+
+    body = client.post("/api/recommend", json=long_list, headers=headers).get_json()
+    _score(client, headers, body, 0.5, movies=20)  # 20 rows >= 8 events, from one list
+    monitor.tick(force=True)
+    state = _breaker(client, headers)
+    assert state["state"] == "closed"
+    assert state["last_evaluation"]["quality"]["events"] == 20
+    assert state["last_evaluation"]["quality"]["lists"] == 1
+    assert (
+        "20 feedback events from 1 scored lists; 3 needed"
+        in state["last_evaluation"]["quality_verdict"]["reasons"][0]
+    )
+
+    for served in _recommend(client, headers, 2):  # two more lists: three people disliked it
+        _score(client, headers, served, 0.5)
+    monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "open"
+
+    time.sleep(COOLDOWN + 0.05)
+    monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "half_open"
+    probe = next(
+        served
+        for served in (
+            client.post("/api/recommend", json=long_list, headers=headers).get_json() for _ in range(4)
+        )
+        if served["strategy"] != "fallback"
+    )
+    _score(client, headers, probe, 5.0, movies=20)  # 20 rows >= 4 probe events, from one list
+    monitor.tick(force=True)
+    assert _breaker(client, headers)["state"] == "half_open"
 
 
 def _batch(client: Any, headers: dict[str, str], requests: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -55,11 +55,14 @@ POLICY = BreakerPolicy(
 
 
 def quality(
-    events: int, mean: float, liked: float, error: float | None = None, version: str = "v1"
-) -> Quality:
+    events: int, mean: float, liked: float, error: float | None = None, version: str = "v1",
+    lists: int | None = None,
+) -> Quality:  # fmt: skip
+    """``events`` rows, each scoring a list of its own unless ``lists`` says otherwise."""
     return Quality(
-        version, 0.0, 1.0, events, mean, liked, error, events if error is not None else 0, 1, 0.5, 5
-    )
+        version, 0.0, 1.0, events, events if lists is None else lists, mean, liked, error,
+        events if error is not None else 0, 1, 0.5, 5,
+    )  # fmt: skip
 
 
 class Clock:
@@ -91,6 +94,17 @@ def test_judge_quality_needs_enough_events_then_applies_each_threshold() -> None
     # thresholds switched off are not applied
     lenient = BreakerPolicy(min_mean_score=None, min_like_share=None, max_rmse=None)
     assert judge_quality(quality(50, 0.5, 0.0, 4.0), lenient, 50).verdict == HEALTHY
+
+
+def test_judge_quality_needs_the_rows_to_score_enough_lists() -> None:
+    policy = BreakerPolicy(min_lists=5)
+    one_list = judge_quality(quality(60, 0.5, 0.0, lists=1), policy, 50)
+    assert one_list.verdict == INSUFFICIENT
+    assert one_list.reasons == ("60 feedback events from 1 scored lists; 5 needed",)
+    assert judge_quality(quality(60, 0.5, 0.0, lists=5), policy, 50).verdict == UNHEALTHY
+    # never more lists than rows needed (a probe needing 3 rows needs 3 lists, not 5)
+    assert judge_quality(quality(3, 0.5, 0.0, lists=2), policy, 3).verdict == INSUFFICIENT
+    assert judge_quality(quality(3, 0.5, 0.0, lists=3), policy, 3).verdict == UNHEALTHY
 
 
 def test_call_stats_error_rate_and_nearest_rank_p95() -> None:

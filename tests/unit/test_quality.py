@@ -92,19 +92,19 @@ def test_window_queries_count_only_the_champions_own_recent_feedback(db: Databas
         )
 
     since = time.time() - 3600
-    events, mean, liked, error, predicted = feedback_window(db, since, model_version="v1")
-    assert events == 3
+    events, lists, mean, liked, error, predicted = feedback_window(db, since, model_version="v1")
+    assert events == 3 and lists == 2  # r1 scored twice, r2 once
     assert mean == pytest.approx((5.0 + 2.0 + 4.0) / 3)
     assert liked == pytest.approx(2 / 3)
     assert predicted == 2 and error == pytest.approx(math.sqrt((1 + 4) / 2))
 
     quality = measure(db, since, time.time() + 1, model_version="v1", catalogue_size=10)
-    assert quality.events == 3 and quality.rmse_events == 2
+    assert quality.events == 3 and quality.lists == 2 and quality.rmse_events == 2
     assert quality.requests == 2  # r1 and r2: r3 is fallback, r4 another version, r5 too old
     assert quality.distinct_served == 4 and quality.coverage == pytest.approx(0.4)
     # a window with nothing in it
     empty = feedback_window(db, time.time() + 10, model_version="v1")
-    assert empty == (0, None, None, None, 0)
+    assert empty == (0, 0, None, None, None, 0)
 
     profiles = sorted(request_profiles(db, since), key=lambda p: (p[0], p[1]))
     assert (17, "F", "student", 1) in profiles
@@ -150,5 +150,5 @@ def test_the_window_judges_only_lists_served_in_it_not_late_scores_of_older_list
     _feedback(db, "old", 1, 1.0, None, "v1")  # scored now, late
     _feedback(db, "old", 2, 1.0, None, "v1")
     _feedback(db, "probe", 3, 5.0, None, "v1")
-    events, mean, liked, _, _ = feedback_window(db, since, model_version="v1")
+    events, _, mean, liked, _, _ = feedback_window(db, since, model_version="v1")
     assert (events, mean, liked) == (1, 5.0, 1.0)
