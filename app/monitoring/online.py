@@ -15,12 +15,13 @@ forks workers from a master that created the app):
   act on this worker's own call statistics and the cool-down (no database query beyond one
   primary-key read): this is where a half-open breaker that opened on model errors or latency
   closes on this worker's healthy probe calls, with no feedback needed;
-* every ``monitor_interval_seconds`` — or sooner, after ``monitor_every_events`` scores in
-  this worker — one worker in the whole deployment wins the evaluation turn (a
-  compare-and-set on the shared record) and runs the window queries: online quality of the
-  champion (app/monitoring/quality.py) and drift of the request demographics
-  (app/monitoring/drift.py). Their results are stored with the breaker record, so
-  ``/metrics`` and ``/api/model`` show the same numbers whichever worker answers.
+* every ``monitor_interval_seconds`` one worker in the whole deployment wins the evaluation
+  turn (a compare-and-set on the shared record) and runs the window queries: online quality of
+  the champion (app/monitoring/quality.py) and drift of the request demographics
+  (app/monitoring/drift.py); after ``monitor_every_events`` scores in this worker, this worker
+  runs them at once without the turn (at least ``EVENT_SPACING_SECONDS`` apart). Their results
+  are stored with the breaker record, so ``/metrics`` and ``/api/model`` show the same numbers
+  whichever worker answers.
 
 With ``monitor_interval_seconds`` 0 (evaluation off) the thread still re-reads the shared
 record every ``monitor_sync_seconds`` and does nothing else: a reset or a trip made through
