@@ -48,7 +48,7 @@ from typing import Any
 
 from app.monitoring import metrics
 from app.monitoring.alerts import Alert, Severity
-from app.monitoring.logs import describe_error
+from app.monitoring.logs import LogEvery, describe_error
 from app.monitoring.quality import Quality
 from app.storage.breaker import (
     CLOSED,
@@ -264,6 +264,9 @@ class CircuitBreaker:
         self._records: OrderedDict[str | None, BreakerRecord] = OrderedDict()
         self._adoptions = 0  # records adopted so far: a read that raced with none is adopted as is
         self.store_error: str | None = None
+        # a store outage fails the monitor's write every few seconds: logged when it starts, then
+        # at most every 30 s (as its failed reads are), not one WARNING per sync of each worker
+        self._write_failures = LogEvery(30.0)
         self._probe_lock = threading.Lock()
         self._routed = 0
         self._probed = 0
@@ -359,7 +362,9 @@ class CircuitBreaker:
         except BreakerStoreError as exc:
             if strict:
                 raise
-            log.warning("breaker state could not be written", extra={"error": describe_error(exc, 300)})
+            self._write_failures.log(
+                log, logging.WARNING, "breaker state could not be written", error=describe_error(exc, 300)
+            )
             return None
         if stored is not None:
             self._adopt(version, stored, read_started, cache_new=cache_new)

@@ -413,6 +413,30 @@ def test_store_failure_keeps_the_last_known_state(db: Database) -> None:
     assert breaker.status("v1")["store_error"]
 
 
+def test_a_store_outage_is_logged_when_it_starts_not_at_every_sync(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each worker's monitor tries to take the evaluation turn every few seconds (the record's
+    last evaluation looks older than the interval, since nothing can be written): every failed
+    write logged a WARNING, one line per worker every 2 s for as long as the store was down,
+    where the failed read beside it, and every other outage, is logged when it starts and then
+    at most every 30 s."""
+    clock = Clock()
+    breaker = make_breaker(DatabaseBreakerStore(db), clock)
+    breaker.claim_evaluation("v1", 30.0)
+    db.engine.dispose()
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE circuit_breaker")
+    with caplog.at_level(logging.INFO, logger="movierec.breaker"):
+        for _ in range(5):  # five monitor syncs, 2 s apart
+            clock.now += 2.0
+            assert breaker.claim_evaluation("v1", 1.0) is False
+            breaker.evaluate("v1", lambda since: quality(1, 4.0, 1.0), evaluation={"drift": {}})
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("breaker state store unreachable; keeping the last known state") == 1
+    assert messages.count("breaker state could not be written") == 1, messages
+
+
 def test_postgres_store(postgres_url: str) -> None:
     database = Database(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
     database.upgrade()
