@@ -263,7 +263,9 @@ def crontab_weekdays(field: str) -> str:
                 low, high = (int(x) for x in span.split("-", 1))
             else:
                 low = int(span)
-                high = 6 if step_text else low  # "5/2" means 5, 7(=0): from 5 to the end
+                # "5/2" means 5, 7(=0): from 5 to the field's end, 7 as in cron's 0-7 (at 6, "1/2"
+                # ran on Monday, Wednesday and Friday, not Sunday)
+                high = 7 if step_text else low
         except ValueError as exc:  # neither a number nor a day's name ("xyz", "monday")
             raise ValueError(f"invalid day-of-week field {field!r}") from exc
         if not (0 <= low <= 7 and 0 <= high <= 7 and low <= high and step >= 1):

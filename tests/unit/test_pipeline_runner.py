@@ -340,6 +340,11 @@ def test_a_tick_due_while_the_machine_slept_runs_late_once_rather_than_never(tmp
         ("0,6", "sun,sat"),
         ("*/2", "sun,tue,thu,sat"),
         ("mon-fri", "mon,tue,wed,thu,fri"),
+        # a start with a step runs to the field's end, 7 (= Sunday) as in cron's 0-7: it stopped
+        # at 6, so "every other day from Monday" left Sunday out
+        ("5/2", "sun,fri"),
+        ("1/2", "sun,mon,wed,fri"),
+        ("fri/1", "sun,fri,sat"),
     ],
 )
 def test_crontab_weekday_numbers_mean_what_cron_means(field: str, names: str) -> None:
