@@ -264,6 +264,7 @@ class CircuitBreaker:
         self._records: OrderedDict[str | None, BreakerRecord] = OrderedDict()
         self._adoptions = 0  # records adopted so far: a read that raced with none is adopted as is
         self.store_error: str | None = None
+        self.read_at = -math.inf  # when sync() last read the store (monotonic), successfully or not
         # a store outage fails the monitor's write every few seconds: logged when it starts, then
         # at most every 30 s (as its failed reads are), not one WARNING per sync of each worker
         self._write_failures = LogEvery(30.0)
@@ -311,6 +312,7 @@ class CircuitBreaker:
     def sync(self, version: str | None) -> BreakerRecord:
         """Re-read ``version``'s shared record; on a store failure keep serving by the last known one."""
         started = self._adoptions
+        self.read_at = time.monotonic()
         try:
             record = self.store.read(version)
         except BreakerStoreError as exc:

@@ -175,12 +175,20 @@ class OnlineMonitor:
     # ------------------------------------------------------------------ thread
 
     def ensure_started(self) -> None:
-        """Start this process's evaluation thread (a pid comparison when it runs already)."""
+        """Start this process's evaluation thread (a pid comparison when it runs already).
+
+        Called before each request: the first one in this process also re-reads the served
+        version's shared record when the last read (at the app's creation) is older than a sync
+        interval. A worker that had served nothing since it started otherwise routed its first
+        requests by that old read until its new thread's first sync, a tripped model as closed.
+        """
         if not self.background or self._thread_pid == os.getpid():
             return
         with self._events_lock:
             if self._thread_pid == os.getpid():
                 return
+            if time.monotonic() - self.breaker.read_at >= self.sync_seconds:
+                self._follow()
             self._thread_pid = os.getpid()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="online-monitor", daemon=True)

@@ -679,6 +679,28 @@ def test_with_evaluation_off_workers_still_follow_the_shared_state(
     assert _recommend(other, other_headers)[0]["strategy"] == "segment"
 
 
+def test_a_worker_idle_since_its_start_reads_the_shared_state_before_its_first_answer(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """A worker reads the breaker when its app is created; its monitor thread starts with its first
+    request and re-reads the record a sync interval later. A breaker another worker opened while
+    this one had served nothing (a worker just started or recycled, a quiet night) was closed for
+    its first requests: they got the tripped model."""
+    store, _previous, _current = two_champions
+    settings = {**_settings(store, "sqlite", request), "monitor_sync_seconds": 1.0}
+    idle = make_app(**{**settings, "feedback_journal_dir": tmp_path / "idle"})
+    deciding = make_app(**settings)
+    client = deciding.test_client()
+    _trip(deciding, client, login(client))
+    time.sleep(1.1)  # longer than a sync interval since the idle worker's last read
+
+    other = idle.test_client()
+    assert _recommend(other, login(other))[0]["strategy"] == "fallback"
+
+
 def test_a_head_of_a_failing_champions_list_is_answered_like_its_get(
     two_champions: tuple[Path, str, str],
     make_app: Callable[..., Any],
