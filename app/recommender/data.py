@@ -344,6 +344,22 @@ def _first_fields(text: str, sep: str, skip: int) -> list[str]:
     return lines[0].split(sep) if lines else []
 
 
+def _require_fields(name: str, text: str, sep: str, skip: int, expected: int) -> None:
+    """Refuse the data lines (past ``skip`` lines, blank ones passed over) with fewer than
+    ``expected`` fields, naming them by their line in the file.
+
+    pandas reads the missing fields of a short line as empty: a u.user line cut before its zip
+    code loaded as a user without one, a u.data line without its timestamp was refused as a bad
+    timestamp (nan). The first line's count names a wrong separator or a missing column; this
+    names a line cut short (a copy truncated in its last line, a hand edit).
+    """
+    numbered = enumerate(_LINE_BREAK.split(text)[skip:], start=skip + 1)
+    short = [(number, line) for number, line in numbered if line.strip() and line.count(sep) < expected - 1]
+    if short:
+        shown = "; ".join(f"line {number}: {line!r}" for number, line in short[:5])
+        raise DataFormatError(f"{name}: fields must be {expected} per line ({len(short)} bad rows; {shown})")
+
+
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def read(name: str, sep: str, names: list[str], **options: Any) -> pd.DataFrame:
         text = _read_text(directory / name, name)  # read once: the encoding and header from it
@@ -362,6 +378,7 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
                 f"{name}: {len(fields)} field{'s' if len(fields) != 1 else ''} in the first line, "
                 f"expected {len(names)} ({', '.join(names)}) separated by {separator}"
             )
+        _require_fields(name, text, sep, skip, len(names))
         extra = [f"_empty_{n}" for n in range(len(fields) - len(names))]
         frame = _parse(
             name,
@@ -427,6 +444,12 @@ def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     def read(name: str, needed: tuple[str, ...]) -> pd.DataFrame:
         # decoded as the GroupLens files are: a conversion of u.item keeps its Latin-1 titles
         text = _read_text(directory / f"ml-100k.{name}", f"ml-100k.{name}")
+        lines = _LINE_BREAK.split(text)
+        header = next((number for number, line in enumerate(lines) if line.strip()), len(lines))
+        if header < len(lines):  # an empty file is refused by _parse
+            # the named columns: a tab after the last name is an empty column a line may leave out
+            named = len(lines[header].rstrip(" \t").split("\t"))
+            _require_fields(f"ml-100k.{name}", text, "\t", header + 1, named)
         frame = _parse(f"ml-100k.{name}", text, sep="\t", dtype=str, keep_default_na=False)
         frame.columns = [column.split(":", 1)[0] for column in frame.columns]
         missing = [column for column in needed if column not in frame.columns]

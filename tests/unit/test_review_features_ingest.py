@@ -141,7 +141,8 @@ def test_one_latin1_line_in_a_utf8_item_file_leaves_the_other_titles_alone(
         (_append("u.data", "999\t1\t4\t880000000\n"), r"u\.data: user_id must be a user of u\.user"),
         (_append("u.data", "1\t3\t0\t880000000\n"), r"u\.data: rating must be 0\.5\.\.5\.0"),
         (_append("u.data", "1\t3\t\t880000000\n"), r"u\.data: rating must be 0\.5\.\.5\.0"),
-        (_append("u.data", "1\t3\t4\n"), r"u\.data: timestamp"),
+        (_append("u.data", "1\t3\t4\n"),
+         r"u\.data: fields must be 4 per line \(1 bad rows; line \d+: '1\\t3\\t4'\)"),
         (_append("u.data", "1\t3\t4\t4102444800\n"), r"u\.data: timestamp .* not in the future"),
         (_append("u.data", "-5\t1\t4\t880000000\n"), r"u\.data: user_id must be 1\.\."),
         (_append("u.data", "1\tabc\t4\t880000000\n"), r"u\.data: movie_id must be 1\.\..*'abc'"),
@@ -151,12 +152,13 @@ def test_one_latin1_line_in_a_utf8_item_file_leaves_the_other_titles_alone(
         (_append("u.user", "99999999999|30|M|doctor|12345\n"), r"u\.user: user_id must be 1\.\.2147483647"),
         (_append("u.user", "500|0|M|doctor|12345\n"), r"u\.user: age must be 1\.\.120"),
         (_append("u.item", f"1|Again (1990)|01-Jan-1990||x|{FLAGS}\n"), r"u\.item: movie_id must be unique"),
-        (_append("u.item", "61|Short (1990)|01-Jan-1990||x|0|0|1\n"), r"u\.item: genre flags must be 0 or 1"),
+        (_append("u.item", "61|Short (1990)|01-Jan-1990||x|0|0|1\n"), r"u\.item: fields must be 24 per line"),
+        (_append("u.user", "500|30|M|doctor\n"), r"u\.user: fields must be 5 per line .*'500\|30\|M\|doc"),
     ],
     ids=[
         "unknown-movie", "unknown-user", "rating-0", "rating-missing", "missing-field", "future-timestamp",
         "negative-id", "text-id", "duplicate-user", "gender", "occupation", "huge-user-id", "age-0",
-        "duplicate-movie", "short-item-line",
+        "duplicate-movie", "short-item-line", "user-without-zip",
     ],
 )  # fmt: skip
 def test_malformed_content_is_refused_naming_file_and_field(
@@ -173,15 +175,16 @@ def test_malformed_content_is_refused_naming_file_and_field(
     [
         (_append("ml-100k.inter", "1\t3\tfour\t880000000\n"), r"ml-100k\.inter: rating must be .*'four'"),
         (_append("ml-100k.inter", "1\tx9\t4\t880000000\n"), r"ml-100k\.inter: movie_id must be 1\.\..*'x9'"),
-        (_append("ml-100k.inter", "1\t3\t4\n"), r"ml-100k\.inter: timestamp"),
+        (_append("ml-100k.inter", "1\t3\t4\n"), r"ml-100k\.inter: fields must be 4 per line .*'1\\t3\\t4'"),
+        (_append("ml-100k.user", "500\t30\tM\tdoctor\n"), r"ml-100k\.user: fields must be 5 per line"),
         (_append("ml-100k.user", "500\tthirty\tM\tdoctor\t12345\n"), r"ml-100k\.user: age must be 1\.\.120"),
         (_append("ml-100k.user", "1.0\t30\tM\tdoctor\t12345\n"), r"ml-100k\.user: user_id must be unique"),
         (_append("ml-100k.item", "abc\tNew\t1990\tDrama\n"), r"ml-100k\.item: movie_id must be 1\.\."),
         (lambda d: (d / "ml-100k.inter").write_text("user_id:token\titem_id:token\n1\t3\n"),
          r"ml-100k\.inter: its header has no rating, timestamp column"),
     ],
-    ids=["text-rating", "text-movie", "missing-field", "text-age", "same-id-spelled-twice", "text-item-id",
-         "missing-columns"],
+    ids=["text-rating", "text-movie", "missing-field", "user-without-zip", "text-age",
+         "same-id-spelled-twice", "text-item-id", "missing-columns"],
 )  # fmt: skip
 def test_malformed_registry_package_files_are_refused_naming_file_and_field(
     tmp_path: Path, mutate: Callable[[Path], None], message: str
