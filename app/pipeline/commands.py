@@ -401,9 +401,9 @@ def sql(query: str, root: str | None, fmt: str) -> None:
     from app.pipeline.features_store import FeatureStore
     from app.pipeline.runner import features_root
 
-    store = FeatureStore(root or features_root(settings_for_cli()))
     try:
-        frame = store.sql(query)
+        # a root fsspec cannot open (FeaturesRootError) is a ValueError too
+        frame = FeatureStore(root or features_root(settings_for_cli())).sql(query)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     except duckdb.Error as exc:
@@ -448,16 +448,16 @@ def features_build(data_dir: Path | None) -> None:
     snapshot, load user features into the DB."""
     from app.pipeline.features_store import FeatureStore, SnapshotSuperseded
     from app.pipeline.ingest import ingest
-    from app.pipeline.runner import features_root
+    from app.pipeline.runner import FeaturesRootError, features_root
     from app.recommender.data import DataUnavailableError
     from app.storage.db import DatabaseSchemaError
 
     settings = settings_for_cli(data_dir=data_dir)
+    root = features_root(settings)
     try:
+        store = FeatureStore(root)  # before the ingest: a root fsspec cannot open is named at once
         with service_database(settings) as database:
             ingested = ingest(settings.data_dir, database)
-            root = features_root(settings)
-            store = FeatureStore(root)
             try:  # published once the database serves it too; old ones pruned
                 snapshot, loaded = store.load_into(database, ingested, settings.features_keep_snapshots)
             except OSError as exc:  # a root that is a file, a full or read-only disk: not a traceback
@@ -465,7 +465,8 @@ def features_build(data_dir: Path | None) -> None:
     except SnapshotSuperseded as exc:  # not a failure: the features are as new as this build's
         click.echo(f"{exc}; nothing loaded into the database")
         return
-    except (DataUnavailableError, DatabaseSchemaError) as exc:  # refused raw files or schema: no traceback
+    # refused raw files, schema or features root: no traceback
+    except (DataUnavailableError, DatabaseSchemaError, FeaturesRootError) as exc:
         raise click.ClickException(str(exc)) from exc
     counts = ", ".join(f"{n} {name}" for name, n in snapshot.counts.items())
     click.echo(f"snapshot {snapshot.id} at {snapshot.url}: {counts}; {loaded} users loaded into the database")

@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import duckdb
-import fsspec
 import pandas as pd
 
 from app.durable import exclusive_lock, sync_directory, write_durably
+from app.pipeline.runner import features_filesystem
 from app.recommender.data import is_feedback_user
 from app.recommender.features import item_features, rated_movies, user_features
 
@@ -142,7 +142,7 @@ class FeatureStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = str(root).rstrip("/")
-        self.fs, self.path = fsspec.core.url_to_fs(self.root)
+        self.fs, self.path = features_filesystem(self.root)  # FeaturesRootError when it cannot
         protocol = self.fs.protocol
         self.protocol = protocol[0] if isinstance(protocol, tuple | list) else protocol
         self.is_local = self.protocol in _LOCAL_PROTOCOLS

@@ -233,6 +233,27 @@ def features_root(settings: Settings) -> str:
     return settings.features_root or str(Path(settings.data_dir) / "features")
 
 
+class FeaturesRootError(ValueError):
+    """fsspec cannot open the features store root: a protocol it does not know, or one whose
+    filesystem package (s3fs for ``s3://``, gcsfs, …) is not installed."""
+
+
+def features_filesystem(root: str) -> tuple[Any, str]:
+    """fsspec's filesystem of the features store ``root`` and the path in it.
+
+    A root fsspec cannot open is a :class:`FeaturesRootError` naming it: fsspec's own ImportError
+    ("Install s3fs to access S3") or ValueError ("Protocol not known") was a traceback of `movierec
+    sql` and `features build`, and failed the training flow in its features step, after its ingest.
+    """
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(root)
+    except (ImportError, ValueError) as exc:
+        raise FeaturesRootError(f"the features store {root} cannot be opened: {exc}") from exc
+    return fs, path
+
+
 def _env_names(name: str, field: Any) -> list[str]:
     alias = field.validation_alias
     if isinstance(alias, AliasChoices):
@@ -363,6 +384,10 @@ def run_flow(
         raise PipelineError(_stopped("the training flow was not started"))
     if candidates:
         resolve_candidates(candidates)  # fail fast on a typo, before any subprocess
+    try:  # and on a features store it cannot open, which the flow met after its ingest
+        features_filesystem(features_root(settings))
+    except FeaturesRootError as exc:
+        raise PipelineError(str(exc)) from exc
     scratch_root = Path(settings.var_dir) / "pipeline"
     scratch_root.mkdir(parents=True, exist_ok=True)
     workers = max_workers or max(1, os.cpu_count() or 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,59 @@ def test_a_later_build_removes_a_snapshot_abandoned_mid_write_but_not_one_in_pro
     assert store.snapshots() == [done.id, later.id] and store.latest() == later.id
     removed = [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()]
     assert len(removed) == 1 and "20260102T000000000000-deadbeef" in removed[0], removed
+
+
+@pytest.fixture(params=["unknown-protocol", "package-missing"])
+def unopenable_root(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A features root fsspec cannot open, and fsspec's reason: a protocol it does not know, or
+    one whose filesystem package is not installed (``s3://`` without s3fs, which the pipeline
+    extras do not pull in)."""
+    from fsspec.registry import known_implementations
+
+    if request.param == "unknown-protocol":
+        return "nosuchprotocol://bucket/features", "Protocol not known: nosuchprotocol"
+    reason = "Install movierec-no-such-module to access nopkg"
+    implementation = {"class": "movierec_no_such_module.FileSystem", "err": reason}
+    monkeypatch.setitem(known_implementations, "nopkg", implementation)
+    return "nopkg://bucket/features", reason
+
+
+def test_a_features_root_that_cannot_be_opened_is_a_one_line_error(
+    unopenable_root: tuple[str, str],
+    make_settings: Any,
+    synthetic_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``MOVIEREC_FEATURES_ROOT=s3://…`` without s3fs (or a mistyped protocol) was a traceback of
+    fsspec's ImportError or ValueError from `movierec sql` and `features build`, the latter after
+    its ingest. It is one ``Error:`` line naming the root and why, and the build reads nothing."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+
+    root, reason = unopenable_root
+    expected = f"Error: the features store {root} cannot be opened: {reason}\n"
+    result = CliRunner().invoke(cli, ["sql", "--root", root, "select 1"])
+    assert (result.exit_code, result.output) == (1, expected), result.output
+    settings = make_settings(features_root=root, data_dir=synthetic_data_dir)
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
+    monkeypatch.setattr("app.pipeline.ingest.ingest", lambda *_: pytest.fail("ingested for a closed store"))
+    result = CliRunner().invoke(cli, ["features", "build"])
+    assert (result.exit_code, result.output) == (1, expected), result.output
+
+
+def test_a_training_flow_with_a_features_root_that_cannot_be_opened_is_not_started(
+    unopenable_root: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow found it in its features step, after its ingest, with a traceback in its log; the
+    launcher (`pipeline run`, a scheduler tick) now refuses it before starting the flow."""
+    import app.pipeline.runner as runner
+    from tests.helpers import flow_settings
+
+    root, reason = unopenable_root
+    settings = flow_settings(tmp_path).model_copy(update={"features_root": root})
+    monkeypatch.setattr(runner, "_run", lambda *_a, **_k: pytest.fail("the flow was started"))
+    expected = f"the features store {root} cannot be opened: {reason}"
+    with pytest.raises(runner.PipelineError, match=re.escape(expected)):
+        runner.run_flow(settings)
