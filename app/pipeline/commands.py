@@ -401,11 +401,17 @@ def sql(query: str, root: str | None, fmt: str) -> None:
     from app.pipeline.features_store import FeatureStore
     from app.pipeline.runner import features_root
 
+    root = root or features_root(settings_for_cli())
     try:
         # a root fsspec cannot open (FeaturesRootError) is a ValueError too
-        frame = FeatureStore(root or features_root(settings_for_cli())).sql(query)
+        frame = FeatureStore(root).sql(query)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # LATEST or the root not readable by this user: not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise click.ClickException(
+            f"the features store {root} cannot be read: {exc.strerror or exc}{where}"
+        ) from exc
     except duckdb.Error as exc:
         raise click.ClickException(f"SQL error: {exc}") from exc
     if fmt == "csv":

@@ -264,3 +264,36 @@ def test_a_training_flow_with_a_features_root_that_cannot_be_opened_is_not_start
     expected = f"the features store {root} cannot be opened: {reason}"
     with pytest.raises(runner.PipelineError, match=re.escape(expected)):
         runner.run_flow(settings)
+
+
+@pytest.mark.parametrize("problem", ["permission-denied", "latest-is-a-directory"])
+def test_sql_over_a_store_it_cannot_read_is_a_one_line_error(
+    synthetic_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
+) -> None:
+    """`movierec sql` caught only a missing store: ``LATEST`` it may not read (a store another user
+    built, 0600) or cannot read (a directory in its place) was a traceback ending in
+    PermissionError or IsADirectoryError. It is one ``Error:`` line naming the store and why."""
+    from click.testing import CliRunner
+    from fsspec.implementations.local import LocalFileSystem
+
+    from app.cli import cli
+
+    root = tmp_path / "features"
+    FeatureStore(root).write_snapshot(Ingested(synthetic_data))
+    latest = root / "LATEST"
+    if problem == "permission-denied":  # the tests may run as root, whom no mode keeps out
+
+        def denied(self: Any, path: str, *args: Any, **kwargs: Any) -> bytes:
+            raise PermissionError(13, "Permission denied", path)
+
+        monkeypatch.setattr(LocalFileSystem, "cat_file", denied)
+        reason = "Permission denied"
+    else:
+        latest.unlink()
+        latest.mkdir()
+        reason = "Is a directory"
+    result = CliRunner().invoke(cli, ["sql", "--root", str(root), "select count(*) from users"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert re.fullmatch(
+        rf"Error: the features store {re.escape(str(root))} cannot be read: .*{reason}.*\n", result.output
+    ), result.output
