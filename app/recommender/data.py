@@ -229,6 +229,13 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what pandas ends a line at (str.split
 LINE_INDEX = "line"  # the name of a raw frame's index when it holds each row's line in its file
 
 
+def _blank(line: str, sep: str) -> bool:
+    """Whether pandas passes ``line`` over as blank: nothing but spaces and tabs, the separator not
+    among them. A line of tabs alone in a tab-separated file is a row of empty fields to pandas;
+    ``str.strip()`` took it for blank, and every row after it was matched to the wrong line."""
+    return not line.strip(" \t".replace(sep, ""))
+
+
 def _parse(name: str, text: str, **options: Any) -> pd.DataFrame:
     """``pd.read_csv`` of one raw file's decoded text; a row pandas cannot split (an extra field)
     or a file with nothing to parse is a DataFormatError naming the file.
@@ -245,9 +252,9 @@ def _parse(name: str, text: str, **options: Any) -> pd.DataFrame:
         frame = pd.read_csv(io.StringIO(text), quoting=csv.QUOTE_NONE, **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataFormatError(f"{name}: {str(exc).strip()}") from exc
-    skip = options.get("skiprows", 0)
+    skip, sep = options.get("skiprows", 0), options.get("sep", ",")
     numbered = enumerate(_LINE_BREAK.split(text)[skip:], start=skip + 1)
-    lines = [number for number, line in numbered if line.strip()]
+    lines = [number for number, line in numbered if not _blank(line, sep)]
     if options.get("header", "infer") is not None:  # the first line pandas kept is the header
         lines = lines[1:]
     if len(lines) == len(frame):
@@ -340,7 +347,7 @@ def _first_fields(text: str, sep: str, skip: int) -> list[str]:
     (Latin-1's byte 0x85), form feeds and \\x1c-\\x1e, so a first title holding one was refused
     as a line with too few fields.
     """
-    lines = [line for line in _LINE_BREAK.split(text)[skip:] if line.strip()]
+    lines = [line for line in _LINE_BREAK.split(text)[skip:] if not _blank(line, sep)]
     return lines[0].split(sep) if lines else []
 
 
@@ -354,7 +361,11 @@ def _require_fields(name: str, text: str, sep: str, skip: int, expected: int) ->
     names a line cut short (a copy truncated in its last line, a hand edit).
     """
     numbered = enumerate(_LINE_BREAK.split(text)[skip:], start=skip + 1)
-    short = [(number, line) for number, line in numbered if line.strip() and line.count(sep) < expected - 1]
+    short = [
+        (number, line)
+        for number, line in numbered
+        if not _blank(line, sep) and line.count(sep) < expected - 1
+    ]
     if short:
         shown = "; ".join(f"line {number}: {line!r}" for number, line in short[:5])
         raise DataFormatError(f"{name}: fields must be {expected} per line ({len(short)} bad rows; {shown})")
@@ -445,7 +456,7 @@ def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
         # decoded as the GroupLens files are: a conversion of u.item keeps its Latin-1 titles
         text = _read_text(directory / f"ml-100k.{name}", f"ml-100k.{name}")
         lines = _LINE_BREAK.split(text)
-        header = next((number for number, line in enumerate(lines) if line.strip()), len(lines))
+        header = next((number for number, line in enumerate(lines) if not _blank(line, "\t")), len(lines))
         if header < len(lines):  # an empty file is refused by _parse
             # the named columns: a tab after the last name is an empty column a line may leave out
             named = len(lines[header].rstrip(" \t").split("\t"))

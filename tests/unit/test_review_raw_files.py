@@ -568,3 +568,22 @@ def test_a_registry_header_ending_in_a_tab_loads_the_same_tables(tmp_path: Path,
     path = write_recbole(tmp_path / "tab") / name
     path.write_text(path.read_text().replace("\n", "\t\n", 1))
     assert load_directory(path.parent).fingerprint() == expected.fingerprint()
+
+
+@pytest.mark.parametrize(("layout", "name"), [("grouplens", "u.data"), ("recbole", "ml-100k.inter")])
+def test_a_line_of_tabs_alone_is_named_by_its_line(tmp_path: Path, layout: str, name: str) -> None:
+    """A spreadsheet's empty row exported as its tabs alone is a row of empty fields to pandas,
+    but was passed over as a blank line when rows were matched to lines (str.strip() takes tabs
+    too): the rows no longer matched the lines one to one, and the refusal said "row 5", a
+    position among the parsed rows, instead of the line."""
+    from tests.synthetic import write_recbole
+
+    directory = (write_grouplens if layout == "grouplens" else write_recbole)(tmp_path / layout)
+    path = directory / name
+    lines = path.read_text().splitlines(keepends=True)
+    lines.insert(4, "\t" * 3 + "\n")
+    path.write_text("".join(lines))
+    with pytest.raises(
+        DataFormatError, match=rf"{re.escape(name)}: user_id must be .* \(1 bad rows; line 5: "
+    ):
+        load_directory(directory)
