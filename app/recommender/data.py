@@ -195,7 +195,19 @@ def _decode(raw: bytes, name: str = "") -> str:
     A file that is not UTF-8 as a whole is decoded line by line: it was all Latin-1, so one line
     pasted from the original into a UTF-8 copy turned every other accented title into mojibake.
     A UTF-8 file (u.data's 100,000 lines) still takes the single whole-file decode.
+
+    A file that starts with a UTF-16 byte-order mark is UTF-16: what a spreadsheet saves as
+    "Unicode text" (tab-separated, as u.data is). Read byte by byte as Latin-1, its every other
+    byte a NUL, it was refused as "1 field in the first line" or bad ids shown as '\\x001\\x00'.
     """
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")  # the mark says which byte order, and is dropped
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(
+                f"{name or 'a data file'}: starts with a UTF-16 byte-order mark but is not UTF-16 "
+                f"({exc.reason} at byte {exc.start})"
+            ) from exc
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -48,6 +48,16 @@ def _crlf_and_blank_lines(directory: Path) -> None:
         path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n") + b"\r\n")
 
 
+def _utf16_crlf(name: str) -> Callable[[Path], None]:
+    """``name`` as a spreadsheet's "Unicode text" export: UTF-16 with a byte-order mark, CRLF."""
+
+    def mutate(directory: Path) -> None:
+        path = directory / name
+        path.write_bytes(path.read_bytes().decode("latin-1").replace("\n", "\r\n").encode("utf-16"))
+
+    return mutate
+
+
 FLAGS = "|".join(["0"] * 19)
 
 
@@ -64,14 +74,28 @@ FLAGS = "|".join(["0"] * 19)
         ),
         _prepend("u.data", b"\xef\xbb\xbf"),  # a UTF-8 byte-order mark
         _crlf_and_blank_lines,
+        _utf16_crlf("u.data"),
+        _utf16_crlf("u.item"),
     ],
-    ids=["header-u.data", "header-u.user", "header-u.item", "bom", "crlf-trailing-blank"],
-)
+    ids=["header-u.data", "header-u.user", "header-u.item", "bom", "crlf-trailing-blank", "utf16-u.data",
+         "utf16-u.item"],
+)  # fmt: skip
 def test_harmless_variations_load_the_same_tables(tmp_path: Path, mutate: Callable[[Path], None]) -> None:
     expected = load_directory(write_grouplens(tmp_path / "plain"))
     directory = write_grouplens(tmp_path / "odd")
     mutate(directory)
     assert load_directory(directory).fingerprint() == expected.fingerprint()
+
+
+def test_a_file_marked_utf16_that_is_not_is_refused_naming_it(tmp_path: Path) -> None:
+    directory = write_grouplens(tmp_path / "odd")
+    _utf16_crlf("u.data")(directory)
+    path = directory / "u.data"
+    path.write_bytes(path.read_bytes() + b"\n")  # one byte more: half a UTF-16 character
+    with pytest.raises(
+        DataFormatError, match=r"u\.data: starts with a UTF-16 byte-order mark but is not UTF-16"
+    ):
+        load_directory(directory)
 
 
 @pytest.mark.parametrize(
