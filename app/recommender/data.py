@@ -346,10 +346,23 @@ def _validate(
     # One rating per (user, movie) id pair: two were averaged (with the twins' merge) into a
     # rating nobody gave. Twins are two ids, so a user's ratings of both are still merged.
     pairs = ratings[["user_id", "movie_id"]]
-    once = ~pairs.apply(_numbers).duplicated()
-    _require(
-        ratings_file, "(user_id, movie_id)", pairs, once, "must be unique (one rating per user and movie)"
-    )
+    numbers = pairs.apply(_numbers)
+    once = ~numbers.duplicated()
+    if not once.all():  # each repeat shown with where its pair was first rated, to compare the two
+        by_line = pairs.index.name == LINE_INDEX
+        where = pd.Series(pairs.index if by_line else np.arange(1, len(pairs) + 1), index=pairs.index)
+        first = where.groupby([numbers["user_id"], numbers["movie_id"]]).transform("first")
+        kind = "line" if by_line else "row"
+        shown = pd.Series(
+            [
+                f"{user}, {movie}, first rated on {kind} {line}"
+                for user, movie, line in zip(pairs["user_id"], pairs["movie_id"], first, strict=True)
+            ],
+            index=pairs.index,
+        )
+        _require(
+            ratings_file, "(user_id, movie_id)", shown, once, "must be unique (one rating per user and movie)"
+        )
 
 
 def _first_fields(text: str, sep: str, skip: int) -> list[str]:

@@ -60,12 +60,19 @@ def test_an_extra_column_is_refused_as_one(
 
 
 def test_a_user_movie_pair_rated_twice_is_refused(tmp_path: Path) -> None:
-    """Two ratings of one movie by one user were averaged into a rating nobody gave (1 and 5 → 3)."""
+    """Two ratings of one movie by one user were averaged into a rating nobody gave (1 and 5 → 3).
+    The refusal names both lines: it named the repeat alone, and in 100,000 lines the rating it
+    repeats had to be searched for by hand."""
     directory = write_grouplens(tmp_path / "twice")
     path = directory / "u.data"
-    user, movie, _rating, stamp = path.read_text().splitlines()[0].split("\t")
+    lines = path.read_text().splitlines()
+    user, movie, _rating, stamp = lines[2].split("\t")
     path.write_text(path.read_text() + f"{user}\t{movie}\t1\t{int(stamp) + 1}\n")
-    with pytest.raises(DataFormatError, match=r"u\.data: \(user_id, movie_id\) must be unique"):
+    with pytest.raises(
+        DataFormatError,
+        match=rf"u\.data: \(user_id, movie_id\) must be unique \(one rating per user and movie\) "
+        rf"\(1 bad rows; line {len(lines) + 1}: '{user}, {movie}, first rated on line 3'\)",
+    ):
         load_directory(directory)
 
 
