@@ -36,7 +36,8 @@ without a poller has served no request yet: it checks the marker before its firs
 
 A worker started later (uwsgi recycles workers) serves the marker's bundle when the marker
 is newer than the store's ``latest`` link, so a rollback to an older version survives worker
-restarts; otherwise it serves ``latest`` as configured.
+restarts; otherwise what the live workers of its instance serve (training may have moved
+``latest`` without a reload), and ``latest`` as configured when there are none (a start).
 """
 
 from __future__ import annotations
@@ -190,30 +191,64 @@ class ModelReloader:
             self._adopt_marker()
 
     def _adopt_marker(self) -> None:
+        """The marker's bundle when a reload happened after ``latest`` last moved; else, in a
+        worker started beside live ones of its instance (uwsgi recycled it), what they serve."""
         marker, marker_stat = self._read_marker_with_stat()
-        if marker is None:
+        if marker is not None:
+            self._marker_seen = marker_stat
+            self._generation = _generation_of(marker)
+        target = self._marker_target(marker, marker_stat) or self._siblings_bundle()
+        if target is None:
             return
-        self._marker_seen = marker_stat
-        self._generation = _generation_of(marker)
-        target = Path(marker.get("target", ""))
-        if not (target / MANIFEST).is_file():
-            return
-        if self._written_for_another_path(marker):
-            return
-        latest = self.store / LATEST
-        try:
-            latest_mtime = latest.lstat().st_mtime_ns
-        except OSError:
-            latest_mtime = 0
-        if marker_stat is None or marker_stat[0] < latest_mtime:
-            return  # training moved `latest` after the last reload: serve what is configured
         current = self.holder.bundle
         if current is not None and current.path.resolve() == target.resolve():
             return
         try:
             self.holder.load(target)
         except BundleError:
-            log.error("the reload marker names a bundle that cannot be loaded; serving the configured one")
+            log.error(
+                "the bundle the reload marker or the other workers name cannot be loaded; serving "
+                "the configured one",
+                extra={"target": str(target)},
+            )
+
+    def _marker_target(
+        self, marker: dict[str, Any] | None, marker_stat: tuple[int, int, int] | None
+    ) -> Path | None:
+        """The marker's bundle, when it names one for this model path written after ``latest``
+        last moved (training moving ``latest`` later wins over an old reload)."""
+        if marker is None or not isinstance(marker.get("target"), str):
+            return None
+        target = Path(marker["target"])
+        if not (target / MANIFEST).is_file() or self._written_for_another_path(marker):
+            return None
+        try:
+            latest_mtime = (self.store / LATEST).lstat().st_mtime_ns
+        except OSError:
+            latest_mtime = 0
+        if marker_stat is None or marker_stat[0] < latest_mtime:
+            return None
+        return target
+
+    def _siblings_bundle(self) -> Path | None:
+        """The bundle the live workers of this instance serve (the one that handled the newest
+        marker), or None when there is none (a service starting: it serves what is configured).
+
+        A worker uwsgi starts in a running instance (max-requests, reload-on-rss, harakiri, a
+        crash) loaded the configured path, the store's ``latest``: once training had moved it
+        without a reload, that worker served the new bundle while its siblings kept the one the
+        instance serves, two versions in one service until the next reload."""
+        instance = _instance()
+        newest: tuple[int, Path] | None = None
+        for _name, worker in self._live_siblings():
+            served = worker.get("target")
+            if worker.get("instance") != instance or not isinstance(served, str):
+                continue
+            if not (Path(served) / MANIFEST).is_file():
+                continue
+            if newest is None or worker["generation"] > newest[0]:
+                newest = (worker["generation"], Path(served))
+        return newest[1] if newest else None
 
     def _written_for_another_path(self, marker: dict[str, Any]) -> bool:
         """The marker is a reload of a service started with another model path (an earlier
@@ -384,12 +419,28 @@ class ModelReloader:
         refused: list[str] = []
         waiting = 0
         newest = 0
+        for name, worker in self._live_siblings():
+            handled = worker["generation"]
+            newest = max(newest, handled)
+            if handled == generation and _same(worker.get("target"), target):
+                swapped.append(name)
+            elif handled == generation:
+                refused.append(str(worker.get("error") or f"serves {worker.get('version')}"))
+            elif handled < generation:
+                waiting += 1
+        return swapped, refused, waiting, newest
+
+    def _live_siblings(self) -> list[tuple[str, dict[str, Any]]]:
+        """The records of the live workers on this host, other than this one, started with this
+        model path (the name of each record's file, and the record); those of ended workers are
+        removed on the way."""
+        found: list[tuple[str, dict[str, Any]]] = []
         mine = self._worker_file()
         live_here = {reloader._worker_file().name for reloader in list(_LIVE) if not reloader._stop.is_set()}
         try:
             files = sorted(self.workers_dir.glob("*.json"))
         except OSError:
-            return swapped, refused, waiting, newest
+            return found
         stale = time.time() - STALE_STAGING_SECONDS
         for path in files:
             if path.name == mine.name:
@@ -413,14 +464,8 @@ class ModelReloader:
                 with contextlib.suppress(OSError):  # an ended worker's (uwsgi recycled it)
                     path.unlink(missing_ok=True)
                 continue
-            newest = max(newest, handled)
-            if handled == generation and _same(worker.get("target"), target):
-                swapped.append(path.name)
-            elif handled == generation:
-                refused.append(str(worker.get("error") or f"serves {worker.get('version')}"))
-            elif handled < generation:
-                waiting += 1
-        return swapped, refused, waiting, newest
+            found.append((path.name, {**worker, "generation": handled}))
+        return found
 
     def _worker_file(self) -> Path:
         return self.workers_dir / f"{_HOST}-{os.getpid()}-{id(self):x}.json"
@@ -440,6 +485,7 @@ class ModelReloader:
         body = {
             "host": _HOST,
             "pid": os.getpid(),
+            "instance": _instance(),
             "configured": self.configured,
             "generation": self._generation,
             "target": str(bundle.path) if bundle else None,
@@ -657,6 +703,16 @@ def model_path_key(path: Path) -> str:
     if absolute.is_symlink() and (absolute / MANIFEST).is_file():
         return str(absolute.parent.resolve() / absolute.name)
     return str(absolute.resolve())
+
+
+def _instance() -> int:
+    """The server this process serves in: under uwsgi its master's pid (shared by the workers it
+    starts and recycles), else this process's own."""
+    try:
+        import uwsgi  # type: ignore[import-not-found]
+    except ImportError:
+        return os.getpid()
+    return int(uwsgi.masterpid()) or os.getpid()  # pragma: no cover - only inside uwsgi
 
 
 def _generation_of(marker: dict[str, Any]) -> int:

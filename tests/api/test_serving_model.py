@@ -192,11 +192,11 @@ def test_a_reload_of_another_bundle_while_one_loads_is_refused_not_dropped(
 
 
 def test_every_worker_follows_a_reload_and_late_workers_adopt_it(
-    make_app: Any, store: Path, auth_headers: dict
+    make_app: Any, app: Any, store: Path, auth_headers: dict
 ) -> None:
     """Two apps on one model store stand in for two uwsgi workers; a third starts after the reload."""
-    first = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05).test_client()
-    second = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05).test_client()
+    workers = [make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05) for _ in range(2)]
+    first, second = (worker.test_client() for worker in workers)
     original = _version(second, auth_headers)  # this request also starts second's poller
     add_version(store, "v-shared")
     admin = login(first, ADMIN_PASSWORD)
@@ -210,11 +210,14 @@ def test_every_worker_follows_a_reload_and_late_workers_adopt_it(
         first.post("/api/admin/reload", json={"version": original, "wait": True}, headers=admin).status_code
         == 200
     )
-    late = make_app(model_path=store, model_dir=store).test_client()
-    assert _version(late, auth_headers) == original
-    # training moving `latest` later wins over the old marker at start-up
+    workers.append(make_app(model_path=store, model_dir=store))
+    assert _version(workers[-1].test_client(), auth_headers) == original
+    # training moving `latest` later wins over the old marker when the service starts again (a
+    # worker started beside live ones serves what they serve: test_reload_race.py)
     time.sleep(0.01)
     add_version(store, "v-trained")
+    for worker in [app, *workers]:  # the service stops: every worker (auth_headers' app too)
+        worker.extensions["movierec"].close()
     fresh = make_app(model_path=store, model_dir=store).test_client()
     assert _version(fresh, auth_headers) == "v-trained"
 

@@ -918,13 +918,7 @@ def test_a_waiting_reload_answers_once_every_uwsgi_worker_serves_the_new_bundle(
     admin_password = secrets.token_urlsafe(16)
     with _uwsgi(tmp_path, store, synthetic_data_dir, ADMIN_PASSWORD=admin_password) as served:
         headers = {"Authorization": f"Bearer {served.token}"}
-        deadline = time.monotonic() + 30
-        while len(list((store / ".serving-workers").glob("*.json"))) < WORKERS:  # every poller runs
-            assert time.monotonic() < deadline, "not every worker answered a request"
-            for _ in range(4):
-                connection = served.connect()
-                assert _get(connection, "/api/model", headers) == 200
-                connection.close()
+        _worker_records(served, store)
         add_version(store, "v-every-worker")
         connection = served.connect()
         admin = _post(connection, "/api/login", {"session_password": admin_password})[1]["access_token"]
@@ -938,3 +932,42 @@ def test_a_waiting_reload_answers_once_every_uwsgi_worker_serves_the_new_bundle(
             answer = json.loads(connection.getresponse().read())
             connection.close()
             assert answer["model_version"] == "v-every-worker", answer
+
+
+def _worker_records(served: Served, store: Path, not_of: frozenset[int] = frozenset()) -> dict[int, dict]:
+    """The workers' records of what each serves (app/services/reload.py), by pid, once
+    ``WORKERS`` workers not in ``not_of`` have one: each writes its record at its first request."""
+    headers = {"Authorization": f"Bearer {served.token}"}
+    deadline = time.monotonic() + 30
+    while True:
+        records = {}
+        for path in (store / ".serving-workers").glob("*.json"):
+            with suppress(OSError, ValueError):
+                record = json.loads(path.read_text())
+                records[record["pid"]] = record
+        if len(records.keys() - not_of) >= WORKERS:
+            return records
+        assert time.monotonic() < deadline, f"not every worker answered a request: {records}"
+        for _ in range(4):  # new connections: the router spreads them over the workers
+            connection = served.connect()
+            assert _get(connection, "/api/model", headers) == 200
+            connection.close()
+
+
+def test_a_worker_respawned_after_latest_moved_serves_what_the_other_worker_serves(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """Training moved ``latest`` without a reload; uwsgi then respawned a worker (harakiri's
+    SIGKILL here; max-requests and reload-on-rss alike). It loaded the new ``latest`` while the other
+    worker served the instance's bundle: two model versions behind one port."""
+    from tests.serving_helpers import add_version, copy_store
+
+    store = copy_store(model_store, tmp_path / "store")
+    original = (store / "latest").resolve().name
+    with _uwsgi(tmp_path, store, synthetic_data_dir) as served:
+        killed = min(_worker_records(served, store))
+        add_version(store, "v-trained")
+        os.kill(killed, signal.SIGKILL)
+        records = _worker_records(served, store, not_of=frozenset({killed}))
+        served_now = {pid: record["version"] for pid, record in records.items() if pid != killed}
+        assert set(served_now.values()) == {original}, served_now

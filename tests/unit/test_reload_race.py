@@ -642,3 +642,29 @@ def test_a_reload_superseded_by_a_reload_of_the_same_bundle_waits_for_that_one(
         assert _serving(b) == "v2" and b._generation == 2
     finally:
         b.stop()
+
+
+def test_a_worker_recycled_after_latest_moved_serves_what_its_siblings_serve(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training (``make train``, or a pipeline run whose reload request failed) moves ``latest``
+    without a reload. A worker uwsgi recycled then (max-requests, harakiri, reload-on-rss) loaded
+    the new ``latest`` while its siblings kept the bundle the instance serves: two versions in one
+    service until a reload, each request's answer depending on the worker it reached. It now
+    serves what its live siblings serve; a service started afresh (no live worker of its own)
+    still serves ``latest``."""
+    original = resolve_bundle_dir(store).name
+    sibling = _polling_worker(store, monkeypatch)
+    try:
+        add_version(store, "v-trained")  # latest moves; nobody asks for a reload
+        recycled = _worker(store)
+        assert _serving(recycled) == _serving(sibling) == original
+        # a rollback, then training again: the marker is older than `latest`
+        assert sibling.request("v-trained", wait=WAIT)["state"] == "loaded"
+        assert sibling.request(original, wait=WAIT)["state"] == "loaded"
+        time.sleep(0.01)
+        add_version(store, "v-trained-again")
+        assert _serving(_worker(store)) == original
+    finally:
+        sibling.stop()
+    assert _serving(_worker(store)) == "v-trained-again"  # a restart: no live sibling
