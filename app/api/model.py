@@ -64,7 +64,7 @@ def model_info() -> Any:
         loaded_at=datetime.fromtimestamp(bundle.loaded_at, UTC).isoformat(timespec="seconds"),
         metrics=bundle.metrics,
         rating_model=rating.name if rating is not None else None,
-        reload=_for_role(services.reloader.status(), "error", admin),
+        reload=_for_role(services.reloader.instance_status(), "error", admin),
         breaker=None if breaker is None else _for_role(breaker, "store_error", admin),
         request_log=_for_role(services.recommendations.request_log.stats(), "last_error", admin),
         feedback_journal=_for_role(services.recommendations.feedback.stats(), "last_error", admin),

@@ -34,6 +34,9 @@ already swapping in a newer reload's, told the admin and the pipeline the servic
 when it was not. A worker
 without a poller has served no request yet: it checks the marker before its first answer.
 
+Every worker reports the last reload an admin asked any live worker for (its record carries
+it: :meth:`ModelReloader.instance_status`), not only the worker that runs it.
+
 A worker started later (uwsgi recycles workers) serves the marker's bundle when the marker
 is newer than the store's ``latest`` link, so a rollback to an older version survives worker
 restarts; otherwise what the live workers of its instance serve (training may have moved
@@ -171,6 +174,14 @@ class ModelReloader:
         self._done = threading.Event()
         self._done.set()
         self._status: dict[str, Any] = {"state": "idle"}
+        # when the reload ``_status`` describes was asked for (time.time_ns(); a marker's load: the
+        # reload that wrote the marker), -1 before any
+        self._status_ns = -1
+        # the last reload an admin asked this worker for (the same dict as ``_status`` until the
+        # poller loads a marker) and when: this worker's record carries both, so that every worker
+        # reports the last reload of the service, not its own state (instance_status)
+        self._requested: dict[str, Any] | None = None
+        self._requested_ns = -1
         self._marker_seen: tuple[int, int, int] | None = None
         self._poller_pid: int | None = None
         self._stop = threading.Event()
@@ -291,12 +302,15 @@ class ModelReloader:
         the other bundle).
         """
         target = self.resolve_target(version)
+        started = False
         with self._lock:
             if self._loading is not None and self._loading.is_alive():
                 if self._status["target"] != target.name:  # joining it would answer for another bundle
                     raise ReloadInProgress(self._status["target"])
             else:
                 self._status, self._done = self._new_load(target.name, _iso(time.time()))
+                self._requested, self._requested_ns = self._status, time.time_ns()
+                self._status_ns = self._requested_ns
                 self._loading = threading.Thread(
                     target=self._load_and_announce,
                     args=(target, self._status, self._done),
@@ -304,9 +318,12 @@ class ModelReloader:
                     daemon=True,
                 )
                 self._loading.start()
+                started = True
             # The load this request started or joined: with ``wait`` it answers for that one, not
             # for whatever another request started between its end and this thread waking up.
             mine, done = self._status, self._done
+        if started:
+            self._announce(self._announced_error)  # the other workers report it from now on
         if wait:
             done.wait(wait)
             with self._lock:
@@ -330,8 +347,27 @@ class ModelReloader:
         return status, threading.Event()
 
     def status(self) -> dict[str, Any]:
+        """This worker's reload state: the last load it ran (an admin's reload, or a marker's)."""
         with self._lock:
             return dict(self._status)
+
+    def instance_status(self) -> dict[str, Any]:
+        """The state of the last reload an admin asked any live worker of this service for (from
+        their records), or this worker's own when none asked one since it loaded.
+
+        ``GET /api/model`` reaches any worker, a reload runs in one: the others reported their
+        own state, "idle" or the previous reload's "loaded" (its target the bundle they serve)
+        while the new one loaded and after it was refused, so an admin polling after a 202 read,
+        every other request, that the new bundle was in."""
+        with self._lock:
+            # a marker's load loses to the reload that wrote the marker: that worker's view of the
+            # whole reload (still loading while it waits for the others; partial, superseded)
+            newest = (self._status_ns, self._status is self._requested, dict(self._status))
+        for _name, worker in self._live_siblings():
+            asked, asked_ns = worker.get("reload"), worker.get("reload_ns")
+            if isinstance(asked, dict) and type(asked_ns) is int and (asked_ns, True) > newest[:2]:
+                newest = (asked_ns, True, asked)
+        return newest[2]
 
     def _load_and_announce(self, target: Path, status: dict[str, Any], done: threading.Event) -> None:
         """Load, swap and write the marker as one step: the poller cannot swap in between; then
@@ -493,6 +529,9 @@ class ModelReloader:
             "error": error,
             "at": _iso(time.time()),
         }
+        with self._lock:
+            if self._requested is not None:
+                body.update(reload=dict(self._requested), reload_ns=self._requested_ns)
         path = self._worker_file()
         self._announced, self._announced_error = time.monotonic(), error
         try:
@@ -540,7 +579,10 @@ class ModelReloader:
         """
         with self._lock:
             status.update(state=state, error=error, finished_at=_iso(time.time()))
-            done.set()
+            asked = status is self._requested
+        if asked:  # before its waiters wake: the load is over only once the others can tell
+            self._announce(self._announced_error)
+        done.set()
         if state == "failed":
             log.error("reload refused; the previous bundle keeps serving", extra={"reason": error})
 
@@ -586,6 +628,7 @@ class ModelReloader:
             "at": _iso(time.time()),
             "pid": os.getpid(),
             "configured": self.configured,
+            "requested_ns": self._requested_ns,  # the admin's reload that writes it: instance_status
         }
         # a process killed between the write and the rename below left its file for ever
         remove_stale_leftovers(self.marker.parent)
@@ -646,6 +689,8 @@ class ModelReloader:
             self._marker_seen = stat
             status, done = self._new_load(target.name, marker.get("at"), via="marker")
             self._status, self._done = status, done
+            requested_ns = marker.get("requested_ns")
+            self._status_ns = requested_ns if type(requested_ns) is int else -1
         log.info("reload marker changed; loading", extra={"target": target.name})
         bundle, error = self._load(target)
         self._generation = _generation_of(marker)

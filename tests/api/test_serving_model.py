@@ -404,3 +404,40 @@ def _marker_text(store: Path) -> str:
         return (store / ".serving.json").read_text()
     except OSError:
         return ""
+
+
+def test_every_worker_reports_the_last_reload_not_only_the_worker_that_ran_it(
+    make_app: Any, store: Path, auth_headers: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /api/model`` reaches any worker, a reload runs in one. The others reported their own
+    state: "idle", or the previous reload's "loaded" (its target the bundle they serve), while the
+    new one loaded and after it was refused, so an admin polling after a 202 read, every other
+    request, that the new bundle was in. Every worker now reports the service's last reload."""
+    apps = [make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05) for _ in range(2)]
+    first, second = (app.test_client() for app in apps)
+    admin = login(first, ADMIN_PASSWORD)
+    _version(second, auth_headers)  # its first request: it takes part in reloads from now on
+    add_version(store, "v-good")
+    assert first.post("/api/admin/reload", json={"wait": True}, headers=admin).status_code == 200
+    add_version(store, "v-bad", mutate=_corrupt_table)
+    holder = apps[0].extensions["movierec"].models
+    release, load = threading.Event(), holder.load
+    monkeypatch.setattr(holder, "load", lambda target: (release.wait(10), load(target))[1])
+
+    def reloads(state: str) -> list[dict]:
+        answers = [worker.get("/api/model", headers=admin).get_json() for worker in (first, second)]
+        assert {answer["model_version"] for answer in answers} == {"v-good"}
+        statuses = [answer["reload"] for answer in answers]
+        assert {(status["state"], status["target"]) for status in statuses} == {(state, "v-bad")}, statuses
+        return statuses
+
+    try:
+        assert first.post("/api/admin/reload", json={}, headers=admin).status_code == 202
+        reloads("loading")
+    finally:
+        release.set()
+    assert (
+        first.post("/api/admin/reload", json={"version": "v-bad", "wait": True}, headers=admin).status_code
+        == 422
+    )
+    assert all("v-bad" in status["error"] for status in reloads("failed"))
