@@ -7,6 +7,7 @@ at chosen points with events, so every interleaving below happens on every run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 import app.services.models as models_module
-from app.recommender.bundle import LATEST, resolve_bundle_dir
+from app.recommender.bundle import LATEST, BundleError, resolve_bundle_dir
 from app.services.models import ModelHolder
 from app.services.reload import InvalidBundle, ModelReloader, ReloadSuperseded
 from tests.serving_helpers import add_version, copy_store
@@ -36,7 +37,8 @@ def store(model_store: Path, tmp_path: Path) -> Path:
 
 def _worker(store: Path) -> ModelReloader:
     holder = ModelHolder(store)
-    holder.load()
+    with contextlib.suppress(BundleError):  # as create_app: a worker without a model answers 503
+        holder.load()
     reloader = ModelReloader(holder, store, poll_interval=3600)
     reloader.adopt_marker_at_start()
     return reloader
@@ -668,3 +670,22 @@ def test_a_worker_recycled_after_latest_moved_serves_what_its_siblings_serve(
     finally:
         sibling.stop()
     assert _serving(_worker(store)) == "v-trained-again"  # a restart: no live sibling
+
+
+def test_a_worker_recycled_after_a_bad_bundle_became_latest_keeps_serving_the_good_one(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle the running workers refused (a reload of ``latest`` answered 422) stays
+    ``latest``. A worker uwsgi started then loaded ``latest`` as configured, was refused it too,
+    and answered every request 503 (no model), half the traffic with two workers, while its
+    sibling served the previous bundle: "the old one keeps serving" held for the workers that were
+    running only."""
+    original = resolve_bundle_dir(store).name
+    sibling = _polling_worker(store, monkeypatch)
+    try:
+        add_version(store, "v-bad", mutate=_corrupt_table)
+        with pytest.raises(InvalidBundle):
+            sibling.request(None, wait=WAIT)
+        assert _serving(_worker(store)) == _serving(sibling) == original
+    finally:
+        sibling.stop()
