@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictInt,
+    model_validator,
+)
 
 from app.config import MAX_PASSWORD_LENGTH, MAX_RECS
 from app.recommender.bundle import VERSION_MAX_LENGTH, RecommendQuery
 from app.recommender.features import MAX_ID, integral
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
+from app.services.request_ids import RequestIds
 
 DEFAULT_MAX_RECS = 10  # API.md: max_recs absent (or null) is 10
 MAX_BATCH_RECOMMEND = 1_000
@@ -32,6 +42,24 @@ MovieId = Annotated[StrictInt, Field(ge=1, le=MAX_ID), _Integral]
 Gender = Literal["M", "F", "O"]
 Occupation = Literal[OCCUPATIONS]  # type: ignore[valid-type]
 Score = Annotated[float, Field(strict=True, ge=0.5, le=5, allow_inf_nan=False)]
+
+
+def _as_issued(text: str) -> str:
+    """A recommendation id in the case it was issued in (lower); other text as sent, for the
+    service to refuse as never issued."""
+    return RequestIds.canonical(text) or text
+
+
+RecommendationId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="the id /api/recommend returned: UUID text in the 8-4-4-4-12 form, its hex digits "
+        "in any case (RFC 9562); braces, a urn:uuid: prefix or padding are not that id",
+    ),
+    AfterValidator(_as_issued),
+]
 
 # What each field must be, in the words the error envelope uses.
 FIELD_RULES: dict[str, str] = {
@@ -142,7 +170,7 @@ class RecommendResponse(BaseModel):
 
 
 class ScoreRequest(Strict):
-    id: str = Field(min_length=1, max_length=64)
+    id: RecommendationId
     movie: str = Field(min_length=1, max_length=255)
     score: Score
 

@@ -44,6 +44,7 @@ from app.errors import ApiError, InvalidRequest, NotFound, Unauthorized, Unavail
 from app.recommender.bundle import BundleError
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
 from app.services import dashboard
+from app.services.request_ids import RequestIds
 from app.storage.db import DatabaseUnavailableError
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", static_folder="static", static_url_path="/static")
@@ -188,8 +189,8 @@ def _page_of_post() -> str | None:
     """Where a post whose session is gone came from, to return there after logging in: a
     rating leads back to its list (the rating itself is not stored without a valid token)."""
     if request.endpoint == "ui.feedback":
-        request_id = request.form.get("id", "")
-        if _services().recommendations.ids.well_formed(request_id):
+        request_id = RequestIds.canonical(request.form.get("id", ""))
+        if request_id is not None:
             return url_for("ui.results", request_id=request_id)
     return None
 
@@ -544,6 +545,7 @@ def _results_page(request_id: str, status: int = 200, **extra: Any) -> Response:
     person is led back to it). Ids not signed here are "not found" at once.
     """
     services = _services()
+    request_id = RequestIds.canonical(request_id) or request_id  # as the API takes it: in any case
     stored = services.recommendations.served_list(request_id)
     if stored is None:
         return _page("ui/error.html", 404, heading="Not found", message=(

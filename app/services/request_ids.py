@@ -29,6 +29,8 @@ _MAC_BITS = 42  # 80 + 42 = 122 payload bits: a UUID minus its version and varia
 _CONTEXT = b"movierec recommendation ids v2"
 # Every id this service ever issued, signed or a plain UUID4 before, is a UUID in this form.
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# The same form in any case (ASCII only: no re.IGNORECASE, whose Unicode folding is no concern here).
+_ANY_CASE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class RequestIds:
@@ -51,6 +53,20 @@ class RequestIds:
         value = (high48 << 80) | (0x8 << 76) | (mid12 << 64) | (0b10 << 62) | low62
         text = f"{value:032x}"  # what str(uuid.UUID(int=value)) gives, at a third of its cost
         return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+    @staticmethod
+    def canonical(text: str) -> str | None:
+        """``text`` as the id it spells, in the canonical form every id was issued in; else None.
+
+        RFC 9562 makes UUID text case-insensitive on input, and clients that keep an id in a
+        UUID type (Swift's ``uuidString``, SQL Server's ``uniqueidentifier``) send it back in
+        upper case: the 8-4-4-4-12 hex form in any case is that id. Braces, a ``urn:uuid:``
+        prefix, padding and every other spelling are not. Ids are matched, signed and stored
+        only in the canonical form, so every place that takes one from a client passes it here.
+        """
+        if _CANONICAL.fullmatch(text) is not None:
+            return text  # what clients send back nearly always: no copy
+        return text.lower() if _ANY_CASE.fullmatch(text) is not None else None
 
     @staticmethod
     def well_formed(request_id: str) -> bool:

@@ -600,8 +600,12 @@ def test_an_id_of_any_other_shape_is_400_before_the_database(request, make_app, 
     for bad in (
         "\x00",
         request_id + "\x00",
-        request_id.upper(),
         "{" + request_id + "}",
+        "{" + request_id.upper() + "}",
+        "urn:uuid:" + request_id,
+        " " + request_id,
+        request_id.upper() + " ",
+        request_id.replace("-", ""),
         request_id[:-1] + "\x00",
     ):
         error = assert_envelope(
@@ -616,6 +620,20 @@ def test_an_id_of_any_other_shape_is_400_before_the_database(request, make_app, 
         "/api/recommend/score", json={"id": request_id, "movie": titles[0], "score": 3}, headers=headers
     )
     assert ok.status_code == 200
+
+
+def test_an_id_in_upper_or_mixed_case_scores_its_list_under_the_issued_id(app, client, auth_headers) -> None:
+    """UUIDs are case-insensitive on input (RFC 9562), and clients that keep the id in a UUID
+    type send it back upper-case: that was a 400 and the score lost. The journal and the rows
+    keep the id as issued, so a re-score in another case replaces the score."""
+    request_id, titles = _issue(client, auth_headers)
+    mixed = "".join(c.upper() if i % 2 else c for i, c in enumerate(request_id))
+    for spelling, score in ((request_id.upper(), 2), (mixed, 4.5)):
+        body = {"id": spelling, "movie": titles[0], "score": score}
+        response = client.post("/api/recommend/score", json=body, headers=auth_headers)
+        assert response.status_code == 200, response.get_json()
+    assert [(r.request_id, r.score) for r in journal_records(app)] == [(request_id, 2), (request_id, 4.5)]
+    assert [(r.request_id, r.title, r.score) for r in stored_feedback(app)] == [(request_id, titles[0], 4.5)]
 
 
 def test_score_needs_a_token(client) -> None:

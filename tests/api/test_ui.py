@@ -511,6 +511,24 @@ def test_rating_stores_feedback_and_shows_it(app: Any) -> None:
     assert re.search(r'id="rate-\d+-4" checked', shown)
 
 
+def test_a_list_and_its_ratings_take_the_id_in_upper_case(app: Any) -> None:
+    """The web UI matches an id as the API does: in any case, kept and shown as issued."""
+    client = app.test_client()
+    csrf = ui_login(client)
+    page = recommend(client, csrf).text
+    rid, titles = list_id(page), titles_of(page)
+    saved = client.post(
+        "/ui/feedback", data={"csrf_token": csrf, "id": rid.upper(), "movie": titles[1], "score": "4"}
+    )
+    assert saved.status_code == 303
+    assert saved.headers["Location"] == f"/ui/recommendations/{rid}?saved=1#item-1"
+    rows = app.extensions["movierec"].db.feedback_rows()
+    assert [(r.request_id, r.title) for r in rows] == [(rid, titles[1])]
+    shown = client.get(f"/ui/recommendations/{rid.upper()}")
+    assert shown.status_code == 200
+    assert list_id(shown.text) == rid and shown.text.count("Your rating:") == 1
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

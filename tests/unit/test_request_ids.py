@@ -62,6 +62,26 @@ def test_non_canonical_spelling_of_an_issued_id_is_refused(ids: RequestIds) -> N
     assert not ids.verify("{" + issued + "}")
 
 
+def test_canonical_lowers_an_id_in_any_case_and_nothing_else(ids: RequestIds) -> None:
+    """RFC 9562: UUID text is case-insensitive on input (Swift's uuidString and SQL Server's
+    uniqueidentifier hand ids back in upper case); every other spelling is still no id."""
+    issued = ids.issue()
+    mixed = "".join(c.upper() if i % 2 else c for i, c in enumerate(issued))
+    for spelling in (issued, issued.upper(), mixed):
+        assert RequestIds.canonical(spelling) == issued, spelling
+        assert ids.verify(RequestIds.canonical(spelling) or "")
+    for other in (
+        "{" + issued.upper() + "}",
+        "urn:uuid:" + issued,
+        " " + issued,
+        issued.upper() + "\n",
+        issued.replace("-", ""),
+        issued.upper()[:-1],
+        "",
+    ):
+        assert RequestIds.canonical(other) is None, repr(other)
+
+
 def test_plain_uuid4_is_not_taken_for_an_issued_id(ids: RequestIds) -> None:
     assert not any(ids.verify(str(uuid.uuid4())) for _ in range(200))
 
