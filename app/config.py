@@ -208,6 +208,18 @@ class Settings(BaseSettings):
     drift_psi_threshold: float = Field(default=0.25, gt=0)
     drift_min_requests: int = Field(default=200, ge=1)
 
+    @field_validator("model_path", "model_dir", "data_dir", "var_dir", "feedback_journal_dir", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        """An empty path (``ML_MODEL_PATH=``: a compose file's ``${VAR:-}``, a Makefile variable
+        left empty) is the setting unset, its default: read as ``Path("")`` it was the working
+        directory, where the service then looked for its model and kept the journal of
+        acknowledged scores. The CLI's options read MOVIEREC_DATA_DIR and MOVIEREC_MODEL_DIR so
+        too (click takes an empty variable for none)."""
+        if value == "":
+            return cls.model_fields[str(info.field_name)].default
+        return value
+
     @field_validator("default_max_recs")
     @classmethod
     def _max_recs_the_api_takes(cls, value: int) -> int:

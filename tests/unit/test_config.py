@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import AliasChoices, SecretStr
 
 from app.config import ConfigurationError, Settings, load_settings, parse_origins
 from app.secret_files import SECRET_SETTINGS, read_secret_file
@@ -605,3 +605,44 @@ def test_pipeline_seeds_that_are_no_seeds_are_refused_at_start(
 def test_pipeline_seeds_keep_the_text_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOVIEREC_PIPELINE_SEEDS", "4, 2,2")
     assert load_settings().pipeline_seeds == "4, 2,2"
+
+
+def _variables(field: str) -> list[str]:
+    """The environment variables a setting is read from."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(name) for name in alias.choices]
+    return [f"MOVIEREC_{field.upper()}"]
+
+
+PATH_SETTINGS = sorted(
+    name
+    for name, field in Settings.model_fields.items()
+    if field.annotation is Path or Path in getattr(field.annotation, "__args__", ())
+)
+
+
+def test_the_path_settings_are_found() -> None:
+    assert {"model_path", "model_dir", "data_dir", "var_dir", "feedback_journal_dir"} <= set(PATH_SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "variable", [(field, name) for field in PATH_SETTINGS for name in _variables(field)], ids=str
+)
+def test_an_empty_path_variable_is_unset(monkeypatch: pytest.MonkeyPatch, variable: tuple[str, str]) -> None:
+    """``ML_MODEL_PATH=`` (a compose file's ``${VAR:-}``, a Makefile variable left empty) read as
+    Path(""), the current directory: the service looked for its model in the working directory
+    and the journal of acknowledged scores went there. Empty is unset, as the CLI's click options
+    already read MOVIEREC_DATA_DIR and MOVIEREC_MODEL_DIR."""
+    field, name = variable
+    monkeypatch.setenv(name, "")
+    settings = load_settings()
+    assert getattr(settings, field) == Settings.model_fields[field].default
+    monkeypatch.setenv(name, "elsewhere")
+    assert getattr(load_settings(), field) == Path("elsewhere")
+
+
+def test_an_empty_journal_variable_keeps_the_journal_under_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOVIEREC_VAR_DIR", "/srv/movierec")
+    monkeypatch.setenv("MOVIEREC_FEEDBACK_JOURNAL_DIR", "")
+    assert load_settings().feedback_journal.parent == Path("/srv/movierec/feedback-journal")
