@@ -11,6 +11,7 @@ from werkzeug.exceptions import BadRequest
 
 from app.api import auth, docs, health, monitoring, recommend, security, ui
 from app.api.errors import envelope, not_a_json_object, register_error_handlers
+from app.api.json_provider import number_out_of_range
 from app.api.serving import register_serving
 from app.api.spec import spec
 from app.config import JWT_LEEWAY_SECONDS, Settings
@@ -161,6 +162,11 @@ def _require_json_object() -> None:
     try:  # not silent: its None is also what a body of `null`, valid JSON, parses to
         payload = request.get_json()
     except BadRequest:
+        if number_out_of_range(request.get_data()):  # valid JSON orjson cannot read: say why
+            raise InvalidRequest(
+                "request body has a number out of range",
+                fields={"body": "must hold no number beyond a double's range (about ±1.8e308)"},
+            ) from None
         raise InvalidRequest(
             "request body is not valid JSON", fields={"body": "must be a valid JSON object"}
         ) from None

@@ -6,7 +6,11 @@ Behaviour kept from Flask's default provider: key order as built, compact output
 under ``--debug``), dates as HTTP dates, ``Decimal``/``UUID`` as strings, dataclasses as
 objects. Stricter than ``json``: ``NaN``/``Infinity`` literals are not JSON and are refused as a
 bad body (400); an integer beyond 64 bits is read as a float (no integer field takes it, see
-``integral`` in app/recommender/features.py). NumPy arrays and scalars serialise directly.
+``integral`` in app/recommender/features.py). A number beyond a double's range, about ±1.8e308
+(``1e400``; an integer literal of 310 digits, or of 309 from 2e308 on), is valid JSON that orjson
+refuses, as it does a bad body: the same 400 until 2026-12-06. :func:`number_out_of_range`
+tells such a body from one that is not JSON, on the refusal's path only (app/api/__init__.py
+answers it a 400 of its own). NumPy arrays and scalars serialise directly.
 
 A body is read in the encoding the standard library's ``json`` (Flask's default, the seed's)
 detects: UTF-8 behind a byte-order mark (RFC 8259, 8.1, lets a parser ignore it, and editors on
@@ -17,6 +21,7 @@ Windows write one), UTF-16 or UTF-32. orjson reads UTF-8 alone, and each of thos
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -27,6 +32,31 @@ _MARKED_OR_WIDE = frozenset(b"\x00\xef\xfe\xff")
 """First bytes of a body that is not plain UTF-8 (a byte-order mark, or UTF-16/32's NUL); JSON
 text in UTF-8 starts with none of them."""
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def number_out_of_range(body: bytes) -> bool:
+    """True for a body that is JSON, read as the standard library's ``json`` reads it (in the
+    encoding it detects, without ``NaN``/``Infinity``), holding a number beyond a double's range.
+
+    For the error path only: orjson refuses such a body as it refuses text that is no JSON, and
+    parsing it again here (at most MOVIEREC_MAX_BODY_BYTES, in Python) tells the two apart.
+    """
+    beyond = False
+
+    def number(text: str) -> float:
+        nonlocal beyond
+        value = float(text)  # an integer of any length too: float() has no digit limit, int() has
+        beyond = beyond or math.isinf(value)
+        return value
+
+    def constant(text: str) -> Any:
+        raise ValueError(f"{text} is not JSON")
+
+    try:
+        json.loads(body, parse_float=number, parse_int=number, parse_constant=constant)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return False
+    return beyond
 
 
 class OrjsonProvider(JSONProvider):

@@ -261,6 +261,36 @@ def test_a_body_that_is_no_text_in_its_encoding_is_400(client, auth_headers, bod
 
 
 @pytest.mark.parametrize(
+    ("number", "encoding"),
+    [
+        ("1e400", "utf-8"),
+        ("-1E+309", "utf-8"),
+        ("9" * 400, "utf-8"),
+        ("-" + "9" * 400, "utf-8"),
+        ("1e400", "utf-16"),
+    ],
+)
+def test_a_number_beyond_a_double_is_a_400_saying_so(client, auth_headers, number, encoding) -> None:
+    """``{"age": 1e400}`` is valid JSON (RFC 8259 sets numbers no range) that orjson cannot read
+    as a double: it was a 400 "not valid JSON". An integer literal of hundreds of digits is read
+    as a float (app/api/json_provider.py), so beyond a double's range it is the same 400."""
+    body = f'{{"age": {number}, "gender": "M", "occupation": "other"}}'.encode(encoding)
+    headers = {**auth_headers, "Content-Type": "application/json"}
+    error = assert_envelope(client.post("/api/recommend", data=body, headers=headers), 400, "invalid_request")
+    assert error["message"] == "request body has a number out of range"
+    assert set(error["fields"]) == {"body"} and "1.8e308" in error["fields"]["body"]
+
+
+@pytest.mark.parametrize("body", ['{"age": 1e400,', '{"age": 1e400, "gender": NaN}', "[1e400"])
+def test_a_number_out_of_range_in_a_body_that_is_no_json_is_still_not_json(
+    client, auth_headers, body
+) -> None:
+    headers = {**auth_headers, "Content-Type": "application/json"}
+    response = client.post("/api/recommend", data=body, headers=headers)
+    assert assert_envelope(response, 400, "invalid_request")["message"] == "request body is not valid JSON"
+
+
+@pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
 )
 def test_wrong_content_type_is_415(client, auth_headers, content_type) -> None:
