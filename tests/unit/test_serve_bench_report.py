@@ -27,10 +27,14 @@ def serve_bench() -> Iterator[ModuleType]:
         sys.modules.pop("serve_bench", None)
 
 
-def _figures(recommend_rps: list[float]) -> dict[str, Any]:
+def _figures(recommend_rps: list[float], p99: list[float] | None = None) -> dict[str, Any]:
+    p99 = p99 or [1.1] * len(recommend_rps)
     return {
-        "recommend": {"rps_ratios": recommend_rps, "p99_ratios": [1.1] * len(recommend_rps)},
-        "score": {"rps_ratios": [0.7, 0.7], "acknowledged": 10, "refused": 0},
+        "echo": {"failed": 0},
+        "recommend": {"rps_ratios": recommend_rps, "p99_ratios": p99, "failed": 0},
+        "score_echo": {"failed": 0},
+        "score": {"rps_ratios": [0.7, 0.7], "acknowledged": 10, "refused": 0, "failed": 0},
+        "recommend_single_connection_failed": 0,
         "rows": {"feedback": 10, "recommendation_requests": 5, "acknowledged_recommendations": 5},
     }
 
@@ -60,7 +64,7 @@ def test_a_median_just_under_a_bar_is_a_miss_and_does_not_print_as_the_bar(serve
 def test_a_miss_never_prints_as_a_value_that_meets_the_bar(
     serve_bench: ModuleType, name: str, rps: list[float], p99: list[float], printed: str
 ) -> None:
-    figures = _figures(rps) | {"recommend": {"rps_ratios": rps, "p99_ratios": p99}}
+    figures = _figures(rps, p99)
     passed, detail = _check(serve_bench, figures, name)
     assert not passed
     assert detail.startswith(printed), detail
@@ -107,3 +111,46 @@ def test_postgres_unreachable_is_one_line_before_anything_runs(
             assert err.startswith("PostgreSQL at --pg-admin-url (MOVIEREC_BENCH_PG) is not reachable: "), err
             assert "--database sqlite" in err and "hunter2" not in err and len(err.splitlines()) == 1, err
     assert serve_bench.main(["--database", "sqlite", "--check"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("run", "target"),
+    [
+        ("recommend", "/api/recommend throughput >= 0.9x echo"),
+        ("recommend", "/api/recommend p99 <= 1.2x echo"),
+        ("echo", "/api/recommend throughput >= 0.9x echo"),
+        ("score", "/api/recommend/score throughput >= 0.6x echo"),
+        ("score_echo", "/api/recommend/score throughput >= 0.6x echo"),
+    ],
+)
+def test_a_target_measured_on_failed_requests_is_not_met_and_the_run_fails(
+    serve_bench: ModuleType, run: str, target: str
+) -> None:
+    """wrk counts a 429 or a 500 as throughput and its latency as the endpoint's: a recommend
+    answering errors fast "met" its bars, and the run exited 0 even with --strict. A run with
+    failed requests (non-2xx or socket errors) now meets no target and fails the run."""
+    figures = _figures([1.3] * 6, [0.8] * 6)
+    figures["score"]["rps_ratios"] = [0.9] * 6
+    results = serve_bench.Results(figures=figures)
+    serve_bench.evaluate(results)
+    assert all(passed for _, passed, _ in results.checks)
+    assert serve_bench.exit_status(results, strict=True) == 0
+
+    figures[run]["failed"] = 250
+    passed, detail = _check(serve_bench, figures, target)
+    assert not passed
+    assert "not judged: 250 requests failed (non-2xx or socket errors)" in detail, detail
+    results = serve_bench.Results(figures=figures)
+    serve_bench.evaluate(results)
+    answered = next(passed for name, passed, _ in results.checks if name == serve_bench.ANSWERED)
+    assert not answered
+    assert serve_bench.exit_status(results, strict=False) == 1
+
+
+def test_the_seed_forest_target_is_not_met_on_failed_one_connection_requests(serve_bench: ModuleType) -> None:
+    name = ">= 10x faster per request than the seed forest's scoring"
+    figures = _figures([0.95]) | {"seed_rf_ms": 23.0, "lookup_in_process_us": 0.3, "seed_rf_ratios": [20.0]}
+    assert _check(serve_bench, figures, name)[0]
+    figures["recommend_single_connection_failed"] = 3
+    passed, detail = _check(serve_bench, figures, name)
+    assert not passed and "not judged: 3 requests failed" in detail, detail
