@@ -263,6 +263,21 @@ def send_bytes(
     raise AssertionError("unreachable")
 
 
+def checked_post(
+    connection: http.client.HTTPConnection, path: str, payload: bytes, token: str
+) -> Callable[[], bytes]:
+    """A timed request: ``POST path`` with a ready body, and a run that stops on any answer but a
+    200 (a 429 or a 500 answered fast would be timed as a fast request)."""
+
+    def call() -> bytes:
+        status, data = send_bytes(connection, "POST", path, payload, token)
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status} while timed: {data[:300]!r}")
+        return data
+
+    return call
+
+
 def pg_problem(admin_url: str) -> str | None:
     """Why PostgreSQL at ``admin_url`` cannot be used (psycopg's first line: no password), or None."""
     import psycopg
@@ -458,9 +473,12 @@ def lookup_in_process(model_path: Path) -> float:
 
 
 def predict_batch_sides(
-    model_path: Path, records: list[dict[str, Any]], results: Results
+    model_path: Path, records: list[dict[str, Any]], results: Results, served_version: str
 ) -> tuple[Callable[[], Any], Callable[[], Any]] | None:
     """Our predict_records and the same records through the encoder into scikit-learn's predict.
+
+    ``served_version`` is the bundle the server answers with: the in-process sides load the
+    store's ``latest`` minutes after the server did, and a training run in between moved it.
 
     Ours evaluates the fitted regression by lookups (``LinearRatingModel.folded``); scikit-learn's
     ``LinearRegression.predict`` needs the design matrix, so its side is the same record checks,
@@ -476,6 +494,11 @@ def predict_batch_sides(
     from app.services.models import attach_rating_model
 
     bundle = load_bundle(model_path)
+    if bundle.version != served_version:
+        raise RuntimeError(
+            f"the server answers with model {served_version}, but {model_path} now holds {bundle.version} "
+            "(trained meanwhile?): the in-process side would time another model; run again"
+        )
     attach_rating_model(bundle)
     ours = bundle.rating_model
     if ours is None:
@@ -634,13 +657,10 @@ def run(args: argparse.Namespace) -> Results:
         if status != 200 or len(body["predictions"]) != len(records):
             raise RuntimeError(f"/api/predict/batch failed: {status} {str(body)[:300]}")
         payload = json.dumps({"instances": records}).encode()
-        sides = predict_batch_sides(model_path, records, results)
+        sides = predict_batch_sides(model_path, records, results, body["model_version"])
         if sides is not None:
             ours, theirs = sides
-
-            def http_batch() -> Any:
-                return send_bytes(connection, "POST", "/api/predict/batch", payload, token)
-
+            http_batch = checked_post(connection, "/api/predict/batch", payload, token)
             # in rounds, like the endpoints against echo: HTTP and scikit-learn timed back to
             # back in ABBA order, a ratio per round (one timing of each, minutes apart, moved by
             # a factor of two on a VM: docs/performance.md, "Tenth machine")

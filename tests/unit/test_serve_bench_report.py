@@ -1,10 +1,13 @@
-"""The serving benchmark's verdicts (bench/serve_bench.py): what it prints is what it judged."""
+"""The serving benchmark (bench/serve_bench.py): what it prints is what it judged, on what it measured."""
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -154,3 +157,53 @@ def test_the_seed_forest_target_is_not_met_on_failed_one_connection_requests(ser
     figures["recommend_single_connection_failed"] = 3
     passed, detail = _check(serve_bench, figures, name)
     assert not passed and "not judged: 3 requests failed" in detail, detail
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """Answers each POST with the next status of ``statuses``."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as the benchmark's timed connection
+    statuses: list[int] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        data = b'{"predictions": []}'
+        self.send_response(self.statuses.pop(0))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_timed_request_that_is_not_answered_200_stops_the_run(serve_bench: ModuleType) -> None:
+    """/api/predict/batch was checked once, then timed without a look at the answers: a 429 or a
+    500 answered fast was a fast batch, and the ratio to scikit-learn met its bar."""
+    _Answers.statuses = [200, 429]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    try:
+        call = serve_bench.checked_post(connection, "/api/predict/batch", b"{}", "t0k3n")
+        assert call() == b'{"predictions": []}'
+        with pytest.raises(RuntimeError, match=r"/api/predict/batch answered 429 while timed"):
+            call()
+    finally:
+        connection.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_in_process_side_refuses_a_model_other_than_the_served_one(
+    serve_bench: ModuleType, model_store: Path
+) -> None:
+    """The in-process sides load the store's latest minutes after the server did: a bundle trained
+    in between was timed against the server's, and the ratio compared two models."""
+    from app.recommender.bundle import load_bundle
+
+    served = load_bundle(model_store).version
+    expected = f"the server answers with model older-1, but .* now holds {served}"
+    with pytest.raises(RuntimeError, match=expected):
+        serve_bench.predict_batch_sides(model_store, [], serve_bench.Results(), "older-1")
