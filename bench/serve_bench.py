@@ -527,20 +527,41 @@ def predict_batch_sides(
 
 
 def run(args: argparse.Namespace) -> Results:
+    """One benchmark run in a work directory and a database of its own, both removed however the
+    run ends (a failure, Ctrl-C, SIGTERM: see :func:`main`); the work directory (uwsgi's log) is
+    kept, and named, when the run failed or ``--keep`` is given."""
+    workdir = Path(tempfile.mkdtemp(prefix="movierec-bench-"))
+    (workdir / "prometheus").mkdir()
+    temp_database = None
+    finished = False
+    try:
+        if args.database == "sqlite":
+            database_url = f"sqlite:///{workdir / 'bench.db'}"
+        else:
+            temp_database, database_url = create_pg_database(args.pg_admin_url)
+        results = measure_all(args, workdir, database_url)
+        finished = True
+        return results
+    finally:
+        try:
+            if temp_database is not None:
+                drop_pg_database(args.pg_admin_url, temp_database)
+        finally:
+            if args.keep or not finished:
+                print(f"work directory kept: {workdir}", file=sys.stdout if finished else sys.stderr)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_all(args: argparse.Namespace, workdir: Path, database_url: str) -> Results:
+    """The measurements of :func:`run`, against a server it starts and stops (on ``database_url``)."""
     from sqlalchemy import func, select
 
     from app.storage.db import make_engine
     from app.storage.models import Feedback, RecommendationRequest
 
     results = Results()
-    workdir = Path(tempfile.mkdtemp(prefix="movierec-bench-"))
-    (workdir / "prometheus").mkdir()
     model_path = Path(args.model_dir).resolve()
-    temp_database = None
-    if args.database == "sqlite":
-        database_url = f"sqlite:///{workdir / 'bench.db'}"
-    else:
-        temp_database, database_url = create_pg_database(args.pg_admin_url)
     redis_url = args.redis_url if args.redis_url and redis_reachable(args.redis_url) else None
     results.figures["config"] = {
         "database": args.database, "redis": bool(redis_url), "seconds": args.seconds, "rounds": args.rounds,
@@ -695,8 +716,6 @@ def run(args: argparse.Namespace) -> Results:
         feedback_rows = int(connection_.scalar(select(func.count()).select_from(Feedback)))
         request_rows = int(connection_.scalar(select(func.count()).select_from(RecommendationRequest)))
     engine.dispose()
-    if temp_database is not None:
-        drop_pg_database(args.pg_admin_url, temp_database)
     results.figures["rows"] = {"feedback": feedback_rows, "recommendation_requests": request_rows,
                                "acknowledged_recommendations": acknowledged_recommends}  # fmt: skip
 
@@ -704,10 +723,6 @@ def run(args: argparse.Namespace) -> Results:
     results.figures["lookup_in_process_us"] = lookup_in_process(model_path) * 1e6
 
     evaluate(results)
-    if args.keep:
-        print(f"work directory kept: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
@@ -852,6 +867,11 @@ def report(results: Results) -> str:
     return "\n".join(lines)
 
 
+def _stopped(signum: int, frame: Any) -> None:
+    print(f"serve_bench: {signal.Signals(signum).name}, stopping the server and cleaning up", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", default=str(ROOT / "model"), help="model store or bundle (trained)")
@@ -891,7 +911,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         return 0
-    results = run(args)
+    from app.stop_signals import handled
+
+    # SIGTERM (a CI job cancelled, `kill`) and SIGHUP ended the process on the spot: no finally
+    # ran, so uwsgi, its database and the work directory outlived it. They now unwind like Ctrl-C.
+    with handled(_stopped, (signal.SIGTERM, signal.SIGHUP)):
+        results = run(args)
     table = report(results)
     print(table)
     out = Path(args.out)

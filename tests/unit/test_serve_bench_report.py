@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
+import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -207,3 +209,95 @@ def test_the_in_process_side_refuses_a_model_other_than_the_served_one(
     expected = f"the server answers with model older-1, but .* now holds {served}"
     with pytest.raises(RuntimeError, match=expected):
         serve_bench.predict_batch_sides(model_store, [], serve_bench.Results(), "older-1")
+
+
+def _run_args(**overrides: Any) -> Any:
+    import argparse
+
+    """The options run() reads, as main() parses them."""
+    args = argparse.Namespace(
+        database="postgres", pg_admin_url="", redis_url="", model_dir="model", data_dir="data", keep=False,
+        seconds=1.0, rounds=2, threads=1, connections=1,
+    )  # fmt: skip
+    vars(args).update(overrides)
+    return args
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError("uwsgi did not become ready in time")])
+def test_a_run_that_fails_or_is_interrupted_drops_its_database_and_names_its_work_directory(
+    serve_bench: ModuleType,
+    postgres_admin_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stop: BaseException | type[BaseException],
+) -> None:
+    """The scratch database was dropped only after a run that got to its end: Ctrl-C during the
+    seed forest's fit or the wrk runs, or any failure (uwsgi not ready, a failed request), left a
+    movierec_bench_* database behind on the shared PostgreSQL, one per failed run."""
+    import psycopg
+
+    created: list[str] = []
+    original = serve_bench.create_pg_database
+
+    def create(admin_url: str) -> tuple[str, str]:
+        name, url = original(admin_url)
+        created.append(name)
+        return name, url
+
+    def failing(*args: Any) -> None:
+        raise stop
+
+    monkeypatch.setattr(serve_bench, "create_pg_database", create)
+    monkeypatch.setattr(serve_bench, "seed_forest_scoring", failing)  # the first minutes of a run
+    with pytest.raises(type(stop) if isinstance(stop, BaseException) else stop):
+        serve_bench.run(_run_args(pg_admin_url=postgres_admin_url))
+    assert len(created) == 1
+    with psycopg.connect(postgres_admin_url, autocommit=True) as connection:
+        left = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (created[0],)).fetchall()
+    assert left == [], f"{created[0]} left behind"
+    err = capsys.readouterr().err
+    assert err.startswith("work directory kept: "), err
+    workdir = Path(err.split(": ", 1)[1].strip())
+    assert workdir.is_dir()
+    serve_bench.shutil.rmtree(workdir)
+
+
+_STOPPED_RUN = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("serve_bench", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["serve_bench"] = module
+spec.loader.exec_module(module)
+
+def run(args):
+    try:
+        print("running", flush=True)
+        time.sleep(60)
+    finally:
+        print("cleaned up", flush=True)
+
+module.run = run
+module.shutil.which = lambda name: "/usr/bin/" + name
+sys.exit(module.main(["--database", "sqlite"]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_stops_a_run_through_its_cleanup(signum: int) -> None:
+    """SIGTERM (a cancelled CI job, `kill`) or SIGHUP (the terminal closed) ended the benchmark on
+    the spot: no finally ran, so uwsgi, its scratch database and work directory outlived it."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STOPPED_RUN, str(BENCH)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "running"
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert out.strip() == "cleaned up", (out, err)
+    assert child.returncode == 128 + signum, err
+    assert f"serve_bench: {signal.Signals(signum).name}, stopping the server and cleaning up" in err
