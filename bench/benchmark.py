@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
 
     r2 = diabetes(args.repeat, args.with_seed_settings)
     ratio = 0.0 if args.skip_ratings else rating_batch(args.data_dir, args.repeat)
-    failed = r2 < R2_BAR or (args.strict and ratio > BATCH_RATIO_BAR)
+    # written as what passes, so that NaN (a model predicting NaN scores NaN) fails: "r2 < bar" was
+    # False for it, and a run that printed "FAIL" exited 0
+    failed = not r2 >= R2_BAR or (args.strict and not ratio <= BATCH_RATIO_BAR)
     return 1 if failed else 0
 
 

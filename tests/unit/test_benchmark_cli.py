@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from types import ModuleType
 
@@ -32,3 +33,17 @@ def test_a_repeat_that_is_not_a_positive_integer_is_a_usage_error(
     assert exited.value.code == 2
     captured = capsys.readouterr()
     assert "--repeat" in captured.err and "Part 1" not in captured.out
+
+
+@pytest.mark.parametrize(
+    ("r2", "ratio", "strict", "status"),
+    [(0.45, 1.0, True, 0), (0.41, 1.0, False, 1), (math.nan, 1.0, False, 1), (0.45, 2.5, True, 1),
+     (0.45, math.nan, True, 1), (0.45, math.nan, False, 0)],
+)  # fmt: skip
+def test_the_exit_status_fails_whatever_does_not_meet_a_bar_nan_included(
+    benchmark: ModuleType, monkeypatch: pytest.MonkeyPatch, r2: float, ratio: float, strict: bool, status: int
+) -> None:
+    """An R² of NaN (a model predicting NaN) printed "FAIL" and exited 0: ``r2 < 0.42`` is False for NaN."""
+    monkeypatch.setattr(benchmark, "diabetes", lambda repeat, with_seed_settings: r2)
+    monkeypatch.setattr(benchmark, "rating_batch", lambda data_dir, repeat: ratio)
+    assert benchmark.main(["--strict"] if strict else []) == status
