@@ -173,6 +173,24 @@ def test_float32_inputs_give_the_same_line() -> None:
     np.testing.assert_allclose(narrow.predict(X.astype(np.float32)), wide.predict(X), rtol=1e-3, atol=1e-2)
 
 
+@pytest.mark.parametrize(("x_unit", "y_unit"), [(1e-30, 1e10), (1e-20, 1e20), (1e18, 1e38)])
+def test_float32_features_predict_as_float64_where_float32_overflows(x_unit: float, y_unit: float) -> None:
+    """A float32 matrix is predicted in float32: a model fitted on float32 features in tiny units
+    (a slope of ~1e40, beyond float32) predicted NaN and inf for its own training rows, and its
+    score was NaN; so did rows whose terms overflow float32 (3e38 x 2) while the answer, a
+    float64, holds them. Those rows are predicted in float64; the others stay float32 sums."""
+    X, y, _, _ = synthetic_regression(n=400)
+    reference = SimpleLinearRegression().fit(X, y)
+    narrow = (X * x_unit).astype(np.float32)
+    model = SimpleLinearRegression().fit(narrow, y * y_unit)
+    predicted = model.predict(narrow)
+    np.testing.assert_allclose(predicted, reference.predict(X) * y_unit, rtol=1e-3, atol=1e-3 * y_unit)
+    assert model.score(narrow, y * y_unit) == pytest.approx(reference.score(X, y), abs=1e-3)
+    # alone or among rows that overflow, a row gets the same prediction
+    for index in (0, 7, 399):
+        assert model.predict(narrow[index : index + 1])[0] == predicted[index]
+
+
 def test_constant_and_one_hot_columns_are_handled() -> None:
     rng = np.random.default_rng(0)
     n = 3000

@@ -293,7 +293,18 @@ class SimpleLinearRegression:
         X = _as_matrix(X)
         if X.shape[1] != len(coef):
             raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {len(coef)}")
-        return self.__predict(X, coef, intercept)
+        if X.dtype == np.float64:
+            return self.__predict(X, coef, intercept)
+        # A float32 matrix is summed in float32 (no float64 copy of a serving batch). A weight beyond
+        # float32's range (a slope of 1e40 over features in 1e-30 units), or a row whose terms
+        # overflow it, gave inf and NaN where the float64 answer holds the value: those rows, and
+        # only those (a row predicts the same alone and in a batch), are summed again in float64.
+        with np.errstate(over="ignore", invalid="ignore"):
+            predicted = self.__predict(X, coef, intercept)
+        overflowed = ~np.isfinite(predicted)
+        if overflowed.any():
+            predicted[overflowed] = self.__predict(X[overflowed].astype(np.float64), coef, intercept)
+        return predicted
 
     def score(self, X: Any, y: Any) -> float:
         """Coefficient of determination R² = 1 - SS_res / SS_tot (the seed's yardstick)."""
