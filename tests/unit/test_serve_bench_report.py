@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def _figures(recommend_rps: list[float], p99: list[float] | None = None) -> dict
         "echo": {"failed": 0},
         "recommend": {"rps_ratios": recommend_rps, "p99_ratios": p99, "failed": 0},
         "score_echo": {"failed": 0},
-        "score": {"rps_ratios": [0.7, 0.7], "acknowledged": 10, "refused": 0, "failed": 0},
+        "score": {"rps_ratios": [0.7, 0.7], "acknowledged": 10, "refused": 0, "failed": 0, "spent_rounds": 0},
         "recommend_single_connection_failed": 0,
         "rows": {"feedback": 10, "recommendation_requests": 5, "acknowledged_recommendations": 5},
     }
@@ -161,41 +162,73 @@ def test_the_seed_forest_target_is_not_met_on_failed_one_connection_requests(ser
     assert not passed and "not judged: 3 requests failed" in detail, detail
 
 
-class _Answers(BaseHTTPRequestHandler):
-    """Answers each POST with the next status of ``statuses``."""
+def test_a_score_round_whose_pairs_ran_out_is_not_judged(serve_bench: ModuleType) -> None:
+    """A thread out of pairs stops, but wrk divides by the whole run: the round's rate counted
+    idle seconds (a fast machine, or --seconds 8, ran out), and its last pair went twice."""
+    name = "/api/recommend/score throughput >= 0.6x echo"
+    figures = _figures([0.95])
+    figures["score"]["spent_rounds"] = 2
+    passed, detail = _check(serve_bench, figures, name)
+    assert not passed
+    assert "the pairs ran out before the end of 2 rounds" in detail and "--score-ids" in detail, detail
 
-    protocol_version = "HTTP/1.1"  # keep-alive, as the benchmark's timed connection
+
+class _StandIn(BaseHTTPRequestHandler):
+    """A stand-in API: keeps each POST's body, answers the next of ``statuses`` (200 once out)."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as wrk's and the benchmark's connections
     statuses: list[int] = []
+    bodies: list[bytes] = []
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        data = b'{"predictions": []}'
-        self.send_response(self.statuses.pop(0))
-        self.send_header("Content-Length", str(len(data)))
+        self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(self.statuses.pop(0) if self.statuses else 200)
+        self.send_header("Content-Length", "4")
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(b'"Ok"')
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-def test_a_timed_request_that_is_not_answered_200_stops_the_run(serve_bench: ModuleType) -> None:
+@pytest.fixture
+def stand_in() -> Iterator[int]:
+    """The port of a :class:`_StandIn` server, its statuses and bodies reset."""
+    _StandIn.statuses, _StandIn.bodies = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_reports_the_score_threads_that_ran_out_of_pairs(
+    serve_bench: ModuleType, stand_in: int, tmp_path: Path
+) -> None:
+    """The score script against a stand-in server: 40 pairs for a 1-second run run out."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(f'{{"id": "r", "movie": "m{i}", "score": 1}}\n' for i in range(40)))
+    script = serve_bench._SCORE_LUA % {"pairs": str(pairs), "threads": 2, "token": "t"}
+    result = serve_bench.wrk(stand_in, "/api/recommend/score", script, 1, 2, 2, tmp_path)
+    assert result["spent"] == 2, result
+    assert 0 < result["ok"] <= len(_StandIn.bodies)
+
+
+def test_a_timed_request_that_is_not_answered_200_stops_the_run(
+    serve_bench: ModuleType, stand_in: int
+) -> None:
     """/api/predict/batch was checked once, then timed without a look at the answers: a 429 or a
     500 answered fast was a fast batch, and the ratio to scikit-learn met its bar."""
-    _Answers.statuses = [200, 429]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    _StandIn.statuses = [200, 429]
+    connection = http.client.HTTPConnection("127.0.0.1", stand_in, timeout=10)
     try:
         call = serve_bench.checked_post(connection, "/api/predict/batch", b"{}", "t0k3n")
-        assert call() == b'{"predictions": []}'
+        assert call() == b'"Ok"'
         with pytest.raises(RuntimeError, match=r"/api/predict/batch answered 429 while timed"):
             call()
     finally:
         connection.close()
-        server.shutdown()
-        server.server_close()
 
 
 def test_the_in_process_side_refuses_a_model_other_than_the_served_one(
