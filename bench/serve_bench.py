@@ -403,8 +403,13 @@ def wrk(
     duration = f"-d{max(1, round(seconds))}s"
     command = ["wrk", f"-t{threads}", f"-c{connections}", duration, "--timeout", "10s", "-s", str(lua),
                f"http://127.0.0.1:{port}{path}"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    line = next(line for line in done.stdout.splitlines() if line.startswith("WRKJSON "))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    line = next((line for line in done.stdout.splitlines() if line.startswith("WRKJSON ")), None)
+    if done.returncode != 0 or line is None:
+        # wrk's own words ("unable to connect to 127.0.0.1:8123 Connection refused": the server is
+        # gone), not a CalledProcessError or StopIteration that hid them
+        said = " ".join((done.stderr + done.stdout).split())[-500:] or "nothing"
+        raise RuntimeError(f"wrk on {path} failed (exit status {done.returncode}); it said: {said}")
     result = json.loads(line[len("WRKJSON ") :])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     return result

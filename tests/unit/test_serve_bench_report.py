@@ -215,6 +215,23 @@ def test_wrk_reports_the_score_threads_that_ran_out_of_pairs(
     assert 0 < result["ok"] <= len(_StandIn.bodies)
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_a_wrk_run_against_a_server_that_is_gone_fails_in_wrks_words(
+    serve_bench: ModuleType, tmp_path: Path
+) -> None:
+    """A uwsgi that died mid-benchmark: the next wrk run exits 1 ("unable to connect"), and the
+    benchmark ended in a CalledProcessError that did not say so."""
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        with pytest.raises(
+            RuntimeError, match=r"wrk on /api/echo failed \(exit status 1\).*unable to connect"
+        ):
+            serve_bench.wrk(port, "/api/echo", serve_bench.post_script("t", {}), 1, 1, 1, tmp_path)
+
+
 def test_a_timed_request_that_is_not_answered_200_stops_the_run(
     serve_bench: ModuleType, stand_in: int
 ) -> None:
