@@ -339,6 +339,14 @@ def test_predict_checks_fitting_and_width() -> None:
         {"epochs": True},
         {"batch_size": 2.5},
         {"patience": 1.5},
+        # were taken without a word: a seed only refused at fit (numpy's TypeError, or ValueError
+        # for -1), True for seed 1, and any truthy or falsy value for standardize (None: raw X)
+        {"random_state": -1},
+        {"random_state": 1.5},
+        {"random_state": "42"},
+        {"random_state": True},
+        {"standardize": None},
+        {"standardize": "no"},
     ],
 )
 def test_bad_hyper_parameters_are_refused(kwargs: dict[str, Any]) -> None:

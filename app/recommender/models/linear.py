@@ -124,6 +124,10 @@ class SimpleLinearRegression:
             raise ValueError("l2, decay and tol must be finite non-negative numbers")
         if not (_whole(patience) and patience >= 1):
             raise ValueError("patience must be an integer of at least 1")
+        if not isinstance(standardize, bool | np.bool_):
+            raise ValueError("standardize must be True or False")
+        if not (_whole(random_state) and random_state >= 0):  # numpy refused the rest only at fit
+            raise ValueError("random_state must be a non-negative integer")
         self.learning_rate = learning_rate
         self.epochs = epochs
         self.batch_size = batch_size
