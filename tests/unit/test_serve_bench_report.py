@@ -41,7 +41,12 @@ def _figures(recommend_rps: list[float], p99: list[float] | None = None) -> dict
         "score_echo": {"failed": 0},
         "score": {"rps_ratios": [0.7, 0.7], "acknowledged": 10, "refused": 0, "failed": 0, "spent_rounds": 0},
         "recommend_single_connection_failed": 0,
-        "rows": {"feedback": 10, "recommendation_requests": 5, "acknowledged_recommendations": 5},
+        "rows": {
+            "feedback": 10,
+            "recommendation_requests": 5,
+            "acknowledged_recommendations": 5,
+            "fallback": 0,
+        },
     }
 
 
@@ -160,6 +165,32 @@ def test_the_seed_forest_target_is_not_met_on_failed_one_connection_requests(ser
     figures["recommend_single_connection_failed"] = 3
     passed, detail = _check(serve_bench, figures, name)
     assert not passed and "not judged: 3 requests failed" in detail, detail
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/api/recommend throughput >= 0.9x echo",
+        "/api/recommend p99 <= 1.2x echo",
+        ">= 10x faster per request than the seed forest's scoring",
+    ],
+)
+def test_recommend_targets_are_not_met_on_the_breakers_fallback_lists(
+    serve_bench: ModuleType, target: str
+) -> None:
+    """wrk sees a 200 either way: with the breaker open (a model path failing), /api/recommend
+    answered the fallback's popularity lists, fast, and the recommend targets were met by them."""
+    figures = _figures([1.3], [0.8]) | {
+        "seed_rf_ms": 23.0,
+        "lookup_in_process_us": 0.3,
+        "seed_rf_ratios": [20.0],
+    }
+    assert _check(serve_bench, figures, target)[0]
+    figures["rows"]["fallback"] = 4000
+    passed, detail = _check(serve_bench, figures, target)
+    assert not passed
+    assert "not judged: 4000 lists came from the circuit breaker's fallback" in detail, detail
+    assert _check(serve_bench, figures, "/api/recommend/score throughput >= 0.6x echo")[0]
 
 
 def test_a_score_round_whose_pairs_ran_out_is_not_judged(serve_bench: ModuleType) -> None:
