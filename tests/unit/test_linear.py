@@ -357,6 +357,26 @@ def test_bad_hyper_parameters_are_refused(kwargs: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- the rating model
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"prior_weight": 0.0},  # "X contains NaN or infinite values", after the encoding
+        {"group_prior_weight": -1.0},
+        {"user_prior_weight": float("nan")},
+        {"chunk_rows": 0},  # trained, then every ranking failed: range() arg 3 must not be zero
+        {"chunk_rows": 2.5},
+        {"clip": "no"},
+        {"interactions": ("bogus",)},
+        {"epochs": 0},  # the regression's own checks, at construction rather than after the encoding
+        {"learning_rate": 0.0},
+        {"random_state": -1},
+    ],
+)
+def test_bad_rating_model_settings_are_refused_at_construction(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        LinearRatingModel(**kwargs)
+
+
 @pytest.fixture(scope="module")
 def rating_model(synthetic_data: Any) -> LinearRatingModel:
     return LinearRatingModel(epochs=30).fit(

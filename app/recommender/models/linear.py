@@ -427,6 +427,19 @@ class LinearRatingModel(Recommender):
     ) -> None:
         if not 0.0 <= cold_fraction <= 1.0:
             raise ValueError("cold_fraction must be within [0, 1]")
+        # checked here, not by the fit after the encoding: a prior weight of 0 gave "X contains NaN"
+        # (0/0 for a group without ratings), and a chunk_rows of 0 failed every ranking after training
+        for name, weight in (
+            ("prior_weight", prior_weight), ("group_prior_weight", group_prior_weight),
+            ("user_prior_weight", user_prior_weight),
+        ):  # fmt: skip
+            if not (_finite(weight) and weight > 0):
+                raise ValueError(f"{name} must be a positive finite number")
+        if not (_whole(chunk_rows) and chunk_rows >= 1):
+            raise ValueError("chunk_rows must be an integer of at least 1")
+        if not isinstance(clip, bool | np.bool_):
+            raise ValueError("clip must be True or False")
+        PairEncoder(interactions=interactions)  # its own checks (the interactions' names)
         self.learning_rate = learning_rate
         self.epochs = epochs
         self.batch_size = batch_size
@@ -442,6 +455,7 @@ class LinearRatingModel(Recommender):
         self.clip = clip
         self.chunk_rows = chunk_rows
         self.random_state = random_state
+        SimpleLinearRegression(**self._sgd_params())  # the regression's hyper-parameters, checked now
 
     def fit(self, ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> Self:
         self._set_catalogue(items)
