@@ -47,6 +47,10 @@ def _figures(recommend_rps: list[float], p99: list[float] | None = None) -> dict
             "acknowledged_recommendations": 5,
             "fallback": 0,
         },
+        "seed_rf_ms": 23.0,
+        "lookup_in_process_us": 0.3,
+        "seed_rf_ratios": [20.0],
+        "predict1000_ratios": [1.5],
     }
 
 
@@ -88,7 +92,7 @@ def test_the_seed_forest_bar_is_judged_on_the_rounds_median_and_a_miss_prints_as
     doubled the HTTP latency made 9.74x, which printed "10x" beside "NO" (twenty-ninth machine).
     Timed in rounds, the median of the per-round ratios is judged, rounded towards a miss."""
     name = ">= 10x faster per request than the seed forest's scoring"
-    seed = _figures([0.95]) | {"seed_rf_ms": 23.0, "lookup_in_process_us": 0.3}
+    seed = _figures([0.95])
     passed, detail = _check(serve_bench, seed | {"seed_rf_ratios": [9.7, 9.99, 25.0]}, name)
     assert not passed
     assert detail.startswith("9.990x (median of 3 rounds; 9.70-25.00) over HTTP"), detail
@@ -160,7 +164,7 @@ def test_a_target_measured_on_failed_requests_is_not_met_and_the_run_fails(
 
 def test_the_seed_forest_target_is_not_met_on_failed_one_connection_requests(serve_bench: ModuleType) -> None:
     name = ">= 10x faster per request than the seed forest's scoring"
-    figures = _figures([0.95]) | {"seed_rf_ms": 23.0, "lookup_in_process_us": 0.3, "seed_rf_ratios": [20.0]}
+    figures = _figures([0.95])
     assert _check(serve_bench, figures, name)[0]
     figures["recommend_single_connection_failed"] = 3
     passed, detail = _check(serve_bench, figures, name)
@@ -180,17 +184,39 @@ def test_recommend_targets_are_not_met_on_the_breakers_fallback_lists(
 ) -> None:
     """wrk sees a 200 either way: with the breaker open (a model path failing), /api/recommend
     answered the fallback's popularity lists, fast, and the recommend targets were met by them."""
-    figures = _figures([1.3], [0.8]) | {
-        "seed_rf_ms": 23.0,
-        "lookup_in_process_us": 0.3,
-        "seed_rf_ratios": [20.0],
-    }
+    figures = _figures([1.3], [0.8])
     assert _check(serve_bench, figures, target)[0]
     figures["rows"]["fallback"] = 4000
     passed, detail = _check(serve_bench, figures, target)
     assert not passed
     assert "not judged: 4000 lists came from the circuit breaker's fallback" in detail, detail
     assert _check(serve_bench, figures, "/api/recommend/score throughput >= 0.6x echo")[0]
+
+
+@pytest.mark.parametrize(
+    ("left_out", "target", "reason"),
+    [
+        ("seed_rf_ratios", ">= 10x faster per request than the seed forest's scoring", "no ml-100k"),
+        (
+            "predict1000_ratios",
+            "/api/predict/batch (1,000) within 2x of scikit-learn predict",
+            "no rating model",
+        ),
+    ],
+)
+def test_a_target_that_was_not_measured_is_listed_as_not_met(
+    serve_bench: ModuleType, left_out: str, target: str, reason: str
+) -> None:
+    """Without local ml-100k (no seed forest) or a rating model (no predict sides), the target was
+    left out of the table, and --strict passed a run that had not measured it."""
+    figures = _figures([0.95])
+    del figures[left_out]
+    results = serve_bench.Results(figures=figures)
+    serve_bench.evaluate(results)
+    passed, detail = next((passed, detail) for name, passed, detail in results.checks if name == target)
+    assert not passed and detail.startswith("not measured: ") and reason in detail, detail
+    assert serve_bench.exit_status(results, strict=True) == 1
+    assert serve_bench.exit_status(results, strict=False) == 0
 
 
 def test_a_score_round_whose_pairs_ran_out_is_not_judged(serve_bench: ModuleType) -> None:
