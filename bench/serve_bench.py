@@ -38,6 +38,7 @@ import decimal
 import functools
 import http.client
 import json
+import math
 import os
 import re
 import secrets
@@ -441,6 +442,15 @@ def cpu_ratios(runs: list[dict[str, Any]], echo_runs: list[dict[str, Any]]) -> l
     ]
 
 
+def score_ids_needed(echo_rps: float, seconds: float, rounds: int, pairs_per_id: int = 100) -> int:
+    """Ids to issue (``pairs_per_id`` pairs each) so that no score round runs out of pairs: each
+    round's share covers a run at 1.5x echo's best rate (a score costs more than an echo; the
+    machine drifts). A fixed 400 ids (40,000 pairs) ran out on a machine answering echo at
+    3,400 req/s, and the score target was not judged."""
+    per_round = 1.5 * echo_rps * max(1, round(seconds))  # wrk's run length (see wrk())
+    return max(1, math.ceil(per_round * rounds / pairs_per_id))
+
+
 def post_script(token: str, body: dict[str, Any]) -> str:
     return _POST_LUA % {"token": token, "body": json.dumps(body)}
 
@@ -641,11 +651,13 @@ def measure_all(args: argparse.Namespace, workdir: Path, database_url: str) -> R
             results.figures["seed_rf_ratios"] = [f / h for f, h in zip(forest_ms, single_ms, strict=True)]
 
         # scores over unique (id, movie) pairs issued beforehand, a share of them per round
+        score_ids = args.score_ids or score_ids_needed(max(r["rps"] for r in echo_runs), seconds, args.rounds)
+        results.figures["score_ids"] = score_ids
         n_pairs = 0
         pair_files = [workdir / f"pairs-{i}.jsonl" for i in range(args.rounds)]
         outs = [path.open("w") for path in pair_files]
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        for i in range(args.score_ids):
+        for i in range(score_ids):
             status, body = send(connection, "POST", "/api/recommend", {**PROFILE, "age": 18 + i % 60,
                                 "max_recs": 100}, token)  # fmt: skip
             if status != 200:
@@ -940,7 +952,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument(
-        "--score-ids", type=int, default=400, help="ids issued for the score run (x100 pairs)"
+        "--score-ids",
+        type=int,
+        default=None,
+        help="ids issued for the score runs (x100 pairs); default: enough for 1.5x echo's best rate",
     )
     parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "serve.json"))
     parser.add_argument("--strict", action="store_true", help="exit 1 when a performance target is missed")

@@ -231,6 +231,21 @@ def test_a_score_round_whose_pairs_ran_out_is_not_judged(serve_bench: ModuleType
     assert "the pairs ran out before the end of 2 rounds" in detail and "--score-ids" in detail, detail
 
 
+@pytest.mark.parametrize(
+    ("echo_rps", "seconds", "rounds"), [(3425.0, 4.0, 6), (1630.0, 4.0, 6), (900.0, 0.4, 2)]
+)
+def test_the_score_pairs_outlast_every_round_at_echos_rate(
+    serve_bench: ModuleType, echo_rps: float, seconds: float, rounds: int
+) -> None:
+    """400 ids (40,000 pairs, 6,667 a round) ran out within 4-second rounds on a machine that
+    answered echo at 3,425 req/s: its score target could not be judged. The default is now sized
+    from echo's rate, each round's share a run's worth at 1.5x that rate."""
+    ids = serve_bench.score_ids_needed(echo_rps, seconds, rounds)
+    run_seconds = max(1, round(seconds))
+    assert ids * 100 / rounds >= 1.5 * echo_rps * run_seconds
+    assert ids * 100 / rounds <= 1.5 * echo_rps * run_seconds + 100  # no more than needed
+
+
 class _StandIn(BaseHTTPRequestHandler):
     """A stand-in API: keeps each POST's body, answers the next of ``statuses`` (200 once out)."""
 
