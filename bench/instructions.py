@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         child.terminate()
         child.wait(timeout=60)
         errors.close()
+    # the callgrind dumps (one per thread and phase) and the database: every run left them in the
+    # temporary directory; a failed run keeps them, with valgrind's stderr the error names
+    shutil.rmtree(work, ignore_errors=True)
     return {name: min(values) for name, values in figures.items()} | {"runs": figures}
 
 
