@@ -21,6 +21,7 @@ and checked completely before anyone can use it, so a bad one never replaces a g
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import logging
@@ -481,15 +482,55 @@ def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STOR
             continue
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (another user's too: it is not known to be gone)."""
+PROC = Path("/proc")
+"""Where :func:`process_identity` reads a process's start time (Linux); absent on macOS."""
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells process ``pid`` from a later process given the same pid: the host's boot id
+    and the process's start time in clock ticks since boot (field 22 of ``/proc/<pid>/stat``),
+    ``"<boot id>/<ticks>"``; None where ``/proc`` cannot tell (macOS, the process gone).
+
+    A pid alone names a process only while it runs. In a container pids are small and
+    deterministic: after a restart the new uwsgi master and workers get the pids of the old ones,
+    which a record or a name holding a pid then took for alive. The boot id changes with a
+    reboot, where the ticks start again."""
+    try:
+        fields = (PROC / str(pid) / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        boot = _boot_id()
+    except (OSError, IndexError):
+        return None
+    if boot is None or len(fields) < 20:
+        return None
+    return f"{boot}/{int(fields[19])}"  # field 22; fields[0] is field 3 (after "pid (comm)")
+
+
+@functools.cache
+def _boot_id() -> str | None:
+    try:
+        return (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def process_alive(pid: int, identity: str | None = None) -> bool:
+    """Whether process ``pid`` exists (another user's too: it is not known to be gone) and, given
+    the ``identity`` :func:`process_identity` gave when it was recorded, is still that process:
+    a process that took its pid since (a container restarted) is not it. Without an identity, or
+    where ``/proc`` cannot tell (macOS), the pid alone decides."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError):
-        return True
-    return True
+        pass
+    return same_process(identity, process_identity(pid))
+
+
+def same_process(recorded: str | None, current: str | None) -> bool:
+    """Whether the process recorded with identity ``recorded`` is the one of identity ``current``
+    at that pid now (both :func:`process_identity`'s); when either is None, the equal pid decides."""
+    return recorded is None or current is None or recorded == current
 
 
 def _newest_change(directory: Path, mtime: float) -> float:

@@ -23,7 +23,12 @@ one file descriptor; a worker's own marker is stat'ed before it is renamed into 
 marker replaced at any moment is read again at the next poll.
 
 Every worker whose poller runs also writes what it serves, and the marker generation it last
-handled, to ``<store>/.serving-workers/<host>-<pid>-<id>.json``. The worker that reloaded waits
+handled, to ``<store>/.serving-workers/<host>-<pid>-<id>.json``, with its pid and its master's
+(``instance``), each beside that process's start time (:func:`process_identity`): a record is a
+live worker's only while its pid runs and started then. In a container restarted by its restart
+policy the new processes get the killed ones' pids, and a killed worker's record was taken for a
+live sibling (waited for by a reload, its bundle served by a new worker) until an hour old.
+The worker that reloaded waits
 (up to one poll interval plus ``SIBLING_WAIT_SECONDS``) until each live sibling on this host has
 handled its marker before it reports the reload: ``loaded`` once every one of them serves the
 bundle, ``partial`` when one refused it or did not answer in time (those keep serving the
@@ -71,8 +76,10 @@ from app.recommender.bundle import (
     BundleError,
     LoadedBundle,
     process_alive,
+    process_identity,
     remove_stale_leftovers,
     resolve_bundle_dir,
+    same_process,
 )
 from app.services.models import ModelHolder
 
@@ -250,11 +257,14 @@ class ModelReloader:
         without a reload, that worker served the new bundle while its siblings kept the one the
         instance serves, two versions in one service until the next reload."""
         instance = _instance()
+        started = process_identity(instance)
         newest: tuple[int, Path] | None = None
         for _name, worker in self._live_siblings():
             served = worker.get("target")
             if worker.get("instance") != instance or not isinstance(served, str):
                 continue
+            if not same_process(_identity(worker, "instance_started"), started):
+                continue  # its master had this master's pid: an instance that ended (a restart)
             if not (Path(served) / MANIFEST).is_file():
                 continue
             if newest is None or worker["generation"] > newest[0]:
@@ -495,7 +505,10 @@ class ModelReloader:
             pid, handled = worker.get("pid"), worker.get("generation", 0)
             if type(pid) is not int or type(handled) is not int:  # JSON's true is no number either
                 continue  # not a record this code writes
-            alive = path.name in live_here if pid == os.getpid() else pid > 0 and process_alive(pid)
+            if pid == os.getpid():
+                alive = path.name in live_here
+            else:  # a pid that a process started since took (a container restarted) is not its worker
+                alive = pid > 0 and process_alive(pid, _identity(worker, "started"))
             if not alive:
                 with contextlib.suppress(OSError):  # an ended worker's (uwsgi recycled it)
                     path.unlink(missing_ok=True)
@@ -521,7 +534,9 @@ class ModelReloader:
         body = {
             "host": _HOST,
             "pid": os.getpid(),
+            "started": process_identity(os.getpid()),  # beside the pid: tells it from a reused one
             "instance": _instance(),
+            "instance_started": process_identity(_instance()),
             "configured": self.configured,
             "generation": self._generation,
             "target": str(bundle.path) if bundle else None,
@@ -758,6 +773,14 @@ def _instance() -> int:
     except ImportError:
         return os.getpid()
     return int(uwsgi.masterpid()) or os.getpid()  # pragma: no cover - only inside uwsgi
+
+
+def _identity(record: dict[str, Any], field: str) -> str | None:
+    """A record's start time of its worker (``started``) or master (``instance_started``), as
+    :func:`process_identity` gave it; None when it has none (written where ``/proc`` cannot tell,
+    or by an earlier release): its pid alone then names the process."""
+    value = record.get(field)
+    return value if isinstance(value, str) else None
 
 
 def _generation_of(marker: dict[str, Any]) -> int:

@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import select
 
 from app.exit_hooks import EXIT_SECONDS
+from app.recommender.bundle import process_identity
 from app.storage.db import make_engine
 from app.storage.models import RecommendationRequest
 from tests.helpers import PROFILE, free_port
@@ -971,3 +972,12 @@ def test_a_worker_respawned_after_latest_moved_serves_what_the_other_worker_serv
         records = _worker_records(served, store, not_of=frozenset({killed}))
         served_now = {pid: record["version"] for pid, record in records.items() if pid != killed}
         assert set(served_now.values()) == {original}, served_now
+        # each live record names its worker and its master by pid and start time (a killed
+        # worker's, whose pid a new process takes, is not taken for a live one)
+        live = [record for pid, record in records.items() if pid != killed]
+        assert all(
+            record["started"] == process_identity(record["pid"])
+            and record["instance"] != record["pid"]
+            and record["instance_started"] == process_identity(record["instance"]) is not None
+            for record in live
+        ), live

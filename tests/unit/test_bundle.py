@@ -24,6 +24,8 @@ from app.recommender.bundle import (
     build_tables,
     load_bundle,
     point_latest,
+    process_alive,
+    process_identity,
     write_bundle,
 )
 from app.recommender.models import make_model
@@ -377,6 +379,26 @@ def test_a_private_extraction_of_a_process_killed_outright_is_removed_once_it_is
     assert [path.name for path in kept if not path.is_dir()] == []
     assert loaded.path.parent.name.startswith(f"movierec-bundle-{os.getpid()}-")  # names its maker
     assert (loaded.path / "manifest.json").is_file()
+
+
+def test_a_process_is_alive_only_while_its_pid_runs_the_process_that_started_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pid names a process only while it runs: in a restarted container the new processes get
+    the old ones' pids. With the identity recorded beside it (boot id, start time), a live pid
+    started at another time is another process; where ``/proc`` cannot tell (macOS), or without
+    an identity, the pid alone decides, as before."""
+    import app.recommender.bundle as bundle_module
+
+    me = process_identity(os.getpid())
+    assert me is not None and me == process_identity(os.getpid())
+    boot, ticks = me.rsplit("/", 1)
+    assert process_alive(os.getpid(), me) and process_alive(os.getpid())
+    assert not process_alive(os.getpid(), f"{boot}/{int(ticks) + 1}")  # the pid reused
+    assert not process_alive(os.getpid(), f"{'0' * 8}-0000-0000-0000-{'0' * 12}/{ticks}")  # a reboot
+    monkeypatch.setattr(bundle_module, "PROC", tmp_path / "no-proc")
+    assert process_identity(os.getpid()) is None
+    assert process_alive(os.getpid(), f"{boot}/{int(ticks) + 1}")
 
 
 def test_seed_style_regressor_pickle_is_served(synthetic_data, tmp_path: Path) -> None:

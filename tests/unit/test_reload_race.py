@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import app.services.models as models_module
-from app.recommender.bundle import LATEST, BundleError, resolve_bundle_dir
+from app.recommender.bundle import LATEST, BundleError, process_identity, resolve_bundle_dir
 from app.services.models import ModelHolder
 from app.services.reload import InvalidBundle, ModelReloader, ReloadSuperseded
 from tests.serving_helpers import add_version, copy_store
@@ -474,14 +474,8 @@ def test_a_worker_record_this_code_did_not_write_does_not_leave_the_reload_loadi
     reload stayed "loading" for good, its ``"wait": true`` callers waited out their whole wait
     (120 s, beyond uwsgi's harakiri) and were told "loading". Such a record is skipped, as an
     unreadable one is."""
-    from app.services import reload as reload_module
-
     a = _worker(store)
-    workers = store / reload_module.WORKERS_DIR
-    workers.mkdir(exist_ok=True)
-    (workers / "odd.json").write_text(
-        json.dumps({"host": reload_module._HOST, "configured": a.configured, **record})
-    )
+    _sibling_record(a, "odd.json", **record)
     add_version(store, "v2")
     answer = a.request("v2", wait=5.0)
     assert answer["state"] == "loaded", answer
@@ -526,24 +520,43 @@ def test_a_waiting_reload_answers_before_uwsgi_or_the_pipeline_give_up_on_it() -
     assert longest + 10 <= min(harakiri, RELOAD_TIMEOUT_SECONDS), (longest, harakiri, RELOAD_TIMEOUT_SECONDS)
 
 
+def _sibling_record(worker: ModelReloader, name: str, **fields: Any) -> Path:
+    """Write the record ``name`` of a sibling of ``worker`` (this host, its model path) in the
+    store's ``.serving-workers``: a worker of another process, as far as ``worker`` can tell."""
+    from app.services import reload as reload_module
+
+    worker.workers_dir.mkdir(exist_ok=True)
+    path = worker.workers_dir / name
+    path.write_text(json.dumps({"host": reload_module._HOST, "configured": worker.configured,
+                                "generation": 0, **fields}))  # fmt: skip
+    return path
+
+
+REUSED_PID = {"pid": os.getppid(), "started": "00000000-0000-0000-0000-000000000000/1"}
+"""A worker killed outright (SIGKILL, the OOM killer, ``docker kill``) whose pid a live process
+took since, as in a container restarted by its restart policy (its pids start again from 1): the
+pid of this test's parent, with a start time that is not that process's."""
+
+
+@pytest.mark.parametrize(
+    "started",
+    [pytest.param(None, id="recorded-without-start-time"), pytest.param(True, id="recorded-start-time")],
+)
 def test_a_sibling_that_never_follows_is_waited_for_one_poll_and_the_sibling_wait(
-    store: Path, monkeypatch: pytest.MonkeyPatch
+    store: Path, monkeypatch: pytest.MonkeyPatch, started: bool | None
 ) -> None:
     """A live sibling that does not handle the marker (its poller stuck) is reported, once the
-    wait is over, as a worker that did not take the bundle: 503 partial, not a hang."""
+    wait is over, as a worker that did not take the bundle: 503 partial, not a hang. Its record
+    holds its start time beside its pid, or none (written where ``/proc`` cannot tell, or by an
+    earlier release): the pid alone then says it is alive."""
     from app.services import reload as reload_module
     from app.services.reload import ReloadIncomplete
 
     monkeypatch.setattr(reload_module, "SIBLING_WAIT_SECONDS", 0.3)
     a = _worker(store)
     a.poll_interval = 0.2
-    workers = store / reload_module.WORKERS_DIR
-    workers.mkdir(exist_ok=True)
-    (workers / "stuck.json").write_text(
-        json.dumps(
-            {"host": reload_module._HOST, "configured": a.configured, "pid": os.getppid(), "generation": 0}
-        )
-    )
+    identity = process_identity(os.getppid()) if started else None
+    _sibling_record(a, "stuck.json", pid=os.getppid(), started=identity)
     add_version(store, "v2")
     started = time.monotonic()
     with pytest.raises(ReloadIncomplete, match=r"1 did not take it within 0\.5s"):
@@ -689,3 +702,76 @@ def test_a_worker_recycled_after_a_bad_bundle_became_latest_keeps_serving_the_go
         assert _serving(_worker(store)) == _serving(sibling) == original
     finally:
         sibling.stop()
+
+
+def test_a_reload_does_not_wait_for_a_killed_worker_whose_pid_a_new_process_took(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record was judged alive by its pid alone: after a container restart, a killed worker's
+    record whose pid a new process had taken was waited for until the wait ended, and the reload
+    answered 503 partial ("1 did not take it") for an hour, until the record was old enough to be
+    dropped. The record holds its worker's start time: a process started at another time is not
+    that worker, its record is removed, and the reload is answered for the live workers."""
+    from app.services import reload as reload_module
+
+    monkeypatch.setattr(reload_module, "SIBLING_WAIT_SECONDS", 0.3)
+    a = _worker(store)
+    a.poll_interval = 0.2
+    record = _sibling_record(a, "killed.json", **REUSED_PID)
+    add_version(store, "v2")
+    answer = a.request("v2", wait=WAIT)
+    assert answer["state"] == "loaded", answer
+    assert answer["workers"] == {"total": 1, "swapped": 1, "refused": 0, "waiting": 0}
+    assert not record.exists()
+
+
+@pytest.mark.parametrize(
+    "reused",
+    [
+        pytest.param(REUSED_PID, id="worker-pid-reused"),
+        # a live process as the worker, its true start time; the master's pid taken by a new master
+        pytest.param(
+            {"pid": os.getppid(), "instance_started": REUSED_PID["started"]}, id="master-pid-reused"
+        ),
+    ],
+)
+def test_a_worker_started_after_a_container_restart_serves_latest_not_a_killed_workers_bundle(
+    store: Path, reused: dict[str, Any]
+) -> None:
+    """After a container restart the new uwsgi master had the old one's pid (1, 7) and the new
+    workers the killed workers' pids: a new worker took a killed worker's record (same pid, same
+    ``instance``) for a live sibling of its own instance and served the bundle that record named
+    instead of ``latest``. A record names its worker's and its master's start times beside their
+    pids; one whose pid is now another process's is no live sibling of this instance."""
+    from app.services import reload as reload_module
+
+    add_version(store, "v-old")
+    add_version(store, "v-new")  # latest, what the restarted service is configured to serve
+    fields = {"instance": reload_module._instance(), "instance_started": process_identity(os.getpid()),
+              "started": process_identity(os.getppid()), **reused}  # fmt: skip
+    worker = _worker_with_record_of(store, target=str(store / "v-old"), generation=7, **fields)
+    assert _serving(worker) == "v-new"
+
+
+def _worker_with_record_of(store: Path, **fields: Any) -> ModelReloader:
+    """A worker starting beside the record ``fields`` of a sibling of its instance."""
+    probe = ModelReloader(ModelHolder(store), store, poll_interval=3600)
+    _sibling_record(probe, "sibling.json", **fields)
+    return _worker(store)
+
+
+def test_a_worker_started_beside_a_live_sibling_with_its_start_time_serves_what_it_serves(
+    store: Path,
+) -> None:
+    """A record whose worker and master are the processes it names (their pids and start times)
+    is a live sibling of this instance: a worker started beside it serves its bundle, as before."""
+    from app.services import reload as reload_module
+
+    add_version(store, "v-old")
+    add_version(store, "v-new")
+    worker = _worker_with_record_of(
+        store, target=str(store / "v-old"), generation=7, pid=os.getppid(),
+        started=process_identity(os.getppid()), instance=reload_module._instance(),
+        instance_started=process_identity(os.getpid()),
+    )  # fmt: skip
+    assert _serving(worker) == "v-old"
