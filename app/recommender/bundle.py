@@ -85,9 +85,12 @@ MAX_ARCHIVE_MEMBERS = 1000
 sizes unpacked, and its number of members. A bundle of ml-100k is some 17 MB in a dozen files;
 a decompression bomb, or thousands of members each under any other bound, filled ``$TMPDIR``."""
 PRIVATE_EXTRACTION_PREFIX = "movierec-bundle-"
-PRIVATE_EXTRACTION = re.compile(rf"\A{re.escape(PRIVATE_EXTRACTION_PREFIX)}(?P<pid>\d+)-[a-z0-9_]{{8}}\Z")
+PRIVATE_EXTRACTION = re.compile(
+    rf"\A{re.escape(PRIVATE_EXTRACTION_PREFIX)}(?P<pid>\d+)-(?:(?P<tag>[0-9a-f]{{12}})-)?[a-z0-9_]{{8}}\Z"
+)
 """A ``.tar.gz``'s private extraction in ``$TMPDIR`` when there is no usable extraction cache
-(``_private_extraction``): ``tempfile.mkdtemp(prefix="movierec-bundle-<maker's pid>-")``."""
+(``_private_extraction``): ``tempfile.mkdtemp(prefix="movierec-bundle-<maker's pid>-<its tag>-")``,
+the tag its start time (:func:`process_tag`; none where ``/proc`` cannot tell, nor before 2026-12-06)."""
 STALE_STAGING_SECONDS = 3600
 """A leftover unchanged this long belongs to a writer that died: the next write removes it."""
 CODE_VERSION_SOURCES = ("recommender", "pipeline/candidates.py")
@@ -432,7 +435,8 @@ EXTRACTION_LEFTOVERS = (Leftover(EXTRACTION_STAGING, stat.S_ISDIR),)
 """What an extraction into the ``.tar.gz`` extraction cache leaves (``_load_tarball``)."""
 PRIVATE_EXTRACTION_LEFTOVERS = (Leftover(PRIVATE_EXTRACTION, stat.S_ISDIR),)
 """What a process killed outright leaves in ``$TMPDIR`` of a private extraction (``_load_tarball``
-without a usable cache); its name carries the maker's pid, so it stays while that process lives."""
+without a usable cache); its name carries the maker's pid and start time, so it stays while that
+process lives."""
 
 
 def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STORE_LEFTOVERS) -> None:
@@ -449,7 +453,9 @@ def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STOR
     writer still at work changes its directory or the file it is writing far more often than
     that, and a link or a marker's temporary file lives for a moment. A leftover whose name
     carries its maker's pid (a ``pid`` group: ``PRIVATE_EXTRACTION``) stays while that process
-    lives, however old: a live service serves from it for days without touching it.
+    lives, however old: a live service serves from it for days without touching it; with its
+    maker's start time (a ``tag`` group, :func:`process_tag`), not once a process started at
+    another time has that pid (a restarted container's).
     """
     cutoff = time.time() - STALE_STAGING_SECONDS
     try:
@@ -462,9 +468,9 @@ def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STOR
         )
         if found is None:
             continue
-        kind, maker = found[0].kind, found[1].groupdict().get("pid")
-        if maker is not None and process_alive(int(maker)):
-            continue
+        kind, maker, tag = found[0].kind, found[1].groupdict().get("pid"), found[1].groupdict().get("tag")
+        if maker is not None and process_alive(int(maker)) and same_process(tag, process_tag(int(maker))):
+            continue  # its maker runs (a process that took its pid since, started later, is not it)
         path = directory / name
         try:
             info = path.lstat()
@@ -503,6 +509,12 @@ def process_identity(pid: int) -> str | None:
     if boot is None or len(fields) < 20:
         return None
     return f"{boot}/{int(fields[19])}"  # field 22; fields[0] is field 3 (after "pid (comm)")
+
+
+def process_tag(pid: int) -> str | None:
+    """:func:`process_identity`'s, short enough for a file name (12 hex digits of its SHA-256)."""
+    identity = process_identity(pid)
+    return None if identity is None else hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
 @functools.cache
@@ -841,14 +853,17 @@ No lock (a fork would copy one held): single dict operations are atomic."""
 
 
 def _private_extraction() -> Path:
-    """A new ``$TMPDIR/movierec-bundle-<pid>-*``, removed when the process making it exits gracefully
-    (or, killed outright, by a later load once it is gone: ``PRIVATE_EXTRACTION_LEFTOVERS``).
+    """A new ``$TMPDIR/movierec-bundle-<pid>-<tag>-*``, removed when the process making it exits
+    gracefully (or, killed outright, by a later load once it is gone: ``PRIVATE_EXTRACTION_LEFTOVERS``;
+    the tag, its start time, tells it from a process given its pid later).
 
     Every load made one and nothing removed it: each uwsgi worker start, recycle and reload left
     a whole bundle in ``$TMPDIR``. Only its maker removes it: a child forked after the load (uwsgi
     without ``lazy-apps``) inherits the exit callback, and its siblings serve the same bundle.
     """
-    directory = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_EXTRACTION_PREFIX}{os.getpid()}-"))
+    tag = process_tag(os.getpid())  # a process given this pid later is not its maker
+    maker = f"{os.getpid()}-{tag}-" if tag else f"{os.getpid()}-"
+    directory = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_EXTRACTION_PREFIX}{maker}"))
     _PRIVATE_EXTRACTIONS[directory] = os.getpid()
     at_exit(remove_private_extractions)
     return directory

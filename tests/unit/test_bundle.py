@@ -26,6 +26,7 @@ from app.recommender.bundle import (
     point_latest,
     process_alive,
     process_identity,
+    process_tag,
     write_bundle,
 )
 from app.recommender.models import make_model
@@ -399,6 +400,31 @@ def test_a_process_is_alive_only_while_its_pid_runs_the_process_that_started_the
     monkeypatch.setattr(bundle_module, "PROC", tmp_path / "no-proc")
     assert process_identity(os.getpid()) is None
     assert process_alive(os.getpid(), f"{boot}/{int(ticks) + 1}")
+
+
+def test_a_private_extraction_whose_makers_pid_a_new_process_took_is_removed_once_old(
+    model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private extraction's name carried its maker's pid only: in a container restarted by its
+    restart policy (``$TMPDIR`` survives in its writable layer) the new workers take the killed
+    ones' pids, and a killed worker's extraction, a whole bundle, stayed as long as the process
+    given its pid ran (days), after each restart one more. The name carries the maker's start
+    time too (:func:`process_tag`): one whose pid runs a process started at another time is removed
+    once nothing in it changed for an hour; the living maker's stays, however old."""
+    archive, scratch = _archive_with_private_tmp(model_store, tmp_path, monkeypatch)
+    _unusable_extraction_cache(scratch)
+    long_ago = time.time() - 2 * 3600
+    reused = _aged_tree(
+        scratch / f"movierec-bundle-{os.getppid()}-{'0' * 12}-k3j_x9q2", long_ago, HALF_EXTRACTED
+    )
+    living = _aged_tree(
+        scratch / f"movierec-bundle-{os.getpid()}-{process_tag(os.getpid())}-k3j_x9q2",
+        long_ago,
+        HALF_EXTRACTED,
+    )
+    loaded = load_bundle(archive)
+    assert not os.path.lexists(reused) and living.is_dir()
+    assert loaded.path.parent.name.startswith(f"movierec-bundle-{os.getpid()}-{process_tag(os.getpid())}-")
 
 
 def test_seed_style_regressor_pickle_is_served(synthetic_data, tmp_path: Path) -> None:
