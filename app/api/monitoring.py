@@ -58,7 +58,15 @@ class BreakerStatus(BaseModel):
     since: str | None = None
     reason: str
     model_version: str | None = None
-    fallback: str | None = None
+    fallback: str | None = Field(
+        default=None,
+        description="what serves while the breaker keeps the champion out: 'previous champion <version>' "
+        "(named from the model store), 'popularity from <version>', or 'none'",
+    )
+    fallback_loaded: bool | None = Field(
+        default=None,
+        description="whether this worker holds the fallback's bundle (reporting never loads it)",
+    )
     thresholds: dict[str, Any]
 
 

@@ -4,7 +4,9 @@ Preferred: the **previous champion** — the newest bundle in the model store cr
 the one being served (the store receives every champion the pipeline exports and keeps the
 old ones). It was good enough to serve before, and its lists are as personal as its tables
 allow. Loaded once, lazily, the first time the fallback is needed, and kept while its
-serving version is served (and one reload longer: :data:`KEPT_VERSIONS`).
+serving version is served (and one reload longer: :data:`KEPT_VERSIONS`). Reporting it
+(:meth:`Fallback.describe`, for /api/model and the dashboard) reads the store's manifests only:
+it loaded the bundle, a second one in every worker's memory, at each monitoring poll.
 
 Otherwise (no older bundle, it fails to load, or ``breaker_fallback = "popularity"``):
 **global popularity computed from the served bundle's own tables** — a Borda count of
@@ -65,9 +67,15 @@ def previous_bundle_dir(store: Path, version: str, created: str) -> Path | None:
     """The newest bundle in ``store`` created before bundle ``version`` (created at ``created``, its
     manifest's ``created_at``): the previous champion, which the fallback serves. The model store's
     retention keeps it for every bundle served (app/registry/export.py remove_old_bundles)."""
+    found = _previous_in_store(store, version, created)
+    return found[0] if found else None
+
+
+def _previous_in_store(store: Path, version: str, created: str) -> tuple[Path, str] | None:
+    """:func:`previous_bundle_dir` and that bundle's version (its manifest's), from the manifests only."""
     if not store.is_dir():
         return None
-    best: tuple[str, Path] | None = None
+    best: tuple[str, Path, str] | None = None
     for candidate in store.iterdir():
         if candidate.name.startswith(".") or candidate.is_symlink() or not candidate.is_dir():
             continue
@@ -78,8 +86,8 @@ def previous_bundle_dir(store: Path, version: str, created: str) -> Path | None:
         if str(manifest.get("version")) == version or not stamp or (created and stamp >= created):
             continue
         if best is None or stamp > best[0]:
-            best = (stamp, candidate)
-    return best[1] if best else None
+            best = (stamp, candidate, str(manifest.get("version") or candidate.name))
+    return (best[1], best[2]) if best else None
 
 
 class Fallback:
@@ -92,15 +100,20 @@ class Fallback:
         self.mode = mode
         self._lock = threading.Lock()
         self._popularity_lock = threading.Lock()  # not the one held while a bundle loads
-        # serving version -> previous bundle / popularity order, the newest KEPT_VERSIONS
+        # serving version -> previous bundle (None: there is none, or it cannot load) / popularity
+        # order, the newest KEPT_VERSIONS
         self._previous: OrderedDict[str, LoadedBundle | None] = OrderedDict()
         self._popularity: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def previous_bundle_dir(self, current: LoadedBundle) -> Path | None:
         """The newest bundle in the store created before ``current`` (by manifest ``created_at``)."""
+        found = self._previous_in_store(current)
+        return found[0] if found else None
+
+    def _previous_in_store(self, current: LoadedBundle) -> tuple[Path, str] | None:
         if self.store is None:
             return None
-        return previous_bundle_dir(self.store, current.version, str(current.manifest.get("created_at") or ""))
+        return _previous_in_store(self.store, current.version, str(current.manifest.get("created_at") or ""))
 
     def previous(self, current: LoadedBundle) -> LoadedBundle | None:
         if self.mode != PREVIOUS:
@@ -124,12 +137,27 @@ class Fallback:
             _keep(self._previous, current.version, bundle)
         return bundle
 
-    def source(self, current: LoadedBundle | None) -> str:
-        """What the fallback would serve right now (for /api/model)."""
+    def describe(self, current: LoadedBundle | None) -> dict[str, Any]:
+        """What the fallback serves for ``current`` (for /api/model and the dashboard), without loading it.
+
+        ``fallback``: ``previous champion <version>`` (named from the store's manifests),
+        ``popularity from <version>`` (configured so, no older bundle in the store, or it could not
+        load) or ``none`` (no bundle served). ``fallback_loaded``: whether this worker holds what
+        it names (the first request that needs the fallback loads it)."""
         if current is None:
-            return "none"
-        previous = self.previous(current)
-        return f"previous champion {previous.version}" if previous else f"popularity from {current.version}"
+            return {"fallback": "none", "fallback_loaded": False}
+        popularity = {"fallback": f"popularity from {current.version}", "fallback_loaded": True}
+        if self.mode != PREVIOUS:
+            return popularity
+        known = self._previous.get(current.version, _MISSING)
+        if isinstance(known, LoadedBundle):
+            return {"fallback": f"previous champion {known.version}", "fallback_loaded": True}
+        if known is None:  # tried: none in the store, or it cannot load
+            return popularity
+        found = self._previous_in_store(current)
+        if found is None:
+            return popularity
+        return {"fallback": f"previous champion {found[1]}", "fallback_loaded": False}
 
     def popularity(self, bundle: LoadedBundle) -> np.ndarray:
         order = self._popularity.get(bundle.version)

@@ -373,7 +373,8 @@ class BreakerView:
         """``version``'s breaker (default: the served version's), as last read or as ``record`` says."""
         bundle = self.monitor.models.bundle
         status = self.breaker.status(version or self._served(), record)
-        status["fallback"] = self.fallback.source(bundle)
+        # named from the model store, never loaded here: a monitoring poll loaded it in every worker
+        status.update(self.fallback.describe(bundle))
         return status
 
     def reset(self, by: str = "admin", version: str | None = None) -> dict[str, Any]:

@@ -741,3 +741,53 @@ def test_with_evaluation_off_a_stopped_monitor_reads_the_store_no_more(
     monkeypatch.setattr(monitor.breaker, "sync", lambda version: reads.append(time.monotonic()))
     monitor.stop()
     assert reads == []
+
+
+def _fallback_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The bundles the breaker's fallback loads from now on (their directory names)."""
+    import app.monitoring.fallback as fallback_module
+
+    loads: list[str] = []
+    real = fallback_module.load_bundle
+
+    def spy(path: Path, *args: Any, **kwargs: Any) -> Any:
+        loads.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(fallback_module, "load_bundle", spy)
+    return loads
+
+
+def test_reporting_the_fallback_loads_no_bundle(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GET /api/model and the dashboard named the previous champion by loading it: with the
+    breaker closed, every monitoring poll put a second bundle in each worker's memory. They name
+    it from the model store and say whether this worker has it loaded."""
+    store, previous, _current = two_champions
+    loads = _fallback_loads(monkeypatch)
+    app = make_app(**_settings(store, "sqlite", request))
+    client = app.test_client()
+    headers = login(client)
+    _recommend(client, headers)
+    state = _breaker(client, headers)
+    assert loads == [], "GET /api/model loaded the fallback bundle"
+    assert (state["state"], state["fallback"], state["fallback_loaded"]) == (
+        "closed", f"previous champion {previous}", False
+    )  # fmt: skip
+    admin = app.test_client()
+    assert admin.post("/ui/login", data={"session_password": ADMIN_PASSWORD}).status_code == 303
+    page = admin.get("/ui/dashboard").text
+    assert loads == [], "the dashboard loaded the fallback bundle"
+    assert f"previous champion {previous} (not loaded in this worker)" in page
+
+    _trip(app, client, headers)  # open: the first fallback request loads it, once
+    assert (_recommend(client, headers)[0]["model_version"], loads) == (previous, [previous])
+    state = _breaker(client, headers)
+    assert (state["state"], state["fallback"], state["fallback_loaded"]) == (
+        "open", f"previous champion {previous}", True
+    )  # fmt: skip
+    assert loads == [previous]

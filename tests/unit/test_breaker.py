@@ -766,14 +766,17 @@ def test_previous_champion_is_the_newest_older_bundle_of_the_store(model_store: 
     current = tiny_bundle("current", "2026-06-01T00:00:00+00:00")
     fallback = Fallback(store, "previous")
     assert fallback.previous_bundle_dir(current) == store / "old"
+    # named from the store's manifests, not loaded
+    assert fallback.describe(current) == {"fallback": "previous champion old", "fallback_loaded": False}
     items, version = fallback.recommend(current, RecommendQuery(3, 30, "M", "student"))
     previous = fallback.previous(current)
     assert version == "old" and previous is not None
     assert items == previous.recommend_segment(Segment.of(30, "M", "student"), 3)
-    assert fallback.source(current) == "previous champion old"
+    assert fallback.describe(current) == {"fallback": "previous champion old", "fallback_loaded": True}
     # nothing older: popularity of the served bundle
     first = tiny_bundle("first", "2000-01-01T00:00:00+00:00")
-    assert fallback.previous(first) is None and fallback.source(first) == "popularity from first"
+    assert fallback.previous(first) is None
+    assert fallback.describe(first) == {"fallback": "popularity from first", "fallback_loaded": True}
 
 
 def test_the_fallback_keeps_no_bundle_or_table_of_versions_it_no_longer_serves(
