@@ -65,7 +65,9 @@ class BreakerStatus(BaseModel):
     )
     fallback_loaded: bool | None = Field(
         default=None,
-        description="whether this worker holds the fallback's bundle (reporting never loads it)",
+        description="whether this worker holds the fallback's bundle (reporting never loads it); the "
+        "worker's monitor thread loads a previous champion once the breaker opens, and popularity serves "
+        "until it has",
     )
     thresholds: dict[str, Any]
 

@@ -3,8 +3,11 @@
 Preferred: the **previous champion** — the newest bundle in the model store created before
 the one being served (the store receives every champion the pipeline exports and keeps the
 old ones). It was good enough to serve before, and its lists are as personal as its tables
-allow. Loaded once, lazily, the first time the fallback is needed, and kept while its
-serving version is served (and one reload longer: :data:`KEPT_VERSIONS`). Reporting it
+allow. Loaded once per serving version by the worker's online-monitor thread
+(:meth:`Fallback.previous`), when the breaker of the version served is not closed or a request
+needed the fallback (a champion call that raised), and kept while its serving version is served
+(and one reload longer: :data:`KEPT_VERSIONS`). A request never loads it nor waits for it: until
+it is loaded, the fallback's lists are the popularity ones below. Reporting it
 (:meth:`Fallback.describe`, for /api/model and the dashboard) reads the store's manifests only:
 it loaded the bundle, a second one in every worker's memory, at each monitoring poll.
 
@@ -98,12 +101,15 @@ class Fallback:
             raise ValueError(f"fallback must be {PREVIOUS!r} or {POPULARITY!r}, not {mode!r}")
         self.store = store
         self.mode = mode
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while a bundle loads: by the monitor thread only
         self._popularity_lock = threading.Lock()  # not the one held while a bundle loads
         # serving version -> previous bundle (None: there is none, or it cannot load) / popularity
         # order, the newest KEPT_VERSIONS
         self._previous: OrderedDict[str, LoadedBundle | None] = OrderedDict()
         self._popularity: OrderedDict[str, np.ndarray] = OrderedDict()
+        # the serving version whose fallback a request needed before its previous champion was
+        # loaded (a champion call that raised under a closed breaker): the monitor loads it
+        self._wanted: str | None = None
 
     def previous_bundle_dir(self, current: LoadedBundle) -> Path | None:
         """The newest bundle in the store created before ``current`` (by manifest ``created_at``)."""
@@ -116,6 +122,10 @@ class Fallback:
         return _previous_in_store(self.store, current.version, str(current.manifest.get("created_at") or ""))
 
     def previous(self, current: LoadedBundle) -> LoadedBundle | None:
+        """``current``'s previous champion, loaded now if this worker has not tried yet.
+
+        Blocks while it loads: the online monitor's thread calls it (OnlineMonitor.prepare_fallback),
+        never a request, which takes :meth:`loaded` instead."""
         if self.mode != PREVIOUS:
             return None
         known = self._previous.get(current.version, _MISSING)
@@ -137,13 +147,24 @@ class Fallback:
             _keep(self._previous, current.version, bundle)
         return bundle
 
+    def loaded(self, current: LoadedBundle) -> LoadedBundle | None:
+        """``current``'s previous champion if this worker has it loaded; never loads, never waits."""
+        return self._previous.get(current.version) if self.mode == PREVIOUS else None
+
+    def wanted(self, current: LoadedBundle) -> bool:
+        """Whether ``current``'s previous champion should be loaded although its breaker is closed:
+        a request needed the fallback before it was (the monitor thread then loads it)."""
+        version = current.version
+        return self.mode == PREVIOUS and self._wanted == version and version not in self._previous
+
     def describe(self, current: LoadedBundle | None) -> dict[str, Any]:
         """What the fallback serves for ``current`` (for /api/model and the dashboard), without loading it.
 
         ``fallback``: ``previous champion <version>`` (named from the store's manifests),
         ``popularity from <version>`` (configured so, no older bundle in the store, or it could not
         load) or ``none`` (no bundle served). ``fallback_loaded``: whether this worker holds what
-        it names (the first request that needs the fallback loads it)."""
+        it names; a previous champion not loaded yet is served as popularity until the monitor
+        thread has loaded it."""
         if current is None:
             return {"fallback": "none", "fallback_loaded": False}
         popularity = {"fallback": f"popularity from {current.version}", "fallback_loaded": True}
@@ -174,7 +195,9 @@ class Fallback:
         if user_id is not None and not demographics and not current.knows_user(user_id):
             # the same answer the champion gives: a client error must not depend on the breaker
             raise NotFound(f"user {user_id} is not known to model {current.version}")
-        previous = self.previous(current)
+        previous = self.loaded(current)
+        if previous is None and self.mode == PREVIOUS and current.version not in self._previous:
+            self._wanted = current.version  # not loaded yet: popularity now, the monitor loads it
         if previous is not None:
             if user_id is not None and previous.knows_user(user_id):
                 return previous.recommend_user(user_id, max_recs, exclude), previous.version

@@ -54,7 +54,7 @@ from app.monitoring.fallback import Fallback
 from app.monitoring.logs import LogEvery, describe_error
 from app.monitoring.quality import Quality, measure, request_profiles, served_coverage
 from app.recommender.bundle import BundleError, LoadedBundle, RecommendQuery
-from app.storage.breaker import BreakerRecord, BreakerStore, DatabaseBreakerStore, RedisBreakerStore
+from app.storage.breaker import CLOSED, BreakerRecord, BreakerStore, DatabaseBreakerStore, RedisBreakerStore
 from app.storage.db import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,7 @@ class OnlineMonitor:
         self.last_error: str | None = None
         # an outage is one line (then every 30 s), not a traceback per evaluation of each worker
         self._database_down = LogEvery(30.0)
+        self._fallback_failures = LogEvery(30.0)
         # set by install_monitoring: commits this worker's acknowledged scores before they are judged
         self.drain_feedback: Callable[[], object] | None = None
         # version, when (monotonic), window start and counts of the last coverage count
@@ -211,6 +212,7 @@ class OnlineMonitor:
             if not self.evaluates:
                 self._wake.clear()
                 self._follow()
+                self.prepare_fallback()
                 continue
             if woken:
                 # scores asked for an evaluation: at once, or EVENT_SPACING_SECONDS after this
@@ -231,6 +233,24 @@ class OnlineMonitor:
             except Exception as exc:
                 self.last_error = describe_error(exc, 300)
                 log.exception("online monitor evaluation failed")
+
+    def prepare_fallback(self) -> None:
+        """Load the served version's previous champion (the breaker's fallback) when its breaker is
+        not closed, or a request needed the fallback: here, in the monitor's thread, after each
+        round, so no request loads it or waits for it (those before it is ready get popularity)."""
+        bundle = self.models.bundle
+        if bundle is None or not self.breaker.policy.routes:
+            return  # a breaker that routes nothing serves no fallback
+        if self.breaker.effective_state(bundle.version) == CLOSED and not self.fallback.wanted(bundle):
+            return
+        try:
+            self.fallback.previous(bundle)
+        except Exception as exc:  # noqa: BLE001 - tried again next round; popularity serves meanwhile
+            self.last_error = describe_error(exc, 300)
+            self._fallback_failures.log(
+                log, logging.ERROR, "online monitor: loading the breaker's fallback bundle failed",
+                reason=self.last_error,
+            )  # fmt: skip
 
     def _follow(self) -> None:
         """Re-read the served version's shared record, nothing more (evaluation switched off)."""
@@ -261,7 +281,14 @@ class OnlineMonitor:
     # ------------------------------------------------------------------ evaluation
 
     def tick(self, *, force: bool = False) -> dict[str, Any]:
-        """One round: the full evaluation when this worker wins the turn (or ``force``), else a light one."""
+        """One round: the full evaluation when this worker wins the turn (or ``force``), else a light
+        one; then the fallback's bundle is loaded if the breaker now needs it (:meth:`prepare_fallback`)."""
+        try:
+            return self._evaluate(force)
+        finally:
+            self.prepare_fallback()
+
+    def _evaluate(self, force: bool) -> dict[str, Any]:
         bundle = self.models.bundle
         version = bundle.version if bundle is not None else None
         if bundle is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -332,14 +333,20 @@ def _break(bundle: Any) -> None:
 def test_a_failing_champion_is_answered_from_the_fallback_and_opens_the_breaker(
     two_champions: tuple[Path, str, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
 ) -> None:
-    store, previous, _current = two_champions
+    store, previous, current = two_champions
     client, headers, services = _error_prone(store, make_app, request)
     _break(services.models.bundle)
-    for served in _recommend(client, headers, 3):  # answered, not 500
-        assert (served["strategy"], served["model_version"]) == ("fallback", previous)
+    # answered, not 500: popularity from the champion's tables while the previous champion is not
+    # loaded (a request does not load it), then the previous champion, loaded by the monitor thread
+    for served in _recommend(client, headers, 3):
+        assert (served["strategy"], served["model_version"]) == ("fallback", current)
     services.monitor.tick()
     state = _breaker(client, headers)
     assert state["state"] == "open" and "model error rate 100.0%" in state["reason"]
+    assert (state["fallback"], state["fallback_loaded"]) == (f"previous champion {previous}", True)
+    assert [(s["strategy"], s["model_version"]) for s in _recommend(client, headers, 2)] == [
+        ("fallback", previous)
+    ] * 2
 
 
 def test_a_breaker_opened_on_errors_closes_on_healthy_probe_calls_when_nobody_scores(
@@ -710,14 +717,20 @@ def test_a_head_of_a_failing_champions_list_is_answered_like_its_get(
     """A champion call that raises is answered from the fallback: the GET of a user's
     recommendations was, but its HEAD (the same answer's headers, nothing counted) called the
     champion outside that guard and was a 500."""
-    store, previous, _current = two_champions
+    store, previous, current = two_champions
     client, headers, services = _error_prone(store, make_app, request)
     _break(services.models.bundle)
     user_id = int(synthetic_data.users["user_id"].iloc[0])
     url = f"/api/users/{user_id}/recommendations"
     got = client.get(url, headers=headers)
     assert got.status_code == 200 and got.get_json()["strategy"] == "fallback", got.get_json()
-    assert got.get_json()["model_version"] == previous
+    assert got.get_json()["model_version"] == current  # popularity: the previous one is not loaded yet
+    # the breaker is still closed (1 error of 3 calls needed), but a request needed the fallback:
+    # the monitor thread's next round loads the previous champion
+    services.monitor.prepare_fallback()
+    assert _breaker(client, headers)["state"] == "closed"
+    got = client.get(url, headers=headers)
+    assert got.status_code == 200 and got.get_json()["model_version"] == previous, got.get_json()
     head = client.head(url, headers=headers)
     assert head.status_code == 200, head.status_code
     assert head.headers["Content-Length"] == got.headers["Content-Length"]
@@ -743,8 +756,9 @@ def test_with_evaluation_off_a_stopped_monitor_reads_the_store_no_more(
     assert reads == []
 
 
-def _fallback_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The bundles the breaker's fallback loads from now on (their directory names)."""
+def _fallback_loads(monkeypatch: pytest.MonkeyPatch, gate: threading.Event | None = None) -> list[str]:
+    """The bundles the breaker's fallback loads from now on (their directory names), each load
+    held until ``gate`` is set when one is given."""
     import app.monitoring.fallback as fallback_module
 
     loads: list[str] = []
@@ -752,6 +766,8 @@ def _fallback_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def spy(path: Path, *args: Any, **kwargs: Any) -> Any:
         loads.append(Path(path).name)
+        if gate is not None:
+            assert gate.wait(10), "the test never let the fallback load finish"
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(fallback_module, "load_bundle", spy)
@@ -784,10 +800,46 @@ def test_reporting_the_fallback_loads_no_bundle(
     assert loads == [], "the dashboard loaded the fallback bundle"
     assert f"previous champion {previous} (not loaded in this worker)" in page
 
-    _trip(app, client, headers)  # open: the first fallback request loads it, once
-    assert (_recommend(client, headers)[0]["model_version"], loads) == (previous, [previous])
+    _trip(app, client, headers)  # open: the monitor loads it, once
+    assert loads == [previous]
     state = _breaker(client, headers)
     assert (state["state"], state["fallback"], state["fallback_loaded"]) == (
         "open", f"previous champion {previous}", True
     )  # fmt: skip
-    assert loads == [previous]
+    assert (_recommend(client, headers)[0]["model_version"], loads) == (previous, [previous])
+
+
+def test_a_request_never_waits_for_the_fallback_to_load(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first fallback request of each worker loaded the previous champion inside the request,
+    under a lock the worker's other fallback requests waited on. The monitor thread loads it when
+    the breaker opens; until it is ready, requests get the popularity fallback at once."""
+    store, previous, current = two_champions
+    gate = threading.Event()
+    loads = _fallback_loads(monkeypatch, gate)
+    app = make_app(**_settings(store, "sqlite", request))
+    client = app.test_client()
+    headers = login(client)
+    for served in _recommend(client, headers, 8):
+        _score(client, headers, served, 0.5)
+    monitor = app.extensions["movierec"].monitor
+    opening = threading.Thread(target=monitor.tick, kwargs={"force": True})  # the monitor thread's round
+    opening.start()
+    try:
+        assert _eventually(lambda: monitor.breaker.effective_state(current) == "open")
+        answers: list[dict[str, Any]] = []
+        asking = threading.Thread(target=lambda: answers.extend(_recommend(client, headers, 2)))
+        asking.start()
+        asking.join(5)
+        assert not asking.is_alive(), "a request waited for the fallback bundle to load"
+        assert [(a["strategy"], a["model_version"]) for a in answers] == [("fallback", current)] * 2
+        assert _eventually(lambda: loads == [previous]), "the monitor did not load the fallback"
+        assert _breaker(client, headers)["fallback_loaded"] is False
+    finally:
+        gate.set()
+        opening.join(10)
+    assert (_recommend(client, headers)[0]["model_version"], loads) == (previous, [previous])

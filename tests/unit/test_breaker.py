@@ -766,11 +766,15 @@ def test_previous_champion_is_the_newest_older_bundle_of_the_store(model_store: 
     current = tiny_bundle("current", "2026-06-01T00:00:00+00:00")
     fallback = Fallback(store, "previous")
     assert fallback.previous_bundle_dir(current) == store / "old"
-    # named from the store's manifests, not loaded
+    # named from the store's manifests, not loaded; a request does not load it: popularity until then
     assert fallback.describe(current) == {"fallback": "previous champion old", "fallback_loaded": False}
-    items, version = fallback.recommend(current, RecommendQuery(3, 30, "M", "student"))
+    assert fallback.loaded(current) is None
+    assert fallback.recommend(current, RecommendQuery(3, 30, "M", "student"))[1] == "current"
+    assert fallback.wanted(current)  # the monitor thread loads it at its next round
     previous = fallback.previous(current)
-    assert version == "old" and previous is not None
+    assert previous is not None and not fallback.wanted(current)
+    items, version = fallback.recommend(current, RecommendQuery(3, 30, "M", "student"))
+    assert version == "old" and fallback.loaded(current) is previous
     assert items == previous.recommend_segment(Segment.of(30, "M", "student"), 3)
     assert fallback.describe(current) == {"fallback": "previous champion old", "fallback_loaded": True}
     # nothing older: popularity of the served bundle
