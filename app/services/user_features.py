@@ -173,8 +173,8 @@ class UserFeatureService:
         try:
             data = find_local(self.data_dir) if self.data_dir is not None else None
         except DataUnavailableError as exc:  # malformed local files: a 503 that says why, not a 500
-            raise Unavailable(
-                f"user features are not available: the local data set is unusable: {exc}"
+            raise Unavailable(  # in its words without the server's paths
+                f"user features are not available: the local data set is unusable: {exc.public}"
             ) from exc
         if data is None:
             raise Unavailable("user features are not available: no feature snapshot and no local data set")

@@ -216,6 +216,25 @@ def test_malformed_local_data_is_a_503_naming_the_problem(
     assert "rating must be 0.5..5.0" in response.get_json()["error"]["message"]
 
 
+def test_a_partial_local_data_set_is_a_503_naming_the_files_not_the_servers_paths(
+    make_app: Any, auth_headers: dict, tmp_path: Any
+) -> None:
+    """With no snapshot, features are computed from the local files: a data dir holding u.data and
+    u.user but no u.item gave the features of the ml-100k cache beside them. It is a 503 naming the
+    files found and missing, and no path of the server (the CLI's error names the directory)."""
+    from tests.synthetic import write_grouplens, write_recbole
+
+    data_dir = write_grouplens(tmp_path / "export")
+    (data_dir / "u.item").unlink()
+    write_recbole(data_dir / "ml-100k")
+    client = make_app(data_dir=data_dir).test_client()
+    response = client.get("/api/users/1/features", headers=auth_headers)
+    assert response.status_code == 503, response.get_json()
+    message = response.get_json()["error"]["message"]
+    assert "found u.data, u.user; missing u.item" in message, message
+    assert str(tmp_path) not in message, message
+
+
 def test_with_the_database_down_and_no_local_data_the_503_says_the_database_is_down(
     make_app: Any, auth_headers: dict, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

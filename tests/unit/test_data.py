@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -265,10 +267,47 @@ def test_a_fetch_killed_during_pip_download_leaves_nothing_in_the_temp_directory
     assert [path.name for path in root.iterdir()] == ["ml-100k"]
 
 
+@pytest.fixture
+def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fetch's network sources fail the test: the case under test must not download ml-100k."""
+    import app.recommender.data as data_module
+
+    def refuse(_target: Path, *_args: object) -> None:
+        raise AssertionError("downloaded although the data set is there")
+
+    monkeypatch.setattr(data_module, "_from_pypi", refuse)
+    monkeypatch.setattr(data_module, "_from_grouplens", refuse)
+
+
+PARTIAL = {  # layout: its writer, its item file (made absent), its label, the names found and missing
+    "grouplens": (write_grouplens, "u.item", "GroupLens", "u.data, u.user", "u.item"),
+    "recbole": (
+        write_recbole,
+        "ml-100k.item",
+        "registry-package",
+        "ml-100k.inter, ml-100k.user",
+        "ml-100k.item",
+    ),
+}
+
+
+def partial_data_root(root: Path, layout: str, how: str) -> str:
+    """A data root holding two of ``layout``'s three files (the third ``how``: missing, or misnamed
+    with an ``s``) beside a complete ml-100k cache; the one-line refusal it must get."""
+    write, item, label, found, missing = PARTIAL[layout]
+    write_recbole(root / "ml-100k")  # the public data set, which was used instead, silently
+    write(root)
+    if how == "missing":
+        (root / item).unlink()
+    else:
+        (root / item).rename(root / f"{item}s")
+    return f"{root} holds part of the {label} files: found {found}; missing {missing}"
+
+
 @pytest.mark.parametrize("kind", ["directory", "dangling symlink"])
 @pytest.mark.parametrize("where", ["cache", "data dir"])
 def test_a_layout_file_that_is_not_a_file_is_named_not_fetched(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, where: str
+    tmp_path: Path, no_download: None, kind: str, where: str
 ) -> None:
     """Every name of a layout present but one not a regular file (a directory named ``u.data``, a
     dangling symlink) was taken for "no data set": ``data fetch``, ``train`` and ``features build``
@@ -276,14 +315,8 @@ def test_a_layout_file_that_is_not_a_file_is_named_not_fetched(
     naming that path, and nothing is downloaded."""
     from click.testing import CliRunner
 
-    import app.recommender.data as data_module
     from app.cli import cli
 
-    def no_download(_target: Path, *_args: object) -> None:
-        raise AssertionError("downloaded although the data set is there")
-
-    monkeypatch.setattr(data_module, "_from_pypi", no_download)
-    monkeypatch.setattr(data_module, "_from_grouplens", no_download)
     root = tmp_path / "root"
     directory = write_grouplens(root / "ml-100k" if where == "cache" else root)
     broken = directory / "u.data"
@@ -303,31 +336,83 @@ def test_a_layout_file_that_is_not_a_file_is_named_not_fetched(
     assert not (root / "ml-100k").exists() or where == "cache"
 
 
-def test_a_partial_layout_in_the_data_dir_is_not_an_error(tmp_path: Path) -> None:
-    """Only a layout whose every name is there is judged: two files of three are no data set (fetched)."""
-    directory = write_grouplens(tmp_path / "gl")
-    (directory / "u.user").unlink()
-    (directory / "u.item").unlink()
-    (directory / "u.item").mkdir()
-    assert detect_layout(directory) is None
-    assert find_local(directory) is None
-
-
-def test_data_fetch_uses_a_data_root_that_holds_the_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("how", ["missing", "misnamed"])
+@pytest.mark.parametrize("layout", ["grouplens", "recbole"])
+def test_a_partial_layout_in_the_data_dir_is_refused_naming_found_and_missing(
+    tmp_path: Path, no_download: None, layout: str, how: str
 ) -> None:
+    """A data root with some of a layout's files but not all (an export with ``u.item`` missing or
+    misnamed) was "no data set": ``data fetch``, ``train`` and ``features build`` fetched or reused
+    the public ml-100k in ``<data dir>/ml-100k`` and built from it, without a word. It is one
+    ``Error:`` line naming the directory, the files found and the files missing (exit 1), and
+    nothing is trained or fetched."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    root = tmp_path / "root"
+    expected = partial_data_root(root, layout, how)
+    with pytest.raises(DataUnavailableError) as excinfo:
+        detect_layout(root)
+    assert str(excinfo.value).startswith(expected), excinfo.value
+    with pytest.raises(DataUnavailableError, match=re.escape(expected)):
+        find_local(root)
+    model = tmp_path / "model"
+    commands = (["data", "fetch"], ["train", "--model-dir", str(model)], ["evaluate", "--out", str(model)])
+    for command in commands:
+        result = CliRunner().invoke(cli, [*command, "--data-dir", str(root)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        [line] = result.output.splitlines()
+        assert line.startswith(f"Error: {expected}"), line
+    assert not model.exists()
+
+
+def test_features_build_and_the_scheduler_refuse_a_partial_data_dir(
+    tmp_path: Path, no_download: None, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline's ingest refuses it too: ``features build`` with one ``Error:`` line and no
+    snapshot, the scheduler's fingerprint with the message whole (no traceback at every tick)."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+    from app.pipeline.schedule import FingerprintError, current_fingerprint
+
+    root = tmp_path / "root"
+    expected = partial_data_root(root, "grouplens", "missing")
+    settings = make_settings(data_dir=root, features_root=str(tmp_path / "features"))
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
+    result = CliRunner().invoke(cli, ["features", "build"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"Error: {expected}" in result.output, result.output  # after the database's log lines
+    assert not (tmp_path / "features" / "LATEST").exists()
+    with pytest.raises(FingerprintError, match=re.escape(expected)):
+        current_fingerprint(settings)
+
+
+def test_the_cache_and_unrelated_files_in_the_data_dir_are_no_partial_layout(tmp_path: Path) -> None:
+    """The refusal above is for the layouts' own names: the ml-100k cache, a features store, a
+    fetch's staging directory and GroupLens' other files (u.genre, u.info) leave the cache in use."""
+    from app.recommender.data import STAGING_PREFIX
+
+    root = tmp_path / "root"
+    cached = load_directory(write_recbole(root / "ml-100k"))
+    for name in ("features", f"{STAGING_PREFIX}abcd_123"):
+        (root / name).mkdir()
+    for name in ("u.genre", "u.info", "ml-100k.zip", "README"):
+        (root / name).write_text("x")
+    assert detect_layout(root) is None
+    found = find_local(root)
+    assert found is not None and found.fingerprint() == cached.fingerprint()
+
+
+def test_data_fetch_uses_a_data_root_that_holds_the_files(tmp_path: Path, no_download: None) -> None:
     """``data fetch`` looked at the cache alone, so a data root holding the files (which train and
     features build load) still sent it to download ml-100k; it uses them as they do."""
     from click.testing import CliRunner
 
-    import app.recommender.data as data_module
     from app.cli import cli
 
-    def no_download(_target: Path, *_args: object) -> None:
-        raise AssertionError("downloaded although the data set is there")
-
-    monkeypatch.setattr(data_module, "_from_pypi", no_download)
-    monkeypatch.setattr(data_module, "_from_grouplens", no_download)
     root = write_grouplens(tmp_path / "root")
     result = CliRunner().invoke(cli, ["data", "fetch", "--data-dir", str(root)])
     assert result.exit_code == 0, result.output
