@@ -187,7 +187,10 @@ def detect_layout(directory: Path, *, cache: bool = False) -> str | None:
         for path in paths:
             reason = _not_a_file(path)
             if reason is not None:
-                raise DataUnavailableError(f"{path}: not a readable file ({reason})")
+                raise DataUnavailableError(
+                    f"{path}: not a readable file ({reason})",
+                    public=f"{path.name}: not a readable file ({reason})",
+                )
         return layout
     if partial and not cache:
         holds = "; and part of the ".join(partial)
@@ -264,7 +267,10 @@ def _read_text(path: Path, name: str) -> str:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DataUnavailableError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+        reason = exc.strerror or exc
+        raise DataUnavailableError(
+            f"{path}: cannot be read: {reason}", public=f"{name}: cannot be read: {reason}"
+        ) from exc
     return _decode(raw, name)
 
 

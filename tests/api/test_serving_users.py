@@ -216,22 +216,44 @@ def test_malformed_local_data_is_a_503_naming_the_problem(
     assert "rating must be 0.5..5.0" in response.get_json()["error"]["message"]
 
 
-def test_a_partial_local_data_set_is_a_503_naming_the_files_not_the_servers_paths(
-    make_app: Any, auth_headers: dict, tmp_path: Any
+@pytest.mark.parametrize("problem", ["partial layout", "directory", "unreadable"])
+def test_unusable_local_data_is_a_503_naming_the_files_not_the_servers_paths(
+    make_app: Any, auth_headers: dict, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, problem: str
 ) -> None:
-    """With no snapshot, features are computed from the local files: a data dir holding u.data and
-    u.user but no u.item gave the features of the ml-100k cache beside them. It is a 503 naming the
-    files found and missing, and no path of the server (the CLI's error names the directory)."""
+    """With no snapshot, features are computed from the local files. A data dir holding u.data and
+    u.user but no u.item gave the features of the ml-100k cache beside them; it is a 503 naming the
+    files found and missing. Neither it nor a u.data that is a directory or cannot be read (EIO)
+    puts the server's paths in the body: the CLI's errors name them, the 503 names the file."""
+    import errno
+    from pathlib import Path
+
     from tests.synthetic import write_grouplens, write_recbole
 
     data_dir = write_grouplens(tmp_path / "export")
-    (data_dir / "u.item").unlink()
-    write_recbole(data_dir / "ml-100k")
+    if problem == "partial layout":
+        (data_dir / "u.item").unlink()
+        write_recbole(data_dir / "ml-100k")
+        found = "found u.data, u.user; missing u.item"
+        expected = f"the data directory holds part of the GroupLens files: {found}"
+    elif problem == "directory":
+        (data_dir / "u.data").unlink()
+        (data_dir / "u.data").mkdir()
+        expected = "u.data: not a readable file (a directory)"
+    else:  # as root, chmod 000 denies nothing: the read itself fails
+        read_bytes = Path.read_bytes
+
+        def failing_read(path: Path) -> bytes:
+            if path == data_dir / "u.data":
+                raise OSError(errno.EIO, "Input/output error")
+            return read_bytes(path)
+
+        monkeypatch.setattr(Path, "read_bytes", failing_read)
+        expected = "u.data: cannot be read: Input/output error"
     client = make_app(data_dir=data_dir).test_client()
     response = client.get("/api/users/1/features", headers=auth_headers)
     assert response.status_code == 503, response.get_json()
     message = response.get_json()["error"]["message"]
-    assert "found u.data, u.user; missing u.item" in message, message
+    assert message == f"user features are not available: the local data set is unusable: {expected}"
     assert str(tmp_path) not in message, message
 
 
