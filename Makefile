@@ -136,7 +136,7 @@ lint: venv
 # serve_bench.py needs wrk (apt-get install wrk) and PostgreSQL (checked first); it runs the API under uwsgi on loopback (docs/performance.md)
 bench: model
 	$(PY) bench/serve_bench.py --check
-	$(PY) bench/benchmark.py
+	$(PY) bench/benchmark.py --data-dir $(DATA_DIR)
 	$(PY) bench/serve_bench.py --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR)
 
 # instructions per request under callgrind (needs valgrind): steady where timings drift (~5 min)

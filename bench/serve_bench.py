@@ -552,6 +552,9 @@ def run(args: argparse.Namespace) -> Results:
     """One benchmark run in a work directory and a database of its own, both removed however the
     run ends (a failure, Ctrl-C, SIGTERM: see :func:`main`); the work directory (uwsgi's log) is
     kept, and named, when the run failed or ``--keep`` is given."""
+    results = Results()
+    # first: a refused data dir (DataUnavailableError) leaves no work directory nor scratch database
+    seed_forest = seed_forest_scoring(Path(args.data_dir), results)
     workdir = Path(tempfile.mkdtemp(prefix="movierec-bench-"))
     (workdir / "prometheus").mkdir()
     temp_database = None
@@ -561,7 +564,7 @@ def run(args: argparse.Namespace) -> Results:
             database_url = f"sqlite:///{workdir / 'bench.db'}"
         else:
             temp_database, database_url = create_pg_database(args.pg_admin_url)
-        results = measure_all(args, workdir, database_url)
+        measure_all(args, workdir, database_url, results, seed_forest)
         finished = True
         return results
     finally:
@@ -575,22 +578,27 @@ def run(args: argparse.Namespace) -> Results:
                 shutil.rmtree(workdir, ignore_errors=True)
 
 
-def measure_all(args: argparse.Namespace, workdir: Path, database_url: str) -> Results:
-    """The measurements of :func:`run`, against a server it starts and stops (on ``database_url``)."""
+def measure_all(
+    args: argparse.Namespace,
+    workdir: Path,
+    database_url: str,
+    results: Results,
+    seed_forest: Callable[[], Any] | None,
+) -> None:
+    """The measurements of :func:`run` into ``results``, against a server it starts and stops (on
+    ``database_url``); ``seed_forest`` is the seed's scoring path, fitted by :func:`run` first."""
     from sqlalchemy import func, select
 
     from app.monitoring.breaker import FALLBACK
     from app.storage.db import make_engine
     from app.storage.models import Feedback, RecommendationRequest
 
-    results = Results()
     model_path = Path(args.model_dir).resolve()
     redis_url = args.redis_url if args.redis_url and redis_reachable(args.redis_url) else None
     results.figures["config"] = {
         "database": args.database, "redis": bool(redis_url), "seconds": args.seconds, "rounds": args.rounds,
         "threads": args.threads, "connections": args.connections,
     }  # fmt: skip
-    seed_forest = seed_forest_scoring(Path(args.data_dir), results)
     server = Server(model_path, database_url, workdir, Path(args.data_dir).resolve(), redis_url)
     acknowledged_recommends = 0
     try:
@@ -758,7 +766,6 @@ def measure_all(args: argparse.Namespace, workdir: Path, database_url: str) -> R
     results.figures["lookup_in_process_us"] = lookup_in_process(model_path) * 1e6
 
     evaluate(results)
-    return results
 
 
 def evaluate(results: Results) -> None:
@@ -975,12 +982,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         return 0
+    from app.recommender.data import DataUnavailableError
     from app.stop_signals import handled
 
     # SIGTERM (a CI job cancelled, `kill`) and SIGHUP ended the process on the spot: no finally
     # ran, so uwsgi, its database and the work directory outlived it. They now unwind like Ctrl-C.
-    with handled(_stopped, (signal.SIGTERM, signal.SIGHUP)):
-        results = run(args)
+    try:
+        with handled(_stopped, (signal.SIGTERM, signal.SIGHUP)):
+            results = run(args)
+    except DataUnavailableError as exc:  # --data-dir refused: one line, as the checks above
+        print(f"bench/serve_bench.py: {exc}", file=sys.stderr)
+        return 2
     table = report(results)
     print(table)
     out = Path(args.out)

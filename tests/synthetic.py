@@ -84,3 +84,28 @@ def write_recbole(directory: Path, seed: int = 7) -> Path:
         + "".join(f"{m}\t{title}\t{year}\t{genre}\n" for m, title, year, genre in tables["movies"])
     )
     return directory
+
+
+PARTIAL = {  # layout: its writer, its item file (made absent), its label, the names found and missing
+    "grouplens": (write_grouplens, "u.item", "GroupLens", "u.data, u.user", "u.item"),
+    "recbole": (
+        write_recbole,
+        "ml-100k.item",
+        "registry-package",
+        "ml-100k.inter, ml-100k.user",
+        "ml-100k.item",
+    ),
+}
+
+
+def partial_data_root(root: Path, layout: str, how: str) -> str:
+    """A data root holding two of ``layout``'s three files (the third ``how``: missing, or misnamed
+    with an ``s``) beside a complete ml-100k cache; how the one-line refusal it must get begins."""
+    write, item, label, found, missing = PARTIAL[layout]
+    write_recbole(root / "ml-100k")  # the public data set, which was used instead, silently
+    write(root)
+    if how == "missing":
+        (root / item).unlink()
+    else:
+        (root / item).rename(root / f"{item}s")
+    return f"{root} holds part of the {label} files: found {found}; missing {missing}"

@@ -227,19 +227,20 @@ def test_unusable_local_data_is_a_503_naming_the_files_not_the_servers_paths(
     import errno
     from pathlib import Path
 
-    from tests.synthetic import write_grouplens, write_recbole
+    from tests.synthetic import partial_data_root, write_grouplens
 
-    data_dir = write_grouplens(tmp_path / "export")
+    data_dir = tmp_path / "export"
     if problem == "partial layout":
-        (data_dir / "u.item").unlink()
-        write_recbole(data_dir / "ml-100k")
+        partial_data_root(data_dir, "grouplens", "missing")
         found = "found u.data, u.user; missing u.item"
         expected = f"the data directory holds part of the GroupLens files: {found}"
-    elif problem == "directory":
+    else:
+        write_grouplens(data_dir)
+    if problem == "directory":
         (data_dir / "u.data").unlink()
         (data_dir / "u.data").mkdir()
         expected = "u.data: not a readable file (a directory)"
-    else:  # as root, chmod 000 denies nothing: the read itself fails
+    elif problem == "unreadable":  # as root, chmod 000 denies nothing: the read itself fails
         read_bytes = Path.read_bytes
 
         def failing_read(path: Path) -> bytes:

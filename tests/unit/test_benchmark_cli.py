@@ -45,5 +45,20 @@ def test_the_exit_status_fails_whatever_does_not_meet_a_bar_nan_included(
 ) -> None:
     """An R² of NaN (a model predicting NaN) printed "FAIL" and exited 0: ``r2 < 0.42`` is False for NaN."""
     monkeypatch.setattr(benchmark, "diabetes", lambda repeat, with_seed_settings: r2)
-    monkeypatch.setattr(benchmark, "rating_batch", lambda data_dir, repeat: ratio)
+    monkeypatch.setattr(benchmark, "load_movielens", lambda data_dir: object())  # no data set read
+    monkeypatch.setattr(benchmark, "rating_batch", lambda data, repeat: ratio)
     assert benchmark.main(["--strict"] if strict else []) == status
+
+
+def test_a_refused_data_dir_is_one_line_before_anything_is_measured(
+    benchmark: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A data dir the loader refuses (here: part of the GroupLens files) ended Part 2 in a
+    DataUnavailableError traceback, after the minutes of Part 1. It is one line, exit 2, first."""
+    from tests.synthetic import partial_data_root
+
+    expected = partial_data_root(tmp_path / "data", "grouplens", "missing")
+    assert benchmark.main(["--data-dir", str(tmp_path / "data"), "--repeat", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"bench/benchmark.py: {expected}"), captured.err
+    assert len(captured.err.splitlines()) == 1 and "Part 1" not in captured.out, captured

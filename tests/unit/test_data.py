@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from app.recommender.data import DataUnavailableError, detect_layout, fetch, find_local, load_directory
-from tests.synthetic import TWIN_IDS, make_tables, write_grouplens, write_recbole
+from tests.synthetic import TWIN_IDS, make_tables, partial_data_root, write_grouplens, write_recbole
 
 pytestmark = pytest.mark.unit
 
@@ -277,31 +277,6 @@ def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(data_module, "_from_pypi", refuse)
     monkeypatch.setattr(data_module, "_from_grouplens", refuse)
-
-
-PARTIAL = {  # layout: its writer, its item file (made absent), its label, the names found and missing
-    "grouplens": (write_grouplens, "u.item", "GroupLens", "u.data, u.user", "u.item"),
-    "recbole": (
-        write_recbole,
-        "ml-100k.item",
-        "registry-package",
-        "ml-100k.inter, ml-100k.user",
-        "ml-100k.item",
-    ),
-}
-
-
-def partial_data_root(root: Path, layout: str, how: str) -> str:
-    """A data root holding two of ``layout``'s three files (the third ``how``: missing, or misnamed
-    with an ``s``) beside a complete ml-100k cache; the one-line refusal it must get."""
-    write, item, label, found, missing = PARTIAL[layout]
-    write_recbole(root / "ml-100k")  # the public data set, which was used instead, silently
-    write(root)
-    if how == "missing":
-        (root / item).unlink()
-    else:
-        (root / item).rename(root / f"{item}s")
-    return f"{root} holds part of the {label} files: found {found}; missing {missing}"
 
 
 @pytest.mark.parametrize("kind", ["directory", "dangling symlink"])

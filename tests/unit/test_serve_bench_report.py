@@ -375,7 +375,8 @@ def test_a_run_that_fails_or_is_interrupted_drops_its_database_and_names_its_wor
         raise stop
 
     monkeypatch.setattr(serve_bench, "create_pg_database", create)
-    monkeypatch.setattr(serve_bench, "seed_forest_scoring", failing)  # the first minutes of a run
+    monkeypatch.setattr(serve_bench, "seed_forest_scoring", lambda *args: None)  # fitted before the database
+    monkeypatch.setattr(serve_bench, "measure_all", failing)  # the minutes of a run
     with pytest.raises(type(stop) if isinstance(stop, BaseException) else stop):
         serve_bench.run(_run_args(pg_admin_url=postgres_admin_url))
     assert len(created) == 1
@@ -432,3 +433,23 @@ def test_sigterm_or_sighup_stops_a_run_through_its_cleanup(signum: int) -> None:
     assert out.strip() == "cleaned up", (out, err)
     assert child.returncode == 128 + signum, err
     assert f"serve_bench: {signal.Signals(signum).name}, stopping the server and cleaning up" in err
+
+
+def test_a_refused_data_dir_is_one_line_before_any_work(
+    serve_bench: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The seed forest's data is loaded from --data-dir: one the loader refuses (here: part of the
+    GroupLens files) was a traceback after the work directory and the scratch PostgreSQL database
+    were made, which were left behind. It is one line, exit 2, before either."""
+    from tests.synthetic import partial_data_root
+
+    expected = partial_data_root(tmp_path / "data", "grouplens", "missing")
+    monkeypatch.setattr(serve_bench.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(serve_bench.tempfile, "mkdtemp", lambda **_: pytest.fail("work began"))
+    monkeypatch.setattr(serve_bench, "create_pg_database", lambda *_: pytest.fail("a database was made"))
+    assert serve_bench.main(["--database", "sqlite", "--data-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench/serve_bench.py: {expected}") and len(err.splitlines()) == 1, err
