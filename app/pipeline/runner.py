@@ -388,6 +388,12 @@ def run_flow(
         features_filesystem(features_root(settings))
     except FeaturesRootError as exc:
         raise PipelineError(str(exc)) from exc
+    from app.recommender.data import DataUnavailableError, detect_layout
+
+    try:  # and on a data dir holding part of a layout, which its ingest met in a traceback
+        detect_layout(Path(settings.data_dir))
+    except DataUnavailableError as exc:
+        raise PipelineError(str(exc)) from exc
     scratch_root = Path(settings.var_dir) / "pipeline"
     scratch_root.mkdir(parents=True, exist_ok=True)
     workers = max_workers or max(1, os.cpu_count() or 1)

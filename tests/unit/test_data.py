@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -342,27 +341,34 @@ def test_a_partial_layout_in_the_data_dir_is_refused_naming_found_and_missing(
     assert not model.exists()
 
 
-def test_features_build_and_the_scheduler_refuse_a_partial_data_dir(
-    tmp_path: Path, no_download: None, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+def test_the_pipeline_refuses_a_partial_data_dir_before_it_builds_anything(
+    tmp_path: Path, no_download: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pipeline's ingest refuses it too: ``features build`` with one ``Error:`` line and no
-    snapshot, the scheduler's fingerprint with the message whole (no traceback at every tick)."""
+    snapshot, the scheduler's fingerprint with the message whole (no traceback at every tick), and
+    ``pipeline run`` before it starts the flow (which met it in its first step, in a traceback)."""
     from click.testing import CliRunner
 
     import app.pipeline.commands as commands
+    import app.pipeline.runner as runner
     from app.cli import cli
     from app.pipeline.schedule import FingerprintError, current_fingerprint
+    from tests.helpers import flow_settings
 
     root = tmp_path / "root"
     expected = partial_data_root(root, "grouplens", "missing")
-    settings = make_settings(data_dir=root, features_root=str(tmp_path / "features"))
+    features = tmp_path / "features"
+    settings = flow_settings(tmp_path).model_copy(update={"data_dir": root, "features_root": str(features)})
     monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
     result = CliRunner().invoke(cli, ["features", "build"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert f"Error: {expected}" in result.output, result.output  # after the database's log lines
-    assert not (tmp_path / "features" / "LATEST").exists()
+    assert not (features / "LATEST").exists()
     with pytest.raises(FingerprintError, match=re.escape(expected)):
         current_fingerprint(settings)
+    monkeypatch.setattr(runner, "_run", lambda *_a, **_k: pytest.fail("the flow was started"))
+    with pytest.raises(runner.PipelineError, match=re.escape(expected)):
+        runner.run_flow(settings)
 
 
 def test_the_cache_and_unrelated_files_in_the_data_dir_are_no_partial_layout(tmp_path: Path) -> None:
