@@ -194,9 +194,8 @@ def detect_layout(directory: Path, *, cache: bool = False) -> str | None:
         return layout
     if partial and not cache:
         holds = "; and part of the ".join(partial)
-        advice = f"a data directory with none of them uses ml-100k, fetched into {directory / CACHE_SUBDIR}"
-        raise DataUnavailableError(
-            f"{directory} holds part of the {holds}. Add the missing files ({advice})",
+        raise DataUnavailableError(  # what it lacks, nothing more: the data root's, or a --source's
+            f"{directory} holds part of the {holds}",
             public=f"the data directory holds part of the {holds}",
         )
     return None

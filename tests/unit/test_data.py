@@ -319,7 +319,7 @@ def test_a_partial_layout_in_the_data_dir_is_refused_naming_found_and_missing(
     misnamed) was "no data set": ``data fetch``, ``train`` and ``features build`` fetched or reused
     the public ml-100k in ``<data dir>/ml-100k`` and built from it, without a word. It is one
     ``Error:`` line naming the directory, the files found and the files missing (exit 1), and
-    nothing is trained or fetched."""
+    nothing is trained or fetched. Given as a ``--source``, it was "not an ml-100k directory"."""
     from click.testing import CliRunner
 
     from app.cli import cli
@@ -331,6 +331,8 @@ def test_a_partial_layout_in_the_data_dir_is_refused_naming_found_and_missing(
     assert str(excinfo.value).startswith(expected), excinfo.value
     with pytest.raises(DataUnavailableError, match=re.escape(expected)):
         find_local(root)
+    with pytest.raises(DataUnavailableError, match=re.escape(f"tried {root}: {expected}. Put ")):
+        fetch(tmp_path / "elsewhere", sources=[str(root)])  # as a --source: what it lacks, nothing more
     model = tmp_path / "model"
     commands = (["data", "fetch"], ["train", "--model-dir", str(model)], ["evaluate", "--out", str(model)])
     for command in commands:
