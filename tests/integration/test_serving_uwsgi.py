@@ -424,6 +424,34 @@ def test_headers_over_the_limit_get_a_431_in_the_envelope_not_an_empty_reply(
         connection.close()
 
 
+def test_many_short_headers_are_served_or_get_a_431_not_an_empty_reply(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """The number of headers is bounded by their size alone: 200 short ones (3 KB) are served, 3,000
+    (over 16 KiB) get the 431. With uwsgi's default max-vars a worker dropped every request of more
+    than about 115 headers, however short ("max vec size reached. skip this var."), and the router
+    closed the connection without a byte; any client could send that, and each one logged two
+    lines the log monitor mails as errors (the message on stderr, and a request line with 500)."""
+    from app.monitoring.journal import plain_text_level
+
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1) as served:
+        connection = served.connect()
+        for count, expected in ((200, 200), (3000, 431), (200, 200)):
+            connection.request("GET", "/health/live", headers={f"X-Extra-{i}": "v" for i in range(count)})
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == expected, (count, response.status, answer)
+            assert not response.will_close  # kept alive: the next request goes on the same connection
+        connection.close()
+        deadline = time.monotonic() + 10
+        while len(_request_lines(served.log)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the 431's line (log-4xx), written once its answer is sent
+        text = served.log.read_text(errors="replace")
+    assert "max vec size" not in text, text[-2000:]
+    lines = _request_lines(served.log)
+    assert [plain_text_level(line) for line in lines] == ["INFO"], lines  # the 431 alone: no 500
+
+
 def test_secrets_sent_in_a_query_string_stay_out_of_uwsgi_s_request_lines(
     tmp_path: Path, model_store: Path, synthetic_data_dir: Path
 ) -> None:
