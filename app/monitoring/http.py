@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request, request_started
 
-from app.monitoring.logs import bind_log_context, reset_log_context
+from app.monitoring.logs import bind_log_context, reset_log_context, scrub_text
 from app.monitoring.metrics import observe_request
 
 try:  # pragma: no cover - only importable inside uwsgi
@@ -59,10 +59,13 @@ def uri_path(environ: Mapping[str, Any]) -> str:
     URI: a token or password a client put in the query string (``?access_token=``, a login
     tried as a GET) reached the log unscrubbed. Not ``PATH_INFO`` either: it is percent-decoded,
     and a ``%0a`` in a path would start a forged line. Anything unprintable left in the raw
-    target is percent-encoded for the same reason.
+    target is percent-encoded for the same reason. What is left is scrubbed as the app's own
+    lines are (:func:`app.monitoring.logs.scrub_text`): an absolute-form target, what a client
+    sends to a proxy, carried a password in its userinfo (``http://user:password@host/``) into
+    uwsgi's line, masked in the app's.
     """
     raw = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
-    return printable(raw.split("?", 1)[0])
+    return printable(scrub_text(raw.split("?", 1)[0]))
 
 
 def printable(text: str) -> str:

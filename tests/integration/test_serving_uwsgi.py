@@ -458,8 +458,10 @@ def test_secrets_sent_in_a_query_string_stay_out_of_uwsgi_s_request_lines(
     """uwsgi logs every 4xx/5xx request itself (uwsgi.ini: log-4xx, log-5xx), and its line quoted
     the URI with its query string, unscrubbed: a client that put its token or the password in
     the URL (``?access_token=``, a login tried as a GET) had them written to the log, which the
-    app's own JSON lines redact. The line still names the path, and still parses as a uwsgi
-    request line for the log monitor (its status decides the level)."""
+    app's own JSON lines redact. So did a password in the userinfo of an absolute-form target
+    (``GET http://user:password@host/...``, what a client sends to a proxy): it is masked as the
+    app's line masks it. The line still names the path, and still parses as a uwsgi request line
+    for the log monitor (its status decides the level)."""
     from app.monitoring.journal import uwsgi_request_status
 
     with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1) as served:
@@ -472,8 +474,13 @@ def test_secrets_sent_in_a_query_string_stay_out_of_uwsgi_s_request_lines(
         with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw:
             raw.sendall(b"GET /forged HTTP/1.1 500) x\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert b" 404 " in raw.recv(200)
+        # an absolute-form target (what a client sends to a proxy) with the password in its userinfo
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw:
+            target = f"http://client:{served.password}@example.com/protected".encode()
+            raw.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert b" 404 " in raw.recv(200)
         deadline = time.monotonic() + 10
-        while len(lines := _request_lines(served.log)) < 4 and time.monotonic() < deadline:
+        while len(lines := _request_lines(served.log)) < 5 and time.monotonic() < deadline:
             time.sleep(0.1)
         text = served.log.read_text(errors="replace")
     assert served.token not in text and served.token.split(".")[1] not in text
@@ -486,12 +493,14 @@ def test_secrets_sent_in_a_query_string_stay_out_of_uwsgi_s_request_lines(
         "GET /api/users/x%0aERROR%20fake/features",  # as sent: no line break from the path either
         "GET /forged",
         "GET /protected",
+        "GET http://client:[REDACTED]@example.com/protected",  # as the app's own line has it
     ], lines
     assert logged == {
         "GET /protected": "401",
         "GET /api/login": "405",
         "GET /api/users/x%0aERROR%20fake/features": "400",
         "GET /forged": "404",  # not the "500" its protocol wrote
+        "GET http://client:[REDACTED]@example.com/protected": "404",
     }
 
 
