@@ -61,11 +61,12 @@ venv: $(STAMP)
 	@$(PY) -c '$(PY_VERSION_OK)' 2>/dev/null || { echo "make: $(VENV) is broken ($(PY) does not run): $(REMAKE_VENV)" >&2; exit 1; }
 
 # DATA_SOURCE: a directory (either layout) or the GroupLens zip to take ml-100k from, for a machine
-# that reaches neither PyPI nor GroupLens (the fetch's error says --source, which make cannot take)
+# that reaches neither PyPI nor GroupLens (the fetch's error says --source, which make cannot take).
+# Said only when ml-100k could not be obtained (data fetch exits 3), not after data was refused (1).
 data: venv
 	@echo "fetching ml-100k into $(DATA_DIR)/ (once: later runs check it)"
 	@$(MOVIEREC) data fetch --data-dir $(DATA_DIR) $(if $(DATA_SOURCE),--source '$(DATA_SOURCE)') \
-		|| { echo "make: to take ml-100k from a copy you have: make $(or $(MAKECMDGOALS),data) DATA_SOURCE=DIR-OR-ZIP" >&2; exit 1; }
+		|| { status=$$?; [ $$status -ne 3 ] || echo "make: to take ml-100k from a copy you have: make $(or $(MAKECMDGOALS),data) DATA_SOURCE=DIR-OR-ZIP" >&2; exit $$status; }
 
 # A bundle exists after this; training happens only when the model store has none.
 model: data

@@ -117,6 +117,16 @@ def data() -> None:
     """Get the MovieLens ml-100k data."""
 
 
+NOT_OBTAINED_STATUS = 3
+"""``data fetch``'s exit status when ml-100k could not be obtained (NotObtainedError): no source
+provided the files and none was refused. The Makefile's ``data`` step says how to take it from a
+copy (DATA_SOURCE) on this status alone; refused data exits 1, as every other error."""
+
+
+class _NotObtained(click.ClickException):
+    exit_code = NOT_OBTAINED_STATUS
+
+
 @data.command("fetch")
 @click.option(
     "--source", "sources", multiple=True, help="pypi, grouplens or a local PATH (repeatable; tried in order)."
@@ -124,11 +134,23 @@ def data() -> None:
 @_DATA_ROOT
 def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
     """Cache ml-100k under the data root (default sources: pypi, then grouplens); a data root that
-    holds the files itself is used as is, as train and features build use it."""
-    from app.recommender.data import DataUnavailableError, detect_layout, fetch, load_directory
+    holds the files itself is used as is, as train and features build use it.
+
+    Exits 3 when ml-100k could not be obtained (no source provided the files, none was refused),
+    1 when data was refused (the data root's, the cache's or a source's files) or on any other error.
+    """
+    from app.recommender.data import (
+        DataUnavailableError,
+        NotObtainedError,
+        detect_layout,
+        fetch,
+        load_directory,
+    )
 
     try:  # a file of the layout that is not a file (a directory, a dangling symlink): named, no download
         path = data_dir if detect_layout(data_dir) else fetch(data_dir, sources or ("pypi", "grouplens"))
+    except NotObtainedError as exc:
+        raise _NotObtained(str(exc)) from exc
     except DataUnavailableError as exc:
         raise click.ClickException(str(exc)) from exc
     try:  # a cache with every file is kept as is: cut short or edited, it is refused here

@@ -111,6 +111,16 @@ class DataFormatError(DataUnavailableError):
     """
 
 
+class NotObtainedError(DataUnavailableError):
+    """ml-100k could not be obtained: :func:`fetch`'s sources failed to provide the files (PyPI or
+    GroupLens unreachable, a path that is no copy of it), and none was refused for what it holds.
+
+    Data that was refused (a data root's or a source's files: part of a layout, a malformed file)
+    is a plain :class:`DataUnavailableError`: a copy of ml-100k helps the first case, not the
+    second (``movierec data fetch`` exits 3 for this one, 1 for the others).
+    """
+
+
 @dataclass(frozen=True)
 class MovieLens:
     """The three tables every model and feature step consumes.
@@ -652,7 +662,7 @@ def _from_pypi(target: Path) -> None:
         wheels = list(download.glob("recbole-*.whl"))
         if result.returncode != 0 or not wheels:
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no wheel"]
-            raise DataUnavailableError(f"pip download {RECBOLE_REQUIREMENT} failed: {detail[0]}")
+            raise NotObtainedError(f"pip download {RECBOLE_REQUIREMENT} failed: {detail[0]}")
         with zipfile.ZipFile(wheels[0]) as wheel:
             for ext in ("inter", "item", "user"):
                 member = f"{RECBOLE_MEMBER_PREFIX}ml-100k.{ext}"
@@ -689,7 +699,8 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
     ``sources`` are tried in order; each is ``"pypi"``, ``"grouplens"`` or a local path (a
     directory in either layout, or the GroupLens zip). An existing cache is used as is. A source
     is staged in ``data_dir`` (``STAGING_PREFIX``) and published with one rename once validated.
-    Raises :class:`DataUnavailableError` naming every source tried and why it failed.
+    Raises :class:`DataUnavailableError` naming every source tried and why it failed: a
+    :class:`NotObtainedError` when no source's files were refused (none was reached, or held them).
     """
     target = Path(data_dir) / CACHE_SUBDIR
     if detect_layout(target, cache=True):
@@ -708,6 +719,7 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
     except OSError as exc:
         raise unusable(exc) from exc
     failures: list[str] = []
+    refused = False  # a source's files were there but not ml-100k (their layout, their content)
     for source in sources:
         # Staged beside the cache, so publishing is one rename: staged in the system temp
         # directory, the move into the data root was a copy across filesystems, and a process
@@ -730,9 +742,9 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
                 elif path.is_dir() and detect_layout(path):
                     _copy_layout_files(path, staging)
                 else:
-                    raise DataUnavailableError(f"{path} is not an ml-100k directory or zip")
+                    raise NotObtainedError(f"{path} is not an ml-100k directory or zip")
             if not detect_layout(staging, cache=True):
-                raise DataUnavailableError("the source did not provide the expected files")
+                raise NotObtainedError("the source did not provide the expected files")
             load_directory(staging)  # validate before publishing into the cache
             _publish(staging, target)
             log.info(
@@ -744,9 +756,11 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
             return target
         except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next source is tried
             failures.append(f"{source}: {exc}")
+            # a download, a copy or a zip that failed is no refusal (an OSError, a bad zip)
+            refused |= isinstance(exc, DataUnavailableError) and not isinstance(exc, NotObtainedError)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    raise DataUnavailableError(
+    raise (DataUnavailableError if refused else NotObtainedError)(
         "could not obtain MovieLens ml-100k; tried "
         + "; ".join(failures)
         + ". Put the GroupLens files (u.data, u.item, u.user) or the registry-package files "

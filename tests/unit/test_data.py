@@ -400,3 +400,48 @@ def test_data_fetch_uses_a_data_root_that_holds_the_files(tmp_path: Path, no_dow
     result = CliRunner().invoke(cli, ["data", "fetch", "--data-dir", str(root)])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"{root}: ") and not (root / "ml-100k").exists()
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fetch's network sources fail at once, as on a machine that reaches neither PyPI nor GroupLens."""
+    import app.recommender.data as data_module
+
+    def unreachable(_target: Path, *_args: object) -> None:
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(data_module, "_from_pypi", unreachable)
+    monkeypatch.setattr(data_module, "_from_grouplens", unreachable)
+
+
+@pytest.mark.parametrize(
+    ("sources", "status"),
+    [
+        ([], 3),  # pypi, then grouplens: neither reached
+        (["nowhere"], 3),  # a path that is no copy of ml-100k: nothing to refuse
+        (["grouplens", "malformed"], 1),  # the user's own copy refused
+        (["malformed", "nowhere"], 1),
+    ],
+)
+def test_data_fetch_exits_3_only_when_no_source_provided_the_files(
+    tmp_path: Path, offline: None, sources: list[str], status: int
+) -> None:
+    """`make data` printed its hint for taking ml-100k from a copy (DATA_SOURCE) after every
+    failure of `data fetch`, a data directory or a copy refused for its content included, where
+    the hint does not help. `data fetch` exits 3 when ml-100k could not be obtained (every source
+    failed to provide the files, none was refused), 1 when data was refused, as before."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    malformed = write_grouplens(tmp_path / "malformed")
+    with (malformed / "u.data").open("a") as ratings:
+        ratings.write("1\t1\t9\t881250949\n")  # a rating outside 0.5..5
+    paths = {"malformed": str(malformed), "nowhere": str(tmp_path / "nowhere")}
+    options = [arg for source in sources for arg in ("--source", paths.get(source, source))]
+    result = CliRunner().invoke(cli, ["data", "fetch", "--data-dir", str(tmp_path / "root"), *options])
+    assert result.exit_code == status and isinstance(result.exception, SystemExit), result.output
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: could not obtain MovieLens ml-100k; tried "), line
+    assert ("u.data: rating" in line) == ("malformed" in sources), line
+    assert not (tmp_path / "root" / "ml-100k").exists()

@@ -4,8 +4,9 @@ A new user's first ``make run`` echoed every recipe line with its error handler,
 worked printed "make: pip could not install into .venv … is the package index reachable" and
 "make: to take ml-100k from a copy you have: …". The hints must appear when their step fails, and
 only then. The real Makefile runs here with a stand-in Python (its ``venv`` makes a directory, its
-``pip`` and ``pytest`` exit with the status asked for) and a stand-in ``movierec``, so nothing is
-installed or downloaded; ``make -n`` still shows the real commands.
+``pip`` and ``pytest`` exit with the status asked for) and a stand-in ``movierec`` (or the real
+``data fetch``, its download sources failing at once), so nothing is installed or downloaded;
+``make -n`` still shows the real commands.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.synthetic import write_grouplens
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +44,19 @@ case "$1 $2" in
 "serve --check") [ "$FAKE_CHECK_STATUS" = 0 ] || echo "Error: port taken" >&2; exit "$FAKE_CHECK_STATUS" ;;
 esac
 echo "movierec stand-in: $1"
-case "$1" in data) exit "$FAKE_FETCH_STATUS" ;; esac
+"""
+# The real `movierec data fetch`, PyPI and GroupLens unreachable (no test reaches the network);
+# any other command fails, so a data step that wrongly succeeds trains and serves nothing.
+OFFLINE_FETCH = """#!/bin/sh
+[ "$1 $2" = "data fetch" ] || {{ echo "stand-in: only data fetch" >&2; exit 9; }}
+PYTHONPATH="{root}" exec "{python}" -c '
+import app.recommender.data as data
+def unreachable(*args):
+    raise OSError("Network is unreachable")
+data._from_pypi = data._from_grouplens = unreachable
+from app.cli import cli
+cli(prog_name="movierec")
+' "$@"
 """
 
 
@@ -58,8 +73,7 @@ class Checkout:
     def make(self, *args: str, **status: int) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
         env |= {
-            f"FAKE_{name.upper()}_STATUS": str(status.get(name, 0))
-            for name in ("pip", "fetch", "pytest", "check")
+            f"FAKE_{name.upper()}_STATUS": str(status.get(name, 0)) for name in ("pip", "pytest", "check")
         }
         variables = {
             "PYTHON": self.python, "VENV": self.venv, "DATA_DIR": self.tmp / "data",
@@ -70,12 +84,16 @@ class Checkout:
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
 
-    def installed(self) -> None:
-        """A virtualenv ``make venv`` made, with the stand-in ``movierec`` in it."""
+    def installed(self, movierec: str = FAKE_MOVIEREC) -> None:
+        """A virtualenv ``make venv`` made, with a stand-in ``movierec`` in it."""
         assert self.make("venv").returncode == 0
-        movierec = self.venv / "bin" / "movierec"
-        movierec.write_text(FAKE_MOVIEREC)
-        movierec.chmod(0o755)
+        command = self.venv / "bin" / "movierec"
+        command.write_text(movierec)
+        command.chmod(0o755)
+
+    def offline(self) -> None:
+        """A virtualenv with the real ``data fetch``, its download sources unreachable."""
+        self.installed(OFFLINE_FETCH.format(root=ROOT, python=sys.executable))
 
 
 @pytest.fixture
@@ -108,11 +126,42 @@ def test_a_successful_install_prints_its_steps_and_no_hint(checkout: Checkout) -
     assert _output(again) == ""
 
 
-def test_a_failed_fetch_says_how_to_use_a_copy(checkout: Checkout) -> None:
-    checkout.installed()
-    done = checkout.make("data", fetch=1)
+@pytest.mark.parametrize("target", ["data", "model", "run"])
+def test_ml_100k_not_obtained_says_how_to_use_a_copy(checkout: Checkout, target: str) -> None:
+    checkout.offline()
+    done = checkout.make(target)
     assert done.returncode != 0
-    assert f"{DATA_HINT}: make data DATA_SOURCE=DIR-OR-ZIP" in done.stderr
+    assert "Error: could not obtain MovieLens ml-100k; tried pypi: Network is unreachable" in done.stderr
+    assert f"{DATA_HINT}: make {target} DATA_SOURCE=DIR-OR-ZIP" in done.stderr
+
+
+def _refused(data: Path, how: str) -> str:
+    """A data directory `data fetch` refuses (``how``); the start of its one error line."""
+    write_grouplens(data)
+    if how == "partial":
+        (data / "u.item").unlink()
+        return f"Error: {data} holds part of the GroupLens files: found u.data, u.user; missing u.item"
+    with (data / "u.data").open("a") as ratings:
+        ratings.write("1\t1\t9\t881250949\n")  # a rating outside 0.5..5
+    return f"Error: {data}: u.data: rating"
+
+
+@pytest.mark.parametrize("how", ["partial", "malformed"])
+@pytest.mark.parametrize("target", ["data", "model", "run"])
+def test_a_refused_data_dir_gets_its_error_and_no_hint_to_use_a_copy(
+    checkout: Checkout, target: str, how: str
+) -> None:
+    """After any refused data directory (part of a layout, a malformed raw file), `make data`,
+    `make model` and `make run` printed the fetch's error and then "to take ml-100k from a copy
+    you have: make ... DATA_SOURCE=DIR-OR-ZIP", which does not help one whose own files were
+    refused. The hint comes only when ml-100k could not be obtained (`data fetch` exits 3)."""
+    checkout.offline()
+    error = _refused(checkout.tmp / "data", how)
+    done = checkout.make(target)
+    assert done.returncode != 0
+    assert done.stderr.startswith(error), done.stderr
+    assert DATA_HINT not in _output(done) and "DATA_SOURCE" not in _output(done), _output(done)
+    assert not (checkout.tmp / "data" / "ml-100k").exists()
 
 
 def test_a_successful_make_run_prints_its_steps_then_the_service(checkout: Checkout) -> None:
