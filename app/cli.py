@@ -156,7 +156,9 @@ def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
     try:  # a cache with every file is kept as is: cut short or edited, it is refused here
         loaded = load_directory(path)
     except DataUnavailableError as exc:
-        raise click.ClickException(f"{path}: {exc}; remove {path} and run movierec data fetch again") from exc
+        # the cache alone is fetch's to remove: the data root's own files are the user's to fix
+        again = "" if path == data_dir else f"; remove {path} and run movierec data fetch again"
+        raise click.ClickException(f"{path}: {exc}{again}") from exc
     click.echo(
         f"{path}: {len(loaded.ratings)} ratings, {len(loaded.users)} users, {len(loaded.items)} movies"
     )

@@ -98,6 +98,14 @@ PARTIAL = {  # layout: its writer, its item file (made absent), its label, the n
 }
 
 
+def spoil_a_rating(directory: Path) -> str:
+    """Add a rating outside 0.5..5 to the GroupLens ``u.data`` in ``directory``; how the refusal
+    of that file begins."""
+    with (directory / "u.data").open("a") as ratings:
+        ratings.write("1\t1\t9\t881250949\n")
+    return "u.data: rating must be 0.5..5.0"
+
+
 def partial_data_root(root: Path, layout: str, how: str) -> str:
     """A data root holding two of ``layout``'s three files (the third ``how``: missing, or misnamed
     with an ``s``) beside a complete ml-100k cache; how the one-line refusal it must get begins."""

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from app.recommender.data import DataUnavailableError, detect_layout, fetch, find_local, load_directory
-from tests.synthetic import TWIN_IDS, make_tables, partial_data_root, write_grouplens, write_recbole
+from tests.synthetic import (
+    TWIN_IDS,
+    make_tables,
+    partial_data_root,
+    spoil_a_rating,
+    write_grouplens,
+    write_recbole,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -198,6 +205,26 @@ def test_data_fetch_names_a_cache_that_does_not_load_and_what_to_do(tmp_path: Pa
     assert result.exit_code == 1, (result.output, result.exception)
     assert result.output.startswith(f"Error: {cache}: u.user: "), result.output
     assert f"remove {cache} and run movierec data fetch again" in result.output
+
+
+def test_data_fetch_does_not_say_to_remove_a_data_root_holding_your_own_files(
+    tmp_path: Path, no_download: None
+) -> None:
+    """A malformed file in a data root that holds the files itself got the cache's advice: "remove
+    <data root> and run movierec data fetch again", that is delete your own files (and whatever
+    else is there), after which the public ml-100k is fetched in their place. It names the file
+    and what is wrong, as `train` does, and nothing more."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    root = write_grouplens(tmp_path / "root")
+    refusal = spoil_a_rating(root)
+    result = CliRunner().invoke(cli, ["data", "fetch", "--data-dir", str(root)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    [line] = result.output.splitlines()
+    assert line.startswith(f"Error: {root}: {refusal}"), line
+    assert "remove" not in line and "fetch again" not in line, line
 
 
 def test_a_data_root_that_cannot_hold_the_cache_is_refused_not_a_traceback(tmp_path: Path) -> None:
@@ -435,13 +462,12 @@ def test_data_fetch_exits_3_only_when_no_source_provided_the_files(
     from app.cli import cli
 
     malformed = write_grouplens(tmp_path / "malformed")
-    with (malformed / "u.data").open("a") as ratings:
-        ratings.write("1\t1\t9\t881250949\n")  # a rating outside 0.5..5
+    refusal = spoil_a_rating(malformed)
     paths = {"malformed": str(malformed), "nowhere": str(tmp_path / "nowhere")}
     options = [arg for source in sources for arg in ("--source", paths.get(source, source))]
     result = CliRunner().invoke(cli, ["data", "fetch", "--data-dir", str(tmp_path / "root"), *options])
     assert result.exit_code == status and isinstance(result.exception, SystemExit), result.output
     [line] = result.output.splitlines()
     assert line.startswith("Error: could not obtain MovieLens ml-100k; tried "), line
-    assert ("u.data: rating" in line) == ("malformed" in sources), line
+    assert (refusal in line) == ("malformed" in sources), line
     assert not (tmp_path / "root" / "ml-100k").exists()

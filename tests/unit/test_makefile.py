@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.synthetic import write_grouplens
+from tests.synthetic import spoil_a_rating, write_grouplens
 
 pytestmark = pytest.mark.unit
 
@@ -141,9 +141,7 @@ def _refused(data: Path, how: str) -> str:
     if how == "partial":
         (data / "u.item").unlink()
         return f"Error: {data} holds part of the GroupLens files: found u.data, u.user; missing u.item"
-    with (data / "u.data").open("a") as ratings:
-        ratings.write("1\t1\t9\t881250949\n")  # a rating outside 0.5..5
-    return f"Error: {data}: u.data: rating"
+    return f"Error: {data}: {spoil_a_rating(data)}"
 
 
 @pytest.mark.parametrize("how", ["partial", "malformed"])
