@@ -2,7 +2,8 @@
 
 Each tick first asks whether there is anything new to learn from: the data hash (raw files
 plus the feedback collected since — the same hash the flow records) and the code version
-(:func:`app.recommender.bundle.code_version`, a hash of the ML code). When neither changed
+(:func:`app.recommender.bundle.code_version`, a hash of the ML code and of the numerical
+libraries' versions). When neither changed
 since the last finished pipeline run, the tick is skipped; a change of either triggers a
 run, which registers new model versions and, if one passes the gate, deploys it. That is
 seed 000's "a data scientist updates the training code → a new model version is deployed".

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
@@ -93,11 +94,22 @@ PRIVATE_EXTRACTION = re.compile(
 the tag its start time (:func:`process_tag`; none where ``/proc`` cannot tell, nor before 2026-12-06)."""
 STALE_STAGING_SECONDS = 3600
 """A leftover unchanged this long belongs to a writer that died: the next write removes it."""
-CODE_VERSION_SOURCES = ("recommender", "pipeline/candidates.py")
-"""What :func:`code_version` hashes, relative to the ``app`` package: the ML code, and the
-pipeline's per-candidate training (evaluation, fit, batch inference, the rating model and the
-manifest of every bundle). Not ingest (what it produces is the data hash) nor the flow, gate,
-registry or scheduler: they decide which version serves, not what a version holds."""
+CODE_VERSION_SOURCES = ("recommender", "pipeline/candidates.py", "monitoring/drift.py")
+"""What :func:`code_version` hashes, relative to the ``app`` package: the ML code (the models,
+the features they are fitted on, evaluation, the bundle), the pipeline's per-candidate training
+(evaluation, fit, batch inference, the rating model and the manifest of every bundle), and the
+drift reference every manifest carries (``training_distribution``, written by
+:func:`app.monitoring.drift.demographic_distribution`; the module is hashed whole). Not ingest
+(what it produces is the data hash), the features store (it publishes the features API's
+snapshot, which no bundle reads), nor the flow, gate, registry, scheduler or web layer: they
+decide which version serves and how, not what a version holds."""
+CODE_VERSION_LIBRARIES = ("numpy", "scipy", "pandas", "scikit-learn", "lightgbm")
+"""The installed distributions whose versions :func:`code_version` hashes: the numerical
+libraries the models are fitted with, whose upgrade can change a fitted model (a solver's
+default, a summation order). Read with :func:`importlib.metadata.version`, from the
+installation rather than from modules already imported, so a long-running scheduler after an
+in-place upgrade computes what the flow it starts records; one not installed counts as such.
+Not the web, storage or orchestration libraries (Flask, SQLAlchemy, MLflow, Metaflow…)."""
 _BUNDLE_NAME_RULE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 BUNDLE_NAME = re.compile(rf"\A{_BUNDLE_NAME_RULE}\Z")  # \Z: "$" matches before a final "\n"
 """A bundle directory's name in a model store: no path separators, no dot-files (reload, export)."""
@@ -294,13 +306,14 @@ def _unseen(rows: list[Recommendation], n: int, exclude: Container[int]) -> list
 
 
 def code_version(root: Path | None = None) -> str:
-    """A hash of the code that determines a trained model: a change there is a new model version.
+    """A hash of what determines a trained model besides the data: a change there is a new
+    model version.
 
     ``root`` is the ``app`` package; what is hashed under it is ``CODE_VERSION_SOURCES``. Each
     module is hashed by its syntax tree without docstrings, so a comment, a reworded
     docstring or a layout change is not a new version (the scheduler would retrain every
     candidate for it); any change to what the code does is. A file that does not parse is
-    hashed by its bytes.
+    hashed by its bytes. The installed versions of ``CODE_VERSION_LIBRARIES`` are hashed too.
     """
     root = root or Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
@@ -311,7 +324,20 @@ def code_version(root: Path | None = None) -> str:
     ):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(_code_fingerprint(path.read_bytes()))
+    for library, version in library_versions().items():
+        digest.update(f"\0{library}=={version}".encode())
     return digest.hexdigest()[:12]
+
+
+def library_versions() -> dict[str, str]:
+    """The installed version of each of ``CODE_VERSION_LIBRARIES`` ("not installed" when absent)."""
+    versions = {}
+    for library in CODE_VERSION_LIBRARIES:
+        try:
+            versions[library] = metadata.version(library)
+        except metadata.PackageNotFoundError:
+            versions[library] = "not installed"
+    return versions
 
 
 def _code_fingerprint(source: bytes) -> bytes:
