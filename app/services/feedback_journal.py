@@ -283,20 +283,33 @@ class FeedbackJournal:
 
         It can when it has room for one more segment (``segment_bytes``, allocated whole when a
         process moves on to a new one) for an unprivileged user, and a free inode for its file
-        (a filesystem that counts none, as btrfs, is not judged on inodes). One ``statvfs`` of
-        the directory (its nearest existing parent before the first score): no probe file.
-        Logged once when the disk becomes full, and when it has room again (per process).
+        (a filesystem that counts none, as btrfs, is not judged on inodes), and when this process
+        may create files there: a filesystem mounted (or remounted after an error) read-only, or a
+        directory the service's user may not write in, has room to spare and takes no score. One
+        ``statvfs`` and one ``access`` of the directory (its nearest existing parent before the
+        first score, which must then be a directory): no probe file. Logged once when the disk
+        becomes unusable, and when it has room again (per process).
         """
         try:
             path = self.directory
             while not path.exists() and path != path.parent:
                 path = path.parent
             stats = os.statvfs(path)
+            writable = path.is_dir() and os.access(
+                path, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids
+            )
         except OSError as exc:
             problem: str | None = f"the feedback journal's disk cannot be checked ({exc.strerror or exc})"
         else:
             free = stats.f_bavail * stats.f_frsize
-            if free < self.segment_bytes:
+            if stats.f_flag & os.ST_RDONLY:
+                problem = "the feedback journal's filesystem is read-only: scores cannot be stored"
+            elif not writable:
+                problem = (
+                    "the feedback journal's directory cannot be written by the service: "
+                    "scores cannot be stored"
+                )
+            elif free < self.segment_bytes:
                 problem = (
                     f"the feedback journal's disk is full ({free / (1 << 20):.1f} MiB free, a journal "
                     f"segment takes {self.segment_bytes / (1 << 20):.1f} MiB): scores cannot be stored"

@@ -58,8 +58,9 @@ def test_ready_keeps_its_body(client: Any) -> None:
     assert body["checks"] == {"model": True, "database": True, "journal_disk": True}
 
 
-def _statvfs_reporting(free_bytes: int, free_inodes: int = 1000) -> Any:
-    """``os.statvfs`` as on a filesystem with ``free_bytes`` left for unprivileged users."""
+def _statvfs_reporting(free_bytes: int, free_inodes: int = 1000, read_only: bool = False) -> Any:
+    """``os.statvfs`` as on a filesystem with ``free_bytes`` left for unprivileged users (mounted
+    ``read_only``: its ``f_flag`` has ``ST_RDONLY``)."""
     real = os.statvfs
 
     def fake(path: Any) -> Any:
@@ -71,6 +72,7 @@ def _statvfs_reporting(free_bytes: int, free_inodes: int = 1000) -> Any:
         fields[3] = fields[4] = free_bytes // 4096
         fields[5] = max(fields[5], 100_000)
         fields[6] = fields[7] = free_inodes
+        fields[8] = fields[8] | os.ST_RDONLY if read_only else fields[8] & ~os.ST_RDONLY
         return os.statvfs_result(fields)
 
     return fake
@@ -108,6 +110,47 @@ def test_not_ready_when_the_journals_disk_has_no_inode_left(
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert "feedback journal's disk has no free inode" in response.get_json()["error"]["message"]
+
+
+def test_not_ready_while_the_journals_filesystem_is_read_only(
+    client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A filesystem remounted read-only after an error (ext4 ``errors=remount-ro``) or a volume
+    mounted ``:ro`` has room to spare, so readiness said 200 while every score failed (503)."""
+    monkeypatch.setattr(os, "statvfs", _statvfs_reporting(1 << 30, read_only=True))
+    with caplog.at_level(logging.INFO, logger="app.services.feedback_journal"):
+        response = client.get("/health/ready")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert response.get_json()["error"]["message"] == (
+        "not ready: the feedback journal's filesystem is read-only: scores cannot be stored"
+    )
+    assert [r.levelno for r in caplog.records if "read-only" in r.getMessage()] == [logging.ERROR]
+    monkeypatch.setattr(os, "statvfs", _statvfs_reporting(1 << 30))
+    assert client.get("/health/ready").status_code == 200
+
+
+def test_not_ready_while_the_journal_cannot_be_created_and_scores_say_the_same(
+    make_app: Any, tmp_path: Any
+) -> None:
+    """A journal directory the service cannot create or write in (a volume owned by another user,
+    or, as here, a path through a regular file) has the disk's room, so readiness said 200 while
+    every score got 503: the probe now looks at what a score needs, and the two agree."""
+    from tests.helpers import PROFILE, login
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the journal's parent directory should be")
+    client = make_app(feedback_journal_dir=blocker / "journal").test_client()
+    headers = login(client)
+    served = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
+    score = {"id": served["id"], "movie": served["recommendations"][0], "score": 4}
+    scored = client.post("/api/recommend/score", json=score, headers=headers)
+    assert scored.status_code == 503 and scored.get_json()["error"]["code"] == "unavailable"
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.get_json()["error"]["message"] == (
+        "not ready: the feedback journal's directory cannot be written by the service: "
+        "scores cannot be stored"
+    )
 
 
 def test_the_spec_of_a_ready_answer_says_what_a_200_holds(client: Any) -> None:
