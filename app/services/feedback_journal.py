@@ -200,9 +200,22 @@ class _Segment:
         self.offset += len(data)
 
     def remove(self) -> None:
-        """Delete the file (every record in it is committed) and release it."""
-        self.path.unlink(missing_ok=True)
-        self.release()
+        """Delete the file (every record in it is committed) and release it.
+
+        A file that cannot be deleted (the filesystem remounted read-only) is left and released:
+        its records are committed, and the replay of it by a later process changes nothing. The
+        failure used to escape into the shipper's bookkeeping, after the commit: a drain raised,
+        and the rest of the batch was never counted as shipped.
+        """
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(
+                "feedback journal: a shipped segment could not be deleted; the next start replays it",
+                extra={"segment": self.path.name, "reason": describe_error(exc)},
+            )
+        finally:
+            self.release()
 
     def release(self) -> None:
         """Close the file, and with it the lock: another process may replay what it holds (once)."""

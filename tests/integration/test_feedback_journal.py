@@ -7,6 +7,7 @@ records, an unwritable journal and a full backlog each have their outcome.
 
 from __future__ import annotations
 
+import logging
 import struct
 import subprocess
 import sys
@@ -428,6 +429,49 @@ def test_a_segment_a_killed_process_was_creating_is_deleted(tmp_path: Path) -> N
     finally:
         journal.close()
         os.close(holder)
+
+
+def test_shipped_segments_the_read_only_journal_cannot_delete_are_left_to_the_next_replay(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The journal's filesystem remounted read-only (ext4 ``errors=remount-ro``) after scores were
+    journaled: once shipped, deleting their segment failed inside the shipper's bookkeeping, so a
+    drain (the web UI's rating) raised OSError for scores that were stored, the other segments of
+    the batch were never counted as shipped, and the exit said they stayed unshipped. Shipping
+    stands; the segments are left (read-only) and the next process's replay changes nothing."""
+    import errno
+
+    journal = FeedbackJournal(tmp_path / "journal", db, ship_interval=60, segment_bytes=512)
+    request_id = _request(db)
+    for movie_id in range(1, 11):
+        journal.save(_score(request_id, movie_id, 3))
+    on_disk = _segments(journal.directory)
+    assert len(on_disk) > 2
+    real_unlink = Path.unlink
+
+    def read_only(path: Path, missing_ok: bool = False) -> None:
+        if path.suffix == SUFFIX:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with caplog.at_level(logging.INFO, logger="app.services.feedback_journal"):
+        try:
+            assert journal.drain() == 10
+            assert journal.stats()["pending"] == 0
+        finally:
+            journal.close()
+    assert not [r for r in caplog.records if "not shipped at exit" in r.getMessage()]
+    assert _segments(journal.directory) == on_disk  # nothing could be deleted
+    monkeypatch.undo()
+    db.save_feedbacks([FeedbackRecord(request_id, 1, "Movie 1", 5.0, None, "v1", at=utcnow())])  # re-scored
+    after = FeedbackJournal(journal.directory, db)
+    try:
+        assert after.recover() == 10
+    finally:
+        after.close()
+    assert _stored(db) == {(request_id, m): (5.0 if m == 1 else 3) for m in range(1, 11)}
+    assert _segments(journal.directory) == []
 
 
 def test_a_write_failing_for_a_reason_that_passes_is_retried_not_set_aside(
