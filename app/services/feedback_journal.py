@@ -40,7 +40,8 @@ and keeps in the file only those refused again; the journal appends under the sa
 **Stamps.** Each score carries its acknowledgement time, and the database keeps per (request,
 movie) the score stamped last. A stamp is the wall clock, but later than every stamp before it
 in the directory, whichever process made it: the last one is kept in its ``clock`` file
-(:meth:`FeedbackJournal._stamped`).
+(:meth:`FeedbackJournal._stamped`), which a replay brings up to the stamps it replays (a host
+crash loses the unsynced file, not the segments: :meth:`FeedbackJournal._stamp_after`).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from app.services.durable_files import write_or_set_aside
 from app.services.group_commit import GroupCommit
 from app.services.request_log import RequestLog
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
-from app.storage.models import utcnow
+from app.storage.models import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -449,8 +450,9 @@ class FeedbackJournal:
         order only, and the later score reached the other worker, or one started since, half the
         time. The last stamp is in the ``clock`` file, read and written under an exclusive
         ``flock``: two system calls on the page cache per batch, not synced (a host crash
-        ends the processes whose order it kept). One further ahead than :data:`_MAX_AHEAD` is
-        a clock that was wrong, not stepped: it is not kept (the stamps would stay ahead for ever).
+        loses it, and the replay of the segments it leaves brings it back: :meth:`_stamp_after`).
+        One further ahead than :data:`_MAX_AHEAD` is a clock that was wrong, not stepped: it is not
+        kept (the stamps would stay ahead for ever).
         """
         if all(record.at is not None for record in records):
             return records
@@ -625,6 +627,7 @@ class FeedbackJournal:
                 records = read_records(os.pread(fd, status.st_size, 0))
             except Exception as exc:
                 raise _Unreadable(str(exc)) from exc
+            self._stamp_after(records)
             for start in range(0, len(records), self.batch_size):
                 batch = [{"record": record} for record in records[start : start + self.batch_size]]
                 write_or_set_aside(self._ship, batch, self._reject)
@@ -638,6 +641,35 @@ class FeedbackJournal:
             extra={"segment": path.name, "scores": len(records)},
         )
         return len(records)
+
+    def _stamp_after(self, records: Sequence[FeedbackRecord]) -> None:
+        """Keep the directory's last stamp at or after every stamp of ``records`` (replayed ones).
+
+        The ``clock`` file is not synced, and a host crash (a power loss) that keeps the synced
+        segments loses it; the host then often comes back with its clock behind (the RTC's time
+        until NTP steps it), and a re-score stamped by that clock lost the upsert to the replayed
+        score of the same (id, movie) it followed. Raised before the records are written, so the
+        scores taken while the database is still down come after them too. Best effort: a clock
+        file that cannot be written (a read-only disk) does not hold the replay back.
+        """
+        stamps = [record.at for record in records if record.at is not None]
+        if not stamps:
+            return
+        latest = (as_utc(max(stamps)) - _EPOCH) // _MICROSECOND
+        try:
+            fd = os.open(self.directory / CLOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # with _stamped's, in any process
+                stored = os.pread(fd, _CLOCK.size, 0)
+                if latest > (_CLOCK.unpack(stored)[0] if len(stored) == _CLOCK.size else 0):
+                    os.pwrite(fd, _CLOCK.pack(latest), 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning(
+                "feedback journal: the clock file could not be brought past the replayed scores",
+                extra={"reason": describe_error(exc)},
+            )
 
     def _recover_logged(self) -> None:
         try:

@@ -405,7 +405,7 @@ def test_an_unreadable_segment_is_set_aside_and_the_others_replayed(db: Database
     finally:
         journal.close()
     assert _stored(db) == {(request_id, 5): 3.0}
-    assert sorted(p.name for p in directory.iterdir()) == ["1-1.unreadable"]
+    assert sorted(p.name for p in directory.iterdir()) == ["1-1.unreadable", "clock"]  # clock: _stamp_after
 
 
 def test_a_segment_a_killed_process_was_creating_is_deleted(tmp_path: Path) -> None:
@@ -549,6 +549,35 @@ def test_a_later_score_wins_after_the_clock_steps_back_when_another_worker_takes
         first.close()
         second.close()
     assert _stored(db) == {(request_id, 3): 5.0}
+
+
+def test_a_score_after_a_host_crash_wins_over_the_replayed_ones_with_the_clock_come_back_behind(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host crash (a power loss) keeps the synced segments but not the ``clock`` file (never
+    synced), and a host often comes back with its clock behind (the RTC's time until NTP steps
+    it). A re-score just after the restart was stamped before the replayed score of the same (id,
+    movie), acknowledged before it, and lost the upsert: a replay now keeps the directory's last
+    stamp at or after the stamps of the records it replays."""
+    import app.services.feedback_journal as journal_module
+    from app.services.feedback_journal import CLOCK
+
+    directory = tmp_path / "journal"
+    request_id = _request(db)
+    _write_scores_in_a_process(db, directory, request_id, "killed")  # the crash: 2.0 each, unshipped
+    (directory / CLOCK).unlink()  # what the page cache held of it is gone
+    behind = utcnow() - timedelta(seconds=20)
+    monkeypatch.setattr(journal_module, "utcnow", lambda: behind)
+    journal = FeedbackJournal(directory, db, ship_interval=60)
+    try:
+        assert journal.recover() == 10
+        journal.save(_score(request_id, 1, 5.0))
+        journal.drain()
+    finally:
+        journal.close()
+    stored = _stored(db)
+    assert stored[(request_id, 1)] == 5.0
+    assert all(stored[(request_id, m)] == 2.0 for m in range(2, 11))
 
 
 def test_a_stamp_left_far_ahead_by_a_wrong_clock_is_not_kept(tmp_path: Path) -> None:
