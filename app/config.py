@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     # ones and those the registry cannot export again always); 0 = keep every one
     # (app/registry/export.py remove_old_bundles). 12: the dashboard's version history
     model_keep_bundles: int = Field(default=12, ge=0)
+    # pipeline runs whose MLflow runs (every candidate's bundle and reports) and Metaflow run
+    # directories stay after a successful flow, the newest; those of the registered versions in
+    # use always; 0 = keep every one (app/pipeline/retention.py)
+    pipeline_keep_runs: int = Field(default=20, ge=0)
     # a tracking server for teams; default SQLite under var_dir. A secret setting, out of the
     # repr, like the URLs above: a database URL or https://user:password@host carries a password
     # (shown by Registry.display_uri, which masks it)

@@ -377,6 +377,10 @@ def run_flow(
     release step had handed over the summary). So is a flow running when :data:`STOPPING` is
     set, and none starts once it is. Without a default a hung flow held the flow lock for good,
     and the scheduler dropped every later tick.
+
+    After a successful flow, still under the lock, the MLflow and Metaflow runs older than the
+    newest ``MOVIEREC_PIPELINE_KEEP_RUNS`` are removed (app/pipeline/retention.py; a failure there
+    is logged, never raised).
     """
     if timeout is None:
         timeout = settings.pipeline_timeout_seconds or None
@@ -429,7 +433,11 @@ def run_flow(
                 # Streamed output is on the terminal already; captured output is shown from its end.
                 tail = "" if stream else "\n" + "\n".join(output.strip().splitlines()[-40:])
                 raise _failure(returncode, summary, output, seconds, killed, tail)
-    log.info("training flow finished in %.1fs", seconds)
+            log.info("training flow finished in %.1fs", seconds)
+            # still under the lock: no flow of this var root, nor a promote, uses what goes
+            from app.pipeline.retention import apply_retention
+
+            apply_retention(settings, owner, str(summary.get("metaflow_run_id") or "") or None)
     return FlowRun(summary, seconds, output)
 
 

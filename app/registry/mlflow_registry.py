@@ -17,9 +17,11 @@ instead. Serving never needs MLflow: it loads a bundle exported to the model sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -158,6 +160,16 @@ def _local_artifact_dir(artifact_uri: str) -> Path | None:
     if parsed.scheme == "" and artifact_uri:
         return Path(artifact_uri)
     return None
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 when it is gone)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 def _not_found(exc: Exception) -> bool:
@@ -419,6 +431,58 @@ class Registry:
             if name
         }
 
+    def _all_runs(self, filter_string: str, **kwargs: Any) -> list[Any]:
+        """Every run of the experiment ``filter_string`` selects, page after page, newest first."""
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=filter_string, max_results=1000,
+                order_by=["attributes.start_time DESC"], page_token=token, **kwargs,
+            )  # fmt: skip
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def old_pipeline_runs(self, owner: str, keep: int) -> list[tuple[Any, list[Any]]]:
+        """The ended pipeline runs of ``owner``'s flows older than its newest ``keep``, newest
+        first, each with its candidate runs. Runs still RUNNING (a flow of another var root, or
+        one being closed) are neither counted nor returned."""
+        pipelines = [
+            run
+            for run in self._all_runs(f"tags.kind = 'pipeline' and tags.{FLOW_OWNER_TAG} = '{owner}'")
+            if run.info.status != "RUNNING"
+        ]
+        return [
+            (run, self._all_runs(f"tags.mlflow.parentRunId = '{run.info.run_id}'"))
+            for run in pipelines[keep:]
+        ]
+
+    def delete_run(self, run: Any, versions: Iterable[VersionInfo] = ()) -> int:
+        """Mark ``run`` deleted, then remove its artifacts (as ``mlflow gc`` does, keeping the
+        run's record: it is marked deleted, not erased); then its registered ``versions`` get the
+        tag ``artifacts_removed``, which says why their bundle can no longer be had (tagged only
+        once it is gone: a version whose bundle is still there is never refused). The bytes freed
+        (0 when the artifact store is not a local directory: not measured)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        local = _local_artifact_dir(run.info.artifact_uri)
+        size = _tree_size(local) if local is not None else 0
+        self.client.delete_run(run.info.run_id)
+        get_artifact_repository(run.info.artifact_uri, tracking_uri=self.tracking_uri).delete_artifacts()
+        if local is not None:
+            with contextlib.suppress(OSError):  # <run id>/artifacts went; <run id>/ is left empty
+                local.parent.rmdir()
+        when = datetime.now(UTC).isoformat(timespec="seconds")
+        for info in versions:
+            self.tag_version(
+                info.version,
+                {"artifacts_removed": f"{when}: its run's artifacts (the bundle) were removed by the "
+                 "registry's retention (MOVIEREC_PIPELINE_KEEP_RUNS)"},
+            )  # fmt: skip
+        return size
+
     def start_candidate_run(self, parent_run_id: str, name: str, tags: Mapping[str, str]) -> str:
         """Open the run of one candidate (before training, so its branch can upload artifacts)."""
         run = self.client.create_run(
@@ -609,6 +673,8 @@ class Registry:
         import mlflow.artifacts
 
         info = self.get(version)
+        if info.tags.get("artifacts_removed"):  # no download to try: say why it is gone
+            raise RegistryError(f"version {version} has no bundle left: {info.tags['artifacts_removed']}")
         Path(destination).mkdir(parents=True, exist_ok=True)
         try:
             path = mlflow.artifacts.download_artifacts(
