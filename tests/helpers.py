@@ -52,11 +52,17 @@ def sqlalchemy_url(url: str) -> str:
 def database_down(app: Any) -> Iterator[None]:
     """The app's database unreachable (its engine pointed at a port where nothing listens) for the
     block, the real one back after it; the machine's PostgreSQL keeps running."""
+    with database_unreachable(app.extensions["movierec"].db):
+        yield
+
+
+@contextmanager
+def database_unreachable(db: Any) -> Iterator[None]:
+    """:func:`database_down` for an app.storage.db.Database of its own."""
     from sqlalchemy.orm import sessionmaker
 
     from app.storage.db import make_engine
 
-    db = app.extensions["movierec"].db
     good_engine, good_sessions = db.engine, db.sessions
     db.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
     db.sessions = sessionmaker(db.engine, expire_on_commit=False)

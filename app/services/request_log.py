@@ -13,9 +13,18 @@ API.md "Durability" are kept as follows:
   ``atexit`` hook (app/exit_hooks.py), which a worker runs when it stops gracefully (SIGTERM
   under uwsgi.ini, or a recycle; uwsgi skips the hooks of a worker stopped brutally while a
   request is in flight, hence the graceful SIGTERM there). Rows the database still would not
-  take by then go to disk (:class:`RowSpill`) and the next process writes them. Only a hard
-  kill (SIGKILL, harakiri, SIGINT) can lose the rows of the last flush interval (and, with the
-  database down, every row buffered since it went down).
+  take by then go to disk (:class:`RowSpill`) and the next process writes them.
+* **Nothing acknowledged is lost to a hard kill during an outage either.** While the database
+  refuses writes, the flusher also writes the rows not on disk yet to the spill, every
+  ``spill_every`` (1 s) once the outage has lasted that long (:meth:`RequestLog._keep_on_disk`).
+  They stay buffered as well (a score still finds its list here, and the backlog bound still
+  counts them) and are written from memory when the database is back; their files are removed
+  once every row in them is committed. A process killed meanwhile leaves them to the next
+  one's replay (idempotent: ``save_requests`` skips stored ids, so a row replayed twice, or
+  replayed and written from memory, is stored once). A hard kill (SIGKILL, harakiri, the OOM
+  killer, SIGINT) loses at most the rows of the last flush interval, or during an outage those
+  of its last second, plus, with a database that hangs rather than refuses, the rows served
+  while one write attempt hangs (up to the statement deadline).
 * **A score is never refused because its row is pending.** :meth:`RequestLog.get` sees
   pending and in-flight rows, and :meth:`RequestLog.persist` commits a pending row (and,
   for free, the rows queued before it) before the feedback row that references it.
@@ -37,7 +46,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +81,7 @@ class RequestLog:
         batch_size: int = 500,
         max_pending: int = 50_000,
         max_backoff: float = 5.0,
+        spill_every: float = 1.0,
     ) -> None:
         self.db = db
         # What a batch is written with (one transaction), and told once it is: request rows by
@@ -83,8 +93,13 @@ class RequestLog:
         # ``reject`` instead of going back to the queue, where every later batch, holding it,
         # failed too and nothing behind it was written any more.
         self._reject = reject or (spill.reject if spill is not None else None)
-        # Where rows still unwritten at exit go (the database unreachable): on disk, replayed later.
+        # Where rows still unwritten at exit go (the database unreachable): on disk, replayed later;
+        # and, during an outage, every ``spill_every`` the rows not there yet (a hard kill's insurance).
         self.spill = spill
+        self.spill_every = spill_every
+        self._on_disk: list[tuple[Path, list[str]]] = []  # files written during an outage: their ids
+        self._on_disk_ids: set[str] = set()  # buffered rows already in one of them
+        self._keep_next: float | None = None  # monotonic: when the outage's next rows go to disk
         self.name = name
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -100,6 +115,8 @@ class RequestLog:
         self.failures = 0
         self.last_error: str | None = None
         self._errors_logged = LogEvery(30.0)  # an outage is one line every 30 s, not one per retry
+        self._kept_logged = LogEvery(30.0)  # rows kept on disk during an outage, and failing to be
+        self._keep_failed = LogEvery(30.0)
         reset_after_fork(self._forked)
         if flush_at_exit:  # else its owner closes it (the feedback journal: one final flush, not two)
             close_at_exit(self)
@@ -284,6 +301,8 @@ class RequestLog:
         self._pending = {**self._inflight, **self._pending}
         self._inflight = {}
         self._thread = None
+        # the parent's outage files are the parent's to remove; the child keeps its copies anew
+        self._on_disk, self._on_disk_ids, self._keep_next = [], set(), None
 
     def _run(self) -> None:
         backoff = 0.0
@@ -307,8 +326,8 @@ class RequestLog:
                 with self._write_lock:
                     self._write_batch_locked(limit=self.batch_size)
                 backoff = 0.0
-                if self.spill is not None and self.spill.due():
-                    self._replay_logged()  # the database answers again: rows an earlier exit left
+                self._keep_next = None  # the outage, if there was one, is over
+                self._tend_spill()
             except DatabaseUnavailableError as exc:
                 backoff = min(self.max_backoff, max(0.05, backoff * 2))
                 if self._errors_logged.due() is not None:
@@ -317,12 +336,94 @@ class RequestLog:
                         self.name,
                         extra={"pending": self.pending(), "reason": describe_error(exc)},
                     )
-                with self._lock:
-                    if not self._closed:
-                        self._wake.wait(backoff)
+                self._back_off(backoff)
             except Exception:
                 log.exception("%s: unexpected error while writing; rows kept and retried", self.name)
-                time.sleep(0.5)
+                self._back_off(0.5, wakeable=False)  # not once per append: each would log again
+
+    def _back_off(self, seconds: float, wakeable: bool = True) -> None:
+        """Wait ``seconds`` before the next write, or (``wakeable``) until woken: rows put back, a
+        full batch; a close ends it. Meanwhile the rows not on disk yet go there every ``spill_every``."""
+        retry_at = time.monotonic() + seconds
+        if self.spill is not None and self._keep_next is None:  # the outage begins
+            self._keep_next = time.monotonic() + self.spill_every
+        while True:
+            self._keep_on_disk()
+            with self._lock:
+                left = retry_at - time.monotonic()
+                if self._closed or left <= 0:
+                    return
+                if self._keep_next is not None:
+                    left = min(left, max(0.01, self._keep_next - time.monotonic()))
+                if self._wake.wait(left) and wakeable:
+                    return
+
+    def _keep_on_disk(self) -> None:
+        """During an outage, the buffered rows not on disk yet go to the spill (flusher thread only).
+
+        At most every ``spill_every``, the first time once the outage has lasted that long (a
+        failed batch retried at once writes nothing). The rows stay buffered: they are written
+        from memory when the database is back, and the file is removed then
+        (:meth:`_tend_spill`); a process killed meanwhile leaves it to the next one's replay.
+        """
+        if self.spill is None or self._keep_next is None or time.monotonic() < self._keep_next:
+            return
+        self._keep_next = time.monotonic() + self.spill_every
+        with self._lock:
+            if self._closed:  # the exit's own spill takes them
+                return
+            buffered = [*self._inflight.values(), *self._pending.values()]  # a copy, filtered unlocked
+        rows = [row for row in buffered if row["id"] not in self._on_disk_ids]
+        if not rows:
+            return
+        try:
+            path = self.spill.save(rows)
+        except OSError as exc:  # a full disk: tried again every spill_every, logged every 30 s
+            self._keep_failed.log(
+                log,
+                logging.ERROR,
+                f"{self.name}: rows the database would not take could not be kept on disk as well",
+                rows=len(rows),
+                reason=describe_error(exc),
+            )
+            return
+        ids = [row["id"] for row in rows]
+        self._on_disk.append((path, ids))
+        self._on_disk_ids.update(ids)
+        if self._kept_logged.due() is not None:
+            log.warning(
+                "%s: rows the database would not take are kept on disk until it does",
+                self.name,
+                extra={"rows": len(self._on_disk_ids), "file": str(path)},
+            )
+
+    def _tend_spill(self) -> None:
+        """After a write: remove the outage's files whose rows are all committed now, and write the
+        files ended processes left (at most once per the spill's ``interval``)."""
+        if self.spill is None:
+            return
+        self._forget_written()
+        if self.spill.due():
+            self._replay_logged()
+
+    def _forget_written(self, closing: bool = False) -> None:
+        """Remove the outage's files none of whose rows is buffered any more: all committed (or
+        set aside as refused). Once the log is closed only its closing thread (``closing``) may:
+        rows leave the buffer then for the exit's spill, not only when committed."""
+        if not self._on_disk:
+            return
+        with self._lock:
+            if self._closed and not closing:
+                return
+            done = [
+                entry
+                for entry in self._on_disk
+                if not any(i in self._pending or i in self._inflight for i in entry[1])
+            ]
+        for path, ids in done:
+            path.unlink(missing_ok=True)  # a crash before this replays committed rows: harmless
+            self._on_disk_ids.difference_update(ids)
+        self._on_disk = [entry for entry in self._on_disk if entry not in done]
 
     def _final_flush(self, deadline: float) -> None:
         """Flush, retrying until ``deadline`` (monotonic); then what is left goes to the spill."""
@@ -333,6 +434,7 @@ class RequestLog:
                 written = self.flush(timeout=deadline - time.monotonic(), deadline=deadline)
                 if written:
                     log.info("%s flushed at shutdown", self.name, extra={"rows": written})
+                self._forget_written(closing=True)  # not replayed again by the next process
                 return
             except DatabaseUnavailableError as exc:
                 reason = str(exc)
@@ -346,23 +448,32 @@ class RequestLog:
 
         Rows a write still holds are spilled too: a write that did not end by now (a database
         that hangs) may never end before the process does. If it does commit them after all,
-        the replay skips the ids already stored.
+        the replay skips the ids already stored. Rows already on disk (kept there during the
+        outage, :meth:`_keep_on_disk`) are not written again: their files stay for the replay.
         """
         with self._lock:
             rows = [*self._inflight.values(), *self._pending.values()]
         if self.spill is not None and rows:
+            new = [row for row in rows if row["id"] not in self._on_disk_ids]
             try:
-                path = self.spill.save(rows)
+                path = self.spill.save(new) if new else None
             except OSError as exc:
                 reason = f"{reason}; and they could not be kept on disk: {exc}"
             else:
                 with self._lock:
                     for row in rows:
                         self._pending.pop(row["id"], None)
+                files = [entry[0].name for entry in self._on_disk] + ([path.name] if path else [])
+                self._on_disk, self._on_disk_ids = [], set()  # the next process's to replay now
                 log.error(
                     "%s: rows the database would not take before exit are kept on disk until it does",
                     self.name,
-                    extra={"rows": len(rows), "file": str(path), "reason": describe_error(reason)},
+                    extra={
+                        "rows": len(rows),
+                        "directory": str(self.spill.directory),
+                        "files": files,
+                        "reason": describe_error(reason),
+                    },
                 )
                 return
         log.error(
@@ -372,13 +483,15 @@ class RequestLog:
         )
 
     def replay_spilled(self) -> int:
-        """Write the rows earlier processes spilled at exit; rows written (0 without a spill).
+        """Write the rows other processes spilled; rows written (0 without a spill).
 
-        Raises what the database raised when it cannot take them: the files stay for a later try.
+        The files this process keeps during an outage are skipped: their rows are still buffered
+        here. Raises what the database raised when it cannot take them: the files stay for a
+        later try.
         """
         if self.spill is None:
             return 0
-        return self.spill.replay(self._write, self.batch_size)
+        return self.spill.replay(self._write, self.batch_size, skip={entry[0] for entry in self._on_disk})
 
     def _replay_logged(self) -> None:
         try:
@@ -392,14 +505,17 @@ class RequestLog:
 
 
 class RowSpill:
-    """Request rows that could not reach the database before their process ended, kept on disk.
+    """Request rows that could not reach the database (before their process ended, or for now), on disk.
 
     Files ``requests-<pid>-<ns>.jsonl`` in the feedback journal's directory (local storage that
     outlives the process, one directory per database), each written whole and synced
     (:func:`write_durably`). :meth:`replay` writes them to the database (idempotent: stored ids
     are skipped) and deletes them; the app runs it at start, and each process's flusher again
-    at most every ``interval`` while it writes. A row the database refuses for good is appended
-    to ``rejected-requests.jsonl`` and logged, never dropped silently.
+    at most every ``interval`` while it writes. A process also keeps its
+    buffered rows here during an outage (:meth:`RequestLog._keep_on_disk`): the same files, the
+    same replay, skipped by their own process (which still holds the rows and removes the file
+    once they are written). A row the database refuses for good is appended to
+    ``rejected-requests.jsonl`` and logged, never dropped silently.
     """
 
     PREFIX = "requests-"
@@ -425,8 +541,14 @@ class RowSpill:
         self._next = now + self.interval
         return any(self.directory.glob(f"{self.PREFIX}*.jsonl"))
 
-    def replay(self, write: Callable[[list[dict[str, Any]]], None], batch_size: int) -> int:
-        """Write every spilled file's rows, ``batch_size`` at a time, then delete it; rows written.
+    def replay(
+        self,
+        write: Callable[[list[dict[str, Any]]], None],
+        batch_size: int,
+        skip: Collection[Path] = (),
+    ) -> int:
+        """Write every spilled file's rows (but ``skip``'s), ``batch_size`` at a time, then delete it;
+        rows written.
 
         Raises what the database raised when it cannot take them: the file stays.
         """
@@ -435,6 +557,8 @@ class RowSpill:
         total = 0
         try:
             for path in sorted(self.directory.glob(f"{self.PREFIX}*.jsonl")):
+                if path in skip:
+                    continue
                 try:
                     rows = [_row(line) for line in path.read_bytes().splitlines() if line]
                 except FileNotFoundError:  # another process replayed it meanwhile

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.helpers import (
     PROFILE,
     answered_after_flush,
     database_down,
+    database_unreachable,
     frame_running,
     held_by_another_thread,
     in_forked_child,
@@ -558,14 +560,26 @@ def _silent_able_database(postgres_url: str) -> Iterator[tuple[Any, threading.Ev
             db.engine.dispose()
 
 
-def _spilled_ids(spill_dir: Path) -> set[str]:
+def _spilled_rows(spill_dir: Path) -> list[str]:
+    """The ids of every row in the spill files, as often as they are there."""
     import orjson
 
-    return {
+    return [
         orjson.loads(line)["id"]
         for path in spill_dir.glob("requests-*.jsonl")
         for line in path.read_bytes().splitlines()
-    }
+    ]
+
+
+def _spilled_ids(spill_dir: Path) -> set[str]:
+    return set(_spilled_rows(spill_dir))
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, failure: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.02)
 
 
 def test_a_stop_while_a_batch_hangs_in_a_silent_database_spills_that_batch_too(
@@ -701,4 +715,136 @@ def test_rows_spilled_at_exit_are_written_with_the_time_they_were_served(
     assert stored["iso-0"] == stored["iso-1"] == queued
     assert all(stored[f"unstamped-{i}"] >= replayed for i in range(2)), stored
     later.close()
+    db.dispose()
+
+
+def test_rows_acknowledged_during_an_outage_reach_the_disk_while_it_lasts_and_are_written_once_after(
+    make_app: Any, postgres_url: str, auth_headers: dict
+) -> None:
+    """While the database refused writes, the rows of the lists served stayed in memory, and
+    reached the disk only at a graceful exit: a hard kill during an outage (SIGKILL, the OOM
+    killer, harakiri, a host crash) lost every id acknowledged since it began. Now the flusher
+    keeps them on disk within about a second, in files of their own (no row twice); they stay
+    buffered too (a score of one still finds its list here), are written from memory once the
+    database is back, and their files are removed then: nothing is left to replay."""
+    app = make_app(database_url=postgres_url, request_log_flush_seconds=0.01)
+    client = app.test_client()
+    services = app.extensions["movierec"]
+    log, spill_dir = services.recommendations.request_log, services.settings.feedback_journal
+
+    def served(count: int) -> set[str]:
+        return {
+            client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()["id"]
+            for _ in range(count)
+        }
+
+    with database_down(app):
+        first = served(5)
+        _wait_for(lambda: first <= _spilled_ids(spill_dir), 10, "ids acknowledged in an outage not on disk")
+        second = served(3)
+        _wait_for(lambda: second <= _spilled_ids(spill_dir), 10, "later ids of the outage not on disk")
+        assert sorted(_spilled_rows(spill_dir)) == sorted(first | second)  # each row once
+        assert log.pending() == 8 and all(log.get(request_id) for request_id in first | second)
+    _wait_for(lambda: not log.pending(), 45, "buffered rows were not retried after the database came back")
+    _wait_for(lambda: not _spilled_rows(spill_dir), 10, "rows written from memory left their files behind")
+    assert _stored_ids(services.db) == first | second
+
+
+def test_rows_acknowledged_during_an_outage_survive_a_hard_kill(tmp_path: Path, postgres_url: str) -> None:
+    """A worker SIGKILLed while the database was unreachable lost every row it had buffered since
+    the outage began: the ids were acknowledged, their scores answered 503 for good. Now those
+    rows are on disk within about a second, and the process that comes next writes them."""
+    from urllib.parse import urlsplit
+
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+    from tests.helpers import sqlalchemy_url
+    from tests.integration.reliability import tcp_relay
+
+    db = Database(sqlalchemy_url(postgres_url))
+    db.upgrade()
+    spill_dir = tmp_path / "journal"
+    address = urlsplit(postgres_url)
+    with tcp_relay((address.hostname or "127.0.0.1", address.port or 5432)) as relay:
+        relayed = address._replace(netloc=f"{address.username}@127.0.0.1:{relay.port}").geturl()
+        script = textwrap.dedent(
+            f"""
+            import sys
+            from pathlib import Path
+            from app.services.request_log import RequestLog, RowSpill
+            from app.storage.db import Database
+            log = RequestLog(Database({sqlalchemy_url(relayed)!r}), flush_interval=0.01,
+                             spill=RowSpill(Path({str(spill_dir)!r})))
+            for line in sys.stdin:  # "<prefix> <count>": rows served, then acknowledged
+                prefix, count = line.split()
+                log.append([{{"id": f"{{prefix}}-{{i}}", "max_recs": 1, "model_version": "v",
+                              "strategy": "segment", "items": []}} for i in range(int(count))])
+                print("acknowledged", flush=True)
+            """
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert worker.stdin is not None and worker.stdout is not None
+
+        def serve(prefix: str, count: int) -> set[str]:
+            worker.stdin.write(f"{prefix} {count}\n")
+            worker.stdin.flush()
+            assert worker.stdout.readline().strip() == "acknowledged"
+            return {f"{prefix}-{i}" for i in range(count)}
+
+        try:
+            before = serve("before", 5)
+            _wait_for(lambda: _stored_ids(db) == before, 10, "rows not written with the database up")
+            relay.cut()  # the database gone: refused, its connections reset
+            during = serve("outage", 20)
+            _wait_for(
+                lambda: during <= _spilled_ids(spill_dir), 10, "ids acknowledged in an outage not on disk"
+            )
+            worker.kill()  # SIGKILL, still in the outage: no exit hook runs
+            assert worker.wait(10) == -signal.SIGKILL
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+    replacement = RequestLog(db, spill=RowSpill(spill_dir))
+    assert replacement.replay_spilled() == 20
+    assert _stored_ids(db) == before | during
+    assert not _spilled_rows(spill_dir)
+    replacement.close()
+    db.dispose()
+
+
+@pytest.mark.parametrize("back_at_the_stop", [False, True])
+def test_a_stop_after_rows_reached_the_disk_in_an_outage_neither_spills_nor_replays_them_twice(
+    tmp_path: Path, postgres_url: str, back_at_the_stop: bool
+) -> None:
+    """The rows the flusher already keeps on disk are not written there again at exit (the exit's
+    spill holds the rest, and the replay gets every row once); and when the database is back in
+    time for the exit's flush, their files are removed with the rows written, not replayed by the
+    next process."""
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+    from tests.helpers import sqlalchemy_url
+
+    db = Database(sqlalchemy_url(postgres_url))
+    db.upgrade()
+    spill_dir = tmp_path / "journal"
+    log = RequestLog(db, flush_interval=0.01, spill=RowSpill(spill_dir))
+    with database_unreachable(db):
+        log.append(_rows(10, "early"))
+        _wait_for(lambda: len(_spilled_rows(spill_dir)) == 10, 10, "rows of an outage not on disk")
+        log.append(_rows(5, "late"))
+        if not back_at_the_stop:
+            log.close(timeout=0.5)
+    every_row = sorted(f"early-{i}" for i in range(10)) + sorted(f"late-{i}" for i in range(5))
+    if back_at_the_stop:
+        log.close(timeout=5)
+        assert sorted(_stored_ids(db)) == every_row and not _spilled_rows(spill_dir)
+    else:
+        assert log.pending() == 0 and sorted(_spilled_rows(spill_dir)) == every_row
     db.dispose()
