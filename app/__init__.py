@@ -122,10 +122,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         journal.recover()
     except Exception as exc:  # noqa: BLE001 - kept on disk, retried every 30 s; the app still starts
         log.error("feedback journal: left scores wait to be replayed", extra={"reason": describe_error(exc)})
-    try:  # request rows a process stopped while the database was down kept on disk
-        request_log.replay_spilled()
-    except Exception as exc:  # noqa: BLE001 - kept on disk, retried by the flusher; the app still starts
-        log.error("request log: rows kept on disk wait to be written", extra={"reason": describe_error(exc)})
+    # request rows a process stopped (or killed) while the database was down kept on disk; with
+    # the database down now, its flusher retries them, this worker serving or not
+    request_log.recover_spilled()
     for stray in journal.strays():
         log.warning(
             "feedback journal: scores wait under another database URL's directory",

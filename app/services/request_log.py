@@ -308,20 +308,30 @@ class RequestLog:
         backoff = 0.0
         while True:
             with self._lock:
-                while not self._pending and not self._closed:
-                    self._wake.wait()
+                if not self._pending and not self._closed:
+                    # idle until a row comes; with a spill, waking at its interval for the files
+                    # ended processes left (written with no traffic of this process's own)
+                    if self.spill is None:
+                        self._wake.wait()
+                    else:
+                        self._wake.wait(self.spill.interval)
                 if self._closed:
                     return
-                # gather a batch: the first row waits at most flush_interval (appends wake this
-                # wait, so it loops to its deadline unless a full batch is ready)
-                deadline = time.monotonic() + self.flush_interval
-                while len(self._pending) < self.batch_size and not self._closed:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._wake.wait(remaining)
-                if self._closed:
-                    return
+                rows_waiting = bool(self._pending)
+                if rows_waiting:
+                    # gather a batch: the first row waits at most flush_interval (appends wake this
+                    # wait, so it loops to its deadline unless a full batch is ready)
+                    deadline = time.monotonic() + self.flush_interval
+                    while len(self._pending) < self.batch_size and not self._closed:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._wake.wait(remaining)
+                    if self._closed:
+                        return
+            if not rows_waiting:
+                self._tend_spill()
+                continue
             try:
                 with self._write_lock:
                     self._write_batch_locked(limit=self.batch_size)
@@ -398,8 +408,8 @@ class RequestLog:
             )
 
     def _tend_spill(self) -> None:
-        """After a write: remove the outage's files whose rows are all committed now, and write the
-        files ended processes left (at most once per the spill's ``interval``)."""
+        """After a write, or idle: remove the outage's files whose rows are all committed now, and
+        write the files ended processes left (at most once per the spill's ``interval``)."""
         if self.spill is None:
             return
         self._forget_written()
@@ -493,6 +503,19 @@ class RequestLog:
             return 0
         return self.spill.replay(self._write, self.batch_size, skip={entry[0] for entry in self._on_disk})
 
+    def recover_spilled(self) -> int:
+        """At start: :meth:`replay_spilled`; when the database cannot take them now, the flusher is
+        started to try again every ``spill.interval``, this process serving or not. Rows written."""
+        try:
+            return self.replay_spilled()
+        except Exception as exc:  # noqa: BLE001 - kept on disk, retried by the flusher
+            log.error(
+                "%s: rows kept on disk wait to be written", self.name, extra={"reason": describe_error(exc)}
+            )
+        with self._lock:
+            self._ensure_thread()
+        return 0
+
     def _replay_logged(self) -> None:
         try:
             self.replay_spilled()
@@ -511,7 +534,7 @@ class RowSpill:
     outlives the process, one directory per database), each written whole and synced
     (:func:`write_durably`). :meth:`replay` writes them to the database (idempotent: stored ids
     are skipped) and deletes them; the app runs it at start, and each process's flusher again
-    at most every ``interval`` while it writes. A process also keeps its
+    at most every ``interval``, whether it is writing rows or idle. A process also keeps its
     buffered rows here during an outage (:meth:`RequestLog._keep_on_disk`): the same files, the
     same replay, skipped by their own process (which still holds the rows and removes the file
     once they are written). A row the database refuses for good is appended to

@@ -848,3 +848,42 @@ def test_a_stop_after_rows_reached_the_disk_in_an_outage_neither_spills_nor_repl
     else:
         assert log.pending() == 0 and sorted(_spilled_rows(spill_dir)) == every_row
     db.dispose()
+
+
+def test_rows_ended_processes_kept_on_disk_are_written_without_new_traffic(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """docs/serving.md promised the rows an ended process kept on disk are written "every 30 s
+    while any wait"; they were written only at a start, or after this process wrote rows of its
+    own: a worker with no new recommendations left them waiting, their ids' scores answering
+    503. Now an idle flusher looks at that interval, and a start that met the database down leaves
+    the flusher retrying."""
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+    from tests.helpers import sqlalchemy_url
+
+    db = Database(sqlalchemy_url(postgres_url))
+    db.upgrade()
+    spill = RowSpill(tmp_path / "journal", interval=0.2)
+    RowSpill(spill.directory).save(_rows(3, "left-at-start"))
+    log = RequestLog(db, flush_interval=0.01, spill=spill)
+    try:
+        with database_unreachable(db):
+            assert log.recover_spilled() == 0  # the start: the database is down, nothing written
+        _wait_for(
+            lambda: _stored_ids(db) == {f"left-at-start-{i}" for i in range(3)},
+            10,
+            "rows kept on disk not written once the database was back",
+        )
+        log.append(_rows(2, "own"))
+        _wait_for(lambda: not log.pending(), 10, "the flusher did not write")
+        RowSpill(spill.directory).save(_rows(3, "left-later"))  # a sibling stopped in an outage
+        _wait_for(
+            lambda: {f"left-later-{i}" for i in range(3)} <= _stored_ids(db),
+            10,
+            "rows kept on disk waited for new traffic",
+        )
+        assert not _spilled_rows(spill.directory)
+    finally:
+        log.close()
+        db.dispose()
