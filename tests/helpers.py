@@ -237,3 +237,13 @@ def uwsgi_stop_seconds(ini: Path | None = None) -> tuple[int, int]:
     derived = re.fullmatch(r"%\(harakiri \+ (\d+)\)", mercy_value)  # uwsgi's placeholder math
     mercy = harakiri + int(derived.group(1)) if derived else int(mercy_value)
     return harakiri, mercy
+
+
+def register_bundle(registry: Any, store: Path, candidate: str = "most_liked") -> Any:
+    """Register the bundle ``store/latest`` names as a new version of ``registry`` (its
+    ``bundle_version`` tag that bundle's name), as a pipeline run does; its VersionInfo."""
+    parent = registry.start_pipeline_run({"data_hash": "d"})
+    run = registry.start_candidate_run(parent, candidate, {})
+    bundle = (store / "latest").resolve()
+    registry.upload_candidate_artifacts(run, bundle, [], registry.artifact_uri(run))
+    return registry.register(run, {"bundle_version": bundle.name, "candidate": candidate})

@@ -210,12 +210,19 @@ def _write_summary(json_out: Path | None, summary: dict[str, Any]) -> None:
 
 @pipeline.command("versions")
 def pipeline_versions() -> None:
-    """Every registered version: candidate, protocol-A NDCG@10, gate decision, aliases."""
+    """Every registered version: candidate, protocol-A NDCG@10, gate decision, aliases.
+
+    Then a warning when the model store's ``latest`` serves a registered version that is not
+    the champion (a release killed half way; the next run or tick repairs it). Reads only.
+    """
+    from app.registry.export import served_mismatch
     from app.registry.mlflow_registry import Registry, RegistryError
 
+    settings = settings_for_cli()
     try:
-        registry = Registry.from_settings(settings_for_cli())
+        registry = Registry.from_settings(settings)
         versions = registry.versions()
+        mismatch = served_mismatch(registry, settings.model_dir) if versions else None
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     if not versions:
@@ -227,6 +234,17 @@ def pipeline_versions() -> None:
         aliases = ",".join(info.aliases)
         click.echo(f"v{info.version:<4} {info.candidate:<24} A ndcg@10 {ndcg}  {info.decision or '-':<9} "
                    f"{aliases:<20} {info.bundle_version}")  # fmt: skip
+    if mismatch is not None:
+        click.echo(
+            f"warning: {mismatch.describe(settings.model_dir)}; the next pipeline run or scheduler tick "
+            + (
+                "points latest back at the champion's bundle (the alias is authoritative: a release "
+                "moves it last)"
+                if mismatch.champion is not None
+                else "leaves it (no champion to serve instead) and may promote one"
+            )
+            + f"; to serve v{mismatch.served.version}: movierec promote --version {mismatch.served.version}"
+        )
 
 
 # ----------------------------------------------------------------------------- schedule and promote

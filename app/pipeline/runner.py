@@ -408,6 +408,8 @@ def run_flow(
         with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=scratch_root) as scratch:
             owner = flow_owner(settings)
             _close_abandoned(settings, owner)
+            # a release killed between latest and the alias: serve the champion the gate compares with
+            repair_release(settings, locked=True)
             summary_path = Path(scratch) / "summary.json"
             run_id_file = Path(scratch) / "run-id"
             command = flow_command(candidates, seeds, summary_path, run_id_file, trigger, workers)
@@ -711,6 +713,39 @@ def _abandon_pending(registry: Any) -> None:
             "marked abandoned (movierec promote refuses them unless --force)",
             ", ".join(abandoned),
         )
+
+
+def repair_release(settings: Settings, *, locked: bool = False) -> bool:
+    """Finish the hand-over of a release killed between moving ``latest`` and the champion alias.
+
+    :func:`~app.registry.export.repair_served_champion` under the flow lock (``locked``: the
+    caller holds it, :func:`run_flow`): a flow or ``movierec promote`` running now is between
+    those steps on purpose, and this tick leaves it alone (its release completes or undoes it).
+    When ``latest`` was pointed back at the champion's bundle, the service is asked to reload it
+    (workers started since the kill loaded the other one; a failure is remembered for the next
+    tick: :func:`~app.registry.export.reload_service`). Returns whether it asked; never raises:
+    the run or the tick goes on, and the next one tries again.
+    """
+    from app.registry.export import reload_service, repair_served_champion
+    from app.registry.mlflow_registry import Registry, RegistryError
+
+    latest = Path(settings.model_dir) / "latest"
+    try:
+        with flow_lock(settings) if not locked else contextlib.nullcontext(-1):
+            mismatch = repair_served_champion(Registry.from_settings(settings), settings.model_dir)
+    except PipelineError:  # the lock is held: a release under way, not a killed one
+        log.info("a training flow or a promotion is running: not checking the model store's latest now")
+        return False
+    except RegistryError as exc:  # the registry cannot be read, the champion's bundle not exported
+        log.warning("could not check whether %s serves the registry's champion: %s", latest, exc)
+        return False
+    except Exception:
+        log.exception("could not check whether %s serves the registry's champion", latest)
+        return False
+    if mismatch is None or mismatch.champion is None:
+        return False
+    reload_service(settings, mismatch.champion.bundle_version)
+    return True
 
 
 def _remove_abandoned_scratch(scratch_root: Path) -> None:

@@ -165,10 +165,12 @@ def tick(
     what started it, recorded with the run — ``schedule`` for the scheduler and ``schedule
     --once``, ``manual`` for an operator's ``pipeline run --if-changed``.
     """
-    try:  # a champion the service did not load when it was exported: ask again first
+    try:  # a release killed half way (latest not the champion), a champion the service did not
+        # load when it was exported: finish it, ask again first
         from app.registry.export import retry_pending_reload
 
-        retry_pending_reload(settings)
+        if not flow_runner.repair_release(settings):
+            retry_pending_reload(settings)
     except Exception:
         log.exception("could not ask the service again to reload the model")
     try:
@@ -413,6 +415,7 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     if blocking:  # `movierec schedule`: its process is the scheduler's
         stop_on_sigterm()
     missed = missed_tick(settings)
+    flow_runner.repair_release(settings)  # a release killed half way: before any tick, or none
     if Registry.from_settings(settings).champion() is None:
         log.info("no champion yet: training once at start")
         scheduled()

@@ -17,6 +17,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +38,7 @@ from app.recommender.bundle import (
     remove_stale_leftovers,
 )
 from app.recommender.manifest_metrics import served_row
-from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError
+from app.registry.mlflow_registry import CHAMPION, Registry, RegistryError, VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +285,78 @@ def promote_version(registry: Registry, version: str | int, model_dir: Path | st
             f"is unchanged and the model store serves {before}, as before"
         ) from exc
     return path
+
+
+@dataclass(frozen=True)
+class ServedMismatch:
+    """The model store's ``latest`` names the bundle of registered version ``served``, which is not
+    the registry's champion (``champion``; None when the registry names none)."""
+
+    served: VersionInfo
+    champion: VersionInfo | None
+
+    def describe(self, model_dir: Path | str) -> str:
+        champion = (
+            f"not the registry's champion v{self.champion.version} (bundle {self.champion.bundle_version})"
+            if self.champion is not None
+            else "and the registry names no champion"
+        )
+        return (
+            f"{Path(model_dir) / LATEST} serves v{self.served.version} (bundle "
+            f"{self.served.bundle_version}), {champion}: a release (a pipeline run or movierec promote) "
+            "was stopped between moving latest and moving the champion alias"
+        )
+
+
+def served_mismatch(registry: Registry, model_dir: Path | str) -> ServedMismatch | None:
+    """Whether ``model_dir/latest`` serves a registered version that is not the champion. Reads only.
+
+    A release moves ``latest`` first and the ``champion`` alias last (:func:`promote_version`):
+    killed in between, it leaves the model store serving a version the registry does not name
+    champion. None when they agree, and when ``latest`` names nothing known or a bundle the
+    registry does not hold (``make train``'s, a deploy's: no release moved it there; the next
+    flow's release replaces it).
+    """
+    bundle = served_version(model_dir)
+    if bundle is None:
+        return None
+    champion = registry.champion()
+    if champion is not None and champion.bundle_version == bundle:
+        return None
+    served = next((info for info in registry.versions() if info.bundle_version == bundle), None)
+    return ServedMismatch(served, champion) if served is not None else None
+
+
+def repair_served_champion(registry: Registry, model_dir: Path | str) -> ServedMismatch | None:
+    """Finish the hand-over a killed release left half done; the mismatch found, or None.
+
+    The ``champion`` alias is what a release moves last, once the bundle is served: while it has
+    not moved, the promotion did not happen (as when moving it fails: :func:`promote_version`
+    points ``latest`` back). So the registry is authoritative: ``latest`` is pointed at the
+    champion's bundle again, exported from the registry when the store no longer holds it
+    (idempotent; a WARNING says what was done and how to serve the other version instead). With
+    no champion at all (a first promotion killed), ``latest`` is left as it is, with a WARNING:
+    pointing it nowhere would leave a restarted service nothing to serve, and the next flow
+    promotes a champion. Call it with the flow lock held: a release under way is between its
+    steps too. The caller asks the service to reload the champion's bundle.
+    """
+    mismatch = served_mismatch(registry, model_dir)
+    if mismatch is None:
+        return None
+    if mismatch.champion is None:
+        log.warning(
+            "%s; left as it is, no champion to serve instead: the next pipeline run promotes one "
+            "(to keep this one: movierec promote --version %s)",
+            mismatch.describe(model_dir), mismatch.served.version,
+        )  # fmt: skip
+        return mismatch
+    export_version(registry, mismatch.champion.version, model_dir)
+    log.warning(
+        "%s; the alias is authoritative (a release moves it last, once its bundle is served): latest "
+        "points at the champion's bundle again (to serve v%s instead: movierec promote --version %s)",
+        mismatch.describe(model_dir), mismatch.served.version, mismatch.served.version,
+    )  # fmt: skip
+    return mismatch
 
 
 def _served_ndcg(bundle_dir: Path) -> float | None:

@@ -12,6 +12,7 @@ import pytest
 from app.recommender.bundle import point_latest
 from app.registry.export import export_version
 from app.registry.mlflow_registry import Registry, RegistryError, default_artifact_root, default_tracking_uri
+from tests.helpers import register_bundle
 
 pytestmark = pytest.mark.unit
 
@@ -23,11 +24,8 @@ def _registered(tmp_path: Path, store: Path) -> tuple[Registry, str, Path]:
     var = tmp_path / "var"
     (var / "mlflow").mkdir(parents=True)
     registry = Registry(default_tracking_uri(var), artifact_root=default_artifact_root(var))
-    parent = registry.start_pipeline_run({"data_hash": "d"})
-    run = registry.start_candidate_run(parent, "most_liked", {})
+    info = register_bundle(registry, store)
     bundle = (store / "latest").resolve()
-    registry.upload_candidate_artifacts(run, bundle, [], registry.artifact_uri(run))
-    info = registry.register(run, {"bundle_version": bundle.name, "candidate": "most_liked"})
     served = tmp_path / "served"
     shutil.copytree(bundle, served / bundle.name)
     return registry, info.version, served / bundle.name
