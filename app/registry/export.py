@@ -243,6 +243,8 @@ def promote_version(registry: Registry, version: str | int, model_dir: Path | st
     between), ``latest`` is pointed back at the bundle it named before (removed when it named
     none, a first promotion): the two never disagree. That failure is a :class:`RegistryError`
     (whatever the tracking store raised) saying nothing was moved, or what could not be put back.
+    Interrupted there (Ctrl-C, which the MLflow client's retries of a tracking server that is down
+    leave minutes for), ``latest`` is put back the same way and the interrupt goes on.
     """
     model_dir = Path(model_dir)
     link = model_dir / LATEST
@@ -250,6 +252,9 @@ def promote_version(registry: Registry, version: str | int, model_dir: Path | st
     path = export_version(registry, version, model_dir)
     try:
         registry.set_alias(CHAMPION, version)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C while the request waits: undone, and it goes on
+        _serve_again(model_dir, before, version)
+        raise
     except Exception as exc:
         failure = f"moving the champion alias to version {version} failed ({type(exc).__name__}: {exc})"
         if before is None:  # nothing was served before: serve nothing again, not an unnamed champion
@@ -357,6 +362,22 @@ def repair_served_champion(registry: Registry, model_dir: Path | str) -> ServedM
         mismatch.describe(model_dir), mismatch.served.version, mismatch.served.version,
     )  # fmt: skip
     return mismatch
+
+
+def _serve_again(model_dir: Path, before: str | None, version: str | int) -> None:
+    """Point ``latest`` back at ``before`` (remove it when None) after an interrupted alias move;
+    a failure is logged: the next run or tick finishes the hand-over (:func:`repair_served_champion`)."""
+    try:
+        if before is None:
+            (model_dir / LATEST).unlink(missing_ok=True)
+        else:
+            point_latest(model_dir, before)
+        log.error(
+            "interrupted while moving the champion alias to version %s: serving %s again",
+            version, before or "nothing",
+        )  # fmt: skip
+    except (OSError, BundleError):
+        log.exception("interrupted while moving the champion alias to version %s: could not undo", version)
 
 
 def _served_ndcg(bundle_dir: Path) -> float | None:

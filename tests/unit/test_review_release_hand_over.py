@@ -220,3 +220,26 @@ def test_pipeline_versions_says_when_latest_is_not_the_champion(
     promote_version(registry, x.version, settings.model_dir)  # they agree: nothing said
     result = CliRunner().invoke(cli, ["pipeline", "versions"])
     assert "warning" not in result.output, result.output
+
+
+def test_ctrl_c_while_the_alias_moves_serves_the_old_champion_again(
+    tmp_path: Path, personal_model_store: Path, model_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGINT reaching the flow's step) while the alias moves -- a request the MLflow
+    client retries for minutes when the tracking server is down -- is a KeyboardInterrupt, which
+    promote_version's undo (``except Exception``) let through: ``latest`` stayed on a version the
+    registry does not name champion. It is undone as a failure is, and the interrupt goes on."""
+    settings = flow_settings(tmp_path)
+    registry = Registry.from_settings(settings)
+    c, x = (register_bundle(registry, store) for store in (personal_model_store, model_store))
+    promote_version(registry, c.version, settings.model_dir)
+
+    def interrupted(*_a: Any, **_k: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "set_alias", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        promote_version(registry, x.version, settings.model_dir)
+    champion = registry.champion()
+    assert champion is not None and champion.version == c.version
+    assert served_version(settings.model_dir) == c.bundle_version
