@@ -307,7 +307,7 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
     still asked to reload, and the command fails saying the champion moved.
     """
     from app.pipeline.runner import PipelineError, flow_lock
-    from app.registry.export import SUPERSEDED, promote_version, reload_service
+    from app.registry.export import SUPERSEDED, promote_version, reload_service, remember_reload
     from app.registry.mlflow_registry import Registry, RegistryError
 
     settings = settings_for_cli(model_dir=model_dir)
@@ -322,6 +322,8 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
             previous = registry.champion()
             # validates before moving anything; the alias moves once the bundle is served
             path = promote_version(registry, target.version, settings.model_dir)
+            if not no_reload:  # the reload is owed from now on: killed before asking, the next tick asks
+                remember_reload(settings, False)
             before = previous.version if previous else None
             note = f"{reason}: champion moved from v{before} to v{target.version}"
             if not target.decided:

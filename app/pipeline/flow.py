@@ -296,6 +296,7 @@ class MovieRecTrainingFlow(FlowSpec):
         from app.registry.export import (
             export_version,
             promote_version,
+            remember_reload,
             remove_old_bundles,
             request_reload,
             served_version,
@@ -332,8 +333,12 @@ class MovieRecTrainingFlow(FlowSpec):
                 self._hand_over(self._summary() | {RELEASE_UNFINISHED: UNFINISHED_AFTER_MOVE})
             except OSError:  # the release goes on: its own summary is handed over at its end
                 logging.getLogger(__name__).exception("could not hand the launcher the summary so far")
+            # Owed from now on (reload-pending): a flow killed with its launcher before the service
+            # answers has the next tick ask, not a service serving the old champion until it restarts
+            remember_reload(settings, False)
             password = settings.admin_password.get_secret_value() if settings.admin_password else None
             self.reloaded = request_reload(settings.service_url, password, champion.bundle_version)
+            remember_reload(settings, self.reloaded)
             try:  # after the reload: the workers' records name what each serves now
                 remove_old_bundles(
                     registry, settings.model_dir, settings.model_keep_bundles, configured=settings.model_path

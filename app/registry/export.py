@@ -480,7 +480,9 @@ def remember_reload(settings: Any, reloaded: object) -> None:
     password stays unserved until the service restarts: nothing else changes, so the
     scheduler's next ticks skip. The marker ``<var>/pipeline/reload-pending`` makes every tick
     ask again (:func:`retry_pending_reload`) until the service answers. No service URL means
-    no service to tell: nothing is pending.
+    no service to tell: nothing is pending. A release records False as soon as the champion moved,
+    before it asks (the flow's release step, ``movierec promote``): killed with its launcher before
+    the answer, the next tick still asks.
     """
     marker = Path(settings.var_dir) / "pipeline" / RELOAD_PENDING
     try:

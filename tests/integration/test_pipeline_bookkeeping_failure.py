@@ -186,6 +186,8 @@ def test_a_flow_stopped_while_the_service_reloads_its_new_champion_says_the_cham
     assert "marked FAILED" in message and "trains again" in message, message
     summary = raised.value.summary
     assert summary["champion"] == champion.version and summary["reloaded"] is False
+    # the flow itself left the reload owed before asking (its launcher might have died with it)
+    assert (Path(settings.var_dir) / "pipeline" / RELOAD_PENDING).is_file()
     # what a scheduler tick (or pipeline run) does with it: the service is asked again next tick
     report_run(settings, summary)
     assert (Path(settings.var_dir) / "pipeline" / RELOAD_PENDING).is_file()

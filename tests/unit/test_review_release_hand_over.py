@@ -243,3 +243,41 @@ def test_ctrl_c_while_the_alias_moves_serves_the_old_champion_again(
     champion = registry.champion()
     assert champion is not None and champion.version == c.version
     assert served_version(settings.model_dir) == c.bundle_version
+
+
+def test_promote_killed_after_the_alias_moved_has_the_next_tick_ask_for_the_reload(
+    tmp_path: Path,
+    personal_model_store: Path,
+    model_store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The third kill point: alias and ``latest`` moved, the service not asked yet (``movierec
+    promote`` killed while recording its decision -- minutes of MLflow retries when the tracking
+    server is down -- or before its reload). The two agree, but the service went on serving the
+    old champion until it restarted: no reload-pending marker was written, and later runs export
+    nothing (``latest`` is the champion's) so asked for no reload. The marker is now written as
+    soon as the champion moved, before the reload is asked."""
+    from click.testing import CliRunner
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+
+    settings, registry, _c, x, reloads = _release_killed(  # C served and champion, X registered
+        tmp_path, [personal_model_store, model_store], monkeypatch, "export"
+    )
+    registry.record_decision(x.version, "passed", ["smoke tests passed"])
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
+
+    def killed(*_a: Any, **_k: Any) -> None:
+        raise _Killed("reload")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(export, "request_reload", killed)
+        with pytest.raises(_Killed):
+            CliRunner().invoke(cli, ["promote", "--version", x.version])
+    champion = registry.champion()
+    assert champion is not None and champion.version == x.version
+    assert served_version(settings.model_dir) == x.bundle_version and reloads == []
+    _skipping_tick(settings, monkeypatch)
+    assert reloads == [x.bundle_version]
+    assert not (Path(settings.var_dir) / "pipeline" / export.RELOAD_PENDING).exists()
