@@ -1,6 +1,8 @@
 """The online monitor: ties metrics, quality, drift, the circuit breaker and in-app alerts to the app.
 
-Per request (no I/O beyond what the request does anyway):
+Per request (no I/O beyond what the request does anyway, but for one read of the shared breaker
+record by the first request of a worker whose last read is older than a sync interval:
+:meth:`OnlineMonitor.ensure_started`):
 
 * :meth:`GuardedRecommendations.recommend` asks the breaker where ``/api/recommend`` goes
   (champion, half-open probe, or fallback), times the champion's answer, records errors
@@ -14,7 +16,9 @@ forks workers from a master that created the app):
 * every ``monitor_sync_seconds`` it re-reads the shared breaker record and lets the breaker
   act on this worker's own call statistics and the cool-down (no database query beyond one
   primary-key read): this is where a half-open breaker that opened on model errors or latency
-  closes on this worker's healthy probe calls, with no feedback needed;
+  closes on this worker's healthy probe calls, with no feedback needed; after each round it loads
+  the served version's previous champion (the breaker's fallback) once the breaker is not closed
+  or a request needed the fallback (:meth:`OnlineMonitor.prepare_fallback`);
 * every ``monitor_interval_seconds`` one worker in the whole deployment wins the evaluation
   turn (a compare-and-set on the shared record) and runs the window queries: online quality of
   the champion (app/monitoring/quality.py) and drift of the request demographics
@@ -24,8 +28,8 @@ forks workers from a master that created the app):
   whichever worker answers.
 
 With ``monitor_interval_seconds`` 0 (evaluation off) the thread still re-reads the shared
-record every ``monitor_sync_seconds`` and does nothing else: a reset or a trip made through
-another worker or instance reaches this one all the same.
+record every ``monitor_sync_seconds`` (and loads the fallback as above), nothing else: a reset or
+a trip made through another worker or instance reaches this one all the same.
 
 In-app alerts go through one :class:`~app.monitoring.alerts.Alerter` per process with a
 :class:`~app.monitoring.alerts.LoggingSink`: the service holds no SMTP credentials; the
@@ -253,7 +257,8 @@ class OnlineMonitor:
             )  # fmt: skip
 
     def _follow(self) -> None:
-        """Re-read the served version's shared record, nothing more (evaluation switched off)."""
+        """Re-read the served version's shared record, nothing more (each round with evaluation
+        switched off; a worker's first request, its last read older than a sync interval)."""
         bundle = self.models.bundle
         try:
             self.breaker.sync(bundle.version if bundle is not None else None)
