@@ -555,14 +555,14 @@ def process_alive(pid: int, identity: str | None = None) -> bool:
     """Whether process ``pid`` exists (another user's too: it is not known to be gone) and, given
     the ``identity`` :func:`process_identity` gave when it was recorded, is still that process:
     a process that took its pid since (a container restarted) is not it. Without an identity, or
-    where ``/proc`` cannot tell (macOS), the pid alone decides."""
+    where ``/proc`` cannot tell (macOS), the pid alone decides (without one, ``/proc`` is not read)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError):
         pass
-    return same_process(identity, process_identity(pid))
+    return identity is None or same_process(identity, process_identity(pid))
 
 
 def same_process(recorded: str | None, current: str | None) -> bool:

@@ -402,6 +402,21 @@ def test_a_process_is_alive_only_while_its_pid_runs_the_process_that_started_the
     assert process_alive(os.getpid(), f"{boot}/{int(ticks) + 1}")
 
 
+def test_without_an_identity_a_process_is_judged_by_its_pid_alone_without_reading_proc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing compares a start time that was not recorded: ``process_alive(pid)`` read
+    ``/proc/<pid>/stat`` for it all the same, and a stale-leftover sweep read it twice a name
+    (once there, once for the name's tag)."""
+    import app.recommender.bundle as bundle_module
+
+    def unread(pid: int) -> str | None:
+        raise AssertionError(f"/proc/{pid}/stat read for nothing")
+
+    monkeypatch.setattr(bundle_module, "process_identity", unread)
+    assert process_alive(os.getpid())
+
+
 def test_a_private_extraction_whose_makers_pid_a_new_process_took_is_removed_once_old(
     model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
