@@ -88,6 +88,14 @@ _MICROSECOND = timedelta(microseconds=1)
 _MAX_AHEAD = timedelta(hours=1)  # a last stamp further ahead of the wall clock is a clock fault: not kept
 _ZEROS = bytes(1 << 20)
 
+
+def _last_stamp(fd: int) -> int:
+    """The ``clock`` file's last stamp (microseconds since the epoch; 0 for a new file), read
+    through ``fd`` under its ``flock``."""
+    stored = os.pread(fd, _CLOCK.size, 0)
+    return int(_CLOCK.unpack(stored)[0]) if len(stored) == _CLOCK.size else 0
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -462,8 +470,7 @@ class FeedbackJournal:
         fcntl.flock(self._clock_fd, fcntl.LOCK_EX)
         try:
             now = (utcnow() - _EPOCH) // _MICROSECOND
-            stored = os.pread(self._clock_fd, _CLOCK.size, 0)
-            last = _CLOCK.unpack(stored)[0] if len(stored) == _CLOCK.size else 0
+            last = _last_stamp(self._clock_fd)
             tick = last + 1 if now < last + 1 <= now + _MAX_AHEAD // _MICROSECOND else now
             stamped = []
             for record in records:
@@ -660,8 +667,7 @@ class FeedbackJournal:
             fd = os.open(self.directory / CLOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # with _stamped's, in any process
-                stored = os.pread(fd, _CLOCK.size, 0)
-                if latest > (_CLOCK.unpack(stored)[0] if len(stored) == _CLOCK.size else 0):
+                if latest > _last_stamp(fd):
                     os.pwrite(fd, _CLOCK.pack(latest), 0)
             finally:
                 os.close(fd)
