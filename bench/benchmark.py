@@ -187,7 +187,8 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("MOVIEREC_DATA_DIR", "data"))
+    # an empty MOVIEREC_DATA_DIR is unset, as the service's settings read it (not the working directory)
+    parser.add_argument("--data-dir", default=os.environ.get("MOVIEREC_DATA_DIR") or "data")
     parser.add_argument(
         "--repeat", type=_positive_int, default=200, help="timing repetitions (best and median reported)"
     )

@@ -62,3 +62,15 @@ def test_a_refused_data_dir_is_one_line_before_anything_is_measured(
     captured = capsys.readouterr()
     assert captured.err.startswith(f"bench/benchmark.py: {expected}"), captured.err
     assert len(captured.err.splitlines()) == 1 and "Part 1" not in captured.out, captured
+
+
+def test_an_empty_movierec_data_dir_is_unset(benchmark: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MOVIEREC_DATA_DIR=`` (a compose file's ``${VAR:-}``) is the setting unset, as the service's
+    and the CLI's settings read it: read as ``Path("")`` it was the working directory."""
+    read: list[str] = []
+    monkeypatch.setenv("MOVIEREC_DATA_DIR", "")
+    monkeypatch.setattr(benchmark, "diabetes", lambda repeat, with_seed_settings: 0.45)
+    monkeypatch.setattr(benchmark, "load_movielens", lambda data_dir: read.append(data_dir))
+    monkeypatch.setattr(benchmark, "rating_batch", lambda data, repeat: 1.0)
+    assert benchmark.main([]) == 0
+    assert read == ["data"]
