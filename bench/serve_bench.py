@@ -397,13 +397,18 @@ class CpuMeter:
         return result
 
 
+def wrk_seconds(seconds: float) -> int:
+    """How long a wrk run of ``seconds`` lasts: wrk takes whole seconds, at least one."""
+    return max(1, round(seconds))
+
+
 def wrk(
     port: int, path: str, script: str, seconds: float, threads: int, connections: int, workdir: Path
 ) -> dict[str, Any]:
     lua = workdir / f"wrk-{time.monotonic_ns()}.lua"
     setup = "" if "function setup" in script else _SETUP_LUA
     lua.write_text("threads = {}\n" + setup + script + _DONE_LUA)
-    duration = f"-d{max(1, round(seconds))}s"
+    duration = f"-d{wrk_seconds(seconds)}s"
     command = ["wrk", f"-t{threads}", f"-c{connections}", duration, "--timeout", "10s", "-s", str(lua),
                f"http://127.0.0.1:{port}{path}"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
@@ -447,7 +452,7 @@ def score_ids_needed(echo_rps: float, seconds: float, rounds: int, pairs_per_id:
     round's share covers a run at 1.5x echo's best rate (a score costs more than an echo; the
     machine drifts). A fixed 400 ids (40,000 pairs) ran out on a machine answering echo at
     3,400 req/s, and the score target was not judged."""
-    per_round = 1.5 * echo_rps * max(1, round(seconds))  # wrk's run length (see wrk())
+    per_round = 1.5 * echo_rps * wrk_seconds(seconds)
     return max(1, math.ceil(per_round * rounds / pairs_per_id))
 
 
