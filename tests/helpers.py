@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 PG_ADMIN_URL = os.environ.get("MOVIEREC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -19,6 +22,7 @@ ADMIN_PASSWORD = "admin-password-for-tests"
 JWT_SECRET = "x" * 48
 
 PROFILE = {"age": 30, "gender": "M", "occupation": "programmer"}
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
 
 def migrate(database: Any, revision: str, *, down: bool = False) -> None:
@@ -247,3 +251,18 @@ def register_bundle(registry: Any, store: Path, candidate: str = "most_liked") -
     bundle = (store / "latest").resolve()
     registry.upload_candidate_artifacts(run, bundle, [], registry.artifact_uri(run))
     return registry.register(run, {"bundle_version": bundle.name, "candidate": candidate})
+
+
+@contextmanager
+def bench_script(file_name: str, module_name: str) -> Iterator[ModuleType]:
+    """``bench/<file_name>`` loaded as module ``module_name`` (the scripts are not a package), in
+    ``sys.modules`` while it is used: a dataclass looks its module up while it is built."""
+    spec = importlib.util.spec_from_file_location(module_name, BENCH_DIR / file_name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(module_name, None)

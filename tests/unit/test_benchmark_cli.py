@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-pytestmark = pytest.mark.unit
+from tests.helpers import bench_script
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "benchmark.py"
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("seed_benchmark", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def benchmark() -> Iterator[ModuleType]:
+    with bench_script("benchmark.py", "seed_benchmark") as module:
+        yield module
 
 
 @pytest.mark.parametrize("repeat", ["0", "-3", "x"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,19 +11,16 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.unit
+from tests.helpers import BENCH_DIR, bench_script
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def instructions(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH))  # it imports serve_bench, as when run from bench/
-    spec = importlib.util.spec_from_file_location("instructions_bench", BENCH / "instructions.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def instructions(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    monkeypatch.syspath_prepend(str(BENCH_DIR))  # it imports serve_bench, as when run from bench/
+    with bench_script("instructions.py", "instructions_bench") as module:
+        yield module
 
 
 class _Callgrind:

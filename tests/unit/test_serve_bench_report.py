@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import shutil
 import signal
 import subprocess
@@ -18,20 +17,15 @@ from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "serve_bench.py"
+from tests.helpers import BENCH_DIR, bench_script
+
+BENCH = BENCH_DIR / "serve_bench.py"
 
 
 @pytest.fixture(scope="module")
 def serve_bench() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("serve_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serve_bench"] = module  # its dataclasses look their module up while being built
-    try:
-        spec.loader.exec_module(module)
+    with bench_script("serve_bench.py", "serve_bench") as module:
         yield module
-    finally:
-        sys.modules.pop("serve_bench", None)
 
 
 def _figures(recommend_rps: list[float], p99: list[float] | None = None) -> dict[str, Any]:
