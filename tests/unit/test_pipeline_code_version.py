@@ -115,6 +115,34 @@ def test_orchestration_outside_the_model_is_not_a_new_code_version(tree: Path) -
     assert code_version(tree) == before
 
 
+def test_the_code_version_does_not_depend_on_the_python_version(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fingerprint was ``ast.dump``, whose text changes with the interpreter for the same code:
+    Python 3.12 gave every function and class a ``type_params=[]`` field, 3.13 leaves empty fields
+    out. pyproject allows >= 3.11, so a scheduler on another Python than the pipeline image saw
+    a "code change" each tick (a retrain of every candidate) and never re-evaluated the
+    champion's recipe. Emulated here: 3.12's extra field, empty, on every function and class."""
+    import ast
+
+    before = code_version(tree)
+    real_parse = ast.parse
+
+    def parse_like_3_12(*args: object, **kwargs: object) -> ast.AST:
+        module = real_parse(*args, **kwargs)  # type: ignore[arg-type]
+        for node in ast.walk(module):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                node.type_params = []  # type: ignore[attr-defined]
+        return module
+
+    for kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef):
+        monkeypatch.setattr(kind, "_fields", (*kind._fields, "type_params"))
+    monkeypatch.setattr(ast, "parse", parse_like_3_12)
+    assert code_version(tree) == before
+    _edit(tree / "recommender" / "seeds.py", "0", "7")  # a real change still is one
+    assert code_version(tree) != before
+
+
 @pytest.mark.parametrize("library", ["numpy", "scipy", "pandas", "scikit-learn", "lightgbm"])
 def test_an_upgrade_of_a_numerical_library_is_a_new_code_version(
     tree: Path, installed: dict[str, str | None], library: str
