@@ -266,3 +266,15 @@ def bench_script(file_name: str, module_name: str) -> Iterator[ModuleType]:
         yield module
     finally:
         sys.modules.pop(module_name, None)
+
+
+@contextmanager
+def hang_up_at_default_in_children() -> Iterator[None]:
+    """Children started inside get SIGHUP at its default, as in a terminal, also when this test
+    run ignores it (``nohup``): an ignored signal stays ignored across ``exec``, a caught one is
+    reset to its default. For a test of what a hang-up does; main thread only."""
+    previous = signal.signal(signal.SIGHUP, lambda _signum, _frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)

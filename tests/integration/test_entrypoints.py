@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROFILE, free_port
+from tests.helpers import PROFILE, free_port, hang_up_at_default_in_children
 
 pytestmark = pytest.mark.integration
 
@@ -78,10 +78,11 @@ def _seed_env(tmp_path: Path, model_store: Path, **extra: str) -> dict[str, str]
 
 def _started(argv: list[str], env: dict[str, str], port: int) -> tuple[subprocess.Popen, str]:
     """The server ``argv`` starts, once its /health/ready answers 200 on ``port``, and its base URL."""
-    process = subprocess.Popen(
-        argv,
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    with hang_up_at_default_in_children():  # what a test run under nohup ignores, a terminal's doesn't
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BENCH_DIR, bench_script
+from tests.helpers import BENCH_DIR, bench_script, hang_up_at_default_in_children
 
 BENCH = BENCH_DIR / "serve_bench.py"
 
@@ -385,10 +385,7 @@ def test_a_run_that_fails_or_is_interrupted_drops_its_database_and_names_its_wor
 
 
 _STOPPED_RUN = """
-import importlib.util, signal, sys, time
-# a terminal's session: a SIGHUP ignored by the test run's own launcher (nohup) stays ignored,
-# by design, in the benchmark too
-signal.signal(signal.SIGHUP, signal.SIG_DFL)
+import importlib.util, sys, time
 spec = importlib.util.spec_from_file_location("serve_bench", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 sys.modules["serve_bench"] = module
@@ -411,10 +408,13 @@ sys.exit(module.main(["--database", "sqlite"]))
 def test_sigterm_or_sighup_stops_a_run_through_its_cleanup(signum: int) -> None:
     """SIGTERM (a cancelled CI job, `kill`) or SIGHUP (the terminal closed) ended the benchmark on
     the spot: no finally ran, so uwsgi, its scratch database and work directory outlived it."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", _STOPPED_RUN, str(BENCH)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    # a terminal's session: a SIGHUP ignored by the test run's own launcher (nohup) stays ignored,
+    # by design, in the benchmark too
+    with hang_up_at_default_in_children():
+        child = subprocess.Popen(
+            [sys.executable, "-c", _STOPPED_RUN, str(BENCH)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
     try:
         assert child.stdout is not None
         first = child.stdout.readline()
