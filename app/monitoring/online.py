@@ -16,9 +16,9 @@ forks workers from a master that created the app):
 * every ``monitor_sync_seconds`` it re-reads the shared breaker record and lets the breaker
   act on this worker's own call statistics and the cool-down (no database query beyond one
   primary-key read): this is where a half-open breaker that opened on model errors or latency
-  closes on this worker's healthy probe calls, with no feedback needed; after each round it loads
-  the served version's previous champion (the breaker's fallback) once the breaker is not closed
-  or a request needed the fallback (:meth:`OnlineMonitor.prepare_fallback`);
+  closes on this worker's healthy probe calls, with no feedback needed; as it starts and after
+  each round it loads the served version's previous champion (the breaker's fallback) once the
+  breaker is not closed or a request needed the fallback (:meth:`OnlineMonitor.prepare_fallback`);
 * every ``monitor_interval_seconds`` one worker in the whole deployment wins the evaluation
   turn (a compare-and-set on the shared record) and runs the window queries: online quality of
   the champion (app/monitoring/quality.py) and drift of the request demographics
@@ -209,6 +209,9 @@ class OnlineMonitor:
 
     def _run(self) -> None:
         last_woken_tick = -math.inf
+        # a worker started while its breaker is open (its first request read so: ensure_started)
+        # loads the fallback now, not after its first wait, a sync interval of popularity lists
+        self.prepare_fallback()
         while not self._stop.is_set():
             woken = self._wake.wait(self.sync_seconds)
             if self._stop.is_set():  # stop() woke it: no store read out of the shutdown budget
@@ -240,8 +243,9 @@ class OnlineMonitor:
 
     def prepare_fallback(self) -> None:
         """Load the served version's previous champion (the breaker's fallback) when its breaker is
-        not closed, or a request needed the fallback: here, in the monitor's thread, after each
-        round, so no request loads it or waits for it (those before it is ready get popularity)."""
+        not closed, or a request needed the fallback: here, in the monitor's thread, as it starts
+        and after each round, so no request loads it or waits for it (those before it is ready get
+        popularity)."""
         bundle = self.models.bundle
         if bundle is None or not self.breaker.policy.routes:
             return  # a breaker that routes nothing serves no fallback

@@ -809,6 +809,36 @@ def test_reporting_the_fallback_loads_no_bundle(
     assert (_recommend(client, headers)[0]["model_version"], loads) == (previous, [previous])
 
 
+def test_a_worker_started_while_its_breaker_is_open_loads_the_fallback_at_once(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A worker started (or recycled by uwsgi) while the breaker is open knows it from its first
+    request, but its monitor thread waited a whole sync interval before its first round, the one
+    that loads the previous champion: every fallback list of the worker was popularity until
+    then. The thread loads it as it starts."""
+    store, previous, _current = two_champions
+    settings = _settings(store, "sqlite", request)
+    deciding = make_app(**settings)
+    client = deciding.test_client()
+    _trip(deciding, client, login(client))
+    loads = _fallback_loads(monkeypatch)
+    started = make_app(
+        **{**settings, "monitor_sync_seconds": 600.0, "feedback_journal_dir": tmp_path / "new"}
+    )
+    other = started.test_client()
+    headers = login(other)  # its first request starts the monitor thread
+
+    def from_previous() -> bool:
+        return _recommend(other, headers)[0]["model_version"] == previous
+
+    assert _eventually(from_previous, timeout=30), "loaded only after a sync interval"
+    assert loads == [previous]
+
+
 def test_a_request_never_waits_for_the_fallback_to_load(
     two_champions: tuple[Path, str, str],
     make_app: Callable[..., Any],
