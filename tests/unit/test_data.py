@@ -296,13 +296,18 @@ def test_a_fetch_killed_during_pip_download_leaves_nothing_in_the_temp_directory
 @pytest.fixture
 def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
     """fetch's network sources fail the test: the case under test must not download ml-100k."""
+    _network_sources_raise(monkeypatch, AssertionError("downloaded although the data set is there"))
+
+
+def _network_sources_raise(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """fetch's network sources (PyPI, GroupLens) raise ``error`` instead of downloading."""
     import app.recommender.data as data_module
 
-    def refuse(_target: Path, *_args: object) -> None:
-        raise AssertionError("downloaded although the data set is there")
+    def raising(_target: Path, *_args: object) -> None:
+        raise type(error)(*error.args)  # a new one each time, as a real failure
 
-    monkeypatch.setattr(data_module, "_from_pypi", refuse)
-    monkeypatch.setattr(data_module, "_from_grouplens", refuse)
+    monkeypatch.setattr(data_module, "_from_pypi", raising)
+    monkeypatch.setattr(data_module, "_from_grouplens", raising)
 
 
 @pytest.mark.parametrize("kind", ["directory", "dangling symlink"])
@@ -432,13 +437,7 @@ def test_data_fetch_uses_a_data_root_that_holds_the_files(tmp_path: Path, no_dow
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """fetch's network sources fail at once, as on a machine that reaches neither PyPI nor GroupLens."""
-    import app.recommender.data as data_module
-
-    def unreachable(_target: Path, *_args: object) -> None:
-        raise OSError("Network is unreachable")
-
-    monkeypatch.setattr(data_module, "_from_pypi", unreachable)
-    monkeypatch.setattr(data_module, "_from_grouplens", unreachable)
+    _network_sources_raise(monkeypatch, OSError("Network is unreachable"))
 
 
 @pytest.mark.parametrize(
