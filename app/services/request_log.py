@@ -577,7 +577,7 @@ class RowSpill:
         """
         if not self.directory.is_dir() or not self._replaying.acquire(blocking=False):
             return 0
-        total = 0
+        total = files = 0
         try:
             for path in sorted(self.directory.glob(f"{self.PREFIX}*.jsonl")):
                 if path in skip:
@@ -598,12 +598,14 @@ class RowSpill:
                 path.unlink(missing_ok=True)
                 sync_directory(self.directory)
                 total += len(rows)
-                log.warning(
-                    "request log: wrote the rows an ended process had kept on disk",
-                    extra={"file": path.name, "rows": len(rows)},
-                )
+                files += 1
         finally:
             self._replaying.release()
+            if files:  # one line a replay: an outage leaves a file per worker-second, not one per exit
+                log.warning(
+                    "request log: wrote the rows other processes had kept on disk",
+                    extra={"files": files, "rows": total},
+                )
         return total
 
     def reject(self, row: dict[str, Any], exc: BaseException) -> None:

@@ -444,3 +444,37 @@ def test_a_refused_request_row_is_kept_and_logged_without_the_password(tmp_path:
     stored = (tmp_path / RowSpill.REJECTED).read_text()
     assert "r-1" in stored and "connection to server at" in stored and not _leaked(stored), stored
     assert not _leaked(stream.getvalue()), stream.getvalue()
+
+
+def test_replaying_an_outages_many_spill_files_logs_one_line_not_one_per_file(tmp_path: Path) -> None:
+    """During an outage each worker keeps its rows on disk in a new file every second, and after
+    it another worker's replay logged a WARNING per file: an hour-long outage with traffic made
+    thousands of lines at once (an alert each with --notify-warning). One line per replay now,
+    counting the files and rows; a replay cut short by the database still says what it wrote."""
+    from app.services.request_log import RowSpill
+
+    spill = RowSpill(tmp_path)
+    for second in range(40):
+        spill.save([{"id": f"r-{second}-{i}"} for i in range(2)])
+    _, stream = capture("app.services.request_log")
+    written: list[dict] = []
+    assert spill.replay(written.extend, batch_size=500) == 80 and len(written) == 80
+    warnings = [line for line in lines(stream) if line["level"] == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0]["rows"] == 80 and warnings[0]["files"] == 40, warnings
+
+    for second in range(3):
+        spill.save([{"id": f"s-{second}"}])
+    calls: list[int] = []
+
+    def fails_on_the_third(rows: list[dict]) -> None:
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise ConnectionError("the database went away again")
+
+    _, stream = capture("app.services.request_log")
+    with pytest.raises(ConnectionError):
+        spill.replay(fails_on_the_third, batch_size=500)
+    warnings = [line for line in lines(stream) if line["level"] == "WARNING"]
+    assert len(warnings) == 1 and warnings[0]["rows"] == 2 and warnings[0]["files"] == 2, warnings
+    assert len(list(tmp_path.glob("requests-*.jsonl"))) == 1  # the one not written stays
