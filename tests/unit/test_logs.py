@@ -478,3 +478,35 @@ def test_replaying_an_outages_many_spill_files_logs_one_line_not_one_per_file(tm
     warnings = [line for line in lines(stream) if line["level"] == "WARNING"]
     assert len(warnings) == 1 and warnings[0]["rows"] == 2 and warnings[0]["files"] == 2, warnings
     assert len(list(tmp_path.glob("requests-*.jsonl"))) == 1  # the one not written stays
+
+
+def test_the_exit_after_a_long_outage_logs_a_line_of_bounded_size(tmp_path: Path) -> None:
+    """The exit's ERROR after an outage listed the name of every file the flusher had kept on disk,
+    one a second: ~160 KB after an hour of outage, past the 1 MiB monitor-docker.py rebuilds from
+    Docker's 16 KiB pieces after six (up to ~2 MB at the backlog bound), when the line was then
+    handed over cut, not JSON. It now counts them and names the directory."""
+    import contextlib
+
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import DatabaseUnavailableError
+
+    class Down:
+        def save_requests(self, _rows: list[dict]) -> None:
+            raise DatabaseUnavailableError("connection refused")
+
+        statement_limit = staticmethod(lambda _seconds: contextlib.nullcontext())
+
+    spill = RowSpill(tmp_path)
+    log = RequestLog(Down(), spill=spill, flush_at_exit=False, flush_interval=0.001, spill_every=0.001)  # type: ignore[arg-type]
+    files = 100  # enough for a line of 4 KB before; after an hour of outage, 3,600
+    for i in range(files):  # a row a "second" of outage, each kept on disk in a file of its own
+        log.append([{"id": f"r-{i}"}])
+        deadline = time.monotonic() + 10
+        while len(list(tmp_path.glob("requests-*.jsonl"))) < i + 1:
+            assert time.monotonic() < deadline, f"row {i} not kept on disk"
+            time.sleep(0.001)
+    _, stream = capture("app.services.request_log")
+    log.close(timeout=0.1)
+    (line,) = [text for text in stream.getvalue().splitlines() if "before exit are kept on disk" in text]
+    assert len(line) < 2000, len(line)
+    assert json.loads(line)["files"] == files and json.loads(line)["rows"] == files
