@@ -161,7 +161,9 @@ def run_development_server(app: Flask, host: str, port: int, debug: bool) -> Non
     default for either ended the process outright, losing the request log's unwritten rows (ids
     already answered, whose scores were then refused) and leaving the feedback journal's segment
     to the next start. A SIGHUP ignored by ``nohup`` stays ignored; only the main thread may set
-    a handler (app/stop_signals.py)."""
+    a handler (app/stop_signals.py).
+
+    ``debug`` is Flask's debug mode without Werkzeug's interactive debugger and its ``/console``."""
     import signal
 
     from werkzeug.serving import WSGIRequestHandler
@@ -173,7 +175,12 @@ def run_development_server(app: Flask, host: str, port: int, debug: bool) -> Non
             return None
 
     with handled(signal.default_int_handler, (signal.SIGTERM, signal.SIGHUP)):
-        app.run(host=host, port=port, debug=debug, use_reloader=False, request_handler=RequestHandler)
+        # use_debugger=False: Werkzeug's interactive debugger served /console, a Python shell behind
+        # a PIN, and added nothing else (the app answers every error in its envelope, debug or not)
+        app.run(
+            host=host, port=port, debug=debug, use_reloader=False, use_debugger=False,
+            request_handler=RequestHandler,
+        )  # fmt: skip
 
 
 def _upgrade_schema(db: Database) -> None:

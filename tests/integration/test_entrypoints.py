@@ -125,6 +125,13 @@ def test_seed_command_serves_the_curl_sequence(tmp_path: Path, model_store: Path
             token,
         )
         assert (status, ok) == (200, "Ok")
+        # --debug is Flask's debug mode without Werkzeug's interactive debugger: every error is
+        # answered in the envelope anyway, and its /console (a Python shell behind a PIN) was open
+        for path in ("/console", "/console?__debugger__=yes&cmd=resource&f=style.css"):
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(f"{base}{path}", timeout=5)
+            assert missing.value.code == 404
+            assert json.loads(missing.value.read())["error"]["code"] == "not_found"
     finally:
         process.terminate()
         output = process.communicate(timeout=20)[0]
