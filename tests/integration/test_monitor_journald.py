@@ -43,7 +43,7 @@ from app.monitoring.alerts import (
     SmtpSink,
 )
 from app.monitoring.journal import JournalFollower
-from tests.helpers import free_port
+from tests.helpers import free_port, hang_up_at_default_in_children
 from tests.integration.journald import (
     Journald,
     JournaldUnavailable,
@@ -528,15 +528,16 @@ class MonitorProcess:
     """monitor-docker.py as a subprocess, its stdout (--print) collected line by line."""
 
     def __init__(self, args: list[str], env: dict[str, str], launcher: Sequence[str] = ()) -> None:
-        self.proc = subprocess.Popen(
-            [*launcher, sys.executable, str(REPO / "monitor-docker.py"), *args],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        with hang_up_at_default_in_children():  # a terminal's SIGHUP, also in a test run under nohup
+            self.proc = subprocess.Popen(
+                [*launcher, sys.executable, str(REPO / "monitor-docker.py"), *args],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         self.lines: list[str] = []
         self.stderr: list[str] = []
         threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True).start()
