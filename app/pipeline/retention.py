@@ -8,10 +8,12 @@ schedule filled its disk over months. After a successful flow the launcher, stil
 flow lock (so no flow of this var root, nor ``movierec promote``, runs meanwhile), keeps the
 newest ``MOVIEREC_PIPELINE_KEEP_RUNS`` pipeline runs and removes the older ones:
 
-- MLflow: the candidate runs of older pipeline runs are marked deleted and their artifacts
-  removed (:meth:`~app.registry.mlflow_registry.Registry.delete_run`), then the pipeline run
-  itself, except the runs of the versions in use (:func:`versions_in_use`), whose pipeline run
-  stays with them. The versions' records stay in the registry, tagged ``artifacts_removed``.
+- MLflow: the artifacts of the candidate runs of older pipeline runs are removed and the runs
+  then marked deleted (:meth:`~app.registry.mlflow_registry.Registry.delete_run`), then the
+  pipeline run itself, except the runs of the versions in use (:func:`versions_in_use`), whose
+  pipeline run stays with them. The versions' records stay in the registry, tagged
+  ``artifacts_removed`` (before their artifacts go). Killed part way, a run is still active, so
+  the next pass does it again.
 - Metaflow: the run directories older than the newest kept (never the flow just run, nor one
   written in during the last hour: a flow started by hand, outside the lock), then the data
   blobs no remaining run refers to (and none written in the last hour).
@@ -79,7 +81,7 @@ def versions_in_use(versions: list[VersionInfo], model_dir: Path | str) -> set[s
 
 
 def prune_mlflow(settings: Settings, owner: str) -> list[str]:
-    """Mark deleted, and remove the artifacts of, the MLflow runs of ``owner``'s pipeline runs older
+    """Remove the artifacts of, and mark deleted, the MLflow runs of ``owner``'s pipeline runs older
     than the newest ``pipeline_keep_runs``, but those of the versions in use; the run ids removed."""
     keep = settings.pipeline_keep_runs
     registry = Registry.from_settings(settings)

@@ -460,27 +460,31 @@ class Registry:
         ]
 
     def delete_run(self, run: Any, versions: Iterable[VersionInfo] = ()) -> int:
-        """Mark ``run`` deleted, then remove its artifacts (as ``mlflow gc`` does, keeping the
-        run's record: it is marked deleted, not erased); then its registered ``versions`` get the
-        tag ``artifacts_removed``, which says why their bundle can no longer be had (tagged only
-        once it is gone: a version whose bundle is still there is never refused). The bytes freed
-        (0 when the artifact store is not a local directory: not measured)."""
+        """Remove ``run``'s artifacts and mark it deleted (as ``mlflow gc`` does, keeping the
+        run's record: it is marked deleted, not erased). First its registered ``versions`` get the
+        tag ``artifacts_removed``, which says why their bundle can no longer be had, then the
+        artifacts go, then the run is marked deleted: killed part way, the run is still active and
+        the next pass (which lists only active runs) does it again, and a version's bundle is never
+        gone without the tag saying why. The bytes freed (0 when the artifact store is not a local
+        directory: not measured)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         local = _local_artifact_dir(run.info.artifact_uri)
         size = _tree_size(local) if local is not None else 0
-        self.client.delete_run(run.info.run_id)
-        get_artifact_repository(run.info.artifact_uri, tracking_uri=self.tracking_uri).delete_artifacts()
-        if local is not None:
-            with contextlib.suppress(OSError):  # <run id>/artifacts went; <run id>/ is left empty
-                local.parent.rmdir()
         when = datetime.now(UTC).isoformat(timespec="seconds")
         for info in versions:
+            if info.tags.get("artifacts_removed"):  # tagged by a pass killed before it ended
+                continue
             self.tag_version(
                 info.version,
                 {"artifacts_removed": f"{when}: its run's artifacts (the bundle) were removed by the "
                  "registry's retention (MOVIEREC_PIPELINE_KEEP_RUNS)"},
             )  # fmt: skip
+        get_artifact_repository(run.info.artifact_uri, tracking_uri=self.tracking_uri).delete_artifacts()
+        if local is not None:
+            with contextlib.suppress(OSError):  # <run id>/artifacts went; <run id>/ is left empty
+                local.parent.rmdir()
+        self.client.delete_run(run.info.run_id)
         return size
 
     def start_candidate_run(self, parent_run_id: str, name: str, tags: Mapping[str, str]) -> str:

@@ -164,3 +164,68 @@ def test_retention_runs_while_the_launcher_holds_the_flow_lock(
     monkeypatch.setattr(retention, "prune_metaflow", check_lock)
     run_flow(settings, timeout=FLOW_TIMEOUT)
     assert seen == ["locked", "locked"]
+
+
+class _Killed(BaseException):
+    """The process killed part way (a BaseException: no ``except Exception`` catches it)."""
+
+
+def _kill_on_entering(target: Any, name: str) -> Any:
+    def killed(*_args: Any, **_kwargs: Any) -> Any:
+        raise _Killed(name)
+
+    return killed
+
+
+def _kill_on_leaving(target: Any, name: str) -> Any:
+    real = getattr(target, name)
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise _Killed(name)
+
+    return killed
+
+
+@pytest.mark.parametrize(
+    ("where", "attribute", "kill"),
+    [
+        ("artifacts", "delete_artifacts", _kill_on_entering),  # the versions tagged, nothing removed yet
+        ("artifacts", "delete_artifacts", _kill_on_leaving),  # the artifacts gone, the run still active
+        ("client", "delete_run", _kill_on_entering),  # the same, from the client's side
+        ("client", "delete_run", _kill_on_leaving),  # the run marked deleted: the last step
+    ],
+)
+def test_a_prune_killed_part_way_is_finished_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, attribute: str, kill: Any
+) -> None:
+    """A kill between marking a run deleted and removing its artifacts left them for good: the next
+    pass lists only active runs. Now the run is marked deleted last, so the next pass retries it."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.tracking import MlflowClient
+
+    settings = _settings(tmp_path, keep=1)
+    registry = Registry.from_settings(settings)
+    old = _add_version(registry, tmp_path, "b-old", "rejected")
+    champion = _add_version(registry, tmp_path, "b-champion", "promoted")
+    registry.set_alias(CHAMPION, champion)
+    target = LocalArtifactRepository if where == "artifacts" else MlflowClient
+    monkeypatch.setattr(target, attribute, kill(target, attribute))
+    with pytest.raises(_Killed):
+        retention.prune_mlflow(settings, owner="owner")
+    monkeypatch.undo()
+    # whatever was done, promote of the version says its bundle is going, never a failed download
+    assert "MOVIEREC_PIPELINE_KEEP_RUNS" in registry.get(old).tags["artifacts_removed"]
+    with pytest.raises(RegistryError, match=f"version {old} has no bundle left: .*KEEP_RUNS"):
+        registry.download_bundle(old, tmp_path / "scratch")
+
+    retention.prune_mlflow(settings, owner="owner")  # the next pass finishes what the kill left
+
+    gone = registry.get(old)
+    assert registry.client.get_run(gone.run_id).info.lifecycle_stage == "deleted"
+    local = Path(registry.artifact_uri(gone.run_id).removeprefix("file://"))
+    assert not local.exists() and not local.parent.exists()
+    live = registry.client.search_runs([registry.experiment_id], "tags.kind = 'pipeline'")
+    kept = registry.client.get_run(registry.get(champion).run_id).data.tags["mlflow.parentRunId"]
+    assert [run.info.run_id for run in live] == [kept]  # the old pipeline run went too
+    assert retention.prune_mlflow(settings, owner="owner") == []
