@@ -315,7 +315,10 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
         registry = Registry.from_settings(settings)
         # A flow running now gates against the champion it read and moves the alias when it
         # ends: this promotion would be overwritten, or its gate would compare with the wrong one.
-        with flow_lock(settings, "a training flow is running and may move the champion itself"):
+        with flow_lock(
+            settings, "a training flow is running and may move the champion itself",
+            holder="`movierec promote` is promoting a version",
+        ):  # fmt: skip
             target = registry.get(version)
             if not target.decided and not force:
                 raise click.ClickException(_undecided(target))

@@ -401,7 +401,7 @@ def run_flow(
     scratch_root = Path(settings.var_dir) / "pipeline"
     scratch_root.mkdir(parents=True, exist_ok=True)
     workers = max_workers or max(1, os.cpu_count() or 1)
-    with flow_lock(settings) as lock:
+    with flow_lock(settings, holder="another training flow is running") as lock:
         # under the lock: no flow of this var root runs, so every scratch directory there is a leftover
         _remove_abandoned_scratch(scratch_root)
         _remove_abandoned_step_scratch(scratch_root / STEP_SCRATCH)
@@ -619,7 +619,9 @@ def failure_cause(output: str) -> str | None:
 
 
 @contextlib.contextmanager
-def flow_lock(settings: Settings, busy: str = "another training flow is running") -> Iterator[int]:
+def flow_lock(
+    settings: Settings, busy: str = "another training flow is running", holder: str | None = None
+) -> Iterator[int]:
     """Hold the var root's flow lock for one run; PipelineError at once when another run holds it.
 
     Two flows on one registry at the same time (the scheduler's tick and an operator's
@@ -631,6 +633,10 @@ def flow_lock(settings: Settings, busy: str = "another training flow is running"
     sharing the var root. ``movierec promote`` takes it too (``busy`` says why it waits): a
     flow's gate would move the alias after it. Yields the lock file's descriptor, which
     :func:`run_flow` hands to the flow's process so the lock lasts as long as either lives.
+
+    ``holder`` says what holds it (what a refused caller is told is running: ``busy`` only when
+    the holder recorded none); it is written into the lock file with the process's id, its
+    command and the time it was taken.
     """
     path = Path(settings.var_dir) / "pipeline" / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -638,10 +644,36 @@ def flow_lock(settings: Settings, busy: str = "another training flow is running"
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise PipelineError(f"{busy} (lock {path}); try again when it has finished") from exc
+            raise PipelineError(
+                f"{_lock_holder(path) or busy} (lock {path}); try again when it has finished"
+            ) from exc
+        handle.truncate(0)  # what the previous holder wrote is no longer true
+        if holder:
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            handle.write(f"{holder}; pid {os.getpid()}, `{_command_name()}`, since {since}\n")
+        handle.flush()
         # No explicit unlock: closing this descriptor drops the lock only once the flow's copy
         # is closed too, so a launcher interrupted while its flow still cleans up keeps it held.
         yield handle.fileno()
+
+
+def _lock_holder(path: Path) -> str:
+    """What the flow lock's holder recorded ("" when nothing: an older release, or not written yet)."""
+    try:
+        with path.open(errors="replace") as handle:
+            return handle.readline(500).strip()
+    except OSError:
+        return ""
+
+
+def _command_name() -> str:
+    """This process's command without its options and their values (``movierec pipeline run``)."""
+    words = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"]
+    for word in sys.argv[1:3]:
+        if word.startswith("-"):
+            break
+        words.append(word)
+    return " ".join(words)
 
 
 def flow_owner(settings: Settings) -> str:
@@ -715,6 +747,13 @@ def _abandon_pending(registry: Any) -> None:
         )
 
 
+REPAIR_HOLDER = (
+    "a scheduler tick is checking that the model store serves the registry's champion, which may "
+    "mean downloading its bundle from the tracking server"
+)
+"""What :func:`repair_release` records holding the flow lock: a promote refused meanwhile says so."""
+
+
 def repair_release(settings: Settings, *, locked: bool = False) -> bool:
     """Finish the hand-over of a release killed between moving ``latest`` and the champion alias.
 
@@ -731,7 +770,7 @@ def repair_release(settings: Settings, *, locked: bool = False) -> bool:
 
     latest = Path(settings.model_dir) / "latest"
     try:
-        with flow_lock(settings) if not locked else contextlib.nullcontext(-1):
+        with flow_lock(settings, holder=REPAIR_HOLDER) if not locked else contextlib.nullcontext(-1):
             mismatch = repair_served_champion(Registry.from_settings(settings), settings.model_dir)
     except PipelineError:  # the lock is held: a release under way, not a killed one
         log.info("a training flow or a promotion is running: not checking the model store's latest now")

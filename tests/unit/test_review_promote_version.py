@@ -175,3 +175,50 @@ def test_promote_without_a_service_url_does_not_promise_a_reload_that_nobody_wil
         "no service asked to reload: MOVIEREC_SERVICE_URL is empty; a service loads latest when it starts"
         in result.output
     ), result.output
+
+
+def test_promote_and_pipeline_run_while_the_scheduler_repairs_a_release_say_what_holds_the_lock(
+    tmp_path: Path, personal_model_store: Path, monkeypatch: Any
+) -> None:
+    """A scheduler tick checks, under the flow lock, that the model store serves the champion, and
+    may download its bundle from a slow tracking server meanwhile: `movierec promote` (and
+    `pipeline run`) then failed with "a training flow is running", which none was. They name what
+    holds the lock and say to try again."""
+    import os
+    import threading
+
+    from click.testing import CliRunner
+
+    from app.cli import cli
+    from app.config import Settings
+    from app.pipeline import runner
+    from app.registry import export
+    from tests.synthetic import write_grouplens
+
+    _registry, version, _store = _passed_version_for_the_cli(tmp_path, personal_model_store, monkeypatch)
+    monkeypatch.setenv("MOVIEREC_DATA_DIR", str(write_grouplens(tmp_path / "data")))
+    settings = Settings()
+    holding, done = threading.Event(), threading.Event()
+
+    def slow_download(*_a: Any, **_k: Any) -> None:
+        holding.set()
+        done.wait(30)
+
+    monkeypatch.setattr(export, "repair_served_champion", slow_download)
+    repair = threading.Thread(target=runner.repair_release, args=(settings,))
+    repair.start()
+    try:
+        assert holding.wait(30)
+        promoted = CliRunner().invoke(cli, ["promote", "--version", version, "--no-reload"])
+        with pytest.raises(runner.PipelineError) as flow:
+            runner.run_flow(settings, timeout=60)
+    finally:
+        done.set()
+        repair.join(30)
+    assert promoted.exit_code == 1, (promoted.output, promoted.exception)
+    for message in (promoted.output, str(flow.value)):
+        assert "checking that the model store serves the registry's champion" in message, message
+        assert f"pid {os.getpid()}" in message and "try again" in message, message
+        assert "training flow is running" not in message, message
+    promoted = CliRunner().invoke(cli, ["promote", "--version", version, "--no-reload"])
+    assert promoted.exit_code == 0, (promoted.output, promoted.exception)  # free again once it ended
