@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -278,3 +279,28 @@ def hang_up_at_default_in_children() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+@contextmanager
+def spilling_process(directory: Path, ids: list[str]) -> Iterator[Path]:
+    """A live process that kept rows ``ids`` on disk in ``directory`` (RowSpill.save, as a worker
+    does during an outage) and runs until the block ends; yields that file. It is reaped at the
+    end: its pid is then free (an ended worker's)."""
+    script = (
+        "import sys; from pathlib import Path; from app.services.request_log import RowSpill\n"
+        f"print(RowSpill(Path({str(directory)!r})).save([{{'id': i}} for i in {ids!r}]), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        yield Path(process.stdout.readline().strip())
+    finally:
+        process.stdin.close()
+        process.wait(30)

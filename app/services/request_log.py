@@ -44,6 +44,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -58,6 +59,7 @@ from app.durable import append_durably, sync_directory, write_durably
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
 from app.monitoring.logs import LogEvery, describe_error
+from app.recommender.bundle import process_alive, process_tag, same_process
 from app.services.durable_files import write_or_set_aside
 from app.storage.db import Database, DatabaseUnavailableError
 
@@ -532,18 +534,23 @@ class RequestLog:
 class RowSpill:
     """Request rows that could not reach the database (before their process ended, or for now), on disk.
 
-    Files ``requests-<pid>-<ns>.jsonl`` in the feedback journal's directory (local storage that
-    outlives the process, one directory per database), each written whole and synced
-    (:func:`write_durably`). :meth:`replay` writes them to the database (idempotent: stored ids
-    are skipped) and deletes them; the app runs it at start, and each process's flusher again
-    at most every ``interval``, whether it is writing rows or idle. A process also keeps its
-    buffered rows here during an outage (:meth:`RequestLog._keep_on_disk`): the same files, the
-    same replay, skipped by their own process (which still holds the rows and removes the file
-    once they are written). A row the database refuses for good is appended to
-    ``rejected-requests.jsonl`` and logged, never dropped silently.
+    Files ``requests-<pid>-<tag>-<ns>.jsonl`` in the feedback journal's directory (local storage
+    that outlives the process, one directory per database), each written whole and synced
+    (:func:`write_durably`); ``tag`` is the writer's :func:`process_tag` (its start time), which
+    tells it from a later process given its pid (a restarted container's). :meth:`replay` writes
+    them to the database (idempotent: stored ids are skipped) and deletes them; the app runs it
+    at start, and each process's flusher again at most every ``interval``, whether it is writing
+    rows or idle. A process also keeps its buffered rows here during an outage
+    (:meth:`RequestLog._keep_on_disk`): the same files, the same replay, skipped by their own
+    process (which still holds the rows and removes the file once they are written) and, while it
+    lives, by every other (:meth:`written_by_another_live_process`). A row the database refuses
+    for good is appended to ``rejected-requests.jsonl`` and logged, never dropped silently.
     """
 
     PREFIX = "requests-"
+    NAME = re.compile(r"requests-(?P<pid>\d+)-(?P<tag>[0-9a-f]{12}|untagged)-\d+\.jsonl")
+    """A file's name since 2026-12-06; the ``requests-<pid>-<ns>.jsonl`` of earlier releases,
+    with no start time to tell their writer, are anyone's to replay, as they were then."""
     REJECTED = "rejected-requests.jsonl"
 
     def __init__(self, directory: Path, interval: float = 30.0) -> None:
@@ -554,7 +561,8 @@ class RowSpill:
         self._replaying = threading.Lock()
 
     def save(self, rows: list[dict[str, Any]]) -> Path:
-        path = self.directory / f"{self.PREFIX}{os.getpid()}-{time.time_ns()}.jsonl"
+        pid = os.getpid()
+        path = self.directory / f"{self.PREFIX}{pid}-{process_tag(pid) or 'untagged'}-{time.time_ns()}.jsonl"
         write_durably(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
         return path
 
@@ -572,17 +580,23 @@ class RowSpill:
         batch_size: int,
         skip: Collection[Path] = (),
     ) -> int:
-        """Write every spilled file's rows (but ``skip``'s), ``batch_size`` at a time, then delete it;
-        rows written.
+        """Write every spilled file's rows (but ``skip``'s, and those another live process keeps),
+        ``batch_size`` at a time, then delete it; rows written.
+
+        The files of a live process are its own to remove: it holds their rows in memory and
+        writes them from there (until 2026-12-06 every other worker replayed them too, one write
+        and one directory fsync a file, holding up its own flusher after an outage). Those of an
+        ended process (stopped, or killed hard) are written by whoever replays first.
 
         Raises what the database raised when it cannot take them: the file stays.
         """
         if not self.directory.is_dir() or not self._replaying.acquire(blocking=False):
             return 0
         total = files = 0
+        alive: dict[tuple[int, str | None], bool] = {}  # one look at each writer a replay
         try:
             for path in sorted(self.directory.glob(f"{self.PREFIX}*.jsonl")):
-                if path in skip:
+                if path in skip or self.written_by_another_live_process(path.name, alive):
                     continue
                 try:
                     rows = [_row(line) for line in path.read_bytes().splitlines() if line]
@@ -609,6 +623,25 @@ class RowSpill:
                     extra={"files": files, "rows": total},
                 )
         return total
+
+    @classmethod
+    def written_by_another_live_process(
+        cls, name: str, seen: dict[tuple[int, str | None], bool] | None = None
+    ) -> bool:
+        """Whether the file ``name`` was written by a process of this host that still runs, not
+        this one: :func:`process_alive` and its start time (a later process given its pid is not
+        it). A name of an earlier release says nothing of its writer: False. ``seen`` caches the
+        answer per writer."""
+        match = cls.NAME.fullmatch(name)
+        if match is None:
+            return False
+        pid, tag = int(match["pid"]), None if match["tag"] == "untagged" else match["tag"]
+        if pid == os.getpid():
+            return False
+        seen = {} if seen is None else seen
+        if (pid, tag) not in seen:
+            seen[pid, tag] = process_alive(pid) and same_process(tag, process_tag(pid))
+        return seen[pid, tag]
 
     def reject(self, row: dict[str, Any], exc: BaseException) -> None:
         append_durably(

@@ -29,6 +29,7 @@ from tests.helpers import (
     frame_running,
     held_by_another_thread,
     in_forked_child,
+    spilling_process,
 )
 
 pytestmark = pytest.mark.integration
@@ -817,6 +818,25 @@ def test_rows_acknowledged_during_an_outage_survive_a_hard_kill(tmp_path: Path, 
     assert not _spilled_rows(spill_dir)
     replacement.close()
     db.dispose()
+
+
+def test_a_live_workers_spill_files_are_left_to_it_and_an_ended_ones_replayed(tmp_path: Path) -> None:
+    """Every worker replayed the files another worker kept on disk during an outage, one write
+    and one directory fsync a file, holding up its own flusher after recovery, while that worker
+    wrote the same rows from memory (and removes its files once they are committed). Files of a
+    live process of this host are now left to it; once it has ended (a hard kill), anyone's
+    replay writes them. This process's own files, not kept by its log, are replayed as before."""
+    from app.services.request_log import RowSpill
+
+    spill = RowSpill(tmp_path / "journal")
+    written: list[dict[str, Any]] = []
+    with spilling_process(spill.directory, ["live-0", "live-1"]) as theirs:
+        spill.save(_rows(1, "own"))
+        assert spill.replay(written.extend, batch_size=500) == 1
+        assert [row["id"] for row in written] == ["own-0"] and theirs.exists()
+    assert spill.replay(written.extend, batch_size=500) == 2  # its writer ended: written by anyone
+    assert sorted(row["id"] for row in written) == ["live-0", "live-1", "own-0"]
+    assert not _spilled_rows(spill.directory)
 
 
 @pytest.mark.parametrize("back_at_the_stop", [False, True])
