@@ -119,6 +119,9 @@ class RequestLog:
         self._errors_logged = LogEvery(30.0)  # an outage is one line every 30 s, not one per retry
         self._kept_logged = LogEvery(30.0)  # rows kept on disk during an outage, and failing to be
         self._keep_failed = LogEvery(30.0)
+        # ended processes' rows waiting for the database: tried every spill interval (30 s) by
+        # each worker's flusher, logged when the wait starts and then every 5 minutes, not each time
+        self._replay_failed = LogEvery(300.0)
         reset_after_fork(self._forked)
         if flush_at_exit:  # else its owner closes it (the feedback journal: one final flush, not two)
             close_at_exit(self)
@@ -510,25 +513,31 @@ class RequestLog:
     def recover_spilled(self) -> int:
         """At start: :meth:`replay_spilled`; when the database cannot take them now, the flusher is
         started to try again every ``spill.interval``, this process serving or not. Rows written."""
-        try:
-            return self.replay_spilled()
-        except Exception as exc:  # noqa: BLE001 - kept on disk, retried by the flusher
-            log.error(
-                "%s: rows kept on disk wait to be written", self.name, extra={"reason": describe_error(exc)}
-            )
+        written = self._replay_logged()
+        if written is not None:
+            return written
         with self._lock:
             self._ensure_thread()
         return 0
 
-    def _replay_logged(self) -> None:
+    def _replay_logged(self) -> int | None:
+        """:meth:`replay_spilled`: rows written; None when the database could not take them,
+        logged at the first failure, then at most every 5 minutes while they wait.
+
+        Only ended processes' files are tried (:meth:`RowSpill.replay`); until 2026-12-06 a live
+        worker's outage files were too, and every idle worker logged this ERROR every 30 s of an
+        outage, for rows their own worker held and wrote."""
         try:
-            self.replay_spilled()
+            return self.replay_spilled()
         except Exception as exc:  # noqa: BLE001 - kept on disk, tried again later
-            log.error(
-                "%s: rows an ended process kept on disk wait for the database",
-                self.name,
-                extra={"reason": describe_error(exc)},
+            self._replay_failed.log(
+                log,
+                logging.ERROR,
+                f"{self.name}: rows an ended process kept on disk wait for the database",
+                directory=str(self.spill.directory) if self.spill is not None else None,
+                reason=describe_error(exc),
             )
+            return None
 
 
 class RowSpill:

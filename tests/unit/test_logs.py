@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -25,6 +26,7 @@ from app.monitoring.logs import (
     reset_log_context,
     scrub_text,
 )
+from tests.helpers import spilling_process
 
 pytestmark = pytest.mark.unit
 
@@ -480,24 +482,62 @@ def test_replaying_an_outages_many_spill_files_logs_one_line_not_one_per_file(tm
     assert len(list(tmp_path.glob("requests-*.jsonl"))) == 1  # the one not written stays
 
 
+class DownDatabase:
+    """A database that refuses every write (an outage), keeping the ids of the rows tried."""
+
+    def __init__(self) -> None:
+        self.tried: list[str] = []
+
+    def save_requests(self, rows: list[dict]) -> None:
+        from app.storage.db import DatabaseUnavailableError
+
+        self.tried.extend(row["id"] for row in rows)
+        raise DatabaseUnavailableError("connection refused")
+
+    statement_limit = staticmethod(lambda _seconds: contextlib.nullcontext())
+
+
+def test_an_idle_worker_in_an_outage_says_only_now_and_then_that_ended_processes_rows_wait(
+    tmp_path: Path,
+) -> None:
+    """During an outage each idle worker logged the ERROR "rows an ended process kept on disk wait
+    for the database" every 30 s, for the files a live worker was keeping on disk (its own to
+    write): not true, and an alert each. A live worker's files are left to it now, and the files
+    of ended processes that wait are logged when the wait starts, then at most every few minutes
+    (``unlogged_since_last`` counts the tries in between)."""
+    from app.services.request_log import RequestLog, RowSpill
+
+    db = DownDatabase()
+    log = RequestLog(db, spill=RowSpill(tmp_path, interval=0.01), flush_at_exit=False)  # type: ignore[arg-type]
+    _, stream = capture("app.services.request_log")
+    with spilling_process(tmp_path, ["ended-0"]):
+        pass  # a worker that kept a row on disk, then ended (killed, say)
+    try:
+        with spilling_process(tmp_path, ["live-0"]):  # a worker keeping its rows on disk meanwhile
+            log.recover_spilled()  # a start in the outage: the flusher then tries every 0.01 s
+            deadline = time.monotonic() + 10
+            while len(db.tried) < 10:
+                assert time.monotonic() < deadline, "the ended process's row was not tried again"
+                time.sleep(0.01)
+    finally:
+        log.close(timeout=0.1)
+    assert set(db.tried) == {"ended-0"}  # the live worker's row is its own to write
+    errors = [line for line in lines(stream) if line["level"] == "ERROR"]
+    assert len(errors) == 1, errors
+    assert errors[0]["message"] == "request log: rows an ended process kept on disk wait for the database"
+    assert "connection refused" in errors[0]["reason"], errors
+
+
 def test_the_exit_after_a_long_outage_logs_a_line_of_bounded_size(tmp_path: Path) -> None:
     """The exit's ERROR after an outage listed the name of every file the flusher had kept on disk,
     one a second: ~160 KB after an hour of outage, past the 1 MiB monitor-docker.py rebuilds from
     Docker's 16 KiB pieces after six (up to ~2 MB at the backlog bound), when the line was then
     handed over cut, not JSON. It now counts them and names the directory."""
-    import contextlib
-
     from app.services.request_log import RequestLog, RowSpill
-    from app.storage.db import DatabaseUnavailableError
-
-    class Down:
-        def save_requests(self, _rows: list[dict]) -> None:
-            raise DatabaseUnavailableError("connection refused")
-
-        statement_limit = staticmethod(lambda _seconds: contextlib.nullcontext())
 
     spill = RowSpill(tmp_path)
-    log = RequestLog(Down(), spill=spill, flush_at_exit=False, flush_interval=0.001, spill_every=0.001)  # type: ignore[arg-type]
+    down = DownDatabase()
+    log = RequestLog(down, spill=spill, flush_at_exit=False, flush_interval=0.001, spill_every=0.001)  # type: ignore[arg-type]
     files = 100  # enough for a line of 4 KB before; after an hour of outage, 3,600
     for i in range(files):  # a row a "second" of outage, each kept on disk in a file of its own
         log.append([{"id": f"r-{i}"}])
