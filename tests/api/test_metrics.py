@@ -225,8 +225,9 @@ def test_latency_histograms_resolve_what_a_request_and_a_model_call_take(
     make_app: Callable[..., Any],
 ) -> None:
     """A histogram whose first bucket holds most observations says nothing about them: the
-    champion's lookup takes tens of microseconds and a request about a millisecond, and with a
-    first bucket of 1 ms histogram_quantile put every percentile of the model inside it."""
+    champion's lookup takes a few to tens of microseconds and a request about a millisecond, and
+    with a first bucket of 1 ms histogram_quantile put every percentile of the model inside it (with
+    10 µs, 28 of 40 model calls on a machine fast for Python)."""
     app = make_app(monitor_interval_seconds=0)
     client = app.test_client()
     headers = login(client)
