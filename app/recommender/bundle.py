@@ -495,7 +495,7 @@ def remove_stale_leftovers(directory: Path, leftovers: Sequence[Leftover] = STOR
         if found is None:
             continue
         kind, maker, tag = found[0].kind, found[1].groupdict().get("pid"), found[1].groupdict().get("tag")
-        if maker is not None and process_alive(int(maker)) and same_process(tag, process_tag(int(maker))):
+        if maker is not None and tagged_process_alive(int(maker), tag):
             continue  # its maker runs (a process that took its pid since, started later, is not it)
         path = directory / name
         try:
@@ -563,6 +563,12 @@ def process_alive(pid: int, identity: str | None = None) -> bool:
     except (PermissionError, OverflowError):
         pass
     return identity is None or same_process(identity, process_identity(pid))
+
+
+def tagged_process_alive(pid: int, tag: str | None) -> bool:
+    """:func:`process_alive` for a process known by its :func:`process_tag` (a file name's): it
+    runs and, given a tag, is still the process that had it (``/proc`` is read only then)."""
+    return process_alive(pid) and (tag is None or same_process(tag, process_tag(pid)))
 
 
 def same_process(recorded: str | None, current: str | None) -> bool:

@@ -59,7 +59,7 @@ from app.durable import append_durably, sync_directory, write_durably
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
 from app.monitoring.logs import LogEvery, describe_error
-from app.recommender.bundle import process_alive, process_tag, same_process
+from app.recommender.bundle import process_tag, tagged_process_alive
 from app.services.durable_files import write_or_set_aside
 from app.storage.db import Database, DatabaseUnavailableError
 
@@ -639,7 +639,7 @@ class RowSpill:
         cls, name: str, seen: dict[tuple[int, str | None], bool] | None = None
     ) -> bool:
         """Whether the file ``name`` was written by a process of this host that still runs, not
-        this one: :func:`process_alive` and its start time (a later process given its pid is not
+        this one: :func:`tagged_process_alive`, its pid and start time (a later process given its pid is not
         it). A name of an earlier release says nothing of its writer: False. ``seen`` caches the
         answer per writer."""
         match = cls.NAME.fullmatch(name)
@@ -650,7 +650,7 @@ class RowSpill:
             return False
         seen = {} if seen is None else seen
         if (pid, tag) not in seen:
-            seen[pid, tag] = process_alive(pid) and same_process(tag, process_tag(pid))
+            seen[pid, tag] = tagged_process_alive(pid, tag)
         return seen[pid, tag]
 
     def reject(self, row: dict[str, Any], exc: BaseException) -> None:
