@@ -200,11 +200,13 @@ def _check_users(bundle: LoadedBundle, users: list[int], ratings: pd.DataFrame |
     if not users:
         return reasons
     rated = rated_movies(ratings) if ratings is not None else {}
+    catalogue = set(bundle.movie_ids.tolist())
     repeated, seen_rated, empty = 0, 0, 0
     for user_id in users:
         recs = bundle.recommend_user(user_id, k)
         movies = [r.movie_id for r in recs]
-        if not movies:
+        # a user who rated every movie (their feedback scored the rest) has nothing left to get
+        if not movies and (ratings is None or not catalogue.issubset(rated.get(user_id, ()))):
             empty += 1
         if len(set(movies)) != len(movies):
             repeated += 1

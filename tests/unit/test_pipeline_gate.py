@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from app.pipeline.candidates import CandidateResult, train_candidate, write_candidate_bundle
@@ -477,3 +478,38 @@ def test_a_bundle_whose_rating_model_the_service_refuses_fails(
     report = smoke_test(broken, synthetic_data.ratings)
     assert not report.passed
     assert report.reasons[0].startswith("does not load:") and "rating_model.pkl" in report.reasons[0]
+
+
+def test_a_known_user_who_rated_every_movie_does_not_fail_the_smoke_test(
+    synthetic_data: Any, tmp_path: Path
+) -> None:
+    """A known user whose feedback scored every movie left in the catalogue has nothing left to be
+    recommended: their empty list is right, not a broken bundle. It was counted as "known users
+    get no recommendation", so every candidate with personal lists was rejected, and none could be
+    promoted again while that user was among the sampled ones (the first user always is)."""
+    from app.pipeline.ingest import FEEDBACK_COLUMNS, feedback_to_ratings, merge_feedback
+
+    user = int(synthetic_data.users["user_id"].min())
+    movies = synthetic_data.items["movie_id"].tolist()
+    stamp = pd.Timestamp("2026-01-02", tz="UTC")
+    scores = pd.DataFrame(
+        [(n, "r1", m, 4.0, stamp, user, None, None, None) for n, m in enumerate(movies, 1)],
+        columns=FEEDBACK_COLUMNS,
+    )
+    ratings, users, _ = feedback_to_ratings(
+        scores, synthetic_data.users["user_id"].to_numpy(), np.array(movies)
+    )
+    data = merge_feedback(synthetic_data, ratings, users)
+    result = train_candidate(data, "most_liked", seeds=[0])
+    row = result.tables.user_ids.tolist().index(user)
+    assert (result.tables.user_top[row] < 0).all()  # nothing unrated is left for them
+
+    path = write_candidate_bundle(result, data, tmp_path, {})
+    report = smoke_test(path, data.ratings)
+    assert report.passed, report.reasons
+
+    # an empty list while a movie is left unrated (a fault in the tables) still fails
+    one_unrated = data.ratings[(data.ratings["user_id"] != user) | (data.ratings["movie_id"] != movies[0])]
+    report = smoke_test(path, one_unrated)
+    assert not report.passed
+    assert "1 known users get no recommendation" in report.reasons
