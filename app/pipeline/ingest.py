@@ -129,7 +129,8 @@ def feedback_to_ratings(
     """(ratings, synthetic users, number of rows dropped) for feedback rows.
 
     Rows are dropped when their movie left the catalogue or when the request has neither a
-    known user nor a complete, valid profile (nothing to attribute the score to).
+    known user nor a complete, valid profile (nothing to attribute the score to). A known user
+    who scored one movie under several requests gets one rating, the score acknowledged last.
     """
     empty_ratings = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
         ("user_id", "int64"), ("movie_id", "int64"), ("rating", "float64"), ("timestamp", "int64"),
@@ -165,6 +166,18 @@ def feedback_to_ratings(
             "mapped_to": np.where(known, "user", "profile"),
         }
     )
+    # A known user can score one movie under several requests, and re-scoring updates the
+    # request's row in place (its feedback id stays old): the newest score must win, not the
+    # highest feedback id. By the acknowledgement time itself, not the rating's whole seconds:
+    # two scores of one second went to the higher id. Rows keep their feedback-id order, so the
+    # data hash is unchanged whenever no pair is scored twice.
+    stamps = pd.to_datetime(frame["updated_at"], utc=True).to_numpy()
+    newest = (
+        ratings.assign(_at=stamps)
+        .sort_values("_at", kind="stable")
+        .drop_duplicates(["user_id", "movie_id"], keep="last")
+    )
+    ratings = ratings[ratings.index.isin(newest.index)].reset_index(drop=True)
     first = anonymous.drop_duplicates("request_id")
     users = pd.DataFrame(
         {
@@ -179,17 +192,10 @@ def feedback_to_ratings(
 
 
 def merge_feedback(data: MovieLens, ratings: pd.DataFrame, users: pd.DataFrame) -> MovieLens:
-    """Raw data plus feedback ratings; a feedback score replaces an older rating of the same pair."""
+    """Raw data plus feedback ratings (one per user and movie: :func:`feedback_to_ratings`); a
+    feedback score replaces an older rating of the same pair."""
     if ratings.empty:
         return data
-    # A known user can score one movie under several requests, and re-scoring updates the
-    # request's row in place (its feedback id stays old): the newest score must win, not the
-    # highest feedback id. Rows keep their feedback-id order, so the data hash is unchanged
-    # whenever no pair is scored twice.
-    newest = ratings.sort_values("timestamp", kind="stable").drop_duplicates(
-        ["user_id", "movie_id"], keep="last"
-    )
-    ratings = ratings.loc[ratings.index.isin(newest.index)]
     combined = pd.concat([data.ratings, ratings[RATING_COLUMNS]], ignore_index=True)
     combined = combined.drop_duplicates(["user_id", "movie_id"], keep="last").reset_index(drop=True)
     combined = combined.astype(

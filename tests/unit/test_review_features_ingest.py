@@ -321,3 +321,21 @@ def test_a_ratings_file_that_cannot_be_read_is_a_503_from_the_features_api(
     response = client.get("/api/users/1/features", headers=auth_headers)
     assert response.status_code == 503, response.get_json()
     assert "u.data" in response.get_json()["error"]["message"]
+
+
+def test_a_known_users_newest_feedback_score_wins_within_the_same_second(tmp_path: Path) -> None:
+    """As above, but r2's 4 and r1's changed 5 were acknowledged in the same second (two tabs, a
+    double click): training timestamps are whole seconds, and that tie went to the higher
+    feedback id, r2's older score. The acknowledgement times themselves tell them apart."""
+    data = load_directory(write_grouplens(tmp_path / "data"))
+    older, newer = datetime(2026, 1, 2, 0, 0, 0, 300_000, UTC), datetime(2026, 1, 2, 0, 0, 0, 800_000, UTC)
+    feedback = pd.DataFrame(
+        [(1, "r1", 10, 5.0, newer, 5, None, None, None), (2, "r2", 10, 4.0, older, 5, None, None, None)],
+        columns=FEEDBACK_COLUMNS,
+    )
+    ratings, users, _ = feedback_to_ratings(
+        feedback, data.users["user_id"].to_numpy(), data.items["movie_id"].to_numpy()
+    )
+    merged = merge_feedback(data, ratings, users).ratings
+    pair = merged[(merged["user_id"] == 5) & (merged["movie_id"] == 10)]
+    assert pair["rating"].tolist() == [5.0]
