@@ -181,9 +181,9 @@ def evaluate(
 
     Models that cannot answer the protocol (protocol B for a cold-start-only model) are
     listed under ``skipped``. The summary (mean, sd) is over ``summary_over`` when given (the
-    training flow's: every seed of its run), else over the standard seeds 0–4 that ran
-    (:func:`summary_seeds`; seed 42 is reported beside them, as EVALUATION.md asks); the report
-    names them (``summary_seeds``).
+    training flow's and ``movierec train``'s: every seed of the run, what selection ranks by),
+    else over the standard seeds 0–4 that ran (:func:`summary_seeds`; seed 42 is reported beside
+    them, as EVALUATION.md asks); the report names them (``summary_seeds``).
     """
     run = PROTOCOLS[protocol]
     over = list(summary_over) if summary_over is not None else summary_seeds(seeds)
@@ -206,7 +206,7 @@ def summary_seeds(seeds: Sequence[int]) -> list[int]:
     return [s for s in STANDARD_SEEDS if s in seeds] or list(seeds)
 
 
-def _seed_label(seeds: Sequence[int]) -> str:
+def seed_label(seeds: Sequence[int]) -> str:
     """``0-4`` for consecutive seeds, ``0`` for one, ``5,7`` otherwise."""
     ordered = sorted(seeds)
     if len(ordered) > 1 and ordered == list(range(ordered[0], ordered[-1] + 1)):
@@ -219,7 +219,7 @@ def format_table(report: dict[str, Any], k: int | None = None) -> str:
     they ran; the header names them) and the other metrics, at the report's k unless ``k`` is given."""
     k = report.get("k", K) if k is None else k
     seeds = report["seeds"]
-    ndcg_label = f"ndcg@{k} ({_seed_label(report.get('summary_seeds') or summary_seeds(seeds))})"
+    ndcg_label = f"ndcg@{k} ({seed_label(report.get('summary_seeds') or summary_seeds(seeds))})"
     header = (
         f"{'model':<24} {ndcg_label:>16} {'seed 42':>8} {'prec':>6} {'recall':>6} {'hit':>6} "
         f"{'cov':>6} {'rmse':>6} {'ms/user':>8}"

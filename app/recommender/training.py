@@ -25,7 +25,7 @@ from app.recommender.bundle import (
     write_bundle,
 )
 from app.recommender.data import MovieLens
-from app.recommender.evaluation import REFERENCE_SEED, STANDARD_SEEDS, K, evaluate, split_users
+from app.recommender.evaluation import REFERENCE_SEED, STANDARD_SEEDS, K, evaluate, seed_label, split_users
 from app.recommender.models import DEFAULT_CANDIDATES, Recommender, make_model
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,10 @@ def train(
         "then fitting the best on all data: a minute or more on ml-100k",
         len(model_names), ", ".join(model_names), ",".join(map(str, seeds)),
     )  # fmt: skip
-    report_a = evaluate(data, model_names, "A", seeds)
-    report_b = evaluate(data, model_names, "B", seeds)
+    # summarised over every seed given, as the training flow does (app/pipeline/candidates.py):
+    # what selection ranks by, the manifest stores and the summary line prints
+    report_a = evaluate(data, model_names, "A", seeds, summary_over=seeds)
+    report_b = evaluate(data, model_names, "B", seeds, summary_over=seeds)
     best = select_best(report_a, report_b)
     log.info("selected %s by protocol-A %s", best, SELECTION_METRIC)
 
@@ -209,7 +211,8 @@ def _in_memory(model: Recommender, tables: Tables, data: MovieLens) -> LoadedBun
 def summary_line(result: TrainingResult) -> str:
     summary = result.report_a["models"][result.served_model]["summary"]
     return (
-        f"{result.path}  served={result.served_model}  protocol A ndcg@10="
+        f"{result.path}  served={result.served_model}  "
+        f"protocol A ndcg@10 (seeds {seed_label(result.report_a['summary_seeds'])})="
         f"{summary[SELECTION_METRIC]:.3f} ± {summary['ndcg@10_sd']:.3f}"
     )
 

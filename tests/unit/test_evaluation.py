@@ -180,3 +180,25 @@ def test_the_evaluate_command_runs_both_protocols_unless_one_is_named(  # type: 
     assert "protocol A" not in result.output.splitlines()
     assert json.loads((tmp_path / "one" / "b.json").read_text())["protocol"] == "B"
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["b.json", "b.png"]
+
+
+def test_training_selects_by_the_mean_over_every_seed_it_was_given(synthetic_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`movierec train --seeds 0,42` summarised (and so selected and reported) by the standard seeds
+    0-4 among its seeds: by seed 0 alone, seed 42 evaluated and thrown away, the line it prints
+    '± 0.000', while the manifest said the selection was over 0 and 42. Like the training flow, it
+    now takes the mean over every seed it was given, and its line names them."""
+    import json
+
+    from app.recommender.training import summary_line, train
+
+    result = train(synthetic_data, tmp_path / "model", ["most_rated", "segment_most_liked"], seeds=(0, 42))
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    assert manifest["selection"]["seeds"] == [0, 42]
+    for report, protocol in ((result.report_a, "A"), (result.report_b, "B")):
+        assert report["summary_seeds"] == [0, 42]
+        for name, entry in report["models"].items():
+            per_seed = [entry["per_seed"][s]["ndcg@10"] for s in ("0", "42")]
+            assert entry["summary"]["ndcg@10_mean"] == pytest.approx(np.mean(per_seed))
+            stored = manifest["metrics"][name][protocol]
+            assert stored["ndcg@10_sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert "protocol A ndcg@10 (seeds 0,42)=" in summary_line(result)
