@@ -202,3 +202,27 @@ def test_training_selects_by_the_mean_over_every_seed_it_was_given(synthetic_dat
             stored = manifest["metrics"][name][protocol]
             assert stored["ndcg@10_sd"] == pytest.approx(np.std(per_seed, ddof=1))
     assert "protocol A ndcg@10 (seeds 0,42)=" in summary_line(result)
+
+
+def test_users_without_a_liked_test_movie_are_left_out_of_every_metric(synthetic_data) -> None:  # type: ignore[no-untyped-def]
+    """Relevant = rated >= 4 (EVALUATION.md): a test user with no such movie (protocol A: none at
+    all; protocol B: none held out) has no ideal DCG, so no NDCG. They are left out of every mean
+    and of coverage, as EVALUATION.md's reference figures were measured (docs/models.md), and
+    ``n_users`` counts the users measured."""
+    from app.recommender.data import MovieLens
+
+    _, test_ids = split_users(synthetic_data.users["user_id"], seed=0)
+    dislikes_all = int(test_ids[0])  # a protocol-A test user, and a protocol-B user like any other
+    ratings = synthetic_data.ratings.copy()
+    ratings.loc[ratings["user_id"] == dislikes_all, "rating"] = 1.0
+    data = MovieLens(ratings=ratings, users=synthetic_data.users, items=synthetic_data.items)
+
+    liked = ratings[ratings["rating"] >= 4]
+    measured_a = set(liked.loc[liked["user_id"].isin(test_ids), "user_id"])
+    assert dislikes_all not in measured_a and len(measured_a) < len(test_ids)
+    assert protocol_a(make_model("most_liked"), data, seed=0)["n_users"] == len(measured_a)
+
+    _, held = split_ratings(ratings, seed=0)
+    measured_b = set(held.loc[held["rating"] >= 4, "user_id"])
+    assert dislikes_all not in measured_b and len(measured_b) < held["user_id"].nunique()
+    assert protocol_b(make_model("most_liked"), data, seed=0)["n_users"] == len(measured_b)
