@@ -196,6 +196,7 @@ def _load_data(data_dir: Path) -> MovieLens:
 def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_missing: bool) -> None:
     """Train candidates, pick the best by protocol-A NDCG@10, write a bundle; print its path."""
     from app.recommender.bundle import LATEST, MANIFEST
+    from app.recommender.evaluation import TooLittleDataError
     from app.recommender.models import DEFAULT_CANDIDATES
     from app.recommender.training import summary_line
     from app.recommender.training import train as run_training
@@ -206,7 +207,10 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
     names, seed_list = _models(models) or DEFAULT_CANDIDATES, _seeds(seeds)
     data = _load_data(data_dir)  # first: a run refused for its data leaves no directory behind
     _output_directory(model_dir, "--model-dir")
-    result = run_training(data, model_dir, names, seed_list)
+    try:
+        result = run_training(data, model_dir, names, seed_list)
+    except TooLittleDataError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(summary_line(result), err=True)
     click.echo(str(result.path))
 
@@ -240,7 +244,7 @@ def _report_paths(out: Path | None, protocols: list[str]) -> dict[str, Path]:
 def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | None, out: Path | None) -> None:
     """Run the offline protocols of EVALUATION.md (both, or --protocol's); per protocol print the
     table, write JSON + PNG."""
-    from app.recommender.evaluation import PROTOCOLS, format_table
+    from app.recommender.evaluation import PROTOCOLS, TooLittleDataError, format_table
     from app.recommender.evaluation import evaluate as run_evaluation
     from app.recommender.models import CANDIDATES
     from app.recommender.report import write_report
@@ -255,7 +259,10 @@ def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | Non
     data = _load_data(data_dir)  # first: a run refused for its data leaves no directory behind
     _output_directory(next(iter(paths.values())).parent, "--out", out)  # one directory holds them all
     for index, (letter, path) in enumerate(paths.items()):
-        report = run_evaluation(data, names, letter, seed_list)
+        try:
+            report = run_evaluation(data, names, letter, seed_list)
+        except TooLittleDataError as exc:
+            raise click.ClickException(str(exc)) from exc
         click.echo(("\n" if index else "") + format_table(report))
         try:
             json_path, png_path = write_report(report, path)

@@ -33,6 +33,11 @@ K = 10
 LIKE_THRESHOLD = 4.0
 
 
+class TooLittleDataError(ValueError):
+    """A split leaves no user to measure: no test user (protocol A) or held-out rating (protocol B)
+    rated a movie ``LIKE_THRESHOLD`` or more."""
+
+
 def split_users(
     user_ids: Sequence[int] | np.ndarray, seed: int, test_share: float = 0.2
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +99,13 @@ def protocol_a(model: Recommender, data: MovieLens, seed: int, k: int = K) -> di
 
     test_users = data.users[data.users["user_id"].isin(test_ids)].sort_values("user_id")
     relevant = _relevant_sets(test_ratings, test_users["user_id"].to_numpy())
-    keep = np.array([bool(r) for r in relevant])
+    keep = np.array([bool(r) for r in relevant], dtype=bool)  # an empty float array selected columns
+    if not keep.any():
+        raise TooLittleDataError(
+            f"protocol A, split seed {seed}: no test user ({len(test_users)} of "
+            f"{len(train_ids) + len(test_ids)} users) rated a movie {LIKE_THRESHOLD:g} or more: "
+            "too little data to evaluate"
+        )
     test_users = test_users[keep]
     relevant = [r for r in relevant if r]
     segments = [
@@ -134,6 +145,12 @@ def protocol_b(model: Recommender, data: MovieLens, seed: int, k: int = K) -> di
     fit_seconds = time.perf_counter() - started
 
     users = np.sort(held.loc[held["rating"] >= LIKE_THRESHOLD, "user_id"].unique())
+    if not len(users):
+        raise TooLittleDataError(
+            f"protocol B, split seed {seed}: no user rated a movie {LIKE_THRESHOLD:g} or more among "
+            f"their held-out ratings ({len(held)} of {len(data.ratings)}: a fifth of each user's, "
+            "none of fewer than 3): too little data to evaluate"
+        )
     relevant = _relevant_sets(held, users)
     rated = train.groupby("user_id")["movie_id"].apply(lambda s: s.to_numpy())
     exclude = [model.item_positions(rated.get(u, np.empty(0, dtype=np.int64))) for u in users]

@@ -226,3 +226,54 @@ def test_users_without_a_liked_test_movie_are_left_out_of_every_metric(synthetic
     measured_b = set(held.loc[held["rating"] >= 4, "user_id"])
     assert dislikes_all not in measured_b and len(measured_b) < held["user_id"].nunique()
     assert protocol_b(make_model("most_liked"), data, seed=0)["n_users"] == len(measured_b)
+
+
+def _first_users(data, n: int):  # type: ignore[no-untyped-def]
+    from app.recommender.data import MovieLens
+
+    keep = data.users["user_id"].iloc[:n]
+    return MovieLens(
+        ratings=data.ratings[data.ratings["user_id"].isin(keep)], users=data.users.iloc[:n], items=data.items
+    )
+
+
+def test_too_little_data_to_evaluate_is_said_not_a_key_error(synthetic_data) -> None:  # type: ignore[no-untyped-def]
+    """Data too small for a split (2 users: round(0.4) = 0 test users) raised KeyError: 'age' in
+    protocol A (an empty float mask selected columns), and test users without a movie rated >= 4,
+    or no held-out like in protocol B, raised "no users to evaluate": `movierec train` and
+    `evaluate` ended in a traceback. Each protocol now says what is missing, and the commands
+    print it as one error line."""
+    from app.recommender.data import MovieLens
+    from app.recommender.evaluation import TooLittleDataError
+
+    with pytest.raises(TooLittleDataError, match=r"protocol A, split seed 0: no test user \(0 of 2 users\)"):
+        protocol_a(make_model("most_liked"), _first_users(synthetic_data, 2), seed=0)
+    disliked = synthetic_data.ratings.assign(rating=2.0)
+    dull = MovieLens(ratings=disliked, users=synthetic_data.users, items=synthetic_data.items)
+    with pytest.raises(TooLittleDataError, match="protocol A, split seed 0: no test user"):
+        protocol_a(make_model("most_liked"), dull, seed=0)
+    with pytest.raises(TooLittleDataError, match="protocol B, split seed 0: no user"):
+        protocol_b(make_model("most_liked"), dull, seed=0)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_the_commands_say_the_data_is_too_little_to_evaluate(synthetic_data_dir, tmp_path, command) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    for name, separator in (("u.data", "\t"), ("u.user", "|")):
+        lines = (synthetic_data_dir / name).read_text().splitlines(keepends=True)
+        (tiny / name).write_text("".join(line for line in lines if line.split(separator)[0] in ("1", "2")))
+    (tiny / "u.item").write_bytes((synthetic_data_dir / "u.item").read_bytes())
+    args = [command, "--data-dir", str(tiny), "--models", "most_liked", "--seeds", "0"]
+    args += (
+        ["--model-dir", str(tmp_path / "model")]
+        if command == "train"
+        else ["--out", str(tmp_path / "r.json")]
+    )
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Error: protocol A, split seed 0: no test user (0 of 2 users)" in result.output
