@@ -31,6 +31,7 @@ SEEDS = (*STANDARD_SEEDS, REFERENCE_SEED)
 COLD_START = ("most_liked", "segment_most_liked", "demographic_kernel", "lgbm_ranker")
 KNOWN_USERS = ("most_liked", "item_knn", "ease")
 KERNEL_REFERENCE_A = 0.427  # EVALUATION.md: the tuned demographic-similarity kernel
+MARGIN_OVER_POPULARITY_A = 0.01  # "clearly beat" global most-liked, the best popularity row (docs/models.md)
 ISSUE_BAR_A = 0.44  # issue 4; not reached (docs/models.md)
 BAR_B = 0.38
 
@@ -65,7 +66,7 @@ def test_protocol_a_best_cold_start_candidate(report_a) -> None:
     print(f"best cold start: {best} {mean:.4f} ± {sd:.4f} (seed 42: {seed42:.4f}); issue bar {ISSUE_BAR_A}")
     assert best in ("demographic_kernel", "lgbm_ranker")
     assert mean >= KERNEL_REFERENCE_A
-    assert mean >= baseline + 0.01
+    assert mean >= baseline + MARGIN_OVER_POPULARITY_A
     # The learned ranker must at least beat global popularity on every standard split.
     for seed in STANDARD_SEEDS:
         ranker = report_a["models"]["lgbm_ranker"]["per_seed"][str(seed)]["ndcg@10"]
