@@ -277,3 +277,23 @@ def test_the_commands_say_the_data_is_too_little_to_evaluate(synthetic_data_dir,
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert "Error: protocol A, split seed 0: no test user (0 of 2 users)" in result.output
+
+
+@pytest.mark.parametrize("protocol", ["A", "B"])
+def test_a_candidates_figures_do_not_depend_on_the_candidates_run_before_it(synthetic_data, protocol) -> None:  # type: ignore[no-untyped-def]
+    """Each run draws its split from a generator of its own, default_rng(seed), and each model from
+    its own random_state: no generator is shared between candidates (or seeds), so a candidate
+    measures the same whichever candidates ran before it and in whatever order."""
+    names = ["lgbm_ranker", "ease", "item_knn", "most_liked"]
+
+    def figures(order: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+        report = evaluate(synthetic_data, order, protocol, seeds=(1, 0))
+        return {
+            name: {seed: {m: v for m, v in r.items() if "seconds" not in m and "ms" not in m}
+                   for seed, r in entry["per_seed"].items()}
+            for name, entry in report["models"].items()
+        }  # fmt: skip
+
+    forward = figures(names)
+    assert forward == figures(names[::-1])
+    assert forward["most_liked"] == figures(["most_liked"])["most_liked"]
