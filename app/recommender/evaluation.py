@@ -223,6 +223,11 @@ def summary_seeds(seeds: Sequence[int]) -> list[int]:
     return [s for s in STANDARD_SEEDS if s in seeds] or list(seeds)
 
 
+def averaged_seeds(report: dict[str, Any]) -> list[int]:
+    """The seeds a report's summary averages (reports written before ``summary_seeds``: the default)."""
+    return list(report.get("summary_seeds") or summary_seeds(report["seeds"]))
+
+
 def seed_label(seeds: Sequence[int]) -> str:
     """``0-4`` for consecutive seeds, ``0`` for one, ``5,7`` otherwise."""
     ordered = sorted(seeds)
@@ -236,7 +241,7 @@ def format_table(report: dict[str, Any], k: int | None = None) -> str:
     they ran; the header names them) and the other metrics, at the report's k unless ``k`` is given."""
     k = report.get("k", K) if k is None else k
     seeds = report["seeds"]
-    ndcg_label = f"ndcg@{k} ({seed_label(report.get('summary_seeds') or summary_seeds(seeds))})"
+    ndcg_label = f"ndcg@{k} ({seed_label(averaged_seeds(report))})"
     header = (
         f"{'model':<24} {ndcg_label:>16} {'seed 42':>8} {'prec':>6} {'recall':>6} {'hit':>6} "
         f"{'cov':>6} {'rmse':>6} {'ms/user':>8}"

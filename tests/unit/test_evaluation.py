@@ -297,3 +297,25 @@ def test_a_candidates_figures_do_not_depend_on_the_candidates_run_before_it(synt
     forward = figures(names)
     assert forward == figures(names[::-1])
     assert forward["most_liked"] == figures(["most_liked"])["most_liked"]
+
+
+def test_the_plot_names_the_seeds_its_bars_average(synthetic_data, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`movierec evaluate`'s PNG said 'mean over split seeds' under a title listing 0, 1, 2, 3, 4, 42,
+    while its bars (as the table's column) average the summary's seeds, 0-4 alone: seed 42 read as
+    averaged in. The axis now names the seeds the bars average, as the table's header does."""
+    from matplotlib.figure import Figure
+
+    from app.recommender.report import plot_report
+
+    labels: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        Figure,
+        "savefig",
+        lambda fig, *a, **k: labels.append((fig.axes[0].get_ylabel(), fig.axes[0].get_title())),
+    )
+    plot_report(evaluate(synthetic_data, ["most_rated"], "A", seeds=(0, 1, 42)), tmp_path / "a.png")
+    plot_report(
+        evaluate(synthetic_data, ["most_rated"], "A", seeds=(0, 42), summary_over=(0, 42)), tmp_path / "b.png"
+    )
+    assert labels[0][0] == "mean ± sd over split seeds 0-1" and "seeds 0, 1, 42" in labels[0][1]
+    assert labels[1][0] == "mean ± sd over split seeds 0,42"
