@@ -1232,14 +1232,12 @@ def install_model(source: Path | str, store: Path | str, test_data: Path | str |
     rating model included), so a model the server would refuse fails the image build, not
     the deployment.
     """
-    from app.recommender.bundle import BundleError, load_bundle, point_latest, read_catalogue, write_bundle
+    from app.recommender.bundle import BundleError, load_bundle, point_latest, write_bundle
 
     source, store = Path(source), Path(store)
-    # a seed-style regressor ranks the data set's movies, and an image has no data set: it takes
-    # those of the catalogue.csv beside it, as it takes their titles (it took no movies, and an image
-    # built from it passed the accuracy test, R², then failed here)
-    sidecar = source.parent / CATALOGUE
-    bundle = load_bundle(source, read_catalogue(sidecar) if source.is_file() and sidecar.is_file() else None)
+    # a model.pkl (a seed-style regressor too) ranks the movies of the catalogue.csv beside it: an
+    # image has no data set
+    bundle = load_bundle(source)
     store.mkdir(parents=True, exist_ok=True)
     if (bundle.path / "manifest.json").is_file() and bundle.path.is_dir():
         target = store / bundle.version

@@ -2,8 +2,9 @@
 
 ``test_data.json`` holds ``data``, ``target`` and ``expected_score``. For a bundle, ``data``
 are demographic profiles, ``target`` each profile's liked titles, and the score is NDCG@10 of
-what the bundle serves — computed through the same lookup the API uses. For a seed-style
-scikit-learn model, ``data`` are feature rows, ``target`` ratings and the score is the
+what the bundle serves — computed through the same lookup the API uses. For a model file
+holding a scikit-learn estimator rather than a movierec model (the seed's: :func:`is_seed_estimator`,
+decided by what the file holds), ``data`` are feature rows, ``target`` ratings and the score is the
 estimator's own ``score`` (R²), measured on at least 2 rows whose target varies (an error
 otherwise: R² is undefined there, and scikit-learn scored every model 0.0 against a constant).
 
@@ -31,8 +32,18 @@ from typing import Any
 import joblib
 import numpy as np
 
-from app.recommender.bundle import BundleError, LoadedBundle, archive_members, load_bundle, segment_profiles
+from app.recommender.bundle import (
+    MANIFEST,
+    LoadedBundle,
+    archive_members,
+    is_archive,
+    load_bundle,
+    pickled_bundle,
+    segment_profiles,
+    unpickle_model,
+)
 from app.recommender.metrics import ndcg_at_k
+from app.recommender.models.base import Recommender
 
 K = 10
 # A seed-style .tar.gz's model.pkl is read into memory: one larger than this unpacked is refused
@@ -114,14 +125,14 @@ def run_accuracy_test(
     raw_floor = payload.get("floor_score")
     floor = _finite(raw_floor, "floor_score", test_data_path) if raw_floor is not None else None
     model_path = Path(model_path)
-    try:
-        bundle = load_bundle(model_path)
-    except BundleError:
-        estimator = _plain_estimator(model_path)
-        if estimator is None:
-            raise
-        score = _r2(estimator, data, target, model_path, test_data_path)
+    held = _model_file_object(model_path)
+    if held is not None and is_seed_estimator(held):
+        score = _r2(held, data, target, model_path, test_data_path)
         return AccuracyResult(score, expected, tolerance, "r2", floor, str(model_path))
+    if held is not None and not is_archive(model_path):  # unpickled once
+        bundle = pickled_bundle(held, model_path)
+    else:
+        bundle = load_bundle(model_path)
     depth = int(bundle.tables.segment_top.shape[1])
     if k > depth:  # scored as it came, NDCG@k of lists of at most depth movies: not what it says
         raise ValueError(
@@ -217,27 +228,43 @@ def _finite(value: Any, key: str, where: Path | str) -> float:
     return number
 
 
-def _plain_estimator(path: Path) -> Any | None:
-    """A scikit-learn estimator in ``path``: a ``model.pkl``, or (the seed's interface) a
-    ``.tar.gz`` holding one ``model.pkl``; None when there is none to score."""
-    if path.is_file() and path.suffix == ".pkl":
-        source: Any = path
-    elif path.is_file() and path.resolve().name.endswith((".tar.gz", ".tgz")):
-        source = _archived_pickle(path)
-        if source is None:
-            return None
-    else:
+def is_seed_estimator(model: Any) -> bool:
+    """Whether a model file's object is scored as the seed's test scored it, by its own ``score``
+    (R², for a regressor) on feature rows: a scikit-learn estimator, not a movierec model.
+
+    Decided by what the file holds, whatever else could be made of it: the bundle loader serves
+    the seed's regressor too, given the catalogue.csv beside it (it ranks those movies), and its
+    test data is still feature rows and ratings (until 2026-12-06 the estimator was scored by R²
+    only when the loader refused it).
+    """
+    return not isinstance(model, Recommender) and hasattr(model, "score")
+
+
+def _model_file_object(path: Path) -> Any | None:
+    """What a model file holds: the object of a ``model.pkl`` (any file not an archive, as the
+    bundle loader takes it), or (the seed's interface) of the one ``model.pkl`` of a ``.tar.gz``
+    holding no bundle; None for a bundle, a store, an archive of a bundle, or an archive the
+    bundle loader is left to say why it cannot load.
+
+    BundleError when a ``model.pkl`` cannot be unpickled (the loader's own words).
+    """
+    if not path.is_file():
+        return None
+    if not is_archive(path):
+        return unpickle_model(path)
+    source = _archived_pickle(path)
+    if source is None:
         return None
     try:
-        estimator = joblib.load(source)  # nosec B301 - model files come from our own training
+        return joblib.load(source)  # nosec B301 - model files come from our own training
     except Exception:  # noqa: BLE001 - unreadable: the bundle loader's error says why
         return None
-    return estimator if hasattr(estimator, "score") else None
 
 
 def _archived_pickle(path: Path) -> io.BytesIO | None:
-    """The bytes of the one ``model.pkl`` in an archive (as the bundle loader finds it), read
-    without extracting anything; None for an unreadable archive, or none or several.
+    """The bytes of the one ``model.pkl`` in an archive holding no bundle (as the bundle loader
+    finds it), read without extracting anything; None for an unreadable archive, one holding a
+    bundle's ``manifest.json``, or no ``model.pkl`` or several.
 
     ValueError, before anything is read, when it is larger than :data:`MAX_ARCHIVED_MODEL_BYTES`
     unpacked (a damaged archive, or a decompression bomb: it would be read into memory whole), or
@@ -245,10 +272,9 @@ def _archived_pickle(path: Path) -> io.BytesIO | None:
     """
     try:
         with tarfile.open(path, "r:gz") as archive:
-            members = [
-                m for m in archive_members(archive, path) if m.isfile() and Path(m.name).name == "model.pkl"
-            ]
-            if len(members) != 1:
+            files = [m for m in archive_members(archive, path) if m.isfile()]
+            members = [m for m in files if Path(m.name).name == "model.pkl"]
+            if len(members) != 1 or any(Path(m.name).name == MANIFEST for m in files):
                 return None
             if members[0].size > MAX_ARCHIVED_MODEL_BYTES:
                 raise ValueError(

@@ -664,13 +664,18 @@ def load_bundle(path: Path | str, catalogue_fallback: pd.DataFrame | None = None
     path = Path(path)
     if not path.exists():
         raise BundleError(f"model path {path} does not exist")
-    # a link (a store's ``latest``, say) is judged by what it points at: by its own name, a link
-    # to an archive was unpickled
-    if path.is_file() and path.resolve().name.endswith((".tar.gz", ".tgz")):
+    if is_archive(path):
         return _load_tarball(path, catalogue_fallback)
     if path.is_file():
         return _load_pickle(path, catalogue_fallback)
     return _load_dir(resolve_bundle_dir(path))
+
+
+def is_archive(path: Path) -> bool:
+    """Whether ``path`` is a ``.tar.gz`` model, any other file being a pickled one. A link (a
+    store's ``latest``, say) is judged by what it points at: by its own name, a link to an
+    archive was unpickled."""
+    return path.is_file() and path.resolve().name.endswith((".tar.gz", ".tgz"))
 
 
 def attach_rating_model(bundle: LoadedBundle) -> None:
@@ -695,7 +700,7 @@ def attach_rating_model(bundle: LoadedBundle) -> None:
         if declared.get("file") != "model.pkl" or bundle.model is not None:  # the served model, checked above
             return
         candidate = bundle.path / "model.pkl"
-    model = _unpickle(candidate)
+    model = unpickle_model(candidate)
     if candidate.name == "model.pkl" and isinstance(model, Recommender) and not model.serves_records:
         return  # the served ranker, named by a bundle written before ``serves_records`` existed
     if not isinstance(model, Recommender) or not model.serves_records:
@@ -1033,7 +1038,7 @@ def _remove_tree(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _unpickle(path: Path) -> Any:
+def unpickle_model(path: Path) -> Any:
     """A model file's object; BundleError saying why it cannot be unpickled (an EOFError, an empty
     or cut-short file, has no text: the error said nothing after "unpickled:")."""
     try:
@@ -1045,22 +1050,30 @@ def _unpickle(path: Path) -> Any:
 
 
 def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:
-    """A seed-style single-file model: a pickled movierec ``Recommender``.
+    """A seed-style single-file model: a pickled movierec ``Recommender``, or the seed's own
+    scikit-learn regressor (:func:`_wrap_seed_estimator`).
 
-    The movie titles come from a ``catalogue.csv`` beside the file or from the data set.
+    The movies come from a ``catalogue.csv`` beside the file, else from the data set
+    (``catalogue_fallback``): their titles, and for the seed's regressor the movies it ranks
+    (until 2026-12-06 it ranked the data set's alone, and without a data set was refused
+    whatever lay beside it).
     """
-    model = _unpickle(path)
-    if not isinstance(model, Recommender):
-        model = _wrap_seed_estimator(model, catalogue_fallback, path)
+    return pickled_bundle(unpickle_model(path), path, catalogue_fallback)
+
+
+def pickled_bundle(model: Any, path: Path, catalogue_fallback: pd.DataFrame | None = None) -> LoadedBundle:
+    """The bundle of ``model``, the object unpickled from the model file ``path`` (:func:`_load_pickle`)."""
     sidecar = path.parent / "catalogue.csv"
     if sidecar.is_file():
         try:
-            catalogue = read_catalogue(sidecar)
+            catalogue: pd.DataFrame | None = read_catalogue(sidecar)
         except (OSError, ValueError) as exc:
             raise BundleError(f"{sidecar} is unreadable: {exc}") from exc
-    elif catalogue_fallback is not None:
-        catalogue = catalogue_fallback
     else:
+        catalogue = catalogue_fallback
+    if not isinstance(model, Recommender):
+        model = _wrap_seed_estimator(model, catalogue, path)
+    if catalogue is None:
         raise BundleError(f"{path} needs a catalogue.csv beside it (or the data set) for movie titles")
     missing = np.setdiff1d(model.item_ids, catalogue["movie_id"].to_numpy())
     if len(missing):

@@ -517,6 +517,35 @@ def test_a_pickle_whose_catalogue_lacks_its_movies_is_refused(model_store: Path,
         load_bundle(single / "model.pkl")
 
 
+def test_a_seed_regressor_ranks_the_movies_of_the_catalogue_beside_it(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """ML_MODEL_PATH a seed-style model.pkl (the seed's scikit-learn regressor over age, gender,
+    occupation and movie id) with the catalogue.csv of its movies beside it, and no data set: it
+    was refused ('a catalogue.csv beside it (or the data set) is needed'), the catalogue beside it
+    read only for titles, after the regressor had been given none to rank. It ranks those movies."""
+    from sklearn.linear_model import LinearRegression
+
+    from app.recommender.bundle import read_catalogue
+    from app.recommender.models.forest import seed_features
+
+    catalogue = read_catalogue((model_store / "latest").resolve() / "catalogue.csv")
+    movies = catalogue["movie_id"].to_numpy()
+    rows = seed_features(np.full(len(movies), 30), ["F"] * len(movies), ["artist"] * len(movies), movies)
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    ratings = movies / movies.max()  # the higher the id, the better the movie
+    joblib.dump(LinearRegression().fit(rows, ratings), seed / "model.pkl")
+    catalogue.to_csv(seed / "catalogue.csv", index=False)
+    bundle = load_bundle(seed / "model.pkl")
+    assert sorted(bundle.catalogue["movie_id"]) == sorted(movies)
+    best = catalogue.sort_values("movie_id", ascending=False)["title"].head(5).tolist()
+    assert [r.title for r in bundle.recommend_segment(Segment.of(30, "F", "artist"), 5)] == best
+    (seed / "catalogue.csv").unlink()  # nothing to rank without it, and no data set: refused as before
+    with pytest.raises(BundleError, match=r"is a seed-style regressor; a catalogue\.csv beside it"):
+        load_bundle(seed / "model.pkl")
+
+
 def test_catalogue_titles_pandas_reads_as_missing_round_trip(model_store: Path, tmp_path: Path) -> None:
     """catalogue.csv was read back with pandas' default NA parsing: a movie titled "NA", "None",
     "null", "N/A", "nan" or "" came back NaN (two of them: "titles are not unique", the bundle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,85 @@ def test_an_empty_or_cut_short_model_pkl_says_so(
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert errors == [f"Error: {model} could not be unpickled: it is empty or cut short (EOFError)"]
+
+
+def _seed_regressor_dir(model_store: Path, where: Path) -> tuple[Path, Path]:
+    """A seed-style model.pkl (a scikit-learn regressor over age, gender, occupation and movie id)
+    with the catalogue.csv of its movies beside it, as the Dockerfile's model stage is given it,
+    and its R² test data (feature rows and their ratings)."""
+    import json
+
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    where.mkdir()
+    bundle = (model_store / "latest").resolve()
+    shutil.copy2(bundle / "catalogue.csv", where / "catalogue.csv")
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 4)) * [60, 2, 20, 50]
+    y = x @ [0.01, 0.2, 0.03, 0.02] + rng.normal(0, 0.1, 40)
+    joblib.dump(LinearRegression().fit(x, y), where / "model.pkl")
+    test_data = where.parent / "r2.json"
+    test_data.write_text(json.dumps({"data": x.tolist(), "target": y.tolist(), "expected_score": 0.5}))
+    return where / "model.pkl", test_data
+
+
+@pytest.mark.parametrize("archived", [False, True])
+def test_a_seed_regressor_beside_its_catalogue_is_scored_by_its_own_r2(
+    model_store: Path, tmp_path: Path, archived: bool
+) -> None:
+    """What is scored how is decided by what the model file holds: a scikit-learn estimator (not a
+    movierec model) by its own score, R², as the seed's test did, whether or not the bundle loader
+    could also serve it (a seed regressor with its catalogue.csv beside it can: it ranks those
+    movies). It was decided by the loader refusing the regressor; once the loader served it, the
+    regressor was scored by NDCG on its R² test data and the Dockerfile's model stage failed."""
+    import tarfile
+
+    from app.recommender.accuracy import run_accuracy_test
+
+    model, test_data = _seed_regressor_dir(model_store, tmp_path / "seed")
+    if archived:
+        archive = tmp_path / "model.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(model, arcname="model.pkl")
+            tar.add(model.parent / "catalogue.csv", arcname="catalogue.csv")
+        model = archive
+    result = run_accuracy_test(model, test_data)
+    assert (result.metric, result.passed, result.model) == ("r2", True, str(model))
+
+
+def test_a_seed_regressor_given_a_bundles_test_data_is_not_scored_by_ndcg(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """The same regressor given a bundle's test data (profiles and liked titles): test data that
+    does not fit it, one error line, as for any scikit-learn estimator; never NDCG of the lists
+    it would serve measured against an expected_score of another model."""
+    from app.cli import cli
+
+    model, _ = _seed_regressor_dir(model_store, tmp_path / "seed")
+    bundle_test_data = (model_store / "latest").resolve() / "test_data.json"
+    result = CliRunner().invoke(cli, ["accuracy", str(model), str(bundle_test_data)])
+    assert result.exit_code == 1, result.output
+    assert (
+        f"Error: test data {bundle_test_data} does not fit the LinearRegression in {model}" in result.output
+    )
+
+
+def test_a_movierec_model_pkl_is_scored_by_ndcg_of_what_it_serves(
+    personal_model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pickled movierec model (a Recommender) beside its catalogue.csv is a bundle: NDCG of the
+    lists it serves, on the bundle's test data, even were it to have a ``score`` of its own."""
+    import joblib
+
+    from app.recommender.accuracy import run_accuracy_test
+
+    bundle = (personal_model_store / "latest").resolve()
+    monkeypatch.setattr(type(joblib.load(bundle / "model.pkl")), "score", lambda *a: 1.0, raising=False)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for name in ("model.pkl", "catalogue.csv"):
+        shutil.copy2(bundle / name, lone / name)
+    result = run_accuracy_test(lone / "model.pkl", bundle / "test_data.json")
+    assert result.metric == "ndcg@10" and result.passed and result.model.startswith("pkl-")
