@@ -8,11 +8,13 @@
 #   BASE_IMAGE          a Debian-based Python 3.11 image (default python:3.11-slim; the test
 #                       tier uses a debootstrap image because it has no Docker Hub)
 #   MODEL_FILE          the model baked into the API image, relative to the build context:
-#                       a bundle directory, a .tar.gz of one, or a seed-style model.pkl given
-#                       as the directory that holds it and the catalogue.csv of its titles (the
-#                       image has no data set; deploy-docker.py stages the two from a model.pkl)
+#                       a bundle directory, a model store (its latest bundle: `make model`
+#                       writes one at model), a .tar.gz of a bundle, or a seed-style model.pkl
+#                       given as the directory that holds it and the catalogue.csv of its titles
+#                       (the image has no data set; deploy-docker.py stages the two from a model.pkl)
 #                       (default: model/latest, the newest bundle `movierec train` wrote)
-#   MODEL_TEST_FILE     accuracy test data (default: the bundle's own test_data.json)
+#   MODEL_TEST_FILE     accuracy test data (default: the bundle's own test_data.json, the store's
+#                       latest's, or the one beside a model.pkl; a .tar.gz needs it given)
 #   ACCURACY_TOLERANCE  allowed drop below the expected score (default 1e-5)
 #
 # The API image runs tests/run_accuracy_tests.py on the model while it is built, inside the
@@ -153,21 +155,34 @@ CMD ["/app/scripts/start-uwsgi.sh"]
 # The model stage runs the accuracy test in exactly the environment the API serves from,
 # then installs the model as a model store (/model/<version>, /model/latest). Only the
 # installed store reaches the final image, in one layer.
+# The test data's COPY needs a source when MODEL_TEST_FILE is not given: pyproject.toml, which
+# every build has, is copied then and not used (the model's own test data is in /tmp/model-in;
+# the default was ${MODEL_FILE}/test_data.json, which a model store has not, so a store failed
+# in that COPY with only Docker's "not found").
 FROM server AS model
 USER root
 ARG MODEL_FILE=model/latest
 ARG MODEL_TEST_FILE=
 ARG ACCURACY_TOLERANCE=1e-5
 COPY ${MODEL_FILE} /tmp/model-in/
-COPY ${MODEL_TEST_FILE:-${MODEL_FILE}/test_data.json} /tmp/model-test/test_data.json
+COPY ${MODEL_TEST_FILE:-pyproject.toml} /tmp/model-test/test_data.json
 RUN set -eu; \
-    src=/tmp/model-in; \
-    if [ -f "$src/manifest.json" ]; then :; \
-    elif [ -f "$src/model.pkl" ]; then src="$src/model.pkl"; \
-    else src="/tmp/model-in/$(basename "$MODEL_FILE")"; fi; \
+    given=/tmp/model-in; \
     echo "accuracy test: MODEL_FILE=$MODEL_FILE MODEL_TEST_FILE=${MODEL_TEST_FILE:-<bundle>/test_data.json}"; \
-    python tests/run_accuracy_tests.py "$src" /tmp/model-test/test_data.json --error-tolerance "$ACCURACY_TOLERANCE"; \
-    python -m app.deploy install-model "$src" /model --test-data /tmp/model-test/test_data.json
+    if [ -f "$given/manifest.json" ]; then src=$given own=$given/test_data.json; \
+    elif [ -f "$given/latest/manifest.json" ]; then src=$given own=$given/latest/test_data.json; \
+    elif [ -f "$given/model.pkl" ]; then src=$given/model.pkl own=$given/test_data.json; \
+    else src="$given/$(basename "$MODEL_FILE")" own=; fi; \
+    if [ ! -e "$src" ]; then \
+        echo "Error: MODEL_FILE=$MODEL_FILE is none of a bundle directory (manifest.json), a model store (latest/manifest.json), a directory holding a model.pkl, or a .tar.gz or model.pkl file" >&2; \
+        exit 1; fi; \
+    if [ -n "$MODEL_TEST_FILE" ]; then test_data=/tmp/model-test/test_data.json; \
+    elif [ -f "$own" ]; then test_data=$own; \
+    else \
+        echo "Error: MODEL_FILE=$MODEL_FILE holds no test_data.json of its own: give its accuracy test data as MODEL_TEST_FILE" >&2; \
+        exit 1; fi; \
+    python tests/run_accuracy_tests.py "$src" "$test_data" --error-tolerance "$ACCURACY_TOLERANCE"; \
+    python -m app.deploy install-model "$src" /model --test-data "$test_data"
 
 # `api` (the default target): the server with the tested model baked in at /model.
 FROM server AS api

@@ -673,10 +673,9 @@ def log_hint(cfg: DeployConfig) -> str:
 def model_source(path: Path) -> Path:
     """What the image is built from for ``MODEL_FILE``: a model store (a directory with no
     ``manifest.json`` whose ``latest`` names a bundle, as ``ML_MODEL_PATH`` takes it) is its latest
-    bundle. The Dockerfile takes a bundle directory, an archive or a ``model.pkl``: given the store,
-    its accuracy test found no model, inside the build, and a store outside the context was copied
-    into it whole. A ``model.pkl`` needs the ``catalogue.csv`` beside it (:func:`staged_in_context`
-    brings the two)."""
+    bundle: the Dockerfile takes a store too, but one outside the context would be copied into it
+    whole, every version. A ``model.pkl`` needs the ``catalogue.csv`` beside it
+    (:func:`staged_in_context` brings the two)."""
     if path.is_file() and path.suffix == ".pkl" and not (path.parent / CATALOGUE).is_file():
         raise DeployError(
             f"MODEL_FILE {path} has no {CATALOGUE} beside it: a model.pkl takes its movies' titles from "
