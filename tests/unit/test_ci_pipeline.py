@@ -126,3 +126,27 @@ def test_the_smoke_container_reads_its_secrets_from_files_removed_after_the_step
     for command in step["after-script"]:
         subprocess.run(["sh", "-c", command], env=env, check=True, cwd=clone)
     assert list(clone.iterdir()) == []
+
+
+def test_the_lint_step_runs_every_check_make_lint_runs() -> None:
+    """`make lint` ran pip-audit on requirements.txt (known vulnerabilities in the pinned
+    dependencies) and the CI lint step did not: a pin with a published vulnerability passed CI.
+    Every tool of the Makefile's lint recipe is a command of the step, with its arguments."""
+    recipe, in_lint = [], False
+    for line in (REPO / "Makefile").read_text().splitlines():
+        if line.startswith("lint:"):
+            in_lint = True
+        elif in_lint and line.startswith("\t"):
+            recipe.append(line.strip().removeprefix("$(VENV)/bin/"))
+        elif in_lint:
+            break
+    assert any(command.startswith("pip-audit ") for command in recipe), recipe
+    step = _step("Lint")
+    commands = [c for c in step["script"] if isinstance(c, str)]
+    for command in recipe:
+        tool, *arguments = _words(command)
+        ran = [words for words in map(_words, commands) if words and words[0] == tool]
+        assert ran, f"the lint step does not run {tool}"
+        # the Makefile names the paths ruff checks; the step checks the whole clone ('.')
+        if tool != "ruff":
+            assert [arguments] == [words[1:] for words in ran], (tool, ran)
