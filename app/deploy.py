@@ -1158,8 +1158,11 @@ def _post_json(url: str, body: Mapping[str, Any], token: str | None = None, time
         return json.loads(response.read().decode())
 
 
-def smoke_test(base_url: str, password: str, timeout: float = 10.0) -> SmokeResult:
-    """The seed's curl sequence: readiness, login, recommend, score. Raises on any deviation."""
+def smoke_test(
+    base_url: str, password: str, timeout: float = 10.0, model_version: str | None = None
+) -> SmokeResult:
+    """The seed's curl sequence: readiness, login, recommend, score. Raises on any deviation,
+    and, given ``model_version``, when /health/ready names another model (before anything is scored)."""
     import urllib.error
     import urllib.request
 
@@ -1169,6 +1172,9 @@ def smoke_test(base_url: str, password: str, timeout: float = 10.0) -> SmokeResu
     try:
         with urllib.request.urlopen(f"{base}/health/ready", timeout=timeout) as response:  # noqa: S310  # nosec B310 - our own health URL
             ready = json.loads(response.read().decode() or "{}")
+        served = ready.get("model_version") if isinstance(ready, dict) else None
+        if model_version is not None and served != model_version:
+            raise DeployError(f"{base} serves model {served!r}, not the {model_version!r} expected")
         token = _post_json(f"{base}/api/login", {"session_password": password}, timeout=timeout)[
             "access_token"
         ]
@@ -1203,6 +1209,10 @@ def smoke_main(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         "--timeout", type=bounded_number(0, strict=True, unit="seconds"), default=10.0,
         help="seconds each request may take (> 0; default 10)",
     )  # fmt: skip
+    parser.add_argument(
+        "--model-version", default=None, metavar="VERSION",
+        help="fail unless /health/ready names this model version (the one the image was built with)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     environ = os.environ if environ is None else environ
     password = environ.get("SESSION_PASSWORD", "")
@@ -1210,12 +1220,13 @@ def smoke_main(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         print("smoke: SESSION_PASSWORD is not set", file=sys.stderr)
         return 2
     try:
-        result = smoke_test(args.url, password, args.timeout)
+        result = smoke_test(args.url, password, args.timeout, args.model_version)
     except DeployError as exc:
         print(f"smoke: FAILED: {exc}", file=sys.stderr)
         return 1
-    print(f"smoke: ok: {len(result.recommendations)} recommendations (first: {result.recommendations[0]!r}), "
-          f"id {result.request_id}, feedback accepted")  # fmt: skip
+    print(f"smoke: ok: model {result.ready.get('model_version')}, {len(result.recommendations)} "
+          f"recommendations (first: {result.recommendations[0]!r}), id {result.request_id}, "
+          "feedback accepted")  # fmt: skip
     return 0
 
 

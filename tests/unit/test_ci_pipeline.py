@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import stat
 import subprocess
@@ -150,3 +151,39 @@ def test_the_lint_step_runs_every_check_make_lint_runs() -> None:
         # the Makefile names the paths ruff checks; the step checks the whole clone ('.')
         if tool != "ruff":
             assert [arguments] == [words[1:] for words in ran], (tool, ran)
+
+
+@pytest.mark.parametrize(("built", "passes"), [("v1", True), ("v2", False)])
+def test_the_smoke_test_checks_the_image_serves_the_model_it_was_built_with(
+    tmp_path: Path, built: str, passes: bool
+) -> None:
+    """The step's smoke command, run by its shell in a clone whose model/latest is the bundle the
+    step trained (version ``built``), against an API serving model v1: it logged in, recommended
+    and scored whatever model the image served, and passed. It now fails unless the served
+    version is model/latest's."""
+    import os
+    import sys
+
+    from tests.unit.test_deploy import PASSWORD, _SeedApi
+
+    step = _step("Build the image")
+    (smoke,) = [c for c in step["script"] if isinstance(c, str) and "app.deploy smoke" in c]
+    assert "http://127.0.0.1:8000" in smoke
+    bundle = tmp_path / "model" / built
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text(json.dumps({"version": built}))
+    (tmp_path / "model" / "latest").symlink_to(built)
+    bin_dir = Path(sys.executable).parent
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "SESSION_PASSWORD": PASSWORD,
+           "HOME": os.environ.get("HOME", str(tmp_path))}  # fmt: skip
+    api = _SeedApi()  # /health/ready: model v1
+    try:
+        done = subprocess.run(
+            ["sh", "-c", smoke.replace("http://127.0.0.1:8000", api.url)],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        api.close()
+    assert (done.returncode == 0) == passes, done.stdout + done.stderr
+    if not passes:
+        assert "serves model 'v1', not the 'v2' expected" in done.stderr

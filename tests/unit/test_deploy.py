@@ -1603,6 +1603,21 @@ def test_smoke_cli_needs_the_password_in_the_environment(seed_api: _SeedApi) -> 
     assert deploy.smoke_main([seed_api.url], environ={"SESSION_PASSWORD": "nope"}) == 1
 
 
+def test_the_smoke_test_checks_the_served_model_version_when_asked(
+    seed_api: _SeedApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image that answers the seed's sequence but serves another model than the one it was built
+    with (a store's older version, a model volume mounted over /model) passed CI's smoke test: it
+    read /health/ready's model_version and never compared it. ``--model-version`` makes a
+    different one a failed smoke test (exit 1), naming both, before anything is scored."""
+    environ = {"SESSION_PASSWORD": PASSWORD}
+    assert deploy.smoke_main([seed_api.url, "--model-version", "v1"], environ=environ) == 0
+    assert "model v1" in capsys.readouterr().out
+    assert deploy.smoke_main([seed_api.url, "--model-version", "v2"], environ=environ) == 1
+    assert "serves model 'v1', not the 'v2' expected" in capsys.readouterr().err
+    assert seed_api.scored == [{"id": "r-1", "movie": "Star Wars (1977)", "score": 5.0}]  # the first run's
+
+
 @pytest.mark.parametrize("timeout", ["0", "nan", "-1"])
 def test_a_smoke_timeout_that_is_not_a_number_of_seconds_above_0_is_a_usage_error(
     seed_api: _SeedApi, timeout: str, capsys: pytest.CaptureFixture[str]
