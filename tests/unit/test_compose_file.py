@@ -117,3 +117,11 @@ def test_every_long_running_service_starts_again_after_a_daemon_restart(service:
     five retries also counted over the container's whole life (Docker never resets them): a fifth
     crash in a month, or five quick failed starts while PostgreSQL restarted, left it down for good."""
     assert SERVICES[service].get("restart") in {"always", "unless-stopped"}, SERVICES[service].get("restart")
+
+
+def test_the_scheduler_runs_under_an_init_that_reaps_its_flows_orphans() -> None:
+    """The scheduler kills a flow with its workers (a stop, the flow's timeout): the workers,
+    orphaned, went to the container's pid 1, which was `movierec schedule` itself, and Python
+    reaps no child it did not start, so their zombies stayed for the container's life. Docker's
+    init (tini) is pid 1 now: it reaps them and passes SIGTERM on to the scheduler."""
+    assert SERVICES["scheduler"].get("init") is True
