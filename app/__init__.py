@@ -238,6 +238,10 @@ def _refuse_test_modes_in_production(settings: Settings) -> None:
 
 
 UWSGI_DEFAULT_MERCY = 60  # uwsgi's worker-reload-mercy when nothing sets it
+STOP_MARGIN_SECONDS = 10
+"""What a container's stop timeout must leave after ``worker-reload-mercy``: the master's own exit
+once its workers are gone (the HTTP router, its exit hooks), and slack (app/deploy.py gives
+harakiri + 25 s: the mercy's 15 s and these 10)."""
 
 
 def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
@@ -253,6 +257,11 @@ def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
       request's final flush raced the SIGKILL. uwsgi.ini derives it from harakiri now; a
       deployment's own ini that sets it lower, or to something that is not a number (uwsgi's
       atoi runs with whatever it reads from it), is refused here.
+    * the container's stop timeout, when the deployment gives it (``MOVIEREC_STOP_TIMEOUT_SECONDS``:
+      docker-compose.yml passes its ``stop_grace_period``), must exceed that mercy by
+      :data:`STOP_MARGIN_SECONDS`. Compose cannot add numbers, so its grace was raised by hand
+      with a raised ``UWSGI_HARAKIRI``, or not: the service then started, and Docker's SIGKILL
+      at the end of the grace cut a slow request's final flush at each stop.
     * a reload with ``"wait": true`` waits for its sibling workers up to one
       ``MOVIEREC_RELOAD_POLL_SECONDS`` plus ``SIBLING_WAIT_SECONDS`` (app/services/reload.py),
       which must end within harakiri: past it the worker was killed in the middle of the
@@ -288,6 +297,14 @@ def _refuse_timings_harakiri_would_cut(settings: Settings) -> None:
             f"uwsgi's worker-reload-mercy ({mercy} s) must exceed harakiri ({harakiri} s) plus a "
             f"stopping worker's final flush ({EXIT_SECONDS:g} s): uwsgi.ini sets it to harakiri + 15 s; "
             "do not set it lower"
+        )
+    stop = settings.stop_timeout_seconds
+    if stop is not None and mercy is not None and stop < mercy + STOP_MARGIN_SECONDS:
+        problems.append(
+            f"the container's stop timeout (MOVIEREC_STOP_TIMEOUT_SECONDS, {stop} s) must be at least "
+            f"worker-reload-mercy ({mercy} s) plus {STOP_MARGIN_SECONDS} s for the master's exit, "
+            f"{mercy + STOP_MARGIN_SECONDS} s, or a stop kills a slow request's final flush: raise it "
+            "with UWSGI_HARAKIRI (docker-compose.yml takes both from the environment or .env)"
         )
     poll = settings.reload_poll_seconds
     if longest_sibling_wait(poll) >= harakiri:

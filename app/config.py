@@ -171,6 +171,10 @@ class Settings(BaseSettings):
     request_log_flush_seconds: float = Field(default=0.1, ge=0, le=60)  # longest a served row waits in memory
     request_log_max_pending: int = Field(default=50_000, ge=1)  # buffered rows before /api/recommend says 503
     reload_poll_seconds: float = Field(default=1.0, gt=0)  # how often each worker checks the reload marker
+    # the container's stop timeout (Compose's stop_grace_period, docker run --stop-timeout), when
+    # the deployment tells the service: under uwsgi it must exceed worker-reload-mercy by
+    # STOP_MARGIN_SECONDS (app/__init__.py), checked at the start; None = not told, not checked
+    stop_timeout_seconds: int | None = Field(default=None, ge=1)
     # acknowledged scores, durable before the 200 (app/services/feedback_journal.py); one
     # directory per database, on storage that outlives the process (a volume in Docker)
     feedback_journal_dir: Path | None = None  # default <var_dir>/feedback-journal

@@ -911,6 +911,29 @@ def test_uwsgi_refuses_a_mercy_it_cannot_read(
     assert "worker-reload-mercy ('soon')" in text, text[-3000:]
 
 
+@pytest.mark.parametrize(("harakiri", "stop"), [(None, "54"), ("120", "60")])
+def test_uwsgi_refuses_a_container_stop_timeout_its_mercy_does_not_fit(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path, harakiri: str | None, stop: str
+) -> None:
+    """docker-compose.yml's stop grace did not follow a raised UWSGI_HARAKIRI (Compose cannot
+    add): with harakiri 120 s, a mercy of 135 s and the grace left at 60 s, the api started, and
+    each stop SIGKILLed a slow request's final flush. Told its grace (MOVIEREC_STOP_TIMEOUT_SECONDS,
+    as Compose now does), the server refuses to start on one under the mercy plus 10 s."""
+    environ = {"MOVIEREC_STOP_TIMEOUT_SECONDS": stop} | ({"UWSGI_HARAKIRI": harakiri} if harakiri else {})
+    text = _refused_start(tmp_path, model_store, synthetic_data_dir, **environ)
+    needed = int(harakiri or 30) + 25
+    assert f"MOVIEREC_STOP_TIMEOUT_SECONDS, {stop} s" in text and f"{needed} s" in text, text[-3000:]
+
+
+def test_uwsgi_starts_with_a_stop_timeout_that_fits_a_raised_harakiri(
+    tmp_path: Path, model_store: Path, synthetic_data_dir: Path
+) -> None:
+    """The other side of the check above: harakiri + 25 s is enough (docs/docker.md's rule)."""
+    environ = {"UWSGI_HARAKIRI": "120", "MOVIEREC_STOP_TIMEOUT_SECONDS": "145"}
+    with _uwsgi(tmp_path, model_store, synthetic_data_dir, workers=1, **environ) as served:
+        served.stop()
+
+
 @pytest.mark.parametrize(("harakiri", "poll"), [(None, "20"), ("60", "50")])
 def test_uwsgi_refuses_a_reload_poll_that_makes_a_reload_outlast_harakiri(
     tmp_path: Path, model_store: Path, synthetic_data_dir: Path, harakiri: str | None, poll: str

@@ -3,6 +3,7 @@ api worker load the champion it promotes."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,6 +28,12 @@ DATABASE = ("MOVIEREC_DATABASE_URL",)
 
 def _environment(service: str) -> dict[str, str]:
     return SERVICES[service].get("environment") or {}
+
+
+def _interpolated(value: str, environ: dict[str, str] | None = None) -> str:
+    """``value`` as Compose reads it with ``environ`` set (``${NAME:-default}`` only)."""
+    given = environ or {}
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: given.get(m.group(1)) or m.group(2), value)
 
 
 def test_the_api_can_write_its_reload_marker_into_the_model_store() -> None:
@@ -92,9 +99,26 @@ def test_the_api_container_outlives_a_request_of_harakiri_length_and_its_final_f
     harakiri + the exit budget, and the container has longer than that to stop."""
     harakiri, mercy = uwsgi_stop_seconds()
     assert mercy > harakiri + EXIT_SECONDS, (harakiri, mercy, EXIT_SECONDS)
-    grace = SERVICES["api"]["stop_grace_period"]
+    grace = _interpolated(SERVICES["api"]["stop_grace_period"])
     assert isinstance(grace, str) and grace.endswith("s") and grace[:-1].isdigit(), grace
     assert int(grace[:-1]) >= mercy + STOP_MARGIN_SECONDS, (grace, mercy)
+
+
+@pytest.mark.parametrize("environ", [{}, {"MOVIEREC_STOP_TIMEOUT_SECONDS": "145", "UWSGI_HARAKIRI": "120"}])
+def test_the_api_is_told_its_stop_grace_and_harakiri_so_it_can_refuse_a_grace_too_short(
+    environ: dict[str, str],
+) -> None:
+    """uwsgi's mercy follows UWSGI_HARAKIRI, and Compose cannot add: a raised harakiri needed the
+    api's stop_grace_period raised by hand, and with the grace forgotten the api started and each
+    stop SIGKILLed a slow request's final flush. Both now come from the environment (or .env),
+    and the api is given the grace it has (MOVIEREC_STOP_TIMEOUT_SECONDS, in whole seconds) with
+    the harakiri it runs with, and refuses to start on a grace its mercy does not fit
+    (app/__init__.py; tests/integration/test_serving_uwsgi.py starts it so)."""
+    api = SERVICES["api"]
+    environment = {name: _interpolated(str(value), environ) for name, value in _environment("api").items()}
+    grace = _interpolated(api["stop_grace_period"], environ)
+    assert grace == environment["MOVIEREC_STOP_TIMEOUT_SECONDS"] + "s"
+    assert environment["UWSGI_HARAKIRI"] == environ.get("UWSGI_HARAKIRI", str(uwsgi_stop_seconds()[0]))
 
 
 def test_the_scheduler_has_time_to_report_a_flow_it_stops() -> None:
