@@ -1,13 +1,15 @@
 """The user documentation (README.md, docs/*.md) names only what exists: every ``MOVIEREC_*``
 variable is a setting (or one of the few variables the scripts, Compose file or tests read), every
 setting is documented, the settings tables' defaults are the settings' defaults, every
-``movierec …`` command and option, ``make`` target and Compose service named in a command exists.
+``movierec …`` command and option, ``make`` target and Compose service named in a command exists,
+and every ``jq`` the docs read a container's journal with gets past uwsgi's plain-text lines.
 
 Docs lag behind code changes: a renamed option or service in an example is a command that fails
 for the reader who copies it."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -221,3 +223,65 @@ def test_every_compose_service_in_a_docs_command_exists() -> None:
                 if words and words[0] not in services:
                     unknown.append(f"{doc}: `{match.group(0)}`: no service {words[0]!r}")
     assert not unknown, "\n".join(unknown)
+
+
+def _journal_filters() -> list[tuple[str, str]]:
+    """(doc, jq command) of every jq the docs pipe a container's journal into (in a table's cell
+    a pipe is written ``\\|``, which GitHub's tables show as ``|``, in code spans too)."""
+    return [
+        (doc, match.group(1).replace("\\|", "|"))
+        for doc, text in TEXT.items()
+        for code in _code(text)
+        for match in re.finditer(r"journalctl [^|`]*\\?\| *(jq [^']*'[^']*')", code)
+    ]
+
+
+JOURNAL_FILTERS = _journal_filters()
+# what `journalctl … -o cat` gives for a container: uwsgi's plain-text lines between the app's JSON
+JOURNAL = "\n".join(
+    [
+        "*** Starting uWSGI 2.0.31 (64bit) on [Sun Dec  6 12:00:00 2026] ***",
+        '{"ts": "2026-12-06T12:00:01.000Z", "level": "ERROR", "message": "boom", "request_id": "r1"}',
+        "[pid: 12|app: -|req: -/-] 10.0.0.1 () {30 vars in 400 bytes} [Sun Dec  6 12:00:02 2026] POST "
+        "/api/recommend => generated 90 bytes in 3 msecs (HTTP/1.1 500) 2 headers in 70 bytes "
+        "(1 switches on core 0)",
+        "2026",  # a plain-text line that happens to be JSON (a number)
+        '{"ts": "2026-12-06T12:00:03.000Z", "level": "ERROR", "message": "again", "request_id": "r1"}',
+    ]
+)
+
+
+def test_the_docs_read_the_journal_with_jq() -> None:
+    assert len(JOURNAL_FILTERS) >= 3
+
+
+@pytest.mark.parametrize(("doc", "command"), JOURNAL_FILTERS)
+def test_a_documented_jq_over_the_journal_reads_past_uwsgi_s_plain_text_lines(doc: str, command: str) -> None:
+    """A container's journal starts with uwsgi's banner, and uwsgi's own lines (its request line of a
+    4xx/5xx, workers spawned, HARAKIRI) come between the app's JSON ones. ``jq -c
+    'select(.level=="ERROR")'``, as docs/operations.md gave it, stopped at the first of them (``parse
+    error: Invalid numeric literal``, exit 4) and printed nothing: the operator found no error. Every
+    documented filter must print each JSON line it selects, whatever lines come between."""
+    import shlex
+    import shutil
+    import subprocess
+
+    jq = shutil.which("jq")
+    if jq is None:
+        pytest.skip("jq is not installed")
+    argv = shlex.split(re.sub(r'"(?:<[^>"]*>|…)"', '"r1"', command))  # a placeholder: the sample's id
+    result = subprocess.run(  # the docs' own jq, on a sample
+        [jq, *argv[1:]], input=JOURNAL, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, f"{doc}: `{command}`: {result.stderr}"
+    messages = [entry["message"] for entry in _json_values(result.stdout)]
+    assert messages == ["boom", "again"], f"{doc}: `{command}` printed {result.stdout!r}"
+
+
+def _json_values(text: str) -> list[dict]:  # type: ignore[type-arg]
+    """The JSON values jq printed one after the other (compact with -c, indented without)."""
+    decoder, values, at = json.JSONDecoder(), [], 0
+    while text[at:].strip():
+        value, at = decoder.raw_decode(text, at + len(text[at:]) - len(text[at:].lstrip()))
+        values.append(value)
+    return values
