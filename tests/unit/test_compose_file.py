@@ -149,3 +149,16 @@ def test_the_scheduler_runs_under_an_init_that_reaps_its_flows_orphans() -> None
     reaps no child it did not start, so their zombies stayed for the container's life. Docker's
     init (tini) is pid 1 now: it reaps them and passes SIGTERM on to the scheduler."""
     assert SERVICES["scheduler"].get("init") is True
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_container_s_log_is_rotated(service: str) -> None:
+    """Compose set no log driver, so each container got the daemon's default, json-file, which keeps
+    a container's whole log in one file for its life: the api writes a line per request at INFO
+    (thousands a second under load), and the disk the volumes live on filled up. Each container
+    now keeps a bounded log, as deploy-docker.py's json-file containers do."""
+    logging = SERVICES[service].get("logging") or {}
+    assert logging.get("driver") == "json-file", logging
+    options = logging.get("options") or {}
+    assert re.fullmatch(r"[1-9][0-9]*[kmg]", str(options.get("max-size"))), options
+    assert str(options.get("max-file", "")).isdigit() and int(options["max-file"]) >= 2, options
