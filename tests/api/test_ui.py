@@ -931,6 +931,7 @@ def test_no_page_or_asset_refers_to_another_host(app: Any) -> None:
         "/ui/static/ui/ui.css",
         "/ui/static/vendor/chartjs/chart.umd.min.js",
         "/ui/static/ui/dashboard.js",
+        "/ui/static/ui/forms.js",
     } <= set(assets)
     for asset in set(assets):
         response = client.get(asset)

@@ -9,6 +9,7 @@ may come from outside the test server. Screenshots go to test-artifacts/screensh
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,97 @@ def test_a_refused_form_puts_the_keyboard_on_its_error_summary(make_app: Callabl
         page.get_by_role("button", name="Log in").click()
         page.locator("#error-summary").wait_for()
         assert _focused(page, "field-session_password") == "field-session_password"
+
+
+class _HeldPosts:
+    """WSGI middleware: counts the posts each path received (what the server saw: a post the
+    browser abandoned for a second one had reached it all the same) and, while ``held``, keeps
+    each one waiting until ``release``, so a second press lands while the first is under way."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.posts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._released.set()
+
+    def hold(self) -> None:
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait_for(self, page: Any, path: str, count: int) -> None:
+        """Until ``count`` posts to ``path`` arrived; waiting in Playwright, whose thread lets the
+        browser's requests through the test's route (a plain wait here would stop them there)."""
+        for _ in range(300):
+            if self.posts.get(path, 0) >= count:
+                return
+            page.wait_for_timeout(50)
+        raise AssertionError(f"no post to {path} arrived: {self.posts}")
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["REQUEST_METHOD"] == "POST":
+            path = environ["PATH_INFO"]
+            with self._lock:
+                self.posts[path] = self.posts.get(path, 0) + 1
+            self._released.wait(timeout=30)
+        return self.app(environ, start_response)
+
+
+def _press_twice(page: Any, server: _HeldPosts, button: Any, path: str) -> None:
+    """Press ``button``, and again 0.3 s later while its first post is held by the server (as a
+    double click, a second Enter or an impatient click on a slow answer does); then let the
+    posts through. The presses come from the page's script: Playwright's own click waits for the
+    navigation to finish, which is held here."""
+    server.hold()
+    button.evaluate("b => { setTimeout(() => b.click(), 0); setTimeout(() => b.click(), 300); }")
+    server.wait_for(page, path, 1)
+    page.wait_for_timeout(600)  # past the second press, and time for its post to arrive
+    server.release()
+
+
+def test_pressing_a_forms_button_twice_sends_it_once(make_app: Callable[..., Any]) -> None:
+    """A second press of "Log in", "Recommend" or "Save rating" (a double click, Enter pressed
+    twice, an impatient click on a slow answer) posted the form again: two login attempts counted
+    against the address's limit, two recommendations in the request log the model learns from,
+    two feedback rows for one rating in the dashboard's figures and the breaker's judgement. A
+    form is posted once until a new page is shown (a page shown again by Back included)."""
+    app = make_app()
+    db = app.extensions["movierec"].db
+    server_app = _HeldPosts(app)
+    with LiveServer(server_app) as server, browser_page(server.url) as (page, _requests):
+        page.goto("/ui/login")
+        page.get_by_label("Password").fill(SESSION_PASSWORD)
+        _press_twice(page, server_app, page.get_by_role("button", name="Log in"), "/ui/login")
+        page.wait_for_url("**/ui")
+        page.get_by_label("Age").fill("34")
+        page.get_by_label("Gender").select_option("F")
+        page.get_by_label("Occupation").select_option("engineer")
+        recommend = page.get_by_role("button", name="Recommend")
+        _press_twice(page, server_app, recommend, "/ui/recommend")
+        page.wait_for_url("**/ui/recommendations/**")
+        first = page.locator("li.result").nth(0)
+        first.locator("label.star").last.click()
+        _press_twice(page, server_app, first.get_by_role("button", name="Save rating"), "/ui/feedback")
+        page.wait_for_url("**saved=0**")
+        page.locator("#saved-notice").wait_for()
+        assert server_app.posts == {"/ui/login": 1, "/ui/recommend": 1, "/ui/feedback": 1}
+        assert len(db.feedback_rows()) == 1
+
+        # the next page's forms are sent as usual, and so is a page shown again by Back
+        second = page.locator("li.result").nth(1)
+        second.locator("label.star").last.click()
+        second.get_by_role("button", name="Save rating").click()
+        page.wait_for_url("**saved=1**")
+        page.go_back()
+        page.wait_for_url("**saved=0**")
+        third = page.locator("li.result").nth(2)
+        third.locator("label.star").last.click()
+        third.get_by_role("button", name="Save rating").click()
+        page.wait_for_url("**saved=2**")
+        assert server_app.posts["/ui/feedback"] == 3
+        assert len(db.feedback_rows()) == 3
 
 
 def _solid(png: bytes) -> bool:
