@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from functools import wraps
+from functools import cache, wraps
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -42,7 +42,7 @@ from app.api.security import revoke_current_token
 from app.config import Settings
 from app.errors import ApiError, InvalidRequest, NotFound, Unauthorized, Unavailable
 from app.recommender.bundle import BundleError
-from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
+from app.recommender.segments import OCCUPATIONS
 from app.services import dashboard
 from app.services.request_ids import RequestIds
 from app.storage.db import DatabaseUnavailableError
@@ -264,6 +264,18 @@ def _validate(model: type[BaseModel], payload: dict[str, Any]) -> tuple[Any, dic
         return None, field_errors(exc.errors())  # type: ignore[arg-type]
 
 
+@cache
+def _integer_bounds(model: type[BaseModel]) -> dict[str, dict[str, int]]:
+    """Each integer field's ``minimum`` and ``maximum`` as ``model`` validates them (the bounds its
+    spec publishes): the form's inputs and hints offer those, never numbers of their own."""
+    bounds = {}
+    for name, field in model.model_json_schema()["properties"].items():
+        for kind in field.get("anyOf", [field]):
+            if kind.get("type") == "integer" and "minimum" in kind and "maximum" in kind:
+                bounds[name] = {"min": kind["minimum"], "max": kind["maximum"]}
+    return bounds
+
+
 def _recommend_form_context(
     values: Mapping[str, Any] | None = None, errors: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -274,8 +286,7 @@ def _recommend_form_context(
         "rules": FIELD_RULES,
         "genders": GENDERS,
         "occupations": OCCUPATIONS,
-        "min_age": MIN_AGE,
-        "max_age": MAX_AGE,
+        "bounds": _integer_bounds(RecommendRequest),
     }
 
 

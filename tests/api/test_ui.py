@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from app.api.schemas import FIELD_RULES
+from app.api.schemas import FIELD_RULES, RecommendRequest
+from app.config import MAX_RECS
 from app.recommender.bundle import RecommendQuery
 from app.services import dashboard
 from app.services.request_ids import RequestIds
@@ -448,6 +449,26 @@ def test_invalid_input_is_explained_next_to_its_field(
     for name, value in fields.items():  # what was typed is kept
         if name not in ("gender", "occupation"):
             assert f'value="{value}"' in page
+
+
+def test_the_forms_number_limits_are_the_apis(client: Any) -> None:
+    """The form's number fields offered the limits the template spelled out, not the ones the API
+    validates with: "Number of recommendations" said and took 1 to 100 whatever MAX_RECS was, and
+    the known user id had no upper limit (its spinner and the browser's range went past the
+    largest id the API takes). Each number field's min and max, and its hint, are the bounds of
+    the API's schema."""
+    ui_login(client)
+    page = client.get("/ui").text
+    schema = RecommendRequest.model_json_schema()["properties"]
+    inputs = re.findall(r'<input type="number"[^>]*>', page)
+    assert len(inputs) == 3
+    for tag in inputs:
+        name = re.search(r'name="([^"]+)"', tag).group(1)
+        bounds = next(kind for kind in schema[name]["anyOf"] if kind.get("type") == "integer")
+        assert re.search(rf'\bmin="{bounds["minimum"]}"', tag), tag
+        assert re.search(rf'\bmax="{bounds["maximum"]}"', tag), tag
+    hint = re.search(r'<p class="hint" id="hint-max_recs">(.*?)</p>', page).group(1)
+    assert hint == f"1 to {MAX_RECS}."
 
 
 def test_an_unknown_user_id_is_an_inline_error(client: Any) -> None:
