@@ -84,6 +84,14 @@ CSRF_MESSAGE = (
 )
 # the login limit's message at the password field (after its label in the summary)
 LOGIN_LIMITED = "was tried too many times from your address: wait a minute and try again"
+NO_MODEL = (
+    "No recommendation model is loaded right now, so no recommendations can be made. "
+    "Please try again in a moment."
+)
+NO_MODEL_SENT = (
+    "No recommendation model is loaded right now, so no recommendations were made and nothing was "
+    "logged. Your answers are kept below: send the form again in a moment."
+)
 CROSS_SITE_MESSAGE = "This form was sent from another site. Open this site's own page and try again."
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _OWN_FETCHES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site: from this origin, or the user's own
@@ -277,11 +285,17 @@ def _integer_bounds(model: type[BaseModel]) -> dict[str, dict[str, int]]:
 
 
 def _recommend_form_context(
-    values: Mapping[str, Any] | None = None, errors: Mapping[str, str] | None = None
+    values: Mapping[str, Any] | None = None,
+    errors: Mapping[str, str] | None = None,
+    notice: str | None = None,
 ) -> dict[str, Any]:
+    services = _services()
+    if notice is None and services.models.bundle is None:
+        notice = NO_MODEL  # said before the form is filled in, not only once it is refused
     return {
-        "values": values or {"max_recs": current_app.extensions["movierec"].settings.default_max_recs},
+        "values": values or {"max_recs": services.settings.default_max_recs},
         "errors": errors or {},
+        "notice": notice,
         "labels": LABELS,
         "rules": FIELD_RULES,
         "genders": GENDERS,
@@ -318,9 +332,9 @@ def _database_down(error: DatabaseUnavailableError) -> Response:
 
 @bp.errorhandler(BundleError)
 def _no_model(_error: BundleError) -> Response:
-    return _page("ui/error.html", 503, heading="Not ready", message=(
-        "No recommendation model is loaded yet. Please try again later."
-    ))  # fmt: skip
+    response = _page("ui/error.html", 503, heading="Not ready", message=NO_MODEL)
+    response.headers["Retry-After"] = "5"  # as the API's 503 for the same state
+    return response
 
 
 @bp.errorhandler(ApiError)
@@ -539,6 +553,11 @@ def recommend() -> Response:
             served = _services().recommendations.recommend(parsed.query())
         except NotFound as exc:
             errors = {"user_id": exc.message}
+        except BundleError:  # the form again, as typed, to send once a model is loaded
+            context = _recommend_form_context(request.form, notice=NO_MODEL_SENT)
+            response = _page("ui/recommend.html", 503, **context)
+            response.headers["Retry-After"] = "5"
+            return response
         else:
             # Post/Redirect/Get: the list is shown at its own address, so reloading it (or going
             # back to it) shows the same list again instead of resending the form, which logged

@@ -696,6 +696,30 @@ def test_a_list_page_for_an_id_not_issued_here_is_a_page_at_once(app: Any) -> No
     assert "not stored yet" in response.text
 
 
+def test_with_no_model_loaded_the_form_says_so_and_keeps_what_was_typed(
+    make_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    """With no model loaded (a first start before training, a refused bundle) the form looked
+    ready, and sending it led to a bare "Not ready" page: what was typed was gone, "Back to
+    recommendations" opened an empty form, and no Retry-After was sent (the API sends 5 s). The
+    form says no model is loaded before it is filled in; sent anyway, it comes back (503,
+    Retry-After) with the answers kept and nothing logged, to send again in a moment."""
+    app = make_app(model_path=tmp_path / "empty")
+    client = app.test_client()
+    csrf = ui_login(client)
+    form = client.get("/ui")
+    assert form.status_code == 200
+    assert "No recommendation model is loaded" in form.text
+    response = recommend(client, csrf, age="41", occupation="writer", max_recs="7")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    page = response.text
+    assert "No recommendation model is loaded" in page and 'id="recommend-form"' in page
+    assert 'value="41"' in page and 'value="7"' in page
+    assert '<option value="writer" selected>' in page and '<option value="M" selected>' in page
+    assert _logged_requests(app) == 0
+
+
 def test_a_list_just_served_is_shown_while_the_database_is_down(
     make_app: Callable[..., Any], postgres_url: str
 ) -> None:
