@@ -92,6 +92,7 @@ NO_MODEL_SENT = (
     "No recommendation model is loaded right now, so no recommendations were made and nothing was "
     "logged. Your answers are kept below: send the form again in a moment."
 )
+STAR_STEP = 0.5  # half a star: the step of MovieLens's own ratings, and the API's lowest score
 CROSS_SITE_MESSAGE = "This form was sent from another site. Open this site's own page and try again."
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _OWN_FETCHES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site: from this origin, or the user's own
@@ -273,15 +274,23 @@ def _validate(model: type[BaseModel], payload: dict[str, Any]) -> tuple[Any, dic
 
 
 @cache
-def _integer_bounds(model: type[BaseModel]) -> dict[str, dict[str, int]]:
-    """Each integer field's ``minimum`` and ``maximum`` as ``model`` validates them (the bounds its
-    spec publishes): the form's inputs and hints offer those, never numbers of their own."""
+def _bounds(model: type[BaseModel]) -> dict[str, dict[str, float]]:
+    """Each number field's ``minimum`` and ``maximum`` as ``model`` validates them (the bounds its
+    spec publishes): the forms' inputs, hints and stars offer those, never numbers of their own."""
     bounds = {}
     for name, field in model.model_json_schema()["properties"].items():
         for kind in field.get("anyOf", [field]):
-            if kind.get("type") == "integer" and "minimum" in kind and "maximum" in kind:
+            if kind.get("type") in ("integer", "number") and "minimum" in kind and "maximum" in kind:
                 bounds[name] = {"min": kind["minimum"], "max": kind["maximum"]}
     return bounds
+
+
+@cache
+def _score_steps() -> tuple[float, ...]:
+    """The ratings the stars offer: ScoreRequest's range (0.5 to 5) in half stars."""
+    score = _bounds(ScoreRequest)["score"]
+    count = round((score["max"] - score["min"]) / STAR_STEP)
+    return tuple(score["min"] + STAR_STEP * i for i in range(count + 1))
 
 
 def _recommend_form_context(
@@ -300,7 +309,7 @@ def _recommend_form_context(
         "rules": FIELD_RULES,
         "genders": GENDERS,
         "occupations": OCCUPATIONS,
-        "bounds": _integer_bounds(RecommendRequest),
+        "bounds": _bounds(RecommendRequest),
     }
 
 
@@ -585,7 +594,15 @@ def _results_page(request_id: str, status: int = 200, **extra: Any) -> Response:
     # list first): its page, the one right after the form, needs nothing from the database.
     buffered = services.recommendations.request_log.get(request_id) is not None
     ratings = {} if buffered else dashboard.feedback_for_request(services.db, request_id)
-    return _page("ui/results.html", status, stored=stored, ratings=ratings, labels=LABELS, **extra)
+    return _page(
+        "ui/results.html",
+        status,
+        stored=stored,
+        ratings=ratings,
+        labels=LABELS,
+        score_steps=_score_steps(),
+        **extra,
+    )
 
 
 @bp.get("/recommendations/<request_id>")

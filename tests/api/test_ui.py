@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from app.api.schemas import FIELD_RULES, RecommendRequest
+from app.api.schemas import FIELD_RULES, RecommendRequest, ScoreRequest
 from app.config import MAX_RECS
 from app.recommender.bundle import RecommendQuery
 from app.services import dashboard
@@ -485,7 +485,7 @@ def test_the_form_serves_what_the_api_serves(client: Any, auth_headers: dict[str
     api = client.post("/api/recommend", json={**PROFILE, "max_recs": 7}, headers=auth_headers).get_json()
     assert titles_of(page.text) == api["recommendations"]
     assert api["model_version"] in page.text
-    assert page.text.count('type="radio"') == 7 * 5
+    assert page.text.count('type="radio"') == 7 * 10  # ten half stars a movie
 
 
 @pytest.mark.parametrize(
@@ -530,6 +530,49 @@ def test_rating_stores_feedback_and_shows_it(app: Any) -> None:
     assert f"Saved your rating for {html.escape(titles[2])}." in shown
     assert shown.count("Your rating:") == 2
     assert re.search(r'id="rate-\d+-4" checked', shown)
+
+
+def test_the_stars_offer_every_half_step_of_the_apis_range_and_show_a_rating_as_stored(
+    app: Any, auth_headers: dict[str, str]
+) -> None:
+    """The API takes a score from 0.5 to 5 (API.md); the stars offered only the whole numbers 1 to 5,
+    so neither half a star nor any half step could be given on the page, and a rating stored as
+    3.5 or 2.5 (from the API) was shown with a rounded number of stars chosen (banker's rounding:
+    2.5 as 2, 3.5 as 4, 0.5 as none), which "Update rating" then sent back as the new rating. The
+    stars offer each half step from the schema's minimum to its maximum; a stored rating is chosen
+    exactly when the stars can show it, else none is (a score the API took as 3.7 is shown as
+    3.7, and the browser asks for a choice before sending)."""
+    client = app.test_client()
+    csrf = ui_login(client)
+    page = recommend(client, csrf).text
+    rid, titles = list_id(page), titles_of(page)
+    bounds = ScoreRequest.model_json_schema()["properties"]["score"]
+    steps = [
+        bounds["minimum"] + 0.5 * i for i in range(int((bounds["maximum"] - bounds["minimum"]) / 0.5) + 1)
+    ]
+    radios = re.findall(r'<input type="radio"[^>]*>', page.split('<li class="result"')[1])
+    assert [float(re.search(r'value="([^"]+)"', r).group(1)) for r in radios] == steps == [
+        0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5,
+    ]  # fmt: skip
+    for title, score in ((titles[0], "0.5"), (titles[1], "3.5")):
+        saved = client.post(
+            "/ui/feedback", data={"csrf_token": csrf, "id": rid, "movie": title, "score": score}
+        )
+        assert saved.status_code == 303
+    api = client.post(
+        "/api/recommend/score", json={"id": rid, "movie": titles[2], "score": 3.7}, headers=auth_headers
+    )
+    assert api.status_code == 200
+    app.extensions["movierec"].recommendations.feedback.drain()  # the API's score, readable
+    shown = client.get(f"/ui/recommendations/{rid}").text
+    items = re.findall(r'<li class="result" id="item-\d+">.*?</li>', shown, re.S)
+    for item, score in zip(items[:3], ("0.5", "3.5", None), strict=True):
+        checked = re.findall(r'<input type="radio"[^>]*value="([^"]+)"[^>]*checked', item)
+        assert checked == ([score] if score else []), item
+    assert "Your rating: <strong>0.5</strong> of 5" in items[0]
+    assert "Your rating: <strong>3.5</strong> of 5" in items[1]
+    assert "Your rating: <strong>3.7</strong> of 5" in items[2]
+    assert sorted(r.score for r in app.extensions["movierec"].db.feedback_rows()) == [0.5, 3.5, 3.7]
 
 
 def test_a_list_and_its_ratings_take_the_id_in_upper_case(app: Any) -> None:
@@ -579,7 +622,7 @@ def test_a_bad_rating_is_tied_to_its_stars_and_linked_from_the_summary(app: Any)
     assert response.status_code == 400
     items = re.findall(r'<li class="result" id="item-\d+">.*?</li>', response.text, re.S)
     radios = re.findall(r'<input type="radio"[^>]*>', items[1])
-    assert len(radios) == 5
+    assert len(radios) == 10  # 0.5 to 5 in half stars
     for radio in radios:
         assert 'aria-invalid="true"' in radio
         described = re.search(r'aria-describedby="([^"]+)"', radio)

@@ -75,19 +75,21 @@ def test_a_person_gets_recommendations_and_rates_two_movies(make_app: Callable[.
         assert _unlabelled_controls(page) == []
         screenshot(page, "ui-recommendations")
 
-        # first movie: four stars with the mouse
+        # first movie: four stars with the mouse (each star is two halves: the 8th half is 4)
         first = page.locator("li.result").nth(0)
-        first.locator("label.star").nth(3).click()
+        first.locator("label.star").nth(7).click()
         first.get_by_role("button", name="Save rating").click()
         page.locator("#saved-notice").wait_for()
         assert shown[0] in page.locator("#saved-notice").inner_text()
         assert "Your rating: 4 of 5" in page.locator("li.result").nth(0).inner_text()
 
-        # second movie: two stars with the keyboard only (radio group: arrows move, Tab to the button)
+        # second movie: two stars with the keyboard only (radio group: arrows move by half a star,
+        # Tab to the button)
         second = page.locator("li.result").nth(1)
         second.locator("input.star-input").first.focus()
         page.keyboard.press("Space")
-        page.keyboard.press("ArrowRight")
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
         page.keyboard.press("Tab")
         page.keyboard.press("Enter")
         page.wait_for_url("**saved=1**")
@@ -258,17 +260,22 @@ def test_pressing_a_forms_button_twice_sends_it_once(make_app: Callable[..., Any
         assert len(db.feedback_rows()) == 3
 
 
-def _solid(png: bytes) -> bool:
-    """Whether a star's screenshot is painted at its centre (a solid glyph), not background
-    there like its corner (an outline)."""
+def _solid(png: bytes, side: str) -> bool:
+    """Whether a half star's screenshot is painted on its glyph's inner side, next to the star's
+    middle (a solid half), not background there like its outer top corner (an outline)."""
     from io import BytesIO
 
     from PIL import Image
 
     image = Image.open(BytesIO(png)).convert("RGB")
     width, height = image.size
-    centre, corner = image.getpixel((width // 2, height // 2)), image.getpixel((1, 1))
-    return sum(abs(a - b) for a, b in zip(centre, corner, strict=True)) > 150
+    inner_x, corner_x = (width - 4, 1) if side == "left" else (3, width - 2)
+    inner, corner = image.getpixel((inner_x, height // 2)), image.getpixel((corner_x, 1))
+    return sum(abs(a - b) for a, b in zip(inner, corner, strict=True)) > 150
+
+
+def _painted(stars: Any) -> list[bool]:
+    return [_solid(stars.nth(i).screenshot(), "left" if i % 2 == 0 else "right") for i in range(10)]
 
 
 def test_the_chosen_stars_differ_from_the_others_by_shape_not_only_by_colour(
@@ -276,7 +283,9 @@ def test_the_chosen_stars_differ_from_the_others_by_shape_not_only_by_colour(
 ) -> None:
     """A chosen star was the same solid glyph as an empty one, brown instead of grey (1.3:1 apart):
     to someone who does not tell those colours apart, or in forced colours, a rating looked
-    unchosen. Chosen stars are solid, the others outlines."""
+    unchosen. Chosen stars are solid, the others outlines; half a star is half solid. The stars
+    offer what the API takes, 0.5 to 5 in half steps (they offered only 1 to 5), and stay within
+    their result on a 320-pixel screen."""
     app = make_app()
     with LiveServer(app) as server, browser_page(server.url) as (page, _requests):
         _log_in(page, SESSION_PASSWORD)
@@ -285,15 +294,33 @@ def test_the_chosen_stars_differ_from_the_others_by_shape_not_only_by_colour(
         page.get_by_label("Occupation").select_option("engineer")
         page.get_by_role("button", name="Recommend").click()
         page.wait_for_url("**/ui/recommendations/**")
-        stars = page.locator("li.result").nth(0).locator("label.star")
-        stars.nth(2).click()  # three of five
-        page.mouse.move(0, 0)  # no hover preview
-        for forced_colors in ("none", "active"):  # and in Windows' high-contrast themes
-            page.emulate_media(forced_colors=forced_colors, color_scheme="light")
-            painted = [_solid(stars.nth(i).screenshot()) for i in range(5)]
-            assert painted == [True, True, True, False, False], f"forced colours {forced_colors}: {painted}"
-        page.emulate_media(forced_colors="none")
+        first = page.locator("li.result").nth(0)
+        stars = first.locator("label.star")
+        for chosen in (6, 5):  # three of five, then two and a half
+            stars.nth(chosen - 1).click()
+            page.mouse.move(0, 0)  # no hover preview
+            for forced_colors in ("none", "active"):  # and in Windows' high-contrast themes
+                page.emulate_media(forced_colors=forced_colors, color_scheme="light")
+                expected = [i < chosen for i in range(10)]
+                assert _painted(stars) == expected, f"{chosen} halves, forced colours {forced_colors}"
+            page.emulate_media(forced_colors="none")
         screenshot(page, "ui-stars-chosen", full_page=False)
+
+        first.get_by_role("button", name="Save rating").click()
+        page.locator("#saved-notice").wait_for()
+        assert "Your rating: 2.5 of 5" in page.locator("li.result").nth(0).inner_text()
+        assert [row.score for row in app.extensions["movierec"].db.feedback_rows()] == [2.5]
+        assert first.locator("input.star-input:checked").get_attribute("value") == "2.5"
+
+        page.set_viewport_size({"width": 320, "height": 700})
+        page.reload()
+        overflow = page.evaluate(
+            """() => Array.from(document.querySelectorAll('li.result')).map((item) =>
+                 item.querySelector('.stars').getBoundingClientRect().right
+                 - item.getBoundingClientRect().right)"""
+        )
+        assert max(overflow) <= 0, f"the stars reach past their result at 320 px: {overflow}"
+        screenshot(page, "ui-stars-narrow", full_page=False)
 
 
 def test_the_dashboard_draws_its_charts_from_real_data(
