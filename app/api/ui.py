@@ -334,9 +334,19 @@ def _database_down(error: DatabaseUnavailableError) -> Response:
     outcome = "this page cannot be shown" if request.method == "GET" else "nothing was saved"
     response = _page("ui/error.html", 503, heading="Temporarily unavailable", message=(
         f"The database cannot be reached right now, so {outcome}. Please try again in a moment."
-    ))  # fmt: skip
+    ), **_way_back())  # fmt: skip
     response.headers["Retry-After"] = "5"
     return response
+
+
+def _way_back() -> dict[str, tuple[str, str]]:
+    """The link of a page answering "not now" (503): to the page itself again when it was opened, to
+    the list a rating was sent from; none (the error page's link to the form) otherwise. The form
+    lost what was being looked at: the list's address is not in the address bar after a post."""
+    if request.method == "GET":
+        return {"retry": (request.path, "Try again")}
+    page = _page_of_post()
+    return {"retry": (page, "Back to the list")} if page is not None else {}
 
 
 @bp.errorhandler(BundleError)
@@ -348,7 +358,14 @@ def _no_model(_error: BundleError) -> Response:
 
 @bp.errorhandler(ApiError)
 def _api_error(error: ApiError) -> Response:
-    response = _page("ui/error.html", error.status, heading="Something is not right", message=error.message)
+    if error.status == 503:  # a list another worker has not written yet: not the person's error
+        response = _page(
+            "ui/error.html", 503, heading="Temporarily unavailable", message=error.message, **_way_back()
+        )
+    else:
+        response = _page(
+            "ui/error.html", error.status, heading="Something is not right", message=error.message
+        )
     response.headers.update(error.headers)  # a 503's Retry-After
     return response
 

@@ -714,6 +714,45 @@ def test_the_list_page_waits_for_a_row_still_pending_in_another_worker(make_app:
     assert len(titles_of(response.text)) == 4
 
 
+def test_a_page_that_cannot_be_shown_for_now_leads_back_to_it_not_to_an_empty_form(
+    make_app: Callable[..., Any], postgres_url: str
+) -> None:
+    """A 503 page's one link was "Back to recommendations", the empty form: after a list's page
+    reached another worker before its row was written ("Something is not right: ... retry
+    shortly"), or a rating met the database down, following it lost the list (whose address
+    the page did not show: the address bar said /ui/feedback) and asking again logged a new
+    one. A list page that cannot be shown now links to itself ("Try again"), a rating to its
+    list; the pending list's page is headed as the outage it is, not as an error of the person's."""
+    url = sqlalchemy_url(postgres_url)
+    issuer = make_app(database_url=url, request_log_flush_seconds=30.0)  # nothing flushed unless asked
+    other = make_app(database_url=url)
+    other.extensions["movierec"].recommendations.pending_wait = 0.05
+    issuing = issuer.test_client()
+    csrf = ui_login(issuing)
+    posted = issuing.post(
+        "/ui/recommend", data={"csrf_token": csrf, "age": "30", "gender": "F", "occupation": "writer"}
+    )
+    list_path = posted.headers["Location"]
+    reader = other.test_client()
+    ui_login(reader)
+    pending = reader.get(list_path)
+    assert pending.status_code == 503 and pending.headers["Retry-After"] == "1"
+    assert f'<a href="{list_path}" id="retry-link">Try again</a>' in pending.text
+    assert "Temporarily unavailable" in pending.text and "Something is not right" not in pending.text
+
+    page = issuing.get(list_path).text
+    issuer.extensions["movierec"].recommendations.request_log.flush()
+    with database_down(issuer):
+        opened = issuing.get(list_path)
+        rated = issuing.post(
+            "/ui/feedback",
+            data={"csrf_token": csrf, "id": list_id(page), "movie": titles_of(page)[0], "score": "4"},
+        )
+    assert opened.status_code == rated.status_code == 503
+    assert f'<a href="{list_path}" id="retry-link">Try again</a>' in opened.text
+    assert f'<a href="{list_path}" id="retry-link">Back to the list</a>' in rated.text
+
+
 def test_a_list_page_for_an_id_not_issued_here_is_a_page_at_once(app: Any) -> None:
     """Only ids signed by this service are waited for: a forged or foreign id is "not found" at
     once (no thread held for the wait), an id signed here but stored nowhere is a retryable 503."""
