@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app import check_listen_address, create_app, run_development_server
+from app import StartupError, check_listen_address, create_app, run_development_server
 from app.config import ConfigurationError, load_settings
 from app.listener import MAX_PORT, ListenerError
 
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"movierec: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:  # the database cannot be reached, or a newer release migrated it
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 1
     run_development_server(app, args.host, args.port, args.debug)
     return 0
 

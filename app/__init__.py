@@ -70,7 +70,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.services.recommendations import RecommendationService
     from app.services.request_log import RequestLog, RowSpill
     from app.services.serving import install_serving, model_store
-    from app.storage.db import Database
 
     settings = settings or load_settings()
     configure_logging(settings.log_level)
@@ -93,8 +92,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json = OrjsonProvider(app)  # keeps the contract's field order
     instrument(app)
 
-    db = Database(settings.sqlalchemy_url, statement_seconds=settings.database_statement_seconds)
-    _upgrade_schema(db)
+    db = _open_database(settings)
     models = ModelHolder(settings.model_path, data_dir=settings.data_dir)
     try:
         models.load()
@@ -181,6 +179,38 @@ def run_development_server(app: Flask, host: str, port: int, debug: bool) -> Non
             host=host, port=port, debug=debug, use_reloader=False, use_debugger=False,
             request_handler=RequestHandler,
         )  # fmt: skip
+
+
+class StartupError(RuntimeError):
+    """The service cannot start with the database it was given: one line, its password masked, that
+    the development server's entry points (``movierec serve``, ``python main.py``) print."""
+
+
+def _open_database(settings: Settings) -> Database:
+    """The service database with its schema upgraded (:func:`_upgrade_schema`).
+
+    One that cannot be reached (PostgreSQL not running, a SQLite file whose directory cannot be
+    made) or that a newer release migrated is a :class:`StartupError`, worded as ``movierec db
+    upgrade`` words it, which ``movierec serve`` and ``python main.py`` (``make run``) print as one
+    line: they let the driver's error out as a traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.storage.db import Database, DatabaseSchemaError, DatabaseUnavailableError, unreachable_message
+
+    url = settings.sqlalchemy_url
+    try:
+        db = Database(url, statement_seconds=settings.database_statement_seconds)
+    except OSError as exc:  # make_engine creates a SQLite file's directory
+        raise StartupError(unreachable_message(url, exc)) from exc
+    try:
+        _upgrade_schema(db)
+    except DatabaseSchemaError as exc:
+        db.dispose()
+        raise StartupError(str(exc)) from exc
+    except (OperationalError, DatabaseUnavailableError) as exc:
+        db.dispose()
+        raise StartupError(unreachable_message(url, exc)) from exc
+    return db
 
 
 def _upgrade_schema(db: Database) -> None:

@@ -285,7 +285,7 @@ def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | Non
 )
 def serve(host: str, port: int, debug: bool, check: bool) -> None:
     """Development server (production: make serve-prod, i.e. scripts/start-uwsgi.sh with uwsgi.ini)."""
-    from app import check_listen_address, create_app, run_development_server
+    from app import StartupError, check_listen_address, create_app, run_development_server
     from app.config import ConfigurationError
     from app.listener import ListenerError
     from app.pipeline.commands import settings_for_cli
@@ -302,9 +302,9 @@ def serve(host: str, port: int, debug: bool, check: bool) -> None:
     group = click.get_current_context().find_root()
     given = group.get_parameter_source("log_level") is click.core.ParameterSource.COMMANDLINE
     level = str(group.params["log_level"]).upper() if given else None
-    try:  # the secrets are checked once the app is built: a missing one is a line, not a traceback
+    try:  # the secrets and the database are checked once the app is built: a line, not a traceback
         application = create_app(settings_for_cli(debug=debug, log_level=level))
-    except ConfigurationError as exc:
+    except (ConfigurationError, StartupError) as exc:
         raise click.ClickException(str(exc)) from exc
     run_development_server(application, host, port, debug)
 

@@ -173,3 +173,42 @@ def test_data_and_model_dirs_default_to_their_settings(
     trained = CliRunner().invoke(cli, ["train", "--if-missing"])
     assert trained.exit_code == 0, trained.output
     assert trained.stdout.strip() == f"{(personal_model_store / 'latest').resolve()} (existing)"
+
+
+@pytest.mark.parametrize("entry", ["movierec serve", "python main.py"])
+@pytest.mark.parametrize("where", ["unreachable", "sqlite-under-a-file"])
+def test_the_development_server_reports_a_database_it_cannot_use_as_an_error_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    entry: str,
+    where: str,
+) -> None:
+    """``db upgrade`` said the database could not be reached; ``movierec serve`` (``make run``) and
+    ``python main.py`` with the same MOVIEREC_DATABASE_URL (PostgreSQL not running, a SQLite file
+    under a file) died with DatabaseUnavailableError's (or FileExistsError's) traceback from the
+    schema upgrade at start. Now one error line naming the database, password masked; exit 1."""
+    import main
+
+    if where == "unreachable":
+        url, named = "postgresql://movierec:secret-pw@127.0.0.1:1/none", "127.0.0.1:1"
+    else:
+        (tmp_path / "file").write_text("")
+        url, named = f"sqlite:///{tmp_path / 'file' / 'movierec.db'}", str(tmp_path / "file")
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", url)
+    monkeypatch.setenv("SESSION_PASSWORD", "session-pw")
+    monkeypatch.setenv("MOVIEREC_JWT_SECRET", "j" * 48)
+    monkeypatch.setenv("ML_MODEL_PATH", str(tmp_path / "model"))
+    monkeypatch.setattr("app.run_development_server", lambda *args: pytest.fail("the server was started"))
+    monkeypatch.setattr(main, "run_development_server", lambda *args: pytest.fail("the server was started"))
+    port = str(free_port())
+    if entry == "movierec serve":
+        result = _invoke(["serve", "--port", port])
+        _refused(result, "the service database cannot be reached", named)
+        assert "secret-pw" not in result.output
+        return
+    assert main.main(["--port", port]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "secret-pw" not in err, err
+    (line,) = [line for line in err.splitlines() if line.startswith("movierec: ")]
+    assert "the service database cannot be reached" in line and named in line, err

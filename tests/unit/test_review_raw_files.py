@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from app.recommender.data import DataFormatError, load_directory
+from tests.helpers import free_port
 from tests.synthetic import write_grouplens
 
 pytestmark = pytest.mark.unit
@@ -277,13 +278,14 @@ def test_a_refused_value_is_named_by_its_line_in_the_file(
         load_directory(directory)
 
 
-@pytest.mark.parametrize("command", [["features", "build"], ["db", "upgrade"]])
+@pytest.mark.parametrize("command", [["features", "build"], ["db", "upgrade"], ["serve"]])
 def test_a_database_migrated_by_a_newer_release_is_a_one_line_error(
     make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
 ) -> None:
     """After a rollback, the database's schema revision is one this code has no migration for:
     alembic's CommandError ("Can't locate revision") came out as a traceback. It is now one
-    `Error:` line naming the revision and what to do, exit 1, and the features are not loaded."""
+    `Error:` line naming the revision and what to do, exit 1, and the features are not loaded.
+    `movierec serve` let the same DatabaseSchemaError out as a traceback; it is the same line."""
     from click.testing import CliRunner
     from sqlalchemy import text
 
@@ -298,7 +300,9 @@ def test_a_database_migrated_by_a_newer_release_is_a_one_line_error(
         connection.execute(text("UPDATE alembic_version SET version_num = '0099_from_a_newer_release'"))
     database.dispose()
     monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
-    result = CliRunner().invoke(cli, command)
+    monkeypatch.setattr("app.run_development_server", lambda *args: pytest.fail("the server was started"))
+    port = ["--port", str(free_port())] if command == ["serve"] else []
+    result = CliRunner().invoke(cli, [*command, *port])
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), result.exception
     assert re.search(
