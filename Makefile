@@ -74,11 +74,18 @@ model: data
 	@$(MOVIEREC) train --if-missing --data-dir $(DATA_DIR) --model-dir $(MODEL_DIR)
 
 # Random secrets for local runs, created once, readable only by you (never on a command line).
-secrets: $(SECRETS)
+# Each file is written beside its name and renamed: one cut short (a failed step, Ctrl-C) was taken
+# for made by every later run. The login body is made again from the secrets when it is missing
+# or older than them.
+secrets: $(SECRETS) $(LOGIN_BODY)
 $(SECRETS):
-	@mkdir -p $(dir $(SECRETS)) && umask 077 && $(PYTHON) -c 'import secrets; print("SESSION_PASSWORD=" + secrets.token_urlsafe(12)); print("ADMIN_PASSWORD=" + secrets.token_urlsafe(16)); print("MOVIEREC_JWT_SECRET=" + secrets.token_urlsafe(48))' > $(SECRETS)
-	@umask 077 && . $(SECRETS) && printf '{"session_password": "%s"}\n' "$$SESSION_PASSWORD" > $(LOGIN_BODY)
-	@echo "created $(SECRETS) and $(LOGIN_BODY) (mode 600)"
+	@mkdir -p $(dir $(SECRETS)) && umask 077 && $(PYTHON) -c 'import secrets; print("SESSION_PASSWORD=" + secrets.token_urlsafe(12)); print("ADMIN_PASSWORD=" + secrets.token_urlsafe(16)); print("MOVIEREC_JWT_SECRET=" + secrets.token_urlsafe(48))' > $@.tmp
+	@mv $@.tmp $@
+	@echo "created $@ (mode 600)"
+$(LOGIN_BODY): $(SECRETS)
+	@umask 077 && . $(SECRETS) && printf '{"session_password": "%s"}\n' "$$SESSION_PASSWORD" > $@.tmp
+	@mv $@.tmp $@
+	@echo "created $@ (mode 600)"
 
 # docker-compose.yml's secret files, once, into ./secrets (0700; MOVIEREC_SECRETS_DIR to move it):
 # mounted under /run/secrets, never in a container's environment (app/compose_secrets.py).

@@ -11,6 +11,7 @@ only then. The real Makefile runs here with a stand-in Python (its ``venv`` make
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -30,12 +31,15 @@ PIP_HINT = "make: pip could not install into"
 DATA_HINT = "make: to take ml-100k from a copy you have"
 NO_TESTS_HINT = "pytest collected no tests"
 
-# Every other command runs the real Python: the version checks, the secrets.
+# Every other command runs the real Python: the version checks, the secrets (which FAKE_SECRETS_STATUS
+# fails after their first line, as a full disk or Ctrl-C would).
 FAKE_PYTHON = """#!/bin/sh
 case "$1 $2" in
 "-m venv") mkdir -p "$3/bin" && ln -sf "{me}" "$3/bin/python" && exit 0 ;;
 "-m pip") [ "$FAKE_PIP_STATUS" = 0 ] || echo "ERROR: pip stand-in" >&2; exit "$FAKE_PIP_STATUS" ;;
 "-m pytest") exit "$FAKE_PYTEST_STATUS" ;;
+"-c import secrets"*) [ "$FAKE_SECRETS_STATUS" = 0 ] \\
+    || {{ echo "SESSION_PASSWORD=cut-short"; exit "$FAKE_SECRETS_STATUS"; }} ;;
 esac
 exec {python} "$@"
 """
@@ -69,15 +73,16 @@ class Checkout:
         self.python.write_text(FAKE_PYTHON.format(me=self.python, python=sys.executable))
         self.python.chmod(0o755)
         self.venv = tmp / "venv"
+        self.secrets = tmp / "var" / "secrets.env"
+        self.login = tmp / "var" / "login.json"
 
     def make(self, *args: str, **status: int) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
-        env |= {
-            f"FAKE_{name.upper()}_STATUS": str(status.get(name, 0)) for name in ("pip", "pytest", "check")
-        }
+        stand_ins = ("pip", "pytest", "check", "secrets")
+        env |= {f"FAKE_{name.upper()}_STATUS": str(status.get(name, 0)) for name in stand_ins}
         variables = {
             "PYTHON": self.python, "VENV": self.venv, "DATA_DIR": self.tmp / "data",
-            "DATA_SOURCE": "", "MODEL_DIR": self.tmp / "model", "SECRETS": self.tmp / "var" / "secrets.env",
+            "DATA_SOURCE": "", "MODEL_DIR": self.tmp / "model", "SECRETS": self.secrets,
         }  # fmt: skip
         return subprocess.run(
             ["make", "--no-print-directory", *args, *(f"{k}={v}" for k, v in variables.items())],
@@ -187,6 +192,43 @@ def test_make_run_checks_its_address_before_it_prints_how_to_log_in(checkout: Ch
     assert "Error: port taken" in done.stderr
     for line in ("movierec is starting on", "log in:", "movierec stand-in: serve"):
         assert line not in _output(done), _output(done)
+
+
+def _secrets(checkout: Checkout) -> dict[str, str]:
+    """The secrets file's variables, once it and the login body are checked whole and private."""
+    for path in (checkout.secrets, checkout.login):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    values = dict(line.split("=", 1) for line in checkout.secrets.read_text().splitlines())
+    assert set(values) == {"SESSION_PASSWORD", "ADMIN_PASSWORD", "MOVIEREC_JWT_SECRET"}, values
+    assert json.loads(checkout.login.read_text()) == {"session_password": values["SESSION_PASSWORD"]}
+    return values
+
+
+def test_a_failed_secrets_step_leaves_nothing_the_next_run_would_take_for_the_secrets(
+    checkout: Checkout,
+) -> None:
+    """The secrets were written straight into var/secrets.env: a step that failed (a PYTHON that is
+    not there, a full disk, Ctrl-C after the redirect) left it empty or cut short, and make took
+    it for done. Every later `make run` said "Nothing to be done" for it and the service refused to
+    start for a SESSION_PASSWORD that was not set, var/login.json never written. They are written
+    whole or not at all, and the next run makes them."""
+    failed = checkout.make("secrets", secrets=1)
+    assert failed.returncode != 0, _output(failed)
+    assert not checkout.secrets.exists() and not checkout.login.exists()
+    done = checkout.make("secrets")
+    assert done.returncode == 0, _output(done)
+    _secrets(checkout)
+
+
+def test_a_removed_login_body_is_made_again_from_the_same_secrets(checkout: Checkout) -> None:
+    """var/login.json was written only with var/secrets.env: once removed, `make run` still printed
+    `curl ... -d @var/login.json`, and the login it showed failed for good."""
+    assert checkout.make("secrets").returncode == 0
+    values = _secrets(checkout)
+    checkout.login.unlink()
+    again = checkout.make("secrets")
+    assert again.returncode == 0, _output(again)
+    assert _secrets(checkout) == values  # the same password: only the login body was made again
 
 
 def test_make_test_says_when_pytest_collected_nothing_and_only_then(checkout: Checkout) -> None:
