@@ -102,6 +102,7 @@ run: model secrets
 	@echo "  then:      curl -s -X POST -H 'Content-Type: application/json' -H \"Authorization: Bearer \$$TOKEN\" \\"
 	@echo "               -d '{\"age\": 30, \"gender\": \"M\", \"occupation\": \"programmer\"}' http://$(HOST):$(PORT)/api/recommend"
 	@echo "  password:  in $(SECRETS) (SESSION_PASSWORD); API docs at http://$(HOST):$(PORT)/docs"
+	@echo "  stop:      Ctrl-C (it serves in the foreground; its log is the JSON lines below)"
 	@echo ""
 	@set -a && . $(SECRETS) && set +a && ML_MODEL_PATH=$(MODEL_DIR) exec $(MOVIEREC) serve --host $(HOST) --port $(PORT)
 

@@ -169,7 +169,8 @@ def test_a_refused_data_dir_gets_its_error_and_no_hint_to_use_a_copy(
 
 def test_a_successful_make_run_prints_its_steps_then_the_service(checkout: Checkout) -> None:
     """Everything ``make run`` prints on success: each step, the login banner, the service's output
-    (the stand-in's) — no recipe line, no hint for a failure that did not happen."""
+    (the stand-in's) — no recipe line, no hint for a failure that did not happen. The banner says
+    how to stop it: only werkzeug's "Press CTRL+C to quit", inside a JSON log line, did."""
     checkout.installed()
     done = checkout.make("run")
     assert done.returncode == 0, _output(done)
@@ -177,7 +178,7 @@ def test_a_successful_make_run_prints_its_steps_then_the_service(checkout: Check
     for hint in (PIP_HINT, DATA_HINT, "DATA_SOURCE", "|| {", "set -a", "exec "):
         assert hint not in out, out
     steps = ["fetching ml-100k", "movierec stand-in: data", "training", "movierec stand-in: train",
-             "movierec is starting on", "movierec stand-in: serve"]  # fmt: skip
+             "movierec is starting on", "  stop:      Ctrl-C", "movierec stand-in: serve"]  # fmt: skip
     found = [out.find(step) for step in steps]
     assert -1 not in found and found == sorted(found), out
 
