@@ -142,14 +142,19 @@ lint: venv
 	$(VENV)/bin/bandit -q -c pyproject.toml -r app
 	$(VENV)/bin/pip-audit --progress-spinner off -r requirements.txt
 
-# serve_bench.py needs wrk (apt-get install wrk) and PostgreSQL (checked first); it runs the API under uwsgi on loopback (docs/performance.md)
-bench: model
+# serve_bench.py needs wrk (apt-get install wrk) and PostgreSQL; it runs the API under uwsgi on loopback
+# (docs/performance.md). Both benchmarks check what they need before the data and the model (minutes
+# on a fresh checkout): a prerequisite `model` ran first, and a missing wrk was found after it.
+bench: venv
 	$(PY) bench/serve_bench.py --check
+	@$(MAKE) --no-print-directory model
 	$(PY) bench/benchmark.py --data-dir $(DATA_DIR)
 	$(PY) bench/serve_bench.py --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR)
 
 # instructions per request under callgrind (needs valgrind): steady where timings drift (~5 min)
-bench-instructions: model
+bench-instructions: venv
+	$(PY) bench/instructions.py --check
+	@$(MAKE) --no-print-directory model
 	$(PY) bench/instructions.py --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR)
 
 clean:

@@ -153,9 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "instructions.json"))
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--check", action="store_true", help="only check what a run needs (valgrind)")
     args = parser.parse_args(argv)
     if args.serve:
         serve_phases(args.warmup)
+        return 0
+    missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
+    if missing:  # FileNotFoundError's traceback came after the minutes of `make bench-instructions`
+        found = f"{', '.join(missing)} not found"
+        print(f"valgrind is not installed ({found}): apt-get install valgrind", file=sys.stderr)
+        return 2
+    if args.check:
         return 0
     figures = measure(args)
     echo = figures["echo"]

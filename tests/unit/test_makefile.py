@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,6 +244,36 @@ def test_make_test_says_when_pytest_collected_nothing_and_only_then(checkout: Ch
     passed = checkout.make("test")
     assert passed.returncode == 0, _output(passed)
     assert NO_TESTS_HINT not in _output(passed)
+
+
+# What make and its recipes up to a benchmark's check run, and nothing else: no wrk, no valgrind
+BASIC_TOOLS = ("make", "sh", "bash", "cat", "sha1sum", "cut", "mkdir", "ln", "mv", "rm", "touch", "grep")
+
+
+@pytest.mark.parametrize(
+    ("target", "missing"),
+    [("bench", "wrk is not installed"), ("bench-instructions", "valgrind is not installed")],
+)
+def test_a_benchmark_checks_what_it_needs_before_the_data_and_the_model(
+    checkout: Checkout, monkeypatch: pytest.MonkeyPatch, target: str, missing: str
+) -> None:
+    """`make bench` (README: wrk and PostgreSQL "both checked first") and `make bench-instructions`
+    (valgrind) fetched the data and trained a model, minutes on a fresh checkout, before finding
+    wrk missing; bench/instructions.py then died with FileNotFoundError's traceback for valgrind.
+    The check now comes before the data and model steps: one line, and nothing trained."""
+    checkout.installed()
+    tools = checkout.tmp / "bin"
+    tools.mkdir()
+    for name in BASIC_TOOLS:
+        found = shutil.which(name)
+        assert found is not None, name
+        (tools / name).symlink_to(found)
+    monkeypatch.setenv("PATH", str(tools))
+    done = checkout.make(target)
+    assert done.returncode != 0, _output(done)
+    assert missing in done.stderr, _output(done)
+    for step in ("fetching ml-100k", "movierec stand-in", "training", "Traceback"):
+        assert step not in _output(done), _output(done)
 
 
 def test_make_n_still_shows_the_real_commands(checkout: Checkout) -> None:
