@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle  # nosec B403 - only its exception type
 import re
 import shutil
 import stat
@@ -1045,6 +1046,11 @@ def unpickle_model(path: Path) -> Any:
         return joblib.load(path)  # nosec B301 - model files come from our own training
     except EOFError as exc:
         raise BundleError(f"{path} could not be unpickled: it is empty or cut short (EOFError)") from exc
+    except (pickle.UnpicklingError, KeyError) as exc:  # a byte that is no pickle opcode: KeyError(its value)
+        raise BundleError(
+            f"{path} could not be unpickled: it is not a pickle file (a model.pkl), or a damaged one "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     except Exception as exc:
         raise BundleError(f"{path} could not be unpickled: {exc or type(exc).__name__}") from exc
 

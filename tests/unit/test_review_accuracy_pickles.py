@@ -269,3 +269,19 @@ def test_a_movierec_model_pkl_is_scored_by_ndcg_of_what_it_serves(
         shutil.copy2(bundle / name, lone / name)
     result = run_accuracy_test(lone / "model.pkl", bundle / "test_data.json")
     assert result.metric == "ndcg@10" and result.passed and result.model.startswith("pkl-")
+
+
+@pytest.mark.parametrize("name", ["test_data.json", "catalogue.csv", "manifest.json"])
+def test_a_file_that_is_no_pickle_given_as_the_model_says_so(personal_model_store: Path, name: str) -> None:
+    """A bundle's JSON or CSV given as the model (`movierec accuracy` with its two paths swapped, or
+    ML_MODEL_PATH naming the wrong file of a bundle) said "could not be unpickled: 123": joblib's
+    KeyError for the first byte ('{' is 123), which named nothing a user could act on."""
+    from app.cli import cli
+
+    bundle = (personal_model_store / "latest").resolve()
+    model = bundle / name
+    result = CliRunner().invoke(cli, ["accuracy", str(model), str(bundle / "test_data.json")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith(f"Error: {model} could not be unpickled: it is not a pickle file"), errors
