@@ -36,7 +36,8 @@ QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation.:UserWarning"
 help:
 	@echo "make run    set everything up, train a model if none exists, serve on http://$(HOST):$(PORT)"
 	@echo "make test   run every test tier (unit, api, integration, model, slow, docker, browser)"
-	@echo "other: test-fast lint train pipeline evaluate serve serve-prod bench bench-instructions clean"
+	@echo "other: venv data model secrets (make run's steps) test-fast lint train pipeline evaluate serve serve-prod"
+	@echo "       bench bench-instructions clean"
 	@echo "Docker: see docs/docker.md (make compose-secrets, then docker compose up --build; deploy-docker.py)"
 
 # pyproject.toml's requires-python; each failure below is one line saying what to do

@@ -276,6 +276,21 @@ def test_a_benchmark_checks_what_it_needs_before_the_data_and_the_model(
         assert step not in _output(done), _output(done)
 
 
+def test_make_help_names_every_target() -> None:
+    """`make` alone (help) is what a new user runs first; it named neither `make data`, `make model`
+    nor `make secrets`, the steps of `make run` README's table lists, nor `make venv`."""
+    (phony,) = re.findall(r"^\.PHONY: (.+)$", MAKEFILE, re.MULTILINE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    shown = subprocess.run(
+        ["make", "--no-print-directory"], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    (others,) = re.findall(r"^other: (.+(?:\n +.+)*)$", shown, re.MULTILINE)  # and its continuation lines
+    named = set(re.findall(r"\bmake ([a-z][a-z-]*)", shown)) | set(re.findall(r"[a-z][a-z-]*", others))
+    missing = [target for target in phony.split() if target != "help" and target not in named]
+    assert not missing, shown
+
+
 def test_make_n_still_shows_the_real_commands(checkout: Checkout) -> None:
     done = checkout.make("-n", "run")
     assert done.returncode == 0, _output(done)
