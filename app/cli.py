@@ -51,16 +51,15 @@ def _output_directory(directory: Path, option: str, given: Path | None = None) -
     whose result goes there: a file in its way, or a directory that cannot be created or written,
     is one ``Error:`` line now rather than a traceback once the work is done. Called once the
     input data loaded, so that a run refused for its data creates nothing."""
+    from app.recommender.data import mkdir_failure
+
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(directory))
     except OSError as exc:
-        # mkdir says "File exists" of a file in the way: it is there, but not as a directory
-        reason = os.strerror(errno.ENOTDIR) if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
-        raise click.ClickException(
-            f"{option} {given or directory} cannot be written: {exc.filename or directory}: {reason}"
-        ) from exc
+        where = f"{exc.filename or directory}: {mkdir_failure(exc)}"
+        raise click.ClickException(f"{option} {given or directory} cannot be written: {where}") from exc
 
 
 def _models(value: str | None) -> list[str] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import logging
@@ -693,6 +694,12 @@ def _publish(staging: Path, target: Path) -> None:
         aside.unlink()
 
 
+def mkdir_failure(exc: OSError) -> str:
+    """Why a directory could not be made or used, in words. mkdir says "File exists" of a file in
+    its way, which reads as if the directory were there already: it is there, but not as one."""
+    return os.strerror(errno.ENOTDIR) if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+
+
 def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) -> Path:
     """Make ml-100k available under ``data_dir/ml-100k`` and return that directory.
 
@@ -710,7 +717,7 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
     def unusable(exc: OSError) -> DataUnavailableError:
         # a data root that is a file (or under one), read-only or full: one line, not a traceback
         return DataUnavailableError(
-            f"the data root {target.parent} cannot hold ml-100k: {exc.strerror or exc}"
+            f"the data root {target.parent} cannot hold ml-100k: {mkdir_failure(exc)}"
         )
 
     try:

@@ -212,3 +212,22 @@ def test_the_development_server_reports_a_database_it_cannot_use_as_an_error_lin
     assert "Traceback" not in err and "secret-pw" not in err, err
     (line,) = [line for line in err.splitlines() if line.startswith("movierec: ")]
     assert "the service database cannot be reached" in line and named in line, err
+
+
+@pytest.mark.parametrize("command", [["data", "fetch"], ["train", "--if-missing"], ["features", "build"]])
+def test_a_data_dir_that_is_a_file_is_called_not_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """--data-dir naming a file was refused as "the data root FILE cannot hold ml-100k: File exists",
+    mkdir's words for a name that is taken, which read as if the data were there already (a path
+    under a file said "Not a directory", as train's --model-dir says of a file)."""
+    import app.recommender.data as data
+
+    _no_work(monkeypatch, data, "_from_pypi")
+    _no_work(monkeypatch, data, "_from_grouplens")
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", f"sqlite:///{tmp_path / 'service.db'}")
+    monkeypatch.setenv("MOVIEREC_FEATURES_ROOT", str(tmp_path / "features"))
+    (tmp_path / "file").write_text("")
+    model_dir = ["--model-dir", str(tmp_path / "model")] if command[0] == "train" else []
+    result = _invoke([*command, "--data-dir", str(tmp_path / "file"), *model_dir])
+    _refused(result, f"the data root {tmp_path / 'file'} cannot hold ml-100k: Not a directory")
