@@ -249,12 +249,18 @@ def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | Non
     from app.recommender.report import write_report
 
     names, seed_list = _models(models) or list(CANDIDATES), _seeds(seeds)
-    paths = _report_paths(out, [protocol] if protocol else list(PROTOCOLS))
-    for path in [out, *paths.values()] if out else paths.values():
+
+    def refuse_a_directory(path: Path) -> None:
         if path.is_dir():
             raise click.ClickException(
                 f"--out {out or path} cannot be written: {path} is a directory (give a JSON file's path)"
             )
+
+    if out is not None:  # first: an empty --out (or ".") has no name to add -A / -B to
+        refuse_a_directory(out)
+    paths = _report_paths(out, [protocol] if protocol else list(PROTOCOLS))
+    for path in paths.values():
+        refuse_a_directory(path)
     data = _load_data(data_dir)  # first: a run refused for its data leaves no directory behind
     _output_directory(next(iter(paths.values())).parent, "--out", out)  # one directory holds them all
     for index, (letter, path) in enumerate(paths.items()):

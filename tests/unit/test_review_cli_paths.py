@@ -64,6 +64,23 @@ def test_evaluate_refuses_an_unwritable_out_before_evaluating(
     _refused(result, "--out", str(out))
 
 
+@pytest.mark.parametrize("out", ["", "."])
+def test_evaluate_refuses_an_empty_out_as_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str
+) -> None:
+    """An empty --out (``--out "$OUT"`` with OUT unset) or ``.`` is the current directory: with both
+    protocols, naming their two reports ("-A", "-B" added to its name) died with ValueError's
+    traceback, "PosixPath('.') has an empty name"."""
+    import app.recommender.evaluation as evaluation
+
+    data = write_grouplens(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    _no_work(monkeypatch, evaluation, "evaluate")
+    result = _invoke(["evaluate", "--data-dir", str(data), "--models", "most_rated", "--seeds", "0",
+                      "--out", out])  # fmt: skip
+    _refused(result, "--out", "is a directory")
+
+
 @pytest.mark.parametrize("where", ["a-file", "under-a-file"])
 def test_train_refuses_an_unwritable_model_dir_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
