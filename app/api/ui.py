@@ -92,6 +92,10 @@ NO_MODEL_SENT = (
     "No recommendation model is loaded right now, so no recommendations were made and nothing was "
     "logged. Your answers are kept below: send the form again in a moment."
 )
+BUSY_SENT = (
+    "The service cannot take a recommendation right now, so none was made and nothing was logged. "
+    "Your answers are kept below: send the form again in a moment."
+)
 STAR_STEP = 0.5  # half a star: the step of MovieLens's own ratings, and the API's lowest score
 CROSS_SITE_MESSAGE = "This form was sent from another site. Open this site's own page and try again."
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -580,16 +584,23 @@ def recommend() -> Response:
         except NotFound as exc:
             errors = {"user_id": exc.message}
         except BundleError:  # the form again, as typed, to send once a model is loaded
-            context = _recommend_form_context(request.form, notice=NO_MODEL_SENT)
-            response = _page("ui/recommend.html", 503, **context)
-            response.headers["Retry-After"] = "5"
-            return response
+            return _recommend_form_again(NO_MODEL_SENT, {"Retry-After": "5"})
+        except Unavailable as exc:  # the request log is full: nothing logged, the form again as typed
+            return _recommend_form_again(BUSY_SENT, exc.headers)
         else:
             # Post/Redirect/Get: the list is shown at its own address, so reloading it (or going
             # back to it) shows the same list again instead of resending the form, which logged
             # a new recommendation each time.
             return _see_other(url_for("ui.results", request_id=served.id))
     return _page("ui/recommend.html", 400, **_recommend_form_context(request.form, errors))
+
+
+def _recommend_form_again(notice: str, headers: Mapping[str, str]) -> Response:
+    """The form as it was sent, a 503 saying why nothing was made (and ``headers``' Retry-After):
+    a "not now" answered by the error page lost what was typed (its link opened an empty form)."""
+    response = _page("ui/recommend.html", 503, **_recommend_form_context(request.form, notice=notice))
+    response.headers.update(headers)
+    return response
 
 
 def _results_page(request_id: str, status: int = 200, **extra: Any) -> Response:

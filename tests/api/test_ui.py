@@ -792,14 +792,35 @@ def test_with_no_model_loaded_the_form_says_so_and_keeps_what_was_typed(
     form = client.get("/ui")
     assert form.status_code == 200
     assert "No recommendation model is loaded" in form.text
+    page = _form_given_back(client, csrf)
+    assert "No recommendation model is loaded" in page
+    assert _logged_requests(app) == 0
+
+
+def _form_given_back(client: Any, csrf: str) -> str:
+    """Post the form for a 503 "not now" and check it comes back as typed, with a Retry-After."""
     response = recommend(client, csrf, age="41", occupation="writer", max_recs="7")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     page = response.text
-    assert "No recommendation model is loaded" in page and 'id="recommend-form"' in page
+    assert 'id="recommend-form"' in page and "nothing was logged" in page
     assert 'value="41"' in page and 'value="7"' in page
     assert '<option value="writer" selected>' in page and '<option value="M" selected>' in page
-    assert _logged_requests(app) == 0
+    return page
+
+
+def test_a_busy_request_log_gives_the_form_back_as_typed(make_app: Callable[..., Any]) -> None:
+    """A recommendation the service cannot log right now (its request log is full: the database
+    is slow or down) is refused with a 503, as the API refuses it; the form's answer was the error
+    page, whose one link opened an empty form: what was typed was gone, where the same 503 for a
+    missing model gives the form back. It comes back as typed, saying nothing was logged, with the
+    log's Retry-After."""
+    app = make_app(request_log_flush_seconds=30.0, request_log_max_pending=1)  # nothing flushed unless asked
+    client = app.test_client()
+    csrf = ui_login(client)
+    assert recommend(client, csrf).status_code == 200  # the one row the log may hold
+    assert "cannot take a recommendation right now" in _form_given_back(client, csrf)
+    assert _logged_requests(app) == 1
 
 
 def test_a_list_just_served_is_shown_while_the_database_is_down(
