@@ -12,7 +12,10 @@ by the person who made the request, so it becomes a training rating:
 
 Synthetic ids are numbered in the order of each request's first feedback row, which never
 changes as feedback grows, so the data hash of unchanged feedback is stable and the
-scheduler can skip a run when nothing changed.
+scheduler can skip a run when nothing changed. For the same reason a feedback rating's
+timestamp is when its (request, movie) was first scored (``created_at``), not when its score
+was last acknowledged (``updated_at``): a client retrying a score after a timeout sends the
+same score with a newer acknowledgement time, and every retry was new data to the scheduler.
 """
 
 from __future__ import annotations
@@ -42,8 +45,12 @@ from app.storage.models import Feedback, RecommendationRequest
 log = logging.getLogger(__name__)
 
 FEEDBACK_COLUMNS: Final = [
-    "feedback_id", "request_id", "movie_id", "score", "updated_at", "user_id", "age", "gender", "occupation",
+    "feedback_id", "request_id", "movie_id", "score", "created_at", "updated_at",
+    "user_id", "age", "gender", "occupation",
 ]  # fmt: skip
+"""A feedback row as :func:`read_feedback` returns it. ``created_at`` is when the (request, movie)
+was first scored, the rating's timestamp; ``updated_at`` when its score was last acknowledged,
+which decides the newest of several scores (a retry of the same score moves it too)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ def read_feedback(db: Database, check_stop: Callable[[], None] = _go_on) -> pd.D
             Feedback.request_id,
             Feedback.movie_id,
             Feedback.score,
+            Feedback.created_at,
             Feedback.updated_at,
             RecommendationRequest.user_id,
             RecommendationRequest.age,
@@ -130,7 +138,10 @@ def feedback_to_ratings(
 
     Rows are dropped when their movie left the catalogue or when the request has neither a
     known user nor a complete, valid profile (nothing to attribute the score to). A known user
-    who scored one movie under several requests gets one rating, the score acknowledged last.
+    who scored one movie under several requests gets one rating, the score acknowledged last
+    (``updated_at``). A rating's timestamp is its row's ``created_at``, which a score sent again
+    (a retry) or changed does not move: the score is the rating's content, and a retry that
+    changes nothing leaves the data hash as it was.
     """
     empty_ratings = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
         ("user_id", "int64"), ("movie_id", "int64"), ("rating", "float64"), ("timestamp", "int64"),
@@ -162,7 +173,7 @@ def feedback_to_ratings(
             "user_id": mapped_user.astype(np.int64),
             "movie_id": frame["movie_id"].to_numpy(dtype=np.int64),
             "rating": frame["score"].to_numpy(dtype=np.float64),
-            "timestamp": _epoch_seconds(frame["updated_at"]),
+            "timestamp": _epoch_seconds(frame["created_at"]),
             "mapped_to": np.where(known, "user", "profile"),
         }
     )

@@ -36,7 +36,9 @@ def with_feedback_users(data: MovieLens) -> MovieLens:
         gender = "F" if request % 2 else "M"
         for n in range(5):
             movie = int(movies[(request * 7 + n * 3) % len(movies)])
-            rows.append((len(rows) + 1, request, movie, 5.0, STAMP, None, 20 + request, gender, "artist"))
+            rows.append(
+                (len(rows) + 1, request, movie, 5.0, STAMP, STAMP, None, 20 + request, gender, "artist")
+            )
     feedback = pd.DataFrame(rows, columns=FEEDBACK_COLUMNS)
     ratings, users, dropped = feedback_to_ratings(feedback, data.users["user_id"].to_numpy(), movies)
     assert dropped == 0 and len(users) == N_REQUESTS

@@ -28,8 +28,8 @@ def _with_feedback(data: Any) -> Ingested:
     movies = data.items["movie_id"].to_numpy()
     feedback = pd.DataFrame(
         {"feedback_id": [1, 2], "request_id": ["r1", "r1"], "movie_id": movies[:2], "score": [5.0, 4.0],
-         "updated_at": [T0, T0], "user_id": [None, None], "age": [41, 41], "gender": ["F", "F"],
-         "occupation": ["doctor", "doctor"]}
+         "created_at": [T0, T0], "updated_at": [T0, T0], "user_id": [None, None], "age": [41, 41],
+         "gender": ["F", "F"], "occupation": ["doctor", "doctor"]}
     )  # fmt: skip
     ratings, users, _ = feedback_to_ratings(feedback, data.users["user_id"].to_numpy(), movies)
     return Ingested(merge_feedback(data, ratings, users), ratings)

@@ -493,7 +493,7 @@ def test_a_known_user_who_rated_every_movie_does_not_fail_the_smoke_test(
     movies = synthetic_data.items["movie_id"].tolist()
     stamp = pd.Timestamp("2026-01-02", tz="UTC")
     scores = pd.DataFrame(
-        [(n, "r1", m, 4.0, stamp, user, None, None, None) for n, m in enumerate(movies, 1)],
+        [(n, "r1", m, 4.0, stamp, stamp, user, None, None, None) for n, m in enumerate(movies, 1)],
         columns=FEEDBACK_COLUMNS,
     )
     ratings, users, _ = feedback_to_ratings(

@@ -31,7 +31,7 @@ def _row(fid: int, request: str, movie: int, score: float, user_id: Any = None, 
     return dict(
         zip(
             FEEDBACK_COLUMNS,
-            (fid, request, movie, score, STAMP, user_id, age, gender, occupation),
+            (fid, request, movie, score, STAMP, STAMP, user_id, age, gender, occupation),
             strict=True,
         )
     )
@@ -215,5 +215,59 @@ def test_the_feedback_read_goes_by_chunks_and_looks_whether_to_stop_after_each(
         with pytest.raises(Stop):
             read_feedback(db, stop_at_the_second)
         assert len(checks) == 2  # no chunk read after the stop
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def test_a_retried_score_leaves_the_data_hash_alone_and_a_changed_one_changes_it(
+    tmp_path: Path,
+    synthetic_data_dir: Path,
+    synthetic_data: Any,
+    request: pytest.FixtureRequest,
+    backend: str,
+) -> None:
+    """A client that retries a score after a timeout sends the same score again, with a newer
+    acknowledgement time: the hash moved with it, so every scheduler tick after a retry trained
+    on the same ratings. The acknowledgement time still decides which score is the newest."""
+    url = (
+        request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 's.db'}"
+    )
+    db = Database(url)
+    db.upgrade()
+    try:
+        user = int(synthetic_data.users["user_id"].iloc[0])
+        first, second = str(uuid.uuid4()), str(uuid.uuid4())
+        db.save_requests(
+            [
+                {"id": rid, "age": None, "gender": None, "occupation": None, "user_id": user, "max_recs": 2,
+                 "model_version": "v", "strategy": "personal", "items": []}
+                for rid in (first, second)
+            ]
+        )  # fmt: skip
+
+        def score(request_id: str, value: float, hour: int) -> None:
+            at = datetime(2026, 1, 2, hour, tzinfo=UTC)
+            db.save_feedback(FeedbackRecord(request_id, 7, "Movie 7", value, None, "v", at=at))
+
+        def rating() -> tuple[str, float]:
+            ingested = ingest(synthetic_data_dir, db)
+            ratings = ingested.data.ratings
+            pair = ratings[(ratings["user_id"] == user) & (ratings["movie_id"] == 7)]
+            return ingested.data_hash, float(pair["rating"].item())
+
+        score(first, 3.0, 1)
+        stored, value = rating()
+        assert value == 3.0
+        score(first, 3.0, 2)  # the client's retry
+        score(first, 3.0, 3)
+        assert rating() == (stored, 3.0)
+        score(first, 4.0, 4)  # a changed score
+        changed, value = rating()
+        assert (changed != stored, value) == (True, 4.0)
+        score(second, 2.0, 5)  # the same movie under another request: the newest wins
+        assert rating()[1] == 2.0
+        score(first, 4.0, 6)  # the first request's score again, acknowledged last: it wins again
+        assert rating() == (changed, 4.0)
     finally:
         db.dispose()

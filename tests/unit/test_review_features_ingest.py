@@ -254,9 +254,9 @@ def test_a_known_users_newest_feedback_score_wins(tmp_path: Path) -> None:
     """User 5 scores movie 10 under request r1, then 4 under r2, then changes r1's score to 5:
     the upsert keeps r1's old feedback id, and the older score (4) used to win by id order."""
     data = load_directory(write_grouplens(tmp_path / "data"))
-    t2, t3 = datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
+    t1, t2, t3 = (datetime(2026, 1, day, tzinfo=UTC) for day in (1, 2, 3))
     feedback = pd.DataFrame(
-        [(1, "r1", 10, 5.0, t3, 5, 30, "M", "doctor"), (2, "r2", 10, 4.0, t2, 5, 30, "M", "doctor")],
+        [(1, "r1", 10, 5.0, t1, t3, 5, 30, "M", "doctor"), (2, "r2", 10, 4.0, t2, t2, 5, 30, "M", "doctor")],
         columns=FEEDBACK_COLUMNS,
     )
     ratings, users, _ = feedback_to_ratings(
@@ -264,7 +264,8 @@ def test_a_known_users_newest_feedback_score_wins(tmp_path: Path) -> None:
     )
     merged = merge_feedback(data, ratings, users).ratings
     pair = merged[(merged["user_id"] == 5) & (merged["movie_id"] == 10)]
-    assert pair["rating"].tolist() == [5.0] and pair["timestamp"].tolist() == [int(t3.timestamp())]
+    # the rating's time is when r1 was first scored: a retry's newer acknowledgement is no new data
+    assert pair["rating"].tolist() == [5.0] and pair["timestamp"].tolist() == [int(t1.timestamp())]
     assert not merged.duplicated(["user_id", "movie_id"]).any()
 
 
@@ -330,7 +331,10 @@ def test_a_known_users_newest_feedback_score_wins_within_the_same_second(tmp_pat
     data = load_directory(write_grouplens(tmp_path / "data"))
     older, newer = datetime(2026, 1, 2, 0, 0, 0, 300_000, UTC), datetime(2026, 1, 2, 0, 0, 0, 800_000, UTC)
     feedback = pd.DataFrame(
-        [(1, "r1", 10, 5.0, newer, 5, None, None, None), (2, "r2", 10, 4.0, older, 5, None, None, None)],
+        [
+            (1, "r1", 10, 5.0, older, newer, 5, None, None, None),
+            (2, "r2", 10, 4.0, older, older, 5, None, None, None),
+        ],
         columns=FEEDBACK_COLUMNS,
     )
     ratings, users, _ = feedback_to_ratings(
