@@ -97,6 +97,7 @@ class MovieRecTrainingFlow(FlowSpec):
                     self.seed_list[len(configured) :],
                 )
         ingested = ingest(settings.data_dir, _database(settings))
+        self._refuse_too_little(ingested)
         self.data = ingested.data
         self.feedback = ingested.feedback
         self.ingest_stats = ingested.stats()
@@ -134,6 +135,33 @@ class MovieRecTrainingFlow(FlowSpec):
             name: registry.artifact_uri(run_id) for name, run_id in self.candidate_runs.items()
         }
         self.next(self.features)
+
+    def _refuse_too_little(self, ingested: Any) -> None:
+        """End the flow here when a split of this run's seeds leaves a protocol nothing to measure.
+
+        Every candidate's ``train`` step met it in evaluation (TooLittleDataError), after the
+        features step had published a snapshot and the MLflow runs were opened: a traceback per
+        candidate, in ``pipeline run``'s output and in what the scheduler logged of the run. Before
+        anything is written, the reason goes to the launcher (:data:`app.pipeline.runner.REFUSED`)
+        as its one line, and the process exits without a traceback (SystemExit: the step fails
+        and the flow with it).
+        """
+        from app.pipeline.runner import REFUSED
+        from app.recommender.evaluation import TooLittleDataError, check_splits
+        from app.recommender.models import make_model
+
+        known_users = any(make_model(name).supports_users for name in self.candidate_names)
+        try:
+            check_splits(ingested.data, self.seed_list, ["A", "B"] if known_users else ["A"])
+        except TooLittleDataError as exc:
+            stats = ingested.stats()
+            reason = (
+                f"too little data to train on (data {ingested.data_hash}: {stats['n_ratings']} ratings, "
+                f"{stats['n_users']} users): {exc}"
+            )
+            logging.getLogger(__name__).error("%s", reason)
+            self._hand_over({REFUSED: reason})
+            raise SystemExit(1) from None
 
     @step
     def features(self) -> None:

@@ -125,6 +125,10 @@ RELEASE_UNFINISHED = "release_unfinished"
 """Key of the summary the flow's release step hands over as soon as it exported the champion's
 bundle (app/pipeline/flow.py, ``_export``), before the service's reload: the flow ending before the
 release step's own summary replaces it is reported as a :class:`BookkeepingError` saying what moved."""
+REFUSED = "refused"
+"""Key of what the flow hands over when its first step refuses the data (too little for a split
+of the run's seeds: app/pipeline/flow.py, ``_refuse_too_little``): the launcher's whole error, one
+line. Nothing was trained, written or recorded as a run (no MLflow run was opened)."""
 UNFINISHED_AFTER_MOVE = (
     "during its release step, after exporting the champion's bundle to the model store (asking the "
     "service to reload it, removing old bundles and closing the MLflow pipeline run were left undone)"
@@ -429,6 +433,8 @@ def run_flow(
                 returncode, killed = None, _stopped()
             seconds = time.perf_counter() - started
             summary = _handed_over(summary_path)
+            if summary is not None and summary.get(REFUSED):  # its reason is whole: no output tail
+                raise PipelineError(str(summary[REFUSED]))
             unfinished = summary is not None and summary.get(RELEASE_UNFINISHED)
             if returncode != 0 or summary is None or summary.get("bookkeeping_error") or unfinished:
                 _mark_failed(settings, run_id_file)

@@ -86,17 +86,15 @@ def _relevant_sets(frame: pd.DataFrame, users: np.ndarray) -> list[set[int]]:
     return [by_user.get(u, set()) for u in users]
 
 
-def protocol_a(model: Recommender, data: MovieLens, seed: int, k: int = K) -> dict[str, Any]:
-    """Fit ``model`` on the training users and measure it on the unseen test users."""
+def _split_a(
+    data: MovieLens, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, list[set[int]]]:
+    """Protocol A's split: (train ratings, train users, test ratings, the test users who liked a
+    movie, what each of them liked); TooLittleDataError when no test user liked one."""
     train_ids, test_ids = split_users(data.users["user_id"], seed)
     train_ratings = data.ratings[data.ratings["user_id"].isin(train_ids)]
     test_ratings = data.ratings[data.ratings["user_id"].isin(test_ids)]
     train_users = data.users[data.users["user_id"].isin(train_ids)]
-
-    started = time.perf_counter()
-    model.fit(train_ratings, train_users, data.items)
-    fit_seconds = time.perf_counter() - started
-
     test_users = data.users[data.users["user_id"].isin(test_ids)].sort_values("user_id")
     relevant = _relevant_sets(test_ratings, test_users["user_id"].to_numpy())
     keep = np.array([bool(r) for r in relevant], dtype=bool)  # an empty float array selected columns
@@ -106,8 +104,17 @@ def protocol_a(model: Recommender, data: MovieLens, seed: int, k: int = K) -> di
             f"{len(train_ids) + len(test_ids)} users) rated a movie {LIKE_THRESHOLD:g} or more: "
             "too little data to evaluate"
         )
-    test_users = test_users[keep]
-    relevant = [r for r in relevant if r]
+    return train_ratings, train_users, test_ratings, test_users[keep], [r for r in relevant if r]
+
+
+def protocol_a(model: Recommender, data: MovieLens, seed: int, k: int = K) -> dict[str, Any]:
+    """Fit ``model`` on the training users and measure it on the unseen test users."""
+    train_ratings, train_users, test_ratings, test_users, relevant = _split_a(data, seed)
+
+    started = time.perf_counter()
+    model.fit(train_ratings, train_users, data.items)
+    fit_seconds = time.perf_counter() - started
+
     segments = [
         Segment.of(int(a), g, o)
         for a, g, o in zip(test_users["age"], test_users["gender"], test_users["occupation"], strict=True)
@@ -135,15 +142,10 @@ def protocol_a(model: Recommender, data: MovieLens, seed: int, k: int = K) -> di
     return result
 
 
-def protocol_b(model: Recommender, data: MovieLens, seed: int, k: int = K) -> dict[str, Any]:
-    """Fit on 80 % of each user's ratings; rank unrated movies for every user with a held-out like."""
-    if not model.supports_users:
-        raise ValueError(f"{model.name} does not score known users")
+def _split_b(data: MovieLens, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Protocol B's split: (training ratings, held-out ratings, the users with a held-out like);
+    TooLittleDataError when no user has one."""
     train, held = split_ratings(data.ratings, seed)
-    started = time.perf_counter()
-    model.fit(train, data.users, data.items)
-    fit_seconds = time.perf_counter() - started
-
     users = np.sort(held.loc[held["rating"] >= LIKE_THRESHOLD, "user_id"].unique())
     if not len(users):
         raise TooLittleDataError(
@@ -151,6 +153,18 @@ def protocol_b(model: Recommender, data: MovieLens, seed: int, k: int = K) -> di
             f"their held-out ratings ({len(held)} of {len(data.ratings)}: a fifth of each user's, "
             "none of fewer than 3): too little data to evaluate"
         )
+    return train, held, users
+
+
+def protocol_b(model: Recommender, data: MovieLens, seed: int, k: int = K) -> dict[str, Any]:
+    """Fit on 80 % of each user's ratings; rank unrated movies for every user with a held-out like."""
+    if not model.supports_users:
+        raise ValueError(f"{model.name} does not score known users")
+    train, held, users = _split_b(data, seed)
+    started = time.perf_counter()
+    model.fit(train, data.users, data.items)
+    fit_seconds = time.perf_counter() - started
+
     relevant = _relevant_sets(held, users)
     rated = train.groupby("user_id")["movie_id"].apply(lambda s: s.to_numpy())
     exclude = [model.item_positions(rated.get(u, np.empty(0, dtype=np.int64))) for u in users]
@@ -172,6 +186,16 @@ PROTOCOLS: dict[str, Callable[[Recommender, MovieLens, int, int], dict[str, Any]
     "A": protocol_a,
     "B": protocol_b,
 }
+
+
+def check_splits(data: MovieLens, seeds: Sequence[int], protocols: Sequence[str] = tuple(PROTOCOLS)) -> None:
+    """TooLittleDataError, as the protocol itself would raise it, when a split of one of ``seeds``
+    leaves one of ``protocols`` nothing to measure: found before any model is fitted (the training
+    flow's first step, app/pipeline/flow.py), where each candidate met it in its own step."""
+    splits = {"A": _split_a, "B": _split_b}
+    for protocol in protocols:
+        for seed in seeds:
+            splits[protocol](data, seed)
 
 
 def summarise(per_seed: dict[int, dict[str, Any]], seeds: Sequence[int]) -> dict[str, float]:

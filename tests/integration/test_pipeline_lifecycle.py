@@ -390,3 +390,52 @@ def test_the_gate_compares_with_the_champion_on_this_runs_data(tmp_path: Path) -
     assert any("re-evaluated on this run's data" in r for r in entry["reasons"]), entry["reasons"]
     info = Registry.from_settings(settings).get(entry["version"])
     assert info.tags["gate_comparison"] == SAME_DATA
+
+
+def test_too_little_data_fails_a_run_in_one_line_and_later_ticks_train_nothing(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Data too small for a split failed every candidate's train step in evaluation, after the
+    features snapshot was published and the MLflow runs opened: `pipeline run` showed a traceback
+    per candidate, the scheduler logged and mailed the output's tail, and each tick did it again.
+    The flow's first step refuses such data in one line, and nothing is trained or written."""
+    import logging
+
+    import app.pipeline.commands as commands
+    from app.cli import cli
+
+    full = write_grouplens(tmp_path / "full")
+    tiny = tmp_path / "tiny"  # two users: round(0.2 * 2) = 0 test users in protocol A
+    tiny.mkdir()
+    for name, separator in (("u.data", "\t"), ("u.user", "|")):
+        lines = (full / name).read_text().splitlines(keepends=True)
+        (tiny / name).write_text("".join(line for line in lines if line.split(separator)[0] in ("1", "2")))
+    (tiny / "u.item").write_bytes((full / "u.item").read_bytes())
+    settings = Settings(
+        testing=True, session_password=SESSION_PASSWORD, admin_password=ADMIN_PASSWORD, jwt_secret=JWT_SECRET,
+        data_dir=tiny, model_path=tmp_path / "model", model_dir=tmp_path / "model", var_dir=tmp_path / "var",
+        database_url=postgres_url, pipeline_candidates="most_liked", pipeline_seeds="0", service_url="",
+        pipeline_timeout_seconds=FLOW_TIMEOUT,
+    )  # fmt: skip
+    reason = "too little data to train on (data "
+    cause = "protocol A, split seed 0: no test user (0 of 2 users) rated a movie 4 or more"
+
+    monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
+    result = CliRunner().invoke(cli, ["pipeline", "run"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: {reason}") and cause in errors[0], errors
+
+    with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
+        ticks = [tick(settings), tick(settings)]  # the next tick: the same data, the same refusal
+    for done in ticks:
+        assert not done.ran and done.error is not None
+        assert done.error.startswith(reason) and cause in done.error and "\n" not in done.error
+    failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failed) == 2 and all(cause in line and "\n" not in line for line in failed), failed
+    assert not any(r.exc_info for r in caplog.records)
+    registry = Registry.from_settings(settings)
+    assert registry.client.search_runs([registry.experiment_id]) == []  # nothing recorded as a run
+    assert registry.champion() is None and not (tmp_path / "model").exists()
+    assert FeatureStore(features_root(settings)).latest() is None  # no snapshot published

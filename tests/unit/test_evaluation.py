@@ -256,6 +256,24 @@ def test_too_little_data_to_evaluate_is_said_not_a_key_error(synthetic_data) -> 
         protocol_b(make_model("most_liked"), dull, seed=0)
 
 
+def test_the_splits_are_checked_before_any_model_is_fitted(synthetic_data) -> None:  # type: ignore[no-untyped-def]
+    """The training flow's first step refuses data too small for its seeds (app/pipeline/flow.py):
+    check_splits says what the protocol would say once a model was fitted."""
+    from app.recommender.data import MovieLens
+    from app.recommender.evaluation import TooLittleDataError, check_splits
+
+    check_splits(synthetic_data, [0, 1, 42])
+    with pytest.raises(TooLittleDataError, match=r"protocol A, split seed 0: no test user \(0 of 2 users\)"):
+        check_splits(_first_users(synthetic_data, 2), [0])
+    dull = MovieLens(
+        ratings=synthetic_data.ratings.assign(rating=2.0),
+        users=synthetic_data.users,
+        items=synthetic_data.items,
+    )
+    with pytest.raises(TooLittleDataError, match="protocol B, split seed 3: no user"):
+        check_splits(dull, [3], ["B"])
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_the_commands_say_the_data_is_too_little_to_evaluate(synthetic_data_dir, tmp_path, command) -> None:  # type: ignore[no-untyped-def]
     from click.testing import CliRunner
