@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import stat
 import time
+from pathlib import Path
 
 import pytest
 
-from app.monitoring.journal import JournalFollower, parse_entry
+from app.monitoring.journal import JournalEntry, JournalFollower, parse_entry
 
 pytestmark = pytest.mark.unit
 
@@ -82,6 +84,32 @@ def test_partial_chunks_of_two_streams_are_not_mixed() -> None:
     assert plain is not None and plain.message == "next"
 
 
+def fake_journalctl(tmp_path: Path, lines: bytes = b"") -> str:
+    """A journalctl stand-in that prints ``lines`` and then stays open, as ``--follow`` does."""
+    (tmp_path / "lines").write_bytes(lines)
+    script = tmp_path / "journalctl"
+    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'lines'}\nexec sleep 30\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+def follow_until(
+    follower: JournalFollower, count: int, holding: list[bool] | None = None
+) -> list[JournalEntry]:
+    """The entries the follower hands over until ``count`` came (or 10 s passed), then stopped;
+    ``holding`` gets the follower's ``holding_partial`` as each entry came."""
+    got: list[JournalEntry] = []
+    deadline = time.monotonic() + 10
+    for entry in follower.follow(idle=0.1):
+        if entry is not None:
+            got.append(entry)
+            if holding is not None:
+                holding.append(follower.holding_partial)
+        if len(got) >= count or time.monotonic() > deadline:
+            follower.stop()
+    return got
+
+
 TRACEBACK = [
     "Traceback (most recent call last):",
     '  File "/app/app/api/__init__.py", line 120, in create_app',
@@ -135,23 +163,14 @@ def test_a_chained_traceback_and_other_streams_do_not_mix() -> None:
 
 def test_a_traceback_whose_end_never_comes_is_handed_over_when_the_stream_goes_quiet(tmp_path) -> None:
     """A process killed while printing: its traceback must not be held for ever (no alert)."""
-    import stat
-
-    script = tmp_path / "journalctl"
     lines = b"".join(journal_line(line, f"s=x;i={n}", "3") for n, line in enumerate(TRACEBACK[:3]))
-    (tmp_path / "lines").write_bytes(lines)
-    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'lines'}\nexec sleep 30\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
     follower = JournalFollower(
-        {"CONTAINER_NAME": "movierec"}, journalctl=str(script), refresh_after=None, traceback_quiet=0.5
+        {"CONTAINER_NAME": "movierec"},
+        journalctl=fake_journalctl(tmp_path, lines),
+        refresh_after=None,
+        traceback_quiet=0.5,
     )
-    got = []
-    deadline = time.monotonic() + 10
-    for entry in follower.follow(idle=0.1):
-        if entry is not None:
-            got.append(entry)
-        if got or time.monotonic() > deadline:
-            follower.stop()
+    got = follow_until(follower, 1)
     assert [e.message for e in got] == ["\n".join(TRACEBACK[:3])] and got[0].level == "ERROR"
     assert not follower.holding_partial
 
@@ -160,26 +179,17 @@ def test_a_json_line_ends_a_held_traceback_and_is_its_own_entry(tmp_path) -> Non
     """A structured log line written on the stream while a plain traceback's frames were held
     (another thread logging before the exception line) was swallowed into the traceback's text:
     never parsed, never alerted on under its own level and message."""
-    import stat
-
     logged = json.dumps({"level": "ERROR", "logger": "app.db", "message": "database unreachable"})
     stream = [*TRACEBACK[:3], logged, TRACEBACK[-1]]
     lines = b"".join(journal_line(line, f"s=x;i={n}", "3") for n, line in enumerate(stream))
-    (tmp_path / "lines").write_bytes(lines)
-    script = tmp_path / "journalctl"
-    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'lines'}\nexec sleep 30\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
     follower = JournalFollower(
-        {"CONTAINER_NAME": "movierec"}, journalctl=str(script), refresh_after=None, traceback_quiet=30
+        {"CONTAINER_NAME": "movierec"},
+        journalctl=fake_journalctl(tmp_path, lines),
+        refresh_after=None,
+        traceback_quiet=30,
     )
-    got, holding = [], []
-    deadline = time.monotonic() + 10
-    for entry in follower.follow(idle=0.1):
-        if entry is not None:
-            got.append(entry)
-            holding.append(follower.holding_partial)
-        if len(got) >= 3 or time.monotonic() > deadline:
-            follower.stop()
+    holding: list[bool] = []
+    got = follow_until(follower, 3, holding)
     assert [e.message for e in got] == ["\n".join(TRACEBACK[:3]), "database unreachable", TRACEBACK[-1]]
     assert got[0].level == "ERROR" and not got[0].is_structured
     assert got[1].is_structured and got[1].level == "ERROR" and got[1].logger == "app.db"
@@ -197,25 +207,16 @@ def test_the_chunks_of_a_line_whose_end_never_comes_are_handed_over_when_the_str
     redeployed container logs under a new id. The follower then held them for ever, reported
     ``holding_partial`` for ever, and the monitor's saved cursor stayed before them for good:
     each restart alerted everything since again, and found the same chunks to hold."""
-    import stat
-
     line = json.dumps({"level": "ERROR", "logger": "app.db", "message": "query failed", "sql": "x" * 40_000})
     chunks = docker_chunks(line)[:-1]  # the last one was dropped
     redeployed = journal_line("started", "s=x;i=99", "6", CONTAINER_ID_FULL="e" * 64)
-    (tmp_path / "lines").write_bytes(b"".join(chunks) + redeployed)
-    script = tmp_path / "journalctl"
-    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'lines'}\nexec sleep 30\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
     follower = JournalFollower(
-        {"CONTAINER_NAME": "movierec"}, journalctl=str(script), refresh_after=None, traceback_quiet=0.5
+        {"CONTAINER_NAME": "movierec"},
+        journalctl=fake_journalctl(tmp_path, b"".join(chunks) + redeployed),
+        refresh_after=None,
+        traceback_quiet=0.5,
     )
-    got = []
-    deadline = time.monotonic() + 10
-    for entry in follower.follow(idle=0.1):
-        if entry is not None:
-            got.append(entry)
-        if len(got) >= 2 or time.monotonic() > deadline:
-            follower.stop()
+    got = follow_until(follower, 2)
     assert [e.message for e in got] == ["started", line[: 16 * 1024 * len(chunks)]]
     assert got[1].cursor == f"s=x;i={len(chunks) - 1}"
     assert not follower.holding_partial
@@ -246,12 +247,10 @@ def test_a_quiet_stream_s_refreshes_do_not_fill_the_monitor_s_log(tmp_path, capl
     burying what it has to say. The first start and a restart after journalctl exited are INFO; a
     refresh is DEBUG (with its count)."""
     import logging
-    import stat
 
-    script = tmp_path / "journalctl"
-    script.write_text("#!/bin/sh\nexec sleep 30\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    follower = JournalFollower({"CONTAINER_NAME": "movierec"}, journalctl=str(script), refresh_after=0.2)
+    follower = JournalFollower(
+        {"CONTAINER_NAME": "movierec"}, journalctl=fake_journalctl(tmp_path), refresh_after=0.2
+    )
     with caplog.at_level(logging.DEBUG, logger="app.monitoring.journal"):
         for _ in follower.follow(idle=0.05):
             if follower.refreshes >= 3:
@@ -266,12 +265,10 @@ def test_a_refresh_before_any_entry_replays_from_when_following_began(tmp_path, 
     began. That was the follower's creation, which monitor-docker.py now does before its SMTP
     log-in (and a password prompt): entries from before the following began were replayed."""
     import logging
-    import stat
 
-    script = tmp_path / "journalctl"
-    script.write_text("#!/bin/sh\nexec sleep 30\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    follower = JournalFollower({"CONTAINER_NAME": "movierec"}, journalctl=str(script), refresh_after=0.2)
+    follower = JournalFollower(
+        {"CONTAINER_NAME": "movierec"}, journalctl=fake_journalctl(tmp_path), refresh_after=0.2
+    )
     time.sleep(1.2)  # the SMTP log-in, a prompt
     began = int(time.time())
     with caplog.at_level(logging.DEBUG, logger="app.monitoring.journal"):
