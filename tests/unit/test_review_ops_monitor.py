@@ -411,6 +411,19 @@ def _refusing_monitor(tmp_path: Path) -> tuple[Monitor, Alerter, Recorder, Curso
     return monitor, alerter, sink, cursors
 
 
+def _main_with_a_refusing_monitor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make main() run the monitor of :func:`_refusing_monitor`: its SMTP sink (the start-up
+    check passes, each login while running is refused) and its scripted journal."""
+    from app.monitoring import monitor as module
+
+    monitor, _, sink, _ = _refusing_monitor(tmp_path)
+    monkeypatch.setattr(module, "verify_sink", lambda sink: None)
+    monkeypatch.setattr(module, "build_sink", lambda args, password: sink)
+    monkeypatch.setattr(module, "check_journal", lambda follower, container: False)
+    monkeypatch.setattr(module, "JournalFollower", lambda *args, **kwargs: monitor.follower)
+    sink.where, sink.security, sink.recipients = "smtp:587", "starttls", ["ops@example.com"]  # type: ignore[attr-defined]
+
+
 def test_a_login_refused_while_running_stops_the_monitor_and_keeps_its_alerts(tmp_path: Path) -> None:
     """The SMTP password changed (rotated, revoked) after the start-up check: every alert was
     dropped after one refused login, the cursor moved past its entry, and the monitor ran on,
@@ -430,12 +443,7 @@ def test_a_login_refused_while_running_is_exit_2_naming_it(
 ) -> None:
     from app.monitoring import monitor as module
 
-    monitor, _, sink, _ = _refusing_monitor(tmp_path)
-    monkeypatch.setattr(module, "verify_sink", lambda sink: None)
-    monkeypatch.setattr(module, "build_sink", lambda args, password: sink)
-    monkeypatch.setattr(module, "check_journal", lambda follower, container: False)
-    monkeypatch.setattr(module, "JournalFollower", lambda *args, **kwargs: monitor.follower)
-    sink.where, sink.security, sink.recipients = "smtp:587", "starttls", ["ops@example.com"]  # type: ignore[attr-defined]
+    _main_with_a_refusing_monitor(tmp_path, monkeypatch)
     rc = module.main(["movierec", "smtp", "ops@example.com", "--no-auth", "--group-wait", "0",
                       "--cursor-file", str(tmp_path / "cursor")])  # fmt: skip
     err = capsys.readouterr().err
@@ -540,12 +548,7 @@ def test_main_gives_back_the_signal_handlers_it_found(
 
     from app.monitoring import monitor as module
 
-    monitor, _, sink, _ = _refusing_monitor(tmp_path)
-    monkeypatch.setattr(module, "verify_sink", lambda sink: None)
-    monkeypatch.setattr(module, "build_sink", lambda args, password: sink)
-    monkeypatch.setattr(module, "check_journal", lambda follower, container: False)
-    monkeypatch.setattr(module, "JournalFollower", lambda *args, **kwargs: monitor.follower)
-    sink.where, sink.security, sink.recipients = "smtp:587", "starttls", ["ops@example.com"]  # type: ignore[attr-defined]
+    _main_with_a_refusing_monitor(tmp_path, monkeypatch)
     stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     before = {signum: signal.getsignal(signum) for signum in stops}
     try:
