@@ -24,6 +24,8 @@ from tests.unit.test_alerts import Recorder
 pytestmark = pytest.mark.unit
 
 # A journalctl stand-in over a JSON-lines file: honours --after-cursor and --lines=0, follows.
+# Once it knows where it starts it creates the journal's ".following" file: from then on an
+# entry written is one it hands over.
 FAKE_JOURNALCTL = r"""
 import json, sys, time
 journal = sys.argv[1]
@@ -35,6 +37,7 @@ seen = len(entries())
 if after is not None:
     cursors = [e["__CURSOR"] for e in entries()]
     seen = cursors.index(after) + 1 if after in cursors else 0
+open(journal + ".following", "w").close()
 while True:
     current = entries()
     for e in current[seen:]:
@@ -96,7 +99,11 @@ def test_errors_written_while_the_monitor_was_down_are_alerted_after_a_restart(t
     journal.write_text("")
 
     def writer() -> None:
-        time.sleep(0.5)  # after the first monitor follows
+        # after the first monitor follows (its journalctl starts at the end of the journal): a
+        # fixed wait was too short where starting the stand-in took longer
+        following, deadline = tmp_path / "journal.jsonl.following", time.monotonic() + 15
+        while not following.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         write_entry(journal, 1, "ERROR", "first failure")
 
     threading.Thread(target=writer).start()
