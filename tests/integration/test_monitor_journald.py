@@ -205,17 +205,15 @@ def _note(summary: str = "boom") -> Notification:
     return captured[0]
 
 
+def _sink(port: int, **options: Any) -> SmtpSink:
+    """A sink to the test server on ``port``: from and to USER, logging in with PASSWORD."""
+    settings: dict[str, Any] = {"sender": USER, "recipients": [USER], "username": USER, "password": PASSWORD}
+    return SmtpSink("127.0.0.1", port, **{**settings, "timeout": 5, **options})
+
+
 # ------------------------------------------------------------------------- SmtpSink tests
 def test_smtp_sink_plain_login_delivers_message(smtp_server: SmtpServer) -> None:
-    sink = SmtpSink(
-        "127.0.0.1",
-        smtp_server.port,
-        sender=USER,
-        recipients=[USER],
-        username=USER,
-        password=PASSWORD,
-        timeout=5,
-    )
+    sink = _sink(smtp_server.port)
     sink.send(_note("database unreachable"))
     [msg] = smtp_server.wait_for(1, 5)
     assert "database unreachable" in msg["Subject"]
@@ -225,15 +223,7 @@ def test_smtp_sink_plain_login_delivers_message(smtp_server: SmtpServer) -> None
 
 
 def test_smtp_sink_bad_password_names_server_and_user_not_password(smtp_server: SmtpServer) -> None:
-    sink = SmtpSink(
-        "127.0.0.1",
-        smtp_server.port,
-        sender=USER,
-        recipients=[USER],
-        username=USER,
-        password="wrong-secret-value",
-        timeout=5,
-    )
+    sink = _sink(smtp_server.port, password="wrong-secret-value")
     with pytest.raises(SmtpAuthError) as info:
         sink.verify()
     text = str(info.value)
@@ -266,8 +256,7 @@ def test_a_temporary_refusal_is_retried_until_the_server_accepts(command: str, r
     handler.refusals[command] = reply
     server = start_smtp(handler)
     try:
-        sink = SmtpSink("127.0.0.1", server.port, sender=USER, recipients=[USER], username=USER,
-                        password=PASSWORD, timeout=5)  # fmt: skip
+        sink = _sink(server.port)
         with pytest.raises(SmtpConnectionError, match=reply.split()[0]) as info:
             sink.send(_note("database unreachable"))
         assert info.value.retryable
@@ -289,8 +278,7 @@ def test_a_permanent_refusal_is_not_retried() -> None:
     handler.refusals["RCPT"] = "550 5.1.1 No such user"
     server = start_smtp(handler)
     try:
-        sink = SmtpSink("127.0.0.1", server.port, sender=USER, recipients=[USER], username=USER,
-                        password=PASSWORD, timeout=5)  # fmt: skip
+        sink = _sink(server.port)
         with pytest.raises(AlertDeliveryError, match="refused recipients") as info:
             sink.send(_note())
         assert not info.value.retryable and not isinstance(info.value, SmtpConnectionError)
@@ -312,8 +300,7 @@ def _one_recipient_refused(
     handler.refused_recipients[OTHER] = reply
     server = start_smtp(handler)
     try:
-        sink = SmtpSink("127.0.0.1", server.port, sender=USER, recipients=[USER, OTHER], username=USER,
-                        password=PASSWORD, timeout=5)  # fmt: skip
+        sink = _sink(server.port, recipients=[USER, OTHER])
         alerter = Alerter([sink], group_wait=0, retry_delay=0, **alerter_options)
         with caplog.at_level("WARNING", logger="app.monitoring.alerts"):
             alerter.raise_alert(Alert("log.error", "error", "database unreachable"))
@@ -369,8 +356,7 @@ def test_a_temporary_login_failure_is_not_a_configuration_error(smtp_server: Smt
     """454 (Gmail's "Too many login attempts, please try again later") is temporary: it was an
     SmtpAuthError, so the monitor exited 2 at start, which its unit does not restart."""
     smtp_server.auth.reply = "454 4.7.0 Too many login attempts, please try again later"
-    sink = SmtpSink("127.0.0.1", smtp_server.port, sender=USER, recipients=[USER], username=USER,
-                    password=PASSWORD, timeout=5)  # fmt: skip
+    sink = _sink(smtp_server.port)
     with pytest.raises(SmtpConnectionError, match="454") as info:
         sink.verify()
     assert not isinstance(info.value, SmtpAuthError) and info.value.retryable
@@ -383,43 +369,18 @@ def test_smtp_sink_starttls_with_verified_certificate(tls_files: tuple[Path, Pat
         tls_context=server_tls_context(cert, key), require_starttls=True, auth_require_tls=True
     )
     try:
-        sink = SmtpSink(
-            "127.0.0.1",
-            server.port,
-            sender=USER,
-            recipients=[USER],
-            username=USER,
-            password=PASSWORD,
-            security="starttls",
-            timeout=5,
-            ssl_context=ssl.create_default_context(cafile=str(cert)),
+        sink = _sink(
+            server.port, security="starttls", ssl_context=ssl.create_default_context(cafile=str(cert))
         )
         sink.send(_note("over starttls"))
         [msg] = server.wait_for(1, 5)
         assert "over starttls" in msg["Subject"]
         # Without STARTTLS this server offers no AUTH: a plain login attempt must fail clearly.
-        plain = SmtpSink(
-            "127.0.0.1",
-            server.port,
-            sender=USER,
-            recipients=[USER],
-            username=USER,
-            password=PASSWORD,
-            timeout=5,
-        )
+        plain = _sink(server.port)
         with pytest.raises(AlertDeliveryError, match=r"STARTTLS|AUTH"):
             plain.verify()
         # An untrusted certificate is refused, not silently accepted.
-        untrusting = SmtpSink(
-            "127.0.0.1",
-            server.port,
-            sender=USER,
-            recipients=[USER],
-            username=USER,
-            password=PASSWORD,
-            security="starttls",
-            timeout=5,
-        )
+        untrusting = _sink(server.port, security="starttls")
         with pytest.raises(AlertDeliveryError, match="TLS"):
             untrusting.verify()
     finally:
@@ -431,17 +392,7 @@ def test_smtp_sink_implicit_tls(tls_files: tuple[Path, Path]) -> None:
     # aiosmtpd only counts STARTTLS as TLS for auth_require_tls; this connection is TLS from the start.
     server = start_smtp(ssl_context=server_tls_context(cert, key), auth_require_tls=False)
     try:
-        sink = SmtpSink(
-            "127.0.0.1",
-            server.port,
-            sender=USER,
-            recipients=[USER],
-            username=USER,
-            password=PASSWORD,
-            security="ssl",
-            timeout=5,
-            ssl_context=ssl.create_default_context(cafile=str(cert)),
-        )
+        sink = _sink(server.port, security="ssl", ssl_context=ssl.create_default_context(cafile=str(cert)))
         sink.send(_note("over smtps"))
         [msg] = server.wait_for(1, 5)
         assert "over smtps" in msg["Subject"]
@@ -810,8 +761,7 @@ def test_a_line_with_a_lone_surrogate_escape_does_not_lose_its_digest(smtp_serve
     from app.monitoring.journal import parse_entry
     from app.monitoring.monitor import entry_to_alert
 
-    sink = SmtpSink("127.0.0.1", smtp_server.port, sender=USER, recipients=[USER], username=USER,
-                    password=PASSWORD, timeout=5)  # fmt: skip
+    sink = _sink(smtp_server.port)
     alerter = Alerter([sink], group_wait=60, retry_delay=0)
     for message in ("cannot open /data/\\udcff.csv", "database unreachable"):
         line = json.dumps({"level": "ERROR", "logger": "app", "message": "MARK"}).replace("MARK", message)
@@ -964,15 +914,7 @@ def test_a_relay_that_offers_no_login_is_told_to_use_no_auth() -> None:
     controller = Controller(RecordingHandler(), hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
-        sink = SmtpSink(
-            "127.0.0.1",
-            controller.port,
-            sender=USER,
-            recipients=[USER],
-            username=USER,
-            password=PASSWORD,
-            timeout=5,
-        )
+        sink = _sink(controller.port)
         with pytest.raises(AlertDeliveryError) as caught:
             sink.verify()
     finally:
