@@ -170,6 +170,19 @@ def held_by_another_thread(lock: Any) -> Iterator[None]:
         holder.join()
 
 
+def record_calls(monkeypatch: Any, owner: Any, name: str) -> list[tuple[Any, ...]]:
+    """The arguments of each call of ``owner.<name>`` from now on, in order; the call still runs."""
+    calls: list[tuple[Any, ...]] = []
+    real = getattr(owner, name)
+
+    def recording(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls
+
+
 def record_fsyncs(monkeypatch: Any) -> list[str]:
     """The paths ``os.fsync`` is called on from now on, in order (a file, or a directory for a rename)."""
     synced: list[str] = []
