@@ -154,6 +154,53 @@ def test_cursor_is_not_saved_past_an_undelivered_alert(tmp_path: Path) -> None:
     assert alerter.backlog() == 1 and cursors.path.read_text().strip() == "s=ab;i=4"
 
 
+class CountingFollower(JournalFollower):
+    """A JournalFollower that counts the steps (entries and idle ticks) the monitor handled."""
+
+    handled = 0
+
+    def follow(self, idle: float = 1.0) -> Any:
+        for entry in super().follow(idle):
+            yield entry
+            self.handled += 1
+
+
+def test_the_cursor_is_not_saved_past_lines_the_follower_still_holds(tmp_path: Path) -> None:
+    """The frames of a plain traceback are held until its exception line comes (one alert for
+    the whole traceback): the follower's cursor is then past lines no alert has been raised for.
+    A save there, and a restart resumed after them: the crash was never alerted. The saved
+    position stays before the held lines, so a restart reads them again."""
+    from tests.unit.test_review_ops_journal import TRACEBACK, fake_journalctl, journal_line
+
+    stream = [("s=x;i=0", "started", "6")] + [
+        (f"s=x;i={n}", line, "3") for n, line in enumerate(TRACEBACK[:3], 1)
+    ]
+    lines = b"".join(journal_line(message, cursor, priority) for cursor, message, priority in stream)
+    follower = CountingFollower(
+        {"CONTAINER_NAME": "movierec"},
+        journalctl=fake_journalctl(tmp_path, lines),
+        refresh_after=None,
+        traceback_quiet=3600,
+    )
+    cursors = CursorFile(tmp_path / "cursor")
+    monitor = Monitor(
+        "movierec", follower, Alerter([Recorder()], group_wait=0), idle=0.05, cursor_file=cursors
+    )
+    thread = threading.Thread(target=monitor.run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while follower.cursor != "s=x;i=3" and time.monotonic() < deadline:  # every line read
+        time.sleep(0.01)
+    read_at = follower.handled
+    while follower.handled < read_at + 2 and time.monotonic() < deadline:  # idle ticks handled since
+        time.sleep(0.01)
+    monitor.stop()  # its last save, the traceback still held
+    thread.join(10)
+    assert follower.cursor == "s=x;i=3" and follower.holding_partial and monitor.entries_seen == 1
+    assert follower.handled >= read_at + 2
+    assert cursors.path.read_text().strip() == "s=x;i=0"
+
+
 def test_the_cursor_moves_on_while_alerts_wait_for_their_window(tmp_path: Path) -> None:
     """One notification per kind and window: under a steady stream of errors and warnings some
     alert was nearly always waiting, and the cursor was saved only with none waiting. A restart
