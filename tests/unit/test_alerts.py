@@ -312,6 +312,24 @@ def test_load_password_bad_sources_are_errors(tmp_path: Path) -> None:
         load_smtp_password(environ={"MONITOR_SMTP_PASSWORD_FILE": str(tmp_path / "nope")})
 
 
+def test_a_world_readable_password_file_is_read_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/operations.md: --password-file wants mode 600, "a warning is logged if world-readable"."""
+    f = tmp_path / "pw"
+    f.write_text("s3cret-value\n")
+    f.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="app.monitoring.alerts"):
+        assert load_smtp_password(password_file=f, environ={}) == "s3cret-value"
+    assert [r.getMessage() for r in caplog.records] == ["SMTP password file is world-readable; chmod 600 it"]
+    assert caplog.records[0].path == str(f) and "s3cret-value" not in caplog.text  # type: ignore[attr-defined]
+    caplog.clear()
+    f.chmod(0o640)  # readable by its group only: no warning
+    with caplog.at_level(logging.WARNING, logger="app.monitoring.alerts"):
+        assert load_smtp_password(environ={"MONITOR_SMTP_PASSWORD_FILE": str(f)}) == "s3cret-value"
+    assert caplog.records == []
+
+
 def test_a_long_traceback_keeps_its_last_lines_and_says_what_was_cut() -> None:
     """A traceback's exception is its last line: the body kept the first 40 lines of a detail
     and dropped the rest without a word, so a deep one (Flask plus SQLAlchemy frames, a chained
