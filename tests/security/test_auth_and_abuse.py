@@ -393,6 +393,12 @@ def test_tokens_the_service_never_issues_are_refused_even_with_its_key(client: A
         error = assert_envelope(client.get("/protected", headers=bearer(token)), 401, "unauthorized")
         assert error["message"] == "access token was rejected", name
         assert_envelope(client.post("/api/logout", headers=bearer(token)), 401, "unauthorized")
+    # without a jti no logout could ever revoke it: refused as revoked
+    no_jti = claims(exp=now + 3600)
+    del no_jti["jti"]
+    token = pyjwt.encode(no_jti, JWT_SECRET, algorithm="HS256")
+    error = assert_envelope(client.get("/protected", headers=bearer(token)), 401, "unauthorized")
+    assert error["message"] == "access token has been revoked: log in again"
     # the shape the service issues, forged the same way, passes: the refusals were about the claims
     issued = pyjwt.encode(claims(exp=now + 3600), JWT_SECRET, algorithm="HS256")
     assert client.get("/protected", headers=bearer(issued)).status_code == 200
