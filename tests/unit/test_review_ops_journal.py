@@ -6,6 +6,7 @@ import json
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,11 +85,13 @@ def test_partial_chunks_of_two_streams_are_not_mixed() -> None:
     assert plain is not None and plain.message == "next"
 
 
-def fake_journalctl(tmp_path: Path, lines: bytes = b"") -> str:
-    """A journalctl stand-in that prints ``lines`` and then stays open, as ``--follow`` does."""
+def fake_journalctl(tmp_path: Path, lines: bytes = b"", *, exits: bool = False) -> str:
+    """A journalctl stand-in that prints ``lines`` and then stays open, as ``--follow`` does (or
+    ``exits``, as one that failed or was killed)."""
     (tmp_path / "lines").write_bytes(lines)
     script = tmp_path / "journalctl"
-    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'lines'}\nexec sleep 30\n")
+    then = "exit 1" if exits else "exec sleep 30"
+    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'lines'}\n{then}\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return str(script)
 
@@ -278,3 +281,41 @@ def test_a_refresh_before_any_entry_replays_from_when_following_began(tmp_path, 
     argv = [r.argv for r in caplog.records if r.getMessage() == "starting journalctl"][1]  # type: ignore[attr-defined]
     [since] = [a for a in argv if a.startswith("--since=@")]
     assert int(since.removeprefix("--since=@")) >= began
+
+
+def _restart_backoffs(
+    follower: JournalFollower, restarts: int, caplog: pytest.LogCaptureFixture
+) -> list[float]:
+    """The backoff of each of the follower's first ``restarts`` restarts of an exited journalctl."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="app.monitoring.journal"):
+        for _ in follower.follow(idle=0.01):
+            if follower.restarts >= restarts:
+                follower.stop()
+    said = [r for r in caplog.records if r.getMessage() == "journalctl exited; restarting"]
+    return [r.backoff_s for r in said]  # type: ignore[attr-defined]
+
+
+def test_a_journalctl_that_keeps_exiting_is_restarted_with_a_doubling_backoff(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/operations.md: journalctl is started again "with exponential backoff (0.5 s doubling
+    to 30 s)"; back to the first step once a journalctl ran for ``stable_after`` or handed over
+    an entry, so one exit after a long run waits 0.5 s, not the 30 s of a storm long past."""
+    options: dict[str, Any] = {"backoff_initial": 0.01, "backoff_max": 0.04, "refresh_after": None}
+    failing = fake_journalctl(tmp_path, exits=True)
+    follower = JournalFollower(
+        {"CONTAINER_NAME": "movierec"}, journalctl=failing, stable_after=3600, **options
+    )
+    assert _restart_backoffs(follower, 5, caplog) == [0.01, 0.02, 0.04, 0.04, 0.04]
+    caplog.clear()
+    follower = JournalFollower({"CONTAINER_NAME": "movierec"}, journalctl=failing, stable_after=0, **options)
+    assert _restart_backoffs(follower, 3, caplog) == [0.01, 0.01, 0.01]  # each ran "long enough"
+    caplog.clear()
+    (tmp_path / "delivering").mkdir()
+    delivering = fake_journalctl(tmp_path / "delivering", journal_line("started", "s=x;i=0"), exits=True)
+    follower = JournalFollower(
+        {"CONTAINER_NAME": "movierec"}, journalctl=delivering, stable_after=3600, **options
+    )
+    assert _restart_backoffs(follower, 3, caplog) == [0.01, 0.01, 0.01]  # each handed over an entry
