@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PG_ADMIN_URL, SESSION_PASSWORD, login
+from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, LOCAL_REDIS_URL, PG_ADMIN_URL, SESSION_PASSWORD, login
 from tests.synthetic import write_grouplens
 
 
@@ -101,6 +101,17 @@ def postgres_admin_url() -> str:
     except psycopg.OperationalError as exc:  # pragma: no cover - depends on the machine
         pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
     return PG_ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def local_redis_url() -> str:
+    """The machine's Redis (127.0.0.1:6379, database 0); skips with the reason when it does not answer."""
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis.from_url(LOCAL_REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+    return LOCAL_REDIS_URL
 
 
 @pytest.fixture

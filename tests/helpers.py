@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 PG_ADMIN_URL = os.environ.get("MOVIEREC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 SESSION_PASSWORD = "correct horse battery staple"
 ADMIN_PASSWORD = "admin-password-for-tests"
 JWT_SECRET = "x" * 48

@@ -57,12 +57,7 @@ def _settings(store: Path, backend: str, request: pytest.FixtureRequest) -> dict
     if backend == "postgres":
         values["database_url"] = request.getfixturevalue("postgres_url")
     if backend == "redis":
-        redis = pytest.importorskip("redis")
-        try:
-            redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1).ping()
-        except redis.RedisError as exc:  # pragma: no cover - depends on the machine
-            pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
-        values["redis_url"] = "redis://127.0.0.1:6379/0"
+        values["redis_url"] = request.getfixturevalue("local_redis_url")
     return values
 
 
@@ -495,18 +490,15 @@ def test_score_triggered_evaluations_are_spaced_not_dropped(
 
 
 def test_an_unreadable_shared_record_neither_stops_the_start_nor_makes_a_reset_a_500(
-    make_app: Callable[..., Any], model_store: Path
+    make_app: Callable[..., Any], model_store: Path, local_redis_url: str
 ) -> None:
     """A hand-edited or truncated Redis record: the app did not start (its first sync raised), and
     a reset was a 500, then a 503 "retry" for ever. Now the record counts as a store that cannot
     be read, and an admin reset replaces it."""
-    redis = pytest.importorskip("redis")
-    url = "redis://127.0.0.1:6379/0"
+    import redis
+
+    url = local_redis_url
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
     name = f"unreadable-{uuid.uuid4().hex[:8]}"
     key = f"movierec:breaker:{name}@{load_bundle(model_store).version}"  # the served version's record
     client.set(key, b"not json")

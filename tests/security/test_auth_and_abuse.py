@@ -285,7 +285,7 @@ def test_an_ipv6_client_has_one_budget_for_its_whole_64(make_app: Any) -> None:
 
 
 def test_with_redis_down_each_worker_counts_its_share_of_the_login_budget(
-    make_app: Any, monkeypatch: pytest.MonkeyPatch
+    make_app: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     """Without Redis each uwsgi worker counts its share of the budget in memory; with Redis
     configured but not answering, the limiter's in-memory fallback gave each worker the whole
@@ -305,12 +305,7 @@ def test_with_redis_down_each_worker_counts_its_share_of_the_login_budget(
         for _ in range(4)
     ]
     assert tries == [401, 401, 429, 429]
-    redis = pytest.importorskip("redis")
-    url = "redis://127.0.0.1:6379/0"
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+    url = request.getfixturevalue("local_redis_url")  # the part above needs no Redis
     client = make_app(redis_url=url, login_rate_limit="4 per minute").test_client()
     here = {"REMOTE_ADDR": f"198.18.{secrets.randbelow(256)}.{secrets.randbelow(256)}"}  # a fresh count
     tries = [
@@ -479,16 +474,13 @@ def test_logout_is_durable_in_the_database_blocklist(make_app: Any, make_setting
 
 
 def test_a_logout_recorded_while_redis_was_down_is_honoured_when_it_answers(
-    make_app: Any, monkeypatch: pytest.MonkeyPatch
+    make_app: Any, monkeypatch: pytest.MonkeyPatch, local_redis_url: str
 ) -> None:
     """The logout went to the database only; the other instance asked Redis, which answered
     "not revoked", and accepted the token again (as after any Redis restart without persistence)."""
-    redis = pytest.importorskip("redis")
-    url = "redis://127.0.0.1:6379/0"
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+    import redis
+
+    url = local_redis_url
     first, second = make_app(redis_url=url), make_app(redis_url=url)  # two instances, one database
     headers = login(first.test_client())
 

@@ -504,14 +504,11 @@ def test_migration_0006_gives_the_existing_record_to_its_version(
 
 
 @pytest.fixture
-def redis_store() -> Iterator[RedisBreakerStore]:
+def redis_store(local_redis_url: str) -> Iterator[RedisBreakerStore]:
     """A breaker record of its own in the machine's Redis, removed afterwards."""
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+    import redis
+
+    client = redis.Redis.from_url(local_redis_url, socket_connect_timeout=1)
     store = RedisBreakerStore(client, f"test-{uuid.uuid4().hex}")
     yield store
     client.delete(*client.keys(store.key("*")), store.key(None))
@@ -674,13 +671,14 @@ def test_resets_of_other_versions_do_not_evict_the_served_versions_record() -> N
     assert breaker.route("v1") == FALLBACK
 
 
-def test_redis_the_record_written_before_the_change_stays_its_versions() -> None:
+def test_redis_the_record_written_before_the_change_stays_its_versions(local_redis_url: str) -> None:
     """With Redis there is no migration: the record an open breaker left at movierec:breaker:<name>
     (model_version v1) is not read as v1's, so instances of the new code serving the same v1 (a
     code-only rolling deploy) start closed and serve the tripped model. The database path carries
     it over (migration 0006)."""
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1)
+    import redis
+
+    client = redis.Redis.from_url(local_redis_url, socket_connect_timeout=1)
     name = f"legacy-{uuid.uuid4().hex[:8]}"
     legacy = REDIS_PREFIX + name
     client.set(
