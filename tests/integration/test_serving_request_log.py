@@ -317,6 +317,38 @@ def test_a_full_backlog_refuses_new_recommendations_instead_of_losing_them(
     assert statuses == [200, 200, 200, 503]
 
 
+def test_rows_being_written_count_against_the_backlog(tmp_path: Path) -> None:
+    """docs/serving.md: past MOVIEREC_REQUEST_LOG_MAX_PENDING buffered rows a recommendation is
+    refused. The rows of a write still in progress (a database that has not answered yet) are
+    buffered too: they are lost if it fails, and counting only the rows waiting behind it let
+    the buffer hold a whole batch more than the bound."""
+    from app.errors import Unavailable
+    from app.services.request_log import RequestLog
+    from app.storage.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'log.db'}")
+    db.upgrade()
+    writing, release = threading.Event(), threading.Event()
+
+    def hanging_write(rows: list[dict[str, Any]]) -> None:
+        writing.set()
+        release.wait(30)
+        db.save_requests(rows)
+
+    log = RequestLog(db, write=hanging_write, flush_interval=0.01, max_pending=3)
+    try:
+        log.append(_rows(3))
+        assert writing.wait(10), "the flusher never began its write"
+        with pytest.raises(Unavailable):
+            log.append(_rows(1, "more"))
+        assert log.pending() == 3
+    finally:
+        release.set()
+        log.close(timeout=10)
+    assert _stored_ids(db) == {f"row-{i}" for i in range(3)}
+    db.dispose()
+
+
 def test_rows_still_buffered_at_exit_are_written(tmp_path: Path) -> None:
     """A process that exits normally flushes its buffer (atexit), however long the flush interval."""
     url = f"sqlite:///{tmp_path / 'exit.db'}"
