@@ -20,7 +20,7 @@ import pytest
 
 from app import create_app
 from app.config import JWT_LEEWAY_SECONDS, ConfigurationError
-from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PROFILE, SESSION_PASSWORD, login
+from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PROFILE, SESSION_PASSWORD, login, record_calls
 
 pytestmark = pytest.mark.api
 
@@ -65,17 +65,9 @@ def _b64(data: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ passwords
 
 
-def _record_comparisons(monkeypatch: Any) -> list[tuple[bytes, bytes]]:
+def _record_comparisons(monkeypatch: Any) -> list[tuple[Any, ...]]:
     """Every hmac.compare_digest call from now on, with its two arguments."""
-    calls: list[tuple[bytes, bytes]] = []
-    original = hmac.compare_digest
-
-    def recording(a: bytes, b: bytes) -> bool:
-        calls.append((a, b))
-        return original(a, b)
-
-    monkeypatch.setattr(hmac, "compare_digest", recording)
-    return calls
+    return record_calls(monkeypatch, hmac, "compare_digest")
 
 
 def test_password_check_is_constant_time_and_checks_both_roles(client: Any, monkeypatch: Any) -> None:
