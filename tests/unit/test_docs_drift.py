@@ -225,6 +225,24 @@ def test_every_compose_service_in_a_docs_command_exists() -> None:
     assert not unknown, "\n".join(unknown)
 
 
+def test_every_stop_grace_period_quoted_in_the_docs_is_docker_compose_yml_s() -> None:
+    """A `stop_grace_period: ...` in the docs is a line of docker-compose.yml as it stands (the
+    api's became ``${MOVIEREC_STOP_TIMEOUT_SECONDS:-60}s`` and docs/docker.md kept quoting 60s)."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    values = {
+        str(service["stop_grace_period"]) for service in compose.values() if "stop_grace_period" in service
+    }
+    quoted = [
+        (doc, match.group(1))
+        for doc, text in TEXT.items()
+        for code in _code(text)
+        for match in re.finditer(r"stop_grace_period: *(\S+)", code)
+    ]
+    assert quoted, "the docs quote no stop_grace_period: is this test still needed?"
+    stale = [f"{doc}: stop_grace_period: {value}" for doc, value in quoted if value not in values]
+    assert not stale, f"not in docker-compose.yml ({sorted(values)}): " + "; ".join(stale)
+
+
 def _journal_filters() -> list[tuple[str, str]]:
     """(doc, jq command) of every jq the docs pipe a container's journal into (in a table's cell
     a pipe is written ``\\|``, which GitHub's tables show as ``|``, in code spans too)."""
