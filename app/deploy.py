@@ -53,6 +53,7 @@ import shutil
 import signal
 import subprocess  # nosec B404 - docker CLI with argument lists, never a shell
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -122,6 +123,10 @@ SNAPSHOT_SUFFIX = ".pre-deploy"
 """The database's snapshot, beside it in its volume, while a new version starts."""
 PASSTHROUGH_SECRETS = ("MOVIEREC_ADMIN_PASSWORD", "ADMIN_PASSWORD")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_CHECK = ("python", "-m", "app.healthcheck", "--model-version")
+"""Run in the new container (``docker exec``) once it is healthy, with the version built: fails
+unless its /health/ready names that model (app/healthcheck.py)."""
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 class DeployError(RuntimeError):
@@ -691,6 +696,31 @@ def model_source(path: Path) -> Path:
     )
 
 
+def bundle_version(path: Path) -> str | None:
+    """The version the manifest of the bundle ``path`` (a directory or a ``.tar.gz``, as
+    :func:`model_source` gives it) names: the model the image is built with. None for a
+    ``model.pkl``, an archive without a manifest or one that cannot be read: the build names
+    those when it converts them. Standard library only (run by the server's python3)."""
+    try:
+        if path.is_dir():
+            manifest = json.loads((path / "manifest.json").read_bytes())
+        elif path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+            with tarfile.open(path, "r:gz") as archive:
+                found = [m for m in archive if m.isfile() and PurePosixPath(m.name).name == "manifest.json"]
+                if len(found) != 1 or found[0].size > MAX_MANIFEST_BYTES:
+                    return None
+                member = archive.extractfile(found[0])
+                if member is None:
+                    return None
+                manifest = json.loads(member.read())
+        else:
+            return None
+    except (OSError, ValueError, tarfile.TarError):  # UnicodeDecodeError is a ValueError
+        return None
+    version = manifest.get("version") if isinstance(manifest, dict) else None
+    return version if isinstance(version, str) and version else None
+
+
 @contextmanager
 def staged_in_context(paths: Sequence[Path], context: Path) -> Iterator[list[str]]:
     """Build-context-relative paths for the model files, copying them in when outside.
@@ -765,6 +795,7 @@ class Deployer:
     secret_files: SecretFiles | None = None  # the new container's, once written
     snapshot_taken: bool = False  # the database's snapshot is in its volume, to restore on rollback
     stop_timeout: int = STOP_TIMEOUT_SECONDS  # the new container's (the previous one's: its own, if longer)
+    model_version: str | None = None  # the model the image was just built with, once known
 
     def say(self, message: str) -> None:
         self.write(f"[deploy] {message}")
@@ -777,6 +808,7 @@ class Deployer:
         self.stop_timeout = stop_timeout_seconds(secrets_.environment)  # refused before anything moves
         tagged_before = self.docker.image_id(cfg.image_ref)  # a rebuild moves the tag to the new image
         image_existed = tagged_before is not None
+        self.model_version = None
         if cfg.build:
             self.build()
         elif not image_existed:
@@ -799,6 +831,7 @@ class Deployer:
             self.snapshot_database()  # nothing writes to it now: the live version is stopped
             self.start(secrets_)
             self.wait_healthy()
+            self.check_model_version()
         except (DeployError, KeyboardInterrupt) as exc:
             # Ctrl-C (or SIGTERM or SIGHUP, see main) while waiting for the health check is rolled back
             # too: the previous version is stopped by now and would otherwise stay down.
@@ -848,6 +881,11 @@ class Deployer:
             raise DeployError(
                 f"building {cfg.image_ref} failed (exit {result.returncode}): "
                 f"{build_verdict(result.stdout or '')}. Nothing was deployed."
+            )
+        self.model_version = bundle_version(model)
+        if self.model_version is None:
+            self.say(
+                f"{model} names no model version before the build converts it: the one served is not checked"
             )
 
     def set_previous_aside(self) -> None:
@@ -1002,6 +1040,21 @@ class Deployer:
             if self.clock() >= deadline:
                 raise DeployError(f"not healthy after {cfg.health_timeout:.0f}s (health: {state.health})")
             self.sleep(self.poll_interval)
+
+    def check_model_version(self) -> None:
+        """Healthy is not enough: the new container must serve the model just built and tested (its
+        /health/ready names it), not another one (an ``--env ML_MODEL_PATH``, an image whose tag
+        was moved under the deployment)."""
+        if self.model_version is None:
+            return
+        name = self.cfg.container_name
+        result = self.docker("exec", name, *MODEL_CHECK, self.model_version)
+        if result.returncode != 0:
+            why = (result.stderr or result.stdout).strip()
+            raise DeployError(
+                f"{name} does not serve model {self.model_version}, the one built and tested: {why}"
+            )
+        self.say(f"{name} serves model {self.model_version}, the one built and tested")
 
     def print_logs(self) -> None:
         """The errors in the new container's log, then its last lines."""

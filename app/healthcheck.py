@@ -1,5 +1,9 @@
 """The containers' health check: ``python -m app.healthcheck [URL]``, exit 0 when URL answers 2xx.
 
+``--model-version VERSION`` also fails it unless the answer (/health/ready's) names that model
+version: deploy-docker.py runs it in the new container (``docker exec``) once Docker calls it
+healthy, so a container serving another model than the one just built and tested is rolled back.
+
 Docker runs it inside the container (the Dockerfile's HEALTHCHECK, docker-compose.yml's mlflow)
 against the container's own loopback (default: ``http://127.0.0.1:$MOVIEREC_PORT/health/ready``).
 It never goes through a proxy: Docker gives containers the client's proxy settings
@@ -11,6 +15,8 @@ Standard library only; the reason of a failure is its one line of output (``dock
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
 import urllib.request
@@ -28,23 +34,46 @@ def default_url(environ: Mapping[str, str]) -> str:
     return f"http://127.0.0.1:{environ.get('MOVIEREC_PORT') or DEFAULT_PORT}/health/ready"
 
 
-def probe(url: str, timeout: float = TIMEOUT_SECONDS) -> None:
-    """Return when ``url`` answers 2xx (redirects followed); raise OSError otherwise."""
+def probe(url: str, timeout: float = TIMEOUT_SECONDS) -> bytes:
+    """The body ``url`` answers with 2xx (redirects followed); raise OSError otherwise."""
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http(s) URL: {url!r}")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy, whatever the env says
     with opener.open(url, timeout=timeout) as response:  # nosec B310 - http(s) only, checked above
-        response.read()
+        body: bytes = response.read()
+    return body
+
+
+def served_model_version(body: bytes) -> object:
+    """The ``model_version`` a /health/ready answer names (None when it names none)."""
+    try:
+        answer = json.loads(body or b"{}")
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        return None
+    return answer.get("model_version") if isinstance(answer, dict) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    url = args[0] if args else default_url(os.environ)
+    parser = argparse.ArgumentParser(
+        prog="python -m app.healthcheck", description="Exit 0 when URL answers 2xx."
+    )
+    parser.add_argument("url", nargs="?", default=None, help="default: this container's /health/ready")
+    parser.add_argument(
+        "--model-version", default=None, metavar="VERSION",
+        help="also fail unless the answer names this model version",
+    )  # fmt: skip
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    url = args.url or default_url(os.environ)
     try:
-        probe(url)
+        body = probe(url)
     except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
         print(f"unhealthy: {url}: {exc}", file=sys.stderr)
         return 1
+    if args.model_version is not None:
+        served = served_model_version(body)
+        if served != args.model_version:
+            print(f"unhealthy: {url} serves model {served!r}, not {args.model_version!r}", file=sys.stderr)
+            return 1
     return 0
 
 

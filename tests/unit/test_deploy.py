@@ -83,6 +83,7 @@ class FakeContainer:
     volumes: dict[str, str] = field(default_factory=dict)  # mount point -> volume name
     layer: dict[str, bytes] = field(default_factory=dict)  # its own /var/lib/movierec/db (no volume)
     stop_timeout: int | None = None  # `docker run --stop-timeout`; None (null) when run without one
+    model_version: str | None = None  # what its /health/ready names
 
     def secret(self, name: str) -> str:
         """What the app reads for ``name``: the file ``$<name>_FILE`` names, minus one newline."""
@@ -139,6 +140,7 @@ class FakeEngine:
     failing_commands: set[str] = field(default_factory=set)  # one-off `database` actions that fail
     # what the service does to its volumes when it starts (a migration, say)
     on_start: Callable[[FakeEngine], None] | None = None
+    served_model: str | None = None  # the model version a new container serves
 
     def __call__(
         self, argv: Sequence[str], capture: bool, stdin: str | None
@@ -241,6 +243,7 @@ class FakeEngine:
         self.containers[name] = FakeContainer(
             image=args[-1], env=env, argv=args, secrets=secrets, volumes=volumes, stop_timeout=stop_timeout
         )
+        self.containers[name].model_version = self.served_model
         self.new_name = name
         self.new_container = self.containers[name]
         if self.on_start is not None:
@@ -314,6 +317,18 @@ class FakeEngine:
             return 0, "", ""
         self.images.discard(args[-1])
         self.image_ids.pop(args[-1], None)
+        return 0, "", ""
+
+    def do_exec(self, args: list[str]) -> tuple[int, str, str]:
+        """``docker exec NAME python -m app.healthcheck --model-version VERSION`` (app/healthcheck.py)."""
+        name, command = args[0], args[1:]
+        assert command[:-1] == list(deploy.MODEL_CHECK), command
+        c = self.containers.get(name)
+        if c is None or c.status != "running":
+            return 1, "", f"container {name} is not running"
+        if c.model_version != command[-1]:
+            url = "http://127.0.0.1:8000/health/ready"
+            return 1, "", f"unhealthy: {url} serves model {c.model_version!r}, not {command[-1]!r}\n"
         return 0, "", ""
 
     def do_logs(self, args: list[str]) -> tuple[int, str, str]:
@@ -896,6 +911,71 @@ def test_failed_health_check_restores_the_previous_version(tmp_path: Path) -> No
     assert "KeyboardInterrupt" not in printed[errors_at : printed.index("last 60 log lines")]
     assert "not an error" not in printed[errors_at : printed.index("last 60 log lines")]
     assert "uwsgi banner line 39" in printed
+
+
+def _versioned_cfg(tmp_path: Path, version: str = "20261206-v2", **overrides: object) -> DeployConfig:
+    cfg = make_cfg(tmp_path, **overrides)
+    (cfg.model_file / "manifest.json").write_text(json.dumps({"version": version}))
+    return cfg
+
+
+def test_a_new_container_serving_another_model_than_the_one_built_is_rolled_back(tmp_path: Path) -> None:
+    """Docker's health check passes for any model: the container serving another one than the
+    build tested (an ML_MODEL_PATH given with --env, a tag moved under the deployment) was kept."""
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy", model_version="v1")},
+        served_model="20261101-stale",
+    )
+    deployer, out = make_deployer(_versioned_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="does not serve model 20261206-v2, the one built and tested"):
+        deployer.deploy(secrets_())
+    assert ["exec", "movierec", *deploy.MODEL_CHECK, "20261206-v2"] in engine.calls
+    assert "serves model '20261101-stale', not '20261206-v2'" in out.getvalue()
+    assert set(engine.containers) == {"movierec"}
+    assert engine.containers["movierec"].image == "movierec:1.0"
+    assert engine.containers["movierec"].status == "running"
+    assert engine.images == {"movierec:1.0"}  # the new tag did not exist before: removed
+    assert "previous version (movierec:1.0) is running again" in out.getvalue()
+
+
+def test_a_new_container_serving_the_model_built_is_kept_and_says_so(tmp_path: Path) -> None:
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy", model_version="v1")},
+        served_model="20261206-v2",
+    )
+    deployer, out = make_deployer(_versioned_cfg(tmp_path), engine)
+    deployer.deploy(secrets_())
+    verbs = engine.verbs()
+    assert verbs.index("exec") < verbs.index("rm")  # checked before the previous version goes
+    assert engine.containers["movierec"].image == "movierec:2.0"
+    assert "movierec serves model 20261206-v2, the one built and tested" in out.getvalue()
+
+
+def test_no_model_version_is_checked_for_an_image_not_built_here(tmp_path: Path) -> None:
+    """--no-build: MODEL_FILE is not what the image holds (the pipeline's image was built on CI)."""
+    engine = FakeEngine(images={"movierec:2.0"}, served_model="built-on-ci")
+    deployer, _ = make_deployer(_versioned_cfg(tmp_path, build=False), engine)
+    deployer.deploy(secrets_())
+    assert "exec" not in engine.verbs()
+
+
+def test_the_version_built_is_read_from_a_bundle_an_archive_or_not_at_all(tmp_path: Path) -> None:
+    bundle = tmp_path / "20261206-v2"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"version": "20261206-v2"}))
+    assert deploy.bundle_version(bundle) == "20261206-v2"
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname=bundle.name)
+    assert deploy.bundle_version(archive) == "20261206-v2"
+    (tmp_path / "model.pkl").write_bytes(b"not read")
+    assert deploy.bundle_version(tmp_path / "model.pkl") is None  # named when the build converts it
+    (tmp_path / "broken.tar.gz").write_bytes(b"not an archive")
+    assert deploy.bundle_version(tmp_path / "broken.tar.gz") is None
+    (bundle / "manifest.json").write_text("{}")
+    assert deploy.bundle_version(bundle) is None
 
 
 def test_the_restored_version_is_waited_for_and_said_to_be_healthy(tmp_path: Path) -> None:

@@ -33,10 +33,12 @@ def _dockerfile_healthcheck() -> list[str]:
 
 class _Health(BaseHTTPRequestHandler):
     status = 200
+    body = b'{"status": "ok", "model_version": "20261206-v2"}'
 
     def do_GET(self) -> None:
         self.send_response(self.status if self.path == "/health/ready" else 404)
         self.end_headers()
+        self.wfile.write(self.body)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -51,6 +53,7 @@ def server() -> Iterator[ThreadingHTTPServer]:
     httpd.shutdown()
     httpd.server_close()
     _Health.status = 200
+    _Health.body = b'{"status": "ok", "model_version": "20261206-v2"}'
 
 
 def _closed_port() -> int:
@@ -96,6 +99,21 @@ def test_the_image_health_check_fails_when_the_service_is_not_ready(server: Thre
 def test_the_image_health_check_fails_when_nothing_listens() -> None:
     result = _run(_dockerfile_healthcheck(), _closed_port())
     assert result.returncode != 0
+
+
+def test_the_check_deploy_docker_py_runs_requires_the_model_version_built(
+    server: ThreadingHTTPServer,
+) -> None:
+    """deploy-docker.py runs it in the new container (app/deploy.py's MODEL_CHECK) once healthy."""
+    from app.deploy import MODEL_CHECK
+
+    port = server.server_address[1]
+    assert _run([*MODEL_CHECK, "20261206-v2"], port).returncode == 0
+    other = _run([*MODEL_CHECK, "20261101-v1"], port)
+    assert other.returncode == 1
+    assert "serves model '20261206-v2', not '20261101-v1'" in other.stderr
+    _Health.body = b"not json"  # an answer that names no model is not the one expected
+    assert "serves model None" in _run([*MODEL_CHECK, "20261206-v2"], port).stderr
 
 
 def test_an_empty_port_setting_is_the_default_port_as_the_start_script_takes_it() -> None:
