@@ -38,7 +38,6 @@ from app.recommender.bundle import (
     archive_members,
     is_archive,
     load_bundle,
-    pickled_bundle,
     segment_profiles,
     unpickle_model,
 )
@@ -129,10 +128,7 @@ def run_accuracy_test(
     if held is not None and is_seed_estimator(held):
         score = _r2(held, data, target, model_path, test_data_path)
         return AccuracyResult(score, expected, tolerance, "r2", floor, str(model_path))
-    if held is not None and not is_archive(model_path):  # unpickled once
-        bundle = pickled_bundle(held, model_path)
-    else:
-        bundle = load_bundle(model_path)
+    bundle = load_bundle(model_path, unpickled=held)  # a model file unpickled once, archived or not
     depth = int(bundle.tables.segment_top.shape[1])
     if k > depth:  # scored as it came, NDCG@k of lists of at most depth movies: not what it says
         raise ValueError(

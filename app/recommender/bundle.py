@@ -660,15 +660,21 @@ def resolve_bundle_dir(path: Path) -> Path:
     )
 
 
-def load_bundle(path: Path | str, catalogue_fallback: pd.DataFrame | None = None) -> LoadedBundle:
-    """Load and validate a bundle dir, model store, ``.tar.gz`` or seed-style ``model.pkl``."""
+def load_bundle(
+    path: Path | str, catalogue_fallback: pd.DataFrame | None = None, *, unpickled: Any = None
+) -> LoadedBundle:
+    """Load and validate a bundle dir, model store, ``.tar.gz`` or seed-style ``model.pkl``.
+
+    ``unpickled``: the object of the model file (of the archive's one ``model.pkl``), when the
+    caller has unpickled it already (the accuracy test, deciding how to score it): used, not
+    unpickled a second time. Ignored for a bundle."""
     path = Path(path)
     if not path.exists():
         raise BundleError(f"model path {path} does not exist")
     if is_archive(path):
-        return _load_tarball(path, catalogue_fallback)
+        return _load_tarball(path, catalogue_fallback, unpickled)
     if path.is_file():
-        return _load_pickle(path, catalogue_fallback)
+        return _load_pickle(path, catalogue_fallback, unpickled)
     return _load_dir(resolve_bundle_dir(path))
 
 
@@ -838,7 +844,7 @@ def _table_type_problems(tables: Tables) -> list[str]:
     return problems
 
 
-def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:
+def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None, unpickled: Any = None) -> LoadedBundle:
     """Load an archived bundle from its extraction, made once per archive content and reused.
 
     A fresh temporary directory per load leaked a whole bundle (~17 MB for ml-100k) on every
@@ -855,7 +861,7 @@ def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> Loaded
         # is gone (a live service's bundle.path names it for days, untouched: age alone is no sign)
         target = _private_extraction()
         try:
-            bundle = _load_extracted(path, _extract(path, target), catalogue_fallback)
+            bundle = _load_extracted(path, _extract(path, target), catalogue_fallback, unpickled)
         except BundleError:
             _release(target)
             raise
@@ -869,7 +875,7 @@ def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> Loaded
         target = cache / hashlib.file_digest(archive, "sha256").hexdigest()[:32]
     if target.is_dir():
         try:
-            return _load_extracted(path, target, catalogue_fallback)
+            return _load_extracted(path, target, catalogue_fallback, unpickled)
         except BundleError:
             _remove_tree(target)  # damaged since it was extracted: extracted again below
     staging = _extract(path, Path(tempfile.mkdtemp(prefix=EXTRACTION_STAGING_PREFIX, dir=cache)))
@@ -882,7 +888,7 @@ def _load_tarball(path: Path, catalogue_fallback: pd.DataFrame | None) -> Loaded
         _remove_tree(staging)
     # a cached extraction stays even when refused: a model.pkl refused here for want of a
     # catalogue may be served from it by a process that has one
-    return _load_extracted(path, target, catalogue_fallback)
+    return _load_extracted(path, target, catalogue_fallback, unpickled)
 
 
 _PRIVATE_EXTRACTIONS: dict[Path, int] = {}
@@ -1025,13 +1031,15 @@ def _extract(path: Path, target: Path) -> Path:
     return target
 
 
-def _load_extracted(path: Path, target: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:
+def _load_extracted(
+    path: Path, target: Path, catalogue_fallback: pd.DataFrame | None, unpickled: Any = None
+) -> LoadedBundle:
     manifests = list(target.rglob(MANIFEST))
     if len(manifests) == 1:
         return _load_dir(manifests[0].parent)
     pickles = list(target.rglob("model.pkl"))
     if len(pickles) == 1:
-        return _load_pickle(pickles[0], catalogue_fallback)
+        return _load_pickle(pickles[0], catalogue_fallback, unpickled)
     raise BundleError(f"{path} must hold exactly one bundle or one model.pkl")
 
 
@@ -1055,16 +1063,17 @@ def unpickle_model(path: Path) -> Any:
         raise BundleError(f"{path} could not be unpickled: {exc or type(exc).__name__}") from exc
 
 
-def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None) -> LoadedBundle:
+def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None, unpickled: Any = None) -> LoadedBundle:
     """A seed-style single-file model: a pickled movierec ``Recommender``, or the seed's own
     scikit-learn regressor (:func:`_wrap_seed_estimator`).
 
     The movies come from a ``catalogue.csv`` beside the file, else from the data set
     (``catalogue_fallback``): their titles, and for the seed's regressor the movies it ranks
     (until 2026-12-06 it ranked the data set's alone, and without a data set was refused
-    whatever lay beside it).
+    whatever lay beside it). ``unpickled``: the file's object, when the caller has it already.
     """
-    return pickled_bundle(unpickle_model(path), path, catalogue_fallback)
+    model = unpickle_model(path) if unpickled is None else unpickled
+    return pickled_bundle(model, path, catalogue_fallback)
 
 
 def pickled_bundle(model: Any, path: Path, catalogue_fallback: pd.DataFrame | None = None) -> LoadedBundle:

@@ -271,6 +271,41 @@ def test_a_movierec_model_pkl_is_scored_by_ndcg_of_what_it_serves(
     assert result.metric == "ndcg@10" and result.passed and result.model.startswith("pkl-")
 
 
+@pytest.mark.parametrize("archived", [False, True])
+def test_a_movierec_model_pkl_is_unpickled_once_archived_or_not(
+    personal_model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, archived: bool
+) -> None:
+    """The seed-style ``.tar.gz`` of a movierec model.pkl: its member was unpickled (from up to
+    1 GiB read into memory) to see whether it is a scikit-learn estimator, then the bundle loader
+    extracted the archive and unpickled the model again: two copies of the model at once. Now the
+    object unpickled first is the one scored, with the verdict and version the loader gives."""
+    import tarfile
+
+    import joblib
+
+    from app.recommender.accuracy import run_accuracy_test
+    from app.recommender.bundle import load_bundle
+    from tests.helpers import record_calls
+
+    bundle = (personal_model_store / "latest").resolve()
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for name in ("model.pkl", "catalogue.csv"):
+        shutil.copy2(bundle / name, lone / name)
+    model = lone / "model.pkl"
+    if archived:
+        model = tmp_path / "model.tar.gz"
+        with tarfile.open(model, "w:gz") as tar:
+            tar.add(lone / "model.pkl", arcname="model.pkl")
+            tar.add(lone / "catalogue.csv", arcname="catalogue.csv")
+    loads = record_calls(monkeypatch, joblib, "load")
+    result = run_accuracy_test(model, bundle / "test_data.json")
+    assert len(loads) == 1, loads
+    assert result.metric == "ndcg@10" and result.passed
+    assert result.model == load_bundle(model).version  # named as the loader names it
+    assert result.model.startswith("pkl-")
+
+
 @pytest.mark.parametrize("name", ["test_data.json", "catalogue.csv", "manifest.json"])
 def test_a_file_that_is_no_pickle_given_as_the_model_says_so(personal_model_store: Path, name: str) -> None:
     """A bundle's JSON or CSV given as the model (`movierec accuracy` with its two paths swapped, or
