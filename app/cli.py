@@ -30,10 +30,6 @@ def _seeds(value: str) -> list[int]:
         raise click.BadParameter(str(exc), param_hint="--seeds") from exc
 
 
-def _names(value: str | None) -> list[str] | None:
-    return [part.strip() for part in value.split(",") if part.strip()] if value else None
-
-
 def _at_least(minimum: float) -> Callable[[click.Context, click.Parameter, float], float]:
     """A click callback: a finite number >= ``minimum`` (app.number_options), else BadParameter."""
 
@@ -64,10 +60,12 @@ def _output_directory(directory: Path, option: str, given: Path | None = None) -
 
 def _models(value: str | None) -> list[str] | None:
     """Model names from ``--models``, checked before any data is loaded or model trained:
-    a typo is a usage error with the known names, not a traceback minutes into a run."""
+    a typo is a usage error with the known names, not a traceback minutes into a run; none
+    (``","``) is one too, not every default model."""
+    from app.pipeline.commands import listed_names
     from app.recommender.models import CANDIDATES
 
-    names = _names(value)
+    names = listed_names(value, "--models")
     unknown = [name for name in names or () if name not in CANDIDATES]
     if unknown:
         raise click.BadParameter(

@@ -32,6 +32,22 @@ _MODEL_DIR = click.option(
 )
 
 
+def listed_names(value: str | None, option: str) -> list[str] | None:
+    """The names of a comma-separated option (``--models a,b``); None when it is not given.
+
+    Given without a name in it (``","``, ``" "``, or ``""``: a variable left empty) is a usage
+    error naming the option: it read as not given, and every default model was trained.
+    """
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise click.BadParameter(
+            f"{value!r} names none; give comma-separated names, e.g. a,b", param_hint=option
+        )
+    return names
+
+
 def settings_for_cli(**overrides: Any) -> Any:
     """The settings, with the ``None`` overrides (options not given) left out; a bad setting is
     a one-line error naming it (``ClickException``), not a traceback: every ``movierec`` command."""
@@ -155,11 +171,12 @@ def pipeline_run(
 
     settings = settings_for_cli(data_dir=data_dir, model_dir=model_dir)
     try:
-        names = resolve_candidates(candidates) if candidates else None
+        given = listed_names(candidates, "--candidates")
+        names = resolve_candidates(given) if given else None
     except ValueError as exc:  # named, as train's and evaluate's --models and --seeds are
         raise click.BadParameter(str(exc), param_hint="--candidates") from exc
     try:
-        seed_list = parse_seeds(seeds) if seeds else None
+        seed_list = parse_seeds(seeds) if seeds is not None else None  # "": none, as train's
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--seeds") from exc
     # SIGTERM (a CI job's timeout, docker stop) kills the flow with its workers and reports it, as
