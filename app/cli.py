@@ -244,7 +244,7 @@ def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | Non
     from app.recommender.evaluation import PROTOCOLS, TooLittleDataError, format_table
     from app.recommender.evaluation import evaluate as run_evaluation
     from app.recommender.models import CANDIDATES
-    from app.recommender.report import write_report
+    from app.recommender.report import plot_path, write_report
 
     names, seed_list = _models(models) or list(CANDIDATES), _seeds(seeds)
 
@@ -257,6 +257,13 @@ def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | Non
     if out is not None:  # first: an empty --out (or ".") has no name to add -A / -B to
         refuse_a_directory(out)
     paths = _report_paths(out, [protocol] if protocol else list(PROTOCOLS))
+    files = [name for path in paths.values() for name in (path, plot_path(path))]
+    if len({str(name).casefold() for name in files}) < len(files):  # the plot written over the report
+        raise click.BadParameter(
+            f"{out} ends in .png, the suffix of the plot written beside the JSON report: "
+            "give the report's path (e.g. report.json)",
+            param_hint="--out",
+        )
     for path in paths.values():
         refuse_a_directory(path)
     data = _load_data(data_dir)  # first: a run refused for its data leaves no directory behind

@@ -14,9 +14,14 @@ def write_report(report: dict[str, Any], out: Path | str) -> tuple[Path, Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, sort_keys=True))
-    png = out.with_suffix(".png")
+    png = plot_path(out)
     plot_report(report, png)
     return out, png
+
+
+def plot_path(out: Path) -> Path:
+    """Where :func:`write_report` puts the plot of the JSON report ``out``: its suffix made .png."""
+    return out.with_suffix(".png")
 
 
 def plot_report(report: dict[str, Any], path: Path | str) -> Path:

@@ -41,3 +41,35 @@ def test_a_list_option_naming_nothing_is_a_usage_error(
     result = _invoke([*command, "--data-dir", str(missing), *model_dir, option, value])
     _usage_error(result, option)
     assert not missing.exists() and not (tmp_path / "model").exists() and not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("protocol", [["--protocol", "A"], []])
+@pytest.mark.parametrize("name", ["report.png", "report.PNG", "report.json.png"])
+def test_evaluate_refuses_an_out_its_plot_would_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: list[str], name: str
+) -> None:
+    """The plot is written beside the JSON report with the suffix .png: ``--out x.png`` wrote the
+    report there and then the plot over it (``x-A.png`` and ``x-B.png`` with both protocols), and
+    said "report: x.png  plot: x.png". Refused before the data is read or anything evaluated."""
+    missing = tmp_path / "no-data"
+    result = _invoke(["evaluate", "--data-dir", str(missing), "--models", "most_rated", "--seeds", "0",
+                      *protocol, "--out", str(tmp_path / name)])  # fmt: skip
+    _usage_error(result, "--out")
+    assert not missing.exists() and sorted(tmp_path.iterdir()) == []
+
+
+def test_evaluate_writes_a_report_and_a_plot_beside_it(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    """--out without a suffix, and one protocol's -A added to it, never collide with the plot."""
+    import json
+
+    for protocol, out, written in (
+        (["--protocol", "A"], tmp_path / "one" / "report", ("report", "report.png")),
+        ([], tmp_path / "both" / "eval.json", ("eval-A.json", "eval-A.png", "eval-B.json", "eval-B.png")),
+    ):
+        result = _invoke(["evaluate", "--data-dir", str(synthetic_data_dir), "--models", "most_rated",
+                          "--seeds", "0", *protocol, "--out", str(out)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert sorted(path.name for path in out.parent.iterdir()) == sorted(written)
+        for name in written:
+            if not name.endswith(".png"):
+                assert json.loads((out.parent / name).read_text())["seeds"] == [0]
