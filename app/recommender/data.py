@@ -35,7 +35,7 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -708,6 +708,7 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
     is staged in ``data_dir`` (``STAGING_PREFIX``) and published with one rename once validated.
     Raises :class:`DataUnavailableError` naming every source tried and why it failed: a
     :class:`NotObtainedError` when no source's files were refused (none was reached, or held them).
+    Failed or interrupted, it leaves no directory it created (the data root, its parents) behind.
     """
     target = Path(data_dir) / CACHE_SUBDIR
     if detect_layout(target, cache=True):
@@ -720,11 +721,31 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
             f"the data root {target.parent} cannot hold ml-100k: {mkdir_failure(exc)}"
         )
 
+    # the data root and its parents this fetch creates: removed again when it obtains nothing (or
+    # is interrupted), so a failed fetch leaves the file system as it found it
+    created: list[Path] = []
+    for directory in (target.parent, *target.parent.parents):
+        if os.path.lexists(directory):
+            break
+        created.append(directory)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_leftovers(target.parent, (Leftover(_STAGING, stat.S_ISDIR),))
-    except OSError as exc:
-        raise unusable(exc) from exc
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_leftovers(target.parent, (Leftover(_STAGING, stat.S_ISDIR),))
+        except OSError as exc:
+            raise unusable(exc) from exc
+        return _obtain(target, sources, unusable)
+    except BaseException:
+        for directory in created:  # deepest first; one something else wrote into meanwhile stays
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+
+
+def _obtain(
+    target: Path, sources: Sequence[str], unusable: Callable[[OSError], DataUnavailableError]
+) -> Path:
+    """:func:`fetch`'s sources tried in order, each staged in the data root (which exists)."""
     failures: list[str] = []
     refused = False  # a source's files were there but not ml-100k (their layout, their content)
     for source in sources:

@@ -73,3 +73,26 @@ def test_evaluate_writes_a_report_and_a_plot_beside_it(synthetic_data_dir: Path,
         for name in written:
             if not name.endswith(".png"):
                 assert json.loads((out.parent / name).read_text())["seeds"] == [0]
+
+
+@pytest.mark.parametrize("failure", ["no-copy", "interrupted"])
+def test_a_failed_fetch_leaves_no_data_directory_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """``data fetch --source X`` that obtained nothing (or was stopped with Ctrl-C) created the data
+    directory and its parents and left them there, empty. What was there before stays."""
+    import app.recommender.data as data
+
+    def interrupted(_target: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "_from_pypi", interrupted)
+    source = "pypi" if failure == "interrupted" else str(tmp_path / "no-copy")
+    (tmp_path / "kept").mkdir()
+    for data_dir, left in ((tmp_path / "new" / "data", tmp_path / "new"), (tmp_path / "kept", None)):
+        result = _invoke(["data", "fetch", "--source", source, "--data-dir", str(data_dir)])
+        assert result.exit_code == (1 if failure == "interrupted" else 3), result.output  # click's Aborted!
+        if left is not None:
+            assert not left.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept"]
+    assert list((tmp_path / "kept").iterdir()) == []
