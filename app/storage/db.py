@@ -96,9 +96,16 @@ class DatabaseUnavailableError(RuntimeError):
 
 def unreachable_message(url: str, exc: BaseException) -> str:
     """``the service database cannot be reached (<url, password masked>): <the driver's reason>``:
-    what a command or a scheduler tick says when the service database does not answer."""
+    what a command or a scheduler tick says when the service database does not answer.
+
+    One line: libpq's reason comes in several ("... Connection refused", then an indented "Is the
+    server running on that host and accepting TCP/IP connections?"), which a command printed as a
+    line of its own after its ``Error:`` line; the lines after the first go in brackets after it."""
     where = make_url(url).render_as_string(hide_password=True)
-    detail = str(getattr(exc, "orig", None) or exc).strip()
+    first, *rest = [
+        line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip()
+    ] or [type(exc).__name__]
+    detail = f"{first} ({' '.join(rest)})" if rest else first
     return f"the service database cannot be reached ({where}): {detail}"
 
 

@@ -96,3 +96,18 @@ def test_a_failed_fetch_leaves_no_data_directory_behind(
             assert not left.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["kept"]
     assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_an_unreachable_database_is_one_error_line_with_the_drivers_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libpq's reason comes in two lines ("... Connection refused" then, indented, "Is the server
+    running on that host and accepting TCP/IP connections?"): the command printed its ``Error:``
+    line and the hint as a second line of its own. Now both on the one line, password masked."""
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", "postgresql://movierec:secret-pw@127.0.0.1:1/none")
+    result = _invoke(["db", "upgrade"])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("Error: the service database cannot be reached (") and "127.0.0.1" in line
+    assert "Connection refused" in line and "Is the server running on that host" in line, line
+    assert "secret-pw" not in line
