@@ -6,6 +6,7 @@ happen inside the commands, so ``movierec --help`` and the serving image stay li
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -170,6 +171,8 @@ def pipeline_run(
     from app.recommender.seeds import parse_seeds
 
     settings = settings_for_cli(data_dir=data_dir, model_dir=model_dir)
+    if json_out is not None:  # found out after the flow released its models, it was a traceback
+        _refuse_unwritable(json_out, "--json-out")
     try:
         given = listed_names(candidates, "--candidates")
         names = resolve_candidates(given) if given else None
@@ -221,8 +224,28 @@ def _write_summary(json_out: Path | None, summary: dict[str, Any]) -> None:
     """``--json-out``: the summary of a run that released its models, its bookkeeping failed or not
     (an earlier run's file left in place would name a champion that is no longer one)."""
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(summary, indent=2, default=str))
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(summary, indent=2, default=str))
+        except OSError as exc:  # replaced meanwhile, a full disk: the table above stays printed
+            raise click.ClickException(f"--json-out {json_out} cannot be written: {exc}") from exc
+
+
+def _refuse_unwritable(path: Path, option: str) -> None:
+    """A file ``option`` writes once the work is done: a directory there, a file in the way of its
+    directory or a directory this user cannot write is one ``Error:`` line now. Nothing is
+    created (the run may yet fail)."""
+    if path.is_dir():
+        problem = "it is a directory (give a JSON file's path)"
+    else:
+        existing = next(parent for parent in (path, *path.parents) if os.path.lexists(parent))
+        if existing != path and not existing.is_dir():
+            problem = f"{existing}: {os.strerror(errno.ENOTDIR)}"
+        elif not os.access(existing, os.W_OK if existing == path else os.W_OK | os.X_OK):
+            problem = f"{existing}: {os.strerror(errno.EACCES)}"
+        else:
+            return
+    raise click.ClickException(f"{option} {path} cannot be written: {problem}")
 
 
 @pipeline.command("versions")

@@ -650,6 +650,29 @@ def test_json_out_gets_the_summary_of_a_run_released_before_its_bookkeeping_fail
     assert json.loads(out.read_text()) == summary
 
 
+@pytest.mark.parametrize("where", ["directory", "under-a-file"])
+def test_a_json_out_that_cannot_be_written_is_refused_before_the_flow_runs(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--json-out`` naming a directory (or a path under a file) was found out once the flow had
+    trained, registered and released its models: IsADirectoryError's (NotADirectoryError's)
+    traceback in place of the run's table. Now one ``Error:`` line naming it, before the flow."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    def run_flow(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("the flow ran although --json-out cannot be written")
+
+    (tmp_path / "file").write_text("")
+    out = tmp_path if where == "directory" else tmp_path / "file" / "run.json"
+    _flow_runs_with(monkeypatch, run_flow, _settings(tmp_path, service_url=""))
+    result = CliRunner().invoke(cli, ["pipeline", "run", "--json-out", str(out)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"Error: --json-out {out} cannot be written"), line
+
+
 def _hanging_flow(pids: Path, summary: dict[str, Any] | None) -> Any:
     """A flow command that starts a worker (as Metaflow starts its tasks), writes both pids to
     ``pids`` (and ``summary`` to the summary file, as release does) and hangs."""
