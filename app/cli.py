@@ -15,6 +15,7 @@ import click
 from app.listener import MAX_PORT
 from app.monitoring.logs import LOG_LEVELS
 from app.number_options import number_problem
+from app.pipeline.commands import DirectoryPath
 from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS, parse_seeds
 
 if TYPE_CHECKING:
@@ -100,11 +101,11 @@ def cli(log_level: str) -> None:
 # run, features build and promote (in the pipeline image, a plain `movierec train` wrote into
 # ./model, not the model store volume the service reads); an option given wins.
 _DATA_ROOT = click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path("data"), envvar="MOVIEREC_DATA_DIR",
+    "--data-dir", type=DirectoryPath(), default=Path("data"), envvar="MOVIEREC_DATA_DIR",
     show_default=True, show_envvar=True,
 )  # fmt: skip
 _MODEL_STORE = click.option(
-    "--model-dir", type=click.Path(path_type=Path), default=Path("model"), envvar="MOVIEREC_MODEL_DIR",
+    "--model-dir", type=DirectoryPath(), default=Path("model"), envvar="MOVIEREC_MODEL_DIR",
     show_default=True, show_envvar=True,
 )  # fmt: skip
 

@@ -19,15 +19,30 @@ import click
 
 log = logging.getLogger(__name__)
 
+
+class DirectoryPath(click.Path):
+    """A directory option's path; an empty one (``--model-dir "$DIR"`` with DIR unset) is a usage
+    error: click read it as the working directory, where ``train`` wrote its bundles and ``data
+    fetch`` its cache, although an empty MOVIEREC_MODEL_DIR (MOVIEREC_DATA_DIR) means the default."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; give a directory (or leave the option out for its default)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 _DATA_DIR = click.option(
     "--data-dir",
-    type=click.Path(path_type=Path),
+    type=DirectoryPath(),
     default=None,
     help="Raw ml-100k (default: MOVIEREC_DATA_DIR, else data).",
 )
 _MODEL_DIR = click.option(
     "--model-dir",
-    type=click.Path(path_type=Path),
+    type=DirectoryPath(),
     default=None,
     help="Serving model store (default: MOVIEREC_MODEL_DIR, else model).",
 )

@@ -20,7 +20,8 @@ def _invoke(command: list[str]) -> Result:
 def _usage_error(result: Result, option: str) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output, result.output
-    assert f"Invalid value for {option}" in result.output, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert line.startswith("Error: Invalid value for") and option in line, result.output
 
 
 @pytest.mark.parametrize("value", [",", " ", "", " , "])
@@ -111,3 +112,25 @@ def test_an_unreachable_database_is_one_error_line_with_the_drivers_hint(
     assert line.startswith("Error: the service database cannot be reached (") and "127.0.0.1" in line
     assert "Connection refused" in line and "Is the server running on that host" in line, line
     assert "secret-pw" not in line
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [(["data", "fetch"], "--data-dir"), (["train"], "--data-dir"), (["train"], "--model-dir"),
+     (["evaluate"], "--data-dir"), (["features", "build"], "--data-dir"), (["pipeline", "run"], "--data-dir"),
+     (["pipeline", "run"], "--model-dir"), (["promote", "--version", "1"], "--model-dir")],
+)  # fmt: skip
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_directory_option_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], option: str, value: str
+) -> None:
+    """``--model-dir "$MODEL_DIR"`` with the variable unset is the working directory to click:
+    ``train`` wrote its bundles and ``latest`` there, ``data fetch`` its ml-100k cache, where an
+    empty MOVIEREC_MODEL_DIR (MOVIEREC_DATA_DIR) means the default. Refused, naming the option."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MOVIEREC_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", f"sqlite:///{tmp_path / 'var' / 'service.db'}")
+    models = ["--models", "most_rated"] if command[0] in ("train", "evaluate") else []
+    result = _invoke([*command, option, value, *models])
+    _usage_error(result, option)
+    assert list(tmp_path.iterdir()) == []
