@@ -194,6 +194,7 @@ def _load_data(data_dir: Path) -> MovieLens:
 def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_missing: bool) -> None:
     """Train candidates, pick the best by protocol-A NDCG@10, write a bundle; print its path."""
     from app.recommender.bundle import LATEST, MANIFEST
+    from app.recommender.data import removed_unless_done
     from app.recommender.evaluation import TooLittleDataError
     from app.recommender.models import DEFAULT_CANDIDATES
     from app.recommender.training import summary_line
@@ -204,11 +205,12 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
         return
     names, seed_list = _models(models) or DEFAULT_CANDIDATES, _seeds(seeds)
     data = _load_data(data_dir)  # first: a run refused for its data leaves no directory behind
-    _output_directory(model_dir, "--model-dir")
-    try:
-        result = run_training(data, model_dir, names, seed_list)
-    except TooLittleDataError as exc:
-        raise click.ClickException(str(exc)) from exc
+    with removed_unless_done(model_dir):  # ... nor one too little to evaluate, or stopped (Ctrl-C)
+        _output_directory(model_dir, "--model-dir")
+        try:
+            result = run_training(data, model_dir, names, seed_list)
+        except TooLittleDataError as exc:
+            raise click.ClickException(str(exc)) from exc
     click.echo(summary_line(result), err=True)
     click.echo(str(result.path))
 
@@ -242,6 +244,7 @@ def _report_paths(out: Path | None, protocols: list[str]) -> dict[str, Path]:
 def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | None, out: Path | None) -> None:
     """Run the offline protocols of EVALUATION.md (both, or --protocol's); per protocol print the
     table, write JSON + PNG."""
+    from app.recommender.data import removed_unless_done
     from app.recommender.evaluation import PROTOCOLS, TooLittleDataError, format_table
     from app.recommender.evaluation import evaluate as run_evaluation
     from app.recommender.models import CANDIDATES
@@ -268,18 +271,22 @@ def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | Non
     for path in paths.values():
         refuse_a_directory(path)
     data = _load_data(data_dir)  # first: a run refused for its data leaves no directory behind
-    _output_directory(next(iter(paths.values())).parent, "--out", out)  # one directory holds them all
-    for index, (letter, path) in enumerate(paths.items()):
-        try:
-            report = run_evaluation(data, names, letter, seed_list)
-        except TooLittleDataError as exc:
-            raise click.ClickException(str(exc)) from exc
-        click.echo(("\n" if index else "") + format_table(report))
-        try:
-            json_path, png_path = write_report(report, path)
-        except OSError as exc:  # a full disk, or the file replaced meanwhile: the table above stays printed
-            raise click.ClickException(f"--out {path} cannot be written: {exc}") from exc
-        click.echo(f"report: {json_path}  plot: {png_path}")
+    directory = next(iter(paths.values())).parent  # one directory holds them all
+    with removed_unless_done(directory):  # ... nor one too little to evaluate, or stopped (Ctrl-C)
+        _output_directory(directory, "--out", out)
+        for index, (letter, path) in enumerate(paths.items()):
+            try:
+                report = run_evaluation(data, names, letter, seed_list)
+            except TooLittleDataError as exc:
+                raise click.ClickException(str(exc)) from exc
+            click.echo(("\n" if index else "") + format_table(report))
+            try:
+                json_path, png_path = write_report(report, path)
+            except (
+                OSError
+            ) as exc:  # a full disk, or the file replaced meanwhile: the table above stays printed
+                raise click.ClickException(f"--out {path} cannot be written: {exc}") from exc
+            click.echo(f"report: {json_path}  plot: {png_path}")
 
 
 # ----------------------------------------------------------------------------- serving

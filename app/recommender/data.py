@@ -35,7 +35,7 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -721,24 +721,32 @@ def fetch(data_dir: Path | str, sources: Sequence[str] = ("pypi", "grouplens")) 
             f"the data root {target.parent} cannot hold ml-100k: {mkdir_failure(exc)}"
         )
 
-    # the data root and its parents this fetch creates: removed again when it obtains nothing (or
-    # is interrupted), so a failed fetch leaves the file system as it found it
-    created: list[Path] = []
-    for directory in (target.parent, *target.parent.parents):
-        if os.path.lexists(directory):
-            break
-        created.append(directory)
-    try:
+    with removed_unless_done(target.parent):  # a fetch that obtains nothing leaves no data root
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_leftovers(target.parent, (Leftover(_STAGING, stat.S_ISDIR),))
         except OSError as exc:
             raise unusable(exc) from exc
         return _obtain(target, sources, unusable)
+
+
+@contextlib.contextmanager
+def removed_unless_done(directory: Path) -> Iterator[None]:
+    """For a block that creates ``directory`` to put its result in: when the block fails (or is
+    interrupted with Ctrl-C), the directories it created (``directory`` and its parents missing
+    before) are removed again, those still empty, so a failed command leaves the file system as
+    it found it. ``data fetch``'s data root; ``train``'s --model-dir and ``evaluate``'s --out's."""
+    created: list[Path] = []
+    for missing in (directory, *directory.parents):
+        if os.path.lexists(missing):
+            break
+        created.append(missing)
+    try:
+        yield
     except BaseException:
-        for directory in created:  # deepest first; one something else wrote into meanwhile stays
+        for made in created:  # deepest first; one something else wrote into meanwhile stays
             with contextlib.suppress(OSError):
-                directory.rmdir()
+                made.rmdir()
         raise
 
 

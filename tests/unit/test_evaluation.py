@@ -288,13 +288,15 @@ def test_the_commands_say_the_data_is_too_little_to_evaluate(synthetic_data_dir,
     (tiny / "u.item").write_bytes((synthetic_data_dir / "u.item").read_bytes())
     args = [command, "--data-dir", str(tiny), "--models", "most_liked", "--seeds", "0"]
     args += (
-        ["--model-dir", str(tmp_path / "model")]
+        ["--model-dir", str(tmp_path / "new" / "model")]
         if command == "train"
-        else ["--out", str(tmp_path / "r.json")]
+        else ["--out", str(tmp_path / "new" / "r.json")]
     )
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert "Error: protocol A, split seed 0: no test user (0 of 2 users)" in result.output
+    # refused for its data, as one whose files do not parse: the output directory made is removed
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("protocol", ["A", "B"])
