@@ -13,7 +13,7 @@ from app.api import auth, docs, health, monitoring, recommend, security, ui
 from app.api.errors import envelope, not_a_json_object, register_error_handlers
 from app.api.json_provider import number_out_of_range
 from app.api.serving import register_serving
-from app.api.spec import spec
+from app.api.spec import BODY_OPTIONAL, spec
 from app.config import JWT_LEEWAY_SECONDS, Settings
 from app.errors import BEARER_CHALLENGE, BEARER_REFUSED, InvalidRequest, NotFound
 
@@ -36,8 +36,6 @@ class ApiFlask(Flask):
 
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
-# Endpoints whose body fields are all optional: a POST without a body is a valid request there.
-_BODY_OPTIONAL = frozenset({"/api/logout", "/api/admin/reload", "/api/admin/breaker/reset"})
 
 
 def _unauthorized(message: str, challenge: str = BEARER_REFUSED) -> Response:
@@ -136,7 +134,7 @@ def _check_api_write() -> None:
     if request.routing_exception is not None:
         return
     if not (
-        request.path in _BODY_OPTIONAL
+        request.path in BODY_OPTIONAL
         and not request.content_length
         and "Transfer-Encoding" not in request.headers
     ):

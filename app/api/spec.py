@@ -95,6 +95,9 @@ _BODY_REFUSALS = {
     "413": "Request Entity Too Large",
     "415": "Unsupported Media Type",
 }
+# Endpoints whose body fields are all optional: a POST without a body is a valid request there
+# (app/api/__init__.py), and the spec says so (``requestBody.required`` false).
+BODY_OPTIONAL = frozenset({"/api/logout", "/api/admin/reload", "/api/admin/breaker/reset"})
 # any request may carry headers over the limit (app/api/security.py, MAX_HEADER_BYTES)
 _HEADER_REFUSAL = {"431": "Request Header Fields Too Large"}
 
@@ -177,6 +180,9 @@ class _SpecTree(SpecTree):
       pass on, the body limit and the JSON content type are enforced for all of them before the
       view runs, so no route's decorator lists them; 431 on every operation likewise (headers
       over 16 KiB).
+    * No body required (``requestBody.required`` false) where every body field is optional
+      (:data:`BODY_OPTIONAL`): spectree marks every request body required, and a client built
+      from the spec, or a gateway validating against it, insisted on one for ``/api/logout``.
     * ``user_id`` path parameters as the positive integers they must be: the routes take the
       segment as text so that anything else is a 400 naming ``user_id`` (``int:`` would make it
       a bare 404), and spectree documents such a segment as any string.
@@ -201,6 +207,8 @@ class _SpecTree(SpecTree):
                     and "requestBody" not in operation
                 ):
                     operation.get("responses", {}).pop("400", None)
+                if path in BODY_OPTIONAL and "requestBody" in operation:
+                    operation["requestBody"]["required"] = False
                 responses = operation.setdefault("responses", {})
                 refusals = {**_BODY_REFUSALS, **_HEADER_REFUSAL} if method == "post" else _HEADER_REFUSAL
                 for status, description in refusals.items():

@@ -288,3 +288,27 @@ def test_model_and_reload_answer_as_documented_in_each_state(app: Any, client: A
         info = contract.call(client, "get", "/api/model", headers=headers).get_json()
         assert info["model_version"] == before["model_version"]
     assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_a_body_is_required_exactly_where_the_spec_says(client: Any) -> None:
+    """A POST sent without a body is taken where every body field is optional (/api/logout,
+    /api/admin/reload, /api/admin/breaker/reset: docs/serving.md "or no body") and refused (415)
+    everywhere else; the spec's ``requestBody.required`` must say which, or a client built from it
+    (or a gateway validating against it) insists on a body the service does not need."""
+    contract = _contract(client)
+    admin = login(client, ADMIN_PASSWORD)
+    posts = sorted(path for method, path in _every_operation(contract) if method == "post")
+    assert len(posts) >= 10
+    optional = set()
+    for path in posts:
+        headers = admin if path.startswith("/api/admin/") else login(client)  # logout ends its token
+        answer = contract.call(client, "post", path, headers=headers)
+        if answer.status_code < 400:
+            optional.add(path)
+        else:
+            assert answer.status_code == 415, (path, answer.status_code)
+        assert contract.paths[path]["post"]["requestBody"].get("required", False) == (path not in optional), (
+            path
+        )
+    assert optional == {"/api/logout", "/api/admin/reload", "/api/admin/breaker/reset"}
+    assert not contract.problems, "\n".join(contract.problems)
