@@ -312,3 +312,25 @@ def test_a_body_is_required_exactly_where_the_spec_says(client: Any) -> None:
         )
     assert optional == {"/api/logout", "/api/admin/reload", "/api/admin/breaker/reset"}
     assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_the_login_limit_and_the_metrics_guards_answer_as_documented(make_app: Any) -> None:
+    token = "a-scraper-token-of-enough-length-1234"
+    client = make_app(login_rate_limit="2 per minute", metrics_token=token).test_client()
+    contract = _contract(client)
+    statuses = [
+        contract.call(client, "post", "/api/login", json={"session_password": "wrong"}).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [401, 401, 429]
+    assert contract.call(client, "get", "/metrics").status_code == 401
+    assert (
+        contract.call(client, "get", "/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    )
+    assert (
+        contract.call(client, "get", "/metrics", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 200
+    )
+    guarded = make_app(metrics_allow_cidrs="192.0.2.0/24").test_client()
+    assert contract.call(guarded, "get", "/metrics").status_code == 403
+    assert not contract.problems, "\n".join(contract.problems)
