@@ -19,6 +19,7 @@ from spectree import Response as SpecResponse
 
 from app.api.auth import admin_required, secret_matches
 from app.api.schemas import MAX_REASON_LENGTH, ErrorResponse
+from app.api.serving_schemas import BreakerStatus
 from app.api.spec import BEARER, METRICS_TOKEN, spec
 from app.config import parse_networks
 from app.errors import BEARER_CHALLENGE, BEARER_REFUSED, Forbidden, Unauthorized, Unavailable
@@ -51,25 +52,6 @@ class BreakerResetRequest(BaseModel):
         description="the model version whose breaker to close; default: the one this instance serves "
         "(each version has its own breaker; 404 when the named version has no breaker record)",
     )
-
-
-class BreakerStatus(BaseModel):
-    state: str
-    since: str | None = None
-    reason: str
-    model_version: str | None = None
-    fallback: str | None = Field(
-        default=None,
-        description="what serves while the breaker keeps the champion out: 'previous champion <version>' "
-        "(named from the model store), 'popularity from <version>', or 'none'",
-    )
-    fallback_loaded: bool | None = Field(
-        default=None,
-        description="whether this worker holds the fallback's bundle (reporting never loads it); the "
-        "worker's monitor thread loads a previous champion once the breaker opens, and popularity serves "
-        "until it has",
-    )
-    thresholds: dict[str, Any]
 
 
 def _check_scraper(settings: Any) -> None:

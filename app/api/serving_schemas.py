@@ -149,6 +149,25 @@ class ReloadStatus(BaseModel):
     workers: dict[str, int] | None = None
 
 
+class BreakerStatus(BaseModel):
+    state: str
+    since: str | None = None
+    reason: str
+    model_version: str | None = None
+    fallback: str | None = Field(
+        default=None,
+        description="what serves while the breaker keeps the champion out: 'previous champion <version>' "
+        "(named from the model store), 'popularity from <version>', or 'none'",
+    )
+    fallback_loaded: bool | None = Field(
+        default=None,
+        description="whether this worker holds the fallback's bundle (reporting never loads it); the "
+        "worker's monitor thread loads a previous champion once the breaker opens, and popularity serves "
+        "until it has",
+    )
+    thresholds: dict[str, Any]
+
+
 class ModelInfo(BaseModel):
     model_version: str
     served_model: str | None
@@ -156,8 +175,10 @@ class ModelInfo(BaseModel):
     loaded_at: str
     metrics: dict[str, Any]
     rating_model: str | None
-    reload: dict[str, Any]
-    breaker: dict[str, Any] | None
+    # what an admin polls after a 202: the reload's status as POST /api/admin/reload answers it,
+    # and the served version's breaker as its reset answers it (the spec said any object for both)
+    reload: ReloadStatus
+    breaker: BreakerStatus | None
     request_log: dict[str, Any]
     feedback_journal: dict[str, Any]
 
@@ -172,6 +193,7 @@ __all__ = [
     "BULK_MAX_BODY_BYTES",
     "MAX_BATCH_PREDICT",
     "MAX_BATCH_RECOMMEND",
+    "BreakerStatus",
     "Echo",
     "Gender",
     "MaxRecsQuery",

@@ -288,6 +288,17 @@ def test_model_and_reload_answer_as_documented_in_each_state(app: Any, client: A
         info = contract.call(client, "get", "/api/model", headers=headers).get_json()
         assert info["model_version"] == before["model_version"]
     assert not contract.problems, "\n".join(contract.problems)
+    # what a client polls after a 202: the spec says /api/model's ``reload`` is the reload's status
+    # (``state`` and the rest, as the reload answers it) and ``breaker`` the breaker's, as the
+    # reset answers it; it said any object for both
+    model = contract.document["components"]["schemas"]["ModelInfo"]["properties"]
+    assert contract.schema_errors(model["reload"], {}), "reload: a status without a state is documented"
+    assert contract.schema_errors(model["reload"], {"state": 1}), "reload: the state is not text"
+    assert contract.schema_errors(model["breaker"], {"reason": "x"}), "breaker: no state, no thresholds"
+    info = client.get("/api/model", headers=admin).get_json()
+    reset = contract.call(client, "post", "/api/admin/breaker/reset", json={}, headers=admin).get_json()
+    assert set(info["breaker"]) == set(reset)
+    assert set(info["reload"]) <= set(waited.get_json())
 
 
 def test_a_body_is_required_exactly_where_the_spec_says(client: Any) -> None:
