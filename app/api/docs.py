@@ -41,6 +41,8 @@ def docs() -> Any:
                         # a requirement ``{}`` makes the credential optional (/metrics)
                         "secured": bool(operation.get("security")) and {} not in operation["security"],
                         "request": _ref_name(body),
+                        # a body every field of which is optional may be left out (BODY_OPTIONAL)
+                        "request_optional": not operation.get("requestBody", {}).get("required", False),
                         "parameters": [_parameter(p) for p in operation.get("parameters", [])],
                         "responses": {
                             code: (

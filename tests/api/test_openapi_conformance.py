@@ -14,6 +14,7 @@ for and one still loading.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jsonschema_rs
@@ -323,6 +324,12 @@ def test_a_body_is_required_exactly_where_the_spec_says(client: Any) -> None:
         )
     assert optional == {"/api/logout", "/api/admin/reload", "/api/admin/breaker/reset"}
     assert not contract.problems, "\n".join(contract.problems)
+    page = client.get("/docs").get_data(as_text=True)  # and /docs, what a person reads, says so
+    for path in posts:
+        section = re.search(rf'<section class="op" id="POST-{re.escape(path)}">(.*?)</section>', page, re.S)
+        assert section, path
+        (body,) = re.findall(r"<p>Body: (.*?)</p>", section.group(1))
+        assert ("optional" in body) == (path in optional), (path, body)
 
 
 def test_the_login_limit_and_the_metrics_guards_answer_as_documented(make_app: Any) -> None:
