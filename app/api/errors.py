@@ -99,4 +99,9 @@ def _describe(error: HTTPException) -> str:
         429: "too many requests; slow down",
     }
     status = error.code or 500
+    limit = request.max_content_length
+    if status == 413 and limit is not None:
+        # the limit of the endpoint it was sent to (2 MiB for the bulk ones): what a client must
+        # know to split or trim the body, and neither the answer nor the spec said it
+        return f"request body is too large: at most {limit} bytes"
     return messages.get(status) or (error.description or error.name or "error").split("\n")[0]

@@ -92,7 +92,9 @@ _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/
 # every POST under /api/ reads a JSON body (app/api/__init__.py): these refusals apply to all of them
 _BODY_REFUSALS = {
     "411": "Length Required",  # a chunked body the server does not pass on (app/api/security.py)
-    "413": "Request Entity Too Large",
+    # the message names the limit of the endpoint; the bulk ones take max(2 MiB, the setting)
+    "413": "Request Entity Too Large: the body is over the endpoint's limit, which the message names "
+    "(MOVIEREC_MAX_BODY_BYTES, 64 KiB by default; 2 MiB for /api/predict/batch and /api/recommend/batch)",
     "415": "Unsupported Media Type",
 }
 # Endpoints whose body fields are all optional: a POST without a body is a valid request there
@@ -212,7 +214,8 @@ class _SpecTree(SpecTree):
                 responses = operation.setdefault("responses", {})
                 refusals = {**_BODY_REFUSALS, **_HEADER_REFUSAL} if method == "post" else _HEADER_REFUSAL
                 for status, description in refusals.items():
-                    responses.setdefault(status, {"description": description, "content": _ERROR_CONTENT})
+                    # the description too where a view lists the status (413 on the bulk endpoints)
+                    responses.setdefault(status, {"content": _ERROR_CONTENT})["description"] = description
                 _document_errors(path, method, responses)
                 text = _TEXT_ANSWERS.get((method, path))
                 if text is not None:

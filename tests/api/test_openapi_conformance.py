@@ -352,3 +352,23 @@ def test_the_login_limit_and_the_metrics_guards_answer_as_documented(make_app: A
     guarded = make_app(metrics_allow_cidrs="192.0.2.0/24").test_client()
     assert contract.call(guarded, "get", "/metrics").status_code == 403
     assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_a_body_over_the_limit_is_told_the_limit(make_app: Any) -> None:
+    """A 413 said only "request body is too large": a client splitting a batch (or trimming a body)
+    could learn the limit neither from the answer nor from the spec. The message names the limit of
+    the endpoint it was sent to, and the spec's 413 says where the limits come from."""
+    client = make_app(max_body_bytes=32 * 1024).test_client()
+    contract = _contract(client)
+    user, admin = login(client), login(client, ADMIN_PASSWORD)
+    posts = sorted(path for method, path in _every_operation(contract) if method == "post")
+    too_large = b'{"x": "' + b"x" * 3 * 1024 * 1024 + b'"}'
+    for path in posts:
+        headers = {**(admin if path.startswith("/api/admin/") else user), **JSON_TYPE}
+        answer = contract.call(client, "post", path, data=too_large, headers=headers)
+        assert answer.status_code == 413, path
+        limit = 2 * 1024 * 1024 if path.endswith("/batch") else 32 * 1024
+        assert f"at most {limit} bytes" in answer.get_json()["error"]["message"], path
+        description = contract.paths[path]["post"]["responses"]["413"]["description"]
+        assert "MOVIEREC_MAX_BODY_BYTES" in description and "2 MiB" in description, path
+    assert not contract.problems, "\n".join(contract.problems)
