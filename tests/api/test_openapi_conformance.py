@@ -372,3 +372,12 @@ def test_a_body_over_the_limit_is_told_the_limit(make_app: Any) -> None:
         description = contract.paths[path]["post"]["responses"]["413"]["description"]
         assert "MOVIEREC_MAX_BODY_BYTES" in description and "2 MiB" in description, path
     assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_every_schema_of_the_spec_is_valid_json_schema_and_every_reference_resolves(client: Any) -> None:
+    """The answers above are validated with these schemas: each must itself be valid 2020-12."""
+    contract = _contract(client)
+    schemas = contract.document["components"]["schemas"]
+    assert [name for name, schema in schemas.items() if not jsonschema_rs.meta.is_valid(schema)] == []
+    referenced = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(contract.document)))
+    assert referenced and referenced <= set(schemas), sorted(referenced - set(schemas))
