@@ -282,9 +282,8 @@ def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | Non
             click.echo(("\n" if index else "") + format_table(report))
             try:
                 json_path, png_path = write_report(report, path)
-            except (
-                OSError
-            ) as exc:  # a full disk, or the file replaced meanwhile: the table above stays printed
+            # a full disk, or the file replaced meanwhile: the table above stays printed
+            except OSError as exc:
                 raise click.ClickException(f"--out {path} cannot be written: {exc}") from exc
             click.echo(f"report: {json_path}  plot: {png_path}")
 
