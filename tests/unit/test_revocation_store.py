@@ -140,7 +140,9 @@ def test_a_logout_made_while_the_database_was_down_reaches_it_when_it_answers(tm
     database.dispose()
 
 
-def test_logouts_during_a_database_outage_are_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_logouts_during_a_database_outage_are_one_warning(
+    caplog: pytest.LogCaptureFixture, local_redis_url: str
+) -> None:
     """With Redis up, each logout during an outage is answered (the revocation is kept for the
     table and written when it answers), and each wrote its own WARNING: every client logging
     out, or one logging in and out in a loop, was a line of its own, each a candidate alert."""
@@ -148,7 +150,7 @@ def test_logouts_during_a_database_outage_are_one_warning(caplog: pytest.LogCapt
     from datetime import UTC, datetime, timedelta
 
     database = Database(f"postgresql+psycopg://movierec@127.0.0.1:{_closed_port()}/movierec")
-    store = RevocationStore(database, "redis://127.0.0.1:6379/0")
+    store = RevocationStore(database, local_redis_url)
     caplog.set_level(logging.WARNING, logger="app.services.revocation")
     for _ in range(5):
         store.revoke(f"h19-{uuid.uuid4().hex}", datetime.now(UTC) + timedelta(seconds=5))
