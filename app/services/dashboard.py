@@ -304,28 +304,13 @@ def feedback_for_request(db: Database, request_id: str) -> dict[str, float]:
 
 
 def monitoring_panels(services: Any) -> dict[str, Panel]:
-    """Drift, circuit breaker and alerts: shown when the monitoring components exist.
-
-    These come from app/monitoring (issue 6). Until a component is built and wired into
-    the app's services, its panel says so instead of showing a number.
-    """
+    """Drift, circuit breaker and alerts: the views install_monitoring (app/monitoring/online.py)
+    wires into every app's services."""
     return {
-        "drift": _component_panel(services, "drift", "Drift of request demographics (PSI)"),
-        "breaker": _component_panel(services, "breaker", "Circuit breaker"),
-        "alerts": _component_panel(services, "alerts", "Recent alerts"),
+        "drift": Panel("Drift of request demographics (PSI)", services.drift.status()),
+        "breaker": Panel("Circuit breaker", services.breaker.status()),
+        "alerts": Panel("Recent alerts", services.alerts.status()),
     }
-
-
-def _component_panel(services: Any, name: str, title: str) -> Panel:
-    component = getattr(services, name, None)
-    if component is None:
-        return Panel.missing(
-            title, f"The {name} monitor is not part of this service yet (app/monitoring, issue 6)."
-        )
-    status = getattr(component, "status", None)
-    if not callable(status):
-        return Panel.missing(title, f"The {name} monitor does not report a status.")
-    return Panel(title, status())
 
 
 def breaker_history(alerts: Panel) -> list[dict[str, Any]]:
