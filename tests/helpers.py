@@ -172,13 +172,14 @@ def held_by_another_thread(lock: Any) -> Iterator[None]:
 
 
 def record_calls(monkeypatch: Any, owner: Any, name: str) -> list[tuple[Any, ...]]:
-    """The arguments of each call of ``owner.<name>`` from now on, in order; the call still runs."""
+    """The positional arguments of each call of ``owner.<name>`` from now on, in order; the call
+    still runs (keyword arguments reach it too)."""
     calls: list[tuple[Any, ...]] = []
     real = getattr(owner, name)
 
-    def recording(*args: Any) -> Any:
+    def recording(*args: Any, **kwargs: Any) -> Any:
         calls.append(args)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, recording)
     return calls
