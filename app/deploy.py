@@ -334,6 +334,7 @@ class DeployConfig:
     error_tolerance: float | None = None
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     build: bool = True
+    model_version: str | None = None  # the model the new container must serve (--model-version)
     secrets_root: Path = field(default_factory=lambda: default_secrets_root(os.environ))
 
     @property
@@ -808,7 +809,7 @@ class Deployer:
         self.stop_timeout = stop_timeout_seconds(secrets_.environment)  # refused before anything moves
         tagged_before = self.docker.image_id(cfg.image_ref)  # a rebuild moves the tag to the new image
         image_existed = tagged_before is not None
-        self.model_version = None
+        self.model_version = cfg.model_version
         if cfg.build:
             self.build()
         elif not image_existed:
@@ -873,6 +874,12 @@ class Deployer:
     def build(self) -> None:
         cfg = self.cfg
         model = model_source(cfg.model_file)
+        built = bundle_version(model)
+        if cfg.model_version is not None and built is not None and built != cfg.model_version:
+            raise DeployError(
+                f"--model-version {cfg.model_version} is not the model {model} holds ({built}). "
+                "Nothing was built or deployed."
+            )
         tested = str(cfg.model_file) if model == cfg.model_file else f"{model}, {cfg.model_file}'s latest"
         with staged_in_context([model, cfg.test_data_file], cfg.context) as (model_rel, test_rel):
             self.say(f"building {cfg.image_ref} (the accuracy test of {tested} runs inside the build)")
@@ -882,7 +889,7 @@ class Deployer:
                 f"building {cfg.image_ref} failed (exit {result.returncode}): "
                 f"{build_verdict(result.stdout or '')}. Nothing was deployed."
             )
-        self.model_version = bundle_version(model)
+        self.model_version = built or cfg.model_version
         if self.model_version is None:
             self.say(
                 f"{model} names no model version before the build converts it: the one served is not checked"
@@ -1048,13 +1055,12 @@ class Deployer:
         if self.model_version is None:
             return
         name = self.cfg.container_name
+        which = "the one built and tested" if self.cfg.build else "the one given with --model-version"
         result = self.docker("exec", name, *MODEL_CHECK, self.model_version)
         if result.returncode != 0:
             why = (result.stderr or result.stdout).strip()
-            raise DeployError(
-                f"{name} does not serve model {self.model_version}, the one built and tested: {why}"
-            )
-        self.say(f"{name} serves model {self.model_version}, the one built and tested")
+            raise DeployError(f"{name} does not serve model {self.model_version}, {which}: {why}")
+        self.say(f"{name} serves model {self.model_version}, {which}")
 
     def print_logs(self) -> None:
         """The errors in the new container's log, then its last lines."""
@@ -1492,6 +1498,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="where the containers' secret files are kept (default: $XDG_STATE_HOME/movierec/secrets)",
     )  # fmt: skip
     parser.add_argument("--no-build", action="store_true", help="deploy an existing IMAGE_NAME:IMAGE_VERSION")
+    parser.add_argument(
+        "--model-version", default=None, metavar="VERSION",
+        help="the model the new container must serve (default: MODEL_FILE's, when built here; "
+        "with --no-build, none is checked without it)",
+    )  # fmt: skip
     parser.add_argument("--docker", default=os.environ.get("DOCKER", "docker"), help="docker CLI to use")
     args = parser.parse_args(argv)
     # what Docker would refuse is a usage error now, not a failure after the build (minutes)
@@ -1502,6 +1513,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("--secrets-dir", lambda: check_secrets_root(
             (args.secrets_dir or default_secrets_root(os.environ)).expanduser().absolute())),
     ]  # fmt: skip
+    if args.model_version is not None:  # an empty one (a pipeline's missing artifact) checks nothing
+        checks.append(("--model-version", lambda: _a_model_version(args.model_version)))
     if not args.no_build:  # the accuracy test's data, refused inside the build otherwise
         checks.append(
             ("TEST_DATA_FILE", lambda: _not_a_directory(args.test_data_file, "the accuracy test's JSON"))
@@ -1512,6 +1525,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         except DeployError as exc:
             parser.error(str(exc) if option in str(exc) else f"{option}: {exc}")
     return args
+
+
+def _a_model_version(version: str) -> None:
+    if not version.strip() or version != version.strip():
+        raise DeployError(f"{version!r} is not a model version")
 
 
 def _not_a_directory(path: Path, what: str) -> None:
@@ -1535,6 +1553,7 @@ def config_from_args(args: argparse.Namespace) -> DeployConfig:
         error_tolerance=args.error_tolerance,
         health_timeout=args.health_timeout,
         build=not args.no_build,
+        model_version=args.model_version,
         secrets_root=args.secrets_dir or default_secrets_root(os.environ),
     )
 

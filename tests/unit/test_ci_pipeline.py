@@ -153,6 +153,22 @@ def test_the_lint_step_runs_every_check_make_lint_runs() -> None:
             assert [arguments] == [words[1:] for words in ran], (tool, ran)
 
 
+def _trained(clone: Path, version: str) -> None:
+    """model/latest in ``clone``: a bundle of ``version``, as `movierec train` leaves it."""
+    bundle = clone / "model" / version
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text(json.dumps({"version": version}))
+    (clone / "model" / "latest").symlink_to(version)
+
+
+def _version_command() -> str:
+    """The image step's command that writes model/latest's version to model-version.txt."""
+    step = _step("Build the image")
+    (command,) = [c for c in step["script"] if isinstance(c, str) and "> model-version.txt" in c]
+    assert "model-version.txt" in step["artifacts"]  # the later steps get it
+    return command
+
+
 @pytest.mark.parametrize(("built", "passes"), [("v1", True), ("v2", False)])
 def test_the_smoke_test_checks_the_image_serves_the_model_it_was_built_with(
     tmp_path: Path, built: str, passes: bool
@@ -169,13 +185,11 @@ def test_the_smoke_test_checks_the_image_serves_the_model_it_was_built_with(
     step = _step("Build the image")
     (smoke,) = [c for c in step["script"] if isinstance(c, str) and "app.deploy smoke" in c]
     assert "http://127.0.0.1:8000" in smoke
-    bundle = tmp_path / "model" / built
-    bundle.mkdir(parents=True)
-    (bundle / "manifest.json").write_text(json.dumps({"version": built}))
-    (tmp_path / "model" / "latest").symlink_to(built)
+    _trained(tmp_path, built)
     bin_dir = Path(sys.executable).parent
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "SESSION_PASSWORD": PASSWORD,
            "HOME": os.environ.get("HOME", str(tmp_path))}  # fmt: skip
+    subprocess.run(["sh", "-c", _version_command()], env=env, cwd=tmp_path, check=True)
     api = _SeedApi()  # /health/ready: model v1
     try:
         done = subprocess.run(
@@ -187,3 +201,64 @@ def test_the_smoke_test_checks_the_image_serves_the_model_it_was_built_with(
     assert (done.returncode == 0) == passes, done.stdout + done.stderr
     if not passes:
         assert "serves model 'v1', not the 'v2' expected" in done.stderr
+
+
+def _deploy_step() -> dict[str, Any]:
+    (step,) = [
+        item["step"] for item in PIPELINES["pipelines"]["branches"]["main"]
+        if item["step"].get("deployment") == "production"
+    ]  # fmt: skip
+    return step
+
+
+def _server_command(clone: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The production step's script run by a shell in ``clone`` (the image step's artifacts in
+    it), then its pipe's COMMAND as Pipelines gives it to the server: its ``$NAME``s replaced by
+    the values the script left in the environment. The deploy-docker.py words of that command."""
+    import re
+
+    step = _deploy_step()
+    script = "\n".join(c for c in step["script"] if isinstance(c, str))
+    (pipe,) = [c for c in step["script"] if isinstance(c, dict)]
+    env = {"PATH": "/usr/bin:/bin", "BITBUCKET_COMMIT": "0123abc", "DOCKER_REGISTRY": "registry.example"}
+    done = subprocess.run(
+        ["sh", "-ec", script + '\nenv -0'], env=env, cwd=clone, capture_output=True, text=True
+    )  # fmt: skip
+    if done.returncode != 0:
+        return done, []
+    left = dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
+    command = re.sub(
+        r"\$\{(\w+)\}|\$(\w+)", lambda m: left.get(m[1] or m[2], ""), pipe["variables"]["COMMAND"]
+    )
+    words = shlex.split(command)
+    start = next(i for i, word in enumerate(words) if word.endswith("deploy-docker.py"))
+    return done, words[start + 1 :]
+
+
+def test_the_production_deployment_checks_the_model_version_the_image_step_baked_in(tmp_path: Path) -> None:
+    """The production step ran deploy-docker.py with --no-build and no model version: the container
+    it started was checked for health only, whatever model it served. The image step's version of
+    model/latest reaches it as an artifact, and deploy-docker.py gets it as --model-version."""
+    from app.deploy import parse_args
+
+    _trained(tmp_path, "20261206T170903-79b81c")
+    subprocess.run(["sh", "-c", _version_command()], cwd=tmp_path, check=True)
+    (tmp_path / "model").rename(tmp_path / "trained")  # the deploy step's clone has no model
+    done, argv = _server_command(tmp_path)
+    assert done.returncode == 0, done.stderr
+    args = parse_args(argv)
+    assert args.no_build and args.model_version == "20261206T170903-79b81c"
+    assert (args.image_name, args.image_version) == ("registry.example/movierec", "0123abc")
+
+
+@pytest.mark.parametrize("version", [None, "", 'v2"; touch pwned; "', "v2\nv3"])
+def test_the_production_deployment_stops_without_a_safe_model_version(
+    tmp_path: Path, version: str | None
+) -> None:
+    """No artifact, an empty one, or one that would be shell code on the server: the step fails
+    before it runs anything there."""
+    if version is not None:
+        (tmp_path / "model-version.txt").write_text(version + "\n")
+    done, argv = _server_command(tmp_path)
+    assert done.returncode != 0 and argv == []
+    assert not (tmp_path / "pwned").exists()

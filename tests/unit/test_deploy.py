@@ -961,6 +961,69 @@ def test_no_model_version_is_checked_for_an_image_not_built_here(tmp_path: Path)
     assert "exec" not in engine.verbs()
 
 
+@pytest.mark.parametrize("served", ["20261206-v2", "20261101-stale"])
+def test_no_build_checks_the_model_version_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served: str
+) -> None:
+    """--no-build (the pipeline's production deploy) checked no model version: a container serving
+    another model than the image step tested was kept. --model-version names the one it must serve;
+    another is rolled back like an unhealthy container."""
+    cfg = make_cfg(tmp_path)
+    engine = FakeEngine(
+        images={"movierec:1.0", "movierec:2.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy", model_version="v1")},
+        served_model=served,
+    )
+    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
+    rc = deploy.main(
+        ["movierec", "2.0", "model/latest", "model/latest/test_data.json", "--no-build",
+         "--model-version", "20261206-v2", "--port-mapping", "127.0.0.1:8080", "--health-timeout", "5",
+         "--secrets-dir", str(cfg.secrets_root)],
+        environ={"SESSION_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    assert ["exec", "movierec", *deploy.MODEL_CHECK, "20261206-v2"] in engine.calls
+    assert rc == (0 if served == "20261206-v2" else 1)
+    assert engine.containers["movierec"].image == ("movierec:2.0" if rc == 0 else "movierec:1.0")
+    assert engine.containers["movierec"].status == "running"
+
+
+def test_a_model_version_given_is_checked_after_a_build_and_must_be_the_one_built(tmp_path: Path) -> None:
+    """With a build, --model-version names the model checked (the one a model.pkl is given by the
+    build), and one that is not MODEL_FILE's version is refused before anything is built or moved."""
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy", model_version="v1")},
+        served_model="20261206-v2",
+    )
+    deployer, _ = make_deployer(_versioned_cfg(tmp_path, model_version="20261101-other"), engine)
+    with pytest.raises(DeployError, match=r"--model-version 20261101-other is not .*\(20261206-v2\)"):
+        deployer.deploy(secrets_())
+    assert not {"build", "run", "stop", "rename"} & set(engine.verbs())
+    assert engine.containers["movierec"].status == "running" and engine.images == {"movierec:1.0"}
+    # a bundle of the same version, or one naming none (converted by the build): checked as given
+    for manifest in ({"version": "20261206-v2"}, {}):
+        engine = FakeEngine(images={"movierec:1.0"}, served_model="20261206-v2")
+        cfg = make_cfg(tmp_path / str(len(manifest)), model_version="20261206-v2")
+        (cfg.model_file / "manifest.json").write_text(json.dumps(manifest))
+        deployer, out = make_deployer(cfg, engine)
+        deployer.deploy(secrets_())
+        assert ["exec", "movierec", *deploy.MODEL_CHECK, "20261206-v2"] in engine.calls
+        assert "movierec serves model 20261206-v2, the one built and tested" in out.getvalue()
+
+
+@pytest.mark.parametrize("value", ["", " ", " v2"])
+def test_an_empty_model_version_is_a_usage_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty --model-version (a pipeline whose version file was missing) would check nothing."""
+    from app.deploy import parse_args
+
+    positional = ["movierec", "1.0", "model", "test_data.json", "--no-build"]
+    with pytest.raises(SystemExit) as exited:
+        parse_args([*positional, "--model-version", value])
+    assert exited.value.code == 2
+    assert "--model-version" in capsys.readouterr().err
+    assert parse_args([*positional, "--model-version", "v2"]).model_version == "v2"
+
+
 def test_the_version_built_is_read_from_a_bundle_an_archive_or_not_at_all(tmp_path: Path) -> None:
     bundle = tmp_path / "20261206-v2"
     bundle.mkdir()
