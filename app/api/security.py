@@ -10,7 +10,8 @@
   header, not cookies, so an exact-match allow-list without credentials is all a browser client
   needs, and no origin is trusted by default. ``null``, ``*`` and entries that could never equal
   a browser's ``Origin`` header are refused at start (:func:`app.config.parse_origins`).
-* ``/api/login`` is rate-limited per client address with Flask-Limiter: Redis storage when
+* ``/api/login`` is rate-limited per client address with Flask-Limiter, counting wrong passwords
+  only (:func:`is_failed_login`): Redis storage when
   ``MOVIEREC_REDIS_URL`` is set (so every replica counts the same attempts), memory otherwise,
   where each uwsgi worker counts its share of the budget (:func:`share_of_limit`); if Redis
   stops answering, the limiter falls back to memory instead of failing logins, each worker
@@ -123,7 +124,11 @@ def init_security(app: Flask, settings: Settings) -> None:
     )
     login_rate = login_budget(limiter, settings.login_rate_limit, settings.redis_url is not None)
     login_limit = limiter.shared_limit(
-        login_rate, scope="login", methods=["POST"], error_message="too many login attempts"
+        login_rate,
+        scope="login",
+        methods=["POST"],
+        error_message="too many login attempts",
+        deduct_when=is_failed_login,
     )
     for endpoint in LOGIN_ENDPOINTS:
         if endpoint in app.view_functions:
@@ -133,6 +138,19 @@ def init_security(app: Flask, settings: Settings) -> None:
     # over the limit
     app.before_request_funcs.setdefault(None, []).insert(0, refuse_oversized_streams)
     app.before_request_funcs[None].insert(0, refuse_oversized_headers)
+
+
+def is_failed_login(response: Response) -> bool:
+    """Whether a login answer spends one try of the budget: only a wrong password (401) does.
+
+    Every login counted, right password or not: an office or a CI system behind one NAT address
+    that logged in 11 times a minute got 429 with the default budget although no password was
+    wrong. The budget is still checked before every attempt, so once it is spent on wrong
+    passwords the right one is refused too until the window passes. An attempt is counted when
+    it is answered, so attempts in flight together are each checked before any of them counts:
+    an address can get past the budget by at most the requests an instance serves at once.
+    """
+    return response.status_code == 401
 
 
 def login_budget(limiter: Limiter, limit: str, shared: bool) -> str | Callable[[], str]:

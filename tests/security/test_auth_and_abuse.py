@@ -227,6 +227,30 @@ def test_login_is_rate_limited_per_client_address(make_app: Any) -> None:
     )
 
 
+def test_only_wrong_passwords_spend_the_login_budget(make_app: Any) -> None:
+    """Every login counted against the per-address budget, right password or not: an office or a
+    CI system behind one NAT address that logged in 11 times a minute got 429 although no
+    password was wrong. Only a wrong password (401) counts now, at the API and the web form
+    alike; once the budget is spent on wrong ones, the right password is refused as well until
+    the window passes, so guessing is slowed as before."""
+    client = make_app(login_rate_limit="10 per minute").test_client()
+    here = {"REMOTE_ADDR": "203.0.113.11"}
+
+    def attempt(password: str, path: str = "/api/login") -> int:
+        if path == "/api/login":
+            answer = client.post(path, json={"session_password": password}, environ_base=here)
+        else:
+            answer = client.post(path, data={"session_password": password}, environ_base=here)
+        return int(answer.status_code)
+
+    assert [attempt(SESSION_PASSWORD) for _ in range(11)] == [200] * 11
+    assert [attempt(ADMIN_PASSWORD, "/ui/login") for _ in range(11)] == [303] * 11
+    wrong = [attempt("guess", path) for path in ["/api/login", "/ui/login"] * 5]
+    assert wrong == [401] * 10
+    assert attempt(SESSION_PASSWORD) == 429 and attempt(SESSION_PASSWORD, "/ui/login") == 429
+    assert client.post("/api/login", json={"session_password": SESSION_PASSWORD}).status_code == 200
+
+
 def test_the_login_limit_says_it_is_the_login_budget_in_the_envelope_with_retry_after(make_app: Any) -> None:
     """The limit is configured with the message "too many login attempts", and the 429 said the
     generic "too many requests; slow down": a client could not tell its login budget was spent."""
@@ -311,7 +335,11 @@ def test_retry_after_only_on_refusals(make_app: Any) -> None:
     client = make_app(login_rate_limit="5 per minute").test_client()
     ok = client.post("/api/login", json={"session_password": SESSION_PASSWORD})
     assert ok.status_code == 200 and "Retry-After" not in ok.headers
-    assert ok.headers["X-RateLimit-Limit"] == "5" and ok.headers["X-RateLimit-Remaining"] == "4"
+    # a right password spends nothing of the budget, a wrong one spends one try
+    assert ok.headers["X-RateLimit-Limit"] == "5" and ok.headers["X-RateLimit-Remaining"] == "5"
+    wrong = client.post("/api/login", json={"session_password": "guess"})
+    assert wrong.status_code == 401 and "Retry-After" not in wrong.headers
+    assert wrong.headers["X-RateLimit-Remaining"] == "4"
 
 
 # ------------------------------------------------------------------ tokens
