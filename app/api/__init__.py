@@ -12,6 +12,7 @@ from werkzeug.exceptions import BadRequest
 from app.api import auth, docs, health, monitoring, recommend, security, ui
 from app.api.errors import envelope, not_a_json_object, register_error_handlers
 from app.api.json_provider import number_out_of_range
+from app.api.schemas import invalid_request
 from app.api.serving import register_serving
 from app.api.spec import BODY_OPTIONAL, spec
 from app.config import JWT_LEEWAY_SECONDS, Settings
@@ -182,9 +183,7 @@ def _refuse_query() -> None:
         return
     names = sorted(set(request.args.keys()))
     if names:
-        raise InvalidRequest(
-            f"invalid request: check {', '.join(names)}", fields=dict.fromkeys(names, "unknown field")
-        )
+        raise invalid_request(dict.fromkeys(names, "unknown field"))
 
 
 def register_api(app: Flask, settings: Settings, jwt_secret: str) -> None:

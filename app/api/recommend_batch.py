@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from spectree import Response
 
 from app.api.errors import not_a_json_object
-from app.api.schemas import ErrorResponse, RecommendRequest, field_errors
+from app.api.schemas import ErrorResponse, RecommendRequest, field_errors, invalid_request
 from app.api.serving_schemas import RecommendBatchRequest, RecommendBatchResponse
 from app.api.spec import BEARER, spec
 from app.errors import ApiError
@@ -55,10 +55,7 @@ def recommend_batch(json: RecommendBatchRequest) -> Any:
         try:
             request = RecommendRequest.model_validate(item)
         except ValidationError as exc:
-            fields = field_errors(exc.errors())  # type: ignore[arg-type]
-            results.append(
-                _error(ApiError(f"invalid request: check {', '.join(sorted(fields))}", fields=fields))
-            )
+            results.append(_error(invalid_request(field_errors(exc.errors()))))  # type: ignore[arg-type]
             continue
         query = request.query()
         try:

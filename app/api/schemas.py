@@ -7,6 +7,7 @@ the converting validator so the spec keeps ``minimum``/``maximum`` (LIBRARY-NOTE
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,6 +22,7 @@ from pydantic import (
 )
 
 from app.config import MAX_PASSWORD_LENGTH, MAX_RECS
+from app.errors import InvalidRequest
 from app.recommender.bundle import VERSION_MAX_LENGTH, RecommendQuery
 from app.recommender.features import MAX_ID, integral
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
@@ -199,6 +201,22 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+def invalid_request(fields: dict[str, str]) -> InvalidRequest:
+    """The 400 naming every field of ``fields`` (invalid, unknown) in its message, sorted.
+
+    A name that would not read as one field there is quoted as JSON: an unknown field named ""
+    was told "invalid request: check " with nothing after it, and one named " " or "a, b" could
+    not be told from the separator or from two fields. ``fields`` keeps each name as sent.
+    """
+    names = ", ".join(_readable_name(name) for name in sorted(fields))
+    return InvalidRequest(f"invalid request: check {names}", fields=fields)
+
+
+def _readable_name(name: str) -> str:
+    plain = name.isprintable() and name == name.strip() and name != "" and "," not in name
+    return name if plain else json.dumps(name, ensure_ascii=False)
 
 
 def field_errors(errors: list[dict[str, Any]]) -> dict[str, str]:

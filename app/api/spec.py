@@ -17,8 +17,8 @@ from spectree.model_adapter.pydantic_adapter import PydanticModelAdapter
 from spectree.models import SecureType, SecuritySchemeData
 from spectree.plugins.flask_plugin import FlaskPlugin
 
-from app.api.schemas import ErrorResponse, field_errors
-from app.errors import CODES, ApiError, InvalidRequest
+from app.api.schemas import ErrorResponse, field_errors, invalid_request
+from app.errors import CODES, ApiError
 from app.recommender.features import MAX_ID
 from app.services.reload import InvalidBundle, ReloadIncomplete, ReloadInProgress, ReloadSuperseded
 
@@ -27,9 +27,7 @@ def _raise_validation_error(
     _req: Any, _resp: Any, error: Exception | None, _instance: Any, adapter: Any
 ) -> None:
     if error is not None:
-        fields = field_errors(adapter.validation_errors(error))
-        names = ", ".join(sorted(fields))
-        raise InvalidRequest(f"invalid request: check {names}", fields=fields)
+        raise invalid_request(field_errors(adapter.validation_errors(error)))
 
 
 VALIDATE_RESPONSES = "MOVIEREC_VALIDATE_RESPONSES"

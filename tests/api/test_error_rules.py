@@ -58,3 +58,28 @@ def test_rules_state_the_limits_the_schemas_enforce() -> None:
     assert "1,000" in FIELD_RULES["requests"]
     assert "1024" in FIELD_RULES["session_password"]
     assert "128" in FIELD_RULES["version"]
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [("", '""'), (" ", '" "'), ("a, b", '"a, b"'), ("colour", "colour"), ("âge", "âge")],
+)
+def test_an_unknown_field_is_named_readably_in_the_message(
+    client: Any, auth_headers: dict, name: str, shown: str
+) -> None:
+    """An unknown field named "" was told "invalid request: check " with nothing after it, and one
+    named " " or "a, b" could not be told from the separator or from two fields. Such a name is
+    quoted in the message (body, batch item and query string alike); ``fields`` keeps the name
+    as sent."""
+    expected = f"invalid request: check {shown}"
+    body = client.post("/api/recommend", json={**PROFILE, name: 1}, headers=auth_headers).get_json()
+    assert body["error"]["message"] == expected and body["error"]["fields"] == {name: "unknown field"}
+    batch = client.post(
+        "/api/recommend/batch", json={"requests": [{**PROFILE, name: 1}]}, headers=auth_headers
+    ).get_json()
+    (item,) = batch["results"]
+    assert item["error"]["message"] == expected and item["error"]["fields"] == {name: "unknown field"}
+    query = client.post(
+        "/api/recommend", query_string={name: "1"}, json=PROFILE, headers=auth_headers
+    ).get_json()
+    assert query["error"]["message"] == expected and query["error"]["fields"] == {name: "unknown field"}
