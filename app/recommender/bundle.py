@@ -1073,11 +1073,6 @@ def _load_pickle(path: Path, catalogue_fallback: pd.DataFrame | None, unpickled:
     whatever lay beside it). ``unpickled``: the file's object, when the caller has it already.
     """
     model = unpickle_model(path) if unpickled is None else unpickled
-    return pickled_bundle(model, path, catalogue_fallback)
-
-
-def pickled_bundle(model: Any, path: Path, catalogue_fallback: pd.DataFrame | None = None) -> LoadedBundle:
-    """The bundle of ``model``, the object unpickled from the model file ``path`` (:func:`_load_pickle`)."""
     sidecar = path.parent / "catalogue.csv"
     if sidecar.is_file():
         try:
