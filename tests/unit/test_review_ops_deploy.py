@@ -81,12 +81,18 @@ def test_sigterm_during_deploy_rolls_back_and_exits_130(
         script=[("running", "starting", 0)],
     )
     engine.signum = signum
-    before = signal.getsignal(signum)
-    assert interrupted_deploy(cfg, engine, monkeypatch) == 130
-    assert "interrupted" in capsys.readouterr().err
-    assert engine.containers["movierec"].image == "movierec:1.0"
-    assert engine.containers["movierec"].status == "running"
-    assert signal.getsignal(signum) == before
+    # a test run started under nohup ignores SIGHUP, and main keeps an ignored SIGHUP ignored (as it
+    # should): the signal raised below would then be lost and the health wait run out (CI under nohup)
+    inherited = signal.signal(signum, signal.SIG_DFL)
+    try:
+        before = signal.getsignal(signum)
+        assert interrupted_deploy(cfg, engine, monkeypatch) == 130
+        assert "interrupted" in capsys.readouterr().err
+        assert engine.containers["movierec"].image == "movierec:1.0"
+        assert engine.containers["movierec"].status == "running"
+        assert signal.getsignal(signum) == before
+    finally:
+        signal.signal(signum, inherited)
 
 
 def test_missing_docker_cli_is_a_clear_error_not_a_traceback(
