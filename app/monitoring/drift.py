@@ -14,7 +14,12 @@ infinite). Rules of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major s
 The training distribution is written into the bundle manifest at training time
 (``manifest["training_distribution"]``, from :func:`demographic_distribution`); bundles
 written before that have none, and drift is then reported as ``unknown``, never guessed.
-Pure functions only (NumPy-free, no Flask, no database), so the training code may import it.
+It is the MovieLens users' alone: the population the offline metrics (protocol A, the
+promotion gate) are measured on. The synthetic feedback users of a training set (one per
+scored anonymous request) train the models but are the request population itself, so they
+are left out: with them, traffic of one profile that scored its lists became most of the
+reference at the next retrain, and its own drift read as stable.
+Pure functions only (no Flask, no database), so the training code may import it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.recommender.data import is_feedback_user
 from app.recommender.segments import AGE_BUCKET_LABELS, GENDERS, OCCUPATIONS, age_bucket
 
 EPSILON = 1e-4
@@ -76,9 +82,13 @@ def shares(counts: Mapping[str, int | float]) -> dict[str, float]:
 def demographic_distribution(users: Any) -> dict[str, Any]:
     """The training population's shares per feature, for the bundle manifest.
 
-    ``users`` is the MovieLens users table (a DataFrame with ``age``, ``gender``,
-    ``occupation``); each user counts once, as each person asking counts once per request.
+    ``users`` is a training set's users table (a DataFrame with ``user_id``, ``age``,
+    ``gender``, ``occupation``); each MovieLens user counts once, as each person asking counts
+    once per request. Feedback users (:func:`~app.recommender.data.is_feedback_user`) are left
+    out: they are requests already served (module docstring), and until 2026-12-06 they were
+    counted, so the reference moved towards the traffic it is compared with at every retrain.
     """
+    users = users[~is_feedback_user(users["user_id"])]
     rows = zip(users["age"].tolist(), users["gender"].tolist(), users["occupation"].tolist(), strict=True)
     counts = count_profiles((age, gender, occupation, 1) for age, gender, occupation in rows)
     n = sum(counts["gender"].values())

@@ -10,6 +10,7 @@ import pytest
 from app.monitoring.drift import (
     CATEGORIES,
     EPSILON,
+    MANIFEST_KEY,
     count_profiles,
     demographic_distribution,
     evaluate_drift,
@@ -63,6 +64,7 @@ def test_count_profiles_buckets_ages_and_skips_incomplete_profiles() -> None:
 def test_demographic_distribution_of_a_users_table() -> None:
     users = pd.DataFrame(
         {
+            "user_id": [1, 2, 3, 4],
             "age": [20, 22, 40, 60],
             "gender": ["M", "F", "F", "F"],
             "occupation": ["student", "student", "doctor", "retired"],
@@ -130,3 +132,39 @@ def test_a_bundle_the_pipeline_writes_carries_its_training_distribution(syntheti
     assert manifest[MANIFEST_KEY] == demographic_distribution(synthetic_data.users)
     counts = count_profiles([(30, "M", "writer", 300)])
     assert evaluate_drift(manifest[MANIFEST_KEY], counts).status != "unknown"
+
+
+def test_the_drift_reference_is_the_movielens_users_not_the_feedback_users(synthetic_data) -> None:  # type: ignore[no-untyped-def]
+    """The reference was every user of the training set, the synthetic feedback users included:
+    one per scored anonymous request, i.e. the request population itself. Traffic of one profile
+    scoring its lists made that profile the reference's majority at the next retrain, so the
+    drift of that very traffic read as "ok" while the offline metrics (protocol A, the gate:
+    MovieLens users only, EVALUATION.md) still described the MovieLens population alone."""
+    from app.pipeline.ingest import merge_feedback
+    from app.recommender.data import FEEDBACK_USER_BASE
+    from app.recommender.training import data_manifest
+
+    raw = synthetic_data
+    n_feedback = 3 * len(raw.users)
+    movie = int(raw.items["movie_id"].iloc[0])
+    feedback_users = pd.DataFrame(
+        {
+            "user_id": [FEEDBACK_USER_BASE + n for n in range(1, n_feedback + 1)],
+            "age": 20,
+            "gender": "F",
+            "occupation": "student",
+            "zip_code": "",
+        }
+    )
+    ratings = pd.DataFrame(
+        {"user_id": feedback_users["user_id"], "movie_id": movie, "rating": 5.0, "timestamp": 1}
+    )
+    trained = merge_feedback(raw, ratings, feedback_users)
+    assert len(trained.users) == len(raw.users) + n_feedback  # they do train the models
+
+    reference = data_manifest(trained)[MANIFEST_KEY]
+    assert reference == demographic_distribution(raw.users)
+    assert reference["n"] == len(raw.users)
+    # the traffic those feedback users came from is still drift against the reference
+    traffic = count_profiles([(20, "F", "student", 300)])
+    assert evaluate_drift(reference, traffic).status == "drift"
