@@ -498,7 +498,9 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     flag_numbers = flag_values.apply(_numbers)
     _require("u.item", "genre flags", flag_values, flag_numbers.isin([0, 1]).all(axis=1), "must be 0 or 1")
     flags = flag_numbers.to_numpy(dtype=bool)
-    genres = ["|".join(g for g, on in zip(GENRES, row, strict=True) if on) for row in flags]
+    # No flag set is GroupLens' own "unknown" genre (as an empty recbole class is): joined as '',
+    # it failed the features of every user ("unknown genres in the catalogue: ['']").
+    genres = ["|".join(g for g, on in zip(GENRES, row, strict=True) if on) or "unknown" for row in flags]
     # An empty date is no year (GroupLens' movie 267, "unknown", has none); any other that is no
     # date (32-Foo-1995) was "no year" as silently, where every other bad field is refused.
     written = raw_items["release_date"].astype("string").str.strip().fillna("")
@@ -574,7 +576,8 @@ def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     # the features fail later with a bare ValueError, after `movierec data fetch` had cached it.
     known_genres = [all(g in GENRES for g in str(cls).split()) for cls in item["class"]]
     _require("ml-100k.item", "class", item["class"], known_genres, f"must be genres of {', '.join(GENRES)}")
-    genres = ["|".join(g for g in str(cls).split(" ") if g) if cls else "unknown" for cls in item["class"]]
+    # a class of spaces alone is no genre too, not the genre '' (which the features refuse)
+    genres = ["|".join(str(cls).split()) or "unknown" for cls in item["class"]]
     items = pd.DataFrame({"movie_id": item["item_id"], "title": title, "year": year, "genres": genres})
     return ratings, users, items
 

@@ -422,6 +422,38 @@ def test_a_recbole_genre_outside_the_vocabulary_is_refused_at_load(
     assert re.search(r"Error: ml-100k\.item: class must be", result.output), result.output
 
 
+@pytest.mark.parametrize("layout", ["grouplens", "recbole"])
+def test_a_movie_without_any_genre_is_of_the_unknown_genre(tmp_path: Path, layout: str) -> None:
+    """A u.item line with every genre flag 0 (or an ml-100k.item class of spaces alone) loaded as
+    genres '', and the features of every user died on it with a bare ValueError ('unknown genres
+    in the catalogue: ['']'): a traceback of `movierec features build` and `train`, a 500 of the
+    features API computed from the local files. No genre is GroupLens' 'unknown' genre, as an
+    empty recbole class already was."""
+    from app.recommender.features import item_features, user_features
+    from tests.synthetic import write_recbole
+
+    if layout == "grouplens":
+        directory = write_grouplens(tmp_path / "gl")
+        path, sep, first = directory / "u.item", "|", 0
+    else:
+        directory = write_recbole(tmp_path / "rb")
+        path, sep, first = directory / "ml-100k.item", "\t", 1
+    lines = path.read_bytes().decode("latin-1").splitlines()
+    fields = lines[first + 2].split(sep)
+    if layout == "grouplens":
+        fields[5:] = ["0"] * (len(fields) - 5)
+    else:
+        fields[3] = " "
+    lines[first + 2] = sep.join(fields)
+    path.write_bytes("".join(f"{line}\n" for line in lines).encode("latin-1"))
+
+    data = load_directory(directory)
+    assert data.items.set_index("movie_id").loc[3, "genres"] == "unknown"
+    movies = item_features(data.ratings, data.items).set_index("movie_id")
+    assert movies.loc[3, "genre_unknown"] == 1
+    assert len(user_features(data.ratings, data.users, data.items)) == len(data.users)
+
+
 @pytest.mark.parametrize(
     "byte", [b"\x85", b"\x0c", b"\x1c"], ids=["latin-1 NEL", "form feed", "file separator"]
 )
