@@ -490,7 +490,7 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
         "u.item", "|", item_columns, dtype={"title": str}, keep_default_na=False,
         na_values={name: [""] for name in item_columns if name != "title"},
     )  # fmt: skip
-    titles = raw_items["title"]
+    titles = raw_items["title"].str.strip()  # before the empty test: spaces alone are no title
     flag_values = raw_items[list(GENRES)]
     # A short line leaves its last flags NaN, which bool() reads as True: every genre at once.
     # Compared as numbers: one flag that is no number makes its whole column text ('0', '1'),
@@ -517,7 +517,7 @@ def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
         {
             "movie_id": raw_items["movie_id"],
             # GroupLens titles already carry "(year)"; keep them as the display title.
-            "title": titles.where(titles != "", "unknown").str.strip(),
+            "title": titles.where(titles != "", "unknown"),
             "year": dates.dt.year.astype("Int64"),
             "genres": genres,
         }

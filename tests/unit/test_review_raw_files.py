@@ -340,6 +340,22 @@ def test_a_title_with_double_quotes_is_kept_as_written(tmp_path: Path, layout: s
     assert loaded.items["title"].iloc[3:].tolist() == expected.items["title"].iloc[3:].tolist()
 
 
+def test_a_title_of_spaces_alone_is_the_unknown_title_not_an_empty_one(tmp_path: Path) -> None:
+    """An empty u.item title is 'unknown' (GroupLens' movie 267), but one of spaces was stripped
+    after that test and loaded as the title '': recommended as such, and never scorable, as
+    /api/recommend/score refuses an empty movie title."""
+    directory = write_grouplens(tmp_path / "blank")
+    path = directory / "u.item"
+    lines = path.read_bytes().decode("latin-1").splitlines()
+    fields = lines[2].split("|")
+    fields[1] = "   "
+    lines[2] = "|".join(fields)
+    path.write_bytes("".join(f"{line}\n" for line in lines).encode("latin-1"))
+    items = load_directory(directory).items.set_index("movie_id")
+    assert items.loc[3, "title"] == "unknown"
+    assert (items["title"].str.strip() != "").all()
+
+
 def test_a_genre_flag_that_is_not_a_number_is_named_by_its_line(tmp_path: Path) -> None:
     """One flag 'x' (or a title with a '|' on a line one flag short) made pandas read the whole
     column as text, and every line was refused: '60 bad rows; line 1: ['0', ...]' sent the
