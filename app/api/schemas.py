@@ -24,6 +24,7 @@ from pydantic import (
 from app.config import MAX_PASSWORD_LENGTH, MAX_RECS
 from app.errors import InvalidRequest
 from app.recommender.bundle import VERSION_MAX_LENGTH, RecommendQuery
+from app.recommender.data import MAX_TITLE_LENGTH
 from app.recommender.features import MAX_ID, integral
 from app.recommender.segments import MAX_AGE, MIN_AGE, OCCUPATIONS
 from app.services.request_ids import RequestIds
@@ -173,7 +174,7 @@ class RecommendResponse(BaseModel):
 
 class ScoreRequest(Strict):
     id: RecommendationId
-    movie: str = Field(min_length=1, max_length=255)
+    movie: str = Field(min_length=1, max_length=MAX_TITLE_LENGTH)
     score: Score
 
 

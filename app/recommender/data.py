@@ -76,6 +76,9 @@ caller is one of them. Raw user ids are 1..FEEDBACK_USER_BASE (the loader refuse
 Compare with :func:`is_feedback_user`, nowhere by hand: the boundary was ``>=`` in some places
 and ``>`` in others, so raw user 1,000,000 was refused by ingest and trained as a MovieLens user
 by ``movierec train``."""
+MAX_TITLE_LENGTH = 255
+"""A catalogue title's characters at most: what /api/recommend/score takes as ``movie`` and the
+feedback table's ``title`` column holds. A longer title was recommended but could not be scored."""
 MIN_RATING, MAX_RATING = 0.5, 5.0  # the scale of the service's scores (half stars allowed)
 FUTURE_SLACK_SECONDS = 86_400  # clock skew between the machine that rated and this one
 
@@ -353,7 +356,8 @@ def _validate(
     the users and movies files; user ids are not in the feedback users' range (above
     FEEDBACK_USER_BASE): such a user was trained as one, never evaluated nor given a list;
     ratings are 0.5..5; timestamps are epoch seconds, not in the future; demographics are in
-    the vocabulary the encoder and the service's columns accept.
+    the vocabulary the encoder and the service's columns accept; a movie's display title is at
+    most MAX_TITLE_LENGTH characters, so a client can score it.
     Across files, every rating names a listed user and a listed movie: the features dropped
     the others silently and training failed on them much later. A user rates a movie id once.
     """
@@ -382,6 +386,8 @@ def _validate(
          "must be an ml-100k occupation"),
         (items_file, items, "movie_id", _integers(items["movie_id"], 1, MAX_ID), ids),
         (items_file, items, "movie_id", ~_numbers(items["movie_id"]).duplicated(), "must be unique"),
+        (items_file, items, "title", items["title"].str.len().between(1, MAX_TITLE_LENGTH),
+         f"must be 1..{MAX_TITLE_LENGTH} characters"),
     ]  # fmt: skip
     for file, frame, field, ok, rule in checks:
         _require(file, field, frame[field], ok, rule)

@@ -356,6 +356,33 @@ def test_a_title_of_spaces_alone_is_the_unknown_title_not_an_empty_one(tmp_path:
     assert (items["title"].str.strip() != "").all()
 
 
+@pytest.mark.parametrize("layout", ["grouplens", "recbole"])
+def test_a_title_too_long_to_be_scored_is_refused_naming_its_line(tmp_path: Path, layout: str) -> None:
+    """/api/recommend/score takes a movie title of at most 255 characters (the feedback table's
+    column): a longer catalogue title loaded, was recommended, and every score of it was a 400."""
+    from tests.synthetic import write_recbole
+
+    if layout == "grouplens":
+        directory, name, sep, first = write_grouplens(tmp_path / "gl"), "u.item", "|", 0
+    else:
+        directory, name, sep, first = write_recbole(tmp_path / "rb"), "ml-100k.item", "\t", 1
+    path = directory / name
+    original = path.read_bytes()
+    suffix = " (1983)" if layout == "grouplens" else ""  # recbole's title gets its year appended
+    for length, refused in ((255, False), (256, True)):
+        lines = original.decode("latin-1").splitlines()
+        fields = lines[first + 2].split(sep)
+        fields[1] = "T" * (length - len(" (1983)")) + suffix
+        lines[first + 2] = sep.join(fields)
+        path.write_bytes("".join(f"{line}\n" for line in lines).encode("latin-1"))
+        if refused:
+            refusal = rf"{re.escape(name)}: title must be 1\.\.255 characters \(1 bad rows; line {first + 3}:"
+            with pytest.raises(DataFormatError, match=refusal):
+                load_directory(directory)
+        else:
+            assert len(load_directory(directory).items.set_index("movie_id").loc[3, "title"]) == 255
+
+
 def test_a_genre_flag_that_is_not_a_number_is_named_by_its_line(tmp_path: Path) -> None:
     """One flag 'x' (or a title with a '|' on a line one flag short) made pandas read the whole
     column as text, and every line was refused: '60 bad rows; line 1: ['0', ...]' sent the
