@@ -33,7 +33,8 @@ BULK_MAX_BODY_BYTES = 2 * 1024 * 1024
 
 class PredictRecord(Strict):
     """One (person, movie) pair; ``user_id`` of a known user adds their own rating history (an id
-    the model does not know is predicted from the demographics alone, as without one)."""
+    the model does not know is predicted from the demographics alone, as without one, and so is
+    one above 1,000,000: a synthetic feedback user's, which no caller is)."""
 
     age: Age
     gender: Gender

@@ -513,6 +513,35 @@ def test_known_users_get_their_own_prediction(rating_model: LinearRatingModel, s
         rating_model.score_users([999_999])
 
 
+def test_a_feedback_users_id_predicts_from_the_demographics_alone(synthetic_data: Any) -> None:
+    """The synthetic feedback users (ids above 1,000,000, one per anonymous request scored) train
+    the model, but no caller is one of them: /api/predict/stream with user_id 1000001 answered with
+    the ratings a stranger gave in that request, as the recommendation tables did before they left
+    those users out (app/recommender/bundle.py)."""
+    from app.recommender.data import FEEDBACK_USER_BASE
+
+    data = synthetic_data
+    stranger = data.users.iloc[[0]].assign(user_id=FEEDBACK_USER_BASE + 1)
+    theirs = data.ratings[data.ratings["user_id"] == int(data.users.iloc[0]["user_id"])]
+    ratings = pd.concat(
+        [data.ratings, theirs.assign(user_id=FEEDBACK_USER_BASE + 1, rating=6.0 - theirs["rating"])],
+        ignore_index=True,
+    )
+    model = LinearRatingModel(epochs=5, cold_fraction=0.0).fit(
+        ratings, pd.concat([data.users, stranger], ignore_index=True), data.items
+    )
+    profile = stranger.iloc[0]
+    base = {
+        "age": int(profile["age"]),
+        "gender": profile["gender"],
+        "occupation": profile["occupation"],
+        "movie_id": int(theirs["movie_id"].iloc[0]),
+    }
+    cold = model.predict_records([base])[0]
+    assert model.predict_records([{**base, "user_id": FEEDBACK_USER_BASE + 1}])[0] == cold
+    assert model.predict_records([{**base, "user_id": int(data.users.iloc[0]["user_id"])}])[0] != cold
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import pandas as pd
 
+from app.recommender.data import is_feedback_user
 from app.recommender.features import MAX_ID, FeatureError, FoldedLinear, PairEncoder, integral
 from app.recommender.models.base import Recommender
 from app.recommender.segments import Segment
@@ -507,7 +508,8 @@ class LinearRatingModel(Recommender):
         """Serving entry point: a list of dicts → predicted ratings, in one vectorised call.
 
         Each record has ``age``, ``gender``, ``occupation``, ``movie_id`` and optionally
-        ``user_id`` (a known user's own statistics are then used; an unknown id is cold).
+        ``user_id`` (a known user's own statistics are then used; an unknown id is cold, and so
+        is a synthetic feedback user's, above ``FEEDBACK_USER_BASE``).
         Raises :class:`InvalidRecordError` naming the first bad record and field.
         """
         if len(records) == 0:
@@ -553,6 +555,10 @@ class LinearRatingModel(Recommender):
             if outside.any():
                 index = int(np.flatnonzero(outside)[0])
                 raise InvalidRecordError(index, field, f"{field} must be an id between 1 and {MAX_ID}")
+        # A synthetic feedback user (one per anonymous request scored) is nobody a caller can be:
+        # such an id is predicted from the demographics alone, as any id the model does not know.
+        # It answered with the ratings a stranger gave in that request.
+        ids["user_id"][is_feedback_user(ids["user_id"])] = np.nan
         return {
             "age": np.asarray(columns["age"], dtype=np.float64),
             "gender": columns["gender"],
