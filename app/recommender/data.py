@@ -570,7 +570,18 @@ def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
         }
     )
     item = read("item", ("item_id", "movie_title", "release_year", "class"))
-    year = _numbers(item["release_year"]).astype("Int64")
+    # A year that is no number is no year: the registry's own file has 'unkonwn' (movie 267) and
+    # 'V' (movie 1412, its title's '(1995) V' split). A number that is no whole year was cast as it
+    # came: 1995.5, inf or one beyond 64 bits a bare TypeError or OverflowError, -5 a title 'X (-5)'.
+    numbers = _numbers(item["release_year"])
+    _require(
+        "ml-100k.item",
+        "release_year",
+        item["release_year"],
+        numbers.isna() | _integers(item["release_year"], 1, 9999),
+        "must be a year 1..9999, or no number (no year)",
+    )
+    year = numbers.astype("Int64")
     base_title = item["movie_title"].str.strip()
     title = [
         f"{name} ({int(y)})" if not pd.isna(y) else (name or "unknown")

@@ -433,6 +433,44 @@ def test_an_empty_release_date_is_no_year(tmp_path: Path) -> None:
     assert items["year"].notna().sum() == len(items) - 2
 
 
+@pytest.mark.parametrize("year", ["1995.5", "inf", "99999999999999999999999", "1e10", "-5"])
+def test_a_recbole_release_year_that_is_no_year_is_named_by_its_line(tmp_path: Path, year: str) -> None:
+    """ml-100k.item's release_year was cast as it came: '1995.5', 'inf' or a number beyond 64 bits
+    raised a bare TypeError or OverflowError (a traceback of `features build` and `train`, a 500 of
+    the features API computed from the local files), and '1e10' and '-5' became titles 'Movie (-5)'.
+    Text stays no year: the registry's own file has 'unkonwn' and 'V'."""
+    from tests.synthetic import write_recbole
+
+    directory = write_recbole(tmp_path / "rb")
+    path = directory / "ml-100k.item"
+    lines = path.read_text().splitlines()
+    fields = lines[3].split("\t")
+    fields[2] = year
+    lines[3] = "\t".join(fields)
+    path.write_text("".join(f"{line}\n" for line in lines))
+    rule = r"release_year must be a year 1\.\.9999, or no number \(no year\)"
+    refusal = rf"ml-100k\.item: {rule} \(1 bad rows; line 4: '{re.escape(year)}'\)"
+    with pytest.raises(DataFormatError, match=refusal):
+        load_directory(directory)
+
+
+def test_an_empty_recbole_release_year_is_no_year(tmp_path: Path) -> None:
+    from tests.synthetic import write_recbole
+
+    directory = write_recbole(tmp_path / "rb")
+    path = directory / "ml-100k.item"
+    lines = path.read_text().splitlines()
+    for number, year in ((3, ""), (4, " "), (5, "1995.0"), (6, "unkonwn"), (7, "V")):
+        fields = lines[number].split("\t")
+        fields[2] = year
+        lines[number] = "\t".join(fields)
+    path.write_text("".join(f"{line}\n" for line in lines))
+    items = load_directory(directory).items.set_index("movie_id")
+    assert items.loc[[3, 4, 6, 7], "year"].isna().all()
+    assert items.loc[7, "title"] == "Movie 7"
+    assert items.loc[5, "year"] == 1995 and items.loc[5, "title"] == "Movie 5 (1995)"
+
+
 def test_a_recbole_genre_outside_the_vocabulary_is_refused_at_load(
     make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
