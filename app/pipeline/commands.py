@@ -505,19 +505,27 @@ def _json_records(frame: Any) -> str:
 
     pandas' ``to_json`` writes 10 decimals: 3.5955882352941178 became 3.5955882353 and 5e-13
     became 0.0. orjson writes the shortest text that reads back as the same float; missing
-    values (NaN, NA, NaT) are null and times ISO 8601.
+    values (NaN, NA, NaT) are null, also inside a list, times ISO 8601, and map keys text.
     """
+    import numpy as np
     import orjson
+    import pandas as pd
 
-    def default(value: Any) -> Any:  # missing values are None by now (``where`` below)
+    def default(value: Any) -> Any:  # missing columns are None by now (``where`` below)
+        if value is pd.NA or value is pd.NaT:  # missing inside a list or a struct
+            return None
         if hasattr(value, "isoformat"):
             return value.isoformat()
+        if isinstance(value, np.ndarray):  # a list with a NULL or text in it: an object array
+            return value.tolist()
         if hasattr(value, "item"):  # a NumPy scalar orjson does not take as it is
             return value.item()
         return str(value)
 
     records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-    return orjson.dumps(records, default=default, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    # a map keyed by numbers (``histogram(age)``) has int keys: written as JSON's text keys
+    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    return orjson.dumps(records, default=default, option=options).decode()
 
 
 @click.group()

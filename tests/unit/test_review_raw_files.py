@@ -192,6 +192,39 @@ def test_sql_json_keeps_every_digit_of_a_feature(synthetic_data: Any, tmp_path: 
     assert json.loads(result.output) == expected
 
 
+def test_sql_json_writes_maps_with_number_keys_and_lists_with_nulls(
+    synthetic_data: Any, tmp_path: Path
+) -> None:
+    """`--format json` died with a TypeError traceback on a map keyed by numbers ('Dict key must be
+    str': `select histogram(age) from users`) and on a list holding a NULL (an object array,
+    'Type is not JSON serializable: numpy.ndarray'); the table and CSV formats wrote both."""
+    import json
+
+    from click.testing import CliRunner
+
+    from app.cli import cli
+    from app.pipeline.features_store import FeatureStore
+    from app.pipeline.ingest import Ingested
+
+    root = tmp_path / "features"
+    FeatureStore(root).write_snapshot(Ingested(synthetic_data))
+    query = (
+        "select histogram(gender) as genders, histogram(age % 2) as parity, "
+        "list(case when age > 30 then occupation end order by user_id)[1:3] as some, "
+        "[1.5, null] as halves, [[date '2020-01-02', null]] as dates from users"
+    )
+    result = CliRunner().invoke(cli, ["sql", "--root", str(root), "--format", "json", query])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    users = synthetic_data.users
+    assert row["genders"] == users["gender"].value_counts().to_dict()
+    assert row["parity"] == {str(k): v for k, v in (users["age"] % 2).value_counts().to_dict().items()}
+    over = users.sort_values("user_id")["age"].gt(30).head(3).tolist()
+    assert [value is not None for value in row["some"]] == over
+    assert row["halves"] == [1.5, None]
+    assert row["dates"] == [["2020-01-02T00:00:00", None]]
+
+
 def _replace_in_every_line(name: str, old: str, new: str) -> Callable[[Path], None]:
     def mutate(directory: Path) -> None:
         path = directory / name
