@@ -76,6 +76,7 @@ LOGIN_REASONS = {
         "(its storage is unreachable): a copy of this session's token may still be accepted until it expires."
     ),
 }
+LOGGED_OUT = frozenset({"logged_out", "logout_not_recorded"})
 # not "reload the page": the page showing this is the answer to the refused post, and reloading
 # it sends the same out-of-date form again; the page links to where the form was instead
 CSRF_MESSAGE = (
@@ -328,6 +329,7 @@ def _csrf_failed(_error: _CsrfFailure) -> Response:
         heading="Form could not be accepted",
         message=CSRF_MESSAGE,
         retry=(_page_of_post() or url_for("ui.index"), "Open the page again"),
+        keeps_form=True,  # forms.js fills the form in again there, as it was sent
     )
 
 
@@ -343,14 +345,15 @@ def _database_down(error: DatabaseUnavailableError) -> Response:
     return response
 
 
-def _way_back() -> dict[str, tuple[str, str]]:
+def _way_back() -> dict[str, Any]:
     """The link of a page answering "not now" (503): to the page itself again when it was opened, to
     the list a rating was sent from; none (the error page's link to the form) otherwise. The form
-    lost what was being looked at: the list's address is not in the address bar after a post."""
+    lost what was being looked at: the list's address is not in the address bar after a post.
+    After a post the page keeps what the form held, for forms.js to fill it in again there."""
     if request.method == "GET":
         return {"retry": (request.path, "Try again")}
     page = _page_of_post()
-    return {"retry": (page, "Back to the list")} if page is not None else {}
+    return {"keeps_form": True, **({"retry": (page, "Back to the list")} if page is not None else {})}
 
 
 @bp.errorhandler(BundleError)
@@ -495,9 +498,12 @@ def _next_path() -> str:
 def _login_form(
     status: int = 200, notice: str | None = None, errors: Mapping[str, str] | None = None
 ) -> Response:
-    return _page(
-        "ui/login.html", status, notice=notice, errors=errors or {}, next_path=_next_path(), labels=LABELS
-    )
+    """The login page. Unless it follows a log-out, it keeps what a form sent with the session
+    over held (``keeps_form``): forms.js fills that form in again on the page logging in leads to
+    (a log-out drops it, so the next person to log in in this tab does not see it)."""
+    logged_out = request.args.get("reason", "") in LOGGED_OUT
+    return _page("ui/login.html", status, notice=notice, errors=errors or {}, next_path=_next_path(),
+                 labels=LABELS, keeps_form=not logged_out)  # fmt: skip
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.helpers import ADMIN_PASSWORD, SESSION_PASSWORD
 
 pytestmark = pytest.mark.browser
 
+COOKIE = "access_token_cookie"
 CHARTS = ("chart-history", "chart-feedback", "chart-like")
 
 
@@ -167,6 +169,114 @@ def test_a_refused_form_puts_the_keyboard_on_its_error_summary(make_app: Callabl
         page.get_by_role("button", name="Log in").click()
         page.locator("#error-summary").wait_for()
         assert _focused(page, "field-session_password") == "field-session_password"
+
+
+def _end_the_session(page: Any, app: Any, server: LiveServer, expired: bool = True) -> None:
+    """Swap the browser's session for the same one expired (``expired``: as after a long pause on
+    a form, whose CSRF value is still the session's), or for a new live one, as after logging in
+    again in another tab (the forms shown before then carry the old session's CSRF value)."""
+    from flask_jwt_extended import create_access_token, decode_token
+
+    from app.api.auth import token_claims
+
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == COOKIE]
+    with app.app_context():
+        claims = token_claims("client")
+        if expired:
+            claims["csrf"] = decode_token(cookie["value"])["csrf"]
+        token = create_access_token(
+            "client", additional_claims=claims, expires_delta=timedelta(seconds=-5 if expired else 600)
+        )
+    page.context.clear_cookies()
+    page.context.add_cookies([{**cookie, "value": token}])
+
+
+def _profile_fields(page: Any) -> dict[str, str]:
+    return {
+        label: page.get_by_label(label).input_value()
+        for label in ("Age", "Gender", "Occupation", "Number of recommendations")
+    }
+
+
+def test_a_form_sent_after_the_session_ended_is_filled_in_again_after_logging_in(
+    make_app: Callable[..., Any],
+) -> None:
+    """A form sent once the session had expired led to the login page and, after it, to an empty
+    form (the profile typed, the stars chosen: lost). It is nothing saved still, but after logging
+    in again the form is shown filled in as it was sent, said so, to be sent once more. The values
+    stay in the browser's tab (sessionStorage, never the address or the server), for the next page
+    only; a form refused as out of date (a login in another tab since) is given back the same way."""
+    app = make_app()
+    db = app.extensions["movierec"].db
+    typed = {"Age": "34", "Gender": "F", "Occupation": "engineer", "Number of recommendations": "7"}
+    with LiveServer(app) as server, browser_page(server.url) as (page, _requests):
+        _log_in(page, SESSION_PASSWORD)
+        page.get_by_label("Age").fill(typed["Age"])
+        page.get_by_label("Gender").select_option(typed["Gender"])
+        page.get_by_label("Occupation").select_option(typed["Occupation"])
+        page.get_by_label("Number of recommendations").fill(typed["Number of recommendations"])
+        _end_the_session(page, app, server)
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**/ui/login?**")
+        assert "expired" in page.locator("#login-notice").inner_text()
+        page.get_by_label("Password").fill(SESSION_PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url("**/ui")
+        assert _profile_fields(page) == typed
+        assert "not saved" in page.locator("#form-restored").inner_text()
+        assert _focused(page, "form-restored") == "form-restored"
+        screenshot(page, "ui-form-restored")
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**/ui/recommendations/**")
+        titles = page.locator(".movie-title").all_inner_texts()
+        assert len(titles) == 7
+
+        # a rating chosen on the list: three and a half stars for the second movie
+        second = page.locator("li.result").nth(1)
+        second.locator("label.star").nth(6).click()
+        _end_the_session(page, app, server)
+        second.get_by_role("button", name="Save rating").click()
+        page.wait_for_url("**/ui/login?**")
+        page.get_by_label("Password").fill(SESSION_PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url("**/ui/recommendations/**")
+        assert db.feedback_rows() == []
+        assert page.locator("input.star-input:checked").count() == 1
+        second = page.locator("li.result").nth(1)
+        assert second.locator("input.star-input:checked").get_attribute("value") == "3.5"
+        assert "not saved" in second.locator("#form-restored").inner_text()
+        second.get_by_role("button", name="Save rating").click()
+        page.wait_for_url("**saved=1**")
+        assert {row.title: row.score for row in db.feedback_rows()} == {titles[1]: 3.5}
+
+        # given back once: the form asked for again is empty
+        page.get_by_role("link", name="Ask again").click()
+        page.wait_for_url("**/ui")
+        assert page.get_by_label("Age").input_value() == ""
+        assert page.locator("#form-restored").count() == 0
+
+        # a form shown before logging in again elsewhere is refused as out of date; its page,
+        # opened again from the refusal, has it back
+        page.get_by_label("Age").fill("61")
+        page.get_by_label("Gender").select_option("M")
+        page.get_by_label("Occupation").select_option("writer")
+        _end_the_session(page, app, server, expired=False)
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**/ui/recommend")
+        assert "nothing was saved" in page.locator("main").inner_text()
+        page.get_by_role("link", name="Open the page again").click()
+        page.wait_for_url("**/ui")
+        assert page.get_by_label("Age").input_value() == "61"
+        assert page.get_by_label("Occupation").input_value() == "writer"
+
+        # logging out drops what a refused form left: the next person to log in here sees none of it
+        page.get_by_label("Age").fill("70")
+        _end_the_session(page, app, server)
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**/ui/login?**")
+        page.goto("/ui/login?reason=logged_out")
+        _log_in(page, SESSION_PASSWORD)
+        assert page.get_by_label("Age").input_value() == ""
 
 
 class _HeldPosts:
