@@ -124,15 +124,22 @@ def evaluation_history(model_dir: Path, limit: int = 12) -> Panel:
     """The ``limit`` newest bundles under ``model_dir`` with their served model's protocol-A NDCG@10.
 
     Bundles are read from their manifests only (no arrays are loaded). Hidden staging
-    directories and bundles without a protocol-A figure for their served model are skipped.
+    directories and bundles without a protocol-A figure for their served model are skipped, and
+    so are directories this service may not enter (``lost+found`` at a volume's root, a bundle
+    written with umask 077 by another account): looking into one raised PermissionError, a 500
+    page. A store it may not list is "not available", with the reason.
     """
     title = "Offline NDCG@10 of recent model versions (protocol A)"
-    if not model_dir.is_dir():
-        return Panel.missing(title, f"The model store {model_dir} does not exist.")
+    try:
+        if not model_dir.is_dir():
+            return Panel.missing(title, f"The model store {model_dir} does not exist.")
+        children = list(model_dir.iterdir())
+    except OSError as exc:
+        return Panel.missing(title, f"The model store {model_dir} cannot be read: {describe_error(exc)}")
     latest = _latest_version(model_dir)
     scores = []
-    for child in model_dir.iterdir():
-        if child.name.startswith(".") or child.name == LATEST or not (child / MANIFEST).is_file():
+    for child in children:
+        if child.name.startswith(".") or child.name == LATEST or not _has_manifest(child):
             continue
         try:
             manifest = json.loads((child / MANIFEST).read_text())
@@ -161,6 +168,14 @@ def evaluation_history(model_dir: Path, limit: int = 12) -> Panel:
         return Panel.missing(title, f"No bundle in {model_dir} has protocol-A metrics for its served model.")
     scores.sort(key=lambda s: (s.created_at, s.version))
     return Panel(title, scores[-limit:])
+
+
+def _has_manifest(directory: Path) -> bool:
+    """Whether ``directory`` holds a manifest file; False for one this service may not enter."""
+    try:
+        return (directory / MANIFEST).is_file()
+    except OSError:  # is_file() answers False for a missing path, but raises for EACCES
+        return False
 
 
 def _latest_version(model_dir: Path) -> str | None:

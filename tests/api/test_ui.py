@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable
@@ -1204,6 +1205,47 @@ def test_evaluation_history_reads_manifests_newest_last(tmp_path: Path) -> None:
     ]
     assert [s.version for s in dashboard.evaluation_history(tmp_path, limit=1).data] == ["v2"]
     assert not dashboard.evaluation_history(tmp_path / "missing").available
+
+
+def test_a_directory_the_service_may_not_enter_leaves_the_version_history_shown(tmp_path: Path) -> None:
+    """A model store at a volume's root holds ``lost+found`` (root's, mode 700), and a bundle
+    written by another account with umask 077 is as closed: looking for its manifest raised
+    PermissionError, and the dashboard was the 500 page. Such an entry has no manifest to show;
+    a store the service may not list at all is "Not available", said why."""
+    import shutil
+    import tempfile
+
+    from tests.helpers import in_forked_child
+
+    root = Path(tempfile.mkdtemp(prefix="movierec-store-"))  # not under tmp_path: root's, mode 700
+    try:
+        root.chmod(0o755)
+        store, closed_store = root / "store", root / "closed"
+        for directory in (store, store / "v1", closed_store):
+            directory.mkdir(mode=0o755)
+            directory.chmod(0o755)
+        manifest = {"version": "v1", "created_at": "2026-01-01T00:00:00+00:00", "served_model": "m",
+                    "metrics": {"m": {"A": {"ndcg@10_mean": 0.4, "ndcg@10_sd": 0.01}}}}  # fmt: skip
+        (store / "v1" / "manifest.json").write_text(json.dumps(manifest))
+        (store / "v1" / "manifest.json").chmod(0o644)
+        (store / "lost+found").mkdir(mode=0o700)
+        closed_store.chmod(0o700)
+
+        def shown() -> bool:
+            if os.geteuid() == 0:  # root enters every directory: the service's own user does not
+                os.setgid(65534)
+                os.setuid(65534)
+            history = dashboard.evaluation_history(store)
+            closed = dashboard.evaluation_history(closed_store)
+            return (
+                [s.version for s in history.data] == ["v1"]
+                and not closed.available
+                and "cannot be read" in closed.reason
+            )
+
+        assert in_forked_child(shown) == 0
+    finally:
+        shutil.rmtree(root)
 
 
 @pytest.mark.parametrize("saved", ["%C2%B2", "9" * 5000])  # "²" is isdigit() but not int(); > 4,300 digits
