@@ -76,6 +76,9 @@ LOGIN_REASONS = {
         "(its storage is unreachable): a copy of this session's token may still be accepted until it expires."
     ),
 }
+# after a form's post whose session was over (``unsaved=1``): the page it then leads to (a rating's
+# list) looked as if what was sent had been taken
+NOT_SAVED = "What you sent was not saved: send it again once you have logged in."
 LOGGED_OUT = frozenset({"logged_out", "logout_not_recorded"})
 # not "reload the page": the page showing this is the answer to the refused post, and reloading
 # it sends the same out-of-date form again; the page links to where the form was instead
@@ -149,8 +152,11 @@ def _see_other(location: str) -> Response:
     return response
 
 
-def _login_redirect(reason: str, next_path: str | None = None) -> Response:
+def _login_redirect(reason: str, next_path: str | None = None, unsaved: bool = False) -> Response:
+    """To the login page, saying why (``reason``), and that a post's form was not saved (``unsaved``)."""
     query = {"reason": reason}
+    if unsaved:
+        query["unsaved"] = "1"
     if next_path and _SAFE_NEXT.match(next_path):
         query["next"] = next_path
     response = _see_other(url_for("ui.login") + "?" + urlencode(query))
@@ -165,6 +171,7 @@ class _CsrfFailure(Exception):
 def _authenticate() -> Response | None:
     """Verify the cookie token (and CSRF on POST); a redirect to the login page when it fails."""
     next_path = request.path if request.method == "GET" else _page_of_post()
+    unsaved = request.method not in _SAFE_METHODS
     try:
         verify_jwt_in_request(locations=["cookies"])
     except CSRFError as exc:  # missing or mismatched double-submit value
@@ -174,13 +181,13 @@ def _authenticate() -> Response | None:
             raise
         raise _CsrfFailure from exc
     except NoAuthorizationError:
-        return _login_redirect("required", next_path)
+        return _login_redirect("required", next_path, unsaved)
     except ExpiredSignatureError:
-        return _login_redirect("expired", next_path)
+        return _login_redirect("expired", next_path, unsaved)
     except RevokedTokenError:
-        return _login_redirect("revoked", next_path)
+        return _login_redirect("revoked", next_path, unsaved)
     except (JWTExtendedException, PyJWTError):
-        return _login_redirect("invalid", next_path)
+        return _login_redirect("invalid", next_path, unsaved)
     return None
 
 
@@ -510,7 +517,10 @@ def _login_form(
 def login() -> Response:
     next_path = _next_path()
     if request.method != "POST":  # GET and HEAD: the form; only a POST tries a password (and is limited)
-        return _login_form(notice=LOGIN_REASONS.get(request.args.get("reason", "")))
+        notice = LOGIN_REASONS.get(request.args.get("reason", ""))
+        if notice is not None and request.args.get("unsaved") == "1":
+            notice += " " + NOT_SAVED
+        return _login_form(notice=notice)
     # No token exists yet, so there is nothing to CSRF-check: a post from another site is
     # refused before this (_refuse_other_sites), and the SameSite=Strict cookie set here (and
     # the CSRF value in its token) protects every later post.

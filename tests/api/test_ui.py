@@ -1370,6 +1370,41 @@ def test_a_rating_sent_after_the_session_expired_leads_back_to_its_list(app: Any
     assert title in html.unescape(client.get(back.headers["Location"]).text)
 
 
+def test_the_login_page_says_a_form_sent_with_the_session_over_was_not_saved(app: Any) -> None:
+    """A form sent once the session had expired led to "Your session has expired. Please log in
+    again." and, after it, to the form's page: a rating's list looked as if the rating had been
+    taken (it was not, and nothing said so). The login page after a post says what was sent was
+    not saved; after a page opened it says no such thing (nothing was sent)."""
+    from flask_jwt_extended import create_access_token, decode_token
+
+    from app.api.auth import token_claims
+
+    client = app.test_client()
+    page = recommend(client, ui_login(client)).text
+    request_id, title = list_id(page), titles_of(page)[0]
+    with app.app_context():
+        token = create_access_token(
+            "client", additional_claims=token_claims("client"), expires_delta=timedelta(seconds=-5)
+        )
+        csrf = decode_token(token, allow_expired=True)["csrf"]
+    posts = (
+        ("/ui/feedback", {"id": request_id, "movie": title, "score": "4"}),
+        ("/ui/recommend", {"age": "30", "gender": "M", "occupation": "writer"}),
+    )
+    for path, form in posts:
+        client.set_cookie(COOKIE, token, path="/ui")
+        response = client.post(path, data={"csrf_token": csrf, **form})
+        assert response.status_code == 303
+        login_page = client.get(response.headers["Location"]).text
+        assert "Your session has expired." in login_page
+        assert "was not saved" in login_page, path
+    client.set_cookie(COOKIE, token, path="/ui")
+    opened = client.get(f"/ui/recommendations/{request_id}")
+    login_page = client.get(opened.headers["Location"]).text
+    assert "Your session has expired." in login_page and "not saved" not in login_page
+    assert app.extensions["movierec"].db.feedback_rows() == []
+
+
 def test_the_address_with_a_trailing_slash_leads_to_the_form(client: Any) -> None:
     """People type /ui/ as often as /ui: it is the same page, not "Not found"."""
     response = client.get("/ui/")
