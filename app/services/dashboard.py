@@ -243,11 +243,18 @@ def feedback_series(db: Database, bucket: Bucket = "day", now: datetime | None =
     width, periods = BUCKETS[bucket]
     now = (now or datetime.now(UTC)).astimezone(UTC)
     first = _floor(now, bucket) - width * (periods - 1)
+    # both ends: a row past the last bucket (an instance's clock ahead, a row committed between
+    # ``now`` and the query at an hour's turn) is in no bucket, so in no total; the per-version
+    # table counted it all the same
+    in_window = (
+        Feedback.created_at >= _db_time(db, first),
+        Feedback.created_at < _db_time(db, first + width * periods),
+    )
     label = _bucket_label(db, bucket).label("bucket")
     liked = func.sum(cast(case((Feedback.score >= LIKE_THRESHOLD, 1), else_=0), Integer))
     query = (
         select(label, func.count(Feedback.id), func.avg(Feedback.score), liked)
-        .where(Feedback.created_at >= _db_time(db, first))
+        .where(*in_window)
         .group_by(label)
     )
     # A fallback list carries the version it came from (the previous champion, or the champion
@@ -257,7 +264,7 @@ def feedback_series(db: Database, bucket: Bucket = "day", now: datetime | None =
     by_model_query = (
         select(Feedback.model_version, fallback, func.count(Feedback.id), func.avg(Feedback.score), liked)
         .outerjoin(RecommendationRequest, RecommendationRequest.id == Feedback.request_id)
-        .where(Feedback.created_at >= _db_time(db, first))
+        .where(*in_window)
         .group_by(Feedback.model_version, fallback)
         .order_by(func.count(Feedback.id).desc(), Feedback.model_version, fallback)
     )

@@ -1183,6 +1183,31 @@ def test_feedback_series_on_postgresql(make_app: Callable[..., Any], postgres_ur
     _check_series(make_app(database_url=postgres_url))
 
 
+def _check_window_end(app: Any) -> None:
+    now = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
+    # a row dated after the window's last bucket: stored by an instance whose clock is ahead, or
+    # committed between the page taking its time and running its query at an hour's turn
+    _scored(app, [(5.0, timedelta(minutes=10)), (1.0, -timedelta(days=1))], now)
+    db = app.extensions["movierec"].db
+    for bucket in ("day", "hour"):
+        series = dashboard.feedback_series(db, bucket, now=now)
+        by_model = [(m["count"], m["mean_score"]) for m in series.by_model]
+        assert (series.total, series.mean_score, by_model) == (1, 5.0, [(1, 5.0)]), bucket
+
+
+def test_the_feedback_figures_count_the_same_rows_on_sqlite(app: Any) -> None:
+    """The per-version table counted rows after the window's last bucket, which no bucket (and so
+    no total, no chart) did: the page said 1 rating in the window and listed 2 by version."""
+    _check_window_end(app)
+
+
+@pytest.mark.integration
+def test_the_feedback_figures_count_the_same_rows_on_postgresql(
+    make_app: Callable[..., Any], postgres_url: str
+) -> None:
+    _check_window_end(make_app(database_url=postgres_url))
+
+
 def test_evaluation_history_reads_manifests_newest_last(tmp_path: Path) -> None:
     def bundle(name: str, created: str, ndcg: float | None, served: str = "m") -> None:
         (tmp_path / name).mkdir()
