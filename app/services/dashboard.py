@@ -327,10 +327,22 @@ def feedback_for_request(db: Database, request_id: str) -> dict[str, float]:
 
 def monitoring_panels(services: Any) -> dict[str, Panel]:
     """Drift, circuit breaker and alerts: the views install_monitoring (app/monitoring/online.py)
-    wires into every app's services."""
+    wires into every app's services.
+
+    Each model version has its own breaker: with no model loaded there is none, and its status
+    is a fresh record made up for no version ("closed" since start-up, "initial state"), which the
+    panel showed as the breaker's state during the outage. It says why there is none instead.
+    """
+    title = "Circuit breaker"
+    if services.models.bundle is None:
+        breaker = Panel.missing(title, (
+            "No model is loaded, so no circuit breaker applies (each model version has its own)."
+        ))  # fmt: skip
+    else:
+        breaker = Panel(title, services.breaker.status())
     return {
         "drift": Panel("Drift of request demographics (PSI)", services.drift.status()),
-        "breaker": Panel("Circuit breaker", services.breaker.status()),
+        "breaker": breaker,
         "alerts": Panel("Recent alerts", services.alerts.status()),
     }
 

@@ -942,6 +942,25 @@ def test_dashboard_shows_the_serving_model_and_what_is_not_available(app: Any) -
     assert "feedback" not in charts  # nothing to draw, and nothing is invented
 
 
+def test_with_no_model_loaded_the_dashboard_shows_no_breaker_state_it_made_up(
+    make_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Each model version has its own breaker; with no model loaded (a first start, a refused
+    bundle) there is none, and the panel showed a fresh record made up for it: a green "closed"
+    since "start-up" for "initial state", during the very outage the page is opened for. It says
+    there is no breaker state without a model; its history (the alerts it raised) is still shown."""
+    app = make_app(model_path=tmp_path / "empty", model_dir=tmp_path / "empty")
+    client = app.test_client()
+    ui_login(client, ADMIN_PASSWORD)
+    response = client.get("/ui/dashboard")
+    assert response.status_code == 200
+    section = re.search(r'<section[^>]*id="section-breaker">(.*?)</section>', response.text, re.S)
+    assert section
+    assert 'id="breaker-state"' not in section.group(1) and "initial state" not in section.group(1)
+    assert "Not available." in section.group(1) and "No model is loaded" in section.group(1)
+    assert 'id="breaker-history"' in section.group(1)
+
+
 def test_with_the_database_down_the_dashboard_shows_every_panel_that_needs_no_database(
     make_app: Callable[..., Any],
     postgres_url: str,
