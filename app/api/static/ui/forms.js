@@ -66,10 +66,12 @@
     note.id = "form-restored";
     note.setAttribute("role", "status");
     note.tabIndex = -1;
-    note.textContent = "This form was not saved when you sent it. What you entered is filled in " +
-      "again below: check it and send it once more.";
-    var rating = form.querySelector("fieldset");
-    if (form.classList.contains("rating-form") && rating) {
+    var rating = form.classList.contains("rating-form") && form.querySelector("fieldset");
+    note.textContent = rating
+      ? "Your rating was not saved when you sent it. It is chosen again below: save it once more."
+      : "This form was not saved when you sent it. What you entered is filled in again below: " +
+        "check it and send it once more.";
+    if (rating) {
       form.insertBefore(note, rating);
     } else {
       form.parentNode.insertBefore(note, form);
