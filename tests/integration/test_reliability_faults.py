@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.helpers import ADMIN_PASSWORD, PG_ADMIN_URL, PROFILE, login
+from tests.helpers import ADMIN_PASSWORD, PG_ADMIN_URL, PROFILE, SESSION_PASSWORD, login
 from tests.integration.reliability import (
     LoadFigures,
     pg_cluster,
@@ -193,16 +193,24 @@ def test_corrupt_or_truncated_bundle_is_refused_on_reload(
 
 
 def test_redis_down_falls_back_without_5xx(tmp_path: Path, make_app: Any) -> None:
+    """Redis killed: no 5xx, logged-out tokens still refused (from the database), and the login
+    limit still holds: the limiter counts in memory (docs/reliability.md) rather than letting
+    every guess through or failing every login."""
+    budget = 5
     with private_redis(tmp_path) as (redis_url, redis_process):
-        app = make_app(redis_url=redis_url, login_rate_limit="50 per minute")
+        app = make_app(redis_url=redis_url, login_rate_limit=f"{budget} per minute")
         client = app.test_client()
         revoked = login(client)
         assert client.post("/api/logout", headers=revoked).status_code == 200
+        assert client.post("/api/login", json={"session_password": "wrong"}).status_code == 401
         import redis
 
-        keys = redis.Redis.from_url(redis_url).keys("*")
+        store = redis.Redis.from_url(redis_url)
+        keys = store.keys("*")
         assert any(k.startswith(b"movierec:revoked:") for k in keys), keys
-        assert any(b"LIMIT" in k or b"movierec" in k for k in keys)
+        # the wrong password was counted in Redis (shared by every worker and instance), not in memory
+        counters = {k: store.get(k) for k in keys if b"/movierec/" in k and b"/login/" in k}
+        assert list(counters.values()) == [b"1"], keys
         redis_process.kill()
         redis_process.wait(timeout=10)
         statuses: Counter[int] = Counter()
@@ -217,10 +225,19 @@ def test_redis_down_falls_back_without_5xx(tmp_path: Path, make_app: Any) -> Non
                 client.get("/protected", headers=revoked),
             ):
                 statuses[response.status_code] += 1
+        # counted in memory now, from zero: the whole budget of wrong passwords, then 429, the right
+        # password included, until the window passes
+        guesses = [
+            client.post("/api/login", json={"session_password": "wrong"}).status_code
+            for _ in range(budget + 1)
+        ]
+        right = client.post("/api/login", json={"session_password": SESSION_PASSWORD})
         elapsed = time.monotonic() - started
-    print(f"\nredis down: statuses={dict(statuses)} in {elapsed:.1f}s")
+    print(f"\nredis down: statuses={dict(statuses)} guesses={guesses} in {elapsed:.1f}s")
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses[200] == 60 and statuses[401] == 40  # logged-out tokens still refused, from the database
+    assert guesses == [401] * budget + [429], guesses
+    assert right.status_code == 429 and right.get_json()["error"]["code"] == "rate_limited", right.get_json()
     assert elapsed < 20, "a dead Redis must not slow every request down"
 
 
