@@ -225,6 +225,17 @@ def test_redis_down_falls_back_without_5xx(tmp_path: Path, make_app: Any) -> Non
                 client.get("/protected", headers=revoked),
             ):
                 statuses[response.status_code] += 1
+        elapsed = time.monotonic() - started
+        # the worker that logged them out refuses them from its own memory; another worker (here
+        # one started while Redis is down) knows them only from the table: the one logged out
+        # before the outage, and the one logged out during it, written to the table alone
+        other = make_app(
+            redis_url=redis_url,
+            login_rate_limit=f"{budget} per minute",
+            feedback_journal_dir=tmp_path / "other-worker",
+        ).test_client()
+        fresh = login(other)
+        elsewhere = [other.get("/protected", headers=t).status_code for t in (revoked, headers, fresh)]
         # counted in memory now, from zero: the whole budget of wrong passwords, then 429, the right
         # password included, until the window passes
         guesses = [
@@ -232,10 +243,13 @@ def test_redis_down_falls_back_without_5xx(tmp_path: Path, make_app: Any) -> Non
             for _ in range(budget + 1)
         ]
         right = client.post("/api/login", json={"session_password": SESSION_PASSWORD})
-        elapsed = time.monotonic() - started
-    print(f"\nredis down: statuses={dict(statuses)} guesses={guesses} in {elapsed:.1f}s")
+    print(
+        f"\nredis down: statuses={dict(statuses)} another worker={elsewhere} "
+        f"guesses={guesses} in {elapsed:.1f}s"
+    )
     assert not [s for s in statuses if s >= 500], statuses
-    assert statuses[200] == 60 and statuses[401] == 40  # logged-out tokens still refused, from the database
+    assert statuses[200] == 60 and statuses[401] == 40  # logged-out tokens still refused
+    assert elsewhere == [401, 401, 200], f"another worker, from the database: {elsewhere}"
     assert guesses == [401] * budget + [429], guesses
     assert right.status_code == 429 and right.get_json()["error"]["code"] == "rate_limited", right.get_json()
     assert elapsed < 20, "a dead Redis must not slow every request down"
