@@ -160,14 +160,15 @@ def wait_ready(server: Server, timeout: float) -> None:
 
 
 @contextmanager
-def private_redis(tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A throw-away redis-server on its own port (the machine's Redis is never touched)."""
+def private_redis(tmp: Path, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A throw-away redis-server on its own port (the machine's Redis is never touched); ``port``:
+    that one, to bring back a Redis a test killed (empty: it keeps nothing on disk)."""
     binary = shutil.which("redis-server")
     if binary is None:
         import pytest
 
         pytest.skip("redis-server is not installed")
-    port = free_port()
+    port = port or free_port()
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     command += ["--dir", str(tmp)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -195,7 +195,7 @@ def test_corrupt_or_truncated_bundle_is_refused_on_reload(
 def test_redis_down_falls_back_without_5xx(tmp_path: Path, make_app: Any) -> None:
     """Redis killed: no 5xx, logged-out tokens still refused (from the database), and the login
     limit still holds: the limiter counts in memory (docs/reliability.md) rather than letting
-    every guess through or failing every login."""
+    every guess through or failing every login; and both use Redis again once it is back."""
     budget = 5
     with private_redis(tmp_path) as (redis_url, redis_process):
         app = make_app(redis_url=redis_url, login_rate_limit=f"{budget} per minute")
@@ -243,9 +243,11 @@ def test_redis_down_falls_back_without_5xx(tmp_path: Path, make_app: Any) -> Non
             for _ in range(budget + 1)
         ]
         right = client.post("/api/login", json={"session_password": SESSION_PASSWORD})
+        with private_redis(tmp_path, port=urlsplit(redis_url).port) as (_url, _back):
+            recovered = _redis_used_again(client, store)
     print(
         f"\nredis down: statuses={dict(statuses)} another worker={elsewhere} "
-        f"guesses={guesses} in {elapsed:.1f}s"
+        f"guesses={guesses} in {elapsed:.1f}s; Redis back: {recovered}"
     )
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses[200] == 60 and statuses[401] == 40  # logged-out tokens still refused
@@ -253,6 +255,38 @@ def test_redis_down_falls_back_without_5xx(tmp_path: Path, make_app: Any) -> Non
     assert guesses == [401] * budget + [429], guesses
     assert right.status_code == 429 and right.get_json()["error"]["code"] == "rate_limited", right.get_json()
     assert elapsed < 20, "a dead Redis must not slow every request down"
+    # Redis back (empty): the limiter counts there again, from zero, and logouts reach it again
+    assert recovered["login"] == 200 and recovered["counter"] == b"1", recovered
+    assert recovered["revoked_in_redis"], recovered
+
+
+def _redis_used_again(client: Any, store: Any, deadline: float = 60.0) -> dict[str, Any]:
+    """What ``client``'s app does once Redis answers again, waited for: the limiter tries its
+    storage again after a back-off that doubles up to 32 s (Flask-Limiter), the revocation
+    list after 5 s. Its address spent its in-memory budget, so a right password is 429 until
+    the limiter counts in the (empty) Redis again; then a wrong one is counted there."""
+    import redis
+
+    end = time.monotonic() + deadline
+    login_status = 0
+    while time.monotonic() < end:
+        login_status = client.post("/api/login", json={"session_password": SESSION_PASSWORD}).status_code
+        if login_status == 200:
+            break
+        time.sleep(0.2)
+    assert client.post("/api/login", json={"session_password": "wrong"}).status_code == 401
+    counters = [store.get(k) for k in store.keys("*") if b"/movierec/" in k and b"/login/" in k]
+    revoked_in_redis = False
+    while not revoked_in_redis and time.monotonic() < end:
+        token = login(client)
+        assert client.post("/api/logout", headers=token).status_code == 200
+        try:
+            revoked_in_redis = bool(store.keys("movierec:revoked:*"))
+        except redis.RedisError:
+            break
+        time.sleep(0.2)
+    return {"login": login_status, "counter": counters[0] if len(counters) == 1 else counters,
+            "revoked_in_redis": revoked_in_redis}  # fmt: skip
 
 
 def test_a_worker_restarted_while_the_database_is_down_keeps_the_instance_serving(
