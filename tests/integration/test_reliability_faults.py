@@ -391,3 +391,47 @@ def test_the_online_monitor_logs_the_database_down_once_without_a_traceback(
     lines = [r for r in caplog.records if r.name == "app.monitoring.online" and r.levelno >= logging.ERROR]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     assert lines[0].exc_info is None, "an unreachable database is not a crash: no traceback"
+
+
+def test_redis_down_the_breaker_keeps_its_last_state_and_a_reset_is_a_503(
+    tmp_path: Path, make_app: Any
+) -> None:
+    """The breaker's record lives in Redis when it is configured (as in production). With Redis
+    killed while the breaker is open, each worker keeps routing by the state it last read
+    (docs/operations.md): the fallback, not the tripped model; /api/model says the store cannot
+    be read; and an admin reset, which cannot be recorded, is a 503 "retry", not a 500 nor a 200
+    that closes nothing."""
+    import redis
+
+    with private_redis(tmp_path) as (redis_url, redis_process):
+        app = make_app(
+            redis_url=redis_url,
+            monitor_interval_seconds=0,  # no timer: the test decides when an evaluation runs
+            breaker_min_events=8,
+            breaker_min_lists=2,
+            breaker_min_requests=1000,  # feedback, not latency, trips it here
+            login_rate_limit="1000 per minute",
+        )
+        client = app.test_client()
+        headers, admin = login(client), login(client, ADMIN_PASSWORD)
+        for _ in range(8):  # eight lists scored 0.5: the next evaluation opens the breaker
+            body = client.post("/api/recommend", json=PROFILE, headers=headers).get_json()
+            score = {"id": body["id"], "movie": body["recommendations"][0], "score": 0.5}
+            assert client.post("/api/recommend/score", json=score, headers=headers).status_code == 200
+        monitor = app.extensions["movierec"].monitor
+        monitor.tick(force=True)
+        assert client.get("/api/model", headers=admin).get_json()["breaker"]["state"] == "open"
+        assert redis.Redis.from_url(redis_url).keys("movierec:breaker:*"), "the record is not in Redis"
+        redis_process.kill()
+        redis_process.wait(timeout=10)
+
+        monitor.tick(force=True)  # the monitor's next round meets the outage
+        served = [client.post("/api/recommend", json=PROFILE, headers=headers) for _ in range(3)]
+        breaker = client.get("/api/model", headers=admin).get_json()["breaker"]
+        reset = client.post("/api/admin/breaker/reset", json={}, headers=admin)
+        after_reset = client.post("/api/recommend", json=PROFILE, headers=headers)
+    assert [(r.status_code, r.get_json()["strategy"]) for r in served] == [(200, "fallback")] * 3
+    assert breaker["state"] == "open" and breaker["store_error"], breaker
+    assert reset.status_code == 503 and reset.get_json()["error"]["code"] == "unavailable", reset.get_json()
+    assert "Retry-After" in reset.headers
+    assert after_reset.get_json()["strategy"] == "fallback"  # the reset closed nothing
