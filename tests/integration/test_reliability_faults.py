@@ -435,3 +435,32 @@ def test_redis_down_the_breaker_keeps_its_last_state_and_a_reset_is_a_503(
     assert reset.status_code == 503 and reset.get_json()["error"]["code"] == "unavailable", reset.get_json()
     assert "Retry-After" in reset.headers
     assert after_reset.get_json()["strategy"] == "fallback"  # the reset closed nothing
+
+
+def test_a_hung_redis_costs_one_try_per_back_off_not_one_per_check_or_logout(tmp_path: Path) -> None:
+    """A Redis that accepts connections and never answers (stopped, stuck, its host up) costs each
+    try its 0.5-s timeout. The revocation list tries it once and then, for ``retry_seconds``, uses
+    the table alone for checks and logouts (docs/reliability.md: each logout in the back-off once
+    waited the timeout again). Counted as the connections the hung Redis was asked for."""
+    from datetime import UTC, datetime, timedelta
+
+    from app.services.revocation import RevocationStore
+    from app.storage.db import Database
+
+    database = Database(f"sqlite:///{tmp_path / 'service.db'}")
+    database.upgrade()
+    hung = threading.Event()
+    hung.set()
+    try:
+        with tcp_relay(("127.0.0.1", 9), silent=hung) as redis_server:  # accepted, never answered
+            worker = RevocationStore(database, f"redis://127.0.0.1:{redis_server.port}/0", retry_seconds=3600)
+            expires = datetime.now(UTC) + timedelta(minutes=5)
+            for n in range(10):
+                worker.revoke(f"logged-out-{n}", expires)
+                assert worker.is_revoked(f"logged-out-{n}") and not worker.is_revoked(f"live-{n}")
+            tries = len(redis_server.sockets)
+        elsewhere = RevocationStore(database)  # another worker: every logout reached the table
+        assert all(elsewhere.is_revoked(f"logged-out-{n}") for n in range(10))
+    finally:
+        database.dispose()
+    assert tries == 1, f"the hung Redis was asked {tries} times in one back-off"
