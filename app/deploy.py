@@ -846,8 +846,7 @@ class Deployer:
                     if self.secret_files is not None:  # written for a container that never started
                         self.secret_files.remove()
                     if cfg.build and not image_existed:  # built for a deployment that never ran it
-                        self.docker("rmi", cfg.image_ref)
-                        self.say(f"removed the new image {cfg.image_ref}")
+                        self.remove(f"the new image {cfg.image_ref}", "rmi", cfg.image_ref)
                 if cfg.build and tagged_before is not None:
                     self.restore_tag(tagged_before)
                 restarted = self.restore_previous(self.set_aside)
@@ -856,8 +855,7 @@ class Deployer:
             raise
         previous = self.set_aside
         if previous is not None:
-            self.docker("rm", "--force", cfg.backup_name)
-            self.say(f"removed the previous container ({previous.image})")
+            self.remove(f"the previous container ({previous.image})", "rm", "--force", cfg.backup_name)
         self.discard_snapshot()
         if self.secret_files is not None:
             self.secret_files.remove_others()
@@ -1074,15 +1072,25 @@ class Deployer:
         self.write(self.docker.logs(self.cfg.container_name).rstrip())
 
     def remove_new(self, remove_image: bool) -> None:
-        self.docker("rm", "--force", self.cfg.container_name)
+        self.remove("the new container", "rm", "--force", self.cfg.container_name)
         if self.secret_files is not None:
             self.secret_files.remove()
         self.restore_snapshot()  # in the new image, before it goes; kept if the restore failed
         if remove_image and not self.snapshot_taken:
-            self.docker("rmi", self.cfg.image_ref)
-            self.say(f"removed the new container and image {self.cfg.image_ref}")
-        else:
-            self.say("removed the new container")
+            self.remove(f"the new image {self.cfg.image_ref}", "rmi", self.cfg.image_ref)
+
+    def remove(self, what: str, *args: str) -> bool:
+        """Run a removal (``rm --force NAME``, ``rmi REF``) and say what Docker did: "removed WHAT",
+        or a warning with its reason and the command to run. Its result was not read: a refusal (a
+        daemon error, an image a container still uses) was said "removed" all the same. Never
+        raises: a rollback goes on to its end, a successful deployment stays one."""
+        result = self.docker(*args)
+        if result.returncode == 0:
+            self.say(f"removed {what}")
+            return True
+        said = (result.stderr or "").strip() or f"docker exited {result.returncode}"
+        self.say(f"warning: could not remove {what}: {said}; remove it with: docker {' '.join(args)}")
+        return False
 
     def restore_tag(self, image_id: str) -> None:
         """A rebuilt tag whose deployment failed names the image it named before again (the
@@ -1100,8 +1108,12 @@ class Deployer:
         if tagged.returncode != 0:  # in a rollback: say so, and go on restoring the previous version
             self.say(f"warning: could not tag {image_id[:19]} as {ref} again: {tagged.stderr.strip()}")
             return
-        self.docker("rmi", built)  # refused, and kept, if something else still uses it
-        self.say(f"{ref} names {image_id[:19]} again, as before this deployment; removed the new build")
+        self.say(f"{ref} names {image_id[:19]} again, as before this deployment")
+        removed = self.docker("rmi", built)  # refused, and kept, if something else still uses it
+        if removed.returncode == 0:
+            self.say(f"removed the new build {built[:19]}")
+        else:
+            self.say(f"kept the new build {built[:19]}: {(removed.stderr or '').strip()}")
 
     @contextmanager
     def interrupts_held(self) -> Iterator[None]:

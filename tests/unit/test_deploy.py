@@ -141,6 +141,8 @@ class FakeEngine:
     # what the service does to its volumes when it starts (a migration, say)
     on_start: Callable[[FakeEngine], None] | None = None
     served_model: str | None = None  # the model version a new container serves
+    # calls the daemon refuses, "VERB TARGET" (`rm movierec-previous`, `rmi movierec:2.0`) -> its stderr
+    refused: dict[str, str] = field(default_factory=dict)
 
     def __call__(
         self, argv: Sequence[str], capture: bool, stdin: str | None
@@ -149,6 +151,8 @@ class FakeEngine:
         assert argv[0] == "docker"
         self.calls.append(argv[1:])
         verb, args = argv[1], argv[2:]
+        if f"{verb} {args[-1]}" in self.refused:
+            return subprocess.CompletedProcess(argv, 1, "", self.refused[f"{verb} {args[-1]}"] + "\n")
         handler = getattr(self, "do_" + verb.replace("-", "_"))
         rc, out, err = handler(args)
         return subprocess.CompletedProcess(argv, rc, out, err)
@@ -1145,6 +1149,89 @@ def test_a_rebuilt_tag_whose_deployment_failed_names_the_image_it_named_before(t
     assert built != before
     assert engine.containers["movierec"].status == "running"
     assert f"movierec:1.0 names {before[:19]}" in out.getvalue()
+
+
+DAEMON = "Error response from daemon: "
+
+
+def test_a_previous_container_docker_would_not_remove_is_not_said_removed(tmp_path: Path) -> None:
+    """After a successful deployment the set-aside version is removed with `docker rm --force`,
+    whose result was not read: a refusal (a daemon error, a container stuck in removal) was still
+    said "removed the previous container". It is said as a warning now, with the command to run."""
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        refused={"rm movierec-previous": f"{DAEMON}removal of container is already in progress"},
+    )
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    deployer.deploy(secrets_())  # the new version serves: the deployment succeeded
+    printed = out.getvalue()
+    assert "movierec-previous" in engine.containers
+    assert "removed the previous container" not in printed
+    assert (
+        f"warning: could not remove the previous container (movierec:1.0): {DAEMON}removal of container "
+        "is already in progress; remove it with: docker rm --force movierec-previous"
+    ) in printed
+
+
+def test_a_rollback_says_which_removals_docker_refused(tmp_path: Path) -> None:
+    """The rollback removed the new container and image without reading either result, and said
+    "removed the new container and image" whatever Docker answered."""
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+        refused={"rmi movierec:2.0": f"{DAEMON}conflict: unable to remove repository reference"},
+    )
+    deployer, out = make_deployer(make_cfg(tmp_path), engine)
+    with pytest.raises(DeployError, match="health check failed"):
+        deployer.deploy(secrets_())
+    printed = out.getvalue()
+    assert "movierec:2.0" in engine.images
+    assert "removed the new container\n" in printed  # that one Docker did remove
+    assert "removed the new container and image" not in printed
+    assert f"warning: could not remove the new image movierec:2.0: {DAEMON}conflict" in printed
+    assert engine.containers["movierec"].image == "movierec:1.0"  # the rollback went on to its end
+    assert engine.containers["movierec"].status == "running"
+
+
+def test_an_image_docker_would_not_remove_before_the_stop_is_not_said_removed(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    engine = FakeEngine(refused={"rmi movierec:2.0": f"{DAEMON}i/o timeout"})
+    deployer, out = make_deployer(make_cfg(tmp_path, secrets_root=blocker / "secrets"), engine)
+    with pytest.raises(DeployError, match="not-a-directory"):
+        deployer.deploy(secrets_())
+    assert "removed the new image" not in out.getvalue()
+    assert f"warning: could not remove the new image movierec:2.0: {DAEMON}i/o timeout" in out.getvalue()
+
+
+def test_a_failed_build_docker_would_not_remove_is_said_kept(tmp_path: Path) -> None:
+    """A rebuilt tag put back on the image it named: the failed build is removed with `docker rmi`,
+    which Docker refuses while something else uses that image; "removed the new build" was said anyway."""
+    engine = FakeEngine(
+        images={"movierec:1.0"},
+        containers={"movierec": FakeContainer("movierec:1.0", health="healthy")},
+        script=[("running", "unhealthy", 0)],
+    )
+    real = engine.do_rmi
+
+    def refuse_the_build(args: list[str]) -> tuple[int, str, str]:
+        if args[-1].startswith("sha256:built-"):
+            return 1, "", f"{DAEMON}image is being used by stopped container 0123abcd"
+        return real(args)
+
+    engine.do_rmi = refuse_the_build  # type: ignore[method-assign]
+    before = engine.image_id("movierec:1.0")
+    deployer, out = make_deployer(make_cfg(tmp_path, image_version="1.0"), engine)
+    with pytest.raises(DeployError, match="health check failed"):
+        deployer.deploy(secrets_())
+    printed = out.getvalue()
+    assert engine.image_id("movierec:1.0") == before
+    assert "removed the new build" not in printed
+    assert f"movierec:1.0 names {before[:19]} again" in printed
+    assert "kept the new build sha256:built-" in printed
+    assert "image is being used by stopped container" in printed
 
 
 def test_health_timeout(tmp_path: Path) -> None:
