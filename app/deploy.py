@@ -127,6 +127,14 @@ MODEL_CHECK = ("python", "-m", "app.healthcheck", "--model-version")
 """Run in the new container (``docker exec``) once it is healthy, with the version built: fails
 unless its /health/ready names that model (app/healthcheck.py)."""
 MAX_MANIFEST_BYTES = 1 << 20
+IMAGE_INTERFACE = 1
+"""What this deploy-docker.py asks of the image it builds, numbered: ``python -m app.healthcheck
+--model-version`` (:data:`MODEL_CHECK`), ``python -m app.deploy database ...`` (the snapshot) and
+the model stage's :data:`GATE_STARTED` line. Raise it when one of them changes so that an image
+built from an older checkout cannot do what this one asks. A ``--context`` whose ``app/deploy.py``
+names another number, or none (a checkout from before 2026-12-06), is refused before the build
+(:func:`check_context`)."""
+_IMAGE_INTERFACE_LINE = re.compile(r"^IMAGE_INTERFACE = (\d+)$", re.MULTILINE)
 
 
 class DeployError(RuntimeError):
@@ -697,6 +705,35 @@ def model_source(path: Path) -> Path:
     )
 
 
+def check_context(context: Path) -> None:
+    """The build context must be a checkout whose image this deploy-docker.py can drive: one of the
+    same :data:`IMAGE_INTERFACE`. An older checkout's image failed the checks run in it only after
+    the live version was stopped (its health check took ``--model-version`` for the URL: "does not
+    serve model V ...: unhealthy: --model-version: not an http(s) URL"), then was rolled back."""
+    source = context / "app" / "deploy.py"
+    try:
+        text = source.read_text(errors="replace")
+    except FileNotFoundError:
+        raise DeployError(
+            f"--context {context} is not a movierec checkout: it has no app/deploy.py (the default "
+            f"context is this deploy-docker.py's own checkout, {REPO_ROOT}). Nothing was built or deployed."
+        ) from None
+    except OSError as exc:
+        raise DeployError(f"--context {context}: cannot read {source}: {exc.strerror or exc}") from None
+    found = _IMAGE_INTERFACE_LINE.search(text)
+    theirs = int(found.group(1)) if found else None
+    if theirs == IMAGE_INTERFACE:
+        return
+    age = "older" if theirs is None or theirs < IMAGE_INTERFACE else "newer"
+    raise DeployError(
+        f"--context {context} is a checkout {age} than this deploy-docker.py ({REPO_ROOT}): the image it "
+        "builds would not answer the checks this one runs in it (the served model's version, the "
+        "database snapshot), and would be rolled back only after the running version was stopped. "
+        f"Deploy it with its own {context / 'deploy-docker.py'}, or bring that checkout to this one's "
+        "version. Nothing was built or deployed."
+    )
+
+
 def bundle_version(path: Path) -> str | None:
     """The version the manifest of the bundle ``path`` (a directory or a ``.tar.gz``, as
     :func:`model_source` gives it) names: the model the image is built with. None for a
@@ -871,6 +908,7 @@ class Deployer:
 
     def build(self) -> None:
         cfg = self.cfg
+        check_context(cfg.context)
         model = model_source(cfg.model_file)
         built = bundle_version(model)
         if cfg.model_version is not None and built is not None and built != cfg.model_version:
@@ -1484,7 +1522,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port-mapping", default="80", help="host [IP:]PORT for the API (default 80)")
     parser.add_argument("--json-log", action="store_true", help="json-file logs instead of journald")
     parser.add_argument("--log-tag", default=None, help="log tag (default: the container name)")
-    parser.add_argument("--context", type=Path, default=REPO_ROOT, help="build context (default: the repo)")
+    parser.add_argument(
+        "--context", type=Path, default=REPO_ROOT,
+        help="build context: a checkout of this version (default: this one)",
+    )  # fmt: skip
     parser.add_argument("--dockerfile", type=Path, default=None)
     parser.add_argument("--base-image", default=None, help="BASE_IMAGE build argument")
     # checked here: a nan or negative tolerance failed only inside `docker build`, a nan or

@@ -364,6 +364,8 @@ def make_cfg(tmp_path: Path, **overrides: object) -> DeployConfig:
     (context / "model" / "v1").mkdir(parents=True, exist_ok=True)
     (context / "model" / "v1" / "manifest.json").write_text("{}")
     (context / "model" / "v1" / "test_data.json").write_text("{}")
+    (context / "app").mkdir(exist_ok=True)  # a checkout of this version: its image answers our checks
+    shutil.copy2(deploy.REPO_ROOT / "app" / "deploy.py", context / "app" / "deploy.py")
     values: dict[str, object] = {
         "image_name": "movierec",
         "image_version": "2.0",
@@ -1256,6 +1258,41 @@ def test_failed_build_touches_no_container(tmp_path: Path) -> None:
     with pytest.raises(DeployError, match=r"building movierec:2\.0 failed"):
         deployer.deploy(secrets_())
     assert engine.verbs() == ["image inspect", "build"]
+    assert engine.containers["movierec"].status == "running"
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("# app/deploy.py of a checkout from before IMAGE_INTERFACE\n", "older than this deploy-docker.py"),
+        ("IMAGE_INTERFACE = 1000\n", "newer than this deploy-docker.py"),
+        (None, "is not a movierec checkout: it has no app/deploy.py"),
+    ],
+)
+def test_a_context_of_another_checkout_is_refused_before_the_build(
+    tmp_path: Path, source: str | None, said: str
+) -> None:
+    """--context an older checkout built an image that could not answer this deploy-docker.py's
+    checks: its healthcheck took --model-version for the URL, and once the live version was stopped
+    the new one was rolled back with "does not serve model V, the one built and tested: unhealthy:
+    --model-version: not an http(s) URL". Refused now, before anything is built or stopped, saying
+    what is wrong and which deploy-docker.py to use."""
+    cfg = make_cfg(tmp_path)
+    if source is None:
+        shutil.rmtree(cfg.context / "app")
+    else:
+        (cfg.context / "app" / "deploy.py").write_text(source)
+    engine = FakeEngine(
+        images={"movierec:1.0"}, containers={"movierec": FakeContainer("movierec:1.0", health="healthy")}
+    )
+    deployer, _ = make_deployer(cfg, engine)
+    with pytest.raises(DeployError, match=said) as refused:
+        deployer.deploy(secrets_())
+    message = str(refused.value)
+    assert f"--context {cfg.context}" in message and "Nothing was built or deployed" in message
+    if source is not None:
+        assert f"Deploy it with its own {cfg.context / 'deploy-docker.py'}" in message
+    assert engine.verbs() == ["image inspect"]
     assert engine.containers["movierec"].status == "running"
 
 
