@@ -159,6 +159,8 @@ CMD ["/app/scripts/start-uwsgi.sh"]
 # every build has, is copied then and not used (the model's own test data is in /tmp/model-in;
 # the default was ${MODEL_FILE}/test_data.json, which a model store has not, so a store failed
 # in that COPY with only Docker's "not found").
+# The RUN takes MODEL_FILE in this order: a bundle, a model store, a directory holding a model.pkl,
+# a file. deploy-docker.py decides the same in app/deploy.py's model_source, before the build: change both.
 FROM server AS model
 USER root
 ARG MODEL_FILE=model/latest

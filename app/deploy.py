@@ -685,11 +685,13 @@ def log_hint(cfg: DeployConfig) -> str:
 
 
 def model_source(path: Path) -> Path:
-    """What the image is built from for ``MODEL_FILE``: a model store (a directory with no
-    ``manifest.json`` whose ``latest`` names a bundle, as ``ML_MODEL_PATH`` takes it) is its latest
-    bundle: the Dockerfile takes a store too, but one outside the context would be copied into it
-    whole, every version. A ``model.pkl`` needs the ``catalogue.csv`` beside it
-    (:func:`staged_in_context` brings the two)."""
+    """What the image is built from for ``MODEL_FILE``, taken in the Dockerfile's model stage's
+    order: a bundle (a directory with ``manifest.json``) as it is; a model store (a directory whose
+    ``latest/manifest.json`` names a bundle, as ``ML_MODEL_PATH`` takes it) as its latest bundle (the
+    Dockerfile takes a store too, but one outside the context would be copied into it whole, every
+    version); a directory holding a ``model.pkl`` as that ``model.pkl`` (the Dockerfile takes it; this
+    refused it until 2026-12-06); a file as it is. A ``model.pkl`` needs the ``catalogue.csv`` beside
+    it (:func:`staged_in_context` brings the two)."""
     if path.is_file() and path.suffix == ".pkl" and not (path.parent / CATALOGUE).is_file():
         raise DeployError(
             f"MODEL_FILE {path} has no {CATALOGUE} beside it: a model.pkl takes its movies' titles from "
@@ -699,9 +701,11 @@ def model_source(path: Path) -> Path:
         return path
     if (path / "latest" / "manifest.json").is_file():
         return (path / "latest").resolve()
+    if (path / "model.pkl").is_file():
+        return model_source(path / "model.pkl")
     raise DeployError(
-        f"MODEL_FILE {path} is a directory but neither a bundle (no manifest.json) nor a model store "
-        "whose 'latest' names one"
+        f"MODEL_FILE {path} is a directory but neither a bundle (no manifest.json), a model store "
+        "whose 'latest' names one, nor a directory holding a model.pkl"
     )
 
 
@@ -1511,7 +1515,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "model_file",
         metavar="MODEL_FILE",
         type=Path,
-        help="bundle dir, .tar.gz, model.pkl (its catalogue.csv beside it) or model store (its latest)",
+        help="bundle dir, .tar.gz, model.pkl (its catalogue.csv beside it) or the directory holding it, "
+        "or model store (its latest)",
     )
     parser.add_argument("test_data_file", metavar="TEST_DATA_FILE", type=Path)
     parser.add_argument(

@@ -622,6 +622,41 @@ def test_a_model_pkl_is_built_with_the_catalogue_beside_it(tmp_path: Path) -> No
     assert not [call for call in engine.calls if call[0] == "build"]
 
 
+def test_a_directory_holding_a_model_pkl_is_built_as_the_dockerfile_builds_it(tmp_path: Path) -> None:
+    """The Dockerfile's model stage takes MODEL_FILE a directory holding a model.pkl (and its
+    catalogue.csv); deploy-docker.py refused the same directory before the build ("is a directory
+    but neither a bundle nor a model store"). The two now follow one order: a bundle
+    (manifest.json), a store (latest/manifest.json), a directory holding a model.pkl, a file."""
+    cfg = make_cfg(tmp_path)
+    for seed in (tmp_path / "elsewhere" / "seed", cfg.context / "model" / "seed"):
+        seed.mkdir(parents=True)
+        (seed / "model.pkl").write_bytes(b"pickle")
+        (seed / "catalogue.csv").write_text("movie_id,title\n")
+        assert deploy.model_source(seed) == seed / "model.pkl"
+        engine = FakeEngine()
+        built: list[list[str]] = []
+
+        def seen(
+            args: list[str], engine: FakeEngine = engine, built: list[list[str]] = built
+        ) -> tuple[int, str, str]:
+            model_rel = next(a for a in args if a.startswith("MODEL_FILE=")).removeprefix("MODEL_FILE=")
+            built.append(sorted(p.name for p in (cfg.context / model_rel).iterdir()))
+            return FakeEngine.do_build(engine, args)
+
+        engine.do_build = seen  # type: ignore[method-assign]
+        deployer, _ = make_deployer(replace(cfg, model_file=seed), engine)
+        deployer.deploy(secrets_())
+        assert built == [["catalogue.csv", "model.pkl"]]
+
+    (seed / "latest").mkdir()  # a store beside it wins, as in the Dockerfile
+    (seed / "latest" / "manifest.json").write_text("{}")
+    assert deploy.model_source(seed) == (seed / "latest").resolve()
+    shutil.rmtree(seed / "latest")
+    (seed / "catalogue.csv").unlink()  # the Dockerfile's install refuses it too: here before the build
+    with pytest.raises(deploy.DeployError, match=r"model\.pkl has no catalogue\.csv beside it"):
+        deploy.model_source(seed)
+
+
 def test_missing_model_file_is_reported(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     with (
