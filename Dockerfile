@@ -159,8 +159,9 @@ CMD ["/app/scripts/start-uwsgi.sh"]
 # every build has, is copied then and not used (the model's own test data is in /tmp/model-in;
 # the default was ${MODEL_FILE}/test_data.json, which a model store has not, so a store failed
 # in that COPY with only Docker's "not found").
-# The RUN takes MODEL_FILE in this order: a bundle, a model store, a directory holding a model.pkl,
-# a file. deploy-docker.py decides the same in app/deploy.py's model_source, before the build: change both.
+# What MODEL_FILE is (a bundle, a model store, a directory holding a model.pkl, a file) and which test
+# data is its own, app/deploy.py decides (model-input: model_kind, which deploy-docker.py's model_source
+# uses before the build too); it prints an Error: line for one it cannot build.
 FROM server AS model
 USER root
 ARG MODEL_FILE=model/latest
@@ -169,20 +170,10 @@ ARG ACCURACY_TOLERANCE=1e-5
 COPY ${MODEL_FILE} /tmp/model-in/
 COPY ${MODEL_TEST_FILE:-pyproject.toml} /tmp/model-test/test_data.json
 RUN set -eu; \
-    given=/tmp/model-in; \
     echo "accuracy test: MODEL_FILE=$MODEL_FILE MODEL_TEST_FILE=${MODEL_TEST_FILE:-<bundle>/test_data.json}"; \
-    if [ -f "$given/manifest.json" ]; then src=$given own=$given/test_data.json; \
-    elif [ -f "$given/latest/manifest.json" ]; then src=$given own=$given/latest/test_data.json; \
-    elif [ -f "$given/model.pkl" ]; then src=$given/model.pkl own=$given/test_data.json; \
-    else src="$given/$(basename "$MODEL_FILE")" own=; fi; \
-    if [ ! -e "$src" ]; then \
-        echo "Error: MODEL_FILE=$MODEL_FILE is none of a bundle directory (manifest.json), a model store (latest/manifest.json), a directory holding a model.pkl, or a .tar.gz or model.pkl file" >&2; \
-        exit 1; fi; \
-    if [ -n "$MODEL_TEST_FILE" ]; then test_data=/tmp/model-test/test_data.json; \
-    elif [ -f "$own" ]; then test_data=$own; \
-    else \
-        echo "Error: MODEL_FILE=$MODEL_FILE holds no test_data.json of its own: give its accuracy test data as MODEL_TEST_FILE" >&2; \
-        exit 1; fi; \
+    python -m app.deploy model-input /tmp/model-in "$MODEL_FILE" ${MODEL_TEST_FILE:+/tmp/model-test/test_data.json} \
+        >/tmp/model-input; \
+    src=$(sed -n 1p /tmp/model-input); test_data=$(sed -n 2p /tmp/model-input); \
     python tests/run_accuracy_tests.py "$src" "$test_data" --error-tolerance "$ACCURACY_TOLERANCE"; \
     python -m app.deploy install-model "$src" /model --test-data "$test_data"
 

@@ -684,29 +684,100 @@ def log_hint(cfg: DeployConfig) -> str:
     return f"journalctl CONTAINER_NAME={cfg.container_name}   (follow: -f, structured: -o json)"
 
 
+def model_kind(path: Path) -> str | None:
+    """What a ``MODEL_FILE`` is, decided here for both deploy-docker.py (:func:`model_source`, before
+    the build) and the Dockerfile's model stage (:func:`model_input`, inside it), in one order:
+    ``"bundle"`` (a directory with ``manifest.json``), ``"store"`` (a directory whose
+    ``latest/manifest.json`` names a bundle, as ``ML_MODEL_PATH`` takes it), ``"pickle-dir"`` (a
+    directory holding a ``model.pkl``), ``"file"`` (a ``.tar.gz`` or a pickled model); None: none of
+    them. The two decided it each in their own way, and disagreed: the stage built a directory
+    holding a model.pkl that deploy-docker.py refused."""
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            return "bundle"
+        if (path / "latest" / "manifest.json").is_file():
+            return "store"
+        return "pickle-dir" if (path / "model.pkl").is_file() else None
+    return "file" if path.is_file() else None
+
+
+_NO_MODEL = (
+    "is none of a bundle directory (manifest.json), a model store (latest/manifest.json), a directory "
+    "holding a model.pkl, or a .tar.gz or model.pkl file"
+)
+
+
 def model_source(path: Path) -> Path:
-    """What the image is built from for ``MODEL_FILE``, taken in the Dockerfile's model stage's
-    order: a bundle (a directory with ``manifest.json``) as it is; a model store (a directory whose
-    ``latest/manifest.json`` names a bundle, as ``ML_MODEL_PATH`` takes it) as its latest bundle (the
-    Dockerfile takes a store too, but one outside the context would be copied into it whole, every
-    version); a directory holding a ``model.pkl`` as that ``model.pkl`` (the Dockerfile takes it; this
-    refused it until 2026-12-06); a file as it is. A ``model.pkl`` needs the ``catalogue.csv`` beside
-    it (:func:`staged_in_context` brings the two)."""
-    if path.is_file() and path.suffix == ".pkl" and not (path.parent / CATALOGUE).is_file():
+    """What the image is built from for ``MODEL_FILE`` (:func:`model_kind`): a bundle or a file as it
+    is; a model store as its latest bundle (the Dockerfile takes a store too, but one outside the
+    context would be copied into it whole, every version); a directory holding a ``model.pkl`` as
+    that ``model.pkl`` (refused until 2026-12-06). A ``model.pkl`` needs the ``catalogue.csv`` beside
+    it (:func:`staged_in_context` brings the two). A path that does not exist is returned as it is:
+    staging says so."""
+    kind = model_kind(path)
+    if kind == "store":
+        return (path / "latest").resolve()
+    if kind == "pickle-dir":
+        return model_source(path / "model.pkl")
+    if kind == "file" and path.suffix == ".pkl" and not (path.parent / CATALOGUE).is_file():
         raise DeployError(
             f"MODEL_FILE {path} has no {CATALOGUE} beside it: a model.pkl takes its movies' titles from "
             "there, and an image has no data set to take them from"
         )
-    if not path.is_dir() or (path / "manifest.json").is_file():
-        return path
-    if (path / "latest" / "manifest.json").is_file():
-        return (path / "latest").resolve()
-    if (path / "model.pkl").is_file():
-        return model_source(path / "model.pkl")
-    raise DeployError(
-        f"MODEL_FILE {path} is a directory but neither a bundle (no manifest.json), a model store "
-        "whose 'latest' names one, nor a directory holding a model.pkl"
+    if kind is None and path.is_dir():
+        raise DeployError(
+            f"MODEL_FILE {path} is a directory but neither a bundle (no manifest.json), a model store "
+            "whose 'latest' names one, nor a directory holding a model.pkl"
+        )
+    return path
+
+
+def model_input(given: Path, model_file: str, test_data: Path | None = None) -> tuple[Path, Path]:
+    """The Dockerfile's model stage: the model to test and install, and its accuracy test data, from
+    ``given`` (the build's copy of ``MODEL_FILE``: a directory's contents, or the file itself inside
+    it), by :func:`model_kind`. The test data is ``test_data`` (``MODEL_TEST_FILE``) when given, else
+    the model's own (a bundle's, a store's latest's, the one beside a model.pkl); a file has none."""
+    kind = model_kind(given)
+    own: Path | None
+    if kind == "bundle":
+        source, own = given, given / "test_data.json"
+    elif kind == "store":
+        source, own = given, given / "latest" / "test_data.json"
+    elif kind == "pickle-dir":
+        source, own = given / "model.pkl", given / "test_data.json"
+    else:
+        source, own = given / PurePosixPath(model_file).name, None
+        if model_kind(source) != "file":
+            raise DeployError(f"MODEL_FILE={model_file} {_NO_MODEL}")
+    if test_data is not None:
+        return source, test_data
+    if own is None or not own.is_file():
+        raise DeployError(
+            f"MODEL_FILE={model_file} holds no test_data.json of its own: give its accuracy test data "
+            "as MODEL_TEST_FILE"
+        )
+    return source, own
+
+
+def model_input_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.deploy model-input",
+        description="The Dockerfile's model stage: print the model to test and install, then its test "
+        "data, one a line; or an 'Error: ' line (deploy-docker.py quotes it) and exit 1.",
     )
+    parser.add_argument("given", type=Path, help="the build's copy of MODEL_FILE")
+    parser.add_argument("model_file", help="MODEL_FILE as given to the build")
+    parser.add_argument(
+        "test_data", type=Path, nargs="?", default=None, help="MODEL_TEST_FILE's copy, if given"
+    )
+    args = parser.parse_args(argv)
+    try:
+        source, test_data = model_input(args.given, args.model_file, args.test_data)
+    except DeployError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{source}\n{test_data}")
+    return 0
 
 
 def check_context(context: Path) -> None:
@@ -1640,6 +1711,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["install-model"]:
         sys.exit(install_model_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["model-input"]:
+        sys.exit(model_input_main(sys.argv[2:]))
     if sys.argv[1:2] == ["smoke"]:
         sys.exit(smoke_main(sys.argv[2:]))
     if sys.argv[1:2] == ["database"]:

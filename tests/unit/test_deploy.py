@@ -657,6 +657,82 @@ def test_a_directory_holding_a_model_pkl_is_built_as_the_dockerfile_builds_it(tm
         deploy.model_source(seed)
 
 
+def _model_layout(root: Path, layout: str) -> Path:
+    """A MODEL_FILE of each kind (and a directory that is none), on the host."""
+
+    def bundle(path: Path, version: str) -> None:
+        path.mkdir(parents=True)
+        (path / "manifest.json").write_text(json.dumps({"version": version}))
+        (path / "test_data.json").write_text("{}")
+
+    if layout == "archive":
+        bundle(root / "src", "v-archive")
+        with tarfile.open(root / "model.tar.gz", "w:gz") as archive:
+            archive.add(root / "src", arcname="bundle")
+        return root / "model.tar.gz"
+    given = root / "given"
+    given.mkdir(parents=True)
+    if layout == "bundle":
+        shutil.rmtree(given)
+        bundle(given, "v-bundle")
+    if layout in ("store", "store-and-pickle"):
+        bundle(given / "v1", "v1")
+        bundle(given / "v2", "v2")
+        (given / "latest").symlink_to("v2")
+    if layout in ("pickle-dir", "store-and-pickle", "pkl"):
+        (given / "model.pkl").write_bytes(b"pickle")
+        (given / "catalogue.csv").write_text("movie_id,title\n")
+        (given / "test_data.json").write_text("{}")
+    if layout == "nothing":
+        (given / "notes.txt").write_text("no model here\n")
+    return given / "model.pkl" if layout == "pkl" else given
+
+
+def _what_is_loaded(path: Path) -> object:
+    """A bundle's (or a store's latest's) version; a file's bytes."""
+    if path.is_dir():
+        return deploy.bundle_version(path) or deploy.bundle_version((path / "latest").resolve())
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "layout", ["bundle", "store", "pickle-dir", "store-and-pickle", "pkl", "archive", "nothing"]
+)
+def test_deploy_docker_and_the_dockerfile_take_a_model_file_alike(tmp_path: Path, layout: str) -> None:
+    """deploy-docker.py (model_source, before the build) and the Dockerfile's model stage
+    (model-input, on the build's copy: a directory's contents, a file inside /tmp/model-in/) decide
+    what MODEL_FILE is by one rule, app.deploy.model_kind: each accepts what the other does and loads
+    the same model (a store's latest, not another version). They disagreed on a directory holding a
+    model.pkl, which the stage built and deploy-docker.py refused."""
+    path = _model_layout(tmp_path / "host", layout)
+    copy = tmp_path / "build" / "model-in"  # COPY ${MODEL_FILE} /tmp/model-in/, links kept
+    if path.is_dir():
+        shutil.copytree(path, copy, symlinks=True)
+    else:
+        copy.mkdir(parents=True)
+        shutil.copy2(path, copy / path.name)
+    rel = f"model/{path.name}"
+    given_test = tmp_path / "given.json"
+    try:
+        host = _what_is_loaded(deploy.model_source(path))
+    except DeployError:
+        host = "refused"
+    try:
+        stage = _what_is_loaded(deploy.model_input(copy, rel, given_test)[0])
+    except DeployError:
+        stage = "refused"
+    assert host == stage
+    assert (host == "refused") == (layout == "nothing")
+    if layout in ("store", "store-and-pickle"):
+        assert host == "v2"
+    # without MODEL_TEST_FILE: the model's own test data, which a lone file has not
+    if layout in ("bundle", "store", "pickle-dir", "store-and-pickle"):
+        assert deploy.model_input(copy, rel)[1].is_file()
+    elif layout != "nothing":
+        with pytest.raises(DeployError, match=f"MODEL_FILE={rel} holds no test_data.json of its own"):
+            deploy.model_input(copy, rel)
+
+
 def test_missing_model_file_is_reported(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     with (
