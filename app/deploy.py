@@ -991,7 +991,8 @@ class Deployer:
                 f"--model-version {cfg.model_version} is not the model {model} holds ({built}). "
                 "Nothing was built or deployed."
             )
-        tested = str(cfg.model_file) if model == cfg.model_file else f"{model}, {cfg.model_file}'s latest"
+        store = model_kind(cfg.model_file) == "store"
+        tested = f"{model}, {cfg.model_file}'s latest" if store else str(model)
         with staged_in_context([model, cfg.test_data_file], cfg.context) as (model_rel, test_rel):
             self.say(f"building {cfg.image_ref} (the accuracy test of {tested} runs inside the build)")
             result = self.docker(*build_command(cfg, model_rel, test_rel), capture=False)

@@ -644,9 +644,11 @@ def test_a_directory_holding_a_model_pkl_is_built_as_the_dockerfile_builds_it(tm
             return FakeEngine.do_build(engine, args)
 
         engine.do_build = seen  # type: ignore[method-assign]
-        deployer, _ = make_deployer(replace(cfg, model_file=seed), engine)
+        deployer, out = make_deployer(replace(cfg, model_file=seed), engine)
         deployer.deploy(secrets_())
         assert built == [["catalogue.csv", "model.pkl"]]
+        # it names what it tests: not "<dir>/model.pkl, <dir>'s latest" (a store's wording)
+        assert f"(the accuracy test of {seed / 'model.pkl'} runs inside the build)" in out.getvalue()
 
     (seed / "latest").mkdir()  # a store beside it wins, as in the Dockerfile
     (seed / "latest" / "manifest.json").write_text("{}")
