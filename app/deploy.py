@@ -56,6 +56,8 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
@@ -1330,16 +1332,20 @@ class SmokeResult:
     ready: dict[str, Any]
 
 
-def _post_json(url: str, body: Mapping[str, Any], token: str | None = None, timeout: float = 10.0) -> Any:
-    import urllib.request
-
+def _post_json(
+    opener: urllib.request.OpenerDirector,
+    url: str,
+    body: Mapping[str, Any],
+    token: str | None = None,
+    timeout: float = 10.0,
+) -> Any:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     # http(s) only: smoke_test checks the scheme before any request
     request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")  # noqa: S310
     # nosec B310 - http(s) only: smoke_test checks the scheme
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
+    with opener.open(request, timeout=timeout) as response:  # nosec B310
         return json.loads(response.read().decode())
 
 
@@ -1347,28 +1353,35 @@ def smoke_test(
     base_url: str, password: str, timeout: float = 10.0, model_version: str | None = None
 ) -> SmokeResult:
     """The seed's curl sequence: readiness, login, recommend, score. Raises on any deviation,
-    and, given ``model_version``, when /health/ready names another model (before anything is scored)."""
-    import urllib.error
-    import urllib.request
+    and, given ``model_version``, when /health/ready names another model (before anything is scored).
+
+    A loopback URL (CI's ``http://127.0.0.1:8000``) is asked directly, as the container's health
+    check asks it (app/healthcheck.py): through the environment's proxy (urlopen's, NO_PROXY's CIDR
+    form unread) a healthy API failed with the proxy's "Connection refused". Another host is reached
+    the way the environment says."""
+    from app.healthcheck import direct_opener, is_loopback, served_model_version
 
     base = base_url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise DeployError(f"smoke test URL must be http(s): {base_url}")
+    opener = direct_opener() if is_loopback(base) else urllib.request.build_opener()
     try:
-        with urllib.request.urlopen(f"{base}/health/ready", timeout=timeout) as response:  # noqa: S310  # nosec B310 - our own health URL
-            ready = json.loads(response.read().decode() or "{}")
-        served = ready.get("model_version") if isinstance(ready, dict) else None
+        with opener.open(f"{base}/health/ready", timeout=timeout) as response:  # nosec B310 - http(s), checked
+            body = response.read()
+        ready = json.loads(body.decode() or "{}")
+        served = served_model_version(body)
         if model_version is not None and served != model_version:
             raise DeployError(f"{base} serves model {served!r}, not the {model_version!r} expected")
-        token = _post_json(f"{base}/api/login", {"session_password": password}, timeout=timeout)[
+        token = _post_json(opener, f"{base}/api/login", {"session_password": password}, timeout=timeout)[
             "access_token"
         ]
         profile = {"age": 30, "gender": "M", "occupation": "programmer"}
-        answer = _post_json(f"{base}/api/recommend", profile, token, timeout)
+        answer = _post_json(opener, f"{base}/api/recommend", profile, token, timeout)
         titles, request_id = answer["recommendations"], answer["id"]
         if not titles or not all(isinstance(t, str) and t for t in titles):
             raise DeployError(f"/api/recommend returned no titles: {answer}")
         scored = _post_json(
+            opener,
             f"{base}/api/recommend/score",
             {"id": request_id, "movie": titles[0], "score": 5.0},
             token,

@@ -16,9 +16,11 @@ Standard library only; the reason of a failure is its one line of output (``dock
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -34,11 +36,28 @@ def default_url(environ: Mapping[str, str]) -> str:
     return f"http://127.0.0.1:{environ.get('MOVIEREC_PORT') or DEFAULT_PORT}/health/ready"
 
 
+def direct_opener() -> urllib.request.OpenerDirector:
+    """An opener that uses no proxy, whatever the environment says."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine's loopback (``localhost``, 127.0.0.0/8, ::1): never
+    reached through a proxy (app.deploy's smoke test asks it directly too)."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def probe(url: str, timeout: float = TIMEOUT_SECONDS) -> bytes:
     """The body ``url`` answers with 2xx (redirects followed); raise OSError otherwise."""
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http(s) URL: {url!r}")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy, whatever the env says
+    opener = direct_opener()  # no proxy, whatever the env says
     with opener.open(url, timeout=timeout) as response:  # nosec B310 - http(s) only, checked above
         body: bytes = response.read()
     return body

@@ -1904,6 +1904,7 @@ class _SeedApi:
         self.score_answer = score_answer
         self.password = password
         self.scored: list[dict[str, object]] = []
+        self.proxied: list[str] = []  # the absolute URLs it was asked for as a proxy
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
@@ -1918,6 +1919,10 @@ class _SeedApi:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
+                if not self.path.startswith("/"):  # asked as a proxy: "GET http://host/..."
+                    api.proxied.append(self.path)
+                    self.reply(502, {"error": "bad gateway"})
+                    return
                 self.reply(200, {"status": "ok", "model_version": "v1"})
 
             def do_POST(self) -> None:
@@ -1996,6 +2001,57 @@ def test_the_smoke_test_checks_the_served_model_version_when_asked(
     assert deploy.smoke_main([seed_api.url, "--model-version", "v2"], environ=environ) == 1
     assert "serves model 'v1', not the 'v2' expected" in capsys.readouterr().err
     assert seed_api.scored == [{"id": "r-1", "movie": "Star Wars (1977)", "score": 5.0}]  # the first run's
+
+
+def _dead_port() -> int:
+    """A loopback port nothing listens on: a proxy that is not there."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _forget_urllib_s_opener(monkeypatch: pytest.MonkeyPatch) -> None:
+    """urlopen builds its opener, proxies included, from the environment of its first call in the
+    process, and keeps it: without this the proxy settings set here would not count. The one kept
+    before is put back after the test (one built here would send later tests to the dead proxy)."""
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "_opener", None)
+
+
+def test_the_smoke_test_asks_a_loopback_api_directly_whatever_the_proxy_settings(
+    seed_api: _SeedApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI's smoke step (`python -m app.deploy smoke http://127.0.0.1:8000`) runs where a proxy may be
+    set (HTTP_PROXY, and NO_PROXY in Docker's documented CIDR form, 127.0.0.0/8, which urllib does not
+    read): it asked the proxy for 127.0.0.1, and a healthy API failed its smoke test with the proxy's
+    "Connection refused". The container's health check (app/healthcheck.py) already asked the
+    loopback directly; the smoke test now does too."""
+    proxy = f"http://127.0.0.1:{_dead_port()}"
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.0/8")
+    _forget_urllib_s_opener(monkeypatch)
+    for url in (seed_api.url, seed_api.url.replace("127.0.0.1", "localhost")):
+        result = deploy.smoke_test(url, PASSWORD, model_version="v1")
+        assert result.request_id == "r-1"
+
+
+def test_the_smoke_test_of_a_remote_api_still_goes_through_the_proxy(
+    seed_api: _SeedApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the loopback is asked directly: another host is reached the way the environment says."""
+    monkeypatch.setenv("http_proxy", seed_api.url)  # a "proxy" that answers 404s for absolute URLs
+    monkeypatch.setenv("HTTP_PROXY", seed_api.url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    _forget_urllib_s_opener(monkeypatch)
+    with pytest.raises(DeployError, match=r"movierec\.invalid:8000/health/ready answered 502"):
+        deploy.smoke_test("http://movierec.invalid:8000", PASSWORD)
+    assert seed_api.proxied == ["http://movierec.invalid:8000/health/ready"]
 
 
 @pytest.mark.parametrize("timeout", ["0", "nan", "-1"])
