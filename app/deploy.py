@@ -94,9 +94,10 @@ MAX_LOG_ERRORS = 10
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)(?:: .*)?$")
 """The last line of a Python traceback (``app.config.ConfigurationError: ...``). An interrupted
 import's ``KeyboardInterrupt`` (a sibling worker stopped because this one failed) is not an error."""
-_NO_SUCH_IMAGE = re.compile(r"no such image|image not known|not found", re.IGNORECASE)
+_NO_SUCH_IMAGE = re.compile(r"no such image|image not known|image not found", re.IGNORECASE)
 """How ``docker image inspect`` (Docker: "No such image: x", Podman: "image not known") says an
-image is not there, as opposed to a daemon it could not ask."""
+image is not there, as opposed to a daemon it could not ask. Not any "not found": a DOCKER_CONTEXT
+this user has not ('context "prod": context not found') was read as a missing image."""
 _NO_SUCH_CONTAINER = re.compile(r"no such (?:container|object)|no container with name", re.IGNORECASE)
 """How ``docker container inspect`` (Docker: "No such container: x", Podman: "no container with
 name or ID ... found") says there is no such container."""

@@ -148,6 +148,9 @@ def test_a_model_file_that_cannot_be_copied_into_the_build_context_is_a_clear_er
     [
         "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?",
         "permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock",
+        # DOCKER_CONTEXT naming a context this user has not: its "not found" was read as the image's
+        'Failed to initialize: unable to resolve docker endpoint: context "prod": context not found: '
+        "open /root/.docker/contexts/meta/0123/meta.json: no such file or directory",
     ],
 )
 def test_a_docker_daemon_that_cannot_be_reached_is_not_reported_as_a_missing_image(
@@ -174,7 +177,11 @@ def test_a_docker_daemon_that_cannot_be_reached_is_not_reported_as_a_missing_ima
 
 
 def test_an_image_that_is_not_there_is_still_none() -> None:
-    for said in ("Error: No such image: movierec:2.0", "Error response from daemon: No such image: m:2"):
+    for said in (
+        "Error: No such image: movierec:2.0",
+        "Error response from daemon: No such image: m:2",
+        "Error: movierec:2.0: image not known",  # Podman
+    ):
 
         def executor(
             argv: Sequence[str], capture: bool, stdin: str | None, said: str = said
