@@ -862,9 +862,15 @@ def staged_in_context(paths: Sequence[Path], context: Path) -> Iterator[list[str
                 rel.append(resolved.relative_to(context).as_posix())  # model/latest -> model/<version>
                 continue
             if staging is None:
-                store.mkdir(exist_ok=True)
-                staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=store))
-                staging.chmod(0o755)
+                try:  # a link to a volume not mounted here, a checkout this user may not write
+                    store.mkdir(exist_ok=True)
+                    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=store))
+                    staging.chmod(0o755)
+                except OSError as exc:
+                    raise DeployError(
+                        f"cannot stage {path} in the build context's {store} (docker build copies only "
+                        f"from its context): {_copy_problem(exc)}"
+                    ) from None
             target = staging / f"{len(rel)}-{resolved.name}"
             try:
                 if resolved.is_dir():

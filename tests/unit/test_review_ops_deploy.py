@@ -6,6 +6,7 @@ import contextlib
 import functools
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,6 +142,33 @@ def test_a_model_file_that_cannot_be_copied_into_the_build_context_is_a_clear_er
     assert "Traceback" not in err
     assert not [c for c in engine.calls if c[0] == "build"]
     assert [p.name for p in (cfg.context / "model").iterdir()] == ["v1"]  # the staging is gone
+
+
+def test_a_build_context_whose_model_directory_cannot_take_the_staging_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A MODEL_FILE outside the context is staged in the context's model/: a model/ that cannot take
+    it (a link to a model volume not mounted here; a checkout the deploying user may not write, as
+    another user than root) ended deploy-docker.py with mkdir's traceback."""
+    cfg = make_cfg(tmp_path)
+    shutil.rmtree(cfg.context / "model")
+    (cfg.context / "model").symlink_to(tmp_path / "unmounted-volume")
+    bundle = tmp_path / "outside" / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    test_data = tmp_path / "outside" / "test_data.json"
+    test_data.write_text("{}")
+    engine = FakeEngine()
+    monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
+    rc = deploy.main(
+        ["movierec", "2.0", str(bundle), str(test_data), "--context", str(cfg.context),
+         "--secrets-dir", str(cfg.secrets_root)],
+        environ={"SESSION_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err, err
+    assert err.startswith(f"deploy-docker: cannot stage {bundle} in the build context") and "model" in err
+    assert not [c for c in engine.calls if c[0] == "build"]
 
 
 @pytest.mark.parametrize(
