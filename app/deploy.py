@@ -135,8 +135,8 @@ IMAGE_INTERFACE = 1
 --model-version`` (:data:`MODEL_CHECK`), ``python -m app.deploy database ...`` (the snapshot) and
 the model stage's :data:`GATE_STARTED` line. Raise it when one of them changes so that an image
 built from an older checkout cannot do what this one asks. A ``--context`` whose ``app/deploy.py``
-names another number, or none (a checkout from before 2026-12-06), is refused before the build
-(:func:`check_context`)."""
+names another number, or none (a checkout from before this number was named), is refused before
+the build (:func:`check_context`)."""
 _IMAGE_INTERFACE_LINE = re.compile(r"^IMAGE_INTERFACE = (\d+)$", re.MULTILINE)
 
 
