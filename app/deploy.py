@@ -722,11 +722,20 @@ def model_source(path: Path) -> Path:
         return (path / "latest").resolve()
     if kind == "pickle-dir":
         return model_source(path / "model.pkl")
-    if kind == "file" and path.suffix == ".pkl" and not (path.parent / CATALOGUE).is_file():
-        raise DeployError(
-            f"MODEL_FILE {path} has no {CATALOGUE} beside it: a model.pkl takes its movies' titles from "
-            "there, and an image has no data set to take them from"
-        )
+    if kind == "file":
+        resolved = path.resolve()  # what staged_in_context copies, and judges by its name
+        if not resolved.name.endswith((".tar.gz", ".tgz", ".pkl")):
+            raise DeployError(
+                f"MODEL_FILE {path} is neither a .tar.gz nor a .pkl file"
+                + (f" (it links to {resolved})" if resolved.name != path.name else "")
+                + f": the image takes any other file for a pickled model, built only as a model.pkl "
+                f"with the {CATALOGUE} beside it, which is staged with a *.pkl: name it *.pkl"
+            )
+        if resolved.suffix == ".pkl" and not (resolved.parent / CATALOGUE).is_file():
+            raise DeployError(
+                f"MODEL_FILE {path} has no {CATALOGUE} beside it: a model.pkl takes its movies' titles "
+                "from there, and an image has no data set to take them from"
+            )
     if kind is None and path.is_dir():
         raise DeployError(
             f"MODEL_FILE {path} is a directory but neither a bundle (no manifest.json), a model store "

@@ -622,6 +622,26 @@ def test_a_model_pkl_is_built_with_the_catalogue_beside_it(tmp_path: Path) -> No
     assert not [call for call in engine.calls if call[0] == "build"]
 
 
+def test_a_model_file_neither_an_archive_nor_a_pkl_is_refused_before_the_build(tmp_path: Path) -> None:
+    """The image takes any file that is not a .tar.gz for a pickled model, which needs the
+    catalogue.csv beside it; deploy-docker.py stages that catalogue with a *.pkl only. A forest.joblib
+    (or a link named model.pkl to a blob) with its catalogue beside it went into the build alone and
+    failed there, minutes later, with "needs a catalogue.csv beside it": it is beside it, here."""
+    cfg = make_cfg(tmp_path)
+    seed = tmp_path / "elsewhere" / "seed"
+    seed.mkdir(parents=True)
+    (seed / "forest.joblib").write_bytes(b"pickle")
+    (seed / "catalogue.csv").write_text("movie_id,title\n")
+    (seed / "model.pkl").symlink_to("forest.joblib")
+    for model_file in (seed / "forest.joblib", seed / "model.pkl"):
+        engine = FakeEngine()
+        deployer, _ = make_deployer(replace(cfg, model_file=model_file), engine)
+        with pytest.raises(DeployError, match=r"is neither a \.tar\.gz nor a \.pkl file") as refused:
+            deployer.deploy(secrets_())
+        assert f"MODEL_FILE {model_file}" in str(refused.value)
+        assert "build" not in engine.verbs()
+
+
 def test_a_directory_holding_a_model_pkl_is_built_as_the_dockerfile_builds_it(tmp_path: Path) -> None:
     """The Dockerfile's model stage takes MODEL_FILE a directory holding a model.pkl (and its
     catalogue.csv); deploy-docker.py refused the same directory before the build ("is a directory
