@@ -69,6 +69,10 @@ MAX_TOKEN_TTL_SECONDS = 36525 * 86400
 past the year 9999, which ``datetime`` cannot hold: the service started, and every login was a 500."""
 
 
+MAX_SCHEDULE_RETRY_SECONDS = 86400
+"""The longest wait between two tries of a failed tick while there is no champion (a day)."""
+
+
 JWT_LEEWAY_SECONDS = 2
 """How far apart two replicas' clocks may be for a token of one to be accepted by the other: a
 token is accepted until this long after its ``exp`` (app/api), so its revocation is kept as long
@@ -150,6 +154,11 @@ class Settings(BaseSettings):
     gate_tolerance: float = Field(default=0.005, ge=0)  # NDCG@10 a challenger may lose
     gate_latency_ms: float = Field(default=5.0, gt=0)  # smoke test: p99 of one lookup
     schedule_cron: str = "0 3 * * *"  # `movierec schedule`: crontab expression (UTC)
+    # while there is no champion, a tick that failed is tried again after this many seconds, the
+    # wait doubling at each failure up to schedule_retry_max_seconds (app/pipeline/schedule.py
+    # serve); 0 = wait for the next cron time. At most a day: later is the cron schedule's work
+    schedule_retry_seconds: float = Field(default=60.0, ge=0, le=MAX_SCHEDULE_RETRY_SECONDS)
+    schedule_retry_max_seconds: float = Field(default=3600.0, gt=0, le=MAX_SCHEDULE_RETRY_SECONDS)
     service_url: str = "http://127.0.0.1:5000"  # asked to reload after a new champion; "" = don't
 
     max_body_bytes: int = 64 * 1024
@@ -243,6 +252,17 @@ class Settings(BaseSettings):
         not by the Metaflow flow's first step, seconds into a run. Kept as the text given: the
         flow and the scheduler parse it where they use it."""
         parse_seeds(value)
+        return value
+
+    @field_validator("schedule_retry_max_seconds")
+    @classmethod
+    def _retry_cap(cls, value: float, info: ValidationInfo) -> float:
+        """A cap below the first wait is refused rather than guessing which of the two was meant."""
+        first = info.data.get("schedule_retry_seconds")
+        if first is not None and value < first:
+            raise ValueError(
+                f"must be at least MOVIEREC_SCHEDULE_RETRY_SECONDS ({first:g}), the first wait it caps"
+            )
         return value
 
     @field_validator("database_url")

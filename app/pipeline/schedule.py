@@ -9,13 +9,16 @@ run, which registers new model versions and, if one passes the gate, deploys it.
 seed 000's "a data scientist updates the training code → a new model version is deployed".
 When no champion exists yet, the scheduler runs once at start instead of waiting for cron, and
 when a cron time passed while it was not running (the time of the last finished tick is kept in
-the var root), it ticks once at start.
+the var root), it ticks once at start. While there is no champion, a tick that failed is tried
+again soon, with a backoff, rather than at the next cron time (:func:`serve`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ from app.registry.mlflow_registry import SEEDS_TAG, Registry, RegistryError, cov
 log = logging.getLogger(__name__)
 
 JOB_ID = "training-flow"
+RETRY_JOB_ID = "training-retry"  # the next try of a failed tick while there is no champion
 _T = TypeVar("_T")
 
 
@@ -394,6 +398,19 @@ def missed_tick(settings: Settings, now: datetime | None = None) -> datetime | N
     return due if due is not None and due <= now else None
 
 
+def _failed(outcome: Any) -> bool:
+    """A tick that released nothing and said why (a :class:`TickResult` with an error only)."""
+    return isinstance(outcome, TickResult) and outcome.error is not None and not outcome.ran
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
 def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bool = True) -> Any:
     """Train once now if there is no champion, or tick now if a cron time passed while the scheduler
     was not running; then tick on the cron expression.
@@ -404,11 +421,62 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     The time of the last finished tick is kept in the var root (``record_tick``), so the
     schedule survives a restart: without it a scheduler down at the cron time (a deploy, a
     crash, a reboot) skipped that tick, and a tick killed halfway was not tried again.
+
+    While there is no champion, a tick that failed (the one at start, a cron tick, a try) is
+    tried again after ``schedule_retry_seconds``, the wait doubling at each failure up to
+    ``schedule_retry_max_seconds`` (a date job, :data:`RETRY_JOB_ID`); a tick that did not fail
+    ends the tries, and once a champion exists only the cron expression ticks. Before, a failed
+    training at start (PostgreSQL not up yet, a transient error) waited for the next cron time,
+    hours with nothing in the registry to serve. Each try is announced by one INFO line: the failed
+    tick's own ERROR is what the monitor mails, once a try. A tick stopped by SIGTERM is not tried
+    again, and the stop does not wait for a try to come. (Shut a scheduler returned by
+    ``blocking=False`` down with ``wait=False``: ``wait=True`` holds APScheduler's job stores' lock
+    while it waits for a tick, which may need it to schedule its next try.)
     """
+    from apscheduler.jobstores.base import JobLookupError
+
     action = job or (lambda: tick(settings))
+    ticking = threading.Lock()  # the cron tick and a try: one at a time
+    first_wait = settings.schedule_retry_seconds
+    wait = 0.0  # before the next try; 0: no try pending
+    without_champion = False  # the registry's last answer
 
     def scheduled() -> None:
-        recorded_tick(settings, action)
+        if not ticking.acquire(blocking=False):  # as max_instances=1 drops a cron tick
+            log.info("a tick is running: the one due now is dropped")
+            return
+        try:
+            try_again_if_failed(recorded_tick(settings, action))
+        finally:
+            ticking.release()
+
+    def try_again_if_failed(outcome: Any) -> None:
+        nonlocal wait, without_champion
+        if not first_wait or flow_runner.STOPPING.is_set():
+            return
+        if _failed(outcome):
+            try:
+                without_champion = Registry.from_settings(settings).champion() is None
+            except Exception:  # the registry cannot say: its last answer holds
+                log.debug("could not ask the registry for its champion", exc_info=True)
+        if not (_failed(outcome) and without_champion):
+            if wait:  # the tries are over; one still due (this tick was a cron tick's) is pointless
+                wait = 0.0
+                with contextlib.suppress(JobLookupError):
+                    scheduler.remove_job(RETRY_JOB_ID)
+            return
+        wait = min(wait * 2, settings.schedule_retry_max_seconds) if wait else first_wait
+        due = datetime.now(UTC) + timedelta(seconds=wait)
+        scheduler.add_job(
+            scheduled, "date", run_date=due, id=RETRY_JOB_ID, name=RETRY_JOB_ID,
+            replace_existing=True, misfire_grace_time=None,
+        )  # fmt: skip
+        log.info(
+            "no champion yet: the failed tick is tried again at %s UTC (in %s; the wait doubles at "
+            "each failure, up to %s), then on '%s' once a champion exists",
+            f"{due:%Y-%m-%d %H:%M:%S}", _duration(wait),
+            _duration(settings.schedule_retry_max_seconds), settings.schedule_cron,
+        )  # fmt: skip
 
     # In a thread of its own even for `movierec schedule`: the main thread waits for SIGTERM (below)
     scheduler = build_scheduler(settings, scheduled, blocking=False)
@@ -417,6 +485,7 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     missed = missed_tick(settings)
     flow_runner.repair_release(settings)  # a release killed half way: before any tick, or none
     if Registry.from_settings(settings).champion() is None:
+        without_champion = True
         log.info("no champion yet: training once at start")
         scheduled()
     elif missed is not None:
@@ -442,7 +511,11 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
                 "stopping: the training flow running (pid %d) is killed with its workers and reported",
                 flow.pid,
             )
-        scheduler.shutdown(wait=True)  # a tick going on ends once its flow is killed
+        # not shutdown(wait=True): it holds the job stores' lock while it waits for the tick going
+        # on, which may be scheduling its next try (that takes the lock): a deadlock
+        scheduler.shutdown(wait=False)
+        with ticking:  # a tick going on ends once its flow is killed
+            pass
     return scheduler
 
 

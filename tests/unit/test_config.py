@@ -646,3 +646,35 @@ def test_an_empty_journal_variable_keeps_the_journal_under_var(monkeypatch: pyte
     monkeypatch.setenv("MOVIEREC_VAR_DIR", "/srv/movierec")
     monkeypatch.setenv("MOVIEREC_FEEDBACK_JOURNAL_DIR", "")
     assert load_settings().feedback_journal.parent == Path("/srv/movierec/feedback-journal")
+
+
+_RETRY = "MOVIEREC_SCHEDULE_RETRY_SECONDS"
+_RETRY_MAX = "MOVIEREC_SCHEDULE_RETRY_MAX_SECONDS"
+
+
+@pytest.mark.parametrize(
+    ("variables", "refused"),
+    [
+        ({_RETRY: "-1"}, "schedule_retry_seconds: Input should be greater than or equal to 0"),
+        ({_RETRY: "2 days"}, "schedule_retry_seconds: Input should be a valid number"),
+        ({_RETRY: "172800"}, "schedule_retry_seconds: Input should be less than or equal to 86400"),
+        ({_RETRY_MAX: "0"}, "schedule_retry_max_seconds: Input should be greater than 0"),
+        ({_RETRY: "600", _RETRY_MAX: "300"},
+         f"schedule_retry_max_seconds: Value error, must be at least {_RETRY} (600)"),
+    ],
+)  # fmt: skip
+def test_the_scheduler_s_retry_waits_are_checked_at_start(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], refused: str
+) -> None:
+    """The waits between the tries of a failed tick while there is no champion (docs/pipeline.md,
+    "The schedule"): a negative wait, one past a day (the cron expression's work) or a cap below
+    the first wait is refused at start, naming the setting."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as refusal:
+        load_settings(testing=True)
+    assert str(refusal.value).startswith(f"invalid setting {refused}"), refusal.value
+    for name in variables:
+        monkeypatch.delenv(name)
+    settings = load_settings(testing=True, schedule_retry_seconds=0)  # 0: no tries, the cron time
+    assert (settings.schedule_retry_seconds, settings.schedule_retry_max_seconds) == (0, 3600)

@@ -815,6 +815,198 @@ def test_a_tick_missed_while_the_scheduler_was_down_runs_when_it_starts(
     assert calls == []
 
 
+class _Registry:
+    """A registry whose champion is whatever the test's ticks made it."""
+
+    def __init__(self) -> None:
+        self.version: str | None = None
+
+    def champion(self) -> str | None:
+        return self.version
+
+
+@pytest.mark.parametrize("first_failure", ["at start", "at a cron tick"])
+def test_without_a_champion_a_failed_tick_is_tried_again_soon_until_one_is_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, first_failure: str
+) -> None:
+    """With no champion the scheduler trained once at start; when that failed (PostgreSQL not up
+    yet, a transient error), the next try was the next cron time, hours later, and the registry
+    had nothing to serve meanwhile. While there is no champion, a tick that failed (the one at
+    start or a cron tick's) is tried again after MOVIEREC_SCHEDULE_RETRY_SECONDS, the wait doubling
+    up to MOVIEREC_SCHEDULE_RETRY_MAX_SECONDS, one INFO line per try (the tick's own ERROR is the
+    alert); a tick that trained a champion ends the retries."""
+    import logging
+    import threading
+
+    from apscheduler.events import EVENT_JOB_EXECUTED
+
+    import app.pipeline.schedule as schedule
+
+    registry = _Registry()
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: registry))
+    decision = schedule.RunDecision(True, "no champion yet", "d", "c")
+    failed = schedule.TickResult(decision, error="could not decide whether to train: database down")
+    trained = schedule.TickResult(decision, {"champion": "1"})
+    outcomes = [failed, failed, failed, trained]
+    if first_failure == "at a cron tick":  # the run at start finished, promoting nothing: not retried
+        outcomes.insert(0, schedule.TickResult(decision, {"champion": None}))
+    calls: list[schedule.TickResult] = []
+
+    def job() -> schedule.TickResult:
+        outcome = outcomes[min(len(calls), len(outcomes) - 1)]
+        calls.append(outcome)
+        if outcome is trained:
+            registry.version = "1"
+        return outcome
+
+    over = threading.Event()  # the last tick has finished, with whatever follows it in its job
+    built = schedule.build_scheduler
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        scheduler = built(*args, **kwargs)
+        scheduler.add_listener(
+            lambda _event: over.set() if len(calls) >= len(outcomes) else None, EVENT_JOB_EXECUTED
+        )
+        return scheduler
+
+    monkeypatch.setattr(schedule, "build_scheduler", build)
+    settings = _settings(
+        tmp_path, schedule_cron="0 3 * * *", schedule_retry_seconds=0.05, schedule_retry_max_seconds=0.1
+    )
+    with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
+        scheduler = schedule.serve(settings, job=job, blocking=False)
+        try:
+            if first_failure == "at a cron tick":
+                assert scheduler.get_job(schedule.RETRY_JOB_ID) is None
+                scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))  # the cron time comes
+            assert over.wait(60), calls
+            assert scheduler.get_job(schedule.RETRY_JOB_ID) is None, "retried after the champion"
+            due = scheduler.get_job(JOB_ID).next_run_time
+        finally:
+            scheduler.shutdown(wait=False)
+    assert len(calls) == len(outcomes), calls
+    assert due == schedule.cron_trigger("0 3 * * *").get_next_fire_time(None, due - timedelta(seconds=1))
+    retries = [r for r in caplog.records if "tried again" in r.getMessage()]
+    assert [r.levelno for r in retries] == [logging.INFO] * 3, [r.getMessage() for r in retries]
+    assert [r.getMessage().split("(in ")[1].split(";")[0] for r in retries] == ["0.05 s", "0.1 s", "0.1 s"]
+
+
+def test_a_cron_tick_due_while_a_try_runs_is_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tries of a failed tick are a job of their own beside the cron one: a cron time coming
+    while a try runs is dropped, as one coming during a cron tick is (max_instances=1), not a
+    second tick at once whose flow met the first one's lock and failed."""
+    import threading
+
+    from apscheduler.events import EVENT_JOB_EXECUTED
+
+    import app.pipeline.schedule as schedule
+
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _Registry()))
+    decision = schedule.RunDecision(True, "no champion yet", "d", "c")
+    calls: list[str] = []
+    trying, go_on = threading.Event(), threading.Event()
+    over = {JOB_ID: threading.Event(), schedule.RETRY_JOB_ID: threading.Event()}
+
+    def job() -> schedule.TickResult:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 2:  # the first try: it runs until the cron tick is over
+            trying.set()
+            go_on.wait(60)
+        return schedule.TickResult(decision, error="could not decide whether to train: database down")
+
+    scheduler = schedule.serve(_settings(tmp_path, schedule_retry_seconds=3600), job=job, blocking=False)
+    try:
+        scheduler.add_listener(lambda event: over[event.job_id].set(), EVENT_JOB_EXECUTED)
+        scheduler.modify_job(schedule.RETRY_JOB_ID, next_run_time=datetime.now(UTC))  # the try is due
+        assert trying.wait(60)
+        scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))  # and so is the cron time
+        assert over[JOB_ID].wait(60)
+        assert len(calls) == 2, calls
+    finally:
+        go_on.set()
+        over[schedule.RETRY_JOB_ID].wait(60)  # the try has failed and scheduled the next
+        scheduler.shutdown(wait=False)
+
+
+def test_a_cron_tick_that_trains_a_champion_cancels_the_try_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cron time coming between two tries, its tick training a champion: the try waiting is
+    dropped, the cron expression alone ticks from then on."""
+    import threading
+
+    from apscheduler.events import EVENT_JOB_EXECUTED
+
+    import app.pipeline.schedule as schedule
+
+    registry = _Registry()
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: registry))
+    decision = schedule.RunDecision(True, "no champion yet", "d", "c")
+    calls: list[str] = []
+
+    def job() -> schedule.TickResult:
+        calls.append("tick")
+        if len(calls) == 1:
+            return schedule.TickResult(decision, error="could not decide whether to train: database down")
+        registry.version = "1"
+        return schedule.TickResult(decision, {"champion": "1"})
+
+    scheduler = schedule.serve(_settings(tmp_path, schedule_retry_seconds=3600), job=job, blocking=False)
+    try:
+        assert scheduler.get_job(schedule.RETRY_JOB_ID) is not None  # the tick at start failed
+        cron_over = threading.Event()
+        scheduler.add_listener(lambda _event: cron_over.set(), EVENT_JOB_EXECUTED)
+        scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))  # the cron time comes
+        assert cron_over.wait(60)
+        assert calls == ["tick", "tick"]
+        assert scheduler.get_job(schedule.RETRY_JOB_ID) is None
+    finally:
+        scheduler.shutdown(wait=False)
+
+
+def test_a_tick_stopped_by_sigterm_is_not_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick that failed because the scheduler is stopping (SIGTERM, Ctrl-C) is no failure to
+    retry: the stop must end the scheduler, not schedule another tick."""
+    import app.pipeline.runner as runner
+    import app.pipeline.schedule as schedule
+
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _Registry()))
+    decision = schedule.RunDecision(True, "no champion yet", "d", "c")
+
+    def job() -> schedule.TickResult:
+        runner.request_stop()  # SIGTERM during the tick at start: its flow is killed
+        return schedule.TickResult(decision, error="the launcher was asked to stop (SIGTERM)")
+
+    scheduler = schedule.serve(_settings(tmp_path, schedule_retry_seconds=3600), job=job, blocking=False)
+    assert not scheduler.running and scheduler.get_job(schedule.RETRY_JOB_ID) is None
+
+
+def test_sigterm_stops_the_scheduler_while_a_retry_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`movierec schedule` waiting for its next try (no champion, the tick at start failed) stops
+    on SIGTERM as it does otherwise: the try waiting is not run, nor waited for."""
+    import threading
+
+    import app.pipeline.runner as runner
+    import app.pipeline.schedule as schedule
+
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _Registry()))
+    monkeypatch.setattr(schedule, "stop_on_sigterm", lambda: None)  # pytest's own handlers stay
+    decision = schedule.RunDecision(True, "no champion yet", "d", "c")
+    calls: list[str] = []
+
+    def job() -> schedule.TickResult:
+        calls.append("tick")
+        threading.Timer(0.2, runner.request_stop).start()
+        return schedule.TickResult(decision, error="could not decide whether to train: database down")
+
+    schedule.serve(_settings(tmp_path, schedule_retry_seconds=3600), job=job)
+    assert calls == ["tick"]
+
+
 def test_the_scheduler_says_when_it_trains_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
