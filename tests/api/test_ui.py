@@ -51,6 +51,19 @@ def ui_login(client: Any, password: str = SESSION_PASSWORD) -> str:
     return csrf_of(client.get("/ui").text)
 
 
+def expired_session(app: Any) -> tuple[str, str]:
+    """A UI session token that expired 5 s ago, and its CSRF value (a stale page's form still carries it)."""
+    from flask_jwt_extended import create_access_token, decode_token
+
+    from app.api.auth import token_claims
+
+    with app.app_context():
+        token = create_access_token(
+            "client", additional_claims=token_claims("client"), expires_delta=timedelta(seconds=-5)
+        )
+        return token, decode_token(token, allow_expired=True)["csrf"]
+
+
 def csrf_of(page: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert match, "page has no CSRF field"
@@ -116,15 +129,8 @@ def test_pages_need_a_login_and_say_why(client: Any) -> None:
 
 
 def test_an_expired_session_sends_you_to_log_in_again(app: Any) -> None:
-    from flask_jwt_extended import create_access_token, decode_token
 
-    from app.api.auth import token_claims
-
-    with app.app_context():
-        token = create_access_token(
-            "client", additional_claims=token_claims("client"), expires_delta=timedelta(seconds=-5)
-        )
-        csrf = decode_token(token, allow_expired=True)["csrf"]  # the form on the stale page still carries it
+    token, csrf = expired_session(app)  # the form on the stale page still carries it
     client = app.test_client()
     for method, path in (("GET", "/ui/dashboard"), ("POST", "/ui/recommend")):
         client.set_cookie(COOKIE, token, path="/ui")
@@ -222,9 +228,6 @@ def test_a_second_click_on_log_out_says_you_have_logged_out(app: Any) -> None:
     the token, the second found it revoked and the page said "Your session was ended. Please log in
     again.", as if something else had ended it. A log-out post whose session is already over
     (revoked, expired, or no cookie left) is what was asked for: "You have logged out"."""
-    from flask_jwt_extended import create_access_token, decode_token
-
-    from app.api.auth import token_claims
 
     client = app.test_client()
     csrf = ui_login(client)
@@ -237,11 +240,7 @@ def test_a_second_click_on_log_out_says_you_have_logged_out(app: Any) -> None:
     assert second.headers["Location"] == "/ui/login?reason=logged_out"
     assert f"{COOKIE}=;" in second.headers["Set-Cookie"]
     assert "You have logged out." in client.get(second.headers["Location"]).text
-    with app.app_context():
-        expired = create_access_token(
-            "client", additional_claims=token_claims("client"), expires_delta=timedelta(seconds=-5)
-        )
-        expired_csrf = decode_token(expired, allow_expired=True)["csrf"]
+    expired, expired_csrf = expired_session(app)
     client.set_cookie(COOKIE, expired, path="/ui")
     late = client.post("/ui/logout", data={"csrf_token": expired_csrf})
     assert late.headers["Location"] == "/ui/login?reason=logged_out"
@@ -1387,18 +1386,11 @@ def test_a_known_user_list_names_the_user_even_when_the_fallback_served_it(
 def test_a_rating_sent_after_the_session_expired_leads_back_to_its_list(app: Any) -> None:
     """The stale results page's rating cannot be stored, but the list is not lost: after
     logging in again the person is back on it, not on an empty form."""
-    from flask_jwt_extended import create_access_token, decode_token
-
-    from app.api.auth import token_claims
 
     client = app.test_client()
     page = recommend(client, ui_login(client)).text
     request_id, title = list_id(page), titles_of(page)[0]
-    with app.app_context():
-        token = create_access_token(
-            "client", additional_claims=token_claims("client"), expires_delta=timedelta(seconds=-5)
-        )
-        csrf = decode_token(token, allow_expired=True)["csrf"]
+    token, csrf = expired_session(app)
     client.set_cookie(COOKIE, token, path="/ui")
     response = client.post(
         "/ui/feedback", data={"csrf_token": csrf, "id": request_id, "movie": title, "score": "4"}
@@ -1419,18 +1411,11 @@ def test_the_login_page_says_a_form_sent_with_the_session_over_was_not_saved(app
     again." and, after it, to the form's page: a rating's list looked as if the rating had been
     taken (it was not, and nothing said so). The login page after a post says what was sent was
     not saved; after a page opened it says no such thing (nothing was sent)."""
-    from flask_jwt_extended import create_access_token, decode_token
-
-    from app.api.auth import token_claims
 
     client = app.test_client()
     page = recommend(client, ui_login(client)).text
     request_id, title = list_id(page), titles_of(page)[0]
-    with app.app_context():
-        token = create_access_token(
-            "client", additional_claims=token_claims("client"), expires_delta=timedelta(seconds=-5)
-        )
-        csrf = decode_token(token, allow_expired=True)["csrf"]
+    token, csrf = expired_session(app)
     posts = (
         ("/ui/feedback", {"id": request_id, "movie": title, "score": "4"}),
         ("/ui/recommend", {"age": "30", "gender": "M", "occupation": "writer"}),
