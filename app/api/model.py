@@ -24,8 +24,8 @@ ADMIN_ONLY_DETAIL = "failed: the details are shown to admin tokens and in the se
 
 def _for_role(status: dict[str, Any], key: str, admin: bool) -> dict[str, Any]:
     """``status`` with its error text kept for admins only: a failed reload's, write's or breaker
-    store call's text holds server paths, unpickling messages, store addresses or SQL, which no
-    client token needs."""
+    store call's text, or why the model store cannot be read, holds server paths, unpickling
+    messages, store addresses or SQL, which no client token needs."""
     if admin or not status.get(key):
         return status
     return {**status, key: ADMIN_ONLY_DETAIL}
@@ -46,6 +46,8 @@ def model_info() -> Any:
     admin = get_jwt().get("role") == "admin"
     # a BreakerView, which create_app always installs; typed optional (None until it is)
     breaker = services.breaker.status() if services.breaker is not None else None
+    if breaker is not None:
+        breaker = _for_role(_for_role(breaker, "store_error", admin), "fallback_error", admin)
     return jsonify(
         model_version=bundle.version,
         served_model=bundle.manifest.get("served_model"),
@@ -54,7 +56,7 @@ def model_info() -> Any:
         metrics=bundle.metrics,
         rating_model=rating.name if rating is not None else None,
         reload=_for_role(services.reloader.instance_status(), "error", admin),
-        breaker=None if breaker is None else _for_role(breaker, "store_error", admin),
+        breaker=breaker,
         request_log=_for_role(services.recommendations.request_log.stats(), "last_error", admin),
         feedback_journal=_for_role(services.recommendations.feedback.stats(), "last_error", admin),
     )

@@ -166,6 +166,11 @@ class BreakerStatus(BaseModel):
         "worker's monitor thread loads a previous champion once the breaker opens, and popularity serves "
         "until it has",
     )
+    fallback_error: str | None = Field(
+        default=None,
+        description="why no previous champion could be named: the model store cannot be read by the service "
+        "(popularity serves meanwhile); the text for admin tokens only",
+    )
     thresholds: dict[str, Any]
 
 

@@ -75,12 +75,27 @@ def previous_bundle_dir(store: Path, version: str, created: str) -> Path | None:
 
 
 def _previous_in_store(store: Path, version: str, created: str) -> tuple[Path, str] | None:
-    """:func:`previous_bundle_dir` and that bundle's version (its manifest's), from the manifests only."""
-    if not store.is_dir():
+    """:func:`previous_bundle_dir` and that bundle's version (its manifest's), from the manifests only.
+
+    An OSError when the store cannot be listed (a volume root or a directory of another account's,
+    mode 700): not known, unlike a store that does not exist. An entry that cannot be looked at (a
+    store that may be listed but not entered) is skipped, but when nothing was found its error is
+    raised: the previous champion may be the entry skipped. A bundle whose manifest cannot be read
+    (written with umask 077 by another account) is no bundle this service can serve: skipped."""
+    try:
+        if not store.is_dir():
+            return None
+        entries = list(store.iterdir())
+    except FileNotFoundError:  # removed meanwhile
         return None
     best: tuple[str, Path, str] | None = None
-    for candidate in store.iterdir():
-        if candidate.name.startswith(".") or candidate.is_symlink() or not candidate.is_dir():
+    skipped: OSError | None = None
+    for candidate in entries:
+        try:
+            if candidate.name.startswith(".") or candidate.is_symlink() or not candidate.is_dir():
+                continue
+        except OSError as exc:  # is_dir() answers False for a missing path, but raises for EACCES
+            skipped = skipped or exc
             continue
         manifest = read_manifest(candidate)
         if manifest is None:
@@ -90,6 +105,8 @@ def _previous_in_store(store: Path, version: str, created: str) -> tuple[Path, s
             continue
         if best is None or stamp > best[0]:
             best = (stamp, candidate, str(manifest.get("version") or candidate.name))
+    if best is None and skipped is not None:
+        raise skipped
     return (best[1], best[2]) if best else None
 
 
@@ -158,13 +175,20 @@ class Fallback:
         return self.mode == PREVIOUS and self._wanted == version and version not in self._previous
 
     def describe(self, current: LoadedBundle | None) -> dict[str, Any]:
+        """:meth:`_describe` with ``fallback_error`` None when it names no error."""
+        return {"fallback_error": None, **self._describe(current)}
+
+    def _describe(self, current: LoadedBundle | None) -> dict[str, Any]:
         """What the fallback serves for ``current`` (for /api/model and the dashboard), without loading it.
 
         ``fallback``: ``previous champion <version>`` (named from the store's manifests),
         ``popularity from <version>`` (configured so, no older bundle in the store, or it could not
         load) or ``none`` (no bundle served). ``fallback_loaded``: whether this worker holds what
         it names; a previous champion not loaded yet is served as popularity until the monitor
-        thread has loaded it."""
+        thread has loaded it. ``fallback_error`` (when there is one; :meth:`describe` says None
+        otherwise): why no previous champion could be named, a model store this service may not
+        read (popularity serves; the monitor thread tries again each round). Until 2026-12-06 such
+        a store raised PermissionError here, and /api/model and the dashboard were 500s."""
         if current is None:
             return {"fallback": "none", "fallback_loaded": False}
         popularity = {"fallback": f"popularity from {current.version}", "fallback_loaded": True}
@@ -175,7 +199,11 @@ class Fallback:
             return {"fallback": f"previous champion {known.version}", "fallback_loaded": True}
         if known is None:  # tried: none in the store, or it cannot load
             return popularity
-        found = self._previous_in_store(current)
+        try:
+            found = self._previous_in_store(current)
+        except OSError as exc:  # what serves is popularity: the monitor cannot load it either
+            reason = f"the model store {self.store} cannot be read: {describe_error(exc, 300)}"
+            return {**popularity, "fallback_error": reason}
         if found is None:
             return popularity
         return {"fallback": f"previous champion {found[1]}", "fallback_loaded": False}

@@ -869,3 +869,70 @@ def test_a_request_never_waits_for_the_fallback_to_load(
         gate.set()
         opening.join(10)
     assert (_recommend(client, headers)[0]["model_version"], loads) == (previous, [previous])
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o744], ids=["closed", "listable-not-searchable"])
+def test_a_model_store_the_service_may_not_read_reports_the_fallback_not_a_500(
+    two_champions: tuple[Path, str, str],
+    make_app: Callable[..., Any],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    mode: int,
+) -> None:
+    """Naming the fallback lists the model store: a store the service's user may not list (a
+    volume root of another account's, mode 700) raised PermissionError, and so did looking at
+    its entries when it may list but not enter it; GET /api/model and the dashboard were 500s.
+    The fallback is reported as what serves (popularity) with the reason, the reason's text for
+    admins only, and the page is shown. Run in a forked child as uid 65534: root reads anything."""
+    import os
+    import tempfile
+
+    from tests.helpers import in_forked_child
+
+    source, _previous, current = two_champions
+    root = Path(tempfile.mkdtemp(prefix="movierec-store-"))  # not under tmp_path: root's, mode 700
+    try:
+        root.chmod(0o755)
+        store = root / "store"
+        shutil.copytree(source, store, symlinks=True)
+        shared = root / "shared"  # the database and the journal: writable by the child's uid
+        shared.mkdir(mode=0o777)
+        shared.chmod(0o777)
+        settings = _settings(store, "sqlite", request)
+        settings.update(
+            database_url=f"sqlite:///{shared / 'movierec.db'}", feedback_journal_dir=shared / "journal"
+        )
+        app = make_app(**settings)
+        client = app.test_client()
+        headers, admin = login(client), login(client, ADMIN_PASSWORD)
+        _recommend(client, headers)
+        ui = app.test_client()
+        assert ui.post("/ui/login", data={"session_password": ADMIN_PASSWORD}).status_code == 303
+        for path in shared.rglob("*"):
+            path.chmod(0o777 if path.is_dir() else 0o666)
+        store.chmod(mode)
+
+        def reported() -> bool:
+            if os.geteuid() == 0:  # root enters every directory: the service's own user does not
+                os.setgid(65534)
+                os.setuid(65534)
+            as_admin = client.get("/api/model", headers=admin)
+            as_client = client.get("/api/model", headers=headers)
+            page = ui.get("/ui/dashboard")
+            if (as_admin.status_code, as_client.status_code, page.status_code) != (200, 200, 200):
+                return False
+            told, hidden = as_admin.get_json()["breaker"], as_client.get_json()["breaker"]
+            return (
+                told["fallback"] == f"popularity from {current}"
+                and "cannot be read" in told["fallback_error"]
+                and str(store) in told["fallback_error"]
+                and hidden["fallback"] == told["fallback"]
+                and hidden["fallback_error"]
+                and str(store) not in hidden["fallback_error"]
+                and "Fallback problem" in page.text
+            )
+
+        assert in_forked_child(reported) == 0
+    finally:
+        store.chmod(0o755)
+        shutil.rmtree(root)

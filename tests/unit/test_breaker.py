@@ -765,7 +765,11 @@ def test_previous_champion_is_the_newest_older_bundle_of_the_store(model_store: 
     fallback = Fallback(store, "previous")
     assert fallback.previous_bundle_dir(current) == store / "old"
     # named from the store's manifests, not loaded; a request does not load it: popularity until then
-    assert fallback.describe(current) == {"fallback": "previous champion old", "fallback_loaded": False}
+    assert fallback.describe(current) == {
+        "fallback": "previous champion old",
+        "fallback_loaded": False,
+        "fallback_error": None,
+    }
     assert fallback.loaded(current) is None
     assert fallback.recommend(current, RecommendQuery(3, 30, "M", "student"))[1] == "current"
     assert fallback.wanted(current)  # the monitor thread loads it at its next round
@@ -774,11 +778,19 @@ def test_previous_champion_is_the_newest_older_bundle_of_the_store(model_store: 
     items, version = fallback.recommend(current, RecommendQuery(3, 30, "M", "student"))
     assert version == "old" and fallback.loaded(current) is previous
     assert items == previous.recommend_segment(Segment.of(30, "M", "student"), 3)
-    assert fallback.describe(current) == {"fallback": "previous champion old", "fallback_loaded": True}
+    assert fallback.describe(current) == {
+        "fallback": "previous champion old",
+        "fallback_loaded": True,
+        "fallback_error": None,
+    }
     # nothing older: popularity of the served bundle
     first = tiny_bundle("first", "2000-01-01T00:00:00+00:00")
     assert fallback.previous(first) is None
-    assert fallback.describe(first) == {"fallback": "popularity from first", "fallback_loaded": True}
+    assert fallback.describe(first) == {
+        "fallback": "popularity from first",
+        "fallback_loaded": True,
+        "fallback_error": None,
+    }
 
 
 def test_the_fallback_keeps_no_bundle_or_table_of_versions_it_no_longer_serves(
