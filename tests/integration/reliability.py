@@ -190,9 +190,12 @@ def private_redis(tmp: Path, port: int | None = None) -> Iterator[tuple[str, sub
             process.wait(timeout=10)
 
 
-def login(base_url: str, session: requests.Session | None = None) -> dict[str, str]:
+def login(
+    base_url: str, session: requests.Session | None = None, password: str = SESSION_PASSWORD
+) -> dict[str, str]:
+    """The Authorization header of a token from ``base_url`` (ADMIN_PASSWORD: an admin's)."""
     http = session or requests
-    response = http.post(f"{base_url}/api/login", json={"session_password": SESSION_PASSWORD}, timeout=10)
+    response = http.post(f"{base_url}/api/login", json={"session_password": password}, timeout=10)
     response.raise_for_status()
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 

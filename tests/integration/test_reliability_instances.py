@@ -2,20 +2,26 @@
 
 Two uwsgi instances on different ports share one PostgreSQL database and one (private) Redis,
 as replicas behind a load balancer would: a token revoked on one is refused by the other at
-once, the login rate limit is counted across both, and feedback posted to either lands once.
+once, the login rate limit is counted across both, feedback posted to either lands once, and
+the circuit breaker is one state: opened by one instance's monitor, the other's lists come from
+the fallback, and an admin reset on one closes it for both.
 The same servers are then searched for the session password, the admin password and the JWT
 secret: in every process's /proc/<pid>/cmdline and in everything they wrote to stdout/stderr.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PROFILE, SESSION_PASSWORD
 from tests.integration.reliability import (
+    Server,
     login,
     private_redis,
     server_environment,
@@ -36,7 +42,46 @@ def _cmdlines(pids: list[int]) -> dict[int, str]:
     return out
 
 
-def test_two_instances_share_revocations_limits_and_feedback_and_leak_no_secret(
+def _eventually(check: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Whether ``check`` came true within ``timeout`` (a bound for a failure, not a measure)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _strategies(server: Server, headers: dict[str, str], n: int = 6) -> list[str]:
+    """The strategies of ``n`` lists the server answers in a row (its two workers share them)."""
+    answers = [
+        requests.post(f"{server.url}/api/recommend", json=PROFILE, headers=headers, timeout=10)
+        for _ in range(n)
+    ]
+    assert [r.status_code for r in answers] == [200] * n, [r.text[:200] for r in answers]
+    return [r.json()["strategy"] for r in answers]
+
+
+def _breaker(server: Server, headers: dict[str, str]) -> dict[str, Any]:
+    response = requests.get(f"{server.url}/api/model", headers=headers, timeout=10)
+    assert response.status_code == 200, response.text[:300]
+    breaker: dict[str, Any] = response.json()["breaker"]
+    return breaker
+
+
+def _breaker_until(server: Server, headers: dict[str, str], state: str) -> dict[str, Any]:
+    """The breaker block of the server's GET /api/model once it says ``state`` (30 s at most)."""
+    seen: list[dict[str, Any]] = []
+
+    def says() -> bool:
+        seen.append(_breaker(server, headers))
+        return seen[-1]["state"] == state
+
+    assert _eventually(says), f"{server.url} never said {state}: {seen[-1]}"
+    return seen[-1]
+
+
+def test_two_instances_share_revocations_limits_feedback_and_the_breaker_and_leak_no_secret(
     tmp_path: Path, postgres_url: str, model_store: Path, synthetic_data_dir: Path
 ) -> None:
     with private_redis(tmp_path) as (redis_url, _redis):
@@ -47,9 +92,18 @@ def test_two_instances_share_revocations_limits_and_feedback_and_leak_no_secret(
             postgres_url,
             redis_url,
             MOVIEREC_LOGIN_RATE_LIMIT="6 per minute",
+            # the breaker opens on 8 feedback rows over 2 lists or more (never on latency here: a
+            # loaded 2-core machine is not a failing model); a worker re-reads the shared record
+            # every 0.2 s
+            MOVIEREC_BREAKER_MIN_EVENTS="8",
+            MOVIEREC_BREAKER_MIN_LISTS="2",
+            MOVIEREC_BREAKER_MIN_REQUESTS="10000",
+            MOVIEREC_MONITOR_SYNC_SECONDS="0.2",
         )
-        a = start_server(tmp_path / "a", env)
-        b = start_server(tmp_path / "b", env)
+        # only A's monitor evaluates (every 0.5 s): B can only learn of an open breaker from the
+        # shared record, never open it from the shared feedback itself
+        a = start_server(tmp_path / "a", {**env, "MOVIEREC_MONITOR_INTERVAL_SECONDS": "0.5"})
+        b = start_server(tmp_path / "b", {**env, "MOVIEREC_MONITOR_INTERVAL_SECONDS": "0"})
         try:
             figures = {}
             # 1. a token revoked on A is refused by B at once (shared Redis blocklist)
@@ -80,7 +134,30 @@ def test_two_instances_share_revocations_limits_and_feedback_and_leak_no_secret(
             assert rows == 1 and stored == {(rec["id"], title): 5.0}
             figures["score_posts"], figures["rows"] = len(statuses), rows
 
-            # 3. the login limit is one budget across both instances: 6 wrong passwords, alternating
+            # 3. the breaker is one record in Redis: opened by A's monitor on eight lists scored
+            # 0.5 through A, B's workers route their lists to the fallback; an admin reset on A
+            # closes it for both instances' workers
+            user, admin = login(a.url), login(a.url, password=ADMIN_PASSWORD)
+            assert _strategies(b, user) == ["segment"] * 6
+            for _ in range(8):
+                body = requests.post(f"{a.url}/api/recommend", json=PROFILE, headers=user, timeout=10).json()
+                score = {"id": body["id"], "movie": body["recommendations"][0], "score": 0.5}
+                posted = requests.post(f"{a.url}/api/recommend/score", json=score, headers=user, timeout=20)
+                assert posted.status_code == 200, posted.text[:300]
+            # each worker re-reads the record every 0.2 s: the state of the one answering is waited for
+            opened = _breaker_until(a, admin, "open")
+            assert _eventually(lambda: _strategies(b, user) == ["fallback"] * 6), "B still serves the model"
+            followed = _breaker_until(b, admin, "open")  # the record A wrote, not one of B's own
+            assert (followed["reason"], followed["since"]) == (opened["reason"], opened["since"]), followed
+            reset = requests.post(f"{a.url}/api/admin/breaker/reset", json={}, headers=admin, timeout=10)
+            assert reset.status_code == 200 and reset.json()["state"] == "closed", reset.text[:300]
+            for server in (b, a):
+                assert _eventually(lambda s=server: _strategies(s, user) == ["segment"] * 6), server.url
+            assert _breaker_until(b, admin, "closed")["reason"] == "reset by admin"
+            figures["breaker_opened_on_a_b_serves"] = "fallback"
+            figures["breaker_reset_on_a_b_serves"] = "segment"
+
+            # 4. the login limit is one budget across both instances: 6 wrong passwords, alternating
             # A and B, spend it (the successful logins above do not count), then both answer 429
             attempts = []
             for i in range(8):
@@ -99,7 +176,7 @@ def test_two_instances_share_revocations_limits_and_feedback_and_leak_no_secret(
             a.stop()
             b.stop()
 
-        # 4. secrets hygiene on the same two deployments
+        # 5. secrets hygiene on the same two deployments
         secrets = {
             "session password": SESSION_PASSWORD,
             "admin password": ADMIN_PASSWORD,
