@@ -158,7 +158,13 @@ class BreakerStatus(BaseModel):
     fallback: str | None = Field(
         default=None,
         description="what serves while the breaker keeps the champion out: 'previous champion <version>' "
-        "(named from the model store), 'popularity from <version>', or 'none'",
+        "(named from the model store), 'popularity from <version>', or 'none' (no model, or the breaker "
+        "routes nothing)",
+    )
+    routes: bool | None = Field(
+        default=None,
+        description="false when MOVIEREC_BREAKER_ENABLED=false: the breaker is judged and its transitions "
+        "announced, but the model serves every request whatever its state",
     )
     fallback_loaded: bool | None = Field(
         default=None,

@@ -561,6 +561,9 @@ class CircuitBreaker:
             "model_version": record.model_version if record.model_version is not None else version,
             "cooldown_remaining_seconds": remaining,
             "probe_share": self.policy.probe_share,
+            # False (MOVIEREC_BREAKER_ENABLED=false): judged and announced, but the model serves
+            # every request whatever the state says
+            "routes": self.policy.routes,
             "store": self.store.where,
             "store_error": self.store_error,
             "thresholds": self.policy.thresholds(),

@@ -411,6 +411,10 @@ class BreakerView:
         status = self.breaker.status(version or self._served(), record)
         # named from the model store, never loaded here: a monitoring poll loaded it in every worker
         status.update(self.fallback.describe(bundle))
+        if not self.breaker.policy.routes:
+            # nothing is routed to a fallback (MOVIEREC_BREAKER_ENABLED=false): naming one, beside
+            # an "open" state, said users got it while the model served every request
+            status.update(fallback="none", fallback_loaded=False, fallback_error=None)
         return status
 
     def reset(self, by: str = "admin", version: str | None = None) -> dict[str, Any]:

@@ -597,7 +597,9 @@ def test_a_disabled_breaker_judges_and_says_so_but_routes_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """MOVIEREC_BREAKER_ENABLED=false: evaluation still runs and may open it, but the champion
-    keeps serving, and the alert must not claim "serving the fallback"."""
+    keeps serving, and the alert must not claim "serving the fallback". Nor may GET /api/model
+    and the dashboard: they said "open" with a previous champion as the fallback, and nothing
+    that the champion serves every request all the same."""
     store, _previous, current = two_champions
     app = make_app(**_settings(store, "sqlite", request), breaker_enabled=False)
     client = app.test_client()
@@ -606,7 +608,13 @@ def test_a_disabled_breaker_judges_and_says_so_but_routes_nothing(
         _score(client, headers, served, 1.0)
     with caplog.at_level(logging.WARNING, logger="movierec.breaker"):
         app.extensions["movierec"].monitor.tick(force=True)
-    assert _breaker(client, headers)["state"] == "open"
+    state = _breaker(client, headers)
+    assert (state["state"], state["routes"], state["fallback"], state["fallback_loaded"]) == (
+        "open", False, "none", False
+    ), state  # fmt: skip
+    admin = app.test_client()
+    assert admin.post("/ui/login", data={"session_password": ADMIN_PASSWORD}).status_code == 303
+    assert "</span> (not routing: MOVIEREC_BREAKER_ENABLED=false" in admin.get("/ui/dashboard").text
     [opened] = [r for r in caplog.records if r.name == "movierec.breaker" and r.levelno == logging.ERROR]
     assert "not routing" in opened.getMessage() and "serving the fallback" not in opened.getMessage()
     for served in _recommend(client, headers, 3):
