@@ -159,7 +159,7 @@ class BreakerStatus(BaseModel):
         default=None,
         description="what serves while the breaker keeps the champion out: 'previous champion <version>' "
         "(named from the model store), 'popularity from <version>', or 'none' (no model, or the breaker "
-        "routes nothing)",
+        "routes nothing); null in a reset's answer for a version this instance does not serve",
     )
     routes: bool | None = Field(
         default=None,

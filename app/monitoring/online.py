@@ -408,7 +408,14 @@ class BreakerView:
     def status(self, version: str | None = None, record: BreakerRecord | None = None) -> dict[str, Any]:
         """``version``'s breaker (default: the served version's), as last read or as ``record`` says."""
         bundle = self.monitor.models.bundle
-        status = self.breaker.status(version or self._served(), record)
+        served = bundle.version if bundle is not None else None
+        status = self.breaker.status(version or served, record)
+        if version is not None and version != served:
+            # another version's breaker (an admin's reset of a version an instance still serves
+            # during a rolling deploy): the served version's fallback is not its fallback (it was
+            # often that very version), and this worker serves it no fallback at all
+            status.update(fallback=None, fallback_loaded=None, fallback_error=None)
+            return status
         # named from the model store, never loaded here: a monitoring poll loaded it in every worker
         status.update(self.fallback.describe(bundle))
         if not self.breaker.policy.routes:

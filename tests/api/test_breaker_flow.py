@@ -250,6 +250,9 @@ def test_instances_serving_different_versions_keep_their_own_breakers(
     response = new_client.post("/api/admin/breaker/reset", json={"model_version": previous}, headers=admin)
     assert response.status_code == 200
     assert (response.get_json()["state"], response.get_json()["model_version"]) == ("closed", previous)
+    # the fallback this instance's served version has (the previous champion: the very version
+    # reset) is not the reset version's: one this instance does not serve names none
+    assert (response.get_json()["fallback"], response.get_json()["fallback_loaded"]) == (None, None)
     assert _breaker(new_client, new_headers)["model_version"] == current  # its own view is unchanged
     old.extensions["movierec"].monitor.tick(force=True)
     assert _recommend(old_client, old_headers)[0]["strategy"] != "fallback"
