@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
+LAST_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the latest epoch second a date is made of
 
 RETENTION_SECONDS = 30 * 86_400
 """How long a version's record outlives its last evaluation, transition or reset (Redis: its
@@ -81,8 +82,20 @@ class BreakerRecord:
     evaluation: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """A record read from a store is checked here (a hand-edited one, or a state another version
+        of the code wrote): a time that is no epoch second a date can be made of (a text; NaN or
+        Infinity, which JSON and a Float column take), or a reason or version that is no text, made
+        GET /api/model, the dashboard and every evaluation 500s or tracebacks once adopted."""
         if self.state not in STATES:
             raise ValueError(f"unknown breaker state {self.state!r}")
+        for name in ("since", "evaluated_at"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= LAST_TIME:
+                raise ValueError(f"{name} is not a time in epoch seconds: {str(value)[:40]!r}")
+        if not isinstance(self.reason, str):
+            raise TypeError("reason is not text")
+        if self.model_version is not None and not isinstance(self.model_version, str):
+            raise TypeError("model_version is not text")
 
     def evolve(self, **changes: Any) -> BreakerRecord:
         return replace(self, **changes)

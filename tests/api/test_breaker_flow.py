@@ -519,6 +519,51 @@ def test_an_unreadable_shared_record_neither_stops_the_start_nor_makes_a_reset_a
         client.delete(key)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"since": "yesterday"}, {"since": float("nan")}, {"since": 1e300}, {"evaluated_at": float("inf")},
+     {"reason": 5}, {"model_version": ["v"]}],
+    ids=["since-text", "since-nan", "since-huge", "evaluated-inf", "reason-number", "version-list"],
+)  # fmt: skip
+def test_a_record_with_a_wrongly_typed_field_is_unreadable_not_a_500(
+    make_app: Callable[..., Any], model_store: Path, local_redis_url: str, fields: dict[str, Any]
+) -> None:
+    """A hand-edited record whose state and generation parse but whose times or texts do not (a
+    text or a NaN for ``since``: json.loads takes NaN and Infinity) was adopted as the breaker's
+    state: GET /api/model and the dashboard turned it into a date and were 500s, and so was every
+    evaluation of the monitor. It is an unreadable record, like one that is not JSON: the workers
+    keep their last state, ``store_error`` says so, and an admin reset replaces it."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(local_redis_url, socket_connect_timeout=1)
+    name = f"mistyped-{uuid.uuid4().hex[:8]}"
+    version = load_bundle(model_store).version
+    key = f"movierec:breaker:{name}@{version}"  # the served version's record
+    record = {"state": "open", "since": 1.0e9, "reason": "edited", "model_version": version,
+              "generation": 3, "evaluated_at": 0.0, "evaluation": {}}  # fmt: skip
+    client.set(key, json.dumps({**record, **fields}))
+    try:
+        app = make_app(
+            redis_url=local_redis_url, breaker_name=name, monitor_interval_seconds=0,
+            login_rate_limit="1000 per minute",
+        )  # fmt: skip
+        http = app.test_client()
+        headers, admin = login(http), login(http, ADMIN_PASSWORD)
+        model = http.get("/api/model", headers=admin)
+        assert model.status_code == 200, model.get_data(as_text=True)[:300]
+        assert "unreadable breaker record" in model.get_json()["breaker"]["store_error"]
+        ui = app.test_client()
+        assert ui.post("/ui/login", data={"session_password": ADMIN_PASSWORD}).status_code == 303
+        assert ui.get("/ui/dashboard").status_code == 200
+        response = http.post("/api/admin/breaker/reset", json={}, headers=admin)
+        assert (response.status_code, response.get_json()["state"]) == (200, "closed"), response.get_json()
+        assert http.post("/api/recommend", json=PROFILE, headers=headers).get_json()["strategy"] == "segment"
+    finally:
+        client.delete(key)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 @pytest.mark.parametrize("version", ["v1\u0000", "bad\nversion", " "])
 def test_a_malformed_model_version_is_a_400_not_a_store_failure(
