@@ -264,6 +264,7 @@ class CircuitBreaker:
         self._records: OrderedDict[str | None, BreakerRecord] = OrderedDict()
         self._adoptions = 0  # records adopted so far: a read that raced with none is adopted as is
         self.store_error: str | None = None
+        self._store_error_of: str | None = None  # the version whose read failed with store_error
         self.read_at = -math.inf  # when sync() last read the store (monotonic), successfully or not
         # a store outage fails the monitor's write every few seconds: logged when it starts, then
         # at most every 30 s (as its failed reads are), not one WARNING per sync of each worker
@@ -322,6 +323,7 @@ class CircuitBreaker:
                     extra={"error": describe_error(exc, 300)},
                 )
             self.store_error = describe_error(exc, 300)
+            self._store_error_of = version
             return self.record_of(version)
         if self.store_error is not None:
             log.info("breaker state store reachable again")
@@ -515,8 +517,10 @@ class CircuitBreaker:
             except UnreadableRecordError as exc:
                 replaced = self._replace_unreadable(version, by, str(exc), started)
                 if replaced is not None:
+                    self._store_answered(version)
                     return replaced
                 continue
+            self._store_answered(version)
             if record.state == CLOSED:
                 self._adopt(version, record, read_started=started, cache_new=False)
                 return record
@@ -527,6 +531,14 @@ class CircuitBreaker:
             if stored is not None:
                 return stored
         raise BreakerStoreError("the breaker state kept changing while resetting it; try again")
+
+    def _store_answered(self, version: str | None) -> None:
+        """The store read (or replaced) ``version``'s record: a ``store_error`` its last sync left
+        is over. The reset's answer and /api/model said "unreadable breaker record" after the reset
+        had replaced it, until the worker's next sync."""
+        if self.store_error is not None and version == self._store_error_of:
+            log.info("breaker state store reachable again")
+            self.store_error = None
 
     def _replace_unreadable(self, version: str | None, by: str, error: str, read_started: int
                             ) -> BreakerRecord | None:  # fmt: skip

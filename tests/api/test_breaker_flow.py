@@ -515,6 +515,9 @@ def test_an_unreadable_shared_record_neither_stops_the_start_nor_makes_a_reset_a
         assert response.status_code == 200, response.get_json()
         assert response.get_json()["state"] == "closed"
         assert b'"closed"' in client.get(key)
+        # the record it replaced is no store problem any more: its answer said "unreadable breaker
+        # record", and so did /api/model until the worker's next sync
+        assert response.get_json()["store_error"] is None, response.get_json()
     finally:
         client.delete(key)
 
