@@ -567,6 +567,39 @@ def test_a_record_with_a_wrongly_typed_field_is_unreadable_not_a_500(
         client.delete(key)
 
 
+@pytest.mark.parametrize(
+    "verdict", ["unhealthy", {"verdict": "unhealthy", "reasons": 5}], ids=["text", "reasons-number"]
+)
+def test_an_odd_stored_verdict_leaves_the_dashboard_shown(
+    make_app: Callable[..., Any], model_store: Path, local_redis_url: str, verdict: Any
+) -> None:
+    """The record's evaluation is free-form JSON (what the monitor stored; by hand, anything): the
+    dashboard read its quality verdict as a mapping with a list of reasons, and a text there (or
+    a number for the reasons) made the whole page the 500 page. It is left out instead."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(local_redis_url, socket_connect_timeout=1)
+    name = f"odd-verdict-{uuid.uuid4().hex[:8]}"
+    version = load_bundle(model_store).version
+    key = f"movierec:breaker:{name}@{version}"  # the served version's record
+    record = {"state": "closed", "since": 1.0e9, "reason": "edited", "model_version": version,
+              "generation": 3, "evaluated_at": 1.0e9, "evaluation": {"quality_verdict": verdict}}  # fmt: skip
+    client.set(key, json.dumps(record))
+    try:
+        app = make_app(
+            redis_url=local_redis_url, breaker_name=name, monitor_interval_seconds=0,
+            login_rate_limit="1000 per minute",
+        )  # fmt: skip
+        ui = app.test_client()
+        assert ui.post("/ui/login", data={"session_password": ADMIN_PASSWORD}).status_code == 303
+        page = ui.get("/ui/dashboard")
+        assert page.status_code == 200 and 'id="breaker-state">closed<' in page.text
+    finally:
+        client.delete(key)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 @pytest.mark.parametrize("version", ["v1\u0000", "bad\nversion", " "])
 def test_a_malformed_model_version_is_a_400_not_a_store_failure(
