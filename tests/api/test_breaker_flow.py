@@ -13,7 +13,8 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -522,6 +523,32 @@ def test_an_unreadable_shared_record_neither_stops_the_start_nor_makes_a_reset_a
         client.delete(key)
 
 
+@contextmanager
+def app_with_stored_record(
+    make_app: Callable[..., Any], model_store: Path, redis_url: str, **fields: Any
+) -> Iterator[Any]:
+    """An app on a breaker of its own whose record for the served version, in Redis, is a valid
+    record with ``fields`` over it (what a hand edit of the shared record leaves); deleted after."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1)
+    name = f"edited-{uuid.uuid4().hex[:8]}"
+    version = load_bundle(model_store).version
+    key = f"movierec:breaker:{name}@{version}"  # the served version's record
+    record = {"state": "closed", "since": 1.0e9, "reason": "edited", "model_version": version,
+              "generation": 3, "evaluated_at": 0.0, "evaluation": {}}  # fmt: skip
+    client.set(key, json.dumps({**record, **fields}))
+    try:
+        yield make_app(
+            redis_url=redis_url, breaker_name=name, monitor_interval_seconds=0,
+            login_rate_limit="1000 per minute",
+        )  # fmt: skip
+    finally:
+        client.delete(key)
+
+
 @pytest.mark.parametrize(
     "fields",
     [{"since": "yesterday"}, {"since": float("nan")}, {"since": 1e300}, {"evaluated_at": float("inf")},
@@ -536,22 +563,7 @@ def test_a_record_with_a_wrongly_typed_field_is_unreadable_not_a_500(
     state: GET /api/model and the dashboard turned it into a date and were 500s, and so was every
     evaluation of the monitor. It is an unreadable record, like one that is not JSON: the workers
     keep their last state, ``store_error`` says so, and an admin reset replaces it."""
-    import json
-
-    import redis
-
-    client = redis.Redis.from_url(local_redis_url, socket_connect_timeout=1)
-    name = f"mistyped-{uuid.uuid4().hex[:8]}"
-    version = load_bundle(model_store).version
-    key = f"movierec:breaker:{name}@{version}"  # the served version's record
-    record = {"state": "open", "since": 1.0e9, "reason": "edited", "model_version": version,
-              "generation": 3, "evaluated_at": 0.0, "evaluation": {}}  # fmt: skip
-    client.set(key, json.dumps({**record, **fields}))
-    try:
-        app = make_app(
-            redis_url=local_redis_url, breaker_name=name, monitor_interval_seconds=0,
-            login_rate_limit="1000 per minute",
-        )  # fmt: skip
+    with app_with_stored_record(make_app, model_store, local_redis_url, state="open", **fields) as app:
         http = app.test_client()
         headers, admin = login(http), login(http, ADMIN_PASSWORD)
         model = http.get("/api/model", headers=admin)
@@ -563,8 +575,6 @@ def test_a_record_with_a_wrongly_typed_field_is_unreadable_not_a_500(
         response = http.post("/api/admin/breaker/reset", json={}, headers=admin)
         assert (response.status_code, response.get_json()["state"]) == (200, "closed"), response.get_json()
         assert http.post("/api/recommend", json=PROFILE, headers=headers).get_json()["strategy"] == "segment"
-    finally:
-        client.delete(key)
 
 
 @pytest.mark.parametrize(
@@ -576,28 +586,12 @@ def test_an_odd_stored_verdict_leaves_the_dashboard_shown(
     """The record's evaluation is free-form JSON (what the monitor stored; by hand, anything): the
     dashboard read its quality verdict as a mapping with a list of reasons, and a text there (or
     a number for the reasons) made the whole page the 500 page. It is left out instead."""
-    import json
-
-    import redis
-
-    client = redis.Redis.from_url(local_redis_url, socket_connect_timeout=1)
-    name = f"odd-verdict-{uuid.uuid4().hex[:8]}"
-    version = load_bundle(model_store).version
-    key = f"movierec:breaker:{name}@{version}"  # the served version's record
-    record = {"state": "closed", "since": 1.0e9, "reason": "edited", "model_version": version,
-              "generation": 3, "evaluated_at": 1.0e9, "evaluation": {"quality_verdict": verdict}}  # fmt: skip
-    client.set(key, json.dumps(record))
-    try:
-        app = make_app(
-            redis_url=local_redis_url, breaker_name=name, monitor_interval_seconds=0,
-            login_rate_limit="1000 per minute",
-        )  # fmt: skip
+    stored = {"evaluated_at": 1.0e9, "evaluation": {"quality_verdict": verdict}}
+    with app_with_stored_record(make_app, model_store, local_redis_url, **stored) as app:
         ui = app.test_client()
         assert ui.post("/ui/login", data={"session_password": ADMIN_PASSWORD}).status_code == 303
         page = ui.get("/ui/dashboard")
         assert page.status_code == 200 and 'id="breaker-state">closed<' in page.text
-    finally:
-        client.delete(key)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
