@@ -429,9 +429,10 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     training at start (PostgreSQL not up yet, a transient error) waited for the next cron time,
     hours with nothing in the registry to serve. Each try is announced by one INFO line: the failed
     tick's own ERROR is what the monitor mails, once a try. A tick stopped by SIGTERM is not tried
-    again, and the stop does not wait for a try to come. (Shut a scheduler returned by
-    ``blocking=False`` down with ``wait=False``: ``wait=True`` holds APScheduler's job stores' lock
-    while it waits for a tick, which may need it to schedule its next try.)
+    again, the stop does not wait for a try to come, and a tick due after SIGTERM is not started.
+    (Shut a scheduler returned by ``blocking=False`` down with ``wait=False``: ``wait=True`` holds
+    APScheduler's job stores' lock while it waits for a tick, which may need it to schedule its
+    next try.)
     """
     from apscheduler.jobstores.base import JobLookupError
 
@@ -442,6 +443,12 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     without_champion = False  # the registry's last answer
 
     def scheduled() -> None:
+        # SIGTERM starts no other tick: the main thread looks for it every _STOP_POLL_SECONDS
+        # before it shuts the scheduler down, and a cron time or a try due meanwhile ran a whole
+        # tick after the stop (the release repair, a reload asked of the service), waited for
+        if flow_runner.STOPPING.is_set():
+            log.info("stopping: the tick due now is not started")
+            return
         if not ticking.acquire(blocking=False):  # as max_instances=1 drops a cron tick
             log.info("a tick is running: the one due now is dropped")
             return

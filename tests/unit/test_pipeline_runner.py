@@ -1007,6 +1007,44 @@ def test_sigterm_stops_the_scheduler_while_a_retry_waits(
     assert calls == ["tick"]
 
 
+@pytest.mark.parametrize("due", [JOB_ID, "training-retry"])
+def test_a_tick_due_after_sigterm_is_not_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, due: str
+) -> None:
+    """`movierec schedule` looks for SIGTERM every half second, then shuts the scheduler down: a
+    cron time or a try coming due in between started a whole tick after the stop (the release
+    repair, a reload asked of the service, the ingest), which the stop then waited for. SIGTERM
+    starts no other tick (stop_on_sigterm): one due after it is dropped."""
+    import threading
+
+    from apscheduler.events import EVENT_JOB_EXECUTED
+
+    import app.pipeline.runner as runner
+    import app.pipeline.schedule as schedule
+
+    registry = _Registry()
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: registry))
+    decision = schedule.RunDecision(True, "no champion yet", "d", "c")
+    calls: list[str] = []
+
+    def job() -> schedule.TickResult:
+        calls.append("tick")
+        return schedule.TickResult(decision, error="could not decide whether to train: database down")
+
+    # no champion: the tick at start fails, and its try waits an hour beside the cron job
+    scheduler = schedule.serve(_settings(tmp_path, schedule_retry_seconds=3600), job=job, blocking=False)
+    try:
+        assert calls == ["tick"] and scheduler.get_job(schedule.RETRY_JOB_ID) is not None
+        over = threading.Event()
+        scheduler.add_listener(lambda event: over.set() if event.job_id == due else None, EVENT_JOB_EXECUTED)
+        runner.request_stop()  # SIGTERM: the main thread has not looked yet
+        scheduler.modify_job(due, next_run_time=datetime.now(UTC))
+        assert over.wait(60)
+    finally:
+        scheduler.shutdown(wait=False)
+    assert calls == ["tick"]
+
+
 def test_the_scheduler_says_when_it_trains_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
