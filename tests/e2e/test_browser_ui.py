@@ -279,6 +279,46 @@ def test_a_form_sent_after_the_session_ended_is_filled_in_again_after_logging_in
         assert page.get_by_label("Age").input_value() == ""
 
 
+def test_a_form_kept_for_later_holds_no_csrf_value_and_no_hidden_field(make_app: Callable[..., Any]) -> None:
+    """What forms.js keeps of a form sent with the session over (docs/ui.md: the visible fields
+    only, never a hidden field such as the CSRF value, never a password) is read back from the
+    tab's sessionStorage on the login page it led to: the recommendation form's visible fields
+    and a rating's stars, nothing of the CSRF value, the list's id or the movie's title."""
+    import json
+
+    app = make_app()
+    with LiveServer(app) as server, browser_page(server.url) as (page, _requests):
+        _log_in(page, SESSION_PASSWORD)
+        csrf = page.locator('#recommend-form input[name="csrf_token"]').input_value()
+        page.get_by_label("Age").fill("34")
+        page.get_by_label("Gender").select_option("F")
+        page.get_by_label("Occupation").select_option("engineer")
+        _end_the_session(page, app, server)
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**/ui/login?**")
+        kept = page.evaluate("() => sessionStorage.getItem('movierec.unsent-form')")
+        assert kept and csrf not in kept, kept
+        assert {name for name, _value in json.loads(kept)["fields"]} <= {
+            "age", "gender", "occupation", "user_id", "max_recs"
+        }, kept  # fmt: skip
+
+        page.get_by_label("Password").fill(SESSION_PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url("**/ui")
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**/ui/recommendations/**")
+        first = page.locator("li.result").nth(0)
+        csrf = first.locator('input[name="csrf_token"]').input_value()
+        title = first.locator('input[name="movie"]').input_value()
+        first.locator("label.star").nth(6).click()
+        _end_the_session(page, app, server)
+        first.get_by_role("button", name="Save rating").click()
+        page.wait_for_url("**/ui/login?**")
+        kept = page.evaluate("() => sessionStorage.getItem('movierec.unsent-form')")
+        assert kept and csrf not in kept and title not in kept, kept
+        assert json.loads(kept)["fields"] == [["score", "3.5"]], kept
+
+
 class _HeldPosts:
     """WSGI middleware: counts the posts each path received (what the server saw: a post the
     browser abandoned for a second one had reached it all the same) and, while ``held``, keeps
