@@ -1686,6 +1686,12 @@ def test_a_failed_snapshot_brings_the_live_version_back_untouched(tmp_path: Path
     assert set(engine.containers) == {"movierec"}
     assert engine.volumes["movierec-db"] == before
     assert "previous version (movierec:1.0) is running again" in out.getvalue()
+    # no new container was made: nothing to remove, and no advice to run `docker rm --force
+    # movierec`, the name the previous version runs under again (it said so, warning, since the
+    # rollback reads what Docker answers)
+    assert "could not remove the new container" not in out.getvalue()
+    assert "docker rm --force movierec\n" not in out.getvalue()
+    assert "no new container to remove" in out.getvalue()
 
 
 def test_a_failed_restore_keeps_the_snapshot_and_says_how_to_restore_it(tmp_path: Path) -> None:
