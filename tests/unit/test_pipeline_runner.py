@@ -825,9 +825,23 @@ class _Registry:
         return self.version
 
 
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> _Registry:
+    """The scheduler's registry, without a champion until a test's tick names one."""
+    import app.pipeline.schedule as schedule
+
+    registry = _Registry()
+    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: registry))
+    return registry
+
+
 @pytest.mark.parametrize("first_failure", ["at start", "at a cron tick"])
 def test_without_a_champion_a_failed_tick_is_tried_again_soon_until_one_is_trained(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, first_failure: str
+    tmp_path: Path,
+    registry: _Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    first_failure: str,
 ) -> None:
     """With no champion the scheduler trained once at start; when that failed (PostgreSQL not up
     yet, a transient error), the next try was the next cron time, hours later, and the registry
@@ -842,8 +856,6 @@ def test_without_a_champion_a_failed_tick_is_tried_again_soon_until_one_is_train
 
     import app.pipeline.schedule as schedule
 
-    registry = _Registry()
-    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: registry))
     decision = schedule.RunDecision(True, "no champion yet", "d", "c")
     failed = schedule.TickResult(decision, error="could not decide whether to train: database down")
     trained = schedule.TickResult(decision, {"champion": "1"})
@@ -891,7 +903,8 @@ def test_without_a_champion_a_failed_tick_is_tried_again_soon_until_one_is_train
     assert [r.getMessage().split("(in ")[1].split(";")[0] for r in retries] == ["0.05 s", "0.1 s", "0.1 s"]
 
 
-def test_a_cron_tick_due_while_a_try_runs_is_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("registry")
+def test_a_cron_tick_due_while_a_try_runs_is_dropped(tmp_path: Path) -> None:
     """The tries of a failed tick are a job of their own beside the cron one: a cron time coming
     while a try runs is dropped, as one coming during a cron tick is (max_instances=1), not a
     second tick at once whose flow met the first one's lock and failed."""
@@ -901,7 +914,6 @@ def test_a_cron_tick_due_while_a_try_runs_is_dropped(tmp_path: Path, monkeypatch
 
     import app.pipeline.schedule as schedule
 
-    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _Registry()))
     decision = schedule.RunDecision(True, "no champion yet", "d", "c")
     calls: list[str] = []
     trying, go_on = threading.Event(), threading.Event()
@@ -929,7 +941,7 @@ def test_a_cron_tick_due_while_a_try_runs_is_dropped(tmp_path: Path, monkeypatch
 
 
 def test_a_cron_tick_that_trains_a_champion_cancels_the_try_waiting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, registry: _Registry
 ) -> None:
     """The cron time coming between two tries, its tick training a champion: the try waiting is
     dropped, the cron expression alone ticks from then on."""
@@ -939,8 +951,6 @@ def test_a_cron_tick_that_trains_a_champion_cancels_the_try_waiting(
 
     import app.pipeline.schedule as schedule
 
-    registry = _Registry()
-    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: registry))
     decision = schedule.RunDecision(True, "no champion yet", "d", "c")
     calls: list[str] = []
 
@@ -964,15 +974,13 @@ def test_a_cron_tick_that_trains_a_champion_cancels_the_try_waiting(
         scheduler.shutdown(wait=False)
 
 
-def test_a_tick_stopped_by_sigterm_is_not_tried_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("registry")
+def test_a_tick_stopped_by_sigterm_is_not_tried_again(tmp_path: Path) -> None:
     """A tick that failed because the scheduler is stopping (SIGTERM, Ctrl-C) is no failure to
     retry: the stop must end the scheduler, not schedule another tick."""
     import app.pipeline.runner as runner
     import app.pipeline.schedule as schedule
 
-    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _Registry()))
     decision = schedule.RunDecision(True, "no champion yet", "d", "c")
 
     def job() -> schedule.TickResult:
@@ -983,6 +991,7 @@ def test_a_tick_stopped_by_sigterm_is_not_tried_again(
     assert not scheduler.running and scheduler.get_job(schedule.RETRY_JOB_ID) is None
 
 
+@pytest.mark.usefixtures("registry")
 def test_sigterm_stops_the_scheduler_while_a_retry_waits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -993,7 +1002,6 @@ def test_sigterm_stops_the_scheduler_while_a_retry_waits(
     import app.pipeline.runner as runner
     import app.pipeline.schedule as schedule
 
-    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: _Registry()))
     monkeypatch.setattr(schedule, "stop_on_sigterm", lambda: None)  # pytest's own handlers stay
     decision = schedule.RunDecision(True, "no champion yet", "d", "c")
     calls: list[str] = []
@@ -1007,10 +1015,9 @@ def test_sigterm_stops_the_scheduler_while_a_retry_waits(
     assert calls == ["tick"]
 
 
+@pytest.mark.usefixtures("registry")
 @pytest.mark.parametrize("due", [JOB_ID, "training-retry"])
-def test_a_tick_due_after_sigterm_is_not_started(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, due: str
-) -> None:
+def test_a_tick_due_after_sigterm_is_not_started(tmp_path: Path, due: str) -> None:
     """`movierec schedule` looks for SIGTERM every half second, then shuts the scheduler down: a
     cron time or a try coming due in between started a whole tick after the stop (the release
     repair, a reload asked of the service, the ingest), which the stop then waited for. SIGTERM
@@ -1022,8 +1029,6 @@ def test_a_tick_due_after_sigterm_is_not_started(
     import app.pipeline.runner as runner
     import app.pipeline.schedule as schedule
 
-    registry = _Registry()
-    monkeypatch.setattr(schedule.Registry, "from_settings", staticmethod(lambda _s: registry))
     decision = schedule.RunDecision(True, "no champion yet", "d", "c")
     calls: list[str] = []
 
