@@ -187,7 +187,8 @@ class Fallback:
         it names; a previous champion not loaded yet is served as popularity until the monitor
         thread has loaded it. ``fallback_error`` (when there is one; :meth:`describe` says None
         otherwise): why no previous champion could be named, a model store this service may not
-        read (popularity serves; the monitor thread tries again each round). Until 2026-12-06 such
+        read (popularity serves; the monitor thread tries again each round in which it would load the
+        fallback: :meth:`OnlineMonitor.prepare_fallback`). Until 2026-12-06 such
         a store raised PermissionError here, and /api/model and the dashboard were 500s."""
         if current is None:
             return {"fallback": "none", "fallback_loaded": False}
