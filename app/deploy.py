@@ -1211,7 +1211,7 @@ class Deployer:
         if remove_image and not self.snapshot_taken:
             self.remove(f"the new image {self.cfg.image_ref}", "rmi", self.cfg.image_ref)
 
-    def remove(self, what: str, *args: str) -> bool:
+    def remove(self, what: str, *args: str) -> None:
         """Run a removal (``rm --force NAME``, ``rmi REF``) and say what Docker did: "removed WHAT",
         or a warning with its reason and the command to run. Its result was not read: a refusal (a
         daemon error, an image a container still uses) was said "removed" all the same. Never
@@ -1219,16 +1219,14 @@ class Deployer:
         there (a rollback before the new container was made) is said so: the warning's command,
         ``docker rm --force NAME``, would have removed the previous version running under NAME again."""
         result = self.docker(*args)
-        if result.returncode == 0:
-            self.say(f"removed {what}")
-            return True
         said = (result.stderr or "").strip() or f"docker exited {result.returncode}"
         missing = _NO_SUCH_CONTAINER if args[0] == "rm" else _NO_SUCH_IMAGE
-        if missing.search(said):
+        if result.returncode == 0:
+            self.say(f"removed {what}")
+        elif missing.search(said):
             self.say(f"no {what.removeprefix('the ')} to remove")
-            return True
-        self.say(f"warning: could not remove {what}: {said}; remove it with: docker {' '.join(args)}")
-        return False
+        else:
+            self.say(f"warning: could not remove {what}: {said}; remove it with: docker {' '.join(args)}")
 
     def restore_tag(self, image_id: str) -> None:
         """A rebuilt tag whose deployment failed names the image it named before again (the
