@@ -994,6 +994,11 @@ def test_a_model_store_the_service_may_not_read_reports_the_fallback_not_a_500(
         _recommend(client, headers)
         ui = app.test_client()
         assert ui.post("/ui/login", data={"session_password": ADMIN_PASSWORD}).status_code == 303
+        # what the child's requests load lazily (the dashboard's templates, modules imported on first
+        # use) is loaded now, as root: the checkout may be in a directory uid 65534 cannot enter
+        # (a clone under mktemp -d, mode 700), where the child raised TemplateNotFound
+        for warm_up in (client.get("/api/model", headers=admin), ui.get("/ui/dashboard")):
+            assert warm_up.status_code == 200
         for path in shared.rglob("*"):
             path.chmod(0o777 if path.is_dir() else 0o666)
         store.chmod(mode)
