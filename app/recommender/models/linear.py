@@ -82,6 +82,11 @@ def _whole(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
+SGD_SETTINGS = ("learning_rate", "epochs", "batch_size", "l2", "decay", "tol", "patience", "random_state")
+"""The SGD settings of :class:`SimpleLinearRegression` that :class:`LinearRatingModel` passes on
+(``standardize`` aside: the rating model always standardizes)."""
+
+
 class SimpleLinearRegression:
     """Least-squares line ``y = Xw + b`` fitted by vectorised stochastic gradient descent.
 
@@ -321,17 +326,7 @@ class SimpleLinearRegression:
         return 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
 
     def params(self) -> dict[str, Any]:
-        return {
-            "learning_rate": self.learning_rate,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "l2": self.l2,
-            "decay": self.decay,
-            "tol": self.tol,
-            "patience": self.patience,
-            "standardize": self.standardize,
-            "random_state": self.random_state,
-        }
+        return {name: getattr(self, name) for name in SGD_SETTINGS} | {"standardize": self.standardize}
 
     # ------------------------------------------------------------------ internals
 
@@ -616,16 +611,7 @@ class LinearRatingModel(Recommender):
 
     def _sgd_params(self) -> dict[str, Any]:
         """The SimpleLinearRegression settings this model fits with (one list for fit and params)."""
-        return {
-            "learning_rate": self.learning_rate,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "l2": self.l2,
-            "decay": self.decay,
-            "tol": self.tol,
-            "patience": self.patience,
-            "random_state": self.random_state,
-        }
+        return {name: getattr(self, name) for name in SGD_SETTINGS}
 
     def params(self) -> dict[str, Any]:
         return {
