@@ -162,3 +162,24 @@ def test_every_container_s_log_is_rotated(service: str) -> None:
     options = logging.get("options") or {}
     assert re.fullmatch(r"[1-9][0-9]*[kmg]", str(options.get("max-size"))), options
     assert str(options.get("max-file", "")).isdigit() and int(options["max-file"]) >= 2, options
+
+
+@pytest.mark.parametrize("environ", [{}, {"MLFLOW_PORT": "5001"}])
+def test_the_mlflow_ui_answers_on_the_host_port_mlflow_port_publishes(environ: dict[str, str]) -> None:
+    """docs/docker.md gives the MLflow UI's host port as ``MLFLOW_PORT`` (5000). MLflow's server
+    refuses a request whose ``Host`` header it was not told to allow ("Invalid Host header -
+    possible DNS rebinding attack detected"), and ``--allowed-hosts`` named the ports 5000 and
+    none other: with ``MLFLOW_PORT=5001`` the browser's ``Host: 127.0.0.1:5001`` was refused on
+    every page. MLflow's own check, on the allow-list Compose gives it."""
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    mlflow = SERVICES["mlflow"]
+    published = [_interpolated(port, environ) for port in mlflow["ports"]]
+    (host_port,) = {port.split(":")[-2] for port in published}
+    (option,) = [arg for arg in mlflow["command"] if arg.startswith("--allowed-hosts=")]
+    allowed = _interpolated(option.removeprefix("--allowed-hosts="), environ).split(",")
+    assert host_port == environ.get("MLFLOW_PORT", "5000")
+    # a browser on the published port, and the scheduler on Compose's network
+    for host in (f"127.0.0.1:{host_port}", f"localhost:{host_port}", "mlflow:5000"):
+        assert is_allowed_host_header(allowed, host), (host, allowed)
+    assert not is_allowed_host_header(allowed, "attacker.example:5000")  # still an allow-list
