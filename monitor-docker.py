@@ -9,6 +9,18 @@ Usage: ./monitor-docker.py CONTAINER_NAME SMTP_SERVER EMAIL [--print] [--smtp-po
 import sys
 from pathlib import Path
 
+# The host's python3 runs it, standard library only: one older than it needs is one line
+# (exit 2: a configuration problem), not a traceback from inside the import (app/monitoring/logs.py's
+# scrubber uses atomic groups).
+if sys.version_info < (3, 11):  # noqa: UP036 - pyproject.toml's floor binds the package, not the host
+    print(
+        f"monitor-docker.py: needs Python 3.11 or newer, and this python3 is "
+        f"{'.'.join(map(str, sys.version_info[:3]))}: "
+        "run it with a newer one (python3.11 monitor-docker.py …)",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from app.monitoring.monitor import main
