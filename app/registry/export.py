@@ -128,9 +128,9 @@ def remove_old_bundles(
     serves only once it answers a request), the previous champion of each of those (the breaker's
     fallback: app/monitoring/fallback.py), and any whose name the registry does not hold
     (``make train``'s: nothing could export it again). A removed one is exported from the registry
-    again when promoted (:func:`export_version`). When what is served cannot be read, nothing
-    is removed (a WARNING; the next export tries again). ``keep`` 0 keeps every one. Returns
-    the names removed; a failure to remove one is a WARNING.
+    again when promoted (:func:`export_version`). When what is served cannot be read, or the
+    store cannot be listed, nothing is removed (a WARNING; the next export tries again).
+    ``keep`` 0 keeps every one. Returns the names removed; a failure to remove one is a WARNING.
     """
     if keep <= 0:
         return []
@@ -140,15 +140,20 @@ def remove_old_bundles(
         return []
     if configured is not None:
         in_use.add(Path(os.path.abspath(configured)).name)
-    in_use |= {previous.name for name in in_use if (previous := _fallback_of(model_dir, name)) is not None}
     registered = {info.bundle_version for info in registry.versions() if info.bundle_version}
     bundles = []
-    for child in model_dir.iterdir():
-        if child.name.startswith(".") or child.is_symlink() or not BUNDLE_NAME.match(child.name):
-            continue
-        with contextlib.suppress(OSError):  # gone meanwhile, or no bundle: not ours to judge
-            if (child / MANIFEST).is_file():
-                bundles.append((child.stat().st_mtime, child.name))
+    try:  # both list the store: one that cannot be (another account's, a stale mount) keeps all
+        in_use |= {kept.name for name in in_use if (kept := _fallback_of(model_dir, name)) is not None}
+        for child in model_dir.iterdir():
+            if child.name.startswith(".") or child.is_symlink() or not BUNDLE_NAME.match(child.name):
+                continue
+            with contextlib.suppress(OSError):  # gone meanwhile, or no bundle: not ours to judge
+                if (child / MANIFEST).is_file():
+                    bundles.append((child.stat().st_mtime, child.name))
+    except OSError as exc:
+        log.warning("not removing old bundles from %s: it cannot be listed (%s); the next export tries again",
+                    model_dir, exc)  # fmt: skip
+        return []
     removed = []
     for _exported, name in sorted(bundles, reverse=True)[keep:]:
         if name in in_use or name not in registered:

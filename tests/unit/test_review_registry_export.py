@@ -310,3 +310,39 @@ def test_old_bundles_keep_the_one_a_service_was_started_with(tmp_path: Path) -> 
     assert removed == [registered[4]]  # 2, 5 and 0: the fallbacks of 3, 6 and 1
     for kept in (registered[0], registered[1], registered[2], registered[3]):
         assert (store / kept / "manifest.json").is_file(), kept
+
+
+@pytest.mark.parametrize(
+    "error", [PermissionError(13, "Permission denied"), OSError(116, "Stale file handle")]
+)
+def test_old_bundles_stay_when_the_model_store_cannot_be_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, error: OSError
+) -> None:
+    """A model store whose ``latest`` and records read but which cannot be listed (a directory
+    of another account's this user may enter, a network mount gone stale) raised the OSError out
+    of retention: the flow, whose champion was exported and reloaded, logged it as an ERROR with a
+    traceback (a ``log.error`` alert) for what is housekeeping. It is the WARNING the other
+    unreadable files give (nothing removed; the next export tries again), and nothing raises."""
+    import logging
+
+    from app.registry.export import remove_old_bundles
+
+    store = tmp_path / "model"
+    registered = [f"2026120{n}T030000-00000{n}-ease" for n in range(4)]
+    _bundles(store, registered)
+    point_latest(store, registered[-1])
+    listed = Path.iterdir
+
+    def unlistable(self: Path) -> Any:
+        if self == store:
+            raise error
+        return listed(self)
+
+    monkeypatch.setattr(Path, "iterdir", unlistable)
+    with caplog.at_level(logging.INFO):
+        assert remove_old_bundles(_Versions(registered), store, keep=1) == []
+    monkeypatch.undo()
+    assert all((store / name / "manifest.json").is_file() for name in registered)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING], caplog.text
+    assert str(store) in warnings[0].getMessage() and error.strerror in warnings[0].getMessage()
