@@ -6,12 +6,15 @@ old ones). It was good enough to serve before, and its lists are as personal as 
 allow. Loaded once per serving version by the worker's online-monitor thread
 (:meth:`Fallback.previous`), when the breaker of the version served is not closed or a request
 needed the fallback (a champion call that raised), and kept while its serving version is served
-(and one reload longer: :data:`KEPT_VERSIONS`). A request never loads it nor waits for it: until
+(and one reload longer: :data:`KEPT_VERSIONS`). One that fails to load is tried again in such a
+round after a back-off (:data:`RETRY_SECONDS`, doubled up to :data:`RETRY_MAX_SECONDS`); until
+2026-12-07 not before the next reload. A request never loads it nor waits for it: until
 it is loaded, the fallback's lists are the popularity ones below. Reporting it
 (:meth:`Fallback.describe`, for /api/model and the dashboard) reads the store's manifests only:
 it loaded the bundle, a second one in every worker's memory, at each monitoring poll.
 
-Otherwise (no older bundle, it fails to load, or ``breaker_fallback = "popularity"``):
+Otherwise (no older bundle, it failed to load and no later try has loaded it yet, or
+``breaker_fallback = "popularity"``):
 **global popularity computed from the served bundle's own tables** — a Borda count of
 every segment's ranked list (a movie high in many segments' lists is broadly liked). For a
 known user the candidates are that user's own list (which excludes what they already
@@ -22,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Container
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,12 @@ KEPT_VERSIONS = 2
 """Serving versions whose previous champion and popularity order are kept: the one served and the
 one before it (a request that began before a reload still finishes on it). Every reload serves a
 new version, so keeping them all held one more bundle in memory per retraining."""
+RETRY_SECONDS = 30.0
+RETRY_MAX_SECONDS = 300.0
+"""A previous champion that failed to load is tried again (by :meth:`Fallback.previous`, in the
+monitor's thread) RETRY_SECONDS later, the wait doubled at each failure up to RETRY_MAX_SECONDS:
+a file unreadable for a while no longer leaves popularity serving until the next reload, and
+one that stays broken is read once every few minutes, not at each round (``monitor_sync_seconds``)."""
 _MISSING = object()
 
 
@@ -113,11 +123,14 @@ def _previous_in_store(store: Path, version: str, created: str) -> tuple[Path, s
 class Fallback:
     """Fallback recommendations for the bundle being served (see the module docstring)."""
 
-    def __init__(self, store: Path | None, mode: str = PREVIOUS) -> None:
+    def __init__(
+        self, store: Path | None, mode: str = PREVIOUS, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if mode not in (PREVIOUS, POPULARITY):
             raise ValueError(f"fallback must be {PREVIOUS!r} or {POPULARITY!r}, not {mode!r}")
         self.store = store
         self.mode = mode
+        self._clock = clock
         self._lock = threading.Lock()  # held while a bundle loads: by the monitor thread only
         self._popularity_lock = threading.Lock()  # not the one held while a bundle loads
         # serving version -> previous bundle (None: there is none, or it cannot load) / popularity
@@ -127,6 +140,9 @@ class Fallback:
         # the serving version whose fallback a request needed before its previous champion was
         # loaded (a champion call that raised under a closed breaker): the monitor loads it
         self._wanted: str | None = None
+        # serving version (in ``_previous``) whose previous champion failed to load -> (when
+        # it is tried again, by ``clock``; the wait before that try)
+        self._retry: dict[str, tuple[float, float]] = {}
 
     def previous_bundle_dir(self, current: LoadedBundle) -> Path | None:
         """The newest bundle in the store created before ``current`` (by manifest ``created_at``)."""
@@ -139,18 +155,20 @@ class Fallback:
         return _previous_in_store(self.store, current.version, str(current.manifest.get("created_at") or ""))
 
     def previous(self, current: LoadedBundle) -> LoadedBundle | None:
-        """``current``'s previous champion, loaded now if this worker has not tried yet.
+        """``current``'s previous champion, loaded now if this worker has not tried yet, or if it
+        failed to load and its back-off is over (:data:`RETRY_SECONDS`).
 
         Blocks while it loads: the online monitor's thread calls it (OnlineMonitor.prepare_fallback),
         never a request, which takes :meth:`loaded` instead."""
         if self.mode != PREVIOUS:
             return None
-        known = self._previous.get(current.version, _MISSING)
-        if known is not _MISSING:
+        version = current.version
+        known = self._previous.get(version, _MISSING)
+        if known is not _MISSING and not self._retry_due(version):
             return known  # type: ignore[return-value]
         with self._lock:
-            known = self._previous.get(current.version, _MISSING)
-            if known is not _MISSING:
+            known = self._previous.get(version, _MISSING)
+            if known is not _MISSING and not self._retry_due(version):
                 return known  # type: ignore[return-value]
             bundle = None
             path = self.previous_bundle_dir(current)
@@ -159,10 +177,23 @@ class Fallback:
                     bundle = load_bundle(path)
                     log.info("fallback bundle loaded", extra={"fallback_version": bundle.version})
                 except BundleError as exc:
+                    waited = self._retry[version][1] if version in self._retry else 0.0
+                    wait = min(2 * waited, RETRY_MAX_SECONDS) or RETRY_SECONDS
+                    self._retry[version] = (self._clock() + wait, wait)
                     log.warning("previous bundle cannot serve as fallback; using popularity",
-                                extra={"path": str(path), "reason": describe_error(exc, 300)})  # fmt: skip
-            _keep(self._previous, current.version, bundle)
+                                extra={"path": str(path), "reason": describe_error(exc, 300),
+                                       "retry_in_seconds": wait})  # fmt: skip
+            if bundle is not None or path is None:
+                self._retry.pop(version, None)
+            _keep(self._previous, version, bundle)
+            for gone in [name for name in self._retry if name not in self._previous]:
+                del self._retry[gone]
         return bundle
+
+    def _retry_due(self, version: str) -> bool:
+        """Whether ``version``'s previous champion failed to load and its back-off is over."""
+        retry = self._retry.get(version)
+        return retry is not None and self._clock() >= retry[0]
 
     def loaded(self, current: LoadedBundle) -> LoadedBundle | None:
         """``current``'s previous champion if this worker has it loaded; never loads, never waits."""
@@ -172,7 +203,11 @@ class Fallback:
         """Whether ``current``'s previous champion should be loaded although its breaker is closed:
         a request needed the fallback before it was (the monitor thread then loads it)."""
         version = current.version
-        return self.mode == PREVIOUS and self._wanted == version and version not in self._previous
+        return (
+            self.mode == PREVIOUS
+            and self._wanted == version
+            and (version not in self._previous or self._retry_due(version))
+        )
 
     def describe(self, current: LoadedBundle | None) -> dict[str, Any]:
         """:meth:`_describe` with ``fallback_error`` None when it names no error."""
@@ -225,7 +260,11 @@ class Fallback:
             # the same answer the champion gives: a client error must not depend on the breaker
             raise NotFound(f"user {user_id} is not known to model {current.version}")
         previous = self.loaded(current)
-        if previous is None and self.mode == PREVIOUS and current.version not in self._previous:
+        if (
+            previous is None
+            and self.mode == PREVIOUS
+            and (current.version not in self._previous or current.version in self._retry)
+        ):
             self._wanted = current.version  # not loaded yet: popularity now, the monitor loads it
         if previous is not None:
             if user_id is not None and previous.knows_user(user_id):

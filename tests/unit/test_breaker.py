@@ -793,6 +793,71 @@ def test_previous_champion_is_the_newest_older_bundle_of_the_store(model_store: 
     }
 
 
+def test_a_previous_champion_that_failed_to_load_is_tried_again_after_a_back_off(
+    model_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A previous champion that failed to load (a file of it unreadable for a while: a mount
+    gone stale, a copy or a chmod under way) was remembered as "none" until the next reload:
+    the breaker's fallback stayed on popularity for the rest of the version's life although the
+    store was readable again. The monitor thread tries it again, not at each round (every
+    ``monitor_sync_seconds``, while the breaker is open: a bundle read in each worker) but after
+    RETRY_SECONDS, doubled at each failure up to RETRY_MAX_SECONDS; a request never loads it."""
+    import json
+    import shutil
+
+    from app.monitoring.fallback import RETRY_MAX_SECONDS, RETRY_SECONDS
+
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copytree((model_store / "latest").resolve(), store / "old")
+    manifest = json.loads((store / "old" / "manifest.json").read_text())
+    manifest.update(version="old", created_at="2026-01-01T00:00:00+00:00")
+    (store / "old" / "manifest.json").write_text(json.dumps(manifest))
+    away = tmp_path / "catalogue.csv"
+    (store / "old" / "catalogue.csv").rename(away)  # unreadable for now
+    current = tiny_bundle("current", "2026-06-01T00:00:00+00:00")
+    clock = Clock()
+    fallback = Fallback(store, "previous", clock=clock)
+    query = RecommendQuery(3, 30, "M", "student")
+
+    def failures() -> int:
+        return sum("cannot serve as fallback" in r.getMessage() for r in caplog.records)
+
+    assert fallback.previous(current) is None and failures() == 1
+    assert fallback.recommend(current, query)[1] == "current"  # popularity
+    clock.now += RETRY_SECONDS - 1
+    assert not fallback.wanted(current) and fallback.previous(current) is None
+    assert failures() == 1, "tried again before its back-off"
+    clock.now += 1
+    assert fallback.wanted(current)  # the monitor thread loads it at its next round, breaker closed or not
+    assert fallback.previous(current) is None and failures() == 2  # still unreadable: twice the wait
+    clock.now += 2 * RETRY_SECONDS - 1
+    assert fallback.previous(current) is None and failures() == 2
+    away.rename(store / "old" / "catalogue.csv")  # readable again
+    assert fallback.recommend(current, query)[1] == "current"  # a request still does not load it
+    clock.now += 1
+    previous = fallback.previous(current)
+    assert previous is not None and previous.version == "old" and not fallback.wanted(current)
+    assert fallback.recommend(current, query)[1] == "old"
+    clock.now += 10 * RETRY_MAX_SECONDS
+    assert fallback.previous(current) is previous  # loaded: kept, never read again
+    assert fallback.describe(current)["fallback"] == "previous champion old"
+    # the wait doubles up to RETRY_MAX_SECONDS, and each version starts from RETRY_SECONDS
+    (store / "old" / "catalogue.csv").unlink()
+    again = tiny_bundle("again", "2026-07-01T00:00:00+00:00")
+    assert fallback.previous(again) is None
+    tried, waits = failures(), []
+    for _ in range(6):
+        start = clock.now
+        while failures() == tried + len(waits):
+            assert clock.now - start < RETRY_MAX_SECONDS, "not tried again"
+            clock.now += 1.0
+            assert fallback.previous(again) is None
+        waits.append(clock.now - start)
+    assert waits == [min(RETRY_SECONDS * 2**n, RETRY_MAX_SECONDS) for n in range(6)]
+    assert max(waits) == RETRY_MAX_SECONDS
+
+
 def test_the_fallback_keeps_no_bundle_or_table_of_versions_it_no_longer_serves(
     model_store: Path, tmp_path: Path
 ) -> None:
