@@ -1594,8 +1594,11 @@ def database_main(argv: Sequence[str]) -> int:
             adopt_database(database, args.source)
             print(f"moved the database into {database}")
         else:
-            snapshot_path(database).unlink(missing_ok=True)
-            print(f"removed {snapshot_path(database)}")
+            try:
+                snapshot_path(database).unlink()
+                print(f"removed {snapshot_path(database)}")
+            except FileNotFoundError:  # what discard asks for: no snapshot, so no failure
+                print(f"no snapshot at {snapshot_path(database)}: nothing to remove")
     except (OSError, sqlite3.Error) as exc:
         print(f"database {args.action}: {exc}", file=sys.stderr)
         return 1

@@ -1779,6 +1779,23 @@ def test_snapshot_and_restore_use_sqlite_and_drop_a_stale_wal(tmp_path: Path) ->
         restore_database(tmp_path / "none.db")
 
 
+def test_database_discard_says_removed_only_when_there_was_a_snapshot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m app.deploy database discard`` printed "removed <snapshot>" when there was none
+    (run by hand after a deployment, or a second time): it says there was nothing to remove, and
+    both succeed (what discard asks for, no snapshot, is the case)."""
+    database = _database(tmp_path / "movierec.db", [1.0])
+    snapshot = tmp_path / ("movierec.db" + SNAPSHOT_SUFFIX)
+    assert deploy.database_main(["snapshot", str(database)]) == 0 and snapshot.is_file()
+    capsys.readouterr()
+    assert deploy.database_main(["discard", str(database)]) == 0
+    assert capsys.readouterr().out == f"removed {snapshot}\n" and not snapshot.exists()
+    assert deploy.database_main(["discard", str(database)]) == 0
+    assert capsys.readouterr().out == f"no snapshot at {snapshot}: nothing to remove\n"
+    assert database.is_file()
+
+
 def test_main_reads_the_password_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
