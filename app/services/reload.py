@@ -597,9 +597,9 @@ class ModelReloader:
             asked = status is self._requested
         if asked:  # before its waiters wake: the load is over only once the others can tell
             self._announce(self._announced_error)
-        done.set()
-        if state == "failed":
+        if state == "failed":  # before the waiters wake too: their 422 comes after the alert's line
             log.error("reload refused; the previous bundle keeps serving", extra={"reason": error})
+        done.set()
 
     # ------------------------------------------------------------------ the marker
 
