@@ -149,6 +149,12 @@ class Fallback:
         found = self._previous_in_store(current)
         return found[0] if found else None
 
+    def previous_version(self, current: LoadedBundle) -> str | None:
+        """The version of ``current``'s previous champion (from the store's manifests), None when
+        there is none; an OSError when the store cannot be read."""
+        found = self._previous_in_store(current)
+        return found[1] if found else None
+
     def _previous_in_store(self, current: LoadedBundle) -> tuple[Path, str] | None:
         if self.store is None:
             return None

@@ -58,7 +58,14 @@ from app.monitoring.fallback import Fallback
 from app.monitoring.logs import LogEvery, describe_error
 from app.monitoring.quality import Quality, measure, request_profiles, served_coverage
 from app.recommender.bundle import BundleError, LoadedBundle, RecommendQuery
-from app.storage.breaker import CLOSED, BreakerRecord, BreakerStore, DatabaseBreakerStore, RedisBreakerStore
+from app.storage.breaker import (
+    CLOSED,
+    BreakerRecord,
+    BreakerStore,
+    BreakerStoreError,
+    DatabaseBreakerStore,
+    RedisBreakerStore,
+)
 from app.storage.db import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
@@ -320,20 +327,48 @@ class OnlineMonitor:
             record = self.breaker.evaluate(version, self._quality_of(bundle), evaluation=evaluation)
             self.evaluations += 1
             if drift.status == "drift" and previous_drift != "drift":
-                raise_alert(
-                    Alert(
-                        "drift",
-                        Severity.WARNING,
-                        f"request demographics drifted from model {version}'s training data: {drift.reason}",
-                        {
-                            "psi": drift.as_dict()["psi"],
-                            "n_requests": drift.n_requests,
-                            "model_version": version,
-                        },
-                    )
-                )
+                self._drift_started(bundle, drift, first=previous_drift is None)
             return record.evaluation
         return self.breaker.evaluate(version, None).evaluation
+
+    def _drift_started(self, bundle: LoadedBundle, drift: DriftReport, *, first: bool) -> None:
+        """Alert ``drift``, which this version's last evaluation did not find: drift began, or came
+        back after ``ok`` (or too few requests). Not when this is the version's first evaluation
+        and its previous champion's last one found drift too: the version changed, not the
+        requests (the reference is the MovieLens users whichever version trained on them), and
+        every promotion alerted that drift again until 2026-12-07."""
+        version = bundle.version
+        before = self._drifting_before(bundle) if first else None
+        if before is not None:
+            log.info(
+                "request demographics still drift under a new champion; alerted under the previous one",
+                extra={"model_version": version, "previous_version": before, "reason": drift.reason},
+            )
+            return
+        raise_alert(
+            Alert(
+                "drift",
+                Severity.WARNING,
+                f"request demographics drifted from model {version}'s training data: {drift.reason}",
+                {"psi": drift.as_dict()["psi"], "n_requests": drift.n_requests, "model_version": version},
+            )
+        )
+
+    def _drifting_before(self, bundle: LoadedBundle) -> str | None:
+        """The previous champion's version (the newest bundle in the model store created before
+        ``bundle``, the one it replaced) when that version's last drift evaluation, made within the
+        window, said ``drift``; else None. Asked at a version's first evaluation only. A store or
+        record that cannot be read says None: the alert is raised rather than lost."""
+        try:
+            before = self.fallback.previous_version(bundle)
+            if before is None:
+                return None
+            record = self.breaker.store.read(before)
+        except (OSError, BreakerStoreError):
+            return None
+        drifted = (record.evaluation.get("drift") or {}).get("status") == "drift"
+        recent = self.breaker.clock() - record.evaluated_at <= self.window_seconds
+        return before if drifted and recent else None
 
     def _quality_of(self, bundle: LoadedBundle) -> Callable[[float], Quality]:
         def quality(since: float) -> Quality:
