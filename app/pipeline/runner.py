@@ -146,6 +146,11 @@ class PipelineError(RuntimeError):
         super().__init__(scrub_text(message))
 
 
+class DataRefusedError(PipelineError):
+    """The flow's first step refused the data (:data:`REFUSED`: too little for a split of the run's
+    seeds); the message is its one line, naming the data hash. Nothing was trained or recorded."""
+
+
 class BookkeepingError(PipelineError):
     """The flow released its models — the gate decided, the champion may have moved and been
     exported and reloaded — and failed afterwards (closing its MLflow run, or Metaflow's own
@@ -434,7 +439,7 @@ def run_flow(
             seconds = time.perf_counter() - started
             summary = _handed_over(summary_path)
             if summary is not None and summary.get(REFUSED):  # its reason is whole: no output tail
-                raise PipelineError(str(summary[REFUSED]))
+                raise DataRefusedError(str(summary[REFUSED]))
             unfinished = summary is not None and summary.get(RELEASE_UNFINISHED)
             if returncode != 0 or summary is None or summary.get("bookkeeping_error") or unfinished:
                 _mark_failed(settings, run_id_file)

@@ -31,6 +31,7 @@ from app.durable import write_durably
 from app.pipeline import runner as flow_runner
 from app.pipeline.runner import (
     BookkeepingError,
+    DataRefusedError,
     FlowRun,
     PipelineError,
     export_outcome,
@@ -46,6 +47,15 @@ log = logging.getLogger(__name__)
 JOB_ID = "training-flow"
 RETRY_JOB_ID = "training-retry"  # the next try of a failed tick while there is no champion
 _T = TypeVar("_T")
+
+
+class _LastRefusal:
+    """The refusal of the data the last tick of this process ended with (None: it ended otherwise)."""
+
+    reason: str | None = None
+
+
+_LAST_REFUSAL = _LastRefusal()
 
 
 @dataclass(frozen=True)
@@ -162,13 +172,17 @@ def tick(
     trigger: str = "schedule",
     seeds: Sequence[int] | None = None,
 ) -> TickResult:
-    """One scheduled decision: skip, or run the flow. Failures are logged, never raised.
+    """One scheduled decision: skip, or run the flow. Failures are logged, never raised: at ERROR,
+    but a refusal of the data (too little) the same as the previous tick's of this process, at WARNING.
 
     ``candidates``: what the run would train (default: the settings' candidates); ``seeds``: the
     split seeds it would evaluate (default: the settings' seeds). ``trigger``:
     what started it, recorded with the run — ``schedule`` for the scheduler and ``schedule
     --once``, ``manual`` for an operator's ``pipeline run --if-changed``.
     """
+    # a refusal of the data is logged at ERROR when new, at WARNING when the tick before met the
+    # same one (its reason names the data hash: the data did not change, a retry cannot fix it)
+    refused_before, _LAST_REFUSAL.reason = _LAST_REFUSAL.reason, None
     try:  # a release killed half way (latest not the champion), a champion the service did not
         # load when it was exported: finish it, ask again first
         from app.registry.export import retry_pending_reload
@@ -207,6 +221,16 @@ def tick(
         log.error("training (%s) released, then failed: %s", trigger, str(exc).splitlines()[0])
         report_run(settings, exc.summary)
         return TickResult(decision, exc.summary, error=str(exc))
+    except DataRefusedError as exc:  # too little data: the flow trained nothing
+        _LAST_REFUSAL.reason = str(exc)
+        if str(exc) != refused_before:
+            log.error("training (%s) failed: %s", trigger, str(exc).splitlines()[0])
+        else:  # mailed once already; the flow refuses it again until the data changes
+            log.warning(
+                "training (%s) failed: %s (as at the last tick: the data has not changed)",
+                trigger, str(exc).splitlines()[0],
+            )  # fmt: skip
+        return TickResult(decision, error=str(exc))
     except PipelineError as exc:  # a WARNING when it was stopped on purpose (SIGTERM: a deploy)
         level = logging.WARNING if flow_runner.STOPPING.is_set() else logging.ERROR
         log.log(level, "training (%s) failed: %s", trigger, str(exc).splitlines()[0])
@@ -428,8 +452,10 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     ends the tries, and once a champion exists only the cron expression ticks. Before, a failed
     training at start (PostgreSQL not up yet, a transient error) waited for the next cron time,
     hours with nothing in the registry to serve. Each try is announced by one INFO line: the failed
-    tick's own ERROR is what the monitor mails, once a try. A tick stopped by SIGTERM is not tried
-    again, the stop does not wait for a try to come, and a tick due after SIGTERM is not started.
+    tick's own ERROR is what the monitor mails, once a try (but a refusal of unchanged data, too
+    little to train on, is a WARNING from its second try on: :func:`tick`). A tick stopped by
+    SIGTERM is not tried again, the stop does not wait for a try to come, and a tick due after
+    SIGTERM is not started.
     (Shut a scheduler returned by ``blocking=False`` down with ``wait=False``: ``wait=True`` holds
     APScheduler's job stores' lock while it waits for a tick, which may need it to schedule its
     next try.)

@@ -429,11 +429,20 @@ def test_too_little_data_fails_a_run_in_one_line_and_later_ticks_train_nothing(
 
     with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
         ticks = [tick(settings), tick(settings)]  # the next tick: the same data, the same refusal
+        ratings = tiny / "u.data"  # one rating fewer: new data, still too little
+        ratings.write_text("".join(ratings.read_text().splitlines(keepends=True)[:-1]))
+        ticks.append(tick(settings))
     for done in ticks:
         assert not done.ran and done.error is not None
         assert done.error.startswith(reason) and cause in done.error and "\n" not in done.error
-    failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    assert len(failed) == 2 and all(cause in line and "\n" not in line for line in failed), failed
+    assert ticks[2].error != ticks[1].error  # another data hash
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failed) == 3 and all("\n" not in r.getMessage() for r in failed), failed
+    assert all(cause in r.getMessage() for r in failed), failed
+    # an ERROR (mailed) when the refusal is new, a WARNING when a retry meets the same data refused
+    # the same way: without a champion the scheduler retries up to hourly, and each try mailed it
+    assert [r.levelno for r in failed] == [logging.ERROR, logging.WARNING, logging.ERROR], failed
+    assert "the data has not changed" in failed[1].getMessage()
     assert not any(r.exc_info for r in caplog.records)
     registry = Registry.from_settings(settings)
     assert registry.client.search_runs([registry.experiment_id]) == []  # nothing recorded as a run

@@ -940,6 +940,42 @@ def test_a_cron_tick_due_while_a_try_runs_is_dropped(tmp_path: Path) -> None:
         scheduler.shutdown(wait=False)
 
 
+def test_the_same_refusal_of_the_data_is_an_error_once_and_no_other_failure_is_hidden(
+    tmp_path: Path, registry: _Registry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a champion, a tick refused for too little data is tried again up to hourly, and each
+    try logged the same ERROR (mailed by the monitor) though only more data can change it. The same
+    refusal as the tick before (its reason names the data hash) is a WARNING; new data refused, or
+    the refusal after any other failure, is an ERROR again."""
+    import logging
+
+    import app.pipeline.schedule as schedule
+    from app.pipeline.runner import DataRefusedError, FlowRun, PipelineError
+
+    refusal = "too little data to train on (data d1: 9 ratings, 2 users): protocol A, split seed 0"
+    failures = [
+        DataRefusedError(refusal),
+        DataRefusedError(refusal),  # a retry on the same data
+        PipelineError("training flow failed (exit 1): the features step"),
+        DataRefusedError(refusal),  # after another failure: not hidden behind it
+        DataRefusedError(refusal.replace("d1: 9", "d2: 10")),  # the data grew, still too little
+    ]
+
+    def runner(_settings: Settings, trigger: str) -> FlowRun:
+        raise failures.pop(0)
+
+    monkeypatch.setattr(schedule.flow_runner, "repair_release", lambda _s: True)
+    settings = _settings(tmp_path)
+    with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
+        for _ in range(5):
+            assert schedule.tick(settings, runner, lambda _s: ("d", "c")).error is not None
+    failed = [r for r in caplog.records if r.name == "app.pipeline.schedule" and "failed" in r.getMessage()]
+    levels = [r.levelno for r in failed]
+    assert levels == [logging.ERROR, logging.WARNING, logging.ERROR, logging.ERROR, logging.ERROR], [
+        r.getMessage() for r in failed
+    ]
+
+
 def test_a_cron_tick_that_trains_a_champion_cancels_the_try_waiting(
     tmp_path: Path, registry: _Registry
 ) -> None:
