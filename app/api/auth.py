@@ -9,7 +9,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, current_app, g, jsonify
 from flask_jwt_extended import create_access_token, get_jwt, jwt_required
 from spectree import Response
 
@@ -49,6 +49,7 @@ _FINGERPRINT_CONTEXT = b"movierec password fingerprints v1"
 _EXTENSION = "movierec.auth"
 ROLES = {"client": "session_password", "admin": "admin_password"}
 """Each role a token may carry, and the setting whose password /api/login issues it for."""
+REFUSED_LOGIN = "invalid session password"  # the message of a login whose password is wrong
 
 
 def password_fingerprint(jwt_secret: str, role: str, password: str) -> str:
@@ -127,7 +128,8 @@ def issue_token(password: str) -> str:
     admin = settings.admin_password.get_secret_value() if settings.admin_password else None
     is_client, is_admin = secret_matches(password, session), secret_matches(password, admin)
     if not (is_client or is_admin):
-        raise Unauthorized("invalid session password")
+        g.wrong_password = True  # what the login limit counts (security.is_failed_login)
+        raise Unauthorized(REFUSED_LOGIN)
     role = "admin" if is_admin else "client"
     return create_access_token(identity=role, additional_claims=token_claims(role))
 

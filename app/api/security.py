@@ -30,7 +30,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask_jwt_extended import get_jwt, jwt_required
 from flask_limiter import Limiter
 from limits import parse_many
@@ -140,8 +140,9 @@ def init_security(app: Flask, settings: Settings) -> None:
     app.before_request_funcs[None].insert(0, refuse_oversized_headers)
 
 
-def is_failed_login(response: Response) -> bool:
-    """Whether a login answer spends one try of the budget: only a wrong password (401) does.
+def is_failed_login(_response: Response) -> bool:
+    """Whether a login answer spends one try of the budget: only a wrong password does (the
+    API's 401; the web UI's 303 back to its login page, which says so), as ``issue_token`` marks it.
 
     Every login counted, right password or not: an office or a CI system behind one NAT address
     that logged in 11 times a minute got 429 with the default budget although no password was
@@ -150,7 +151,7 @@ def is_failed_login(response: Response) -> bool:
     it is answered, so attempts in flight together are each checked before any of them counts:
     an address can get past the budget by at most the requests an instance serves at once.
     """
-    return response.status_code == 401
+    return bool(g.get("wrong_password", False))
 
 
 def login_budget(limiter: Limiter, limit: str, shared: bool) -> str | Callable[[], str]:

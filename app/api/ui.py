@@ -35,7 +35,7 @@ from jwt.exceptions import ExpiredSignatureError, PyJWTError
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from app.api.auth import issue_token
+from app.api.auth import REFUSED_LOGIN, issue_token
 from app.api.errors import log_database_down
 from app.api.schemas import FIELD_RULES, LoginRequest, RecommendRequest, ScoreRequest, field_errors
 from app.api.security import revoke_current_token
@@ -88,6 +88,12 @@ CSRF_MESSAGE = (
 )
 # the login limit's message at the password field (after its label in the summary)
 LOGIN_LIMITED = "was tried too many times from your address: wait a minute and try again"
+# why a login was refused (``error=`` of the login page it is redirected to): the password field's message
+LOGIN_ERRORS = {
+    "invalid": FIELD_RULES["session_password"],
+    "wrong": REFUSED_LOGIN,
+    "limited": LOGIN_LIMITED,
+}
 NO_MODEL = (
     "No recommendation model is loaded right now, so no recommendations can be made. "
     "Please try again in a moment."
@@ -152,16 +158,28 @@ def _see_other(location: str) -> Response:
     return response
 
 
+def _login_address(next_path: str | None, **query: str) -> str:
+    """The login page's address with ``query`` (why it is shown), and ``next`` when it is a page here."""
+    if next_path and _SAFE_NEXT.match(next_path):
+        query["next"] = next_path
+    return url_for("ui.login") + "?" + urlencode(query)
+
+
 def _login_redirect(reason: str, next_path: str | None = None, unsaved: bool = False) -> Response:
     """To the login page, saying why (``reason``), and that a post's form was not saved (``unsaved``)."""
     query = {"reason": reason}
     if unsaved:
         query["unsaved"] = "1"
-    if next_path and _SAFE_NEXT.match(next_path):
-        query["next"] = next_path
-    response = _see_other(url_for("ui.login") + "?" + urlencode(query))
+    response = _see_other(_login_address(next_path, **query))
     unset_jwt_cookies(response)
     return response
+
+
+def _login_refused(error: str) -> Response:
+    """A refused login post answered 303 to the login page saying why (``error``, a key of
+    LOGIN_ERRORS; never the password), its way back (``next``) kept: the form itself, answered at
+    the post's address, was sent again by Back or a reload, another try against the login limit."""
+    return _see_other(_login_address(_next_path(), error=error))
 
 
 class _CsrfFailure(Exception):
@@ -403,8 +421,8 @@ def error_page(error: HTTPException) -> Response:
     }
     message = messages.get(status, (error.description or error.name or "").split("\n")[0])
     if status == 429 and request.endpoint == "ui.login":
-        # the login limit: the form again, so its way back (next) is not lost with it
-        response = _login_form(status, errors={"session_password": LOGIN_LIMITED})
+        # the login limit: to the form again (its way back, next, kept), explained at the field
+        response = _login_refused("limited")
     else:
         response = _page(
             "ui/error.html", status, heading=headings.get(status, "Request not accepted"), message=message
@@ -502,14 +520,12 @@ def _next_path() -> str:
     return next_path if _SAFE_NEXT.match(next_path) else ""
 
 
-def _login_form(
-    status: int = 200, notice: str | None = None, errors: Mapping[str, str] | None = None
-) -> Response:
+def _login_form(notice: str | None = None, errors: Mapping[str, str] | None = None) -> Response:
     """The login page. Unless it follows a log-out, it keeps what a form sent with the session
     over held (``keeps_form``): forms.js fills that form in again on the page logging in leads to
     (a log-out drops it, so the next person to log in in this tab does not see it)."""
     logged_out = request.args.get("reason", "") in LOGGED_OUT
-    return _page("ui/login.html", status, notice=notice, errors=errors or {}, next_path=_next_path(),
+    return _page("ui/login.html", notice=notice, errors=errors or {}, next_path=_next_path(),
                  labels=LABELS, keeps_form=not logged_out)  # fmt: skip
 
 
@@ -520,22 +536,21 @@ def login() -> Response:
         notice = LOGIN_REASONS.get(request.args.get("reason", ""))
         if notice is not None and request.args.get("unsaved") == "1":
             notice += " " + NOT_SAVED
-        return _login_form(notice=notice)
+        error = LOGIN_ERRORS.get(request.args.get("error", ""))
+        return _login_form(notice, {"session_password": error} if error else None)
     # No token exists yet, so there is nothing to CSRF-check: a post from another site is
     # refused before this (_refuse_other_sites), and the SameSite=Strict cookie set here (and
     # the CSRF value in its token) protects every later post.
     # the password exactly as typed (as POST /api/login takes it): stripping it would turn a
     # valid password with a leading/trailing space into a wrong one, and a wrong one into a valid one
     payload = {"session_password": request.form.get("session_password", "")}
-    parsed, errors = _validate(LoginRequest, payload)
-    if parsed is not None:
-        try:
-            token = issue_token(parsed.session_password)
-        except Unauthorized as exc:
-            errors = {"session_password": exc.message}
-    if errors:
-        status = 401 if "session_password" in errors and parsed is not None else 400
-        return _login_form(status, errors=errors)
+    parsed, _errors = _validate(LoginRequest, payload)  # only the password: its one rule's message
+    if parsed is None:
+        return _login_refused("invalid")
+    try:
+        token = issue_token(parsed.session_password)
+    except Unauthorized:
+        return _login_refused("wrong")
     response = _see_other(next_path or url_for("ui.index"))
     set_access_cookies(response, token)
     return response

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import func, select, update
@@ -109,14 +110,42 @@ def test_cookie_is_secure_outside_testing_and_configurable(make_app: Callable[..
 
 
 def test_wrong_and_empty_passwords_are_explained_inline(client: Any) -> None:
-    wrong = client.post("/ui/login", data={"session_password": "nope"})
-    assert wrong.status_code == 401
-    assert "invalid session password" in wrong.text
-    assert 'aria-invalid="true"' in wrong.text
-    assert "Set-Cookie" not in wrong.headers
-    empty = client.post("/ui/login", data={"session_password": ""})
-    assert empty.status_code == 400
-    assert FIELD_RULES["session_password"] in empty.text
+    for password, expected in (("nope", "invalid session password"), ("", FIELD_RULES["session_password"])):
+        page = client.post("/ui/login", data={"session_password": password}, follow_redirects=True)
+        assert page.status_code == 200 and page.request.method == "GET", password
+        assert expected in page.text, password
+        assert 'aria-invalid="true"' in page.text
+        assert client.get_cookie(COOKIE, path="/ui") is None
+
+
+def test_a_refused_login_is_a_redirect_so_back_or_reload_sends_no_password_again(
+    make_app: Callable[..., Any],
+) -> None:
+    """A wrong password was answered with the form itself (401, 400 for an empty one, 429 past
+    the limit) at the post's address: going Back to that page, or reloading it, posted the
+    password again (Chromium does so without asking), each wrong one spending the address's login
+    budget. A refused login is answered 303 to the login page, saying why (never the password),
+    the way back (``next``) kept; only the post counts against the limit, never that page."""
+    app = make_app(login_rate_limit="2 per minute")
+    client = app.test_client()
+    back = "/ui/recommendations/0486a801-6671-84f4-ba5b-6d1b5e7cff38"
+    for password, error in (("", "invalid"), ("guess-one", "wrong"), ("guess-two", "wrong")):
+        refused = client.post("/ui/login", data={"session_password": password, "next": back})
+        assert refused.status_code == 303, (password, refused.status_code)
+        location = refused.headers["Location"]
+        assert location == "/ui/login?" + urlencode({"error": error, "next": back}), location
+        assert password == "" or password not in location
+        assert "Set-Cookie" not in refused.headers
+        for _ in range(3):  # the page it leads to, shown again and again, tries nothing
+            page = client.get(location)
+            assert page.status_code == 200 and f'name="next" value="{back}"' in page.text
+    limited = client.post("/ui/login", data={"session_password": SESSION_PASSWORD, "next": back})
+    assert limited.status_code == 303
+    assert limited.headers["Location"] == "/ui/login?" + urlencode({"error": "limited", "next": back})
+    assert client.get_cookie(COOKIE, path="/ui") is None  # two wrong passwords spent the budget
+    assert "tried too many times" in client.get(limited.headers["Location"]).text
+    unknown = client.get("/ui/login?error=%3Cscript%3E")  # only the reasons named here are shown
+    assert unknown.status_code == 200 and "error-summary" not in unknown.text
 
 
 def test_pages_need_a_login_and_say_why(client: Any) -> None:
@@ -191,10 +220,10 @@ def test_too_many_attempts_keep_the_login_form_and_the_way_back(make_app: Callab
     client = app.test_client()
     back = "/ui/recommendations/0486a801-6671-84f4-ba5b-6d1b5e7cff38"
     tries = [client.post("/ui/login", data={"session_password": "guess", "next": back}) for _ in range(3)]
-    assert [t.status_code for t in tries] == [401, 401, 429]
-    limited = tries[-1]
-    assert limited.headers["Retry-After"]
-    page = limited.text
+    assert [t.headers["Location"].split("&")[0] for t in tries] == ["/ui/login?error=wrong"] * 2 + [
+        "/ui/login?error=limited"
+    ]
+    page = client.get(tries[-1].headers["Location"]).text
     assert 'action="/ui/login"' in page and 'id="field-session_password"' in page
     assert re.search(r'id="field-session_password"[^>]*aria-invalid="true"', page)
     error = re.search(r'<p class="field-error" id="error-session_password">(.*?)</p>', page, re.S)
@@ -208,7 +237,8 @@ def test_the_ui_takes_the_password_exactly_as_the_api_does(make_app: Callable[..
     client = make_app(session_password=" padded secret ").test_client()
     assert client.post("/api/login", json={"session_password": " padded secret "}).status_code == 200
     assert client.post("/ui/login", data={"session_password": " padded secret "}).status_code == 303
-    assert client.post("/ui/login", data={"session_password": "padded secret"}).status_code == 401
+    wrong = client.post("/ui/login", data={"session_password": "padded secret"})
+    assert wrong.status_code == 303 and wrong.headers["Location"] == "/ui/login?error=wrong"
 
 
 def test_logout_revokes_the_token(client: Any) -> None:

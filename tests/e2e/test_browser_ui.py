@@ -171,6 +171,32 @@ def test_a_refused_form_puts_the_keyboard_on_its_error_summary(make_app: Callabl
         assert _focused(page, "field-session_password") == "field-session_password"
 
 
+def test_going_back_to_a_refused_login_sends_no_password_again(make_app: Callable[..., Any]) -> None:
+    """A wrong password was answered with the form at the post's address: Back to that page from
+    the next one (or a reload of it) made Chromium post the password again, unasked, each wrong
+    one a try against the address's login limit. The refusal is a redirect to the login page, so
+    Back and reload show that page again and post nothing."""
+    app = make_app()
+    counted = _HeldPosts(app)
+    with LiveServer(counted) as server, browser_page(server.url) as (page, _requests):
+        page.goto("/ui/dashboard")  # the way back a refused login must keep
+        page.wait_for_url("**/ui/login?**")
+        page.get_by_label("Password").fill("a-wrong-guess")
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url("**error=wrong**")
+        assert "a-wrong-guess" not in page.url
+        assert "invalid session password" in page.locator("#error-session_password").inner_text()
+        page.reload()
+        page.locator("#error-session_password").wait_for()
+        page.get_by_label("Password").fill(ADMIN_PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url("**/ui/dashboard")
+        page.go_back()
+        page.wait_for_url("**error=wrong**")
+        page.locator("#error-session_password").wait_for()
+        assert counted.posts == {"/ui/login": 2}  # the wrong password and the right one, once each
+
+
 def _end_the_session(page: Any, app: Any, server: LiveServer, expired: bool = True) -> None:
     """Swap the browser's session for the same one expired (``expired``: as after a long pause on
     a form, whose CSRF value is still the session's), or for a new live one, as after logging in

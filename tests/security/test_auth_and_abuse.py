@@ -236,18 +236,20 @@ def test_only_wrong_passwords_spend_the_login_budget(make_app: Any) -> None:
     client = make_app(login_rate_limit="10 per minute").test_client()
     here = {"REMOTE_ADDR": "203.0.113.11"}
 
-    def attempt(password: str, path: str = "/api/login") -> int:
+    def attempt(password: str, path: str = "/api/login") -> str:
+        """The API's status; the web page's redirect (the refused login's to its login page)."""
         if path == "/api/login":
             answer = client.post(path, json={"session_password": password}, environ_base=here)
-        else:
-            answer = client.post(path, data={"session_password": password}, environ_base=here)
-        return int(answer.status_code)
+            return str(answer.status_code)
+        answer = client.post(path, data={"session_password": password}, environ_base=here)
+        return f"{answer.status_code} {answer.headers['Location']}"
 
-    assert [attempt(SESSION_PASSWORD) for _ in range(11)] == [200] * 11
-    assert [attempt(ADMIN_PASSWORD, "/ui/login") for _ in range(11)] == [303] * 11
+    assert [attempt(SESSION_PASSWORD) for _ in range(11)] == ["200"] * 11
+    assert [attempt(ADMIN_PASSWORD, "/ui/login") for _ in range(11)] == ["303 /ui"] * 11
     wrong = [attempt("guess", path) for path in ["/api/login", "/ui/login"] * 5]
-    assert wrong == [401] * 10
-    assert attempt(SESSION_PASSWORD) == 429 and attempt(SESSION_PASSWORD, "/ui/login") == 429
+    assert wrong == ["401", "303 /ui/login?error=wrong"] * 5
+    assert attempt(SESSION_PASSWORD) == "429"
+    assert attempt(SESSION_PASSWORD, "/ui/login") == "303 /ui/login?error=limited"
     assert client.post("/api/login", json={"session_password": SESSION_PASSWORD}).status_code == 200
 
 
@@ -277,10 +279,10 @@ def test_the_web_login_takes_passwords_only_by_post_and_every_post_counts(make_a
             assert page.status_code == 200, (method, page.status_code)
             assert "Set-Cookie" not in page.headers and "X-RateLimit-Remaining" not in page.headers
     tries = [
-        client.post("/ui/login", data={"session_password": "guess"}, environ_base=here).status_code
+        client.post("/ui/login", data={"session_password": "guess"}, environ_base=here).headers["Location"]
         for _ in range(3)
     ]
-    assert tries == [401, 401, 429]
+    assert tries == ["/ui/login?error=wrong"] * 2 + ["/ui/login?error=limited"]
 
 
 def test_an_ipv6_client_has_one_budget_for_its_whole_64(make_app: Any) -> None:
@@ -635,7 +637,7 @@ def test_a_refused_password_or_metrics_token_carries_a_bearer_challenge_too(make
         assert refused.headers.get("WWW-Authenticate") == expected, header
     # a page of the web UI is not an API answer: its wrong password is a page, no challenge
     page = client.post("/ui/login", data={"session_password": "wrong"})
-    assert page.status_code == 401 and "WWW-Authenticate" not in page.headers
+    assert page.status_code == 303 and "WWW-Authenticate" not in page.headers
 
 
 def test_two_bearer_tokens_in_one_header_are_an_invalid_token_not_a_missing_one(
