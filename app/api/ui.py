@@ -113,7 +113,9 @@ _OWN_FETCHES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site: from this o
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _INTEGER = re.compile(r"^[+-]?\d{1,12}$")
 _NUMBER = re.compile(r"^[+-]?(\d{1,6}(\.\d{0,6})?|\.\d{1,6})$")
-_SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9_\-/]*)?\Z")  # \Z: "$" also matches before a final newline
+# a page of this UI, and its query as _this_page writes one (urlencode's characters only: nothing
+# there can end the query, nor lead off this site); \Z: "$" also matches before a final newline
+_SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9_\-/]*)?(\?[A-Za-z0-9_.~%+=&\-]*)?\Z")
 
 SECURITY_HEADERS = {
     # Everything is served from this origin: no CDN, no inline script, no framing.
@@ -188,7 +190,7 @@ class _CsrfFailure(Exception):
 
 def _authenticate() -> Response | None:
     """Verify the cookie token (and CSRF on POST); a redirect to the login page when it fails."""
-    next_path = request.path if request.method == "GET" else _page_of_post()
+    next_path = _this_page() if request.method == "GET" else _page_of_post()
     unsaved = request.method not in _SAFE_METHODS
     try:
         verify_jwt_in_request(locations=["cookies"])
@@ -222,6 +224,13 @@ def _from_csrf_comparison(error: TypeError) -> bool:
     while trace is not None and trace.tb_next is not None:
         trace = trace.tb_next
     return trace is not None and trace.tb_frame.f_globals.get("__name__") == "flask_jwt_extended.tokens"
+
+
+def _this_page() -> str:
+    """The page asked for, its query included (re-encoded), to return to after logging in: the
+    path alone led an admin on the hourly dashboard (``?bucket=hour``) back to the daily one."""
+    query = urlencode(list(request.args.items(multi=True)))
+    return request.path + ("?" + query if query else "")
 
 
 def _page_of_post() -> str | None:

@@ -179,7 +179,7 @@ def test_going_back_to_a_refused_login_sends_no_password_again(make_app: Callabl
     app = make_app()
     counted = _HeldPosts(app)
     with LiveServer(counted) as server, browser_page(server.url) as (page, _requests):
-        page.goto("/ui/dashboard")  # the way back a refused login must keep
+        page.goto("/ui/dashboard?bucket=hour")  # the way back (its query too) a refused login keeps
         page.wait_for_url("**/ui/login?**")
         page.get_by_label("Password").fill("a-wrong-guess")
         page.get_by_role("button", name="Log in").click()
@@ -190,7 +190,8 @@ def test_going_back_to_a_refused_login_sends_no_password_again(make_app: Callabl
         page.locator("#error-session_password").wait_for()
         page.get_by_label("Password").fill(ADMIN_PASSWORD)
         page.get_by_role("button", name="Log in").click()
-        page.wait_for_url("**/ui/dashboard")
+        page.wait_for_url("**/ui/dashboard?bucket=hour")
+        assert page.get_by_label("Group by").input_value() == "hour"
         page.go_back()
         page.wait_for_url("**error=wrong**")
         page.locator("#error-session_password").wait_for()
