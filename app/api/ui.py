@@ -23,8 +23,14 @@ from functools import cache, wraps
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, render_template, request, url_for
-from flask_jwt_extended import get_jwt, set_access_cookies, unset_jwt_cookies, verify_jwt_in_request
+from flask import Blueprint, Flask, Response, current_app, g, render_template, request, url_for
+from flask_jwt_extended import (
+    decode_token,
+    get_jwt,
+    set_access_cookies,
+    unset_jwt_cookies,
+    verify_jwt_in_request,
+)
 from flask_jwt_extended.exceptions import (
     CSRFError,
     JWTExtendedException,
@@ -38,7 +44,7 @@ from werkzeug.exceptions import HTTPException
 from app.api.auth import REFUSED_LOGIN, issue_token
 from app.api.errors import log_database_down
 from app.api.schemas import FIELD_RULES, LoginRequest, RecommendRequest, ScoreRequest, field_errors
-from app.api.security import revoke_current_token
+from app.api.security import revoke_current_token, token_issued_here, token_revoked
 from app.config import Settings
 from app.errors import ApiError, InvalidRequest, NotFound, Unauthorized, Unavailable
 from app.recommender.bundle import BundleError
@@ -276,7 +282,7 @@ def _common() -> dict[str, Any]:
     try:
         claims = get_jwt()
     except RuntimeError:  # no token was verified for this request (login page, errors)
-        claims = {}
+        claims = g.get("ui_claims", {})  # an error page answering a post: read by _identify
     return {"role": claims.get("role"), "csrf_token": claims.get("csrf", "")}
 
 
@@ -357,6 +363,7 @@ def _recommend_form_context(
 
 @bp.errorhandler(_CsrfFailure)
 def _csrf_failed(_error: _CsrfFailure) -> Response:
+    _identify()
     return _page(
         "ui/error.html",
         400,
@@ -443,13 +450,24 @@ def error_page(error: HTTPException) -> Response:
 
 
 def _identify() -> None:
-    """Read the cookie's token, if any, for a page answered without a view (a routing error), so
-    its header shows the links and "Log out" to someone logged in, not "Log in". Only on a GET: a
-    post's token is checked with its CSRF value, which a routing error never reached."""
-    if request.method != "GET":
-        return
-    with suppress(JWTExtendedException, PyJWTError):  # an expired or revoked token: shown as logged out
-        verify_jwt_in_request(optional=True, locations=["cookies"])
+    """Read the cookie's token, if any, for an error page answered without a view's check (a
+    routing error, a refused post), so its header shows the links and "Log out" to someone logged
+    in, not "Log in". An expired, revoked or forged token: shown as logged out.
+
+    A post's token is checked with its form's CSRF value, which such a post never passed (or
+    failed): here it is only read, to show who is logged in (its CSRF value goes into the page's
+    own log-out form, as on any page; the refused form's value is not taken), the way the
+    library checks it otherwise: signature and expiry, then the claims issued here, then revocation.
+    """
+    with suppress(JWTExtendedException, PyJWTError):
+        if request.method in _SAFE_METHODS:
+            verify_jwt_in_request(optional=True, locations=["cookies"])
+            return
+        token = request.cookies.get(current_app.config["JWT_ACCESS_COOKIE_NAME"])
+        if token:
+            claims = decode_token(token)
+            if token_issued_here({}, claims) and not token_revoked({}, claims):
+                g.ui_claims = claims
 
 
 @bp.errorhandler(Exception)
@@ -484,6 +502,7 @@ def _refuse_other_sites() -> Response | None:
     """
     if request.method in _SAFE_METHODS or _sent_from_this_site():
         return None
+    _identify()
     return _page("ui/error.html", 403, heading="Form could not be accepted", message=CROSS_SITE_MESSAGE)
 
 

@@ -1415,6 +1415,40 @@ def test_an_unknown_page_knows_who_is_logged_in(client: Any) -> None:
         assert "Log out" in response.text and 'name="csrf_token" value=""' not in response.text
 
 
+def test_an_error_page_answering_a_post_knows_who_is_logged_in(app: Any) -> None:
+    """The error pages answering a post (a post to a page that takes none, one too large, one
+    with an out-of-date form, one the browser says another site sent) read no token, as only a
+    GET's was read: someone logged in got a page with no header links and no "Log out", telling
+    them to "Log in". They are shown as logged in, the header's log-out form carrying the live
+    session's CSRF value (the refused form's value is not taken for it)."""
+    client = app.test_client()
+    posts: list[tuple[str, dict[str, str], dict[str, str], int]] = [
+        ("/ui/dashboard", {}, {}, 405),
+        ("/ui/no-such-page", {}, {}, 404),
+        ("/ui/recommend", {"age": "x" * (app.config["MAX_CONTENT_LENGTH"] + 1)}, {}, 413),
+        ("/ui/recommend", {"csrf_token": "out-of-date", "age": "30"}, {}, 400),
+        ("/ui/recommend", {"age": "30"}, {"Sec-Fetch-Site": "same-site"}, 403),
+    ]
+    for path, form, headers, status in posts:  # logged out: no log-out (the posting form: to log in)
+        response = client.post(path, data=form, headers=headers)
+        assert "Log out" not in response.text, (path, status)
+    csrf = ui_login(client)
+    for path, form, headers, status in posts:
+        response = client.post(path, data=form, headers=headers)
+        assert response.status_code == status, (path, status, response.status_code)
+        assert 'href="/ui/login"' not in response.text, (path, status)
+        assert "Log out" in response.text and csrf_of(response.text) == csrf, (path, status)
+    token = client.get_cookie(COOKIE, path="/ui").value
+    assert client.post("/ui/logout", data={"csrf_token": csrf}).status_code == 303
+    client.set_cookie(COOKIE, token, path="/ui")  # the revoked token: shown as logged out
+    expired, _csrf = expired_session(app)
+    for cookie in (token, expired, token[:-4] + "AAAA"):
+        client.set_cookie(COOKIE, cookie, path="/ui")
+        response = client.post("/ui/dashboard", data={})
+        assert response.status_code == 405 and "Log out" not in response.text
+        assert 'href="/ui/login"' in response.text
+
+
 def test_a_known_user_list_names_the_user_even_when_the_fallback_served_it(
     make_app: Callable[..., Any], personal_model_store: Path
 ) -> None:
