@@ -662,6 +662,12 @@ def _recommend_form_again(notice: str, headers: Mapping[str, str]) -> Response:
     return response
 
 
+def _list_not_found() -> Response:
+    return _page("ui/error.html", 404, heading="Not found", message=(
+        "There is no recommendation list with this id. Ask for new recommendations."
+    ))  # fmt: skip
+
+
 def _results_page(request_id: str, status: int = 200, **extra: Any) -> Response:
     """The list served under ``request_id``, with the ratings stored for it.
 
@@ -674,9 +680,7 @@ def _results_page(request_id: str, status: int = 200, **extra: Any) -> Response:
     request_id = RequestIds.canonical(request_id) or request_id  # as the API takes it: in any case
     stored = services.recommendations.served_list(request_id)
     if stored is None:
-        return _page("ui/error.html", 404, heading="Not found", message=(
-            "There is no recommendation list with this id. Ask for new recommendations."
-        ))  # fmt: skip
+        return _list_not_found()
     # A list still in this worker's request log can have no stored ratings (a score commits its
     # list first): its page, the one right after the form, needs nothing from the database.
     buffered = services.recommendations.request_log.get(request_id) is not None
@@ -716,14 +720,10 @@ def feedback() -> Response:
                 stored = _services().recommendations.served_list(parsed.id)
             except DatabaseUnavailableError as exc:
                 # the score is kept (the journal ships it once the database is back): only reading
-                # the list back failed, so the page must not say that nothing was saved
+                # the list back failed, so the page must not say that nothing was saved; a page of
+                # its own (Post/Redirect/Get: answered here, Back or a reload posted the rating again)
                 log_database_down(exc)
-                return _page("ui/notice.html", heading="Rating saved", link=(
-                    url_for("ui.results", request_id=parsed.id), "Back to the list"
-                ), message=(
-                    f"Saved your rating for {parsed.movie}. The list cannot be shown right now (the "
-                    "database cannot be reached); it will show your rating once the database is back."
-                ))  # fmt: skip
+                return _see_other(url_for("ui.rating_kept", request_id=parsed.id))
             titles = [item["title"] for item in stored["items"]] if stored is not None else []
             position = titles.index(parsed.movie) if parsed.movie in titles else 0
             target = url_for("ui.results", request_id=parsed.id, saved=position) + f"#item-{position}"
@@ -734,6 +734,23 @@ def feedback() -> Response:
             "This rating does not belong to a recommendation list issued here. Ask for new recommendations."
         ))  # fmt: skip
     return _results_page(request_id, 400, failed_movie=str(payload.get("movie", "")), feedback_errors=errors)
+
+
+@bp.get("/recommendations/<request_id>/rating-saved")
+@login_required()
+def rating_kept(request_id: str) -> Response:
+    """Where a rating stored while its list could not be read back (the database down) leads: it
+    says so with no database read. It names no movie (a link could then make it claim any title
+    was rated) and answers only for an id issued here."""
+    request_id = RequestIds.canonical(request_id) or request_id
+    if not _services().recommendations.ids.verify(request_id):
+        return _list_not_found()
+    return _page("ui/notice.html", heading="Rating saved", link=(
+        url_for("ui.results", request_id=request_id), "Back to the list"
+    ), message=(
+        "Your rating was saved. The list cannot be shown right now (the database cannot be "
+        "reached); it will show your rating once the database is back."
+    ))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- dashboard

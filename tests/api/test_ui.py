@@ -948,13 +948,22 @@ def test_a_rating_kept_while_the_database_is_down_is_not_reported_as_lost(
         second = client.post(
             "/ui/feedback", data={"csrf_token": csrf, "id": request_id, "movie": titles[1], "score": "2"}
         )
-    text = html.unescape(second.text)
-    assert "nothing was saved" not in text
-    assert second.status_code == 200 and f"Saved your rating for {titles[1]}" in text
-    assert f'href="/ui/recommendations/{request_id}"' in second.text
+        # Post/Redirect/Get: the page saying so was the post's own answer, and Back to it or a
+        # reload posted the rating again, one more feedback row each time
+        assert second.status_code == 303, second.status_code
+        shown = [client.get(second.headers["Location"]) for _ in range(3)]
+    for page in shown:
+        text = html.unescape(page.text)
+        assert page.status_code == 200 and "nothing was saved" not in text
+        assert "Your rating was saved" in text and "once the database is back" in text
+        assert f'href="/ui/recommendations/{request_id}"' in page.text
     app.extensions["movierec"].recommendations.feedback.drain()
     stored = app.extensions["movierec"].db.feedback_rows()
-    assert {row.title: row.score for row in stored} == {titles[0]: 4.0, titles[1]: 2.0}
+    assert sorted((row.title, row.score) for row in stored) == sorted([(titles[0], 4.0), (titles[1], 2.0)])
+    forged = str(uuid.uuid4())  # the page is only for lists issued here
+    assert client.get(second.headers["Location"].replace(request_id, forged)).status_code == 404
+    upper = client.get(second.headers["Location"].replace(request_id, request_id.upper()))
+    assert upper.status_code == 200 and f'href="/ui/recommendations/{request_id}"' in upper.text
 
 
 # --------------------------------------------------------------------------- dashboard
