@@ -98,7 +98,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         models.load()
     except BundleError as exc:
         log.error(
-            "no model could be loaded; the service is not ready", extra={"reason": describe_error(exc, 300)}
+            "no model could be loaded; the service is not ready",
+            extra={"path": str(settings.model_path), "reason": describe_error(exc, 300)},
         )
 
     # Recommendation ids are signed with a key derived from the JWT secret, shared by every worker.

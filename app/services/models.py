@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from app.monitoring.logs import describe_error
 from app.recommender.bundle import (
     BundleError,
     LoadedBundle,
@@ -60,7 +59,11 @@ class ModelHolder:
         return data.items if data is not None else None
 
     def load(self, path: Path | None = None) -> LoadedBundle:
-        """Load ``path`` (default: the configured one) and swap it in; raise and keep the old on failure."""
+        """Load ``path`` (default: the configured one) and swap it in; raise and keep the old on failure.
+
+        A refusal is not logged here: each caller reports it once, with what it means there (the
+        start: "not ready"; a reload: "the previous bundle keeps serving"). Logged here as well, it
+        was a second ERROR for the same event, and monitor-docker mails every ERROR line."""
         target = path or self.path
         with self._lock:
             try:
@@ -68,9 +71,6 @@ class ModelHolder:
                 attach_rating_model(bundle)
             except BundleError as exc:
                 self.last_error = str(exc)
-                log.error(
-                    "model bundle refused", extra={"path": str(target), "reason": describe_error(exc, 300)}
-                )
                 raise
             if self.before_swap is not None:
                 try:

@@ -223,11 +223,11 @@ class ModelReloader:
             return
         try:
             self.holder.load(target)
-        except BundleError:
+        except BundleError as exc:
             log.error(
                 "the bundle the reload marker or the other workers name cannot be loaded; serving "
                 "the configured one",
-                extra={"target": str(target)},
+                extra={"target": str(target), "reason": describe_error(exc, 500)},
             )
 
     def _marker_target(
@@ -598,7 +598,10 @@ class ModelReloader:
         if asked:  # before its waiters wake: the load is over only once the others can tell
             self._announce(self._announced_error)
         if state == "failed":  # before the waiters wake too: their 422 comes after the alert's line
-            log.error("reload refused; the previous bundle keeps serving", extra={"reason": error})
+            log.error(
+                "reload refused; the previous bundle keeps serving",
+                extra={"target": status.get("target"), "reason": error},
+            )
         done.set()
 
     # ------------------------------------------------------------------ the marker

@@ -206,12 +206,37 @@ def test_corrupt_or_truncated_bundle_is_refused_on_reload(
         assert len(refusals) == 1, (name, [(r.name, r.getMessage()) for r in caplog.records])
         reason = getattr(refusals[0], "reason", None)
         assert reason and reason in response.get_json()["error"]["message"], (name, reason)
+        assert getattr(refusals[0], "target", None) == bundle.name, name
+        # and it is the only ERROR of that event: each is mailed (monitor-docker), and the loader
+        # logged its own "model bundle refused" before it, so the operator read one refusal twice
+        errors = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [("app.services.reload", refusals[0].getMessage())], (name, errors)
         # and the version served before keeps serving
         served = client.post("/api/recommend", json=PROFILE, headers=client_headers)
         assert served.status_code == 200 and served.get_json()["model_version"] == version, name
         model = client.get("/api/model", headers=client_headers).get_json()
         assert model["model_version"] == version, (name, model)
     print(f"\nbad bundles on reload: {outcomes}; still serving {version}")
+
+
+def test_a_bundle_refused_at_start_is_one_error_naming_it_and_why(
+    tmp_path: Path, model_store: Path, make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service started on a bundle it cannot load answers 503 until a reload; the start logs one
+    ERROR (mailed by monitor-docker) naming the bundle and why. The loader logged "model bundle
+    refused" and the start "no model could be loaded" after it: two mails' lines for one event."""
+    store = tmp_path / "store"
+    shutil.copytree(model_store, store, symlinks=True)
+    bad = _bad_bundles(store)["corrupt"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        make_app(model_path=bad, model_dir=store)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [(r.name, r.getMessage()) for r in errors] == [
+        ("app", "no model could be loaded; the service is not ready")
+    ], [(r.name, r.getMessage()) for r in errors]
+    assert getattr(errors[0], "path", None) == str(bad)
+    assert "corrupt" in getattr(errors[0], "reason", ""), getattr(errors[0], "reason", None)
 
 
 def test_redis_down_falls_back_without_5xx(tmp_path: Path, make_app: Any) -> None:

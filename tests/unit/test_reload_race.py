@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -171,6 +172,25 @@ def _corrupt_table(bundle: Path) -> None:
     top = np.load(bundle / "segment_top.npy")
     top[0, :2] = top[0, 0]  # a repeated movie: the validator refuses it
     np.save(bundle / "segment_top.npy", top)
+
+
+def test_a_worker_starting_on_a_marker_naming_a_bad_bundle_logs_one_error_with_the_reason(
+    store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that starts where the marker names a bundle it cannot load serves the configured
+    one and says so once, naming the bundle and why (each ERROR is mailed by monitor-docker): the
+    loader's "model bundle refused" came first, and the start's line named no reason."""
+    original = resolve_bundle_dir(store).name
+    bad = add_version(store, "v-bad", mutate=_corrupt_table, latest=False)
+    marker = {"generation": 1, "target": str(bad), "version": "v-bad"}
+    (store / ".serving.json").write_text(json.dumps(marker))
+    caplog.clear()
+    worker = _worker(store)
+    assert _serving(worker) == original
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.name for r in errors] == ["app.services.reload"], [(r.name, r.getMessage()) for r in errors]
+    assert getattr(errors[0], "target", None) == str(bad)
+    assert "segment_top.npy" in getattr(errors[0], "reason", ""), getattr(errors[0], "reason", None)
 
 
 def test_a_marker_naming_a_bad_bundle_is_tried_once_and_a_refused_reload_writes_none(
