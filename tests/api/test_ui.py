@@ -1095,6 +1095,31 @@ def test_dashboard_feedback_figures_follow_the_stored_rows(app: Any) -> None:
     assert len(hourly["feedback"]["labels"]) == 48 and hourly["feedback"]["count"][-1] == 4
 
 
+def test_a_changed_rating_is_one_rating_in_the_hour_it_was_first_given_and_the_page_says_so(app: Any) -> None:
+    """A (list, movie) scored again is one feedback row, its score replaced: the chart puts it, with
+    the new score, in the hour (day) it was first scored, as the training data dates it; the hour
+    it was changed gets nothing. docs/ui.md said the charts "count every score", and neither it nor
+    the page said where a changed rating goes."""
+    services = app.extensions["movierec"]
+    now = datetime.now(UTC)
+    served = services.recommendations.recommend(RecommendQuery(2, 30, "F", "artist"))
+    title = served.items[0].title
+    services.recommendations.score(served.id, title, 1.0, readable=True)
+    first_given = now - timedelta(hours=3)
+    with services.db.session() as session:
+        dated = update(Feedback).where(Feedback.request_id == served.id)
+        session.execute(dated.values(created_at=first_given))
+    services.recommendations.score(served.id, title, 5.0, readable=True)  # changed now
+    hourly = dashboard.feedback_series(services.db, "hour", now=now)
+    last_four = [(b.count, b.mean_score) for b in hourly.buckets[-4:]]
+    assert last_four == [(1, 5.0), (0, None), (0, None), (0, None)]
+    assert (hourly.total, hourly.all_time_total) == (1, 1)
+    client = app.test_client()
+    ui_login(client, ADMIN_PASSWORD)
+    page = " ".join(client.get("/ui/dashboard?bucket=hour").text.split())
+    assert "A rating changed later counts once, with its new score, in the hour it was first given." in page
+
+
 def test_dashboard_shows_scores_of_fallback_lists_apart_from_the_model_version(
     make_app: Callable[..., Any],
 ) -> None:
