@@ -71,6 +71,11 @@ DETAIL_FIELDS = (
     "user_id",
     "alert_count",
     "alert_entries",
+    # why, and what about: a refused bundle's ERROR (its target or path and reason), a failed
+    # write's; the email said only the message, and the reason was in the journal alone
+    "target",
+    "path",
+    "reason",
     "exc",
 )
 

@@ -200,6 +200,35 @@ def test_entry_to_alert_carries_request_context() -> None:
     assert alert.details["container"] == "movierec" and alert.details["exc"] == "Traceback..."
 
 
+def test_an_error_alert_carries_the_reason_and_what_it_is_about() -> None:
+    """A refused reload is one ERROR line naming the bundle and why; the email carried its message
+    only ("reload refused; the previous bundle keeps serving"), and the operator had to read the
+    journal to learn which bundle and what was wrong with it."""
+    line = json.dumps(
+        {
+            "level": "ERROR",
+            "logger": "app.services.reload",
+            "message": "reload refused; the previous bundle keeps serving",
+            "target": "20261207T004559-1b90fc",
+            "reason": "bundle /srv/model/20261207T004559-1b90fc is corrupt: model.pkl does not match",
+        }
+    )
+    alert = entry_to_alert(parse_entry(raw(line)), "movierec")
+    assert alert.details["target"] == "20261207T004559-1b90fc"
+    assert alert.details["reason"].endswith("is corrupt: model.pkl does not match")
+    started = json.dumps(
+        {
+            "level": "ERROR",
+            "logger": "app",
+            "message": "no model could be loaded; the service is not ready",
+            "path": "/srv/model",
+            "reason": "model path /srv/model does not exist",
+        }
+    )
+    details = entry_to_alert(parse_entry(raw(started)), "movierec").details
+    assert (details["path"], details["reason"]) == ("/srv/model", "model path /srv/model does not exist")
+
+
 def test_forwarded_app_alert_keeps_its_kind() -> None:
     line = json.dumps(
         {
