@@ -216,11 +216,16 @@ def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_mi
 
 
 def _report_paths(out: Path | None, protocols: list[str]) -> dict[str, Path]:
-    """Each protocol's JSON report path: ``var/reports/protocol-<P>.json`` by default; ``--out``
-    itself for one protocol, and for both ``--out``'s name with ``-A`` / ``-B`` before its suffix
-    (``eval.json``: ``eval-A.json``, ``eval-B.json``), so each report keeps the one-protocol shape."""
+    """Each protocol's JSON report path: ``<MOVIEREC_VAR_DIR>/reports/protocol-<P>.json`` by
+    default (``var``, as every other file the commands keep there: it was ``./var`` whatever the
+    setting said); ``--out`` itself for one protocol, and for both ``--out``'s name with ``-A`` /
+    ``-B`` before its suffix (``eval.json``: ``eval-A.json``, ``eval-B.json``), so each report
+    keeps the one-protocol shape."""
     if out is None:
-        return {p: Path("var") / "reports" / f"protocol-{p}.json" for p in protocols}
+        from app.pipeline.commands import settings_for_cli
+
+        reports = Path(settings_for_cli().var_dir) / "reports"
+        return {p: reports / f"protocol-{p}.json" for p in protocols}
     if len(protocols) == 1:
         return {protocols[0]: out}
     return {p: out.with_name(f"{out.stem}-{p}{out.suffix}") for p in protocols}
@@ -239,7 +244,8 @@ def _report_paths(out: Path | None, protocols: list[str]) -> dict[str, Path]:
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="JSON report path (a PNG is written beside it); with both protocols, -A / -B is added to its name.",
+    help="JSON report path (a PNG is written beside it; default: <MOVIEREC_VAR_DIR>/reports/"
+    "protocol-<A|B>.json); with both protocols, -A / -B is added to its name.",
 )
 def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | None, out: Path | None) -> None:
     """Run the offline protocols of EVALUATION.md (both, or --protocol's); per protocol print the

@@ -1,0 +1,57 @@
+"""``movierec`` given settings and places a user plausibly gets wrong: one ``Error:`` line (or the
+usage error), never a traceback, and its output where the settings say."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from app.cli import cli
+
+pytestmark = pytest.mark.unit
+
+
+def _invoke(command: list[str]) -> Result:
+    return CliRunner().invoke(cli, command)
+
+
+def _refused(result: Result, *fragments: str) -> str:
+    """Exit 1 with click's one ``Error:`` line, not an exception escaping the command."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    for fragment in fragments:
+        assert fragment in line, result.output
+    return line
+
+
+def test_evaluate_writes_its_default_reports_under_the_var_directory(
+    synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow, Metaflow, the pipeline's lock and the feedback journal live under MOVIEREC_VAR_DIR;
+    ``evaluate``'s reports went to ./var/reports whatever it said (in the image, into the working
+    directory rather than the var volume). They go to <MOVIEREC_VAR_DIR>/reports now; --out wins."""
+    monkeypatch.chdir(tmp_path)
+    var = tmp_path / "elsewhere" / "var"
+    monkeypatch.setenv("MOVIEREC_VAR_DIR", str(var))
+    args = ["evaluate", "--data-dir", str(synthetic_data_dir), "--models", "most_rated", "--seeds", "0"]
+    result = _invoke([*args, "--protocol", "A"])
+    assert result.exit_code == 0, result.output
+    report = var / "reports" / "protocol-A.json"
+    assert json.loads(report.read_text())["protocol"] == "A"
+    assert (var / "reports" / "protocol-A.png").is_file()
+    assert f"report: {report}" in result.output
+    assert not (tmp_path / "var").exists()
+
+    monkeypatch.setenv("MOVIEREC_VAR_DIR", "")  # set to nothing: the default, var
+    result = _invoke([*args, "--protocol", "B"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "var" / "reports" / "protocol-B.json").is_file()
+
+    result = _invoke([*args, "--protocol", "A", "--out", "mine.json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mine.json").is_file()
