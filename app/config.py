@@ -268,21 +268,29 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        """A URL SQLAlchemy cannot read, or of a database it does not know, is refused here: it was
-        SQLAlchemy's (or int()'s, for a port) traceback when the service or a command first
+        """A URL SQLAlchemy cannot read, of a database it does not know, or whose driver is not
+        installed (``mysql://``: MySQLdb) is refused here: it was SQLAlchemy's (or int()'s, for a
+        port, or the driver's ModuleNotFoundError) traceback when the service or a command first
         opened the database. The URL itself is never in the message: it may hold a password."""
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
         form = "dialect://user:password@host[:port]/database, or sqlite:///path"
+        scheme = value.split("://", 1)[0]
         try:
-            make_url(_with_psycopg(value)).get_dialect()
+            dialect = make_url(_with_psycopg(value)).get_dialect()
         except (ArgumentError, ValueError):
             raise ValueError(f"MOVIEREC_DATABASE_URL is not a database URL ({form})") from None
         except NoSuchModuleError:
-            scheme = value.split("://", 1)[0]
             raise ValueError(
                 f"MOVIEREC_DATABASE_URL names a database this service does not know ({scheme!r}; {form})"
+            ) from None
+        try:
+            dialect.import_dbapi()
+        except ImportError as exc:
+            raise ValueError(
+                f"MOVIEREC_DATABASE_URL names a database ({scheme!r}) whose driver ({exc.name or exc}) "
+                "is not installed: use PostgreSQL (postgresql://…) or SQLite (sqlite:///path)"
             ) from None
         return value
 

@@ -55,3 +55,25 @@ def test_evaluate_writes_its_default_reports_under_the_var_directory(
     result = _invoke([*args, "--protocol", "A", "--out", "mine.json"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "mine.json").is_file()
+
+
+def test_a_database_url_whose_driver_is_not_installed_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``MOVIEREC_DATABASE_URL=mysql://…`` passed the settings (SQLAlchemy knows the dialect), then
+    ``db upgrade``, ``serve`` and ``python main.py`` died with ModuleNotFoundError's traceback
+    (No module named 'MySQLdb') when they first opened it. Refused with the other bad URLs now,
+    naming the missing driver and never the URL (it may carry a password)."""
+    import importlib.util
+
+    from app.config import ConfigurationError, load_settings
+
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("the MySQL driver is installed here")
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", "mysql://movierec:secret-pw@db/movierec")
+    monkeypatch.delenv("MOVIEREC_DATABASE_URL_FILE", raising=False)
+    with pytest.raises(ConfigurationError, match=r"database_url.*MySQLdb.*not installed") as caught:
+        load_settings(testing=True)
+    assert "secret-pw" not in str(caught.value)
+    line = _refused(_invoke(["db", "upgrade"]), "invalid setting database_url", "MySQLdb")
+    assert "secret-pw" not in line
