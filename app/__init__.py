@@ -191,12 +191,19 @@ def _open_database(settings: Settings) -> Database:
     """The service database with its schema upgraded (:func:`_upgrade_schema`).
 
     One that cannot be reached (PostgreSQL not running, a SQLite file whose directory cannot be
-    made) or that a newer release migrated is a :class:`StartupError`, worded as ``movierec db
+    made), that refuses the migration (a role without CREATE on the schema, a SQLite file that is
+    no database) or that a newer release migrated is a :class:`StartupError`, worded as ``movierec db
     upgrade`` words it, which ``movierec serve`` and ``python main.py`` (``make run``) print as one
     line: they let the driver's error out as a traceback."""
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
-    from app.storage.db import Database, DatabaseSchemaError, DatabaseUnavailableError, unreachable_message
+    from app.storage.db import (
+        Database,
+        DatabaseSchemaError,
+        DatabaseUnavailableError,
+        refusal,
+        unreachable_message,
+    )
 
     url = settings.sqlalchemy_url
     try:
@@ -211,6 +218,9 @@ def _open_database(settings: Settings) -> Database:
     except (OperationalError, DatabaseUnavailableError) as exc:
         db.dispose()
         raise StartupError(unreachable_message(url, exc)) from exc
+    except DBAPIError as exc:  # it answered and refused the migration: no CREATE grant, not a database
+        db.dispose()
+        raise StartupError(refusal(url, exc)) from exc
     return db
 
 

@@ -79,13 +79,14 @@ def settings_for_cli(**overrides: Any) -> Any:
 def service_database(settings: Any) -> Iterator[Any]:
     """The service database (MOVIEREC_DATABASE_URL) for a command, disposed of when it ends.
 
-    One that cannot be reached, or a SQLite file whose directory cannot be created, is one
+    One that cannot be reached, a SQLite file whose directory cannot be created, or one that
+    answers and refuses (no CREATE grant on the schema, a SQLite file that is no database) is one
     ``Error:`` line naming the database with its password masked (``ClickException``), not a
     traceback: ``db upgrade`` and ``features build``.
     """
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
-    from app.storage.db import Database, DatabaseUnavailableError, unreachable_message
+    from app.storage.db import Database, DatabaseUnavailableError, refusal, unreachable_message
 
     url = settings.sqlalchemy_url
 
@@ -100,6 +101,8 @@ def service_database(settings: Any) -> Iterator[Any]:
         yield database
     except (OperationalError, DatabaseUnavailableError) as exc:
         raise unreachable(exc) from exc
+    except DBAPIError as exc:
+        raise click.ClickException(refusal(url, exc)) from exc
     finally:
         database.dispose()
 

@@ -94,9 +94,10 @@ class DatabaseUnavailableError(RuntimeError):
     """The database cannot be reached; callers answer 503 rather than pretend."""
 
 
-def unreachable_message(url: str, exc: BaseException) -> str:
+def unreachable_message(url: str, exc: BaseException, problem: str = "cannot be reached") -> str:
     """``the service database cannot be reached (<url, password masked>): <the driver's reason>``:
-    what a command or a scheduler tick says when the service database does not answer.
+    what a command or a scheduler tick says when the service database does not answer
+    (``problem``: ``cannot be used`` when it answers and refuses, :func:`refusal`).
 
     One line: libpq's reason comes in several ("... Connection refused", then an indented "Is the
     server running on that host and accepting TCP/IP connections?"), which a command printed as a
@@ -106,7 +107,14 @@ def unreachable_message(url: str, exc: BaseException) -> str:
         line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip()
     ] or [type(exc).__name__]
     detail = f"{first} ({' '.join(rest)})" if rest else first
-    return f"the service database cannot be reached ({where}): {detail}"
+    return f"the service database {problem} ({where}): {detail}"
+
+
+def refusal(url: str, exc: DBAPIError) -> str:
+    """What a command says when the service database answered and refused what it was asked (a
+    role without CREATE on the schema, a SQLite "database" that is some other file): the driver's
+    DatabaseError or ProgrammingError, where :func:`unreachable_message` covers OperationalError."""
+    return unreachable_message(url, exc, "cannot be used")
 
 
 class DatabaseSchemaError(RuntimeError):

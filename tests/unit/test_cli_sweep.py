@@ -4,6 +4,7 @@ usage error), never a traceback, and its output where the settings say."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,62 @@ def test_a_database_url_whose_driver_is_not_installed_is_a_configuration_error(
     assert "secret-pw" not in str(caught.value)
     line = _refused(_invoke(["db", "upgrade"]), "invalid setting database_url", "MySQLdb")
     assert "secret-pw" not in line
+
+
+@pytest.fixture(params=["not-a-database", "no-create-grant"])
+def refusing_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A service database that answers and refuses the schema: a SQLite "database" that is some
+    other file, or a PostgreSQL role without CREATE on the schema (PostgreSQL 15's default for a
+    role that does not own the database). Yields its URL and the reason the driver gives."""
+    if request.param == "not-a-database":
+        path = tmp_path / "service.db"
+        path.write_text("1\t2\t5\t880000000\n" * 200)
+        yield f"sqlite:///{path}", "file is not a database"
+        return
+    import uuid
+
+    import psycopg
+
+    admin = request.getfixturevalue("postgres_admin_url")
+    url = request.getfixturevalue("postgres_url")
+    role = f"movierec_nocreate_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'REVOKE CREATE ON SCHEMA public FROM PUBLIC, "{role}"')
+    host, database = url.split("@", 1)[1].rsplit("/", 1)
+    try:
+        yield f"postgresql://{role}:secret-pw@{host}/{database}", "permission denied for schema public"
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_database_that_refuses_the_schema_is_one_error_line(
+    refusing_database: tuple[str, str],
+    model_store: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A database that answers but refuses the migration was a page of traceback from ``db
+    upgrade``, ``features build``, ``serve`` and ``python main.py`` (sqlalchemy.exc.DatabaseError
+    or ProgrammingError: only an OperationalError, the database not answering, was one line).
+    One line naming the database (password masked) and the driver's reason now, exit 1."""
+    import main as seed_main
+    from tests.helpers import free_port
+
+    url, reason = refusing_database
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", url)
+    monkeypatch.setenv("MOVIEREC_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("MOVIEREC_TESTING", "true")
+    monkeypatch.setenv("ML_MODEL_PATH", str(model_store))
+    for command in (["db", "upgrade"], ["serve", "--port", str(free_port())]):
+        line = _refused(_invoke(command), "the service database cannot be used (", reason)
+        assert "secret-pw" not in line
+    assert seed_main.main(["--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "secret-pw" not in err
+    assert "movierec: the service database cannot be used (" in err and reason in err, err
