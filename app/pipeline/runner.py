@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import getpass
 import json
@@ -408,7 +409,17 @@ def run_flow(
     except DataUnavailableError as exc:
         raise PipelineError(str(exc)) from exc
     scratch_root = Path(settings.var_dir) / "pipeline"
-    scratch_root.mkdir(parents=True, exist_ok=True)
+    try:  # and on a var directory it cannot make or write, which was a traceback here
+        scratch_root.mkdir(parents=True, exist_ok=True)
+        if not os.access(scratch_root, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(scratch_root))
+    except OSError as exc:
+        from app.recommender.data import mkdir_failure
+
+        raise PipelineError(
+            f"the var directory {settings.var_dir} (MOVIEREC_VAR_DIR) cannot be written: "
+            f"{exc.filename or scratch_root}: {mkdir_failure(exc)}"
+        ) from exc
     workers = max_workers or max(1, os.cpu_count() or 1)
     with flow_lock(settings, holder="another training flow is running") as lock:
         # under the lock: no flow of this var root runs, so every scratch directory there is a leftover

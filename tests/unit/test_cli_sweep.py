@@ -137,3 +137,23 @@ def test_a_database_that_refuses_the_schema_is_one_error_line(
     err = capsys.readouterr().err
     assert "Traceback" not in err and "secret-pw" not in err
     assert "movierec: the service database cannot be used (" in err and reason in err, err
+
+
+@pytest.mark.parametrize("where", ["a-file", "under-a-file"])
+def test_pipeline_run_with_a_var_directory_it_cannot_make_is_one_error_line(
+    synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """MOVIEREC_VAR_DIR naming a file (or a path under one) made ``pipeline run`` die with
+    NotADirectoryError's traceback from the launcher's scratch directory. One line naming the
+    setting and the path now, before any flow is launched."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    var = blocker if where == "a-file" else blocker / "var"
+    monkeypatch.setenv("MOVIEREC_VAR_DIR", str(var))
+    monkeypatch.setenv("MOVIEREC_FEATURES_ROOT", str(tmp_path / "features"))
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", f"sqlite:///{tmp_path / 'service.db'}")
+    model = tmp_path / "model"
+    command = ["pipeline", "run", "--data-dir", str(synthetic_data_dir), "--model-dir", str(model)]
+    result = _invoke([*command, "--candidates", "most_rated", "--seeds", "0"])
+    _refused(result, "MOVIEREC_VAR_DIR", str(var), "Not a directory")
+    assert not model.exists()
