@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +13,33 @@ from app.recommender.evaluation import K, averaged_seeds, seed_label
 
 
 def write_report(report: dict[str, Any], out: Path | str) -> tuple[Path, Path]:
-    """Write ``out`` (JSON) and a PNG of NDCG@10 per model (mean ± sd) beside it."""
+    """Write ``out`` (JSON) and a PNG of NDCG@10 per model (mean ± sd) beside it.
+
+    Each is written beside its name and renamed into place once whole, the plot first: a write
+    cut short (a full disk, Ctrl-C while the plot is saved) left a truncated report over an
+    earlier run's complete one, which a reader took for a report. Now the earlier pair stays,
+    and the partial file is removed."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, sort_keys=True))
     png = plot_path(out)
-    plot_report(report, png)
+    with _written_beside(png) as partial:
+        plot_report(report, partial, format="png")
+    with _written_beside(out) as partial:
+        partial.write_text(json.dumps(report, indent=2, sort_keys=True))
     return out, png
+
+
+@contextmanager
+def _written_beside(path: Path) -> Iterator[Path]:
+    """A name beside ``path`` for the block to write; renamed to ``path`` when the block ends,
+    removed when it fails (or is interrupted)."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def plot_path(out: Path) -> Path:
@@ -24,7 +47,8 @@ def plot_path(out: Path) -> Path:
     return out.with_suffix(".png")
 
 
-def plot_report(report: dict[str, Any], path: Path | str) -> Path:
+def plot_report(report: dict[str, Any], path: Path | str, format: str | None = None) -> Path:
+    """The PNG of ``report`` at ``path`` (``format``: the file type, when ``path``'s suffix is not it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,6 +73,6 @@ def plot_report(report: dict[str, Any], path: Path | str) -> Path:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format=format)
     plt.close(fig)
     return Path(path)

@@ -157,3 +157,33 @@ def test_pipeline_run_with_a_var_directory_it_cannot_make_is_one_error_line(
     result = _invoke([*command, "--candidates", "most_rated", "--seeds", "0"])
     _refused(result, "MOVIEREC_VAR_DIR", str(var), "Not a directory")
     assert not model.exists()
+
+
+def test_a_report_cut_short_leaves_the_earlier_one_whole(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    """``evaluate`` wrote its JSON report and its PNG in place: a write cut short (a full disk, a
+    file-size limit, Ctrl-C while the plot was saved) left a truncated report under the final name,
+    over the complete one of an earlier run, which readers then took for a report. Each file is
+    written beside its name and renamed now: the earlier pair stays whole, and no partial file is
+    left. The child process writes under a file-size limit smaller than the report (EFBIG)."""
+    import resource
+    import signal
+
+    from tests.helpers import in_forked_child
+
+    out = tmp_path / "reports" / "eval.json"
+    args = ["evaluate", "--data-dir", str(synthetic_data_dir), "--protocol", "A", "--out", str(out)]
+    first = _invoke([*args, "--models", "most_rated", "--seeds", "0"])
+    assert first.exit_code == 0, first.output
+    before = {path.name: path.read_bytes() for path in out.parent.iterdir()}
+    assert sorted(before) == ["eval.json", "eval.png"]
+
+    def cut_short() -> bool:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(before["eval.json"]) // 2,) * 2)
+        result = _invoke([*args, "--models", "most_rated,most_liked", "--seeds", "0,1"])
+        return result.exit_code == 1 and "File too large" in result.output
+
+    assert in_forked_child(cut_short, timeout=120) == 0
+    after = {path.name: path.read_bytes() for path in out.parent.iterdir()}
+    assert after == before
+    json.loads(after["eval.json"])
