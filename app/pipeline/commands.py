@@ -344,8 +344,24 @@ def schedule(cron: str | None, once: bool) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+def _version_number(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """``--version``: a registered version's number (1, 2, …), checked before the registry is
+    opened: ``abc``, ``v3`` or ``0`` created the registry's store and read "has no version"."""
+    if not (value.isascii() and value.isdigit() and int(value) >= 1):
+        raise click.BadParameter(
+            f"{value!r} is not a version number: give the number `movierec pipeline versions` lists (v3: 3)"
+        )
+    return str(int(value))
+
+
 @click.command()
-@click.option("--version", "version", required=True, help="Registered model version number to serve.")
+@click.option(
+    "--version",
+    "version",
+    required=True,
+    callback=_version_number,
+    help="Registered model version number to serve.",
+)
 @_MODEL_DIR
 @click.option("--reason", default="manual promotion", show_default=True, help="Stored with the version.")
 @click.option("--no-reload", is_flag=True, help="Do not ask the running service to reload.")

@@ -187,3 +187,21 @@ def test_a_report_cut_short_leaves_the_earlier_one_whole(synthetic_data_dir: Pat
     after = {path.name: path.read_bytes() for path in out.parent.iterdir()}
     assert after == before
     json.loads(after["eval.json"])
+
+
+@pytest.mark.parametrize("version", ["abc", "v3", "0", "-1", "", "1.5"])
+def test_promote_a_version_that_is_no_version_number_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    """``promote --version abc`` (or ``v3``, as ``pipeline versions`` prints it, or ``0``, or an
+    empty variable) opened the registry, creating its SQLite store under the var directory with
+    MLflow's own log lines, and failed with "movierec has no version abc", exit 1. Registered
+    versions are numbered from 1: anything else is a usage error naming --version, exit 2, and
+    nothing is created."""
+    monkeypatch.setenv("MOVIEREC_VAR_DIR", str(tmp_path / "var"))
+    result = _invoke(["promote", "--version", version, "--no-reload", "--model-dir", str(tmp_path / "model")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert "--version" in line and "version number" in line, line
+    assert list(tmp_path.iterdir()) == []
