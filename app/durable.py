@@ -87,6 +87,21 @@ def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 @contextmanager
+def written_beside(path: Path) -> Iterator[Path]:
+    """A name beside ``path`` (``.<name>.partial``) for the block to write ``path``'s content to;
+    renamed to ``path`` when the block ends, removed when it fails or is interrupted: ``path`` is
+    the earlier file or the whole new one, never one cut short. Not synced (:func:`write_durably`):
+    for files a reader must not take half of, which a crash may lose (reports, summaries)."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing), waiting for any holder."""
     with file_lock(path):

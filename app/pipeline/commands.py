@@ -240,11 +240,15 @@ def pipeline_run(
 
 def _write_summary(json_out: Path | None, summary: dict[str, Any]) -> None:
     """``--json-out``: the summary of a run that released its models, its bookkeeping failed or not
-    (an earlier run's file left in place would name a champion that is no longer one)."""
+    (an earlier run's file left in place would name a champion that is no longer one). Written
+    beside its name and renamed: one cut short (a full disk, Ctrl-C) left a truncated summary."""
+    from app.durable import written_beside
+
     if json_out:
         try:
             json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(summary, indent=2, default=str))
+            with written_beside(json_out) as partial:
+                partial.write_text(json.dumps(summary, indent=2, default=str))
         except OSError as exc:  # replaced meanwhile, a full disk: the table above stays printed
             raise click.ClickException(f"--json-out {json_out} cannot be written: {exc}") from exc
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from app.durable import written_beside
 from app.recommender.evaluation import K, averaged_seeds, seed_label
 
 
@@ -22,24 +20,11 @@ def write_report(report: dict[str, Any], out: Path | str) -> tuple[Path, Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = plot_path(out)
-    with _written_beside(png) as partial:
+    with written_beside(png) as partial:
         plot_report(report, partial, format="png")
-    with _written_beside(out) as partial:
+    with written_beside(out) as partial:
         partial.write_text(json.dumps(report, indent=2, sort_keys=True))
     return out, png
-
-
-@contextmanager
-def _written_beside(path: Path) -> Iterator[Path]:
-    """A name beside ``path`` for the block to write; renamed to ``path`` when the block ends,
-    removed when it fails (or is interrupted)."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        yield partial
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def plot_path(out: Path) -> Path:

@@ -650,6 +650,46 @@ def test_json_out_gets_the_summary_of_a_run_released_before_its_bookkeeping_fail
     assert json.loads(out.read_text()) == summary
 
 
+def test_a_json_out_cut_short_leaves_the_earlier_summary_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--json-out`` was written in place: a write cut short (a full disk, a file-size limit,
+    Ctrl-C) left a truncated summary over an earlier run's complete one, which whatever reads it
+    took for a summary. Written beside its name and renamed now: the earlier file stays whole and
+    no partial one is left. The child writes under a file-size limit smaller than the summary."""
+    import json
+    import resource
+    import signal
+
+    from click.testing import CliRunner
+
+    import app.pipeline.runner as runner
+    from app.cli import cli
+    from tests.helpers import in_forked_child
+
+    summary = {"candidates": [{"version": str(n), "candidate": "most_rated"} for n in range(200)],
+               "seconds": 1, "champion": "2", "champion_before": "1", "promoted": "2",
+               "exported": None, "reloaded": False}  # fmt: skip
+    _flow_runs_with(
+        monkeypatch, lambda *_a, **_k: runner.FlowRun(summary, 1.0, ""), _settings(tmp_path, service_url="")
+    )
+    monkeypatch.setattr("app.pipeline.schedule.report_run", lambda *_a: None)
+    out = tmp_path / "out" / "run.json"
+    out.parent.mkdir()
+    earlier = json.dumps({"champion": "1", "promoted": None, "note": "x" * 400})
+    out.write_text(earlier)
+
+    def cut_short() -> bool:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(earlier),) * 2)
+        result = CliRunner().invoke(cli, ["pipeline", "run", "--json-out", str(out)])
+        return result.exit_code == 1 and "File too large" in result.output
+
+    assert in_forked_child(cut_short, timeout=60) == 0
+    assert [path.name for path in out.parent.iterdir()] == ["run.json"]
+    assert out.read_text() == earlier
+
+
 @pytest.mark.parametrize("where", ["directory", "under-a-file"])
 def test_a_json_out_that_cannot_be_written_is_refused_before_the_flow_runs(
     where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
