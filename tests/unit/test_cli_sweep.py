@@ -8,26 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from app.cli import cli
+from tests.unit.test_review_cli_paths import _invoke, _refused
 
 pytestmark = pytest.mark.unit
-
-
-def _invoke(command: list[str]) -> Result:
-    return CliRunner().invoke(cli, command)
-
-
-def _refused(result: Result, *fragments: str) -> str:
-    """Exit 1 with click's one ``Error:`` line, not an exception escaping the command."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output, result.output
-    (line,) = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    for fragment in fragments:
-        assert fragment in line, result.output
-    return line
 
 
 def test_evaluate_writes_its_default_reports_under_the_var_directory(
@@ -76,8 +60,9 @@ def test_a_database_url_whose_driver_is_not_installed_is_a_configuration_error(
     with pytest.raises(ConfigurationError, match=r"database_url.*MySQLdb.*not installed") as caught:
         load_settings(testing=True)
     assert "secret-pw" not in str(caught.value)
-    line = _refused(_invoke(["db", "upgrade"]), "invalid setting database_url", "MySQLdb")
-    assert "secret-pw" not in line
+    result = _invoke(["db", "upgrade"])
+    _refused(result, "invalid setting database_url", "MySQLdb")
+    assert "secret-pw" not in result.output
 
 
 @pytest.fixture(params=["not-a-database", "no-create-grant"])
@@ -131,8 +116,9 @@ def test_a_database_that_refuses_the_schema_is_one_error_line(
     monkeypatch.setenv("MOVIEREC_TESTING", "true")
     monkeypatch.setenv("ML_MODEL_PATH", str(model_store))
     for command in (["db", "upgrade"], ["serve", "--port", str(free_port())]):
-        line = _refused(_invoke(command), "the service database cannot be used (", reason)
-        assert "secret-pw" not in line
+        result = _invoke(command)
+        _refused(result, "the service database cannot be used (", reason)
+        assert "secret-pw" not in result.output
     assert seed_main.main(["--port", str(free_port())]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "secret-pw" not in err
