@@ -161,7 +161,8 @@ class Settings(BaseSettings):
     schedule_retry_max_seconds: float = Field(default=3600.0, gt=0, le=MAX_SCHEDULE_RETRY_SECONDS)
     service_url: str = "http://127.0.0.1:5000"  # asked to reload after a new champion; "" = don't
 
-    max_body_bytes: int = 64 * 1024
+    # the longest request body (app/api); 0 or less made every login and score a 413
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
     # abuse and browser hardening (app/api/security.py)
     login_rate_limit: str = "10 per minute"  # per client address, shared through Redis when configured
     # comma-separated origins allowed to call the API from a browser; empty = CORS off; null, *

@@ -191,3 +191,20 @@ def test_promote_a_version_that_is_no_version_number_is_a_usage_error(
     (line,) = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert "--version" in line and "version number" in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_a_body_limit_that_allows_no_body_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """MOVIEREC_MAX_BODY_BYTES had no bound: 0 or a negative number started the service, and every
+    request with a body (each login, each score) was a 413, the service unusable and nothing said.
+    Refused at start now, as every other number setting out of range is."""
+    from app.config import ConfigurationError, load_settings
+
+    monkeypatch.setenv("MOVIEREC_MAX_BODY_BYTES", value)
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", f"sqlite:///{tmp_path / 'service.db'}")
+    with pytest.raises(ConfigurationError, match="max_body_bytes"):
+        load_settings(testing=True)
+    _refused(_invoke(["db", "upgrade"]), "invalid setting max_body_bytes")
+    assert not (tmp_path / "service.db").exists()
