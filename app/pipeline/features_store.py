@@ -420,11 +420,15 @@ class FeatureStore:
     # ------------------------------------------------------------------ reading
 
     def latest(self) -> str | None:
-        """Id of the newest complete snapshot, or None when the store is empty."""
-        path = self._path(LATEST_FILE)
-        if not self.fs.exists(path):
+        """Id of the newest complete snapshot, or None when the store is empty (no LATEST).
+
+        Read rather than asked for first: ``exists`` is False for a LATEST that cannot be looked
+        at either (a root that is a file, a directory this user may not enter), which read as an
+        empty store ("run features build"); that is an OSError naming why now."""
+        try:
+            return self.fs.cat_file(self._path(LATEST_FILE)).decode().strip() or None
+        except FileNotFoundError:
             return None
-        return self.fs.cat_file(path).decode().strip() or None
 
     def snapshots(self) -> list[str]:
         """Every complete snapshot id, oldest first."""

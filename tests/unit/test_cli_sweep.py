@@ -208,3 +208,17 @@ def test_a_body_limit_that_allows_no_body_is_refused_at_start(
         load_settings(testing=True)
     _refused(_invoke(["db", "upgrade"]), "invalid setting max_body_bytes")
     assert not (tmp_path / "service.db").exists()
+
+
+def test_sql_over_a_root_that_is_a_file_says_so_rather_than_no_snapshot(tmp_path: Path) -> None:
+    """``movierec sql --root X`` with X a file (or a directory this user may not enter: fsspec's
+    ``exists`` is False for both) said "has no snapshot yet: run `movierec features build`",
+    sending the operator to build a store that was there, or could not be. Only a missing LATEST
+    says that now; one that cannot be read is the "cannot be read" line naming why."""
+    root = tmp_path / "features"
+    root.write_text("")
+    result = _invoke(["sql", "--root", str(root), "select 1"])
+    _refused(result, f"the features store {root} cannot be read", "Not a directory")
+    assert "no snapshot" not in result.output
+    result = _invoke(["sql", "--root", str(tmp_path / "missing"), "select 1"])
+    _refused(result, "has no snapshot yet")
