@@ -91,11 +91,19 @@ def written_beside(path: Path) -> Iterator[Path]:
     """A name beside ``path`` (``.<name>.partial``) for the block to write ``path``'s content to;
     renamed to ``path`` when the block ends, removed when it fails or is interrupted: ``path`` is
     the earlier file or the whole new one, never one cut short. Not synced (:func:`write_durably`):
-    for files a reader must not take half of, which a crash may lose (reports, summaries)."""
-    partial = path.with_name(f".{path.name}.partial")
+    for files a reader must not take half of, which a crash may lose (reports, summaries).
+
+    A symlink is written through: the rename is made at its target. A file that is no regular
+    file (``/dev/null``, a FIFO) is written to as it is: renamed over, it was replaced by a
+    regular file (``/dev/null`` too, as root)."""
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        yield target
+        return
+    partial = target.with_name(f".{target.name}.partial")
     try:
         yield partial
-        os.replace(partial, path)
+        os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

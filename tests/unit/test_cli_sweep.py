@@ -222,3 +222,37 @@ def test_sql_over_a_root_that_is_a_file_says_so_rather_than_no_snapshot(tmp_path
     assert "no snapshot" not in result.output
     result = _invoke(["sql", "--root", str(tmp_path / "missing"), "select 1"])
     _refused(result, "has no snapshot yet")
+
+
+def test_a_report_to_a_special_file_or_a_link_writes_through_it(
+    synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    """Written beside its name and renamed, ``--out`` naming a FIFO (or ``/dev/null``, as root:
+    ``--out /dev/null`` to keep only the table) had the special file replaced by a regular one,
+    and a symlink to the reports kept elsewhere replaced by a file. The rename is made at the
+    link's target now, and a file that is no regular file is written to as it is."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    args = ["evaluate", "--data-dir", str(synthetic_data_dir), "--protocol", "A", "--models", "most_rated"]
+    result = _invoke([*args, "--seeds", "0", "--out", str(fifo)])
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert json.loads(received[0])["protocol"] == "A"
+
+    kept = tmp_path / "kept" / "report.json"
+    kept.parent.mkdir()
+    kept.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(kept)
+    result = _invoke([*args, "--seeds", "0", "--out", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and json.loads(kept.read_text())["protocol"] == "A"
+    assert sorted(path.name for path in kept.parent.iterdir()) == ["report.json"]
