@@ -85,13 +85,15 @@ def test_protocol_b_best_known_user_candidate(report_b) -> None:
 @pytest.mark.parametrize("name", ["ease", "demographic_kernel", "lgbm_ranker"])
 def test_fit_and_all_segments_precomputed_in_seconds(real_data, name) -> None:
     model = make_model(name)
-    started = time.perf_counter()
+    # CPU seconds of this process (every thread), not the wall clock: the work the model does, the
+    # same on a CI machine shared with other jobs, where the wall clock of one fit varied 2x
+    started = time.process_time()
     model.fit(real_data.ratings, real_data.users, real_data.items)
-    fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
+    fit_seconds = time.process_time() - started
+    started = time.process_time()
     scores = model.score_segments(all_segments())
-    score_seconds = time.perf_counter() - started
-    print(f"{name}: fit {fit_seconds:.2f} s, 441 segments {score_seconds:.3f} s")
+    score_seconds = time.process_time() - started
+    print(f"{name}: fit {fit_seconds:.2f} CPU s, 441 segments {score_seconds:.3f} CPU s")
     assert scores.shape == (441, len(real_data.items)) and np.isfinite(scores).all()
     assert score_seconds < 5.0
     assert fit_seconds < 20.0
