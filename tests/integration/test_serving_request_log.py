@@ -150,7 +150,13 @@ def test_database_down_recommendations_served_scores_of_known_lists_journaled_ro
         assert client.post("/api/recommend/score", json=second, headers=auth_headers).status_code == 200
         log = app.extensions["movierec"].recommendations.request_log
         journal = app.extensions["movierec"].recommendations.feedback
-        time.sleep(0.2)
+        # both background writers met the outage (a wait, not a time limit: on a loaded machine
+        # their first try may come later than usual)
+        _wait_for(
+            lambda: log.failures >= 1 and journal.stats()["failures"] >= 1,
+            60,
+            f"the writers never tried the database: {log.stats()} {journal.stats()}",
+        )
         assert log.pending() == 20 and log.failures >= 1
         assert journal.stats()["pending"] == 1 and journal.stats()["failures"] >= 1
     # the flusher backs off at most 5 s between attempts; the margin is for a loaded CI machine
