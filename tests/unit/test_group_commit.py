@@ -100,10 +100,11 @@ def test_an_interrupted_writer_acknowledges_nothing() -> None:
     class Interrupted(BaseException):
         pass
 
-    release = threading.Event()
+    release, writing = threading.Event(), threading.Event()
 
     def write(records: Sequence[int]) -> None:
-        release.wait(5)
+        writing.set()
+        release.wait(60)
         raise Interrupted
 
     group: GroupCommit[int] = GroupCommit(write, shared_failure=DatabaseUnavailableError)
@@ -117,14 +118,17 @@ def test_an_interrupted_writer_acknowledges_nothing() -> None:
 
     leader = threading.Thread(target=post, args=(1,))
     leader.start()
-    time.sleep(0.05)
+    assert writing.wait(60), "the first caller never began its write"
     followers = [threading.Thread(target=post, args=(i,)) for i in (2, 3)]
     for thread in followers:
         thread.start()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 60  # both queued behind the write in progress
+    while len(group._queue) < 2:
+        assert time.monotonic() < deadline, "the other callers never queued behind the write"
+        time.sleep(0.01)
     release.set()
     for thread in (leader, *followers):
-        thread.join(5)
+        thread.join(60)
     assert isinstance(errors[1], Interrupted)
     assert set(errors) == {1, 2, 3}  # the followers' batch was interrupted too, or never written
     assert all(isinstance(errors[i], NotStoredError | Interrupted) for i in (2, 3))
