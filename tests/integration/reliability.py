@@ -28,6 +28,9 @@ from tests.helpers import ADMIN_PASSWORD, JWT_SECRET, PROFILE, SESSION_PASSWORD,
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main"]
+START_SECONDS = 60.0
+"""How long a helper waits for something that will happen (a server answering, scores shipped):
+a bound for when it never does, not a speed the test asserts; a loaded CI machine only takes longer."""
 
 
 @dataclass
@@ -177,12 +180,19 @@ def private_redis(tmp: Path, port: int | None = None) -> Iterator[tuple[str, sub
         import redis
 
         client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-        for _ in range(100):
+        deadline = time.monotonic() + START_SECONDS
+        while True:
             try:
                 client.ping()
                 break
             except redis.RedisError:
+                if process.poll() is not None or time.monotonic() >= deadline:
+                    raise RuntimeError(
+                        f"redis-server on port {port} did not answer within {START_SECONDS} s"
+                        f" (exit status {process.poll()})"
+                    ) from None
                 time.sleep(0.05)
+        client.close()
         yield url, process
     finally:
         if process.poll() is None:
@@ -334,10 +344,11 @@ def stored_feedback(database_url: str) -> tuple[int, dict[tuple[str, str], float
 
 
 def shipped_feedback(
-    database_url: str, expected: dict[tuple[str, str], float], timeout: float = 10.0
+    database_url: str, expected: dict[tuple[str, str], float], timeout: float = START_SECONDS
 ) -> tuple[int, dict[tuple[str, str], float]]:
     """:func:`stored_feedback` once it holds ``expected``, or at ``timeout``: a running server
-    ships acknowledged scores from its journal to the database ~0.1 s after their 200."""
+    ships acknowledged scores from its journal to the database ~0.1 s after their 200 (longer on a
+    loaded machine: the timeout is only for when they never come)."""
     deadline = time.monotonic() + timeout
     while True:
         rows, stored = stored_feedback(database_url)
