@@ -57,6 +57,9 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 USER = "alerts@movierec.test"
 PASSWORD = "correct horse battery staple"
+ARRIVAL_SECONDS = 60.0
+"""How long a test waits for what will come (an email, an entry, a monitor's start): a bound for
+when it never does, not a speed under test; a loaded CI machine only takes longer."""
 
 
 # --------------------------------------------------------------------------- SMTP server
@@ -215,7 +218,7 @@ def _sink(port: int, **options: Any) -> SmtpSink:
 def test_smtp_sink_plain_login_delivers_message(smtp_server: SmtpServer) -> None:
     sink = _sink(smtp_server.port)
     sink.send(_note("database unreachable"))
-    [msg] = smtp_server.wait_for(1, 5)
+    [msg] = smtp_server.wait_for(1, ARRIVAL_SECONDS)
     assert "database unreachable" in msg["Subject"]
     assert msg["X-Movierec-Alert-Kind"] == "log.error"
     assert "request_id: r-1" in msg.get_content()
@@ -267,7 +270,7 @@ def test_a_temporary_refusal_is_retried_until_the_server_accepts(command: str, r
         assert alerter.oldest_undelivered() == 1
         del handler.refusals[command]
         alerter.flush_due()
-        [msg] = server.wait_for(1, 5)
+        [msg] = server.wait_for(1, ARRIVAL_SECONDS)
         assert "database unreachable" in msg["Subject"] and alerter.oldest_undelivered() is None
     finally:
         server.controller.stop()
@@ -305,7 +308,7 @@ def _one_recipient_refused(
         with caplog.at_level("WARNING", logger="app.monitoring.alerts"):
             alerter.raise_alert(Alert("log.error", "error", "database unreachable"))
             alerter.flush_due()
-        assert server.wait_for(1, 5) and handler.envelope_recipients == [[USER]]
+        assert server.wait_for(1, ARRIVAL_SECONDS) and handler.envelope_recipients == [[USER]]
         [record] = [
             r for r in caplog.records if r.name == "app.monitoring.alerts" and r.levelname == "WARNING"
         ]
@@ -347,7 +350,7 @@ def test_a_temporary_refusal_of_some_recipients_retries_only_them(caplog: pytest
         assert handler.envelope_recipients == [[USER]] and alerter.oldest_undelivered() == 1
         del handler.refused_recipients[OTHER]
         alerter.flush_due()
-        server.wait_for(2, 5)
+        server.wait_for(2, ARRIVAL_SECONDS)
         assert handler.envelope_recipients == [[USER], [OTHER]] and alerter.oldest_undelivered() is None
         assert "database unreachable" in handler.received[1]["Subject"]
 
@@ -373,7 +376,7 @@ def test_smtp_sink_starttls_with_verified_certificate(tls_files: tuple[Path, Pat
             server.port, security="starttls", ssl_context=ssl.create_default_context(cafile=str(cert))
         )
         sink.send(_note("over starttls"))
-        [msg] = server.wait_for(1, 5)
+        [msg] = server.wait_for(1, ARRIVAL_SECONDS)
         assert "over starttls" in msg["Subject"]
         # Without STARTTLS this server offers no AUTH: a plain login attempt must fail clearly.
         plain = _sink(server.port)
@@ -394,7 +397,7 @@ def test_smtp_sink_implicit_tls(tls_files: tuple[Path, Path]) -> None:
     try:
         sink = _sink(server.port, security="ssl", ssl_context=ssl.create_default_context(cafile=str(cert)))
         sink.send(_note("over smtps"))
-        [msg] = server.wait_for(1, 5)
+        [msg] = server.wait_for(1, ARRIVAL_SECONDS)
         assert "over smtps" in msg["Subject"]
         assert server.auth.attempts == [(USER, True)]
     finally:
@@ -443,7 +446,7 @@ def _following(
 
     thread = threading.Thread(target=consume, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + ARRIVAL_SECONDS
     while not any(e.message == "ready" for e in got) and time.monotonic() < deadline:
         journald.send("ready", CONTAINER_NAME=container)
         time.sleep(0.3)
@@ -460,7 +463,7 @@ def test_follower_parses_real_entries_and_stops(journald: Journald, container: s
     journald.send("disk almost full", priority=4, CONTAINER_NAME=container)
     journald.send("Traceback (most recent call last):\n  File x", priority=3, CONTAINER_NAME=container)
     journald.send("not ours", priority=3, CONTAINER_NAME=container + "-other")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + ARRIVAL_SECONDS
     while len(got) < 4 + sum(e.message == "ready" for e in got) - 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     follower.stop()
@@ -499,7 +502,7 @@ class MonitorProcess:
         for line in stream:
             sink.append(line)
 
-    def wait_ready(self, journald: Journald, container: str, timeout: float = 15.0) -> None:
+    def wait_ready(self, journald: Journald, container: str, timeout: float = ARRIVAL_SECONDS) -> None:
         """Write INFO canaries until the monitor echoes one: journalctl is then following."""
         deadline = time.monotonic() + timeout
         token = f"canary-{uuid.uuid4().hex[:8]}"
@@ -581,7 +584,7 @@ def test_error_entry_emails_the_entry(journald, container, smtp_server, monitor_
         ),
         CONTAINER_NAME=container,
     )
-    messages = smtp_server.wait_for(1, 15)
+    messages = smtp_server.wait_for(1, ARRIVAL_SECONDS)
     # what the monitor printed (each entry it read) tells a lost entry from a lost email
     assert len(messages) == 1, {"stdout": monitor.lines[-5:], "stderr": monitor.stderr}
     msg = messages[0]
@@ -611,7 +614,7 @@ def test_warning_emails_only_with_notify_warning(journald, container, smtp_serve
     # Both reach the loud monitor: in one email, or in two when journalctl was slow to hand over
     # the second (CI saw it arrive after the group wait; the follower replaces a journalctl that
     # stays silent for 10 s). Grouping itself is test_burst_of_identical_errors_sends_one_email's.
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + ARRIVAL_SECONDS
     while not all(any(w in m.get_content() for m in smtp_server.handler.received) for w in warnings):
         assert time.monotonic() < deadline, [m.get_content() for m in smtp_server.handler.received]
         time.sleep(0.05)
@@ -624,7 +627,7 @@ def test_warning_emails_only_with_notify_warning(journald, container, smtp_serve
     sent = len(messages)
     # An ERROR reaches both.
     journald.send(app_line("ERROR", "now it is broken"), CONTAINER_NAME=container)
-    messages = smtp_server.wait_for(sent + 2, 15)
+    messages = smtp_server.wait_for(sent + 2, ARRIVAL_SECONDS)
     errors = [m for m in messages if "now it is broken" in m.get_content()]
     assert sorted(m["To"] for m in errors) == ["errors-only@movierec.test", "with-warnings@movierec.test"]
 
@@ -643,7 +646,7 @@ def test_burst_of_identical_errors_sends_one_email(
             app_line("ERROR", f"upstream timeout after {1000 + i} ms", request_id=f"req-{i}"),
             CONTAINER_NAME=container,
         )
-    messages = smtp_server.wait_for(1, 15)
+    messages = smtp_server.wait_for(1, ARRIVAL_SECONDS)
     time.sleep(2.0)  # nothing else may follow
     assert monitor.stop() == 0  # shutdown flushes pending groups: there must be none
     messages = smtp_server.handler.received
@@ -686,11 +689,11 @@ def test_a_silent_journalctl_is_replaced_and_resumes_after_the_cursor(
     follower = JournalFollower({"CONTAINER_NAME": container}, refresh_after=1.0)
     got, thread = _following(follower, journald, container)
     journald.send("before", CONTAINER_NAME=container)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + ARRIVAL_SECONDS
     while follower.refreshes < 2 and time.monotonic() < deadline:  # silent: replaced, twice
         time.sleep(0.1)
     journald.send("after", CONTAINER_NAME=container)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + ARRIVAL_SECONDS
     while not any(e.message == "after" for e in got) and time.monotonic() < deadline:
         time.sleep(0.05)
     follower.stop()
@@ -709,7 +712,7 @@ def test_survives_journalctl_restart_without_losing_entries(
     os.kill(child, signal.SIGKILL)
     # Written while no journalctl runs: the restarted one resumes after the last cursor.
     journald.send(app_line("ERROR", "written during the gap"), CONTAINER_NAME=container)
-    messages = smtp_server.wait_for(1, 20)
+    messages = smtp_server.wait_for(1, ARRIVAL_SECONDS)
     assert len(messages) == 1 and "written during the gap" in messages[0].get_content()
     new_children = monitor.children()
     assert new_children and child not in new_children
@@ -745,7 +748,7 @@ def test_alert_raised_inside_the_service_reaches_email_under_its_kind(
     monitor.wait_ready(journald, container)
     for line in stdout.getvalue().splitlines():  # what Docker's driver would write, PRIORITY 6
         journald.send(line, priority=6, CONTAINER_NAME=container)
-    [msg] = smtp_server.wait_for(1, 15)
+    [msg] = smtp_server.wait_for(1, ARRIVAL_SECONDS)
     assert msg["X-Movierec-Alert-Kind"] == "breaker.opened"
     assert (
         msg["Subject"].startswith(f"[movierec {container}] CRITICAL")
@@ -769,7 +772,7 @@ def test_a_line_with_a_lone_surrogate_escape_does_not_lose_its_digest(smtp_serve
         alerter.raise_alert(entry_to_alert(entry, "movierec"))
     for _ in range(3):
         alerter.flush()
-    [msg] = smtp_server.wait_for(1, 5)
+    [msg] = smtp_server.wait_for(1, ARRIVAL_SECONDS)
     body = msg.get_content()
     assert "database unreachable" in body and "cannot open /data/" in body
     assert alerter.failed == 0
@@ -787,7 +790,7 @@ def test_a_plain_traceback_is_one_alert_naming_its_exception(
     lines = ["Traceback (most recent call last):", *"\n".join(frames).splitlines(), exception]
     for line in lines:
         journald.send(line, priority=3, CONTAINER_NAME=container)
-    [msg] = smtp_server.wait_for(1, 15)
+    [msg] = smtp_server.wait_for(1, ARRIVAL_SECONDS)
     assert "FileNotFoundError: [Errno 2] No such file or directory" in msg["Subject"]
     assert msg["X-Movierec-Alert-Count"] == "1"
     body = msg.get_content()
@@ -808,7 +811,7 @@ def test_print_survives_a_line_its_stdout_cannot_encode(
     poison = app_line("INFO", "MARK").replace("MARK", "/data/\\udcff.csv")  # the JSON escape itself
     journald.send(poison, CONTAINER_NAME=container)
     journald.send(app_line("ERROR", "after the odd line"), CONTAINER_NAME=container)
-    [msg] = smtp_server.wait_for(1, 15)
+    [msg] = smtp_server.wait_for(1, ARRIVAL_SECONDS)
     assert "after the odd line" in msg["Subject"]
     assert monitor.proc.poll() is None, "".join(monitor.stderr)[-2000:]
     assert any("/data/?.csv" in line for line in monitor.lines)
@@ -825,7 +828,7 @@ def _log_lines(monitor: MonitorProcess) -> list[dict]:
 def _started(monitor: MonitorProcess) -> None:
     """Wait for the monitor's "monitoring container" line: its start-up look at the journal is done
     (the canaries of ``wait_ready`` would otherwise be the entries it finds)."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + ARRIVAL_SECONDS
     while not any(line.get("message") == "monitoring container" for line in _log_lines(monitor)):
         assert monitor.proc.poll() is None and time.monotonic() < deadline, monitor.stderr
         time.sleep(0.05)
@@ -845,7 +848,7 @@ def test_a_container_name_without_entries_is_one_warning_at_start_and_still_foll
     assert warned[0]["level"] == "WARNING" and container in warned[0]["message"]
     assert "docker ps --format '{{.Names}}'" in warned[0]["message"]
     journald.send(app_line("ERROR", "the late container failed"), CONTAINER_NAME=container)
-    messages = smtp_server.wait_for(1, 15)
+    messages = smtp_server.wait_for(1, ARRIVAL_SECONDS)
     time.sleep(1.5)  # > group-wait: a second email would be here by now
     assert len(smtp_server.handler.received) == 1, [m["Subject"] for m in smtp_server.handler.received]
     assert "the late container failed" in messages[0].get_content()  # the warning was no email
@@ -903,7 +906,7 @@ def test_a_hangup_stops_cleanly_and_sends_the_alerts_still_waiting(
     assert smtp_server.handler.received == []  # waiting for its group (60 s)
     monitor.proc.send_signal(signal.SIGHUP)
     assert monitor.proc.wait(timeout=20) == 0, "".join(monitor.stderr)
-    [message] = smtp_server.wait_for(1, 5)
+    [message] = smtp_server.wait_for(1, ARRIVAL_SECONDS)
     assert "the hangup must not lose me" in message.get_content()
 
 
