@@ -81,7 +81,7 @@ def test_many_pending_rows_are_all_written_in_batches(
         client.post("/api/recommend", json=PROFILE, headers=auth_headers).get_json()["id"] for _ in range(300)
     ]
     log = app.extensions["movierec"].recommendations.request_log
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while log.pending():
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -288,7 +288,7 @@ def test_rows_a_failed_score_write_put_back_are_written_without_new_traffic(tmp_
     log = RequestLog(db, flush_interval=0.001, max_backoff=1.0)
     log.append([{"id": f"row-{i}", "max_recs": 1, "model_version": "v", "strategy": "segment", "items": []}
                 for i in range(5)])  # fmt: skip
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while log.failures < 4:  # the flusher met the outage; its back-off is now 0.4 s or more
         assert time.monotonic() < deadline, log.stats()
         time.sleep(0.005)
@@ -302,7 +302,7 @@ def test_rows_a_failed_score_write_put_back_are_written_without_new_traffic(tmp_
     persist_may_fail.set()
     scorer.join(10)
     assert isinstance(outcome.get("error"), DatabaseUnavailableError)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while log.pending():
         assert time.monotonic() < deadline, f"rows left with a sleeping flusher ({parked}): {log.stats()}"
         time.sleep(0.01)
@@ -644,7 +644,7 @@ def test_a_stop_while_a_batch_hangs_in_a_silent_database_spills_that_batch_too(
         log = RequestLog(db, flush_interval=0.01, spill=RowSpill(spill_dir))
         silent.set()
         log.append(_rows(30))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while log.stats()["pending"] and not log._inflight:  # the flusher's batch is on its way
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -695,7 +695,7 @@ def test_a_row_served_during_an_outage_keeps_its_served_time_when_written_later(
         batch = client.post("/api/recommend/batch", json={"requests": [PROFILE] * 2}, headers=auth_headers)
         served += [item["id"] for item in batch.get_json()["results"]]
         after = datetime.now(UTC)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while log.failures < 2:  # the flusher met the outage, twice
             assert time.monotonic() < deadline
             time.sleep(0.02)

@@ -87,7 +87,7 @@ def test_the_thread_writes_the_queue_within_its_interval() -> None:
     tally = Tally(interval=0.05)
     for _ in range(10):
         tally.count(plain)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while _series(registry)[("t_plain_total", ())] < 10 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _series(registry)[("t_plain_total", ())] == 10

@@ -737,11 +737,11 @@ def _hanging_flow(pids: Path, summary: dict[str, Any] | None) -> Any:
 
 
 def _assert_killed(pids: Path) -> None:
-    """The flow and the worker whose pids _hanging_flow wrote are gone (within 10 s)."""
+    """The flow and the worker whose pids _hanging_flow wrote are gone (within 60 s)."""
     import time
 
     flow, worker = (int(pid) for pid in pids.read_text().split())
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while (_alive(flow) or _alive(worker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the timeout"
@@ -1465,7 +1465,7 @@ def test_sigterm_during_pipeline_run_kills_the_flow_and_exits_non_zero_saying_wh
     assert process.returncode == 1, (process.returncode, output)
     assert f"Error: the launcher was asked to stop ({name})" in output, output
     flow, worker = (int(pid) for pid in pids.read_text().split())
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while (_alive(flow) or _alive(worker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the command"
@@ -1622,7 +1622,7 @@ def test_a_second_ctrl_c_quits_at_once_and_kills_a_flow_still_running(tmp_path: 
     if during == "killing":
         flow, worker = (int(pid) for pid in pids.read_text().split())
         assert f"killed the training flow (pid {flow}) and its workers" in output, output
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while (_alive(flow) or _alive(worker)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _alive(flow) and not _alive(worker), "the flow or its worker outlived the launcher"

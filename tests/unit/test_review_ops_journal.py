@@ -99,10 +99,10 @@ def fake_journalctl(tmp_path: Path, lines: bytes = b"", *, exits: bool = False) 
 def follow_until(
     follower: JournalFollower, count: int, holding: list[bool] | None = None
 ) -> list[JournalEntry]:
-    """The entries the follower hands over until ``count`` came (or 10 s passed), then stopped;
+    """The entries the follower hands over until ``count`` came (or 60 s passed), then stopped;
     ``holding`` gets the follower's ``holding_partial`` as each entry came."""
     got: list[JournalEntry] = []
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     for entry in follower.follow(idle=0.1):
         if entry is not None:
             got.append(entry)

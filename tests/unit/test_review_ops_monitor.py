@@ -85,7 +85,7 @@ def run_monitor(tmp_path: Path, journal: Path, cursor_file: Path | None, until: 
     monitor = Monitor("movierec", follower, Alerter([sink], group_wait=0), idle=0.05, cursor_file=cursors)
     thread = threading.Thread(target=monitor.run)
     thread.start()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while monitor.alerts_raised < until and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
@@ -101,7 +101,7 @@ def test_errors_written_while_the_monitor_was_down_are_alerted_after_a_restart(t
     def writer() -> None:
         # after the first monitor follows (its journalctl starts at the end of the journal): a
         # fixed wait was too short where starting the stand-in took longer
-        following, deadline = tmp_path / "journal.jsonl.following", time.monotonic() + 15
+        following, deadline = tmp_path / "journal.jsonl.following", time.monotonic() + 60
         while not following.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         write_entry(journal, 1, "ERROR", "first failure")
@@ -188,7 +188,7 @@ def test_the_cursor_is_not_saved_past_lines_the_follower_still_holds(tmp_path: P
     )
     thread = threading.Thread(target=monitor.run)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while follower.cursor != "s=x;i=3" and time.monotonic() < deadline:  # every line read
         time.sleep(0.01)
     read_at = follower.handled
