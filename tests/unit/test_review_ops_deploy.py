@@ -19,6 +19,7 @@ import pytest
 
 from app import deploy
 from app.deploy import Docker
+from tests.helpers import frame_running
 from tests.unit.test_deploy import (
     PASSWORD,
     FakeContainer,
@@ -419,7 +420,7 @@ def _full_pipe() -> tuple[int, int]:
     return reader, writer
 
 
-def _drain(reader: int, until: bytes, seconds: float = 5.0) -> bytes:
+def _drain(reader: int, until: bytes, seconds: float = 60.0) -> bytes:
     """What ``reader`` holds, read until ``until`` came (or ``seconds`` passed)."""
     os.set_blocking(reader, False)
     drained = bytearray()
@@ -429,6 +430,18 @@ def _drain(reader: int, until: bytes, seconds: float = 5.0) -> bytes:
             drained.extend(os.read(reader, 1 << 20))
         time.sleep(0.01)
     return bytes(drained)
+
+
+def _writing(thread_id: int, seconds: float = 60.0) -> bool:
+    """Whether the thread ``thread_id`` came to write a line (deploy.write_out, on a pipe nobody
+    reads: it stays there) within ``seconds``: a signal sent before would test nothing, or reach
+    the deployer before its rollback began."""
+    deadline = time.monotonic() + seconds
+    while frame_running(sys._current_frames().get(thread_id), deploy.write_out.__code__) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 class OutputStallsAtTheHealthCheck(FakeEngine):
@@ -468,10 +481,12 @@ def test_an_interrupt_while_the_failure_is_being_said_does_not_skip_the_rollback
     deployer.out = out
     main = threading.get_ident()
     drained: list[bytes] = []
+    writing: list[bool] = []
 
     def interrupt_then_read() -> None:
-        engine.stalled.wait(10)
-        time.sleep(0.3)  # the deployer's next line is blocked by now
+        engine.stalled.wait(60)
+        writing.append(_writing(main))  # the deployer's next line: its failure, said with the
+        time.sleep(0.3)  # interrupts held, and blocked in its write by now
         signal.pthread_kill(main, signal.SIGINT)
         time.sleep(0.3)
         drained.append(_drain(reader, b"running again"))
@@ -490,6 +505,7 @@ def test_an_interrupt_while_the_failure_is_being_said_does_not_skip_the_rollback
             out.close()
         os.close(writer)
         os.close(reader)
+    assert writing == [True], "the deployer never came to write its failure"
     assert set(engine.containers) == {"movierec"}, engine.containers
     assert engine.containers["movierec"].image == "movierec:1.0"
     assert engine.containers["movierec"].status == "running", "the previous version is down"
@@ -507,9 +523,11 @@ def test_an_interrupt_held_while_the_rollback_writes_a_line_does_not_end_the_rol
     deployer.out = out
     main = threading.get_ident()
     drained: list[bytes] = []
+    writing: list[bool] = []
 
     def interrupt_then_read() -> None:
-        time.sleep(0.3)  # the write below is blocked by now
+        writing.append(_writing(main))  # the write below, its interrupts held
+        time.sleep(0.3)  # and blocked by now
         signal.pthread_kill(main, signal.SIGINT)
         time.sleep(0.3)
         drained.append(_drain(reader, b"back up"))
@@ -524,4 +542,5 @@ def test_an_interrupt_held_while_the_rollback_writes_a_line_does_not_end_the_rol
         with contextlib.suppress(OSError):
             out.close()
         os.close(reader)
+    assert writing == [True], "the line was never written"
     assert b"the previous version is back up" in drained[0]
