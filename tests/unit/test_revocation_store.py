@@ -46,15 +46,15 @@ def test_a_logout_holds_in_other_workers_until_the_token_is_refused_anyway(tmp_p
     token again in between."""
     from datetime import UTC, datetime, timedelta
 
-    from app.config import JWT_LEEWAY_SECONDS
-
     database = Database(f"sqlite:///{tmp_path / 'service.db'}")
     database.upgrade()
     worker_a = RevocationStore(database, refresh_seconds=0.0)
     worker_b = RevocationStore(database, refresh_seconds=0.0)
-    worker_a.revoke("logged-out", datetime.now(UTC) + timedelta(seconds=0.3))
-    time.sleep(0.3 + JWT_LEEWAY_SECONDS / 2)  # past exp, still inside the leeway
-    assert worker_b.is_revoked("logged-out")
+    exp = datetime.now(UTC) + timedelta(seconds=0.3)
+    worker_a.revoke("logged-out", exp)
+    while datetime.now(UTC) <= exp + timedelta(seconds=0.1):  # past exp: the old bug's window ...
+        time.sleep(0.01)
+    assert worker_b.is_revoked("logged-out")  # ... and at once, well inside the leeway
     database.dispose()
 
 
