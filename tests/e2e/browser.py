@@ -117,7 +117,7 @@ def browser_page(
             requests = RequestLog(base_url)
             context.route("**/*", requests.route)
             page = context.new_page()
-            page.set_default_timeout(15_000)
+            page.set_default_timeout(60_000)  # navigations and actions: a bound for a page that never comes
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             # A page answered 400 (an invalid form) is expected; a failing script, style or image is not.

@@ -120,12 +120,13 @@ def test_a_person_gets_recommendations_and_rates_two_movies(make_app: Callable[.
 
 def _focused(page: Any, expected: str) -> str:
     """The focused element's id once it is ``expected`` (the browser applies autofocus at its next
-    rendering, after the load event), else after 3 s whatever has the focus."""
+    rendering, after the load event), else after 60 s whatever has the focus: a wait that ends as
+    soon as the focus is there, long for a browser on a loaded machine, not a speed under test."""
     return str(
         page.evaluate(
             """async (expected) => {
                  const focused = () => document.activeElement.id || document.activeElement.tagName;
-                 for (let i = 0; i < 60 && focused() !== expected; i++) {
+                 for (let i = 0; i < 1200 && focused() !== expected; i++) {
                    await new Promise((resolve) => setTimeout(resolve, 50));
                  }
                  return focused();
@@ -367,7 +368,7 @@ class _HeldPosts:
     def wait_for(self, page: Any, path: str, count: int) -> None:
         """Until ``count`` posts to ``path`` arrived; waiting in Playwright, whose thread lets the
         browser's requests through the test's route (a plain wait here would stop them there)."""
-        for _ in range(300):
+        for _ in range(1200):  # 60 s: at once, unless the machine is loaded
             if self.posts.get(path, 0) >= count:
                 return
             page.wait_for_timeout(50)
