@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.helpers import ADMIN_PASSWORD, PG_ADMIN_URL, PROFILE, SESSION_PASSWORD, login
+from tests.helpers import ADMIN_PASSWORD, PG_ADMIN_URL, PROFILE, SESSION_PASSWORD, login, record_calls
 from tests.integration.reliability import (
     LoadFigures,
     pg_cluster,
@@ -413,7 +413,11 @@ def test_the_database_down_is_logged_once_not_once_per_request(
 
 
 def test_the_online_monitor_logs_the_database_down_once_without_a_traceback(
-    tmp_path: Path, postgres_url: str, make_app: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    postgres_url: str,
+    make_app: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each evaluation of each worker logged a full traceback (ERROR, ~40 lines) while the database
     was down: an expected outage read like a crash, every monitor interval. (The breaker's record
@@ -429,10 +433,14 @@ def test_the_online_monitor_logs_the_database_down_once_without_a_traceback(
         )
         client = app.test_client()
         assert client.post("/api/recommend", json=PROFILE, headers=login(client)).status_code == 200
+        monitor = app.extensions["movierec"].monitor
         relay.cut()
         caplog.clear()
-        time.sleep(2)  # many evaluation rounds
-        monitor = app.extensions["movierec"].monitor
+        rounds = record_calls(monkeypatch, monitor, "tick")  # each evaluation round from now on
+        deadline = time.monotonic() + 60  # many rounds (every 0.1 s), however slow the machine
+        while len(rounds) < 10:
+            assert time.monotonic() < deadline, f"only {len(rounds)} evaluation rounds in 60 s"
+            time.sleep(0.05)
         assert monitor.last_error, "the monitor did not meet the outage"
     lines = [r for r in caplog.records if r.name == "app.monitoring.online" and r.levelno >= logging.ERROR]
     assert len(lines) == 1, [r.getMessage() for r in lines]
