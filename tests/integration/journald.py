@@ -80,8 +80,12 @@ class Journald:
         journal_send({"MESSAGE": message, "PRIORITY": str(priority), **fields})
 
 
-def start_journald(timeout: float = 10.0) -> Journald:
-    """Reuse a running journald, or start one as root; raise JournaldUnavailable with the reason."""
+def start_journald(timeout: float = 60.0) -> Journald:
+    """Reuse a running journald, or start one as root; raise JournaldUnavailable with the reason.
+
+    ``timeout`` bounds waits for what comes (the socket, the probe read back) and is generous: the
+    callers skip their tier on JournaldUnavailable, so a start slowed by a loaded machine silently
+    dropped the journald and docker-logging tests when it was 10 s."""
     if shutil.which("journalctl") is None:
         raise JournaldUnavailable("journalctl is not installed")
     if _socket_alive():
