@@ -740,16 +740,17 @@ def feedback() -> Response:
 @login_required()
 def rating_kept(request_id: str) -> Response:
     """Where a rating stored while its list could not be read back (the database down) leads: it
-    says so with no database read. It names no movie (a link could then make it claim any title
-    was rated) and answers only for an id issued here."""
+    says so with no database read, in words that stay true when the page is shown again later. It
+    names no movie (a link could then make it claim any title was rated) and answers only for an id
+    issued here."""
     request_id = RequestIds.canonical(request_id) or request_id
     if not _services().recommendations.ids.verify(request_id):
         return _list_not_found()
     return _page("ui/notice.html", heading="Rating saved", link=(
         url_for("ui.results", request_id=request_id), "Back to the list"
     ), message=(
-        "Your rating was saved. The list cannot be shown right now (the database cannot be "
-        "reached); it will show your rating once the database is back."
+        "Your rating was saved. The list could not be shown when you rated (the database could "
+        "not be reached); it shows your rating once the database is back."
     ))  # fmt: skip
 
 
