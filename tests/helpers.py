@@ -185,6 +185,19 @@ def record_calls(monkeypatch: Any, owner: Any, name: str) -> list[tuple[Any, ...
     return calls
 
 
+def fail_for_path(monkeypatch: Any, method: str, path: Path, error: BaseException) -> None:
+    """Make ``Path.<method>`` raise ``error`` for ``path`` alone from now on; every other path
+    gets the real method. Tests run as root, where chmod denies nothing: the call itself fails."""
+    real = getattr(Path, method)
+
+    def failing(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == path:
+            raise error
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, failing)
+
+
 def record_fsyncs(monkeypatch: Any) -> list[str]:
     """The paths ``os.fsync`` is called on from now on, in order (a file, or a directory for a rename)."""
     synced: list[str] = []

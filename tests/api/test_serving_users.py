@@ -9,6 +9,7 @@ import pytest
 from app.recommender.features import user_features
 from app.storage.user_features import replace_user_features
 from tests.api.test_metrics import scrape
+from tests.helpers import fail_for_path
 
 pytestmark = pytest.mark.api
 
@@ -225,7 +226,6 @@ def test_unusable_local_data_is_a_503_naming_the_files_not_the_servers_paths(
     files found and missing. Neither it nor a u.data that is a directory or cannot be read (EIO)
     puts the server's paths in the body: the CLI's errors name them, the 503 names the file."""
     import errno
-    from pathlib import Path
 
     from tests.synthetic import partial_data_root, write_grouplens
 
@@ -241,14 +241,9 @@ def test_unusable_local_data_is_a_503_naming_the_files_not_the_servers_paths(
         (data_dir / "u.data").mkdir()
         expected = "u.data: not a readable file (a directory)"
     elif problem == "unreadable":  # as root, chmod 000 denies nothing: the read itself fails
-        read_bytes = Path.read_bytes
-
-        def failing_read(path: Path) -> bytes:
-            if path == data_dir / "u.data":
-                raise OSError(errno.EIO, "Input/output error")
-            return read_bytes(path)
-
-        monkeypatch.setattr(Path, "read_bytes", failing_read)
+        fail_for_path(
+            monkeypatch, "read_bytes", data_dir / "u.data", OSError(errno.EIO, "Input/output error")
+        )
         expected = "u.data: cannot be read: Input/output error"
     client = make_app(data_dir=data_dir).test_client()
     response = client.get("/api/users/1/features", headers=auth_headers)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from app.recommender.data import DataFormatError, load_directory
-from tests.helpers import free_port
+from tests.helpers import fail_for_path, free_port
 from tests.synthetic import write_grouplens
 
 pytestmark = pytest.mark.unit
@@ -611,14 +611,7 @@ def test_features_build_reports_a_raw_file_it_cannot_read_as_an_error_not_a_trac
 
     directory = write_grouplens(tmp_path / "data")
     unreadable = directory / name
-    read_bytes = Path.read_bytes
-
-    def failing_read(path: Path) -> bytes:
-        if path == unreadable:
-            raise error
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", failing_read)
+    fail_for_path(monkeypatch, "read_bytes", unreadable, error)
     settings = make_settings(features_root=str(tmp_path / "features"), data_dir=directory)
     monkeypatch.setattr(commands, "settings_for_cli", lambda **_: settings)
     result = CliRunner().invoke(cli, ["features", "build"])

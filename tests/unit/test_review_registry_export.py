@@ -12,7 +12,7 @@ import pytest
 from app.recommender.bundle import point_latest
 from app.registry.export import export_version
 from app.registry.mlflow_registry import Registry, RegistryError, default_artifact_root, default_tracking_uri
-from tests.helpers import register_bundle
+from tests.helpers import fail_for_path, register_bundle
 
 pytestmark = pytest.mark.unit
 
@@ -331,14 +331,7 @@ def test_old_bundles_stay_when_the_model_store_cannot_be_listed(
     registered = [f"2026120{n}T030000-00000{n}-ease" for n in range(4)]
     _bundles(store, registered)
     point_latest(store, registered[-1])
-    listed = Path.iterdir
-
-    def unlistable(self: Path) -> Any:
-        if self == store:
-            raise error
-        return listed(self)
-
-    monkeypatch.setattr(Path, "iterdir", unlistable)
+    fail_for_path(monkeypatch, "iterdir", store, error)
     with caplog.at_level(logging.INFO):
         assert remove_old_bundles(_Versions(registered), store, keep=1) == []
     monkeypatch.undo()
