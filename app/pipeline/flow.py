@@ -454,10 +454,11 @@ class MovieRecTrainingFlow(FlowSpec):
         plain failure. :meth:`_export` hands one over as soon as the champion moved, too."""
         if not self.summary_path:
             return
-        path = Path(str(self.summary_path))
-        staging = path.with_name(f".{path.name}.partial")
-        staging.write_text(json.dumps(self.summary if summary is None else summary, indent=2, default=str))
-        os.replace(staging, path)  # the launcher never reads half a summary
+        from app.durable import written_beside
+
+        handed = self.summary if summary is None else summary
+        with written_beside(Path(str(self.summary_path))) as partial:  # the launcher never reads half of one
+            partial.write_text(json.dumps(handed, indent=2, default=str))
 
     @step
     def end(self) -> None:
