@@ -39,15 +39,44 @@ class PredictionService:
         model = bundle.rating_model
         if model is None:
             raise Unavailable(f"model {bundle.version} has no rating model; predictions are unavailable")
+        try:
+            return self._predicted(model, records), bundle.version
+        except InvalidRecordError as exc:
+            first = _first_invalid(model, records, exc)
+            if first is exc:
+                raise
+            raise first from exc
+
+    @staticmethod
+    def _predicted(model: Any, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         # Checked at C speed over all records at once; the slow path only names the culprit.
         if not all(type(record) is dict for record in records):
             index = next(i for i, record in enumerate(records) if not isinstance(record, dict))
             raise InvalidRecordError(index, "record", "must be an object")
         keys: set[str] = set().union(*records)
         extra = keys - RECORD_FIELDS
-        if extra:
-            field = sorted(extra)[0]
-            index = next(i for i, record in enumerate(records) if field in record)
-            raise UnknownRecordField(index, field, "unknown field")
-        predicted = model.predict_records(records)  # type: ignore[attr-defined]
-        return predicted, bundle.version
+        if extra:  # the first record holding one, and its first such field by name
+            index = next(i for i, record in enumerate(records) if not RECORD_FIELDS.issuperset(record))
+            raise UnknownRecordField(index, min(set(records[index]) - RECORD_FIELDS), "unknown field")
+        return model.predict_records(records)  # type: ignore[no-any-return]
+
+
+def _first_invalid(
+    model: Any, records: Sequence[Mapping[str, Any]], error: InvalidRecordError
+) -> InvalidRecordError:
+    """The error naming the first bad record, ``error`` (which names a bad one) or an earlier one.
+
+    Each check runs over all the records before the next one, so a record failing a later check
+    (a bad age) was passed over for a later record failing an earlier one (an unknown field). The
+    records before the one named are checked again until they pass. Each check names its first
+    culprit, so a check that failed passes the records before it: every round fails a later check
+    than the last, a few rounds at most, and only a refused batch pays for them.
+    """
+    while error.index > 0:
+        try:
+            PredictionService._predicted(model, records[: error.index])
+        except InvalidRecordError as earlier:
+            error = earlier
+        else:
+            break
+    return error
