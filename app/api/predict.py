@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, g, jsonify
 from flask_jwt_extended import jwt_required
 from spectree import Response
 
@@ -40,7 +40,7 @@ def _predict(records: Any, where: str) -> tuple[np.ndarray, str]:
     as the request validation names it.
     """
     try:
-        return _service().predict(records)  # type: ignore[no-any-return]
+        predicted, version = _service().predict(records)
     except UnknownRecordField as exc:
         path = exc.field if where == "instance" else f"{where}[{exc.index}].{exc.field}"
         prefix = "" if where == "instance" else f"{where}[{exc.index}]: "
@@ -52,6 +52,8 @@ def _predict(records: Any, where: str) -> tuple[np.ndarray, str]:
             rule = f"is required and {rule}"
         path = name if where == "instance" else f"{where}[{exc.index}].{name}"
         raise InvalidRequest(f"{path} {rule}", fields={path: rule}) from exc
+    g.model_version = version  # for the access log line, as /api/recommend's
+    return predicted, version
 
 
 def _rounded(predicted: np.ndarray) -> list[float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, g, jsonify
 from flask_jwt_extended import jwt_required
 from pydantic import ValidationError
 from spectree import Response
@@ -67,4 +67,5 @@ def recommend_batch(json: RecommendBatchRequest) -> Any:
         results.append(served.body())
     recommendations.request_log.append(rows)
     failed = len(results) - len(rows)
+    g.model_version = bundle.version  # for the access log line, as /api/recommend's
     return jsonify(results=results, model_version=bundle.version, succeeded=len(rows), failed=failed)

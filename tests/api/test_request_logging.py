@@ -72,3 +72,25 @@ def test_a_body_refused_before_any_view_still_has_its_request_id_latency_and_acc
     refused = next(line for line in access if line["status"] == 411)
     assert refused["request_id"] == "chunked-1" and refused["endpoint"] == "recommend.recommend"
     assert refused["latency_ms"] is not None and refused["latency_ms"] >= 0
+
+
+def test_every_model_answer_names_its_model_version_in_the_access_line(client, auth_headers, capsys) -> None:
+    """/api/recommend's access line named the model that answered; its batch and the predictions,
+    answered by the same bundle, logged ``model_version: null``, so the access log could not tell
+    which model served them (during a reload or a rolling deploy, the question asked of it)."""
+    record = {"age": 30, "gender": "M", "occupation": "programmer", "movie_id": 1}
+    calls = {
+        "/api/recommend/batch": {"requests": [PROFILE, {"age": 0}]},
+        "/api/predict/stream": record,
+        "/api/predict/batch": {"instances": [record, record]},
+    }
+    capsys.readouterr()
+    answers = {path: client.post(path, json=body, headers=auth_headers) for path, body in calls.items()}
+    access = {
+        line["path"]: line
+        for line in _lines(capsys.readouterr().out)
+        if line.get("logger") == "movierec.access"
+    }
+    for path, response in answers.items():
+        assert response.status_code == 200, response.get_json()
+        assert access[path]["model_version"] == response.get_json()["model_version"], path
