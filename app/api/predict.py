@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, g, jsonify
 from flask_jwt_extended import jwt_required
 from spectree import Response
 
-from app.api.schemas import FIELD_RULES, ErrorResponse
+from app.api.schemas import FIELD_RULES, ErrorResponse, readable_name
 from app.api.serving_schemas import (
     PredictBatchRequest,
     PredictBatchResponse,
@@ -44,7 +44,8 @@ def _predict(records: Any, where: str) -> tuple[np.ndarray, str]:
     except UnknownRecordField as exc:
         path = exc.field if where == "instance" else f"{where}[{exc.index}].{exc.field}"
         prefix = "" if where == "instance" else f"{where}[{exc.index}]: "
-        raise InvalidRequest(f"{prefix}unknown field {exc.field}", fields={path: "unknown field"}) from exc
+        message = f"{prefix}unknown field {readable_name(exc.field)}"  # quoted as invalid_request quotes it
+        raise InvalidRequest(message, fields={path: "unknown field"}) from exc
     except InvalidRecordError as exc:
         name = exc.field if exc.field in RECORD_RULES else "record"
         rule = RECORD_RULES[name]

@@ -211,11 +211,12 @@ def invalid_request(fields: dict[str, str]) -> InvalidRequest:
     was told "invalid request: check " with nothing after it, and one named " " or "a, b" could
     not be told from the separator or from two fields. ``fields`` keeps each name as sent.
     """
-    names = ", ".join(_readable_name(name) for name in sorted(fields))
+    names = ", ".join(readable_name(name) for name in sorted(fields))
     return InvalidRequest(f"invalid request: check {names}", fields=fields)
 
 
-def _readable_name(name: str) -> str:
+def readable_name(name: str) -> str:
+    """``name`` as sent when it reads as one field name in a message, else quoted as JSON."""
     plain = name.isprintable() and name == name.strip() and name != "" and "," not in name
     return name if plain else json.dumps(name, ensure_ascii=False)
 

@@ -339,3 +339,21 @@ def test_batch_names_the_first_bad_record(
     response = client.post("/api/predict/batch", json=body, headers=auth_headers)
     assert response.status_code == 400, response.get_json()
     assert list(response.get_json()["error"]["fields"]) == [field]
+
+
+@pytest.mark.parametrize("name", ["", " ", "a, b", "x\ny"])
+def test_an_unknown_field_in_a_batch_is_named_readably_as_alone(
+    client: Any, auth_headers: dict, name: str
+) -> None:
+    """A name that would not read as one field is quoted as JSON in the message, as /stream (and
+    every other body) quotes it: a batch told "instances[1]: unknown field " for a field named "",
+    and "unknown field a, b" could not be told from two fields. ``fields`` keeps the name as sent."""
+    record = {**RECORD, name: 1}
+    stream = client.post("/api/predict/stream", json=record, headers=auth_headers).get_json()["error"]
+    batch = client.post("/api/predict/batch", json={"instances": [RECORD, record]}, headers=auth_headers)
+    error = batch.get_json()["error"]
+    assert batch.status_code == 400
+    assert error["fields"] == {f"instances[1].{name}": "unknown field"}
+    quoted = json.dumps(name, ensure_ascii=False)
+    assert stream["message"].endswith(quoted)
+    assert error["message"] == f"instances[1]: unknown field {quoted}"
