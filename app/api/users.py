@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from flask_jwt_extended import jwt_required
 from spectree import Response
 
@@ -85,4 +85,5 @@ def recommendations(user_id: str, query: MaxRecsQuery) -> Any:
         served = services.recommendations.answer(bundle, ask, counted=False)
     else:
         served = services.recommendations.recommend(ask)
+    g.model_version = served.model_version  # for the access log line, as /api/recommend's
     return jsonify({**served.body(), "user_id": uid, "features_source": profile.answer["source"]})

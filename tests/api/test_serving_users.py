@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -101,6 +102,20 @@ def test_recommendations_for_a_known_user_are_personal_and_scoreable(
     assert not rated & {item["movie_id"] for item in body["items"]}
     score = {"id": body["id"], "movie": body["recommendations"][0], "score": 5}
     assert client.post("/api/recommend/score", json=score, headers=auth_headers).status_code == 200
+
+
+def test_the_access_line_of_a_users_recommendations_names_the_model(
+    app: Any, client: Any, auth_headers: dict, capsys: Any
+) -> None:
+    """/api/recommend's access line named the model that answered; this list, served by the same
+    bundle, logged ``model_version: null``."""
+    uid = int(app.extensions["movierec"].models.require().tables.user_ids[0])
+    capsys.readouterr()
+    response = client.get(f"/api/users/{uid}/recommendations", headers=auth_headers)
+    assert response.status_code == 200, response.get_json()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("logger") == "movierec.access"]
+    assert [line["model_version"] for line in access] == [response.get_json()["model_version"]]
 
 
 def test_head_of_recommendations_records_nothing(app: Any, client: Any, auth_headers: dict) -> None:
