@@ -104,14 +104,18 @@ NO_MODEL = (
     "No recommendation model is loaded right now, so no recommendations can be made. "
     "Please try again in a moment."
 )
-NO_MODEL_SENT = (
-    "No recommendation model is loaded right now, so no recommendations were made and nothing was "
-    "logged. Your answers are kept below: send the form again in a moment."
-)
-BUSY_SENT = (
-    "The service cannot take a recommendation right now, so none was made and nothing was logged. "
-    "Your answers are kept below: send the form again in a moment."
-)
+# why a recommendation form was given back (``unsent=`` of the form's address it is redirected to):
+# said of that post, so still true when the page is reloaded, or gone back to, once the service is ready
+UNSENT = {
+    "no_model": (
+        "No recommendation model was loaded when you sent the form, so no recommendations were made "
+        "and nothing was logged. Your answers are kept below: send the form again in a moment."
+    ),
+    "busy": (
+        "The service could not take a recommendation when you sent the form, so none was made and "
+        "nothing was logged. Your answers are kept below: send the form again in a moment."
+    ),
+}
 STAR_STEP = 0.5  # half a star: the step of MovieLens's own ratings, and the API's lowest score
 CROSS_SITE_MESSAGE = "This form was sent from another site. Open this site's own page and try again."
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -613,7 +617,12 @@ def logout() -> Response:
 @bp.get("")
 @login_required()
 def index() -> Response:
-    return _page("ui/recommend.html", **_recommend_form_context())
+    """The form; filled in from the address only when it is one a "not now" led to (``unsent``)."""
+    notice = UNSENT.get(request.args.get("unsent", ""))
+    if notice is None:
+        return _page("ui/recommend.html", **_recommend_form_context())
+    typed = {name: request.args[name] for name in RecommendRequest.model_fields if name in request.args}
+    return _page("ui/recommend.html", **_recommend_form_context(typed, notice=notice))
 
 
 @bp.get("/")
@@ -643,9 +652,9 @@ def recommend() -> Response:
         except NotFound as exc:
             errors = {"user_id": exc.message}
         except BundleError:  # the form again, as typed, to send once a model is loaded
-            return _recommend_form_again(NO_MODEL_SENT, {"Retry-After": "5"})
-        except Unavailable as exc:  # the request log is full: nothing logged, the form again as typed
-            return _recommend_form_again(BUSY_SENT, exc.headers)
+            return _recommend_form_again(payload, "no_model")
+        except Unavailable:  # the request log is full: nothing logged, the form again as typed
+            return _recommend_form_again(payload, "busy")
         else:
             # Post/Redirect/Get: the list is shown at its own address, so reloading it (or going
             # back to it) shows the same list again instead of resending the form, which logged
@@ -654,12 +663,19 @@ def recommend() -> Response:
     return _page("ui/recommend.html", 400, **_recommend_form_context(request.form, errors))
 
 
-def _recommend_form_again(notice: str, headers: Mapping[str, str]) -> Response:
-    """The form as it was sent, a 503 saying why nothing was made (and ``headers``' Retry-After):
-    a "not now" answered by the error page lost what was typed (its link opened an empty form)."""
-    response = _page("ui/recommend.html", 503, **_recommend_form_context(request.form, notice=notice))
-    response.headers.update(headers)
-    return response
+def _recommend_form_again(payload: Mapping[str, Any], reason: str) -> Response:
+    """A "not now" (``reason``, a key of UNSENT): nothing was made or logged. A redirect (303) to
+    the form, what was typed in its address (the form's own fields, none secret; never the CSRF
+    value), whose page fills it in and says why (Post/Redirect/Get).
+
+    It was the form itself, 503 with Retry-After, at the post's address: Back to it from the list
+    asked for next, or a reload, posted the form again (Chromium does it unasked), and once the
+    service was ready that logged one more recommendation. No Retry-After on the redirect: on a
+    3xx it asks the browser to wait before it opens the form (RFC 9110 10.2.3); the page says when
+    to send the form again (the API's 503 keeps it, for the clients that read it).
+    """
+    typed = {name: str(value) for name, value in payload.items() if name in RecommendRequest.model_fields}
+    return _see_other(url_for("ui.index") + "?" + urlencode({**typed, "unsent": reason}))
 
 
 def _list_not_found() -> Response:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from sqlalchemy import func, select, update
@@ -841,48 +841,87 @@ def test_a_list_page_for_an_id_not_issued_here_is_a_page_at_once(
 
 
 def test_with_no_model_loaded_the_form_says_so_and_keeps_what_was_typed(
-    make_app: Callable[..., Any], tmp_path: Path
+    make_app: Callable[..., Any], tmp_path: Path, model_store: Path
 ) -> None:
     """With no model loaded (a first start before training, a refused bundle) the form looked
     ready, and sending it led to a bare "Not ready" page: what was typed was gone, "Back to
-    recommendations" opened an empty form, and no Retry-After was sent (the API sends 5 s). The
-    form says no model is loaded before it is filled in; sent anyway, it comes back (503,
-    Retry-After) with the answers kept and nothing logged, to send again in a moment."""
+    recommendations" opened an empty form. The form says no model is loaded before it is filled
+    in; sent anyway, nothing is logged and the browser is led to the form again, filled in as
+    typed. Its page is a GET: reloaded, or gone back to, once a model is loaded, it logs nothing
+    (the form given back as the post's own answer was posted again by either, unasked)."""
     app = make_app(model_path=tmp_path / "empty")
     client = app.test_client()
     csrf = ui_login(client)
     form = client.get("/ui")
     assert form.status_code == 200
     assert "No recommendation model is loaded" in form.text
-    page = _form_given_back(client, csrf)
-    assert "No recommendation model is loaded" in page
+    address, page = _form_given_back(client, csrf, "no_model")
+    assert "No recommendation model was loaded when you sent the form" in page
+    assert _logged_requests(app) == 0
+    app.extensions["movierec"].models.load(model_store)
+    again = client.get(address)  # a reload, or Back to it from the list asked for next
+    # the same words: still true, said of that post
+    assert again.status_code == 200 and _notice_of(again.text) == _notice_of(page)
+    assert 'value="41"' in again.text and '<option value="writer" selected>' in again.text
     assert _logged_requests(app) == 0
 
 
-def _form_given_back(client: Any, csrf: str) -> str:
-    """Post the form for a 503 "not now" and check it comes back as typed, with a Retry-After."""
-    response = recommend(client, csrf, age="41", occupation="writer", max_recs="7")
-    assert response.status_code == 503
-    assert response.headers["Retry-After"] == "5"
+def _notice_of(page: str) -> str:
+    match = re.search(r'<p class="notice notice-error" role="alert" id="form-notice">(.*?)</p>', page)
+    assert match, "the form says nothing about the post"
+    return match.group(1)
+
+
+def _form_given_back(client: Any, csrf: str, reason: str) -> tuple[str, str]:
+    """Post the form for a "not now" (``reason``): its answer is a redirect (303) to the form's own
+    address, what was typed in the query (never the CSRF value), whose page fills the form in as
+    typed and says why nothing was made. The address and the page."""
+    data = {"csrf_token": csrf, "age": " 41", "gender": "M", "occupation": "writer"}
+    data.update(max_recs="7", user_id="")
+    posted = client.post("/ui/recommend", data=data)
+    assert posted.status_code == 303, posted.status_code
+    address = posted.headers["Location"]
+    assert urlsplit(address).path == "/ui" and csrf not in address
+    assert parse_qs(urlsplit(address).query) == {
+        "age": ["41"], "gender": ["M"], "occupation": ["writer"], "max_recs": ["7"], "unsent": [reason]
+    }  # fmt: skip
+    response = client.get(address)
+    assert response.status_code == 200
     page = response.text
     assert 'id="recommend-form"' in page and "nothing was logged" in page
     assert 'value="41"' in page and 'value="7"' in page
     assert '<option value="writer" selected>' in page and '<option value="M" selected>' in page
-    return page
+    assert re.search(r'id="field-user_id"[^>]* value=""', page)
+    return address, page
 
 
 def test_a_busy_request_log_gives_the_form_back_as_typed(make_app: Callable[..., Any]) -> None:
     """A recommendation the service cannot log right now (its request log is full: the database
-    is slow or down) is refused with a 503, as the API refuses it; the form's answer was the error
-    page, whose one link opened an empty form: what was typed was gone, where the same 503 for a
-    missing model gives the form back. It comes back as typed, saying nothing was logged, with the
-    log's Retry-After."""
+    is slow or down) is refused, as the API refuses it with a 503; the form's answer was the error
+    page, whose one link opened an empty form: what was typed was gone. The browser is led to the
+    form again as typed, saying nothing was logged; a reload of that page sends nothing."""
     app = make_app(request_log_flush_seconds=30.0, request_log_max_pending=1)  # nothing flushed unless asked
     client = app.test_client()
     csrf = ui_login(client)
     assert recommend(client, csrf).status_code == 200  # the one row the log may hold
-    assert "cannot take a recommendation right now" in _form_given_back(client, csrf)
+    address, page = _form_given_back(client, csrf, "busy")
+    assert "could not take a recommendation when you sent the form" in page
+    assert _logged_requests(app) == 1  # flushed: the log has room again
+    assert client.get(address).status_code == 200
     assert _logged_requests(app) == 1
+
+
+def test_only_a_form_the_service_gave_back_is_filled_in_from_the_address(client: Any) -> None:
+    """The form takes typed values from its address only with the reason it was given back, and
+    only its own fields (never a CSRF value); what it takes is shown as text, not markup."""
+    csrf = ui_login(client)
+    plain = client.get("/ui?" + urlencode({"age": "41", "unsent": "other"})).text
+    assert 'value="41"' not in plain and "when you sent the form" not in plain
+    crafted = client.get(
+        "/ui?" + urlencode({"age": '"><script>x()</script>', "csrf_token": "planted", "unsent": "busy"})
+    ).text
+    assert "<script>x()" not in crafted and "&#34;&gt;&lt;script&gt;" in crafted
+    assert "planted" not in crafted and csrf_of(crafted) == csrf
 
 
 def test_a_list_just_served_is_shown_while_the_database_is_down(

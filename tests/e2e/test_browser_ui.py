@@ -199,6 +199,56 @@ def test_going_back_to_a_refused_login_sends_no_password_again(make_app: Callabl
         assert counted.posts == {"/ui/login": 2}  # the wrong password and the right one, once each
 
 
+@pytest.mark.parametrize("javascript", [True, False], ids=["scripts", "no-scripts"])
+def test_a_form_given_back_for_later_is_not_sent_again_by_reload_or_back(
+    make_app: Callable[..., Any], tmp_path: Path, model_store: Path, javascript: bool
+) -> None:
+    """With no model loaded the form came back as the post's own answer (503): reloading that
+    page, or going Back to it from the list asked for next, made Chromium post the form again,
+    unasked, and once a model was loaded that logged one more recommendation each time. The
+    answer is a redirect to the form's own address, what was typed in its query: the page shows
+    the form filled in, with scripts or without, and reloading it or going back to it posts nothing."""
+    app = make_app(model_path=tmp_path / "empty")
+    counted = _HeldPosts(app)
+    typed = {"Age": "34", "Gender": "F", "Occupation": "engineer", "Number of recommendations": "7"}
+    with LiveServer(counted) as server, browser_page(server.url, javascript=javascript) as (page, _requests):
+        _log_in(page, SESSION_PASSWORD)
+        page.get_by_label("Age").fill(typed["Age"])
+        page.get_by_label("Gender").select_option(typed["Gender"])
+        page.get_by_label("Occupation").select_option(typed["Occupation"])
+        page.get_by_label("Number of recommendations").fill(typed["Number of recommendations"])
+        page.get_by_role("button", name="Recommend").click()
+        page.locator("#form-notice").wait_for()
+        assert "nothing was logged" in page.locator("#form-notice").inner_text()
+        assert _profile_fields(page) == typed
+
+        app.extensions["movierec"].models.load(model_store)
+        page.reload()  # waits for the page's load
+        assert counted.posts == {"/ui/login": 1, "/ui/recommend": 1}
+        assert _logged_requests(app) == 0
+        assert "nothing was logged" in page.locator("#form-notice").inner_text()
+        assert _profile_fields(page) == typed
+
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**/ui/recommendations/**")
+        assert len(page.locator(".movie-title").all_inner_texts()) == 7
+        page.go_back()
+        assert counted.posts == {"/ui/login": 1, "/ui/recommend": 2}
+        assert _logged_requests(app) == 1
+        assert _profile_fields(page) == typed
+
+
+def _logged_requests(app: Any) -> int:
+    """Recommendation rows logged by ``app`` (its write-behind log flushed first)."""
+    from sqlalchemy import func, select
+
+    from app.storage.models import RecommendationRequest
+
+    app.extensions["movierec"].recommendations.request_log.flush()
+    with app.extensions["movierec"].db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(RecommendationRequest)))
+
+
 def _end_the_session(page: Any, app: Any, server: LiveServer, expired: bool = True) -> None:
     """Swap the browser's session for the same one expired (``expired``: as after a long pause on
     a form, whose CSRF value is still the session's), or for a new live one, as after logging in
