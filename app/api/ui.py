@@ -116,6 +116,11 @@ UNSENT = {
         "nothing was logged. Your answers are kept below: send the form again in a moment."
     ),
 }
+# why a rating was not stored (``why=`` of the page its post is redirected to), said of that post
+RATING_NOT_SAVED = {
+    "database": "the database could not be reached",
+    "busy": "the service could not store it",
+}
 STAR_STEP = 0.5  # half a star: the step of MovieLens's own ratings, and the API's lowest score
 CROSS_SITE_MESSAGE = "This form was sent from another site. Open this site's own page and try again."
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -731,6 +736,11 @@ def feedback() -> Response:
             _services().recommendations.score(parsed.id, parsed.movie, parsed.score, readable=True)
         except InvalidRequest as exc:
             errors = dict(exc.fields or {"body": exc.message})
+        except DatabaseUnavailableError as exc:  # the list not known here and not readable: not stored
+            log_database_down(exc)
+            return _see_other(url_for("ui.rating_not_saved", request_id=parsed.id, why="database"))
+        except Unavailable:  # the list pending in another worker, the journal full: not stored
+            return _see_other(url_for("ui.rating_not_saved", request_id=parsed.id, why="busy"))
         else:
             try:
                 stored = _services().recommendations.served_list(parsed.id)
@@ -768,6 +778,27 @@ def rating_kept(request_id: str) -> Response:
         "Your rating was saved. The list could not be shown when you rated (the database could "
         "not be reached); it shows your rating once the database is back."
     ))  # fmt: skip
+
+
+@bp.get("/recommendations/<request_id>/rating-not-saved")
+@login_required()
+def rating_not_saved(request_id: str) -> Response:
+    """Where a rating the service could not store leads (Post/Redirect/Get): it says so, with no
+    database read, in words true whenever the page is shown again, and leads back to the list.
+
+    It was the error page (503) at the post's address: Back to it, or a reload, posted the rating
+    again (Chromium does it unasked), and once the service could store it, it replaced the score
+    the person had given the movie since. ``keeps_form``: forms.js fills the stars in again on the
+    list. Like rating_kept, it names no movie and answers only for an id issued here.
+    """
+    request_id = RequestIds.canonical(request_id) or request_id
+    if not _services().recommendations.ids.verify(request_id):
+        return _list_not_found()
+    why = RATING_NOT_SAVED.get(request.args.get("why", ""), RATING_NOT_SAVED["busy"])
+    return _page("ui/error.html", heading="Rating not saved", message=(
+        f"Your rating was not saved: {why} when you sent it. Go back to the list and save it again "
+        "in a moment."
+    ), retry=(url_for("ui.results", request_id=request_id), "Back to the list"), keeps_form=True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- dashboard

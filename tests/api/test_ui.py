@@ -800,6 +800,22 @@ def test_a_page_that_cannot_be_shown_for_now_leads_back_to_it_not_to_an_empty_fo
     assert "Temporarily unavailable" in pending.text and "Something is not right" not in pending.text
 
     page = issuing.get(list_path).text
+    # a rating for the list still pending in the issuing worker is not stored either
+    refused = reader.post(
+        "/ui/feedback",
+        data={
+            "csrf_token": csrf_of(pending.text),
+            "id": list_id(page),
+            "movie": titles_of(page)[0],
+            "score": "4",
+        },
+    )
+    assert refused.status_code == 303
+    assert refused.headers["Location"] == f"{list_path}/rating-not-saved?why=busy"
+    shown = reader.get(refused.headers["Location"])
+    assert shown.status_code == 200 and "could not store it when you sent it" in shown.text
+    assert f'<a href="{list_path}" id="retry-link">Back to the list</a>' in shown.text
+
     issuer.extensions["movierec"].recommendations.request_log.flush()
     with database_down(issuer):
         opened = issuing.get(list_path)
@@ -807,9 +823,12 @@ def test_a_page_that_cannot_be_shown_for_now_leads_back_to_it_not_to_an_empty_fo
             "/ui/feedback",
             data={"csrf_token": csrf, "id": list_id(page), "movie": titles_of(page)[0], "score": "4"},
         )
-    assert opened.status_code == rated.status_code == 503
+    assert opened.status_code == 503 and rated.status_code == 303
     assert f'<a href="{list_path}" id="retry-link">Try again</a>' in opened.text
-    assert f'<a href="{list_path}" id="retry-link">Back to the list</a>' in rated.text
+    assert (
+        f'<a href="{list_path}" id="retry-link">Back to the list</a>'
+        in issuing.get(rated.headers["Location"]).text
+    )
 
 
 def test_a_list_page_for_an_id_not_issued_here_is_a_page_at_once(
@@ -958,14 +977,53 @@ def test_with_the_database_down_a_page_says_what_failed_not_that_nothing_was_sav
         rated = client.post(
             "/ui/feedback", data={"csrf_token": csrf_of(page), "id": request_id, "movie": title, "score": "4"}
         )
-    assert opened.status_code == rated.status_code == 503
-    assert opened.headers["Retry-After"] == rated.headers["Retry-After"] == "5"
+        assert rated.status_code == 303, rated.status_code  # Post/Redirect/Get: below
+        not_saved = client.get(rated.headers["Location"])  # a page that reads no database
+    assert opened.status_code == 503 and opened.headers["Retry-After"] == "5"
     assert "saved" not in opened.text and "cannot be shown" in opened.text
-    assert "nothing was saved" in rated.text
+    assert not_saved.status_code == 200 and "Your rating was not saved" in not_saved.text
+    assert "the database could not be reached when you sent it" in not_saved.text
     # logged as the API logs it (an ERROR line with the reason, which the monitor alerts on)
     down = [r for r in caplog.records if r.getMessage() == "database unavailable"]
     assert [r.levelno for r in down] == [logging.ERROR], "the outage seen by the pages was not logged"
     assert "127.0.0.1" in down[0].reason
+
+
+def test_a_rating_not_saved_for_now_is_a_page_of_its_own_so_back_or_reload_sends_nothing(
+    make_app: Callable[..., Any], postgres_url: str
+) -> None:
+    """A rating the service could not store (the database down and the list not known to this
+    worker; the list still pending in another worker; the journal full) was answered with "nothing
+    was saved" at the post's address, and Back to that page, or a reload, posted the rating again
+    (Chromium does it unasked): once the database was back it was stored, replacing a score the
+    person had given the movie since. The post redirects (303) to a page saying the rating was not
+    saved, with no database read, that leads back to the list and keeps the form for forms.js to
+    fill in there; showing it again stores nothing."""
+    app = make_app(database_url=sqlalchemy_url(postgres_url))
+    client = app.test_client()
+    page = recommend(client, ui_login(client)).text
+    request_id, title = list_id(page), titles_of(page)[0]
+    app.extensions["movierec"].recommendations.request_log.flush()  # the list: only in the database
+    with database_down(app):
+        rated = client.post(
+            "/ui/feedback", data={"csrf_token": csrf_of(page), "id": request_id, "movie": title, "score": "4"}
+        )
+        assert rated.status_code == 303, rated.status_code
+        address = rated.headers["Location"]
+        assert address == f"/ui/recommendations/{request_id}/rating-not-saved?why=database"
+        during = client.get(address)
+    after = [client.get(address) for _ in range(3)]
+    for shown in [during, *after]:
+        assert shown.status_code == 200 and "Your rating was not saved" in shown.text
+        assert (
+            f'<a href="/ui/recommendations/{request_id}" id="retry-link">Back to the list</a>' in shown.text
+        )
+        assert "<body data-keeps-form>" in shown.text and title not in html.unescape(shown.text)
+    assert app.extensions["movierec"].db.feedback_rows() == []
+    forged = client.get(address.replace(request_id, str(uuid.uuid4())))
+    assert forged.status_code == 404  # only for lists issued here
+    odd = client.get(f"/ui/recommendations/{request_id}/rating-not-saved?why=<b>")
+    assert odd.status_code == 200 and "Your rating was not saved" in odd.text and "<b>" not in odd.text
 
 
 def test_a_rating_kept_while_the_database_is_down_is_not_reported_as_lost(

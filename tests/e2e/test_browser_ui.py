@@ -19,7 +19,7 @@ import pytest
 
 from app.recommender.bundle import RecommendQuery
 from tests.e2e.browser import LiveServer, browser_page, screenshot
-from tests.helpers import ADMIN_PASSWORD, SESSION_PASSWORD
+from tests.helpers import ADMIN_PASSWORD, SESSION_PASSWORD, database_down, sqlalchemy_url
 
 pytestmark = pytest.mark.browser
 
@@ -236,6 +236,52 @@ def test_a_form_given_back_for_later_is_not_sent_again_by_reload_or_back(
         assert counted.posts == {"/ui/login": 1, "/ui/recommend": 2}
         assert _logged_requests(app) == 1
         assert _profile_fields(page) == typed
+
+
+def test_going_back_to_a_rating_not_saved_does_not_send_it_again(
+    make_app: Callable[..., Any], postgres_url: str
+) -> None:
+    """A rating the service could not store (the database down, the list not known to the worker
+    that took it) was answered with the "nothing was saved" page at the post's address. The person
+    followed its link to the list and rated the movie again, differently, once the database was
+    back; Back to that page then made Chromium post the first rating again, unasked, and it
+    replaced the newer one (a movie of a list has one score, the last sent). The answer is a
+    redirect to a page of its own: going back to it posts nothing."""
+    app = make_app(database_url=sqlalchemy_url(postgres_url))
+    db = app.extensions["movierec"].db
+    counted = _HeldPosts(app)
+    with LiveServer(counted) as server, browser_page(server.url) as (page, _requests):
+        _log_in(page, SESSION_PASSWORD)
+        page.get_by_label("Age").fill("34")
+        page.get_by_label("Gender").select_option("F")
+        page.get_by_label("Occupation").select_option("engineer")
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**/ui/recommendations/**")
+        title = page.locator(".movie-title").first.inner_text()
+        app.extensions["movierec"].recommendations.request_log.flush()  # the list: only in the database
+        first = page.locator("li.result").nth(0)
+        first.locator("label.star").nth(7).click()  # 4 stars
+        with database_down(app):
+            first.get_by_role("button", name="Save rating").click()
+            page.get_by_role("link", name="Back to the list").wait_for()
+        assert "not saved" in page.locator("main").inner_text()
+        assert db.feedback_rows() == []
+
+        page.get_by_role("link", name="Back to the list").click()
+        page.wait_for_url("**/ui/recommendations/**")
+        first = page.locator("li.result").nth(0)
+        assert first.locator("input.star-input:checked").get_attribute("value") == "4"  # given back
+        assert "not saved" in first.locator("#form-restored").inner_text()
+        first.locator("label.star").nth(3).click()  # changed their mind: 2 stars
+        first.get_by_role("button", name="Save rating").click()
+        page.wait_for_url("**saved=0**")
+        assert {row.title: row.score for row in db.feedback_rows()} == {title: 2.0}
+
+        page.go_back()  # the list, opened from the link
+        page.go_back()  # what answered the rating not saved
+        assert {row.title: row.score for row in db.feedback_rows()} == {title: 2.0}
+        assert counted.posts["/ui/feedback"] == 2
+        assert "not saved" in page.locator("main").inner_text()
 
 
 def _logged_requests(app: Any) -> int:
