@@ -661,6 +661,7 @@ def recommend() -> Response:
         except Unavailable:  # the request log is full: nothing logged, the form again as typed
             return _recommend_form_again(payload, "busy")
         else:
+            g.model_version = served.model_version  # for the access log line, as /api/recommend's
             # Post/Redirect/Get: the list is shown at its own address, so reloading it (or going
             # back to it) shows the same list again instead of resending the form, which logged
             # a new recommendation each time.

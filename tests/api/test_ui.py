@@ -547,6 +547,19 @@ def test_the_form_serves_what_the_api_serves(client: Any, auth_headers: dict[str
     assert page.text.count('type="radio"') == 7 * 10  # ten half stars a movie
 
 
+def test_the_access_line_of_a_form_that_made_a_list_names_the_model(client: Any, capsys: Any) -> None:
+    """/api/recommend's access line names the model that answered; the form's post, which made a
+    list with the same bundle, logged ``model_version: null``."""
+    csrf = ui_login(client)
+    capsys.readouterr()
+    page = recommend(client, csrf)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("logger") == "movierec.access"]
+    posts = [line for line in access if line.get("path") == "/ui/recommend"]
+    assert len(posts) == 1 and posts[0]["status"] == 303
+    assert posts[0]["model_version"] and posts[0]["model_version"] in page.text
+
+
 @pytest.mark.parametrize(
     ("age", "gender", "occupation", "described"),
     [
