@@ -357,7 +357,9 @@ def _validate(
     FEEDBACK_USER_BASE): such a user was trained as one, never evaluated nor given a list;
     ratings are 0.5..5; timestamps are epoch seconds, not in the future; demographics are in
     the vocabulary the encoder and the service's columns accept; a movie's display title is at
-    most MAX_TITLE_LENGTH characters, so a client can score it.
+    most MAX_TITLE_LENGTH characters, so a client can score it, and holds no NUL: PostgreSQL's
+    text and JSON cannot, so its scores were refused by the database after their 200 and the
+    online monitor's queries over the lists holding it failed.
     Across files, every rating names a listed user and a listed movie: the features dropped
     the others silently and training failed on them much later. A user rates a movie id once.
     """
@@ -388,6 +390,8 @@ def _validate(
         (items_file, items, "movie_id", ~_numbers(items["movie_id"]).duplicated(), "must be unique"),
         (items_file, items, "title", items["title"].str.len().between(1, MAX_TITLE_LENGTH),
          f"must be 1..{MAX_TITLE_LENGTH} characters"),
+        (items_file, items, "title", ~items["title"].str.contains("\x00", regex=False),
+         "must hold no NUL character"),
     ]  # fmt: skip
     for file, frame, field, ok, rule in checks:
         _require(file, field, frame[field], ok, rule)

@@ -416,6 +416,29 @@ def test_a_title_too_long_to_be_scored_is_refused_naming_its_line(tmp_path: Path
             assert len(load_directory(directory).items.set_index("movie_id").loc[3, "title"]) == 255
 
 
+@pytest.mark.parametrize("layout", ["grouplens", "recbole"])
+def test_a_title_with_a_nul_character_is_refused_naming_its_line(tmp_path: Path, layout: str) -> None:
+    """PostgreSQL's text and JSON cannot hold a NUL. A title with one (a damaged byte) loaded and
+    was recommended; on PostgreSQL every score of it was answered 200 but refused by the database
+    (kept in the journal's rejected.jsonl, never a rating), and the online monitor's quality query
+    over the lists served failed every round while that list was among them."""
+    from tests.synthetic import write_recbole
+
+    if layout == "grouplens":
+        directory, name, sep, first = write_grouplens(tmp_path / "gl"), "u.item", "|", 0
+    else:
+        directory, name, sep, first = write_recbole(tmp_path / "rb"), "ml-100k.item", "\t", 1
+    path = directory / name
+    lines = path.read_bytes().decode("latin-1").splitlines()
+    fields = lines[first + 2].split(sep)
+    fields[1] = "Caf\x00e" + fields[1]
+    lines[first + 2] = sep.join(fields)
+    path.write_bytes("".join(f"{line}\n" for line in lines).encode("latin-1"))
+    refusal = rf"{re.escape(name)}: title must hold no NUL character \(1 bad rows; line {first + 3}: "
+    with pytest.raises(DataFormatError, match=refusal + r"'Caf\\x00e"):
+        load_directory(directory)
+
+
 def test_a_genre_flag_that_is_not_a_number_is_named_by_its_line(tmp_path: Path) -> None:
     """One flag 'x' (or a title with a '|' on a line one flag short) made pandas read the whole
     column as text, and every line was refused: '60 bad rows; line 1: ['0', ...]' sent the
