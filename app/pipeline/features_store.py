@@ -127,11 +127,12 @@ def db_rows(users: pd.DataFrame, ratings: pd.DataFrame) -> list[dict[str, Any]]:
     shares = real[share_cols].to_numpy()
     liked = real[liked_cols].to_numpy()
     for record, share_row, liked_row in zip(records, shares, liked, strict=True):
+        # to the last digit, as every other feature: rounded, the API and `movierec sql` disagreed
         record["genre_share"] = {
-            c[len("share_") :]: round(float(v), 6) for c, v in zip(share_cols, share_row, strict=True)
+            c[len("share_") :]: float(v) for c, v in zip(share_cols, share_row, strict=True)
         }
         record["liked_genre_share"] = {
-            c[len("liked_share_") :]: round(float(v), 6) for c, v in zip(liked_cols, liked_row, strict=True)
+            c[len("liked_share_") :]: float(v) for c, v in zip(liked_cols, liked_row, strict=True)
         }
         record["rated_movies"] = rated.get(int(record["user_id"]), [])
     return records

@@ -183,10 +183,9 @@ class UserFeatureService:
         table: dict[int, tuple[dict[str, Any], frozenset[int]]] = {}
         for record in frame.to_dict(orient="records"):
             features = {name: _plain(record[name]) for name in _PLAIN}
-            features["genre_share"] = {g: round(float(record[f"share_{g}"]), 6) for g in GENRE_SLUGS}
-            features["liked_genre_share"] = {
-                g: round(float(record[f"liked_share_{g}"]), 6) for g in GENRE_SLUGS
-            }
+            # unrounded, as the stored table's (app.pipeline.features_store.db_rows)
+            features["genre_share"] = {g: float(record[f"share_{g}"]) for g in GENRE_SLUGS}
+            features["liked_genre_share"] = {g: float(record[f"liked_share_{g}"]) for g in GENRE_SLUGS}
             user_id = int(record["user_id"])
             table[user_id] = (features, rated.get(user_id, frozenset()))
         log.info("user features computed from local data", extra={"users": len(table)})
