@@ -243,6 +243,12 @@ def _decode(raw: bytes, name: str = "") -> str:
     pasted from the original into a UTF-8 copy turned every other accented title into mojibake.
     A UTF-8 file (u.data's 100,000 lines) still takes the single whole-file decode.
 
+    A line that is not UTF-8 is read as Windows-1252 where it is, which is Latin-1 but for bytes
+    0x80-0x9f: Latin-1 has only invisible control characters there, Windows-1252 the curly quotes,
+    dashes, '…' and 'œ' a Windows spreadsheet saves, which were served as 'Schindler\\x92s List'.
+    GroupLens' own u.item has none of those bytes. A line with one Windows-1252 lacks (0x81, 0x8d,
+    0x8f, 0x90, 0x9d) is read as Latin-1.
+
     A file that starts with a UTF-16 byte-order mark is UTF-16: what a spreadsheet saves as
     "Unicode text" (tab-separated, as u.data is). Read byte by byte as Latin-1, its every other
     byte a NUL, it was refused as "1 field in the first line" or bad ids shown as '\\x001\\x00'.
@@ -265,12 +271,20 @@ def _decode(raw: bytes, name: str = "") -> str:
         try:  # a line break byte is never inside a UTF-8 sequence: no character is split here
             decoded.append(line.decode("utf-8"))
         except UnicodeDecodeError:
-            decoded.append(line.decode("latin-1"))
+            decoded.append(_decode_latin(line))
             latin.append(number)
     if len(latin) < sum(not line.isascii() for line in lines):  # both encodings in one file
         shown = ", ".join(map(str, latin[:5])) + (", ..." if len(latin) > 5 else "")
         log.warning("%s mixes UTF-8 and Latin-1; lines read as Latin-1: %s", name or "a data file", shown)
     return "".join(decoded)
+
+
+def _decode_latin(line: bytes) -> str:
+    """A line that is not UTF-8: Windows-1252 where it is one, else Latin-1 (:func:`_decode`)."""
+    try:
+        return line.decode("cp1252")
+    except UnicodeDecodeError:  # a byte Windows-1252 leaves undefined
+        return line.decode("latin-1")
 
 
 def _read_text(path: Path, name: str) -> str:

@@ -123,6 +123,25 @@ def test_titles_of_a_latin1_or_utf8_item_file_are_not_mojibake(
 
 
 @pytest.mark.parametrize(
+    ("writer", "name", "title"),
+    [(write_grouplens, "u.item", b"Movie 1 ("), (write_recbole, "ml-100k.item", b"\tMovie 1\t")],
+    ids=["u.item", "ml-100k.item"],
+)
+def test_titles_of_an_item_file_saved_as_windows_1252_are_not_control_characters(
+    tmp_path: Path, writer: Callable[[Path], Path], name: str, title: bytes
+) -> None:
+    """A u.item saved by a Windows spreadsheet is Windows-1252: its curly quotes, dashes, '…' and
+    'œ' are bytes 0x80-0x9f, which Latin-1 reads as invisible C1 control characters, so
+    "Schindler’s List" was served (and had to be scored) as 'Schindler\\x92s List'. Latin-1 has
+    no text in those bytes; GroupLens' own Latin-1 file has none of them and reads as before."""
+    directory = writer(tmp_path / "cp1252")
+    path = directory / name
+    renamed = "Schindler’s “Cœur” – Les Misérables…"
+    path.write_bytes(path.read_bytes().replace(title, title.replace(b"Movie 1", renamed.encode("cp1252")), 1))
+    assert f"{renamed} (1981)" in load_directory(directory).items["title"].tolist()
+
+
+@pytest.mark.parametrize(
     ("writer", "name", "titles"),
     [
         (write_grouplens, "u.item", (b"Movie 1 (", b"Movie 2 (", b"Movie 3 (")),
