@@ -80,7 +80,8 @@ class SnapshotSuperseded(RuntimeError):
     ``*_history`` views stop at the id ``LATEST`` names, :meth:`FeatureStore.snapshots` sorts
     by them). Loading and publishing the older one would take ``LATEST`` and the service
     database back in time and hide the newer snapshot from the history, so the build removes
-    its snapshot instead: both keep the newer one.
+    its snapshot instead: both keep the newer one. Only a snapshot published while the build
+    staged supersedes it: one in ``LATEST`` before it started is older, whatever its id says.
     """
 
     def __init__(self, snapshot: Snapshot, latest: str) -> None:
@@ -219,6 +220,7 @@ class FeatureStore:
         ones removed (:meth:`remove_old`; 0 keeps every one), never the one ``loaded()`` says the
         service database serves (read from it, as another host's build may have loaded it).
         """
+        before = self.latest()
         snapshot = self.stage_snapshot(ingested, now)
         in_database = False
         try:
@@ -228,7 +230,21 @@ class FeatureStore:
             with self._publish_lock():
                 latest = self.latest()
                 if latest is not None and latest > snapshot.id:
-                    raise SnapshotSuperseded(snapshot, latest)
+                    if latest != before:  # published while this build staged: it is the newer
+                        raise SnapshotSuperseded(snapshot, latest)
+                    # LATEST already, so older than this build whatever its id says: a build on a
+                    # clock that was ahead. Refused as superseded, every build until the clock
+                    # caught up loaded nothing.
+                    log.warning(
+                        "features snapshot %s in LATEST is dated after this build's %s, which started "
+                        "after it was published (a clock that was ahead when it was built): %s is "
+                        "published; %s stays on disk, out of the *_history views until the clock "
+                        "passes it",
+                        latest,
+                        snapshot.id,
+                        snapshot.id,
+                        latest,
+                    )
                 yield snapshot
                 in_database = True
                 self.publish(snapshot)

@@ -163,3 +163,29 @@ def test_a_publish_that_fails_after_the_database_load_keeps_the_snapshot_the_dat
     monkeypatch.undo()
     newest = _build(store, synthetic_data, database, T0 + timedelta(minutes=2))
     assert _history(store) == [older.id, served, newest.id]
+
+
+def test_a_latest_dated_ahead_by_a_clock_does_not_stop_every_later_build(
+    synthetic_data: Any, database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Snapshot ids start with the time of their staging. A build on a machine whose clock was
+    ahead (a VM started before its clock was synced, another host of an object-store root) named a
+    snapshot dated ahead of every later build, and each of them was refused as "superseded: the
+    newer snapshot ... was published meanwhile", though it was published before they started:
+    none loaded the database or moved LATEST until the clock caught up, for as long as it was ahead.
+    Superseded is a snapshot published while the build staged its own; one that was LATEST already
+    is older than the build, whatever its id says."""
+    root = tmp_path / "features"
+    store = FeatureStore(root)
+    ahead = _build(store, synthetic_data, database, T0 + timedelta(days=365))
+    with caplog.at_level("WARNING", logger="app.pipeline.features_store"):
+        later = _build(store, synthetic_data, database, T0)
+    assert store.latest() == later.id
+    assert user_features_snapshot(database) == (later.id, len(synthetic_data.users))
+    assert store.sql("select count(*) as n from users")["n"].tolist() == [len(synthetic_data.users)]
+    warned = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and ahead.id in r.getMessage()
+    ]
+    assert warned and "dated after" in warned[0], [r.getMessage() for r in caplog.records]
+    # and the next build publishes after it, as usual
+    assert _build(store, synthetic_data, database, T0 + timedelta(minutes=1)).id == store.latest()
