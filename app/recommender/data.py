@@ -564,6 +564,11 @@ def _read_recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
         missing = [column for column in needed if column not in frame.columns]
         if missing:
             raise DataFormatError(f"ml-100k.{name}: its header has no {', '.join(missing)} column")
+        # pandas names a repeat 'rating:float.1', so both were 'rating': a frame where a column
+        # was expected, and the load died in a bare ValueError
+        twice = [column for column in needed if list(frame.columns).count(column) > 1]
+        if twice:
+            raise DataFormatError(f"ml-100k.{name}: its header names {', '.join(twice)} twice")
         return frame
 
     # Columns stay text here: load_directory validates them (naming the file, field and rows)

@@ -225,9 +225,17 @@ def test_malformed_content_is_refused_naming_file_and_field(
         (_append("ml-100k.item", "abc\tNew\t1990\tDrama\n"), r"ml-100k\.item: movie_id must be 1\.\."),
         (lambda d: (d / "ml-100k.inter").write_text("user_id:token\titem_id:token\n1\t3\n"),
          r"ml-100k\.inter: its header has no rating, timestamp column"),
+        # a bare ValueError ('Buffer has wrong number of dimensions'): a traceback of features build
+        (lambda d: (d / "ml-100k.inter").write_text(
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\trating:float\n1\t3\t4\t880000000\t4\n"
+        ), r"ml-100k\.inter: its header names rating twice"),
+        (lambda d: (d / "ml-100k.user").write_text(
+            "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\tuser_id:float\n"
+            "1\t30\tM\tdoctor\t12345\t1\n"
+        ), r"ml-100k\.user: its header names user_id twice"),
     ],
     ids=["text-rating", "text-movie", "missing-field", "user-without-zip", "text-age",
-         "same-id-spelled-twice", "text-item-id", "missing-columns"],
+         "same-id-spelled-twice", "text-item-id", "missing-columns", "column-twice", "column-twice-typed"],
 )  # fmt: skip
 def test_malformed_registry_package_files_are_refused_naming_file_and_field(
     tmp_path: Path, mutate: Callable[[Path], None], message: str
