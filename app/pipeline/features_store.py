@@ -63,6 +63,7 @@ ABANDONED_AFTER: Final = timedelta(hours=1)
 build's: writing one takes seconds, so a concurrent build's is never that quiet."""
 _ID_TIME: Final = "%Y%m%dT%H%M%S%f"  # the start of a snapshot id: the UTC time it was staged
 _LOCAL_PROTOCOLS: Final = {"file", "local"}
+_SNAPSHOT_FOLDER: Final = r"snapshot=([^/]+)/[^/]+$"  # a table file's snapshot id, in its path
 
 
 @dataclass(frozen=True)
@@ -534,16 +535,24 @@ class FeatureStore:
             else:
                 log.warning("features snapshot %s left out of the *_history views: %s", old, problem)
         read: list[str] = []
+        # The ``snapshot`` column is the id in the file's own ``snapshot=<id>`` folder. DuckDB's
+        # Hive partitioning made one of every ``name=value`` folder of the path, the root's
+        # parents too: under ``…/year=2026/`` every movie's year was 2026, under ``user_id=7/``
+        # every user was user 7. It is off, and the id is read from the file name.
+        snapshot_of = f"regexp_extract(filename, {_literal(_SNAPSHOT_FOLDER)}, 1) AS snapshot"
         for table in TABLES:
             latest = self._url(self._path(f"snapshot={snapshot}", f"{table}.parquet"))
             files = [self._url(self._path(f"snapshot={s}", f"{table}.parquet")) for s in history]
             # Table names are our constants and paths are quoted literals: no user input here.
-            view = f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_literal(latest)})"  # noqa: S608  # nosec B608
+            view = (
+                f"CREATE VIEW {table} AS SELECT *, {_literal(snapshot)} AS snapshot FROM "  # noqa: S608  # nosec B608
+                f"read_parquet({_literal(latest)}, hive_partitioning = false)"
+            )
             connection.execute(view)
             listed = "[" + ", ".join(_literal(path) for path in files) + "]"
             history_view = (
-                f"CREATE VIEW {table}_history AS SELECT * FROM "  # noqa: S608  # nosec B608
-                f"read_parquet({listed}, hive_partitioning = true, union_by_name = true)"
+                f"CREATE VIEW {table}_history AS SELECT * EXCLUDE (filename), {snapshot_of} FROM "  # noqa: S608  # nosec B608
+                f"read_parquet({listed}, hive_partitioning = false, union_by_name = true, filename = true)"
             )
             connection.execute(history_view)
             read.extend([latest, *files])

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from app.pipeline.features_store import FeatureStore
@@ -297,3 +298,33 @@ def test_sql_over_a_store_it_cannot_read_is_a_one_line_error(
     assert re.fullmatch(
         rf"Error: the features store {re.escape(str(root))} cannot be read: .*{reason}.*\n", result.output
     ), result.output
+
+
+@pytest.mark.parametrize("parent", ["year=2020", "user_id=7", "dt=2026-12-07"])
+def test_a_root_under_a_hive_style_folder_leaves_the_features_as_stored(
+    synthetic_data: Any, tmp_path: Path, parent: str
+) -> None:
+    """DuckDB reads every ``name=value`` folder of a Parquet file's path as a column (Hive
+    partitioning, on by default), parent folders of the store included. Under a date-partitioned
+    prefix such as ``s3://lake/year=2026/…`` every movie's ``year`` in `movierec sql` was 2026,
+    under ``user_id=7/`` every user was user 7, and the views grew columns the snapshot does not
+    have. Only the store's own ``snapshot=<id>`` folders name a column: ``snapshot``."""
+    clean = FeatureStore(tmp_path / "plain" / "features")
+    clean.write_snapshot(Ingested(synthetic_data), now=datetime(2026, 1, 1, tzinfo=UTC))
+    store = FeatureStore(tmp_path / parent / "features")
+    older = store.write_snapshot(Ingested(synthetic_data), now=datetime(2026, 1, 1, tzinfo=UTC))
+    newer = store.write_snapshot(Ingested(synthetic_data), now=datetime(2026, 1, 2, tzinfo=UTC))
+    for table in ("users", "items", "ratings", "feedback"):
+        stored = store.read(table, newer.id)
+        order = ", ".join(stored.columns[:2])
+        latest = store.sql(f"select * from {table} order by {order}")
+        assert list(latest.columns) == [*stored.columns, "snapshot"], table
+        expected = stored.sort_values(list(stored.columns[:2]), ignore_index=True)
+        pd.testing.assert_frame_equal(latest.drop(columns="snapshot"), expected, check_dtype=False)
+        assert set(latest["snapshot"]) <= {newer.id}, table
+        history = store.sql(f"select * from {table}_history order by snapshot, {order}")
+        assert list(history.columns) == [*stored.columns, "snapshot"], table
+        assert history.groupby("snapshot").size().to_dict() == (
+            {older.id: len(stored), newer.id: len(stored)} if len(stored) else {}
+        ), table
+        assert list(clean.sql(f"select * from {table}").columns) == list(latest.columns)
