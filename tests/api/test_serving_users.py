@@ -514,18 +514,34 @@ def test_scores_are_left_out_only_while_the_database_answers(
     assert calls == []
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_features_are_served_exactly_as_the_snapshot_holds_them(
-    app: Any, client: Any, auth_headers: dict, synthetic_data_dir: Any, tmp_path: Any
+    make_app: Any,
+    personal_model_store: Any,
+    synthetic_data_dir: Any,
+    tmp_path: Any,
+    request: pytest.FixtureRequest,
+    backend: str,
 ) -> None:
     """The features API and the warehouse (`movierec sql` over the snapshot's users.parquet) give
-    one user the same numbers. The genre shares were rounded to 6 decimals on the way to the API
-    (0.517241 for the snapshot's 0.5172413793103449), computed or stored, where every other feature
-    was served to its last digit."""
+    one user the same numbers, from either database. The genre shares were rounded to 6 decimals
+    on the way to the API (0.517241 for the snapshot's 0.5172413793103449), computed or stored,
+    where every other feature was served to its last digit."""
     import math
 
     from app.pipeline.features_store import FeatureStore, feature_tables
     from app.pipeline.ingest import ingest
+    from tests.helpers import login, sqlalchemy_url
 
+    database = {
+        "sqlite": lambda: None,
+        "postgresql": lambda: sqlalchemy_url(request.getfixturevalue("postgres_url")),
+    }
+    url = database[backend]()
+    overrides = {"database_url": url} if url else {}
+    app = make_app(model_path=personal_model_store, model_dir=personal_model_store, **overrides)
+    client = app.test_client()
+    auth_headers = login(client)
     db = app.extensions["movierec"].db
     store = FeatureStore(tmp_path / "features")
     ingested = ingest(synthetic_data_dir, db)
