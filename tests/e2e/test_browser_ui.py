@@ -34,6 +34,20 @@ def _log_in(page: Any, password: str, expect_path: str = "/ui") -> None:
     page.wait_for_url(f"**{expect_path}")
 
 
+def _fill_profile(page: Any) -> None:
+    """The recommendation form's profile, filled in as a person would (a woman of 34, an engineer)."""
+    page.get_by_label("Age").fill("34")
+    page.get_by_label("Gender").select_option("F")
+    page.get_by_label("Occupation").select_option("engineer")
+
+
+def _open_a_list(page: Any) -> None:
+    """Ask for a list with that profile and wait for the list's own page."""
+    _fill_profile(page)
+    page.get_by_role("button", name="Recommend").click()
+    page.wait_for_url("**/ui/recommendations/**")
+
+
 def _unlabelled_controls(page: Any) -> list[str]:
     """Form controls without an accessible label (every visible control must have one)."""
     return page.evaluate(
@@ -150,11 +164,7 @@ def test_a_refused_form_puts_the_keyboard_on_its_error_summary(make_app: Callabl
         page.keyboard.press("Enter")  # the summary's first link: to the age field
         assert _focused(page, "field-age") == "field-age"
 
-        page.get_by_label("Age").fill("34")
-        page.get_by_label("Gender").select_option("F")
-        page.get_by_label("Occupation").select_option("engineer")
-        page.get_by_role("button", name="Recommend").click()
-        page.wait_for_url("**/ui/recommendations/**")
+        _open_a_list(page)
         first = page.locator("li.result").nth(0)
         first.locator("input.star-input").nth(4).evaluate(
             "input => { input.value = '9'; input.checked = true; }"
@@ -252,11 +262,7 @@ def test_going_back_to_a_rating_not_saved_does_not_send_it_again(
     counted = _HeldPosts(app)
     with LiveServer(counted) as server, browser_page(server.url) as (page, _requests):
         _log_in(page, SESSION_PASSWORD)
-        page.get_by_label("Age").fill("34")
-        page.get_by_label("Gender").select_option("F")
-        page.get_by_label("Occupation").select_option("engineer")
-        page.get_by_role("button", name="Recommend").click()
-        page.wait_for_url("**/ui/recommendations/**")
+        _open_a_list(page)
         title = page.locator(".movie-title").first.inner_text()
         app.extensions["movierec"].recommendations.request_log.flush()  # the list: only in the database
         first = page.locator("li.result").nth(0)
@@ -414,9 +420,7 @@ def test_a_form_kept_for_later_holds_no_csrf_value_and_no_hidden_field(make_app:
     with LiveServer(app) as server, browser_page(server.url) as (page, _requests):
         _log_in(page, SESSION_PASSWORD)
         csrf = page.locator('#recommend-form input[name="csrf_token"]').input_value()
-        page.get_by_label("Age").fill("34")
-        page.get_by_label("Gender").select_option("F")
-        page.get_by_label("Occupation").select_option("engineer")
+        _fill_profile(page)
         _end_the_session(page, app, server)
         page.get_by_role("button", name="Recommend").click()
         page.wait_for_url("**/ui/login?**")
@@ -505,9 +509,7 @@ def test_pressing_a_forms_button_twice_sends_it_once(make_app: Callable[..., Any
         page.get_by_label("Password").fill(SESSION_PASSWORD)
         _press_twice(page, server_app, page.get_by_role("button", name="Log in"), "/ui/login")
         page.wait_for_url("**/ui")
-        page.get_by_label("Age").fill("34")
-        page.get_by_label("Gender").select_option("F")
-        page.get_by_label("Occupation").select_option("engineer")
+        _fill_profile(page)
         recommend = page.get_by_role("button", name="Recommend")
         _press_twice(page, server_app, recommend, "/ui/recommend")
         page.wait_for_url("**/ui/recommendations/**")
@@ -563,11 +565,7 @@ def test_the_chosen_stars_differ_from_the_others_by_shape_not_only_by_colour(
     app = make_app()
     with LiveServer(app) as server, browser_page(server.url) as (page, _requests):
         _log_in(page, SESSION_PASSWORD)
-        page.get_by_label("Age").fill("34")
-        page.get_by_label("Gender").select_option("F")
-        page.get_by_label("Occupation").select_option("engineer")
-        page.get_by_role("button", name="Recommend").click()
-        page.wait_for_url("**/ui/recommendations/**")
+        _open_a_list(page)
         first = page.locator("li.result").nth(0)
         stars = first.locator("label.star")
         for chosen in (6, 5):  # three of five, then two and a half

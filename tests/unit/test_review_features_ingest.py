@@ -98,11 +98,15 @@ def test_a_file_marked_utf16_that_is_not_is_refused_naming_it(tmp_path: Path) ->
         load_directory(directory)
 
 
-@pytest.mark.parametrize(
+# each layout's item file, and the bytes around Movie 1's title in it (renamed by the tests)
+_EACH_ITEM_FILE = pytest.mark.parametrize(
     ("writer", "name", "title"),
     [(write_grouplens, "u.item", b"Movie 1 ("), (write_recbole, "ml-100k.item", b"\tMovie 1\t")],
     ids=["u.item", "ml-100k.item"],
 )
+
+
+@_EACH_ITEM_FILE
 def test_titles_of_a_latin1_or_utf8_item_file_are_not_mojibake(
     tmp_path: Path, writer: Callable[[Path], Path], name: str, title: bytes
 ) -> None:
@@ -122,11 +126,7 @@ def test_titles_of_a_latin1_or_utf8_item_file_are_not_mojibake(
         assert loaded.ratings.equals(expected.ratings)
 
 
-@pytest.mark.parametrize(
-    ("writer", "name", "title"),
-    [(write_grouplens, "u.item", b"Movie 1 ("), (write_recbole, "ml-100k.item", b"\tMovie 1\t")],
-    ids=["u.item", "ml-100k.item"],
-)
+@_EACH_ITEM_FILE
 def test_titles_of_an_item_file_saved_as_windows_1252_are_not_control_characters(
     tmp_path: Path, writer: Callable[[Path], Path], name: str, title: bytes
 ) -> None:
