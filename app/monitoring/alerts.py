@@ -709,6 +709,14 @@ class SmtpSink:
             if self.security == "none":
                 hint = f"servers often offer AUTH only after STARTTLS: try --is-secure; {hint}"
             raise AlertDeliveryError(f"SMTP server {self.where}: {exc} ({hint})", retryable=False) from None
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError) as exc:
+            # The server closed the connection where TLS began (restarting, overloaded, a network
+            # cut): the "dropped the connection" it is without TLS, not a TLS setting to fix. As
+            # one, it was exit 2 at start (not restarted) and each alert dropped at its first try.
+            self._close_quietly(smtp)
+            raise SmtpConnectionError(
+                f"SMTP server {self.where} closed the connection during the TLS handshake: {exc}"
+            ) from None
         except ssl.SSLError as exc:
             self._close_quietly(smtp)
             raise AlertDeliveryError(

@@ -18,6 +18,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -402,6 +403,54 @@ def test_smtp_sink_implicit_tls(tls_files: tuple[Path, Path]) -> None:
         assert server.auth.attempts == [(USER, True)]
     finally:
         server.controller.stop()
+
+
+@contextlib.contextmanager
+def _server_dropping_tls(security: str) -> Iterator[int]:
+    """A port whose server drops each connection where its TLS handshake would begin: at once for
+    implicit TLS, after its "220" to STARTTLS otherwise (a relay restarting, overloaded, cut off)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn, conn.makefile("rb") as reader, contextlib.suppress(OSError):
+                if security == "starttls":
+                    conn.sendall(b"220 relay ESMTP\r\n")
+                    reader.readline()  # EHLO
+                    conn.sendall(b"250-relay\r\n250 STARTTLS\r\n")
+                    reader.readline()  # STARTTLS
+                    conn.sendall(b"220 2.0.0 Ready to start TLS\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+@pytest.mark.parametrize("security", ["ssl", "starttls"])
+def test_a_connection_dropped_during_the_tls_handshake_is_retried_not_a_configuration_error(
+    security: str,
+) -> None:
+    """A server that closes the connection where TLS begins is the "dropped the connection" it is
+    without TLS (retried; exit 75 at start). It was "TLS ... failed", not retryable: exit 2 at
+    start, which the unit does not restart, and at run time each alert dropped at its first try."""
+    with _server_dropping_tls(security) as port:
+        sink = _sink(port, security=security)
+        with pytest.raises(SmtpConnectionError) as info:
+            sink.verify()
+        assert info.value.retryable and f"127.0.0.1:{port}" in str(info.value)
+        with pytest.raises(SmtpConnectionError):
+            sink.send(_note())
 
 
 # ------------------------------------------------------------------------------ journald
