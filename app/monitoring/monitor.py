@@ -89,8 +89,13 @@ class Unreachable(Exception):
     line and exit status 75."""
 
 
-# A journald cursor: "s=<hex>;i=<hex>;b=<hex>;m=<hex>;t=<hex>;x=<hex>".
-_CURSOR = re.compile(r"^[a-z]=[0-9a-f]+(?:;[a-z]=[0-9a-f]+)*$")
+# A journald cursor as journald writes it (sd_journal_get_cursor): "s=<seqnum id>;i=<seqnum>;b=<boot
+# id>;m=<monotonic>;t=<realtime>;x=<xor hash>", ids of 32 hex digits, numbers of up to 16. Any run of
+# "k=<hex>" pairs passed, and journalctl refuses most ("s=4f0d;i=2a", a file cut short or edited by
+# hand: "Failed to seek to cursor"), at each start: restarted with it for ever, reading nothing.
+_CURSOR = re.compile(
+    r"^s=[0-9a-f]{32};i=[0-9a-f]{1,16};b=[0-9a-f]{32};m=[0-9a-f]{1,16};t=[0-9a-f]{1,16};x=[0-9a-f]{1,16}$"
+)
 
 
 class CursorFile:

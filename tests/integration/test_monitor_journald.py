@@ -984,3 +984,24 @@ def test_under_nohup_a_hangup_does_not_stop_the_monitor(journald, container, mon
     time.sleep(1.0)
     assert monitor.proc.poll() is None, "nohup's SIGHUP stopped the monitor"
     assert monitor.stop() == 0
+
+
+def test_a_cursor_file_journalctl_refuses_is_ignored_not_retried_for_ever(
+    journald, container, smtp_server, monitor_factory, tmp_path: Path
+) -> None:
+    """A cursor file cut short or edited by hand ("s=4f0d;i=2a": hex pairs, but no journal
+    cursor) passed the monitor's check, and journalctl refused it at each start ("Failed to seek
+    to cursor: Invalid argument", exit 1): restarted with it for ever, the monitor alive to
+    systemd and reading nothing. It is ignored with a warning now, like any malformed file, and
+    the first save writes a cursor journald made."""
+    cursor_file = tmp_path / "cursor"
+    cursor_file.write_text("s=4f0d;i=2a\n")
+    monitor = monitor_factory("--cursor-file", str(cursor_file))
+    monitor.wait_ready(journald, container)
+    journald.send(app_line("ERROR", "after a broken cursor file"), CONTAINER_NAME=container)
+    [msg] = smtp_server.wait_for(1, ARRIVAL_SECONDS)
+    assert "after a broken cursor file" in msg.get_content()
+    assert monitor.stop() == 0
+    logged = [line["message"] for line in _log_lines(monitor)]
+    assert "ignoring a malformed cursor file" in logged and "journalctl exited; restarting" not in logged
+    assert re.fullmatch(r"s=[0-9a-f]{32};i=[0-9a-f]+;b=[0-9a-f]{32};.*", cursor_file.read_text().strip())

@@ -48,9 +48,14 @@ while True:
 """
 
 
+def journal_cursor(n: int) -> str:
+    """The cursor journald gives its ``n``-th entry (CursorFile.load takes no other form)."""
+    return f"s={'ab' * 16};i={n:x};b={'cd' * 16};m={n:x};t={n:x};x={n:x}"
+
+
 def write_entry(journal: Path, n: int, level: str, message: str) -> None:
     line = json.dumps({"ts": "2026-01-01T12:00:00.000Z", "level": level, "logger": "app", "message": message})
-    entry = {"MESSAGE": line, "PRIORITY": "6", "__CURSOR": f"s=ab;i={n:x}", "CONTAINER_NAME": "movierec",
+    entry = {"MESSAGE": line, "PRIORITY": "6", "__CURSOR": journal_cursor(n), "CONTAINER_NAME": "movierec",
              "__REALTIME_TIMESTAMP": "1767268800000000"}  # fmt: skip
     with journal.open("a") as f:
         f.write(json.dumps(entry) + "\n")
@@ -109,12 +114,12 @@ def test_errors_written_while_the_monitor_was_down_are_alerted_after_a_restart(t
     threading.Thread(target=writer).start()
     first = run_monitor(tmp_path, journal, cursor_file, until=1)
     assert [n.entries[0].summary for n in first.sent] == ["app: first failure"]
-    assert cursor_file.read_text().strip() == "s=ab;i=1"
+    assert cursor_file.read_text().strip() == journal_cursor(1)
 
     write_entry(journal, 2, "ERROR", "while the monitor was down")  # e.g. during RestartSec
     second = run_monitor(tmp_path, journal, cursor_file, until=1)
     assert [n.entries[0].summary for n in second.sent] == ["app: while the monitor was down"]
-    assert cursor_file.read_text().strip() == "s=ab;i=2"
+    assert cursor_file.read_text().strip() == journal_cursor(2)
 
 
 class ScriptedFollower:
@@ -234,10 +239,12 @@ def test_the_cursor_moves_on_while_alerts_wait_for_their_window(tmp_path: Path) 
 
 def test_malformed_cursor_file_is_ignored_not_fed_to_journalctl(tmp_path: Path) -> None:
     path = tmp_path / "cursor"
-    path.write_text("s=ab;i=")  # half-written by an older version, or edited by hand
-    assert CursorFile(path).load() is None
-    path.write_text("s=0a1b;i=2f;b=ff;m=1;t=5f;x=9\n")
-    assert CursorFile(path).load() == "s=0a1b;i=2f;b=ff;m=1;t=5f;x=9"
+    # half-written by an older version, cut short, or edited by hand: journalctl refuses each
+    for text in ("s=ab;i=", "s=4f0d;i=2a", journal_cursor(7)[:-40], "", journal_cursor(7) + ";q=1"):
+        path.write_text(text)
+        assert CursorFile(path).load() is None, text
+    path.write_text(journal_cursor(0x2F) + "\n")
+    assert CursorFile(path).load() == journal_cursor(0x2F)
 
 
 def test_cursor_file_option() -> None:
