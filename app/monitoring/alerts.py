@@ -757,10 +757,58 @@ class SmtpSink:
                 smtp.close()
 
     def verify(self) -> None:
-        """Connect and log in once, so a wrong password is reported at start, not at 3 a.m."""
+        """Connect, log in and name the sender and recipients once (MAIL FROM, RCPT TO, RSET: no
+        email is sent), so a wrong password, or a sender or recipients the server refuses, is
+        reported at start, not at 3 a.m. with the alert it drops."""
         smtp = self._connect()
-        with contextlib.suppress(smtplib.SMTPException, OSError):
-            smtp.quit()
+        try:
+            self._check_envelope(smtp)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise SmtpConnectionError(f"SMTP server {self.where} dropped the connection: {exc}") from None
+        finally:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                smtp.quit()
+            self._close_quietly(smtp)
+
+    def _check_envelope(self, smtp: smtplib.SMTP) -> None:
+        """A refusal that would drop every alert (the sender, or every recipient, refused for good:
+        5xx) is an :class:`AlertDeliveryError`, not retryable; one that lets alerts through, or is
+        temporary (4xx: retried when an alert is sent), is a warning."""
+        options = ["SMTPUTF8"] if not all(a.isascii() for a in (self.sender, *self.recipients)) else []
+        if options and not smtp.has_extn("smtputf8"):
+            raise AlertDeliveryError(
+                f"SMTP server {self.where} does not take non-ASCII addresses (no SMTPUTF8): "
+                f"{', '.join(a for a in (self.sender, *self.recipients) if not a.isascii())}",
+                retryable=False,
+            )
+        code, reply = smtp.mail(self.sender, options)
+        if code != 250:
+            message = f"SMTP server {self.where} refused sender {self.sender!r}: {code} {_decode(reply)}"
+            if not _is_temporary(code):
+                raise AlertDeliveryError(message, retryable=False)
+            log.warning("SMTP start-up check: %s; retried when an alert is sent", message)
+            return
+        refused: dict[str, tuple[int, bytes]] = {}
+        for recipient in self.recipients:
+            code, reply = smtp.rcpt(recipient)
+            if code not in (250, 251):
+                refused[recipient] = (code, reply)
+        with contextlib.suppress(smtplib.SMTPException):
+            smtp.rset()
+        permanent = {r: answer for r, answer in refused.items() if not _is_temporary(answer[0])}
+        if len(permanent) == len(self.recipients):
+            raise AlertDeliveryError(
+                f"SMTP server {self.where} refused recipients {_replies(permanent)}", retryable=False
+            )
+        if refused:
+            log.warning(
+                "SMTP start-up check: the server refused some alert recipients",
+                extra={
+                    "smtp_server": self.where,
+                    "refused_recipients": _replies(refused),
+                    "will_retry": not permanent,
+                },
+            )
 
     def build_message(self, notification: Notification) -> EmailMessage:
         msg = EmailMessage()

@@ -10,7 +10,8 @@ email with a count. Keeps the seed's interface::
 
 but the password need never be on the command line: ``MONITOR_SMTP_PASSWORD``,
 ``--password-file`` / ``MONITOR_SMTP_PASSWORD_FILE``, or an interactive prompt. The SMTP
-login is checked once at start: a wrong password ends the process with a clear message and
+login, sender and recipients are checked once at start: a wrong password (or a sender the server
+refuses) ends the process with a clear message and
 exit status 2 (configuration error; supervisors should not restart on it) instead of a
 crash loop that fails at the first real alert.
 """
@@ -272,7 +273,8 @@ def build_sink(args: argparse.Namespace, password: str | None) -> SmtpSink:
 
 
 def verify_sink(sink: SmtpSink, *, attempts: int = 3, delay: float = 2.0) -> None:
-    """Log in once at start. Auth/TLS problems fail at once; an unreachable server gets retries."""
+    """Log in (and name sender and recipients) once at start. Auth/TLS problems and refused
+    addresses fail at once; an unreachable server gets retries."""
     for attempt in range(1, attempts + 1):
         try:
             sink.verify()

@@ -1005,3 +1005,99 @@ def test_a_cursor_file_journalctl_refuses_is_ignored_not_retried_for_ever(
     logged = [line["message"] for line in _log_lines(monitor)]
     assert "ignoring a malformed cursor file" in logged and "journalctl exited; restarting" not in logged
     assert re.fullmatch(r"s=[0-9a-f]{32};i=[0-9a-f]+;b=[0-9a-f]{32};.*", cursor_file.read_text().strip())
+
+
+@pytest.mark.parametrize(
+    ("refusals", "refused_recipients", "refused_word"),
+    [
+        ({"MAIL": "553 5.7.1 Sender address rejected: not owned by user"}, {}, "refused sender"),
+        ({"MAIL": "530 5.7.0 Must issue a STARTTLS command first"}, {}, "refused sender"),
+        ({}, {USER: "550 5.1.1 No such user", OTHER: "550 5.1.1 No such user"}, "refused recipients"),
+    ],
+)
+def test_the_start_up_check_fails_on_a_sender_or_recipients_the_server_always_refuses(
+    refusals: dict[str, str], refused_recipients: dict[str, str], refused_word: str
+) -> None:
+    """The start-up check logged in and stopped there: a server that refuses the sender (a login
+    that may not send as EMAIL, a relay that wants STARTTLS first) or every recipient, for good
+    (5xx), let the monitor start, and each alert was then refused at its first email, at 3 a.m.,
+    and dropped: the monitor up, no one ever mailed. The check names sender and recipients (MAIL
+    FROM, RCPT TO, RSET: no email sent) and such a refusal is a configuration error."""
+    handler = RefusingHandler()
+    handler.refusals.update(refusals)
+    handler.refused_recipients.update(refused_recipients)
+    server = start_smtp(handler)
+    try:
+        with pytest.raises(AlertDeliveryError, match=refused_word) as info:
+            _sink(server.port, recipients=[USER, OTHER]).verify()
+        reply = next(iter({**refusals, **refused_recipients}.values()))
+        assert reply in str(info.value) and f"127.0.0.1:{server.port}" in str(info.value)
+        assert not info.value.retryable and PASSWORD not in str(info.value)
+        assert handler.received == []
+    finally:
+        server.controller.stop()
+
+
+@pytest.mark.parametrize(
+    ("refusals", "refused_recipients"),
+    [
+        ({}, {OTHER: "550 5.1.1 No such user"}),  # the others still get every alert
+        ({"RCPT": "450 4.2.0 Greylisted, try again later"}, {}),  # retried when an alert is sent
+        ({"MAIL": "421 4.7.0 Too many messages, slow down"}, {}),
+    ],
+)
+def test_the_start_up_check_only_warns_of_what_still_lets_alerts_through(
+    refusals: dict[str, str], refused_recipients: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = RefusingHandler()
+    handler.refusals.update(refusals)
+    handler.refused_recipients.update(refused_recipients)
+    server = start_smtp(handler)
+    try:
+        with caplog.at_level("WARNING", logger="app.monitoring.alerts"):
+            _sink(server.port, recipients=[USER, OTHER]).verify()
+        reply = next(iter({**refusals, **refused_recipients}.values()))
+        [record] = [r for r in caplog.records if r.name == "app.monitoring.alerts"]
+        assert reply in f"{record.getMessage()} {record.__dict__}" and record.levelname == "WARNING"
+        assert handler.received == []
+    finally:
+        server.controller.stop()
+
+
+def test_a_sender_the_server_refuses_is_exit_2_at_start(journald, container, tmp_path: Path) -> None:
+    handler = RefusingHandler()
+    handler.refusals["MAIL"] = "553 5.7.1 Sender address rejected: not owned by user"
+    server = start_smtp(handler)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MONITOR_SMTP")}}
+    env["MONITOR_SMTP_PASSWORD"] = PASSWORD
+    monitor = MonitorProcess([container, "127.0.0.1", USER, "--smtp-port", str(server.port)], env)
+    try:
+        code = monitor.proc.wait(timeout=30)
+    finally:
+        monitor.stop()
+        server.controller.stop()
+    err = "".join(monitor.stderr)
+    assert code == 2, err
+    assert f"refused sender '{USER}': 553 5.7.1" in err and "Traceback" not in err
+    assert handler.received == []
+
+
+@pytest.mark.parametrize("smtputf8", [False, True])
+def test_a_non_ascii_address_is_checked_at_start_against_the_server_s_smtputf8(smtputf8: bool) -> None:
+    """Python's SMTP client sends a non-ASCII address only with SMTPUTF8: to a server without it
+    each alert failed ("dropped the connection", retried for ever), and the start-up check, naming
+    the addresses, would have ended in a UnicodeEncodeError traceback."""
+    handler = RefusingHandler()
+    server = start_smtp(handler, enable_SMTPUTF8=smtputf8)
+    address = "astreinte@exämple.test"
+    try:
+        sink = _sink(server.port, recipients=[USER, address])
+        if smtputf8:
+            sink.verify()
+        else:
+            with pytest.raises(AlertDeliveryError, match="no SMTPUTF8") as info:
+                sink.verify()
+            assert address in str(info.value) and not info.value.retryable
+        assert handler.received == []
+    finally:
+        server.controller.stop()
