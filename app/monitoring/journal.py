@@ -345,8 +345,8 @@ class JournalFollower:
     """Follow journald entries matching field filters, restarting journalctl when it exits.
 
     ``matches``: journal field matches, e.g. ``{"CONTAINER_NAME": "movierec"}`` (ANDed).
-    ``since_cursor``: resume after this cursor; otherwise start at the end of the journal
-    (``--lines=0``), i.e. only entries written from now on.
+    ``since_cursor``: resume after this cursor; otherwise after the newest entry :meth:`any_entry`
+    found, or at the end of the journal (``--lines=0``), i.e. only entries written from now on.
     Iterate :meth:`follow`; call :meth:`stop` from another thread (or a signal handler).
     """
 
@@ -428,7 +428,14 @@ class JournalFollower:
     def any_entry(self, timeout: float = 10.0) -> tuple[bool | None, str]:
         """Whether the journal holds any entry of the matches (a read of the newest one, not
         followed), and what journalctl said on stderr (a user who may not read the system
-        journal is told so there); None when it could not tell."""
+        journal is told so there); None when it could not tell.
+
+        With no cursor to resume after yet, the follow then starts after that newest entry
+        instead of at the end of the journal when it starts: a monitor's cursor file then always
+        has a position to save. From the end, an alert the first entry read raised had none (the
+        position before it had no cursor), and while it waited nothing was saved at all: a
+        restart meanwhile began at the end again, that alert and every one after it lost. An entry
+        written between this read and the follow's start (the SMTP log-in) is read too."""
         exe = shutil.which(self.journalctl) or self.journalctl
         args = [exe, "--output=json", "--lines=1", "--no-pager", *self.extra_args]
         args.extend(f"{k}={v}" for k, v in self.matches.items())
@@ -442,6 +449,9 @@ class JournalFollower:
         said = done.stderr.decode("utf-8", "replace").strip()
         if done.returncode != 0:
             return None, said
+        if self.cursor is None:
+            with contextlib.suppress(ValueError, AttributeError):
+                self.cursor = _field_text(json.loads(done.stdout).get("__CURSOR")) or None
         return bool(done.stdout.strip()), said
 
     @property

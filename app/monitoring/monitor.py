@@ -102,7 +102,7 @@ _CURSOR = re.compile(
 class CursorFile:
     """Where the monitor resumes after a restart (``--cursor-file``).
 
-    Without it a restarted monitor starts at the end of the journal (``--lines=0``): every entry
+    Without it a restarted monitor starts after the newest entry it finds at start: every entry
     written while it was down (a crash and systemd's RestartSec, an upgrade, a host reboot) was
     never looked at. While alerts wait to be delivered the saved cursor is the position just
     before the oldest of their entries (:meth:`Monitor.save_cursor`), so an alert is never lost
@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cursor-file",
         metavar="PATH",
-        help="remember the journal position here and resume after it on restart (default: start at the end)",
+        help="remember the journal position here and resume after it on restart "
+        "(default: start after the newest entry)",
     )
     parser.add_argument(
         "--log-level",

@@ -1101,3 +1101,47 @@ def test_a_non_ascii_address_is_checked_at_start_against_the_server_s_smtputf8(s
         assert handler.received == []
     finally:
         server.controller.stop()
+
+
+def test_an_alert_from_the_first_entry_read_is_not_lost_to_a_restart(
+    journald, container, tmp_path: Path
+) -> None:
+    """With --cursor-file and no position saved yet (the first start, or a malformed file), the
+    monitor followed from the end of the journal (--lines=0) and had no cursor for "just before
+    the first entry read": an alert that entry raised had no position, and while it waited (an
+    SMTP server saying "try again later") nothing at all was saved. Stopped meanwhile, the next
+    start began at the end of the journal again: that alert, and all after it, never sent. The
+    follow now starts after the newest entry found at start, a position the file can hold."""
+    journald.send("an earlier run", CONTAINER_NAME=container)
+    [earlier] = journal_read({"CONTAINER_NAME": container})
+    handler = RefusingHandler()
+    handler.refusals["DATA"] = "451 4.3.0 Try again later"
+    server = start_smtp(handler)
+    cursor_file = tmp_path / "cursor"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_SMTP")}
+    env["MONITOR_SMTP_PASSWORD"] = PASSWORD
+    args = [container, "127.0.0.1", USER, "--smtp-port", str(server.port), "--group-wait", "0.5"]
+    args += ["--cursor-file", str(cursor_file)]
+    started: list[MonitorProcess] = []
+
+    def logged(monitor: MonitorProcess, message: str) -> None:
+        deadline = time.monotonic() + ARRIVAL_SECONDS
+        while not any(line.get("message") == message for line in _log_lines(monitor)):
+            assert monitor.proc.poll() is None and time.monotonic() < deadline, monitor.stderr
+            time.sleep(0.05)
+
+    try:
+        started.append(MonitorProcess(args, env))
+        logged(started[0], "starting journalctl")
+        journald.send(app_line("ERROR", "the first entry read"), CONTAINER_NAME=container)
+        logged(started[0], "alert delivery failed")
+        assert started[0].stop() == 0, started[0].stderr
+        assert cursor_file.read_text().strip() == earlier["__CURSOR"]
+        del handler.refusals["DATA"]
+        started.append(MonitorProcess(args, env))
+        [msg] = server.wait_for(1, ARRIVAL_SECONDS)
+        assert "the first entry read" in msg.get_content()
+    finally:
+        for monitor in started:
+            monitor.stop()
+        server.controller.stop()
