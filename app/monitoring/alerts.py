@@ -673,7 +673,7 @@ class SmtpSink:
                 smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._context())
             else:
                 smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-            smtp.ehlo()
+            self._ehlo(smtp)
             if self.security == "starttls":
                 if not smtp.has_extn("starttls"):
                     raise AlertDeliveryError(
@@ -682,7 +682,7 @@ class SmtpSink:
                         retryable=False,
                     )
                 smtp.starttls(context=self._context())
-                smtp.ehlo()
+                self._ehlo(smtp)
             if self.username is not None and self._password is not None:
                 if self.security == "none" and not _is_loopback(self.host) and not self._warned_plain:
                     self._warned_plain = True
@@ -725,6 +725,15 @@ class SmtpSink:
         except (smtplib.SMTPConnectError, smtplib.SMTPServerDisconnected) as exc:
             self._close_quietly(smtp)
             raise SmtpConnectionError(f"cannot talk to SMTP server {self.where}: {exc}") from None
+        except smtplib.SMTPResponseException as exc:
+            # a 4xx to EHLO or STARTTLS (421, a relay shutting down; 454, TLS not available now) is
+            # "try again later", as it is to the login or the mail: it was exit 2 at start
+            self._close_quietly(smtp)
+            if _is_temporary(exc.smtp_code):
+                raise SmtpConnectionError(
+                    f"SMTP server {self.where} answered {exc.smtp_code} {_decode(exc.smtp_error)}"
+                ) from None
+            raise AlertDeliveryError(f"SMTP server {self.where}: {exc}") from None
         except smtplib.SMTPException as exc:  # before OSError: SMTPException subclasses it
             self._close_quietly(smtp)
             raise AlertDeliveryError(f"SMTP server {self.where}: {exc}") from None
@@ -749,6 +758,14 @@ class SmtpSink:
         except AlertDeliveryError:
             self._close_quietly(smtp)
             raise
+
+    @staticmethod
+    def _ehlo(smtp: smtplib.SMTP) -> None:
+        """EHLO; a 4xx reply raised (smtplib returns it, and the server then looked like one
+        offering neither AUTH nor STARTTLS: "try --is-secure", exit 2)."""
+        code, reply = smtp.ehlo()
+        if _is_temporary(code):
+            raise smtplib.SMTPResponseException(code, reply)
 
     @staticmethod
     def _close_quietly(smtp: smtplib.SMTP | None) -> None:

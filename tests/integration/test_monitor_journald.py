@@ -1145,3 +1145,62 @@ def test_an_alert_from_the_first_entry_read_is_not_lost_to_a_restart(
         for monitor in started:
             monitor.stop()
         server.controller.stop()
+
+
+@contextlib.contextmanager
+def _server_answering(replies: dict[str, bytes]) -> Iterator[int]:
+    """A port whose server greets, answers each command named in ``replies`` with its reply
+    (closing the connection after a 421, as RFC 5321 has it) and any other with "250 OK"."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn, conn.makefile("rb") as reader, contextlib.suppress(OSError):
+                conn.sendall(b"220 relay ESMTP\r\n")
+                for line in reader:
+                    command = line.split(b" ", 1)[0].strip().upper().decode()
+                    if command == "QUIT":
+                        conn.sendall(b"221 Bye\r\n")
+                        break
+                    default = b"250-relay\r\n250 STARTTLS\r\n" if command == "EHLO" else b"250 OK\r\n"
+                    reply = replies.get(command, default)
+                    conn.sendall(reply)
+                    if reply.startswith(b"421"):
+                        break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("security", "replies"),
+    [
+        ("none", {"EHLO": b"421 4.3.2 Service shutting down\r\n"}),
+        ("starttls", {"EHLO": b"421 4.3.2 Service shutting down\r\n"}),
+        ("starttls", {"STARTTLS": b"454 4.7.0 TLS not available due to temporary reason\r\n"}),
+    ],
+)
+def test_a_try_again_later_while_connecting_is_retried_not_a_configuration_error(
+    security: str, replies: dict[str, bytes]
+) -> None:
+    """A 4xx reply to EHLO or STARTTLS (a relay shutting down answers 421 to any command; 454, TLS
+    not available now) is "try again later", as it is to the login or the mail. To EHLO it was
+    read as a server without AUTH or STARTTLS ("try --is-secure", "--no-auth"), to STARTTLS as an
+    SMTP error: at start each was exit 2, which the unit does not restart."""
+    with _server_answering(replies) as port, pytest.raises(SmtpConnectionError) as info:
+        _sink(port, security=security).verify()
+    reply = next(iter(replies.values())).decode().strip()
+    assert info.value.retryable and reply in str(info.value), str(info.value)
+    assert "--no-auth" not in str(info.value) and "--is-secure" not in str(info.value)
