@@ -890,8 +890,17 @@ class SmtpSink:
             )
 
 
+# Control characters but tab and line breaks (C0, DEL, C1): a MESSAGE may hold any byte (a binary
+# field, a process dumping to stderr, a terminal's colour codes), and they went raw into subject
+# and body, which RFC 5322 leaves out of a message: a mail reader written in C cut the subject at
+# a NUL, a terminal one played the escape sequences.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _encodable(text: str) -> str:
-    """Lone surrogates (a JSON log line's "\\udcff") cannot be encoded into an email: '?' instead."""
+    """Lone surrogates (a JSON log line's "\\udcff") cannot be encoded into an email: '?' instead;
+    control characters are written as their escape (\\x00, \\x1b)."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
     return text.encode("utf-8", "replace").decode("utf-8")
 
 

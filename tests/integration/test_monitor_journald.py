@@ -1204,3 +1204,21 @@ def test_a_try_again_later_while_connecting_is_retried_not_a_configuration_error
     reply = next(iter(replies.values())).decode().strip()
     assert info.value.retryable and reply in str(info.value), str(info.value)
     assert "--no-auth" not in str(info.value) and "--is-secure" not in str(info.value)
+
+
+def test_control_characters_of_an_entry_reach_the_email_visible_not_raw(smtp_server: SmtpServer) -> None:
+    """A MESSAGE may hold any byte (a binary field, a process dumping to stderr, a terminal's
+    colour codes): NUL, BEL and ESC went raw into the subject and body, which RFC 5322 leaves
+    out of a message (a mail reader written in C cuts a subject at its NUL; a terminal one plays
+    the escape sequences). They are written as \\x00, \\x1b … now; tabs and line breaks stay."""
+    alerter = Alerter([_sink(smtp_server.port)], group_wait=60)
+    alerter.raise_alert(
+        Alert("log.error", "error", "disk \x00 full \x1b[31mred\x1b[0m \x07", {"exc": "a\tb\nc\x00d"})
+    )
+    alerter.flush()
+    [msg] = smtp_server.wait_for(1, ARRIVAL_SECONDS)
+    raw = msg.as_bytes()
+    assert not re.search(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", raw), raw
+    assert "disk \\x00 full \\x1b[31mred\\x1b[0m \\x07" in msg["Subject"]
+    body = msg.get_content()
+    assert "        a\tb" in body and "        c\\x00d" in body
