@@ -37,6 +37,8 @@ from app import stop_signals
 from app.durable import write_durably
 from app.listener import MAX_PORT
 from app.monitoring.alerts import (
+    DEFAULT_PASSWORD_ENV,
+    DEFAULT_PASSWORD_FILE_ENV,
     Alert,
     AlertDeliveryError,
     Alerter,
@@ -239,9 +241,12 @@ def resolve_password(
         return password
     stream = stdin if stdin is not None else sys.stdin
     if stream is None or not stream.isatty():
+        env = os.environ if environ is None else environ
+        empty = [name for name in (DEFAULT_PASSWORD_ENV, DEFAULT_PASSWORD_FILE_ENV) if env.get(name) == ""]
         raise ConfigError(
-            "no SMTP password: set MONITOR_SMTP_PASSWORD, pass --password-file PATH, run in a terminal "
-            "to be prompted, or use --no-auth for a relay that needs no login"
+            f"no SMTP password{''.join(f' ({name} is set but empty)' for name in empty)}: set "
+            "MONITOR_SMTP_PASSWORD, pass --password-file PATH, run in a terminal to be prompted, or use "
+            "--no-auth for a relay that needs no login"
         )
     user = args.smtp_user or args.email
     return getpass.getpass(f"SMTP password for {user} at {args.smtp_server}: ")

@@ -311,6 +311,14 @@ def test_password_resolution_without_tty_is_a_config_error(tmp_path) -> None:
         resolve_password(parse("--password-file", str(tmp_path / "none")), environ={}, stdin=FakeTty(False))
 
 
+@pytest.mark.parametrize("variable", ["MONITOR_SMTP_PASSWORD", "MONITOR_SMTP_PASSWORD_FILE"])
+def test_a_password_variable_set_but_empty_is_named_so(variable: str) -> None:
+    """``MONITOR_SMTP_PASSWORD=$PASS`` with $PASS unset, an EnvironmentFile line left blank: the
+    error said to set the variable that was set, and not that it was empty."""
+    with pytest.raises(ConfigError, match=f"{variable} is set but empty"):
+        resolve_password(parse(), environ={variable: ""}, stdin=FakeTty(False))
+
+
 def test_password_prompt_on_a_tty(monkeypatch: pytest.MonkeyPatch) -> None:
     prompts: list[str] = []
     monkeypatch.setattr("getpass.getpass", lambda prompt: prompts.append(prompt) or "typed")
