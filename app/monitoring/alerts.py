@@ -328,6 +328,7 @@ class Alerter:
         # why, and from then on the notifications are held, undelivered and not tried again by
         # themselves (a server locks an account after a few refused logins). The caller stops.
         self.login_refused: str | None = None
+        self._refused: list[AlertSink] = []  # the sinks whose login was refused: never tried again
 
     # -- intake ---------------------------------------------------------------------------
     def raise_alert(self, alert: Alert) -> int:
@@ -426,14 +427,18 @@ class Alerter:
         # A sink that could not be reached in this round (SmtpConnectionError) is not tried again
         # until the next: each try of a server that does not answer waits out its timeout, and
         # the monitor's loop (journal reading, SIGTERM) waited for every notification due.
-        unreachable: list[tuple[AlertSink, float]] = []  # each with when its retry is due (inf: held)
+        # A sink whose login was refused is held from then on (inf): the alerts that waited for
+        # their group or window, sent at the stop that follows, each logged in again (a refused
+        # login more, which a server counts towards locking the account).
+        unreachable: list[tuple[AlertSink, float]] = [(sink, math.inf) for sink in self._refused]
         deferred: list[str] = []  # the kinds of the notifications that wait for the next round
 
         def deliver(sink: AlertSink, notification: Notification, attempts: int, seq: int) -> None:
             due = next((at for down, at in unreachable if down is sink), None)
             if due is not None:  # not a try: its attempts stay as they are, due with the one that was
                 self._queue(_Retry(sink, notification, attempts, due, seq))
-                deferred.append(notification.kind)
+                if due != math.inf:
+                    deferred.append(notification.kind)
                 return
             due = self._deliver(sink, notification, attempt=attempts + 1, first_seq=seq)
             if due is not None:
@@ -519,6 +524,7 @@ class Alerter:
             )
             if refused:
                 self.login_refused = scrub_text(str(exc))
+                self._refused.append(sink)
                 self._queue(_Retry(sink, notification, attempt, math.inf, first_seq))
                 return math.inf
             if not will_retry:

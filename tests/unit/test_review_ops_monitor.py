@@ -499,6 +499,34 @@ def test_a_login_refused_while_running_stops_the_monitor_and_keeps_its_alerts(tm
     assert cursors.path.read_text().strip() == "s=ab;i=4"
 
 
+def test_a_login_refused_while_running_is_not_tried_again_for_the_alerts_still_waiting(
+    tmp_path: Path,
+) -> None:
+    """Two kinds waiting (an ERROR, then a CRITICAL 5 s later): the first's login is refused and
+    the monitor stops, and its last flush, sending what waits, logged in again for the second
+    (each a refused login more, which a server counts towards locking the account). What waits
+    is held now, like the refused notification, for the restart with the password fixed."""
+    from app.monitoring.alerts import SmtpAuthError
+
+    now = [0.0]
+    sink = Recorder([SmtpAuthError(REFUSED)] * 10)
+    alerter = Alerter([sink], group_wait=10, window=0, retry_delay=0, clock=lambda: now[0])
+    cursors = CursorFile(tmp_path / "cursor")
+    cursors.save("s=ab;i=4")
+    follower = StoppableFollower(
+        "s=ab;i=4",
+        [("s=ab;i=5", "ERROR", "database down"), ("s=ab;i=6", "CRITICAL", "disk full"),
+         ("s=ab;i=7", "INFO", "x")],
+    )  # fmt: skip
+    follower.steps = [lambda: now.__setitem__(0, 5.0), lambda: now.__setitem__(0, 10.5)]
+    monitor = Monitor("movierec", follower, alerter, cursor_file=cursors)  # type: ignore[arg-type]
+    monitor.run()
+    assert monitor.entries_seen == 3 and alerter.login_refused == REFUSED
+    assert sink.calls == 1 and sink.sent == []
+    assert alerter.backlog() == 2 and alerter.oldest_undelivered() == 1
+    assert cursors.path.read_text().strip() == "s=ab;i=4"
+
+
 def test_a_login_refused_while_running_is_exit_2_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
