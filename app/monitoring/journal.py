@@ -69,6 +69,8 @@ _FIELD_NAME = re.compile(r"^[A-Z0-9_]+$")
 # The level a JSON log line states near its start ({"ts":"...","level":"ERROR",...), read when the
 # line is cut short and no longer JSON: a long line's chunks whose last one never came.
 _CUT_JSON_LEVEL = re.compile(r'^\s*\{(?:"\w+":\s*"[^"\\]{0,64}",\s*){0,3}"level(?:name)?":\s*"(\w+)"')
+# What --print writes as an escape: C0 but tab and line feed, DEL, C1 (format_line).
+_TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 MAX_JOINED_BYTES = 1 << 20
 """Longest line rebuilt from Docker's 16 kB partial entries before it is handed over as it is."""
 TRACEBACK_HEADER = "Traceback (most recent call last):"
@@ -201,11 +203,15 @@ class JournalEntry:
         return self.rank >= LEVEL_RANK[level]
 
     def format_line(self) -> str:
-        """A one-line human rendering for ``--print``."""
+        """A one-line human rendering for ``--print``, control characters but tab and line feed
+        written as their escapes: an entry's ESC sequences (a JSON line's "\\u001b" is a real ESC
+        once parsed) reached the operator's terminal, which they could retitle or clear, and a
+        carriage return printed over the line."""
         source = self.container_name or self.identifier or "-"
         who = f" {self.logger}:" if self.logger else ""
         when = self.timestamp.isoformat(timespec="milliseconds")
-        return f"{when} {source} {self.level}{who} {self.message}"
+        line = f"{when} {source} {self.level}{who} {self.message}"
+        return _TERMINAL_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
 
 
 def _field_text(value: Any) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 
@@ -458,3 +459,20 @@ def test_a_python_warning_on_stderr_is_a_warning_with_its_source_line(line: str)
     assert source is not None and source.level == "INFO"  # the warning's source, not an error
     after = follower._parse_line(json.dumps(raw("  indented, no warning before", priority="3")).encode())
     assert after is not None and after.level == "ERROR"
+
+
+def test_print_shows_an_entry_s_control_characters_as_escapes() -> None:
+    """--print echoes each entry to the operator's terminal, and a JSON line's "\\u001b" is a real
+    ESC once parsed: a client's text in a logged message (a user name, a path) could retitle the
+    terminal, clear it, or with a carriage return print over a line ("INFO fine" over an ERROR's
+    text). Control characters but tab and line feed are echoed as their escapes now."""
+    message = "login failed for \x1b]0;owned\x07\x1b[2J\rINFO fine\x00"
+    line = json.dumps({"level": "WARNING", "logger": "app.auth", "message": message})
+    raw = {"MESSAGE": line, "PRIORITY": "6", "CONTAINER_NAME": "movierec"}
+    entry = parse_entry({**raw, "__REALTIME_TIMESTAMP": "1767268800000000"})
+    printed = entry.format_line()
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", printed), printed
+    assert printed.endswith(r"WARNING app.auth: login failed for \x1b]0;owned\x07\x1b[2J\x0dINFO fine\x00")
+    assert entry.message == message  # the alert's text is the entry's (its email escapes them itself)
+    traceback = parse_entry({"MESSAGE": "Traceback (most recent call last):\n\tx", "PRIORITY": "3"})
+    assert traceback.format_line().endswith("Traceback (most recent call last):\n\tx")
