@@ -10,10 +10,9 @@ email with a count. Keeps the seed's interface::
 
 but the password need never be on the command line: ``MONITOR_SMTP_PASSWORD``,
 ``--password-file`` / ``MONITOR_SMTP_PASSWORD_FILE``, or an interactive prompt. The SMTP
-login, sender and recipients are checked once at start: a wrong password (or a sender the server
-refuses) ends the process with a clear message and
-exit status 2 (configuration error; supervisors should not restart on it) instead of a
-crash loop that fails at the first real alert.
+login, sender and recipients are checked once at start: a wrong password (or a sender the
+server refuses) ends the process with a clear message and exit status 2 (configuration error;
+supervisors should not restart on it) instead of a crash loop that fails at the first real alert.
 """
 
 from __future__ import annotations
