@@ -293,9 +293,11 @@ class MovieRecTrainingFlow(FlowSpec):
             shutil.rmtree(scratch, ignore_errors=True)
         decisions = choose(decisions)
         for decision in decisions:
+            # the chosen one is recorded `promoted` once it is champion (_export, as `movierec
+            # promote` does): interrupted or killed before, it never was, and it passed
             registry.record_decision(
                 decision.version,
-                decision.decision,
+                "passed" if decision.promoted else decision.decision,
                 decision.reasons,
                 gate_champion_before=self.champion_before or "",
                 gate_comparison=decision.comparison or "",
@@ -341,6 +343,7 @@ class MovieRecTrainingFlow(FlowSpec):
         try:
             if self.promoted:
                 path = promote_version(registry, champion.version, settings.model_dir)
+                self._record_promoted(registry)
             elif changed:
                 path = export_version(registry, champion.version, settings.model_dir)
         except Exception as exc:
@@ -375,6 +378,22 @@ class MovieRecTrainingFlow(FlowSpec):
                 logging.getLogger(__name__).exception(
                     "could not remove old bundles from %s", settings.model_dir
                 )
+
+    def _record_promoted(self, registry: Any) -> None:
+        """Record the gate's choice ``promoted`` now that it is the champion (the gate recorded it
+        ``passed``). A failure is logged, not raised: the champion moved, and the release goes on."""
+        decision = next(d for d in self.decisions if d["version"] == self.promoted)
+        try:
+            registry.record_decision(
+                self.promoted, "promoted", decision["reasons"],
+                gate_champion_before=self.champion_before or "",
+                gate_comparison=decision["comparison"] or "",
+            )  # fmt: skip
+        except Exception:
+            logging.getLogger(__name__).exception(
+                "version %s is the champion, but recording its decision failed: the registry shows it passed",
+                self.promoted,
+            )
 
     def _not_promoted(self, registry: Any, note: str) -> None:
         """Record that the gate's choice did not become champion (its export or the alias move failed)."""
