@@ -10,7 +10,8 @@ seed 000's "a data scientist updates the training code → a new model version i
 When no champion exists yet, the scheduler runs once at start instead of waiting for cron, and
 when a cron time passed while it was not running (the time of the last finished tick is kept in
 the var root), it ticks once at start. While there is no champion, a tick that failed is tried
-again soon, with a backoff, rather than at the next cron time (:func:`serve`).
+again soon, with a backoff, rather than at the next cron time, and so is that tick at start for a
+missed cron time, until the next one (:func:`serve`).
 """
 
 from __future__ import annotations
@@ -449,7 +450,11 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     While there is no champion, a tick that failed (the one at start, a cron tick, a try) is
     tried again after ``schedule_retry_seconds``, the wait doubling at each failure up to
     ``schedule_retry_max_seconds`` (a date job, :data:`RETRY_JOB_ID`); a tick that did not fail
-    ends the tries, and once a champion exists only the cron expression ticks. Before, a failed
+    ends the tries, and once a champion exists only the cron expression ticks. The tick at start
+    for a missed cron time is tried again the same way, champion or not, until a tick does not
+    fail or the next cron time comes: after a reboot Docker starts every container at once
+    (PostgreSQL still recovering), and that tick, failed and recorded as done, lost the day's
+    training it was there to catch up on. Before, a failed
     training at start (PostgreSQL not up yet, a transient error) waited for the next cron time,
     hours with nothing in the registry to serve. Each try is announced by one INFO line: the failed
     tick's own ERROR is what the monitor mails, once a try (but a refusal of unchanged data, too
@@ -467,6 +472,7 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
     first_wait = settings.schedule_retry_seconds
     wait = 0.0  # before the next try; 0: no try pending
     without_champion = False  # the registry's last answer
+    catch_up_until: datetime | None = None  # a missed tick ticked at start: tried again until then
 
     def scheduled() -> None:
         # SIGTERM starts no other tick: the main thread looks for it every _STOP_POLL_SECONDS
@@ -484,7 +490,7 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
             ticking.release()
 
     def try_again_if_failed(outcome: Any) -> None:
-        nonlocal wait, without_champion
+        nonlocal wait, without_champion, catch_up_until
         if not first_wait or flow_runner.STOPPING.is_set():
             return
         if _failed(outcome):
@@ -492,24 +498,40 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
                 without_champion = Registry.from_settings(settings).champion() is None
             except Exception:  # the registry cannot say: its last answer holds
                 log.debug("could not ask the registry for its champion", exc_info=True)
-        if not (_failed(outcome) and without_champion):
+        else:  # the missed tick is done
+            catch_up_until = None
+        next_wait = min(wait * 2, settings.schedule_retry_max_seconds) if wait else first_wait
+        due = datetime.now(UTC) + timedelta(seconds=next_wait)
+        # a missed tick failing at start (after a reboot, PostgreSQL or MLflow not answering yet) is
+        # tried again until the next cron time, whose tick takes over
+        catching_up = catch_up_until is not None and due < catch_up_until
+        if not (_failed(outcome) and (without_champion or catching_up)):
+            catch_up_until = None
             if wait:  # the tries are over; one still due (this tick was a cron tick's) is pointless
                 wait = 0.0
                 with contextlib.suppress(JobLookupError):
                     scheduler.remove_job(RETRY_JOB_ID)
             return
-        wait = min(wait * 2, settings.schedule_retry_max_seconds) if wait else first_wait
-        due = datetime.now(UTC) + timedelta(seconds=wait)
+        wait = next_wait
         scheduler.add_job(
             scheduled, "date", run_date=due, id=RETRY_JOB_ID, name=RETRY_JOB_ID,
             replace_existing=True, misfire_grace_time=None,
         )  # fmt: skip
-        log.info(
-            "no champion yet: the failed tick is tried again at %s UTC (in %s; the wait doubles at "
-            "each failure, up to %s), then on '%s' once a champion exists",
-            f"{due:%Y-%m-%d %H:%M:%S}", _duration(wait),
-            _duration(settings.schedule_retry_max_seconds), settings.schedule_cron,
-        )  # fmt: skip
+        if without_champion:
+            log.info(
+                "no champion yet: the failed tick is tried again at %s UTC (in %s; the wait doubles at "
+                "each failure, up to %s), then on '%s' once a champion exists",
+                f"{due:%Y-%m-%d %H:%M:%S}", _duration(wait),
+                _duration(settings.schedule_retry_max_seconds), settings.schedule_cron,
+            )  # fmt: skip
+        else:
+            log.info(
+                "the missed tick failed: it is tried again at %s UTC (in %s; the wait doubles at each "
+                "failure, up to %s) until a tick does not fail or the next time on '%s', %s UTC",
+                f"{due:%Y-%m-%d %H:%M:%S}", _duration(wait),
+                _duration(settings.schedule_retry_max_seconds), settings.schedule_cron,
+                f"{catch_up_until:%Y-%m-%d %H:%M}",
+            )  # fmt: skip
 
     # In a thread of its own even for `movierec schedule`: the main thread waits for SIGTERM (below)
     scheduler = build_scheduler(settings, scheduled, blocking=False)
@@ -523,6 +545,7 @@ def serve(settings: Settings, job: Callable[[], Any] | None = None, blocking: bo
         scheduled()
     elif missed is not None:
         log.info("missed the tick due at %s (UTC), the scheduler not running then: ticking now", missed)
+        catch_up_until = scheduler.get_job(JOB_ID).trigger.get_next_fire_time(None, datetime.now(UTC))
         scheduled()
     elif last_tick(settings) is None:  # the first start in this var root: a time to count from
         _try_record_tick(settings, datetime.now(UTC))

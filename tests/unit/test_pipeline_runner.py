@@ -943,6 +943,84 @@ def test_without_a_champion_a_failed_tick_is_tried_again_soon_until_one_is_train
     assert [r.getMessage().split("(in ")[1].split(";")[0] for r in retries] == ["0.05 s", "0.1 s", "0.1 s"]
 
 
+def test_a_missed_tick_that_fails_at_start_is_tried_again_until_one_does_not_fail(
+    tmp_path: Path, registry: _Registry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scheduler down at its cron time (most often a reboot) ticks once at start for it. After a
+    reboot Docker starts every container at once, whatever depends_on says (docs/docker.md):
+    PostgreSQL still recovering, or MLflow not answering yet, failed that tick; with a champion it
+    was not tried again, and it was recorded as done, so the day's training waited for the next
+    cron time, the very loss the missed tick exists to avoid. It is tried again as while there is
+    no champion, until a tick does not fail; a cron tick failing afterwards is not."""
+    import logging
+    import threading
+
+    from apscheduler.events import EVENT_JOB_EXECUTED
+
+    import app.pipeline.schedule as schedule
+
+    registry.version = "1"  # a champion serves: only the missed tick is tried again
+    decision = schedule.RunDecision(False, "neither data nor code changed", "d", "c")
+    failed = schedule.TickResult(decision, error="could not decide whether to train: database down")
+    outcomes = [failed, failed, schedule.TickResult(decision), failed]
+    calls: list[schedule.TickResult] = []
+
+    def job() -> schedule.TickResult:
+        outcome = outcomes[min(len(calls), len(outcomes) - 1)]
+        calls.append(outcome)
+        return outcome
+
+    executed = threading.Semaphore(0)
+    built = schedule.build_scheduler
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        scheduler = built(*args, **kwargs)
+        scheduler.add_listener(lambda _event: executed.release(), EVENT_JOB_EXECUTED)
+        return scheduler
+
+    monkeypatch.setattr(schedule, "build_scheduler", build)
+    settings = _settings(
+        tmp_path, schedule_cron="0 3 * * *", schedule_retry_seconds=0.05, schedule_retry_max_seconds=0.1
+    )
+    schedule.record_tick(settings, datetime.now(UTC) - timedelta(days=2))  # down at the last 03:00
+    with caplog.at_level(logging.INFO, logger="app.pipeline.schedule"):
+        scheduler = schedule.serve(settings, job=job, blocking=False)
+        try:
+            assert all(executed.acquire(timeout=60) for _ in range(2)), calls  # the two tries
+            assert len(calls) == 3, calls
+            assert scheduler.get_job(schedule.RETRY_JOB_ID) is None, "tried again after a tick that worked"
+            scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))  # the cron time comes, and fails
+            assert executed.acquire(timeout=60)
+            assert len(calls) == 4 and scheduler.get_job(schedule.RETRY_JOB_ID) is None
+        finally:
+            scheduler.shutdown(wait=False)
+    retries = [r.getMessage() for r in caplog.records if "tried again" in r.getMessage()]
+    assert len(retries) == 2 and all("missed tick" in r for r in retries), retries
+
+
+def test_a_missed_tick_is_not_tried_again_past_the_next_cron_time(
+    tmp_path: Path, registry: _Registry
+) -> None:
+    """The tries of a missed tick end at the next cron time, whose own tick takes over."""
+    import app.pipeline.schedule as schedule
+
+    registry.version = "1"
+    decision = schedule.RunDecision(False, "skip", "d", "c")
+    settings = _settings(tmp_path, schedule_cron="*/5 * * * *", schedule_retry_seconds=3600)
+    schedule.record_tick(settings, datetime.now(UTC) - timedelta(days=2))
+    calls: list[str] = []
+
+    def job() -> schedule.TickResult:
+        calls.append("tick")
+        return schedule.TickResult(decision, error="could not decide whether to train: database down")
+
+    scheduler = schedule.serve(settings, job=job, blocking=False)
+    try:
+        assert calls == ["tick"] and scheduler.get_job(schedule.RETRY_JOB_ID) is None
+    finally:
+        scheduler.shutdown(wait=False)
+
+
 @pytest.mark.usefixtures("registry")
 def test_a_cron_tick_due_while_a_try_runs_is_dropped(tmp_path: Path) -> None:
     """The tries of a failed tick are a job of their own beside the cron one: a cron time coming
