@@ -399,8 +399,44 @@ class Registry:
                 seconds[name] = float(run.data.metrics[TOTAL_SECONDS])
         return seconds
 
-    def last_pipeline_run(self) -> dict[str, str] | None:
-        """Tags of the newest pipeline run that finished, or None."""
+    def last_pipeline_run(self, lookback: int = 200) -> dict[str, str] | None:
+        """Tags of the newest pipeline run that finished, or None.
+
+        Newest by the versions it registered (every finished run registered its candidates): their
+        numbers are a sequence the tracking store counts up, where a run's start time is the
+        launcher's wall clock. A run made while the clock was ahead (then set right) was the
+        newest until the clock caught up with it, and the scheduler, comparing the data with that
+        run's, trained again at every tick. Among the newest ``lookback`` versions; without one
+        naming a finished run (none registered yet, or by an older movierec), the newest start time.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            versions = list(
+                self.client.search_model_versions(
+                    f"name = '{self.model_name}'", max_results=lookback, order_by=["version_number DESC"]
+                )
+            )
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            versions = []
+        looked_at: set[str] = set()
+        for mv in versions:
+            run_id = (mv.tags or {}).get("pipeline_run")
+            if not run_id or run_id in looked_at:
+                continue
+            looked_at.add(run_id)
+            try:
+                run = self.client.get_run(run_id)
+            except MlflowException as exc:
+                if _not_found(exc):
+                    continue
+                raise
+            tags = dict(run.data.tags)
+            finished = run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
+            if finished and tags.get("kind") == "pipeline" and run.info.experiment_id == self.experiment_id:
+                return tags | {"run_id": run_id}
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string="tags.kind = 'pipeline' and attributes.status = 'FINISHED'",
