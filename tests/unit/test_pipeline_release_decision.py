@@ -54,14 +54,20 @@ class _Interrupted(BaseException):
     """The release interrupted or killed there: no ``except Exception`` of it runs."""
 
 
-def test_a_release_interrupted_in_its_export_leaves_the_chosen_version_passed(
-    tmp_path: Path, model_store: Path, synthetic_data: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _gated(tmp_path: Path, model_store: Path, synthetic_data: Any) -> tuple[Any, Registry, Any, _Release]:
+    """A registry with one bundle registered and a release whose gate chose it (the first champion)."""
     settings = flow_settings(tmp_path)
     registry = Registry.from_settings(settings)
     chosen = register_bundle(registry, model_store)
     release = _Release(chosen.version, synthetic_data)
     release._gate(registry, settings)
+    return settings, registry, chosen, release
+
+
+def test_a_release_interrupted_in_its_export_leaves_the_chosen_version_passed(
+    tmp_path: Path, model_store: Path, synthetic_data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, registry, chosen, release = _gated(tmp_path, model_store, synthetic_data)
     assert release.promoted == chosen.version  # the gate chose it: the first champion
 
     def interrupted(*_args: Any, **_kwargs: Any) -> None:
@@ -80,11 +86,7 @@ def test_a_release_interrupted_in_its_export_leaves_the_chosen_version_passed(
 def test_the_chosen_version_is_recorded_promoted_once_the_alias_moved(
     tmp_path: Path, model_store: Path, synthetic_data: Any
 ) -> None:
-    settings = flow_settings(tmp_path)
-    registry = Registry.from_settings(settings)
-    chosen = register_bundle(registry, model_store)
-    release = _Release(chosen.version, synthetic_data)
-    release._gate(registry, settings)
+    settings, registry, chosen, release = _gated(tmp_path, model_store, synthetic_data)
     release._export(registry, settings)
 
     champion = registry.champion()

@@ -455,12 +455,16 @@ class StoppableFollower(ScriptedFollower):
 REFUSED = "SMTP server smtp:587 rejected the login for user 'ops@example.com': 535 5.7.8 bad credentials"
 
 
-def _refusing_monitor(tmp_path: Path) -> tuple[Monitor, Alerter, Recorder, CursorFile]:
+def _refusing_monitor(
+    tmp_path: Path, **alerter_options: Any
+) -> tuple[Monitor, Alerter, Recorder, CursorFile]:
+    """A monitor whose SMTP sink refuses every login, over a scripted journal of an ERROR, a
+    CRITICAL and an INFO entry; its Alerter groups nothing unless ``alerter_options`` say so."""
     from app.monitoring.alerts import SmtpAuthError
 
     sink = Recorder([SmtpAuthError(REFUSED)] * 10)
     # retry_delay 0: a notification queued for a retry would be tried again at once
-    alerter = Alerter([sink], group_wait=0, window=0, retry_delay=0)
+    alerter = Alerter([sink], **{"group_wait": 0, "window": 0, "retry_delay": 0, **alerter_options})
     cursors = CursorFile(tmp_path / "cursor")
     cursors.save("s=ab;i=4")
     follower = StoppableFollower(
@@ -506,20 +510,9 @@ def test_a_login_refused_while_running_is_not_tried_again_for_the_alerts_still_w
     the monitor stops, and its last flush, sending what waits, logged in again for the second
     (each a refused login more, which a server counts towards locking the account). What waits
     is held now, like the refused notification, for the restart with the password fixed."""
-    from app.monitoring.alerts import SmtpAuthError
-
     now = [0.0]
-    sink = Recorder([SmtpAuthError(REFUSED)] * 10)
-    alerter = Alerter([sink], group_wait=10, window=0, retry_delay=0, clock=lambda: now[0])
-    cursors = CursorFile(tmp_path / "cursor")
-    cursors.save("s=ab;i=4")
-    follower = StoppableFollower(
-        "s=ab;i=4",
-        [("s=ab;i=5", "ERROR", "database down"), ("s=ab;i=6", "CRITICAL", "disk full"),
-         ("s=ab;i=7", "INFO", "x")],
-    )  # fmt: skip
-    follower.steps = [lambda: now.__setitem__(0, 5.0), lambda: now.__setitem__(0, 10.5)]
-    monitor = Monitor("movierec", follower, alerter, cursor_file=cursors)  # type: ignore[arg-type]
+    monitor, alerter, sink, cursors = _refusing_monitor(tmp_path, group_wait=10, clock=lambda: now[0])
+    monitor.follower.steps = [lambda: now.__setitem__(0, 5.0), lambda: now.__setitem__(0, 10.5)]  # type: ignore[attr-defined]
     monitor.run()
     assert monitor.entries_seen == 3 and alerter.login_refused == REFUSED
     assert sink.calls == 1 and sink.sent == []
