@@ -10,12 +10,15 @@ import errno
 import json
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
+
+from app import stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -561,14 +564,24 @@ def features() -> None:
 def features_build(data_dir: Path | None) -> None:
     """Ingest raw data (ml-100k fetched first when the data dir lacks it) + feedback, write a features
     snapshot, load user features into the DB."""
-    from app.pipeline.features_store import FeatureStore, SnapshotSuperseded
-    from app.pipeline.ingest import ingest
-    from app.pipeline.runner import FeaturesRootError, features_root
-    from app.recommender.data import DataUnavailableError
-    from app.storage.db import DatabaseSchemaError
+    from app.pipeline.runner import features_root
 
     settings = settings_for_cli(data_dir=data_dir)
     root = features_root(settings)
+    # SIGTERM (a CI job's timeout, docker stop) and SIGHUP (the terminal closed) stop the build as
+    # Ctrl-C does: it removes the snapshot it staged (killed, it stayed until a build an hour
+    # later), and one during the load and publish waits for LATEST (FeatureStore.staged_snapshot)
+    with stop_signals.handled(signal.default_int_handler, (signal.SIGTERM, signal.SIGHUP)):
+        _build_features(settings, root)
+
+
+def _build_features(settings: Any, root: str) -> None:
+    from app.pipeline.features_store import FeatureStore, SnapshotSuperseded
+    from app.pipeline.ingest import ingest
+    from app.pipeline.runner import FeaturesRootError
+    from app.recommender.data import DataUnavailableError
+    from app.storage.db import DatabaseSchemaError
+
     try:
         store = FeatureStore(root)  # before the ingest: a root fsspec cannot open is named at once
         with service_database(settings) as database:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import signal
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 import duckdb
 import pandas as pd
 
+from app import stop_signals
 from app.durable import exclusive_lock, sync_directory, write_durably
 from app.pipeline.runner import features_filesystem
 from app.recommender.data import is_feedback_user
@@ -223,7 +225,7 @@ class FeatureStore:
         """
         before = self.latest()
         snapshot = self.stage_snapshot(ingested, now)
-        in_database = False
+        in_database = published = False
         try:
             # One build at a time loads and publishes: two overlapping builds (the scheduler's
             # flow and a manual `movierec features build`) each loaded the database and moved
@@ -246,14 +248,22 @@ class FeatureStore:
                         snapshot.id,
                         latest,
                     )
-                yield snapshot
-                in_database = True
-                self.publish(snapshot)
+                # A stop (Ctrl-C, SIGTERM, SIGHUP) during the load and the publish is honoured once
+                # LATEST names the snapshot: one between the database's commit and LATEST left the
+                # database serving a snapshot LATEST did not name (or, before in_database was set,
+                # a snapshot removed whose id the features API still answered with).
+                with _stops_held():
+                    yield snapshot
+                    in_database = True
+                    self.publish(snapshot)
+                    published = True
                 self._retain(keep, snapshot, loaded)
         except SnapshotSuperseded:
             self._discard(snapshot.id, why="a newer snapshot was published meanwhile")
             raise
         except BaseException:
+            if published:  # a stop held until now: the build is done, and stops here
+                raise
             if in_database:
                 # The body loaded it (the service database serves it now): removed, the features
                 # API answered with a snapshot id whose files were gone. Kept, it is readable by
@@ -600,6 +610,24 @@ class FeatureStore:
             return result.df()
         finally:
             connection.close()
+
+
+@contextmanager
+def _stops_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP received in the block are sent again when it ends, to the
+    handlers found (Ctrl-C's KeyboardInterrupt for ``movierec features build``): the block is not
+    stopped half-way. Main thread only, as every handler (app/stop_signals.py)."""
+    received: list[int] = []
+    try:
+        with stop_signals.handled(lambda signum, _frame: received.append(signum)):
+            yield
+    finally:
+        if received:  # also when the block failed: the stop is not lost
+            log.warning(
+                "stopping: %s received while the features snapshot was loaded and published",
+                signal.Signals(received[0]).name,
+            )
+            signal.raise_signal(received[0])
 
 
 def _literal(text: str) -> str:
