@@ -576,7 +576,7 @@ def features_build(data_dir: Path | None) -> None:
 
 
 def _build_features(settings: Any, root: str) -> None:
-    from app.pipeline.features_store import FeatureStore, SnapshotSuperseded
+    from app.pipeline.features_store import DamagedLatest, FeatureStore, SnapshotSuperseded
     from app.pipeline.ingest import ingest
     from app.pipeline.runner import FeaturesRootError
     from app.recommender.data import DataUnavailableError
@@ -594,7 +594,7 @@ def _build_features(settings: Any, root: str) -> None:
         click.echo(f"{exc}; nothing loaded into the database")
         return
     # refused raw files, schema or features root: no traceback
-    except (DataUnavailableError, DatabaseSchemaError, FeaturesRootError) as exc:
+    except (DataUnavailableError, DatabaseSchemaError, FeaturesRootError, DamagedLatest) as exc:
         raise click.ClickException(str(exc)) from exc
     counts = ", ".join(f"{n} {name}" for name, n in snapshot.counts.items())
     click.echo(f"snapshot {snapshot.id} at {snapshot.url}: {counts}; {loaded} users loaded into the database")

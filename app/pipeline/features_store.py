@@ -96,6 +96,17 @@ class SnapshotSuperseded(RuntimeError):
         self.latest = latest
 
 
+class DamagedLatest(ValueError):
+    """``LATEST`` holds bytes that are not UTF-8 text (disk damage): which snapshot is the latest
+    is unknown, so nothing is read or published until it is removed (docs/pipeline.md)."""
+
+    def __init__(self, root: str, path: str) -> None:
+        super().__init__(
+            f"the features store {root} has a damaged LATEST file ({path}: not UTF-8 text): remove it "
+            "and run `movierec features build`, which publishes a new snapshot (docs/pipeline.md)"
+        )
+
+
 def feature_tables(ingested: Ingested) -> dict[str, pd.DataFrame]:
     """The four snapshot tables of one ingested training set."""
     data = ingested.data
@@ -453,10 +464,15 @@ class FeatureStore:
         Read rather than asked for first: ``exists`` is False for a LATEST that cannot be looked
         at either (a root that is a file, a directory this user may not enter), which read as an
         empty store ("run features build"); that is an OSError naming why now."""
+        path = self._path(LATEST_FILE)
         try:
-            return self.fs.cat_file(self._path(LATEST_FILE)).decode().strip() or None
+            text = self.fs.cat_file(path)
         except FileNotFoundError:
             return None
+        try:
+            return text.decode().strip() or None
+        except UnicodeDecodeError as exc:  # a damaged disk block: it was the codec's message, or a traceback
+            raise DamagedLatest(self.root, self._url(path)) from exc
 
     def snapshots(self) -> list[str]:
         """Every complete snapshot id, oldest first."""

@@ -328,3 +328,36 @@ def test_a_root_under_a_hive_style_folder_leaves_the_features_as_stored(
             {older.id: len(stored), newer.id: len(stored)} if len(stored) else {}
         ), table
         assert list(clean.sql(f"select * from {table}").columns) == list(latest.columns)
+
+
+def test_a_latest_file_that_is_not_text_is_one_error_line_saying_how_to_recover(
+    synthetic_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``LATEST`` holding bytes that are not UTF-8 (a damaged disk block) made ``movierec sql`` say
+    only "'utf-8' codec can't decode byte 0xff …" and ``movierec features build`` print a
+    UnicodeDecodeError's traceback. Both now say, in one line, which file is damaged and how to
+    recover; the build stages nothing."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+    from tests.synthetic import write_grouplens
+
+    root = tmp_path / "features"
+    store = FeatureStore(root)
+    snapshots = _three_snapshots(store, synthetic_data)
+    (root / "LATEST").write_bytes(b"\xff\xfe\x00" + snapshots[-1].encode()[3:])
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", f"sqlite:///{tmp_path / 'movierec.db'}")
+    monkeypatch.setenv("MOVIEREC_FEATURES_ROOT", str(root))
+    monkeypatch.setenv("MOVIEREC_DATA_DIR", str(write_grouplens(tmp_path / "data")))
+    for command in (["sql", "select count(*) from users"], ["features", "build"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1, result.output
+        assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
+        lines = result.stderr.splitlines()
+        errors = [line for line in lines if line.startswith("Error:")]
+        assert errors == [
+            f"Error: the features store {root} has a damaged LATEST file ({root / 'LATEST'}: "
+            "not UTF-8 text): remove it and run `movierec features build`, which publishes a new "
+            "snapshot (docs/pipeline.md)"
+        ], result.output
+    assert store.snapshots() == snapshots  # the build staged nothing
