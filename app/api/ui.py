@@ -116,6 +116,16 @@ UNSENT = {
         "nothing was logged. Your answers are kept below: send the form again in a moment."
     ),
 }
+# why a recommendation form was given back with a field marked (``unsent=`` too): its field and
+# message, said of that post as UNSENT's are; what a later model may answer, so not a 400 at the
+# post's address, which Back or a reload posted again
+UNSENT_FIELD = {
+    "unknown_user": (
+        "user_id",
+        "was not known to the model when you sent the form, so no recommendations were made and "
+        "nothing was logged. Give another, or give age, gender and occupation.",
+    ),
+}
 # why a rating was not stored (``why=`` of the page its post is redirected to), said of that post
 RATING_NOT_SAVED = {
     "database": "the database could not be reached",
@@ -622,12 +632,15 @@ def logout() -> Response:
 @bp.get("")
 @login_required()
 def index() -> Response:
-    """The form; filled in from the address only when it is one a "not now" led to (``unsent``)."""
-    notice = UNSENT.get(request.args.get("unsent", ""))
-    if notice is None:
+    """The form; filled in from the address only when it is one a "not now" (or an unknown user)
+    led to (``unsent``)."""
+    reason = request.args.get("unsent", "")
+    notice, marked = UNSENT.get(reason), UNSENT_FIELD.get(reason)
+    if notice is None and marked is None:
         return _page("ui/recommend.html", **_recommend_form_context())
     typed = {name: request.args[name] for name in RecommendRequest.model_fields if name in request.args}
-    return _page("ui/recommend.html", **_recommend_form_context(typed, notice=notice))
+    errors = dict([marked]) if marked else None
+    return _page("ui/recommend.html", **_recommend_form_context(typed, errors, notice=notice))
 
 
 @bp.get("/")
@@ -654,8 +667,8 @@ def recommend() -> Response:
     if parsed is not None:
         try:
             served = _services().recommendations.recommend(parsed.query())
-        except NotFound as exc:
-            errors = {"user_id": exc.message}
+        except NotFound:  # another model may know the user: not to be posted again by Back
+            return _recommend_form_again(payload, "unknown_user")
         except BundleError:  # the form again, as typed, to send once a model is loaded
             return _recommend_form_again(payload, "no_model")
         except Unavailable:  # the request log is full: nothing logged, the form again as typed
@@ -670,9 +683,9 @@ def recommend() -> Response:
 
 
 def _recommend_form_again(payload: Mapping[str, Any], reason: str) -> Response:
-    """A "not now" (``reason``, a key of UNSENT): nothing was made or logged. A redirect (303) to
-    the form, what was typed in its address (the form's own fields, none secret; never the CSRF
-    value), whose page fills it in and says why (Post/Redirect/Get).
+    """A "not now" (``reason``, a key of UNSENT or UNSENT_FIELD): nothing was made or logged. A
+    redirect (303) to the form, what was typed in its address (the form's own fields, none secret;
+    never the CSRF value), whose page fills it in and says why (Post/Redirect/Get).
 
     It was the form itself, 503 with Retry-After, at the post's address: Back to it from the list
     asked for next, or a reload, posted the form again (Chromium does it unasked), and once the

@@ -530,11 +530,32 @@ def test_the_forms_number_limits_are_the_apis(client: Any) -> None:
     assert hint == f"1 to {MAX_RECS}."
 
 
-def test_an_unknown_user_id_is_an_inline_error(client: Any) -> None:
+def test_an_unknown_user_id_is_an_inline_error_on_a_page_a_reload_does_not_post_again(app: Any) -> None:
+    """A user id the model does not know was answered 400 with the form at the post's address:
+    Back to it, or a reload, posted the form again, and once a later model knew the user that
+    logged a recommendation the person had not asked for again. Unlike invalid input it depends
+    on the model, so it is answered as a "not now" is: a redirect (303) to the form's own address,
+    what was typed in its query, whose page marks the field and says nothing was logged."""
+    client = app.test_client()
     csrf = ui_login(client)
-    response = client.post("/ui/recommend", data={"csrf_token": csrf, "user_id": "999999"})
-    assert response.status_code == 400
-    assert "user 999999 is not known to model" in response.text
+    posted = client.post("/ui/recommend", data={"csrf_token": csrf, "user_id": " 999999", "max_recs": "7"})
+    assert posted.status_code == 303, posted.status_code
+    address = posted.headers["Location"]
+    assert urlsplit(address).path == "/ui" and csrf not in address
+    assert parse_qs(urlsplit(address).query) == {
+        "user_id": ["999999"], "max_recs": ["7"], "unsent": ["unknown_user"]
+    }  # fmt: skip
+    for _ in range(2):  # the page, then a reload of it (or Back to it): a GET, nothing posted
+        response = client.get(address)
+        assert response.status_code == 200
+        page = response.text
+        assert 'id="error-summary"' in page
+        error = re.search(r'<p class="field-error" id="error-user_id">(.*?)</p>', page, re.S)
+        assert error and "was not known to the model when you sent the form" in error.group(1)
+        assert "nothing was logged" in error.group(1)
+        assert re.search(r'id="field-user_id"[^>]* value="999999"', page)
+        assert 'id="field-max_recs"' in page and 'value="7"' in page
+    assert _logged_requests(app) == 0
 
 
 def test_the_form_serves_what_the_api_serves(client: Any, auth_headers: dict[str, str]) -> None:

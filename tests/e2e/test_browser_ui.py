@@ -248,6 +248,36 @@ def test_a_form_given_back_for_later_is_not_sent_again_by_reload_or_back(
         assert _profile_fields(page) == typed
 
 
+def test_a_form_refused_for_an_unknown_user_is_not_sent_again_by_reload_or_back(
+    make_app: Callable[..., Any],
+) -> None:
+    """A user id the model did not know was answered 400 with the form at the post's address:
+    reloading it, or going Back to it from the list asked for next, made Chromium post it again,
+    and once a later model knew the user that logged a recommendation nobody asked for. It is a
+    redirect to the form's own address: the field is marked there (the keyboard on the summary),
+    and reloading it or going back to it posts nothing."""
+    app = make_app()
+    counted = _HeldPosts(app)
+    with LiveServer(counted) as server, browser_page(server.url) as (page, _requests):
+        _log_in(page, SESSION_PASSWORD)
+        page.get_by_label("Known user id").fill("999999")
+        page.get_by_role("button", name="Recommend").click()
+        page.wait_for_url("**unsent=unknown_user**")
+        assert _focused(page, "error-summary") == "error-summary"
+        assert "was not known to the model" in page.locator("#error-user_id").inner_text()
+        page.reload()
+        page.locator("#error-user_id").wait_for()
+        assert page.get_by_label("Known user id").input_value() == "999999"
+        assert counted.posts == {"/ui/login": 1, "/ui/recommend": 1}
+
+        page.get_by_label("Known user id").fill("")
+        _open_a_list(page)
+        page.go_back()
+        page.locator("#error-user_id").wait_for()
+        assert counted.posts == {"/ui/login": 1, "/ui/recommend": 2}
+        assert _logged_requests(app) == 1
+
+
 def test_going_back_to_a_rating_not_saved_does_not_send_it_again(
     make_app: Callable[..., Any], postgres_url: str
 ) -> None:
