@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     pipeline_seeds: str = "0,1,2,3,4"  # protocol A/B split seeds every candidate is evaluated on
     gate_tolerance: float = Field(default=0.005, ge=0)  # NDCG@10 a challenger may lose
     gate_latency_ms: float = Field(default=5.0, gt=0)  # smoke test: p99 of one lookup
+    # the least share of the champion's training ratings, users and movies a run's data may have
+    # for its candidates to replace the champion (app/pipeline/gate.py data_size_check); 0 = off,
+    # as `movierec pipeline run --allow-less-data` sets it for one run
+    gate_min_data_fraction: float = Field(default=0.9, ge=0, le=1)
     schedule_cron: str = "0 3 * * *"  # `movierec schedule`: crontab expression (UTC)
     # while there is no champion, a tick that failed is tried again after this many seconds, the
     # wait doubling at each failure up to schedule_retry_max_seconds (app/pipeline/schedule.py

@@ -173,6 +173,12 @@ def pipeline() -> None:
 @click.option(
     "--json-out", type=click.Path(path_type=Path), default=None, help="Also write the run summary here."
 )
+@click.option(
+    "--allow-less-data",
+    is_flag=True,
+    help="Let this run replace a champion trained on more data (MOVIEREC_GATE_MIN_DATA_FRACTION=0 "
+    "for this run): the data was reduced on purpose.",
+)
 def pipeline_run(
     data_dir: Path | None,
     model_dir: Path | None,
@@ -180,6 +186,7 @@ def pipeline_run(
     seeds: str | None,
     if_changed: bool,
     json_out: Path | None,
+    allow_less_data: bool,
 ) -> None:  # fmt: skip
     """Run the whole flow once: ingest → features → train → register → gate → export → reload."""
     from app.pipeline.runner import (
@@ -191,7 +198,9 @@ def pipeline_run(
     from app.pipeline.schedule import report_run, stop_on_sigterm, tick
     from app.recommender.seeds import parse_seeds
 
-    settings = settings_for_cli(data_dir=data_dir, model_dir=model_dir)
+    settings = settings_for_cli(
+        data_dir=data_dir, model_dir=model_dir, gate_min_data_fraction=0.0 if allow_less_data else None
+    )
     if json_out is not None:  # found out after the flow released its models, it was a traceback
         _refuse_unwritable(json_out, "--json-out")
     try:

@@ -229,13 +229,17 @@ class MovieRecTrainingFlow(FlowSpec):
 
     def _register(self, published: list[dict[str, Any]], registry: Any) -> None:
         """Close every candidate's MLflow run and register its bundle as a new model version."""
+        from app.pipeline.gate import data_size
+
         self.registered: list[dict[str, Any]] = []
         for entry in published:
             by_seed = json.dumps({str(seed): round(v, 6) for seed, v in entry["ndcg_a_by_seed"].items()})
             tags = {"code_version": self.code_version, "data_hash": self.data_hash,
                     "bundle_version": entry["bundle_version"], "candidate": entry["candidate"],
                     "ndcg_a": f"{entry['ndcg_a']:.6f}", "pipeline_run": self.pipeline_run_id,
-                    "ndcg_a_by_seed": by_seed}  # fmt: skip
+                    "ndcg_a_by_seed": by_seed,
+                    # the size of the data it was trained on: the gate of a later run compares with it
+                    **{k: str(v) for k, v in data_size(self.ingest_stats).items()}}  # fmt: skip
             reports = {"A": entry["report_a"], "B": entry["report_b"]}
             registry.finish_candidate_run(
                 entry["run_id"], entry["candidate"], entry["params"], reports, entry["timings"],
@@ -258,14 +262,17 @@ class MovieRecTrainingFlow(FlowSpec):
 
         The champion is measured on this run's data and splits when its recipe can be
         reproduced (:func:`champion_baseline`), else by the score stored when it was trained.
+        A run on much less data than the champion's passes nothing (:func:`data_size_check`).
         """
         from app.pipeline.gate import best_candidate, champion_baseline, choose, judge, smoke_test
         from app.registry.mlflow_registry import CHALLENGER
 
         champion = registry.champion()
         self.champion_before = champion.version if champion else None
-        baseline = None
+        baseline = data_check = None
         if champion is not None:
+            minimum = settings.gate_min_data_fraction
+            data_check = _data_size_check(registry, champion, self.ingest_stats, minimum)
             evaluated = {e["candidate"]: e["ndcg_a_by_seed"] for e in self.registered}
             baseline = champion_baseline(
                 champion, registry.run_params(champion), self.data, self.seed_list, evaluated,
@@ -287,7 +294,8 @@ class MovieRecTrainingFlow(FlowSpec):
                           scores=entry["ndcg_a_by_seed"],
                           champion_scores=baseline.scores if baseline else None,
                           comparison=baseline.comparison if baseline else None,
-                          comparison_note=baseline.note if baseline else None)
+                          comparison_note=baseline.note if baseline else None,
+                          data_check=data_check)
                 )  # fmt: skip
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -482,6 +490,21 @@ class MovieRecTrainingFlow(FlowSpec):
     @step
     def end(self) -> None:
         """Nothing left: ``release`` closed the MLflow run and handed the summary to the caller."""
+
+
+def _data_size_check(registry: Any, champion: Any, ingest_stats: dict[str, int], min_fraction: float) -> Any:
+    """The run's training-data size (its ingest's ``ingest_stats``) against the champion's: its
+    tags, else (registered before they were recorded) the ratings its bundle's manifest counted."""
+    from app.pipeline.gate import data_size, data_size_check
+
+    champion_size, source = data_size(champion.tags), ""
+    if not champion_size:
+        champion_size = data_size(registry.manifest(champion.version) or {})
+        source = " (its bundle's manifest)"
+    check = data_size_check(champion.version, champion_size, data_size(ingest_stats), min_fraction, source)
+    log = logging.getLogger(__name__)
+    (log.warning if check.refused else log.info)("gate: %s", check.note)
+    return check
 
 
 def _scratch_root(settings: Any) -> Path:

@@ -20,6 +20,14 @@ A candidate version may become ``champion`` only when
    per-seed scores were recorded is compared by its mean. The tolerance lets a retrain
    replace a champion whose score moved within noise, while a genuinely worse model is refused.
 
+Since the champion is measured on the run's own data, a run on much less data (the feedback
+database emptied or replaced, the raw files swapped for a subset) would find its candidates "not
+worse" than the champion's recipe on that fraction and replace a model trained on more: so,
+with a champion, a run whose ratings, users or movies fall below ``MOVIEREC_GATE_MIN_DATA_FRACTION``
+of the champion's (its tags ``n_ratings``, ``n_users``, ``n_movies``, else its bundle manifest's
+``n_ratings``) passes none of its candidates (:func:`data_size_check`); the setting at 0, or
+``movierec pipeline run --allow-less-data`` for one run, turns the check off.
+
 Among the candidates of one run that pass, the best by that metric is promoted. Every
 decision, its reasons and which comparison it used are stored with the version in the registry.
 """
@@ -53,6 +61,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = 0.005
 DEFAULT_LATENCY_MS = 5.0
 ACCURACY_TOLERANCE = 1e-6
+DEFAULT_MIN_DATA_FRACTION = 0.9
+DATA_SIZE_KEYS = ("n_ratings", "n_users", "n_movies")  # a version's tags; the ingest's stats
+DATA_SIZE_OFF = "MOVIEREC_GATE_MIN_DATA_FRACTION=0, or movierec pipeline run --allow-less-data"
 SAME_DATA = "same_data"  # the champion's recipe measured on this run's data and splits
 STORED = "stored"  # the champion's score stored when it was trained, on the data of that time
 
@@ -97,6 +108,70 @@ class ChampionBaseline:
     scores: dict[int, float] | None  # per split seed
     comparison: str  # SAME_DATA or STORED
     note: str  # how the figures were obtained, for every decision's reasons
+
+
+@dataclass(frozen=True)
+class DataSizeCheck:
+    """How a run's training data compares in size with the champion's, and whether that refuses it."""
+
+    refused: bool
+    note: str  # recorded among every decision's reasons
+
+
+def data_size(recorded: Mapping[str, Any]) -> dict[str, int]:
+    """The training-data size among ``recorded`` (a version's tags, a bundle's manifest, the
+    ingest's stats): those of :data:`DATA_SIZE_KEYS` that are whole numbers, by key."""
+    size = {}
+    for key in DATA_SIZE_KEYS:
+        try:
+            value = int(str(recorded[key]))
+        except (KeyError, ValueError):  # not recorded (an older version), or edited by hand
+            continue
+        if value >= 0:
+            size[key] = value
+    return size
+
+
+def _figures(size: Mapping[str, int], keys: Sequence[str]) -> str:
+    return ", ".join(f"{size[key]} {key.removeprefix('n_')}" for key in keys)
+
+
+def data_size_check(
+    champion_version: str,
+    champion_size: Mapping[str, int] | None,
+    size: Mapping[str, int],
+    min_fraction: float = DEFAULT_MIN_DATA_FRACTION,
+    source: str = "",
+) -> DataSizeCheck:
+    """Refuse a run whose training data is much smaller than the champion's.
+
+    Each of the ratings, users and movies recorded for both (``champion_size``, ``size``) must
+    be at least ``min_fraction`` of the champion's; ``min_fraction`` 0 turns the check off (the
+    figures are still noted). A champion whose size is not recorded is not compared. ``source``
+    says where the champion's figures come from when not from its tags.
+    """
+    champion_size = champion_size or {}
+    keys = [key for key in DATA_SIZE_KEYS if key in size and champion_size.get(key)]
+    if not keys:
+        return DataSizeCheck(
+            False, f"champion v{champion_version}'s training-data size is not recorded: not compared"
+        )
+    figures = (
+        f"training data {_figures(size, keys)} vs champion v{champion_version}'s "
+        f"{_figures(champion_size, keys)}{source}"
+    )
+    if min_fraction <= 0:
+        return DataSizeCheck(False, f"{figures}: the data-size check is off ({DATA_SIZE_OFF})")
+    short = [key for key in keys if size[key] < min_fraction * champion_size[key]]
+    if not short:
+        return DataSizeCheck(False, f"{figures}: not below {min_fraction:g} of the champion's")
+    return DataSizeCheck(
+        True,
+        f"less training data than champion v{champion_version}: {figures}, its "
+        f"{' and '.join(key.removeprefix('n_') for key in short)} below {min_fraction:g} of the champion's "
+        "(feedback emptied or replaced, raw data swapped for a subset?): a model trained on less would "
+        f"replace one trained on more; if that is meant, turn the check off for the run ({DATA_SIZE_OFF})",
+    )
 
 
 def smoke_test(
@@ -321,13 +396,16 @@ def judge(
     champion_scores: Mapping[int, float] | None = None,
     comparison: str | None = None,
     comparison_note: str | None = None,
+    data_check: DataSizeCheck | None = None,
 ) -> GateDecision:
     """Pass or reject one candidate version; the reasons say why either way.
 
     ``ndcg_a`` is the candidate's mean over its run's seeds (what :func:`choose` ranks by);
     with per-seed ``scores`` for both, the comparison with the champion is on their common seeds.
     ``comparison`` and ``comparison_note`` say where the champion's figures come from (a
-    :class:`ChampionBaseline`'s); they are recorded with the decision.
+    :class:`ChampionBaseline`'s); they are recorded with the decision. ``data_check`` compares
+    the run's training-data size with the champion's (:func:`data_size_check`): its note is among
+    the reasons, and a refusal rejects the candidate whatever it scored.
     """
     reasons = [f"smoke: {reason}" for reason in smoke.reasons]
     if smoke.passed:
@@ -338,6 +416,9 @@ def judge(
     has_champion = champion_ndcg is not None or unscored
     if has_champion and comparison_note:
         reasons.append(comparison_note)
+    less_data = has_champion and data_check is not None and data_check.refused
+    if has_champion and data_check is not None and not less_data:
+        reasons.append(data_check.note)
     mine, theirs, on = ndcg_a, champion_ndcg, ""
     comparable = True
     # a champion's seed without a score (NaN) cannot be compared on; the others still can
@@ -379,12 +460,15 @@ def judge(
             f"protocol-A NDCG@10{on} {mine:.4f} vs champion v{champion_version} {theirs:.4f} "
             f"(tolerance {tolerance}): not worse"
         )
+    if less_data and data_check is not None:  # the verdict, last: whatever the NDCG rule said
+        reasons.append(data_check.note)
     passed = (
         smoke.passed
         and bool(np.isfinite(ndcg_a))
         and bool(np.isfinite(mine))
         and comparable
         and not unscored
+        and not less_data
         and (theirs is None or mine >= theirs - tolerance)
     )
     return GateDecision(

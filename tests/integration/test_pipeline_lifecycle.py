@@ -392,6 +392,38 @@ def test_the_gate_compares_with_the_champion_on_this_runs_data(tmp_path: Path) -
     assert info.tags["gate_comparison"] == SAME_DATA
 
 
+def test_a_run_on_a_subset_of_the_data_does_not_replace_the_champion(tmp_path: Path) -> None:
+    """The gate measures the champion's recipe on the run's own data: with the raw files swapped
+    for half of them, the run's candidate was "not worse" on that half and replaced a champion
+    trained on twice the data. The run is refused, until the operator allows it for one run."""
+    from tests.helpers import flow_settings
+
+    settings = flow_settings(tmp_path, seeds="0,1")
+    first = run_flow(settings, ["most_liked"], None, "manual", timeout=FLOW_TIMEOUT).summary
+    assert first["promoted"]
+    full = first["ingest"]
+    for name, separator in (("u.data", "\t"), ("u.user", "|")):  # the first half of the users
+        path = settings.data_dir / name
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(line for line in lines if int(line.split(separator)[0]) <= 60))
+
+    second = run_flow(settings, ["most_liked"], None, "schedule", timeout=FLOW_TIMEOUT).summary
+    [entry] = second["candidates"]
+    assert second["promoted"] is None and second["champion"] == first["champion"], entry["reasons"]
+    assert entry["decision"] == "rejected"
+    why = entry["reasons"][-1]
+    assert why.startswith(f"less training data than champion v{first['champion']}")
+    assert f"vs champion v{first['champion']}'s {full['n_ratings']} ratings, 120 users" in why
+    registry = Registry.from_settings(settings)
+    assert registry.get(entry["version"]).reasons == entry["reasons"]
+    assert registry.get(entry["version"]).tags["n_users"] == "60"
+
+    allowed = settings.model_copy(update={"gate_min_data_fraction": 0.0})  # pipeline run --allow-less-data
+    third = run_flow(allowed, ["most_liked"], None, "manual", timeout=FLOW_TIMEOUT).summary
+    assert third["promoted"] and third["champion"] == third["promoted"], third["candidates"][0]["reasons"]
+    assert any("the data-size check is off" in r for r in third["candidates"][0]["reasons"])
+
+
 def test_too_little_data_fails_a_run_in_one_line_and_later_ticks_train_nothing(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
