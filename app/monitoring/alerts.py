@@ -9,7 +9,9 @@ alerter groups alerts per *kind*, the way Alertmanager does:
 * after a notification, further alerts of that kind are collected and sent at most once
   per ``window`` seconds, as one digest;
 * inside a group, identical alerts (same fingerprint: the summary with numbers and ids
-  masked) are counted, not repeated; the digest lists at most ``max_entries`` distinct ones.
+  masked) are counted, not repeated; the digest lists at most ``max_entries`` distinct ones,
+  and counts the others: exactly up to ``MAX_OMITTED_DISTINCT`` of them, estimated past that
+  (a group's memory stays bounded in a storm of distinct messages).
 
 Sinks deliver notifications: :class:`SmtpSink` (plain, STARTTLS or implicit TLS; the
 password is held in memory only and never logged) and :class:`LoggingSink` (a structured
@@ -143,6 +145,9 @@ class Notification:
     omitted_distinct: int = 0
     omitted_count: int = 0
     source: str = "movierec"
+    # past MAX_OMITTED_DISTINCT omitted ones: about how many more distinct, and their occurrences
+    beyond_cap_distinct: int = 0
+    beyond_cap_count: int = 0
 
     @property
     def subject(self) -> str:
@@ -163,7 +168,7 @@ class Notification:
             f"Severity:    {self.severity.name}",
             f"Source:      {self.source}",
             f"Occurrences: {self.count} between {ts(self.first_at)} and {ts(self.last_at)}",
-            f"Distinct:    {len(self.entries) + self.omitted_distinct}",
+            f"Distinct:    {self._distinct}",
             "",
         ]
         for entry in self.entries:
@@ -182,12 +187,27 @@ class Notification:
             lines.append("")
         if self.omitted_distinct:
             lines.append(
-                f"... and {self.omitted_distinct} more distinct entries ({self.omitted_count} occurrences) "
-                "not listed; see the journal."
+                f"... and {self.omitted_distinct} more distinct entries "
+                f"({self.omitted_count - self.beyond_cap_count} occurrences) not listed; see the journal."
+            )
+            lines.append("")
+        if self.beyond_cap_count:
+            lines.append(
+                f"... and about {self.beyond_cap_distinct:,} more distinct entries past those "
+                f"({self.beyond_cap_count:,} occurrences): past {self.omitted_distinct:,} entries not "
+                "listed the monitor keeps no list of them, only an estimate of how many differ; "
+                "see the journal."
             )
             lines.append("")
         lines.append("What each alert means and what to do: docs/operations.md (section 'Alert catalogue').")
         return "\n".join(lines) + "\n"
+
+    @property
+    def _distinct(self) -> str:
+        told_apart = len(self.entries) + self.omitted_distinct
+        if not self.beyond_cap_count:
+            return str(told_apart)
+        return f"about {told_apart + self.beyond_cap_distinct:,}"
 
 
 DETAIL_HEAD_LINES = 10  # a multi-line detail (a traceback) keeps its first lines ...
@@ -247,13 +267,45 @@ class PasswordSourceError(RuntimeError):
     """A configured password source (file, environment) is unusable."""
 
 
+MAX_OMITTED_DISTINCT = 1000
+"""Distinct entries past the listed ones a group tells apart exactly (their fingerprints, up to
+500 characters each, are kept until the group is sent). Past it they are counted in a
+:class:`_DistinctEstimate`: kept all, an error storm of distinct lines held tens of MB a window
+(journald lets 10,000 lines through in 30 s), per kind."""
+
+
+class _DistinctEstimate:
+    """How many distinct keys were added, estimated in fixed memory (linear counting: a bitmap of
+    ``BITS`` bits, one set per key's hash; the share of bits still clear tells how many keys
+    went in). Within about 1% up to a few hundred thousand keys; past about 1.5 million, when
+    every bit is set, it says the most it can tell (a lower bound)."""
+
+    BITS = 1 << 17  # 16 KiB
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS // 8)
+        self._clear = self.BITS
+
+    def add(self, key: str) -> None:
+        bit = hash(key) % self.BITS  # the process's string hash: stable for the group's life
+        byte, mask = divmod(bit, 8)
+        if not self._bits[byte] & (1 << mask):
+            self._bits[byte] |= 1 << mask
+            self._clear -= 1
+
+    def estimate(self) -> int:
+        return round(self.BITS * math.log(self.BITS / max(self._clear, 1)))
+
+
 @dataclass
 class _Group:
     entries: dict[str, EntrySummary] = field(default_factory=dict)
     first_seq: int = 0  # the oldest alert in the group (Alerter.raise_alert's number)
     count: int = 0
-    omitted_keys: set[str] = field(default_factory=set)
+    omitted_keys: set[str] = field(default_factory=set)  # at most MAX_OMITTED_DISTINCT
     omitted_count: int = 0
+    beyond_cap: _DistinctEstimate | None = None  # the omitted keys past MAX_OMITTED_DISTINCT
+    beyond_cap_count: int = 0
     severity: Severity = Severity.INFO
     first_at: dt.datetime | None = None
     last_at: dt.datetime | None = None
@@ -364,8 +416,13 @@ class Alerter:
             elif len(group.entries) < self.max_entries:
                 group.entries[key] = EntrySummary(summary, details, 1, alert.at, alert.at)
             else:
-                group.omitted_keys.add(key)
                 group.omitted_count += 1
+                if key in group.omitted_keys or len(group.omitted_keys) < MAX_OMITTED_DISTINCT:
+                    group.omitted_keys.add(key)
+                else:
+                    group.beyond_cap = group.beyond_cap or _DistinctEstimate()
+                    group.beyond_cap.add(key)
+                    group.beyond_cap_count += 1
         if self.group_wait == 0:
             self.flush_due()
         return seq
@@ -475,6 +532,8 @@ class Alerter:
             omitted_distinct=len(group.omitted_keys),
             omitted_count=group.omitted_count,
             source=self.source,
+            beyond_cap_distinct=group.beyond_cap.estimate() if group.beyond_cap is not None else 0,
+            beyond_cap_count=group.beyond_cap_count,
         )
 
     def _queue(self, retry: _Retry) -> None:

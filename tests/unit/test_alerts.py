@@ -356,3 +356,72 @@ def test_an_alert_kind_with_a_line_break_still_makes_an_email() -> None:
     msg = sink.build_message(rec.sent[0])
     assert msg["X-Movierec-Alert-Kind"] == "breaker.opened Bcc: someone@x.test"
     assert msg["Bcc"] is None
+
+
+def _letters(n: int) -> str:
+    """``n`` as a word of letters g-z: a summary that differs in it is a distinct entry (digits and
+    hex ids are masked by the fingerprint)."""
+    word = ""
+    while True:
+        n, digit = divmod(n, 20)
+        word += "ghijklmnopqrstuvwxyz"[digit]
+        if n == 0:
+            return word
+
+
+def test_an_error_storm_of_distinct_messages_keeps_the_group_bounded_and_says_how_many() -> None:
+    """Every distinct message past the listed ones was kept, in full (up to 500 characters), for
+    as long as its group waited: at journald's rate limit (10,000 lines in 30 s) a window of
+    distinct lines was tens of MB, per kind. The omitted ones are told apart up to a cap; past it
+    the email still says how many more distinct ones there were (an estimate) and how often."""
+    import tracemalloc
+
+    from app.monitoring.alerts import MAX_OMITTED_DISTINCT
+
+    alerter, sink, clock = make(max_entries=20)
+    beyond = 15_000
+    total = 20 + MAX_OMITTED_DISTINCT + beyond
+    padding = "x" * 400  # a long message: what the fingerprint keeps is up to 500 characters
+
+    def storm(first: int, last: int) -> None:
+        for i in range(first, last):
+            alerter.raise_alert(err(f"refused {_letters(i)} {padding}"))
+
+    storm(0, 20 + MAX_OMITTED_DISTINCT)  # the listed ones and the cap, whatever it costs
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        storm(20 + MAX_OMITTED_DISTINCT, total)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 1_000_000, f"{beyond} distinct messages past the cap grew the group by {grown} bytes"
+    alerter.raise_alert(err(f"refused {_letters(20 + MAX_OMITTED_DISTINCT + 5)} {padding}"))  # seen again
+    clock.advance(10)
+    [note] = alerter.flush_due()
+    assert note.count == total + 1 and len(note.entries) == 20
+    assert note.omitted_distinct == MAX_OMITTED_DISTINCT and note.omitted_count == total + 1 - 20
+    assert note.beyond_cap_count == beyond + 1
+    assert abs(note.beyond_cap_distinct - beyond) < beyond * 0.03, note.beyond_cap_distinct
+    body = note.body
+    listed = f"... and {MAX_OMITTED_DISTINCT} more distinct entries ({total - 20 - beyond} occurrences)"
+    assert f"{listed} not listed" in body
+    said = re.search(r"and about ([\d,]+) more distinct entries past those \(([\d,]+) occurrences\)", body)
+    assert said, body[-800:]
+    assert int(said[1].replace(",", "")) == note.beyond_cap_distinct
+    assert int(said[2].replace(",", "")) == beyond + 1
+    distinct = re.search(r"Distinct:    about ([\d,]+)", body)
+    told_apart = 20 + MAX_OMITTED_DISTINCT
+    assert distinct and int(distinct[1].replace(",", "")) == told_apart + note.beyond_cap_distinct
+    assert sink.sent == [note]
+
+
+def test_a_few_distinct_messages_past_the_listed_ones_are_counted_exactly() -> None:
+    alerter, _sink, clock = make(max_entries=2)
+    for i in range(7):
+        alerter.raise_alert(err(f"refused {_letters(i)}"))
+        alerter.raise_alert(err(f"refused {_letters(i)}"))
+    clock.advance(10)
+    [note] = alerter.flush_due()
+    assert note.omitted_distinct == 5 and note.omitted_count == 10 and note.beyond_cap_count == 0
+    assert "Distinct:    7\n" in note.body and "about" not in note.body
