@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import io
 import logging
 import os
 import re
 import shutil
 import ssl
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +54,7 @@ from app.number_options import number_problem
 log = logging.getLogger(__name__)
 
 SAVE_INTERVAL = 1.0  # seconds between two saves of the cursor file, at least (docs/operations.md)
+PRINT_BACKLOG = 1 << 18  # characters of --print output waiting for a reader, at most (docs/operations.md)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -354,6 +355,105 @@ def check_journal(follower: JournalFollower, container: str) -> bool:
     return True
 
 
+class Printer:
+    """``--print``'s output, written by a thread of its own.
+
+    The echo was written in the monitor's loop: to a reader that stalls (a pager paused or
+    scrolled back, a terminal on hold), once a pipe's 64 KiB were full the write waited, and the
+    loop with it: no entry read, no alert sent, no SIGTERM heeded for as long as it stalled. Now
+    only this thread waits. Up to ``backlog`` characters wait with it; past that, lines are left
+    out, and the next line it takes is preceded by one saying how many were. The thread writes to
+    the output's file descriptor, not through its buffer: blocked in the buffer at exit, it held
+    the buffer's lock, which the interpreter's last flush of stdout waits for (a fatal error).
+    """
+
+    def __init__(self, out: IO[str], *, backlog: int = PRINT_BACKLOG) -> None:
+        self.out = out
+        self.encoding = getattr(out, "encoding", None) or "utf-8"
+        self.backlog = backlog
+        try:
+            out.flush()
+            self._fd: int | None = out.fileno()
+        except (OSError, ValueError):  # no file descriptor (io.StringIO): written as a stream
+            self._fd = None
+        self._lines: deque[str] = deque()
+        self._waiting = 0  # characters queued or being written
+        self._skipped = 0  # lines left out since the last one queued
+        self.left_out = 0  # in all
+        self.gone: OSError | None = None
+        self._closing = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="print", daemon=True)
+        self._thread.start()
+
+    def write(self, line: str) -> None:
+        """Queue ``line`` and a line feed, or leave it out when the backlog is full; never waits."""
+        text = line + "\n"
+        with self._cond:
+            if self.gone is not None or self._closing:
+                return
+            if self._lines and self._waiting + len(text) > self.backlog:
+                self._skipped += 1
+                self.left_out += 1
+                return
+            self._queue_notice()
+            self._lines.append(text)
+            self._waiting += len(text)
+            self._cond.notify_all()
+
+    def _queue_notice(self) -> None:
+        if self._skipped:
+            notice = f"--print: {self._skipped} entries not printed here: the output was not being read\n"
+            self._skipped = 0
+            self._lines.append(notice)
+            self._waiting += len(notice)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Take no more lines, and wait up to ``timeout`` s for those queued to be written: an
+        output still not reading keeps them, and the thread, blocked until the process exits."""
+        with self._cond:
+            if self.gone is None:
+                self._queue_notice()
+            self._closing = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._waiting == 0, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._lines or self._closing)
+                if not self._lines:
+                    return
+                text = self._lines.popleft()
+            try:
+                self._emit(text)
+            except OSError as exc:
+                # said before the lines are dropped: close() returns once they are, said
+                log.warning(
+                    "--print stopped: its output is gone; still monitoring", extra={"error": str(exc)}
+                )
+                with self._cond:
+                    self.gone = exc
+                    self._lines.clear()
+                    self._waiting = 0
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._waiting -= len(text)
+                self._cond.notify_all()
+
+    def _emit(self, text: str) -> None:
+        if self._fd is None:
+            self.out.write(text)
+            self.out.flush()
+            return
+        # what the output's encoding cannot hold is "?" (a JSON "\udcff" raised out of --print
+        # and ended the monitor, on the same entry at each restart)
+        data = memoryview(text.encode(self.encoding, "replace"))
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+
 class Monitor:
     """Follow entries and feed the alerter; stoppable from another thread or a signal."""
 
@@ -379,6 +479,7 @@ class Monitor:
         self.out = out
         self.idle = idle
         self.cursor_file = cursor_file
+        self.printer: Printer | None = None  # --print's, made at the first entry printed
         self.entries_seen = 0
         self.alerts_raised = 0
         # Where a restart must resume so that no alert still undelivered is lost: for each alert
@@ -397,17 +498,16 @@ class Monitor:
             self.echo(entry)
 
     def echo(self, entry: JournalEntry) -> None:
-        """``--print``, after the entry's alert is raised: an output that is gone (EPIPE: the
-        reader of a pipe, an SSH session without a terminal; EIO: a closed terminal) raised before
-        it, the alert was lost and the monitor ended. Now the echo stops, said once, and the
-        monitoring goes on."""
-        out = self.out or sys.stdout
-        try:
-            out.write(entry.format_line() + "\n")
-            out.flush()
-        except OSError as exc:
+        """``--print``, after the entry's alert is raised, through a :class:`Printer`: it never
+        waits for the output. One that is gone (EPIPE: the reader of a pipe, an SSH session
+        without a terminal; EIO: a closed terminal) raised before the alert, which was lost, and
+        the monitor ended; now the echo stops, said once, and the monitoring goes on."""
+        if self.printer is None:
+            self.printer = Printer(self.out or sys.stdout)
+        if self.printer.gone is not None:
             self.print_entries = False
-            log.warning("--print stopped: its output is gone; still monitoring", extra={"error": str(exc)})
+            return
+        self.printer.write(entry.format_line())
 
     def run(self) -> None:
         """Process entries until :meth:`stop`; then send whatever alerts are still pending."""
@@ -432,6 +532,8 @@ class Monitor:
         finally:
             self.alerter.close()
             self.save_cursor()
+            if self.printer is not None:
+                self.printer.close()
 
     def save_cursor(self) -> None:
         """Record the journal position a restart resumes after: the current one, or, while
@@ -513,10 +615,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_entries=args.print_entries,
         cursor_file=cursor_file,
     )
-    if args.print_entries and isinstance(sys.stdout, io.TextIOWrapper):
-        # A line stdout cannot encode (a JSON "\udcff" under a locale other than C, where stdout
-        # is strict) raised out of --print and ended the monitor, on the same entry at each restart.
-        sys.stdout.reconfigure(errors="replace")
     # SIGHUP too (its terminal or SSH session closed): it killed the monitor at once, the alerts
     # waiting for their group or window unsent. The handlers found are set back once it stopped.
     with stop_signals.handled(lambda *_: monitor.stop()):
@@ -531,9 +629,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
         )
         monitor.run()
+    not_printed = monitor.printer.left_out if monitor.printer is not None else 0
     log.info(
         "monitor stopped",
-        extra={"entries": monitor.entries_seen, "alerts": monitor.alerts_raised, "emails": alerter.sent},
+        extra={
+            "entries": monitor.entries_seen,
+            "alerts": monitor.alerts_raised,
+            "emails": alerter.sent,
+            **({"not_printed": not_printed} if not_printed else {}),
+        },
     )
     if alerter.login_refused is not None:
         resent = "the alerts not sent are sent then" if cursor_file else "without --cursor-file they are lost"

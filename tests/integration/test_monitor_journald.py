@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import socket
@@ -1222,3 +1223,78 @@ def test_control_characters_of_an_entry_reach_the_email_visible_not_raw(smtp_ser
     assert "disk \\x00 full \\x1b[31mred\\x1b[0m \\x07" in msg["Subject"]
     body = msg.get_content()
     assert "        a\tb" in body and "        c\\x00d" in body
+
+
+class StalledReader:
+    """The monitor's stdout as a paused pager has it: read only while :meth:`read_until` runs,
+    left unread (the pipe's 64 KiB filling up) in between."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.text = ""
+
+    def read_until(self, token: str, timeout: float = ARRIVAL_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        while token not in self.text:
+            assert time.monotonic() < deadline, f"never printed {token!r}: {self.text[-500:]!r}"
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                chunk = os.read(self.fd, 1 << 16)
+                assert chunk, f"stdout closed before {token!r}"
+                self.text += chunk.decode("utf-8", "replace")
+
+
+def test_a_print_reader_that_stalls_does_not_stop_the_alerts(journald, container, smtp_server) -> None:
+    """`monitor-docker.py … --print | less`, and the pager paused (scrolled back, or on hold): the
+    echo was written in the monitor's loop, and once the pipe's 64 KiB were full that write waited
+    for the reader, and the loop with it: no entry read, no alert sent, no SIGTERM heeded, for as
+    long as the pager stayed paused. The printing waits on its own now; what an output that does
+    not read cannot take is left out, and the next line printed says how many were."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_SMTP")}
+    env["MONITOR_SMTP_PASSWORD"] = PASSWORD
+    args = [container, "127.0.0.1", USER, "--smtp-port", str(smtp_server.port), "--print"]
+    args += ["--group-wait", "0.5", "--window", "30", "--smtp-timeout", "5"]
+    with hang_up_at_default_in_children():
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "monitor-docker.py"), *args],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    stderr: list[bytes] = []
+    assert proc.stderr is not None
+    threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+    out = StalledReader(proc)
+    try:
+        deadline = time.monotonic() + ARRIVAL_SECONDS
+        while "canary" not in out.text:  # following once it echoes a canary
+            assert proc.poll() is None and time.monotonic() < deadline, b"".join(stderr)[-2000:]
+            journald.send("canary", CONTAINER_NAME=container)
+            with contextlib.suppress(AssertionError):
+                out.read_until("canary", timeout=0.5)
+        # The reader pauses: 1 MB of entries, more than the pipe and any backlog hold.
+        for i in range(1000):
+            journald.send(f"busy line {i} " + "x" * 1000, CONTAINER_NAME=container)
+        journald.send(app_line("ERROR", "raised while nobody reads the print"), CONTAINER_NAME=container)
+        [message] = smtp_server.wait_for(1, ARRIVAL_SECONDS)
+        assert "raised while nobody reads the print" in message.get_content(), b"".join(stderr)[-2000:]
+        assert proc.poll() is None
+        # The reader reads again: the lines left out are counted where they were left out.
+        journald.send("read again", CONTAINER_NAME=container)
+        out.read_until("read again")
+        notice = re.search(r"--print: (\d+) entries not printed here", out.text)
+        assert notice and int(notice[1]) > 0, out.text[-2000:]
+        assert out.text.index("busy line 0 ") < notice.start() < out.text.index("read again")
+        # Paused again, and stopped meanwhile: it stops all the same.
+        for i in range(1000):
+            journald.send(f"busy again {i} " + "x" * 1000, CONTAINER_NAME=container)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, b"".join(stderr)[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
