@@ -259,6 +259,41 @@ class SmtpConnectionError(AlertDeliveryError):
     Retried until the server accepts (:meth:`Alerter._deliver`); at start, exit 75, not 2."""
 
 
+class SmtpClientCertificateRequired(SmtpConnectionError):
+    """The server asked for a TLS client certificate (its handshake's CertificateRequest), and
+    ended the connection before answering over TLS when the monitor sent none, which it cannot
+    send: it requires one. Retried as a dropped connection while running (a server that asks for
+    one and went away for another reason looks the same once); at start, every try ended so is
+    a configuration error (exit 2), not 75."""
+
+
+class _CertificateRequested:
+    """Whether a TLS handshake's server asked for a client certificate, read from the handshake
+    messages (``SSLContext._msg_callback``, the ssl module's hook for them; where a Python lacks
+    it, nothing is seen and such a server is a dropped connection, as before)."""
+
+    HANDSHAKE = 22  # TLS content type
+    CERTIFICATE_REQUEST = 13  # TLS handshake message type
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.seen = False
+        self.answered = False  # the server answered over TLS: it took the connection as it was
+        if hasattr(context, "_msg_callback"):
+            # On the context: one connection of a sink at a time (the Alerter sends under a lock)
+            context._msg_callback = self._message
+
+    def _message(
+        self, _conn: object, direction: str, _version: object, content_type: int, msg_type: int, _data: bytes
+    ) -> None:
+        if direction == "read" and content_type == self.HANDSHAKE and msg_type == self.CERTIFICATE_REQUEST:
+            self.seen = True
+
+    @property
+    def refused(self) -> bool:
+        """The server asked for a certificate and the connection ended before it answered."""
+        return self.seen and not self.answered
+
+
 def _is_temporary(code: int) -> bool:
     return 400 <= code < 500
 
@@ -733,9 +768,13 @@ class SmtpSink:
     def _connect(self) -> smtplib.SMTP:
         """Open, secure and authenticate a connection, mapping failures to clear errors."""
         smtp: smtplib.SMTP | None = None
+        context = self._context() if self.security != "none" else None
+        requested = _CertificateRequested(context) if context is not None else None
         try:
             if self.security == "ssl":
-                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._context())
+                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+                if requested is not None:
+                    requested.answered = True  # its greeting, over TLS
             else:
                 smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
             self._ehlo(smtp)
@@ -746,8 +785,10 @@ class SmtpSink:
                         "(use implicit TLS on port 465, or plain for a local relay)",
                         retryable=False,
                     )
-                smtp.starttls(context=self._context())
+                smtp.starttls(context=context)
                 self._ehlo(smtp)
+                if requested is not None:
+                    requested.answered = True
             if self.username is not None and self._password is not None:
                 if self.security == "none" and not _is_loopback(self.host) and not self._warned_plain:
                     self._warned_plain = True
@@ -779,16 +820,19 @@ class SmtpSink:
             # cut): the "dropped the connection" it is without TLS, not a TLS setting to fix. As
             # one, it was exit 2 at start (not restarted) and each alert dropped at its first try.
             self._close_quietly(smtp)
+            self._certificate_required(requested, exc)
             raise SmtpConnectionError(
                 f"SMTP server {self.where} closed the connection during the TLS handshake: {exc}"
             ) from None
         except ssl.SSLError as exc:
             self._close_quietly(smtp)
+            self._certificate_required(requested, exc)
             raise AlertDeliveryError(
                 f"TLS with SMTP server {self.where} failed: {exc}", retryable=False
             ) from None
         except (smtplib.SMTPConnectError, smtplib.SMTPServerDisconnected) as exc:
             self._close_quietly(smtp)
+            self._certificate_required(requested, exc)
             raise SmtpConnectionError(f"cannot talk to SMTP server {self.where}: {exc}") from None
         except smtplib.SMTPResponseException as exc:
             # a 4xx to EHLO or STARTTLS (421, a relay shutting down; 454, TLS not available now) is
@@ -804,6 +848,7 @@ class SmtpSink:
             raise AlertDeliveryError(f"SMTP server {self.where}: {exc}") from None
         except OSError as exc:
             self._close_quietly(smtp)
+            self._certificate_required(requested, exc)
             raise SmtpConnectionError(
                 f"cannot reach SMTP server {self.where}: {exc.strerror or exc or type(exc).__name__}"
             ) from None
@@ -823,6 +868,24 @@ class SmtpSink:
         except AlertDeliveryError:
             self._close_quietly(smtp)
             raise
+
+    def _certificate_required(self, requested: _CertificateRequested | None, exc: Exception) -> None:
+        """Raise :class:`SmtpClientCertificateRequired` when the connection ended (``exc``) after
+        the server asked for a client certificate and before it answered over TLS: under TLS 1.2
+        as a handshake cut short or a "handshake failure" alert, under TLS 1.3 (the client's
+        handshake is over before the server checks it) as a connection closed at the first read,
+        even with the alert "certificate required". Each was a dropped connection (retried, exit
+        75 at start, restarted for ever) or a vague TLS failure. Not when the server's own
+        certificate failed, or it answered (an SMTP reply)."""
+        if requested is None or not requested.refused:
+            return
+        if isinstance(exc, (ssl.SSLCertVerificationError, smtplib.SMTPResponseException)):
+            return
+        raise SmtpClientCertificateRequired(
+            f"SMTP server {self.where} asked for a TLS client certificate and ended the connection "
+            f"when none was sent ({exc or type(exc).__name__}): it requires one, and the monitor "
+            "cannot send one; use a port or relay of it that takes a login without one"
+        ) from None
 
     @staticmethod
     def _ehlo(smtp: smtplib.SMTP) -> None:

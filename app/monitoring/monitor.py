@@ -43,6 +43,7 @@ from app.monitoring.alerts import (
     Alerter,
     PasswordSourceError,
     Severity,
+    SmtpClientCertificateRequired,
     SmtpConnectionError,
     SmtpSink,
     load_smtp_password,
@@ -280,13 +281,20 @@ def build_sink(args: argparse.Namespace, password: str | None) -> SmtpSink:
 
 def verify_sink(sink: SmtpSink, *, attempts: int = 3, delay: float = 2.0) -> None:
     """Log in (and name sender and recipients) once at start. Auth/TLS problems and refused
-    addresses fail at once; an unreachable server gets retries."""
+    addresses fail at once; an unreachable server gets retries. A server that ended each try
+    after asking for a TLS client certificate requires one, which the monitor cannot send: a
+    :class:`ConfigError`, not :class:`Unreachable` (exit 75, restarted every 10 s for ever); once
+    may be a server that asks for one and went away for another reason."""
+    certificate_required = 0
     for attempt in range(1, attempts + 1):
         try:
             sink.verify()
             return
         except SmtpConnectionError as exc:
+            certificate_required += isinstance(exc, SmtpClientCertificateRequired)
             if attempt == attempts:
+                if certificate_required == attempts:
+                    raise ConfigError(f"{exc} (at each of {attempts} attempts)") from None
                 raise Unreachable(f"{exc} (after {attempts} attempts)") from None
             log.warning("SMTP server not reachable; retrying", extra={"error": str(exc), "attempt": attempt})
             time.sleep(delay * attempt)

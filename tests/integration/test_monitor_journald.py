@@ -41,6 +41,7 @@ from app.monitoring.alerts import (
     Alerter,
     Notification,
     SmtpAuthError,
+    SmtpClientCertificateRequired,
     SmtpConnectionError,
     SmtpSink,
 )
@@ -450,8 +451,133 @@ def test_a_connection_dropped_during_the_tls_handshake_is_retried_not_a_configur
         with pytest.raises(SmtpConnectionError) as info:
             sink.verify()
         assert info.value.retryable and f"127.0.0.1:{port}" in str(info.value)
+        assert not isinstance(info.value, SmtpClientCertificateRequired)  # it asked for none
         with pytest.raises(SmtpConnectionError):
             sink.send(_note())
+
+
+@contextlib.contextmanager
+def _server_requiring_a_client_certificate(
+    tls_files: tuple[Path, Path], security: str, version: ssl.TLSVersion, *, alert: bool
+) -> Iterator[int]:
+    """A port whose server requires a TLS client certificate (its handshake asks for one), and
+    when none comes closes the connection: with the TLS alert that says why when ``alert``, else
+    without a word (the alert OpenSSL wrote is not sent), as some servers and proxies do."""
+    cert, key = tls_files
+    context = server_tls_context(cert, key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cert)
+    context.maximum_version = version
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def handshake(conn: socket.socket) -> None:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_side=True)
+        while True:
+            try:
+                tls.do_handshake()
+                raise AssertionError("a handshake without a client certificate succeeded")
+            except ssl.SSLWantReadError:
+                conn.sendall(outgoing.read())
+                data = conn.recv(1 << 16)
+                if not data:
+                    return
+                incoming.write(data)
+            except ssl.SSLError:
+                if alert:
+                    conn.sendall(outgoing.read())
+                return
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn, conn.makefile("rb") as reader, contextlib.suppress(OSError):
+                if security == "starttls":
+                    conn.sendall(b"220 relay ESMTP\r\n")
+                    reader.readline()  # EHLO
+                    conn.sendall(b"250-relay\r\n250 STARTTLS\r\n")
+                    reader.readline()  # STARTTLS
+                    conn.sendall(b"220 2.0.0 Ready to start TLS\r\n")
+                handshake(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+@pytest.mark.parametrize("alert", [False, True], ids=["closed", "alert"])
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls12", "tls13"])
+@pytest.mark.parametrize("security", ["ssl", "starttls"])
+def test_a_server_that_requires_a_client_certificate_is_named_so(
+    tls_files: tuple[Path, Path], security: str, version: ssl.TLSVersion, alert: bool
+) -> None:
+    """A server that requires a client certificate (the monitor sends none) and closes the
+    connection without one looked like a server going away: "closed the connection during the TLS
+    handshake", or under TLS 1.3 (the client's handshake is over before the server checks it),
+    "Connection unexpectedly closed", even with the TLS alert "certificate required": retried,
+    exit 75 at start, restarted every 10 s for ever. Its handshake asks for a certificate
+    (CertificateRequest): that is what the error says now."""
+    cert, _key = tls_files
+    with _server_requiring_a_client_certificate(tls_files, security, version, alert=alert) as port:
+        sink = _sink(port, security=security, ssl_context=ssl.create_default_context(cafile=str(cert)))
+        with pytest.raises(SmtpClientCertificateRequired) as info:
+            sink.verify()
+    text = str(info.value)
+    assert f"127.0.0.1:{port}" in text and "client certificate" in text, text
+    assert PASSWORD not in text
+
+
+@pytest.mark.parametrize(("security", "version"), [("ssl", "TLSv1_3"), ("starttls", "TLSv1_2")])
+def test_a_server_that_requires_a_client_certificate_is_exit_2_at_start(
+    tls_files: tuple[Path, Path], security: str, version: str
+) -> None:
+    """... and the monitor's start-up check ends with exit 2 (a configuration to change, which the
+    unit does not restart) once each of its tries was refused so, instead of exit 75."""
+    cert, _key = tls_files
+    with _server_requiring_a_client_certificate(
+        tls_files, security, ssl.TLSVersion[version], alert=False
+    ) as port:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_SMTP")}
+        env["MONITOR_SMTP_PASSWORD"] = PASSWORD
+        options = ["--ssl"] if security == "ssl" else ["--is-secure"]
+        done = subprocess.run(
+            [sys.executable, str(REPO / "monitor-docker.py"), "movierec-none", "127.0.0.1", USER,
+             "--smtp-port", str(port), *options, "--smtp-cafile", str(cert), "--journalctl", "true"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "client certificate" in done.stderr and "try again later" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_server_that_asks_for_a_client_certificate_but_does_without_takes_the_alerts(
+    tls_files: tuple[Path, Path],
+) -> None:
+    """A server that asks for a certificate but takes a connection without one (optional) is no
+    error: the request alone does not make one."""
+    cert, key = tls_files
+    context = server_tls_context(cert, key)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(cert)
+    server = start_smtp(ssl_context=context, auth_require_tls=False)
+    try:
+        sink = _sink(server.port, security="ssl", ssl_context=ssl.create_default_context(cafile=str(cert)))
+        sink.verify()
+        sink.send(_note("asked, not required"))
+        [msg] = server.wait_for(1, ARRIVAL_SECONDS)
+        assert "asked, not required" in msg["Subject"]
+    finally:
+        server.controller.stop()
 
 
 # ------------------------------------------------------------------------------ journald

@@ -640,3 +640,33 @@ def test_main_gives_back_the_signal_handlers_it_found(
         for signum, handler in before.items():
             signal.signal(signum, handler)
     assert after == before
+
+
+class ScriptedVerify:
+    """A sink whose start-up checks fail as scripted, one error per try."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+
+    def verify(self) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+def test_a_client_certificate_refused_at_every_start_up_try_is_a_configuration_error() -> None:
+    """A server that requires a TLS client certificate ends every try the same way; at start that
+    was "unreachable" (exit 75, restarted every 10 s for ever). Refused so at each try, it is a
+    configuration error (exit 2); once among other failures, the server may have gone away for
+    another reason, and it is still "try again later"."""
+    from app.monitoring.alerts import SmtpClientCertificateRequired
+    from app.monitoring.monitor import ConfigError, Unreachable, verify_sink
+
+    refused = SmtpClientCertificateRequired("SMTP server smtp:465 asked for a TLS client certificate ...")
+    with pytest.raises(ConfigError, match=r"client certificate.*at each of 3 attempts"):
+        verify_sink(ScriptedVerify(refused, refused, refused), delay=0)  # type: ignore[arg-type]
+    dropped = SmtpConnectionError("SMTP server smtp:465 closed the connection during the TLS handshake")
+    with pytest.raises(Unreachable, match="after 3 attempts"):
+        verify_sink(ScriptedVerify(refused, refused, dropped), delay=0)  # type: ignore[arg-type]
+    with pytest.raises(Unreachable):
+        verify_sink(ScriptedVerify(dropped, refused, refused), delay=0)  # type: ignore[arg-type]
+    verify_sink(ScriptedVerify(refused, refused), delay=0)  # type: ignore[arg-type]  # the third try worked
