@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -408,9 +408,9 @@ def test_smtp_sink_implicit_tls(tls_files: tuple[Path, Path]) -> None:
 
 
 @contextlib.contextmanager
-def _server_dropping_tls(security: str) -> Iterator[int]:
-    """A port whose server drops each connection where its TLS handshake would begin: at once for
-    implicit TLS, after its "220" to STARTTLS otherwise (a relay restarting, overloaded, cut off)."""
+def _scripted_server(handle: Callable[[socket.socket, Any], None]) -> Iterator[int]:
+    """A port whose server hands each connection (the socket, and a binary reader of it) to
+    ``handle``, then closes it; a connection's socket errors end that connection only."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     done = threading.Event()
@@ -422,12 +422,7 @@ def _server_dropping_tls(security: str) -> Iterator[int]:
             except TimeoutError:
                 continue
             with conn, conn.makefile("rb") as reader, contextlib.suppress(OSError):
-                if security == "starttls":
-                    conn.sendall(b"220 relay ESMTP\r\n")
-                    reader.readline()  # EHLO
-                    conn.sendall(b"250-relay\r\n250 STARTTLS\r\n")
-                    reader.readline()  # STARTTLS
-                    conn.sendall(b"220 2.0.0 Ready to start TLS\r\n")
+                handle(conn, reader)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -437,6 +432,28 @@ def _server_dropping_tls(security: str) -> Iterator[int]:
         done.set()
         thread.join(timeout=5)
         listener.close()
+
+
+def _up_to_starttls(conn: socket.socket, reader: Any) -> None:
+    """A server's side of a session up to its "220" to STARTTLS, where the TLS handshake begins."""
+    conn.sendall(b"220 relay ESMTP\r\n")
+    reader.readline()  # EHLO
+    conn.sendall(b"250-relay\r\n250 STARTTLS\r\n")
+    reader.readline()  # STARTTLS
+    conn.sendall(b"220 2.0.0 Ready to start TLS\r\n")
+
+
+@contextlib.contextmanager
+def _server_dropping_tls(security: str) -> Iterator[int]:
+    """A port whose server drops each connection where its TLS handshake would begin: at once for
+    implicit TLS, after its "220" to STARTTLS otherwise (a relay restarting, overloaded, cut off)."""
+
+    def handle(conn: socket.socket, reader: Any) -> None:
+        if security == "starttls":
+            _up_to_starttls(conn, reader)
+
+    with _scripted_server(handle) as port:
+        yield port
 
 
 @pytest.mark.parametrize("security", ["ssl", "starttls"])
@@ -468,9 +485,6 @@ def _server_requiring_a_client_certificate(
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(cert)
     context.maximum_version = version
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    done = threading.Event()
 
     def handshake(conn: socket.socket) -> None:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -490,29 +504,13 @@ def _server_requiring_a_client_certificate(
                     conn.sendall(outgoing.read())
                 return
 
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with conn, conn.makefile("rb") as reader, contextlib.suppress(OSError):
-                if security == "starttls":
-                    conn.sendall(b"220 relay ESMTP\r\n")
-                    reader.readline()  # EHLO
-                    conn.sendall(b"250-relay\r\n250 STARTTLS\r\n")
-                    reader.readline()  # STARTTLS
-                    conn.sendall(b"220 2.0.0 Ready to start TLS\r\n")
-                handshake(conn)
+    def handle(conn: socket.socket, reader: Any) -> None:
+        if security == "starttls":
+            _up_to_starttls(conn, reader)
+        handshake(conn)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        done.set()
-        thread.join(timeout=5)
-        listener.close()
+    with _scripted_server(handle) as port:
+        yield port
 
 
 @pytest.mark.parametrize("alert", [False, True], ids=["closed", "alert"])
@@ -1278,37 +1276,22 @@ def test_an_alert_from_the_first_entry_read_is_not_lost_to_a_restart(
 def _server_answering(replies: dict[str, bytes]) -> Iterator[int]:
     """A port whose server greets, answers each command named in ``replies`` with its reply
     (closing the connection after a 421, as RFC 5321 has it) and any other with "250 OK"."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    done = threading.Event()
 
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with conn, conn.makefile("rb") as reader, contextlib.suppress(OSError):
-                conn.sendall(b"220 relay ESMTP\r\n")
-                for line in reader:
-                    command = line.split(b" ", 1)[0].strip().upper().decode()
-                    if command == "QUIT":
-                        conn.sendall(b"221 Bye\r\n")
-                        break
-                    default = b"250-relay\r\n250 STARTTLS\r\n" if command == "EHLO" else b"250 OK\r\n"
-                    reply = replies.get(command, default)
-                    conn.sendall(reply)
-                    if reply.startswith(b"421"):
-                        break
+    def handle(conn: socket.socket, reader: Any) -> None:
+        conn.sendall(b"220 relay ESMTP\r\n")
+        for line in reader:
+            command = line.split(b" ", 1)[0].strip().upper().decode()
+            if command == "QUIT":
+                conn.sendall(b"221 Bye\r\n")
+                break
+            default = b"250-relay\r\n250 STARTTLS\r\n" if command == "EHLO" else b"250 OK\r\n"
+            reply = replies.get(command, default)
+            conn.sendall(reply)
+            if reply.startswith(b"421"):
+                break
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        done.set()
-        thread.join(timeout=5)
-        listener.close()
+    with _scripted_server(handle) as port:
+        yield port
 
 
 @pytest.mark.parametrize(
