@@ -19,27 +19,19 @@ import pytest
 from click.testing import CliRunner
 
 from app.pipeline.candidates import publish_candidate, train_candidate
-from app.pipeline.flow import MovieRecTrainingFlow
 from app.pipeline.ingest import Ingested
 from app.recommender.data import MovieLens
 from app.registry.mlflow_registry import CHAMPION, Registry
 from tests.helpers import flow_settings, register_bundle
+from tests.release_step import ReleaseStep
 
 pytestmark = pytest.mark.unit
 
 CANDIDATE = "most_liked"
 
 
-class _Run:
+class _Run(ReleaseStep):
     """The state of the flow's release step for a run on ``data``, with the flow's own methods."""
-
-    _register = MovieRecTrainingFlow._register
-    _gate = MovieRecTrainingFlow._gate
-    _export = MovieRecTrainingFlow._export
-    _record_promoted = MovieRecTrainingFlow._record_promoted
-    _not_promoted = MovieRecTrainingFlow._not_promoted
-    _summary = MovieRecTrainingFlow._summary
-    _hand_over = MovieRecTrainingFlow._hand_over
 
     def __init__(self, data: MovieLens) -> None:
         ingested = Ingested(data)

@@ -17,24 +17,17 @@ from typing import Any
 
 import pytest
 
-from app.pipeline.flow import MovieRecTrainingFlow
 from app.registry import export
 from app.registry.export import served_version
 from app.registry.mlflow_registry import Registry
 from tests.helpers import flow_settings, register_bundle
+from tests.release_step import ReleaseStep
 
 pytestmark = pytest.mark.unit
 
 
-class _Release:
+class _Release(ReleaseStep):
     """The state the flow's release step has when it gates and exports, with its own methods."""
-
-    _gate = MovieRecTrainingFlow._gate
-    _export = MovieRecTrainingFlow._export
-    _not_promoted = MovieRecTrainingFlow._not_promoted
-    _record_promoted = MovieRecTrainingFlow._record_promoted
-    _summary = MovieRecTrainingFlow._summary
-    _hand_over = MovieRecTrainingFlow._hand_over
 
     def __init__(self, version: str, data: Any) -> None:
         self.registered = [
