@@ -38,7 +38,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -906,8 +906,15 @@ class SmtpSink:
         email is sent), so a wrong password, or a sender or recipients the server refuses, is
         reported at start, not at 3 a.m. with the alert it drops."""
         smtp = self._connect()
-        try:
+        with self._session(smtp):
             self._check_envelope(smtp)
+
+    @contextlib.contextmanager
+    def _session(self, smtp: smtplib.SMTP) -> Iterator[None]:
+        """The block's exchange with the server, the connection closed after it (QUIT, then closed
+        whatever QUIT did); a connection dropped in it is a retryable :class:`SmtpConnectionError`."""
+        try:
+            yield
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise SmtpConnectionError(f"SMTP server {self.where} dropped the connection: {exc}") from None
         finally:
@@ -970,26 +977,21 @@ class SmtpSink:
     def send(self, notification: Notification) -> None:
         msg = self.build_message(notification)
         smtp = self._connect()
-        try:
-            refused = smtp.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)
-        except smtplib.SMTPRecipientsRefused as exc:
-            message = f"SMTP server {self.where} refused recipients {_replies(exc.recipients)}"
-            if all(_is_temporary(code) for code, _ in exc.recipients.values()):
-                raise SmtpConnectionError(message) from None
-            raise AlertDeliveryError(message, retryable=False) from None
-        except smtplib.SMTPResponseException as exc:  # sender refused, data refused, ...
-            sender = isinstance(exc, smtplib.SMTPSenderRefused)
-            what = f"refused sender {self.sender!r}" if sender else "answered"
-            message = f"SMTP server {self.where} {what}: {exc.smtp_code} {_decode(exc.smtp_error)}"
-            if _is_temporary(exc.smtp_code):
-                raise SmtpConnectionError(message) from None
-            raise AlertDeliveryError(message, retryable=False) from None
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            raise SmtpConnectionError(f"SMTP server {self.where} dropped the connection: {exc}") from None
-        finally:
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                smtp.quit()
-            self._close_quietly(smtp)
+        with self._session(smtp):
+            try:
+                refused = smtp.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)
+            except smtplib.SMTPRecipientsRefused as exc:
+                message = f"SMTP server {self.where} refused recipients {_replies(exc.recipients)}"
+                if all(_is_temporary(code) for code, _ in exc.recipients.values()):
+                    raise SmtpConnectionError(message) from None
+                raise AlertDeliveryError(message, retryable=False) from None
+            except smtplib.SMTPResponseException as exc:  # sender refused, data refused, ...
+                sender = isinstance(exc, smtplib.SMTPSenderRefused)
+                what = f"refused sender {self.sender!r}" if sender else "answered"
+                message = f"SMTP server {self.where} {what}: {exc.smtp_code} {_decode(exc.smtp_error)}"
+                if _is_temporary(exc.smtp_code):
+                    raise SmtpConnectionError(message) from None
+                raise AlertDeliveryError(message, retryable=False) from None
         if refused:
             self._partly_refused(refused)
 
