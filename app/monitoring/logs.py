@@ -6,7 +6,8 @@ log driver each line becomes one journal entry, and ``monitor-docker.py`` parses
 the service and its monitor: keep ``ts``, ``level``, ``logger`` and ``message``.
 
 Secrets must never reach a log line, whoever wrote the call: values of secret-looking keys
-are replaced, and bearer tokens, JWTs, ``password=...`` pairs and URLs' passwords are scrubbed
+are replaced, and bearer tokens, JWTs, ``password=...`` and ``password: ...`` pairs (quoted or
+not, JSON's too) and URLs' passwords are scrubbed
 from message text and exception traces. Redaction happens in the formatter so it also covers records
 from third-party libraries. A text of megabytes is cut to its start and end (MAX_TEXT_CHARS), so a
 line stays one the monitor can read whole.
@@ -48,6 +49,18 @@ _SECRET_KEY = re.compile(
 _SECRET_WORD = r"(?=[\w-]*?(?:passw(?:or)?d|passphrase|secret|token|api[_-]?key))[\w-]++"  # noqa: S105  # nosec B105 - the redaction pattern
 
 
+# Where an unquoted value would start: not a quoted one (its own pattern's), nor a placeholder
+# ([REDACTED], <token>), so scrubbing twice, or a line that names a placeholder, keeps the text.
+_UNQUOTED_VALUE = r"""(?![bru]{0,2}\\?["']|\[REDACTED\]|<[\w -]*>)"""
+
+# Words that follow "password:" or "token:" in prose, no secret (each shorter than any secret
+# movierec accepts, or a JSON literal).
+_PROSE_WORD = (
+    r"(?:none|null|nil|true|false|yes|no|not|set|unset|empty|missing|required|invalid|expired"
+    r"|revoked|wrong|incorrect|ok|see|use|send|must|is|was|the|a|an|every|each|from|for|to)"
+)
+
+
 def _has_whitespace(text: str) -> bool:
     """True when ``text`` may hold a ``\\s`` character: every one but the ASCII space is a
     Unicode separator or control character, which ``str.isprintable`` rejects."""
@@ -71,23 +84,40 @@ _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] =
         ),
         r"\1" + REDACTED,
     ),
-    # key='value' / key="value" (Python reprs of dataclasses and models, libpq conninfo)
+    # key: value, key = value, "key": "value": the separator a colon or an equals sign, with or
+    # without spaces (YAML, a header, an ini file, a debug line, a repr, JSON, libpq conninfo).
+    # A quoted value is taken whole to the quote that closes it, past the other quote and a
+    # backslash-escaped one (JSON's \", conninfo's \'), and so is JSON held in a JSON string
+    # (\"password\": \"...\"); a bytes repr's b'...' too. An empty one ("") is left as it is.
+    (
+        lambda text: "=" in text or ":" in text,
+        re.compile(
+            rf"(?i)(?<![\w-])({_SECRET_WORD}(?:\\?[\"'])?[ \t]*[:=][ \t]*[bru]{{0,2}})"
+            r"""(\\"|"|')(?:"""
+            r"""(?<=\\")(?:\\\\\\"|[^"\\\n]|\\[^"\n])++(?=\\")"""
+            r"""|(?<!\\")(?<=")(?:[^"\\\n]|\\.)++(?=")"""
+            r"""|(?<=')(?:[^'\\\n]|\\.)++(?=')"""
+            r")\2"
+        ),
+        r"\1\2" + REDACTED + r"\2",
+    ),
+    # key=value, key = value (query strings, DSNs in kwargs, CLI-style pairs, env dumps)
     (
         lambda text: "=" in text,
-        re.compile(rf"(?i)(?<![\w-])({_SECRET_WORD})=(['\"])(?:(?<=')[^']*+|(?<=\")[^\"]*+)\2"),
-        r"\1=\2" + REDACTED + r"\2",
+        re.compile(rf"(?i)(?<![\w-])({_SECRET_WORD}[ \t]*=[ \t]*){_UNQUOTED_VALUE}[^\s&;,'\"]+"),
+        r"\1" + REDACTED,
     ),
-    # key=value (query strings, DSNs in kwargs, CLI-style pairs)
-    (
-        lambda text: "=" in text,
-        re.compile(rf"(?i)(?<![\w-])({_SECRET_WORD})=([^\s&;,'\"]+)"),
-        r"\1=" + REDACTED,
-    ),
-    # "key": "value" (JSON or repr'd dicts inside a message)
+    # key: value (YAML, a header, a label in a debug line). Prose writes the same shape ("no
+    # session password: set SESSION_PASSWORD", "invalid token: expired"): a few words no secret
+    # is (none, expired, set...) are left as they are, and so is a following "//" (a scheme).
     (
         lambda text: ":" in text,
-        re.compile(rf"(?i)([\"']{_SECRET_WORD}[\"']\s*:\s*[\"'])([^\"']*)([\"'])"),
-        r"\1" + REDACTED + r"\3",
+        re.compile(
+            rf"(?i)(?<![\w-])({_SECRET_WORD}(?:\\?[\"'])?[ \t]*:[ \t]*)"
+            rf"(?!//|{_PROSE_WORD}(?![^\s,;'\"]))"
+            rf"{_UNQUOTED_VALUE}[^\s,;'\"]+"
+        ),
+        r"\1" + REDACTED,
     ),
     # URL credentials: scheme://user:password@host (the scheme tried from the start of its run);
     # the user may be empty, as in Redis's redis://:password@host, or hold an @ (an e-mail
@@ -174,7 +204,8 @@ def is_secret_key(key: str) -> bool:
 
 
 def scrub_text(text: str) -> str:
-    """Remove bearer tokens, JWTs, ``password=...``-style values and URLs' passwords from free text."""
+    """Remove bearer tokens, JWTs, ``password=...``/``password: ...`` values and URLs' passwords
+    from free text."""
     for may_match, pattern, replacement in _TEXT_PATTERNS:
         if may_match(text):
             text = pattern.sub(replacement, text)
