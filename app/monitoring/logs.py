@@ -70,9 +70,21 @@ def _has_whitespace(text: str) -> bool:
 # Patterns scrubbed from free text, each tried only where a test it cannot match without says
 # it may match: most of what is scrubbed is short text with no secret (every access line's
 # path, endpoint and request id), and such a test is ~50 ns against ~1 us for a regex pass.
-# Order matters: the JWT pattern runs after the bearer one.
+# Order matters: the Authorization and JWT patterns run after the bearer one.
 _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] = (
     (_has_whitespace, re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
+    # An Authorization header's credentials whatever their scheme (Token, ApiKey, none) or length
+    # (the pattern above wants 8 characters after Bearer/Basic), as a header, JSON or a repr
+    # writes it; its scheme is kept. A placeholder or a prose word after it is left as it is.
+    (
+        lambda text: ":" in text or "=" in text,
+        re.compile(
+            r"""(?i)(?<![\w-])((?:proxy-)?authori[sz]ation(?:\\?["'])?[ \t]*[:=][ \t]*(?:\\?["'])?"""
+            r"(?:(?:bearer|basic|token|digest|negotiate|ntlm|api-?key|key|jwt|hmac|hawk|oauth|dpop)[ \t]+)?+)"
+            rf"""(?!{_PROSE_WORD}(?![^\s,;'"\\])|\[REDACTED\]|<[\w -]*>)[^\s,;'"\\]+"""
+        ),
+        r"\1" + REDACTED,
+    ),
     # JWTs. Tried once per run of token characters (the run's first "eyJ" after a word boundary,
     # taken atomically): as ``\beyJ...``, every "-eyJ" of a run rescanned the run to its end,
     # quadratic (0.4 s for 40 kB of "eyJ-", minutes for a 1 MB line the monitor joined).

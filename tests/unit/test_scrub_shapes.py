@@ -87,6 +87,9 @@ def test_text_around_secret_words_without_a_value_is_kept(text: str) -> None:
         "a password:" + "-" * 1_000_000,
         "x" * 1_000_000 + ":",
         "password" * 120_000 + ": x",
+        "Authorization: " * 70_000,
+        "authorization: bearer " * 50_000,
+        '"Authorization": "Token ' * 40_000,
     ],
 )
 def test_key_value_scrubbing_stays_linear_on_a_hostile_megabyte(text: str) -> None:
@@ -95,3 +98,33 @@ def test_key_value_scrubbing_stays_linear_on_a_hostile_megabyte(text: str) -> No
     started = time.perf_counter()
     scrub_text(text)
     assert time.perf_counter() - started < 3.0
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        ("Authorization: Token abcdefghijkl", f"Authorization: Token {REDACTED}"),
+        ("authorization: ApiKey k-123", f"authorization: ApiKey {REDACTED}"),
+        ("Authorization: abcdefghijklmnop", f"Authorization: {REDACTED}"),
+        # a short credential: the bearer/basic pattern alone wants 8 characters
+        ("Authorization: Bearer abc123", f"Authorization: Bearer {REDACTED}"),
+        ("Proxy-Authorization: Basic YTpi", f"Proxy-Authorization: Basic {REDACTED}"),
+        ('{"Authorization": "Token abc123"}', f'{{"Authorization": "Token {REDACTED}"}}'),
+        ("headers={'authorization': 'k123'}", f"headers={{'authorization': '{REDACTED}'}}"),
+        ("Authorization=Digest-less k123 rest", f"Authorization={REDACTED} k123 rest"),
+    ],
+)
+def test_authorization_values_are_scrubbed_whatever_their_scheme(text: str, scrubbed: str) -> None:
+    assert scrub_text(text) == scrubbed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "invalid access token: send one Authorization: Bearer <token>",
+        "missing Authorization header",
+        "Authorization: none sent",
+    ],
+)
+def test_authorization_prose_is_kept(text: str) -> None:
+    assert scrub_text(text) == text
