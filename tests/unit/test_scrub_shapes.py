@@ -90,6 +90,8 @@ def test_text_around_secret_words_without_a_value_is_kept(text: str) -> None:
         "Authorization: " * 70_000,
         "authorization: bearer " * 50_000,
         '"Authorization": "Token ' * 40_000,
+        "tokens: 1} " * 90_000,
+        "token_at" * 125_000 + ": x",
     ],
 )
 def test_key_value_scrubbing_stays_linear_on_a_hostile_megabyte(text: str) -> None:
@@ -128,3 +130,49 @@ def test_authorization_values_are_scrubbed_whatever_their_scheme(text: str, scru
 )
 def test_authorization_prose_is_kept(text: str) -> None:
     assert scrub_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # what a secret's key names but is no secret: when it changed, what it is, where it is
+        "password_changed_at=2026-12-01T10:00:00Z",
+        "password_changed_at: 2026-12-01",
+        '{"token_type": "bearer", "token_expires_in": 3600}',
+        "token_type=bearer",
+        "SESSION_PASSWORD_FILE=/run/secrets/session_password",
+        "password_file: /run/secrets/pw",
+        "min_password_length: 12",
+        "compose-secrets: cannot read /run/secrets/jwt_secret",
+        # counts: a plural key with a number
+        "tokens: 3",
+        "tokens=3 max_tokens=512",
+        '{"revoked_tokens": 12}',
+    ],
+)
+def test_what_names_a_secret_but_is_none_is_kept(text: str) -> None:
+    assert scrub_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        # a plural key's value that is not a count is still a secret (a list of tokens)
+        ("tokens=abc123,def456", f"tokens={REDACTED},def456"),
+        ("api_keys: k1234567", f"api_keys: {REDACTED}"),
+        # a number under a singular key may be a secret (a one-time code, a PIN)
+        ("otp_token=123456", f"otp_token={REDACTED}"),
+        # a secret's key ending in a word that is no suffix
+        ("PASSWORD_DATA=hunter2", f"PASSWORD_DATA={REDACTED}"),
+        ("password_hash: $2b$12$abc", f"password_hash: {REDACTED}"),
+    ],
+)
+def test_secrets_whose_keys_look_like_metadata_are_still_scrubbed(text: str, scrubbed: str) -> None:
+    assert scrub_text(text) == scrubbed
+
+
+def test_extras_that_name_a_secret_but_are_none_are_kept() -> None:
+    from app.monitoring.logs import redact
+
+    extras = {"password_changed_at": "2026-12-01", "token_type": "bearer", "password": "hunter2"}
+    assert redact(extras) == {**extras, "password": REDACTED}
