@@ -33,9 +33,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDACTED = "[REDACTED]"
 
 # Keys whose values are secrets, matched case-insensitively anywhere in the key name
-# ("smtp_password", "X-Auth-Token", "refresh_token", "client_secret", ...).
+# ("smtp_password", "X-Auth-Token", "refresh_token", "client_secret", ODBC's and MySQL's "pwd", ...).
 _SECRET_KEY = re.compile(
-    r"passw(or)?d|passphrase|^pass$|secret|token|authori[sz]ation|api[_-]?key|cookie|credential"
+    r"passw(or)?d|pwd|passphrase|^pass$|secret|token|authori[sz]ation|api[_-]?key|cookie|credential"
     r"|private[_-]?key|jwt",
     re.IGNORECASE,
 )
@@ -66,7 +66,7 @@ _NOT_A_SECRET_KEY_END = "".join(
     )
 )
 _SECRET_WORD = (
-    r"(?=[\w-]*?(?:passw(?:or)?d|passphrase|secret|token|api[_-]?key))[\w-]++"  # nosec B105 - the redaction pattern
+    r"(?=[\w-]*?(?:passw(?:or)?d|pwd|passphrase|secret|token|api[_-]?key))[\w-]++"  # nosec B105 - the redaction pattern
     + _NOT_A_SECRET_KEY_END
 )
 # A plural key (tokens, max_tokens, revoked_tokens: one that ends in "s") with a number is a

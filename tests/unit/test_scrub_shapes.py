@@ -176,3 +176,19 @@ def test_extras_that_name_a_secret_but_are_none_are_kept() -> None:
 
     extras = {"password_changed_at": "2026-12-01", "token_type": "bearer", "password": "hunter2"}
     assert redact(extras) == {**extras, "password": REDACTED}
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        ("pwd=hunter2", f"pwd={REDACTED}"),
+        ("Server=db;Uid=sa;Pwd=hunter2;Database=x", f"Server=db;Uid=sa;Pwd={REDACTED};Database=x"),
+        ("db_pwd: hunter2", f"db_pwd: {REDACTED}"),
+        ("cwd=/srv/movierec", "cwd=/srv/movierec"),
+    ],
+)
+def test_pwd_the_short_name_for_a_password_is_scrubbed(text: str, scrubbed: str) -> None:
+    from app.monitoring.logs import redact
+
+    assert scrub_text(text) == scrubbed
+    assert redact({"pwd": "hunter2", "cwd": "/srv"}) == {"pwd": REDACTED, "cwd": "/srv"}
