@@ -65,10 +65,8 @@ _NOT_A_SECRET_KEY_END = "".join(
         for size in sorted({len(word) for word in _NOT_SECRET_SUFFIXES})
     )
 )
-_SECRET_WORD = (
-    r"(?=[\w-]*?(?:passw(?:or)?d|pwd|passphrase|secret|token|api[_-]?key))[\w-]++"  # nosec B105 - the redaction pattern
-    + _NOT_A_SECRET_KEY_END
-)
+_SECRET_WORDS = r"passw(?:or)?d|pwd|passphrase|secret|token|api[_-]?key"  # noqa: S105  # nosec B105 - the redaction pattern
+_SECRET_WORD = rf"(?=[\w-]*?(?:{_SECRET_WORDS}))[\w-]++{_NOT_A_SECRET_KEY_END}"
 # A plural key (tokens, max_tokens, revoked_tokens: one that ends in "s") with a number is a
 # count: its value is kept where an unquoted value is scrubbed. With anything else (tokens=abc)
 # it is scrubbed.
@@ -152,12 +150,13 @@ _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] =
     ),
     # key: value (YAML, a header, a label in a debug line). Prose writes the same shape ("no
     # session password: set SESSION_PASSWORD", "invalid token: expired"): a few words no secret
-    # is (none, expired, set...) are left as they are, and so is a following "//" (a scheme).
+    # is (none, expired, set...) are left as they are, and so are a following "//" (a scheme) and
+    # the next label ("SMTP password: MONITOR_SMTP_PASSWORD_FILE: /run/... is empty").
     (
         lambda text: ":" in text,
         re.compile(
             rf"(?i)(?<![\w-])({_SECRET_WORD}{_PLURAL_COUNT}(?:\\?[\"'])?[ \t]*:[ \t]*){_UNLESS_COUNT}"
-            rf"(?!//|{_PROSE_WORD}(?![^\s,;'\"]))"
+            rf"(?!//|{_PROSE_WORD}(?![^\s,;'\"])|(?=[\w-]*?(?:{_SECRET_WORDS}))[\w-]++:(?!\S))"
             rf"{_UNQUOTED_VALUE}[^\s,;'\"]+"
         ),
         r"\1" + REDACTED,

@@ -8,6 +8,7 @@ these cases write is what a library's message, a config dump, a header or a debu
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,7 @@ def test_text_around_secret_words_without_a_value_is_kept(text: str) -> None:
         '"Authorization": "Token ' * 40_000,
         "tokens: 1} " * 90_000,
         "token_at" * 125_000 + ": x",
+        "password: token:" * 60_000,
     ],
 )
 def test_key_value_scrubbing_stays_linear_on_a_hostile_megabyte(text: str) -> None:
@@ -192,3 +194,18 @@ def test_pwd_the_short_name_for_a_password_is_scrubbed(text: str, scrubbed: str)
 
     assert scrub_text(text) == scrubbed
     assert redact({"pwd": "hunter2", "cwd": "/srv"}) == {"pwd": REDACTED, "cwd": "/srv"}
+
+
+def test_a_label_after_a_secret_word_is_no_value(tmp_path: Path) -> None:
+    """The monitor's own error "SMTP password: MONITOR_SMTP_PASSWORD_FILE: /run/... is empty"
+    names the variable to fix: a word ending in a colon is the next label, not a password."""
+    from app.monitoring.alerts import PasswordSourceError, load_smtp_password
+
+    empty = tmp_path / "smtp_password"
+    empty.write_text("")
+    with pytest.raises(PasswordSourceError) as caught:
+        load_smtp_password(environ={"MONITOR_SMTP_PASSWORD_FILE": str(empty)})
+    message = str(caught.value)
+    assert "MONITOR_SMTP_PASSWORD_FILE" in message
+    assert scrub_text(message) == message
+    assert scrub_text("password: hunter2: extra") == f"password: {REDACTED} extra"
