@@ -209,3 +209,25 @@ def test_a_label_after_a_secret_word_is_no_value(tmp_path: Path) -> None:
     assert "MONITOR_SMTP_PASSWORD_FILE" in message
     assert scrub_text(message) == message
     assert scrub_text("password: hunter2: extra") == f"password: {REDACTED} extra"
+
+
+def test_the_cheap_test_before_the_key_value_patterns_never_skips_a_match() -> None:
+    """The key-value patterns are tried only on text that names a secret word, found with a
+    case-folded substring search: every character the patterns' case-insensitive matching takes
+    for a letter of a word (the Kelvin sign for k, a long s, a dotless i) must pass it too."""
+    import re
+
+    from app.monitoring.logs import _TEXT_PATTERNS, _may_name_a_secret
+
+    words = ["password", "passwd", "pwd", "passphrase", "secret", "token", "apikey", "api_key"]
+    words.append("authorization")
+    letters = sorted({c for word in words for c in word if c.isalpha()})
+    every_character = "".join(map(chr, range(0x110000)))
+    alike = {letter: re.findall(f"(?i){letter}", every_character) for letter in letters}
+    for word in words:
+        for i, letter in enumerate(word):
+            for other in alike.get(letter, [letter]):
+                spelled = word[:i] + other + word[i + 1 :]
+                text = f"{spelled}: hunter2 {spelled}=hunter2"
+                assert _may_name_a_secret(text), spelled
+                assert any(pattern.search(text) for _, pattern, _ in _TEXT_PATTERNS), spelled
