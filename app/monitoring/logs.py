@@ -112,7 +112,16 @@ def _has_whitespace(text: str) -> bool:
 # path, endpoint and request id), and such a test is ~50 ns against ~1 us for a regex pass.
 # Order matters: the Authorization and JWT patterns run after the bearer one.
 _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] = (
-    (_has_whitespace, re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
+    # "Bearer <credential>", "Basic <credential>". A word after it (letters, at most a capital
+    # first) is prose, not a credential: "basic popularity", "bearer authentication" lost it;
+    # a header's credential is scrubbed whatever it is by the Authorization pattern below.
+    (
+        _has_whitespace,
+        re.compile(
+            r"(?i)\b(bearer|basic)\s+(?-i:(?![A-Za-z][a-z]*+(?![A-Za-z0-9._~+/=-])))[A-Za-z0-9._~+/=-]{8,}"
+        ),
+        r"\1 " + REDACTED,
+    ),
     # An Authorization header's credentials whatever their scheme (Token, ApiKey, none) or length
     # (the pattern above wants 8 characters after Bearer/Basic), as a header, JSON or a repr
     # writes it; its scheme is kept. A placeholder or a prose word after it is left as it is.

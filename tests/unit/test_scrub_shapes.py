@@ -231,3 +231,29 @@ def test_the_cheap_test_before_the_key_value_patterns_never_skips_a_match() -> N
                 text = f"{spelled}: hunter2 {spelled}=hunter2"
                 assert _may_name_a_secret(text), spelled
                 assert any(pattern.search(text) for _, pattern, _ in _TEXT_PATTERNS), spelled
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "falls back to basic popularity ranking",
+        "bearer authentication failed for 3 clients",
+        "Basic Authentication is not offered",
+        'WWW-Authenticate: Bearer realm="movierec", error="invalid_token"',
+    ],
+)
+def test_a_word_after_bearer_or_basic_in_prose_is_kept(text: str) -> None:
+    assert scrub_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("retrying with Bearer dGhpcyBpcyBhIHRva2Vu", "dGhpcyBpcyBhIHRva2Vu"),
+        ("curl -H 'X: Basic dXNlcjpwYXNz'", "dXNlcjpwYXNz"),
+        ("bearer 0123456789abcdef0123456789abcdef", "0123456789abcdef"),
+        ("bearer opaque-token_value", "opaque-token_value"),
+    ],
+)
+def test_a_credential_after_bearer_or_basic_is_still_scrubbed(text: str, leak: str) -> None:
+    assert leak not in scrub_text(text)
