@@ -149,16 +149,18 @@ _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] =
     # without spaces (YAML, a header, an ini file, a debug line, a repr, JSON, libpq conninfo).
     # A quoted value is taken whole to the quote that closes it, past the other quote and a
     # backslash-escaped one (JSON's \", conninfo's \'), and so is JSON held in a JSON string
-    # (\"password\": \"...\"); a bytes repr's b'...' too. An empty one ("") is left as it is.
+    # (\"password\": \"...\"); a bytes repr's b'...' too. An empty one ("") is left as it is; one
+    # whose closing quote is not on its line (a message cut short by the library that wrote it, a
+    # line break in the value) is scrubbed to the line's end.
     (
         lambda text: ("=" in text or ":" in text) and _may_name_a_secret(text),
         re.compile(
             rf"(?i)(?<![\w-])({_SECRET_WORD}(?:\\?[\"'])?[ \t]*[:=][ \t]*[bru]{{0,2}})"
             r"""(\\"|"|')(?:"""
-            r"""(?<=\\")(?:\\\\\\"|[^"\\\n]|\\[^"\n])++(?=\\")"""
-            r"""|(?<!\\")(?<=")(?:[^"\\\n]|\\.)++(?=")"""
-            r"""|(?<=')(?:[^'\\\n]|\\.)++(?=')"""
-            r")\2"
+            r"""(?<=\\")(?:\\\\\\"|[^"\\\n]|\\[^"\n])++(?=\\"|\n|\Z)"""
+            r"""|(?<!\\")(?<=")(?:[^"\\\n]|\\.)++(?="|\n|\Z)"""
+            r"""|(?<=')(?:[^'\\\n]|\\.)++(?='|\n|\Z)"""
+            r")(?:\2)?"
         ),
         r"\1\2" + REDACTED + r"\2",
     ),

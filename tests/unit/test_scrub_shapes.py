@@ -257,3 +257,17 @@ def test_a_word_after_bearer_or_basic_in_prose_is_kept(text: str) -> None:
 )
 def test_a_credential_after_bearer_or_basic_is_still_scrubbed(text: str, leak: str) -> None:
     assert leak not in scrub_text(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        # a quoted value with no closing quote on its line (a message cut short by the library that
+        # wrote it, a value with a line break in it): it was left whole, quoted or unquoted
+        ("cannot connect with password='hunter2", f"cannot connect with password='{REDACTED}'"),
+        ('{"token": "abc123', f'{{"token": "{REDACTED}"'),
+        ("secret: 'line one\nnext line", f"secret: '{REDACTED}'\nnext line"),
+    ],
+)
+def test_a_quoted_value_with_no_closing_quote_is_scrubbed_to_its_line_end(text: str, scrubbed: str) -> None:
+    assert scrub_text(text) == scrubbed
