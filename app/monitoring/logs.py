@@ -176,13 +176,15 @@ _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] =
     # key: value (YAML, a header, a label in a debug line). Prose writes the same shape ("no
     # session password: set SESSION_PASSWORD", "invalid token: expired"): a few words no secret
     # is (none, expired, set...) are left as they are, and so are a following "//" (a scheme) and
-    # the next label ("SMTP password: MONITOR_SMTP_PASSWORD_FILE: /run/... is empty").
+    # the next label ("SMTP password: MONITOR_SMTP_PASSWORD_FILE: /run/... is empty"). The value
+    # runs to the next space or quote: a , or ; in it is part of it (YAML's, a header's), one
+    # before a space ends it ("token: abc, user: bob").
     (
         lambda text: ":" in text and _may_name_a_secret(text),
         re.compile(
             rf"(?i)(?<![\w-])({_SECRET_WORD}{_PLURAL_COUNT}(?:\\?[\"'])?[ \t]*:[ \t]*){_UNLESS_COUNT}"
             rf"(?!//|{_PROSE_WORD}(?![^\s,;'\"])|(?=[\w-]*?(?:{_SECRET_WORDS}))[\w-]++:(?!\S))"
-            rf"{_UNQUOTED_VALUE}[^\s,;'\"]+"
+            rf"{_UNQUOTED_VALUE}(?:[^\s,;'\"]|[,;](?=[^\s'\"]))+"
         ),
         r"\1" + REDACTED,
     ),

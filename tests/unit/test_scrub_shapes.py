@@ -94,6 +94,8 @@ def test_text_around_secret_words_without_a_value_is_kept(text: str) -> None:
         "tokens: 1} " * 90_000,
         "token_at" * 125_000 + ": x",
         "password: token:" * 60_000,
+        "password: " + ",;" * 500_000,
+        "password: a, " * 80_000,
     ],
 )
 def test_key_value_scrubbing_stays_linear_on_a_hostile_megabyte(text: str) -> None:
@@ -270,4 +272,18 @@ def test_a_credential_after_bearer_or_basic_is_still_scrubbed(text: str, leak: s
     ],
 )
 def test_a_quoted_value_with_no_closing_quote_is_scrubbed_to_its_line_end(text: str, scrubbed: str) -> None:
+    assert scrub_text(text) == scrubbed
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        # after a colon (YAML, a header, a label) a , or ; inside the value is part of it: only
+        # key=value pairs are written one after another with them (a query string, a conninfo)
+        ("password: abc;def,ghi", f"password: {REDACTED}"),
+        ("  smtp_password: pa,ss;word\n", f"  smtp_password: {REDACTED}\n"),
+        ("token: abc123, user: bob; role: admin", f"token: {REDACTED}, user: bob; role: admin"),
+    ],
+)
+def test_a_value_after_a_colon_runs_to_the_next_space(text: str, scrubbed: str) -> None:
     assert scrub_text(text) == scrubbed
