@@ -78,8 +78,9 @@ _UNLESS_COUNT = r"(?(plural)(?!\d+(?:\.\d+)?(?![^\s,;&'\"}\])])))"
 # ([REDACTED], <token>), so scrubbing twice, or a line that names a placeholder, keeps the text.
 _UNQUOTED_VALUE = r"""(?![bru]{0,2}\\?["']|\[REDACTED\]|<[\w -]*>)"""
 
-# Words that follow "password:" or "token:" in prose, no secret (each shorter than any secret
-# movierec accepts, or a JSON literal).
+# Words that follow "password:" or "token:" in prose: JSON literals and words no password should
+# be (each shorter than the 12 characters an admin password and the 32 a JWT secret need; the
+# session password has no minimum: one of these words as a session password would be kept).
 _PROSE_WORD = (
     r"(?:none|null|nil|true|false|yes|no|not|set|unset|empty|missing|required|invalid|expired"
     r"|revoked|wrong|incorrect|ok|see|use|send|must|is|was|the|a|an|every|each|from|for|to|cannot"
