@@ -189,6 +189,18 @@ _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] =
         ),
         r"\1" + REDACTED,
     ),
+    # A command line's option and its value: --password hunter2, an argv list's repr
+    # ('--password', 'hunter2'), as a failed command's text shows it (monitor-docker.py takes
+    # --password). Not a next option (--password --smtp-user) nor a prose word (--password is...).
+    (
+        lambda text: "-" in text and _may_name_a_secret(text),
+        re.compile(
+            rf"""(?i)(?<![\w-])(?=-)({_SECRET_WORD}(?:["'],)?[ \t]+(["']?))"""
+            rf"""(?!-|{_PROSE_WORD}(?![^\s,;'"\]]))"""
+            r"""(?:(?<=')[^'\n]++(?=')|(?<=")[^"\n]++(?=")|(?<!['"])[^\s'",\])]++)"""
+        ),
+        r"\1" + REDACTED,
+    ),
     # URL credentials: scheme://user:password@host (the scheme tried from the start of its run);
     # the user may be empty, as in Redis's redis://:password@host, or hold an @ (an e-mail
     # address, Azure PostgreSQL's user@server: both readers take the user up to the :, and the

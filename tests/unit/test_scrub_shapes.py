@@ -96,6 +96,9 @@ def test_text_around_secret_words_without_a_value_is_kept(text: str) -> None:
         "password: token:" * 60_000,
         "password: " + ",;" * 500_000,
         "password: a, " * 80_000,
+        "--password " * 90_000,
+        "--password '" * 80_000,
+        "--password 'a" + "b" * 1_000_000,
     ],
 )
 def test_key_value_scrubbing_stays_linear_on_a_hostile_megabyte(text: str) -> None:
@@ -287,3 +290,34 @@ def test_a_quoted_value_with_no_closing_quote_is_scrubbed_to_its_line_end(text: 
 )
 def test_a_value_after_a_colon_runs_to_the_next_space(text: str, scrubbed: str) -> None:
     assert scrub_text(text) == scrubbed
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        # a command line's option and its value (a failed command's text, an argv list's repr:
+        # monitor-docker.py takes --password)
+        ("psql --password hunter2 -h db", f"psql --password {REDACTED} -h db"),
+        (
+            "Command '['monitor-docker.py', 'movierec', '--password', 'hunter2']' returned 2",
+            f"Command '['monitor-docker.py', 'movierec', '--password', '{REDACTED}']' returned 2",
+        ),
+        ('["run", "--db-password", "p w"]', f'["run", "--db-password", "{REDACTED}"]'),
+        ("cli --token abc123 --verbose", f"cli --token {REDACTED} --verbose"),
+    ],
+)
+def test_a_command_line_options_secret_value_is_scrubbed(text: str, scrubbed: str) -> None:
+    assert scrub_text(text) == scrubbed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "use --password-file instead",
+        "--password is visible in ps",
+        "pass --secrets-dir to choose another",
+        "monitor --password --smtp-user bob",
+    ],
+)
+def test_a_command_lines_words_around_a_secret_option_are_kept(text: str) -> None:
+    assert scrub_text(text) == text
