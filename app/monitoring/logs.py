@@ -113,13 +113,18 @@ def _has_whitespace(text: str) -> bool:
 # path, endpoint and request id), and such a test is ~50 ns against ~1 us for a regex pass.
 # Order matters: the Authorization and JWT patterns run after the bearer one.
 _TEXT_PATTERNS: tuple[tuple[Callable[[str], bool], re.Pattern[str], str], ...] = (
-    # "Bearer <credential>", "Basic <credential>". A word after it (letters, at most a capital
-    # first) is prose, not a credential: "basic popularity", "bearer authentication" lost it;
-    # a header's credential is scrubbed whatever it is by the Authorization pattern below.
+    # "Bearer <credential>", "Basic <credential>". Prose is kept, not taken for a credential:
+    # a capitalised word after either ("Basic Authentication"), and a lowercase one after a
+    # lowercase "bearer"/"basic" ("basic popularity", "bearer authentication"); "Bearer
+    # abcdefghijkl" is a token. A header's credential is scrubbed whatever it is by the
+    # Authorization pattern below. The scheme is taken atomically: once it is lowercase, the
+    # engine must not take it again as the case-blind one, which would skip the prose test.
     (
         _has_whitespace,
         re.compile(
-            r"(?i)\b(bearer|basic)\s+(?-i:(?![A-Za-z][a-z]*+(?![A-Za-z0-9._~+/=-])))[A-Za-z0-9._~+/=-]{8,}"
+            r"(?i)\b((?>(?P<lowercase>(?-i:bearer|basic))|bearer|basic))\s+"
+            r"(?-i:(?![A-Z][a-z]*+(?![A-Za-z0-9._~+/=-]))(?(lowercase)(?![a-z]++(?![A-Za-z0-9._~+/=-]))))"
+            r"[A-Za-z0-9._~+/=-]{8,}"
         ),
         r"\1 " + REDACTED,
     ),

@@ -258,6 +258,9 @@ def test_a_word_after_bearer_or_basic_in_prose_is_kept(text: str) -> None:
         ("curl -H 'X: Basic dXNlcjpwYXNz'", "dXNlcjpwYXNz"),
         ("bearer 0123456789abcdef0123456789abcdef", "0123456789abcdef"),
         ("bearer opaque-token_value", "opaque-token_value"),
+        # letters only after a capitalised "Bearer": a token, not prose
+        ("auth failed for Bearer abcdefghijklmnop", "abcdefghijklmnop"),
+        ("BASIC dXNlcjpwYXNzd29yZA", "dXNlcjpwYXNzd29yZA"),
     ],
 )
 def test_a_credential_after_bearer_or_basic_is_still_scrubbed(text: str, leak: str) -> None:
