@@ -65,7 +65,7 @@ _NOT_A_SECRET_KEY_END = "".join(
         for size in sorted({len(word) for word in _NOT_SECRET_SUFFIXES})
     )
 )
-_SECRET_WORDS = r"passw(?:or)?d|pwd|passphrase|secret|token|api[_-]?key"  # noqa: S105  # nosec B105 - the redaction pattern
+_SECRET_WORDS = r"passw(?:or)?d|pwd|passphrase|secret|token|api[_-]?key|private[_-]?key"  # noqa: S105  # nosec B105 - the redaction pattern
 _SECRET_WORD = rf"(?=[\w-]*?(?:{_SECRET_WORDS}))[\w-]++{_NOT_A_SECRET_KEY_END}"
 # A plural key (tokens, max_tokens, revoked_tokens: one that ends in "s") with a number is a
 # count: its value is kept where an unquoted value is scrubbed. With anything else (tokens=abc)
@@ -93,7 +93,10 @@ _PROSE_WORD = (
 # word (~10 us each on a short line with a colon, most lines with a time in them). Case-folded as
 # the patterns' (?i) matches: a long s is an s, the Kelvin sign a k; a dotted capital I (folded
 # to an i and a combining dot) and a dotless i are an i too.
-_SECRET_WORD_TEXTS = ("passw", "pwd", "passphrase", "secret", "token", "apikey", "api_key", "api-key")
+_SECRET_WORD_TEXTS = (
+    *("passw", "pwd", "passphrase", "secret", "token", "apikey", "api_key", "api-key"),
+    *("privatekey", "private_key", "private-key"),
+)
 
 
 def _may_name_a_secret(text: str) -> bool:

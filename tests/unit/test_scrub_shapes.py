@@ -225,7 +225,7 @@ def test_the_cheap_test_before_the_key_value_patterns_never_skips_a_match() -> N
     from app.monitoring.logs import _TEXT_PATTERNS, _may_name_a_secret
 
     words = ["password", "passwd", "pwd", "passphrase", "secret", "token", "apikey", "api_key"]
-    words.append("authorization")
+    words += ["authorization", "private_key", "privatekey"]
     letters = sorted({c for word in words for c in word if c.isalpha()})
     every_character = "".join(map(chr, range(0x110000)))
     alike = {letter: re.findall(f"(?i){letter}", every_character) for letter in letters}
@@ -324,3 +324,18 @@ def test_a_command_line_options_secret_value_is_scrubbed(text: str, scrubbed: st
 )
 def test_a_command_lines_words_around_a_secret_option_are_kept(text: str) -> None:
     assert scrub_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        ("private_key: MIIEvQIBADANBg", f"private_key: {REDACTED}"),
+        ("PRIVATE-KEY=MIIEvQIBADANBg", f"PRIVATE-KEY={REDACTED}"),
+        ('{"privateKey": "MIIEvQIBADANBg"}', f'{{"privateKey": "{REDACTED}"}}'),
+    ],
+)
+def test_a_private_keys_value_is_scrubbed_in_text_as_in_extra(text: str, scrubbed: str) -> None:
+    from app.monitoring.logs import is_secret_key
+
+    assert is_secret_key("private_key")
+    assert scrub_text(text) == scrubbed
