@@ -731,25 +731,32 @@ class Registry:
         read (its artifacts removed, a store that does not answer, no manifest)."""
         import tempfile
 
-        from app.recommender.bundle import MANIFEST
+        from app.recommender.bundle import MANIFEST, read_manifest
 
         info = self.get(version)
         if info.tags.get("artifacts_removed"):
             return None
+        manifest = None
         try:
             local = _local_artifact_dir(info.source)
             if local is not None:
-                return dict(json.loads((local / MANIFEST).read_text()))
-            import mlflow.artifacts
+                manifest = read_manifest(local)
+            else:
+                import mlflow.artifacts
 
-            with tempfile.TemporaryDirectory(prefix="manifest-") as scratch:
-                path = mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{info.source}/{MANIFEST}", dst_path=scratch, tracking_uri=self.tracking_uri
-                )
-                return dict(json.loads(Path(path).read_text()))
-        except Exception:  # the caller goes on without it
-            log.warning("could not read version %s's manifest at %s", version, info.source, exc_info=True)
+                with tempfile.TemporaryDirectory(prefix="manifest-") as scratch:
+                    path = mlflow.artifacts.download_artifacts(
+                        artifact_uri=f"{info.source}/{MANIFEST}",
+                        dst_path=scratch,
+                        tracking_uri=self.tracking_uri,
+                    )
+                    manifest = read_manifest(Path(path).parent)
+        except Exception:  # a store that does not answer: the caller goes on without it
+            log.warning("could not fetch version %s's manifest at %s", version, info.source, exc_info=True)
             return None
+        if manifest is None:
+            log.warning("could not read version %s's manifest at %s", version, info.source)
+        return manifest
 
     def open_bundle(self, version: str | int, scratch: Path | str) -> Path:
         """A readable directory of the version's bundle: the artifact itself when it is a local
