@@ -216,7 +216,8 @@ class Settings(BaseSettings):
     breaker_min_events: int = Field(default=50, ge=1)  # feedback rows before online quality can open it
     # ... from at least this many distinct scored lists (one user's long list is one)
     breaker_min_lists: int = Field(default=10, ge=1)
-    breaker_min_mean_score: float | None = 2.5
+    # scores are 0.5..5: above 5 it opened every version's breaker at its minimum feedback
+    breaker_min_mean_score: float | None = Field(default=2.5, ge=0, le=5)
     breaker_min_like_share: float | None = Field(default=0.2, ge=0, le=1)
     breaker_max_rmse: float | None = Field(default=1.5, gt=0)
     # model calls (per worker) before errors/latency count; each worker keeps max(2,000, this)

@@ -132,6 +132,21 @@ def test_a_breaker_min_requests_beyond_the_call_buffer_bound_is_refused(
     assert load_settings().breaker_min_requests == 10_000
 
 
+@pytest.mark.parametrize("value", ["25", "5.5", "-1"])
+def test_a_breaker_min_mean_score_outside_the_score_scale_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Scores are 0.5..5: a minimum mean above 5 (25 for 2.5, a percentage) opened the breaker of
+    every version as soon as it had its minimum feedback, and kept every probe failing; a negative
+    one is no threshold at all. Both started. 0 (the documented "off") and 5 still do."""
+    monkeypatch.setenv("MOVIEREC_BREAKER_MIN_MEAN_SCORE", value)
+    with pytest.raises(ConfigurationError, match=r"^invalid setting breaker_min_mean_score: "):
+        load_settings()
+    for accepted in ("0", "5"):
+        monkeypatch.setenv("MOVIEREC_BREAKER_MIN_MEAN_SCORE", accepted)
+        assert load_settings().breaker_min_mean_score == float(accepted)
+
+
 PG_URL = "postgresql://movierec:pg-pass%2Fword@db.internal:5432/movierec"
 REDIS_URL = "redis://:redis-pass-word@cache.internal:6379/0"
 MLFLOW_URI = "https://mlflow-user:mlflow-pass-word@tracking.internal/"
