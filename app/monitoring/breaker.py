@@ -269,6 +269,9 @@ class CircuitBreaker:
         # a store outage fails the monitor's write every few seconds: logged when it starts, then
         # at most every 30 s (as its failed reads are), not one WARNING per sync of each worker
         self._write_failures = LogEvery(30.0)
+        # a trip the store did not take (down, or a Redis replica refusing writes): the model
+        # judged unhealthy keeps serving, an ERROR naming it and why, at most every 30 s
+        self._lost_trips = LogEvery(30.0)
         self._probe_lock = threading.Lock()
         self._routed = 0
         self._probed = 0
@@ -390,13 +393,34 @@ class CircuitBreaker:
             model_version=version,
             evaluation=evaluation,
         )
-        stored = self._write(
-            version, updated, current.generation, strict, read_started=read_started, cache_new=cache_new
-        )
+        transition = Transition(before, after, reason, version, by)
+        try:
+            stored = self._write(
+                version, updated, current.generation, True, read_started=read_started, cache_new=cache_new
+            )
+        except BreakerStoreError as exc:
+            if strict:
+                raise
+            self._not_recorded(transition, describe_error(exc, 300))
+            return None
         if stored is None:
             return None
-        self.announce(Transition(before, after, reason, version, by))
+        self.announce(transition)
         return stored
+
+    def _not_recorded(self, transition: Transition, error: str) -> None:
+        """A transition the store did not take: nothing changed, in any worker. A trip is an ERROR
+        naming the model and why (the model found unhealthy keeps serving); until 2026-12-07 it was
+        the WARNING of any failed write, which named neither and is not mailed by default."""
+        if transition.after != OPEN:
+            self._write_failures.log(log, logging.WARNING, "breaker state could not be written", error=error)
+            return
+        self._lost_trips.log(
+            log, logging.ERROR,
+            f"circuit breaker could not open for model {transition.model_version}: its state store "
+            f"did not take the change, the model keeps serving ({transition.reason})",
+            error=error, reason=transition.reason, model_version=transition.model_version,
+        )  # fmt: skip
 
     def announce(self, transition: Transition) -> None:
         """Log, count and alert one transition (opened: ERROR; half-open, closed, reset: WARNING)."""

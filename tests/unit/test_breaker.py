@@ -40,6 +40,7 @@ from app.storage.breaker import (
     OPEN,
     REDIS_PREFIX,
     BreakerRecord,
+    BreakerRow,
     BreakerStoreError,
     DatabaseBreakerStore,
     RedisBreakerStore,
@@ -401,13 +402,18 @@ def test_two_workers_share_the_state_and_only_one_wins_a_race(db: Database) -> N
     assert second.claim_evaluation("v1", 30.0) is True
 
 
+def take_the_store_down(db: Database) -> None:
+    """The database store stops answering: its table is gone (every read and write fails)."""
+    db.engine.dispose()
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE circuit_breaker")
+
+
 def test_store_failure_keeps_the_last_known_state(db: Database) -> None:
     clock = Clock()
     breaker = make_breaker(DatabaseBreakerStore(db), clock)
     breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0))
-    db.engine.dispose()
-    with db.engine.begin() as connection:
-        connection.exec_driver_sql("DROP TABLE circuit_breaker")
+    take_the_store_down(db)
     assert breaker.sync("v1").state == OPEN  # cached
     assert breaker.store_error is not None and breaker.route("v1") == FALLBACK
     assert breaker.status("v1")["store_error"]
@@ -424,9 +430,7 @@ def test_a_store_outage_is_logged_when_it_starts_not_at_every_sync(
     clock = Clock()
     breaker = make_breaker(DatabaseBreakerStore(db), clock)
     breaker.claim_evaluation("v1", 30.0)
-    db.engine.dispose()
-    with db.engine.begin() as connection:
-        connection.exec_driver_sql("DROP TABLE circuit_breaker")
+    take_the_store_down(db)
     with caplog.at_level(logging.INFO, logger="movierec.breaker"):
         for _ in range(5):  # five monitor syncs, 2 s apart
             clock.now += 2.0
@@ -435,6 +439,35 @@ def test_a_store_outage_is_logged_when_it_starts_not_at_every_sync(
     messages = [record.getMessage() for record in caplog.records]
     assert messages.count("breaker state store unreachable; keeping the last known state") == 1
     assert messages.count("breaker state could not be written") == 1, messages
+
+
+def test_a_trip_the_store_cannot_record_is_an_error_naming_the_model_and_why(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the store down (or taking reads but refusing writes: a Redis replica after a fail-over),
+    an evaluation that finds the champion unhealthy cannot open the breaker: the model keeps
+    serving. That was one rate-limited WARNING, "breaker state could not be written", naming
+    neither the model nor why, and nothing the host monitor mails by default: the on-call engineer
+    learnt nothing while users got the model the breaker was there to keep out. It is an ERROR
+    now (at most every 30 s, like the outage's other lines), and once the store answers again the
+    trip is recorded and announced as usual."""
+    clock, alerts = Clock(), []
+    breaker = make_breaker(DatabaseBreakerStore(db), clock, alerts)
+    breaker.claim_evaluation("v1", 30.0)
+    take_the_store_down(db)
+    with caplog.at_level(logging.INFO, logger="movierec.breaker"):
+        for _ in range(5):  # five monitor rounds, 2 s apart
+            clock.now += 2.0
+            assert breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0)).state == CLOSED
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in caplog.records]
+    message, reason = errors[0].getMessage(), "mean score 1.00 < 2.5"
+    assert message.startswith("circuit breaker could not open for model v1: ") and reason in message
+    assert getattr(errors[0], "reason", "").startswith(reason) and getattr(errors[0], "error", "")
+    assert not alerts and breaker.route("v1") == MODEL  # nothing opened, nothing announced as opened
+    BreakerRow.__table__.create(db.engine)  # type: ignore[attr-defined]
+    assert breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0)).state == OPEN
+    assert [alert.kind for alert in alerts] == ["breaker.opened"] and breaker.route("v1") == FALLBACK
 
 
 def test_postgres_store(postgres_url: str) -> None:
