@@ -512,10 +512,13 @@ class CircuitBreaker:
             }
             over = " and ".join(evidence[kind] for kind in (FEEDBACK, CALLS) if kind in tripped)
             after, reason = CLOSED, f"probe healthy over {over}"
+        evaluated = measured is not None or evaluation is not None  # not only this worker's calls
         if after is not None:
-            stored = self._transition(record, after, reason, version, "monitor", snapshot)
+            # the snapshot shown as the last evaluation is dated with it (a trip kept the older time)
+            current = record.evolve(evaluated_at=now) if evaluated else record
+            stored = self._transition(current, after, reason, version, "monitor", snapshot)
             return stored or self.record_of(version)  # another worker decided first: its decision stands
-        if measured is not None or evaluation is not None:
+        if evaluated:
             updated = record.evolve(evaluated_at=now, evaluation=snapshot, model_version=version)
             stored = self._write(version, updated, record.generation)
             return stored or self.record_of(version)

@@ -300,6 +300,27 @@ def test_workers_close_on_their_own_probe_calls_through_the_shared_record(db: Da
     assert second.evaluate("v1", None).state == CLOSED and second.route("v1") == MODEL
 
 
+def test_the_evaluation_that_opens_the_breaker_is_its_last_evaluation(db: Database) -> None:
+    """GET /api/model shows the evaluation that opened the breaker (``last_evaluation``) beside
+    ``evaluated_at``; the trip's write kept the record's older time, so a breaker opened by a
+    score-triggered evaluation of a new version read "evaluated_at": null (the dashboard: "Last
+    evaluated: not yet") beside the reasons that evaluation gave, and the next monitor turn
+    measured again at once. A transition on call statistics alone, no evaluation of quality,
+    leaves it as it was."""
+    clock = Clock()
+    breaker = make_breaker(DatabaseBreakerStore(db), clock)
+    record = breaker.evaluate("v1", lambda since: quality(10, 1.0, 0.0))
+    assert record.state == OPEN and record.evaluated_at == clock.now
+    status = breaker.status("v1")
+    assert status["evaluated_at"] == "1970-01-12T13:46:40+00:00" and status["last_evaluation"]["quality"]
+    clock.now += 60
+    assert breaker.evaluate("v1", None).state == HALF_OPEN  # the cool-down: no evaluation of quality
+    assert breaker.record_of("v1").evaluated_at == clock.now - 60
+    clock.now += 5
+    record = breaker.evaluate("v1", lambda since: quality(4, 4.0, 1.0), evaluation={"drift": {}})
+    assert record.state == CLOSED and record.evaluated_at == clock.now
+
+
 def test_a_half_open_record_without_its_opening_reason_needs_feedback_as_before(db: Database) -> None:
     """A record written before the reason was kept (evaluation without ``opened_on``) closes
     only on feedback, as it did; an admin reset closes it at once."""
@@ -394,7 +415,9 @@ def test_two_workers_share_the_state_and_only_one_wins_a_race(db: Database) -> N
     # a write based on the stale generation loses instead of overwriting the newer decision
     assert second.store.write("v1", stale.evolve(reason="stale"), stale.generation) is None
     assert second.sync("v1").state == OPEN
-    # the evaluation turn: one claim per interval and version
+    # the evaluation turn: one claim per interval and version (the evaluation that opened it was one)
+    assert first.claim_evaluation("v1", 30.0) is False
+    clock.now += 30
     assert first.claim_evaluation("v1", 30.0) is True
     assert second.claim_evaluation("v1", 30.0) is False
     assert second.claim_evaluation("v2", 30.0) is True
