@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import errno
 import getpass
+import ipaddress
 import json
 import os
 import re
@@ -380,11 +381,25 @@ def default_container_name(image_name: str) -> str:
 
 
 def publish_spec(port_mapping: str) -> str:
-    """``-p`` value for ``[IP:]HOST_PORT``; the container always listens on CONTAINER_PORT."""
+    """``-p`` value for ``[IP:]HOST_PORT``; the container always listens on CONTAINER_PORT. The IP is
+    an address as ``docker run -p`` takes it (an IPv6 one in brackets or not, no zone): a host name
+    passed here and failed the new container's ``docker run`` once the live version was stopped."""
     host, _, port = port_mapping.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise DeployError(f"--port-mapping {port_mapping!r} must be PORT or IP:PORT")
-    return f"{host}:{port}:{CONTAINER_PORT}" if host else f"{port}:{CONTAINER_PORT}"
+    if not host:
+        return f"{port}:{CONTAINER_PORT}"
+    address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        if "%" in address:  # Python takes an IPv6 zone (fe80::1%eth0), Docker does not
+            raise ValueError(address)
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise DeployError(
+            f"--port-mapping {port_mapping!r}: {host!r} is not an IP address (docker run -p takes no host "
+            "name): give PORT or IP:PORT, e.g. 127.0.0.1:8000"
+        ) from None
+    return f"{host}:{port}:{CONTAINER_PORT}"
 
 
 # --------------------------------------------------------------------------- secrets

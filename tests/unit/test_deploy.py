@@ -398,7 +398,12 @@ def secrets_() -> Secrets:
 
 @pytest.mark.parametrize(
     ("mapping", "expected"),
-    [("80", f"80:{CONTAINER_PORT}"), ("127.0.0.1:5000", f"127.0.0.1:5000:{CONTAINER_PORT}")],
+    [
+        ("80", f"80:{CONTAINER_PORT}"),
+        ("127.0.0.1:5000", f"127.0.0.1:5000:{CONTAINER_PORT}"),
+        ("[::1]:5000", f"[::1]:5000:{CONTAINER_PORT}"),
+        ("::1:5000", f"::1:5000:{CONTAINER_PORT}"),
+    ],
 )
 def test_publish_spec_maps_host_port_to_the_container_port(mapping: str, expected: str) -> None:
     assert publish_spec(mapping) == expected
@@ -407,6 +412,18 @@ def test_publish_spec_maps_host_port_to_the_container_port(mapping: str, expecte
 @pytest.mark.parametrize("mapping", ["", "http", "0", "65536", "127.0.0.1:", "5000:80:1x"])
 def test_publish_spec_rejects_bad_ports(mapping: str) -> None:
     with pytest.raises(DeployError, match="port-mapping"):
+        publish_spec(mapping)
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    ["localhost:8000", "api.example.com:80", "127.0.0.01:80", " 127.0.0.1:80", "fe80::1%eth0:80", "[::1:80"],
+)
+def test_publish_spec_rejects_a_host_that_is_no_ip_address(mapping: str) -> None:
+    """``docker run -p`` takes an IP address only ("docker: invalid IP address: localhost", exit 125):
+    ``--port-mapping localhost:8000`` passed, and failed the new container's ``docker run`` after the
+    build and after the running version had been stopped, which was then rolled back."""
+    with pytest.raises(DeployError, match=r"port-mapping.*IP address"):
         publish_spec(mapping)
 
 
@@ -1824,6 +1841,7 @@ def test_main_reports_errors_with_exit_code_1(tmp_path: Path, capsys: pytest.Cap
     [
         (["--port-mapping", "nope"], "--port-mapping"),
         (["--port-mapping", "127.0.0.1:99999"], "--port-mapping"),
+        (["--port-mapping", "localhost:8000"], "--port-mapping"),
         (["--container-name", "team/movierec"], "--container-name"),
         (["--container-name", ".hidden"], "--container-name"),
         (["--secrets-dir", "/srv/a,b"], "--secrets-dir"),
