@@ -265,7 +265,7 @@ class Docker:
             "container", "inspect",
             "--format",
             "{{json .State}}\t{{.RestartCount}}\t{{.Config.Image}}\t{{json .Mounts}}"
-            "\t{{json .Config.StopTimeout}}",
+            "\t{{json .Config.StopTimeout}}\t{{json .HostConfig.PortBindings}}",
             name,
         )  # fmt: skip
         if result.returncode != 0:
@@ -275,10 +275,16 @@ class Docker:
             raise DeployError(
                 f"cannot ask Docker about container {name}: {said or f'docker exited {result.returncode}'}"
             )
-        state_json, restarts, image, mounts, stop_timeout = result.stdout.strip().split("\t")
+        state_json, restarts, image, mounts, stop_timeout, bindings = result.stdout.strip().split("\t")
         volumes = tuple(m["Name"] for m in json.loads(mounts) or [] if m.get("Type") == "volume")
+        ports = tuple(
+            int(b["HostPort"])
+            for spec in (json.loads(bindings) or {}).values()
+            for b in spec or []
+            if str(b.get("HostPort", "")).isdigit()
+        )
         return ContainerState.parse(
-            json.loads(state_json), int(restarts), image, volumes, json.loads(stop_timeout)
+            json.loads(state_json), int(restarts), image, volumes, json.loads(stop_timeout), ports
         )
 
     def logs(self, name: str, tail: int = LOG_TAIL_LINES) -> str:
@@ -298,6 +304,7 @@ class ContainerState:
     error: str = ""
     volumes: tuple[str, ...] = ()  # the named volumes it mounts
     stop_timeout: int | None = None  # its `docker run --stop-timeout`; None when run without one
+    ports: tuple[int, ...] = ()  # the host ports it publishes
 
     @property
     def up(self) -> bool:
@@ -312,6 +319,7 @@ class ContainerState:
         image: str,
         volumes: tuple[str, ...] = (),
         stop_timeout: int | None = None,
+        ports: tuple[int, ...] = (),
     ) -> ContainerState:
         health = state.get("Health") or {}
         return cls(
@@ -324,6 +332,7 @@ class ContainerState:
             error=str(state.get("Error") or ""),
             volumes=volumes,
             stop_timeout=stop_timeout,
+            ports=ports,
         )
 
 
@@ -400,6 +409,53 @@ def publish_spec(port_mapping: str) -> str:
             "name): give PORT or IP:PORT, e.g. 127.0.0.1:8000"
         ) from None
     return f"{host}:{port}:{CONTAINER_PORT}"
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+LISTENING_SOCKETS = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+"""This host's TCP sockets (Linux): read, not bound, so a port below 1024 is seen by any user."""
+
+
+def host_port_taken(port_mapping: str, tables: Sequence[Path] = LISTENING_SOCKETS) -> bool:
+    """Whether a process of this host listens on ``port_mapping``'s port where ``docker run -p`` would
+    bind it (its IP, or every address without one; a listener on every address takes any), so that
+    docker run cannot publish it ("address already in use"). False when this host does not say
+    (no /proc/net/tcp: not Linux)."""
+    host, _, port = port_mapping.rpartition(":")
+    wanted = ipaddress.ip_address(host.removeprefix("[").removesuffix("]")) if host else None
+    for table in tables:
+        try:
+            rows = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:  # "sl local_address rem_address st ...", the address in hex, LISTEN is 0A
+            fields = row.split()
+            address, _, local_port = fields[1].partition(":")
+            if fields[3] != "0A" or int(local_port, 16) != int(port):
+                continue
+            if _binds_collide(wanted, _proc_address(address)):
+                return True
+    return False
+
+
+def _binds_collide(wanted: IPAddress | None, listener: IPAddress) -> bool:
+    """Whether binding ``wanted`` (None: every address, as ``-p PORT`` binds) fails on a port
+    ``listener`` listens on: either one on every address of the other's family, or the same one."""
+    if wanted is None or listener.is_unspecified:
+        return True
+    if wanted.is_unspecified:  # 0.0.0.0 takes every IPv4 address; :: every address
+        return wanted.version == 6 or listener.version == 4
+    return listener == wanted
+
+
+def _proc_address(text: str) -> IPAddress:
+    """An address as /proc/net/tcp{,6} prints it: 32-bit words in hex, each in this host's byte order."""
+    data = bytes.fromhex(text)
+    if sys.byteorder == "little":
+        data = b"".join(data[i : i + 4][::-1] for i in range(0, len(data), 4))
+    address = ipaddress.ip_address(data)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
 
 
 # --------------------------------------------------------------------------- secrets
@@ -953,6 +1009,7 @@ class Deployer:
         cfg = self.cfg
         self.stop_timeout = stop_timeout_seconds(secrets_.environment)  # refused before anything moves
         tagged_before = self.docker.image_id(cfg.image_ref)  # a rebuild moves the tag to the new image
+        self.check_port()
         image_existed = tagged_before is not None
         self.model_version = cfg.model_version
         if cfg.build:
@@ -1013,6 +1070,25 @@ class Deployer:
             f"{cfg.container_name} is healthy, serving {cfg.image_ref} on {publish_spec(cfg.port_mapping)}"
         )
         self.say(f"read its logs with: {log_hint(cfg)}")
+
+    def check_port(self) -> None:
+        """The host port must be free, or the running version's (freed when it is set aside): one
+        another process held failed the new container's ``docker run`` after the build and after
+        the running version was stopped, which was then started again."""
+        cfg = self.cfg
+        publish_spec(cfg.port_mapping)  # an IP this check can read, or a DeployError
+        if not host_port_taken(cfg.port_mapping):
+            return
+        port = int(cfg.port_mapping.rpartition(":")[2])
+        for name in (cfg.container_name, cfg.backup_name):
+            state = self.docker.container_state(name)
+            if state is not None and port in state.ports:
+                return
+        raise DeployError(
+            f"host port {port} (--port-mapping {cfg.port_mapping}) is in use by another process, not by "
+            f"{cfg.container_name}: docker run could not publish it. Free it or choose another "
+            "--port-mapping. Nothing was built or stopped."
+        )
 
     def build(self) -> None:
         cfg = self.cfg

@@ -9,12 +9,14 @@ not only which strings it prints. tests/e2e runs the same code against a real en
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -58,7 +60,7 @@ from app.deploy import (
     write_secret_files,
 )
 from app.secret_files import SECRET_VARIABLES
-from tests.helpers import STOP_MARGIN_SECONDS, uwsgi_stop_seconds
+from tests.helpers import STOP_MARGIN_SECONDS, free_port, uwsgi_stop_seconds
 
 pytestmark = pytest.mark.unit
 
@@ -84,6 +86,16 @@ class FakeContainer:
     layer: dict[str, bytes] = field(default_factory=dict)  # its own /var/lib/movierec/db (no volume)
     stop_timeout: int | None = None  # `docker run --stop-timeout`; None (null) when run without one
     model_version: str | None = None  # what its /health/ready names
+
+    @property
+    def port_bindings(self) -> dict[str, list[dict[str, str]]]:
+        """``HostConfig.PortBindings`` as Docker renders it for the ``--publish [IP:]PORT:8000`` given."""
+        bindings: dict[str, list[dict[str, str]]] = {}
+        for i, arg in enumerate(self.argv):
+            if arg == "--publish":
+                ip, _, host_port = self.argv[i + 1].rsplit(":", 1)[0].rpartition(":")
+                bindings.setdefault(f"{CONTAINER_PORT}/tcp", []).append({"HostIp": ip, "HostPort": host_port})
+        return bindings
 
     def secret(self, name: str) -> str:
         """What the app reads for ``name``: the file ``$<name>_FILE`` names, minus one newline."""
@@ -197,6 +209,7 @@ class FakeEngine:
             "{{.Config.Image}}": c.image,
             "{{json .Mounts}}": json.dumps(mounts),
             "{{json .Config.StopTimeout}}": json.dumps(c.stop_timeout),
+            "{{json .HostConfig.PortBindings}}": json.dumps(c.port_bindings or None),
         }
         text = args[args.index("--format") + 1]
         for template, value in fields.items():
@@ -372,7 +385,7 @@ def make_cfg(tmp_path: Path, **overrides: object) -> DeployConfig:
         "model_file": context / "model" / "v1",
         "test_data_file": context / "model" / "v1" / "test_data.json",
         "container_name": "movierec",
-        "port_mapping": "127.0.0.1:8080",
+        "port_mapping": f"127.0.0.1:{free_port()}",  # free: a taken one is refused
         "context": context,
         "health_timeout": 30.0,
         "secrets_root": tmp_path / "state" / "secrets",
@@ -527,7 +540,7 @@ def test_run_command_uses_journald_restart_policy_secret_files_and_env_file(tmp_
     stop_timeout = int(argv[argv.index("--stop-timeout") + 1])
     assert stop_timeout == deploy.STOP_TIMEOUT_SECONDS >= mercy + STOP_MARGIN_SECONDS > harakiri
     assert "--log-driver journald" in text and "--log-opt tag=api" in text
-    assert f"--publish 127.0.0.1:8080:{CONTAINER_PORT}" in text
+    assert f"--publish {cfg.port_mapping}:{CONTAINER_PORT}" in text
     assert "--env-file /private/container.env" in text
     assert (
         f"--mount type=bind,source=/state/secrets/movierec/deploy-x,target={SECRETS_MOUNT},readonly" in text
@@ -1133,7 +1146,7 @@ def test_no_build_checks_the_model_version_given(
     monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
     rc = deploy.main(
         ["movierec", "2.0", "model/latest", "model/latest/test_data.json", "--no-build",
-         "--model-version", "20261206-v2", "--port-mapping", "127.0.0.1:8080", "--health-timeout", "5",
+         "--model-version", "20261206-v2", "--port-mapping", cfg.port_mapping, "--health-timeout", "5",
          "--secrets-dir", str(cfg.secrets_root)],
         environ={"SESSION_PASSWORD": PASSWORD},
     )  # fmt: skip
@@ -1821,7 +1834,7 @@ def test_main_reads_the_password_from_the_environment(
     monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
     rc = deploy.main(
         ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
-         "--port-mapping", "127.0.0.1:8080", "--health-timeout", "5", "--secrets-dir", str(cfg.secrets_root)],
+         "--port-mapping", cfg.port_mapping, "--health-timeout", "5", "--secrets-dir", str(cfg.secrets_root)],
         environ={"SESSION_PASSWORD": PASSWORD},
     )  # fmt: skip
     assert rc == 0
@@ -1949,6 +1962,57 @@ def test_a_container_that_restarted_during_start_up_is_a_failure(tmp_path: Path)
     with pytest.raises(DeployError, match="restarted 1 time"):
         deployer.deploy(secrets_())
     assert engine.containers == {}
+
+
+@contextlib.contextmanager
+def listening(port_mapping: str) -> Iterator[None]:
+    """A process of this host listening on ``port_mapping``'s IP and port (another server, or the
+    docker-proxy of a container that publishes it)."""
+    host, _, port = port_mapping.rpartition(":")
+    with socket.socket() as server:
+        server.bind((host, int(port)))
+        server.listen()
+        yield
+
+
+def test_a_host_port_another_process_listens_on_is_refused_before_anything_is_built_or_stopped(
+    tmp_path: Path,
+) -> None:
+    """``docker run`` could not publish a port another process holds ("bind: address already in
+    use", Docker 20.10): the image was built, the running version stopped, the new container failed
+    to start and the running version was started again, out of service for its stop and start."""
+    cfg = make_cfg(tmp_path)
+    engine = FakeEngine(containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
+    deployer, _ = make_deployer(cfg, engine)
+    with listening(cfg.port_mapping), pytest.raises(DeployError, match=r"port .* in use") as refused:
+        deployer.deploy(secrets_())
+    assert "Nothing was built or stopped" in str(refused.value)
+    assert [c[0] for c in engine.calls if c[0] in ("build", "rename", "stop", "run")] == []
+    assert engine.containers["movierec"].status == "running"
+
+
+@pytest.mark.parametrize(("listener", "free"), [("0.0.0.0", False), ("127.0.0.2", True)])
+def test_a_listener_on_every_address_takes_the_port_one_on_another_address_does_not(
+    tmp_path: Path, listener: str, free: bool
+) -> None:
+    cfg = make_cfg(tmp_path)
+    port = cfg.port_mapping.rpartition(":")[2]
+    with listening(f"{listener}:{port}"):
+        assert deploy.host_port_taken(cfg.port_mapping) is not free  # 127.0.0.1:PORT
+        assert deploy.host_port_taken(port)  # every address: any listener takes it
+        assert deploy.host_port_taken(f"0.0.0.0:{port}")  # so does every IPv4 address
+
+
+def test_the_host_port_the_running_version_publishes_is_not_taken_for_another_process(
+    tmp_path: Path,
+) -> None:
+    cfg = make_cfg(tmp_path)
+    live = FakeContainer("movierec:1.0", health="healthy", argv=["--publish", f"{cfg.port_mapping}:8000"])
+    engine = FakeEngine(images={"movierec:1.0"}, containers={"movierec": live})
+    deployer, _ = make_deployer(cfg, engine)
+    with listening(cfg.port_mapping):  # its docker-proxy
+        deployer.deploy(secrets_())
+    assert engine.containers["movierec"].image == "movierec:2.0"
 
 
 # --------------------------------------------------------------------------- smoke test
@@ -2202,7 +2266,7 @@ def interrupted_deploy(cfg: DeployConfig, engine: FakeEngine, monkeypatch: pytes
     monkeypatch.setattr(deploy, "Docker", lambda binary: Docker(binary, engine))
     return deploy.main(
         ["movierec", "2.0", str(cfg.model_file), str(cfg.test_data_file), "--context", str(cfg.context),
-         "--port-mapping", "127.0.0.1:8080", "--secrets-dir", str(cfg.secrets_root)],
+         "--port-mapping", cfg.port_mapping, "--secrets-dir", str(cfg.secrets_root)],
         environ={"SESSION_PASSWORD": PASSWORD},
     )  # fmt: skip
 
