@@ -52,6 +52,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess  # nosec B404 - docker CLI with argument lists, never a shell
 import sys
 import tarfile
@@ -414,6 +415,18 @@ def publish_spec(port_mapping: str) -> str:
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LISTENING_SOCKETS = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 """This host's TCP sockets (Linux): read, not bound, so a port below 1024 is seen by any user."""
+
+
+def host_has_address(address: str) -> bool:
+    """Whether this host has the IP ``address`` (``docker run -p`` binds it: "cannot assign requested
+    address" otherwise): port 0 bound on it, which needs no privilege. True when this cannot tell."""
+    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family) as probe:
+            probe.bind((address, 0))
+    except OSError as exc:
+        return exc.errno != errno.EADDRNOTAVAIL
+    return True
 
 
 def host_port_taken(port_mapping: str, tables: Sequence[Path] = LISTENING_SOCKETS) -> bool:
@@ -1072,14 +1085,22 @@ class Deployer:
         self.say(f"read its logs with: {log_hint(cfg)}")
 
     def check_port(self) -> None:
-        """The host port must be free, or the running version's (freed when it is set aside): one
-        another process held failed the new container's ``docker run`` after the build and after
-        the running version was stopped, which was then started again."""
+        """The IP must be this host's, and the port free or the running version's (freed when it is
+        set aside): a port another process held, or an IP of another host, failed the new
+        container's ``docker run`` after the build and after the running version was stopped,
+        which was then started again."""
         cfg = self.cfg
         publish_spec(cfg.port_mapping)  # an IP this check can read, or a DeployError
+        host, _, port_text = cfg.port_mapping.rpartition(":")
+        address = host.removeprefix("[").removesuffix("]")
+        if address and not host_has_address(address):
+            raise DeployError(
+                f"--port-mapping {cfg.port_mapping}: {address} is not an address of this host, so docker run "
+                "could not publish the API on it. Nothing was built or stopped."
+            )
         if not host_port_taken(cfg.port_mapping):
             return
-        port = int(cfg.port_mapping.rpartition(":")[2])
+        port = int(port_text)
         for name in (cfg.container_name, cfg.backup_name):
             state = self.docker.container_state(name)
             if state is not None and port in state.ports:

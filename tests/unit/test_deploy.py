@@ -1991,6 +1991,22 @@ def test_a_host_port_another_process_listens_on_is_refused_before_anything_is_bu
     assert engine.containers["movierec"].status == "running"
 
 
+def test_an_ip_address_this_host_does_not_have_is_refused_before_anything_is_built_or_stopped(
+    tmp_path: Path,
+) -> None:
+    """``docker run -p 192.0.2.1:8000:8000`` on a host without that address fails ("cannot assign
+    requested address"): a mistyped --port-mapping IP was found after the build and after the
+    running version was stopped, which was then started again."""
+    cfg = make_cfg(tmp_path, port_mapping=f"192.0.2.1:{free_port()}")  # TEST-NET-1: no host's own
+    engine = FakeEngine(containers={"movierec": FakeContainer("movierec:1.0", health="healthy")})
+    deployer, _ = make_deployer(cfg, engine)
+    with pytest.raises(DeployError, match=r"192\.0\.2\.1 is not an address of this host") as refused:
+        deployer.deploy(secrets_())
+    assert "Nothing was built or stopped" in str(refused.value)
+    assert [c[0] for c in engine.calls if c[0] in ("build", "rename", "stop", "run")] == []
+    assert engine.containers["movierec"].status == "running"
+
+
 @pytest.mark.parametrize(("listener", "free"), [("0.0.0.0", False), ("127.0.0.2", True)])
 def test_a_listener_on_every_address_takes_the_port_one_on_another_address_does_not(
     tmp_path: Path, listener: str, free: bool
