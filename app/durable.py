@@ -17,7 +17,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -79,10 +79,19 @@ def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
 
     A new file gets ``mode`` (less the umask): 0600, as acknowledged data is no one else's, unless
     the caller's files are meant to be shared (the features store's snapshots).
+
+    A write that fails (a full disk, a file-size limit) removes what it wrote: the request log's
+    spill names each file anew, and the ``.partial`` files of its failed attempts (one a second
+    during an outage) stayed, holding the disk full after the outage had ended.
     """
     partial = path.with_name(f".{path.name}.partial")
-    write_synced(partial, data, os.O_TRUNC, mode)
-    os.replace(partial, path)
+    try:
+        write_synced(partial, data, os.O_TRUNC, mode)
+        os.replace(partial, path)
+    except BaseException:
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise
     sync_directory(path.parent)
 
 

@@ -430,6 +430,33 @@ def test_rows_the_database_would_not_take_at_exit_are_kept_on_disk_and_written_b
     db.dispose()
 
 
+def test_rows_a_full_disk_cannot_keep_stay_buffered_and_leave_no_partial_file(tmp_path: Path) -> None:
+    """A spill the disk could not take whole (full, or a file-size limit) left its half-written
+    ``.requests-<pid>-<tag>-<ns>.jsonl.partial`` behind: a new name at each attempt (every second
+    of an outage, and at exit), read and removed by nothing, so they kept the journal's disk full
+    (and /health/ready at 503, every score refused) after the outage had ended. Now a failed
+    spill removes what it wrote; its rows stay buffered, as before."""
+    import resource
+
+    from app.services.request_log import RequestLog, RowSpill
+    from app.storage.db import Database
+
+    spill_dir = tmp_path / "journal"
+    spill_dir.mkdir()
+
+    def spill_on_a_disk_too_small() -> bool:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        down = Database("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+        log = RequestLog(down, flush_interval=3600, spill=RowSpill(spill_dir))
+        log.append(_rows(200))  # ~16 KB of rows
+        log.close(timeout=0)  # no time for the database: straight to the spill, which fails
+        return log.pending() == 200
+
+    assert in_forked_child(spill_on_a_disk_too_small, timeout=60) == 0
+    assert [path.name for path in spill_dir.iterdir()] == []
+
+
 def test_a_row_the_database_refuses_for_good_is_set_aside_and_the_rest_written(
     tmp_path: Path, postgres_url: str
 ) -> None:
