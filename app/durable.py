@@ -57,20 +57,48 @@ def _raise(error: OSError) -> None:
 
 def write_synced(path: Path, data: bytes, flags: int = os.O_TRUNC, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` (opened with ``flags``; created with ``mode`` less the umask)
-    and sync it before returning; its name is not synced (:func:`sync_directory`)."""
+    and sync it before returning; its name is not synced (:func:`sync_directory`).
+
+    An append (``os.O_APPEND``) that fails part-way takes back the bytes it wrote (:func:`append_durably`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, mode)
+    written = 0
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            count = os.write(fd, view)
+            written += count
+            view = view[count:]
         os.fsync(fd)
+    except BaseException:
+        if flags & os.O_APPEND and written:
+            _take_back(fd, written)
+        raise
     finally:
         os.close(fd)
 
 
+def _take_back(fd: int, written: int) -> None:
+    """Cut the file of ``fd`` back to where a failed append of ``written`` bytes began, if the file
+    still ends where that append ended (nothing was appended after it). Best effort: the append's
+    failure is what its caller is told."""
+    with suppress(OSError):
+        end = os.lseek(fd, 0, os.SEEK_CUR)  # an O_APPEND write leaves the offset at its end
+        if os.fstat(fd).st_size == end:
+            os.ftruncate(fd, end - written)
+
+
 def append_durably(path: Path, data: bytes) -> None:
-    """Append ``data`` to ``path`` (created 0600 if missing) and sync it before returning."""
+    """Append ``data`` to ``path`` (created 0600 if missing) and sync it before returning.
+
+    One that fails part-way (a full disk, a file-size limit) takes back what it wrote, so the file
+    keeps whole lines: the part left ended the file, and the next append, once there was room, made
+    of it and its own line one line that was no JSON (a score set aside in the feedback journal's
+    rejected.jsonl that ``replay-rejected`` could not read back). Appenders to one file serialise
+    (the journal's ``rejected.lock``): an append made between a failure and its taking back would
+    stop it.
+    """
     write_synced(path, data, os.O_APPEND)
 
 

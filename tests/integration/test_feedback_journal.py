@@ -656,6 +656,49 @@ def test_a_full_disk_while_setting_a_refused_score_aside_keeps_the_segment_for_l
     assert len(_stored(db)) == 1199  # every score but the refused one
 
 
+def test_a_refused_score_cut_short_on_a_full_disk_is_replayed_once_it_is_set_aside_whole(
+    db: Database, tmp_path: Path
+) -> None:
+    """Setting a refused score aside on a disk that took only part of its line (a full disk, a
+    file-size limit) left that part at the end of rejected.jsonl. The shipper tried again and,
+    with room again, appended the whole line right after it: one line that is no JSON, which
+    ``replay-rejected`` kept "for the operator" and counted as refused again for ever, while the
+    segment, the score's only other copy, was deleted. A failed append now takes its bytes back."""
+    import resource
+    import signal
+
+    from app.services.feedback_journal import _rejected_line, replay_rejected
+
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    limit = 16_384  # segments of 4 KiB fit, rejected.jsonl is filled up to 20 bytes short of it
+    earlier = _rejected_line(_score("earlier", 1, 1.0), ValueError("refused")).rstrip(b"\n")
+    (directory / REJECTED).write_bytes(earlier.ljust(limit - 21) + b"\n")
+
+    def refused_on_a_full_disk_then_with_room() -> bool:
+        db.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        journal = FeedbackJournal(directory, db, ship_interval=3600, segment_bytes=4096)
+        try:
+            journal.save(_score("later", 2, 2.0))  # no such request yet: refused for good
+            with pytest.raises(DatabaseUnavailableError):
+                journal.drain()  # its line cut short: kept in the segment, retried
+            resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # room again
+            journal.drain()
+            return journal.rejected == 1
+        finally:
+            journal.close()
+
+    assert in_forked_child(refused_on_a_full_disk_then_with_room, timeout=60) == 0
+    _request_with_id(db, "earlier")
+    _request_with_id(db, "later")  # the cause fixed
+    assert replay_rejected(directory, db) == (2, 0)
+    assert _stored(db) == {("earlier", 1): 1.0, ("later", 2): 2.0}
+    assert not (directory / REJECTED).exists()
+
+
 _STOPPING_WORKER = """
 import sys, time
 from pathlib import Path
