@@ -24,7 +24,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, Table, bindparam, create_engine, event, make_url, select, text
+from sqlalchemy import Engine, Table, bindparam, case, create_engine, event, make_url, or_, select, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,11 +54,16 @@ _PG_MIGRATION_LOCK = 727_001  # advisory lock key: one migrator at a time across
 _FEEDBACK_UPSERT_PG = (
     "INSERT INTO feedback"
     " (request_id, movie_id, title, score, predicted_score, model_version, created_at, updated_at)"
-    " SELECT r, m, t, s, p, v, a, a FROM json_to_recordset(%(rows)s::json)"
-    " AS u (r text, m int, t text, s float8, p float8, v text, a timestamptz)"
-    " ON CONFLICT (request_id, movie_id)"
-    " DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at"
-    " WHERE feedback.updated_at <= excluded.updated_at"
+    " SELECT r, m, t, s, p, v, c, a FROM json_to_recordset(%(rows)s::json)"
+    " AS u (r text, m int, t text, s float8, p float8, v text, c timestamptz, a timestamptz)"
+    " ON CONFLICT (request_id, movie_id) DO UPDATE SET"
+    " score = CASE WHEN feedback.updated_at <= excluded.updated_at"
+    " THEN excluded.score ELSE feedback.score END,"
+    " updated_at = GREATEST(feedback.updated_at, excluded.updated_at),"
+    " predicted_score = CASE WHEN excluded.created_at < feedback.created_at"
+    " THEN excluded.predicted_score ELSE feedback.predicted_score END,"
+    " created_at = LEAST(feedback.created_at, excluded.created_at)"
+    " WHERE feedback.updated_at <= excluded.updated_at OR excluded.created_at < feedback.created_at"
 )
 """The score path's write on PostgreSQL: a whole batch as one statement with one JSON parameter.
 
@@ -69,8 +74,9 @@ by element. Same effect as ``Database._feedback_upsert`` (the SQLite path).
 """
 
 
-def _feedback_rows(records: Sequence[FeedbackRecord]) -> dict[str, Any]:
-    """The parameters of :data:`_FEEDBACK_UPSERT_PG` (every record's ``at`` set)."""
+def _feedback_rows(records: Sequence[tuple[FeedbackRecord, datetime]]) -> dict[str, Any]:
+    """The parameters of :data:`_FEEDBACK_UPSERT_PG`: (record, its first score's time) pairs of
+    :func:`_coalesced`."""
     rows = [
         {
             "r": record.request_id,
@@ -79,11 +85,33 @@ def _feedback_rows(records: Sequence[FeedbackRecord]) -> dict[str, Any]:
             "s": float(record.score),
             "p": None if record.predicted_score is None else float(record.predicted_score),
             "v": record.model_version,
+            "c": created,
             "a": record.at,
         }
-        for record in records
+        for record, created in records
     ]
     return {"rows": orjson.dumps(rows).decode()}
+
+
+def _coalesced(records: Sequence[FeedbackRecord], now: datetime) -> list[tuple[FeedbackRecord, datetime]]:
+    """One row per (request, movie) of ``records``: the score and time (``at``) of its last, the
+    prediction of its first, with the first's time (its ``created_at``). A record's ``at`` is
+    ``now`` when it has none, in UTC (a naive time is taken as UTC: SQLite compares the stored
+    text)."""
+    first: dict[tuple[str, int], FeedbackRecord] = {}
+    last: dict[tuple[str, int], FeedbackRecord] = {}
+    for record in records:
+        record = dataclasses.replace(record, at=now if record.at is None else as_utc(record.at))
+        key = (record.request_id, record.movie_id)
+        at = cast(datetime, record.at)
+        if key not in last or at >= cast(datetime, last[key].at):
+            last[key] = record
+        if key not in first or at < cast(datetime, first[key].at):
+            first[key] = record
+    return [
+        (dataclasses.replace(first[key], score=record.score, at=record.at), cast(datetime, first[key].at))
+        for key, record in last.items()
+    ]
 
 
 REQUEST_INPUTS = ("age", "gender", "occupation", "user_id")
@@ -440,11 +468,17 @@ class Database:
         # the request log's write (names from the model, not from input)
         self._copy_sql = f"COPY {requests.name} ({', '.join(self._copy_columns)}) FROM STDIN"
         insert = self._insert(Feedback)
-        feedback = cast(Table, Feedback.__table__)
+        stored, new = cast(Table, Feedback.__table__).c, insert.excluded
+        later, earlier = stored.updated_at <= new.updated_at, new.created_at < stored.created_at
         self._feedback_upsert = insert.on_conflict_do_update(
             index_elements=["request_id", "movie_id"],
-            set_={"score": insert.excluded.score, "updated_at": insert.excluded.updated_at},
-            where=feedback.c.updated_at <= insert.excluded.updated_at,
+            set_={
+                "score": case((later, new.score), else_=stored.score),
+                "updated_at": case((later, new.updated_at), else_=stored.updated_at),
+                "predicted_score": case((earlier, new.predicted_score), else_=stored.predicted_score),
+                "created_at": case((earlier, new.created_at), else_=stored.created_at),
+            },
+            where=or_(later, earlier),
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -700,33 +734,28 @@ class Database:
     def save_feedbacks(self, records: Sequence[FeedbackRecord]) -> None:
         """Store scores in one transaction: ``INSERT … ON CONFLICT DO UPDATE``, committed on return.
 
-        A (request, movie) is stored once, with the score acknowledged last: a record's ``at``
-        (default: now) is its ``created_at`` when new and its ``updated_at``, and a stored score
-        is replaced only by one acknowledged at the same time or later. So writing the same
-        records again, in any order, changes nothing: the feedback journal's replays and retries
-        rely on it. The first prediction is kept.
+        A (request, movie) is stored once: with the score acknowledged last (a record's ``at``,
+        default now, is its ``updated_at``; a stored score is replaced only by one acknowledged
+        at the same time or later), and the time and prediction of the one acknowledged first
+        (``created_at``, the rating's timestamp). So writing the same records again, in any
+        order and in any batches, changes nothing: the feedback journal's replays and retries
+        rely on it. Until 2026-12-07 a row took the time and prediction of the last score of
+        its first batch, and an earlier score replayed later changed neither.
         """
-        now = utcnow()
-        latest: dict[tuple[str, int], FeedbackRecord] = {}
-        for record in records:
-            # in UTC (a naive time is taken as UTC): SQLite compares the stored text
-            record = dataclasses.replace(record, at=now if record.at is None else as_utc(record.at))
-            key = (record.request_id, record.movie_id)
-            kept = latest.get(key)
-            if kept is None or cast(datetime, record.at) >= cast(datetime, kept.at):
-                latest[key] = record
-        if not latest:
+        rows = _coalesced(records, utcnow())
+        if not rows:
             return
         if self.engine.dialect.name == "postgresql":
-            params = _feedback_rows(list(latest.values()))
+            params = _feedback_rows(rows)
             self._autocommit(
                 _FEEDBACK_UPSERT_PG, lambda connection, sql: connection.execute(sql, params, prepare=True)
             )
             return
         values = []
-        for record in latest.values():
+        for record, created in rows:
             value = dataclasses.asdict(record)
-            value["created_at"] = value["updated_at"] = value.pop("at")
+            value["updated_at"] = value.pop("at")
+            value["created_at"] = created
             values.append(value)
         statement = self._feedback_upsert
         self.run(lambda connection: connection.execute(statement, values), write=True)

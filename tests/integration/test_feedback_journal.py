@@ -35,7 +35,7 @@ from app.services.feedback_journal import (
     read_records,
 )
 from app.storage.db import Database, DatabaseUnavailableError, FeedbackRecord
-from app.storage.models import Feedback, RecommendationRequest, utcnow
+from app.storage.models import Feedback, RecommendationRequest, as_utc, utcnow
 from tests.helpers import in_forked_child
 
 pytestmark = pytest.mark.integration
@@ -272,6 +272,32 @@ def test_the_last_acknowledged_score_wins_whatever_order_it_is_written_in(db: Da
     assert _stored(db) == {(request_id, 4): 5.0}
     with db.session() as session:
         assert session.scalar(select(func.count(Feedback.id))) == 1
+
+
+@pytest.mark.parametrize("batches", ["in order", "one batch", "replayed after"])
+def test_a_rescored_movie_keeps_its_first_time_and_prediction_whatever_batches_ship_it(
+    db: Database, batches: str
+) -> None:
+    """A (request, movie) scored, then scored again: its row keeps the first score's time
+    (``created_at``, the rating's timestamp for training, the dashboard's and the online
+    monitor's windows) and prediction, and takes the last score. Only when the two shipped in
+    that order in two batches: in one batch (both taken during an outage, or within the 0.1 s
+    ship interval) the row was the second score's alone, and the same when the first was
+    replayed after the second had shipped (a worker killed before shipping it)."""
+    request_id = _request(db)
+    now = utcnow()
+    first = FeedbackRecord(request_id, 4, "Movie 4", 1.0, 3.5, "v1", at=now - timedelta(seconds=5))
+    second = FeedbackRecord(request_id, 4, "Movie 4", 5.0, None, "v1", at=now)
+    writes = {
+        "in order": [[first], [second]],
+        "one batch": [[first, second]],
+        "replayed after": [[second], [first]],
+    }
+    for batch in writes[batches]:
+        db.save_feedbacks(batch)
+    (row,) = db.feedback_rows()
+    assert (row.score, row.predicted_score) == (5.0, 3.5)
+    assert (as_utc(row.created_at), as_utc(row.updated_at)) == (first.at, second.at)
 
 
 def test_a_score_the_database_refuses_is_kept_aside_and_the_rest_ship(db: Database, tmp_path: Path) -> None:
