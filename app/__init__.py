@@ -117,10 +117,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         ship_interval=settings.feedback_ship_seconds,
         max_unshipped=settings.feedback_max_unshipped,
     )
-    try:  # scores a stopped process left unshipped (each uwsgi worker runs this: lazy-apps)
-        journal.recover()
-    except Exception as exc:  # noqa: BLE001 - kept on disk, retried every 30 s; the app still starts
-        log.error("feedback journal: left scores wait to be replayed", extra={"reason": describe_error(exc)})
+    # scores a stopped process left unshipped (each uwsgi worker runs this: lazy-apps); with the
+    # database down now, tried again every 30 s, this worker journaling scores or not
+    journal.recover_at_start()
     # request rows a process stopped (or killed) while the database was down kept on disk; with
     # the database down now, its flusher retries them, this worker serving or not
     request_log.recover_spilled()

@@ -27,7 +27,9 @@ and every record in it is committed, or at a graceful exit when every record is.
 **Recovery.** A segment nobody holds a lock on was left by a process that ended before
 shipping it (killed, or the database was down when it stopped). :meth:`FeedbackJournal.recover`
 replays such segments into the database and deletes them; it runs when the app starts (in each
-uwsgi worker: ``lazy-apps``) and every ``recover_interval`` in each process that writes scores.
+uwsgi worker: ``lazy-apps``: :meth:`FeedbackJournal.recover_at_start`, which tries again every
+``recover_interval`` until it succeeds) and every ``recover_interval`` in each process that writes
+scores.
 Replaying is idempotent: :meth:`Database.save_feedbacks` keeps, per (request, movie), the score
 acknowledged last.
 
@@ -373,6 +375,7 @@ class FeedbackJournal:
             if self._closed:
                 return
             self._closed = True
+        self._stopped.set()  # a start recovery still trying (recover_at_start) gives up
         self.shipper.close(timeout)
         with self._lock:
             for segment in list(self._segments.values()):
@@ -511,6 +514,7 @@ class FeedbackJournal:
         # close(): a segment is never closed under a write, nor deleted before its records queue
         self._io_lock = threading.Lock()
         self._recovering = threading.Lock()
+        self._stopped = threading.Event()  # set by close()
         self._clock_fd = -1  # the directory's clock file, opened at the first stamp (_stamped)
 
     def _seal(self, segment: _Segment) -> None:
@@ -557,15 +561,58 @@ class FeedbackJournal:
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self) -> int:
+    def recover_at_start(self) -> None:
+        """:meth:`recover`, as a process starts; when it fails (the database down), a thread of this
+        process tries again every ``recover_interval`` until it succeeds, whether the process
+        journals scores or not.
+
+        Until 2026-12-07 only a score journaled here started another try: with no score reaching
+        a worker started during an outage, the scores ended processes had left stayed out of the
+        database (training, the dashboard, the monitors) once it was back, for as long.
+        """
+        failed = LogEvery(300.0)  # the wait is logged when it starts, then at most every 5 minutes
+        try:
+            self.recover()
+        except Exception as exc:  # noqa: BLE001 - kept on disk, tried again below
+            self._wait_logged(failed, exc)
+            threading.Thread(
+                target=self._recover_until_done,
+                args=(failed,),
+                name="movierec-journal-start-recovery",
+                daemon=True,
+            ).start()
+
+    def _recover_until_done(self, failed: LogEvery) -> None:
+        """:meth:`recover` every ``recover_interval`` until one succeeds or the journal is closed."""
+        stopped = self._stopped
+        while not stopped.wait(self.recover_interval):
+            try:
+                self.recover(wait=True)
+                return
+            except Exception as exc:  # noqa: BLE001 - kept on disk, tried again
+                self._wait_logged(failed, exc)
+
+    @staticmethod
+    def _wait_logged(failed: LogEvery, exc: BaseException) -> None:
+        failed.log(
+            log,
+            logging.ERROR,
+            "feedback journal: left scores wait to be replayed",
+            reason=describe_error(exc),
+        )
+
+    def recover(self, *, wait: bool = False) -> int:
         """Replay the segments no live process holds into the database, then delete them; scores replayed.
+
+        Another recovery of this process running, it returns 0 at once, or (``wait``) waits for it
+        and then replays what is left.
 
         Raises what the database raised when it cannot take them (unreachable, read-only, …): the
         segment being replayed stays, for the next attempt. A segment that cannot be read back is
         renamed ``*.unreadable`` and the others are replayed. A segment a killed process was still
         creating (``*.new``, no record in it) is deleted (:meth:`_remove_abandoned`).
         """
-        if not self.directory.is_dir() or not self._recovering.acquire(blocking=False):
+        if not self.directory.is_dir() or not self._recovering.acquire(blocking=wait):
             return 0
         try:
             self._remove_abandoned()

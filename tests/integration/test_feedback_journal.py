@@ -234,6 +234,40 @@ def test_scores_of_a_process_that_died_unshipped_are_replayed_once(db: Database,
     assert _segments(directory) == []
 
 
+def test_scores_ended_processes_left_are_replayed_when_the_database_is_back_without_new_scores(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker started while the database was down (respawned during an outage) tried the
+    segments ended processes had left once, at its start; after that only a score it journaled
+    started another try. With no score reaching the workers after the outage (a quiet night, an
+    instance out of rotation), those acknowledged scores stayed out of the database (training,
+    the dashboard, the monitors) for as long. A failed start recovery is now tried again every
+    ``recover_interval`` until the segments are replayed, this process journaling scores or not."""
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    request_id = _request(db)
+    records = [FeedbackRecord(request_id, m, f"Movie {m}", 3.0, None, "v1", at=utcnow()) for m in (1, 2, 3)]
+    (directory / f"1-1{SUFFIX}").write_bytes(b"".join(encode(r) for r in records) + bytes(4096))
+    save_feedbacks = Database.save_feedbacks
+
+    def unreachable(_self: Database, _records: Any) -> None:
+        raise DatabaseUnavailableError("the database cannot be reached")
+
+    monkeypatch.setattr(Database, "save_feedbacks", unreachable)
+    journal = FeedbackJournal(directory, db, recover_interval=0.05)
+    try:
+        journal.recover_at_start()  # as a worker's start does (app/__init__.py): fails, logged
+        assert len(_segments(directory)) == 1
+        monkeypatch.setattr(Database, "save_feedbacks", save_feedbacks)  # the database is back
+        deadline = time.monotonic() + 10
+        while _segments(directory) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _stored(db) == {(request_id, m): 3.0 for m in (1, 2, 3)}
+        assert _segments(directory) == []
+    finally:
+        journal.close()
+
+
 def test_a_segment_its_writer_still_holds_is_not_replayed(db: Database, tmp_path: Path) -> None:
     directory = tmp_path / "journal"
     writer = FeedbackJournal(directory, db, ship_interval=60)
