@@ -55,7 +55,7 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.durable import append_durably, sync_directory, write_durably
+from app.durable import append_durably, file_lock, sync_directory, write_durably
 from app.errors import Unavailable
 from app.exit_hooks import close_at_exit, reset_after_fork
 from app.monitoring.logs import LogEvery, describe_error
@@ -562,6 +562,7 @@ class RowSpill:
     """A file's name since 2026-12-06; the ``requests-<pid>-<ns>.jsonl`` of earlier releases,
     with no start time to tell their writer, are anyone's to replay, as they were then."""
     REJECTED = "rejected-requests.jsonl"
+    REJECTED_LOCK = "rejected-requests.lock"
 
     def __init__(self, directory: Path, interval: float = 30.0) -> None:
         self.directory = directory
@@ -654,9 +655,12 @@ class RowSpill:
         return seen[pid, tag]
 
     def reject(self, row: dict[str, Any], exc: BaseException) -> None:
-        append_durably(
-            self.directory / self.REJECTED, orjson.dumps({**row, "error": describe_error(exc, 500)}) + b"\n"
-        )
+        """Append ``row`` to ``rejected-requests.jsonl``, under a lock that every worker's flusher
+        takes: an append that fails part-way takes its bytes back (:func:`append_durably`), which
+        must not cut another worker's line appended meanwhile."""
+        line = orjson.dumps({**row, "error": describe_error(exc, 500)}) + b"\n"
+        with file_lock(self.directory / self.REJECTED_LOCK, mode=0o600):
+            append_durably(self.directory / self.REJECTED, line)
         self.rejected += 1
         log.error(
             "request log: the database refused a row; it is kept in %s",
