@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from flask import Flask
 
     from app.config import Settings
@@ -94,13 +96,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     db = _open_database(settings)
     models = ModelHolder(settings.model_path, data_dir=settings.data_dir)
+    refused: BundleError | None = None
     try:
         models.load()
-    except BundleError as exc:
-        log.error(
-            "no model could be loaded; the service is not ready",
-            extra={"path": str(settings.model_path), "reason": describe_error(exc, 300)},
-        )
+    except BundleError as exc:  # logged once the reloader has adopted what the other workers serve
+        refused = exc
 
     # Recommendation ids are signed with a key derived from the JWT secret, shared by every worker.
     # Created (and so closed at exit) before the journal: its rows are in memory only, and the two
@@ -133,9 +133,32 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["movierec"] = Services(settings, db, models, recommendations)
     install_serving(app.extensions["movierec"], settings)
+    if refused is not None:
+        _report_refused_start_model(models, settings.model_path, describe_error(refused, 300))
     install_monitoring(app, app.extensions["movierec"], settings, model_store(settings))
     register_api(app, settings, jwt_secret)
     return app
+
+
+def _report_refused_start_model(models: ModelHolder, path: Path, reason: str) -> None:
+    """One line for a configured model that did not load: an ERROR when the worker has no model
+    at all, a WARNING when it serves what the reload marker or its instance's live workers name.
+
+    A worker uwsgi starts in a running instance (max-requests, reload-on-rss, harakiri) while
+    ``latest`` is a bundle a reload refused serves its siblings' bundle (app/services/reload.py);
+    it logged "no model could be loaded; the service is not ready" (an ERROR, mailed) at every
+    such start, ready all along."""
+    bundle = models.bundle
+    if bundle is None:
+        log.error(
+            "no model could be loaded; the service is not ready", extra={"path": str(path), "reason": reason}
+        )
+        return
+    log.warning(
+        "the configured model cannot be loaded; serving the bundle the reload marker or the other "
+        "workers name",
+        extra={"path": str(path), "reason": reason, "model_version": bundle.version},
+    )
 
 
 def check_listen_address(host: str, port: int) -> None:

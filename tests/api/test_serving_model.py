@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -443,3 +444,29 @@ def test_every_worker_reports_the_last_reload_not_only_the_worker_that_ran_it(
         == 422
     )
     assert all("v-bad" in status["error"] for status in reloads("failed"))
+
+
+def test_a_worker_recycled_while_latest_is_a_refused_bundle_does_not_log_that_it_is_not_ready(
+    make_app: Any, store: Path, auth_headers: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bundle the workers refused (a reload answered 422) stays ``latest``. Every worker uwsgi
+    started afterwards (max-requests, reload-on-rss, harakiri) logged the ERROR "no model could be
+    loaded; the service is not ready", which monitor-docker mails, then served the bundle its
+    siblings serve: ready all along. It now says once, as a WARNING, that the configured bundle is
+    refused and which bundle it serves instead; the ERROR stays for a worker left without any."""
+    serving = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05).test_client()
+    original = _version(serving, auth_headers)  # its first request: its poller runs, its record is written
+    add_version(store, "v-bad", mutate=_corrupt_table)
+    admin = login(serving, ADMIN_PASSWORD)
+    assert serving.post("/api/admin/reload", json={"wait": True}, headers=admin).status_code == 422
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    recycled = make_app(model_path=store, model_dir=store).test_client()
+    assert _version(recycled, auth_headers) == original
+    assert recycled.get("/health/ready").status_code == 200
+    problems = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 1, problems
+    level, message = problems[0]
+    assert level == "WARNING" and "not ready" not in message, problems
+    record = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert "v-bad" in record.reason and record.model_version == original
