@@ -647,6 +647,9 @@ def resolve_bundle_dir(path: Path) -> Path:
     latest = path / LATEST
     if (latest / MANIFEST).is_file():
         return latest.resolve()
+    if latest.is_symlink() and not latest.exists():
+        # the bundle it names was removed (by hand, a copy that failed): not an archive to name
+        raise BundleError(f"{latest} points at {latest.resolve()}, which does not exist")
     if latest.is_symlink() or latest.exists():
         # point_latest only ever names a bundle directory, and reloads, rollbacks and the
         # dashboard read the store's bundles as directories: an archive is served by its own path

@@ -311,16 +311,18 @@ class ModelReloader:
         it runs is refused with 409 (it was dropped, and with ``wait`` answered 200 "loaded" for
         the other bundle).
         """
-        target = self.resolve_target(version)
+        try:
+            target = self.resolve_target(version)
+        except InvalidBundle as exc:  # the store's ``latest`` names nothing loadable: no load to run
+            self._refuse_unresolved(str(exc))
+            raise
         started = False
         with self._lock:
             if self._loading is not None and self._loading.is_alive():
                 if self._status["target"] != target.name:  # joining it would answer for another bundle
                     raise ReloadInProgress(self._status["target"])
             else:
-                self._status, self._done = self._new_load(target.name, _iso(time.time()))
-                self._requested, self._requested_ns = self._status, time.time_ns()
-                self._status_ns = self._requested_ns
+                self._new_request(target.name)
                 self._loading = threading.Thread(
                     target=self._load_and_announce,
                     args=(target, self._status, self._done),
@@ -346,6 +348,29 @@ class ModelReloader:
                 raise ReloadSuperseded(str(status["error"]))
             return status
         return self.status()
+
+    def _refuse_unresolved(self, error: str) -> None:
+        """Record and log a reload refused before any load: the model store's ``latest`` names no
+        bundle (one removed, a dangling link). It was answered 422 and nothing else: no log line
+        (a bundle that fails to load is one ERROR, and a restart now serves no model), and every
+        worker went on reporting the previous reload as the last. A load running meanwhile keeps
+        its status: the request is refused, its own state is not the service's."""
+        with self._lock:
+            if self._loading is not None and self._loading.is_alive():
+                status = None
+            else:
+                self._new_request(LATEST)
+                status, done = self._status, self._done
+        if status is None:
+            _log_refused(LATEST, error)
+        else:
+            self._finish(status, done, "failed", error)
+
+    def _new_request(self, target: str) -> None:
+        """Make a reload of ``target`` asked for now this worker's status (``_lock`` held)."""
+        self._status, self._done = self._new_load(target, _iso(time.time()))
+        self._requested, self._requested_ns = self._status, time.time_ns()
+        self._status_ns = self._requested_ns
 
     @staticmethod
     def _new_load(
@@ -598,10 +623,7 @@ class ModelReloader:
         if asked:  # before its waiters wake: the load is over only once the others can tell
             self._announce(self._announced_error)
         if state == "failed":  # before the waiters wake too: their 422 comes after the alert's line
-            log.error(
-                "reload refused; the previous bundle keeps serving",
-                extra={"target": status.get("target"), "reason": error},
-            )
+            _log_refused(status.get("target"), error)
         done.set()
 
     # ------------------------------------------------------------------ the marker
@@ -784,6 +806,10 @@ def _identity(record: dict[str, Any], field: str) -> str | None:
     or by an earlier release): its pid alone then names the process."""
     value = record.get(field)
     return value if isinstance(value, str) else None
+
+
+def _log_refused(target: Any, reason: str | None) -> None:
+    log.error("reload refused; the previous bundle keeps serving", extra={"target": target, "reason": reason})
 
 
 def _generation_of(marker: dict[str, Any]) -> int:

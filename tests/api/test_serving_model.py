@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -470,3 +471,32 @@ def test_a_worker_recycled_while_latest_is_a_refused_bundle_does_not_log_that_it
     assert level == "WARNING" and "not ready" not in message, problems
     record = next(r for r in caplog.records if r.levelno == logging.WARNING)
     assert "v-bad" in record.reason and record.model_version == original
+
+
+def test_a_reload_while_latest_names_a_removed_bundle_is_refused_logged_and_reported(
+    client: Any, store: Path, auth_headers: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``latest`` naming a bundle that is gone (removed by hand, a copy that failed) was answered
+    422 saying the link's target "is not a bundle directory" and pointing at serving a .tar.gz;
+    nothing was logged (a refused bundle is an ERROR, mailed: a restart now serves no model) and
+    ``GET /api/model`` went on reporting the previous reload as the last one. It is now refused
+    as a bundle that fails to load is: the 422 says the bundle does not exist, one ERROR, and the
+    reload state is ``failed`` with the reason."""
+    admin = login(client, ADMIN_PASSWORD)
+    old = _version(client, auth_headers)
+    os.symlink("v-gone", store / "latest.tmp")
+    os.replace(store / "latest.tmp", store / "latest")
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    response = client.post("/api/admin/reload", json={"wait": True}, headers=admin)
+    assert response.status_code == 422
+    message = response.get_json()["error"]["message"]
+    assert "v-gone" in message and "does not exist" in message and ".tar.gz" not in message, message
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in errors] == ["reload refused; the previous bundle keeps serving"]
+    assert "v-gone" in errors[0].reason
+    info = client.get("/api/model", headers=admin).get_json()
+    assert info["model_version"] == old
+    assert info["reload"]["state"] == "failed" and "v-gone" in info["reload"]["error"], info["reload"]
+    # without "wait" the same refusal, at once
+    assert client.post("/api/admin/reload", json={}, headers=admin).status_code == 422
