@@ -369,8 +369,13 @@ def test_a_reload_superseded_by_another_workers_newer_reload_answers_409_not_loa
     make_app: Any, store: Path, auth_headers: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the first worker waits for its sibling, another worker's reload of another bundle
-    writes a newer marker: the first answered 200 "loaded" for the bundle being replaced."""
-    first_app = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05)
+    writes a newer marker: the first answered 200 "loaded" for the bundle being replaced.
+
+    The first worker's poller does not poll within the test (its first poll is 30 s away): it
+    would follow the newer marker as soon as the reload ended, and report that load (the newer
+    reload's, written here without a request) instead of its own superseded reload, as it should,
+    at a moment that varies from run to run (the test failed three runs in four)."""
+    first_app = make_app(model_path=store, model_dir=store, reload_poll_seconds=30)
     second_app = make_app(model_path=store, model_dir=store, reload_poll_seconds=0.05)
     first, second = first_app.test_client(), second_app.test_client()
     _version(second, auth_headers)  # starts second's poller
