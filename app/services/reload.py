@@ -219,16 +219,33 @@ class ModelReloader:
         if target is None:
             return
         current = self.holder.bundle
-        if current is not None and current.path.resolve() == target.resolve():
-            return
-        try:
-            self.holder.load(target)
-        except BundleError as exc:
-            log.error(
-                "the bundle the reload marker or the other workers name cannot be loaded; serving "
-                "the configured one",
-                extra={"target": str(target), "reason": describe_error(exc, 500)},
-            )
+        if current is None or current.path.resolve() != target.resolve():
+            try:
+                self.holder.load(target)
+            except BundleError as exc:
+                log.error(
+                    "the bundle the reload marker or the other workers name cannot be loaded; serving "
+                    "the configured one",
+                    extra={"target": str(target), "reason": describe_error(exc, 500)},
+                )
+                return
+        if marker is not None and _same(marker.get("target"), target):
+            self._report_marker_reload(marker, target)
+
+    def _report_marker_reload(self, marker: dict[str, Any], target: Path) -> None:
+        """Report the reload that wrote ``marker``, whose bundle this worker serves from its start,
+        as its last: as a worker that followed the marker does (:meth:`_follow_marker`).
+
+        A worker started after the one that ran the last reload had ended (uwsgi recycled it)
+        reported "idle" itself, so :meth:`instance_status` named an older reload of another live
+        worker as the service's last one (its target another bundle, or "failed") beside the
+        bundle served, while that worker, having followed the marker, reported the last one."""
+        status, done = self._new_load(target.name, marker.get("at"), via="marker")
+        status.update(state="loaded", finished_at=_iso(time.time()))
+        done.set()
+        with self._lock:
+            self._status, self._done = status, done
+            self._status_ns = _requested_ns_of(marker)
 
     def _marker_target(
         self, marker: dict[str, Any] | None, marker_stat: tuple[int, int, int] | None
@@ -729,8 +746,7 @@ class ModelReloader:
             self._marker_seen = stat
             status, done = self._new_load(target.name, marker.get("at"), via="marker")
             self._status, self._done = status, done
-            requested_ns = marker.get("requested_ns")
-            self._status_ns = requested_ns if type(requested_ns) is int else -1
+            self._status_ns = _requested_ns_of(marker)
         log.info("reload marker changed; loading", extra={"target": target.name})
         bundle, error = self._load(target)
         self._generation = _generation_of(marker)
@@ -810,6 +826,12 @@ def _identity(record: dict[str, Any], field: str) -> str | None:
 
 def _log_refused(target: Any, reason: str | None) -> None:
     log.error("reload refused; the previous bundle keeps serving", extra={"target": target, "reason": reason})
+
+
+def _requested_ns_of(marker: dict[str, Any]) -> int:
+    """When the admin's reload that wrote ``marker`` was asked for (time.time_ns()), -1 unknown."""
+    requested_ns = marker.get("requested_ns")
+    return requested_ns if type(requested_ns) is int else -1
 
 
 def _generation_of(marker: dict[str, Any]) -> int:

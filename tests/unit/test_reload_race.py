@@ -795,3 +795,33 @@ def test_a_worker_started_beside_a_live_sibling_with_its_start_time_serves_what_
         instance_started=process_identity(os.getpid()),
     )  # fmt: skip
     assert _serving(worker) == "v-old"
+
+
+def test_a_worker_started_after_the_reloading_worker_ended_reports_the_last_reload(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker reports the last reload an admin asked any live worker for, from their
+    records. Once the worker that ran the last reload had ended (uwsgi recycled it: max-requests,
+    reload-on-rss), a worker started since, serving that reload's bundle from the marker, reported
+    an older reload another worker had run (its target another bundle, or "failed") as the
+    service's last one, while that worker, having followed the marker, reported the last. Every
+    worker now reports the reload that wrote the marker as the last."""
+    add_version(store, "v1")
+    add_version(store, "v2")
+    a = _polling_worker(store, monkeypatch)
+    b = _polling_worker(store, monkeypatch)
+    c = None
+    try:
+        assert a.request("v1", wait=WAIT)["state"] == "loaded"
+        assert b.request("v2", wait=WAIT)["state"] == "loaded"
+        assert _serving(a) == "v2" and a.instance_status()["target"] == "v2"
+        b.stop()  # recycled: its record, which carried the last reload, is gone
+        c = _polling_worker(store, monkeypatch)
+        assert _serving(c) == "v2"
+        statuses = (a.instance_status(), c.instance_status())
+        reported = [(status["state"], status["target"]) for status in statuses]
+        assert reported == [("loaded", "v2")] * 2, reported
+    finally:
+        for worker in (a, b, c):
+            if worker is not None:
+                worker.stop()
