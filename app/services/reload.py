@@ -379,7 +379,7 @@ class ModelReloader:
                 self._new_request(LATEST)
                 status, done = self._status, self._done
         if status is None:
-            _log_refused(LATEST, error)
+            self._log_refused(LATEST, error)
         else:
             self._finish(status, done, "failed", error)
 
@@ -640,8 +640,17 @@ class ModelReloader:
         if asked:  # before its waiters wake: the load is over only once the others can tell
             self._announce(self._announced_error)
         if state == "failed":  # before the waiters wake too: their 422 comes after the alert's line
-            _log_refused(status.get("target"), error)
+            self._log_refused(status.get("target"), error)
         done.set()
+
+    def _log_refused(self, target: Any, reason: str | None) -> None:
+        """The one ERROR of a refused reload, saying what serves now: a worker that serves no model
+        (it refused the bundle it started with) logged that "the previous bundle keeps serving"."""
+        if self.holder.bundle is not None:
+            message = "reload refused; the previous bundle keeps serving"
+        else:
+            message = "reload refused; no model is loaded: the service is not ready"
+        log.error(message, extra={"target": target, "reason": reason})
 
     # ------------------------------------------------------------------ the marker
 
@@ -822,10 +831,6 @@ def _identity(record: dict[str, Any], field: str) -> str | None:
     or by an earlier release): its pid alone then names the process."""
     value = record.get(field)
     return value if isinstance(value, str) else None
-
-
-def _log_refused(target: Any, reason: str | None) -> None:
-    log.error("reload refused; the previous bundle keeps serving", extra={"target": target, "reason": reason})
 
 
 def _requested_ns_of(marker: dict[str, Any]) -> int:

@@ -505,3 +505,23 @@ def test_a_reload_while_latest_names_a_removed_bundle_is_refused_logged_and_repo
     assert info["reload"]["state"] == "failed" and "v-gone" in info["reload"]["error"], info["reload"]
     # without "wait" the same refusal, at once
     assert client.post("/api/admin/reload", json={}, headers=admin).status_code == 422
+
+
+def test_a_reload_refused_by_a_worker_serving_no_model_does_not_log_that_one_keeps_serving(
+    make_app: Any, store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service started on a bundle it refused serves no model (every answer 503). A reload of
+    another bad bundle was logged "reload refused; the previous bundle keeps serving": the ERROR
+    an operator reads said the service was serving when nothing was."""
+    add_version(store, "v-bad-start", mutate=_corrupt_table)
+    client = make_app(model_path=store, model_dir=store).test_client()
+    admin = login(client, ADMIN_PASSWORD)
+    assert client.get("/api/model", headers=admin).status_code == 503
+    add_version(store, "v-bad", mutate=_corrupt_table)
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert client.post("/api/admin/reload", json={"wait": True}, headers=admin).status_code == 422
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "app.services.reload"]
+    expected = "reload refused; no model is loaded: the service is not ready"
+    assert [r.getMessage() for r in errors] == [expected]
+    assert errors[0].target == "v-bad" and "v-bad" in errors[0].reason
