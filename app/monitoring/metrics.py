@@ -410,11 +410,17 @@ def _retire_this_process() -> None:
         TALLY.retire(path)
 
 
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a number a gauge can show (not a bool, a text or None)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def gauge(
-    name: str, documentation: str, value: float | None, labels: dict[str, str] | None = None
+    name: str, documentation: str, value: Any, labels: dict[str, str] | None = None
 ) -> GaugeMetricFamily | None:
-    """One gauge family with one sample, or None when the value is unknown (no sample beats a fake 0)."""
-    if value is None:
+    """One gauge family with one sample, or None when the value is unknown (no sample beats a fake 0):
+    None, or anything but a number (a stored evaluation holds what its writer put there)."""
+    if not is_number(value):
         return None
     family = GaugeMetricFamily(name, documentation, labels=list(labels or {}))
     family.add_metric(list((labels or {}).values()), float(value))

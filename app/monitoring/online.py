@@ -45,7 +45,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -321,7 +321,7 @@ class OnlineMonitor:
                         extra={"reason": describe_error(exc)},
                     )
             previous = self.breaker.record_of(version).evaluation
-            previous_drift = (previous.get("drift") or {}).get("status")
+            previous_drift = evaluation_part(previous, "drift").get("status")
             drift = self.measure_drift(bundle)
             evaluation = {**previous, "drift": drift.as_dict()}
             record = self.breaker.evaluate(version, self._quality_of(bundle), evaluation=evaluation)
@@ -366,7 +366,7 @@ class OnlineMonitor:
             record = self.breaker.store.read(before)
         except (OSError, BreakerStoreError):
             return None
-        drifted = (record.evaluation.get("drift") or {}).get("status") == "drift"
+        drifted = evaluation_part(record.evaluation, "drift").get("status") == "drift"
         recent = self.breaker.clock() - record.evaluated_at <= self.window_seconds
         return before if drifted and recent else None
 
@@ -418,8 +418,8 @@ class OnlineMonitor:
 
     def drift_status(self) -> dict[str, Any]:
         bundle = self.models.bundle
-        drift = self.breaker.record_of(bundle.version if bundle is not None else None).evaluation.get("drift")
-        return dict(drift) if drift else {"status": "not evaluated yet"}
+        evaluation = self.breaker.record_of(bundle.version if bundle is not None else None).evaluation
+        return evaluation_part(evaluation, "drift") or {"status": "not evaluated yet"}
 
 
 class DriftView:
@@ -603,7 +603,7 @@ class StateCollector:
         store.add_metric([version or ""], 0.0 if self.breaker.store_error else 1.0)
         yield store
         evaluation = self.breaker.record_of(version).evaluation
-        quality = evaluation.get("quality") or {}
+        quality = evaluation_part(evaluation, "quality")
         if quality.get("model_version") == version:
             for key, name, doc in (
                 (
@@ -631,7 +631,7 @@ class StateCollector:
                 sample = metrics.gauge(name, doc, quality.get(key))
                 if sample is not None:
                     yield sample
-        drift = evaluation.get("drift") or {}
+        drift = evaluation_part(evaluation, "drift")
         if drift:
             status = GaugeMetricFamily(
                 "movierec_drift_status", "Drift evaluation outcome (1 for the current one)", labels=["status"]
@@ -639,16 +639,32 @@ class StateCollector:
             for name in ("ok", "drift", "insufficient", "unknown"):
                 status.add_metric([name], 1.0 if drift.get("status") == name else 0.0)
             yield status
-            psi = drift.get("psi") or {}
+            stored = drift.get("psi")
+            psi = {
+                str(feature): float(value)
+                for feature, value in (stored.items() if isinstance(stored, Mapping) else ())
+                if metrics.is_number(value)
+            }
             if psi:
                 family = GaugeMetricFamily(
                     "movierec_drift_psi", "Population stability index of request demographics vs training",
                     labels=["feature"],
                 )  # fmt: skip
                 for feature, value in psi.items():
-                    family.add_metric([feature], float(value))
-                family.add_metric(["max"], float(max(psi.values())))
+                    family.add_metric([feature], value)
+                family.add_metric(["max"], max(psi.values()))
                 yield family
+
+
+def evaluation_part(evaluation: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The ``drift`` or ``quality`` part of a breaker record's evaluation, empty when it is no mapping.
+
+    The evaluation is free-form JSON in the shared record (what a monitor stored, by hand anything):
+    a text there made /metrics a 500 (every series lost to the scrape), the dashboard the 500 page,
+    and each evaluation of the monitor fail before it could replace it.
+    """
+    part = evaluation.get(key)
+    return dict(part) if isinstance(part, Mapping) else {}
 
 
 # --------------------------------------------------------------------------- wiring

@@ -638,6 +638,55 @@ def test_an_odd_stored_verdict_leaves_the_dashboard_shown(
         assert page.status_code == 200 and 'id="breaker-state">closed<' in page.text
 
 
+@pytest.mark.parametrize(
+    "evaluation",
+    [{"drift": "ok"}, {"drift": {"status": "ok", "psi": ["gender"], "max_psi": "low"}},
+     {"drift": {"status": "ok", "psi": {"gender": None, "age_bucket": 0.5}}}, {"quality": "good"},
+     {"quality": {"mean_score": "high", "events": [3], "like_share": 0.5}}],
+    ids=["drift-text", "psi-list", "psi-null", "quality-text", "quality-values-text"],
+)  # fmt: skip
+def test_an_odd_stored_evaluation_leaves_metrics_dashboard_and_monitor_working(
+    make_app: Callable[..., Any], model_store: Path, local_redis_url: str, evaluation: dict[str, Any]
+) -> None:
+    """The drift and quality parts of the record's evaluation are free-form JSON too: a text where
+    the monitor stores a mapping, or a text or null where it stores a number, made /metrics a 500
+    (every series lost to the scrape, the HTTP counters too), the dashboard the 500 page, and
+    every evaluation of the monitor fail, so the odd value was never replaced. What is no mapping
+    or no number is left out; the rest is still shown, and the next evaluation replaces it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    version = load_bundle(model_store).version
+    if isinstance(evaluation.get("quality"), dict):
+        evaluation["quality"]["model_version"] = version
+    stored = {"evaluated_at": 1.0e9, "evaluation": evaluation}
+    with app_with_stored_record(make_app, model_store, local_redis_url, **stored) as app:
+        http = app.test_client()
+        response = http.get("/metrics")
+        assert response.status_code == 200, response.get_data(as_text=True)[:300]
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.get_data(as_text=True))
+            for s in family.samples
+        }
+        names = {name for name, _ in samples}
+        assert "movierec_http_requests_total" in names or "movierec_breaker_state" in names
+        assert "movierec_online_mean_score" not in names and "movierec_online_feedback_events" not in names
+        if "quality" in evaluation and isinstance(evaluation["quality"], dict):
+            assert samples[("movierec_online_like_share", ())] == 0.5  # the number beside them stays
+        if "age_bucket" in str(evaluation):
+            assert samples[("movierec_drift_psi", (("feature", "age_bucket"),))] == 0.5
+            assert samples[("movierec_drift_psi", (("feature", "max"),))] == 0.5
+            assert ("movierec_drift_psi", (("feature", "gender"),)) not in samples
+        ui = app.test_client()
+        assert ui.post("/ui/login", data={"session_password": ADMIN_PASSWORD}).status_code == 303
+        page = ui.get("/ui/dashboard")
+        assert page.status_code == 200 and 'id="breaker-state">closed<' in page.text
+        monitor = app.extensions["movierec"].monitor
+        monitor.tick(force=True)  # raised, and so did every evaluation after it
+        drift = monitor.breaker.record_of(version).evaluation["drift"]
+        assert isinstance(drift, dict) and drift["status"] in ("unknown", "insufficient")
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 @pytest.mark.parametrize("version", ["v1\u0000", "bad\nversion", " "])
 def test_a_malformed_model_version_is_a_400_not_a_store_failure(
