@@ -202,7 +202,9 @@ def measure(
     if served is None:
         served = served_coverage(db, since, model_version=model_version, max_requests=max_requests)
     requests, distinct = served
-    coverage = distinct / catalogue_size if catalogue_size > 0 else None
+    # no list served in the window (an idle hour, a breaker state just begun) is no coverage, as no
+    # score is no mean score: reported as 0, it fired a "coverage collapsed" alert whenever traffic paused
+    coverage = distinct / catalogue_size if catalogue_size > 0 and requests else None
     return Quality(
         model_version=model_version,
         since=since,

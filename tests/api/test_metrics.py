@@ -317,3 +317,19 @@ def test_the_latency_histograms_keep_every_bound_they_had(make_app: Callable[...
     for name in ("movierec_model_latency_seconds", "movierec_http_request_duration_seconds"):
         bounds = {float(sample.labels["le"]) for sample in samples[f"{name}_bucket"]}
         assert set(PREVIOUS_LATENCY_BOUNDS) <= bounds, (name, sorted(set(PREVIOUS_LATENCY_BOUNDS) - bounds))
+
+
+def test_no_coverage_series_when_no_list_was_served_in_the_window(make_app: Callable[..., Any]) -> None:
+    """An evaluation of a window in which nothing was served (an idle hour, a breaker state just
+    begun) reported catalogue coverage 0: an alert on low coverage fired whenever traffic paused.
+    There is no coverage to report then, as there is no mean score without scores."""
+    app = make_app(monitor_interval_seconds=0)
+    client = app.test_client()
+    app.extensions["movierec"].monitor.tick(force=True)
+    samples = scrape(client)
+    assert value(samples, "movierec_online_feedback_events") == 0  # the evaluation ran
+    assert "movierec_online_catalogue_coverage" not in samples
+    assert client.post("/api/recommend", json=PROFILE, headers=login(client)).status_code == 200
+    app.extensions["movierec"].recommendations.request_log.flush()
+    app.extensions["movierec"].monitor.tick(force=True)
+    assert 0 < value(scrape(client), "movierec_online_catalogue_coverage") <= 1

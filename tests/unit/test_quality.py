@@ -133,6 +133,10 @@ def test_coverage_counts_the_distinct_movies_of_the_most_recent_lists(db: Databa
     assert (quality.requests, quality.distinct_served, quality.coverage) == (4, 5, 0.25)
     unknown_size = measure(db, since, time.time() + 1, model_version="v1", catalogue_size=0)
     assert (unknown_size.distinct_served, unknown_size.coverage) == (5, None)
+    # no list served in the window (an idle hour, a breaker state just begun): no coverage, not 0 %
+    # (movierec_online_catalogue_coverage fell to 0 and a "coverage collapsed" alert fired)
+    idle = measure(db, time.time() + 10, time.time() + 11, model_version="v1", catalogue_size=20)
+    assert (idle.requests, idle.distinct_served, idle.coverage) == (0, 0, None)
 
 
 def test_the_window_judges_only_lists_served_in_it_not_late_scores_of_older_lists(db: Database) -> None:
