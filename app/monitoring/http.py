@@ -16,7 +16,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, g, request, request_started
+from flask import Flask, Response, current_app, g, request, request_started
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from app.monitoring.logs import bind_log_context, reset_log_context, scrub_text
 from app.monitoring.metrics import observe_request
@@ -80,7 +81,7 @@ def _finish(response: Response) -> Response:
     latency_ms = round(1000.0 * (time.perf_counter() - started), 3) if started else None
     g.latency_ms = latency_ms
     observe_request(
-        request.url_rule.rule if request.url_rule is not None else None,
+        _rule(),
         request.method,
         response.status_code,
         None if latency_ms is None else latency_ms / 1000.0,
@@ -98,6 +99,28 @@ def _finish(response: Response) -> Response:
         },
     )
     return response
+
+
+def _rule() -> str | None:
+    """The URL rule the request matched, for the metrics' ``endpoint`` label; None for no rule.
+
+    A 405 matched a path but not its method, and Flask keeps no rule for it: it was counted under
+    ``<unmatched>`` with the scanners' 404s, and which endpoint clients called wrongly was lost.
+    Its rule is looked up again with a method it allows (on 405s only).
+    """
+    if request.url_rule is not None:
+        return request.url_rule.rule
+    error = request.routing_exception
+    if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
+        return None
+    try:
+        adapter = current_app.create_url_adapter(request)
+        if adapter is None:
+            return None
+        rule, _arguments = adapter.match(method=next(iter(error.valid_methods)), return_rule=True)
+    except HTTPException:  # a redirect (strict slashes) or no match after all
+        return None
+    return rule.rule
 
 
 def _teardown(_exc: BaseException | None) -> None:

@@ -333,3 +333,30 @@ def test_no_coverage_series_when_no_list_was_served_in_the_window(make_app: Call
     app.extensions["movierec"].recommendations.request_log.flush()
     app.extensions["movierec"].monitor.tick(force=True)
     assert 0 < value(scrape(client), "movierec_online_catalogue_coverage") <= 1
+
+
+def test_a_method_not_allowed_is_counted_under_its_endpoint(make_app: Callable[..., Any]) -> None:
+    """A 405 (a GET of /api/recommend, a PATCH of a user's features) was counted under
+    ``<unmatched>`` with the scanners' 404s: which endpoint clients called wrongly could not be
+    told. Its URL rule exists; only a path no rule matches is ``<unmatched>``."""
+    app = make_app(monitor_interval_seconds=0)
+    client = app.test_client()
+    rule = "/api/users/<user_id>/features"
+    series = {  # this process's counters add up over the tests: compared before and after
+        "get": {"endpoint": "/api/recommend", "method": "GET", "status": "405"},
+        "patch": {"endpoint": rule, "method": "PATCH", "status": "405"},
+        "unmatched_405": {"endpoint": "<unmatched>", "method": "GET", "status": "405"},
+        "unmatched_404": {"endpoint": "<unmatched>", "method": "GET", "status": "404"},
+    }
+
+    def counts() -> dict[str, float]:
+        samples = scrape(client).get("movierec_http_requests_total", [])
+        return {name: sum(s.value for s in samples if s.labels == labels) for name, labels in series.items()}
+
+    before = counts()
+    assert client.get("/api/recommend").status_code == 405
+    assert client.open("/api/users/7/features", method="PATCH").status_code == 405
+    assert client.get("/no/such/page").status_code == 404
+    after = counts()
+    moved = {name: after[name] - before[name] for name in series}
+    assert moved == {"get": 1, "patch": 1, "unmatched_405": 0, "unmatched_404": 1}
