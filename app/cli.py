@@ -416,6 +416,9 @@ def accuracy(model_path: Path, test_data: Path, error_tolerance: float) -> None:
         )
     )  # fmt: skip
     tested = f"(model {result.model})"  # a store's latest, of the versions it holds
+    if result.short_lists:  # whatever it scored: the lists it serves are short
+        click.echo(f"FAILED: {result.metric}: {result.short_lists} {tested}", err=True)
+        sys.exit(1)
     if result.below_floor:
         click.echo(
             f"FAILED: {result.metric} {result.score:.6f} < floor {result.floor:.6f} - {result.tolerance} "

@@ -228,7 +228,9 @@ def smoke_test(
                 "expected": accuracy.expected,
                 "floor": accuracy.floor,
             }
-            if accuracy.below_floor:
+            if accuracy.short_lists:  # not a score below the expected one: passed is False for it
+                reasons.append(f"accuracy test: {accuracy.short_lists}")
+            elif accuracy.below_floor:
                 reasons.append(
                     f"accuracy test: {accuracy.score:.6f} < floor {accuracy.floor:.6f} "
                     "(global most-rated on the same users)"
