@@ -185,9 +185,11 @@ def _r2(estimator: Any, data: Any, target: Any, model_path: Path, test_data_path
 
     def does_not_fit(exc: Exception) -> ValueError:
         # a bundle's profiles (dicts), ragged rows, another number of features: numpy's or
-        # scikit-learn's words alone (a TypeError was a traceback) named neither file
+        # scikit-learn's words alone (a TypeError was a traceback) named neither file; their first
+        # line only (scikit-learn's on a NaN in the rows goes on for a paragraph)
+        words = next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
         return ValueError(
-            f"test data {test_data_path} does not fit the {type(estimator).__name__} in {model_path}: {exc}"
+            f"test data {test_data_path} does not fit the {type(estimator).__name__} in {model_path}: {words}"
         )
 
     try:
@@ -198,6 +200,12 @@ def _r2(estimator: Any, data: Any, target: Any, model_path: Path, test_data_path
     if unmeasurable is not None:
         raise ValueError(f"test data {test_data_path} cannot measure the r2 of {model_path}: {unmeasurable}")
     try:
+        faulty = _prediction_problem(estimator, rows)
+    except (TypeError, ValueError) as exc:
+        raise does_not_fit(exc) from exc
+    if faulty is not None:  # before its score, whose words on it blame the test data
+        raise ValueError(f"the {type(estimator).__name__} in {model_path} {faulty}: it cannot be scored")
+    try:
         score = float(estimator.score(rows, truth))
     except (TypeError, ValueError) as exc:
         raise does_not_fit(exc) from exc
@@ -206,6 +214,27 @@ def _r2(estimator: Any, data: Any, target: Any, model_path: Path, test_data_path
             f"test data {test_data_path} cannot measure the r2 of {model_path}: it scored {score}"
         )
     return score
+
+
+def _prediction_problem(estimator: Any, rows: np.ndarray) -> str | None:
+    """What is wrong with the estimator's predictions for ``rows``, or None when there is one
+    finite number per row (or it does not predict numbers: its own score judges those).
+
+    scikit-learn's score refuses NaN predictions with "Input contains NaN." and too few with
+    "inconsistent numbers of samples", words that blamed the test data for a broken model.
+    TypeError or ValueError when the rows do not fit it.
+    """
+    if not callable(getattr(estimator, "predict", None)):
+        return None
+    predicted = np.asarray(estimator.predict(rows))
+    if len(predicted) != len(rows):
+        return f"predicts {len(predicted)} values for the {len(rows)} test rows"
+    if predicted.dtype.kind not in "fc":
+        return None
+    unfit = int((~np.isfinite(predicted)).reshape(len(predicted), -1).any(axis=1).sum())
+    if unfit:
+        return f"predicts {unfit} values that are not finite numbers (NaN, inf) for the {len(rows)} test rows"
+    return None
 
 
 def _r2_undefined(truth: np.ndarray) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from sklearn.linear_model import LinearRegression
 
 pytestmark = pytest.mark.unit
 
@@ -77,3 +78,63 @@ def test_the_gate_says_the_lists_are_short_not_that_the_score_dropped(
     accuracy = [reason for reason in report.reasons if reason.startswith("accuracy test")]
     assert len(accuracy) == 1 and "fewer than 10 movies (e.g. segment " in accuracy[0], report.reasons
     assert not report.passed
+
+
+class _OneValue(LinearRegression):
+    """A regressor answering one value whatever it is asked (pickled by reference to this module)."""
+
+    def predict(self, X: Any) -> Any:
+        return super().predict(X)[:1]
+
+
+def _regressor(tmp_path: Path, predicts: str = "numbers") -> tuple[Path, Any, Any]:
+    """A seed-style scikit-learn model.pkl and feature rows with their targets; ``predicts``
+    'nan' gives it NaN coefficients (every prediction NaN), 'one' makes it predict one value."""
+    import joblib
+
+    rng = np.random.default_rng(0)
+    x = rng.random((30, 3))
+    y = x @ [1.0, 2.0, 3.0] + rng.normal(0, 0.1, 30)
+    estimator = (_OneValue if predicts == "one" else LinearRegression)().fit(x, y)
+    if predicts == "nan":
+        estimator.coef_ = estimator.coef_ * np.nan
+    model = tmp_path / "model.pkl"
+    joblib.dump(estimator, model)
+    return model, x, y
+
+
+@pytest.mark.parametrize(
+    ("predicts", "problem"),
+    [
+        ("nan", "LinearRegression in {model} predicts 30 values that are not finite numbers"),
+        ("one", "_OneValue in {model} predicts 1 values for the 30 test rows"),
+    ],
+)
+def test_a_regressor_that_predicts_nan_or_too_few_values_is_named_not_the_test_data(
+    tmp_path: Path, predicts: str, problem: str
+) -> None:
+    """scikit-learn's score refuses NaN predictions with 'Input contains NaN.' and too few with
+    'inconsistent numbers of samples', reported as 'test data ... does not fit the LinearRegression
+    in model.pkl: ...': the broken model was hidden behind a complaint about sound test data."""
+    model, x, y = _regressor(tmp_path, predicts)
+    test_data = tmp_path / "test_data.json"
+    test_data.write_text(json.dumps({"data": x.tolist(), "target": y.tolist(), "expected_score": 0.5}))
+    result = _accuracy(model, test_data)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    (line,) = _printed_lines(result)
+    assert line.startswith(f"Error: the {problem.format(model=model)}"), line
+    assert "does not fit" not in line
+
+
+def test_test_data_scikit_learn_refuses_is_one_line(tmp_path: Path) -> None:
+    """A NaN in the feature rows: scikit-learn's message runs over several lines (a paragraph on
+    HistGradientBoosting), and the build's log took its second line for another error."""
+    model, x, y = _regressor(tmp_path)
+    rows = x.tolist()
+    rows[3][1] = float("nan")
+    test_data = tmp_path / "test_data.json"
+    test_data.write_text(json.dumps({"data": rows, "target": y.tolist(), "expected_score": 0.5}))
+    result = _accuracy(model, test_data)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    (line,) = _printed_lines(result)
+    assert line.startswith(f"Error: test data {test_data} does not fit the LinearRegression in {model}: ")
