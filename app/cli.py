@@ -412,7 +412,7 @@ def accuracy(model_path: Path, test_data: Path, error_tolerance: float) -> None:
         json.dumps(
             {"metric": result.metric, "score": result.score, "expected_score": result.expected,
              "floor_score": result.floor, "tolerance": result.tolerance, "passed": result.passed,
-             "model": result.model}
+             "model": result.model, "unknown_titles": len(result.unknown_titles)}
         )
     )  # fmt: skip
     tested = f"(model {result.model})"  # a store's latest, of the versions it holds
@@ -422,14 +422,15 @@ def accuracy(model_path: Path, test_data: Path, error_tolerance: float) -> None:
     if result.below_floor:
         click.echo(
             f"FAILED: {result.metric} {result.score:.6f} < floor {result.floor:.6f} - {result.tolerance} "
-            f"(the test data's floor_score: global most-rated on the same users) {tested}",
+            f"(the test data's floor_score: global most-rated on the same users) {tested}"
+            f"{result.unknown_note}",
             err=True,
         )
         sys.exit(1)
     if not result.passed:
         click.echo(
             f"FAILED: {result.metric} {result.score:.6f} < expected "
-            f"{result.expected:.6f} - {result.tolerance} {tested}",
+            f"{result.expected:.6f} - {result.tolerance} {tested}{result.unknown_note}",
             err=True,
         )
         sys.exit(1)

@@ -94,6 +94,21 @@ class AccuracyResult:
     floor: float | None = None  # test data's floor_score: a score the model must reach whatever it expects
     model: str = ""  # what was scored: the bundle's version (a store's latest), or a model file's path
     short_lists: str | None = None  # which test profiles the bundle answers with fewer than k movies
+    unknown_titles: tuple[str, ...] = ()  # the test data's liked titles the bundle's catalogue lacks
+    liked_titles: int = 0  # how many distinct liked titles the test data names (a bundle's)
+
+    @property
+    def unknown_note(self) -> str:
+        """Said with a verdict when the test data names movies the model cannot recommend: they
+        count as misses, so the score is lower whatever the model (test data of another model's
+        catalogue, or titles spelled another way), and a FAILED read as a worse model."""
+        if not self.unknown_titles:
+            return ""
+        return (
+            f"; {len(self.unknown_titles)} of the test data's {self.liked_titles} liked titles are not "
+            f"in the model's catalogue (e.g. {self.unknown_titles[0]!r}): never recommended, they count "
+            "as misses"
+        )
 
     @property
     def below_floor(self) -> bool:
@@ -144,16 +159,18 @@ def run_accuracy_test(
         )
     score = bundle_score(bundle, data, target, k)
     liked = sorted({title for titles in target for title in titles})  # lists of titles: bundle_score checked
-    if set(bundle.catalogue["title"]).isdisjoint(liked):
+    if bundle.position_of_title.keys().isdisjoint(liked):
         # it scores 0 whatever the model: not a verdict on the model (and with an expected_score
         # of 0, a pass for any)
         raise ValueError(
             f"test data {test_data_path} names none of the model's movies ({len(liked)} liked titles, "
             f"e.g. {liked[0]!r}, none in the catalogue of {bundle.version}): test data of another catalogue?"
         )
+    unknown = tuple(title for title in liked if title not in bundle.position_of_title)
     return AccuracyResult(
-        score, expected, tolerance, f"ndcg@{k}", floor, bundle.version, _short_lists(bundle, data, k)
-    )
+        score, expected, tolerance, f"ndcg@{k}", floor, bundle.version, _short_lists(bundle, data, k),
+        unknown, len(liked),
+    )  # fmt: skip
 
 
 def _short_lists(bundle: LoadedBundle, data: list[dict[str, Any]], k: int) -> str | None:
