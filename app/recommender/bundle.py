@@ -1037,12 +1037,18 @@ def _extract(path: Path, target: Path) -> Path:
 def _load_extracted(
     path: Path, target: Path, catalogue_fallback: pd.DataFrame | None, unpickled: Any = None
 ) -> LoadedBundle:
-    manifests = list(target.rglob(MANIFEST))
-    if len(manifests) == 1:
-        return _load_dir(manifests[0].parent)
-    pickles = list(target.rglob("model.pkl"))
-    if len(pickles) == 1:
-        return _load_pickle(pickles[0], catalogue_fallback, unpickled)
+    """The bundle or model.pkl extracted from archive ``path`` into ``target``; a refusal names
+    the file as inside the archive: the extraction's path ('/tmp/movierec-bundles-0/<sha>/model.pkl
+    needs a catalogue.csv beside it') named a cache directory nobody gave, and put nothing in."""
+    try:
+        manifests = list(target.rglob(MANIFEST))
+        if len(manifests) == 1:
+            return _load_dir(manifests[0].parent)
+        pickles = list(target.rglob("model.pkl"))
+        if len(pickles) == 1:
+            return _load_pickle(pickles[0], catalogue_fallback, unpickled)
+    except BundleError as exc:
+        raise BundleError(str(exc).replace(str(target), str(path))) from exc
     raise BundleError(f"{path} must hold exactly one bundle or one model.pkl")
 
 

@@ -320,3 +320,24 @@ def test_a_file_that_is_no_pickle_given_as_the_model_says_so(personal_model_stor
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, result.output
     assert errors[0].startswith(f"Error: {model} could not be unpickled: it is not a pickle file"), errors
+
+
+def test_an_archive_the_loader_refuses_is_named_not_its_extraction(
+    personal_model_store: Path, tmp_path: Path
+) -> None:
+    """The seed's form, a .tar.gz holding one model.pkl, without the catalogue.csv a movierec
+    model.pkl needs: 'Error: /tmp/movierec-bundles-0/9dfe.../model.pkl needs a catalogue.csv beside
+    it', a cache directory the user never named, where no catalogue should be put."""
+    import tarfile
+
+    from app.cli import cli
+
+    bundle = (personal_model_store / "latest").resolve()
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle / "model.pkl", arcname="model.pkl")
+    result = CliRunner().invoke(cli, ["accuracy", str(archive), str(bundle / "test_data.json")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    needs = "needs a catalogue.csv beside it (or the data set) for movie titles"
+    assert errors == [f"Error: {archive}/model.pkl {needs}"], result.output
