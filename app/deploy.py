@@ -757,10 +757,10 @@ def build_verdict(output: str) -> str:
                 continue
             kind, detail = match.groups()
             if kind == "FAILED: ":
-                return (
-                    f"the accuracy test failed: {detail} (the model scores below its test data's "
-                    "expected_score, or its floor_score)"
-                )
+                # a score below another is glossed; a verdict of another kind (lists shorter than
+                # k, whatever the score) says what failed in its own words
+                gloss = " (the model scores below its test data's expected_score, or its floor_score)"
+                return f"the accuracy test failed: {detail}{gloss if ' < ' in detail else ''}"
             return f"the model or its test data does not load: {detail}"
     return "see the output above"
 

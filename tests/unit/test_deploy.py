@@ -1496,6 +1496,9 @@ BUILD_RUN_LINE = (
     [
         ("FAILED: ndcg@10 0.429423 < expected 0.479423 - 1e-05",
          "the accuracy test failed: ndcg@10 0.429423 < expected 0.479423", "does not load"),
+        # not a score below another: the gloss on scores said what the verdict's own words did not
+        ("FAILED: ndcg@10: 189 of 189 test profiles get fewer than 10 movies (e.g. segment M|1|writer: 9)",
+         "the accuracy test failed: ndcg@10: 189 of 189 test profiles get fewer than 10", "scores below"),
         ("Error: bundle /tmp/model-in is unreadable: model.pkl does not match its manifest SHA-256",
          "the model or its test data does not load: bundle /tmp/model-in is unreadable: model.pkl", "scores"),
         ("install-model: /tmp/model-in holds no model to convert into a bundle",
