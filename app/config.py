@@ -392,14 +392,21 @@ class Settings(BaseSettings):
     def _secrets_from_files(cls, values: Any) -> Any:
         """``SESSION_PASSWORD_FILE`` etc.: a secret read from the file its ``<variable>_FILE`` names
         (app/secret_files.py), as deploy-docker.py delivers them. A secret given both as a value
-        and as a file (or as two files) is refused: neither may silently win over the other."""
+        and as a file (or as two files), or under both its names with two values, is refused:
+        neither may silently win over the other."""
         if not isinstance(values, dict):
             return values
         for field, names in SECRET_SETTINGS.items():
+            given = [name for name in names if os.environ.get(name)]
+            if len({comparable_secret(os.environ[name]) for name in given}) > 1:
+                # the seed's name won: a password rotated under the MOVIEREC_ one kept the old one
+                raise ConfigurationError(
+                    f"{' and '.join(given)} are both set, to different values: "
+                    "give the secret under one name only"
+                )
             files = [name + FILE_SUFFIX for name in names if os.environ.get(name + FILE_SUFFIX)]
             if not files:
                 continue
-            given = [name for name in names if os.environ.get(name)]
             if not given and any(values.get(key) not in (None, "") for key in (field, *names)):
                 given = [field]  # passed to Settings (or a variable spelt in another case)
             if given or len(files) > 1:

@@ -408,6 +408,27 @@ def test_a_secret_given_both_as_a_value_and_a_file_is_refused(
         load_settings(testing=True)
 
 
+@pytest.mark.parametrize(
+    ("seed_name", "prefixed_name"),
+    [("SESSION_PASSWORD", "MOVIEREC_SESSION_PASSWORD"), ("ADMIN_PASSWORD", "MOVIEREC_ADMIN_PASSWORD")],
+)
+def test_a_password_set_under_both_its_names_with_two_values_is_refused(
+    clean_secret_environment: pytest.MonkeyPatch, seed_name: str, prefixed_name: str
+) -> None:
+    """The seed's name won silently over the MOVIEREC_ one: an admin password rotated in
+    MOVIEREC_ADMIN_PASSWORD (the name docker.md and compose use) beside a stale ADMIN_PASSWORD
+    (README's var/secrets.env exports it) left the old password working and the new one refused.
+    Two values are a start-up error naming both; the same value under both names is one secret."""
+    clean_secret_environment.setenv(seed_name, "stale-password-" + STRONG)
+    clean_secret_environment.setenv(prefixed_name, "rotated-password-" + STRONG)
+    with pytest.raises(ConfigurationError, match=rf"{seed_name} and {prefixed_name} are both set") as error:
+        load_settings(testing=True)
+    assert STRONG not in str(error.value), "the message names the variables, never a value"
+    clean_secret_environment.setenv(prefixed_name, "stale-password-" + STRONG)
+    field = seed_name.lower()
+    assert _plain(getattr(load_settings(testing=True), field)) == "stale-password-" + STRONG
+
+
 def test_two_files_for_one_secret_are_refused(
     clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
