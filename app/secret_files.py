@@ -4,7 +4,7 @@ The Docker/Kubernetes convention: a secret mounted as a file is not in the conta
 configuration (``docker inspect``) nor in any process's environment (``/proc/<pid>/environ``),
 where a variable is. One reader for every secret file the service and the monitor take, so a
 file means the same everywhere: its content minus one trailing newline (the one ``echo`` or an
-editor adds), never empty.
+editor adds) and a leading UTF-8 byte-order mark (Windows PowerShell's), never empty.
 
 The writers share what makes such a file private (:func:`private_directory`,
 :func:`write_secret_file`): deploy-docker.py's per-container files and docker-compose.yml's
@@ -45,9 +45,11 @@ class SecretFileError(RuntimeError):
 
 def read_secret_file(path: str | os.PathLike[str], variable: str) -> str:
     """The secret in ``path`` (named by ``variable``, for the error): one trailing ``\\n`` or
-    ``\\r\\n`` removed, nothing else (spaces may be part of a password). Empty is an error."""
+    ``\\r\\n`` removed, and a leading UTF-8 byte-order mark (Windows PowerShell's ``-Encoding
+    UTF8`` writes one, and it was read as the secret's first character), nothing else (spaces
+    may be part of a password). Empty is an error."""
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
             text = handle.read()
     except OSError as exc:
         raise SecretFileError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None

@@ -328,6 +328,27 @@ def test_a_secret_file_loses_exactly_one_trailing_newline(
     assert read_secret_file(path, "SESSION_PASSWORD_FILE") == expected
 
 
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_a_secret_file_written_with_a_byte_order_mark_loses_it(
+    clean_secret_environment: pytest.MonkeyPatch, tmp_path: Path, ending: str
+) -> None:
+    """Windows PowerShell's ``Set-Content -Encoding UTF8`` and ``Out-File -Encoding utf8`` (and
+    older Notepad) begin a UTF-8 file with a byte-order mark: it was read as a U+FEFF first
+    character of the password, so the password typed was "invalid session password" with no
+    clue why (and a JWT secret file differed from the same secret without one). The mark is not
+    part of the secret; the newline rule is the same."""
+    path = tmp_path / "session-password"
+    path.write_bytes(b"\xef\xbb\xbf" + f"pw{ending}".encode())
+    clean_secret_environment.setenv("SESSION_PASSWORD_FILE", str(path))
+    settings = load_settings(testing=True)
+    assert settings.session_password is not None
+    assert settings.session_password.get_secret_value() == "pw"
+    assert read_secret_file(path, "SESSION_PASSWORD_FILE") == "pw"
+    path.write_bytes(b"\xef\xbb\xbf\n")
+    with pytest.raises(ConfigurationError, match="is empty"):
+        load_settings(testing=True)
+
+
 @pytest.mark.parametrize(
     ("variable", "field"),
     [
