@@ -94,7 +94,8 @@ class RevokedToken(Base):
 
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    revoked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # indexed (migration 0009): each worker reads the logouts made since its last read
+    revoked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class UserFeatures(Base):
