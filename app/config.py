@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     # abuse and browser hardening (app/api/security.py)
     login_rate_limit: str = "10 per minute"  # per client address, shared through Redis when configured
+    # proxies in front that append the peer to X-Forwarded-For (a load balancer: 1); the login
+    # limit keys on the address the outermost saw. 0: the header is ignored (the peer is the client)
+    forwarded_for_hops: int = Field(default=0, ge=0, le=10)
     # comma-separated origins allowed to call the API from a browser; empty = CORS off; null, *
     # and entries that could never match are refused (parse_origins)
     cors_origins: str = ""

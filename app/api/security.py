@@ -70,12 +70,14 @@ IPV6_CLIENT_PREFIX = 64
 
 
 def client_address() -> str:
-    """The rate-limit key: the peer address (put a proxy-aware WSGI middleware in front if proxied).
+    """The rate-limit key: the peer address, or behind ``MOVIEREC_FORWARDED_FOR_HOPS`` proxies the
+    address the outermost of them saw (:func:`forwarded_peer`).
 
     An IPv6 peer is keyed by its /64: per address, one host holding a /64 had 2^64 budgets.
     An IPv4 peer of a dual-stack listener (``::ffff:a.b.c.d``) is keyed as its IPv4 address.
     """
-    peer = request.remote_addr or "unknown"
+    hops: int = current_app.extensions["movierec"].settings.forwarded_for_hops
+    peer = (forwarded_peer(hops) if hops else None) or request.remote_addr or "unknown"
     try:
         address = ipaddress.ip_address(peer.split("%", 1)[0])  # a link-local peer's "%eth0"
     except ValueError:
@@ -85,6 +87,26 @@ def client_address() -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
     return str(address)
+
+
+def forwarded_peer(hops: int) -> str | None:
+    """The ``hops``-th ``X-Forwarded-For`` entry from the right: the one the outermost of ``hops``
+    proxies appended, each appending its own peer. Entries left of it are the client's to write,
+    so never read. None when the header has fewer entries (the request did not come through them).
+    A port some balancers add (``203.0.113.5:4711``, ``[2001:db8::1]:4711``) is dropped: it
+    differs per connection, and each would have been a budget of its own.
+
+    Behind a load balancer every request's peer is the balancer: all clients shared one login
+    budget, and one guesser made every other client's right password a 429 for the window.
+    """
+    entries = [entry.strip() for entry in ",".join(request.headers.getlist("X-Forwarded-For")).split(",")]
+    entries = [entry for entry in entries if entry]
+    if len(entries) < hops:
+        return None
+    entry = entries[-hops]
+    if entry.startswith("["):
+        return entry[1:].split("]", 1)[0]
+    return entry.split(":", 1)[0] if entry.count(":") == 1 else entry
 
 
 def allowed_origins(settings: Settings) -> frozenset[str]:

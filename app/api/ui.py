@@ -531,10 +531,11 @@ def _sent_from_this_site() -> bool:
     request with neither (curl, scripts, browsers from before 2020) is not a cross-site form.
 
     The origin's scheme is not compared: behind a proxy that ends TLS the app sees ``http``
-    while the browser says ``https``, and the app trusts no ``X-Forwarded-*`` header (no ProxyFix:
-    docs/reliability.md). So a host and port missing on one side are the origin scheme's
-    default on both. A proxy that rewrites ``Host`` makes the ``Origin`` check refuse the old
-    browsers' posts; ``Sec-Fetch-Site`` (every current browser) does not depend on it.
+    while the browser says ``https``, and the app trusts no ``X-Forwarded-Proto`` or ``-Host`` (only
+    the login limit reads ``X-Forwarded-For``, when told to: docs/reliability.md). So a host and
+    port missing on one side are the origin scheme's default on both. A proxy that rewrites
+    ``Host`` makes the ``Origin`` check refuse the old browsers' posts; ``Sec-Fetch-Site`` (every
+    current browser) does not depend on it.
     """
     fetch_site = request.headers.get("Sec-Fetch-Site")
     if fetch_site is not None:

@@ -302,6 +302,42 @@ def test_an_ipv6_client_has_one_budget_for_its_whole_64(make_app: Any) -> None:
     assert mapped == [401, 401, 429]
 
 
+def test_behind_a_load_balancer_each_client_has_its_own_login_budget(make_app: Any) -> None:
+    """Behind the load balancer of docs/scaling.md every request came from the balancer's
+    address, so every client shared one budget: one guesser (or one client with a stale
+    password) spent it, and every other client's right password was a 429 for the rest of the
+    window. The docs said to put ProxyFix in front, which no setting did. With
+    MOVIEREC_FORWARDED_FOR_HOPS set to the number of proxies that append to X-Forwarded-For,
+    the key is the address the outermost of them saw; what a client wrote there itself is not
+    trusted. Without the setting the header is ignored (a client could pick its own key)."""
+
+    def attempt(client: Any, password: str, forwarded: str) -> int:
+        answer = client.post(
+            "/api/login",
+            json={"session_password": password},
+            environ_base={"REMOTE_ADDR": "10.0.0.2"},  # the balancer
+            headers={"X-Forwarded-For": forwarded},
+        )
+        return int(answer.status_code)
+
+    client = make_app(login_rate_limit="2 per minute", forwarded_for_hops=1).test_client()
+    guesser = ["203.0.113.5", "1.1.1.1, 203.0.113.5", "2.2.2.2, 203.0.113.5"]  # its own entries
+    assert [attempt(client, "guess", forwarded) for forwarded in guesser] == [401, 401, 429]
+    assert attempt(client, SESSION_PASSWORD, "203.0.113.6") == 200  # another client
+    assert attempt(client, "guess", "203.0.113.6") == 401
+    # a balancer that adds the client's port: each connection's port is not a budget of its own
+    ported = ["203.0.113.9:4711", "203.0.113.9:4712", "[2001:db8::9]:4713", "[2001:db8::9]:4714"]
+    assert [attempt(client, "guess", forwarded) for forwarded in ported] == [401, 401, 401, 401]
+    assert attempt(client, "guess", "203.0.113.9:4715") == 429
+    assert attempt(client, "guess", "[2001:db8::9]:4716") == 429
+    two_hops = make_app(login_rate_limit="2 per minute", forwarded_for_hops=2).test_client()
+    tries = [attempt(two_hops, "guess", f"198.51.100.7, 10.1.0.{n}") for n in range(3)]  # via two proxies
+    assert tries == [401, 401, 429]
+    assert attempt(two_hops, "guess", "198.51.100.8, 10.1.0.1") == 401
+    ignored = make_app(login_rate_limit="2 per minute").test_client()
+    assert [attempt(ignored, "guess", f"203.0.113.{n}") for n in range(3)] == [401, 401, 429]
+
+
 def test_with_redis_down_each_worker_counts_its_share_of_the_login_budget(
     make_app: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
