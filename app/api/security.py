@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -128,7 +130,9 @@ def init_security(app: Flask, settings: Settings) -> None:
         add_security_headers(response, hsts)
         if origins:
             add_cors_headers(response, origins)
-        if response.status_code not in (429, 503):
+        if response.status_code == 429:
+            wait_out_the_window(response, limiter)
+        elif response.status_code != 503:
             # Flask-Limiter adds Retry-After to every limited response; it only means something here
             response.headers.pop("Retry-After", None)
         return response
@@ -160,6 +164,21 @@ def init_security(app: Flask, settings: Settings) -> None:
     # over the limit
     app.before_request_funcs.setdefault(None, []).insert(0, refuse_oversized_streams)
     app.before_request_funcs[None].insert(0, refuse_oversized_headers)
+
+
+def wait_out_the_window(response: Response, limiter: Limiter) -> None:
+    """A 429's ``Retry-After``: whole seconds after which the window has surely ended.
+
+    Flask-Limiter floors the time to its reset (``X-RateLimit-Reset``, the window's end rounded
+    down plus a second; with Redis from its TTL, whole seconds rounded to the nearest): with 0.4 s
+    of the window left it said 0, with 30.4 s 30, and a client that waited as told was refused
+    again (at once, for 0). Rounded up instead, which is never short, and never more than the
+    window: at most ~1.5 s more than needed.
+    """
+    breached = limiter.current_limit
+    if breached is not None:
+        left = math.ceil(breached.reset_at - time.time())
+        response.headers["Retry-After"] = str(min(max(1, left), breached.limit.get_expiry()))
 
 
 def is_failed_login(_response: Response) -> bool:

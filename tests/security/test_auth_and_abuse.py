@@ -369,6 +369,28 @@ def test_with_redis_down_each_worker_counts_its_share_of_the_login_budget(
     assert tries == [401, 401, 401, 401, 429]  # counted in Redis: every worker's tries, the whole budget
 
 
+def test_a_client_that_waits_the_retry_after_of_a_429_is_past_the_window(
+    make_app: Any, local_redis_url: str
+) -> None:
+    """Flask-Limiter floors Retry-After from a reset time that is itself rounded (Redis's TTL is
+    whole seconds, rounded to the nearest): with 0.4 s of the window left it said 0, with 1.4 s
+    it said 1, with 30.4 s 30, so a client that waited as told was refused again (at once, for
+    0). It is rounded up now: never less than what is left of the window."""
+    import redis
+
+    client = make_app(redis_url=local_redis_url, login_rate_limit="1 per minute").test_client()
+    here = {"REMOTE_ADDR": f"198.18.{secrets.randbelow(256)}.{secrets.randbelow(256)}"}  # a fresh count
+    assert client.post("/api/login", json={"session_password": "guess"}, environ_base=here).status_code == 401
+    store = redis.Redis.from_url(local_redis_url)
+    (window,) = [key for key in store.keys("LIMITS:*") if here["REMOTE_ADDR"].encode() + b"/login" in key]
+    for left_ms in (400, 1400, 30400):
+        store.pexpire(window, left_ms)
+        limited = client.post("/api/login", json={"session_password": "guess"}, environ_base=here)
+        assert_envelope(limited, 429, "rate_limited")
+        wait_ms = int(limited.headers["Retry-After"]) * 1000
+        assert left_ms <= wait_ms <= left_ms + 2000, (left_ms, wait_ms)  # never short, at most 2 s more
+
+
 def test_retry_after_only_on_refusals(make_app: Any) -> None:
     client = make_app(login_rate_limit="5 per minute").test_client()
     ok = client.post("/api/login", json={"session_password": SESSION_PASSWORD})
