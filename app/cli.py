@@ -373,8 +373,10 @@ def feedback_replay_rejected() -> None:
     try:
         with service_database(settings) as database:
             stored, refused = replay_rejected(directory, database)
-    except (ReplayInProgress, OSError) as exc:
+    except ReplayInProgress as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a journal of the service's user, a full disk: named, not Python's "[Errno 13]"
+        raise click.ClickException(_journal_failure(directory, exc)) from exc
     except SQLAlchemyError as exc:  # a missing table or grant: every score not stored stays
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise click.ClickException(f"the database could not take the scores: {detail}") from exc
@@ -385,6 +387,20 @@ def feedback_replay_rejected() -> None:
     if refused:
         click.echo(f"the scores refused again stay in {directory / REJECTED}", err=True)
         sys.exit(1)
+
+
+def _journal_failure(directory: Path, exc: OSError) -> str:
+    """Why ``replay-rejected`` could not use the feedback journal ``directory``: the path that
+    failed and why; run by another user than the service's (root's journal, a host user's shell),
+    also how to run it as the service's."""
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(directory) else ""
+    hint = (
+        "; run it as the service's user, with its settings "
+        "(e.g. docker compose exec api movierec feedback replay-rejected)"
+        if isinstance(exc, PermissionError)
+        else ""
+    )
+    return f"the feedback journal {directory} cannot be used: {exc.strerror or exc}{where}{hint}"
 
 
 @cli.command("accuracy")

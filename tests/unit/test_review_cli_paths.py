@@ -248,3 +248,41 @@ def test_a_data_dir_that_is_a_file_is_called_not_a_directory(
     model_dir = ["--model-dir", str(tmp_path / "model")] if command[0] == "train" else []
     result = _invoke([*command, "--data-dir", str(tmp_path / "file"), *model_dir])
     _refused(result, f"the data root {tmp_path / 'file'} cannot hold ml-100k: Not a directory")
+
+
+def test_replay_rejected_names_a_journal_this_user_may_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    """Run by another user than the service's, ``feedback replay-rejected`` printed Python's
+    ``Error: [Errno 13] Permission denied: '<path>'``: neither that the path is the feedback
+    journal nor what to do. Run here in a forked child as uid 65534, which cannot enter the
+    root-owned test directory."""
+    import os
+
+    from tests.helpers import in_forked_child
+
+    journal = tmp_path / "journal"
+    monkeypatch.setenv("MOVIEREC_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("MOVIEREC_FEEDBACK_JOURNAL_DIR", str(journal))
+    # as root first: nothing to replay, and what the command imports is imported for the child
+    assert "no rejected scores" in _invoke(["feedback", "replay-rejected"]).output
+    tmp_path.chmod(0o700)
+    read, write = os.pipe()
+
+    def as_another_user() -> bool:
+        os.close(read)
+        os.setgid(65534)
+        os.setuid(65534)
+        result = _invoke(["feedback", "replay-rejected"])
+        os.write(write, f"{result.exit_code}\n{result.output}".encode())
+        return True
+
+    assert in_forked_child(as_another_user) == 0
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        code, output = pipe.read().split("\n", 1)
+    assert code == "1" and "Traceback" not in output, output
+    (line,) = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert "[Errno" not in line, line
+    assert f"the feedback journal {journal}/" in line and "Permission denied" in line, line
+    assert "run it as the service's user" in line, line
