@@ -290,12 +290,13 @@ def pipeline_versions() -> None:
     the champion (a release killed half way; the next run or tick repairs it). Reads only.
     """
     from app.registry.export import served_mismatch
-    from app.registry.mlflow_registry import Registry, RegistryError
+    from app.registry.mlflow_registry import Registry, RegistryError, first_request
 
     settings = settings_for_cli()
     try:
         registry = Registry.from_settings(settings)
-        versions = registry.versions()
+        with first_request():  # a tracking server that is down: seconds, not MLflow's 4 minutes
+            versions = registry.versions()
         mismatch = served_mismatch(registry, settings.model_dir) if versions else None
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -398,7 +399,7 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
     """
     from app.pipeline.runner import PipelineError, flow_lock
     from app.registry.export import SUPERSEDED, promote_version, reload_service, remember_reload
-    from app.registry.mlflow_registry import Registry, RegistryError
+    from app.registry.mlflow_registry import Registry, RegistryError, first_request
 
     settings = settings_for_cli(model_dir=model_dir)
     try:
@@ -409,7 +410,8 @@ def promote(version: str, model_dir: Path | None, reason: str, no_reload: bool, 
             settings, "a training flow is running and may move the champion itself",
             holder="`movierec promote` is promoting a version",
         ):  # fmt: skip
-            target = registry.get(version)
+            with first_request():  # a tracking server that is down: seconds, not MLflow's 4 minutes
+                target = registry.get(version)
             if not target.decided and not force:
                 raise click.ClickException(_undecided(target))
             previous = registry.champion()

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,6 +129,30 @@ class VersionInfo:
             return list(json.loads(raw))
         except ValueError:  # cut mid-JSON by an older record_decision: keep the text, do not crash
             return [raw]
+
+
+FIRST_REQUEST_RETRIES: Final = 2
+"""How often a command's first request to a tracking server is retried (MLflow's default, 7
+with backoff, is about 4 minutes on a server that is down): a few seconds in all."""
+
+
+@contextlib.contextmanager
+def first_request() -> Iterator[None]:
+    """For a command's first request to the registry: MLflow retries a request to a tracking
+    server FIRST_REQUEST_RETRIES times in the block, unless MLFLOW_HTTP_REQUEST_MAX_RETRIES is
+    set (the operator's choice stays). ``pipeline versions`` and ``promote`` waited about 4
+    minutes on a server that is down before saying so; once it has answered, their later
+    requests (``promote``'s writes) get MLflow's retries again. Read by MLflow at each request."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES as retries
+
+    if retries.defined:
+        yield
+        return
+    retries.set(FIRST_REQUEST_RETRIES)
+    try:
+        yield
+    finally:
+        retries.unset()
 
 
 def default_tracking_uri(var_dir: Path | str) -> str:

@@ -156,6 +156,34 @@ def test_an_unreachable_tracking_server_s_error_never_prints_its_password(
     assert "S3cr3t-pw" not in result.output
 
 
+@pytest.mark.parametrize("args", [["pipeline", "versions"], ["promote", "--version", "1", "--no-reload"]])
+def test_a_tracking_server_that_is_down_fails_the_command_in_seconds(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """MLflow retries a request to a tracking server 7 times with backoff
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES): ``pipeline versions`` and ``promote`` waited about 4 minutes
+    on a server that is down before saying so. Their first request now gives up after a few
+    seconds; the variable is left as it was found (unset here), for the calls after it."""
+    import os
+    import socket
+    import time
+
+    from app.cli import cli
+
+    with socket.socket() as probe:  # bound, then released: nothing listens there now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MOVIEREC_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, args)
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"127.0.0.1:{port}" in result.output and "Connection refused" in result.output, result.output
+    assert elapsed < 60, f"{elapsed:.0f} s"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
 def _fake_flows(monkeypatch: pytest.MonkeyPatch, fake_run: Callable[..., Any]) -> None:
     """Launch ``fake_run`` instead of the flow: it replaces ``runner._run``, which starts the
     flow's process (patching ``subprocess`` itself let a change of how it starts it launch real
