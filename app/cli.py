@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from app import stop_signals
 from app.listener import MAX_PORT
 from app.monitoring.logs import LOG_LEVELS
 from app.number_options import number_problem
@@ -20,6 +22,23 @@ from app.recommender.seeds import REFERENCE_SEED, STANDARD_SEEDS, parse_seeds
 
 if TYPE_CHECKING:
     from app.recommender.data import MovieLens
+
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _stopped_like_ctrl_c(command: _Command) -> _Command:
+    """A command that SIGTERM (a CI job's timeout, docker stop) and SIGHUP (the terminal closed)
+    stop as Ctrl-C does: the directories it created for its result are removed again
+    (``removed_unless_done``, a fetch's staging) and it says ``Aborted!`` (exit 1). They killed
+    ``train``, ``evaluate`` and ``data fetch`` on the spot, which left those directories behind."""
+
+    @functools.wraps(command)
+    def stoppable(*args: Any, **kwargs: Any) -> Any:
+        with stop_signals.like_ctrl_c():
+            return command(*args, **kwargs)
+
+    return stoppable  # type: ignore[return-value]
 
 
 def _seeds(value: str) -> list[int]:
@@ -130,6 +149,7 @@ class _NotObtained(click.ClickException):
     "--source", "sources", multiple=True, help="pypi, grouplens or a local PATH (repeatable; tried in order)."
 )
 @_DATA_ROOT
+@_stopped_like_ctrl_c
 def data_fetch(sources: tuple[str, ...], data_dir: Path) -> None:
     """Cache ml-100k under the data root (default sources: pypi, then grouplens); a data root that
     holds the files itself is used as is, as train and features build use it.
@@ -191,6 +211,7 @@ def _load_data(data_dir: Path) -> MovieLens:
 @click.option(
     "--if-missing", is_flag=True, help="Do nothing when the model dir already has a 'latest' bundle."
 )
+@_stopped_like_ctrl_c
 def train(data_dir: Path, model_dir: Path, models: str | None, seeds: str, if_missing: bool) -> None:
     """Train candidates, pick the best by protocol-A NDCG@10, write a bundle; print its path."""
     from app.recommender.bundle import LATEST, MANIFEST
@@ -247,6 +268,7 @@ def _report_paths(out: Path | None, protocols: list[str]) -> dict[str, Path]:
     help="JSON report path (a PNG is written beside it; default: <MOVIEREC_VAR_DIR>/reports/"
     "protocol-<A|B>.json); with both protocols, -A / -B is added to its name.",
 )
+@_stopped_like_ctrl_c
 def evaluate(data_dir: Path, protocol: str | None, seeds: str, models: str | None, out: Path | None) -> None:
     """Run the offline protocols of EVALUATION.md (both, or --protocol's); per protocol print the
     table, write JSON + PNG."""

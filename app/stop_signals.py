@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -40,3 +40,11 @@ def handled(
     finally:
         for signum, found in previous.items():
             signal.signal(signum, signal.SIG_DFL if found is None else found)
+
+
+def like_ctrl_c() -> AbstractContextManager[None]:
+    """SIGTERM (a CI job's timeout, ``docker stop``) and SIGHUP (the terminal closed) raise
+    ``KeyboardInterrupt`` in the block, as Ctrl-C does: what cleans up after a Ctrl-C (a staged
+    snapshot, a directory a command created for its result) cleans up after them too, where
+    they killed the process on the spot. A SIGHUP found ignored (``nohup``) stays ignored."""
+    return handled(signal.default_int_handler, (signal.SIGTERM, signal.SIGHUP))

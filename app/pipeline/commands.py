@@ -10,7 +10,6 @@ import errno
 import json
 import logging
 import os
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -582,7 +581,7 @@ def features_build(data_dir: Path | None) -> None:
     # SIGTERM (a CI job's timeout, docker stop) and SIGHUP (the terminal closed) stop the build as
     # Ctrl-C does: it removes the snapshot it staged (killed, it stayed until a build an hour
     # later), and one during the load and publish waits for LATEST (FeatureStore.staged_snapshot)
-    with stop_signals.handled(signal.default_int_handler, (signal.SIGTERM, signal.SIGHUP)):
+    with stop_signals.like_ctrl_c():
         _build_features(settings, root)
 
 

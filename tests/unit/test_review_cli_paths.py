@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +287,46 @@ def test_replay_rejected_names_a_journal_this_user_may_not_read(
     assert "[Errno" not in line, line
     assert f"the feedback journal {journal}/" in line and "Permission denied" in line, line
     assert "run it as the service's user" in line, line
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "name"),
+    [
+        (["train", "--models", "most_rated", "--seeds", "0", "--model-dir"], "app.recommender.training",
+         "train"),
+        (["evaluate", "--models", "most_rated", "--seeds", "0", "--out"], "app.recommender.evaluation",
+         "evaluate"),
+        (["data", "fetch", "--source", "pypi", "--data-dir"], "app.recommender.data", "_from_pypi"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_command_stopped_by_sigterm_leaves_no_directory_it_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_data_dir: Path,
+    command: list[str], module: str, name: str, signum: int,
+) -> None:  # fmt: skip
+    """Ctrl-C during ``train``, ``evaluate`` or ``data fetch`` removed the directories the command
+    had created for its result and said ``Aborted!``; SIGTERM (a CI job's timeout, docker stop)
+    or SIGHUP (the terminal closed) killed it silently and left them, empty. Now they stop it as
+    Ctrl-C does, as they stop ``features build``. In a forked child: unhandled, the signal kills
+    the process it is sent to."""
+    import importlib
+    import os
+
+    from tests.helpers import in_forked_child
+
+    def stopped(*_args: Any, **_kwargs: Any) -> Any:
+        os.kill(os.getpid(), signum)
+        raise AssertionError("still running after the signal")
+
+    monkeypatch.setattr(importlib.import_module(module), name, stopped)
+    target = tmp_path / "new" / ("data" if command[0] == "data" else "result")
+    if command[0] == "evaluate":
+        target = target / "report.json"
+    data_dir = [] if command[0] == "data" else ["--data-dir", str(synthetic_data_dir)]
+
+    def run() -> bool:
+        result = _invoke([*command, str(target), *data_dir])
+        return result.exit_code == 1 and "Aborted!" in result.output
+
+    assert in_forked_child(run, timeout=120) == 0
+    assert not (tmp_path / "new").exists()
