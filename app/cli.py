@@ -144,9 +144,24 @@ class _NotObtained(click.ClickException):
     exit_code = NOT_OBTAINED_STATUS
 
 
+def _sources(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--source``'s values; an empty one (``--source "$SOURCE"`` with the variable unset) is a
+    usage error, as an empty ``--data-dir`` is: it read as the working directory, whose ml-100k
+    files were copied into the cache."""
+    if any(not value.strip() for value in values):
+        raise click.BadParameter(
+            "is empty; give pypi, grouplens or a PATH (or leave the option out for the defaults)", param=param
+        )
+    return values
+
+
 @data.command("fetch")
 @click.option(
-    "--source", "sources", multiple=True, help="pypi, grouplens or a local PATH (repeatable; tried in order)."
+    "--source",
+    "sources",
+    multiple=True,
+    callback=_sources,
+    help="pypi, grouplens or a local PATH (repeatable; tried in order).",
 )
 @_DATA_ROOT
 @_stopped_like_ctrl_c

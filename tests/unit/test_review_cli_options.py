@@ -134,3 +134,19 @@ def test_an_empty_directory_option_is_a_usage_error(
     result = _invoke([*command, option, value, *models])
     _usage_error(result, option)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_data_source_is_a_usage_error_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """``data fetch --source "$SOURCE"`` with the variable unset read the working directory as the
+    source: ml-100k files there (a shell sitting in someone's copy) were copied into the cache,
+    and elsewhere the failure said "tried : . is not an ml-100k directory". Refused, as an empty
+    --data-dir is, and nothing is fetched."""
+    from tests.synthetic import write_grouplens
+
+    monkeypatch.chdir(write_grouplens(tmp_path / "cwd"))
+    result = _invoke(["data", "fetch", "--source", value, "--data-dir", str(tmp_path / "data")])
+    _usage_error(result, "--source")
+    assert not (tmp_path / "data").exists()
