@@ -5,12 +5,16 @@ by the person who made the request, so it becomes a training rating:
 
 * for the **known user** the request named (``user_id`` present in the raw users), the score
   is that user's rating of the movie and replaces an older rating of the same movie;
+* a request that named a user id the raw data does not know (a user newer than the data set,
+  answered for their profile) is that person's: every request naming the id is one synthetic
+  **feedback user** (id ``FEEDBACK_USER_BASE + n``) with the first such request's age, gender
+  and occupation, so a movie they scored again on another list is one rating, the newest;
 * otherwise the person is anonymous and only their demographics are known, so each request
-  becomes one synthetic **feedback user** (id ``FEEDBACK_USER_BASE + n``) with the request's
-  age, gender and occupation. A request is the only identity an anonymous caller has: two
-  requests with the same profile may be two different people, so they are not merged.
+  becomes one synthetic feedback user with the request's age, gender and occupation. A request
+  is the only identity an anonymous caller has: two requests with the same profile may be two
+  different people, so they are not merged.
 
-Synthetic ids are numbered in the order of each request's first feedback row, which never
+Synthetic ids are numbered in the order of each caller's first feedback row, which never
 changes as feedback grows, so the data hash of unchanged feedback is stable and the
 scheduler can skip a run when nothing changed. For the same reason a feedback rating's
 timestamp is when its (request, movie) was first scored (``created_at``), not when its score
@@ -137,11 +141,12 @@ def feedback_to_ratings(
     """(ratings, synthetic users, number of rows dropped) for feedback rows.
 
     Rows are dropped when their movie left the catalogue or when the request has neither a
-    known user nor a complete, valid profile (nothing to attribute the score to). A known user
-    who scored one movie under several requests gets one rating, the score acknowledged last
-    (``updated_at``). A rating's timestamp is its row's ``created_at``, which a score sent again
-    (a retry) or changed does not move: the score is the rating's content, and a retry that
-    changes nothing leaves the data hash as it was.
+    known user nor a complete, valid profile (nothing to attribute the score to). A known user,
+    or a user id the raw data lacks (one feedback user, :func:`_caller`), who scored one movie
+    under several requests gets one rating, the score acknowledged last (``updated_at``). A
+    rating's timestamp is its row's ``created_at``, which a score sent again (a retry) or
+    changed does not move: the score is the rating's content, and a retry that changes nothing
+    leaves the data hash as it was.
     """
     empty_ratings = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
         ("user_id", "int64"), ("movie_id", "int64"), ("rating", "float64"), ("timestamp", "int64"),
@@ -165,9 +170,10 @@ def feedback_to_ratings(
         return empty_ratings, empty_users, dropped
 
     anonymous = frame[~known]
-    order = anonymous.drop_duplicates("request_id")["request_id"].tolist()  # first-feedback order
-    synthetic_id = {request_id: FEEDBACK_USER_BASE + n for n, request_id in enumerate(order, start=1)}
-    mapped_user = np.where(known, user_ids.fillna(0), frame["request_id"].map(synthetic_id).fillna(0))
+    caller = _caller(anonymous)
+    order = caller.drop_duplicates().tolist()  # first-feedback order
+    synthetic_id = {key: FEEDBACK_USER_BASE + n for n, key in enumerate(order, start=1)}
+    mapped_user = np.where(known, user_ids.fillna(0), caller.reindex(frame.index).map(synthetic_id).fillna(0))
     ratings = pd.DataFrame(
         {
             "user_id": mapped_user.astype(np.int64),
@@ -177,11 +183,11 @@ def feedback_to_ratings(
             "mapped_to": np.where(known, "user", "profile"),
         }
     )
-    # A known user can score one movie under several requests, and re-scoring updates the
-    # request's row in place (its feedback id stays old): the newest score must win, not the
-    # highest feedback id. By the acknowledgement time itself, not the rating's whole seconds:
-    # two scores of one second went to the higher id. Rows keep their feedback-id order, so the
-    # data hash is unchanged whenever no pair is scored twice.
+    # A user (known, or named by an id the raw data lacks) can score one movie under several
+    # requests, and re-scoring updates the request's row in place (its feedback id stays old):
+    # the newest score must win, not the highest feedback id. By the acknowledgement time itself,
+    # not the rating's whole seconds: two scores of one second went to the higher id. Rows keep
+    # their feedback-id order, so the data hash is unchanged whenever no pair is scored twice.
     stamps = pd.to_datetime(frame["updated_at"], utc=True).to_numpy()
     newest = (
         ratings.assign(_at=stamps)
@@ -189,10 +195,10 @@ def feedback_to_ratings(
         .drop_duplicates(["user_id", "movie_id"], keep="last")
     )
     ratings = ratings[ratings.index.isin(newest.index)].reset_index(drop=True)
-    first = anonymous.drop_duplicates("request_id")
+    first = anonymous[~caller.duplicated()]
     users = pd.DataFrame(
         {
-            "user_id": first["request_id"].map(synthetic_id).to_numpy(dtype=np.int64),
+            "user_id": caller[first.index].map(synthetic_id).to_numpy(dtype=np.int64),
             "age": pd.to_numeric(first["age"]).to_numpy(dtype=np.int64),
             "gender": first["gender"].to_numpy(dtype=object),
             "occupation": first["occupation"].to_numpy(dtype=object),
@@ -200,6 +206,17 @@ def feedback_to_ratings(
         }
     )
     return ratings, users, dropped
+
+
+def _caller(anonymous: pd.DataFrame) -> pd.Series:
+    """Who scored each feedback row that no raw user is attributed: the user id its request
+    named (``user:<id>``, a user the raw data does not know, answered for their profile), else
+    the request itself (``request:<id>``), the only identity a caller who named none has."""
+    user_ids = pd.to_numeric(anonymous["user_id"], errors="coerce")
+    named = user_ids.notna()
+    by_user = "user:" + user_ids[named].astype(np.int64).astype(str)
+    by_request = "request:" + anonymous.loc[~named, "request_id"].astype(str)
+    return pd.concat([by_user, by_request]).reindex(anonymous.index)
 
 
 def merge_feedback(data: MovieLens, ratings: pd.DataFrame, users: pd.DataFrame) -> MovieLens:

@@ -70,12 +70,12 @@ USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip_code"]
 ITEM_COLUMNS = ["movie_id", "title", "year", "genres"]
 MAX_ID = 2**31 - 1  # user and movie ids: the database's integer columns (and the API's path ids)
 FEEDBACK_USER_BASE = 1_000_000
-"""User ids above it are synthetic feedback users, one per scored anonymous request
-(app/pipeline/ingest.py, numbered from ``FEEDBACK_USER_BASE + 1``): they train the models, but no
-caller is one of them. Raw user ids are 1..FEEDBACK_USER_BASE (the loader refuses the others).
-Compare with :func:`is_feedback_user`, nowhere by hand: the boundary was ``>=`` in some places
-and ``>`` in others, so raw user 1,000,000 was refused by ingest and trained as a MovieLens user
-by ``movierec train``."""
+"""User ids above it are synthetic feedback users, one per scored anonymous request or per
+user id the raw data lacks (app/pipeline/ingest.py, numbered from ``FEEDBACK_USER_BASE + 1``):
+they train the models, but no caller is one of them. Raw user ids are 1..FEEDBACK_USER_BASE
+(the loader refuses the others). Compare with :func:`is_feedback_user`, nowhere by hand: the
+boundary was ``>=`` in some places and ``>`` in others, so raw user 1,000,000 was refused by
+ingest and trained as a MovieLens user by ``movierec train``."""
 MAX_TITLE_LENGTH = 255
 """A catalogue title's characters at most: what /api/recommend/score takes as ``movie`` and the
 feedback table's ``title`` column holds. A longer title was recommended but could not be scored."""

@@ -271,3 +271,48 @@ def test_a_retried_score_leaves_the_data_hash_alone_and_a_changed_one_changes_it
         assert rating() == (changed, 4.0)
     finally:
         db.dispose()
+
+
+def test_a_user_id_the_raw_data_does_not_know_is_one_feedback_user_across_its_lists(
+    sqlite_database: Database, synthetic_data_dir: Path, synthetic_data: Any
+) -> None:
+    """A caller who names a user id the raw data lacks (a user newer than ml-100k, answered for
+    their profile) and scores from several lists is one person: each of their requests was a
+    feedback user of its own, so a movie they scored on one list and scored again, changed, on
+    another trained as two ratings, the one they took back included. Requests that name no
+    user id stay one feedback user each (two of one profile may be two people)."""
+    db = sqlite_database
+    newcomer, profile = 99_999, {"age": 40, "gender": "F", "occupation": "writer"}
+    assert newcomer not in set(synthetic_data.users["user_id"])
+    lists = {name: str(uuid.uuid4()) for name in ("first", "second", "anon-1", "anon-2")}
+    db.save_requests(
+        [
+            {"id": lists[name], **profile, "user_id": newcomer if name in ("first", "second") else None,
+             "max_recs": 2, "model_version": "v", "strategy": "segment", "items": []}
+            for name in ("first", "second", "anon-1", "anon-2")
+        ]
+    )  # fmt: skip
+
+    def score(name: str, movie: int, value: float, hour: int) -> None:
+        at = datetime(2026, 1, 2, hour, tzinfo=UTC)
+        db.save_feedback(FeedbackRecord(lists[name], movie, f"Movie {movie}", value, None, "v", at=at))
+
+    score("first", 7, 5.0, 1)
+    score("anon-1", 7, 5.0, 1)
+    score("second", 7, 1.0, 2)  # the newcomer changed their mind on another list
+    score("second", 8, 4.0, 2)
+    score("anon-2", 7, 2.0, 3)
+
+    ingested = ingest(synthetic_data_dir, db)
+    feedback_users = ingested.data.users[ingested.data.users["user_id"] > FEEDBACK_USER_BASE]
+    ratings = ingested.data.ratings[ingested.data.ratings["user_id"] > FEEDBACK_USER_BASE]
+    # numbered in order of first feedback: the newcomer, then each anonymous request
+    assert feedback_users["user_id"].tolist() == [FEEDBACK_USER_BASE + n for n in (1, 2, 3)]
+    assert ratings[["user_id", "movie_id", "rating"]].values.tolist() == [
+        [FEEDBACK_USER_BASE + 2, 7, 5.0],
+        [FEEDBACK_USER_BASE + 1, 7, 1.0],
+        [FEEDBACK_USER_BASE + 1, 8, 4.0],
+        [FEEDBACK_USER_BASE + 3, 7, 2.0],
+    ]
+    assert ingested.stats()["feedback_users"] == 3
+    assert ingested.stats()["feedback_ratings"] == 4
