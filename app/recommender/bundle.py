@@ -311,8 +311,8 @@ def code_version(root: Path | None = None) -> str:
     model version.
 
     ``root`` is the ``app`` package; what is hashed under it is ``CODE_VERSION_SOURCES``. Each
-    module is hashed by its syntax tree without docstrings, so a comment, a reworded
-    docstring or a layout change is not a new version (the scheduler would retrain every
+    module is hashed by its syntax tree without docstrings (:func:`_code_fingerprint`), so a
+    comment, a reworded docstring or a layout change is not a new version (the scheduler would retrain every
     candidate for it); any change to what the code does is. A file that does not parse is
     hashed by its bytes. The installed versions of ``CODE_VERSION_LIBRARIES`` are hashed too.
     """
@@ -342,18 +342,35 @@ def library_versions() -> dict[str, str]:
 
 
 def _code_fingerprint(source: bytes) -> bytes:
-    """The module's syntax tree without docstrings (comments and layout are not in it)."""
+    """The module's syntax tree without docstrings (comments and layout are not in it).
+
+    A docstring here is any string standing alone as a statement: a module's, class's or
+    function's, the one documenting a constant under it (STYLE.md), a note inside a body. None
+    does anything when the code runs. Until 2026-12-07 only the first statement of a module,
+    class or function was left out, so rewording a constant's note was a new code version.
+    """
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return source
     for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            first = node.body[0] if node.body else None
-            docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-            if docstring and isinstance(first.value.value, str):  # type: ignore[union-attr]
-                node.body = node.body[1:] or [ast.Pass()]
+        for name in ("body", "orelse", "finalbody"):
+            statements = getattr(node, name, None)
+            if not isinstance(statements, list):  # a lambda's body is an expression
+                continue
+            kept = [statement for statement in statements if not _is_string_statement(statement)]
+            if len(kept) != len(statements):  # a body left empty: as if it were ``pass``
+                setattr(node, name, kept or ([ast.Pass()] if name == "body" else []))
     return repr(_canonical(tree)).encode()
+
+
+def _is_string_statement(statement: ast.AST) -> bool:
+    """Whether ``statement`` is a string alone (a docstring), which does nothing when run."""
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
 
 
 def _canonical(value: Any) -> Any:

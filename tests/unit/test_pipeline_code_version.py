@@ -74,6 +74,36 @@ def test_comments_docstrings_and_layout_do_not_change_the_code_version(tree: Pat
     assert code_version(tree) == before
 
 
+def test_a_reworded_attribute_docstring_or_a_bare_string_statement_is_not_a_new_code_version(
+    tree: Path,
+) -> None:
+    """The project documents a constant by the string under it (STYLE.md): that string, and any
+    other string standing alone as a statement, does nothing when the code runs. Only the first
+    statement of a module, class or function was left out, so rewording the note under
+    ``FEEDBACK_USER_BASE`` or ``CODE_VERSION_SOURCES`` was a new code version: the next
+    scheduler tick retrained every candidate and registered an identical model."""
+    before = code_version(tree)
+    _edit(tree / "recommender" / "data.py", '"""User ids above it are', '"""Reworded: user ids above it are')
+    _edit(
+        tree / "recommender" / "bundle.py",
+        '"""What :func:`code_version` hashes',
+        '"""Reworded: what it hashes',
+    )
+    _edit(
+        tree / "pipeline" / "candidates.py",
+        "    timings: dict[str, float] = {}\n",
+        '    timings: dict[str, float] = {}\n    "a note"\n',
+    )
+    assert code_version(tree) == before
+    # a string the code uses is code
+    _edit(
+        tree / "pipeline" / "candidates.py",
+        'SELECTION_METRIC = f"ndcg@{K}_mean"',
+        'SELECTION_METRIC = f"ndcg@{K}_sd"',
+    )
+    assert code_version(tree) != before
+
+
 @pytest.mark.parametrize(
     "edit", ["constant", "new_module", "renamed", "candidate_training", "features", "drift_reference"]
 )
