@@ -78,6 +78,21 @@ def database_unreachable(db: Any) -> Iterator[None]:
         db.engine, db.sessions = good_engine, good_sessions
 
 
+def watch_reads(db: Any) -> list[str]:
+    """The statements ``db`` runs from now on that read for a request: neither the request log's
+    rows written behind every answer nor a worker's refresh of its revocation list, whatever is asked."""
+    from sqlalchemy import event
+
+    reads: list[str] = []
+
+    def watch(_connection: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if not statement.lstrip().upper().startswith("INSERT") and "revoked_tokens" not in statement:
+            reads.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", watch)
+    return reads
+
+
 def answered_after_flush(call: Callable[[], Any], issuer: Any, hold: float = 0.3) -> tuple[Any, float]:
     """``call()`` (another worker's request for a row ``issuer``'s request log still holds) runs in
     a thread that must still be waiting ``hold`` s later; then ``issuer`` flushes its log. Returns

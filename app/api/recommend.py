@@ -10,12 +10,32 @@ from spectree import Response
 
 from app.api.schemas import ErrorResponse, Ok, RecommendRequest, RecommendResponse, ScoreRequest
 from app.api.spec import BEARER, spec
+from app.recommender.bundle import RecommendQuery
 
 bp = Blueprint("recommend", __name__)
 
 
 def _service() -> Any:
     return current_app.extensions["movierec"].recommendations
+
+
+def leave_out_rated(queries: list[RecommendQuery]) -> list[RecommendQuery]:
+    """``queries``, each naming a user leaving out what that user rated as
+    /api/users/<id>/recommendations does (API.md: a known user is never recommended a movie they
+    rated): their features' movies and those they scored since on lists served under their id,
+    read once for all of them (:meth:`UserFeatureService.rated_by`). Queries naming no user, the
+    benchmark's, are given back as they are, nothing asked or read.
+    """
+    users = {query.user_id for query in queries if query.user_id is not None}
+    if not users:
+        return queries
+    rated = current_app.extensions["movierec"].user_features.rated_by(users)
+    return [
+        query._replace(exclude=rated[query.user_id])
+        if query.user_id is not None and rated.get(query.user_id)
+        else query
+        for query in queries
+    ]
 
 
 @bp.post("/api/recommend")
@@ -29,8 +49,11 @@ def _service() -> Any:
     security=BEARER,
 )  # fmt: skip
 def recommend(json: RecommendRequest) -> Any:
-    """Top movies for a demographic profile, or for a known user (``user_id``)."""
-    served = _service().recommend(json.query())
+    """Top movies for a demographic profile, or for a known user (``user_id``), never one that user rated."""
+    query = json.query()
+    if query.user_id is not None:
+        (query,) = leave_out_rated([query])
+    served = _service().recommend(query)
     g.model_version = served.model_version  # for the access log line
     return jsonify(served.body())
 

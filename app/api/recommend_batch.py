@@ -10,10 +10,12 @@ from pydantic import ValidationError
 from spectree import Response
 
 from app.api.errors import not_a_json_object
+from app.api.recommend import leave_out_rated
 from app.api.schemas import ErrorResponse, RecommendRequest, field_errors, invalid_request
 from app.api.serving_schemas import RecommendBatchRequest, RecommendBatchResponse
 from app.api.spec import BEARER, spec
 from app.errors import ApiError
+from app.recommender.bundle import RecommendQuery
 
 bp = Blueprint("recommend_batch", __name__)
 
@@ -41,23 +43,30 @@ def recommend_batch(json: RecommendBatchRequest) -> Any:
     An item that is not a JSON object is refused like any other bad item: its own error, the one
     /api/recommend answers such a body. All items are answered by the same bundle, each through
     the circuit breaker as /api/recommend is (so an open breaker answers every item from the
-    fallback); the served items are logged in one go.
+    fallback), an item naming a user never recommending a movie that user rated (what the users
+    named rated is read once for all); the served items are logged in one go.
     """
     services = current_app.extensions["movierec"]
     recommendations = services.recommendations
     bundle = services.models.require()
-    results: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
+    parsed: list[RecommendQuery | dict[str, Any]] = []  # each item's query, or its error
     for item in json.requests:
         if not isinstance(item, dict):  # a number, text, list or null: refused alone, as a body
-            results.append(_error(not_a_json_object()))
+            parsed.append(_error(not_a_json_object()))
             continue
         try:
-            request = RecommendRequest.model_validate(item)
+            parsed.append(RecommendRequest.model_validate(item).query())
         except ValidationError as exc:
-            results.append(_error(invalid_request(field_errors(exc.errors()))))  # type: ignore[arg-type]
+            parsed.append(_error(invalid_request(field_errors(exc.errors()))))  # type: ignore[arg-type]
+    # what the users named rated, read once for them all
+    queries = iter(leave_out_rated([query for query in parsed if isinstance(query, RecommendQuery)]))
+    results: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for item in parsed:
+        if not isinstance(item, RecommendQuery):
+            results.append(item)
             continue
-        query = request.query()
+        query = next(queries)
         try:
             served = recommendations.answer(bundle, query)
         except ApiError as exc:

@@ -43,6 +43,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.api.auth import REFUSED_LOGIN, issue_token
 from app.api.errors import log_database_down
+from app.api.recommend import leave_out_rated
 from app.api.schemas import FIELD_RULES, LoginRequest, RecommendRequest, ScoreRequest, field_errors
 from app.api.security import revoke_current_token, token_issued_here, token_revoked
 from app.config import Settings
@@ -666,8 +667,11 @@ def recommend() -> Response:
     payload = _form_to_json(form, integers=("age", "max_recs", "user_id"))
     parsed, errors = _validate(RecommendRequest, payload)
     if parsed is not None:
+        query = parsed.query()
+        if query.user_id is not None:  # never a movie that user rated, as /api/recommend
+            (query,) = leave_out_rated([query])
         try:
-            served = _services().recommendations.recommend(parsed.query())
+            served = _services().recommendations.recommend(query)
         except NotFound:  # another model may know the user: not to be posted again by Back
             return _recommend_form_again(payload, "unknown_user")
         except BundleError:  # the form again, as typed, to send once a model is loaded

@@ -12,7 +12,9 @@ Where the features come from, in order:
    data either, the answer is the database's 503, not "no feature snapshot".
 
 Either way a request is one primary-key read or a dictionary lookup; ``/recommendations``
-also reads the movies the user scored since (:meth:`UserFeatureService.rated`).
+also reads the movies the user scored since (:meth:`UserFeatureService.rated`). The recommend
+endpoints that name a user read what each rated in two reads for all of them
+(:meth:`UserFeatureService.rated_by`), from the stored table and the scores only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +32,13 @@ from app.errors import NotFound, Unavailable
 from app.recommender.data import FEEDBACK_USER_BASE, DataUnavailableError, find_local, is_feedback_user
 from app.storage.db import Database, DatabaseUnavailableError
 from app.storage.models import as_utc
-from app.storage.user_features import get_user_features, scored_movies, user_features_snapshot
+from app.storage.user_features import (
+    get_user_features,
+    rated_in_snapshot,
+    scored_movies,
+    scored_movies_of,
+    user_features_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,12 @@ SCORES_SLACK = timedelta(days=1)
 """How far before a stored snapshot was loaded :meth:`UserFeatureService.rated` still reads the
 user's scores: the snapshot's ingest read the feedback table earlier than it was loaded (in the same
 flow run), and a score acknowledged during a database outage reaches the table later than its time."""
+
+
+def _scores_since(computed_at: datetime | None) -> datetime | None:
+    """From when the scores of a user whose stored features were loaded at ``computed_at`` may be
+    missing from them (:data:`SCORES_SLACK` before it); None (any score) without a time."""
+    return as_utc(computed_at) - SCORES_SLACK if computed_at else None
 
 
 @dataclass(frozen=True)
@@ -109,8 +124,8 @@ class UserFeatureService:
                 # in UTC with its offset, as a computed answer's (SQLite gives back a naive time)
                 "as_of": as_utc(row.computed_at).isoformat(timespec="seconds") if row.computed_at else None,
             }
-            since = as_utc(row.computed_at) - SCORES_SLACK if row.computed_at else None
-            return UserProfile(answer, frozenset(int(m) for m in row.rated_movies or ()), since)
+            rated = frozenset(int(m) for m in row.rated_movies or ())
+            return UserProfile(answer, rated, _scores_since(row.computed_at))
         if stored:
             if is_feedback_user(user_id):  # in the snapshot's users table, never loaded for the API
                 # Said "ids above ... are feedback users" for any id, 2147483647 too: the range is
@@ -154,6 +169,28 @@ class UserFeatureService:
         except DatabaseUnavailableError:
             return profile.rated
         return profile.rated | scored if scored else profile.rated
+
+    def rated_by(self, user_ids: Collection[int]) -> dict[int, frozenset[int]]:
+        """What each of ``user_ids`` has rated, as :meth:`rated` reads it, for the recommendations
+        naming a user without asking for their features (/api/recommend, each item of a batch, the
+        web form): two reads however many users, and never an error. A user the loaded snapshot
+        does not have (or every user, before the first snapshot: features are not computed from
+        the local files here, a request stays a lookup) gets every movie they scored on lists
+        served under their id; with the database down, nothing: the model's own exclusion answers
+        alone, not a 503.
+        """
+        users = sorted(set(user_ids))
+        try:
+            stored = rated_in_snapshot(self.db, users)
+        except DatabaseUnavailableError:
+            return {}
+        rated = {user: stored[user][0] if user in stored else frozenset() for user in users}
+        since = {user: _scores_since(stored[user][1]) if user in stored else None for user in users}
+        try:
+            scored = scored_movies_of(self.db, since)
+        except DatabaseUnavailableError:
+            return rated
+        return {user: movies | scored[user] if user in scored else movies for user, movies in rated.items()}
 
     def _computed_table(self) -> tuple[dict[int, tuple[dict[str, Any], frozenset[int]]], str]:
         """The computed table and the time it was computed (ISO 8601, UTC)."""

@@ -8,11 +8,11 @@ answers from the service database without Parquet, DuckDB or the pipeline extras
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import delete, func, insert, select, text, union
 
 from app.storage.db import Database
 from app.storage.models import Feedback, RecommendationRequest, UserFeatures, utcnow
@@ -83,6 +83,21 @@ def user_features_snapshot(db: Database) -> tuple[str | None, int]:
     return snapshot, int(count)
 
 
+def rated_in_snapshot(
+    db: Database, user_ids: Collection[int]
+) -> dict[int, tuple[frozenset[int], datetime | None]]:
+    """Of those of ``user_ids`` the loaded snapshot has, the movies each rated and the time of the
+    snapshot's load: one read, by primary key, whatever the number of ids."""
+    query = select(UserFeatures.user_id, UserFeatures.rated_movies, UserFeatures.computed_at).where(
+        UserFeatures.user_id.in_(sorted(user_ids))
+    )
+    with db.session() as session:
+        return {
+            int(user): (frozenset(int(m) for m in movies or ()), computed_at)
+            for user, movies, computed_at in session.execute(query)
+        }
+
+
 def scored_movies(db: Database, user_id: int, since: datetime | None = None) -> frozenset[int]:
     """The movies ``user_id`` scored on lists served under their id (each a rating of theirs from
     the next ingest on), those scored at or after ``since`` only when it is given.
@@ -92,14 +107,33 @@ def scored_movies(db: Database, user_id: int, since: datetime | None = None) -> 
     whatever the other users do. ``since`` bounds the scores, not the lists: a list can be scored at
     any time after it was served, so one served long before ``since`` may hold a score since.
     """
-    query = (
-        select(Feedback.movie_id)
-        .select_from(RecommendationRequest)
-        .join(Feedback, Feedback.request_id == RecommendationRequest.id)
-        .where(RecommendationRequest.user_id == user_id)
-        .distinct()
-    )
-    if since is not None:
-        query = query.where(Feedback.created_at >= since)
+    return scored_movies_of(db, {user_id: since}).get(user_id, frozenset())
+
+
+def scored_movies_of(db: Database, since: Mapping[int, datetime | None]) -> dict[int, frozenset[int]]:
+    """:func:`scored_movies` of each user of ``since`` (user id → their ``since``), in one read;
+    a user who scored nothing has no entry."""
+    groups: dict[datetime | None, list[int]] = {}
+    for user, at in since.items():
+        groups.setdefault(at, []).append(user)
+    # a part per bound, each the one-user read's shape (the user's lists by the index, their scores by
+    # the lists' ids): one for the snapshot's users (every row of a snapshot has its load's time), one
+    # for those without; an OR of them in one WHERE had PostgreSQL scan the whole feedback table
+    parts = []
+    for at, users in groups.items():
+        part = (
+            select(RecommendationRequest.user_id, Feedback.movie_id)
+            .select_from(RecommendationRequest)
+            .join(Feedback, Feedback.request_id == RecommendationRequest.id)
+            .where(RecommendationRequest.user_id.in_(sorted(users)))
+        )
+        parts.append(part if at is None else part.where(Feedback.created_at >= at))
+    if not parts:
+        return {}
+    query = parts[0].distinct() if len(parts) == 1 else union(*parts)
+    scored: dict[int, set[int]] = {}
     with db.session() as session:
-        return frozenset(int(movie) for movie in session.scalars(query))
+        for scorer, movie in session.execute(query):
+            assert scorer is not None  # the lists asked for by their user's id
+            scored.setdefault(int(scorer), set()).add(int(movie))
+    return {user: frozenset(movies) for user, movies in scored.items()}

@@ -737,6 +737,18 @@ def segment_then_personal(tmp_path_factory: pytest.TempPathFactory, synthetic_da
     return store, previous
 
 
+def _opened(
+    store: Path, make_app: Callable[..., Any], request: pytest.FixtureRequest
+) -> tuple[Any, Any, dict]:
+    """An app serving ``store`` whose breaker is open, a client and its headers."""
+    app = make_app(**_settings(store, "sqlite", request))
+    client = app.test_client()
+    headers = login(client)
+    _trip(app, client, headers)
+    assert _breaker(client, headers)["state"] == "open"
+    return app, client, headers
+
+
 def test_the_fallback_never_shows_a_known_user_a_movie_they_rated(
     segment_then_personal: tuple[Path, str],
     make_app: Callable[..., Any],
@@ -746,12 +758,7 @@ def test_the_fallback_never_shows_a_known_user_a_movie_they_rated(
     """API.md: "for a known user, never include a movie that user already rated" — also while the
     breaker is open and the previous champion does not know the user (it served them its segment
     list, rated movies and all, when the request carried demographics too)."""
-    store, _previous = segment_then_personal
-    app = make_app(**_settings(store, "sqlite", request))
-    client = app.test_client()
-    headers = login(client)
-    _trip(app, client, headers)
-    assert _breaker(client, headers)["state"] == "open"
+    app, client, headers = _opened(segment_then_personal[0], make_app, request)
     ratings = synthetic_data.ratings
     for user_id in app.extensions["movierec"].models.require().tables.user_ids[:5]:
         body = {"user_id": int(user_id), **PROFILE, "max_recs": 100}
@@ -759,6 +766,24 @@ def test_the_fallback_never_shows_a_known_user_a_movie_they_rated(
         assert served["strategy"] == "fallback" and served["items"]
         rated = set(ratings.loc[ratings["user_id"] == int(user_id), "movie_id"])
         assert not rated & {item["movie_id"] for item in served["items"]}
+
+
+def test_the_fallback_leaves_out_what_a_named_user_scored_since_the_model(
+    segment_then_personal: tuple[Path, str], make_app: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    """While the breaker is open, the fallback's list for a request naming a user left out what the
+    champion knew they rated, not the movie they had just scored on a fallback list served under
+    their id: it came back first. It leaves that out too now, as /api/users/<id>/recommendations does."""
+    app, client, headers = _opened(segment_then_personal[0], make_app, request)
+    user_id = int(app.extensions["movierec"].models.require().tables.user_ids[0])
+    for body in ({"user_id": user_id, "max_recs": 8}, {"user_id": user_id, **PROFILE, "max_recs": 8}):
+        first = client.post("/api/recommend", json=body, headers=headers).get_json()
+        assert first["strategy"] == "fallback", first
+        _score(client, headers, first, 4.5)
+        app.extensions["movierec"].recommendations.feedback.drain()
+        again = client.post("/api/recommend", json=body, headers=headers).get_json()
+        assert again["strategy"] == "fallback" and first["recommendations"][0] not in again["recommendations"]
+        assert again["recommendations"][:7] == first["recommendations"][1:]
 
 
 def test_a_disabled_breaker_judges_and_says_so_but_routes_nothing(

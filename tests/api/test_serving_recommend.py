@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.helpers import PROFILE, frame_running
+from tests.helpers import PROFILE, frame_running, watch_reads
 
 pytestmark = pytest.mark.api
 
@@ -235,3 +235,140 @@ def test_production_settings_answer_without_checking_their_own_responses(make_ap
     from app.api.spec import VALIDATE_RESPONSES
 
     assert make_app(testing=False).config[VALIDATE_RESPONSES] is False
+
+
+def _recommended(client: Any, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/api/recommend", json=body, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return dict(response.get_json())
+
+
+def _movies(served: dict[str, Any]) -> list[int]:
+    return [item["movie_id"] for item in served["items"]]
+
+
+def _score_first(app: Any, client: Any, headers: dict[str, str], served: dict[str, Any]) -> int:
+    """Score the first movie of ``served`` and wait until the score is in the feedback table."""
+    score = {"id": served["id"], "movie": served["recommendations"][0], "score": 2}
+    assert client.post("/api/recommend/score", json=score, headers=headers).status_code == 200
+    app.extensions["movierec"].recommendations.feedback.drain()  # in the table (~0.1 s later)
+    return int(served["items"][0]["movie_id"])
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_movie_the_named_user_rated_since_the_model_is_not_recommended_to_them_again(
+    make_app: Any,
+    personal_model_store: Any,
+    auth_headers: dict[str, str],
+    synthetic_data: Any,
+    request: pytest.FixtureRequest,
+    database: str,
+) -> None:
+    """API.md: for a known user, never a movie that user already rated. /api/users/<id>/recommendations
+    left out what the user scored since the model was trained and what a newer features snapshot
+    says they rated; /api/recommend naming the same user knew only the bundle, so the movie just
+    scored came back first."""
+    from app.storage.user_features import replace_user_features
+    from tests.api.test_serving_users import _rows
+
+    url = {"database_url": request.getfixturevalue("postgres_url")} if database == "postgresql" else {}
+    app = make_app(model_path=personal_model_store, model_dir=personal_model_store, **url)
+    client = app.test_client()
+    uid, other = (int(u) for u in app.extensions["movierec"].models.require().tables.user_ids[:2])
+    others = _movies(_recommended(client, auth_headers, {"user_id": other, "max_recs": 100}))
+    first = _recommended(client, auth_headers, {"user_id": uid, "max_recs": 5})
+    scored = _score_first(app, client, auth_headers, first)
+    again = _recommended(client, auth_headers, {"user_id": uid, "max_recs": 5})
+    assert again["strategy"] == "personal" and scored not in _movies(again)
+    assert _movies(again)[:4] == _movies(first)[1:]
+    users_api = client.get(f"/api/users/{uid}/recommendations?max_recs=5", headers=auth_headers).get_json()
+    assert users_api["recommendations"] == again["recommendations"]  # the two endpoints agree
+    # an id nobody has features for, answered for its segment: at least what it scored is left out
+    stranger = {"user_id": 999_999, **PROFILE, "max_recs": 5}
+    segment = _recommended(client, auth_headers, stranger)
+    stranger_scored = _score_first(app, client, auth_headers, segment)
+    assert stranger_scored not in _movies(_recommended(client, auth_headers, stranger))
+    # a features snapshot newer than the model: what it says the user rated is left out too,
+    # and the scores since (within a day before its load) still are
+    rows = _rows(synthetic_data, keep=120)
+    newer = _movies(again)[0]
+    mine = next(row for row in rows if row["user_id"] == uid)
+    mine["rated_movies"] = sorted({*mine["rated_movies"], newer})
+    replace_user_features(app.extensions["movierec"].db, rows, snapshot_id="newer-than-the-model")
+    latest = _recommended(client, auth_headers, {"user_id": uid, "max_recs": 5})
+    assert not {scored, newer} & set(_movies(latest))
+    assert _movies(latest)[:4] == _movies(again)[1:]
+    assert stranger_scored not in _movies(_recommended(client, auth_headers, stranger))
+    # another user's list is theirs alone
+    assert _movies(_recommended(client, auth_headers, {"user_id": other, "max_recs": 100})) == others
+
+
+def test_a_request_without_a_user_id_asks_no_features_and_reads_no_database(
+    app: Any, client: Any, auth_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The benchmark's hot path (a profile, no user id) pays nothing for the exclusion of what a
+    named user rated: the features service booby-trapped and every statement watched, /api/recommend,
+    a batch of profiles and the web form still answer, with no read."""
+    from tests.api.test_ui import recommend, titles_of, ui_login
+
+    services = app.extensions["movierec"]
+
+    asked: list[str] = []
+
+    class Trap:
+        def __getattr__(self, name: str) -> Any:
+            asked.append(name)
+            raise AssertionError(f"user features asked ({name}) for a request naming no user")
+
+    csrf = ui_login(client)  # logging in may read (the revocation list): before the watch
+    reads = watch_reads(services.db)
+    monkeypatch.setattr(services, "user_features", Trap())
+    for body in (PROFILE, {**PROFILE, "max_recs": 100}, {**PROFILE, "user_id": None}):
+        _recommended(client, auth_headers, body)
+    batch = client.post("/api/recommend/batch", json={"requests": [PROFILE] * 50}, headers=auth_headers)
+    assert batch.status_code == 200 and batch.get_json()["succeeded"] == 50
+    page = recommend(client, csrf)
+    assert page.status_code == 200 and len(titles_of(page.text)) == 5
+    assert reads == [] and asked == []
+    # the trap is live: a request naming a user asks the features service
+    response = client.post("/api/recommend", json={"user_id": _known_user(app)}, headers=auth_headers)
+    assert response.status_code == 500 and asked == ["rated_by"]
+
+
+def test_with_the_database_down_or_no_features_a_named_user_gets_the_models_own_exclusion(
+    app: Any,
+    client: Any,
+    auth_headers: dict[str, str],
+    make_app: Any,
+    personal_model_store: Any,
+    tmp_path: Any,
+) -> None:
+    """What a user rated beyond the model's own exclusion needs the database (their features and
+    scores): without it the list is the model's, never a 503, and the answers the endpoints gave
+    before (an unknown id without demographics: 404) stay as they were."""
+    from tests.helpers import database_down
+
+    known = _known_user(app)
+    mine = _recommended(client, auth_headers, {"user_id": known})  # nothing scored: the model's list
+    stranger = {"user_id": 999_999, **PROFILE}
+    segment = _recommended(client, auth_headers, stranger)
+    batch = [{"user_id": known}, stranger, PROFILE, {"user_id": 999_999}]
+    with database_down(app):
+        assert _movies(_recommended(client, auth_headers, {"user_id": known})) == _movies(mine)
+        assert _movies(_recommended(client, auth_headers, stranger)) == _movies(segment)
+        response = client.post("/api/recommend", json={"user_id": 999_999}, headers=auth_headers)
+        assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+        response = client.post("/api/recommend/batch", json={"requests": batch}, headers=auth_headers)
+        assert response.status_code == 200, response.get_json()
+        results = response.get_json()["results"]
+        assert [_movies(r) for r in results[:2]] == [_movies(mine), _movies(segment)]
+        assert results[3]["error"]["code"] == "not_found"
+    # no feature snapshot and no local data to compute features from: the user's scores alone
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    bare = make_app(model_path=personal_model_store, model_dir=personal_model_store, data_dir=empty)
+    bare_client = bare.test_client()
+    first = _recommended(bare_client, auth_headers, {"user_id": known})
+    assert _movies(first) == _movies(mine)
+    scored = _score_first(bare, bare_client, auth_headers, first)
+    assert scored not in _movies(_recommended(bare_client, auth_headers, {"user_id": known}))

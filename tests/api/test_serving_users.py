@@ -186,11 +186,13 @@ def test_known_users_lists_leave_out_movies_rated_since_the_model(
     assert [item["movie_id"] for item in body["items"]] == [
         item["movie_id"] for item in personal["items"][3:12]
     ]
-    # /api/recommend knows only the bundle: its list is unchanged
+    # /api/recommend naming the user leaves them out too (until 2026-12-07 it knew only the bundle)
     direct = client.post(
         "/api/recommend", json={"user_id": uid, "max_recs": 3}, headers=auth_headers
     ).get_json()
-    assert [item["movie_id"] for item in direct["items"]] == since
+    assert [item["movie_id"] for item in direct["items"]] == [
+        item["movie_id"] for item in personal["items"][3:6]
+    ]
 
 
 @pytest.mark.parametrize(
@@ -441,7 +443,7 @@ def test_a_users_scores_are_read_from_their_own_lists(
     from sqlalchemy import event, text
 
     from app.storage.db import Database, FeedbackRecord
-    from app.storage.user_features import scored_movies
+    from app.storage.user_features import scored_movies, scored_movies_of
     from tests.helpers import sqlalchemy_url
 
     url = sqlalchemy_url(request.getfixturevalue("postgres_url")) if database == "postgresql" else ""
@@ -476,15 +478,19 @@ def test_a_users_scores_are_read_from_their_own_lists(
         assert scored_movies(db, 7001, now - timedelta(hours=1)) == {12}
         assert scored_movies(db, 7001) == {11, 12}
         assert scored_movies(db, 7003) == frozenset()
+        # several users at once (a batch naming them), each with their own bound: one read
+        since = {7001: now - timedelta(hours=1), 7002: None, 7003: None, 1: now - timedelta(hours=1)}
+        assert scored_movies_of(db, since) == {7001: {12}, 7002: {13}}
+        assert scored_movies_of(db, {7001: None, 7002: now + timedelta(hours=1)}) == {7001: {11, 12}}
         explain = "EXPLAIN " if database == "postgresql" else "EXPLAIN QUERY PLAN "
         plans = []
         with db.engine.connect() as connection:
-            for statement, params in statements[:2]:
+            for statement, params in statements[:4]:
                 plan = connection.exec_driver_sql(explain + statement, params).all()
                 plans.append("\n".join(str(line[-1]) for line in plan))
     finally:
         db.dispose()
-    assert len(plans) == 2 and all("feedback" in statement for statement, _ in statements[:2])
+    assert len(plans) == 4 and all("feedback" in statement for statement, _ in statements[:4])
     for plan in plans:  # the user's lists by the index, their scores by their lists' ids
         assert "ix_recommendation_requests_user_id" in plan, plan
         assert "Seq Scan" not in plan and "SCAN " not in plan, plan
