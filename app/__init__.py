@@ -185,17 +185,15 @@ def run_development_server(app: Flask, host: str, port: int, debug: bool) -> Non
     a handler (app/stop_signals.py).
 
     ``debug`` is Flask's debug mode without Werkzeug's interactive debugger and its ``/console``."""
-    import signal
-
     from werkzeug.serving import WSGIRequestHandler
 
-    from app.stop_signals import handled
+    from app.stop_signals import like_ctrl_c
 
     class RequestHandler(WSGIRequestHandler):
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             return None
 
-    with handled(signal.default_int_handler, (signal.SIGTERM, signal.SIGHUP)):
+    with like_ctrl_c():
         # use_debugger=False: Werkzeug's interactive debugger served /console, a Python shell behind
         # a PIN, and added nothing else (the app answers every error in its envelope, debug or not)
         app.run(

@@ -1842,7 +1842,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     # SIGTERM (a CI job's timeout, systemd) and SIGHUP (the terminal or SSH session it ran in
     # closed) interrupt like Ctrl-C, so the deployment is rolled back instead of leaving the
     # previous version stopped under its -previous name. A SIGHUP ignored (nohup) stays ignored.
-    with stop_signals.handled(signal.default_int_handler, (signal.SIGTERM, signal.SIGHUP)):
+    with stop_signals.like_ctrl_c():
         try:
             cfg = config_from_args(args)
             prompt = getpass.getpass if sys.stdin.isatty() else None
